@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Installs what building and testing Tessera needs on Debian 12 / Ubuntu.
+# Idempotent: packages already present are skipped, so a second run is fast.
+# Usage: scripts/setup.sh [--test]   (--test adds the tools the test suite drives)
+set -euo pipefail
+
+want_test=0
+[ "${1:-}" = "--test" ] && want_test=1
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+# Build: a C toolchain for -sys crates, bindgen's libclang, FFmpeg 5.1 and Opus headers.
+pkgs=(pkg-config clang libclang-dev nasm cmake
+      libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
+      libavfilter-dev libavdevice-dev libopus-dev ffmpeg ca-certificates curl)
+if [ "$want_test" = 1 ]; then
+  # Real clients the tests drive: ffmpeg/ffprobe (above), Chromium, a Python venv for aiortc,
+  # iproute2 for network namespaces.
+  pkgs+=(chromium python3-venv iproute2)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+
+retry() { # retry <tries> <cmd...>: the package mirrors are sometimes briefly stale
+  local n=$1; shift
+  for i in $(seq 1 "$n"); do
+    "$@" && return 0
+    echo "setup: '$*' failed (try $i/$n), retrying in 10 s" >&2
+    sleep 10
+  done
+  return 1
+}
+
+if [ "${#missing[@]}" -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  retry 4 $SUDO apt-get update -q
+  retry 4 $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo not found; install Rust (https://rustup.rs) and run again" >&2
+  exit 1
+fi
+
+# Fetch crates with retries: the crate index mirror sometimes serves a stale view for minutes.
+cd "$(dirname "$0")/.."
+retry 5 cargo fetch --locked
