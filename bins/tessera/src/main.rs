@@ -1,1 +1,230 @@
-fn main(){}
+//! `tessera`: the media server and its command-line tools (PRODUCT.md §2).
+
+use clap::{Args, Parser, Subcommand};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use tessera_model::token::{self, TokenClaims};
+use tessera_model::{AppId, Privileges, Role, RoomId, UserId};
+use tessera_server::store::{AppStore, DataDir, StoreError};
+use tessera_server::{Config, Overrides, Server};
+
+#[derive(Parser)]
+#[command(name = "tessera", version, about = "Tessera: a self-hosted real-time media server")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// Where the configuration comes from; shared by every subcommand.
+#[derive(Args, Clone)]
+struct ConfigArgs {
+    /// TOML configuration file; flags override it.
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Data directory (apps, keys, tasks, recordings). Default ./tessera-data.
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (zero configuration needed).
+    Serve {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// HTTP listen address. Default 0.0.0.0:8080.
+        #[arg(long, value_name = "ADDR")]
+        http_addr: Option<SocketAddr>,
+        /// RTMP listen address. Default 0.0.0.0:1935.
+        #[arg(long, value_name = "ADDR")]
+        rtmp_addr: Option<SocketAddr>,
+        /// WebRTC UDP address. Default 0.0.0.0:8443.
+        #[arg(long, value_name = "ADDR")]
+        rtc_udp_addr: Option<SocketAddr>,
+        /// Public IP for ICE candidates and printed URLs.
+        #[arg(long, value_name = "IP")]
+        public_ip: Option<IpAddr>,
+    },
+    /// Print a user token signed with the app's newest secret.
+    Token {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long)]
+        room: String,
+        #[arg(long)]
+        user: String,
+        /// anchor (20) or audience (21).
+        #[arg(long, default_value = "anchor")]
+        role: Role,
+        /// Privilege bitmask 0-255; defaults to 255 for anchors and 171 for audience.
+        #[arg(long)]
+        privileges: Option<u8>,
+        /// Lifetime, e.g. 90s, 30m, 6h, 7d (at most 30 days).
+        #[arg(long, default_value = "6h")]
+        ttl: humantime::Duration,
+        #[arg(long, default_value = "default")]
+        app: String,
+    },
+    /// Manage API keys in the data dir (while the server is stopped; use the REST API while it runs).
+    ApiKey {
+        #[command(subcommand)]
+        command: ApiKeyCommand,
+    },
+    /// Print the effective configuration, secrets redacted.
+    Config {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key and print it (shown only once).
+    Create {
+        #[command(flatten)]
+        config: ConfigArgs,
+        #[arg(long, default_value = "default")]
+        app: String,
+        /// full-access or read-only.
+        #[arg(long, default_value = "full-access")]
+        preset: String,
+        #[arg(long, default_value = "")]
+        name: String,
+    },
+    /// List the keys of every app (ids and policies, never the keys).
+    List {
+        #[command(flatten)]
+        config: ConfigArgs,
+    },
+}
+
+/// A failure with the exit code it deserves: 2 for bad configuration or start-up causes.
+struct Failure {
+    code: u8,
+    message: String,
+}
+
+impl Failure {
+    fn usage(message: impl ToString) -> Failure {
+        Failure { code: 2, message: message.to_string() }
+    }
+    fn runtime(message: impl ToString) -> Failure {
+        Failure { code: 1, message: message.to_string() }
+    }
+}
+
+fn load_config(args: &ConfigArgs, extra: Overrides) -> Result<Config, Failure> {
+    let overrides = Overrides { data_dir: args.data_dir.clone(), ..extra };
+    Config::load(args.config.as_deref(), &overrides).map_err(Failure::usage)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .or_else(|_| tracing_subscriber::EnvFilter::try_new(filter))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(std::io::stderr().is_terminal()).init();
+}
+
+/// The app store for a CLI command: set up the data dir if nobody has yet, else read it as it
+/// is (a running server may hold the lock; reading its atomically replaced file is safe).
+fn cli_store(config: &Config) -> Result<AppStore, Failure> {
+    match DataDir::open_locked(&config.data_dir) {
+        Ok(dir) => AppStore::load_or_init(&dir, config, tessera_server::now_ms()).map(|(s, _)| s).map_err(Failure::runtime),
+        Err(StoreError::Locked(_)) => AppStore::load_shared(&DataDir::open_shared(&config.data_dir))
+            .map_err(Failure::runtime)?
+            .ok_or_else(|| Failure::runtime(format!("{} has no apps.json yet", config.data_dir.display()))),
+        Err(e) => Err(Failure::runtime(e)),
+    }
+}
+
+fn run(cli: Cli) -> Result<(), Failure> {
+    match cli.command {
+        Command::Serve { config, http_addr, rtmp_addr, rtc_udp_addr, public_ip } => {
+            let config = load_config(&config, Overrides { http_addr, rtmp_addr, rtc_udp_addr, public_ip, data_dir: None })?;
+            init_logging(&config.log);
+            let rt = tokio::runtime::Runtime::new().map_err(Failure::runtime)?;
+            rt.block_on(async {
+                let server = Server::start(config).await.map_err(Failure::usage)?;
+                print!("{}", server.banner());
+                use std::io::Write;
+                let _ = std::io::stdout().flush();
+                server.run(tessera_server::run::shutdown_signal()).await.map_err(Failure::runtime)
+            })
+        }
+        Command::Token { config, room, user, role, privileges, ttl, app } => {
+            let config = load_config(&config, Overrides::default())?;
+            let app = AppId::parse(&app).map_err(Failure::usage)?;
+            let room = RoomId::parse(&room).map_err(Failure::usage)?;
+            let user = UserId::parse(&user).map_err(Failure::usage)?;
+            if user.is_reserved() {
+                return Err(Failure::usage(format!("user id '{user}' is reserved: mix_, rec_ and relay_ belong to the server")));
+            }
+            let ttl_s = ttl.as_secs() as i64;
+            if !(1..=30 * 24 * 3600).contains(&ttl_s) {
+                return Err(Failure::usage("--ttl must be between 1s and 30d"));
+            }
+            let store = cli_store(&config)?;
+            let apps = store.snapshot();
+            let app = apps.get(&app).ok_or_else(|| Failure::usage(format!("app '{app}' does not exist in {}", config.data_dir.display())))?;
+            let privileges = privileges.map(Privileges::from_bits).unwrap_or(role.default_privileges());
+            let claims = TokenClaims {
+                app: app.id.to_string(),
+                room: room.to_string(),
+                user: user.to_string(),
+                role: Some(role.code()),
+                privileges: Some(privileges.bits() as i64),
+                nbf: None,
+                exp: tessera_server::now_ms() / 1000 + ttl_s,
+                info: None,
+            };
+            let secret = app.newest_secret();
+            println!("{}", token::mint(&claims, &secret.kid, &secret.secret));
+            Ok(())
+        }
+        Command::ApiKey { command: ApiKeyCommand::Create { config, app, preset, name } } => {
+            let config = load_config(&config, Overrides::default())?;
+            let app = AppId::parse(&app).map_err(Failure::usage)?;
+            let policy = tessera_model::Policy::preset(&preset).ok_or_else(|| Failure::usage("--preset must be full-access or read-only"))?;
+            let dir = DataDir::open_locked(&config.data_dir).map_err(|e| match e {
+                StoreError::Locked(_) => Failure::runtime(format!(
+                    "a server is running on {}; create keys with POST /v1/api-keys while it runs",
+                    config.data_dir.display()
+                )),
+                other => Failure::runtime(other),
+            })?;
+            let (store, _) = AppStore::load_or_init(&dir, &config, tessera_server::now_ms()).map_err(Failure::runtime)?;
+            let issued = store.create_api_key(&app, &name, policy, tessera_server::now_ms()).map_err(Failure::runtime)?;
+            println!("{}", issued.key);
+            eprintln!("created API key {} for app '{app}' ({preset}); it is shown only once", issued.record.id);
+            Ok(())
+        }
+        Command::ApiKey { command: ApiKeyCommand::List { config } } => {
+            let config = load_config(&config, Overrides::default())?;
+            let store = cli_store(&config)?;
+            for app in store.snapshot().values() {
+                for k in &app.api_keys {
+                    let line = serde_json::json!({"app": app.id, "id": k.id, "name": k.name, "policy": k.policy, "created_at": k.created_at, "last_used_at": k.last_used_at});
+                    println!("{line}");
+                }
+            }
+            Ok(())
+        }
+        Command::Config { config } => {
+            let config = load_config(&config, Overrides::default())?;
+            print!("{}", config.redacted().to_toml());
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(f) => {
+            eprintln!("tessera: {}", f.message);
+            ExitCode::from(f.code)
+        }
+    }
+}

@@ -1,0 +1,7 @@
+//! Tessera's RTMP core: sans-IO publish sessions built on rml_rtmp's server session, FLV/AVC
+//! parsing and H.264 packetization for the SFU. The tokio TCP driver lives in the engine; this
+//! crate takes bytes in and gives bytes and events out.
+
+pub mod target;
+
+pub use target::{PublishTarget, TargetError};

@@ -1,0 +1,18 @@
+//! Tessera's control plane and process shell: the typed configuration, the data dir and app
+//! store, the REST API and HTTP server, metrics, and start-up/shut-down. Media work lives in
+//! `tessera-engine`; this crate wires it to the network and the API.
+
+pub mod api;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod run;
+pub mod store;
+
+pub use config::{Config, ConfigError, Overrides};
+pub use run::{Server, StartError};
+
+/// Wall-clock time in Unix milliseconds, the unit of every `*_at` field.
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}

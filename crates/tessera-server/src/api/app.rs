@@ -1,0 +1,137 @@
+//! `/v1/app`: the caller's app settings, and secret rotation (PRODUCT.md §4.5, §10).
+//! Secrets and webhook keys are never returned, except a new secret once, in its 201.
+
+use super::auth::Caller;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+use tessera_model::{App, AutoRecording, WebhookSettings};
+
+fn view(app: &App) -> Value {
+    let w = &app.webhook;
+    json!({
+        "id": app.id,
+        "created_at": app.created_at,
+        "secrets": app.secrets.iter().map(|s| json!({"kid": s.kid, "created_at": s.created_at})).collect::<Vec<_>>(),
+        "webhook": {"url": w.url, "urls": w.urls, "groups": w.groups, "key_set": w.key.is_some()},
+        "auto_recording": app.auto_recording,
+        "default_storage": app.default_storage,
+    })
+}
+
+pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
+    let apps = state.store.snapshot();
+    let app = apps.get(&caller.app).ok_or_else(|| ApiError::internal("the key's app vanished"))?;
+    Ok(Json(view(app)))
+}
+
+/// The settings `PATCH /v1/app` may change.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    webhook: WebhookSettings,
+    auto_recording: AutoRecording,
+    default_storage: String,
+}
+
+/// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, anything else replaces.
+fn merge_patch(target: &mut Value, patch: &Value) {
+    match (target, patch) {
+        (Value::Object(t), Value::Object(p)) => {
+            for (k, v) in p {
+                if v.is_null() {
+                    t.remove(k);
+                } else {
+                    merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                }
+            }
+        }
+        (t, p) => *t = p.clone(),
+    }
+}
+
+/// `PATCH /v1/app` is a JSON merge patch of `webhook`, `auto_recording` and `default_storage`.
+/// A webhook patch that leaves out `key` keeps the current key, since `GET` never shows it.
+pub async fn update(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    super::json::ApiJson(patch): super::json::ApiJson<Map<String, Value>>,
+) -> ApiResult<Json<Value>> {
+    for k in patch.keys() {
+        if !["webhook", "auto_recording", "default_storage"].contains(&k.as_str()) {
+            return Err(ApiError::invalid_parameter(k, "is not a setting; use webhook, auto_recording or default_storage"));
+        }
+    }
+    let storages = &state.config.storage;
+    let updated = state.store.update(&caller.app, |app| {
+        let mut current = json!({
+            "webhook": app.webhook, "auto_recording": app.auto_recording, "default_storage": app.default_storage,
+        });
+        merge_patch(&mut current, &Value::Object(patch));
+        let settings: Settings = super::json::from_value(current).map_err(api_to_app_error)?;
+        settings.webhook.validate()?;
+        settings.auto_recording.validate()?;
+        if settings.default_storage != "local" && !storages.contains_key(&settings.default_storage) {
+            return Err(tessera_model::AppError::Invalid {
+                field: "default_storage".into(),
+                reason: format!("no storage named '{}'", settings.default_storage),
+            });
+        }
+        app.webhook = settings.webhook;
+        app.auto_recording = settings.auto_recording;
+        app.default_storage = settings.default_storage;
+        Ok(view(app))
+    })?;
+    Ok(Json(updated))
+}
+
+fn api_to_app_error(e: ApiError) -> tessera_model::AppError {
+    let field = e.details.as_ref().and_then(|d| d["field"].as_str()).unwrap_or("body").to_owned();
+    let reason = e.details.as_ref().and_then(|d| d["reason"].as_str()).unwrap_or(&e.message).to_owned();
+    tessera_model::AppError::Invalid { field, reason }
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct AddSecret {
+    kid: Option<String>,
+}
+
+/// `POST /v1/app/secrets`, with an optional body `{"kid": "..."}`; the new secret mints tokens
+/// from now on and is shown in this answer only.
+pub async fn add_secret(State(state): State<AppState>, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+    let req: AddSecret = if body.iter().all(u8::is_ascii_whitespace) { AddSecret::default() } else { super::json::parse(&body)? };
+    let kid = req
+        .kid
+        .map(|k| tessera_model::Kid::parse(&k).map_err(|e| ApiError::invalid_parameter("kid", e.reason)))
+        .transpose()?;
+    let now = crate::now_ms();
+    let secret = state.store.update(&caller.app, |app| match kid {
+        Some(kid) => app.add_secret(kid, tessera_model::random::secret(), now).cloned(),
+        None => app.add_generated_secret(now).cloned(),
+    })?;
+    Ok((StatusCode::CREATED, Json(json!({"kid": secret.kid, "secret": secret.secret, "created_at": secret.created_at}))))
+}
+
+pub async fn remove_secret(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(kid): Path<String>) -> ApiResult<Json<Value>> {
+    state.store.update(&caller.app, |app| app.remove_secret(&kid))?;
+    Ok(Json(json!({"kid": kid, "deleted_at": crate::now_ms()})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::merge_patch;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_rfc7396() {
+        let mut t = json!({"webhook": {"url": "a", "key": "k", "groups": [1, 2]}, "default_storage": "local"});
+        merge_patch(&mut t, &json!({"webhook": {"url": null, "groups": [3]}}));
+        assert_eq!(t, json!({"webhook": {"key": "k", "groups": [3]}, "default_storage": "local"}));
+    }
+}

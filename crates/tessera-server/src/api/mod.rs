@@ -1,0 +1,200 @@
+//! The HTTP surface: REST `/v1`, health, metrics and the browser pages, with request ids,
+//! metrics and tracing around every request.
+
+mod apikeys;
+mod app;
+pub mod auth;
+pub mod json;
+mod tokens;
+
+use crate::config::Config;
+use crate::error::{ApiError, REQUEST_ID};
+use crate::metrics::{HttpLabels, Metrics, RouteLabel};
+use crate::store::AppStore;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+use tracing::Instrument;
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+pub struct Shared {
+    pub config: Config,
+    pub store: AppStore,
+    pub metrics: Metrics,
+    pub key_rate: auth::RateLimiter,
+}
+
+/// Cheap to clone; every handler gets one.
+#[derive(Clone)]
+pub struct AppState(Arc<Shared>);
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+impl AppState {
+    pub fn new(config: Config, store: AppStore) -> AppState {
+        AppState(Arc::new(Shared {
+            config,
+            store,
+            metrics: Metrics::new(VERSION),
+            // PRODUCT.md §10: 100 requests/s per key.
+            key_rate: auth::RateLimiter::new(100.0, 100.0),
+        }))
+    }
+}
+
+pub fn router(state: AppState) -> Router {
+    let v1 = Router::new()
+        .route("/v1/tokens", post(tokens::create))
+        .route("/v1/api-keys", post(apikeys::create).get(apikeys::list))
+        .route("/v1/api-keys/{id}", get(apikeys::get).delete(apikeys::delete))
+        .route("/v1/app", get(app::get).patch(app::update))
+        .route("/v1/app/secrets", post(app::add_secret))
+        .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    Router::new()
+        .route("/", get(index))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .merge(v1)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
+        .layer(cors(&state.config))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+fn cors(config: &Config) -> CorsLayer {
+    let origins = if config.cors_origins.iter().any(|o| o == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
+    };
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
+        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH])
+        .expose_headers([header::LOCATION, header::ETAG, header::LINK, HeaderName::from_static("accept-patch"), HeaderName::from_static("x-request-id")])
+        .max_age(std::time::Duration::from_secs(86400))
+}
+
+/// A request id from the client is echoed when it is short printable ASCII; otherwise one is made.
+fn request_id(req: &Request) -> String {
+    req.headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty() && v.len() <= 128 && v.bytes().all(|b| b.is_ascii_graphic()))
+        .map(str::to_owned)
+        .unwrap_or_else(tessera_model::random::session_id)
+}
+
+/// Request id, tracing span, access log and HTTP metrics for every request.
+async fn observe(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_else(|| "unmatched".to_owned());
+    let id = request_id(&req);
+    let span = tracing::info_span!("http", method = %req.method(), path = %req.uri().path(), request_id = %id);
+    let mut resp = REQUEST_ID.scope(id.clone(), next.run(req)).instrument(span.clone()).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        resp.headers_mut().insert("x-request-id", v);
+    }
+    let status = resp.status().as_u16();
+    let elapsed = started.elapsed();
+    state.metrics.http_requests.get_or_create(&HttpLabels { route: route.clone(), status }).inc();
+    state.metrics.http_duration.get_or_create(&RouteLabel { route }).observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        if status >= 500 {
+            tracing::warn!(status, elapsed_ms = elapsed.as_millis() as u64, "request failed");
+        } else {
+            tracing::debug!(status, elapsed_ms = elapsed.as_millis() as u64, "request");
+        }
+    });
+    resp
+}
+
+async fn route_not_found(req: Request) -> ApiError {
+    ApiError::not_found("route_not_found", format!("no route for {} {}", req.method(), req.uri().path()))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed on {}", req.method(), req.uri().path()))
+}
+
+async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(json!({"status": "ok", "version": VERSION, "uptime_s": state.metrics.uptime_s()}))
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
+}
+
+async fn index() -> Html<&'static str> {
+    Html(include_str!("../../../../assets/index.html"))
+}
+
+/// `?limit=1..1000&cursor=` of every list (PRODUCT.md §10).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListQuery {
+    limit: Option<String>,
+    cursor: Option<String>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Page<T> {
+    items: Vec<T>,
+    next_cursor: Option<String>,
+}
+
+impl ListQuery {
+    fn limit(&self) -> Result<usize, ApiError> {
+        match &self.limit {
+            None => Ok(100),
+            Some(s) => match s.parse::<usize>() {
+                Ok(n) if (1..=1000).contains(&n) => Ok(n),
+                _ => Err(ApiError::invalid_parameter("limit", "must be an integer from 1 to 1000")),
+            },
+        }
+    }
+
+    /// One page of `items`, which are ordered by the string `key` gives; the cursor is the key of
+    /// the last item returned, so pages stay stable when items are added or removed.
+    pub fn page<T>(&self, mut items: Vec<T>, key: impl Fn(&T) -> &str) -> Result<Page<T>, ApiError> {
+        let limit = self.limit()?;
+        items.sort_by(|a, b| key(a).cmp(key(b)));
+        if let Some(c) = &self.cursor {
+            items.retain(|i| key(i) > c.as_str());
+        }
+        let more = items.len() > limit;
+        items.truncate(limit);
+        let next_cursor = if more { items.last().map(|i| key(i).to_owned()) } else { None };
+        Ok(Page { items, next_cursor })
+    }
+}
+
+/// Query-string parsing with the spec's error instead of axum's plain-text rejection.
+pub struct ApiQuery<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
+        Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| ApiQuery(q.0))
+            .map_err(|e| ApiError::invalid_parameter("query", e.body_text()))
+    }
+}

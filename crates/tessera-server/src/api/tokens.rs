@@ -1,0 +1,78 @@
+//! `POST /v1/tokens`: mint a user token with the app's newest secret (PRODUCT.md §10.1).
+
+use super::auth::Caller;
+use super::json::ApiJson;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use tessera_model::token::{self, TokenClaims, MAX_INFO_BYTES};
+use tessera_model::{Privileges, Role, RoomId, UserId};
+
+pub const DEFAULT_TTL_S: i64 = 6 * 3600;
+pub const MAX_TTL_S: i64 = 30 * 24 * 3600;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateToken {
+    room: String,
+    user: String,
+    role: Option<i64>,
+    privileges: Option<i64>,
+    ttl_s: Option<i64>,
+    info: Option<String>,
+}
+
+/// Checks the request and builds the claims; shared with the CLI through the same rules.
+pub fn claims_for(req: &CreateToken, app: &str, now_s: i64) -> ApiResult<TokenClaims> {
+    let room = RoomId::parse(&req.room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
+    let user = UserId::parse(&req.user).map_err(|e| ApiError::invalid_parameter("user", e.reason))?;
+    if user.is_reserved() {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "user_id_reserved",
+            format!("user ids starting with mix_, rec_ or relay_ belong to the server ('{user}')"),
+        ));
+    }
+    let role = match req.role {
+        None => Role::Anchor,
+        Some(r) => Role::from_code(r).ok_or_else(|| ApiError::invalid_parameter("role", "must be 20 (anchor) or 21 (audience)"))?,
+    };
+    let privileges = match req.privileges {
+        None => role.default_privileges(),
+        Some(p) => Privileges::from_int(p).ok_or_else(|| ApiError::invalid_parameter("privileges", "must be 0-255"))?,
+    };
+    let ttl = req.ttl_s.unwrap_or(DEFAULT_TTL_S);
+    if !(1..=MAX_TTL_S).contains(&ttl) {
+        return Err(ApiError::invalid_parameter("ttl_s", format!("must be 1-{MAX_TTL_S}")));
+    }
+    if req.info.as_ref().is_some_and(|i| i.len() > MAX_INFO_BYTES) {
+        return Err(ApiError::invalid_parameter("info", format!("must be at most {MAX_INFO_BYTES} bytes")));
+    }
+    Ok(TokenClaims {
+        app: app.to_owned(),
+        room: room.to_string(),
+        user: user.to_string(),
+        role: Some(role.code()),
+        privileges: Some(privileges.bits() as i64),
+        nbf: None,
+        exp: now_s + ttl,
+        info: req.info.clone().filter(|i| !i.is_empty()),
+    })
+}
+
+pub async fn create(
+    axum::extract::State(state): axum::extract::State<AppState>,
+    Extension(caller): Extension<Caller>,
+    ApiJson(req): ApiJson<CreateToken>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    let now_s = crate::now_ms() / 1000;
+    let claims = claims_for(&req, caller.app.as_str(), now_s)?;
+    let apps = state.store.snapshot();
+    let app = apps.get(&caller.app).ok_or_else(|| ApiError::internal("the key's app vanished"))?;
+    let secret = app.newest_secret();
+    let token = token::mint(&claims, &secret.kid, &secret.secret);
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "expires_at": claims.exp * 1000}))))
+}

@@ -1,0 +1,373 @@
+//! The one typed configuration: defaults, the TOML file and command-line flags all land here,
+//! and `tessera config` prints this same struct (secrets redacted).
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Config {
+    pub http_addr: SocketAddr,
+    pub rtmp_addr: SocketAddr,
+    pub rtc_udp_addr: SocketAddr,
+    /// Address advertised in ICE candidates and printed URLs; interface addresses when unset.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<IpAddr>,
+    pub data_dir: PathBuf,
+    /// Log filter, e.g. `info` or `tessera=debug,info` (`RUST_LOG` overrides it).
+    pub log: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_cert: Option<PathBuf>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls_key: Option<PathBuf>,
+    pub cors_origins: Vec<String>,
+    pub ice_servers: Vec<IceServer>,
+    pub limits: Limits,
+    pub storage: BTreeMap<String, StorageConfig>,
+    pub apps: BTreeMap<String, AppConfig>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            http_addr: "0.0.0.0:8080".parse().expect("valid"),
+            rtmp_addr: "0.0.0.0:1935".parse().expect("valid"),
+            rtc_udp_addr: "0.0.0.0:8443".parse().expect("valid"),
+            public_ip: None,
+            data_dir: PathBuf::from("./tessera-data"),
+            log: "info".into(),
+            tls_cert: None,
+            tls_key: None,
+            cors_origins: vec!["*".into()],
+            ice_servers: Vec::new(),
+            limits: Limits::default(),
+            storage: BTreeMap::new(),
+            apps: BTreeMap::new(),
+        }
+    }
+}
+
+/// A STUN/TURN server advertised to clients: a bare URL, or a table with credentials.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum IceServer {
+    Url(String),
+    Full {
+        urls: Vec<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        username: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        credential: Option<String>,
+    },
+}
+
+/// The configurable limits of PRODUCT.md §12.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Limits {
+    pub participants_per_room: u32,
+    pub publishing_anchors_per_room: u32,
+    pub concurrent_recordings_per_app: u32,
+    /// Defaults to the number of CPU cores.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrent_mix_jobs: Option<u32>,
+    pub concurrent_ingests_per_app: u32,
+    pub room_empty_timeout_s: u32,
+    pub task_retention_days: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            participants_per_room: 1000,
+            publishing_anchors_per_room: 50,
+            concurrent_recordings_per_app: 100,
+            concurrent_mix_jobs: None,
+            concurrent_ingests_per_app: 20,
+            room_empty_timeout_s: 10,
+            task_retention_days: 7,
+        }
+    }
+}
+
+/// A recording storage backend (RECORDING.md §7).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "lowercase", deny_unknown_fields)]
+pub enum StorageConfig {
+    Local,
+    S3 {
+        bucket: String,
+        region: String,
+        endpoint: String,
+        access_key_id: String,
+        secret_access_key: String,
+        #[serde(default)]
+        path_style: bool,
+        #[serde(default)]
+        key_prefix: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        public_base_url: Option<String>,
+    },
+}
+
+/// An app listed in the file; created at start if missing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppConfig {
+    /// Secrets to install: strings (kids `cfg1`, `cfg2`, ...) or `{kid, secret}` tables. When
+    /// none are given, one is generated and kept in `apps.json`.
+    #[serde(default)]
+    pub secrets: Vec<ConfigSecret>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook: Option<tessera_model::WebhookSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_recording: Option<tessera_model::AutoRecording>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_storage: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ConfigSecret {
+    Plain(String),
+    WithKid { kid: String, secret: String },
+}
+
+impl ConfigSecret {
+    /// (kid, secret), naming a plain string by its 1-based position.
+    pub fn resolve(&self, position: usize) -> (String, String) {
+        match self {
+            ConfigSecret::Plain(s) => (format!("cfg{position}"), s.clone()),
+            ConfigSecret::WithKid { kid, secret } => (kid.clone(), secret.clone()),
+        }
+    }
+}
+
+/// Why a configuration cannot be used. The message names the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+/// Values given on the command line; each one that is set wins over the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub http_addr: Option<SocketAddr>,
+    pub rtmp_addr: Option<SocketAddr>,
+    pub rtc_udp_addr: Option<SocketAddr>,
+    pub public_ip: Option<IpAddr>,
+    pub data_dir: Option<PathBuf>,
+}
+
+const REDACTED: &str = "<redacted>";
+
+impl Config {
+    /// Defaults, then `file` if given, then the overrides; validated.
+    pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config = match file {
+            None => Config::default(),
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.into(), source })?;
+                toml::from_str(&text).map_err(|e| ConfigError::Parse {
+                    path: path.into(),
+                    // toml's message spans lines (it quotes the source); one line reads better in a log.
+                    message: e.to_string().split_whitespace().collect::<Vec<_>>().join(" "),
+                })?
+            }
+        };
+        if let Some(a) = overrides.http_addr {
+            config.http_addr = a;
+        }
+        if let Some(a) = overrides.rtmp_addr {
+            config.rtmp_addr = a;
+        }
+        if let Some(a) = overrides.rtc_udp_addr {
+            config.rtc_udp_addr = a;
+        }
+        if let Some(ip) = overrides.public_ip {
+            config.public_ip = Some(ip);
+        }
+        if let Some(d) = &overrides.data_dir {
+            config.data_dir = d.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        if self.tls_cert.is_some() || self.tls_key.is_some() {
+            return invalid("tls_cert/tls_key: HTTPS termination is not supported yet; put a TLS proxy in front of http_addr".into());
+        }
+        if self.cors_origins.is_empty() {
+            return invalid("cors_origins: list at least one origin, or \"*\"".into());
+        }
+        for name in self.storage.keys() {
+            if name == "local" {
+                return invalid("storage.local: 'local' is built in and cannot be redefined".into());
+            }
+        }
+        for (id, app) in &self.apps {
+            if tessera_model::AppId::parse(id).is_err() {
+                return invalid(format!("apps.{id}: app ids are [A-Za-z0-9_]{{1,32}}"));
+            }
+            if app.secrets.len() > tessera_model::app::MAX_SECRETS {
+                return invalid(format!("apps.{id}.secrets: at most {} secrets", tessera_model::app::MAX_SECRETS));
+            }
+            for (i, s) in app.secrets.iter().enumerate() {
+                let (kid, secret) = s.resolve(i + 1);
+                if tessera_model::Kid::parse(&kid).is_err() {
+                    return invalid(format!("apps.{id}.secrets: kid '{kid}' is not [A-Za-z0-9_-]{{1,16}}"));
+                }
+                if secret.len() < 16 {
+                    return invalid(format!("apps.{id}.secrets: secret '{kid}' is shorter than 16 characters"));
+                }
+            }
+            if let Some(w) = &app.webhook {
+                w.validate().map_err(|e| ConfigError::Invalid(format!("apps.{id}.{e}")))?;
+            }
+            if let Some(r) = &app.auto_recording {
+                r.validate().map_err(|e| ConfigError::Invalid(format!("apps.{id}.{e}")))?;
+            }
+            if let Some(s) = &app.default_storage {
+                if s != "local" && !self.storage.contains_key(s) {
+                    return invalid(format!("apps.{id}.default_storage: no storage named '{s}'"));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The same configuration with every secret replaced, for printing.
+    pub fn redacted(&self) -> Config {
+        let mut c = self.clone();
+        for server in &mut c.ice_servers {
+            if let IceServer::Full { credential: Some(cred), .. } = server {
+                *cred = REDACTED.into();
+            }
+        }
+        for storage in c.storage.values_mut() {
+            if let StorageConfig::S3 { secret_access_key, .. } = storage {
+                *secret_access_key = REDACTED.into();
+            }
+        }
+        for app in c.apps.values_mut() {
+            for (i, s) in app.secrets.iter_mut().enumerate() {
+                let (kid, _) = s.resolve(i + 1);
+                *s = ConfigSecret::WithKid { kid, secret: REDACTED.into() };
+            }
+            if let Some(w) = &mut app.webhook {
+                if w.key.is_some() {
+                    w.key = Some(REDACTED.into());
+                }
+            }
+        }
+        c
+    }
+
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("the config serializes to TOML")
+    }
+
+    /// How many mix jobs may run at once.
+    pub fn max_mix_jobs(&self) -> u32 {
+        self.limits
+            .concurrent_mix_jobs
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(text: &str) -> (tempdir::Dir, PathBuf) {
+        let dir = tempdir::Dir::new();
+        let path = dir.path().join("tessera.toml");
+        std::fs::write(&path, text).unwrap();
+        (dir, path)
+    }
+
+    mod tempdir {
+        pub struct Dir(std::path::PathBuf);
+        impl Dir {
+            pub fn new() -> Dir {
+                let p = std::env::temp_dir().join(format!("tessera-config-test-{}", tessera_model::random::task_id()));
+                std::fs::create_dir_all(&p).unwrap();
+                Dir(p)
+            }
+            pub fn path(&self) -> &std::path::Path {
+                &self.0
+            }
+        }
+        impl Drop for Dir {
+            fn drop(&mut self) {
+                let _ = std::fs::remove_dir_all(&self.0);
+            }
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let c = Config::load(None, &Overrides::default()).unwrap();
+        assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
+        assert_eq!(c.rtmp_addr.port(), 1935);
+        assert_eq!(c.rtc_udp_addr.port(), 8443);
+        assert_eq!(c.data_dir, PathBuf::from("./tessera-data"));
+        assert_eq!(c.cors_origins, vec!["*"]);
+    }
+
+    #[test]
+    fn flags_override_file() {
+        let (_d, path) = write("http_addr = \"127.0.0.1:9000\"\nrtmp_addr = \"127.0.0.1:1936\"\nlog = \"debug\"\n[limits]\nparticipants_per_room = 5\n");
+        let o = Overrides { http_addr: Some("127.0.0.1:9001".parse().unwrap()), ..Default::default() };
+        let c = Config::load(Some(&path), &o).unwrap();
+        assert_eq!(c.http_addr.port(), 9001);
+        assert_eq!(c.rtmp_addr.port(), 1936);
+        assert_eq!(c.log, "debug");
+        assert_eq!(c.limits.participants_per_room, 5);
+        assert_eq!(c.limits.publishing_anchors_per_room, 50);
+    }
+
+    #[test]
+    fn bad_files_name_the_problem() {
+        let (_d, path) = write("http_adr = \"x\"\n");
+        let e = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("http_adr") && !e.contains('\n'), "{e}");
+        let (_d, path) = write("http_addr = \"nope\"\n");
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+        let (_d, path) = write("[apps.\"bad-id\"]\n");
+        let e = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("apps.bad-id"), "{e}");
+        let (_d, path) = write("[apps.a]\nsecrets = [\"short\"]\n");
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+        let e = Config::load(Some(Path::new("/nonexistent/t.toml")), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("/nonexistent/t.toml"), "{e}");
+    }
+
+    #[test]
+    fn redaction_hides_every_secret() {
+        let (_d, path) = write(concat!(
+            "ice_servers = [\"stun:stun.example.org\", {urls=[\"turn:t\"], username=\"u\", credential=\"turn-pass\"}]\n",
+            "[storage.s3a]\ntype=\"s3\"\nbucket=\"b\"\nregion=\"r\"\nendpoint=\"http://e\"\naccess_key_id=\"AK\"\nsecret_access_key=\"s3-secret\"\n",
+            "[apps.default]\nsecrets=[\"app-secret-0123456789\", {kid=\"k9\", secret=\"other-secret-0123456789\"}]\n",
+            "webhook={url=\"https://h/x\", key=\"hookkey\"}\n",
+        ));
+        let c = Config::load(Some(&path), &Overrides::default()).unwrap();
+        let printed = c.redacted().to_toml();
+        for secret in ["turn-pass", "s3-secret", "app-secret-0123456789", "other-secret-0123456789", "hookkey"] {
+            assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
+        }
+        assert!(printed.contains("cfg1") && printed.contains("k9") && printed.contains("AK"));
+        // What is printed parses back.
+        let back: Config = toml::from_str(&printed).unwrap();
+        assert_eq!(back.http_addr, c.http_addr);
+    }
+}

@@ -1,0 +1,61 @@
+//! Prometheus metrics (PRODUCT.md §11), registered once and shared by every part of the server.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+use std::time::Instant;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct HttpLabels {
+    /// The route pattern (`/v1/api-keys/{id}`), never the raw path, so label sets stay bounded.
+    pub route: String,
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteLabel {
+    pub route: String,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    started: Instant,
+    uptime: Gauge<f64, AtomicU64>,
+    pub http_requests: Family<HttpLabels, Counter>,
+    pub http_duration: Family<RouteLabel, Histogram>,
+}
+
+impl Metrics {
+    pub fn new(version: &'static str) -> Metrics {
+        let mut registry = Registry::default();
+        registry.register("tessera_build", "Build information", Info::new(vec![("version", version)]));
+        let uptime = Gauge::<f64, AtomicU64>::default();
+        registry.register("tessera_uptime_seconds", "Seconds since the server started", uptime.clone());
+        let http_requests = Family::<HttpLabels, Counter>::default();
+        registry.register("tessera_http_requests", "HTTP requests by route and status", http_requests.clone());
+        let http_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
+            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 6.0])
+        });
+        registry.register("tessera_http_request_duration_seconds", "HTTP request latency by route", http_duration.clone());
+        Metrics { registry, started: Instant::now(), uptime, http_requests, http_duration }
+    }
+
+    pub fn uptime_s(&self) -> u64 {
+        self.started.elapsed().as_secs()
+    }
+
+    /// The exposition text (OpenMetrics, which Prometheus reads).
+    pub fn render(&self) -> String {
+        self.uptime.set(self.started.elapsed().as_secs_f64());
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

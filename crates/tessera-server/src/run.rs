@@ -1,0 +1,143 @@
+//! Start-up and shut-down of `tessera serve`: bind every listener first (so a taken port fails
+//! fast, before anything is written), take the data dir lock, load or create the app store,
+//! then serve until SIGINT/SIGTERM and save what is only in memory.
+
+use crate::api::{self, AppState};
+use crate::config::Config;
+use crate::store::{AppStore, DataDir, FirstStart, StoreError};
+use std::net::SocketAddr;
+use std::time::Duration;
+use tessera_model::token::{self, TokenClaims};
+use tessera_model::{AppId, Role};
+use tokio::net::TcpListener;
+
+/// Why the server could not start. The binary prints it on one line and exits with code 2.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} for {what}: {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    DataDir(#[from] StoreError),
+}
+
+pub struct Server {
+    state: AppState,
+    http: TcpListener,
+    http_addr: SocketAddr,
+    data_dir: DataDir,
+    first_start: Option<FirstStart>,
+}
+
+/// How long in-flight requests get to finish after a stop signal.
+const DRAIN: Duration = Duration::from_secs(5);
+
+impl Server {
+    pub async fn start(config: Config) -> Result<Server, StartError> {
+        let http = TcpListener::bind(config.http_addr)
+            .await
+            .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
+        let http_addr = http.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
+        let data_dir = DataDir::open_locked(&config.data_dir)?;
+        let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
+        let state = AppState::new(config, store);
+        Ok(Server { state, http, http_addr, data_dir, first_start })
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The base URL a user on this machine (or at `public_ip`) reaches the HTTP API at.
+    pub fn base_url(&self) -> String {
+        let host = match (self.state.config.public_ip, self.http_addr.ip()) {
+            (Some(ip), _) => ip,
+            (None, ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+            (None, ip) => ip,
+        };
+        match host {
+            std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}", self.http_addr.port()),
+            v4 => format!("http://{v4}:{}", self.http_addr.port()),
+        }
+    }
+
+    /// What a user needs to get going, printed at start.
+    pub fn banner(&self) -> String {
+        let base = self.base_url();
+        let key_path = self.data_dir.admin_key_path();
+        let apps = self.state.store.snapshot();
+        let app = &apps[&AppId::default_app()];
+        let secret = app.newest_secret();
+        let now_s = crate::now_ms() / 1000;
+        let claims = TokenClaims {
+            app: app.id.to_string(),
+            room: "demo".into(),
+            user: "demo".into(),
+            role: Some(Role::Anchor.code()),
+            privileges: Some(255),
+            nbf: None,
+            exp: now_s + 6 * 3600,
+            info: None,
+        };
+        let demo_token = token::mint(&claims, &secret.kid, &secret.secret);
+        let mut out = format!("Tessera {} is running.\n", api::VERSION);
+        if self.first_start.is_some() {
+            out.push_str(&format!("  First start: created app 'default', its secret and an admin API key in {}\n", self.data_dir.root().display()));
+        }
+        out.push_str(&format!("  HTTP API       {base}\n"));
+        out.push_str(&format!("  Health         {base}/healthz\n"));
+        out.push_str(&format!("  Metrics        {base}/metrics\n"));
+        out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
+        out.push_str(&format!("  Try it         curl -H \"Authorization: Bearer $(cat {})\" {base}/v1/app\n", key_path.display()));
+        out.push_str("  Anchor token   room 'demo', user 'demo', valid 6 h (mint more with `tessera token`):\n");
+        out.push_str(&format!("    {demo_token}\n"));
+        out
+    }
+
+    /// Serves until `shutdown` resolves, then drains requests and saves state.
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        let router = api::router(self.state.clone());
+        let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+        let mut drained = stop_rx.clone();
+        let server = axum::serve(self.http, router).with_graceful_shutdown(async move {
+            shutdown.await;
+            let _ = stop_tx.send(true);
+        });
+        tracing::info!(addr = %self.http_addr, "HTTP listening");
+        // Graceful shutdown waits for every open connection; bound it so a stuck client cannot
+        // hold the process.
+        let result = tokio::select! {
+            r = server => r,
+            _ = async move {
+                let _ = drained.wait_for(|stopped| *stopped).await;
+                tokio::time::sleep(DRAIN).await;
+            } => {
+                tracing::warn!("connections still open after {DRAIN:?}; closing them");
+                Ok(())
+            }
+        };
+        if let Err(e) = self.state.store.flush() {
+            tracing::error!("saving API key usage at shutdown failed: {e}");
+        }
+        tracing::info!("stopped");
+        result
+    }
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
+        _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
