@@ -1,0 +1,346 @@
+//! The foundation, end to end through the real binary: zero-config start, health, metrics,
+//! tokens, API keys and policies, app settings and secret rotation, errors of the spec's shape,
+//! restart on the same data dir, and clean failures at start.
+
+use serde_json::{json, Value};
+use std::path::Path;
+use tessera_model::app::AppSecret;
+use tessera_model::token::{self, UserToken};
+use tessera_tests::*;
+
+fn admin_key(data_dir: &Path) -> String {
+    std::fs::read_to_string(data_dir.join("admin.key")).unwrap().trim().to_owned()
+}
+
+/// The secrets of an app, read from the data dir as the server stored them.
+fn secrets(data_dir: &Path, app: &str) -> Vec<AppSecret> {
+    let file: Value = serde_json::from_slice(&std::fs::read(data_dir.join("apps.json")).unwrap()).unwrap();
+    let app = file["apps"].as_array().unwrap().iter().find(|a| a["id"] == app).unwrap();
+    serde_json::from_value(app["secrets"].clone()).unwrap()
+}
+
+fn now_s() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn verify(data_dir: &Path, token: &str) -> Result<UserToken, token::TokenError> {
+    let s = secrets(data_dir, "default");
+    token::verify(token, now_s(), |app| (app.as_str() == "default").then_some(s.as_slice()))
+}
+
+fn header_kid(token: &str) -> String {
+    use base64::Engine;
+    let h = token.split('.').next().unwrap();
+    let v: Value = serde_json::from_slice(&base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(h).unwrap()).unwrap();
+    v["kid"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn zero_config_start_health_metrics_and_tokens() {
+    let dir = TempDir::new("foundation");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    assert!(server.banner.contains("First start"), "{}", server.banner);
+    assert!(server.banner.contains("admin.key"));
+
+    // The data dir layout of PRODUCT.md §2, with private files.
+    use std::os::unix::fs::PermissionsExt;
+    for f in ["apps.json", "admin.key"] {
+        let mode = std::fs::metadata(data.join(f)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{f}");
+    }
+    for d in ["tasks", "outbox", "recordings", "spool"] {
+        assert!(data.join(d).is_dir(), "{d}");
+    }
+    let key = admin_key(&data);
+    assert!(key.starts_with("tsk_") && key.len() == 49, "{key}");
+
+    // The demo token in the banner is a valid anchor token for demo/demo.
+    let demo = server.banner.lines().find(|l| l.starts_with("    eyJ")).unwrap().trim();
+    let t = verify(&data, demo).unwrap();
+    assert_eq!((t.room.as_str(), t.user.as_str(), t.privileges.bits()), ("demo", "demo", 255));
+    assert!((t.exp - now_s() - 6 * 3600).abs() < 60);
+
+    let h = get(&server.url("/healthz"), None);
+    assert_eq!(h.status, 200);
+    let h = h.json();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+    assert!(h["uptime_s"].as_u64().is_some());
+
+    // Token round trip through REST: minted with the app's secret, with the asked claims.
+    let r = post_json(&server.url("/v1/tokens"), Some(&key), &json!({"room":"room1","user":"alice","role":21,"ttl_s":120,"info":"vip"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let body = r.json();
+    let token = body["token"].as_str().unwrap();
+    let t = verify(&data, token).unwrap();
+    assert_eq!((t.room.as_str(), t.user.as_str(), t.role.code(), t.privileges.bits()), ("room1", "alice", 21, 171));
+    assert_eq!(t.info.as_deref(), Some("vip"));
+    assert_eq!(body["expires_at"].as_i64().unwrap(), t.exp * 1000);
+    assert!((t.exp - now_s() - 120).abs() <= 5);
+
+    // And through the CLI, against the same data dir while the server runs.
+    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", "r2", "--user", "bob", "--role", "audience", "--privileges", "42", "--ttl", "1h"]);
+    assert!(status.success(), "{err}");
+    let t = verify(&data, out.trim()).unwrap();
+    assert_eq!((t.room.as_str(), t.user.as_str(), t.privileges.bits()), ("r2", "bob", 42));
+    assert!((t.exp - now_s() - 3600).abs() <= 5);
+
+    // Metrics: Prometheus text with build info, uptime and requests by route and status.
+    let m = get(&server.url("/metrics"), None);
+    assert_eq!(m.status, 200);
+    assert!(m.header("content-type").unwrap().contains("text"), "{:?}", m.header("content-type"));
+    assert!(m.body.contains(&format!("tessera_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{}", m.body);
+    assert!(m.body.contains("tessera_uptime_seconds "));
+    assert!(m.body.contains("tessera_http_requests_total{route=\"/healthz\",status=\"200\"} 1"), "{}", m.body);
+    assert!(m.body.contains("tessera_http_requests_total{route=\"/v1/tokens\",status=\"201\"} 1"), "{}", m.body);
+
+    assert_eq!(server.stop().code(), Some(0), "SIGTERM stops the server cleanly");
+}
+
+#[test]
+fn api_errors_keys_policies_and_rotation() {
+    let dir = TempDir::new("api");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = admin_key(&data);
+    let url = |p: &str| server.url(p);
+
+    // Credentials.
+    get(&url("/v1/app"), None).expect_error(401, "api_key_missing");
+    get(&url("/v1/app"), Some("tsk_aaaaaaaaaaaa_bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb")).expect_error(401, "api_key_invalid");
+    get(&url("/v1/app"), Some("not-a-key")).expect_error(401, "api_key_invalid");
+    // The credential is checked before the body (PRODUCT.md §5 order).
+    request("POST", &url("/v1/tokens"), None, Some(("text/plain", b"x")), &[]).expect_error(401, "api_key_missing");
+
+    // Routing and bodies.
+    get(&url("/no/such/route"), None).expect_error(404, "route_not_found");
+    request("PUT", &url("/v1/app"), Some(&key), None, &[]).expect_error(405, "method_not_allowed");
+    request("POST", &url("/v1/tokens"), Some(&key), Some(("application/json", b"{\"room\":")), &[]).expect_error(400, "invalid_json");
+    request("POST", &url("/v1/tokens"), Some(&key), Some(("text/plain", b"{}")), &[]).expect_error(415, "unsupported_media_type");
+    let big = vec![b' '; 300 * 1024];
+    request("POST", &url("/v1/tokens"), Some(&key), Some(("application/json", &big)), &[]).expect_error(413, "payload_too_large");
+    let e = post_json(&url("/v1/tokens"), Some(&key), &json!({"room":"bad room","user":"u"})).expect_error(400, "invalid_parameter");
+    assert_eq!(e["details"]["field"], "room");
+    let e = post_json(&url("/v1/tokens"), Some(&key), &json!({"user":"u"})).expect_error(400, "invalid_parameter");
+    assert_eq!(e["details"]["field"], "room");
+    for (body, field) in [
+        (json!({"room":"r","user":"u","ttl_s":0}), "ttl_s"),
+        (json!({"room":"r","user":"u","ttl_s":2592001}), "ttl_s"),
+        (json!({"room":"r","user":"u","role":22}), "role"),
+        (json!({"room":"r","user":"u","privileges":256}), "privileges"),
+        (json!({"room":"r","user":"u","info":"x".repeat(1025)}), "info"),
+        (json!({"room":"r","user":"u","admin":true}), "admin"),
+    ] {
+        let e = post_json(&url("/v1/tokens"), Some(&key), &body).expect_error(400, "invalid_parameter");
+        assert_eq!(e["details"]["field"], field, "{body}");
+    }
+    post_json(&url("/v1/tokens"), Some(&key), &json!({"room":"r","user":"mix_1"})).expect_error(403, "user_id_reserved");
+
+    // A client's request id is echoed, in the header and in error bodies.
+    let r = request("GET", &url("/v1/nope"), None, None, &[("X-Request-Id", "trace-123")]);
+    assert_eq!(r.header("x-request-id"), Some("trace-123"));
+    assert_eq!(r.json()["request_id"], "trace-123");
+
+    // CORS preflight for the browser pages.
+    let r = request("OPTIONS", &url("/v1/tokens"), None, None, &[("Origin", "http://example.test"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization,content-type")]);
+    assert!(r.status == 200 || r.status == 204, "{r:?}");
+    assert_eq!(r.header("access-control-allow-origin"), Some("*"));
+
+    // API keys: a read-only key reads but cannot change anything.
+    let r = post_json(&url("/v1/api-keys"), Some(&key), &json!({"name":"ci","preset":"read-only"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ro = r.json();
+    let ro_key = ro["key"].as_str().unwrap().to_owned();
+    let ro_id = ro["id"].as_str().unwrap().to_owned();
+    assert_eq!(ro["policy"], json!({"statements":[{"effect":"allow","actions":["*.get","*.list"]}]}));
+    assert_eq!(get(&url("/v1/app"), Some(&ro_key)).status, 200);
+    assert_eq!(get(&url("/v1/api-keys"), Some(&ro_key)).status, 200);
+    let e = post_json(&url("/v1/tokens"), Some(&ro_key), &json!({"room":"r","user":"u"})).expect_error(403, "action_denied");
+    assert_eq!(e["details"]["action"], "tokens.create");
+    request("DELETE", &url(&format!("/v1/api-keys/{ro_id}")), Some(&ro_key), None, &[]).expect_error(403, "action_denied");
+
+    // A custom policy: everything but secret removal.
+    let r = post_json(&url("/v1/api-keys"), Some(&key), &json!({"name":"ops","policy":{"statements":[{"effect":"allow","actions":["*"]},{"effect":"deny","actions":["secrets.delete"]}]}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let ops_key = r.json()["key"].as_str().unwrap().to_owned();
+    assert_eq!(post_json(&url("/v1/tokens"), Some(&ops_key), &json!({"room":"r","user":"u"})).status, 201);
+    let e = request("DELETE", &url("/v1/app/secrets/k1"), Some(&ops_key), None, &[]).expect_error(403, "action_denied");
+    assert_eq!(e["details"]["action"], "secrets.delete");
+    post_json(&url("/v1/api-keys"), Some(&key), &json!({"preset":"root"})).expect_error(400, "invalid_parameter");
+    post_json(&url("/v1/api-keys"), Some(&key), &json!({"policy":{"statements":[{"effect":"allow","actions":["rooms"]}]}})).expect_error(400, "invalid_parameter");
+    post_json(&url("/v1/api-keys"), Some(&key), &json!({"preset":"read-only","policy":{"statements":[]}})).expect_error(400, "invalid_parameter");
+
+    // List, paginate, get: never the key or its hash; last use is tracked.
+    let list = get(&url("/v1/api-keys"), Some(&key)).json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 3);
+    assert!(!list.to_string().contains("tsk_") && !list.to_string().contains("sha256"));
+    let page1 = get(&url("/v1/api-keys?limit=2"), Some(&key)).json();
+    assert_eq!(page1["items"].as_array().unwrap().len(), 2);
+    let cursor = page1["next_cursor"].as_str().unwrap().to_owned();
+    let page2 = get(&url(&format!("/v1/api-keys?limit=2&cursor={cursor}")), Some(&key)).json();
+    assert_eq!(page2["items"].as_array().unwrap().len(), 1);
+    assert!(page2["next_cursor"].is_null());
+    get(&url("/v1/api-keys?limit=0"), Some(&key)).expect_error(400, "invalid_parameter");
+    let got = get(&url(&format!("/v1/api-keys/{ro_id}")), Some(&key)).json();
+    assert_eq!(got["name"], "ci");
+    assert!(got["last_used_at"].as_i64().is_some(), "{got}");
+    get(&url("/v1/api-keys/zzzzzzzzzzzz"), Some(&key)).expect_error(404, "api_key_not_found");
+
+    // Deleting a key revokes it at once.
+    assert_eq!(request("DELETE", &url(&format!("/v1/api-keys/{ro_id}")), Some(&key), None, &[]).status, 200);
+    get(&url("/v1/app"), Some(&ro_key)).expect_error(401, "api_key_invalid");
+
+    // App settings: merge patch, validation, the webhook key is stored but never shown.
+    let r = request("PATCH", &url("/v1/app"), Some(&key), Some(("application/json", br#"{"webhook":{"url":"http://127.0.0.1:9/hook","key":"k3yA","groups":[1,2]}}"#)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let app = r.json();
+    assert_eq!(app["webhook"]["url"], "http://127.0.0.1:9/hook");
+    assert_eq!(app["webhook"]["key_set"], true);
+    assert!(!r.body.contains("k3yA"));
+    // Leaving the key out keeps it.
+    let r = request("PATCH", &url("/v1/app"), Some(&key), Some(("application/json", br#"{"webhook":{"groups":[1]},"auto_recording":{"enabled":true}}"#)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let app = r.json();
+    assert_eq!(app["webhook"]["key_set"], true);
+    assert_eq!(app["webhook"]["groups"], json!([1]));
+    assert_eq!(app["auto_recording"]["enabled"], true);
+    assert_eq!(app["auto_recording"]["format"], "hls+mp4");
+    for (body, field) in [
+        (r#"{"webhook":{"key":null}}"#, "webhook.key"),
+        (r#"{"auto_recording":{"mp4_split_minutes":0}}"#, "auto_recording.mp4_split_minutes"),
+        (r#"{"default_storage":"s3-nope"}"#, "default_storage"),
+        (r#"{"secrets":[]}"#, "secrets"),
+        (r#"{"webhook":{"colour":1}}"#, "webhook.colour"),
+    ] {
+        let e = request("PATCH", &url("/v1/app"), Some(&key), Some(("application/json", body.as_bytes())), &[]).expect_error(400, "invalid_parameter");
+        assert_eq!(e["details"]["field"], field, "{body}");
+    }
+    // A refused patch changed nothing.
+    assert_eq!(get(&url("/v1/app"), Some(&key)).json(), app);
+
+    // Secret rotation: the new secret mints, both verify, the last one cannot go.
+    let old_token = post_json(&url("/v1/tokens"), Some(&key), &json!({"room":"r","user":"u"})).json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(header_kid(&old_token), "k1");
+    let r = request("POST", &url("/v1/app/secrets"), Some(&key), None, &[]);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let s = r.json();
+    assert_eq!(s["kid"], "k2");
+    assert_eq!(s["secret"].as_str().unwrap().len(), 43);
+    assert!(!get(&url("/v1/app"), Some(&key)).body.contains(s["secret"].as_str().unwrap()));
+    let new_token = post_json(&url("/v1/tokens"), Some(&key), &json!({"room":"r","user":"u"})).json()["token"].as_str().unwrap().to_owned();
+    assert_eq!(header_kid(&new_token), "k2");
+    assert!(verify(&data, &old_token).is_ok() && verify(&data, &new_token).is_ok());
+    assert_eq!(request("DELETE", &url("/v1/app/secrets/k1"), Some(&key), None, &[]).status, 200);
+    assert_eq!(verify(&data, &old_token).unwrap_err().code(), "token_bad_signature");
+    assert!(verify(&data, &new_token).is_ok());
+    request("DELETE", &url("/v1/app/secrets/k2"), Some(&key), None, &[]).expect_error(409, "last_secret");
+    request("DELETE", &url("/v1/app/secrets/k7"), Some(&key), None, &[]).expect_error(404, "secret_not_found");
+    let r = post_json(&url("/v1/app/secrets"), Some(&key), &json!({"kid":"bad kid"}));
+    r.expect_error(400, "invalid_parameter");
+    for _ in 0..4 {
+        assert_eq!(request("POST", &url("/v1/app/secrets"), Some(&key), None, &[]).status, 201);
+    }
+    request("POST", &url("/v1/app/secrets"), Some(&key), None, &[]).expect_error(429, "limit_exceeded");
+
+    // Nothing above was a server error.
+    let m = get(&url("/metrics"), None).body;
+    assert!(!m.contains("status=\"5"), "{m}");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn restart_reuses_the_data_dir() {
+    let dir = TempDir::new("restart");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = admin_key(&data);
+    let secret_before = secrets(&data, "default")[0].secret.clone();
+    let (status, token, _) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", "demo", "--user", "obs"]);
+    assert!(status.success());
+    // A second server on the same data dir (another port) is refused while the first runs.
+    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("in use by another tessera process"), "{err}");
+    assert_eq!(server.stop().code(), Some(0));
+
+    let server = Server::start(&data, &[]);
+    assert!(!server.banner.contains("First start"), "{}", server.banner);
+    assert_eq!(admin_key(&data), key);
+    assert_eq!(secrets(&data, "default")[0].secret, secret_before);
+    // The key from before the restart still works, and so does the token.
+    assert_eq!(get(&server.url("/v1/app"), Some(&key)).status, 200);
+    assert_eq!(verify(&data, token.trim()).unwrap().user.as_str(), "obs");
+    // The API key's last use was saved at shutdown.
+    let k = get(&server.url("/v1/api-keys"), Some(&key)).json();
+    assert!(k["items"][0]["last_used_at"].as_i64().is_some(), "{k}");
+    assert_eq!(server.stop().code(), Some(0));
+}
+
+#[test]
+fn start_failures_exit_2_with_one_line() {
+    let dir = TempDir::new("fail");
+    let data = dir.path().join("data");
+
+    // A taken HTTP port.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", &addr]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    let line = err.lines().last().unwrap();
+    assert!(line.starts_with("tessera: cannot listen on") && line.contains(&addr) && line.contains("HTTP"), "{err}");
+    assert!(!data.exists(), "nothing is written when the start fails on a port");
+
+    // An invalid config file: unknown key, bad value, not TOML at all.
+    for (text, needle) in [("http_adr = \"127.0.0.1:1\"\n", "http_adr"), ("http_addr = \"nowhere\"\n", "http_addr"), ("[[[", "tessera.toml")] {
+        let cfg = dir.path().join("tessera.toml");
+        std::fs::write(&cfg, text).unwrap();
+        let (status, _, err) = run_cli(&["serve", "--config", cfg.to_str().unwrap(), "--data-dir", data.to_str().unwrap()]);
+        assert_eq!(status.code(), Some(2), "{err}");
+        assert_eq!(err.lines().count(), 1, "{err}");
+        assert!(err.contains("invalid config file") && err.contains(needle), "{err}");
+    }
+    let (status, _, err) = run_cli(&["serve", "--config", "/nonexistent/tessera.toml"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("/nonexistent/tessera.toml"), "{err}");
+
+    // CLI refusals.
+    let (status, _, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", "r", "--user", "mix_x"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("reserved"), "{err}");
+    let (status, _, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", "bad room", "--user", "u"]);
+    assert_eq!(status.code(), Some(2));
+    assert!(err.contains("room id"), "{err}");
+}
+
+#[test]
+fn config_file_flags_and_redacted_printout() {
+    let dir = TempDir::new("config");
+    let data = dir.path().join("data");
+    let cfg = dir.path().join("tessera.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "data_dir = \"{}\"\nhttp_addr = \"127.0.0.1:1\"\nlog = \"debug\"\n[apps.shop]\nsecrets = [{{kid = \"s1\", secret = \"shop-secret-0123456789\"}}]\nwebhook = {{url = \"http://127.0.0.1:9/h\", key = \"hookKey1\"}}\n",
+            data.display()
+        ),
+    )
+    .unwrap();
+    let (status, out, err) = run_cli(&["config", "--config", cfg.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(out.contains("http_addr = \"127.0.0.1:1\"") && out.contains("log = \"debug\""), "{out}");
+    assert!(out.contains("rtmp_addr = \"0.0.0.0:1935\""), "defaults are shown: {out}");
+    assert!(!out.contains("shop-secret-0123456789") && !out.contains("hookKey1"), "{out}");
+    assert!(out.contains("<redacted>"));
+
+    // Flags beat the file; the configured app exists with its secret.
+    let server = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
+    assert!(!server.base.ends_with(":1"), "--http-addr overrode the file: {}", server.base);
+    let s = secrets(&data, "shop");
+    assert_eq!((s[0].kid.as_str(), s[0].secret.as_str()), ("s1", "shop-secret-0123456789"));
+    let (status, token, err) = run_cli(&["token", "--config", cfg.to_str().unwrap(), "--app", "shop", "--room", "r", "--user", "u"]);
+    assert!(status.success(), "{err}");
+    let parsed = token::verify(token.trim(), now_s(), |app| (app.as_str() == "shop").then_some(s.as_slice())).unwrap();
+    assert_eq!(parsed.kid.as_str(), "s1");
+    assert_eq!(server.stop().code(), Some(0));
+}
