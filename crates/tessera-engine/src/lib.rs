@@ -1,8 +1,15 @@
 //! Tessera's media engine, where ingest meets output (docs/architecture.md):
 //! rooms (routers) hold participants; a participant's transports carry producers (incoming
 //! tracks) and consumers (its copies of other producers); the SFU forwards packets from
-//! producers to consumers, the MCU decodes, composites and re-encodes, and outputs relay and
-//! record. The tokio drivers of the protocol cores (the shared UDP socket, RTMP TCP sessions)
-//! live here too, thin around the sans-IO state machines.
+//! producers to consumers. The MCU and the outputs (relays, recordings) join here as they land.
 //!
-//! Today the engine holds no rooms yet: the WebRTC SFU (issue 3) is the first part to land.
+//! `sfu` is the sans-IO core (datagrams and time in, datagrams and answers out); `driver` is the
+//! thin tokio task that owns the shared UDP socket and the timer.
+
+pub mod driver;
+pub mod forward;
+pub mod sfu;
+
+pub use driver::{RtcHandle, RtcServerError};
+pub use sfu::{Quality, RoomKey, SessionInfo, SessionSpec, SfuStats};
+pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

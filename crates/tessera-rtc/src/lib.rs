@@ -4,3 +4,10 @@
 //! socket and the timers lives in the engine; this crate never touches I/O or the clock.
 
 pub mod demux;
+pub mod offer;
+pub mod peer;
+
+pub use offer::{OfferError, OfferSection, OfferSummary, SectionKind};
+pub use peer::{reject_sections, Peer, PeerRole};
+/// The engine works with str0m's packet and event types directly.
+pub use str0m;

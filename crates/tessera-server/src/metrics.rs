@@ -22,8 +22,18 @@ pub struct RouteLabel {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UserTypeLabel {
+    pub user_type: String,
+}
+
 pub struct Metrics {
     registry: Registry,
+    rooms: Gauge,
+    participants: Family<UserTypeLabel, Gauge>,
+    forwarded: Counter,
+    received: Counter,
+    keyframe_requests: Counter,
     started: Instant,
     uptime: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -42,7 +52,34 @@ impl Metrics {
             Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 6.0])
         });
         registry.register("tessera_http_request_duration_seconds", "HTTP request latency by route", http_duration.clone());
-        Metrics { registry, started: Instant::now(), uptime, http_requests, http_duration }
+        let rooms = Gauge::default();
+        registry.register("tessera_rooms", "Rooms alive", rooms.clone());
+        let participants = Family::<UserTypeLabel, Gauge>::default();
+        registry.register("tessera_participants", "Media sessions by kind (10 WHIP, 11 WHEP)", participants.clone());
+        let forwarded = Counter::default();
+        registry.register("tessera_rtp_packets_forwarded", "RTP packets written to consumers", forwarded.clone());
+        let received = Counter::default();
+        registry.register("tessera_udp_datagrams_received", "Datagrams received on the WebRTC port", received.clone());
+        let keyframe_requests = Counter::default();
+        registry.register("tessera_keyframe_requests", "PLIs sent to producers (after throttling)", keyframe_requests.clone());
+        Metrics { registry, rooms, participants, forwarded, received, keyframe_requests, started: Instant::now(), uptime, http_requests, http_duration }
+    }
+
+    /// Copies the engine's state and counters into the registry before a scrape.
+    pub fn observe_sfu(&self, stats: &tessera_engine::SfuStats, counters: &tessera_engine::sfu::SfuCounters) {
+        use std::sync::atomic::Ordering;
+        self.rooms.set(stats.rooms as i64);
+        self.participants.get_or_create(&UserTypeLabel { user_type: "10".into() }).set(stats.publishers as i64);
+        self.participants.get_or_create(&UserTypeLabel { user_type: "11".into() }).set(stats.viewers as i64);
+        let sync = |c: &Counter, v: u64| {
+            let now = c.get();
+            if v > now {
+                c.inc_by(v - now);
+            }
+        };
+        sync(&self.forwarded, counters.packets_forwarded.load(Ordering::Relaxed));
+        sync(&self.received, counters.packets_received.load(Ordering::Relaxed));
+        sync(&self.keyframe_requests, counters.keyframe_requests.load(Ordering::Relaxed));
     }
 
     pub fn uptime_s(&self) -> u64 {

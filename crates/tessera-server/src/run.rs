@@ -18,6 +18,8 @@ pub enum StartError {
     Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
     #[error("{0}")]
     DataDir(#[from] StoreError),
+    #[error("{0}")]
+    Rtc(#[from] tessera_engine::RtcServerError),
 }
 
 pub struct Server {
@@ -37,9 +39,14 @@ impl Server {
             .await
             .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
         let http_addr = http.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
+        let rtc = tessera_engine::RtcHandle::start(
+            config.rtc_udp_addr,
+            config.public_ip,
+            std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
+        )?;
         let data_dir = DataDir::open_locked(&config.data_dir)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
-        let state = AppState::new(config, store);
+        let state = AppState::new(config, store, rtc);
         Ok(Server { state, http, http_addr, data_dir, first_start })
     }
 
@@ -86,6 +93,10 @@ impl Server {
         out.push_str(&format!("  HTTP API       {base}\n"));
         out.push_str(&format!("  Health         {base}/healthz\n"));
         out.push_str(&format!("  Metrics        {base}/metrics\n"));
+        out.push_str(&format!("  WHIP publish   {base}/whip/{{room}}   (OBS: Service WHIP, Bearer token below)\n"));
+        out.push_str(&format!("  WHEP play      {base}/whep/{{room}}/{{user}}/main\n"));
+        out.push_str(&format!("  Browser pages  {base}/publish.html  {base}/play.html\n"));
+        out.push_str(&format!("  WebRTC UDP     {}  (candidates: {})\n", self.state.rtc.local_addr, self.state.rtc.candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")));
         out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
         out.push_str(&format!("  Try it         curl -H \"Authorization: Bearer $(cat {})\" {base}/v1/app\n", key_path.display()));
         out.push_str("  Anchor token   room 'demo', user 'demo', valid 6 h (mint more with `tessera token`):\n");

@@ -6,6 +6,7 @@ mod app;
 pub mod auth;
 pub mod json;
 mod tokens;
+pub mod whip;
 
 use crate::config::Config;
 use crate::error::{ApiError, REQUEST_ID};
@@ -15,7 +16,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
-use axum::routing::{delete, get, post};
+use axum::routing::{delete, get, patch, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
@@ -28,6 +29,7 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
 pub struct Shared {
     pub config: Config,
+    pub rtc: tessera_engine::RtcHandle,
     pub store: AppStore,
     pub metrics: Metrics,
     pub key_rate: auth::RateLimiter,
@@ -45,9 +47,10 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: AppStore) -> AppState {
+    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle) -> AppState {
         AppState(Arc::new(Shared {
             config,
+            rtc,
             store,
             metrics: Metrics::new(VERSION),
             // PRODUCT.md §10: 100 requests/s per key.
@@ -65,15 +68,25 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/app/secrets", post(app::add_secret))
         .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
+    // WHIP/WHEP answer CORS themselves (OPTIONS → 204 with Accept-Post, RFC 9725).
+    let media = Router::new()
+        .route("/whip/{room}", post(whip::publish).options(whip::options))
+        .route("/whip/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
+        .route("/whep/{room}/{user}/{stream}", post(whip::play).options(whip::options))
+        .route("/whep/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
+        .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1))
+        .layer(middleware::from_fn_with_state(state.clone(), whip::cors));
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/{page}", get(page))
         .merge(v1)
-        .fallback(route_not_found)
-        .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
         .layer(cors(&state.config))
+        .merge(media)
+        .fallback(route_not_found)
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }
@@ -139,11 +152,22 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
+    let stats = state.rtc.stats().await.unwrap_or_default();
+    state.metrics.observe_sfu(&stats, &state.rtc.counters);
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }
 
 async fn index() -> Html<&'static str> {
     Html(include_str!("../../../../assets/index.html"))
+}
+
+/// The browser pages of `assets/`, built into the binary.
+async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<Html<&'static str>, ApiError> {
+    match page.as_str() {
+        "publish.html" => Ok(Html(include_str!("../../../../assets/publish.html"))),
+        "play.html" => Ok(Html(include_str!("../../../../assets/play.html"))),
+        _ => Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
+    }
 }
 
 /// `?limit=1..1000&cursor=` of every list (PRODUCT.md §10).

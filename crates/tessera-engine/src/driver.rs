@@ -1,0 +1,175 @@
+//! The tokio task that owns the shared WebRTC UDP socket and drives the sans-IO `Sfu`:
+//! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
+//! datagrams out. All SFU state lives on this one task, so it needs no locks.
+
+use crate::sfu::{RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_rtc::OfferError;
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtcServerError {
+    #[error("cannot listen on {addr} for WebRTC (UDP): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("the media engine has stopped")]
+    Stopped,
+}
+
+enum Command {
+    AddSession { spec: SessionSpec, offer: String, reply: oneshot::Sender<Result<String, OfferError>> },
+    RemoveSession { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
+    SessionInfo { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
+    RoomExists { key: RoomKey, reply: oneshot::Sender<bool> },
+    Stats { reply: oneshot::Sender<SfuStats> },
+}
+
+/// The HTTP side's handle on the media task. Cheap to clone.
+#[derive(Clone)]
+pub struct RtcHandle {
+    tx: mpsc::Sender<Command>,
+    pub counters: Arc<SfuCounters>,
+    pub local_addr: SocketAddr,
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// The host candidates to advertise: `public_ip`, else the bound address, else every
+/// interface address (loopback included, for local clients).
+pub fn host_candidates(bound: SocketAddr, public_ip: Option<IpAddr>) -> Vec<SocketAddr> {
+    let port = bound.port();
+    if let Some(ip) = public_ip {
+        return vec![SocketAddr::new(ip, port)];
+    }
+    if !bound.ip().is_unspecified() {
+        return vec![bound];
+    }
+    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|i| i.ip())
+        .filter(|ip| ip.is_ipv4() && !ip.is_loopback())
+        .map(|ip| SocketAddr::new(ip, port))
+        .collect();
+    out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
+    out
+}
+
+/// Which of our addresses a datagram from `source` was most likely sent to. Exact for a single
+/// candidate; with several, loopback talks to loopback and everyone else to the first
+/// interface address.
+fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr {
+    if let Some(c) = candidates.iter().find(|c| c.ip() == source.ip()) {
+        return *c;
+    }
+    candidates
+        .iter()
+        .find(|c| c.ip().is_loopback() == source.ip().is_loopback())
+        .or(candidates.first())
+        .copied()
+        .unwrap_or(source)
+}
+
+impl RtcHandle {
+    /// Binds the UDP socket and spawns the media task on the current tokio runtime.
+    pub fn start(bind: SocketAddr, public_ip: Option<IpAddr>, empty_room_timeout: Duration) -> Result<RtcHandle, RtcServerError> {
+        let socket = StdUdpSocket::bind(bind).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
+        socket.set_nonblocking(true).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
+        let local_addr = socket.local_addr().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
+        let socket = UdpSocket::from_std(socket).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
+        let candidates = host_candidates(local_addr, public_ip);
+        let sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
+        let counters = sfu.counters.clone();
+        let (tx, rx) = mpsc::channel(256);
+        tokio::spawn(run(socket, rx, sfu, candidates.clone()));
+        tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
+        Ok(RtcHandle { tx, counters, local_addr, candidates })
+    }
+
+    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(make(reply)).await.map_err(|_| RtcServerError::Stopped)?;
+        rx.await.map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub async fn add_session(&self, spec: SessionSpec, offer: String) -> Result<Result<String, OfferError>, RtcServerError> {
+        self.ask(|reply| Command::AddSession { spec, offer, reply }).await
+    }
+
+    pub async fn remove_session(&self, sid: &str) -> Result<Option<SessionInfo>, RtcServerError> {
+        self.ask(|reply| Command::RemoveSession { sid: sid.to_owned(), reply }).await
+    }
+
+    pub async fn session_info(&self, sid: &str) -> Result<Option<SessionInfo>, RtcServerError> {
+        self.ask(|reply| Command::SessionInfo { sid: sid.to_owned(), reply }).await
+    }
+
+    pub async fn room_exists(&self, key: RoomKey) -> Result<bool, RtcServerError> {
+        self.ask(|reply| Command::RoomExists { key, reply }).await
+    }
+
+    pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
+        self.ask(|reply| Command::Stats { reply }).await
+    }
+}
+
+/// Datagrams read per wake-up before timers and commands get a turn.
+const RECV_BATCH: usize = 64;
+
+async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: Sfu, candidates: Vec<SocketAddr>) {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let deadline = sfu.next_timeout();
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                let now = Instant::now();
+                match cmd {
+                    Command::AddSession { spec, offer, reply } => {
+                        let _ = reply.send(sfu.add_session(spec, &offer, now));
+                    }
+                    Command::RemoveSession { sid, reply } => {
+                        let _ = reply.send(sfu.remove_session(&sid));
+                    }
+                    Command::SessionInfo { sid, reply } => {
+                        let _ = reply.send(sfu.session_info(&sid));
+                    }
+                    Command::RoomExists { key, reply } => {
+                        let _ = reply.send(sfu.room_exists(&key));
+                    }
+                    Command::Stats { reply } => {
+                        let _ = reply.send(sfu.stats());
+                    }
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = r {
+                    let now = Instant::now();
+                    sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]);
+                    // Drain what else is queued without going back through the scheduler.
+                    for _ in 0..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                }
+            }
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        let now = Instant::now();
+        if sfu.next_timeout() <= now {
+            sfu.handle_timeout(now);
+        }
+        while let Some(t) = sfu.poll_transmit() {
+            match socket.try_send_to(&t.contents, t.destination) {
+                Ok(_) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Err(e) => tracing::debug!(to = %t.destination, "send failed: {e}"),
+            }
+        }
+    }
+}

@@ -1,0 +1,688 @@
+//! The SFU core, sans-IO: sessions (one str0m peer each) in rooms, the routing of datagrams on
+//! the shared UDP port, and forwarding from producers (WHIP publishers' tracks) to consumers
+//! (WHEP viewers' tracks) with per-consumer rewriting, keyframe requests and layer choice.
+//! Time and datagrams come in through `handle_*`; datagrams go out through `poll_transmit`.
+
+use crate::forward::SeqTsRewriter;
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_media::{Codec, StreamKind};
+use tessera_model::{AppId, RoomId, UserId};
+use tessera_rtc::str0m::bwe::BweKind;
+use tessera_rtc::str0m::format::Codec as WireCodec;
+use tessera_rtc::str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
+use tessera_rtc::str0m::net::{Protocol, Receive, Transmit};
+use tessera_rtc::str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
+use tessera_rtc::str0m::{Event, Input, Output};
+use tessera_rtc::{demux, OfferError, Peer, PeerRole};
+
+/// PLI/FIR reach a producer at most this often (PRODUCT.md §3.5).
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// A session whose ICE has not connected by then is dropped.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// How often layers are re-chosen and rooms and sessions are checked.
+const TICK: Duration = Duration::from_millis(250);
+/// Bandwidth kept for audio when choosing a video layer, in bit/s.
+const AUDIO_RESERVE_BPS: f64 = 64_000.0;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomKey {
+    pub app: AppId,
+    pub room: RoomId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quality {
+    Auto,
+    High,
+    Medium,
+    Low,
+}
+
+impl Quality {
+    pub fn parse(s: &str) -> Option<Quality> {
+        Some(match s {
+            "auto" => Quality::Auto,
+            "h" => Quality::High,
+            "m" => Quality::Medium,
+            "l" => Quality::Low,
+            _ => return None,
+        })
+    }
+}
+
+/// What a new session is.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub sid: String,
+    pub room: RoomKey,
+    /// The token's user: the publisher (WHIP) or the viewer (WHEP).
+    pub user: UserId,
+    pub role: PeerRole,
+    /// WHIP: the stream published. WHEP: the stream watched.
+    pub stream: StreamKind,
+    /// WHEP: whose stream is watched.
+    pub source_user: Option<UserId>,
+    /// WHEP: mids the viewer may not receive (rejected in the answer).
+    pub rejected_mids: Vec<String>,
+    pub quality: Quality,
+}
+
+/// Counters shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct SfuCounters {
+    pub packets_forwarded: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub rooms: usize,
+    pub publishers: usize,
+    pub viewers: usize,
+}
+
+/// Bytes over a sliding window, for layer bitrates.
+#[derive(Debug, Clone)]
+struct RateMeter {
+    window_start: Instant,
+    bytes: u64,
+    bps: f64,
+}
+
+impl RateMeter {
+    fn new(now: Instant) -> RateMeter {
+        RateMeter { window_start: now, bytes: 0, bps: 0.0 }
+    }
+    fn add(&mut self, now: Instant, bytes: usize) {
+        self.bytes += bytes as u64;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Duration::from_millis(500) {
+            let rate = self.bytes as f64 * 8.0 / elapsed.as_secs_f64();
+            self.bps = if self.bps == 0.0 { rate } else { 0.5 * self.bps + 0.5 * rate };
+            self.bytes = 0;
+            self.window_start = now;
+        }
+    }
+}
+
+/// One simulcast layer (or the only encoding) of a producer.
+#[derive(Debug, Clone)]
+struct Layer {
+    rid: Option<Rid>,
+    rate: RateMeter,
+    last_packet: Instant,
+    last_keyframe_request: Option<Instant>,
+}
+
+/// An incoming track of a publisher.
+#[derive(Debug)]
+struct Producer {
+    mid: Mid,
+    kind: MediaKind,
+    layers: Vec<Layer>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LayerChoice {
+    Layer(Option<Rid>),
+    /// Congestion control paused video: even the lowest layer does not fit.
+    Paused,
+}
+
+/// An outgoing track of a viewer.
+#[derive(Debug)]
+struct Consumer {
+    mid: Mid,
+    kind: MediaKind,
+    allowed: bool,
+    rewriter: SeqTsRewriter,
+    /// (publisher session, layer) being forwarded.
+    current: Option<(u64, Option<Rid>)>,
+    /// (publisher session, layer) to forward next, as chosen by `allocate`.
+    target: Option<(u64, LayerChoice)>,
+    last_sent: Option<Instant>,
+    /// Payload type per codec, as negotiated with this viewer.
+    pts: Vec<(Codec, tessera_rtc::str0m::media::Pt)>,
+}
+
+enum Role {
+    Publisher { producers: Vec<Producer> },
+    Viewer { consumers: Vec<Consumer>, estimate_bps: Option<f64> },
+}
+
+struct Session {
+    spec: SessionSpec,
+    peer: Peer,
+    role: Role,
+    next_timeout: Instant,
+    connected: bool,
+    created: Instant,
+    addrs: Vec<SocketAddr>,
+}
+
+#[derive(Default)]
+struct Room {
+    publishers: HashMap<(UserId, StreamKind), u64>,
+    viewers: HashMap<(UserId, StreamKind), Vec<u64>>,
+    empty_since: Option<Instant>,
+}
+
+/// What the HTTP layer learns about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub room: RoomKey,
+    pub user: UserId,
+    pub role: PeerRole,
+}
+
+pub struct Sfu {
+    candidates: Vec<SocketAddr>,
+    sessions: HashMap<u64, Session>,
+    by_sid: HashMap<String, u64>,
+    by_ufrag: HashMap<String, u64>,
+    by_addr: HashMap<SocketAddr, u64>,
+    rooms: HashMap<RoomKey, Room>,
+    next_id: u64,
+    transmits: VecDeque<Transmit>,
+    events: Vec<(u64, Event)>,
+    dirty: Vec<u64>,
+    scratch_ids: Vec<u64>,
+    next_tick: Instant,
+    empty_room_timeout: Duration,
+    pub counters: Arc<SfuCounters>,
+}
+
+fn to_codec(c: WireCodec) -> Option<Codec> {
+    match c {
+        WireCodec::Opus => Some(Codec::Opus),
+        WireCodec::H264 => Some(Codec::H264),
+        WireCodec::Vp8 => Some(Codec::Vp8),
+        _ => None,
+    }
+}
+
+fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    match codec {
+        Codec::H264 => tessera_rtc::str0m::format::detect_h264_keyframe(payload),
+        Codec::Vp8 => tessera_rtc::str0m::format::detect_vp8_keyframe(payload),
+        Codec::Opus => true,
+    }
+}
+
+impl Sfu {
+    pub fn new(candidates: Vec<SocketAddr>, empty_room_timeout: Duration, now: Instant) -> Sfu {
+        Sfu {
+            candidates,
+            sessions: HashMap::new(),
+            by_sid: HashMap::new(),
+            by_ufrag: HashMap::new(),
+            by_addr: HashMap::new(),
+            rooms: HashMap::new(),
+            next_id: 1,
+            transmits: VecDeque::new(),
+            events: Vec::new(),
+            dirty: Vec::new(),
+            scratch_ids: Vec::new(),
+            next_tick: now + TICK,
+            empty_room_timeout,
+            counters: Arc::new(SfuCounters::default()),
+        }
+    }
+
+    pub fn room_exists(&self, key: &RoomKey) -> bool {
+        self.rooms.contains_key(key)
+    }
+
+    pub fn stats(&self) -> SfuStats {
+        let mut s = SfuStats { rooms: self.rooms.len(), ..Default::default() };
+        for session in self.sessions.values() {
+            match session.role {
+                Role::Publisher { .. } => s.publishers += 1,
+                Role::Viewer { .. } => s.viewers += 1,
+            }
+        }
+        s
+    }
+
+    pub fn session_info(&self, sid: &str) -> Option<SessionInfo> {
+        let s = &self.sessions[self.by_sid.get(sid)?];
+        Some(SessionInfo { room: s.spec.room.clone(), user: s.spec.user.clone(), role: s.spec.role })
+    }
+
+    /// Negotiates the offer and adds the session; returns the SDP answer.
+    pub fn add_session(&mut self, spec: SessionSpec, offer: &str, now: Instant) -> Result<String, OfferError> {
+        let (peer, answer) = Peer::from_offer(spec.role, offer, &self.candidates, now)?;
+        let answer = tessera_rtc::reject_sections(&answer, &spec.rejected_mids);
+        let id = self.next_id;
+        self.next_id += 1;
+        let role = match spec.role {
+            PeerRole::Publish => Role::Publisher { producers: Vec::new() },
+            PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None },
+        };
+        let room = self.rooms.entry(spec.room.clone()).or_default();
+        room.empty_since = None;
+        match spec.role {
+            PeerRole::Publish => {
+                // The newest publisher of a (user, stream) wins; the older one is closed.
+                if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
+                    tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
+                    self.close_session(old);
+                }
+            }
+            PeerRole::Play => {
+                let source = spec.source_user.clone().expect("a viewer names its source");
+                self.rooms.get_mut(&spec.room).expect("just made").viewers.entry((source, spec.stream)).or_default().push(id);
+            }
+        }
+        self.by_sid.insert(spec.sid.clone(), id);
+        self.by_ufrag.insert(peer.local_ufrag.clone(), id);
+        tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role, "session added");
+        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, addrs: Vec::new() });
+        self.drain_all(now);
+        Ok(answer)
+    }
+
+    /// Ends a session (WHIP/WHEP DELETE). Returns what it was.
+    pub fn remove_session(&mut self, sid: &str) -> Option<SessionInfo> {
+        let id = *self.by_sid.get(sid)?;
+        let info = self.session_info(sid);
+        self.close_session(id);
+        info
+    }
+
+    fn close_session(&mut self, id: u64) {
+        let Some(mut s) = self.sessions.remove(&id) else { return };
+        s.peer.rtc.disconnect();
+        // What the peer says on the way out (a DTLS close alert) is still sent.
+        while let Ok(Output::Transmit(t)) = s.peer.rtc.poll_output() {
+            self.transmits.push_back(t);
+        }
+        self.by_sid.remove(&s.spec.sid);
+        self.by_ufrag.remove(&s.peer.local_ufrag);
+        for a in &s.addrs {
+            if self.by_addr.get(a) == Some(&id) {
+                self.by_addr.remove(a);
+            }
+        }
+        if let Some(room) = self.rooms.get_mut(&s.spec.room) {
+            match s.spec.role {
+                PeerRole::Publish => {
+                    let key = (s.spec.user.clone(), s.spec.stream);
+                    if room.publishers.get(&key) == Some(&id) {
+                        room.publishers.remove(&key);
+                    }
+                }
+                PeerRole::Play => {
+                    if let Some(source) = &s.spec.source_user {
+                        let key = (source.clone(), s.spec.stream);
+                        if let Some(v) = room.viewers.get_mut(&key) {
+                            v.retain(|x| *x != id);
+                            if v.is_empty() {
+                                room.viewers.remove(&key);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        tracing::info!(sid = %s.spec.sid, room = %s.spec.room.room, user = %s.spec.user, "session closed");
+    }
+
+    /// A datagram arrived on the shared port.
+    pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        self.counters.packets_received.fetch_add(1, Ordering::Relaxed);
+        // A binding request names its peer by ufrag; it also (re)binds the source address.
+        let id = match demux::binding_request_local_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied()) {
+            Some(id) => {
+                if self.by_addr.insert(source, id) != Some(id) {
+                    if let Some(s) = self.sessions.get_mut(&id) {
+                        s.addrs.push(source);
+                    }
+                }
+                id
+            }
+            None => match self.by_addr.get(&source) {
+                Some(id) => *id,
+                None => return,
+            },
+        };
+        let Ok(contents) = data.try_into() else { return };
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+        if let Err(e) = session.peer.rtc.handle_input(input) {
+            tracing::debug!(sid = %session.spec.sid, "bad input: {e}");
+            return;
+        }
+        self.dirty.push(id);
+        self.drain_all(now);
+    }
+
+    /// When `handle_timeout` wants to be called next.
+    pub fn next_timeout(&self) -> Instant {
+        self.sessions.values().map(|s| s.next_timeout).fold(self.next_tick, Instant::min)
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let mut due = std::mem::take(&mut self.scratch_ids);
+        due.clear();
+        due.extend(self.sessions.iter().filter(|(_, s)| s.next_timeout <= now).map(|(id, _)| *id));
+        for id in &due {
+            if let Some(s) = self.sessions.get_mut(id) {
+                if let Err(e) = s.peer.rtc.handle_input(Input::Timeout(now)) {
+                    tracing::debug!(sid = %s.spec.sid, "timeout handling failed: {e}");
+                }
+                self.dirty.push(*id);
+            }
+        }
+        self.scratch_ids = due;
+        self.drain_all(now);
+        if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.tick(now);
+        }
+    }
+
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Periodic work: drop dead sessions and empty rooms, re-choose layers.
+    fn tick(&mut self, now: Instant) {
+        let dead: Vec<u64> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| !s.peer.rtc.is_alive() || (!s.connected && now.duration_since(s.created) > CONNECT_TIMEOUT))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in dead {
+            self.close_session(id);
+        }
+        let timeout = self.empty_room_timeout;
+        self.rooms.retain(|key, room| {
+            if room.publishers.is_empty() && room.viewers.is_empty() {
+                let since = *room.empty_since.get_or_insert(now);
+                if now.duration_since(since) >= timeout {
+                    tracing::info!(room = %key.room, "empty room dismissed");
+                    return false;
+                }
+            } else {
+                room.empty_since = None;
+            }
+            true
+        });
+        let viewers: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id).collect();
+        for v in viewers {
+            self.allocate(v, now);
+        }
+    }
+
+    /// Drains every dirty peer's output and handles the events, until nothing is left.
+    fn drain_all(&mut self, now: Instant) {
+        loop {
+            while let Some(id) = self.dirty.pop() {
+                let Some(s) = self.sessions.get_mut(&id) else { continue };
+                loop {
+                    match s.peer.rtc.poll_output() {
+                        Ok(Output::Timeout(t)) => {
+                            s.next_timeout = t;
+                            break;
+                        }
+                        Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                        Ok(Output::Event(e)) => self.events.push((id, e)),
+                        Err(e) => {
+                            tracing::warn!(sid = %s.spec.sid, "peer failed: {e}");
+                            s.peer.rtc.disconnect();
+                            s.next_timeout = now;
+                            break;
+                        }
+                    }
+                }
+            }
+            if self.events.is_empty() {
+                break;
+            }
+            let events = std::mem::take(&mut self.events);
+            for (id, e) in events {
+                self.handle_event(id, e, now);
+            }
+        }
+    }
+
+    fn handle_event(&mut self, id: u64, event: Event, now: Instant) {
+        match event {
+            Event::Connected => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    s.connected = true;
+                    tracing::info!(sid = %s.spec.sid, "connected");
+                    if matches!(s.role, Role::Viewer { .. }) {
+                        self.setup_consumers(id);
+                        self.allocate(id, now);
+                    }
+                }
+            }
+            Event::MediaAdded(m) => {
+                if let Some(s) = self.sessions.get_mut(&id) {
+                    if let Role::Publisher { producers } = &mut s.role {
+                        let layers = match &m.simulcast {
+                            Some(sim) => sim.recv.iter().map(|l| Layer { rid: Some(l.rid), rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }).collect(),
+                            None => vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }],
+                        };
+                        producers.push(Producer { mid: m.mid, kind: m.kind, layers });
+                    }
+                }
+            }
+            Event::RtpPacket(pkt) => self.forward(id, pkt, now),
+            Event::KeyframeRequest(req) => self.keyframe_request_from_viewer(id, req.mid, now),
+            Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
+                if let Some(Session { role: Role::Viewer { estimate_bps, .. }, .. }) = self.sessions.get_mut(&id) {
+                    *estimate_bps = Some(estimate.as_f64());
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Creates a viewer's consumers from its negotiated send sections.
+    fn setup_consumers(&mut self, id: u64) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Role::Viewer { consumers, .. } = &mut s.role else { return };
+        if !consumers.is_empty() {
+            return;
+        }
+        let rtc = &mut s.peer.rtc;
+        let params: Vec<_> = rtc.codec_config().params().to_vec();
+        let mids: Vec<Mid> = {
+            let mut api = rtc.direct_api();
+            // Every section we answered as a sender has a tx stream.
+            let mut mids = Vec::new();
+            for p in ["0", "1", "2", "3", "4", "5", "6", "7"] {
+                let mid: Mid = p.into();
+                if api.stream_tx_by_mid(mid, None).is_some() {
+                    mids.push(mid);
+                }
+            }
+            mids
+        };
+        for mid in mids {
+            let Some(media) = rtc.media(mid) else { continue };
+            let kind = media.kind();
+            let remote = media.remote_pts().to_vec();
+            let mut pts = Vec::new();
+            for p in params.iter().filter(|p| remote.contains(&p.pt())) {
+                if let Some(c) = to_codec(p.spec().codec) {
+                    if !pts.iter().any(|(x, _)| *x == c) {
+                        pts.push((c, p.pt()));
+                    }
+                }
+            }
+            let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
+            consumers.push(Consumer { mid, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts });
+        }
+    }
+
+    fn publisher_of(&self, viewer: &Session) -> Option<u64> {
+        let room = self.rooms.get(&viewer.spec.room)?;
+        room.publishers.get(&(viewer.spec.source_user.clone()?, viewer.spec.stream)).copied()
+    }
+
+    /// Chooses each video consumer's layer from the viewer's bandwidth estimate (or its pinned
+    /// quality); pauses video when even the lowest layer does not fit.
+    fn allocate(&mut self, viewer_id: u64, _now: Instant) {
+        let Some(viewer) = self.sessions.get(&viewer_id) else { return };
+        let Some(pub_id) = self.publisher_of(viewer) else { return };
+        let quality = viewer.spec.quality;
+        let Some(Session { role: Role::Publisher { producers }, .. }) = self.sessions.get(&pub_id) else { return };
+        // Layers by measured bitrate, highest first.
+        let choose = |kind: MediaKind, estimate: Option<f64>| -> Option<LayerChoice> {
+            let producer = producers.iter().find(|p| p.kind == kind)?;
+            if producer.layers.len() <= 1 || kind == MediaKind::Audio {
+                return Some(LayerChoice::Layer(producer.layers.first().and_then(|l| l.rid)));
+            }
+            let mut layers: Vec<&Layer> = producer.layers.iter().collect();
+            layers.sort_by(|a, b| b.rate.bps.partial_cmp(&a.rate.bps).unwrap_or(std::cmp::Ordering::Equal));
+            let pick = |l: &Layer| Some(LayerChoice::Layer(l.rid));
+            match quality {
+                Quality::High => return pick(layers.first()?),
+                Quality::Medium => return pick(layers.get(layers.len() / 2)?),
+                Quality::Low => return pick(layers.last()?),
+                Quality::Auto => {}
+            }
+            let Some(estimate) = estimate else { return pick(layers.first()?) };
+            let budget = estimate - AUDIO_RESERVE_BPS;
+            match layers.iter().find(|l| l.rate.bps <= budget) {
+                Some(l) => pick(l),
+                None => Some(LayerChoice::Paused),
+            }
+        };
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps }, .. }) = self.sessions.get(&viewer_id) else { return };
+        let estimate = *estimate_bps;
+        let targets: Vec<Option<LayerChoice>> = consumers.iter().map(|c| choose(c.kind, estimate)).collect();
+        let Some(Session { role: Role::Viewer { consumers, .. }, .. }) = self.sessions.get_mut(&viewer_id) else { return };
+        for (c, t) in consumers.iter_mut().zip(targets) {
+            let new = t.map(|t| (pub_id, t));
+            if c.target != new {
+                tracing::debug!(mid = %c.mid, target = ?t, "layer target changed");
+                c.target = new;
+            }
+        }
+    }
+
+    fn forward(&mut self, pub_id: u64, pkt: RtpPacket, now: Instant) {
+        let Some(publisher) = self.sessions.get_mut(&pub_id) else { return };
+        let ssrc = pkt.header.ssrc;
+        let Some((mid, rid)) = publisher.peer.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else { return };
+        let pt = pkt.header.payload_type;
+        let Some(codec) = publisher.peer.rtc.codec_config().params().iter().find(|p| p.pt() == pt).and_then(|p| to_codec(p.spec().codec)) else {
+            return;
+        };
+        let Role::Publisher { producers } = &mut publisher.role else { return };
+        let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
+        let kind = producer.kind;
+        let layer = match producer.layers.iter_mut().find(|l| l.rid == rid) {
+            Some(l) => l,
+            None => {
+                producer.layers.push(Layer { rid, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None });
+                producer.layers.last_mut().expect("just pushed")
+            }
+        };
+        layer.rate.add(now, pkt.payload.len() + 12);
+        layer.last_packet = now;
+        let keyframe = kind == MediaKind::Video && is_keyframe(codec, &pkt.payload);
+        let key = (publisher.spec.user.clone(), publisher.spec.stream);
+        let Some(viewers) = self.rooms.get(&publisher.spec.room).and_then(|r| r.viewers.get(&key)) else { return };
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        ids.extend_from_slice(viewers);
+        let mut want_keyframe = false;
+        let mut ext = ExtensionValues::default();
+        ext.audio_level = pkt.header.ext_vals.audio_level;
+        ext.voice_activity = pkt.header.ext_vals.voice_activity;
+        ext.video_orientation = pkt.header.ext_vals.video_orientation;
+        for vid in &ids {
+            let Some(viewer) = self.sessions.get_mut(vid) else { continue };
+            if !viewer.connected {
+                continue;
+            }
+            let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed) else { continue };
+            let Some(out_pt) = c.pts.iter().find(|(x, _)| *x == codec).map(|(_, p)| *p) else { continue };
+            let this = (pub_id, rid);
+            if c.current != Some(this) {
+                // Switch only to the target layer of this publisher, and for video only on a keyframe.
+                let wanted = match c.target {
+                    Some((p, LayerChoice::Layer(r))) if p == pub_id => r == rid,
+                    Some((p, LayerChoice::Paused)) if p == pub_id => false,
+                    // No choice made for this publisher yet: the first layer seen is taken.
+                    _ => true,
+                };
+                if !wanted {
+                    continue;
+                }
+                if kind == MediaKind::Video && !keyframe {
+                    want_keyframe = true;
+                    continue;
+                }
+                c.current = Some(this);
+            } else if matches!(c.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
+                continue; // paused by congestion control
+            }
+            let gap_ticks = c.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * codec.clock_rate() as f64) as u32).unwrap_or(1);
+            let Some((seq, ts)) = c.rewriter.rewrite((pub_id, *ssrc), *pkt.seq_no, pkt.header.timestamp, gap_ticks) else { continue };
+            c.last_sent = Some(now);
+            let mid_out = c.mid;
+            let mut api = viewer.peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(mid_out, None) else { continue };
+            tx.write_rtp(
+                RtpWrite::new(out_pt, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
+                    .marker(pkt.header.marker)
+                    .ext_vals(ext.clone())
+                    .nackable(kind == MediaKind::Video),
+            );
+            self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
+            self.dirty.push(*vid);
+        }
+        self.scratch_ids = ids;
+        if want_keyframe {
+            self.request_keyframe(pub_id, mid, rid, now);
+        }
+    }
+
+    fn keyframe_request_from_viewer(&mut self, viewer_id: u64, mid: Mid, now: Instant) {
+        let Some(viewer) = self.sessions.get(&viewer_id) else { return };
+        let Some(pub_id) = self.publisher_of(viewer) else { return };
+        let Role::Viewer { consumers, .. } = &viewer.role else { return };
+        let Some(c) = consumers.iter().find(|c| c.mid == mid) else { return };
+        let rid = match c.current {
+            Some((p, rid)) if p == pub_id => rid,
+            _ => None,
+        };
+        let pub_mid = match self.sessions.get(&pub_id) {
+            Some(Session { role: Role::Publisher { producers }, .. }) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
+            _ => None,
+        };
+        if let Some(pub_mid) = pub_mid {
+            self.request_keyframe(pub_id, pub_mid, rid, now);
+        }
+    }
+
+    /// Asks a producer for a keyframe, at most once per 500 ms per layer.
+    fn request_keyframe(&mut self, pub_id: u64, mid: Mid, rid: Option<Rid>, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&pub_id) else { return };
+        let Role::Publisher { producers } = &mut s.role else { return };
+        let Some(layer) = producers.iter_mut().find(|p| p.mid == mid).and_then(|p| p.layers.iter_mut().find(|l| l.rid == rid)) else { return };
+        if layer.last_keyframe_request.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+            return;
+        }
+        layer.last_keyframe_request = Some(now);
+        if let Some(rx) = s.peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            self.dirty.push(pub_id);
+        }
+    }
+}

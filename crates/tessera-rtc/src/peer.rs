@@ -1,0 +1,117 @@
+//! One WebRTC peer: a str0m `Rtc` in ICE-lite and RTP mode, created from a client's offer.
+//! The engine feeds it datagrams and time and drains its output; nothing here does I/O.
+
+use crate::offer::OfferError;
+use std::net::SocketAddr;
+use std::time::Instant;
+use str0m::bwe::Bitrate;
+use str0m::change::SdpOffer;
+use str0m::{Candidate, Rtc};
+
+/// What the remote side does: publish into the server (WHIP) or play from it (WHEP).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PeerRole {
+    Publish,
+    Play,
+}
+
+/// H.264 payload types Tessera offers, all packetization-mode 1 (PRODUCT.md §3.5):
+/// (pt, rtx pt, profile-level-id) for constrained baseline, baseline, main and high.
+const H264_PROFILES: [(u8, u8, u32); 4] = [(108, 109, 0x42e01f), (127, 121, 0x42001f), (123, 119, 0x4d001f), (114, 115, 0x64001f)];
+
+/// Starting estimate for subscribers' bandwidth estimation.
+const INITIAL_BWE_KBPS: u64 = 1_500;
+
+pub struct Peer {
+    pub rtc: Rtc,
+    /// Our ICE ufrag: STUN binding requests of this peer carry it first in USERNAME.
+    pub local_ufrag: String,
+}
+
+impl Peer {
+    /// Negotiates `offer` and returns the peer with the SDP answer. `candidates` are the
+    /// server's host candidates (all on the shared UDP port).
+    pub fn from_offer(role: PeerRole, offer: &str, candidates: &[SocketAddr], now: Instant) -> Result<(Peer, String), OfferError> {
+        let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
+        let mut config = Rtc::builder()
+            .set_ice_lite(true)
+            .set_rtp_mode(true)
+            .clear_codecs()
+            .enable_opus(true, false)
+            .enable_vp8(true);
+        for (pt, rtx, profile) in H264_PROFILES {
+            config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
+        }
+        if role == PeerRole::Play {
+            // Transport-wide congestion control drives the simulcast layer of each viewer.
+            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
+        }
+        let mut rtc = config.build(now);
+        for addr in candidates {
+            let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Invalid(format!("bad host candidate {addr}: {e}")))?;
+            rtc.add_local_candidate(c);
+        }
+        let answer = rtc
+            .sdp_api()
+            .accept_offer(offer)
+            .map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?
+            .to_sdp_string();
+        let local_ufrag = answer
+            .lines()
+            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
+            .map(str::to_owned)
+            .ok_or_else(|| OfferError::Invalid("the answer has no ICE ufrag".into()))?;
+        Ok((Peer { rtc, local_ufrag }, answer))
+    }
+}
+
+/// Marks the m-sections whose mid is in `mids` as rejected (port 0) in an SDP answer, for
+/// sections a viewer lacks the privilege for (PRODUCT.md §4.2).
+pub fn reject_sections(answer: &str, mids: &[String]) -> String {
+    if mids.is_empty() {
+        return answer.to_owned();
+    }
+    // Split into sections, find each section's mid, rewrite its m= line port.
+    let mut out = String::with_capacity(answer.len());
+    let mut section: Vec<&str> = Vec::new();
+    let flush = |section: &mut Vec<&str>, out: &mut String| {
+        let mid = section.iter().find_map(|l| l.trim_end().strip_prefix("a=mid:"));
+        let reject = section.first().is_some_and(|l| l.starts_with("m=")) && mid.is_some_and(|m| mids.iter().any(|x| x == m));
+        for (i, line) in section.iter().enumerate() {
+            if i == 0 && reject {
+                let mut parts: Vec<&str> = line.trim_end().split(' ').collect();
+                if parts.len() > 1 {
+                    parts[1] = "0";
+                }
+                out.push_str(&parts.join(" "));
+                out.push_str("\r\n");
+            } else {
+                out.push_str(line.trim_end_matches(['\r', '\n']));
+                out.push_str("\r\n");
+            }
+        }
+        section.clear();
+    };
+    for line in answer.lines() {
+        if line.starts_with("m=") {
+            flush(&mut section, &mut out);
+        }
+        section.push(line);
+    }
+    flush(&mut section, &mut out);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rejecting_sections_sets_port_zero() {
+        let answer = "v=0\r\ns=-\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=mid:1\r\n";
+        let out = reject_sections(answer, &["1".to_owned()]);
+        assert!(out.contains("m=audio 9 UDP"));
+        assert!(out.contains("m=video 0 UDP"));
+        assert_eq!(reject_sections(answer, &[]), answer);
+    }
+}

@@ -1,0 +1,306 @@
+//! WHIP (RFC 9725) publish and WHEP play (PRODUCT.md §6.1–6.2): the HTTP half. Checks run in
+//! the order of §5: credential, token binding/role/enter and create privileges, content type
+//! and size, SDP, media privileges, then existence. The media half is the engine's SFU.
+
+use super::auth::bearer;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use super::ApiQuery;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Deserialize;
+use serde_json::json;
+use tessera_engine::{OfferSummary, PeerRole, Quality, RoomKey, SectionKind, SessionSpec};
+use tessera_media::StreamKind;
+use tessera_model::privileges::Privileges;
+use tessera_model::token::{self, TokenError, UserToken};
+use tessera_model::{Role, RoomId, UserId};
+
+/// Largest SDP body accepted (PRODUCT.md §12).
+pub const MAX_SDP_BODY: usize = 64 * 1024;
+
+fn verify_token(state: &AppState, headers: &HeaderMap, allow_expired: bool) -> ApiResult<UserToken> {
+    let raw = bearer(headers).ok_or(TokenError::Missing)?;
+    let apps = state.store.snapshot();
+    let now_s = crate::now_ms() / 1000;
+    let lookup = |now: i64| token::verify(raw, now, |app| apps.get(app).map(|a| a.secrets.as_slice()));
+    match lookup(now_s) {
+        Ok(t) => Ok(t),
+        // DELETE accepts an expired token (PRODUCT.md §6.1): check everything else at its expiry.
+        Err(TokenError::Expired { exp }) if allow_expired => Ok(lookup(exp)?),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn privilege_missing(required: Privileges) -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "privilege_missing",
+        format!("the token lacks privilege {} ({})", required.bits(), tessera_model::privileges::describe(required)),
+    )
+    .with_details(json!({"required": required.bits()}))
+}
+
+/// Binding, role, user and enter/create checks shared by WHIP and WHEP.
+async fn check_entry(state: &AppState, token: &UserToken, room: &str, must_publish: bool) -> ApiResult<RoomKey> {
+    if token.room.as_str() != room {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "token_room_mismatch",
+            format!("the token is for room '{}', not '{room}'", token.room),
+        ));
+    }
+    if token.user.is_reserved() {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "user_id_reserved", format!("user id '{}' belongs to the server", token.user)));
+    }
+    if must_publish && token.role != Role::Anchor {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "role_not_allowed", "publishing needs an anchor token (role 20)"));
+    }
+    token.privileges.require(Privileges::ENTER_ROOM).map_err(|e| privilege_missing(e.required))?;
+    let key = RoomKey { app: token.app.clone(), room: RoomId::parse(room).map_err(|e| ApiError::invalid_parameter("room", e.reason))? };
+    let exists = state.rtc.room_exists(key.clone()).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    if !exists && !token.privileges.contains(Privileges::CREATE_ROOM) {
+        return Err(ApiError::not_found("room_not_found", format!("room '{room}' does not exist and the token may not create it (privilege 1)")));
+    }
+    Ok(key)
+}
+
+/// Content type and size, then the SDP text.
+fn read_offer(headers: &HeaderMap, body: &Result<Bytes, BytesRejection>) -> ApiResult<(String, OfferSummary)> {
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/sdp") {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("expected Content-Type application/sdp, got '{ct}'")));
+    }
+    let body = sdp_body(body)?;
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "sdp_invalid", "the SDP is not UTF-8"))?;
+    let summary = OfferSummary::parse(text).map_err(offer_error)?;
+    Ok((text.to_owned(), summary))
+}
+
+/// The body within the SDP size limit (the route's body limit is a little larger, so that an
+/// oversized body reaches this check after authentication).
+fn sdp_body(body: &Result<Bytes, BytesRejection>) -> ApiResult<&Bytes> {
+    match body {
+        Ok(b) if b.len() <= MAX_SDP_BODY => Ok(b),
+        Ok(_) => Err(super::json::payload_too_large(MAX_SDP_BODY)),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(super::json::payload_too_large(MAX_SDP_BODY)),
+        Err(r) => Err(ApiError::new(StatusCode::BAD_REQUEST, "sdp_invalid", format!("could not read the body: {r}"))),
+    }
+}
+
+fn offer_error(e: tessera_engine::OfferError) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
+}
+
+fn stream_param(s: Option<&str>) -> ApiResult<StreamKind> {
+    match s {
+        None => Ok(StreamKind::Main),
+        Some(s) => StreamKind::parse(s).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux")),
+    }
+}
+
+fn link_headers(state: &AppState) -> Vec<HeaderValue> {
+    use crate::config::IceServer;
+    let mut out = Vec::new();
+    for server in &state.config.ice_servers {
+        let (urls, user, cred) = match server {
+            IceServer::Url(u) => (vec![u.clone()], None, None),
+            IceServer::Full { urls, username, credential } => (urls.clone(), username.clone(), credential.clone()),
+        };
+        for u in urls {
+            let mut v = format!("<{u}>; rel=\"ice-server\"");
+            if let (Some(user), Some(cred)) = (&user, &cred) {
+                v.push_str(&format!("; username=\"{user}\"; credential=\"{cred}\"; credential-type=\"password\""));
+            }
+            if let Ok(h) = HeaderValue::from_str(&v) {
+                out.push(h);
+            }
+        }
+    }
+    out
+}
+
+fn created(state: &AppState, kind: &str, sid: &str, answer: String) -> Response {
+    let ufrag = answer.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).unwrap_or("").to_owned();
+    let mut resp = (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/sdp")], answer).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::LOCATION, HeaderValue::from_str(&format!("/{kind}/session/{sid}")).expect("sid is ASCII"));
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{ufrag}\"")) {
+        h.insert(header::ETAG, v);
+    }
+    h.insert("accept-patch", HeaderValue::from_static("application/trickle-ice-sdpfrag"));
+    for l in link_headers(state) {
+        h.append(header::LINK, l);
+    }
+    resp
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WhipQuery {
+    stream: Option<String>,
+}
+
+/// `POST /whip/{room}[?stream=main|aux]`
+pub async fn publish(State(state): State<AppState>, Path(room): Path<String>, ApiQuery(q): ApiQuery<WhipQuery>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let token = verify_token(&state, &headers, false)?;
+    let key = check_entry(&state, &token, &room, true).await?;
+    let (offer, summary) = read_offer(&headers, &body)?;
+    let stream = stream_param(q.stream.as_deref())?;
+    summary.check_publish().map_err(offer_error)?;
+    for section in summary.media() {
+        let required = match (stream, section.kind) {
+            (StreamKind::Aux, _) => Privileges::PUBLISH_AUX,
+            (StreamKind::Main, SectionKind::Audio) => Privileges::PUBLISH_AUDIO,
+            (StreamKind::Main, _) => Privileges::PUBLISH_VIDEO,
+        };
+        token.privileges.require(required).map_err(|e| privilege_missing(e.required))?;
+    }
+    let sid = tessera_model::random::session_id();
+    let spec = SessionSpec {
+        sid: sid.clone(),
+        room: key,
+        user: token.user.clone(),
+        role: PeerRole::Publish,
+        stream,
+        source_user: None,
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+    };
+    let answer = state.rtc.add_session(spec, offer).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(offer_error)?;
+    tracing::info!(sid = %sid, user = %token.user, room = %token.room, "WHIP session created");
+    Ok(created(&state, "whip", &sid, answer))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct WhepQuery {
+    quality: Option<String>,
+}
+
+/// `POST /whep/{room}/{user}/{stream}[?quality=auto|h|m|l]`
+pub async fn play(
+    State(state): State<AppState>,
+    Path((room, user, stream)): Path<(String, String, String)>,
+    ApiQuery(q): ApiQuery<WhepQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
+    let token = verify_token(&state, &headers, false)?;
+    let key = check_entry(&state, &token, &room, false).await?;
+    let (offer, summary) = read_offer(&headers, &body)?;
+    let stream = StreamKind::parse(&stream).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux"))?;
+    let source = UserId::parse(&user).map_err(|e| ApiError::invalid_parameter("user", e.reason))?;
+    let quality = match q.quality.as_deref() {
+        None => Quality::Auto,
+        Some(s) => Quality::parse(s).ok_or_else(|| ApiError::invalid_parameter("quality", "must be auto, h, m or l"))?,
+    };
+    summary.check_play().map_err(offer_error)?;
+    // Sections the token may not receive are rejected in the answer; only when none is left
+    // is the request refused.
+    let mut rejected = Vec::new();
+    let mut first_missing = None;
+    let mut kept = 0;
+    for section in summary.media() {
+        let required = match (stream, section.kind) {
+            (StreamKind::Aux, _) => Privileges::SUBSCRIBE_AUX,
+            (StreamKind::Main, SectionKind::Audio) => Privileges::SUBSCRIBE_AUDIO,
+            (StreamKind::Main, _) => Privileges::SUBSCRIBE_VIDEO,
+        };
+        if token.privileges.contains(required) {
+            kept += 1;
+        } else {
+            first_missing.get_or_insert(required);
+            if let Some(mid) = &section.mid {
+                rejected.push(mid.clone());
+            }
+        }
+    }
+    if kept == 0 {
+        return Err(privilege_missing(first_missing.unwrap_or(Privileges::SUBSCRIBE_VIDEO)));
+    }
+    let sid = tessera_model::random::session_id();
+    let spec = SessionSpec {
+        sid: sid.clone(),
+        room: key,
+        user: token.user.clone(),
+        role: PeerRole::Play,
+        stream,
+        source_user: Some(source),
+        rejected_mids: rejected,
+        quality,
+    };
+    let answer = state.rtc.add_session(spec, offer).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(offer_error)?;
+    tracing::info!(sid = %sid, viewer = %token.user, source = %user, "WHEP session created");
+    Ok(created(&state, "whep", &sid, answer))
+}
+
+fn session_not_found(sid: &str) -> ApiError {
+    ApiError::not_found("session_not_found", format!("no session '{sid}'"))
+}
+
+/// The session, if it belongs to the token's app, room and user.
+async fn owned_session(state: &AppState, token: &UserToken, sid: &str) -> ApiResult<()> {
+    let info = state.rtc.session_info(sid).await.map_err(|e| ApiError::internal(e.to_string()))?.ok_or_else(|| session_not_found(sid))?;
+    if info.room.app != token.app || info.room.room != token.room || info.user != token.user {
+        return Err(session_not_found(sid));
+    }
+    Ok(())
+}
+
+/// `PATCH /whip/session/{sid}` and `/whep/session/{sid}`: trickled candidates are accepted
+/// (Tessera is ICE-lite and learns the client's address from its checks); an ICE restart is
+/// not supported yet.
+pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
+    let token = verify_token(&state, &headers, false)?;
+    let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/trickle-ice-sdpfrag") {
+        return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("expected Content-Type application/trickle-ice-sdpfrag, got '{ct}'")));
+    }
+    let body = sdp_body(&body)?;
+    let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "sdp_invalid", "the sdpfrag is not UTF-8"))?;
+    owned_session(&state, &token, &sid).await?;
+    let restart = text.lines().any(|l| l.trim_start().starts_with("a=ice-ufrag:") || l.trim_start().starts_with("a=ice-pwd:"));
+    if restart {
+        return Err(ApiError::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "ICE restart is not supported yet; DELETE the session and start a new one",
+        ));
+    }
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /whip/session/{sid}` and `/whep/session/{sid}`; an expired token is accepted.
+pub async fn delete(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    let token = verify_token(&state, &headers, true)?;
+    owned_session(&state, &token, &sid).await?;
+    state.rtc.remove_session(&sid).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    Ok(StatusCode::OK)
+}
+
+/// `OPTIONS` on every WHIP/WHEP path.
+pub async fn options() -> Response {
+    (StatusCode::NO_CONTENT, [("accept-post", "application/sdp")]).into_response()
+}
+
+/// CORS for WHIP/WHEP (RFC 9725 §4.8): on every response, and the full set on OPTIONS.
+pub async fn cors(State(state): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
+    let origin = req.headers().get(header::ORIGIN).cloned();
+    let mut resp = next.run(req).await;
+    let allow = if state.config.cors_origins.iter().any(|o| o == "*") {
+        Some(HeaderValue::from_static("*"))
+    } else {
+        origin.filter(|o| o.to_str().is_ok_and(|o| state.config.cors_origins.iter().any(|x| x == o)))
+    };
+    let h = resp.headers_mut();
+    if let Some(a) = allow {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, a);
+    }
+    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"));
+    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type, If-Match"));
+    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link, Accept-Patch"));
+    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
+    resp
+}
