@@ -206,6 +206,17 @@ fn to_codec(c: WireCodec) -> Option<Codec> {
     }
 }
 
+/// Rank of a simulcast layer by its rid: the spec's names first, highest first.
+fn rank(layer: &Layer) -> u8 {
+    match layer.rid.as_deref() {
+        Some("h") => 0,
+        Some("m") => 1,
+        Some("l") => 2,
+        Some("l2") => 3,
+        _ => 4,
+    }
+}
+
 fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
     match codec {
         Codec::H264 => tessera_rtc::str0m::format::detect_h264_keyframe(payload),
@@ -256,7 +267,10 @@ impl Sfu {
 
     /// Negotiates the offer and adds the session; returns the SDP answer.
     pub fn add_session(&mut self, spec: SessionSpec, offer: &str, now: Instant) -> Result<String, OfferError> {
-        let (peer, answer) = Peer::from_offer(spec.role, offer, &self.candidates, now)?;
+        let first_video = tessera_rtc::OfferSummary::parse(offer)
+            .ok()
+            .and_then(|s| s.media().find(|m| m.kind == tessera_rtc::SectionKind::Video).and_then(|m| m.codecs.first().copied()));
+        let (peer, answer) = Peer::from_offer(spec.role, offer, &self.candidates, first_video, now)?;
         let answer = tessera_rtc::reject_sections(&answer, &spec.rejected_mids);
         let id = self.next_id;
         self.next_id += 1;
@@ -544,7 +558,10 @@ impl Sfu {
                 return Some(LayerChoice::Layer(producer.layers.first().and_then(|l| l.rid)));
             }
             let mut layers: Vec<&Layer> = producer.layers.iter().collect();
-            layers.sort_by(|a, b| b.rate.bps.partial_cmp(&a.rate.bps).unwrap_or(std::cmp::Ordering::Equal));
+            // Ranked by name (h, m, l, l2: PRODUCT.md §3.5), others by measured bitrate.
+            layers.sort_by(|a, b| {
+                rank(a).cmp(&rank(b)).then(b.rate.bps.partial_cmp(&a.rate.bps).unwrap_or(std::cmp::Ordering::Equal))
+            });
             let pick = |l: &Layer| Some(LayerChoice::Layer(l.rid));
             match quality {
                 Quality::High => return pick(layers.first()?),

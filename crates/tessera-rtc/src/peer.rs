@@ -3,6 +3,7 @@
 
 use crate::offer::OfferError;
 use std::net::SocketAddr;
+use tessera_media::Codec;
 use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
@@ -31,16 +32,26 @@ pub struct Peer {
 impl Peer {
     /// Negotiates `offer` and returns the peer with the SDP answer. `candidates` are the
     /// server's host candidates (all on the shared UDP port).
-    pub fn from_offer(role: PeerRole, offer: &str, candidates: &[SocketAddr], now: Instant) -> Result<(Peer, String), OfferError> {
+    /// `first_video` is the video codec the offer lists first: the answer prefers it, since the
+    /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
+    pub fn from_offer(
+        role: PeerRole,
+        offer: &str,
+        candidates: &[SocketAddr],
+        first_video: Option<Codec>,
+        now: Instant,
+    ) -> Result<(Peer, String), OfferError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
-        let mut config = Rtc::builder()
-            .set_ice_lite(true)
-            .set_rtp_mode(true)
-            .clear_codecs()
-            .enable_opus(true, false)
-            .enable_vp8(true);
+        let mut config = Rtc::builder().set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+        let h264_first = first_video != Some(Codec::Vp8);
+        if !h264_first {
+            config = config.enable_vp8(true);
+        }
         for (pt, rtx, profile) in H264_PROFILES {
             config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
+        }
+        if h264_first {
+            config = config.enable_vp8(true);
         }
         if role == PeerRole::Play {
             // Transport-wide congestion control drives the simulcast layer of each viewer.

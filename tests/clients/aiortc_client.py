@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""An independent WebRTC stack (aiortc) as a WHIP publisher or a WHEP player.
+
+publish: sends a synthetic video (solid colour, frame counter in the luma of the top-left
+         block) and a 440 Hz tone for --seconds, then DELETEs the session.
+play:    receives for --seconds and prints one JSON line: frames decoded, size, audio frames,
+         the mean colour of the last frame.
+Errors print {"error": ...} and exit 1.
+"""
+import argparse
+import asyncio
+import fractions
+import json
+import math
+import sys
+import time
+
+import numpy as np
+from aiortc import RTCPeerConnection, RTCSessionDescription, RTCRtpSender
+from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
+import av
+import urllib.request
+
+
+def http(method, url, token, body=None, content_type="application/sdp"):
+    req = urllib.request.Request(url, data=body.encode() if body else None, method=method)
+    req.add_header("Authorization", f"Bearer {token}")
+    if body is not None:
+        req.add_header("Content-Type", content_type)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as r:
+            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+
+
+class ColourVideo(VideoStreamTrack):
+    def __init__(self, width, height, rgb):
+        super().__init__()
+        self.width, self.height = width, height
+        self.rgb = rgb
+
+    async def recv(self):
+        pts, time_base = await self.next_timestamp()
+        img = np.zeros((self.height, self.width, 3), dtype=np.uint8)
+        img[:, :] = self.rgb
+        frame = av.VideoFrame.from_ndarray(img, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class Tone(AudioStreamTrack):
+    def __init__(self, hz=440.0):
+        super().__init__()
+        self.hz = hz
+        self.n = 0
+
+    async def recv(self):
+        if self.readyState != "live":
+            raise MediaStreamError
+        rate, samples = 48000, 960
+        if not hasattr(self, "_start"):
+            self._start = time.time()
+        wait = self._start + self.n / rate - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+        t = (np.arange(samples) + self.n) / rate
+        pcm = (np.sin(2 * math.pi * self.hz * t) * 8000).astype(np.int16).reshape(1, -1)
+        frame = av.AudioFrame.from_ndarray(pcm, format="s16", layout="mono")
+        frame.sample_rate = rate
+        frame.pts = self.n
+        frame.time_base = fractions.Fraction(1, rate)
+        self.n += samples
+        return frame
+
+
+def prefer(transceiver, kind, codec):
+    caps = RTCRtpSender.getCapabilities(kind).codecs
+    chosen = [c for c in caps if c.mimeType.lower() == f"{kind}/{codec.lower()}"]
+    if chosen:
+        transceiver.setCodecPreferences(chosen + [c for c in caps if c not in chosen])
+
+
+async def publish(a):
+    pc = RTCPeerConnection()
+    video = pc.addTransceiver(ColourVideo(a.width, a.height, (0, 0, 255)), direction="sendonly")
+    prefer(video, "video", a.codec)
+    pc.addTransceiver(Tone(), direction="sendonly")
+    await pc.setLocalDescription(await pc.createOffer())
+    status, headers, body = http("POST", a.url, a.token, pc.localDescription.sdp)
+    if status != 201:
+        print(json.dumps({"error": f"{status} {body}"}), flush=True)
+        return 1
+    location = headers.get("location")
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    print(json.dumps({"published": location}), flush=True)
+    await asyncio.sleep(a.seconds)
+    base = a.url.split("/whip/")[0]
+    http("DELETE", base + location, a.token)
+    await pc.close()
+    return 0
+
+
+async def play(a):
+    pc = RTCPeerConnection()
+    pc.addTransceiver("audio", direction="recvonly")
+    pc.addTransceiver("video", direction="recvonly")
+    result = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0, "audio_rms": 0.0, "mean_rgb": None}
+    tasks = []
+
+    async def consume(track):
+        while True:
+            try:
+                frame = await track.recv()
+            except MediaStreamError:
+                return
+            if track.kind == "video":
+                result["frames"] += 1
+                result["width"], result["height"] = frame.width, frame.height
+                if result["frames"] % 10 == 0:
+                    rgb = frame.to_ndarray(format="rgb24")
+                    result["mean_rgb"] = [int(x) for x in rgb.reshape(-1, 3).mean(axis=0)]
+            else:
+                result["audio_frames"] += 1
+                pcm = frame.to_ndarray().astype(np.float64)
+                result["audio_rms"] = max(result["audio_rms"], float(np.sqrt((pcm ** 2).mean())))
+
+    @pc.on("track")
+    def on_track(track):
+        tasks.append(asyncio.ensure_future(consume(track)))
+
+    await pc.setLocalDescription(await pc.createOffer())
+    status, headers, body = http("POST", a.url, a.token, pc.localDescription.sdp)
+    if status != 201:
+        print(json.dumps({"error": f"{status} {body}"}), flush=True)
+        return 1
+    await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
+    await asyncio.sleep(a.seconds)
+    await pc.close()
+    for t in tasks:
+        t.cancel()
+    print(json.dumps(result), flush=True)
+    return 0
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["publish", "play"])
+    p.add_argument("--url", required=True)
+    p.add_argument("--token", required=True)
+    p.add_argument("--seconds", type=float, default=5)
+    p.add_argument("--codec", default="H264")
+    p.add_argument("--width", type=int, default=640)
+    p.add_argument("--height", type=int, default=360)
+    a = p.parse_args()
+    try:
+        return asyncio.run(publish(a) if a.mode == "publish" else play(a))
+    except Exception as e:  # report, never hang
+        print(json.dumps({"error": repr(e)}), flush=True)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+#!/usr/bin/env python3
+"""Headless Chromium (Debian's, fake camera and microphone) driving Tessera's own pages.
+
+publish: opens publish.html with autostart and keeps it open for --seconds; prints the page's
+         state and the published video track's size.
+play:    opens play.html with autostart, waits --seconds, prints window.tessera.stats.
+both:    a publisher tab and a player tab in one browser.
+Prints one JSON line; exits 1 with {"error": ...} on failure.
+"""
+import argparse
+import json
+import sys
+import time
+from urllib.parse import urlencode
+
+from playwright.sync_api import sync_playwright
+
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--use-fake-ui-for-media-stream",
+    "--use-fake-device-for-media-stream",
+    "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=WebRtcHideLocalIpsWithMdns",
+]
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["publish", "play", "both"])
+    p.add_argument("--base", required=True, help="http://host:port")
+    p.add_argument("--room", required=True)
+    p.add_argument("--user", default="")
+    p.add_argument("--token", required=True)
+    p.add_argument("--viewer-token", default=None)
+    p.add_argument("--codec", default="H264")
+    p.add_argument("--simulcast", action="store_true")
+    p.add_argument("--quality", default="auto")
+    p.add_argument("--degradation", default="")
+    p.add_argument("--players", type=int, default=1, help="play tabs (the first gets the stats)")
+    p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--chromium", default="/usr/bin/chromium")
+    a = p.parse_args()
+    out = {}
+    with sync_playwright() as pw:
+        # getUserMedia needs a secure context: the test server is plain HTTP on a test-host address.
+        args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
+        browser = pw.chromium.launch(executable_path=a.chromium, headless=True, args=args)
+        try:
+            ctx = browser.new_context()
+            pub = None
+            if a.mode in ("publish", "both"):
+                q = {"room": a.room, "token": a.token, "codec": a.codec, "autostart": "1"}
+                if a.simulcast:
+                    q["simulcast"] = "1"
+                if a.degradation:
+                    q["degradation"] = a.degradation
+                pub = ctx.new_page()
+                pub.goto(f"{a.base}/publish.html?{urlencode(q)}")
+                pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=15000)
+                out["publish_state"] = pub.evaluate("window.tessera.state")
+                out["publish_error"] = pub.evaluate("window.tessera.error")
+                if out["publish_state"] == "failed":
+                    raise RuntimeError(f"publish failed: {out['publish_error']}")
+                settings = pub.evaluate("document.getElementById('preview').srcObject.getVideoTracks()[0].getSettings()")
+                out["publish_width"], out["publish_height"] = settings.get("width"), settings.get("height")
+            if a.mode in ("play", "both"):
+                q = {"room": a.room, "user": a.user, "token": a.viewer_token or a.token, "quality": a.quality, "autostart": "1"}
+                play = ctx.new_page()
+                play.goto(f"{a.base}/play.html?{urlencode(q)}")
+                time.sleep(a.seconds)
+                out["play_state"] = play.evaluate("window.tessera.state")
+                out["play_error"] = play.evaluate("window.tessera.error")
+                out["stats"] = play.evaluate("window.tessera.stats")
+            elif pub is not None:
+                time.sleep(a.seconds)
+            if pub is not None:
+                out["publish_stats"] = pub.evaluate("window.tessera.stats")
+        finally:
+            browser.close()
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as e:
+        print(json.dumps({"error": repr(e)}), flush=True)
+        sys.exit(1)
