@@ -16,8 +16,8 @@ pkgs=(pkg-config clang libclang-dev nasm cmake
       libavfilter-dev libavdevice-dev libopus-dev ffmpeg ca-certificates curl)
 if [ "$want_test" = 1 ]; then
   # Real clients the tests drive: ffmpeg/ffprobe (above), Chromium, a Python venv for aiortc,
-  # iproute2 for network namespaces.
-  pkgs+=(chromium python3-venv iproute2)
+  # iproute2 and nftables for test hosts in network namespaces and lossy links.
+  pkgs+=(chromium python3-venv iproute2 nftables)
 fi
 
 missing=()
@@ -50,3 +50,16 @@ fi
 # Fetch crates with retries: the crate index mirror sometimes serves a stale view for minutes.
 cd "$(dirname "$0")/.."
 retry 5 cargo fetch --locked
+
+if [ "$want_test" = 1 ]; then
+  # The Python test clients (aiortc, Playwright driving Debian's Chromium) in a venv of their
+  # own; Playwright's bundled browsers are never downloaded.
+  venv=target/test-venv
+  if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+  fi
+  if ! cmp -s tests/clients/requirements.txt "$venv/.installed" 2>/dev/null; then
+    retry 4 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt
+    cp tests/clients/requirements.txt "$venv/.installed"
+  fi
+fi

@@ -60,13 +60,13 @@ impl Server {
     /// Starts `tessera serve` with the data dir and any extra args, on free loopback ports, and
     /// waits for the banner.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
-        let mut args: Vec<String> = vec![
-            "serve".into(),
-            "--data-dir".into(),
-            data_dir.display().to_string(),
-            "--http-addr".into(),
-            "127.0.0.1:0".into(),
-        ];
+        let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.display().to_string()];
+        // Free ports unless the caller chose addresses.
+        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--rtc-udp-addr", "127.0.0.1:0")] {
+            if !extra.contains(&flag) {
+                args.extend([flag.to_string(), default.to_string()]);
+            }
+        }
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut child = Command::new(tessera_bin())
             .args(&args)
@@ -211,4 +211,159 @@ pub fn get(url: &str, auth: Option<&str>) -> Reply {
 
 pub fn post_json(url: &str, auth: Option<&str>, body: &Value) -> Reply {
     request("POST", url, auth, Some(("application/json", body.to_string().as_bytes())), &[])
+}
+
+/// The repository root (the parent of `tests/`).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
+}
+
+/// The Python of the test-client venv (`scripts/setup.sh --test` makes it), or `$TESSERA_PYTHON`.
+pub fn python() -> PathBuf {
+    if let Ok(p) = std::env::var("TESSERA_PYTHON") {
+        return PathBuf::from(p);
+    }
+    let p = repo_root().join("target/test-venv/bin/python");
+    assert!(p.exists(), "{} is missing: run scripts/setup.sh --test (make test does)", p.display());
+    p
+}
+
+/// A test host: a network namespace joined to this one by a veth pair, so WebRTC clients get a
+/// real, non-loopback address and `tc` can shape their link. Removed on drop.
+pub struct TestNet {
+    pub ns: String,
+    host_if: String,
+    client_if: String,
+    /// This side's address (the server listens here).
+    pub host_ip: String,
+    /// The namespace's address.
+    pub client_ip: String,
+}
+
+fn sh(args: &[&str]) -> std::process::Output {
+    let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
+    out
+}
+
+fn must(args: &[&str]) {
+    let out = sh(args);
+    assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+impl TestNet {
+    /// Each call gets its own /24 in 10.199.0.0/16, named after this process and a counter, so
+    /// parallel test binaries do not collide.
+    pub fn new() -> TestNet {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() * 7 + NEXT.fetch_add(1, Ordering::SeqCst)) % 250 + 1;
+        let ns = format!("tessera-t{n}");
+        let host_if = format!("tsh{n}");
+        let client_if = format!("tsc{n}");
+        // Leftovers of a crashed run with the same number.
+        let _ = sh(&["ip", "netns", "del", &ns]);
+        let _ = sh(&["ip", "link", "del", &host_if]);
+        let host_ip = format!("10.199.{n}.1");
+        let client_ip = format!("10.199.{n}.2");
+        must(&["ip", "netns", "add", &ns]);
+        must(&["ip", "link", "add", &host_if, "type", "veth", "peer", "name", &client_if]);
+        must(&["ip", "link", "set", &client_if, "netns", &ns]);
+        must(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", &host_if]);
+        must(&["ip", "link", "set", &host_if, "up"]);
+        must(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &format!("{client_ip}/24"), "dev", &client_if]);
+        must(&["ip", "netns", "exec", &ns, "ip", "link", "set", &client_if, "up"]);
+        must(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        // Other test hosts' server addresses are this machine's: reach them through it.
+        must(&["ip", "netns", "exec", &ns, "ip", "route", "add", "default", "via", &host_ip]);
+        TestNet { ns, host_if, client_if, host_ip, client_ip }
+    }
+
+    /// Shapes what the server sends to this host (egress of the host-side veth), e.g.
+    /// `["netem", "loss", "10%"]` or `["tbf", "rate", "300kbit", "burst", "16kb", "latency", "50ms"]`.
+    pub fn shape_downlink(&self, qdisc: &[&str]) {
+        let mut args = vec!["tc", "qdisc", "replace", "dev", &self.host_if, "root"];
+        args.extend_from_slice(qdisc);
+        must(&args);
+    }
+
+    /// Drops `percent` % of the UDP datagrams this host receives from `server_port`, at random
+    /// (nftables in the namespace; the kernel here has no netem).
+    pub fn drop_incoming_udp(&self, server_port: u16, percent: u32) {
+        let nft = |rule: &str| must(&["ip", "netns", "exec", &self.ns, "nft", rule]);
+        nft("add table inet tessera_test");
+        nft("add chain inet tessera_test input { type filter hook input priority 0; }");
+        nft(&format!("add rule inet tessera_test input udp sport {server_port} numgen random mod 100 < {percent} drop"));
+    }
+
+    /// Shapes what this host sends to the server.
+    pub fn shape_uplink(&self, qdisc: &[&str]) {
+        let mut args = vec!["ip", "netns", "exec", &self.ns, "tc", "qdisc", "replace", "dev", &self.client_if, "root"];
+        args.extend_from_slice(qdisc);
+        must(&args);
+    }
+
+    /// A command that runs inside the namespace.
+    pub fn command(&self, program: &Path) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns]).arg(program);
+        c
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        let _ = sh(&["ip", "netns", "del", &self.ns]);
+        let _ = sh(&["ip", "link", "del", &self.host_if]);
+    }
+}
+
+/// A test client script (`tests/clients/<script>`) running inside `net`, started in the
+/// background; `finish` waits for its one JSON line.
+pub struct Client {
+    child: Option<Child>,
+    what: String,
+}
+
+impl Client {
+    pub fn start(net: &TestNet, script: &str, args: &[&str]) -> Client {
+        let path = repo_root().join("tests/clients").join(script);
+        let child = net
+            .command(&python())
+            .arg(&path)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{script}: {e}"));
+        Client { child: Some(child), what: format!("{script} {}", args.first().unwrap_or(&"")) }
+    }
+
+    /// Waits (at most `limit`) and returns the client's last JSON line; panics on an error line.
+    pub fn finish(mut self, limit: Duration) -> Value {
+        let deadline = Instant::now() + limit;
+        let mut child = self.child.take().expect("finished once");
+        while child.try_wait().unwrap().is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not finish within {limit:?}", self.what);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let last = stdout.lines().rev().find(|l| l.starts_with('{')).unwrap_or_else(|| panic!("{} printed no JSON.\nstdout: {stdout}\nstderr: {stderr}", self.what));
+        let v: Value = serde_json::from_str(last).unwrap();
+        assert!(v.get("error").is_none(), "{} failed: {v}\nstderr: {stderr}", self.what);
+        v
+    }
+}
+
+impl Drop for Client {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
 }

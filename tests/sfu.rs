@@ -1,0 +1,246 @@
+//! The SFU end to end: WHIP publish and WHEP play through real, independent WebRTC stacks
+//! (headless Chromium with fake devices through Tessera's own pages, and aiortc), on test
+//! hosts in network namespaces, with shaped links for loss and bandwidth caps; and every
+//! refusal of the WHIP/WHEP edge, while a publisher keeps streaming.
+//!
+//! These tests run one at a time (they share two cores with Chromium and the server).
+
+use serde_json::Value;
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::Duration;
+use tessera_model::app::AppSecret;
+use tessera_model::token::{self, TokenClaims};
+use tessera_model::Kid;
+use tessera_tests::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A server listening on the host side of `net`.
+fn serve(net: &TestNet, data: &Path) -> Server {
+    let http = format!("{}:0", net.host_ip);
+    let udp = format!("{}:0", net.host_ip);
+    Server::start(data, &["--http-addr", &http, "--rtc-udp-addr", &udp])
+}
+
+fn token(data: &Path, room: &str, user: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user];
+    args.extend_from_slice(extra);
+    let (status, out, err) = run_cli(&args);
+    assert!(status.success(), "{err}");
+    out.trim().to_owned()
+}
+
+fn metric(server: &Server, name: &str) -> f64 {
+    let body = get(&server.url("/metrics"), None).body;
+    body.lines()
+        .find(|l| l.starts_with(name) && l[name.len()..].starts_with([' ', '{']))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{body}"))
+}
+
+#[test]
+fn aiortc_publishes_h264_and_aiortc_plays_it() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-aiortc");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "r1", "alice", &[]);
+    let viewer = token(&data, "r1", "bob", &["--role", "audience"]);
+    let publisher = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/r1"), "--token", &anchor, "--seconds", "12", "--codec", "H264"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let play = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/r1/alice/main"), "--token", &viewer, "--seconds", "7"]);
+    let r = play.finish(Duration::from_secs(40));
+    assert!(r["frames"].as_u64().unwrap() >= 60, "{r}");
+    assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(640), Some(360)), "{r}");
+    // The publisher sends solid blue: the decoded picture is blue.
+    let rgb: Vec<u64> = r["mean_rgb"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(rgb[2] > 200 && rgb[0] < 50 && rgb[1] < 50, "{r}");
+    // 20 ms Opus frames of a 440 Hz tone: about 50 per second, and not silence.
+    assert!(r["audio_frames"].as_u64().unwrap() >= 150, "{r}");
+    assert!(r["audio_rms"].as_f64().unwrap() > 1000.0, "{r}");
+    assert!(metric(&server, "tessera_rtp_packets_forwarded_total") > 300.0);
+    let p = publisher.finish(Duration::from_secs(30));
+    assert!(p["published"].as_str().unwrap().starts_with("/whip/session/"), "{p}");
+    // The publisher's DELETE ended its session.
+    assert_eq!(metric(&server, "tessera_participants{user_type=\"10\"}"), 0.0);
+}
+
+fn browser(net: &TestNet, server: &Server, args: &[&str]) -> Client {
+    let base = server.base.clone();
+    let mut all = vec![args[0], "--base", &base];
+    all.extend_from_slice(&args[1..]);
+    Client::start(net, "browser.py", &all)
+}
+
+fn layer_size(publish_stats: &Value) -> (u64, u64) {
+    let l = &publish_stats["layers"][0];
+    (l["width"].as_u64().unwrap(), l["height"].as_u64().unwrap())
+}
+
+#[test]
+fn chromium_publishes_and_plays_h264_and_vp8() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-chromium");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "demo", "cam", &[]);
+    for codec in ["H264", "VP8"] {
+        let r = browser(&net, &server, &["both", "--room", "demo", "--user", "cam", "--token", &anchor, "--codec", codec, "--degradation", "maintain-resolution", "--seconds", "8"])
+            .finish(Duration::from_secs(60));
+        assert_eq!(r["publish_state"], "connected", "{r}");
+        let s = &r["stats"];
+        assert!(s["framesDecoded"].as_u64().unwrap() >= 60, "{codec}: {r}");
+        assert_eq!(s["codec"], format!("video/{codec}"), "{r}");
+        // The viewer decodes what the publisher's encoder sends: the camera's 1280x720.
+        assert_eq!((s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap()), layer_size(&r["publish_stats"]), "{r}");
+        assert_eq!((s["width"].as_u64().unwrap(), s["height"].as_u64().unwrap()), (1280, 720), "{r}");
+        assert!(s["audioPacketsReceived"].as_u64().unwrap() >= 150, "{r}");
+    }
+}
+
+#[test]
+fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-simulcast");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let capped = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "sim", "cam", &[]);
+    let viewer = token(&data, "sim", "slow", &["--role", "audience"]);
+    // Publisher (three layers) and an unconstrained viewer on one host...
+    let full = browser(&net, &server, &["both", "--room", "sim", "--user", "cam", "--token", &anchor, "--simulcast", "--degradation", "maintain-resolution", "--seconds", "22"]);
+    // ...and a viewer whose downlink carries 350 kbit/s.
+    capped.shape_downlink(&["tbf", "rate", "350kbit", "burst", "20kb", "latency", "200ms"]);
+    std::thread::sleep(Duration::from_secs(6));
+    let slow = browser(&capped, &server, &["play", "--room", "sim", "--user", "cam", "--token", &viewer, "--seconds", "14"]).finish(Duration::from_secs(60));
+    let full = full.finish(Duration::from_secs(60));
+    let layers = full["publish_stats"]["layers"].as_array().unwrap();
+    assert_eq!(layers.len(), 3, "three layers published: {full}");
+    let fs = &full["stats"];
+    let ss = &slow["stats"];
+    assert!(fs["framesDecoded"].as_u64().unwrap() >= 60, "{full}");
+    assert!(ss["framesDecoded"].as_u64().unwrap() >= 30, "{slow}");
+    assert_eq!(fs["width"].as_u64().unwrap(), 1280, "the unconstrained viewer gets the top layer: {full}");
+    assert!(ss["width"].as_u64().unwrap() < 1280, "the capped viewer gets a lower layer: {slow}");
+}
+
+#[test]
+fn ten_percent_loss_on_the_viewer_leg_is_repaired() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-loss");
+    let data = dir.path().join("data");
+    let pub_net = TestNet::new();
+    let view_net = TestNet::new();
+    let server = serve(&pub_net, &data);
+    let anchor = token(&data, "lossy", "cam", &[]);
+    let publisher = browser(&pub_net, &server, &["publish", "--room", "lossy", "--token", &anchor, "--degradation", "maintain-resolution", "--seconds", "20"]);
+    let udp_port: u16 = server.banner.lines().find_map(|l| l.trim().strip_prefix("WebRTC UDP")).and_then(|l| l.split_whitespace().next()).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).expect("UDP port in the banner");
+    view_net.drop_incoming_udp(udp_port, 10);
+    std::thread::sleep(Duration::from_secs(3));
+    let r = browser(&view_net, &server, &["play", "--room", "lossy", "--user", "cam", "--token", &anchor, "--seconds", "12"]).finish(Duration::from_secs(60));
+    let _ = publisher.finish(Duration::from_secs(60));
+    let s = &r["stats"];
+    assert!(s["framesDecoded"].as_u64().unwrap() >= 60, "video keeps decoding: {r}");
+    assert!(s["nacksSent"].as_u64().unwrap() > 0, "the viewer sent NACKs: {r}");
+    // 10 % of packets were dropped on the wire; retransmissions filled most of the holes.
+    assert!(s["lossPct"].as_f64().unwrap() < 4.0, "NACKs were served: {r}");
+}
+
+/// A syntactically complete offer for checks that run before negotiation.
+fn offer(video_codec: &str) -> String {
+    format!(
+        "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\n\
+         m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=sendonly\r\na=rtpmap:111 opus/48000/2\r\n\
+         m=video 9 UDP/TLS/RTP/SAVPF 96\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=sendonly\r\na=rtpmap:96 {video_codec}/90000\r\n\
+         a=fmtp:96 packetization-mode=1\r\n"
+    )
+}
+
+fn whip(server: &Server, path: &str, tok: Option<&str>, ct: &str, body: &str) -> Reply {
+    request("POST", &server.url(path), tok, Some((ct, body.as_bytes())), &[])
+}
+
+fn secrets(data: &Path) -> Vec<AppSecret> {
+    let file: Value = serde_json::from_slice(&std::fs::read(data.join("apps.json")).unwrap()).unwrap();
+    serde_json::from_value(file["apps"][0]["secrets"].clone()).unwrap()
+}
+
+fn forged(data: &Path, f: impl FnOnce(&mut TokenClaims), secret: Option<&str>) -> String {
+    let s = &secrets(data)[0];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut c = TokenClaims { app: "default".into(), room: "r1".into(), user: "mallory".into(), role: Some(20), privileges: Some(255), nbf: None, exp: now + 600, info: None };
+    f(&mut c);
+    token::mint(&c, &Kid::parse("k1").unwrap(), secret.unwrap_or(&s.secret))
+}
+
+#[test]
+fn bad_requests_get_their_errors_and_the_stream_goes_on() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-bad");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "r1", "alice", &[]);
+    let publisher = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/r1"), "--token", &anchor, "--seconds", "16"]);
+    std::thread::sleep(Duration::from_secs(2));
+    let play = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/r1/alice/main"), "--token", &anchor, "--seconds", "10"]);
+
+    let sdp = offer("H264");
+    let ct = "application/sdp";
+    whip(&server, "/whip/r1", None, ct, &sdp).expect_error(401, "token_missing");
+    whip(&server, "/whip/r1", Some("abc.def"), ct, &sdp).expect_error(401, "token_malformed");
+    whip(&server, "/whip/r1", Some(&forged(&data, |c| c.exp -= 3600, None)), ct, &sdp).expect_error(401, "token_expired");
+    whip(&server, "/whip/r1", Some(&forged(&data, |c| c.nbf = Some(c.exp), None)), ct, &sdp).expect_error(401, "token_not_yet_valid");
+    whip(&server, "/whip/r1", Some(&forged(&data, |_| {}, Some("some-other-secret-000000"))), ct, &sdp).expect_error(401, "token_bad_signature");
+    whip(&server, "/whip/r1", Some(&forged(&data, |c| c.app = "elsewhere".into(), None)), ct, &sdp).expect_error(401, "app_unknown");
+    whip(&server, "/whip/r1", Some(&token(&data, "r2", "alice", &[])), ct, &sdp).expect_error(403, "token_room_mismatch");
+    whip(&server, "/whip/r1", Some(&token(&data, "r1", "bob", &["--role", "audience"])), ct, &sdp).expect_error(403, "role_not_allowed");
+    whip(&server, "/whip/r1", Some(&forged(&data, |c| c.user = "mix_1".into(), None)), ct, &sdp).expect_error(403, "user_id_reserved");
+    let e = whip(&server, "/whip/r1", Some(&token(&data, "r1", "carol", &["--privileges", "7"])), ct, &sdp).expect_error(403, "privilege_missing");
+    assert_eq!(e["details"]["required"], 16, "video needs privilege 16: {e}");
+    let e = whip(&server, "/whip/r1", Some(&token(&data, "r1", "carol", &["--privileges", "1"])), ct, &sdp).expect_error(403, "privilege_missing");
+    assert_eq!(e["details"]["required"], 2);
+    whip(&server, "/whip/nowhere", Some(&token(&data, "nowhere", "carol", &["--privileges", "254"])), ct, &sdp).expect_error(404, "room_not_found");
+    whip(&server, "/whip/r1", Some(&anchor), "text/plain", &sdp).expect_error(415, "unsupported_media_type");
+    whip(&server, "/whip/r1", Some(&anchor), ct, &"a".repeat(70 * 1024)).expect_error(413, "payload_too_large");
+    whip(&server, "/whip/r1", Some(&anchor), ct, "v=0").expect_error(400, "sdp_invalid");
+    whip(&server, "/whip/r1", Some(&anchor), ct, "hello world").expect_error(400, "sdp_invalid");
+    whip(&server, "/whip/r1", Some(&anchor), ct, &format!("{sdp}m=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 VP8/90000\r\n")).expect_error(400, "sdp_invalid");
+    let e = whip(&server, "/whip/r1", Some(&anchor), ct, &offer("VP9")).expect_error(400, "no_common_codec");
+    assert!(e["message"].as_str().unwrap().contains("VP9"), "{e}");
+    // Complete-looking but not negotiable (no ICE credentials, no fingerprint).
+    whip(&server, "/whip/r1", Some(&anchor), ct, &sdp).expect_error(400, "sdp_invalid");
+    whip(&server, "/whip/r1?stream=screen", Some(&anchor), ct, &sdp).expect_error(400, "invalid_parameter");
+    // WHEP: no subscribe privilege at all → 403; the wrong stream name → 400.
+    let viewer_sdp = sdp.replace("a=sendonly", "a=recvonly");
+    let e = whip(&server, "/whep/r1/alice/main", Some(&token(&data, "r1", "v", &["--privileges", "3"])), ct, &viewer_sdp).expect_error(403, "privilege_missing");
+    assert_eq!(e["details"]["required"], 8);
+    whip(&server, "/whep/r1/alice/screen", Some(&anchor), ct, &viewer_sdp).expect_error(400, "invalid_parameter");
+    // Sessions that do not exist.
+    let frag = ("application/trickle-ice-sdpfrag", b"a=candidate:1 1 udp 1 10.0.0.1 9 typ host\r\n".as_slice());
+    request("PATCH", &server.url("/whip/session/nosuchsession0000000000"), Some(&anchor), Some(frag), &[]).expect_error(404, "session_not_found");
+    request("DELETE", &server.url("/whep/session/nosuchsession0000000000"), Some(&anchor), None, &[]).expect_error(404, "session_not_found");
+    request("DELETE", &server.url("/whip/session/x"), None, None, &[]).expect_error(401, "token_missing");
+    // OPTIONS (RFC 9725 CORS).
+    let o = request("OPTIONS", &server.url("/whip/r1"), None, None, &[("Origin", "http://example.test")]);
+    assert_eq!(o.status, 204);
+    assert_eq!(o.header("accept-post"), Some("application/sdp"));
+    assert_eq!(o.header("access-control-allow-origin"), Some("*"));
+    assert!(o.header("access-control-expose-headers").unwrap().contains("Location"));
+
+    // Through all of that, the stream went on.
+    let r = play.finish(Duration::from_secs(40));
+    assert!(r["frames"].as_u64().unwrap() >= 100, "{r}");
+    let _ = publisher.finish(Duration::from_secs(40));
+    // Nothing above was a server error.
+    assert!(!get(&server.url("/metrics"), None).body.contains("status=\"5"));
+}
