@@ -92,8 +92,16 @@ async def publish(a):
         print(json.dumps({"error": f"{status} {body}"}), flush=True)
         return 1
     location = headers.get("location")
+    connected = asyncio.get_event_loop().create_future()
+
+    @pc.on("connectionstatechange")
+    def on_state():
+        if pc.connectionState == "connected" and not connected.done():
+            connected.set_result(time.time())
+
     await pc.setRemoteDescription(RTCSessionDescription(sdp=body, type="answer"))
-    print(json.dumps({"published": location}), flush=True)
+    connected_at = await asyncio.wait_for(connected, 10)
+    print(json.dumps({"published": location, "connected_at": connected_at}), flush=True)
     await asyncio.sleep(a.seconds)
     base = a.url.split("/whip/")[0]
     http("DELETE", base + location, a.token)
@@ -105,7 +113,7 @@ async def play(a):
     pc = RTCPeerConnection()
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
-    result = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0, "audio_rms": 0.0, "mean_rgb": None}
+    result = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0, "audio_rms": 0.0, "mean_rgb": None, "frame_times": []}
     tasks = []
 
     async def consume(track):
@@ -116,6 +124,7 @@ async def play(a):
                 return
             if track.kind == "video":
                 result["frames"] += 1
+                result["frame_times"].append(round(time.time(), 3))
                 result["width"], result["height"] = frame.width, frame.height
                 if result["frames"] % 10 == 0:
                     rgb = frame.to_ndarray(format="rgb24")
@@ -152,8 +161,11 @@ def main():
     p.add_argument("--codec", default="H264")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
+    p.add_argument("--delay", type=float, default=0, help="seconds to wait before starting")
     a = p.parse_args()
     try:
+        if a.delay:
+            time.sleep(a.delay)
         return asyncio.run(publish(a) if a.mode == "publish" else play(a))
     except Exception as e:  # report, never hang
         print(json.dumps({"error": repr(e)}), flush=True)

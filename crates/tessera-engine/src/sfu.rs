@@ -25,6 +25,12 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often layers are re-chosen and rooms and sessions are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// Packets kept per consumer track for retransmission, and for how long.
+const RTX_CACHE_PACKETS: usize = 2048;
+const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+/// Resends stop when retransmissions exceed this share of the bytes sent (a link so bad that
+/// resending makes it worse).
+const RTX_RATIO_CAP: f32 = 0.5;
 /// Bandwidth kept for audio when choosing a video layer, in bit/s.
 const AUDIO_RESERVE_BPS: f64 = 64_000.0;
 
@@ -516,7 +522,10 @@ impl Sfu {
             let mut mids = Vec::new();
             for p in ["0", "1", "2", "3", "4", "5", "6", "7"] {
                 let mid: Mid = p.into();
-                if api.stream_tx_by_mid(mid, None).is_some() {
+                if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+                    // str0m's default stops resending above 15 % retransmitted bytes; bursts of loss
+                    // on a 10 %-loss link pass that, and viewers would see holes.
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
                     mids.push(mid);
                 }
             }
