@@ -158,7 +158,7 @@ struct Consumer {
 
 enum Role {
     Publisher { producers: Vec<Producer> },
-    Viewer { consumers: Vec<Consumer>, estimate_bps: Option<f64> },
+    Viewer { consumers: Vec<Consumer>, estimate_bps: Option<f64>, send_mids: Vec<Mid> },
 }
 
 struct Session {
@@ -282,7 +282,7 @@ impl Sfu {
         self.next_id += 1;
         let role = match spec.role {
             PeerRole::Publish => Role::Publisher { producers: Vec::new() },
-            PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None },
+            PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new() },
         };
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
@@ -303,6 +303,7 @@ impl Sfu {
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role, "session added");
         self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, addrs: Vec::new() });
+        self.dirty.push(id);
         self.drain_all(now);
         Ok(answer)
     }
@@ -487,6 +488,15 @@ impl Sfu {
             }
             Event::MediaAdded(m) => {
                 if let Some(s) = self.sessions.get_mut(&id) {
+                    if let Role::Viewer { send_mids, .. } = &mut s.role {
+                        send_mids.push(m.mid);
+                        // Sections can be reported after the connection is up.
+                        if s.connected {
+                            self.setup_consumers(id);
+                            self.allocate(id, now);
+                        }
+                        return;
+                    }
                     if let Role::Publisher { producers } = &mut s.role {
                         let layers = match &m.simulcast {
                             Some(sim) => sim.recv.iter().map(|l| Layer { rid: Some(l.rid), rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }).collect(),
@@ -507,11 +517,11 @@ impl Sfu {
         }
     }
 
-    /// Creates a viewer's consumers from its negotiated send sections.
+    /// Creates a consumer for each negotiated send section of a viewer that has none yet.
     fn setup_consumers(&mut self, id: u64) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let Role::Viewer { consumers, .. } = &mut s.role else { return };
-        if !consumers.is_empty() {
+        let Role::Viewer { consumers, send_mids, .. } = &mut s.role else { return };
+        if consumers.len() == send_mids.len() {
             return;
         }
         let rtc = &mut s.peer.rtc;
@@ -520,8 +530,7 @@ impl Sfu {
             let mut api = rtc.direct_api();
             // Every section we answered as a sender has a tx stream.
             let mut mids = Vec::new();
-            for p in ["0", "1", "2", "3", "4", "5", "6", "7"] {
-                let mid: Mid = p.into();
+            for &mid in send_mids.iter().filter(|m| !consumers.iter().any(|c| c.mid == **m)) {
                 if let Some(tx) = api.stream_tx_by_mid(mid, None) {
                     // str0m's default stops resending above 15 % retransmitted bytes; bursts of loss
                     // on a 10 %-loss link pass that, and viewers would see holes.
@@ -585,7 +594,7 @@ impl Sfu {
                 None => Some(LayerChoice::Paused),
             }
         };
-        let Some(Session { role: Role::Viewer { consumers, estimate_bps }, .. }) = self.sessions.get(&viewer_id) else { return };
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps, .. }, .. }) = self.sessions.get(&viewer_id) else { return };
         let estimate = *estimate_bps;
         let targets: Vec<Option<LayerChoice>> = consumers.iter().map(|c| choose(c.kind, estimate)).collect();
         let Some(Session { role: Role::Viewer { consumers, .. }, .. }) = self.sessions.get_mut(&viewer_id) else { return };

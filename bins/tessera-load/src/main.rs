@@ -1,0 +1,371 @@
+//! `tessera-load`: M WHIP publishers and N WHEP subscribers against a running Tessera, from one
+//! process, to measure the server rather than the clients.
+//!
+//! Publishers are str0m peers in RTP mode writing synthetic RTP (H.264-shaped video frames with
+//! an IDR every GOP and on every keyframe request, and 20 ms audio packets); nothing is encoded.
+//! Subscribers are str0m peers too, but only STUN, DTLS and RTCP go through str0m: RTP headers
+//! are in the clear under SRTP, so each subscriber counts packets, bytes, sequence gaps and
+//! interarrival jitter straight from the header, without decrypting. That keeps the tool far
+//! cheaper than the server it loads; it reports its own CPU next to the server's to show it.
+
+use clap::Parser;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_rtc::str0m::change::SdpAnswer;
+use tessera_rtc::str0m::media::{Direction, MediaKind, Mid, Pt};
+use tessera_rtc::str0m::net::{Protocol, Receive};
+use tessera_rtc::str0m::rtp::{ExtensionValues, RtpWrite};
+use tessera_rtc::str0m::{Candidate, Event, Input, Output, Rtc};
+use tokio::net::UdpSocket;
+
+#[derive(Parser, Clone)]
+#[command(about = "Load Tessera with WHIP publishers and WHEP subscribers")]
+struct Args {
+    /// Base URL of the server's HTTP API.
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
+    server: String,
+    /// API key (tokens are minted per client through POST /v1/tokens).
+    #[arg(long)]
+    api_key: String,
+    #[arg(long, default_value = "load")]
+    room: String,
+    #[arg(long, default_value_t = 1)]
+    publishers: usize,
+    /// Subscribers, spread over the publishers.
+    #[arg(long, default_value_t = 10)]
+    subscribers: usize,
+    /// Seconds of measurement after everyone connected.
+    #[arg(long, default_value_t = 20)]
+    duration: u64,
+    #[arg(long, default_value_t = 1500)]
+    video_kbps: u64,
+    #[arg(long, default_value_t = 30)]
+    fps: u64,
+    /// RTP payload bytes per video packet.
+    #[arg(long, default_value_t = 1100)]
+    packet_bytes: usize,
+    /// Local address the clients bind.
+    #[arg(long, default_value = "127.0.0.1")]
+    bind_ip: std::net::IpAddr,
+    /// PID of the server, to report its CPU use from /proc.
+    #[arg(long)]
+    server_pid: Option<u32>,
+    /// Print one JSON line instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn mint(args: &Args, user: &str, role: u8) -> String {
+    let body = serde_json::json!({"room": args.room, "user": user, "role": role, "ttl_s": 3600});
+    let resp = ureq::post(&format!("{}/v1/tokens", args.server))
+        .set("Authorization", &format!("Bearer {}", args.api_key))
+        .send_json(body)
+        .unwrap_or_else(|e| panic!("minting a token failed: {e}"));
+    resp.into_json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
+}
+
+fn post_sdp(url: &str, token: &str, sdp: &str) -> String {
+    let resp = ureq::post(url)
+        .set("Authorization", &format!("Bearer {token}"))
+        .set("Content-Type", "application/sdp")
+        .send_string(sdp)
+        .unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
+    resp.into_string().unwrap()
+}
+
+/// Creates a peer with the given media, negotiates it through `url`, and returns it with its socket.
+async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>) {
+    let socket = UdpSocket::bind(SocketAddr::new(args.bind_ip, 0)).await.expect("bind");
+    let local = socket.local_addr().unwrap();
+    let mut config = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+    config.codec_config().add_h264(108.into(), Some(109.into()), true, 0x42e01f);
+    let mut rtc = config.build(Instant::now());
+    rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
+    let mut change = rtc.sdp_api();
+    let mids = vec![change.add_media(MediaKind::Audio, dir, None, None, None), change.add_media(MediaKind::Video, dir, None, None, None)];
+    let (offer, pending) = change.apply().expect("an offer");
+    let (url, token, sdp) = (url.to_owned(), token.to_owned(), offer.to_sdp_string());
+    let answer = tokio::task::spawn_blocking(move || post_sdp(&url, &token, &sdp)).await.unwrap();
+    let answer = SdpAnswer::from_sdp_string(&answer).expect("an SDP answer");
+    rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
+    (rtc, socket, mids)
+}
+
+/// Runs `rtc` until `until`: feeds it datagrams and time, sends what it says. `on_rtp` sees raw
+/// RTP datagrams instead of str0m (subscribers); `tick` runs every `period` (publishers).
+async fn drive(
+    mut rtc: Rtc,
+    socket: UdpSocket,
+    until: Instant,
+    mut on_rtp: impl FnMut(&[u8], Instant),
+    period: Option<Duration>,
+    mut tick: impl FnMut(&mut Rtc, Instant, bool),
+) {
+    let local = socket.local_addr().unwrap();
+    let mut buf = vec![0u8; 2048];
+    let mut next_tick = Instant::now();
+    let mut keyframe_wanted = true;
+    loop {
+        let timeout = loop {
+            match rtc.poll_output() {
+                Ok(Output::Timeout(t)) => break t,
+                Ok(Output::Transmit(t)) => {
+                    let _ = socket.send_to(&t.contents, t.destination).await;
+                }
+                Ok(Output::Event(Event::KeyframeRequest(_))) => keyframe_wanted = true,
+                Ok(Output::Event(_)) => {}
+                Err(e) => {
+                    eprintln!("peer failed: {e}");
+                    return;
+                }
+            }
+        };
+        let now = Instant::now();
+        if now >= until {
+            return;
+        }
+        let wake = match period {
+            Some(_) => timeout.min(next_tick),
+            None => timeout,
+        }
+        .min(until);
+        tokio::select! {
+            r = socket.recv_from(&mut buf) => {
+                let Ok((n, source)) = r else { continue };
+                let now = Instant::now();
+                let data = &buf[..n];
+                // RTP (not RTCP, whose second byte is a packet type 192-223) bypasses str0m.
+                let is_rtp = n >= 12 && (128..=191).contains(&data[0]) && !(192..=223).contains(&data[1]);
+                if is_rtp && period.is_none() {
+                    on_rtp(data, now);
+                    continue;
+                }
+                if let Ok(contents) = data.try_into() {
+                    let _ = rtc.handle_input(Input::Receive(now, Receive { proto: Protocol::Udp, source, destination: local, contents }));
+                }
+            }
+            _ = tokio::time::sleep_until(wake.into()) => {
+                let now = Instant::now();
+                let _ = rtc.handle_input(Input::Timeout(now));
+                if let Some(p) = period {
+                    if now >= next_tick && rtc.is_connected() {
+                        tick(&mut rtc, now, std::mem::take(&mut keyframe_wanted));
+                        next_tick += p;
+                        if next_tick < now { next_tick = now + p; }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Per-SSRC receive statistics from RTP headers (RFC 3550 §A.3 and §A.8).
+#[derive(Default, Clone)]
+struct StreamStats {
+    packets: u64,
+    bytes: u64,
+    base_seq: Option<u32>,
+    max_ext_seq: u32,
+    last_transit: Option<f64>,
+    jitter: f64,
+    clock: f64,
+}
+
+impl StreamStats {
+    fn add(&mut self, seq: u16, ts: u32, len: usize, arrival_s: f64, clock: f64) {
+        self.packets += 1;
+        self.bytes += len as u64;
+        self.clock = clock;
+        let base = *self.base_seq.get_or_insert(seq as u32);
+        if self.packets == 1 {
+            self.max_ext_seq = base;
+        } else {
+            let cycles = self.max_ext_seq & !0xffff;
+            let mut ext = cycles | seq as u32;
+            if ext + 0x8000 < self.max_ext_seq {
+                ext += 0x10000;
+            } else if ext > self.max_ext_seq + 0x8000 && ext >= 0x10000 {
+                ext -= 0x10000;
+            }
+            self.max_ext_seq = self.max_ext_seq.max(ext);
+        }
+        let transit = arrival_s * clock - ts as f64;
+        if let Some(last) = self.last_transit {
+            let d = (transit - last).abs();
+            // Large steps are timestamp jumps (new frames share one timestamp per frame), not jitter.
+            if d < clock {
+                self.jitter += (d - self.jitter) / 16.0;
+            }
+        }
+        self.last_transit = Some(transit);
+    }
+
+    fn expected(&self) -> u64 {
+        self.base_seq.map(|b| (self.max_ext_seq - b) as u64 + 1).unwrap_or(0)
+    }
+}
+
+#[derive(Default, Clone)]
+struct SubscriberStats {
+    streams: HashMap<u32, StreamStats>,
+}
+
+fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
+    let path = match pid {
+        Some(p) => format!("/proc/{p}/stat"),
+        None => "/proc/self/stat".to_owned(),
+    };
+    let stat = std::fs::read_to_string(path).ok()?;
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f.get(11)?.parse::<f64>().ok()? + f.get(12)?.parse::<f64>().ok()?;
+    Some(ticks / 100.0)
+}
+
+fn main() {
+    let args = Args::parse();
+    // One thread for all clients: the point is to measure the server, and a single-threaded
+    // client is easy to account for.
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    rt.block_on(run(args));
+}
+
+async fn run(args: Args) {
+    let setup_deadline = Instant::now() + Duration::from_secs(10);
+    let start_at = setup_deadline;
+    let until = start_at + Duration::from_secs(args.duration);
+    let mut tasks = Vec::new();
+    let frame_period = Duration::from_micros(1_000_000 / args.fps);
+    let frame_bytes = (args.video_kbps * 1000 / 8 / args.fps) as usize;
+    let packets_per_frame = frame_bytes.div_ceil(args.packet_bytes).max(1);
+
+    for p in 0..args.publishers {
+        let user = format!("pub{p}");
+        let a = args.clone();
+        let token = tokio::task::spawn_blocking(move || mint(&a, &user, 20)).await.unwrap();
+        let (rtc, socket, mids) = connect(&args, &format!("{}/whip/{}", args.server, args.room), &token, Direction::SendOnly).await;
+        let (audio_mid, video_mid) = (mids[0], mids[1]);
+        let packet_bytes = args.packet_bytes;
+        let fps = args.fps;
+        tasks.push(tokio::spawn(async move {
+            let mut seq_v: u64 = 1;
+            let mut seq_a: u64 = 1;
+            let mut frame: u64 = 0;
+            let started = Instant::now();
+            let mut audio_due = Duration::ZERO;
+            let video = vec![0x41u8; packet_bytes];
+            let mut idr = vec![0x65u8; packet_bytes];
+            idr[1] = 0x88;
+            let audio = vec![0xfcu8; 120];
+            let (video, idr, audio): (Arc<[u8]>, Arc<[u8]>, Arc<[u8]>) = (video.into(), idr.into(), audio.into());
+            // In RTP mode the writer sets header extensions: the MID lets the server bind our SSRCs.
+            let (mut ext_v, mut ext_a) = (ExtensionValues::default(), ExtensionValues::default());
+            ext_v.mid = Some(video_mid);
+            ext_a.mid = Some(audio_mid);
+            let tick = move |rtc: &mut Rtc, now: Instant, keyframe: bool| {
+                let pt_v: Pt = 108.into();
+                let pt_a: Pt = 111.into();
+                let ts_v = (frame * 90_000 / fps) as u32;
+                let gop = frame % (2 * fps) == 0;
+                let mut api = rtc.direct_api();
+                if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
+                    for i in 0..packets_per_frame {
+                        let payload = if (gop || keyframe) && i == 0 { idr.clone() } else { video.clone() };
+                        tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == packets_per_frame).nackable(true).ext_vals(ext_v.clone()));
+                        seq_v += 1;
+                    }
+                }
+                // Audio: every 20 ms of elapsed time.
+                let elapsed = now.duration_since(started);
+                while audio_due <= elapsed {
+                    let ts_a = (audio_due.as_millis() as u64 * 48) as u32;
+                    if let Some(tx) = api.stream_tx_by_mid(audio_mid, None) {
+                        tx.write_rtp(RtpWrite::new(pt_a, seq_a.into(), ts_a, now, audio.clone()).ext_vals(ext_a.clone()));
+                    }
+                    seq_a += 1;
+                    audio_due += Duration::from_millis(20);
+                }
+                frame += 1;
+            };
+            drive(rtc, socket, until, |_, _| {}, Some(frame_period), tick).await;
+        }));
+    }
+
+    let stats: Arc<Mutex<Vec<SubscriberStats>>> = Arc::new(Mutex::new(vec![SubscriberStats::default(); args.subscribers]));
+    for s in 0..args.subscribers {
+        let user = format!("sub{s}");
+        let a = args.clone();
+        let token = tokio::task::spawn_blocking(move || mint(&a, &user, 21)).await.unwrap();
+        let source = format!("pub{}", s % args.publishers.max(1));
+        let (rtc, socket, _) = connect(&args, &format!("{}/whep/{}/{}/main", args.server, args.room, source), &token, Direction::RecvOnly).await;
+        let stats = stats.clone();
+        let epoch = Instant::now();
+        tasks.push(tokio::spawn(async move {
+            let on_rtp = move |data: &[u8], now: Instant| {
+                if now < start_at {
+                    return;
+                }
+                let pt = data[1] & 0x7f;
+                let seq = u16::from_be_bytes([data[2], data[3]]);
+                let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+                let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+                let clock = if pt == 111 { 48_000.0 } else { 90_000.0 };
+                let mut all = stats.lock().unwrap();
+                all[s].streams.entry(ssrc).or_default().add(seq, ts, data.len(), now.duration_since(epoch).as_secs_f64(), clock);
+            };
+            drive(rtc, socket, until, on_rtp, None, |_, _, _| {}).await;
+        }));
+    }
+
+    // Measure only the steady window.
+    tokio::time::sleep_until(start_at.into()).await;
+    let (server0, self0, t0) = (cpu_seconds(args.server_pid), cpu_seconds(None), Instant::now());
+    tokio::time::sleep_until(until.into()).await;
+    let (server1, self1, elapsed) = (cpu_seconds(args.server_pid), cpu_seconds(None), t0.elapsed().as_secs_f64());
+    for t in tasks {
+        t.abort();
+    }
+    report(&args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a));
+}
+
+fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f64>, self_cpu: Option<f64>) {
+    let mut total_packets = 0u64;
+    let mut rows = Vec::new();
+    for s in subs {
+        let packets: u64 = s.streams.values().map(|x| x.packets).sum();
+        let bytes: u64 = s.streams.values().map(|x| x.bytes).sum();
+        let expected: u64 = s.streams.values().map(|x| x.expected()).sum();
+        let lost = expected.saturating_sub(packets);
+        let loss = if expected > 0 { 100.0 * lost as f64 / expected as f64 } else { 100.0 };
+        let jitter_ms = s.streams.values().filter(|x| x.clock == 90_000.0).map(|x| x.jitter / x.clock * 1000.0).fold(0.0, f64::max);
+        total_packets += packets;
+        rows.push((bytes as f64 * 8.0 / secs / 1000.0, loss, jitter_ms));
+    }
+    let pps = total_packets as f64 / secs;
+    let server_cores = server_cpu.map(|c| c / secs);
+    let per_core = server_cores.filter(|c| *c > 0.0).map(|c| pps / c);
+    let min = |f: fn(&(f64, f64, f64)) -> f64| rows.iter().map(f).fold(f64::INFINITY, f64::min);
+    let max = |f: fn(&(f64, f64, f64)) -> f64| rows.iter().map(f).fold(0.0, f64::max);
+    let avg = |f: fn(&(f64, f64, f64)) -> f64| rows.iter().map(f).sum::<f64>() / rows.len().max(1) as f64;
+    let json = serde_json::json!({
+        "publishers": args.publishers, "subscribers": args.subscribers, "seconds": secs,
+        "forwarded_pps": pps,
+        "server_cpu_cores": server_cores, "server_pps_per_core": per_core,
+        "load_tool_cpu_cores": self_cpu.map(|c| c / secs),
+        "kbps": {"min": min(|r| r.0), "avg": avg(|r| r.0), "max": max(|r| r.0)},
+        "loss_pct": {"min": min(|r| r.1), "avg": avg(|r| r.1), "max": max(|r| r.1)},
+        "jitter_ms": {"min": min(|r| r.2), "avg": avg(|r| r.2), "max": max(|r| r.2)},
+    });
+    if args.json {
+        println!("{json}");
+        return;
+    }
+    println!("subscriber  kbit/s   loss %  jitter ms");
+    for (i, r) in rows.iter().enumerate() {
+        println!("{:>10}  {:>7.0}  {:>6.2}  {:>9.2}", i, r.0, r.1, r.2);
+    }
+    println!("{json:#}");
+}
