@@ -59,11 +59,20 @@ struct Args {
 
 fn mint(args: &Args, user: &str, role: u8) -> String {
     let body = serde_json::json!({"room": args.room, "user": user, "role": role, "ttl_s": 3600});
-    let resp = ureq::post(&format!("{}/v1/tokens", args.server))
-        .set("Authorization", &format!("Bearer {}", args.api_key))
-        .send_json(body)
-        .unwrap_or_else(|e| panic!("minting a token failed: {e}"));
-    resp.into_json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned()
+    loop {
+        let result = ureq::post(&format!("{}/v1/tokens", args.server))
+            .set("Authorization", &format!("Bearer {}", args.api_key))
+            .send_json(body.clone());
+        match result {
+            Ok(resp) => return resp.into_json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned(),
+            // The API allows 100 requests/s per key: wait as told.
+            Err(ureq::Error::Status(429, resp)) => {
+                let wait: u64 = resp.header("retry-after").and_then(|v| v.parse().ok()).unwrap_or(1);
+                std::thread::sleep(Duration::from_secs(wait));
+            }
+            Err(e) => panic!("minting a token failed: {e}"),
+        }
+    }
 }
 
 fn post_sdp(url: &str, token: &str, sdp: &str) -> String {
@@ -125,6 +134,12 @@ async fn drive(
         let now = Instant::now();
         if now >= until {
             return;
+        }
+        // A timeout that is already due (str0m's pacer asks for one right after media is
+        // written) is handled at once rather than after the next timer tick.
+        if timeout <= now {
+            let _ = rtc.handle_input(Input::Timeout(now));
+            continue;
         }
         let wake = match period {
             Some(_) => timeout.min(next_tick),
@@ -234,10 +249,16 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    let setup_deadline = Instant::now() + Duration::from_secs(10);
-    let start_at = setup_deadline;
+    // Clients connect as they are created; measuring starts once all are up (setup is bounded by
+    // the API's token rate, 100/s), and runs `duration` seconds.
+    let setup = Duration::from_secs(5 + (args.subscribers + args.publishers) as u64 / 50);
+    let start_at = Instant::now() + setup;
     let until = start_at + Duration::from_secs(args.duration);
     let mut tasks = Vec::new();
+    // Video RTP timestamp → when the publisher wrote it. The SFU keeps the first source's
+    // timestamps, so a subscriber can tell each packet's trip time through the server.
+    let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
+    let latencies: Arc<Mutex<Vec<f32>>> = Arc::new(Mutex::new(Vec::new()));
     let frame_period = Duration::from_micros(1_000_000 / args.fps);
     let frame_bytes = (args.video_kbps * 1000 / 8 / args.fps) as usize;
     let packets_per_frame = frame_bytes.div_ceil(args.packet_bytes).max(1);
@@ -250,6 +271,8 @@ async fn run(args: Args) {
         let (audio_mid, video_mid) = (mids[0], mids[1]);
         let packet_bytes = args.packet_bytes;
         let fps = args.fps;
+        let sent = sent.clone();
+        let track_latency = p == 0;
         tasks.push(tokio::spawn(async move {
             let mut seq_v: u64 = 1;
             let mut seq_a: u64 = 1;
@@ -270,6 +293,12 @@ async fn run(args: Args) {
                 let pt_a: Pt = 111.into();
                 let ts_v = (frame * 90_000 / fps) as u32;
                 let gop = frame % (2 * fps) == 0;
+                if track_latency {
+                    let mut m = sent.lock().unwrap();
+                    m.insert(ts_v, now);
+                    // Keep 10 s of frames.
+                    m.remove(&ts_v.wrapping_sub((10 * 90_000) as u32));
+                }
                 let mut api = rtc.direct_api();
                 if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
                     for i in 0..packets_per_frame {
@@ -303,6 +332,8 @@ async fn run(args: Args) {
         let (rtc, socket, _) = connect(&args, &format!("{}/whep/{}/{}/main", args.server, args.room, source), &token, Direction::RecvOnly).await;
         let stats = stats.clone();
         let epoch = Instant::now();
+        let (sent, latencies) = (sent.clone(), latencies.clone());
+        let track_latency = s % args.publishers.max(1) == 0;
         tasks.push(tokio::spawn(async move {
             let on_rtp = move |data: &[u8], now: Instant| {
                 if now < start_at {
@@ -313,6 +344,11 @@ async fn run(args: Args) {
                 let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
                 let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
                 let clock = if pt == 111 { 48_000.0 } else { 90_000.0 };
+                if track_latency && pt != 111 {
+                    if let Some(t) = sent.lock().unwrap().get(&ts) {
+                        latencies.lock().unwrap().push(now.duration_since(*t).as_secs_f32() * 1e6);
+                    }
+                }
                 let mut all = stats.lock().unwrap();
                 all[s].streams.entry(ssrc).or_default().add(seq, ts, data.len(), now.duration_since(epoch).as_secs_f64(), clock);
             };
@@ -328,10 +364,20 @@ async fn run(args: Args) {
     for t in tasks {
         t.abort();
     }
-    report(&args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a));
+    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
+    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    report(&args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a), &lat);
 }
 
-fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f64>, self_cpu: Option<f64>) {
+fn percentile(sorted: &[f32], p: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    Some(sorted[i] as f64 / 1000.0)
+}
+
+fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f64>, self_cpu: Option<f64>, latency_us: &[f32]) {
     let mut total_packets = 0u64;
     let mut rows = Vec::new();
     for s in subs {
@@ -358,6 +404,7 @@ fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f
         "kbps": {"min": min(|r| r.0), "avg": avg(|r| r.0), "max": max(|r| r.0)},
         "loss_pct": {"min": min(|r| r.1), "avg": avg(|r| r.1), "max": max(|r| r.1)},
         "jitter_ms": {"min": min(|r| r.2), "avg": avg(|r| r.2), "max": max(|r| r.2)},
+        "latency_ms": {"p50": percentile(latency_us, 0.5), "p99": percentile(latency_us, 0.99), "samples": latency_us.len()},
     });
     if args.json {
         println!("{json}");

@@ -154,12 +154,18 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                             Err(_) => break,
                         }
                     }
+                    sfu.flush(now);
                 }
             }
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
-        let now = Instant::now();
-        if sfu.next_timeout() <= now {
+        // Due timeouts run now, not after the next timer tick (tokio's timer has 1 ms
+        // granularity): str0m's pacer asks for one right after media is written.
+        for _ in 0..4 {
+            let now = Instant::now();
+            if sfu.next_timeout() > now {
+                break;
+            }
             sfu.handle_timeout(now);
         }
         while let Some(t) = sfu.poll_transmit() {

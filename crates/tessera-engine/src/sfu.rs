@@ -169,6 +169,8 @@ struct Session {
     connected: bool,
     created: Instant,
     addrs: Vec<SocketAddr>,
+    /// Queued in `Sfu::dirty` for draining (so it is queued once, however many packets it got).
+    dirty: bool,
 }
 
 #[derive(Default)]
@@ -302,8 +304,8 @@ impl Sfu {
         self.by_sid.insert(spec.sid.clone(), id);
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role, "session added");
-        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, addrs: Vec::new() });
-        self.dirty.push(id);
+        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, addrs: Vec::new(), dirty: false });
+        self.mark_dirty(id);
         self.drain_all(now);
         Ok(answer)
     }
@@ -379,8 +381,24 @@ impl Sfu {
             tracing::debug!(sid = %session.spec.sid, "bad input: {e}");
             return;
         }
-        self.dirty.push(id);
+        // Only this peer is drained now (its packets are forwarded at once); the consumers it
+        // wrote to are drained by `flush`, once per batch of datagrams rather than per packet.
+        self.drain_one(id, now);
+        self.handle_events(now);
+    }
+
+    /// Drains every peer with pending output. The driver calls it after each batch of datagrams.
+    pub fn flush(&mut self, now: Instant) {
         self.drain_all(now);
+    }
+
+    fn mark_dirty(&mut self, id: u64) {
+        if let Some(s) = self.sessions.get_mut(&id) {
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(id);
+            }
+        }
     }
 
     /// When `handle_timeout` wants to be called next.
@@ -397,7 +415,10 @@ impl Sfu {
                 if let Err(e) = s.peer.rtc.handle_input(Input::Timeout(now)) {
                     tracing::debug!(sid = %s.spec.sid, "timeout handling failed: {e}");
                 }
-                self.dirty.push(*id);
+                if !s.dirty {
+                    s.dirty = true;
+                    self.dirty.push(*id);
+                }
             }
         }
         self.scratch_ids = due;
@@ -442,35 +463,47 @@ impl Sfu {
         }
     }
 
-    /// Drains every dirty peer's output and handles the events, until nothing is left.
-    fn drain_all(&mut self, now: Instant) {
+    /// Polls one peer until it names its next timeout; its events are queued.
+    fn drain_one(&mut self, id: u64, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        s.dirty = false;
         loop {
-            while let Some(id) = self.dirty.pop() {
-                let Some(s) = self.sessions.get_mut(&id) else { continue };
-                loop {
-                    match s.peer.rtc.poll_output() {
-                        Ok(Output::Timeout(t)) => {
-                            s.next_timeout = t;
-                            break;
-                        }
-                        Ok(Output::Transmit(t)) => self.transmits.push_back(t),
-                        Ok(Output::Event(e)) => self.events.push((id, e)),
-                        Err(e) => {
-                            tracing::warn!(sid = %s.spec.sid, "peer failed: {e}");
-                            s.peer.rtc.disconnect();
-                            s.next_timeout = now;
-                            break;
-                        }
-                    }
+            match s.peer.rtc.poll_output() {
+                Ok(Output::Timeout(t)) => {
+                    s.next_timeout = t;
+                    break;
+                }
+                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Event(e)) => self.events.push((id, e)),
+                Err(e) => {
+                    tracing::warn!(sid = %s.spec.sid, "peer failed: {e}");
+                    s.peer.rtc.disconnect();
+                    s.next_timeout = now;
+                    break;
                 }
             }
-            if self.events.is_empty() {
-                break;
-            }
+        }
+    }
+
+    fn handle_events(&mut self, now: Instant) {
+        while !self.events.is_empty() {
             let events = std::mem::take(&mut self.events);
             for (id, e) in events {
                 self.handle_event(id, e, now);
             }
+        }
+    }
+
+    /// Drains every dirty peer's output and handles the events, until nothing is left.
+    fn drain_all(&mut self, now: Instant) {
+        loop {
+            while let Some(id) = self.dirty.pop() {
+                self.drain_one(id, now);
+            }
+            if self.events.is_empty() {
+                break;
+            }
+            self.handle_events(now);
         }
     }
 
@@ -679,7 +712,10 @@ impl Sfu {
                     .nackable(kind == MediaKind::Video),
             );
             self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
-            self.dirty.push(*vid);
+            if !viewer.dirty {
+                viewer.dirty = true;
+                self.dirty.push(*vid);
+            }
         }
         self.scratch_ids = ids;
         if want_keyframe {
@@ -717,7 +753,10 @@ impl Sfu {
         if let Some(rx) = s.peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
-            self.dirty.push(pub_id);
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(pub_id);
+            }
         }
     }
 }
