@@ -141,6 +141,25 @@ fn chromium_publishes_and_plays_h264_and_vp8() {
 }
 
 #[test]
+fn whip_ice_restart_keeps_the_stream() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-ice");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "ice", "cam", &[]);
+    let r = browser(&net, &server, &["both", "--room", "ice", "--user", "cam", "--token", &anchor, "--seconds", "12", "--ice-restart-after", "4"])
+        .finish(Duration::from_secs(60));
+    assert!(r["new_ufrag"].as_str().is_some_and(|u| !u.is_empty()), "{r}");
+    assert_eq!(r["publish_state_after_restart"], "connected", "{r}");
+    let before = r["frames_before_restart"].as_u64().unwrap();
+    let after = r["stats"]["framesDecoded"].as_u64().unwrap();
+    // 8 s after the restart at ~20+ fps: the viewer kept decoding.
+    assert!(after >= before + 100, "frames before {before}, at the end {after}: {r}");
+    assert_eq!(r["stale_etag_status"], 412, "a restart with a stale ETag is refused: {r}");
+}
+
+#[test]
 fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
     let _g = serial();
     let dir = TempDir::new("sfu-simulcast");

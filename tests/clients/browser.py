@@ -42,7 +42,7 @@ def main():
     p.add_argument("--simulcast", action="store_true")
     p.add_argument("--quality", default="auto")
     p.add_argument("--degradation", default="")
-    p.add_argument("--players", type=int, default=1, help="play tabs (the first gets the stats)")
+    p.add_argument("--ice-restart-after", type=float, default=0, help="publisher restarts ICE after this many seconds")
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--chromium", default="/usr/bin/chromium")
     a = p.parse_args()
@@ -70,10 +70,25 @@ def main():
                 settings = pub.evaluate("document.getElementById('preview').srcObject.getVideoTracks()[0].getSettings()")
                 out["publish_width"], out["publish_height"] = settings.get("width"), settings.get("height")
             if a.mode in ("play", "both"):
+                if a.ice_restart_after and pub is not None:
+                    play_seconds = a.seconds
                 q = {"room": a.room, "user": a.user, "token": a.viewer_token or a.token, "quality": a.quality, "autostart": "1"}
                 play = ctx.new_page()
                 play.goto(f"{a.base}/play.html?{urlencode(q)}")
-                time.sleep(a.seconds)
+                if a.ice_restart_after and pub is not None:
+                    time.sleep(a.ice_restart_after)
+                    frames_before = play.evaluate("window.tessera.stats.framesDecoded || 0")
+                    out["new_ufrag"] = pub.evaluate("window.tessera.iceRestart()")
+                    time.sleep(max(0.0, a.seconds - a.ice_restart_after))
+                    out["frames_before_restart"] = frames_before
+                    out["publish_state_after_restart"] = pub.evaluate("window.tessera.state")
+                    # A restart with a stale ETag must be refused with 412.
+                    out["stale_etag_status"] = pub.evaluate("""async () => (await fetch(window.tessera.location, {method: 'PATCH',
+                        body: 'a=ice-ufrag:abcd\\r\\na=ice-pwd:0123456789abcdef012345\\r\\n',
+                        headers: {'Content-Type': 'application/trickle-ice-sdpfrag', 'If-Match': '"stale"',
+                                  'Authorization': 'Bearer ' + document.getElementById('token').value.trim()}})).status""")
+                else:
+                    time.sleep(a.seconds)
                 out["play_state"] = play.evaluate("window.tessera.state")
                 out["play_error"] = play.evaluate("window.tessera.error")
                 out["stats"] = play.evaluate("window.tessera.stats")

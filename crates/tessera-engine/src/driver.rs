@@ -2,7 +2,7 @@
 //! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
-use crate::sfu::{RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats};
+use crate::sfu::{IceRestart, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -23,6 +23,7 @@ enum Command {
     RemoveSession { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
     SessionInfo { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
     RoomExists { key: RoomKey, reply: oneshot::Sender<bool> },
+    IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
 }
 
@@ -105,6 +106,10 @@ impl RtcHandle {
         self.ask(|reply| Command::SessionInfo { sid: sid.to_owned(), reply }).await
     }
 
+    pub async fn ice_restart(&self, sid: &str, ufrag: &str, pwd: &str) -> Result<Option<IceRestart>, RtcServerError> {
+        self.ask(|reply| Command::IceRestart { sid: sid.to_owned(), ufrag: ufrag.to_owned(), pwd: pwd.to_owned(), reply }).await
+    }
+
     pub async fn room_exists(&self, key: RoomKey) -> Result<bool, RtcServerError> {
         self.ask(|reply| Command::RoomExists { key, reply }).await
     }
@@ -134,6 +139,9 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     }
                     Command::SessionInfo { sid, reply } => {
                         let _ = reply.send(sfu.session_info(&sid));
+                    }
+                    Command::IceRestart { sid, ufrag, pwd, reply } => {
+                        let _ = reply.send(sfu.ice_restart(&sid, &ufrag, &pwd, now));
                     }
                     Command::RoomExists { key, reply } => {
                         let _ = reply.send(sfu.room_exists(&key));

@@ -186,6 +186,16 @@ pub struct SessionInfo {
     pub room: RoomKey,
     pub user: UserId,
     pub role: PeerRole,
+    /// The server's current ICE ufrag: the session's ETag.
+    pub ufrag: String,
+}
+
+/// The server's side of an ICE restart: new credentials and the candidates to use them with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceRestart {
+    pub ufrag: String,
+    pub pwd: String,
+    pub candidates: Vec<SocketAddr>,
 }
 
 pub struct Sfu {
@@ -270,7 +280,28 @@ impl Sfu {
 
     pub fn session_info(&self, sid: &str) -> Option<SessionInfo> {
         let s = &self.sessions[self.by_sid.get(sid)?];
-        Some(SessionInfo { room: s.spec.room.clone(), user: s.spec.user.clone(), role: s.spec.role })
+        Some(SessionInfo { room: s.spec.room.clone(), user: s.spec.user.clone(), role: s.spec.role, ufrag: s.peer.local_ufrag.clone() })
+    }
+
+    /// An ICE restart asked by the client (WHIP/WHEP PATCH with a new ufrag and pwd): the peer
+    /// takes the client's new credentials and gets new ones of its own; media continues on the
+    /// same DTLS association once the new checks succeed.
+    pub fn ice_restart(&mut self, sid: &str, remote_ufrag: &str, remote_pwd: &str, now: Instant) -> Option<IceRestart> {
+        let id = *self.by_sid.get(sid)?;
+        let s = self.sessions.get_mut(&id)?;
+        let local = tessera_rtc::str0m::IceCreds::new();
+        {
+            let mut api = s.peer.rtc.direct_api();
+            api.set_remote_ice_credentials(tessera_rtc::str0m::IceCreds { ufrag: remote_ufrag.to_owned(), pass: remote_pwd.to_owned() });
+            api.set_local_ice_credentials(local.clone());
+        }
+        self.by_ufrag.remove(&s.peer.local_ufrag);
+        s.peer.local_ufrag = local.ufrag.clone();
+        self.by_ufrag.insert(local.ufrag.clone(), id);
+        tracing::info!(sid = %sid, "ICE restart");
+        self.mark_dirty(id);
+        self.drain_all(now);
+        Some(IceRestart { ufrag: local.ufrag, pwd: local.pass, candidates: self.candidates.clone() })
     }
 
     /// Negotiates the offer and adds the session; returns the SDP answer.

@@ -241,18 +241,19 @@ fn session_not_found(sid: &str) -> ApiError {
 }
 
 /// The session, if it belongs to the token's app, room and user.
-async fn owned_session(state: &AppState, token: &UserToken, sid: &str) -> ApiResult<()> {
+async fn owned_session(state: &AppState, token: &UserToken, sid: &str) -> ApiResult<tessera_engine::SessionInfo> {
     let info = state.rtc.session_info(sid).await.map_err(|e| ApiError::internal(e.to_string()))?.ok_or_else(|| session_not_found(sid))?;
     if info.room.app != token.app || info.room.room != token.room || info.user != token.user {
         return Err(session_not_found(sid));
     }
-    Ok(())
+    Ok(info)
 }
 
-/// `PATCH /whip/session/{sid}` and `/whep/session/{sid}`: trickled candidates are accepted
-/// (Tessera is ICE-lite and learns the client's address from its checks); an ICE restart is
-/// not supported yet.
-pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<StatusCode> {
+/// `PATCH /whip/session/{sid}` and `/whep/session/{sid}` (RFC 9725 §4.3). Trickled candidates
+/// → 204: Tessera is ICE-lite and learns the client's address from its checks. A new ufrag and
+/// pwd is an ICE restart: it needs `If-Match` with the session's ETag (else 412) and is answered
+/// 200 with the server's new credentials and candidates, and a new ETag.
+pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let token = verify_token(&state, &headers, false)?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("application/trickle-ice-sdpfrag") {
@@ -260,16 +261,40 @@ pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, heade
     }
     let body = sdp_body(&body)?;
     let text = std::str::from_utf8(body).map_err(|_| ApiError::new(StatusCode::BAD_REQUEST, "sdp_invalid", "the sdpfrag is not UTF-8"))?;
-    owned_session(&state, &token, &sid).await?;
-    let restart = text.lines().any(|l| l.trim_start().starts_with("a=ice-ufrag:") || l.trim_start().starts_with("a=ice-pwd:"));
-    if restart {
+    let info = owned_session(&state, &token, &sid).await?;
+    let attr = |name: &str| text.lines().find_map(|l| l.trim().strip_prefix(name)).map(str::trim).filter(|v| !v.is_empty());
+    let (ufrag, pwd) = (attr("a=ice-ufrag:"), attr("a=ice-pwd:"));
+    if ufrag.is_none() && pwd.is_none() {
+        return Ok(StatusCode::NO_CONTENT.into_response());
+    }
+    let (Some(ufrag), Some(pwd)) = (ufrag, pwd) else {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "sdp_invalid", "an ICE restart needs both a=ice-ufrag and a=ice-pwd"));
+    };
+    let etag = format!("\"{}\"", info.ufrag);
+    let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
+    if if_match != Some(etag.as_str()) && if_match != Some("*") {
         return Err(ApiError::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "ICE restart is not supported yet; DELETE the session and start a new one",
+            StatusCode::PRECONDITION_FAILED,
+            "precondition_failed",
+            format!("an ICE restart needs If-Match: {etag} (the session's ETag)"),
         ));
     }
-    Ok(StatusCode::NO_CONTENT)
+    let restart = state
+        .rtc
+        .ice_restart(&sid, ufrag, pwd)
+        .await
+        .map_err(|e| ApiError::internal(e.to_string()))?
+        .ok_or_else(|| session_not_found(&sid))?;
+    let mut frag = format!("a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", restart.ufrag, restart.pwd);
+    for (i, c) in restart.candidates.iter().enumerate() {
+        frag.push_str(&format!("a=candidate:{} 1 udp {} {} {} typ host\r\n", i + 1, 2_130_706_431u32 - i as u32, c.ip(), c.port()));
+    }
+    frag.push_str("a=end-of-candidates\r\n");
+    let mut resp = (StatusCode::OK, [(header::CONTENT_TYPE, "application/trickle-ice-sdpfrag")], frag).into_response();
+    if let Ok(v) = HeaderValue::from_str(&format!("\"{}\"", restart.ufrag)) {
+        resp.headers_mut().insert(header::ETAG, v);
+    }
+    Ok(resp)
 }
 
 /// `DELETE /whip/session/{sid}` and `/whep/session/{sid}`; an expired token is accepted.
