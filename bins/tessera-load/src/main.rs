@@ -249,11 +249,10 @@ fn main() {
 }
 
 async fn run(args: Args) {
-    // Clients connect as they are created; measuring starts once all are up (setup is bounded by
-    // the API's token rate, 100/s), and runs `duration` seconds.
-    let setup = Duration::from_secs(5 + (args.subscribers + args.publishers) as u64 / 50);
-    let start_at = Instant::now() + setup;
-    let until = start_at + Duration::from_secs(args.duration);
+    // Clients connect one after another and stream from then on; measuring starts 3 s after the
+    // last one is up and runs `duration` seconds. The tasks themselves are stopped at the end.
+    let start: Arc<std::sync::OnceLock<Instant>> = Arc::new(std::sync::OnceLock::new());
+    let until = Instant::now() + Duration::from_secs(3600);
     let mut tasks = Vec::new();
     // Video RTP timestamp → when the publisher wrote it. The SFU keeps the first source's
     // timestamps, so a subscriber can tell each packet's trip time through the server.
@@ -334,9 +333,10 @@ async fn run(args: Args) {
         let epoch = Instant::now();
         let (sent, latencies) = (sent.clone(), latencies.clone());
         let track_latency = s % args.publishers.max(1) == 0;
+        let start = start.clone();
         tasks.push(tokio::spawn(async move {
             let on_rtp = move |data: &[u8], now: Instant| {
-                if now < start_at {
+                if start.get().is_none_or(|t| now < *t) {
                     return;
                 }
                 let pt = data[1] & 0x7f;
@@ -357,9 +357,11 @@ async fn run(args: Args) {
     }
 
     // Measure only the steady window.
+    let start_at = Instant::now() + Duration::from_secs(3);
+    start.set(start_at).expect("set once");
     tokio::time::sleep_until(start_at.into()).await;
     let (server0, self0, t0) = (cpu_seconds(args.server_pid), cpu_seconds(None), Instant::now());
-    tokio::time::sleep_until(until.into()).await;
+    tokio::time::sleep_until((start_at + Duration::from_secs(args.duration)).into()).await;
     let (server1, self1, elapsed) = (cpu_seconds(args.server_pid), cpu_seconds(None), t0.elapsed().as_secs_f64());
     for t in tasks {
         t.abort();

@@ -31,6 +31,9 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 /// Resends stop when retransmissions exceed this share of the bytes sent (a link so bad that
 /// resending makes it worse).
 const RTX_RATIO_CAP: f32 = 0.5;
+/// Packets a viewer track may have waiting to be sent before new ones are dropped (about 2 s
+/// of 1.5 Mbit/s video).
+const MAX_QUEUED_PACKETS: usize = 400;
 /// Bandwidth kept for audio when choosing a video layer, in bit/s.
 const AUDIO_RESERVE_BPS: f64 = 64_000.0;
 
@@ -83,6 +86,8 @@ pub struct SfuCounters {
     pub packets_forwarded: AtomicU64,
     pub packets_received: AtomicU64,
     pub keyframe_requests: AtomicU64,
+    /// Packets not written to a viewer because its send queue was full.
+    pub packets_dropped: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -736,6 +741,15 @@ impl Sfu {
             let mid_out = c.mid;
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid_out, None) else { continue };
+            // A viewer whose link (or pacer) cannot drain its queue loses packets here rather than
+            // making the server hold them without bound; its video restarts at a keyframe.
+            if tx.queue_info().is_some_and(|q| q.packet_count() > MAX_QUEUED_PACKETS) {
+                self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                if kind == MediaKind::Video {
+                    c.current = None;
+                }
+                continue;
+            }
             tx.write_rtp(
                 RtpWrite::new(out_pt, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
                     .marker(pkt.header.marker)

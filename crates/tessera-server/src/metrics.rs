@@ -34,6 +34,7 @@ pub struct Metrics {
     forwarded: Counter,
     received: Counter,
     keyframe_requests: Counter,
+    dropped: Counter,
     started: Instant,
     uptime: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -62,7 +63,9 @@ impl Metrics {
         registry.register("tessera_udp_datagrams_received", "Datagrams received on the WebRTC port", received.clone());
         let keyframe_requests = Counter::default();
         registry.register("tessera_keyframe_requests", "PLIs sent to producers (after throttling)", keyframe_requests.clone());
-        Metrics { registry, rooms, participants, forwarded, received, keyframe_requests, started: Instant::now(), uptime, http_requests, http_duration }
+        let dropped = Counter::default();
+        registry.register("tessera_rtp_packets_dropped", "RTP packets not forwarded because a viewer's send queue was full", dropped.clone());
+        Metrics { registry, rooms, participants, forwarded, received, keyframe_requests, dropped, started: Instant::now(), uptime, http_requests, http_duration }
     }
 
     /// Copies the engine's state and counters into the registry before a scrape.
@@ -80,6 +83,7 @@ impl Metrics {
         sync(&self.forwarded, counters.packets_forwarded.load(Ordering::Relaxed));
         sync(&self.received, counters.packets_received.load(Ordering::Relaxed));
         sync(&self.keyframe_requests, counters.keyframe_requests.load(Ordering::Relaxed));
+        sync(&self.dropped, counters.packets_dropped.load(Ordering::Relaxed));
     }
 
     pub fn uptime_s(&self) -> u64 {
