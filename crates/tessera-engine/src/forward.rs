@@ -68,10 +68,16 @@ mod tests {
         assert_eq!(r.rewrite((1, 10), 5003, 99_000, 0), Some((4, 99_000)));
         assert_eq!(r.rewrite((1, 10), 5002, 96_000, 0), Some((3, 96_000)));
         // A new source continues right after the newest sent, timestamp advanced by the gap.
-        assert_eq!(r.rewrite((2, 20), 100, 7_000, 3_000), Some((5, 102_000)));
-        assert_eq!(r.rewrite((2, 20), 101, 10_000, 3_000), Some((6, 105_000)));
-        // A stale packet of the old source restarts mapping for it; if it lands far behind, it is dropped.
-        assert_eq!(r.rewrite((2, 20), 101 - 2_000, 0, 0), None);
+        assert_eq!(r.rewrite((2, 20), 10_100, 7_000, 3_000), Some((5, 102_000)));
+        assert_eq!(r.rewrite((2, 20), 10_101, 10_000, 3_000), Some((6, 105_000)));
+        // A packet from far before the switch maps to before the stream began: dropped.
+        assert_eq!(r.rewrite((2, 20), 10_100 - 2_000, 0, 0), None);
+        // One that maps more than 1000 behind the newest sent is dropped too.
+        for seq in 10_102..12_200 {
+            r.rewrite((2, 20), seq, 0, 0);
+        }
+        assert_eq!(r.rewrite((2, 20), 10_500, 0, 0), None);
+        assert!(r.rewrite((2, 20), 11_500, 0, 0).is_some());
     }
 
     #[test]
