@@ -44,6 +44,19 @@ fn privilege_missing(required: Privileges) -> ApiError {
     .with_details(json!({"required": required.bits()}))
 }
 
+/// The privilege a media section needs (PRODUCT.md §4.2): aux has one bit per direction, main
+/// one per kind and direction.
+fn media_privilege(role: PeerRole, stream: StreamKind, kind: SectionKind) -> Privileges {
+    match (role, stream, kind) {
+        (PeerRole::Publish, StreamKind::Aux, _) => Privileges::PUBLISH_AUX,
+        (PeerRole::Publish, StreamKind::Main, SectionKind::Audio) => Privileges::PUBLISH_AUDIO,
+        (PeerRole::Publish, StreamKind::Main, _) => Privileges::PUBLISH_VIDEO,
+        (PeerRole::Play, StreamKind::Aux, _) => Privileges::SUBSCRIBE_AUX,
+        (PeerRole::Play, StreamKind::Main, SectionKind::Audio) => Privileges::SUBSCRIBE_AUDIO,
+        (PeerRole::Play, StreamKind::Main, _) => Privileges::SUBSCRIBE_VIDEO,
+    }
+}
+
 /// Binding, role, user and enter/create checks shared by WHIP and WHEP.
 async fn check_entry(state: &AppState, token: &UserToken, room: &str, must_publish: bool) -> ApiResult<RoomKey> {
     if token.room.as_str() != room {
@@ -151,11 +164,7 @@ pub async fn publish(State(state): State<AppState>, Path(room): Path<String>, Ap
     let stream = stream_param(q.stream.as_deref())?;
     summary.check_publish().map_err(offer_error)?;
     for section in summary.media() {
-        let required = match (stream, section.kind) {
-            (StreamKind::Aux, _) => Privileges::PUBLISH_AUX,
-            (StreamKind::Main, SectionKind::Audio) => Privileges::PUBLISH_AUDIO,
-            (StreamKind::Main, _) => Privileges::PUBLISH_VIDEO,
-        };
+        let required = media_privilege(PeerRole::Publish, stream, section.kind);
         token.privileges.require(required).map_err(|e| privilege_missing(e.required))?;
     }
     let sid = tessera_model::random::session_id();
@@ -203,11 +212,7 @@ pub async fn play(
     let mut first_missing = None;
     let mut kept = 0;
     for section in summary.media() {
-        let required = match (stream, section.kind) {
-            (StreamKind::Aux, _) => Privileges::SUBSCRIBE_AUX,
-            (StreamKind::Main, SectionKind::Audio) => Privileges::SUBSCRIBE_AUDIO,
-            (StreamKind::Main, _) => Privileges::SUBSCRIBE_VIDEO,
-        };
+        let required = media_privilege(PeerRole::Play, stream, section.kind);
         if token.privileges.contains(required) {
             kept += 1;
         } else {
