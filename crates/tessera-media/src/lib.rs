@@ -2,6 +2,8 @@
 //! streams and tracks and the codecs Tessera carries (PRODUCT.md §3.5). Packetizers, the
 //! jitter buffer and codec bitstream helpers join this crate as the SFU and MCU land.
 
+pub mod h264;
+
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

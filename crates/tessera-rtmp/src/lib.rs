@@ -2,6 +2,7 @@
 //! parsing and H.264 packetization for the SFU. The tokio TCP driver lives in the engine; this
 //! crate takes bytes in and gives bytes and events out.
 
+pub mod flv;
 pub mod target;
 
 pub use target::{PublishTarget, TargetError};

@@ -2,6 +2,7 @@
 //! metrics and tracing around every request.
 
 mod apikeys;
+mod cors;
 mod app;
 pub mod auth;
 pub mod json;
@@ -13,7 +14,7 @@ use crate::error::{ApiError, REQUEST_ID};
 use crate::metrics::{HttpLabels, Metrics, RouteLabel};
 use crate::store::AppStore;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
-use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{delete, get, patch, post};
@@ -22,7 +23,6 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
-use tower_http::cors::{AllowOrigin, CorsLayer};
 use tracing::Instrument;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -68,14 +68,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/app/secrets", post(app::add_secret))
         .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
-    // WHIP/WHEP answer CORS themselves (OPTIONS → 204 with Accept-Post, RFC 9725).
     let media = Router::new()
         .route("/whip/{room}", post(whip::publish).options(whip::options))
         .route("/whip/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
         .route("/whep/{room}/{user}/{stream}", post(whip::play).options(whip::options))
         .route("/whep/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
-        .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1))
-        .layer(middleware::from_fn_with_state(state.clone(), whip::cors));
+        .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1));
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -83,26 +81,12 @@ pub fn router(state: AppState) -> Router {
         .route("/{page}", get(page))
         .merge(v1)
         .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
-        .layer(cors(&state.config))
         .merge(media)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
-}
-
-fn cors(config: &Config) -> CorsLayer {
-    let origins = if config.cors_origins.iter().any(|o| o == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(config.cors_origins.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-    };
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([Method::GET, Method::POST, Method::PATCH, Method::DELETE, Method::OPTIONS])
-        .allow_headers([header::AUTHORIZATION, header::CONTENT_TYPE, header::IF_MATCH])
-        .expose_headers([header::LOCATION, header::ETAG, header::LINK, HeaderName::from_static("accept-patch"), HeaderName::from_static("x-request-id")])
-        .max_age(std::time::Duration::from_secs(86400))
 }
 
 /// A request id from the client is echoed when it is short printable ASCII; otherwise one is made.

@@ -314,23 +314,3 @@ pub async fn delete(State(state): State<AppState>, Path(sid): Path<String>, head
 pub async fn options() -> Response {
     (StatusCode::NO_CONTENT, [("accept-post", "application/sdp")]).into_response()
 }
-
-/// CORS for WHIP/WHEP (RFC 9725 §4.8): on every response, and the full set on OPTIONS.
-pub async fn cors(State(state): State<AppState>, req: axum::extract::Request, next: axum::middleware::Next) -> Response {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let mut resp = next.run(req).await;
-    let allow = if state.config.cors_origins.iter().any(|o| o == "*") {
-        Some(HeaderValue::from_static("*"))
-    } else {
-        origin.filter(|o| o.to_str().is_ok_and(|o| state.config.cors_origins.iter().any(|x| x == o)))
-    };
-    let h = resp.headers_mut();
-    if let Some(a) = allow {
-        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, a);
-    }
-    h.insert(header::ACCESS_CONTROL_ALLOW_METHODS, HeaderValue::from_static("POST, PATCH, DELETE, OPTIONS"));
-    h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, HeaderValue::from_static("Authorization, Content-Type, If-Match"));
-    h.insert(header::ACCESS_CONTROL_EXPOSE_HEADERS, HeaderValue::from_static("Location, ETag, Link, Accept-Patch"));
-    h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("86400"));
-    resp
-}

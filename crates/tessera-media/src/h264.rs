@@ -1,0 +1,232 @@
+//! H.264 bitstream helpers for ingest: the AVC decoder configuration record (SPS/PPS) that RTMP
+//! and MP4 carry, length-prefixed NAL units, and RTP packetization (RFC 6184: single NAL unit
+//! packets and FU-A fragments, packetization-mode 1).
+
+/// NAL unit types used here.
+pub const NAL_IDR: u8 = 5;
+pub const NAL_SPS: u8 = 7;
+pub const NAL_PPS: u8 = 8;
+const NAL_FU_A: u8 = 28;
+
+pub fn nal_type(nal: &[u8]) -> Option<u8> {
+    nal.first().map(|b| b & 0x1f)
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum H264Error {
+    #[error("the AVC decoder configuration is truncated or malformed")]
+    BadConfig,
+    #[error("a NAL unit length runs past the end of the data")]
+    BadLength,
+}
+
+/// The AVCDecoderConfigurationRecord (ISO/IEC 14496-15 §5.2.4.1).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AvcConfig {
+    pub profile: u8,
+    pub level: u8,
+    /// Bytes of each NAL unit's length prefix (1, 2 or 4).
+    pub length_size: usize,
+    pub sps: Vec<Vec<u8>>,
+    pub pps: Vec<Vec<u8>>,
+}
+
+impl AvcConfig {
+    pub fn parse(data: &[u8]) -> Result<AvcConfig, H264Error> {
+        let mut r = Reader(data);
+        if r.u8()? != 1 {
+            return Err(H264Error::BadConfig);
+        }
+        let profile = r.u8()?;
+        let _compat = r.u8()?;
+        let level = r.u8()?;
+        let length_size = (r.u8()? & 0x03) as usize + 1;
+        if length_size == 3 {
+            return Err(H264Error::BadConfig);
+        }
+        let sps_count = r.u8()? & 0x1f;
+        let mut sps = Vec::with_capacity(sps_count as usize);
+        for _ in 0..sps_count {
+            let len = r.u16()? as usize;
+            sps.push(r.take(len)?.to_vec());
+        }
+        let pps_count = r.u8()?;
+        let mut pps = Vec::with_capacity(pps_count as usize);
+        for _ in 0..pps_count {
+            let len = r.u16()? as usize;
+            pps.push(r.take(len)?.to_vec());
+        }
+        if sps.is_empty() || pps.is_empty() || sps.iter().chain(&pps).any(|n| n.is_empty()) {
+            return Err(H264Error::BadConfig);
+        }
+        Ok(AvcConfig { profile, level, length_size, sps, pps })
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], H264Error> {
+        if self.0.len() < n {
+            return Err(H264Error::BadConfig);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, H264Error> {
+        Ok(self.take(1)?[0])
+    }
+    fn u16(&mut self) -> Result<u16, H264Error> {
+        let b = self.take(2)?;
+        Ok(u16::from_be_bytes([b[0], b[1]]))
+    }
+}
+
+/// The NAL units of a length-prefixed access unit (AVCC format), in order.
+pub fn split_length_prefixed(mut data: &[u8], length_size: usize) -> Result<Vec<&[u8]>, H264Error> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.len() < length_size {
+            return Err(H264Error::BadLength);
+        }
+        let len = data[..length_size].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let rest = &data[length_size..];
+        if len > rest.len() {
+            return Err(H264Error::BadLength);
+        }
+        if len > 0 {
+            out.push(&rest[..len]);
+        }
+        data = &rest[len..];
+    }
+    Ok(out)
+}
+
+/// Splits NAL units into RTP payloads of at most `max_payload` bytes: a NAL unit that fits is
+/// sent whole; a larger one is cut into FU-A fragments. The last payload of the access unit
+/// carries the marker bit (the caller sets it on the last element).
+pub fn packetize<'a>(nalus: impl IntoIterator<Item = &'a [u8]>, max_payload: usize, out: &mut Vec<Vec<u8>>) {
+    assert!(max_payload > 2, "an FU-A fragment needs room for its two header bytes");
+    for nal in nalus {
+        if nal.is_empty() {
+            continue;
+        }
+        if nal.len() <= max_payload {
+            out.push(nal.to_vec());
+            continue;
+        }
+        let header = nal[0];
+        let indicator = (header & 0xe0) | NAL_FU_A;
+        let mut body = &nal[1..];
+        let mut first = true;
+        while !body.is_empty() {
+            let n = body.len().min(max_payload - 2);
+            let last = n == body.len();
+            let fu_header = (header & 0x1f) | if first { 0x80 } else { 0 } | if last { 0x40 } else { 0 };
+            let mut p = Vec::with_capacity(n + 2);
+            p.push(indicator);
+            p.push(fu_header);
+            p.extend_from_slice(&body[..n]);
+            out.push(p);
+            body = &body[n..];
+            first = false;
+        }
+    }
+}
+
+/// Reassembles the NAL units of RTP payloads made by `packetize` (for tests and the MCU's
+/// depacketizer): single NAL unit packets and FU-A fragments.
+pub fn depacketize(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
+    let mut out: Vec<Vec<u8>> = Vec::new();
+    let mut fragment: Option<Vec<u8>> = None;
+    for p in payloads {
+        match nal_type(p) {
+            Some(NAL_FU_A) if p.len() >= 2 => {
+                let (start, end) = (p[1] & 0x80 != 0, p[1] & 0x40 != 0);
+                if start {
+                    fragment = Some(vec![(p[0] & 0xe0) | (p[1] & 0x1f)]);
+                }
+                if let Some(f) = fragment.as_mut() {
+                    f.extend_from_slice(&p[2..]);
+                }
+                if end {
+                    if let Some(f) = fragment.take() {
+                        out.push(f);
+                    }
+                }
+            }
+            Some(_) => out.push(p.clone()),
+            None => {}
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config_bytes() -> Vec<u8> {
+        let sps = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let mut v = vec![1, 0x42, 0xc0, 0x1f, 0xff, 0xe1, 0, sps.len() as u8];
+        v.extend_from_slice(&sps);
+        v.extend_from_slice(&[1, 0, pps.len() as u8]);
+        v.extend_from_slice(&pps);
+        v
+    }
+
+    #[test]
+    fn parses_the_decoder_configuration() {
+        let c = AvcConfig::parse(&config_bytes()).unwrap();
+        assert_eq!((c.profile, c.level, c.length_size), (0x42, 0x1f, 4));
+        assert_eq!(nal_type(&c.sps[0]), Some(NAL_SPS));
+        assert_eq!(nal_type(&c.pps[0]), Some(NAL_PPS));
+        let full = config_bytes();
+        for n in 0..full.len() {
+            assert!(AvcConfig::parse(&full[..n]).is_err(), "truncated at {n}");
+        }
+    }
+
+    #[test]
+    fn splits_length_prefixed_units() {
+        let data = [0, 0, 0, 2, 0x65, 0xaa, 0, 0, 0, 1, 0x41];
+        let n = split_length_prefixed(&data, 4).unwrap();
+        assert_eq!(n, vec![&[0x65, 0xaa][..], &[0x41][..]]);
+        assert_eq!(split_length_prefixed(&data[..9], 4), Err(H264Error::BadLength));
+        assert_eq!(split_length_prefixed(&[0, 5, 1], 2), Err(H264Error::BadLength));
+    }
+
+    #[test]
+    fn packetize_round_trips_and_respects_the_size() {
+        let big: Vec<u8> = std::iter::once(0x65).chain((0..5000).map(|i| i as u8)).collect();
+        let small = vec![0x41, 1, 2, 3];
+        let mut out = Vec::new();
+        packetize([big.as_slice(), small.as_slice()], 1200, &mut out);
+        assert!(out.iter().all(|p| p.len() <= 1200));
+        assert_eq!(nal_type(&out[0]), Some(NAL_FU_A));
+        assert_eq!(out[0][1] & 0x80, 0x80, "start bit");
+        assert_eq!(out[0][1] & 0x1f, NAL_IDR);
+        assert_eq!(depacketize(&out), vec![big, small]);
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        for len in 0..300 {
+            let mut v = vec![0u8; len];
+            for b in &mut v {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            let _ = AvcConfig::parse(&v);
+            for size in [1, 2, 4] {
+                let _ = split_length_prefixed(&v, size);
+            }
+            let _ = depacketize(&[v.clone()]);
+        }
+    }
+}

@@ -1,0 +1,180 @@
+//! FLV tag bodies as RTMP audio and video messages carry them (FLV spec v10 §E.4.2–E.4.3):
+//! H.264 (AVC) video with its sequence header and composition time, AAC audio with its
+//! AudioSpecificConfig. Anything else is refused with the code RTMP rejections use.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VideoTag<'a> {
+    /// AVCDecoderConfigurationRecord: SPS, PPS and the NAL length size.
+    SequenceHeader(&'a [u8]),
+    /// One access unit of length-prefixed NAL units.
+    Frame { keyframe: bool, composition_time_ms: i32, data: &'a [u8] },
+    EndOfSequence,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioTag<'a> {
+    /// AudioSpecificConfig.
+    SequenceHeader(&'a [u8]),
+    /// One raw AAC frame.
+    Frame(&'a [u8]),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FlvError {
+    #[error("codec_unsupported: video codec id {0} is not H.264 (AVC, id 7); send H.264")]
+    VideoCodec(u8),
+    #[error("codec_unsupported: audio format {0} is not AAC (id 10); send AAC")]
+    AudioCodec(u8),
+    #[error("b_frames_unsupported: B-frames are not supported; set bframes=0 (OBS: x264 options \"bframes=0\" or profile baseline; ffmpeg: -bf 0)")]
+    BFrames,
+    #[error("invalid_parameter: a truncated or malformed FLV {0} tag")]
+    Malformed(&'static str),
+}
+
+impl FlvError {
+    /// The code of PRODUCT.md §6.3 rejections.
+    pub fn code(&self) -> &'static str {
+        match self {
+            FlvError::VideoCodec(_) | FlvError::AudioCodec(_) => "codec_unsupported",
+            FlvError::BFrames => "b_frames_unsupported",
+            FlvError::Malformed(_) => "invalid_parameter",
+        }
+    }
+}
+
+const CODEC_AVC: u8 = 7;
+const SOUND_AAC: u8 = 10;
+
+impl<'a> VideoTag<'a> {
+    /// Parses a video message. Any frame with a composition-time offset other than 0 means the
+    /// encoder sends B-frames, which WebRTC viewers cannot take in order: refused.
+    pub fn parse(data: &'a [u8]) -> Result<VideoTag<'a>, FlvError> {
+        let (&first, rest) = data.split_first().ok_or(FlvError::Malformed("video"))?;
+        let frame_type = first >> 4;
+        let codec = first & 0x0f;
+        if codec != CODEC_AVC {
+            return Err(FlvError::VideoCodec(codec));
+        }
+        if rest.len() < 4 {
+            return Err(FlvError::Malformed("video"));
+        }
+        let packet_type = rest[0];
+        // Composition time: signed 24 bits.
+        let cts = i32::from_be_bytes([if rest[1] & 0x80 != 0 { 0xff } else { 0 }, rest[1], rest[2], rest[3]]);
+        let body = &rest[4..];
+        match packet_type {
+            0 => Ok(VideoTag::SequenceHeader(body)),
+            1 => {
+                if cts != 0 {
+                    return Err(FlvError::BFrames);
+                }
+                Ok(VideoTag::Frame { keyframe: frame_type == 1, composition_time_ms: cts, data: body })
+            }
+            2 => Ok(VideoTag::EndOfSequence),
+            _ => Err(FlvError::Malformed("video")),
+        }
+    }
+}
+
+impl<'a> AudioTag<'a> {
+    pub fn parse(data: &'a [u8]) -> Result<AudioTag<'a>, FlvError> {
+        let (&first, rest) = data.split_first().ok_or(FlvError::Malformed("audio"))?;
+        let format = first >> 4;
+        if format != SOUND_AAC {
+            return Err(FlvError::AudioCodec(format));
+        }
+        let (&packet_type, body) = rest.split_first().ok_or(FlvError::Malformed("audio"))?;
+        match packet_type {
+            0 => Ok(AudioTag::SequenceHeader(body)),
+            1 => Ok(AudioTag::Frame(body)),
+            _ => Err(FlvError::Malformed("audio")),
+        }
+    }
+}
+
+/// What an AudioSpecificConfig says (ISO/IEC 14496-3 §1.6.2.1), enough to set up a decoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AacConfig {
+    pub object_type: u8,
+    pub sample_rate: u32,
+    pub channels: u8,
+}
+
+const AAC_RATES: [u32; 13] = [96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350];
+
+impl AacConfig {
+    pub fn parse(asc: &[u8]) -> Result<AacConfig, FlvError> {
+        if asc.len() < 2 {
+            return Err(FlvError::Malformed("audio"));
+        }
+        let object_type = asc[0] >> 3;
+        let freq_index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7);
+        let channels = (asc[1] >> 3) & 0x0f;
+        let sample_rate = *AAC_RATES.get(freq_index as usize).ok_or(FlvError::Malformed("audio"))?;
+        if object_type == 0 || channels == 0 || channels > 2 {
+            return Err(FlvError::Malformed("audio"));
+        }
+        Ok(AacConfig { object_type, sample_rate, channels })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn video_tags() {
+        assert_eq!(VideoTag::parse(&[0x17, 0, 0, 0, 0, 1, 2]).unwrap(), VideoTag::SequenceHeader(&[1, 2]));
+        assert_eq!(
+            VideoTag::parse(&[0x17, 1, 0, 0, 0, 9]).unwrap(),
+            VideoTag::Frame { keyframe: true, composition_time_ms: 0, data: &[9] }
+        );
+        assert_eq!(VideoTag::parse(&[0x27, 1, 0, 0, 0]).unwrap(), VideoTag::Frame { keyframe: false, composition_time_ms: 0, data: &[] });
+        assert_eq!(VideoTag::parse(&[0x27, 2, 0, 0, 0]).unwrap(), VideoTag::EndOfSequence);
+    }
+
+    #[test]
+    fn b_frames_and_other_codecs_are_refused_with_their_codes() {
+        // Composition time 40 ms (and a negative one): B-frames.
+        let e = VideoTag::parse(&[0x27, 1, 0, 0, 40, 1]).unwrap_err();
+        assert_eq!(e.code(), "b_frames_unsupported");
+        assert!(e.to_string().contains("bframes=0") && e.to_string().contains("-bf 0"), "{e}");
+        assert_eq!(VideoTag::parse(&[0x27, 1, 0xff, 0xff, 0xd8, 1]).unwrap_err(), FlvError::BFrames);
+        // VP6 (4), HEVC over enhanced RTMP (the codec nibble 12).
+        assert_eq!(VideoTag::parse(&[0x14, 1, 0, 0, 0]).unwrap_err().code(), "codec_unsupported");
+        assert_eq!(VideoTag::parse(&[0x1c, 1, 0, 0, 0]).unwrap_err(), FlvError::VideoCodec(12));
+        // MP3 audio (2).
+        assert_eq!(AudioTag::parse(&[0x2f, 1, 0]).unwrap_err(), FlvError::AudioCodec(2));
+    }
+
+    #[test]
+    fn audio_tags_and_config() {
+        assert_eq!(AudioTag::parse(&[0xaf, 0, 0x12, 0x10]).unwrap(), AudioTag::SequenceHeader(&[0x12, 0x10]));
+        assert_eq!(AudioTag::parse(&[0xaf, 1, 7]).unwrap(), AudioTag::Frame(&[7]));
+        // AAC-LC, 44.1 kHz, stereo: 0x12 0x10.
+        assert_eq!(AacConfig::parse(&[0x12, 0x10]).unwrap(), AacConfig { object_type: 2, sample_rate: 44100, channels: 2 });
+        // AAC-LC, 48 kHz, mono: 0x11 0x88.
+        assert_eq!(AacConfig::parse(&[0x11, 0x88]).unwrap(), AacConfig { object_type: 2, sample_rate: 48000, channels: 1 });
+        assert!(AacConfig::parse(&[0x12]).is_err());
+    }
+
+    #[test]
+    fn garbage_never_panics() {
+        let mut seed = 0xdead_beef_cafe_f00du64;
+        for len in 0..200 {
+            let mut v = vec![0u8; len];
+            for b in &mut v {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            if let Some(b) = v.first_mut() {
+                *b = (*b & 0xf0) | if len % 2 == 0 { 7 } else { 0 };
+            }
+            let _ = VideoTag::parse(&v);
+            let _ = AudioTag::parse(&v);
+            let _ = AacConfig::parse(&v);
+        }
+    }
+}
