@@ -145,6 +145,64 @@ enum LayerChoice {
     Paused,
 }
 
+/// One packet on its way from a producer to consumers.
+#[derive(Debug, Clone)]
+struct FwdPacket {
+    ssrc: u32,
+    seq: u64,
+    ts: u32,
+    marker: bool,
+    keyframe: bool,
+    payload: Arc<[u8]>,
+    codec: Codec,
+    kind: MediaKind,
+    mid: Mid,
+    rid: Option<Rid>,
+    ext: ExtensionValues,
+    arrival: Instant,
+}
+
+/// An RTP packet from an ingest (RTMP publish, pull ingest) for `Sfu::push_packet`.
+#[derive(Debug, Clone)]
+pub struct IngestPacket {
+    pub ssrc: u32,
+    /// Extended sequence number.
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    /// The access unit this packet belongs to starts with an IDR (video).
+    pub keyframe: bool,
+    pub codec: Codec,
+    pub payload: Arc<[u8]>,
+}
+
+const INTERNAL_AUDIO_MID: &str = "a";
+const INTERNAL_VIDEO_MID: &str = "v";
+/// The cached GOP of an ingest is bounded (PRODUCT.md §6.3).
+const GOP_CACHE_BYTES: usize = 8 * 1024 * 1024;
+const GOP_CACHE_AGE: Duration = Duration::from_secs(4);
+
+/// A publisher that is not a WebRTC peer: RTMP or pull ingest.
+struct InternalPublisher {
+    spec: SessionSpec,
+    producers: Vec<Producer>,
+    gop: Vec<FwdPacket>,
+    gop_bytes: usize,
+    gop_started: Instant,
+}
+
+fn note_layer(producer: &mut Producer, rid: Option<Rid>, bytes: usize, now: Instant) {
+    let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
+        Some(i) => &mut producer.layers[i],
+        None => {
+            producer.layers.push(Layer { rid, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None });
+            producer.layers.last_mut().expect("just pushed")
+        }
+    };
+    layer.rate.add(now, bytes);
+    layer.last_packet = now;
+}
+
 /// An outgoing track of a viewer.
 #[derive(Debug)]
 struct Consumer {
@@ -206,6 +264,7 @@ pub struct IceRestart {
 pub struct Sfu {
     candidates: Vec<SocketAddr>,
     sessions: HashMap<u64, Session>,
+    internal: HashMap<u64, InternalPublisher>,
     by_sid: HashMap<String, u64>,
     by_ufrag: HashMap<String, u64>,
     by_addr: HashMap<SocketAddr, u64>,
@@ -253,6 +312,7 @@ impl Sfu {
         Sfu {
             candidates,
             sessions: HashMap::new(),
+            internal: HashMap::new(),
             by_sid: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
@@ -273,7 +333,7 @@ impl Sfu {
     }
 
     pub fn stats(&self) -> SfuStats {
-        let mut s = SfuStats { rooms: self.rooms.len(), ..Default::default() };
+        let mut s = SfuStats { rooms: self.rooms.len(), publishers: self.internal.len(), ..Default::default() };
         for session in self.sessions.values() {
             match session.role {
                 Role::Publisher { .. } => s.publishers += 1,
@@ -284,7 +344,11 @@ impl Sfu {
     }
 
     pub fn session_info(&self, sid: &str) -> Option<SessionInfo> {
-        let s = &self.sessions[self.by_sid.get(sid)?];
+        let id = self.by_sid.get(sid)?;
+        if let Some(p) = self.internal.get(id) {
+            return Some(SessionInfo { room: p.spec.room.clone(), user: p.spec.user.clone(), role: PeerRole::Publish, ufrag: String::new() });
+        }
+        let s = self.sessions.get(id)?;
         Some(SessionInfo { room: s.spec.room.clone(), user: s.spec.user.clone(), role: s.spec.role, ufrag: s.peer.local_ufrag.clone() })
     }
 
@@ -330,6 +394,7 @@ impl Sfu {
                 if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
                     tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
                     self.close_session(old);
+                    self.remove_internal_publisher(old);
                 }
             }
             PeerRole::Play => {
@@ -350,7 +415,9 @@ impl Sfu {
     pub fn remove_session(&mut self, sid: &str) -> Option<SessionInfo> {
         let id = *self.by_sid.get(sid)?;
         let info = self.session_info(sid);
-        self.close_session(id);
+        if !self.remove_internal_publisher(id) {
+            self.close_session(id);
+        }
         info
     }
 
@@ -637,7 +704,11 @@ impl Sfu {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
         let Some(pub_id) = self.publisher_of(viewer) else { return };
         let quality = viewer.spec.quality;
-        let Some(Session { role: Role::Publisher { producers }, .. }) = self.sessions.get(&pub_id) else { return };
+        let producers = match (self.sessions.get(&pub_id), self.internal.get(&pub_id)) {
+            (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers,
+            (_, Some(p)) => &p.producers,
+            _ => return,
+        };
         // Layers by measured bitrate, highest first.
         let choose = |kind: MediaKind, estimate: Option<f64>| -> Option<LayerChoice> {
             let producer = producers.iter().find(|p| p.kind == kind)?;
@@ -687,26 +758,43 @@ impl Sfu {
         let Role::Publisher { producers } = &mut publisher.role else { return };
         let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
         let kind = producer.kind;
-        let layer = match producer.layers.iter_mut().find(|l| l.rid == rid) {
-            Some(l) => l,
-            None => {
-                producer.layers.push(Layer { rid, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None });
-                producer.layers.last_mut().expect("just pushed")
-            }
-        };
-        layer.rate.add(now, pkt.payload.len() + 12);
-        layer.last_packet = now;
-        let keyframe = kind == MediaKind::Video && is_keyframe(codec, &pkt.payload);
-        let key = (publisher.spec.user.clone(), publisher.spec.stream);
-        let Some(viewers) = self.rooms.get(&publisher.spec.room).and_then(|r| r.viewers.get(&key)) else { return };
-        let mut ids = std::mem::take(&mut self.scratch_ids);
-        ids.clear();
-        ids.extend_from_slice(viewers);
-        let mut want_keyframe = false;
+        note_layer(producer, rid, pkt.payload.len() + 12, now);
         let mut ext = ExtensionValues::default();
         ext.audio_level = pkt.header.ext_vals.audio_level;
         ext.voice_activity = pkt.header.ext_vals.voice_activity;
         ext.video_orientation = pkt.header.ext_vals.video_orientation;
+        let fp = FwdPacket {
+            ssrc: *ssrc,
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            keyframe: kind == MediaKind::Video && is_keyframe(codec, &pkt.payload),
+            payload: pkt.payload,
+            codec,
+            kind,
+            mid,
+            rid,
+            ext,
+            arrival: pkt.timestamp,
+        };
+        let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
+        self.fan_out(pub_id, &room, &key, &fp, now, None);
+    }
+
+    /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
+    /// `only`. Returns nothing; viewers written to are marked dirty.
+    fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
+        let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        match only {
+            Some(v) => ids.push(v),
+            None => ids.extend_from_slice(viewers),
+        }
+        let (kind, codec, rid) = (fp.kind, fp.codec, fp.rid);
+        let mut want_keyframe = false;
+        let mut need_gop: Vec<u64> = Vec::new();
+        let internal = self.internal.contains_key(&pub_id);
         for vid in &ids {
             let Some(viewer) = self.sessions.get_mut(vid) else { continue };
             if !viewer.connected {
@@ -727,8 +815,13 @@ impl Sfu {
                 if !wanted {
                     continue;
                 }
-                if kind == MediaKind::Video && !keyframe {
-                    want_keyframe = true;
+                if kind == MediaKind::Video && !fp.keyframe {
+                    if internal && only.is_none() {
+                        // An ingest cannot be asked for a keyframe: start from its cached GOP.
+                        need_gop.push(*vid);
+                    } else {
+                        want_keyframe = true;
+                    }
                     continue;
                 }
                 c.current = Some(this);
@@ -736,7 +829,7 @@ impl Sfu {
                 continue; // paused by congestion control
             }
             let gap_ticks = c.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * codec.clock_rate() as f64) as u32).unwrap_or(1);
-            let Some((seq, ts)) = c.rewriter.rewrite((pub_id, *ssrc), *pkt.seq_no, pkt.header.timestamp, gap_ticks) else { continue };
+            let Some((seq, ts)) = c.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { continue };
             c.last_sent = Some(now);
             let mid_out = c.mid;
             let mut api = viewer.peer.rtc.direct_api();
@@ -751,9 +844,9 @@ impl Sfu {
                 continue;
             }
             tx.write_rtp(
-                RtpWrite::new(out_pt, seq.into(), ts, pkt.timestamp, pkt.payload.clone())
-                    .marker(pkt.header.marker)
-                    .ext_vals(ext.clone())
+                RtpWrite::new(out_pt, seq.into(), ts, fp.arrival, fp.payload.clone())
+                    .marker(fp.marker)
+                    .ext_vals(fp.ext.clone())
                     .nackable(kind == MediaKind::Video),
             );
             self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
@@ -764,8 +857,98 @@ impl Sfu {
         }
         self.scratch_ids = ids;
         if want_keyframe {
-            self.request_keyframe(pub_id, mid, rid, now);
+            self.request_keyframe(pub_id, fp.mid, rid, now);
         }
+        for vid in need_gop {
+            let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.clone()).unwrap_or_default();
+            for cached in &gop {
+                self.fan_out(pub_id, room, key, cached, now, Some(vid));
+            }
+        }
+    }
+
+    /// Adds a publisher that is not a WebRTC peer (an RTMP publish or a pull ingest): its media
+    /// arrives through `push_packet`. Replaces an earlier publisher of the same (user, stream).
+    pub fn add_internal_publisher(&mut self, spec: SessionSpec, now: Instant) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        let room = self.rooms.entry(spec.room.clone()).or_default();
+        room.empty_since = None;
+        if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
+            tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
+            self.close_session(old);
+            self.remove_internal_publisher(old);
+        }
+        let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
+            .into_iter()
+            .map(|(mid, kind)| Producer {
+                mid: mid.into(),
+                kind,
+                layers: vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }],
+            })
+            .collect();
+        tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
+        self.by_sid.insert(spec.sid.clone(), id);
+        self.internal.insert(id, InternalPublisher { spec, producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
+        id
+    }
+
+    pub fn remove_internal_publisher(&mut self, id: u64) -> bool {
+        let Some(p) = self.internal.remove(&id) else { return false };
+        self.by_sid.remove(&p.spec.sid);
+        if let Some(room) = self.rooms.get_mut(&p.spec.room) {
+            let key = (p.spec.user.clone(), p.spec.stream);
+            if room.publishers.get(&key) == Some(&id) {
+                room.publishers.remove(&key);
+            }
+        }
+        tracing::info!(sid = %p.spec.sid, "internal publisher removed");
+        true
+    }
+
+    /// One RTP packet from an internal publisher. Video is cached from its last keyframe (at
+    /// most 4 s or 8 MiB) so a viewer that starts mid-GOP gets a picture at once.
+    pub fn push_packet(&mut self, id: u64, packet: IngestPacket, now: Instant) {
+        let Some(p) = self.internal.get_mut(&id) else { return };
+        let (kind, mid) = match packet.codec.kind() {
+            tessera_media::MediaKind::Audio => (MediaKind::Audio, INTERNAL_AUDIO_MID),
+            tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
+        };
+        if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
+            note_layer(producer, None, packet.payload.len() + 12, now);
+        }
+        let fp = FwdPacket {
+            ssrc: packet.ssrc,
+            seq: packet.seq,
+            ts: packet.ts,
+            marker: packet.marker,
+            keyframe: kind == MediaKind::Video && packet.keyframe,
+            payload: packet.payload,
+            codec: packet.codec,
+            kind,
+            mid: mid.into(),
+            rid: None,
+            ext: ExtensionValues::default(),
+            arrival: now,
+        };
+        if kind == MediaKind::Video {
+            if fp.keyframe && (p.gop.last().is_none_or(|l| !l.keyframe || l.ts != fp.ts)) {
+                p.gop.clear();
+                p.gop_bytes = 0;
+                p.gop_started = now;
+            }
+            if !p.gop.is_empty() || fp.keyframe {
+                if p.gop_bytes + fp.payload.len() <= GOP_CACHE_BYTES && now.duration_since(p.gop_started) <= GOP_CACHE_AGE {
+                    p.gop_bytes += fp.payload.len();
+                    p.gop.push(fp.clone());
+                } else {
+                    p.gop.clear();
+                    p.gop_bytes = 0;
+                }
+            }
+        }
+        let (room, key) = (p.spec.room.clone(), (p.spec.user.clone(), p.spec.stream));
+        self.fan_out(id, &room, &key, &fp, now, None);
     }
 
     fn keyframe_request_from_viewer(&mut self, viewer_id: u64, mid: Mid, now: Instant) {

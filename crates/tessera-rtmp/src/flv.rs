@@ -178,3 +178,95 @@ mod tests {
         }
     }
 }
+
+/// Turns FLV/AVC video tags into H.264 RTP payloads (RFC 6184) with 90 kHz timestamps, and
+/// puts SPS/PPS ahead of every IDR so a viewer can start at any keyframe.
+pub struct AvcToRtp {
+    config: Option<tessera_media::h264::AvcConfig>,
+    next_seq: u64,
+    max_payload: usize,
+}
+
+/// One RTP packet's worth of an access unit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpPayload {
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    pub keyframe: bool,
+    pub payload: Vec<u8>,
+}
+
+impl AvcToRtp {
+    pub fn new(max_payload: usize) -> AvcToRtp {
+        AvcToRtp { config: None, next_seq: 1, max_payload }
+    }
+
+    pub fn on_tag(&mut self, tag: &VideoTag<'_>, timestamp_ms: u32, out: &mut Vec<RtpPayload>) -> Result<(), FlvError> {
+        use tessera_media::h264::{self, AvcConfig};
+        match tag {
+            VideoTag::SequenceHeader(record) => {
+                self.config = Some(AvcConfig::parse(record).map_err(|_| FlvError::Malformed("video"))?);
+                Ok(())
+            }
+            VideoTag::EndOfSequence => Ok(()),
+            VideoTag::Frame { data, .. } => {
+                // Frames before the sequence header cannot be decoded: skipped.
+                let Some(config) = &self.config else { return Ok(()) };
+                let nalus = h264::split_length_prefixed(data, config.length_size).map_err(|_| FlvError::Malformed("video"))?;
+                let idr = nalus.iter().any(|n| h264::nal_type(n) == Some(h264::NAL_IDR));
+                let has_sps = nalus.iter().any(|n| h264::nal_type(n) == Some(h264::NAL_SPS));
+                let mut units: Vec<&[u8]> = Vec::with_capacity(nalus.len() + 2);
+                if idr && !has_sps {
+                    units.extend(config.sps.iter().map(|v| v.as_slice()));
+                    units.extend(config.pps.iter().map(|v| v.as_slice()));
+                }
+                // Access unit delimiters and SEI pass too (the spec keeps SEI); filler is dropped.
+                units.extend(nalus.into_iter().filter(|n| h264::nal_type(n) != Some(12)));
+                let mut payloads = Vec::new();
+                h264::packetize(units, self.max_payload, &mut payloads);
+                let ts = timestamp_ms.wrapping_mul(90);
+                let n = payloads.len();
+                for (i, payload) in payloads.into_iter().enumerate() {
+                    out.push(RtpPayload { seq: self.next_seq, ts, marker: i + 1 == n, keyframe: idr, payload });
+                    self.next_seq += 1;
+                }
+                Ok(())
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod packetizer_tests {
+    use super::*;
+
+    #[test]
+    fn idr_frames_carry_sps_and_pps_and_timestamps_are_90khz() {
+        let sps = [0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let mut record = vec![1, 0x42, 0xc0, 0x1f, 0xff, 0xe1, 0, sps.len() as u8];
+        record.extend_from_slice(&sps);
+        record.extend_from_slice(&[1, 0, pps.len() as u8]);
+        record.extend_from_slice(&pps);
+        let mut p = AvcToRtp::new(1200);
+        let mut out = Vec::new();
+        // A frame before the sequence header is skipped.
+        p.on_tag(&VideoTag::Frame { keyframe: true, composition_time_ms: 0, data: &[0, 0, 0, 1, 0x65] }, 0, &mut out).unwrap();
+        assert!(out.is_empty());
+        p.on_tag(&VideoTag::SequenceHeader(&record), 0, &mut out).unwrap();
+        let mut idr = vec![0, 0, 0x0b, 0xb9, 0x65];
+        idr.extend(std::iter::repeat_n(7u8, 3000));
+        p.on_tag(&VideoTag::Frame { keyframe: true, composition_time_ms: 0, data: &idr }, 1000, &mut out).unwrap();
+        assert_eq!(out[0].payload, sps);
+        assert_eq!(out[1].payload, pps);
+        assert!(out.iter().all(|o| o.ts == 90_000 && o.keyframe && o.payload.len() <= 1200));
+        assert!(out.last().unwrap().marker && out.iter().filter(|o| o.marker).count() == 1);
+        assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), (1..=out.len() as u64).collect::<Vec<_>>());
+        out.clear();
+        p.on_tag(&VideoTag::Frame { keyframe: false, composition_time_ms: 0, data: &[0, 0, 0, 2, 0x41, 1] }, 1033, &mut out).unwrap();
+        assert_eq!(out.len(), 1);
+        assert_eq!((out[0].ts, out[0].keyframe, out[0].payload.clone()), (1033 * 90, false, vec![0x41, 1]));
+        assert!(p.on_tag(&VideoTag::Frame { keyframe: false, composition_time_ms: 0, data: &[0, 0, 9] }, 0, &mut out).is_err());
+    }
+}

@@ -3,6 +3,7 @@
 //! crate takes bytes in and gives bytes and events out.
 
 pub mod flv;
+pub mod session;
 pub mod target;
 
 pub use target::{PublishTarget, TargetError};

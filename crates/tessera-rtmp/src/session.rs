@@ -1,0 +1,181 @@
+//! One RTMP publishing connection, sans-IO: bytes in (`feed`), bytes and events out. It wraps
+//! rml_rtmp's handshake and server session; what to allow is the caller's decision
+//! (`accept_publish` / `reject_publish`), and `reject_after_start` refuses a stream that is
+//! already flowing (B-frames, an unsupported codec) with an `onStatus` error.
+
+use rml_amf0::Amf0Value;
+use rml_rtmp::chunk_io::ChunkSerializer;
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::RtmpMessage;
+use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
+use rml_rtmp::time::RtmpTimestamp;
+use std::collections::HashMap;
+
+/// What happened on the connection.
+#[derive(Debug)]
+pub enum RtmpEvent {
+    /// The client asks to publish: answer with `accept_publish` or `reject_publish`.
+    PublishRequested { request_id: u32, app: String, stream_key: String },
+    Video { data: Vec<u8>, timestamp_ms: u32 },
+    Audio { data: Vec<u8>, timestamp_ms: u32 },
+    PublishFinished,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RtmpError {
+    #[error("RTMP handshake failed: {0}")]
+    Handshake(String),
+    #[error("RTMP protocol error: {0}")]
+    Protocol(String),
+}
+
+pub struct RtmpPublishSession {
+    handshake: Option<Handshake>,
+    session: Option<ServerSession>,
+    chunk_size: u32,
+    /// Bytes to send to the client, in order.
+    pub outbound: Vec<u8>,
+}
+
+fn protocol<E: std::fmt::Debug>(e: E) -> RtmpError {
+    RtmpError::Protocol(format!("{e:?}"))
+}
+
+impl Default for RtmpPublishSession {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl RtmpPublishSession {
+    pub fn new() -> RtmpPublishSession {
+        RtmpPublishSession { handshake: Some(Handshake::new(PeerType::Server)), session: None, chunk_size: 4096, outbound: Vec::new() }
+    }
+
+    /// Feeds received bytes; returns the events they complete. Outbound bytes accumulate in
+    /// `outbound`.
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<Vec<RtmpEvent>, RtmpError> {
+        let mut events = Vec::new();
+        let mut data = bytes.to_vec();
+        if let Some(hs) = self.handshake.as_mut() {
+            match hs.process_bytes(&data).map_err(|e| RtmpError::Handshake(format!("{e:?}")))? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    self.outbound.extend_from_slice(&response_bytes);
+                    return Ok(events);
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    self.outbound.extend_from_slice(&response_bytes);
+                    self.handshake = None;
+                    let mut config = ServerSessionConfig::new();
+                    config.chunk_size = self.chunk_size;
+                    let (session, results) = ServerSession::new(config).map_err(protocol)?;
+                    self.session = Some(session);
+                    self.take(results, &mut events)?;
+                    data = remaining_bytes;
+                }
+            }
+        }
+        if data.is_empty() {
+            return Ok(events);
+        }
+        let session = self.session.as_mut().expect("the handshake completed");
+        let results = session.handle_input(&data).map_err(protocol)?;
+        self.take(results, &mut events)?;
+        Ok(events)
+    }
+
+    fn take(&mut self, results: Vec<ServerSessionResult>, events: &mut Vec<RtmpEvent>) -> Result<(), RtmpError> {
+        for r in results {
+            match r {
+                ServerSessionResult::OutboundResponse(p) => self.outbound.extend_from_slice(&p.bytes),
+                ServerSessionResult::RaisedEvent(e) => match e {
+                    ServerSessionEvent::ConnectionRequested { request_id, .. } => {
+                        // Any app name connects; the publish path decides (PRODUCT.md §6.3).
+                        let more = self.session.as_mut().expect("session").accept_request(request_id).map_err(protocol)?;
+                        self.take(more, events)?;
+                    }
+                    ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
+                        events.push(RtmpEvent::PublishRequested { request_id, app: app_name, stream_key });
+                    }
+                    ServerSessionEvent::VideoDataReceived { data, timestamp, .. } => {
+                        events.push(RtmpEvent::Video { data: data.to_vec(), timestamp_ms: timestamp.value });
+                    }
+                    ServerSessionEvent::AudioDataReceived { data, timestamp, .. } => {
+                        events.push(RtmpEvent::Audio { data: data.to_vec(), timestamp_ms: timestamp.value });
+                    }
+                    ServerSessionEvent::PublishStreamFinished { .. } => events.push(RtmpEvent::PublishFinished),
+                    _ => {}
+                },
+                ServerSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    pub fn accept_publish(&mut self, request_id: u32) -> Result<(), RtmpError> {
+        let results = self.session.as_mut().ok_or_else(|| RtmpError::Protocol("no session".into()))?.accept_request(request_id).map_err(protocol)?;
+        let mut ignored = Vec::new();
+        self.take(results, &mut ignored)
+    }
+
+    /// Refuses a publish request: `onStatus` error `NetStream.Publish.Rejected` with
+    /// `<code>: <message>`.
+    pub fn reject_publish(&mut self, request_id: u32, description: &str) -> Result<(), RtmpError> {
+        let results = self
+            .session
+            .as_mut()
+            .ok_or_else(|| RtmpError::Protocol("no session".into()))?
+            .reject_request(request_id, "NetStream.Publish.Rejected", description)
+            .map_err(protocol)?;
+        let mut ignored = Vec::new();
+        self.take(results, &mut ignored)
+    }
+
+    /// Refuses a stream that was accepted and is flowing, with the same `onStatus` error. The
+    /// message goes on publish stream 1 (the one encoders create) through a fresh serializer
+    /// with full chunk headers, so it does not depend on the session's header compression.
+    pub fn reject_after_start(&mut self, description: &str) -> Result<(), RtmpError> {
+        let mut status = HashMap::new();
+        status.insert("level".to_string(), Amf0Value::Utf8String("error".into()));
+        status.insert("code".to_string(), Amf0Value::Utf8String("NetStream.Publish.Rejected".into()));
+        status.insert("description".to_string(), Amf0Value::Utf8String(description.into()));
+        let message = RtmpMessage::Amf0Command {
+            command_name: "onStatus".into(),
+            transaction_id: 0.0,
+            command_object: Amf0Value::Null,
+            additional_arguments: vec![Amf0Value::Object(status)],
+        };
+        let payload = message.into_message_payload(RtmpTimestamp::new(0), 1).map_err(protocol)?;
+        let mut serializer = ChunkSerializer::new();
+        serializer.set_max_chunk_size(self.chunk_size, RtmpTimestamp::new(0)).map_err(protocol)?;
+        let packet = serializer.serialize(&payload, true, false).map_err(protocol)?;
+        self.outbound.extend_from_slice(&packet.bytes);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn garbage_fails_the_handshake_without_panicking() {
+        let mut seed = 0x0123_4567_89ab_cdefu64;
+        for len in [1usize, 10, 1537, 3073, 5000] {
+            let mut s = RtmpPublishSession::new();
+            let mut v = vec![0u8; len];
+            for b in &mut v {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            // Whatever the outcome, it is an error or a (partial) handshake, never a panic.
+            let _ = s.feed(&v);
+            let _ = s.feed(&v);
+        }
+        // A wrong version byte is refused at once.
+        let mut s = RtmpPublishSession::new();
+        assert!(s.feed(&[0x06; 1537]).is_err());
+    }
+}
