@@ -2,7 +2,7 @@
 //! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
-use crate::sfu::{IceRestart, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats};
+use crate::sfu::{IceRestart, IngestPacket, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +25,9 @@ enum Command {
     RoomExists { key: RoomKey, reply: oneshot::Sender<bool> },
     IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
+    AddIngest { spec: SessionSpec, reply: oneshot::Sender<u64> },
+    Push { id: u64, packets: Vec<IngestPacket> },
+    RemoveIngest { id: u64 },
 }
 
 /// The HTTP side's handle on the media task. Cheap to clone.
@@ -114,6 +117,20 @@ impl RtcHandle {
         self.ask(|reply| Command::RoomExists { key, reply }).await
     }
 
+    /// Adds a publisher fed by this process (RTMP, pull ingest); returns its id for `push`.
+    pub async fn add_ingest(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
+        self.ask(|reply| Command::AddIngest { spec, reply }).await
+    }
+
+    /// Hands an ingest's packets (one access unit, typically) to the SFU.
+    pub async fn push(&self, id: u64, packets: Vec<IngestPacket>) -> Result<(), RtcServerError> {
+        self.tx.send(Command::Push { id, packets }).await.map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub async fn remove_ingest(&self, id: u64) -> Result<(), RtcServerError> {
+        self.tx.send(Command::RemoveIngest { id }).await.map_err(|_| RtcServerError::Stopped)
+    }
+
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
@@ -148,6 +165,18 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     }
                     Command::Stats { reply } => {
                         let _ = reply.send(sfu.stats());
+                    }
+                    Command::AddIngest { spec, reply } => {
+                        let _ = reply.send(sfu.add_internal_publisher(spec, now));
+                    }
+                    Command::Push { id, packets } => {
+                        for p in packets {
+                            sfu.push_packet(id, p, now);
+                        }
+                        sfu.flush(now);
+                    }
+                    Command::RemoveIngest { id } => {
+                        sfu.remove_internal_publisher(id);
                     }
                 }
             }

@@ -11,5 +11,5 @@ pub mod forward;
 pub mod sfu;
 
 pub use driver::{RtcHandle, RtcServerError};
-pub use sfu::{IceRestart, Quality, RoomKey, SessionInfo, SessionSpec, SfuStats};
+pub use sfu::{IceRestart, IngestPacket, Quality, RoomKey, SessionInfo, SessionSpec, SfuStats};
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod metrics;
+pub mod rtmp;
 pub mod run;
 pub mod store;
 

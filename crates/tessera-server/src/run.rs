@@ -25,6 +25,8 @@ pub enum StartError {
 pub struct Server {
     state: AppState,
     http: TcpListener,
+    rtmp: TcpListener,
+    rtmp_addr: SocketAddr,
     http_addr: SocketAddr,
     data_dir: DataDir,
     first_start: Option<FirstStart>,
@@ -39,6 +41,10 @@ impl Server {
             .await
             .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
         let http_addr = http.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
+        let rtmp = TcpListener::bind(config.rtmp_addr)
+            .await
+            .map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
+        let rtmp_addr = rtmp.local_addr().map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
         let rtc = tessera_engine::RtcHandle::start(
             config.rtc_udp_addr,
             config.public_ip,
@@ -47,7 +53,7 @@ impl Server {
         let data_dir = DataDir::open_locked(&config.data_dir)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
         let state = AppState::new(config, store, rtc);
-        Ok(Server { state, http, http_addr, data_dir, first_start })
+        Ok(Server { state, http, rtmp, rtmp_addr, http_addr, data_dir, first_start })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -95,6 +101,15 @@ impl Server {
         out.push_str(&format!("  Metrics        {base}/metrics\n"));
         out.push_str(&format!("  WHIP publish   {base}/whip/{{room}}   (OBS: Service WHIP, Bearer token below)\n"));
         out.push_str(&format!("  WHEP play      {base}/whep/{{room}}/{{user}}/main\n"));
+        let rtmp_host = match (self.state.config.public_ip, self.rtmp_addr.ip()) {
+            (Some(ip), _) => ip.to_string(),
+            (None, ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            (None, ip) => ip.to_string(),
+        };
+        out.push_str(&format!(
+            "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (x264 bframes=0, keyframe 1-2 s; video only for now)\n",
+            self.rtmp_addr.port()
+        ));
         out.push_str(&format!("  Browser pages  {base}/publish.html  {base}/play.html\n"));
         out.push_str(&format!("  WebRTC UDP     {}  (candidates: {})\n", self.state.rtc.local_addr, self.state.rtc.candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")));
         out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
@@ -107,6 +122,8 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains requests and saves state.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = api::router(self.state.clone());
+        let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
+        tracing::info!(addr = %self.rtmp_addr, "RTMP listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drained = stop_rx.clone();
         let server = axum::serve(self.http, router).with_graceful_shutdown(async move {
@@ -126,6 +143,7 @@ impl Server {
                 Ok(())
             }
         };
+        rtmp.abort();
         if let Err(e) = self.state.store.flush() {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }

@@ -24,6 +24,12 @@ pub const MAX_SDP_BODY: usize = 64 * 1024;
 
 fn verify_token(state: &AppState, headers: &HeaderMap, allow_expired: bool) -> ApiResult<UserToken> {
     let raw = bearer(headers).ok_or(TokenError::Missing)?;
+    verify_raw(state, raw, allow_expired)
+}
+
+/// Verifies a user token against the apps' secrets (shared with RTMP, whose token comes in the
+/// stream key).
+pub(crate) fn verify_raw(state: &AppState, raw: &str, allow_expired: bool) -> ApiResult<UserToken> {
     let apps = state.store.snapshot();
     let now_s = crate::now_ms() / 1000;
     let lookup = |now: i64| token::verify(raw, now, |app| apps.get(app).map(|a| a.secrets.as_slice()));
@@ -35,7 +41,7 @@ fn verify_token(state: &AppState, headers: &HeaderMap, allow_expired: bool) -> A
     }
 }
 
-fn privilege_missing(required: Privileges) -> ApiError {
+pub(crate) fn privilege_missing(required: Privileges) -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
         "privilege_missing",
@@ -58,7 +64,7 @@ fn media_privilege(role: PeerRole, stream: StreamKind, kind: SectionKind) -> Pri
 }
 
 /// Binding, role, user and enter/create checks shared by WHIP and WHEP.
-async fn check_entry(state: &AppState, token: &UserToken, room: &str, must_publish: bool) -> ApiResult<RoomKey> {
+pub(crate) async fn check_entry(state: &AppState, token: &UserToken, room: &str, must_publish: bool) -> ApiResult<RoomKey> {
     if token.room.as_str() != room {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,

@@ -1,0 +1,193 @@
+//! RTMP ingest (PRODUCT.md §6.3): the TCP driver around `tessera_rtmp::RtmpPublishSession`.
+//! Each connection is a task: it authenticates the publish from the stream key, adds an ingest
+//! publisher to the SFU, turns FLV/AVC video into H.264 RTP and refuses what WebRTC viewers
+//! cannot take (B-frames, other codecs) with an `onStatus` error, then closes.
+
+use crate::api::whip::{check_entry, privilege_missing, verify_raw};
+use crate::api::AppState;
+use crate::error::ApiError;
+use std::sync::Arc;
+use std::time::Duration;
+use tessera_engine::{IngestPacket, PeerRole, Quality, SessionSpec};
+use tessera_media::{Codec, StreamKind};
+use tessera_model::Privileges;
+use tessera_rtmp::flv::{AudioTag, AvcToRtp, VideoTag};
+use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
+use tessera_rtmp::PublishTarget;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A connection that sends nothing for this long is closed (PRODUCT.md §3.4).
+const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// RTP payload size for packetized H.264.
+const MAX_RTP_PAYLOAD: usize = 1200;
+
+pub async fn serve(listener: TcpListener, state: AppState) {
+    loop {
+        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let _ = stream.set_nodelay(true);
+            if let Err(e) = connection(stream, &state).await {
+                tracing::info!(%peer, "RTMP connection ended: {e}");
+            }
+        });
+    }
+}
+
+/// What the publish was refused for, as the `onStatus` description `<code>: <message>`.
+fn description(e: &ApiError) -> String {
+    format!("{}: {}", e.code, e.message)
+}
+
+async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(SessionSpec, Privileges), ApiError> {
+    let target = PublishTarget::parse(app, stream_key, None).map_err(|e| ApiError::invalid_parameter("stream key", e.to_string()))?;
+    let raw = target.token.as_deref().ok_or_else(|| ApiError::from(tessera_model::TokenError::Missing))?;
+    let token = verify_raw(state, raw, false)?;
+    if let Some(sdk_app) = &target.app {
+        if sdk_app != token.app.as_str() {
+            return Err(ApiError::new(axum::http::StatusCode::FORBIDDEN, "token_app_mismatch", format!("sdkappid '{sdk_app}' is not the token's app")));
+        }
+    }
+    if target.user != token.user {
+        return Err(ApiError::new(
+            axum::http::StatusCode::FORBIDDEN,
+            "token_user_mismatch",
+            format!("the stream key names user '{}', the token '{}'", target.user, token.user),
+        ));
+    }
+    // RTMP sessions are anchor sessions: the token must be able to publish something.
+    if !token.privileges.intersects(Privileges::ANY_PUBLISH) {
+        return Err(privilege_missing(Privileges::PUBLISH_VIDEO));
+    }
+    if target.stream == StreamKind::Aux && !token.privileges.contains(Privileges::PUBLISH_AUX) {
+        return Err(privilege_missing(Privileges::PUBLISH_AUX));
+    }
+    let room = check_entry(state, &token, target.room.as_str(), false).await?;
+    let spec = SessionSpec {
+        sid: tessera_model::random::session_id(),
+        room,
+        user: token.user.clone(),
+        role: PeerRole::Publish,
+        stream: target.stream,
+        source_user: None,
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+    };
+    Ok((spec, token.privileges))
+}
+
+struct Publishing {
+    id: u64,
+    stream: StreamKind,
+    privileges: Privileges,
+    video: AvcToRtp,
+    ssrc: u32,
+    audio_noted: bool,
+}
+
+async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), String> {
+    let mut session = RtmpPublishSession::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut publishing: Option<Publishing> = None;
+    let result = async {
+        loop {
+            let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
+                Err(_) => return Err("no data for 30 s".to_string()),
+                Ok(Err(e)) => return Err(e.to_string()),
+                Ok(Ok(0)) => return Ok(()),
+                Ok(Ok(n)) => n,
+            };
+            let events = session.feed(&buf[..n]).map_err(|e| e.to_string())?;
+            let mut close_after_write = None;
+            for event in events {
+                match event {
+                    RtmpEvent::PublishRequested { request_id, app, stream_key } => match authorize(state, &app, &stream_key).await {
+                        Ok((spec, privileges)) => {
+                            let (stream_kind, user, room) = (spec.stream, spec.user.clone(), spec.room.room.clone());
+                            let id = state.rtc.add_ingest(spec).await.map_err(|e| e.to_string())?;
+                            session.accept_publish(request_id).map_err(|e| e.to_string())?;
+                            tracing::info!(%room, %user, stream = %stream_kind, "RTMP publish started");
+                            publishing = Some(Publishing {
+                                id,
+                                stream: stream_kind,
+                                privileges,
+                                video: AvcToRtp::new(MAX_RTP_PAYLOAD),
+                                ssrc: rand_ssrc(),
+                                audio_noted: false,
+                            });
+                        }
+                        Err(e) => {
+                            tracing::warn!(code = e.code, "RTMP publish refused: {}", e.message);
+                            session.reject_publish(request_id, &description(&e)).map_err(|e| e.to_string())?;
+                            close_after_write = Some(description(&e));
+                        }
+                    },
+                    RtmpEvent::Video { data, timestamp_ms } => {
+                        let Some(p) = publishing.as_mut() else { continue };
+                        let needed = if p.stream == StreamKind::Aux { Privileges::PUBLISH_AUX } else { Privileges::PUBLISH_VIDEO };
+                        if !p.privileges.contains(needed) {
+                            let e = privilege_missing(needed);
+                            session.reject_after_start(&description(&e)).map_err(|e| e.to_string())?;
+                            close_after_write = Some(description(&e));
+                            break;
+                        }
+                        let mut out = Vec::new();
+                        let parsed = VideoTag::parse(&data).and_then(|tag| p.video.on_tag(&tag, timestamp_ms, &mut out));
+                        if let Err(e) = parsed {
+                            tracing::warn!(code = e.code(), "RTMP publish refused: {e}");
+                            session.reject_after_start(&e.to_string()).map_err(|e| e.to_string())?;
+                            close_after_write = Some(e.to_string());
+                            break;
+                        }
+                        if !out.is_empty() {
+                            let packets = out
+                                .into_iter()
+                                .map(|o| IngestPacket { ssrc: p.ssrc, seq: o.seq, ts: o.ts, marker: o.marker, keyframe: o.keyframe, codec: Codec::H264, payload: Arc::from(o.payload) })
+                                .collect();
+                            state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?;
+                        }
+                    }
+                    RtmpEvent::Audio { data, .. } => {
+                        let Some(p) = publishing.as_mut() else { continue };
+                        if let Err(e) = AudioTag::parse(&data) {
+                            tracing::warn!(code = e.code(), "RTMP publish refused: {e}");
+                            session.reject_after_start(&e.to_string()).map_err(|e| e.to_string())?;
+                            close_after_write = Some(e.to_string());
+                            break;
+                        }
+                        if !p.audio_noted {
+                            p.audio_noted = true;
+                            tracing::info!("RTMP AAC audio is not forwarded yet (AAC→Opus is not built); video only");
+                        }
+                    }
+                    RtmpEvent::PublishFinished => {
+                        if let Some(p) = publishing.take() {
+                            let _ = state.rtc.remove_ingest(p.id).await;
+                        }
+                    }
+                }
+            }
+            if !session.outbound.is_empty() {
+                stream.write_all(&session.outbound).await.map_err(|e| e.to_string())?;
+                session.outbound.clear();
+            }
+            if let Some(reason) = close_after_write {
+                // The client reads the onStatus error, then the connection closes (PRODUCT.md §6.3: within 1 s).
+                let _ = stream.shutdown().await;
+                return Err(format!("refused: {reason}"));
+            }
+        }
+    }
+    .await;
+    if let Some(p) = publishing {
+        let _ = state.rtc.remove_ingest(p.id).await;
+    }
+    result
+}
+
+fn rand_ssrc() -> u32 {
+    let mut b = [0u8; 4];
+    tessera_model::random::fill(&mut b);
+    u32::from_be_bytes(b)
+}
