@@ -19,6 +19,8 @@ use tokio::net::{TcpListener, TcpStream};
 
 /// A connection that sends nothing for this long is closed (PRODUCT.md §3.4).
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a refused connection stays open so the client can read why.
+const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 /// RTP payload size for packetized H.264.
 const MAX_RTP_PAYLOAD: usize = 1200;
 
@@ -173,7 +175,17 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                 session.outbound.clear();
             }
             if let Some(reason) = close_after_write {
-                // The client reads the onStatus error, then the connection closes (PRODUCT.md §6.3: within 1 s).
+                // Give the client a moment to read the onStatus error (an encoder that is still
+                // writing would otherwise see only a broken pipe), then close: within 1 s in all
+                // (PRODUCT.md §6.3). What it sends meanwhile is discarded.
+                let linger = tokio::time::sleep(REFUSAL_LINGER);
+                tokio::pin!(linger);
+                loop {
+                    tokio::select! {
+                        _ = &mut linger => break,
+                        r = stream.read(&mut buf) => if matches!(r, Ok(0) | Err(_)) { break },
+                    }
+                }
                 let _ = stream.shutdown().await;
                 return Err(format!("refused: {reason}"));
             }
