@@ -1,5 +1,5 @@
 //! RTMP ingest end to end: ffmpeg pushes (libx264, AAC, FLV) into a room and aiortc watches over
-//! WHEP; B-frames and bad tokens are refused with their messages while the first stream goes on;
+//! WHEP (video passed through, AAC transcoded to Opus); B-frames and bad tokens are refused with their messages while the first stream goes on;
 //! a publisher that reconnects is picked up by the waiting viewer.
 
 use std::path::Path;
@@ -105,6 +105,9 @@ fn ffmpeg_push_reaches_a_webrtc_viewer_and_bad_pushes_are_refused() {
     let r = viewer.finish(Duration::from_secs(60));
     let _ = wait(second, Duration::from_secs(20));
     assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(640), Some(360)), "{r}");
+    // The 440 Hz AAC tone arrives as Opus: about 50 frames a second, and not silence.
+    assert!(r["audio_frames"].as_u64().unwrap() >= 300, "{}", r["audio_frames"]);
+    assert!(r["audio_rms"].as_f64().unwrap() > 1000.0, "{}", r["audio_rms"]);
     let times: Vec<f64> = r["frame_times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
     let before = times.iter().filter(|t| **t < reconnect_at).count();
     let after = times.iter().filter(|t| **t >= reconnect_at).count();

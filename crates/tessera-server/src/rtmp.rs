@@ -11,7 +11,8 @@ use std::time::Duration;
 use tessera_engine::{IngestPacket, PeerRole, Quality, SessionSpec};
 use tessera_media::{Codec, StreamKind};
 use tessera_model::Privileges;
-use tessera_rtmp::flv::{AudioTag, AvcToRtp, VideoTag};
+use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, VideoTag};
+use tessera_transcode::AacToOpus;
 use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
 use tessera_rtmp::PublishTarget;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -85,7 +86,9 @@ struct Publishing {
     privileges: Privileges,
     video: AvcToRtp,
     ssrc: u32,
-    audio_noted: bool,
+    audio: Option<AacToOpus>,
+    audio_ssrc: u32,
+    audio_seq: u64,
 }
 
 async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), String> {
@@ -116,7 +119,9 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                                 privileges,
                                 video: AvcToRtp::new(MAX_RTP_PAYLOAD),
                                 ssrc: rand_ssrc(),
-                                audio_noted: false,
+                                audio: None,
+                                audio_ssrc: rand_ssrc(),
+                                audio_seq: 1,
                             });
                         }
                         Err(e) => {
@@ -150,17 +155,17 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                             state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?;
                         }
                     }
-                    RtmpEvent::Audio { data, .. } => {
+                    RtmpEvent::Audio { data, timestamp_ms } => {
                         let Some(p) = publishing.as_mut() else { continue };
-                        if let Err(e) = AudioTag::parse(&data) {
-                            tracing::warn!(code = e.code(), "RTMP publish refused: {e}");
-                            session.reject_after_start(&e.to_string()).map_err(|e| e.to_string())?;
-                            close_after_write = Some(e.to_string());
-                            break;
-                        }
-                        if !p.audio_noted {
-                            p.audio_noted = true;
-                            tracing::info!("RTMP AAC audio is not forwarded yet (AAC→Opus is not built); video only");
+                        match audio(p, &data, timestamp_ms) {
+                            Ok(packets) if !packets.is_empty() => state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?,
+                            Ok(_) => {}
+                            Err(reason) => {
+                                tracing::warn!("RTMP publish refused: {reason}");
+                                session.reject_after_start(&reason).map_err(|e| e.to_string())?;
+                                close_after_write = Some(reason);
+                                break;
+                            }
                         }
                     }
                     RtmpEvent::PublishFinished => {
@@ -196,6 +201,41 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
         let _ = state.rtc.remove_ingest(p.id).await;
     }
     result
+}
+
+/// AAC → Opus for one audio message: the sequence header sets up the transcoder, frames become
+/// 20 ms Opus RTP packets. Errors are the refusal's `<code>: <message>`.
+fn audio(p: &mut Publishing, data: &[u8], timestamp_ms: u32) -> Result<Vec<IngestPacket>, String> {
+    let needed = if p.stream == StreamKind::Aux { Privileges::PUBLISH_AUX } else { Privileges::PUBLISH_AUDIO };
+    if !p.privileges.contains(needed) {
+        return Err(description(&privilege_missing(needed)));
+    }
+    match AudioTag::parse(data).map_err(|e| e.to_string())? {
+        AudioTag::SequenceHeader(asc) => {
+            let config = AacConfig::parse(asc).map_err(|e| e.to_string())?;
+            if !matches!(config.sample_rate, 44_100 | 48_000) {
+                return Err(format!("codec_unsupported: AAC at {} Hz; send 44100 or 48000 Hz", config.sample_rate));
+            }
+            p.audio = Some(AacToOpus::new(asc).map_err(|e| format!("codec_unsupported: {e}"))?);
+            Ok(Vec::new())
+        }
+        AudioTag::Frame(frame) => {
+            let Some(t) = p.audio.as_mut() else { return Ok(Vec::new()) };
+            let mut out = Vec::new();
+            if let Err(e) = t.push(frame, timestamp_ms, &mut out) {
+                // One undecodable frame is a glitch, not a reason to drop the publisher.
+                tracing::debug!("AAC frame not decoded: {e}");
+            }
+            Ok(out
+                .into_iter()
+                .map(|f| {
+                    let seq = p.audio_seq;
+                    p.audio_seq += 1;
+                    IngestPacket { ssrc: p.audio_ssrc, seq, ts: f.ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data) }
+                })
+                .collect())
+        }
+    }
 }
 
 fn rand_ssrc() -> u32 {

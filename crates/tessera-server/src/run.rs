@@ -107,7 +107,7 @@ impl Server {
             (None, ip) => ip.to_string(),
         };
         out.push_str(&format!(
-            "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (x264 bframes=0, keyframe 1-2 s; video only for now)\n",
+            "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (x264 bframes=0, keyframe 1-2 s)\n",
             self.rtmp_addr.port()
         ));
         out.push_str(&format!("  Browser pages  {base}/publish.html  {base}/play.html\n"));
