@@ -178,4 +178,33 @@ mod tests {
         let mut s = RtmpPublishSession::new();
         assert!(s.feed(&[0x06; 1537]).is_err());
     }
+
+    /// A real client handshake, then garbage chunks: the chunk and AMF parsers say no without a
+    /// panic, whatever the bytes.
+    #[test]
+    fn garbage_chunks_after_a_handshake_never_panic() {
+        let mut seed = 0xfeed_face_dead_beefu64;
+        for round in 0..200 {
+            let mut server = RtmpPublishSession::new();
+            let mut client = Handshake::new(PeerType::Client);
+            let c0c1 = client.generate_outbound_p0_and_p1().unwrap();
+            server.feed(&c0c1).unwrap();
+            let s0s1s2 = std::mem::take(&mut server.outbound);
+            let HandshakeProcessResult::Completed { response_bytes, .. } = client.process_bytes(&s0s1s2).unwrap() else {
+                panic!("the client handshake completes on S0+S1+S2");
+            };
+            assert!(server.feed(&response_bytes).unwrap().is_empty());
+            let mut junk = vec![0u8; 16 + round * 7];
+            for b in &mut junk {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                *b = seed as u8;
+            }
+            // Chunk basic headers for the command stream (3) and type 0 headers, then noise.
+            junk[0] = [0x03, 0x43, 0x83, 0xc3, 0x02][round % 5];
+            let _ = server.feed(&junk);
+            let _ = server.feed(&junk);
+        }
+    }
 }
