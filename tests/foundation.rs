@@ -259,7 +259,8 @@ fn restart_reuses_the_data_dir() {
     let (status, token, _) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", "demo", "--user", "obs"]);
     assert!(status.success());
     // A second server on the same data dir (another port) is refused while the first runs.
-    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0"]);
+    let (status, _, err) =
+        run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", "127.0.0.1:0"]);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("in use by another tessera process"), "{err}");
     assert_eq!(server.stop().code(), Some(0));
@@ -285,10 +286,20 @@ fn start_failures_exit_2_with_one_line() {
     // A taken HTTP port.
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", &addr]);
+    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", &addr, "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", "127.0.0.1:0"]);
     assert_eq!(status.code(), Some(2), "{err}");
     let line = err.lines().last().unwrap();
     assert!(line.starts_with("tessera: cannot listen on") && line.contains(&addr) && line.contains("HTTP"), "{err}");
+    assert!(!data.exists(), "nothing is written when the start fails on a port");
+    // The same for the RTMP port and the WebRTC UDP port.
+    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", &addr, "--rtc-udp-addr", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("for RTMP") && err.contains(&addr), "{err}");
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_addr = udp.local_addr().unwrap().to_string();
+    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", &udp_addr]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("WebRTC (UDP)") && err.contains(&udp_addr), "{err}");
     assert!(!data.exists(), "nothing is written when the start fails on a port");
 
     // An invalid config file: unknown key, bad value, not TOML at all.

@@ -62,7 +62,7 @@ impl Server {
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.display().to_string()];
         // Free ports unless the caller chose addresses.
-        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--rtc-udp-addr", "127.0.0.1:0")] {
+        for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--rtc-udp-addr", "127.0.0.1:0"), ("--rtmp-addr", "127.0.0.1:0")] {
             if !extra.contains(&flag) {
                 args.extend([flag.to_string(), default.to_string()]);
             }

@@ -52,6 +52,10 @@ struct Args {
     /// PID of the server, to report its CPU use from /proc.
     #[arg(long)]
     server_pid: Option<u32>,
+    /// Publish over RTMP to this address (host:port) instead of WHIP: H.264-shaped video and a
+    /// real AAC tone, so the server's FLV parsing, packetization and AAC→Opus are measured.
+    #[arg(long)]
+    rtmp: Option<String>,
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -176,6 +180,146 @@ async fn drive(
     }
 }
 
+/// Publishes over RTMP like an encoder: FLV video tags shaped like H.264 (an IDR every 2 s) at
+/// `fps`, and AAC frames of a tone at real time. Records each video frame's send time under its
+/// 90 kHz timestamp, which the SFU keeps, for the latency measurement.
+async fn rtmp_publish(
+    addr: &str,
+    room: &str,
+    user: &str,
+    token: &str,
+    fps: u64,
+    frame_bytes: usize,
+    sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>,
+) -> Result<(), String> {
+    use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+    use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType};
+    use rml_rtmp::time::RtmpTimestamp;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    stream.set_nodelay(true).map_err(|e| e.to_string())?;
+    let mut hs = Handshake::new(PeerType::Client);
+    stream.write_all(&hs.generate_outbound_p0_and_p1().map_err(|e| format!("{e:?}"))?).await.map_err(|e| e.to_string())?;
+    let mut buf = vec![0u8; 64 * 1024];
+    let leftover = loop {
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("closed during the handshake".into());
+        }
+        match hs.process_bytes(&buf[..n]).map_err(|e| format!("{e:?}"))? {
+            HandshakeProcessResult::InProgress { response_bytes } => stream.write_all(&response_bytes).await.map_err(|e| e.to_string())?,
+            HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                stream.write_all(&response_bytes).await.map_err(|e| e.to_string())?;
+                break remaining_bytes;
+            }
+        }
+    };
+    let (mut session, results) = ClientSession::new(ClientSessionConfig::new()).map_err(|e| format!("{e:?}"))?;
+    let mut out = Vec::new();
+    let collect = |results: Vec<ClientSessionResult>, out: &mut Vec<u8>| -> Vec<ClientSessionEvent> {
+        let mut events = Vec::new();
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => out.extend_from_slice(&p.bytes),
+                ClientSessionResult::RaisedEvent(e) => events.push(e),
+                _ => {}
+            }
+        }
+        events
+    };
+    collect(results, &mut out);
+    if !leftover.is_empty() {
+        let r = session.handle_input(&leftover).map_err(|e| format!("{e:?}"))?;
+        collect(r, &mut out);
+    }
+    let r = session.request_connection(format!("push/{room}")).map_err(|e| format!("{e:?}"))?;
+    collect(vec![r], &mut out);
+    let mut connected = false;
+    let mut publishing = false;
+    while !publishing {
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        out.clear();
+        let n = stream.read(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("refused (connection closed)".into());
+        }
+        let results = session.handle_input(&buf[..n]).map_err(|e| format!("{e:?}"))?;
+        for e in collect(results, &mut out) {
+            match e {
+                ClientSessionEvent::ConnectionRequestAccepted if !connected => {
+                    connected = true;
+                    let r = session.request_publishing(format!("{user}?token={token}"), PublishRequestType::Live).map_err(|e| format!("{e:?}"))?;
+                    collect(vec![r], &mut out);
+                }
+                ClientSessionEvent::PublishRequestAccepted => publishing = true,
+                ClientSessionEvent::ConnectionRequestRejected { description } => return Err(description),
+                _ => {}
+            }
+        }
+    }
+    // Sequence headers: a made-up SPS/PPS (the SFU does not decode) and the tone's AAC config.
+    let (asc, aac) = tessera_transcode::aac_tone(48_000, 2, 470).map_err(|e| e.to_string())?;
+    let video_header = vec![0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x42, 0xc0, 0x1f, 1, 0, 2, 0x68, 0xce];
+    let mut audio_header = vec![0xaf, 0];
+    audio_header.extend_from_slice(&asc);
+    let send = |session: &mut ClientSession, out: &mut Vec<u8>, video: bool, data: Vec<u8>, ms: u32| -> Result<(), String> {
+        let r = if video {
+            session.publish_video_data(bytes::Bytes::from(data), RtmpTimestamp::new(ms), false)
+        } else {
+            session.publish_audio_data(bytes::Bytes::from(data), RtmpTimestamp::new(ms), false)
+        }
+        .map_err(|e| format!("{e:?}"))?;
+        if let ClientSessionResult::OutboundResponse(p) = r {
+            out.extend_from_slice(&p.bytes);
+        }
+        Ok(())
+    };
+    send(&mut session, &mut out, true, video_header, 0)?;
+    send(&mut session, &mut out, false, audio_header, 0)?;
+    let start = Instant::now();
+    let (mut frame, mut audio_i) = (0u64, 0usize);
+    let body = frame_bytes.max(16);
+    loop {
+        let video_due = start + Duration::from_micros(frame * 1_000_000 / fps);
+        let audio_due = start + Duration::from_micros(audio_i as u64 * 1024 * 1_000_000 / 48_000);
+        let next = video_due.min(audio_due);
+        tokio::time::sleep_until(next.into()).await;
+        let now = Instant::now();
+        if video_due <= audio_due {
+            let ms = (frame * 1000 / fps) as u32;
+            let idr = frame % (2 * fps) == 0;
+            let mut tag = vec![if idr { 0x17 } else { 0x27 }, 1, 0, 0, 0];
+            tag.extend_from_slice(&(body as u32).to_be_bytes());
+            tag.push(if idr { 0x65 } else { 0x41 });
+            tag.extend(std::iter::repeat_n(0x5a, body - 1));
+            if let Some(m) = &sent {
+                let mut m = m.lock().unwrap();
+                m.insert(ms.wrapping_mul(90), now);
+                m.remove(&ms.wrapping_sub(10_000).wrapping_mul(90));
+            }
+            send(&mut session, &mut out, true, tag, ms)?;
+            frame += 1;
+        } else {
+            let ms = (audio_i as u64 * 1024 * 1000 / 48_000) as u32;
+            let mut tag = vec![0xaf, 1];
+            tag.extend_from_slice(&aac[audio_i % aac.len()]);
+            send(&mut session, &mut out, false, tag, ms)?;
+            audio_i += 1;
+        }
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        out.clear();
+        // Drain acknowledgements and pings without blocking.
+        while let Ok(n) = stream.try_read(&mut buf) {
+            if n == 0 {
+                return Err("the server closed the connection".into());
+            }
+            let results = session.handle_input(&buf[..n]).map_err(|e| format!("{e:?}"))?;
+            collect(results, &mut out);
+        }
+    }
+}
+
 /// Per-SSRC receive statistics from RTP headers (RFC 3550 §A.3 and §A.8).
 #[derive(Default, Clone)]
 struct StreamStats {
@@ -265,7 +409,22 @@ async fn run(args: Args) {
     for p in 0..args.publishers {
         let user = format!("pub{p}");
         let a = args.clone();
-        let token = tokio::task::spawn_blocking(move || mint(&a, &user, 20)).await.unwrap();
+        let token = tokio::task::spawn_blocking({
+            let user = user.clone();
+            move || mint(&a, &user, 20)
+        })
+        .await
+        .unwrap();
+        if let Some(addr) = args.rtmp.clone() {
+            let (room, fps, frame_bytes) = (args.room.clone(), args.fps, frame_bytes);
+            let sent = if p == 0 { Some(sent.clone()) } else { None };
+            tasks.push(tokio::spawn(async move {
+                if let Err(e) = rtmp_publish(&addr, &room, &user, &token, fps, frame_bytes, sent).await {
+                    eprintln!("RTMP publisher {user}: {e}");
+                }
+            }));
+            continue;
+        }
         let (rtc, socket, mids) = connect(&args, &format!("{}/whip/{}", args.server, args.room), &token, Direction::SendOnly).await;
         let (audio_mid, video_mid) = (mids[0], mids[1]);
         let packet_bytes = args.packet_bytes;

@@ -152,53 +152,56 @@ impl AacToOpus {
     }
 }
 
+/// A test signal for load generation and tests: `frames` AAC-LC frames (1024 samples each) of a
+/// 440 Hz tone, and their AudioSpecificConfig, made with FFmpeg's own AAC encoder.
+pub fn aac_tone(rate: u32, channels: u16, frames: usize) -> Result<(Vec<u8>, Vec<Vec<u8>>), TranscodeError> {
+    init();
+    let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(TranscodeError::MissingCodec("AAC encoder"))?;
+    let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().audio()?;
+    let layout = if channels == 2 { ChannelLayout::STEREO } else { ChannelLayout::MONO };
+    enc.set_rate(rate as i32);
+    enc.set_channel_layout(layout);
+    enc.set_format(Sample::F32(Type::Planar));
+    enc.set_bit_rate(128_000);
+    enc.set_time_base((1, rate as i32));
+    unsafe {
+        (*enc.as_mut_ptr()).flags |= ff::ffi::AV_CODEC_FLAG_GLOBAL_HEADER as i32;
+    }
+    let mut enc = enc.open_as(codec)?;
+    let asc = unsafe {
+        let raw = enc.as_ptr();
+        std::slice::from_raw_parts((*raw).extradata, (*raw).extradata_size as usize).to_vec()
+    };
+    let mut out = Vec::new();
+    let mut packet = ff::Packet::empty();
+    for i in 0..frames {
+        let mut f = ff::frame::Audio::new(Sample::F32(Type::Planar), 1024, layout);
+        f.set_rate(rate);
+        f.set_pts(Some((i * 1024) as i64));
+        for ch in 0..channels as usize {
+            for (j, s) in f.plane_mut::<f32>(ch).iter_mut().enumerate() {
+                let t = (i * 1024 + j) as f32 / rate as f32;
+                *s = (t * 440.0 * std::f32::consts::TAU).sin() * 0.3;
+            }
+        }
+        enc.send_frame(&f)?;
+        while enc.receive_packet(&mut packet).is_ok() {
+            if let Some(d) = packet.data() {
+            out.push(d.to_vec());
+        }
+        }
+    }
+    Ok((asc, out))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    /// AAC-LC frames of a 440 Hz tone, made with FFmpeg's own encoder.
-    fn aac_tone(rate: u32, channels: u16, frames: usize) -> (Vec<u8>, Vec<Vec<u8>>) {
-        init();
-        let codec = ff::encoder::find(ff::codec::Id::AAC).unwrap();
-        let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().audio().unwrap();
-        let layout = if channels == 2 { ChannelLayout::STEREO } else { ChannelLayout::MONO };
-        enc.set_rate(rate as i32);
-        enc.set_channel_layout(layout);
-        enc.set_format(Sample::F32(Type::Planar));
-        enc.set_bit_rate(128_000);
-        enc.set_time_base((1, rate as i32));
-        unsafe {
-            (*enc.as_mut_ptr()).flags |= ff::ffi::AV_CODEC_FLAG_GLOBAL_HEADER as i32;
-        }
-        let mut enc = enc.open_as(codec).unwrap();
-        let asc = unsafe {
-            let raw = enc.as_ptr();
-            std::slice::from_raw_parts((*raw).extradata, (*raw).extradata_size as usize).to_vec()
-        };
-        let mut out = Vec::new();
-        let mut packet = ff::Packet::empty();
-        for i in 0..frames {
-            let mut f = ff::frame::Audio::new(Sample::F32(Type::Planar), 1024, layout);
-            f.set_rate(rate);
-            f.set_pts(Some((i * 1024) as i64));
-            for ch in 0..channels as usize {
-                for (j, s) in f.plane_mut::<f32>(ch).iter_mut().enumerate() {
-                    let t = (i * 1024 + j) as f32 / rate as f32;
-                    *s = (t * 440.0 * std::f32::consts::TAU).sin() * 0.3;
-                }
-            }
-            enc.send_frame(&f).unwrap();
-            while enc.receive_packet(&mut packet).is_ok() {
-                out.push(packet.data().unwrap().to_vec());
-            }
-        }
-        (asc, out)
-    }
-
     #[test]
     fn aac_44k_stereo_and_48k_mono_become_20ms_opus_frames() {
         for (rate, channels) in [(44_100u32, 2u16), (48_000, 1)] {
-            let (asc, frames) = aac_tone(rate, channels, 100);
+            let (asc, frames) = aac_tone(rate, channels, 100).unwrap();
             let mut t = AacToOpus::new(&asc).unwrap();
             let mut out = Vec::new();
             for (i, f) in frames.iter().enumerate() {
@@ -216,7 +219,7 @@ mod tests {
     #[test]
     fn garbage_is_an_error_not_a_panic() {
         assert!(AacToOpus::new(&[]).is_err());
-        let (asc, _) = aac_tone(48_000, 2, 1);
+        let (asc, _) = aac_tone(48_000, 2, 1).unwrap();
         let mut t = AacToOpus::new(&asc).unwrap();
         let mut out = Vec::new();
         for len in [1usize, 7, 100, 2000] {
