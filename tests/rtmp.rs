@@ -89,6 +89,17 @@ fn ffmpeg_push_reaches_a_webrtc_viewer_and_bad_pushes_are_refused() {
     let (code, err, _) = wait(push(&format!("rtmp://127.0.0.1:{port}/push/live/cam3"), 0, 20), Duration::from_secs(10));
     assert_ne!(code, Some(0));
     assert!(err.contains("token_missing"), "{err}");
+    // A video codec other than H.264 (FLV's Sorenson H.263).
+    let child = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x240:rate=15:duration=20", "-c:v", "flv1", "-an", "-f", "flv"])
+        .arg(format!("rtmp://127.0.0.1:{port}/push/live/cam2?token={other}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (code, err, _) = wait(child, Duration::from_secs(10));
+    assert_ne!(code, Some(0));
+    assert!(err.contains("codec_unsupported"), "{err}");
     // Garbage on the RTMP port is dropped without harm.
     {
         use std::io::Write;

@@ -223,6 +223,16 @@ fn offer(video_codec: &str) -> String {
     )
 }
 
+/// A negotiable WHEP offer (audio + video, receive only) from a str0m peer.
+fn recvonly_offer() -> String {
+    use tessera_rtc::str0m::media::{Direction, MediaKind};
+    let mut rtc = tessera_rtc::str0m::Rtc::builder().build(std::time::Instant::now());
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, Direction::RecvOnly, None, None, None);
+    change.add_media(MediaKind::Video, Direction::RecvOnly, None, None, None);
+    change.apply().expect("an offer").0.to_sdp_string()
+}
+
 fn whip(server: &Server, path: &str, tok: Option<&str>, ct: &str, body: &str) -> Reply {
     request("POST", &server.url(path), tok, Some((ct, body.as_bytes())), &[])
 }
@@ -294,6 +304,19 @@ fn bad_requests_get_their_errors_and_the_stream_goes_on() {
     assert_eq!(o.header("accept-post"), Some("application/sdp"));
     assert_eq!(o.header("access-control-allow-origin"), Some("*"));
     assert!(o.header("access-control-expose-headers").unwrap().contains("Location"));
+
+    // At most 10 WHEP sessions per user in a room: the 11th is refused (negotiated offers from a
+    // str0m peer; the sessions never connect and simply wait).
+    let limited = token(&data, "r1", "dave", &["--role", "audience"]);
+    for i in 0..11 {
+        let r = whip(&server, "/whep/r1/alice/main", Some(&limited), ct, &recvonly_offer());
+        if i < 10 {
+            assert_eq!(r.status, 201, "session {i}: {}", r.body);
+        } else {
+            let e = r.expect_error(429, "limit_exceeded");
+            assert_eq!(e["details"]["limit"], 10);
+        }
+    }
 
     // Through all of that, the stream went on.
     let r = play.finish(Duration::from_secs(40));

@@ -23,6 +23,7 @@ enum Command {
     RemoveSession { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
     SessionInfo { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
     RoomExists { key: RoomKey, reply: oneshot::Sender<bool> },
+    ViewerSessions { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<usize> },
     IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
     AddIngest { spec: SessionSpec, reply: oneshot::Sender<u64> },
@@ -113,6 +114,10 @@ impl RtcHandle {
         self.ask(|reply| Command::IceRestart { sid: sid.to_owned(), ufrag: ufrag.to_owned(), pwd: pwd.to_owned(), reply }).await
     }
 
+    pub async fn viewer_sessions(&self, key: RoomKey, user: tessera_model::UserId) -> Result<usize, RtcServerError> {
+        self.ask(|reply| Command::ViewerSessions { key, user, reply }).await
+    }
+
     pub async fn room_exists(&self, key: RoomKey) -> Result<bool, RtcServerError> {
         self.ask(|reply| Command::RoomExists { key, reply }).await
     }
@@ -159,6 +164,9 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     }
                     Command::IceRestart { sid, ufrag, pwd, reply } => {
                         let _ = reply.send(sfu.ice_restart(&sid, &ufrag, &pwd, now));
+                    }
+                    Command::ViewerSessions { key, user, reply } => {
+                        let _ = reply.send(sfu.viewer_sessions(&key, &user));
                     }
                     Command::RoomExists { key, reply } => {
                         let _ = reply.send(sfu.room_exists(&key));

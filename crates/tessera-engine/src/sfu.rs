@@ -328,6 +328,11 @@ impl Sfu {
         }
     }
 
+    /// WHEP sessions a user has open in a room (at most 10 are allowed: PRODUCT.md §3.4).
+    pub fn viewer_sessions(&self, room: &RoomKey, user: &UserId) -> usize {
+        self.sessions.values().filter(|s| s.spec.role == PeerRole::Play && s.spec.room == *room && s.spec.user == *user).count()
+    }
+
     pub fn room_exists(&self, key: &RoomKey) -> bool {
         self.rooms.contains_key(key)
     }
@@ -1052,6 +1057,21 @@ mod tests {
             sfu.handle_timeout(t);
         }
         assert!(!sfu.room_exists(&key()));
+    }
+
+    #[test]
+    fn viewer_sessions_are_counted_per_user_and_room() {
+        let t0 = Instant::now();
+        let mut sfu = sfu(t0);
+        for i in 0..3 {
+            sfu.add_session(spec(&format!("v{i}"), PeerRole::Play), &offer(Direction::RecvOnly, t0), t0).unwrap();
+        }
+        sfu.add_session(spec("p", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+        let alice = UserId::parse("alice").unwrap();
+        assert_eq!(sfu.viewer_sessions(&key(), &alice), 3);
+        assert_eq!(sfu.viewer_sessions(&key(), &UserId::parse("bob").unwrap()), 0);
+        sfu.remove_session("v1");
+        assert_eq!(sfu.viewer_sessions(&key(), &alice), 2);
     }
 
     #[test]

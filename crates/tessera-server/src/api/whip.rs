@@ -19,6 +19,9 @@ use tessera_model::privileges::Privileges;
 use tessera_model::token::{self, TokenError, UserToken};
 use tessera_model::{Role, RoomId, UserId};
 
+/// WHEP sessions one user may have open in a room (PRODUCT.md §3.4, §12).
+pub const MAX_WHEP_PER_USER: usize = 10;
+
 /// Largest SDP body accepted (PRODUCT.md §12).
 pub const MAX_SDP_BODY: usize = 64 * 1024;
 
@@ -230,6 +233,15 @@ pub async fn play(
     }
     if kept == 0 {
         return Err(privilege_missing(first_missing.unwrap_or(Privileges::SUBSCRIBE_VIDEO)));
+    }
+    let open = state.rtc.viewer_sessions(key.clone(), token.user.clone()).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    if open >= MAX_WHEP_PER_USER {
+        return Err(ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "limit_exceeded",
+            format!("user '{}' already has {MAX_WHEP_PER_USER} WHEP sessions in this room; DELETE one first", token.user),
+        )
+        .with_details(json!({"limit": MAX_WHEP_PER_USER})));
     }
     let sid = tessera_model::random::session_id();
     let spec = SessionSpec {
