@@ -145,13 +145,15 @@ async fn index() -> Html<&'static str> {
     Html(include_str!("../../../../assets/index.html"))
 }
 
-/// The browser pages of `assets/`, built into the binary.
-async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<Html<&'static str>, ApiError> {
-    match page.as_str() {
-        "publish.html" => Ok(Html(include_str!("../../../../assets/publish.html"))),
-        "play.html" => Ok(Html(include_str!("../../../../assets/play.html"))),
-        _ => Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
-    }
+/// The browser pages of `assets/` and their shared script, built into the binary.
+async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    let (content_type, body) = match page.as_str() {
+        "publish.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/publish.html")),
+        "play.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/play.html")),
+        "whip-client.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/whip-client.js")),
+        _ => return Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
+    };
+    Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
 }
 
 /// `?limit=1..1000&cursor=` of every list (PRODUCT.md §10).
