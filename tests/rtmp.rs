@@ -1,6 +1,10 @@
-//! RTMP ingest end to end: ffmpeg pushes (libx264, AAC, FLV) into a room and aiortc watches over
-//! WHEP (video passed through, AAC transcoded to Opus); B-frames and bad tokens are refused with their messages while the first stream goes on;
-//! a publisher that reconnects is picked up by the waiting viewer.
+//! RTMP and pull ingest end to end.
+//! - ffmpeg pushes (libx264, AAC, FLV) into a room and aiortc watches over WHEP (video passed
+//!   through, AAC transcoded to Opus); B-frames and bad tokens are refused with their messages
+//!   while the first stream goes on; a publisher that reconnects is picked up by the viewer.
+//! - `POST /v1/ingests` pulls an RTMP stream served by `ffmpeg -listen 1` (passed through) and an
+//!   HLS playlist with B-frames served over HTTP (transcoded) into a room; aiortc viewers decode
+//!   both; a bad URL retries and fails with its reason; PATCH, DELETE and the spec's errors.
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -125,4 +129,150 @@ fn ffmpeg_push_reaches_a_webrtc_viewer_and_bad_pushes_are_refused() {
     let gaps: Vec<String> = times.windows(2).filter(|w| w[1] - w[0] > 0.5).map(|w| format!("{:.1}..{:.1}", w[0] - times[0], w[1] - times[0])).collect();
     assert!(before >= 100, "frames of the first push: {before}; gaps {gaps:?}; reconnect at {:.1}", reconnect_at - times[0]);
     assert!(after >= 30, "frames after the publisher reconnected: {after}");
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn admin_key(data: &Path) -> String {
+    std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned()
+}
+
+/// Polls an ingest until `done` holds for its record (or panics after `limit`); returns the
+/// record and the states seen on the way.
+fn poll_ingest(server: &Server, key: &str, id: &str, limit: Duration, done: impl Fn(&serde_json::Value) -> bool) -> (serde_json::Value, Vec<String>) {
+    let deadline = Instant::now() + limit;
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let r = get(&server.url(&format!("/v1/ingests/{id}")), Some(key));
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v = r.json();
+        let state = v["state"].as_str().unwrap().to_owned();
+        if seen.last() != Some(&state) {
+            seen.push(state);
+        }
+        if done(&v) {
+            return (v, seen);
+        }
+        assert!(Instant::now() < deadline, "ingest {id} never got there: {v}; states {seen:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn pull_ingest_of_rtmp_and_hls_reaches_webrtc_viewers_and_bad_urls_fail() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("ingest");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip)]);
+    let key = admin_key(&data);
+    let ingests = server.url("/v1/ingests");
+
+    // An HLS VOD playlist with B-frames (x264 defaults) and AAC, on disk, served over HTTP.
+    let hls = dir.path().join("hls");
+    std::fs::create_dir_all(&hls).unwrap();
+    let made = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-f", "lavfi", "-i", "testsrc2=size=480x270:rate=25:duration=14"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=660:duration=14", "-c:v", "libx264", "-preset", "veryfast", "-bf", "3", "-g", "50"])
+        .args(["-c:a", "aac", "-f", "hls", "-hls_time", "2", "-hls_list_size", "0", "-hls_playlist_type", "vod"])
+        .arg(hls.join("index.m3u8"))
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let http_port = free_port();
+    let mut http_server = Command::new("python3")
+        .args(["-m", "http.server", &http_port.to_string(), "--bind", "127.0.0.1", "--directory"])
+        .arg(&hls)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // An RTMP source: ffmpeg as a one-client RTMP server, H.264 without B-frames + AAC.
+    let rtmp_port = free_port();
+    let source_url = format!("rtmp://127.0.0.1:{rtmp_port}/live/src");
+    let mut rtmp_source = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=640x360:rate=30:duration=40"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=440:duration=40", "-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-bf", "0", "-g", "30"])
+        .args(["-c:a", "aac", "-f", "flv", "-listen", "1", &source_url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+
+    // Requests the spec refuses.
+    post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "x", "url": "file:///etc/passwd"})).expect_error(400, "invalid_parameter");
+    post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "x", "url": &source_url, "repeat": 0})).expect_error(400, "invalid_parameter");
+    post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "mix_1", "url": &source_url})).expect_error(403, "user_id_reserved");
+    post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "x", "url": &source_url, "stream": "side"})).expect_error(400, "invalid_parameter");
+    get(&server.url("/v1/ingests/0123456789abcdef"), Some(&key)).expect_error(404, "task_not_found");
+
+    let r = post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "cam", "url": &source_url}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let created = r.json();
+    assert_eq!((created["state"].as_str(), created["user"].as_str(), created["stream"].as_str()), (Some("STARTING"), Some("cam"), Some("main")), "{created}");
+    let rtmp_id = created["id"].as_str().unwrap().to_owned();
+    let r = post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "movie", "url": format!("http://127.0.0.1:{http_port}/index.m3u8")}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let hls_id = r.json()["id"].as_str().unwrap().to_owned();
+    // The same (user, stream) again: busy.
+    post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "cam", "url": &source_url})).expect_error(409, "stream_busy");
+
+    let (rtmp_rec, _) = poll_ingest(&server, &key, &rtmp_id, Duration::from_secs(15), |v| v["state"] == "RUNNING");
+    assert_eq!(rtmp_rec["source"], "h264 passthrough, aac→opus", "{rtmp_rec}");
+    let (hls_rec, _) = poll_ingest(&server, &key, &hls_id, Duration::from_secs(15), |v| v["state"] == "RUNNING");
+    assert_eq!(hls_rec["source"], "h264 with b-frames→h264, aac→opus", "{hls_rec}");
+
+    let viewer = token(&data, "pull", "viewer");
+    let cam = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/pull/cam/main"), "--token", &viewer, "--seconds", "8"]);
+    let movie = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/pull/movie/main"), "--token", &viewer, "--seconds", "8"]);
+    let cam = cam.finish(Duration::from_secs(40));
+    let movie = movie.finish(Duration::from_secs(40));
+    assert_eq!((cam["width"].as_u64(), cam["height"].as_u64()), (Some(640), Some(360)), "{cam}");
+    assert!(cam["frames"].as_u64().unwrap() >= 100, "RTMP pull at 30 fps for 8 s: {cam}");
+    assert!(cam["audio_rms"].as_f64().unwrap() > 1000.0, "{cam}");
+    assert_eq!((movie["width"].as_u64(), movie["height"].as_u64()), (Some(480), Some(270)), "{movie}");
+    assert!(movie["frames"].as_u64().unwrap() >= 80, "HLS pull at 25 fps for 8 s: {movie}");
+    assert!(movie["audio_rms"].as_f64().unwrap() > 1000.0, "{movie}");
+    let running = get(&server.url(&format!("/v1/ingests/{rtmp_id}")), Some(&key)).json();
+    assert!(running["bitrate_kbps"].as_f64().unwrap() > 50.0, "{running}");
+
+    // The 14 s HLS file is played once (repeat 1), then the ingest stops by itself.
+    let (done, _) = poll_ingest(&server, &key, &hls_id, Duration::from_secs(30), |v| v["state"] == "STOPPED");
+    assert_eq!(done["plays_done"], 1, "{done}");
+    assert!(done["error"].is_null(), "{done}");
+
+    // A bad URL: RETRYING at 0, 1 and 3 s, then FAILED with the reason.
+    let started = Instant::now();
+    let r = post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "ghost", "url": "http://127.0.0.1:9/live.m3u8"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let bad_id = r.json()["id"].as_str().unwrap().to_owned();
+    let (failed, seen) = poll_ingest(&server, &key, &bad_id, Duration::from_secs(20), |v| v["state"] == "FAILED");
+    let took = started.elapsed();
+    assert!(seen.contains(&"RETRYING".to_string()), "{seen:?}");
+    assert!(failed["error"].as_str().unwrap().contains("onnection refused"), "{failed}");
+    assert!(took >= Duration::from_secs(3) && took < Duration::from_secs(12), "failed after {took:?}");
+
+    // List, then PATCH and DELETE the RTMP pull.
+    let list = get(&format!("{ingests}?limit=2"), Some(&key)).json();
+    assert_eq!(list["items"].as_array().unwrap().len(), 2);
+    assert!(list["next_cursor"].is_string(), "{list}");
+    let r = request("PATCH", &server.url(&format!("/v1/ingests/{hls_id}")), Some(&key), Some(("application/json", br#"{"url":"http://127.0.0.1:9/x.mp4"}"#)), &[]);
+    r.expect_error(409, "invalid_state");
+    let r = request("DELETE", &server.url(&format!("/v1/ingests/{rtmp_id}")), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["state"], "STOPPED", "{}", r.body);
+    // The virtual anchor has left: its stream is free again.
+    let r = post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "cam", "url": "http://127.0.0.1:9/x.mp4"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+
+    // The task files keep every ingest's final state.
+    let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("tasks").join(format!("{bad_id}.json"))).unwrap()).unwrap();
+    assert_eq!(saved["state"], "FAILED");
+    let _ = rtmp_source.kill();
+    let _ = http_server.kill();
+    let _ = rtmp_source.wait();
+    let _ = http_server.wait();
 }

@@ -169,8 +169,18 @@ fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
     let server = serve(&net, &data);
     let anchor = token(&data, "sim", "cam", &[]);
     let viewer = token(&data, "sim", "slow", &["--role", "audience"]);
+    // Chromium's built-in fake camera compresses so well that its top layer can fit in the cap;
+    // a noisy picture keeps every layer near its maxBitrate, so the layers are really apart.
+    let camera = dir.path().join("noisy.mjpeg");
+    let ok = std::process::Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30", "-vf", "noise=alls=25:allf=t+u", "-t", "2", "-q:v", "5", "-f", "mjpeg"])
+        .arg(&camera)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "ffmpeg made the fake camera file");
     // Publisher (three layers) and an unconstrained viewer on one host...
-    let full = browser(&net, &server, &["both", "--room", "sim", "--user", "cam", "--token", &anchor, "--simulcast", "--degradation", "maintain-resolution", "--seconds", "22"]);
+    let full = browser(&net, &server, &["both", "--room", "sim", "--user", "cam", "--token", &anchor, "--simulcast", "--degradation", "maintain-resolution", "--seconds", "22", "--fake-video", camera.to_str().unwrap()]);
     // ...and a viewer whose downlink carries 350 kbit/s.
     capped.shape_downlink(&["tbf", "rate", "350kbit", "burst", "20kb", "latency", "200ms"]);
     std::thread::sleep(Duration::from_secs(6));

@@ -44,12 +44,15 @@ def main():
     p.add_argument("--degradation", default="")
     p.add_argument("--ice-restart-after", type=float, default=0, help="publisher restarts ICE after this many seconds")
     p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--fake-video", default="", help="Y4M/MJPEG file the fake camera plays in a loop")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     a = p.parse_args()
     out = {}
     with sync_playwright() as pw:
         # getUserMedia needs a secure context: the test server is plain HTTP on a test-host address.
         args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
+        if a.fake_video:
+            args.append(f"--use-file-for-fake-video-capture={a.fake_video}")
         browser = pw.chromium.launch(executable_path=a.chromium, headless=True, args=args)
         try:
             ctx = browser.new_context()

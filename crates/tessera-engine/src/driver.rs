@@ -23,6 +23,7 @@ enum Command {
     RemoveSession { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
     SessionInfo { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
     RoomExists { key: RoomKey, reply: oneshot::Sender<bool> },
+    IsPublished { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind, reply: oneshot::Sender<bool> },
     ViewerSessions { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<usize> },
     IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
@@ -122,6 +123,10 @@ impl RtcHandle {
         self.ask(|reply| Command::RoomExists { key, reply }).await
     }
 
+    pub async fn is_published(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<bool, RtcServerError> {
+        self.ask(|reply| Command::IsPublished { key, user, stream, reply }).await
+    }
+
     /// Adds a publisher fed by this process (RTMP, pull ingest); returns its id for `push`.
     pub async fn add_ingest(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
         self.ask(|reply| Command::AddIngest { spec, reply }).await
@@ -170,6 +175,9 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     }
                     Command::RoomExists { key, reply } => {
                         let _ = reply.send(sfu.room_exists(&key));
+                    }
+                    Command::IsPublished { key, user, stream, reply } => {
+                        let _ = reply.send(sfu.is_published(&key, &user, stream));
                     }
                     Command::Stats { reply } => {
                         let _ = reply.send(sfu.stats());

@@ -333,6 +333,11 @@ impl Sfu {
         self.sessions.values().filter(|s| s.spec.role == PeerRole::Play && s.spec.room == *room && s.spec.user == *user).count()
     }
 
+    /// Whether someone publishes this (user, stream) in the room.
+    pub fn is_published(&self, room: &RoomKey, user: &UserId, stream: StreamKind) -> bool {
+        self.rooms.get(room).is_some_and(|r| r.publishers.contains_key(&(user.clone(), stream)))
+    }
+
     pub fn room_exists(&self, key: &RoomKey) -> bool {
         self.rooms.contains_key(key)
     }

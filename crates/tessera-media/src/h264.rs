@@ -1,5 +1,5 @@
 //! H.264 bitstream helpers for ingest: the AVC decoder configuration record (SPS/PPS) that RTMP
-//! and MP4 carry, length-prefixed NAL units, and RTP packetization (RFC 6184: single NAL unit
+//! and MP4 carry, length-prefixed (AVCC) and Annex-B NAL units, and RTP packetization (RFC 6184: single NAL unit
 //! packets and FU-A fragments, packetization-mode 1).
 
 /// NAL unit types used here.
@@ -101,6 +101,95 @@ pub fn split_length_prefixed(mut data: &[u8], length_size: usize) -> Result<Vec<
         data = &rest[len..];
     }
     Ok(out)
+}
+
+/// The NAL units of an Annex-B byte stream (start codes `00 00 01` / `00 00 00 01`), in order.
+/// Bytes before the first start code are ignored; trailing zero bytes of a unit are trimmed.
+pub fn split_annex_b(data: &[u8]) -> Vec<&[u8]> {
+    let mut starts = Vec::new();
+    let mut i = 0;
+    while i + 3 <= data.len() {
+        if data[i] == 0 && data[i + 1] == 0 && data[i + 2] == 1 {
+            starts.push(i + 3);
+            i += 3;
+        } else {
+            i += 1;
+        }
+    }
+    let mut out = Vec::with_capacity(starts.len());
+    for (k, &s) in starts.iter().enumerate() {
+        let end = starts.get(k + 1).map(|&n| n - 3).unwrap_or(data.len());
+        let mut unit = &data[s..end.max(s)];
+        while let [rest @ .., 0] = unit {
+            unit = rest;
+        }
+        if !unit.is_empty() {
+            out.push(unit);
+        }
+    }
+    out
+}
+
+/// One RTP packet's worth of an access unit, before SSRC and headers are added.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RtpPayload {
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    pub keyframe: bool,
+    pub payload: Vec<u8>,
+}
+
+/// Access units (NAL units + 90 kHz timestamp) in, RTP payloads out, with SPS/PPS put ahead of
+/// every IDR that lacks them so a viewer can start at any keyframe. Parameter sets come from the
+/// container (`set_parameter_sets`) or are learnt from the stream itself (Annex-B sources).
+pub struct H264Packetizer {
+    sps: Vec<Vec<u8>>,
+    pps: Vec<Vec<u8>>,
+    next_seq: u64,
+    max_payload: usize,
+}
+
+impl H264Packetizer {
+    pub fn new(max_payload: usize) -> H264Packetizer {
+        H264Packetizer { sps: Vec::new(), pps: Vec::new(), next_seq: 1, max_payload }
+    }
+
+    pub fn set_parameter_sets(&mut self, sps: Vec<Vec<u8>>, pps: Vec<Vec<u8>>) {
+        self.sps = sps;
+        self.pps = pps;
+    }
+
+    pub fn has_parameter_sets(&self) -> bool {
+        !self.sps.is_empty() && !self.pps.is_empty()
+    }
+
+    /// Appends the RTP payloads of one access unit. Filler data (type 12) is dropped; AUDs and
+    /// SEI pass.
+    pub fn push(&mut self, nalus: &[&[u8]], ts90: u32, out: &mut Vec<RtpPayload>) {
+        let idr = nalus.iter().any(|n| nal_type(n) == Some(NAL_IDR));
+        let sps: Vec<&[u8]> = nalus.iter().copied().filter(|n| nal_type(n) == Some(NAL_SPS)).collect();
+        let pps: Vec<&[u8]> = nalus.iter().copied().filter(|n| nal_type(n) == Some(NAL_PPS)).collect();
+        if !sps.is_empty() {
+            self.sps = sps.iter().map(|n| n.to_vec()).collect();
+        }
+        if !pps.is_empty() {
+            self.pps = pps.iter().map(|n| n.to_vec()).collect();
+        }
+        let mut units: Vec<&[u8]> = Vec::with_capacity(nalus.len() + 2);
+        if idr && sps.is_empty() {
+            units.extend(self.sps.iter().map(|v| v.as_slice()));
+            units.extend(self.pps.iter().map(|v| v.as_slice()));
+        }
+        units.extend(nalus.iter().copied().filter(|n| nal_type(n) != Some(12)));
+        let mut payloads = Vec::new();
+        packetize(units, self.max_payload, &mut payloads);
+        let n = payloads.len();
+        for (i, payload) in payloads.into_iter().enumerate() {
+            out.push(RtpPayload { seq: self.next_seq, ts: ts90, marker: i + 1 == n, keyframe: idr, payload });
+            self.next_seq += 1;
+        }
+    }
 }
 
 /// Splits NAL units into RTP payloads of at most `max_payload` bytes: a NAL unit that fits is
@@ -227,6 +316,34 @@ mod tests {
                 let _ = split_length_prefixed(&v, size);
             }
             let _ = depacketize(&[v.clone()]);
+            let _ = split_annex_b(&v);
         }
+    }
+
+    #[test]
+    fn annex_b_units_split_on_both_start_code_lengths() {
+        let data = [0xff, 0, 0, 0, 1, 0x67, 1, 2, 0, 0, 1, 0x68, 3, 0, 0, 0, 1, 0x65, 9, 9, 0, 0];
+        let units = split_annex_b(&data);
+        assert_eq!(units, vec![&[0x67, 1, 2][..], &[0x68, 3][..], &[0x65, 9, 9][..]]);
+        assert!(split_annex_b(&[1, 2, 3]).is_empty());
+    }
+
+    #[test]
+    fn packetizer_learns_in_band_parameter_sets_and_repeats_them_before_idrs() {
+        let mut p = H264Packetizer::new(1200);
+        let mut out = Vec::new();
+        let (sps, pps) = (&[0x67, 0x42, 0xc0, 0x1f][..], &[0x68, 0xce][..]);
+        p.push(&[sps, pps, &[0x65, 1]], 900, &mut out);
+        assert_eq!(out.len(), 3, "parameter sets already in the access unit are not doubled");
+        assert!(p.has_parameter_sets());
+        out.clear();
+        p.push(&[&[0x41, 2]], 3900, &mut out);
+        assert_eq!((out.len(), out[0].keyframe, out[0].marker), (1, false, true));
+        out.clear();
+        p.push(&[&[0x65, 3], &[0x0c, 0xff]], 6900, &mut out);
+        let got: Vec<Vec<u8>> = out.iter().map(|o| o.payload.clone()).collect();
+        assert_eq!(got, vec![sps.to_vec(), pps.to_vec(), vec![0x65, 3]], "filler dropped, SPS/PPS ahead of the IDR");
+        assert!(out.iter().all(|o| o.keyframe && o.ts == 6900));
+        assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![5, 6, 7], "sequence numbers continue");
     }
 }

@@ -182,55 +182,32 @@ mod tests {
 /// Turns FLV/AVC video tags into H.264 RTP payloads (RFC 6184) with 90 kHz timestamps, and
 /// puts SPS/PPS ahead of every IDR so a viewer can start at any keyframe.
 pub struct AvcToRtp {
-    config: Option<tessera_media::h264::AvcConfig>,
-    next_seq: u64,
-    max_payload: usize,
+    length_size: Option<usize>,
+    packetizer: tessera_media::h264::H264Packetizer,
 }
 
-/// One RTP packet's worth of an access unit.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RtpPayload {
-    pub seq: u64,
-    pub ts: u32,
-    pub marker: bool,
-    pub keyframe: bool,
-    pub payload: Vec<u8>,
-}
+pub use tessera_media::h264::RtpPayload;
 
 impl AvcToRtp {
     pub fn new(max_payload: usize) -> AvcToRtp {
-        AvcToRtp { config: None, next_seq: 1, max_payload }
+        AvcToRtp { length_size: None, packetizer: tessera_media::h264::H264Packetizer::new(max_payload) }
     }
 
     pub fn on_tag(&mut self, tag: &VideoTag<'_>, timestamp_ms: u32, out: &mut Vec<RtpPayload>) -> Result<(), FlvError> {
         use tessera_media::h264::{self, AvcConfig};
         match tag {
             VideoTag::SequenceHeader(record) => {
-                self.config = Some(AvcConfig::parse(record).map_err(|_| FlvError::Malformed("video"))?);
+                let config = AvcConfig::parse(record).map_err(|_| FlvError::Malformed("video"))?;
+                self.length_size = Some(config.length_size);
+                self.packetizer.set_parameter_sets(config.sps, config.pps);
                 Ok(())
             }
             VideoTag::EndOfSequence => Ok(()),
             VideoTag::Frame { data, .. } => {
                 // Frames before the sequence header cannot be decoded: skipped.
-                let Some(config) = &self.config else { return Ok(()) };
-                let nalus = h264::split_length_prefixed(data, config.length_size).map_err(|_| FlvError::Malformed("video"))?;
-                let idr = nalus.iter().any(|n| h264::nal_type(n) == Some(h264::NAL_IDR));
-                let has_sps = nalus.iter().any(|n| h264::nal_type(n) == Some(h264::NAL_SPS));
-                let mut units: Vec<&[u8]> = Vec::with_capacity(nalus.len() + 2);
-                if idr && !has_sps {
-                    units.extend(config.sps.iter().map(|v| v.as_slice()));
-                    units.extend(config.pps.iter().map(|v| v.as_slice()));
-                }
-                // Access unit delimiters and SEI pass too (the spec keeps SEI); filler is dropped.
-                units.extend(nalus.into_iter().filter(|n| h264::nal_type(n) != Some(12)));
-                let mut payloads = Vec::new();
-                h264::packetize(units, self.max_payload, &mut payloads);
-                let ts = timestamp_ms.wrapping_mul(90);
-                let n = payloads.len();
-                for (i, payload) in payloads.into_iter().enumerate() {
-                    out.push(RtpPayload { seq: self.next_seq, ts, marker: i + 1 == n, keyframe: idr, payload });
-                    self.next_seq += 1;
-                }
+                let Some(length_size) = self.length_size else { return Ok(()) };
+                let nalus = h264::split_length_prefixed(data, length_size).map_err(|_| FlvError::Malformed("video"))?;
+                self.packetizer.push(&nalus, timestamp_ms.wrapping_mul(90), out);
                 Ok(())
             }
         }

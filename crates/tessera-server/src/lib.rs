@@ -5,6 +5,7 @@
 pub mod api;
 pub mod config;
 pub mod error;
+pub mod ingest;
 pub mod metrics;
 pub mod rtmp;
 pub mod run;

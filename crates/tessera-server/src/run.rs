@@ -52,7 +52,8 @@ impl Server {
         )?;
         let data_dir = DataDir::open_locked(&config.data_dir)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
-        let state = AppState::new(config, store, rtc);
+        let tasks_dir = data_dir.root().join("tasks");
+        let state = AppState::new(config, store, rtc, Some(tasks_dir));
         Ok(Server { state, http, rtmp, rtmp_addr, http_addr, data_dir, first_start })
     }
 
@@ -123,6 +124,7 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         let router = api::router(self.state.clone());
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
+        self.state.ingests.resume(&self.state.rtc);
         tracing::info!(addr = %self.rtmp_addr, "RTMP listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drained = stop_rx.clone();
@@ -144,6 +146,7 @@ impl Server {
             }
         };
         rtmp.abort();
+        self.state.ingests.shutdown();
         if let Err(e) = self.state.store.flush() {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }

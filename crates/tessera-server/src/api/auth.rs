@@ -32,6 +32,11 @@ pub fn action_for(method: &Method, route: &str) -> Option<&'static str> {
         ("PATCH", "/v1/app") => "app.update",
         ("POST", "/v1/app/secrets") => "secrets.create",
         ("DELETE", "/v1/app/secrets/{kid}") => "secrets.delete",
+        ("POST", "/v1/ingests") => "ingests.start",
+        ("GET", "/v1/ingests") => "ingests.list",
+        ("GET", "/v1/ingests/{id}") => "ingests.get",
+        ("PATCH", "/v1/ingests/{id}") => "ingests.update",
+        ("DELETE", "/v1/ingests/{id}") => "ingests.stop",
         _ => return None,
     })
 }
@@ -64,6 +69,14 @@ pub async fn require_api_key(State(state): State<AppState>, mut req: Request, ne
         PolicyDecision::Denied | PolicyDecision::NotAllowed => {
             return Err(ApiError::new(StatusCode::FORBIDDEN, "action_denied", format!("this API key may not perform '{action}'"))
                 .with_details(json!({"action": action})));
+        }
+    }
+    let task_changing = ["ingests.", "mixjobs.", "relays.", "recordings."].iter().any(|p| action.starts_with(p)) && req.method() != Method::GET;
+    if task_changing {
+        if let Err(wait) = state.task_rate.check(app.as_str(), Instant::now()) {
+            let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many task-changing calls for this app (20/s); slow down");
+            e.retry_after_s = Some(wait.as_secs().max(1));
+            return Err(e);
         }
     }
     state.store.touch_key(&record.id, crate::now_ms());

@@ -4,6 +4,7 @@
 mod apikeys;
 mod cors;
 mod app;
+mod ingests;
 pub mod auth;
 pub mod json;
 mod tokens;
@@ -33,6 +34,9 @@ pub struct Shared {
     pub store: AppStore,
     pub metrics: Metrics,
     pub key_rate: auth::RateLimiter,
+    /// Task-changing calls, per app (PRODUCT.md §10: 20/s, burst 40).
+    pub task_rate: auth::RateLimiter,
+    pub ingests: crate::ingest::Ingests,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -47,8 +51,10 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle) -> AppState {
+    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>) -> AppState {
         AppState(Arc::new(Shared {
+            ingests: crate::ingest::Ingests::new(tasks_dir),
+            task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
             store,
@@ -67,6 +73,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/app", get(app::get).patch(app::update))
         .route("/v1/app/secrets", post(app::add_secret))
         .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
+        .route("/v1/ingests", post(ingests::start).get(ingests::list))
+        .route("/v1/ingests/{id}", get(ingests::get).patch(ingests::update).delete(ingests::stop))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     let media = Router::new()
         .route("/whip/{room}", post(whip::publish).options(whip::options))
