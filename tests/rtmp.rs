@@ -271,6 +271,20 @@ fn pull_ingest_of_rtmp_and_hls_reaches_webrtc_viewers_and_bad_urls_fail() {
     // The task files keep every ingest's final state.
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("tasks").join(format!("{bad_id}.json"))).unwrap()).unwrap();
     assert_eq!(saved["state"], "FAILED");
+
+    // A looping ingest survives a server restart: the next start resumes it.
+    let r = post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "loop", "url": format!("http://127.0.0.1:{http_port}/index.m3u8"), "repeat": -1}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let loop_id = r.json()["id"].as_str().unwrap().to_owned();
+    poll_ingest(&server, &key, &loop_id, Duration::from_secs(15), |v| v["state"] == "RUNNING");
+    assert!(server.stop().success());
+    let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip)]);
+    let (resumed, _) = poll_ingest(&server, &key, &loop_id, Duration::from_secs(15), |v| v["state"] == "RUNNING");
+    assert_eq!(resumed["repeat"], -1, "{resumed}");
+    let finished = get(&server.url(&format!("/v1/ingests/{bad_id}")), Some(&key)).json();
+    assert_eq!(finished["state"], "FAILED", "finished tasks stay readable after a restart: {finished}");
+    let r = request("DELETE", &server.url(&format!("/v1/ingests/{loop_id}")), Some(&key), None, &[]);
+    assert_eq!(r.json()["state"], "STOPPED", "{}", r.body);
     let _ = rtmp_source.kill();
     let _ = http_server.kill();
     let _ = rtmp_source.wait();

@@ -19,8 +19,6 @@ use tessera_media::{Codec, StreamKind};
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_transcode::source::{Interrupt, PullSource, SourceError, SourceMedia, VideoData};
 
-/// PRODUCT.md §12: concurrent ingests per app.
-pub const MAX_INGESTS_PER_APP: usize = 20;
 /// Retries after a failure, counted from it (PRODUCT.md §10.2).
 pub const RETRY_AT: [Duration; 3] = [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(3)];
 const MAX_RTP_PAYLOAD: usize = 1200;

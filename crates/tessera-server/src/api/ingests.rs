@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::ingest::{IngestRecord, NewIngest, MAX_INGESTS_PER_APP};
+use crate::ingest::{IngestRecord, NewIngest};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -83,9 +83,11 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if repeat == 0 || repeat < -1 {
         return Err(ApiError::invalid_parameter("repeat", "must be -1 (loop forever) or at least 1"));
     }
-    if state.ingests.live_count(&caller.app) >= MAX_INGESTS_PER_APP {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {MAX_INGESTS_PER_APP} ingests may run at once per app"))
-            .with_details(json!({"limit": MAX_INGESTS_PER_APP})));
+    // PRODUCT.md §12: concurrent ingests per app (`limits.concurrent_ingests_per_app`).
+    let limit = state.config.limits.concurrent_ingests_per_app as usize;
+    if state.ingests.live_count(&caller.app) >= limit {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} ingests may run at once per app"))
+            .with_details(json!({"limit": limit})));
     }
     let key = RoomKey { app: caller.app.clone(), room: room.clone() };
     let busy = state.ingests.publishes(&caller.app, &room, &user, stream)
