@@ -7,6 +7,7 @@ pub const NAL_IDR: u8 = 5;
 pub const NAL_SPS: u8 = 7;
 pub const NAL_PPS: u8 = 8;
 const NAL_FU_A: u8 = 28;
+const NAL_STAP_A: u8 = 24;
 
 pub fn nal_type(nal: &[u8]) -> Option<u8> {
     nal.first().map(|b| b & 0x1f)
@@ -245,9 +246,31 @@ pub fn depacketize(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
                     }
                 }
             }
+            Some(NAL_STAP_A) => {
+                // Aggregation packet: 16-bit size + NAL unit, repeated (browsers send SPS+PPS so).
+                let mut rest = &p[1..];
+                while rest.len() >= 2 {
+                    let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                    if n == 0 || rest.len() < 2 + n {
+                        break;
+                    }
+                    out.push(rest[2..2 + n].to_vec());
+                    rest = &rest[2 + n..];
+                }
+            }
             Some(_) => out.push(p.clone()),
             None => {}
         }
+    }
+    out
+}
+
+/// NAL units as an Annex-B byte stream (what FFmpeg's H.264 decoder takes without extradata).
+pub fn to_annex_b(nalus: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(nalus.iter().map(|n| n.len() + 4).sum());
+    for n in nalus {
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(n);
     }
     out
 }
@@ -318,6 +341,13 @@ mod tests {
             let _ = depacketize(&[v.clone()]);
             let _ = split_annex_b(&v);
         }
+    }
+
+    #[test]
+    fn stap_a_packets_are_unpacked() {
+        let stap = vec![24, 0, 3, 0x67, 1, 2, 0, 2, 0x68, 3];
+        assert_eq!(depacketize(&[stap, vec![0x65, 9]]), vec![vec![0x67, 1, 2], vec![0x68, 3], vec![0x65, 9]]);
+        assert_eq!(split_annex_b(&to_annex_b(&[vec![0x67, 1], vec![0x65, 2]])), vec![&[0x67, 1][..], &[0x65, 2][..]]);
     }
 
     #[test]

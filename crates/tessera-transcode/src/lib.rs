@@ -7,6 +7,8 @@
 //! interrupted (see its docs).
 
 pub mod audio;
+pub mod compose;
+pub mod decode;
 pub mod source;
 pub mod video;
 
