@@ -2,7 +2,7 @@
 //! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
-use crate::sfu::{IceRestart, IngestPacket, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats};
+use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats, TapPacket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -30,7 +30,15 @@ enum Command {
     AddIngest { spec: SessionSpec, reply: oneshot::Sender<u64> },
     Push { id: u64, packets: Vec<IngestPacket> },
     RemoveIngest { id: u64 },
+    AddTap { key: RoomKey, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
+    RemoveTap { id: u64 },
+    RoomPublishers { key: RoomKey, reply: oneshot::Sender<Vec<PublisherInfo>> },
+    RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
 }
+
+/// Packets a tap may have queued before the oldest are dropped (the mixer then asks for a
+/// keyframe): about 2 s of a few 360p publishers.
+const TAP_QUEUE: usize = 8192;
 
 /// The HTTP side's handle on the media task. Cheap to clone.
 #[derive(Clone)]
@@ -141,6 +149,24 @@ impl RtcHandle {
         self.tx.send(Command::RemoveIngest { id }).await.map_err(|_| RtcServerError::Stopped)
     }
 
+    /// An in-process subscriber to every publisher of a room (a mix job). Dropping the receiver
+    /// is not enough to stop it: call `remove_tap`.
+    pub async fn add_tap(&self, key: RoomKey) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
+        self.ask(|reply| Command::AddTap { key, reply }).await
+    }
+
+    pub async fn remove_tap(&self, id: u64) -> Result<(), RtcServerError> {
+        self.tx.send(Command::RemoveTap { id }).await.map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub async fn room_publishers(&self, key: RoomKey) -> Result<Vec<PublisherInfo>, RtcServerError> {
+        self.ask(|reply| Command::RoomPublishers { key, reply }).await
+    }
+
+    pub async fn request_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
+        self.tx.send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
+    }
+
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
@@ -151,6 +177,7 @@ const RECV_BATCH: usize = 64;
 
 async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: Sfu, candidates: Vec<SocketAddr>) {
     let mut buf = vec![0u8; 2048];
+    let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
     loop {
         let deadline = sfu.next_timeout();
         tokio::select! {
@@ -194,6 +221,23 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     Command::RemoveIngest { id } => {
                         sfu.remove_internal_publisher(id);
                     }
+                    Command::AddTap { key, reply } => {
+                        let id = sfu.add_tap(key);
+                        let (tx, rx) = mpsc::channel(TAP_QUEUE);
+                        taps.insert(id, tx);
+                        let _ = reply.send((id, rx));
+                    }
+                    Command::RemoveTap { id } => {
+                        sfu.remove_tap(id);
+                        taps.remove(&id);
+                    }
+                    Command::RoomPublishers { key, reply } => {
+                        let _ = reply.send(sfu.room_publishers(&key));
+                    }
+                    Command::RequestKeyframe { key, user, stream } => {
+                        sfu.request_keyframe_of(&key, &user, stream, now);
+                        sfu.flush(now);
+                    }
                 }
             }
             r = socket.recv_from(&mut buf) => {
@@ -220,6 +264,13 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                 break;
             }
             sfu.handle_timeout(now);
+        }
+        for (tap, packet) in sfu.drain_taps() {
+            // A full queue means the mixer is behind: the packet is dropped (it will ask for a
+            // keyframe) rather than the media task waiting on it.
+            if let Some(tx) = taps.get(&tap) {
+                let _ = tx.try_send(packet);
+            }
         }
         while let Some(t) = sfu.poll_transmit() {
             match socket.try_send_to(&t.contents, t.destination) {

@@ -1,15 +1,17 @@
 //! Tessera's media engine, where ingest meets output (docs/architecture.md):
 //! rooms (routers) hold participants; a participant's transports carry producers (incoming
 //! tracks) and consumers (its copies of other producers); the SFU forwards packets from
-//! producers to consumers. The MCU and the outputs (relays, recordings) join here as they land.
+//! producers to consumers; `mcu` runs mix jobs on in-process taps of the SFU. The outputs
+//! (relays, recordings) join here as they land.
 //!
 //! `sfu` is the sans-IO core (datagrams and time in, datagrams and answers out); `driver` is the
 //! thin tokio task that owns the shared UDP socket and the timer.
 
 pub mod driver;
 pub mod forward;
+pub mod mcu;
 pub mod sfu;
 
 pub use driver::{RtcHandle, RtcServerError};
-pub use sfu::{IceRestart, IngestPacket, Quality, RoomKey, SessionInfo, SessionSpec, SfuStats};
+pub use sfu::{IceRestart, IngestPacket, PublisherInfo, Quality, RoomKey, SessionInfo, SessionSpec, SfuStats, TapPacket};
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

@@ -239,8 +239,46 @@ struct Session {
 #[derive(Default)]
 struct Room {
     publishers: HashMap<(UserId, StreamKind), u64>,
+    /// When each publishing user joined (a process-wide counter): the MCU's join order.
+    joined: HashMap<UserId, u64>,
     viewers: HashMap<(UserId, StreamKind), Vec<u64>>,
     empty_since: Option<Instant>,
+}
+
+impl Room {
+    fn forget_if_gone(&mut self, user: &UserId) {
+        if !self.publishers.keys().any(|(u, _)| u == user) {
+            self.joined.remove(user);
+        }
+    }
+}
+
+fn next_join() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A publisher as the MCU sees it (`Sfu::room_publishers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherInfo {
+    pub user: UserId,
+    pub stream: StreamKind,
+    /// Smaller joined earlier.
+    pub join_order: u64,
+    pub has_audio: bool,
+    pub has_video: bool,
+}
+
+/// One packet for an in-process subscriber (a mix job): the MCU depacketizes it itself.
+#[derive(Debug, Clone)]
+pub struct TapPacket {
+    pub user: UserId,
+    pub stream: StreamKind,
+    pub codec: Codec,
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
 }
 
 /// What the HTTP layer learns about a session.
@@ -277,6 +315,9 @@ pub struct Sfu {
     next_tick: Instant,
     empty_room_timeout: Duration,
     pub counters: Arc<SfuCounters>,
+    /// In-process subscribers (mix jobs) per room, and what they are owed.
+    taps: HashMap<RoomKey, Vec<u64>>,
+    tap_out: Vec<(u64, TapPacket)>,
 }
 
 fn to_codec(c: WireCodec) -> Option<Codec> {
@@ -325,12 +366,71 @@ impl Sfu {
             next_tick: now + TICK,
             empty_room_timeout,
             counters: Arc::new(SfuCounters::default()),
+            taps: HashMap::new(),
+            tap_out: Vec::new(),
         }
     }
 
     /// WHEP sessions a user has open in a room (at most 10 are allowed: PRODUCT.md §3.4).
     pub fn viewer_sessions(&self, room: &RoomKey, user: &UserId) -> usize {
         self.sessions.values().filter(|s| s.spec.role == PeerRole::Play && s.spec.room == *room && s.spec.user == *user).count()
+    }
+
+    /// Adds an in-process subscriber to every publisher of a room; its packets come out of
+    /// `poll_tap`.
+    pub fn add_tap(&mut self, room: RoomKey) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.taps.entry(room).or_default().push(id);
+        id
+    }
+
+    pub fn remove_tap(&mut self, id: u64) {
+        self.taps.retain(|_, v| {
+            v.retain(|t| *t != id);
+            !v.is_empty()
+        });
+    }
+
+    /// Packets owed to taps since the last call.
+    pub fn drain_taps(&mut self) -> std::vec::Drain<'_, (u64, TapPacket)> {
+        self.tap_out.drain(..)
+    }
+
+    /// The room's publishers with their join order (PRODUCT.md §3.3, LAYOUTS.md §2).
+    pub fn room_publishers(&self, room: &RoomKey) -> Vec<PublisherInfo> {
+        let Some(r) = self.rooms.get(room) else { return Vec::new() };
+        let mut out: Vec<PublisherInfo> = r
+            .publishers
+            .iter()
+            .map(|((user, stream), id)| {
+                let producers: &[Producer] = match (self.sessions.get(id), self.internal.get(id)) {
+                    (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers,
+                    (_, Some(p)) => &p.producers,
+                    _ => &[],
+                };
+                // A producer counts once it has sent something.
+                let sent = |kind| producers.iter().any(|p| p.kind == kind && p.layers.iter().any(|l| l.rate.bps > 0.0 || l.rate.bytes > 0));
+                PublisherInfo {
+                    user: user.clone(),
+                    stream: *stream,
+                    join_order: r.joined.get(user).copied().unwrap_or(u64::MAX),
+                    has_audio: sent(MediaKind::Audio),
+                    has_video: sent(MediaKind::Video),
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| (a.join_order, &a.user, a.stream.as_str()).cmp(&(b.join_order, &b.user, b.stream.as_str())));
+        out
+    }
+
+    /// Asks a publisher for a keyframe (throttled like a viewer's PLI); for an ingest, nothing.
+    pub fn request_keyframe_of(&mut self, room: &RoomKey, user: &UserId, stream: StreamKind, now: Instant) {
+        let Some(&pub_id) = self.rooms.get(room).and_then(|r| r.publishers.get(&(user.clone(), stream))) else { return };
+        let Some(Session { role: Role::Publisher { producers }, .. }) = self.sessions.get(&pub_id) else { return };
+        let Some(p) = producers.iter().find(|p| p.kind == MediaKind::Video) else { return };
+        let (mid, rid) = (p.mid, p.layers.iter().find(|l| l.rid.as_deref() == Some("h")).or(p.layers.first()).and_then(|l| l.rid));
+        self.request_keyframe(pub_id, mid, rid, now);
     }
 
     /// Whether someone publishes this (user, stream) in the room.
@@ -401,6 +501,7 @@ impl Sfu {
         match spec.role {
             PeerRole::Publish => {
                 // The newest publisher of a (user, stream) wins; the older one is closed.
+                room.joined.entry(spec.user.clone()).or_insert_with(next_join);
                 if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
                     tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
                     self.close_session(old);
@@ -451,6 +552,7 @@ impl Sfu {
                     let key = (s.spec.user.clone(), s.spec.stream);
                     if room.publishers.get(&key) == Some(&id) {
                         room.publishers.remove(&key);
+                        room.forget_if_gone(&key.0);
                     }
                 }
                 PeerRole::Play => {
@@ -794,6 +896,17 @@ impl Sfu {
     /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
     /// `only`. Returns nothing; viewers written to are marked dirty.
     fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
+        // Mix jobs take one layer (the top one, or the only one) of everyone but mixes.
+        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) && !key.0.as_str().starts_with("mix_") {
+            if let Some(taps) = self.taps.get(room) {
+                for t in taps {
+                    self.tap_out.push((
+                        *t,
+                        TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() },
+                    ));
+                }
+            }
+        }
         let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
         let mut ids = std::mem::take(&mut self.scratch_ids);
         ids.clear();
@@ -884,6 +997,7 @@ impl Sfu {
         self.next_id += 1;
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
+        room.joined.entry(spec.user.clone()).or_insert_with(next_join);
         if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
             tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
             self.close_session(old);
@@ -910,6 +1024,7 @@ impl Sfu {
             let key = (p.spec.user.clone(), p.spec.stream);
             if room.publishers.get(&key) == Some(&id) {
                 room.publishers.remove(&key);
+                room.forget_if_gone(&key.0);
             }
         }
         tracing::info!(sid = %p.spec.sid, "internal publisher removed");

@@ -1,0 +1,592 @@
+//! One mix job: a worker thread that owns its decoders, canvas, encoders and mixer, so nothing on
+//! the network threads waits for codec work. The HTTP side reads `MixStatus` and replaces the
+//! live parts of `MixSpec` (layout, audio, subscription) through the `MixHandle`.
+
+use super::audio_mix::AudioMixer;
+use super::layout::{InputKey, LayoutConfig, LayoutState, Placement, Rgb};
+use crate::driver::RtcHandle;
+use crate::sfu::{IngestPacket, PublisherInfo, RoomKey, SessionSpec, TapPacket};
+use crate::{PeerRole, Quality};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_media::h264::{self, H264Packetizer};
+use tessera_media::{Codec, StreamKind};
+use tessera_model::UserId;
+use tessera_transcode::compose::{Canvas, Rect};
+use tessera_transcode::decode::{OpusDecoder, OpusEncoder, VideoCodec, VideoDecoder};
+use tessera_transcode::video::{EncoderSettings, H264Encoder};
+use tessera_transcode::OPUS_FRAME;
+
+/// The most inputs a job takes (LAYOUTS.md §2).
+pub const MAX_INPUTS: usize = 25;
+/// A frame missing this long: the tile shows its placeholder.
+const FROZEN_LIMIT: Duration = Duration::from_secs(2);
+const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
+/// Decoded audio kept per input before the oldest is dropped (bounds latency after a stall).
+const MAX_AUDIO_BUFFER: usize = 48_000 * 2 / 5;
+/// Audio buffered before an input is mixed (the jitter buffer).
+const AUDIO_PREROLL: usize = 48 * 2 * 60;
+const MAX_RTP_PAYLOAD: usize = 1200;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Subscribe {
+    pub video_allow: Option<Vec<String>>,
+    pub video_deny: Vec<String>,
+    pub audio_allow: Option<Vec<String>>,
+    pub audio_deny: Vec<String>,
+}
+
+impl Subscribe {
+    pub fn everyone() -> Subscribe {
+        Subscribe { video_allow: None, video_deny: Vec::new(), audio_allow: None, audio_deny: Vec::new() }
+    }
+
+    /// Deny beats allow; a `None` allow list means everyone.
+    fn allows(allow: &Option<Vec<String>>, deny: &[String], user: &str) -> bool {
+        !deny.iter().any(|d| d == user) && allow.as_ref().is_none_or(|a| a.iter().any(|x| x == user))
+    }
+
+    pub fn video(&self, user: &str) -> bool {
+        Self::allows(&self.video_allow, &self.video_deny, user)
+    }
+
+    pub fn audio(&self, user: &str) -> bool {
+        Self::allows(&self.audio_allow, &self.audio_deny, user)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AudioMode {
+    All,
+    Users(Vec<String>),
+    None,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EncodeSettings {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub kbps: u32,
+    pub gop_s: u32,
+    pub audio_channels: usize,
+    pub audio_kbps: u32,
+}
+
+/// What a job does; `layout`, `audio` and `subscribe` may be replaced while it runs.
+#[derive(Debug, Clone)]
+pub struct MixSpec {
+    pub id: String,
+    pub room: RoomKey,
+    pub user: UserId,
+    pub layout: LayoutConfig,
+    pub background: Rgb,
+    pub include_aux: bool,
+    pub subscribe: Subscribe,
+    pub audio: AudioMode,
+    pub max_voices: usize,
+    pub encode: EncodeSettings,
+    pub video: bool,
+    pub max_idle: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MixState {
+    Starting,
+    Running,
+    Stopped,
+}
+
+impl MixState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MixState::Starting => "STARTING",
+            MixState::Running => "RUNNING",
+            MixState::Stopped => "STOPPED",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct InputStatus {
+    pub key: InputKey,
+    pub join_order: u64,
+    pub tile: Option<super::layout::Tile>,
+    pub has_video: bool,
+    pub has_audio: bool,
+    pub voice_selected: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct MixStats {
+    pub fps: f64,
+    pub decode_ms_p50: f64,
+    pub compose_ms_p50: f64,
+    pub encode_ms_p50: f64,
+    pub dropped_frames: u64,
+    pub frames: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct MixStatus {
+    pub state: MixState,
+    pub inputs: Vec<InputStatus>,
+    pub stats: MixStats,
+    pub stopped_at: Option<i64>,
+    pub leave_code: Option<u32>,
+    pub error: Option<String>,
+}
+
+/// The HTTP side's handle on a running job.
+pub struct MixHandle {
+    spec: Mutex<MixSpec>,
+    status: Mutex<MixStatus>,
+    stop: AtomicBool,
+}
+
+impl MixHandle {
+    pub fn spec(&self) -> MixSpec {
+        self.spec.lock().expect("mix spec").clone()
+    }
+
+    pub fn status(&self) -> MixStatus {
+        self.status.lock().expect("mix status").clone()
+    }
+
+    /// Replaces the live parts of the spec; the job applies it at its next frame.
+    pub fn update(&self, f: impl FnOnce(&mut MixSpec)) {
+        f(&mut self.spec.lock().expect("mix spec"));
+    }
+
+    pub fn stop(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+    }
+
+    /// Starts the job's thread; `on_stop` runs on it once the job has stopped.
+    pub fn start(spec: MixSpec, rtc: RtcHandle, runtime: tokio::runtime::Handle) -> std::io::Result<Arc<MixHandle>> {
+        let handle = Arc::new(MixHandle {
+            spec: Mutex::new(spec.clone()),
+            status: Mutex::new(MixStatus { state: MixState::Starting, inputs: Vec::new(), stats: MixStats::default(), stopped_at: None, leave_code: None, error: None }),
+            stop: AtomicBool::new(false),
+        });
+        let h = handle.clone();
+        std::thread::Builder::new().name(format!("mix-{}", spec.id)).spawn(move || {
+            let (code, error) = match run(&h, &rtc, &runtime) {
+                Ok(code) => (code, None),
+                Err(e) => {
+                    tracing::error!(job = %spec.id, "mix job failed: {e}");
+                    (104, Some(e))
+                }
+            };
+            let mut st = h.status.lock().expect("mix status");
+            st.state = MixState::Stopped;
+            st.stopped_at = Some(unix_ms());
+            st.leave_code = Some(code);
+            st.error = error;
+            tracing::info!(job = %spec.id, leave_code = code, "mix job stopped");
+        })?;
+        Ok(handle)
+    }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
+
+/// An access unit being reassembled from RTP.
+struct VideoIn {
+    codec: Codec,
+    decoder: Option<VideoDecoder>,
+    au_ts: Option<u32>,
+    au: Vec<(u64, Arc<[u8]>)>,
+    waiting_keyframe: bool,
+    last_picture: Option<Instant>,
+    last_keyframe_request: Option<Instant>,
+}
+
+struct AudioIn {
+    decoder: Option<OpusDecoder>,
+    buffer: VecDeque<f32>,
+    primed: bool,
+}
+
+struct Input {
+    video: Option<VideoIn>,
+    audio: Option<AudioIn>,
+}
+
+/// p50 of the last samples.
+#[derive(Default)]
+struct Timing(VecDeque<f64>);
+
+impl Timing {
+    fn add(&mut self, ms: f64) {
+        if self.0.len() >= 100 {
+            self.0.pop_front();
+        }
+        self.0.push_back(ms);
+    }
+    fn p50(&self) -> f64 {
+        let mut v: Vec<f64> = self.0.iter().copied().collect();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.get(v.len() / 2).copied().map(|x| (x * 100.0).round() / 100.0).unwrap_or(0.0)
+    }
+}
+
+fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) -> Result<u32, String> {
+    let spec = handle.spec();
+    let enc = spec.encode;
+    let (tap, mut packets) = runtime.block_on(rtc.add_tap(spec.room.clone())).map_err(|e| e.to_string())?;
+    let out_spec = SessionSpec {
+        sid: tessera_model::random::session_id(),
+        room: spec.room.clone(),
+        user: spec.user.clone(),
+        role: PeerRole::Publish,
+        stream: StreamKind::Main,
+        source_user: None,
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+    };
+    let publisher = runtime.block_on(rtc.add_ingest(out_spec)).map_err(|e| e.to_string())?;
+    let result = (|| -> Result<u32, String> {
+        let mut canvas = if spec.video { Some(Canvas::new(enc.width, enc.height)) } else { None };
+        let mut encoder = if spec.video {
+            Some(H264Encoder::new(EncoderSettings { width: enc.width, height: enc.height, fps: enc.fps, kbps: enc.kbps, gop_frames: enc.fps * enc.gop_s.max(1) }).map_err(|e| e.to_string())?)
+        } else {
+            None
+        };
+        let mut opus = if spec.audio != AudioMode::None { Some(OpusEncoder::new(enc.audio_channels, enc.audio_kbps).map_err(|e| e.to_string())?) } else { None };
+        let mut mixer: AudioMixer<InputKey> = AudioMixer::new(spec.max_voices);
+        let mut packetizer = H264Packetizer::new(MAX_RTP_PAYLOAD);
+        let (video_ssrc, audio_ssrc) = (random_u32(), random_u32());
+        let (mut video_seq, mut audio_seq) = (1u64, 1u64);
+        let mut layout = LayoutState::default();
+        let mut inputs: HashMap<InputKey, Input> = HashMap::new();
+        let mut publishers: Vec<PublisherInfo> = Vec::new();
+        let mut placements: Vec<Placement> = Vec::new();
+        let mut selected: Vec<InputKey> = Vec::new();
+        let (mut decode_t, mut compose_t, mut encode_t) = (Timing::default(), Timing::default(), Timing::default());
+        let mut stats = MixStats::default();
+        let start = Instant::now();
+        let frame_time = Duration::from_secs_f64(1.0 / enc.fps.max(1) as f64);
+        let mut next_frame = start;
+        let mut next_audio = start;
+        let mut next_refresh = start;
+        let mut idle_since: Option<Instant> = None;
+        let mut fps_window = (start, 0u64);
+        let mut mix_pcm = vec![0.0f32; OPUS_FRAME * 2];
+        let mut encoded = Vec::new();
+        let mut opus_out = Vec::new();
+        loop {
+            if handle.stop.load(Ordering::SeqCst) {
+                return Ok(0);
+            }
+            let spec = handle.spec();
+            let now = Instant::now();
+            // Room membership: who is an input, in join order.
+            if now >= next_refresh {
+                next_refresh = now + Duration::from_millis(250);
+                publishers = runtime.block_on(rtc.room_publishers(spec.room.clone())).map_err(|e| e.to_string())?;
+                publishers.retain(|p| !p.user.as_str().starts_with("mix_"));
+                let anchors = !publishers.is_empty();
+                match (anchors, idle_since) {
+                    (true, _) => idle_since = None,
+                    (false, None) => idle_since = Some(now),
+                    (false, Some(t)) if now - t >= spec.max_idle => return Ok(99),
+                    _ => {}
+                }
+                let present: Vec<InputKey> = publishers.iter().map(|p| InputKey::new(p.user.as_str(), p.stream.as_str())).collect();
+                inputs.retain(|k, _| present.contains(k));
+            }
+            // Packets from the tap: reassemble and decode.
+            let t0 = Instant::now();
+            let mut keyframe_wanted: Vec<InputKey> = Vec::new();
+            while let Ok(p) = packets.try_recv() {
+                let key = InputKey::new(p.user.as_str(), p.stream.as_str());
+                if !publishers.iter().any(|x| x.user == p.user && x.stream == p.stream) {
+                    continue;
+                }
+                let input = inputs.entry(key.clone()).or_insert(Input { video: None, audio: None });
+                if p.codec == Codec::Opus {
+                    if spec.audio == AudioMode::None || !wants_audio(&spec, &key) {
+                        continue;
+                    }
+                    let a = input.audio.get_or_insert_with(|| AudioIn { decoder: OpusDecoder::new().ok(), buffer: VecDeque::new(), primed: false });
+                    if let Some(d) = a.decoder.as_mut() {
+                        let mut pcm = Vec::new();
+                        if d.decode(&p.payload, &mut pcm).is_ok() {
+                            a.buffer.extend(pcm);
+                            while a.buffer.len() > MAX_AUDIO_BUFFER {
+                                a.buffer.pop_front();
+                            }
+                        }
+                    }
+                } else if spec.video && spec.subscribe.video(&key.user) {
+                    let v = input.video.get_or_insert_with(|| VideoIn {
+                        codec: p.codec,
+                        decoder: None,
+                        au_ts: None,
+                        au: Vec::new(),
+                        waiting_keyframe: true,
+                        last_picture: None,
+                        last_keyframe_request: None,
+                    });
+                    if on_video_packet(v, &p) {
+                        keyframe_wanted.push(key.clone());
+                    }
+                }
+            }
+            decode_t.add(t0.elapsed().as_secs_f64() * 1000.0);
+            for (key, input) in inputs.iter_mut() {
+                if let Some(v) = input.video.as_mut() {
+                    let stale = v.last_picture.is_none_or(|t| now - t > Duration::from_millis(500));
+                    if (v.waiting_keyframe || stale) && v.last_keyframe_request.is_none_or(|t| now - t >= KEYFRAME_RETRY) {
+                        keyframe_wanted.push(key.clone());
+                    }
+                }
+            }
+            keyframe_wanted.sort();
+            keyframe_wanted.dedup();
+            for key in keyframe_wanted {
+                if let Some(v) = inputs.get_mut(&key).and_then(|i| i.video.as_mut()) {
+                    v.last_keyframe_request = Some(now);
+                }
+                if let (Ok(user), Some(stream)) = (UserId::parse(&key.user), StreamKind::parse(&key.stream)) {
+                    let _ = runtime.block_on(rtc.request_keyframe(spec.room.clone(), user, stream));
+                }
+            }
+
+            // Video: one canvas per output tick.
+            if let (Some(canvas), Some(encoder)) = (canvas.as_mut(), encoder.as_mut()) {
+                if now >= next_frame {
+                    let behind = now - next_frame;
+                    if behind > frame_time * 2 {
+                        stats.dropped_frames += (behind.as_secs_f64() / frame_time.as_secs_f64()) as u64;
+                        next_frame = now;
+                    }
+                    next_frame += frame_time;
+                    let t1 = Instant::now();
+                    let candidates = candidates(&spec, &publishers);
+                    placements = layout.compute(&spec.layout, enc.width, enc.height, &candidates);
+                    let bg = spec.background;
+                    canvas.fill(Rect { x: 0, y: 0, width: enc.width, height: enc.height }, (bg.0, bg.1, bg.2));
+                    let mut order: Vec<usize> = (0..placements.len()).collect();
+                    order.sort_by_key(|i| placements[*i].tile.z_order);
+                    for i in order {
+                        let p = &placements[i];
+                        let t = p.tile;
+                        let rect = Rect { x: t.x, y: t.y, width: t.width, height: t.height };
+                        let tile_bg = t.background.unwrap_or(bg);
+                        let picture = p.input.as_ref().and_then(|k| inputs.get(k)).and_then(|input| input.video.as_ref()).filter(|v| v.last_picture.is_some_and(|at| now - at < FROZEN_LIMIT)).and_then(|v| v.decoder.as_ref()).and_then(|d| d.picture());
+                        match picture {
+                            Some(frame) => {
+                                let _ = canvas.draw(i, frame, rect, t.fill_mode == super::layout::FillMode::Fill, (tile_bg.0, tile_bg.1, tile_bg.2));
+                            }
+                            None => canvas.fill(rect, (tile_bg.0, tile_bg.1, tile_bg.2)),
+                        }
+                    }
+                    compose_t.add(t1.elapsed().as_secs_f64() * 1000.0);
+                    let t2 = Instant::now();
+                    let pts_ms = start.elapsed().as_millis() as i64;
+                    encoded.clear();
+                    encoder.encode(canvas.frame_mut(), pts_ms, &mut encoded).map_err(|e| e.to_string())?;
+                    encode_t.add(t2.elapsed().as_secs_f64() * 1000.0);
+                    let mut out = Vec::new();
+                    for e in &encoded {
+                        let nalus = h264::split_annex_b(&e.data);
+                        let mut payloads = Vec::new();
+                        packetizer.push(&nalus, (e.pts_ms as u64 * 90) as u32, &mut payloads);
+                        for pl in payloads {
+                            out.push(IngestPacket { ssrc: video_ssrc, seq: video_seq, ts: pl.ts, marker: pl.marker, keyframe: pl.keyframe, codec: Codec::H264, payload: Arc::from(pl.payload) });
+                            video_seq += 1;
+                        }
+                    }
+                    if !out.is_empty() {
+                        runtime.block_on(rtc.push(publisher, out)).map_err(|e| e.to_string())?;
+                    }
+                    stats.frames += 1;
+                    fps_window.1 += 1;
+                }
+            }
+
+            // Audio: one 20 ms mix per tick.
+            if let Some(opus) = opus.as_mut() {
+                while Instant::now() >= next_audio {
+                    next_audio += Duration::from_millis(20);
+                    let mut blocks: Vec<(InputKey, Vec<f32>)> = Vec::new();
+                    for (key, input) in inputs.iter_mut() {
+                        let Some(a) = input.audio.as_mut() else { continue };
+                        if !a.primed {
+                            a.primed = a.buffer.len() >= AUDIO_PREROLL;
+                            if !a.primed {
+                                continue;
+                            }
+                        }
+                        let n = (OPUS_FRAME * 2).min(a.buffer.len());
+                        let mut block: Vec<f32> = a.buffer.drain(..n).collect();
+                        if block.len() < OPUS_FRAME * 2 {
+                            // Ran dry: play what there is and wait for the pre-roll again.
+                            a.primed = false;
+                            block.resize(OPUS_FRAME * 2, 0.0);
+                        }
+                        blocks.push((key.clone(), block));
+                    }
+                    let refs: Vec<(InputKey, &[f32])> = blocks.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
+                    selected = mixer.mix(&refs, &mut mix_pcm);
+                    opus_out.clear();
+                    opus.encode(&mix_pcm, &mut opus_out).map_err(|e| e.to_string())?;
+                    let out: Vec<IngestPacket> = opus_out
+                        .drain(..)
+                        .map(|f| {
+                            audio_seq += 1;
+                            // Opus timestamps on the video's clock (ms since start × 48).
+                            let ts = (next_audio - start).as_millis() as u64 * 48 - 960;
+                            IngestPacket { ssrc: audio_ssrc, seq: audio_seq, ts: ts as u32, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data) }
+                        })
+                        .collect();
+                    if !out.is_empty() {
+                        runtime.block_on(rtc.push(publisher, out)).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+
+            // Status for GET.
+            if fps_window.0.elapsed() >= Duration::from_secs(1) {
+                stats.fps = (fps_window.1 as f64 / fps_window.0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+                fps_window = (Instant::now(), 0);
+            }
+            stats.decode_ms_p50 = decode_t.p50();
+            stats.compose_ms_p50 = compose_t.p50();
+            stats.encode_ms_p50 = encode_t.p50();
+            {
+                let mut st = handle.status.lock().expect("mix status");
+                if stats.frames > 0 || (!spec.video && !selected.is_empty()) {
+                    st.state = MixState::Running;
+                }
+                st.stats = stats.clone();
+                st.inputs = publishers
+                    .iter()
+                    .map(|p| {
+                        let key = InputKey::new(p.user.as_str(), p.stream.as_str());
+                        InputStatus {
+                            tile: placements.iter().find(|x| x.input.as_ref() == Some(&key)).map(|x| x.tile),
+                            voice_selected: selected.contains(&key),
+                            has_video: p.has_video,
+                            has_audio: p.has_audio,
+                            join_order: p.join_order,
+                            key,
+                        }
+                    })
+                    .collect();
+            }
+            // Sleep until the next tick (packets queue in the tap meanwhile).
+            let mut next = next_refresh;
+            if canvas.is_some() {
+                next = next.min(next_frame);
+            }
+            if opus.is_some() {
+                next = next.min(next_audio);
+            }
+            let wait = next.saturating_duration_since(Instant::now()).min(Duration::from_millis(10));
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    })();
+    let _ = runtime.block_on(rtc.remove_tap(tap));
+    let _ = runtime.block_on(rtc.remove_ingest(publisher));
+    result
+}
+
+fn wants_audio(spec: &MixSpec, key: &InputKey) -> bool {
+    if !spec.subscribe.audio(&key.user) {
+        return false;
+    }
+    match &spec.audio {
+        AudioMode::All => true,
+        AudioMode::Users(users) => users.iter().any(|u| *u == key.user),
+        AudioMode::None => false,
+    }
+}
+
+/// The layout's candidates (LAYOUTS.md §2): every `main` stream that passes `subscribe`; `aux`
+/// only with `include_aux` or when named by `main` or a region; in join order, at most 25.
+fn candidates(spec: &MixSpec, publishers: &[PublisherInfo]) -> Vec<InputKey> {
+    let named: Vec<&InputKey> = spec.layout.main.iter().chain(spec.layout.regions.iter().filter_map(|r| r.input.as_ref())).collect();
+    publishers
+        .iter()
+        .filter(|p| spec.subscribe.video(p.user.as_str()) || spec.subscribe.audio(p.user.as_str()))
+        .map(|p| InputKey::new(p.user.as_str(), p.stream.as_str()))
+        .filter(|k| k.stream == "main" || spec.include_aux || named.contains(&k))
+        .take(MAX_INPUTS)
+        .collect()
+}
+
+/// Adds one RTP packet to its access unit and decodes the unit when complete. Returns whether a
+/// keyframe should be asked for (a gap, a decode error).
+fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
+    if v.au_ts.is_some_and(|ts| ts != p.ts) && !v.au.is_empty() {
+        // The previous unit never saw its marker: lost.
+        v.au.clear();
+        v.waiting_keyframe = true;
+    }
+    v.au_ts = Some(p.ts);
+    v.au.push((p.seq, p.payload.clone()));
+    if !p.marker {
+        return false;
+    }
+    let mut au = std::mem::take(&mut v.au);
+    au.sort_by_key(|(s, _)| *s);
+    let contiguous = au.windows(2).all(|w| w[1].0 == w[0].0 + 1);
+    if !contiguous {
+        v.waiting_keyframe = true;
+        return true;
+    }
+    let (data, keyframe, codec) = match v.codec {
+        Codec::H264 => {
+            let payloads: Vec<Vec<u8>> = au.iter().map(|(_, p)| p.to_vec()).collect();
+            let nalus = h264::depacketize(&payloads);
+            let key = nalus.iter().any(|n| h264::nal_type(n) == Some(h264::NAL_IDR));
+            (h264::to_annex_b(&nalus), key, VideoCodec::H264)
+        }
+        Codec::Vp8 => {
+            let mut frame = Vec::new();
+            for (_, p) in &au {
+                if let Some((_, body)) = tessera_media::vp8::depacketize(p) {
+                    frame.extend_from_slice(body);
+                }
+            }
+            let key = tessera_media::vp8::is_keyframe(&frame);
+            (frame, key, VideoCodec::Vp8)
+        }
+        Codec::Opus => return false,
+    };
+    if v.waiting_keyframe && !keyframe {
+        return false;
+    }
+    if v.decoder.is_none() {
+        v.decoder = VideoDecoder::new(codec).ok();
+    }
+    let Some(decoder) = v.decoder.as_mut() else { return false };
+    match decoder.decode(&data) {
+        Ok(got) => {
+            v.waiting_keyframe = false;
+            if got {
+                v.last_picture = Some(Instant::now());
+            }
+            false
+        }
+        Err(_) => {
+            v.waiting_keyframe = true;
+            true
+        }
+    }
+}
+
+fn random_u32() -> u32 {
+    let mut b = [0u8; 4];
+    tessera_model::random::fill(&mut b);
+    u32::from_be_bytes(b)
+}
