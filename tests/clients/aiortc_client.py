@@ -4,7 +4,9 @@
 publish: sends a synthetic video (solid colour, frame counter in the luma of the top-left
          block) and a 440 Hz tone for --seconds, then DELETEs the session.
 play:    receives for --seconds and prints one JSON line: frames decoded, size, audio frames,
-         the mean colour of the last frame.
+         the mean colour of the last frame; with --sample "x,y;x,y" the colour (3x3 mean) at
+         those points every few frames as [time, [[r,g,b], ...]]; with --tones "f1,f2" how far
+         each tone stands above the spectrum's median (dB) over the last 2 s of audio.
 Errors print {"error": ...} and exit 1.
 """
 import argparse
@@ -114,6 +116,10 @@ async def play(a):
     pc.addTransceiver("audio", direction="recvonly")
     pc.addTransceiver("video", direction="recvonly")
     result = {"frames": 0, "width": 0, "height": 0, "audio_frames": 0, "audio_rms": 0.0, "mean_rgb": None, "frame_times": []}
+    points = [tuple(int(v) for v in p.split(",")) for p in a.sample.split(";")] if a.sample else []
+    if points:
+        result["samples"] = []
+    mono = []
     tasks = []
 
     async def consume(track):
@@ -126,13 +132,24 @@ async def play(a):
                 result["frames"] += 1
                 result["frame_times"].append(round(time.time(), 3))
                 result["width"], result["height"] = frame.width, frame.height
-                if result["frames"] % 10 == 0:
+                if result["frames"] % 10 == 0 or (points and result["frames"] % 3 == 0):
                     rgb = frame.to_ndarray(format="rgb24")
                     result["mean_rgb"] = [int(x) for x in rgb.reshape(-1, 3).mean(axis=0)]
+                    if points:
+                        h, w = rgb.shape[0], rgb.shape[1]
+                        cols = []
+                        for (x, y) in points:
+                            x, y = min(max(x, 1), w - 2), min(max(y, 1), h - 2)
+                            cols.append([int(c) for c in rgb[y - 1:y + 2, x - 1:x + 2].reshape(-1, 3).mean(axis=0)])
+                        result["samples"].append([round(time.time(), 3), cols])
             else:
                 result["audio_frames"] += 1
                 pcm = frame.to_ndarray().astype(np.float64)
                 result["audio_rms"] = max(result["audio_rms"], float(np.sqrt((pcm ** 2).mean())))
+                if a.tones:
+                    channels = len(frame.layout.channels)
+                    mono.extend(pcm.reshape(-1, channels).mean(axis=1).tolist())
+                    del mono[:-96000]
 
     @pc.on("track")
     def on_track(track):
@@ -148,6 +165,15 @@ async def play(a):
     await pc.close()
     for t in tasks:
         t.cancel()
+    if a.tones and len(mono) >= 48000:
+        x = np.array(mono) * np.hanning(len(mono))
+        spectrum = np.abs(np.fft.rfft(x))
+        freqs = np.fft.rfftfreq(len(mono), 1 / 48000)
+        floor = float(np.median(spectrum)) + 1e-9
+        result["tones"] = {}
+        for f in a.tones.split(","):
+            band = spectrum[(freqs > float(f) - 10) & (freqs < float(f) + 10)]
+            result["tones"][f] = round(20 * math.log10(float(band.max()) / floor), 1)
     print(json.dumps(result), flush=True)
     return 0
 
@@ -162,6 +188,8 @@ def main():
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--delay", type=float, default=0, help="seconds to wait before starting")
+    p.add_argument("--sample", default="", help="play: points x,y;x,y whose colour is sampled")
+    p.add_argument("--tones", default="", help="play: frequencies f1,f2 measured in the audio")
     a = p.parse_args()
     try:
         if a.delay:

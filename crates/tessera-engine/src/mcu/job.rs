@@ -263,6 +263,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         let (video_ssrc, audio_ssrc) = (random_u32(), random_u32());
         let (mut video_seq, mut audio_seq) = (1u64, 1u64);
         let mut layout = LayoutState::default();
+        let mut layout_config = spec.layout.clone();
         let mut inputs: HashMap<InputKey, Input> = HashMap::new();
         let mut publishers: Vec<PublisherInfo> = Vec::new();
         let mut placements: Vec<Placement> = Vec::new();
@@ -284,6 +285,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                 return Ok(0);
             }
             let spec = handle.spec();
+            mixer.max_voices = spec.max_voices;
             let now = Instant::now();
             // Room membership: who is an input, in join order.
             if now >= next_refresh {
@@ -369,6 +371,11 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                     next_frame += frame_time;
                     let t1 = Instant::now();
                     let candidates = candidates(&spec, &publishers);
+                    if spec.layout != layout_config {
+                        // A new layout (PATCH) starts from join order, not the old slot list.
+                        layout = LayoutState::default();
+                        layout_config = spec.layout.clone();
+                    }
                     placements = layout.compute(&spec.layout, enc.width, enc.height, &candidates);
                     let bg = spec.background;
                     canvas.fill(Rect { x: 0, y: 0, width: enc.width, height: enc.height }, (bg.0, bg.1, bg.2));

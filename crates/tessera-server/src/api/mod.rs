@@ -5,6 +5,7 @@ mod apikeys;
 mod cors;
 mod app;
 mod ingests;
+pub mod mixjobs;
 pub mod auth;
 pub mod json;
 mod tokens;
@@ -37,6 +38,7 @@ pub struct Shared {
     /// Task-changing calls, per app (PRODUCT.md §10: 20/s, burst 40).
     pub task_rate: auth::RateLimiter,
     pub ingests: crate::ingest::Ingests,
+    pub mix_jobs: mixjobs::MixJobs,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -54,6 +56,7 @@ impl AppState {
     pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>) -> AppState {
         AppState(Arc::new(Shared {
             ingests: crate::ingest::Ingests::new(tasks_dir),
+            mix_jobs: mixjobs::MixJobs::default(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
@@ -73,6 +76,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/app", get(app::get).patch(app::update))
         .route("/v1/app/secrets", post(app::add_secret))
         .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
+        .route("/v1/mix-jobs", post(mixjobs::start).get(mixjobs::list))
+        .route("/v1/mix-jobs/{id}", get(mixjobs::get).patch(mixjobs::update).delete(mixjobs::stop))
         .route("/v1/ingests", post(ingests::start).get(ingests::list))
         .route("/v1/ingests/{id}", get(ingests::get).patch(ingests::update).delete(ingests::stop))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));

@@ -1,0 +1,506 @@
+//! `/v1/mix-jobs` (LAYOUTS.md §1): start, read, update live and stop MCU mix jobs.
+//!
+//! A request is checked completely (every field of LAYOUTS.md with `details.field` on error)
+//! and turned into a `MixSpec` before anything starts, so no job is left half-started. The
+//! response echoes the stored job with every default filled in.
+
+use super::auth::Caller;
+use super::json::ApiJson;
+use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use dashmap::DashMap;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_engine::mcu::{AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixHandle, MixSpec, MixState, Region, Rgb, Subscribe, Template, Tile};
+use tessera_engine::RoomKey;
+use tessera_model::{AppId, RoomId, UserId};
+
+/// Every mix job of the server.
+#[derive(Default)]
+pub struct MixJobs {
+    jobs: DashMap<String, Arc<MixJob>>,
+}
+
+pub struct MixJob {
+    app: AppId,
+    created_at: i64,
+    /// The normalized request (defaults filled), replaced section by section by PATCH.
+    request: Mutex<Value>,
+    handle: Arc<MixHandle>,
+}
+
+impl MixJobs {
+    fn running(&self) -> usize {
+        self.jobs.iter().filter(|j| j.handle.status().state != MixState::Stopped).count()
+    }
+
+    /// Stops every job (server shut-down).
+    pub fn shutdown(&self) {
+        for j in self.jobs.iter() {
+            j.handle.stop();
+        }
+    }
+}
+
+fn field(name: &str, reason: impl Into<String>) -> ApiError {
+    ApiError::invalid_parameter(name, reason)
+}
+
+fn obj<'a>(v: &'a Value, name: &str) -> ApiResult<Option<&'a serde_json::Map<String, Value>>> {
+    match v.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Object(m)) => Ok(Some(m)),
+        Some(_) => Err(field(name, "must be an object")),
+    }
+}
+
+fn known(map: &serde_json::Map<String, Value>, section: &str, keys: &[&str]) -> ApiResult<()> {
+    match map.keys().find(|k| !keys.contains(&k.as_str())) {
+        Some(k) => Err(field(&format!("{section}.{k}"), "unknown field")),
+        None => Ok(()),
+    }
+}
+
+fn get_u64(map: &serde_json::Map<String, Value>, section: &str, key: &str) -> ApiResult<Option<u64>> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or_else(|| field(&format!("{section}.{key}"), "must be a non-negative integer")),
+    }
+}
+
+fn get_str<'a>(map: &'a serde_json::Map<String, Value>, section: &str, key: &str) -> ApiResult<Option<&'a str>> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(field(&format!("{section}.{key}"), "must be a string")),
+    }
+}
+
+fn get_users(map: &serde_json::Map<String, Value>, section: &str, key: &str) -> ApiResult<Option<Vec<String>>> {
+    match map.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Array(a)) => a
+            .iter()
+            .map(|u| u.as_str().and_then(|s| UserId::parse(s).ok()).map(|u| u.as_str().to_owned()).ok_or_else(|| field(&format!("{section}.{key}"), "must be a list of user ids")))
+            .collect::<ApiResult<Vec<String>>>()
+            .map(Some),
+        Some(_) => Err(field(&format!("{section}.{key}"), "must be a list of user ids")),
+    }
+}
+
+fn colour(map: &serde_json::Map<String, Value>, section: &str, key: &str, default: Rgb) -> ApiResult<Rgb> {
+    match get_str(map, section, key)? {
+        None => Ok(default),
+        Some(s) => Rgb::parse(s).ok_or_else(|| field(&format!("{section}.{key}"), "must be a colour like #1a2b3c")),
+    }
+}
+
+fn stream_of(s: Option<&str>, name: &str, default: &str) -> ApiResult<String> {
+    match s.unwrap_or(default) {
+        "main" => Ok("main".into()),
+        "aux" => Ok("aux".into()),
+        _ => Err(field(name, "must be 'main' or 'aux'")),
+    }
+}
+
+/// `layout` → the engine's config, the background colour, include_aux, and its normalized JSON.
+fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: u32) -> ApiResult<(LayoutConfig, Rgb, bool, Value)> {
+    let empty = serde_json::Map::new();
+    let m = v.unwrap_or(&empty);
+    known(m, "layout", &["template", "max_tiles", "main", "regions", "include_aux", "background_color", "background_image", "placeholder_image", "watermarks"])?;
+    let template_name = get_str(m, "layout", "template")?.unwrap_or("nine_grid");
+    let template = Template::parse(template_name).ok_or_else(|| field("layout.template", "must be nine_grid, float, screen_share_left, screen_share_right or custom"))?;
+    let max = template.max_tiles();
+    let max_tiles = get_u64(m, "layout", "max_tiles")?.unwrap_or(max as u64) as usize;
+    if max_tiles < 1 || max_tiles > max {
+        return Err(field("layout.max_tiles", format!("must be 1 to {max} for {}", template.as_str())));
+    }
+    let main = match obj(&Value::Object(m.clone()), "main").map_err(|_| field("layout.main", "must be an object or null"))? {
+        None => None,
+        Some(mm) => {
+            known(mm, "layout.main", &["user", "stream"])?;
+            let user = get_str(mm, "layout.main", "user")?.ok_or_else(|| field("layout.main.user", "is required"))?;
+            let user = UserId::parse(user).map_err(|e| field("layout.main.user", e.reason))?;
+            let default_stream = if matches!(template, Template::ScreenShareLeft | Template::ScreenShareRight) { "aux" } else { "main" };
+            Some(InputKey::new(user.as_str(), &stream_of(get_str(mm, "layout.main", "stream")?, "layout.main.stream", default_stream)?))
+        }
+    };
+    let background = colour(m, "layout", "background_color", Rgb(0, 0, 0))?;
+    let include_aux = match m.get("include_aux") {
+        None | Some(Value::Null) => false,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field("layout.include_aux", "must be true or false")),
+    };
+    for key in ["background_image", "placeholder_image"] {
+        if get_str(m, "layout", key)?.is_some() {
+            return Err(field(&format!("layout.{key}"), "images are not supported yet"));
+        }
+    }
+    match m.get("watermarks") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) if a.is_empty() => {}
+        Some(Value::Array(_)) => return Err(field("layout.watermarks", "watermarks are not supported yet")),
+        Some(_) => return Err(field("layout.watermarks", "must be a list")),
+    }
+    let mut regions = Vec::new();
+    let mut regions_json = Vec::new();
+    match m.get("regions") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(a)) => {
+            if a.len() > 25 {
+                return Err(field("layout.regions", "at most 25 regions"));
+            }
+            for (i, r) in a.iter().enumerate() {
+                let name = format!("layout.regions[{i}]");
+                let rm = r.as_object().ok_or_else(|| field(&name, "must be an object"))?;
+                known(rm, &name, &["x", "y", "width", "height", "z_order", "fill_mode", "background_color", "user", "stream"])?;
+                let num = |k: &str| -> ApiResult<u32> { Ok(get_u64(rm, &name, k)?.ok_or_else(|| field(&format!("{name}.{k}"), "is required"))?.min(u32::MAX as u64) as u32 & !1) };
+                let (x, y, w, h) = (num("x")?, num("y")?, num("width")?, num("height")?);
+                if w < 2 || h < 2 || x + w > width || y + h > height {
+                    return Err(field(&name, format!("must lie inside the {width}x{height} canvas with width and height of at least 2")));
+                }
+                let z = get_u64(rm, &name, "z_order")?.unwrap_or(0);
+                if z > 100 {
+                    return Err(field(&format!("{name}.z_order"), "must be 0 to 100"));
+                }
+                let fill_mode = match get_str(rm, &name, "fill_mode")?.unwrap_or("fill") {
+                    "fill" => FillMode::Fill,
+                    "fit" => FillMode::Fit,
+                    _ => return Err(field(&format!("{name}.fill_mode"), "must be 'fill' or 'fit'")),
+                };
+                let bg = colour(rm, &name, "background_color", background)?;
+                let input = match get_str(rm, &name, "user")? {
+                    None => None,
+                    Some(u) => {
+                        let u = UserId::parse(u).map_err(|e| field(&format!("{name}.user"), e.reason))?;
+                        Some(InputKey::new(u.as_str(), &stream_of(get_str(rm, &name, "stream")?, &format!("{name}.stream"), "main")?))
+                    }
+                };
+                regions_json.push(json!({"x": x, "y": y, "width": w, "height": h, "z_order": z, "fill_mode": fill_mode.as_str(), "background_color": bg.to_string(),
+                    "user": input.as_ref().map(|k| k.user.clone()), "stream": input.as_ref().map(|k| k.stream.clone()).unwrap_or_else(|| "main".into())}));
+                regions.push(Region { tile: Tile { x, y, width: w, height: h, z_order: z as u32, fill_mode, background: Some(bg) }, input });
+            }
+        }
+        Some(_) => return Err(field("layout.regions", "must be a list")),
+    }
+    if template == Template::Custom && regions.is_empty() {
+        return Err(field("layout.regions", "a custom layout needs at least one region"));
+    }
+    let normalized = json!({
+        "template": template.as_str(), "max_tiles": max_tiles,
+        "main": main.as_ref().map(|k| json!({"user": k.user, "stream": k.stream})),
+        "regions": regions_json, "include_aux": include_aux, "background_color": background.to_string(),
+        "background_image": null, "placeholder_image": null, "watermarks": [],
+    });
+    Ok((LayoutConfig { template, max_tiles, main, regions }, background, include_aux, normalized))
+}
+
+fn parse_subscribe(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(Subscribe, Value)> {
+    let empty = serde_json::Map::new();
+    let m = v.unwrap_or(&empty);
+    known(m, "subscribe", &["video_allow", "video_deny", "audio_allow", "audio_deny"])?;
+    let s = Subscribe {
+        video_allow: get_users(m, "subscribe", "video_allow")?,
+        video_deny: get_users(m, "subscribe", "video_deny")?.unwrap_or_default(),
+        audio_allow: get_users(m, "subscribe", "audio_allow")?,
+        audio_deny: get_users(m, "subscribe", "audio_deny")?.unwrap_or_default(),
+    };
+    let j = json!({"video_allow": s.video_allow, "video_deny": s.video_deny, "audio_allow": s.audio_allow, "audio_deny": s.audio_deny});
+    Ok((s, j))
+}
+
+fn parse_audio(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(AudioMode, usize, Value)> {
+    let empty = serde_json::Map::new();
+    let m = v.unwrap_or(&empty);
+    known(m, "audio", &["mode", "users", "max_voices"])?;
+    let users = get_users(m, "audio", "users")?.unwrap_or_default();
+    let mode = match get_str(m, "audio", "mode")?.unwrap_or("all") {
+        "all" => AudioMode::All,
+        "users" => AudioMode::Users(users.clone()),
+        "none" => AudioMode::None,
+        _ => return Err(field("audio.mode", "must be 'all', 'users' or 'none'")),
+    };
+    let max_voices = get_u64(m, "audio", "max_voices")?.unwrap_or(16);
+    if !(1..=16).contains(&max_voices) {
+        return Err(field("audio.max_voices", "must be 1 to 16"));
+    }
+    let mode_name = match mode {
+        AudioMode::All => "all",
+        AudioMode::Users(_) => "users",
+        AudioMode::None => "none",
+    };
+    Ok((mode, max_voices as usize, json!({"mode": mode_name, "users": users, "max_voices": max_voices})))
+}
+
+/// `encode` (LAYOUTS.md §4) → settings, the normalized section and `effective`.
+fn parse_encode(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(EncodeSettings, Value)> {
+    let empty = serde_json::Map::new();
+    let m = v.unwrap_or(&empty);
+    known(m, "encode", &["template", "width", "height", "fps", "video_kbps", "gop_s", "encoder", "audio_profile", "audio_sample_rate", "audio_channels", "audio_kbps", "audio_codec_type"])?;
+    let template = get_str(m, "encode", "template")?.unwrap_or("1280x720_15_1500");
+    let resolved = match template {
+        "360p" => "640x360_15_800",
+        "540p" => "960x540_15_1200",
+        "720p" => "1280x720_15_1500",
+        "1080p" => "1920x1080_15_2500",
+        t => t,
+    };
+    let (w, h, fps, kbps) = parse_encode_template(resolved).ok_or_else(|| field("encode.template", "must look like 1280x720_15_1500 or be 360p, 540p, 720p or 1080p"))?;
+    let width = get_u64(m, "encode", "width")?.map(|v| v as u32).unwrap_or(w);
+    let height = get_u64(m, "encode", "height")?.map(|v| v as u32).unwrap_or(h);
+    let fps = get_u64(m, "encode", "fps")?.map(|v| v as u32).unwrap_or(fps);
+    let kbps = get_u64(m, "encode", "video_kbps")?.map(|v| v as u32).unwrap_or(kbps);
+    let gop_s = get_u64(m, "encode", "gop_s")?.map(|v| v as u32).unwrap_or(3);
+    if width % 2 == 1 || height % 2 == 1 || !(64..=1920).contains(&width) || !(64..=1920).contains(&height) || width as u64 * height as u64 > 1920 * 1080 {
+        return Err(field("encode.width", "width and height must be even, 64 to 1920, and at most 1920x1080 in area"));
+    }
+    if !(1..=60).contains(&fps) {
+        return Err(field("encode.fps", "must be 1 to 60"));
+    }
+    if !(100..=10_000).contains(&kbps) {
+        return Err(field("encode.video_kbps", "must be 100 to 10000"));
+    }
+    if !(1..=10).contains(&gop_s) {
+        return Err(field("encode.gop_s", "must be 1 to 10"));
+    }
+    let encoder = get_str(m, "encode", "encoder")?.unwrap_or("openh264");
+    if !matches!(encoder, "openh264" | "x264") {
+        return Err(field("encode.encoder", "must be 'openh264' or 'x264'"));
+    }
+    let profile = get_str(m, "encode", "audio_profile")?.unwrap_or("default");
+    let (mut channels, mut akbps) = match profile {
+        "speech" | "default" => (1u64, 50u64),
+        "music" => (2, 60),
+        _ => return Err(field("encode.audio_profile", "must be 'speech', 'default' or 'music'")),
+    };
+    let rate = get_u64(m, "encode", "audio_sample_rate")?.unwrap_or(48_000);
+    if rate != 48_000 && rate != 44_100 {
+        return Err(field("encode.audio_sample_rate", "must be 48000 or 44100"));
+    }
+    if let Some(c) = get_u64(m, "encode", "audio_channels")? {
+        if c != 1 && c != 2 {
+            return Err(field("encode.audio_channels", "must be 1 or 2"));
+        }
+        channels = c;
+    }
+    if let Some(k) = get_u64(m, "encode", "audio_kbps")? {
+        if !(32..=192).contains(&k) {
+            return Err(field("encode.audio_kbps", "must be 32 to 192"));
+        }
+        akbps = k;
+    }
+    if let Some(t) = get_u64(m, "encode", "audio_codec_type")? {
+        if t > 2 {
+            return Err(field("encode.audio_codec_type", "must be 0, 1 or 2"));
+        }
+    }
+    let level = if fps > 30 { "42e02a" } else if width as u64 * height as u64 > 1280 * 720 { "42e028" } else { "42e01f" };
+    let settings = EncodeSettings { width, height, fps, kbps, gop_s, audio_channels: channels as usize, audio_kbps: akbps as u32 };
+    let normalized = json!({
+        "template": template, "gop_s": gop_s, "encoder": encoder, "audio_profile": profile,
+        "effective": {
+            "width": width, "height": height, "fps": fps, "kbps": kbps, "gop_s": gop_s,
+            // libx264 in its baseline, zero-latency shape; the openh264 encoder is not built yet.
+            "encoder": "x264", "profile_level_id": level,
+            "audio_codec": "opus", "audio_sample_rate": 48_000, "audio_channels": channels, "audio_kbps": akbps,
+        },
+    });
+    Ok((settings, normalized))
+}
+
+/// `^([1-9][0-9]{1,3})x([1-9][0-9]{1,3})_([1-9][0-9]?)_([1-9][0-9]{1,4})$`
+pub fn parse_encode_template(s: &str) -> Option<(u32, u32, u32, u32)> {
+    let (size, rest) = s.split_once('_')?;
+    let (fps, kbps) = rest.split_once('_')?;
+    let (w, h) = size.split_once('x')?;
+    let num = |t: &str, min_len: usize, max_len: usize| -> Option<u32> {
+        (t.len() >= min_len && t.len() <= max_len && t.bytes().all(|b| b.is_ascii_digit()) && !t.starts_with('0')).then(|| t.parse().ok()).flatten()
+    };
+    Some((num(w, 2, 4)?, num(h, 2, 4)?, num(fps, 1, 2)?, num(kbps, 2, 5)?))
+}
+
+fn max_idle(v: &Value) -> ApiResult<u64> {
+    match v.get("max_idle_time") {
+        None | Some(Value::Null) => Ok(30),
+        Some(x) => x.as_u64().filter(|n| (1..=86_400).contains(n)).ok_or_else(|| field("max_idle_time", "must be 1 to 86400 seconds")),
+    }
+}
+
+fn check_outputs(v: &Value) -> ApiResult<Value> {
+    let Some(m) = obj(v, "outputs")? else { return Ok(json!({"rtmp_urls": [], "recording": null, "relay_id": null, "recording_id": null})) };
+    known(m, "outputs", &["rtmp_urls", "recording"])?;
+    if m.get("rtmp_urls").and_then(|u| u.as_array()).is_some_and(|a| !a.is_empty()) {
+        return Err(field("outputs.rtmp_urls", "RTMP outputs are not supported yet"));
+    }
+    if m.get("recording").is_some_and(|r| !r.is_null()) {
+        return Err(field("outputs.recording", "recording outputs are not supported yet"));
+    }
+    Ok(json!({"rtmp_urls": [], "recording": null, "relay_id": null, "recording_id": null}))
+}
+
+fn view(state: &AppState, id: &str, job: &MixJob) -> Value {
+    let mut v = job.request.lock().expect("mix request").clone();
+    let status = job.handle.status();
+    let spec = job.handle.spec();
+    v["id"] = json!(id);
+    v["user"] = json!(spec.user);
+    v["state"] = json!(status.state.as_str());
+    v["created_at"] = json!(job.created_at);
+    v["whep_url"] = json!(format!("/whep/{}/{}/main", spec.room.room, spec.user));
+    v["inputs"] = status
+        .inputs
+        .iter()
+        .map(|i| {
+            json!({"user": i.key.user, "stream": i.key.stream, "join_order": i.join_order,
+                "tile": i.tile.map(|t| json!({"x": t.x, "y": t.y, "width": t.width, "height": t.height, "z_order": t.z_order, "fill_mode": t.fill_mode.as_str()})),
+                "has_video": i.has_video, "has_audio": i.has_audio, "voice_selected": i.voice_selected})
+        })
+        .collect();
+    let s = &status.stats;
+    v["stats"] = json!({"fps": s.fps, "decode_ms_p50": s.decode_ms_p50, "compose_ms_p50": s.compose_ms_p50, "encode_ms_p50": s.encode_ms_p50, "dropped_frames": s.dropped_frames, "frames": s.frames});
+    v["stopped_at"] = json!(status.stopped_at);
+    v["leave_code"] = json!(status.leave_code);
+    v["error"] = json!(status.error);
+    let _ = state;
+    v
+}
+
+pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(body): ApiJson<Value>) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !body.is_object() {
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
+    }
+    let top = body.as_object().expect("checked");
+    known(top, "body", &["room", "layout", "subscribe", "audio", "encode", "video", "max_idle_time", "outputs"]).map_err(|_| {
+        let k = top.keys().find(|k| !["room", "layout", "subscribe", "audio", "encode", "video", "max_idle_time", "outputs"].contains(&k.as_str())).cloned().unwrap_or_default();
+        field(&k, "unknown field")
+    })?;
+    let room = body.get("room").and_then(|r| r.as_str()).ok_or_else(|| field("room", "is required"))?;
+    let room = RoomId::parse(room).map_err(|e| field("room", e.reason))?;
+    let (encode, encode_json) = parse_encode(obj(&body, "encode")?)?;
+    let (layout, background, include_aux, layout_json) = parse_layout(obj(&body, "layout")?, encode.width, encode.height)?;
+    let (subscribe, subscribe_json) = parse_subscribe(obj(&body, "subscribe")?)?;
+    let (audio, max_voices, audio_json) = parse_audio(obj(&body, "audio")?)?;
+    let video = match body.get("video") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field("video", "must be true or false")),
+    };
+    if !video && audio == AudioMode::None {
+        return Err(field("audio.mode", "an audio-only job (video: false) needs audio"));
+    }
+    let idle = max_idle(&body)?;
+    let outputs = check_outputs(&body)?;
+    let limit = state.config.limits.concurrent_mix_jobs.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if state.mix_jobs.running() >= limit {
+        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit})));
+    }
+    let id = tessera_model::TaskId::generate().as_str().to_owned();
+    let user = UserId::parse(&format!("mix_{id}")).map_err(|e| ApiError::internal(e.reason))?;
+    let spec = MixSpec {
+        id: id.clone(),
+        room: RoomKey { app: caller.app.clone(), room: room.clone() },
+        user,
+        layout,
+        background,
+        include_aux,
+        subscribe,
+        audio,
+        max_voices,
+        encode,
+        video,
+        max_idle: Duration::from_secs(idle),
+    };
+    let handle = MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current()).map_err(|e| ApiError::internal(format!("cannot start the mix job: {e}")))?;
+    let request = json!({"room": room, "layout": layout_json, "subscribe": subscribe_json, "audio": audio_json, "encode": encode_json, "video": video, "max_idle_time": idle, "outputs": outputs});
+    let job = Arc::new(MixJob { app: caller.app.clone(), created_at: crate::now_ms(), request: Mutex::new(request), handle });
+    state.mix_jobs.jobs.insert(id.clone(), job.clone());
+    tracing::info!(job = %id, room = %room, "mix job started");
+    Ok((StatusCode::CREATED, Json(view(&state, &id, &job))))
+}
+
+fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
+    state
+        .mix_jobs
+        .jobs
+        .get(id)
+        .map(|j| j.clone())
+        .filter(|j| j.app == *app)
+        .ok_or_else(|| ApiError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
+    let items = state.mix_jobs.jobs.iter().filter(|j| j.app == caller.app).map(|j| view(&state, j.key(), j.value())).collect();
+    Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
+}
+
+pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let job = find(&state, &caller.app, &id)?;
+    Ok(Json(view(&state, &id, &job)))
+}
+
+/// Each section present replaces that section entirely; applied at the job's next frame.
+pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(body): ApiJson<Value>) -> ApiResult<Json<Value>> {
+    let job = find(&state, &caller.app, &id)?;
+    let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
+    if let Some(k) = top.keys().find(|k| !["layout", "subscribe", "audio", "encode", "video", "outputs"].contains(&k.as_str())) {
+        return Err(field(k, "cannot be changed by PATCH"));
+    }
+    if job.handle.status().state == MixState::Stopped {
+        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "the mix job has stopped").with_details(json!({"state": "STOPPED"})));
+    }
+    let spec = job.handle.spec();
+    if top.contains_key("encode") {
+        return Err(ApiError::new(StatusCode::CONFLICT, "encode_immutable", "a running job's encoding cannot change"));
+    }
+    if top.get("video").is_some_and(|v| v.as_bool() != Some(spec.video)) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch video on or off"));
+    }
+    let layout = match obj(&body, "layout")? {
+        Some(m) => Some(parse_layout(Some(m), spec.encode.width, spec.encode.height)?),
+        None => None,
+    };
+    let subscribe = if top.contains_key("subscribe") { Some(parse_subscribe(obj(&body, "subscribe")?)?) } else { None };
+    let audio = if top.contains_key("audio") { Some(parse_audio(obj(&body, "audio")?)?) } else { None };
+    if let Some((mode, _, _)) = &audio {
+        if (*mode == AudioMode::None) != (spec.audio == AudioMode::None) {
+            return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch its audio to or from 'none'"));
+        }
+    }
+    if top.contains_key("outputs") {
+        check_outputs(&body)?;
+    }
+    let mut request = job.request.lock().expect("mix request");
+    job.handle.update(|s| {
+        if let Some((l, bg, aux, j)) = layout {
+            s.layout = l;
+            s.background = bg;
+            s.include_aux = aux;
+            request["layout"] = j;
+        }
+        if let Some((sub, j)) = subscribe {
+            s.subscribe = sub;
+            request["subscribe"] = j;
+        }
+        if let Some((mode, voices, j)) = audio {
+            s.audio = mode;
+            s.max_voices = voices;
+            request["audio"] = j;
+        }
+    });
+    drop(request);
+    Ok(Json(view(&state, &id, &job)))
+}
+
+pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let job = find(&state, &caller.app, &id)?;
+    job.handle.stop();
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    while job.handle.status().state != MixState::Stopped && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Json(view(&state, &id, &job)))
+}

@@ -1,0 +1,224 @@
+//! MCU mix jobs end to end: ffmpeg publishers with known solid colours and distinct tones push
+//! into a room over RTMP; a mix job composites them; an aiortc WHEP viewer decodes the mix and
+//! the test samples each tile's centre colour and looks for the tones in the mixed audio.
+//! PATCH switches layouts live; a publisher leaving frees its tile by the slot rule.
+
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use tessera_tests::*;
+
+fn token(data: &Path, room: &str, user: &str) -> String {
+    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user]);
+    assert!(status.success(), "{err}");
+    out.trim().to_owned()
+}
+
+fn rtmp_port(server: &Server) -> u16 {
+    server
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RTMP (OBS)"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.strip_prefix("rtmp://"))
+        .and_then(|u| u.split('/').next())
+        .and_then(|hp| hp.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("RTMP port in the banner")
+}
+
+/// A solid-colour 320x180 picture and a sine tone, H.264 (no B-frames) + AAC over RTMP.
+fn publisher(url: &str, colour: &str, tone: u32, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", &format!("color=c={colour}:s=320x180:r=15:d={seconds}")])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency={tone}:duration={seconds}")])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0", "-g", "15", "-pix_fmt", "yuv420p"])
+        .args(["-c:a", "aac", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+fn now_s() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs_f64()
+}
+
+fn near(rgb: &Value, want: (i64, i64, i64)) -> bool {
+    let c: Vec<i64> = rgb.as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    (c[0] - want.0).abs() <= 60 && (c[1] - want.1).abs() <= 60 && (c[2] - want.2).abs() <= 60
+}
+
+const RED: (i64, i64, i64) = (255, 0, 0);
+const GREEN: (i64, i64, i64) = (0, 255, 0);
+const BLUE: (i64, i64, i64) = (0, 0, 255);
+const YELLOW: (i64, i64, i64) = (255, 255, 0);
+const BLACK: (i64, i64, i64) = (0, 0, 0);
+
+/// The first sample time at or after `from` where each (point index, colour) matches, if any.
+fn first_match(samples: &[Value], from: f64, want: &[(usize, (i64, i64, i64))]) -> Option<f64> {
+    samples.iter().find_map(|s| {
+        let t = s[0].as_f64().unwrap();
+        let cols = s[1].as_array().unwrap();
+        (t >= from && want.iter().all(|(i, w)| near(&cols[*i], *w))).then_some(t)
+    })
+}
+
+fn poll(server: &Server, key: &str, id: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get(&server.url(&format!("/v1/mix-jobs/{id}")), Some(key)).json();
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "mix job never got there: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn tiles(job: &Value) -> Vec<(String, Vec<u64>)> {
+    let mut t: Vec<(String, Vec<u64>)> = job["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| !i["tile"].is_null())
+        .map(|i| (i["user"].as_str().unwrap().to_owned(), ["x", "y", "width", "height"].iter().map(|k| i["tile"][*k].as_u64().unwrap()).collect()))
+        .collect();
+    t.sort();
+    t
+}
+
+#[test]
+fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
+    let dir = TempDir::new("mcu");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip)]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let port = rtmp_port(&server);
+    let jobs = server.url("/v1/mix-jobs");
+
+    // Refusals first: nothing is started by a bad request.
+    post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"template": "grid"}})).expect_error(400, "invalid_parameter");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "encode": {"template": "1280x720_15"}})).expect_error(400, "invalid_parameter");
+    assert_eq!(e["details"]["field"], "encode.template");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"template": "custom", "regions": [{"x": 1200, "y": 0, "width": 200, "height": 100}]}})).expect_error(400, "invalid_parameter");
+    assert_eq!(e["details"]["field"], "layout.regions[0]");
+    post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"background_color": "red"}})).expect_error(400, "invalid_parameter");
+    assert_eq!(get(&jobs, Some(&key)).json()["items"].as_array().unwrap().len(), 0);
+
+    // Four publishers, joined in this order.
+    let mut pubs = Vec::new();
+    for (user, colour, tone) in [("red", "0xFF0000", 300), ("green", "0x00FF00", 500), ("blue", "0x0000FF", 700), ("yellow", "0xFFFF00", 900)] {
+        let t = token(&data, "mix", user);
+        pubs.push(publisher(&format!("rtmp://127.0.0.1:{port}/push/mix/{user}?token={t}"), colour, tone, 60));
+        std::thread::sleep(Duration::from_millis(700));
+    }
+
+    let r = post_json(&jobs, Some(&key), &json!({"room": "mix", "encode": {"template": "640x360_15_800", "gop_s": 1}, "max_idle_time": 5}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json();
+    let id = job["id"].as_str().unwrap().to_owned();
+    assert_eq!(job["user"], format!("mix_{id}"));
+    assert_eq!(job["layout"]["template"], "nine_grid");
+    assert_eq!(job["encode"]["effective"]["width"], 640);
+    assert_eq!(job["whep_url"], format!("/whep/mix/mix_{id}/main"));
+    let running = poll(&server, &key, &id, Duration::from_secs(20), |v| v["state"] == "RUNNING" && tiles(v).len() == 4);
+    assert_eq!(
+        tiles(&running),
+        vec![
+            ("blue".to_string(), vec![0, 180, 320, 180]),
+            ("green".to_string(), vec![320, 0, 320, 180]),
+            ("red".to_string(), vec![0, 0, 320, 180]),
+            ("yellow".to_string(), vec![320, 180, 320, 180]),
+        ],
+        "nine_grid with 4 inputs in join order: {running}"
+    );
+
+    // One viewer through every phase, sampling the tile centres of the 2x2 grid, the float's
+    // big picture and first small, and the screen share's main and first small.
+    let viewer_token = token(&data, "mix", "viewer");
+    let points = "160,90;480,90;160,270;480,270;81,312;256,180;576,45";
+    let viewer = Client::start(
+        &net,
+        "aiortc_client.py",
+        &["play", "--url", &server.url(&format!("/whep/mix/mix_{id}/main")), "--token", &viewer_token, "--seconds", "22", "--sample", points, "--tones", "300,500,700,900,1700"],
+    );
+    std::thread::sleep(Duration::from_secs(6));
+    // Float: the earliest (red) is the big picture, the others are smalls from the bottom left.
+    let float_at = now_s();
+    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"layout":{"template":"float"}}"#)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let job = poll(&server, &key, &id, Duration::from_secs(3), |v| tiles(v).iter().any(|(u, t)| u == "red" && t == &vec![0, 0, 640, 360]));
+    assert!(tiles(&job).contains(&("green".to_string(), vec![6, 270, 150, 84])), "{job}");
+    std::thread::sleep(Duration::from_secs(4));
+    // Screen share, blue's stream as the main picture (it has no aux: its main is used).
+    let share_at = now_s();
+    let r = request(
+        "PATCH",
+        &server.url(&format!("/v1/mix-jobs/{id}")),
+        Some(&key),
+        Some(("application/json", br#"{"layout":{"template":"screen_share_left","main":{"user":"blue"}}}"#)),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_secs(4));
+    // Back to the grid; then green leaves: its slot is removed and later entries shift left.
+    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"layout":{"template":"nine_grid"}}"#)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_secs(1));
+    let leave_at = now_s();
+    let _ = pubs[1].kill();
+    let _ = pubs[1].wait();
+    let job = poll(&server, &key, &id, Duration::from_secs(5), |v| tiles(v).len() == 3);
+    assert_eq!(
+        tiles(&job),
+        vec![("blue".to_string(), vec![320, 0, 320, 180]), ("red".to_string(), vec![0, 0, 320, 180]), ("yellow".to_string(), vec![0, 180, 320, 180])],
+        "{job}"
+    );
+    let v = viewer.finish(Duration::from_secs(60));
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(360)), "{}", v["width"]);
+    let samples = v["samples"].as_array().unwrap();
+    let summary: Vec<String> = samples.iter().step_by(10).map(|s| format!("{:.1}: {}", s[0].as_f64().unwrap() - float_at, s[1])).collect();
+    // Grid: the four colours at the four tile centres.
+    let t = first_match(samples, 0.0, &[(0, RED), (1, GREEN), (2, BLUE), (3, YELLOW)]);
+    assert!(t.is_some_and(|t| t < float_at), "grid colours before the PATCH: {summary:#?}");
+    // Float within a second of its PATCH: red fills the picture, green is the first small.
+    let t = first_match(samples, float_at, &[(0, RED), (1, RED), (4, GREEN)]).unwrap_or_else(|| panic!("float never showed: {summary:#?}"));
+    assert!(t - float_at < 1.2, "float showed {:.2} s after the PATCH", t - float_at);
+    // Screen share: blue's picture fitted on the left, red the first small on the right.
+    let t = first_match(samples, share_at, &[(0, BLUE), (5, BLUE), (6, RED)]).unwrap_or_else(|| panic!("screen share never showed: {summary:#?}"));
+    assert!(t - share_at < 1.2, "screen share showed {:.2} s after the PATCH", t - share_at);
+    // After green left: red, blue on top; yellow bottom-left; bottom-right empty (background).
+    let t = first_match(samples, leave_at, &[(0, RED), (1, BLUE), (2, YELLOW), (3, BLACK)]);
+    assert!(t.is_some(), "tiles after green left: {summary:#?}");
+    // All four tones are in the mix (green's until it left); a frequency nobody sent is not.
+    let tones = &v["tones"];
+    let sent: Vec<f64> = ["300", "700", "900"].iter().map(|f| tones[*f].as_f64().unwrap()).collect();
+    assert!(sent.iter().all(|db| *db > 40.0), "the tones stand out of the mix: {tones}");
+    let weakest = sent.iter().cloned().fold(f64::MAX, f64::min);
+    assert!(tones["1700"].as_f64().unwrap() < weakest - 30.0, "no 1700 Hz tone was sent: {tones}");
+
+    // The mix stats are filled in.
+    let job = get(&server.url(&format!("/v1/mix-jobs/{id}")), Some(&key)).json();
+    assert!(job["stats"]["fps"].as_f64().unwrap() >= 12.0, "{}", job["stats"]);
+    assert!(job["stats"]["encode_ms_p50"].as_f64().unwrap() > 0.0, "{}", job["stats"]);
+    // The encoding is fixed while running; DELETE stops with leave code 0.
+    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"encode":{"template":"360p"}}"#)), &[]);
+    r.expect_error(409, "encode_immutable");
+    let r = request("DELETE", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), None, &[]);
+    assert_eq!((r.json()["state"].as_str(), r.json()["leave_code"].as_u64()), (Some("STOPPED"), Some(0)), "{}", r.body);
+
+    // A job in a room without anchors stops by itself after max_idle_time (leave code 99).
+    let r = post_json(&jobs, Some(&key), &json!({"room": "empty", "max_idle_time": 2, "encode": {"template": "360p"}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let idle_id = r.json()["id"].as_str().unwrap().to_owned();
+    let stopped = poll(&server, &key, &idle_id, Duration::from_secs(10), |v| v["state"] == "STOPPED");
+    assert_eq!(stopped["leave_code"], 99, "{stopped}");
+    for mut p in pubs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}
