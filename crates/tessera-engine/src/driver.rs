@@ -45,6 +45,8 @@ const TAP_QUEUE: usize = 8192;
 pub struct RtcHandle {
     tx: mpsc::Sender<Command>,
     pub counters: Arc<SfuCounters>,
+    /// Internal publishers whose viewers want a keyframe (`take_keyframe_request`).
+    keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
 }
@@ -96,9 +98,10 @@ impl RtcHandle {
         let sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
         let counters = sfu.counters.clone();
         let (tx, rx) = mpsc::channel(256);
-        tokio::spawn(run(socket, rx, sfu, candidates.clone()));
+        let keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>> = Arc::default();
+        tokio::spawn(run(socket, rx, sfu, candidates.clone(), keyframe_requests.clone()));
         tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
-        Ok(RtcHandle { tx, counters, local_addr, candidates })
+        Ok(RtcHandle { tx, counters, keyframe_requests, local_addr, candidates })
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
@@ -167,6 +170,11 @@ impl RtcHandle {
         self.tx.send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
     }
 
+    /// Whether a viewer of this internal publisher asked for a keyframe since the last call.
+    pub fn take_keyframe_request(&self, id: u64) -> bool {
+        self.keyframe_requests.lock().expect("keyframe requests").remove(&id)
+    }
+
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
@@ -175,7 +183,13 @@ impl RtcHandle {
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 
-async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: Sfu, candidates: Vec<SocketAddr>) {
+async fn run(
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<Command>,
+    mut sfu: Sfu,
+    candidates: Vec<SocketAddr>,
+    keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+) {
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
     loop {
@@ -220,6 +234,7 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     }
                     Command::RemoveIngest { id } => {
                         sfu.remove_internal_publisher(id);
+                        keyframe_requests.lock().expect("keyframe requests").remove(&id);
                     }
                     Command::AddTap { key, reply } => {
                         let id = sfu.add_tap(key);
@@ -264,6 +279,12 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                 break;
             }
             sfu.handle_timeout(now);
+        }
+        {
+            let wanted: Vec<u64> = sfu.drain_internal_keyframe_requests().collect();
+            if !wanted.is_empty() {
+                keyframe_requests.lock().expect("keyframe requests").extend(wanted);
+            }
         }
         for (tap, packet) in sfu.drain_taps() {
             // A full queue means the mixer is behind: the packet is dropped (it will ask for a

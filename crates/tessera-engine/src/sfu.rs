@@ -185,6 +185,7 @@ const GOP_CACHE_AGE: Duration = Duration::from_secs(4);
 /// A publisher that is not a WebRTC peer: RTMP or pull ingest.
 struct InternalPublisher {
     spec: SessionSpec,
+    last_keyframe_request: Option<Instant>,
     producers: Vec<Producer>,
     gop: Vec<FwdPacket>,
     gop_bytes: usize,
@@ -318,6 +319,8 @@ pub struct Sfu {
     /// In-process subscribers (mix jobs) per room, and what they are owed.
     taps: HashMap<RoomKey, Vec<u64>>,
     tap_out: Vec<(u64, TapPacket)>,
+    /// Internal publishers whose viewers asked for a keyframe.
+    internal_keyframe_wanted: Vec<u64>,
 }
 
 fn to_codec(c: WireCodec) -> Option<Codec> {
@@ -368,6 +371,7 @@ impl Sfu {
             counters: Arc::new(SfuCounters::default()),
             taps: HashMap::new(),
             tap_out: Vec::new(),
+            internal_keyframe_wanted: Vec::new(),
         }
     }
 
@@ -390,6 +394,11 @@ impl Sfu {
             v.retain(|t| *t != id);
             !v.is_empty()
         });
+    }
+
+    /// Internal publishers (ingests, mixes) a viewer asked for a keyframe since the last call.
+    pub fn drain_internal_keyframe_requests(&mut self) -> std::vec::Drain<'_, u64> {
+        self.internal_keyframe_wanted.drain(..)
     }
 
     /// Packets owed to taps since the last call.
@@ -1013,7 +1022,7 @@ impl Sfu {
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
-        self.internal.insert(id, InternalPublisher { spec, producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
+        self.internal.insert(id, InternalPublisher { spec, last_keyframe_request: None, producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
         id
     }
 
@@ -1085,6 +1094,14 @@ impl Sfu {
             Some((p, rid)) if p == pub_id => rid,
             _ => None,
         };
+        if let Some(p) = self.internal.get_mut(&pub_id) {
+            // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
+            if p.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL) {
+                p.last_keyframe_request = Some(now);
+                self.internal_keyframe_wanted.push(pub_id);
+            }
+            return;
+        }
         let pub_mid = match self.sessions.get(&pub_id) {
             Some(Session { role: Role::Publisher { producers }, .. }) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
             _ => None,

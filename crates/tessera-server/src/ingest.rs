@@ -401,6 +401,10 @@ fn play(task: &IngestTask, source: &mut PullSource, out: &mut Output, rtc: &RtcH
             Err(SourceError::Stopped) => return Outcome::Stopped,
             Err(e) => return Outcome::Dropped(e.to_string()),
         }
+        if rtc.take_keyframe_request(out.publisher) {
+            // Only a transcoding source can make one; a passthrough source has its GOP cached.
+            source.request_keyframe();
+        }
         for m in media.drain(..) {
             let due = m.due_ms();
             let (wall, media_ms) = *anchor.get_or_insert((Instant::now(), due));

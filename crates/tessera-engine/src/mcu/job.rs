@@ -396,6 +396,9 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                     }
                     compose_t.add(t1.elapsed().as_secs_f64() * 1000.0);
                     let t2 = Instant::now();
+                    if rtc.take_keyframe_request(publisher) {
+                        encoder.request_keyframe();
+                    }
                     let pts_ms = start.elapsed().as_millis() as i64;
                     encoded.clear();
                     encoder.encode(canvas.frame_mut(), pts_ms, &mut encoded).map_err(|e| e.to_string())?;

@@ -462,6 +462,32 @@ mod tests {
         assert_eq!(p.iter().map(|p| p.input.as_ref().map(|k| k.user.as_str())).collect::<Vec<_>>(), vec![Some("b"), None, Some("c")], "an absent bound user shows the background");
     }
 
+    /// Every template × every count at 1280x720, against `layouts.golden` (reviewed by hand
+    /// against LAYOUTS.md §3; regenerate with `UPDATE_GOLDEN=1 cargo test -p tessera-engine`).
+    #[test]
+    fn golden_geometry_for_every_template_and_count() {
+        let (w, h) = (1280, 720);
+        let mut text = String::new();
+        let line = |t: &Tile| format!("({},{},{},{} z{} {})", t.x, t.y, t.width, t.height, t.z_order, t.fill_mode.as_str());
+        for template in [Template::NineGrid, Template::Float, Template::ScreenShareLeft, Template::ScreenShareRight] {
+            for n in 1..=template.max_tiles() {
+                let config = LayoutConfig { template, max_tiles: template.max_tiles(), main: Some(InputKey::new("u00", "main")), regions: Vec::new() };
+                let placements = LayoutState::default().compute(&config, w, h, &keys(n));
+                let tiles: Vec<String> = placements.iter().map(|p| format!("{}={}", p.input.as_ref().map(|k| k.user.as_str()).unwrap_or("-"), line(&p.tile))).collect();
+                text.push_str(&format!("{} n={n}: {}\n", template.as_str(), tiles.join(" ")));
+            }
+        }
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/mcu/layouts.golden");
+        if std::env::var_os("UPDATE_GOLDEN").is_some() {
+            std::fs::write(&path, &text).unwrap();
+        }
+        let golden = std::fs::read_to_string(&path).expect("layouts.golden");
+        for (i, (got, want)) in text.lines().zip(golden.lines()).enumerate() {
+            assert_eq!(got, want, "line {}", i + 1);
+        }
+        assert_eq!(text.lines().count(), golden.lines().count());
+    }
+
     #[test]
     fn colours_and_templates_parse() {
         assert_eq!(Rgb::parse("#ff8000"), Some(Rgb(255, 128, 0)));
