@@ -1,5 +1,6 @@
 //! MCU mix jobs end to end: ffmpeg publishers with known solid colours and distinct tones push
-//! into a room over RTMP; a mix job composites them; an aiortc WHEP viewer decodes the mix and
+//! into a room over RTMP, and headless Chromium publishes a magenta fake camera over WHIP (VP8);
+//! a mix job composites them; an aiortc WHEP viewer decodes the mix and
 //! the test samples each tile's centre colour and looks for the tones in the mixed audio.
 //! PATCH switches layouts live; a publisher leaving frees its tile by the slot rule.
 
@@ -55,7 +56,7 @@ const RED: (i64, i64, i64) = (255, 0, 0);
 const GREEN: (i64, i64, i64) = (0, 255, 0);
 const BLUE: (i64, i64, i64) = (0, 0, 255);
 const YELLOW: (i64, i64, i64) = (255, 255, 0);
-const BLACK: (i64, i64, i64) = (0, 0, 0);
+const MAGENTA: (i64, i64, i64) = (255, 0, 255);
 
 /// The first sample time at or after `from` where each (point index, colour) matches, if any.
 fn first_match(samples: &[Value], from: f64, want: &[(usize, (i64, i64, i64))]) -> Option<f64> {
@@ -109,13 +110,27 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"background_color": "red"}})).expect_error(400, "invalid_parameter");
     assert_eq!(get(&jobs, Some(&key)).json()["items"].as_array().unwrap().len(), 0);
 
-    // Four publishers, joined in this order.
+    // Four RTMP publishers, joined in this order, then Chromium (VP8) as the fifth.
     let mut pubs = Vec::new();
     for (user, colour, tone) in [("red", "0xFF0000", 300), ("green", "0x00FF00", 500), ("blue", "0x0000FF", 700), ("yellow", "0xFFFF00", 900)] {
         let t = token(&data, "mix", user);
         pubs.push(publisher(&format!("rtmp://127.0.0.1:{port}/push/mix/{user}?token={t}"), colour, tone, 60));
         std::thread::sleep(Duration::from_millis(700));
     }
+    let camera = dir.path().join("magenta.mjpeg");
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=0xFF00FF:s=640x360:r=30:d=1", "-q:v", "2", "-f", "mjpeg"])
+        .arg(&camera)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let chromium_token = token(&data, "mix", "chromium");
+    let base = server.base.clone();
+    let chromium = Client::start(
+        &net,
+        "browser.py",
+        &["publish", "--base", &base, "--room", "mix", "--token", &chromium_token, "--codec", "VP8", "--seconds", "45", "--fake-video", camera.to_str().unwrap()],
+    );
 
     let r = post_json(&jobs, Some(&key), &json!({"room": "mix", "encode": {"template": "640x360_15_800", "gop_s": 1}, "max_idle_time": 5}));
     assert_eq!(r.status, 201, "{}", r.body);
@@ -125,22 +140,25 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     assert_eq!(job["layout"]["template"], "nine_grid");
     assert_eq!(job["encode"]["effective"]["width"], 640);
     assert_eq!(job["whep_url"], format!("/whep/mix/mix_{id}/main"));
-    let running = poll(&server, &key, &id, Duration::from_secs(20), |v| v["state"] == "RUNNING" && tiles(v).len() == 4);
+    let running = poll(&server, &key, &id, Duration::from_secs(30), |v| v["state"] == "RUNNING" && tiles(v).len() == 5);
     assert_eq!(
         tiles(&running),
         vec![
-            ("blue".to_string(), vec![0, 180, 320, 180]),
-            ("green".to_string(), vec![320, 0, 320, 180]),
-            ("red".to_string(), vec![0, 0, 320, 180]),
-            ("yellow".to_string(), vec![320, 180, 320, 180]),
+            ("blue".to_string(), vec![426, 0, 214, 120]),
+            ("chromium".to_string(), vec![212, 120, 214, 120]),
+            ("green".to_string(), vec![212, 0, 214, 120]),
+            ("red".to_string(), vec![0, 0, 212, 120]),
+            ("yellow".to_string(), vec![0, 120, 212, 120]),
         ],
-        "nine_grid with 4 inputs in join order: {running}"
+        "nine_grid with 5 inputs in join order: {running}"
     );
 
     // One viewer through every phase, sampling the tile centres of the 2x2 grid, the float's
     // big picture and first small, and the screen share's main and first small.
     let viewer_token = token(&data, "mix", "viewer");
-    let points = "160,90;480,90;160,270;480,270;81,312;256,180;576,45";
+    // 0-4: the 3x3 grid's five tiles; 5: the float's first small; 6-8: screen share main, first
+    // and fourth small; 9-12: the 2x2 grid after green left.
+    let points = "106,60;319,60;533,60;106,180;319,180;81,312;256,180;576,45;576,315;160,90;480,90;160,270;480,270";
     let viewer = Client::start(
         &net,
         "aiortc_client.py",
@@ -153,6 +171,7 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     assert_eq!(r.status, 200, "{}", r.body);
     let job = poll(&server, &key, &id, Duration::from_secs(3), |v| tiles(v).iter().any(|(u, t)| u == "red" && t == &vec![0, 0, 640, 360]));
     assert!(tiles(&job).contains(&("green".to_string(), vec![6, 270, 150, 84])), "{job}");
+    assert!(tiles(&job).contains(&("chromium".to_string(), vec![480, 270, 150, 84])), "{job}");
     std::thread::sleep(Duration::from_secs(4));
     // Screen share, blue's stream as the main picture (it has no aux: its main is used).
     let share_at = now_s();
@@ -172,27 +191,32 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     let leave_at = now_s();
     let _ = pubs[1].kill();
     let _ = pubs[1].wait();
-    let job = poll(&server, &key, &id, Duration::from_secs(5), |v| tiles(v).len() == 3);
+    let job = poll(&server, &key, &id, Duration::from_secs(5), |v| tiles(v).len() == 4);
     assert_eq!(
         tiles(&job),
-        vec![("blue".to_string(), vec![320, 0, 320, 180]), ("red".to_string(), vec![0, 0, 320, 180]), ("yellow".to_string(), vec![0, 180, 320, 180])],
+        vec![
+            ("blue".to_string(), vec![320, 0, 320, 180]),
+            ("chromium".to_string(), vec![320, 180, 320, 180]),
+            ("red".to_string(), vec![0, 0, 320, 180]),
+            ("yellow".to_string(), vec![0, 180, 320, 180]),
+        ],
         "{job}"
     );
     let v = viewer.finish(Duration::from_secs(60));
     assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(640), Some(360)), "{}", v["width"]);
     let samples = v["samples"].as_array().unwrap();
     let summary: Vec<String> = samples.iter().step_by(10).map(|s| format!("{:.1}: {}", s[0].as_f64().unwrap() - float_at, s[1])).collect();
-    // Grid: the four colours at the four tile centres.
-    let t = first_match(samples, 0.0, &[(0, RED), (1, GREEN), (2, BLUE), (3, YELLOW)]);
+    // Grid: the five colours at the five tile centres.
+    let t = first_match(samples, 0.0, &[(0, RED), (1, GREEN), (2, BLUE), (3, YELLOW), (4, MAGENTA)]);
     assert!(t.is_some_and(|t| t < float_at), "grid colours before the PATCH: {summary:#?}");
     // Float within a second of its PATCH: red fills the picture, green is the first small.
-    let t = first_match(samples, float_at, &[(0, RED), (1, RED), (4, GREEN)]).unwrap_or_else(|| panic!("float never showed: {summary:#?}"));
+    let t = first_match(samples, float_at, &[(0, RED), (2, RED), (5, GREEN)]).unwrap_or_else(|| panic!("float never showed: {summary:#?}"));
     assert!(t - float_at < 1.2, "float showed {:.2} s after the PATCH", t - float_at);
-    // Screen share: blue's picture fitted on the left, red the first small on the right.
-    let t = first_match(samples, share_at, &[(0, BLUE), (5, BLUE), (6, RED)]).unwrap_or_else(|| panic!("screen share never showed: {summary:#?}"));
+    // Screen share: blue's picture fitted on the left; red and Chromium among the smalls.
+    let t = first_match(samples, share_at, &[(6, BLUE), (7, RED), (8, MAGENTA)]).unwrap_or_else(|| panic!("screen share never showed: {summary:#?}"));
     assert!(t - share_at < 1.2, "screen share showed {:.2} s after the PATCH", t - share_at);
-    // After green left: red, blue on top; yellow bottom-left; bottom-right empty (background).
-    let t = first_match(samples, leave_at, &[(0, RED), (1, BLUE), (2, YELLOW), (3, BLACK)]);
+    // After green left: its slot is removed and the later inputs shift left.
+    let t = first_match(samples, leave_at, &[(9, RED), (10, BLUE), (11, YELLOW), (12, MAGENTA)]);
     assert!(t.is_some(), "tiles after green left: {summary:#?}");
     // All four tones are in the mix (green's until it left); a frequency nobody sent is not.
     let tones = &v["tones"];
@@ -221,4 +245,6 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
         let _ = p.kill();
         let _ = p.wait();
     }
+    let c = chromium.finish(Duration::from_secs(60));
+    assert_eq!(c["publish_state"], "connected", "{c}");
 }
