@@ -16,6 +16,9 @@ pub struct EncoderSettings {
     pub kbps: u32,
     /// Frames between IDRs.
     pub gop_frames: u32,
+    /// x264's speed preset: "ultrafast" … "veryfast" (faster = less CPU, more bits for the same
+    /// quality; BENCHMARKS.md compares them).
+    pub preset: &'static str,
 }
 
 /// One encoded access unit in Annex-B form, stamped in milliseconds.
@@ -57,7 +60,7 @@ impl H264Encoder {
         enc.set_gop(settings.gop_frames.max(1));
         enc.set_max_b_frames(0);
         let mut opts = ff::Dictionary::new();
-        opts.set("preset", "veryfast");
+        opts.set("preset", settings.preset);
         opts.set("tune", "zerolatency");
         opts.set("profile", "baseline");
         // A forced I frame is an IDR, so a viewer's PLI gets something it can start from.
@@ -151,7 +154,7 @@ impl VideoToH264 {
             let stale = self.encoder.as_ref().is_some_and(|e| (e.settings.width, e.settings.height) != (ow, oh));
             if self.encoder.is_none() || stale {
                 let gop = self.fps * 2;
-                self.encoder = Some(H264Encoder::new(EncoderSettings { width: ow, height: oh, fps: self.fps, kbps: default_kbps(ow, oh), gop_frames: gop })?);
+                self.encoder = Some(H264Encoder::new(EncoderSettings { width: ow, height: oh, fps: self.fps, kbps: default_kbps(ow, oh), gop_frames: gop, preset: "veryfast" })?);
                 self.scaler = None;
             }
             let needs_scaling = (w, h, format) != (ow, oh, Pixel::YUV420P);
@@ -193,7 +196,7 @@ mod tests {
 
     #[test]
     fn encoder_makes_baseline_annex_b_with_idr_first_and_on_request() {
-        let mut e = H264Encoder::new(EncoderSettings { width: 320, height: 180, fps: 30, kbps: 300, gop_frames: 300 }).unwrap();
+        let mut e = H264Encoder::new(EncoderSettings { width: 320, height: 180, fps: 30, kbps: 300, gop_frames: 300, preset: "veryfast" }).unwrap();
         let mut out = Vec::new();
         for i in 0..10 {
             if i == 6 {
@@ -207,7 +210,7 @@ mod tests {
         let sps = split_annex_b(&out[0].data).into_iter().find(|n| nal_type(n) == Some(NAL_SPS)).expect("SPS in band");
         assert_eq!(sps[1], 66, "profile_idc 66: baseline");
         assert!(out.iter().zip(out.iter().skip(1)).all(|(a, b)| b.pts_ms > a.pts_ms), "decode order is display order");
-        assert!(H264Encoder::new(EncoderSettings { width: 321, height: 180, fps: 30, kbps: 300, gop_frames: 30 }).is_err());
+        assert!(H264Encoder::new(EncoderSettings { width: 321, height: 180, fps: 30, kbps: 300, gop_frames: 30, preset: "veryfast" }).is_err());
     }
 
     #[test]
