@@ -108,6 +108,10 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"template": "custom", "regions": [{"x": 1200, "y": 0, "width": 200, "height": 100}]}})).expect_error(400, "invalid_parameter");
     assert_eq!(e["details"]["field"], "layout.regions[0]");
     post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"background_color": "red"}})).expect_error(400, "invalid_parameter");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"watermarks": [{"image": "ftp://x/y.png", "x": 0, "y": 0, "width": 10, "height": 10}]}})).expect_error(400, "invalid_parameter");
+    assert_eq!(e["details"]["field"], "layout.watermarks[0].image");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"watermarks": [{"image": "https://x/y.png", "x": 1200, "y": 0, "width": 100, "height": 10}]}})).expect_error(400, "invalid_parameter");
+    assert_eq!(e["details"]["field"], "layout.watermarks[0]");
     assert_eq!(get(&jobs, Some(&key)).json()["items"].as_array().unwrap().len(), 0);
 
     // Four RTMP publishers, joined in this order, then Chromium (VP8) as the fifth.
@@ -158,7 +162,8 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     let viewer_token = token(&data, "mix", "viewer");
     // 0-4: the 3x3 grid's five tiles; 5: the float's first small; 6-8: screen share main, first
     // and fourth small; 9-12: the 2x2 grid after green left.
-    let points = "106,60;319,60;533,60;106,180;319,180;81,312;256,180;576,45;576,315;160,90;480,90;160,270;480,270";
+    // 13: the watermark's box.
+    let points = "106,60;319,60;533,60;106,180;319,180;81,312;256,180;576,45;576,315;160,90;480,90;160,270;480,270;616,24";
     let viewer = Client::start(
         &net,
         "aiortc_client.py",
@@ -184,9 +189,20 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     );
     assert_eq!(r.status, 200, "{}", r.body);
     std::thread::sleep(Duration::from_secs(4));
-    // Back to the grid; then green leaves: its slot is removed and later entries shift left.
-    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"layout":{"template":"nine_grid"}}"#)), &[]);
+    // Back to the grid, with a white PNG watermark (a data: URI) and a background image that
+    // cannot be fetched (reported; the job runs on). Then green leaves: its slot is removed and
+    // later entries shift left.
+    let png = dir.path().join("white.png");
+    let made = Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=white:s=64x64", "-frames:v", "1", "-c:v", "png", "-f", "image2"]).arg(&png).status().unwrap();
+    assert!(made.success());
+    use base64::Engine as _;
+    let data_uri = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png).unwrap()));
+    let patch = json!({"layout": {"template": "nine_grid", "background_image": "http://127.0.0.1:9/none.png", "watermarks": [{"image": data_uri, "x": 600, "y": 8, "width": 32, "height": 32}]}});
+    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", patch.to_string().as_bytes())), &[]);
     assert_eq!(r.status, 200, "{}", r.body);
+    let patched = r.json();
+    assert_eq!(patched["image_errors"].as_array().map(|a| a.len()), Some(1), "{}", patched["image_errors"]);
+    assert_eq!(patched["layout"]["watermarks"][0]["width"], 32);
     std::thread::sleep(Duration::from_secs(1));
     let leave_at = now_s();
     let _ = pubs[1].kill();
@@ -216,7 +232,7 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     let t = first_match(samples, share_at, &[(6, BLUE), (7, RED), (8, MAGENTA)]).unwrap_or_else(|| panic!("screen share never showed: {summary:#?}"));
     assert!(t - share_at < 1.2, "screen share showed {:.2} s after the PATCH", t - share_at);
     // After green left: its slot is removed and the later inputs shift left.
-    let t = first_match(samples, leave_at, &[(9, RED), (10, BLUE), (11, YELLOW), (12, MAGENTA)]);
+    let t = first_match(samples, leave_at, &[(9, RED), (10, BLUE), (11, YELLOW), (12, MAGENTA), (13, (255, 255, 255))]);
     assert!(t.is_some(), "tiles after green left: {summary:#?}");
     // All four tones are in the mix (green's until it left); a frequency nobody sent is not.
     let tones = &v["tones"];

@@ -9,6 +9,7 @@
 pub mod audio;
 pub mod compose;
 pub mod decode;
+pub mod image;
 pub mod source;
 pub mod video;
 

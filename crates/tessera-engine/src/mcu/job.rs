@@ -15,6 +15,7 @@ use tessera_media::h264::{self, H264Packetizer};
 use tessera_media::{Codec, StreamKind};
 use tessera_model::UserId;
 use tessera_transcode::compose::{Canvas, Rect};
+use tessera_transcode::image::{Overlay, RgbaImage};
 use tessera_transcode::decode::{OpusDecoder, OpusEncoder, VideoCodec, VideoDecoder};
 use tessera_transcode::video::{EncoderSettings, H264Encoder};
 use tessera_transcode::OPUS_FRAME;
@@ -78,6 +79,57 @@ pub struct EncodeSettings {
     pub audio_kbps: u32,
 }
 
+/// A watermark: an image scaled to its box, blended above every tile.
+#[derive(Debug, Clone)]
+pub struct Watermark {
+    pub image: Arc<RgbaImage>,
+    pub x: u32,
+    pub y: u32,
+    pub width: u32,
+    pub height: u32,
+}
+
+/// The layout's images, already fetched and decoded (LAYOUTS.md §3.5).
+#[derive(Debug, Clone, Default)]
+pub struct MixImages {
+    pub background: Option<Arc<RgbaImage>>,
+    pub placeholder: Option<Arc<RgbaImage>>,
+    pub watermarks: Vec<Watermark>,
+}
+
+impl MixImages {
+    /// Identity of the images (to know when scaled copies must be remade).
+    fn identity(&self) -> Vec<usize> {
+        let mut v: Vec<usize> = [&self.background, &self.placeholder].iter().map(|i| i.as_ref().map(|a| Arc::as_ptr(a) as usize).unwrap_or(0)).collect();
+        for w in &self.watermarks {
+            v.extend([Arc::as_ptr(&w.image) as usize, w.x as usize, w.y as usize, w.width as usize, w.height as usize]);
+        }
+        v
+    }
+}
+
+/// Images scaled for this canvas; remade when the layout's images change.
+#[derive(Default)]
+struct Overlays {
+    identity: Vec<usize>,
+    background: Option<Overlay>,
+    placeholder: HashMap<(u32, u32), Overlay>,
+    watermarks: Vec<(Overlay, u32, u32)>,
+}
+
+impl Overlays {
+    fn refresh(&mut self, images: &MixImages, width: u32, height: u32) {
+        let identity = images.identity();
+        if identity == self.identity {
+            return;
+        }
+        self.identity = identity;
+        self.background = images.background.as_ref().and_then(|i| Overlay::new(i, width, height, true).ok());
+        self.placeholder.clear();
+        self.watermarks = images.watermarks.iter().filter_map(|w| Overlay::new(&w.image, w.width, w.height, false).ok().map(|o| (o, w.x, w.y))).collect();
+    }
+}
+
 /// What a job does; `layout`, `audio` and `subscribe` may be replaced while it runs.
 #[derive(Debug, Clone)]
 pub struct MixSpec {
@@ -85,6 +137,7 @@ pub struct MixSpec {
     pub room: RoomKey,
     pub user: UserId,
     pub layout: LayoutConfig,
+    pub images: MixImages,
     pub background: Rgb,
     pub include_aux: bool,
     pub subscribe: Subscribe,
@@ -266,6 +319,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         let (video_ssrc, audio_ssrc) = (random_u32(), random_u32());
         let (mut video_seq, mut audio_seq) = (1u64, 1u64);
         let mut layout = LayoutState::default();
+        let mut overlays = Overlays::default();
         let mut layout_config = spec.layout.clone();
         let mut inputs: HashMap<InputKey, Input> = HashMap::new();
         let mut publishers: Vec<PublisherInfo> = Vec::new();
@@ -381,7 +435,11 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                     }
                     placements = layout.compute(&spec.layout, enc.width, enc.height, &candidates);
                     let bg = spec.background;
+                    overlays.refresh(&spec.images, enc.width, enc.height);
                     canvas.fill(Rect { x: 0, y: 0, width: enc.width, height: enc.height }, (bg.0, bg.1, bg.2));
+                    if let Some(o) = &overlays.background {
+                        canvas.blend(o, 0, 0);
+                    }
                     let mut order: Vec<usize> = (0..placements.len()).collect();
                     order.sort_by_key(|i| placements[*i].tile.z_order);
                     for i in order {
@@ -394,8 +452,26 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                             Some(frame) => {
                                 let _ = canvas.draw(i, frame, rect, t.fill_mode == super::layout::FillMode::Fill, (tile_bg.0, tile_bg.1, tile_bg.2));
                             }
-                            None => canvas.fill(rect, (tile_bg.0, tile_bg.1, tile_bg.2)),
+                            None => {
+                                canvas.fill(rect, (tile_bg.0, tile_bg.1, tile_bg.2));
+                                // An input without a picture (audio-only, muted, frozen for 2 s)
+                                // shows the placeholder; an empty tile only its background.
+                                if let (Some(image), Some(_)) = (&spec.images.placeholder, &p.input) {
+                                    let size = (rect.width, rect.height);
+                                    if !overlays.placeholder.contains_key(&size) {
+                                        if let Ok(o) = Overlay::new(image, rect.width, rect.height, true) {
+                                            overlays.placeholder.insert(size, o);
+                                        }
+                                    }
+                                    if let Some(o) = overlays.placeholder.get(&size) {
+                                        canvas.paint(o, rect);
+                                    }
+                                }
+                            }
                         }
+                    }
+                    for (o, x, y) in &overlays.watermarks {
+                        canvas.blend(o, *x, *y);
                     }
                     compose_t.add(t1.elapsed().as_secs_f64() * 1000.0);
                     let t2 = Instant::now();

@@ -11,5 +11,5 @@ pub mod audio_mix;
 pub mod job;
 pub mod layout;
 
-pub use job::{AudioMode, EncodeSettings, InputStatus, MixHandle, MixSpec, MixState, MixStats, MixStatus, Subscribe};
+pub use job::{AudioMode, EncodeSettings, InputStatus, MixHandle, MixImages, MixSpec, MixState, MixStats, MixStatus, Subscribe, Watermark};
 pub use layout::{FillMode, InputKey, LayoutConfig, Region, Rgb, Template, Tile};

@@ -15,7 +15,7 @@ use dashmap::DashMap;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_engine::mcu::{AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixHandle, MixSpec, MixState, Region, Rgb, Subscribe, Template, Tile};
+use tessera_engine::mcu::{AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixHandle, MixImages, MixSpec, MixState, Region, Rgb, Subscribe, Template, Tile, Watermark};
 use tessera_engine::RoomKey;
 use tessera_model::{AppId, RoomId, UserId};
 
@@ -30,6 +30,8 @@ pub struct MixJob {
     created_at: i64,
     /// The normalized request (defaults filled), replaced section by section by PATCH.
     request: Mutex<Value>,
+    /// Images that could not be fetched or decoded (the job runs on without them).
+    image_errors: Mutex<Vec<Value>>,
     handle: Arc<MixHandle>,
 }
 
@@ -107,8 +109,62 @@ fn stream_of(s: Option<&str>, name: &str, default: &str) -> ApiResult<String> {
     }
 }
 
+/// The image URLs of a layout, checked but not fetched yet.
+#[derive(Debug, Clone, Default)]
+struct ImageRefs {
+    background: Option<String>,
+    placeholder: Option<String>,
+    watermarks: Vec<(String, u32, u32, u32, u32)>,
+}
+
+const MAX_IMAGE_URL: usize = 8 * 1024 * 1024;
+
+fn image_url(s: &str, name: &str) -> ApiResult<String> {
+    let ok = s.len() <= MAX_IMAGE_URL
+        && (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("data:image/png;base64,") || s.starts_with("data:image/jpeg;base64,"));
+    if ok {
+        Ok(s.to_owned())
+    } else {
+        Err(field(name, "must be an http(s):// URL or a data:image/png|jpeg;base64, URI"))
+    }
+}
+
+/// Fetches and decodes a layout's images in parallel (5 s each). A failure leaves that image
+/// out and is reported (LAYOUTS.md §3.5: the job runs on without it).
+async fn load_images(refs: &ImageRefs) -> (MixImages, Vec<Value>) {
+    use std::sync::Arc as A;
+    let fetch = |url: String| tokio::task::spawn_blocking(move || (url.clone(), tessera_transcode::image::fetch_image(&url, Duration::from_secs(5)).map_err(|e| e.to_string())));
+    let background = refs.background.clone().map(fetch);
+    let placeholder = refs.placeholder.clone().map(fetch);
+    let marks: Vec<_> = refs.watermarks.iter().map(|(u, ..)| fetch(u.clone())).collect();
+    let mut errors = Vec::new();
+    let mut take = |r: Result<(String, Result<tessera_transcode::image::RgbaImage, String>), tokio::task::JoinError>| match r {
+        Ok((_, Ok(img))) => Some(A::new(img)),
+        Ok((url, Err(e))) => {
+            let shown: String = url.chars().take(100).collect();
+            tracing::warn!(url = %shown, "mix image not loaded: {e}");
+            errors.push(json!({"url": shown, "error": e}));
+            None
+        }
+        Err(_) => None,
+    };
+    let mut images = MixImages::default();
+    if let Some(h) = background {
+        images.background = take(h.await);
+    }
+    if let Some(h) = placeholder {
+        images.placeholder = take(h.await);
+    }
+    for (h, (_, x, y, w, hh)) in marks.into_iter().zip(&refs.watermarks) {
+        if let Some(image) = take(h.await) {
+            images.watermarks.push(Watermark { image, x: *x, y: *y, width: *w, height: *hh });
+        }
+    }
+    (images, errors)
+}
+
 /// `layout` → the engine's config, the background colour, include_aux, and its normalized JSON.
-fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: u32) -> ApiResult<(LayoutConfig, Rgb, bool, Value)> {
+fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: u32) -> ApiResult<(LayoutConfig, Rgb, bool, Value, ImageRefs)> {
     let empty = serde_json::Map::new();
     let m = v.unwrap_or(&empty);
     known(m, "layout", &["template", "max_tiles", "main", "regions", "include_aux", "background_color", "background_image", "placeholder_image", "watermarks"])?;
@@ -135,15 +191,34 @@ fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: 
         Some(Value::Bool(b)) => *b,
         Some(_) => return Err(field("layout.include_aux", "must be true or false")),
     };
-    for key in ["background_image", "placeholder_image"] {
-        if get_str(m, "layout", key)?.is_some() {
-            return Err(field(&format!("layout.{key}"), "images are not supported yet"));
-        }
+    let mut images = ImageRefs::default();
+    if let Some(u) = get_str(m, "layout", "background_image")? {
+        images.background = Some(image_url(u, "layout.background_image")?);
     }
+    if let Some(u) = get_str(m, "layout", "placeholder_image")? {
+        images.placeholder = Some(image_url(u, "layout.placeholder_image")?);
+    }
+    let mut marks_json = Vec::new();
     match m.get("watermarks") {
         None | Some(Value::Null) => {}
-        Some(Value::Array(a)) if a.is_empty() => {}
-        Some(Value::Array(_)) => return Err(field("layout.watermarks", "watermarks are not supported yet")),
+        Some(Value::Array(a)) => {
+            if a.len() > 25 {
+                return Err(field("layout.watermarks", "at most 25 watermarks"));
+            }
+            for (i, wm) in a.iter().enumerate() {
+                let name = format!("layout.watermarks[{i}]");
+                let wm = wm.as_object().ok_or_else(|| field(&name, "must be an object"))?;
+                known(wm, &name, &["image", "x", "y", "width", "height"])?;
+                let url = image_url(get_str(wm, &name, "image")?.ok_or_else(|| field(&format!("{name}.image"), "is required"))?, &format!("{name}.image"))?;
+                let num = |k: &str| -> ApiResult<u32> { Ok(get_u64(wm, &name, k)?.ok_or_else(|| field(&format!("{name}.{k}"), "is required"))?.min(u32::MAX as u64) as u32 & !1) };
+                let (x, y, w, h) = (num("x")?, num("y")?, num("width")?, num("height")?);
+                if w < 2 || h < 2 || x + w > width || y + h > height {
+                    return Err(field(&name, format!("the box must lie inside the {width}x{height} canvas")));
+                }
+                marks_json.push(json!({"image": url, "x": x, "y": y, "width": w, "height": h}));
+                images.watermarks.push((url, x, y, w, h));
+            }
+        }
         Some(_) => return Err(field("layout.watermarks", "must be a list")),
     }
     let mut regions = Vec::new();
@@ -194,9 +269,9 @@ fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: 
         "template": template.as_str(), "max_tiles": max_tiles,
         "main": main.as_ref().map(|k| json!({"user": k.user, "stream": k.stream})),
         "regions": regions_json, "include_aux": include_aux, "background_color": background.to_string(),
-        "background_image": null, "placeholder_image": null, "watermarks": [],
+        "background_image": images.background, "placeholder_image": images.placeholder, "watermarks": marks_json,
     });
-    Ok((LayoutConfig { template, max_tiles, main, regions }, background, include_aux, normalized))
+    Ok((LayoutConfig { template, max_tiles, main, regions }, background, include_aux, normalized, images))
 }
 
 fn parse_subscribe(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(Subscribe, Value)> {
@@ -365,6 +440,7 @@ fn view(state: &AppState, id: &str, job: &MixJob) -> Value {
     v["stopped_at"] = json!(status.stopped_at);
     v["leave_code"] = json!(status.leave_code);
     v["error"] = json!(status.error);
+    v["image_errors"] = json!(*job.image_errors.lock().expect("image errors"));
     let _ = state;
     v
 }
@@ -381,7 +457,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     let room = body.get("room").and_then(|r| r.as_str()).ok_or_else(|| field("room", "is required"))?;
     let room = RoomId::parse(room).map_err(|e| field("room", e.reason))?;
     let (encode, encode_json) = parse_encode(obj(&body, "encode")?)?;
-    let (layout, background, include_aux, layout_json) = parse_layout(obj(&body, "layout")?, encode.width, encode.height)?;
+    let (layout, background, include_aux, layout_json, image_refs) = parse_layout(obj(&body, "layout")?, encode.width, encode.height)?;
     let (subscribe, subscribe_json) = parse_subscribe(obj(&body, "subscribe")?)?;
     let (audio, max_voices, audio_json) = parse_audio(obj(&body, "audio")?)?;
     let video = match body.get("video") {
@@ -398,6 +474,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if state.mix_jobs.running() >= limit {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit})));
     }
+    let (images, image_errors) = load_images(&image_refs).await;
     let id = tessera_model::TaskId::generate().as_str().to_owned();
     let user = UserId::parse(&format!("mix_{id}")).map_err(|e| ApiError::internal(e.reason))?;
     let spec = MixSpec {
@@ -405,6 +482,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         room: RoomKey { app: caller.app.clone(), room: room.clone() },
         user,
         layout,
+        images,
         background,
         include_aux,
         subscribe,
@@ -416,7 +494,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     };
     let handle = MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current()).map_err(|e| ApiError::internal(format!("cannot start the mix job: {e}")))?;
     let request = json!({"room": room, "layout": layout_json, "subscribe": subscribe_json, "audio": audio_json, "encode": encode_json, "video": video, "max_idle_time": idle, "outputs": outputs});
-    let job = Arc::new(MixJob { app: caller.app.clone(), created_at: crate::now_ms(), request: Mutex::new(request), handle });
+    let job = Arc::new(MixJob { app: caller.app.clone(), created_at: crate::now_ms(), request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
     state.mix_jobs.jobs.insert(id.clone(), job.clone());
     tracing::info!(job = %id, room = %room, "mix job started");
     Ok((StatusCode::CREATED, Json(view(&state, &id, &job))))
@@ -463,6 +541,10 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
         Some(m) => Some(parse_layout(Some(m), spec.encode.width, spec.encode.height)?),
         None => None,
     };
+    let images = match &layout {
+        Some((.., refs)) => Some(load_images(refs).await),
+        None => None,
+    };
     let subscribe = if top.contains_key("subscribe") { Some(parse_subscribe(obj(&body, "subscribe")?)?) } else { None };
     let audio = if top.contains_key("audio") { Some(parse_audio(obj(&body, "audio")?)?) } else { None };
     if let Some((mode, _, _)) = &audio {
@@ -475,11 +557,15 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     }
     let mut request = job.request.lock().expect("mix request");
     job.handle.update(|s| {
-        if let Some((l, bg, aux, j)) = layout {
+        if let Some((l, bg, aux, j, _)) = layout {
             s.layout = l;
             s.background = bg;
             s.include_aux = aux;
             request["layout"] = j;
+        }
+        if let Some((images, errors)) = images {
+            s.images = images;
+            *job.image_errors.lock().expect("image errors") = errors;
         }
         if let Some((sub, j)) = subscribe {
             s.subscribe = sub;
