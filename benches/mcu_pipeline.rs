@@ -5,13 +5,13 @@
 //!   cargo bench -p tessera-engine --bench mcu_pipeline -- [inputs=9] [WxH=1280x720] [fps=30] [seconds=10] [preset=superfast]
 //!
 //! Inputs are always encoded with x264 "veryfast" (what a browser-like encoder sends); `preset`
-//! is the mix encoder's.
+//! is the mix encoder's: an x264 preset, or "openh264".
 
 use std::time::Instant;
 use tessera_engine::mcu::layout::nine_grid;
 use tessera_transcode::compose::{Canvas, Rect};
 use tessera_transcode::decode::{VideoCodec, VideoDecoder};
-use tessera_transcode::video::{EncoderSettings, H264Encoder};
+use tessera_transcode::video::{EncoderSettings, H264Encoder, OpenH264Encoder, VideoEncoder};
 
 fn cpu_seconds() -> f64 {
     // utime + stime of this process, in clock ticks (100 Hz on Linux).
@@ -31,6 +31,7 @@ fn main() {
     let preset: &'static str = match args.get(4).map(|s| s.as_str()) {
         Some("ultrafast") => "ultrafast",
         Some("veryfast") => "veryfast",
+        Some("openh264") => "openh264",
         _ => "superfast",
     };
     let frames = (fps * seconds) as usize;
@@ -60,7 +61,8 @@ fn main() {
     }
     let mut decoders: Vec<VideoDecoder> = (0..inputs).map(|_| VideoDecoder::new(VideoCodec::H264).unwrap()).collect();
     let mut canvas = Canvas::new(w, h);
-    let mut encoder = H264Encoder::new(EncoderSettings { width: w, height: h, fps, kbps: 2500, gop_frames: fps * 3, preset }).unwrap();
+    let settings = EncoderSettings { width: w, height: h, fps, kbps: 2500, gop_frames: fps * 3, preset };
+    let mut encoder = if preset == "openh264" { VideoEncoder::OpenH264(OpenH264Encoder::new(settings).unwrap()) } else { VideoEncoder::X264(H264Encoder::new(settings).unwrap()) };
     let tiles = nine_grid(w, h, inputs);
     let (mut decode_s, mut compose_s, mut encode_s) = (0.0, 0.0, 0.0);
     let mut out = Vec::new();
@@ -91,7 +93,8 @@ fn main() {
     let wall = wall0.elapsed().as_secs_f64();
     let per = |s: f64| s * 1000.0 / frames as f64;
     println!(
-        "| {inputs} × 640x360 → {w}x{h}@{fps}, x264 {preset} | {:.2} | {:.1} / {:.1} / {:.1} | {:.0} fps | {:.2} |",
+        "| {inputs} × 640x360 → {w}x{h}@{fps}, {} | {:.2} | {:.1} / {:.1} / {:.1} | {:.0} fps | {:.2} |",
+        if preset == "openh264" { "OpenH264".to_string() } else { format!("x264 {preset}") },
         cpu / seconds as f64,
         per(decode_s),
         per(compose_s),

@@ -143,6 +143,7 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     assert_eq!(job["user"], format!("mix_{id}"));
     assert_eq!(job["layout"]["template"], "nine_grid");
     assert_eq!(job["encode"]["effective"]["width"], 640);
+    assert_eq!(job["encode"]["effective"]["encoder"], "openh264", "OpenH264 is the default encoder");
     assert_eq!(job["whep_url"], format!("/whep/mix/mix_{id}/main"));
     let running = poll(&server, &key, &id, Duration::from_secs(30), |v| v["state"] == "RUNNING" && tiles(v).len() == 5);
     assert_eq!(
@@ -252,11 +253,14 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     assert_eq!((r.json()["state"].as_str(), r.json()["leave_code"].as_u64()), (Some("STOPPED"), Some(0)), "{}", r.body);
 
     // A job in a room without anchors stops by itself after max_idle_time (leave code 99).
-    let r = post_json(&jobs, Some(&key), &json!({"room": "empty", "max_idle_time": 2, "encode": {"template": "360p"}}));
+    // It encodes its background meanwhile, here with libx264.
+    let r = post_json(&jobs, Some(&key), &json!({"room": "empty", "max_idle_time": 2, "encode": {"template": "360p", "encoder": "x264"}}));
     assert_eq!(r.status, 201, "{}", r.body);
+    assert_eq!(r.json()["encode"]["effective"]["encoder"], "x264");
     let idle_id = r.json()["id"].as_str().unwrap().to_owned();
     let stopped = poll(&server, &key, &idle_id, Duration::from_secs(10), |v| v["state"] == "STOPPED");
     assert_eq!(stopped["leave_code"], 99, "{stopped}");
+    assert!(stopped["stats"]["frames"].as_u64().unwrap() >= 15, "{stopped}");
     for mut p in pubs {
         let _ = p.kill();
         let _ = p.wait();

@@ -94,6 +94,103 @@ impl H264Encoder {
     }
 }
 
+/// Cisco's OpenH264 (the spec's default mix encoder): constrained baseline, bitrate rate
+/// control, one thread, IDR on request. Annex-B out like `H264Encoder`.
+pub struct OpenH264Encoder {
+    encoder: openh264::encoder::Encoder,
+    pub settings: EncoderSettings,
+    keyframe_requested: bool,
+}
+
+// SAFETY: the OpenH264 encoder instance is owned by this value and used through `&mut self`.
+unsafe impl Send for OpenH264Encoder {}
+
+/// A YUV420P FFmpeg frame as OpenH264 reads it (no copy).
+struct FrameSource<'a>(&'a ff::frame::Video);
+
+impl openh264::formats::YUVSource for FrameSource<'_> {
+    fn dimensions(&self) -> (usize, usize) {
+        (self.0.width() as usize, self.0.height() as usize)
+    }
+    fn strides(&self) -> (usize, usize, usize) {
+        (self.0.stride(0), self.0.stride(1), self.0.stride(2))
+    }
+    fn y(&self) -> &[u8] {
+        self.0.data(0)
+    }
+    fn u(&self) -> &[u8] {
+        self.0.data(1)
+    }
+    fn v(&self) -> &[u8] {
+        self.0.data(2)
+    }
+}
+
+impl OpenH264Encoder {
+    pub fn new(settings: EncoderSettings) -> Result<OpenH264Encoder, TranscodeError> {
+        use openh264::encoder::{BitRate, EncoderConfig, FrameRate, IntraFramePeriod, Profile, RateControlMode, UsageType};
+        if settings.width < 16 || settings.height < 16 || settings.width % 2 == 1 || settings.height % 2 == 1 {
+            return Err(TranscodeError::Unsupported(format!("cannot encode {}x{}: sizes must be even and at least 16", settings.width, settings.height)));
+        }
+        let config = EncoderConfig::new()
+            .bitrate(BitRate::from_bps(settings.kbps * 1000))
+            .max_frame_rate(FrameRate::from_hz(settings.fps.max(1) as f32))
+            .rate_control_mode(RateControlMode::Bitrate)
+            .usage_type(UsageType::CameraVideoRealTime)
+            .profile(Profile::Baseline)
+            .intra_frame_period(IntraFramePeriod::from_num_frames(settings.gop_frames.max(1)))
+            .scene_change_detect(false)
+            // A mix must keep its frame rate; rate control lowers quality instead of skipping.
+            .skip_frames(false)
+            .num_threads(1);
+        let encoder = openh264::encoder::Encoder::with_api_config(openh264::OpenH264API::from_source(), config)
+            .map_err(|e| TranscodeError::Unsupported(format!("OpenH264: {e}")))?;
+        Ok(OpenH264Encoder { encoder, settings, keyframe_requested: false })
+    }
+
+    pub fn request_keyframe(&mut self) {
+        self.keyframe_requested = true;
+    }
+
+    pub fn encode(&mut self, frame: &ff::frame::Video, pts_ms: i64, out: &mut Vec<EncodedVideo>) -> Result<(), TranscodeError> {
+        if std::mem::take(&mut self.keyframe_requested) {
+            self.encoder.force_intra_frame();
+        }
+        let stream = self
+            .encoder
+            .encode_at(&FrameSource(frame), openh264::Timestamp::from_millis(pts_ms.max(0) as u64))
+            .map_err(|e| TranscodeError::Unsupported(format!("OpenH264: {e}")))?;
+        let keyframe = matches!(stream.frame_type(), openh264::encoder::FrameType::IDR);
+        let data = stream.to_vec();
+        if !data.is_empty() {
+            out.push(EncodedVideo { pts_ms, keyframe, data });
+        }
+        Ok(())
+    }
+}
+
+/// The mix's encoder: OpenH264 (default) or libx264 (LAYOUTS.md §4).
+pub enum VideoEncoder {
+    OpenH264(OpenH264Encoder),
+    X264(H264Encoder),
+}
+
+impl VideoEncoder {
+    pub fn request_keyframe(&mut self) {
+        match self {
+            VideoEncoder::OpenH264(e) => e.request_keyframe(),
+            VideoEncoder::X264(e) => e.request_keyframe(),
+        }
+    }
+
+    pub fn encode(&mut self, frame: &mut ff::frame::Video, pts_ms: i64, out: &mut Vec<EncodedVideo>) -> Result<(), TranscodeError> {
+        match self {
+            VideoEncoder::OpenH264(e) => e.encode(frame, pts_ms, out),
+            VideoEncoder::X264(e) => e.encode(frame, pts_ms, out),
+        }
+    }
+}
+
 /// The size a transcode produces: the source's, made even and at most 1920x1080 (aspect kept).
 pub fn output_size(width: u32, height: u32) -> (u32, u32) {
     let (mut w, mut h) = (width.max(16) as u64, height.max(16) as u64);
@@ -211,6 +308,33 @@ mod tests {
         assert_eq!(sps[1], 66, "profile_idc 66: baseline");
         assert!(out.iter().zip(out.iter().skip(1)).all(|(a, b)| b.pts_ms > a.pts_ms), "decode order is display order");
         assert!(H264Encoder::new(EncoderSettings { width: 321, height: 180, fps: 30, kbps: 300, gop_frames: 30, preset: "veryfast" }).is_err());
+    }
+
+    #[test]
+    fn openh264_makes_baseline_with_an_idr_first_and_on_request() {
+        let mut e = OpenH264Encoder::new(EncoderSettings { width: 320, height: 180, fps: 30, kbps: 300, gop_frames: 300, preset: "" }).unwrap();
+        let mut out = Vec::new();
+        for i in 0..10 {
+            if i == 6 {
+                e.request_keyframe();
+            }
+            e.encode(&gray(320, 180, (i * 20) as u8), i * 33, &mut out).unwrap();
+        }
+        assert_eq!(out.len(), 10);
+        let idrs: Vec<i64> = out.iter().filter(|o| split_annex_b(&o.data).iter().any(|n| nal_type(n) == Some(NAL_IDR))).map(|o| o.pts_ms).collect();
+        assert_eq!(idrs, vec![0, 6 * 33]);
+        assert!(out[0].keyframe && out[6].keyframe && !out[1].keyframe);
+        let sps = split_annex_b(&out[0].data).into_iter().find(|n| nal_type(n) == Some(NAL_SPS)).expect("SPS in band");
+        assert_eq!(sps[1], 66, "baseline");
+        // And FFmpeg decodes it.
+        let mut d = crate::decode::VideoDecoder::new(crate::decode::VideoCodec::H264).unwrap();
+        let mut pictures = 0;
+        for o in &out {
+            if d.decode(&o.data).unwrap() {
+                pictures += 1;
+            }
+        }
+        assert!(pictures >= 9, "{pictures}");
     }
 
     #[test]

@@ -17,7 +17,7 @@ use tessera_model::UserId;
 use tessera_transcode::compose::{Canvas, Rect};
 use tessera_transcode::image::{Overlay, RgbaImage};
 use tessera_transcode::decode::{OpusDecoder, OpusEncoder, VideoCodec, VideoDecoder};
-use tessera_transcode::video::{EncoderSettings, H264Encoder};
+use tessera_transcode::video::{EncoderSettings, H264Encoder, OpenH264Encoder, VideoEncoder};
 use tessera_transcode::OPUS_FRAME;
 
 /// The most inputs a job takes (LAYOUTS.md §2).
@@ -30,8 +30,8 @@ const MAX_AUDIO_BUFFER: usize = 48_000 * 2 / 5;
 /// Audio buffered before an input is mixed (the jitter buffer).
 const AUDIO_PREROLL: usize = 48 * 2 * 60;
 const MAX_RTP_PAYLOAD: usize = 1200;
-/// x264 preset of mixes: a 720p30 nine-grid costs ~0.3 cores with it, ~0.4 with "veryfast"
-/// (BENCHMARKS.md), at a quality difference that flat, tiled pictures barely show.
+/// x264 preset of mixes (`encoder: "x264"`): a 720p30 nine-grid costs ~0.3 cores with it,
+/// ~0.4 with "veryfast" (BENCHMARKS.md).
 const MIX_PRESET: &str = "superfast";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,8 @@ pub struct EncodeSettings {
     pub gop_s: u32,
     pub audio_channels: usize,
     pub audio_kbps: u32,
+    /// OpenH264 (the default) or libx264.
+    pub openh264: bool,
 }
 
 /// A watermark: an image scaled to its box, blended above every tile.
@@ -309,7 +311,12 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
     let result = (|| -> Result<u32, String> {
         let mut canvas = if spec.video { Some(Canvas::new(enc.width, enc.height)) } else { None };
         let mut encoder = if spec.video {
-            Some(H264Encoder::new(EncoderSettings { width: enc.width, height: enc.height, fps: enc.fps, kbps: enc.kbps, gop_frames: enc.fps * enc.gop_s.max(1), preset: MIX_PRESET }).map_err(|e| e.to_string())?)
+            let settings = EncoderSettings { width: enc.width, height: enc.height, fps: enc.fps, kbps: enc.kbps, gop_frames: enc.fps * enc.gop_s.max(1), preset: MIX_PRESET };
+            Some(if enc.openh264 {
+                VideoEncoder::OpenH264(OpenH264Encoder::new(settings).map_err(|e| e.to_string())?)
+            } else {
+                VideoEncoder::X264(H264Encoder::new(settings).map_err(|e| e.to_string())?)
+            })
         } else {
             None
         };

@@ -374,13 +374,12 @@ fn parse_encode(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(Encode
         }
     }
     let level = if fps > 30 { "42e02a" } else if width as u64 * height as u64 > 1280 * 720 { "42e028" } else { "42e01f" };
-    let settings = EncodeSettings { width, height, fps, kbps, gop_s, audio_channels: channels as usize, audio_kbps: akbps as u32 };
+    let settings = EncodeSettings { width, height, fps, kbps, gop_s, audio_channels: channels as usize, audio_kbps: akbps as u32, openh264: encoder == "openh264" };
     let normalized = json!({
         "template": template, "gop_s": gop_s, "encoder": encoder, "audio_profile": profile,
         "effective": {
             "width": width, "height": height, "fps": fps, "kbps": kbps, "gop_s": gop_s,
-            // libx264 in its baseline, zero-latency shape; the openh264 encoder is not built yet.
-            "encoder": "x264", "profile_level_id": level,
+            "encoder": encoder, "profile_level_id": level,
             "audio_codec": "opus", "audio_sample_rate": 48_000, "audio_channels": channels, "audio_kbps": akbps,
         },
     });
