@@ -242,6 +242,7 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     let job = get(&server.url(&format!("/v1/mix-jobs/{id}")), Some(&key)).json();
     assert!(job["stats"]["fps"].as_f64().unwrap() >= 12.0, "{}", job["stats"]);
     assert!(job["stats"]["encode_ms_p50"].as_f64().unwrap() > 0.0, "{}", job["stats"]);
+    assert!(job["stats"]["cpu_cores"].as_f64().unwrap() > 0.0, "{}", job["stats"]);
     // The encoding is fixed while running; DELETE stops with leave code 0.
     let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"encode":{"template":"360p"}}"#)), &[]);
     r.expect_error(409, "encode_immutable");

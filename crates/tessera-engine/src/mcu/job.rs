@@ -185,6 +185,16 @@ pub struct MixStats {
     pub encode_ms_p50: f64,
     pub dropped_frames: u64,
     pub frames: u64,
+    /// CPU of the job's own thread (decode, compose, OpenH264, audio), in cores.
+    pub cpu_cores: f64,
+}
+
+/// CPU seconds this thread has used (Linux: /proc/thread-self/stat, 10 ms resolution).
+fn thread_cpu_seconds() -> f64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
+    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 #[derive(Debug, Clone)]
@@ -341,6 +351,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         let mut next_refresh = start;
         let mut idle_since: Option<Instant> = None;
         let mut fps_window = (start, 0u64);
+        let mut cpu_mark = thread_cpu_seconds();
         let mut mix_pcm = vec![0.0f32; OPUS_FRAME * 2];
         let mut encoded = Vec::new();
         let mut opus_out = Vec::new();
@@ -550,7 +561,11 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
 
             // Status for GET.
             if fps_window.0.elapsed() >= Duration::from_secs(1) {
-                stats.fps = (fps_window.1 as f64 / fps_window.0.elapsed().as_secs_f64() * 10.0).round() / 10.0;
+                let elapsed = fps_window.0.elapsed().as_secs_f64();
+                stats.fps = (fps_window.1 as f64 / elapsed * 10.0).round() / 10.0;
+                let cpu = thread_cpu_seconds();
+                stats.cpu_cores = ((cpu - cpu_mark) / elapsed * 100.0).round() / 100.0;
+                cpu_mark = cpu;
                 fps_window = (Instant::now(), 0);
             }
             stats.decode_ms_p50 = decode_t.p50();
