@@ -30,7 +30,7 @@ enum Command {
     AddIngest { spec: SessionSpec, reply: oneshot::Sender<u64> },
     Push { id: u64, packets: Vec<IngestPacket> },
     RemoveIngest { id: u64 },
-    AddTap { key: RoomKey, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
+    AddTap { key: RoomKey, with_mixes: bool, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
     RemoveTap { id: u64 },
     RoomPublishers { key: RoomKey, reply: oneshot::Sender<Vec<PublisherInfo>> },
     RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
@@ -155,7 +155,12 @@ impl RtcHandle {
     /// An in-process subscriber to every publisher of a room (a mix job). Dropping the receiver
     /// is not enough to stop it: call `remove_tap`.
     pub async fn add_tap(&self, key: RoomKey) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, reply }).await
+        self.ask(|reply| Command::AddTap { key, with_mixes: false, reply }).await
+    }
+
+    /// Like `add_tap`, and mixes' output too (relays and recordings of `mix_<id>`).
+    pub async fn add_tap_all(&self, key: RoomKey) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
+        self.ask(|reply| Command::AddTap { key, with_mixes: true, reply }).await
     }
 
     pub async fn remove_tap(&self, id: u64) -> Result<(), RtcServerError> {
@@ -236,8 +241,8 @@ async fn run(
                         sfu.remove_internal_publisher(id);
                         keyframe_requests.lock().expect("keyframe requests").remove(&id);
                     }
-                    Command::AddTap { key, reply } => {
-                        let id = sfu.add_tap(key);
+                    Command::AddTap { key, with_mixes, reply } => {
+                        let id = sfu.add_tap(key, with_mixes);
                         let (tx, rx) = mpsc::channel(TAP_QUEUE);
                         taps.insert(id, tx);
                         let _ = reply.send((id, rx));

@@ -317,7 +317,8 @@ pub struct Sfu {
     empty_room_timeout: Duration,
     pub counters: Arc<SfuCounters>,
     /// In-process subscribers (mix jobs) per room, and what they are owed.
-    taps: HashMap<RoomKey, Vec<u64>>,
+    /// (tap, whether it also takes mixes' output).
+    taps: HashMap<RoomKey, Vec<(u64, bool)>>,
     tap_out: Vec<(u64, TapPacket)>,
     /// Internal publishers whose viewers asked for a keyframe.
     internal_keyframe_wanted: Vec<u64>,
@@ -382,16 +383,16 @@ impl Sfu {
 
     /// Adds an in-process subscriber to every publisher of a room; its packets come out of
     /// `poll_tap`.
-    pub fn add_tap(&mut self, room: RoomKey) -> u64 {
+    pub fn add_tap(&mut self, room: RoomKey, with_mixes: bool) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
-        self.taps.entry(room).or_default().push(id);
+        self.taps.entry(room).or_default().push((id, with_mixes));
         id
     }
 
     pub fn remove_tap(&mut self, id: u64) {
         self.taps.retain(|_, v| {
-            v.retain(|t| *t != id);
+            v.retain(|(t, _)| *t != id);
             !v.is_empty()
         });
     }
@@ -905,10 +906,14 @@ impl Sfu {
     /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
     /// `only`. Returns nothing; viewers written to are marked dirty.
     fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
-        // Mix jobs take one layer (the top one, or the only one) of everyone but mixes.
-        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) && !key.0.as_str().starts_with("mix_") {
+        // Taps take one layer (the top one, or the only one); a mix job's tap skips mixes.
+        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) {
+            let is_mix = key.0.as_str().starts_with("mix_");
             if let Some(taps) = self.taps.get(room) {
-                for t in taps {
+                for (t, with_mixes) in taps {
+                    if is_mix && !with_mixes {
+                        continue;
+                    }
                     self.tap_out.push((
                         *t,
                         TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() },

@@ -214,6 +214,68 @@ impl AvcToRtp {
     }
 }
 
+/// FLV video tag body: the AVC sequence header (an AVCDecoderConfigurationRecord with 4-byte
+/// NAL lengths) for these parameter sets.
+pub fn avc_sequence_header(sps: &[u8], pps: &[u8]) -> Vec<u8> {
+    let mut out = vec![0x17, 0, 0, 0, 0, 1, *sps.get(1).unwrap_or(&66), *sps.get(2).unwrap_or(&0), *sps.get(3).unwrap_or(&31), 0xff, 0xe1];
+    out.extend_from_slice(&(sps.len() as u16).to_be_bytes());
+    out.extend_from_slice(sps);
+    out.push(1);
+    out.extend_from_slice(&(pps.len() as u16).to_be_bytes());
+    out.extend_from_slice(pps);
+    out
+}
+
+/// FLV video tag body: one access unit as 4-byte length-prefixed NAL units.
+pub fn avc_frame(nalus: &[&[u8]], keyframe: bool, composition_time_ms: i32) -> Vec<u8> {
+    let cts = composition_time_ms.to_be_bytes();
+    let mut out = Vec::with_capacity(5 + nalus.iter().map(|n| n.len() + 4).sum::<usize>());
+    out.extend_from_slice(&[if keyframe { 0x17 } else { 0x27 }, 1, cts[1], cts[2], cts[3]]);
+    for n in nalus {
+        out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        out.extend_from_slice(n);
+    }
+    out
+}
+
+/// FLV audio tag body: the AAC sequence header (AudioSpecificConfig).
+pub fn aac_sequence_header(asc: &[u8]) -> Vec<u8> {
+    let mut out = vec![0xaf, 0];
+    out.extend_from_slice(asc);
+    out
+}
+
+/// FLV audio tag body: one raw AAC frame.
+pub fn aac_frame(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 2);
+    out.extend_from_slice(&[0xaf, 1]);
+    out.extend_from_slice(raw);
+    out
+}
+
+#[cfg(test)]
+mod muxer_tests {
+    use super::*;
+
+    #[test]
+    fn built_tags_parse_back() {
+        let (sps, pps) = ([0x67, 0x42, 0xc0, 0x1f, 0xda], [0x68, 0xce, 0x3c]);
+        let header = avc_sequence_header(&sps, &pps);
+        let VideoTag::SequenceHeader(record) = VideoTag::parse(&header).unwrap() else { panic!("not a sequence header") };
+        let config = tessera_media::h264::AvcConfig::parse(record).unwrap();
+        assert_eq!((config.sps[0].as_slice(), config.pps[0].as_slice(), config.length_size), (&sps[..], &pps[..], 4));
+        let frame = avc_frame(&[&[0x65, 1, 2], &[0x06, 5]], true, 0);
+        match VideoTag::parse(&frame).unwrap() {
+            VideoTag::Frame { keyframe: true, data, .. } => {
+                assert_eq!(tessera_media::h264::split_length_prefixed(data, 4).unwrap(), vec![&[0x65, 1, 2][..], &[0x06, 5][..]]);
+            }
+            _ => panic!("not a keyframe"),
+        }
+        assert!(matches!(AudioTag::parse(&aac_sequence_header(&[0x11, 0x90])).unwrap(), AudioTag::SequenceHeader(&[0x11, 0x90])));
+        assert!(matches!(AudioTag::parse(&aac_frame(&[1, 2, 3])).unwrap(), AudioTag::Frame(&[1, 2, 3])));
+    }
+}
+
 #[cfg(test)]
 mod packetizer_tests {
     use super::*;

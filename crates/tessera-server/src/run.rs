@@ -148,6 +148,7 @@ impl Server {
         rtmp.abort();
         self.state.ingests.shutdown();
         self.state.mix_jobs.shutdown();
+        self.state.relays.shutdown();
         if let Err(e) = self.state.store.flush() {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }

@@ -175,6 +175,88 @@ impl OpusEncoder {
     }
 }
 
+/// 48 kHz PCM in, AAC-LC out (relays and recordings: FLV and MPEG-TS carry AAC, not Opus).
+pub struct AacEncoder {
+    encoder: ff::encoder::Audio,
+    channels: usize,
+    frame: ff::frame::Audio,
+    packet: ff::Packet,
+    /// Interleaved stereo samples waiting for a whole 1024-sample frame.
+    pending: Vec<f32>,
+    next_ts: u64,
+    asc: Vec<u8>,
+}
+
+// SAFETY: as above.
+unsafe impl Send for AacEncoder {}
+
+/// Samples per AAC-LC frame.
+pub const AAC_FRAME: usize = 1024;
+
+/// One AAC frame and its time in 48 kHz samples from the encoder's start.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AacFrame {
+    pub ts48: u64,
+    pub data: Vec<u8>,
+}
+
+impl AacEncoder {
+    pub fn new(channels: usize, kbps: u32) -> Result<AacEncoder, TranscodeError> {
+        init();
+        let codec = ff::encoder::find(ff::codec::Id::AAC).ok_or(TranscodeError::MissingCodec("AAC encoder"))?;
+        let layout = if channels == 1 { ChannelLayout::MONO } else { ChannelLayout::STEREO };
+        let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().audio()?;
+        enc.set_rate(OPUS_RATE as i32);
+        enc.set_channel_layout(layout);
+        enc.set_format(Sample::F32(Type::Planar));
+        enc.set_bit_rate(kbps as usize * 1000);
+        enc.set_time_base((1, OPUS_RATE as i32));
+        // The AudioSpecificConfig goes in extradata (the FLV/MP4 sequence header), not ADTS.
+        unsafe {
+            (*enc.as_mut_ptr()).flags |= ff::ffi::AV_CODEC_FLAG_GLOBAL_HEADER as i32;
+        }
+        let encoder = enc.open_as(codec)?;
+        let asc = unsafe {
+            let raw = encoder.as_ptr();
+            std::slice::from_raw_parts((*raw).extradata, (*raw).extradata_size.max(0) as usize).to_vec()
+        };
+        let mut frame = ff::frame::Audio::new(Sample::F32(Type::Planar), AAC_FRAME, layout);
+        frame.set_rate(OPUS_RATE);
+        Ok(AacEncoder { encoder, channels: channels.clamp(1, 2), frame, packet: ff::Packet::empty(), pending: Vec::new(), next_ts: 0, asc })
+    }
+
+    /// The AudioSpecificConfig.
+    pub fn audio_specific_config(&self) -> &[u8] {
+        &self.asc
+    }
+
+    /// Adds interleaved stereo samples; appends every AAC frame that completes.
+    pub fn push(&mut self, stereo: &[f32], out: &mut Vec<AacFrame>) -> Result<(), TranscodeError> {
+        self.pending.extend_from_slice(stereo);
+        while self.pending.len() >= AAC_FRAME * 2 {
+            for i in 0..AAC_FRAME {
+                let (l, r) = (self.pending[2 * i], self.pending[2 * i + 1]);
+                if self.channels == 1 {
+                    self.frame.plane_mut::<f32>(0)[i] = (l + r) * 0.5;
+                } else {
+                    self.frame.plane_mut::<f32>(0)[i] = l;
+                    self.frame.plane_mut::<f32>(1)[i] = r;
+                }
+            }
+            self.pending.drain(..AAC_FRAME * 2);
+            self.frame.set_pts(Some(self.next_ts as i64));
+            self.next_ts += AAC_FRAME as u64;
+            self.encoder.send_frame(&self.frame)?;
+            while self.encoder.receive_packet(&mut self.packet).is_ok() {
+                if let Some(d) = self.packet.data() {
+                    out.push(AacFrame { ts48: self.packet.pts().unwrap_or(0).max(0) as u64, data: d.to_vec() });
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -195,5 +277,17 @@ mod tests {
         }
         let rms = (out.iter().map(|s| s * s).sum::<f32>() / out.len() as f32).sqrt();
         assert!(rms > 0.2, "rms {rms}");
+        // And on to AAC, which FFmpeg's decoder (via AudioToOpus) takes back.
+        let mut aac = AacEncoder::new(2, 96).unwrap();
+        let mut frames = Vec::new();
+        aac.push(&out, &mut frames).unwrap();
+        assert!(frames.len() >= 40, "{}", frames.len());
+        assert_eq!(aac.audio_specific_config().len(), 2, "AAC-LC 48 kHz stereo ASC");
+        let mut back = crate::AudioToOpus::new(aac.audio_specific_config()).unwrap();
+        let mut opus = Vec::new();
+        for f in &frames {
+            back.push(&f.data, (f.ts48 / 48) as u32, &mut opus).unwrap();
+        }
+        assert!(opus.len() >= 80, "{}", opus.len());
     }
 }

@@ -404,16 +404,22 @@ fn max_idle(v: &Value) -> ApiResult<u64> {
     }
 }
 
-fn check_outputs(v: &Value) -> ApiResult<Value> {
-    let Some(m) = obj(v, "outputs")? else { return Ok(json!({"rtmp_urls": [], "recording": null, "relay_id": null, "recording_id": null})) };
+/// `outputs`: the RTMP URLs of the job's own relay (checked here, started with the job).
+fn check_outputs(v: &Value) -> ApiResult<Vec<String>> {
+    let Some(m) = obj(v, "outputs")? else { return Ok(Vec::new()) };
     known(m, "outputs", &["rtmp_urls", "recording"])?;
-    if m.get("rtmp_urls").and_then(|u| u.as_array()).is_some_and(|a| !a.is_empty()) {
-        return Err(field("outputs.rtmp_urls", "RTMP outputs are not supported yet"));
-    }
     if m.get("recording").is_some_and(|r| !r.is_null()) {
         return Err(field("outputs.recording", "recording outputs are not supported yet"));
     }
-    Ok(json!({"rtmp_urls": [], "recording": null, "relay_id": null, "recording_id": null}))
+    let urls: Vec<String> = match m.get("rtmp_urls") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.iter().map(|u| u.as_str().map(str::to_owned).ok_or_else(|| field("outputs.rtmp_urls", "must be a list of rtmp:// URLs"))).collect::<ApiResult<_>>()?,
+        Some(_) => return Err(field("outputs.rtmp_urls", "must be a list of rtmp:// URLs")),
+    };
+    if !urls.is_empty() {
+        super::relays::check_urls(&urls).map_err(|e| field("outputs.rtmp_urls", e.message))?;
+    }
+    Ok(urls)
 }
 
 fn view(state: &AppState, id: &str, job: &MixJob) -> Value {
@@ -468,7 +474,10 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         return Err(field("audio.mode", "an audio-only job (video: false) needs audio"));
     }
     let idle = max_idle(&body)?;
-    let outputs = check_outputs(&body)?;
+    let rtmp_urls = check_outputs(&body)?;
+    if let Some(u) = rtmp_urls.iter().find(|u| state.relays.url_in_use(u, None)) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {}", u.rsplit_once('/').map(|(a, _)| a).unwrap_or(u))));
+    }
     let limit = state.config.limits.concurrent_mix_jobs.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     if state.mix_jobs.running() >= limit {
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit})));
@@ -491,7 +500,31 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         video,
         max_idle: Duration::from_secs(idle),
     };
+    let mix_user = spec.user.clone();
+    let relay_media = if !video { "audio" } else if spec.audio == AudioMode::None { "video" } else { "audio_video" };
     let handle = MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current()).map_err(|e| ApiError::internal(format!("cannot start the mix job: {e}")))?;
+    // Mixed relay: the job's own relay of `mix_<id>`, stopped with it (RECORDING.md §1).
+    let relay_id = if rtmp_urls.is_empty() {
+        None
+    } else {
+        let new = crate::relay::NewRelay {
+            app: caller.app.clone(),
+            room: room.clone(),
+            source: crate::relay::SourceRef { user: mix_user, stream: tessera_media::StreamKind::Main },
+            media: relay_media.to_string(),
+            urls: rtmp_urls.clone(),
+            max_idle: Duration::from_secs(idle + 5),
+            owner: Some(id.clone()),
+        };
+        match state.relays.start(new, state.rtc.clone()) {
+            Ok(r) => Some(r.id),
+            Err(e) => {
+                handle.stop();
+                return Err(ApiError::internal(format!("cannot start the mix job's relay: {e}")));
+            }
+        }
+    };
+    let outputs = json!({"rtmp_urls": rtmp_urls, "recording": null, "relay_id": relay_id, "recording_id": null});
     let request = json!({"room": room, "layout": layout_json, "subscribe": subscribe_json, "audio": audio_json, "encode": encode_json, "video": video, "max_idle_time": idle, "outputs": outputs});
     let job = Arc::new(MixJob { app: caller.app.clone(), created_at: crate::now_ms(), request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
     state.mix_jobs.jobs.insert(id.clone(), job.clone());
@@ -551,8 +584,21 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
             return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch its audio to or from 'none'"));
         }
     }
-    if top.contains_key("outputs") {
-        check_outputs(&body)?;
+    let new_urls = if top.contains_key("outputs") { Some(check_outputs(&body)?) } else { None };
+    if let Some(urls) = &new_urls {
+        let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
+        match (relay_id.and_then(|r| state.relays.get(&caller.app, &r)), urls.is_empty()) {
+            (Some(relay), false) => {
+                if let Some(u) = urls.iter().find(|u| state.relays.url_in_use(u, Some(&relay.record().id))) {
+                    return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {u}")));
+                }
+                state.relays.set_urls(&relay, urls.clone());
+            }
+            (Some(relay), true) => state.relays.stop(&relay),
+            (None, false) => return Err(field("outputs.rtmp_urls", "add RTMP outputs when starting the job")),
+            (None, true) => {}
+        }
+        job.request.lock().expect("mix request")["outputs"]["rtmp_urls"] = json!(urls);
     }
     let mut request = job.request.lock().expect("mix request");
     job.handle.update(|s| {
@@ -583,6 +629,10 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let job = find(&state, &caller.app, &id)?;
     job.handle.stop();
+    let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
+    if let Some(relay) = relay_id.and_then(|r| state.relays.get(&caller.app, &r)) {
+        state.relays.stop(&relay);
+    }
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while job.handle.status().state != MixState::Stopped && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

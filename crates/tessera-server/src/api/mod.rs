@@ -6,6 +6,7 @@ mod cors;
 mod app;
 mod ingests;
 pub mod mixjobs;
+mod relays;
 pub mod auth;
 pub mod json;
 mod tokens;
@@ -39,6 +40,7 @@ pub struct Shared {
     pub task_rate: auth::RateLimiter,
     pub ingests: crate::ingest::Ingests,
     pub mix_jobs: mixjobs::MixJobs,
+    pub relays: crate::relay::Relays,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -57,6 +59,7 @@ impl AppState {
         AppState(Arc::new(Shared {
             ingests: crate::ingest::Ingests::new(tasks_dir),
             mix_jobs: mixjobs::MixJobs::default(),
+            relays: crate::relay::Relays::default(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
@@ -78,6 +81,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
         .route("/v1/mix-jobs", post(mixjobs::start).get(mixjobs::list))
         .route("/v1/mix-jobs/{id}", get(mixjobs::get).patch(mixjobs::update).delete(mixjobs::stop))
+        .route("/v1/relays", post(relays::start).get(relays::list))
+        .route("/v1/relays/{id}", get(relays::get).patch(relays::update).delete(relays::stop))
         .route("/v1/ingests", post(ingests::start).get(ingests::list))
         .route("/v1/ingests/{id}", get(ingests::get).patch(ingests::update).delete(ingests::stop))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));

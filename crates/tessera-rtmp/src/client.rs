@@ -1,0 +1,249 @@
+//! One outgoing RTMP publish (a relay to a CDN), sans-IO: rml_rtmp's client handshake and
+//! session; bytes in (`feed`), bytes out (`outbound`), and FLV tag bodies to send once
+//! `is_publishing`. The caller owns the socket and the timeouts.
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType};
+use rml_rtmp::time::RtmpTimestamp;
+
+/// Where to push: `rtmp://host[:port]/app[/more]/stream_key[?query]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushTarget {
+    pub host: String,
+    pub port: u16,
+    pub app: String,
+    pub stream_key: String,
+    pub tc_url: String,
+}
+
+impl PushTarget {
+    pub fn parse(url: &str) -> Result<PushTarget, String> {
+        let rest = url.strip_prefix("rtmp://").ok_or("only rtmp:// URLs can be pushed (rtmps is not supported yet)")?;
+        let (authority, path) = rest.split_once('/').ok_or("the URL needs an app and a stream key: rtmp://host/app/key")?;
+        let (host, port) = match authority.rsplit_once(':') {
+            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+            None => (authority.to_string(), 1935),
+        };
+        if host.is_empty() {
+            return Err("the URL has no host".into());
+        }
+        // The stream key is the last path segment (with its query); the app is what precedes it.
+        let (app, stream_key) = path.rsplit_once('/').ok_or("the URL needs an app and a stream key: rtmp://host/app/key")?;
+        if app.is_empty() || stream_key.is_empty() {
+            return Err("the URL needs an app and a stream key: rtmp://host/app/key".into());
+        }
+        Ok(PushTarget { tc_url: format!("rtmp://{authority}/{app}"), host, port, app: app.to_string(), stream_key: stream_key.to_string() })
+    }
+}
+
+/// Why a push did not start (RECORDING.md §1.1 error codes 2 and 3).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushError {
+    #[error("RTMP handshake or connect failed: {0}")]
+    Connect(String),
+    #[error("publish rejected: {0}")]
+    Publish(String),
+}
+
+impl PushError {
+    pub fn code(&self) -> u32 {
+        match self {
+            PushError::Connect(_) => 2,
+            PushError::Publish(_) => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Handshake,
+    Connecting,
+    RequestingPublish,
+    Publishing,
+}
+
+pub struct RtmpPushSession {
+    target: PushTarget,
+    handshake: Handshake,
+    session: Option<ClientSession>,
+    phase: Phase,
+    /// Bytes to write to the server, in order.
+    pub outbound: Vec<u8>,
+}
+
+impl RtmpPushSession {
+    /// Starts the handshake (C0+C1 are in `outbound`).
+    pub fn new(target: PushTarget) -> Result<RtmpPushSession, PushError> {
+        let mut handshake = Handshake::new(PeerType::Client);
+        let c0c1 = handshake.generate_outbound_p0_and_p1().map_err(|e| PushError::Connect(format!("{e:?}")))?;
+        Ok(RtmpPushSession { target, handshake, session: None, phase: Phase::Handshake, outbound: c0c1 })
+    }
+
+    pub fn is_publishing(&self) -> bool {
+        self.phase == Phase::Publishing
+    }
+
+    /// Feeds bytes from the server. Returns true once publishing has started (the first time).
+    pub fn feed(&mut self, bytes: &[u8]) -> Result<bool, PushError> {
+        let mut data = bytes.to_vec();
+        if self.phase == Phase::Handshake {
+            match self.handshake.process_bytes(&data).map_err(|e| PushError::Connect(format!("handshake: {e:?}")))? {
+                HandshakeProcessResult::InProgress { response_bytes } => {
+                    self.outbound.extend_from_slice(&response_bytes);
+                    return Ok(false);
+                }
+                HandshakeProcessResult::Completed { response_bytes, remaining_bytes } => {
+                    self.outbound.extend_from_slice(&response_bytes);
+                    let mut config = ClientSessionConfig::new();
+                    config.tc_url = Some(self.target.tc_url.clone());
+                    let (mut session, results) = ClientSession::new(config).map_err(|e| PushError::Connect(format!("{e:?}")))?;
+                    self.handle(results)?;
+                    let r = session.request_connection(self.target.app.clone()).map_err(|e| PushError::Connect(format!("{e:?}")))?;
+                    self.session = Some(session);
+                    self.handle(vec![r])?;
+                    self.phase = Phase::Connecting;
+                    data = remaining_bytes;
+                }
+            }
+        }
+        if data.is_empty() {
+            return Ok(false);
+        }
+        let was = self.phase;
+        let results = self.session.as_mut().expect("after the handshake").handle_input(&data).map_err(|e| PushError::Connect(format!("{e:?}")))?;
+        self.handle(results)?;
+        Ok(was != Phase::Publishing && self.phase == Phase::Publishing)
+    }
+
+    fn handle(&mut self, results: Vec<ClientSessionResult>) -> Result<(), PushError> {
+        for r in results {
+            match r {
+                ClientSessionResult::OutboundResponse(p) => self.outbound.extend_from_slice(&p.bytes),
+                ClientSessionResult::RaisedEvent(e) => match e {
+                    ClientSessionEvent::ConnectionRequestAccepted => {
+                        let session = self.session.as_mut().expect("connected");
+                        let r = session.request_publishing(self.target.stream_key.clone(), PublishRequestType::Live).map_err(|e| PushError::Publish(format!("{e:?}")))?;
+                        self.phase = Phase::RequestingPublish;
+                        self.handle(vec![r])?;
+                    }
+                    ClientSessionEvent::ConnectionRequestRejected { description } => return Err(PushError::Connect(description)),
+                    ClientSessionEvent::PublishRequestAccepted => self.phase = Phase::Publishing,
+                    ClientSessionEvent::UnhandleableOnStatusCode { code } if self.phase == Phase::RequestingPublish => return Err(PushError::Publish(code)),
+                    // A refusal comes as an onStatus/_error whose object says why.
+                    ClientSessionEvent::UnknownTransactionResultReceived { additional_values, .. }
+                    | ClientSessionEvent::UnhandleableAmf0Command { additional_values, .. }
+                        if self.phase == Phase::RequestingPublish =>
+                    {
+                        if let Some(reason) = refusal(&additional_values) {
+                            return Err(PushError::Publish(reason));
+                        }
+                    }
+                    _ => {}
+                },
+                ClientSessionResult::UnhandleableMessageReceived(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues an FLV video tag body (see `flv::avc_*`) at `timestamp_ms`.
+    pub fn send_video(&mut self, tag: &[u8], timestamp_ms: u32) -> Result<(), PushError> {
+        let session = self.session.as_mut().ok_or_else(|| PushError::Publish("not publishing".into()))?;
+        let r = session.publish_video_data(bytes::Bytes::copy_from_slice(tag), RtmpTimestamp::new(timestamp_ms), false).map_err(|e| PushError::Publish(format!("{e:?}")))?;
+        self.handle(vec![r])
+    }
+
+    /// Queues an FLV audio tag body (see `flv::aac_*`) at `timestamp_ms`.
+    pub fn send_audio(&mut self, tag: &[u8], timestamp_ms: u32) -> Result<(), PushError> {
+        let session = self.session.as_mut().ok_or_else(|| PushError::Publish("not publishing".into()))?;
+        let r = session.publish_audio_data(bytes::Bytes::copy_from_slice(tag), RtmpTimestamp::new(timestamp_ms), false).map_err(|e| PushError::Publish(format!("{e:?}")))?;
+        self.handle(vec![r])
+    }
+}
+
+/// `code: description` of an error status object, if the values carry one.
+fn refusal(values: &[rml_amf0::Amf0Value]) -> Option<String> {
+    use rml_amf0::Amf0Value;
+    values.iter().find_map(|v| match v {
+        Amf0Value::Object(o) => {
+            let text = |k: &str| match o.get(k) {
+                Some(Amf0Value::Utf8String(s)) => Some(s.clone()),
+                _ => None,
+            };
+            let level = text("level").unwrap_or_default();
+            let code = text("code").unwrap_or_default();
+            (level.contains("error") || code.contains("Rejected") || code.contains("BadName") || code.contains("Failed"))
+                .then(|| format!("{code}: {}", text("description").unwrap_or_default()))
+        }
+        _ => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::session::{RtmpEvent, RtmpPublishSession};
+
+    #[test]
+    fn urls_split_into_app_and_stream_key() {
+        let t = PushTarget::parse("rtmp://cdn.example.com/live/abc?k=1").unwrap();
+        assert_eq!((t.host.as_str(), t.port, t.app.as_str(), t.stream_key.as_str()), ("cdn.example.com", 1935, "live", "abc?k=1"));
+        assert_eq!(t.tc_url, "rtmp://cdn.example.com/live");
+        let t = PushTarget::parse("rtmp://10.0.0.1:1936/a/b/key").unwrap();
+        assert_eq!((t.port, t.app.as_str(), t.stream_key.as_str()), (1936, "a/b", "key"));
+        for bad in ["http://x/a/b", "rtmp://x", "rtmp://x/key", "rtmp:///a/b", "rtmp://x:99999/a/b", "rtmps://x/a/b"] {
+            assert!(PushTarget::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// Our push client against our own server session: connect, publish, media arrives.
+    #[test]
+    fn pushes_to_an_rtmp_server_session() {
+        let mut client = RtmpPushSession::new(PushTarget::parse("rtmp://h/push/room1/alice?token=x").unwrap()).unwrap();
+        let mut server = RtmpPublishSession::new();
+        let mut seen = Vec::new();
+        let mut started = false;
+        for _ in 0..20 {
+            let to_server = std::mem::take(&mut client.outbound);
+            for e in server.feed(&to_server).unwrap() {
+                match e {
+                    RtmpEvent::PublishRequested { request_id, app, stream_key } => {
+                        assert_eq!((app.as_str(), stream_key.as_str()), ("push/room1", "alice?token=x"));
+                        server.accept_publish(request_id).unwrap();
+                    }
+                    other => seen.push(other),
+                }
+            }
+            let to_client = std::mem::take(&mut server.outbound);
+            started |= client.feed(&to_client).unwrap();
+            if started {
+                break;
+            }
+        }
+        assert!(started && client.is_publishing());
+        client.send_video(&[0x17, 0, 0, 0, 0, 1, 2], 40).unwrap();
+        client.send_audio(&[0xaf, 1, 9], 41).unwrap();
+        let events = server.feed(&std::mem::take(&mut client.outbound)).unwrap();
+        assert!(events.iter().any(|e| matches!(e, RtmpEvent::Video { data, timestamp_ms: 40 } if data == &[0x17, 0, 0, 0, 0, 1, 2])), "{events:?}");
+        assert!(events.iter().any(|e| matches!(e, RtmpEvent::Audio { timestamp_ms: 41, .. })), "{events:?}");
+    }
+
+    #[test]
+    fn a_rejected_publish_is_an_error_with_code_3() {
+        let mut client = RtmpPushSession::new(PushTarget::parse("rtmp://h/push/room1/alice").unwrap()).unwrap();
+        let mut server = RtmpPublishSession::new();
+        let mut result = Ok(false);
+        for _ in 0..20 {
+            for e in server.feed(&std::mem::take(&mut client.outbound)).unwrap() {
+                if let RtmpEvent::PublishRequested { request_id, .. } = e {
+                    server.reject_publish(request_id, "token_missing: no").unwrap();
+                }
+            }
+            result = client.feed(&std::mem::take(&mut server.outbound));
+            if result.is_err() {
+                break;
+            }
+        }
+        assert_eq!(result.unwrap_err().code(), 3);
+    }
+}

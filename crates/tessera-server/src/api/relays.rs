@@ -1,0 +1,155 @@
+//! `/v1/relays` (RECORDING.md §1): push one user's stream or a mix job's output to CDNs.
+
+use super::auth::Caller;
+use super::json::ApiJson;
+use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::{ApiError, ApiResult};
+use crate::relay::{NewRelay, RelayRecord, SourceRef, MAX_URLS};
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tessera_media::StreamKind;
+use tessera_model::{RoomId, UserId};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceReq {
+    user: String,
+    #[serde(default)]
+    stream: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRelay {
+    room: String,
+    source: SourceReq,
+    #[serde(default)]
+    media: Option<String>,
+    urls: Vec<String>,
+    #[serde(default)]
+    max_idle_time: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRelay {
+    #[serde(default)]
+    urls: Option<Vec<String>>,
+    #[serde(default)]
+    source: Option<SourceReq>,
+    #[serde(default)]
+    media: Option<String>,
+}
+
+fn source(s: &SourceReq) -> ApiResult<SourceRef> {
+    let user = UserId::parse(&s.user).map_err(|e| ApiError::invalid_parameter("source.user", e.reason))?;
+    let stream = match s.stream.as_deref() {
+        None => StreamKind::Main,
+        Some(x) => StreamKind::parse(x).ok_or_else(|| ApiError::invalid_parameter("source.stream", "must be 'main' or 'aux'"))?,
+    };
+    Ok(SourceRef { user, stream })
+}
+
+/// RECORDING.md §1: rtmp:// (rtmps:// is refused: no TLS client yet), ≤ 1024 chars, ≤ 10.
+pub fn check_urls(urls: &[String]) -> ApiResult<()> {
+    if urls.is_empty() || urls.len() > MAX_URLS {
+        return Err(ApiError::invalid_parameter("urls", format!("give 1 to {MAX_URLS} URLs")));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if u.len() > 1024 {
+            return Err(ApiError::invalid_parameter(&format!("urls[{i}]"), "must be at most 1024 characters"));
+        }
+        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| ApiError::invalid_parameter(&format!("urls[{i}]"), e))?;
+        if urls[..i].contains(u) {
+            return Err(ApiError::invalid_parameter(&format!("urls[{i}]"), "listed twice"));
+        }
+    }
+    Ok(())
+}
+
+pub fn view(r: &RelayRecord) -> Value {
+    json!({
+        "id": r.id, "room": r.room, "source": r.source, "media": r.media, "state": r.state,
+        "urls": r.urls, "created_at": r.created_at, "leave_code": r.leave_code, "owner": r.owner,
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("task_not_found", format!("the app has no relay with id '{id}'"))
+}
+
+fn url_in_use(url: &str) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {}", url.rsplit_once('/').map(|(a, _)| a).unwrap_or(url)))
+}
+
+pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartRelay>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let room = RoomId::parse(&req.room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
+    let source = source(&req.source)?;
+    let media = req.media.unwrap_or_else(|| "audio_video".into());
+    if !matches!(media.as_str(), "audio_video" | "audio" | "video") {
+        return Err(ApiError::invalid_parameter("media", "must be audio_video, audio or video"));
+    }
+    check_urls(&req.urls)?;
+    let idle = req.max_idle_time.unwrap_or(30);
+    if !(1..=86_400).contains(&idle) {
+        return Err(ApiError::invalid_parameter("max_idle_time", "must be 1 to 86400 seconds"));
+    }
+    if let Some(u) = req.urls.iter().find(|u| state.relays.url_in_use(u, None)) {
+        return Err(url_in_use(u));
+    }
+    let record = state
+        .relays
+        .start(NewRelay { app: caller.app.clone(), room, source, media, urls: req.urls, max_idle: Duration::from_secs(idle), owner: None }, state.rtc.clone())
+        .map_err(|e| ApiError::internal(format!("cannot start the relay: {e}")))?;
+    Ok((StatusCode::CREATED, Json(view(&record))))
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
+    let items = state.relays.list(&caller.app).iter().map(view).collect();
+    Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
+}
+
+pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&task.record())))
+}
+
+pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRelay>) -> ApiResult<Json<Value>> {
+    let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let record = task.record();
+    if record.state == "STOPPED" {
+        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "the relay has stopped").with_details(json!({"state": "STOPPED"})));
+    }
+    if req.media.as_ref().is_some_and(|m| *m != record.media) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a relay's media is fixed for its life"));
+    }
+    let new_source = req.source.as_ref().map(source).transpose()?;
+    if let Some(urls) = &req.urls {
+        check_urls(urls)?;
+        if let Some(u) = urls.iter().find(|u| state.relays.url_in_use(u, Some(&id))) {
+            return Err(url_in_use(u));
+        }
+    }
+    if let Some(s) = new_source {
+        state.relays.set_source(&task, s);
+    }
+    if let Some(urls) = req.urls {
+        state.relays.set_urls(&task, urls);
+    }
+    Ok(Json(view(&task.record())))
+}
+
+/// Stops the relay: every URL goes 5 → 0; answers once that is done (at most ~3 s).
+pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    state.relays.stop(&task);
+    let deadline = std::time::Instant::now() + Duration::from_secs(4);
+    while task.record().state != "STOPPED" && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(Json(view(&task.record())))
+}

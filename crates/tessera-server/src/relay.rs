@@ -1,0 +1,667 @@
+//! Relays (RECORDING.md §1): one user's stream, or a mix job's output, pushed to CDNs over RTMP.
+//!
+//! A relay is a worker thread on an SFU tap (in-process, like a mix job) that turns the source's
+//! RTP into FLV tags — H.264 access units passed through (SPS/PPS and SEI kept), VP8 transcoded
+//! with OpenH264, Opus decoded and encoded to AAC-LC — and broadcasts them to one tokio task
+//! per URL. Each URL task owns an `RtmpPushSession` (sans-IO, `tessera-rtmp`) and the URL state
+//! machine IDLE/CONNECTING/RUNNING/RECOVERING/FAILURE/DISCONNECTING with the spec's retry
+//! schedule (`UrlRetry`, a plain value).
+
+use dashmap::DashMap;
+use serde::Serialize;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tessera_engine::{RoomKey, RtcHandle};
+use tessera_media::h264::{self, nal_type, NAL_PPS, NAL_SPS};
+use tessera_media::{Codec, StreamKind};
+use tessera_model::{AppId, RoomId, UserId};
+use tessera_rtmp::client::{PushTarget, RtmpPushSession};
+use tessera_rtmp::flv;
+use tessera_transcode::decode::{AacEncoder, OpusDecoder, VideoCodec, VideoDecoder};
+use tessera_transcode::video::{EncoderSettings, OpenH264Encoder};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::broadcast;
+
+pub const MAX_URLS: usize = 10;
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const GIVE_UP: Duration = Duration::from_secs(60);
+const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// RECORDING.md §1.1.
+pub mod status {
+    pub const IDLE: u8 = 0;
+    pub const CONNECTING: u8 = 1;
+    pub const RUNNING: u8 = 2;
+    pub const RECOVERING: u8 = 3;
+    pub const FAILURE: u8 = 4;
+    pub const DISCONNECTING: u8 = 5;
+}
+
+/// Attempts at 0, 1, 2 and 4 s after a series starts, then every 8 s; `None` once 60 s have
+/// passed (RECORDING.md §1.1).
+#[derive(Debug, Clone)]
+pub struct UrlRetry {
+    series_start: Instant,
+    attempts: u32,
+}
+
+impl UrlRetry {
+    pub fn new(now: Instant) -> UrlRetry {
+        UrlRetry { series_start: now, attempts: 0 }
+    }
+
+    /// When to make the next attempt, or `None` to give up.
+    pub fn next_attempt(&mut self) -> Option<Instant> {
+        let offset = match self.attempts {
+            0 => 0,
+            1 => 1,
+            2 => 2,
+            3 => 4,
+            n => 4 + 8 * (n as u64 - 3),
+        };
+        self.attempts += 1;
+        let at = self.series_start + Duration::from_secs(offset);
+        (at - self.series_start < GIVE_UP).then_some(at)
+    }
+
+    pub fn given_up(&self, now: Instant) -> bool {
+        now.duration_since(self.series_start) >= GIVE_UP
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct UrlStatus {
+    pub url: String,
+    pub status: u8,
+    pub error_code: u32,
+    pub error_msg: String,
+    pub since: i64,
+    /// Every status entered, in order, with its time (ms): what event 401 would report.
+    pub history: Vec<(u8, i64)>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RelayRecord {
+    pub id: String,
+    #[serde(skip)]
+    pub app: AppId,
+    pub room: RoomId,
+    pub source: SourceRef,
+    pub media: String,
+    pub state: &'static str,
+    pub urls: Vec<UrlStatus>,
+    pub created_at: i64,
+    pub leave_code: Option<u32>,
+    /// Set for a mix job's own relay (`outputs.rtmp_urls`).
+    pub owner: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SourceRef {
+    pub user: UserId,
+    pub stream: StreamKind,
+}
+
+/// One FLV tag for the URL tasks.
+#[derive(Debug, Clone)]
+enum Tag {
+    Video { body: Arc<[u8]>, ts: u32, keyframe: bool },
+    Audio { body: Arc<[u8]>, ts: u32 },
+}
+
+pub struct RelayTask {
+    record: Mutex<RelayRecord>,
+    stop: AtomicBool,
+    source: Mutex<SourceRef>,
+    /// Latest sequence headers, for URLs that (re)connect mid-stream.
+    video_header: Mutex<Option<Arc<[u8]>>>,
+    audio_header: Mutex<Option<Arc<[u8]>>>,
+    tags: broadcast::Sender<Tag>,
+    /// URL → its task's stop flag.
+    url_tasks: Mutex<HashMap<String, Arc<AtomicBool>>>,
+    media: String,
+}
+
+impl RelayTask {
+    pub fn record(&self) -> RelayRecord {
+        self.record.lock().expect("relay record").clone()
+    }
+
+    fn set_url(&self, url: &str, status: u8, error: Option<(u32, String)>) {
+        let mut r = self.record.lock().expect("relay record");
+        let now = crate::now_ms();
+        if let Some(u) = r.urls.iter_mut().find(|u| u.url == url) {
+            if u.status != status {
+                u.since = now;
+                u.history.push((status, now));
+                tracing::info!(url = %short(url), status, "relay URL status");
+            }
+            u.status = status;
+            if let Some((code, msg)) = error {
+                u.error_code = code;
+                u.error_msg = msg;
+            } else if status == status::RUNNING {
+                u.error_code = 0;
+                u.error_msg.clear();
+            }
+        }
+    }
+
+    fn url_status(&self, url: &str) -> Option<u8> {
+        self.record.lock().expect("relay record").urls.iter().find(|u| u.url == url).map(|u| u.status)
+    }
+}
+
+/// A URL with its stream key cut, for logs.
+fn short(url: &str) -> String {
+    url.rsplit_once('/').map(|(a, _)| format!("{a}/…")).unwrap_or_else(|| url.to_string())
+}
+
+#[derive(Default)]
+pub struct Relays {
+    tasks: DashMap<String, Arc<RelayTask>>,
+}
+
+pub struct NewRelay {
+    pub app: AppId,
+    pub room: RoomId,
+    pub source: SourceRef,
+    pub media: String,
+    pub urls: Vec<String>,
+    pub max_idle: Duration,
+    pub owner: Option<String>,
+}
+
+impl Relays {
+    pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RelayTask>> {
+        self.tasks.get(id).map(|t| t.clone()).filter(|t| t.record.lock().expect("relay record").app == *app)
+    }
+
+    pub fn list(&self, app: &AppId) -> Vec<RelayRecord> {
+        self.tasks.iter().map(|t| t.record()).filter(|r| r.app == *app).collect()
+    }
+
+    /// A URL listed by another relay that has not stopped (RECORDING.md §1: 409 `url_in_use`).
+    pub fn url_in_use(&self, url: &str, except: Option<&str>) -> bool {
+        self.tasks.iter().any(|t| {
+            let r = t.record();
+            r.state != "STOPPED" && Some(r.id.as_str()) != except && r.urls.iter().any(|u| u.url == url)
+        })
+    }
+
+    pub fn start(&self, new: NewRelay, rtc: RtcHandle) -> std::io::Result<RelayRecord> {
+        let now = crate::now_ms();
+        let id = tessera_model::TaskId::generate().as_str().to_owned();
+        let record = RelayRecord {
+            id: id.clone(),
+            app: new.app.clone(),
+            room: new.room.clone(),
+            source: new.source.clone(),
+            media: new.media.clone(),
+            state: "WAITING",
+            urls: new.urls.iter().map(|u| UrlStatus { url: u.clone(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)] }).collect(),
+            created_at: now,
+            leave_code: None,
+            owner: new.owner.clone(),
+        };
+        let (tags, _) = broadcast::channel(1024);
+        let task = Arc::new(RelayTask {
+            record: Mutex::new(record.clone()),
+            stop: AtomicBool::new(false),
+            source: Mutex::new(new.source.clone()),
+            video_header: Mutex::new(None),
+            audio_header: Mutex::new(None),
+            tags,
+            url_tasks: Mutex::new(HashMap::new()),
+            media: new.media.clone(),
+        });
+        self.tasks.insert(id.clone(), task.clone());
+        let runtime = tokio::runtime::Handle::current();
+        let key = RoomKey { app: new.app, room: new.room };
+        std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || media_worker(task, key, new.urls, new.max_idle, rtc, runtime))?;
+        Ok(record)
+    }
+
+    /// `PATCH urls`: added URLs start, removed ones go 5 → 0, listed ones in 0 or 4 restart.
+    pub fn set_urls(&self, task: &Arc<RelayTask>, urls: Vec<String>) {
+        let now = crate::now_ms();
+        let removed: Vec<String> = {
+            let mut r = task.record.lock().expect("relay record");
+            let removed = r.urls.iter().filter(|u| !urls.contains(&u.url)).map(|u| u.url.clone()).collect();
+            r.urls.retain(|u| urls.contains(&u.url));
+            for u in &urls {
+                if !r.urls.iter().any(|x| &x.url == u) {
+                    r.urls.push(UrlStatus { url: u.clone(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)] });
+                }
+            }
+            removed
+        };
+        let mut running = task.url_tasks.lock().expect("url tasks");
+        for u in removed {
+            if let Some(stop) = running.remove(&u) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+        let active = task.record().state == "ACTIVE";
+        drop(running);
+        if active {
+            for u in urls {
+                if matches!(task.url_status(&u), Some(status::IDLE) | Some(status::FAILURE)) {
+                    spawn_url(task, u);
+                }
+            }
+        }
+    }
+
+    pub fn set_source(&self, task: &RelayTask, source: SourceRef) {
+        *task.source.lock().expect("relay source") = source.clone();
+        task.record.lock().expect("relay record").source = source;
+    }
+
+    pub fn stop(&self, task: &RelayTask) {
+        task.stop.store(true, Ordering::SeqCst);
+    }
+
+    pub fn shutdown(&self) {
+        for t in self.tasks.iter() {
+            t.stop.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+fn spawn_url(task: &Arc<RelayTask>, url: String) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let previous = task.url_tasks.lock().expect("url tasks").insert(url.clone(), stop.clone());
+    if let Some(p) = previous {
+        p.store(true, Ordering::SeqCst);
+    }
+    let rx = task.tags.subscribe();
+    tokio::runtime::Handle::current().spawn(push_url(task.clone(), url, rx, stop));
+}
+
+/// The spec's failure while pushing one URL: (error_code, message, whether it had been running).
+struct Failure(u32, String, bool);
+
+async fn push_url(task: Arc<RelayTask>, url: String, mut rx: broadcast::Receiver<Tag>, stop: Arc<AtomicBool>) {
+    let stopping = || stop.load(Ordering::SeqCst) || task.stop.load(Ordering::SeqCst);
+    let target = match PushTarget::parse(&url) {
+        Ok(t) => t,
+        Err(e) => {
+            task.set_url(&url, status::FAILURE, Some((1, e)));
+            task.set_url(&url, status::IDLE, None);
+            return;
+        }
+    };
+    let mut retry = UrlRetry::new(Instant::now());
+    task.set_url(&url, status::CONNECTING, None);
+    loop {
+        let Some(at) = retry.next_attempt() else { break };
+        while Instant::now() < at {
+            if stopping() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if stopping() {
+            break;
+        }
+        match connect_and_push(&task, &url, &target, &mut rx, &stopping).await {
+            Ok(()) => break,
+            Err(Failure(code, msg, was_running)) => {
+                tracing::info!(url = %short(&url), code, "relay URL failed: {msg}");
+                if was_running {
+                    retry = UrlRetry::new(Instant::now());
+                    task.set_url(&url, status::RECOVERING, Some((code, msg)));
+                } else {
+                    task.set_url(&url, task.url_status(&url).unwrap_or(status::CONNECTING), Some((code, msg)));
+                }
+                if retry.given_up(Instant::now()) {
+                    break;
+                }
+            }
+        }
+    }
+    if stopping() {
+        task.set_url(&url, status::DISCONNECTING, Some((6, "stopped by request".into())));
+        task.set_url(&url, status::IDLE, None);
+    } else {
+        // 60 s of failures.
+        task.set_url(&url, status::FAILURE, None);
+        task.set_url(&url, status::IDLE, None);
+    }
+}
+
+async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: &mut broadcast::Receiver<Tag>, stopping: &impl Fn() -> bool) -> Result<(), Failure> {
+    let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
+        .await
+        .map_err(|_| Failure(1, "TCP connect timed out".into(), false))?
+        .map_err(|e| Failure(1, format!("TCP connect failed: {e}"), false))?;
+    let _ = socket.set_nodelay(true);
+    let mut session = RtmpPushSession::new(target.clone()).map_err(|e| Failure(e.code(), e.to_string(), false))?;
+    let mut buf = vec![0u8; 16 * 1024];
+    // Handshake, connect and publish.
+    let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
+    while !session.is_publishing() {
+        if !session.outbound.is_empty() {
+            socket.write_all(&session.outbound).await.map_err(|e| Failure(2, format!("write failed: {e}"), false))?;
+            session.outbound.clear();
+        }
+        let n = tokio::time::timeout_at(deadline, socket.read(&mut buf))
+            .await
+            .map_err(|_| Failure(2, "no answer to the RTMP handshake/connect within 10 s".into(), false))?
+            .map_err(|e| Failure(2, format!("read failed: {e}"), false))?;
+        if n == 0 {
+            return Err(Failure(2, "the server closed the connection during connect".into(), false));
+        }
+        session.feed(&buf[..n]).map_err(|e| Failure(e.code(), e.to_string(), false))?;
+    }
+    // Publishing: sequence headers, then media from the next keyframe.
+    let mut running = false;
+    let mut skip_to_keyframe = false;
+    let mut sent_headers = (None::<Arc<[u8]>>, None::<Arc<[u8]>>);
+    // Timestamps start at 0 on every connection (a CDN expects a fresh stream).
+    let mut base: Option<u32> = None;
+    loop {
+        if stopping() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
+            return Ok(());
+        }
+        let tag = tokio::select! {
+            t = rx.recv() => t,
+            r = socket.read(&mut buf) => {
+                match r {
+                    Ok(0) | Err(_) => return Err(Failure(4, "the server closed the connection".into(), running)),
+                    Ok(n) => { let _ = session.feed(&buf[..n]); continue; }
+                }
+            }
+            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
+        };
+        let tag = match tag {
+            Ok(t) => t,
+            Err(broadcast::error::RecvError::Lagged(_)) => {
+                // This connection fell behind: video resumes at the next keyframe.
+                skip_to_keyframe = true;
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return Ok(()),
+        };
+        // Sequence headers whenever they are new (first, or a source switch).
+        let vh = task.video_header.lock().expect("header").clone();
+        let ah = task.audio_header.lock().expect("header").clone();
+        if vh.is_some() && vh.as_ref().map(|h| h.as_ptr()) != sent_headers.0.as_ref().map(|h| h.as_ptr()) {
+            if let Some(h) = &vh {
+                session.send_video(h, base.map(|b| tag_ts(&tag).wrapping_sub(b)).unwrap_or(0)).map_err(|e| Failure(4, e.to_string(), running))?;
+            }
+            sent_headers.0 = vh;
+        }
+        if ah.is_some() && ah.as_ref().map(|h| h.as_ptr()) != sent_headers.1.as_ref().map(|h| h.as_ptr()) {
+            if let Some(h) = &ah {
+                session.send_audio(h, base.map(|b| tag_ts(&tag).wrapping_sub(b)).unwrap_or(0)).map_err(|e| Failure(4, e.to_string(), running))?;
+            }
+            sent_headers.1 = ah;
+        }
+        match &tag {
+            Tag::Video { body, ts, keyframe } => {
+                if skip_to_keyframe && !keyframe {
+                    continue;
+                }
+                skip_to_keyframe = false;
+                if base.is_none() {
+                    if !keyframe {
+                        continue;
+                    }
+                    base = Some(*ts);
+                }
+                let t = ts.wrapping_sub(base.unwrap_or(0));
+                session.send_video(body, t).map_err(|e| Failure(4, e.to_string(), running))?;
+                if *keyframe && !running {
+                    running = true;
+                    task.set_url(url, status::RUNNING, None);
+                }
+            }
+            Tag::Audio { body, ts } => {
+                // Audio-only relays start at once; otherwise audio waits for the first keyframe.
+                if base.is_none() && task.media != "audio" {
+                    continue;
+                }
+                let b = *base.get_or_insert(*ts);
+                session.send_audio(body, ts.wrapping_sub(b)).map_err(|e| Failure(4, e.to_string(), running))?;
+                if !running && task.media == "audio" {
+                    running = true;
+                    task.set_url(url, status::RUNNING, None);
+                }
+            }
+        }
+        if !session.outbound.is_empty() {
+            tokio::time::timeout(WRITE_TIMEOUT, socket.write_all(&session.outbound))
+                .await
+                .map_err(|_| Failure(4, "write timed out".into(), running))?
+                .map_err(|e| Failure(4, format!("write failed: {e}"), running))?;
+            session.outbound.clear();
+        }
+    }
+}
+
+fn tag_ts(tag: &Tag) -> u32 {
+    match tag {
+        Tag::Video { ts, .. } | Tag::Audio { ts, .. } => *ts,
+    }
+}
+
+/// RTP time → milliseconds on the relay's clock: anchored at the first packet's arrival, then
+/// following the RTP clock (re-anchored when they drift more than a second apart: a source
+/// switch or a publisher restart).
+struct TrackClock {
+    khz: u32,
+    anchor: Option<(u32, i64)>,
+}
+
+impl TrackClock {
+    fn ms(&mut self, rtp: u32, arrival_ms: i64) -> i64 {
+        if let Some((base_rtp, base_ms)) = self.anchor {
+            let t = base_ms + (rtp.wrapping_sub(base_rtp) as i32 as i64) / self.khz as i64;
+            if (t - arrival_ms).abs() <= 1000 {
+                return t;
+            }
+        }
+        self.anchor = Some((rtp, arrival_ms));
+        arrival_ms
+    }
+}
+
+/// The source's packets → FLV tags, until the relay stops.
+fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle: Duration, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
+    let leave = (|| -> Result<u32, String> {
+        let (tap, mut packets) = runtime.block_on(rtc.add_tap_all(room.clone())).map_err(|e| e.to_string())?;
+        let result = (|| -> Result<u32, String> {
+            let start = Instant::now();
+            let mut absent_since: Option<Instant> = Some(start);
+            let mut next_check = start;
+            let mut active = false;
+            let mut video_clock = TrackClock { khz: 90, anchor: None };
+            let mut audio_clock = TrackClock { khz: 48, anchor: None };
+            let mut au: Vec<(u64, Arc<[u8]>)> = Vec::new();
+            let mut au_ts: Option<u32> = None;
+            let mut waiting_keyframe = true;
+            let (mut sps, mut pps): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
+            let mut vp8: Option<(VideoDecoder, Option<OpenH264Encoder>)> = None;
+            let mut opus = OpusDecoder::new().map_err(|e| e.to_string())?;
+            let mut aac: Option<AacEncoder> = None;
+            let mut pcm = Vec::new();
+            let mut aac_out = Vec::new();
+            let mut aac_base_ms: Option<i64> = None;
+            let want_video = task.media != "audio";
+            let want_audio = task.media != "video";
+            loop {
+                if task.stop.load(Ordering::SeqCst) {
+                    return Ok(0);
+                }
+                let now = Instant::now();
+                let source = task.source.lock().expect("relay source").clone();
+                if now >= next_check {
+                    next_check = now + Duration::from_millis(300);
+                    let publishers = runtime.block_on(rtc.room_publishers(room.clone())).map_err(|e| e.to_string())?;
+                    let present = publishers.iter().any(|p| p.user == source.user && p.stream == source.stream);
+                    if present {
+                        absent_since = None;
+                        if !active {
+                            active = true;
+                            task.record.lock().expect("relay record").state = "ACTIVE";
+                            let _g = runtime.enter();
+                            for u in &urls {
+                                spawn_url(&task, u.clone());
+                            }
+                        }
+                    } else {
+                        let since = *absent_since.get_or_insert(now);
+                        if now - since >= max_idle {
+                            return Ok(99);
+                        }
+                    }
+                }
+                let mut got = false;
+                while let Ok(p) = packets.try_recv() {
+                    got = true;
+                    if p.user != source.user || p.stream != source.stream {
+                        continue;
+                    }
+                    let arrival = start.elapsed().as_millis() as i64;
+                    match p.codec {
+                        Codec::Opus if want_audio => {
+                            pcm.clear();
+                            if opus.decode(&p.payload, &mut pcm).is_err() {
+                                continue;
+                            }
+                            let ms = audio_clock.ms(p.ts, arrival);
+                            if aac.is_none() {
+                                let encoder = AacEncoder::new(2, 96).map_err(|e| e.to_string())?;
+                                *task.audio_header.lock().expect("header") = Some(Arc::from(flv::aac_sequence_header(encoder.audio_specific_config())));
+                                aac = Some(encoder);
+                                aac_base_ms = Some(ms);
+                            }
+                            let encoder = aac.as_mut().expect("made above");
+                            aac_out.clear();
+                            encoder.push(&pcm, &mut aac_out).map_err(|e| e.to_string())?;
+                            for f in aac_out.drain(..) {
+                                let ts = aac_base_ms.unwrap_or(0) + (f.ts48 / 48) as i64;
+                                let _ = task.tags.send(Tag::Audio { body: Arc::from(flv::aac_frame(&f.data)), ts: ts as u32 });
+                            }
+                        }
+                        Codec::H264 | Codec::Vp8 if want_video => {
+                            if au_ts.is_some_and(|t| t != p.ts) && !au.is_empty() {
+                                au.clear();
+                                waiting_keyframe = true;
+                            }
+                            au_ts = Some(p.ts);
+                            au.push((p.seq, p.payload.clone()));
+                            if !p.marker {
+                                continue;
+                            }
+                            let mut unit = std::mem::take(&mut au);
+                            unit.sort_by_key(|(s, _)| *s);
+                            if !unit.windows(2).all(|w| w[1].0 == w[0].0 + 1) {
+                                waiting_keyframe = true;
+                                let _ = runtime.block_on(rtc.request_keyframe(room.clone(), source.user.clone(), source.stream));
+                                continue;
+                            }
+                            let ms = video_clock.ms(p.ts, arrival);
+                            let nalus: Vec<Vec<u8>> = if p.codec == Codec::H264 {
+                                h264::depacketize(&unit.iter().map(|(_, x)| x.to_vec()).collect::<Vec<_>>())
+                            } else {
+                                // VP8: decode and re-encode to H.264 (RECORDING.md §1).
+                                let mut frame = Vec::new();
+                                for (_, x) in &unit {
+                                    if let Some((_, body)) = tessera_media::vp8::depacketize(x) {
+                                        frame.extend_from_slice(body);
+                                    }
+                                }
+                                let (decoder, encoder) = match vp8.as_mut() {
+                                    Some(v) => v,
+                                    None => vp8.insert((VideoDecoder::new(VideoCodec::Vp8).map_err(|e| e.to_string())?, None)),
+                                };
+                                if !matches!(decoder.decode(&frame), Ok(true)) {
+                                    continue;
+                                }
+                                let picture = decoder.picture().expect("decoded");
+                                let (w, h) = (picture.width() & !1, picture.height() & !1);
+                                if encoder.as_ref().is_none_or(|e| (e.settings.width, e.settings.height) != (w, h)) {
+                                    let kbps = tessera_transcode::video::default_kbps(w, h).min(4000);
+                                    *encoder = Some(OpenH264Encoder::new(EncoderSettings { width: w, height: h, fps: 30, kbps, gop_frames: 60, preset: "" }).map_err(|e| e.to_string())?);
+                                }
+                                let mut out = Vec::new();
+                                if encoder.as_mut().expect("made").encode(picture, ms, &mut out).is_err() {
+                                    continue;
+                                }
+                                out.iter().flat_map(|e| h264::split_annex_b(&e.data).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect()
+                            };
+                            if nalus.is_empty() {
+                                continue;
+                            }
+                            let keyframe = nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR));
+                            if waiting_keyframe && !keyframe {
+                                continue;
+                            }
+                            waiting_keyframe = false;
+                            for n in &nalus {
+                                match nal_type(n) {
+                                    Some(NAL_SPS) if *n != sps => sps = n.clone(),
+                                    Some(NAL_PPS) if *n != pps => pps = n.clone(),
+                                    _ => continue,
+                                }
+                                if !sps.is_empty() && !pps.is_empty() {
+                                    *task.video_header.lock().expect("header") = Some(Arc::from(flv::avc_sequence_header(&sps, &pps)));
+                                }
+                            }
+                            let units: Vec<&[u8]> = nalus.iter().map(|n| n.as_slice()).collect();
+                            let _ = task.tags.send(Tag::Video { body: Arc::from(flv::avc_frame(&units, keyframe, 0)), ts: ms as u32, keyframe });
+                        }
+                        _ => {}
+                    }
+                }
+                if !got {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            }
+        })();
+        let _ = runtime.block_on(rtc.remove_tap(tap));
+        result
+    })();
+    let code = leave.unwrap_or_else(|e| {
+        tracing::error!("relay failed: {e}");
+        104
+    });
+    task.stop.store(true, Ordering::SeqCst);
+    // Let the URL tasks go 5 → 0 before the state says STOPPED.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < deadline && task.record().urls.iter().any(|u| u.status != status::IDLE) && task.record().state == "ACTIVE" {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut r = task.record.lock().expect("relay record");
+    r.state = "STOPPED";
+    r.leave_code = Some(code);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_at_0_1_2_4_then_every_8_seconds_for_60() {
+        let t = Instant::now();
+        let mut r = UrlRetry::new(t);
+        let offsets: Vec<u64> = std::iter::from_fn(|| r.next_attempt()).map(|at| (at - t).as_secs()).collect();
+        assert_eq!(offsets, vec![0, 1, 2, 4, 12, 20, 28, 36, 44, 52]);
+        assert!(!r.given_up(t + Duration::from_secs(59)) && r.given_up(t + Duration::from_secs(60)));
+    }
+
+    #[test]
+    fn track_clock_follows_rtp_and_reanchors_on_jumps() {
+        let mut c = TrackClock { khz: 90, anchor: None };
+        assert_eq!(c.ms(1000, 500), 500);
+        assert_eq!(c.ms(1000 + 90 * 40, 545), 540, "RTP time, not arrival jitter");
+        assert_eq!(c.ms(1000u32.wrapping_sub(90 * 10), 600), 490, "small steps back follow the RTP clock");
+        assert_eq!(c.ms(5_000_000, 700), 700, "a jump re-anchors at arrival");
+    }
+}

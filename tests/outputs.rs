@@ -1,0 +1,168 @@
+//! Outputs end to end: relays to a CDN played by `ffmpeg -listen 1` (the CDN), checked with
+//! ffprobe; the per-URL state machine through a CDN outage; a mix job's own relay.
+
+use serde_json::{json, Value};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tessera_tests::*;
+
+fn token(data: &Path, room: &str, user: &str) -> String {
+    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user]);
+    assert!(status.success(), "{err}");
+    out.trim().to_owned()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+fn rtmp_port(server: &Server) -> u16 {
+    server
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("RTMP (OBS)"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|u| u.strip_prefix("rtmp://"))
+        .and_then(|u| u.split('/').next())
+        .and_then(|hp| hp.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("RTMP port in the banner")
+}
+
+/// An RTMP publisher: moving test picture, H.264 without B-frames, AAC tone.
+fn publisher(url: &str, seconds: u32) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", &format!("testsrc2=size=640x360:rate=25:duration={seconds}")])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency=440:duration={seconds}")])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0", "-g", "25", "-c:a", "aac", "-f", "flv", url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// The CDN: ffmpeg waits for one RTMP publisher and copies what it gets into `out`.
+fn cdn(port: u16, out: &Path) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i", &format!("rtmp://127.0.0.1:{port}/live/key"), "-c", "copy", "-f", "flv"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// Stops ffmpeg so it finishes its file (SIGINT), then waits.
+fn interrupt(mut child: Child) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// (codecs, duration s) of a media file.
+fn probe(file: &PathBuf) -> (Vec<String>, f64) {
+    let out = Command::new("ffprobe").args(["-v", "error", "-show_entries", "stream=codec_name:format=duration", "-of", "json"]).arg(file).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut codecs: Vec<String> = v["streams"].as_array().map(|a| a.iter().filter_map(|s| s["codec_name"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    codecs.sort();
+    let duration = v["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0);
+    (codecs, duration)
+}
+
+fn poll(server: &Server, key: &str, path: &str, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let v = get(&server.url(path), Some(key)).json();
+        if done(&v) {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{path} never got there: {v}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
+    let dir = TempDir::new("relay");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let port = rtmp_port(&server);
+    let relays = server.url("/v1/relays");
+    let cdn_port = free_port();
+    let cdn_url = format!("rtmp://127.0.0.1:{cdn_port}/live/key");
+
+    // Refusals.
+    post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": ["http://x/a/b"]})).expect_error(400, "invalid_parameter");
+    post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": []})).expect_error(400, "invalid_parameter");
+    post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "media": "both", "urls": [&cdn_url]})).expect_error(400, "invalid_parameter");
+
+    let cam = token(&data, "out", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/out/cam?token={cam}"), 60);
+    let first = dir.path().join("first.flv");
+    let receiver = cdn(cdn_port, &first);
+    std::thread::sleep(Duration::from_millis(800));
+
+    let r = post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam", "stream": "main"}, "urls": [&cdn_url]}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let relay = r.json();
+    let id = relay["id"].as_str().unwrap().to_owned();
+    assert_eq!(relay["urls"][0]["status"], 0, "{relay}");
+    post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "other"}, "urls": [&cdn_url]})).expect_error(409, "url_in_use");
+
+    let path = format!("/v1/relays/{id}");
+    poll(&server, &key, &path, Duration::from_secs(15), |v| v["urls"][0]["status"] == 2 && v["state"] == "ACTIVE");
+    let running_at = Instant::now();
+    std::thread::sleep(Duration::from_secs(8));
+    // The CDN goes away: RECOVERING; it comes back: RUNNING again.
+    interrupt(receiver);
+    let relayed = running_at.elapsed().as_secs_f64();
+    poll(&server, &key, &path, Duration::from_secs(15), |v| v["urls"][0]["status"] == 3);
+    let second = dir.path().join("second.flv");
+    let receiver = cdn(cdn_port, &second);
+    poll(&server, &key, &path, Duration::from_secs(20), |v| v["urls"][0]["status"] == 2);
+    std::thread::sleep(Duration::from_secs(3));
+    // Stop: DISCONNECTING then IDLE.
+    let r = request("DELETE", &server.url(&path), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let stopped = r.json();
+    assert_eq!(stopped["state"], "STOPPED", "{stopped}");
+    let history: Vec<u64> = stopped["urls"][0]["history"].as_array().unwrap().iter().map(|h| h[0].as_u64().unwrap()).collect();
+    assert_eq!(history, vec![0, 1, 2, 3, 2, 5, 0], "URL states: {stopped}");
+    assert_eq!(stopped["urls"][0]["error_code"], 6, "{stopped}");
+    interrupt(receiver);
+
+    // What the CDN got: H.264 + AAC, as long as it was relayed (within 10 %).
+    let (codecs, duration) = probe(&first);
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "{first:?}");
+    assert!((duration - relayed).abs() <= relayed * 0.1 + 0.5, "relayed {relayed:.1} s, the CDN has {duration:.1} s");
+    let (codecs, duration) = probe(&second);
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()]);
+    assert!(duration >= 2.0, "{duration}");
+
+    // A mix job's own relay (outputs.rtmp_urls) arrives the same way.
+    let third = dir.path().join("mix.flv");
+    let receiver = cdn(cdn_port, &third);
+    std::thread::sleep(Duration::from_millis(500));
+    let r = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "out", "encode": {"template": "360p"}, "outputs": {"rtmp_urls": [&cdn_url]}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json();
+    let relay_id = job["outputs"]["relay_id"].as_str().expect("the job owns a relay").to_owned();
+    poll(&server, &key, &format!("/v1/relays/{relay_id}"), Duration::from_secs(20), |v| v["urls"][0]["status"] == 2);
+    std::thread::sleep(Duration::from_secs(5));
+    let r = request("DELETE", &server.url(&format!("/v1/mix-jobs/{}", job["id"].as_str().unwrap())), Some(&key), None, &[]);
+    assert_eq!(r.status, 200);
+    poll(&server, &key, &format!("/v1/relays/{relay_id}"), Duration::from_secs(10), |v| v["state"] == "STOPPED");
+    interrupt(receiver);
+    let (codecs, duration) = probe(&third);
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "the mixed relay carries H.264 + AAC");
+    assert!(duration >= 3.0, "{duration}");
+    let _ = source.kill();
+    let _ = source.wait();
+}
