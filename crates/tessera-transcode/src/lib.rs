@@ -10,6 +10,7 @@ pub mod audio;
 pub mod compose;
 pub mod decode;
 pub mod image;
+pub mod mux;
 pub mod source;
 pub mod video;
 

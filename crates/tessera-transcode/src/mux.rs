@@ -1,0 +1,247 @@
+//! Recording containers through libavformat: MPEG-TS segments (H.264 on PID 256, AAC on 257,
+//! RECORDING.md §4.1) written packet by packet, and the MP4 remux of finished playlists
+//! (`moov` first).
+
+use crate::{init, TranscodeError};
+use ffmpeg_next as ff;
+use std::path::Path;
+
+/// An audio track's shape: AAC-LC with this AudioSpecificConfig.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AudioTrack {
+    pub sample_rate: u32,
+    pub channels: u32,
+    pub asc: Vec<u8>,
+}
+
+/// One MPEG-TS file being written.
+pub struct TsSegment {
+    output: ff::format::context::Output,
+    video: Option<(usize, ff::Rational)>,
+    audio: Option<(usize, ff::Rational)>,
+}
+
+// SAFETY: the format context is owned by this value and used through `&mut self`.
+unsafe impl Send for TsSegment {}
+
+fn set_extradata(params: &mut ff::codec::Parameters, data: &[u8]) {
+    // SAFETY: extradata is allocated with FFmpeg's allocator (and padding), owned by the
+    // parameters, which free it.
+    unsafe {
+        let p = params.as_mut_ptr();
+        let buf = ff::ffi::av_mallocz(data.len() + ff::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize) as *mut u8;
+        std::ptr::copy_nonoverlapping(data.as_ptr(), buf, data.len());
+        (*p).extradata = buf;
+        (*p).extradata_size = data.len() as i32;
+    }
+}
+
+impl TsSegment {
+    /// Creates `path` (any name; the format is MPEG-TS) with a video track of this size and/or an
+    /// AAC track. An audio-only file puts its track on PID 257, as it would be next to video.
+    pub fn create(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+        init();
+        let mut output = ff::format::output_as(path, "mpegts")?;
+        let mut video_index = None;
+        let mut audio_index = None;
+        if let Some((w, h)) = video {
+            let mut s = output.add_stream(ff::encoder::find(ff::codec::Id::H264))?;
+            let mut params = ff::codec::Parameters::new();
+            // SAFETY: plain fields of freshly allocated parameters.
+            unsafe {
+                let p = params.as_mut_ptr();
+                (*p).codec_type = ff::ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
+                (*p).codec_id = ff::ffi::AVCodecID::AV_CODEC_ID_H264;
+                (*p).width = w as i32;
+                (*p).height = h as i32;
+            }
+            s.set_parameters(params);
+            s.set_time_base((1, 90_000));
+            video_index = Some(s.index());
+        }
+        if let Some(a) = audio {
+            let mut s = output.add_stream(ff::encoder::find(ff::codec::Id::AAC))?;
+            let mut params = ff::codec::Parameters::new();
+            // SAFETY: as above.
+            unsafe {
+                let p = params.as_mut_ptr();
+                (*p).codec_type = ff::ffi::AVMediaType::AVMEDIA_TYPE_AUDIO;
+                (*p).codec_id = ff::ffi::AVCodecID::AV_CODEC_ID_AAC;
+                (*p).sample_rate = a.sample_rate as i32;
+                ff::ffi::av_channel_layout_default(&mut (*p).ch_layout, a.channels as i32);
+                (*p).frame_size = 1024;
+            }
+            set_extradata(&mut params, &a.asc);
+            s.set_parameters(params);
+            s.set_time_base((1, 90_000));
+            audio_index = Some(s.index());
+        }
+        let mut opts = ff::Dictionary::new();
+        opts.set("mpegts_start_pid", if video.is_none() { "257" } else { "256" });
+        output.write_header_with(opts)?;
+        let tb = |i: Option<usize>, o: &ff::format::context::Output| i.map(|i| (i, o.stream(i).map(|s| s.time_base()).unwrap_or(ff::Rational(1, 90_000))));
+        let (video, audio) = (tb(video_index, &output), tb(audio_index, &output));
+        Ok(TsSegment { output, video, audio })
+    }
+
+    fn write(&mut self, track: Option<(usize, ff::Rational)>, data: &[u8], pts_ms: i64, key: bool) -> Result<(), TranscodeError> {
+        let Some((index, tb)) = track else { return Ok(()) };
+        let mut packet = ff::Packet::copy(data);
+        let ts = pts_ms * tb.denominator() as i64 / (1000 * tb.numerator().max(1) as i64);
+        packet.set_pts(Some(ts));
+        packet.set_dts(Some(ts));
+        packet.set_stream(index);
+        if key {
+            packet.set_flags(ff::packet::Flags::KEY);
+        }
+        packet.write_interleaved(&mut self.output)?;
+        Ok(())
+    }
+
+    /// One H.264 access unit in Annex-B form, on the task clock (ms).
+    pub fn write_video(&mut self, annex_b: &[u8], pts_ms: i64, keyframe: bool) -> Result<(), TranscodeError> {
+        self.write(self.video, annex_b, pts_ms, keyframe)
+    }
+
+    /// One raw AAC frame (the muxer adds the ADTS header).
+    pub fn write_audio(&mut self, aac: &[u8], pts_ms: i64) -> Result<(), TranscodeError> {
+        self.write(self.audio, aac, pts_ms, true)
+    }
+
+    pub fn finish(mut self) -> Result<(), TranscodeError> {
+        self.output.write_trailer()?;
+        Ok(())
+    }
+}
+
+/// Remuxes playlists (or any inputs) into one MP4 with `moov` first: every stream of every input
+/// is copied, interleaved by time. Returns the output's duration in seconds.
+pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError> {
+    init();
+    let mut ins: Vec<ff::format::context::Input> = inputs.iter().map(|p| ff::format::input(p)).collect::<Result<_, _>>()?;
+    let mut output = ff::format::output_as(out, "mp4")?;
+    // (input, input stream) → output stream index and time bases.
+    let mut map: Vec<Vec<Option<(usize, ff::Rational)>>> = Vec::new();
+    for input in &ins {
+        let mut m = Vec::new();
+        for s in input.streams() {
+            let medium = s.parameters().medium();
+            if medium != ff::media::Type::Video && medium != ff::media::Type::Audio {
+                m.push(None);
+                continue;
+            }
+            let mut o = output.add_stream(ff::encoder::find(ff::codec::Id::None))?;
+            o.set_parameters(s.parameters());
+            // SAFETY: MP4 picks its own codec tag.
+            unsafe {
+                (*o.parameters().as_mut_ptr()).codec_tag = 0;
+            }
+            m.push(Some((o.index(), s.time_base())));
+        }
+        map.push(m);
+    }
+    let mut opts = ff::Dictionary::new();
+    opts.set("movflags", "+faststart");
+    output.write_header_with(opts)?;
+    let out_tbs: Vec<ff::Rational> = output.streams().map(|s| s.time_base()).collect();
+    // The next packet of each input; always write the earliest.
+    let mut next: Vec<Option<ff::Packet>> = ins.iter_mut().map(read_one).collect();
+    let mut first_ts: Vec<Option<i64>> = vec![None; out_tbs.len()];
+    let mut last_end = 0f64;
+    loop {
+        let pick = next
+            .iter()
+            .enumerate()
+            .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
+            .min_by(|(ia, a), (ib, b)| {
+                let ta = seconds(a, &map[*ia]);
+                let tb = seconds(b, &map[*ib]);
+                ta.partial_cmp(&tb).unwrap_or(std::cmp::Ordering::Equal)
+            })
+            .map(|(i, _)| i);
+        let Some(i) = pick else { break };
+        let mut packet = next[i].take().expect("picked");
+        next[i] = read_one(&mut ins[i]);
+        let Some((oi, in_tb)) = map[i].get(packet.stream()).copied().flatten() else { continue };
+        packet.rescale_ts(in_tb, out_tbs[oi]);
+        // Start every stream at 0 (HLS/TS timestamps start wherever the clock was).
+        let base = *first_ts[oi].get_or_insert(packet.dts().or(packet.pts()).unwrap_or(0));
+        packet.set_pts(packet.pts().map(|t| t - base));
+        packet.set_dts(packet.dts().map(|t| t - base));
+        let end = packet.pts().unwrap_or(0) + packet.duration();
+        last_end = last_end.max(end as f64 * out_tbs[oi].numerator() as f64 / out_tbs[oi].denominator().max(1) as f64);
+        packet.set_stream(oi);
+        packet.set_position(-1);
+        packet.write_interleaved(&mut output)?;
+    }
+    output.write_trailer()?;
+    Ok(last_end)
+}
+
+fn read_one(input: &mut ff::format::context::Input) -> Option<ff::Packet> {
+    let mut p = ff::Packet::empty();
+    loop {
+        match p.read(input) {
+            Ok(()) => return Some(p),
+            Err(ff::Error::Eof) => return None,
+            Err(_) => continue,
+        }
+    }
+}
+
+fn seconds(p: &ff::Packet, map: &[Option<(usize, ff::Rational)>]) -> f64 {
+    let tb = map.get(p.stream()).copied().flatten().map(|(_, tb)| tb).unwrap_or(ff::Rational(1, 90_000));
+    p.dts().or(p.pts()).unwrap_or(0) as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decode::AacEncoder;
+    use crate::video::{EncoderSettings, H264Encoder};
+
+    #[test]
+    fn ts_segments_probe_and_remux_to_mp4() {
+        let dir = std::env::temp_dir().join(format!("tessera-mux-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut enc = H264Encoder::new(EncoderSettings { width: 320, height: 180, fps: 25, kbps: 300, gop_frames: 25, preset: "ultrafast" }).unwrap();
+        let mut aac = AacEncoder::new(2, 96).unwrap();
+        let track = AudioTrack { sample_rate: 48_000, channels: 2, asc: aac.audio_specific_config().to_vec() };
+        let ts = dir.join("a.ts");
+        let mut seg = TsSegment::create(&ts, Some((320, 180)), Some(&track)).unwrap();
+        let mut frame = ff::frame::Video::new(ff::format::Pixel::YUV420P, 320, 180);
+        let mut out = Vec::new();
+        let mut audio = Vec::new();
+        for i in 0..50i64 {
+            for p in 0..3 {
+                frame.data_mut(p).fill((i * 3) as u8);
+            }
+            out.clear();
+            enc.encode(&mut frame, i * 40, &mut out).unwrap();
+            for e in &out {
+                seg.write_video(&e.data, e.pts_ms, e.keyframe).unwrap();
+            }
+            audio.clear();
+            aac.push(&vec![0.1f32; 1920 * 2], &mut audio).unwrap();
+            for f in &audio {
+                seg.write_audio(&f.data, (f.ts48 / 48) as i64).unwrap();
+            }
+        }
+        seg.finish().unwrap();
+        let input = ff::format::input(&ts).unwrap();
+        let codecs: Vec<ff::codec::Id> = input.streams().map(|s| s.parameters().id()).collect();
+        assert_eq!(codecs, vec![ff::codec::Id::H264, ff::codec::Id::AAC]);
+        let ids: Vec<i32> = input.streams().map(|s| s.id()).collect();
+        assert_eq!(ids, vec![256, 257], "PIDs");
+        let mp4 = dir.join("a.mp4");
+        let duration = remux_to_mp4(&[&ts], &mp4).unwrap();
+        assert!((duration - 2.0).abs() < 0.2, "{duration}");
+        let input = ff::format::input(&mp4).unwrap();
+        assert_eq!(input.streams().count(), 2);
+        // Audio-only TS: PID 257.
+        let audio_ts = dir.join("b.ts");
+        let seg = TsSegment::create(&audio_ts, None, Some(&track)).unwrap();
+        seg.finish().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
