@@ -166,3 +166,119 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     let _ = source.kill();
     let _ = source.wait();
 }
+
+fn probe_url(url: &str) -> (Vec<String>, f64) {
+    let out = Command::new("ffprobe").args(["-v", "error", "-show_entries", "stream=codec_name:format=duration", "-of", "json", url]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut codecs: Vec<String> = v["streams"].as_array().map(|a| a.iter().filter_map(|s| s["codec_name"].as_str().map(str::to_owned)).collect()).unwrap_or_default();
+    codecs.sort();
+    codecs.dedup();
+    (codecs, v["format"]["duration"].as_str().and_then(|d| d.parse().ok()).unwrap_or(0.0))
+}
+
+fn is_stamp(s: &str) -> bool {
+    s.len() == 17 && s.bytes().all(|b| b.is_ascii_digit()) && s.starts_with("20")
+}
+
+#[test]
+fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
+    let dir = TempDir::new("rec");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let port = rtmp_port(&server);
+    let cam = token(&data, "rec", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/rec/cam?token={cam}"), 90);
+    std::thread::sleep(Duration::from_secs(2));
+    let recs = server.url("/v1/recordings");
+    post_json(&recs, Some(&key), &json!({"room": "rec", "format": "avi"})).expect_error(400, "invalid_parameter");
+    post_json(&recs, Some(&key), &json!({"room": "rec", "prefix": "../x"})).expect_error(400, "invalid_parameter");
+    post_json(&recs, Some(&key), &json!({"room": "rec", "mode": "mixed"})).expect_error(400, "invalid_parameter");
+
+    let job = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "rec", "encode": {"template": "360p"}})).json();
+    let job_id = job["id"].as_str().unwrap().to_owned();
+    let single = post_json(&recs, Some(&key), &json!({"room": "rec", "format": "hls+mp4", "hls": {"segment_s": 2}}));
+    assert_eq!(single.status, 201, "{}", single.body);
+    let single_id = single.json()["id"].as_str().unwrap().to_owned();
+    let mixed = post_json(&recs, Some(&key), &json!({"room": "rec", "mode": "mixed", "mix_job_id": job_id, "format": "hls+mp4", "hls": {"segment_s": 2}}));
+    assert_eq!(mixed.status, 201, "{}", mixed.body);
+    let mixed_id = mixed.json()["id"].as_str().unwrap().to_owned();
+    get(&server.url(&format!("/v1/recordings/{single_id}/result")), Some(&key)).expect_error(409, "invalid_state");
+    request("POST", &server.url(&format!("/v1/recordings/{single_id}/resume")), Some(&key), None, &[]).expect_error(409, "invalid_state");
+
+    std::thread::sleep(Duration::from_secs(8));
+    for id in [&single_id, &mixed_id] {
+        let r = request("POST", &server.url(&format!("/v1/recordings/{id}/pause")), Some(&key), None, &[]);
+        assert_eq!(r.json()["state"], "PAUSED", "{}", r.body);
+    }
+    std::thread::sleep(Duration::from_secs(5));
+    for id in [&single_id, &mixed_id] {
+        let r = request("POST", &server.url(&format!("/v1/recordings/{id}/resume")), Some(&key), None, &[]);
+        assert_eq!(r.json()["state"], "RECORDING", "{}", r.body);
+    }
+    std::thread::sleep(Duration::from_secs(7));
+    for id in [&single_id, &mixed_id] {
+        let r = request("DELETE", &server.url(&format!("/v1/recordings/{id}")), Some(&key), None, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+    let viewer = token(&data, "rec", "viewer");
+    for (id, mixed) in [(&single_id, false), (&mixed_id, true)] {
+        let path = format!("/v1/recordings/{id}");
+        poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
+        let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
+        assert_eq!(result["Status"], "ok", "{result}");
+        assert_eq!(result["RecordUserId"], format!("rec_{id}"));
+        // 8 s + 7 s recorded; the 5 s pause is not in the total.
+        let total = result["TotalTime"].as_i64().unwrap();
+        assert!((13_500..=17_000).contains(&total), "TotalTime {total} ms: {result}");
+        let files = result["Files"].as_array().unwrap();
+        let names: Vec<&str> = files.iter().map(|f| f["FileName"].as_str().unwrap()).collect();
+        let stem = if mixed { "default_cmVj".to_string() } else { "default_cmVj__UserId_s_Y2Ft__UserId_e_main".to_string() };
+        for n in &names {
+            assert!(n.starts_with(&stem), "{n}");
+            let rest = &n[stem.len()..];
+            let ok = if mixed {
+                rest == ".m3u8" || rest == ".mp4" || rest.strip_prefix('_').and_then(|r| r.strip_suffix(".ts")).is_some_and(is_stamp)
+            } else {
+                ["_video.m3u8", "_audio.m3u8", ".mp4"].contains(&rest)
+                    || ["_video_", "_audio_"].iter().any(|t| rest.strip_prefix(t).and_then(|r| r.strip_suffix(".ts")).is_some_and(is_stamp))
+            };
+            assert!(ok, "file name {n} does not follow RECORDING.md §4");
+        }
+        let playlists: Vec<&&str> = names.iter().filter(|n| n.ends_with(".m3u8")).collect();
+        assert_eq!(playlists.len(), if mixed { 1 } else { 2 }, "{names:?}");
+        for p in &playlists {
+            let url = files.iter().find(|f| f["FileName"] == ***p).unwrap()["Url"].as_str().unwrap().to_owned();
+            let text = get(&server.url(&url), Some(&key)).body;
+            for tag in ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-ALLOW-CACHE:NO", "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-TARGETDURATION:6", "#EXT-X-TRTC-START-REC-TIME:", "#EXT-X-DISCONTINUITY", "#EXT-X-ENDLIST"] {
+                assert!(text.contains(tag), "{p} lacks {tag}:\n{text}");
+            }
+            assert_eq!(text.contains("#EXT-X-TRTC-VIDEO-METADATA:WIDTH:"), !p.contains("_audio"), "{text}");
+            assert!(text.lines().filter(|l| l.starts_with("#EXTINF:")).all(|l| l.ends_with(',') && l.split(':').nth(1).unwrap().split('.').nth(1).unwrap().len() == 4), "{text}");
+        }
+        // Every file probes over HTTP (a user token of the room; playlists get their segment
+        // URIs rewritten with it); the MP4 is H.264 + AAC as long as the task clock.
+        for f in files {
+            let url = format!("{}?token={viewer}", server.url(f["Url"].as_str().unwrap()));
+            let (codecs, duration) = probe_url(&url);
+            assert!(!codecs.is_empty(), "{} does not probe", f["FileName"]);
+            if f["FileName"].as_str().unwrap().ends_with(".mp4") {
+                assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "{}", f["FileName"]);
+                let expected = total as f64 / 1000.0;
+                assert!((duration - expected).abs() <= expected * 0.05 + 0.3, "MP4 {duration:.2} s, task clock {expected:.2} s");
+            }
+        }
+        assert_eq!(result["VideoInfos"].as_array().unwrap().len(), 1, "{result}");
+        assert_eq!(result["VideoInfos"][0]["VideoFormat"], "mp4");
+        assert_eq!(result["VideoInfos"][0]["VideoType"], if mixed { 2 } else { 0 });
+    }
+    // Range requests.
+    let result = get(&server.url(&format!("/v1/recordings/{single_id}/result")), Some(&key)).json();
+    let mp4 = result["VideoInfos"][0]["VideoUrl"].as_str().unwrap().to_owned();
+    let r = request("GET", &server.url(&mp4), Some(&key), None, &[("Range", "bytes=0-99")]);
+    assert_eq!((r.status, r.header("content-length")), (206, Some("100")), "{:?}", r.headers);
+    assert!(r.header("content-range").is_some_and(|c| c.starts_with("bytes 0-99/")));
+    get(&server.url(&mp4), None).expect_error(401, "api_key_missing");
+    let _ = source.kill();
+    let _ = source.wait();
+}

@@ -7,6 +7,7 @@ pub mod config;
 pub mod error;
 pub mod ingest;
 pub mod metrics;
+pub mod recording;
 pub mod relay;
 pub mod rtmp;
 pub mod run;

@@ -149,6 +149,7 @@ impl Server {
         self.state.ingests.shutdown();
         self.state.mix_jobs.shutdown();
         self.state.relays.shutdown();
+        self.state.recordings.shutdown();
         if let Err(e) = self.state.store.flush() {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }

@@ -184,6 +184,7 @@ pub struct AacEncoder {
     /// Interleaved stereo samples waiting for a whole 1024-sample frame.
     pending: Vec<f32>,
     next_ts: u64,
+    frames_out: u64,
     asc: Vec<u8>,
 }
 
@@ -222,7 +223,7 @@ impl AacEncoder {
         };
         let mut frame = ff::frame::Audio::new(Sample::F32(Type::Planar), AAC_FRAME, layout);
         frame.set_rate(OPUS_RATE);
-        Ok(AacEncoder { encoder, channels: channels.clamp(1, 2), frame, packet: ff::Packet::empty(), pending: Vec::new(), next_ts: 0, asc })
+        Ok(AacEncoder { encoder, channels: channels.clamp(1, 2), frame, packet: ff::Packet::empty(), pending: Vec::new(), next_ts: 0, frames_out: 0, asc })
     }
 
     /// The AudioSpecificConfig.
@@ -249,7 +250,10 @@ impl AacEncoder {
             self.encoder.send_frame(&self.frame)?;
             while self.encoder.receive_packet(&mut self.packet).is_ok() {
                 if let Some(d) = self.packet.data() {
-                    out.push(AacFrame { ts48: self.packet.pts().unwrap_or(0).max(0) as u64, data: d.to_vec() });
+                    // One frame after another from 0: the encoder's own pts start negative
+                    // (priming), which containers would see as repeated timestamps.
+                    out.push(AacFrame { ts48: self.frames_out * AAC_FRAME as u64, data: d.to_vec() });
+                    self.frames_out += 1;
                 }
             }
         }

@@ -146,7 +146,9 @@ pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError>
     let out_tbs: Vec<ff::Rational> = output.streams().map(|s| s.time_base()).collect();
     // The next packet of each input; always write the earliest.
     let mut next: Vec<Option<ff::Packet>> = ins.iter_mut().map(read_one).collect();
-    let mut first_ts: Vec<Option<i64>> = vec![None; out_tbs.len()];
+    // Every stream is shifted by the same amount (the earliest packet's time), so audio and
+    // video stay aligned as recorded.
+    let mut base_s: Option<f64> = None;
     let mut last_end = 0f64;
     loop {
         let pick = next
@@ -163,11 +165,13 @@ pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError>
         let mut packet = next[i].take().expect("picked");
         next[i] = read_one(&mut ins[i]);
         let Some((oi, in_tb)) = map[i].get(packet.stream()).copied().flatten() else { continue };
+        let t = seconds(&packet, &map[i]);
+        let base_s = *base_s.get_or_insert(t);
         packet.rescale_ts(in_tb, out_tbs[oi]);
-        // Start every stream at 0 (HLS/TS timestamps start wherever the clock was).
-        let base = *first_ts[oi].get_or_insert(packet.dts().or(packet.pts()).unwrap_or(0));
-        packet.set_pts(packet.pts().map(|t| t - base));
-        packet.set_dts(packet.dts().map(|t| t - base));
+        let tb = out_tbs[oi];
+        let base = (base_s * tb.denominator() as f64 / tb.numerator().max(1) as f64).round() as i64;
+        packet.set_pts(packet.pts().map(|t| (t - base).max(0)));
+        packet.set_dts(packet.dts().map(|t| (t - base).max(0)));
         let end = packet.pts().unwrap_or(0) + packet.duration();
         last_end = last_end.max(end as f64 * out_tbs[oi].numerator() as f64 / out_tbs[oi].denominator().max(1) as f64);
         packet.set_stream(oi);

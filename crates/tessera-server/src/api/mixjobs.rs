@@ -36,6 +36,10 @@ pub struct MixJob {
 }
 
 impl MixJobs {
+    pub fn exists(&self, app: &AppId, id: &str) -> bool {
+        self.jobs.get(id).is_some_and(|j| j.app == *app)
+    }
+
     fn running(&self) -> usize {
         self.jobs.iter().filter(|j| j.handle.status().state != MixState::Stopped).count()
     }

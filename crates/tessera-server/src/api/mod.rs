@@ -6,6 +6,7 @@ mod cors;
 mod app;
 mod ingests;
 pub mod mixjobs;
+mod recordings;
 mod relays;
 pub mod auth;
 pub mod json;
@@ -41,6 +42,7 @@ pub struct Shared {
     pub ingests: crate::ingest::Ingests,
     pub mix_jobs: mixjobs::MixJobs,
     pub relays: crate::relay::Relays,
+    pub recordings: crate::recording::Recordings,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -60,6 +62,7 @@ impl AppState {
             ingests: crate::ingest::Ingests::new(tasks_dir),
             mix_jobs: mixjobs::MixJobs::default(),
             relays: crate::relay::Relays::default(),
+            recordings: crate::recording::Recordings::default(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
@@ -81,6 +84,11 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/app/secrets/{kid}", delete(app::remove_secret))
         .route("/v1/mix-jobs", post(mixjobs::start).get(mixjobs::list))
         .route("/v1/mix-jobs/{id}", get(mixjobs::get).patch(mixjobs::update).delete(mixjobs::stop))
+        .route("/v1/recordings", post(recordings::start).get(recordings::list))
+        .route("/v1/recordings/{id}", get(recordings::get).patch(recordings::update).delete(recordings::stop))
+        .route("/v1/recordings/{id}/pause", post(recordings::pause))
+        .route("/v1/recordings/{id}/resume", post(recordings::resume))
+        .route("/v1/recordings/{id}/result", get(recordings::result))
         .route("/v1/relays", post(relays::start).get(relays::list))
         .route("/v1/relays/{id}", get(relays::get).patch(relays::update).delete(relays::stop))
         .route("/v1/ingests", post(ingests::start).get(ingests::list))
@@ -97,6 +105,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/{page}", get(page))
+        .route("/files/{app}/{*path}", get(recordings::file))
         .merge(v1)
         .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
         .merge(media)

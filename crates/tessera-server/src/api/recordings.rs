@@ -1,0 +1,355 @@
+//! `/v1/recordings` (RECORDING.md §2–5) and `GET /files/{app}/{path}` (PRODUCT.md §11).
+
+use super::auth::{bearer, Caller};
+use super::json::ApiJson;
+use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::{ApiError, ApiResult};
+use crate::recording::{Mode, RecordingSpec, RecordingTask};
+use axum::body::Body;
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use axum::{Extension, Json};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::time::Duration;
+use tessera_engine::mcu::Subscribe;
+use tessera_media::StreamKind;
+use tessera_model::{Privileges, RoomId, UserId};
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct SubscribeReq {
+    #[serde(default)]
+    video_allow: Option<Vec<String>>,
+    #[serde(default)]
+    video_deny: Vec<String>,
+    #[serde(default)]
+    audio_allow: Option<Vec<String>>,
+    #[serde(default)]
+    audio_deny: Vec<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HlsReq {
+    #[serde(default)]
+    segment_s: Option<u32>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Mp4Req {
+    #[serde(default)]
+    split_minutes: Option<u32>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StartRecording {
+    room: String,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    content: Option<String>,
+    #[serde(default)]
+    format: Option<String>,
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+    #[serde(default)]
+    track_layout: Option<String>,
+    #[serde(default)]
+    subscribe: Option<SubscribeReq>,
+    #[serde(default)]
+    hls: Option<HlsReq>,
+    #[serde(default)]
+    mp4: Option<Mp4Req>,
+    #[serde(default)]
+    max_idle_time: Option<u64>,
+    #[serde(default)]
+    storage: Option<Value>,
+    #[serde(default)]
+    prefix: Option<String>,
+    #[serde(default)]
+    mix_job_id: Option<String>,
+    #[serde(default)]
+    mix: Option<Value>,
+}
+
+fn bad(field: &str, reason: &str) -> ApiError {
+    ApiError::invalid_parameter(field, reason)
+}
+
+fn users(list: Option<Vec<String>>, field: &str) -> ApiResult<Option<Vec<String>>> {
+    list.map(|l| l.into_iter().map(|u| UserId::parse(&u).map(|u| u.as_str().to_owned()).map_err(|e| bad(field, &e.reason))).collect()).transpose()
+}
+
+fn view(id: &str, task: &RecordingTask) -> Value {
+    let spec = task.spec.lock().expect("spec").clone();
+    let st = task.status.lock().expect("status").clone();
+    let (mode, mix_user) = match &spec.mode {
+        Mode::Single { .. } => ("single", None),
+        Mode::Mixed { mix_user, .. } => ("mixed", Some(mix_user.clone())),
+    };
+    json!({
+        "id": id, "room": spec.room, "mode": mode, "content": spec.content, "format": spec.format, "state": st.state,
+        "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "paused_ms": st.paused_ms,
+        "leave_code": st.leave_code, "error": st.error, "files": st.files, "segment_s": spec.segment_s, "mix_user": mix_user,
+        "record_user": format!("rec_{id}"),
+    })
+}
+
+fn not_found(id: &str) -> ApiError {
+    ApiError::not_found("task_not_found", format!("the app has no recording with id '{id}'"))
+}
+
+pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartRecording>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let room = RoomId::parse(&req.room).map_err(|e| bad("room", &e.reason))?;
+    let content = req.content.unwrap_or_else(|| "audio_video".into());
+    if !matches!(content.as_str(), "audio_video" | "audio" | "video") {
+        return Err(bad("content", "must be audio_video, audio or video"));
+    }
+    let format = req.format.unwrap_or_else(|| "hls".into());
+    match format.as_str() {
+        "hls" | "hls+mp4" | "mp4" => {}
+        "hls+aac" | "aac" => return Err(bad("format", "the aac formats are not supported yet")),
+        _ => return Err(bad("format", "must be hls, hls+mp4, mp4, hls+aac or aac")),
+    }
+    let segment_s = req.hls.and_then(|h| h.segment_s).unwrap_or(6);
+    if !(1..=60).contains(&segment_s) {
+        return Err(bad("hls.segment_s", "must be 1 to 60"));
+    }
+    if let Some(m) = req.mp4.and_then(|m| m.split_minutes) {
+        if !(1..=1440).contains(&m) {
+            return Err(bad("mp4.split_minutes", "must be 1 to 1440"));
+        }
+    }
+    let idle = req.max_idle_time.unwrap_or(30);
+    if !(1..=86_400).contains(&idle) {
+        return Err(bad("max_idle_time", "must be 1 to 86400 seconds"));
+    }
+    match &req.storage {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) if s == "local" => {}
+        Some(Value::Object(o)) if o.contains_key("local") && o.contains_key("s3") => {
+            return Err(ApiError::new(StatusCode::BAD_REQUEST, "storage_conflict", "give either 'local' or 's3', not both"));
+        }
+        Some(_) => return Err(bad("storage", "only local storage is supported yet")),
+    }
+    let prefix = req.prefix.unwrap_or_default();
+    if prefix.len() > 256 || prefix.starts_with('/') || prefix.contains("..") || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_/-".contains(&b)) {
+        return Err(bad("prefix", "must match [A-Za-z0-9_/-]{0,256}, with no leading '/' and no '..'"));
+    }
+    let sub = req.subscribe.unwrap_or_default();
+    let subscribe = Subscribe {
+        video_allow: users(sub.video_allow, "subscribe.video_allow")?,
+        video_deny: users(Some(sub.video_deny), "subscribe.video_deny")?.unwrap_or_default(),
+        audio_allow: users(sub.audio_allow, "subscribe.audio_allow")?,
+        audio_deny: users(Some(sub.audio_deny), "subscribe.audio_deny")?.unwrap_or_default(),
+    };
+    let mode = match req.mode.as_deref().unwrap_or("single") {
+        "single" => {
+            if req.mix_job_id.is_some() || req.mix.is_some() {
+                return Err(bad("mode", "mix_job_id and mix belong to mode 'mixed'"));
+            }
+            let streams = match req.streams {
+                None => vec![StreamKind::Main, StreamKind::Aux],
+                Some(s) if !s.is_empty() => s.iter().map(|x| StreamKind::parse(x).ok_or_else(|| bad("streams", "each must be 'main' or 'aux'"))).collect::<ApiResult<_>>()?,
+                Some(_) => return Err(bad("streams", "name at least one stream")),
+            };
+            let split = match req.track_layout.as_deref().unwrap_or("split") {
+                "split" => true,
+                "muxed" => false,
+                _ => return Err(bad("track_layout", "must be 'split' or 'muxed'")),
+            };
+            Mode::Single { streams, split }
+        }
+        "mixed" => match (req.mix_job_id, req.mix) {
+            (Some(job), None) => {
+                let user = UserId::parse(&format!("mix_{job}")).map_err(|e| bad("mix_job_id", &e.reason))?;
+                if !state.mix_jobs.exists(&caller.app, &job) {
+                    return Err(ApiError::not_found("task_not_found", format!("the app has no mix job with id '{job}'")));
+                }
+                Mode::Mixed { mix_user: user, owned_job: None }
+            }
+            (None, Some(_)) => return Err(bad("mix", "an owned mix job is not supported yet: start one and give its mix_job_id")),
+            _ => return Err(bad("mix_job_id", "mode 'mixed' needs exactly one of mix_job_id or mix")),
+        },
+        _ => return Err(bad("mode", "must be 'single' or 'mixed'")),
+    };
+    let limit = state.config.limits.concurrent_recordings_per_app as usize;
+    if state.recordings.live_count(&caller.app) >= limit {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} recordings may run at once per app")).with_details(json!({"limit": limit})));
+    }
+    let id = tessera_model::TaskId::generate().as_str().to_owned();
+    let spec = RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, max_idle: Duration::from_secs(idle), prefix };
+    let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::internal(format!("cannot start the recording: {e}")))?;
+    Ok((StatusCode::CREATED, Json(view(&id, &task))))
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
+    let items = state.recordings.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == caller.app).map(|t| view(t.key(), t.value())).collect();
+    Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
+}
+
+pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    Ok(Json(view(&id, &task)))
+}
+
+pub async fn result(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let st = task.status.lock().expect("status").clone();
+    if st.state != "FINISHED" {
+        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the recording is {}; the result comes at FINISHED", st.state)).with_details(json!({"state": st.state})));
+    }
+    Ok(Json(st.result.unwrap_or(Value::Null)))
+}
+
+fn invalid_state(state: &str) -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the recording is {state}")).with_details(json!({"state": state}))
+}
+
+async fn wait_for(task: &RecordingTask, states: &[&str]) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(2);
+    while !states.contains(&task.status.lock().expect("status").state) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let current = task.status.lock().expect("status").state;
+    if current != "RECORDING" {
+        return Err(invalid_state(current));
+    }
+    task.pause();
+    wait_for(&task, &["PAUSED"]).await;
+    Ok(Json(view(&id, &task)))
+}
+
+pub async fn resume(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let current = task.status.lock().expect("status").state;
+    if current != "PAUSED" {
+        return Err(invalid_state(current));
+    }
+    task.resume();
+    wait_for(&task, &["RECORDING"]).await;
+    Ok(Json(view(&id, &task)))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateRecording {
+    #[serde(default)]
+    subscribe: Option<SubscribeReq>,
+    #[serde(default)]
+    streams: Option<Vec<String>>,
+}
+
+pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRecording>) -> ApiResult<Json<Value>> {
+    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let current = task.status.lock().expect("status").state;
+    if matches!(current, "STOPPED" | "FINISHED") {
+        return Err(invalid_state(current));
+    }
+    let mut spec = task.spec.lock().expect("spec");
+    if let Some(sub) = req.subscribe {
+        spec.subscribe = Subscribe {
+            video_allow: users(sub.video_allow, "subscribe.video_allow")?,
+            video_deny: users(Some(sub.video_deny), "subscribe.video_deny")?.unwrap_or_default(),
+            audio_allow: users(sub.audio_allow, "subscribe.audio_allow")?,
+            audio_deny: users(Some(sub.audio_deny), "subscribe.audio_deny")?.unwrap_or_default(),
+        };
+    }
+    if let Some(streams) = req.streams {
+        let Mode::Single { split, .. } = spec.mode else { return Err(bad("streams", "only single-stream recordings choose streams")) };
+        let streams = streams.iter().map(|x| StreamKind::parse(x).ok_or_else(|| bad("streams", "each must be 'main' or 'aux'"))).collect::<ApiResult<Vec<_>>>()?;
+        spec.mode = Mode::Single { streams, split };
+    }
+    drop(spec);
+    Ok(Json(view(&id, &task)))
+}
+
+pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
+    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    task.stop();
+    wait_for(&task, &["STOPPED", "FINISHED"]).await;
+    Ok(Json(view(&id, &task)))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    token: Option<String>,
+}
+
+/// `GET /files/{app}/{path}`: an API key allowed `files.get`, or `?token=` of the task's room
+/// with privilege 32 (8 for audio-only files); Range requests get 206.
+pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String, String)>, Query(q): Query<FileQuery>, headers: HeaderMap) -> ApiResult<Response> {
+    let app = tessera_model::AppId::parse(&app).map_err(|_| ApiError::not_found("file_not_found", "no such file"))?;
+    if path.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {
+        return Err(ApiError::not_found("file_not_found", "no such file"));
+    }
+    let mut via_token = None;
+    match (bearer(&headers), &q.token) {
+        (Some(key), _) => {
+            let (key_app, record) = state.store.authenticate_key(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid"))?;
+            if key_app != app || record.policy.decide("files.get") != tessera_model::PolicyDecision::Allowed {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "action_denied", "this API key may not perform 'files.get'"));
+            }
+        }
+        (None, Some(raw)) => {
+            let token = super::whip::verify_raw(&state, raw, false)?;
+            let task = state.recordings.owner_of(&app, &path).ok_or_else(|| ApiError::not_found("file_not_found", "no such file"))?;
+            let room = task.spec.lock().expect("spec").room.clone();
+            if token.app != app || token.room != room {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "token_room_mismatch", "the token is not for this recording's room"));
+            }
+            let audio_only = path.contains("_audio");
+            let needed = if audio_only { Privileges::SUBSCRIBE_AUDIO } else { Privileges::SUBSCRIBE_VIDEO };
+            if !token.privileges.contains(needed) {
+                return Err(super::whip::privilege_missing(needed));
+            }
+            via_token = Some(raw.clone());
+        }
+        (None, None) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key, or ?token= with a user token of the room")),
+    }
+    let full = state.config.data_dir.join("recordings").join(app.as_str()).join(&path);
+    let mut bytes = tokio::fs::read(&full).await.map_err(|_| ApiError::not_found("file_not_found", "no such file"))?;
+    let content_type = match full.extension().and_then(|e| e.to_str()) {
+        Some("m3u8") => "application/vnd.apple.mpegurl",
+        Some("ts") => "video/mp2t",
+        Some("mp4") => "video/mp4",
+        Some("aac") => "audio/aac",
+        _ => "application/octet-stream",
+    };
+    if let (Some(t), Some("m3u8")) = (&via_token, full.extension().and_then(|e| e.to_str())) {
+        // Segment URIs carry the same token (the stored playlist is not changed).
+        let text = String::from_utf8_lossy(&bytes).lines().map(|l| if l.is_empty() || l.starts_with('#') { l.to_string() } else { format!("{l}?token={t}") }).collect::<Vec<_>>().join("\n");
+        bytes = format!("{text}\n").into_bytes();
+    }
+    let total = bytes.len() as u64;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'));
+    let builder = Response::builder().header(header::CONTENT_TYPE, content_type).header(header::ACCEPT_RANGES, "bytes");
+    let response = match range {
+        Some((a, b)) => {
+            let (start, end) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
+                (Some(s), Some(e)) => (s, e.min(total.saturating_sub(1))),
+                (Some(s), None) => (s, total.saturating_sub(1)),
+                (None, Some(n)) => (total.saturating_sub(n), total.saturating_sub(1)),
+                (None, None) => (1, 0),
+            };
+            if start > end || start >= total {
+                Response::builder().status(StatusCode::RANGE_NOT_SATISFIABLE).header(header::CONTENT_RANGE, format!("bytes */{total}")).body(Body::empty())
+            } else {
+                builder
+                    .status(StatusCode::PARTIAL_CONTENT)
+                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+                    .body(Body::from(bytes[start as usize..=end as usize].to_vec()))
+            }
+        }
+        None => builder.status(StatusCode::OK).body(Body::from(bytes)),
+    };
+    response.map_err(|e| ApiError::internal(e.to_string()))
+}
