@@ -282,3 +282,58 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
     let _ = source.kill();
     let _ = source.wait();
 }
+
+#[test]
+fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
+    let dir = TempDir::new("rec-crash");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let cam = token(&data, "crash", "cam");
+    let port = rtmp_port(&server);
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "crash", "format": "hls+mp4", "hls": {"segment_s": 2}, "max_idle_time": 60}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(7));
+    let before = get(&server.url(&format!("/v1/recordings/{id}")), Some(&key)).json();
+    let written_before: Vec<String> = before["files"].as_array().unwrap().iter().map(|f| f["file_name"].as_str().unwrap().to_owned()).collect();
+    assert!(written_before.len() >= 4, "{before}");
+    server.crash();
+    let _ = source.kill();
+    let _ = source.wait();
+
+    let server = Server::start(&data, &[]);
+    let port = rtmp_port(&server);
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
+    let path = format!("/v1/recordings/{id}");
+    poll(&server, &key, &path, Duration::from_secs(20), |v| v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_"))));
+    std::thread::sleep(Duration::from_secs(5));
+    let r = request("DELETE", &server.url(&path), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
+    assert_eq!(result["Status"], "ok", "{result}");
+    let names: Vec<String> = result["Files"].as_array().unwrap().iter().map(|f| f["FileName"].as_str().unwrap().to_owned()).collect();
+    // Nothing written before the crash is lost; the continuation is in ha1_ files.
+    for n in &written_before {
+        assert!(names.contains(n), "{n} was lost: {names:?}");
+    }
+    assert!(names.iter().any(|n| n.starts_with("ha1_") && n.ends_with("_video.m3u8")), "{names:?}");
+    assert!(names.iter().any(|n| n.starts_with("ha1_") && n.ends_with(".ts")), "{names:?}");
+    let old_playlist = names.iter().find(|n| n.ends_with("_video.m3u8") && !n.starts_with("ha")).unwrap();
+    let text = get(&server.url(&format!("/files/default/{id}/{old_playlist}")), Some(&key)).body;
+    assert!(text.contains("#EXT-X-ENDLIST"), "the interrupted playlist is closed:\n{text}");
+    // The MP4 joins both parts: longer than either.
+    let mp4 = result["VideoInfos"][0]["VideoUrl"].as_str().unwrap().to_owned();
+    let (codecs, duration) = probe_url(&format!("{}?token={cam}", server.url(&mp4)));
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()]);
+    assert!(duration >= 9.0, "MP4 of both parts: {duration:.1} s");
+    for n in names.iter().filter(|n| n.ends_with(".ts")) {
+        let (codecs, _) = probe_url(&format!("{}?token={cam}", server.url(&format!("/files/default/{id}/{n}"))));
+        assert!(!codecs.is_empty(), "{n} does not probe");
+    }
+    let _ = source.kill();
+    let _ = source.wait();
+}

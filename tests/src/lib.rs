@@ -125,6 +125,12 @@ impl Server {
     }
 
     /// Sends SIGTERM and waits (at most 10 s) for the exit status.
+    /// `kill -9`: no shutdown at all (crash-recovery tests).
+    pub fn crash(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     pub fn stop(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill");

@@ -114,6 +114,10 @@ pub struct RecordingStatus {
     pub error: Option<String>,
     #[serde(skip)]
     pub result: Option<Value>,
+    /// The task clock (ms): TotalTime.
+    pub clock_ms: i64,
+    /// Crash restarts so far (the `ha<N>_` of the newest files).
+    pub restarts: u32,
 }
 
 pub struct RecordingTask {
@@ -154,12 +158,13 @@ impl Recordings {
     pub fn start(&self, spec: RecordingSpec, data_dir: PathBuf, rtc: RtcHandle) -> std::io::Result<Arc<RecordingTask>> {
         let task = Arc::new(RecordingTask {
             spec: Mutex::new(spec.clone()),
-            status: Mutex::new(RecordingStatus { state: "PREPARED", leave_code: None, started_at: None, stopped_at: None, paused_ms: 0, files: Vec::new(), error: None, result: None }),
+            status: Mutex::new(RecordingStatus { state: "PREPARED", leave_code: None, started_at: None, stopped_at: None, paused_ms: 0, files: Vec::new(), error: None, result: None, clock_ms: 0, restarts: 0 }),
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             created_at: crate::now_ms(),
         });
         self.tasks.insert(spec.id.clone(), task.clone());
+        save(&task, &data_dir);
         let runtime = tokio::runtime::Handle::current();
         let t = task.clone();
         std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, data_dir, rtc, runtime))?;
@@ -178,17 +183,197 @@ impl Recordings {
     }
 }
 
+/// Saves the task's spec and state to `tasks/<id>.json` (RECORDING.md §8: fsync'd on change).
+fn save(task: &RecordingTask, data_dir: &Path) {
+    let spec = task.spec.lock().expect("spec").clone();
+    let st = task.status.lock().expect("status").clone();
+    let (mode, streams, split, mix_user) = match &spec.mode {
+        Mode::Single { streams, split } => ("single", streams.iter().map(|s| s.as_str()).collect::<Vec<_>>(), *split, None),
+        Mode::Mixed { mix_user, .. } => ("mixed", Vec::new(), false, Some(mix_user.to_string())),
+    };
+    let record = json!({
+        "kind": "recording", "id": spec.id, "app": spec.app, "room": spec.room, "mode": mode, "streams": streams, "split": split, "mix_user": mix_user,
+        "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
+        "subscribe": {"video_allow": spec.subscribe.video_allow, "video_deny": spec.subscribe.video_deny, "audio_allow": spec.subscribe.audio_allow, "audio_deny": spec.subscribe.audio_deny},
+        "state": st.state, "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "leave_code": st.leave_code,
+        "restarts": st.restarts, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
+    });
+    let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
+    if let Err(e) = write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+        tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}");
+    }
+}
+
+/// The most restarts a recording survives (RECORDING.md §8).
+const MAX_RESTARTS: u32 = 3;
+
+fn users_of(v: &Value) -> Option<Vec<String>> {
+    v.as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+}
+
+impl Recordings {
+    /// Picks up the recordings a previous run left (RECORDING.md §8): finished ones stay
+    /// readable; live ones recover their interrupted segment, close their playlists and go on
+    /// in `ha<N>_` files; a 4th crash ends the task as failed with every file listed; a
+    /// stopped one redoes its conversion.
+    pub fn resume(&self, data_dir: &Path, rtc: &RtcHandle) {
+        let Ok(entries) = std::fs::read_dir(data_dir.join("tasks")) else { return };
+        for e in entries.flatten() {
+            let Ok(bytes) = std::fs::read(e.path()) else { continue };
+            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else { continue };
+            if v["kind"] != "recording" {
+                continue;
+            }
+            let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else { continue };
+            let mode = if v["mode"] == "mixed" {
+                let Ok(mix_user) = UserId::parse(v["mix_user"].as_str().unwrap_or("")) else { continue };
+                Mode::Mixed { mix_user, owned_job: None }
+            } else {
+                let streams = v["streams"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().and_then(StreamKind::parse)).collect()).unwrap_or_default();
+                Mode::Single { streams, split: v["split"].as_bool().unwrap_or(true) }
+            };
+            let spec = RecordingSpec {
+                id: id.to_string(),
+                app,
+                room,
+                mode,
+                content: v["content"].as_str().unwrap_or("audio_video").to_string(),
+                format: v["format"].as_str().unwrap_or("hls").to_string(),
+                subscribe: tessera_engine::mcu::Subscribe {
+                    video_allow: users_of(&v["subscribe"]["video_allow"]),
+                    video_deny: users_of(&v["subscribe"]["video_deny"]).unwrap_or_default(),
+                    audio_allow: users_of(&v["subscribe"]["audio_allow"]),
+                    audio_deny: users_of(&v["subscribe"]["audio_deny"]).unwrap_or_default(),
+                },
+                segment_s: v["segment_s"].as_u64().unwrap_or(6) as u32,
+                max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
+                prefix: v["prefix"].as_str().unwrap_or("").to_string(),
+            };
+            let state: &'static str = match v["state"].as_str().unwrap_or("") {
+                "FINISHED" => "FINISHED",
+                "STOPPED" => "STOPPED",
+                "PAUSED" => "PAUSED",
+                "RECORDING" => "RECORDING",
+                _ => "PREPARED",
+            };
+            let status = RecordingStatus {
+                state,
+                leave_code: v["leave_code"].as_u64().map(|c| c as u32),
+                started_at: v["started_at"].as_i64(),
+                stopped_at: v["stopped_at"].as_i64(),
+                paused_ms: v["paused_ms"].as_i64().unwrap_or(0),
+                files: Vec::new(),
+                error: v["error"].as_str().map(str::to_owned),
+                result: (!v["result"].is_null()).then(|| v["result"].clone()),
+                clock_ms: v["clock_ms"].as_i64().unwrap_or(0),
+                restarts: v["restarts"].as_u64().unwrap_or(0) as u32,
+            };
+            let task = Arc::new(RecordingTask { spec: Mutex::new(spec.clone()), status: Mutex::new(status), stop: AtomicBool::new(false), paused: AtomicBool::new(false), created_at: v["created_at"].as_i64().unwrap_or(0) });
+            self.tasks.insert(spec.id.clone(), task.clone());
+            if state == "FINISHED" {
+                continue;
+            }
+            let mut rel = PathBuf::new();
+            if !spec.prefix.is_empty() {
+                rel.push(&spec.prefix);
+            }
+            rel.push(&spec.id);
+            let final_dir = data_dir.join("recordings").join(spec.app.as_str()).join(&rel);
+            let spool = data_dir.join("spool").join(&spec.id);
+            let url_base = format!("/files/{}/{}", spec.app, rel.to_string_lossy());
+            recover_segments(&final_dir, &spool);
+            let restarts = task.status.lock().expect("status").restarts;
+            if state == "STOPPED" || restarts >= MAX_RESTARTS {
+                {
+                    let mut st = task.status.lock().expect("status");
+                    if state != "STOPPED" {
+                        st.state = "STOPPED";
+                        st.leave_code = Some(104);
+                        st.stopped_at = Some(crate::now_ms());
+                        st.error = Some(format!("the server stopped unexpectedly {} times", restarts + 1));
+                    }
+                }
+                tracing::warn!(recording = %spec.id, "recording ended after a restart; its files are kept");
+                finish_task(&task, &spec, &final_dir, &spool, &url_base, None);
+                save(&task, data_dir);
+                continue;
+            }
+            {
+                let mut st = task.status.lock().expect("status");
+                st.restarts += 1;
+                if st.state == "PAUSED" {
+                    task.paused.store(true, Ordering::SeqCst);
+                }
+            }
+            tracing::info!(recording = %spec.id, restart = restarts + 1, "resuming the recording");
+            save(&task, data_dir);
+            let runtime = tokio::runtime::Handle::current();
+            let (t, dir, rtc) = (task.clone(), data_dir.to_path_buf(), rtc.clone());
+            if let Err(e) = std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, dir, rtc, runtime)) {
+                tracing::error!("cannot resume the recording: {e}");
+            }
+        }
+    }
+}
+
+/// After a crash: each interrupted `.part` segment is cut to whole 188-byte TS packets and kept
+/// (appended to its playlist) if it holds media, else deleted; every playlist gets
+/// `#EXT-X-ENDLIST` (RECORDING.md §8).
+fn recover_segments(final_dir: &Path, spool: &Path) {
+    if let Ok(entries) = std::fs::read_dir(spool) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(segment) = name.strip_suffix(".part").filter(|n| n.ends_with(".ts")) else {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            };
+            let len = std::fs::metadata(e.path()).map(|m| m.len()).unwrap_or(0);
+            let whole = len - len % 188;
+            let duration = if whole >= 188 * 8 {
+                let _ = std::fs::OpenOptions::new().write(true).open(e.path()).and_then(|f| f.set_len(whole));
+                tessera_transcode::mux::probe_duration(&e.path()).filter(|d| *d > 0.0)
+            } else {
+                None
+            };
+            let playlist = segment.rsplit_once('_').map(|(stem, _)| final_dir.join(format!("{stem}.m3u8")));
+            match (duration, playlist) {
+                (Some(d), Some(pl)) if std::fs::rename(e.path(), final_dir.join(segment)).is_ok() => {
+                    let mut text = std::fs::read_to_string(&pl).unwrap_or_default();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    text = text.replace("#EXT-X-ENDLIST\n", "");
+                    text.push_str(&format!("#EXTINF:{d:.3},\n{segment}\n"));
+                    let _ = write_atomic(&pl, text.as_bytes(), 0o644);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    for pl in scan_playlists(final_dir) {
+        let path = final_dir.join(&pl.name);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.contains("#EXT-X-ENDLIST") {
+            let _ = write_atomic(&path, format!("{text}#EXT-X-ENDLIST\n").as_bytes(), 0o644);
+        }
+    }
+}
+
 /// The task clock (RECORDING.md §3): starts at the first sample, stops while paused.
 struct TaskClock {
     start: Instant,
     paused_total: Duration,
     paused_since: Option<Instant>,
+    /// Where a resumed task's clock had got to before the crash.
+    offset_ms: i64,
 }
 
 impl TaskClock {
     fn now_ms(&self, at: Instant) -> i64 {
         let paused = self.paused_total + self.paused_since.map(|p| at.saturating_duration_since(p)).unwrap_or_default();
-        (at.saturating_duration_since(self.start).saturating_sub(paused)).as_millis() as i64
+        self.offset_ms + (at.saturating_duration_since(self.start).saturating_sub(paused)).as_millis() as i64
     }
 }
 
@@ -396,6 +581,8 @@ fn media_ms(clock: &mut (Option<(u32, i64)>, u32), rtp: u32, arrival: i64) -> i6
 
 struct Worker {
     spec: RecordingSpec,
+    /// `ha<N>_` after the N-th crash restart.
+    ha: String,
     final_dir: PathBuf,
     spool: PathBuf,
     url_base: String,
@@ -414,9 +601,10 @@ impl Worker {
 
     fn writer(&mut self, user: &UserId, stream: StreamKind, kind: &str, video: bool, audio: Option<AudioTrack>) -> usize {
         let base = self.base_name(user, stream);
+        let ha = &self.ha;
         let (playlist, stem, track_type, user_id, media_id) = match (&self.spec.mode, kind) {
-            (Mode::Mixed { .. }, _) => (format!("{base}.m3u8"), base.clone(), "audio_video".to_string(), String::new(), "mix".to_string()),
-            (Mode::Single { .. }, k) => (format!("{base}_{k}.m3u8"), format!("{base}_{k}"), k.to_string(), user.to_string(), stream.as_str().to_string()),
+            (Mode::Mixed { .. }, _) => (format!("{ha}{base}.m3u8"), format!("{ha}{base}"), "audio_video".to_string(), String::new(), "mix".to_string()),
+            (Mode::Single { .. }, k) => (format!("{ha}{base}_{k}.m3u8"), format!("{ha}{base}_{k}"), k.to_string(), user.to_string(), stream.as_str().to_string()),
         };
         let segment_ms = self.spec.segment_s as i64 * 1000;
         self.writers.push(HlsWriter {
@@ -459,13 +647,15 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
     let final_dir = data_dir.join("recordings").join(spec.app.as_str()).join(&rel);
     let spool = data_dir.join("spool").join(&spec.id);
     let url_base = format!("/files/{}/{}", spec.app, rel.to_string_lossy());
-    let mut w = Worker { spec: spec.clone(), final_dir: final_dir.clone(), spool: spool.clone(), url_base, writers: Vec::new(), streams: HashMap::new() };
+    let restarts = task.status.lock().expect("status").restarts;
+    let ha = if restarts > 0 { format!("ha{restarts}_") } else { String::new() };
+    let mut w = Worker { spec: spec.clone(), ha, final_dir: final_dir.clone(), spool: spool.clone(), url_base, writers: Vec::new(), streams: HashMap::new() };
     let outcome = (|| -> Result<u32, String> {
         std::fs::create_dir_all(&final_dir).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&spool).map_err(|e| e.to_string())?;
         let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
         let (tap, mut packets) = runtime.block_on(rtc.add_tap_all(room.clone())).map_err(|e| e.to_string())?;
-        let r = record(&task, &mut w, &room, &mut packets, &rtc, &runtime);
+        let r = record(&task, &mut w, &room, &mut packets, &rtc, &runtime, &data_dir);
         let _ = runtime.block_on(rtc.remove_tap(tap));
         r
     })();
@@ -476,99 +666,213 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
             (104, Some(e))
         }
     };
-    // STOPPED: playlists final, then the MP4s, then FINISHED with the result.
-    let clock_ms = {
-        let mut st = task.status.lock().expect("status");
-        st.state = "STOPPED";
-        st.stopped_at = Some(crate::now_ms());
-        st.leave_code = Some(code);
-        st.error = error.clone();
-        st.paused_ms
-    };
-    let _ = clock_ms;
-    let mut files: Vec<FileInfo> = Vec::new();
-    let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
     for wr in &mut w.writers {
         if let Err(e) = wr.finish() {
             tracing::warn!("finishing a playlist failed: {e}");
         }
     }
-    // Group playlists to MP4: per (user, media) in single mode, the one playlist when mixed.
-    let mut groups: Vec<(String, String, Vec<usize>)> = Vec::new();
-    for (i, wr) in w.writers.iter().enumerate() {
-        if wr.start_rec_time.is_none() {
-            continue;
-        }
-        match groups.iter_mut().find(|g| g.0 == wr.user_id && g.1 == wr.media_id) {
-            Some(g) => g.2.push(i),
-            None => groups.push((wr.user_id.clone(), wr.media_id.clone(), vec![i])),
+    {
+        let mut st = task.status.lock().expect("status");
+        st.state = "STOPPED";
+        st.stopped_at = Some(crate::now_ms());
+        st.leave_code = Some(code);
+        st.error = error.clone();
+    }
+    save(&task, &data_dir);
+    finish_task(&task, &spec, &final_dir, &spool, &w.url_base, error);
+    save(&task, &data_dir);
+}
+
+/// A playlist found in the task's directory.
+struct PlaylistInfo {
+    name: String,
+    /// The name without `ha<N>_` and without `.m3u8`: the same for a playlist and its
+    /// continuations after crashes.
+    stem: String,
+    restart: u32,
+    segments: Vec<(String, f64)>,
+}
+
+fn split_ha(name: &str) -> (u32, &str) {
+    if let Some(rest) = name.strip_prefix("ha") {
+        if let Some((n, tail)) = rest.split_once('_') {
+            if let Ok(n) = n.parse::<u32>() {
+                return (n, tail);
+            }
         }
     }
+    (0, name)
+}
+
+fn scan_playlists(dir: &Path) -> Vec<PlaylistInfo> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(base) = name.strip_suffix(".m3u8") else { continue };
+        let (restart, stem) = split_ha(base);
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut segments = Vec::new();
+        let mut duration = None;
+        for l in text.lines() {
+            if let Some(d) = l.strip_prefix("#EXTINF:") {
+                duration = d.trim_end_matches(',').parse::<f64>().ok();
+            } else if !l.starts_with('#') && !l.is_empty() {
+                segments.push((l.to_string(), duration.take().unwrap_or(0.0)));
+            }
+        }
+        out.push(PlaylistInfo { name: name.clone(), stem: stem.to_string(), restart, segments });
+    }
+    out.sort_by(|a, b| (a.stem.as_str(), a.restart).cmp(&(b.stem.as_str(), b.restart)));
+    out
+}
+
+/// (user id, media id, track type) from a stem (RECORDING.md §4; ids are decoded back).
+fn identify(stem: &str) -> (String, String, String) {
+    use base64::Engine as _;
+    let Some((_, rest)) = stem.split_once("__UserId_s_") else { return (String::new(), "mix".into(), "audio_video".into()) };
+    let (user_b64, tail) = rest.split_once("__UserId_e_").unwrap_or((rest, "main"));
+    let user = base64::engine::general_purpose::STANDARD
+        .decode(user_b64.replace('-', "/").replace('.', "="))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let (media, kind) = tail.split_once('_').unwrap_or((tail, "audio_video"));
+    (user, media.to_string(), kind.to_string())
+}
+
+fn begin_of(segment: &str) -> i64 {
+    // `..._<YYYYMMDDhhmmssSSS>.ts` → Unix ms.
+    let stamp = segment.trim_end_matches(".ts").rsplit('_').next().unwrap_or("");
+    if stamp.len() != 17 {
+        return 0;
+    }
+    let n = |a: usize, b: usize| stamp[a..b].parse::<i64>().unwrap_or(0);
+    let (y, m, d) = (n(0, 4), n(4, 6), n(6, 8));
+    // Days from civil (H. Hinnant).
+    let y2 = if m <= 2 { y - 1 } else { y };
+    let era = y2.div_euclid(400);
+    let yoe = y2 - era * 400;
+    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    ((days * 86_400 + n(8, 10) * 3600 + n(10, 12) * 60 + n(12, 14)) * 1000) + n(14, 17)
+}
+
+/// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
+/// list from what is stored, and the result (RECORDING.md §4.2, §5).
+fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>) {
+    let _ = std::fs::create_dir_all(spool);
+    let playlists = scan_playlists(final_dir);
+    let mut files: Vec<FileInfo> = Vec::new();
+    let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
     let video_type = |media: &str| match media {
         "main" => 0u8,
         "aux" => 1,
         _ => 2,
     };
-    for wr in &w.writers {
-        files.extend(wr.files.iter().cloned());
-        if wr.start_rec_time.is_some() {
-            let path = final_dir.join(&wr.playlist);
-            let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-            let begin = wr.files.first().map(|f| f.begin_ts).unwrap_or(0);
-            let end = wr.files.last().map(|f| f.end_ts).unwrap_or(begin);
-            let duration: i64 = wr.files.iter().map(|f| f.duration_ms).sum();
-            let info = FileInfo {
-                file_name: wr.playlist.clone(),
-                user_id: wr.user_id.clone(),
-                media_id: wr.media_id.clone(),
-                track_type: wr.track_type.clone(),
+    let start_unix = task.status.lock().expect("status").started_at.unwrap_or(0);
+    for pl in &playlists {
+        let (user, media, kind) = identify(&pl.stem);
+        let mut first_begin = None;
+        let mut total = 0f64;
+        for (seg, dur) in &pl.segments {
+            let begin = begin_of(seg);
+            first_begin.get_or_insert(begin);
+            total += dur;
+            files.push(FileInfo {
+                file_name: seg.clone(),
+                user_id: user.clone(),
+                media_id: media.clone(),
+                track_type: kind.clone(),
                 begin_ts: begin,
-                end_ts: end,
-                duration_ms: duration,
-                size,
-                url: format!("{}/{}", w.url_base, wr.playlist),
+                end_ts: begin + (dur * 1000.0) as i64,
+                duration_ms: (dur * 1000.0) as i64,
+                size: std::fs::metadata(final_dir.join(seg)).map(|m| m.len()).unwrap_or(0),
+                url: format!("{url_base}/{seg}"),
                 stored: true,
-                play_time_ms: wr.first_play_ms.unwrap_or(0),
-            };
-            files.push(info.clone());
-            if !spec.mp4() {
-                finals.push((info, "m3u8", video_type(&wr.media_id)));
-            }
+                play_time_ms: 0,
+            });
+        }
+        let begin = first_begin.unwrap_or(0);
+        let info = FileInfo {
+            file_name: pl.name.clone(),
+            user_id: user.clone(),
+            media_id: media.clone(),
+            track_type: kind.clone(),
+            begin_ts: begin,
+            end_ts: begin + (total * 1000.0) as i64,
+            duration_ms: (total * 1000.0) as i64,
+            size: std::fs::metadata(final_dir.join(&pl.name)).map(|m| m.len()).unwrap_or(0),
+            url: format!("{url_base}/{}", pl.name),
+            stored: true,
+            play_time_ms: (begin - start_unix).max(0),
+        };
+        files.push(info.clone());
+        if !spec.mp4() {
+            finals.push((info, "m3u8", video_type(&media)));
         }
     }
     if spec.mp4() {
-        for (user, media, idx) in &groups {
-            let name = match &spec.mode {
-                Mode::Mixed { .. } => format!("{}.mp4", w.base_name(&UserId::parse("x").expect("valid"), StreamKind::Main)),
-                Mode::Single { .. } => {
-                    let u = UserId::parse(user).unwrap_or_else(|_| UserId::parse("x").expect("valid"));
-                    format!("{}.mp4", w.base_name(&u, StreamKind::parse(media).unwrap_or(StreamKind::Main)))
-                }
+        // One MP4 per user stream (audio + video) or for the mix: each track's playlists joined.
+        let mut groups: Vec<(String, Vec<&PlaylistInfo>)> = Vec::new();
+        for pl in &playlists {
+            let (user, media, _) = identify(&pl.stem);
+            let key = format!("{user}\u{0}{media}");
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => g.1.push(pl),
+                None => groups.push((key, vec![pl])),
+            }
+        }
+        for (_, pls) in &groups {
+            let (user, media, _) = identify(&pls[0].stem);
+            let base = match pls[0].stem.rsplit_once('_') {
+                Some((b, "video" | "audio" | "audio_video")) if !user.is_empty() => b.to_string(),
+                _ => pls[0].stem.clone(),
             };
-            let inputs: Vec<PathBuf> = idx.iter().map(|i| final_dir.join(&w.writers[*i].playlist)).collect();
+            let name = format!("{base}.mp4");
+            // Per track (stem): its playlists in restart order, as one playlist in the spool.
+            let mut inputs = Vec::new();
+            let mut stems: Vec<&str> = pls.iter().map(|p| p.stem.as_str()).collect();
+            stems.dedup();
+            for stem in stems {
+                let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:60\n");
+                for (k, pl) in pls.iter().filter(|p| p.stem == stem).enumerate() {
+                    if k > 0 {
+                        text.push_str("#EXT-X-DISCONTINUITY\n");
+                    }
+                    for (seg, dur) in &pl.segments {
+                        text.push_str(&format!("#EXTINF:{dur:.3},\n{}\n", final_dir.join(seg).display()));
+                    }
+                }
+                text.push_str("#EXT-X-ENDLIST\n");
+                let path = spool.join(format!("{stem}.joined.m3u8"));
+                if std::fs::write(&path, text).is_ok() {
+                    inputs.push(path);
+                }
+            }
             let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
             let part = spool.join(format!("{name}.part"));
             match remux_to_mp4(&refs, &part) {
                 Ok(seconds) => {
                     let dest = final_dir.join(&name);
                     if std::fs::rename(&part, &dest).is_ok() {
-                        let first = idx.iter().filter_map(|i| w.writers[*i].files.first()).map(|f| f.begin_ts).min().unwrap_or(0);
-                        let play = idx.iter().filter_map(|i| w.writers[*i].first_play_ms).min().unwrap_or(0);
+                        let first = files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0);
                         let info = FileInfo {
                             file_name: name.clone(),
                             user_id: user.clone(),
                             media_id: media.clone(),
-                            track_type: if idx.len() > 1 { "audio_video".into() } else { w.writers[idx[0]].track_type.clone() },
+                            track_type: if inputs.len() > 1 { "audio_video".into() } else { identify(&pls[0].stem).2 },
                             begin_ts: first,
                             end_ts: first + (seconds * 1000.0) as i64,
                             duration_ms: (seconds * 1000.0) as i64,
                             size: std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
-                            url: format!("{}/{}", w.url_base, name),
+                            url: format!("{url_base}/{name}"),
                             stored: true,
-                            play_time_ms: play,
+                            play_time_ms: (first - start_unix).max(0),
                         };
                         files.push(info.clone());
-                        finals.push((info, "mp4", video_type(media)));
+                        finals.push((info, "mp4", video_type(&media)));
                     }
                 }
                 Err(e) => tracing::warn!("MP4 remux of {name} failed: {e}"),
@@ -582,15 +886,13 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
             files.retain(|f| f.file_name.ends_with(".mp4"));
         }
     }
-    let _ = std::fs::remove_dir_all(&spool);
+    let _ = std::fs::remove_dir_all(spool);
     let mut st = task.status.lock().expect("status");
     st.files = files.clone();
-    let total = st.started_at.map(|_| st.result.as_ref().and_then(|r| r["TotalTime"].as_i64()).unwrap_or(0)).unwrap_or(0);
-    let _ = total;
-    let record_user = format!("rec_{}", spec.id);
-    let total_time = st.result.take().and_then(|r| r["TotalTime"].as_i64()).unwrap_or(0);
-    let result = json!({
-        "TaskId": spec.id, "Status": if error.is_some() { "failed" } else { "ok" }, "RoomId": spec.room, "GroupId": "", "RecordUserId": record_user,
+    let total_time = st.clock_ms;
+    let failed = error.is_some() || st.leave_code == Some(104);
+    let mut result = json!({
+        "TaskId": spec.id, "Status": if failed { "failed" } else { "ok" }, "RoomId": spec.room, "GroupId": "", "RecordUserId": format!("rec_{}", spec.id),
         "RecordStartTime": st.started_at.unwrap_or(task.created_at) / 1000, "RecordStopTime": st.stopped_at.unwrap_or(0) / 1000,
         "TotalTime": total_time, "ReplayUrl": "",
         "VideoInfos": finals.iter().map(|(f, format, vt)| json!({
@@ -600,19 +902,24 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         "Files": files.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "MediaId": f.media_id, "TrackType": f.track_type,
             "BeginTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts, "Size": f.size, "DurationMs": f.duration_ms, "Url": f.url, "Stored": f.stored})).collect::<Vec<_>>(),
     });
-    if let Some(e) = &error {
-        let mut r = result;
-        r["error"] = json!(e);
-        st.result = Some(r);
-    } else {
-        st.result = Some(result);
+    if let Some(e) = error.or_else(|| st.error.clone()) {
+        result["error"] = json!(e);
     }
+    st.result = Some(result);
     st.state = "FINISHED";
     tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
 }
 
 /// Records until stopped; returns the LeaveCode.
-fn record(task: &RecordingTask, w: &mut Worker, room: &RoomKey, packets: &mut tokio::sync::mpsc::Receiver<TapPacket>, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) -> Result<u32, String> {
+fn record(
+    task: &RecordingTask,
+    w: &mut Worker,
+    room: &RoomKey,
+    packets: &mut tokio::sync::mpsc::Receiver<TapPacket>,
+    rtc: &RtcHandle,
+    runtime: &tokio::runtime::Handle,
+    data_dir: &Path,
+) -> Result<u32, String> {
     let spec = w.spec.clone();
     let created = Instant::now();
     let mut clock: Option<TaskClock> = None;
@@ -640,6 +947,7 @@ fn record(task: &RecordingTask, w: &mut Worker, room: &RoomKey, packets: &mut to
                         wr.discontinuity = true;
                     }
                     task.status.lock().expect("status").state = "PAUSED";
+                    save(task, data_dir);
                 } else {
                     if let Some(p) = c.paused_since.take() {
                         c.paused_total += now - p;
@@ -647,6 +955,8 @@ fn record(task: &RecordingTask, w: &mut Worker, room: &RoomKey, packets: &mut to
                     let mut st = task.status.lock().expect("status");
                     st.state = "RECORDING";
                     st.paused_ms = c.paused_total.as_millis() as i64;
+                    drop(st);
+                    save(task, data_dir);
                 }
             }
         }
@@ -691,16 +1001,23 @@ fn record(task: &RecordingTask, w: &mut Worker, room: &RoomKey, packets: &mut to
             let c = clock.get_or_insert_with(|| {
                 let mut st = task.status.lock().expect("status");
                 st.state = "RECORDING";
-                st.started_at = Some(crate::now_ms());
-                TaskClock { start: now, paused_total: Duration::ZERO, paused_since: None }
+                st.started_at.get_or_insert(crate::now_ms());
+                TaskClock { start: now, paused_total: Duration::ZERO, paused_since: None, offset_ms: st.clock_ms }
             });
             let arrival = c.now_ms(now);
             on_packet(w, &p, arrival, crate::now_ms(), rtc, runtime, room)?;
         }
         if let Some(c) = &clock {
             let mut st = task.status.lock().expect("status");
-            st.files = w.writers.iter().flat_map(|wr| wr.files.iter().cloned()).collect();
-            st.result = Some(json!({"TotalTime": c.now_ms(Instant::now())}));
+            let fresh: Vec<FileInfo> = w.writers.iter().flat_map(|wr| wr.files.iter().cloned()).collect();
+            if fresh.len() != st.files.len() {
+                st.files = fresh;
+                drop(st);
+                // Every new segment is on record before the next one starts.
+                save(task, data_dir);
+                st = task.status.lock().expect("status");
+            }
+            st.clock_ms = c.now_ms(Instant::now());
         }
         if !got {
             std::thread::sleep(Duration::from_millis(5));
@@ -711,7 +1028,7 @@ fn record(task: &RecordingTask, w: &mut Worker, room: &RoomKey, packets: &mut to
 /// Notes the task clock at stop (TotalTime); the writers are finished by the caller.
 fn close_all(task: &RecordingTask, clock: &Option<TaskClock>, now: Instant) -> Result<(), String> {
     if let Some(c) = clock {
-        task.status.lock().expect("status").result = Some(json!({"TotalTime": c.now_ms(now)}));
+        task.status.lock().expect("status").clock_ms = c.now_ms(now);
     }
     Ok(())
 }

@@ -182,6 +182,14 @@ pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError>
     Ok(last_end)
 }
 
+/// The duration (s) libavformat finds in a media file, if any.
+pub fn probe_duration(path: &Path) -> Option<f64> {
+    init();
+    let input = ff::format::input(path).ok()?;
+    let d = input.duration();
+    (d > 0).then(|| d as f64 / ff::ffi::AV_TIME_BASE as f64)
+}
+
 fn read_one(input: &mut ff::format::context::Input) -> Option<ff::Packet> {
     let mut p = ff::Packet::empty();
     loop {
