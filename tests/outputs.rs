@@ -272,6 +272,22 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
         assert_eq!(result["VideoInfos"][0]["VideoFormat"], "mp4");
         assert_eq!(result["VideoInfos"][0]["VideoType"], if mixed { 2 } else { 0 });
     }
+    // `tessera merge` turns the single-stream recording into one A/V MP4 for cam: the 5 s pause
+    // is under the 15 s segment gap, so it is one segment, its hole filled.
+    let task_dir = data.join("recordings").join("default").join(&single_id);
+    let merged = dir.path().join("merged");
+    let (status, out, err) = run_cli(&["merge", "-f", task_dir.to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(err.contains("100%"), "progress on stderr: {err}");
+    let outputs: Vec<&str> = out.lines().collect();
+    assert_eq!(outputs.len(), 1, "{out}");
+    let name = Path::new(outputs[0]).file_name().unwrap().to_str().unwrap().to_owned();
+    assert!(name.starts_with("cam_") && name.ends_with("_av.mp4"), "{name}");
+    let (codecs, duration) = probe(&PathBuf::from(outputs[0]));
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "{name}");
+    assert!((17.0..=23.5).contains(&duration), "8 s + 5 s pause + 7 s: {duration:.1} s");
+    let (status, _, err) = run_cli(&["merge", "-f", dir.path().to_str().unwrap(), "-o", merged.to_str().unwrap()]);
+    assert!(!status.success() && err.contains("no single-stream recording"), "{err}");
     // Range requests.
     let result = get(&server.url(&format!("/v1/recordings/{single_id}/result")), Some(&key)).json();
     let mp4 = result["VideoInfos"][0]["VideoUrl"].as_str().unwrap().to_owned();

@@ -76,6 +76,30 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
     },
+    /// Merge a single-stream recording's audio and video HLS into MP4s per user (RECORDING.md §9).
+    Merge {
+        /// The recording task's directory.
+        #[arg(short = 'f', value_name = "DIR")]
+        dir: PathBuf,
+        /// 0: one file per segment per user; 1: one file per user (gaps filled).
+        #[arg(short = 'm', default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=1))]
+        mode: u8,
+        /// With -m 1: drop the gaps instead of filling them.
+        #[arg(short = 's')]
+        skip_gaps: bool,
+        /// 0: main video + audio; 1: main video, else aux; 2: aux video + audio.
+        #[arg(short = 'a', default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=2))]
+        av: u8,
+        /// Output frame rate (5–120).
+        #[arg(short = 'p', default_value_t = 15)]
+        fps: u32,
+        /// Output size (default: the largest input).
+        #[arg(short = 'r', num_args = 2, value_names = ["W", "H"])]
+        size: Option<Vec<u32>>,
+        /// Output directory (default: the current one).
+        #[arg(short = 'o', value_name = "DIR", default_value = ".")]
+        out_dir: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -214,6 +238,25 @@ fn run(cli: Cli) -> Result<(), Failure> {
         Command::Config { config } => {
             let config = load_config(&config, Overrides::default())?;
             print!("{}", config.redacted().to_toml());
+            Ok(())
+        }
+        Command::Merge { dir, mode, skip_gaps, av, fps, size, out_dir } => {
+            use std::io::Write as _;
+            let options = tessera_server::merge::MergeOptions { dir, mode, skip_gaps, av, fps: fps.clamp(5, 120), size: size.map(|v| (v[0], v[1])), out_dir };
+            let mut last = String::new();
+            let written = tessera_server::merge::run(&options, &mut |label, percent| {
+                let bar = "#".repeat(percent as usize / 5);
+                let line = format!("\rmerging {label} [{bar:<20}] {percent:>3}%");
+                if line != last {
+                    let _ = write!(std::io::stderr(), "{line}");
+                    last = line;
+                }
+            })
+            .map_err(Failure::runtime)?;
+            eprintln!();
+            for p in written {
+                println!("{}", p.display());
+            }
             Ok(())
         }
     }

@@ -434,9 +434,18 @@ impl Sfu {
         out
     }
 
-    /// Asks a publisher for a keyframe (throttled like a viewer's PLI); for an ingest, nothing.
+    /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
+    /// owner is told (`drain_internal_keyframe_requests`).
     pub fn request_keyframe_of(&mut self, room: &RoomKey, user: &UserId, stream: StreamKind, now: Instant) {
         let Some(&pub_id) = self.rooms.get(room).and_then(|r| r.publishers.get(&(user.clone(), stream))) else { return };
+        if let Some(p) = self.internal.get_mut(&pub_id) {
+            // A mix (or a transcoding ingest) makes one on request.
+            if p.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL) {
+                p.last_keyframe_request = Some(now);
+                self.internal_keyframe_wanted.push(pub_id);
+            }
+            return;
+        }
         let Some(Session { role: Role::Publisher { producers }, .. }) = self.sessions.get(&pub_id) else { return };
         let Some(p) = producers.iter().find(|p| p.kind == MediaKind::Video) else { return };
         let (mid, rid) = (p.mid, p.layers.iter().find(|l| l.rid.as_deref() == Some("h")).or(p.layers.first()).and_then(|l| l.rid));

@@ -286,12 +286,12 @@ mod tests {
         let mut frames = Vec::new();
         aac.push(&out, &mut frames).unwrap();
         assert!(frames.len() >= 40, "{}", frames.len());
-        assert_eq!(aac.audio_specific_config().len(), 2, "AAC-LC 48 kHz stereo ASC");
+        assert_eq!(&aac.audio_specific_config()[..2], &[0x11, 0x90], "AudioSpecificConfig: AAC-LC, 48 kHz, stereo");
         let mut back = crate::AudioToOpus::new(aac.audio_specific_config()).unwrap();
         let mut opus = Vec::new();
         for f in &frames {
             back.push(&f.data, (f.ts48 / 48) as u32, &mut opus).unwrap();
         }
-        assert!(opus.len() >= 80, "{}", opus.len());
+        assert!(opus.len() >= 40, "about a second of 20 ms frames: {}", opus.len());
     }
 }

@@ -15,8 +15,9 @@ pub mod source;
 pub mod video;
 
 pub use audio::{aac_tone, AacToOpus, AudioToOpus};
+/// FFmpeg's types, for callers that hold frames.
+pub use ffmpeg_next as ff;
 
-use ffmpeg_next as ff;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {

@@ -40,8 +40,17 @@ impl TsSegment {
     /// Creates `path` (any name; the format is MPEG-TS) with a video track of this size and/or an
     /// AAC track. An audio-only file puts its track on PID 257, as it would be next to video.
     pub fn create(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+        Self::create_as(path, "mpegts", video, audio)
+    }
+
+    /// The same for an MP4 (`moov` first): `tessera merge`'s output.
+    pub fn create_mp4(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+        Self::create_as(path, "mp4", video, audio)
+    }
+
+    fn create_as(path: &Path, format: &str, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
         init();
-        let mut output = ff::format::output_as(path, "mpegts")?;
+        let mut output = ff::format::output_as(path, format)?;
         let mut video_index = None;
         let mut audio_index = None;
         if let Some((w, h)) = video {
@@ -77,7 +86,11 @@ impl TsSegment {
             audio_index = Some(s.index());
         }
         let mut opts = ff::Dictionary::new();
-        opts.set("mpegts_start_pid", if video.is_none() { "257" } else { "256" });
+        if format == "mpegts" {
+            opts.set("mpegts_start_pid", if video.is_none() { "257" } else { "256" });
+        } else {
+            opts.set("movflags", "+faststart");
+        }
         output.write_header_with(opts)?;
         let tb = |i: Option<usize>, o: &ff::format::context::Output| i.map(|i| (i, o.stream(i).map(|s| s.time_base()).unwrap_or(ff::Rational(1, 90_000))));
         let (video, audio) = (tb(video_index, &output), tb(audio_index, &output));
@@ -180,6 +193,102 @@ pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError>
     }
     output.write_trailer()?;
     Ok(last_end)
+}
+
+/// Decodes a media file: video frames scaled to one size (YUV420P) and audio as 48 kHz stereo
+/// `f32`, each with its time in ms (the file's own clock).
+pub struct FileDecoder {
+    input: ff::format::context::Input,
+    video: Option<(usize, ff::decoder::Video, ff::Rational)>,
+    audio: Option<(usize, ff::decoder::Audio, ff::Rational)>,
+    scaler: Option<(ff::software::scaling::Context, (u32, u32, ff::format::Pixel))>,
+    resampler: Option<ff::software::resampling::Context>,
+    size: (u32, u32),
+}
+
+// SAFETY: all contexts are owned by this value and used through `&mut self`.
+unsafe impl Send for FileDecoder {}
+
+pub enum Decoded {
+    Video { pts_ms: i64, frame: ff::frame::Video },
+    Audio { pts_ms: i64, pcm: Vec<f32> },
+}
+
+impl FileDecoder {
+    pub fn open(path: &Path, size: (u32, u32)) -> Result<FileDecoder, TranscodeError> {
+        init();
+        let input = ff::format::input(path)?;
+        let video = match input.streams().best(ff::media::Type::Video) {
+            Some(s) => Some((s.index(), ff::codec::context::Context::from_parameters(s.parameters())?.decoder().video()?, s.time_base())),
+            None => None,
+        };
+        let audio = match input.streams().best(ff::media::Type::Audio) {
+            Some(s) => Some((s.index(), ff::codec::context::Context::from_parameters(s.parameters())?.decoder().audio()?, s.time_base())),
+            None => None,
+        };
+        Ok(FileDecoder { input, video, audio, scaler: None, resampler: None, size })
+    }
+
+    /// The video's own size, if the file has video.
+    pub fn video_size(&self) -> Option<(u32, u32)> {
+        self.video.as_ref().map(|(_, d, _)| (d.width(), d.height()))
+    }
+
+    /// Decodes the next packet; `None` at the end.
+    pub fn next(&mut self, out: &mut Vec<Decoded>) -> Option<()> {
+        let mut packet = ff::Packet::empty();
+        loop {
+            match packet.read(&mut self.input) {
+                Ok(()) => break,
+                Err(ff::Error::Eof) => return None,
+                Err(_) => continue,
+            }
+        }
+        let index = packet.stream();
+        if let Some((vi, decoder, tb)) = self.video.as_mut().filter(|(i, ..)| *i == index) {
+            let _ = vi;
+            let tb = *tb;
+            if decoder.send_packet(&packet).is_ok() {
+                let mut frame = ff::frame::Video::empty();
+                while decoder.receive_frame(&mut frame).is_ok() {
+                    let pts = frame.timestamp().or(frame.pts()).unwrap_or(0);
+                    let key = (frame.width(), frame.height(), frame.format());
+                    if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
+                        match ff::software::scaling::Context::get(key.2, key.0, key.1, ff::format::Pixel::YUV420P, self.size.0, self.size.1, ff::software::scaling::Flags::BILINEAR) {
+                            Ok(c) => self.scaler = Some((c, key)),
+                            Err(_) => continue,
+                        }
+                    }
+                    let mut scaled = ff::frame::Video::new(ff::format::Pixel::YUV420P, self.size.0, self.size.1);
+                    if self.scaler.as_mut().expect("made").0.run(&frame, &mut scaled).is_ok() {
+                        out.push(Decoded::Video { pts_ms: crate::video::to_ms(pts, tb), frame: scaled });
+                    }
+                }
+            }
+        } else if let Some((_, decoder, tb)) = self.audio.as_mut().filter(|(i, ..)| *i == index) {
+            let tb = *tb;
+            if decoder.send_packet(&packet).is_ok() {
+                let mut frame = ff::frame::Audio::empty();
+                while decoder.receive_frame(&mut frame).is_ok() {
+                    let pts = frame.timestamp().or(frame.pts()).unwrap_or(0);
+                    if self.resampler.is_none() {
+                        let layout = if frame.channels() >= 2 { ff::ChannelLayout::STEREO } else { ff::ChannelLayout::MONO };
+                        match ff::software::resampling::Context::get(frame.format(), layout, frame.rate(), ff::format::Sample::F32(ff::format::sample::Type::Packed), ff::ChannelLayout::STEREO, 48_000) {
+                            Ok(r) => self.resampler = Some(r),
+                            Err(_) => continue,
+                        }
+                    }
+                    let mut resampled = ff::frame::Audio::empty();
+                    if self.resampler.as_mut().expect("made").run(&frame, &mut resampled).is_ok() {
+                        let n = resampled.samples() * 2;
+                        let data = resampled.plane::<f32>(0);
+                        out.push(Decoded::Audio { pts_ms: crate::video::to_ms(pts, tb), pcm: data[..n.min(data.len())].to_vec() });
+                    }
+                }
+            }
+        }
+        Some(())
+    }
 }
 
 /// The duration (s) libavformat finds in a media file, if any.
