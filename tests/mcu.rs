@@ -5,29 +5,11 @@
 //! PATCH switches layouts live; a publisher leaving frees its tile by the slot rule.
 
 use serde_json::{json, Value};
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tessera_tests::*;
 
-fn token(data: &Path, room: &str, user: &str) -> String {
-    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user]);
-    assert!(status.success(), "{err}");
-    out.trim().to_owned()
-}
 
-fn rtmp_port(server: &Server) -> u16 {
-    server
-        .banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("RTMP (OBS)"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.strip_prefix("rtmp://"))
-        .and_then(|u| u.split('/').next())
-        .and_then(|hp| hp.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("RTMP port in the banner")
-}
 
 /// A solid-colour 320x180 picture and a sine tone, H.264 (no B-frames) + AAC over RTMP.
 fn publisher(url: &str, colour: &str, tone: u32, seconds: u32) -> Child {

@@ -7,28 +7,11 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_tests::*;
 
-fn token(data: &Path, room: &str, user: &str) -> String {
-    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user]);
-    assert!(status.success(), "{err}");
-    out.trim().to_owned()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-fn rtmp_port(server: &Server) -> u16 {
-    server
-        .banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("RTMP (OBS)"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.strip_prefix("rtmp://"))
-        .and_then(|u| u.split('/').next())
-        .and_then(|hp| hp.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("RTMP port in the banner")
-}
 
 /// An RTMP publisher: moving test picture, H.264 without B-frames, AAC tone.
 fn publisher(url: &str, seconds: u32) -> Child {

@@ -14,24 +14,7 @@ use tessera_tests::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-fn token(data: &Path, room: &str, user: &str) -> String {
-    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user]);
-    assert!(status.success(), "{err}");
-    out.trim().to_owned()
-}
 
-fn rtmp_port(server: &Server) -> u16 {
-    server
-        .banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("RTMP (OBS)"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|u| u.strip_prefix("rtmp://"))
-        .and_then(|u| u.split('/').next())
-        .and_then(|hp| hp.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no RTMP line in the banner:\n{}", server.banner))
-}
 
 /// `ffmpeg -re` pushing test video (and a 440 Hz tone as AAC) for `seconds`.
 fn push(url: &str, bframes: u32, seconds: u32) -> Child {

@@ -13,6 +13,7 @@ pub mod relay;
 pub mod rtmp;
 pub mod run;
 pub mod store;
+pub mod tap_input;
 
 pub use config::{Config, ConfigError, Overrides};
 pub use run::{Server, StartError};

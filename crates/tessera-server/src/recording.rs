@@ -18,12 +18,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_engine::{PublisherInfo, RoomKey, RtcHandle, TapPacket};
-use tessera_media::h264::{self, nal_type};
+use tessera_media::h264;
 use tessera_media::{Codec, StreamKind};
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_transcode::decode::{AacEncoder, OpusDecoder, VideoCodec, VideoDecoder};
 use tessera_transcode::mux::{remux_to_mp4, AudioTrack, TsSegment};
-use tessera_transcode::video::{EncoderSettings, OpenH264Encoder};
+use crate::tap_input::{TrackClock, VideoInput, VideoUnit};
 
 /// RECORDING.md §4: base64 of the UTF-8 bytes, `/` → `-`, `=` → `.`.
 pub fn id_in_name(id: &str) -> String {
@@ -555,28 +555,13 @@ impl HlsWriter {
 struct StreamRec {
     video_writer: Option<usize>,
     audio_writer: Option<usize>,
-    au: Vec<(u64, Arc<[u8]>)>,
-    au_ts: Option<u32>,
-    waiting_keyframe: bool,
+    video: VideoInput,
     probe: Option<VideoDecoder>,
-    vp8: Option<(VideoDecoder, Option<OpenH264Encoder>)>,
     opus: Option<OpusDecoder>,
     aac: Option<AacEncoder>,
     aac_base: Option<i64>,
-    video_clock: (Option<(u32, i64)>, u32),
-    audio_clock: (Option<(u32, i64)>, u32),
+    audio_clock: TrackClock,
     last_keyframe_request: Option<Instant>,
-}
-
-fn media_ms(clock: &mut (Option<(u32, i64)>, u32), rtp: u32, arrival: i64) -> i64 {
-    if let Some((base_rtp, base_ms)) = clock.0 {
-        let t = base_ms + (rtp.wrapping_sub(base_rtp) as i32 as i64) / clock.1 as i64;
-        if (t - arrival).abs() <= 1000 {
-            return t;
-        }
-    }
-    clock.0 = Some((rtp, arrival));
-    arrival
 }
 
 struct Worker {
@@ -743,20 +728,7 @@ fn identify(stem: &str) -> (String, String, String) {
 
 fn begin_of(segment: &str) -> i64 {
     // `..._<YYYYMMDDhhmmssSSS>.ts` → Unix ms.
-    let stamp = segment.trim_end_matches(".ts").rsplit('_').next().unwrap_or("");
-    if stamp.len() != 17 {
-        return 0;
-    }
-    let n = |a: usize, b: usize| stamp[a..b].parse::<i64>().unwrap_or(0);
-    let (y, m, d) = (n(0, 4), n(4, 6), n(6, 8));
-    // Days from civil (H. Hinnant).
-    let y2 = if m <= 2 { y - 1 } else { y };
-    let era = y2.div_euclid(400);
-    let yoe = y2 - era * 400;
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    let days = era * 146_097 + doe - 719_468;
-    ((days * 86_400 + n(8, 10) * 3600 + n(10, 12) * 60 + n(12, 14)) * 1000) + n(14, 17)
+    crate::merge::parse_stamp(segment.trim_end_matches(".ts").rsplit('_').next().unwrap_or("")).unwrap_or(0)
 }
 
 /// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
@@ -1041,16 +1013,12 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64, rtc: &Rt
             StreamRec {
                 video_writer: None,
                 audio_writer: None,
-                au: Vec::new(),
-                au_ts: None,
-                waiting_keyframe: true,
+                video: VideoInput::default(),
                 probe: None,
-                vp8: None,
                 opus: None,
                 aac: None,
                 aac_base: None,
-                video_clock: (None, 90),
-                audio_clock: (None, 48),
+                audio_clock: TrackClock::audio(),
                 last_keyframe_request: None,
             },
         );
@@ -1059,7 +1027,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64, rtc: &Rt
     match p.codec {
         Codec::Opus if w.spec.wants_audio() => {
             let s = w.streams.get_mut(&key).expect("inserted");
-            let ms = media_ms(&mut s.audio_clock, p.ts, arrival);
+            let ms = s.audio_clock.ms(p.ts, arrival);
             if s.opus.is_none() {
                 s.opus = OpusDecoder::new().ok();
             }
@@ -1099,63 +1067,17 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64, rtc: &Rt
         }
         Codec::H264 | Codec::Vp8 if w.spec.wants_video() => {
             let s = w.streams.get_mut(&key).expect("inserted");
-            if s.au_ts.is_some_and(|t| t != p.ts) && !s.au.is_empty() {
-                s.au.clear();
-                s.waiting_keyframe = true;
-            }
-            s.au_ts = Some(p.ts);
-            s.au.push((p.seq, p.payload.clone()));
-            if !p.marker {
-                return Ok(());
-            }
-            let mut unit = std::mem::take(&mut s.au);
-            unit.sort_by_key(|(q, _)| *q);
-            let ms = media_ms(&mut s.video_clock, p.ts, arrival);
-            let ask = |s: &mut StreamRec| {
-                if s.last_keyframe_request.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                    s.last_keyframe_request = Some(Instant::now());
-                    let _ = runtime.block_on(rtc.request_keyframe(room.clone(), key.0.clone(), key.1));
-                }
-            };
-            if !unit.windows(2).all(|x| x[1].0 == x[0].0 + 1) {
-                s.waiting_keyframe = true;
-                ask(s);
-                return Ok(());
-            }
-            let nalus: Vec<Vec<u8>> = if p.codec == Codec::H264 {
-                h264::depacketize(&unit.iter().map(|(_, x)| x.to_vec()).collect::<Vec<_>>())
-            } else {
-                let mut frame = Vec::new();
-                for (_, x) in &unit {
-                    if let Some((_, body)) = tessera_media::vp8::depacketize(x) {
-                        frame.extend_from_slice(body);
+            let (nalus, keyframe, ms) = match s.video.push(p, arrival)? {
+                VideoUnit::Unit { nalus, keyframe, ms } => (nalus, keyframe, ms),
+                VideoUnit::Lost => {
+                    if s.last_keyframe_request.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                        s.last_keyframe_request = Some(Instant::now());
+                        let _ = runtime.block_on(rtc.request_keyframe(room.clone(), key.0.clone(), key.1));
                     }
-                }
-                let (decoder, encoder) = match s.vp8.as_mut() {
-                    Some(v) => v,
-                    None => s.vp8.insert((VideoDecoder::new(VideoCodec::Vp8).map_err(|e| e.to_string())?, None)),
-                };
-                if !matches!(decoder.decode(&frame), Ok(true)) {
                     return Ok(());
                 }
-                let picture = decoder.picture().expect("decoded");
-                let (pw, ph) = (picture.width() & !1, picture.height() & !1);
-                if encoder.as_ref().is_none_or(|e| (e.settings.width, e.settings.height) != (pw, ph)) {
-                    let kbps = tessera_transcode::video::default_kbps(pw, ph).min(4000);
-                    *encoder = Some(OpenH264Encoder::new(EncoderSettings { width: pw, height: ph, fps: 30, kbps, gop_frames: 60, preset: "" }).map_err(|e| e.to_string())?);
-                }
-                let mut out = Vec::new();
-                if encoder.as_mut().expect("made").encode(picture, ms, &mut out).is_err() {
-                    return Ok(());
-                }
-                out.iter().flat_map(|e| h264::split_annex_b(&e.data).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect()
+                VideoUnit::None => return Ok(()),
             };
-            let keyframe = nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR));
-            if s.waiting_keyframe && !keyframe {
-                ask(s);
-                return Ok(());
-            }
-            s.waiting_keyframe = false;
             let annex_b = h264::to_annex_b(&nalus);
             // The picture size, from the first keyframe, for the TS and the playlist.
             let writer = match s.video_writer {

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_engine::{RoomKey, RtcHandle};
-use tessera_media::h264::{self, nal_type, NAL_PPS, NAL_SPS};
+use tessera_media::h264::{nal_type, NAL_PPS, NAL_SPS};
 use tessera_media::{Codec, StreamKind};
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_rtmp::client::{PushTarget, RtmpPushSession};
 use tessera_rtmp::flv;
-use tessera_transcode::decode::{AacEncoder, OpusDecoder, VideoCodec, VideoDecoder};
-use tessera_transcode::video::{EncoderSettings, OpenH264Encoder};
+use crate::tap_input::{TrackClock, VideoInput, VideoUnit};
+use tessera_transcode::decode::{AacEncoder, OpusDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::broadcast;
 
@@ -450,27 +450,6 @@ fn tag_ts(tag: &Tag) -> u32 {
     }
 }
 
-/// RTP time → milliseconds on the relay's clock: anchored at the first packet's arrival, then
-/// following the RTP clock (re-anchored when they drift more than a second apart: a source
-/// switch or a publisher restart).
-struct TrackClock {
-    khz: u32,
-    anchor: Option<(u32, i64)>,
-}
-
-impl TrackClock {
-    fn ms(&mut self, rtp: u32, arrival_ms: i64) -> i64 {
-        if let Some((base_rtp, base_ms)) = self.anchor {
-            let t = base_ms + (rtp.wrapping_sub(base_rtp) as i32 as i64) / self.khz as i64;
-            if (t - arrival_ms).abs() <= 1000 {
-                return t;
-            }
-        }
-        self.anchor = Some((rtp, arrival_ms));
-        arrival_ms
-    }
-}
-
 /// The source's packets → FLV tags, until the relay stops.
 fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle: Duration, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
     let leave = (|| -> Result<u32, String> {
@@ -480,13 +459,9 @@ fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle
             let mut absent_since: Option<Instant> = Some(start);
             let mut next_check = start;
             let mut active = false;
-            let mut video_clock = TrackClock { khz: 90, anchor: None };
-            let mut audio_clock = TrackClock { khz: 48, anchor: None };
-            let mut au: Vec<(u64, Arc<[u8]>)> = Vec::new();
-            let mut au_ts: Option<u32> = None;
-            let mut waiting_keyframe = true;
+            let mut video = VideoInput::default();
+            let mut audio_clock = TrackClock::audio();
             let (mut sps, mut pps): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
-            let mut vp8: Option<(VideoDecoder, Option<OpenH264Encoder>)> = None;
             let mut opus = OpusDecoder::new().map_err(|e| e.to_string())?;
             let mut aac: Option<AacEncoder> = None;
             let mut pcm = Vec::new();
@@ -550,60 +525,14 @@ fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle
                             }
                         }
                         Codec::H264 | Codec::Vp8 if want_video => {
-                            if au_ts.is_some_and(|t| t != p.ts) && !au.is_empty() {
-                                au.clear();
-                                waiting_keyframe = true;
-                            }
-                            au_ts = Some(p.ts);
-                            au.push((p.seq, p.payload.clone()));
-                            if !p.marker {
-                                continue;
-                            }
-                            let mut unit = std::mem::take(&mut au);
-                            unit.sort_by_key(|(s, _)| *s);
-                            if !unit.windows(2).all(|w| w[1].0 == w[0].0 + 1) {
-                                waiting_keyframe = true;
-                                let _ = runtime.block_on(rtc.request_keyframe(room.clone(), source.user.clone(), source.stream));
-                                continue;
-                            }
-                            let ms = video_clock.ms(p.ts, arrival);
-                            let nalus: Vec<Vec<u8>> = if p.codec == Codec::H264 {
-                                h264::depacketize(&unit.iter().map(|(_, x)| x.to_vec()).collect::<Vec<_>>())
-                            } else {
-                                // VP8: decode and re-encode to H.264 (RECORDING.md §1).
-                                let mut frame = Vec::new();
-                                for (_, x) in &unit {
-                                    if let Some((_, body)) = tessera_media::vp8::depacketize(x) {
-                                        frame.extend_from_slice(body);
-                                    }
-                                }
-                                let (decoder, encoder) = match vp8.as_mut() {
-                                    Some(v) => v,
-                                    None => vp8.insert((VideoDecoder::new(VideoCodec::Vp8).map_err(|e| e.to_string())?, None)),
-                                };
-                                if !matches!(decoder.decode(&frame), Ok(true)) {
+                            let (nalus, keyframe, ms) = match video.push(&p, arrival)? {
+                                VideoUnit::Unit { nalus, keyframe, ms } => (nalus, keyframe, ms),
+                                VideoUnit::Lost => {
+                                    let _ = runtime.block_on(rtc.request_keyframe(room.clone(), source.user.clone(), source.stream));
                                     continue;
                                 }
-                                let picture = decoder.picture().expect("decoded");
-                                let (w, h) = (picture.width() & !1, picture.height() & !1);
-                                if encoder.as_ref().is_none_or(|e| (e.settings.width, e.settings.height) != (w, h)) {
-                                    let kbps = tessera_transcode::video::default_kbps(w, h).min(4000);
-                                    *encoder = Some(OpenH264Encoder::new(EncoderSettings { width: w, height: h, fps: 30, kbps, gop_frames: 60, preset: "" }).map_err(|e| e.to_string())?);
-                                }
-                                let mut out = Vec::new();
-                                if encoder.as_mut().expect("made").encode(picture, ms, &mut out).is_err() {
-                                    continue;
-                                }
-                                out.iter().flat_map(|e| h264::split_annex_b(&e.data).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect()
+                                VideoUnit::None => continue,
                             };
-                            if nalus.is_empty() {
-                                continue;
-                            }
-                            let keyframe = nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR));
-                            if waiting_keyframe && !keyframe {
-                                continue;
-                            }
-                            waiting_keyframe = false;
                             for n in &nalus {
                                 match nal_type(n) {
                                     Some(NAL_SPS) if *n != sps => sps = n.clone(),
@@ -654,14 +583,5 @@ mod tests {
         let offsets: Vec<u64> = std::iter::from_fn(|| r.next_attempt()).map(|at| (at - t).as_secs()).collect();
         assert_eq!(offsets, vec![0, 1, 2, 4, 12, 20, 28, 36, 44, 52]);
         assert!(!r.given_up(t + Duration::from_secs(59)) && r.given_up(t + Duration::from_secs(60)));
-    }
-
-    #[test]
-    fn track_clock_follows_rtp_and_reanchors_on_jumps() {
-        let mut c = TrackClock { khz: 90, anchor: None };
-        assert_eq!(c.ms(1000, 500), 500);
-        assert_eq!(c.ms(1000 + 90 * 40, 545), 540, "RTP time, not arrival jitter");
-        assert_eq!(c.ms(1000u32.wrapping_sub(90 * 10), 600), 490, "small steps back follow the RTP clock");
-        assert_eq!(c.ms(5_000_000, 700), 700, "a jump re-anchors at arrival");
     }
 }

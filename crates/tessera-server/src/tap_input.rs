@@ -1,0 +1,167 @@
+//! What relays and recordings do with a tapped stream before their own container: RTP packets
+//! → whole H.264 access units (VP8 decoded and re-encoded with OpenH264, RECORDING.md §1),
+//! keyframe-gated after any loss; RTP time → milliseconds on the task's clock.
+
+use std::sync::Arc;
+use tessera_engine::TapPacket;
+use tessera_media::h264::{self, nal_type};
+use tessera_media::Codec;
+use tessera_transcode::decode::{VideoCodec, VideoDecoder};
+use tessera_transcode::video::{default_kbps, EncoderSettings, OpenH264Encoder};
+
+/// RTP time → milliseconds on the caller's clock: anchored at the first packet's arrival, then
+/// following the RTP clock; re-anchored when the two drift more than a second apart (a source
+/// switch, a publisher restart, a pause).
+#[derive(Debug, Clone)]
+pub struct TrackClock {
+    khz: u32,
+    anchor: Option<(u32, i64)>,
+}
+
+impl TrackClock {
+    pub fn video() -> TrackClock {
+        TrackClock { khz: 90, anchor: None }
+    }
+
+    pub fn audio() -> TrackClock {
+        TrackClock { khz: 48, anchor: None }
+    }
+
+    pub fn ms(&mut self, rtp: u32, arrival_ms: i64) -> i64 {
+        if let Some((base_rtp, base_ms)) = self.anchor {
+            let t = base_ms + (rtp.wrapping_sub(base_rtp) as i32 as i64) / self.khz as i64;
+            if (t - arrival_ms).abs() <= 1000 {
+                return t;
+            }
+        }
+        self.anchor = Some((rtp, arrival_ms));
+        arrival_ms
+    }
+}
+
+/// What one packet gave.
+pub enum VideoUnit {
+    /// Nothing yet (mid-unit, or skipped while waiting for a keyframe).
+    None,
+    /// A unit was lost or undecodable: ask the source for a keyframe.
+    Lost,
+    /// A whole access unit as NAL units, stamped `ms`.
+    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64 },
+}
+
+/// Access-unit reassembly and, for VP8, the transcode to H.264.
+pub struct VideoInput {
+    clock: TrackClock,
+    au: Vec<(u64, Arc<[u8]>)>,
+    au_ts: Option<u32>,
+    waiting_keyframe: bool,
+    vp8: Option<(VideoDecoder, Option<OpenH264Encoder>)>,
+}
+
+impl Default for VideoInput {
+    fn default() -> Self {
+        VideoInput { clock: TrackClock::video(), au: Vec::new(), au_ts: None, waiting_keyframe: true, vp8: None }
+    }
+}
+
+impl VideoInput {
+    pub fn push(&mut self, p: &TapPacket, arrival_ms: i64) -> Result<VideoUnit, String> {
+        if self.au_ts.is_some_and(|t| t != p.ts) && !self.au.is_empty() {
+            // The previous unit never saw its marker.
+            self.au.clear();
+            self.waiting_keyframe = true;
+        }
+        self.au_ts = Some(p.ts);
+        self.au.push((p.seq, p.payload.clone()));
+        if !p.marker {
+            return Ok(VideoUnit::None);
+        }
+        let mut unit = std::mem::take(&mut self.au);
+        unit.sort_by_key(|(s, _)| *s);
+        let ms = self.clock.ms(p.ts, arrival_ms);
+        if !unit.windows(2).all(|w| w[1].0 == w[0].0 + 1) {
+            self.waiting_keyframe = true;
+            return Ok(VideoUnit::Lost);
+        }
+        let nalus = match p.codec {
+            Codec::H264 => h264::depacketize(&unit.iter().map(|(_, x)| x.to_vec()).collect::<Vec<_>>()),
+            Codec::Vp8 => match self.vp8_to_h264(&unit, ms)? {
+                Some(n) => n,
+                None => return Ok(VideoUnit::None),
+            },
+            Codec::Opus => return Ok(VideoUnit::None),
+        };
+        if nalus.is_empty() {
+            return Ok(VideoUnit::None);
+        }
+        let keyframe = nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR));
+        if self.waiting_keyframe && !keyframe {
+            return Ok(VideoUnit::Lost);
+        }
+        self.waiting_keyframe = false;
+        Ok(VideoUnit::Unit { nalus, keyframe, ms })
+    }
+
+    /// VP8 is decoded and re-encoded at its own size, at most 4 Mbit/s.
+    fn vp8_to_h264(&mut self, unit: &[(u64, Arc<[u8]>)], ms: i64) -> Result<Option<Vec<Vec<u8>>>, String> {
+        let mut frame = Vec::new();
+        for (_, x) in unit {
+            if let Some((_, body)) = tessera_media::vp8::depacketize(x) {
+                frame.extend_from_slice(body);
+            }
+        }
+        let (decoder, encoder) = match self.vp8.as_mut() {
+            Some(v) => v,
+            None => self.vp8.insert((VideoDecoder::new(VideoCodec::Vp8).map_err(|e| e.to_string())?, None)),
+        };
+        if !matches!(decoder.decode(&frame), Ok(true)) {
+            return Ok(None);
+        }
+        let picture = decoder.picture().expect("decoded");
+        let (w, h) = (picture.width() & !1, picture.height() & !1);
+        if encoder.as_ref().is_none_or(|e| (e.settings.width, e.settings.height) != (w, h)) {
+            let settings = EncoderSettings { width: w, height: h, fps: 30, kbps: default_kbps(w, h).min(4000), gop_frames: 60, preset: "" };
+            *encoder = Some(OpenH264Encoder::new(settings).map_err(|e| e.to_string())?);
+        }
+        let mut out = Vec::new();
+        if encoder.as_mut().expect("made").encode(picture, ms, &mut out).is_err() {
+            return Ok(None);
+        }
+        Ok(Some(out.iter().flat_map(|e| h264::split_annex_b(&e.data).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::UserId;
+
+    fn packet(seq: u64, ts: u32, marker: bool, payload: &[u8]) -> TapPacket {
+        TapPacket { user: UserId::parse("a").unwrap(), stream: tessera_media::StreamKind::Main, codec: Codec::H264, seq, ts, marker, payload: Arc::from(payload) }
+    }
+
+    #[test]
+    fn units_need_a_keyframe_first_and_after_a_gap() {
+        let mut v = VideoInput::default();
+        assert!(matches!(v.push(&packet(1, 0, true, &[0x41, 1]), 0).unwrap(), VideoUnit::Lost), "no keyframe yet");
+        assert!(matches!(v.push(&packet(2, 3000, false, &[0x67, 1]), 33).unwrap(), VideoUnit::None));
+        match v.push(&packet(3, 3000, true, &[0x65, 2]), 34).unwrap() {
+            VideoUnit::Unit { nalus, keyframe: true, .. } => assert_eq!(nalus.len(), 2),
+            _ => panic!("a keyframe unit"),
+        }
+        assert!(matches!(v.push(&packet(4, 6000, true, &[0x41, 3]), 67).unwrap(), VideoUnit::Unit { keyframe: false, .. }));
+        // Sequence 5 is lost: the unit is dropped and the next ones wait for a keyframe.
+        assert!(matches!(v.push(&packet(6, 9000, false, &[0x41, 4]), 100).unwrap(), VideoUnit::None));
+        assert!(matches!(v.push(&packet(8, 9000, true, &[0x41, 5]), 100).unwrap(), VideoUnit::Lost));
+        assert!(matches!(v.push(&packet(9, 12000, true, &[0x41, 6]), 133).unwrap(), VideoUnit::Lost));
+    }
+
+    #[test]
+    fn track_clock_follows_rtp_and_reanchors_on_jumps() {
+        let mut c = TrackClock::video();
+        assert_eq!(c.ms(1000, 500), 500);
+        assert_eq!(c.ms(1000 + 90 * 40, 545), 540, "RTP time, not arrival jitter");
+        assert_eq!(c.ms(1000u32.wrapping_sub(90 * 10), 600), 490, "small steps back follow the RTP clock");
+        assert_eq!(c.ms(5_000_000, 700), 700, "a jump re-anchors at arrival");
+    }
+}
