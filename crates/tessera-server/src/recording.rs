@@ -25,6 +25,39 @@ use tessera_transcode::decode::{AacEncoder, OpusDecoder, VideoCodec, VideoDecode
 use tessera_transcode::mux::{remux_to_mp4, AudioTrack, TsSegment};
 use crate::tap_input::{TrackClock, VideoInput, VideoUnit};
 
+/// Where a recording's finished files go (RECORDING.md §7). Files are written to the spool
+/// first and handed over whole; an S3 backend implements the same calls (upload with retries).
+pub trait Storage: Send + Sync {
+    /// Moves a finished file out of the spool to `name` in the task's place.
+    fn store(&self, spooled: &Path, name: &str) -> Result<(), String>;
+    /// Replaces a small object (a playlist) in one step.
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String>;
+    fn remove(&self, name: &str);
+    /// The URL players fetch `name` at.
+    fn url(&self, name: &str) -> String;
+}
+
+/// `recordings/<app>/<prefix>/<task>/` under the data dir, served at `/files/<app>/…`.
+pub struct LocalStorage {
+    pub dir: PathBuf,
+    pub url_base: String,
+}
+
+impl Storage for LocalStorage {
+    fn store(&self, spooled: &Path, name: &str) -> Result<(), String> {
+        std::fs::rename(spooled, self.dir.join(name)).map_err(|e| format!("storing {name}: {e}"))
+    }
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
+        write_atomic(&self.dir.join(name), bytes, 0o644).map_err(|e| format!("storing {name}: {e}"))
+    }
+    fn remove(&self, name: &str) {
+        let _ = std::fs::remove_file(self.dir.join(name));
+    }
+    fn url(&self, name: &str) -> String {
+        format!("{}/{name}", self.url_base)
+    }
+}
+
 /// RECORDING.md §4: base64 of the UTF-8 bytes, `/` → `-`, `=` → `.`.
 pub fn id_in_name(id: &str) -> String {
     use base64::Engine as _;
@@ -72,6 +105,17 @@ pub struct RecordingSpec {
 }
 
 impl RecordingSpec {
+    /// Where the task's files go (RECORDING.md §7), its spool, and their URL prefix.
+    fn places(&self, data_dir: &Path) -> (PathBuf, PathBuf, String) {
+        let mut rel = PathBuf::new();
+        if !self.prefix.is_empty() {
+            rel.push(&self.prefix);
+        }
+        rel.push(&self.id);
+        let url_base = format!("/files/{}/{}", self.app, rel.to_string_lossy());
+        (data_dir.join("recordings").join(self.app.as_str()).join(rel), data_dir.join("spool").join(&self.id), url_base)
+    }
+
     fn hls_kept(&self) -> bool {
         self.format.starts_with("hls")
     }
@@ -204,6 +248,12 @@ fn save(task: &RecordingTask, data_dir: &Path) {
     }
 }
 
+/// Auto-stop rules (RECORDING.md §3): no media from any subscribed stream while anchors are
+/// present, too long paused, too long in all.
+const NO_MEDIA_STOP: Duration = Duration::from_secs(300);
+const MAX_PAUSE: Duration = Duration::from_secs(90 * 60);
+const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
 /// The most restarts a recording survives (RECORDING.md §8).
 const MAX_RESTARTS: u32 = 3;
 
@@ -273,14 +323,7 @@ impl Recordings {
             if state == "FINISHED" {
                 continue;
             }
-            let mut rel = PathBuf::new();
-            if !spec.prefix.is_empty() {
-                rel.push(&spec.prefix);
-            }
-            rel.push(&spec.id);
-            let final_dir = data_dir.join("recordings").join(spec.app.as_str()).join(&rel);
-            let spool = data_dir.join("spool").join(&spec.id);
-            let url_base = format!("/files/{}/{}", spec.app, rel.to_string_lossy());
+            let (final_dir, spool, url_base) = spec.places(data_dir);
             recover_segments(&final_dir, &spool);
             let restarts = task.status.lock().expect("status").restarts;
             if state == "STOPPED" || restarts >= MAX_RESTARTS {
@@ -389,9 +432,8 @@ struct Segment {
 
 /// One playlist: its segments and the one being written.
 struct HlsWriter {
-    final_dir: PathBuf,
+    storage: Arc<dyn Storage>,
     spool: PathBuf,
-    url_base: String,
     playlist: String,
     segment_stem: String,
     user_id: String,
@@ -450,15 +492,14 @@ impl HlsWriter {
     fn cut(&mut self, end_ms: i64) -> Result<(), String> {
         let Some(seg) = self.current.take() else { return Ok(()) };
         seg.ts.finish().map_err(|e| e.to_string())?;
-        let dest = self.final_dir.join(&seg.name);
-        std::fs::rename(&seg.part, &dest).map_err(|e| format!("storing {}: {e}", seg.name))?;
+        let size = std::fs::metadata(&seg.part).map(|m| m.len()).unwrap_or(0);
+        self.storage.store(&seg.part, &seg.name)?;
         let duration_ms = (end_ms - seg.first_ms).max(1);
         if std::mem::take(&mut self.discontinuity) {
             self.lines.push("#EXT-X-DISCONTINUITY".into());
         }
         self.lines.push(format!("#EXTINF:{:.3},", duration_ms as f64 / 1000.0));
         self.lines.push(seg.name.clone());
-        let size = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
         self.files.push(FileInfo {
             file_name: seg.name.clone(),
             user_id: self.user_id.clone(),
@@ -468,7 +509,7 @@ impl HlsWriter {
             end_ts: seg.begin_unix + duration_ms,
             duration_ms,
             size,
-            url: format!("{}/{}", self.url_base, seg.name),
+            url: self.storage.url(&seg.name),
             stored: true,
             play_time_ms: seg.first_ms,
         });
@@ -477,7 +518,7 @@ impl HlsWriter {
     }
 
     fn write_playlist(&self, end: bool) -> Result<(), String> {
-        write_atomic(&self.final_dir.join(&self.playlist), self.playlist_text(end).as_bytes(), 0o644).map_err(|e| e.to_string())
+        self.storage.put(&self.playlist, self.playlist_text(end).as_bytes())
     }
 
     /// Whether a video frame at `clock_ms` should start a new segment.
@@ -568,9 +609,8 @@ struct Worker {
     spec: RecordingSpec,
     /// `ha<N>_` after the N-th crash restart.
     ha: String,
-    final_dir: PathBuf,
+    storage: Arc<dyn Storage>,
     spool: PathBuf,
-    url_base: String,
     writers: Vec<HlsWriter>,
     streams: HashMap<(UserId, StreamKind), StreamRec>,
 }
@@ -593,9 +633,8 @@ impl Worker {
         };
         let segment_ms = self.spec.segment_s as i64 * 1000;
         self.writers.push(HlsWriter {
-            final_dir: self.final_dir.clone(),
+            storage: self.storage.clone(),
             spool: self.spool.clone(),
-            url_base: self.url_base.clone(),
             playlist,
             segment_stem: stem,
             user_id,
@@ -624,17 +663,11 @@ impl Worker {
 
 fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
     let spec = task.spec.lock().expect("spec").clone();
-    let mut rel = PathBuf::new();
-    if !spec.prefix.is_empty() {
-        rel.push(&spec.prefix);
-    }
-    rel.push(&spec.id);
-    let final_dir = data_dir.join("recordings").join(spec.app.as_str()).join(&rel);
-    let spool = data_dir.join("spool").join(&spec.id);
-    let url_base = format!("/files/{}/{}", spec.app, rel.to_string_lossy());
+    let (final_dir, spool, url_base) = spec.places(&data_dir);
     let restarts = task.status.lock().expect("status").restarts;
     let ha = if restarts > 0 { format!("ha{restarts}_") } else { String::new() };
-    let mut w = Worker { spec: spec.clone(), ha, final_dir: final_dir.clone(), spool: spool.clone(), url_base, writers: Vec::new(), streams: HashMap::new() };
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() });
+    let mut w = Worker { spec: spec.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new() };
     let outcome = (|| -> Result<u32, String> {
         std::fs::create_dir_all(&final_dir).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&spool).map_err(|e| e.to_string())?;
@@ -664,7 +697,7 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         st.error = error.clone();
     }
     save(&task, &data_dir);
-    finish_task(&task, &spec, &final_dir, &spool, &w.url_base, error);
+    finish_task(&task, &spec, &final_dir, &spool, &url_base, error);
     save(&task, &data_dir);
 }
 
@@ -735,6 +768,7 @@ fn begin_of(segment: &str) -> i64 {
 /// list from what is stored, and the result (RECORDING.md §4.2, §5).
 fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>) {
     let _ = std::fs::create_dir_all(spool);
+    let storage = LocalStorage { dir: final_dir.to_path_buf(), url_base: url_base.to_string() };
     let playlists = scan_playlists(final_dir);
     let mut files: Vec<FileInfo> = Vec::new();
     let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
@@ -827,8 +861,8 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
             let part = spool.join(format!("{name}.part"));
             match remux_to_mp4(&refs, &part) {
                 Ok(seconds) => {
-                    let dest = final_dir.join(&name);
-                    if std::fs::rename(&part, &dest).is_ok() {
+                    let size = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
+                    if storage.store(&part, &name).is_ok() {
                         let first = files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0);
                         let info = FileInfo {
                             file_name: name.clone(),
@@ -838,8 +872,8 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
                             begin_ts: first,
                             end_ts: first + (seconds * 1000.0) as i64,
                             duration_ms: (seconds * 1000.0) as i64,
-                            size: std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0),
-                            url: format!("{url_base}/{name}"),
+                            size,
+                            url: storage.url(&name),
                             stored: true,
                             play_time_ms: (first - start_unix).max(0),
                         };
@@ -853,7 +887,7 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
         if !spec.hls_kept() {
             // `mp4` alone: the HLS was only the crash-safe intermediate.
             for f in files.iter().filter(|f| !f.file_name.ends_with(".mp4")) {
-                let _ = std::fs::remove_file(final_dir.join(&f.file_name));
+                storage.remove(&f.file_name);
             }
             files.retain(|f| f.file_name.ends_with(".mp4"));
         }
@@ -900,11 +934,25 @@ fn record(
     let mut idle_since: Option<Instant> = Some(created);
     let mut paused = false;
     let mut mix_gone_since: Option<Instant> = None;
+    let mut last_media = created;
     loop {
         let now = Instant::now();
         if task.stop.load(Ordering::SeqCst) {
             close_all(task, &clock, now)?;
             return Ok(0);
+        }
+        let stop_for = if clock.as_ref().is_some_and(|c| c.paused_since.is_some_and(|p| now - p >= MAX_PAUSE)) {
+            Some(102)
+        } else if now - created >= MAX_DURATION {
+            Some(103)
+        } else if idle_since.is_none() && !paused && now - last_media >= NO_MEDIA_STOP {
+            Some(100)
+        } else {
+            None
+        };
+        if let Some(code) = stop_for {
+            close_all(task, &clock, now)?;
+            return Ok(code);
         }
         // Pause / resume.
         let want_pause = task.paused.load(Ordering::SeqCst);
@@ -970,6 +1018,7 @@ fn record(
                 continue;
             }
             let now = Instant::now();
+            last_media = now;
             let c = clock.get_or_insert_with(|| {
                 let mut st = task.status.lock().expect("status");
                 st.state = "RECORDING";
