@@ -187,6 +187,10 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
     assert_eq!(mixed.status, 201, "{}", mixed.body);
     let mixed_id = mixed.json()["id"].as_str().unwrap().to_owned();
     get(&server.url(&format!("/v1/recordings/{single_id}/result")), Some(&key)).expect_error(409, "invalid_state");
+    post_json(&recs, Some(&key), &json!({"room": "rec", "format": "aac"})).expect_error(400, "invalid_parameter");
+    let audio = post_json(&recs, Some(&key), &json!({"room": "rec", "content": "audio", "format": "aac", "hls": {"segment_s": 2}}));
+    assert_eq!(audio.status, 201, "{}", audio.body);
+    let audio_id = audio.json()["id"].as_str().unwrap().to_owned();
     request("POST", &server.url(&format!("/v1/recordings/{single_id}/resume")), Some(&key), None, &[]).expect_error(409, "invalid_state");
 
     std::thread::sleep(Duration::from_secs(8));
@@ -200,10 +204,21 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
         assert_eq!(r.json()["state"], "RECORDING", "{}", r.body);
     }
     std::thread::sleep(Duration::from_secs(7));
-    for id in [&single_id, &mixed_id] {
+    for id in [&single_id, &mixed_id, &audio_id] {
         let r = request("DELETE", &server.url(&format!("/v1/recordings/{id}")), Some(&key), None, &[]);
         assert_eq!(r.status, 200, "{}", r.body);
     }
+    // Audio only as ADTS: one .aac with the MP4 name, nothing else kept.
+    poll(&server, &key, &format!("/v1/recordings/{audio_id}"), Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    let result = get(&server.url(&format!("/v1/recordings/{audio_id}/result")), Some(&key)).json();
+    let files: Vec<&str> = result["Files"].as_array().unwrap().iter().map(|f| f["FileName"].as_str().unwrap()).collect();
+    assert_eq!(files, vec!["default_cmVj__UserId_s_Y2Ft__UserId_e_main.aac"], "{result}");
+    assert_eq!(result["VideoInfos"][0]["VideoFormat"], "aac");
+    let url = format!("{}?token={}", server.url(result["VideoInfos"][0]["VideoUrl"].as_str().unwrap()), token(&data, "rec", "viewer"));
+    let (codecs, duration) = probe_url(&url);
+    assert_eq!(codecs, vec!["aac".to_string()]);
+    // The task clock runs from the first sample: 20 s minus the pause, minus start-up.
+    assert!(duration > 10.0, "{duration}");
     let viewer = token(&data, "rec", "viewer");
     for (id, mixed) in [(&single_id, false), (&mixed_id, true)] {
         let path = format!("/v1/recordings/{id}");

@@ -22,7 +22,7 @@ use tessera_media::h264;
 use tessera_media::{Codec, StreamKind};
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_transcode::decode::{AacEncoder, OpusDecoder, VideoCodec, VideoDecoder};
-use tessera_transcode::mux::{remux_to_mp4, AudioTrack, TsSegment};
+use tessera_transcode::mux::{AudioTrack, TsSegment};
 use crate::tap_input::{TrackClock, VideoInput, VideoUnit};
 
 /// Where a recording's finished files go (RECORDING.md §7). Files are written to the spool
@@ -100,9 +100,14 @@ pub struct RecordingSpec {
     pub format: String,
     pub subscribe: tessera_engine::mcu::Subscribe,
     pub segment_s: u32,
+    /// MP4 parts are cut at this length (RECORDING.md §4.2).
+    pub split_minutes: u32,
     pub max_idle: Duration,
     pub prefix: String,
 }
+
+/// MP4 parts are also cut before 2 GiB.
+const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
 
 impl RecordingSpec {
     /// Where the task's files go (RECORDING.md §7), its spool, and their URL prefix.
@@ -121,6 +126,9 @@ impl RecordingSpec {
     }
     fn mp4(&self) -> bool {
         self.format.contains("mp4")
+    }
+    fn aac(&self) -> bool {
+        self.format.contains("aac")
     }
     fn wants_video(&self) -> bool {
         self.content != "audio"
@@ -237,7 +245,7 @@ fn save(task: &RecordingTask, data_dir: &Path) {
     };
     let record = json!({
         "kind": "recording", "id": spec.id, "app": spec.app, "room": spec.room, "mode": mode, "streams": streams, "split": split, "mix_user": mix_user,
-        "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
+        "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "split_minutes": spec.split_minutes, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
         "subscribe": {"video_allow": spec.subscribe.video_allow, "video_deny": spec.subscribe.video_deny, "audio_allow": spec.subscribe.audio_allow, "audio_deny": spec.subscribe.audio_deny},
         "state": st.state, "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "leave_code": st.leave_code,
         "restarts": st.restarts, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
@@ -296,6 +304,7 @@ impl Recordings {
                     audio_deny: users_of(&v["subscribe"]["audio_deny"]).unwrap_or_default(),
                 },
                 segment_s: v["segment_s"].as_u64().unwrap_or(6) as u32,
+                split_minutes: v["split_minutes"].as_u64().unwrap_or(1440) as u32,
                 max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
                 prefix: v["prefix"].as_str().unwrap_or("").to_string(),
             };
@@ -815,12 +824,14 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
             play_time_ms: (begin - start_unix).max(0),
         };
         files.push(info.clone());
-        if !spec.mp4() {
+        if !spec.mp4() && !spec.aac() {
             finals.push((info, "m3u8", video_type(&media)));
         }
     }
-    if spec.mp4() {
-        // One MP4 per user stream (audio + video) or for the mix: each track's playlists joined.
+    if spec.mp4() || spec.aac() {
+        // One MP4 (or ADTS .aac) per user stream or for the mix: each track's playlists joined,
+        // split at split_minutes or 2 GiB (then every part is `_<Index>`).
+        let (format, ext, kind) = if spec.mp4() { ("mp4", "mp4", "mp4") } else { ("adts", "aac", "aac") };
         let mut groups: Vec<(String, Vec<&PlaylistInfo>)> = Vec::new();
         for pl in &playlists {
             let (user, media, _) = identify(&pl.stem);
@@ -836,7 +847,6 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
                 Some((b, "video" | "audio" | "audio_video")) if !user.is_empty() => b.to_string(),
                 _ => pls[0].stem.clone(),
             };
-            let name = format!("{base}.mp4");
             // Per track (stem): its playlists in restart order, as one playlist in the spool.
             let mut inputs = Vec::new();
             let mut stems: Vec<&str> = pls.iter().map(|p| p.stem.as_str()).collect();
@@ -858,38 +868,48 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
                 }
             }
             let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
-            let part = spool.join(format!("{name}.part"));
-            match remux_to_mp4(&refs, &part) {
-                Ok(seconds) => {
-                    let size = std::fs::metadata(&part).map(|m| m.len()).unwrap_or(0);
-                    if storage.store(&part, &name).is_ok() {
-                        let first = files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0);
+            let part_path = |n: usize| spool.join(format!("{base}_{n}.{ext}.part"));
+            let max_s = spec.split_minutes as f64 * 60.0;
+            match tessera_transcode::mux::remux_split(&refs, format, &part_path, max_s, MAX_FILE_BYTES) {
+                Ok(parts) => {
+                    let single = parts.len() == 1;
+                    let mut offset_ms = 0i64;
+                    for (n, (path, seconds)) in parts.iter().enumerate() {
+                        let name = if single { format!("{base}.{ext}") } else { format!("{base}_{}.{ext}", n + 1) };
+                        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                        if storage.store(path, &name).is_err() {
+                            continue;
+                        }
+                        let first = files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
+                        let duration_ms = (seconds * 1000.0) as i64;
+                        offset_ms += duration_ms;
                         let info = FileInfo {
                             file_name: name.clone(),
                             user_id: user.clone(),
                             media_id: media.clone(),
-                            track_type: if inputs.len() > 1 { "audio_video".into() } else { identify(&pls[0].stem).2 },
+                            track_type: if format == "adts" { "audio".into() } else if inputs.len() > 1 { "audio_video".into() } else { identify(&pls[0].stem).2 },
                             begin_ts: first,
-                            end_ts: first + (seconds * 1000.0) as i64,
-                            duration_ms: (seconds * 1000.0) as i64,
+                            end_ts: first + duration_ms,
+                            duration_ms,
                             size,
                             url: storage.url(&name),
                             stored: true,
                             play_time_ms: (first - start_unix).max(0),
                         };
                         files.push(info.clone());
-                        finals.push((info, "mp4", video_type(&media)));
+                        finals.push((info, kind, video_type(&media)));
                     }
                 }
-                Err(e) => tracing::warn!("MP4 remux of {name} failed: {e}"),
+                Err(e) => tracing::warn!("{ext} remux of {base} failed: {e}"),
             }
         }
         if !spec.hls_kept() {
-            // `mp4` alone: the HLS was only the crash-safe intermediate.
-            for f in files.iter().filter(|f| !f.file_name.ends_with(".mp4")) {
+            // `mp4` or `aac` alone: the HLS was only the crash-safe intermediate.
+            let keep = |n: &str| n.ends_with(".mp4") || n.ends_with(".aac");
+            for f in files.iter().filter(|f| !keep(&f.file_name)) {
                 storage.remove(&f.file_name);
             }
-            files.retain(|f| f.file_name.ends_with(".mp4"));
+            files.retain(|f| keep(&f.file_name));
         }
     }
     let _ = std::fs::remove_dir_all(spool);

@@ -130,55 +130,88 @@ impl TsSegment {
 /// Remuxes playlists (or any inputs) into one MP4 with `moov` first: every stream of every input
 /// is copied, interleaved by time. Returns the output's duration in seconds.
 pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError> {
+    let parts = remux_split(inputs, "mp4", &|_| out.to_path_buf(), f64::INFINITY, u64::MAX)?;
+    Ok(parts.first().map(|(_, d)| *d).unwrap_or(0.0))
+}
+
+/// Copies every audio and video stream of `inputs`, interleaved by time and shifted so the
+/// earliest packet is at 0, into `format` ("mp4", moov first, or "adts"). A new part (from
+/// `part(n)`, n from 1) starts at the first keyframe (any packet without video) once the part
+/// is `max_seconds` long or `max_bytes` big. Returns each part with its duration.
+pub fn remux_split(inputs: &[&Path], format: &str, part: &dyn Fn(usize) -> std::path::PathBuf, max_seconds: f64, max_bytes: u64) -> Result<Vec<(std::path::PathBuf, f64)>, TranscodeError> {
     init();
     let mut ins: Vec<ff::format::context::Input> = inputs.iter().map(|p| ff::format::input(p)).collect::<Result<_, _>>()?;
-    let mut output = ff::format::output_as(out, "mp4")?;
-    // (input, input stream) → output stream index and time bases.
+    // (input, input stream) → output stream index, input time base, parameters.
     let mut map: Vec<Vec<Option<(usize, ff::Rational)>>> = Vec::new();
+    let mut params: Vec<ff::codec::Parameters> = Vec::new();
+    let mut has_video = false;
     for input in &ins {
         let mut m = Vec::new();
         for s in input.streams() {
             let medium = s.parameters().medium();
-            if medium != ff::media::Type::Video && medium != ff::media::Type::Audio {
+            let keep = match format {
+                "adts" => medium == ff::media::Type::Audio,
+                _ => medium == ff::media::Type::Video || medium == ff::media::Type::Audio,
+            };
+            if !keep {
                 m.push(None);
                 continue;
             }
-            let mut o = output.add_stream(ff::encoder::find(ff::codec::Id::None))?;
-            o.set_parameters(s.parameters());
-            // SAFETY: MP4 picks its own codec tag.
-            unsafe {
-                (*o.parameters().as_mut_ptr()).codec_tag = 0;
-            }
-            m.push(Some((o.index(), s.time_base())));
+            has_video |= medium == ff::media::Type::Video;
+            m.push(Some((params.len(), s.time_base())));
+            params.push(s.parameters());
         }
         map.push(m);
     }
-    let mut opts = ff::Dictionary::new();
-    opts.set("movflags", "+faststart");
-    output.write_header_with(opts)?;
-    let out_tbs: Vec<ff::Rational> = output.streams().map(|s| s.time_base()).collect();
+    let open = |path: &Path| -> Result<(ff::format::context::Output, Vec<ff::Rational>), TranscodeError> {
+        let mut output = ff::format::output_as(path, format)?;
+        for p in &params {
+            let mut o = output.add_stream(ff::encoder::find(ff::codec::Id::None))?;
+            o.set_parameters(p.clone());
+            // SAFETY: the container picks its own codec tag.
+            unsafe {
+                (*o.parameters().as_mut_ptr()).codec_tag = 0;
+            }
+        }
+        let mut opts = ff::Dictionary::new();
+        if format == "mp4" {
+            opts.set("movflags", "+faststart");
+        }
+        output.write_header_with(opts)?;
+        let tbs = output.streams().map(|s| s.time_base()).collect();
+        Ok((output, tbs))
+    };
+    let mut parts = vec![(part(1), 0f64)];
+    let (mut output, mut out_tbs) = open(&parts[0].0)?;
     // The next packet of each input; always write the earliest.
     let mut next: Vec<Option<ff::Packet>> = ins.iter_mut().map(read_one).collect();
-    // Every stream is shifted by the same amount (the earliest packet's time), so audio and
-    // video stay aligned as recorded.
+    // Every stream is shifted by the same amount (the part's earliest packet time), so audio
+    // and video stay aligned as recorded.
     let mut base_s: Option<f64> = None;
-    let mut last_end = 0f64;
+    let mut bytes = 0u64;
     loop {
         let pick = next
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
-            .min_by(|(ia, a), (ib, b)| {
-                let ta = seconds(a, &map[*ia]);
-                let tb = seconds(b, &map[*ib]);
-                ta.partial_cmp(&tb).unwrap_or(std::cmp::Ordering::Equal)
-            })
+            .min_by(|(ia, a), (ib, b)| seconds(a, &map[*ia]).partial_cmp(&seconds(b, &map[*ib])).unwrap_or(std::cmp::Ordering::Equal))
             .map(|(i, _)| i);
         let Some(i) = pick else { break };
         let mut packet = next[i].take().expect("picked");
         next[i] = read_one(&mut ins[i]);
         let Some((oi, in_tb)) = map[i].get(packet.stream()).copied().flatten() else { continue };
         let t = seconds(&packet, &map[i]);
+        let is_video = params[oi].medium() == ff::media::Type::Video;
+        let boundary = !has_video || (is_video && packet.is_key());
+        if let Some(b) = base_s {
+            if boundary && (t - b >= max_seconds || bytes >= max_bytes) {
+                output.write_trailer()?;
+                parts.push((part(parts.len() + 1), 0.0));
+                (output, out_tbs) = open(&parts.last().expect("pushed").0)?;
+                base_s = None;
+                bytes = 0;
+            }
+        }
         let base_s = *base_s.get_or_insert(t);
         packet.rescale_ts(in_tb, out_tbs[oi]);
         let tb = out_tbs[oi];
@@ -186,13 +219,15 @@ pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError>
         packet.set_pts(packet.pts().map(|t| (t - base).max(0)));
         packet.set_dts(packet.dts().map(|t| (t - base).max(0)));
         let end = packet.pts().unwrap_or(0) + packet.duration();
-        last_end = last_end.max(end as f64 * out_tbs[oi].numerator() as f64 / out_tbs[oi].denominator().max(1) as f64);
+        let last = parts.last_mut().expect("a part");
+        last.1 = last.1.max(end as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64);
+        bytes += packet.size() as u64;
         packet.set_stream(oi);
         packet.set_position(-1);
         packet.write_interleaved(&mut output)?;
     }
     output.write_trailer()?;
-    Ok(last_end)
+    Ok(parts)
 }
 
 /// Decodes a media file: video frames scaled to one size (YUV420P) and audio as 48 kHz stereo
@@ -359,6 +394,14 @@ mod tests {
         assert!((duration - 2.0).abs() < 0.2, "{duration}");
         let input = ff::format::input(&mp4).unwrap();
         assert_eq!(input.streams().count(), 2);
+        // Split at 1 s (keyframes every second): two parts, each about a second, both A/V.
+        let parts = remux_split(&[&ts], "mp4", &|n| dir.join(format!("p_{n}.mp4")), 1.0, u64::MAX).unwrap();
+        assert_eq!(parts.len(), 2, "{parts:?}");
+        assert!(parts.iter().all(|(p, d)| (0.8..1.3).contains(d) && ff::format::input(p).unwrap().streams().count() == 2), "{parts:?}");
+        // The audio alone as ADTS.
+        let aac = remux_split(&[&ts], "adts", &|_| dir.join("a.aac"), f64::INFINITY, u64::MAX).unwrap();
+        assert!((aac[0].1 - 2.0).abs() < 0.2, "{aac:?}");
+        assert_eq!(ff::format::input(&aac[0].0).unwrap().streams().best(ff::media::Type::Audio).unwrap().parameters().id(), ff::codec::Id::AAC);
         // Audio-only TS: PID 257.
         let audio_ts = dir.join("b.ts");
         let seg = TsSegment::create(&audio_ts, None, Some(&track)).unwrap();

@@ -112,17 +112,17 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     let format = req.format.unwrap_or_else(|| "hls".into());
     match format.as_str() {
         "hls" | "hls+mp4" | "mp4" => {}
-        "hls+aac" | "aac" => return Err(bad("format", "the aac formats are not supported yet")),
+        "hls+aac" | "aac" if content == "audio" => {}
+        "hls+aac" | "aac" => return Err(bad("format", "the aac formats need content 'audio'")),
         _ => return Err(bad("format", "must be hls, hls+mp4, mp4, hls+aac or aac")),
     }
     let segment_s = req.hls.and_then(|h| h.segment_s).unwrap_or(6);
     if !(1..=60).contains(&segment_s) {
         return Err(bad("hls.segment_s", "must be 1 to 60"));
     }
-    if let Some(m) = req.mp4.and_then(|m| m.split_minutes) {
-        if !(1..=1440).contains(&m) {
-            return Err(bad("mp4.split_minutes", "must be 1 to 1440"));
-        }
+    let split_minutes = req.mp4.and_then(|m| m.split_minutes).unwrap_or(1440);
+    if !(1..=1440).contains(&split_minutes) {
+        return Err(bad("mp4.split_minutes", "must be 1 to 1440"));
     }
     let idle = req.max_idle_time.unwrap_or(30);
     if !(1..=86_400).contains(&idle) {
@@ -182,7 +182,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} recordings may run at once per app")).with_details(json!({"limit": limit})));
     }
     let id = tessera_model::TaskId::generate().as_str().to_owned();
-    let spec = RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, max_idle: Duration::from_secs(idle), prefix };
+    let spec = RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
     let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::internal(format!("cannot start the recording: {e}")))?;
     Ok((StatusCode::CREATED, Json(view(&id, &task))))
 }
