@@ -310,6 +310,13 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
     let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "crash", "format": "hls+mp4", "hls": {"segment_s": 2}, "max_idle_time": 60}));
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_owned();
+    // A mix job and a relay are live too: both come back with their ids.
+    let job_id = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "crash", "encode": {"template": "360p"}})).json()["id"].as_str().unwrap().to_owned();
+    let cdn_port = free_port();
+    let cdn_url = format!("rtmp://127.0.0.1:{cdn_port}/live/key");
+    let r = post_json(&server.url("/v1/relays"), Some(&key), &json!({"room": "crash", "source": {"user": "cam"}, "urls": [&cdn_url]}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let relay_id = r.json()["id"].as_str().unwrap().to_owned();
     std::thread::sleep(Duration::from_secs(7));
     let before = get(&server.url(&format!("/v1/recordings/{id}")), Some(&key)).json();
     let written_before: Vec<String> = before["files"].as_array().unwrap().iter().map(|f| f["file_name"].as_str().unwrap().to_owned()).collect();
@@ -323,6 +330,11 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
     let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
     let path = format!("/v1/recordings/{id}");
     poll(&server, &key, &path, Duration::from_secs(20), |v| v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_"))));
+    let job = poll(&server, &key, &format!("/v1/mix-jobs/{job_id}"), Duration::from_secs(20), |v| v["state"] == "RUNNING");
+    assert_eq!(job["user"], format!("mix_{job_id}"));
+    let received = dir.path().join("after-crash.flv");
+    let receiver = cdn(cdn_port, &received);
+    poll(&server, &key, &format!("/v1/relays/{relay_id}"), Duration::from_secs(30), |v| v["state"] == "ACTIVE" && v["urls"][0]["status"] == 2);
     std::thread::sleep(Duration::from_secs(5));
     let r = request("DELETE", &server.url(&path), Some(&key), None, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
@@ -348,6 +360,11 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
         let (codecs, _) = probe_url(&format!("{}?token={cam}", server.url(&format!("/files/default/{id}/{n}"))));
         assert!(!codecs.is_empty(), "{n} does not probe");
     }
+    let r = request("DELETE", &server.url(&format!("/v1/relays/{relay_id}")), Some(&key), None, &[]);
+    assert_eq!(r.json()["state"], "STOPPED", "{}", r.body);
+    interrupt(receiver);
+    let (codecs, _) = probe(&received);
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "the resumed relay delivers");
     let _ = source.kill();
     let _ = source.wait();
 }

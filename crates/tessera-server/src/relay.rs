@@ -114,6 +114,7 @@ enum Tag {
 pub struct RelayTask {
     record: Mutex<RelayRecord>,
     stop: AtomicBool,
+    shutdown: AtomicBool,
     source: Mutex<SourceRef>,
     /// Latest sequence headers, for URLs that (re)connect mid-stream.
     video_header: Mutex<Option<Arc<[u8]>>>,
@@ -122,6 +123,14 @@ pub struct RelayTask {
     /// URL → its task's stop flag.
     url_tasks: Mutex<HashMap<String, Arc<AtomicBool>>>,
     media: String,
+    tasks_dir: Option<std::path::PathBuf>,
+    max_idle: Duration,
+}
+
+impl RelayTask {
+    fn save(&self) {
+        save(self.tasks_dir.as_ref(), &self.record(), self.max_idle);
+    }
 }
 
 impl RelayTask {
@@ -162,9 +171,24 @@ fn short(url: &str) -> String {
 #[derive(Default)]
 pub struct Relays {
     tasks: DashMap<String, Arc<RelayTask>>,
+    /// `tasks/` of the data dir: relays are saved there and resumed after a restart.
+    tasks_dir: Option<std::path::PathBuf>,
+}
+
+fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) {
+    let Some(dir) = dir else { return };
+    let record = serde_json::json!({
+        "kind": "relay", "id": r.id, "app": r.app, "room": r.room, "source": r.source, "media": r.media, "state": r.state,
+        "urls": r.urls.iter().map(|u| u.url.clone()).collect::<Vec<_>>(), "created_at": r.created_at, "owner": r.owner, "max_idle_s": max_idle.as_secs(),
+    });
+    if let Err(e) = crate::store::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+        tracing::warn!(relay = %r.id, "cannot save the relay: {e}");
+    }
 }
 
 pub struct NewRelay {
+    /// A relay from before a restart keeps its id and creation time.
+    pub resumed: Option<(String, i64)>,
     pub app: AppId,
     pub room: RoomId,
     pub source: SourceRef,
@@ -175,6 +199,46 @@ pub struct NewRelay {
 }
 
 impl Relays {
+    pub fn new(tasks_dir: Option<std::path::PathBuf>) -> Relays {
+        Relays { tasks: DashMap::new(), tasks_dir }
+    }
+
+    /// Restarts the relays a previous run left live (a mix job's own relay comes back with the
+    /// job). Their URLs connect again (state 1) when the source publishes.
+    pub fn resume(&self, rtc: &RtcHandle) {
+        let Some(dir) = &self.tasks_dir else { return };
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for e in entries.flatten() {
+            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).unwrap_or_default()) else { continue };
+            if v["kind"] != "relay" || v["state"] == "STOPPED" || !v["owner"].is_null() {
+                continue;
+            }
+            let (Some(id), Ok(app), Ok(room), Ok(user), Some(stream)) = (
+                v["id"].as_str(),
+                AppId::parse(v["app"].as_str().unwrap_or("")),
+                RoomId::parse(v["room"].as_str().unwrap_or("")),
+                UserId::parse(v["source"]["user"].as_str().unwrap_or("")),
+                v["source"]["stream"].as_str().and_then(StreamKind::parse),
+            ) else {
+                continue;
+            };
+            let new = NewRelay {
+                resumed: Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0))),
+                app,
+                room,
+                source: SourceRef { user, stream },
+                media: v["media"].as_str().unwrap_or("audio_video").to_string(),
+                urls: v["urls"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
+                max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
+                owner: None,
+            };
+            match self.start(new, rtc.clone()) {
+                Ok(_) => tracing::info!(relay = %id, "relay resumed"),
+                Err(e) => tracing::warn!(relay = %id, "relay not resumed: {e}"),
+            }
+        }
+    }
+
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RelayTask>> {
         self.tasks.get(id).map(|t| t.clone()).filter(|t| t.record.lock().expect("relay record").app == *app)
     }
@@ -193,7 +257,7 @@ impl Relays {
 
     pub fn start(&self, new: NewRelay, rtc: RtcHandle) -> std::io::Result<RelayRecord> {
         let now = crate::now_ms();
-        let id = tessera_model::TaskId::generate().as_str().to_owned();
+        let (id, created_at) = new.resumed.clone().unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), now));
         let record = RelayRecord {
             id: id.clone(),
             app: new.app.clone(),
@@ -202,20 +266,24 @@ impl Relays {
             media: new.media.clone(),
             state: "WAITING",
             urls: new.urls.iter().map(|u| UrlStatus { url: u.clone(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)] }).collect(),
-            created_at: now,
+            created_at,
             leave_code: None,
             owner: new.owner.clone(),
         };
+        save(self.tasks_dir.as_ref(), &record, new.max_idle);
         let (tags, _) = broadcast::channel(1024);
         let task = Arc::new(RelayTask {
             record: Mutex::new(record.clone()),
             stop: AtomicBool::new(false),
+            shutdown: AtomicBool::new(false),
             source: Mutex::new(new.source.clone()),
             video_header: Mutex::new(None),
             audio_header: Mutex::new(None),
             tags,
             url_tasks: Mutex::new(HashMap::new()),
             media: new.media.clone(),
+            tasks_dir: self.tasks_dir.clone(),
+            max_idle: new.max_idle,
         });
         self.tasks.insert(id.clone(), task.clone());
         let runtime = tokio::runtime::Handle::current();
@@ -238,6 +306,7 @@ impl Relays {
             }
             removed
         };
+        task.save();
         let mut running = task.url_tasks.lock().expect("url tasks");
         for u in removed {
             if let Some(stop) = running.remove(&u) {
@@ -258,6 +327,7 @@ impl Relays {
     pub fn set_source(&self, task: &RelayTask, source: SourceRef) {
         *task.source.lock().expect("relay source") = source.clone();
         task.record.lock().expect("relay record").source = source;
+        task.save();
     }
 
     pub fn stop(&self, task: &RelayTask) {
@@ -266,6 +336,7 @@ impl Relays {
 
     pub fn shutdown(&self) {
         for t in self.tasks.iter() {
+            t.shutdown.store(true, Ordering::SeqCst);
             t.stop.store(true, Ordering::SeqCst);
         }
     }
@@ -557,6 +628,8 @@ fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle
         let _ = runtime.block_on(rtc.remove_tap(tap));
         result
     })();
+    // A server shutting down leaves the saved state live, so the next start resumes it.
+    let shutting_down = task.shutdown.load(Ordering::SeqCst);
     let code = leave.unwrap_or_else(|e| {
         tracing::error!("relay failed: {e}");
         104
@@ -567,9 +640,14 @@ fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle
     while Instant::now() < deadline && task.record().urls.iter().any(|u| u.status != status::IDLE) && task.record().state == "ACTIVE" {
         std::thread::sleep(Duration::from_millis(20));
     }
-    let mut r = task.record.lock().expect("relay record");
-    r.state = "STOPPED";
-    r.leave_code = Some(code);
+    {
+        let mut r = task.record.lock().expect("relay record");
+        r.state = "STOPPED";
+        r.leave_code = Some(code);
+    }
+    if !shutting_down {
+        task.save();
+    }
 }
 
 #[cfg(test)]

@@ -126,6 +126,8 @@ impl Server {
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
         self.state.ingests.resume(&self.state.rtc);
         self.state.recordings.resume(&self.state.config.data_dir, &self.state.rtc);
+        self.state.relays.resume(&self.state.rtc);
+        api::mixjobs::resume(&self.state).await;
         tracing::info!(addr = %self.rtmp_addr, "RTMP listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drained = stop_rx.clone();

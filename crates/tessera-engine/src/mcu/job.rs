@@ -232,8 +232,9 @@ impl MixHandle {
         self.stop.store(true, Ordering::SeqCst);
     }
 
-    /// Starts the job's thread; `on_stop` runs on it once the job has stopped.
-    pub fn start(spec: MixSpec, rtc: RtcHandle, runtime: tokio::runtime::Handle) -> std::io::Result<Arc<MixHandle>> {
+    /// Starts the job's thread; `on_stop` runs on it with the leave code once the job has
+    /// stopped (the server records the final state).
+    pub fn start(spec: MixSpec, rtc: RtcHandle, runtime: tokio::runtime::Handle, on_stop: Box<dyn FnOnce(u32) + Send>) -> std::io::Result<Arc<MixHandle>> {
         let handle = Arc::new(MixHandle {
             spec: Mutex::new(spec.clone()),
             status: Mutex::new(MixStatus { state: MixState::Starting, inputs: Vec::new(), stats: MixStats::default(), stopped_at: None, leave_code: None, error: None }),
@@ -248,12 +249,15 @@ impl MixHandle {
                     (104, Some(e))
                 }
             };
-            let mut st = h.status.lock().expect("mix status");
-            st.state = MixState::Stopped;
-            st.stopped_at = Some(unix_ms());
-            st.leave_code = Some(code);
-            st.error = error;
+            {
+                let mut st = h.status.lock().expect("mix status");
+                st.state = MixState::Stopped;
+                st.stopped_at = Some(unix_ms());
+                st.leave_code = Some(code);
+                st.error = error;
+            }
             tracing::info!(job = %spec.id, leave_code = code, "mix job stopped");
+            on_stop(code);
         })?;
         Ok(handle)
     }

@@ -27,6 +27,8 @@ pub struct MixJobs {
 
 pub struct MixJob {
     app: AppId,
+    /// Set at server shut-down: the job ends without recording STOPPED, so it resumes.
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
     created_at: i64,
     /// The normalized request (defaults filled), replaced section by section by PATCH.
     request: Mutex<Value>,
@@ -47,6 +49,7 @@ impl MixJobs {
     /// Stops every job (server shut-down).
     pub fn shutdown(&self) {
         for j in self.jobs.iter() {
+            j.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
             j.handle.stop();
         }
     }
@@ -455,6 +458,48 @@ fn view(state: &AppState, id: &str, job: &MixJob) -> Value {
 }
 
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(body): ApiJson<Value>) -> ApiResult<(StatusCode, Json<Value>)> {
+    let (id, job) = start_job(&state, &caller.app, body, None).await?;
+    Ok((StatusCode::CREATED, Json(view(&state, &id, &job))))
+}
+
+fn task_path(state: &AppState, id: &str) -> std::path::PathBuf {
+    state.config.data_dir.join("tasks").join(format!("{id}.json"))
+}
+
+/// Saves the job's request and state to `tasks/<id>.json` (RECORDING.md §8).
+fn save(path: &std::path::Path, app: &AppId, id: &str, created_at: i64, request: &Value, state: &str) {
+    let record = json!({"kind": "mix_job", "id": id, "app": app, "created_at": created_at, "request": request, "state": state});
+    if let Err(e) = crate::store::write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+        tracing::warn!(job = %id, "cannot save the mix job: {e}");
+    }
+}
+
+/// Restarts the jobs a previous run left running, with the same ids and `mix_<id>` users.
+pub async fn resume(state: &AppState) {
+    let Ok(entries) = std::fs::read_dir(state.config.data_dir.join("tasks")) else { return };
+    for e in entries.flatten() {
+        let Ok(v) = serde_json::from_slice::<Value>(&std::fs::read(e.path()).unwrap_or_default()) else { continue };
+        if v["kind"] != "mix_job" || v["state"] == "STOPPED" {
+            continue;
+        }
+        let (Some(id), Ok(app)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or(""))) else { continue };
+        let mut body = v["request"].clone();
+        // The owned relay is made again from its URLs.
+        body["outputs"] = json!({"rtmp_urls": body["outputs"]["rtmp_urls"].clone()});
+        if let Some(e) = body["encode"].as_object_mut() {
+            e.remove("effective");
+        }
+        match start_job(state, &app, body, Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0)))).await {
+            Ok(_) => tracing::info!(job = %id, "mix job resumed"),
+            Err(e) => tracing::warn!(job = %id, "mix job not resumed: {}", e.message),
+        }
+    }
+}
+
+/// Checks a request and starts the job (and its relay); `resumed` keeps the id of a job from
+/// before a restart.
+async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> ApiResult<(String, Arc<MixJob>)> {
+    let caller_app = app;
     if !body.is_object() {
         return Err(ApiError::invalid_json("the body must be a JSON object"));
     }
@@ -487,11 +532,11 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit})));
     }
     let (images, image_errors) = load_images(&image_refs).await;
-    let id = tessera_model::TaskId::generate().as_str().to_owned();
+    let (id, created_at) = resumed.unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), crate::now_ms()));
     let user = UserId::parse(&format!("mix_{id}")).map_err(|e| ApiError::internal(e.reason))?;
     let spec = MixSpec {
         id: id.clone(),
-        room: RoomKey { app: caller.app.clone(), room: room.clone() },
+        room: RoomKey { app: caller_app.clone(), room: room.clone() },
         user,
         layout,
         images,
@@ -506,13 +551,25 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     };
     let mix_user = spec.user.clone();
     let relay_media = if !video { "audio" } else if spec.audio == AudioMode::None { "video" } else { "audio_video" };
-    let handle = MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current()).map_err(|e| ApiError::internal(format!("cannot start the mix job: {e}")))?;
+    let path = task_path(state, &id);
+    let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
+    let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let on_stop: Box<dyn FnOnce(u32) + Send> = {
+        let (path, app, id, request, shutting) = (path.clone(), caller_app.clone(), id.clone(), saved_request.clone(), shutting_down.clone());
+        Box::new(move |_code| {
+            if !shutting.load(std::sync::atomic::Ordering::SeqCst) {
+                save(&path, &app, &id, created_at, &request.lock().expect("request"), "STOPPED");
+            }
+        })
+    };
+    let handle = MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current(), on_stop).map_err(|e| ApiError::internal(format!("cannot start the mix job: {e}")))?;
     // Mixed relay: the job's own relay of `mix_<id>`, stopped with it (RECORDING.md §1).
     let relay_id = if rtmp_urls.is_empty() {
         None
     } else {
         let new = crate::relay::NewRelay {
-            app: caller.app.clone(),
+            resumed: None,
+            app: caller_app.clone(),
             room: room.clone(),
             source: crate::relay::SourceRef { user: mix_user, stream: tessera_media::StreamKind::Main },
             media: relay_media.to_string(),
@@ -530,10 +587,12 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     };
     let outputs = json!({"rtmp_urls": rtmp_urls, "recording": null, "relay_id": relay_id, "recording_id": null});
     let request = json!({"room": room, "layout": layout_json, "subscribe": subscribe_json, "audio": audio_json, "encode": encode_json, "video": video, "max_idle_time": idle, "outputs": outputs});
-    let job = Arc::new(MixJob { app: caller.app.clone(), created_at: crate::now_ms(), request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
+    *saved_request.lock().expect("request") = request.clone();
+    save(&path, caller_app, &id, created_at, &request, "RUNNING");
+    let job = Arc::new(MixJob { app: caller_app.clone(), shutting_down, created_at, request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
     state.mix_jobs.jobs.insert(id.clone(), job.clone());
     tracing::info!(job = %id, room = %room, "mix job started");
-    Ok((StatusCode::CREATED, Json(view(&state, &id, &job))))
+    Ok((id, job))
 }
 
 fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
@@ -626,6 +685,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
             request["audio"] = j;
         }
     });
+    save(&task_path(&state, &id), &caller.app, &id, job.created_at, &request, "RUNNING");
     drop(request);
     Ok(Json(view(&state, &id, &job)))
 }

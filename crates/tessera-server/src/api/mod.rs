@@ -59,9 +59,9 @@ impl std::ops::Deref for AppState {
 impl AppState {
     pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>) -> AppState {
         AppState(Arc::new(Shared {
-            ingests: crate::ingest::Ingests::new(tasks_dir),
+            ingests: crate::ingest::Ingests::new(tasks_dir.clone()),
             mix_jobs: mixjobs::MixJobs::default(),
-            relays: crate::relay::Relays::default(),
+            relays: crate::relay::Relays::new(tasks_dir.clone()),
             recordings: crate::recording::Recordings::default(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
