@@ -191,6 +191,12 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
     let audio = post_json(&recs, Some(&key), &json!({"room": "rec", "content": "audio", "format": "aac", "hls": {"segment_s": 2}}));
     assert_eq!(audio.status, 201, "{}", audio.body);
     let audio_id = audio.json()["id"].as_str().unwrap().to_owned();
+    // A mixed recording that owns its mix job.
+    let owned = post_json(&recs, Some(&key), &json!({"room": "rec", "mode": "mixed", "mix": {"encode": {"template": "360p"}, "layout": {"template": "float"}}, "hls": {"segment_s": 2}}));
+    assert_eq!(owned.status, 201, "{}", owned.body);
+    let owned_id = owned.json()["id"].as_str().unwrap().to_owned();
+    let owned_job = owned.json()["mix_job_id"].as_str().expect("the recording owns a mix job").to_owned();
+    assert_eq!(get(&server.url(&format!("/v1/mix-jobs/{owned_job}")), Some(&key)).json()["layout"]["template"], "float");
     request("POST", &server.url(&format!("/v1/recordings/{single_id}/resume")), Some(&key), None, &[]).expect_error(409, "invalid_state");
 
     std::thread::sleep(Duration::from_secs(8));
@@ -204,10 +210,14 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
         assert_eq!(r.json()["state"], "RECORDING", "{}", r.body);
     }
     std::thread::sleep(Duration::from_secs(7));
-    for id in [&single_id, &mixed_id, &audio_id] {
+    for id in [&single_id, &mixed_id, &audio_id, &owned_id] {
         let r = request("DELETE", &server.url(&format!("/v1/recordings/{id}")), Some(&key), None, &[]);
         assert_eq!(r.status, 200, "{}", r.body);
     }
+    // The owned job stopped with its recording, which has the mix's playlist.
+    poll(&server, &key, &format!("/v1/mix-jobs/{owned_job}"), Duration::from_secs(10), |v| v["state"] == "STOPPED");
+    let owned_result = poll(&server, &key, &format!("/v1/recordings/{owned_id}"), Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    assert!(owned_result["files"].as_array().unwrap().iter().any(|f| f["file_name"] == "default_cmVj.m3u8"), "{owned_result}");
     // Audio only as ADTS: one .aac with the MP4 name, nothing else kept.
     poll(&server, &key, &format!("/v1/recordings/{audio_id}"), Duration::from_secs(30), |v| v["state"] == "FINISHED");
     let result = get(&server.url(&format!("/v1/recordings/{audio_id}/result")), Some(&key)).json();

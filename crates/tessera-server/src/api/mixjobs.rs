@@ -38,6 +38,13 @@ pub struct MixJob {
 }
 
 impl MixJobs {
+    /// Stops a job (an owning recording stopped).
+    pub fn stop(&self, app: &AppId, id: &str) {
+        if let Some(j) = self.jobs.get(id).filter(|j| j.app == *app) {
+            j.handle.stop();
+        }
+    }
+
     pub fn exists(&self, app: &AppId, id: &str) -> bool {
         self.jobs.get(id).is_some_and(|j| j.app == *app)
     }
@@ -498,7 +505,7 @@ pub async fn resume(state: &AppState) {
 
 /// Checks a request and starts the job (and its relay); `resumed` keeps the id of a job from
 /// before a restart.
-async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> ApiResult<(String, Arc<MixJob>)> {
+pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> ApiResult<(String, Arc<MixJob>)> {
     let caller_app = app;
     if !body.is_object() {
         return Err(ApiError::invalid_json("the body must be a JSON object"));

@@ -87,15 +87,15 @@ fn users(list: Option<Vec<String>>, field: &str) -> ApiResult<Option<Vec<String>
 fn view(id: &str, task: &RecordingTask) -> Value {
     let spec = task.spec.lock().expect("spec").clone();
     let st = task.status.lock().expect("status").clone();
-    let (mode, mix_user) = match &spec.mode {
-        Mode::Single { .. } => ("single", None),
-        Mode::Mixed { mix_user, .. } => ("mixed", Some(mix_user.clone())),
+    let (mode, mix_user, mix_job_id) = match &spec.mode {
+        Mode::Single { .. } => ("single", None, None),
+        Mode::Mixed { mix_user, owned_job } => ("mixed", Some(mix_user.clone()), owned_job.clone()),
     };
     json!({
         "id": id, "room": spec.room, "mode": mode, "content": spec.content, "format": spec.format, "state": st.state,
         "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "paused_ms": st.paused_ms,
         "leave_code": st.leave_code, "error": st.error, "files": st.files, "segment_s": spec.segment_s, "mix_user": mix_user,
-        "record_user": format!("rec_{id}"),
+        "record_user": format!("rec_{id}"), "mix_job_id": mix_job_id,
     })
 }
 
@@ -105,6 +105,7 @@ fn not_found(id: &str) -> ApiError {
 
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartRecording>) -> ApiResult<(StatusCode, Json<Value>)> {
     let room = RoomId::parse(&req.room).map_err(|e| bad("room", &e.reason))?;
+    let req_mix = req.mix.clone();
     let content = req.content.unwrap_or_else(|| "audio_video".into());
     if !matches!(content.as_str(), "audio_video" | "audio" | "video") {
         return Err(bad("content", "must be audio_video, audio or video"));
@@ -164,7 +165,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
             };
             Mode::Single { streams, split }
         }
-        "mixed" => match (req.mix_job_id, req.mix) {
+        "mixed" => match (req.mix_job_id, req.mix.clone()) {
             (Some(job), None) => {
                 let user = UserId::parse(&format!("mix_{job}")).map_err(|e| bad("mix_job_id", &e.reason))?;
                 if !state.mix_jobs.exists(&caller.app, &job) {
@@ -172,7 +173,14 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
                 }
                 Mode::Mixed { mix_user: user, owned_job: None }
             }
-            (None, Some(_)) => return Err(bad("mix", "an owned mix job is not supported yet: start one and give its mix_job_id")),
+            (None, Some(mix)) => {
+                let m = mix.as_object().ok_or_else(|| bad("mix", "must be an object"))?;
+                if let Some(k) = m.keys().find(|k| !["layout", "subscribe", "audio", "encode"].contains(&k.as_str())) {
+                    return Err(bad(&format!("mix.{k}"), "unknown field"));
+                }
+                // The job is started below, once everything else is checked.
+                Mode::Mixed { mix_user: UserId::parse("mix_pending").expect("valid"), owned_job: Some(String::new()) }
+            }
             _ => return Err(bad("mix_job_id", "mode 'mixed' needs exactly one of mix_job_id or mix")),
         },
         _ => return Err(bad("mode", "must be 'single' or 'mixed'")),
@@ -181,6 +189,15 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if state.recordings.live_count(&caller.app) >= limit {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} recordings may run at once per app")).with_details(json!({"limit": limit})));
     }
+    let mode = match mode {
+        Mode::Mixed { owned_job: Some(_), .. } => {
+            let mut body = req_mix.unwrap_or_default();
+            body["room"] = json!(room);
+            let (job_id, _) = super::mixjobs::start_job(&state, &caller.app, body, None).await?;
+            Mode::Mixed { mix_user: UserId::parse(&format!("mix_{job_id}")).map_err(|e| ApiError::internal(e.reason))?, owned_job: Some(job_id) }
+        }
+        other => other,
+    };
     let id = tessera_model::TaskId::generate().as_str().to_owned();
     let spec = RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
     let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::internal(format!("cannot start the recording: {e}")))?;
@@ -275,6 +292,14 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     task.stop();
+    // An owned mix job stops with its recording (RECORDING.md §2).
+    let owned = match &task.spec.lock().expect("spec").mode {
+        Mode::Mixed { owned_job: Some(job), .. } => Some(job.clone()),
+        _ => None,
+    };
+    if let Some(job) = owned {
+        state.mix_jobs.stop(&caller.app, &job);
+    }
     wait_for(&task, &["STOPPED", "FINISHED"]).await;
     Ok(Json(view(&id, &task)))
 }
