@@ -378,3 +378,26 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
     let _ = source.kill();
     let _ = source.wait();
 }
+
+#[test]
+fn auto_recording_starts_with_the_first_publication_and_ends_after_resume_wait() {
+    let dir = TempDir::new("auto-rec");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let body = br#"{"auto_recording":{"enabled":true,"format":"hls","resume_wait_s":2}}"#;
+    let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", body)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_millis(1500));
+    let cam = token(&data, "auto", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/auto/cam?token={cam}", rtmp_port(&server)), 6);
+    let list = poll(&server, &key, "/v1/recordings", Duration::from_secs(10), |v| v["items"].as_array().is_some_and(|a| a.iter().any(|r| r["room"] == "auto" && r["state"] == "RECORDING")));
+    let id = list["items"].as_array().unwrap().iter().find(|r| r["room"] == "auto").unwrap()["id"].as_str().unwrap().to_owned();
+    let _ = source.wait();
+    // The publisher is gone for longer than resume_wait_s: the task ends on its own.
+    let done = poll(&server, &key, &format!("/v1/recordings/{id}"), Duration::from_secs(20), |v| v["state"] == "FINISHED");
+    assert_eq!(done["leave_code"], 99, "{done}");
+    let names: Vec<&str> = done["files"].as_array().unwrap().iter().map(|f| f["file_name"].as_str().unwrap()).collect();
+    assert!(names.iter().any(|n| n.ends_with("__UserId_s_Y2Ft__UserId_e_main_video.m3u8")), "{names:?}");
+    assert_eq!(get(&server.url("/v1/recordings"), Some(&key)).json()["items"].as_array().unwrap().len(), 1, "one task for one publication");
+}

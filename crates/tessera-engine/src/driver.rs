@@ -33,6 +33,7 @@ enum Command {
     AddTap { key: RoomKey, with_mixes: bool, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
     RemoveTap { id: u64 },
     RoomPublishers { key: RoomKey, reply: oneshot::Sender<Vec<PublisherInfo>> },
+    RoomsWithAnchors { reply: oneshot::Sender<Vec<RoomKey>> },
     RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
 }
 
@@ -171,6 +172,10 @@ impl RtcHandle {
         self.ask(|reply| Command::RoomPublishers { key, reply }).await
     }
 
+    pub async fn rooms_with_anchors(&self) -> Result<Vec<RoomKey>, RtcServerError> {
+        self.ask(|reply| Command::RoomsWithAnchors { reply }).await
+    }
+
     pub async fn request_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
         self.tx.send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
     }
@@ -253,6 +258,9 @@ async fn run(
                     }
                     Command::RoomPublishers { key, reply } => {
                         let _ = reply.send(sfu.room_publishers(&key));
+                    }
+                    Command::RoomsWithAnchors { reply } => {
+                        let _ = reply.send(sfu.rooms_with_anchors());
                     }
                     Command::RequestKeyframe { key, user, stream } => {
                         sfu.request_keyframe_of(&key, &user, stream, now);

@@ -452,6 +452,11 @@ impl Sfu {
         self.request_keyframe(pub_id, mid, rid, now);
     }
 
+    /// Rooms where someone other than a mix publishes.
+    pub fn rooms_with_anchors(&self) -> Vec<RoomKey> {
+        self.rooms.iter().filter(|(_, r)| r.publishers.keys().any(|(u, _)| !u.as_str().starts_with("mix_"))).map(|(k, _)| k.clone()).collect()
+    }
+
     /// Whether someone publishes this (user, stream) in the room.
     pub fn is_published(&self, room: &RoomKey, user: &UserId, stream: StreamKind) -> bool {
         self.rooms.get(room).is_some_and(|r| r.publishers.contains_key(&(user.clone(), stream)))

@@ -196,6 +196,16 @@ impl RecordingTask {
 #[derive(Default)]
 pub struct Recordings {
     pub tasks: DashMap<String, Arc<RecordingTask>>,
+    /// Auto recording (RECORDING.md §6): the live auto task of each room, and the rooms that
+    /// were already publishing when the setting was found on (they are not recorded).
+    auto: Mutex<AutoState>,
+}
+
+#[derive(Default)]
+struct AutoState {
+    tasks: HashMap<RoomKey, String>,
+    enabled: std::collections::HashSet<AppId>,
+    excluded: std::collections::HashSet<RoomKey>,
 }
 
 impl Recordings {
@@ -227,6 +237,60 @@ impl Recordings {
         for t in self.tasks.iter() {
             t.stop();
         }
+    }
+
+    /// One pass of auto recording: a room of an app with `auto_recording.enabled` whose anchors
+    /// start publishing gets a single-stream recording with the app's settings; the task's
+    /// `max_idle_time` is `resume_wait_s`, so a short interruption keeps one task.
+    pub fn auto_pass(&self, apps: &crate::store::Apps, rooms: &[RoomKey], data_dir: &Path, rtc: &RtcHandle) {
+        let mut auto = self.auto.lock().expect("auto");
+        for (app_id, app) in apps.iter() {
+            let settings = &app.auto_recording;
+            if !settings.enabled {
+                if auto.enabled.remove(app_id) {
+                    auto.excluded.retain(|k| k.app != *app_id);
+                }
+                continue;
+            }
+            if auto.enabled.insert(app_id.clone()) {
+                // Just enabled: rooms already publishing are left alone.
+                let now_live: Vec<RoomKey> = rooms.iter().filter(|k| k.app == *app_id).cloned().collect();
+                auto.excluded.extend(now_live);
+                continue;
+            }
+            for key in rooms.iter().filter(|k| k.app == *app_id) {
+                if auto.excluded.contains(key) {
+                    continue;
+                }
+                let live = auto.tasks.get(key).and_then(|id| self.tasks.get(id)).is_some_and(|t| !matches!(t.status.lock().expect("status").state, "STOPPED" | "FINISHED"));
+                if live {
+                    continue;
+                }
+                let spec = RecordingSpec {
+                    id: tessera_model::TaskId::generate().as_str().to_owned(),
+                    app: app_id.clone(),
+                    room: key.room.clone(),
+                    mode: Mode::Single { streams: vec![StreamKind::Main, StreamKind::Aux], split: true },
+                    content: settings.content.clone(),
+                    format: settings.format.clone(),
+                    subscribe: tessera_engine::mcu::Subscribe::everyone(),
+                    segment_s: 6,
+                    split_minutes: settings.mp4_split_minutes,
+                    max_idle: Duration::from_secs(settings.resume_wait_s.into()),
+                    prefix: settings.prefix.clone(),
+                };
+                let id = spec.id.clone();
+                match self.start(spec, data_dir.to_path_buf(), rtc.clone()) {
+                    Ok(_) => {
+                        tracing::info!(recording = %id, room = %key.room, "auto recording started");
+                        auto.tasks.insert(key.clone(), id);
+                    }
+                    Err(e) => tracing::warn!("auto recording not started: {e}"),
+                }
+            }
+        }
+        // Rooms that emptied are no longer excluded: their next publication is recorded.
+        auto.excluded.retain(|k| rooms.contains(k));
     }
 
     /// The recording a stored file belongs to (by the task id in its path).

@@ -128,6 +128,17 @@ impl Server {
         self.state.recordings.resume(&self.state.config.data_dir, &self.state.rtc);
         self.state.relays.resume(&self.state.rtc);
         api::mixjobs::resume(&self.state).await;
+        // Auto recording watches rooms once a second.
+        let auto_state = self.state.clone();
+        let auto = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+            loop {
+                tick.tick().await;
+                let Ok(rooms) = auto_state.rtc.rooms_with_anchors().await else { continue };
+                let apps = auto_state.store.snapshot();
+                auto_state.recordings.auto_pass(&apps, &rooms, &auto_state.config.data_dir, &auto_state.rtc);
+            }
+        });
         tracing::info!(addr = %self.rtmp_addr, "RTMP listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drained = stop_rx.clone();
@@ -149,6 +160,7 @@ impl Server {
             }
         };
         rtmp.abort();
+        auto.abort();
         self.state.ingests.shutdown();
         self.state.mix_jobs.shutdown();
         self.state.relays.shutdown();
