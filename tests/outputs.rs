@@ -197,6 +197,12 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
     let owned_id = owned.json()["id"].as_str().unwrap().to_owned();
     let owned_job = owned.json()["mix_job_id"].as_str().expect("the recording owns a mix job").to_owned();
     assert_eq!(get(&server.url(&format!("/v1/mix-jobs/{owned_job}")), Some(&key)).json()["layout"]["template"], "float");
+    // The recording's PATCH changes its own job's layout; another recording has none to change.
+    let patch = br#"{"mix":{"layout":{"template":"nine_grid"}}}"#;
+    let r = request("PATCH", &server.url(&format!("/v1/recordings/{owned_id}")), Some(&key), Some(("application/json", patch)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(get(&server.url(&format!("/v1/mix-jobs/{owned_job}")), Some(&key)).json()["layout"]["template"], "nine_grid");
+    request("PATCH", &server.url(&format!("/v1/recordings/{single_id}")), Some(&key), Some(("application/json", patch)), &[]).expect_error(400, "invalid_parameter");
     request("POST", &server.url(&format!("/v1/recordings/{single_id}/resume")), Some(&key), None, &[]).expect_error(409, "invalid_state");
 
     std::thread::sleep(Duration::from_secs(8));

@@ -624,6 +624,12 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
 
 /// Each section present replaces that section entirely; applied at the job's next frame.
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(body): ApiJson<Value>) -> ApiResult<Json<Value>> {
+    apply_patch(&state, &caller, &id, body).await.map(Json)
+}
+
+/// A PATCH of a job (its own route, or a recording's owned `mix`).
+pub(crate) async fn apply_patch(state: &AppState, caller: &Caller, id: &str, body: Value) -> ApiResult<Value> {
+    let (state, id) = (state.clone(), id.to_owned());
     let job = find(&state, &caller.app, &id)?;
     let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
     if let Some(k) = top.keys().find(|k| !["layout", "subscribe", "audio", "encode", "video", "outputs"].contains(&k.as_str())) {
@@ -694,7 +700,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     });
     save(&task_path(&state, &id), &caller.app, &id, job.created_at, &request, "RUNNING");
     drop(request);
-    Ok(Json(view(&state, &id, &job)))
+    Ok(view(&state, &id, &job))
 }
 
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {

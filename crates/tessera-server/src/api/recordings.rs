@@ -263,6 +263,9 @@ pub struct UpdateRecording {
     subscribe: Option<SubscribeReq>,
     #[serde(default)]
     streams: Option<Vec<String>>,
+    /// For an owned mix job: `layout` and/or `audio`, each replacing its section.
+    #[serde(default)]
+    mix: Option<Value>,
 }
 
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRecording>) -> ApiResult<Json<Value>> {
@@ -270,6 +273,17 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     let current = task.status.lock().expect("status").state;
     if matches!(current, "STOPPED" | "FINISHED") {
         return Err(invalid_state(current));
+    }
+    if let Some(mix) = req.mix {
+        let owned = match &task.spec.lock().expect("spec").mode {
+            Mode::Mixed { owned_job: Some(job), .. } => job.clone(),
+            _ => return Err(bad("mix", "only a recording that owns its mix job can change it")),
+        };
+        let m = mix.as_object().ok_or_else(|| bad("mix", "must be an object"))?;
+        if let Some(k) = m.keys().find(|k| !["layout", "audio"].contains(&k.as_str())) {
+            return Err(bad(&format!("mix.{k}"), "only layout and audio can change"));
+        }
+        super::mixjobs::apply_patch(&state, &caller, &owned, mix).await?;
     }
     let mut spec = task.spec.lock().expect("spec");
     if let Some(sub) = req.subscribe {
