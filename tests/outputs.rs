@@ -102,6 +102,8 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     let path = format!("/v1/relays/{id}");
     poll(&server, &key, &path, Duration::from_secs(15), |v| v["urls"][0]["status"] == 2 && v["state"] == "ACTIVE");
     let running_at = Instant::now();
+    let metrics = get(&server.url("/metrics"), None).body;
+    assert!(metrics.lines().any(|l| l == "tessera_relay_urls{state=\"2\"} 1"), "{metrics}");
     std::thread::sleep(Duration::from_secs(8));
     // The CDN goes away: RECOVERING; it comes back: RUNNING again.
     interrupt(receiver);

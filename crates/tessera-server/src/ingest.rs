@@ -177,6 +177,11 @@ impl Ingests {
         self.tasks.iter().map(|t| t.record()).filter(|r| r.app == *app).collect()
     }
 
+    /// Every ingest's state, for the metrics.
+    pub fn all_states(&self) -> Vec<&'static str> {
+        self.tasks.iter().map(|t| t.record().state.as_str()).collect()
+    }
+
     /// Live (not stopped or failed) ingests of an app.
     pub fn live_count(&self, app: &AppId) -> usize {
         self.list(app).iter().filter(|r| !r.state.is_final()).count()

@@ -27,6 +27,20 @@ pub struct UserTypeLabel {
     pub user_type: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StateLabel {
+    pub state: String,
+}
+
+/// Task counts by state, gathered at scrape time (PRODUCT.md §11).
+#[derive(Debug, Default)]
+pub struct TaskCounts {
+    pub mix_jobs: i64,
+    pub relay_urls: Vec<(String, i64)>,
+    pub recordings: Vec<(String, i64)>,
+    pub ingests: Vec<(String, i64)>,
+}
+
 pub struct Metrics {
     registry: Registry,
     rooms: Gauge,
@@ -39,6 +53,10 @@ pub struct Metrics {
     uptime: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabel, Histogram>,
+    mix_jobs: Gauge,
+    relay_urls: Family<StateLabel, Gauge>,
+    recordings: Family<StateLabel, Gauge>,
+    ingests: Family<StateLabel, Gauge>,
 }
 
 impl Metrics {
@@ -65,7 +83,46 @@ impl Metrics {
         registry.register("tessera_keyframe_requests", "PLIs sent to producers (after throttling)", keyframe_requests.clone());
         let dropped = Counter::default();
         registry.register("tessera_rtp_packets_dropped", "RTP packets not forwarded because a viewer's send queue was full", dropped.clone());
-        Metrics { registry, rooms, participants, forwarded, received, keyframe_requests, dropped, started: Instant::now(), uptime, http_requests, http_duration }
+        let mix_jobs = Gauge::default();
+        registry.register("tessera_mix_jobs", "Mix jobs running", mix_jobs.clone());
+        let relay_urls = Family::<StateLabel, Gauge>::default();
+        registry.register("tessera_relay_urls", "Relay URLs by state (0-5)", relay_urls.clone());
+        let recordings = Family::<StateLabel, Gauge>::default();
+        registry.register("tessera_recordings", "Recordings by state", recordings.clone());
+        let ingests = Family::<StateLabel, Gauge>::default();
+        registry.register("tessera_ingests", "Pull ingests by state", ingests.clone());
+        Metrics {
+            registry,
+            rooms,
+            participants,
+            forwarded,
+            received,
+            keyframe_requests,
+            dropped,
+            started: Instant::now(),
+            uptime,
+            http_requests,
+            http_duration,
+            mix_jobs,
+            relay_urls,
+            recordings,
+            ingests,
+        }
+    }
+
+    /// Sets the task gauges; states not present any more read 0.
+    pub fn observe_tasks(&self, counts: &TaskCounts) {
+        self.mix_jobs.set(counts.mix_jobs);
+        for (family, values, states) in [
+            (&self.relay_urls, &counts.relay_urls, &["0", "1", "2", "3", "4", "5"][..]),
+            (&self.recordings, &counts.recordings, &["PREPARED", "RECORDING", "PAUSED", "STOPPED", "FINISHED"][..]),
+            (&self.ingests, &counts.ingests, &["STARTING", "RUNNING", "RETRYING", "STOPPED", "FAILED"][..]),
+        ] {
+            for s in states {
+                let n = values.iter().filter(|(k, _)| k == s).map(|(_, n)| *n).sum();
+                family.get_or_create(&StateLabel { state: s.to_string() }).set(n);
+            }
+        }
     }
 
     /// Copies the engine's state and counters into the registry before a scrape.

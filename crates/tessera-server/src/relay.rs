@@ -243,6 +243,11 @@ impl Relays {
         self.tasks.get(id).map(|t| t.clone()).filter(|t| t.record.lock().expect("relay record").app == *app)
     }
 
+    /// Every URL's status, for the metrics.
+    pub fn all_url_states(&self) -> Vec<u8> {
+        self.tasks.iter().flat_map(|t| t.record().urls.iter().map(|u| u.status).collect::<Vec<_>>()).collect()
+    }
+
     pub fn list(&self, app: &AppId) -> Vec<RelayRecord> {
         self.tasks.iter().map(|t| t.record()).filter(|r| r.app == *app).collect()
     }

@@ -49,7 +49,7 @@ impl MixJobs {
         self.jobs.get(id).is_some_and(|j| j.app == *app)
     }
 
-    fn running(&self) -> usize {
+    pub fn running(&self) -> usize {
         self.jobs.iter().filter(|j| j.handle.status().state != MixState::Stopped).count()
     }
 

@@ -165,6 +165,12 @@ async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
 async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.rtc.stats().await.unwrap_or_default();
     state.metrics.observe_sfu(&stats, &state.rtc.counters);
+    state.metrics.observe_tasks(&crate::metrics::TaskCounts {
+        mix_jobs: state.mix_jobs.running() as i64,
+        relay_urls: state.relays.all_url_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
+        recordings: state.recordings.tasks.iter().map(|t| (t.status.lock().expect("status").state.to_string(), 1)).collect(),
+        ingests: state.ingests.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
+    });
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }
 
