@@ -3,6 +3,7 @@
 //! jitter buffer and codec bitstream helpers join this crate as the SFU and MCU land.
 
 pub mod h264;
+pub mod rtp;
 pub mod vp8;
 
 use serde::{Deserialize, Serialize};

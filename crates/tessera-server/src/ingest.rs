@@ -111,6 +111,10 @@ pub struct IngestTask {
 }
 
 impl IngestTask {
+    fn new(record: IngestRecord, tasks_dir: Option<PathBuf>) -> IngestTask {
+        IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir }
+    }
+
     pub fn record(&self) -> IngestRecord {
         self.record.lock().expect("ingest record").clone()
     }
@@ -218,7 +222,7 @@ impl Ingests {
 
     fn spawn(&self, record: IngestRecord, rtc: RtcHandle) {
         let id = record.id.clone();
-        let task = Arc::new(IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir: self.tasks_dir.clone() });
+        let task = Arc::new(IngestTask::new(record, self.tasks_dir.clone()));
         self.tasks.insert(id.clone(), task.clone());
         let runtime = tokio::runtime::Handle::current();
         let spawned = std::thread::Builder::new().name(format!("ingest-{id}")).spawn(move || worker(task, rtc, runtime));
@@ -262,7 +266,7 @@ impl Ingests {
                 // Finished tasks stay readable (PRODUCT.md §10: retention).
                 self.tasks.insert(
                     record.id.clone(),
-                    Arc::new(IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir: self.tasks_dir.clone() }),
+                    Arc::new(IngestTask::new(record, self.tasks_dir.clone())),
                 );
                 continue;
             }

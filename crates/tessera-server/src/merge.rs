@@ -5,7 +5,6 @@
 //! (black where no video), places audio on the timeline (silence in holes), and encodes H.264 +
 //! AAC into the MP4.
 
-use crate::recording::id_in_name;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use tessera_transcode::decode::AacEncoder;
@@ -313,7 +312,6 @@ pub fn run(options: &MergeOptions, progress: &mut dyn FnMut(&str, u32)) -> Resul
         let label = format!("{} {}", o.user, o.start_ms);
         written.push(render(o, options, &mut |p| progress(&label, p))?);
     }
-    let _ = id_in_name;
     Ok(written)
 }
 

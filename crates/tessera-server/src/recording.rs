@@ -498,9 +498,7 @@ struct Segment {
     part: PathBuf,
     name: String,
     first_ms: i64,
-    last_ms: i64,
     begin_unix: i64,
-    end_unix: i64,
 }
 
 /// One playlist: its segments and the one being written.
@@ -529,7 +527,13 @@ struct HlsWriter {
     /// Last timestamps written per track: the muxer needs them increasing.
     last_video_ms: i64,
     last_audio_ms: i64,
-    write_errors: u64,
+}
+
+/// A sample the muxer refused is dropped, not the recording: logged, and the next one goes on.
+fn not_written(track: &str, r: Result<(), tessera_transcode::TranscodeError>) {
+    if let Err(e) = r {
+        tracing::debug!("{track} not written: {e}");
+    }
 }
 
 impl HlsWriter {
@@ -557,7 +561,7 @@ impl HlsWriter {
         let ts = TsSegment::create(&part, if self.video { self.size } else { None }, self.audio.as_ref()).map_err(|e| e.to_string())?;
         self.start_rec_time.get_or_insert(unix_ms);
         self.first_play_ms.get_or_insert(clock_ms);
-        self.current = Some(Segment { ts, part, name, first_ms: clock_ms, last_ms: clock_ms, begin_unix: unix_ms, end_unix: unix_ms });
+        self.current = Some(Segment { ts, part, name, first_ms: clock_ms, begin_unix: unix_ms });
         Ok(())
     }
 
@@ -586,7 +590,6 @@ impl HlsWriter {
             stored: true,
             play_time_ms: seg.first_ms,
         });
-        let _ = seg.end_unix;
         self.write_playlist(false)
     }
 
@@ -613,13 +616,7 @@ impl HlsWriter {
         }
         let clock_ms = clock_ms.max(self.last_video_ms + 1);
         self.last_video_ms = clock_ms;
-        let seg = self.current.as_mut().expect("open");
-        if let Err(e) = seg.ts.write_video(annex_b, clock_ms, keyframe) {
-            self.write_errors += 1;
-            tracing::debug!("video not written: {e}");
-        }
-        seg.last_ms = clock_ms;
-        seg.end_unix = unix_ms;
+        not_written("video", self.current.as_mut().expect("open").ts.write_video(annex_b, clock_ms, keyframe));
         self.last_ms = clock_ms + 40;
         Ok(())
     }
@@ -630,10 +627,7 @@ impl HlsWriter {
             // Muxed: audio rides in the video's segments.
             if let Some(seg) = self.current.as_mut() {
                 self.last_audio_ms = clock_ms;
-                if let Err(e) = seg.ts.write_audio(aac, clock_ms) {
-                    self.write_errors += 1;
-                    tracing::debug!("audio not written: {e}");
-                }
+                not_written("audio", seg.ts.write_audio(aac, clock_ms));
             }
             return Ok(());
         }
@@ -644,13 +638,7 @@ impl HlsWriter {
         if self.current.is_none() {
             self.open(clock_ms, unix_ms)?;
         }
-        let seg = self.current.as_mut().expect("open");
-        if let Err(e) = seg.ts.write_audio(aac, clock_ms) {
-            self.write_errors += 1;
-            tracing::debug!("audio not written: {e}");
-        }
-        seg.last_ms = clock_ms;
-        seg.end_unix = unix_ms;
+        not_written("audio", self.current.as_mut().expect("open").ts.write_audio(aac, clock_ms));
         self.last_ms = clock_ms + 21;
         Ok(())
     }
@@ -728,7 +716,6 @@ impl Worker {
             keyframe_asked: false,
             last_video_ms: -1,
             last_audio_ms: -1,
-            write_errors: 0,
         });
         self.writers.len() - 1
     }
@@ -1022,7 +1009,7 @@ fn record(
     loop {
         let now = Instant::now();
         if task.stop.load(Ordering::SeqCst) {
-            close_all(task, &clock, now)?;
+            note_clock(task, &clock, now);
             return Ok(0);
         }
         let stop_for = if clock.as_ref().is_some_and(|c| c.paused_since.is_some_and(|p| now - p >= MAX_PAUSE)) {
@@ -1035,7 +1022,7 @@ fn record(
             None
         };
         if let Some(code) = stop_for {
-            close_all(task, &clock, now)?;
+            note_clock(task, &clock, now);
             return Ok(code);
         }
         // Pause / resume.
@@ -1071,14 +1058,14 @@ fn record(
             if anchors {
                 idle_since = None;
             } else if now - *idle_since.get_or_insert(now) >= spec.max_idle {
-                close_all(task, &clock, now)?;
+                note_clock(task, &clock, now);
                 return Ok(99);
             }
             if let Mode::Mixed { mix_user, .. } = &spec.mode {
                 if publishers.iter().any(|p| &p.user == mix_user) {
                     mix_gone_since = None;
                 } else if clock.is_some() && now - *mix_gone_since.get_or_insert(now) >= Duration::from_secs(3) {
-                    close_all(task, &clock, now)?;
+                    note_clock(task, &clock, now);
                     return Ok(105);
                 }
             }
@@ -1131,11 +1118,10 @@ fn record(
 }
 
 /// Notes the task clock at stop (TotalTime); the writers are finished by the caller.
-fn close_all(task: &RecordingTask, clock: &Option<TaskClock>, now: Instant) -> Result<(), String> {
+fn note_clock(task: &RecordingTask, clock: &Option<TaskClock>, now: Instant) {
     if let Some(c) = clock {
         task.status.lock().expect("status").clock_ms = c.now_ms(now);
     }
-    Ok(())
 }
 
 fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64, rtc: &RtcHandle, runtime: &tokio::runtime::Handle, room: &RoomKey) -> Result<(), String> {

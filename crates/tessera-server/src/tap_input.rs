@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use tessera_engine::TapPacket;
 use tessera_media::h264::{self, nal_type};
+use tessera_media::rtp::{AuAssembler, Push};
 use tessera_media::Codec;
 use tessera_transcode::decode::{VideoCodec, VideoDecoder};
 use tessera_transcode::video::{default_kbps, EncoderSettings, OpenH264Encoder};
@@ -52,39 +53,36 @@ pub enum VideoUnit {
 /// Access-unit reassembly and, for VP8, the transcode to H.264.
 pub struct VideoInput {
     clock: TrackClock,
-    au: Vec<(u64, Arc<[u8]>)>,
-    au_ts: Option<u32>,
+    au: AuAssembler,
     waiting_keyframe: bool,
     vp8: Option<(VideoDecoder, Option<OpenH264Encoder>)>,
 }
 
 impl Default for VideoInput {
     fn default() -> Self {
-        VideoInput { clock: TrackClock::video(), au: Vec::new(), au_ts: None, waiting_keyframe: true, vp8: None }
+        VideoInput { clock: TrackClock::video(), au: AuAssembler::default(), waiting_keyframe: true, vp8: None }
     }
 }
 
 impl VideoInput {
     pub fn push(&mut self, p: &TapPacket, arrival_ms: i64) -> Result<VideoUnit, String> {
-        if self.au_ts.is_some_and(|t| t != p.ts) && !self.au.is_empty() {
-            // The previous unit never saw its marker.
-            self.au.clear();
+        let push = self.au.push(p.seq, p.ts, p.marker, p.payload.clone());
+        if self.au.take_abandoned() {
             self.waiting_keyframe = true;
         }
-        self.au_ts = Some(p.ts);
-        self.au.push((p.seq, p.payload.clone()));
-        if !p.marker {
-            return Ok(VideoUnit::None);
-        }
-        let mut unit = std::mem::take(&mut self.au);
-        unit.sort_by_key(|(s, _)| *s);
+        let unit = match push {
+            Push::Pending => return Ok(VideoUnit::None),
+            Push::Gap => {
+                // The clock still follows this unit's timestamp.
+                self.clock.ms(p.ts, arrival_ms);
+                self.waiting_keyframe = true;
+                return Ok(VideoUnit::Lost);
+            }
+            Push::Unit(unit) => unit,
+        };
         let ms = self.clock.ms(p.ts, arrival_ms);
-        if !unit.windows(2).all(|w| w[1].0 == w[0].0 + 1) {
-            self.waiting_keyframe = true;
-            return Ok(VideoUnit::Lost);
-        }
         let nalus = match p.codec {
-            Codec::H264 => h264::depacketize(&unit.iter().map(|(_, x)| x.to_vec()).collect::<Vec<_>>()),
+            Codec::H264 => h264::depacketize(&unit.iter().map(|x| x.to_vec()).collect::<Vec<_>>()),
             Codec::Vp8 => match self.vp8_to_h264(&unit, ms)? {
                 Some(n) => n,
                 None => return Ok(VideoUnit::None),
@@ -103,9 +101,9 @@ impl VideoInput {
     }
 
     /// VP8 is decoded and re-encoded at its own size, at most 4 Mbit/s.
-    fn vp8_to_h264(&mut self, unit: &[(u64, Arc<[u8]>)], ms: i64) -> Result<Option<Vec<Vec<u8>>>, String> {
+    fn vp8_to_h264(&mut self, unit: &[Arc<[u8]>], ms: i64) -> Result<Option<Vec<Vec<u8>>>, String> {
         let mut frame = Vec::new();
-        for (_, x) in unit {
+        for x in unit {
             if let Some((_, body)) = tessera_media::vp8::depacketize(x) {
                 frame.extend_from_slice(body);
             }

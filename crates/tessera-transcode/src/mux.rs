@@ -280,8 +280,7 @@ impl FileDecoder {
             }
         }
         let index = packet.stream();
-        if let Some((vi, decoder, tb)) = self.video.as_mut().filter(|(i, ..)| *i == index) {
-            let _ = vi;
+        if let Some((_, decoder, tb)) = self.video.as_mut().filter(|(i, ..)| *i == index) {
             let tb = *tb;
             if decoder.send_packet(&packet).is_ok() {
                 let mut frame = ff::frame::Video::empty();

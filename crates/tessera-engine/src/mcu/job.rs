@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_media::h264::{self, H264Packetizer};
+use tessera_media::rtp::{AuAssembler, Push};
 use tessera_media::{Codec, StreamKind};
 use tessera_model::UserId;
 use tessera_transcode::compose::{Canvas, Rect};
@@ -271,8 +272,7 @@ fn unix_ms() -> i64 {
 struct VideoIn {
     codec: Codec,
     decoder: Option<VideoDecoder>,
-    au_ts: Option<u32>,
-    au: Vec<(u64, Arc<[u8]>)>,
+    au: AuAssembler,
     waiting_keyframe: bool,
     last_picture: Option<Instant>,
     last_keyframe_request: Option<Instant>,
@@ -408,8 +408,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                     let v = input.video.get_or_insert_with(|| VideoIn {
                         codec: p.codec,
                         decoder: None,
-                        au_ts: None,
-                        au: Vec::new(),
+                        au: AuAssembler::default(),
                         waiting_keyframe: true,
                         last_picture: None,
                         last_keyframe_request: None,
@@ -642,33 +641,28 @@ fn candidates(spec: &MixSpec, publishers: &[PublisherInfo]) -> Vec<InputKey> {
 /// Adds one RTP packet to its access unit and decodes the unit when complete. Returns whether a
 /// keyframe should be asked for (a gap, a decode error).
 fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
-    if v.au_ts.is_some_and(|ts| ts != p.ts) && !v.au.is_empty() {
-        // The previous unit never saw its marker: lost.
-        v.au.clear();
+    let push = v.au.push(p.seq, p.ts, p.marker, p.payload.clone());
+    if v.au.take_abandoned() {
         v.waiting_keyframe = true;
     }
-    v.au_ts = Some(p.ts);
-    v.au.push((p.seq, p.payload.clone()));
-    if !p.marker {
-        return false;
-    }
-    let mut au = std::mem::take(&mut v.au);
-    au.sort_by_key(|(s, _)| *s);
-    let contiguous = au.windows(2).all(|w| w[1].0 == w[0].0 + 1);
-    if !contiguous {
-        v.waiting_keyframe = true;
-        return true;
-    }
+    let au = match push {
+        Push::Pending => return false,
+        Push::Gap => {
+            v.waiting_keyframe = true;
+            return true;
+        }
+        Push::Unit(au) => au,
+    };
     let (data, keyframe, codec) = match v.codec {
         Codec::H264 => {
-            let payloads: Vec<Vec<u8>> = au.iter().map(|(_, p)| p.to_vec()).collect();
+            let payloads: Vec<Vec<u8>> = au.iter().map(|p| p.to_vec()).collect();
             let nalus = h264::depacketize(&payloads);
             let key = nalus.iter().any(|n| h264::nal_type(n) == Some(h264::NAL_IDR));
             (h264::to_annex_b(&nalus), key, VideoCodec::H264)
         }
         Codec::Vp8 => {
             let mut frame = Vec::new();
-            for (_, p) in &au {
+            for p in &au {
                 if let Some((_, body)) = tessera_media::vp8::depacketize(p) {
                     frame.extend_from_slice(body);
                 }

@@ -436,7 +436,7 @@ fn check_outputs(v: &Value) -> ApiResult<Vec<String>> {
     Ok(urls)
 }
 
-fn view(state: &AppState, id: &str, job: &MixJob) -> Value {
+fn view(id: &str, job: &MixJob) -> Value {
     let mut v = job.request.lock().expect("mix request").clone();
     let status = job.handle.status();
     let spec = job.handle.spec();
@@ -460,13 +460,12 @@ fn view(state: &AppState, id: &str, job: &MixJob) -> Value {
     v["leave_code"] = json!(status.leave_code);
     v["error"] = json!(status.error);
     v["image_errors"] = json!(*job.image_errors.lock().expect("image errors"));
-    let _ = state;
     v
 }
 
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(body): ApiJson<Value>) -> ApiResult<(StatusCode, Json<Value>)> {
     let (id, job) = start_job(&state, &caller.app, body, None).await?;
-    Ok((StatusCode::CREATED, Json(view(&state, &id, &job))))
+    Ok((StatusCode::CREATED, Json(view(&id, &job))))
 }
 
 fn task_path(state: &AppState, id: &str) -> std::path::PathBuf {
@@ -613,13 +612,13 @@ fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.mix_jobs.jobs.iter().filter(|j| j.app == caller.app).map(|j| view(&state, j.key(), j.value())).collect();
+    let items = state.mix_jobs.jobs.iter().filter(|j| j.app == caller.app).map(|j| view(j.key(), j.value())).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let job = find(&state, &caller.app, &id)?;
-    Ok(Json(view(&state, &id, &job)))
+    Ok(Json(view(&id, &job)))
 }
 
 /// Each section present replaces that section entirely; applied at the job's next frame.
@@ -700,7 +699,7 @@ pub(crate) async fn apply_patch(state: &AppState, caller: &Caller, id: &str, bod
     });
     save(&task_path(&state, &id), &caller.app, &id, job.created_at, &request, "RUNNING");
     drop(request);
-    Ok(view(&state, &id, &job))
+    Ok(view(&id, &job))
 }
 
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
@@ -714,5 +713,5 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
     while job.handle.status().state != MixState::Stopped && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    Ok(Json(view(&state, &id, &job)))
+    Ok(Json(view(&id, &job)))
 }
