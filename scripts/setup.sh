@@ -10,8 +10,9 @@ want_test=0
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 
-# Build: a C toolchain for -sys crates, bindgen's libclang, FFmpeg 5.1 and Opus headers.
-pkgs=(pkg-config clang libclang-dev nasm cmake
+# Build: C and C++ toolchains for -sys crates (OpenH264 is built from its C++ source),
+# bindgen's libclang, FFmpeg 5.1 and Opus headers.
+pkgs=(pkg-config g++ clang libclang-dev nasm cmake
       libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev
       libavfilter-dev libavdevice-dev libopus-dev ffmpeg ca-certificates curl)
 if [ "$want_test" = 1 ]; then
