@@ -409,3 +409,70 @@ fn auto_recording_starts_with_the_first_publication_and_ends_after_resume_wait()
     assert!(names.iter().any(|n| n.ends_with("__UserId_s_Y2Ft__UserId_e_main_video.m3u8")), "{names:?}");
     assert_eq!(get(&server.url("/v1/recordings"), Some(&key)).json()["items"].as_array().unwrap().len(), 1, "one task for one publication");
 }
+
+#[test]
+fn webhooks_are_signed_retried_at_once_and_survive_a_crash() {
+    let dir = TempDir::new("hooks");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let refuse = dir.path().join("refuse");
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &["--fail-first", "801", "--status-file", refuse.to_str().unwrap()]);
+    // A key is required with a URL.
+    let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", format!(r#"{{"webhook":{{"url":"{}"}}}}"#, hooks.url()).as_bytes())), &[]);
+    r.expect_error(400, "invalid_parameter");
+    hooks.subscribe(&server, &key, "k3yA");
+
+    // 801: the first attempt is answered 500, the second follows at once with the same id.
+    let r = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "hooks", "encode": {"template": "360p"}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let job = r.json()["id"].as_str().unwrap().to_owned();
+    let events = hooks.wait_for(Duration::from_secs(10), "801", |e| codes_of(e, &job) == [801]);
+    let start = &events[0];
+    assert_eq!(start["EventGroupId"], 8);
+    assert_eq!(start["EventInfo"]["UserId"], format!("mix_{job}"));
+    assert_eq!(start["EventInfo"]["RoomId"], "hooks");
+    assert_eq!(start["EventInfo"]["RoomType"], 1);
+    assert_eq!(start["EventInfo"]["Payload"]["Status"], 0);
+    let ms = start["EventInfo"]["EventMsTs"].as_i64().unwrap();
+    assert_eq!(start["EventInfo"]["EventTs"].as_i64().unwrap(), ms / 1000);
+    assert!(start["CallbackTs"].as_i64().unwrap() >= ms);
+    let attempts: Vec<Value> = hooks.requests().into_iter().filter(|r| r["body"]["EventType"] == 801).collect();
+    assert_eq!(attempts.len(), 2, "{attempts:?}");
+    assert_eq!((attempts[0]["status"].as_u64(), attempts[0]["attempt"].as_u64()), (Some(500), Some(1)));
+    assert_eq!((attempts[1]["status"].as_u64(), attempts[1]["attempt"].as_u64()), (Some(200), Some(2)));
+    assert_eq!(attempts[0]["event_id"], attempts[1]["event_id"]);
+    let gap = attempts[1]["t"].as_f64().unwrap() - attempts[0]["t"].as_f64().unwrap();
+    assert!(gap < 1.0, "the second attempt came {gap:.2} s after the first");
+    assert_eq!(attempts[0]["app"], "default");
+    assert_eq!(attempts[0]["content_type"], "application/json; charset=utf-8");
+
+    // The backend is down while the job stops: 802 waits in the outbox, through a kill -9.
+    std::fs::write(&refuse, "503").unwrap();
+    let r = request("DELETE", &server.url(&format!("/v1/mix-jobs/{job}")), Some(&key), None, &[]);
+    assert_eq!(r.status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !hooks.requests().iter().any(|r| r["body"]["EventType"] == 802) {
+        assert!(Instant::now() < deadline, "802 was never attempted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused_id = hooks.requests().iter().find(|r| r["body"]["EventType"] == 802).unwrap()["event_id"].clone();
+    let metrics = get(&server.url("/metrics"), None).body;
+    assert!(metrics.contains("tessera_webhook_deliveries_total{result=\"ok\"} 1"), "{metrics}");
+    assert!(metrics.contains("tessera_webhook_deliveries_total{result=\"retry\"}"), "{metrics}");
+    assert_eq!(std::fs::read_dir(data.join("outbox")).unwrap().count(), 1, "the pending 802 is in the outbox");
+    server.crash();
+    std::fs::remove_file(&refuse).unwrap();
+    let server = Server::start(&data, &[]);
+    let events = hooks.wait_for(Duration::from_secs(10), "802 after the restart", |e| codes_of(e, &job) == [801, 802]);
+    assert_eq!(events[1]["EventInfo"]["Payload"]["LeaveCode"], 0);
+    let delivered = hooks.requests().into_iter().find(|r| r["status"] == 200 && r["body"]["EventType"] == 802).unwrap();
+    assert_eq!(delivered["event_id"], refused_id, "the same event, not a new one");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while std::fs::read_dir(data.join("outbox")).unwrap().count() > 0 {
+        assert!(Instant::now() < deadline, "the outbox was not emptied");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true), "a Sign did not verify");
+    drop(server);
+}

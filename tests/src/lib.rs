@@ -124,13 +124,13 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
-    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
     /// `kill -9`: no shutdown at all (crash-recovery tests).
     pub fn crash(mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 
+    /// Sends SIGTERM and waits (at most 10 s) for the exit status.
     pub fn stop(mut self) -> ExitStatus {
         let pid = self.child.id().to_string();
         Command::new("kill").args(["-TERM", &pid]).status().expect("kill");
@@ -393,4 +393,94 @@ pub fn rtmp_port(server: &Server) -> u16 {
         .and_then(|hp| hp.rsplit(':').next())
         .and_then(|p| p.parse().ok())
         .unwrap_or_else(|| panic!("no RTMP line in the banner:\n{}", server.banner))
+}
+
+/// An app backend's webhook endpoint: `tests/clients/webhook_receiver.py`, which checks every
+/// `Sign` with Python's own HMAC and logs each request. Killed on drop.
+pub struct WebhookReceiver {
+    child: Child,
+    pub port: u16,
+    log: PathBuf,
+}
+
+impl WebhookReceiver {
+    /// Listens on a free loopback port; `extra` are the script's options (`--fail-first 401`).
+    pub fn start(dir: &Path, key: &str, extra: &[&str]) -> WebhookReceiver {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        Self::start_on(dir, port, key, extra)
+    }
+
+    pub fn start_on(dir: &Path, port: u16, key: &str, extra: &[&str]) -> WebhookReceiver {
+        let log = dir.join(format!("webhooks-{port}.jsonl"));
+        let child = Command::new("python3")
+            .arg(repo_root().join("tests/clients/webhook_receiver.py"))
+            .args([&port.to_string(), key, log.to_str().unwrap()])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("python3");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "the webhook receiver did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        WebhookReceiver { child, port, log }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/hook", self.port)
+    }
+
+    /// Every request received so far, in arrival order.
+    pub fn requests(&self) -> Vec<Value> {
+        std::fs::read_to_string(&self.log).unwrap_or_default().lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+
+    /// The events answered with 2xx, once each, sorted by `EventMsTs` as a receiver would.
+    pub fn events(&self) -> Vec<Value> {
+        let mut seen = std::collections::HashSet::new();
+        let mut out: Vec<Value> = self
+            .requests()
+            .into_iter()
+            .filter(|r| r["status"].as_u64().is_some_and(|s| (200..300).contains(&s)))
+            .filter(|r| seen.insert(r["event_id"].as_str().unwrap_or("").to_owned()))
+            .map(|r| r["body"].clone())
+            .collect();
+        out.sort_by_key(|e| e["EventInfo"]["EventMsTs"].as_i64().unwrap_or(0));
+        out
+    }
+
+    /// Waits until `done` holds for the delivered events, and returns them.
+    pub fn wait_for(&self, limit: Duration, what: &str, done: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let events = self.events();
+            if done(&events) {
+                return events;
+            }
+            let codes: Vec<u64> = events.iter().filter_map(|e| e["EventType"].as_u64()).collect();
+            assert!(Instant::now() < deadline, "webhooks: {what} never arrived; got {codes:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Points the app's webhook at this receiver (PATCH /v1/app).
+    pub fn subscribe(&self, server: &Server, api_key: &str, key: &str) {
+        let body = serde_json::json!({"webhook": {"url": self.url(), "key": key}}).to_string();
+        let r = request("PATCH", &server.url("/v1/app"), Some(api_key), Some(("application/merge-patch+json", body.as_bytes())), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
+}
+
+impl Drop for WebhookReceiver {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The event codes among `events` whose `EventInfo.TaskId` is `task`, in order.
+pub fn codes_of(events: &[Value], task: &str) -> Vec<u64> {
+    events.iter().filter(|e| e["EventInfo"]["TaskId"] == task).filter_map(|e| e["EventType"].as_u64()).collect()
 }

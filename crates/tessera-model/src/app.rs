@@ -73,6 +73,17 @@ fn check_url(field: &str, url: &str) -> Result<(), AppError> {
 }
 
 impl WebhookSettings {
+    /// Where events of `group` go and the key that signs them; `None` when the app does not
+    /// send that group (no URL for it, or not in `groups`).
+    pub fn target(&self, group: u8) -> Option<(&str, &str)> {
+        if !self.groups.contains(&group) {
+            return None;
+        }
+        let name = WEBHOOK_GROUPS.iter().find(|(_, g)| *g == group)?.0;
+        let url = self.urls.get(name).or(self.url.as_ref())?;
+        Some((url.as_str(), self.key.as_deref()?))
+    }
+
     pub fn validate(&self) -> Result<(), AppError> {
         if let Some(url) = &self.url {
             check_url("webhook.url", url)?;
@@ -286,6 +297,15 @@ mod tests {
         }
         assert_eq!(a.remove_secret("k2").unwrap_err(), AppError::LastSecret("k2".into()));
         assert!(a.add_secret(Kid::parse("x").unwrap(), "short".into(), 0).is_err());
+    }
+
+    #[test]
+    fn webhook_targets_follow_groups_and_overrides() {
+        let w: WebhookSettings = serde_json::from_str(r#"{"url":"http://a/x","key":"k","urls":{"recording":"http://b/y"},"groups":[1,3,4]}"#).unwrap();
+        assert_eq!(w.target(1), Some(("http://a/x", "k")));
+        assert_eq!(w.target(3), Some(("http://b/y", "k")));
+        assert_eq!(w.target(7), None);
+        assert_eq!(WebhookSettings::default().target(1), None);
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! function that unit tests exercise directly.
 
 pub mod apikey;
+pub mod events;
 pub mod app;
 pub mod ids;
 pub mod privileges;

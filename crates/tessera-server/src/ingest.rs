@@ -108,11 +108,26 @@ pub struct IngestTask {
     /// start resumes the task.
     shutting_down: std::sync::atomic::AtomicBool,
     tasks_dir: Option<PathBuf>,
+    hooks: crate::webhook::Webhooks,
 }
 
 impl IngestTask {
-    fn new(record: IngestRecord, tasks_dir: Option<PathBuf>) -> IngestTask {
-        IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir }
+    fn new(record: IngestRecord, tasks_dir: Option<PathBuf>, hooks: crate::webhook::Webhooks) -> IngestTask {
+        IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir, hooks }
+    }
+
+    /// Event 701 (`status`: 0 started, 1 failed for good, 2 about to retry) or 702 (`reason`).
+    fn report(&self, code: u16, status: i64, reason: Option<&str>) {
+        let r = self.record();
+        let info = tessera_model::events::EventInfo {
+            task_id: Some(r.id.clone()),
+            user_id: Some(r.user.to_string()),
+            url: Some(r.url.clone()),
+            status: Some(status),
+            reason: reason.map(|w| serde_json::Value::String(w.to_string())),
+            ..tessera_model::events::EventInfo::room(r.room.as_str())
+        };
+        self.hooks.emit(&r.app, code, info);
     }
 
     pub fn record(&self) -> IngestRecord {
@@ -131,6 +146,13 @@ impl IngestTask {
     }
 
     fn set_state(&self, state: IngestState, error: Option<String>) {
+        let before = self.record.lock().expect("ingest record").state;
+        match state {
+            IngestState::Running if before != IngestState::Running => self.report(701, 0, None),
+            IngestState::Retrying => self.report(701, 2, None),
+            IngestState::Failed => self.report(701, 1, None),
+            _ => {}
+        }
         self.update(true, |r| {
             if r.state != state {
                 r.since = crate::now_ms();
@@ -155,6 +177,7 @@ fn save(dir: Option<&PathBuf>, record: &IngestRecord) {
 
 /// Every ingest of the server.
 pub struct Ingests {
+    hooks: crate::webhook::Webhooks,
     tasks: DashMap<String, Arc<IngestTask>>,
     tasks_dir: Option<PathBuf>,
 }
@@ -169,8 +192,8 @@ pub struct NewIngest {
 }
 
 impl Ingests {
-    pub fn new(tasks_dir: Option<PathBuf>) -> Ingests {
-        Ingests { tasks: DashMap::new(), tasks_dir }
+    pub fn new(tasks_dir: Option<PathBuf>, hooks: crate::webhook::Webhooks) -> Ingests {
+        Ingests { tasks: DashMap::new(), tasks_dir, hooks }
     }
 
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<IngestTask>> {
@@ -222,7 +245,7 @@ impl Ingests {
 
     fn spawn(&self, record: IngestRecord, rtc: RtcHandle) {
         let id = record.id.clone();
-        let task = Arc::new(IngestTask::new(record, self.tasks_dir.clone()));
+        let task = Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone()));
         self.tasks.insert(id.clone(), task.clone());
         let runtime = tokio::runtime::Handle::current();
         let spawned = std::thread::Builder::new().name(format!("ingest-{id}")).spawn(move || worker(task, rtc, runtime));
@@ -266,7 +289,7 @@ impl Ingests {
                 // Finished tasks stay readable (PRODUCT.md §10: retention).
                 self.tasks.insert(
                     record.id.clone(),
-                    Arc::new(IngestTask::new(record, self.tasks_dir.clone())),
+                    Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone())),
                 );
                 continue;
             }
@@ -318,18 +341,19 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
     let mut output: Option<Output> = None;
     let mut schedule = RetrySchedule::default();
     let mut plays_done = task.record().plays_done;
-    let (state, error) = loop {
+    // 702's Reason: `api` unless the source ended or failed.
+    let (state, error, reason) = loop {
         if task.interrupt.is_raised() {
-            break (IngestState::Stopped, None);
+            break (IngestState::Stopped, None, "api");
         }
         let url = task.switch_to.lock().expect("switch").take().unwrap_or_else(|| task.record().url);
         let base_ms = output.as_ref().map(|o| o.next_base_ms).unwrap_or(0);
         let failure = match PullSource::open(&url, base_ms, task.interrupt.clone()) {
-            Err(SourceError::Stopped) => break (IngestState::Stopped, None),
+            Err(SourceError::Stopped) => break (IngestState::Stopped, None, "api"),
             Err(e) => e.to_string(),
             Ok(mut source) => {
                 if output.is_none() {
-                    let Ok(publisher) = runtime.block_on(rtc.add_ingest(spec.clone())) else { break (IngestState::Failed, Some("the media engine stopped".into())) };
+                    let Ok(publisher) = runtime.block_on(rtc.add_ingest(spec.clone())) else { break (IngestState::Failed, Some("the media engine stopped".into()), "source_failed") };
                     output = Some(Output {
                         publisher,
                         h264: H264Packetizer::new(MAX_RTP_PAYLOAD),
@@ -348,13 +372,13 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
                 task.update(false, |r| r.source = Some(description));
                 task.set_state(IngestState::Running, None);
                 match play(&task, &mut source, out, &rtc, &runtime) {
-                    Outcome::Stopped => break (IngestState::Stopped, None),
+                    Outcome::Stopped => break (IngestState::Stopped, None, "api"),
                     Outcome::Switched => continue,
                     Outcome::Ended if !source.live => {
                         plays_done += 1;
                         task.update(true, |r| r.plays_done = plays_done);
                         if repeat >= 0 && plays_done >= repeat as u64 {
-                            break (IngestState::Stopped, None);
+                            break (IngestState::Stopped, None, "source_ended");
                         }
                         continue;
                     }
@@ -363,11 +387,11 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
                 }
             }
         };
-        let Some(at) = schedule.on_failure(Instant::now()) else { break (IngestState::Failed, Some(failure)) };
+        let Some(at) = schedule.on_failure(Instant::now()) else { break (IngestState::Failed, Some(failure), "source_failed") };
         tracing::warn!(ingest = %task.record().id, "ingest source failed: {failure}");
         task.set_state(IngestState::Retrying, Some(failure));
         if !sleep_until(&task.interrupt, at) {
-            break (IngestState::Stopped, None);
+            break (IngestState::Stopped, None, "api");
         }
     };
     if let Some(o) = output {
@@ -375,6 +399,7 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
     }
     if !task.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
         task.set_state(state, error);
+        task.report(702, 0, Some(reason));
     }
 }
 

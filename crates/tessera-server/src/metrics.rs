@@ -32,6 +32,11 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
 /// Task counts by state, gathered at scrape time (PRODUCT.md §11).
 #[derive(Debug, Default)]
 pub struct TaskCounts {
@@ -57,6 +62,8 @@ pub struct Metrics {
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
+    /// Webhook attempts by outcome: ok, retry (a failed attempt) or dropped (given up).
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -91,7 +98,10 @@ impl Metrics {
         registry.register("tessera_recordings", "Recordings by state", recordings.clone());
         let ingests = Family::<StateLabel, Gauge>::default();
         registry.register("tessera_ingests", "Pull ingests by state", ingests.clone());
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        registry.register("tessera_webhook_deliveries", "Webhook attempts by result (ok, retry, dropped)", webhook_deliveries.clone());
         Metrics {
+            webhook_deliveries,
             registry,
             rooms,
             participants,

@@ -193,8 +193,8 @@ impl RecordingTask {
     }
 }
 
-#[derive(Default)]
 pub struct Recordings {
+    hooks: crate::webhook::Webhooks,
     pub tasks: DashMap<String, Arc<RecordingTask>>,
     /// Auto recording (RECORDING.md §6): the live auto task of each room, and the rooms that
     /// were already publishing when the setting was found on (they are not recorded).
@@ -209,6 +209,10 @@ struct AutoState {
 }
 
 impl Recordings {
+    pub fn new(hooks: crate::webhook::Webhooks) -> Recordings {
+        Recordings { hooks, tasks: DashMap::new(), auto: Mutex::default() }
+    }
+
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RecordingTask>> {
         self.tasks.get(id).map(|t| t.clone()).filter(|t| t.spec.lock().expect("spec").app == *app)
     }
@@ -229,7 +233,8 @@ impl Recordings {
         save(&task, &data_dir);
         let runtime = tokio::runtime::Handle::current();
         let t = task.clone();
-        std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, data_dir, rtc, runtime))?;
+        let events = TaskEvents::new(&self.hooks, &spec);
+        std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, data_dir, rtc, runtime, events))?;
         Ok(task)
     }
 
@@ -410,7 +415,11 @@ impl Recordings {
                     }
                 }
                 tracing::warn!(recording = %spec.id, "recording ended after a restart; its files are kept");
-                finish_task(&task, &spec, &final_dir, &spool, &url_base, None);
+                let events = TaskEvents::new(&self.hooks, &spec);
+                if state != "STOPPED" {
+                    events.emit(302, json!({"LeaveCode": 104}));
+                }
+                finish_task(&task, &spec, &final_dir, &spool, &url_base, None, &events);
                 save(&task, data_dir);
                 continue;
             }
@@ -424,8 +433,8 @@ impl Recordings {
             tracing::info!(recording = %spec.id, restart = restarts + 1, "resuming the recording");
             save(&task, data_dir);
             let runtime = tokio::runtime::Handle::current();
-            let (t, dir, rtc) = (task.clone(), data_dir.to_path_buf(), rtc.clone());
-            if let Err(e) = std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, dir, rtc, runtime)) {
+            let (t, dir, rtc, events) = (task.clone(), data_dir.to_path_buf(), rtc.clone(), TaskEvents::new(&self.hooks, &spec));
+            if let Err(e) = std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, dir, rtc, runtime, events)) {
                 tracing::error!("cannot resume the recording: {e}");
             }
         }
@@ -477,6 +486,31 @@ fn recover_segments(final_dir: &Path, spool: &Path) {
     }
 }
 
+/// A recording's events (EVENTS.md group 3): its room, user `rec_<id>` and task id.
+#[derive(Clone)]
+pub struct TaskEvents {
+    hooks: crate::webhook::Webhooks,
+    app: AppId,
+    room: RoomId,
+    id: String,
+}
+
+impl TaskEvents {
+    fn new(hooks: &crate::webhook::Webhooks, spec: &RecordingSpec) -> TaskEvents {
+        TaskEvents { hooks: hooks.clone(), app: spec.app.clone(), room: spec.room.clone(), id: spec.id.clone() }
+    }
+
+    fn emit(&self, code: u16, payload: Value) {
+        let info = tessera_model::events::EventInfo::task(self.room.as_str(), format!("rec_{}", self.id), &self.id).with_payload(payload);
+        self.hooks.emit(&self.app, code, info);
+    }
+
+    /// 308: the storage refused a file.
+    fn storage_error(&self, message: &str) {
+        self.emit(308, json!({"Code": "StorageWriteFailed", "Message": message}));
+    }
+}
+
 /// The task clock (RECORDING.md §3): starts at the first sample, stops while paused.
 struct TaskClock {
     start: Instant,
@@ -503,6 +537,7 @@ struct Segment {
 
 /// One playlist: its segments and the one being written.
 struct HlsWriter {
+    events: TaskEvents,
     storage: Arc<dyn Storage>,
     spool: PathBuf,
     playlist: String,
@@ -570,7 +605,7 @@ impl HlsWriter {
         let Some(seg) = self.current.take() else { return Ok(()) };
         seg.ts.finish().map_err(|e| e.to_string())?;
         let size = std::fs::metadata(&seg.part).map(|m| m.len()).unwrap_or(0);
-        self.storage.store(&seg.part, &seg.name)?;
+        self.storage.store(&seg.part, &seg.name).inspect_err(|e| self.events.storage_error(e))?;
         let duration_ms = (end_ms - seg.first_ms).max(1);
         if std::mem::take(&mut self.discontinuity) {
             self.lines.push("#EXT-X-DISCONTINUITY".into());
@@ -590,11 +625,17 @@ impl HlsWriter {
             stored: true,
             play_time_ms: seg.first_ms,
         });
-        self.write_playlist(false)
+        self.write_playlist(false)?;
+        if self.files.len() == 1 {
+            // The playlist's first segment is stored: 307 names it, 304 the playlist.
+            self.events.emit(307, json!({"FileName": seg.name, "UserId": self.user_id, "TrackType": self.track_type, "MediaId": self.media_id, "BeginTimeStamp": self.start_rec_time.unwrap_or(seg.begin_unix)}));
+            self.events.emit(304, json!({"FileList": [self.playlist]}));
+        }
+        Ok(())
     }
 
     fn write_playlist(&self, end: bool) -> Result<(), String> {
-        self.storage.put(&self.playlist, self.playlist_text(end).as_bytes())
+        self.storage.put(&self.playlist, self.playlist_text(end).as_bytes()).inspect_err(|e| self.events.storage_error(e))
     }
 
     /// Whether a video frame at `clock_ms` should start a new segment.
@@ -668,6 +709,7 @@ struct StreamRec {
 
 struct Worker {
     spec: RecordingSpec,
+    events: TaskEvents,
     /// `ha<N>_` after the N-th crash restart.
     ha: String,
     storage: Arc<dyn Storage>,
@@ -694,6 +736,7 @@ impl Worker {
         };
         let segment_ms = self.spec.segment_s as i64 * 1000;
         self.writers.push(HlsWriter {
+            events: self.events.clone(),
             storage: self.storage.clone(),
             spool: self.spool.clone(),
             playlist,
@@ -721,18 +764,28 @@ impl Worker {
     }
 }
 
-fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
+fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: tokio::runtime::Handle, events: TaskEvents) {
     let spec = task.spec.lock().expect("spec").clone();
     let (final_dir, spool, url_base) = spec.places(&data_dir);
     let restarts = task.status.lock().expect("status").restarts;
     let ha = if restarts > 0 { format!("ha{restarts}_") } else { String::new() };
     let storage: Arc<dyn Storage> = Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() });
-    let mut w = Worker { spec: spec.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new() };
+    let mut w = Worker { spec: spec.clone(), events: events.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new() };
     let outcome = (|| -> Result<u32, String> {
-        std::fs::create_dir_all(&final_dir).map_err(|e| e.to_string())?;
-        std::fs::create_dir_all(&spool).map_err(|e| e.to_string())?;
+        let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
         let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
-        let (tap, mut packets) = runtime.block_on(rtc.add_tap_all(room.clone())).map_err(|e| e.to_string())?;
+        let tap = match &ready {
+            Ok(()) => runtime.block_on(rtc.add_tap_all(room.clone())).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        // 301 (or 306 after a crash restart), then 303 for the storage.
+        if restarts > 0 {
+            events.emit(306, json!({"Status": if tap.is_ok() { 0 } else { 1 }}));
+        } else {
+            events.emit(301, json!({"Status": if tap.is_ok() { 0 } else { 1 }}));
+        }
+        events.emit(303, json!({"Status": if ready.is_ok() { 0 } else { 1 }}));
+        let (tap, mut packets) = tap?;
         let r = record(&task, &mut w, &room, &mut packets, &rtc, &runtime, &data_dir);
         let _ = runtime.block_on(rtc.remove_tap(tap));
         r
@@ -744,8 +797,10 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
             (104, Some(e))
         }
     };
+    let mut all_stored = true;
     for wr in &mut w.writers {
         if let Err(e) = wr.finish() {
+            all_stored = false;
             tracing::warn!("finishing a playlist failed: {e}");
         }
     }
@@ -757,7 +812,10 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         st.error = error.clone();
     }
     save(&task, &data_dir);
-    finish_task(&task, &spec, &final_dir, &spool, &url_base, error);
+    events.emit(302, json!({"LeaveCode": code}));
+    let stored = if all_stored { 0 } else { 1 };
+    events.emit(305, json!({"Status": stored, "LeaveCode": stored}));
+    finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
     save(&task, &data_dir);
 }
 
@@ -826,7 +884,7 @@ fn begin_of(segment: &str) -> i64 {
 
 /// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
 /// list from what is stored, and the result (RECORDING.md §4.2, §5).
-fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>) {
+fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>, events: &TaskEvents) {
     let _ = std::fs::create_dir_all(spool);
     let storage = LocalStorage { dir: final_dir.to_path_buf(), url_base: url_base.to_string() };
     let playlists = scan_playlists(final_dir);
@@ -879,6 +937,7 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
             finals.push((info, "m3u8", video_type(&media)));
         }
     }
+    let mut remux_failed = false;
     if spec.mp4() || spec.aac() {
         // One MP4 (or ADTS .aac) per user stream or for the mix: each track's playlists joined,
         // split at split_minutes or 2 GiB (then every part is `_<Index>`).
@@ -951,9 +1010,21 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
                         finals.push((info, kind, video_type(&media)));
                     }
                 }
-                Err(e) => tracing::warn!("{ext} remux of {base} failed: {e}"),
+                Err(e) => {
+                    remux_failed = true;
+                    tracing::warn!("{ext} remux of {base} failed: {e}");
+                }
             }
         }
+        // 310: the MP4 (or .aac) files, each with its user, track and time span.
+        let made: Vec<&FileInfo> = finals.iter().map(|(f, ..)| f).filter(|f| !f.file_name.ends_with(".m3u8")).collect();
+        let status = if made.is_empty() && !playlists.is_empty() { 2 } else if remux_failed { 1 } else { 0 };
+        events.emit(310, json!({
+            "Status": status,
+            "FileList": made.iter().map(|f| f.file_name.clone()).collect::<Vec<_>>(),
+            "FileMessage": made.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type, "MediaId": f.media_id,
+                "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts})).collect::<Vec<_>>(),
+        }));
         if !spec.hls_kept() {
             // `mp4` or `aac` alone: the HLS was only the crash-safe intermediate.
             let keep = |n: &str| n.ends_with(".mp4") || n.ends_with(".aac");
@@ -982,8 +1053,15 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
     if let Some(e) = error.or_else(|| st.error.clone()) {
         result["error"] = json!(e);
     }
-    st.result = Some(result);
+    st.result = Some(result.clone());
     st.state = "FINISHED";
+    drop(st);
+    // 311 commits each final file, 312 closes the task.
+    for (f, ..) in &finals {
+        events.emit(311, json!({"Status": 0, "Errmsg": "", "FileInfo": {"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type,
+            "MediaId": f.media_id, "Url": f.url, "Size": f.size, "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts}}));
+    }
+    events.emit(312, json!({"Status": if failed { 1 } else { 0 }, "Result": result}));
     tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
 }
 

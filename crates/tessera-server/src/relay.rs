@@ -78,9 +78,21 @@ pub struct UrlStatus {
     pub error_code: u32,
     pub error_msg: String,
     pub since: i64,
-    /// Every status entered, in order, with its time (ms): what event 401 would report.
+    /// Every status entered, in order, with its time (ms), as event 401 reported it.
     pub history: Vec<(u8, i64)>,
+    /// When event 401 last reported this URL (ms); repeated every 5 s in states 1 and 3.
+    #[serde(skip)]
+    pub reported_at: i64,
 }
+
+impl UrlStatus {
+    fn new(url: &str, now: i64) -> UrlStatus {
+        UrlStatus { url: url.to_string(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)], reported_at: now }
+    }
+}
+
+/// How often event 401 repeats while a URL is CONNECTING or RECOVERING.
+const REPORT_EVERY_MS: i64 = 5_000;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayRecord {
@@ -125,6 +137,7 @@ pub struct RelayTask {
     media: String,
     tasks_dir: Option<std::path::PathBuf>,
     max_idle: Duration,
+    hooks: crate::webhook::Webhooks,
 }
 
 impl RelayTask {
@@ -141,21 +154,55 @@ impl RelayTask {
     fn set_url(&self, url: &str, status: u8, error: Option<(u32, String)>) {
         let mut r = self.record.lock().expect("relay record");
         let now = crate::now_ms();
-        if let Some(u) = r.urls.iter_mut().find(|u| u.url == url) {
-            if u.status != status {
-                u.since = now;
-                u.history.push((status, now));
-                tracing::info!(url = %short(url), status, "relay URL status");
+        let report = match r.urls.iter_mut().find(|u| u.url == url) {
+            Some(u) => {
+                let changed = u.status != status;
+                if changed {
+                    u.since = now;
+                    u.history.push((status, now));
+                    u.reported_at = now;
+                    tracing::info!(url = %short(url), status, "relay URL status");
+                }
+                u.status = status;
+                if let Some((code, msg)) = error {
+                    u.error_code = code;
+                    u.error_msg = msg;
+                } else if status == status::RUNNING {
+                    u.error_code = 0;
+                    u.error_msg.clear();
+                }
+                changed.then(|| (u.error_code, u.error_msg.clone()))
             }
-            u.status = status;
-            if let Some((code, msg)) = error {
-                u.error_code = code;
-                u.error_msg = msg;
-            } else if status == status::RUNNING {
-                u.error_code = 0;
-                u.error_msg.clear();
-            }
+            // A URL removed by PATCH winds down (5 → 0) outside the record; still reported.
+            None => Some(error.unwrap_or_default()),
+        };
+        let (app, room, id) = (r.app.clone(), r.room.clone(), r.id.clone());
+        drop(r);
+        if let Some((code, msg)) = report {
+            self.report(&app, &room, &id, url, status, code, &msg);
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn report(&self, app: &AppId, room: &RoomId, id: &str, url: &str, status: u8, code: u32, msg: &str) {
+        let info = tessera_model::events::EventInfo::task(room.as_str(), format!("relay_{id}"), id)
+            .with_payload(serde_json::json!({"Url": url, "Status": status, "ErrorCode": code, "ErrorMsg": msg}));
+        self.hooks.emit(app, 401, info);
+    }
+
+    /// Event 401 again for a URL that has stayed CONNECTING or RECOVERING for 5 s.
+    fn report_if_waiting(&self, url: &str) {
+        let now = crate::now_ms();
+        let mut r = self.record.lock().expect("relay record");
+        let Some(u) = r.urls.iter_mut().find(|u| u.url == url) else { return };
+        if !matches!(u.status, status::CONNECTING | status::RECOVERING) || now - u.reported_at < REPORT_EVERY_MS {
+            return;
+        }
+        u.reported_at = now;
+        let (status, code, msg) = (u.status, u.error_code, u.error_msg.clone());
+        let (app, room, id) = (r.app.clone(), r.room.clone(), r.id.clone());
+        drop(r);
+        self.report(&app, &room, &id, url, status, code, &msg);
     }
 
     fn url_status(&self, url: &str) -> Option<u8> {
@@ -168,11 +215,11 @@ fn short(url: &str) -> String {
     url.rsplit_once('/').map(|(a, _)| format!("{a}/…")).unwrap_or_else(|| url.to_string())
 }
 
-#[derive(Default)]
 pub struct Relays {
     tasks: DashMap<String, Arc<RelayTask>>,
     /// `tasks/` of the data dir: relays are saved there and resumed after a restart.
     tasks_dir: Option<std::path::PathBuf>,
+    hooks: crate::webhook::Webhooks,
 }
 
 fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) {
@@ -199,8 +246,8 @@ pub struct NewRelay {
 }
 
 impl Relays {
-    pub fn new(tasks_dir: Option<std::path::PathBuf>) -> Relays {
-        Relays { tasks: DashMap::new(), tasks_dir }
+    pub fn new(tasks_dir: Option<std::path::PathBuf>, hooks: crate::webhook::Webhooks) -> Relays {
+        Relays { tasks: DashMap::new(), tasks_dir, hooks }
     }
 
     /// Restarts the relays a previous run left live (a mix job's own relay comes back with the
@@ -270,7 +317,7 @@ impl Relays {
             source: new.source.clone(),
             media: new.media.clone(),
             state: "WAITING",
-            urls: new.urls.iter().map(|u| UrlStatus { url: u.clone(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)] }).collect(),
+            urls: new.urls.iter().map(|u| UrlStatus::new(u, now)).collect(),
             created_at,
             leave_code: None,
             owner: new.owner.clone(),
@@ -289,6 +336,7 @@ impl Relays {
             media: new.media.clone(),
             tasks_dir: self.tasks_dir.clone(),
             max_idle: new.max_idle,
+            hooks: self.hooks.clone(),
         });
         self.tasks.insert(id.clone(), task.clone());
         let runtime = tokio::runtime::Handle::current();
@@ -306,7 +354,7 @@ impl Relays {
             r.urls.retain(|u| urls.contains(&u.url));
             for u in &urls {
                 if !r.urls.iter().any(|x| &x.url == u) {
-                    r.urls.push(UrlStatus { url: u.clone(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)] });
+                    r.urls.push(UrlStatus::new(u, now));
                 }
             }
             removed
@@ -372,6 +420,16 @@ async fn push_url(task: Arc<RelayTask>, url: String, mut rx: broadcast::Receiver
     };
     let mut retry = UrlRetry::new(Instant::now());
     task.set_url(&url, status::CONNECTING, None);
+    // Repeats event 401 while the URL waits in state 1 or 3, whatever the pusher is doing.
+    let reporter = {
+        let (task, url) = (task.clone(), url.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                task.report_if_waiting(&url);
+            }
+        })
+    };
     loop {
         let Some(at) = retry.next_attempt() else { break };
         while Instant::now() < at {
@@ -399,6 +457,7 @@ async fn push_url(task: Arc<RelayTask>, url: String, mut rx: broadcast::Receiver
             }
         }
     }
+    reporter.abort();
     if stopping() {
         task.set_url(&url, status::DISCONNECTING, Some((6, "stopped by request".into())));
         task.set_url(&url, status::IDLE, None);

@@ -122,6 +122,7 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains requests and saves state.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+        self.state.hooks.start(Some(self.data_dir.root().join("outbox")));
         let router = api::router(self.state.clone());
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
         self.state.ingests.resume(&self.state.rtc);

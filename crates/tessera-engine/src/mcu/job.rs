@@ -8,8 +8,10 @@ use crate::driver::RtcHandle;
 use crate::sfu::{IngestPacket, PublisherInfo, RoomKey, SessionSpec, TapPacket};
 use crate::{PeerRole, Quality};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
+
+const NOT_STOPPING: u32 = u32::MAX;
 use std::time::{Duration, Instant};
 use tessera_media::h264::{self, H264Packetizer};
 use tessera_media::rtp::{AuAssembler, Push};
@@ -212,7 +214,8 @@ pub struct MixStatus {
 pub struct MixHandle {
     spec: Mutex<MixSpec>,
     status: Mutex<MixStatus>,
-    stop: AtomicBool,
+    /// The LeaveCode to stop with (0 DELETE, 105 owner stopped), or `NOT_STOPPING`.
+    stop: AtomicU32,
 }
 
 impl MixHandle {
@@ -229,8 +232,14 @@ impl MixHandle {
         f(&mut self.spec.lock().expect("mix spec"));
     }
 
+    /// Stops the job as `DELETE` does (LeaveCode 0).
     pub fn stop(&self) {
-        self.stop.store(true, Ordering::SeqCst);
+        self.stop_with(0);
+    }
+
+    /// Stops the job with a LeaveCode (105 when its owning recording stopped).
+    pub fn stop_with(&self, code: u32) {
+        let _ = self.stop.compare_exchange(NOT_STOPPING, code, Ordering::SeqCst, Ordering::SeqCst);
     }
 
     /// Starts the job's thread; `on_stop` runs on it with the leave code once the job has
@@ -239,7 +248,7 @@ impl MixHandle {
         let handle = Arc::new(MixHandle {
             spec: Mutex::new(spec.clone()),
             status: Mutex::new(MixStatus { state: MixState::Starting, inputs: Vec::new(), stats: MixStats::default(), stopped_at: None, leave_code: None, error: None }),
-            stop: AtomicBool::new(false),
+            stop: AtomicU32::new(NOT_STOPPING),
         });
         let h = handle.clone();
         std::thread::Builder::new().name(format!("mix-{}", spec.id)).spawn(move || {
@@ -360,8 +369,9 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         let mut encoded = Vec::new();
         let mut opus_out = Vec::new();
         loop {
-            if handle.stop.load(Ordering::SeqCst) {
-                return Ok(0);
+            let stop = handle.stop.load(Ordering::SeqCst);
+            if stop != NOT_STOPPING {
+                return Ok(stop);
             }
             let spec = handle.spec();
             mixer.max_voices = spec.max_voices;

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_engine::mcu::{AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixHandle, MixImages, MixSpec, MixState, Region, Rgb, Subscribe, Template, Tile, Watermark};
 use tessera_engine::RoomKey;
+use tessera_model::events::EventInfo;
 use tessera_model::{AppId, RoomId, UserId};
 
 /// Every mix job of the server.
@@ -38,10 +39,10 @@ pub struct MixJob {
 }
 
 impl MixJobs {
-    /// Stops a job (an owning recording stopped).
-    pub fn stop(&self, app: &AppId, id: &str) {
+    /// Stops a job because its owning recording stopped (LeaveCode 105).
+    pub fn stop_owned(&self, app: &AppId, id: &str) {
         if let Some(j) = self.jobs.get(id).filter(|j| j.app == *app) {
-            j.handle.stop();
+            j.handle.stop_with(105);
         }
     }
 
@@ -561,14 +562,24 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
     let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
     let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let on_stop: Box<dyn FnOnce(u32) + Send> = {
-        let (path, app, id, request, shutting) = (path.clone(), caller_app.clone(), id.clone(), saved_request.clone(), shutting_down.clone());
-        Box::new(move |_code| {
+        let (path, app, id, room, request, shutting, hooks) = (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), state.hooks.clone());
+        Box::new(move |code| {
+            // A job ended by the server's shut-down resumes with the next start: not a stop.
             if !shutting.load(std::sync::atomic::Ordering::SeqCst) {
                 save(&path, &app, &id, created_at, &request.lock().expect("request"), "STOPPED");
+                hooks.emit(&app, 802, mix_event(&room, &id, json!({"LeaveCode": code})));
             }
         })
     };
-    let handle = MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current(), on_stop).map_err(|e| ApiError::internal(format!("cannot start the mix job: {e}")))?;
+    let handle = match MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current(), on_stop) {
+        Ok(h) => h,
+        Err(e) => {
+            state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 1, "ErrorMsg": e.to_string()})));
+            return Err(ApiError::internal(format!("cannot start the mix job: {e}")));
+        }
+    };
+    state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 0, "ErrorMsg": ""})));
+    report_image_errors(state, caller_app, &room, &id, &image_errors);
     // Mixed relay: the job's own relay of `mix_<id>`, stopped with it (RECORDING.md §1).
     let relay_id = if rtmp_urls.is_empty() {
         None
@@ -599,6 +610,18 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
     state.mix_jobs.jobs.insert(id.clone(), job.clone());
     tracing::info!(job = %id, room = %room, "mix job started");
     Ok((id, job))
+}
+
+/// A mix job's event: its room, user `mix_<id>` and task id.
+fn mix_event(room: &RoomId, id: &str, payload: Value) -> EventInfo {
+    EventInfo::task(room.as_str(), format!("mix_{id}"), id).with_payload(payload)
+}
+
+/// Event 309 for each layout image that could not be loaded (EVENTS.md §5, group 3).
+fn report_image_errors(state: &AppState, app: &AppId, room: &RoomId, id: &str, errors: &[Value]) {
+    for e in errors {
+        state.hooks.emit(app, 309, mix_event(room, id, json!({"Url": e["url"]})));
+    }
 }
 
 fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
@@ -685,6 +708,7 @@ pub(crate) async fn apply_patch(state: &AppState, caller: &Caller, id: &str, bod
         }
         if let Some((images, errors)) = images {
             s.images = images;
+            report_image_errors(&state, &caller.app, &s.room.room, &id, &errors);
             *job.image_errors.lock().expect("image errors") = errors;
         }
         if let Some((sub, j)) = subscribe {

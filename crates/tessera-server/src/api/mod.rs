@@ -34,8 +34,9 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub struct Shared {
     pub config: Config,
     pub rtc: tessera_engine::RtcHandle,
-    pub store: AppStore,
+    pub store: Arc<AppStore>,
     pub metrics: Metrics,
+    pub hooks: crate::webhook::Webhooks,
     pub key_rate: auth::RateLimiter,
     /// Task-changing calls, per app (PRODUCT.md §10: 20/s, burst 40).
     pub task_rate: auth::RateLimiter,
@@ -58,16 +59,20 @@ impl std::ops::Deref for AppState {
 
 impl AppState {
     pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>) -> AppState {
+        let metrics = Metrics::new(VERSION);
+        let store = Arc::new(store);
+        let hooks = crate::webhook::Webhooks::new(store.clone(), metrics.webhook_deliveries.clone());
         AppState(Arc::new(Shared {
-            ingests: crate::ingest::Ingests::new(tasks_dir.clone()),
+            ingests: crate::ingest::Ingests::new(tasks_dir.clone(), hooks.clone()),
             mix_jobs: mixjobs::MixJobs::default(),
-            relays: crate::relay::Relays::new(tasks_dir.clone()),
-            recordings: crate::recording::Recordings::default(),
+            relays: crate::relay::Relays::new(tasks_dir.clone(), hooks.clone()),
+            recordings: crate::recording::Recordings::new(hooks.clone()),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
             store,
-            metrics: Metrics::new(VERSION),
+            hooks,
+            metrics,
             // PRODUCT.md §10: 100 requests/s per key.
             key_rate: auth::RateLimiter::new(100.0, 100.0),
         }))

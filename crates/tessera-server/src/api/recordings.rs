@@ -312,7 +312,7 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
         _ => None,
     };
     if let Some(job) = owned {
-        state.mix_jobs.stop(&caller.app, &job);
+        state.mix_jobs.stop_owned(&caller.app, &job);
     }
     wait_for(&task, &["STOPPED", "FINISHED"]).await;
     Ok(Json(view(&id, &task)))

@@ -1,0 +1,215 @@
+//! Webhook delivery (EVENTS.md §2): every part of the server calls [`Webhooks::emit`] (cheap,
+//! never blocks, callable from worker threads); one dispatcher task writes each event to
+//! `outbox/` and then runs its attempts: signed POSTs with a 5 s limit, retried on the
+//! schedule of `tessera_model::events::attempt_start`, at most 8 in flight per URL, dropped
+//! once 60 s old. Events still in the outbox at start are delivered if young enough.
+
+use crate::metrics::ResultLabel;
+use crate::store::AppStore;
+use http_body_util::Full;
+use hyper::body::Bytes;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_model::events::{self, attempt_start, Event, EventInfo, RoomClocks};
+use tessera_model::AppId;
+use tokio::sync::{mpsc, Semaphore};
+
+/// Attempts in flight per URL.
+const IN_FLIGHT_PER_URL: usize = 8;
+
+type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
+
+#[derive(Clone)]
+pub struct Webhooks(Arc<Inner>);
+
+struct Inner {
+    store: Arc<AppStore>,
+    clocks: Mutex<RoomClocks>,
+    tx: mpsc::UnboundedSender<Event>,
+    rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
+    deliveries: Family<ResultLabel, Counter>,
+}
+
+impl Webhooks {
+    pub fn new(store: Arc<AppStore>, deliveries: Family<ResultLabel, Counter>) -> Webhooks {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Webhooks(Arc::new(Inner { store, clocks: Mutex::new(RoomClocks::default()), tx, rx: Mutex::new(Some(rx)), deliveries }))
+    }
+
+    /// Stamps `info` with the room's next `EventMsTs` and queues the event for the app's
+    /// webhook, if it has one for the event's group.
+    pub fn emit(&self, app: &AppId, code: u16, mut info: EventInfo) {
+        let now = crate::now_ms();
+        let ms = self.0.clocks.lock().expect("room clocks").stamp(app.as_str(), &info.room_id, now);
+        info.event_ms_ts = ms;
+        let group = events::group_of(code);
+        // Group 7 follows its TRTC original, which has no EventTs.
+        info.event_ts = (group != events::GROUP_INGEST).then_some(ms / 1000);
+        let apps = self.0.store.snapshot();
+        if apps.get(app).and_then(|a| a.webhook.target(group)).is_none() {
+            return;
+        }
+        tracing::debug!(app = %app, code, room = %info.room_id, "webhook event");
+        let _ = self.0.tx.send(Event { id: tessera_model::random::task_id(), app: app.to_string(), code, created_ms: now, info });
+    }
+
+    /// Starts delivering on the current runtime: first what `outbox` still holds, then what
+    /// is emitted. Without an outbox (tests, tools) events are delivered but not persisted.
+    pub fn start(&self, outbox: Option<PathBuf>) {
+        let Some(mut rx) = self.0.rx.lock().expect("webhook rx").take() else { return };
+        let client = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(rustls::crypto::ring::default_provider()) {
+            Ok(b) => Client::builder(TokioExecutor::new()).build(b.https_or_http().enable_http1().build()),
+            Err(e) => {
+                tracing::error!("webhooks disabled: TLS set-up failed: {e}");
+                return;
+            }
+        };
+        let delivery = Delivery { hooks: self.clone(), client, outbox: outbox.clone(), limits: Arc::new(Mutex::new(HashMap::new())) };
+        if let Some(dir) = &outbox {
+            for event in pending(dir) {
+                if crate::now_ms() - event.created_ms > events::MAX_EVENT_AGE_MS {
+                    delivery.dropped(&event);
+                } else {
+                    tokio::spawn(delivery.clone().deliver(event));
+                }
+            }
+        }
+        tokio::spawn(async move {
+            while let Some(event) = rx.recv().await {
+                if let Some(dir) = &delivery.outbox {
+                    let path = dir.join(format!("{}.json", event.id));
+                    let bytes = serde_json::to_vec(&event).expect("an event serializes");
+                    let written = tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await;
+                    if !matches!(written, Ok(Ok(()))) {
+                        tracing::warn!(event = %event.id, "cannot write the event to the outbox; delivering it anyway");
+                    }
+                }
+                tokio::spawn(delivery.clone().deliver(event));
+            }
+        });
+    }
+
+    fn count(&self, result: &'static str) {
+        self.0.deliveries.get_or_create(&ResultLabel { result }).inc();
+    }
+}
+
+/// Events left in the outbox by an earlier run; unreadable files are removed.
+fn pending(dir: &Path) -> Vec<Event> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.extension().is_some_and(|e| e == "json") {
+            match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Event>(&b).ok()) {
+                Some(e) => out.push(e),
+                None => {
+                    tracing::warn!(path = %path.display(), "removing an unreadable outbox file");
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        } else if path.extension().is_some_and(|e| e == "tmp") {
+            let _ = std::fs::remove_file(&path);
+        }
+    }
+    out.sort_by_key(|e| e.created_ms);
+    out
+}
+
+#[derive(Clone)]
+struct Delivery {
+    hooks: Webhooks,
+    client: HttpClient,
+    outbox: Option<PathBuf>,
+    /// URL → its in-flight limit.
+    limits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+}
+
+impl Delivery {
+    fn forget(&self, event: &Event) {
+        if let Some(dir) = &self.outbox {
+            let _ = std::fs::remove_file(dir.join(format!("{}.json", event.id)));
+        }
+    }
+
+    fn dropped(&self, event: &Event) {
+        tracing::warn!(event = %event.id, code = event.code, "webhook event dropped after 60 s without a 2xx");
+        self.hooks.count("dropped");
+        self.forget(event);
+    }
+
+    fn limit(&self, url: &str) -> Arc<Semaphore> {
+        self.limits.lock().expect("webhook limits").entry(url.to_string()).or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT_PER_URL))).clone()
+    }
+
+    async fn deliver(self, event: Event) {
+        let (mut k, mut previous_end) = (1u32, event.created_ms);
+        loop {
+            let Some(at) = attempt_start(k, event.created_ms, previous_end) else {
+                self.dropped(&event);
+                return;
+            };
+            let wait = at - crate::now_ms();
+            if wait > 0 {
+                tokio::time::sleep(Duration::from_millis(wait as u64)).await;
+            }
+            // Settings are read per attempt, so a new key or URL applies to retries too.
+            let apps = self.hooks.0.store.snapshot();
+            let target = AppId::parse(&event.app).ok().and_then(|id| apps.get(&id)).and_then(|a| a.webhook.target(event.group()).map(|(u, k)| (u.to_string(), k.to_string())));
+            let Some((url, key)) = target else {
+                // The app stopped sending this group: nothing to deliver any more.
+                self.forget(&event);
+                return;
+            };
+            let limit = self.limit(&url);
+            let Ok(_permit) = limit.acquire().await else { return };
+            let ok = self.attempt(&event, k, &url, &key).await;
+            previous_end = crate::now_ms();
+            if ok {
+                self.hooks.count("ok");
+                self.forget(&event);
+                return;
+            }
+            self.hooks.count("retry");
+            k += 1;
+        }
+    }
+
+    async fn attempt(&self, event: &Event, k: u32, url: &str, key: &str) -> bool {
+        let body = event.body(crate::now_ms());
+        let request = hyper::Request::post(url)
+            .header(hyper::header::CONTENT_TYPE, "application/json; charset=utf-8")
+            .header("Sign", events::sign(key, &body))
+            .header("SdkAppId", &event.app)
+            .header("Tessera-Event-Id", &event.id)
+            .header("Tessera-Attempt", k.to_string())
+            .header(hyper::header::USER_AGENT, format!("tessera/{}", crate::api::VERSION))
+            .body(Full::new(Bytes::from(body)));
+        let Ok(request) = request else {
+            tracing::warn!(event = %event.id, "webhook URL cannot be requested");
+            return false;
+        };
+        match tokio::time::timeout(Duration::from_millis(events::ATTEMPT_TIMEOUT_MS), self.client.request(request)).await {
+            Ok(Ok(response)) if response.status().is_success() => true,
+            Ok(Ok(response)) => {
+                tracing::info!(event = %event.id, attempt = k, status = response.status().as_u16(), "webhook attempt refused");
+                false
+            }
+            Ok(Err(e)) => {
+                tracing::info!(event = %event.id, attempt = k, "webhook attempt failed: {e}");
+                false
+            }
+            Err(_) => {
+                tracing::info!(event = %event.id, attempt = k, "webhook attempt timed out after 5 s");
+                false
+            }
+        }
+    }
+}
