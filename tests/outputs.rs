@@ -80,6 +80,8 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     let relays = server.url("/v1/relays");
     let cdn_port = free_port();
     let cdn_url = format!("rtmp://127.0.0.1:{cdn_port}/live/key");
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &["--fail-first", "401"]);
+    hooks.subscribe(&server, &key, "k3yA");
 
     // Refusals.
     post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": ["http://x/a/b"]})).expect_error(400, "invalid_parameter");
@@ -109,6 +111,8 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     interrupt(receiver);
     let relayed = running_at.elapsed().as_secs_f64();
     poll(&server, &key, &path, Duration::from_secs(15), |v| v["urls"][0]["status"] == 3);
+    // Long enough for event 401 to repeat the RECOVERING report.
+    std::thread::sleep(Duration::from_secs(6));
     let second = dir.path().join("second.flv");
     let receiver = cdn(cdn_port, &second);
     poll(&server, &key, &path, Duration::from_secs(20), |v| v["urls"][0]["status"] == 2);
@@ -122,6 +126,23 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     assert_eq!(history, vec![0, 1, 2, 3, 2, 5, 0], "URL states: {stopped}");
     assert_eq!(stopped["urls"][0]["error_code"], 6, "{stopped}");
     interrupt(receiver);
+    // Event 401 told the backend the same story, signed, in EventMsTs order, with the
+    // RECOVERING state repeated every 5 s (first attempts were refused and retried).
+    let changes = |events: &[Value], task: &str| {
+        let mut s: Vec<u64> = events.iter().filter(|e| e["EventInfo"]["TaskId"] == task).map(|e| e["EventInfo"]["Payload"]["Status"].as_u64().unwrap()).collect();
+        s.dedup();
+        s
+    };
+    let events = hooks.wait_for(Duration::from_secs(10), "the relay's 401s", |e| changes(e, &id) == [1, 2, 3, 2, 5, 0]);
+    let mine: Vec<&Value> = events.iter().filter(|e| e["EventInfo"]["TaskId"] == id.as_str()).collect();
+    assert!(mine.iter().all(|e| e["EventType"] == 401 && e["EventGroupId"] == 4 && e["EventInfo"]["UserId"] == format!("relay_{id}") && e["EventInfo"]["Payload"]["Url"] == cdn_url.as_str()));
+    let recovering: Vec<i64> = mine.iter().filter(|e| e["EventInfo"]["Payload"]["Status"] == 3).map(|e| e["EventInfo"]["EventMsTs"].as_i64().unwrap()).collect();
+    assert!(recovering.len() >= 2 && recovering.windows(2).all(|w| (4_500..=6_500).contains(&(w[1] - w[0]))), "RECOVERING reports at {recovering:?}");
+    assert_ne!(mine.iter().find(|e| e["EventInfo"]["Payload"]["Status"] == 3).unwrap()["EventInfo"]["Payload"]["ErrorCode"], 0);
+    assert_eq!(mine.last().unwrap()["EventInfo"]["Payload"]["ErrorCode"], 6);
+    let requests = hooks.requests();
+    assert!(requests.iter().all(|r| r["sign_ok"] == true), "a Sign did not verify");
+    assert!(requests.iter().any(|r| r["status"] == 500) && requests.iter().any(|r| r["attempt"] == 2), "no retried attempt");
 
     // What the CDN got: H.264 + AAC, as long as it was relayed (within 10 %).
     let (codecs, duration) = probe(&first);
@@ -148,6 +169,9 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     let (codecs, duration) = probe(&third);
     assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "the mixed relay carries H.264 + AAC");
     assert!(duration >= 3.0, "{duration}");
+    let job_id = job["id"].as_str().unwrap();
+    let events = hooks.wait_for(Duration::from_secs(10), "the mixed relay's 401s and 801/802", |e| changes(e, &relay_id) == [1, 2, 5, 0] && codes_of(e, job_id) == [801, 802]);
+    assert_eq!(events.iter().find(|e| e["EventType"] == 802).unwrap()["EventInfo"]["Payload"]["LeaveCode"], 0);
     let _ = source.kill();
     let _ = source.wait();
 }
@@ -174,6 +198,8 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
     let port = rtmp_port(&server);
     let cam = token(&data, "rec", "cam");
     let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/rec/cam?token={cam}"), 90);
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    hooks.subscribe(&server, &key, "k3yA");
     std::thread::sleep(Duration::from_secs(2));
     let recs = server.url("/v1/recordings");
     post_json(&recs, Some(&key), &json!({"room": "rec", "format": "avi"})).expect_error(400, "invalid_parameter");
@@ -287,7 +313,41 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
         assert_eq!(result["VideoInfos"].as_array().unwrap().len(), 1, "{result}");
         assert_eq!(result["VideoInfos"][0]["VideoFormat"], "mp4");
         assert_eq!(result["VideoInfos"][0]["VideoType"], if mixed { 2 } else { 0 });
+
+        // The task's events (group 3) in EventMsTs order: started, storage ready, each
+        // playlist's first segment (307 + 304), stopped, stored, the MP4, its commit, finished.
+        let playlist_count = playlists.len();
+        let events = hooks.wait_for(Duration::from_secs(10), "the recording's events", |e| codes_of(e, id).last() == Some(&312));
+        let mut expected = vec![301, 303];
+        for _ in 0..playlist_count {
+            expected.extend([307, 304]);
+        }
+        expected.extend([302, 305, 310, 311, 312]);
+        assert_eq!(codes_of(&events, id), expected);
+        let mine: Vec<&Value> = events.iter().filter(|e| e["EventInfo"]["TaskId"] == id.as_str()).collect();
+        assert!(mine.iter().all(|e| e["EventGroupId"] == 3 && e["EventInfo"]["UserId"] == format!("rec_{id}") && e["EventInfo"]["RoomId"] == "rec"));
+        let payload = |code: u64| mine.iter().find(|e| e["EventType"] == code).unwrap()["EventInfo"]["Payload"].clone();
+        let slice = payload(307);
+        let first_ts = slice["FileName"].as_str().unwrap();
+        assert!(first_ts.ends_with(".ts") && names.contains(&first_ts), "{slice}");
+        let begin = files.iter().find(|f| f["FileName"].as_str().unwrap().ends_with(".m3u8") && f["MediaId"] == slice["MediaId"] && f["TrackType"] == slice["TrackType"]).unwrap()["BeginTimeStamp"].clone();
+        assert_eq!(slice["BeginTimeStamp"], begin, "307's BeginTimeStamp is the playlist's start");
+        assert_eq!(slice["MediaId"], if mixed { "mix" } else { "main" });
+        assert!(payload(304)["FileList"][0].as_str().unwrap().ends_with(".m3u8"));
+        assert_eq!(payload(302)["LeaveCode"], 0);
+        assert_eq!(payload(305)["Status"], 0);
+        let mp4 = result["VideoInfos"][0]["VideoUrl"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+        assert_eq!(payload(310)["Status"], 0);
+        assert_eq!(payload(310)["FileList"], json!([mp4]));
+        assert_eq!(payload(311)["FileInfo"]["FileName"], mp4.as_str());
+        assert_eq!(payload(312)["Status"], 0);
+        assert_eq!(payload(312)["Result"]["TotalTime"], result["TotalTime"]);
     }
+    // The owned mix job ended because its recording did (LeaveCode 105).
+    let events = hooks.wait_for(Duration::from_secs(10), "the owned job's 802", |e| codes_of(e, &owned_job).contains(&802));
+    let stop = events.iter().find(|e| e["EventType"] == 802 && e["EventInfo"]["TaskId"] == owned_job.as_str()).unwrap();
+    assert_eq!(stop["EventInfo"]["Payload"]["LeaveCode"], 105);
+    assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
     // `tessera merge` turns the single-stream recording into one A/V MP4 for cam: the 5 s pause
     // is under the 15 s segment gap, so it is one segment, its hole filled.
     let task_dir = data.join("recordings").join("default").join(&single_id);
@@ -324,6 +384,8 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
     let cam = token(&data, "crash", "cam");
     let port = rtmp_port(&server);
     let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    hooks.subscribe(&server, &key, "k3yA");
     std::thread::sleep(Duration::from_secs(2));
     let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "crash", "format": "hls+mp4", "hls": {"segment_s": 2}, "max_idle_time": 60}));
     assert_eq!(r.status, 201, "{}", r.body);
@@ -357,6 +419,14 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
     let r = request("DELETE", &server.url(&path), Some(&key), None, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    // Events: the first run's start, the restart as 306 (no second 301), then the end.
+    let events = hooks.wait_for(Duration::from_secs(10), "the recording's 312", |e| codes_of(e, &id).contains(&312));
+    let codes = codes_of(&events, &id);
+    assert_eq!(codes.iter().filter(|c| **c == 301).count(), 1, "{codes:?}");
+    let failover = events.iter().find(|e| e["EventType"] == 306 && e["EventInfo"]["TaskId"] == id.as_str()).expect("event 306");
+    assert_eq!(failover["EventInfo"]["Payload"]["Status"], 0);
+    let at = |c: u64| codes.iter().position(|x| *x == c).unwrap();
+    assert!(at(301) < at(306) && at(306) < at(302) && at(302) < at(312), "{codes:?}");
     let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
     assert_eq!(result["Status"], "ok", "{result}");
     let names: Vec<String> = result["Files"].as_array().unwrap().iter().map(|f| f["FileName"].as_str().unwrap().to_owned()).collect();

@@ -152,6 +152,8 @@ fn pull_ingest_of_rtmp_and_hls_reaches_webrtc_viewers_and_bad_urls_fail() {
     let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip)]);
     let key = admin_key(&data);
     let ingests = server.url("/v1/ingests");
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    hooks.subscribe(&server, &key, "k3yA");
 
     // An HLS VOD playlist with B-frames (x264 defaults) and AAC, on disk, served over HTTP.
     let hls = dir.path().join("hls");
@@ -250,6 +252,25 @@ fn pull_ingest_of_rtmp_and_hls_reaches_webrtc_viewers_and_bad_urls_fail() {
     // The virtual anchor has left: its stream is free again.
     let r = post_json(&ingests, Some(&key), &serde_json::json!({"room": "pull", "user": "cam", "url": "http://127.0.0.1:9/x.mp4"}));
     assert_eq!(r.status, 201, "{}", r.body);
+
+    // Events (group 7): a clean start and end, the bad URL's 2 → 2 → 2 → 1, and why each stopped.
+    let statuses = |events: &[serde_json::Value], id: &str| -> Vec<(u64, String)> {
+        events
+            .iter()
+            .filter(|e| e["EventInfo"]["TaskId"] == id)
+            .map(|e| (e["EventType"].as_u64().unwrap(), if e["EventType"] == 701 { e["EventInfo"]["Status"].to_string() } else { e["EventInfo"]["Reason"].as_str().unwrap_or("").to_string() }))
+            .collect()
+    };
+    let pair = |c: u64, s: &str| (c, s.to_string());
+    let events = hooks.wait_for(Duration::from_secs(10), "the ingests' 702s", |e| [&hls_id, &bad_id, &rtmp_id].iter().all(|id| codes_of(e, id).contains(&702)));
+    assert_eq!(statuses(&events, &hls_id), vec![pair(701, "0"), pair(702, "source_ended")]);
+    assert_eq!(statuses(&events, &bad_id), vec![pair(701, "2"), pair(701, "2"), pair(701, "2"), pair(701, "1"), pair(702, "source_failed")]);
+    assert_eq!(statuses(&events, &rtmp_id), vec![pair(701, "0"), pair(702, "api")]);
+    let start = events.iter().find(|e| e["EventInfo"]["TaskId"] == rtmp_id.as_str()).unwrap();
+    assert_eq!((start["EventGroupId"].as_u64(), start["EventInfo"]["UserId"].as_str(), start["EventInfo"]["Url"].as_str()), (Some(7), Some("cam"), Some(source_url.as_str())));
+    assert_eq!(start["CallbackMsTs"], start["CallbackTs"]);
+    assert!(start["EventInfo"].get("EventTs").is_none(), "{start}");
+    assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
 
     // The task files keep every ingest's final state.
     let saved: serde_json::Value = serde_json::from_slice(&std::fs::read(data.join("tasks").join(format!("{bad_id}.json"))).unwrap()).unwrap();
