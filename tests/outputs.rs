@@ -546,3 +546,46 @@ fn webhooks_are_signed_retried_at_once_and_survive_a_crash() {
     assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true), "a Sign did not verify");
     drop(server);
 }
+
+#[test]
+fn room_and_media_events_follow_a_participant_in_causal_order() {
+    let dir = TempDir::new("room-events");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    hooks.subscribe(&server, &key, "k3yA");
+    let port = rtmp_port(&server);
+    let cam = token(&data, "life", "cam");
+    let url = format!("rtmp://127.0.0.1:{port}/push/life/cam?token={cam}");
+    // A push, replaced 3 s later by a second push of the same user (OBS reconnecting), which
+    // ends 4 s after that: one participant throughout.
+    let mut first = publisher(&url, 20);
+    std::thread::sleep(Duration::from_secs(3));
+    let mut second = publisher(&url, 4);
+    let _ = second.wait();
+    let _ = first.kill();
+    let _ = first.wait();
+    let in_room = |events: &[Value]| -> Vec<Value> { events.iter().filter(|e| e["EventInfo"]["RoomId"] == "life").cloned().collect() };
+    let events = hooks.wait_for(Duration::from_secs(20), "102", |e| in_room(e).iter().any(|e| e["EventType"] == 102));
+    let events = in_room(&events);
+    let mut codes: Vec<u64> = events.iter().map(|e| e["EventType"].as_u64().unwrap()).collect();
+    // 201 and 203 may come in either order.
+    codes[2..4].sort();
+    assert_eq!(codes, [101, 103, 201, 203, 104, 102], "{events:?}");
+    assert!(events.iter().all(|e| e["EventInfo"]["RoomType"] == 1));
+    let info = |code: u64| events.iter().find(|e| e["EventType"] == code).unwrap()["EventInfo"].clone();
+    assert_eq!(info(101)["UserId"], "cam");
+    let enter = info(103);
+    assert_eq!((enter["UserId"].as_str(), enter["Role"].as_u64(), enter["UserType"].as_u64(), enter["Reason"].as_u64()), (Some("cam"), Some(20), Some(12), Some(1)), "{enter}");
+    assert!(enter["TerminalType"].is_u64());
+    let exit = info(104);
+    assert_eq!((exit["Role"].as_u64(), exit["Reason"].as_u64()), (Some(20), Some(1)), "{exit}");
+    assert!(info(102).get("UserId").is_none());
+    // EventMsTs is strictly increasing, and the room outlived its last participant by 10 s.
+    let stamps: Vec<i64> = events.iter().map(|e| e["EventInfo"]["EventMsTs"].as_i64().unwrap()).collect();
+    assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
+    let empty_for = info(102)["EventMsTs"].as_i64().unwrap() - exit["EventMsTs"].as_i64().unwrap();
+    assert!((9_500..=12_000).contains(&empty_for), "dismissed {empty_for} ms after the last exit");
+    assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
+}

@@ -3,6 +3,7 @@
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
 use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats, TapPacket};
+use crate::presence::RoomEvent;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -50,6 +51,8 @@ pub struct RtcHandle {
     keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
+    /// Room and media events, for whoever takes them (the webhooks).
+    room_events: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<RoomEvent>>>>,
 }
 
 /// The host candidates to advertise: `public_ip`, else the bound address, else every
@@ -100,9 +103,16 @@ impl RtcHandle {
         let counters = sfu.counters.clone();
         let (tx, rx) = mpsc::channel(256);
         let keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>> = Arc::default();
-        tokio::spawn(run(socket, rx, sfu, candidates.clone(), keyframe_requests.clone()));
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        tokio::spawn(run(socket, rx, sfu, candidates.clone(), keyframe_requests.clone(), events_tx));
         tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
-        Ok(RtcHandle { tx, counters, keyframe_requests, local_addr, candidates })
+        Ok(RtcHandle { tx, counters, keyframe_requests, local_addr, candidates, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
+    }
+
+    /// The room and media events (participants entering and leaving, tracks starting and
+    /// stopping, rooms made and dismissed); the first caller gets them.
+    pub fn take_room_events(&self) -> Option<mpsc::UnboundedReceiver<RoomEvent>> {
+        self.room_events.lock().expect("room events").take()
     }
 
     async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
@@ -199,6 +209,7 @@ async fn run(
     mut sfu: Sfu,
     candidates: Vec<SocketAddr>,
     keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
+    room_events: mpsc::UnboundedSender<RoomEvent>,
 ) {
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
@@ -213,7 +224,7 @@ async fn run(
                         let _ = reply.send(sfu.add_session(spec, &offer, now));
                     }
                     Command::RemoveSession { sid, reply } => {
-                        let _ = reply.send(sfu.remove_session(&sid));
+                        let _ = reply.send(sfu.remove_session(&sid, now));
                     }
                     Command::SessionInfo { sid, reply } => {
                         let _ = reply.send(sfu.session_info(&sid));
@@ -243,7 +254,7 @@ async fn run(
                         sfu.flush(now);
                     }
                     Command::RemoveIngest { id } => {
-                        sfu.remove_internal_publisher(id);
+                        sfu.remove_internal_publisher(id, now);
                         keyframe_requests.lock().expect("keyframe requests").remove(&id);
                     }
                     Command::AddTap { key, with_mixes, reply } => {
@@ -298,6 +309,9 @@ async fn run(
             if !wanted.is_empty() {
                 keyframe_requests.lock().expect("keyframe requests").extend(wanted);
             }
+        }
+        for event in sfu.drain_room_events() {
+            let _ = room_events.send(event);
         }
         for (tap, packet) in sfu.drain_taps() {
             // A full queue means the mixer is behind: the packet is dropped (it will ask for a

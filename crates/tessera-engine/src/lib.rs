@@ -10,8 +10,10 @@
 pub mod driver;
 pub mod forward;
 pub mod mcu;
+pub mod presence;
 pub mod sfu;
 
 pub use driver::{RtcHandle, RtcServerError};
+pub use presence::{JoinInfo, RoomEvent, Track};
 pub use sfu::{IceRestart, IngestPacket, PublisherInfo, Quality, RoomKey, SessionInfo, SessionSpec, SfuStats, TapPacket};
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

@@ -4,6 +4,7 @@
 //! Time and datagrams come in through `handle_*`; datagrams go out through `poll_transmit`.
 
 use crate::forward::SeqTsRewriter;
+use crate::presence::{JoinInfo, LeaveReason, Presence, RoomEvent, Track};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -78,6 +79,8 @@ pub struct SessionSpec {
     /// WHEP: mids the viewer may not receive (rejected in the answer).
     pub rejected_mids: Vec<String>,
     pub quality: Quality,
+    /// How the user joins the room (UserType, TerminalType, role), for events 103/105.
+    pub join: JoinInfo,
 }
 
 /// Counters shared with the metrics endpoint.
@@ -136,6 +139,8 @@ struct Producer {
     mid: Mid,
     kind: MediaKind,
     layers: Vec<Layer>,
+    /// Its first packet was reported to `Presence` (events 201/203/205).
+    announced: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -322,6 +327,8 @@ pub struct Sfu {
     tap_out: Vec<(u64, TapPacket)>,
     /// Internal publishers whose viewers asked for a keyframe.
     internal_keyframe_wanted: Vec<u64>,
+    /// Participants and their tracks: the room and media events.
+    presence: Presence,
 }
 
 fn to_codec(c: WireCodec) -> Option<Codec> {
@@ -373,6 +380,7 @@ impl Sfu {
             taps: HashMap::new(),
             tap_out: Vec::new(),
             internal_keyframe_wanted: Vec::new(),
+            presence: Presence::default(),
         }
     }
 
@@ -520,6 +528,7 @@ impl Sfu {
             PeerRole::Publish => Role::Publisher { producers: Vec::new() },
             PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new() },
         };
+        self.enter(id, &spec, now);
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
         match spec.role {
@@ -528,8 +537,8 @@ impl Sfu {
                 room.joined.entry(spec.user.clone()).or_insert_with(next_join);
                 if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
                     tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
-                    self.close_session(old);
-                    self.remove_internal_publisher(old);
+                    self.close_session(old, LeaveReason::Left, now);
+                    self.remove_internal_publisher(old, now);
                 }
             }
             PeerRole::Play => {
@@ -547,17 +556,33 @@ impl Sfu {
     }
 
     /// Ends a session (WHIP/WHEP DELETE). Returns what it was.
-    pub fn remove_session(&mut self, sid: &str) -> Option<SessionInfo> {
+    pub fn remove_session(&mut self, sid: &str, now: Instant) -> Option<SessionInfo> {
         let id = *self.by_sid.get(sid)?;
         let info = self.session_info(sid);
-        if !self.remove_internal_publisher(id) {
-            self.close_session(id);
+        if !self.remove_internal_publisher(id, now) {
+            self.close_session(id, LeaveReason::Left, now);
         }
         info
     }
 
-    fn close_session(&mut self, id: u64) {
+    /// A session joins its room's presence (after a 101 if it makes the room). It joins
+    /// before any session it replaces leaves, so the participant stays present.
+    fn enter(&mut self, id: u64, spec: &SessionSpec, now: Instant) {
+        if !self.rooms.contains_key(&spec.room) {
+            self.presence.room_created(&spec.room, &spec.user);
+        }
+        let publishes = matches!(spec.role, PeerRole::Publish).then_some(spec.stream);
+        self.presence.joined(id, &spec.room, &spec.user, &spec.join, publishes, now);
+    }
+
+    /// Room and media events (webhook groups 1 and 2) since the last call, in causal order.
+    pub fn drain_room_events(&mut self) -> Vec<RoomEvent> {
+        self.presence.drain()
+    }
+
+    fn close_session(&mut self, id: u64, reason: LeaveReason, now: Instant) {
         let Some(mut s) = self.sessions.remove(&id) else { return };
+        self.presence.left(id, reason, now);
         s.peer.rtc.disconnect();
         // What the peer says on the way out (a DTLS close alert) is still sent.
         while let Ok(Output::Transmit(t)) = s.peer.rtc.poll_output() {
@@ -681,14 +706,20 @@ impl Sfu {
             .map(|(id, _)| *id)
             .collect();
         for id in dead {
-            self.close_session(id);
+            self.close_session(id, LeaveReason::TimedOut, now);
         }
         let timeout = self.empty_room_timeout;
+        let (taps, presence) = (&self.taps, &mut self.presence);
         self.rooms.retain(|key, room| {
-            if room.publishers.is_empty() && room.viewers.is_empty() {
+            // A room lives while it has a participant other than a mix's output, or a task
+            // (mix job, relay, recording) on it (PRODUCT.md §3.3).
+            let participants = room.publishers.keys().any(|(u, _)| !u.as_str().starts_with("mix_")) || !room.viewers.is_empty();
+            let tasks = taps.get(key).is_some_and(|t| !t.is_empty());
+            if !participants && !tasks {
                 let since = *room.empty_since.get_or_insert(now);
                 if now.duration_since(since) >= timeout {
                     tracing::info!(room = %key.room, "empty room dismissed");
+                    presence.room_dismissed(key);
                     return false;
                 }
             } else {
@@ -774,7 +805,7 @@ impl Sfu {
                             Some(sim) => sim.recv.iter().map(|l| Layer { rid: Some(l.rid), rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }).collect(),
                             None => vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }],
                         };
-                        producers.push(Producer { mid: m.mid, kind: m.kind, layers });
+                        producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false });
                     }
                 }
             }
@@ -895,6 +926,9 @@ impl Sfu {
         let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
         let kind = producer.kind;
         note_layer(producer, rid, pkt.payload.len() + 12, now);
+        if !std::mem::replace(&mut producer.announced, true) {
+            self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video));
+        }
         let mut ext = ExtensionValues::default();
         ext.audio_level = pkt.header.ext_vals.audio_level;
         ext.voice_activity = pkt.header.ext_vals.voice_activity;
@@ -1023,13 +1057,14 @@ impl Sfu {
     pub fn add_internal_publisher(&mut self, spec: SessionSpec, now: Instant) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        self.enter(id, &spec, now);
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
         room.joined.entry(spec.user.clone()).or_insert_with(next_join);
         if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
             tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
-            self.close_session(old);
-            self.remove_internal_publisher(old);
+            self.close_session(old, LeaveReason::Left, now);
+            self.remove_internal_publisher(old, now);
         }
         let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
             .into_iter()
@@ -1037,6 +1072,7 @@ impl Sfu {
                 mid: mid.into(),
                 kind,
                 layers: vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }],
+                announced: false,
             })
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
@@ -1045,8 +1081,9 @@ impl Sfu {
         id
     }
 
-    pub fn remove_internal_publisher(&mut self, id: u64) -> bool {
+    pub fn remove_internal_publisher(&mut self, id: u64, now: Instant) -> bool {
         let Some(p) = self.internal.remove(&id) else { return false };
+        self.presence.left(id, LeaveReason::Left, now);
         self.by_sid.remove(&p.spec.sid);
         if let Some(room) = self.rooms.get_mut(&p.spec.room) {
             let key = (p.spec.user.clone(), p.spec.stream);
@@ -1069,6 +1106,9 @@ impl Sfu {
         };
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
             note_layer(producer, None, packet.payload.len() + 12, now);
+            if !std::mem::replace(&mut producer.announced, true) {
+                self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video));
+            }
         }
         let fp = FwdPacket {
             ssrc: packet.ssrc,
@@ -1177,6 +1217,10 @@ mod tests {
             source_user: (role == PeerRole::Play).then(|| UserId::parse("alice").unwrap()),
             rejected_mids: Vec::new(),
             quality: Quality::Auto,
+            join: match role {
+                PeerRole::Publish => JoinInfo::anchor(crate::presence::user_type::WHIP),
+                PeerRole::Play => JoinInfo { user_type: crate::presence::user_type::WHEP, terminal_type: 4, role: crate::presence::ROLE_AUDIENCE, info: None },
+            },
         }
     }
 
@@ -1198,9 +1242,9 @@ mod tests {
         assert!(sfu.session_info("pub").is_none());
         sfu.add_session(spec("view", PeerRole::Play), &offer(Direction::RecvOnly, t0), t0).unwrap();
         assert_eq!(sfu.stats().viewers, 1);
-        assert!(sfu.remove_session("pub2").is_some());
-        assert!(sfu.remove_session("view").is_some());
-        assert!(sfu.remove_session("view").is_none());
+        assert!(sfu.remove_session("pub2", t0).is_some());
+        assert!(sfu.remove_session("view", t0).is_some());
+        assert!(sfu.remove_session("view", t0).is_none());
         // Empty now; dismissed once the empty timeout has passed (time is injected, no waiting).
         let mut t = t0;
         while t < t0 + Duration::from_secs(9) {
@@ -1213,6 +1257,10 @@ mod tests {
             sfu.handle_timeout(t);
         }
         assert!(!sfu.room_exists(&key()));
+        // One participant (alice: two publishers in turn and a viewer), one room: the
+        // replacement and the overlapping sessions make no events of their own.
+        let events = sfu.drain_room_events();
+        assert!(matches!(&events[..], [RoomEvent::RoomCreated { .. }, RoomEvent::Entered { reason: 1, .. }, RoomEvent::Exited { reason: 1, role: 20, .. }, RoomEvent::RoomDismissed { .. }]), "{events:?}");
     }
 
     #[test]
@@ -1226,7 +1274,7 @@ mod tests {
         let alice = UserId::parse("alice").unwrap();
         assert_eq!(sfu.viewer_sessions(&key(), &alice), 3);
         assert_eq!(sfu.viewer_sessions(&key(), &UserId::parse("bob").unwrap()), 0);
-        sfu.remove_session("v1");
+        sfu.remove_session("v1", t0);
         assert_eq!(sfu.viewer_sessions(&key(), &alice), 2);
     }
 

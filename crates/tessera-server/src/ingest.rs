@@ -335,6 +335,7 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
             source_user: None,
             rejected_mids: Vec::new(),
             quality: Quality::Auto,
+            join: tessera_engine::JoinInfo::anchor(tessera_engine::presence::user_type::PULL_INGEST),
         };
         (spec, r.repeat)
     };

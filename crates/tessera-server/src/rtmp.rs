@@ -76,6 +76,7 @@ async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(Ses
         source_user: None,
         rejected_mids: Vec::new(),
         quality: Quality::Auto,
+        join: tessera_engine::JoinInfo { info: token.info.clone(), ..tessera_engine::JoinInfo::anchor(tessera_engine::presence::user_type::RTMP) },
     };
     Ok((spec, token.privileges))
 }

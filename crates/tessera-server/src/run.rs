@@ -123,6 +123,9 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains requests and saves state.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         self.state.hooks.start(Some(self.data_dir.root().join("outbox")));
+        if let Some(events) = self.state.rtc.take_room_events() {
+            self.state.hooks.follow_rooms(events);
+        }
         let router = api::router(self.state.clone());
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
         self.state.ingests.resume(&self.state.rtc);

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_model::events::{self, attempt_start, Event, EventInfo, RoomClocks};
+use tessera_engine::{RoomEvent, RoomKey};
 use tessera_model::AppId;
 use tokio::sync::{mpsc, Semaphore};
 
@@ -92,6 +93,42 @@ impl Webhooks {
                     }
                 }
                 tokio::spawn(delivery.clone().deliver(event));
+            }
+        });
+    }
+
+    /// Groups 1 and 2 from the SFU's presence events (EVENTS.md §5).
+    pub fn room_event(&self, event: RoomEvent) {
+        let user_info = |room: &RoomKey, user: &tessera_model::UserId| EventInfo { user_id: Some(user.to_string()), ..EventInfo::room(room.room.as_str()) };
+        let (room, code, info) = match &event {
+            RoomEvent::RoomCreated { room, user } => (room, 101, user_info(room, user)),
+            RoomEvent::RoomDismissed { room } => (room, 102, EventInfo::room(room.room.as_str())),
+            RoomEvent::Entered { room, user, join, reason } => (
+                room,
+                103,
+                EventInfo {
+                    role: Some(join.role),
+                    terminal_type: Some(join.terminal_type),
+                    user_type: Some(join.user_type),
+                    reason: Some((*reason).into()),
+                    business_info: join.info.clone(),
+                    ..user_info(room, user)
+                },
+            ),
+            RoomEvent::Exited { room, user, role, reason } => (room, 104, EventInfo { role: Some(*role), reason: Some((*reason).into()), ..user_info(room, user) }),
+            RoomEvent::RoleChanged { room, user, role } => (room, 105, EventInfo { role: Some(*role), ..user_info(room, user) }),
+            RoomEvent::TrackStarted { room, user, track } => (room, track.start_code(), user_info(room, user)),
+            RoomEvent::TrackStopped { room, user, track } => (room, track.start_code() + 1, EventInfo { reason: Some(0.into()), ..user_info(room, user) }),
+        };
+        self.emit(&room.app, code, info);
+    }
+
+    /// Sends the SFU's room events as webhooks until the engine stops.
+    pub fn follow_rooms(&self, mut events: mpsc::UnboundedReceiver<RoomEvent>) {
+        let hooks = self.clone();
+        tokio::spawn(async move {
+            while let Some(e) = events.recv().await {
+                hooks.room_event(e);
             }
         });
     }

@@ -329,6 +329,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         source_user: None,
         rejected_mids: Vec::new(),
         quality: Quality::Auto,
+        join: crate::JoinInfo::anchor(crate::presence::user_type::MIX),
     };
     let publisher = runtime.block_on(rtc.add_ingest(out_spec)).map_err(|e| e.to_string())?;
     let result = (|| -> Result<u32, String> {

@@ -14,6 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tessera_engine::{OfferSummary, PeerRole, Quality, RoomKey, SectionKind, SessionSpec};
+use tessera_engine::presence::{user_type, JoinInfo, ROLE_ANCHOR};
 use tessera_media::StreamKind;
 use tessera_model::privileges::Privileges;
 use tessera_model::token::{self, TokenError, UserToken};
@@ -186,10 +187,19 @@ pub async fn publish(State(state): State<AppState>, Path(room): Path<String>, Ap
         source_user: None,
         rejected_mids: Vec::new(),
         quality: Quality::Auto,
+        join: join_info(&token, &headers, user_type::WHIP),
     };
     let answer = state.rtc.add_session(spec, offer).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(offer_error)?;
     tracing::info!(sid = %sid, user = %token.user, room = %token.room, "WHIP session created");
     Ok(created(&state, "whip", &sid, answer))
+}
+
+/// Event 103's view of a WHIP/WHEP session: UserType, TerminalType from the User-Agent, the
+/// token's role (a WHIP session is an anchor's) and `info`.
+fn join_info(token: &UserToken, headers: &HeaderMap, kind: u8) -> JoinInfo {
+    let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let role = if kind == user_type::WHIP { ROLE_ANCHOR } else { token.role.code() as u8 };
+    JoinInfo { user_type: kind, terminal_type: JoinInfo::terminal_from_user_agent(ua), role, info: token.info.clone() }
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +263,7 @@ pub async fn play(
         source_user: Some(source),
         rejected_mids: rejected,
         quality,
+        join: join_info(&token, &headers, user_type::WHEP),
     };
     let answer = state.rtc.add_session(spec, offer).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(offer_error)?;
     tracing::info!(sid = %sid, viewer = %token.user, source = %user, "WHEP session created");

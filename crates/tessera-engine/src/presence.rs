@@ -1,0 +1,291 @@
+//! Who is in which room (PRODUCT.md §3.3–3.4), as the SFU's sessions come and go: a participant
+//! is (room, user) with at least one session (WHIP, WHEP, RTMP, pull ingest, mix output). The
+//! SFU tells this state machine about sessions, first packets and dismissed rooms; it answers
+//! with the room and media events of webhook groups 1 and 2 (EVENTS.md §5), in causal order.
+
+use crate::RoomKey;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+use tessera_media::StreamKind;
+use tessera_model::UserId;
+
+pub const ROLE_ANCHOR: u8 = 20;
+pub const ROLE_AUDIENCE: u8 = 21;
+
+/// UserType of a session (PRODUCT.md §3.4).
+pub mod user_type {
+    pub const WHIP: u8 = 10;
+    pub const WHEP: u8 = 11;
+    pub const RTMP: u8 = 12;
+    pub const PULL_INGEST: u8 = 13;
+    pub const MIX: u8 = 14;
+}
+
+/// How a session joins, for event 103.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JoinInfo {
+    pub user_type: u8,
+    /// 1 Windows, 2 Android, 3 iOS, 4 Linux, 100 other.
+    pub terminal_type: u8,
+    /// 20 anchor, 21 audience.
+    pub role: u8,
+    /// The token's `info` (BusinessInfo).
+    pub info: Option<String>,
+}
+
+impl JoinInfo {
+    /// A publishing session of the server's own kind (RTMP, pull ingest, mix output).
+    pub fn anchor(user_type: u8) -> JoinInfo {
+        JoinInfo { user_type, terminal_type: 100, role: ROLE_ANCHOR, info: None }
+    }
+
+    /// TerminalType from a User-Agent (PRODUCT.md §3.4).
+    pub fn terminal_from_user_agent(ua: &str) -> u8 {
+        let ua = ua.to_ascii_lowercase();
+        if ua.contains("android") {
+            2
+        } else if ua.contains("iphone") || ua.contains("ipad") || ua.contains("ios") {
+            3
+        } else if ua.contains("windows") {
+            1
+        } else if ua.contains("linux") || ua.contains("x11") {
+            4
+        } else {
+            100
+        }
+    }
+}
+
+/// The tracks whose start and stop are reported (201–206).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Track {
+    MainVideo,
+    MainAudio,
+    Aux,
+}
+
+impl Track {
+    pub fn of(stream: StreamKind, video: bool) -> Track {
+        match (stream, video) {
+            (StreamKind::Aux, _) => Track::Aux,
+            (StreamKind::Main, true) => Track::MainVideo,
+            (StreamKind::Main, false) => Track::MainAudio,
+        }
+    }
+
+    /// The start event's code; the stop event's is one more.
+    pub fn start_code(self) -> u16 {
+        match self {
+            Track::MainVideo => 201,
+            Track::MainAudio => 203,
+            Track::Aux => 205,
+        }
+    }
+
+    fn stream(self) -> StreamKind {
+        match self {
+            Track::Aux => StreamKind::Aux,
+            _ => StreamKind::Main,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoomEvent {
+    RoomCreated { room: RoomKey, user: UserId },
+    RoomDismissed { room: RoomKey },
+    /// `reason`: 1 normal, 3 back within 60 s of a timeout.
+    Entered { room: RoomKey, user: UserId, join: JoinInfo, reason: u8 },
+    /// `reason`: 1 left, 2 timed out, 3 removed.
+    Exited { room: RoomKey, user: UserId, role: u8, reason: u8 },
+    RoleChanged { room: RoomKey, user: UserId, role: u8 },
+    TrackStarted { room: RoomKey, user: UserId, track: Track },
+    TrackStopped { room: RoomKey, user: UserId, track: Track },
+}
+
+/// Why a session ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LeaveReason {
+    Left = 1,
+    TimedOut = 2,
+    Removed = 3,
+}
+
+const REENTRY_WINDOW: Duration = Duration::from_secs(60);
+
+struct Participant {
+    role: u8,
+    /// Session id → the stream it publishes, if it does.
+    sessions: Vec<(u64, Option<StreamKind>)>,
+    started: Vec<Track>,
+}
+
+#[derive(Default)]
+pub struct Presence {
+    participants: HashMap<(RoomKey, UserId), Participant>,
+    by_session: HashMap<u64, (RoomKey, UserId)>,
+    /// Participants that timed out, and when: a return within 60 s enters with Reason 3.
+    timed_out: HashMap<(RoomKey, UserId), Instant>,
+    events: Vec<RoomEvent>,
+}
+
+impl Presence {
+    pub fn room_created(&mut self, room: &RoomKey, user: &UserId) {
+        self.events.push(RoomEvent::RoomCreated { room: room.clone(), user: user.clone() });
+    }
+
+    pub fn room_dismissed(&mut self, room: &RoomKey) {
+        self.events.push(RoomEvent::RoomDismissed { room: room.clone() });
+    }
+
+    /// A session starts. Joining before the session it replaces leaves keeps the participant
+    /// present, so a replacement emits no 104/103.
+    pub fn joined(&mut self, session: u64, room: &RoomKey, user: &UserId, join: &JoinInfo, publishes: Option<StreamKind>, now: Instant) {
+        let key = (room.clone(), user.clone());
+        self.by_session.insert(session, key.clone());
+        if let Some(p) = self.participants.get_mut(&key) {
+            p.sessions.push((session, publishes));
+            if publishes.is_some() && p.role == ROLE_AUDIENCE {
+                p.role = ROLE_ANCHOR;
+                self.events.push(RoomEvent::RoleChanged { room: room.clone(), user: user.clone(), role: ROLE_ANCHOR });
+            }
+            return;
+        }
+        self.timed_out.retain(|_, at| now.saturating_duration_since(*at) < REENTRY_WINDOW);
+        let reason = if self.timed_out.remove(&key).is_some() { 3 } else { 1 };
+        let role = if publishes.is_some() { ROLE_ANCHOR } else { join.role };
+        self.participants.insert(key, Participant { role, sessions: vec![(session, publishes)], started: Vec::new() });
+        self.events.push(RoomEvent::Entered { room: room.clone(), user: user.clone(), join: JoinInfo { role, ..join.clone() }, reason });
+    }
+
+    /// A session ends. The last one takes the participant out (104, which implies every stop);
+    /// otherwise a stream nobody else of the user publishes any more reports its stops.
+    pub fn left(&mut self, session: u64, reason: LeaveReason, now: Instant) {
+        let Some(key) = self.by_session.remove(&session) else { return };
+        let Some(p) = self.participants.get_mut(&key) else { return };
+        let published = p.sessions.iter().find(|(s, _)| *s == session).and_then(|(_, s)| *s);
+        p.sessions.retain(|(s, _)| *s != session);
+        if p.sessions.is_empty() {
+            let role = p.role;
+            self.participants.remove(&key);
+            if reason == LeaveReason::TimedOut {
+                self.timed_out.insert(key.clone(), now);
+            }
+            self.events.push(RoomEvent::Exited { room: key.0, user: key.1, role, reason: reason as u8 });
+            return;
+        }
+        if let Some(stream) = published {
+            if !p.sessions.iter().any(|(_, s)| *s == Some(stream)) {
+                let stopped: Vec<Track> = p.started.iter().copied().filter(|t| t.stream() == stream).collect();
+                p.started.retain(|t| t.stream() != stream);
+                for track in stopped {
+                    self.events.push(RoomEvent::TrackStopped { room: key.0.clone(), user: key.1.clone(), track });
+                }
+            }
+        }
+    }
+
+    /// The first packet of a track of `session` (the SFU calls this once per producer).
+    pub fn media(&mut self, session: u64, track: Track) {
+        let Some(key) = self.by_session.get(&session) else { return };
+        let Some(p) = self.participants.get_mut(key) else { return };
+        if !p.started.contains(&track) {
+            p.started.push(track);
+            self.events.push(RoomEvent::TrackStarted { room: key.0.clone(), user: key.1.clone(), track });
+        }
+    }
+
+    pub fn drain(&mut self) -> Vec<RoomEvent> {
+        std::mem::take(&mut self.events)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_model::{AppId, RoomId};
+
+    fn room() -> RoomKey {
+        RoomKey { app: AppId::default_app(), room: RoomId::parse("r").unwrap() }
+    }
+
+    fn user(u: &str) -> UserId {
+        UserId::parse(u).unwrap()
+    }
+
+    fn codes(events: &[RoomEvent]) -> Vec<String> {
+        events
+            .iter()
+            .map(|e| match e {
+                RoomEvent::RoomCreated { .. } => "101".to_string(),
+                RoomEvent::RoomDismissed { .. } => "102".to_string(),
+                RoomEvent::Entered { reason, .. } => format!("103/{reason}"),
+                RoomEvent::Exited { reason, .. } => format!("104/{reason}"),
+                RoomEvent::RoleChanged { role, .. } => format!("105/{role}"),
+                RoomEvent::TrackStarted { track, .. } => track.start_code().to_string(),
+                RoomEvent::TrackStopped { track, .. } => (track.start_code() + 1).to_string(),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_publisher_and_a_viewer_of_the_same_user_are_one_participant() {
+        let (mut p, now) = (Presence::default(), Instant::now());
+        let whip = JoinInfo::anchor(user_type::WHIP);
+        let whep = JoinInfo { user_type: user_type::WHEP, terminal_type: 4, role: ROLE_AUDIENCE, info: None };
+        p.room_created(&room(), &user("alice"));
+        p.joined(1, &room(), &user("alice"), &whep, None, now);
+        p.joined(2, &room(), &user("alice"), &whip, Some(StreamKind::Main), now);
+        p.media(2, Track::MainVideo);
+        p.media(2, Track::MainVideo);
+        p.media(2, Track::MainAudio);
+        // The publication ends while the viewer stays: the stops are reported.
+        p.left(2, LeaveReason::Left, now);
+        p.left(1, LeaveReason::Left, now);
+        p.room_dismissed(&room());
+        assert_eq!(codes(&p.drain()), ["101", "103/1", "105/20", "201", "203", "202", "204", "104/1", "102"]);
+    }
+
+    #[test]
+    fn a_replacement_is_silent_and_an_exit_implies_the_stops() {
+        let (mut p, now) = (Presence::default(), Instant::now());
+        let rtmp = JoinInfo::anchor(user_type::RTMP);
+        p.joined(1, &room(), &user("obs"), &rtmp, Some(StreamKind::Main), now);
+        p.media(1, Track::MainVideo);
+        // The newer push joins first, then the older one is closed.
+        p.joined(2, &room(), &user("obs"), &rtmp, Some(StreamKind::Main), now);
+        p.left(1, LeaveReason::Left, now);
+        p.media(2, Track::MainVideo);
+        p.joined(3, &room(), &user("obs"), &JoinInfo::anchor(user_type::WHIP), Some(StreamKind::Aux), now);
+        p.media(3, Track::Aux);
+        p.left(3, LeaveReason::Left, now);
+        p.left(2, LeaveReason::Left, now);
+        assert_eq!(codes(&p.drain()), ["103/1", "201", "205", "206", "104/1"]);
+    }
+
+    #[test]
+    fn a_return_within_60_s_of_a_timeout_enters_with_reason_3() {
+        let (mut p, now) = (Presence::default(), Instant::now());
+        let whip = JoinInfo::anchor(user_type::WHIP);
+        p.joined(1, &room(), &user("a"), &whip, Some(StreamKind::Main), now);
+        p.left(1, LeaveReason::TimedOut, now);
+        p.joined(2, &room(), &user("a"), &whip, Some(StreamKind::Main), now + Duration::from_secs(30));
+        p.left(2, LeaveReason::TimedOut, now + Duration::from_secs(31));
+        p.joined(3, &room(), &user("a"), &whip, Some(StreamKind::Main), now + Duration::from_secs(100));
+        assert_eq!(codes(&p.drain()), ["103/1", "104/2", "103/3", "104/2", "103/1"]);
+    }
+
+    #[test]
+    fn terminal_types_from_user_agents() {
+        let cases = [
+            ("Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 HeadlessChrome/120", 4),
+            ("Mozilla/5.0 (Windows NT 10.0; Win64; x64)", 1),
+            ("Mozilla/5.0 (Linux; Android 14; Pixel 8)", 2),
+            ("Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X)", 3),
+            ("obs-studio/30", 100),
+        ];
+        for (ua, t) in cases {
+            assert_eq!(JoinInfo::terminal_from_user_agent(ua), t, "{ua}");
+        }
+    }
+}
