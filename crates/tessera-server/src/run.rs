@@ -169,6 +169,9 @@ impl Server {
         self.state.mix_jobs.shutdown();
         self.state.relays.shutdown();
         self.state.recordings.shutdown();
+        // Tasks report their ends as they stop; give those events a moment to reach the outbox.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        self.state.hooks.settle(Duration::from_secs(2)).await;
         if let Err(e) = self.state.store.flush() {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }

@@ -36,12 +36,14 @@ struct Inner {
     tx: mpsc::UnboundedSender<Event>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     deliveries: Family<ResultLabel, Counter>,
+    /// Events emitted but not yet in the outbox.
+    unwritten: std::sync::atomic::AtomicUsize,
 }
 
 impl Webhooks {
     pub fn new(store: Arc<AppStore>, deliveries: Family<ResultLabel, Counter>) -> Webhooks {
         let (tx, rx) = mpsc::unbounded_channel();
-        Webhooks(Arc::new(Inner { store, clocks: Mutex::new(RoomClocks::default()), tx, rx: Mutex::new(Some(rx)), deliveries }))
+        Webhooks(Arc::new(Inner { store, clocks: Mutex::new(RoomClocks::default()), tx, rx: Mutex::new(Some(rx)), deliveries, unwritten: Default::default() }))
     }
 
     /// Stamps `info` with the room's next `EventMsTs` and queues the event for the app's
@@ -58,6 +60,7 @@ impl Webhooks {
             return;
         }
         tracing::debug!(app = %app, code, room = %info.room_id, "webhook event");
+        self.0.unwritten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         let _ = self.0.tx.send(Event { id: tessera_model::random::task_id(), app: app.to_string(), code, created_ms: now, info });
     }
 
@@ -92,6 +95,7 @@ impl Webhooks {
                         tracing::warn!(event = %event.id, "cannot write the event to the outbox; delivering it anyway");
                     }
                 }
+                delivery.hooks.0.unwritten.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(delivery.clone().deliver(event));
             }
         });
@@ -131,6 +135,15 @@ impl Webhooks {
                 hooks.room_event(e);
             }
         });
+    }
+
+    /// At shut-down: waits (at most `limit`) until every emitted event is in the outbox, so
+    /// the next start delivers what this run could not.
+    pub async fn settle(&self, limit: Duration) {
+        let deadline = tokio::time::Instant::now() + limit;
+        while self.0.unwritten.load(std::sync::atomic::Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn count(&self, result: &'static str) {
