@@ -491,7 +491,10 @@ fn webhooks_are_signed_retried_at_once_and_survive_a_crash() {
     // A key is required with a URL.
     let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", format!(r#"{{"webhook":{{"url":"{}"}}}}"#, hooks.url()).as_bytes())), &[]);
     r.expect_error(400, "invalid_parameter");
-    hooks.subscribe(&server, &key, "k3yA");
+    // Only group 8 (mix): the job's own room events (101, 103, 201 …) are not sent.
+    let body = json!({"webhook": {"url": hooks.url(), "key": "k3yA", "groups": [8]}}).to_string();
+    let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", body.as_bytes())), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
 
     // 801: the first attempt is answered 500, the second follows at once with the same id.
     let r = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "hooks", "encode": {"template": "360p"}}));
@@ -544,6 +547,7 @@ fn webhooks_are_signed_retried_at_once_and_survive_a_crash() {
         std::thread::sleep(Duration::from_millis(50));
     }
     assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true), "a Sign did not verify");
+    assert!(hooks.requests().iter().all(|r| r["body"]["EventGroupId"] == 8), "only the subscribed group is sent");
     drop(server);
 }
 
