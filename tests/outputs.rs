@@ -559,6 +559,13 @@ fn room_and_media_events_follow_a_participant_in_causal_order() {
     let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
     let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
     hooks.subscribe(&server, &key, "k3yA");
+    // A task on a room nobody is in makes the room (101 in the task's name); the room goes
+    // 10 s after the task stops (102).
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "tasked"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let rec = r.json()["id"].as_str().unwrap().to_owned();
+    hooks.wait_for(Duration::from_secs(5), "101 of room tasked", |e| e.iter().any(|e| e["EventType"] == 101 && e["EventInfo"]["RoomId"] == "tasked"));
+    assert_eq!(request("DELETE", &server.url(&format!("/v1/recordings/{rec}")), Some(&key), None, &[]).status, 200);
     let port = rtmp_port(&server);
     let cam = token(&data, "life", "cam");
     let url = format!("rtmp://127.0.0.1:{port}/push/life/cam?token={cam}");
@@ -591,5 +598,8 @@ fn room_and_media_events_follow_a_participant_in_causal_order() {
     assert!(stamps.windows(2).all(|w| w[0] < w[1]), "{stamps:?}");
     let empty_for = info(102)["EventMsTs"].as_i64().unwrap() - exit["EventMsTs"].as_i64().unwrap();
     assert!((9_500..=12_000).contains(&empty_for), "dismissed {empty_for} ms after the last exit");
+    let tasked: Vec<Value> = hooks.events().into_iter().filter(|e| e["EventInfo"]["RoomId"] == "tasked" && e["EventGroupId"] == 1).collect();
+    assert_eq!(tasked.iter().map(|e| e["EventType"].as_u64().unwrap()).collect::<Vec<_>>(), [101, 102], "{tasked:?}");
+    assert_eq!(tasked[0]["EventInfo"]["UserId"], format!("rec_{rec}"));
     assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
 }

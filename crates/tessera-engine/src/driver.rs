@@ -31,7 +31,7 @@ enum Command {
     AddIngest { spec: SessionSpec, reply: oneshot::Sender<u64> },
     Push { id: u64, packets: Vec<IngestPacket> },
     RemoveIngest { id: u64 },
-    AddTap { key: RoomKey, with_mixes: bool, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
+    AddTap { key: RoomKey, with_mixes: bool, owner: tessera_model::UserId, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
     RemoveTap { id: u64 },
     RoomPublishers { key: RoomKey, reply: oneshot::Sender<Vec<PublisherInfo>> },
     RoomsWithAnchors { reply: oneshot::Sender<Vec<RoomKey>> },
@@ -163,15 +163,16 @@ impl RtcHandle {
         self.tx.send(Command::RemoveIngest { id }).await.map_err(|_| RtcServerError::Stopped)
     }
 
-    /// An in-process subscriber to every publisher of a room (a mix job). Dropping the receiver
-    /// is not enough to stop it: call `remove_tap`.
-    pub async fn add_tap(&self, key: RoomKey) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, with_mixes: false, reply }).await
+    /// An in-process subscriber to every publisher of a room (a mix job); `owner` is the task's
+    /// server user, which makes the room if it does not exist (event 101). Dropping the
+    /// receiver is not enough to stop it: call `remove_tap`.
+    pub async fn add_tap(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
+        self.ask(|reply| Command::AddTap { key, with_mixes: false, owner, reply }).await
     }
 
     /// Like `add_tap`, and mixes' output too (relays and recordings of `mix_<id>`).
-    pub async fn add_tap_all(&self, key: RoomKey) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, with_mixes: true, reply }).await
+    pub async fn add_tap_all(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
+        self.ask(|reply| Command::AddTap { key, with_mixes: true, owner, reply }).await
     }
 
     pub async fn remove_tap(&self, id: u64) -> Result<(), RtcServerError> {
@@ -257,8 +258,8 @@ async fn run(
                         sfu.remove_internal_publisher(id, now);
                         keyframe_requests.lock().expect("keyframe requests").remove(&id);
                     }
-                    Command::AddTap { key, with_mixes, reply } => {
-                        let id = sfu.add_tap(key, with_mixes);
+                    Command::AddTap { key, with_mixes, owner, reply } => {
+                        let id = sfu.add_tap(key, with_mixes, &owner);
                         let (tx, rx) = mpsc::channel(TAP_QUEUE);
                         taps.insert(id, tx);
                         let _ = reply.send((id, rx));

@@ -390,10 +390,14 @@ impl Sfu {
     }
 
     /// Adds an in-process subscriber to every publisher of a room; its packets come out of
-    /// `poll_tap`.
-    pub fn add_tap(&mut self, room: RoomKey, with_mixes: bool) -> u64 {
+    /// `poll_tap`. A task started on a room that does not exist makes it, in `owner`'s name.
+    pub fn add_tap(&mut self, room: RoomKey, with_mixes: bool, owner: &UserId) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
+        if !self.rooms.contains_key(&room) {
+            self.presence.room_created(&room, owner);
+            self.rooms.insert(room.clone(), Room::default());
+        }
         self.taps.entry(room).or_default().push((id, with_mixes));
         id
     }

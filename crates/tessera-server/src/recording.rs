@@ -775,7 +775,10 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
         let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
         let tap = match &ready {
-            Ok(()) => runtime.block_on(rtc.add_tap_all(room.clone())).map_err(|e| e.to_string()),
+            Ok(()) => match UserId::parse(&format!("rec_{}", spec.id)) {
+                Ok(owner) => runtime.block_on(rtc.add_tap_all(room.clone(), owner)).map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            },
             Err(e) => Err(e.to_string()),
         };
         // 301 (or 306 after a crash restart), then 303 for the storage.

@@ -588,7 +588,8 @@ fn tag_ts(tag: &Tag) -> u32 {
 /// The source's packets → FLV tags, until the relay stops.
 fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle: Duration, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
     let leave = (|| -> Result<u32, String> {
-        let (tap, mut packets) = runtime.block_on(rtc.add_tap_all(room.clone())).map_err(|e| e.to_string())?;
+        let owner = UserId::parse(&format!("relay_{}", task.record().id)).map_err(|e| e.to_string())?;
+        let (tap, mut packets) = runtime.block_on(rtc.add_tap_all(room.clone(), owner)).map_err(|e| e.to_string())?;
         let result = (|| -> Result<u32, String> {
             let start = Instant::now();
             let mut absent_since: Option<Instant> = Some(start);

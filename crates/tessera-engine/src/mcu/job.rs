@@ -319,7 +319,7 @@ impl Timing {
 fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) -> Result<u32, String> {
     let spec = handle.spec();
     let enc = spec.encode;
-    let (tap, mut packets) = runtime.block_on(rtc.add_tap(spec.room.clone())).map_err(|e| e.to_string())?;
+    let (tap, mut packets) = runtime.block_on(rtc.add_tap(spec.room.clone(), spec.user.clone())).map_err(|e| e.to_string())?;
     let out_spec = SessionSpec {
         sid: tessera_model::random::session_id(),
         room: spec.room.clone(),
