@@ -603,3 +603,54 @@ fn room_and_media_events_follow_a_participant_in_causal_order() {
     assert_eq!(tasked[0]["EventInfo"]["UserId"], format!("rec_{rec}"));
     assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
 }
+
+#[test]
+fn a_graceful_restart_continues_a_recording() {
+    let dir = TempDir::new("rec-restart");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    hooks.subscribe(&server, &key, "k3yA");
+    let cam = token(&data, "upgrade", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/upgrade/cam?token={cam}", rtmp_port(&server)), 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "upgrade", "format": "hls+mp4", "hls": {"segment_s": 2}, "max_idle_time": 60}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/recordings/{id}");
+    poll(&server, &key, &path, Duration::from_secs(15), |v| v["files"].as_array().is_some_and(|f| f.len() >= 4));
+    // SIGTERM (an upgrade): the server exits cleanly and the task stays live.
+    assert!(server.stop().success());
+    let _ = source.kill();
+    let _ = source.wait();
+    let saved: Value = serde_json::from_slice(&std::fs::read(data.join("tasks").join(format!("{id}.json"))).unwrap()).unwrap();
+    assert_eq!(saved["state"], "RECORDING", "{saved}");
+
+    let server = Server::start(&data, &[]);
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/upgrade/cam?token={cam}", rtmp_port(&server)), 60);
+    poll(&server, &key, &path, Duration::from_secs(20), |v| v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_"))));
+    std::thread::sleep(Duration::from_secs(4));
+    assert_eq!(request("DELETE", &server.url(&path), Some(&key), None, &[]).status, 200);
+    poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
+    assert_eq!(result["Status"], "ok", "{result}");
+    let names: Vec<&str> = result["Files"].as_array().unwrap().iter().map(|f| f["FileName"].as_str().unwrap()).collect();
+    for playlist in ["default_dXBncmFkZQ..__UserId_s_Y2Ft__UserId_e_main_video.m3u8", "ha1_default_dXBncmFkZQ..__UserId_s_Y2Ft__UserId_e_main_video.m3u8"] {
+        assert!(names.contains(&playlist), "{playlist} missing: {names:?}");
+    }
+    // The MP4 joins both runs.
+    let mp4 = result["VideoInfos"][0]["VideoUrl"].as_str().unwrap().to_owned();
+    let (codecs, duration) = probe_url(&format!("{}?token={}", server.url(&mp4), token(&data, "upgrade", "viewer")));
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()]);
+    let total = result["TotalTime"].as_f64().unwrap() / 1000.0;
+    assert!(total > 6.0 && (duration - total).abs() <= total * 0.05 + 0.3, "MP4 {duration:.2} s, task clock {total:.2} s");
+    // One start, one failover, one stop.
+    let events = hooks.wait_for(Duration::from_secs(10), "312", |e| codes_of(e, &id).contains(&312));
+    let codes = codes_of(&events, &id);
+    for (code, n) in [(301, 1), (306, 1), (302, 1), (312, 1)] {
+        assert_eq!(codes.iter().filter(|c| **c == code).count(), n, "{code} in {codes:?}");
+    }
+    let _ = source.kill();
+    let _ = source.wait();
+}

@@ -179,6 +179,11 @@ pub struct RecordingTask {
     /// Set by the API; the worker applies it within a frame.
     paused: AtomicBool,
     pub created_at: i64,
+    /// The server is stopping: the worker closes its playlists and leaves the task live, so
+    /// the next start continues it (`ha<N>_`), as after a crash.
+    shutting_down: AtomicBool,
+    /// Its worker thread is running.
+    working: AtomicBool,
 }
 
 impl RecordingTask {
@@ -217,6 +222,22 @@ impl Recordings {
         self.tasks.get(id).map(|t| t.clone()).filter(|t| t.spec.lock().expect("spec").app == *app)
     }
 
+    /// Mix jobs owned by recordings that have stopped, for whatever reason: they stop too
+    /// (LeaveCode 105).
+    pub fn ended_owned_jobs(&self) -> Vec<(AppId, String)> {
+        self.tasks
+            .iter()
+            .filter(|t| matches!(t.status.lock().expect("status").state, "STOPPED" | "FINISHED"))
+            .filter_map(|t| {
+                let spec = t.spec.lock().expect("spec");
+                match &spec.mode {
+                    Mode::Mixed { owned_job: Some(job), .. } => Some((spec.app.clone(), job.clone())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
     pub fn live_count(&self, app: &AppId) -> usize {
         self.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == *app && !matches!(t.status.lock().expect("status").state, "STOPPED" | "FINISHED")).count()
     }
@@ -228,6 +249,8 @@ impl Recordings {
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             created_at: crate::now_ms(),
+            shutting_down: AtomicBool::new(false),
+            working: AtomicBool::new(true),
         });
         self.tasks.insert(spec.id.clone(), task.clone());
         save(&task, &data_dir);
@@ -238,9 +261,16 @@ impl Recordings {
         Ok(task)
     }
 
-    pub fn shutdown(&self) {
+    /// Server shut-down: every worker closes its playlists and leaves its task live for the
+    /// next start; waits (at most 5 s) for them.
+    pub async fn shutdown(&self) {
         for t in self.tasks.iter() {
+            t.shutting_down.store(true, Ordering::SeqCst);
             t.stop();
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.tasks.iter().any(|t| t.working.load(Ordering::SeqCst)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 
@@ -308,12 +338,12 @@ impl Recordings {
 fn save(task: &RecordingTask, data_dir: &Path) {
     let spec = task.spec.lock().expect("spec").clone();
     let st = task.status.lock().expect("status").clone();
-    let (mode, streams, split, mix_user) = match &spec.mode {
-        Mode::Single { streams, split } => ("single", streams.iter().map(|s| s.as_str()).collect::<Vec<_>>(), *split, None),
-        Mode::Mixed { mix_user, .. } => ("mixed", Vec::new(), false, Some(mix_user.to_string())),
+    let (mode, streams, split, mix_user, owned_job) = match &spec.mode {
+        Mode::Single { streams, split } => ("single", streams.iter().map(|s| s.as_str()).collect::<Vec<_>>(), *split, None, None),
+        Mode::Mixed { mix_user, owned_job } => ("mixed", Vec::new(), false, Some(mix_user.to_string()), owned_job.clone()),
     };
     let record = json!({
-        "kind": "recording", "id": spec.id, "app": spec.app, "room": spec.room, "mode": mode, "streams": streams, "split": split, "mix_user": mix_user,
+        "kind": "recording", "id": spec.id, "app": spec.app, "room": spec.room, "mode": mode, "streams": streams, "split": split, "mix_user": mix_user, "owned_job": owned_job,
         "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "split_minutes": spec.split_minutes, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
         "subscribe": {"video_allow": spec.subscribe.video_allow, "video_deny": spec.subscribe.video_deny, "audio_allow": spec.subscribe.audio_allow, "audio_deny": spec.subscribe.audio_deny},
         "state": st.state, "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "leave_code": st.leave_code,
@@ -354,7 +384,7 @@ impl Recordings {
             let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else { continue };
             let mode = if v["mode"] == "mixed" {
                 let Ok(mix_user) = UserId::parse(v["mix_user"].as_str().unwrap_or("")) else { continue };
-                Mode::Mixed { mix_user, owned_job: None }
+                Mode::Mixed { mix_user, owned_job: v["owned_job"].as_str().map(str::to_owned) }
             } else {
                 let streams = v["streams"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().and_then(StreamKind::parse)).collect()).unwrap_or_default();
                 Mode::Single { streams, split: v["split"].as_bool().unwrap_or(true) }
@@ -396,7 +426,7 @@ impl Recordings {
                 clock_ms: v["clock_ms"].as_i64().unwrap_or(0),
                 restarts: v["restarts"].as_u64().unwrap_or(0) as u32,
             };
-            let task = Arc::new(RecordingTask { spec: Mutex::new(spec.clone()), status: Mutex::new(status), stop: AtomicBool::new(false), paused: AtomicBool::new(false), created_at: v["created_at"].as_i64().unwrap_or(0) });
+            let task = Arc::new(RecordingTask { spec: Mutex::new(spec.clone()), status: Mutex::new(status), stop: AtomicBool::new(false), paused: AtomicBool::new(false), created_at: v["created_at"].as_i64().unwrap_or(0), shutting_down: AtomicBool::new(false), working: AtomicBool::new(false) });
             self.tasks.insert(spec.id.clone(), task.clone());
             if state == "FINISHED" {
                 continue;
@@ -432,6 +462,7 @@ impl Recordings {
             }
             tracing::info!(recording = %spec.id, restart = restarts + 1, "resuming the recording");
             save(&task, data_dir);
+            task.working.store(true, Ordering::SeqCst);
             let runtime = tokio::runtime::Handle::current();
             let (t, dir, rtc, events) = (task.clone(), data_dir.to_path_buf(), rtc.clone(), TaskEvents::new(&self.hooks, &spec));
             if let Err(e) = std::thread::Builder::new().name(format!("rec-{}", spec.id)).spawn(move || worker(t, dir, rtc, runtime, events)) {
@@ -793,6 +824,18 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         let _ = runtime.block_on(rtc.remove_tap(tap));
         r
     })();
+    if task.shutting_down.load(Ordering::SeqCst) {
+        // Closed, not stopped: the state stays RECORDING/PAUSED and the next start resumes.
+        for wr in &mut w.writers {
+            if let Err(e) = wr.finish() {
+                tracing::warn!("closing a playlist at shut-down failed: {e}");
+            }
+        }
+        save(&task, &data_dir);
+        task.working.store(false, Ordering::SeqCst);
+        tracing::info!(recording = %spec.id, "recording closed for the server's stop; it continues at the next start");
+        return;
+    }
     let (code, error) = match outcome {
         Ok(c) => (c, None),
         Err(e) => {
@@ -820,6 +863,7 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
     events.emit(305, json!({"Status": stored, "LeaveCode": stored}));
     finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
     save(&task, &data_dir);
+    task.working.store(false, Ordering::SeqCst);
 }
 
 /// A playlist found in the task's directory.

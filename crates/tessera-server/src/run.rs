@@ -141,6 +141,9 @@ impl Server {
                 let Ok(rooms) = auto_state.rtc.rooms_with_anchors().await else { continue };
                 let apps = auto_state.store.snapshot();
                 auto_state.recordings.auto_pass(&apps, &rooms, &auto_state.config.data_dir, &auto_state.rtc);
+                for (app, job) in auto_state.recordings.ended_owned_jobs() {
+                    auto_state.mix_jobs.stop_owned(&app, &job);
+                }
             }
         });
         tracing::info!(addr = %self.rtmp_addr, "RTMP listening");
@@ -168,7 +171,7 @@ impl Server {
         self.state.ingests.shutdown();
         self.state.mix_jobs.shutdown();
         self.state.relays.shutdown();
-        self.state.recordings.shutdown();
+        self.state.recordings.shutdown().await;
         // Tasks report their ends as they stop; give those events a moment to reach the outbox.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.state.hooks.settle(Duration::from_secs(2)).await;
