@@ -197,13 +197,13 @@ fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
     // The noisy camera keeps the top layer well above the capped link; the SFU, driven by the
     // capped viewer's bandwidth estimate, sends it a lower layer: its bitrate stays within the
     // link and far below the top layer's, while the unconstrained viewer gets the top layer.
-    // (Picture size is not asserted for the capped viewer: Chromium reports the last SPS it
-    // saw, and a switch to a layer whose IDR lacks in-band SPS/PPS keeps the old one.)
     let top = layers.iter().find(|l| l["rid"] == "h").expect("layer h");
     let top_kbps = top["bytesSent"].as_f64().unwrap() * 8.0 / 22.0 / 1000.0;
     assert!(top_kbps > 700.0, "the top layer must exceed the 600 kbit/s link for this test: {top_kbps:.0} kbit/s; {layers:?}");
     let slow_kbps = ss["bitrateKbps"].as_f64().unwrap();
     assert!(slow_kbps < 600.0 && slow_kbps < top_kbps / 2.0, "the capped viewer gets a lower layer: {slow_kbps:.0} kbit/s vs the top layer's {top_kbps:.0}: {slow}");
+    // And it decodes that layer's pictures: the switch carried the layer's SPS/PPS.
+    assert!(ss["width"].as_u64().unwrap() < 1280, "the capped viewer decodes a smaller picture: {slow}");
 }
 
 #[test]

@@ -351,9 +351,14 @@ fn rank(layer: &Layer) -> u8 {
     }
 }
 
+/// Whether a switch to this publisher's video may start at this packet. For H.264 that is the
+/// first packet of an IDR access unit: browsers send SPS/PPS in their own packet (a STAP-A)
+/// ahead of the IDR's fragments, and a switch that skipped them would leave the viewer's
+/// decoder with the previous layer's parameter sets (the old picture size).
 fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    use tessera_rtc::str0m::format::{detect_h264_keyframe, detect_h264_nalu};
     match codec {
-        Codec::H264 => tessera_rtc::str0m::format::detect_h264_keyframe(payload),
+        Codec::H264 => detect_h264_nalu(payload, tessera_media::h264::NAL_SPS) || detect_h264_keyframe(payload),
         Codec::Vp8 => tessera_rtc::str0m::format::detect_vp8_keyframe(payload),
         Codec::Opus => true,
     }
@@ -1226,6 +1231,19 @@ mod tests {
                 PeerRole::Play => JoinInfo { user_type: crate::presence::user_type::WHEP, terminal_type: 4, role: crate::presence::ROLE_AUDIENCE, info: None },
             },
         }
+    }
+
+    #[test]
+    fn h264_switch_points_start_at_the_parameter_sets() {
+        // STAP-A (24) of SPS (0x67) and PPS (0x68), as browsers send them ahead of an IDR.
+        let stap = [24u8, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
+        // FU-A (28) start (S bit) of an IDR (5), and a middle fragment of it.
+        let (fu_start, fu_middle) = ([0x7cu8, 0x85, 1, 2], [0x7cu8, 0x05, 3, 4]);
+        let p_slice = [0x41u8, 0x9a, 0];
+        assert!(is_keyframe(Codec::H264, &stap));
+        assert!(is_keyframe(Codec::H264, &fu_start));
+        assert!(!is_keyframe(Codec::H264, &fu_middle));
+        assert!(!is_keyframe(Codec::H264, &p_slice));
     }
 
     fn sfu(now: Instant) -> Sfu {
