@@ -7,21 +7,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs=${1:-20}
-cargo build --release --locked --bin tessera >&2
-dir=$(mktemp -d)
-trap 'kill $server $pub $cdn 2>/dev/null; wait 2>/dev/null; rm -rf "$dir"' EXIT
-http=127.0.0.1:$((20000 + RANDOM % 10000)); rtmp=$((30000 + RANDOM % 10000)); cdnport=$((40000 + RANDOM % 10000))
-udp=127.0.0.1:$((50000 + RANDOM % 10000))
-RUST_LOG=warn target/release/tessera serve --data-dir "$dir/data" --http-addr "$http" --rtmp-addr 127.0.0.1:$rtmp --rtc-udp-addr "$udp" >"$dir/out" 2>"$dir/err" &
-server=$!
-for _ in $(seq 50); do [ -f "$dir/data/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
-key=$(cat "$dir/data/admin.key")
-tok=$(target/release/tessera token --data-dir "$dir/data" --room bench --user cam)
-ffmpeg -hide_banner -loglevel error -re -f lavfi -i testsrc2=size=640x360:rate=25 -f lavfi -i sine=frequency=440 \
-  -c:v libx264 -preset ultrafast -tune zerolatency -bf 0 -g 50 -c:a aac -f flv "rtmp://127.0.0.1:$rtmp/push/bench/cam?token=$tok" &
-pub=$!
+source benches/lib.sh
+publish 50
+cdnport=$((40000 + RANDOM % 10000))
 ffmpeg -hide_banner -loglevel error -y -listen 1 -i "rtmp://127.0.0.1:$cdnport/live/key" -c copy -f flv "$dir/cdn.flv" &
-cdn=$!
+cleanup_pids=$!
 sleep 3
 cpu() { awk '{print $14 + $15}' "/proc/$server/stat"; }
 measure() {
