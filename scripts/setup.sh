@@ -18,7 +18,8 @@ pkgs=(pkg-config g++ clang libclang-dev nasm cmake
 if [ "$want_test" = 1 ]; then
   # Real clients the tests drive: ffmpeg/ffprobe (above), Chromium, a Python venv for aiortc,
   # iproute2 and nftables for test hosts in network namespaces and lossy links.
-  pkgs+=(chromium python3-venv iproute2 nftables)
+  # openssl makes the test CA of the rtmps relay test.
+  pkgs+=(chromium python3-venv iproute2 nftables openssl)
 fi
 
 missing=()

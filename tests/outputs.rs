@@ -654,3 +654,85 @@ fn a_graceful_restart_continues_a_recording() {
     let _ = source.kill();
     let _ = source.wait();
 }
+
+#[test]
+fn an_rtmps_relay_reaches_a_tls_cdn_and_checks_its_certificate() {
+    let dir = TempDir::new("rtmps");
+    // A test CA, and the CDN's certificate from it for 127.0.0.1 only; the CA is trusted
+    // through `outbound_ca_file`.
+    let p = |name: &str| dir.path().join(name).to_str().unwrap().to_owned();
+    std::fs::write(p("leaf.ext"), "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n").unwrap();
+    for args in [
+        vec!["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=tessera test CA", "-keyout", &p("ca.key"), "-out", &p("ca.pem")],
+        vec!["req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=cdn.test", "-keyout", &p("cdn.key"), "-out", &p("cdn.csr")],
+        vec!["x509", "-req", "-in", &p("cdn.csr"), "-CA", &p("ca.pem"), "-CAkey", &p("ca.key"), "-CAcreateserial", "-days", "1", "-extfile", &p("leaf.ext"), "-out", &p("cdn.pem")],
+    ] {
+        let ok = Command::new("openssl").args(&args).stdout(Stdio::null()).stderr(Stdio::null()).status().unwrap().success();
+        assert!(ok, "openssl {args:?}");
+    }
+    let (ca, cert, key_pem) = (dir.path().join("ca.pem"), dir.path().join("cdn.pem"), dir.path().join("cdn.key"));
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(&config, format!("outbound_ca_file = {:?}\n", ca.to_str().unwrap())).unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let cam = token(&data, "tls", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/tls/cam?token={cam}", rtmp_port(&server)), 60);
+    // The CDN: ffmpeg behind a TLS edge (Python's ssl), as rtmps CDNs are.
+    let (cdn_port, edge_port) = (free_port(), free_port());
+    let out = dir.path().join("cdn.flv");
+    let receiver = cdn(cdn_port, &out);
+    let mut edge = Command::new("python3")
+        .arg(repo_root().join("tests/clients/tls_proxy.py"))
+        .args([&edge_port.to_string(), &cdn_port.to_string(), cert.to_str().unwrap(), key_pem.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    // The app's webhook backend is https too: the receiver behind another TLS edge.
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    let hook_edge_port = free_port();
+    let mut hook_edge = Command::new("python3")
+        .arg(repo_root().join("tests/clients/tls_proxy.py"))
+        .args([&hook_edge_port.to_string(), &hooks.port.to_string(), cert.to_str().unwrap(), key_pem.to_str().unwrap()])
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(800));
+    let body = json!({"webhook": {"url": format!("https://127.0.0.1:{hook_edge_port}/hook"), "key": "k3yA"}}).to_string();
+    let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", body.as_bytes())), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let relays = server.url("/v1/relays");
+    let good = format!("rtmps://127.0.0.1:{edge_port}/live/key");
+    // Same edge, but by a name the certificate does not cover: the handshake must fail.
+    let wrong_name = format!("rtmps://localhost:{edge_port}/live/other");
+    let r = post_json(&relays, Some(&key), &json!({"room": "tls", "source": {"user": "cam"}, "urls": [&good, &wrong_name]}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/relays/{id}");
+    let started = poll(&server, &key, &path, Duration::from_secs(15), |v| v["urls"][0]["status"] == 2 && v["urls"][1]["error_code"] == 2);
+    let refused = &started["urls"][1];
+    assert_eq!(refused["status"], 1, "{started}");
+    assert!(refused["error_msg"].as_str().unwrap().contains("TLS handshake failed") && refused["error_msg"].as_str().unwrap().to_lowercase().contains("certificate"), "{started}");
+    std::thread::sleep(Duration::from_secs(5));
+    assert_eq!(request("DELETE", &server.url(&path), Some(&key), None, &[]).status, 200);
+    interrupt(receiver);
+    // Event 401 reached the https backend: the good URL ran and was stopped.
+    hooks.wait_for(Duration::from_secs(10), "401s over https", |e| {
+        let s: Vec<u64> = e.iter().filter(|e| e["EventInfo"]["TaskId"] == id.as_str() && e["EventInfo"]["Payload"]["Url"] == good.as_str()).map(|e| e["EventInfo"]["Payload"]["Status"].as_u64().unwrap()).collect();
+        s.contains(&2) && s.last() == Some(&0)
+    });
+    assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
+    let _ = hook_edge.kill();
+    let _ = hook_edge.wait();
+    let (codecs, duration) = probe(&out);
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "the rtmps relay carries H.264 + AAC");
+    assert!(duration >= 4.0, "{duration}");
+    // A CA file that is not one stops the server at start with a clear line.
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "outbound_ca_file = \"/nonexistent/ca.pem\"\n").unwrap();
+    let (status, _, err) = run_cli(&["serve", "--config", bad.to_str().unwrap(), "--data-dir", dir.path().join("d2").to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", "127.0.0.1:0"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("outbound_ca_file"), "{err}");
+    let _ = edge.kill();
+    let _ = edge.wait();
+    let _ = source.kill();
+    let _ = source.wait();
+}

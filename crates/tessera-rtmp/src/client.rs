@@ -6,9 +6,11 @@ use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
 use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType};
 use rml_rtmp::time::RtmpTimestamp;
 
-/// Where to push: `rtmp://host[:port]/app[/more]/stream_key[?query]`.
+/// Where to push: `rtmp[s]://host[:port]/app[/more]/stream_key[?query]`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PushTarget {
+    /// rtmps: the caller wraps the TCP connection in TLS (the session is the same).
+    pub tls: bool,
     pub host: String,
     pub port: u16,
     pub app: String,
@@ -18,11 +20,17 @@ pub struct PushTarget {
 
 impl PushTarget {
     pub fn parse(url: &str) -> Result<PushTarget, String> {
-        let rest = url.strip_prefix("rtmp://").ok_or("only rtmp:// URLs can be pushed (rtmps is not supported yet)")?;
+        let (scheme, rest, default_port) = if let Some(r) = url.strip_prefix("rtmp://") {
+            ("rtmp", r, 1935)
+        } else if let Some(r) = url.strip_prefix("rtmps://") {
+            ("rtmps", r, 443)
+        } else {
+            return Err("only rtmp:// and rtmps:// URLs can be pushed".into());
+        };
         let (authority, path) = rest.split_once('/').ok_or("the URL needs an app and a stream key: rtmp://host/app/key")?;
         let (host, port) = match authority.rsplit_once(':') {
             Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
-            None => (authority.to_string(), 1935),
+            None => (authority.to_string(), default_port),
         };
         if host.is_empty() {
             return Err("the URL has no host".into());
@@ -32,7 +40,7 @@ impl PushTarget {
         if app.is_empty() || stream_key.is_empty() {
             return Err("the URL needs an app and a stream key: rtmp://host/app/key".into());
         }
-        Ok(PushTarget { tc_url: format!("rtmp://{authority}/{app}"), host, port, app: app.to_string(), stream_key: stream_key.to_string() })
+        Ok(PushTarget { tls: scheme == "rtmps", tc_url: format!("{scheme}://{authority}/{app}"), host, port, app: app.to_string(), stream_key: stream_key.to_string() })
     }
 }
 
@@ -190,8 +198,11 @@ mod tests {
         assert_eq!((t.host.as_str(), t.port, t.app.as_str(), t.stream_key.as_str()), ("cdn.example.com", 1935, "live", "abc?k=1"));
         assert_eq!(t.tc_url, "rtmp://cdn.example.com/live");
         let t = PushTarget::parse("rtmp://10.0.0.1:1936/a/b/key").unwrap();
-        assert_eq!((t.port, t.app.as_str(), t.stream_key.as_str()), (1936, "a/b", "key"));
-        for bad in ["http://x/a/b", "rtmp://x", "rtmp://x/key", "rtmp:///a/b", "rtmp://x:99999/a/b", "rtmps://x/a/b"] {
+        assert_eq!((t.port, t.app.as_str(), t.stream_key.as_str(), t.tls), (1936, "a/b", "key", false));
+        // rtmps (Facebook, YouTube): TLS, port 443 unless given.
+        let t = PushTarget::parse("rtmps://live-api-s.facebook.com/rtmp/FB-1").unwrap();
+        assert_eq!((t.tls, t.port, t.app.as_str(), t.tc_url.as_str()), (true, 443, "rtmp", "rtmps://live-api-s.facebook.com/rtmp"));
+        for bad in ["http://x/a/b", "rtmp://x", "rtmp://x/key", "rtmp:///a/b", "rtmp://x:99999/a/b", "rtmpt://x/a/b"] {
             assert!(PushTarget::parse(bad).is_err(), "{bad}");
         }
     }

@@ -22,6 +22,10 @@ pub struct Config {
     pub tls_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) trusted for outgoing TLS, besides Mozilla's: private CDNs behind
+    /// rtmps:// relays, webhook backends behind https://.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub outbound_ca_file: Option<PathBuf>,
     pub cors_origins: Vec<String>,
     pub ice_servers: Vec<IceServer>,
     pub limits: Limits,
@@ -40,6 +44,7 @@ impl Default for Config {
             log: "info".into(),
             tls_cert: None,
             tls_key: None,
+            outbound_ca_file: None,
             cors_origins: vec!["*".into()],
             ice_servers: Vec::new(),
             limits: Limits::default(),

@@ -14,6 +14,7 @@ pub mod rtmp;
 pub mod run;
 pub mod store;
 pub mod tap_input;
+pub mod tls;
 pub mod webhook;
 
 pub use config::{Config, ConfigError, Overrides};

@@ -138,6 +138,7 @@ pub struct RelayTask {
     tasks_dir: Option<std::path::PathBuf>,
     max_idle: Duration,
     hooks: crate::webhook::Webhooks,
+    tls: Arc<rustls::ClientConfig>,
 }
 
 impl RelayTask {
@@ -216,6 +217,7 @@ fn short(url: &str) -> String {
 }
 
 pub struct Relays {
+    tls: Arc<rustls::ClientConfig>,
     tasks: DashMap<String, Arc<RelayTask>>,
     /// `tasks/` of the data dir: relays are saved there and resumed after a restart.
     tasks_dir: Option<std::path::PathBuf>,
@@ -246,8 +248,8 @@ pub struct NewRelay {
 }
 
 impl Relays {
-    pub fn new(tasks_dir: Option<std::path::PathBuf>, hooks: crate::webhook::Webhooks) -> Relays {
-        Relays { tasks: DashMap::new(), tasks_dir, hooks }
+    pub fn new(tasks_dir: Option<std::path::PathBuf>, hooks: crate::webhook::Webhooks, tls: Arc<rustls::ClientConfig>) -> Relays {
+        Relays { tls, tasks: DashMap::new(), tasks_dir, hooks }
     }
 
     /// Restarts the relays a previous run left live (a mix job's own relay comes back with the
@@ -337,6 +339,7 @@ impl Relays {
             tasks_dir: self.tasks_dir.clone(),
             max_idle: new.max_idle,
             hooks: self.hooks.clone(),
+            tls: self.tls.clone(),
         });
         self.tasks.insert(id.clone(), task.clone());
         let runtime = tokio::runtime::Handle::current();
@@ -468,12 +471,29 @@ async fn push_url(task: Arc<RelayTask>, url: String, mut rx: broadcast::Receiver
     }
 }
 
-async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: &mut broadcast::Receiver<Tag>, stopping: &impl Fn() -> bool) -> Result<(), Failure> {
-    let mut socket = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
+/// The relay's connection to a CDN: TCP, or TLS over it for rtmps.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
+
+async fn connect(task: &RelayTask, target: &PushTarget) -> Result<Box<dyn Connection>, Failure> {
+    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
         .await
         .map_err(|_| Failure(1, "TCP connect timed out".into(), false))?
         .map_err(|e| Failure(1, format!("TCP connect failed: {e}"), false))?;
-    let _ = socket.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    if !target.tls {
+        return Ok(Box::new(tcp));
+    }
+    let name = rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|e| Failure(1, format!("bad TLS server name: {e}"), false))?;
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(task.tls.clone()).connect(name, tcp))
+        .await
+        .map_err(|_| Failure(2, "TLS handshake timed out".into(), false))?
+        .map_err(|e| Failure(2, format!("TLS handshake failed: {e}"), false))?;
+    Ok(Box::new(tls))
+}
+
+async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: &mut broadcast::Receiver<Tag>, stopping: &impl Fn() -> bool) -> Result<(), Failure> {
+    let mut socket = connect(task, target).await?;
     let mut session = RtmpPushSession::new(target.clone()).map_err(|e| Failure(e.code(), e.to_string(), false))?;
     let mut buf = vec![0u8; 16 * 1024];
     // Handshake, connect and publish.

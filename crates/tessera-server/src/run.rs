@@ -20,6 +20,8 @@ pub enum StartError {
     DataDir(#[from] StoreError),
     #[error("{0}")]
     Rtc(#[from] tessera_engine::RtcServerError),
+    #[error("{0}")]
+    Tls(String),
 }
 
 pub struct Server {
@@ -50,10 +52,11 @@ impl Server {
             config.public_ip,
             std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
         )?;
+        let tls = crate::tls::client_config(config.outbound_ca_file.as_deref()).map_err(StartError::Tls)?;
         let data_dir = DataDir::open_locked(&config.data_dir)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
         let tasks_dir = data_dir.root().join("tasks");
-        let state = AppState::new(config, store, rtc, Some(tasks_dir));
+        let state = AppState::new(config, store, rtc, Some(tasks_dir), tls);
         Ok(Server { state, http, rtmp, rtmp_addr, http_addr, data_dir, first_start })
     }
 

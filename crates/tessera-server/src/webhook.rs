@@ -36,14 +36,15 @@ struct Inner {
     tx: mpsc::UnboundedSender<Event>,
     rx: Mutex<Option<mpsc::UnboundedReceiver<Event>>>,
     deliveries: Family<ResultLabel, Counter>,
+    tls: Arc<rustls::ClientConfig>,
     /// Events emitted but not yet in the outbox.
     unwritten: std::sync::atomic::AtomicUsize,
 }
 
 impl Webhooks {
-    pub fn new(store: Arc<AppStore>, deliveries: Family<ResultLabel, Counter>) -> Webhooks {
+    pub fn new(store: Arc<AppStore>, deliveries: Family<ResultLabel, Counter>, tls: Arc<rustls::ClientConfig>) -> Webhooks {
         let (tx, rx) = mpsc::unbounded_channel();
-        Webhooks(Arc::new(Inner { store, clocks: Mutex::new(RoomClocks::default()), tx, rx: Mutex::new(Some(rx)), deliveries, unwritten: Default::default() }))
+        Webhooks(Arc::new(Inner { store, clocks: Mutex::new(RoomClocks::default()), tx, rx: Mutex::new(Some(rx)), deliveries, tls, unwritten: Default::default() }))
     }
 
     /// Stamps `info` with the room's next `EventMsTs` and queues the event for the app's
@@ -68,13 +69,8 @@ impl Webhooks {
     /// is emitted. Without an outbox (tests, tools) events are delivered but not persisted.
     pub fn start(&self, outbox: Option<PathBuf>) {
         let Some(mut rx) = self.0.rx.lock().expect("webhook rx").take() else { return };
-        let client = match hyper_rustls::HttpsConnectorBuilder::new().with_provider_and_webpki_roots(rustls::crypto::ring::default_provider()) {
-            Ok(b) => Client::builder(TokioExecutor::new()).build(b.https_or_http().enable_http1().build()),
-            Err(e) => {
-                tracing::error!("webhooks disabled: TLS set-up failed: {e}");
-                return;
-            }
-        };
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*self.0.tls).clone()).https_or_http().enable_http1().build();
+        let client = Client::builder(TokioExecutor::new()).build(connector);
         let delivery = Delivery { hooks: self.clone(), client, outbox: outbox.clone(), limits: Arc::new(Mutex::new(HashMap::new())) };
         if let Some(dir) = &outbox {
             for event in pending(dir) {

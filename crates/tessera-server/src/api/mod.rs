@@ -58,14 +58,15 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>) -> AppState {
+    /// `tls` is the client set-up of outgoing connections (`crate::tls::client_config`).
+    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>, tls: Arc<rustls::ClientConfig>) -> AppState {
         let metrics = Metrics::new(VERSION);
         let store = Arc::new(store);
-        let hooks = crate::webhook::Webhooks::new(store.clone(), metrics.webhook_deliveries.clone());
+        let hooks = crate::webhook::Webhooks::new(store.clone(), metrics.webhook_deliveries.clone(), tls.clone());
         AppState(Arc::new(Shared {
             ingests: crate::ingest::Ingests::new(tasks_dir.clone(), hooks.clone()),
             mix_jobs: mixjobs::MixJobs::default(),
-            relays: crate::relay::Relays::new(tasks_dir.clone(), hooks.clone()),
+            relays: crate::relay::Relays::new(tasks_dir.clone(), hooks.clone(), tls),
             recordings: crate::recording::Recordings::new(hooks.clone()),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,

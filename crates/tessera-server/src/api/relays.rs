@@ -54,7 +54,7 @@ fn source(s: &SourceReq) -> ApiResult<SourceRef> {
     Ok(SourceRef { user, stream })
 }
 
-/// RECORDING.md §1: rtmp:// (rtmps:// is refused: no TLS client yet), ≤ 1024 chars, ≤ 10.
+/// RECORDING.md §1: rtmp:// or rtmps://, ≤ 1024 chars, ≤ 10.
 pub fn check_urls(urls: &[String]) -> ApiResult<()> {
     if urls.is_empty() || urls.len() > MAX_URLS {
         return Err(ApiError::invalid_parameter("urls", format!("give 1 to {MAX_URLS} URLs")));
