@@ -207,6 +207,33 @@ mod tests {
         }
     }
 
+    /// Random URLs and random server bytes: errors, never a panic.
+    #[test]
+    fn garbage_urls_and_server_bytes_never_panic() {
+        let mut seed = 0x1234_5678_9abc_def0u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"rtmps:/?&=.-_0123456789abcXYZ:/@[]%\xff";
+        for len in 0..300 {
+            let prefix = ["rtmp://", "rtmps://", "", "rtmp://h:", "rtmps://h/a/"][len % 5];
+            let tail: String = (0..len % 40).map(|_| alphabet[next() as usize % alphabet.len()] as char).collect();
+            if let Ok(t) = PushTarget::parse(&format!("{prefix}{tail}")) {
+                assert!(!t.host.is_empty() && !t.app.is_empty() && !t.stream_key.is_empty());
+            }
+            let mut session = RtmpPushSession::new(PushTarget::parse("rtmp://h/live/key").unwrap()).unwrap();
+            let bytes: Vec<u8> = (0..len * 7).map(|_| next() as u8).collect();
+            for chunk in bytes.chunks(97) {
+                if session.feed(chunk).is_err() {
+                    break;
+                }
+            }
+        }
+    }
+
     /// Our push client against our own server session: connect, publish, media arrives.
     #[test]
     fn pushes_to_an_rtmp_server_session() {
