@@ -573,6 +573,8 @@ fn room_and_media_events_follow_a_participant_in_causal_order() {
     // ends 4 s after that: one participant throughout.
     let mut first = publisher(&url, 20);
     std::thread::sleep(Duration::from_secs(3));
+    let metrics = get(&server.url("/metrics"), None).body;
+    assert!(metrics.lines().any(|l| l == "tessera_participants{user_type=\"12\"} 1"), "one RTMP participant: {metrics}");
     let mut second = publisher(&url, 4);
     let _ = second.wait();
     let _ = first.kill();

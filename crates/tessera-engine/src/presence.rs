@@ -115,6 +115,8 @@ const REENTRY_WINDOW: Duration = Duration::from_secs(60);
 
 struct Participant {
     role: u8,
+    /// UserType of its first session.
+    user_type: u8,
     /// Session id → the stream it publishes, if it does.
     sessions: Vec<(u64, Option<StreamKind>)>,
     started: Vec<Track>,
@@ -154,7 +156,7 @@ impl Presence {
         self.timed_out.retain(|_, at| now.saturating_duration_since(*at) < REENTRY_WINDOW);
         let reason = if self.timed_out.remove(&key).is_some() { 3 } else { 1 };
         let role = if publishes.is_some() { ROLE_ANCHOR } else { join.role };
-        self.participants.insert(key, Participant { role, sessions: vec![(session, publishes)], started: Vec::new() });
+        self.participants.insert(key, Participant { role, user_type: join.user_type, sessions: vec![(session, publishes)], started: Vec::new() });
         self.events.push(RoomEvent::Entered { room: room.clone(), user: user.clone(), join: JoinInfo { role, ..join.clone() }, reason });
     }
 
@@ -193,6 +195,19 @@ impl Presence {
             p.started.push(track);
             self.events.push(RoomEvent::TrackStarted { room: key.0.clone(), user: key.1.clone(), track });
         }
+    }
+
+    /// Participants present, by the UserType of their first session (`tessera_participants`).
+    pub fn count_by_user_type(&self) -> Vec<(u8, usize)> {
+        let mut counts: Vec<(u8, usize)> = Vec::new();
+        for p in self.participants.values() {
+            match counts.iter_mut().find(|(t, _)| *t == p.user_type) {
+                Some((_, n)) => *n += 1,
+                None => counts.push((p.user_type, 1)),
+            }
+        }
+        counts.sort();
+        counts
     }
 
     pub fn drain(&mut self) -> Vec<RoomEvent> {
@@ -241,7 +256,9 @@ mod tests {
         p.media(2, Track::MainAudio);
         // The publication ends while the viewer stays: the stops are reported.
         p.left(2, LeaveReason::Left, now);
+        assert_eq!(p.count_by_user_type(), [(user_type::WHEP, 1)], "one participant, counted by its first session");
         p.left(1, LeaveReason::Left, now);
+        assert!(p.count_by_user_type().is_empty());
         p.room_dismissed(&room());
         assert_eq!(codes(&p.drain()), ["101", "103/1", "105/20", "201", "203", "202", "204", "104/1", "102"]);
     }

@@ -98,6 +98,8 @@ pub struct SfuStats {
     pub rooms: usize,
     pub publishers: usize,
     pub viewers: usize,
+    /// Participants by the UserType of their first session.
+    pub participants: Vec<(u8, usize)>,
 }
 
 /// Bytes over a sliding window, for layer bitrates.
@@ -484,7 +486,7 @@ impl Sfu {
     }
 
     pub fn stats(&self) -> SfuStats {
-        let mut s = SfuStats { rooms: self.rooms.len(), publishers: self.internal.len(), ..Default::default() };
+        let mut s = SfuStats { rooms: self.rooms.len(), publishers: self.internal.len(), participants: self.presence.count_by_user_type(), ..Default::default() };
         for session in self.sessions.values() {
             match session.role {
                 Role::Publisher { .. } => s.publishers += 1,
@@ -1257,7 +1259,7 @@ mod tests {
         let answer = sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
         assert!(answer.contains("a=ice-lite") && answer.contains("a=candidate"), "{answer}");
         assert!(sfu.room_exists(&key()));
-        assert_eq!(sfu.stats(), SfuStats { rooms: 1, publishers: 1, viewers: 0 });
+        assert_eq!(sfu.stats(), SfuStats { rooms: 1, publishers: 1, viewers: 0, participants: vec![(crate::presence::user_type::WHIP, 1)] });
         // A second publisher of the same (user, stream) replaces the first.
         sfu.add_session(spec("pub2", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
         assert_eq!(sfu.stats().publishers, 1);

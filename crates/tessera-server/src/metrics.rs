@@ -81,7 +81,7 @@ impl Metrics {
         let rooms = Gauge::default();
         registry.register("tessera_rooms", "Rooms alive", rooms.clone());
         let participants = Family::<UserTypeLabel, Gauge>::default();
-        registry.register("tessera_participants", "Media sessions by kind (10 WHIP, 11 WHEP)", participants.clone());
+        registry.register("tessera_participants", "Participants by the UserType of their first session (10 WHIP, 11 WHEP, 12 RTMP, 13 pull ingest, 14 mix)", participants.clone());
         let forwarded = Counter::default();
         registry.register("tessera_rtp_packets_forwarded", "RTP packets written to consumers", forwarded.clone());
         let received = Counter::default();
@@ -139,8 +139,10 @@ impl Metrics {
     pub fn observe_sfu(&self, stats: &tessera_engine::SfuStats, counters: &tessera_engine::sfu::SfuCounters) {
         use std::sync::atomic::Ordering;
         self.rooms.set(stats.rooms as i64);
-        self.participants.get_or_create(&UserTypeLabel { user_type: "10".into() }).set(stats.publishers as i64);
-        self.participants.get_or_create(&UserTypeLabel { user_type: "11".into() }).set(stats.viewers as i64);
+        for user_type in [1u8, 10, 11, 12, 13, 14] {
+            let n = stats.participants.iter().find(|(t, _)| *t == user_type).map(|(_, n)| *n).unwrap_or(0);
+            self.participants.get_or_create(&UserTypeLabel { user_type: user_type.to_string() }).set(n as i64);
+        }
         let sync = |c: &Counter, v: u64| {
             let now = c.get();
             if v > now {
