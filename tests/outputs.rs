@@ -530,6 +530,8 @@ fn webhooks_are_signed_retried_at_once_and_survive_a_crash() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let refused_id = hooks.requests().iter().find(|r| r["body"]["EventType"] == 802).unwrap()["event_id"].clone();
+    // Let the refused attempts be counted in the outbox.
+    std::thread::sleep(Duration::from_millis(500));
     let metrics = get(&server.url("/metrics"), None).body;
     assert!(metrics.contains("tessera_webhook_deliveries_total{result=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("tessera_webhook_deliveries_total{result=\"retry\"}"), "{metrics}");
@@ -541,6 +543,8 @@ fn webhooks_are_signed_retried_at_once_and_survive_a_crash() {
     assert_eq!(events[1]["EventInfo"]["Payload"]["LeaveCode"], 0);
     let delivered = hooks.requests().into_iter().find(|r| r["status"] == 200 && r["body"]["EventType"] == 802).unwrap();
     assert_eq!(delivered["event_id"], refused_id, "the same event, not a new one");
+    let refused = hooks.requests().iter().filter(|r| r["body"]["EventType"] == 802 && r["status"] != 200).count() as u64;
+    assert_eq!(delivered["attempt"].as_u64(), Some(refused + 1), "Tessera-Attempt goes on counting across the crash");
     let deadline = Instant::now() + Duration::from_secs(5);
     while std::fs::read_dir(data.join("outbox")).unwrap().count() > 0 {
         assert!(Instant::now() < deadline, "the outbox was not emptied");

@@ -79,6 +79,9 @@ pub struct Event {
     /// Creation time T (Unix ms), from which the retry schedule counts.
     pub created_ms: i64,
     pub info: EventInfo,
+    /// Attempts made so far (kept in the outbox, so a restart continues the count).
+    #[serde(default)]
+    pub attempts: u32,
 }
 
 #[derive(Serialize)]
@@ -174,7 +177,7 @@ mod tests {
             reason: Some(json!(1)),
             ..Default::default()
         };
-        let event = Event { id: "0123456789abcdef".into(), app: "default".into(), code: 103, created_ms: 1763805600101, info };
+        let event = Event { id: "0123456789abcdef".into(), app: "default".into(), code: 103, created_ms: 1763805600101, info, attempts: 0 };
         let body = event.body(1763805600123);
         assert_eq!(
             std::str::from_utf8(&body).unwrap(),
@@ -185,7 +188,7 @@ mod tests {
 
     #[test]
     fn ingest_envelopes_carry_callback_ms_ts() {
-        let event = Event { id: "0".into(), app: "a".into(), code: 701, created_ms: 5, info: EventInfo::room("r") };
+        let event = Event { id: "0".into(), app: "a".into(), code: 701, created_ms: 5, info: EventInfo::room("r"), attempts: 0 };
         let v: Value = serde_json::from_slice(&event.body(7)).unwrap();
         assert_eq!(v["CallbackMsTs"], 7);
         assert_eq!(v["EventGroupId"], 7);

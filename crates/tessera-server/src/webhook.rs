@@ -62,7 +62,7 @@ impl Webhooks {
         }
         tracing::debug!(app = %app, code, room = %info.room_id, "webhook event");
         self.0.unwritten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        let _ = self.0.tx.send(Event { id: tessera_model::random::task_id(), app: app.to_string(), code, created_ms: now, info });
+        let _ = self.0.tx.send(Event { id: tessera_model::random::task_id(), app: app.to_string(), code, created_ms: now, info, attempts: 0 });
     }
 
     /// Starts delivering on the current runtime: first what `outbox` still holds, then what
@@ -195,8 +195,9 @@ impl Delivery {
         self.limits.lock().expect("webhook limits").entry(url.to_string()).or_insert_with(|| Arc::new(Semaphore::new(IN_FLIGHT_PER_URL))).clone()
     }
 
-    async fn deliver(self, event: Event) {
-        let (mut k, mut previous_end) = (1u32, event.created_ms);
+    /// The event's attempts, from where an earlier run left them.
+    async fn deliver(self, mut event: Event) {
+        let (mut k, mut previous_end) = (event.attempts + 1, if event.attempts > 0 { crate::now_ms() } else { event.created_ms });
         loop {
             let Some(at) = attempt_start(k, event.created_ms, previous_end) else {
                 self.dropped(&event);
@@ -224,6 +225,12 @@ impl Delivery {
                 return;
             }
             self.hooks.count("retry");
+            event.attempts = k;
+            if let Some(dir) = &self.outbox {
+                // Best effort: a lost count only restarts Tessera-Attempt after a crash.
+                let (path, bytes) = (dir.join(format!("{}.json", event.id)), serde_json::to_vec(&event).expect("an event serializes"));
+                let _ = tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await;
+            }
             k += 1;
         }
     }
