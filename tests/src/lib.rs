@@ -407,10 +407,6 @@ impl WebhookReceiver {
     /// Listens on a free loopback port; `extra` are the script's options (`--fail-first 401`).
     pub fn start(dir: &Path, key: &str, extra: &[&str]) -> WebhookReceiver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        Self::start_on(dir, port, key, extra)
-    }
-
-    pub fn start_on(dir: &Path, port: u16, key: &str, extra: &[&str]) -> WebhookReceiver {
         let log = dir.join(format!("webhooks-{port}.jsonl"));
         let child = Command::new("python3")
             .arg(repo_root().join("tests/clients/webhook_receiver.py"))

@@ -824,13 +824,15 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         let _ = runtime.block_on(rtc.remove_tap(tap));
         r
     })();
+    let mut all_stored = true;
+    for wr in &mut w.writers {
+        if let Err(e) = wr.finish() {
+            all_stored = false;
+            tracing::warn!("finishing a playlist failed: {e}");
+        }
+    }
     if task.shutting_down.load(Ordering::SeqCst) {
         // Closed, not stopped: the state stays RECORDING/PAUSED and the next start resumes.
-        for wr in &mut w.writers {
-            if let Err(e) = wr.finish() {
-                tracing::warn!("closing a playlist at shut-down failed: {e}");
-            }
-        }
         save(&task, &data_dir);
         task.working.store(false, Ordering::SeqCst);
         tracing::info!(recording = %spec.id, "recording closed for the server's stop; it continues at the next start");
@@ -843,13 +845,6 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
             (104, Some(e))
         }
     };
-    let mut all_stored = true;
-    for wr in &mut w.writers {
-        if let Err(e) = wr.finish() {
-            all_stored = false;
-            tracing::warn!("finishing a playlist failed: {e}");
-        }
-    }
     {
         let mut st = task.status.lock().expect("status");
         st.state = "STOPPED";

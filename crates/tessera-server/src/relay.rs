@@ -177,18 +177,11 @@ impl RelayTask {
             // A URL removed by PATCH winds down (5 → 0) outside the record; still reported.
             None => Some(error.unwrap_or_default()),
         };
-        let (app, room, id) = (r.app.clone(), r.room.clone(), r.id.clone());
+        let event = report.map(|(code, msg)| url_event(&r, url, status, code, &msg));
         drop(r);
-        if let Some((code, msg)) = report {
-            self.report(&app, &room, &id, url, status, code, &msg);
+        if let Some((app, info)) = event {
+            self.hooks.emit(&app, 401, info);
         }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    fn report(&self, app: &AppId, room: &RoomId, id: &str, url: &str, status: u8, code: u32, msg: &str) {
-        let info = tessera_model::events::EventInfo::task(room.as_str(), format!("relay_{id}"), id)
-            .with_payload(serde_json::json!({"Url": url, "Status": status, "ErrorCode": code, "ErrorMsg": msg}));
-        self.hooks.emit(app, 401, info);
     }
 
     /// Event 401 again for a URL that has stayed CONNECTING or RECOVERING for 5 s.
@@ -201,14 +194,21 @@ impl RelayTask {
         }
         u.reported_at = now;
         let (status, code, msg) = (u.status, u.error_code, u.error_msg.clone());
-        let (app, room, id) = (r.app.clone(), r.room.clone(), r.id.clone());
+        let (app, info) = url_event(&r, url, status, code, &msg);
         drop(r);
-        self.report(&app, &room, &id, url, status, code, &msg);
+        self.hooks.emit(&app, 401, info);
     }
 
     fn url_status(&self, url: &str) -> Option<u8> {
         self.record.lock().expect("relay record").urls.iter().find(|u| u.url == url).map(|u| u.status)
     }
+}
+
+/// Event 401 for one URL of a relay, made under the record's lock and sent after it.
+fn url_event(r: &RelayRecord, url: &str, status: u8, code: u32, msg: &str) -> (AppId, tessera_model::events::EventInfo) {
+    let info = tessera_model::events::EventInfo::task(r.room.as_str(), format!("relay_{}", r.id), &r.id)
+        .with_payload(serde_json::json!({"Url": url, "Status": status, "ErrorCode": code, "ErrorMsg": msg}));
+    (r.app.clone(), info)
 }
 
 /// A URL with its stream key cut, for logs.

@@ -83,13 +83,8 @@ impl Webhooks {
         }
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                if let Some(dir) = &delivery.outbox {
-                    let path = dir.join(format!("{}.json", event.id));
-                    let bytes = serde_json::to_vec(&event).expect("an event serializes");
-                    let written = tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await;
-                    if !matches!(written, Ok(Ok(()))) {
-                        tracing::warn!(event = %event.id, "cannot write the event to the outbox; delivering it anyway");
-                    }
+                if !delivery.persist(&event).await {
+                    tracing::warn!(event = %event.id, "cannot write the event to the outbox; delivering it anyway");
                 }
                 delivery.hooks.0.unwritten.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::spawn(delivery.clone().deliver(event));
@@ -179,6 +174,14 @@ struct Delivery {
 }
 
 impl Delivery {
+    /// Writes the event (with its attempt count) to the outbox; true when it is there (or
+    /// there is no outbox).
+    async fn persist(&self, event: &Event) -> bool {
+        let Some(dir) = &self.outbox else { return true };
+        let (path, bytes) = (dir.join(format!("{}.json", event.id)), serde_json::to_vec(event).expect("an event serializes"));
+        matches!(tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await, Ok(Ok(())))
+    }
+
     fn forget(&self, event: &Event) {
         if let Some(dir) = &self.outbox {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", event.id)));
@@ -226,11 +229,8 @@ impl Delivery {
             }
             self.hooks.count("retry");
             event.attempts = k;
-            if let Some(dir) = &self.outbox {
-                // Best effort: a lost count only restarts Tessera-Attempt after a crash.
-                let (path, bytes) = (dir.join(format!("{}.json", event.id)), serde_json::to_vec(&event).expect("an event serializes"));
-                let _ = tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await;
-            }
+            // Best effort: a lost count only restarts Tessera-Attempt after a crash.
+            self.persist(&event).await;
             k += 1;
         }
     }
