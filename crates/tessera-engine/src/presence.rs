@@ -7,10 +7,7 @@ use crate::RoomKey;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 use tessera_media::StreamKind;
-use tessera_model::UserId;
-
-pub const ROLE_ANCHOR: u8 = 20;
-pub const ROLE_AUDIENCE: u8 = 21;
+use tessera_model::{Role, UserId};
 
 /// UserType of a session (PRODUCT.md §3.4).
 pub mod user_type {
@@ -27,8 +24,7 @@ pub struct JoinInfo {
     pub user_type: u8,
     /// 1 Windows, 2 Android, 3 iOS, 4 Linux, 100 other.
     pub terminal_type: u8,
-    /// 20 anchor, 21 audience.
-    pub role: u8,
+    pub role: Role,
     /// The token's `info` (BusinessInfo).
     pub info: Option<String>,
 }
@@ -36,7 +32,7 @@ pub struct JoinInfo {
 impl JoinInfo {
     /// A publishing session of the server's own kind (RTMP, pull ingest, mix output).
     pub fn anchor(user_type: u8) -> JoinInfo {
-        JoinInfo { user_type, terminal_type: 100, role: ROLE_ANCHOR, info: None }
+        JoinInfo { user_type, terminal_type: 100, role: Role::Anchor, info: None }
     }
 
     /// TerminalType from a User-Agent (PRODUCT.md §3.4).
@@ -97,8 +93,8 @@ pub enum RoomEvent {
     /// `reason`: 1 normal, 3 back within 60 s of a timeout.
     Entered { room: RoomKey, user: UserId, join: JoinInfo, reason: u8 },
     /// `reason`: 1 left, 2 timed out, 3 removed.
-    Exited { room: RoomKey, user: UserId, role: u8, reason: u8 },
-    RoleChanged { room: RoomKey, user: UserId, role: u8 },
+    Exited { room: RoomKey, user: UserId, role: Role, reason: u8 },
+    RoleChanged { room: RoomKey, user: UserId, role: Role },
     TrackStarted { room: RoomKey, user: UserId, track: Track },
     TrackStopped { room: RoomKey, user: UserId, track: Track },
 }
@@ -114,7 +110,7 @@ pub enum LeaveReason {
 const REENTRY_WINDOW: Duration = Duration::from_secs(60);
 
 struct Participant {
-    role: u8,
+    role: Role,
     /// UserType of its first session.
     user_type: u8,
     /// Session id → the stream it publishes, if it does.
@@ -147,15 +143,15 @@ impl Presence {
         self.by_session.insert(session, key.clone());
         if let Some(p) = self.participants.get_mut(&key) {
             p.sessions.push((session, publishes));
-            if publishes.is_some() && p.role == ROLE_AUDIENCE {
-                p.role = ROLE_ANCHOR;
-                self.events.push(RoomEvent::RoleChanged { room: room.clone(), user: user.clone(), role: ROLE_ANCHOR });
+            if publishes.is_some() && p.role == Role::Audience {
+                p.role = Role::Anchor;
+                self.events.push(RoomEvent::RoleChanged { room: room.clone(), user: user.clone(), role: Role::Anchor });
             }
             return;
         }
         self.timed_out.retain(|_, at| now.saturating_duration_since(*at) < REENTRY_WINDOW);
         let reason = if self.timed_out.remove(&key).is_some() { 3 } else { 1 };
-        let role = if publishes.is_some() { ROLE_ANCHOR } else { join.role };
+        let role = if publishes.is_some() { Role::Anchor } else { join.role };
         self.participants.insert(key, Participant { role, user_type: join.user_type, sessions: vec![(session, publishes)], started: Vec::new() });
         self.events.push(RoomEvent::Entered { room: room.clone(), user: user.clone(), join: JoinInfo { role, ..join.clone() }, reason });
     }
@@ -236,7 +232,7 @@ mod tests {
                 RoomEvent::RoomDismissed { .. } => "102".to_string(),
                 RoomEvent::Entered { reason, .. } => format!("103/{reason}"),
                 RoomEvent::Exited { reason, .. } => format!("104/{reason}"),
-                RoomEvent::RoleChanged { role, .. } => format!("105/{role}"),
+                RoomEvent::RoleChanged { role, .. } => format!("105/{}", role.code()),
                 RoomEvent::TrackStarted { track, .. } => track.start_code().to_string(),
                 RoomEvent::TrackStopped { track, .. } => (track.start_code() + 1).to_string(),
             })
@@ -247,7 +243,7 @@ mod tests {
     fn a_publisher_and_a_viewer_of_the_same_user_are_one_participant() {
         let (mut p, now) = (Presence::default(), Instant::now());
         let whip = JoinInfo::anchor(user_type::WHIP);
-        let whep = JoinInfo { user_type: user_type::WHEP, terminal_type: 4, role: ROLE_AUDIENCE, info: None };
+        let whep = JoinInfo { user_type: user_type::WHEP, terminal_type: 4, role: Role::Audience, info: None };
         p.room_created(&room(), &user("alice"));
         p.joined(1, &room(), &user("alice"), &whep, None, now);
         p.joined(2, &room(), &user("alice"), &whip, Some(StreamKind::Main), now);

@@ -1230,7 +1230,7 @@ mod tests {
             quality: Quality::Auto,
             join: match role {
                 PeerRole::Publish => JoinInfo::anchor(crate::presence::user_type::WHIP),
-                PeerRole::Play => JoinInfo { user_type: crate::presence::user_type::WHEP, terminal_type: 4, role: crate::presence::ROLE_AUDIENCE, info: None },
+                PeerRole::Play => JoinInfo { user_type: crate::presence::user_type::WHEP, terminal_type: 4, role: tessera_model::Role::Audience, info: None },
             },
         }
     }
@@ -1284,7 +1284,7 @@ mod tests {
         // One participant (alice: two publishers in turn and a viewer), one room: the
         // replacement and the overlapping sessions make no events of their own.
         let events = sfu.drain_room_events();
-        assert!(matches!(&events[..], [RoomEvent::RoomCreated { .. }, RoomEvent::Entered { reason: 1, .. }, RoomEvent::Exited { reason: 1, role: 20, .. }, RoomEvent::RoomDismissed { .. }]), "{events:?}");
+        assert!(matches!(&events[..], [RoomEvent::RoomCreated { .. }, RoomEvent::Entered { reason: 1, .. }, RoomEvent::Exited { reason: 1, role: tessera_model::Role::Anchor, .. }, RoomEvent::RoomDismissed { .. }]), "{events:?}");
     }
 
     #[test]

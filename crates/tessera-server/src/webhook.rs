@@ -102,7 +102,7 @@ impl Webhooks {
                 room,
                 103,
                 EventInfo {
-                    role: Some(join.role),
+                    role: Some(join.role.code() as u8),
                     terminal_type: Some(join.terminal_type),
                     user_type: Some(join.user_type),
                     reason: Some((*reason).into()),
@@ -110,8 +110,8 @@ impl Webhooks {
                     ..user_info(room, user)
                 },
             ),
-            RoomEvent::Exited { room, user, role, reason } => (room, 104, EventInfo { role: Some(*role), reason: Some((*reason).into()), ..user_info(room, user) }),
-            RoomEvent::RoleChanged { room, user, role } => (room, 105, EventInfo { role: Some(*role), ..user_info(room, user) }),
+            RoomEvent::Exited { room, user, role, reason } => (room, 104, EventInfo { role: Some(role.code() as u8), reason: Some((*reason).into()), ..user_info(room, user) }),
+            RoomEvent::RoleChanged { room, user, role } => (room, 105, EventInfo { role: Some(role.code() as u8), ..user_info(room, user) }),
             RoomEvent::TrackStarted { room, user, track } => (room, track.start_code(), user_info(room, user)),
             RoomEvent::TrackStopped { room, user, track } => (room, track.start_code() + 1, EventInfo { reason: Some(0.into()), ..user_info(room, user) }),
         };

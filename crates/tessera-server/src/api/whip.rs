@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tessera_engine::{OfferSummary, PeerRole, Quality, RoomKey, SectionKind, SessionSpec};
-use tessera_engine::presence::{user_type, JoinInfo, ROLE_ANCHOR};
+use tessera_engine::presence::{user_type, JoinInfo};
 use tessera_media::StreamKind;
 use tessera_model::privileges::Privileges;
 use tessera_model::token::{self, TokenError, UserToken};
@@ -198,7 +198,7 @@ pub async fn publish(State(state): State<AppState>, Path(room): Path<String>, Ap
 /// token's role (a WHIP session is an anchor's) and `info`.
 fn join_info(token: &UserToken, headers: &HeaderMap, kind: u8) -> JoinInfo {
     let ua = headers.get(axum::http::header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let role = if kind == user_type::WHIP { ROLE_ANCHOR } else { token.role.code() as u8 };
+    let role = if kind == user_type::WHIP { Role::Anchor } else { token.role };
     JoinInfo { user_type: kind, terminal_type: JoinInfo::terminal_from_user_agent(ua), role, info: token.info.clone() }
 }
 
