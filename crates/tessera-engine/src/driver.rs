@@ -28,7 +28,7 @@ enum Command {
     ViewerSessions { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<usize> },
     IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
-    AddIngest { spec: SessionSpec, reply: oneshot::Sender<u64> },
+    AddIngest { spec: SessionSpec, replaced: Option<oneshot::Sender<()>>, reply: oneshot::Sender<u64> },
     Push { id: u64, packets: Vec<IngestPacket> },
     RemoveIngest { id: u64 },
     AddTap { key: RoomKey, with_mixes: bool, owner: tessera_model::UserId, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
@@ -151,7 +151,16 @@ impl RtcHandle {
 
     /// Adds a publisher fed by this process (RTMP, pull ingest); returns its id for `push`.
     pub async fn add_ingest(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
-        self.ask(|reply| Command::AddIngest { spec, reply }).await
+        self.ask(|reply| Command::AddIngest { spec, replaced: None, reply }).await
+    }
+
+    /// `add_ingest`, with a receiver that gets `Ok(())` if a later publisher of the same (user,
+    /// stream) replaces this one (the caller closes its connection then); it gets an error when
+    /// the ingest is removed otherwise.
+    pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<()>), RtcServerError> {
+        let (tx, rx) = oneshot::channel();
+        let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), reply }).await?;
+        Ok((id, rx))
     }
 
     /// Hands an ingest's packets (one access unit, typically) to the SFU.
@@ -214,6 +223,8 @@ async fn run(
 ) {
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
+    // Internal publishers whose owner wants to hear that a newer one replaced them.
+    let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<()>> = std::collections::HashMap::new();
     loop {
         let deadline = sfu.next_timeout();
         tokio::select! {
@@ -245,8 +256,15 @@ async fn run(
                     Command::Stats { reply } => {
                         let _ = reply.send(sfu.stats());
                     }
-                    Command::AddIngest { spec, reply } => {
-                        let _ = reply.send(sfu.add_internal_publisher(spec, now));
+                    Command::AddIngest { spec, replaced, reply } => {
+                        let (id, old) = sfu.add_internal_publisher_replacing(spec, now);
+                        if let Some(tx) = old.and_then(|old| replaced_watchers.remove(&old)) {
+                            let _ = tx.send(());
+                        }
+                        if let Some(tx) = replaced {
+                            replaced_watchers.insert(id, tx);
+                        }
+                        let _ = reply.send(id);
                     }
                     Command::Push { id, packets } => {
                         for p in packets {
@@ -255,6 +273,7 @@ async fn run(
                         sfu.flush(now);
                     }
                     Command::RemoveIngest { id } => {
+                        replaced_watchers.remove(&id);
                         sfu.remove_internal_publisher(id, now);
                         keyframe_requests.lock().expect("keyframe requests").remove(&id);
                     }

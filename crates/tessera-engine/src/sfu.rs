@@ -1066,16 +1066,25 @@ impl Sfu {
     /// Adds a publisher that is not a WebRTC peer (an RTMP publish or a pull ingest): its media
     /// arrives through `push_packet`. Replaces an earlier publisher of the same (user, stream).
     pub fn add_internal_publisher(&mut self, spec: SessionSpec, now: Instant) -> u64 {
+        self.add_internal_publisher_replacing(spec, now).0
+    }
+
+    /// `add_internal_publisher`, also telling which internal publisher it replaced (whose
+    /// connection should be closed: issue 10, defect 12).
+    pub fn add_internal_publisher_replacing(&mut self, spec: SessionSpec, now: Instant) -> (u64, Option<u64>) {
         let id = self.next_id;
         self.next_id += 1;
         self.enter(id, &spec, now);
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
         room.joined.entry(spec.user.clone()).or_insert_with(next_join);
+        let mut replaced = None;
         if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
             tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
             self.close_session(old, LeaveReason::Left, now);
-            self.remove_internal_publisher(old, now);
+            if self.remove_internal_publisher(old, now) {
+                replaced = Some(old);
+            }
         }
         let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
             .into_iter()
@@ -1089,7 +1098,7 @@ impl Sfu {
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
         self.internal.insert(id, InternalPublisher { spec, last_keyframe_request: None, producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
-        id
+        (id, replaced)
     }
 
     pub fn remove_internal_publisher(&mut self, id: u64, now: Instant) -> bool {

@@ -284,4 +284,28 @@ mod tests {
         }
         assert_eq!(result.unwrap_err().code(), 3);
     }
+
+    /// Issue 10, defect 1 on the client side: a relay target (a hostile CDN) that answers
+    /// `connect` with objects nested 5,000 deep crashed the server on every restart; now the
+    /// push fails with a connect error.
+    #[test]
+    fn a_deeply_nested_answer_from_the_target_is_an_error() {
+        use crate::session::tests::{chunked, deeply_nested};
+        let mut client = RtmpPushSession::new(PushTarget::parse("rtmp://h/live/key").unwrap()).unwrap();
+        let mut target = Handshake::new(PeerType::Server);
+        let HandshakeProcessResult::InProgress { response_bytes } = target.process_bytes(&std::mem::take(&mut client.outbound)).unwrap() else {
+            panic!("S0+S1+S2 after C0+C1");
+        };
+        assert!(!client.feed(&response_bytes).unwrap());
+        let err = client.feed(&chunked(20, 0, &deeply_nested("_result", 5_000))).expect_err("refused");
+        assert!(err.code() == 2 && err.to_string().contains("TooDeep"), "{err:?}");
+        // And a short `_result` (name only) is refused too, not a panic.
+        let mut client = RtmpPushSession::new(PushTarget::parse("rtmp://h/live/key").unwrap()).unwrap();
+        let mut target = Handshake::new(PeerType::Server);
+        let HandshakeProcessResult::InProgress { response_bytes } = target.process_bytes(&std::mem::take(&mut client.outbound)).unwrap() else {
+            panic!("S0+S1+S2 after C0+C1");
+        };
+        client.feed(&response_bytes).unwrap();
+        assert!(client.feed(&chunked(20, 0, &[0x02, 0, 7, b'_', b'r', b'e', b's', b'u', b'l', b't'])).is_err());
+    }
 }

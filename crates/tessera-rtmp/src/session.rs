@@ -155,7 +155,7 @@ impl RtmpPublishSession {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -206,5 +206,86 @@ mod tests {
             let _ = server.feed(&junk);
             let _ = server.feed(&junk);
         }
+    }
+
+    /// The server side of a completed handshake with a real client handshake.
+    pub(crate) fn handshaken_server() -> RtmpPublishSession {
+        let mut server = RtmpPublishSession::new();
+        let mut client = Handshake::new(PeerType::Client);
+        server.feed(&client.generate_outbound_p0_and_p1().unwrap()).unwrap();
+        let s0s1s2 = std::mem::take(&mut server.outbound);
+        let HandshakeProcessResult::Completed { response_bytes, .. } = client.process_bytes(&s0s1s2).unwrap() else {
+            panic!("the client handshake completes on S0+S1+S2");
+        };
+        server.feed(&response_bytes).unwrap();
+        server.outbound.clear();
+        server
+    }
+
+    /// One RTMP message (type 20: AMF0 command, 18: AMF0 data) in 128-byte chunks on stream `sid`.
+    pub(crate) fn chunked(type_id: u8, sid: u32, amf0: &[u8]) -> Vec<u8> {
+        use rml_rtmp::messages::MessagePayload;
+        let payload = MessagePayload { timestamp: RtmpTimestamp::new(0), type_id, message_stream_id: sid, data: bytes::Bytes::copy_from_slice(amf0) };
+        ChunkSerializer::new().serialize(&payload, true, false).unwrap().bytes
+    }
+
+    /// AMF0: a string, then `depth` objects nested in each other (each with one property "a").
+    pub(crate) fn deeply_nested(name: &str, depth: usize) -> Vec<u8> {
+        let mut v = vec![0x02];
+        v.extend_from_slice(&(name.len() as u16).to_be_bytes());
+        v.extend_from_slice(name.as_bytes());
+        v.push(0x00);
+        v.extend_from_slice(&1.0f64.to_be_bytes());
+        for _ in 0..depth {
+            v.extend_from_slice(&[0x03, 0, 1, b'a']);
+        }
+        v.push(0x05);
+        for _ in 0..depth {
+            v.extend_from_slice(&[0, 0, 0x09]);
+        }
+        v
+    }
+
+    /// Issue 10, defect 1: a `connect` nesting objects 5,000 deep (≈20 KB) overflowed the stack
+    /// and aborted the process. Now it is a protocol error, and so is 100,000 deep.
+    #[test]
+    fn deeply_nested_connect_is_an_error_not_a_crash() {
+        for depth in [5_000, 100_000] {
+            let mut server = handshaken_server();
+            let bytes = chunked(20, 0, &deeply_nested("connect", depth));
+            let err = server.feed(&bytes).expect_err("nesting beyond the bound is refused");
+            assert!(err.to_string().contains("TooDeep"), "{err}");
+        }
+        // Metadata (@setDataFrame, AMF0 data) goes through the same bounded decoder.
+        let mut server = handshaken_server();
+        assert!(server.feed(&chunked(18, 1, &deeply_nested("@setDataFrame", 5_000))).is_err());
+    }
+
+    /// Issue 10, defect 2: an AMF0 command with fewer than three values panicked
+    /// (`range end index 3 out of range`); an empty `@setDataFrame` indexed an empty vector.
+    #[test]
+    fn short_commands_and_empty_metadata_are_refused_without_panic() {
+        // "connect", 1.0 and nothing else.
+        let two_values = [0x02, 0, 7, b'c', b'o', b'n', b'n', b'e', b'c', b't', 0x00, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0];
+        for values in [&two_values[..], &two_values[..10]] {
+            let mut server = handshaken_server();
+            let r = server.feed(&chunked(20, 0, values));
+            assert!(r.is_err(), "{} bytes: {r:?}", values.len());
+        }
+        // "@setDataFrame" alone: nothing to apply, the session goes on.
+        let mut server = handshaken_server();
+        let mut only_name = vec![0x02, 0, 13];
+        only_name.extend_from_slice(b"@setDataFrame");
+        assert!(server.feed(&chunked(18, 1, &only_name)).unwrap().is_empty());
+    }
+
+    /// A message longer than the fork's bound is refused before anything is buffered for it.
+    #[test]
+    fn oversized_messages_are_refused() {
+        let mut server = handshaken_server();
+        // Type 0 header on csid 3: timestamp 0, length 0xffffff, type 9, stream 1, then one byte.
+        let header = [0x03, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0, 0x17];
+        let err = server.feed(&header).expect_err("16 MiB message refused");
+        assert!(err.to_string().contains("MessageTooLarge"), "{err}");
     }
 }

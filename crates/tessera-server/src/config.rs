@@ -81,6 +81,14 @@ pub struct Limits {
     pub concurrent_ingests_per_app: u32,
     pub room_empty_timeout_s: u32,
     pub task_retention_days: u32,
+    pub concurrent_relays_per_app: u32,
+    /// Open connections per listener; at the cap a listener stops accepting until one closes.
+    pub http_max_connections: u32,
+    pub rtmp_max_connections: u32,
+    /// An HTTP connection with no bytes either way for this long is closed.
+    pub http_idle_timeout_s: u32,
+    /// A request (headers and body) must have arrived within this long of its first byte.
+    pub http_request_timeout_s: u32,
 }
 
 impl Default for Limits {
@@ -93,6 +101,11 @@ impl Default for Limits {
             concurrent_ingests_per_app: 20,
             room_empty_timeout_s: 10,
             task_retention_days: 7,
+            concurrent_relays_per_app: 100,
+            http_max_connections: 4096,
+            rtmp_max_connections: 1024,
+            http_idle_timeout_s: 60,
+            http_request_timeout_s: 15,
         }
     }
 }

@@ -6,6 +6,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod ingest;
+pub mod listen;
 pub mod merge;
 pub mod metrics;
 pub mod recording;

@@ -187,6 +187,27 @@ pub struct RecordingTask {
 }
 
 impl RecordingTask {
+    /// Whether a file this task wrote carries video: `.aac` files and tasks of content "audio"
+    /// never do; otherwise the track type the file's name encodes (RECORDING.md §4: the field
+    /// after `__UserId_e_<media>_`, parsed, not searched for) decides, and mixed files carry
+    /// video unless the task records audio only.
+    pub fn file_has_video(&self, file_name: &str) -> bool {
+        let spec = self.spec.lock().expect("spec");
+        if !spec.wants_video() || file_name.ends_with(".aac") {
+            return false;
+        }
+        let stem = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem);
+        match &spec.mode {
+            Mode::Mixed { .. } => true,
+            Mode::Single { .. } => {
+                // "audio", "audio_video", "video", each maybe followed by a segment's `_<UTC17>`.
+                let kind = identify(stem).2;
+                let audio_only = kind == "audio" || kind.strip_prefix("audio_").is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+                !audio_only
+            }
+        }
+    }
+
     pub fn pause(&self) {
         self.paused.store(true, Ordering::SeqCst);
     }

@@ -26,10 +26,14 @@ const REFUSAL_LINGER: Duration = Duration::from_millis(500);
 const MAX_RTP_PAYLOAD: usize = 1200;
 
 pub async fn serve(listener: TcpListener, state: AppState) {
+    // RTMP connections time out on their own (no data for 30 s); the listener caps and backs off.
+    let timeouts = crate::listen::Timeouts { idle: IDLE_TIMEOUT, request_read: IDLE_TIMEOUT };
+    let mut listener = crate::listen::GuardedListener::new(listener, state.config.limits.rtmp_max_connections as usize, timeouts);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else { continue };
+        let (stream, peer, slot) = listener.accept_guarded().await;
         let state = state.clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let _ = stream.set_nodelay(true);
             if let Err(e) = connection(stream, &state).await {
                 tracing::info!(%peer, "RTMP connection ended: {e}");
@@ -96,22 +100,50 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
     let mut session = RtmpPublishSession::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut publishing: Option<Publishing> = None;
+    let mut replaced_by_newer: Option<tokio::sync::oneshot::Receiver<()>> = None;
     let result = async {
         loop {
-            let n = match tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)).await {
-                Err(_) => return Err("no data for 30 s".to_string()),
-                Ok(Err(e)) => return Err(e.to_string()),
-                Ok(Ok(0)) => return Ok(()),
-                Ok(Ok(n)) => n,
+            let replaced = async {
+                match replaced_by_newer.as_mut() {
+                    Some(rx) => rx.await.is_ok(),
+                    None => std::future::pending().await,
+                }
             };
-            let events = session.feed(&buf[..n]).map_err(|e| e.to_string())?;
             let mut close_after_write = None;
+            let read = tokio::select! {
+                r = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => Some(r),
+                was_replaced = replaced => {
+                    // A receiver is polled to completion once only.
+                    replaced_by_newer = None;
+                    if !was_replaced {
+                        continue;
+                    }
+                    None
+                }
+            };
+            let events = match read {
+                // A newer publish of the same user and stream took over: this one ends with a
+                // status that says so (issue 10, defect 12).
+                None => {
+                    publishing = None;
+                    let reason = "publish_replaced: a newer publish of the same user and stream took over";
+                    tracing::info!("RTMP publish replaced by a newer one; closing the old connection");
+                    session.reject_after_start(reason).map_err(|e| e.to_string())?;
+                    close_after_write = Some(reason.to_string());
+                    Vec::new()
+                }
+                Some(Err(_)) => return Err("no data for 30 s".to_string()),
+                Some(Ok(Err(e))) => return Err(e.to_string()),
+                Some(Ok(Ok(0))) => return Ok(()),
+                Some(Ok(Ok(n))) => session.feed(&buf[..n]).map_err(|e| e.to_string())?,
+            };
             for event in events {
                 match event {
                     RtmpEvent::PublishRequested { request_id, app, stream_key } => match authorize(state, &app, &stream_key).await {
                         Ok((spec, privileges)) => {
                             let (stream_kind, user, room) = (spec.stream, spec.user.clone(), spec.room.room.clone());
-                            let id = state.rtc.add_ingest(spec).await.map_err(|e| e.to_string())?;
+                            let (id, replaced) = state.rtc.add_ingest_watched(spec).await.map_err(|e| e.to_string())?;
+                            replaced_by_newer = Some(replaced);
                             session.accept_publish(request_id).map_err(|e| e.to_string())?;
                             tracing::info!(%room, %user, stream = %stream_kind, "RTMP publish started");
                             publishing = Some(Publishing {

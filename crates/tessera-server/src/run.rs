@@ -152,7 +152,13 @@ impl Server {
         tracing::info!(addr = %self.rtmp_addr, "RTMP listening");
         let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
         let mut drained = stop_rx.clone();
-        let server = axum::serve(self.http, router).with_graceful_shutdown(async move {
+        let limits = &self.state.config.limits;
+        let timeouts = crate::listen::Timeouts {
+            idle: Duration::from_secs(limits.http_idle_timeout_s.max(1) as u64),
+            request_read: Duration::from_secs(limits.http_request_timeout_s.max(1) as u64),
+        };
+        let http = crate::listen::GuardedListener::new(self.http, limits.http_max_connections as usize, timeouts);
+        let server = axum::serve(http, router).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });

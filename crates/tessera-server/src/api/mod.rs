@@ -2,6 +2,7 @@
 //! metrics and tracing around every request.
 
 mod apikeys;
+mod files;
 mod cors;
 mod app;
 mod ingests;
@@ -111,7 +112,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/{page}", get(page))
-        .route("/files/{app}/{*path}", get(recordings::file))
+        .route("/files/{app}/{*path}", get(files::file))
         .merge(v1)
         .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
         .merge(media)

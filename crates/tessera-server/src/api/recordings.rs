@@ -1,21 +1,19 @@
 //! `/v1/recordings` (RECORDING.md §2–5) and `GET /files/{app}/{path}` (PRODUCT.md §11).
 
-use super::auth::{bearer, Caller};
+use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
 use crate::recording::{Mode, RecordingSpec, RecordingTask};
-use axum::body::Body;
-use axum::extract::{Path, Query, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::Response;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tessera_engine::mcu::Subscribe;
 use tessera_media::StreamKind;
-use tessera_model::{Privileges, RoomId, UserId};
+use tessera_model::{RoomId, UserId};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -316,79 +314,4 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
     }
     wait_for(&task, &["STOPPED", "FINISHED"]).await;
     Ok(Json(view(&id, &task)))
-}
-
-#[derive(Debug, Deserialize)]
-pub struct FileQuery {
-    token: Option<String>,
-}
-
-/// `GET /files/{app}/{path}`: an API key allowed `files.get`, or `?token=` of the task's room
-/// with privilege 32 (8 for audio-only files); Range requests get 206.
-pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String, String)>, Query(q): Query<FileQuery>, headers: HeaderMap) -> ApiResult<Response> {
-    let app = tessera_model::AppId::parse(&app).map_err(|_| ApiError::not_found("file_not_found", "no such file"))?;
-    if path.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {
-        return Err(ApiError::not_found("file_not_found", "no such file"));
-    }
-    let mut via_token = None;
-    match (bearer(&headers), &q.token) {
-        (Some(key), _) => {
-            let (key_app, record) = state.store.authenticate_key(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid"))?;
-            if key_app != app || record.policy.decide("files.get") != tessera_model::PolicyDecision::Allowed {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "action_denied", "this API key may not perform 'files.get'"));
-            }
-        }
-        (None, Some(raw)) => {
-            let token = super::whip::verify_raw(&state, raw, false)?;
-            let task = state.recordings.owner_of(&app, &path).ok_or_else(|| ApiError::not_found("file_not_found", "no such file"))?;
-            let room = task.spec.lock().expect("spec").room.clone();
-            if token.app != app || token.room != room {
-                return Err(ApiError::new(StatusCode::FORBIDDEN, "token_room_mismatch", "the token is not for this recording's room"));
-            }
-            let audio_only = path.contains("_audio");
-            let needed = if audio_only { Privileges::SUBSCRIBE_AUDIO } else { Privileges::SUBSCRIBE_VIDEO };
-            if !token.privileges.contains(needed) {
-                return Err(super::whip::privilege_missing(needed));
-            }
-            via_token = Some(raw.clone());
-        }
-        (None, None) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key, or ?token= with a user token of the room")),
-    }
-    let full = state.config.data_dir.join("recordings").join(app.as_str()).join(&path);
-    let mut bytes = tokio::fs::read(&full).await.map_err(|_| ApiError::not_found("file_not_found", "no such file"))?;
-    let content_type = match full.extension().and_then(|e| e.to_str()) {
-        Some("m3u8") => "application/vnd.apple.mpegurl",
-        Some("ts") => "video/mp2t",
-        Some("mp4") => "video/mp4",
-        Some("aac") => "audio/aac",
-        _ => "application/octet-stream",
-    };
-    if let (Some(t), Some("m3u8")) = (&via_token, full.extension().and_then(|e| e.to_str())) {
-        // Segment URIs carry the same token (the stored playlist is not changed).
-        let text = String::from_utf8_lossy(&bytes).lines().map(|l| if l.is_empty() || l.starts_with('#') { l.to_string() } else { format!("{l}?token={t}") }).collect::<Vec<_>>().join("\n");
-        bytes = format!("{text}\n").into_bytes();
-    }
-    let total = bytes.len() as u64;
-    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-'));
-    let builder = Response::builder().header(header::CONTENT_TYPE, content_type).header(header::ACCEPT_RANGES, "bytes");
-    let response = match range {
-        Some((a, b)) => {
-            let (start, end) = match (a.parse::<u64>().ok(), b.parse::<u64>().ok()) {
-                (Some(s), Some(e)) => (s, e.min(total.saturating_sub(1))),
-                (Some(s), None) => (s, total.saturating_sub(1)),
-                (None, Some(n)) => (total.saturating_sub(n), total.saturating_sub(1)),
-                (None, None) => (1, 0),
-            };
-            if start > end || start >= total {
-                Response::builder().status(StatusCode::RANGE_NOT_SATISFIABLE).header(header::CONTENT_RANGE, format!("bytes */{total}")).body(Body::empty())
-            } else {
-                builder
-                    .status(StatusCode::PARTIAL_CONTENT)
-                    .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
-                    .body(Body::from(bytes[start as usize..=end as usize].to_vec()))
-            }
-        }
-        None => builder.status(StatusCode::OK).body(Body::from(bytes)),
-    };
-    response.map_err(|e| ApiError::internal(e.to_string()))
 }

@@ -1,0 +1,5 @@
+#[derive(Eq, PartialEq)]
+pub enum SessionState {
+    Started,
+    Connected,
+}

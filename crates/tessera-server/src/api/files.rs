@@ -1,0 +1,176 @@
+//! `GET /files/{app}/{path}` (PRODUCT.md §11): recorded files, streamed from disk.
+//!
+//! Files are read in `CHUNK`-sized pieces whatever their size or the range asked for, so a
+//! request costs one buffer, not the file. Only regular files whose canonical path stays under
+//! `recordings/<app>` are served (no symlink leaves the storage root). A token needs privilege 32
+//! for anything that carries video and 8 for audio-only files, judged by what the recording
+//! wrote into the file, not by its name.
+
+use super::auth::bearer;
+use super::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::body::{Body, Bytes};
+use axum::extract::{Path, Query, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::Response;
+use serde::Deserialize;
+use std::io::SeekFrom;
+use std::path::PathBuf;
+use tessera_model::Privileges;
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Bytes read from disk at a time per response.
+const CHUNK: usize = 64 * 1024;
+/// Playlists are rewritten in memory (segment URIs get the token); they are small, and a bigger
+/// one is not a playlist we wrote.
+const MAX_PLAYLIST_BYTES: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, Deserialize)]
+pub struct FileQuery {
+    token: Option<String>,
+}
+
+fn no_such_file() -> ApiError {
+    ApiError::not_found("file_not_found", "no such file")
+}
+
+/// The file's canonical path if it is a regular file under `root` (itself canonicalized).
+async fn resolve(root: PathBuf, path: &str) -> ApiResult<(PathBuf, u64)> {
+    let root = tokio::fs::canonicalize(&root).await.map_err(|_| no_such_file())?;
+    let full = tokio::fs::canonicalize(root.join(path)).await.map_err(|_| no_such_file())?;
+    if !full.starts_with(&root) {
+        return Err(no_such_file());
+    }
+    let meta = tokio::fs::metadata(&full).await.map_err(|_| no_such_file())?;
+    if !meta.is_file() {
+        return Err(no_such_file());
+    }
+    Ok((full, meta.len()))
+}
+
+/// `bytes=a-b`, `bytes=a-`, `bytes=-n` of a `total`-byte file: `Ok(None)` for no (or an
+/// unparsable) Range header, `Err(())` for one that cannot be satisfied.
+fn byte_range(headers: &HeaderMap, total: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some((a, b)) = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).and_then(|r| r.strip_prefix("bytes=")).and_then(|r| r.split_once('-')) else {
+        return Ok(None);
+    };
+    let last = total.checked_sub(1).ok_or(())?;
+    let (start, end) = match (a.trim().parse::<u64>().ok(), b.trim().parse::<u64>().ok()) {
+        (Some(s), Some(e)) => (s, e.min(last)),
+        (Some(s), None) => (s, last),
+        (None, Some(n)) if n > 0 => (total.saturating_sub(n), last),
+        _ => return Err(()),
+    };
+    if start > end {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+/// `len` bytes of `file` from `start`, read `CHUNK` bytes at a time as the client takes them.
+fn stream(file: tokio::fs::File, len: u64) -> Body {
+    let chunks = futures_util::stream::unfold((file, len), |(mut file, left)| async move {
+        if left == 0 {
+            return None;
+        }
+        let mut buf = vec![0u8; (left as usize).min(CHUNK)];
+        match file.read(&mut buf).await {
+            Ok(0) => None, // truncated under us: end the body early (the length tells the client)
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok::<Bytes, std::io::Error>(Bytes::from(buf)), (file, left - n as u64)))
+            }
+            Err(e) => Some((Err(e), (file, 0))),
+        }
+    });
+    Body::from_stream(chunks)
+}
+
+pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String, String)>, Query(q): Query<FileQuery>, headers: HeaderMap) -> ApiResult<Response> {
+    let app = tessera_model::AppId::parse(&app).map_err(|_| no_such_file())?;
+    if path.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {
+        return Err(no_such_file());
+    }
+    let root = state.config.data_dir.join("recordings").join(app.as_str());
+    let mut via_token = None;
+    match (bearer(&headers), &q.token) {
+        (Some(key), _) => {
+            let (key_app, record) = state.store.authenticate_key(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid"))?;
+            if key_app != app || record.policy.decide("files.get") != tessera_model::PolicyDecision::Allowed {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "action_denied", "this API key may not perform 'files.get'"));
+            }
+        }
+        (None, Some(raw)) => {
+            let token = super::whip::verify_raw(&state, raw, false)?;
+            let task = state.recordings.owner_of(&app, &path).ok_or_else(no_such_file)?;
+            let room = task.spec.lock().expect("spec").room.clone();
+            if token.app != app || token.room != room {
+                return Err(ApiError::new(StatusCode::FORBIDDEN, "token_room_mismatch", "the token is not for this recording's room"));
+            }
+            let file_name = path.rsplit('/').next().unwrap_or(&path);
+            let needed = if task.file_has_video(file_name) { Privileges::SUBSCRIBE_VIDEO } else { Privileges::SUBSCRIBE_AUDIO };
+            if !token.privileges.contains(needed) {
+                return Err(super::whip::privilege_missing(needed));
+            }
+            via_token = Some(raw.clone());
+        }
+        (None, None) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key, or ?token= with a user token of the room")),
+    }
+    let (full, total) = resolve(root, &path).await?;
+    let extension = full.extension().and_then(|e| e.to_str()).unwrap_or("");
+    let content_type = match extension {
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "ts" => "video/mp2t",
+        "mp4" => "video/mp4",
+        "aac" => "audio/aac",
+        _ => "application/octet-stream",
+    };
+    let builder = Response::builder().header(header::CONTENT_TYPE, content_type).header(header::ACCEPT_RANGES, "bytes");
+    if let (Some(t), "m3u8") = (&via_token, extension) {
+        // Segment URIs carry the same token (the stored playlist is not changed).
+        if total > MAX_PLAYLIST_BYTES {
+            return Err(no_such_file());
+        }
+        let bytes = tokio::fs::read(&full).await.map_err(|_| no_such_file())?;
+        let text = String::from_utf8_lossy(&bytes).lines().map(|l| if l.is_empty() || l.starts_with('#') { l.to_string() } else { format!("{l}?token={t}") }).collect::<Vec<_>>().join("\n");
+        return builder.status(StatusCode::OK).body(Body::from(format!("{text}\n"))).map_err(|e| ApiError::internal(e.to_string()));
+    }
+    let mut file = tokio::fs::File::open(&full).await.map_err(|_| no_such_file())?;
+    let response = match byte_range(&headers, total) {
+        Err(()) => Response::builder().status(StatusCode::RANGE_NOT_SATISFIABLE).header(header::CONTENT_RANGE, format!("bytes */{total}")).body(Body::empty()),
+        Ok(None) => builder.status(StatusCode::OK).header(header::CONTENT_LENGTH, total).body(stream(file, total)),
+        Ok(Some((start, end))) => {
+            file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::internal(e.to_string()))?;
+            builder
+                .status(StatusCode::PARTIAL_CONTENT)
+                .header(header::CONTENT_RANGE, format!("bytes {start}-{end}/{total}"))
+                .header(header::CONTENT_LENGTH, end - start + 1)
+                .body(stream(file, end - start + 1))
+        }
+    };
+    response.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(v: &str, total: u64) -> Result<Option<(u64, u64)>, ()> {
+        let mut h = HeaderMap::new();
+        h.insert(header::RANGE, v.parse().unwrap());
+        byte_range(&h, total)
+    }
+
+    #[test]
+    fn ranges() {
+        assert_eq!(range("bytes=0-0", 10), Ok(Some((0, 0))));
+        assert_eq!(range("bytes=5-", 10), Ok(Some((5, 9))));
+        assert_eq!(range("bytes=-3", 10), Ok(Some((7, 9))));
+        assert_eq!(range("bytes=2-100", 10), Ok(Some((2, 9))));
+        assert_eq!(range("bytes=10-", 10), Err(()));
+        assert_eq!(range("bytes=5-2", 10), Err(()));
+        assert_eq!(range("bytes=-0", 10), Err(()));
+        assert_eq!(range("bytes=0-0", 0), Err(()));
+        assert_eq!(byte_range(&HeaderMap::new(), 10), Ok(None));
+    }
+}
