@@ -124,6 +124,16 @@ impl Server {
         format!("{}{}", self.base, path)
     }
 
+    /// The server's process id (to read its RSS, fds and threads from /proc).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the process is still running.
+    pub fn alive(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     /// `kill -9`: no shutdown at all (crash-recovery tests).
     pub fn crash(mut self) {
         let _ = self.child.kill();
