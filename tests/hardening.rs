@@ -245,3 +245,76 @@ fn idle_and_half_sent_http_connections_are_closed() {
     let _ = waiting.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A full tmpfs mounted over `dir` while the guard lives (root only, as tests and CI run).
+struct FullDisk(std::path::PathBuf);
+
+impl FullDisk {
+    fn over(dir: &std::path::Path) -> FullDisk {
+        std::fs::create_dir_all(dir).unwrap();
+        let ok = Command::new("mount").args(["-t", "tmpfs", "-o", "size=64k", "tmpfs"]).arg(dir).status().unwrap().success();
+        assert!(ok, "mounting a tmpfs needs root");
+        let _ = std::fs::write(dir.join("filler"), vec![0u8; 128 * 1024]);
+        FullDisk(dir.to_owned())
+    }
+}
+
+impl Drop for FullDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Defect 7: with `tasks/` on a full disk, starting a recording or relay answered 201 and the
+/// task vanished at the next restart, leaving 0-byte `.tmp` files. Now: 507 and nothing left.
+#[test]
+fn tasks_that_cannot_be_saved_are_refused() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("disk-full");
+    let server = Server::start(dir.path(), &[]);
+    let key = admin_key(dir.path());
+    let tasks = dir.path().join("tasks");
+    let full = FullDisk::over(&tasks);
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &serde_json::json!({"room": "full"}));
+    r.expect_error(507, "storage_full");
+    let r = post_json(&server.url("/v1/relays"), Some(&key), &serde_json::json!({"room": "full", "source": {"user": "cam"}, "urls": ["rtmp://127.0.0.1:9/live/x"]}));
+    r.expect_error(507, "storage_full");
+    let left: Vec<_> = std::fs::read_dir(&tasks).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n != "filler").collect();
+    assert!(left.is_empty(), "nothing is left in tasks/: {left:?}");
+    assert_eq!(get(&server.url("/v1/recordings"), Some(&key)).json()["items"].as_array().map(|a| a.len()), Some(0));
+    assert_eq!(get(&server.url("/v1/relays"), Some(&key)).json()["items"].as_array().map(|a| a.len()), Some(0));
+    drop(full);
+    // With space again, the same request succeeds.
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &serde_json::json!({"room": "full"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+}
+
+/// Defect 10: an id of `../../x` in a task file made the server write outside the data dir.
+#[test]
+fn task_files_with_bad_ids_are_not_resumed() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("task-ids");
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(data.join("tasks")).unwrap();
+    let escape = dir.path().join("escaped");
+    let bad = [
+        ("0000000000000001", serde_json::json!({"kind": "relay", "id": "../../escaped", "app": "default", "room": "r", "source": {"user": "u", "stream": "main"}, "state": "RUNNING", "urls": ["rtmp://127.0.0.1:9/a/b"], "created_at": 0})),
+        ("0000000000000002", serde_json::json!({"kind": "recording", "id": "0000000000000002", "app": "default", "room": "r", "mode": "single", "streams": [], "prefix": "../../../escaped", "state": "RUNNING", "format": "hls"})),
+        ("0000000000000003", serde_json::json!({"kind": "ingest", "id": "../escaped", "app": "default", "room": "r", "user": "u", "stream": "main", "url": "rtmp://127.0.0.1:9/a/b", "state": "RUNNING"})),
+        ("0000000000000004", serde_json::json!({"kind": "mix_job", "id": "0000000000000004/../../../escaped", "app": "default", "state": "RUNNING", "request": {}})),
+    ];
+    for (name, v) in &bad {
+        std::fs::write(data.join("tasks").join(format!("{name}.json")), v.to_string()).unwrap();
+    }
+    let server = Server::start(&data, &[]);
+    let key = admin_key(&data);
+    std::thread::sleep(Duration::from_secs(2));
+    for path in ["/v1/recordings", "/v1/relays", "/v1/ingests"] {
+        let r = get(&server.url(path), Some(&key));
+        assert_eq!(r.json()["items"].as_array().map(|a| a.len()), Some(0), "{path}: {}", r.body);
+    }
+    let outside: Vec<_> = std::fs::read_dir(dir.path()).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.starts_with("escaped")).collect();
+    assert!(outside.is_empty() && !escape.exists(), "nothing was written outside the data dir: {outside:?}");
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("task file skipped"), "{logs}");
+}

@@ -46,6 +46,16 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
+    /// A task whose record could not be saved is not started (issue 10, defect 7): a full disk
+    /// is 507 `storage_full`, anything else 500.
+    pub fn task_not_saved(e: &std::io::Error) -> ApiError {
+        if e.kind() == std::io::ErrorKind::StorageFull {
+            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("the task could not be saved: {e}"))
+        } else {
+            ApiError::internal(format!("the task could not be saved: {e}"))
+        }
+    }
+
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }

@@ -278,13 +278,8 @@ impl Ingests {
     /// Resumes the tasks a previous run left live (`tasks/*.json` of kind "ingest").
     pub fn resume(&self, rtc: &RtcHandle) {
         let Some(dir) = &self.tasks_dir else { return };
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for entry in entries.flatten() {
-            let Ok(bytes) = std::fs::read(entry.path()) else { continue };
-            let Ok(mut record) = serde_json::from_slice::<IngestRecord>(&bytes) else { continue };
-            if record.kind != "ingest" {
-                continue;
-            }
+        for v in crate::task_file::read_all(dir, "ingest") {
+            let Ok(mut record) = serde_json::from_value::<IngestRecord>(v) else { continue };
             if record.state.is_final() {
                 // Finished tasks stay readable (PRODUCT.md §10: retention).
                 self.tasks.insert(

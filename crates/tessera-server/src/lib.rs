@@ -14,6 +14,7 @@ pub mod relay;
 pub mod rtmp;
 pub mod run;
 pub mod store;
+pub mod task_file;
 pub mod tap_input;
 pub mod tls;
 pub mod webhook;

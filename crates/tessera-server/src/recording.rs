@@ -273,8 +273,8 @@ impl Recordings {
             shutting_down: AtomicBool::new(false),
             working: AtomicBool::new(true),
         });
+        save(&task, &data_dir)?;
         self.tasks.insert(spec.id.clone(), task.clone());
-        save(&task, &data_dir);
         let runtime = tokio::runtime::Handle::current();
         let t = task.clone();
         let events = TaskEvents::new(&self.hooks, &spec);
@@ -355,8 +355,19 @@ impl Recordings {
     }
 }
 
+/// A task record that could not be written; its I/O kind survives (a full disk is 507).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct SaveError(pub crate::store::StoreError);
+
+impl From<SaveError> for std::io::Error {
+    fn from(e: SaveError) -> std::io::Error {
+        std::io::Error::new(e.0.io_kind().unwrap_or(std::io::ErrorKind::Other), e.0.to_string())
+    }
+}
+
 /// Saves the task's spec and state to `tasks/<id>.json` (RECORDING.md §8: fsync'd on change).
-fn save(task: &RecordingTask, data_dir: &Path) {
+fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), SaveError> {
     let spec = task.spec.lock().expect("spec").clone();
     let st = task.status.lock().expect("status").clone();
     let (mode, streams, split, mix_user, owned_job) = match &spec.mode {
@@ -371,9 +382,10 @@ fn save(task: &RecordingTask, data_dir: &Path) {
         "restarts": st.restarts, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
     });
     let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
-    if let Err(e) = write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
         tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}");
-    }
+        SaveError(e)
+    })
 }
 
 /// Auto-stop rules (RECORDING.md §3): no media from any subscribed stream while anchors are
@@ -395,13 +407,7 @@ impl Recordings {
     /// in `ha<N>_` files; a 4th crash ends the task as failed with every file listed; a
     /// stopped one redoes its conversion.
     pub fn resume(&self, data_dir: &Path, rtc: &RtcHandle) {
-        let Ok(entries) = std::fs::read_dir(data_dir.join("tasks")) else { return };
-        for e in entries.flatten() {
-            let Ok(bytes) = std::fs::read(e.path()) else { continue };
-            let Ok(v) = serde_json::from_slice::<Value>(&bytes) else { continue };
-            if v["kind"] != "recording" {
-                continue;
-            }
+        for v in crate::task_file::read_all(&data_dir.join("tasks"), "recording") {
             let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else { continue };
             let mode = if v["mode"] == "mixed" {
                 let Ok(mix_user) = UserId::parse(v["mix_user"].as_str().unwrap_or("")) else { continue };
@@ -471,7 +477,7 @@ impl Recordings {
                     events.emit(302, json!({"LeaveCode": 104}));
                 }
                 finish_task(&task, &spec, &final_dir, &spool, &url_base, None, &events);
-                save(&task, data_dir);
+                let _ = save(&task, data_dir);
                 continue;
             }
             {
@@ -482,7 +488,7 @@ impl Recordings {
                 }
             }
             tracing::info!(recording = %spec.id, restart = restarts + 1, "resuming the recording");
-            save(&task, data_dir);
+            let _ = save(&task, data_dir);
             task.working.store(true, Ordering::SeqCst);
             let runtime = tokio::runtime::Handle::current();
             let (t, dir, rtc, events) = (task.clone(), data_dir.to_path_buf(), rtc.clone(), TaskEvents::new(&self.hooks, &spec));
@@ -854,7 +860,7 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
     }
     if task.shutting_down.load(Ordering::SeqCst) {
         // Closed, not stopped: the state stays RECORDING/PAUSED and the next start resumes.
-        save(&task, &data_dir);
+        let _ = save(&task, &data_dir);
         task.working.store(false, Ordering::SeqCst);
         tracing::info!(recording = %spec.id, "recording closed for the server's stop; it continues at the next start");
         return;
@@ -873,12 +879,12 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
         st.leave_code = Some(code);
         st.error = error.clone();
     }
-    save(&task, &data_dir);
+    let _ = save(&task, &data_dir);
     events.emit(302, json!({"LeaveCode": code}));
     let stored = if all_stored { 0 } else { 1 };
     events.emit(305, json!({"Status": stored, "LeaveCode": stored}));
     finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
-    save(&task, &data_dir);
+    let _ = save(&task, &data_dir);
     task.working.store(false, Ordering::SeqCst);
 }
 
@@ -1179,7 +1185,7 @@ fn record(
                         wr.discontinuity = true;
                     }
                     task.status.lock().expect("status").state = "PAUSED";
-                    save(task, data_dir);
+                    let _ = save(task, data_dir);
                 } else {
                     if let Some(p) = c.paused_since.take() {
                         c.paused_total += now - p;
@@ -1188,7 +1194,7 @@ fn record(
                     st.state = "RECORDING";
                     st.paused_ms = c.paused_total.as_millis() as i64;
                     drop(st);
-                    save(task, data_dir);
+                    let _ = save(task, data_dir);
                 }
             }
         }
@@ -1247,7 +1253,7 @@ fn record(
                 st.files = fresh;
                 drop(st);
                 // Every new segment is on record before the next one starts.
-                save(task, data_dir);
+                let _ = save(task, data_dir);
                 st = task.status.lock().expect("status");
             }
             st.clock_ms = c.now_ms(Instant::now());

@@ -143,7 +143,7 @@ pub struct RelayTask {
 
 impl RelayTask {
     fn save(&self) {
-        save(self.tasks_dir.as_ref(), &self.record(), self.max_idle);
+        let _ = save(self.tasks_dir.as_ref(), &self.record(), self.max_idle);
     }
 }
 
@@ -224,15 +224,16 @@ pub struct Relays {
     hooks: crate::webhook::Webhooks,
 }
 
-fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) {
-    let Some(dir) = dir else { return };
+fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) -> std::io::Result<()> {
+    let Some(dir) = dir else { return Ok(()) };
     let record = serde_json::json!({
         "kind": "relay", "id": r.id, "app": r.app, "room": r.room, "source": r.source, "media": r.media, "state": r.state,
         "urls": r.urls.iter().map(|u| u.url.clone()).collect::<Vec<_>>(), "created_at": r.created_at, "owner": r.owner, "max_idle_s": max_idle.as_secs(),
     });
-    if let Err(e) = crate::store::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+    crate::store::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
         tracing::warn!(relay = %r.id, "cannot save the relay: {e}");
-    }
+        crate::recording::SaveError(e).into()
+    })
 }
 
 pub struct NewRelay {
@@ -256,10 +257,8 @@ impl Relays {
     /// job). Their URLs connect again (state 1) when the source publishes.
     pub fn resume(&self, rtc: &RtcHandle) {
         let Some(dir) = &self.tasks_dir else { return };
-        let Ok(entries) = std::fs::read_dir(dir) else { return };
-        for e in entries.flatten() {
-            let Ok(v) = serde_json::from_slice::<serde_json::Value>(&std::fs::read(e.path()).unwrap_or_default()) else { continue };
-            if v["kind"] != "relay" || v["state"] == "STOPPED" || !v["owner"].is_null() {
+        for v in crate::task_file::read_all(dir, "relay") {
+            if v["state"] == "STOPPED" || !v["owner"].is_null() {
                 continue;
             }
             let (Some(id), Ok(app), Ok(room), Ok(user), Some(stream)) = (
@@ -324,7 +323,7 @@ impl Relays {
             leave_code: None,
             owner: new.owner.clone(),
         };
-        save(self.tasks_dir.as_ref(), &record, new.max_idle);
+        save(self.tasks_dir.as_ref(), &record, new.max_idle)?;
         let (tags, _) = broadcast::channel(1024);
         let task = Arc::new(RelayTask {
             record: Mutex::new(record.clone()),

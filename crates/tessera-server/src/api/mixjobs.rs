@@ -483,10 +483,8 @@ fn save(path: &std::path::Path, app: &AppId, id: &str, created_at: i64, request:
 
 /// Restarts the jobs a previous run left running, with the same ids and `mix_<id>` users.
 pub async fn resume(state: &AppState) {
-    let Ok(entries) = std::fs::read_dir(state.config.data_dir.join("tasks")) else { return };
-    for e in entries.flatten() {
-        let Ok(v) = serde_json::from_slice::<Value>(&std::fs::read(e.path()).unwrap_or_default()) else { continue };
-        if v["kind"] != "mix_job" || v["state"] == "STOPPED" {
+    for v in crate::task_file::read_all(&state.config.data_dir.join("tasks"), "mix_job") {
+        if v["state"] == "STOPPED" {
             continue;
         }
         let (Some(id), Ok(app)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or(""))) else { continue };

@@ -198,7 +198,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     };
     let id = tessera_model::TaskId::generate().as_str().to_owned();
     let spec = RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
-    let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::internal(format!("cannot start the recording: {e}")))?;
+    let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::task_not_saved(&e))?;
     Ok((StatusCode::CREATED, Json(view(&id, &task))))
 }
 

@@ -104,7 +104,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     let record = state
         .relays
         .start(NewRelay { resumed: None, app: caller.app.clone(), room, source, media, urls: req.urls, max_idle: Duration::from_secs(idle), owner: None }, state.rtc.clone())
-        .map_err(|e| ApiError::internal(format!("cannot start the relay: {e}")))?;
+        .map_err(|e| ApiError::task_not_saved(&e))?;
     Ok((StatusCode::CREATED, Json(view(&record))))
 }
 
