@@ -742,3 +742,30 @@ fn an_rtmps_relay_reaches_a_tls_cdn_and_checks_its_certificate() {
     let _ = source.kill();
     let _ = source.wait();
 }
+
+/// Issue 10, defect 6: with the default relative data dir (`./tessera-data`, what `make run`
+/// uses), `hls+mp4` recordings made no MP4 (the remux input path was doubled) and still ended
+/// `FINISHED` with `Status: ok`.
+#[test]
+fn a_relative_data_dir_still_gives_mp4s() {
+    let dir = TempDir::new("rel-data");
+    let server = Server::start_in(Some(dir.path()), Path::new("./tessera-data"), &[]);
+    let data = dir.path().join("tessera-data");
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let cam = token(&data, "rel", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/rel/cam?token={cam}", rtmp_port(&server)), 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "rel", "format": "hls+mp4", "hls": {"segment_s": 2}, "max_idle_time": 60}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let path = format!("/v1/recordings/{}", r.json()["id"].as_str().unwrap());
+    poll(&server, &key, &path, Duration::from_secs(15), |v| v["files"].as_array().is_some_and(|f| f.len() >= 4));
+    assert_eq!(request("DELETE", &server.url(&path), Some(&key), None, &[]).status, 200);
+    poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
+    assert_eq!(result["Status"], "ok", "{result}");
+    let mp4 = result["VideoInfos"].as_array().unwrap().iter().find(|v| v["VideoFormat"] == "mp4").unwrap_or_else(|| panic!("no MP4 in {result}"));
+    let (codecs, duration) = probe_url(&format!("{}?token={}", server.url(mp4["VideoUrl"].as_str().unwrap()), token(&data, "rel", "viewer")));
+    assert!(codecs.contains(&"h264".to_string()) && duration > 3.0, "{codecs:?} {duration:.2} s");
+    let _ = source.kill();
+    let _ = source.wait();
+}

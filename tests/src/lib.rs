@@ -60,6 +60,12 @@ impl Server {
     /// Starts `tessera serve` with the data dir and any extra args, on free loopback ports, and
     /// waits for the banner.
     pub fn start(data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_in(None, data_dir, extra)
+    }
+
+    /// `start` with the server's working directory set (a relative `data_dir` is then taken as
+    /// a user would type it).
+    pub fn start_in(cwd: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.display().to_string()];
         // Free ports unless the caller chose addresses.
         for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--rtc-udp-addr", "127.0.0.1:0"), ("--rtmp-addr", "127.0.0.1:0")] {
@@ -68,7 +74,11 @@ impl Server {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut child = Command::new(tessera_bin())
+        let mut command = Command::new(tessera_bin());
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        let mut child = command
             .args(&args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

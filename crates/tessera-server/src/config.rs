@@ -215,6 +215,9 @@ impl Config {
         if let Some(d) = &overrides.data_dir {
             config.data_dir = d.clone();
         }
+        // Resolved once, here: paths derived from a relative data dir break as soon as a tool
+        // (FFmpeg's HLS demuxer) resolves them against another folder (issue 10, defect 6).
+        config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| ConfigError::Invalid(format!("data_dir: {e}")))?;
         config.validate()?;
         Ok(config)
     }
@@ -338,7 +341,8 @@ mod tests {
         assert_eq!(c.http_addr.to_string(), "0.0.0.0:8080");
         assert_eq!(c.rtmp_addr.port(), 1935);
         assert_eq!(c.rtc_udp_addr.port(), 8443);
-        assert_eq!(c.data_dir, PathBuf::from("./tessera-data"));
+        // Resolved against the working directory once, at load.
+        assert!(c.data_dir.is_absolute() && c.data_dir.ends_with("tessera-data"), "{}", c.data_dir.display());
         assert_eq!(c.cors_origins, vec!["*"]);
     }
 

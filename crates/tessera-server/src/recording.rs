@@ -1006,7 +1006,7 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
             finals.push((info, "m3u8", video_type(&media)));
         }
     }
-    let mut remux_failed = false;
+    let mut remux_failed: Option<String> = None;
     if spec.mp4() || spec.aac() {
         // One MP4 (or ADTS .aac) per user stream or for the mix: each track's playlists joined,
         // split at split_minutes or 2 GiB (then every part is `_<Index>`).
@@ -1080,14 +1080,14 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
                     }
                 }
                 Err(e) => {
-                    remux_failed = true;
                     tracing::warn!("{ext} remux of {base} failed: {e}");
+                    remux_failed.get_or_insert(format!("{ext} remux of {base} failed: {e}"));
                 }
             }
         }
         // 310: the MP4 (or .aac) files, each with its user, track and time span.
         let made: Vec<&FileInfo> = finals.iter().map(|(f, ..)| f).filter(|f| !f.file_name.ends_with(".m3u8")).collect();
-        let status = if made.is_empty() && !playlists.is_empty() { 2 } else if remux_failed { 1 } else { 0 };
+        let status = if made.is_empty() && !playlists.is_empty() { 2 } else if remux_failed.is_some() { 1 } else { 0 };
         events.emit(310, json!({
             "Status": status,
             "FileList": made.iter().map(|f| f.file_name.clone()).collect::<Vec<_>>(),
@@ -1107,6 +1107,8 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
     let mut st = task.status.lock().expect("status");
     st.files = files.clone();
     let total_time = st.clock_ms;
+    // A conversion that failed is the task's failure, never a silent success (issue 10, defect 6).
+    let error = error.or(remux_failed);
     let failed = error.is_some() || st.leave_code == Some(104);
     let mut result = json!({
         "TaskId": spec.id, "Status": if failed { "failed" } else { "ok" }, "RoomId": spec.room, "GroupId": "", "RecordUserId": format!("rec_{}", spec.id),
@@ -1119,8 +1121,11 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
         "Files": files.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "MediaId": f.media_id, "TrackType": f.track_type,
             "BeginTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts, "Size": f.size, "DurationMs": f.duration_ms, "Url": f.url, "Stored": f.stored})).collect::<Vec<_>>(),
     });
-    if let Some(e) = error.or_else(|| st.error.clone()) {
+    if let Some(e) = error.clone().or_else(|| st.error.clone()) {
         result["error"] = json!(e);
+    }
+    if let Some(e) = error {
+        st.error = Some(e);
     }
     st.result = Some(result.clone());
     st.state = "FINISHED";

@@ -24,6 +24,41 @@ use tokio::sync::{mpsc, Semaphore};
 
 /// Attempts in flight per URL.
 const IN_FLIGHT_PER_URL: usize = 8;
+/// Events waiting for delivery, at most (issue 10, defect 9): a target that never answers
+/// drains ≈1.6 events/s, so without a bound the outbox grows with every event. Past either
+/// bound the oldest event is dropped and counted (`result="dropped"`).
+pub const MAX_OUTBOX_EVENTS: usize = 10_000;
+pub const MAX_OUTBOX_BYTES: usize = 32 * 1024 * 1024;
+
+/// The events waiting for delivery, oldest first, with their sizes; evicting one cancels it.
+#[derive(Default)]
+struct Outbox {
+    waiting: std::collections::BTreeMap<(i64, String), (usize, Arc<std::sync::atomic::AtomicBool>)>,
+    bytes: usize,
+}
+
+impl Outbox {
+    /// Admits an event of `size` bytes; returns its cancel flag and the ids evicted for room.
+    fn admit(&mut self, created_ms: i64, id: &str, size: usize, max_events: usize, max_bytes: usize) -> (Arc<std::sync::atomic::AtomicBool>, Vec<String>) {
+        let mut evicted = Vec::new();
+        while !self.waiting.is_empty() && (self.waiting.len() + 1 > max_events || self.bytes + size > max_bytes) {
+            let Some(((_, old), (old_size, cancel))) = self.waiting.pop_first() else { break };
+            cancel.store(true, std::sync::atomic::Ordering::SeqCst);
+            self.bytes -= old_size;
+            evicted.push(old);
+        }
+        let cancel = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        self.waiting.insert((created_ms, id.to_string()), (size, cancel.clone()));
+        self.bytes += size;
+        (cancel, evicted)
+    }
+
+    fn done(&mut self, created_ms: i64, id: &str) {
+        if let Some((size, _)) = self.waiting.remove(&(created_ms, id.to_string())) {
+            self.bytes -= size;
+        }
+    }
+}
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -71,23 +106,25 @@ impl Webhooks {
         let Some(mut rx) = self.0.rx.lock().expect("webhook rx").take() else { return };
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*self.0.tls).clone()).https_or_http().enable_http1().build();
         let client = Client::builder(TokioExecutor::new()).build(connector);
-        let delivery = Delivery { hooks: self.clone(), client, outbox: outbox.clone(), limits: Arc::new(Mutex::new(HashMap::new())) };
+        let delivery = Delivery { hooks: self.clone(), client, outbox: outbox.clone(), limits: Arc::new(Mutex::new(HashMap::new())), waiting: Arc::default() };
         if let Some(dir) = &outbox {
             for event in pending(dir) {
                 if crate::now_ms() - event.created_ms > events::MAX_EVENT_AGE_MS {
                     delivery.dropped(&event);
                 } else {
-                    tokio::spawn(delivery.clone().deliver(event));
+                    let cancel = delivery.admit(&event);
+                    tokio::spawn(delivery.clone().deliver(event, cancel));
                 }
             }
         }
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
+                let cancel = delivery.admit(&event);
                 if !delivery.persist(&event).await {
                     tracing::warn!(event = %event.id, "cannot write the event to the outbox; delivering it anyway");
                 }
                 delivery.hooks.0.unwritten.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-                tokio::spawn(delivery.clone().deliver(event));
+                tokio::spawn(delivery.clone().deliver(event, cancel));
             }
         });
     }
@@ -171,6 +208,8 @@ struct Delivery {
     outbox: Option<PathBuf>,
     /// URL → its in-flight limit.
     limits: Arc<Mutex<HashMap<String, Arc<Semaphore>>>>,
+    /// What waits for delivery, bounded.
+    waiting: Arc<Mutex<Outbox>>,
 }
 
 impl Delivery {
@@ -182,7 +221,22 @@ impl Delivery {
         matches!(tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await, Ok(Ok(())))
     }
 
+    /// Takes the event into the bounded outbox, dropping the oldest ones past the bounds.
+    fn admit(&self, event: &Event) -> Arc<std::sync::atomic::AtomicBool> {
+        let size = serde_json::to_vec(event).map(|b| b.len()).unwrap_or(0);
+        let (cancel, evicted) = self.waiting.lock().expect("outbox").admit(event.created_ms, &event.id, size, MAX_OUTBOX_EVENTS, MAX_OUTBOX_BYTES);
+        for id in evicted {
+            tracing::warn!(event = %id, "webhook event dropped: the outbox is full ({MAX_OUTBOX_EVENTS} events or {MAX_OUTBOX_BYTES} bytes)");
+            self.hooks.count("dropped");
+            if let Some(dir) = &self.outbox {
+                let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
+            }
+        }
+        cancel
+    }
+
     fn forget(&self, event: &Event) {
+        self.waiting.lock().expect("outbox").done(event.created_ms, &event.id);
         if let Some(dir) = &self.outbox {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", event.id)));
         }
@@ -199,9 +253,13 @@ impl Delivery {
     }
 
     /// The event's attempts, from where an earlier run left them.
-    async fn deliver(self, mut event: Event) {
+    async fn deliver(self, mut event: Event, evicted: Arc<std::sync::atomic::AtomicBool>) {
         let (mut k, mut previous_end) = (event.attempts + 1, if event.attempts > 0 { crate::now_ms() } else { event.created_ms });
+        let evicted = || evicted.load(std::sync::atomic::Ordering::SeqCst);
         loop {
+            if evicted() {
+                return; // counted and removed when it was evicted
+            }
             let Some(at) = attempt_start(k, event.created_ms, previous_end) else {
                 self.dropped(&event);
                 return;
@@ -220,6 +278,15 @@ impl Delivery {
             };
             let limit = self.limit(&url);
             let Ok(_permit) = limit.acquire().await else { return };
+            if evicted() {
+                return;
+            }
+            // Waiting for a slot can take long behind a target that never answers: the spec's
+            // 60 s holds when the attempt starts, not only when it was scheduled.
+            if crate::now_ms() - event.created_ms > events::MAX_EVENT_AGE_MS {
+                self.dropped(&event);
+                return;
+            }
             let ok = self.attempt(&event, k, &url, &key).await;
             previous_end = crate::now_ms();
             if ok {
@@ -264,5 +331,29 @@ impl Delivery {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_outbox_drops_its_oldest_events_past_either_bound() {
+        let mut outbox = Outbox::default();
+        let (first, _) = outbox.admit(1, "a", 100, 3, 1000);
+        outbox.admit(2, "b", 100, 3, 1000);
+        outbox.admit(3, "c", 100, 3, 1000);
+        let (_, evicted) = outbox.admit(4, "d", 100, 3, 1000);
+        assert_eq!(evicted, ["a"]);
+        assert!(first.load(std::sync::atomic::Ordering::SeqCst), "the evicted event's delivery is cancelled");
+        assert_eq!((outbox.waiting.len(), outbox.bytes), (3, 300));
+        // Bytes: a 750-byte event pushes out two of 100.
+        let (_, evicted) = outbox.admit(5, "e", 750, 10, 1000);
+        assert_eq!(evicted, ["b", "c"]);
+        assert_eq!((outbox.waiting.len(), outbox.bytes), (2, 850));
+        outbox.done(4, "d");
+        outbox.done(5, "e");
+        assert_eq!((outbox.waiting.len(), outbox.bytes), (0, 0));
     }
 }
