@@ -348,12 +348,13 @@ mod tests {
         assert_eq!(evicted, ["a"]);
         assert!(first.load(std::sync::atomic::Ordering::SeqCst), "the evicted event's delivery is cancelled");
         assert_eq!((outbox.waiting.len(), outbox.bytes), (3, 300));
-        // Bytes: a 750-byte event pushes out two of 100.
+        // Bytes: a 750-byte event next to 300 waiting pushes out the oldest 100.
         let (_, evicted) = outbox.admit(5, "e", 750, 10, 1000);
-        assert_eq!(evicted, ["b", "c"]);
-        assert_eq!((outbox.waiting.len(), outbox.bytes), (2, 850));
-        outbox.done(4, "d");
-        outbox.done(5, "e");
+        assert_eq!(evicted, ["b"]);
+        assert_eq!((outbox.waiting.len(), outbox.bytes), (3, 950));
+        for (t, id) in [(3, "c"), (4, "d"), (5, "e")] {
+            outbox.done(t, id);
+        }
         assert_eq!((outbox.waiting.len(), outbox.bytes), (0, 0));
     }
 }
