@@ -503,6 +503,21 @@ pub async fn resume(state: &AppState) {
 
 /// Checks a request and starts the job (and its relay); `resumed` keeps the id of a job from
 /// before a restart.
+/// The checks `start_job` makes of a body before anything starts (the `json_bodies` fuzz target).
+pub(crate) fn check_body(body: &Value) -> ApiResult<()> {
+    let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
+    if let Some(room) = top.get("room").and_then(|r| r.as_str()) {
+        RoomId::parse(room).map_err(|e| field("room", e.reason))?;
+    }
+    let (encode, _) = parse_encode(obj(body, "encode")?)?;
+    parse_layout(obj(body, "layout")?, encode.width, encode.height)?;
+    parse_subscribe(obj(body, "subscribe")?)?;
+    parse_audio(obj(body, "audio")?)?;
+    max_idle(body)?;
+    check_outputs(body)?;
+    Ok(())
+}
+
 pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> ApiResult<(String, Arc<MixJob>)> {
     let caller_app = app;
     if !body.is_object() {

@@ -248,3 +248,29 @@ impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestP
             .map_err(|e| ApiError::invalid_parameter("query", e.body_text()))
     }
 }
+
+/// Entry points for the fuzz targets in `fuzz/`: the API's JSON body parsers and checks,
+/// without a server around them.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Parses `bytes` as the body of one of the API's requests, picked by `selector`.
+    pub fn body(selector: u8, bytes: &[u8]) {
+        use super::json::parse;
+        match selector % 10 {
+            0 => drop(parse::<super::apikeys::CreateKey>(bytes)),
+            1 => drop(parse::<super::tokens::CreateToken>(bytes)),
+            2 => drop(parse::<super::ingests::StartIngest>(bytes)),
+            3 => drop(parse::<super::ingests::UpdateIngest>(bytes)),
+            4 => drop(parse::<super::recordings::StartRecording>(bytes)),
+            5 => drop(parse::<super::recordings::UpdateRecording>(bytes)),
+            6 => drop(parse::<super::relays::StartRelay>(bytes)),
+            7 => drop(parse::<super::relays::UpdateRelay>(bytes)),
+            8 => drop(parse::<serde_json::Map<String, serde_json::Value>>(bytes)),
+            _ => {
+                if let Ok(v) = parse::<serde_json::Value>(bytes) {
+                    let _ = super::mixjobs::check_body(&v);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,323 @@
+//! Tessera's fuzz targets: one function per parser that takes bytes from a remote peer (or
+//! from disk at start). `fuzz_targets/*.rs` hand them to libFuzzer (`fuzz/run.sh`); the test
+//! below replays every input kept in `fuzz/corpus/<target>/` and `fuzz/regressions/<target>/`,
+//! so `make test` checks the whole corpus on every run.
+//!
+//! Each function must never panic, whatever `data` is; a panic is a bug in the parser.
+
+use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
+use std::sync::Arc;
+use tessera_rtmp::client::{PushTarget, RtmpPushSession};
+use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, VideoTag};
+use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
+
+/// Splits `data` into pieces whose lengths come from the first byte (1..=256), so one input
+/// arrives in several reads, as from a socket.
+fn pieces(data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let (step, rest) = match data.split_first() {
+        Some((b, rest)) => (*b as usize + 1, rest),
+        None => (1, data),
+    };
+    rest.chunks(step)
+}
+
+/// AMF0 values (commands, metadata): decode, and encode what decoded.
+pub fn amf0(data: &[u8]) {
+    if let Ok(values) = rml_amf0::deserialize(&mut std::io::Cursor::new(data)) {
+        let _ = rml_amf0::serialize(&values);
+    }
+}
+
+fn handshaken_server() -> RtmpPublishSession {
+    let mut server = RtmpPublishSession::new();
+    let mut client = Handshake::new(PeerType::Client);
+    let c0c1 = client.generate_outbound_p0_and_p1().expect("client handshake");
+    server.feed(&c0c1).expect("server takes C0+C1");
+    let s0s1s2 = std::mem::take(&mut server.outbound);
+    if let Ok(HandshakeProcessResult::Completed { response_bytes, .. }) = client.process_bytes(&s0s1s2) {
+        server.feed(&response_bytes).expect("server takes C2");
+    }
+    server.outbound.clear();
+    server
+}
+
+/// What an encoder sends after the handshake (chunk stream, AMF0 commands, FLV tags), as the
+/// RTMP server handles it: publishes are accepted and media goes through the FLV/AVC parser.
+pub fn rtmp_server(data: &[u8]) {
+    let mut server = handshaken_server();
+    let mut avc = AvcToRtp::new(1200);
+    let mut out = Vec::new();
+    for piece in pieces(data) {
+        let Ok(events) = server.feed(piece) else { return };
+        for e in events {
+            match e {
+                RtmpEvent::PublishRequested { request_id, app, stream_key } => {
+                    let _ = tessera_rtmp::PublishTarget::parse(&app, &stream_key, None);
+                    let _ = server.accept_publish(request_id);
+                }
+                RtmpEvent::Video { data, timestamp_ms } => {
+                    if let Ok(tag) = VideoTag::parse(&data) {
+                        let _ = avc.on_tag(&tag, timestamp_ms, &mut out);
+                    }
+                }
+                RtmpEvent::Audio { data, .. } => {
+                    if let Ok(AudioTag::SequenceHeader(asc)) = AudioTag::parse(&data) {
+                        let _ = AacConfig::parse(asc);
+                    }
+                }
+                RtmpEvent::PublishFinished => {}
+            }
+        }
+        out.clear();
+        server.outbound.clear();
+    }
+}
+
+/// What a relay target (a CDN we push to) answers after the handshake.
+pub fn rtmp_client(data: &[u8]) {
+    let Ok(target) = PushTarget::parse("rtmp://cdn.example/live/key") else { return };
+    let Ok(mut client) = RtmpPushSession::new(target) else { return };
+    let mut cdn = Handshake::new(PeerType::Server);
+    let Ok(HandshakeProcessResult::InProgress { response_bytes }) = cdn.process_bytes(&std::mem::take(&mut client.outbound)) else { return };
+    if client.feed(&response_bytes).is_err() {
+        return;
+    }
+    for piece in pieces(data) {
+        match client.feed(piece) {
+            Ok(_) if client.is_publishing() => {
+                let _ = client.send_video(&[0x17, 1, 0, 0, 0, 0, 0, 0, 1, 0x65], 0);
+            }
+            Ok(_) => {}
+            Err(_) => return,
+        }
+        client.outbound.clear();
+    }
+}
+
+/// FLV tag bodies and the codec configuration records inside them.
+pub fn flv(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    match which % 6 {
+        0 => {
+            let mut avc = AvcToRtp::new(1200);
+            let mut out = Vec::new();
+            for piece in pieces(rest) {
+                if let Ok(tag) = VideoTag::parse(piece) {
+                    let _ = avc.on_tag(&tag, 0, &mut out);
+                }
+            }
+        }
+        1 => {
+            if let Ok(AudioTag::SequenceHeader(asc)) = AudioTag::parse(rest) {
+                let _ = AacConfig::parse(asc);
+            }
+        }
+        2 => drop(AacConfig::parse(rest)),
+        3 => drop(tessera_media::h264::AvcConfig::parse(rest)),
+        4 => drop(tessera_media::h264::split_length_prefixed(rest, 1 + (rest.len() % 4))),
+        _ => drop(tessera_media::h264::split_annex_b(rest)),
+    }
+}
+
+/// RTP payloads: H.264 and VP8 depacketizers and the access-unit assembler.
+pub fn rtp(data: &[u8]) {
+    let payloads: Vec<Vec<u8>> = pieces(data).map(<[u8]>::to_vec).collect();
+    let nalus = tessera_media::h264::depacketize(&payloads);
+    let _ = tessera_media::h264::to_annex_b(&nalus);
+    for p in &payloads {
+        let _ = tessera_media::vp8::depacketize(p);
+        let _ = tessera_media::vp8::is_keyframe(p);
+    }
+    // Sequence numbers, timestamps and markers from the payloads' first bytes.
+    let mut assembler = tessera_media::rtp::AuAssembler::default();
+    for p in &payloads {
+        let (seq, ts, marker) = match p.as_slice() {
+            [a, b, c, ..] => (*a as u64, *b as u32 / 4, c & 1 == 1),
+            _ => (0, 0, true),
+        };
+        let _ = assembler.push(seq, ts, marker, Arc::from(p.as_slice()));
+        let _ = assembler.take_abandoned();
+    }
+}
+
+/// UDP datagrams on the media port: the demux that routes STUN/DTLS/RTP, the ufrag lookup that
+/// picks a session, and the STUN parser behind it.
+pub fn stun(data: &[u8]) {
+    let _ = tessera_rtc::demux::classify(data);
+    let _ = tessera_rtc::demux::binding_request_local_ufrag(data);
+    let _ = tessera_rtc::str0m::ice::StunMessage::parse(data);
+}
+
+/// WHIP/WHEP offers: Tessera's offer reader and str0m's SDP parser.
+pub fn sdp_offer(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    if let Ok(summary) = tessera_rtc::OfferSummary::parse(text) {
+        let _ = summary.check_publish();
+        let _ = summary.check_play();
+    }
+    let _ = tessera_rtc::str0m::change::SdpOffer::from_sdp_string(text);
+}
+
+/// User tokens (HS256 JWT) as they arrive in `Authorization`, `?token=` and the WS join.
+pub fn jwt(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let secrets = [tessera_model::AppSecret { kid: tessera_model::Kid::parse("k1").expect("kid"), secret: "s3cret-s3cret-s3cret".into(), created_at: 0 }];
+    let _ = tessera_model::token::verify(text, 1_700_000_000, |_| Some(&secrets[..]));
+}
+
+/// `tasks/<id>.json` as read at start.
+pub fn task_file(data: &[u8]) {
+    let kind = tessera_server::task_file::KINDS[data.first().map_or(0, |b| *b as usize % 4)];
+    let _ = tessera_server::task_file::parse(data.get(1..).unwrap_or(&[]), "0123456789abcdef", kind);
+}
+
+/// The API's JSON request bodies (first byte picks the request).
+pub fn json_bodies(data: &[u8]) {
+    let Some((&which, body)) = data.split_first() else { return };
+    tessera_server::api::fuzzing::body(which, body);
+}
+
+/// Every target, by the name of its folder under `fuzz/corpus/`.
+pub const TARGETS: [(&str, fn(&[u8])); 10] = [
+    ("amf0", amf0),
+    ("rtmp_server", rtmp_server),
+    ("rtmp_client", rtmp_client),
+    ("flv", flv),
+    ("rtp", rtp),
+    ("stun", stun),
+    ("sdp_offer", sdp_offer),
+    ("jwt", jwt),
+    ("task_file", task_file),
+    ("json_bodies", json_bodies),
+];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    /// Replays every kept input of every target (the corpora the fuzzer grew and the inputs of
+    /// bugs it found). A panic here is a regression.
+    #[test]
+    fn corpora_replay_without_panics() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let mut total = 0;
+        for (name, target) in TARGETS {
+            let mut n = 0;
+            for dir in [root.join("corpus").join(name), root.join("regressions").join(name)] {
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                for e in entries.flatten() {
+                    let bytes = std::fs::read(e.path()).expect("corpus file");
+                    let r = std::panic::catch_unwind(|| target(&bytes));
+                    assert!(r.is_ok(), "{name}: {} panics", e.path().display());
+                    n += 1;
+                }
+            }
+            assert!(n > 0, "{name} has no corpus in fuzz/corpus/{name}");
+            total += n;
+        }
+        eprintln!("replayed {total} inputs");
+    }
+
+    /// Writes the hand-made seed inputs the corpora started from (`cargo test -p tessera-fuzz
+    /// -- --ignored write_seeds`); the fuzzer grew the rest.
+    #[test]
+    #[ignore]
+    fn write_seeds() {
+        use tessera_rtmp::flv::{aac_frame, aac_sequence_header, avc_frame, avc_sequence_header};
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("corpus");
+        let put = |target: &str, name: &str, bytes: &[u8]| {
+            let dir = root.join(target);
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{name}")), bytes).unwrap();
+        };
+        let sps = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x47, 0xfe, 0xc8];
+        let pps = [0x68, 0xce, 0x3c, 0x80];
+        let idr: Vec<u8> = [0x65, 0x88, 0x84, 0x00].iter().copied().chain((0..3000).map(|i| i as u8)).collect();
+        let video_header = avc_sequence_header(&sps, &pps);
+        let video_frame = avc_frame(&[&sps, &pps, &idr], true, 0);
+        let asc = [0x12, 0x10];
+        // A full publish conversation: our push client against our server session.
+        let mut client = RtmpPushSession::new(PushTarget::parse("rtmp://h/push/room1/alice?token=x").unwrap()).unwrap();
+        let mut server = RtmpPublishSession::new();
+        let (mut to_server, mut to_client) = (Vec::new(), Vec::new());
+        let mut handshake_done = (false, false);
+        for _ in 0..20 {
+            let bytes = std::mem::take(&mut client.outbound);
+            if handshake_done.0 {
+                to_server.extend_from_slice(&bytes);
+            }
+            for e in server.feed(&bytes).unwrap() {
+                if let RtmpEvent::PublishRequested { request_id, .. } = e {
+                    server.accept_publish(request_id).unwrap();
+                }
+            }
+            handshake_done.0 = true;
+            let bytes = std::mem::take(&mut server.outbound);
+            if handshake_done.1 {
+                to_client.extend_from_slice(&bytes);
+            }
+            handshake_done.1 = true;
+            if client.feed(&bytes).unwrap() {
+                break;
+            }
+        }
+        // The first client write after C0+C1 is C2 + connect; skip the 1536-byte C2.
+        let to_server = to_server.get(1536..).unwrap_or_default().to_vec();
+        client.send_video(&video_header, 0).unwrap();
+        client.send_video(&video_frame, 33).unwrap();
+        client.send_audio(&aac_sequence_header(&asc), 0).unwrap();
+        client.send_audio(&aac_frame(&[0x21, 0x10, 0x04]), 23).unwrap();
+        let media = std::mem::take(&mut client.outbound);
+        put("rtmp_server", "publish", &[[0xff].as_slice(), &to_server, &media].concat());
+        put("rtmp_server", "publish-small-reads", &[[0x07].as_slice(), &to_server, &media].concat());
+        put("rtmp_client", "connect-publish", &[[0xff].as_slice(), &to_client].concat());
+        put("amf0", "connect", &rml_amf0::serialize(&vec![
+            rml_amf0::Amf0Value::Utf8String("connect".into()),
+            rml_amf0::Amf0Value::Number(1.0),
+            rml_amf0::Amf0Value::Object([("app".to_string(), rml_amf0::Amf0Value::Utf8String("push/r".into())), ("flashVer".to_string(), rml_amf0::Amf0Value::StrictArray(vec![rml_amf0::Amf0Value::Boolean(true), rml_amf0::Amf0Value::Null]))].into_iter().collect()),
+        ]).unwrap());
+        put("flv", "avc-header", &[[0u8, 0xff].as_slice(), &video_header].concat());
+        put("flv", "avc-frame", &[[0u8, 0xff].as_slice(), &video_frame].concat());
+        put("flv", "aac-header", &[[1u8].as_slice(), &aac_sequence_header(&asc)].concat());
+        put("flv", "avc-config", &[[3u8].as_slice(), &video_header[5..]].concat());
+        let mut fu = Vec::new();
+        tessera_media::h264::packetize([&sps[..], &pps[..], &idr[..]], 1200, &mut fu);
+        put("rtp", "h264-fua", &[[199u8].as_slice(), &fu.concat()].concat());
+        put("rtp", "vp8", &[[20u8].as_slice(), &[0x90, 0x80, 0x01, 0x10, 0x02, 0x00, 0x9d, 0x01, 0x2a, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]].concat());
+        let mut stun = vec![0x00, 0x01, 0x00, 0x0c, 0x21, 0x12, 0xa4, 0x42];
+        stun.extend_from_slice(&[7; 12]);
+        stun.extend_from_slice(&[0x00, 0x06, 0x00, 0x08]);
+        stun.extend_from_slice(b"abcd:efg");
+        put("stun", "binding-request", &stun);
+        put("stun", "rtp", &[0x80, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2]);
+        put("stun", "dtls", &[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let offer = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\na=group:BUNDLE 0 1\r\na=extmap-allow-mixed\r\na=msid-semantic: WMS\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\na=ice-options:trickle\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=mid:0\r\na=sendonly\r\na=msid:- a\r\na=rtcp-mux\r\n\
+a=rtpmap:111 opus/48000/2\r\na=fmtp:111 minptime=10;useinbandfec=1\r\na=ssrc:1 cname:x\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\nc=IN IP4 0.0.0.0\r\na=rtcp:9 IN IP4 0.0.0.0\r\na=ice-ufrag:abcd\r\na=ice-pwd:abcdefghijklmnopqrstuvwx\r\n\
+a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF\r\na=setup:actpass\r\na=mid:1\r\na=sendonly\r\na=msid:- b\r\na=rtcp-mux\r\na=rtcp-rsize\r\n\
+a=rtpmap:96 H264/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
+a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rid:h send\r\na=rid:l send\r\na=simulcast:send h;l\r\n";
+        put("sdp_offer", "publish", offer.as_bytes());
+        let claims = tessera_model::token::TokenClaims { app: "default".into(), room: "r".into(), user: "u".into(), role: Some(20), privileges: Some(255), nbf: None, exp: 1_800_000_000, info: None };
+        put("jwt", "valid", tessera_model::token::mint(&claims, &tessera_model::Kid::parse("k1").unwrap(), "s3cret-s3cret-s3cret").as_bytes());
+        put("task_file", "recording", &[[0u8].as_slice(), br#"{"kind":"recording","id":"0123456789abcdef","app":"default","room":"r","mode":"single","streams":["main"],"prefix":"a/b","state":"RECORDING","owned_job":null}"#].concat());
+        put("task_file", "relay", &[[1u8].as_slice(), br#"{"kind":"relay","id":"0123456789abcdef","app":"default","room":"r","source":{"user":"u","stream":"main"},"urls":["rtmp://h/a/b"],"state":"RUNNING"}"#].concat());
+        for (i, body) in [
+            r#"{"name":"ci","policy":"read-only"}"#,
+            r#"{"room":"r","user":"u","role":"anchor","ttl":"1h","privileges":255}"#,
+            r#"{"room":"r","user":"u","url":"rtmp://127.0.0.1/a/b","stream":"main","repeat":1}"#,
+            r#"{"url":"https://h/x.m3u8"}"#,
+            r#"{"room":"r","format":"hls+mp4","hls":{"segment_s":2},"max_idle_time":60,"streams":[{"user":"u","stream":"main"}],"subscribe":{"video_allow":["u"]}}"#,
+            r#"{"layout":{"template":"nine-grid"}}"#,
+            r#"{"room":"r","source":{"user":"u","stream":"aux"},"urls":["rtmp://h/a/b","rtmps://h:443/x/y"]}"#,
+            r#"{"urls":["rtmp://h/a/b"]}"#,
+            r#"{"webhook":{"url":"https://h/hook","key":"k"}}"#,
+            r#"{"room":"r","layout":{"template":"custom","tiles":[{"x":0,"y":0,"w":0.5,"h":0.5,"user":"u","z":1}],"background":{"color":"0x102030"}},"encode":{"width":1280,"height":720,"fps":30,"kbps":2000},"audio":{"mode":"mix"},"outputs":{"rtmp_urls":["rtmp://h/a/b"]}}"#,
+        ].iter().enumerate() {
+            put("json_bodies", &format!("body{i}"), &[[i as u8].as_slice(), body.as_bytes()].concat());
+        }
+    }
+}
