@@ -9,6 +9,7 @@ pub mod apikey;
 pub mod events;
 pub mod app;
 pub mod ids;
+pub mod outbound;
 pub mod privileges;
 pub mod random;
 pub mod token;

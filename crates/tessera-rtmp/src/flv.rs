@@ -23,8 +23,12 @@ pub enum AudioTag<'a> {
 pub enum FlvError {
     #[error("codec_unsupported: video codec id {0} is not H.264 (AVC, id 7); send H.264")]
     VideoCodec(u8),
+    #[error("codec_unsupported: {} over Enhanced RTMP is not supported; send H.264", enhanced_name(.0))]
+    EnhancedVideo([u8; 4]),
     #[error("codec_unsupported: audio format {0} is not AAC (id 10); send AAC")]
     AudioCodec(u8),
+    #[error("codec_unsupported: AAC with {0} channels is not supported; send mono or stereo AAC")]
+    AudioChannels(u8),
     #[error("b_frames_unsupported: B-frames are not supported; set bframes=0 (OBS: x264 options \"bframes=0\" or profile baseline; ffmpeg: -bf 0)")]
     BFrames,
     #[error("invalid_parameter: a truncated or malformed FLV {0} tag")]
@@ -35,10 +39,21 @@ impl FlvError {
     /// The code of PRODUCT.md §6.3 rejections.
     pub fn code(&self) -> &'static str {
         match self {
-            FlvError::VideoCodec(_) | FlvError::AudioCodec(_) => "codec_unsupported",
+            FlvError::VideoCodec(_) | FlvError::EnhancedVideo(_) | FlvError::AudioCodec(_) | FlvError::AudioChannels(_) => "codec_unsupported",
             FlvError::BFrames => "b_frames_unsupported",
             FlvError::Malformed(_) => "invalid_parameter",
         }
+    }
+}
+
+/// The codec an Enhanced RTMP FourCC names (OBS 30+ and FFmpeg 6.1+ send HEVC and AV1 so).
+fn enhanced_name(fourcc: &[u8; 4]) -> String {
+    match fourcc {
+        b"hvc1" => "HEVC (hvc1)".into(),
+        b"av01" => "AV1 (av01)".into(),
+        b"vp09" => "VP9 (vp09)".into(),
+        b"avc1" => "H.264 in the enhanced header (avc1)".into(),
+        other => format!("codec '{}'", String::from_utf8_lossy(other).escape_default()),
     }
 }
 
@@ -52,6 +67,11 @@ impl<'a> VideoTag<'a> {
         let (&first, rest) = data.split_first().ok_or(FlvError::Malformed("video"))?;
         let frame_type = first >> 4;
         let codec = first & 0x0f;
+        // Enhanced RTMP: the high bit says a FourCC follows instead of a codec id.
+        if first & 0x80 != 0 {
+            let fourcc = rest.get(..4).ok_or(FlvError::Malformed("video"))?;
+            return Err(FlvError::EnhancedVideo([fourcc[0], fourcc[1], fourcc[2], fourcc[3]]));
+        }
         if codec != CODEC_AVC {
             return Err(FlvError::VideoCodec(codec));
         }
@@ -111,8 +131,12 @@ impl AacConfig {
         let freq_index = ((asc[0] & 0x07) << 1) | (asc[1] >> 7);
         let channels = (asc[1] >> 3) & 0x0f;
         let sample_rate = *AAC_RATES.get(freq_index as usize).ok_or(FlvError::Malformed("audio"))?;
-        if object_type == 0 || channels == 0 || channels > 2 {
+        if object_type == 0 {
             return Err(FlvError::Malformed("audio"));
+        }
+        // 0 is "defined in the program config element", 7 is 7.1: all beyond stereo.
+        if channels == 0 || channels > 2 {
+            return Err(FlvError::AudioChannels(if channels == 0 { 0 } else { [0, 1, 2, 3, 4, 5, 6, 8][channels as usize % 8] }));
         }
         Ok(AacConfig { object_type, sample_rate, channels })
     }
@@ -307,5 +331,19 @@ mod packetizer_tests {
         assert_eq!(out.len(), 1);
         assert_eq!((out[0].ts, out[0].keyframe, out[0].payload.clone()), (1033 * 90, false, vec![0x41, 1]));
         assert!(p.on_tag(&VideoTag::Frame { keyframe: false, composition_time_ms: 0, data: &[0, 0, 9] }, 0, &mut out).is_err());
+    }
+
+    /// Issue 10, defect 18: HEVC over Enhanced RTMP was "codec id 0"; AAC 5.1 was "malformed".
+    #[test]
+    fn enhanced_rtmp_and_multichannel_aac_say_what_they_are() {
+        // ExVideoTagHeader: IsExHeader | FrameType 1 | PacketType 0 (sequence start), "hvc1".
+        let e = VideoTag::parse(&[0x90, b'h', b'v', b'c', b'1', 1, 2, 3]).unwrap_err();
+        assert_eq!(e.code(), "codec_unsupported");
+        assert!(e.to_string().contains("HEVC (hvc1)"), "{e}");
+        assert!(VideoTag::parse(&[0x90, b'a', b'v', b'0', b'1']).unwrap_err().to_string().contains("AV1"));
+        // AAC LC, 48 kHz, channel configuration 6 (5.1).
+        let e = AacConfig::parse(&[0x11, 0xb0]).unwrap_err();
+        assert_eq!(e.code(), "codec_unsupported");
+        assert!(e.to_string().contains("6 channels"), "{e}");
     }
 }

@@ -29,8 +29,19 @@ pub struct Config {
     pub cors_origins: Vec<String>,
     pub ice_servers: Vec<IceServer>,
     pub limits: Limits,
+    pub security: Security,
     pub storage: BTreeMap<String, StorageConfig>,
     pub apps: BTreeMap<String, AppConfig>,
+}
+
+/// `[security]`: where outbound connections made for users may go (see `crate::outbound`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Security {
+    /// Ranges refused besides link-local (always refused unless allowed), e.g. "10.0.0.0/8".
+    pub outbound_deny: Vec<String>,
+    /// Exceptions to the deny list.
+    pub outbound_allow: Vec<String>,
 }
 
 impl Default for Config {
@@ -48,6 +59,7 @@ impl Default for Config {
             cors_origins: vec!["*".into()],
             ice_servers: Vec::new(),
             limits: Limits::default(),
+            security: Security::default(),
             storage: BTreeMap::new(),
             apps: BTreeMap::new(),
         }
@@ -226,6 +238,9 @@ impl Config {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
         if self.tls_cert.is_some() || self.tls_key.is_some() {
             return invalid("tls_cert/tls_key: HTTPS termination is not supported yet; put a TLS proxy in front of http_addr".into());
+        }
+        if let Err(e) = tessera_model::outbound::OutboundPolicy::from_lists(&self.security.outbound_deny, &self.security.outbound_allow) {
+            return invalid(format!("security: {e}"));
         }
         if self.cors_origins.is_empty() {
             return invalid("cors_origins: list at least one origin, or \"*\"".into());

@@ -344,7 +344,8 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
         }
         let url = task.switch_to.lock().expect("switch").take().unwrap_or_else(|| task.record().url);
         let base_ms = output.as_ref().map(|o| o.next_base_ms).unwrap_or(0);
-        let failure = match PullSource::open(&url, base_ms, task.interrupt.clone()) {
+        let opened = crate::outbound::check_url_blocking(&url).map_err(SourceError::Open).and_then(|()| PullSource::open(&url, base_ms, task.interrupt.clone()));
+        let failure = match opened {
             Err(SourceError::Stopped) => break (IngestState::Stopped, None, "api"),
             Err(e) => e.to_string(),
             Ok(mut source) => {

@@ -8,6 +8,7 @@ pub mod error;
 pub mod ingest;
 pub mod listen;
 pub mod merge;
+pub mod outbound;
 pub mod metrics;
 pub mod recording;
 pub mod relay;

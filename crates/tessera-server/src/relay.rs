@@ -475,10 +475,7 @@ trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
 
 async fn connect(task: &RelayTask, target: &PushTarget) -> Result<Box<dyn Connection>, Failure> {
-    let tcp = tokio::time::timeout(CONNECT_TIMEOUT, tokio::net::TcpStream::connect((target.host.as_str(), target.port)))
-        .await
-        .map_err(|_| Failure(1, "TCP connect timed out".into(), false))?
-        .map_err(|e| Failure(1, format!("TCP connect failed: {e}"), false))?;
+    let tcp = crate::outbound::connect(&target.host, target.port, CONNECT_TIMEOUT).await.map_err(|e| Failure(1, e, false))?;
     let _ = tcp.set_nodelay(true);
     if !target.tls {
         return Ok(Box::new(tcp));

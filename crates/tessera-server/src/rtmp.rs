@@ -49,7 +49,10 @@ fn description(e: &ApiError) -> String {
 
 async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(SessionSpec, Privileges), ApiError> {
     let target = PublishTarget::parse(app, stream_key, None).map_err(|e| ApiError::invalid_parameter("stream key", e.to_string()))?;
-    let raw = target.token.as_deref().ok_or_else(|| ApiError::from(tessera_model::TokenError::Missing))?;
+    // RTMP carries the token in the stream key, not in a header (issue 10, defect 18).
+    let raw = target.token.as_deref().ok_or_else(|| {
+        ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token_missing", "no token was given; add it to the stream key as '<user>?token=<token>'")
+    })?;
     let token = verify_raw(state, raw, false)?;
     if let Some(sdk_app) = &target.app {
         if sdk_app != token.app.as_str() {

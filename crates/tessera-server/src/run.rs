@@ -56,6 +56,10 @@ impl Server {
         let data_dir = DataDir::open_locked(&config.data_dir)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
         let tasks_dir = data_dir.root().join("tasks");
+        // Validated with the config; the default policy if the lists are empty.
+        if let Ok(policy) = crate::outbound::OutboundPolicy::from_lists(&config.security.outbound_deny, &config.security.outbound_allow) {
+            crate::outbound::install(policy);
+        }
         let state = AppState::new(config, store, rtc, Some(tasks_dir), tls);
         Ok(Server { state, http, rtmp, rtmp_addr, http_addr, data_dir, first_start })
     }

@@ -104,7 +104,19 @@ struct AddSecret {
 
 /// `POST /v1/app/secrets`, with an optional body `{"kid": "..."}`; the new secret mints tokens
 /// from now on and is shown in this answer only.
-pub async fn add_secret(State(state): State<AppState>, Extension(caller): Extension<Caller>, body: Bytes) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn add_secret(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    body: Result<Bytes, axum::extract::rejection::BytesRejection>,
+) -> ApiResult<(StatusCode, Json<Value>)> {
+    // Body errors are JSON like every other (axum's own 413 is plain text).
+    let body = body.map_err(|r| {
+        if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            super::json::payload_too_large(super::json::MAX_JSON_BODY)
+        } else {
+            ApiError::invalid_json(format!("could not read the body: {r}"))
+        }
+    })?;
     let req: AddSecret = if body.iter().all(u8::is_ascii_whitespace) { AddSecret::default() } else { super::json::parse(&body)? };
     let kid = req
         .kid

@@ -148,7 +148,12 @@ fn image_url(s: &str, name: &str) -> ApiResult<String> {
 /// out and is reported (LAYOUTS.md §3.5: the job runs on without it).
 async fn load_images(refs: &ImageRefs) -> (MixImages, Vec<Value>) {
     use std::sync::Arc as A;
-    let fetch = |url: String| tokio::task::spawn_blocking(move || (url.clone(), tessera_transcode::image::fetch_image(&url, Duration::from_secs(5)).map_err(|e| e.to_string())));
+    let fetch = |url: String| {
+        tokio::task::spawn_blocking(move || {
+            let image = crate::outbound::check_url_blocking(&url).and_then(|()| tessera_transcode::image::fetch_image(&url, Duration::from_secs(5)).map_err(|e| e.to_string()));
+            (url.clone(), image)
+        })
+    };
     let background = refs.background.clone().map(fetch);
     let placeholder = refs.placeholder.clone().map(fetch);
     let marks: Vec<_> = refs.watermarks.iter().map(|(u, ..)| fetch(u.clone())).collect();
