@@ -318,3 +318,48 @@ fn task_files_with_bad_ids_are_not_resumed() {
     let logs = server.logs().join("\n");
     assert!(logs.contains("task file skipped"), "{logs}");
 }
+
+/// Defects 18 and 19: a relay stopped for idleness said "stopped by request"; a closed port and
+/// a link-local target must read alike ("cannot connect to host:port"), and link-local
+/// (cloud metadata) targets are never dialled.
+#[test]
+fn relay_errors_say_what_happened_and_no_more() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("relay-errors");
+    let server = Server::start(dir.path(), &[]);
+    let key = admin_key(dir.path());
+    let token = token(dir.path(), "idle", "cam");
+    let mut source = push(&format!("rtmp://127.0.0.1:{}/push/idle/cam?token={token}", rtmp_port(&server)), 5);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = post_json(
+        &server.url("/v1/relays"),
+        Some(&key),
+        &serde_json::json!({"room": "idle", "source": {"user": "cam"}, "urls": ["rtmp://127.0.0.1:1/live/a", "rtmp://169.254.169.254:1935/live/b"], "max_idle_time": 2}),
+    );
+    assert_eq!(r.status, 201, "{}", r.body);
+    let path = format!("/v1/relays/{}", r.json()["id"].as_str().unwrap());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut seen_connect_errors = Vec::new();
+    let last = loop {
+        let v = get(&server.url(&path), Some(&key)).json();
+        for u in v["urls"].as_array().unwrap() {
+            let msg = u["error_msg"].as_str().unwrap_or("").to_string();
+            if msg.starts_with("cannot") && !seen_connect_errors.contains(&msg) {
+                seen_connect_errors.push(msg);
+            }
+        }
+        if v["state"] == "STOPPED" {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "the relay did not stop for idleness: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let _ = source.wait();
+    seen_connect_errors.sort();
+    assert_eq!(seen_connect_errors, ["cannot connect to 127.0.0.1:1", "cannot connect to 169.254.169.254:1935"], "{last}");
+    for u in last["urls"].as_array().unwrap() {
+        assert_eq!(u["error_msg"], "stopped: the source sent no media for max_idle_time", "{u}");
+    }
+    let logs = server.logs().join("\n");
+    assert!(logs.contains("refused by the [security] outbound policy"), "{logs}");
+}

@@ -126,6 +126,8 @@ enum Tag {
 pub struct RelayTask {
     record: Mutex<RelayRecord>,
     stop: AtomicBool,
+    /// Why the URLs stop, when it is not a request (shown in their `error_msg`).
+    stop_reason: Mutex<Option<&'static str>>,
     shutdown: AtomicBool,
     source: Mutex<SourceRef>,
     /// Latest sequence headers, for URLs that (re)connect mid-stream.
@@ -328,6 +330,7 @@ impl Relays {
         let task = Arc::new(RelayTask {
             record: Mutex::new(record.clone()),
             stop: AtomicBool::new(false),
+            stop_reason: Mutex::new(None),
             shutdown: AtomicBool::new(false),
             source: Mutex::new(new.source.clone()),
             video_header: Mutex::new(None),
@@ -461,7 +464,8 @@ async fn push_url(task: Arc<RelayTask>, url: String, mut rx: broadcast::Receiver
     }
     reporter.abort();
     if stopping() {
-        task.set_url(&url, status::DISCONNECTING, Some((6, "stopped by request".into())));
+        let why = task.stop_reason.lock().expect("stop reason").unwrap_or("stopped by request");
+        task.set_url(&url, status::DISCONNECTING, Some((6, why.into())));
         task.set_url(&url, status::IDLE, None);
     } else {
         // 60 s of failures.
@@ -715,6 +719,14 @@ fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle
         tracing::error!("relay failed: {e}");
         104
     });
+    // The URLs say why they stop (issue 10, defect 18: idleness showed "stopped by request").
+    let why = match code {
+        99 => "stopped: the source sent no media for max_idle_time",
+        104 => "stopped: the relay failed",
+        _ if shutting_down => "stopped: the server is shutting down",
+        _ => "stopped by request",
+    };
+    task.stop_reason.lock().expect("stop reason").get_or_insert(why);
     task.stop.store(true, Ordering::SeqCst);
     // Let the URL tasks go 5 → 0 before the state says STOPPED.
     let deadline = Instant::now() + Duration::from_secs(3);
