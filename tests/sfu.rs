@@ -345,3 +345,34 @@ fn bad_requests_get_their_errors_and_the_stream_goes_on() {
     // Nothing above was a server error.
     assert!(!get(&server.url("/metrics"), None).body.contains("status=\"5"));
 }
+
+/// Issue 10, defect 5: a WebRTC peer that vanished (tab closed, machine off) kept its session
+/// forever: still counted, SRTP still sent to it, and a new viewer of the ghost got 201 and no
+/// media. With the default 15 s liveness timeout it now leaves as a DELETE would.
+#[test]
+fn a_vanished_publisher_leaves_after_the_liveness_timeout() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-vanish");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "gone", "ghost", &[]);
+    let viewer = token(&data, "gone", "bob", &["--role", "audience"]);
+    let publisher = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/gone"), "--token", &anchor, "--seconds", "120", "--codec", "H264"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while metric(&server, "tessera_participants{user_type=\"10\"}") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the publisher never joined");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    publisher.vanish();
+    let vanished = std::time::Instant::now();
+    while metric(&server, "tessera_participants{user_type=\"10\"}") > 0.0 {
+        assert!(vanished.elapsed() < Duration::from_secs(25), "the vanished publisher is still counted after 25 s");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let gone_after = vanished.elapsed();
+    assert!(gone_after >= Duration::from_secs(12), "left after {gone_after:?}: sooner than the 15 s timeout allows");
+    // The SFU no longer holds it: its publication is gone with it.
+    assert_eq!(metric(&server, "tessera_participants{user_type=\"10\"}"), 0.0);
+}

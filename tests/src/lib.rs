@@ -385,6 +385,16 @@ impl Client {
     }
 }
 
+impl Client {
+    /// SIGKILL: the client vanishes without a word, as a closed tab or a machine switched off.
+    pub fn vanish(mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 impl Drop for Client {
     fn drop(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -93,13 +93,14 @@ fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr 
 
 impl RtcHandle {
     /// Binds the UDP socket and spawns the media task on the current tokio runtime.
-    pub fn start(bind: SocketAddr, public_ip: Option<IpAddr>, empty_room_timeout: Duration) -> Result<RtcHandle, RtcServerError> {
+    pub fn start(bind: SocketAddr, public_ip: Option<IpAddr>, empty_room_timeout: Duration, liveness_timeout: Duration) -> Result<RtcHandle, RtcServerError> {
         let socket = StdUdpSocket::bind(bind).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         socket.set_nonblocking(true).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let local_addr = socket.local_addr().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let socket = UdpSocket::from_std(socket).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let candidates = host_candidates(local_addr, public_ip);
-        let sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
+        let mut sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
+        sfu.set_liveness_timeout(liveness_timeout);
         let counters = sfu.counters.clone();
         let (tx, rx) = mpsc::channel(256);
         let keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>> = Arc::default();

@@ -26,6 +26,8 @@ pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often layers are re-chosen and rooms and sessions are checked.
 const TICK: Duration = Duration::from_millis(250);
+/// How long a connected WebRTC peer may be silent before its session ends (issue 10, defect 5).
+pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Packets kept per consumer track for retransmission, and for how long.
 const RTX_CACHE_PACKETS: usize = 2048;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
@@ -239,6 +241,9 @@ struct Session {
     next_timeout: Instant,
     connected: bool,
     created: Instant,
+    /// When a datagram of this peer last arrived (consent freshness, RFC 7675: browsers check
+    /// consent every 5 s and send RTCP every second, so silence means the peer is gone).
+    last_heard: Instant,
     addrs: Vec<SocketAddr>,
     /// Queued in `Sfu::dirty` for draining (so it is queued once, however many packets it got).
     dirty: bool,
@@ -322,6 +327,8 @@ pub struct Sfu {
     scratch_ids: Vec<u64>,
     next_tick: Instant,
     empty_room_timeout: Duration,
+    /// A connected peer not heard from for this long is gone (tab closed, machine off).
+    liveness_timeout: Duration,
     pub counters: Arc<SfuCounters>,
     /// In-process subscribers (mix jobs) per room, and what they are owed.
     /// (tap, whether it also takes mixes' output).
@@ -367,6 +374,11 @@ fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
 }
 
 impl Sfu {
+    /// Sets how long a connected peer may be silent before its session ends as timed out.
+    pub fn set_liveness_timeout(&mut self, timeout: Duration) {
+        self.liveness_timeout = timeout;
+    }
+
     pub fn new(candidates: Vec<SocketAddr>, empty_room_timeout: Duration, now: Instant) -> Sfu {
         Sfu {
             candidates,
@@ -383,6 +395,7 @@ impl Sfu {
             scratch_ids: Vec::new(),
             next_tick: now + TICK,
             empty_room_timeout,
+            liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             counters: Arc::new(SfuCounters::default()),
             taps: HashMap::new(),
             tap_out: Vec::new(),
@@ -560,7 +573,7 @@ impl Sfu {
         self.by_sid.insert(spec.sid.clone(), id);
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role, "session added");
-        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, addrs: Vec::new(), dirty: false });
+        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), dirty: false });
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(answer)
@@ -656,6 +669,7 @@ impl Sfu {
             tracing::debug!(sid = %session.spec.sid, "bad input: {e}");
             return;
         }
+        session.last_heard = now;
         // Only this peer is drained now (its packets are forwarded at once); the consumers it
         // wrote to are drained by `flush`, once per batch of datagrams rather than per packet.
         self.drain_one(id, now);
@@ -713,7 +727,11 @@ impl Sfu {
         let dead: Vec<u64> = self
             .sessions
             .iter()
-            .filter(|(_, s)| !s.peer.rtc.is_alive() || (!s.connected && now.duration_since(s.created) > CONNECT_TIMEOUT))
+            .filter(|(_, s)| {
+                !s.peer.rtc.is_alive()
+                    || (!s.connected && now.duration_since(s.created) > CONNECT_TIMEOUT)
+                    || (s.connected && now.duration_since(s.last_heard) > self.liveness_timeout)
+            })
             .map(|(id, _)| *id)
             .collect();
         for id in dead {

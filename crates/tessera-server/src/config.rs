@@ -94,6 +94,9 @@ pub struct Limits {
     pub room_empty_timeout_s: u32,
     pub task_retention_days: u32,
     pub concurrent_relays_per_app: u32,
+    /// A connected WebRTC peer (WHIP, WHEP) not heard from for this long is gone: its session
+    /// ends as a DELETE would (tab closed, machine off).
+    pub webrtc_liveness_timeout_s: u32,
     /// Open connections per listener; at the cap a listener stops accepting until one closes.
     pub http_max_connections: u32,
     pub rtmp_max_connections: u32,
@@ -114,6 +117,7 @@ impl Default for Limits {
             room_empty_timeout_s: 10,
             task_retention_days: 7,
             concurrent_relays_per_app: 100,
+            webrtc_liveness_timeout_s: 15,
             http_max_connections: 4096,
             rtmp_max_connections: 1024,
             http_idle_timeout_s: 60,

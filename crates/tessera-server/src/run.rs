@@ -51,6 +51,7 @@ impl Server {
             config.rtc_udp_addr,
             config.public_ip,
             std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
+            std::time::Duration::from_secs(config.limits.webrtc_liveness_timeout_s.max(1).into()),
         )?;
         let tls = crate::tls::client_config(config.outbound_ca_file.as_deref()).map_err(StartError::Tls)?;
         let data_dir = DataDir::open_locked(&config.data_dir)?;
