@@ -34,3 +34,12 @@ async function whipNegotiate(pc, url, token) {
 async function whipDelete(location, token) {
   if (location) await fetch(location, { method: 'DELETE', headers: { 'Authorization': `Bearer ${token}` } });
 }
+
+// Ends the session when the tab closes or navigates away (pagehide), so the server does not
+// wait for the liveness timeout. `keepalive` lets the request outlive the page.
+function whipDeleteOnPageHide(getLocation, getToken) {
+  window.addEventListener('pagehide', () => {
+    const location = getLocation();
+    if (location) fetch(location, { method: 'DELETE', keepalive: true, headers: { 'Authorization': `Bearer ${getToken()}` } });
+  });
+}

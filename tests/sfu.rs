@@ -376,3 +376,25 @@ fn a_vanished_publisher_leaves_after_the_liveness_timeout() {
     // The SFU no longer holds it: its publication is gone with it.
     assert_eq!(metric(&server, "tessera_participants{user_type=\"10\"}"), 0.0);
 }
+
+/// Defect 5, the page's part: closing the publishing tab (no Stop pressed) ends the session at
+/// once through the page's DELETE on `pagehide`, not only after the 15 s liveness timeout.
+#[test]
+fn closing_the_publishing_tab_ends_the_session_at_once() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-close-tab");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "tab", "cam", &[]);
+    let client = browser(&net, &server, &["publish", "--room", "tab", "--token", &anchor, "--seconds", "4", "--close-tab"]);
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while metric(&server, "tessera_participants{user_type=\"10\"}") < 1.0 {
+        assert!(std::time::Instant::now() < deadline, "the browser never published");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let r = client.finish(Duration::from_secs(60));
+    assert_eq!(r["publish_state"], "connected", "{r}");
+    // The client waited 3 s after closing the tab: the session is gone well before 15 s.
+    assert_eq!(metric(&server, "tessera_participants{user_type=\"10\"}"), 0.0, "{r}");
+}

@@ -44,6 +44,7 @@ def main():
     p.add_argument("--degradation", default="")
     p.add_argument("--ice-restart-after", type=float, default=0, help="publisher restarts ICE after this many seconds")
     p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--close-tab", action="store_true", help="publish: close the tab (no Stop) after --seconds, then wait 3 s")
     p.add_argument("--fake-video", default="", help="Y4M/MJPEG file the fake camera plays in a loop")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     a = p.parse_args()
@@ -97,7 +98,12 @@ def main():
                 out["stats"] = play.evaluate("window.tessera.stats")
             elif pub is not None:
                 time.sleep(a.seconds)
-            if pub is not None:
+            if pub is not None and a.close_tab:
+                out["publish_stats"] = pub.evaluate("window.tessera.stats")
+                out["closed_tab_at"] = time.time()
+                pub.close()
+                time.sleep(3)
+            elif pub is not None:
                 out["publish_stats"] = pub.evaluate("window.tessera.stats")
         finally:
             browser.close()
