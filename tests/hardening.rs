@@ -363,3 +363,21 @@ fn relay_errors_say_what_happened_and_no_more() {
     let logs = server.logs().join("\n");
     assert!(logs.contains("refused by the [security] outbound policy"), "{logs}");
 }
+
+/// Defect 15: relays had no cap (600 relays, 700 threads). Like every task kind they are capped
+/// per app (`[limits] concurrent_relays_per_app`), with 429 `limit_exceeded`.
+#[test]
+fn relays_are_capped_per_app() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("relay-cap");
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(&config, "[limits]\nconcurrent_relays_per_app = 2\n").unwrap();
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
+    let key = admin_key(&data);
+    let start = |n: u32| post_json(&server.url("/v1/relays"), Some(&key), &serde_json::json!({"room": "cap", "source": {"user": "cam"}, "urls": [format!("rtmp://127.0.0.1:9/live/{n}")]}));
+    assert_eq!(start(1).status, 201);
+    assert_eq!(start(2).status, 201);
+    let refused = start(3).expect_error(429, "limit_exceeded");
+    assert_eq!(refused["details"]["limit"], 2, "{refused}");
+}

@@ -407,8 +407,15 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
 
     let server = Server::start(&data, &[]);
     let port = rtmp_port(&server);
-    let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
     let path = format!("/v1/recordings/{id}");
+    // Issue 10, defect 14: what the first run wrote is listed from the moment the task
+    // resumes (it listed nothing until the task finished), before any new media arrives.
+    let resumed = poll(&server, &key, &path, Duration::from_secs(10), |v| v["files"].as_array().is_some_and(|f| !f.is_empty()));
+    let listed: Vec<&str> = resumed["files"].as_array().unwrap().iter().map(|f| f["file_name"].as_str().unwrap()).collect();
+    for name in written_before.iter().filter(|n| n.ends_with(".m3u8")) {
+        assert!(listed.contains(&name.as_str()), "{name} is not listed after the restart: {listed:?}");
+    }
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
     poll(&server, &key, &path, Duration::from_secs(20), |v| v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_"))));
     let job = poll(&server, &key, &format!("/v1/mix-jobs/{job_id}"), Duration::from_secs(20), |v| v["state"] == "RUNNING");
     assert_eq!(job["user"], format!("mix_{job_id}"));

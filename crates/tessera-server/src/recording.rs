@@ -774,6 +774,8 @@ struct Worker {
     spool: PathBuf,
     writers: Vec<HlsWriter>,
     streams: HashMap<(UserId, StreamKind), StreamRec>,
+    /// Files of earlier runs (before a crash or restart), listed ahead of this run's.
+    earlier: Vec<FileInfo>,
 }
 
 impl Worker {
@@ -828,7 +830,15 @@ fn worker(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, runtime: 
     let restarts = task.status.lock().expect("status").restarts;
     let ha = if restarts > 0 { format!("ha{restarts}_") } else { String::new() };
     let storage: Arc<dyn Storage> = Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() });
-    let mut w = Worker { spec: spec.clone(), events: events.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new() };
+    // A resumed task lists what earlier runs wrote from the start, not only once it finishes.
+    let earlier: Vec<FileInfo> = if restarts > 0 {
+        let start_unix = task.status.lock().expect("status").started_at.unwrap_or(0);
+        listed_files(&scan_playlists(&final_dir), &final_dir, &url_base, start_unix).into_iter().flatten().collect()
+    } else {
+        Vec::new()
+    };
+    task.status.lock().expect("status").files = earlier.clone();
+    let mut w = Worker { spec: spec.clone(), events: events.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new(), earlier };
     let outcome = (|| -> Result<u32, String> {
         let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
         let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
@@ -951,21 +961,13 @@ fn begin_of(segment: &str) -> i64 {
     crate::merge::parse_stamp(segment.trim_end_matches(".ts").rsplit('_').next().unwrap_or("")).unwrap_or(0)
 }
 
-/// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
-/// list from what is stored, and the result (RECORDING.md §4.2, §5).
-fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>, events: &TaskEvents) {
-    let _ = std::fs::create_dir_all(spool);
-    let storage = LocalStorage { dir: final_dir.to_path_buf(), url_base: url_base.to_string() };
-    let playlists = scan_playlists(final_dir);
-    let mut files: Vec<FileInfo> = Vec::new();
-    let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
-    let video_type = |media: &str| match media {
-        "main" => 0u8,
-        "aux" => 1,
-        _ => 2,
-    };
-    let start_unix = task.status.lock().expect("status").started_at.unwrap_or(0);
-    for pl in &playlists {
+/// What each playlist in `final_dir` lists: its segments, then the playlist itself (with the
+/// span and size of all its segments). The file list of a finished task, and of a resumed one
+/// from the moment it resumes (issue 10, defect 14).
+fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, url_base: &str, start_unix: i64) -> Vec<Vec<FileInfo>> {
+    let mut out = Vec::new();
+    for pl in playlists {
+        let mut files = Vec::new();
         let (user, media, kind) = identify(&pl.stem);
         let mut first_begin = None;
         let mut total = 0f64;
@@ -988,7 +990,7 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
             });
         }
         let begin = first_begin.unwrap_or(0);
-        let info = FileInfo {
+        files.push(FileInfo {
             file_name: pl.name.clone(),
             user_id: user.clone(),
             media_id: media.clone(),
@@ -1000,8 +1002,30 @@ fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spo
             url: format!("{url_base}/{}", pl.name),
             stored: true,
             play_time_ms: (begin - start_unix).max(0),
-        };
-        files.push(info.clone());
+        });
+        out.push(files);
+    }
+    out
+}
+
+/// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
+/// list from what is stored, and the result (RECORDING.md §4.2, §5).
+fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>, events: &TaskEvents) {
+    let _ = std::fs::create_dir_all(spool);
+    let storage = LocalStorage { dir: final_dir.to_path_buf(), url_base: url_base.to_string() };
+    let playlists = scan_playlists(final_dir);
+    let mut files: Vec<FileInfo> = Vec::new();
+    let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
+    let video_type = |media: &str| match media {
+        "main" => 0u8,
+        "aux" => 1,
+        _ => 2,
+    };
+    let start_unix = task.status.lock().expect("status").started_at.unwrap_or(0);
+    for (pl, listed) in playlists.iter().zip(listed_files(&playlists, final_dir, url_base, start_unix)) {
+        let (_, media, _) = identify(&pl.stem);
+        let info = listed.last().cloned().expect("a playlist's own entry comes last");
+        files.extend(listed);
         if !spec.mp4() && !spec.aac() {
             finals.push((info, "m3u8", video_type(&media)));
         }
@@ -1253,7 +1277,7 @@ fn record(
         }
         if let Some(c) = &clock {
             let mut st = task.status.lock().expect("status");
-            let fresh: Vec<FileInfo> = w.writers.iter().flat_map(|wr| wr.files.iter().cloned()).collect();
+            let fresh: Vec<FileInfo> = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
             if fresh.len() != st.files.len() {
                 st.files = fresh;
                 drop(st);

@@ -303,6 +303,11 @@ impl Relays {
     }
 
     /// A URL listed by another relay that has not stopped (RECORDING.md §1: 409 `url_in_use`).
+    /// Relays of the app that are not stopped (the per-app cap counts these).
+    pub fn live_count(&self, app: &AppId) -> usize {
+        self.list(app).iter().filter(|r| r.state != "STOPPED").count()
+    }
+
     pub fn url_in_use(&self, url: &str, except: Option<&str>) -> bool {
         self.tasks.iter().any(|t| {
             let r = t.record();

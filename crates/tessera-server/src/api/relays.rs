@@ -101,6 +101,11 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if let Some(u) = req.urls.iter().find(|u| state.relays.url_in_use(u, None)) {
         return Err(url_in_use(u));
     }
+    // Each relay costs a worker thread and a connection per URL (issue 10, defect 15).
+    let limit = state.config.limits.concurrent_relays_per_app as usize;
+    if state.relays.live_count(&caller.app) >= limit {
+        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} relays may run at once per app")).with_details(json!({"limit": limit})));
+    }
     let record = state
         .relays
         .start(NewRelay { resumed: None, app: caller.app.clone(), room, source, media, urls: req.urls, max_idle: Duration::from_secs(idle), owner: None }, state.rtc.clone())
