@@ -381,3 +381,151 @@ fn relays_are_capped_per_app() {
     let refused = start(3).expect_error(429, "limit_exceeded");
     assert_eq!(refused["details"]["limit"], 2, "{refused}");
 }
+
+/// An offer from an independent stack (str0m), audio + video, sending or receiving.
+fn str0m_offer(send: bool) -> String {
+    use tessera_rtc::str0m::media::{Direction, MediaKind};
+    let mut rtc = tessera_rtc::str0m::Rtc::builder().build(std::time::Instant::now());
+    let mut change = rtc.sdp_api();
+    let dir = if send { Direction::SendOnly } else { Direction::RecvOnly };
+    change.add_media(MediaKind::Audio, dir, None, None, None);
+    change.add_media(MediaKind::Video, dir, None, None, None);
+    change.apply().expect("an offer").0.to_sdp_string()
+}
+
+/// The mids the answer rejected (port 0).
+fn rejected_kinds(answer: &str) -> Vec<&'static str> {
+    answer.lines().filter(|l| l.starts_with("m=") && l.split_whitespace().nth(1) == Some("0")).map(|l| if l.starts_with("m=audio") { "audio" } else { "video" }).collect()
+}
+
+/// The privilege matrix: every privilege bit taken away, one at a time, at every entry
+/// point (WHIP main/aux, WHEP main/aux, RTMP main/aux, `/files` video and audio-only), against
+/// PRODUCT.md §4.2: 404 `room_not_found` without 1 for a new room, 403 `privilege_missing` with
+/// `details.required`, WHEP sections rejected in the answer and 403 only when none is left,
+/// RTMP refused with the code in its onStatus.
+#[test]
+fn privilege_matrix() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("privileges");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = admin_key(&data);
+    let port = rtmp_port(&server);
+    // A room that exists (a publisher in it) with a recording whose files /files serves.
+    let host = token(&data, "m", "host");
+    let mut host_push = push(&format!("rtmp://127.0.0.1:{port}/push/m/host?token={host}"), 120);
+    std::thread::sleep(Duration::from_secs(2));
+    let rec = post_json(&server.url("/v1/recordings"), Some(&key), &serde_json::json!({"room": "m"}));
+    assert_eq!(rec.status, 201, "{}", rec.body);
+    let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
+    let rec_dir = data.join("recordings/default").join(&rec_id);
+    std::fs::create_dir_all(&rec_dir).unwrap();
+    // Names as RECORDING.md §4 makes them; contents do not matter to the check.
+    let stem = "default_bQ..__UserId_s_aG9zdA..__UserId_e_main";
+    let (video_file, audio_file) = (format!("{stem}_audio_video_20260101000000000.ts"), format!("{stem}_audio_20260101000000000.ts"));
+    std::fs::write(rec_dir.join(&video_file), b"video").unwrap();
+    std::fs::write(rec_dir.join(&audio_file), b"audio").unwrap();
+    let (send_offer, recv_offer) = (str0m_offer(true), str0m_offer(false));
+
+    let mut failures = Vec::new();
+    for bit in [1u32, 2, 4, 8, 16, 32, 64, 128] {
+        let privileges = (255 & !bit).to_string();
+        // Bit 1 matters for rooms that do not exist yet: those entry points use a new room.
+        let room = if bit == 1 { format!("new{bit}") } else { "m".to_string() };
+        let tok = |user: &str, room: &str| {
+            let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user, "--privileges", &privileges]);
+            assert!(status.success(), "{err}");
+            out.trim().to_owned()
+        };
+        let expect = |what: &str, got: (u16, String), want: (u16, &str)| -> Option<String> {
+            (got.0 != want.0 || !got.1.contains(want.1)).then(|| format!("bit {bit} {what}: got {} {}, want {} {}", got.0, got.1, want.0, want.1))
+        };
+        let status_code = |r: &Reply| (r.status, if r.status >= 400 { format!("{} {}", r.json()["code"].as_str().unwrap_or(""), r.json()["details"]["required"]) } else { String::new() });
+        let missing = |b: u32| (403u16, format!("privilege_missing {b}"));
+        let entry_refusal = match bit {
+            1 => Some((404u16, "room_not_found".to_string())),
+            2 => Some(missing(2)),
+            _ => None,
+        };
+        // WHIP main and aux.
+        for (stream, needs) in [("main", vec![4, 16]), ("aux", vec![64])] {
+            let user = format!("w{bit}{stream}");
+            let r = request("POST", &server.url(&format!("/whip/{room}?stream={stream}")), Some(&tok(&user, &room)), Some(("application/sdp", send_offer.as_bytes())), &[]);
+            let want = entry_refusal.clone().or_else(|| needs.contains(&bit).then(|| missing(bit))).unwrap_or((201, String::new()));
+            failures.extend(expect(&format!("WHIP {stream}"), status_code(&r), (want.0, &want.1)));
+            if let Some(loc) = r.header("location") {
+                request("DELETE", &server.url(loc), Some(&tok(&user, &room)), None, &[]);
+            }
+        }
+        // WHEP main (a section per privilege) and aux (both sections need 128).
+        for stream in ["main", "aux"] {
+            let r = request("POST", &server.url(&format!("/whep/{room}/host/{stream}")), Some(&tok(&format!("v{bit}{stream}"), &room)), Some(("application/sdp", recv_offer.as_bytes())), &[]);
+            let want = entry_refusal.clone().unwrap_or(match (stream, bit) {
+                ("aux", 128) => missing(128),
+                _ => (201, String::new()),
+            });
+            failures.extend(expect(&format!("WHEP {stream}"), status_code(&r), (want.0, &want.1)));
+            if r.status == 201 {
+                let want_rejected: Vec<&str> = match (stream, bit) {
+                    ("main", 8) => vec!["audio"],
+                    ("main", 32) => vec!["video"],
+                    _ => vec![],
+                };
+                let got = rejected_kinds(&r.body);
+                if got != want_rejected {
+                    failures.push(format!("bit {bit} WHEP {stream}: rejected sections {got:?}, want {want_rejected:?}"));
+                }
+                if let Some(loc) = r.header("location") {
+                    request("DELETE", &server.url(loc), Some(&tok(&format!("v{bit}{stream}"), &room)), None, &[]);
+                }
+            }
+        }
+        // RTMP main and aux: refusals name the code in the onStatus description.
+        for (stream, needs) in [("main", vec![4, 16]), ("aux", vec![64])] {
+            let user = format!("r{bit}{stream}");
+            let url = format!("rtmp://127.0.0.1:{port}/push/{room}/{user}?token={}&stream={stream}", tok(&user, &room));
+            let mut child = Command::new("ffmpeg")
+                .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=160x120:rate=10:duration=4", "-f", "lavfi", "-i", "sine=duration=4"])
+                .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-g", "10", "-c:a", "aac", "-f", "flv", &url])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let status = loop {
+                if let Some(s) = child.try_wait().unwrap() {
+                    break s;
+                }
+                if Instant::now() > deadline {
+                    let _ = child.kill();
+                    break child.wait().unwrap();
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            };
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            let want: Option<String> = match bit {
+                1 => Some("room_not_found".into()),
+                2 => Some("privilege_missing".into()),
+                b if needs.contains(&b) => Some("privilege_missing".into()),
+                _ => None,
+            };
+            match want {
+                Some(code) if status.success() || !err.contains(&code) => failures.push(format!("bit {bit} RTMP {stream}: want refusal {code}, got {status}: {err}")),
+                None if !status.success() => failures.push(format!("bit {bit} RTMP {stream}: want success, got {status}: {err}")),
+                _ => {}
+            }
+        }
+        // /files with ?token= of the recording's room: 32 for video, 8 for audio-only files.
+        if bit != 1 {
+            for (file, need) in [(&video_file, 32), (&audio_file, 8)] {
+                let r = get(&server.url(&format!("/files/default/{rec_id}/{file}?token={}", tok("f", "m"))), None);
+                let want = if bit == need { missing(need) } else { (200, String::new()) };
+                failures.extend(expect(&format!("/files {file}"), status_code(&r), (want.0, &want.1)));
+            }
+        }
+    }
+    let _ = host_push.kill();
+    let _ = host_push.wait();
+    assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
+}
