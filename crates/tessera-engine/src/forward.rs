@@ -87,3 +87,117 @@ mod tests {
         assert_eq!(r.rewrite((2, 2), 1, 500, 20), Some((2, 9)));
     }
 }
+
+/// What [`FrameGate::admit`] decided for one packet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gate {
+    /// Into the viewer's queue.
+    Send,
+    /// Not sent: part of a frame being dropped whole (audio: one packet is one frame).
+    Drop,
+    /// Not sent, and the video picture is broken from here: wait for a keyframe (and ask for one).
+    DropUntilKeyframe,
+}
+
+/// Overload policy of one consumer (issue 10, defect 16): when the viewer's send queue is long,
+/// whole frames are dropped, never packets inside one; a video frame dropped means the stream
+/// waits for the next keyframe. Only if a frame already started grows the queue past the hard
+/// bound is it cut, and then it counts as dropped from its start (the picture is broken).
+///
+/// After a cut, the source `S` it was cut in is "broken" until its next marker, so the stream
+/// never resumes inside a frame (a keyframe cut short is no place to start).
+#[derive(Debug, Clone)]
+pub struct FrameGate<S> {
+    in_frame: bool,
+    dropping: bool,
+    broken: Option<S>,
+}
+
+impl<S> Default for FrameGate<S> {
+    fn default() -> Self {
+        FrameGate { in_frame: false, dropping: false, broken: None }
+    }
+}
+
+impl<S: Copy + PartialEq> FrameGate<S> {
+    /// Whether the next packet of `source` may start the stream (it is not inside a cut frame).
+    pub fn may_start(&self, source: S) -> bool {
+        self.broken != Some(source)
+    }
+
+    /// Notes a packet of `source` this consumer saw but did not send (waiting for a keyframe).
+    pub fn skipped(&mut self, source: S, marker: bool) {
+        self.in_frame = false;
+        self.dropping = false;
+        if marker && self.broken == Some(source) {
+            self.broken = None;
+        }
+    }
+
+    /// Decides for one packet of `source` given how many packets wait in the viewer's queue.
+    pub fn admit(&mut self, source: S, video: bool, marker: bool, queued: usize, soft: usize, hard: usize) -> Gate {
+        if self.dropping {
+            self.dropping = !marker;
+            self.broken = (!marker).then_some(source);
+            return Gate::Drop;
+        }
+        let starts_frame = !self.in_frame;
+        let over = if starts_frame { queued >= soft } else { queued >= hard };
+        if over {
+            self.in_frame = false;
+            self.dropping = !marker;
+            self.broken = (!marker).then_some(source);
+            return if video { Gate::DropUntilKeyframe } else { Gate::Drop };
+        }
+        self.in_frame = !marker;
+        self.broken = None;
+        Gate::Send
+    }
+}
+
+#[cfg(test)]
+mod gate_tests {
+    use super::*;
+
+    /// (marker) packets of frames: 3 packets, then 2, then 1, then 3.
+    const FRAMES: [&[bool]; 4] = [&[false, false, true], &[false, true], &[true], &[false, false, true]];
+
+    #[test]
+    fn a_long_queue_drops_whole_frames_never_parts_of_one() {
+        let mut g = FrameGate::default();
+        let mut out = Vec::new();
+        // The queue is long exactly while the second frame's first packet arrives.
+        let mut n = 0;
+        for frame in FRAMES {
+            for &marker in frame {
+                let queued = if n == 3 { 100 } else { 10 };
+                out.push(g.admit(1u8, true, marker, queued, 50, 200));
+                n += 1;
+            }
+        }
+        use Gate::*;
+        assert_eq!(out, [Send, Send, Send, DropUntilKeyframe, Drop, Send, Send, Send, Send]);
+    }
+
+    #[test]
+    fn a_frame_already_started_is_cut_only_past_the_hard_bound() {
+        let mut g = FrameGate::default();
+        assert_eq!(g.admit(1u8, true, false, 10, 50, 200), Gate::Send);
+        // Past the soft bound mid-frame: the frame is finished.
+        assert_eq!(g.admit(1, true, false, 150, 50, 200), Gate::Send);
+        // Past the hard bound: cut; the source may not restart before the frame's marker.
+        assert_eq!(g.admit(1, true, false, 250, 50, 200), Gate::DropUntilKeyframe);
+        assert!(!g.may_start(1) && g.may_start(2), "another layer may start at once");
+        g.skipped(1, false);
+        assert!(!g.may_start(1));
+        g.skipped(1, true);
+        assert!(g.may_start(1));
+    }
+
+    #[test]
+    fn audio_drops_single_packets() {
+        let mut g = FrameGate::default();
+        assert_eq!(g.admit(7u8, false, true, 60, 50, 200), Gate::Drop);
+        assert_eq!(g.admit(7, false, true, 10, 50, 200), Gate::Send);
+    }
+}

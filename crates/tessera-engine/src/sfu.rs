@@ -3,7 +3,7 @@
 //! (WHEP viewers' tracks) with per-consumer rewriting, keyframe requests and layer choice.
 //! Time and datagrams come in through `handle_*`; datagrams go out through `poll_transmit`.
 
-use crate::forward::SeqTsRewriter;
+use crate::forward::{FrameGate, Gate, SeqTsRewriter};
 use crate::presence::{JoinInfo, LeaveReason, Presence, RoomEvent, Track};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,6 +37,10 @@ const RTX_RATIO_CAP: f32 = 0.5;
 /// Packets a viewer track may have waiting to be sent before new ones are dropped (about 2 s
 /// of 1.5 Mbit/s video).
 const MAX_QUEUED_PACKETS: usize = 400;
+/// A frame already started may grow a viewer's queue to this before it is cut.
+const HARD_QUEUED_PACKETS: usize = 800;
+/// An internal publisher's GOP is replayed to one consumer at most this often.
+const GOP_REPLAY_INTERVAL: Duration = Duration::from_secs(1);
 /// Bandwidth kept for audio when choosing a video layer, in bit/s.
 const AUDIO_RESERVE_BPS: f64 = 64_000.0;
 
@@ -227,6 +231,11 @@ struct Consumer {
     last_sent: Option<Instant>,
     /// Payload type per codec, as negotiated with this viewer.
     pts: Vec<(Codec, tessera_rtc::str0m::media::Pt)>,
+    /// Whole-frame dropping when the viewer's queue is long (per source: publisher, layer).
+    gate: FrameGate<(u64, Option<Rid>)>,
+    /// When an internal publisher's GOP was last replayed to this consumer (at most once a
+    /// second: under overload each replay would be dropped again, packet by packet).
+    gop_replayed_at: Option<Instant>,
 }
 
 enum Role {
@@ -885,7 +894,7 @@ impl Sfu {
                 }
             }
             let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
-            consumers.push(Consumer { mid, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts });
+            consumers.push(Consumer { mid, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts, gate: FrameGate::default(), gop_replayed_at: None });
         }
     }
 
@@ -1029,10 +1038,16 @@ impl Sfu {
                 if !wanted {
                     continue;
                 }
-                if kind == MediaKind::Video && !fp.keyframe {
+                // A switch starts at the first packet of a keyframe, never inside one.
+                if kind == MediaKind::Video && (!fp.keyframe || !c.gate.may_start(this)) {
+                    c.gate.skipped(this, fp.marker);
                     if internal && only.is_none() {
-                        // An ingest cannot be asked for a keyframe: start from its cached GOP.
-                        need_gop.push(*vid);
+                        // An ingest cannot be asked for a keyframe: start from its cached GOP,
+                        // at most once a second per viewer.
+                        if c.gop_replayed_at.is_none_or(|t| now.duration_since(t) >= GOP_REPLAY_INTERVAL) {
+                            c.gop_replayed_at = Some(now);
+                            need_gop.push(*vid);
+                        }
                     } else {
                         want_keyframe = true;
                     }
@@ -1042,21 +1057,30 @@ impl Sfu {
             } else if matches!(c.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
                 continue; // paused by congestion control
             }
-            let gap_ticks = c.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * codec.clock_rate() as f64) as u32).unwrap_or(1);
-            let Some((seq, ts)) = c.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { continue };
-            c.last_sent = Some(now);
             let mid_out = c.mid;
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(mid_out, None) else { continue };
-            // A viewer whose link (or pacer) cannot drain its queue loses packets here rather than
-            // making the server hold them without bound; its video restarts at a keyframe.
-            if tx.queue_info().is_some_and(|q| q.packet_count() > MAX_QUEUED_PACKETS) {
-                self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                if kind == MediaKind::Video {
-                    c.current = None;
+            // A viewer whose link (or pacer) cannot drain its queue loses whole frames here
+            // rather than making the server hold them without bound; video then waits for a
+            // keyframe. Dropped packets take no outgoing sequence numbers, so the viewer sees a
+            // clean cut, not loss to NACK.
+            let queued = tx.queue_info().map_or(0, |q| q.packet_count());
+            match c.gate.admit(this, kind == MediaKind::Video, fp.marker, queued, MAX_QUEUED_PACKETS, HARD_QUEUED_PACKETS) {
+                Gate::Send => {}
+                Gate::Drop => {
+                    self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                    continue;
                 }
-                continue;
+                Gate::DropUntilKeyframe => {
+                    self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                    c.current = None;
+                    want_keyframe |= !internal;
+                    continue;
+                }
             }
+            let gap_ticks = c.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * codec.clock_rate() as f64) as u32).unwrap_or(1);
+            let Some((seq, ts)) = c.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { continue };
+            c.last_sent = Some(now);
             tx.write_rtp(
                 RtpWrite::new(out_pt, seq.into(), ts, fp.arrival, fp.payload.clone())
                     .marker(fp.marker)
@@ -1075,6 +1099,18 @@ impl Sfu {
         }
         for vid in need_gop {
             let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.clone()).unwrap_or_default();
+            // The GOP starts with a keyframe: the replay begins at a frame, whatever the live
+            // packets did before. A viewer whose queue has no room for a keyframe waits for the
+            // source's next one instead; a GOP longer than the queue allows is cut at a frame.
+            let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
+            let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed) else { continue };
+            let mid = c.mid;
+            c.gate = FrameGate::default();
+            let queued = viewer.peer.rtc.direct_api().stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()).map_or(0, |q| q.packet_count());
+            if queued >= MAX_QUEUED_PACKETS / 2 {
+                continue;
+            }
             for cached in &gop {
                 self.fan_out(pub_id, room, key, cached, now, Some(vid));
             }
