@@ -15,5 +15,5 @@ toolchain=()
 [ "$sanitizer" != none ] && toolchain=(+nightly)
 mkdir -p "fuzz/corpus/$target" "fuzz/artifacts/$target"
 cargo "${toolchain[@]}" fuzz run --fuzz-dir fuzz --sanitizer "$sanitizer" --features libfuzzer --release \
-  "$target" "fuzz/corpus/$target" -- -runs="$runs" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
+  --debug-assertions "$target" "fuzz/corpus/$target" -- -runs="$runs" -max_len=65536 -timeout=10 -rss_limit_mb=2048 \
   -artifact_prefix="fuzz/artifacts/$target/" -print_final_stats=1 2>&1 | tail -n 40

@@ -375,7 +375,9 @@ impl ChunkDeserializer {
         } else if self.current_payload_data.len() == 0 {
             // Since we already added the MAX_INITIAL_TIMESTAMP to the timestamp, only add the delta difference
             self.current_header.timestamp =
-                self.current_header.timestamp + (timestamp - MAX_INITIAL_TIMESTAMP);
+                // Tessera fork: an extended timestamp below 0xFFFFFF is a peer's error; it
+                // underflowed here (a panic with overflow checks, a wild timestamp without).
+                self.current_header.timestamp + timestamp.saturating_sub(MAX_INITIAL_TIMESTAMP);
         }
 
         self.current_stage = ParseStage::MessagePayload;
