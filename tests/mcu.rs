@@ -152,7 +152,14 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
         "aiortc_client.py",
         &["play", "--url", &server.url(&format!("/whep/mix/mix_{id}/main")), "--token", &viewer_token, "--seconds", "22", "--sample", points, "--tones", "300,500,700,900,1700"],
     );
-    std::thread::sleep(Duration::from_secs(6));
+    // The grid must be on screen before the first PATCH: wait for the viewer's session (aiortc
+    // takes seconds to start on a busy machine), then give it 3 s of pictures.
+    let joined = std::time::Instant::now();
+    while !get(&server.url("/metrics"), None).body.lines().any(|l| l.starts_with("tessera_participants{user_type=\"11\"}") && !l.ends_with(" 0")) {
+        assert!(joined.elapsed() < Duration::from_secs(30), "the viewer never joined");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
     // Float: the earliest (red) is the big picture, the others are smalls from the bottom left.
     let float_at = now_s();
     let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"layout":{"template":"float"}}"#)), &[]);

@@ -21,10 +21,14 @@ def main():
     p.add_argument("--token", required=True)
     p.add_argument("--seconds", type=float, default=8)
     p.add_argument("--flags", default="", help="whip_flags, e.g. dtls_active")
+    p.add_argument("--cert", default="", help="PEM certificate for DTLS (cert_file)")
+    p.add_argument("--key", default="", help="PEM private key for DTLS (key_file)")
     a = p.parse_args()
     options = {"authorization": a.token, "handshake_timeout": "8000"}
     if a.flags:
         options["whip_flags"] = a.flags
+    if a.cert:
+        options["cert_file"], options["key_file"] = a.cert, a.key
     out = av.open(a.url, "w", format="whip", options=options)
     fps = 25
     video = out.add_stream("libx264", rate=fps)

@@ -80,7 +80,7 @@ impl Server {
         }
         let mut child = command
             .args(&args)
-            .env("RUST_LOG", "info")
+            .env("RUST_LOG", std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()))
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
