@@ -4,6 +4,7 @@
 //! socket and the timers lives in the engine; this crate never touches I/O or the clock.
 
 pub mod demux;
+pub mod dtls;
 pub mod offer;
 pub mod peer;
 

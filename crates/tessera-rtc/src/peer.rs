@@ -42,7 +42,7 @@ impl Peer {
         now: Instant,
     ) -> Result<(Peer, String), OfferError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
-        let mut config = Rtc::builder().set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+        let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
         let h264_first = first_video != Some(Codec::Vp8);
         if !h264_first {
             config = config.enable_vp8(true);
