@@ -529,3 +529,70 @@ fn privilege_matrix() {
     let _ = host_push.wait();
     assert!(failures.is_empty(), "{} mismatches:\n{}", failures.len(), failures.join("\n"));
 }
+
+/// A tmpfs of `size` mounted at `dir` (empty) while the guard lives.
+fn tmpfs(dir: &std::path::Path, size: &str) -> FullDisk {
+    std::fs::create_dir_all(dir).unwrap();
+    let ok = Command::new("mount").args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"]).arg(dir).status().unwrap().success();
+    assert!(ok, "mounting a tmpfs needs root");
+    FullDisk(dir.to_owned())
+}
+
+/// Defect 13: a disk-full episode ended a recording at once (302/104). Now the storage failure
+/// is reported (308), the segments meanwhile are skipped and counted, and the recording goes on
+/// when space returns, with a discontinuity in its playlist.
+#[test]
+fn a_full_disk_pauses_a_recording_instead_of_ending_it() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("rec-disk-full");
+    let data = dir.path().join("data");
+    let _disk = tmpfs(&data, "6m");
+    let server = Server::start(&data, &[]);
+    let key = admin_key(&data);
+    let cam = token(&data, "full", "cam");
+    let mut source = push(&format!("rtmp://127.0.0.1:{}/push/full/cam?token={cam}", rtmp_port(&server)), 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &serde_json::json!({"room": "full", "format": "hls", "hls": {"segment_s": 1}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let path = format!("/v1/recordings/{}", r.json()["id"].as_str().unwrap());
+    let files = |v: &serde_json::Value| v["files"].as_array().map_or(0, |f| f.len());
+    let wait = |what: &str, limit: u64, done: &dyn Fn(&serde_json::Value) -> bool| {
+        let deadline = Instant::now() + Duration::from_secs(limit);
+        loop {
+            let v = get(&server.url(&path), Some(&key)).json();
+            if done(&v) {
+                return v;
+            }
+            assert!(Instant::now() < deadline, "{what}: {v}");
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    };
+    wait("segments before the disk fills", 20, &|v| files(v) >= 4);
+    // Fill the disk to the last byte.
+    {
+        let mut filler = std::fs::File::create(data.join("filler")).unwrap();
+        let block = vec![0u8; 64 * 1024];
+        while filler.write_all(&block).is_ok() {}
+        let _ = filler.write_all(&[0u8; 1]);
+    }
+    let during = wait("a segment skipped while the disk is full", 20, &|v| v["skipped_segments"].as_u64().unwrap_or(0) >= 1);
+    assert_eq!(during["state"], "RECORDING", "{during}");
+    std::thread::sleep(Duration::from_secs(3));
+    let still = get(&server.url(&path), Some(&key)).json();
+    assert_eq!(still["state"], "RECORDING", "the recording goes on through the failure: {still}");
+    let listed_when_full = files(&still);
+    std::fs::remove_file(data.join("filler")).unwrap();
+    wait("new segments once space is back", 20, &|v| files(v) >= listed_when_full + 3);
+    assert_eq!(request("DELETE", &server.url(&path), Some(&key), None, &[]).status, 200);
+    let done = wait("the recording finishes", 30, &|v| v["state"] == "FINISHED");
+    let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
+    assert_eq!(result["Status"], "ok", "{result}");
+    let playlist = done["files"].as_array().unwrap().iter().find_map(|f| f["file_name"].as_str().filter(|n| n.ends_with(".m3u8"))).unwrap().to_owned();
+    let rec_dir = data.join("recordings/default").join(path.rsplit('/').next().unwrap());
+    let text = std::fs::read_to_string(rec_dir.join(&playlist)).unwrap();
+    assert!(text.contains("#EXT-X-DISCONTINUITY"), "{text}");
+    assert!(server.logs().iter().any(|l| l.contains("storage refused a segment")));
+    let _ = source.kill();
+    let _ = source.wait();
+    drop(server);
+}

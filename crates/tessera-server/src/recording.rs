@@ -170,6 +170,8 @@ pub struct RecordingStatus {
     pub clock_ms: i64,
     /// Crash restarts so far (the `ha<N>_` of the newest files).
     pub restarts: u32,
+    /// Segments the storage refused (skipped; the recording went on).
+    pub skipped_segments: u32,
 }
 
 pub struct RecordingTask {
@@ -266,7 +268,7 @@ impl Recordings {
     pub fn start(&self, spec: RecordingSpec, data_dir: PathBuf, rtc: RtcHandle) -> std::io::Result<Arc<RecordingTask>> {
         let task = Arc::new(RecordingTask {
             spec: Mutex::new(spec.clone()),
-            status: Mutex::new(RecordingStatus { state: "PREPARED", leave_code: None, started_at: None, stopped_at: None, paused_ms: 0, files: Vec::new(), error: None, result: None, clock_ms: 0, restarts: 0 }),
+            status: Mutex::new(RecordingStatus { state: "PREPARED", leave_code: None, started_at: None, stopped_at: None, paused_ms: 0, files: Vec::new(), error: None, result: None, clock_ms: 0, restarts: 0, skipped_segments: 0 }),
             stop: AtomicBool::new(false),
             paused: AtomicBool::new(false),
             created_at: crate::now_ms(),
@@ -379,7 +381,7 @@ fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), SaveError> {
         "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "split_minutes": spec.split_minutes, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
         "subscribe": {"video_allow": spec.subscribe.video_allow, "video_deny": spec.subscribe.video_deny, "audio_allow": spec.subscribe.audio_allow, "audio_deny": spec.subscribe.audio_deny},
         "state": st.state, "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "leave_code": st.leave_code,
-        "restarts": st.restarts, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
+        "restarts": st.restarts, "skipped_segments": st.skipped_segments, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
     });
     let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
     write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
@@ -452,6 +454,7 @@ impl Recordings {
                 result: (!v["result"].is_null()).then(|| v["result"].clone()),
                 clock_ms: v["clock_ms"].as_i64().unwrap_or(0),
                 restarts: v["restarts"].as_u64().unwrap_or(0) as u32,
+                skipped_segments: v["skipped_segments"].as_u64().unwrap_or(0) as u32,
             };
             let task = Arc::new(RecordingTask { spec: Mutex::new(spec.clone()), status: Mutex::new(status), stop: AtomicBool::new(false), paused: AtomicBool::new(false), created_at: v["created_at"].as_i64().unwrap_or(0), shutting_down: AtomicBool::new(false), working: AtomicBool::new(false) });
             self.tasks.insert(spec.id.clone(), task.clone());
@@ -620,7 +623,19 @@ struct HlsWriter {
     /// Last timestamps written per track: the muxer needs them increasing.
     last_video_ms: i64,
     last_audio_ms: i64,
+    /// Since when (task clock) the storage has refused this writer's files, if it does now.
+    failing_since: Option<i64>,
+    /// When 308 was last sent for this writer (one a few seconds is enough to say it).
+    reported_ms: Option<i64>,
+    /// Segments lost to storage failures.
+    skipped: u32,
 }
+
+/// How long storage may keep failing before the recording ends (PRODUCT.md: a storage failure
+/// is reported with 308 and retried for up to 10 minutes).
+const STORAGE_RETRY_MS: i64 = 10 * 60 * 1000;
+/// 308 at most this often per writer while the storage keeps failing.
+const STORAGE_REPORT_MS: i64 = 5_000;
 
 /// A sample the muxer refused is dropped, not the recording: logged, and the next one goes on.
 fn not_written(track: &str, r: Result<(), tessera_transcode::TranscodeError>) {
@@ -648,7 +663,42 @@ impl HlsWriter {
         t
     }
 
+    /// A file the storage refused (issue 10, defect 13): reported with 308 (at most every few
+    /// seconds), the segment skipped and counted, a discontinuity marked; only after
+    /// `STORAGE_RETRY_MS` of failures does the recording end.
+    fn storage_trouble(&mut self, error: String, clock_ms: i64) -> Result<(), String> {
+        let since = *self.failing_since.get_or_insert(clock_ms);
+        if self.reported_ms.is_none_or(|t| clock_ms - t >= STORAGE_REPORT_MS) {
+            self.reported_ms = Some(clock_ms);
+            self.events.storage_error(&error);
+        }
+        self.discontinuity = true;
+        if clock_ms - since >= STORAGE_RETRY_MS {
+            return Err(format!("storage failing for {} s: {error}", STORAGE_RETRY_MS / 1000));
+        }
+        tracing::warn!(playlist = %self.playlist, "storage refused a segment; retrying with the next one: {error}");
+        Ok(())
+    }
+
+    fn storage_ok(&mut self) {
+        if self.failing_since.take().is_some() {
+            tracing::info!(playlist = %self.playlist, skipped = self.skipped, "storage works again");
+        }
+    }
+
+    /// Opens the next segment; a storage failure leaves none open (the samples until the next
+    /// attempt are skipped).
     fn open(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), String> {
+        match self.open_segment(clock_ms, unix_ms) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                self.skipped += 1;
+                self.storage_trouble(e, clock_ms)
+            }
+        }
+    }
+
+    fn open_segment(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), String> {
         let name = format!("{}_{}.ts", self.segment_stem, utc17(unix_ms));
         let part = self.spool.join(format!("{name}.part"));
         let ts = TsSegment::create(&part, if self.video { self.size } else { None }, self.audio.as_ref()).map_err(|e| e.to_string())?;
@@ -658,12 +708,29 @@ impl HlsWriter {
         Ok(())
     }
 
-    /// Closes the current segment: renamed into place, listed, the playlist rewritten.
+    /// Closes the current segment: renamed into place, listed, the playlist rewritten. A segment
+    /// the storage refuses is skipped (see `storage_trouble`).
     fn cut(&mut self, end_ms: i64) -> Result<(), String> {
+        let Some(part) = self.current.as_ref().map(|s| s.part.clone()) else { return Ok(()) };
+        match self.cut_segment(end_ms) {
+            Ok(()) => {
+                self.storage_ok();
+                Ok(())
+            }
+            Err(e) => {
+                // What was not stored frees its space at once.
+                let _ = std::fs::remove_file(&part);
+                self.skipped += 1;
+                self.storage_trouble(e, end_ms)
+            }
+        }
+    }
+
+    fn cut_segment(&mut self, end_ms: i64) -> Result<(), String> {
         let Some(seg) = self.current.take() else { return Ok(()) };
         seg.ts.finish().map_err(|e| e.to_string())?;
         let size = std::fs::metadata(&seg.part).map(|m| m.len()).unwrap_or(0);
-        self.storage.store(&seg.part, &seg.name).inspect_err(|e| self.events.storage_error(e))?;
+        self.storage.store(&seg.part, &seg.name)?;
         let duration_ms = (end_ms - seg.first_ms).max(1);
         if std::mem::take(&mut self.discontinuity) {
             self.lines.push("#EXT-X-DISCONTINUITY".into());
@@ -683,7 +750,10 @@ impl HlsWriter {
             stored: true,
             play_time_ms: seg.first_ms,
         });
-        self.write_playlist(false)?;
+        if let Err(e) = self.write_playlist(false) {
+            // The segment is stored and listed; the next playlist write will name it.
+            return self.storage_trouble(e, end_ms);
+        }
         if self.files.len() == 1 {
             // The playlist's first segment is stored: 307 names it, 304 the playlist.
             self.events.emit(307, json!({"FileName": seg.name, "UserId": self.user_id, "TrackType": self.track_type, "MediaId": self.media_id, "BeginTimeStamp": self.start_rec_time.unwrap_or(seg.begin_unix)}));
@@ -693,7 +763,7 @@ impl HlsWriter {
     }
 
     fn write_playlist(&self, end: bool) -> Result<(), String> {
-        self.storage.put(&self.playlist, self.playlist_text(end).as_bytes()).inspect_err(|e| self.events.storage_error(e))
+        self.storage.put(&self.playlist, self.playlist_text(end).as_bytes())
     }
 
     /// Whether a video frame at `clock_ms` should start a new segment.
@@ -715,7 +785,8 @@ impl HlsWriter {
         }
         let clock_ms = clock_ms.max(self.last_video_ms + 1);
         self.last_video_ms = clock_ms;
-        not_written("video", self.current.as_mut().expect("open").ts.write_video(annex_b, clock_ms, keyframe));
+        let Some(seg) = self.current.as_mut() else { return Ok(()) }; // storage refused it
+        not_written("video", seg.ts.write_video(annex_b, clock_ms, keyframe));
         self.last_ms = clock_ms + 40;
         Ok(())
     }
@@ -737,7 +808,8 @@ impl HlsWriter {
         if self.current.is_none() {
             self.open(clock_ms, unix_ms)?;
         }
-        not_written("audio", self.current.as_mut().expect("open").ts.write_audio(aac, clock_ms));
+        let Some(seg) = self.current.as_mut() else { return Ok(()) }; // storage refused it
+        not_written("audio", seg.ts.write_audio(aac, clock_ms));
         self.last_ms = clock_ms + 21;
         Ok(())
     }
@@ -746,7 +818,7 @@ impl HlsWriter {
         let end = self.last_ms;
         self.cut(end)?;
         if self.start_rec_time.is_some() {
-            self.write_playlist(true)?;
+            self.write_playlist(true).inspect_err(|e| self.events.storage_error(e))?;
         }
         Ok(())
     }
@@ -819,6 +891,9 @@ impl Worker {
             keyframe_asked: false,
             last_video_ms: -1,
             last_audio_ms: -1,
+            failing_since: None,
+            reported_ms: None,
+            skipped: 0,
         });
         self.writers.len() - 1
     }
@@ -1278,6 +1353,7 @@ fn record(
         if let Some(c) = &clock {
             let mut st = task.status.lock().expect("status");
             let fresh: Vec<FileInfo> = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
+            st.skipped_segments = w.writers.iter().map(|wr| wr.skipped).sum();
             if fresh.len() != st.files.len() {
                 st.files = fresh;
                 drop(st);

@@ -93,7 +93,7 @@ fn view(id: &str, task: &RecordingTask) -> Value {
         "id": id, "room": spec.room, "mode": mode, "content": spec.content, "format": spec.format, "state": st.state,
         "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "paused_ms": st.paused_ms,
         "leave_code": st.leave_code, "error": st.error, "files": st.files, "segment_s": spec.segment_s, "mix_user": mix_user,
-        "record_user": format!("rec_{id}"), "mix_job_id": mix_job_id,
+        "record_user": format!("rec_{id}"), "mix_job_id": mix_job_id, "skipped_segments": st.skipped_segments,
     })
 }
 
