@@ -596,3 +596,42 @@ fn a_full_disk_pauses_a_recording_instead_of_ending_it() {
     let _ = source.wait();
     drop(server);
 }
+
+/// Defect 18: errors that misled. RTMP without a token named `Authorization: Bearer` (RTMP takes
+/// `?token=`); a pull ingest whose host does not resolve said only "Input/output error"; a too
+/// large `POST /v1/app/secrets` body got a plain-text 413.
+#[test]
+fn errors_say_what_is_wrong() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("clear-errors");
+    let server = Server::start(dir.path(), &[]);
+    let key = admin_key(dir.path());
+    let mut child = push(&format!("rtmp://127.0.0.1:{}/push/r/cam", rtmp_port(&server)), 10);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while child.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "ffmpeg without a token was not refused");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(err.contains("token_missing") && err.contains("?token=") && !err.contains("Bearer"), "{err}");
+
+    let r = post_json(&server.url("/v1/ingests"), Some(&key), &serde_json::json!({"room": "r", "user": "pulled", "url": "rtmp://no-such-host.invalid/live/x"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let v = loop {
+        let v = get(&server.url(&format!("/v1/ingests/{id}")), Some(&key)).json();
+        if v["error"].as_str().is_some_and(|e| !e.is_empty()) {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "no error for an unresolvable host: {v}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let e = v["error"].as_str().unwrap();
+    assert!(e.contains("cannot resolve host 'no-such-host.invalid'"), "{v}");
+
+    let big = vec![b' '; 300 * 1024];
+    let r = request("POST", &server.url("/v1/app/secrets"), Some(&key), Some(("application/json", &big)), &[]);
+    r.expect_error(413, "payload_too_large");
+}
