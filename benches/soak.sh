@@ -40,9 +40,11 @@ cleanup_pids="$cleanup_pids $!"
   done ) &
 cleanup_pids="$cleanup_pids $!"
 sleep 5
-api -d '{"room":"bench","format":"hls","max_idle_time":120}' "http://$http/v1/recordings" >/dev/null
-api -d "{\"room\":\"bench\",\"source\":{\"user\":\"cam\"},\"urls\":[\"rtmp://127.0.0.1:$cdnport/live/key\"],\"max_idle_time\":120}" "http://$http/v1/relays" >/dev/null
-api -d '{"room":"bench","layout":{"template":"float"},"encode":{"width":640,"height":360,"fps":15,"kbps":800},"max_idle_time":120}' "http://$http/v1/mix-jobs" >/dev/null
+# Each task must start: the soak is about all of them at once.
+started() { local out; out=$(api -w '\n%{http_code}' "$@"); [ "${out##*$'\n'}" = 201 ] || { echo "task not started: $out" >&2; exit 1; }; }
+started -d '{"room":"bench","format":"hls","max_idle_time":120}' "http://$http/v1/recordings"
+started -d "{\"room\":\"bench\",\"source\":{\"user\":\"cam\"},\"urls\":[\"rtmp://127.0.0.1:$cdnport/live/key\"],\"max_idle_time\":120}" "http://$http/v1/relays"
+started -d '{"room":"bench","layout":{"template":"float"},"encode":{"template":"640x360_15_800"},"max_idle_time":120}' "http://$http/v1/mix-jobs"
 
 sample() {
   local rss fds threads
