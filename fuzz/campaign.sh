@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The fuzzing campaign: every target for RUNS executions (default 10 million), one after the
 # other, appending "target runs seconds new_units crashes" lines to fuzz/campaign.log.
-# Usage: fuzz/campaign.sh [RUNS] [TARGET...]
+# Usage: fuzz/campaign.sh [RUNS] [TARGET...]; FUZZ_MAX_SECONDS caps each target's time.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 runs=${1:-10000000}
@@ -10,7 +10,7 @@ targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=(amf0 rtmp_server rtmp_client flv rtp stun sdp_offer jwt task_file json_bodies)
 for t in "${targets[@]}"; do
   started=$(date +%s)
-  out=$(fuzz/run.sh "$t" "$runs" 2>&1)
+  out=$(fuzz/run.sh "$t" "$runs" none "${FUZZ_MAX_SECONDS:-0}" 2>&1)
   status=$?
   done_line=$(grep -E '^Done [0-9]+ runs' <<<"$out" | tail -1)
   new=$(grep -E 'stat::new_units_added' <<<"$out" | awk '{print $2}')
