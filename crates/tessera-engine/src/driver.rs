@@ -258,7 +258,7 @@ async fn run(
                         let _ = reply.send(sfu.stats());
                     }
                     Command::AddIngest { spec, replaced, reply } => {
-                        let (id, old) = sfu.add_internal_publisher_replacing(spec, now);
+                        let (id, old) = sfu.add_internal_publisher(spec, now);
                         if let Some(tx) = old.and_then(|old| replaced_watchers.remove(&old)) {
                             let _ = tx.send(());
                         }

@@ -1118,14 +1118,10 @@ impl Sfu {
     }
 
     /// Adds a publisher that is not a WebRTC peer (an RTMP publish or a pull ingest): its media
-    /// arrives through `push_packet`. Replaces an earlier publisher of the same (user, stream).
-    pub fn add_internal_publisher(&mut self, spec: SessionSpec, now: Instant) -> u64 {
-        self.add_internal_publisher_replacing(spec, now).0
-    }
-
-    /// `add_internal_publisher`, also telling which internal publisher it replaced (whose
-    /// connection should be closed: issue 10, defect 12).
-    pub fn add_internal_publisher_replacing(&mut self, spec: SessionSpec, now: Instant) -> (u64, Option<u64>) {
+    /// arrives through `push_packet`. Replaces an earlier publisher of the same (user, stream),
+    /// and returns the id of the internal publisher it replaced, whose connection the caller
+    /// should close (issue 10, defect 12).
+    pub fn add_internal_publisher(&mut self, spec: SessionSpec, now: Instant) -> (u64, Option<u64>) {
         let id = self.next_id;
         self.next_id += 1;
         self.enter(id, &spec, now);

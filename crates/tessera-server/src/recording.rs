@@ -357,19 +357,8 @@ impl Recordings {
     }
 }
 
-/// A task record that could not be written; its I/O kind survives (a full disk is 507).
-#[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct SaveError(pub crate::store::StoreError);
-
-impl From<SaveError> for std::io::Error {
-    fn from(e: SaveError) -> std::io::Error {
-        std::io::Error::new(e.0.io_kind().unwrap_or(std::io::ErrorKind::Other), e.0.to_string())
-    }
-}
-
 /// Saves the task's spec and state to `tasks/<id>.json` (RECORDING.md §8: fsync'd on change).
-fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), SaveError> {
+fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), crate::store::StoreError> {
     let spec = task.spec.lock().expect("spec").clone();
     let st = task.status.lock().expect("status").clone();
     let (mode, streams, split, mix_user, owned_job) = match &spec.mode {
@@ -384,10 +373,8 @@ fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), SaveError> {
         "restarts": st.restarts, "skipped_segments": st.skipped_segments, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
     });
     let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
-    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
-        tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}");
-        SaveError(e)
-    })
+    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600)
+        .inspect_err(|e| tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}"))
 }
 
 /// Auto-stop rules (RECORDING.md §3): no media from any subscribed stream while anchors are

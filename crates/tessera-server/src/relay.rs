@@ -234,7 +234,7 @@ fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) -
     });
     crate::store::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
         tracing::warn!(relay = %r.id, "cannot save the relay: {e}");
-        crate::recording::SaveError(e).into()
+        e.into()
     })
 }
 

@@ -60,13 +60,14 @@ pub struct DataDir {
     _lock: Option<File>,
 }
 
-impl StoreError {
-    /// The I/O error kind, for callers that answer a full disk differently.
-    pub fn io_kind(&self) -> Option<std::io::ErrorKind> {
-        match self {
-            StoreError::Io { source, .. } => Some(source.kind()),
-            _ => None,
-        }
+/// Keeps the I/O kind (a full disk is answered 507) for callers that speak `io::Result`.
+impl From<StoreError> for std::io::Error {
+    fn from(e: StoreError) -> std::io::Error {
+        let kind = match &e {
+            StoreError::Io { source, .. } => source.kind(),
+            _ => std::io::ErrorKind::Other,
+        };
+        std::io::Error::new(kind, e.to_string())
     }
 }
 
