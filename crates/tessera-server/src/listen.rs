@@ -26,7 +26,19 @@ use tokio::time::{Instant, Sleep};
 pub struct GuardedListener {
     inner: TcpListener,
     slots: Arc<Semaphore>,
+    max: usize,
+}
+
+/// The HTTP listener: a [`GuardedListener`] whose connections carry the [`GuardedIo`] clocks.
+pub struct HttpListener {
+    guarded: GuardedListener,
     timeouts: Timeouts,
+}
+
+impl HttpListener {
+    pub fn new(guarded: GuardedListener, timeouts: Timeouts) -> HttpListener {
+        HttpListener { guarded, timeouts }
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -36,13 +48,14 @@ pub struct Timeouts {
 }
 
 impl GuardedListener {
-    pub fn new(inner: TcpListener, max_connections: usize, timeouts: Timeouts) -> GuardedListener {
-        GuardedListener { inner, slots: Arc::new(Semaphore::new(max_connections.max(1))), timeouts }
+    pub fn new(inner: TcpListener, max_connections: usize) -> GuardedListener {
+        let max = max_connections.max(1);
+        GuardedListener { inner, slots: Arc::new(Semaphore::new(max)), max }
     }
 
     /// Connections currently held.
-    pub fn open(&self, max_connections: usize) -> usize {
-        max_connections - self.slots.available_permits()
+    pub fn open(&self) -> usize {
+        self.max - self.slots.available_permits()
     }
 
     /// The next connection, once a slot is free; never returns an error (they are waited out).
@@ -62,18 +75,18 @@ impl GuardedListener {
     }
 }
 
-impl axum::serve::Listener for GuardedListener {
+impl axum::serve::Listener for HttpListener {
     type Io = GuardedIo<TcpStream>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, peer, permit) = self.accept_guarded().await;
+        let (stream, peer, permit) = self.guarded.accept_guarded().await;
         let _ = stream.set_nodelay(true);
         (GuardedIo::new(stream, self.timeouts, Some(permit)), peer)
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.inner.local_addr()
+        self.guarded.inner.local_addr()
     }
 }
 
@@ -213,13 +226,13 @@ mod tests {
     async fn the_cap_holds_further_connections_until_one_closes() {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let mut guarded = GuardedListener::new(listener, 2, T);
+        let mut guarded = GuardedListener::new(listener, 2);
         let _c1 = TcpStream::connect(addr).await.unwrap();
         let _c2 = TcpStream::connect(addr).await.unwrap();
         let _c3 = TcpStream::connect(addr).await.unwrap();
         let (_s1, _, p1) = guarded.accept_guarded().await;
         let (_s2, _, _p2) = guarded.accept_guarded().await;
-        assert_eq!(guarded.open(2), 2);
+        assert_eq!(guarded.open(), 2);
         let third = tokio::time::timeout(Duration::from_millis(200), guarded.accept_guarded()).await;
         assert!(third.is_err(), "a third connection waits while two are held");
         drop(p1);

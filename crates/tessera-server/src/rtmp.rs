@@ -27,8 +27,7 @@ const MAX_RTP_PAYLOAD: usize = 1200;
 
 pub async fn serve(listener: TcpListener, state: AppState) {
     // RTMP connections time out on their own (no data for 30 s); the listener caps and backs off.
-    let timeouts = crate::listen::Timeouts { idle: IDLE_TIMEOUT, request_read: IDLE_TIMEOUT };
-    let mut listener = crate::listen::GuardedListener::new(listener, state.config.limits.rtmp_max_connections as usize, timeouts);
+    let mut listener = crate::listen::GuardedListener::new(listener, state.config.limits.rtmp_max_connections as usize);
     loop {
         let (stream, peer, slot) = listener.accept_guarded().await;
         let state = state.clone();

@@ -162,7 +162,7 @@ impl Server {
             idle: Duration::from_secs(limits.http_idle_timeout_s.max(1) as u64),
             request_read: Duration::from_secs(limits.http_request_timeout_s.max(1) as u64),
         };
-        let http = crate::listen::GuardedListener::new(self.http, limits.http_max_connections as usize, timeouts);
+        let http = crate::listen::HttpListener::new(crate::listen::GuardedListener::new(self.http, limits.http_max_connections as usize), timeouts);
         let server = axum::serve(http, router).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);

@@ -108,19 +108,20 @@ impl Webhooks {
         let client = Client::builder(TokioExecutor::new()).build(connector);
         let delivery = Delivery { hooks: self.clone(), client, outbox: outbox.clone(), limits: Arc::new(Mutex::new(HashMap::new())), waiting: Arc::default() };
         if let Some(dir) = &outbox {
-            for event in pending(dir) {
+            for (event, size) in pending(dir) {
                 if crate::now_ms() - event.created_ms > events::MAX_EVENT_AGE_MS {
                     delivery.dropped(&event);
                 } else {
-                    let cancel = delivery.admit(&event);
+                    let cancel = delivery.admit(&event, size);
                     tokio::spawn(delivery.clone().deliver(event, cancel));
                 }
             }
         }
         tokio::spawn(async move {
             while let Some(event) = rx.recv().await {
-                let cancel = delivery.admit(&event);
-                if !delivery.persist(&event).await {
+                let bytes = serde_json::to_vec(&event).expect("an event serializes");
+                let cancel = delivery.admit(&event, bytes.len());
+                if !delivery.write(&event, bytes).await {
                     tracing::warn!(event = %event.id, "cannot write the event to the outbox; delivering it anyway");
                 }
                 delivery.hooks.0.unwritten.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -179,14 +180,15 @@ impl Webhooks {
     }
 }
 
-/// Events left in the outbox by an earlier run; unreadable files are removed.
-fn pending(dir: &Path) -> Vec<Event> {
+/// Events left in the outbox by an earlier run, with their files' sizes; unreadable files are
+/// removed.
+fn pending(dir: &Path) -> Vec<(Event, usize)> {
     let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
     let mut out = Vec::new();
     for entry in entries.flatten() {
         let path = entry.path();
         if path.extension().is_some_and(|e| e == "json") {
-            match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Event>(&b).ok()) {
+            match std::fs::read(&path).ok().and_then(|b| serde_json::from_slice::<Event>(&b).ok().map(|e| (e, b.len()))) {
                 Some(e) => out.push(e),
                 None => {
                     tracing::warn!(path = %path.display(), "removing an unreadable outbox file");
@@ -197,7 +199,7 @@ fn pending(dir: &Path) -> Vec<Event> {
             let _ = std::fs::remove_file(&path);
         }
     }
-    out.sort_by_key(|e| e.created_ms);
+    out.sort_by_key(|(e, _)| e.created_ms);
     out
 }
 
@@ -216,14 +218,18 @@ impl Delivery {
     /// Writes the event (with its attempt count) to the outbox; true when it is there (or
     /// there is no outbox).
     async fn persist(&self, event: &Event) -> bool {
+        self.write(event, serde_json::to_vec(event).expect("an event serializes")).await
+    }
+
+    /// `persist` of an event already serialized.
+    async fn write(&self, event: &Event, bytes: Vec<u8>) -> bool {
         let Some(dir) = &self.outbox else { return true };
-        let (path, bytes) = (dir.join(format!("{}.json", event.id)), serde_json::to_vec(event).expect("an event serializes"));
+        let path = dir.join(format!("{}.json", event.id));
         matches!(tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await, Ok(Ok(())))
     }
 
     /// Takes the event into the bounded outbox, dropping the oldest ones past the bounds.
-    fn admit(&self, event: &Event) -> Arc<std::sync::atomic::AtomicBool> {
-        let size = serde_json::to_vec(event).map(|b| b.len()).unwrap_or(0);
+    fn admit(&self, event: &Event, size: usize) -> Arc<std::sync::atomic::AtomicBool> {
         let (cancel, evicted) = self.waiting.lock().expect("outbox").admit(event.created_ms, &event.id, size, MAX_OUTBOX_EVENTS, MAX_OUTBOX_BYTES);
         for id in evicted {
             tracing::warn!(event = %id, "webhook event dropped: the outbox is full ({MAX_OUTBOX_EVENTS} events or {MAX_OUTBOX_BYTES} bytes)");
