@@ -616,6 +616,9 @@ struct HlsWriter {
     reported_ms: Option<i64>,
     /// Segments lost to storage failures.
     skipped: u32,
+    /// After a segment could not be opened, the next attempt waits a segment's length (so one
+    /// lost segment counts once, not once per frame).
+    open_retry_at: Option<i64>,
 }
 
 /// How long storage may keep failing before the recording ends (PRODUCT.md: a storage failure
@@ -676,10 +679,17 @@ impl HlsWriter {
     /// Opens the next segment; a storage failure leaves none open (the samples until the next
     /// attempt are skipped).
     fn open(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), String> {
+        if self.open_retry_at.is_some_and(|at| clock_ms < at) {
+            return Ok(());
+        }
         match self.open_segment(clock_ms, unix_ms) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.open_retry_at = None;
+                Ok(())
+            }
             Err(e) => {
                 self.skipped += 1;
+                self.open_retry_at = Some(clock_ms + self.segment_ms);
                 self.storage_trouble(e, clock_ms)
             }
         }
@@ -881,6 +891,7 @@ impl Worker {
             failing_since: None,
             reported_ms: None,
             skipped: 0,
+            open_retry_at: None,
         });
         self.writers.len() - 1
     }
