@@ -371,15 +371,25 @@ fn relays_are_capped_per_app() {
     let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     let dir = TempDir::new("relay-cap");
     let config = dir.path().join("tessera.toml");
-    std::fs::write(&config, "[limits]\nconcurrent_relays_per_app = 2\n").unwrap();
+    std::fs::write(&config, "[limits]\nconcurrent_relays_per_app = 40\n").unwrap();
     let data = dir.path().join("data");
     let server = Server::start(&data, &["--config", config.to_str().unwrap()]);
     let key = admin_key(&data);
+    let threads = || {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", server.pid())).unwrap();
+        status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse::<usize>().unwrap()
+    };
+    let before = threads();
     let start = |n: u32| post_json(&server.url("/v1/relays"), Some(&key), &serde_json::json!({"room": "cap", "source": {"user": "cam"}, "urls": [format!("rtmp://127.0.0.1:9/live/{n}")]}));
-    assert_eq!(start(1).status, 201);
-    assert_eq!(start(2).status, 201);
-    let refused = start(3).expect_error(429, "limit_exceeded");
-    assert_eq!(refused["details"]["limit"], 2, "{refused}");
+    for n in 1..=40 {
+        assert_eq!(start(n).status, 201);
+    }
+    let refused = start(41).expect_error(429, "limit_exceeded");
+    assert_eq!(refused["details"]["limit"], 40, "{refused}");
+    // Waiting relays (their source does not publish) hold no thread each.
+    std::thread::sleep(Duration::from_millis(500));
+    let after = threads();
+    assert!(after < before + 5, "40 waiting relays took the server from {before} to {after} threads");
 }
 
 /// An offer from an independent stack (str0m), audio + video, sending or receiving.

@@ -10,6 +10,7 @@
 pub mod driver;
 pub mod forward;
 pub mod mcu;
+pub mod outputs;
 pub mod presence;
 pub mod sfu;
 

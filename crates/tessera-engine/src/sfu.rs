@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_media::{Codec, StreamKind};
+use tessera_media::{Codec, KeyframeThrottle, StreamKind};
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_rtc::str0m::bwe::BweKind;
 use tessera_rtc::str0m::format::Codec as WireCodec;
@@ -138,7 +138,7 @@ struct Layer {
     rid: Option<Rid>,
     rate: RateMeter,
     last_packet: Instant,
-    last_keyframe_request: Option<Instant>,
+    keyframe_requests: KeyframeThrottle,
 }
 
 /// An incoming track of a publisher.
@@ -198,7 +198,7 @@ const GOP_CACHE_AGE: Duration = Duration::from_secs(4);
 /// A publisher that is not a WebRTC peer: RTMP or pull ingest.
 struct InternalPublisher {
     spec: SessionSpec,
-    last_keyframe_request: Option<Instant>,
+    keyframe_requests: KeyframeThrottle,
     producers: Vec<Producer>,
     gop: Vec<FwdPacket>,
     gop_bytes: usize,
@@ -209,7 +209,7 @@ fn note_layer(producer: &mut Producer, rid: Option<Rid>, bytes: usize, now: Inst
     let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
         Some(i) => &mut producer.layers[i],
         None => {
-            producer.layers.push(Layer { rid, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None });
+            producer.layers.push(Layer { rid, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) });
             producer.layers.last_mut().expect("just pushed")
         }
     };
@@ -481,8 +481,7 @@ impl Sfu {
         let Some(&pub_id) = self.rooms.get(room).and_then(|r| r.publishers.get(&(user.clone(), stream))) else { return };
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // A mix (or a transcoding ingest) makes one on request.
-            if p.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL) {
-                p.last_keyframe_request = Some(now);
+            if p.keyframe_requests.try_request(now) {
                 self.internal_keyframe_wanted.push(pub_id);
             }
             return;
@@ -840,8 +839,8 @@ impl Sfu {
                     }
                     if let Role::Publisher { producers } = &mut s.role {
                         let layers = match &m.simulcast {
-                            Some(sim) => sim.recv.iter().map(|l| Layer { rid: Some(l.rid), rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }).collect(),
-                            None => vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }],
+                            Some(sim) => sim.recv.iter().map(|l| Layer { rid: Some(l.rid), rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }).collect(),
+                            None => vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }],
                         };
                         producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false });
                     }
@@ -1141,13 +1140,13 @@ impl Sfu {
             .map(|(mid, kind)| Producer {
                 mid: mid.into(),
                 kind,
-                layers: vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, last_keyframe_request: None }],
+                layers: vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }],
                 announced: false,
             })
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
-        self.internal.insert(id, InternalPublisher { spec, last_keyframe_request: None, producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
+        self.internal.insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
         (id, replaced)
     }
 
@@ -1225,8 +1224,7 @@ impl Sfu {
         };
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
-            if p.last_keyframe_request.is_none_or(|t| now.duration_since(t) >= KEYFRAME_REQUEST_INTERVAL) {
-                p.last_keyframe_request = Some(now);
+            if p.keyframe_requests.try_request(now) {
                 self.internal_keyframe_wanted.push(pub_id);
             }
             return;
@@ -1245,10 +1243,9 @@ impl Sfu {
         let Some(s) = self.sessions.get_mut(&pub_id) else { return };
         let Role::Publisher { producers } = &mut s.role else { return };
         let Some(layer) = producers.iter_mut().find(|p| p.mid == mid).and_then(|p| p.layers.iter_mut().find(|l| l.rid == rid)) else { return };
-        if layer.last_keyframe_request.is_some_and(|t| now.duration_since(t) < KEYFRAME_REQUEST_INTERVAL) {
+        if !layer.keyframe_requests.try_request(now) {
             return;
         }
-        layer.last_keyframe_request = Some(now);
         if let Some(rx) = s.peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
             rx.request_keyframe(KeyframeRequestKind::Pli);
             self.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);

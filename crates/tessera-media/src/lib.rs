@@ -4,7 +4,10 @@
 
 pub mod h264;
 pub mod rtp;
+pub mod throttle;
 pub mod vp8;
+
+pub use throttle::KeyframeThrottle;
 
 use serde::{Deserialize, Serialize};
 use std::fmt;

@@ -8,6 +8,14 @@ pub fn fill(buf: &mut [u8]) {
     getrandom::fill(buf).expect("the operating system's random number generator is unavailable");
 }
 
+/// A random RTP SSRC for a stream the server originates (RFC 3550 §8.1: chosen at random so
+/// that two sources in one session are unlikely to collide).
+pub fn ssrc() -> u32 {
+    let mut b = [0u8; 4];
+    fill(&mut b);
+    u32::from_be_bytes(b)
+}
+
 /// A uniformly random string of `len` characters drawn from `alphabet` (rejection sampling,
 /// so no character is favoured).
 pub fn string_from(alphabet: &[u8], len: usize) -> String {

@@ -356,8 +356,8 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
                         h264: H264Packetizer::new(MAX_RTP_PAYLOAD),
                         video_seq: 1,
                         audio_seq: 1,
-                        video_ssrc: random_ssrc(),
-                        audio_ssrc: random_ssrc(),
+                        video_ssrc: tessera_model::random::ssrc(),
+                        audio_ssrc: tessera_model::random::ssrc(),
                         next_base_ms: 0,
                         bytes: 0,
                         window: Instant::now(),
@@ -500,12 +500,6 @@ fn packetize(out: &mut Output, media: SourceMedia) -> Vec<IngestPacket> {
         }
     }
     packets
-}
-
-fn random_ssrc() -> u32 {
-    let mut b = [0u8; 4];
-    tessera_model::random::fill(&mut b);
-    u32::from_be_bytes(b)
 }
 
 #[cfg(test)]

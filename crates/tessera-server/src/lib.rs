@@ -16,7 +16,6 @@ pub mod rtmp;
 pub mod run;
 pub mod store;
 pub mod task_file;
-pub mod tap_input;
 pub mod tls;
 pub mod webhook;
 

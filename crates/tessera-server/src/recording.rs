@@ -23,7 +23,7 @@ use tessera_media::{Codec, StreamKind};
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_transcode::decode::{AacEncoder, OpusDecoder, VideoCodec, VideoDecoder};
 use tessera_transcode::mux::{AudioTrack, TsSegment};
-use crate::tap_input::{TrackClock, VideoInput, VideoUnit};
+use tessera_engine::outputs::tap_input::{TrackClock, VideoInput, VideoUnit};
 
 /// Where a recording's finished files go (RECORDING.md §7). Files are written to the spool
 /// first and handed over whole; an S3 backend implements the same calls (upload with retries).

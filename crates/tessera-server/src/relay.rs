@@ -1,98 +1,30 @@
-//! Relays (RECORDING.md §1): one user's stream, or a mix job's output, pushed to CDNs over RTMP.
+//! Relays (RECORDING.md §1): the driver of `tessera_engine::outputs::relay`.
 //!
-//! A relay is a worker thread on an SFU tap (in-process, like a mix job) that turns the source's
-//! RTP into FLV tags — H.264 access units passed through (SPS/PPS and SEI kept), VP8 transcoded
-//! with OpenH264, Opus decoded and encoded to AAC-LC — and broadcasts them to one tokio task
-//! per URL. Each URL task owns an `RtmpPushSession` (sans-IO, `tessera-rtmp`) and the URL state
-//! machine IDLE/CONNECTING/RUNNING/RECOVERING/FAILURE/DISCONNECTING with the spec's retry
-//! schedule (`UrlRetry`, a plain value).
+//! One tokio task per relay runs its `RelayMachine` (state, idle timer, URL state machines) and
+//! carries out what it asks; one tokio task per connection attempt pushes FLV over RTMP with an
+//! `RtmpPushSession` (sans-IO, `tessera-rtmp`). Only while the source publishes does a thread
+//! run its `FlvProducer` (FFmpeg/OpenH264 work stays off the async workers): a relay that is
+//! only waiting holds no thread (issue 10, defect 15).
 
 use dashmap::DashMap;
 use serde::Serialize;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_engine::{RoomKey, RtcHandle};
-use tessera_media::h264::{nal_type, NAL_PPS, NAL_SPS};
-use tessera_media::{Codec, StreamKind};
+use tessera_engine::outputs::relay::{AttemptEnd, FlvProducer, FlvTag, RelayMachine, RelayOutput, StopCause};
+use tessera_engine::{RoomKey, RtcHandle, TapPacket};
+use tessera_media::StreamKind;
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_rtmp::client::{PushTarget, RtmpPushSession};
-use tessera_rtmp::flv;
-use crate::tap_input::{TrackClock, VideoInput, VideoUnit};
-use tessera_transcode::decode::{AacEncoder, OpusDecoder};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
-pub const MAX_URLS: usize = 10;
+pub use tessera_engine::outputs::relay::{RelayMedia, RelayState, UrlStatus, UrlView, MAX_URLS};
+
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-const GIVE_UP: Duration = Duration::from_secs(60);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// RECORDING.md §1.1.
-pub mod status {
-    pub const IDLE: u8 = 0;
-    pub const CONNECTING: u8 = 1;
-    pub const RUNNING: u8 = 2;
-    pub const RECOVERING: u8 = 3;
-    pub const FAILURE: u8 = 4;
-    pub const DISCONNECTING: u8 = 5;
-}
-
-/// Attempts at 0, 1, 2 and 4 s after a series starts, then every 8 s; `None` once 60 s have
-/// passed (RECORDING.md §1.1).
-#[derive(Debug, Clone)]
-pub struct UrlRetry {
-    series_start: Instant,
-    attempts: u32,
-}
-
-impl UrlRetry {
-    pub fn new(now: Instant) -> UrlRetry {
-        UrlRetry { series_start: now, attempts: 0 }
-    }
-
-    /// When to make the next attempt, or `None` to give up.
-    pub fn next_attempt(&mut self) -> Option<Instant> {
-        let offset = match self.attempts {
-            0 => 0,
-            1 => 1,
-            2 => 2,
-            3 => 4,
-            n => 4 + 8 * (n as u64 - 3),
-        };
-        self.attempts += 1;
-        let at = self.series_start + Duration::from_secs(offset);
-        (at - self.series_start < GIVE_UP).then_some(at)
-    }
-
-    pub fn given_up(&self, now: Instant) -> bool {
-        now.duration_since(self.series_start) >= GIVE_UP
-    }
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct UrlStatus {
-    pub url: String,
-    pub status: u8,
-    pub error_code: u32,
-    pub error_msg: String,
-    pub since: i64,
-    /// Every status entered, in order, with its time (ms), as event 401 reported it.
-    pub history: Vec<(u8, i64)>,
-    /// When event 401 last reported this URL (ms); repeated every 5 s in states 1 and 3.
-    #[serde(skip)]
-    pub reported_at: i64,
-}
-
-impl UrlStatus {
-    fn new(url: &str, now: i64) -> UrlStatus {
-        UrlStatus { url: url.to_string(), status: status::IDLE, error_code: 0, error_msg: String::new(), since: now, history: vec![(status::IDLE, now)], reported_at: now }
-    }
-}
-
-/// How often event 401 repeats while a URL is CONNECTING or RECOVERING.
-const REPORT_EVERY_MS: i64 = 5_000;
+/// How often the driver asks the SFU whether the source publishes.
+const PRESENCE_EVERY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayRecord {
@@ -101,9 +33,9 @@ pub struct RelayRecord {
     pub app: AppId,
     pub room: RoomId,
     pub source: SourceRef,
-    pub media: String,
-    pub state: &'static str,
-    pub urls: Vec<UrlStatus>,
+    pub media: RelayMedia,
+    pub state: RelayState,
+    pub urls: Vec<UrlView>,
     pub created_at: i64,
     pub leave_code: Option<u32>,
     /// Set for a mix job's own relay (`outputs.rtmp_urls`).
@@ -116,101 +48,44 @@ pub struct SourceRef {
     pub stream: StreamKind,
 }
 
-/// One FLV tag for the URL tasks.
+/// One FLV tag for the connections.
 #[derive(Debug, Clone)]
 enum Tag {
     Video { body: Arc<[u8]>, ts: u32, keyframe: bool },
     Audio { body: Arc<[u8]>, ts: u32 },
 }
 
-pub struct RelayTask {
-    record: Mutex<RelayRecord>,
-    stop: AtomicBool,
-    /// Why the URLs stop, when it is not a request (shown in their `error_msg`).
-    stop_reason: Mutex<Option<&'static str>>,
-    shutdown: AtomicBool,
-    source: Mutex<SourceRef>,
-    /// Latest sequence headers, for URLs that (re)connect mid-stream.
+/// What the converter thread hands the connections: tags as they come, and the latest
+/// sequence headers for connections that (re)connect mid-stream.
+struct Feed {
+    media: RelayMedia,
+    tags: broadcast::Sender<Tag>,
     video_header: Mutex<Option<Arc<[u8]>>>,
     audio_header: Mutex<Option<Arc<[u8]>>>,
-    tags: broadcast::Sender<Tag>,
-    /// URL → its task's stop flag.
-    url_tasks: Mutex<HashMap<String, Arc<AtomicBool>>>,
-    media: String,
-    tasks_dir: Option<std::path::PathBuf>,
-    max_idle: Duration,
-    hooks: crate::webhook::Webhooks,
-    tls: Arc<rustls::ClientConfig>,
 }
 
-impl RelayTask {
-    fn save(&self) {
-        let _ = save(self.tasks_dir.as_ref(), &self.record(), self.max_idle);
-    }
+/// Requests to a relay's task (its only input besides time, membership and connections).
+enum Command {
+    Stop(StopCause),
+    SetUrls(Vec<String>, oneshot::Sender<()>),
+    SetSource(SourceRef, oneshot::Sender<()>),
+}
+
+pub struct RelayTask {
+    /// What the relay's task last published of its state (GET answers from here).
+    record: Mutex<RelayRecord>,
+    commands: mpsc::UnboundedSender<Command>,
 }
 
 impl RelayTask {
     pub fn record(&self) -> RelayRecord {
-        self.record.lock().expect("relay record").clone()
-    }
-
-    fn set_url(&self, url: &str, status: u8, error: Option<(u32, String)>) {
-        let mut r = self.record.lock().expect("relay record");
-        let now = crate::now_ms();
-        let report = match r.urls.iter_mut().find(|u| u.url == url) {
-            Some(u) => {
-                let changed = u.status != status;
-                if changed {
-                    u.since = now;
-                    u.history.push((status, now));
-                    u.reported_at = now;
-                    tracing::info!(url = %short(url), status, "relay URL status");
-                }
-                u.status = status;
-                if let Some((code, msg)) = error {
-                    u.error_code = code;
-                    u.error_msg = msg;
-                } else if status == status::RUNNING {
-                    u.error_code = 0;
-                    u.error_msg.clear();
-                }
-                changed.then(|| (u.error_code, u.error_msg.clone()))
-            }
-            // A URL removed by PATCH winds down (5 → 0) outside the record; still reported.
-            None => Some(error.unwrap_or_default()),
-        };
-        let event = report.map(|(code, msg)| url_event(&r, url, status, code, &msg));
-        drop(r);
-        if let Some((app, info)) = event {
-            self.hooks.emit(&app, 401, info);
-        }
-    }
-
-    /// Event 401 again for a URL that has stayed CONNECTING or RECOVERING for 5 s.
-    fn report_if_waiting(&self, url: &str) {
-        let now = crate::now_ms();
-        let mut r = self.record.lock().expect("relay record");
-        let Some(u) = r.urls.iter_mut().find(|u| u.url == url) else { return };
-        if !matches!(u.status, status::CONNECTING | status::RECOVERING) || now - u.reported_at < REPORT_EVERY_MS {
-            return;
-        }
-        u.reported_at = now;
-        let (status, code, msg) = (u.status, u.error_code, u.error_msg.clone());
-        let (app, info) = url_event(&r, url, status, code, &msg);
-        drop(r);
-        self.hooks.emit(&app, 401, info);
-    }
-
-    fn url_status(&self, url: &str) -> Option<u8> {
-        self.record.lock().expect("relay record").urls.iter().find(|u| u.url == url).map(|u| u.status)
+        lock(&self.record).clone()
     }
 }
 
-/// Event 401 for one URL of a relay, made under the record's lock and sent after it.
-fn url_event(r: &RelayRecord, url: &str, status: u8, code: u32, msg: &str) -> (AppId, tessera_model::events::EventInfo) {
-    let info = tessera_model::events::EventInfo::task(r.room.as_str(), format!("relay_{}", r.id), &r.id)
-        .with_payload(serde_json::json!({"Url": url, "Status": status, "ErrorCode": code, "ErrorMsg": msg}));
-    (r.app.clone(), info)
+/// A poisoned lock still holds a consistent record (every writer replaces it whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A URL with its stream key cut, for logs.
@@ -244,7 +119,7 @@ pub struct NewRelay {
     pub app: AppId,
     pub room: RoomId,
     pub source: SourceRef,
-    pub media: String,
+    pub media: RelayMedia,
     pub urls: Vec<String>,
     pub max_idle: Duration,
     pub owner: Option<String>,
@@ -277,7 +152,7 @@ impl Relays {
                 app,
                 room,
                 source: SourceRef { user, stream },
-                media: v["media"].as_str().unwrap_or("audio_video").to_string(),
+                media: v["media"].as_str().and_then(RelayMedia::parse).unwrap_or(RelayMedia::AudioVideo),
                 urls: v["urls"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
                 max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
                 owner: None,
@@ -290,215 +165,350 @@ impl Relays {
     }
 
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RelayTask>> {
-        self.tasks.get(id).map(|t| t.clone()).filter(|t| t.record.lock().expect("relay record").app == *app)
+        self.tasks.get(id).map(|t| t.clone()).filter(|t| lock(&t.record).app == *app)
     }
 
     /// Every URL's status, for the metrics.
     pub fn all_url_states(&self) -> Vec<u8> {
-        self.tasks.iter().flat_map(|t| t.record().urls.iter().map(|u| u.status).collect::<Vec<_>>()).collect()
+        self.tasks.iter().flat_map(|t| lock(&t.record).urls.iter().map(|u| u.status.code()).collect::<Vec<_>>()).collect()
     }
 
     pub fn list(&self, app: &AppId) -> Vec<RelayRecord> {
         self.tasks.iter().map(|t| t.record()).filter(|r| r.app == *app).collect()
     }
 
-    /// A URL listed by another relay that has not stopped (RECORDING.md §1: 409 `url_in_use`).
     /// Relays of the app that are not stopped (the per-app cap counts these).
     pub fn live_count(&self, app: &AppId) -> usize {
-        self.list(app).iter().filter(|r| r.state != "STOPPED").count()
+        self.list(app).iter().filter(|r| r.state != RelayState::Stopped).count()
     }
 
+    /// A URL listed by another relay that has not stopped (RECORDING.md §1: 409 `url_in_use`).
     pub fn url_in_use(&self, url: &str, except: Option<&str>) -> bool {
         self.tasks.iter().any(|t| {
-            let r = t.record();
-            r.state != "STOPPED" && Some(r.id.as_str()) != except && r.urls.iter().any(|u| u.url == url)
+            let r = lock(&t.record);
+            r.state != RelayState::Stopped && Some(r.id.as_str()) != except && r.urls.iter().any(|u| u.url == url)
         })
     }
 
     pub fn start(&self, new: NewRelay, rtc: RtcHandle) -> std::io::Result<RelayRecord> {
-        let now = crate::now_ms();
-        let (id, created_at) = new.resumed.clone().unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), now));
+        let now_ms = crate::now_ms();
+        let (id, created_at) = new.resumed.clone().unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), now_ms));
+        let machine = RelayMachine::new(&new.urls, new.max_idle, Instant::now(), now_ms);
         let record = RelayRecord {
             id: id.clone(),
             app: new.app.clone(),
             room: new.room.clone(),
             source: new.source.clone(),
-            media: new.media.clone(),
-            state: "WAITING",
-            urls: new.urls.iter().map(|u| UrlStatus::new(u, now)).collect(),
+            media: new.media,
+            state: machine.state(),
+            urls: machine.urls(),
             created_at,
             leave_code: None,
             owner: new.owner.clone(),
         };
         save(self.tasks_dir.as_ref(), &record, new.max_idle)?;
-        let (tags, _) = broadcast::channel(1024);
-        let task = Arc::new(RelayTask {
-            record: Mutex::new(record.clone()),
-            stop: AtomicBool::new(false),
-            stop_reason: Mutex::new(None),
-            shutdown: AtomicBool::new(false),
-            source: Mutex::new(new.source.clone()),
-            video_header: Mutex::new(None),
-            audio_header: Mutex::new(None),
-            tags,
-            url_tasks: Mutex::new(HashMap::new()),
-            media: new.media.clone(),
-            tasks_dir: self.tasks_dir.clone(),
-            max_idle: new.max_idle,
-            hooks: self.hooks.clone(),
-            tls: self.tls.clone(),
-        });
+        let (commands, rx) = mpsc::unbounded_channel();
+        let task = Arc::new(RelayTask { record: Mutex::new(record.clone()), commands });
         self.tasks.insert(id.clone(), task.clone());
-        let runtime = tokio::runtime::Handle::current();
-        let key = RoomKey { app: new.app, room: new.room };
-        std::thread::Builder::new().name(format!("relay-{id}")).spawn(move || media_worker(task, key, new.urls, new.max_idle, rtc, runtime))?;
+        let driver = Driver {
+            task,
+            machine,
+            room: RoomKey { app: new.app, room: new.room },
+            source: new.source,
+            feed: Arc::new(Feed { media: new.media, tags: broadcast::channel(1024).0, video_header: Mutex::new(None), audio_header: Mutex::new(None) }),
+            max_idle: new.max_idle,
+            rtc,
+            tls: self.tls.clone(),
+            hooks: self.hooks.clone(),
+            tasks_dir: self.tasks_dir.clone(),
+        };
+        let span = tracing::info_span!("relay", id = %id);
+        tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
         Ok(record)
     }
 
     /// `PATCH urls`: added URLs start, removed ones go 5 → 0, listed ones in 0 or 4 restart.
-    pub fn set_urls(&self, task: &Arc<RelayTask>, urls: Vec<String>) {
-        let now = crate::now_ms();
-        let removed: Vec<String> = {
-            let mut r = task.record.lock().expect("relay record");
-            let removed = r.urls.iter().filter(|u| !urls.contains(&u.url)).map(|u| u.url.clone()).collect();
-            r.urls.retain(|u| urls.contains(&u.url));
-            for u in &urls {
-                if !r.urls.iter().any(|x| &x.url == u) {
-                    r.urls.push(UrlStatus::new(u, now));
-                }
-            }
-            removed
-        };
-        task.save();
-        let mut running = task.url_tasks.lock().expect("url tasks");
-        for u in removed {
-            if let Some(stop) = running.remove(&u) {
-                stop.store(true, Ordering::SeqCst);
-            }
-        }
-        let active = task.record().state == "ACTIVE";
-        drop(running);
-        if active {
-            for u in urls {
-                if matches!(task.url_status(&u), Some(status::IDLE) | Some(status::FAILURE)) {
-                    spawn_url(task, u);
-                }
-            }
+    /// Returns once the relay's record shows the new list.
+    pub async fn set_urls(&self, task: &RelayTask, urls: Vec<String>) {
+        let (done, applied) = oneshot::channel();
+        if task.commands.send(Command::SetUrls(urls, done)).is_ok() {
+            let _ = applied.await;
         }
     }
 
-    pub fn set_source(&self, task: &RelayTask, source: SourceRef) {
-        *task.source.lock().expect("relay source") = source.clone();
-        task.record.lock().expect("relay record").source = source;
-        task.save();
+    pub async fn set_source(&self, task: &RelayTask, source: SourceRef) {
+        let (done, applied) = oneshot::channel();
+        if task.commands.send(Command::SetSource(source, done)).is_ok() {
+            let _ = applied.await;
+        }
     }
 
     pub fn stop(&self, task: &RelayTask) {
-        task.stop.store(true, Ordering::SeqCst);
+        let _ = task.commands.send(Command::Stop(StopCause::Request));
     }
 
+    /// Stops every relay's connections but leaves its saved state live, so the next start
+    /// resumes it.
     pub fn shutdown(&self) {
         for t in self.tasks.iter() {
-            t.shutdown.store(true, Ordering::SeqCst);
-            t.stop.store(true, Ordering::SeqCst);
+            let _ = t.commands.send(Command::Stop(StopCause::Shutdown));
         }
     }
 }
 
-fn spawn_url(task: &Arc<RelayTask>, url: String) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let previous = task.url_tasks.lock().expect("url tasks").insert(url.clone(), stop.clone());
-    if let Some(p) = previous {
-        p.store(true, Ordering::SeqCst);
+/// How a connection attempt reports to its relay's task.
+enum AttemptReport {
+    Running,
+    Ended(AttemptEnd),
+}
+
+/// What the converter thread reports.
+enum MediaReport {
+    KeyframeWanted,
+    Failed(String),
+}
+
+/// A relay's task: its machine, and everything the machine asks for.
+struct Driver {
+    task: Arc<RelayTask>,
+    machine: RelayMachine,
+    room: RoomKey,
+    source: SourceRef,
+    feed: Arc<Feed>,
+    max_idle: Duration,
+    rtc: RtcHandle,
+    tls: Arc<rustls::ClientConfig>,
+    hooks: crate::webhook::Webhooks,
+    tasks_dir: Option<std::path::PathBuf>,
+}
+
+impl Driver {
+    async fn run(mut self, mut commands: mpsc::UnboundedReceiver<Command>) {
+        let (attempt_tx, mut attempts) = mpsc::unbounded_channel::<(String, u64, AttemptReport)>();
+        let (media_tx, mut media_reports) = mpsc::unbounded_channel::<MediaReport>();
+        // URL → (attempt number, its close signal).
+        let mut connections: HashMap<String, (u64, watch::Sender<bool>)> = HashMap::new();
+        let mut next_attempt_id = 0u64;
+        let mut tap: Option<u64> = None;
+        let mut shutting_down = false;
+        // The relay's media clock: arrival times are counted from here for every source.
+        let epoch = Instant::now();
+        let mut presence = tokio::time::interval(PRESENCE_EVERY);
+        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut replies: Vec<oneshot::Sender<()>> = Vec::new();
+        loop {
+            while let Some(output) = self.machine.poll_output() {
+                match output {
+                    RelayOutput::UrlStatus { url, status, code, msg } => {
+                        tracing::info!(url = %short(&url), status = status.code(), "relay URL status");
+                        let r = lock(&self.task.record);
+                        let info = tessera_model::events::EventInfo::task(r.room.as_str(), format!("relay_{}", r.id), &r.id)
+                            .with_payload(serde_json::json!({"Url": url, "Status": status.code(), "ErrorCode": code, "ErrorMsg": msg}));
+                        let app = r.app.clone();
+                        drop(r);
+                        self.hooks.emit(&app, 401, info);
+                    }
+                    RelayOutput::Connect { url } => {
+                        next_attempt_id += 1;
+                        let (close, closed) = watch::channel(false);
+                        if let Some((_, old)) = connections.insert(url.clone(), (next_attempt_id, close)) {
+                            let _ = old.send(true);
+                        }
+                        let attempt = Attempt { url, id: next_attempt_id, feed: self.feed.clone(), tls: self.tls.clone(), reports: attempt_tx.clone() };
+                        tokio::spawn(attempt.run(self.feed.tags.subscribe(), closed));
+                    }
+                    RelayOutput::Disconnect { url } => {
+                        if let Some((_, close)) = connections.get(&url) {
+                            let _ = close.send(true);
+                        }
+                    }
+                    RelayOutput::MediaStart => match self.start_media(epoch, media_tx.clone()).await {
+                        Ok(id) => tap = Some(id),
+                        Err(e) => self.machine.media_failed(e, Instant::now()),
+                    },
+                    RelayOutput::MediaStop => {
+                        // Removing the tap ends the converter thread (its channel closes).
+                        if let Some(id) = tap.take() {
+                            let _ = self.rtc.remove_tap(id).await;
+                        }
+                    }
+                    RelayOutput::Save => {
+                        self.publish();
+                        let _ = save(self.tasks_dir.as_ref(), &self.task.record(), self.max_idle);
+                    }
+                    RelayOutput::Stopped { leave_code } => tracing::info!(leave_code, "relay stopped"),
+                }
+            }
+            self.publish();
+            for r in replies.drain(..) {
+                let _ = r.send(());
+            }
+            if self.machine.state() == RelayState::Stopped {
+                break;
+            }
+            let wake = self.machine.poll_timeout().map(tokio::time::Instant::from_std);
+            tokio::select! {
+                command = commands.recv() => match command {
+                    Some(Command::Stop(cause)) => {
+                        shutting_down |= cause == StopCause::Shutdown;
+                        self.machine.stop(cause, Instant::now());
+                    }
+                    Some(Command::SetUrls(urls, done)) => {
+                        self.machine.set_urls(&urls, Instant::now());
+                        replies.push(done);
+                    }
+                    Some(Command::SetSource(source, done)) => {
+                        self.source = source.clone();
+                        lock(&self.task.record).source = source;
+                        self.machine.source_changed();
+                        replies.push(done);
+                    }
+                    // Every handle is gone (the server is going away).
+                    None => self.machine.stop(StopCause::Shutdown, Instant::now()),
+                },
+                _ = presence.tick() => match self.rtc.room_publishers(self.room.clone()).await {
+                    Ok(publishers) => {
+                        let present = publishers.iter().any(|p| p.user == self.source.user && p.stream == self.source.stream);
+                        self.machine.source_present(present, Instant::now());
+                    }
+                    Err(e) => self.machine.media_failed(e.to_string(), Instant::now()),
+                },
+                Some((url, id, report)) = attempts.recv() => {
+                    // Reports of an attempt that was replaced are stale.
+                    if connections.get(&url).is_some_and(|(current, _)| *current == id) {
+                        match report {
+                            AttemptReport::Running => self.machine.url_running(&url, Instant::now()),
+                            AttemptReport::Ended(end) => {
+                                connections.remove(&url);
+                                self.machine.url_ended(&url, end, Instant::now());
+                            }
+                        }
+                    }
+                }
+                Some(report) = media_reports.recv() => match report {
+                    MediaReport::KeyframeWanted => {
+                        let _ = self.rtc.request_keyframe(self.room.clone(), self.source.user.clone(), self.source.stream).await;
+                    }
+                    MediaReport::Failed(e) => {
+                        tracing::error!("relay failed: {e}");
+                        self.machine.media_failed(e, Instant::now());
+                    }
+                },
+                _ = sleep_until(wake) => self.machine.handle_timeout(Instant::now()),
+            }
+        }
+        for (_, (_, close)) in connections {
+            let _ = close.send(true);
+        }
+        if let Some(id) = tap {
+            let _ = self.rtc.remove_tap(id).await;
+        }
+        // A server shutting down leaves the saved state live, so the next start resumes it.
+        if !shutting_down {
+            let _ = save(self.tasks_dir.as_ref(), &self.task.record(), self.max_idle);
+        }
     }
-    let rx = task.tags.subscribe();
-    tokio::runtime::Handle::current().spawn(push_url(task.clone(), url, rx, stop));
+
+    /// The machine's view → the shared record.
+    fn publish(&self) {
+        let mut r = lock(&self.task.record);
+        r.state = self.machine.state();
+        r.urls = self.machine.urls();
+        r.leave_code = self.machine.leave_code();
+    }
+
+    /// Taps the room and starts the converter thread on the source's packets.
+    async fn start_media(&self, epoch: Instant, reports: mpsc::UnboundedSender<MediaReport>) -> Result<u64, String> {
+        let owner = UserId::parse(&format!("relay_{}", lock(&self.task.record).id)).map_err(|e| e.to_string())?;
+        let (tap, packets) = self.rtc.add_tap_all(self.room.clone(), owner).await.map_err(|e| e.to_string())?;
+        let producer = FlvProducer::new(self.source.user.clone(), self.source.stream, self.feed.media);
+        let feed = self.feed.clone();
+        let name = format!("relay-{}", lock(&self.task.record).id);
+        if let Err(e) = std::thread::Builder::new().name(name).spawn(move || convert(producer, packets, epoch, feed, reports)) {
+            let _ = self.rtc.remove_tap(tap).await;
+            return Err(format!("cannot start the relay's converter: {e}"));
+        }
+        Ok(tap)
+    }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The converter thread: the source's packets → FLV tags, until the tap is removed.
+fn convert(mut producer: FlvProducer, mut packets: mpsc::Receiver<TapPacket>, epoch: Instant, feed: Arc<Feed>, reports: mpsc::UnboundedSender<MediaReport>) {
+    let mut out = Vec::new();
+    while let Some(p) = packets.blocking_recv() {
+        if let Err(e) = producer.push(&p, epoch.elapsed().as_millis() as i64, &mut out) {
+            let _ = reports.send(MediaReport::Failed(e));
+            return;
+        }
+        for tag in out.drain(..) {
+            match tag {
+                FlvTag::VideoHeader(h) => *lock(&feed.video_header) = Some(Arc::from(h)),
+                FlvTag::AudioHeader(h) => *lock(&feed.audio_header) = Some(Arc::from(h)),
+                FlvTag::Video { body, ms, keyframe } => drop(feed.tags.send(Tag::Video { body: Arc::from(body), ts: ms, keyframe })),
+                FlvTag::Audio { body, ms } => drop(feed.tags.send(Tag::Audio { body: Arc::from(body), ts: ms })),
+                FlvTag::KeyframeWanted => drop(reports.send(MediaReport::KeyframeWanted)),
+            }
+        }
+    }
+}
+
+/// One connection attempt to one URL.
+struct Attempt {
+    url: String,
+    id: u64,
+    feed: Arc<Feed>,
+    tls: Arc<rustls::ClientConfig>,
+    reports: mpsc::UnboundedSender<(String, u64, AttemptReport)>,
 }
 
 /// The spec's failure while pushing one URL: (error_code, message, whether it had been running).
 struct Failure(u32, String, bool);
 
-async fn push_url(task: Arc<RelayTask>, url: String, mut rx: broadcast::Receiver<Tag>, stop: Arc<AtomicBool>) {
-    let stopping = || stop.load(Ordering::SeqCst) || task.stop.load(Ordering::SeqCst);
-    let target = match PushTarget::parse(&url) {
-        Ok(t) => t,
-        Err(e) => {
-            task.set_url(&url, status::FAILURE, Some((1, e)));
-            task.set_url(&url, status::IDLE, None);
-            return;
-        }
-    };
-    let mut retry = UrlRetry::new(Instant::now());
-    task.set_url(&url, status::CONNECTING, None);
-    // Repeats event 401 while the URL waits in state 1 or 3, whatever the pusher is doing.
-    let reporter = {
-        let (task, url) = (task.clone(), url.clone());
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                task.report_if_waiting(&url);
-            }
-        })
-    };
-    loop {
-        let Some(at) = retry.next_attempt() else { break };
-        while Instant::now() < at {
-            if stopping() {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        if stopping() {
-            break;
-        }
-        match connect_and_push(&task, &url, &target, &mut rx, &stopping).await {
-            Ok(()) => break,
-            Err(Failure(code, msg, was_running)) => {
-                tracing::info!(url = %short(&url), code, "relay URL failed: {msg}");
-                if was_running {
-                    retry = UrlRetry::new(Instant::now());
-                    task.set_url(&url, status::RECOVERING, Some((code, msg)));
-                } else {
-                    task.set_url(&url, task.url_status(&url).unwrap_or(status::CONNECTING), Some((code, msg)));
+impl Attempt {
+    async fn run(self, mut rx: broadcast::Receiver<Tag>, mut closed: watch::Receiver<bool>) {
+        let end = match PushTarget::parse(&self.url) {
+            Err(e) => AttemptEnd::Failed { code: 1, msg: e, was_running: false },
+            Ok(target) => match self.connect_and_push(&target, &mut rx, &mut closed).await {
+                Ok(()) => AttemptEnd::Closed,
+                Err(Failure(code, msg, was_running)) => {
+                    tracing::info!(url = %short(&self.url), code, "relay URL failed: {msg}");
+                    AttemptEnd::Failed { code, msg, was_running }
                 }
-                if retry.given_up(Instant::now()) {
-                    break;
-                }
-            }
-        }
+            },
+        };
+        let _ = self.reports.send((self.url.clone(), self.id, AttemptReport::Ended(end)));
     }
-    reporter.abort();
-    if stopping() {
-        let why = task.stop_reason.lock().expect("stop reason").unwrap_or("stopped by request");
-        task.set_url(&url, status::DISCONNECTING, Some((6, why.into())));
-        task.set_url(&url, status::IDLE, None);
-    } else {
-        // 60 s of failures.
-        task.set_url(&url, status::FAILURE, None);
-        task.set_url(&url, status::IDLE, None);
+
+    fn running(&self) {
+        let _ = self.reports.send((self.url.clone(), self.id, AttemptReport::Running));
     }
-}
-
-/// The relay's connection to a CDN: TCP, or TLS over it for rtmps.
-trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
-
-async fn connect(task: &RelayTask, target: &PushTarget) -> Result<Box<dyn Connection>, Failure> {
+    async fn connect(&self, target: &PushTarget) -> Result<Box<dyn Connection>, Failure> {
     let tcp = crate::outbound::connect(&target.host, target.port, CONNECT_TIMEOUT).await.map_err(|e| Failure(1, e, false))?;
     let _ = tcp.set_nodelay(true);
     if !target.tls {
         return Ok(Box::new(tcp));
     }
     let name = rustls::pki_types::ServerName::try_from(target.host.clone()).map_err(|e| Failure(1, format!("bad TLS server name: {e}"), false))?;
-    let tls = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(task.tls.clone()).connect(name, tcp))
+    let tls = tokio::time::timeout(CONNECT_TIMEOUT, tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp))
         .await
         .map_err(|_| Failure(2, "TLS handshake timed out".into(), false))?
         .map_err(|e| Failure(2, format!("TLS handshake failed: {e}"), false))?;
     Ok(Box::new(tls))
 }
 
-async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: &mut broadcast::Receiver<Tag>, stopping: &impl Fn() -> bool) -> Result<(), Failure> {
-    let mut socket = connect(task, target).await?;
+    /// Connects, publishes, then pushes tags until closed (`Ok`) or broken (`Err`).
+    async fn connect_and_push(&self, target: &PushTarget, rx: &mut broadcast::Receiver<Tag>, closed: &mut watch::Receiver<bool>) -> Result<(), Failure> {
+    let mut socket = tokio::select! {
+        s = self.connect(target) => s?,
+        _ = closed.changed() => return Ok(()),
+    };
     let mut session = RtmpPushSession::new(target.clone()).map_err(|e| Failure(e.code(), e.to_string(), false))?;
     let mut buf = vec![0u8; 16 * 1024];
     // Handshake, connect and publish.
@@ -508,8 +518,11 @@ async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: 
             socket.write_all(&session.outbound).await.map_err(|e| Failure(2, format!("write failed: {e}"), false))?;
             session.outbound.clear();
         }
-        let n = tokio::time::timeout_at(deadline, socket.read(&mut buf))
-            .await
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, socket.read(&mut buf)) => r,
+            _ = closed.changed() => return Ok(()),
+        };
+        let n = read
             .map_err(|_| Failure(2, "no answer to the RTMP handshake/connect within 10 s".into(), false))?
             .map_err(|e| Failure(2, format!("read failed: {e}"), false))?;
         if n == 0 {
@@ -524,11 +537,11 @@ async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: 
     // Timestamps start at 0 on every connection (a CDN expects a fresh stream).
     let mut base: Option<u32> = None;
     loop {
-        if stopping() {
-            let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
-            return Ok(());
-        }
         let tag = tokio::select! {
+            _ = closed.changed() => {
+                let _ = tokio::time::timeout(Duration::from_secs(1), socket.shutdown()).await;
+                return Ok(());
+            }
             t = rx.recv() => t,
             r = socket.read(&mut buf) => {
                 match r {
@@ -536,7 +549,6 @@ async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: 
                     Ok(n) => { let _ = session.feed(&buf[..n]); continue; }
                 }
             }
-            _ = tokio::time::sleep(Duration::from_millis(200)) => continue,
         };
         let tag = match tag {
             Ok(t) => t,
@@ -548,8 +560,8 @@ async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: 
             Err(broadcast::error::RecvError::Closed) => return Ok(()),
         };
         // Sequence headers whenever they are new (first, or a source switch).
-        let vh = task.video_header.lock().expect("header").clone();
-        let ah = task.audio_header.lock().expect("header").clone();
+        let vh = lock(&self.feed.video_header).clone();
+        let ah = lock(&self.feed.audio_header).clone();
         if vh.is_some() && vh.as_ref().map(|h| h.as_ptr()) != sent_headers.0.as_ref().map(|h| h.as_ptr()) {
             if let Some(h) = &vh {
                 session.send_video(h, base.map(|b| tag_ts(&tag).wrapping_sub(b)).unwrap_or(0)).map_err(|e| Failure(4, e.to_string(), running))?;
@@ -578,19 +590,19 @@ async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: 
                 session.send_video(body, t).map_err(|e| Failure(4, e.to_string(), running))?;
                 if *keyframe && !running {
                     running = true;
-                    task.set_url(url, status::RUNNING, None);
+                    self.running();
                 }
             }
             Tag::Audio { body, ts } => {
                 // Audio-only relays start at once; otherwise audio waits for the first keyframe.
-                if base.is_none() && task.media != "audio" {
+                if base.is_none() && self.feed.media != RelayMedia::Audio {
                     continue;
                 }
                 let b = *base.get_or_insert(*ts);
                 session.send_audio(body, ts.wrapping_sub(b)).map_err(|e| Failure(4, e.to_string(), running))?;
-                if !running && task.media == "audio" {
+                if !running && self.feed.media == RelayMedia::Audio {
                     running = true;
-                    task.set_url(url, status::RUNNING, None);
+                    self.running();
                 }
             }
         }
@@ -603,161 +615,14 @@ async fn connect_and_push(task: &RelayTask, url: &str, target: &PushTarget, rx: 
         }
     }
 }
+}
+
+/// The relay's connection to a CDN: TCP, or TLS over it for rtmps.
+trait Connection: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Connection for T {}
 
 fn tag_ts(tag: &Tag) -> u32 {
     match tag {
         Tag::Video { ts, .. } | Tag::Audio { ts, .. } => *ts,
-    }
-}
-
-/// The source's packets → FLV tags, until the relay stops.
-fn media_worker(task: Arc<RelayTask>, room: RoomKey, urls: Vec<String>, max_idle: Duration, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
-    let leave = (|| -> Result<u32, String> {
-        let owner = UserId::parse(&format!("relay_{}", task.record().id)).map_err(|e| e.to_string())?;
-        let (tap, mut packets) = runtime.block_on(rtc.add_tap_all(room.clone(), owner)).map_err(|e| e.to_string())?;
-        let result = (|| -> Result<u32, String> {
-            let start = Instant::now();
-            let mut absent_since: Option<Instant> = Some(start);
-            let mut next_check = start;
-            let mut active = false;
-            let mut video = VideoInput::default();
-            let mut audio_clock = TrackClock::audio();
-            let (mut sps, mut pps): (Vec<u8>, Vec<u8>) = (Vec::new(), Vec::new());
-            let mut opus = OpusDecoder::new().map_err(|e| e.to_string())?;
-            let mut aac: Option<AacEncoder> = None;
-            let mut pcm = Vec::new();
-            let mut aac_out = Vec::new();
-            let mut aac_base_ms: Option<i64> = None;
-            let want_video = task.media != "audio";
-            let want_audio = task.media != "video";
-            loop {
-                if task.stop.load(Ordering::SeqCst) {
-                    return Ok(0);
-                }
-                let now = Instant::now();
-                let source = task.source.lock().expect("relay source").clone();
-                if now >= next_check {
-                    next_check = now + Duration::from_millis(300);
-                    let publishers = runtime.block_on(rtc.room_publishers(room.clone())).map_err(|e| e.to_string())?;
-                    let present = publishers.iter().any(|p| p.user == source.user && p.stream == source.stream);
-                    if present {
-                        absent_since = None;
-                        if !active {
-                            active = true;
-                            task.record.lock().expect("relay record").state = "ACTIVE";
-                            let _g = runtime.enter();
-                            for u in &urls {
-                                spawn_url(&task, u.clone());
-                            }
-                        }
-                    } else {
-                        let since = *absent_since.get_or_insert(now);
-                        if now - since >= max_idle {
-                            return Ok(99);
-                        }
-                    }
-                }
-                let mut got = false;
-                while let Ok(p) = packets.try_recv() {
-                    got = true;
-                    if p.user != source.user || p.stream != source.stream {
-                        continue;
-                    }
-                    let arrival = start.elapsed().as_millis() as i64;
-                    match p.codec {
-                        Codec::Opus if want_audio => {
-                            pcm.clear();
-                            if opus.decode(&p.payload, &mut pcm).is_err() {
-                                continue;
-                            }
-                            let ms = audio_clock.ms(p.ts, arrival);
-                            if aac.is_none() {
-                                let encoder = AacEncoder::new(2, 96).map_err(|e| e.to_string())?;
-                                *task.audio_header.lock().expect("header") = Some(Arc::from(flv::aac_sequence_header(encoder.audio_specific_config())));
-                                aac = Some(encoder);
-                                aac_base_ms = Some(ms);
-                            }
-                            let encoder = aac.as_mut().expect("made above");
-                            aac_out.clear();
-                            encoder.push(&pcm, &mut aac_out).map_err(|e| e.to_string())?;
-                            for f in aac_out.drain(..) {
-                                let ts = aac_base_ms.unwrap_or(0) + (f.ts48 / 48) as i64;
-                                let _ = task.tags.send(Tag::Audio { body: Arc::from(flv::aac_frame(&f.data)), ts: ts as u32 });
-                            }
-                        }
-                        Codec::H264 | Codec::Vp8 if want_video => {
-                            let (nalus, keyframe, ms) = match video.push(&p, arrival)? {
-                                VideoUnit::Unit { nalus, keyframe, ms } => (nalus, keyframe, ms),
-                                VideoUnit::Lost => {
-                                    let _ = runtime.block_on(rtc.request_keyframe(room.clone(), source.user.clone(), source.stream));
-                                    continue;
-                                }
-                                VideoUnit::None => continue,
-                            };
-                            for n in &nalus {
-                                match nal_type(n) {
-                                    Some(NAL_SPS) if *n != sps => sps = n.clone(),
-                                    Some(NAL_PPS) if *n != pps => pps = n.clone(),
-                                    _ => continue,
-                                }
-                                if !sps.is_empty() && !pps.is_empty() {
-                                    *task.video_header.lock().expect("header") = Some(Arc::from(flv::avc_sequence_header(&sps, &pps)));
-                                }
-                            }
-                            let units: Vec<&[u8]> = nalus.iter().map(|n| n.as_slice()).collect();
-                            let _ = task.tags.send(Tag::Video { body: Arc::from(flv::avc_frame(&units, keyframe, 0)), ts: ms as u32, keyframe });
-                        }
-                        _ => {}
-                    }
-                }
-                if !got {
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            }
-        })();
-        let _ = runtime.block_on(rtc.remove_tap(tap));
-        result
-    })();
-    // A server shutting down leaves the saved state live, so the next start resumes it.
-    let shutting_down = task.shutdown.load(Ordering::SeqCst);
-    let code = leave.unwrap_or_else(|e| {
-        tracing::error!("relay failed: {e}");
-        104
-    });
-    // The URLs say why they stop (issue 10, defect 18: idleness showed "stopped by request").
-    let why = match code {
-        99 => "stopped: the source sent no media for max_idle_time",
-        104 => "stopped: the relay failed",
-        _ if shutting_down => "stopped: the server is shutting down",
-        _ => "stopped by request",
-    };
-    task.stop_reason.lock().expect("stop reason").get_or_insert(why);
-    task.stop.store(true, Ordering::SeqCst);
-    // Let the URL tasks go 5 → 0 before the state says STOPPED.
-    let deadline = Instant::now() + Duration::from_secs(3);
-    while Instant::now() < deadline && task.record().urls.iter().any(|u| u.status != status::IDLE) && task.record().state == "ACTIVE" {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    {
-        let mut r = task.record.lock().expect("relay record");
-        r.state = "STOPPED";
-        r.leave_code = Some(code);
-    }
-    if !shutting_down {
-        task.save();
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_at_0_1_2_4_then_every_8_seconds_for_60() {
-        let t = Instant::now();
-        let mut r = UrlRetry::new(t);
-        let offsets: Vec<u64> = std::iter::from_fn(|| r.next_attempt()).map(|at| (at - t).as_secs()).collect();
-        assert_eq!(offsets, vec![0, 1, 2, 4, 12, 20, 28, 36, 44, 52]);
-        assert!(!r.given_up(t + Duration::from_secs(59)) && r.given_up(t + Duration::from_secs(60)));
     }
 }

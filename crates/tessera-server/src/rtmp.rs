@@ -153,9 +153,9 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                                 stream: stream_kind,
                                 privileges,
                                 video: AvcToRtp::new(MAX_RTP_PAYLOAD),
-                                ssrc: rand_ssrc(),
+                                ssrc: tessera_model::random::ssrc(),
                                 audio: None,
-                                audio_ssrc: rand_ssrc(),
+                                audio_ssrc: tessera_model::random::ssrc(),
                                 audio_seq: 1,
                             });
                         }
@@ -271,10 +271,4 @@ fn audio(p: &mut Publishing, data: &[u8], timestamp_ms: u32) -> Result<Vec<Inges
                 .collect())
         }
     }
-}
-
-fn rand_ssrc() -> u32 {
-    let mut b = [0u8; 4];
-    tessera_model::random::fill(&mut b);
-    u32::from_be_bytes(b)
 }

@@ -15,7 +15,7 @@ const NOT_STOPPING: u32 = u32::MAX;
 use std::time::{Duration, Instant};
 use tessera_media::h264::{self, H264Packetizer};
 use tessera_media::rtp::{AuAssembler, Push};
-use tessera_media::{Codec, StreamKind};
+use tessera_media::{Codec, KeyframeThrottle, StreamKind};
 use tessera_model::UserId;
 use tessera_transcode::compose::{Canvas, Rect};
 use tessera_transcode::image::{Overlay, RgbaImage};
@@ -284,7 +284,7 @@ struct VideoIn {
     au: AuAssembler,
     waiting_keyframe: bool,
     last_picture: Option<Instant>,
-    last_keyframe_request: Option<Instant>,
+    keyframe_requests: KeyframeThrottle,
 }
 
 struct AudioIn {
@@ -347,7 +347,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         let mut opus = if spec.audio != AudioMode::None { Some(OpusEncoder::new(enc.audio_channels, enc.audio_kbps).map_err(|e| e.to_string())?) } else { None };
         let mut mixer: AudioMixer<InputKey> = AudioMixer::new(spec.max_voices);
         let mut packetizer = H264Packetizer::new(MAX_RTP_PAYLOAD);
-        let (video_ssrc, audio_ssrc) = (random_u32(), random_u32());
+        let (video_ssrc, audio_ssrc) = (tessera_model::random::ssrc(), tessera_model::random::ssrc());
         let (mut video_seq, mut audio_seq) = (1u64, 1u64);
         let mut layout = LayoutState::default();
         let mut overlays = Overlays::default();
@@ -422,7 +422,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                         au: AuAssembler::default(),
                         waiting_keyframe: true,
                         last_picture: None,
-                        last_keyframe_request: None,
+                        keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY),
                     });
                     if on_video_packet(v, &p) {
                         keyframe_wanted.push(key.clone());
@@ -433,7 +433,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
             for (key, input) in inputs.iter_mut() {
                 if let Some(v) = input.video.as_mut() {
                     let stale = v.last_picture.is_none_or(|t| now - t > Duration::from_millis(500));
-                    if (v.waiting_keyframe || stale) && v.last_keyframe_request.is_none_or(|t| now - t >= KEYFRAME_RETRY) {
+                    if (v.waiting_keyframe || stale) && v.keyframe_requests.ready(now) {
                         keyframe_wanted.push(key.clone());
                     }
                 }
@@ -442,7 +442,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
             keyframe_wanted.dedup();
             for key in keyframe_wanted {
                 if let Some(v) = inputs.get_mut(&key).and_then(|i| i.video.as_mut()) {
-                    v.last_keyframe_request = Some(now);
+                    v.keyframe_requests.sent(now);
                 }
                 if let (Ok(user), Some(stream)) = (UserId::parse(&key.user), StreamKind::parse(&key.stream)) {
                     let _ = runtime.block_on(rtc.request_keyframe(spec.room.clone(), user, stream));
@@ -703,10 +703,4 @@ fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
             true
         }
     }
-}
-
-fn random_u32() -> u32 {
-    let mut b = [0u8; 4];
-    tessera_model::random::fill(&mut b);
-    u32::from_be_bytes(b)
 }

@@ -575,7 +575,13 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
         max_idle: Duration::from_secs(idle),
     };
     let mix_user = spec.user.clone();
-    let relay_media = if !video { "audio" } else if spec.audio == AudioMode::None { "video" } else { "audio_video" };
+    let relay_media = if !video {
+        crate::relay::RelayMedia::Audio
+    } else if spec.audio == AudioMode::None {
+        crate::relay::RelayMedia::Video
+    } else {
+        crate::relay::RelayMedia::AudioVideo
+    };
     let path = task_path(state, &id);
     let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
     let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
@@ -607,7 +613,7 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
             app: caller_app.clone(),
             room: room.clone(),
             source: crate::relay::SourceRef { user: mix_user, stream: tessera_media::StreamKind::Main },
-            media: relay_media.to_string(),
+            media: relay_media,
             urls: rtmp_urls.clone(),
             max_idle: Duration::from_secs(idle + 5),
             owner: Some(id.clone()),
@@ -708,7 +714,7 @@ pub(crate) async fn apply_patch(state: &AppState, caller: &Caller, id: &str, bod
                 if let Some(u) = urls.iter().find(|u| state.relays.url_in_use(u, Some(&relay.record().id))) {
                     return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {u}")));
                 }
-                state.relays.set_urls(&relay, urls.clone());
+                state.relays.set_urls(&relay, urls.clone()).await;
             }
             (Some(relay), true) => state.relays.stop(&relay),
             (None, false) => return Err(field("outputs.rtmp_urls", "add RTMP outputs when starting the job")),

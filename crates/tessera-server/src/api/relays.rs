@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::relay::{NewRelay, RelayRecord, SourceRef, MAX_URLS};
+use crate::relay::{NewRelay, RelayMedia, RelayRecord, RelayState, SourceRef, MAX_URLS};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -89,10 +89,10 @@ fn url_in_use(url: &str) -> ApiError {
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartRelay>) -> ApiResult<(StatusCode, Json<Value>)> {
     let room = RoomId::parse(&req.room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
     let source = source(&req.source)?;
-    let media = req.media.unwrap_or_else(|| "audio_video".into());
-    if !matches!(media.as_str(), "audio_video" | "audio" | "video") {
-        return Err(ApiError::invalid_parameter("media", "must be audio_video, audio or video"));
-    }
+    let media = match req.media.as_deref() {
+        None => RelayMedia::AudioVideo,
+        Some(m) => RelayMedia::parse(m).ok_or_else(|| ApiError::invalid_parameter("media", "must be audio_video, audio or video"))?,
+    };
     check_urls(&req.urls)?;
     let idle = req.max_idle_time.unwrap_or(30);
     if !(1..=86_400).contains(&idle) {
@@ -126,10 +126,10 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRelay>) -> ApiResult<Json<Value>> {
     let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let record = task.record();
-    if record.state == "STOPPED" {
+    if record.state == RelayState::Stopped {
         return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "the relay has stopped").with_details(json!({"state": "STOPPED"})));
     }
-    if req.media.as_ref().is_some_and(|m| *m != record.media) {
+    if req.media.as_ref().is_some_and(|m| *m != record.media.as_str()) {
         return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a relay's media is fixed for its life"));
     }
     let new_source = req.source.as_ref().map(source).transpose()?;
@@ -140,10 +140,10 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
         }
     }
     if let Some(s) = new_source {
-        state.relays.set_source(&task, s);
+        state.relays.set_source(&task, s).await;
     }
     if let Some(urls) = req.urls {
-        state.relays.set_urls(&task, urls);
+        state.relays.set_urls(&task, urls).await;
     }
     Ok(Json(view(&task.record())))
 }
@@ -153,7 +153,7 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
     let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     state.relays.stop(&task);
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
-    while task.record().state != "STOPPED" && std::time::Instant::now() < deadline {
+    while task.record().state != RelayState::Stopped && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     Ok(Json(view(&task.record())))

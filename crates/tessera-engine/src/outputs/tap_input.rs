@@ -1,13 +1,15 @@
 //! What relays and recordings do with a tapped stream before their own container: RTP packets
 //! → whole H.264 access units (VP8 decoded and re-encoded with OpenH264, RECORDING.md §1),
-//! keyframe-gated after any loss; RTP time → milliseconds on the task's clock.
+//! keyframe-gated after any loss; Opus → AAC-LC; RTP time → milliseconds on the task's clock.
+//! These are the only implementations of keyframe gating and Opus→AAC for the outputs.
 
+use crate::sfu::TapPacket;
 use std::sync::Arc;
-use tessera_engine::TapPacket;
 use tessera_media::h264::{self, nal_type};
 use tessera_media::rtp::{AuAssembler, Push};
 use tessera_media::Codec;
-use tessera_transcode::decode::{VideoCodec, VideoDecoder};
+use tessera_transcode::decode::{AacEncoder, AacFrame, OpusDecoder, VideoCodec, VideoDecoder};
+use tessera_transcode::TranscodeError;
 use tessera_transcode::video::{default_kbps, EncoderSettings, OpenH264Encoder};
 
 /// RTP time → milliseconds on the caller's clock: anchored at the first packet's arrival, then
@@ -126,6 +128,53 @@ impl VideoInput {
             return Ok(None);
         }
         Ok(Some(out.iter().flat_map(|e| h264::split_annex_b(&e.data).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect()))
+    }
+}
+
+/// Opus packets → AAC-LC 48 kHz stereo 96 kbit/s frames (RECORDING.md §1), stamped on the
+/// track's clock: the first frame takes the first packet's time, later ones follow the sample
+/// count, so AAC's own framing (1024 samples) never drifts from the source.
+pub struct OpusToAac {
+    clock: TrackClock,
+    opus: OpusDecoder,
+    aac: Option<(AacEncoder, i64)>,
+    pcm: Vec<f32>,
+    frames: Vec<AacFrame>,
+}
+
+/// One AAC frame (raw, no ADTS) at `ms`.
+#[derive(Debug, Clone)]
+pub struct AacUnit {
+    pub ms: i64,
+    pub data: Vec<u8>,
+}
+
+impl OpusToAac {
+    pub fn new() -> Result<OpusToAac, TranscodeError> {
+        Ok(OpusToAac { clock: TrackClock::audio(), opus: OpusDecoder::new()?, aac: None, pcm: Vec::new(), frames: Vec::new() })
+    }
+
+    /// The AAC AudioSpecificConfig, once the encoder exists (after the first decoded packet).
+    pub fn audio_specific_config(&self) -> Option<&[u8]> {
+        self.aac.as_ref().map(|(e, _)| e.audio_specific_config())
+    }
+
+    /// Decodes one Opus packet and appends the AAC frames it completed. An undecodable packet
+    /// is skipped (the next one decodes on its own); an encoder failure is an error.
+    pub fn push(&mut self, rtp_ts: u32, payload: &[u8], arrival_ms: i64, out: &mut Vec<AacUnit>) -> Result<(), TranscodeError> {
+        let ms = self.clock.ms(rtp_ts, arrival_ms);
+        self.pcm.clear();
+        if self.opus.decode(payload, &mut self.pcm).is_err() {
+            return Ok(());
+        }
+        let (encoder, base_ms) = match self.aac.as_mut() {
+            Some(a) => a,
+            None => self.aac.insert((AacEncoder::new(2, 96)?, ms)),
+        };
+        self.frames.clear();
+        encoder.push(&self.pcm, &mut self.frames)?;
+        out.extend(self.frames.drain(..).map(|f| AacUnit { ms: *base_ms + (f.ts48 / 48) as i64, data: f.data }));
+        Ok(())
     }
 }
 
