@@ -211,6 +211,45 @@ impl RtcHandle {
     }
 }
 
+/// The calls a worker thread makes (mix jobs and pull ingests do FFmpeg work that must not run
+/// on the async workers): they wait on the command channel itself, never on a `block_on` of
+/// the runtime. Calling them from async code panics (tokio's rule for blocking sends).
+impl RtcHandle {
+    fn ask_blocking<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.blocking_send(make(reply)).map_err(|_| RtcServerError::Stopped)?;
+        rx.blocking_recv().map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub fn add_ingest_blocking(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
+        self.ask_blocking(|reply| Command::AddIngest { spec, replaced: None, reply })
+    }
+
+    pub fn push_blocking(&self, id: u64, packets: Vec<IngestPacket>) -> Result<(), RtcServerError> {
+        self.tx.blocking_send(Command::Push { id, packets }).map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub fn remove_ingest_blocking(&self, id: u64) -> Result<(), RtcServerError> {
+        self.tx.blocking_send(Command::RemoveIngest { id }).map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub fn add_tap_blocking(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
+        self.ask_blocking(|reply| Command::AddTap { key, with_mixes: false, owner, reply })
+    }
+
+    pub fn remove_tap_blocking(&self, id: u64) -> Result<(), RtcServerError> {
+        self.tx.blocking_send(Command::RemoveTap { id }).map_err(|_| RtcServerError::Stopped)
+    }
+
+    pub fn room_publishers_blocking(&self, key: RoomKey) -> Result<Vec<PublisherInfo>, RtcServerError> {
+        self.ask_blocking(|reply| Command::RoomPublishers { key, reply })
+    }
+
+    pub fn request_keyframe_blocking(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
+        self.tx.blocking_send(Command::RequestKeyframe { key, user, stream }).map_err(|_| RtcServerError::Stopped)
+    }
+}
+
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 

@@ -9,6 +9,7 @@
 
 pub mod driver;
 pub mod forward;
+pub mod ingest;
 pub mod mcu;
 pub mod outputs;
 pub mod presence;

@@ -494,7 +494,7 @@ impl Sfu {
 
     /// Rooms where someone other than a mix publishes.
     pub fn rooms_with_anchors(&self) -> Vec<RoomKey> {
-        self.rooms.iter().filter(|(_, r)| r.publishers.keys().any(|(u, _)| !u.as_str().starts_with("mix_"))).map(|(k, _)| k.clone()).collect()
+        self.rooms.iter().filter(|(_, r)| r.publishers.keys().any(|(u, _)| !u.is_mix())).map(|(k, _)| k.clone()).collect()
     }
 
     /// Whether someone publishes this (user, stream) in the room.
@@ -750,7 +750,7 @@ impl Sfu {
         self.rooms.retain(|key, room| {
             // A room lives while it has a participant other than a mix's output, or a task
             // (mix job, relay, recording) on it (PRODUCT.md §3.3).
-            let participants = room.publishers.keys().any(|(u, _)| !u.as_str().starts_with("mix_")) || !room.viewers.is_empty();
+            let participants = room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty();
             let tasks = taps.get(key).is_some_and(|t| !t.is_empty());
             if !participants && !tasks {
                 let since = *room.empty_since.get_or_insert(now);
@@ -993,7 +993,7 @@ impl Sfu {
     fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
         // Taps take one layer (the top one, or the only one); a mix job's tap skips mixes.
         if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) {
-            let is_mix = key.0.as_str().starts_with("mix_");
+            let is_mix = key.0.is_mix();
             if let Some(taps) = self.taps.get(room) {
                 for (t, with_mixes) in taps {
                     if is_mix && !with_mixes {

@@ -99,6 +99,11 @@ impl UserId {
     pub fn is_reserved(&self) -> bool {
         RESERVED_USER_PREFIXES.iter().any(|p| self.0.starts_with(p))
     }
+
+    /// Whether this is a mix job's output (`mix_<job id>`): not an anchor of its room.
+    pub fn is_mix(&self) -> bool {
+        self.0.starts_with("mix_")
+    }
 }
 
 /// Task id: 16 lowercase hex characters, unique per server.

@@ -1,11 +1,12 @@
 //! Pull ingest (PRODUCT.md §6.4, §10.2): a task pulls a URL into a room as a virtual anchor.
 //!
 //! Each task is a worker thread that owns a `tessera_transcode::source::PullSource` (libavformat
-//! blocks on the network, so it cannot live on the async runtime), paces the media to real
-//! time, packetizes it to RTP and hands it to the SFU like an RTMP publisher. The state machine
-//! STARTING → RUNNING ⇄ RETRYING → STOPPED | FAILED and the retry schedule (0, 1 and 3 s after a
-//! failure) are plain values (`RetrySchedule`); the record is saved to `tasks/<id>.json` at every
-//! change of state, and a restarted server resumes the tasks that were still live.
+//! blocks on the network, so it cannot live on the async runtime) and hands its media to the
+//! SFU like an RTMP publisher. The logic is the engine's (`tessera_engine::ingest`): the state
+//! machine STARTING → RUNNING ⇄ RETRYING → STOPPED | FAILED with the retry schedule (0, 1 and
+//! 3 s after a failure), real-time pacing and the RTP that continues across sources. Here: the
+//! registry, the record saved to `tasks/<id>.json` at every change of state (a restarted server
+//! resumes the tasks that were still live), events 701/702, and the blocking source.
 
 use crate::store::write_atomic;
 use dashmap::DashMap;
@@ -13,44 +14,13 @@ use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_engine::{IngestPacket, PeerRole, Quality, RoomKey, RtcHandle, SessionSpec};
-use tessera_media::h264::H264Packetizer;
-use tessera_media::{Codec, StreamKind};
+use tessera_engine::ingest::{IngestEvent, IngestMachine, IngestMedia, IngestRtp, Pacer};
+use tessera_engine::{PeerRole, Quality, RoomKey, RtcHandle, SessionSpec};
+use tessera_media::StreamKind;
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_transcode::source::{Interrupt, PullSource, SourceError, SourceMedia, VideoData};
 
-/// Retries after a failure, counted from it (PRODUCT.md §10.2).
-pub const RETRY_AT: [Duration; 3] = [Duration::ZERO, Duration::from_secs(1), Duration::from_secs(3)];
-const MAX_RTP_PAYLOAD: usize = 1200;
-/// A source that falls this far behind real time (a stall) is re-anchored instead of being
-/// played out in a burst.
-const MAX_LAG: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum IngestState {
-    Starting,
-    Running,
-    Retrying,
-    Stopped,
-    Failed,
-}
-
-impl IngestState {
-    pub fn is_final(self) -> bool {
-        matches!(self, IngestState::Stopped | IngestState::Failed)
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            IngestState::Starting => "STARTING",
-            IngestState::Running => "RUNNING",
-            IngestState::Retrying => "RETRYING",
-            IngestState::Stopped => "STOPPED",
-            IngestState::Failed => "FAILED",
-        }
-    }
-}
+pub use tessera_engine::ingest::IngestState;
 
 /// What `GET /v1/ingests/{id}` shows and `tasks/<id>.json` keeps.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -74,29 +44,6 @@ pub struct IngestRecord {
     pub source: Option<String>,
     #[serde(default)]
     pub bitrate_kbps: f64,
-}
-
-/// The retry rule of PRODUCT.md §10.2 as a value: after a failure at `t`, attempts at `t`,
-/// `t + 1 s` and `t + 3 s`; a success starts over.
-#[derive(Debug, Default)]
-pub struct RetrySchedule {
-    first_failure: Option<Instant>,
-    retries: usize,
-}
-
-impl RetrySchedule {
-    /// A failure (of an attempt or of a running source) at `now`: when to try next, or `None`
-    /// when the retries are used up.
-    pub fn on_failure(&mut self, now: Instant) -> Option<Instant> {
-        let first = *self.first_failure.get_or_insert(now);
-        let at = RETRY_AT.get(self.retries).map(|d| first + *d);
-        self.retries += 1;
-        at
-    }
-
-    pub fn on_success(&mut self) {
-        *self = RetrySchedule::default();
-    }
 }
 
 pub struct IngestTask {
@@ -146,13 +93,6 @@ impl IngestTask {
     }
 
     fn set_state(&self, state: IngestState, error: Option<String>) {
-        let before = self.record.lock().expect("ingest record").state;
-        match state {
-            IngestState::Running if before != IngestState::Running => self.report(701, 0, None),
-            IngestState::Retrying => self.report(701, 2, None),
-            IngestState::Failed => self.report(701, 1, None),
-            _ => {}
-        }
         self.update(true, |r| {
             if r.state != state {
                 r.since = crate::now_ms();
@@ -247,8 +187,7 @@ impl Ingests {
         let id = record.id.clone();
         let task = Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone()));
         self.tasks.insert(id.clone(), task.clone());
-        let runtime = tokio::runtime::Handle::current();
-        let spawned = std::thread::Builder::new().name(format!("ingest-{id}")).spawn(move || worker(task, rtc, runtime));
+        let spawned = std::thread::Builder::new().name(format!("ingest-{id}")).spawn(move || worker(task, rtc));
         if let Err(e) = spawned {
             tracing::error!(ingest = %id, "cannot start the ingest worker: {e}");
         }
@@ -304,23 +243,11 @@ enum Outcome {
     Switched,
 }
 
-/// RTP state that outlives one opened source, so a reconnect or switch is seamless to viewers.
-struct Output {
-    publisher: u64,
-    h264: H264Packetizer,
-    video_seq: u64,
-    audio_seq: u64,
-    video_ssrc: u32,
-    audio_ssrc: u32,
-    /// The next source starts here (ms), one frame after the last one sent.
-    next_base_ms: i64,
-    bytes: u64,
-    window: Instant,
-}
-
-fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle) {
-    let (spec, repeat) = {
-        let r = task.record.lock().expect("ingest record");
+/// The worker thread: libavformat blocks on the network, so the source cannot live on the async
+/// runtime. It runs the engine's `IngestMachine` and talks to the SFU with its blocking calls.
+fn worker(task: Arc<IngestTask>, rtc: RtcHandle) {
+    let (spec, repeat, plays_done) = {
+        let r = task.record();
         let spec = SessionSpec {
             sid: tessera_model::random::session_id(),
             room: RoomKey { app: r.app.clone(), room: r.room.clone() },
@@ -332,71 +259,76 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle, runtime: tokio::runtime::Handle
             quality: Quality::Auto,
             join: tessera_engine::JoinInfo::anchor(tessera_engine::presence::user_type::PULL_INGEST),
         };
-        (spec, r.repeat)
+        (spec, r.repeat, r.plays_done)
     };
-    let mut output: Option<Output> = None;
-    let mut schedule = RetrySchedule::default();
-    let mut plays_done = task.record().plays_done;
-    // 702's Reason: `api` unless the source ended or failed.
-    let (state, error, reason) = loop {
-        if task.interrupt.is_raised() {
-            break (IngestState::Stopped, None, "api");
+    let mut machine = IngestMachine::new(repeat, plays_done, Instant::now());
+    let mut publisher: Option<u64> = None;
+    let mut rtp = IngestRtp::default();
+    while let Some(at) = machine.open_at() {
+        apply(&task, &mut machine);
+        if !sleep_until(&task.interrupt, at) {
+            machine.stop();
+            break;
         }
         let url = task.switch_to.lock().expect("switch").take().unwrap_or_else(|| task.record().url);
-        let base_ms = output.as_ref().map(|o| o.next_base_ms).unwrap_or(0);
-        let opened = crate::outbound::check_url_blocking(&url).map_err(SourceError::Open).and_then(|()| PullSource::open(&url, base_ms, task.interrupt.clone()));
-        let failure = match opened {
-            Err(SourceError::Stopped) => break (IngestState::Stopped, None, "api"),
-            Err(e) => e.to_string(),
-            Ok(mut source) => {
-                if output.is_none() {
-                    let Ok(publisher) = runtime.block_on(rtc.add_ingest(spec.clone())) else { break (IngestState::Failed, Some("the media engine stopped".into()), "source_failed") };
-                    output = Some(Output {
-                        publisher,
-                        h264: H264Packetizer::new(MAX_RTP_PAYLOAD),
-                        video_seq: 1,
-                        audio_seq: 1,
-                        video_ssrc: tessera_model::random::ssrc(),
-                        audio_ssrc: tessera_model::random::ssrc(),
-                        next_base_ms: 0,
-                        bytes: 0,
-                        window: Instant::now(),
-                    });
-                }
-                let out = output.as_mut().expect("made above");
-                schedule.on_success();
-                let description = source.description.clone();
-                task.update(false, |r| r.source = Some(description));
-                task.set_state(IngestState::Running, None);
-                match play(&task, &mut source, out, &rtc, &runtime) {
-                    Outcome::Stopped => break (IngestState::Stopped, None, "api"),
-                    Outcome::Switched => continue,
-                    Outcome::Ended if !source.live => {
-                        plays_done += 1;
-                        task.update(true, |r| r.plays_done = plays_done);
-                        if repeat >= 0 && plays_done >= repeat as u64 {
-                            break (IngestState::Stopped, None, "source_ended");
-                        }
-                        continue;
-                    }
-                    Outcome::Ended => "the source ended".to_string(),
-                    Outcome::Dropped(e) => e,
-                }
+        let opened = crate::outbound::check_url_blocking(&url).map_err(SourceError::Open).and_then(|()| PullSource::open(&url, rtp.next_base_ms(), task.interrupt.clone()));
+        let mut source = match opened {
+            Err(SourceError::Stopped) => {
+                machine.stop();
+                break;
             }
+            Err(e) => {
+                machine.failed(e.to_string(), Instant::now());
+                continue;
+            }
+            Ok(source) => source,
         };
-        let Some(at) = schedule.on_failure(Instant::now()) else { break (IngestState::Failed, Some(failure), "source_failed") };
-        tracing::warn!(ingest = %task.record().id, "ingest source failed: {failure}");
-        task.set_state(IngestState::Retrying, Some(failure));
-        if !sleep_until(&task.interrupt, at) {
-            break (IngestState::Stopped, None, "api");
+        let id = match publisher {
+            Some(id) => id,
+            None => match rtc.add_ingest_blocking(spec.clone()) {
+                Ok(id) => *publisher.insert(id),
+                Err(_) => {
+                    machine.engine_lost();
+                    break;
+                }
+            },
+        };
+        let description = source.description.clone();
+        task.update(false, |r| r.source = Some(description));
+        let live = source.live;
+        machine.opened();
+        apply(&task, &mut machine);
+        match play(&task, &mut source, id, &mut rtp, &rtc) {
+            Outcome::Stopped => machine.stop(),
+            Outcome::Switched => machine.switched(Instant::now()),
+            Outcome::Ended => machine.ended(live, Instant::now()),
+            Outcome::Dropped(e) => machine.failed(e, Instant::now()),
         }
-    };
-    if let Some(o) = output {
-        let _ = runtime.block_on(rtc.remove_ingest(o.publisher));
     }
+    if let Some(id) = publisher {
+        let _ = rtc.remove_ingest_blocking(id);
+    }
+    // A server shutting down leaves the task live (no final state, no 702): the next start
+    // resumes it.
     if !task.shutting_down.load(std::sync::atomic::Ordering::SeqCst) {
-        task.set_state(state, error);
-        task.report(702, 0, Some(reason));
+        apply(&task, &mut machine);
+    }
+}
+
+/// The machine's events: states saved, 701/702 reported.
+fn apply(task: &IngestTask, machine: &mut IngestMachine) {
+    while let Some(event) = machine.poll_event() {
+        match event {
+            IngestEvent::State { state, error } => {
+                if state == IngestState::Retrying {
+                    tracing::warn!(ingest = %task.record().id, "ingest source failed: {}", error.as_deref().unwrap_or(""));
+                }
+                task.set_state(state, error);
+            }
+            IngestEvent::Status(status) => task.report(701, status, None),
+            IngestEvent::PlaysDone(n) => task.update(true, |r| r.plays_done = n),
+            IngestEvent::Ended(reason) => task.report(702, 0, Some(reason.as_str())),
+        }
     }
 }
 
@@ -415,10 +347,10 @@ fn sleep_until(interrupt: &Interrupt, at: Instant) -> bool {
 }
 
 /// Plays one opened source into the room at real time.
-fn play(task: &IngestTask, source: &mut PullSource, out: &mut Output, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) -> Outcome {
+fn play(task: &IngestTask, source: &mut PullSource, publisher: u64, rtp: &mut IngestRtp, rtc: &RtcHandle) -> Outcome {
     let mut media = Vec::new();
-    // Wall clock ↔ media time anchor for pacing.
-    let mut anchor: Option<(Instant, i64)> = None;
+    let mut pacer = Pacer::default();
+    let (mut bytes, mut window) = (0u64, Instant::now());
     loop {
         if task.interrupt.is_raised() {
             return Outcome::Stopped;
@@ -432,99 +364,29 @@ fn play(task: &IngestTask, source: &mut PullSource, out: &mut Output, rtc: &RtcH
             Err(SourceError::Stopped) => return Outcome::Stopped,
             Err(e) => return Outcome::Dropped(e.to_string()),
         }
-        if rtc.take_keyframe_request(out.publisher) {
+        if rtc.take_keyframe_request(publisher) {
             // Only a transcoding source can make one; a passthrough source has its GOP cached.
             source.request_keyframe();
         }
         for m in media.drain(..) {
-            let due = m.due_ms();
-            let (wall, media_ms) = *anchor.get_or_insert((Instant::now(), due));
-            let target = wall + Duration::from_millis((due - media_ms).max(0) as u64);
-            let now = Instant::now();
-            if target > now {
-                if !sleep_until(&task.interrupt, target) {
-                    return Outcome::Stopped;
-                }
-            } else if now - target > MAX_LAG {
-                anchor = Some((now, due));
-            }
-            let packets = packetize(out, m);
-            out.bytes += packets.iter().map(|p| p.payload.len() as u64 + 12).sum::<u64>();
-            if !packets.is_empty() && runtime.block_on(rtc.push(out.publisher, packets)).is_err() {
+            if !sleep_until(&task.interrupt, pacer.due(m.due_ms(), Instant::now())) {
                 return Outcome::Stopped;
             }
-            let elapsed = out.window.elapsed();
+            let packets = rtp.packetize(match m {
+                SourceMedia::Video { ts_ms, data: VideoData::H264(nalus), .. } => IngestMedia::H264 { ts_ms, nalus },
+                SourceMedia::Video { ts_ms, data: VideoData::Vp8(frame), keyframe, .. } => IngestMedia::Vp8 { ts_ms, frame, keyframe },
+                SourceMedia::Audio { frames, due_ms } => IngestMedia::Opus { due_ms, frames: frames.into_iter().map(|f| (f.ts, f.data)).collect() },
+            });
+            bytes += packets.iter().map(|p| p.payload.len() as u64 + 12).sum::<u64>();
+            if !packets.is_empty() && rtc.push_blocking(publisher, packets).is_err() {
+                return Outcome::Stopped;
+            }
+            let elapsed = window.elapsed();
             if elapsed >= Duration::from_secs(1) {
-                let kbps = out.bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1000.0;
+                let kbps = bytes as f64 * 8.0 / elapsed.as_secs_f64() / 1000.0;
                 task.update(false, |r| r.bitrate_kbps = (kbps * 10.0).round() / 10.0);
-                out.bytes = 0;
-                out.window = Instant::now();
+                (bytes, window) = (0, Instant::now());
             }
         }
-    }
-}
-
-fn packetize(out: &mut Output, media: SourceMedia) -> Vec<IngestPacket> {
-    let mut packets = Vec::new();
-    match media {
-        SourceMedia::Video { ts_ms, data, keyframe, .. } => {
-            out.next_base_ms = out.next_base_ms.max(ts_ms + 40);
-            let ts90 = (ts_ms as u64).wrapping_mul(90) as u32;
-            match data {
-                VideoData::H264(nalus) => {
-                    let units: Vec<&[u8]> = nalus.iter().map(|n| n.as_slice()).collect();
-                    let mut payloads = Vec::new();
-                    out.h264.push(&units, ts90, &mut payloads);
-                    for p in payloads {
-                        packets.push(IngestPacket { ssrc: out.video_ssrc, seq: out.video_seq, ts: p.ts, marker: p.marker, keyframe: p.keyframe, codec: Codec::H264, payload: Arc::from(p.payload) });
-                        out.video_seq += 1;
-                    }
-                }
-                VideoData::Vp8(frame) => {
-                    let mut payloads = Vec::new();
-                    tessera_media::vp8::packetize(&frame, MAX_RTP_PAYLOAD, &mut payloads);
-                    let n = payloads.len();
-                    for (i, p) in payloads.into_iter().enumerate() {
-                        packets.push(IngestPacket { ssrc: out.video_ssrc, seq: out.video_seq, ts: ts90, marker: i + 1 == n, keyframe, codec: Codec::Vp8, payload: Arc::from(p) });
-                        out.video_seq += 1;
-                    }
-                }
-            }
-        }
-        SourceMedia::Audio { frames, due_ms } => {
-            out.next_base_ms = out.next_base_ms.max(due_ms + 20);
-            for f in frames {
-                packets.push(IngestPacket { ssrc: out.audio_ssrc, seq: out.audio_seq, ts: f.ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data) });
-                out.audio_seq += 1;
-            }
-        }
-    }
-    packets
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_come_at_0_1_and_3_seconds_after_the_failure_then_give_up() {
-        let mut s = RetrySchedule::default();
-        let t = Instant::now();
-        assert_eq!(s.on_failure(t), Some(t));
-        assert_eq!(s.on_failure(t + Duration::from_millis(200)), Some(t + Duration::from_secs(1)));
-        assert_eq!(s.on_failure(t + Duration::from_millis(1200)), Some(t + Duration::from_secs(3)));
-        assert_eq!(s.on_failure(t + Duration::from_millis(3100)), None);
-        s.on_success();
-        let later = t + Duration::from_secs(60);
-        assert_eq!(s.on_failure(later), Some(later), "a success starts the schedule over");
-    }
-
-    #[test]
-    fn states_serialize_as_the_spec_spells_them() {
-        for (s, text) in [(IngestState::Starting, "STARTING"), (IngestState::Retrying, "RETRYING"), (IngestState::Failed, "FAILED")] {
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{text}\""));
-            assert_eq!(s.as_str(), text);
-        }
-        assert!(IngestState::Stopped.is_final() && !IngestState::Running.is_final());
     }
 }

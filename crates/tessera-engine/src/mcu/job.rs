@@ -244,7 +244,7 @@ impl MixHandle {
 
     /// Starts the job's thread; `on_stop` runs on it with the leave code once the job has
     /// stopped (the server records the final state).
-    pub fn start(spec: MixSpec, rtc: RtcHandle, runtime: tokio::runtime::Handle, on_stop: Box<dyn FnOnce(u32) + Send>) -> std::io::Result<Arc<MixHandle>> {
+    pub fn start(spec: MixSpec, rtc: RtcHandle, on_stop: Box<dyn FnOnce(u32) + Send>) -> std::io::Result<Arc<MixHandle>> {
         let handle = Arc::new(MixHandle {
             spec: Mutex::new(spec.clone()),
             status: Mutex::new(MixStatus { state: MixState::Starting, inputs: Vec::new(), stats: MixStats::default(), stopped_at: None, leave_code: None, error: None }),
@@ -252,7 +252,7 @@ impl MixHandle {
         });
         let h = handle.clone();
         std::thread::Builder::new().name(format!("mix-{}", spec.id)).spawn(move || {
-            let (code, error) = match run(&h, &rtc, &runtime) {
+            let (code, error) = match run(&h, &rtc) {
                 Ok(code) => (code, None),
                 Err(e) => {
                     tracing::error!(job = %spec.id, "mix job failed: {e}");
@@ -316,10 +316,10 @@ impl Timing {
     }
 }
 
-fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) -> Result<u32, String> {
+fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
     let spec = handle.spec();
     let enc = spec.encode;
-    let (tap, mut packets) = runtime.block_on(rtc.add_tap(spec.room.clone(), spec.user.clone())).map_err(|e| e.to_string())?;
+    let (tap, mut packets) = rtc.add_tap_blocking(spec.room.clone(), spec.user.clone()).map_err(|e| e.to_string())?;
     let out_spec = SessionSpec {
         sid: tessera_model::random::session_id(),
         room: spec.room.clone(),
@@ -331,7 +331,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
         quality: Quality::Auto,
         join: crate::JoinInfo::anchor(crate::presence::user_type::MIX),
     };
-    let publisher = runtime.block_on(rtc.add_ingest(out_spec)).map_err(|e| e.to_string())?;
+    let publisher = rtc.add_ingest_blocking(out_spec).map_err(|e| e.to_string())?;
     let result = (|| -> Result<u32, String> {
         let mut canvas = if spec.video { Some(Canvas::new(enc.width, enc.height)) } else { None };
         let mut encoder = if spec.video {
@@ -380,8 +380,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
             // Room membership: who is an input, in join order.
             if now >= next_refresh {
                 next_refresh = now + Duration::from_millis(250);
-                publishers = runtime.block_on(rtc.room_publishers(spec.room.clone())).map_err(|e| e.to_string())?;
-                publishers.retain(|p| !p.user.as_str().starts_with("mix_"));
+                publishers = rtc.room_publishers_blocking(spec.room.clone()).map_err(|e| e.to_string())?;
+                publishers.retain(|p| !p.user.is_mix());
                 let anchors = !publishers.is_empty();
                 match (anchors, idle_since) {
                     (true, _) => idle_since = None,
@@ -445,7 +445,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                     v.keyframe_requests.sent(now);
                 }
                 if let (Ok(user), Some(stream)) = (UserId::parse(&key.user), StreamKind::parse(&key.stream)) {
-                    let _ = runtime.block_on(rtc.request_keyframe(spec.room.clone(), user, stream));
+                    let _ = rtc.request_keyframe_blocking(spec.room.clone(), user, stream);
                 }
             }
 
@@ -525,7 +525,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                         }
                     }
                     if !out.is_empty() {
-                        runtime.block_on(rtc.push(publisher, out)).map_err(|e| e.to_string())?;
+                        rtc.push_blocking(publisher, out).map_err(|e| e.to_string())?;
                     }
                     stats.frames += 1;
                     fps_window.1 += 1;
@@ -568,7 +568,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
                         })
                         .collect();
                     if !out.is_empty() {
-                        runtime.block_on(rtc.push(publisher, out)).map_err(|e| e.to_string())?;
+                        rtc.push_blocking(publisher, out).map_err(|e| e.to_string())?;
                     }
                 }
             }
@@ -620,8 +620,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, runtime: &tokio::runtime::Handle) ->
             }
         }
     })();
-    let _ = runtime.block_on(rtc.remove_tap(tap));
-    let _ = runtime.block_on(rtc.remove_ingest(publisher));
+    let _ = rtc.remove_tap_blocking(tap);
+    let _ = rtc.remove_ingest_blocking(publisher);
     result
 }
 

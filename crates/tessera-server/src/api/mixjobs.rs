@@ -595,7 +595,7 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
             }
         })
     };
-    let handle = match MixHandle::start(spec, state.rtc.clone(), tokio::runtime::Handle::current(), on_stop) {
+    let handle = match MixHandle::start(spec, state.rtc.clone(), on_stop) {
         Ok(h) => h,
         Err(e) => {
             state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 1, "ErrorMsg": e.to_string()})));

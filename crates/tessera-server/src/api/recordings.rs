@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::recording::{Mode, RecordingSpec, RecordingTask};
+use crate::recording::{Mode, RecordingSpec, RecordingState, RecordingTask};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -215,19 +215,19 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
 pub async fn result(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let st = task.status.lock().expect("status").clone();
-    if st.state != "FINISHED" {
+    if st.state != RecordingState::Finished {
         return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the recording is {}; the result comes at FINISHED", st.state)).with_details(json!({"state": st.state})));
     }
     Ok(Json(st.result.unwrap_or(Value::Null)))
 }
 
-fn invalid_state(state: &str) -> ApiError {
+fn invalid_state(state: RecordingState) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the recording is {state}")).with_details(json!({"state": state}))
 }
 
-async fn wait_for(task: &RecordingTask, states: &[&str]) {
+async fn wait_for(task: &RecordingTask, states: &[RecordingState]) {
     let deadline = std::time::Instant::now() + Duration::from_secs(2);
-    while !states.contains(&task.status.lock().expect("status").state) && std::time::Instant::now() < deadline {
+    while !states.contains(&task.state()) && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -235,22 +235,22 @@ async fn wait_for(task: &RecordingTask, states: &[&str]) {
 pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
-    if current != "RECORDING" {
+    if current != RecordingState::Recording {
         return Err(invalid_state(current));
     }
     task.pause();
-    wait_for(&task, &["PAUSED"]).await;
+    wait_for(&task, &[RecordingState::Paused]).await;
     Ok(Json(view(&id, &task)))
 }
 
 pub async fn resume(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
-    if current != "PAUSED" {
+    if current != RecordingState::Paused {
         return Err(invalid_state(current));
     }
     task.resume();
-    wait_for(&task, &["RECORDING"]).await;
+    wait_for(&task, &[RecordingState::Recording]).await;
     Ok(Json(view(&id, &task)))
 }
 
@@ -269,7 +269,7 @@ pub struct UpdateRecording {
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRecording>) -> ApiResult<Json<Value>> {
     let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
-    if matches!(current, "STOPPED" | "FINISHED") {
+    if current.is_final() {
         return Err(invalid_state(current));
     }
     if let Some(mix) = req.mix {
@@ -298,6 +298,8 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
         spec.mode = Mode::Single { streams, split };
     }
     drop(spec);
+    // The worker records the new selection from its next packet on.
+    task.selection_changed();
     Ok(Json(view(&id, &task)))
 }
 
@@ -312,6 +314,6 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
     if let Some(job) = owned {
         state.mix_jobs.stop_owned(&caller.app, &job);
     }
-    wait_for(&task, &["STOPPED", "FINISHED"]).await;
+    wait_for(&task, &[RecordingState::Stopped, RecordingState::Finished]).await;
     Ok(Json(view(&id, &task)))
 }

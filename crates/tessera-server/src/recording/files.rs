@@ -1,0 +1,323 @@
+//! A recording's files on disk: recovery after a crash, the file list of playlists found in the
+//! task's directory, and the conversion at the end (MP4/AAC remux, the result, events 310–312).
+
+use super::hls::{LocalStorage, Storage};
+use super::{lock, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
+use crate::store::write_atomic;
+use serde_json::json;
+use std::path::Path;
+
+/// MP4 parts are also cut before 2 GiB.
+const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+
+/// After a crash: each interrupted `.part` segment is cut to whole 188-byte TS packets and kept
+/// (appended to its playlist) if it holds media, else deleted; every playlist gets
+/// `#EXT-X-ENDLIST` (RECORDING.md §8).
+pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
+    if let Ok(entries) = std::fs::read_dir(spool) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(segment) = name.strip_suffix(".part").filter(|n| n.ends_with(".ts")) else {
+                let _ = std::fs::remove_file(e.path());
+                continue;
+            };
+            let len = std::fs::metadata(e.path()).map(|m| m.len()).unwrap_or(0);
+            let whole = len - len % 188;
+            let duration = if whole >= 188 * 8 {
+                let _ = std::fs::OpenOptions::new().write(true).open(e.path()).and_then(|f| f.set_len(whole));
+                tessera_transcode::mux::probe_duration(&e.path()).filter(|d| *d > 0.0)
+            } else {
+                None
+            };
+            let playlist = segment.rsplit_once('_').map(|(stem, _)| final_dir.join(format!("{stem}.m3u8")));
+            match (duration, playlist) {
+                (Some(d), Some(pl)) if std::fs::rename(e.path(), final_dir.join(segment)).is_ok() => {
+                    let mut text = std::fs::read_to_string(&pl).unwrap_or_default();
+                    if text.is_empty() {
+                        continue;
+                    }
+                    text = text.replace("#EXT-X-ENDLIST\n", "");
+                    text.push_str(&format!("#EXTINF:{d:.3},\n{segment}\n"));
+                    let _ = write_atomic(&pl, text.as_bytes(), 0o644);
+                }
+                _ => {
+                    let _ = std::fs::remove_file(e.path());
+                }
+            }
+        }
+    }
+    for pl in scan_playlists(final_dir) {
+        let path = final_dir.join(&pl.name);
+        let text = std::fs::read_to_string(&path).unwrap_or_default();
+        if !text.contains("#EXT-X-ENDLIST") {
+            let _ = write_atomic(&path, format!("{text}#EXT-X-ENDLIST\n").as_bytes(), 0o644);
+        }
+    }
+}
+
+
+/// A playlist found in the task's directory.
+pub(super) struct PlaylistInfo {
+    name: String,
+    /// The name without `ha<N>_` and without `.m3u8`: the same for a playlist and its
+    /// continuations after crashes.
+    stem: String,
+    restart: u32,
+    segments: Vec<(String, f64)>,
+}
+
+fn split_ha(name: &str) -> (u32, &str) {
+    if let Some(rest) = name.strip_prefix("ha") {
+        if let Some((n, tail)) = rest.split_once('_') {
+            if let Ok(n) = n.parse::<u32>() {
+                return (n, tail);
+            }
+        }
+    }
+    (0, name)
+}
+
+pub(super) fn scan_playlists(dir: &Path) -> Vec<PlaylistInfo> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return out };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(base) = name.strip_suffix(".m3u8") else { continue };
+        let (restart, stem) = split_ha(base);
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        let mut segments = Vec::new();
+        let mut duration = None;
+        for l in text.lines() {
+            if let Some(d) = l.strip_prefix("#EXTINF:") {
+                duration = d.trim_end_matches(',').parse::<f64>().ok();
+            } else if !l.starts_with('#') && !l.is_empty() {
+                segments.push((l.to_string(), duration.take().unwrap_or(0.0)));
+            }
+        }
+        out.push(PlaylistInfo { name: name.clone(), stem: stem.to_string(), restart, segments });
+    }
+    out.sort_by(|a, b| (a.stem.as_str(), a.restart).cmp(&(b.stem.as_str(), b.restart)));
+    out
+}
+
+/// (user id, media id, track type) from a stem (RECORDING.md §4; ids are decoded back).
+pub(super) fn identify(stem: &str) -> (String, String, String) {
+    use base64::Engine as _;
+    let Some((_, rest)) = stem.split_once("__UserId_s_") else { return (String::new(), "mix".into(), "audio_video".into()) };
+    let (user_b64, tail) = rest.split_once("__UserId_e_").unwrap_or((rest, "main"));
+    let user = base64::engine::general_purpose::STANDARD
+        .decode(user_b64.replace('-', "/").replace('.', "="))
+        .ok()
+        .and_then(|b| String::from_utf8(b).ok())
+        .unwrap_or_default();
+    let (media, kind) = tail.split_once('_').unwrap_or((tail, "audio_video"));
+    (user, media.to_string(), kind.to_string())
+}
+
+fn begin_of(segment: &str) -> i64 {
+    // `..._<YYYYMMDDhhmmssSSS>.ts` → Unix ms.
+    crate::merge::parse_stamp(segment.trim_end_matches(".ts").rsplit('_').next().unwrap_or("")).unwrap_or(0)
+}
+
+/// What each playlist in `final_dir` lists: its segments, then the playlist itself (with the
+/// span and size of all its segments). The file list of a finished task, and of a resumed one
+/// from the moment it resumes (issue 10, defect 14).
+pub(super) fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, url_base: &str, start_unix: i64) -> Vec<Vec<FileInfo>> {
+    let mut out = Vec::new();
+    for pl in playlists {
+        let mut files = Vec::new();
+        let (user, media, kind) = identify(&pl.stem);
+        let mut first_begin = None;
+        let mut total = 0f64;
+        for (seg, dur) in &pl.segments {
+            let begin = begin_of(seg);
+            first_begin.get_or_insert(begin);
+            total += dur;
+            files.push(FileInfo {
+                file_name: seg.clone(),
+                user_id: user.clone(),
+                media_id: media.clone(),
+                track_type: kind.clone(),
+                begin_ts: begin,
+                end_ts: begin + (dur * 1000.0) as i64,
+                duration_ms: (dur * 1000.0) as i64,
+                size: std::fs::metadata(final_dir.join(seg)).map(|m| m.len()).unwrap_or(0),
+                url: format!("{url_base}/{seg}"),
+                stored: true,
+                play_time_ms: 0,
+            });
+        }
+        let begin = first_begin.unwrap_or(0);
+        files.push(FileInfo {
+            file_name: pl.name.clone(),
+            user_id: user.clone(),
+            media_id: media.clone(),
+            track_type: kind.clone(),
+            begin_ts: begin,
+            end_ts: begin + (total * 1000.0) as i64,
+            duration_ms: (total * 1000.0) as i64,
+            size: std::fs::metadata(final_dir.join(&pl.name)).map(|m| m.len()).unwrap_or(0),
+            url: format!("{url_base}/{}", pl.name),
+            stored: true,
+            play_time_ms: (begin - start_unix).max(0),
+        });
+        out.push(files);
+    }
+    out
+}
+
+/// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
+/// list from what is stored, and the result (RECORDING.md §4.2, §5).
+pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>, events: &TaskEvents) {
+    let _ = std::fs::create_dir_all(spool);
+    let storage = LocalStorage { dir: final_dir.to_path_buf(), url_base: url_base.to_string() };
+    let playlists = scan_playlists(final_dir);
+    let mut files: Vec<FileInfo> = Vec::new();
+    let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
+    let video_type = |media: &str| match media {
+        "main" => 0u8,
+        "aux" => 1,
+        _ => 2,
+    };
+    let start_unix = lock(&task.status).started_at.unwrap_or(0);
+    for (pl, listed) in playlists.iter().zip(listed_files(&playlists, final_dir, url_base, start_unix)) {
+        let (_, media, _) = identify(&pl.stem);
+        let info = listed.last().cloned().expect("a playlist's own entry comes last");
+        files.extend(listed);
+        if !spec.mp4() && !spec.aac() {
+            finals.push((info, "m3u8", video_type(&media)));
+        }
+    }
+    let mut remux_failed: Option<String> = None;
+    if spec.mp4() || spec.aac() {
+        // One MP4 (or ADTS .aac) per user stream or for the mix: each track's playlists joined,
+        // split at split_minutes or 2 GiB (then every part is `_<Index>`).
+        let (format, ext, kind) = if spec.mp4() { ("mp4", "mp4", "mp4") } else { ("adts", "aac", "aac") };
+        let mut groups: Vec<(String, Vec<&PlaylistInfo>)> = Vec::new();
+        for pl in &playlists {
+            let (user, media, _) = identify(&pl.stem);
+            let key = format!("{user}\u{0}{media}");
+            match groups.iter_mut().find(|g| g.0 == key) {
+                Some(g) => g.1.push(pl),
+                None => groups.push((key, vec![pl])),
+            }
+        }
+        for (_, pls) in &groups {
+            let (user, media, _) = identify(&pls[0].stem);
+            let base = match pls[0].stem.rsplit_once('_') {
+                Some((b, "video" | "audio" | "audio_video")) if !user.is_empty() => b.to_string(),
+                _ => pls[0].stem.clone(),
+            };
+            // Per track (stem): its playlists in restart order, as one playlist in the spool.
+            let mut inputs = Vec::new();
+            let mut stems: Vec<&str> = pls.iter().map(|p| p.stem.as_str()).collect();
+            stems.dedup();
+            for stem in stems {
+                let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:60\n");
+                for (k, pl) in pls.iter().filter(|p| p.stem == stem).enumerate() {
+                    if k > 0 {
+                        text.push_str("#EXT-X-DISCONTINUITY\n");
+                    }
+                    for (seg, dur) in &pl.segments {
+                        text.push_str(&format!("#EXTINF:{dur:.3},\n{}\n", final_dir.join(seg).display()));
+                    }
+                }
+                text.push_str("#EXT-X-ENDLIST\n");
+                let path = spool.join(format!("{stem}.joined.m3u8"));
+                if std::fs::write(&path, text).is_ok() {
+                    inputs.push(path);
+                }
+            }
+            let refs: Vec<&Path> = inputs.iter().map(|p| p.as_path()).collect();
+            let part_path = |n: usize| spool.join(format!("{base}_{n}.{ext}.part"));
+            let max_s = spec.split_minutes as f64 * 60.0;
+            match tessera_transcode::mux::remux_split(&refs, format, &part_path, max_s, MAX_FILE_BYTES) {
+                Ok(parts) => {
+                    let single = parts.len() == 1;
+                    let mut offset_ms = 0i64;
+                    for (n, (path, seconds)) in parts.iter().enumerate() {
+                        let name = if single { format!("{base}.{ext}") } else { format!("{base}_{}.{ext}", n + 1) };
+                        let size = std::fs::metadata(path).map(|m| m.len()).unwrap_or(0);
+                        if storage.store(path, &name).is_err() {
+                            continue;
+                        }
+                        let first = files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
+                        let duration_ms = (seconds * 1000.0) as i64;
+                        offset_ms += duration_ms;
+                        let info = FileInfo {
+                            file_name: name.clone(),
+                            user_id: user.clone(),
+                            media_id: media.clone(),
+                            track_type: if format == "adts" { "audio".into() } else if inputs.len() > 1 { "audio_video".into() } else { identify(&pls[0].stem).2 },
+                            begin_ts: first,
+                            end_ts: first + duration_ms,
+                            duration_ms,
+                            size,
+                            url: storage.url(&name),
+                            stored: true,
+                            play_time_ms: (first - start_unix).max(0),
+                        };
+                        files.push(info.clone());
+                        finals.push((info, kind, video_type(&media)));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!("{ext} remux of {base} failed: {e}");
+                    remux_failed.get_or_insert(format!("{ext} remux of {base} failed: {e}"));
+                }
+            }
+        }
+        // 310: the MP4 (or .aac) files, each with its user, track and time span.
+        let made: Vec<&FileInfo> = finals.iter().map(|(f, ..)| f).filter(|f| !f.file_name.ends_with(".m3u8")).collect();
+        let status = if made.is_empty() && !playlists.is_empty() { 2 } else if remux_failed.is_some() { 1 } else { 0 };
+        events.emit(310, json!({
+            "Status": status,
+            "FileList": made.iter().map(|f| f.file_name.clone()).collect::<Vec<_>>(),
+            "FileMessage": made.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type, "MediaId": f.media_id,
+                "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts})).collect::<Vec<_>>(),
+        }));
+        if !spec.hls_kept() {
+            // `mp4` or `aac` alone: the HLS was only the crash-safe intermediate.
+            let keep = |n: &str| n.ends_with(".mp4") || n.ends_with(".aac");
+            for f in files.iter().filter(|f| !keep(&f.file_name)) {
+                storage.remove(&f.file_name);
+            }
+            files.retain(|f| keep(&f.file_name));
+        }
+    }
+    let _ = std::fs::remove_dir_all(spool);
+    let mut st = lock(&task.status);
+    st.files = files.clone();
+    let total_time = st.clock_ms;
+    // A conversion that failed is the task's failure, never a silent success (issue 10, defect 6).
+    let error = error.or(remux_failed);
+    let failed = error.is_some() || st.leave_code == Some(104);
+    let mut result = json!({
+        "TaskId": spec.id, "Status": if failed { "failed" } else { "ok" }, "RoomId": spec.room, "GroupId": "", "RecordUserId": format!("rec_{}", spec.id),
+        "RecordStartTime": st.started_at.unwrap_or(task.created_at) / 1000, "RecordStopTime": st.stopped_at.unwrap_or(0) / 1000,
+        "TotalTime": total_time, "ReplayUrl": "",
+        "VideoInfos": finals.iter().map(|(f, format, vt)| json!({
+            "VideoPlayTime": f.play_time_ms, "VideoSize": f.size, "VideoFormat": format, "VideoDuration": f.duration_ms,
+            "VideoUrl": f.url, "VideoId": tessera_model::TaskId::generate().as_str(), "VideoType": vt, "UserId": f.user_id,
+        })).collect::<Vec<_>>(),
+        "Files": files.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "MediaId": f.media_id, "TrackType": f.track_type,
+            "BeginTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts, "Size": f.size, "DurationMs": f.duration_ms, "Url": f.url, "Stored": f.stored})).collect::<Vec<_>>(),
+    });
+    if let Some(e) = error.clone().or_else(|| st.error.clone()) {
+        result["error"] = json!(e);
+    }
+    if let Some(e) = error {
+        st.error = Some(e);
+    }
+    st.result = Some(result.clone());
+    st.state = RecordingState::Finished;
+    drop(st);
+    // 311 commits each final file, 312 closes the task.
+    for (f, ..) in &finals {
+        events.emit(311, json!({"Status": 0, "Errmsg": "", "FileInfo": {"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type,
+            "MediaId": f.media_id, "Url": f.url, "Size": f.size, "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts}}));
+    }
+    events.emit(312, json!({"Status": if failed { 1 } else { 0 }, "Result": result}));
+    tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
+}
+

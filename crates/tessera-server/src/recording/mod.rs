@@ -1,0 +1,462 @@
+//! Recordings (RECORDING.md §2–5): HLS (MPEG-TS segments + playlists with the TRTC tags) and
+//! MP4, single-stream (per user stream, audio and video split or muxed) or mixed (a mix job's
+//! output), on a task clock that stops while paused.
+//!
+//! The control logic is the engine's (`tessera_engine::outputs::recording`: what is recorded,
+//! the task clock, pause, the auto-stop rules) and so is the media path (`tap_input`). Here:
+//! the registry and its task files (this module), a tokio driver per task that taps the room,
+//! follows its publishers and forwards packets and commands to the task's worker thread
+//! (`worker`), which feeds `HlsWriter`s (`hls`) that cut segments at keyframes, write them as
+//! `.part` in the spool, rename them into the task's directory and rewrite the playlist
+//! atomically after every segment. At stop, playlists get `#EXT-X-ENDLIST` and, for the MP4
+//! formats, are remuxed (`files`).
+
+mod files;
+mod hls;
+mod worker;
+
+pub use hls::{id_in_name, utc17, LocalStorage, Storage};
+pub use tessera_engine::outputs::recording::{Mode, RecordingState};
+
+use crate::store::write_atomic;
+use dashmap::DashMap;
+use serde::Serialize;
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_engine::outputs::recording::Selection;
+use tessera_engine::{RoomKey, RtcHandle};
+use tessera_media::StreamKind;
+use tessera_model::{AppId, RoomId, UserId};
+use worker::Input;
+
+/// A poisoned lock still holds a consistent value (every writer leaves it whole): one
+/// panicking worker must not break every later GET of its task.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone)]
+pub struct RecordingSpec {
+    pub id: String,
+    pub app: AppId,
+    pub room: RoomId,
+    pub mode: Mode,
+    /// "audio_video", "audio" or "video".
+    pub content: String,
+    pub format: String,
+    pub subscribe: tessera_engine::mcu::Subscribe,
+    pub segment_s: u32,
+    /// MP4 parts are cut at this length (RECORDING.md §4.2).
+    pub split_minutes: u32,
+    pub max_idle: Duration,
+    pub prefix: String,
+}
+
+impl RecordingSpec {
+    /// Where the task's files go (RECORDING.md §7), its spool, and their URL prefix.
+    pub(crate) fn places(&self, data_dir: &Path) -> (PathBuf, PathBuf, String) {
+        let mut rel = PathBuf::new();
+        if !self.prefix.is_empty() {
+            rel.push(&self.prefix);
+        }
+        rel.push(&self.id);
+        let url_base = format!("/files/{}/{}", self.app, rel.to_string_lossy());
+        (data_dir.join("recordings").join(self.app.as_str()).join(rel), data_dir.join("spool").join(&self.id), url_base)
+    }
+
+    pub(crate) fn hls_kept(&self) -> bool {
+        self.format.starts_with("hls")
+    }
+    pub(crate) fn mp4(&self) -> bool {
+        self.format.contains("mp4")
+    }
+    pub(crate) fn aac(&self) -> bool {
+        self.format.contains("aac")
+    }
+    pub(crate) fn wants_video(&self) -> bool {
+        self.content != "audio"
+    }
+    pub(crate) fn wants_audio(&self) -> bool {
+        self.content != "video"
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FileInfo {
+    pub file_name: String,
+    pub user_id: String,
+    pub media_id: String,
+    pub track_type: String,
+    pub begin_ts: i64,
+    pub end_ts: i64,
+    pub duration_ms: i64,
+    pub size: u64,
+    pub url: String,
+    pub stored: bool,
+    /// Task-clock ms of the file's first sample (`VideoPlayTime`).
+    #[serde(skip)]
+    pub play_time_ms: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RecordingStatus {
+    pub state: RecordingState,
+    pub leave_code: Option<u32>,
+    pub started_at: Option<i64>,
+    pub stopped_at: Option<i64>,
+    pub paused_ms: i64,
+    pub files: Vec<FileInfo>,
+    pub error: Option<String>,
+    #[serde(skip)]
+    pub result: Option<Value>,
+    /// The task clock (ms): TotalTime.
+    pub clock_ms: i64,
+    /// Crash restarts so far (the `ha<N>_` of the newest files).
+    pub restarts: u32,
+    /// Segments the storage refused (skipped; the recording went on).
+    pub skipped_segments: u32,
+}
+
+pub struct RecordingTask {
+    pub spec: Mutex<RecordingSpec>,
+    pub status: Mutex<RecordingStatus>,
+    /// The worker's input: commands (pause, resume, stop, a new selection) ride the same
+    /// channel as the media, in order.
+    inputs: Mutex<Option<std::sync::mpsc::Sender<Input>>>,
+    pub created_at: i64,
+    /// Its worker thread is running.
+    working: AtomicBool,
+}
+
+impl RecordingTask {
+    /// Whether a file this task wrote carries video: `.aac` files and tasks of content "audio"
+    /// never do; otherwise the track type the file's name encodes (RECORDING.md §4: the field
+    /// after `__UserId_e_<media>_`, parsed, not searched for) decides, and mixed files carry
+    /// video unless the task records audio only.
+    pub fn file_has_video(&self, file_name: &str) -> bool {
+        let spec = self.spec.lock().expect("spec");
+        if !spec.wants_video() || file_name.ends_with(".aac") {
+            return false;
+        }
+        let stem = file_name.rsplit_once('.').map_or(file_name, |(stem, _)| stem);
+        match &spec.mode {
+            Mode::Mixed { .. } => true,
+            Mode::Single { .. } => {
+                // "audio", "audio_video", "video", each maybe followed by a segment's `_<UTC17>`.
+                let kind = files::identify(stem).2;
+                let audio_only = kind == "audio" || kind.strip_prefix("audio_").is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()));
+                !audio_only
+            }
+        }
+    }
+
+    fn send(&self, input: Input) {
+        if let Some(tx) = lock(&self.inputs).as_ref() {
+            let _ = tx.send(input);
+        }
+    }
+
+    pub fn pause(&self) {
+        self.send(Input::Pause);
+    }
+    pub fn resume(&self) {
+        self.send(Input::Resume);
+    }
+    pub fn stop(&self) {
+        self.send(Input::Stop);
+    }
+
+    /// `PATCH` changed the streams or the subscription: the worker records the new selection.
+    pub fn selection_changed(&self) {
+        let spec = lock(&self.spec);
+        let selection = Selection { mode: spec.mode.clone(), subscribe: spec.subscribe.clone() };
+        drop(spec);
+        self.send(Input::Select(selection));
+    }
+
+    pub fn state(&self) -> RecordingState {
+        lock(&self.status).state
+    }
+}
+
+pub struct Recordings {
+    hooks: crate::webhook::Webhooks,
+    pub tasks: DashMap<String, Arc<RecordingTask>>,
+    /// Auto recording (RECORDING.md §6): the live auto task of each room, and the rooms that
+    /// were already publishing when the setting was found on (they are not recorded).
+    auto: Mutex<AutoState>,
+}
+
+#[derive(Default)]
+struct AutoState {
+    tasks: HashMap<RoomKey, String>,
+    enabled: std::collections::HashSet<AppId>,
+    excluded: std::collections::HashSet<RoomKey>,
+}
+
+impl Recordings {
+    pub fn new(hooks: crate::webhook::Webhooks) -> Recordings {
+        Recordings { hooks, tasks: DashMap::new(), auto: Mutex::default() }
+    }
+
+    pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RecordingTask>> {
+        self.tasks.get(id).map(|t| t.clone()).filter(|t| t.spec.lock().expect("spec").app == *app)
+    }
+
+    /// Mix jobs owned by recordings that have stopped, for whatever reason: they stop too
+    /// (LeaveCode 105).
+    pub fn ended_owned_jobs(&self) -> Vec<(AppId, String)> {
+        self.tasks
+            .iter()
+            .filter(|t| t.state().is_final())
+            .filter_map(|t| {
+                let spec = t.spec.lock().expect("spec");
+                match &spec.mode {
+                    Mode::Mixed { owned_job: Some(job), .. } => Some((spec.app.clone(), job.clone())),
+                    _ => None,
+                }
+            })
+            .collect()
+    }
+
+    pub fn live_count(&self, app: &AppId) -> usize {
+        self.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == *app && !t.state().is_final()).count()
+    }
+
+    pub fn start(&self, spec: RecordingSpec, data_dir: PathBuf, rtc: RtcHandle) -> std::io::Result<Arc<RecordingTask>> {
+        let task = Arc::new(RecordingTask {
+            spec: Mutex::new(spec.clone()),
+            status: Mutex::new(RecordingStatus {
+                state: RecordingState::Prepared,
+                leave_code: None,
+                started_at: None,
+                stopped_at: None,
+                paused_ms: 0,
+                files: Vec::new(),
+                error: None,
+                result: None,
+                clock_ms: 0,
+                restarts: 0,
+                skipped_segments: 0,
+            }),
+            inputs: Mutex::new(None),
+            created_at: crate::now_ms(),
+            working: AtomicBool::new(false),
+        });
+        save(&task, &data_dir)?;
+        self.tasks.insert(spec.id.clone(), task.clone());
+        worker::spawn(task.clone(), data_dir, rtc, TaskEvents::new(&self.hooks, &spec));
+        Ok(task)
+    }
+
+    /// Server shut-down: every worker closes its playlists and leaves its task live for the
+    /// next start; waits (at most 5 s) for them.
+    pub async fn shutdown(&self) {
+        for t in self.tasks.iter() {
+            t.send(Input::Shutdown);
+        }
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while self.tasks.iter().any(|t| t.working.load(Ordering::SeqCst)) && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// One pass of auto recording: a room of an app with `auto_recording.enabled` whose anchors
+    /// start publishing gets a single-stream recording with the app's settings; the task's
+    /// `max_idle_time` is `resume_wait_s`, so a short interruption keeps one task.
+    pub fn auto_pass(&self, apps: &crate::store::Apps, rooms: &[RoomKey], data_dir: &Path, rtc: &RtcHandle) {
+        let mut auto = self.auto.lock().expect("auto");
+        for (app_id, app) in apps.iter() {
+            let settings = &app.auto_recording;
+            if !settings.enabled {
+                if auto.enabled.remove(app_id) {
+                    auto.excluded.retain(|k| k.app != *app_id);
+                }
+                continue;
+            }
+            if auto.enabled.insert(app_id.clone()) {
+                // Just enabled: rooms already publishing are left alone.
+                let now_live: Vec<RoomKey> = rooms.iter().filter(|k| k.app == *app_id).cloned().collect();
+                auto.excluded.extend(now_live);
+                continue;
+            }
+            for key in rooms.iter().filter(|k| k.app == *app_id) {
+                if auto.excluded.contains(key) {
+                    continue;
+                }
+                let live = auto.tasks.get(key).and_then(|id| self.tasks.get(id)).is_some_and(|t| !t.state().is_final());
+                if live {
+                    continue;
+                }
+                let spec = RecordingSpec {
+                    id: tessera_model::TaskId::generate().as_str().to_owned(),
+                    app: app_id.clone(),
+                    room: key.room.clone(),
+                    mode: Mode::Single { streams: vec![StreamKind::Main, StreamKind::Aux], split: true },
+                    content: settings.content.clone(),
+                    format: settings.format.clone(),
+                    subscribe: tessera_engine::mcu::Subscribe::everyone(),
+                    segment_s: 6,
+                    split_minutes: settings.mp4_split_minutes,
+                    max_idle: Duration::from_secs(settings.resume_wait_s.into()),
+                    prefix: settings.prefix.clone(),
+                };
+                let id = spec.id.clone();
+                match self.start(spec, data_dir.to_path_buf(), rtc.clone()) {
+                    Ok(_) => {
+                        tracing::info!(recording = %id, room = %key.room, "auto recording started");
+                        auto.tasks.insert(key.clone(), id);
+                    }
+                    Err(e) => tracing::warn!("auto recording not started: {e}"),
+                }
+            }
+        }
+        // Rooms that emptied are no longer excluded: their next publication is recorded.
+        auto.excluded.retain(|k| rooms.contains(k));
+    }
+
+    /// The recording a stored file belongs to (by the task id in its path).
+    pub fn owner_of(&self, app: &AppId, path: &str) -> Option<Arc<RecordingTask>> {
+        path.split('/').find_map(|seg| self.get(app, seg))
+    }
+}
+
+/// Saves the task's spec and state to `tasks/<id>.json` (RECORDING.md §8: fsync'd on change).
+fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), crate::store::StoreError> {
+    let spec = task.spec.lock().expect("spec").clone();
+    let st = task.status.lock().expect("status").clone();
+    let (mode, streams, split, mix_user, owned_job) = match &spec.mode {
+        Mode::Single { streams, split } => ("single", streams.iter().map(|s| s.as_str()).collect::<Vec<_>>(), *split, None, None),
+        Mode::Mixed { mix_user, owned_job } => ("mixed", Vec::new(), false, Some(mix_user.to_string()), owned_job.clone()),
+    };
+    let record = json!({
+        "kind": "recording", "id": spec.id, "app": spec.app, "room": spec.room, "mode": mode, "streams": streams, "split": split, "mix_user": mix_user, "owned_job": owned_job,
+        "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "split_minutes": spec.split_minutes, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
+        "subscribe": {"video_allow": spec.subscribe.video_allow, "video_deny": spec.subscribe.video_deny, "audio_allow": spec.subscribe.audio_allow, "audio_deny": spec.subscribe.audio_deny},
+        "state": st.state, "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "leave_code": st.leave_code,
+        "restarts": st.restarts, "skipped_segments": st.skipped_segments, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
+    });
+    let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
+    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600)
+        .inspect_err(|e| tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}"))
+}
+
+/// The most restarts a recording survives (RECORDING.md §8).
+const MAX_RESTARTS: u32 = 3;
+
+fn users_of(v: &Value) -> Option<Vec<String>> {
+    v.as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
+}
+
+impl Recordings {
+    /// Picks up the recordings a previous run left (RECORDING.md §8): finished ones stay
+    /// readable; live ones recover their interrupted segment, close their playlists and go on
+    /// in `ha<N>_` files; a 4th crash ends the task as failed with every file listed; a
+    /// stopped one redoes its conversion.
+    pub fn resume(&self, data_dir: &Path, rtc: &RtcHandle) {
+        for v in crate::task_file::read_all(&data_dir.join("tasks"), "recording") {
+            let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else { continue };
+            let mode = if v["mode"] == "mixed" {
+                let Ok(mix_user) = UserId::parse(v["mix_user"].as_str().unwrap_or("")) else { continue };
+                Mode::Mixed { mix_user, owned_job: v["owned_job"].as_str().map(str::to_owned) }
+            } else {
+                let streams = v["streams"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().and_then(StreamKind::parse)).collect()).unwrap_or_default();
+                Mode::Single { streams, split: v["split"].as_bool().unwrap_or(true) }
+            };
+            let spec = RecordingSpec {
+                id: id.to_string(),
+                app,
+                room,
+                mode,
+                content: v["content"].as_str().unwrap_or("audio_video").to_string(),
+                format: v["format"].as_str().unwrap_or("hls").to_string(),
+                subscribe: tessera_engine::mcu::Subscribe {
+                    video_allow: users_of(&v["subscribe"]["video_allow"]),
+                    video_deny: users_of(&v["subscribe"]["video_deny"]).unwrap_or_default(),
+                    audio_allow: users_of(&v["subscribe"]["audio_allow"]),
+                    audio_deny: users_of(&v["subscribe"]["audio_deny"]).unwrap_or_default(),
+                },
+                segment_s: v["segment_s"].as_u64().unwrap_or(6) as u32,
+                split_minutes: v["split_minutes"].as_u64().unwrap_or(1440) as u32,
+                max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
+                prefix: v["prefix"].as_str().unwrap_or("").to_string(),
+            };
+            let state = v["state"].as_str().and_then(RecordingState::parse).unwrap_or(RecordingState::Prepared);
+            let status = RecordingStatus {
+                state,
+                leave_code: v["leave_code"].as_u64().map(|c| c as u32),
+                started_at: v["started_at"].as_i64(),
+                stopped_at: v["stopped_at"].as_i64(),
+                paused_ms: v["paused_ms"].as_i64().unwrap_or(0),
+                files: Vec::new(),
+                error: v["error"].as_str().map(str::to_owned),
+                result: (!v["result"].is_null()).then(|| v["result"].clone()),
+                clock_ms: v["clock_ms"].as_i64().unwrap_or(0),
+                restarts: v["restarts"].as_u64().unwrap_or(0) as u32,
+                skipped_segments: v["skipped_segments"].as_u64().unwrap_or(0) as u32,
+            };
+            let task = Arc::new(RecordingTask { spec: Mutex::new(spec.clone()), status: Mutex::new(status), inputs: Mutex::new(None), created_at: v["created_at"].as_i64().unwrap_or(0), working: AtomicBool::new(false) });
+            self.tasks.insert(spec.id.clone(), task.clone());
+            if state == RecordingState::Finished {
+                continue;
+            }
+            let (final_dir, spool, url_base) = spec.places(data_dir);
+            files::recover_segments(&final_dir, &spool);
+            let restarts = task.status.lock().expect("status").restarts;
+            if state == RecordingState::Stopped || restarts >= MAX_RESTARTS {
+                {
+                    let mut st = task.status.lock().expect("status");
+                    if state != RecordingState::Stopped {
+                        st.state = RecordingState::Stopped;
+                        st.leave_code = Some(104);
+                        st.stopped_at = Some(crate::now_ms());
+                        st.error = Some(format!("the server stopped unexpectedly {} times", restarts + 1));
+                    }
+                }
+                tracing::warn!(recording = %spec.id, "recording ended after a restart; its files are kept");
+                let events = TaskEvents::new(&self.hooks, &spec);
+                if state != RecordingState::Stopped {
+                    events.emit(302, json!({"LeaveCode": 104}));
+                }
+                files::finish_task(&task, &spec, &final_dir, &spool, &url_base, None, &events);
+                let _ = save(&task, data_dir);
+                continue;
+            }
+            // A PAUSED task resumes paused (its worker reads the state).
+            task.status.lock().expect("status").restarts += 1;
+            tracing::info!(recording = %spec.id, restart = restarts + 1, "resuming the recording");
+            let _ = save(&task, data_dir);
+            worker::spawn(task.clone(), data_dir.to_path_buf(), rtc.clone(), TaskEvents::new(&self.hooks, &spec));
+        }
+    }
+}
+
+/// A recording's events (EVENTS.md group 3): its room, user `rec_<id>` and task id.
+#[derive(Clone)]
+pub struct TaskEvents {
+    hooks: crate::webhook::Webhooks,
+    app: AppId,
+    room: RoomId,
+    id: String,
+}
+
+impl TaskEvents {
+    pub(crate) fn new(hooks: &crate::webhook::Webhooks, spec: &RecordingSpec) -> TaskEvents {
+        TaskEvents { hooks: hooks.clone(), app: spec.app.clone(), room: spec.room.clone(), id: spec.id.clone() }
+    }
+
+    pub(crate) fn emit(&self, code: u16, payload: Value) {
+        let info = tessera_model::events::EventInfo::task(self.room.as_str(), format!("rec_{}", self.id), &self.id).with_payload(payload);
+        self.hooks.emit(&self.app, code, info);
+    }
+
+    /// 308: the storage refused a file.
+    pub(crate) fn storage_error(&self, message: &str) {
+        self.emit(308, json!({"Code": "StorageWriteFailed", "Message": message}));
+    }
+}
+

@@ -1,0 +1,453 @@
+//! A recording's driver and worker. The driver is a tokio task: it taps the room, asks the
+//! SFU for the room's publishers every 300 ms, forwards both to the worker over one channel
+//! (bounded by a count: a worker that falls behind loses packets, never memory) and carries
+//! the worker's keyframe requests to the SFU. The worker is a thread (FFmpeg muxing, AAC and
+//! VP8 work, file I/O): it runs the engine's `RecordingControl` and `Selection` on what
+//! arrives and feeds the HLS writers.
+
+use super::files::{finish_task, listed_files, scan_playlists};
+use super::hls::{id_in_name, HlsWriter, LocalStorage, Storage};
+use super::{lock, save, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
+use serde_json::json;
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_engine::outputs::recording::{Mode, RecordingControl, RecordingEvent, Selection};
+use tessera_engine::outputs::tap_input::{OpusToAac, VideoInput, VideoUnit};
+use tessera_engine::{PublisherInfo, RoomKey, RtcHandle, TapPacket};
+use tessera_media::{h264, Codec, KeyframeThrottle, StreamKind};
+use tessera_model::UserId;
+use tessera_transcode::decode::{AacEncoder, VideoCodec, VideoDecoder};
+use tessera_transcode::mux::AudioTrack;
+use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
+
+/// Packets waiting for the worker beyond this are dropped (the writers resume at a keyframe).
+const MAX_QUEUED_PACKETS: usize = 2048;
+/// How often the driver asks the SFU for the room's publishers.
+const PUBLISHERS_EVERY: Duration = Duration::from_millis(300);
+/// A lost video unit asks its source for a keyframe at most this often.
+const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
+
+/// What the worker takes in, in order.
+pub(super) enum Input {
+    Packet(TapPacket),
+    Publishers(Vec<PublisherInfo>),
+    Pause,
+    Resume,
+    Stop,
+    /// The server stops: close the playlists, leave the task live for the next start.
+    Shutdown,
+    Select(Selection),
+    /// The driver lost the SFU.
+    Failed(String),
+}
+
+/// Starts a task's driver (which starts its worker thread once the room is tapped).
+pub(super) fn spawn(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, events: TaskEvents) {
+    let (tx, rx) = std::sync::mpsc::channel();
+    *lock(&task.inputs) = Some(tx.clone());
+    task.working.store(true, Ordering::SeqCst);
+    let id = lock(&task.spec).id.clone();
+    let span = tracing::info_span!("recording", id = %id);
+    tokio::spawn(tracing::Instrument::instrument(drive(task, data_dir, rtc, events, tx, rx), span));
+}
+
+async fn drive(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, events: TaskEvents, inputs: Sender<Input>, worker_inputs: Receiver<Input>) {
+    let spec = lock(&task.spec).clone();
+    let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
+    let tap = match UserId::parse(&format!("rec_{}", spec.id)) {
+        Ok(owner) => rtc.add_tap_all(room.clone(), owner).await.map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    let (tap_id, mut packets) = match tap {
+        Ok((id, packets)) => (Some(id), Some(packets)),
+        Err(e) => {
+            let _ = inputs.send(Input::Failed(e));
+            (None, None)
+        }
+    };
+    let queued = Arc::new(AtomicUsize::new(0));
+    let (keyframe_tx, mut keyframes) = unbounded_channel();
+    let (done_tx, mut done) = tokio::sync::oneshot::channel::<()>();
+    let worker_queued = queued.clone();
+    let name = format!("rec-{}", spec.id);
+    let tapped = tap_id.is_some();
+    let started = std::thread::Builder::new().name(name).spawn(move || {
+        work(task, data_dir, events, tapped, worker_inputs, worker_queued, keyframe_tx);
+        let _ = done_tx.send(());
+    });
+    if let Err(e) = started {
+        tracing::error!("cannot start the recording's worker: {e}");
+    } else {
+        let mut ticks = tokio::time::interval(PUBLISHERS_EVERY);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut dropped = 0u64;
+        loop {
+            tokio::select! {
+                _ = &mut done => break,
+                p = async { packets.as_mut()?.recv().await }, if packets.is_some() => match p {
+                    Some(p) if queued.load(Ordering::Relaxed) < MAX_QUEUED_PACKETS => {
+                        queued.fetch_add(1, Ordering::Relaxed);
+                        let _ = inputs.send(Input::Packet(p));
+                    }
+                    Some(_) => {
+                        dropped += 1;
+                        if dropped.is_power_of_two() {
+                            tracing::warn!(dropped, "the recording falls behind; packets dropped");
+                        }
+                    }
+                    None => {
+                        let _ = inputs.send(Input::Failed("the room's tap closed".into()));
+                        packets = None;
+                    }
+                },
+                _ = ticks.tick() => match rtc.room_publishers(room.clone()).await {
+                    Ok(list) => drop(inputs.send(Input::Publishers(list))),
+                    Err(e) => drop(inputs.send(Input::Failed(e.to_string()))),
+                },
+                Some((user, stream)) = keyframes.recv() => {
+                    let _ = rtc.request_keyframe(room.clone(), user, stream).await;
+                }
+            }
+        }
+    }
+    if let Some(id) = tap_id {
+        let _ = rtc.remove_tap(id).await;
+    }
+}
+
+/// Everything recorded from one user stream (or the mix).
+struct StreamRec {
+    video_writer: Option<usize>,
+    audio_writer: Option<usize>,
+    video: VideoInput,
+    probe: Option<VideoDecoder>,
+    audio: Option<OpusToAac>,
+    keyframe_requests: KeyframeThrottle,
+}
+
+struct Worker {
+    spec: RecordingSpec,
+    events: TaskEvents,
+    /// `ha<N>_` after the N-th crash restart.
+    ha: String,
+    storage: Arc<dyn Storage>,
+    spool: PathBuf,
+    writers: Vec<HlsWriter>,
+    streams: HashMap<(UserId, StreamKind), StreamRec>,
+    /// Files of earlier runs (before a crash or restart), listed ahead of this run's.
+    earlier: Vec<FileInfo>,
+    keyframes: UnboundedSender<(UserId, StreamKind)>,
+    /// The server is stopping (not the task).
+    shutting_down: bool,
+}
+
+impl Worker {
+    fn base_name(&self, user: &UserId, stream: StreamKind) -> String {
+        let room = id_in_name(self.spec.room.as_str());
+        match &self.spec.mode {
+            Mode::Mixed { .. } => format!("{}_{room}", self.spec.app),
+            Mode::Single { .. } => format!("{}_{room}__UserId_s_{}__UserId_e_{}", self.spec.app, id_in_name(user.as_str()), stream.as_str()),
+        }
+    }
+
+    fn writer(&mut self, user: &UserId, stream: StreamKind, kind: &str, video: bool, audio: Option<AudioTrack>) -> usize {
+        let base = self.base_name(user, stream);
+        let ha = &self.ha;
+        let (playlist, stem, track_type, user_id, media_id) = match (&self.spec.mode, kind) {
+            (Mode::Mixed { .. }, _) => (format!("{ha}{base}.m3u8"), format!("{ha}{base}"), "audio_video".to_string(), String::new(), "mix".to_string()),
+            (Mode::Single { .. }, k) => (format!("{ha}{base}_{k}.m3u8"), format!("{ha}{base}_{k}"), k.to_string(), user.to_string(), stream.as_str().to_string()),
+        };
+        let segment_ms = self.spec.segment_s as i64 * 1000;
+        self.writers.push(HlsWriter {
+            events: self.events.clone(),
+            storage: self.storage.clone(),
+            spool: self.spool.clone(),
+            playlist,
+            segment_stem: stem,
+            user_id,
+            media_id,
+            track_type,
+            segment_ms,
+            target: (3 * self.spec.segment_s).max(1),
+            video,
+            audio,
+            size: None,
+            start_rec_time: None,
+            lines: Vec::new(),
+            current: None,
+            discontinuity: false,
+            files: Vec::new(),
+            first_play_ms: None,
+            last_ms: 0,
+            keyframe_asked: false,
+            last_video_ms: -1,
+            last_audio_ms: -1,
+            failing_since: None,
+            reported_ms: None,
+            skipped: 0,
+            open_retry_at: None,
+        });
+        self.writers.len() - 1
+    }
+}
+
+fn work(task: Arc<RecordingTask>, data_dir: PathBuf, events: TaskEvents, tapped: bool, inputs: Receiver<Input>, queued: Arc<AtomicUsize>, keyframes: UnboundedSender<(UserId, StreamKind)>) {
+    let spec = lock(&task.spec).clone();
+    let (final_dir, spool, url_base) = spec.places(&data_dir);
+    let restarts = lock(&task.status).restarts;
+    let ha = if restarts > 0 { format!("ha{restarts}_") } else { String::new() };
+    let storage: Arc<dyn Storage> = Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() });
+    // A resumed task lists what earlier runs wrote from the start, not only once it finishes.
+    let earlier: Vec<FileInfo> = if restarts > 0 {
+        let start_unix = lock(&task.status).started_at.unwrap_or(0);
+        listed_files(&scan_playlists(&final_dir), &final_dir, &url_base, start_unix).into_iter().flatten().collect()
+    } else {
+        Vec::new()
+    };
+    lock(&task.status).files = earlier.clone();
+    let mut w = Worker { spec: spec.clone(), events: events.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new(), earlier, keyframes, shutting_down: false };
+    let outcome = (|| -> Result<u32, String> {
+        let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
+        // 301 (or 306 after a crash restart), then 303 for the storage.
+        let status = if tapped { 0 } else { 1 };
+        events.emit(if restarts > 0 { 306 } else { 301 }, json!({"Status": status}));
+        events.emit(303, json!({"Status": if ready.is_ok() { 0 } else { 1 }}));
+        ready.map_err(|e| e.to_string())?;
+        record(&task, &mut w, &inputs, &queued, &data_dir)
+    })();
+    let mut all_stored = true;
+    for wr in &mut w.writers {
+        if let Err(e) = wr.finish() {
+            all_stored = false;
+            tracing::warn!("finishing a playlist failed: {e}");
+        }
+    }
+    if w.shutting_down {
+        // Closed, not stopped: the state stays RECORDING/PAUSED and the next start resumes.
+        let _ = save(&task, &data_dir);
+        task.working.store(false, Ordering::SeqCst);
+        tracing::info!(recording = %spec.id, "recording closed for the server's stop; it continues at the next start");
+        return;
+    }
+    let (code, error) = match outcome {
+        Ok(c) => (c, None),
+        Err(e) => {
+            tracing::error!(recording = %spec.id, "recording failed: {e}");
+            (104, Some(e))
+        }
+    };
+    {
+        let mut st = lock(&task.status);
+        st.state = RecordingState::Stopped;
+        st.stopped_at = Some(crate::now_ms());
+        st.leave_code = Some(code);
+        st.error = error.clone();
+    }
+    let _ = save(&task, &data_dir);
+    events.emit(302, json!({"LeaveCode": code}));
+    let stored = if all_stored { 0 } else { 1 };
+    events.emit(305, json!({"Status": stored, "LeaveCode": stored}));
+    finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
+    let _ = save(&task, &data_dir);
+    task.working.store(false, Ordering::SeqCst);
+}
+
+/// Records until the task stops; returns the LeaveCode.
+fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued: &AtomicUsize, data_dir: &std::path::Path) -> Result<u32, String> {
+    let (clock_offset, paused) = {
+        let st = lock(&task.status);
+        (st.clock_ms, st.state == RecordingState::Paused)
+    };
+    let mix_user = match &w.spec.mode {
+        Mode::Mixed { mix_user, .. } => Some(mix_user.clone()),
+        Mode::Single { .. } => None,
+    };
+    let mut control = RecordingControl::new(Instant::now(), w.spec.max_idle, mix_user, clock_offset);
+    if paused {
+        // Resumed after a restart while paused: it stays paused until asked to resume.
+        control.pause(Instant::now());
+    }
+    let mut selection = Selection { mode: w.spec.mode.clone(), subscribe: w.spec.subscribe.clone() };
+    let mut publishers: Vec<PublisherInfo> = Vec::new();
+    let mut started = false;
+    loop {
+        let now = Instant::now();
+        let wait = control.poll_timeout().map_or(Duration::from_secs(1), |t| t.saturating_duration_since(now)).min(Duration::from_secs(1));
+        match inputs.recv_timeout(wait) {
+            Ok(Input::Packet(p)) => {
+                queued.fetch_sub(1, Ordering::Relaxed);
+                if selection.wants(&p, &publishers) {
+                    if let Some(ms) = control.sample(Instant::now()) {
+                        on_packet(w, &p, ms, crate::now_ms())?;
+                    }
+                }
+            }
+            Ok(Input::Publishers(list)) => {
+                publishers = list;
+                control.publishers(&publishers, Instant::now());
+            }
+            Ok(Input::Pause) => control.pause(Instant::now()),
+            Ok(Input::Resume) => control.resume(Instant::now()),
+            Ok(Input::Stop) => control.stop(Instant::now()),
+            Ok(Input::Shutdown) => {
+                w.shutting_down = true;
+                control.stop(Instant::now());
+            }
+            Ok(Input::Select(s)) => {
+                w.spec.mode = s.mode.clone();
+                w.spec.subscribe = s.subscribe.clone();
+                selection = s;
+            }
+            Ok(Input::Failed(e)) => return Err(e),
+            Err(RecvTimeoutError::Timeout) => control.handle_timeout(Instant::now()),
+            Err(RecvTimeoutError::Disconnected) => return Err("the recording's driver ended".into()),
+        }
+        while let Some(event) = control.poll_event() {
+            match event {
+                RecordingEvent::Started => {
+                    started = true;
+                    let mut st = lock(&task.status);
+                    st.state = RecordingState::Recording;
+                    st.started_at.get_or_insert(crate::now_ms());
+                }
+                RecordingEvent::Paused { at_ms } => {
+                    for wr in &mut w.writers {
+                        wr.cut(at_ms.max(wr.last_ms))?;
+                        wr.discontinuity = true;
+                    }
+                    lock(&task.status).state = RecordingState::Paused;
+                    let _ = save(task, data_dir);
+                }
+                RecordingEvent::Resumed { paused_ms } => {
+                    let mut st = lock(&task.status);
+                    st.state = RecordingState::Recording;
+                    st.paused_ms = paused_ms;
+                    drop(st);
+                    let _ = save(task, data_dir);
+                }
+                RecordingEvent::Stop { code, clock_ms } => {
+                    if started {
+                        lock(&task.status).clock_ms = clock_ms;
+                    }
+                    return Ok(code);
+                }
+            }
+        }
+        if started {
+            let mut st = lock(&task.status);
+            let fresh: Vec<FileInfo> = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
+            st.skipped_segments = w.writers.iter().map(|wr| wr.skipped).sum();
+            st.clock_ms = control.clock_ms(Instant::now());
+            if fresh.len() != st.files.len() {
+                st.files = fresh;
+                drop(st);
+                // Every new segment is on record before the next one starts.
+                let _ = save(task, data_dir);
+            }
+        }
+    }
+}
+
+fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Result<(), String> {
+    let key = (p.user.clone(), p.stream);
+    if !w.streams.contains_key(&key) {
+        w.streams.insert(
+            key.clone(),
+            StreamRec {
+                video_writer: None,
+                audio_writer: None,
+                video: VideoInput::default(),
+                probe: None,
+                audio: None,
+                keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY),
+            },
+        );
+    }
+    let split = matches!(w.spec.mode, Mode::Single { split: true, .. });
+    match p.codec {
+        Codec::Opus if w.spec.wants_audio() => {
+            let s = w.streams.get_mut(&key).expect("inserted");
+            if s.audio.is_none() {
+                s.audio = OpusToAac::new().ok();
+            }
+            let Some(audio) = s.audio.as_mut() else { return Ok(()) };
+            let mut frames = Vec::new();
+            audio.push(p.ts, &p.payload, arrival, &mut frames).map_err(|e| e.to_string())?;
+            // Nothing decoded yet: no encoder, no configuration.
+            let Some(asc) = audio.audio_specific_config() else { return Ok(()) };
+            let track = AudioTrack { sample_rate: 48_000, channels: 2, asc: asc.to_vec() };
+            // The audio writer: its own playlist (split, audio-only content), or the muxed one.
+            let writer = if split || !w.spec.wants_video() {
+                match w.streams[&key].audio_writer {
+                    Some(i) => i,
+                    None => {
+                        let i = w.writer(&key.0, key.1, "audio", false, Some(track));
+                        w.streams.get_mut(&key).expect("inserted").audio_writer = Some(i);
+                        i
+                    }
+                }
+            } else {
+                match w.streams[&key].video_writer {
+                    Some(i) => i,
+                    None => return Ok(()),
+                }
+            };
+            for f in frames {
+                w.writers[writer].audio(f.ms, unix_ms, &f.data)?;
+            }
+        }
+        Codec::H264 | Codec::Vp8 if w.spec.wants_video() => {
+            let s = w.streams.get_mut(&key).expect("inserted");
+            let (nalus, keyframe, ms) = match s.video.push(p, arrival)? {
+                VideoUnit::Unit { nalus, keyframe, ms } => (nalus, keyframe, ms),
+                VideoUnit::Lost => {
+                    if s.keyframe_requests.try_request(Instant::now()) {
+                        let _ = w.keyframes.send(key.clone());
+                    }
+                    return Ok(());
+                }
+                VideoUnit::None => return Ok(()),
+            };
+            let annex_b = h264::to_annex_b(&nalus);
+            // The picture size, from the first keyframe, for the TS and the playlist.
+            let writer = match s.video_writer {
+                Some(i) => i,
+                None => {
+                    let probe = match s.probe.as_mut() {
+                        Some(d) => d,
+                        None => s.probe.insert(VideoDecoder::new(VideoCodec::H264).map_err(|e| e.to_string())?),
+                    };
+                    if !matches!(probe.decode(&annex_b), Ok(true)) {
+                        return Ok(());
+                    }
+                    let pic = probe.picture().expect("decoded");
+                    let size = (pic.width(), pic.height());
+                    s.probe = None;
+                    // Muxed layouts carry the audio in the same TS.
+                    let audio = if !split && w.spec.wants_audio() {
+                        Some(AudioTrack { sample_rate: 48_000, channels: 2, asc: AacEncoder::new(2, 96).map_err(|e| e.to_string())?.audio_specific_config().to_vec() })
+                    } else {
+                        None
+                    };
+                    let i = w.writer(&key.0, key.1, if split { "video" } else { "audio_video" }, true, audio);
+                    w.writers[i].size = Some(size);
+                    w.streams.get_mut(&key).expect("inserted").video_writer = Some(i);
+                    i
+                }
+            };
+            let wr = &mut w.writers[writer];
+            if !keyframe && wr.due(ms) && !wr.keyframe_asked {
+                wr.keyframe_asked = true;
+                let _ = w.keyframes.send(key.clone());
+            }
+            wr.video(ms, unix_ms, &annex_b, keyframe)?;
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
