@@ -5,6 +5,18 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/retry.sh cargo fetch --locked || exit 1
+# Habits: formatting and lints (clippy warnings are errors). The toolchain's rustfmt and clippy
+# components are needed; a toolchain without them skips the check and says so.
+if cargo fmt --version >/dev/null 2>&1; then
+  cargo fmt --all -- --check || { echo "tests: cargo fmt --check failed (run cargo fmt --all)"; exit 1; }
+else
+  echo "tests: rustfmt is not installed; format check skipped" >&2
+fi
+if cargo clippy --version >/dev/null 2>&1; then
+  cargo clippy --locked --workspace --all-targets -- -D warnings || { echo "tests: clippy found warnings"; exit 1; }
+else
+  echo "tests: clippy is not installed; lint check skipped" >&2
+fi
 # The end-to-end tests start target/debug/tessera, so build it first.
 cargo build --locked --bin tessera || exit 1
 log=$(mktemp)

@@ -143,7 +143,13 @@ fn api_errors_keys_policies_and_rotation() {
     assert_eq!(r.json()["request_id"], "trace-123");
 
     // CORS preflight for the browser pages.
-    let r = request("OPTIONS", &url("/v1/tokens"), None, None, &[("Origin", "http://example.test"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization,content-type")]);
+    let r = request(
+        "OPTIONS",
+        &url("/v1/tokens"),
+        None,
+        None,
+        &[("Origin", "http://example.test"), ("Access-Control-Request-Method", "POST"), ("Access-Control-Request-Headers", "authorization,content-type")],
+    );
     assert!(r.status == 200 || r.status == 204, "{r:?}");
     assert_eq!(r.header("access-control-allow-origin"), Some("*"));
 
@@ -161,7 +167,11 @@ fn api_errors_keys_policies_and_rotation() {
     request("DELETE", &url(&format!("/v1/api-keys/{ro_id}")), Some(&ro_key), None, &[]).expect_error(403, "action_denied");
 
     // A custom policy: everything but secret removal.
-    let r = post_json(&url("/v1/api-keys"), Some(&key), &json!({"name":"ops","policy":{"statements":[{"effect":"allow","actions":["*"]},{"effect":"deny","actions":["secrets.delete"]}]}}));
+    let r = post_json(
+        &url("/v1/api-keys"),
+        Some(&key),
+        &json!({"name":"ops","policy":{"statements":[{"effect":"allow","actions":["*"]},{"effect":"deny","actions":["secrets.delete"]}]}}),
+    );
     assert_eq!(r.status, 201, "{}", r.body);
     let ops_key = r.json()["key"].as_str().unwrap().to_owned();
     assert_eq!(post_json(&url("/v1/tokens"), Some(&ops_key), &json!({"room":"r","user":"u"})).status, 201);
@@ -259,8 +269,7 @@ fn restart_reuses_the_data_dir() {
     let (status, token, _) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", "demo", "--user", "obs"]);
     assert!(status.success());
     // A second server on the same data dir (another port) is refused while the first runs.
-    let (status, _, err) =
-        run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", "127.0.0.1:0"]);
+    let (status, _, err) = run_cli(&["serve", "--data-dir", data.to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", "127.0.0.1:0"]);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("in use by another tessera process"), "{err}");
     assert_eq!(server.stop().code(), Some(0));

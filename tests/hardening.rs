@@ -85,7 +85,11 @@ fn hostile_rtmp_messages_close_the_connection_not_the_server() {
     two_values.extend_from_slice(&[0x00, 0x3f, 0xf0, 0, 0, 0, 0, 0, 0]);
     let mut metadata_only_name = amf0_string("@setDataFrame");
     metadata_only_name.truncate(metadata_only_name.len());
-    for (what, message) in [("5,000-deep connect", chunks(20, 0, &deep)), ("two-value command", chunks(20, 0, &two_values)), ("16 MiB message header", vec![0x03, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0])] {
+    for (what, message) in [
+        ("5,000-deep connect", chunks(20, 0, &deep)),
+        ("two-value command", chunks(20, 0, &two_values)),
+        ("16 MiB message header", vec![0x03, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0]),
+    ] {
         let mut s = rtmp_handshake(port);
         s.write_all(&message).unwrap();
         assert!(closed_by_server(&mut s), "{what}: the server closes the connection");
@@ -298,9 +302,18 @@ fn task_files_with_bad_ids_are_not_resumed() {
     std::fs::create_dir_all(data.join("tasks")).unwrap();
     let escape = dir.path().join("escaped");
     let bad = [
-        ("0000000000000001", serde_json::json!({"kind": "relay", "id": "../../escaped", "app": "default", "room": "r", "source": {"user": "u", "stream": "main"}, "state": "RUNNING", "urls": ["rtmp://127.0.0.1:9/a/b"], "created_at": 0})),
-        ("0000000000000002", serde_json::json!({"kind": "recording", "id": "0000000000000002", "app": "default", "room": "r", "mode": "single", "streams": [], "prefix": "../../../escaped", "state": "RUNNING", "format": "hls"})),
-        ("0000000000000003", serde_json::json!({"kind": "ingest", "id": "../escaped", "app": "default", "room": "r", "user": "u", "stream": "main", "url": "rtmp://127.0.0.1:9/a/b", "state": "RUNNING"})),
+        (
+            "0000000000000001",
+            serde_json::json!({"kind": "relay", "id": "../../escaped", "app": "default", "room": "r", "source": {"user": "u", "stream": "main"}, "state": "RUNNING", "urls": ["rtmp://127.0.0.1:9/a/b"], "created_at": 0}),
+        ),
+        (
+            "0000000000000002",
+            serde_json::json!({"kind": "recording", "id": "0000000000000002", "app": "default", "room": "r", "mode": "single", "streams": [], "prefix": "../../../escaped", "state": "RUNNING", "format": "hls"}),
+        ),
+        (
+            "0000000000000003",
+            serde_json::json!({"kind": "ingest", "id": "../escaped", "app": "default", "room": "r", "user": "u", "stream": "main", "url": "rtmp://127.0.0.1:9/a/b", "state": "RUNNING"}),
+        ),
         ("0000000000000004", serde_json::json!({"kind": "mix_job", "id": "0000000000000004/../../../escaped", "app": "default", "state": "RUNNING", "request": {}})),
     ];
     for (name, v) in &bad {
@@ -380,7 +393,8 @@ fn relays_are_capped_per_app() {
         status.lines().find_map(|l| l.strip_prefix("Threads:")).unwrap().trim().parse::<usize>().unwrap()
     };
     let before = threads();
-    let start = |n: u32| post_json(&server.url("/v1/relays"), Some(&key), &serde_json::json!({"room": "cap", "source": {"user": "cam"}, "urls": [format!("rtmp://127.0.0.1:9/live/{n}")]}));
+    let start =
+        |n: u32| post_json(&server.url("/v1/relays"), Some(&key), &serde_json::json!({"room": "cap", "source": {"user": "cam"}, "urls": [format!("rtmp://127.0.0.1:9/live/{n}")]}));
     for n in 1..=40 {
         assert_eq!(start(n).status, 201);
     }
@@ -450,7 +464,8 @@ fn privilege_matrix() {
         let expect = |what: &str, got: (u16, String), want: (u16, &str)| -> Option<String> {
             (got.0 != want.0 || !got.1.contains(want.1)).then(|| format!("bit {bit} {what}: got {} {}, want {} {}", got.0, got.1, want.0, want.1))
         };
-        let status_code = |r: &Reply| (r.status, if r.status >= 400 { format!("{} {}", r.json()["code"].as_str().unwrap_or(""), r.json()["details"]["required"]) } else { String::new() });
+        let status_code =
+            |r: &Reply| (r.status, if r.status >= 400 { format!("{} {}", r.json()["code"].as_str().unwrap_or(""), r.json()["details"]["required"]) } else { String::new() });
         let missing = |b: u32| (403u16, format!("privilege_missing {b}"));
         let entry_refusal = match bit {
             1 => Some((404u16, "room_not_found".to_string())),
@@ -469,7 +484,13 @@ fn privilege_matrix() {
         }
         // WHEP main (a section per privilege) and aux (both sections need 128).
         for stream in ["main", "aux"] {
-            let r = request("POST", &server.url(&format!("/whep/{room}/host/{stream}")), Some(&tok(&format!("v{bit}{stream}"), &room)), Some(("application/sdp", recv_offer.as_bytes())), &[]);
+            let r = request(
+                "POST",
+                &server.url(&format!("/whep/{room}/host/{stream}")),
+                Some(&tok(&format!("v{bit}{stream}"), &room)),
+                Some(("application/sdp", recv_offer.as_bytes())),
+                &[],
+            );
             let want = entry_refusal.clone().unwrap_or(match (stream, bit) {
                 ("aux", 128) => missing(128),
                 _ => (201, String::new()),

@@ -9,8 +9,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tessera_tests::*;
 
-
-
 /// A solid-colour 320x180 picture and a sine tone, H.264 (no B-frames) + AAC over RTMP.
 fn publisher(url: &str, colour: &str, tone: u32, seconds: u32) -> Child {
     Command::new("ffmpeg")
@@ -87,12 +85,15 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"template": "grid"}})).expect_error(400, "invalid_parameter");
     let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "encode": {"template": "1280x720_15"}})).expect_error(400, "invalid_parameter");
     assert_eq!(e["details"]["field"], "encode.template");
-    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"template": "custom", "regions": [{"x": 1200, "y": 0, "width": 200, "height": 100}]}})).expect_error(400, "invalid_parameter");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"template": "custom", "regions": [{"x": 1200, "y": 0, "width": 200, "height": 100}]}}))
+        .expect_error(400, "invalid_parameter");
     assert_eq!(e["details"]["field"], "layout.regions[0]");
     post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"background_color": "red"}})).expect_error(400, "invalid_parameter");
-    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"watermarks": [{"image": "ftp://x/y.png", "x": 0, "y": 0, "width": 10, "height": 10}]}})).expect_error(400, "invalid_parameter");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"watermarks": [{"image": "ftp://x/y.png", "x": 0, "y": 0, "width": 10, "height": 10}]}}))
+        .expect_error(400, "invalid_parameter");
     assert_eq!(e["details"]["field"], "layout.watermarks[0].image");
-    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"watermarks": [{"image": "https://x/y.png", "x": 1200, "y": 0, "width": 100, "height": 10}]}})).expect_error(400, "invalid_parameter");
+    let e = post_json(&jobs, Some(&key), &json!({"room": "mix", "layout": {"watermarks": [{"image": "https://x/y.png", "x": 1200, "y": 0, "width": 100, "height": 10}]}}))
+        .expect_error(400, "invalid_parameter");
     assert_eq!(e["details"]["field"], "layout.watermarks[0]");
     assert_eq!(get(&jobs, Some(&key)).json()["items"].as_array().unwrap().len(), 0);
 
@@ -104,11 +105,8 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
         std::thread::sleep(Duration::from_millis(700));
     }
     let camera = dir.path().join("magenta.mjpeg");
-    let made = Command::new("ffmpeg")
-        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=0xFF00FF:s=640x360:r=30:d=1", "-q:v", "2", "-f", "mjpeg"])
-        .arg(&camera)
-        .status()
-        .unwrap();
+    let made =
+        Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=0xFF00FF:s=640x360:r=30:d=1", "-q:v", "2", "-f", "mjpeg"]).arg(&camera).status().unwrap();
     assert!(made.success());
     let chromium_token = token(&data, "mix", "chromium");
     let base = server.base.clone();
@@ -183,7 +181,11 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     // cannot be fetched (reported; the job runs on). Then green leaves: its slot is removed and
     // later entries shift left.
     let png = dir.path().join("white.png");
-    let made = Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=white:s=64x64", "-frames:v", "1", "-c:v", "png", "-f", "image2"]).arg(&png).status().unwrap();
+    let made = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=white:s=64x64", "-frames:v", "1", "-c:v", "png", "-f", "image2"])
+        .arg(&png)
+        .status()
+        .unwrap();
     assert!(made.success());
     use base64::Engine as _;
     let data_uri = format!("data:image/png;base64,{}", base64::engine::general_purpose::STANDARD.encode(std::fs::read(&png).unwrap()));

@@ -7,11 +7,9 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_tests::*;
 
-
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
-
 
 /// An RTMP publisher: moving test picture, H.264 without B-frames, AAC tone.
 fn publisher(url: &str, seconds: u32) -> Child {
@@ -135,7 +133,9 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     };
     let events = hooks.wait_for(Duration::from_secs(10), "the relay's 401s", |e| changes(e, &id) == [1, 2, 3, 2, 5, 0]);
     let mine: Vec<&Value> = events.iter().filter(|e| e["EventInfo"]["TaskId"] == id.as_str()).collect();
-    assert!(mine.iter().all(|e| e["EventType"] == 401 && e["EventGroupId"] == 4 && e["EventInfo"]["UserId"] == format!("relay_{id}") && e["EventInfo"]["Payload"]["Url"] == cdn_url.as_str()));
+    assert!(mine
+        .iter()
+        .all(|e| e["EventType"] == 401 && e["EventGroupId"] == 4 && e["EventInfo"]["UserId"] == format!("relay_{id}") && e["EventInfo"]["Payload"]["Url"] == cdn_url.as_str()));
     let recovering: Vec<i64> = mine.iter().filter(|e| e["EventInfo"]["Payload"]["Status"] == 3).map(|e| e["EventInfo"]["EventMsTs"].as_i64().unwrap()).collect();
     assert!(recovering.len() >= 2 && recovering.windows(2).all(|w| (4_500..=6_500).contains(&(w[1] - w[0]))), "RECOVERING reports at {recovering:?}");
     assert_ne!(mine.iter().find(|e| e["EventInfo"]["Payload"]["Status"] == 3).unwrap()["EventInfo"]["Payload"]["ErrorCode"], 0);
@@ -220,7 +220,8 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
     assert_eq!(audio.status, 201, "{}", audio.body);
     let audio_id = audio.json()["id"].as_str().unwrap().to_owned();
     // A mixed recording that owns its mix job.
-    let owned = post_json(&recs, Some(&key), &json!({"room": "rec", "mode": "mixed", "mix": {"encode": {"template": "360p"}, "layout": {"template": "float"}}, "hls": {"segment_s": 2}}));
+    let owned =
+        post_json(&recs, Some(&key), &json!({"room": "rec", "mode": "mixed", "mix": {"encode": {"template": "360p"}, "layout": {"template": "float"}}, "hls": {"segment_s": 2}}));
     assert_eq!(owned.status, 201, "{}", owned.body);
     let owned_id = owned.json()["id"].as_str().unwrap().to_owned();
     let owned_job = owned.json()["mix_job_id"].as_str().expect("the recording owns a mix job").to_owned();
@@ -292,7 +293,16 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
         for p in &playlists {
             let url = files.iter().find(|f| f["FileName"] == ***p).unwrap()["Url"].as_str().unwrap().to_owned();
             let text = get(&server.url(&url), Some(&key)).body;
-            for tag in ["#EXTM3U", "#EXT-X-VERSION:3", "#EXT-X-ALLOW-CACHE:NO", "#EXT-X-MEDIA-SEQUENCE:0", "#EXT-X-TARGETDURATION:6", "#EXT-X-TRTC-START-REC-TIME:", "#EXT-X-DISCONTINUITY", "#EXT-X-ENDLIST"] {
+            for tag in [
+                "#EXTM3U",
+                "#EXT-X-VERSION:3",
+                "#EXT-X-ALLOW-CACHE:NO",
+                "#EXT-X-MEDIA-SEQUENCE:0",
+                "#EXT-X-TARGETDURATION:6",
+                "#EXT-X-TRTC-START-REC-TIME:",
+                "#EXT-X-DISCONTINUITY",
+                "#EXT-X-ENDLIST",
+            ] {
                 assert!(text.contains(tag), "{p} lacks {tag}:\n{text}");
             }
             assert_eq!(text.contains("#EXT-X-TRTC-VIDEO-METADATA:WIDTH:"), !p.contains("_audio"), "{text}");
@@ -330,7 +340,9 @@ fn single_and_mixed_recordings_with_a_pause_probe_and_match_the_naming() {
         let slice = payload(307);
         let first_ts = slice["FileName"].as_str().unwrap();
         assert!(first_ts.ends_with(".ts") && names.contains(&first_ts), "{slice}");
-        let begin = files.iter().find(|f| f["FileName"].as_str().unwrap().ends_with(".m3u8") && f["MediaId"] == slice["MediaId"] && f["TrackType"] == slice["TrackType"]).unwrap()["BeginTimeStamp"].clone();
+        let begin = files.iter().find(|f| f["FileName"].as_str().unwrap().ends_with(".m3u8") && f["MediaId"] == slice["MediaId"] && f["TrackType"] == slice["TrackType"]).unwrap()
+            ["BeginTimeStamp"]
+            .clone();
         assert_eq!(slice["BeginTimeStamp"], begin, "307's BeginTimeStamp is the playlist's start");
         assert_eq!(slice["MediaId"], if mixed { "mix" } else { "main" });
         assert!(payload(304)["FileList"][0].as_str().unwrap().ends_with(".m3u8"));
@@ -416,7 +428,9 @@ fn a_recording_survives_kill_9_with_ha1_files_and_loses_nothing() {
         assert!(listed.contains(&name.as_str()), "{name} is not listed after the restart: {listed:?}");
     }
     let mut source = publisher(&format!("rtmp://127.0.0.1:{port}/push/crash/cam?token={cam}"), 60);
-    poll(&server, &key, &path, Duration::from_secs(20), |v| v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_"))));
+    poll(&server, &key, &path, Duration::from_secs(20), |v| {
+        v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_")))
+    });
     let job = poll(&server, &key, &format!("/v1/mix-jobs/{job_id}"), Duration::from_secs(20), |v| v["state"] == "RUNNING");
     assert_eq!(job["user"], format!("mix_{job_id}"));
     let received = dir.path().join("after-crash.flv");
@@ -476,7 +490,9 @@ fn auto_recording_starts_with_the_first_publication_and_ends_after_resume_wait()
     std::thread::sleep(Duration::from_millis(1500));
     let cam = token(&data, "auto", "cam");
     let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/auto/cam?token={cam}", rtmp_port(&server)), 6);
-    let list = poll(&server, &key, "/v1/recordings", Duration::from_secs(10), |v| v["items"].as_array().is_some_and(|a| a.iter().any(|r| r["room"] == "auto" && r["state"] == "RECORDING")));
+    let list = poll(&server, &key, "/v1/recordings", Duration::from_secs(10), |v| {
+        v["items"].as_array().is_some_and(|a| a.iter().any(|r| r["room"] == "auto" && r["state"] == "RECORDING"))
+    });
     let id = list["items"].as_array().unwrap().iter().find(|r| r["room"] == "auto").unwrap()["id"].as_str().unwrap().to_owned();
     let _ = source.wait();
     // The publisher is gone for longer than resume_wait_s: the task ends on its own.
@@ -642,7 +658,9 @@ fn a_graceful_restart_continues_a_recording() {
 
     let server = Server::start(&data, &[]);
     let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/upgrade/cam?token={cam}", rtmp_port(&server)), 60);
-    poll(&server, &key, &path, Duration::from_secs(20), |v| v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_"))));
+    poll(&server, &key, &path, Duration::from_secs(20), |v| {
+        v["state"] == "RECORDING" && v["files"].as_array().is_some_and(|f| f.iter().any(|x| x["file_name"].as_str().unwrap().starts_with("ha1_")))
+    });
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(request("DELETE", &server.url(&path), Some(&key), None, &[]).status, 200);
     poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
@@ -729,7 +747,11 @@ fn an_rtmps_relay_reaches_a_tls_cdn_and_checks_its_certificate() {
     interrupt(receiver);
     // Event 401 reached the https backend: the good URL ran and was stopped.
     hooks.wait_for(Duration::from_secs(10), "401s over https", |e| {
-        let s: Vec<u64> = e.iter().filter(|e| e["EventInfo"]["TaskId"] == id.as_str() && e["EventInfo"]["Payload"]["Url"] == good.as_str()).map(|e| e["EventInfo"]["Payload"]["Status"].as_u64().unwrap()).collect();
+        let s: Vec<u64> = e
+            .iter()
+            .filter(|e| e["EventInfo"]["TaskId"] == id.as_str() && e["EventInfo"]["Payload"]["Url"] == good.as_str())
+            .map(|e| e["EventInfo"]["Payload"]["Status"].as_u64().unwrap())
+            .collect();
         s.contains(&2) && s.last() == Some(&0)
     });
     assert!(hooks.requests().iter().all(|r| r["sign_ok"] == true));
@@ -741,7 +763,19 @@ fn an_rtmps_relay_reaches_a_tls_cdn_and_checks_its_certificate() {
     // A CA file that is not one stops the server at start with a clear line.
     let bad = dir.path().join("bad.toml");
     std::fs::write(&bad, "outbound_ca_file = \"/nonexistent/ca.pem\"\n").unwrap();
-    let (status, _, err) = run_cli(&["serve", "--config", bad.to_str().unwrap(), "--data-dir", dir.path().join("d2").to_str().unwrap(), "--http-addr", "127.0.0.1:0", "--rtmp-addr", "127.0.0.1:0", "--rtc-udp-addr", "127.0.0.1:0"]);
+    let (status, _, err) = run_cli(&[
+        "serve",
+        "--config",
+        bad.to_str().unwrap(),
+        "--data-dir",
+        dir.path().join("d2").to_str().unwrap(),
+        "--http-addr",
+        "127.0.0.1:0",
+        "--rtmp-addr",
+        "127.0.0.1:0",
+        "--rtc-udp-addr",
+        "127.0.0.1:0",
+    ]);
     assert_eq!(status.code(), Some(2), "{err}");
     assert!(err.contains("outbound_ca_file"), "{err}");
     let _ = edge.kill();

@@ -14,8 +14,6 @@ use tessera_tests::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
-
-
 /// `ffmpeg -re` pushing test video (and a 440 Hz tone as AAC) for `seconds`.
 fn push(url: &str, bframes: u32, seconds: u32) -> Child {
     Command::new("ffmpeg")
@@ -258,7 +256,12 @@ fn pull_ingest_of_rtmp_and_hls_reaches_webrtc_viewers_and_bad_urls_fail() {
         events
             .iter()
             .filter(|e| e["EventInfo"]["TaskId"] == id)
-            .map(|e| (e["EventType"].as_u64().unwrap(), if e["EventType"] == 701 { e["EventInfo"]["Status"].to_string() } else { e["EventInfo"]["Reason"].as_str().unwrap_or("").to_string() }))
+            .map(|e| {
+                (
+                    e["EventType"].as_u64().unwrap(),
+                    if e["EventType"] == 701 { e["EventInfo"]["Status"].to_string() } else { e["EventInfo"]["Reason"].as_str().unwrap_or("").to_string() },
+                )
+            })
             .collect()
     };
     let pair = |c: u64, s: &str| (c, s.to_string());

@@ -127,8 +127,9 @@ fn chromium_publishes_and_plays_h264_and_vp8() {
     let server = serve(&net, &data);
     let anchor = token(&data, "demo", "cam", &[]);
     for codec in ["H264", "VP8"] {
-        let r = browser(&net, &server, &["both", "--room", "demo", "--user", "cam", "--token", &anchor, "--codec", codec, "--degradation", "maintain-resolution", "--seconds", "8"])
-            .finish(Duration::from_secs(60));
+        let r =
+            browser(&net, &server, &["both", "--room", "demo", "--user", "cam", "--token", &anchor, "--codec", codec, "--degradation", "maintain-resolution", "--seconds", "8"])
+                .finish(Duration::from_secs(60));
         assert_eq!(r["publish_state"], "connected", "{r}");
         let s = &r["stats"];
         assert!(s["framesDecoded"].as_u64().unwrap() >= 60, "{codec}: {r}");
@@ -148,8 +149,7 @@ fn whip_ice_restart_keeps_the_stream() {
     let net = TestNet::new();
     let server = serve(&net, &data);
     let anchor = token(&data, "ice", "cam", &[]);
-    let r = browser(&net, &server, &["both", "--room", "ice", "--user", "cam", "--token", &anchor, "--seconds", "12", "--ice-restart-after", "4"])
-        .finish(Duration::from_secs(60));
+    let r = browser(&net, &server, &["both", "--room", "ice", "--user", "cam", "--token", &anchor, "--seconds", "12", "--ice-restart-after", "4"]).finish(Duration::from_secs(60));
     assert!(r["new_ufrag"].as_str().is_some_and(|u| !u.is_empty()), "{r}");
     assert_eq!(r["publish_state_after_restart"], "connected", "{r}");
     let before = r["frames_before_restart"].as_u64().unwrap();
@@ -180,7 +180,26 @@ fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
         .success();
     assert!(ok, "ffmpeg made the fake camera file");
     // Publisher (three layers) and an unconstrained viewer on one host...
-    let full = browser(&net, &server, &["both", "--room", "sim", "--user", "cam", "--token", &anchor, "--simulcast", "--degradation", "maintain-resolution", "--seconds", "22", "--fake-video", camera.to_str().unwrap()]);
+    let full = browser(
+        &net,
+        &server,
+        &[
+            "both",
+            "--room",
+            "sim",
+            "--user",
+            "cam",
+            "--token",
+            &anchor,
+            "--simulcast",
+            "--degradation",
+            "maintain-resolution",
+            "--seconds",
+            "22",
+            "--fake-video",
+            camera.to_str().unwrap(),
+        ],
+    );
     // ...and a viewer whose downlink carries 600 kbit/s: never the top layer (~1.5 Mbit/s of noise),
     // with room for the bottom one and its retransmissions.
     capped.shape_downlink(&["tbf", "rate", "600kbit", "burst", "20kb", "latency", "200ms"]);
@@ -216,7 +235,14 @@ fn ten_percent_loss_on_the_viewer_leg_is_repaired() {
     let server = serve(&pub_net, &data);
     let anchor = token(&data, "lossy", "cam", &[]);
     let publisher = browser(&pub_net, &server, &["publish", "--room", "lossy", "--token", &anchor, "--degradation", "maintain-resolution", "--seconds", "20"]);
-    let udp_port: u16 = server.banner.lines().find_map(|l| l.trim().strip_prefix("WebRTC UDP")).and_then(|l| l.split_whitespace().next()).and_then(|a| a.rsplit(':').next()).and_then(|p| p.parse().ok()).expect("UDP port in the banner");
+    let udp_port: u16 = server
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("WebRTC UDP"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("UDP port in the banner");
     view_net.drop_incoming_udp(udp_port, 10);
     std::thread::sleep(Duration::from_secs(3));
     let r = browser(&view_net, &server, &["play", "--room", "lossy", "--user", "cam", "--token", &anchor, "--seconds", "12"]).finish(Duration::from_secs(60));
@@ -357,7 +383,7 @@ fn a_vanished_publisher_leaves_after_the_liveness_timeout() {
     let net = TestNet::new();
     let server = serve(&net, &data);
     let anchor = token(&data, "gone", "ghost", &[]);
-    let viewer = token(&data, "gone", "bob", &["--role", "audience"]);
+    let _viewer = token(&data, "gone", "bob", &["--role", "audience"]);
     let publisher = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/gone"), "--token", &anchor, "--seconds", "120", "--codec", "H264"]);
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while metric(&server, "tessera_participants{user_type=\"10\"}") < 1.0 {

@@ -177,8 +177,11 @@ pub fn json_bodies(data: &[u8]) {
     tessera_server::api::fuzzing::body(which, body);
 }
 
-/// Every target, by the name of its folder under `fuzz/corpus/`.
-pub const TARGETS: [(&str, fn(&[u8])); 10] = [
+/// A fuzz target: the name of its folder under `fuzz/corpus/`, and the function run on each input.
+pub type Target = (&'static str, fn(&[u8]));
+
+/// Every target.
+pub const TARGETS: [Target; 10] = [
     ("amf0", amf0),
     ("rtmp_server", rtmp_server),
     ("rtmp_client", rtmp_client),
@@ -272,11 +275,23 @@ mod tests {
         put("rtmp_server", "publish", &[[0xff].as_slice(), &to_server, &media].concat());
         put("rtmp_server", "publish-small-reads", &[[0x07].as_slice(), &to_server, &media].concat());
         put("rtmp_client", "connect-publish", &[[0xff].as_slice(), &to_client].concat());
-        put("amf0", "connect", &rml_amf0::serialize(&vec![
-            rml_amf0::Amf0Value::Utf8String("connect".into()),
-            rml_amf0::Amf0Value::Number(1.0),
-            rml_amf0::Amf0Value::Object([("app".to_string(), rml_amf0::Amf0Value::Utf8String("push/r".into())), ("flashVer".to_string(), rml_amf0::Amf0Value::StrictArray(vec![rml_amf0::Amf0Value::Boolean(true), rml_amf0::Amf0Value::Null]))].into_iter().collect()),
-        ]).unwrap());
+        put(
+            "amf0",
+            "connect",
+            &rml_amf0::serialize(&vec![
+                rml_amf0::Amf0Value::Utf8String("connect".into()),
+                rml_amf0::Amf0Value::Number(1.0),
+                rml_amf0::Amf0Value::Object(
+                    [
+                        ("app".to_string(), rml_amf0::Amf0Value::Utf8String("push/r".into())),
+                        ("flashVer".to_string(), rml_amf0::Amf0Value::StrictArray(vec![rml_amf0::Amf0Value::Boolean(true), rml_amf0::Amf0Value::Null])),
+                    ]
+                    .into_iter()
+                    .collect(),
+                ),
+            ])
+            .unwrap(),
+        );
         put("flv", "avc-header", &[[0u8, 0xff].as_slice(), &video_header].concat());
         put("flv", "avc-frame", &[[0u8, 0xff].as_slice(), &video_frame].concat());
         put("flv", "aac-header", &[[1u8].as_slice(), &aac_sequence_header(&asc)].concat());
@@ -301,10 +316,27 @@ a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:3
 a=rtpmap:96 H264/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
 a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rid:h send\r\na=rid:l send\r\na=simulcast:send h;l\r\n";
         put("sdp_offer", "publish", offer.as_bytes());
-        let claims = tessera_model::token::TokenClaims { app: "default".into(), room: "r".into(), user: "u".into(), role: Some(20), privileges: Some(255), nbf: None, exp: 1_800_000_000, info: None };
+        let claims = tessera_model::token::TokenClaims {
+            app: "default".into(),
+            room: "r".into(),
+            user: "u".into(),
+            role: Some(20),
+            privileges: Some(255),
+            nbf: None,
+            exp: 1_800_000_000,
+            info: None,
+        };
         put("jwt", "valid", tessera_model::token::mint(&claims, &tessera_model::Kid::parse("k1").unwrap(), "s3cret-s3cret-s3cret").as_bytes());
         put("task_file", "recording", &[[0u8].as_slice(), br#"{"kind":"recording","id":"0123456789abcdef","app":"default","room":"r","mode":"single","streams":["main"],"prefix":"a/b","state":"RECORDING","owned_job":null}"#].concat());
-        put("task_file", "relay", &[[1u8].as_slice(), br#"{"kind":"relay","id":"0123456789abcdef","app":"default","room":"r","source":{"user":"u","stream":"main"},"urls":["rtmp://h/a/b"],"state":"RUNNING"}"#].concat());
+        put(
+            "task_file",
+            "relay",
+            &[
+                [1u8].as_slice(),
+                br#"{"kind":"relay","id":"0123456789abcdef","app":"default","room":"r","source":{"user":"u","stream":"main"},"urls":["rtmp://h/a/b"],"state":"RUNNING"}"#,
+            ]
+            .concat(),
+        );
         for (i, body) in [
             r#"{"name":"ci","policy":"read-only"}"#,
             r#"{"room":"r","user":"u","role":"anchor","ttl":"1h","privileges":255}"#,

@@ -276,6 +276,12 @@ fn must(args: &[&str]) {
     assert!(out.status.success(), "{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+impl Default for TestNet {
+    fn default() -> Self {
+        TestNet::new()
+    }
+}
+
 impl TestNet {
     /// Each call gets its own /24 in 10.199.0.0/16, named after this process and a counter, so
     /// parallel test binaries do not collide.
@@ -353,14 +359,7 @@ pub struct Client {
 impl Client {
     pub fn start(net: &TestNet, script: &str, args: &[&str]) -> Client {
         let path = repo_root().join("tests/clients").join(script);
-        let child = net
-            .command(&python())
-            .arg(&path)
-            .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("{script}: {e}"));
+        let child = net.command(&python()).arg(&path).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{script}: {e}"));
         Client { child: Some(child), what: format!("{script} {}", args.first().unwrap_or(&"")) }
     }
 

@@ -64,9 +64,7 @@ struct Args {
 fn mint(args: &Args, user: &str, role: u8) -> String {
     let body = serde_json::json!({"room": args.room, "user": user, "role": role, "ttl_s": 3600});
     loop {
-        let result = ureq::post(&format!("{}/v1/tokens", args.server))
-            .set("Authorization", &format!("Bearer {}", args.api_key))
-            .send_json(body.clone());
+        let result = ureq::post(&format!("{}/v1/tokens", args.server)).set("Authorization", &format!("Bearer {}", args.api_key)).send_json(body.clone());
         match result {
             Ok(resp) => return resp.into_json::<serde_json::Value>().unwrap()["token"].as_str().unwrap().to_owned(),
             // The API allows 100 requests/s per key: wait as told.
@@ -108,14 +106,7 @@ async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> (Rtc, U
 
 /// Runs `rtc` until `until`: feeds it datagrams and time, sends what it says. `on_rtp` sees raw
 /// RTP datagrams instead of str0m (subscribers); `tick` runs every `period` (publishers).
-async fn drive(
-    mut rtc: Rtc,
-    socket: UdpSocket,
-    until: Instant,
-    mut on_rtp: impl FnMut(&[u8], Instant),
-    period: Option<Duration>,
-    mut tick: impl FnMut(&mut Rtc, Instant, bool),
-) {
+async fn drive(mut rtc: Rtc, socket: UdpSocket, until: Instant, mut on_rtp: impl FnMut(&[u8], Instant), period: Option<Duration>, mut tick: impl FnMut(&mut Rtc, Instant, bool)) {
     let local = socket.local_addr().unwrap();
     let mut buf = vec![0u8; 2048];
     let mut next_tick = Instant::now();
@@ -183,15 +174,7 @@ async fn drive(
 /// Publishes over RTMP like an encoder: FLV video tags shaped like H.264 (an IDR every 2 s) at
 /// `fps`, and AAC frames of a tone at real time. Records each video frame's send time under its
 /// 90 kHz timestamp, which the SFU keeps, for the latency measurement.
-async fn rtmp_publish(
-    addr: &str,
-    room: &str,
-    user: &str,
-    token: &str,
-    fps: u64,
-    frame_bytes: usize,
-    sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>,
-) -> Result<(), String> {
+async fn rtmp_publish(addr: &str, room: &str, user: &str, token: &str, fps: u64, frame_bytes: usize, sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>) -> Result<(), String> {
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType};
     use rml_rtmp::time::RtmpTimestamp;
@@ -441,7 +424,9 @@ async fn run(args: Args) {
             let mut idr = vec![0x65u8; packet_bytes];
             idr[1] = 0x88;
             let audio = vec![0xfcu8; 120];
-            let (video, idr, audio): (Arc<[u8]>, Arc<[u8]>, Arc<[u8]>) = (video.into(), idr.into(), audio.into());
+            let video: Arc<[u8]> = video.into();
+            let idr: Arc<[u8]> = idr.into();
+            let audio: Arc<[u8]> = audio.into();
             // In RTP mode the writer sets header extensions: the MID lets the server bind our SSRCs.
             let (mut ext_v, mut ext_a) = (ExtensionValues::default(), ExtensionValues::default());
             ext_v.mid = Some(video_mid);
@@ -450,7 +435,7 @@ async fn run(args: Args) {
                 let pt_v: Pt = 108.into();
                 let pt_a: Pt = 111.into();
                 let ts_v = (frame * 90_000 / fps) as u32;
-                let gop = frame % (2 * fps) == 0;
+                let gop = frame.is_multiple_of(2 * fps);
                 if track_latency {
                     let mut m = sent.lock().unwrap();
                     m.insert(ts_v, now);

@@ -212,10 +212,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let app = AppId::parse(&app).map_err(Failure::usage)?;
             let policy = tessera_model::Policy::preset(&preset).ok_or_else(|| Failure::usage("--preset must be full-access or read-only"))?;
             let dir = DataDir::open_locked(&config.data_dir).map_err(|e| match e {
-                StoreError::Locked(_) => Failure::runtime(format!(
-                    "a server is running on {}; create keys with POST /v1/api-keys while it runs",
-                    config.data_dir.display()
-                )),
+                StoreError::Locked(_) => Failure::runtime(format!("a server is running on {}; create keys with POST /v1/api-keys while it runs", config.data_dir.display())),
                 other => Failure::runtime(other),
             })?;
             let (store, _) = AppStore::load_or_init(&dir, &config, tessera_server::now_ms()).map_err(Failure::runtime)?;

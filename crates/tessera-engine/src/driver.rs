@@ -2,8 +2,8 @@
 //! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
-use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats, TapPacket};
 use crate::presence::RoomEvent;
+use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats, TapPacket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,13 +65,8 @@ pub fn host_candidates(bound: SocketAddr, public_ip: Option<IpAddr>) -> Vec<Sock
     if !bound.ip().is_unspecified() {
         return vec![bound];
     }
-    let mut out: Vec<SocketAddr> = if_addrs::get_if_addrs()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|i| i.ip())
-        .filter(|ip| ip.is_ipv4() && !ip.is_loopback())
-        .map(|ip| SocketAddr::new(ip, port))
-        .collect();
+    let mut out: Vec<SocketAddr> =
+        if_addrs::get_if_addrs().unwrap_or_default().into_iter().map(|i| i.ip()).filter(|ip| ip.is_ipv4() && !ip.is_loopback()).map(|ip| SocketAddr::new(ip, port)).collect();
     out.push(SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port));
     out
 }
@@ -83,12 +78,7 @@ fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr 
     if let Some(c) = candidates.iter().find(|c| c.ip() == source.ip()) {
         return *c;
     }
-    candidates
-        .iter()
-        .find(|c| c.ip().is_loopback() == source.ip().is_loopback())
-        .or(candidates.first())
-        .copied()
-        .unwrap_or(source)
+    candidates.iter().find(|c| c.ip().is_loopback() == source.ip().is_loopback()).or(candidates.first()).copied().unwrap_or(source)
 }
 
 impl RtcHandle {

@@ -238,10 +238,20 @@ impl Pacer {
 /// One source's media for the SFU.
 pub enum IngestMedia {
     /// H.264 access unit as NAL units.
-    H264 { ts_ms: i64, nalus: Vec<Vec<u8>> },
-    Vp8 { ts_ms: i64, frame: Vec<u8>, keyframe: bool },
+    H264 {
+        ts_ms: i64,
+        nalus: Vec<Vec<u8>>,
+    },
+    Vp8 {
+        ts_ms: i64,
+        frame: Vec<u8>,
+        keyframe: bool,
+    },
     /// Opus frames (48 kHz timestamps) due at `due_ms`.
-    Opus { due_ms: i64, frames: Vec<(u32, Vec<u8>)> },
+    Opus {
+        due_ms: i64,
+        frames: Vec<(u32, Vec<u8>)>,
+    },
 }
 
 /// RTP state that outlives one opened source: sequence numbers and SSRCs continue across
@@ -284,7 +294,15 @@ impl IngestRtp {
                 let mut payloads = Vec::new();
                 self.h264.push(&units, ts90, &mut payloads);
                 for p in payloads {
-                    packets.push(IngestPacket { ssrc: self.video_ssrc, seq: self.video_seq, ts: p.ts, marker: p.marker, keyframe: p.keyframe, codec: Codec::H264, payload: Arc::from(p.payload) });
+                    packets.push(IngestPacket {
+                        ssrc: self.video_ssrc,
+                        seq: self.video_seq,
+                        ts: p.ts,
+                        marker: p.marker,
+                        keyframe: p.keyframe,
+                        codec: Codec::H264,
+                        payload: Arc::from(p.payload),
+                    });
                     self.video_seq += 1;
                 }
             }

@@ -14,6 +14,8 @@ pub mod mcu;
 pub mod outputs;
 pub mod presence;
 pub mod sfu;
+#[cfg(test)]
+mod sfu_harness;
 
 pub use driver::{RtcHandle, RtcServerError};
 pub use presence::{JoinInfo, RoomEvent, Track};

@@ -88,15 +88,42 @@ impl Track {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
-    RoomCreated { room: RoomKey, user: UserId },
-    RoomDismissed { room: RoomKey },
+    RoomCreated {
+        room: RoomKey,
+        user: UserId,
+    },
+    RoomDismissed {
+        room: RoomKey,
+    },
     /// `reason`: 1 normal, 3 back within 60 s of a timeout.
-    Entered { room: RoomKey, user: UserId, join: JoinInfo, reason: u8 },
+    Entered {
+        room: RoomKey,
+        user: UserId,
+        join: JoinInfo,
+        reason: u8,
+    },
     /// `reason`: 1 left, 2 timed out, 3 removed.
-    Exited { room: RoomKey, user: UserId, role: Role, reason: u8 },
-    RoleChanged { room: RoomKey, user: UserId, role: Role },
-    TrackStarted { room: RoomKey, user: UserId, track: Track },
-    TrackStopped { room: RoomKey, user: UserId, track: Track },
+    Exited {
+        room: RoomKey,
+        user: UserId,
+        role: Role,
+        reason: u8,
+    },
+    RoleChanged {
+        room: RoomKey,
+        user: UserId,
+        role: Role,
+    },
+    TrackStarted {
+        room: RoomKey,
+        user: UserId,
+        track: Track,
+    },
+    TrackStopped {
+        room: RoomKey,
+        user: UserId,
+        track: Track,
+    },
 }
 
 /// Why a session ended.

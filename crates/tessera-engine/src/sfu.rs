@@ -549,9 +549,8 @@ impl Sfu {
 
     /// Negotiates the offer and adds the session; returns the SDP answer.
     pub fn add_session(&mut self, spec: SessionSpec, offer: &str, now: Instant) -> Result<String, OfferError> {
-        let first_video = tessera_rtc::OfferSummary::parse(offer)
-            .ok()
-            .and_then(|s| s.media().find(|m| m.kind == tessera_rtc::SectionKind::Video).and_then(|m| m.codecs.first().copied()));
+        let first_video =
+            tessera_rtc::OfferSummary::parse(offer).ok().and_then(|s| s.media().find(|m| m.kind == tessera_rtc::SectionKind::Video).and_then(|m| m.codecs.first().copied()));
         let (peer, answer) = Peer::from_offer(spec.role, offer, &self.candidates, first_video, now)?;
         let answer = tessera_rtc::reject_sections(&answer, &spec.rejected_mids);
         let id = self.next_id;
@@ -839,7 +838,16 @@ impl Sfu {
                     }
                     if let Role::Publisher { producers } = &mut s.role {
                         let layers = match &m.simulcast {
-                            Some(sim) => sim.recv.iter().map(|l| Layer { rid: Some(l.rid), rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }).collect(),
+                            Some(sim) => sim
+                                .recv
+                                .iter()
+                                .map(|l| Layer {
+                                    rid: Some(l.rid),
+                                    rate: RateMeter::new(now),
+                                    last_packet: now,
+                                    keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL),
+                                })
+                                .collect(),
                             None => vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }],
                         };
                         producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false });
@@ -893,7 +901,18 @@ impl Sfu {
                 }
             }
             let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
-            consumers.push(Consumer { mid, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts, gate: FrameGate::default(), gop_replayed_at: None });
+            consumers.push(Consumer {
+                mid,
+                kind,
+                allowed,
+                rewriter: SeqTsRewriter::default(),
+                current: None,
+                target: None,
+                last_sent: None,
+                pts,
+                gate: FrameGate::default(),
+                gop_replayed_at: None,
+            });
         }
     }
 
@@ -921,9 +940,7 @@ impl Sfu {
             }
             let mut layers: Vec<&Layer> = producer.layers.iter().collect();
             // Ranked by name (h, m, l, l2: PRODUCT.md §3.5), others by measured bitrate.
-            layers.sort_by(|a, b| {
-                rank(a).cmp(&rank(b)).then(b.rate.bps.partial_cmp(&a.rate.bps).unwrap_or(std::cmp::Ordering::Equal))
-            });
+            layers.sort_by(|a, b| rank(a).cmp(&rank(b)).then(b.rate.bps.partial_cmp(&a.rate.bps).unwrap_or(std::cmp::Ordering::Equal)));
             let pick = |l: &Layer| Some(LayerChoice::Layer(l.rid));
             match quality {
                 Quality::High => return pick(layers.first()?),
@@ -966,10 +983,12 @@ impl Sfu {
         if !std::mem::replace(&mut producer.announced, true) {
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video));
         }
-        let mut ext = ExtensionValues::default();
-        ext.audio_level = pkt.header.ext_vals.audio_level;
-        ext.voice_activity = pkt.header.ext_vals.voice_activity;
-        ext.video_orientation = pkt.header.ext_vals.video_orientation;
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
         let fp = FwdPacket {
             ssrc: *ssrc,
             seq: *pkt.seq_no,
@@ -999,10 +1018,8 @@ impl Sfu {
                     if is_mix && !with_mixes {
                         continue;
                     }
-                    self.tap_out.push((
-                        *t,
-                        TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() },
-                    ));
+                    self.tap_out
+                        .push((*t, TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() }));
                 }
             }
         }
@@ -1080,12 +1097,7 @@ impl Sfu {
             let gap_ticks = c.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * codec.clock_rate() as f64) as u32).unwrap_or(1);
             let Some((seq, ts)) = c.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { continue };
             c.last_sent = Some(now);
-            tx.write_rtp(
-                RtpWrite::new(out_pt, seq.into(), ts, fp.arrival, fp.payload.clone())
-                    .marker(fp.marker)
-                    .ext_vals(fp.ext.clone())
-                    .nackable(kind == MediaKind::Video),
-            );
+            tx.write_rtp(RtpWrite::new(out_pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
             self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
             if !viewer.dirty {
                 viewer.dirty = true;
@@ -1146,7 +1158,10 @@ impl Sfu {
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
-        self.internal.insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: Vec::new(), gop_bytes: 0, gop_started: now });
+        self.internal.insert(
+            id,
+            InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: Vec::new(), gop_bytes: 0, gop_started: now },
+        );
         (id, replaced)
     }
 
@@ -1340,7 +1355,18 @@ mod tests {
         // One participant (alice: two publishers in turn and a viewer), one room: the
         // replacement and the overlapping sessions make no events of their own.
         let events = sfu.drain_room_events();
-        assert!(matches!(&events[..], [RoomEvent::RoomCreated { .. }, RoomEvent::Entered { reason: 1, .. }, RoomEvent::Exited { reason: 1, role: tessera_model::Role::Anchor, .. }, RoomEvent::RoomDismissed { .. }]), "{events:?}");
+        assert!(
+            matches!(
+                &events[..],
+                [
+                    RoomEvent::RoomCreated { .. },
+                    RoomEvent::Entered { reason: 1, .. },
+                    RoomEvent::Exited { reason: 1, role: tessera_model::Role::Anchor, .. },
+                    RoomEvent::RoomDismissed { .. }
+                ]
+            ),
+            "{events:?}"
+        );
     }
 
     #[test]

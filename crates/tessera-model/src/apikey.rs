@@ -77,9 +77,7 @@ impl Policy {
             }
             for a in &st.actions {
                 if !valid_pattern(a) {
-                    return Err(format!(
-                        "'{a}' is not an action pattern; use '*', '<group>.*', '*.<verb>' or '<group>.<verb>'"
-                    ));
+                    return Err(format!("'{a}' is not an action pattern; use '*', '<group>.*', '*.<verb>' or '<group>.<verb>'"));
                 }
             }
         }
@@ -87,9 +85,7 @@ impl Policy {
     }
 
     pub fn decide(&self, action: &str) -> PolicyDecision {
-        let matching = |effect| {
-            self.statements.iter().filter(|s| s.effect == effect).flat_map(|s| &s.actions).any(|p| pattern_matches(p, action))
-        };
+        let matching = |effect| self.statements.iter().filter(|s| s.effect == effect).flat_map(|s| &s.actions).any(|p| pattern_matches(p, action));
         if matching(Effect::Deny) {
             PolicyDecision::Denied
         } else if matching(Effect::Allow) {
@@ -168,10 +164,7 @@ pub fn issue(name: &str, policy: Policy, now_ms: i64) -> IssuedApiKey {
 pub fn key_id(key: &str) -> Option<&str> {
     let rest = key.strip_prefix(KEY_PREFIX)?;
     let (id, secret) = rest.split_once('_')?;
-    let ok = id.len() == ID_LEN
-        && id.bytes().all(|b| random::BASE32_LOWER.contains(&b))
-        && secret.len() == SECRET_LEN
-        && secret.bytes().all(|b| b.is_ascii_alphanumeric());
+    let ok = id.len() == ID_LEN && id.bytes().all(|b| random::BASE32_LOWER.contains(&b)) && secret.len() == SECRET_LEN && secret.bytes().all(|b| b.is_ascii_alphanumeric());
     ok.then_some(id)
 }
 

@@ -149,10 +149,7 @@ impl Default for AutoRecording {
 
 /// A recording prefix: `[A-Za-z0-9_/-]{0,256}`, no leading `/`, no `..`.
 pub fn valid_prefix(p: &str) -> bool {
-    p.len() <= 256
-        && !p.starts_with('/')
-        && !p.contains("..")
-        && p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'-'))
+    p.len() <= 256 && !p.starts_with('/') && !p.contains("..") && p.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'/' | b'-'))
 }
 
 impl AutoRecording {
@@ -223,10 +220,7 @@ impl App {
 
     /// Adds a generated secret under the next free kid `k<N>`.
     pub fn add_generated_secret(&mut self, now_ms: i64) -> Result<&AppSecret, AppError> {
-        let kid = (1..)
-            .map(|n| Kid::parse(&format!("k{n}")).expect("k<N> is a valid kid"))
-            .find(|k| self.secrets.iter().all(|s| s.kid != *k))
-            .expect("an unused kid exists");
+        let kid = (1..).map(|n| Kid::parse(&format!("k{n}")).expect("k<N> is a valid kid")).find(|k| self.secrets.iter().all(|s| s.kid != *k)).expect("an unused kid exists");
         self.add_secret(kid, random::secret(), now_ms)
     }
 

@@ -6,8 +6,8 @@
 //! function that unit tests exercise directly.
 
 pub mod apikey;
-pub mod events;
 pub mod app;
+pub mod events;
 pub mod ids;
 pub mod outbound;
 pub mod privileges;

@@ -119,11 +119,7 @@ fn malformed(msg: impl Into<String>) -> TokenError {
 
 /// Verifies `token` at time `now_s` (Unix seconds). `secrets_of` gives the secrets of an app,
 /// or `None` when the app does not exist.
-pub fn verify<'a>(
-    token: &str,
-    now_s: i64,
-    secrets_of: impl FnOnce(&AppId) -> Option<&'a [AppSecret]>,
-) -> Result<UserToken, TokenError> {
+pub fn verify<'a>(token: &str, now_s: i64, secrets_of: impl FnOnce(&AppId) -> Option<&'a [AppSecret]>) -> Result<UserToken, TokenError> {
     let token = token.trim();
     if token.is_empty() {
         return Err(TokenError::Missing);
@@ -133,14 +129,12 @@ pub fn verify<'a>(
         return Err(malformed("expected three base64url parts separated by '.'"));
     };
     let header_bytes = URL_SAFE_NO_PAD.decode(h64).map_err(|_| malformed("the header is not base64url"))?;
-    let header: Header =
-        serde_json::from_slice(&header_bytes).map_err(|e| malformed(format!("the header is not valid JSON: {e}")))?;
+    let header: Header = serde_json::from_slice(&header_bytes).map_err(|e| malformed(format!("the header is not valid JSON: {e}")))?;
     if header.alg != "HS256" {
         return Err(malformed(format!("alg must be HS256, got '{}'", header.alg)));
     }
     let claim_bytes = URL_SAFE_NO_PAD.decode(c64).map_err(|_| malformed("the claims are not base64url"))?;
-    let claims: TokenClaims =
-        serde_json::from_slice(&claim_bytes).map_err(|e| malformed(format!("the claims are invalid: {e}")))?;
+    let claims: TokenClaims = serde_json::from_slice(&claim_bytes).map_err(|e| malformed(format!("the claims are invalid: {e}")))?;
     let sig = URL_SAFE_NO_PAD.decode(s64).map_err(|_| malformed("the signature is not base64url"))?;
 
     let app = AppId::parse(&claims.app).map_err(|e| malformed(e.to_string()))?;
@@ -183,17 +177,7 @@ pub fn verify<'a>(
             return Err(TokenError::NotYetValid { nbf });
         }
     }
-    Ok(UserToken {
-        app,
-        room,
-        user,
-        role,
-        privileges,
-        nbf: claims.nbf,
-        exp: claims.exp,
-        info: claims.info,
-        kid: matched.kid.clone(),
-    })
+    Ok(UserToken { app, room, user, role, privileges, nbf: claims.nbf, exp: claims.exp, info: claims.info, kid: matched.kid.clone() })
 }
 
 #[cfg(test)]
@@ -210,16 +194,7 @@ mod tests {
     }
 
     fn vector_claims() -> TokenClaims {
-        TokenClaims {
-            app: "default".into(),
-            room: "room1".into(),
-            user: "alice".into(),
-            role: Some(20),
-            privileges: Some(255),
-            nbf: Some(NBF),
-            exp: EXP,
-            info: None,
-        }
+        TokenClaims { app: "default".into(), room: "room1".into(), user: "alice".into(), role: Some(20), privileges: Some(255), nbf: Some(NBF), exp: EXP, info: None }
     }
 
     fn check(token: &str, now: i64, secrets: &[AppSecret]) -> Result<UserToken, TokenError> {

@@ -164,10 +164,7 @@ mod tests {
         let signature = include_bytes!("../testdata/ffmpeg8-p224-ske-signature.der");
         // dimpl alone cannot (this is the bug).
         let default = dimpl::crypto::aws_lc_rs::default_provider().signature_verification;
-        assert!(matches!(
-            default.verify_signature(cert, signed, signature, HashAlgorithm::SHA256, SignatureAlgorithm::ECDSA),
-            Err(dimpl::CryptoError::UnsupportedEcCurve)
-        ));
+        assert!(matches!(default.verify_signature(cert, signed, signature, HashAlgorithm::SHA256, SignatureAlgorithm::ECDSA), Err(dimpl::CryptoError::UnsupportedEcCurve)));
         Verifier.verify_signature(cert, signed, signature, HashAlgorithm::SHA256, SignatureAlgorithm::ECDSA).unwrap();
         let mut changed = signed.to_vec();
         changed[0] ^= 1;

@@ -187,11 +187,7 @@ fn kind_name(kind: SectionKind) -> &'static str {
 
 fn no_codec(s: &OfferSection) -> OfferError {
     let expected = if s.kind == SectionKind::Audio { "Opus" } else { "H264 (packetization-mode=1) or VP8" };
-    OfferError::NoCommonCodec(format!(
-        "the {} section offers [{}]; Tessera needs {expected}",
-        kind_name(s.kind),
-        s.offered.join(", ")
-    ))
+    OfferError::NoCommonCodec(format!("the {} section offers [{}]; Tessera needs {expected}", kind_name(s.kind), s.offered.join(", ")))
 }
 
 fn truncate(s: &str) -> String {

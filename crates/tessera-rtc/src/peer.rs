@@ -3,11 +3,11 @@
 
 use crate::offer::OfferError;
 use std::net::SocketAddr;
-use tessera_media::Codec;
 use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::{Candidate, Rtc};
+use tessera_media::Codec;
 
 /// What the remote side does: publish into the server (WHIP) or play from it (WHEP).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,13 +34,7 @@ impl Peer {
     /// server's host candidates (all on the shared UDP port).
     /// `first_video` is the video codec the offer lists first: the answer prefers it, since the
     /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
-    pub fn from_offer(
-        role: PeerRole,
-        offer: &str,
-        candidates: &[SocketAddr],
-        first_video: Option<Codec>,
-        now: Instant,
-    ) -> Result<(Peer, String), OfferError> {
+    pub fn from_offer(role: PeerRole, offer: &str, candidates: &[SocketAddr], first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
         let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
         let h264_first = first_video != Some(Codec::Vp8);
@@ -62,16 +56,9 @@ impl Peer {
             let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Invalid(format!("bad host candidate {addr}: {e}")))?;
             rtc.add_local_candidate(c);
         }
-        let answer = rtc
-            .sdp_api()
-            .accept_offer(offer)
-            .map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?
-            .to_sdp_string();
-        let local_ufrag = answer
-            .lines()
-            .find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:"))
-            .map(str::to_owned)
-            .ok_or_else(|| OfferError::Invalid("the answer has no ICE ufrag".into()))?;
+        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
+        let local_ufrag =
+            answer.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).map(str::to_owned).ok_or_else(|| OfferError::Invalid("the answer has no ICE ufrag".into()))?;
         Ok((Peer { rtc, local_ufrag }, answer))
     }
 }

@@ -138,8 +138,7 @@ impl RtmpPushSession {
                     ClientSessionEvent::PublishRequestAccepted => self.phase = Phase::Publishing,
                     ClientSessionEvent::UnhandleableOnStatusCode { code } if self.phase == Phase::RequestingPublish => return Err(PushError::Publish(code)),
                     // A refusal comes as an onStatus/_error whose object says why.
-                    ClientSessionEvent::UnknownTransactionResultReceived { additional_values, .. }
-                    | ClientSessionEvent::UnhandleableAmf0Command { additional_values, .. }
+                    ClientSessionEvent::UnknownTransactionResultReceived { additional_values, .. } | ClientSessionEvent::UnhandleableAmf0Command { additional_values, .. }
                         if self.phase == Phase::RequestingPublish =>
                     {
                         if let Some(reason) = refusal(&additional_values) {

@@ -7,7 +7,11 @@ pub enum VideoTag<'a> {
     /// AVCDecoderConfigurationRecord: SPS, PPS and the NAL length size.
     SequenceHeader(&'a [u8]),
     /// One access unit of length-prefixed NAL units.
-    Frame { keyframe: bool, composition_time_ms: i32, data: &'a [u8] },
+    Frame {
+        keyframe: bool,
+        composition_time_ms: i32,
+        data: &'a [u8],
+    },
     EndOfSequence,
 }
 
@@ -149,10 +153,7 @@ mod tests {
     #[test]
     fn video_tags() {
         assert_eq!(VideoTag::parse(&[0x17, 0, 0, 0, 0, 1, 2]).unwrap(), VideoTag::SequenceHeader(&[1, 2]));
-        assert_eq!(
-            VideoTag::parse(&[0x17, 1, 0, 0, 0, 9]).unwrap(),
-            VideoTag::Frame { keyframe: true, composition_time_ms: 0, data: &[9] }
-        );
+        assert_eq!(VideoTag::parse(&[0x17, 1, 0, 0, 0, 9]).unwrap(), VideoTag::Frame { keyframe: true, composition_time_ms: 0, data: &[9] });
         assert_eq!(VideoTag::parse(&[0x27, 1, 0, 0, 0]).unwrap(), VideoTag::Frame { keyframe: false, composition_time_ms: 0, data: &[] });
         assert_eq!(VideoTag::parse(&[0x27, 2, 0, 0, 0]).unwrap(), VideoTag::EndOfSequence);
     }

@@ -15,9 +15,19 @@ use std::collections::HashMap;
 #[derive(Debug)]
 pub enum RtmpEvent {
     /// The client asks to publish: answer with `accept_publish` or `reject_publish`.
-    PublishRequested { request_id: u32, app: String, stream_key: String },
-    Video { data: Vec<u8>, timestamp_ms: u32 },
-    Audio { data: Vec<u8>, timestamp_ms: u32 },
+    PublishRequested {
+        request_id: u32,
+        app: String,
+        stream_key: String,
+    },
+    Video {
+        data: Vec<u8>,
+        timestamp_ms: u32,
+    },
+    Audio {
+        data: Vec<u8>,
+        timestamp_ms: u32,
+    },
     PublishFinished,
 }
 

@@ -53,9 +53,7 @@ impl PublishTarget {
         let (app_path, app_query) = query_of(app);
         let (stream_path, stream_query) = query_of(stream_name);
         let tc_query = tc_url.and_then(|u| query_of(u).1);
-        let get = |name: &str| {
-            param(stream_query, name).or_else(|| param(app_query, name)).or_else(|| param(tc_query, name)).filter(|v| !v.is_empty())
-        };
+        let get = |name: &str| param(stream_query, name).or_else(|| param(app_query, name)).or_else(|| param(tc_query, name)).filter(|v| !v.is_empty());
         let full = format!("{app_path}/{stream_path}");
         let segments: Vec<&str> = full.split('/').filter(|s| !s.is_empty()).collect();
         let (room, user) = match segments.as_slice() {

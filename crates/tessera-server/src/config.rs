@@ -318,9 +318,7 @@ impl Config {
 
     /// How many mix jobs may run at once.
     pub fn max_mix_jobs(&self) -> u32 {
-        self.limits
-            .concurrent_mix_jobs
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
+        self.limits.concurrent_mix_jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
     }
 }
 

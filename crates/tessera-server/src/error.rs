@@ -34,8 +34,7 @@ impl ApiError {
 
     pub fn invalid_parameter(field: &str, reason: impl Into<String>) -> ApiError {
         let reason = reason.into();
-        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{field}: {reason}"))
-            .with_details(json!({"field": field, "reason": reason}))
+        ApiError::new(StatusCode::BAD_REQUEST, "invalid_parameter", format!("{field}: {reason}")).with_details(json!({"field": field, "reason": reason}))
     }
 
     pub fn invalid_json(message: impl Into<String>) -> ApiError {
@@ -93,8 +92,9 @@ impl From<AppError> for ApiError {
     fn from(e: AppError) -> ApiError {
         match &e {
             AppError::LastSecret(_) => ApiError::new(StatusCode::CONFLICT, "last_secret", e.to_string()),
-            AppError::TooManySecrets => ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", e.to_string())
-                .with_details(json!({"limit": tessera_model::app::MAX_SECRETS})),
+            AppError::TooManySecrets => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", e.to_string()).with_details(json!({"limit": tessera_model::app::MAX_SECRETS}))
+            }
             AppError::SecretNotFound(_) => ApiError::not_found("secret_not_found", e.to_string()),
             AppError::ApiKeyNotFound(_) => ApiError::not_found("api_key_not_found", e.to_string()),
             AppError::Invalid { field, reason } => ApiError::invalid_parameter(field, reason.clone()),

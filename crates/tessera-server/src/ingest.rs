@@ -221,10 +221,7 @@ impl Ingests {
             let Ok(mut record) = serde_json::from_value::<IngestRecord>(v) else { continue };
             if record.state.is_final() {
                 // Finished tasks stay readable (PRODUCT.md §10: retention).
-                self.tasks.insert(
-                    record.id.clone(),
-                    Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone())),
-                );
+                self.tasks.insert(record.id.clone(), Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone())));
                 continue;
             }
             tracing::info!(ingest = %record.id, url = %record.url, "resuming the ingest");

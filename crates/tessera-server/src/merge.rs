@@ -180,7 +180,13 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
     let has_video = !out.video.is_empty();
     let size = match options.size {
         Some(s) => (s.0 & !1, s.1 & !1),
-        None => out.video.iter().filter_map(|(s, _)| FileDecoder::open(&s.path, (16, 16)).ok().and_then(|d| d.video_size())).max_by_key(|(w, h)| w * h).map(|(w, h)| (w & !1, h & !1)).unwrap_or((640, 360)),
+        None => out
+            .video
+            .iter()
+            .filter_map(|(s, _)| FileDecoder::open(&s.path, (16, 16)).ok().and_then(|d| d.video_size()))
+            .max_by_key(|(w, h)| w * h)
+            .map(|(w, h)| (w & !1, h & !1))
+            .unwrap_or((640, 360)),
     };
     let name = if has_video { format!("{}_{}_av.mp4", out.user, out.start_ms) } else { format!("{}_{}.m4a", out.user, out.start_ms) };
     let path = options.out_dir.join(&name);
@@ -193,7 +199,15 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
     // Video: frames at the output rate; the newest decoded picture at or before each frame's
     // time, black where no slice covers it.
     if has_video {
-        let mut encoder = H264Encoder::new(EncoderSettings { width: size.0, height: size.1, fps, kbps: tessera_transcode::video::default_kbps(size.0, size.1), gop_frames: fps * 2, preset: "veryfast" }).map_err(|e| e.to_string())?;
+        let mut encoder = H264Encoder::new(EncoderSettings {
+            width: size.0,
+            height: size.1,
+            fps,
+            kbps: tessera_transcode::video::default_kbps(size.0, size.1),
+            gop_frames: fps * 2,
+            preset: "veryfast",
+        })
+        .map_err(|e| e.to_string())?;
         let mut black = tessera_transcode::compose::Canvas::new(size.0, size.1);
         black.fill(tessera_transcode::compose::Rect { x: 0, y: 0, width: size.0, height: size.1 }, (0, 0, 0));
         let mut slices = out.video.iter().peekable();

@@ -74,9 +74,8 @@ impl Metrics {
         registry.register("tessera_uptime_seconds", "Seconds since the server started", uptime.clone());
         let http_requests = Family::<HttpLabels, Counter>::default();
         registry.register("tessera_http_requests", "HTTP requests by route and status", http_requests.clone());
-        let http_duration = Family::<RouteLabel, Histogram>::new_with_constructor(|| {
-            Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 6.0])
-        });
+        let http_duration =
+            Family::<RouteLabel, Histogram>::new_with_constructor(|| Histogram::new([0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 6.0]));
         registry.register("tessera_http_request_duration_seconds", "HTTP request latency by route", http_duration.clone());
         let rooms = Gauge::default();
         registry.register("tessera_rooms", "Rooms alive", rooms.clone());

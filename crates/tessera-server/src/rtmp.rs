@@ -12,9 +12,9 @@ use tessera_engine::{IngestPacket, PeerRole, Quality, SessionSpec};
 use tessera_media::{Codec, StreamKind};
 use tessera_model::Privileges;
 use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, VideoTag};
-use tessera_transcode::AacToOpus;
 use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
 use tessera_rtmp::PublishTarget;
+use tessera_transcode::AacToOpus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -49,9 +49,10 @@ fn description(e: &ApiError) -> String {
 async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(SessionSpec, Privileges), ApiError> {
     let target = PublishTarget::parse(app, stream_key, None).map_err(|e| ApiError::invalid_parameter("stream key", e.to_string()))?;
     // RTMP carries the token in the stream key, not in a header (issue 10, defect 18).
-    let raw = target.token.as_deref().ok_or_else(|| {
-        ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token_missing", "no token was given; add it to the stream key as '<user>?token=<token>'")
-    })?;
+    let raw = target
+        .token
+        .as_deref()
+        .ok_or_else(|| ApiError::new(axum::http::StatusCode::UNAUTHORIZED, "token_missing", "no token was given; add it to the stream key as '<user>?token=<token>'"))?;
     let token = verify_raw(state, raw, false)?;
     if let Some(sdk_app) = &target.app {
         if sdk_app != token.app.as_str() {
@@ -59,11 +60,7 @@ async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(Ses
         }
     }
     if target.user != token.user {
-        return Err(ApiError::new(
-            axum::http::StatusCode::FORBIDDEN,
-            "token_user_mismatch",
-            format!("the stream key names user '{}', the token '{}'", target.user, token.user),
-        ));
+        return Err(ApiError::new(axum::http::StatusCode::FORBIDDEN, "token_user_mismatch", format!("the stream key names user '{}', the token '{}'", target.user, token.user)));
     }
     // RTMP sessions are anchor sessions: the token must be able to publish something.
     if !token.privileges.intersects(Privileges::ANY_PUBLISH) {
@@ -185,7 +182,15 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                         if !out.is_empty() {
                             let packets = out
                                 .into_iter()
-                                .map(|o| IngestPacket { ssrc: p.ssrc, seq: o.seq, ts: o.ts, marker: o.marker, keyframe: o.keyframe, codec: Codec::H264, payload: Arc::from(o.payload) })
+                                .map(|o| IngestPacket {
+                                    ssrc: p.ssrc,
+                                    seq: o.seq,
+                                    ts: o.ts,
+                                    marker: o.marker,
+                                    keyframe: o.keyframe,
+                                    codec: Codec::H264,
+                                    payload: Arc::from(o.payload),
+                                })
                                 .collect();
                             state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?;
                         }

@@ -39,13 +39,9 @@ const DRAIN: Duration = Duration::from_secs(5);
 
 impl Server {
     pub async fn start(config: Config) -> Result<Server, StartError> {
-        let http = TcpListener::bind(config.http_addr)
-            .await
-            .map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
+        let http = TcpListener::bind(config.http_addr).await.map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
         let http_addr = http.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
-        let rtmp = TcpListener::bind(config.rtmp_addr)
-            .await
-            .map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
+        let rtmp = TcpListener::bind(config.rtmp_addr).await.map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
         let rtmp_addr = rtmp.local_addr().map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
         let rtc = tessera_engine::RtcHandle::start(
             config.rtc_udp_addr,
@@ -120,7 +116,11 @@ impl Server {
             self.rtmp_addr.port()
         ));
         out.push_str(&format!("  Browser pages  {base}/publish.html  {base}/play.html\n"));
-        out.push_str(&format!("  WebRTC UDP     {}  (candidates: {})\n", self.state.rtc.local_addr, self.state.rtc.candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")));
+        out.push_str(&format!(
+            "  WebRTC UDP     {}  (candidates: {})\n",
+            self.state.rtc.local_addr,
+            self.state.rtc.candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
+        ));
         out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
         out.push_str(&format!("  Try it         curl -H \"Authorization: Bearer $(cat {})\" {base}/v1/app\n", key_path.display()));
         out.push_str("  Anchor token   room 'demo', user 'demo', valid 6 h (mint more with `tessera token`):\n");

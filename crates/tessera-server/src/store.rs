@@ -138,19 +138,13 @@ pub type Apps = Arc<BTreeMap<AppId, App>>;
 impl AppStore {
     /// A store that lives only in memory (tests, tools).
     pub fn in_memory(apps: Vec<App>) -> AppStore {
-        AppStore {
-            path: None,
-            apps: RwLock::new(Arc::new(apps.into_iter().map(|a| (a.id.clone(), a)).collect())),
-            write: Mutex::new(()),
-            last_used: dashmap::DashMap::new(),
-        }
+        AppStore { path: None, apps: RwLock::new(Arc::new(apps.into_iter().map(|a| (a.id.clone(), a)).collect())), write: Mutex::new(()), last_used: dashmap::DashMap::new() }
     }
 
     fn read_file(path: &Path) -> Result<Option<Vec<App>>, StoreError> {
         match fs::read(path) {
             Ok(bytes) => {
-                let f: AppsFile = serde_json::from_slice(&bytes)
-                    .map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
+                let f: AppsFile = serde_json::from_slice(&bytes).map_err(|e| StoreError::Corrupt { path: path.to_owned(), message: e.to_string() })?;
                 Ok(Some(f.apps))
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
@@ -176,14 +170,14 @@ impl AppStore {
         let mut first = None;
         let mut apps: BTreeMap<AppId, App> = existing.unwrap_or_default().into_iter().map(|a| (a.id.clone(), a)).collect();
         let default = AppId::default_app();
-        if !apps.contains_key(&default) {
-            let mut app = App::new(default.clone(), now_ms);
+        if let std::collections::btree_map::Entry::Vacant(slot) = apps.entry(default.clone()) {
+            let mut app = App::new(default, now_ms);
             let issued = apikey::issue("admin", Policy::full_access(), now_ms);
             app.api_keys.push(issued.record);
             // The key file first: if we crash before apps.json exists, the next start redoes both.
             write_atomic(&dir.admin_key_path(), format!("{}\n", issued.key).as_bytes(), 0o600)?;
             first = Some(FirstStart { admin_key: issued.key });
-            apps.insert(default, app);
+            slot.insert(app);
         }
         for (id, app_config) in &config.apps {
             let id = AppId::parse(id).map_err(|e| AppError::Invalid { field: "apps".into(), reason: e.to_string() })?;
@@ -214,12 +208,7 @@ impl AppStore {
                 app.default_storage = s.clone();
             }
         }
-        let store = AppStore {
-            path: Some(path),
-            apps: RwLock::new(Arc::new(apps)),
-            write: Mutex::new(()),
-            last_used: dashmap::DashMap::new(),
-        };
+        let store = AppStore { path: Some(path), apps: RwLock::new(Arc::new(apps)), write: Mutex::new(()), last_used: dashmap::DashMap::new() };
         store.persist(&store.snapshot())?;
         Ok((store, first))
     }
@@ -340,15 +329,9 @@ mod tests {
     fn config_apps_and_secrets_are_installed() {
         let root = tmp();
         let mut config = Config::default();
-        config.apps.insert(
-            "shop".into(),
-            AppConfig {
-                secrets: vec![ConfigSecret::Plain("shop-secret-0123456789".into())],
-                webhook: None,
-                auto_recording: None,
-                default_storage: None,
-            },
-        );
+        config
+            .apps
+            .insert("shop".into(), AppConfig { secrets: vec![ConfigSecret::Plain("shop-secret-0123456789".into())], webhook: None, auto_recording: None, default_storage: None });
         let dir = DataDir::open_locked(&root).unwrap();
         let (store, _) = AppStore::load_or_init(&dir, &config, 1).unwrap();
         let apps = store.snapshot();

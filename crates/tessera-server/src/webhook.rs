@@ -17,8 +17,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_model::events::{self, attempt_start, Event, EventInfo, RoomClocks};
 use tessera_engine::{RoomEvent, RoomKey};
+use tessera_model::events::{self, attempt_start, Event, EventInfo, RoomClocks};
 use tessera_model::AppId;
 use tokio::sync::{mpsc, Semaphore};
 

@@ -31,7 +31,6 @@ unsafe impl Send for AudioToOpus {}
 /// The RTMP name: AAC from an AudioSpecificConfig (`AudioToOpus::new`).
 pub type AacToOpus = AudioToOpus;
 
-
 impl AudioToOpus {
     /// From the AudioSpecificConfig of the stream's AAC sequence header.
     pub fn new(audio_specific_config: &[u8]) -> Result<AudioToOpus, TranscodeError> {
@@ -95,14 +94,8 @@ impl AudioToOpus {
         while self.decoder.receive_frame(&mut self.decoded).is_ok() {
             if self.resampler.is_none() {
                 let layout = if self.decoded.channels() >= 2 { ChannelLayout::STEREO } else { ChannelLayout::MONO };
-                self.resampler = Some(ff::software::resampling::Context::get(
-                    self.decoded.format(),
-                    layout,
-                    self.decoded.rate(),
-                    Sample::I16(Type::Packed),
-                    ChannelLayout::STEREO,
-                    OPUS_RATE,
-                )?);
+                self.resampler =
+                    Some(ff::software::resampling::Context::get(self.decoded.format(), layout, self.decoded.rate(), Sample::I16(Type::Packed), ChannelLayout::STEREO, OPUS_RATE)?);
             }
             let resampler = self.resampler.as_mut().expect("just made");
             resampler.run(&self.decoded, &mut self.resampled)?;
@@ -170,8 +163,8 @@ pub fn aac_tone(rate: u32, channels: u16, frames: usize) -> Result<(Vec<u8>, Vec
         enc.send_frame(&f)?;
         while enc.receive_packet(&mut packet).is_ok() {
             if let Some(d) = packet.data() {
-            out.push(d.to_vec());
-        }
+                out.push(d.to_vec());
+            }
         }
     }
     Ok((asc, out))

@@ -129,7 +129,10 @@ impl Canvas {
                 dst.width as i32,
                 dst.height as i32,
                 ffi::AVPixelFormat::AV_PIX_FMT_YUV420P,
-                ffi::SWS_BILINEAR as i32,
+                #[allow(clippy::unnecessary_cast)] // its type differs between FFmpeg versions' bindings
+                {
+                    ffi::SWS_BILINEAR as i32
+                },
                 std::ptr::null_mut(),
                 std::ptr::null_mut(),
                 std::ptr::null(),
@@ -139,12 +142,8 @@ impl Canvas {
             }
             self.scalers[slot] = ctx;
             let s = source.as_ptr();
-            let mut src_planes = [std::ptr::null::<u8>(); 4];
-            let mut src_strides = [0i32; 4];
-            for p in 0..4 {
-                src_planes[p] = (*s).data[p];
-                src_strides[p] = (*s).linesize[p];
-            }
+            let mut src_planes: [*const u8; 4] = std::array::from_fn(|p| (*s).data[p] as *const u8);
+            let src_strides: [i32; 4] = std::array::from_fn(|p| (*s).linesize[p]);
             if croppable {
                 for p in 0..3 {
                     let (x, y) = if p == 0 { (src.x, src.y) } else { (src.x / 2, src.y / 2) };
@@ -167,11 +166,7 @@ impl Canvas {
     /// The colour at (x, y), for tests.
     pub fn yuv_at(&self, x: u32, y: u32) -> (u8, u8, u8) {
         let (x, y) = (x as usize, y as usize);
-        (
-            self.frame.data(0)[y * self.frame.stride(0) + x],
-            self.frame.data(1)[(y / 2) * self.frame.stride(1) + x / 2],
-            self.frame.data(2)[(y / 2) * self.frame.stride(2) + x / 2],
-        )
+        (self.frame.data(0)[y * self.frame.stride(0) + x], self.frame.data(1)[(y / 2) * self.frame.stride(1) + x / 2], self.frame.data(2)[(y / 2) * self.frame.stride(2) + x / 2])
     }
 }
 

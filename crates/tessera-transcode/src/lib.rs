@@ -18,7 +18,6 @@ pub use audio::{aac_tone, AacToOpus, AudioToOpus};
 /// FFmpeg's types, for callers that hold frames.
 pub use ffmpeg_next as ff;
 
-
 #[derive(Debug, thiserror::Error)]
 pub enum TranscodeError {
     #[error("FFmpeg has no {0} codec")]

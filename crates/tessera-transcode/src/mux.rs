@@ -138,9 +138,15 @@ pub fn remux_to_mp4(inputs: &[&Path], out: &Path) -> Result<f64, TranscodeError>
 /// earliest packet is at 0, into `format` ("mp4", moov first, or "adts"). A new part (from
 /// `part(n)`, n from 1) starts at the first keyframe (any packet without video) once the part
 /// is `max_seconds` long or `max_bytes` big. Returns each part with its duration.
-pub fn remux_split(inputs: &[&Path], format: &str, part: &dyn Fn(usize) -> std::path::PathBuf, max_seconds: f64, max_bytes: u64) -> Result<Vec<(std::path::PathBuf, f64)>, TranscodeError> {
+pub fn remux_split(
+    inputs: &[&Path],
+    format: &str,
+    part: &dyn Fn(usize) -> std::path::PathBuf,
+    max_seconds: f64,
+    max_bytes: u64,
+) -> Result<Vec<(std::path::PathBuf, f64)>, TranscodeError> {
     init();
-    let mut ins: Vec<ff::format::context::Input> = inputs.iter().map(|p| ff::format::input(p)).collect::<Result<_, _>>()?;
+    let mut ins: Vec<ff::format::context::Input> = inputs.iter().map(ff::format::input).collect::<Result<_, _>>()?;
     // (input, input stream) → output stream index, input time base, parameters.
     let mut map: Vec<Vec<Option<(usize, ff::Rational)>>> = Vec::new();
     let mut params: Vec<ff::codec::Parameters> = Vec::new();
@@ -288,7 +294,8 @@ impl FileDecoder {
                     let pts = frame.timestamp().or(frame.pts()).unwrap_or(0);
                     let key = (frame.width(), frame.height(), frame.format());
                     if self.scaler.as_ref().is_none_or(|(_, k)| *k != key) {
-                        match ff::software::scaling::Context::get(key.2, key.0, key.1, ff::format::Pixel::YUV420P, self.size.0, self.size.1, ff::software::scaling::Flags::BILINEAR) {
+                        match ff::software::scaling::Context::get(key.2, key.0, key.1, ff::format::Pixel::YUV420P, self.size.0, self.size.1, ff::software::scaling::Flags::BILINEAR)
+                        {
                             Ok(c) => self.scaler = Some((c, key)),
                             Err(_) => continue,
                         }
@@ -307,7 +314,14 @@ impl FileDecoder {
                     let pts = frame.timestamp().or(frame.pts()).unwrap_or(0);
                     if self.resampler.is_none() {
                         let layout = if frame.channels() >= 2 { ff::ChannelLayout::STEREO } else { ff::ChannelLayout::MONO };
-                        match ff::software::resampling::Context::get(frame.format(), layout, frame.rate(), ff::format::Sample::F32(ff::format::sample::Type::Packed), ff::ChannelLayout::STEREO, 48_000) {
+                        match ff::software::resampling::Context::get(
+                            frame.format(),
+                            layout,
+                            frame.rate(),
+                            ff::format::Sample::F32(ff::format::sample::Type::Packed),
+                            ff::ChannelLayout::STEREO,
+                            48_000,
+                        ) {
                             Ok(r) => self.resampler = Some(r),
                             Err(_) => continue,
                         }

@@ -93,7 +93,9 @@ pub enum SourceError {
 
 enum VideoPath {
     /// H.264 passed through; `length_size` is None for Annex-B (MPEG-TS, raw H.264).
-    H264 { length_size: Option<usize> },
+    H264 {
+        length_size: Option<usize>,
+    },
     Vp8,
     Transcode(Box<VideoToH264>),
 }
@@ -227,17 +229,7 @@ impl PullSource {
         if video.is_none() && audio.is_none() {
             return Err(SourceError::NoMedia);
         }
-        Ok(PullSource {
-            input,
-            interrupt,
-            video,
-            audio,
-            origin_ms: None,
-            base_ms,
-            live,
-            description: description.join(", "),
-            packet: ff::Packet::empty(),
-        })
+        Ok(PullSource { input, interrupt, video, audio, origin_ms: None, base_ms, live, description: description.join(", "), packet: ff::Packet::empty() })
     }
 
     /// Reads the next packet (blocking) and appends what it gives. `Ok(false)` at the end of the

@@ -143,8 +143,8 @@ impl OpenH264Encoder {
             // A mix must keep its frame rate; rate control lowers quality instead of skipping.
             .skip_frames(false)
             .num_threads(1);
-        let encoder = openh264::encoder::Encoder::with_api_config(openh264::OpenH264API::from_source(), config)
-            .map_err(|e| TranscodeError::Unsupported(format!("OpenH264: {e}")))?;
+        let encoder =
+            openh264::encoder::Encoder::with_api_config(openh264::OpenH264API::from_source(), config).map_err(|e| TranscodeError::Unsupported(format!("OpenH264: {e}")))?;
         Ok(OpenH264Encoder { encoder, settings, keyframe_requested: false })
     }
 
@@ -169,7 +169,9 @@ impl OpenH264Encoder {
     }
 }
 
-/// The mix's encoder: OpenH264 (default) or libx264 (LAYOUTS.md §4).
+/// The mix's encoder: OpenH264 (default) or libx264 (LAYOUTS.md §4). One per mix job, so the
+/// size difference of the variants does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum VideoEncoder {
     OpenH264(OpenH264Encoder),
     X264(H264Encoder),

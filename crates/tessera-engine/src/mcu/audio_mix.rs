@@ -60,11 +60,7 @@ impl<K: Eq + Hash + Clone + Ord> AudioMixer<K> {
             }
         }
         // Held voices first (by level), then cut to max_voices.
-        let mut selected: Vec<K> = ranked
-            .iter()
-            .filter(|(k, _)| self.voices[*k].last_ranked.is_some_and(|t| self.step - t < HOLD_STEPS))
-            .map(|(k, _)| (*k).clone())
-            .collect();
+        let mut selected: Vec<K> = ranked.iter().filter(|(k, _)| self.voices[*k].last_ranked.is_some_and(|t| self.step - t < HOLD_STEPS)).map(|(k, _)| (*k).clone()).collect();
         selected.truncate(self.max_voices);
         out.fill(0.0);
         for (k, pcm) in inputs {

@@ -18,8 +18,8 @@ use tessera_media::rtp::{AuAssembler, Push};
 use tessera_media::{Codec, KeyframeThrottle, StreamKind};
 use tessera_model::UserId;
 use tessera_transcode::compose::{Canvas, Rect};
-use tessera_transcode::image::{Overlay, RgbaImage};
 use tessera_transcode::decode::{OpusDecoder, OpusEncoder, VideoCodec, VideoDecoder};
+use tessera_transcode::image::{Overlay, RgbaImage};
 use tessera_transcode::video::{EncoderSettings, H264Encoder, OpenH264Encoder, VideoEncoder};
 use tessera_transcode::OPUS_FRAME;
 
@@ -479,7 +479,14 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                         let t = p.tile;
                         let rect = Rect { x: t.x, y: t.y, width: t.width, height: t.height };
                         let tile_bg = t.background.unwrap_or(bg);
-                        let picture = p.input.as_ref().and_then(|k| inputs.get(k)).and_then(|input| input.video.as_ref()).filter(|v| v.last_picture.is_some_and(|at| now - at < FROZEN_LIMIT)).and_then(|v| v.decoder.as_ref()).and_then(|d| d.picture());
+                        let picture = p
+                            .input
+                            .as_ref()
+                            .and_then(|k| inputs.get(k))
+                            .and_then(|input| input.video.as_ref())
+                            .filter(|v| v.last_picture.is_some_and(|at| now - at < FROZEN_LIMIT))
+                            .and_then(|v| v.decoder.as_ref())
+                            .and_then(|d| d.picture());
                         match picture {
                             Some(frame) => {
                                 let _ = canvas.draw(i, frame, rect, t.fill_mode == super::layout::FillMode::Fill, (tile_bg.0, tile_bg.1, tile_bg.2));
@@ -490,9 +497,9 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                                 // shows the placeholder; an empty tile only its background.
                                 if let (Some(image), Some(_)) = (&spec.images.placeholder, &p.input) {
                                     let size = (rect.width, rect.height);
-                                    if !overlays.placeholder.contains_key(&size) {
+                                    if let std::collections::hash_map::Entry::Vacant(slot) = overlays.placeholder.entry(size) {
                                         if let Ok(o) = Overlay::new(image, rect.width, rect.height, true) {
-                                            overlays.placeholder.insert(size, o);
+                                            slot.insert(o);
                                         }
                                     }
                                     if let Some(o) = overlays.placeholder.get(&size) {
@@ -520,7 +527,15 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                         let mut payloads = Vec::new();
                         packetizer.push(&nalus, (e.pts_ms as u64 * 90) as u32, &mut payloads);
                         for pl in payloads {
-                            out.push(IngestPacket { ssrc: video_ssrc, seq: video_seq, ts: pl.ts, marker: pl.marker, keyframe: pl.keyframe, codec: Codec::H264, payload: Arc::from(pl.payload) });
+                            out.push(IngestPacket {
+                                ssrc: video_ssrc,
+                                seq: video_seq,
+                                ts: pl.ts,
+                                marker: pl.marker,
+                                keyframe: pl.keyframe,
+                                codec: Codec::H264,
+                                payload: Arc::from(pl.payload),
+                            });
                             video_seq += 1;
                         }
                     }
@@ -631,7 +646,7 @@ fn wants_audio(spec: &MixSpec, key: &InputKey) -> bool {
     }
     match &spec.audio {
         AudioMode::All => true,
-        AudioMode::Users(users) => users.iter().any(|u| *u == key.user),
+        AudioMode::Users(users) => users.contains(&key.user),
         AudioMode::None => false,
     }
 }

@@ -338,10 +338,7 @@ mod tests {
     #[test]
     fn nine_grid_matches_the_spec_examples() {
         assert_eq!(rects(&nine_grid(1280, 720, 2)), vec![(0, 0, 640, 720), (640, 0, 640, 720)]);
-        assert_eq!(
-            rects(&nine_grid(1280, 720, 5)),
-            vec![(0, 0, 426, 240), (426, 0, 426, 240), (852, 0, 428, 240), (0, 240, 426, 240), (426, 240, 426, 240)]
-        );
+        assert_eq!(rects(&nine_grid(1280, 720, 5)), vec![(0, 0, 426, 240), (426, 0, 426, 240), (852, 0, 428, 240), (0, 240, 426, 240), (426, 240, 426, 240)]);
         assert_eq!(rects(&nine_grid(1280, 720, 1)), vec![(0, 0, 1280, 720)]);
     }
 
@@ -376,7 +373,14 @@ mod tests {
                 let grid = nine_grid(w, h, n);
                 assert_eq!(grid.len(), n);
                 let area: u64 = grid.iter().map(|t| t.width as u64 * t.height as u64).sum();
-                let cells = match n { 1 => 1, 2 => 2, 3..=4 => 4, 5..=9 => 9, 10..=16 => 16, _ => 25 };
+                let cells = match n {
+                    1 => 1,
+                    2 => 2,
+                    3..=4 => 4,
+                    5..=9 => 9,
+                    10..=16 => 16,
+                    _ => 25,
+                };
                 if n == cells {
                     assert_eq!(area, w as u64 * h as u64, "a full grid covers the canvas ({w}x{h}, n={n})");
                 }

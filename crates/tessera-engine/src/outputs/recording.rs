@@ -69,9 +69,15 @@ impl std::fmt::Display for RecordingState {
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Mode {
-    Single { streams: Vec<StreamKind>, split: bool },
+    Single {
+        streams: Vec<StreamKind>,
+        split: bool,
+    },
     /// The mix job's user (`mix_<id>`) and whether the recording owns the job.
-    Mixed { mix_user: UserId, owned_job: Option<String> },
+    Mixed {
+        mix_user: UserId,
+        owned_job: Option<String>,
+    },
 }
 
 /// What a recording records: its mode and subscription (both may change while it runs).
@@ -418,7 +424,15 @@ mod tests {
 
     #[test]
     fn the_selection_follows_mode_streams_subscription_and_the_stream_cap() {
-        let packet = |user: &str, stream: StreamKind, codec: Codec| TapPacket { user: UserId::parse(user).unwrap(), stream, codec, seq: 1, ts: 0, marker: true, payload: Arc::from(&[][..]) };
+        let packet = |user: &str, stream: StreamKind, codec: Codec| TapPacket {
+            user: UserId::parse(user).unwrap(),
+            stream,
+            codec,
+            seq: 1,
+            ts: 0,
+            marker: true,
+            payload: Arc::from(&[][..]),
+        };
         let mut publishers: Vec<PublisherInfo> = (0..30).map(|i| publisher(&format!("u{i}"))).collect();
         publishers.insert(0, publisher("mix_j"));
         let mut s = Selection { mode: Mode::Single { streams: vec![StreamKind::Main], split: true }, subscribe: Subscribe::everyone() };

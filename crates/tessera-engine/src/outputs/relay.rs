@@ -545,8 +545,15 @@ fn close_url(u: &mut UrlMachine, msg: &'static str, ms: i64, now: Instant, out: 
 pub enum FlvTag {
     VideoHeader(Vec<u8>),
     AudioHeader(Vec<u8>),
-    Video { body: Vec<u8>, ms: u32, keyframe: bool },
-    Audio { body: Vec<u8>, ms: u32 },
+    Video {
+        body: Vec<u8>,
+        ms: u32,
+        keyframe: bool,
+    },
+    Audio {
+        body: Vec<u8>,
+        ms: u32,
+    },
     /// Video was lost: the source should send a keyframe.
     KeyframeWanted,
 }
@@ -702,7 +709,15 @@ mod tests {
         let t0 = Instant::now();
         let mut m = RelayMachine::new(&[URL.into()], Duration::from_secs(30), t0, 0);
         m.source_present(true, t0);
-        assert_eq!(drain(&mut m), vec![RelayOutput::Save, RelayOutput::UrlStatus { url: URL.into(), status: UrlStatus::Connecting, code: 0, msg: String::new() }, RelayOutput::Connect { url: URL.into() }, RelayOutput::MediaStart]);
+        assert_eq!(
+            drain(&mut m),
+            vec![
+                RelayOutput::Save,
+                RelayOutput::UrlStatus { url: URL.into(), status: UrlStatus::Connecting, code: 0, msg: String::new() },
+                RelayOutput::Connect { url: URL.into() },
+                RelayOutput::MediaStart
+            ]
+        );
         m.url_running(URL, ms(t0, 300));
         // 100 s later the CDN drops the connection: 3 with its error, reconnect at once.
         m.url_ended(URL, AttemptEnd::Failed { code: 4, msg: "the server closed the connection".into(), was_running: true }, ms(t0, 100_000));
@@ -720,7 +735,10 @@ mod tests {
         assert!(out.contains(&RelayOutput::Disconnect { url: URL.into() }) && out.contains(&RelayOutput::MediaStop));
         assert_eq!(m.state(), RelayState::Active, "STOPPED only once the URL is 0");
         m.url_ended(URL, AttemptEnd::Closed, ms(t0, 200_040));
-        assert_eq!(drain(&mut m), vec![RelayOutput::UrlStatus { url: URL.into(), status: UrlStatus::Idle, code: 6, msg: "stopped by request".into() }, RelayOutput::Stopped { leave_code: 0 }]);
+        assert_eq!(
+            drain(&mut m),
+            vec![RelayOutput::UrlStatus { url: URL.into(), status: UrlStatus::Idle, code: 6, msg: "stopped by request".into() }, RelayOutput::Stopped { leave_code: 0 }]
+        );
         let history: Vec<u8> = m.urls()[0].history.iter().map(|h| h.0.code()).collect();
         assert_eq!(history, vec![0, 1, 2, 3, 2, 5, 0]);
     }
@@ -772,7 +790,8 @@ mod tests {
         // PATCH [b, c]: a goes 5 → 0 (outside the record), b restarts, c starts.
         m.set_urls(&[b.clone(), c.clone()], ms(t0, 80_000));
         let out = drain(&mut m);
-        let events: Vec<(String, u8)> = out.iter().filter_map(|o| if let RelayOutput::UrlStatus { url, status, .. } = o { Some((url.clone(), status.code())) } else { None }).collect();
+        let events: Vec<(String, u8)> =
+            out.iter().filter_map(|o| if let RelayOutput::UrlStatus { url, status, .. } = o { Some((url.clone(), status.code())) } else { None }).collect();
         assert_eq!(events, vec![(a.clone(), 5), (b.clone(), 1), (c.clone(), 1)]);
         assert!(out.contains(&RelayOutput::Disconnect { url: a.clone() }));
         assert_eq!(m.urls().iter().map(|u| u.url.clone()).collect::<Vec<_>>(), vec![b.clone(), c.clone()]);

@@ -9,8 +9,8 @@ use tessera_media::h264::{self, nal_type};
 use tessera_media::rtp::{AuAssembler, Push};
 use tessera_media::Codec;
 use tessera_transcode::decode::{AacEncoder, AacFrame, OpusDecoder, VideoCodec, VideoDecoder};
-use tessera_transcode::TranscodeError;
 use tessera_transcode::video::{default_kbps, EncoderSettings, OpenH264Encoder};
+use tessera_transcode::TranscodeError;
 
 /// RTP time → milliseconds on the caller's clock: anchored at the first packet's arrival, then
 /// following the RTP clock; re-anchored when the two drift more than a second apart (a source

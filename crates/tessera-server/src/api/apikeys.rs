@@ -33,13 +33,7 @@ pub struct KeyView {
 
 impl KeyView {
     fn new(state: &AppState, r: &ApiKeyRecord) -> KeyView {
-        KeyView {
-            id: r.id.clone(),
-            name: r.name.clone(),
-            policy: r.policy.clone(),
-            created_at: r.created_at,
-            last_used_at: state.store.last_used(&r.id).or(r.last_used_at),
-        }
+        KeyView { id: r.id.clone(), name: r.name.clone(), policy: r.policy.clone(), created_at: r.created_at, last_used_at: state.store.last_used(&r.id).or(r.last_used_at) }
     }
 }
 
@@ -48,9 +42,7 @@ pub fn requested_policy(preset: Option<&str>, policy: Option<Policy>) -> ApiResu
     match (preset, policy) {
         (Some(_), Some(_)) => Err(ApiError::invalid_parameter("policy", "give either 'preset' or 'policy', not both")),
         (None, None) => Err(ApiError::invalid_parameter("preset", "give a 'preset' (full-access or read-only) or a 'policy'")),
-        (Some(name), None) => {
-            Policy::preset(name).ok_or_else(|| ApiError::invalid_parameter("preset", "must be full-access or read-only"))
-        }
+        (Some(name), None) => Policy::preset(name).ok_or_else(|| ApiError::invalid_parameter("preset", "must be full-access or read-only")),
         (None, Some(p)) => {
             p.validate().map_err(|reason| ApiError::invalid_parameter("policy", reason))?;
             Ok(p)
@@ -58,28 +50,17 @@ pub fn requested_policy(preset: Option<&str>, policy: Option<Policy>) -> ApiResu
     }
 }
 
-pub async fn create(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    ApiJson(req): ApiJson<CreateKey>,
-) -> ApiResult<(StatusCode, Json<Value>)> {
+pub async fn create(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<CreateKey>) -> ApiResult<(StatusCode, Json<Value>)> {
     if req.name.len() > MAX_NAME_LEN {
         return Err(ApiError::invalid_parameter("name", format!("must be at most {MAX_NAME_LEN} characters")));
     }
     let policy = requested_policy(req.preset.as_deref(), req.policy)?;
     let issued = state.store.create_api_key(&caller.app, &req.name, policy, crate::now_ms())?;
     let r = issued.record;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({"id": r.id, "key": issued.key, "name": r.name, "policy": r.policy, "created_at": r.created_at})),
-    ))
+    Ok((StatusCode::CREATED, Json(json!({"id": r.id, "key": issued.key, "name": r.name, "policy": r.policy, "created_at": r.created_at}))))
 }
 
-pub async fn list(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    ApiQuery(q): ApiQuery<ListQuery>,
-) -> ApiResult<Json<Page<KeyView>>> {
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<KeyView>>> {
     let apps = state.store.snapshot();
     let keys = apps.get(&caller.app).map(|a| a.api_keys.iter().map(|r| KeyView::new(&state, r)).collect()).unwrap_or_default();
     Ok(Json(q.page(keys, |k| &k.id)?))

@@ -77,10 +77,7 @@ pub async fn update(
         settings.webhook.validate()?;
         settings.auto_recording.validate()?;
         if settings.default_storage != "local" && !storages.contains_key(&settings.default_storage) {
-            return Err(tessera_model::AppError::Invalid {
-                field: "default_storage".into(),
-                reason: format!("no storage named '{}'", settings.default_storage),
-            });
+            return Err(tessera_model::AppError::Invalid { field: "default_storage".into(), reason: format!("no storage named '{}'", settings.default_storage) });
         }
         app.webhook = settings.webhook;
         app.auto_recording = settings.auto_recording;
@@ -118,10 +115,7 @@ pub async fn add_secret(
         }
     })?;
     let req: AddSecret = if body.iter().all(u8::is_ascii_whitespace) { AddSecret::default() } else { super::json::parse(&body)? };
-    let kid = req
-        .kid
-        .map(|k| tessera_model::Kid::parse(&k).map_err(|e| ApiError::invalid_parameter("kid", e.reason)))
-        .transpose()?;
+    let kid = req.kid.map(|k| tessera_model::Kid::parse(&k).map_err(|e| ApiError::invalid_parameter("kid", e.reason))).transpose()?;
     let now = crate::now_ms();
     let secret = state.store.update(&caller.app, |app| match kid {
         Some(kid) => app.add_secret(kid, tessera_model::random::secret(), now).cloned(),

@@ -67,26 +67,20 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 }
 
 pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
-    let key = bearer(req.headers()).ok_or_else(|| {
-        ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key as 'Authorization: Bearer tsk_...'")
-    })?;
-    let (app, record) = state
-        .store
-        .authenticate_key(key)
-        .ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid (unknown, deleted or mistyped)"))?;
+    let key = bearer(req.headers()).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key as 'Authorization: Bearer tsk_...'"))?;
+    let (app, record) =
+        state.store.authenticate_key(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid (unknown, deleted or mistyped)"))?;
     if let Err(wait) = state.key_rate.check(&record.id, Instant::now()) {
         let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests with this API key; slow down");
         e.retry_after_s = Some(wait.as_secs().max(1));
         return Err(e);
     }
     let route = req.extensions().get::<MatchedPath>().map(|m| m.as_str().to_owned()).unwrap_or_default();
-    let action = action_for(req.method(), &route)
-        .ok_or_else(|| ApiError::internal(format!("route {} {route} has no action in the policy table", req.method())))?;
+    let action = action_for(req.method(), &route).ok_or_else(|| ApiError::internal(format!("route {} {route} has no action in the policy table", req.method())))?;
     match record.policy.decide(action) {
         PolicyDecision::Allowed => {}
         PolicyDecision::Denied | PolicyDecision::NotAllowed => {
-            return Err(ApiError::new(StatusCode::FORBIDDEN, "action_denied", format!("this API key may not perform '{action}'"))
-                .with_details(json!({"action": action})));
+            return Err(ApiError::new(StatusCode::FORBIDDEN, "action_denied", format!("this API key may not perform '{action}'")).with_details(json!({"action": action})));
         }
     }
     let task_changing = ["ingests.", "mixjobs.", "relays.", "recordings."].iter().any(|p| action.starts_with(p)) && req.method() != Method::GET;

@@ -15,17 +15,9 @@ fn is_media_path(path: &str) -> bool {
 pub async fn cors(State(state): State<AppState>, req: Request, next: Next) -> Response {
     let origin = req.headers().get(header::ORIGIN).cloned();
     let media = is_media_path(req.uri().path());
-    let mut resp = if req.method() == Method::OPTIONS && !media {
-        StatusCode::NO_CONTENT.into_response()
-    } else {
-        next.run(req).await
-    };
+    let mut resp = if req.method() == Method::OPTIONS && !media { StatusCode::NO_CONTENT.into_response() } else { next.run(req).await };
     let any = state.config.cors_origins.iter().any(|o| o == "*");
-    let allow = if any {
-        Some(HeaderValue::from_static("*"))
-    } else {
-        origin.filter(|o| o.to_str().is_ok_and(|o| state.config.cors_origins.iter().any(|x| x == o)))
-    };
+    let allow = if any { Some(HeaderValue::from_static("*")) } else { origin.filter(|o| o.to_str().is_ok_and(|o| state.config.cors_origins.iter().any(|x| x == o))) };
     let h = resp.headers_mut();
     if let Some(a) = allow {
         h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, a);

@@ -86,19 +86,22 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     // PRODUCT.md §12: concurrent ingests per app (`limits.concurrent_ingests_per_app`).
     let limit = state.config.limits.concurrent_ingests_per_app as usize;
     if state.ingests.live_count(&caller.app) >= limit {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} ingests may run at once per app"))
-            .with_details(json!({"limit": limit})));
+        return Err(
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} ingests may run at once per app")).with_details(json!({"limit": limit}))
+        );
     }
     let key = RoomKey { app: caller.app.clone(), room: room.clone() };
-    let busy = state.ingests.publishes(&caller.app, &room, &user, stream)
-        || state.rtc.is_published(key, user.clone(), stream).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let busy =
+        state.ingests.publishes(&caller.app, &room, &user, stream) || state.rtc.is_published(key, user.clone(), stream).await.map_err(|e| ApiError::internal(e.to_string()))?;
     if busy {
         return Err(ApiError::new(StatusCode::CONFLICT, "stream_busy", format!("user '{user}' already publishes its {stream} stream in room '{room}'")));
     }
     let record = state.ingests.start(NewIngest { app: caller.app.clone(), room, user, stream, url: req.url, repeat }, state.rtc.clone());
     Ok((
         StatusCode::CREATED,
-        Json(json!({"id": record.id, "room": record.room, "user": record.user, "stream": record.stream, "url": record.url, "state": record.state, "created_at": record.created_at})),
+        Json(
+            json!({"id": record.id, "room": record.room, "user": record.user, "stream": record.stream, "url": record.url, "state": record.state, "created_at": record.created_at}),
+        ),
     ))
 }
 
@@ -112,18 +115,12 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
     Ok(Json(view(&task.record())))
 }
 
-pub async fn update(
-    State(state): State<AppState>,
-    Extension(caller): Extension<Caller>,
-    Path(id): Path<String>,
-    ApiJson(req): ApiJson<UpdateIngest>,
-) -> ApiResult<Json<Value>> {
+pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateIngest>) -> ApiResult<Json<Value>> {
     let task = state.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     check_url(&req.url)?;
     let current = task.record();
     if current.state.is_final() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the ingest is {}", current.state.as_str()))
-            .with_details(json!({"state": current.state})));
+        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the ingest is {}", current.state.as_str())).with_details(json!({"state": current.state})));
     }
     state.ingests.switch(&task, req.url);
     Ok(Json(view(&task.record())))

@@ -14,8 +14,7 @@ pub const MAX_JSON_BODY: usize = 256 * 1024;
 pub struct ApiJson<T>(pub T);
 
 pub fn payload_too_large(limit: usize) -> ApiError {
-    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes"))
-        .with_details(serde_json::json!({"limit": limit}))
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the body is larger than {limit} bytes")).with_details(serde_json::json!({"limit": limit}))
 }
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
@@ -26,11 +25,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
         let essence = content_type.split(';').next().unwrap_or("").trim();
         // JSON merge patches (RFC 7396) may say so in their media type.
         if !essence.eq_ignore_ascii_case("application/json") && !essence.eq_ignore_ascii_case("application/merge-patch+json") {
-            return Err(ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                format!("expected Content-Type application/json, got '{content_type}'"),
-            ));
+            return Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", format!("expected Content-Type application/json, got '{content_type}'")));
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|r| {
             if r.status() == StatusCode::PAYLOAD_TOO_LARGE {
@@ -45,8 +40,7 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
 
 /// Parses JSON, telling syntax errors from shape errors.
 pub fn parse<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let value: serde_json::Value =
-        serde_json::from_slice(bytes).map_err(|e| ApiError::invalid_json(format!("the body is not valid JSON: {e}")))?;
+    let value: serde_json::Value = serde_json::from_slice(bytes).map_err(|e| ApiError::invalid_json(format!("the body is not valid JSON: {e}")))?;
     from_value(value)
 }
 

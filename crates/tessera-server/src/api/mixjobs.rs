@@ -15,7 +15,9 @@ use dashmap::DashMap;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tessera_engine::mcu::{AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixHandle, MixImages, MixSpec, MixState, Region, Rgb, Subscribe, Template, Tile, Watermark};
+use tessera_engine::mcu::{
+    AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixHandle, MixImages, MixSpec, MixState, Region, Rgb, Subscribe, Template, Tile, Watermark,
+};
 use tessera_engine::RoomKey;
 use tessera_model::events::EventInfo;
 use tessera_model::{AppId, RoomId, UserId};
@@ -135,8 +137,8 @@ struct ImageRefs {
 const MAX_IMAGE_URL: usize = 8 * 1024 * 1024;
 
 fn image_url(s: &str, name: &str) -> ApiResult<String> {
-    let ok = s.len() <= MAX_IMAGE_URL
-        && (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("data:image/png;base64,") || s.starts_with("data:image/jpeg;base64,"));
+    let ok =
+        s.len() <= MAX_IMAGE_URL && (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("data:image/png;base64,") || s.starts_with("data:image/jpeg;base64,"));
     if ok {
         Ok(s.to_owned())
     } else {
@@ -335,7 +337,11 @@ fn parse_audio(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(AudioMo
 fn parse_encode(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(EncodeSettings, Value)> {
     let empty = serde_json::Map::new();
     let m = v.unwrap_or(&empty);
-    known(m, "encode", &["template", "width", "height", "fps", "video_kbps", "gop_s", "encoder", "audio_profile", "audio_sample_rate", "audio_channels", "audio_kbps", "audio_codec_type"])?;
+    known(
+        m,
+        "encode",
+        &["template", "width", "height", "fps", "video_kbps", "gop_s", "encoder", "audio_profile", "audio_sample_rate", "audio_channels", "audio_kbps", "audio_codec_type"],
+    )?;
     let template = get_str(m, "encode", "template")?.unwrap_or("1280x720_15_1500");
     let resolved = match template {
         "360p" => "640x360_15_800",
@@ -393,7 +399,13 @@ fn parse_encode(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(Encode
             return Err(field("encode.audio_codec_type", "must be 0, 1 or 2"));
         }
     }
-    let level = if fps > 30 { "42e02a" } else if width as u64 * height as u64 > 1280 * 720 { "42e028" } else { "42e01f" };
+    let level = if fps > 30 {
+        "42e02a"
+    } else if width as u64 * height as u64 > 1280 * 720 {
+        "42e028"
+    } else {
+        "42e01f"
+    };
     let settings = EncodeSettings { width, height, fps, kbps, gop_s, audio_channels: channels as usize, audio_kbps: akbps as u32, openh264: encoder == "openh264" };
     let normalized = json!({
         "template": template, "gop_s": gop_s, "encoder": encoder, "audio_profile": profile,
@@ -433,7 +445,9 @@ fn check_outputs(v: &Value) -> ApiResult<Vec<String>> {
     }
     let urls: Vec<String> = match m.get("rtmp_urls") {
         None | Some(Value::Null) => Vec::new(),
-        Some(Value::Array(a)) => a.iter().map(|u| u.as_str().map(str::to_owned).ok_or_else(|| field("outputs.rtmp_urls", "must be a list of rtmp:// URLs"))).collect::<ApiResult<_>>()?,
+        Some(Value::Array(a)) => {
+            a.iter().map(|u| u.as_str().map(str::to_owned).ok_or_else(|| field("outputs.rtmp_urls", "must be a list of rtmp:// URLs"))).collect::<ApiResult<_>>()?
+        }
         Some(_) => return Err(field("outputs.rtmp_urls", "must be a list of rtmp:// URLs")),
     };
     if !urls.is_empty() {
@@ -554,7 +568,9 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
     }
     let limit = state.config.limits.concurrent_mix_jobs.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
     if state.mix_jobs.running() >= limit {
-        return Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit})));
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit}))
+        );
     }
     let (images, image_errors) = load_images(&image_refs).await;
     let (id, created_at) = resumed.unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), crate::now_ms()));
@@ -586,7 +602,8 @@ pub(crate) async fn start_job(state: &AppState, app: &AppId, body: Value, resume
     let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
     let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let on_stop: Box<dyn FnOnce(u32) + Send> = {
-        let (path, app, id, room, request, shutting, hooks) = (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), state.hooks.clone());
+        let (path, app, id, room, request, shutting, hooks) =
+            (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), state.hooks.clone());
         Box::new(move |code| {
             // A job ended by the server's shut-down resumes with the next start: not a stop.
             if !shutting.load(std::sync::atomic::Ordering::SeqCst) {
@@ -649,13 +666,7 @@ fn report_image_errors(state: &AppState, app: &AppId, room: &RoomId, id: &str, e
 }
 
 fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
-    state
-        .mix_jobs
-        .jobs
-        .get(id)
-        .map(|j| j.clone())
-        .filter(|j| j.app == *app)
-        .ok_or_else(|| ApiError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
+    state.mix_jobs.jobs.get(id).map(|j| j.clone()).filter(|j| j.app == *app).ok_or_else(|| ApiError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {

@@ -2,15 +2,15 @@
 //! metrics and tracing around every request.
 
 mod apikeys;
-mod files;
-mod cors;
 mod app;
+pub mod auth;
+mod cors;
+mod files;
 mod ingests;
+pub mod json;
 pub mod mixjobs;
 mod recordings;
 mod relays;
-pub mod auth;
-pub mod json;
 mod tokens;
 pub mod whip;
 
@@ -242,10 +242,7 @@ pub struct ApiQuery<T>(pub T);
 impl<T: serde::de::DeserializeOwned, S: Send + Sync> axum::extract::FromRequestParts<S> for ApiQuery<T> {
     type Rejection = ApiError;
     async fn from_request_parts(parts: &mut axum::http::request::Parts, state: &S) -> Result<Self, ApiError> {
-        Query::<T>::from_request_parts(parts, state)
-            .await
-            .map(|q| ApiQuery(q.0))
-            .map_err(|e| ApiError::invalid_parameter("query", e.body_text()))
+        Query::<T>::from_request_parts(parts, state).await.map(|q| ApiQuery(q.0)).map_err(|e| ApiError::invalid_parameter("query", e.body_text()))
     }
 }
 

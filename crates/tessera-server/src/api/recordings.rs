@@ -185,7 +185,9 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     };
     let limit = state.config.limits.concurrent_recordings_per_app as usize;
     if state.recordings.live_count(&caller.app) >= limit {
-        return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} recordings may run at once per app")).with_details(json!({"limit": limit})));
+        return Err(
+            ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} recordings may run at once per app")).with_details(json!({"limit": limit}))
+        );
     }
     let mode = match mode {
         Mode::Mixed { owned_job: Some(_), .. } => {
@@ -197,7 +199,8 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         other => other,
     };
     let id = tessera_model::TaskId::generate().as_str().to_owned();
-    let spec = RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
+    let spec =
+        RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
     let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::task_not_saved(&e))?;
     Ok((StatusCode::CREATED, Json(view(&id, &task))))
 }
@@ -216,7 +219,9 @@ pub async fn result(State(state): State<AppState>, Extension(caller): Extension<
     let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let st = task.status.lock().expect("status").clone();
     if st.state != RecordingState::Finished {
-        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the recording is {}; the result comes at FINISHED", st.state)).with_details(json!({"state": st.state})));
+        return Err(
+            ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the recording is {}; the result comes at FINISHED", st.state)).with_details(json!({"state": st.state}))
+        );
     }
     Ok(Json(st.result.unwrap_or(Value::Null)))
 }

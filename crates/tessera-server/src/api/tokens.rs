@@ -30,11 +30,7 @@ pub fn claims_for(req: &CreateToken, app: &str, now_s: i64) -> ApiResult<TokenCl
     let room = RoomId::parse(&req.room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
     let user = UserId::parse(&req.user).map_err(|e| ApiError::invalid_parameter("user", e.reason))?;
     if user.is_reserved() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "user_id_reserved",
-            format!("user ids starting with mix_, rec_ or relay_ belong to the server ('{user}')"),
-        ));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "user_id_reserved", format!("user ids starting with mix_, rec_ or relay_ belong to the server ('{user}')")));
     }
     let role = match req.role {
         None => Role::Anchor,

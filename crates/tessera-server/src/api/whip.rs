@@ -3,18 +3,18 @@
 //! and size, SDP, media privileges, then existence. The media half is the engine's SFU.
 
 use super::auth::bearer;
+use super::ApiQuery;
 use super::AppState;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use super::ApiQuery;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
-use tessera_engine::{OfferSummary, PeerRole, Quality, RoomKey, SectionKind, SessionSpec};
 use tessera_engine::presence::{user_type, JoinInfo};
+use tessera_engine::{OfferSummary, PeerRole, Quality, RoomKey, SectionKind, SessionSpec};
 use tessera_media::StreamKind;
 use tessera_model::privileges::Privileges;
 use tessera_model::token::{self, TokenError, UserToken};
@@ -46,12 +46,8 @@ pub(crate) fn verify_raw(state: &AppState, raw: &str, allow_expired: bool) -> Ap
 }
 
 pub(crate) fn privilege_missing(required: Privileges) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
-        "privilege_missing",
-        format!("the token lacks privilege {} ({})", required.bits(), tessera_model::privileges::describe(required)),
-    )
-    .with_details(json!({"required": required.bits()}))
+    ApiError::new(StatusCode::FORBIDDEN, "privilege_missing", format!("the token lacks privilege {} ({})", required.bits(), tessera_model::privileges::describe(required)))
+        .with_details(json!({"required": required.bits()}))
 }
 
 /// The privilege a media section needs (PRODUCT.md §4.2): aux has one bit per direction, main
@@ -70,11 +66,7 @@ fn media_privilege(role: PeerRole, stream: StreamKind, kind: SectionKind) -> Pri
 /// Binding, role, user and enter/create checks shared by WHIP and WHEP.
 pub(crate) async fn check_entry(state: &AppState, token: &UserToken, room: &str, must_publish: bool) -> ApiResult<RoomKey> {
     if token.room.as_str() != room {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            "token_room_mismatch",
-            format!("the token is for room '{}', not '{room}'", token.room),
-        ));
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "token_room_mismatch", format!("the token is for room '{}', not '{room}'", token.room)));
     }
     if token.user.is_reserved() {
         return Err(ApiError::new(StatusCode::FORBIDDEN, "user_id_reserved", format!("user id '{}' belongs to the server", token.user)));
@@ -167,7 +159,13 @@ pub struct WhipQuery {
 }
 
 /// `POST /whip/{room}[?stream=main|aux]`
-pub async fn publish(State(state): State<AppState>, Path(room): Path<String>, ApiQuery(q): ApiQuery<WhipQuery>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+pub async fn publish(
+    State(state): State<AppState>,
+    Path(room): Path<String>,
+    ApiQuery(q): ApiQuery<WhipQuery>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Response> {
     let token = verify_token(&state, &headers, false)?;
     let key = check_entry(&state, &token, &room, true).await?;
     let (offer, summary) = read_offer(&headers, &body)?;
@@ -307,18 +305,9 @@ pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, heade
     let etag = format!("\"{}\"", info.ufrag);
     let if_match = headers.get(header::IF_MATCH).and_then(|v| v.to_str().ok()).map(str::trim);
     if if_match != Some(etag.as_str()) && if_match != Some("*") {
-        return Err(ApiError::new(
-            StatusCode::PRECONDITION_FAILED,
-            "precondition_failed",
-            format!("an ICE restart needs If-Match: {etag} (the session's ETag)"),
-        ));
+        return Err(ApiError::new(StatusCode::PRECONDITION_FAILED, "precondition_failed", format!("an ICE restart needs If-Match: {etag} (the session's ETag)")));
     }
-    let restart = state
-        .rtc
-        .ice_restart(&sid, ufrag, pwd)
-        .await
-        .map_err(|e| ApiError::internal(e.to_string()))?
-        .ok_or_else(|| session_not_found(&sid))?;
+    let restart = state.rtc.ice_restart(&sid, ufrag, pwd).await.map_err(|e| ApiError::internal(e.to_string()))?.ok_or_else(|| session_not_found(&sid))?;
     let mut frag = format!("a=ice-lite\r\na=ice-ufrag:{}\r\na=ice-pwd:{}\r\n", restart.ufrag, restart.pwd);
     for (i, c) in restart.candidates.iter().enumerate() {
         frag.push_str(&format!("a=candidate:{} 1 udp {} {} {} typ host\r\n", i + 1, 2_130_706_431u32 - i as u32, c.ip(), c.port()));

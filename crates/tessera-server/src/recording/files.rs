@@ -55,7 +55,6 @@ pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
     }
 }
 
-
 /// A playlist found in the task's directory.
 pub(super) struct PlaylistInfo {
     name: String,
@@ -105,11 +104,7 @@ pub(super) fn identify(stem: &str) -> (String, String, String) {
     use base64::Engine as _;
     let Some((_, rest)) = stem.split_once("__UserId_s_") else { return (String::new(), "mix".into(), "audio_video".into()) };
     let (user_b64, tail) = rest.split_once("__UserId_e_").unwrap_or((rest, "main"));
-    let user = base64::engine::general_purpose::STANDARD
-        .decode(user_b64.replace('-', "/").replace('.', "="))
-        .ok()
-        .and_then(|b| String::from_utf8(b).ok())
-        .unwrap_or_default();
+    let user = base64::engine::general_purpose::STANDARD.decode(user_b64.replace('-', "/").replace('.', "=")).ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
     let (media, kind) = tail.split_once('_').unwrap_or((tail, "audio_video"));
     (user, media.to_string(), kind.to_string())
 }
@@ -241,14 +236,21 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
                         if storage.store(path, &name).is_err() {
                             continue;
                         }
-                        let first = files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
+                        let first =
+                            files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
                         let duration_ms = (seconds * 1000.0) as i64;
                         offset_ms += duration_ms;
                         let info = FileInfo {
                             file_name: name.clone(),
                             user_id: user.clone(),
                             media_id: media.clone(),
-                            track_type: if format == "adts" { "audio".into() } else if inputs.len() > 1 { "audio_video".into() } else { identify(&pls[0].stem).2 },
+                            track_type: if format == "adts" {
+                                "audio".into()
+                            } else if inputs.len() > 1 {
+                                "audio_video".into()
+                            } else {
+                                identify(&pls[0].stem).2
+                            },
                             begin_ts: first,
                             end_ts: first + duration_ms,
                             duration_ms,
@@ -269,13 +271,22 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
         }
         // 310: the MP4 (or .aac) files, each with its user, track and time span.
         let made: Vec<&FileInfo> = finals.iter().map(|(f, ..)| f).filter(|f| !f.file_name.ends_with(".m3u8")).collect();
-        let status = if made.is_empty() && !playlists.is_empty() { 2 } else if remux_failed.is_some() { 1 } else { 0 };
-        events.emit(310, json!({
-            "Status": status,
-            "FileList": made.iter().map(|f| f.file_name.clone()).collect::<Vec<_>>(),
-            "FileMessage": made.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type, "MediaId": f.media_id,
-                "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts})).collect::<Vec<_>>(),
-        }));
+        let status = if made.is_empty() && !playlists.is_empty() {
+            2
+        } else if remux_failed.is_some() {
+            1
+        } else {
+            0
+        };
+        events.emit(
+            310,
+            json!({
+                "Status": status,
+                "FileList": made.iter().map(|f| f.file_name.clone()).collect::<Vec<_>>(),
+                "FileMessage": made.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type, "MediaId": f.media_id,
+                    "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts})).collect::<Vec<_>>(),
+            }),
+        );
         if !spec.hls_kept() {
             // `mp4` or `aac` alone: the HLS was only the crash-safe intermediate.
             let keep = |n: &str| n.ends_with(".mp4") || n.ends_with(".aac");
@@ -314,10 +325,12 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
     drop(st);
     // 311 commits each final file, 312 closes the task.
     for (f, ..) in &finals {
-        events.emit(311, json!({"Status": 0, "Errmsg": "", "FileInfo": {"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type,
-            "MediaId": f.media_id, "Url": f.url, "Size": f.size, "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts}}));
+        events.emit(
+            311,
+            json!({"Status": 0, "Errmsg": "", "FileInfo": {"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type,
+            "MediaId": f.media_id, "Url": f.url, "Size": f.size, "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts}}),
+        );
     }
     events.emit(312, json!({"Status": if failed { 1 } else { 0 }, "Result": result}));
     tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
 }
-

@@ -66,7 +66,6 @@ pub fn utc17(unix_ms: i64) -> String {
     format!("{y:04}{m:02}{d:02}{:02}{:02}{:02}{ms:03}", sod / 3600, sod % 3600 / 60, sod % 60)
 }
 
-
 pub(super) struct Segment {
     ts: TsSegment,
     part: PathBuf,
@@ -313,7 +312,6 @@ impl HlsWriter {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -333,4 +331,3 @@ mod tests {
         assert_eq!(utc17(951_782_400_000), "20000229000000000", "a leap day");
     }
 }
-

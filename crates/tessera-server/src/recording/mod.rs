@@ -341,8 +341,7 @@ fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), crate::store::Store
         "restarts": st.restarts, "skipped_segments": st.skipped_segments, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
     });
     let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
-    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600)
-        .inspect_err(|e| tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}"))
+    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).inspect_err(|e| tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}"))
 }
 
 /// The most restarts a recording survives (RECORDING.md §8).
@@ -359,7 +358,9 @@ impl Recordings {
     /// stopped one redoes its conversion.
     pub fn resume(&self, data_dir: &Path, rtc: &RtcHandle) {
         for v in crate::task_file::read_all(&data_dir.join("tasks"), "recording") {
-            let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else { continue };
+            let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else {
+                continue;
+            };
             let mode = if v["mode"] == "mixed" {
                 let Ok(mix_user) = UserId::parse(v["mix_user"].as_str().unwrap_or("")) else { continue };
                 Mode::Mixed { mix_user, owned_job: v["owned_job"].as_str().map(str::to_owned) }
@@ -399,7 +400,13 @@ impl Recordings {
                 restarts: v["restarts"].as_u64().unwrap_or(0) as u32,
                 skipped_segments: v["skipped_segments"].as_u64().unwrap_or(0) as u32,
             };
-            let task = Arc::new(RecordingTask { spec: Mutex::new(spec.clone()), status: Mutex::new(status), inputs: Mutex::new(None), created_at: v["created_at"].as_i64().unwrap_or(0), working: AtomicBool::new(false) });
+            let task = Arc::new(RecordingTask {
+                spec: Mutex::new(spec.clone()),
+                status: Mutex::new(status),
+                inputs: Mutex::new(None),
+                created_at: v["created_at"].as_i64().unwrap_or(0),
+                working: AtomicBool::new(false),
+            });
             self.tasks.insert(spec.id.clone(), task.clone());
             if state == RecordingState::Finished {
                 continue;
@@ -459,4 +466,3 @@ impl TaskEvents {
         self.emit(308, json!({"Code": "StorageWriteFailed", "Message": message}));
     }
 }
-

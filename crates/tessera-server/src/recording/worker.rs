@@ -195,7 +195,15 @@ impl Worker {
     }
 }
 
-fn work(task: Arc<RecordingTask>, data_dir: PathBuf, events: TaskEvents, tapped: bool, inputs: Receiver<Input>, queued: Arc<AtomicUsize>, keyframes: UnboundedSender<(UserId, StreamKind)>) {
+fn work(
+    task: Arc<RecordingTask>,
+    data_dir: PathBuf,
+    events: TaskEvents,
+    tapped: bool,
+    inputs: Receiver<Input>,
+    queued: Arc<AtomicUsize>,
+    keyframes: UnboundedSender<(UserId, StreamKind)>,
+) {
     let spec = lock(&task.spec).clone();
     let (final_dir, spool, url_base) = spec.places(&data_dir);
     let restarts = lock(&task.status).restarts;
@@ -209,7 +217,18 @@ fn work(task: Arc<RecordingTask>, data_dir: PathBuf, events: TaskEvents, tapped:
         Vec::new()
     };
     lock(&task.status).files = earlier.clone();
-    let mut w = Worker { spec: spec.clone(), events: events.clone(), ha, storage, spool: spool.clone(), writers: Vec::new(), streams: HashMap::new(), earlier, keyframes, shutting_down: false };
+    let mut w = Worker {
+        spec: spec.clone(),
+        events: events.clone(),
+        ha,
+        storage,
+        spool: spool.clone(),
+        writers: Vec::new(),
+        streams: HashMap::new(),
+        earlier,
+        keyframes,
+        shutting_down: false,
+    };
     let outcome = (|| -> Result<u32, String> {
         let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
         // 301 (or 306 after a crash restart), then 303 for the storage.
@@ -357,14 +376,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
     if !w.streams.contains_key(&key) {
         w.streams.insert(
             key.clone(),
-            StreamRec {
-                video_writer: None,
-                audio_writer: None,
-                video: VideoInput::default(),
-                probe: None,
-                audio: None,
-                keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY),
-            },
+            StreamRec { video_writer: None, audio_writer: None, video: VideoInput::default(), probe: None, audio: None, keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY) },
         );
     }
     let split = matches!(w.spec.mode, Mode::Single { split: true, .. });
@@ -450,4 +462,3 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
     }
     Ok(())
 }
-

@@ -1,0 +1,398 @@
+//! The SFU in-process, in the style of str0m's own tests: str0m peers and the `Sfu` in one
+//! thread, time injected (a test of seconds runs in milliseconds), and a network emulator
+//! between them (loss, delay, jitter that reorders, a bandwidth cap with a bounded queue).
+//! The end-to-end tests with Chromium, aiortc and FFmpeg stay; these pin the forwarding
+//! logic down where it can be stepped and measured.
+
+use crate::presence::JoinInfo;
+use crate::sfu::{Quality, RoomKey, SessionSpec, Sfu};
+use crate::PeerRole;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tessera_media::StreamKind;
+use tessera_model::{AppId, RoomId, UserId};
+use tessera_rtc::str0m::change::SdpAnswer;
+use tessera_rtc::str0m::format::Codec as WireCodec;
+use tessera_rtc::str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use tessera_rtc::str0m::net::{Protocol, Receive};
+use tessera_rtc::str0m::{Candidate, Event, Input, Output, Rtc};
+
+const SFU_ADDR: &str = "10.0.0.1:3478";
+
+/// One direction of a peer's access link.
+#[derive(Debug, Clone)]
+pub struct Link {
+    pub loss: f64,
+    pub delay: Duration,
+    /// Extra delay drawn uniformly from 0..jitter per packet: packets overtake each other.
+    pub jitter: Duration,
+    /// Bits per second; packets queue behind each other and are dropped past `queue`.
+    pub bps: Option<u64>,
+    pub queue: Duration,
+    busy_until: Option<Instant>,
+    seed: u64,
+    pub sent: u64,
+    pub lost: u64,
+}
+
+impl Link {
+    pub fn clean() -> Link {
+        Link {
+            loss: 0.0,
+            delay: Duration::from_millis(10),
+            jitter: Duration::ZERO,
+            bps: None,
+            queue: Duration::from_millis(200),
+            busy_until: None,
+            seed: 0x2545F4914F6CDD1D,
+            sent: 0,
+            lost: 0,
+        }
+    }
+
+    fn random(&mut self) -> f64 {
+        // xorshift64*: deterministic, so every run of a test sees the same losses.
+        self.seed ^= self.seed >> 12;
+        self.seed ^= self.seed << 25;
+        self.seed ^= self.seed >> 27;
+        (self.seed.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// When a packet of `len` bytes sent at `now` arrives, or `None` if it is lost.
+    fn carry(&mut self, now: Instant, len: usize) -> Option<Instant> {
+        self.sent += 1;
+        let mut leaves = now;
+        if let Some(bps) = self.bps {
+            let start = self.busy_until.map_or(now, |b| b.max(now));
+            if start - now > self.queue {
+                self.lost += 1;
+                return None;
+            }
+            leaves = start + Duration::from_nanos(len as u64 * 8 * 1_000_000_000 / bps);
+            self.busy_until = Some(leaves);
+        }
+        if self.random() < self.loss {
+            self.lost += 1;
+            return None;
+        }
+        let jitter = self.jitter.mul_f64(self.random());
+        Some(leaves + self.delay + jitter)
+    }
+}
+
+/// A str0m peer on its own address.
+pub struct Client {
+    pub rtc: Rtc,
+    pub addr: SocketAddr,
+    pub up: Link,
+    pub down: Link,
+    pub events: Vec<(Instant, Event)>,
+    pub video_mid: Option<Mid>,
+    next_timeout: Instant,
+}
+
+enum To {
+    Sfu,
+    Client(usize),
+}
+
+struct Flight {
+    at: Instant,
+    order: u64,
+    to: To,
+    source: SocketAddr,
+    destination: SocketAddr,
+    data: Vec<u8>,
+}
+
+impl PartialEq for Flight {
+    fn eq(&self, other: &Self) -> bool {
+        (self.at, self.order) == (other.at, other.order)
+    }
+}
+impl Eq for Flight {}
+impl PartialOrd for Flight {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for Flight {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        (self.at, self.order).cmp(&(other.at, other.order))
+    }
+}
+
+/// The SFU, its peers and the network between them.
+pub struct World {
+    pub now: Instant,
+    pub sfu: Sfu,
+    pub clients: Vec<Client>,
+    flights: BinaryHeap<Reverse<Flight>>,
+    order: u64,
+}
+
+pub fn room() -> RoomKey {
+    RoomKey { app: AppId::default_app(), room: RoomId::parse("harness").unwrap() }
+}
+
+impl World {
+    pub fn new() -> World {
+        let now = Instant::now();
+        World { now, sfu: Sfu::new(vec![SFU_ADDR.parse().unwrap()], Duration::from_secs(10), now), clients: Vec::new(), flights: BinaryHeap::new(), order: 0 }
+    }
+
+    /// A peer publishing (H.264 + Opus) as `user`, or viewing `user`'s main stream.
+    pub fn join(&mut self, user: &str, role: PeerRole, up: Link, down: Link) -> usize {
+        let n = self.clients.len();
+        let addr: SocketAddr = format!("10.0.1.{}:{}", n + 2, 5000 + n).parse().unwrap();
+        let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        rtc.add_remote_candidate(Candidate::host(SFU_ADDR.parse().unwrap(), "udp").unwrap());
+        let dir = if role == PeerRole::Publish { Direction::SendOnly } else { Direction::RecvOnly };
+        let mut change = rtc.sdp_api();
+        change.add_media(MediaKind::Audio, dir, None, None, None);
+        let video_mid = change.add_media(MediaKind::Video, dir, None, None, None);
+        let (offer, pending) = change.apply().expect("an offer");
+        let sid = format!("s{n}");
+        let spec = SessionSpec {
+            sid: sid.clone(),
+            room: room(),
+            user: UserId::parse(if role == PeerRole::Publish { user } else { "viewer" }).unwrap(),
+            role,
+            stream: StreamKind::Main,
+            source_user: (role == PeerRole::Play).then(|| UserId::parse(user).unwrap()),
+            rejected_mids: Vec::new(),
+            quality: Quality::Auto,
+            join: JoinInfo::anchor(crate::presence::user_type::WHIP),
+        };
+        let answer = self.sfu.add_session(spec, &offer.to_sdp_string(), self.now).expect("the SFU answers");
+        rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).expect("the answer is accepted");
+        self.clients.push(Client { rtc, addr, up, down, events: Vec::new(), video_mid: Some(video_mid), next_timeout: self.now });
+        self.drain_client(n);
+        n
+    }
+
+    fn send(&mut self, to: To, link_of: usize, up: bool, source: SocketAddr, destination: SocketAddr, data: Vec<u8>) {
+        let c = &mut self.clients[link_of];
+        let link = if up { &mut c.up } else { &mut c.down };
+        if let Some(at) = link.carry(self.now, data.len()) {
+            self.order += 1;
+            self.flights.push(Reverse(Flight { at, order: self.order, to, source, destination, data }));
+        }
+    }
+
+    fn drain_client(&mut self, i: usize) {
+        loop {
+            let out = match self.clients[i].rtc.poll_output() {
+                Ok(o) => o,
+                Err(e) => panic!("client {i}: {e}"),
+            };
+            match out {
+                Output::Timeout(t) => {
+                    self.clients[i].next_timeout = t;
+                    break;
+                }
+                Output::Transmit(t) => {
+                    let (source, destination, data) = (t.source, t.destination, t.contents.to_vec());
+                    self.send(To::Sfu, i, true, source, destination, data);
+                }
+                Output::Event(e) => {
+                    let now = self.now;
+                    self.clients[i].events.push((now, e));
+                }
+            }
+        }
+    }
+
+    fn drain_sfu(&mut self) {
+        while let Some(t) = self.sfu.poll_transmit() {
+            let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
+            self.send(To::Client(i), i, false, t.source, t.destination, t.contents.to_vec());
+        }
+    }
+
+    /// Advances to the next thing that happens, no later than `limit`.
+    fn step(&mut self, limit: Instant) {
+        let flight = self.flights.peek().map(|f| f.0.at);
+        let client = self.clients.iter().map(|c| c.next_timeout).min();
+        let next = [flight, client, Some(self.sfu.next_timeout())].into_iter().flatten().min().unwrap_or(limit).min(limit);
+        self.now = self.now.max(next);
+        while self.flights.peek().is_some_and(|f| f.0.at <= self.now) {
+            let Reverse(f) = self.flights.pop().expect("peeked");
+            match f.to {
+                To::Sfu => {
+                    self.sfu.handle_datagram(self.now, f.source, f.destination, &f.data);
+                    self.sfu.flush(self.now);
+                }
+                To::Client(i) => {
+                    let input =
+                        Input::Receive(self.now, Receive { proto: Protocol::Udp, source: f.source, destination: f.destination, contents: f.data.as_slice().try_into().unwrap() });
+                    if self.clients[i].rtc.handle_input(input).is_ok() {
+                        self.drain_client(i);
+                    }
+                }
+            }
+            self.drain_sfu();
+        }
+        for i in 0..self.clients.len() {
+            if self.clients[i].next_timeout <= self.now {
+                self.clients[i].rtc.handle_input(Input::Timeout(self.now)).expect("a timeout");
+                self.drain_client(i);
+            }
+        }
+        if self.sfu.next_timeout() <= self.now {
+            self.sfu.handle_timeout(self.now);
+            self.drain_sfu();
+        }
+    }
+
+    /// Runs the world for `d`, calling `tick` every `every` (the app's media clock).
+    pub fn run(&mut self, d: Duration, every: Duration, mut tick: impl FnMut(&mut World)) {
+        let end = self.now + d;
+        let mut next_tick = self.now;
+        while self.now < end {
+            if self.now >= next_tick {
+                tick(self);
+                next_tick += every;
+            }
+            self.step(next_tick.min(end));
+        }
+    }
+
+    pub fn connected(&self, i: usize) -> bool {
+        self.clients[i].rtc.is_connected()
+    }
+
+    /// Writes one H.264 access unit (Annex B) on the publisher's video.
+    pub fn write_video(&mut self, i: usize, frame: &[u8], rtp_90k: u64) {
+        let now = self.now;
+        let c = &mut self.clients[i];
+        let Some(mid) = c.video_mid else { return };
+        let Some(writer) = c.rtc.writer(mid) else { return };
+        let Some(pt) = writer.payload_params().find(|p| p.spec().codec == WireCodec::H264).map(|p| p.pt()) else { return };
+        let _ = writer.write(pt, now, MediaTime::from_90khz(rtp_90k), frame.to_vec());
+        self.drain_client(i);
+    }
+
+    /// The viewer asks for a keyframe (as a browser's decoder does after loss).
+    pub fn request_keyframe(&mut self, i: usize) {
+        let c = &mut self.clients[i];
+        let Some(mid) = c.video_mid else { return };
+        if let Some(mut writer) = c.rtc.writer(mid) {
+            let _ = writer.request_keyframe(None, KeyframeRequestKind::Pli);
+        }
+        self.drain_client(i);
+    }
+
+    /// Video frames a viewer received whole, with their RTP times.
+    pub fn frames_received(&self, i: usize) -> Vec<u64> {
+        self.clients[i]
+            .events
+            .iter()
+            .filter_map(|(_, e)| if let Event::MediaData(m) = e { (m.params.spec().codec == WireCodec::H264).then(|| m.time.numer()) } else { None })
+            .collect()
+    }
+
+    /// Keyframe requests that reached a publisher, with their times.
+    pub fn keyframe_requests(&self, i: usize) -> Vec<Instant> {
+        self.clients[i].events.iter().filter_map(|(t, e)| matches!(e, Event::KeyframeRequest(_)).then_some(*t)).collect()
+    }
+}
+
+/// An H.264 access unit: SPS + PPS + IDR for a keyframe, one P slice otherwise; `size` bytes
+/// of slice data (split by the packetizer into several RTP packets when large).
+pub fn h264_frame(keyframe: bool, size: usize, n: u32) -> Vec<u8> {
+    let mut out = Vec::new();
+    if keyframe {
+        out.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8]);
+        out.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x0f, 0x2c, 0x80]);
+        out.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88]);
+    } else {
+        out.extend_from_slice(&[0, 0, 0, 1, 0x41, 0x9a]);
+    }
+    // Slice data without start-code emulation: bytes 0x10..0xef.
+    out.extend((0..size).map(|k| 0x10 + ((k as u32 + n) % 0xe0) as u8));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A publisher at 30 fps with a keyframe every `gop` frames, for `seconds`; like a real
+    /// encoder it answers a keyframe request with a keyframe.
+    fn publish(world: &mut World, publisher: usize, seconds: u64, gop: u32, size: usize) -> u32 {
+        let mut n = 0u32;
+        let mut answered = world.keyframe_requests(publisher).len();
+        world.run(Duration::from_secs(seconds), Duration::from_millis(33), |w| {
+            if w.connected(publisher) {
+                let asked = w.keyframe_requests(publisher).len();
+                let keyframe = n.is_multiple_of(gop) || asked > answered;
+                answered = asked;
+                w.write_video(publisher, &h264_frame(keyframe, size, n), n as u64 * 3000);
+                n += 1;
+            }
+        });
+        n
+    }
+
+    fn connect(world: &mut World) {
+        world.run(Duration::from_secs(2), Duration::from_millis(50), |_| {});
+        assert!(world.clients.iter().enumerate().all(|(i, _)| world.connected(i)), "every peer connects (ICE + DTLS) in 2 s of emulated time");
+    }
+
+    #[test]
+    fn a_viewer_receives_every_frame_on_a_clean_network() {
+        let started = Instant::now();
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
+        connect(&mut world);
+        let sent = publish(&mut world, publisher, 5, 30, 3000);
+        let got = world.frames_received(viewer);
+        assert!(sent >= 140, "{sent} frames sent");
+        // The viewer starts at a keyframe; allow the frames in flight at the end.
+        assert!(got.len() as u32 >= sent - 3, "{} of {sent} frames arrived", got.len());
+        assert!(got.windows(2).all(|w| w[1] > w[0]), "in order");
+        assert!(started.elapsed() < Duration::from_secs(5), "7 s of media in {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn nack_and_rtx_repair_ten_percent_loss_on_both_legs() {
+        let lossy = || Link { loss: 0.10, jitter: Duration::from_millis(5), ..Link::clean() };
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, lossy(), Link::clean());
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), lossy());
+        connect(&mut world);
+        let sent = publish(&mut world, publisher, 6, 60, 2500);
+        let got = world.frames_received(viewer);
+        let lost = world.clients[publisher].up.lost + world.clients[viewer].down.lost;
+        assert!(lost > 100, "the links dropped {lost} packets");
+        // Without retransmission about a third of these multi-packet frames would break.
+        assert!(got.len() as f64 >= sent as f64 * 0.9, "{} of {sent} frames arrived whole through 10 % loss each way", got.len());
+    }
+
+    #[test]
+    fn keyframe_requests_from_viewers_are_throttled_to_one_per_500_ms() {
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
+        let viewers: Vec<usize> = (0..3).map(|_| world.join("alice", PeerRole::Play, Link::clean(), Link::clean())).collect();
+        connect(&mut world);
+        let before = world.keyframe_requests(publisher).len();
+        let mut n = 0u32;
+        // Three viewers each ask every 100 ms for 3 s: 90 requests.
+        world.run(Duration::from_secs(3), Duration::from_millis(100), |w| {
+            w.write_video(publisher, &h264_frame(n == 0, 1000, n), n as u64 * 9000);
+            n += 1;
+            for &v in &viewers {
+                w.request_keyframe(v);
+            }
+        });
+        let asked = world.keyframe_requests(publisher).len() - before;
+        assert!((3..=8).contains(&asked), "the publisher was asked {asked} times in 3 s");
+        let times = world.keyframe_requests(publisher);
+        assert!(times[before..].windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(450)), "never two within 500 ms");
+    }
+}
