@@ -15,7 +15,7 @@ use tessera_media::StreamKind;
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_rtc::str0m::change::SdpAnswer;
 use tessera_rtc::str0m::format::Codec as WireCodec;
-use tessera_rtc::str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid};
+use tessera_rtc::str0m::media::{Direction, KeyframeRequestKind, MediaKind, MediaTime, Mid, Rid, Simulcast, SimulcastLayer};
 use tessera_rtc::str0m::net::{Protocol, Receive};
 use tessera_rtc::str0m::{Candidate, Event, Input, Output, Rtc};
 
@@ -145,6 +145,11 @@ impl World {
 
     /// A peer publishing (H.264 + Opus) as `user`, or viewing `user`'s main stream.
     pub fn join(&mut self, user: &str, role: PeerRole, up: Link, down: Link) -> usize {
+        self.join_with(user, role, &[], up, down)
+    }
+
+    /// A publisher sending simulcast layers `rids` (e.g. "h", "l"), or any peer (no rids).
+    pub fn join_with(&mut self, user: &str, role: PeerRole, rids: &[&str], up: Link, down: Link) -> usize {
         let n = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:{}", n + 2, 5000 + n).parse().unwrap();
         let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(self.now);
@@ -153,7 +158,14 @@ impl World {
         let dir = if role == PeerRole::Publish { Direction::SendOnly } else { Direction::RecvOnly };
         let mut change = rtc.sdp_api();
         change.add_media(MediaKind::Audio, dir, None, None, None);
-        let video_mid = change.add_media(MediaKind::Video, dir, None, None, None);
+        let simulcast = (!rids.is_empty()).then(|| {
+            let mut s = Simulcast::new();
+            for r in rids {
+                s.add_send_layer(SimulcastLayer::new(r));
+            }
+            s
+        });
+        let video_mid = change.add_media(MediaKind::Video, dir, None, None, simulcast);
         let (offer, pending) = change.apply().expect("an offer");
         let sid = format!("s{n}");
         let spec = SessionSpec {
@@ -267,13 +279,31 @@ impl World {
 
     /// Writes one H.264 access unit (Annex B) on the publisher's video.
     pub fn write_video(&mut self, i: usize, frame: &[u8], rtp_90k: u64) {
+        self.write_layer(i, None, frame, rtp_90k);
+    }
+
+    /// Writes one access unit on one simulcast layer (`None`: the only one).
+    pub fn write_layer(&mut self, i: usize, rid: Option<&str>, frame: &[u8], rtp_90k: u64) {
         let now = self.now;
         let c = &mut self.clients[i];
         let Some(mid) = c.video_mid else { return };
         let Some(writer) = c.rtc.writer(mid) else { return };
         let Some(pt) = writer.payload_params().find(|p| p.spec().codec == WireCodec::H264).map(|p| p.pt()) else { return };
+        let writer = match rid {
+            Some(r) => writer.rid(Rid::from(r)),
+            None => writer,
+        };
         let _ = writer.write(pt, now, MediaTime::from_90khz(rtp_90k), frame.to_vec());
         self.drain_client(i);
+    }
+
+    /// Sizes (bytes) of the video frames a viewer received whole, in order.
+    pub fn frame_sizes(&self, i: usize) -> Vec<usize> {
+        self.clients[i]
+            .events
+            .iter()
+            .filter_map(|(_, e)| if let Event::MediaData(m) = e { (m.params.spec().codec == WireCodec::H264).then(|| m.data.len()) } else { None })
+            .collect()
     }
 
     /// The viewer asks for a keyframe (as a browser's decoder does after loss).
@@ -372,6 +402,46 @@ mod tests {
         assert!(lost > 100, "the links dropped {lost} packets");
         // Without retransmission about a third of these multi-packet frames would break.
         assert!(got.len() as f64 >= sent as f64 * 0.9, "{} of {sent} frames arrived whole through 10 % loss each way", got.len());
+    }
+
+    /// A simulcast publisher: "h" frames of 6 kB (≈ 1.4 Mbit/s) and "l" frames of 500 B
+    /// (≈ 120 kbit/s) at 30 fps, keyframes every 2 s and on request (per layer).
+    fn publish_simulcast(world: &mut World, publisher: usize, seconds: u64) -> u32 {
+        let mut n = 0u32;
+        let mut answered = world.keyframe_requests(publisher).len();
+        world.run(Duration::from_secs(seconds), Duration::from_millis(33), |w| {
+            if w.connected(publisher) {
+                let asked = w.keyframe_requests(publisher).len();
+                let keyframe = n.is_multiple_of(60) || asked > answered;
+                answered = asked;
+                w.write_layer(publisher, Some("h"), &h264_frame(keyframe, 6000, n), n as u64 * 3000);
+                w.write_layer(publisher, Some("l"), &h264_frame(keyframe, 500, n), n as u64 * 3000);
+                n += 1;
+            }
+        });
+        n
+    }
+
+    #[test]
+    fn a_viewer_gets_the_top_layer_and_falls_to_the_low_one_under_a_bandwidth_cap() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        let roomy = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
+        let capped = world.join("alice", PeerRole::Play, Link::clean(), Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
+        connect(&mut world);
+        let sent = publish_simulcast(&mut world, publisher, 20);
+        let big = |sizes: &[usize]| sizes.iter().filter(|s| **s > 3000).count();
+        let roomy_sizes = world.frame_sizes(roomy);
+        let last = &roomy_sizes[roomy_sizes.len().saturating_sub(150)..];
+        assert!(big(last) >= 140, "the viewer with room gets the top layer: {} of the last {} frames", big(last), last.len());
+        let capped_sizes = world.frame_sizes(capped);
+        // It starts on the top layer (no estimate yet) and switches down within seconds, at a
+        // keyframe of the low layer (asked for at once).
+        assert!(big(&capped_sizes[..60]) > 0, "the capped viewer starts on the top layer");
+        assert!(capped_sizes.len() as u32 + 10 >= sent, "the switch costs at most a third of a second: {} of {sent} frames", capped_sizes.len());
+        let last = &capped_sizes[capped_sizes.len().saturating_sub(150)..];
+        assert!(last.len() >= 140, "the capped viewer keeps getting video: {} frames in its last 5 s", last.len());
+        assert_eq!(big(last), 0, "the capped viewer ends on the low layer");
     }
 
     #[test]
