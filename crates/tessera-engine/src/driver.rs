@@ -3,7 +3,7 @@
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
 use crate::presence::RoomEvent;
-use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuStats, TapPacket};
+use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, TapPacket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -28,7 +28,7 @@ enum Command {
     ViewerSessions { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<usize> },
     IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
-    AddIngest { spec: SessionSpec, replaced: Option<oneshot::Sender<()>>, reply: oneshot::Sender<u64> },
+    AddIngest { spec: SessionSpec, replaced: Option<oneshot::Sender<()>>, keyframes: Option<std::sync::mpsc::Sender<()>>, reply: oneshot::Sender<u64> },
     Push { id: u64, packets: Vec<IngestPacket> },
     RemoveIngest { id: u64 },
     AddTap { key: RoomKey, with_mixes: bool, owner: tessera_model::UserId, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
@@ -47,12 +47,25 @@ const TAP_QUEUE: usize = 8192;
 pub struct RtcHandle {
     tx: mpsc::Sender<Command>,
     pub counters: Arc<SfuCounters>,
-    /// Internal publishers whose viewers want a keyframe (`take_keyframe_request`).
-    keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
     /// Room and media events, for whoever takes them (the webhooks).
     room_events: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<RoomEvent>>>>,
+}
+
+/// An internal publisher's keyframe requests (its viewers asked, throttled like a PLI): the
+/// owner checks between frames and encodes an IDR if it can.
+pub struct KeyframeRequests(std::sync::mpsc::Receiver<()>);
+
+impl KeyframeRequests {
+    /// Whether a keyframe was asked for since the last call.
+    pub fn take(&self) -> bool {
+        let mut asked = false;
+        while self.0.try_recv().is_ok() {
+            asked = true;
+        }
+        asked
+    }
 }
 
 /// The host candidates to advertise: `public_ip`, else the bound address, else every
@@ -93,11 +106,10 @@ impl RtcHandle {
         sfu.set_liveness_timeout(liveness_timeout);
         let counters = sfu.counters.clone();
         let (tx, rx) = mpsc::channel(256);
-        let keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>> = Arc::default();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(socket, rx, sfu, candidates.clone(), keyframe_requests.clone(), events_tx));
+        tokio::spawn(run(socket, rx, sfu, candidates.clone(), events_tx));
         tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
-        Ok(RtcHandle { tx, counters, keyframe_requests, local_addr, candidates, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
+        Ok(RtcHandle { tx, counters, local_addr, candidates, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
     }
 
     /// The room and media events (participants entering and leaving, tracks starting and
@@ -142,7 +154,7 @@ impl RtcHandle {
 
     /// Adds a publisher fed by this process (RTMP, pull ingest); returns its id for `push`.
     pub async fn add_ingest(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
-        self.ask(|reply| Command::AddIngest { spec, replaced: None, reply }).await
+        self.ask(|reply| Command::AddIngest { spec, replaced: None, keyframes: None, reply }).await
     }
 
     /// `add_ingest`, with a receiver that gets `Ok(())` if a later publisher of the same (user,
@@ -150,7 +162,7 @@ impl RtcHandle {
     /// the ingest is removed otherwise.
     pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<()>), RtcServerError> {
         let (tx, rx) = oneshot::channel();
-        let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), reply }).await?;
+        let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), keyframes: None, reply }).await?;
         Ok((id, rx))
     }
 
@@ -191,11 +203,6 @@ impl RtcHandle {
         self.tx.send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
     }
 
-    /// Whether a viewer of this internal publisher asked for a keyframe since the last call.
-    pub fn take_keyframe_request(&self, id: u64) -> bool {
-        self.keyframe_requests.lock().expect("keyframe requests").remove(&id)
-    }
-
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
         self.ask(|reply| Command::Stats { reply }).await
     }
@@ -211,8 +218,12 @@ impl RtcHandle {
         rx.blocking_recv().map_err(|_| RtcServerError::Stopped)
     }
 
-    pub fn add_ingest_blocking(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
-        self.ask_blocking(|reply| Command::AddIngest { spec, replaced: None, reply })
+    /// Adds an internal publisher that can make keyframes on request (a mix job, a transcoding
+    /// pull ingest): its viewers' requests arrive on the returned `KeyframeRequests`.
+    pub fn add_ingest_blocking(&self, spec: SessionSpec) -> Result<(u64, KeyframeRequests), RtcServerError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let id = self.ask_blocking(|reply| Command::AddIngest { spec, replaced: None, keyframes: Some(tx), reply })?;
+        Ok((id, KeyframeRequests(rx)))
     }
 
     pub fn push_blocking(&self, id: u64, packets: Vec<IngestPacket>) -> Result<(), RtcServerError> {
@@ -243,18 +254,13 @@ impl RtcHandle {
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 
-async fn run(
-    socket: UdpSocket,
-    mut commands: mpsc::Receiver<Command>,
-    mut sfu: Sfu,
-    candidates: Vec<SocketAddr>,
-    keyframe_requests: Arc<std::sync::Mutex<std::collections::HashSet<u64>>>,
-    room_events: mpsc::UnboundedSender<RoomEvent>,
-) {
+async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: Sfu, candidates: Vec<SocketAddr>, room_events: mpsc::UnboundedSender<RoomEvent>) {
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
     // Internal publishers whose owner wants to hear that a newer one replaced them.
     let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<()>> = std::collections::HashMap::new();
+    // Internal publishers that make keyframes on request, and where to tell them.
+    let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
     loop {
         let deadline = sfu.next_timeout();
         tokio::select! {
@@ -286,13 +292,16 @@ async fn run(
                     Command::Stats { reply } => {
                         let _ = reply.send(sfu.stats());
                     }
-                    Command::AddIngest { spec, replaced, reply } => {
+                    Command::AddIngest { spec, replaced, keyframes, reply } => {
                         let (id, old) = sfu.add_internal_publisher(spec, now);
                         if let Some(tx) = old.and_then(|old| replaced_watchers.remove(&old)) {
                             let _ = tx.send(());
                         }
                         if let Some(tx) = replaced {
                             replaced_watchers.insert(id, tx);
+                        }
+                        if let Some(tx) = keyframes {
+                            keyframe_owners.insert(id, tx);
                         }
                         let _ = reply.send(id);
                     }
@@ -305,7 +314,7 @@ async fn run(
                     Command::RemoveIngest { id } => {
                         replaced_watchers.remove(&id);
                         sfu.remove_internal_publisher(id, now);
-                        keyframe_requests.lock().expect("keyframe requests").remove(&id);
+                        keyframe_owners.remove(&id);
                     }
                     Command::AddTap { key, with_mixes, owner, reply } => {
                         let id = sfu.add_tap(key, with_mixes, &owner);
@@ -354,29 +363,30 @@ async fn run(
             }
             sfu.handle_timeout(now);
         }
-        {
-            let wanted: Vec<u64> = sfu.drain_internal_keyframe_requests().collect();
-            if !wanted.is_empty() {
-                keyframe_requests.lock().expect("keyframe requests").extend(wanted);
-            }
-        }
-        for event in sfu.drain_room_events() {
-            let _ = room_events.send(event);
-        }
-        for (tap, packet) in sfu.drain_taps() {
-            // A full queue means the mixer is behind: the packet is dropped (it will ask for a
-            // keyframe) rather than the media task waiting on it.
-            if let Some(tx) = taps.get(&tap) {
-                let _ = tx.try_send(packet);
-            }
-        }
-        while let Some(t) = sfu.poll_transmit() {
-            match socket.try_send_to(&t.contents, t.destination) {
-                Ok(_) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                    let _ = socket.send_to(&t.contents, t.destination).await;
+        while let Some(output) = sfu.poll_output() {
+            match output {
+                SfuOutput::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Err(e) => tracing::debug!(to = %t.destination, "send failed: {e}"),
+                },
+                // A full queue means the task is behind: the packet is dropped (it will ask for a
+                // keyframe) rather than the media task waiting on it.
+                SfuOutput::Tap(tap, packet) => {
+                    if let Some(tx) = taps.get(&tap) {
+                        let _ = tx.try_send(packet);
+                    }
                 }
-                Err(e) => tracing::debug!(to = %t.destination, "send failed: {e}"),
+                SfuOutput::Room(event) => {
+                    let _ = room_events.send(event);
+                }
+                SfuOutput::KeyframeWanted(id) => {
+                    if let Some(tx) = keyframe_owners.get(&id) {
+                        let _ = tx.send(());
+                    }
+                }
             }
         }
     }

@@ -14,6 +14,10 @@ pub struct SeqTsRewriter {
     next_seq: u64,
     last_ts: u32,
     started: bool,
+    /// Packets were dropped on purpose: the next one sent continues the numbering.
+    cut: bool,
+    /// Packets of this source below this (extended) sequence number are from before a cut.
+    floor: u64,
 }
 
 /// Packets older than this (in sequence numbers) behind the newest sent are dropped: they are
@@ -25,11 +29,30 @@ impl SeqTsRewriter {
         self.source
     }
 
+    /// The packets from now until the next one sent are dropped on purpose (whole frames cut
+    /// under overload, or video paused): the viewer must not see them as loss.
+    pub fn cut(&mut self) {
+        self.cut = true;
+    }
+
     /// Maps an incoming (extended seq, timestamp) to outgoing ones, or `None` to drop it.
     /// `gap_ticks` is how far the timestamp advances across a source change (the time since the
     /// last packet sent, in clock ticks, at least 1).
     pub fn rewrite(&mut self, source: SourceId, seq: u64, ts: u32, gap_ticks: u32) -> Option<(u64, u32)> {
+        if self.source == Some(source) && std::mem::take(&mut self.cut) {
+            // Same source after a cut: the numbering continues (no gap for the viewer to NACK),
+            // the timestamps keep their mapping (they still follow the source's clock).
+            if self.started {
+                self.seq_delta = self.next_seq as i64 - seq as i64;
+            }
+            self.floor = seq;
+        }
+        if self.source == Some(source) && seq < self.floor {
+            return None;
+        }
         if self.source != Some(source) {
+            self.cut = false;
+            self.floor = 0;
             // Start the new source right after what was sent; viewers see a continuous stream.
             let next = if self.started { self.next_seq } else { 1 };
             self.seq_delta = next as i64 - seq as i64;
@@ -78,6 +101,18 @@ mod tests {
         }
         assert_eq!(r.rewrite((2, 20), 10_500, 0, 0), None);
         assert!(r.rewrite((2, 20), 11_500, 0, 0).is_some());
+    }
+
+    #[test]
+    fn a_cut_closes_the_gap_and_refuses_what_came_before_it() {
+        let mut r = SeqTsRewriter::default();
+        assert_eq!(r.rewrite((1, 10), 100, 9_000, 0), Some((1, 9_000)));
+        assert_eq!(r.rewrite((1, 10), 101, 12_000, 0), Some((2, 12_000)));
+        // 102..=110 are dropped whole; the stream resumes at 111 as 3, timestamps unchanged.
+        r.cut();
+        assert_eq!(r.rewrite((1, 10), 111, 42_000, 0), Some((3, 42_000)));
+        assert_eq!(r.rewrite((1, 10), 112, 45_000, 0), Some((4, 45_000)));
+        assert_eq!(r.rewrite((1, 10), 105, 24_000, 0), None, "a late packet from the cut would collide with 3");
     }
 
     #[test]

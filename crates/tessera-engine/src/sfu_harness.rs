@@ -219,7 +219,8 @@ impl World {
     }
 
     fn drain_sfu(&mut self) {
-        while let Some(t) = self.sfu.poll_transmit() {
+        while let Some(out) = self.sfu.poll_output() {
+            let crate::sfu::SfuOutput::Transmit(t) = out else { continue };
             let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
             self.send(To::Client(i), i, false, t.source, t.destination, t.contents.to_vec());
         }

@@ -259,7 +259,7 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle) {
         (spec, r.repeat, r.plays_done)
     };
     let mut machine = IngestMachine::new(repeat, plays_done, Instant::now());
-    let mut publisher: Option<u64> = None;
+    let mut publisher: Option<(u64, tessera_engine::KeyframeRequests)> = None;
     let mut rtp = IngestRtp::default();
     while let Some(at) = machine.open_at() {
         apply(&task, &mut machine);
@@ -280,10 +280,13 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle) {
             }
             Ok(source) => source,
         };
-        let id = match publisher {
-            Some(id) => id,
+        let (id, keyframes) = match &publisher {
+            Some((id, keyframes)) => (*id, keyframes),
             None => match rtc.add_ingest_blocking(spec.clone()) {
-                Ok(id) => *publisher.insert(id),
+                Ok(added) => {
+                    let (id, keyframes) = publisher.insert(added);
+                    (*id, &*keyframes)
+                }
                 Err(_) => {
                     machine.engine_lost();
                     break;
@@ -295,14 +298,14 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle) {
         let live = source.live;
         machine.opened();
         apply(&task, &mut machine);
-        match play(&task, &mut source, id, &mut rtp, &rtc) {
+        match play(&task, &mut source, id, keyframes, &mut rtp, &rtc) {
             Outcome::Stopped => machine.stop(),
             Outcome::Switched => machine.switched(Instant::now()),
             Outcome::Ended => machine.ended(live, Instant::now()),
             Outcome::Dropped(e) => machine.failed(e, Instant::now()),
         }
     }
-    if let Some(id) = publisher {
+    if let Some((id, _)) = publisher {
         let _ = rtc.remove_ingest_blocking(id);
     }
     // A server shutting down leaves the task live (no final state, no 702): the next start
@@ -344,7 +347,7 @@ fn sleep_until(interrupt: &Interrupt, at: Instant) -> bool {
 }
 
 /// Plays one opened source into the room at real time.
-fn play(task: &IngestTask, source: &mut PullSource, publisher: u64, rtp: &mut IngestRtp, rtc: &RtcHandle) -> Outcome {
+fn play(task: &IngestTask, source: &mut PullSource, publisher: u64, keyframes: &tessera_engine::KeyframeRequests, rtp: &mut IngestRtp, rtc: &RtcHandle) -> Outcome {
     let mut media = Vec::new();
     let mut pacer = Pacer::default();
     let (mut bytes, mut window) = (0u64, Instant::now());
@@ -361,7 +364,7 @@ fn play(task: &IngestTask, source: &mut PullSource, publisher: u64, rtp: &mut In
             Err(SourceError::Stopped) => return Outcome::Stopped,
             Err(e) => return Outcome::Dropped(e.to_string()),
         }
-        if rtc.take_keyframe_request(publisher) {
+        if keyframes.take() {
             // Only a transcoding source can make one; a passthrough source has its GOP cached.
             source.request_keyframe();
         }

@@ -4,11 +4,13 @@
 
 pub mod api;
 pub mod config;
+pub mod entry;
 pub mod error;
 pub mod ingest;
 pub mod listen;
 pub mod merge;
 pub mod metrics;
+pub mod mix_jobs;
 pub mod outbound;
 pub mod recording;
 pub mod relay;

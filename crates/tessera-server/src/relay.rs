@@ -93,6 +93,23 @@ fn short(url: &str) -> String {
     url.rsplit_once('/').map(|(a, _)| format!("{a}/…")).unwrap_or_else(|| url.to_string())
 }
 
+/// RECORDING.md §1: rtmp:// or rtmps://, ≤ 1024 chars, ≤ 10.
+pub fn check_urls(urls: &[String]) -> crate::error::ApiResult<()> {
+    if urls.is_empty() || urls.len() > MAX_URLS {
+        return Err(crate::error::ApiError::invalid_parameter("urls", format!("give 1 to {MAX_URLS} URLs")));
+    }
+    for (i, u) in urls.iter().enumerate() {
+        if u.len() > 1024 {
+            return Err(crate::error::ApiError::invalid_parameter(&format!("urls[{i}]"), "must be at most 1024 characters"));
+        }
+        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| crate::error::ApiError::invalid_parameter(&format!("urls[{i}]"), e))?;
+        if urls[..i].contains(u) {
+            return Err(crate::error::ApiError::invalid_parameter(&format!("urls[{i}]"), "listed twice"));
+        }
+    }
+    Ok(())
+}
+
 pub struct Relays {
     tls: Arc<rustls::ClientConfig>,
     tasks: DashMap<String, Arc<RelayTask>>,

@@ -3,8 +3,8 @@
 //! publisher to the SFU, turns FLV/AVC video into H.264 RTP and refuses what WebRTC viewers
 //! cannot take (B-frames, other codecs) with an `onStatus` error, then closes.
 
-use crate::api::whip::{check_entry, privilege_missing, verify_raw};
 use crate::api::AppState;
+use crate::entry::{check_entry, privilege_missing, verify_raw};
 use crate::error::ApiError;
 use std::sync::Arc;
 use std::time::Duration;

@@ -139,7 +139,7 @@ impl Server {
         self.state.ingests.resume(&self.state.rtc);
         self.state.recordings.resume(&self.state.config.data_dir, &self.state.rtc);
         self.state.relays.resume(&self.state.rtc);
-        api::mixjobs::resume(&self.state).await;
+        crate::mix_jobs::resume(&self.state).await;
         // Auto recording watches rooms once a second.
         let auto_state = self.state.clone();
         let auto = tokio::spawn(async move {

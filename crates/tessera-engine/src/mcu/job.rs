@@ -331,7 +331,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
         quality: Quality::Auto,
         join: crate::JoinInfo::anchor(crate::presence::user_type::MIX),
     };
-    let publisher = rtc.add_ingest_blocking(out_spec).map_err(|e| e.to_string())?;
+    let (publisher, keyframe_requests) = rtc.add_ingest_blocking(out_spec).map_err(|e| e.to_string())?;
     let result = (|| -> Result<u32, String> {
         let mut canvas = if spec.video { Some(Canvas::new(enc.width, enc.height)) } else { None };
         let mut encoder = if spec.video {
@@ -514,7 +514,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                     }
                     compose_t.add(t1.elapsed().as_secs_f64() * 1000.0);
                     let t2 = Instant::now();
-                    if rtc.take_keyframe_request(publisher) {
+                    if keyframe_requests.take() {
                         encoder.request_keyframe();
                     }
                     let pts_ms = start.elapsed().as_millis() as i64;

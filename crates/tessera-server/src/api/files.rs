@@ -101,7 +101,7 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
             }
         }
         (None, Some(raw)) => {
-            let token = super::whip::verify_raw(&state, raw, false)?;
+            let token = crate::entry::verify_raw(&state, raw, false)?;
             let task = state.recordings.owner_of(&app, &path).ok_or_else(no_such_file)?;
             let room = task.spec.lock().expect("spec").room.clone();
             if token.app != app || token.room != room {
@@ -110,7 +110,7 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
             let file_name = path.rsplit('/').next().unwrap_or(&path);
             let needed = if task.file_has_video(file_name) { Privileges::SUBSCRIBE_VIDEO } else { Privileges::SUBSCRIBE_AUDIO };
             if !token.privileges.contains(needed) {
-                return Err(super::whip::privilege_missing(needed));
+                return Err(crate::entry::privilege_missing(needed));
             }
             via_token = Some(raw.clone());
         }

@@ -42,7 +42,7 @@ pub struct Shared {
     /// Task-changing calls, per app (PRODUCT.md §10: 20/s, burst 40).
     pub task_rate: auth::RateLimiter,
     pub ingests: crate::ingest::Ingests,
-    pub mix_jobs: mixjobs::MixJobs,
+    pub mix_jobs: crate::mix_jobs::MixJobs,
     pub relays: crate::relay::Relays,
     pub recordings: crate::recording::Recordings,
 }
@@ -66,7 +66,7 @@ impl AppState {
         let hooks = crate::webhook::Webhooks::new(store.clone(), metrics.webhook_deliveries.clone(), tls.clone());
         AppState(Arc::new(Shared {
             ingests: crate::ingest::Ingests::new(tasks_dir.clone(), hooks.clone()),
-            mix_jobs: mixjobs::MixJobs::default(),
+            mix_jobs: crate::mix_jobs::MixJobs::default(),
             relays: crate::relay::Relays::new(tasks_dir.clone(), hooks.clone(), tls),
             recordings: crate::recording::Recordings::new(hooks.clone()),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
@@ -265,7 +265,7 @@ pub mod fuzzing {
             8 => drop(parse::<serde_json::Map<String, serde_json::Value>>(bytes)),
             _ => {
                 if let Ok(v) = parse::<serde_json::Value>(bytes) {
-                    let _ = super::mixjobs::check_body(&v);
+                    let _ = crate::mix_jobs::check_body(&v);
                 }
             }
         }

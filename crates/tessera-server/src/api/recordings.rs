@@ -193,7 +193,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         Mode::Mixed { owned_job: Some(_), .. } => {
             let mut body = req_mix.unwrap_or_default();
             body["room"] = json!(room);
-            let (job_id, _) = super::mixjobs::start_job(&state, &caller.app, body, None).await?;
+            let (job_id, _) = crate::mix_jobs::start_job(&state, &caller.app, body, None).await?;
             Mode::Mixed { mix_user: UserId::parse(&format!("mix_{job_id}")).map_err(|e| ApiError::internal(e.reason))?, owned_job: Some(job_id) }
         }
         other => other,
@@ -286,7 +286,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
         if let Some(k) = m.keys().find(|k| !["layout", "audio"].contains(&k.as_str())) {
             return Err(bad(&format!("mix.{k}"), "only layout and audio can change"));
         }
-        super::mixjobs::apply_patch(&state, &caller, &owned, mix).await?;
+        crate::mix_jobs::apply_patch(&state, &caller.app, &owned, mix).await?;
     }
     let mut spec = task.spec.lock().expect("spec");
     if let Some(sub) = req.subscribe {

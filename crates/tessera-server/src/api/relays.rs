@@ -4,7 +4,7 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::relay::{NewRelay, RelayMedia, RelayRecord, RelayState, SourceRef, MAX_URLS};
+use crate::relay::{check_urls, NewRelay, RelayMedia, RelayRecord, RelayState, SourceRef};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -52,23 +52,6 @@ fn source(s: &SourceReq) -> ApiResult<SourceRef> {
         Some(x) => StreamKind::parse(x).ok_or_else(|| ApiError::invalid_parameter("source.stream", "must be 'main' or 'aux'"))?,
     };
     Ok(SourceRef { user, stream })
-}
-
-/// RECORDING.md §1: rtmp:// or rtmps://, ≤ 1024 chars, ≤ 10.
-pub fn check_urls(urls: &[String]) -> ApiResult<()> {
-    if urls.is_empty() || urls.len() > MAX_URLS {
-        return Err(ApiError::invalid_parameter("urls", format!("give 1 to {MAX_URLS} URLs")));
-    }
-    for (i, u) in urls.iter().enumerate() {
-        if u.len() > 1024 {
-            return Err(ApiError::invalid_parameter(&format!("urls[{i}]"), "must be at most 1024 characters"));
-        }
-        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| ApiError::invalid_parameter(&format!("urls[{i}]"), e))?;
-        if urls[..i].contains(u) {
-            return Err(ApiError::invalid_parameter(&format!("urls[{i}]"), "listed twice"));
-        }
-    }
-    Ok(())
 }
 
 pub fn view(r: &RelayRecord) -> Value {

@@ -5,6 +5,7 @@
 use super::auth::bearer;
 use super::ApiQuery;
 use super::AppState;
+use crate::entry::{check_entry, privilege_missing, verify_raw};
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -14,11 +15,11 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 use tessera_engine::presence::{user_type, JoinInfo};
-use tessera_engine::{OfferSummary, PeerRole, Quality, RoomKey, SectionKind, SessionSpec};
+use tessera_engine::{OfferSummary, PeerRole, Quality, SectionKind, SessionSpec};
 use tessera_media::StreamKind;
 use tessera_model::privileges::Privileges;
-use tessera_model::token::{self, TokenError, UserToken};
-use tessera_model::{Role, RoomId, UserId};
+use tessera_model::token::{TokenError, UserToken};
+use tessera_model::{Role, UserId};
 
 /// WHEP sessions one user may have open in a room (PRODUCT.md §3.4, §12).
 pub const MAX_WHEP_PER_USER: usize = 10;
@@ -29,25 +30,6 @@ pub const MAX_SDP_BODY: usize = 64 * 1024;
 fn verify_token(state: &AppState, headers: &HeaderMap, allow_expired: bool) -> ApiResult<UserToken> {
     let raw = bearer(headers).ok_or(TokenError::Missing)?;
     verify_raw(state, raw, allow_expired)
-}
-
-/// Verifies a user token against the apps' secrets (shared with RTMP, whose token comes in the
-/// stream key).
-pub(crate) fn verify_raw(state: &AppState, raw: &str, allow_expired: bool) -> ApiResult<UserToken> {
-    let apps = state.store.snapshot();
-    let now_s = crate::now_ms() / 1000;
-    let lookup = |now: i64| token::verify(raw, now, |app| apps.get(app).map(|a| a.secrets.as_slice()));
-    match lookup(now_s) {
-        Ok(t) => Ok(t),
-        // DELETE accepts an expired token (PRODUCT.md §6.1): check everything else at its expiry.
-        Err(TokenError::Expired { exp }) if allow_expired => Ok(lookup(exp)?),
-        Err(e) => Err(e.into()),
-    }
-}
-
-pub(crate) fn privilege_missing(required: Privileges) -> ApiError {
-    ApiError::new(StatusCode::FORBIDDEN, "privilege_missing", format!("the token lacks privilege {} ({})", required.bits(), tessera_model::privileges::describe(required)))
-        .with_details(json!({"required": required.bits()}))
 }
 
 /// The privilege a media section needs (PRODUCT.md §4.2): aux has one bit per direction, main
@@ -61,26 +43,6 @@ fn media_privilege(role: PeerRole, stream: StreamKind, kind: SectionKind) -> Pri
         (PeerRole::Play, StreamKind::Main, SectionKind::Audio) => Privileges::SUBSCRIBE_AUDIO,
         (PeerRole::Play, StreamKind::Main, _) => Privileges::SUBSCRIBE_VIDEO,
     }
-}
-
-/// Binding, role, user and enter/create checks shared by WHIP and WHEP.
-pub(crate) async fn check_entry(state: &AppState, token: &UserToken, room: &str, must_publish: bool) -> ApiResult<RoomKey> {
-    if token.room.as_str() != room {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "token_room_mismatch", format!("the token is for room '{}', not '{room}'", token.room)));
-    }
-    if token.user.is_reserved() {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "user_id_reserved", format!("user id '{}' belongs to the server", token.user)));
-    }
-    if must_publish && token.role != Role::Anchor {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "role_not_allowed", "publishing needs an anchor token (role 20)"));
-    }
-    token.privileges.require(Privileges::ENTER_ROOM).map_err(|e| privilege_missing(e.required))?;
-    let key = RoomKey { app: token.app.clone(), room: RoomId::parse(room).map_err(|e| ApiError::invalid_parameter("room", e.reason))? };
-    let exists = state.rtc.room_exists(key.clone()).await.map_err(|e| ApiError::internal(e.to_string()))?;
-    if !exists && !token.privileges.contains(Privileges::CREATE_ROOM) {
-        return Err(ApiError::not_found("room_not_found", format!("room '{room}' does not exist and the token may not create it (privilege 1)")));
-    }
-    Ok(key)
 }
 
 /// Content type and size, then the SDP text.

@@ -1,27 +1,40 @@
 //! The SFU core, sans-IO: sessions (one str0m peer each) in rooms, the routing of datagrams on
-//! the shared UDP port, and forwarding from producers (WHIP publishers' tracks) to consumers
-//! (WHEP viewers' tracks) with per-consumer rewriting, keyframe requests and layer choice.
-//! Time and datagrams come in through `handle_*`; datagrams go out through `poll_transmit`.
+//! the shared UDP port, and forwarding from producers (publishers' tracks: WebRTC peers, or
+//! internal publishers such as RTMP, pull ingests and mixes) to consumers (viewers' tracks) and
+//! taps (in-process subscribers). Time and datagrams come in through `handle_*`; everything
+//! that goes out — datagrams, tap packets, room events, keyframe requests for internal
+//! publishers — comes out of one `poll_output`, in order.
+//!
+//! `producer` holds what comes in (layers, rates, the GOP cache), `consumer` what goes out (the
+//! per-packet routing decision), `allocator` the layer choice; this module the sessions, rooms
+//! and routing between them.
 
-use crate::forward::{FrameGate, Gate, SeqTsRewriter};
-use crate::presence::{JoinInfo, LeaveReason, Presence, RoomEvent, Track};
+mod allocator;
+mod consumer;
+mod producer;
+mod types;
+
+pub use allocator::{choose_layer, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
+pub use producer::KEYFRAME_REQUEST_INTERVAL;
+pub use types::*;
+
+use crate::presence::{LeaveReason, Presence, Track};
+use consumer::{Consumer, Route, MAX_QUEUED_PACKETS};
+use producer::{is_keyframe, note_layer, to_codec, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tessera_media::{Codec, KeyframeThrottle, StreamKind};
-use tessera_model::{AppId, RoomId, UserId};
+use tessera_media::{KeyframeThrottle, StreamKind};
+use tessera_model::UserId;
 use tessera_rtc::str0m::bwe::BweKind;
-use tessera_rtc::str0m::format::Codec as WireCodec;
 use tessera_rtc::str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
-use tessera_rtc::str0m::net::{Protocol, Receive, Transmit};
+use tessera_rtc::str0m::net::{Protocol, Receive};
 use tessera_rtc::str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tessera_rtc::str0m::{Event, Input, Output};
 use tessera_rtc::{demux, OfferError, Peer, PeerRole};
 
-/// PLI/FIR reach a producer at most this often (PRODUCT.md §3.5).
-pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 /// A session whose ICE has not connected by then is dropped.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// How often layers are re-chosen and rooms and sessions are checked.
@@ -34,209 +47,6 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 /// Resends stop when retransmissions exceed this share of the bytes sent (a link so bad that
 /// resending makes it worse).
 const RTX_RATIO_CAP: f32 = 0.5;
-/// Packets a viewer track may have waiting to be sent before new ones are dropped (about 2 s
-/// of 1.5 Mbit/s video).
-const MAX_QUEUED_PACKETS: usize = 400;
-/// A frame already started may grow a viewer's queue to this before it is cut.
-const HARD_QUEUED_PACKETS: usize = 800;
-/// An internal publisher's GOP is replayed to one consumer at most this often.
-const GOP_REPLAY_INTERVAL: Duration = Duration::from_secs(1);
-/// Bandwidth kept for audio when choosing a video layer, in bit/s.
-const AUDIO_RESERVE_BPS: f64 = 64_000.0;
-
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct RoomKey {
-    pub app: AppId,
-    pub room: RoomId,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Quality {
-    Auto,
-    High,
-    Medium,
-    Low,
-}
-
-impl Quality {
-    pub fn parse(s: &str) -> Option<Quality> {
-        Some(match s {
-            "auto" => Quality::Auto,
-            "h" => Quality::High,
-            "m" => Quality::Medium,
-            "l" => Quality::Low,
-            _ => return None,
-        })
-    }
-}
-
-/// What a new session is.
-#[derive(Debug, Clone)]
-pub struct SessionSpec {
-    pub sid: String,
-    pub room: RoomKey,
-    /// The token's user: the publisher (WHIP) or the viewer (WHEP).
-    pub user: UserId,
-    pub role: PeerRole,
-    /// WHIP: the stream published. WHEP: the stream watched.
-    pub stream: StreamKind,
-    /// WHEP: whose stream is watched.
-    pub source_user: Option<UserId>,
-    /// WHEP: mids the viewer may not receive (rejected in the answer).
-    pub rejected_mids: Vec<String>,
-    pub quality: Quality,
-    /// How the user joins the room (UserType, TerminalType, role), for events 103/105.
-    pub join: JoinInfo,
-}
-
-/// Counters shared with the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct SfuCounters {
-    pub packets_forwarded: AtomicU64,
-    pub packets_received: AtomicU64,
-    pub keyframe_requests: AtomicU64,
-    /// Packets not written to a viewer because its send queue was full.
-    pub packets_dropped: AtomicU64,
-}
-
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct SfuStats {
-    pub rooms: usize,
-    pub publishers: usize,
-    pub viewers: usize,
-    /// Participants by the UserType of their first session.
-    pub participants: Vec<(u8, usize)>,
-}
-
-/// Bytes over a sliding window, for layer bitrates.
-#[derive(Debug, Clone)]
-struct RateMeter {
-    window_start: Instant,
-    bytes: u64,
-    bps: f64,
-}
-
-impl RateMeter {
-    fn new(now: Instant) -> RateMeter {
-        RateMeter { window_start: now, bytes: 0, bps: 0.0 }
-    }
-    fn add(&mut self, now: Instant, bytes: usize) {
-        self.bytes += bytes as u64;
-        let elapsed = now.saturating_duration_since(self.window_start);
-        if elapsed >= Duration::from_millis(500) {
-            let rate = self.bytes as f64 * 8.0 / elapsed.as_secs_f64();
-            self.bps = if self.bps == 0.0 { rate } else { 0.5 * self.bps + 0.5 * rate };
-            self.bytes = 0;
-            self.window_start = now;
-        }
-    }
-}
-
-/// One simulcast layer (or the only encoding) of a producer.
-#[derive(Debug, Clone)]
-struct Layer {
-    rid: Option<Rid>,
-    rate: RateMeter,
-    last_packet: Instant,
-    keyframe_requests: KeyframeThrottle,
-}
-
-/// An incoming track of a publisher.
-#[derive(Debug)]
-struct Producer {
-    mid: Mid,
-    kind: MediaKind,
-    layers: Vec<Layer>,
-    /// Its first packet was reported to `Presence` (events 201/203/205).
-    announced: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum LayerChoice {
-    Layer(Option<Rid>),
-    /// Congestion control paused video: even the lowest layer does not fit.
-    Paused,
-}
-
-/// One packet on its way from a producer to consumers.
-#[derive(Debug, Clone)]
-struct FwdPacket {
-    ssrc: u32,
-    seq: u64,
-    ts: u32,
-    marker: bool,
-    keyframe: bool,
-    payload: Arc<[u8]>,
-    codec: Codec,
-    kind: MediaKind,
-    mid: Mid,
-    rid: Option<Rid>,
-    ext: ExtensionValues,
-    arrival: Instant,
-}
-
-/// An RTP packet from an ingest (RTMP publish, pull ingest) for `Sfu::push_packet`.
-#[derive(Debug, Clone)]
-pub struct IngestPacket {
-    pub ssrc: u32,
-    /// Extended sequence number.
-    pub seq: u64,
-    pub ts: u32,
-    pub marker: bool,
-    /// The access unit this packet belongs to starts with an IDR (video).
-    pub keyframe: bool,
-    pub codec: Codec,
-    pub payload: Arc<[u8]>,
-}
-
-const INTERNAL_AUDIO_MID: &str = "a";
-const INTERNAL_VIDEO_MID: &str = "v";
-/// The cached GOP of an ingest is bounded (PRODUCT.md §6.3).
-const GOP_CACHE_BYTES: usize = 8 * 1024 * 1024;
-const GOP_CACHE_AGE: Duration = Duration::from_secs(4);
-
-/// A publisher that is not a WebRTC peer: RTMP or pull ingest.
-struct InternalPublisher {
-    spec: SessionSpec,
-    keyframe_requests: KeyframeThrottle,
-    producers: Vec<Producer>,
-    gop: Vec<FwdPacket>,
-    gop_bytes: usize,
-    gop_started: Instant,
-}
-
-fn note_layer(producer: &mut Producer, rid: Option<Rid>, bytes: usize, now: Instant) {
-    let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
-        Some(i) => &mut producer.layers[i],
-        None => {
-            producer.layers.push(Layer { rid, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) });
-            producer.layers.last_mut().expect("just pushed")
-        }
-    };
-    layer.rate.add(now, bytes);
-    layer.last_packet = now;
-}
-
-/// An outgoing track of a viewer.
-#[derive(Debug)]
-struct Consumer {
-    mid: Mid,
-    kind: MediaKind,
-    allowed: bool,
-    rewriter: SeqTsRewriter,
-    /// (publisher session, layer) being forwarded.
-    current: Option<(u64, Option<Rid>)>,
-    /// (publisher session, layer) to forward next, as chosen by `allocate`.
-    target: Option<(u64, LayerChoice)>,
-    last_sent: Option<Instant>,
-    /// Payload type per codec, as negotiated with this viewer.
-    pts: Vec<(Codec, tessera_rtc::str0m::media::Pt)>,
-    /// Whole-frame dropping when the viewer's queue is long (per source: publisher, layer).
-    gate: FrameGate<(u64, Option<Rid>)>,
-    /// When an internal publisher's GOP was last replayed to this consumer (at most once a
-    /// second: under overload each replay would be dropped again, packet by packet).
-    gop_replayed_at: Option<Instant>,
-}
 
 enum Role {
     Publisher { producers: Vec<Producer> },
@@ -261,7 +71,7 @@ struct Session {
 #[derive(Default)]
 struct Room {
     publishers: HashMap<(UserId, StreamKind), u64>,
-    /// When each publishing user joined (a process-wide counter): the MCU's join order.
+    /// When each publishing user joined (the SFU's counter): the MCU's join order.
     joined: HashMap<UserId, u64>,
     viewers: HashMap<(UserId, StreamKind), Vec<u64>>,
     empty_since: Option<Instant>,
@@ -275,52 +85,6 @@ impl Room {
     }
 }
 
-fn next_join() -> u64 {
-    static NEXT: AtomicU64 = AtomicU64::new(1);
-    NEXT.fetch_add(1, Ordering::Relaxed)
-}
-
-/// A publisher as the MCU sees it (`Sfu::room_publishers`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PublisherInfo {
-    pub user: UserId,
-    pub stream: StreamKind,
-    /// Smaller joined earlier.
-    pub join_order: u64,
-    pub has_audio: bool,
-    pub has_video: bool,
-}
-
-/// One packet for an in-process subscriber (a mix job): the MCU depacketizes it itself.
-#[derive(Debug, Clone)]
-pub struct TapPacket {
-    pub user: UserId,
-    pub stream: StreamKind,
-    pub codec: Codec,
-    pub seq: u64,
-    pub ts: u32,
-    pub marker: bool,
-    pub payload: Arc<[u8]>,
-}
-
-/// What the HTTP layer learns about a session.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct SessionInfo {
-    pub room: RoomKey,
-    pub user: UserId,
-    pub role: PeerRole,
-    /// The server's current ICE ufrag: the session's ETag.
-    pub ufrag: String,
-}
-
-/// The server's side of an ICE restart: new credentials and the candidates to use them with.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct IceRestart {
-    pub ufrag: String,
-    pub pwd: String,
-    pub candidates: Vec<SocketAddr>,
-}
-
 pub struct Sfu {
     candidates: Vec<SocketAddr>,
     sessions: HashMap<u64, Session>,
@@ -330,7 +94,10 @@ pub struct Sfu {
     by_addr: HashMap<SocketAddr, u64>,
     rooms: HashMap<RoomKey, Room>,
     next_id: u64,
-    transmits: VecDeque<Transmit>,
+    /// The next join order number (`Room::joined`).
+    next_join: u64,
+    /// What `poll_output` gives out, in order.
+    out: VecDeque<SfuOutput>,
     events: Vec<(u64, Event)>,
     dirty: Vec<u64>,
     scratch_ids: Vec<u64>,
@@ -339,47 +106,11 @@ pub struct Sfu {
     /// A connected peer not heard from for this long is gone (tab closed, machine off).
     liveness_timeout: Duration,
     pub counters: Arc<SfuCounters>,
-    /// In-process subscribers (mix jobs) per room, and what they are owed.
+    /// In-process subscribers (mix jobs, relays, recordings) per room:
     /// (tap, whether it also takes mixes' output).
     taps: HashMap<RoomKey, Vec<(u64, bool)>>,
-    tap_out: Vec<(u64, TapPacket)>,
-    /// Internal publishers whose viewers asked for a keyframe.
-    internal_keyframe_wanted: Vec<u64>,
     /// Participants and their tracks: the room and media events.
     presence: Presence,
-}
-
-fn to_codec(c: WireCodec) -> Option<Codec> {
-    match c {
-        WireCodec::Opus => Some(Codec::Opus),
-        WireCodec::H264 => Some(Codec::H264),
-        WireCodec::Vp8 => Some(Codec::Vp8),
-        _ => None,
-    }
-}
-
-/// Rank of a simulcast layer by its rid: the spec's names first, highest first.
-fn rank(layer: &Layer) -> u8 {
-    match layer.rid.as_deref() {
-        Some("h") => 0,
-        Some("m") => 1,
-        Some("l") => 2,
-        Some("l2") => 3,
-        _ => 4,
-    }
-}
-
-/// Whether a switch to this publisher's video may start at this packet. For H.264 that is the
-/// first packet of an IDR access unit: browsers send SPS/PPS in their own packet (a STAP-A)
-/// ahead of the IDR's fragments, and a switch that skipped them would leave the viewer's
-/// decoder with the previous layer's parameter sets (the old picture size).
-fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
-    use tessera_rtc::str0m::format::{detect_h264_keyframe, detect_h264_nalu};
-    match codec {
-        Codec::H264 => detect_h264_nalu(payload, tessera_media::h264::NAL_SPS) || detect_h264_keyframe(payload),
-        Codec::Vp8 => tessera_rtc::str0m::format::detect_vp8_keyframe(payload),
-        Codec::Opus => true,
-    }
 }
 
 impl Sfu {
@@ -398,7 +129,8 @@ impl Sfu {
             by_addr: HashMap::new(),
             rooms: HashMap::new(),
             next_id: 1,
-            transmits: VecDeque::new(),
+            next_join: 1,
+            out: VecDeque::new(),
             events: Vec::new(),
             dirty: Vec::new(),
             scratch_ids: Vec::new(),
@@ -407,8 +139,6 @@ impl Sfu {
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             counters: Arc::new(SfuCounters::default()),
             taps: HashMap::new(),
-            tap_out: Vec::new(),
-            internal_keyframe_wanted: Vec::new(),
             presence: Presence::default(),
         }
     }
@@ -438,14 +168,19 @@ impl Sfu {
         });
     }
 
-    /// Internal publishers (ingests, mixes) a viewer asked for a keyframe since the last call.
-    pub fn drain_internal_keyframe_requests(&mut self) -> std::vec::Drain<'_, u64> {
-        self.internal_keyframe_wanted.drain(..)
+    /// The next thing to send or tell: datagrams, tap packets, room events and keyframe
+    /// requests for internal publishers, in the order they arose (room events join the queue
+    /// when it is polled).
+    pub fn poll_output(&mut self) -> Option<SfuOutput> {
+        for e in self.presence.drain() {
+            self.out.push_back(SfuOutput::Room(e));
+        }
+        self.out.pop_front()
     }
 
-    /// Packets owed to taps since the last call.
-    pub fn drain_taps(&mut self) -> std::vec::Drain<'_, (u64, TapPacket)> {
-        self.tap_out.drain(..)
+    fn take_join_order(&mut self) -> u64 {
+        self.next_join += 1;
+        self.next_join - 1
     }
 
     /// The room's publishers with their join order (PRODUCT.md §3.3, LAYOUTS.md §2).
@@ -476,13 +211,13 @@ impl Sfu {
     }
 
     /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
-    /// owner is told (`drain_internal_keyframe_requests`).
+    /// owner is told (`SfuOutput::KeyframeWanted`).
     pub fn request_keyframe_of(&mut self, room: &RoomKey, user: &UserId, stream: StreamKind, now: Instant) {
         let Some(&pub_id) = self.rooms.get(room).and_then(|r| r.publishers.get(&(user.clone(), stream))) else { return };
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // A mix (or a transcoding ingest) makes one on request.
             if p.keyframe_requests.try_request(now) {
-                self.internal_keyframe_wanted.push(pub_id);
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
             }
             return;
         }
@@ -560,12 +295,15 @@ impl Sfu {
             PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new() },
         };
         self.enter(id, &spec, now);
+        let join = self.take_join_order();
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
         match spec.role {
             PeerRole::Publish => {
                 // The newest publisher of a (user, stream) wins; the older one is closed.
-                room.joined.entry(spec.user.clone()).or_insert_with(next_join);
+                if !room.joined.contains_key(&spec.user) {
+                    room.joined.insert(spec.user.clone(), join);
+                }
                 if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
                     tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
                     self.close_session(old, LeaveReason::Left, now);
@@ -606,18 +344,13 @@ impl Sfu {
         self.presence.joined(id, &spec.room, &spec.user, &spec.join, publishes, now);
     }
 
-    /// Room and media events (webhook groups 1 and 2) since the last call, in causal order.
-    pub fn drain_room_events(&mut self) -> Vec<RoomEvent> {
-        self.presence.drain()
-    }
-
     fn close_session(&mut self, id: u64, reason: LeaveReason, now: Instant) {
         let Some(mut s) = self.sessions.remove(&id) else { return };
         self.presence.left(id, reason, now);
         s.peer.rtc.disconnect();
         // What the peer says on the way out (a DTLS close alert) is still sent.
         while let Ok(Output::Transmit(t)) = s.peer.rtc.poll_output() {
-            self.transmits.push_back(t);
+            self.out.push_back(SfuOutput::Transmit(t));
         }
         self.by_sid.remove(&s.spec.sid);
         self.by_ufrag.remove(&s.peer.local_ufrag);
@@ -725,10 +458,6 @@ impl Sfu {
         }
     }
 
-    pub fn poll_transmit(&mut self) -> Option<Transmit> {
-        self.transmits.pop_front()
-    }
-
     /// Periodic work: drop dead sessions and empty rooms, re-choose layers.
     fn tick(&mut self, now: Instant) {
         let dead: Vec<u64> = self
@@ -779,7 +508,7 @@ impl Sfu {
                     s.next_timeout = t;
                     break;
                 }
-                Ok(Output::Transmit(t)) => self.transmits.push_back(t),
+                Ok(Output::Transmit(t)) => self.out.push_back(SfuOutput::Transmit(t)),
                 Ok(Output::Event(e)) => self.events.push((id, e)),
                 Err(e) => {
                     tracing::warn!(sid = %s.spec.sid, "peer failed: {e}");
@@ -838,17 +567,8 @@ impl Sfu {
                     }
                     if let Role::Publisher { producers } = &mut s.role {
                         let layers = match &m.simulcast {
-                            Some(sim) => sim
-                                .recv
-                                .iter()
-                                .map(|l| Layer {
-                                    rid: Some(l.rid),
-                                    rate: RateMeter::new(now),
-                                    last_packet: now,
-                                    keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL),
-                                })
-                                .collect(),
-                            None => vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }],
+                            Some(sim) => sim.recv.iter().map(|l| Layer::new(Some(l.rid), now)).collect(),
+                            None => vec![Layer::new(None, now)],
                         };
                         producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false });
                     }
@@ -901,18 +621,7 @@ impl Sfu {
                 }
             }
             let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
-            consumers.push(Consumer {
-                mid,
-                kind,
-                allowed,
-                rewriter: SeqTsRewriter::default(),
-                current: None,
-                target: None,
-                last_sent: None,
-                pts,
-                gate: FrameGate::default(),
-                gop_replayed_at: None,
-            });
+            consumers.push(Consumer::new(mid, kind, allowed, pts));
         }
     }
 
@@ -932,28 +641,13 @@ impl Sfu {
             (_, Some(p)) => &p.producers,
             _ => return,
         };
-        // Layers by measured bitrate, highest first.
         let choose = |kind: MediaKind, estimate: Option<f64>| -> Option<LayerChoice> {
             let producer = producers.iter().find(|p| p.kind == kind)?;
-            if producer.layers.len() <= 1 || kind == MediaKind::Audio {
+            if kind == MediaKind::Audio {
                 return Some(LayerChoice::Layer(producer.layers.first().and_then(|l| l.rid)));
             }
-            let mut layers: Vec<&Layer> = producer.layers.iter().collect();
-            // Ranked by name (h, m, l, l2: PRODUCT.md §3.5), others by measured bitrate.
-            layers.sort_by(|a, b| rank(a).cmp(&rank(b)).then(b.rate.bps.partial_cmp(&a.rate.bps).unwrap_or(std::cmp::Ordering::Equal)));
-            let pick = |l: &Layer| Some(LayerChoice::Layer(l.rid));
-            match quality {
-                Quality::High => return pick(layers.first()?),
-                Quality::Medium => return pick(layers.get(layers.len() / 2)?),
-                Quality::Low => return pick(layers.last()?),
-                Quality::Auto => {}
-            }
-            let Some(estimate) = estimate else { return pick(layers.first()?) };
-            let budget = estimate - AUDIO_RESERVE_BPS;
-            match layers.iter().find(|l| l.rate.bps <= budget) {
-                Some(l) => pick(l),
-                None => Some(LayerChoice::Paused),
-            }
+            let layers: Vec<LayerRate> = producer.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
+            choose_layer(&layers, quality, estimate)
         };
         let Some(Session { role: Role::Viewer { consumers, estimate_bps, .. }, .. }) = self.sessions.get(&viewer_id) else { return };
         let estimate = *estimate_bps;
@@ -1018,8 +712,10 @@ impl Sfu {
                     if is_mix && !with_mixes {
                         continue;
                     }
-                    self.tap_out
-                        .push((*t, TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() }));
+                    self.out.push_back(SfuOutput::Tap(
+                        *t,
+                        TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() },
+                    ));
                 }
             }
         }
@@ -1030,7 +726,7 @@ impl Sfu {
             Some(v) => ids.push(v),
             None => ids.extend_from_slice(viewers),
         }
-        let (kind, codec, rid) = (fp.kind, fp.codec, fp.rid);
+        let (kind, rid) = (fp.kind, fp.rid);
         let mut want_keyframe = false;
         let mut need_gop: Vec<u64> = Vec::new();
         let internal = self.internal.contains_key(&pub_id);
@@ -1041,63 +737,28 @@ impl Sfu {
             }
             let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed) else { continue };
-            let Some(out_pt) = c.pts.iter().find(|(x, _)| *x == codec).map(|(_, p)| *p) else { continue };
-            let this = (pub_id, rid);
-            if c.current != Some(this) {
-                // Switch only to the target layer of this publisher, and for video only on a keyframe.
-                let wanted = match c.target {
-                    Some((p, LayerChoice::Layer(r))) if p == pub_id => r == rid,
-                    Some((p, LayerChoice::Paused)) if p == pub_id => false,
-                    // No choice made for this publisher yet: the first layer seen is taken.
-                    _ => true,
-                };
-                if !wanted {
-                    continue;
-                }
-                // A switch starts at the first packet of a keyframe, never inside one.
-                if kind == MediaKind::Video && (!fp.keyframe || !c.gate.may_start(this)) {
-                    c.gate.skipped(this, fp.marker);
-                    if internal && only.is_none() {
-                        // An ingest cannot be asked for a keyframe: start from its cached GOP,
-                        // at most once a second per viewer.
-                        if c.gop_replayed_at.is_none_or(|t| now.duration_since(t) >= GOP_REPLAY_INTERVAL) {
-                            c.gop_replayed_at = Some(now);
-                            need_gop.push(*vid);
-                        }
-                    } else {
-                        want_keyframe = true;
-                    }
-                    continue;
-                }
-                c.current = Some(this);
-            } else if matches!(c.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
-                continue; // paused by congestion control
-            }
-            let mid_out = c.mid;
             let mut api = viewer.peer.rtc.direct_api();
-            let Some(tx) = api.stream_tx_by_mid(mid_out, None) else { continue };
-            // A viewer whose link (or pacer) cannot drain its queue loses whole frames here
-            // rather than making the server hold them without bound; video then waits for a
-            // keyframe. Dropped packets take no outgoing sequence numbers, so the viewer sees a
-            // clean cut, not loss to NACK.
+            let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
             let queued = tx.queue_info().map_or(0, |q| q.packet_count());
-            match c.gate.admit(this, kind == MediaKind::Video, fp.marker, queued, MAX_QUEUED_PACKETS, HARD_QUEUED_PACKETS) {
-                Gate::Send => {}
-                Gate::Drop => {
-                    self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
+            match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
+                Route::Skip => continue,
+                Route::WaitKeyframe => {
+                    want_keyframe = true;
                     continue;
                 }
-                Gate::DropUntilKeyframe => {
-                    self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                    c.current = None;
-                    want_keyframe |= !internal;
+                Route::ReplayGop => {
+                    need_gop.push(*vid);
                     continue;
+                }
+                Route::Dropped { broken } => {
+                    self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                    want_keyframe |= broken && !internal;
+                    continue;
+                }
+                Route::Send { pt, seq, ts } => {
+                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
                 }
             }
-            let gap_ticks = c.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * codec.clock_rate() as f64) as u32).unwrap_or(1);
-            let Some((seq, ts)) = c.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { continue };
-            c.last_sent = Some(now);
-            tx.write_rtp(RtpWrite::new(out_pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
             self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
             if !viewer.dirty {
                 viewer.dirty = true;
@@ -1109,7 +770,7 @@ impl Sfu {
             self.request_keyframe(pub_id, fp.mid, rid, now);
         }
         for vid in need_gop {
-            let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.clone()).unwrap_or_default();
+            let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.packets().to_vec()).unwrap_or_default();
             // The GOP starts with a keyframe: the replay begins at a frame, whatever the live
             // packets did before. A viewer whose queue has no room for a keyframe waits for the
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
@@ -1117,7 +778,7 @@ impl Sfu {
             let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed) else { continue };
             let mid = c.mid;
-            c.gate = FrameGate::default();
+            c.reset_gate();
             let queued = viewer.peer.rtc.direct_api().stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()).map_or(0, |q| q.packet_count());
             if queued >= MAX_QUEUED_PACKETS / 2 {
                 continue;
@@ -1136,9 +797,10 @@ impl Sfu {
         let id = self.next_id;
         self.next_id += 1;
         self.enter(id, &spec, now);
+        let join = self.take_join_order();
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
-        room.joined.entry(spec.user.clone()).or_insert_with(next_join);
+        room.joined.entry(spec.user.clone()).or_insert(join);
         let mut replaced = None;
         if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
             tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
@@ -1149,19 +811,11 @@ impl Sfu {
         }
         let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
             .into_iter()
-            .map(|(mid, kind)| Producer {
-                mid: mid.into(),
-                kind,
-                layers: vec![Layer { rid: None, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }],
-                announced: false,
-            })
+            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: vec![Layer::new(None, now)], announced: false })
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
-        self.internal.insert(
-            id,
-            InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: Vec::new(), gop_bytes: 0, gop_started: now },
-        );
+        self.internal.insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: GopCache::default() });
         (id, replaced)
     }
 
@@ -1209,20 +863,7 @@ impl Sfu {
             arrival: now,
         };
         if kind == MediaKind::Video {
-            if fp.keyframe && (p.gop.last().is_none_or(|l| !l.keyframe || l.ts != fp.ts)) {
-                p.gop.clear();
-                p.gop_bytes = 0;
-                p.gop_started = now;
-            }
-            if !p.gop.is_empty() || fp.keyframe {
-                if p.gop_bytes + fp.payload.len() <= GOP_CACHE_BYTES && now.duration_since(p.gop_started) <= GOP_CACHE_AGE {
-                    p.gop_bytes += fp.payload.len();
-                    p.gop.push(fp.clone());
-                } else {
-                    p.gop.clear();
-                    p.gop_bytes = 0;
-                }
-            }
+            p.gop.push(&fp, now);
         }
         let (room, key) = (p.spec.room.clone(), (p.spec.user.clone(), p.spec.stream));
         self.fan_out(id, &room, &key, &fp, now, None);
@@ -1240,7 +881,7 @@ impl Sfu {
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
             if p.keyframe_requests.try_request(now) {
-                self.internal_keyframe_wanted.push(pub_id);
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
             }
             return;
         }
@@ -1275,6 +916,8 @@ impl Sfu {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::presence::{JoinInfo, RoomEvent};
+    use tessera_model::{AppId, RoomId};
     use tessera_rtc::str0m::media::Direction;
 
     fn offer(dir: Direction, now: Instant) -> String {
@@ -1304,19 +947,6 @@ mod tests {
                 PeerRole::Play => JoinInfo { user_type: crate::presence::user_type::WHEP, terminal_type: 4, role: tessera_model::Role::Audience, info: None },
             },
         }
-    }
-
-    #[test]
-    fn h264_switch_points_start_at_the_parameter_sets() {
-        // STAP-A (24) of SPS (0x67) and PPS (0x68), as browsers send them ahead of an IDR.
-        let stap = [24u8, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
-        // FU-A (28) start (S bit) of an IDR (5), and a middle fragment of it.
-        let (fu_start, fu_middle) = ([0x7cu8, 0x85, 1, 2], [0x7cu8, 0x05, 3, 4]);
-        let p_slice = [0x41u8, 0x9a, 0];
-        assert!(is_keyframe(Codec::H264, &stap));
-        assert!(is_keyframe(Codec::H264, &fu_start));
-        assert!(!is_keyframe(Codec::H264, &fu_middle));
-        assert!(!is_keyframe(Codec::H264, &p_slice));
     }
 
     fn sfu(now: Instant) -> Sfu {
@@ -1354,7 +984,7 @@ mod tests {
         assert!(!sfu.room_exists(&key()));
         // One participant (alice: two publishers in turn and a viewer), one room: the
         // replacement and the overlapping sessions make no events of their own.
-        let events = sfu.drain_room_events();
+        let events: Vec<RoomEvent> = std::iter::from_fn(|| sfu.poll_output()).filter_map(|o| if let SfuOutput::Room(e) = o { Some(e) } else { None }).collect();
         assert!(
             matches!(
                 &events[..],

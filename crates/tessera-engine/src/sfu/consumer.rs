@@ -1,0 +1,207 @@
+//! Consumers: a viewer's outgoing tracks. Each decides, per producer packet, whether it goes
+//! out (`Consumer::route`): only the layer the allocator chose, a switch only at a keyframe,
+//! whole frames dropped when the viewer's queue is long, sequence numbers and timestamps
+//! rewritten so the viewer sees one continuous stream.
+
+use super::allocator::LayerChoice;
+use super::producer::FwdPacket;
+use crate::forward::{FrameGate, Gate, SeqTsRewriter};
+use std::time::{Duration, Instant};
+use tessera_media::Codec;
+use tessera_rtc::str0m::media::{MediaKind, Mid, Pt, Rid};
+
+/// Packets a viewer track may have waiting to be sent before new ones are dropped (about 2 s
+/// of 1.5 Mbit/s video).
+pub const MAX_QUEUED_PACKETS: usize = 400;
+/// A frame already started may grow a viewer's queue to this before it is cut.
+pub const HARD_QUEUED_PACKETS: usize = 800;
+/// An internal publisher's GOP is replayed to one consumer at most this often.
+const GOP_REPLAY_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An outgoing track of a viewer.
+#[derive(Debug)]
+pub(super) struct Consumer {
+    pub(super) mid: Mid,
+    pub(super) kind: MediaKind,
+    pub(super) allowed: bool,
+    rewriter: SeqTsRewriter,
+    /// (publisher session, layer) being forwarded.
+    pub(super) current: Option<(u64, Option<Rid>)>,
+    /// (publisher session, layer) to forward next, as chosen by the allocator.
+    pub(super) target: Option<(u64, LayerChoice)>,
+    last_sent: Option<Instant>,
+    /// Payload type per codec, as negotiated with this viewer.
+    pts: Vec<(Codec, Pt)>,
+    /// Whole-frame dropping when the viewer's queue is long (per source: publisher, layer).
+    gate: FrameGate<(u64, Option<Rid>)>,
+    /// When an internal publisher's GOP was last replayed to this consumer (at most once a
+    /// second: under overload each replay would be dropped again, packet by packet).
+    gop_replayed_at: Option<Instant>,
+}
+
+/// What one producer packet does at one consumer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Route {
+    /// Not this consumer's: another layer, paused video, a codec it did not negotiate, or too
+    /// old to rewrite.
+    Skip,
+    /// Waiting for a keyframe to start (or resume) at: the producer should send one.
+    WaitKeyframe,
+    /// Waiting, and the internal publisher's cached GOP should be replayed to it.
+    ReplayGop,
+    /// Dropped by the overload gate; `broken` when video must now wait for a keyframe.
+    Dropped { broken: bool },
+    /// Write it with this payload type, sequence number and timestamp.
+    Send { pt: Pt, seq: u64, ts: u32 },
+}
+
+impl Consumer {
+    pub(super) fn new(mid: Mid, kind: MediaKind, allowed: bool, pts: Vec<(Codec, Pt)>) -> Consumer {
+        Consumer { mid, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts, gate: FrameGate::default(), gop_replayed_at: None }
+    }
+
+    /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
+    /// cannot be asked for a keyframe but has a GOP cache; `replaying`: the packet comes from
+    /// that cache), given the packets waiting in this consumer's send queue.
+    pub(super) fn route(&mut self, fp: &FwdPacket, pub_id: u64, internal: bool, replaying: bool, queued: usize, now: Instant) -> Route {
+        let Some(pt) = self.pts.iter().find(|(x, _)| *x == fp.codec).map(|(_, p)| *p) else { return Route::Skip };
+        let video = self.kind == MediaKind::Video;
+        let this = (pub_id, fp.rid);
+        if self.current != Some(this) {
+            // Switch only to the target layer of this publisher, and for video only on a keyframe.
+            let wanted = match self.target {
+                Some((p, LayerChoice::Layer(r))) if p == pub_id => r == fp.rid,
+                Some((p, LayerChoice::Paused)) if p == pub_id => false,
+                // No choice made for this publisher yet: the first layer seen is taken.
+                _ => true,
+            };
+            if !wanted {
+                return Route::Skip;
+            }
+            // A switch starts at the first packet of a keyframe, never inside one.
+            if video && (!fp.keyframe || !self.gate.may_start(this)) {
+                self.gate.skipped(this, fp.marker);
+                if internal && !replaying {
+                    if self.gop_replayed_at.is_none_or(|t| now.duration_since(t) >= GOP_REPLAY_INTERVAL) {
+                        self.gop_replayed_at = Some(now);
+                        return Route::ReplayGop;
+                    }
+                    return Route::Skip;
+                }
+                return Route::WaitKeyframe;
+            }
+            self.current = Some(this);
+        } else if matches!(self.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
+            return Route::Skip; // paused by congestion control
+        }
+        // A viewer whose link (or pacer) cannot drain its queue loses whole frames here rather
+        // than making the server hold them without bound; video then waits for a keyframe.
+        // Dropped packets take no outgoing sequence numbers, so the viewer sees a clean cut,
+        // not loss to NACK.
+        match self.gate.admit(this, video, fp.marker, queued, MAX_QUEUED_PACKETS, HARD_QUEUED_PACKETS) {
+            Gate::Send => {}
+            Gate::Drop => {
+                self.rewriter.cut();
+                return Route::Dropped { broken: false };
+            }
+            Gate::DropUntilKeyframe => {
+                self.current = None;
+                self.rewriter.cut();
+                return Route::Dropped { broken: true };
+            }
+        }
+        let gap_ticks = self.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * fp.codec.clock_rate() as f64) as u32).unwrap_or(1);
+        let Some((seq, ts)) = self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { return Route::Skip };
+        self.last_sent = Some(now);
+        Route::Send { pt, seq, ts }
+    }
+
+    /// A GOP replay starts clean, at its keyframe, whatever the live packets did before.
+    pub(super) fn reset_gate(&mut self) {
+        self.gate = FrameGate::default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use tessera_rtc::str0m::rtp::ExtensionValues;
+
+    fn packet(seq: u64, keyframe: bool, marker: bool, rid: Option<&str>) -> FwdPacket {
+        FwdPacket {
+            // Each simulcast layer has its own SSRC.
+            ssrc: if rid == Some("l") { 8 } else { 7 },
+            seq,
+            ts: seq as u32 * 3000,
+            marker,
+            keyframe,
+            payload: Arc::from(&[1u8, 2, 3][..]),
+            codec: Codec::H264,
+            kind: MediaKind::Video,
+            mid: "1".into(),
+            rid: rid.map(Rid::from),
+            ext: ExtensionValues::default(),
+            arrival: Instant::now(),
+        }
+    }
+
+    fn video() -> Consumer {
+        Consumer::new("0".into(), MediaKind::Video, true, vec![(Codec::H264, 102.into())])
+    }
+
+    #[test]
+    fn video_starts_at_a_keyframe_and_numbers_from_one() {
+        let now = Instant::now();
+        let mut c = video();
+        assert_eq!(c.route(&packet(100, false, true, None), 1, false, false, 0, now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, false, 0, now), Route::Send { seq: 1, .. }));
+        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, false, 0, now), Route::Send { seq: 2, .. }));
+    }
+
+    #[test]
+    fn only_the_target_layer_goes_out_and_a_switch_waits_for_its_keyframe() {
+        let now = Instant::now();
+        let mut c = video();
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, false, 0, now), Route::Skip);
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, 0, now), Route::Send { seq: 1, .. }));
+        c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, 0, now), Route::Send { seq: 2, .. }), "h until l's keyframe");
+        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, false, 0, now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(51, true, true, Some("l")), 1, false, false, 0, now), Route::Send { seq: 3, .. }), "continuous numbering across the switch");
+        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, 0, now), Route::Skip, "h is no longer sent");
+        c.target = Some((1, LayerChoice::Paused));
+        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, false, 0, now), Route::Skip);
+    }
+
+    #[test]
+    fn a_long_queue_drops_whole_frames_then_waits_for_a_keyframe() {
+        let now = Instant::now();
+        let mut c = video();
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, 0, now), Route::Send { .. }));
+        assert_eq!(c.route(&packet(2, false, false, None), 1, false, false, MAX_QUEUED_PACKETS, now), Route::Dropped { broken: true });
+        assert_eq!(c.route(&packet(3, false, true, None), 1, false, false, 0, now), Route::WaitKeyframe, "the rest of the picture waits");
+        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, false, 0, now), Route::Send { seq: 2, .. }), "no hole in the numbering");
+    }
+
+    #[test]
+    fn an_internal_publisher_replays_its_gop_at_most_once_a_second() {
+        let now = Instant::now();
+        let mut c = video();
+        assert_eq!(c.route(&packet(5, false, true, None), 9, true, false, 0, now), Route::ReplayGop);
+        assert_eq!(c.route(&packet(6, false, true, None), 9, true, false, 0, now + Duration::from_millis(500)), Route::Skip);
+        assert_eq!(c.route(&packet(7, false, true, None), 9, true, false, 0, now + Duration::from_secs(1)), Route::ReplayGop);
+        c.reset_gate();
+        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, true, 0, now), Route::Send { .. }), "the replay starts at its keyframe");
+    }
+
+    #[test]
+    fn a_codec_the_viewer_did_not_negotiate_is_skipped() {
+        let now = Instant::now();
+        let mut c = video();
+        let mut p = packet(1, true, true, None);
+        p.codec = Codec::Vp8;
+        assert_eq!(c.route(&p, 1, false, false, 0, now), Route::Skip);
+    }
+}

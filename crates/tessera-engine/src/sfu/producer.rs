@@ -1,0 +1,217 @@
+//! Producers: a publisher's incoming tracks with their layers' rates and keyframe throttles,
+//! the packets on their way to consumers, and an internal publisher's GOP cache.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tessera_media::{Codec, KeyframeThrottle};
+use tessera_rtc::str0m::format::Codec as WireCodec;
+use tessera_rtc::str0m::media::{MediaKind, Mid, Rid};
+use tessera_rtc::str0m::rtp::ExtensionValues;
+
+use super::types::SessionSpec;
+
+/// PLI/FIR reach a producer at most this often (PRODUCT.md §3.5).
+pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Bytes over a sliding window, for layer bitrates.
+#[derive(Debug, Clone)]
+pub(super) struct RateMeter {
+    window_start: Instant,
+    pub(super) bytes: u64,
+    pub(super) bps: f64,
+}
+
+impl RateMeter {
+    pub(super) fn new(now: Instant) -> RateMeter {
+        RateMeter { window_start: now, bytes: 0, bps: 0.0 }
+    }
+    pub(super) fn add(&mut self, now: Instant, bytes: usize) {
+        self.bytes += bytes as u64;
+        let elapsed = now.saturating_duration_since(self.window_start);
+        if elapsed >= Duration::from_millis(500) {
+            let rate = self.bytes as f64 * 8.0 / elapsed.as_secs_f64();
+            self.bps = if self.bps == 0.0 { rate } else { 0.5 * self.bps + 0.5 * rate };
+            self.bytes = 0;
+            self.window_start = now;
+        }
+    }
+}
+
+/// One simulcast layer (or the only encoding) of a producer.
+#[derive(Debug, Clone)]
+pub(super) struct Layer {
+    pub(super) rid: Option<Rid>,
+    pub(super) rate: RateMeter,
+    pub(super) last_packet: Instant,
+    pub(super) keyframe_requests: KeyframeThrottle,
+}
+
+impl Layer {
+    pub(super) fn new(rid: Option<Rid>, now: Instant) -> Layer {
+        Layer { rid, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }
+    }
+}
+
+/// An incoming track of a publisher.
+#[derive(Debug)]
+pub(super) struct Producer {
+    pub(super) mid: Mid,
+    pub(super) kind: MediaKind,
+    pub(super) layers: Vec<Layer>,
+    /// Its first packet was reported to `Presence` (events 201/203/205).
+    pub(super) announced: bool,
+}
+
+/// One packet on its way from a producer to consumers.
+#[derive(Debug, Clone)]
+pub(super) struct FwdPacket {
+    pub(super) ssrc: u32,
+    pub(super) seq: u64,
+    pub(super) ts: u32,
+    pub(super) marker: bool,
+    pub(super) keyframe: bool,
+    pub(super) payload: Arc<[u8]>,
+    pub(super) codec: Codec,
+    pub(super) kind: MediaKind,
+    pub(super) mid: Mid,
+    pub(super) rid: Option<Rid>,
+    pub(super) ext: ExtensionValues,
+    pub(super) arrival: Instant,
+}
+
+pub(super) const INTERNAL_AUDIO_MID: &str = "a";
+pub(super) const INTERNAL_VIDEO_MID: &str = "v";
+/// The cached GOP of an ingest is bounded (PRODUCT.md §6.3).
+const GOP_CACHE_BYTES: usize = 8 * 1024 * 1024;
+const GOP_CACHE_AGE: Duration = Duration::from_secs(4);
+
+/// A publisher that is not a WebRTC peer: RTMP or pull ingest, or a mix job's output.
+pub(super) struct InternalPublisher {
+    pub(super) spec: SessionSpec,
+    pub(super) keyframe_requests: KeyframeThrottle,
+    pub(super) producers: Vec<Producer>,
+    pub(super) gop: GopCache,
+}
+
+/// The video since the last keyframe, so a viewer that starts mid-GOP gets a picture at once
+/// (an ingest cannot be asked for a keyframe); at most 4 s or 8 MiB (PRODUCT.md §6.3).
+#[derive(Debug, Default)]
+pub(super) struct GopCache {
+    packets: Vec<FwdPacket>,
+    bytes: usize,
+    started: Option<Instant>,
+}
+
+impl GopCache {
+    /// Notes one video packet: a keyframe starts a new GOP; a GOP past the bounds is dropped
+    /// (until the next keyframe).
+    pub(super) fn push(&mut self, fp: &FwdPacket, now: Instant) {
+        if fp.keyframe && self.packets.last().is_none_or(|l| !l.keyframe || l.ts != fp.ts) {
+            self.packets.clear();
+            self.bytes = 0;
+            self.started = Some(now);
+        }
+        if self.packets.is_empty() && !fp.keyframe {
+            return;
+        }
+        let young = self.started.is_some_and(|s| now.duration_since(s) <= GOP_CACHE_AGE);
+        if self.bytes + fp.payload.len() <= GOP_CACHE_BYTES && young {
+            self.bytes += fp.payload.len();
+            self.packets.push(fp.clone());
+        } else {
+            self.packets.clear();
+            self.bytes = 0;
+        }
+    }
+
+    pub(super) fn packets(&self) -> &[FwdPacket] {
+        &self.packets
+    }
+}
+
+pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, bytes: usize, now: Instant) {
+    let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
+        Some(i) => &mut producer.layers[i],
+        None => {
+            producer.layers.push(Layer::new(rid, now));
+            producer.layers.last_mut().expect("just pushed")
+        }
+    };
+    layer.rate.add(now, bytes);
+    layer.last_packet = now;
+}
+
+pub(super) fn to_codec(c: WireCodec) -> Option<Codec> {
+    match c {
+        WireCodec::Opus => Some(Codec::Opus),
+        WireCodec::H264 => Some(Codec::H264),
+        WireCodec::Vp8 => Some(Codec::Vp8),
+        _ => None,
+    }
+}
+
+/// Whether a switch to this publisher's video may start at this packet. For H.264 that is the
+/// first packet of an IDR access unit: browsers send SPS/PPS in their own packet (a STAP-A)
+/// ahead of the IDR's fragments, and a switch that skipped them would leave the viewer's
+/// decoder with the previous layer's parameter sets (the old picture size).
+pub(super) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+    use tessera_rtc::str0m::format::{detect_h264_keyframe, detect_h264_nalu};
+    match codec {
+        Codec::H264 => detect_h264_nalu(payload, tessera_media::h264::NAL_SPS) || detect_h264_keyframe(payload),
+        Codec::Vp8 => tessera_rtc::str0m::format::detect_vp8_keyframe(payload),
+        Codec::Opus => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn h264_switch_points_start_at_the_parameter_sets() {
+        // STAP-A (24) of SPS (0x67) and PPS (0x68), as browsers send them ahead of an IDR.
+        let stap = [24u8, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce];
+        // FU-A (28) start (S bit) of an IDR (5), and a middle fragment of it.
+        let (fu_start, fu_middle) = ([0x7cu8, 0x85, 1, 2], [0x7cu8, 0x05, 3, 4]);
+        let p_slice = [0x41u8, 0x9a, 0];
+        assert!(is_keyframe(Codec::H264, &stap));
+        assert!(is_keyframe(Codec::H264, &fu_start));
+        assert!(!is_keyframe(Codec::H264, &fu_middle));
+        assert!(!is_keyframe(Codec::H264, &p_slice));
+    }
+
+    fn packet(ts: u32, keyframe: bool, len: usize) -> FwdPacket {
+        FwdPacket {
+            ssrc: 1,
+            seq: 0,
+            ts,
+            marker: true,
+            keyframe,
+            payload: Arc::from(vec![0u8; len]),
+            codec: Codec::H264,
+            kind: MediaKind::Video,
+            mid: "v".into(),
+            rid: None,
+            ext: ExtensionValues::default(),
+            arrival: Instant::now(),
+        }
+    }
+
+    #[test]
+    fn the_gop_cache_holds_from_the_last_keyframe_within_its_bounds() {
+        let t0 = Instant::now();
+        let mut gop = GopCache::default();
+        gop.push(&packet(0, false, 100), t0);
+        assert!(gop.packets().is_empty(), "nothing before the first keyframe");
+        gop.push(&packet(3000, true, 100), t0);
+        gop.push(&packet(3000, true, 100), t0);
+        gop.push(&packet(6000, false, 100), t0 + Duration::from_millis(33));
+        assert_eq!(gop.packets().len(), 3, "a keyframe of several packets stays one GOP");
+        gop.push(&packet(9000, true, 100), t0 + Duration::from_secs(2));
+        assert_eq!(gop.packets().len(), 1, "a new keyframe starts over");
+        gop.push(&packet(12000, false, 100), t0 + Duration::from_secs(7));
+        assert!(gop.packets().is_empty(), "older than 4 s: dropped until the next keyframe");
+        gop.push(&packet(15000, true, GOP_CACHE_BYTES + 1), t0 + Duration::from_secs(8));
+        assert!(gop.packets().is_empty(), "larger than 8 MiB: not kept");
+    }
+}

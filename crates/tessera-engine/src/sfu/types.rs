@@ -1,0 +1,143 @@
+//! The SFU's public values: what sessions are, what it tells and counts.
+
+use crate::presence::{JoinInfo, RoomEvent};
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use tessera_media::{Codec, StreamKind};
+use tessera_model::{AppId, RoomId, UserId};
+use tessera_rtc::str0m::net::Transmit;
+use tessera_rtc::PeerRole;
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct RoomKey {
+    pub app: AppId,
+    pub room: RoomId,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Quality {
+    Auto,
+    High,
+    Medium,
+    Low,
+}
+
+impl Quality {
+    pub fn parse(s: &str) -> Option<Quality> {
+        Some(match s {
+            "auto" => Quality::Auto,
+            "h" => Quality::High,
+            "m" => Quality::Medium,
+            "l" => Quality::Low,
+            _ => return None,
+        })
+    }
+}
+
+/// What a new session is.
+#[derive(Debug, Clone)]
+pub struct SessionSpec {
+    pub sid: String,
+    pub room: RoomKey,
+    /// The token's user: the publisher (WHIP) or the viewer (WHEP).
+    pub user: UserId,
+    pub role: PeerRole,
+    /// WHIP: the stream published. WHEP: the stream watched.
+    pub stream: StreamKind,
+    /// WHEP: whose stream is watched.
+    pub source_user: Option<UserId>,
+    /// WHEP: mids the viewer may not receive (rejected in the answer).
+    pub rejected_mids: Vec<String>,
+    pub quality: Quality,
+    /// How the user joins the room (UserType, TerminalType, role), for events 103/105.
+    pub join: JoinInfo,
+}
+
+/// Counters shared with the metrics endpoint.
+#[derive(Debug, Default)]
+pub struct SfuCounters {
+    pub packets_forwarded: AtomicU64,
+    pub packets_received: AtomicU64,
+    pub keyframe_requests: AtomicU64,
+    /// Packets not written to a viewer because its send queue was full.
+    pub packets_dropped: AtomicU64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SfuStats {
+    pub rooms: usize,
+    pub publishers: usize,
+    pub viewers: usize,
+    /// Participants by the UserType of their first session.
+    pub participants: Vec<(u8, usize)>,
+}
+
+/// An RTP packet from an ingest (RTMP publish, pull ingest) for `Sfu::push_packet`.
+#[derive(Debug, Clone)]
+pub struct IngestPacket {
+    pub ssrc: u32,
+    /// Extended sequence number.
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    /// The access unit this packet belongs to starts with an IDR (video).
+    pub keyframe: bool,
+    pub codec: Codec,
+    pub payload: Arc<[u8]>,
+}
+
+/// A publisher as the MCU sees it (`Sfu::room_publishers`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublisherInfo {
+    pub user: UserId,
+    pub stream: StreamKind,
+    /// Smaller joined earlier.
+    pub join_order: u64,
+    pub has_audio: bool,
+    pub has_video: bool,
+}
+
+/// One packet for an in-process subscriber (a mix job): the MCU depacketizes it itself.
+#[derive(Debug, Clone)]
+pub struct TapPacket {
+    pub user: UserId,
+    pub stream: StreamKind,
+    pub codec: Codec,
+    pub seq: u64,
+    pub ts: u32,
+    pub marker: bool,
+    pub payload: Arc<[u8]>,
+}
+
+/// What the HTTP layer learns about a session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub room: RoomKey,
+    pub user: UserId,
+    pub role: PeerRole,
+    /// The server's current ICE ufrag: the session's ETag.
+    pub ufrag: String,
+}
+
+/// The server's side of an ICE restart: new credentials and the candidates to use them with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceRestart {
+    pub ufrag: String,
+    pub pwd: String,
+    pub candidates: Vec<SocketAddr>,
+}
+
+/// What the SFU gives out, in order, through `Sfu::poll_output` (the one funnel a driver drains).
+#[derive(Debug)]
+pub enum SfuOutput {
+    /// A datagram to send on the shared port.
+    Transmit(Transmit),
+    /// A packet for an in-process subscriber (a tap: mix job, relay, recording).
+    Tap(u64, TapPacket),
+    /// A room or media event (webhook groups 1 and 2), in causal order.
+    Room(RoomEvent),
+    /// A viewer of this internal publisher (an ingest or a mix) wants a keyframe; its owner makes
+    /// one if it can (throttled like a PLI).
+    KeyframeWanted(u64),
+}

@@ -1,0 +1,349 @@
+//! Mix jobs (LAYOUTS.md §1): the server's registry of MCU jobs, their task files and events,
+//! and the mixed relay a job owns. A request is checked completely (`request`) and turned into
+//! a `MixSpec` before anything starts, so no job is left half-started; the job itself is the
+//! engine's (`tessera_engine::mcu`).
+
+mod request;
+
+use crate::api::AppState;
+use crate::error::{ApiError, ApiResult};
+use axum::http::StatusCode;
+use dashmap::DashMap;
+use request::*;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tessera_engine::mcu::{AudioMode, MixHandle, MixSpec, MixState};
+use tessera_engine::RoomKey;
+use tessera_model::events::EventInfo;
+use tessera_model::{AppId, RoomId, UserId};
+
+pub use request::parse_encode_template;
+
+/// Every mix job of the server.
+#[derive(Default)]
+pub struct MixJobs {
+    pub(crate) jobs: DashMap<String, Arc<MixJob>>,
+}
+
+pub struct MixJob {
+    pub(crate) app: AppId,
+    /// Set at server shut-down: the job ends without recording STOPPED, so it resumes.
+    shutting_down: Arc<std::sync::atomic::AtomicBool>,
+    created_at: i64,
+    /// The normalized request (defaults filled), replaced section by section by PATCH.
+    pub(crate) request: Mutex<Value>,
+    /// Images that could not be fetched or decoded (the job runs on without them).
+    image_errors: Mutex<Vec<Value>>,
+    pub(crate) handle: Arc<MixHandle>,
+}
+
+impl MixJobs {
+    /// Stops a job because its owning recording stopped (LeaveCode 105).
+    pub fn stop_owned(&self, app: &AppId, id: &str) {
+        if let Some(j) = self.jobs.get(id).filter(|j| j.app == *app) {
+            j.handle.stop_with(105);
+        }
+    }
+
+    pub fn exists(&self, app: &AppId, id: &str) -> bool {
+        self.jobs.get(id).is_some_and(|j| j.app == *app)
+    }
+
+    pub fn running(&self) -> usize {
+        self.jobs.iter().filter(|j| j.handle.status().state != MixState::Stopped).count()
+    }
+
+    /// Stops every job (server shut-down).
+    pub fn shutdown(&self) {
+        for j in self.jobs.iter() {
+            j.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
+            j.handle.stop();
+        }
+    }
+}
+
+pub fn view(id: &str, job: &MixJob) -> Value {
+    let mut v = job.request.lock().expect("mix request").clone();
+    let status = job.handle.status();
+    let spec = job.handle.spec();
+    v["id"] = json!(id);
+    v["user"] = json!(spec.user);
+    v["state"] = json!(status.state.as_str());
+    v["created_at"] = json!(job.created_at);
+    v["whep_url"] = json!(format!("/whep/{}/{}/main", spec.room.room, spec.user));
+    v["inputs"] = status
+        .inputs
+        .iter()
+        .map(|i| {
+            json!({"user": i.key.user, "stream": i.key.stream, "join_order": i.join_order,
+                "tile": i.tile.map(|t| json!({"x": t.x, "y": t.y, "width": t.width, "height": t.height, "z_order": t.z_order, "fill_mode": t.fill_mode.as_str()})),
+                "has_video": i.has_video, "has_audio": i.has_audio, "voice_selected": i.voice_selected})
+        })
+        .collect();
+    let s = &status.stats;
+    v["stats"] = json!({"fps": s.fps, "decode_ms_p50": s.decode_ms_p50, "compose_ms_p50": s.compose_ms_p50, "encode_ms_p50": s.encode_ms_p50, "dropped_frames": s.dropped_frames, "frames": s.frames, "cpu_cores": s.cpu_cores});
+    v["stopped_at"] = json!(status.stopped_at);
+    v["leave_code"] = json!(status.leave_code);
+    v["error"] = json!(status.error);
+    v["image_errors"] = json!(*job.image_errors.lock().expect("image errors"));
+    v
+}
+
+fn task_path(state: &AppState, id: &str) -> std::path::PathBuf {
+    state.config.data_dir.join("tasks").join(format!("{id}.json"))
+}
+
+/// Saves the job's request and state to `tasks/<id>.json` (RECORDING.md §8).
+fn save(path: &std::path::Path, app: &AppId, id: &str, created_at: i64, request: &Value, state: &str) {
+    let record = json!({"kind": "mix_job", "id": id, "app": app, "created_at": created_at, "request": request, "state": state});
+    if let Err(e) = crate::store::write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+        tracing::warn!(job = %id, "cannot save the mix job: {e}");
+    }
+}
+
+/// Restarts the jobs a previous run left running, with the same ids and `mix_<id>` users.
+pub async fn resume(state: &AppState) {
+    for v in crate::task_file::read_all(&state.config.data_dir.join("tasks"), "mix_job") {
+        if v["state"] == "STOPPED" {
+            continue;
+        }
+        let (Some(id), Ok(app)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or(""))) else { continue };
+        let mut body = v["request"].clone();
+        // The owned relay is made again from its URLs.
+        body["outputs"] = json!({"rtmp_urls": body["outputs"]["rtmp_urls"].clone()});
+        if let Some(e) = body["encode"].as_object_mut() {
+            e.remove("effective");
+        }
+        match start_job(state, &app, body, Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0)))).await {
+            Ok(_) => tracing::info!(job = %id, "mix job resumed"),
+            Err(e) => tracing::warn!(job = %id, "mix job not resumed: {}", e.message),
+        }
+    }
+}
+
+/// Checks a request and starts the job (and its relay); `resumed` keeps the id of a job from
+/// before a restart.
+/// The checks `start_job` makes of a body before anything starts (the `json_bodies` fuzz target).
+pub fn check_body(body: &Value) -> ApiResult<()> {
+    let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
+    if let Some(room) = top.get("room").and_then(|r| r.as_str()) {
+        RoomId::parse(room).map_err(|e| field("room", e.reason))?;
+    }
+    let (encode, _) = parse_encode(obj(body, "encode")?)?;
+    parse_layout(obj(body, "layout")?, encode.width, encode.height)?;
+    parse_subscribe(obj(body, "subscribe")?)?;
+    parse_audio(obj(body, "audio")?)?;
+    max_idle(body)?;
+    check_outputs(body)?;
+    Ok(())
+}
+
+pub async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> ApiResult<(String, Arc<MixJob>)> {
+    let caller_app = app;
+    if !body.is_object() {
+        return Err(ApiError::invalid_json("the body must be a JSON object"));
+    }
+    let top = body.as_object().expect("checked");
+    known(top, "body", &["room", "layout", "subscribe", "audio", "encode", "video", "max_idle_time", "outputs"]).map_err(|_| {
+        let k = top.keys().find(|k| !["room", "layout", "subscribe", "audio", "encode", "video", "max_idle_time", "outputs"].contains(&k.as_str())).cloned().unwrap_or_default();
+        field(&k, "unknown field")
+    })?;
+    let room = body.get("room").and_then(|r| r.as_str()).ok_or_else(|| field("room", "is required"))?;
+    let room = RoomId::parse(room).map_err(|e| field("room", e.reason))?;
+    let (encode, encode_json) = parse_encode(obj(&body, "encode")?)?;
+    let (layout, background, include_aux, layout_json, image_refs) = parse_layout(obj(&body, "layout")?, encode.width, encode.height)?;
+    let (subscribe, subscribe_json) = parse_subscribe(obj(&body, "subscribe")?)?;
+    let (audio, max_voices, audio_json) = parse_audio(obj(&body, "audio")?)?;
+    let video = match body.get("video") {
+        None | Some(Value::Null) => true,
+        Some(Value::Bool(b)) => *b,
+        Some(_) => return Err(field("video", "must be true or false")),
+    };
+    if !video && audio == AudioMode::None {
+        return Err(field("audio.mode", "an audio-only job (video: false) needs audio"));
+    }
+    let idle = max_idle(&body)?;
+    let rtmp_urls = check_outputs(&body)?;
+    if let Some(u) = rtmp_urls.iter().find(|u| state.relays.url_in_use(u, None)) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {}", u.rsplit_once('/').map(|(a, _)| a).unwrap_or(u))));
+    }
+    let limit = state.config.limits.concurrent_mix_jobs.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if state.mix_jobs.running() >= limit {
+        return Err(
+            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit}))
+        );
+    }
+    let (images, image_errors) = load_images(&image_refs).await;
+    let (id, created_at) = resumed.unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), crate::now_ms()));
+    let user = UserId::parse(&format!("mix_{id}")).map_err(|e| ApiError::internal(e.reason))?;
+    let spec = MixSpec {
+        id: id.clone(),
+        room: RoomKey { app: caller_app.clone(), room: room.clone() },
+        user,
+        layout,
+        images,
+        background,
+        include_aux,
+        subscribe,
+        audio,
+        max_voices,
+        encode,
+        video,
+        max_idle: Duration::from_secs(idle),
+    };
+    let mix_user = spec.user.clone();
+    let relay_media = if !video {
+        crate::relay::RelayMedia::Audio
+    } else if spec.audio == AudioMode::None {
+        crate::relay::RelayMedia::Video
+    } else {
+        crate::relay::RelayMedia::AudioVideo
+    };
+    let path = task_path(state, &id);
+    let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
+    let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+    let on_stop: Box<dyn FnOnce(u32) + Send> = {
+        let (path, app, id, room, request, shutting, hooks) =
+            (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), state.hooks.clone());
+        Box::new(move |code| {
+            // A job ended by the server's shut-down resumes with the next start: not a stop.
+            if !shutting.load(std::sync::atomic::Ordering::SeqCst) {
+                save(&path, &app, &id, created_at, &request.lock().expect("request"), "STOPPED");
+                hooks.emit(&app, 802, mix_event(&room, &id, json!({"LeaveCode": code})));
+            }
+        })
+    };
+    let handle = match MixHandle::start(spec, state.rtc.clone(), on_stop) {
+        Ok(h) => h,
+        Err(e) => {
+            state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 1, "ErrorMsg": e.to_string()})));
+            return Err(ApiError::internal(format!("cannot start the mix job: {e}")));
+        }
+    };
+    state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 0, "ErrorMsg": ""})));
+    report_image_errors(state, caller_app, &room, &id, &image_errors);
+    // Mixed relay: the job's own relay of `mix_<id>`, stopped with it (RECORDING.md §1).
+    let relay_id = if rtmp_urls.is_empty() {
+        None
+    } else {
+        let new = crate::relay::NewRelay {
+            resumed: None,
+            app: caller_app.clone(),
+            room: room.clone(),
+            source: crate::relay::SourceRef { user: mix_user, stream: tessera_media::StreamKind::Main },
+            media: relay_media,
+            urls: rtmp_urls.clone(),
+            max_idle: Duration::from_secs(idle + 5),
+            owner: Some(id.clone()),
+        };
+        match state.relays.start(new, state.rtc.clone()) {
+            Ok(r) => Some(r.id),
+            Err(e) => {
+                handle.stop();
+                return Err(ApiError::internal(format!("cannot start the mix job's relay: {e}")));
+            }
+        }
+    };
+    let outputs = json!({"rtmp_urls": rtmp_urls, "recording": null, "relay_id": relay_id, "recording_id": null});
+    let request = json!({"room": room, "layout": layout_json, "subscribe": subscribe_json, "audio": audio_json, "encode": encode_json, "video": video, "max_idle_time": idle, "outputs": outputs});
+    *saved_request.lock().expect("request") = request.clone();
+    save(&path, caller_app, &id, created_at, &request, "RUNNING");
+    let job = Arc::new(MixJob { app: caller_app.clone(), shutting_down, created_at, request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
+    state.mix_jobs.jobs.insert(id.clone(), job.clone());
+    tracing::info!(job = %id, room = %room, "mix job started");
+    Ok((id, job))
+}
+
+/// A mix job's event: its room, user `mix_<id>` and task id.
+fn mix_event(room: &RoomId, id: &str, payload: Value) -> EventInfo {
+    EventInfo::task(room.as_str(), format!("mix_{id}"), id).with_payload(payload)
+}
+
+/// Event 309 for each layout image that could not be loaded (EVENTS.md §5, group 3).
+fn report_image_errors(state: &AppState, app: &AppId, room: &RoomId, id: &str, errors: &[Value]) {
+    for e in errors {
+        state.hooks.emit(app, 309, mix_event(room, id, json!({"Url": e["url"]})));
+    }
+}
+
+pub fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
+    state.mix_jobs.jobs.get(id).map(|j| j.clone()).filter(|j| j.app == *app).ok_or_else(|| ApiError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
+}
+
+/// A PATCH of a job (its own route, or a recording's owned `mix`).
+pub async fn apply_patch(state: &AppState, app: &AppId, id: &str, body: Value) -> ApiResult<Value> {
+    let (state, id) = (state.clone(), id.to_owned());
+    let job = find(&state, app, &id)?;
+    let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
+    if let Some(k) = top.keys().find(|k| !["layout", "subscribe", "audio", "encode", "video", "outputs"].contains(&k.as_str())) {
+        return Err(field(k, "cannot be changed by PATCH"));
+    }
+    if job.handle.status().state == MixState::Stopped {
+        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "the mix job has stopped").with_details(json!({"state": "STOPPED"})));
+    }
+    let spec = job.handle.spec();
+    if top.contains_key("encode") {
+        return Err(ApiError::new(StatusCode::CONFLICT, "encode_immutable", "a running job's encoding cannot change"));
+    }
+    if top.get("video").is_some_and(|v| v.as_bool() != Some(spec.video)) {
+        return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch video on or off"));
+    }
+    let layout = match obj(&body, "layout")? {
+        Some(m) => Some(parse_layout(Some(m), spec.encode.width, spec.encode.height)?),
+        None => None,
+    };
+    let images = match &layout {
+        Some((.., refs)) => Some(load_images(refs).await),
+        None => None,
+    };
+    let subscribe = if top.contains_key("subscribe") { Some(parse_subscribe(obj(&body, "subscribe")?)?) } else { None };
+    let audio = if top.contains_key("audio") { Some(parse_audio(obj(&body, "audio")?)?) } else { None };
+    if let Some((mode, _, _)) = &audio {
+        if (*mode == AudioMode::None) != (spec.audio == AudioMode::None) {
+            return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch its audio to or from 'none'"));
+        }
+    }
+    let new_urls = if top.contains_key("outputs") { Some(check_outputs(&body)?) } else { None };
+    if let Some(urls) = &new_urls {
+        let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
+        match (relay_id.and_then(|r| state.relays.get(app, &r)), urls.is_empty()) {
+            (Some(relay), false) => {
+                if let Some(u) = urls.iter().find(|u| state.relays.url_in_use(u, Some(&relay.record().id))) {
+                    return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {u}")));
+                }
+                state.relays.set_urls(&relay, urls.clone()).await;
+            }
+            (Some(relay), true) => state.relays.stop(&relay),
+            (None, false) => return Err(field("outputs.rtmp_urls", "add RTMP outputs when starting the job")),
+            (None, true) => {}
+        }
+        job.request.lock().expect("mix request")["outputs"]["rtmp_urls"] = json!(urls);
+    }
+    let mut request = job.request.lock().expect("mix request");
+    job.handle.update(|s| {
+        if let Some((l, bg, aux, j, _)) = layout {
+            s.layout = l;
+            s.background = bg;
+            s.include_aux = aux;
+            request["layout"] = j;
+        }
+        if let Some((images, errors)) = images {
+            s.images = images;
+            report_image_errors(&state, app, &s.room.room, &id, &errors);
+            *job.image_errors.lock().expect("image errors") = errors;
+        }
+        if let Some((sub, j)) = subscribe {
+            s.subscribe = sub;
+            request["subscribe"] = j;
+        }
+        if let Some((mode, voices, j)) = audio {
+            s.audio = mode;
+            s.max_voices = voices;
+            request["audio"] = j;
+        }
+    });
+    save(&task_path(&state, &id), app, &id, job.created_at, &request, "RUNNING");
+    drop(request);
+    Ok(view(&id, &job))
+}
