@@ -446,6 +446,23 @@ mod tests {
     }
 
     #[test]
+    fn a_viewer_climbs_back_to_the_top_layer_when_its_link_clears() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
+        connect(&mut world);
+        publish_simulcast(&mut world, publisher, 10);
+        let big = |sizes: &[usize]| sizes.iter().filter(|s| **s > 3000).count();
+        let capped = world.frame_sizes(viewer).len();
+        assert_eq!(big(&world.frame_sizes(viewer)[capped - 60..]), 0, "on the low layer while capped");
+        // The link clears: the estimator probes toward the top layer and the viewer climbs.
+        world.clients[viewer].down.bps = None;
+        publish_simulcast(&mut world, publisher, 20);
+        let sizes = world.frame_sizes(viewer);
+        assert!(big(&sizes[sizes.len() - 150..]) >= 140, "back on the top layer: {} of the last 150 frames", big(&sizes[sizes.len() - 150..]));
+    }
+
+    #[test]
     fn keyframe_requests_from_viewers_are_throttled_to_one_per_500_ms() {
         let mut world = World::new();
         let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());

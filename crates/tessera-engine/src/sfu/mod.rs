@@ -14,7 +14,7 @@ mod consumer;
 mod producer;
 mod types;
 
-pub use allocator::{choose_layer, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
+pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
 pub use types::*;
 
@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_media::{KeyframeThrottle, StreamKind};
 use tessera_model::UserId;
-use tessera_rtc::str0m::bwe::BweKind;
+use tessera_rtc::str0m::bwe::{Bitrate, BweKind};
 use tessera_rtc::str0m::media::{KeyframeRequestKind, MediaKind, Mid, Rid};
 use tessera_rtc::str0m::net::{Protocol, Receive};
 use tessera_rtc::str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
@@ -49,8 +49,16 @@ const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
 const RTX_RATIO_CAP: f32 = 0.5;
 
 enum Role {
-    Publisher { producers: Vec<Producer> },
-    Viewer { consumers: Vec<Consumer>, estimate_bps: Option<f64>, send_mids: Vec<Mid> },
+    Publisher {
+        producers: Vec<Producer>,
+    },
+    Viewer {
+        consumers: Vec<Consumer>,
+        estimate_bps: Option<f64>,
+        send_mids: Vec<Mid>,
+        /// Pause hysteresis and probing for its video.
+        allocation: Allocation,
+    },
 }
 
 struct Session {
@@ -292,7 +300,7 @@ impl Sfu {
         self.next_id += 1;
         let role = match spec.role {
             PeerRole::Publish => Role::Publisher { producers: Vec::new() },
-            PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new() },
+            PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), allocation: Allocation::default() },
         };
         self.enter(id, &spec, now);
         let join = self.take_join_order();
@@ -632,7 +640,7 @@ impl Sfu {
 
     /// Chooses each video consumer's layer from the viewer's bandwidth estimate (or its pinned
     /// quality); pauses video when even the lowest layer does not fit.
-    fn allocate(&mut self, viewer_id: u64, _now: Instant) {
+    fn allocate(&mut self, viewer_id: u64, now: Instant) {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
         let Some(pub_id) = self.publisher_of(viewer) else { return };
         let quality = viewer.spec.quality;
@@ -641,18 +649,19 @@ impl Sfu {
             (_, Some(p)) => &p.producers,
             _ => return,
         };
-        let choose = |kind: MediaKind, estimate: Option<f64>| -> Option<LayerChoice> {
-            let producer = producers.iter().find(|p| p.kind == kind)?;
-            if kind == MediaKind::Audio {
-                return Some(LayerChoice::Layer(producer.layers.first().and_then(|l| l.rid)));
-            }
-            let layers: Vec<LayerRate> = producer.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
-            choose_layer(&layers, quality, estimate)
-        };
-        let Some(Session { role: Role::Viewer { consumers, estimate_bps, .. }, .. }) = self.sessions.get(&viewer_id) else { return };
+        let audio_layer = producers.iter().find(|p| p.kind == MediaKind::Audio).map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
+        let video_layers: Option<Vec<LayerRate>> =
+            producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect());
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps, allocation, .. }, peer, .. }) = self.sessions.get_mut(&viewer_id) else { return };
         let estimate = *estimate_bps;
-        let targets: Vec<Option<LayerChoice>> = consumers.iter().map(|c| choose(c.kind, estimate)).collect();
-        let Some(Session { role: Role::Viewer { consumers, .. }, .. }) = self.sessions.get_mut(&viewer_id) else { return };
+        let video = video_layers.as_ref().and_then(|l| allocation.choose(l, quality, estimate, now));
+        // A viewer held below the layer it would take with room to spare has its estimator probe
+        // toward that layer, or it could never climb back: the estimate does not rise above what
+        // is sent. A probe that finds no room is withdrawn and the next one waits longer.
+        if let Some(rate) = video_layers.as_ref().and_then(|l| allocation.probe(l, quality, estimate, now)) {
+            peer.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(rate as u64));
+        }
+        let targets: Vec<Option<LayerChoice>> = consumers.iter().map(|c| if c.kind == MediaKind::Audio { audio_layer } else { video }).collect();
         for (c, t) in consumers.iter_mut().zip(targets) {
             let new = t.map(|t| (pub_id, t));
             if c.target != new {
