@@ -211,8 +211,13 @@ mod tests {
                 let Ok(entries) = std::fs::read_dir(&dir) else { continue };
                 for e in entries.flatten() {
                     let bytes = std::fs::read(e.path()).expect("corpus file");
+                    let started = std::time::Instant::now();
                     let r = std::panic::catch_unwind(|| target(&bytes));
                     assert!(r.is_ok(), "{name}: {} panics", e.path().display());
+                    // A hang is a bug too (libFuzzer reports inputs over 10 s as timeouts); the
+                    // bound is loose for unoptimized builds on a busy machine.
+                    let took = started.elapsed();
+                    assert!(took < std::time::Duration::from_secs(5), "{name}: {} took {took:?}", e.path().display());
                     n += 1;
                 }
             }
