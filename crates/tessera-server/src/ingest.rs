@@ -187,7 +187,11 @@ impl Ingests {
         let id = record.id.clone();
         let task = Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone()));
         self.tasks.insert(id.clone(), task.clone());
-        let spawned = std::thread::Builder::new().name(format!("ingest-{id}")).spawn(move || worker(task, rtc));
+        let span = {
+            let r = task.record();
+            tracing::info_span!("ingest", id = %id, room = %r.room, user = %r.user)
+        };
+        let spawned = std::thread::Builder::new().name(format!("ingest-{id}")).spawn(move || span.in_scope(|| worker(task, rtc)));
         if let Err(e) = spawned {
             tracing::error!(ingest = %id, "cannot start the ingest worker: {e}");
         }

@@ -251,7 +251,9 @@ impl MixHandle {
             stop: AtomicU32::new(NOT_STOPPING),
         });
         let h = handle.clone();
+        let span = tracing::info_span!("mix", id = %spec.id, room = %spec.room.room);
         std::thread::Builder::new().name(format!("mix-{}", spec.id)).spawn(move || {
+            let _span = span.entered();
             let (code, error) = match run(&h, &rtc) {
                 Ok(code) => (code, None),
                 Err(e) => {

@@ -1,0 +1,352 @@
+//! Forwarding: producer packets to consumers and taps, layer allocation, keyframe requests, and
+//! internal publishers (RTMP, pull ingest, mixes) — the `Sfu`'s media path, apart from the
+//! session and routing bookkeeping in `mod.rs`.
+
+use super::*;
+
+impl Sfu {
+    /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
+    /// owner is told (`SfuOutput::KeyframeWanted`).
+    pub fn request_keyframe_of(&mut self, room: &RoomKey, user: &UserId, stream: StreamKind, now: Instant) {
+        let Some(&pub_id) = self.rooms.get(room).and_then(|r| r.publishers.get(&(user.clone(), stream))) else { return };
+        if let Some(p) = self.internal.get_mut(&pub_id) {
+            // A mix (or a transcoding ingest) makes one on request.
+            if p.keyframe_requests.try_request(now) {
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
+            }
+            return;
+        }
+        let Some(Session { role: Role::Publisher { producers }, .. }) = self.sessions.get(&pub_id) else { return };
+        let Some(p) = producers.iter().find(|p| p.kind == MediaKind::Video) else { return };
+        let (mid, rid) = (p.mid, p.layers.iter().find(|l| l.rid.as_deref() == Some("h")).or(p.layers.first()).and_then(|l| l.rid));
+        self.request_keyframe(pub_id, mid, rid, now);
+    }
+
+    /// Creates a consumer for each negotiated send section of a viewer that has none yet.
+    pub(super) fn setup_consumers(&mut self, id: u64) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let Role::Viewer { consumers, send_mids, .. } = &mut s.role else { return };
+        if consumers.len() == send_mids.len() {
+            return;
+        }
+        let rtc = &mut s.peer.rtc;
+        let params: Vec<_> = rtc.codec_config().params().to_vec();
+        let mids: Vec<Mid> = {
+            let mut api = rtc.direct_api();
+            // Every section we answered as a sender has a tx stream.
+            let mut mids = Vec::new();
+            for &mid in send_mids.iter().filter(|m| !consumers.iter().any(|c| c.mid == **m)) {
+                if let Some(tx) = api.stream_tx_by_mid(mid, None) {
+                    // str0m's default stops resending above 15 % retransmitted bytes; bursts of loss
+                    // on a 10 %-loss link pass that, and viewers would see holes.
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                    mids.push(mid);
+                }
+            }
+            mids
+        };
+        for mid in mids {
+            let Some(media) = rtc.media(mid) else { continue };
+            let kind = media.kind();
+            let remote = media.remote_pts().to_vec();
+            let mut pts = Vec::new();
+            for p in params.iter().filter(|p| remote.contains(&p.pt())) {
+                if let Some(c) = to_codec(p.spec().codec) {
+                    if !pts.iter().any(|(x, _)| *x == c) {
+                        pts.push((c, p.pt()));
+                    }
+                }
+            }
+            let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
+            consumers.push(Consumer::new(mid, kind, allowed, pts));
+        }
+    }
+
+    pub(super) fn publisher_of(&self, viewer: &Session) -> Option<u64> {
+        let room = self.rooms.get(&viewer.spec.room)?;
+        room.publishers.get(&(viewer.spec.source_user.clone()?, viewer.spec.stream)).copied()
+    }
+
+    /// Chooses each video consumer's layer from the viewer's bandwidth estimate (or its pinned
+    /// quality); pauses video when even the lowest layer does not fit.
+    pub(super) fn allocate(&mut self, viewer_id: u64, now: Instant) {
+        let Some(viewer) = self.sessions.get(&viewer_id) else { return };
+        let Some(pub_id) = self.publisher_of(viewer) else { return };
+        let quality = viewer.spec.quality;
+        let producers = match (self.sessions.get(&pub_id), self.internal.get(&pub_id)) {
+            (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers,
+            (_, Some(p)) => &p.producers,
+            _ => return,
+        };
+        let audio_layer = producers.iter().find(|p| p.kind == MediaKind::Audio).map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
+        let video_layers: Option<Vec<LayerRate>> =
+            producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect());
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps, allocation, .. }, peer, .. }) = self.sessions.get_mut(&viewer_id) else { return };
+        let estimate = *estimate_bps;
+        let video = video_layers.as_ref().and_then(|l| allocation.choose(l, quality, estimate, now));
+        // A viewer held below the layer it would take with room to spare has its estimator probe
+        // toward that layer, or it could never climb back: the estimate does not rise above what
+        // is sent. A probe that finds no room is withdrawn and the next one waits longer.
+        if let Some(rate) = video_layers.as_ref().and_then(|l| allocation.probe(l, quality, estimate, now)) {
+            peer.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(rate as u64));
+        }
+        let targets: Vec<Option<LayerChoice>> = consumers.iter().map(|c| if c.kind == MediaKind::Audio { audio_layer } else { video }).collect();
+        for (c, t) in consumers.iter_mut().zip(targets) {
+            let new = t.map(|t| (pub_id, t));
+            if c.target != new {
+                tracing::debug!(mid = %c.mid, target = ?t, "layer target changed");
+                c.target = new;
+            }
+        }
+    }
+
+    pub(super) fn forward(&mut self, pub_id: u64, pkt: RtpPacket, now: Instant) {
+        let Some(publisher) = self.sessions.get_mut(&pub_id) else { return };
+        let ssrc = pkt.header.ssrc;
+        let Some((mid, rid)) = publisher.peer.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else { return };
+        let pt = pkt.header.payload_type;
+        let Some(codec) = publisher.peer.rtc.codec_config().params().iter().find(|p| p.pt() == pt).and_then(|p| to_codec(p.spec().codec)) else {
+            return;
+        };
+        let Role::Publisher { producers } = &mut publisher.role else { return };
+        let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
+        let kind = producer.kind;
+        note_layer(producer, rid, pkt.payload.len() + 12, now);
+        if !std::mem::replace(&mut producer.announced, true) {
+            self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video));
+        }
+        let ext = ExtensionValues {
+            audio_level: pkt.header.ext_vals.audio_level,
+            voice_activity: pkt.header.ext_vals.voice_activity,
+            video_orientation: pkt.header.ext_vals.video_orientation,
+            ..Default::default()
+        };
+        let fp = FwdPacket {
+            ssrc: *ssrc,
+            seq: *pkt.seq_no,
+            ts: pkt.header.timestamp,
+            marker: pkt.header.marker,
+            keyframe: kind == MediaKind::Video && is_keyframe(codec, &pkt.payload),
+            payload: pkt.payload,
+            codec,
+            kind,
+            mid,
+            rid,
+            ext,
+            arrival: pkt.timestamp,
+        };
+        let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
+        self.fan_out(pub_id, &room, &key, &fp, now, None);
+    }
+
+    /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
+    /// `only`. Returns nothing; viewers written to are marked dirty.
+    pub(super) fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
+        // Taps take one layer (the top one, or the only one); a mix job's tap skips mixes.
+        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) {
+            let is_mix = key.0.is_mix();
+            if let Some(taps) = self.taps.get(room) {
+                for (t, with_mixes) in taps {
+                    if is_mix && !with_mixes {
+                        continue;
+                    }
+                    self.out.push_back(SfuOutput::Tap(
+                        *t,
+                        TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() },
+                    ));
+                }
+            }
+        }
+        let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        match only {
+            Some(v) => ids.push(v),
+            None => ids.extend_from_slice(viewers),
+        }
+        let (kind, rid) = (fp.kind, fp.rid);
+        let mut want_keyframe = false;
+        let mut need_gop: Vec<u64> = Vec::new();
+        let internal = self.internal.contains_key(&pub_id);
+        for vid in &ids {
+            let Some(viewer) = self.sessions.get_mut(vid) else { continue };
+            if !viewer.connected {
+                continue;
+            }
+            let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed) else { continue };
+            let mut api = viewer.peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
+            let queued = tx.queue_info().map_or(0, |q| q.packet_count());
+            match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
+                Route::Skip => continue,
+                Route::WaitKeyframe => {
+                    want_keyframe = true;
+                    continue;
+                }
+                Route::ReplayGop => {
+                    need_gop.push(*vid);
+                    continue;
+                }
+                Route::Dropped { broken } => {
+                    self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
+                    want_keyframe |= broken && !internal;
+                    continue;
+                }
+                Route::Send { pt, seq, ts } => {
+                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
+                }
+            }
+            self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
+            if !viewer.dirty {
+                viewer.dirty = true;
+                self.dirty.push(*vid);
+            }
+        }
+        self.scratch_ids = ids;
+        if want_keyframe {
+            self.request_keyframe(pub_id, fp.mid, rid, now);
+        }
+        for vid in need_gop {
+            let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.packets().to_vec()).unwrap_or_default();
+            // The GOP starts with a keyframe: the replay begins at a frame, whatever the live
+            // packets did before. A viewer whose queue has no room for a keyframe waits for the
+            // source's next one instead; a GOP longer than the queue allows is cut at a frame.
+            let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
+            let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed) else { continue };
+            let mid = c.mid;
+            c.reset_gate();
+            let queued = viewer.peer.rtc.direct_api().stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()).map_or(0, |q| q.packet_count());
+            if queued >= MAX_QUEUED_PACKETS / 2 {
+                continue;
+            }
+            for cached in &gop {
+                self.fan_out(pub_id, room, key, cached, now, Some(vid));
+            }
+        }
+    }
+
+    /// Adds a publisher that is not a WebRTC peer (an RTMP publish or a pull ingest): its media
+    /// arrives through `push_packet`. Replaces an earlier publisher of the same (user, stream),
+    /// and returns the id of the internal publisher it replaced, whose connection the caller
+    /// should close (issue 10, defect 12).
+    pub fn add_internal_publisher(&mut self, spec: SessionSpec, now: Instant) -> (u64, Option<u64>) {
+        let id = self.next_id;
+        self.next_id += 1;
+        self.enter(id, &spec, now);
+        let join = self.take_join_order();
+        let room = self.rooms.entry(spec.room.clone()).or_default();
+        room.empty_since = None;
+        room.joined.entry(spec.user.clone()).or_insert(join);
+        let mut replaced = None;
+        if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
+            tracing::info!(room = %spec.room.room, user = %spec.user, "publisher replaced by a new session");
+            self.close_session(old, LeaveReason::Left, now);
+            if self.remove_internal_publisher(old, now) {
+                replaced = Some(old);
+            }
+        }
+        let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
+            .into_iter()
+            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: vec![Layer::new(None, now)], announced: false })
+            .collect();
+        tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
+        self.by_sid.insert(spec.sid.clone(), id);
+        self.internal.insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: GopCache::default() });
+        (id, replaced)
+    }
+
+    pub fn remove_internal_publisher(&mut self, id: u64, now: Instant) -> bool {
+        let Some(p) = self.internal.remove(&id) else { return false };
+        self.presence.left(id, LeaveReason::Left, now);
+        self.by_sid.remove(&p.spec.sid);
+        if let Some(room) = self.rooms.get_mut(&p.spec.room) {
+            let key = (p.spec.user.clone(), p.spec.stream);
+            if room.publishers.get(&key) == Some(&id) {
+                room.publishers.remove(&key);
+                room.forget_if_gone(&key.0);
+            }
+        }
+        tracing::info!(sid = %p.spec.sid, "internal publisher removed");
+        true
+    }
+
+    /// One RTP packet from an internal publisher. Video is cached from its last keyframe (at
+    /// most 4 s or 8 MiB) so a viewer that starts mid-GOP gets a picture at once.
+    pub fn push_packet(&mut self, id: u64, packet: IngestPacket, now: Instant) {
+        let Some(p) = self.internal.get_mut(&id) else { return };
+        let (kind, mid) = match packet.codec.kind() {
+            tessera_media::MediaKind::Audio => (MediaKind::Audio, INTERNAL_AUDIO_MID),
+            tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
+        };
+        if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
+            note_layer(producer, None, packet.payload.len() + 12, now);
+            if !std::mem::replace(&mut producer.announced, true) {
+                self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video));
+            }
+        }
+        let fp = FwdPacket {
+            ssrc: packet.ssrc,
+            seq: packet.seq,
+            ts: packet.ts,
+            marker: packet.marker,
+            keyframe: kind == MediaKind::Video && packet.keyframe,
+            payload: packet.payload,
+            codec: packet.codec,
+            kind,
+            mid: mid.into(),
+            rid: None,
+            ext: ExtensionValues::default(),
+            arrival: now,
+        };
+        if kind == MediaKind::Video {
+            p.gop.push(&fp, now);
+        }
+        let (room, key) = (p.spec.room.clone(), (p.spec.user.clone(), p.spec.stream));
+        self.fan_out(id, &room, &key, &fp, now, None);
+    }
+
+    pub(super) fn keyframe_request_from_viewer(&mut self, viewer_id: u64, mid: Mid, now: Instant) {
+        let Some(viewer) = self.sessions.get(&viewer_id) else { return };
+        let Some(pub_id) = self.publisher_of(viewer) else { return };
+        let Role::Viewer { consumers, .. } = &viewer.role else { return };
+        let Some(c) = consumers.iter().find(|c| c.mid == mid) else { return };
+        let rid = match c.current {
+            Some((p, rid)) if p == pub_id => rid,
+            _ => None,
+        };
+        if let Some(p) = self.internal.get_mut(&pub_id) {
+            // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
+            if p.keyframe_requests.try_request(now) {
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
+            }
+            return;
+        }
+        let pub_mid = match self.sessions.get(&pub_id) {
+            Some(Session { role: Role::Publisher { producers }, .. }) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
+            _ => None,
+        };
+        if let Some(pub_mid) = pub_mid {
+            self.request_keyframe(pub_id, pub_mid, rid, now);
+        }
+    }
+
+    /// Asks a producer for a keyframe, at most once per 500 ms per layer.
+    pub(super) fn request_keyframe(&mut self, pub_id: u64, mid: Mid, rid: Option<Rid>, now: Instant) {
+        let Some(s) = self.sessions.get_mut(&pub_id) else { return };
+        let Role::Publisher { producers } = &mut s.role else { return };
+        let Some(layer) = producers.iter_mut().find(|p| p.mid == mid).and_then(|p| p.layers.iter_mut().find(|l| l.rid == rid)) else { return };
+        if !layer.keyframe_requests.try_request(now) {
+            return;
+        }
+        if let Some(rx) = s.peer.rtc.direct_api().stream_rx_by_mid(mid, rid) {
+            rx.request_keyframe(KeyframeRequestKind::Pli);
+            self.counters.keyframe_requests.fetch_add(1, Ordering::Relaxed);
+            if !s.dirty {
+                s.dirty = true;
+                self.dirty.push(pub_id);
+            }
+        }
+    }
+}

@@ -1,0 +1,150 @@
+//! Unit tests of the SFU's sessions and rooms (forwarding is tested in `sfu_harness.rs`).
+
+use super::*;
+use crate::presence::{JoinInfo, RoomEvent};
+use tessera_model::{AppId, RoomId};
+use tessera_rtc::str0m::media::Direction;
+
+fn offer(dir: Direction, now: Instant) -> String {
+    let mut rtc = tessera_rtc::str0m::Rtc::builder().build(now);
+    let mut change = rtc.sdp_api();
+    change.add_media(MediaKind::Audio, dir, None, None, None);
+    change.add_media(MediaKind::Video, dir, None, None, None);
+    change.apply().expect("an offer").0.to_sdp_string()
+}
+
+fn key() -> RoomKey {
+    RoomKey { app: AppId::default_app(), room: RoomId::parse("r1").unwrap() }
+}
+
+fn spec(sid: &str, role: PeerRole) -> SessionSpec {
+    SessionSpec {
+        sid: sid.into(),
+        room: key(),
+        user: UserId::parse("alice").unwrap(),
+        role,
+        stream: StreamKind::Main,
+        source_user: (role == PeerRole::Play).then(|| UserId::parse("alice").unwrap()),
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+        join: match role {
+            PeerRole::Publish => JoinInfo::anchor(crate::presence::user_type::WHIP),
+            PeerRole::Play => JoinInfo { user_type: crate::presence::user_type::WHEP, terminal_type: 4, role: tessera_model::Role::Audience, info: None },
+        },
+    }
+}
+
+fn sfu(now: Instant) -> Sfu {
+    Sfu::new(vec!["127.0.0.1:9".parse().unwrap()], Duration::from_secs(10), now)
+}
+
+#[test]
+fn rooms_live_while_sessions_do_and_are_dismissed_after_the_empty_timeout() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    let answer = sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    assert!(answer.contains("a=ice-lite") && answer.contains("a=candidate"), "{answer}");
+    assert!(sfu.room_exists(&key()));
+    assert_eq!(sfu.stats(), SfuStats { rooms: 1, publishers: 1, viewers: 0, participants: vec![(crate::presence::user_type::WHIP, 1)] });
+    // A second publisher of the same (user, stream) replaces the first.
+    sfu.add_session(spec("pub2", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    assert_eq!(sfu.stats().publishers, 1);
+    assert!(sfu.session_info("pub").is_none());
+    sfu.add_session(spec("view", PeerRole::Play), &offer(Direction::RecvOnly, t0), t0).unwrap();
+    assert_eq!(sfu.stats().viewers, 1);
+    assert!(sfu.remove_session("pub2", t0).is_some());
+    assert!(sfu.remove_session("view", t0).is_some());
+    assert!(sfu.remove_session("view", t0).is_none());
+    // Empty now; dismissed once the empty timeout has passed (time is injected, no waiting).
+    let mut t = t0;
+    while t < t0 + Duration::from_secs(9) {
+        t += Duration::from_millis(500);
+        sfu.handle_timeout(t);
+    }
+    assert!(sfu.room_exists(&key()), "kept during the first 10 s");
+    while t < t0 + Duration::from_secs(11) {
+        t += Duration::from_millis(500);
+        sfu.handle_timeout(t);
+    }
+    assert!(!sfu.room_exists(&key()));
+    // One participant (alice: two publishers in turn and a viewer), one room: the
+    // replacement and the overlapping sessions make no events of their own.
+    let events: Vec<RoomEvent> = std::iter::from_fn(|| sfu.poll_output()).filter_map(|o| if let SfuOutput::Room(e) = o { Some(e) } else { None }).collect();
+    assert!(
+        matches!(
+            &events[..],
+            [
+                RoomEvent::RoomCreated { .. },
+                RoomEvent::Entered { reason: 1, .. },
+                RoomEvent::Exited { reason: 1, role: tessera_model::Role::Anchor, .. },
+                RoomEvent::RoomDismissed { .. }
+            ]
+        ),
+        "{events:?}"
+    );
+}
+
+#[test]
+fn viewer_sessions_are_counted_per_user_and_room() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    for i in 0..3 {
+        sfu.add_session(spec(&format!("v{i}"), PeerRole::Play), &offer(Direction::RecvOnly, t0), t0).unwrap();
+    }
+    sfu.add_session(spec("p", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    let alice = UserId::parse("alice").unwrap();
+    assert_eq!(sfu.viewer_sessions(&key(), &alice), 3);
+    assert_eq!(sfu.viewer_sessions(&key(), &UserId::parse("bob").unwrap()), 0);
+    sfu.remove_session("v1", t0);
+    assert_eq!(sfu.viewer_sessions(&key(), &alice), 2);
+}
+
+#[test]
+fn sessions_that_never_connect_are_dropped() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    let mut t = t0;
+    while t < t0 + CONNECT_TIMEOUT + Duration::from_secs(1) {
+        t += Duration::from_millis(250);
+        sfu.handle_timeout(t);
+    }
+    assert_eq!(sfu.stats().publishers, 0);
+}
+
+#[test]
+fn garbage_datagrams_are_dropped_without_harm() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    let mut seed = 0x9E3779B97F4A7C15u64;
+    for i in 0..2000u32 {
+        let mut buf = vec![0u8; (i % 300) as usize];
+        for b in &mut buf {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            *b = seed as u8;
+        }
+        // Some look like STUN, RTP or DTLS by their first byte.
+        if let Some(b) = buf.first_mut() {
+            *b = [0u8, 1, 22, 128, 200][i as usize % 5];
+        }
+        let src: SocketAddr = format!("10.0.0.{}:{}", i % 250 + 1, 1000 + i).parse().unwrap();
+        sfu.handle_datagram(t0, src, "127.0.0.1:9".parse().unwrap(), &buf);
+    }
+    sfu.flush(t0);
+    assert_eq!(sfu.stats().publishers, 1, "the session is untouched");
+    assert_eq!(sfu.counters.packets_forwarded.load(Ordering::Relaxed), 0);
+}
+
+#[test]
+fn offers_that_cannot_be_negotiated_are_refused() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    for bad in ["v=0\r\n", "garbage", "v=0\r\nm=audio 9 RTP/AVP 0\r\n"] {
+        let e = sfu.add_session(spec("x", PeerRole::Publish), bad, t0).unwrap_err();
+        assert_eq!(e.code(), "sdp_invalid", "{bad}");
+    }
+    assert_eq!(sfu.stats(), SfuStats::default());
+}
