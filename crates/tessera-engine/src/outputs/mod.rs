@@ -2,6 +2,7 @@
 //! with tapped media, and their state machines. Drivers in the server own sockets, files,
 //! threads and the clock.
 
+pub mod flv;
 pub mod recording;
 pub mod relay;
 pub mod tap_input;
