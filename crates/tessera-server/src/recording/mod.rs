@@ -33,11 +33,7 @@ use tessera_media::StreamKind;
 use tessera_model::{AppId, RoomId, UserId};
 use worker::Input;
 
-/// A poisoned lock still holds a consistent value (every writer leaves it whole): one
-/// panicking worker must not break every later GET of its task.
-pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+pub(crate) use crate::lock;
 
 #[derive(Debug, Clone)]
 pub struct RecordingSpec {

@@ -83,10 +83,7 @@ impl RelayTask {
     }
 }
 
-/// A poisoned lock still holds a consistent record (every writer replaces it whole).
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
+use crate::lock;
 
 /// A URL with its stream key cut, for logs.
 fn short(url: &str) -> String {
@@ -247,17 +244,11 @@ impl Relays {
     /// `PATCH urls`: added URLs start, removed ones go 5 → 0, listed ones in 0 or 4 restart.
     /// Returns once the relay's record shows the new list.
     pub async fn set_urls(&self, task: &RelayTask, urls: Vec<String>) {
-        let (done, applied) = oneshot::channel();
-        if task.commands.send(Command::SetUrls(urls, done)).is_ok() {
-            let _ = applied.await;
-        }
+        apply(task, |done| Command::SetUrls(urls, done)).await;
     }
 
     pub async fn set_source(&self, task: &RelayTask, source: SourceRef) {
-        let (done, applied) = oneshot::channel();
-        if task.commands.send(Command::SetSource(source, done)).is_ok() {
-            let _ = applied.await;
-        }
+        apply(task, |done| Command::SetSource(source, done)).await;
     }
 
     pub fn stop(&self, task: &RelayTask) {
@@ -270,6 +261,14 @@ impl Relays {
         for t in self.tasks.iter() {
             let _ = t.commands.send(Command::Stop(StopCause::Shutdown));
         }
+    }
+}
+
+/// Sends a change to the relay's task and waits until its record shows it.
+async fn apply(task: &RelayTask, command: impl FnOnce(oneshot::Sender<()>) -> Command) {
+    let (done, applied) = oneshot::channel();
+    if task.commands.send(command(done)).is_ok() {
+        let _ = applied.await;
     }
 }
 
