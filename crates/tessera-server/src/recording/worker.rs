@@ -358,11 +358,12 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
         }
         if started {
             let mut st = lock(&task.status);
-            let fresh: Vec<FileInfo> = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
             st.skipped_segments = w.writers.iter().map(|wr| wr.skipped).sum();
             st.clock_ms = control.clock_ms(Instant::now());
-            if fresh.len() != st.files.len() {
-                st.files = fresh;
+            // The list is rebuilt only when a segment was added (this runs for every packet).
+            let count = w.earlier.len() + w.writers.iter().map(|wr| wr.files.len()).sum::<usize>();
+            if count != st.files.len() {
+                st.files = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
                 drop(st);
                 // Every new segment is on record before the next one starts.
                 let _ = save(task, data_dir);
