@@ -195,18 +195,34 @@ pub fn remux_split(
     // and video stay aligned as recorded.
     let mut base_s: Option<f64> = None;
     let mut bytes = 0u64;
+    // Joined playlists are not one clock: a restarted recording continues its task clock where
+    // it stopped (so a frame can overlap), and after a discontinuity an input may start over.
+    // A stream that jumps back by more than a second is shifted to continue where it ended
+    // (per stream: a TS demuxer hands out one stream's first packet after the jump before the
+    // other's last one before it); smaller overlaps are nudged one tick forward. Muxers refuse a
+    // dts that goes back.
+    let mut shift_s = vec![0f64; params.len()];
+    let mut stream_end_s: Vec<Option<f64>> = vec![None; params.len()];
+    let mut last_dts: Vec<Option<i64>> = vec![None; params.len()];
     loop {
         let pick = next
             .iter()
             .enumerate()
             .filter_map(|(i, p)| p.as_ref().map(|p| (i, p)))
-            .min_by(|(ia, a), (ib, b)| seconds(a, &map[*ia]).partial_cmp(&seconds(b, &map[*ib])).unwrap_or(std::cmp::Ordering::Equal))
+            .min_by(|(ia, a), (ib, b)| shifted(a, &map[*ia], &shift_s).partial_cmp(&shifted(b, &map[*ib], &shift_s)).unwrap_or(std::cmp::Ordering::Equal))
             .map(|(i, _)| i);
         let Some(i) = pick else { break };
         let mut packet = next[i].take().expect("picked");
         next[i] = read_one(&mut ins[i]);
         let Some((oi, in_tb)) = map[i].get(packet.stream()).copied().flatten() else { continue };
-        let t = seconds(&packet, &map[i]);
+        let mut t = seconds(&packet, &map[i]) + shift_s[oi];
+        if let Some(end) = stream_end_s[oi] {
+            if t + 1.0 < end {
+                shift_s[oi] += end - t;
+                t = end;
+            }
+        }
+        stream_end_s[oi] = Some(t + packet.duration().max(0) as f64 * in_tb.numerator() as f64 / in_tb.denominator().max(1) as f64);
         let is_video = params[oi].medium() == ff::media::Type::Video;
         let boundary = !has_video || (is_video && packet.is_key());
         if let Some(b) = base_s {
@@ -216,14 +232,25 @@ pub fn remux_split(
                 (output, out_tbs) = open(&parts.last().expect("pushed").0)?;
                 base_s = None;
                 bytes = 0;
+                last_dts.iter_mut().for_each(|d| *d = None);
             }
         }
         let base_s = *base_s.get_or_insert(t);
         packet.rescale_ts(in_tb, out_tbs[oi]);
         let tb = out_tbs[oi];
-        let base = (base_s * tb.denominator() as f64 / tb.numerator().max(1) as f64).round() as i64;
-        packet.set_pts(packet.pts().map(|t| (t - base).max(0)));
-        packet.set_dts(packet.dts().map(|t| (t - base).max(0)));
+        let ticks = |s: f64| (s * tb.denominator() as f64 / tb.numerator().max(1) as f64).round() as i64;
+        let offset = ticks(shift_s[oi]) - ticks(base_s);
+        let mut dts = packet.dts().map(|t| (t + offset).max(0));
+        let mut pts = packet.pts().map(|t| (t + offset).max(0));
+        if let (Some(d), Some(last)) = (dts, last_dts[oi]) {
+            if d <= last {
+                dts = Some(last + 1);
+                pts = pts.map(|p| p.max(last + 1));
+            }
+        }
+        last_dts[oi] = dts.or(last_dts[oi]);
+        packet.set_pts(pts);
+        packet.set_dts(dts);
         let end = packet.pts().unwrap_or(0) + packet.duration();
         let last = parts.last_mut().expect("a part");
         last.1 = last.1.max(end as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64);
@@ -358,6 +385,10 @@ fn read_one(input: &mut ff::format::context::Input) -> Option<ff::Packet> {
     }
 }
 
+fn shifted(p: &ff::Packet, map: &[Option<(usize, ff::Rational)>], shift_s: &[f64]) -> f64 {
+    seconds(p, map) + map.get(p.stream()).copied().flatten().map(|(oi, _)| shift_s[oi]).unwrap_or(0.0)
+}
+
 fn seconds(p: &ff::Packet, map: &[Option<(usize, ff::Rational)>]) -> f64 {
     let tb = map.get(p.stream()).copied().flatten().map(|(_, tb)| tb).unwrap_or(ff::Rational(1, 90_000));
     p.dts().or(p.pts()).unwrap_or(0) as f64 * tb.numerator() as f64 / tb.denominator().max(1) as f64
@@ -419,6 +450,66 @@ mod tests {
         let audio_ts = dir.join("b.ts");
         let seg = TsSegment::create(&audio_ts, None, Some(&track)).unwrap();
         seg.finish().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// A 2 s A/V segment whose clock starts at `start_ms`.
+    fn segment(path: &Path, start_ms: i64) {
+        let mut enc = H264Encoder::new(EncoderSettings { width: 160, height: 96, fps: 25, kbps: 200, gop_frames: 25, preset: "ultrafast" }).unwrap();
+        let mut aac = AacEncoder::new(2, 96).unwrap();
+        let track = AudioTrack { sample_rate: 48_000, channels: 2, asc: aac.audio_specific_config().to_vec() };
+        let mut seg = TsSegment::create(path, Some((160, 96)), Some(&track)).unwrap();
+        let mut frame = ff::frame::Video::new(ff::format::Pixel::YUV420P, 160, 96);
+        let (mut out, mut audio) = (Vec::new(), Vec::new());
+        for i in 0..50i64 {
+            out.clear();
+            enc.encode(&mut frame, i * 40, &mut out).unwrap();
+            for e in &out {
+                seg.write_video(&e.data, start_ms + e.pts_ms, e.keyframe).unwrap();
+            }
+            audio.clear();
+            aac.push(&vec![0.1f32; 1920 * 2], &mut audio).unwrap();
+            for f in &audio {
+                seg.write_audio(&f.data, start_ms + (f.ts48 / 48) as i64).unwrap();
+            }
+        }
+        seg.finish().unwrap();
+    }
+
+    #[test]
+    fn joined_playlists_that_overlap_or_start_over_still_remux() {
+        let dir = std::env::temp_dir().join(format!("tessera-mux-join-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        // As a restarted recording writes them: the second part continues the task clock where
+        // the first stopped (its first frames overlap the first's last); the third starts over.
+        let starts = [0i64, 1_960, 0];
+        let mut playlist = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:3\n");
+        for (n, start) in starts.iter().enumerate() {
+            let ts = dir.join(format!("s{n}.ts"));
+            segment(&ts, *start);
+            if n > 0 {
+                playlist.push_str("#EXT-X-DISCONTINUITY\n");
+            }
+            playlist.push_str(&format!("#EXTINF:2.000,\n{}\n", ts.display()));
+        }
+        playlist.push_str("#EXT-X-ENDLIST\n");
+        let m3u8 = dir.join("joined.m3u8");
+        std::fs::write(&m3u8, playlist).unwrap();
+        let mp4 = dir.join("joined.mp4");
+        let duration = remux_to_mp4(&[&m3u8], &mp4).unwrap();
+        assert!((5.5..6.5).contains(&duration), "{duration}");
+        // Every packet arrived, each stream's dts strictly rising.
+        let mut input = ff::format::input(&mp4).unwrap();
+        let video = input.streams().best(ff::media::Type::Video).unwrap().index();
+        let mut last = [i64::MIN; 2];
+        let mut frames = 0;
+        while let Some(p) = read_one(&mut input) {
+            let d = p.dts().unwrap();
+            assert!(d > last[p.stream()], "stream {} dts {d} after {}", p.stream(), last[p.stream()]);
+            last[p.stream()] = d;
+            frames += usize::from(p.stream() == video);
+        }
+        assert_eq!(frames, 150);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }
