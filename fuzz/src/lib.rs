@@ -167,8 +167,8 @@ pub fn jwt(data: &[u8]) {
 
 /// `tasks/<id>.json` as read at start.
 pub fn task_file(data: &[u8]) {
-    let kind = tessera_server::task_file::KINDS[data.first().map_or(0, |b| *b as usize % 4)];
-    let _ = tessera_server::task_file::parse(data.get(1..).unwrap_or(&[]), "0123456789abcdef", kind);
+    let kind = tessera_tasks::task_file::KINDS[data.first().map_or(0, |b| *b as usize % 4)];
+    let _ = tessera_tasks::task_file::parse(data.get(1..).unwrap_or(&[]), "0123456789abcdef", kind);
 }
 
 /// The API's JSON request bodies (first byte picks the request).

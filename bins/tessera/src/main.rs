@@ -239,9 +239,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Merge { dir, mode, skip_gaps, av, fps, size, out_dir } => {
             use std::io::Write as _;
-            let options = tessera_server::merge::MergeOptions { dir, mode, skip_gaps, av, fps: fps.clamp(5, 120), size: size.map(|v| (v[0], v[1])), out_dir };
+            let options = tessera_tasks::merge::MergeOptions { dir, mode, skip_gaps, av, fps: fps.clamp(5, 120), size: size.map(|v| (v[0], v[1])), out_dir };
             let mut last = String::new();
-            let written = tessera_server::merge::run(&options, &mut |label, percent| {
+            let written = tessera_tasks::merge::run(&options, &mut |label, percent| {
                 let bar = "#".repeat(percent as usize / 5);
                 let line = format!("\rmerging {label} [{bar:<20}] {percent:>3}%");
                 if line != last {

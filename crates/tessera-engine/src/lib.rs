@@ -13,6 +13,7 @@ pub mod ingest;
 pub mod mcu;
 pub mod outputs;
 pub mod presence;
+pub mod rtmp_publisher;
 pub mod sfu;
 #[cfg(test)]
 mod sfu_harness;

@@ -69,6 +69,121 @@ impl EventInfo {
     }
 }
 
+/// A task's event (EVENTS.md §5, groups 3, 4, 7 and 8), typed: `code()` is its number and
+/// `into_info` puts it into the task's `EventInfo` (most as `Payload`, ingest events as fields).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(untagged, rename_all_fields = "PascalCase")]
+pub enum TaskEvent {
+    /// 301 (306 when `restarted`: resumed after a server restart).
+    RecordingStarted {
+        status: i64,
+        #[serde(skip)]
+        restarted: bool,
+    },
+    /// 302.
+    RecordingStopped { leave_code: u32 },
+    /// 303.
+    StorageReady { status: i64 },
+    /// 304: a playlist's first segment is stored.
+    PlaylistStored { file_list: Vec<String> },
+    /// 305: `Status` and `LeaveCode` carry the same value.
+    UploadStopped { status: i64, leave_code: i64 },
+    /// 307: a playlist's first segment is cut.
+    SegmentCut { file_name: String, user_id: String, track_type: String, media_id: String, begin_time_stamp: i64 },
+    /// 308.
+    StorageError { code: String, message: String },
+    /// 309 (recordings and mix jobs).
+    ImageError { url: String },
+    /// 310.
+    Mp4Stopped { status: i64, file_list: Vec<String>, file_message: Vec<FileMessage> },
+    /// 311: one final file committed.
+    FileCommitted { status: i64, errmsg: String, file_info: CommittedFile },
+    /// 312: the task is FINISHED; `Result` is RECORDING.md §5's document.
+    RecordingFinished { status: i64, result: Value },
+    /// 401.
+    RelayUrlStatus { url: String, status: u8, error_code: u32, error_msg: String },
+    /// 701: `Status` 0 started, 1 failed for good, 2 about to retry.
+    IngestStarted {
+        #[serde(skip)]
+        url: String,
+        #[serde(skip)]
+        status: i64,
+    },
+    /// 702 with its `Reason` word.
+    IngestStopped {
+        #[serde(skip)]
+        url: String,
+        #[serde(skip)]
+        reason: String,
+    },
+    /// 801.
+    MixStarted { status: i64, error_msg: String },
+    /// 802.
+    MixStopped { leave_code: u32 },
+}
+
+/// One entry of 310's `FileMessage`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct FileMessage {
+    pub file_name: String,
+    pub user_id: String,
+    pub track_type: String,
+    pub media_id: String,
+    pub start_time_stamp: i64,
+    pub end_time_stamp: i64,
+}
+
+/// 311's `FileInfo`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "PascalCase")]
+pub struct CommittedFile {
+    pub file_name: String,
+    pub user_id: String,
+    pub track_type: String,
+    pub media_id: String,
+    pub url: String,
+    pub size: u64,
+    pub start_time_stamp: i64,
+    pub end_time_stamp: i64,
+}
+
+impl TaskEvent {
+    pub fn code(&self) -> u16 {
+        match self {
+            TaskEvent::RecordingStarted { restarted: false, .. } => 301,
+            TaskEvent::RecordingStarted { restarted: true, .. } => 306,
+            TaskEvent::RecordingStopped { .. } => 302,
+            TaskEvent::StorageReady { .. } => 303,
+            TaskEvent::PlaylistStored { .. } => 304,
+            TaskEvent::UploadStopped { .. } => 305,
+            TaskEvent::SegmentCut { .. } => 307,
+            TaskEvent::StorageError { .. } => 308,
+            TaskEvent::ImageError { .. } => 309,
+            TaskEvent::Mp4Stopped { .. } => 310,
+            TaskEvent::FileCommitted { .. } => 311,
+            TaskEvent::RecordingFinished { .. } => 312,
+            TaskEvent::RelayUrlStatus { .. } => 401,
+            TaskEvent::IngestStarted { .. } => 701,
+            TaskEvent::IngestStopped { .. } => 702,
+            TaskEvent::MixStarted { .. } => 801,
+            TaskEvent::MixStopped { .. } => 802,
+        }
+    }
+
+    /// The event's `EventInfo` from the task's own (`EventInfo::task`).
+    pub fn into_info(self, task: EventInfo) -> EventInfo {
+        match self {
+            TaskEvent::IngestStarted { url, status } => EventInfo { url: Some(url), status: Some(status), ..task },
+            TaskEvent::IngestStopped { url, reason } => EventInfo { url: Some(url), status: Some(0), reason: Some(Value::String(reason)), ..task },
+            payload => {
+                let payload = serde_json::to_value(&payload).unwrap_or(Value::Null);
+                task.with_payload(payload)
+            }
+        }
+    }
+}
+
 /// One event as it waits in the outbox: everything but the per-attempt `CallbackTs`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Event {
@@ -162,6 +277,38 @@ impl RoomClocks {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn task_events_have_the_spec_shapes() {
+        let task = || EventInfo::task("r1", "rec_ab".into(), "ab");
+        let e = TaskEvent::RecordingStarted { status: 0, restarted: true };
+        assert_eq!(e.code(), 306);
+        assert_eq!(e.into_info(task()).payload, Some(json!({"Status": 0})));
+        let e = TaskEvent::UploadStopped { status: 2, leave_code: 2 };
+        assert_eq!(e.into_info(task()).payload, Some(json!({"Status": 2, "LeaveCode": 2})));
+        let file = CommittedFile {
+            file_name: "a.mp4".into(),
+            user_id: "u".into(),
+            track_type: "audio_video".into(),
+            media_id: "main".into(),
+            url: "/files/a.mp4".into(),
+            size: 9,
+            start_time_stamp: 1,
+            end_time_stamp: 2,
+        };
+        let e = TaskEvent::FileCommitted { status: 0, errmsg: String::new(), file_info: file };
+        assert_eq!(e.code(), 311);
+        assert_eq!(
+            e.into_info(task()).payload,
+            Some(json!({"Status": 0, "Errmsg": "", "FileInfo": {"FileName": "a.mp4", "UserId": "u", "TrackType": "audio_video", "MediaId": "main",
+                "Url": "/files/a.mp4", "Size": 9, "StartTimeStamp": 1, "EndTimeStamp": 2}}))
+        );
+        let e = TaskEvent::RelayUrlStatus { url: "rtmp://x/a/b".into(), status: 4, error_code: 1, error_msg: "refused".into() };
+        assert_eq!(e.into_info(task()).payload, Some(json!({"Url": "rtmp://x/a/b", "Status": 4, "ErrorCode": 1, "ErrorMsg": "refused"})));
+        // Ingest events carry their fields in EventInfo itself.
+        let info = TaskEvent::IngestStopped { url: "rtmp://s/a".into(), reason: "api".into() }.into_info(task());
+        assert_eq!((info.url.as_deref(), info.status, info.reason, info.payload), (Some("rtmp://s/a"), Some(0), Some(json!("api")), None));
+    }
 
     #[test]
     fn signature_test_vector() {

@@ -45,16 +45,6 @@ impl ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }
 
-    /// A task whose record could not be saved is not started (issue 10, defect 7): a full disk
-    /// is 507 `storage_full`, anything else 500.
-    pub fn task_not_saved(e: &std::io::Error) -> ApiError {
-        if e.kind() == std::io::ErrorKind::StorageFull {
-            ApiError::new(StatusCode::INSUFFICIENT_STORAGE, "storage_full", format!("the task could not be saved: {e}"))
-        } else {
-            ApiError::internal(format!("the task could not be saved: {e}"))
-        }
-    }
-
     pub fn internal(message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", message)
     }
@@ -110,5 +100,20 @@ impl From<crate::store::StoreError> for ApiError {
             StoreError::AppNotFound(a) => ApiError::new(StatusCode::UNAUTHORIZED, "app_unknown", format!("app '{a}' does not exist")),
             other => ApiError::internal(format!("could not save the change: {other}")),
         }
+    }
+}
+
+impl From<tessera_tasks::TaskError> for ApiError {
+    fn from(e: tessera_tasks::TaskError) -> ApiError {
+        use tessera_tasks::ErrorKind;
+        let status = match e.kind {
+            ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::Conflict => StatusCode::CONFLICT,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::StorageFull => StatusCode::INSUFFICIENT_STORAGE,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError { status, code: e.code, message: e.message, details: e.details, retry_after_s: None }
     }
 }

@@ -1,20 +1,19 @@
 //! RTMP ingest (PRODUCT.md §6.3): the TCP driver around `tessera_rtmp::RtmpPublishSession`.
 //! Each connection is a task: it authenticates the publish from the stream key, adds an ingest
-//! publisher to the SFU, turns FLV/AVC video into H.264 RTP and refuses what WebRTC viewers
-//! cannot take (B-frames, other codecs) with an `onStatus` error, then closes.
+//! publisher to the SFU and feeds the engine's `RtmpPublisher` (FLV → RTP, AAC → Opus); what
+//! that refuses (B-frames, other codecs, a missing privilege) goes back as an `onStatus` error,
+//! then the connection closes.
 
 use crate::api::AppState;
 use crate::entry::{check_entry, privilege_missing, verify_raw};
 use crate::error::ApiError;
-use std::sync::Arc;
 use std::time::Duration;
-use tessera_engine::{IngestPacket, PeerRole, Quality, SessionSpec};
-use tessera_media::{Codec, StreamKind};
+use tessera_engine::rtmp_publisher::RtmpPublisher;
+use tessera_engine::{PeerRole, Quality, SessionSpec};
+use tessera_media::StreamKind;
 use tessera_model::Privileges;
-use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, VideoTag};
 use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
 use tessera_rtmp::PublishTarget;
-use tessera_transcode::AacToOpus;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -22,8 +21,6 @@ use tokio::net::{TcpListener, TcpStream};
 const IDLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a refused connection stays open so the client can read why.
 const REFUSAL_LINGER: Duration = Duration::from_millis(500);
-/// RTP payload size for packetized H.264.
-const MAX_RTP_PAYLOAD: usize = 1200;
 
 pub async fn serve(listener: TcpListener, state: AppState) {
     // RTMP connections time out on their own (no data for 30 s); the listener caps and backs off.
@@ -86,13 +83,7 @@ async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(Ses
 
 struct Publishing {
     id: u64,
-    stream: StreamKind,
-    privileges: Privileges,
-    video: AvcToRtp,
-    ssrc: u32,
-    audio: Option<AacToOpus>,
-    audio_ssrc: u32,
-    audio_seq: u64,
+    media: RtmpPublisher,
 }
 
 async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), String> {
@@ -145,16 +136,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                             replaced_by_newer = Some(replaced);
                             session.accept_publish(request_id).map_err(|e| e.to_string())?;
                             tracing::info!(%room, %user, stream = %stream_kind, "RTMP publish started");
-                            publishing = Some(Publishing {
-                                id,
-                                stream: stream_kind,
-                                privileges,
-                                video: AvcToRtp::new(MAX_RTP_PAYLOAD),
-                                ssrc: tessera_model::random::ssrc(),
-                                audio: None,
-                                audio_ssrc: tessera_model::random::ssrc(),
-                                audio_seq: 1,
-                            });
+                            publishing = Some(Publishing { id, media: RtmpPublisher::new(stream_kind, privileges) });
                         }
                         Err(e) => {
                             tracing::warn!(code = e.code, "RTMP publish refused: {}", e.message);
@@ -162,48 +144,20 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                             close_after_write = Some(description(&e));
                         }
                     },
-                    RtmpEvent::Video { data, timestamp_ms } => {
+                    media @ (RtmpEvent::Video { .. } | RtmpEvent::Audio { .. }) => {
                         let Some(p) = publishing.as_mut() else { continue };
-                        let needed = if p.stream == StreamKind::Aux { Privileges::PUBLISH_AUX } else { Privileges::PUBLISH_VIDEO };
-                        if !p.privileges.contains(needed) {
-                            let e = privilege_missing(needed);
-                            session.reject_after_start(&description(&e)).map_err(|e| e.to_string())?;
-                            close_after_write = Some(description(&e));
-                            break;
-                        }
-                        let mut out = Vec::new();
-                        let parsed = VideoTag::parse(&data).and_then(|tag| p.video.on_tag(&tag, timestamp_ms, &mut out));
-                        if let Err(e) = parsed {
-                            tracing::warn!(code = e.code(), "RTMP publish refused: {e}");
-                            session.reject_after_start(&e.to_string()).map_err(|e| e.to_string())?;
-                            close_after_write = Some(e.to_string());
-                            break;
-                        }
-                        if !out.is_empty() {
-                            let packets = out
-                                .into_iter()
-                                .map(|o| IngestPacket {
-                                    ssrc: p.ssrc,
-                                    seq: o.seq,
-                                    ts: o.ts,
-                                    marker: o.marker,
-                                    keyframe: o.keyframe,
-                                    codec: Codec::H264,
-                                    payload: Arc::from(o.payload),
-                                })
-                                .collect();
-                            state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?;
-                        }
-                    }
-                    RtmpEvent::Audio { data, timestamp_ms } => {
-                        let Some(p) = publishing.as_mut() else { continue };
-                        match audio(p, &data, timestamp_ms) {
+                        let packets = match media {
+                            RtmpEvent::Video { data, timestamp_ms } => p.media.on_video(&data, timestamp_ms),
+                            RtmpEvent::Audio { data, timestamp_ms } => p.media.on_audio(&data, timestamp_ms),
+                            _ => continue,
+                        };
+                        match packets {
                             Ok(packets) if !packets.is_empty() => state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?,
                             Ok(_) => {}
-                            Err(reason) => {
-                                tracing::warn!("RTMP publish refused: {reason}");
-                                session.reject_after_start(&reason).map_err(|e| e.to_string())?;
-                                close_after_write = Some(reason);
+                            Err(refusal) => {
+                                tracing::warn!("RTMP publish refused: {refusal}");
+                                session.reject_after_start(&refusal.0).map_err(|e| e.to_string())?;
+                                close_after_write = Some(refusal.0);
                                 break;
                             }
                         }
@@ -241,39 +195,4 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
         let _ = state.rtc.remove_ingest(p.id).await;
     }
     result
-}
-
-/// AAC → Opus for one audio message: the sequence header sets up the transcoder, frames become
-/// 20 ms Opus RTP packets. Errors are the refusal's `<code>: <message>`.
-fn audio(p: &mut Publishing, data: &[u8], timestamp_ms: u32) -> Result<Vec<IngestPacket>, String> {
-    let needed = if p.stream == StreamKind::Aux { Privileges::PUBLISH_AUX } else { Privileges::PUBLISH_AUDIO };
-    if !p.privileges.contains(needed) {
-        return Err(description(&privilege_missing(needed)));
-    }
-    match AudioTag::parse(data).map_err(|e| e.to_string())? {
-        AudioTag::SequenceHeader(asc) => {
-            let config = AacConfig::parse(asc).map_err(|e| e.to_string())?;
-            if !matches!(config.sample_rate, 44_100 | 48_000) {
-                return Err(format!("codec_unsupported: AAC at {} Hz; send 44100 or 48000 Hz", config.sample_rate));
-            }
-            p.audio = Some(AacToOpus::new(asc).map_err(|e| format!("codec_unsupported: {e}"))?);
-            Ok(Vec::new())
-        }
-        AudioTag::Frame(frame) => {
-            let Some(t) = p.audio.as_mut() else { return Ok(Vec::new()) };
-            let mut out = Vec::new();
-            if let Err(e) = t.push(frame, timestamp_ms, &mut out) {
-                // One undecodable frame is a glitch, not a reason to drop the publisher.
-                tracing::debug!("AAC frame not decoded: {e}");
-            }
-            Ok(out
-                .into_iter()
-                .map(|f| {
-                    let seq = p.audio_seq;
-                    p.audio_seq += 1;
-                    IngestPacket { ssrc: p.audio_ssrc, seq, ts: f.ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data) }
-                })
-                .collect())
-        }
-    }
 }

@@ -52,12 +52,11 @@ impl Server {
         let tls = crate::tls::client_config(config.outbound_ca_file.as_deref()).map_err(StartError::Tls)?;
         let data_dir = DataDir::open_locked(&config.data_dir)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
-        let tasks_dir = data_dir.root().join("tasks");
         // Validated with the config; the default policy if the lists are empty.
-        if let Ok(policy) = crate::outbound::OutboundPolicy::from_lists(&config.security.outbound_deny, &config.security.outbound_allow) {
-            crate::outbound::install(policy);
+        if let Ok(policy) = tessera_tasks::outbound::OutboundPolicy::from_lists(&config.security.outbound_deny, &config.security.outbound_allow) {
+            tessera_tasks::outbound::install(policy);
         }
-        let state = AppState::new(config, store, rtc, Some(tasks_dir), tls);
+        let state = AppState::new(config, store, rtc, true, tls);
         Ok(Server { state, http, rtmp, rtmp_addr, http_addr, data_dir, first_start })
     }
 
@@ -136,10 +135,10 @@ impl Server {
         }
         let router = api::router(self.state.clone());
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
-        self.state.ingests.resume(&self.state.rtc);
-        self.state.recordings.resume(&self.state.config.data_dir, &self.state.rtc);
-        self.state.relays.resume(&self.state.rtc);
-        crate::mix_jobs::resume(&self.state).await;
+        self.state.tasks.ingests.resume(&self.state.rtc);
+        self.state.tasks.recordings.resume(&self.state.config.data_dir, &self.state.rtc);
+        self.state.tasks.relays.resume(&self.state.rtc);
+        tessera_tasks::mix_jobs::resume(&self.state.tasks).await;
         // Auto recording watches rooms once a second.
         let auto_state = self.state.clone();
         let auto = tokio::spawn(async move {
@@ -148,9 +147,9 @@ impl Server {
                 tick.tick().await;
                 let Ok(rooms) = auto_state.rtc.rooms_with_anchors().await else { continue };
                 let apps = auto_state.store.snapshot();
-                auto_state.recordings.auto_pass(&apps, &rooms, &auto_state.config.data_dir, &auto_state.rtc);
-                for (app, job) in auto_state.recordings.ended_owned_jobs() {
-                    auto_state.mix_jobs.stop_owned(&app, &job);
+                auto_state.tasks.recordings.auto_pass(&apps, &rooms, &auto_state.config.data_dir, &auto_state.rtc);
+                for (app, job) in auto_state.tasks.recordings.ended_owned_jobs() {
+                    auto_state.tasks.mix_jobs.stop_owned(&app, &job);
                 }
             }
         });
@@ -182,10 +181,10 @@ impl Server {
         };
         rtmp.abort();
         auto.abort();
-        self.state.ingests.shutdown();
-        self.state.mix_jobs.shutdown();
-        self.state.relays.shutdown();
-        self.state.recordings.shutdown().await;
+        self.state.tasks.ingests.shutdown();
+        self.state.tasks.mix_jobs.shutdown();
+        self.state.tasks.relays.shutdown();
+        self.state.tasks.recordings.shutdown().await;
         // Tasks report their ends as they stop; give those events a moment to reach the outbox.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.state.hooks.settle(Duration::from_secs(2)).await;

@@ -8,7 +8,6 @@ use crate::config::Config;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
@@ -33,24 +32,9 @@ fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
     move |source| StoreError::Io { path: path.to_owned(), source }
 }
 
-/// Writes `bytes` to `path` atomically and durably with the given permission bits.
-/// On failure the temporary file is removed (a full disk leaves no 0-byte `.tmp` behind).
+/// Writes `bytes` to `path` atomically and durably (`tessera_tasks::persist`).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), StoreError> {
-    let tmp = path.with_extension("tmp");
-    let written = (|| {
-        let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        drop(f);
-        fs::rename(&tmp, path)
-    })();
-    if let Err(e) = written {
-        let _ = fs::remove_file(&tmp);
-        return Err(io_err(path)(e));
-    }
-    let dir = path.parent().unwrap_or(Path::new("."));
-    File::open(dir).and_then(|d| d.sync_all()).map_err(io_err(dir))?;
-    Ok(())
+    tessera_tasks::persist::write_atomic(path, bytes, mode).map_err(|e| StoreError::Io { path: e.path, source: e.source })
 }
 
 /// The data dir. While a server runs it holds an exclusive lock on `tessera.lock`, so two

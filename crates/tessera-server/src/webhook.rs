@@ -22,6 +22,13 @@ use tessera_model::events::{self, attempt_start, Event, EventInfo, RoomClocks};
 use tessera_model::AppId;
 use tokio::sync::{mpsc, Semaphore};
 
+/// Tasks' events (groups 3, 4, 7, 8) are delivered like the rest.
+impl tessera_tasks::EventSink for Webhooks {
+    fn emit(&self, app: &AppId, code: u16, info: EventInfo) {
+        Webhooks::emit(self, app, code, info);
+    }
+}
+
 /// Attempts in flight per URL.
 const IN_FLIGHT_PER_URL: usize = 8;
 /// Events waiting for delivery, at most (issue 10, defect 9): a target that never answers

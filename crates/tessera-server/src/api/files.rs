@@ -102,7 +102,7 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
         }
         (None, Some(raw)) => {
             let token = crate::entry::verify_raw(&state, raw, false)?;
-            let task = state.recordings.owner_of(&app, &path).ok_or_else(no_such_file)?;
+            let task = state.tasks.recordings.owner_of(&app, &path).ok_or_else(no_such_file)?;
             let room = task.spec.lock().expect("spec").room.clone();
             if token.app != app || token.room != room {
                 return Err(ApiError::new(StatusCode::FORBIDDEN, "token_room_mismatch", "the token is not for this recording's room"));

@@ -4,7 +4,6 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::ingest::{IngestRecord, NewIngest};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -13,6 +12,7 @@ use serde_json::{json, Value};
 use tessera_engine::RoomKey;
 use tessera_media::StreamKind;
 use tessera_model::{RoomId, UserId};
+use tessera_tasks::ingest::{IngestRecord, NewIngest};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -85,18 +85,18 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     }
     // PRODUCT.md §12: concurrent ingests per app (`limits.concurrent_ingests_per_app`).
     let limit = state.config.limits.concurrent_ingests_per_app as usize;
-    if state.ingests.live_count(&caller.app) >= limit {
+    if state.tasks.ingests.live_count(&caller.app) >= limit {
         return Err(
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} ingests may run at once per app")).with_details(json!({"limit": limit}))
         );
     }
     let key = RoomKey { app: caller.app.clone(), room: room.clone() };
-    let busy =
-        state.ingests.publishes(&caller.app, &room, &user, stream) || state.rtc.is_published(key, user.clone(), stream).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let busy = state.tasks.ingests.publishes(&caller.app, &room, &user, stream)
+        || state.rtc.is_published(key, user.clone(), stream).await.map_err(|e| ApiError::internal(e.to_string()))?;
     if busy {
         return Err(ApiError::new(StatusCode::CONFLICT, "stream_busy", format!("user '{user}' already publishes its {stream} stream in room '{room}'")));
     }
-    let record = state.ingests.start(NewIngest { app: caller.app.clone(), room, user, stream, url: req.url, repeat }, state.rtc.clone());
+    let record = state.tasks.ingests.start(NewIngest { app: caller.app.clone(), room, user, stream, url: req.url, repeat }, state.rtc.clone());
     Ok((
         StatusCode::CREATED,
         Json(
@@ -106,31 +106,31 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.ingests.list(&caller.app).iter().map(view).collect();
+    let items = state.tasks.ingests.list(&caller.app).iter().map(view).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&task.record())))
 }
 
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateIngest>) -> ApiResult<Json<Value>> {
-    let task = state.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     check_url(&req.url)?;
     let current = task.record();
     if current.state.is_final() {
         return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", format!("the ingest is {}", current.state.as_str())).with_details(json!({"state": current.state})));
     }
-    state.ingests.switch(&task, req.url);
+    state.tasks.ingests.switch(&task, req.url);
     Ok(Json(view(&task.record())))
 }
 
 /// Stops the ingest and answers once the worker has let go of the room (at most ~2 s: its
 /// blocking read is interrupted).
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
-    state.ingests.stop(&task);
+    let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    state.tasks.ingests.stop(&task);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
     while !task.record().state.is_final() && std::time::Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;

@@ -5,40 +5,40 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::ApiResult;
-use crate::mix_jobs::{apply_patch, find, start_job, view};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde_json::Value;
 use std::time::Duration;
 use tessera_engine::mcu::MixState;
+use tessera_tasks::mix_jobs::{apply_patch, find, start_job, view};
 
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(body): ApiJson<Value>) -> ApiResult<(StatusCode, Json<Value>)> {
-    let (id, job) = start_job(&state, &caller.app, body, None).await?;
+    let (id, job) = start_job(&state.tasks, &caller.app, body, None).await?;
     Ok((StatusCode::CREATED, Json(view(&id, &job))))
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.mix_jobs.jobs.iter().filter(|j| j.app == caller.app).map(|j| view(j.key(), j.value())).collect();
+    let items = state.tasks.mix_jobs.jobs.iter().filter(|j| j.app == caller.app).map(|j| view(j.key(), j.value())).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let job = find(&state, &caller.app, &id)?;
+    let job = find(&state.tasks, &caller.app, &id)?;
     Ok(Json(view(&id, &job)))
 }
 
 /// Each section present replaces that section entirely; applied at the job's next frame.
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(body): ApiJson<Value>) -> ApiResult<Json<Value>> {
-    apply_patch(&state, &caller.app, &id, body).await.map(Json)
+    Ok(Json(apply_patch(&state.tasks, &caller.app, &id, body).await?))
 }
 
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let job = find(&state, &caller.app, &id)?;
+    let job = find(&state.tasks, &caller.app, &id)?;
     job.handle.stop();
     let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
-    if let Some(relay) = relay_id.and_then(|r| state.relays.get(&caller.app, &r)) {
-        state.relays.stop(&relay);
+    if let Some(relay) = relay_id.and_then(|r| state.tasks.relays.get(&caller.app, &r)) {
+        state.tasks.relays.stop(&relay);
     }
     let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while job.handle.status().state != MixState::Stopped && std::time::Instant::now() < deadline {

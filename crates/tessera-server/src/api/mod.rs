@@ -41,10 +41,8 @@ pub struct Shared {
     pub key_rate: auth::RateLimiter,
     /// Task-changing calls, per app (PRODUCT.md §10: 20/s, burst 40).
     pub task_rate: auth::RateLimiter,
-    pub ingests: crate::ingest::Ingests,
-    pub mix_jobs: crate::mix_jobs::MixJobs,
-    pub relays: crate::relay::Relays,
-    pub recordings: crate::recording::Recordings,
+    /// Relays, recordings, ingests and mix jobs.
+    pub tasks: tessera_tasks::Tasks,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -59,16 +57,16 @@ impl std::ops::Deref for AppState {
 }
 
 impl AppState {
-    /// `tls` is the client set-up of outgoing connections (`crate::tls::client_config`).
-    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, tasks_dir: Option<std::path::PathBuf>, tls: Arc<rustls::ClientConfig>) -> AppState {
+    /// `tls` is the client set-up of outgoing connections (`crate::tls::client_config`);
+    /// `persist_tasks: false` keeps task files out of the data dir (tests, tools).
+    pub fn new(config: Config, store: AppStore, rtc: tessera_engine::RtcHandle, persist_tasks: bool, tls: Arc<rustls::ClientConfig>) -> AppState {
         let metrics = Metrics::new(VERSION);
         let store = Arc::new(store);
         let hooks = crate::webhook::Webhooks::new(store.clone(), metrics.webhook_deliveries.clone(), tls.clone());
+        let events = tessera_tasks::Events::new(Arc::new(hooks.clone()));
+        let tasks = tessera_tasks::Tasks::new(rtc.clone(), events, config.data_dir.clone(), persist_tasks, config.limits.concurrent_mix_jobs, tls);
         AppState(Arc::new(Shared {
-            ingests: crate::ingest::Ingests::new(tasks_dir.clone(), hooks.clone()),
-            mix_jobs: crate::mix_jobs::MixJobs::default(),
-            relays: crate::relay::Relays::new(tasks_dir.clone(), hooks.clone(), tls),
-            recordings: crate::recording::Recordings::new(hooks.clone()),
+            tasks,
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
@@ -173,10 +171,10 @@ async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.rtc.stats().await.unwrap_or_default();
     state.metrics.observe_sfu(&stats, &state.rtc.counters);
     state.metrics.observe_tasks(&crate::metrics::TaskCounts {
-        mix_jobs: state.mix_jobs.running() as i64,
-        relay_urls: state.relays.all_url_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
-        recordings: state.recordings.tasks.iter().map(|t| (t.status.lock().expect("status").state.to_string(), 1)).collect(),
-        ingests: state.ingests.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
+        mix_jobs: state.tasks.mix_jobs.running() as i64,
+        relay_urls: state.tasks.relays.all_url_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
+        recordings: state.tasks.recordings.tasks.iter().map(|t| (t.status.lock().expect("status").state.to_string(), 1)).collect(),
+        ingests: state.tasks.ingests.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
     });
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }
@@ -265,7 +263,7 @@ pub mod fuzzing {
             8 => drop(parse::<serde_json::Map<String, serde_json::Value>>(bytes)),
             _ => {
                 if let Ok(v) = parse::<serde_json::Value>(bytes) {
-                    let _ = crate::mix_jobs::check_body(&v);
+                    let _ = tessera_tasks::mix_jobs::check_body(&v);
                 }
             }
         }

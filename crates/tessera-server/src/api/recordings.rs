@@ -4,7 +4,6 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::recording::{Mode, RecordingSpec, RecordingState, RecordingTask};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -14,6 +13,7 @@ use std::time::Duration;
 use tessera_engine::mcu::Subscribe;
 use tessera_media::StreamKind;
 use tessera_model::{RoomId, UserId};
+use tessera_tasks::recording::{Mode, RecordingSpec, RecordingState, RecordingTask};
 
 #[derive(Debug, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -166,7 +166,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         "mixed" => match (req.mix_job_id, req.mix.clone()) {
             (Some(job), None) => {
                 let user = UserId::parse(&format!("mix_{job}")).map_err(|e| bad("mix_job_id", &e.reason))?;
-                if !state.mix_jobs.exists(&caller.app, &job) {
+                if !state.tasks.mix_jobs.exists(&caller.app, &job) {
                     return Err(ApiError::not_found("task_not_found", format!("the app has no mix job with id '{job}'")));
                 }
                 Mode::Mixed { mix_user: user, owned_job: None }
@@ -184,7 +184,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         _ => return Err(bad("mode", "must be 'single' or 'mixed'")),
     };
     let limit = state.config.limits.concurrent_recordings_per_app as usize;
-    if state.recordings.live_count(&caller.app) >= limit {
+    if state.tasks.recordings.live_count(&caller.app) >= limit {
         return Err(
             ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} recordings may run at once per app")).with_details(json!({"limit": limit}))
         );
@@ -193,7 +193,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         Mode::Mixed { owned_job: Some(_), .. } => {
             let mut body = req_mix.unwrap_or_default();
             body["room"] = json!(room);
-            let (job_id, _) = crate::mix_jobs::start_job(&state, &caller.app, body, None).await?;
+            let (job_id, _) = tessera_tasks::mix_jobs::start_job(&state.tasks, &caller.app, body, None).await?;
             Mode::Mixed { mix_user: UserId::parse(&format!("mix_{job_id}")).map_err(|e| ApiError::internal(e.reason))?, owned_job: Some(job_id) }
         }
         other => other,
@@ -201,22 +201,22 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     let id = tessera_model::TaskId::generate().as_str().to_owned();
     let spec =
         RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
-    let task = state.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone()).map_err(|e| ApiError::task_not_saved(&e))?;
+    let task = state.tasks.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone())?;
     Ok((StatusCode::CREATED, Json(view(&id, &task))))
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.recordings.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == caller.app).map(|t| view(t.key(), t.value())).collect();
+    let items = state.tasks.recordings.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == caller.app).map(|t| view(t.key(), t.value())).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&id, &task)))
 }
 
 pub async fn result(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let st = task.status.lock().expect("status").clone();
     if st.state != RecordingState::Finished {
         return Err(
@@ -238,7 +238,7 @@ async fn wait_for(task: &RecordingTask, states: &[RecordingState]) {
 }
 
 pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
     if current != RecordingState::Recording {
         return Err(invalid_state(current));
@@ -249,7 +249,7 @@ pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<C
 }
 
 pub async fn resume(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
     if current != RecordingState::Paused {
         return Err(invalid_state(current));
@@ -272,7 +272,7 @@ pub struct UpdateRecording {
 }
 
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRecording>) -> ApiResult<Json<Value>> {
-    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
     if current.is_final() {
         return Err(invalid_state(current));
@@ -286,7 +286,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
         if let Some(k) = m.keys().find(|k| !["layout", "audio"].contains(&k.as_str())) {
             return Err(bad(&format!("mix.{k}"), "only layout and audio can change"));
         }
-        crate::mix_jobs::apply_patch(&state, &caller.app, &owned, mix).await?;
+        tessera_tasks::mix_jobs::apply_patch(&state.tasks, &caller.app, &owned, mix).await?;
     }
     let mut spec = task.spec.lock().expect("spec");
     if let Some(sub) = req.subscribe {
@@ -309,7 +309,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 }
 
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     task.stop();
     // An owned mix job stops with its recording (RECORDING.md §2).
     let owned = match &task.spec.lock().expect("spec").mode {
@@ -317,7 +317,7 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
         _ => None,
     };
     if let Some(job) = owned {
-        state.mix_jobs.stop_owned(&caller.app, &job);
+        state.tasks.mix_jobs.stop_owned(&caller.app, &job);
     }
     wait_for(&task, &[RecordingState::Stopped, RecordingState::Finished]).await;
     Ok(Json(view(&id, &task)))

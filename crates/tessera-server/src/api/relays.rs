@@ -4,7 +4,6 @@ use super::auth::Caller;
 use super::json::ApiJson;
 use super::{ApiQuery, AppState, ListQuery, Page};
 use crate::error::{ApiError, ApiResult};
-use crate::relay::{check_urls, NewRelay, RelayMedia, RelayRecord, RelayState, SourceRef};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -13,6 +12,7 @@ use serde_json::{json, Value};
 use std::time::Duration;
 use tessera_media::StreamKind;
 use tessera_model::{RoomId, UserId};
+use tessera_tasks::relay::{check_urls, NewRelay, RelayMedia, RelayRecord, RelayState, SourceRef};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -81,33 +81,33 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if !(1..=86_400).contains(&idle) {
         return Err(ApiError::invalid_parameter("max_idle_time", "must be 1 to 86400 seconds"));
     }
-    if let Some(u) = req.urls.iter().find(|u| state.relays.url_in_use(u, None)) {
+    if let Some(u) = req.urls.iter().find(|u| state.tasks.relays.url_in_use(u, None)) {
         return Err(url_in_use(u));
     }
     // Each relay costs a worker thread and a connection per URL (issue 10, defect 15).
     let limit = state.config.limits.concurrent_relays_per_app as usize;
-    if state.relays.live_count(&caller.app) >= limit {
+    if state.tasks.relays.live_count(&caller.app) >= limit {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} relays may run at once per app")).with_details(json!({"limit": limit})));
     }
     let record = state
+        .tasks
         .relays
-        .start(NewRelay { resumed: None, app: caller.app.clone(), room, source, media, urls: req.urls, max_idle: Duration::from_secs(idle), owner: None }, state.rtc.clone())
-        .map_err(|e| ApiError::task_not_saved(&e))?;
+        .start(NewRelay { resumed: None, app: caller.app.clone(), room, source, media, urls: req.urls, max_idle: Duration::from_secs(idle), owner: None }, state.rtc.clone())?;
     Ok((StatusCode::CREATED, Json(view(&record))))
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.relays.list(&caller.app).iter().map(view).collect();
+    let items = state.tasks.relays.list(&caller.app).iter().map(view).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&task.record())))
 }
 
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRelay>) -> ApiResult<Json<Value>> {
-    let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let record = task.record();
     if record.state == RelayState::Stopped {
         return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "the relay has stopped").with_details(json!({"state": "STOPPED"})));
@@ -118,23 +118,23 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     let new_source = req.source.as_ref().map(source).transpose()?;
     if let Some(urls) = &req.urls {
         check_urls(urls)?;
-        if let Some(u) = urls.iter().find(|u| state.relays.url_in_use(u, Some(&id))) {
+        if let Some(u) = urls.iter().find(|u| state.tasks.relays.url_in_use(u, Some(&id))) {
             return Err(url_in_use(u));
         }
     }
     if let Some(s) = new_source {
-        state.relays.set_source(&task, s).await;
+        state.tasks.relays.set_source(&task, s).await;
     }
     if let Some(urls) = req.urls {
-        state.relays.set_urls(&task, urls).await;
+        state.tasks.relays.set_urls(&task, urls).await;
     }
     Ok(Json(view(&task.record())))
 }
 
 /// Stops the relay: every URL goes 5 → 0; answers once that is done (at most ~3 s).
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
-    let task = state.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
-    state.relays.stop(&task);
+    let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
+    state.tasks.relays.stop(&task);
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     while task.record().state != RelayState::Stopped && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;

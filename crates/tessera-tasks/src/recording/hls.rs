@@ -3,10 +3,10 @@
 //! happens when the storage refuses a file (308, skipped segments, a 10-minute limit).
 
 use super::{FileInfo, TaskEvents};
-use crate::store::write_atomic;
-use serde_json::json;
+use crate::persist::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tessera_model::events::TaskEvent;
 use tessera_transcode::mux::{AudioTrack, TsSegment};
 
 /// Where a recording's finished files go (RECORDING.md §7). Files are written to the spool
@@ -244,8 +244,14 @@ impl HlsWriter {
         }
         if self.files.len() == 1 {
             // The playlist's first segment is stored: 307 names it, 304 the playlist.
-            self.events.emit(307, json!({"FileName": seg.name, "UserId": self.user_id, "TrackType": self.track_type, "MediaId": self.media_id, "BeginTimeStamp": self.start_rec_time.unwrap_or(seg.begin_unix)}));
-            self.events.emit(304, json!({"FileList": [self.playlist]}));
+            self.events.emit(TaskEvent::SegmentCut {
+                file_name: seg.name.clone(),
+                user_id: self.user_id.clone(),
+                track_type: self.track_type.to_string(),
+                media_id: self.media_id.clone(),
+                begin_time_stamp: self.start_rec_time.unwrap_or(seg.begin_unix),
+            });
+            self.events.emit(TaskEvent::PlaylistStored { file_list: vec![self.playlist.clone()] });
         }
         Ok(())
     }

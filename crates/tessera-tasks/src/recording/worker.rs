@@ -8,7 +8,6 @@
 use super::files::{finish_task, listed_files, scan_playlists};
 use super::hls::{id_in_name, HlsWriter, LocalStorage, Storage};
 use super::{lock, save, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
-use serde_json::json;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +18,7 @@ use tessera_engine::outputs::recording::{Mode, RecordingControl, RecordingEvent,
 use tessera_engine::outputs::tap_input::{OpusToAac, VideoInput, VideoUnit};
 use tessera_engine::{PublisherInfo, RoomKey, RtcHandle, TapPacket};
 use tessera_media::{h264, Codec, KeyframeThrottle, StreamKind};
+use tessera_model::events::TaskEvent;
 use tessera_model::UserId;
 use tessera_transcode::decode::{AacEncoder, VideoCodec, VideoDecoder};
 use tessera_transcode::mux::AudioTrack;
@@ -233,8 +233,8 @@ fn work(
         let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
         // 301 (or 306 after a crash restart), then 303 for the storage.
         let status = if tapped { 0 } else { 1 };
-        events.emit(if restarts > 0 { 306 } else { 301 }, json!({"Status": status}));
-        events.emit(303, json!({"Status": if ready.is_ok() { 0 } else { 1 }}));
+        events.emit(TaskEvent::RecordingStarted { status, restarted: restarts > 0 });
+        events.emit(TaskEvent::StorageReady { status: if ready.is_ok() { 0 } else { 1 } });
         ready.map_err(|e| e.to_string())?;
         record(&task, &mut w, &inputs, &queued, &data_dir)
     })();
@@ -267,9 +267,9 @@ fn work(
         st.error = error.clone();
     }
     let _ = save(&task, &data_dir);
-    events.emit(302, json!({"LeaveCode": code}));
+    events.emit(TaskEvent::RecordingStopped { leave_code: code });
     let stored = if all_stored { 0 } else { 1 };
-    events.emit(305, json!({"Status": stored, "LeaveCode": stored}));
+    events.emit(TaskEvent::UploadStopped { status: stored, leave_code: stored });
     finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
     let _ = save(&task, &data_dir);
     task.working.store(false, Ordering::SeqCst);

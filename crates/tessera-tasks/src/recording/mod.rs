@@ -18,7 +18,7 @@ mod worker;
 pub use hls::{id_in_name, utc17, LocalStorage, Storage};
 pub use tessera_engine::outputs::recording::{Mode, RecordingState};
 
-use crate::store::write_atomic;
+use crate::persist::write_atomic;
 use dashmap::DashMap;
 use serde::Serialize;
 use serde_json::{json, Value};
@@ -30,10 +30,11 @@ use std::time::Duration;
 use tessera_engine::outputs::recording::Selection;
 use tessera_engine::{RoomKey, RtcHandle};
 use tessera_media::StreamKind;
+use tessera_model::events::TaskEvent;
 use tessera_model::{AppId, RoomId, UserId};
 use worker::Input;
 
-pub(crate) use crate::lock;
+pub use crate::lock;
 
 #[derive(Debug, Clone)]
 pub struct RecordingSpec {
@@ -54,7 +55,7 @@ pub struct RecordingSpec {
 
 impl RecordingSpec {
     /// Where the task's files go (RECORDING.md §7), its spool, and their URL prefix.
-    pub(crate) fn places(&self, data_dir: &Path) -> (PathBuf, PathBuf, String) {
+    pub fn places(&self, data_dir: &Path) -> (PathBuf, PathBuf, String) {
         let mut rel = PathBuf::new();
         if !self.prefix.is_empty() {
             rel.push(&self.prefix);
@@ -64,19 +65,19 @@ impl RecordingSpec {
         (data_dir.join("recordings").join(self.app.as_str()).join(rel), data_dir.join("spool").join(&self.id), url_base)
     }
 
-    pub(crate) fn hls_kept(&self) -> bool {
+    pub fn hls_kept(&self) -> bool {
         self.format.starts_with("hls")
     }
-    pub(crate) fn mp4(&self) -> bool {
+    pub fn mp4(&self) -> bool {
         self.format.contains("mp4")
     }
-    pub(crate) fn aac(&self) -> bool {
+    pub fn aac(&self) -> bool {
         self.format.contains("aac")
     }
-    pub(crate) fn wants_video(&self) -> bool {
+    pub fn wants_video(&self) -> bool {
         self.content != "audio"
     }
-    pub(crate) fn wants_audio(&self) -> bool {
+    pub fn wants_audio(&self) -> bool {
         self.content != "video"
     }
 }
@@ -180,7 +181,7 @@ impl RecordingTask {
 }
 
 pub struct Recordings {
-    hooks: crate::webhook::Webhooks,
+    hooks: crate::Events,
     pub tasks: DashMap<String, Arc<RecordingTask>>,
     /// Auto recording (RECORDING.md §6): the live auto task of each room, and the rooms that
     /// were already publishing when the setting was found on (they are not recorded).
@@ -195,7 +196,7 @@ struct AutoState {
 }
 
 impl Recordings {
-    pub fn new(hooks: crate::webhook::Webhooks) -> Recordings {
+    pub fn new(hooks: crate::Events) -> Recordings {
         Recordings { hooks, tasks: DashMap::new(), auto: Mutex::default() }
     }
 
@@ -223,7 +224,7 @@ impl Recordings {
         self.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == *app && !t.state().is_final()).count()
     }
 
-    pub fn start(&self, spec: RecordingSpec, data_dir: PathBuf, rtc: RtcHandle) -> std::io::Result<Arc<RecordingTask>> {
+    pub fn start(&self, spec: RecordingSpec, data_dir: PathBuf, rtc: RtcHandle) -> crate::TaskResult<Arc<RecordingTask>> {
         let task = Arc::new(RecordingTask {
             spec: Mutex::new(spec.clone()),
             status: Mutex::new(RecordingStatus {
@@ -264,7 +265,7 @@ impl Recordings {
     /// One pass of auto recording: a room of an app with `auto_recording.enabled` whose anchors
     /// start publishing gets a single-stream recording with the app's settings; the task's
     /// `max_idle_time` is `resume_wait_s`, so a short interruption keeps one task.
-    pub fn auto_pass(&self, apps: &crate::store::Apps, rooms: &[RoomKey], data_dir: &Path, rtc: &RtcHandle) {
+    pub fn auto_pass(&self, apps: &std::collections::BTreeMap<AppId, tessera_model::App>, rooms: &[RoomKey], data_dir: &Path, rtc: &RtcHandle) {
         let mut auto = self.auto.lock().expect("auto");
         for (app_id, app) in apps.iter() {
             let settings = &app.auto_recording;
@@ -322,7 +323,7 @@ impl Recordings {
 }
 
 /// Saves the task's spec and state to `tasks/<id>.json` (RECORDING.md §8: fsync'd on change).
-fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), crate::store::StoreError> {
+fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), crate::persist::PersistError> {
     let spec = task.spec.lock().expect("spec").clone();
     let st = task.status.lock().expect("status").clone();
     let (mode, streams, split, mix_user, owned_job) = match &spec.mode {
@@ -423,7 +424,7 @@ impl Recordings {
                 tracing::warn!(recording = %spec.id, "recording ended after a restart; its files are kept");
                 let events = TaskEvents::new(&self.hooks, &spec);
                 if state != RecordingState::Stopped {
-                    events.emit(302, json!({"LeaveCode": 104}));
+                    events.emit(TaskEvent::RecordingStopped { leave_code: 104 });
                 }
                 files::finish_task(&task, &spec, &final_dir, &spool, &url_base, None, &events);
                 let _ = save(&task, data_dir);
@@ -441,24 +442,23 @@ impl Recordings {
 /// A recording's events (EVENTS.md group 3): its room, user `rec_<id>` and task id.
 #[derive(Clone)]
 pub struct TaskEvents {
-    hooks: crate::webhook::Webhooks,
+    hooks: crate::Events,
     app: AppId,
     room: RoomId,
     id: String,
 }
 
 impl TaskEvents {
-    pub(crate) fn new(hooks: &crate::webhook::Webhooks, spec: &RecordingSpec) -> TaskEvents {
+    pub fn new(hooks: &crate::Events, spec: &RecordingSpec) -> TaskEvents {
         TaskEvents { hooks: hooks.clone(), app: spec.app.clone(), room: spec.room.clone(), id: spec.id.clone() }
     }
 
-    pub(crate) fn emit(&self, code: u16, payload: Value) {
-        let info = tessera_model::events::EventInfo::task(self.room.as_str(), format!("rec_{}", self.id), &self.id).with_payload(payload);
-        self.hooks.emit(&self.app, code, info);
+    pub fn emit(&self, event: TaskEvent) {
+        self.hooks.task(&self.app, &self.room, format!("rec_{}", self.id), &self.id, event);
     }
 
     /// 308: the storage refused a file.
-    pub(crate) fn storage_error(&self, message: &str) {
-        self.emit(308, json!({"Code": "StorageWriteFailed", "Message": message}));
+    pub fn storage_error(&self, message: &str) {
+        self.emit(TaskEvent::StorageError { code: "StorageWriteFailed".into(), message: message.into() });
     }
 }

@@ -8,7 +8,7 @@
 //! registry, the record saved to `tasks/<id>.json` at every change of state (a restarted server
 //! resumes the tasks that were still live), events 701/702, and the blocking source.
 
-use crate::store::write_atomic;
+use crate::persist::write_atomic;
 use dashmap::DashMap;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use tessera_engine::ingest::{IngestEvent, IngestMachine, IngestMedia, IngestRtp, Pacer};
 use tessera_engine::{PeerRole, Quality, RoomKey, RtcHandle, SessionSpec};
 use tessera_media::StreamKind;
+use tessera_model::events::TaskEvent;
 use tessera_model::{AppId, RoomId, UserId};
 use tessera_transcode::source::{Interrupt, PullSource, SourceError, SourceMedia, VideoData};
 
@@ -55,26 +56,18 @@ pub struct IngestTask {
     /// start resumes the task.
     shutting_down: std::sync::atomic::AtomicBool,
     tasks_dir: Option<PathBuf>,
-    hooks: crate::webhook::Webhooks,
+    hooks: crate::Events,
 }
 
 impl IngestTask {
-    fn new(record: IngestRecord, tasks_dir: Option<PathBuf>, hooks: crate::webhook::Webhooks) -> IngestTask {
+    fn new(record: IngestRecord, tasks_dir: Option<PathBuf>, hooks: crate::Events) -> IngestTask {
         IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir, hooks }
     }
 
     /// Event 701 (`status`: 0 started, 1 failed for good, 2 about to retry) or 702 (`reason`).
-    fn report(&self, code: u16, status: i64, reason: Option<&str>) {
+    fn report(&self, event: impl FnOnce(String) -> TaskEvent) {
         let r = self.record();
-        let info = tessera_model::events::EventInfo {
-            task_id: Some(r.id.clone()),
-            user_id: Some(r.user.to_string()),
-            url: Some(r.url.clone()),
-            status: Some(status),
-            reason: reason.map(|w| serde_json::Value::String(w.to_string())),
-            ..tessera_model::events::EventInfo::room(r.room.as_str())
-        };
-        self.hooks.emit(&r.app, code, info);
+        self.hooks.task(&r.app, &r.room, r.user.to_string(), &r.id, event(r.url.clone()));
     }
 
     pub fn record(&self) -> IngestRecord {
@@ -117,7 +110,7 @@ fn save(dir: Option<&PathBuf>, record: &IngestRecord) {
 
 /// Every ingest of the server.
 pub struct Ingests {
-    hooks: crate::webhook::Webhooks,
+    hooks: crate::Events,
     tasks: DashMap<String, Arc<IngestTask>>,
     tasks_dir: Option<PathBuf>,
 }
@@ -132,7 +125,7 @@ pub struct NewIngest {
 }
 
 impl Ingests {
-    pub fn new(tasks_dir: Option<PathBuf>, hooks: crate::webhook::Webhooks) -> Ingests {
+    pub fn new(tasks_dir: Option<PathBuf>, hooks: crate::Events) -> Ingests {
         Ingests { tasks: DashMap::new(), tasks_dir, hooks }
     }
 
@@ -329,9 +322,9 @@ fn apply(task: &IngestTask, machine: &mut IngestMachine) {
                 }
                 task.set_state(state, error);
             }
-            IngestEvent::Status(status) => task.report(701, status, None),
+            IngestEvent::Status(status) => task.report(|url| TaskEvent::IngestStarted { url, status }),
             IngestEvent::PlaysDone(n) => task.update(true, |r| r.plays_done = n),
-            IngestEvent::Ended(reason) => task.report(702, 0, Some(reason.as_str())),
+            IngestEvent::Ended(reason) => task.report(|url| TaskEvent::IngestStopped { url, reason: reason.as_str().to_string() }),
         }
     }
 }

@@ -5,9 +5,8 @@
 
 mod request;
 
-use crate::api::AppState;
-use crate::error::{ApiError, ApiResult};
-use axum::http::StatusCode;
+use crate::Tasks;
+use crate::{ErrorKind, TaskError, TaskResult};
 use dashmap::DashMap;
 use request::*;
 use serde_json::{json, Value};
@@ -15,7 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_engine::mcu::{AudioMode, MixHandle, MixSpec, MixState};
 use tessera_engine::RoomKey;
-use tessera_model::events::EventInfo;
+use tessera_model::events::TaskEvent;
 use tessera_model::{AppId, RoomId, UserId};
 
 pub use request::parse_encode_template;
@@ -23,19 +22,19 @@ pub use request::parse_encode_template;
 /// Every mix job of the server.
 #[derive(Default)]
 pub struct MixJobs {
-    pub(crate) jobs: DashMap<String, Arc<MixJob>>,
+    pub jobs: DashMap<String, Arc<MixJob>>,
 }
 
 pub struct MixJob {
-    pub(crate) app: AppId,
+    pub app: AppId,
     /// Set at server shut-down: the job ends without recording STOPPED, so it resumes.
     shutting_down: Arc<std::sync::atomic::AtomicBool>,
     created_at: i64,
     /// The normalized request (defaults filled), replaced section by section by PATCH.
-    pub(crate) request: Mutex<Value>,
+    pub request: Mutex<Value>,
     /// Images that could not be fetched or decoded (the job runs on without them).
     image_errors: Mutex<Vec<Value>>,
-    pub(crate) handle: Arc<MixHandle>,
+    pub handle: Arc<MixHandle>,
 }
 
 impl MixJobs {
@@ -90,21 +89,21 @@ pub fn view(id: &str, job: &MixJob) -> Value {
     v
 }
 
-fn task_path(state: &AppState, id: &str) -> std::path::PathBuf {
-    state.config.data_dir.join("tasks").join(format!("{id}.json"))
+fn task_path(tasks: &Tasks, id: &str) -> std::path::PathBuf {
+    tasks.tasks_dir().join(format!("{id}.json"))
 }
 
 /// Saves the job's request and state to `tasks/<id>.json` (RECORDING.md §8).
 fn save(path: &std::path::Path, app: &AppId, id: &str, created_at: i64, request: &Value, state: &str) {
     let record = json!({"kind": "mix_job", "id": id, "app": app, "created_at": created_at, "request": request, "state": state});
-    if let Err(e) = crate::store::write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
+    if let Err(e) = crate::persist::write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
         tracing::warn!(job = %id, "cannot save the mix job: {e}");
     }
 }
 
 /// Restarts the jobs a previous run left running, with the same ids and `mix_<id>` users.
-pub async fn resume(state: &AppState) {
-    for v in crate::task_file::read_all(&state.config.data_dir.join("tasks"), "mix_job") {
+pub async fn resume(tasks: &Tasks) {
+    for v in crate::task_file::read_all(&tasks.tasks_dir(), "mix_job") {
         if v["state"] == "STOPPED" {
             continue;
         }
@@ -115,7 +114,7 @@ pub async fn resume(state: &AppState) {
         if let Some(e) = body["encode"].as_object_mut() {
             e.remove("effective");
         }
-        match start_job(state, &app, body, Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0)))).await {
+        match start_job(tasks, &app, body, Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0)))).await {
             Ok(_) => tracing::info!(job = %id, "mix job resumed"),
             Err(e) => tracing::warn!(job = %id, "mix job not resumed: {}", e.message),
         }
@@ -125,8 +124,8 @@ pub async fn resume(state: &AppState) {
 /// Checks a request and starts the job (and its relay); `resumed` keeps the id of a job from
 /// before a restart.
 /// The checks `start_job` makes of a body before anything starts (the `json_bodies` fuzz target).
-pub fn check_body(body: &Value) -> ApiResult<()> {
-    let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
+pub fn check_body(body: &Value) -> TaskResult<()> {
+    let top = body.as_object().ok_or_else(|| TaskError::invalid_json("the body must be a JSON object"))?;
     if let Some(room) = top.get("room").and_then(|r| r.as_str()) {
         RoomId::parse(room).map_err(|e| field("room", e.reason))?;
     }
@@ -139,10 +138,10 @@ pub fn check_body(body: &Value) -> ApiResult<()> {
     Ok(())
 }
 
-pub async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> ApiResult<(String, Arc<MixJob>)> {
+pub async fn start_job(tasks: &Tasks, app: &AppId, body: Value, resumed: Option<(String, i64)>) -> TaskResult<(String, Arc<MixJob>)> {
     let caller_app = app;
     if !body.is_object() {
-        return Err(ApiError::invalid_json("the body must be a JSON object"));
+        return Err(TaskError::invalid_json("the body must be a JSON object"));
     }
     let top = body.as_object().expect("checked");
     known(top, "body", &["room", "layout", "subscribe", "audio", "encode", "video", "max_idle_time", "outputs"]).map_err(|_| {
@@ -165,18 +164,16 @@ pub async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Opti
     }
     let idle = max_idle(&body)?;
     let rtmp_urls = check_outputs(&body)?;
-    if let Some(u) = rtmp_urls.iter().find(|u| state.relays.url_in_use(u, None)) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {}", u.rsplit_once('/').map(|(a, _)| a).unwrap_or(u))));
+    if let Some(u) = rtmp_urls.iter().find(|u| tasks.relays.url_in_use(u, None)) {
+        return Err(TaskError::new(ErrorKind::Conflict, "url_in_use", format!("another relay already pushes to {}", u.rsplit_once('/').map(|(a, _)| a).unwrap_or(u))));
     }
-    let limit = state.config.limits.concurrent_mix_jobs.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
-    if state.mix_jobs.running() >= limit {
-        return Err(
-            ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit}))
-        );
+    let limit = tasks.max_mix_jobs.map(|n| n as usize).unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1));
+    if tasks.mix_jobs.running() >= limit {
+        return Err(TaskError::new(ErrorKind::Unavailable, "capacity_exceeded", format!("this server runs at most {limit} mix jobs at once")).with_details(json!({"limit": limit})));
     }
     let (images, image_errors) = load_images(&image_refs).await;
     let (id, created_at) = resumed.unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), crate::now_ms()));
-    let user = UserId::parse(&format!("mix_{id}")).map_err(|e| ApiError::internal(e.reason))?;
+    let user = UserId::parse(&format!("mix_{id}")).map_err(|e| TaskError::internal(e.reason))?;
     let spec = MixSpec {
         id: id.clone(),
         room: RoomKey { app: caller_app.clone(), room: room.clone() },
@@ -200,29 +197,29 @@ pub async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Opti
     } else {
         crate::relay::RelayMedia::AudioVideo
     };
-    let path = task_path(state, &id);
+    let path = task_path(tasks, &id);
     let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
     let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let on_stop: Box<dyn FnOnce(u32) + Send> = {
         let (path, app, id, room, request, shutting, hooks) =
-            (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), state.hooks.clone());
+            (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), tasks.events.clone());
         Box::new(move |code| {
             // A job ended by the server's shut-down resumes with the next start: not a stop.
             if !shutting.load(std::sync::atomic::Ordering::SeqCst) {
                 save(&path, &app, &id, created_at, &request.lock().expect("request"), "STOPPED");
-                hooks.emit(&app, 802, mix_event(&room, &id, json!({"LeaveCode": code})));
+                mix_event(&hooks, &app, &room, &id, TaskEvent::MixStopped { leave_code: code });
             }
         })
     };
-    let handle = match MixHandle::start(spec, state.rtc.clone(), on_stop) {
+    let handle = match MixHandle::start(spec, tasks.rtc.clone(), on_stop) {
         Ok(h) => h,
         Err(e) => {
-            state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 1, "ErrorMsg": e.to_string()})));
-            return Err(ApiError::internal(format!("cannot start the mix job: {e}")));
+            mix_event(&tasks.events, caller_app, &room, &id, TaskEvent::MixStarted { status: 1, error_msg: e.to_string() });
+            return Err(TaskError::internal(format!("cannot start the mix job: {e}")));
         }
     };
-    state.hooks.emit(caller_app, 801, mix_event(&room, &id, json!({"Status": 0, "ErrorMsg": ""})));
-    report_image_errors(state, caller_app, &room, &id, &image_errors);
+    mix_event(&tasks.events, caller_app, &room, &id, TaskEvent::MixStarted { status: 0, error_msg: String::new() });
+    report_image_errors(tasks, caller_app, &room, &id, &image_errors);
     // Mixed relay: the job's own relay of `mix_<id>`, stopped with it (RECORDING.md §1).
     let relay_id = if rtmp_urls.is_empty() {
         None
@@ -237,11 +234,11 @@ pub async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Opti
             max_idle: Duration::from_secs(idle + 5),
             owner: Some(id.clone()),
         };
-        match state.relays.start(new, state.rtc.clone()) {
+        match tasks.relays.start(new, tasks.rtc.clone()) {
             Ok(r) => Some(r.id),
             Err(e) => {
                 handle.stop();
-                return Err(ApiError::internal(format!("cannot start the mix job's relay: {e}")));
+                return Err(TaskError::internal(format!("cannot start the mix job's relay: {e}")));
             }
         }
     };
@@ -250,44 +247,45 @@ pub async fn start_job(state: &AppState, app: &AppId, body: Value, resumed: Opti
     *saved_request.lock().expect("request") = request.clone();
     save(&path, caller_app, &id, created_at, &request, "RUNNING");
     let job = Arc::new(MixJob { app: caller_app.clone(), shutting_down, created_at, request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
-    state.mix_jobs.jobs.insert(id.clone(), job.clone());
+    tasks.mix_jobs.jobs.insert(id.clone(), job.clone());
     tracing::info!(job = %id, room = %room, "mix job started");
     Ok((id, job))
 }
 
 /// A mix job's event: its room, user `mix_<id>` and task id.
-fn mix_event(room: &RoomId, id: &str, payload: Value) -> EventInfo {
-    EventInfo::task(room.as_str(), format!("mix_{id}"), id).with_payload(payload)
+fn mix_event(events: &crate::Events, app: &AppId, room: &RoomId, id: &str, event: TaskEvent) {
+    events.task(app, room, format!("mix_{id}"), id, event);
 }
 
 /// Event 309 for each layout image that could not be loaded (EVENTS.md §5, group 3).
-fn report_image_errors(state: &AppState, app: &AppId, room: &RoomId, id: &str, errors: &[Value]) {
+fn report_image_errors(tasks: &Tasks, app: &AppId, room: &RoomId, id: &str, errors: &[Value]) {
     for e in errors {
-        state.hooks.emit(app, 309, mix_event(room, id, json!({"Url": e["url"]})));
+        let url = e["url"].as_str().unwrap_or_default().to_string();
+        mix_event(&tasks.events, app, room, id, TaskEvent::ImageError { url });
     }
 }
 
-pub fn find(state: &AppState, app: &AppId, id: &str) -> ApiResult<Arc<MixJob>> {
-    state.mix_jobs.jobs.get(id).map(|j| j.clone()).filter(|j| j.app == *app).ok_or_else(|| ApiError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
+pub fn find(tasks: &Tasks, app: &AppId, id: &str) -> TaskResult<Arc<MixJob>> {
+    tasks.mix_jobs.jobs.get(id).map(|j| j.clone()).filter(|j| j.app == *app).ok_or_else(|| TaskError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
 }
 
 /// A PATCH of a job (its own route, or a recording's owned `mix`).
-pub async fn apply_patch(state: &AppState, app: &AppId, id: &str, body: Value) -> ApiResult<Value> {
-    let (state, id) = (state.clone(), id.to_owned());
-    let job = find(&state, app, &id)?;
-    let top = body.as_object().ok_or_else(|| ApiError::invalid_json("the body must be a JSON object"))?;
+pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> TaskResult<Value> {
+    let (tasks, id) = (tasks.clone(), id.to_owned());
+    let job = find(&tasks, app, &id)?;
+    let top = body.as_object().ok_or_else(|| TaskError::invalid_json("the body must be a JSON object"))?;
     if let Some(k) = top.keys().find(|k| !["layout", "subscribe", "audio", "encode", "video", "outputs"].contains(&k.as_str())) {
         return Err(field(k, "cannot be changed by PATCH"));
     }
     if job.handle.status().state == MixState::Stopped {
-        return Err(ApiError::new(StatusCode::CONFLICT, "invalid_state", "the mix job has stopped").with_details(json!({"state": "STOPPED"})));
+        return Err(TaskError::new(ErrorKind::Conflict, "invalid_state", "the mix job has stopped").with_details(json!({"state": "STOPPED"})));
     }
     let spec = job.handle.spec();
     if top.contains_key("encode") {
-        return Err(ApiError::new(StatusCode::CONFLICT, "encode_immutable", "a running job's encoding cannot change"));
+        return Err(TaskError::new(ErrorKind::Conflict, "encode_immutable", "a running job's encoding cannot change"));
     }
     if top.get("video").is_some_and(|v| v.as_bool() != Some(spec.video)) {
-        return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch video on or off"));
+        return Err(TaskError::new(ErrorKind::Conflict, "media_fixed", "a running job cannot switch video on or off"));
     }
     let layout = match obj(&body, "layout")? {
         Some(m) => Some(parse_layout(Some(m), spec.encode.width, spec.encode.height)?),
@@ -301,20 +299,20 @@ pub async fn apply_patch(state: &AppState, app: &AppId, id: &str, body: Value) -
     let audio = if top.contains_key("audio") { Some(parse_audio(obj(&body, "audio")?)?) } else { None };
     if let Some((mode, _, _)) = &audio {
         if (*mode == AudioMode::None) != (spec.audio == AudioMode::None) {
-            return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a running job cannot switch its audio to or from 'none'"));
+            return Err(TaskError::new(ErrorKind::Conflict, "media_fixed", "a running job cannot switch its audio to or from 'none'"));
         }
     }
     let new_urls = if top.contains_key("outputs") { Some(check_outputs(&body)?) } else { None };
     if let Some(urls) = &new_urls {
         let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
-        match (relay_id.and_then(|r| state.relays.get(app, &r)), urls.is_empty()) {
+        match (relay_id.and_then(|r| tasks.relays.get(app, &r)), urls.is_empty()) {
             (Some(relay), false) => {
-                if let Some(u) = urls.iter().find(|u| state.relays.url_in_use(u, Some(&relay.record().id))) {
-                    return Err(ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {u}")));
+                if let Some(u) = urls.iter().find(|u| tasks.relays.url_in_use(u, Some(&relay.record().id))) {
+                    return Err(TaskError::new(ErrorKind::Conflict, "url_in_use", format!("another relay already pushes to {u}")));
                 }
-                state.relays.set_urls(&relay, urls.clone()).await;
+                tasks.relays.set_urls(&relay, urls.clone()).await;
             }
-            (Some(relay), true) => state.relays.stop(&relay),
+            (Some(relay), true) => tasks.relays.stop(&relay),
             (None, false) => return Err(field("outputs.rtmp_urls", "add RTMP outputs when starting the job")),
             (None, true) => {}
         }
@@ -330,7 +328,7 @@ pub async fn apply_patch(state: &AppState, app: &AppId, id: &str, body: Value) -
         }
         if let Some((images, errors)) = images {
             s.images = images;
-            report_image_errors(&state, app, &s.room.room, &id, &errors);
+            report_image_errors(&tasks, app, &s.room.room, &id, &errors);
             *job.image_errors.lock().expect("image errors") = errors;
         }
         if let Some((sub, j)) = subscribe {
@@ -343,7 +341,7 @@ pub async fn apply_patch(state: &AppState, app: &AppId, id: &str, body: Value) -
             request["audio"] = j;
         }
     });
-    save(&task_path(&state, &id), app, &id, job.created_at, &request, "RUNNING");
+    save(&task_path(&tasks, &id), app, &id, job.created_at, &request, "RUNNING");
     drop(request);
     Ok(view(&id, &job))
 }

@@ -3,9 +3,10 @@
 
 use super::hls::{LocalStorage, Storage};
 use super::{lock, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
-use crate::store::write_atomic;
+use crate::persist::write_atomic;
 use serde_json::json;
 use std::path::Path;
+use tessera_model::events::{CommittedFile, FileMessage, TaskEvent};
 
 /// MP4 parts are also cut before 2 GiB.
 const MAX_FILE_BYTES: u64 = 2 * 1024 * 1024 * 1024;
@@ -278,15 +279,21 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
         } else {
             0
         };
-        events.emit(
-            310,
-            json!({
-                "Status": status,
-                "FileList": made.iter().map(|f| f.file_name.clone()).collect::<Vec<_>>(),
-                "FileMessage": made.iter().map(|f| json!({"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type, "MediaId": f.media_id,
-                    "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts})).collect::<Vec<_>>(),
-            }),
-        );
+        events.emit(TaskEvent::Mp4Stopped {
+            status,
+            file_list: made.iter().map(|f| f.file_name.clone()).collect(),
+            file_message: made
+                .iter()
+                .map(|f| FileMessage {
+                    file_name: f.file_name.clone(),
+                    user_id: f.user_id.clone(),
+                    track_type: f.track_type.clone(),
+                    media_id: f.media_id.clone(),
+                    start_time_stamp: f.begin_ts,
+                    end_time_stamp: f.end_ts,
+                })
+                .collect(),
+        });
         if !spec.hls_kept() {
             // `mp4` or `aac` alone: the HLS was only the crash-safe intermediate.
             let keep = |n: &str| n.ends_with(".mp4") || n.ends_with(".aac");
@@ -325,12 +332,18 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
     drop(st);
     // 311 commits each final file, 312 closes the task.
     for (f, ..) in &finals {
-        events.emit(
-            311,
-            json!({"Status": 0, "Errmsg": "", "FileInfo": {"FileName": f.file_name, "UserId": f.user_id, "TrackType": f.track_type,
-            "MediaId": f.media_id, "Url": f.url, "Size": f.size, "StartTimeStamp": f.begin_ts, "EndTimeStamp": f.end_ts}}),
-        );
+        let file_info = CommittedFile {
+            file_name: f.file_name.clone(),
+            user_id: f.user_id.clone(),
+            track_type: f.track_type.clone(),
+            media_id: f.media_id.clone(),
+            url: f.url.clone(),
+            size: f.size,
+            start_time_stamp: f.begin_ts,
+            end_time_stamp: f.end_ts,
+        };
+        events.emit(TaskEvent::FileCommitted { status: 0, errmsg: String::new(), file_info });
     }
-    events.emit(312, json!({"Status": if failed { 1 } else { 0 }, "Result": result}));
+    events.emit(TaskEvent::RecordingFinished { status: if failed { 1 } else { 0 }, result });
     tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
 }

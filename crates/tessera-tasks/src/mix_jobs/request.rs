@@ -1,17 +1,17 @@
 //! A mix-job request (LAYOUTS.md §1) checked completely, field by field (`details.field` on
 //! error), into the parts of a `MixSpec`, with the normalized request echoed back.
 
-use crate::error::{ApiError, ApiResult};
+use crate::{TaskError, TaskResult};
 use serde_json::{json, Value};
 use std::time::Duration;
 use tessera_engine::mcu::{AudioMode, EncodeSettings, FillMode, InputKey, LayoutConfig, MixImages, Region, Rgb, Subscribe, Template, Tile, Watermark};
 use tessera_model::UserId;
 
-pub(super) fn field(name: &str, reason: impl Into<String>) -> ApiError {
-    ApiError::invalid_parameter(name, reason)
+pub(super) fn field(name: &str, reason: impl Into<String>) -> TaskError {
+    TaskError::invalid_parameter(name, reason)
 }
 
-pub(super) fn obj<'a>(v: &'a Value, name: &str) -> ApiResult<Option<&'a serde_json::Map<String, Value>>> {
+pub(super) fn obj<'a>(v: &'a Value, name: &str) -> TaskResult<Option<&'a serde_json::Map<String, Value>>> {
     match v.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Object(m)) => Ok(Some(m)),
@@ -19,21 +19,21 @@ pub(super) fn obj<'a>(v: &'a Value, name: &str) -> ApiResult<Option<&'a serde_js
     }
 }
 
-pub(super) fn known(map: &serde_json::Map<String, Value>, section: &str, keys: &[&str]) -> ApiResult<()> {
+pub(super) fn known(map: &serde_json::Map<String, Value>, section: &str, keys: &[&str]) -> TaskResult<()> {
     match map.keys().find(|k| !keys.contains(&k.as_str())) {
         Some(k) => Err(field(&format!("{section}.{k}"), "unknown field")),
         None => Ok(()),
     }
 }
 
-fn get_u64(map: &serde_json::Map<String, Value>, section: &str, key: &str) -> ApiResult<Option<u64>> {
+fn get_u64(map: &serde_json::Map<String, Value>, section: &str, key: &str) -> TaskResult<Option<u64>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(v) => v.as_u64().map(Some).ok_or_else(|| field(&format!("{section}.{key}"), "must be a non-negative integer")),
     }
 }
 
-fn get_str<'a>(map: &'a serde_json::Map<String, Value>, section: &str, key: &str) -> ApiResult<Option<&'a str>> {
+fn get_str<'a>(map: &'a serde_json::Map<String, Value>, section: &str, key: &str) -> TaskResult<Option<&'a str>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
@@ -41,26 +41,26 @@ fn get_str<'a>(map: &'a serde_json::Map<String, Value>, section: &str, key: &str
     }
 }
 
-pub(super) fn get_users(map: &serde_json::Map<String, Value>, section: &str, key: &str) -> ApiResult<Option<Vec<String>>> {
+pub(super) fn get_users(map: &serde_json::Map<String, Value>, section: &str, key: &str) -> TaskResult<Option<Vec<String>>> {
     match map.get(key) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(a)) => a
             .iter()
             .map(|u| u.as_str().and_then(|s| UserId::parse(s).ok()).map(|u| u.as_str().to_owned()).ok_or_else(|| field(&format!("{section}.{key}"), "must be a list of user ids")))
-            .collect::<ApiResult<Vec<String>>>()
+            .collect::<TaskResult<Vec<String>>>()
             .map(Some),
         Some(_) => Err(field(&format!("{section}.{key}"), "must be a list of user ids")),
     }
 }
 
-fn colour(map: &serde_json::Map<String, Value>, section: &str, key: &str, default: Rgb) -> ApiResult<Rgb> {
+fn colour(map: &serde_json::Map<String, Value>, section: &str, key: &str, default: Rgb) -> TaskResult<Rgb> {
     match get_str(map, section, key)? {
         None => Ok(default),
         Some(s) => Rgb::parse(s).ok_or_else(|| field(&format!("{section}.{key}"), "must be a colour like #1a2b3c")),
     }
 }
 
-fn stream_of(s: Option<&str>, name: &str, default: &str) -> ApiResult<String> {
+fn stream_of(s: Option<&str>, name: &str, default: &str) -> TaskResult<String> {
     match s.unwrap_or(default) {
         "main" => Ok("main".into()),
         "aux" => Ok("aux".into()),
@@ -78,7 +78,7 @@ pub(super) struct ImageRefs {
 
 const MAX_IMAGE_URL: usize = 8 * 1024 * 1024;
 
-fn image_url(s: &str, name: &str) -> ApiResult<String> {
+fn image_url(s: &str, name: &str) -> TaskResult<String> {
     let ok =
         s.len() <= MAX_IMAGE_URL && (s.starts_with("http://") || s.starts_with("https://") || s.starts_with("data:image/png;base64,") || s.starts_with("data:image/jpeg;base64,"));
     if ok {
@@ -128,7 +128,7 @@ pub(super) async fn load_images(refs: &ImageRefs) -> (MixImages, Vec<Value>) {
 }
 
 /// `layout` → the engine's config, the background colour, include_aux, and its normalized JSON.
-pub(super) fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: u32) -> ApiResult<(LayoutConfig, Rgb, bool, Value, ImageRefs)> {
+pub(super) fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u32, height: u32) -> TaskResult<(LayoutConfig, Rgb, bool, Value, ImageRefs)> {
     let empty = serde_json::Map::new();
     let m = v.unwrap_or(&empty);
     known(m, "layout", &["template", "max_tiles", "main", "regions", "include_aux", "background_color", "background_image", "placeholder_image", "watermarks"])?;
@@ -174,7 +174,7 @@ pub(super) fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u3
                 let wm = wm.as_object().ok_or_else(|| field(&name, "must be an object"))?;
                 known(wm, &name, &["image", "x", "y", "width", "height"])?;
                 let url = image_url(get_str(wm, &name, "image")?.ok_or_else(|| field(&format!("{name}.image"), "is required"))?, &format!("{name}.image"))?;
-                let num = |k: &str| -> ApiResult<u32> { Ok(get_u64(wm, &name, k)?.ok_or_else(|| field(&format!("{name}.{k}"), "is required"))?.min(u32::MAX as u64) as u32 & !1) };
+                let num = |k: &str| -> TaskResult<u32> { Ok(get_u64(wm, &name, k)?.ok_or_else(|| field(&format!("{name}.{k}"), "is required"))?.min(u32::MAX as u64) as u32 & !1) };
                 let (x, y, w, h) = (num("x")?, num("y")?, num("width")?, num("height")?);
                 if w < 2 || h < 2 || x + w > width || y + h > height {
                     return Err(field(&name, format!("the box must lie inside the {width}x{height} canvas")));
@@ -197,7 +197,7 @@ pub(super) fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u3
                 let name = format!("layout.regions[{i}]");
                 let rm = r.as_object().ok_or_else(|| field(&name, "must be an object"))?;
                 known(rm, &name, &["x", "y", "width", "height", "z_order", "fill_mode", "background_color", "user", "stream"])?;
-                let num = |k: &str| -> ApiResult<u32> { Ok(get_u64(rm, &name, k)?.ok_or_else(|| field(&format!("{name}.{k}"), "is required"))?.min(u32::MAX as u64) as u32 & !1) };
+                let num = |k: &str| -> TaskResult<u32> { Ok(get_u64(rm, &name, k)?.ok_or_else(|| field(&format!("{name}.{k}"), "is required"))?.min(u32::MAX as u64) as u32 & !1) };
                 let (x, y, w, h) = (num("x")?, num("y")?, num("width")?, num("height")?);
                 if w < 2 || h < 2 || x + w > width || y + h > height {
                     return Err(field(&name, format!("must lie inside the {width}x{height} canvas with width and height of at least 2")));
@@ -238,7 +238,7 @@ pub(super) fn parse_layout(v: Option<&serde_json::Map<String, Value>>, width: u3
     Ok((LayoutConfig { template, max_tiles, main, regions }, background, include_aux, normalized, images))
 }
 
-pub(super) fn parse_subscribe(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(Subscribe, Value)> {
+pub(super) fn parse_subscribe(v: Option<&serde_json::Map<String, Value>>) -> TaskResult<(Subscribe, Value)> {
     let empty = serde_json::Map::new();
     let m = v.unwrap_or(&empty);
     known(m, "subscribe", &["video_allow", "video_deny", "audio_allow", "audio_deny"])?;
@@ -252,7 +252,7 @@ pub(super) fn parse_subscribe(v: Option<&serde_json::Map<String, Value>>) -> Api
     Ok((s, j))
 }
 
-pub(super) fn parse_audio(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(AudioMode, usize, Value)> {
+pub(super) fn parse_audio(v: Option<&serde_json::Map<String, Value>>) -> TaskResult<(AudioMode, usize, Value)> {
     let empty = serde_json::Map::new();
     let m = v.unwrap_or(&empty);
     known(m, "audio", &["mode", "users", "max_voices"])?;
@@ -276,7 +276,7 @@ pub(super) fn parse_audio(v: Option<&serde_json::Map<String, Value>>) -> ApiResu
 }
 
 /// `encode` (LAYOUTS.md §4) → settings, the normalized section and `effective`.
-pub(super) fn parse_encode(v: Option<&serde_json::Map<String, Value>>) -> ApiResult<(EncodeSettings, Value)> {
+pub(super) fn parse_encode(v: Option<&serde_json::Map<String, Value>>) -> TaskResult<(EncodeSettings, Value)> {
     let empty = serde_json::Map::new();
     let m = v.unwrap_or(&empty);
     known(
@@ -371,7 +371,7 @@ pub fn parse_encode_template(s: &str) -> Option<(u32, u32, u32, u32)> {
     Some((num(w, 2, 4)?, num(h, 2, 4)?, num(fps, 1, 2)?, num(kbps, 2, 5)?))
 }
 
-pub(super) fn max_idle(v: &Value) -> ApiResult<u64> {
+pub(super) fn max_idle(v: &Value) -> TaskResult<u64> {
     match v.get("max_idle_time") {
         None | Some(Value::Null) => Ok(30),
         Some(x) => x.as_u64().filter(|n| (1..=86_400).contains(n)).ok_or_else(|| field("max_idle_time", "must be 1 to 86400 seconds")),
@@ -379,7 +379,7 @@ pub(super) fn max_idle(v: &Value) -> ApiResult<u64> {
 }
 
 /// `outputs`: the RTMP URLs of the job's own relay (checked here, started with the job).
-pub(super) fn check_outputs(v: &Value) -> ApiResult<Vec<String>> {
+pub(super) fn check_outputs(v: &Value) -> TaskResult<Vec<String>> {
     let Some(m) = obj(v, "outputs")? else { return Ok(Vec::new()) };
     known(m, "outputs", &["rtmp_urls", "recording"])?;
     if m.get("recording").is_some_and(|r| !r.is_null()) {
@@ -388,7 +388,7 @@ pub(super) fn check_outputs(v: &Value) -> ApiResult<Vec<String>> {
     let urls: Vec<String> = match m.get("rtmp_urls") {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => {
-            a.iter().map(|u| u.as_str().map(str::to_owned).ok_or_else(|| field("outputs.rtmp_urls", "must be a list of rtmp:// URLs"))).collect::<ApiResult<_>>()?
+            a.iter().map(|u| u.as_str().map(str::to_owned).ok_or_else(|| field("outputs.rtmp_urls", "must be a list of rtmp:// URLs"))).collect::<TaskResult<_>>()?
         }
         Some(_) => return Err(field("outputs.rtmp_urls", "must be a list of rtmp:// URLs")),
     };

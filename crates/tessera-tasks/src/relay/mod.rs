@@ -18,6 +18,7 @@ use tessera_engine::outputs::flv::{FlvProducer, FlvTag};
 use tessera_engine::outputs::relay::{AttemptEnd, RelayMachine, RelayOutput, StopCause};
 use tessera_engine::{RoomKey, RtcHandle, TapPacket};
 use tessera_media::StreamKind;
+use tessera_model::events::TaskEvent;
 use tessera_model::{AppId, RoomId, UserId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
@@ -91,17 +92,17 @@ fn short(url: &str) -> String {
 }
 
 /// RECORDING.md §1: rtmp:// or rtmps://, ≤ 1024 chars, ≤ 10.
-pub fn check_urls(urls: &[String]) -> crate::error::ApiResult<()> {
+pub fn check_urls(urls: &[String]) -> crate::TaskResult<()> {
     if urls.is_empty() || urls.len() > MAX_URLS {
-        return Err(crate::error::ApiError::invalid_parameter("urls", format!("give 1 to {MAX_URLS} URLs")));
+        return Err(crate::TaskError::invalid_parameter("urls", format!("give 1 to {MAX_URLS} URLs")));
     }
     for (i, u) in urls.iter().enumerate() {
         if u.len() > 1024 {
-            return Err(crate::error::ApiError::invalid_parameter(&format!("urls[{i}]"), "must be at most 1024 characters"));
+            return Err(crate::TaskError::invalid_parameter(&format!("urls[{i}]"), "must be at most 1024 characters"));
         }
-        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| crate::error::ApiError::invalid_parameter(&format!("urls[{i}]"), e))?;
+        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| crate::TaskError::invalid_parameter(&format!("urls[{i}]"), e))?;
         if urls[..i].contains(u) {
-            return Err(crate::error::ApiError::invalid_parameter(&format!("urls[{i}]"), "listed twice"));
+            return Err(crate::TaskError::invalid_parameter(&format!("urls[{i}]"), "listed twice"));
         }
     }
     Ok(())
@@ -112,18 +113,18 @@ pub struct Relays {
     tasks: DashMap<String, Arc<RelayTask>>,
     /// `tasks/` of the data dir: relays are saved there and resumed after a restart.
     tasks_dir: Option<std::path::PathBuf>,
-    hooks: crate::webhook::Webhooks,
+    hooks: crate::Events,
 }
 
-fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) -> std::io::Result<()> {
+fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) -> crate::TaskResult<()> {
     let Some(dir) = dir else { return Ok(()) };
     let record = serde_json::json!({
         "kind": "relay", "id": r.id, "app": r.app, "room": r.room, "source": r.source, "media": r.media, "state": r.state,
         "urls": r.urls.iter().map(|u| u.url.clone()).collect::<Vec<_>>(), "created_at": r.created_at, "owner": r.owner, "max_idle_s": max_idle.as_secs(),
     });
-    crate::store::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
+    crate::persist::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
         tracing::warn!(relay = %r.id, "cannot save the relay: {e}");
-        e.into()
+        crate::TaskError::from(e)
     })
 }
 
@@ -140,7 +141,7 @@ pub struct NewRelay {
 }
 
 impl Relays {
-    pub fn new(tasks_dir: Option<std::path::PathBuf>, hooks: crate::webhook::Webhooks, tls: Arc<rustls::ClientConfig>) -> Relays {
+    pub fn new(tasks_dir: Option<std::path::PathBuf>, hooks: crate::Events, tls: Arc<rustls::ClientConfig>) -> Relays {
         Relays { tls, tasks: DashMap::new(), tasks_dir, hooks }
     }
 
@@ -204,7 +205,7 @@ impl Relays {
         })
     }
 
-    pub fn start(&self, new: NewRelay, rtc: RtcHandle) -> std::io::Result<RelayRecord> {
+    pub fn start(&self, new: NewRelay, rtc: RtcHandle) -> crate::TaskResult<RelayRecord> {
         let now_ms = crate::now_ms();
         let (id, created_at) = new.resumed.clone().unwrap_or_else(|| (tessera_model::TaskId::generate().as_str().to_owned(), now_ms));
         let machine = RelayMachine::new(&new.urls, new.max_idle, Instant::now(), now_ms);
@@ -294,7 +295,7 @@ struct Driver {
     max_idle: Duration,
     rtc: RtcHandle,
     tls: Arc<rustls::ClientConfig>,
-    hooks: crate::webhook::Webhooks,
+    hooks: crate::Events,
     tasks_dir: Option<std::path::PathBuf>,
 }
 
@@ -317,12 +318,12 @@ impl Driver {
                 match output {
                     RelayOutput::UrlStatus { url, status, code, msg } => {
                         tracing::info!(url = %short(&url), status = status.code(), "relay URL status");
-                        let r = lock(&self.task.record);
-                        let info = tessera_model::events::EventInfo::task(r.room.as_str(), format!("relay_{}", r.id), &r.id)
-                            .with_payload(serde_json::json!({"Url": url, "Status": status.code(), "ErrorCode": code, "ErrorMsg": msg}));
-                        let app = r.app.clone();
-                        drop(r);
-                        self.hooks.emit(&app, 401, info);
+                        let (app, room, id) = {
+                            let r = lock(&self.task.record);
+                            (r.app.clone(), r.room.clone(), r.id.clone())
+                        };
+                        let event = TaskEvent::RelayUrlStatus { url, status: status.code(), error_code: code, error_msg: msg };
+                        self.hooks.task(&app, &room, format!("relay_{id}"), &id, event);
                     }
                     RelayOutput::Connect { url } => {
                         next_attempt_id += 1;
