@@ -2,14 +2,15 @@
 //! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
+use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
-use crate::sfu::{IceRestart, IngestPacket, PublisherInfo, RoomKey, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, TapPacket};
+use crate::sfu::{IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, TapPacket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tessera_rtc::OfferError;
 use tokio::net::UdpSocket;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 
 #[derive(Debug, thiserror::Error)]
 pub enum RtcServerError {
@@ -28,12 +29,17 @@ enum Command {
     ViewerSessions { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<usize> },
     IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
     Stats { reply: oneshot::Sender<SfuStats> },
-    AddIngest { spec: SessionSpec, replaced: Option<oneshot::Sender<()>>, keyframes: Option<std::sync::mpsc::Sender<()>>, reply: oneshot::Sender<u64> },
+    AddIngest { spec: SessionSpec, replaced: Option<oneshot::Sender<PublisherEnd>>, keyframes: Option<std::sync::mpsc::Sender<()>>, reply: oneshot::Sender<u64> },
     Push { id: u64, packets: Vec<IngestPacket> },
     RemoveIngest { id: u64 },
     AddTap { key: RoomKey, with_mixes: bool, owner: tessera_model::UserId, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
     RemoveTap { id: u64 },
-    RoomPublishers { key: RoomKey, reply: oneshot::Sender<Vec<PublisherInfo>> },
+    WatchPublishers { key: RoomKey, reply: oneshot::Sender<PublisherWatch> },
+    Rooms { app: tessera_model::AppId, reply: oneshot::Sender<Vec<RoomSummary>> },
+    RoomUsers { key: RoomKey, reply: oneshot::Sender<Option<Vec<ParticipantInfo>>> },
+    Kick { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<bool> },
+    Dismiss { key: RoomKey, reply: oneshot::Sender<bool> },
+    UnwatchPublishers { id: u64 },
     RoomsWithAnchors { reply: oneshot::Sender<Vec<RoomKey>> },
     RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
 }
@@ -107,7 +113,7 @@ impl RtcHandle {
         let counters = sfu.counters.clone();
         let (tx, rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(socket, rx, sfu, candidates.clone(), events_tx));
+        tokio::spawn(run(socket, rx, tx.downgrade(), sfu, candidates.clone(), events_tx));
         tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
         Ok(RtcHandle { tx, counters, local_addr, candidates, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
     }
@@ -160,7 +166,7 @@ impl RtcHandle {
     /// `add_ingest`, with a receiver that gets `Ok(())` if a later publisher of the same (user,
     /// stream) replaces this one (the caller closes its connection then); it gets an error when
     /// the ingest is removed otherwise.
-    pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<()>), RtcServerError> {
+    pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<PublisherEnd>), RtcServerError> {
         let (tx, rx) = oneshot::channel();
         let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), keyframes: None, reply }).await?;
         Ok((id, rx))
@@ -191,10 +197,6 @@ impl RtcHandle {
         self.tx.send(Command::RemoveTap { id }).await.map_err(|_| RtcServerError::Stopped)
     }
 
-    pub async fn room_publishers(&self, key: RoomKey) -> Result<Vec<PublisherInfo>, RtcServerError> {
-        self.ask(|reply| Command::RoomPublishers { key, reply }).await
-    }
-
     pub async fn rooms_with_anchors(&self) -> Result<Vec<RoomKey>, RtcServerError> {
         self.ask(|reply| Command::RoomsWithAnchors { reply }).await
     }
@@ -212,6 +214,36 @@ impl RtcHandle {
 /// on the async workers): they wait on the command channel itself, never on a `block_on` of
 /// the runtime. Calling them from async code panics (tokio's rule for blocking sends).
 impl RtcHandle {
+    /// The app's rooms (`GET /v1/rooms`).
+    pub async fn rooms(&self, app: tessera_model::AppId) -> Result<Vec<RoomSummary>, RtcServerError> {
+        self.ask(|reply| Command::Rooms { app, reply }).await
+    }
+
+    /// The room's participants, or `None` when there is no such room.
+    pub async fn room_users(&self, key: RoomKey) -> Result<Option<Vec<ParticipantInfo>>, RtcServerError> {
+        self.ask(|reply| Command::RoomUsers { key, reply }).await
+    }
+
+    /// Ends every session of the user in the room (104 Reason 3). Whether the user was there.
+    pub async fn kick(&self, key: RoomKey, user: tessera_model::UserId) -> Result<bool, RtcServerError> {
+        self.ask(|reply| Command::Kick { key, user, reply }).await
+    }
+
+    /// Ends every session in the room, then the room (102). Whether the room existed.
+    pub async fn dismiss(&self, key: RoomKey) -> Result<bool, RtcServerError> {
+        self.ask(|reply| Command::Dismiss { key, reply }).await
+    }
+
+    /// Follows the room's publishers: the list now, then each change (a task waiting for its
+    /// source, a recording choosing streams, a mix laying out tiles). Dropping the watch ends it.
+    pub async fn watch_publishers(&self, key: RoomKey) -> Result<PublisherWatch, RtcServerError> {
+        self.ask(|reply| Command::WatchPublishers { key, reply }).await
+    }
+
+    pub fn watch_publishers_blocking(&self, key: RoomKey) -> Result<PublisherWatch, RtcServerError> {
+        self.ask_blocking(|reply| Command::WatchPublishers { key, reply })
+    }
+
     fn ask_blocking<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
         let (reply, rx) = oneshot::channel();
         self.tx.blocking_send(make(reply)).map_err(|_| RtcServerError::Stopped)?;
@@ -242,23 +274,45 @@ impl RtcHandle {
         self.tx.blocking_send(Command::RemoveTap { id }).map_err(|_| RtcServerError::Stopped)
     }
 
-    pub fn room_publishers_blocking(&self, key: RoomKey) -> Result<Vec<PublisherInfo>, RtcServerError> {
-        self.ask_blocking(|reply| Command::RoomPublishers { key, reply })
-    }
-
     pub fn request_keyframe_blocking(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
         self.tx.blocking_send(Command::RequestKeyframe { key, user, stream }).map_err(|_| RtcServerError::Stopped)
+    }
+}
+
+/// A room's publishers as they change (`RtcHandle::watch_publishers`).
+pub struct PublisherWatch {
+    id: u64,
+    /// The current list, sorted by join order; `changed()` wakes on each new one.
+    pub list: watch::Receiver<Vec<PublisherInfo>>,
+    /// Weak: a watch must not keep the media task alive.
+    commands: mpsc::WeakSender<Command>,
+}
+
+impl Drop for PublisherWatch {
+    fn drop(&mut self) {
+        // If the queue is full, the media task notices the closed channel at the next change.
+        if let Some(tx) = self.commands.upgrade() {
+            let _ = tx.try_send(Command::UnwatchPublishers { id: self.id });
+        }
     }
 }
 
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 
-async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: Sfu, candidates: Vec<SocketAddr>, room_events: mpsc::UnboundedSender<RoomEvent>) {
+async fn run(
+    socket: UdpSocket,
+    mut commands: mpsc::Receiver<Command>,
+    command_tx: mpsc::WeakSender<Command>,
+    mut sfu: Sfu,
+    candidates: Vec<SocketAddr>,
+    room_events: mpsc::UnboundedSender<RoomEvent>,
+) {
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
+    let mut publisher_watches: std::collections::HashMap<u64, watch::Sender<Vec<PublisherInfo>>> = std::collections::HashMap::new();
     // Internal publishers whose owner wants to hear that a newer one replaced them.
-    let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<()>> = std::collections::HashMap::new();
+    let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<PublisherEnd>> = std::collections::HashMap::new();
     // Internal publishers that make keyframes on request, and where to tell them.
     let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
     loop {
@@ -295,7 +349,7 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     Command::AddIngest { spec, replaced, keyframes, reply } => {
                         let (id, old) = sfu.add_internal_publisher(spec, now);
                         if let Some(tx) = old.and_then(|old| replaced_watchers.remove(&old)) {
-                            let _ = tx.send(());
+                            let _ = tx.send(PublisherEnd::Replaced);
                         }
                         if let Some(tx) = replaced {
                             replaced_watchers.insert(id, tx);
@@ -317,7 +371,7 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                         keyframe_owners.remove(&id);
                     }
                     Command::AddTap { key, with_mixes, owner, reply } => {
-                        let id = sfu.add_tap(key, with_mixes, &owner);
+                        let id = sfu.add_tap(key, with_mixes, &owner, now);
                         let (tx, rx) = mpsc::channel(TAP_QUEUE);
                         taps.insert(id, tx);
                         let _ = reply.send((id, rx));
@@ -326,8 +380,27 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                         sfu.remove_tap(id);
                         taps.remove(&id);
                     }
-                    Command::RoomPublishers { key, reply } => {
-                        let _ = reply.send(sfu.room_publishers(&key));
+                    Command::WatchPublishers { key, reply } => {
+                        let id = sfu.watch_publishers(key);
+                        let (tx, list) = watch::channel(Vec::new());
+                        publisher_watches.insert(id, tx);
+                        let _ = reply.send(PublisherWatch { id, list, commands: command_tx.clone() });
+                    }
+                    Command::Rooms { app, reply } => {
+                        let _ = reply.send(sfu.rooms(&app));
+                    }
+                    Command::RoomUsers { key, reply } => {
+                        let _ = reply.send(sfu.room_users(&key));
+                    }
+                    Command::Kick { key, user, reply } => {
+                        let _ = reply.send(sfu.kick(&key, &user, now));
+                    }
+                    Command::Dismiss { key, reply } => {
+                        let _ = reply.send(sfu.dismiss(&key, now));
+                    }
+                    Command::UnwatchPublishers { id } => {
+                        sfu.unwatch_publishers(id);
+                        publisher_watches.remove(&id);
                     }
                     Command::RoomsWithAnchors { reply } => {
                         let _ = reply.send(sfu.rooms_with_anchors());
@@ -378,6 +451,19 @@ async fn run(socket: UdpSocket, mut commands: mpsc::Receiver<Command>, mut sfu: 
                     if let Some(tx) = taps.get(&tap) {
                         let _ = tx.try_send(packet);
                     }
+                }
+                SfuOutput::Publishers(id, list) => {
+                    if publisher_watches.get(&id).is_some_and(|tx| tx.send(list).is_err()) {
+                        // The watch was dropped.
+                        publisher_watches.remove(&id);
+                        sfu.unwatch_publishers(id);
+                    }
+                }
+                SfuOutput::PublisherEnded(id, end) => {
+                    if let Some(tx) = replaced_watchers.remove(&id) {
+                        let _ = tx.send(end);
+                    }
+                    keyframe_owners.remove(&id);
                 }
                 SfuOutput::Room(event) => {
                     let _ = room_events.send(event);

@@ -74,6 +74,8 @@ pub enum EndReason {
     Api,
     SourceEnded,
     SourceFailed,
+    /// The room was dismissed (`DELETE /v1/rooms/{room}`).
+    RoomDismissed,
 }
 
 impl EndReason {
@@ -82,6 +84,7 @@ impl EndReason {
             EndReason::Api => "api",
             EndReason::SourceEnded => "source_ended",
             EndReason::SourceFailed => "source_failed",
+            EndReason::RoomDismissed => "room_dismissed",
         }
     }
 }
@@ -201,7 +204,12 @@ impl IngestMachine {
 
     /// `DELETE`.
     pub fn stop(&mut self) {
-        self.end(IngestState::Stopped, None, EndReason::Api);
+        self.stop_for(EndReason::Api);
+    }
+
+    /// Stopped from outside, saying why (`Api`, `RoomDismissed`).
+    pub fn stop_for(&mut self, reason: EndReason) {
+        self.end(IngestState::Stopped, None, reason);
     }
 
     /// The media engine went away: nothing can be published.

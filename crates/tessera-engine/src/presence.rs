@@ -140,9 +140,27 @@ struct Participant {
     role: Role,
     /// UserType of its first session.
     user_type: u8,
-    /// Session id → the stream it publishes, if it does.
-    sessions: Vec<(u64, Option<StreamKind>)>,
+    terminal_type: u8,
+    info: Option<String>,
+    joined: Instant,
+    /// Session id → the stream it publishes, if it does, and the session's UserType.
+    sessions: Vec<(u64, Option<StreamKind>, u8)>,
     started: Vec<Track>,
+}
+
+/// A participant as the rooms API shows it (PRODUCT.md §10: `users.list`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParticipantInfo {
+    pub user: UserId,
+    pub role: Role,
+    pub user_type: u8,
+    pub terminal_type: u8,
+    pub info: Option<String>,
+    pub joined: Instant,
+    /// The UserType of each of its sessions, in the order they started.
+    pub sessions: Vec<u8>,
+    /// The streams it publishes.
+    pub streams: Vec<StreamKind>,
 }
 
 #[derive(Default)]
@@ -169,7 +187,7 @@ impl Presence {
         let key = (room.clone(), user.clone());
         self.by_session.insert(session, key.clone());
         if let Some(p) = self.participants.get_mut(&key) {
-            p.sessions.push((session, publishes));
+            p.sessions.push((session, publishes, join.user_type));
             if publishes.is_some() && p.role == Role::Audience {
                 p.role = Role::Anchor;
                 self.events.push(RoomEvent::RoleChanged { room: room.clone(), user: user.clone(), role: Role::Anchor });
@@ -179,7 +197,16 @@ impl Presence {
         self.timed_out.retain(|_, at| now.saturating_duration_since(*at) < REENTRY_WINDOW);
         let reason = if self.timed_out.remove(&key).is_some() { 3 } else { 1 };
         let role = if publishes.is_some() { Role::Anchor } else { join.role };
-        self.participants.insert(key, Participant { role, user_type: join.user_type, sessions: vec![(session, publishes)], started: Vec::new() });
+        let participant = Participant {
+            role,
+            user_type: join.user_type,
+            terminal_type: join.terminal_type,
+            info: join.info.clone(),
+            joined: now,
+            sessions: vec![(session, publishes, join.user_type)],
+            started: Vec::new(),
+        };
+        self.participants.insert(key, participant);
         self.events.push(RoomEvent::Entered { room: room.clone(), user: user.clone(), join: JoinInfo { role, ..join.clone() }, reason });
     }
 
@@ -188,8 +215,8 @@ impl Presence {
     pub fn left(&mut self, session: u64, reason: LeaveReason, now: Instant) {
         let Some(key) = self.by_session.remove(&session) else { return };
         let Some(p) = self.participants.get_mut(&key) else { return };
-        let published = p.sessions.iter().find(|(s, _)| *s == session).and_then(|(_, s)| *s);
-        p.sessions.retain(|(s, _)| *s != session);
+        let published = p.sessions.iter().find(|(s, ..)| *s == session).and_then(|(_, s, _)| *s);
+        p.sessions.retain(|(s, ..)| *s != session);
         if p.sessions.is_empty() {
             let role = p.role;
             self.participants.remove(&key);
@@ -200,7 +227,7 @@ impl Presence {
             return;
         }
         if let Some(stream) = published {
-            if !p.sessions.iter().any(|(_, s)| *s == Some(stream)) {
+            if !p.sessions.iter().any(|(_, s, _)| *s == Some(stream)) {
                 let stopped: Vec<Track> = p.started.iter().copied().filter(|t| t.stream() == stream).collect();
                 p.started.retain(|t| t.stream() != stream);
                 for track in stopped {
@@ -231,6 +258,32 @@ impl Presence {
         }
         counts.sort();
         counts
+    }
+
+    /// The room's participants, by user id.
+    pub fn participants(&self, room: &RoomKey) -> Vec<ParticipantInfo> {
+        let mut out: Vec<ParticipantInfo> = self
+            .participants
+            .iter()
+            .filter(|((r, _), _)| r == room)
+            .map(|((_, user), p)| {
+                let mut streams: Vec<StreamKind> = p.sessions.iter().filter_map(|(_, s, _)| *s).collect();
+                streams.sort_by_key(|s| s.as_str());
+                streams.dedup();
+                ParticipantInfo {
+                    user: user.clone(),
+                    role: p.role,
+                    user_type: p.user_type,
+                    terminal_type: p.terminal_type,
+                    info: p.info.clone(),
+                    joined: p.joined,
+                    sessions: p.sessions.iter().map(|(_, _, t)| *t).collect(),
+                    streams,
+                }
+            })
+            .collect();
+        out.sort_by(|a, b| a.user.cmp(&b.user));
+        out
     }
 
     pub fn drain(&mut self) -> Vec<RoomEvent> {

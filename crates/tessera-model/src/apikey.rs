@@ -45,6 +45,19 @@ pub enum PolicyDecision {
     NotAllowed,
 }
 
+/// Why an API-key policy is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PolicyError {
+    #[error("a policy needs at least one statement")]
+    NoStatements,
+    #[error("a policy has at most {MAX_STATEMENTS} statements")]
+    TooManyStatements,
+    #[error("a statement lists 1 to {MAX_ACTIONS_PER_STATEMENT} actions")]
+    ActionCount,
+    #[error("'{0}' is not an action pattern; use '*', '<group>.*', '*.<verb>' or '<group>.<verb>'")]
+    Pattern(String),
+}
+
 impl Policy {
     pub fn full_access() -> Policy {
         Policy { statements: vec![Statement { effect: Effect::Allow, actions: vec!["*".into()] }] }
@@ -63,21 +76,21 @@ impl Policy {
         }
     }
 
-    /// Checks the shape of every pattern; the message names the first bad one.
-    pub fn validate(&self) -> Result<(), String> {
+    /// Checks the shape of every pattern; the error names the first bad one.
+    pub fn validate(&self) -> Result<(), PolicyError> {
         if self.statements.is_empty() {
-            return Err("a policy needs at least one statement".into());
+            return Err(PolicyError::NoStatements);
         }
         if self.statements.len() > MAX_STATEMENTS {
-            return Err(format!("a policy has at most {MAX_STATEMENTS} statements"));
+            return Err(PolicyError::TooManyStatements);
         }
         for st in &self.statements {
             if st.actions.is_empty() || st.actions.len() > MAX_ACTIONS_PER_STATEMENT {
-                return Err(format!("a statement lists 1 to {MAX_ACTIONS_PER_STATEMENT} actions"));
+                return Err(PolicyError::ActionCount);
             }
             for a in &st.actions {
                 if !valid_pattern(a) {
-                    return Err(format!("'{a}' is not an action pattern; use '*', '<group>.*', '*.<verb>' or '<group>.<verb>'"));
+                    return Err(PolicyError::Pattern(a.clone()));
                 }
             }
         }
@@ -220,7 +233,7 @@ mod tests {
         }
         assert!(policy(r#"{"statements":[]}"#).validate().is_err());
         let e = policy(r#"{"statements":[{"effect":"allow","actions":["rooms"]}]}"#).validate().unwrap_err();
-        assert!(e.contains("'rooms'"), "{e}");
+        assert_eq!(e, PolicyError::Pattern("rooms".into()));
         assert!(serde_json::from_str::<Policy>(r#"{"statements":[{"effect":"maybe","actions":["*"]}]}"#).is_err());
     }
 

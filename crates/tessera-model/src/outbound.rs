@@ -13,17 +13,26 @@ pub struct IpCidr {
     prefix: u8,
 }
 
+/// An entry of `outbound_deny`/`outbound_allow` that is not an address or range.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CidrError {
+    #[error("'{0}' is not an IP address or CIDR range")]
+    NotAnAddress(String),
+    #[error("'{value}': the prefix must be 0 to {max}")]
+    Prefix { value: String, max: u8 },
+}
+
 impl IpCidr {
-    pub fn parse(s: &str) -> Result<IpCidr, String> {
+    pub fn parse(s: &str) -> Result<IpCidr, CidrError> {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (a, Some(p)),
             None => (s, None),
         };
-        let addr: IpAddr = addr.trim().parse().map_err(|_| format!("'{s}' is not an IP address or CIDR range"))?;
+        let addr: IpAddr = addr.trim().parse().map_err(|_| CidrError::NotAnAddress(s.to_owned()))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix = match prefix {
             None => max,
-            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| format!("'{s}': the prefix must be 0 to {max}"))?,
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(|| CidrError::Prefix { value: s.to_owned(), max })?,
         };
         Ok(IpCidr { addr, prefix })
     }
@@ -68,7 +77,7 @@ impl Default for OutboundPolicy {
 
 impl OutboundPolicy {
     /// The default deny list plus `deny`, with `allow` as exceptions.
-    pub fn from_lists(deny: &[String], allow: &[String]) -> Result<OutboundPolicy, String> {
+    pub fn from_lists(deny: &[String], allow: &[String]) -> Result<OutboundPolicy, CidrError> {
         let mut policy = OutboundPolicy::default();
         for d in deny {
             policy.deny.push(IpCidr::parse(d)?);

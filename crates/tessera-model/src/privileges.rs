@@ -43,10 +43,19 @@ impl Role {
     }
 }
 
+/// A role that is neither anchor nor audience.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RoleError {
+    #[error("role must be 20 (anchor) or 21 (audience), got {0}")]
+    Code(i64),
+    #[error("unknown role '{0}': use anchor (20) or audience (21)")]
+    Name(String),
+}
+
 impl TryFrom<i64> for Role {
-    type Error = String;
-    fn try_from(v: i64) -> Result<Role, String> {
-        Role::from_code(v).ok_or_else(|| format!("role must be 20 (anchor) or 21 (audience), got {v}"))
+    type Error = RoleError;
+    fn try_from(v: i64) -> Result<Role, RoleError> {
+        Role::from_code(v).ok_or(RoleError::Code(v))
     }
 }
 
@@ -57,13 +66,13 @@ impl From<Role> for i64 {
 }
 
 impl std::str::FromStr for Role {
-    type Err = String;
+    type Err = RoleError;
     /// Accepts the names (`anchor`, `audience`) and the codes (`20`, `21`).
-    fn from_str(s: &str) -> Result<Role, String> {
+    fn from_str(s: &str) -> Result<Role, RoleError> {
         match s {
             "anchor" | "20" => Ok(Role::Anchor),
             "audience" | "21" => Ok(Role::Audience),
-            _ => Err(format!("unknown role '{s}': use anchor (20) or audience (21)")),
+            _ => Err(RoleError::Name(s.to_owned())),
         }
     }
 }

@@ -18,27 +18,40 @@ pub struct PushTarget {
     pub tc_url: String,
 }
 
+/// Why a URL cannot be pushed to.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PushUrlError {
+    #[error("only rtmp:// and rtmps:// URLs can be pushed")]
+    Scheme,
+    #[error("the URL needs an app and a stream key: rtmp://host/app/key")]
+    NoAppOrKey,
+    #[error("bad port '{0}'")]
+    Port(String),
+    #[error("the URL has no host")]
+    NoHost,
+}
+
 impl PushTarget {
-    pub fn parse(url: &str) -> Result<PushTarget, String> {
+    pub fn parse(url: &str) -> Result<PushTarget, PushUrlError> {
         let (scheme, rest, default_port) = if let Some(r) = url.strip_prefix("rtmp://") {
             ("rtmp", r, 1935)
         } else if let Some(r) = url.strip_prefix("rtmps://") {
             ("rtmps", r, 443)
         } else {
-            return Err("only rtmp:// and rtmps:// URLs can be pushed".into());
+            return Err(PushUrlError::Scheme);
         };
-        let (authority, path) = rest.split_once('/').ok_or("the URL needs an app and a stream key: rtmp://host/app/key")?;
+        let (authority, path) = rest.split_once('/').ok_or(PushUrlError::NoAppOrKey)?;
         let (host, port) = match authority.rsplit_once(':') {
-            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| format!("bad port '{p}'"))?),
+            Some((h, p)) => (h.to_string(), p.parse::<u16>().map_err(|_| PushUrlError::Port(p.to_owned()))?),
             None => (authority.to_string(), default_port),
         };
         if host.is_empty() {
-            return Err("the URL has no host".into());
+            return Err(PushUrlError::NoHost);
         }
         // The stream key is the last path segment (with its query); the app is what precedes it.
-        let (app, stream_key) = path.rsplit_once('/').ok_or("the URL needs an app and a stream key: rtmp://host/app/key")?;
+        let (app, stream_key) = path.rsplit_once('/').ok_or(PushUrlError::NoAppOrKey)?;
         if app.is_empty() || stream_key.is_empty() {
-            return Err("the URL needs an app and a stream key: rtmp://host/app/key".into());
+            return Err(PushUrlError::NoAppOrKey);
         }
         Ok(PushTarget { tls: scheme == "rtmps", tc_url: format!("{scheme}://{authority}/{app}"), host, port, app: app.to_string(), stream_key: stream_key.to_string() })
     }

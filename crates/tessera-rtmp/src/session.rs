@@ -4,10 +4,10 @@
 //! already flowing (B-frames, an unsupported codec) with an `onStatus` error.
 
 use rml_amf0::Amf0Value;
-use rml_rtmp::chunk_io::ChunkSerializer;
-use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
-use rml_rtmp::messages::RtmpMessage;
-use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionEvent, ServerSessionResult};
+use rml_rtmp::chunk_io::{ChunkSerializationError, ChunkSerializer};
+use rml_rtmp::handshake::{Handshake, HandshakeError, HandshakeProcessResult, PeerType};
+use rml_rtmp::messages::{MessageSerializationError, RtmpMessage};
+use rml_rtmp::sessions::{ServerSession, ServerSessionConfig, ServerSessionError, ServerSessionEvent, ServerSessionResult};
 use rml_rtmp::time::RtmpTimestamp;
 use std::collections::HashMap;
 
@@ -31,12 +31,19 @@ pub enum RtmpEvent {
     PublishFinished,
 }
 
+/// Why a publishing connection cannot go on. rml_rtmp's errors are kept as they are.
 #[derive(Debug, thiserror::Error)]
 pub enum RtmpError {
     #[error("RTMP handshake failed: {0}")]
-    Handshake(String),
+    Handshake(#[from] HandshakeError),
     #[error("RTMP protocol error: {0}")]
-    Protocol(String),
+    Session(#[from] ServerSessionError),
+    #[error("RTMP protocol error: {0}")]
+    Message(#[from] MessageSerializationError),
+    #[error("RTMP protocol error: {0}")]
+    Chunk(#[from] ChunkSerializationError),
+    #[error("RTMP protocol error: a publish answered before the session started")]
+    NoSession,
 }
 
 pub struct RtmpPublishSession {
@@ -45,10 +52,6 @@ pub struct RtmpPublishSession {
     chunk_size: u32,
     /// Bytes to send to the client, in order.
     pub outbound: Vec<u8>,
-}
-
-fn protocol<E: std::fmt::Debug>(e: E) -> RtmpError {
-    RtmpError::Protocol(format!("{e:?}"))
 }
 
 impl Default for RtmpPublishSession {
@@ -68,7 +71,7 @@ impl RtmpPublishSession {
         let mut events = Vec::new();
         let mut data = bytes.to_vec();
         if let Some(hs) = self.handshake.as_mut() {
-            match hs.process_bytes(&data).map_err(|e| RtmpError::Handshake(format!("{e:?}")))? {
+            match hs.process_bytes(&data)? {
                 HandshakeProcessResult::InProgress { response_bytes } => {
                     self.outbound.extend_from_slice(&response_bytes);
                     return Ok(events);
@@ -78,7 +81,7 @@ impl RtmpPublishSession {
                     self.handshake = None;
                     let mut config = ServerSessionConfig::new();
                     config.chunk_size = self.chunk_size;
-                    let (session, results) = ServerSession::new(config).map_err(protocol)?;
+                    let (session, results) = ServerSession::new(config)?;
                     self.session = Some(session);
                     self.take(results, &mut events)?;
                     data = remaining_bytes;
@@ -89,7 +92,7 @@ impl RtmpPublishSession {
             return Ok(events);
         }
         let session = self.session.as_mut().expect("the handshake completed");
-        let results = session.handle_input(&data).map_err(protocol)?;
+        let results = session.handle_input(&data)?;
         self.take(results, &mut events)?;
         Ok(events)
     }
@@ -101,7 +104,7 @@ impl RtmpPublishSession {
                 ServerSessionResult::RaisedEvent(e) => match e {
                     ServerSessionEvent::ConnectionRequested { request_id, .. } => {
                         // Any app name connects; the publish path decides (PRODUCT.md §6.3).
-                        let more = self.session.as_mut().expect("session").accept_request(request_id).map_err(protocol)?;
+                        let more = self.session.as_mut().expect("session").accept_request(request_id)?;
                         self.take(more, events)?;
                     }
                     ServerSessionEvent::PublishStreamRequested { request_id, app_name, stream_key, .. } => {
@@ -123,7 +126,7 @@ impl RtmpPublishSession {
     }
 
     pub fn accept_publish(&mut self, request_id: u32) -> Result<(), RtmpError> {
-        let results = self.session.as_mut().ok_or_else(|| RtmpError::Protocol("no session".into()))?.accept_request(request_id).map_err(protocol)?;
+        let results = self.session.as_mut().ok_or(RtmpError::NoSession)?.accept_request(request_id)?;
         let mut ignored = Vec::new();
         self.take(results, &mut ignored)
     }
@@ -131,12 +134,7 @@ impl RtmpPublishSession {
     /// Refuses a publish request: `onStatus` error `NetStream.Publish.Rejected` with
     /// `<code>: <message>`.
     pub fn reject_publish(&mut self, request_id: u32, description: &str) -> Result<(), RtmpError> {
-        let results = self
-            .session
-            .as_mut()
-            .ok_or_else(|| RtmpError::Protocol("no session".into()))?
-            .reject_request(request_id, "NetStream.Publish.Rejected", description)
-            .map_err(protocol)?;
+        let results = self.session.as_mut().ok_or(RtmpError::NoSession)?.reject_request(request_id, "NetStream.Publish.Rejected", description)?;
         let mut ignored = Vec::new();
         self.take(results, &mut ignored)
     }
@@ -155,10 +153,10 @@ impl RtmpPublishSession {
             command_object: Amf0Value::Null,
             additional_arguments: vec![Amf0Value::Object(status)],
         };
-        let payload = message.into_message_payload(RtmpTimestamp::new(0), 1).map_err(protocol)?;
+        let payload = message.into_message_payload(RtmpTimestamp::new(0), 1)?;
         let mut serializer = ChunkSerializer::new();
-        serializer.set_max_chunk_size(self.chunk_size, RtmpTimestamp::new(0)).map_err(protocol)?;
-        let packet = serializer.serialize(&payload, true, false).map_err(protocol)?;
+        serializer.set_max_chunk_size(self.chunk_size, RtmpTimestamp::new(0))?;
+        let packet = serializer.serialize(&payload, true, false)?;
         self.outbound.extend_from_slice(&packet.bytes);
         Ok(())
     }
@@ -264,7 +262,7 @@ pub(crate) mod tests {
             let mut server = handshaken_server();
             let bytes = chunked(20, 0, &deeply_nested("connect", depth));
             let err = server.feed(&bytes).expect_err("nesting beyond the bound is refused");
-            assert!(err.to_string().contains("TooDeep"), "{err}");
+            assert!(matches!(err, RtmpError::Session(_)) && err.to_string().contains("nest deeper than 32"), "{err}");
         }
         // Metadata (@setDataFrame, AMF0 data) goes through the same bounded decoder.
         let mut server = handshaken_server();
@@ -296,6 +294,6 @@ pub(crate) mod tests {
         // Type 0 header on csid 3: timestamp 0, length 0xffffff, type 9, stream 1, then one byte.
         let header = [0x03, 0, 0, 0, 0xff, 0xff, 0xff, 9, 1, 0, 0, 0, 0x17];
         let err = server.feed(&header).expect_err("16 MiB message refused");
-        assert!(err.to_string().contains("MessageTooLarge"), "{err}");
+        assert!(matches!(err, RtmpError::Session(_)) && err.to_string().contains("larger than the limit"), "{err}");
     }
 }

@@ -9,7 +9,7 @@ use crate::entry::{check_entry, privilege_missing, verify_raw};
 use crate::error::ApiError;
 use std::time::Duration;
 use tessera_engine::rtmp_publisher::RtmpPublisher;
-use tessera_engine::{PeerRole, Quality, SessionSpec};
+use tessera_engine::{PeerRole, PublisherEnd, Quality, SessionSpec};
 use tessera_media::StreamKind;
 use tessera_model::Privileges;
 use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
@@ -81,66 +81,90 @@ async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(Ses
     Ok((spec, token.privileges))
 }
 
+/// Why an RTMP connection ended (logged).
+#[derive(Debug, thiserror::Error)]
+enum ConnectionEnd {
+    #[error("no data for 30 s")]
+    Idle,
+    #[error("refused: {0}")]
+    Refused(String),
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Rtmp(#[from] tessera_rtmp::session::RtmpError),
+    #[error(transparent)]
+    Engine(#[from] tessera_engine::RtcServerError),
+}
+
 struct Publishing {
     id: u64,
     media: RtmpPublisher,
 }
 
-async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), String> {
+async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), ConnectionEnd> {
     let mut session = RtmpPublishSession::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut publishing: Option<Publishing> = None;
-    let mut replaced_by_newer: Option<tokio::sync::oneshot::Receiver<()>> = None;
+    // Set while publishing: tells why the SFU ended the publisher, if it did.
+    let mut ended_by_sfu: Option<tokio::sync::oneshot::Receiver<PublisherEnd>> = None;
     let result = async {
         loop {
-            let replaced = async {
-                match replaced_by_newer.as_mut() {
-                    Some(rx) => rx.await.is_ok(),
+            let ended = async {
+                match ended_by_sfu.as_mut() {
+                    Some(rx) => rx.await.ok(),
                     None => std::future::pending().await,
                 }
             };
             let mut close_after_write = None;
             let read = tokio::select! {
-                r = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => Some(r),
-                was_replaced = replaced => {
+                r = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => Ok(r),
+                end = ended => {
                     // A receiver is polled to completion once only.
-                    replaced_by_newer = None;
-                    if !was_replaced {
-                        continue;
+                    ended_by_sfu = None;
+                    match end {
+                        Some(end) => Err(end),
+                        None => continue,
                     }
-                    None
                 }
             };
             let events = match read {
-                // A newer publish of the same user and stream took over: this one ends with a
-                // status that says so (issue 10, defect 12).
-                None => {
+                // A newer publish of the same user and stream took over (issue 10, defect 12),
+                // the user was removed or the room dismissed: the publish ends with a status that
+                // says so.
+                Err(end) => {
                     publishing = None;
-                    let reason = "publish_replaced: a newer publish of the same user and stream took over";
-                    tracing::info!("RTMP publish replaced by a newer one; closing the old connection");
-                    session.reject_after_start(reason).map_err(|e| e.to_string())?;
+                    let reason = match end {
+                        PublisherEnd::Replaced => "publish_replaced: a newer publish of the same user and stream took over",
+                        PublisherEnd::Removed => "removed: the user was removed from the room",
+                        PublisherEnd::RoomDismissed => "room_dismissed: the room was dismissed",
+                    };
+                    match end {
+                        PublisherEnd::Replaced => tracing::info!("RTMP publish replaced by a newer one; closing the old connection"),
+                        _ => tracing::info!("RTMP publish ended by the server ({reason}); closing the connection"),
+                    }
+                    session.reject_after_start(reason)?;
                     close_after_write = Some(reason.to_string());
                     Vec::new()
                 }
-                Some(Err(_)) => return Err("no data for 30 s".to_string()),
-                Some(Ok(Err(e))) => return Err(e.to_string()),
-                Some(Ok(Ok(0))) => return Ok(()),
-                Some(Ok(Ok(n))) => session.feed(&buf[..n]).map_err(|e| e.to_string())?,
+                Ok(Err(_)) => return Err(ConnectionEnd::Idle),
+                Ok(Ok(Err(e))) => return Err(e.into()),
+                Ok(Ok(Ok(0))) => return Ok(()),
+                Ok(Ok(Ok(n))) => session.feed(&buf[..n])?,
             };
             for event in events {
                 match event {
                     RtmpEvent::PublishRequested { request_id, app, stream_key } => match authorize(state, &app, &stream_key).await {
                         Ok((spec, privileges)) => {
                             let (stream_kind, user, room) = (spec.stream, spec.user.clone(), spec.room.room.clone());
-                            let (id, replaced) = state.rtc.add_ingest_watched(spec).await.map_err(|e| e.to_string())?;
-                            replaced_by_newer = Some(replaced);
-                            session.accept_publish(request_id).map_err(|e| e.to_string())?;
+                            let (id, replaced) = state.rtc.add_ingest_watched(spec).await?;
+                            ended_by_sfu = Some(replaced);
+                            session.accept_publish(request_id)?;
                             tracing::info!(%room, %user, stream = %stream_kind, "RTMP publish started");
                             publishing = Some(Publishing { id, media: RtmpPublisher::new(stream_kind, privileges) });
                         }
                         Err(e) => {
                             tracing::warn!(code = e.code, "RTMP publish refused: {}", e.message);
-                            session.reject_publish(request_id, &description(&e)).map_err(|e| e.to_string())?;
+                            session.reject_publish(request_id, &description(&e))?;
                             close_after_write = Some(description(&e));
                         }
                     },
@@ -152,11 +176,11 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                             _ => continue,
                         };
                         match packets {
-                            Ok(packets) if !packets.is_empty() => state.rtc.push(p.id, packets).await.map_err(|e| e.to_string())?,
+                            Ok(packets) if !packets.is_empty() => state.rtc.push(p.id, packets).await?,
                             Ok(_) => {}
                             Err(refusal) => {
                                 tracing::warn!("RTMP publish refused: {refusal}");
-                                session.reject_after_start(&refusal.0).map_err(|e| e.to_string())?;
+                                session.reject_after_start(&refusal.0)?;
                                 close_after_write = Some(refusal.0);
                                 break;
                             }
@@ -170,7 +194,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                 }
             }
             if !session.outbound.is_empty() {
-                stream.write_all(&session.outbound).await.map_err(|e| e.to_string())?;
+                stream.write_all(&session.outbound).await?;
                 session.outbound.clear();
             }
             if let Some(reason) = close_after_write {
@@ -186,7 +210,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Strin
                     }
                 }
                 let _ = stream.shutdown().await;
-                return Err(format!("refused: {reason}"));
+                return Err(ConnectionEnd::Refused(reason));
             }
         }
     }

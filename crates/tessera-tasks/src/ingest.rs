@@ -8,13 +8,13 @@
 //! registry, the record saved to `tasks/<id>.json` at every change of state (a restarted server
 //! resumes the tasks that were still live), events 701/702, and the blocking source.
 
-use crate::persist::write_atomic;
-use dashmap::DashMap;
+use crate::lock;
+use crate::registry::{Registry, Task, TaskFiles};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_engine::ingest::{IngestEvent, IngestMachine, IngestMedia, IngestRtp, Pacer};
+use tessera_engine::ingest::{EndReason, IngestEvent, IngestMachine, IngestMedia, IngestRtp, Pacer};
 use tessera_engine::{PeerRole, Quality, RoomKey, RtcHandle, SessionSpec};
 use tessera_media::StreamKind;
 use tessera_model::events::TaskEvent;
@@ -52,16 +52,36 @@ pub struct IngestTask {
     interrupt: Interrupt,
     /// A URL `PATCH` asked to switch to; the worker picks it up between packets.
     switch_to: Mutex<Option<String>>,
+    /// Why the task was asked to stop (the 702 `Reason`), when not by the API.
+    stop_reason: Mutex<Option<EndReason>>,
     /// The server is stopping: the worker ends without recording a final state, so the next
     /// start resumes the task.
     shutting_down: std::sync::atomic::AtomicBool,
-    tasks_dir: Option<PathBuf>,
+    files: TaskFiles,
     hooks: crate::Events,
 }
 
+impl Task for IngestTask {
+    const KIND: &'static str = "ingest";
+    fn app(&self) -> AppId {
+        lock(&self.record).app.clone()
+    }
+    fn is_live(&self) -> bool {
+        !lock(&self.record).state.is_final()
+    }
+}
+
 impl IngestTask {
-    fn new(record: IngestRecord, tasks_dir: Option<PathBuf>, hooks: crate::Events) -> IngestTask {
-        IngestTask { record: Mutex::new(record), interrupt: Interrupt::default(), switch_to: Mutex::new(None), shutting_down: Default::default(), tasks_dir, hooks }
+    fn new(record: IngestRecord, files: TaskFiles, hooks: crate::Events) -> IngestTask {
+        IngestTask {
+            record: Mutex::new(record),
+            interrupt: Interrupt::default(),
+            switch_to: Mutex::new(None),
+            stop_reason: Mutex::new(None),
+            shutting_down: Default::default(),
+            files,
+            hooks,
+        }
     }
 
     /// Event 701 (`status`: 0 started, 1 failed for good, 2 about to retry) or 702 (`reason`).
@@ -71,17 +91,17 @@ impl IngestTask {
     }
 
     pub fn record(&self) -> IngestRecord {
-        self.record.lock().expect("ingest record").clone()
+        lock(&self.record).clone()
     }
 
     fn update(&self, persist: bool, f: impl FnOnce(&mut IngestRecord)) {
         let snapshot = {
-            let mut r = self.record.lock().expect("ingest record");
+            let mut r = lock(&self.record);
             f(&mut r);
             r.clone()
         };
         if persist {
-            save(self.tasks_dir.as_ref(), &snapshot);
+            let _ = self.files.save(&snapshot.id, &snapshot);
         }
     }
 
@@ -100,19 +120,10 @@ impl IngestTask {
     }
 }
 
-fn save(dir: Option<&PathBuf>, record: &IngestRecord) {
-    let Some(dir) = dir else { return };
-    let bytes = serde_json::to_vec_pretty(record).expect("a record serializes");
-    if let Err(e) = write_atomic(&dir.join(format!("{}.json", record.id)), &bytes, 0o600) {
-        tracing::warn!(ingest = %record.id, "cannot save the ingest task: {e}");
-    }
-}
-
 /// Every ingest of the server.
 pub struct Ingests {
     hooks: crate::Events,
-    tasks: DashMap<String, Arc<IngestTask>>,
-    tasks_dir: Option<PathBuf>,
+    tasks: Registry<IngestTask>,
 }
 
 pub struct NewIngest {
@@ -126,25 +137,30 @@ pub struct NewIngest {
 
 impl Ingests {
     pub fn new(tasks_dir: Option<PathBuf>, hooks: crate::Events) -> Ingests {
-        Ingests { tasks: DashMap::new(), tasks_dir, hooks }
+        Ingests { tasks: Registry::new(tasks_dir), hooks }
     }
 
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<IngestTask>> {
-        self.tasks.get(id).map(|t| t.clone()).filter(|t| t.record.lock().expect("ingest record").app == *app)
+        self.tasks.get(app, id)
     }
 
     pub fn list(&self, app: &AppId) -> Vec<IngestRecord> {
-        self.tasks.iter().map(|t| t.record()).filter(|r| r.app == *app).collect()
+        self.tasks.of_app(app).iter().map(|(_, t)| t.record()).collect()
+    }
+
+    /// Every ingest, in every app.
+    pub fn all(&self) -> Vec<Arc<IngestTask>> {
+        self.tasks.all()
     }
 
     /// Every ingest's state, for the metrics.
     pub fn all_states(&self) -> Vec<&'static str> {
-        self.tasks.iter().map(|t| t.record().state.as_str()).collect()
+        self.tasks.all().iter().map(|t| t.record().state.as_str()).collect()
     }
 
     /// Live (not stopped or failed) ingests of an app.
     pub fn live_count(&self, app: &AppId) -> usize {
-        self.list(app).iter().filter(|r| !r.state.is_final()).count()
+        self.tasks.live_count(Some(app))
     }
 
     /// Whether a live ingest of this app already publishes (room, user, stream).
@@ -171,15 +187,15 @@ impl Ingests {
             source: None,
             bitrate_kbps: 0.0,
         };
-        save(self.tasks_dir.as_ref(), &record);
+        let _ = self.tasks.files().save(&record.id, &record);
         self.spawn(record.clone(), rtc);
         record
     }
 
     fn spawn(&self, record: IngestRecord, rtc: RtcHandle) {
         let id = record.id.clone();
-        let task = Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone()));
-        self.tasks.insert(id.clone(), task.clone());
+        let task = Arc::new(IngestTask::new(record, self.tasks.files().clone(), self.hooks.clone()));
+        self.tasks.insert(&id, task.clone());
         let span = {
             let r = task.record();
             tracing::info_span!("ingest", id = %id, room = %r.room, user = %r.user)
@@ -194,7 +210,7 @@ impl Ingests {
     /// timestamps continue.
     pub fn switch(&self, task: &IngestTask, url: String) {
         task.update(true, |r| r.url = url.clone());
-        *task.switch_to.lock().expect("switch") = Some(url);
+        *lock(&task.switch_to) = Some(url);
     }
 
     /// `DELETE`: the worker stops within a packet (or its current blocking read is interrupted).
@@ -202,10 +218,16 @@ impl Ingests {
         task.interrupt.raise();
     }
 
+    /// Stops the task for `reason` (a dismissed room).
+    pub fn stop_for(&self, task: &IngestTask, reason: EndReason) {
+        *lock(&task.stop_reason) = Some(reason);
+        task.interrupt.raise();
+    }
+
     /// Stops every worker (server shut-down). Records keep their live state, so the next start
     /// resumes them.
     pub fn shutdown(&self) {
-        for t in self.tasks.iter() {
+        for t in self.tasks.all() {
             t.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
             t.interrupt.raise();
         }
@@ -213,12 +235,12 @@ impl Ingests {
 
     /// Resumes the tasks a previous run left live (`tasks/*.json` of kind "ingest").
     pub fn resume(&self, rtc: &RtcHandle) {
-        let Some(dir) = &self.tasks_dir else { return };
-        for v in crate::task_file::read_all(dir, "ingest") {
+        for v in self.tasks.files().saved() {
             let Ok(mut record) = serde_json::from_value::<IngestRecord>(v) else { continue };
             if record.state.is_final() {
                 // Finished tasks stay readable (PRODUCT.md §10: retention).
-                self.tasks.insert(record.id.clone(), Arc::new(IngestTask::new(record, self.tasks_dir.clone(), self.hooks.clone())));
+                let id = record.id.clone();
+                self.tasks.insert(&id, Arc::new(IngestTask::new(record, self.tasks.files().clone(), self.hooks.clone())));
                 continue;
             }
             tracing::info!(ingest = %record.id, url = %record.url, "resuming the ingest");
@@ -261,14 +283,16 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle) {
     while let Some(at) = machine.open_at() {
         apply(&task, &mut machine);
         if !sleep_until(&task.interrupt, at) {
-            machine.stop();
+            machine.stop_for(lock(&task.stop_reason).unwrap_or(EndReason::Api));
             break;
         }
-        let url = task.switch_to.lock().expect("switch").take().unwrap_or_else(|| task.record().url);
-        let opened = crate::outbound::check_url_blocking(&url).map_err(SourceError::Open).and_then(|()| PullSource::open(&url, rtp.next_base_ms(), task.interrupt.clone()));
+        let url = lock(&task.switch_to).take().unwrap_or_else(|| task.record().url);
+        let opened = crate::outbound::check_url_blocking(&url)
+            .map_err(|e| SourceError::Open(e.to_string()))
+            .and_then(|()| PullSource::open(&url, rtp.next_base_ms(), task.interrupt.clone()));
         let mut source = match opened {
             Err(SourceError::Stopped) => {
-                machine.stop();
+                machine.stop_for(lock(&task.stop_reason).unwrap_or(EndReason::Api));
                 break;
             }
             Err(e) => {
@@ -296,7 +320,7 @@ fn worker(task: Arc<IngestTask>, rtc: RtcHandle) {
         machine.opened();
         apply(&task, &mut machine);
         match play(&task, &mut source, id, keyframes, &mut rtp, &rtc) {
-            Outcome::Stopped => machine.stop(),
+            Outcome::Stopped => machine.stop_for(lock(&task.stop_reason).unwrap_or(EndReason::Api)),
             Outcome::Switched => machine.switched(Instant::now()),
             Outcome::Ended => machine.ended(live, Instant::now()),
             Outcome::Dropped(e) => machine.failed(e, Instant::now()),
@@ -352,7 +376,7 @@ fn play(task: &IngestTask, source: &mut PullSource, publisher: u64, keyframes: &
         if task.interrupt.is_raised() {
             return Outcome::Stopped;
         }
-        if task.switch_to.lock().expect("switch").is_some() {
+        if lock(&task.switch_to).is_some() {
             return Outcome::Switched;
         }
         match source.read(&mut media) {

@@ -175,8 +175,19 @@ pub fn plan(slices: &[Slice], mode: u8, skip_gaps: bool, av: u8) -> Vec<Output> 
     outputs
 }
 
+/// Why `tessera merge` stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum MergeError {
+    #[error("{} holds no single-stream recording (no <app>_<room>__UserId_s_… .ts files)", .0.display())]
+    NothingToMerge(PathBuf),
+    #[error("{}: {source}", .path.display())]
+    OutDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Media(#[from] tessera_transcode::TranscodeError),
+}
+
 /// Renders one planned output; `progress` gets 0..=100.
-pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32)) -> Result<PathBuf, String> {
+pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32)) -> Result<PathBuf, MergeError> {
     let has_video = !out.video.is_empty();
     let size = match options.size {
         Some(s) => (s.0 & !1, s.1 & !1),
@@ -191,10 +202,10 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
     let name = if has_video { format!("{}_{}_av.mp4", out.user, out.start_ms) } else { format!("{}_{}.m4a", out.user, out.start_ms) };
     let path = options.out_dir.join(&name);
     let fps = options.fps.clamp(5, 120);
-    let mut aac = AacEncoder::new(2, 96).map_err(|e| e.to_string())?;
+    let mut aac = AacEncoder::new(2, 96)?;
     let has_audio = !out.audio.is_empty();
     let track = AudioTrack { sample_rate: 48_000, channels: 2, asc: aac.audio_specific_config().to_vec() };
-    let mut writer = TsSegment::create_mp4(&path, has_video.then_some(size), has_audio.then_some(&track)).map_err(|e| e.to_string())?;
+    let mut writer = TsSegment::create_mp4(&path, has_video.then_some(size), has_audio.then_some(&track))?;
     let total_frames = if has_video { (out.duration_ms * fps as i64 / 1000).max(1) } else { 0 };
     // Video: frames at the output rate; the newest decoded picture at or before each frame's
     // time, black where no slice covers it.
@@ -206,8 +217,7 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
             kbps: tessera_transcode::video::default_kbps(size.0, size.1),
             gop_frames: fps * 2,
             preset: "veryfast",
-        })
-        .map_err(|e| e.to_string())?;
+        })?;
         let mut black = tessera_transcode::compose::Canvas::new(size.0, size.1);
         black.fill(tessera_transcode::compose::Rect { x: 0, y: 0, width: size.0, height: size.1 }, (0, 0, 0));
         let mut slices = out.video.iter().peekable();
@@ -262,10 +272,9 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
             match shown.as_mut() {
                 Some(frame) => encoder.encode(frame, t, &mut encoded),
                 None => encoder.encode(black.frame_mut(), t, &mut encoded),
-            }
-            .map_err(|e| e.to_string())?;
+            }?;
             for e in &encoded {
-                writer.write_video(&e.data, e.pts_ms, e.keyframe).map_err(|e| e.to_string())?;
+                writer.write_video(&e.data, e.pts_ms, e.keyframe)?;
             }
             if n % fps as i64 == 0 {
                 progress((n * (if has_audio { 70 } else { 100 }) / total_frames) as u32);
@@ -288,38 +297,38 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
                     let start = (*at + pts_ms - f) * 48;
                     if start > cursor {
                         let gap = (start - cursor) as usize;
-                        aac.push(&vec![0.0; gap * 2], &mut frames).map_err(|e| e.to_string())?;
+                        aac.push(&vec![0.0; gap * 2], &mut frames)?;
                         cursor = start;
                     }
                     let skip = ((cursor - start).max(0) as usize * 2).min(pcm.len());
-                    aac.push(&pcm[skip..], &mut frames).map_err(|e| e.to_string())?;
+                    aac.push(&pcm[skip..], &mut frames)?;
                     cursor += ((pcm.len() - skip) / 2) as i64;
                     for f in frames.drain(..) {
-                        writer.write_audio(&f.data, (f.ts48 / 48) as i64).map_err(|e| e.to_string())?;
+                        writer.write_audio(&f.data, (f.ts48 / 48) as i64)?;
                     }
                 }
             }
             progress(70 + (30 * (i + 1) / out.audio.len()) as u32);
         }
         if total > cursor {
-            aac.push(&vec![0.0; (total - cursor) as usize * 2], &mut frames).map_err(|e| e.to_string())?;
+            aac.push(&vec![0.0; (total - cursor) as usize * 2], &mut frames)?;
             for f in frames.drain(..) {
-                writer.write_audio(&f.data, (f.ts48 / 48) as i64).map_err(|e| e.to_string())?;
+                writer.write_audio(&f.data, (f.ts48 / 48) as i64)?;
             }
         }
     }
-    writer.finish().map_err(|e| e.to_string())?;
+    writer.finish()?;
     progress(100);
     Ok(path)
 }
 
 /// Runs the whole merge; returns the files written.
-pub fn run(options: &MergeOptions, progress: &mut dyn FnMut(&str, u32)) -> Result<Vec<PathBuf>, String> {
+pub fn run(options: &MergeOptions, progress: &mut dyn FnMut(&str, u32)) -> Result<Vec<PathBuf>, MergeError> {
     let slices = find_slices(&options.dir);
     if slices.is_empty() {
-        return Err(format!("{} holds no single-stream recording (no <app>_<room>__UserId_s_… .ts files)", options.dir.display()));
+        return Err(MergeError::NothingToMerge(options.dir.clone()));
     }
-    std::fs::create_dir_all(&options.out_dir).map_err(|e| format!("{}: {e}", options.out_dir.display()))?;
+    std::fs::create_dir_all(&options.out_dir).map_err(|source| MergeError::OutDir { path: options.out_dir.clone(), source })?;
     let outputs = plan(&slices, options.mode, options.skip_gaps, options.av);
     let mut written = Vec::new();
     for o in &outputs {

@@ -21,8 +21,18 @@ pub fn policy() -> &'static OutboundPolicy {
     POLICY.get_or_init(OutboundPolicy::default)
 }
 
-fn unreachable(host: &str, port: u16) -> String {
-    format!("cannot connect to {host}:{port}")
+/// Why an outbound connection was not made. `Unreachable` is deliberately one case for a
+/// refused address, a refused connection and a timeout.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OutboundError {
+    #[error("cannot resolve host '{host}': {reason}")]
+    Unresolved { host: String, reason: String },
+    #[error("cannot connect to {host}:{port}")]
+    Unreachable { host: String, port: u16 },
+}
+
+fn unreachable(host: &str, port: u16) -> OutboundError {
+    OutboundError::Unreachable { host: host.to_owned(), port }
 }
 
 /// The host and port of `scheme://[user@]host[:port]/...` (default ports by scheme).
@@ -50,8 +60,8 @@ pub fn host_port(url: &str) -> Option<(String, u16)> {
 }
 
 /// The permitted addresses of `host:port`, or the uniform error.
-fn permitted(host: &str, port: u16, resolved: std::io::Result<Vec<SocketAddr>>) -> Result<Vec<SocketAddr>, String> {
-    let all = resolved.map_err(|e| format!("cannot resolve host '{host}': {e}"))?;
+fn permitted(host: &str, port: u16, resolved: std::io::Result<Vec<SocketAddr>>) -> Result<Vec<SocketAddr>, OutboundError> {
+    let all = resolved.map_err(|e| OutboundError::Unresolved { host: host.to_owned(), reason: e.to_string() })?;
     let ok: Vec<SocketAddr> = all.into_iter().filter(|a| policy().permits(a.ip())).collect();
     if ok.is_empty() {
         tracing::info!(%host, port, "outbound connection refused by the [security] outbound policy");
@@ -61,15 +71,16 @@ fn permitted(host: &str, port: u16, resolved: std::io::Result<Vec<SocketAddr>>) 
 }
 
 /// Checks a URL before a library (FFmpeg) opens it: blocking DNS, then the policy.
-pub fn check_url_blocking(url: &str) -> Result<(), String> {
+pub fn check_url_blocking(url: &str) -> Result<(), OutboundError> {
     use std::net::ToSocketAddrs;
     let Some((host, port)) = host_port(url) else { return Ok(()) }; // data: URLs, no network
     permitted(&host, port, (host.as_str(), port).to_socket_addrs().map(Iterator::collect)).map(drop)
 }
 
 /// TCP to `host:port` through the policy, trying each permitted address within `timeout`.
-pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
-    let resolved = tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await.map_err(|_| format!("cannot resolve host '{host}': timed out"))?;
+pub async fn connect(host: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, OutboundError> {
+    let resolved =
+        tokio::time::timeout(timeout, tokio::net::lookup_host((host, port))).await.map_err(|_| OutboundError::Unresolved { host: host.to_owned(), reason: "timed out".into() })?;
     let addrs = permitted(host, port, resolved.map(Iterator::collect))?;
     let deadline = tokio::time::Instant::now() + timeout;
     for addr in addrs {
@@ -95,9 +106,9 @@ mod tests {
 
     #[test]
     fn metadata_addresses_are_refused_with_the_same_text_as_a_closed_port() {
-        let e = check_url_blocking("http://169.254.169.254/latest/meta-data/").unwrap_err();
+        let e = check_url_blocking("http://169.254.169.254/latest/meta-data/").unwrap_err().to_string();
         assert_eq!(e, "cannot connect to 169.254.169.254:80");
-        let e = check_url_blocking("http://[fd00:ec2::254]/").unwrap_err();
+        let e = check_url_blocking("http://[fd00:ec2::254]/").unwrap_err().to_string();
         assert_eq!(e, "cannot connect to fd00:ec2::254:80");
         assert!(check_url_blocking("rtmp://127.0.0.1:1/a/b").is_ok());
     }
@@ -106,6 +117,6 @@ mod tests {
     async fn refused_and_closed_read_alike() {
         let closed = connect("127.0.0.1", 1, Duration::from_secs(2)).await.unwrap_err();
         let refused = connect("169.254.169.254", 1, Duration::from_secs(2)).await.unwrap_err();
-        assert_eq!(closed.replace("127.0.0.1", "X"), refused.replace("169.254.169.254", "X"));
+        assert_eq!(closed.to_string().replace("127.0.0.1", "X"), refused.to_string().replace("169.254.169.254", "X"));
     }
 }

@@ -14,35 +14,61 @@ pub const MAX_TASK_FILE_BYTES: u64 = 1024 * 1024;
 
 pub const KINDS: [&str; 4] = ["recording", "relay", "ingest", "mix_job"];
 
+/// Why a task file was skipped.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskFileError {
+    #[error("larger than {MAX_TASK_FILE_BYTES} bytes")]
+    TooLarge,
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a JSON object")]
+    NotObject,
+    #[error("no kind")]
+    NoKind,
+    #[error("unknown kind '{0}'")]
+    UnknownKind(String),
+    /// A valid record of another kind (they share the folder).
+    #[error("kind '{0}'")]
+    OtherKind(String),
+    #[error("no id")]
+    NoId,
+    /// `field` (id, app, prefix, owned_job) is not valid.
+    #[error("{field}: {reason}")]
+    Invalid { field: &'static str, reason: String },
+    #[error("id '{0}' is not the file's name")]
+    NotItsName(String),
+}
+
 /// The task record in `bytes` if it is a valid record of `kind` named `file_stem`.
-pub fn parse(bytes: &[u8], file_stem: &str, kind: &str) -> Result<Value, String> {
+pub fn parse(bytes: &[u8], file_stem: &str, kind: &str) -> Result<Value, TaskFileError> {
+    let invalid = |field: &'static str, reason: String| TaskFileError::Invalid { field, reason };
     if bytes.len() as u64 > MAX_TASK_FILE_BYTES {
-        return Err(format!("larger than {MAX_TASK_FILE_BYTES} bytes"));
+        return Err(TaskFileError::TooLarge);
     }
-    let v: Value = serde_json::from_slice(bytes).map_err(|e| format!("not JSON: {e}"))?;
+    let v: Value = serde_json::from_slice(bytes).map_err(|e| TaskFileError::NotJson(e.to_string()))?;
     if !v.is_object() {
-        return Err("not a JSON object".into());
+        return Err(TaskFileError::NotObject);
     }
-    let Some(file_kind) = v["kind"].as_str() else { return Err("no kind".into()) };
+    let Some(file_kind) = v["kind"].as_str() else { return Err(TaskFileError::NoKind) };
     if !KINDS.contains(&file_kind) {
-        return Err(format!("unknown kind '{file_kind}'"));
+        return Err(TaskFileError::UnknownKind(file_kind.to_owned()));
     }
     if file_kind != kind {
-        return Err(format!("kind '{file_kind}'"));
+        return Err(TaskFileError::OtherKind(file_kind.to_owned()));
     }
-    let id = v["id"].as_str().ok_or("no id")?;
-    TaskId::parse(id).map_err(|e| format!("id: {e}"))?;
+    let id = v["id"].as_str().ok_or(TaskFileError::NoId)?;
+    TaskId::parse(id).map_err(|e| invalid("id", e.to_string()))?;
     if id != file_stem {
-        return Err(format!("id '{id}' is not the file's name"));
+        return Err(TaskFileError::NotItsName(id.to_owned()));
     }
-    AppId::parse(v["app"].as_str().unwrap_or("")).map_err(|e| format!("app: {e}"))?;
+    AppId::parse(v["app"].as_str().unwrap_or("")).map_err(|e| invalid("app", e.to_string()))?;
     if let Some(prefix) = v.get("prefix").filter(|p| !p.is_null()) {
         if !prefix.as_str().is_some_and(tessera_model::app::valid_prefix) {
-            return Err("prefix: not a valid recording prefix".into());
+            return Err(invalid("prefix", "not a valid recording prefix".into()));
         }
     }
     if let Some(owned) = v.get("owned_job").and_then(Value::as_str) {
-        TaskId::parse(owned).map_err(|e| format!("owned_job: {e}"))?;
+        TaskId::parse(owned).map_err(|e| invalid("owned_job", e.to_string()))?;
     }
     Ok(v)
 }
@@ -64,7 +90,7 @@ pub fn read_all(dir: &Path, kind: &str) -> Vec<Value> {
         match parse(&bytes, stem, kind) {
             Ok(v) => out.push(v),
             // Records of other kinds share the folder: only a bad record of this kind is news.
-            Err(e) if e.starts_with("kind '") => {}
+            Err(TaskFileError::OtherKind(_)) => {}
             Err(e) => tracing::warn!(file = %path.display(), "task file skipped: {e}"),
         }
     }
@@ -90,10 +116,12 @@ mod tests {
             (json!({"kind": "relay", "app": "default"}), "no id"),
             (json!([1, 2]), "object"),
         ] {
-            let e = parse(bad.to_string().as_bytes(), "0123456789abcdef", "relay").unwrap_err();
+            let e = parse(bad.to_string().as_bytes(), "0123456789abcdef", "relay").unwrap_err().to_string();
             assert!(e.contains(why), "{bad}: {e}");
         }
-        assert!(parse(&vec![b' '; MAX_TASK_FILE_BYTES as usize + 1], "0123456789abcdef", "relay").is_err());
+        assert_eq!(parse(&vec![b' '; MAX_TASK_FILE_BYTES as usize + 1], "0123456789abcdef", "relay"), Err(TaskFileError::TooLarge));
+        let ingest = json!({"kind": "ingest", "id": "0123456789abcdef", "app": "default"});
+        assert_eq!(parse(ingest.to_string().as_bytes(), "0123456789abcdef", "relay"), Err(TaskFileError::OtherKind("ingest".into())));
         // Deep nesting is refused by serde_json's recursion limit, not a stack overflow.
         let deep = format!("{}{}", "[".repeat(100_000), "]".repeat(100_000));
         assert!(parse(deep.as_bytes(), "x", "relay").is_err());

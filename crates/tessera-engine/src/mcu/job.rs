@@ -3,15 +3,14 @@
 //! live parts of `MixSpec` (layout, audio, subscription) through the `MixHandle`.
 
 use super::audio_mix::AudioMixer;
-use super::layout::{InputKey, LayoutConfig, LayoutState, Placement, Rgb};
+use super::layout::{InputKey, LayoutState, Placement};
+use super::spec::*;
 use crate::driver::RtcHandle;
-use crate::sfu::{IngestPacket, PublisherInfo, RoomKey, SessionSpec, TapPacket};
+use crate::sfu::{IngestPacket, PublisherInfo, SessionSpec, TapPacket};
 use crate::{PeerRole, Quality};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 
-const NOT_STOPPING: u32 = u32::MAX;
 use std::time::{Duration, Instant};
 use tessera_media::h264::{self, H264Packetizer};
 use tessera_media::rtp::{AuAssembler, Push};
@@ -19,7 +18,7 @@ use tessera_media::{Codec, KeyframeThrottle, StreamKind};
 use tessera_model::UserId;
 use tessera_transcode::compose::{Canvas, Rect};
 use tessera_transcode::decode::{OpusDecoder, OpusEncoder, VideoCodec, VideoDecoder};
-use tessera_transcode::image::{Overlay, RgbaImage};
+use tessera_transcode::image::Overlay;
 use tessera_transcode::video::{EncoderSettings, H264Encoder, OpenH264Encoder, VideoEncoder};
 use tessera_transcode::OPUS_FRAME;
 
@@ -36,82 +35,6 @@ const MAX_RTP_PAYLOAD: usize = 1200;
 /// x264 preset of mixes (`encoder: "x264"`): a 720p30 nine-grid costs ~0.3 cores with it,
 /// ~0.4 with "veryfast" (BENCHMARKS.md).
 const MIX_PRESET: &str = "superfast";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Subscribe {
-    pub video_allow: Option<Vec<String>>,
-    pub video_deny: Vec<String>,
-    pub audio_allow: Option<Vec<String>>,
-    pub audio_deny: Vec<String>,
-}
-
-impl Subscribe {
-    pub fn everyone() -> Subscribe {
-        Subscribe { video_allow: None, video_deny: Vec::new(), audio_allow: None, audio_deny: Vec::new() }
-    }
-
-    /// Deny beats allow; a `None` allow list means everyone.
-    fn allows(allow: &Option<Vec<String>>, deny: &[String], user: &str) -> bool {
-        !deny.iter().any(|d| d == user) && allow.as_ref().is_none_or(|a| a.iter().any(|x| x == user))
-    }
-
-    pub fn video(&self, user: &str) -> bool {
-        Self::allows(&self.video_allow, &self.video_deny, user)
-    }
-
-    pub fn audio(&self, user: &str) -> bool {
-        Self::allows(&self.audio_allow, &self.audio_deny, user)
-    }
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum AudioMode {
-    All,
-    Users(Vec<String>),
-    None,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct EncodeSettings {
-    pub width: u32,
-    pub height: u32,
-    pub fps: u32,
-    pub kbps: u32,
-    pub gop_s: u32,
-    pub audio_channels: usize,
-    pub audio_kbps: u32,
-    /// OpenH264 (the default) or libx264.
-    pub openh264: bool,
-}
-
-/// A watermark: an image scaled to its box, blended above every tile.
-#[derive(Debug, Clone)]
-pub struct Watermark {
-    pub image: Arc<RgbaImage>,
-    pub x: u32,
-    pub y: u32,
-    pub width: u32,
-    pub height: u32,
-}
-
-/// The layout's images, already fetched and decoded (LAYOUTS.md §3.5).
-#[derive(Debug, Clone, Default)]
-pub struct MixImages {
-    pub background: Option<Arc<RgbaImage>>,
-    pub placeholder: Option<Arc<RgbaImage>>,
-    pub watermarks: Vec<Watermark>,
-}
-
-impl MixImages {
-    /// Identity of the images (to know when scaled copies must be remade).
-    fn identity(&self) -> Vec<usize> {
-        let mut v: Vec<usize> = [&self.background, &self.placeholder].iter().map(|i| i.as_ref().map(|a| Arc::as_ptr(a) as usize).unwrap_or(0)).collect();
-        for w in &self.watermarks {
-            v.extend([Arc::as_ptr(&w.image) as usize, w.x as usize, w.y as usize, w.width as usize, w.height as usize]);
-        }
-        v
-    }
-}
 
 /// Images scaled for this canvas; remade when the layout's images change.
 #[derive(Default)]
@@ -135,63 +58,6 @@ impl Overlays {
     }
 }
 
-/// What a job does; `layout`, `audio` and `subscribe` may be replaced while it runs.
-#[derive(Debug, Clone)]
-pub struct MixSpec {
-    pub id: String,
-    pub room: RoomKey,
-    pub user: UserId,
-    pub layout: LayoutConfig,
-    pub images: MixImages,
-    pub background: Rgb,
-    pub include_aux: bool,
-    pub subscribe: Subscribe,
-    pub audio: AudioMode,
-    pub max_voices: usize,
-    pub encode: EncodeSettings,
-    pub video: bool,
-    pub max_idle: Duration,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum MixState {
-    Starting,
-    Running,
-    Stopped,
-}
-
-impl MixState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MixState::Starting => "STARTING",
-            MixState::Running => "RUNNING",
-            MixState::Stopped => "STOPPED",
-        }
-    }
-}
-
-#[derive(Debug, Clone, PartialEq)]
-pub struct InputStatus {
-    pub key: InputKey,
-    pub join_order: u64,
-    pub tile: Option<super::layout::Tile>,
-    pub has_video: bool,
-    pub has_audio: bool,
-    pub voice_selected: bool,
-}
-
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct MixStats {
-    pub fps: f64,
-    pub decode_ms_p50: f64,
-    pub compose_ms_p50: f64,
-    pub encode_ms_p50: f64,
-    pub dropped_frames: u64,
-    pub frames: u64,
-    /// CPU of the job's own thread (decode, compose, OpenH264, audio), in cores.
-    pub cpu_cores: f64,
-}
-
 /// CPU seconds this thread has used (Linux: /proc/thread-self/stat, 10 ms resolution).
 fn thread_cpu_seconds() -> f64 {
     let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
@@ -200,36 +66,36 @@ fn thread_cpu_seconds() -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-#[derive(Debug, Clone)]
-pub struct MixStatus {
-    pub state: MixState,
-    pub inputs: Vec<InputStatus>,
-    pub stats: MixStats,
-    pub stopped_at: Option<i64>,
-    pub leave_code: Option<u32>,
-    pub error: Option<String>,
+/// What the job's thread is told, in order.
+enum MixCommand {
+    /// The live parts of the spec changed (PATCH).
+    Update(Box<MixSpec>),
+    /// Stop with this LeaveCode (0 DELETE, 105 owner stopped).
+    Stop(u32),
 }
 
-/// The HTTP side's handle on a running job.
+/// The HTTP side's handle on a running job: commands go to the job's thread over a channel;
+/// the spec and status are kept here for readers.
 pub struct MixHandle {
     spec: Mutex<MixSpec>,
     status: Mutex<MixStatus>,
-    /// The LeaveCode to stop with (0 DELETE, 105 owner stopped), or `NOT_STOPPING`.
-    stop: AtomicU32,
+    commands: Mutex<std::sync::mpsc::Sender<MixCommand>>,
 }
 
 impl MixHandle {
     pub fn spec(&self) -> MixSpec {
-        self.spec.lock().expect("mix spec").clone()
+        lock(&self.spec).clone()
     }
 
     pub fn status(&self) -> MixStatus {
-        self.status.lock().expect("mix status").clone()
+        lock(&self.status).clone()
     }
 
     /// Replaces the live parts of the spec; the job applies it at its next frame.
     pub fn update(&self, f: impl FnOnce(&mut MixSpec)) {
-        f(&mut self.spec.lock().expect("mix spec"));
+        let mut spec = lock(&self.spec);
+        f(&mut spec);
+        let _ = lock(&self.commands).send(MixCommand::Update(Box::new(spec.clone())));
     }
 
     /// Stops the job as `DELETE` does (LeaveCode 0).
@@ -238,31 +104,33 @@ impl MixHandle {
     }
 
     /// Stops the job with a LeaveCode (105 when its owning recording stopped).
+    /// The first stop wins.
     pub fn stop_with(&self, code: u32) {
-        let _ = self.stop.compare_exchange(NOT_STOPPING, code, Ordering::SeqCst, Ordering::SeqCst);
+        let _ = lock(&self.commands).send(MixCommand::Stop(code));
     }
 
     /// Starts the job's thread; `on_stop` runs on it with the leave code once the job has
     /// stopped (the server records the final state).
     pub fn start(spec: MixSpec, rtc: RtcHandle, on_stop: Box<dyn FnOnce(u32) + Send>) -> std::io::Result<Arc<MixHandle>> {
+        let (commands, inbox) = std::sync::mpsc::channel();
         let handle = Arc::new(MixHandle {
             spec: Mutex::new(spec.clone()),
             status: Mutex::new(MixStatus { state: MixState::Starting, inputs: Vec::new(), stats: MixStats::default(), stopped_at: None, leave_code: None, error: None }),
-            stop: AtomicU32::new(NOT_STOPPING),
+            commands: Mutex::new(commands),
         });
         let h = handle.clone();
         let span = tracing::info_span!("mix", id = %spec.id, room = %spec.room.room);
         std::thread::Builder::new().name(format!("mix-{}", spec.id)).spawn(move || {
             let _span = span.entered();
-            let (code, error) = match run(&h, &rtc) {
+            let (code, error) = match run(&h, &rtc, &inbox) {
                 Ok(code) => (code, None),
                 Err(e) => {
                     tracing::error!(job = %spec.id, "mix job failed: {e}");
-                    (104, Some(e))
+                    (104, Some(e.to_string()))
                 }
             };
             {
-                let mut st = h.status.lock().expect("mix status");
+                let mut st = lock(&h.status);
                 st.state = MixState::Stopped;
                 st.stopped_at = Some(unix_ms());
                 st.leave_code = Some(code);
@@ -273,6 +141,11 @@ impl MixHandle {
         })?;
         Ok(handle)
     }
+}
+
+/// A poisoned lock still holds a whole value (every writer leaves it whole).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn unix_ms() -> i64 {
@@ -318,10 +191,10 @@ impl Timing {
     }
 }
 
-fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
-    let spec = handle.spec();
+fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<MixCommand>) -> Result<u32, MixError> {
+    let mut spec = handle.spec();
     let enc = spec.encode;
-    let (tap, mut packets) = rtc.add_tap_blocking(spec.room.clone(), spec.user.clone()).map_err(|e| e.to_string())?;
+    let (tap, mut packets) = rtc.add_tap_blocking(spec.room.clone(), spec.user.clone())?;
     let out_spec = SessionSpec {
         sid: tessera_model::random::session_id(),
         room: spec.room.clone(),
@@ -333,20 +206,17 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
         quality: Quality::Auto,
         join: crate::JoinInfo::anchor(crate::presence::user_type::MIX),
     };
-    let (publisher, keyframe_requests) = rtc.add_ingest_blocking(out_spec).map_err(|e| e.to_string())?;
-    let result = (|| -> Result<u32, String> {
+    let (publisher, keyframe_requests) = rtc.add_ingest_blocking(out_spec)?;
+    let result = (|| -> Result<u32, MixError> {
+        let mut membership = rtc.watch_publishers_blocking(spec.room.clone())?;
         let mut canvas = if spec.video { Some(Canvas::new(enc.width, enc.height)) } else { None };
         let mut encoder = if spec.video {
             let settings = EncoderSettings { width: enc.width, height: enc.height, fps: enc.fps, kbps: enc.kbps, gop_frames: enc.fps * enc.gop_s.max(1), preset: MIX_PRESET };
-            Some(if enc.openh264 {
-                VideoEncoder::OpenH264(OpenH264Encoder::new(settings).map_err(|e| e.to_string())?)
-            } else {
-                VideoEncoder::X264(H264Encoder::new(settings).map_err(|e| e.to_string())?)
-            })
+            Some(if enc.openh264 { VideoEncoder::OpenH264(OpenH264Encoder::new(settings)?) } else { VideoEncoder::X264(H264Encoder::new(settings)?) })
         } else {
             None
         };
-        let mut opus = if spec.audio != AudioMode::None { Some(OpusEncoder::new(enc.audio_channels, enc.audio_kbps).map_err(|e| e.to_string())?) } else { None };
+        let mut opus = if spec.audio != AudioMode::None { Some(OpusEncoder::new(enc.audio_channels, enc.audio_kbps)?) } else { None };
         let mut mixer: AudioMixer<InputKey> = AudioMixer::new(spec.max_voices);
         let mut packetizer = H264Packetizer::new(MAX_RTP_PAYLOAD);
         let (video_ssrc, audio_ssrc) = (tessera_model::random::ssrc(), tessera_model::random::ssrc());
@@ -364,7 +234,6 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
         let frame_time = Duration::from_secs_f64(1.0 / enc.fps.max(1) as f64);
         let mut next_frame = start;
         let mut next_audio = start;
-        let mut next_refresh = start;
         let mut idle_since: Option<Instant> = None;
         let mut fps_window = (start, 0u64);
         let mut cpu_mark = thread_cpu_seconds();
@@ -372,27 +241,26 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
         let mut encoded = Vec::new();
         let mut opus_out = Vec::new();
         loop {
-            let stop = handle.stop.load(Ordering::SeqCst);
-            if stop != NOT_STOPPING {
-                return Ok(stop);
+            for command in inbox.try_iter() {
+                match command {
+                    MixCommand::Update(new) => spec = *new,
+                    MixCommand::Stop(code) => return Ok(code),
+                }
             }
-            let spec = handle.spec();
             mixer.max_voices = spec.max_voices;
             let now = Instant::now();
-            // Room membership: who is an input, in join order.
-            if now >= next_refresh {
-                next_refresh = now + Duration::from_millis(250);
-                publishers = rtc.room_publishers_blocking(spec.room.clone()).map_err(|e| e.to_string())?;
+            // Room membership: who is an input, in join order (pushed by the SFU as it changes).
+            if membership.list.has_changed().map_err(|_| crate::RtcServerError::Stopped)? {
+                publishers = membership.list.borrow_and_update().clone();
                 publishers.retain(|p| !p.user.is_mix());
-                let anchors = !publishers.is_empty();
-                match (anchors, idle_since) {
-                    (true, _) => idle_since = None,
-                    (false, None) => idle_since = Some(now),
-                    (false, Some(t)) if now - t >= spec.max_idle => return Ok(99),
-                    _ => {}
-                }
                 let present: Vec<InputKey> = publishers.iter().map(|p| InputKey::new(p.user.as_str(), p.stream.as_str())).collect();
                 inputs.retain(|k, _| present.contains(k));
+            }
+            match (!publishers.is_empty(), idle_since) {
+                (true, _) => idle_since = None,
+                (false, None) => idle_since = Some(now),
+                (false, Some(t)) if now - t >= spec.max_idle => return Ok(99),
+                _ => {}
             }
             // Packets from the tap: reassemble and decode.
             let t0 = Instant::now();
@@ -521,7 +389,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                     }
                     let pts_ms = start.elapsed().as_millis() as i64;
                     encoded.clear();
-                    encoder.encode(canvas.frame_mut(), pts_ms, &mut encoded).map_err(|e| e.to_string())?;
+                    encoder.encode(canvas.frame_mut(), pts_ms, &mut encoded)?;
                     encode_t.add(t2.elapsed().as_secs_f64() * 1000.0);
                     let mut out = Vec::new();
                     for e in &encoded {
@@ -542,7 +410,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                         }
                     }
                     if !out.is_empty() {
-                        rtc.push_blocking(publisher, out).map_err(|e| e.to_string())?;
+                        rtc.push_blocking(publisher, out)?;
                     }
                     stats.frames += 1;
                     fps_window.1 += 1;
@@ -574,7 +442,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                     let refs: Vec<(InputKey, &[f32])> = blocks.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
                     selected = mixer.mix(&refs, &mut mix_pcm);
                     opus_out.clear();
-                    opus.encode(&mix_pcm, &mut opus_out).map_err(|e| e.to_string())?;
+                    opus.encode(&mix_pcm, &mut opus_out)?;
                     let out: Vec<IngestPacket> = opus_out
                         .drain(..)
                         .map(|f| {
@@ -585,7 +453,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                         })
                         .collect();
                     if !out.is_empty() {
-                        rtc.push_blocking(publisher, out).map_err(|e| e.to_string())?;
+                        rtc.push_blocking(publisher, out)?;
                     }
                 }
             }
@@ -603,7 +471,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
             stats.compose_ms_p50 = compose_t.p50();
             stats.encode_ms_p50 = encode_t.p50();
             {
-                let mut st = handle.status.lock().expect("mix status");
+                let mut st = lock(&handle.status);
                 if stats.frames > 0 || (!spec.video && !selected.is_empty()) {
                     st.state = MixState::Running;
                 }
@@ -624,7 +492,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle) -> Result<u32, String> {
                     .collect();
             }
             // Sleep until the next tick (packets queue in the tap meanwhile).
-            let mut next = next_refresh;
+            let mut next = Instant::now() + Duration::from_millis(10);
             if canvas.is_some() {
                 next = next.min(next_frame);
             }

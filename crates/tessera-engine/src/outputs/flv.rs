@@ -47,7 +47,7 @@ impl FlvProducer {
 
     /// One packet of the room (others than the source's are ignored), arrived at `arrival_ms`
     /// on the relay's clock.
-    pub fn push(&mut self, p: &TapPacket, arrival_ms: i64, out: &mut Vec<FlvTag>) -> Result<(), String> {
+    pub fn push(&mut self, p: &TapPacket, arrival_ms: i64, out: &mut Vec<FlvTag>) -> Result<(), tessera_transcode::TranscodeError> {
         if p.user != self.user || p.stream != self.stream {
             return Ok(());
         }
@@ -55,10 +55,10 @@ impl FlvProducer {
             Codec::Opus if self.media.audio() => {
                 let audio = match self.audio.as_mut() {
                     Some(a) => a,
-                    None => self.audio.insert(OpusToAac::new().map_err(|e| e.to_string())?),
+                    None => self.audio.insert(OpusToAac::new()?),
                 };
                 self.aac.clear();
-                audio.push(p.ts, &p.payload, arrival_ms, &mut self.aac).map_err(|e| e.to_string())?;
+                audio.push(p.ts, &p.payload, arrival_ms, &mut self.aac)?;
                 // The header once, as soon as the encoder exists (the first decoded packet).
                 if let Some(asc) = audio.audio_specific_config().filter(|_| !self.audio_header_sent) {
                     self.audio_header_sent = true;

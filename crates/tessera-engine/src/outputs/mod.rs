@@ -3,6 +3,7 @@
 //! threads and the clock.
 
 pub mod flv;
+pub mod hls;
 pub mod recording;
 pub mod relay;
 pub mod tap_input;

@@ -260,6 +260,11 @@ impl RecordingControl {
         self.finish(0, now);
     }
 
+    /// Stopped from outside with a LeaveCode (2: the room was dismissed).
+    pub fn stop_with(&mut self, code: u32, now: Instant) {
+        self.finish(code, now);
+    }
+
     fn finish(&mut self, code: u32, now: Instant) {
         if !self.stopped {
             self.stopped = true;

@@ -67,7 +67,7 @@ impl Default for VideoInput {
 }
 
 impl VideoInput {
-    pub fn push(&mut self, p: &TapPacket, arrival_ms: i64) -> Result<VideoUnit, String> {
+    pub fn push(&mut self, p: &TapPacket, arrival_ms: i64) -> Result<VideoUnit, TranscodeError> {
         let push = self.au.push(p.seq, p.ts, p.marker, p.payload.clone());
         if self.au.take_abandoned() {
             self.waiting_keyframe = true;
@@ -103,7 +103,7 @@ impl VideoInput {
     }
 
     /// VP8 is decoded and re-encoded at its own size, at most 4 Mbit/s.
-    fn vp8_to_h264(&mut self, unit: &[Arc<[u8]>], ms: i64) -> Result<Option<Vec<Vec<u8>>>, String> {
+    fn vp8_to_h264(&mut self, unit: &[Arc<[u8]>], ms: i64) -> Result<Option<Vec<Vec<u8>>>, TranscodeError> {
         let mut frame = Vec::new();
         for x in unit {
             if let Some((_, body)) = tessera_media::vp8::depacketize(x) {
@@ -112,7 +112,7 @@ impl VideoInput {
         }
         let (decoder, encoder) = match self.vp8.as_mut() {
             Some(v) => v,
-            None => self.vp8.insert((VideoDecoder::new(VideoCodec::Vp8).map_err(|e| e.to_string())?, None)),
+            None => self.vp8.insert((VideoDecoder::new(VideoCodec::Vp8)?, None)),
         };
         if !matches!(decoder.decode(&frame), Ok(true)) {
             return Ok(None);
@@ -121,7 +121,7 @@ impl VideoInput {
         let (w, h) = (picture.width() & !1, picture.height() & !1);
         if encoder.as_ref().is_none_or(|e| (e.settings.width, e.settings.height) != (w, h)) {
             let settings = EncoderSettings { width: w, height: h, fps: 30, kbps: default_kbps(w, h).min(4000), gop_frames: 60, preset: "" };
-            *encoder = Some(OpenH264Encoder::new(settings).map_err(|e| e.to_string())?);
+            *encoder = Some(OpenH264Encoder::new(settings)?);
         }
         let mut out = Vec::new();
         if encoder.as_mut().expect("made").encode(picture, ms, &mut out).is_err() {

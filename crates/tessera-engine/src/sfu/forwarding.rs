@@ -238,6 +238,7 @@ impl Sfu {
         let join = self.take_join_order();
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
+        room.created.get_or_insert(now);
         room.joined.entry(spec.user.clone()).or_insert(join);
         let mut replaced = None;
         if let Some(old) = room.publishers.insert((spec.user.clone(), spec.stream), id) {
@@ -258,8 +259,13 @@ impl Sfu {
     }
 
     pub fn remove_internal_publisher(&mut self, id: u64, now: Instant) -> bool {
+        self.end_internal_publisher(id, LeaveReason::Left, now)
+    }
+
+    /// Ends an internal publisher; `reason` is its exit reason (104).
+    pub(super) fn end_internal_publisher(&mut self, id: u64, reason: LeaveReason, now: Instant) -> bool {
         let Some(p) = self.internal.remove(&id) else { return false };
-        self.presence.left(id, LeaveReason::Left, now);
+        self.presence.left(id, reason, now);
         self.by_sid.remove(&p.spec.sid);
         if let Some(room) = self.rooms.get_mut(&p.spec.room) {
             let key = (p.spec.user.clone(), p.spec.stream);

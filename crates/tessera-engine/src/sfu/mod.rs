@@ -12,7 +12,9 @@
 mod allocator;
 mod consumer;
 mod forwarding;
+mod membership;
 mod producer;
+mod rooms;
 mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
@@ -75,6 +77,9 @@ struct Session {
     addrs: Vec<SocketAddr>,
     /// Queued in `Sfu::dirty` for draining (so it is queued once, however many packets it got).
     dirty: bool,
+    /// The session's span (sid, room, user, role): its log lines name it. Entered only where
+    /// something is logged, never per packet.
+    span: tracing::Span,
 }
 
 #[derive(Default)]
@@ -84,6 +89,7 @@ struct Room {
     joined: HashMap<UserId, u64>,
     viewers: HashMap<(UserId, StreamKind), Vec<u64>>,
     empty_since: Option<Instant>,
+    created: Option<Instant>,
 }
 
 impl Room {
@@ -118,6 +124,9 @@ pub struct Sfu {
     /// In-process subscribers (mix jobs, relays, recordings) per room:
     /// (tap, whether it also takes mixes' output).
     taps: HashMap<RoomKey, Vec<(u64, bool)>>,
+    /// Who follows a room's publishers (tasks waiting for or recording a source), and the list
+    /// they were last told. Watching does not keep a room alive; a tap does.
+    watchers: HashMap<RoomKey, (Vec<u64>, Vec<PublisherInfo>)>,
     /// Participants and their tracks: the room and media events.
     presence: Presence,
 }
@@ -148,6 +157,7 @@ impl Sfu {
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
             counters: Arc::new(SfuCounters::default()),
             taps: HashMap::new(),
+            watchers: HashMap::new(),
             presence: Presence::default(),
         }
     }
@@ -159,12 +169,12 @@ impl Sfu {
 
     /// Adds an in-process subscriber to every publisher of a room; its packets come out of
     /// `poll_tap`. A task started on a room that does not exist makes it, in `owner`'s name.
-    pub fn add_tap(&mut self, room: RoomKey, with_mixes: bool, owner: &UserId) -> u64 {
+    pub fn add_tap(&mut self, room: RoomKey, with_mixes: bool, owner: &UserId, now: Instant) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         if !self.rooms.contains_key(&room) {
             self.presence.room_created(&room, owner);
-            self.rooms.insert(room.clone(), Room::default());
+            self.rooms.insert(room.clone(), Room { created: Some(now), ..Room::default() });
         }
         self.taps.entry(room).or_default().push((id, with_mixes));
         id
@@ -190,33 +200,6 @@ impl Sfu {
     fn take_join_order(&mut self) -> u64 {
         self.next_join += 1;
         self.next_join - 1
-    }
-
-    /// The room's publishers with their join order (PRODUCT.md §3.3, LAYOUTS.md §2).
-    pub fn room_publishers(&self, room: &RoomKey) -> Vec<PublisherInfo> {
-        let Some(r) = self.rooms.get(room) else { return Vec::new() };
-        let mut out: Vec<PublisherInfo> = r
-            .publishers
-            .iter()
-            .map(|((user, stream), id)| {
-                let producers: &[Producer] = match (self.sessions.get(id), self.internal.get(id)) {
-                    (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers,
-                    (_, Some(p)) => &p.producers,
-                    _ => &[],
-                };
-                // A producer counts once it has sent something.
-                let sent = |kind| producers.iter().any(|p| p.kind == kind && p.layers.iter().any(|l| l.rate.bps > 0.0 || l.rate.bytes > 0));
-                PublisherInfo {
-                    user: user.clone(),
-                    stream: *stream,
-                    join_order: r.joined.get(user).copied().unwrap_or(u64::MAX),
-                    has_audio: sent(MediaKind::Audio),
-                    has_video: sent(MediaKind::Video),
-                }
-            })
-            .collect();
-        out.sort_by(|a, b| (a.join_order, &a.user, a.stream.as_str()).cmp(&(b.join_order, &b.user, b.stream.as_str())));
-        out
     }
 
     /// Rooms where someone other than a mix publishes.
@@ -268,7 +251,7 @@ impl Sfu {
         self.by_ufrag.remove(&s.peer.local_ufrag);
         s.peer.local_ufrag = local.ufrag.clone();
         self.by_ufrag.insert(local.ufrag.clone(), id);
-        tracing::info!(sid = %sid, "ICE restart");
+        tracing::info!(parent: &s.span, "ICE restart");
         self.mark_dirty(id);
         self.drain_all(now);
         Some(IceRestart { ufrag: local.ufrag, pwd: local.pass, candidates: self.candidates.clone() })
@@ -290,6 +273,7 @@ impl Sfu {
         let join = self.take_join_order();
         let room = self.rooms.entry(spec.room.clone()).or_default();
         room.empty_since = None;
+        room.created.get_or_insert(now);
         match spec.role {
             PeerRole::Publish => {
                 // The newest publisher of a (user, stream) wins; the older one is closed.
@@ -309,8 +293,9 @@ impl Sfu {
         }
         self.by_sid.insert(spec.sid.clone(), id);
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
-        tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role, "session added");
-        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), dirty: false });
+        let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role);
+        tracing::info!(parent: &span, "session added");
+        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), dirty: false, span });
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(answer)
@@ -373,7 +358,7 @@ impl Sfu {
                 }
             }
         }
-        tracing::info!(sid = %s.spec.sid, room = %s.spec.room.room, user = %s.spec.user, "session closed");
+        tracing::info!(parent: &s.span, "session closed");
     }
 
     /// A datagram arrived on the shared port.
@@ -398,7 +383,7 @@ impl Sfu {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
         if let Err(e) = session.peer.rtc.handle_input(input) {
-            tracing::debug!(sid = %session.spec.sid, "bad input: {e}");
+            tracing::debug!(parent: &session.span, "bad input: {e}");
             return;
         }
         session.last_heard = now;
@@ -434,7 +419,7 @@ impl Sfu {
         for id in &due {
             if let Some(s) = self.sessions.get_mut(id) {
                 if let Err(e) = s.peer.rtc.handle_input(Input::Timeout(now)) {
-                    tracing::debug!(sid = %s.spec.sid, "timeout handling failed: {e}");
+                    tracing::debug!(parent: &s.span, "timeout handling failed: {e}");
                 }
                 if !s.dirty {
                     s.dirty = true;
@@ -488,6 +473,7 @@ impl Sfu {
         for v in viewers {
             self.allocate(v, now);
         }
+        self.tell_watchers();
     }
 
     /// Polls one peer until it names its next timeout; its events are queued.
@@ -503,7 +489,7 @@ impl Sfu {
                 Ok(Output::Transmit(t)) => self.out.push_back(SfuOutput::Transmit(t)),
                 Ok(Output::Event(e)) => self.events.push((id, e)),
                 Err(e) => {
-                    tracing::warn!(sid = %s.spec.sid, "peer failed: {e}");
+                    tracing::warn!(parent: &s.span, "peer failed: {e}");
                     s.peer.rtc.disconnect();
                     s.next_timeout = now;
                     break;
@@ -539,7 +525,7 @@ impl Sfu {
             Event::Connected => {
                 if let Some(s) = self.sessions.get_mut(&id) {
                     s.connected = true;
-                    tracing::info!(sid = %s.spec.sid, "connected");
+                    tracing::info!(parent: &s.span, "connected");
                     if matches!(s.role, Role::Viewer { .. }) {
                         self.setup_consumers(id);
                         self.allocate(id, now);

@@ -148,3 +148,72 @@ fn offers_that_cannot_be_negotiated_are_refused() {
     }
     assert_eq!(sfu.stats(), SfuStats::default());
 }
+
+#[test]
+fn watchers_hear_the_publishers_at_once_and_then_each_change_only() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    let lists = |sfu: &mut Sfu, watch: u64| -> Vec<Vec<String>> {
+        std::iter::from_fn(|| sfu.poll_output())
+            .filter_map(|o| match o {
+                SfuOutput::Publishers(id, list) if id == watch => Some(list.iter().map(|p| p.user.to_string()).collect()),
+                _ => None,
+            })
+            .collect()
+    };
+    // A room nobody is in yet: an empty list at once, and watching does not make the room.
+    let watch = sfu.watch_publishers(key());
+    assert_eq!(lists(&mut sfu, watch), vec![Vec::<String>::new()]);
+    assert!(!sfu.room_exists(&key()));
+    sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    let mut bob = spec("bob", PeerRole::Publish);
+    bob.user = UserId::parse("bob").unwrap();
+    sfu.add_internal_publisher(bob, t0);
+    let mut t = t0 + Duration::from_millis(300);
+    sfu.handle_timeout(t);
+    // Both, in join order, once; nothing more while nothing changes.
+    assert_eq!(lists(&mut sfu, watch), vec![vec!["alice".to_string(), "bob".to_string()]]);
+    t += Duration::from_millis(300);
+    sfu.handle_timeout(t);
+    assert!(lists(&mut sfu, watch).is_empty());
+    sfu.remove_session("pub", t);
+    t += Duration::from_millis(300);
+    sfu.handle_timeout(t);
+    assert_eq!(lists(&mut sfu, watch), vec![vec!["bob".to_string()]]);
+    // Unwatched: no more lists.
+    sfu.unwatch_publishers(watch);
+    sfu.remove_session("bob", t);
+    t += Duration::from_millis(300);
+    sfu.handle_timeout(t);
+    assert!(lists(&mut sfu, watch).is_empty());
+}
+
+#[test]
+fn a_removed_user_and_a_dismissed_room_end_every_session_as_removed() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    let mut bob = spec("bob", PeerRole::Publish);
+    bob.user = UserId::parse("bob").unwrap();
+    bob.join = JoinInfo::anchor(crate::presence::user_type::RTMP);
+    let (bob_id, _) = sfu.add_internal_publisher(bob, t0);
+    let users: Vec<(String, Vec<u8>)> = sfu.room_users(&key()).unwrap().into_iter().map(|p| (p.user.to_string(), p.sessions)).collect();
+    assert_eq!(users, vec![("alice".into(), vec![crate::presence::user_type::WHIP]), ("bob".into(), vec![crate::presence::user_type::RTMP])]);
+    assert_eq!(sfu.rooms(&key().app).iter().map(|r| (r.participants, r.publishers)).collect::<Vec<_>>(), vec![(2, 2)]);
+    let _ = std::iter::from_fn(|| sfu.poll_output()).count();
+
+    // Bob is removed: his publisher's owner is told, he exits with Reason 3; alice stays.
+    assert!(sfu.kick(&key(), &UserId::parse("bob").unwrap(), t0));
+    assert!(!sfu.kick(&key(), &UserId::parse("bob").unwrap(), t0), "gone already");
+    let out: Vec<SfuOutput> = std::iter::from_fn(|| sfu.poll_output()).collect();
+    assert!(out.iter().any(|o| matches!(o, SfuOutput::PublisherEnded(id, PublisherEnd::Removed) if *id == bob_id)));
+    assert!(out.iter().any(|o| matches!(o, SfuOutput::Room(RoomEvent::Exited { reason: 3, user, .. }) if user.as_str() == "bob")));
+    assert_eq!(sfu.room_users(&key()).unwrap().len(), 1);
+
+    // The room is dismissed: alice exits with Reason 3, then 102; the room is gone at once.
+    assert!(sfu.dismiss(&key(), t0));
+    let events: Vec<RoomEvent> = std::iter::from_fn(|| sfu.poll_output()).filter_map(|o| if let SfuOutput::Room(e) = o { Some(e) } else { None }).collect();
+    assert!(matches!(&events[..], [RoomEvent::Exited { reason: 3, .. }, RoomEvent::RoomDismissed { .. }]), "{events:?}");
+    assert!(!sfu.room_exists(&key()) && sfu.room_users(&key()).is_none());
+    assert!(!sfu.dismiss(&key(), t0));
+}

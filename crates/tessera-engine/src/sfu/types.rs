@@ -135,9 +135,34 @@ pub enum SfuOutput {
     Transmit(Transmit),
     /// A packet for an in-process subscriber (a tap: mix job, relay, recording).
     Tap(u64, TapPacket),
+    /// A room's publishers, for a watcher (`watch_publishers`): at once, then on change.
+    Publishers(u64, Vec<PublisherInfo>),
+    /// The SFU ended an internal publisher its owner did not remove (a kick, a dismissed room):
+    /// the owner closes its side (an RTMP connection says why).
+    PublisherEnded(u64, PublisherEnd),
     /// A room or media event (webhook groups 1 and 2), in causal order.
     Room(RoomEvent),
     /// A viewer of this internal publisher (an ingest or a mix) wants a keyframe; its owner makes
     /// one if it can (throttled like a PLI).
     KeyframeWanted(u64),
+}
+
+/// Why an internal publisher was ended by someone other than its owner.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublisherEnd {
+    /// A newer publisher of the same user and stream took over.
+    Replaced,
+    /// The user was removed from the room (`DELETE /v1/rooms/{room}/users/{user}`).
+    Removed,
+    /// The room was dismissed (`DELETE /v1/rooms/{room}`).
+    RoomDismissed,
+}
+
+/// A room as `GET /v1/rooms` shows it (tasks are counted by their registries).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoomSummary {
+    pub room: RoomKey,
+    pub created: std::time::Instant,
+    pub participants: usize,
+    pub publishers: usize,
 }

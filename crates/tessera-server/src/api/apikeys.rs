@@ -44,7 +44,7 @@ pub fn requested_policy(preset: Option<&str>, policy: Option<Policy>) -> ApiResu
         (None, None) => Err(ApiError::invalid_parameter("preset", "give a 'preset' (full-access or read-only) or a 'policy'")),
         (Some(name), None) => Policy::preset(name).ok_or_else(|| ApiError::invalid_parameter("preset", "must be full-access or read-only")),
         (None, Some(p)) => {
-            p.validate().map_err(|reason| ApiError::invalid_parameter("policy", reason))?;
+            p.validate().map_err(|reason| ApiError::invalid_parameter("policy", reason.to_string()))?;
             Ok(p)
         }
     }

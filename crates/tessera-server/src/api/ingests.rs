@@ -131,9 +131,6 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     state.tasks.ingests.stop(&task);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
-    while !task.record().state.is_final() && std::time::Instant::now() < deadline {
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
+    tessera_tasks::registry::wait_ended(&*task, std::time::Duration::from_secs(3)).await;
     Ok(Json(view(&task.record())))
 }

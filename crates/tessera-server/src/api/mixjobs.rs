@@ -10,7 +10,6 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde_json::Value;
 use std::time::Duration;
-use tessera_engine::mcu::MixState;
 use tessera_tasks::mix_jobs::{apply_patch, find, start_job, view};
 
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(body): ApiJson<Value>) -> ApiResult<(StatusCode, Json<Value>)> {
@@ -19,7 +18,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.tasks.mix_jobs.jobs.iter().filter(|j| j.app == caller.app).map(|j| view(j.key(), j.value())).collect();
+    let items = state.tasks.mix_jobs.list(&caller.app).iter().map(|(id, j)| view(id, j)).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
@@ -35,14 +34,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let job = find(&state.tasks, &caller.app, &id)?;
-    job.handle.stop();
-    let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
-    if let Some(relay) = relay_id.and_then(|r| state.tasks.relays.get(&caller.app, &r)) {
-        state.tasks.relays.stop(&relay);
-    }
-    let deadline = std::time::Instant::now() + Duration::from_secs(3);
-    while job.handle.status().state != MixState::Stopped && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tessera_tasks::mix_jobs::stop(&state.tasks, &job);
+    tessera_tasks::registry::wait_ended(&*job, Duration::from_secs(3)).await;
     Ok(Json(view(&id, &job)))
 }

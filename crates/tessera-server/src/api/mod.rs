@@ -11,6 +11,7 @@ pub mod json;
 pub mod mixjobs;
 mod recordings;
 mod relays;
+mod rooms;
 mod tokens;
 pub mod whip;
 
@@ -96,6 +97,10 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/recordings/{id}/result", get(recordings::result))
         .route("/v1/relays", post(relays::start).get(relays::list))
         .route("/v1/relays/{id}", get(relays::get).patch(relays::update).delete(relays::stop))
+        .route("/v1/rooms", get(rooms::list))
+        .route("/v1/rooms/{room}", get(rooms::get).delete(rooms::dismiss))
+        .route("/v1/rooms/{room}/users", get(rooms::users))
+        .route("/v1/rooms/{room}/users/{user}", get(rooms::user).delete(rooms::kick))
         .route("/v1/ingests", post(ingests::start).get(ingests::list))
         .route("/v1/ingests/{id}", get(ingests::get).patch(ingests::update).delete(ingests::stop))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
@@ -173,7 +178,7 @@ async fn metrics(State(state): State<AppState>) -> Response {
     state.metrics.observe_tasks(&crate::metrics::TaskCounts {
         mix_jobs: state.tasks.mix_jobs.running() as i64,
         relay_urls: state.tasks.relays.all_url_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
-        recordings: state.tasks.recordings.tasks.iter().map(|t| (t.status.lock().expect("status").state.to_string(), 1)).collect(),
+        recordings: state.tasks.recordings.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
         ingests: state.tasks.ingests.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
     });
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()

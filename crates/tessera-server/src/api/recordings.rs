@@ -206,7 +206,7 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
 }
 
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.tasks.recordings.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == caller.app).map(|t| view(t.key(), t.value())).collect();
+    let items = state.tasks.recordings.list(&caller.app).iter().map(|(id, t)| view(id, t)).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 

@@ -135,9 +135,6 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     state.tasks.relays.stop(&task);
-    let deadline = std::time::Instant::now() + Duration::from_secs(4);
-    while task.record().state != RelayState::Stopped && std::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    tessera_tasks::registry::wait_ended(&*task, Duration::from_secs(4)).await;
     Ok(Json(view(&task.record())))
 }

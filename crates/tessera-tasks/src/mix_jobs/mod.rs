@@ -5,11 +5,13 @@
 
 mod request;
 
+use crate::lock;
+use crate::registry::{Registry, Task, TaskFiles};
 use crate::Tasks;
 use crate::{ErrorKind, TaskError, TaskResult};
-use dashmap::DashMap;
 use request::*;
 use serde_json::{json, Value};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tessera_engine::mcu::{AudioMode, MixHandle, MixSpec, MixState};
@@ -20,9 +22,8 @@ use tessera_model::{AppId, RoomId, UserId};
 pub use request::parse_encode_template;
 
 /// Every mix job of the server.
-#[derive(Default)]
 pub struct MixJobs {
-    pub jobs: DashMap<String, Arc<MixJob>>,
+    jobs: Registry<MixJob>,
 }
 
 pub struct MixJob {
@@ -37,25 +38,51 @@ pub struct MixJob {
     pub handle: Arc<MixHandle>,
 }
 
+impl Task for MixJob {
+    const KIND: &'static str = "mix_job";
+    fn app(&self) -> AppId {
+        self.app.clone()
+    }
+    fn is_live(&self) -> bool {
+        self.handle.status().state != MixState::Stopped
+    }
+}
+
 impl MixJobs {
+    /// Mix jobs are always saved (`tasks_dir`) and resumed at the next start.
+    pub fn new(tasks_dir: PathBuf) -> MixJobs {
+        MixJobs { jobs: Registry::new(Some(tasks_dir)) }
+    }
+
     /// Stops a job because its owning recording stopped (LeaveCode 105).
     pub fn stop_owned(&self, app: &AppId, id: &str) {
-        if let Some(j) = self.jobs.get(id).filter(|j| j.app == *app) {
+        if let Some(j) = self.jobs.get(app, id) {
             j.handle.stop_with(105);
         }
     }
 
     pub fn exists(&self, app: &AppId, id: &str) -> bool {
-        self.jobs.get(id).is_some_and(|j| j.app == *app)
+        self.jobs.get(app, id).is_some()
     }
 
+    /// The app's jobs with their ids.
+    pub fn list(&self, app: &AppId) -> Vec<(String, Arc<MixJob>)> {
+        self.jobs.of_app(app)
+    }
+
+    /// Every job, in every app.
+    pub fn all(&self) -> Vec<Arc<MixJob>> {
+        self.jobs.all()
+    }
+
+    /// Jobs running, in every app (the server-wide cap counts these).
     pub fn running(&self) -> usize {
-        self.jobs.iter().filter(|j| j.handle.status().state != MixState::Stopped).count()
+        self.jobs.live_count(None)
     }
 
     /// Stops every job (server shut-down).
     pub fn shutdown(&self) {
-        for j in self.jobs.iter() {
+        for j in self.jobs.all() {
             j.shutting_down.store(true, std::sync::atomic::Ordering::SeqCst);
             j.handle.stop();
         }
@@ -63,7 +90,7 @@ impl MixJobs {
 }
 
 pub fn view(id: &str, job: &MixJob) -> Value {
-    let mut v = job.request.lock().expect("mix request").clone();
+    let mut v = lock(&job.request).clone();
     let status = job.handle.status();
     let spec = job.handle.spec();
     v["id"] = json!(id);
@@ -85,36 +112,49 @@ pub fn view(id: &str, job: &MixJob) -> Value {
     v["stopped_at"] = json!(status.stopped_at);
     v["leave_code"] = json!(status.leave_code);
     v["error"] = json!(status.error);
-    v["image_errors"] = json!(*job.image_errors.lock().expect("image errors"));
+    v["image_errors"] = json!(*lock(&job.image_errors));
     v
 }
 
-fn task_path(tasks: &Tasks, id: &str) -> std::path::PathBuf {
-    tasks.tasks_dir().join(format!("{id}.json"))
+/// Saves the job's request and state to `tasks/<id>.json` (RECORDING.md §8).
+fn save(files: &TaskFiles, app: &AppId, id: &str, created_at: i64, request: &Value, state: MixState) {
+    let file = MixJobFile { kind: MixJob::KIND.into(), id: id.into(), app: app.clone(), created_at, request: request.clone(), state: state.as_str().into() };
+    let _ = files.save(id, &file);
 }
 
-/// Saves the job's request and state to `tasks/<id>.json` (RECORDING.md §8).
-fn save(path: &std::path::Path, app: &AppId, id: &str, created_at: i64, request: &Value, state: &str) {
-    let record = json!({"kind": "mix_job", "id": id, "app": app, "created_at": created_at, "request": request, "state": state});
-    if let Err(e) = crate::persist::write_atomic(path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600) {
-        tracing::warn!(job = %id, "cannot save the mix job: {e}");
-    }
+/// A mix job's task file: its normalized request (checked again by `start_job` on resume).
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct MixJobFile {
+    kind: String,
+    id: String,
+    app: AppId,
+    #[serde(default)]
+    created_at: i64,
+    request: Value,
+    state: String,
 }
 
 /// Restarts the jobs a previous run left running, with the same ids and `mix_<id>` users.
 pub async fn resume(tasks: &Tasks) {
-    for v in crate::task_file::read_all(&tasks.tasks_dir(), "mix_job") {
-        if v["state"] == "STOPPED" {
+    for v in tasks.mix_jobs.jobs.files().saved() {
+        let f = match serde_json::from_value::<MixJobFile>(v) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!("mix job task file skipped: {e}");
+                continue;
+            }
+        };
+        if f.state == MixState::Stopped.as_str() {
             continue;
         }
-        let (Some(id), Ok(app)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or(""))) else { continue };
-        let mut body = v["request"].clone();
+        let (id, app) = (f.id.as_str(), &f.app);
+        let mut body = f.request.clone();
         // The owned relay is made again from its URLs.
         body["outputs"] = json!({"rtmp_urls": body["outputs"]["rtmp_urls"].clone()});
         if let Some(e) = body["encode"].as_object_mut() {
             e.remove("effective");
         }
-        match start_job(tasks, &app, body, Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0)))).await {
+        match start_job(tasks, app, body, Some((id.to_string(), f.created_at))).await {
             Ok(_) => tracing::info!(job = %id, "mix job resumed"),
             Err(e) => tracing::warn!(job = %id, "mix job not resumed: {}", e.message),
         }
@@ -197,16 +237,16 @@ pub async fn start_job(tasks: &Tasks, app: &AppId, body: Value, resumed: Option<
     } else {
         crate::relay::RelayMedia::AudioVideo
     };
-    let path = task_path(tasks, &id);
+    let files = tasks.mix_jobs.jobs.files().clone();
     let saved_request: Arc<Mutex<Value>> = Arc::new(Mutex::new(Value::Null));
     let shutting_down: Arc<std::sync::atomic::AtomicBool> = Arc::default();
     let on_stop: Box<dyn FnOnce(u32) + Send> = {
-        let (path, app, id, room, request, shutting, hooks) =
-            (path.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), tasks.events.clone());
+        let (files, app, id, room, request, shutting, hooks) =
+            (files.clone(), caller_app.clone(), id.clone(), room.clone(), saved_request.clone(), shutting_down.clone(), tasks.events.clone());
         Box::new(move |code| {
             // A job ended by the server's shut-down resumes with the next start: not a stop.
             if !shutting.load(std::sync::atomic::Ordering::SeqCst) {
-                save(&path, &app, &id, created_at, &request.lock().expect("request"), "STOPPED");
+                save(&files, &app, &id, created_at, &lock(&request), MixState::Stopped);
                 mix_event(&hooks, &app, &room, &id, TaskEvent::MixStopped { leave_code: code });
             }
         })
@@ -244,12 +284,21 @@ pub async fn start_job(tasks: &Tasks, app: &AppId, body: Value, resumed: Option<
     };
     let outputs = json!({"rtmp_urls": rtmp_urls, "recording": null, "relay_id": relay_id, "recording_id": null});
     let request = json!({"room": room, "layout": layout_json, "subscribe": subscribe_json, "audio": audio_json, "encode": encode_json, "video": video, "max_idle_time": idle, "outputs": outputs});
-    *saved_request.lock().expect("request") = request.clone();
-    save(&path, caller_app, &id, created_at, &request, "RUNNING");
+    *lock(&saved_request) = request.clone();
+    save(&files, caller_app, &id, created_at, &request, MixState::Running);
     let job = Arc::new(MixJob { app: caller_app.clone(), shutting_down, created_at, request: Mutex::new(request), image_errors: Mutex::new(image_errors), handle });
-    tasks.mix_jobs.jobs.insert(id.clone(), job.clone());
+    tasks.mix_jobs.jobs.insert(&id, job.clone());
     tracing::info!(job = %id, room = %room, "mix job started");
     Ok((id, job))
+}
+
+/// `DELETE`: the job stops, and its own relay with it.
+pub fn stop(tasks: &Tasks, job: &MixJob) {
+    job.handle.stop();
+    let relay_id = lock(&job.request)["outputs"]["relay_id"].as_str().map(str::to_owned);
+    if let Some(relay) = relay_id.and_then(|r| tasks.relays.get(&job.app, &r)) {
+        tasks.relays.stop(&relay);
+    }
 }
 
 /// A mix job's event: its room, user `mix_<id>` and task id.
@@ -266,7 +315,7 @@ fn report_image_errors(tasks: &Tasks, app: &AppId, room: &RoomId, id: &str, erro
 }
 
 pub fn find(tasks: &Tasks, app: &AppId, id: &str) -> TaskResult<Arc<MixJob>> {
-    tasks.mix_jobs.jobs.get(id).map(|j| j.clone()).filter(|j| j.app == *app).ok_or_else(|| TaskError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
+    tasks.mix_jobs.jobs.get(app, id).ok_or_else(|| TaskError::not_found("task_not_found", format!("the app has no mix job with id '{id}'")))
 }
 
 /// A PATCH of a job (its own route, or a recording's owned `mix`).
@@ -278,7 +327,7 @@ pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> T
         return Err(field(k, "cannot be changed by PATCH"));
     }
     if job.handle.status().state == MixState::Stopped {
-        return Err(TaskError::new(ErrorKind::Conflict, "invalid_state", "the mix job has stopped").with_details(json!({"state": "STOPPED"})));
+        return Err(TaskError::new(ErrorKind::Conflict, "invalid_state", "the mix job has stopped").with_details(json!({"state": MixState::Stopped.as_str()})));
     }
     let spec = job.handle.spec();
     if top.contains_key("encode") {
@@ -304,7 +353,7 @@ pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> T
     }
     let new_urls = if top.contains_key("outputs") { Some(check_outputs(&body)?) } else { None };
     if let Some(urls) = &new_urls {
-        let relay_id = job.request.lock().expect("mix request")["outputs"]["relay_id"].as_str().map(str::to_owned);
+        let relay_id = lock(&job.request)["outputs"]["relay_id"].as_str().map(str::to_owned);
         match (relay_id.and_then(|r| tasks.relays.get(app, &r)), urls.is_empty()) {
             (Some(relay), false) => {
                 if let Some(u) = urls.iter().find(|u| tasks.relays.url_in_use(u, Some(&relay.record().id))) {
@@ -316,9 +365,9 @@ pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> T
             (None, false) => return Err(field("outputs.rtmp_urls", "add RTMP outputs when starting the job")),
             (None, true) => {}
         }
-        job.request.lock().expect("mix request")["outputs"]["rtmp_urls"] = json!(urls);
+        lock(&job.request)["outputs"]["rtmp_urls"] = json!(urls);
     }
-    let mut request = job.request.lock().expect("mix request");
+    let mut request = lock(&job.request);
     job.handle.update(|s| {
         if let Some((l, bg, aux, j, _)) = layout {
             s.layout = l;
@@ -329,7 +378,7 @@ pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> T
         if let Some((images, errors)) = images {
             s.images = images;
             report_image_errors(&tasks, app, &s.room.room, &id, &errors);
-            *job.image_errors.lock().expect("image errors") = errors;
+            *lock(&job.image_errors) = errors;
         }
         if let Some((sub, j)) = subscribe {
             s.subscribe = sub;
@@ -341,7 +390,7 @@ pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> T
             request["audio"] = j;
         }
     });
-    save(&task_path(&tasks, &id), app, &id, job.created_at, &request, "RUNNING");
+    save(tasks.mix_jobs.jobs.files(), app, &id, job.created_at, &request, MixState::Running);
     drop(request);
     Ok(view(&id, &job))
 }

@@ -94,7 +94,9 @@ pub(super) async fn load_images(refs: &ImageRefs) -> (MixImages, Vec<Value>) {
     use std::sync::Arc as A;
     let fetch = |url: String| {
         tokio::task::spawn_blocking(move || {
-            let image = crate::outbound::check_url_blocking(&url).and_then(|()| tessera_transcode::image::fetch_image(&url, Duration::from_secs(5)).map_err(|e| e.to_string()));
+            let image = crate::outbound::check_url_blocking(&url)
+                .map_err(|e| e.to_string())
+                .and_then(|()| tessera_transcode::image::fetch_image(&url, Duration::from_secs(5)).map_err(|e| e.to_string()));
             (url.clone(), image)
         })
     };

@@ -2,10 +2,11 @@
 //! handed to the storage whole, the playlist rewritten after each (RECORDING.md §4), and what
 //! happens when the storage refuses a file (308, skipped segments, a 10-minute limit).
 
-use super::{FileInfo, TaskEvents};
+use super::{FileInfo, RecordingError, TaskEvents};
 use crate::persist::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use tessera_engine::outputs::hls::{CutRules, Playlist, RisingClock, StorageFailures, STORAGE_RETRY_MS};
 use tessera_model::events::TaskEvent;
 use tessera_transcode::mux::{AudioTrack, TsSegment};
 
@@ -13,9 +14,9 @@ use tessera_transcode::mux::{AudioTrack, TsSegment};
 /// first and handed over whole; an S3 backend implements the same calls (upload with retries).
 pub trait Storage: Send + Sync {
     /// Moves a finished file out of the spool to `name` in the task's place.
-    fn store(&self, spooled: &Path, name: &str) -> Result<(), String>;
+    fn store(&self, spooled: &Path, name: &str) -> Result<(), RecordingError>;
     /// Replaces a small object (a playlist) in one step.
-    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String>;
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), RecordingError>;
     fn remove(&self, name: &str);
     /// The URL players fetch `name` at.
     fn url(&self, name: &str) -> String;
@@ -28,11 +29,11 @@ pub struct LocalStorage {
 }
 
 impl Storage for LocalStorage {
-    fn store(&self, spooled: &Path, name: &str) -> Result<(), String> {
-        std::fs::rename(spooled, self.dir.join(name)).map_err(|e| format!("storing {name}: {e}"))
+    fn store(&self, spooled: &Path, name: &str) -> Result<(), RecordingError> {
+        std::fs::rename(spooled, self.dir.join(name)).map_err(|e| RecordingError::Storage { name: name.into(), reason: e.to_string() })
     }
-    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), String> {
-        write_atomic(&self.dir.join(name), bytes, 0o644).map_err(|e| format!("storing {name}: {e}"))
+    fn put(&self, name: &str, bytes: &[u8]) -> Result<(), RecordingError> {
+        write_atomic(&self.dir.join(name), bytes, 0o644).map_err(|e| RecordingError::Storage { name: name.into(), reason: e.to_string() })
     }
     fn remove(&self, name: &str) {
         let _ = std::fs::remove_file(self.dir.join(name));
@@ -74,7 +75,9 @@ pub(super) struct Segment {
     begin_unix: i64,
 }
 
-/// One playlist: its segments and the one being written.
+/// One playlist: its segments and the one being written. The rules (when to cut, the
+/// playlist's text, what a storage failure leads to) are the engine's `outputs::hls` values;
+/// this owns the muxer and the files.
 pub(super) struct HlsWriter {
     pub(super) events: TaskEvents,
     pub(super) storage: Arc<dyn Storage>,
@@ -84,39 +87,19 @@ pub(super) struct HlsWriter {
     pub(super) user_id: String,
     pub(super) media_id: String,
     pub(super) track_type: String,
-    pub(super) segment_ms: i64,
-    pub(super) target: u32,
+    pub(super) rules: CutRules,
     pub(super) video: bool,
     pub(super) audio: Option<AudioTrack>,
-    pub(super) size: Option<(u32, u32)>,
-    pub(super) start_rec_time: Option<i64>,
-    pub(super) lines: Vec<String>,
+    pub(super) text: Playlist,
     pub(super) current: Option<Segment>,
-    pub(super) discontinuity: bool,
     pub(super) files: Vec<FileInfo>,
-    pub(super) first_play_ms: Option<i64>,
     pub(super) last_ms: i64,
     /// Asked the source for a keyframe for the pending cut.
     pub(super) keyframe_asked: bool,
-    /// Last timestamps written per track: the muxer needs them increasing.
-    pub(super) last_video_ms: i64,
-    pub(super) last_audio_ms: i64,
-    /// Since when (task clock) the storage has refused this writer's files, if it does now.
-    pub(super) failing_since: Option<i64>,
-    /// When 308 was last sent for this writer (one a few seconds is enough to say it).
-    pub(super) reported_ms: Option<i64>,
-    /// Segments lost to storage failures.
-    pub(super) skipped: u32,
-    /// After a segment could not be opened, the next attempt waits a segment's length (so one
-    /// lost segment counts once, not once per frame).
-    pub(super) open_retry_at: Option<i64>,
+    video_clock: RisingClock,
+    audio_clock: RisingClock,
+    pub(super) failures: StorageFailures,
 }
-
-/// How long storage may keep failing before the recording ends (PRODUCT.md: a storage failure
-/// is reported with 308 and retried for up to 10 minutes).
-const STORAGE_RETRY_MS: i64 = 10 * 60 * 1000;
-/// 308 at most this often per writer while the storage keeps failing.
-const STORAGE_REPORT_MS: i64 = 5_000;
 
 /// A sample the muxer refused is dropped, not the recording: logged, and the next one goes on.
 fn not_written(track: &str, r: Result<(), tessera_transcode::TranscodeError>) {
@@ -126,105 +109,120 @@ fn not_written(track: &str, r: Result<(), tessera_transcode::TranscodeError>) {
 }
 
 impl HlsWriter {
-    fn playlist_text(&self, end: bool) -> String {
-        let mut t = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:{}\n", self.target);
-        if let Some(s) = self.start_rec_time {
-            t.push_str(&format!("#EXT-X-TRTC-START-REC-TIME:{s}\n"));
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn new(
+        events: TaskEvents,
+        storage: Arc<dyn Storage>,
+        spool: PathBuf,
+        names: (String, String),
+        ids: (String, String, String),
+        segment_ms: i64,
+        target_s: u32,
+        video: bool,
+        audio: Option<AudioTrack>,
+    ) -> HlsWriter {
+        let ((playlist, segment_stem), (user_id, media_id, track_type)) = (names, ids);
+        HlsWriter {
+            events,
+            storage,
+            spool,
+            playlist,
+            segment_stem,
+            user_id,
+            media_id,
+            track_type,
+            rules: CutRules { segment_ms, target_s },
+            video,
+            audio,
+            text: Playlist::new(target_s),
+            current: None,
+            files: Vec::new(),
+            last_ms: 0,
+            keyframe_asked: false,
+            video_clock: RisingClock::default(),
+            audio_clock: RisingClock::default(),
+            failures: StorageFailures::default(),
         }
-        if let (true, Some((w, h))) = (self.video, self.size) {
-            t.push_str(&format!("#EXT-X-TRTC-VIDEO-METADATA:WIDTH:{w} HEIGHT:{h}\n"));
-        }
-        for l in &self.lines {
-            t.push_str(l);
-            t.push('\n');
-        }
-        if end {
-            t.push_str("#EXT-X-ENDLIST\n");
-        }
-        t
     }
 
-    /// A file the storage refused (issue 10, defect 13): reported with 308 (at most every few
-    /// seconds), the segment skipped and counted, a discontinuity marked; only after
-    /// `STORAGE_RETRY_MS` of failures does the recording end.
-    fn storage_trouble(&mut self, error: String, clock_ms: i64) -> Result<(), String> {
-        let since = *self.failing_since.get_or_insert(clock_ms);
-        if self.reported_ms.is_none_or(|t| clock_ms - t >= STORAGE_REPORT_MS) {
-            self.reported_ms = Some(clock_ms);
-            self.events.storage_error(&error);
+    /// The picture size, known from the first keyframe (the playlist names it).
+    pub(super) fn set_size(&mut self, size: (u32, u32)) {
+        self.text.video_size = self.video.then_some(size);
+    }
+
+    fn size(&self) -> Option<(u32, u32)> {
+        self.text.video_size
+    }
+
+    /// A refused file (issue 10, defect 13): reported with 308 now and then, a discontinuity
+    /// marked; only a storage that keeps failing for `STORAGE_RETRY_MS` ends the recording.
+    fn storage_trouble(&mut self, error: RecordingError, clock_ms: i64, lost_segment: bool) -> Result<(), RecordingError> {
+        let verdict = self.failures.failed(clock_ms, lost_segment);
+        if verdict.report {
+            self.events.storage_error(&error.to_string());
         }
-        self.discontinuity = true;
-        if clock_ms - since >= STORAGE_RETRY_MS {
-            return Err(format!("storage failing for {} s: {error}", STORAGE_RETRY_MS / 1000));
+        self.text.mark_discontinuity();
+        if verdict.give_up {
+            return Err(RecordingError::StorageFailing { seconds: STORAGE_RETRY_MS / 1000, last: Box::new(error) });
         }
-        tracing::warn!(playlist = %self.playlist, "storage refused a segment; retrying with the next one: {error}");
+        let what = if lost_segment { "a segment" } else { "the playlist" };
+        tracing::warn!(playlist = %self.playlist, "storage refused {what}; retrying with the next one: {error}");
         Ok(())
-    }
-
-    fn storage_ok(&mut self) {
-        if self.failing_since.take().is_some() {
-            tracing::info!(playlist = %self.playlist, skipped = self.skipped, "storage works again");
-        }
     }
 
     /// Opens the next segment; a storage failure leaves none open (the samples until the next
     /// attempt are skipped).
-    fn open(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), String> {
-        if self.open_retry_at.is_some_and(|at| clock_ms < at) {
+    fn open(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), RecordingError> {
+        if !self.failures.may_open(clock_ms) {
             return Ok(());
         }
         match self.open_segment(clock_ms, unix_ms) {
             Ok(()) => {
-                self.open_retry_at = None;
+                self.failures.opened();
                 Ok(())
             }
             Err(e) => {
-                self.skipped += 1;
-                self.open_retry_at = Some(clock_ms + self.segment_ms);
-                self.storage_trouble(e, clock_ms)
+                self.failures.open_failed(clock_ms, self.rules.segment_ms);
+                self.storage_trouble(e, clock_ms, true)
             }
         }
     }
 
-    fn open_segment(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), String> {
+    fn open_segment(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), RecordingError> {
         let name = format!("{}_{}.ts", self.segment_stem, utc17(unix_ms));
         let part = self.spool.join(format!("{name}.part"));
-        let ts = TsSegment::create(&part, if self.video { self.size } else { None }, self.audio.as_ref()).map_err(|e| e.to_string())?;
-        self.start_rec_time.get_or_insert(unix_ms);
-        self.first_play_ms.get_or_insert(clock_ms);
+        let ts = TsSegment::create(&part, if self.video { self.size() } else { None }, self.audio.as_ref())?;
+        self.text.start_rec_time.get_or_insert(unix_ms);
         self.current = Some(Segment { ts, part, name, first_ms: clock_ms, begin_unix: unix_ms });
         Ok(())
     }
 
     /// Closes the current segment: renamed into place, listed, the playlist rewritten. A segment
     /// the storage refuses is skipped (see `storage_trouble`).
-    pub(super) fn cut(&mut self, end_ms: i64) -> Result<(), String> {
+    pub(super) fn cut(&mut self, end_ms: i64) -> Result<(), RecordingError> {
         let Some(part) = self.current.as_ref().map(|s| s.part.clone()) else { return Ok(()) };
         match self.cut_segment(end_ms) {
             Ok(()) => {
-                self.storage_ok();
+                if self.failures.stored() {
+                    tracing::info!(playlist = %self.playlist, skipped = self.failures.skipped, "storage works again");
+                }
                 Ok(())
             }
-            Err(e) => {
+            Err((e, lost_segment)) => {
                 // What was not stored frees its space at once.
                 let _ = std::fs::remove_file(&part);
-                self.skipped += 1;
-                self.storage_trouble(e, end_ms)
+                self.storage_trouble(e, end_ms, lost_segment)
             }
         }
     }
 
-    fn cut_segment(&mut self, end_ms: i64) -> Result<(), String> {
+    fn cut_segment(&mut self, end_ms: i64) -> Result<(), (RecordingError, bool)> {
         let Some(seg) = self.current.take() else { return Ok(()) };
-        seg.ts.finish().map_err(|e| e.to_string())?;
+        seg.ts.finish().map_err(|e| (e.into(), true))?;
         let size = std::fs::metadata(&seg.part).map(|m| m.len()).unwrap_or(0);
-        self.storage.store(&seg.part, &seg.name)?;
+        self.storage.store(&seg.part, &seg.name).map_err(|e| (e, true))?;
         let duration_ms = (end_ms - seg.first_ms).max(1);
-        if std::mem::take(&mut self.discontinuity) {
-            self.lines.push("#EXT-X-DISCONTINUITY".into());
-        }
-        self.lines.push(format!("#EXTINF:{:.3},", duration_ms as f64 / 1000.0));
-        self.lines.push(seg.name.clone());
+        self.text.add_segment(&seg.name, duration_ms);
         self.files.push(FileInfo {
             file_name: seg.name.clone(),
             user_id: self.user_id.clone(),
@@ -238,10 +236,8 @@ impl HlsWriter {
             stored: true,
             play_time_ms: seg.first_ms,
         });
-        if let Err(e) = self.write_playlist(false) {
-            // The segment is stored and listed; the next playlist write will name it.
-            return self.storage_trouble(e, end_ms);
-        }
+        // The segment is stored and listed; if the playlist is refused, the next write names it.
+        self.write_playlist(false).map_err(|e| (e, false))?;
         if self.files.len() == 1 {
             // The playlist's first segment is stored: 307 names it, 304 the playlist.
             self.events.emit(TaskEvent::SegmentCut {
@@ -249,53 +245,55 @@ impl HlsWriter {
                 user_id: self.user_id.clone(),
                 track_type: self.track_type.to_string(),
                 media_id: self.media_id.clone(),
-                begin_time_stamp: self.start_rec_time.unwrap_or(seg.begin_unix),
+                begin_time_stamp: self.text.start_rec_time.unwrap_or(seg.begin_unix),
             });
             self.events.emit(TaskEvent::PlaylistStored { file_list: vec![self.playlist.clone()] });
         }
         Ok(())
     }
 
-    pub(super) fn write_playlist(&self, end: bool) -> Result<(), String> {
-        self.storage.put(&self.playlist, self.playlist_text(end).as_bytes())
+    pub(super) fn write_playlist(&self, end: bool) -> Result<(), RecordingError> {
+        self.storage.put(&self.playlist, self.text.text(end).as_bytes())
     }
 
-    /// Whether a video frame at `clock_ms` should start a new segment.
+    /// Whether the open segment has reached its length (a keyframe would end it).
     pub(super) fn due(&self, clock_ms: i64) -> bool {
-        self.current.as_ref().is_some_and(|s| clock_ms - s.first_ms >= self.segment_ms)
+        self.rules.due(self.current.as_ref().map(|s| s.first_ms), clock_ms)
     }
 
-    pub(super) fn video(&mut self, clock_ms: i64, unix_ms: i64, annex_b: &[u8], keyframe: bool) -> Result<(), String> {
+    /// The next pause or gap starts a new segment after a discontinuity.
+    pub(super) fn mark_discontinuity(&mut self) {
+        self.text.mark_discontinuity();
+    }
+
+    pub(super) fn video(&mut self, clock_ms: i64, unix_ms: i64, annex_b: &[u8], keyframe: bool) -> Result<(), RecordingError> {
         if self.current.is_none() && !keyframe {
             return Ok(());
         }
-        let hard = self.current.as_ref().is_some_and(|s| clock_ms - s.first_ms >= self.target as i64 * 1000);
-        if (keyframe && self.due(clock_ms)) || hard {
+        if self.rules.cut_before_video(self.current.as_ref().map(|s| s.first_ms), clock_ms, keyframe) {
             self.cut(clock_ms)?;
             self.keyframe_asked = false;
         }
         if self.current.is_none() {
             self.open(clock_ms, unix_ms)?;
         }
-        let clock_ms = clock_ms.max(self.last_video_ms + 1);
-        self.last_video_ms = clock_ms;
+        let clock_ms = self.video_clock.next(clock_ms);
         let Some(seg) = self.current.as_mut() else { return Ok(()) }; // storage refused it
         not_written("video", seg.ts.write_video(annex_b, clock_ms, keyframe));
         self.last_ms = clock_ms + 40;
         Ok(())
     }
 
-    pub(super) fn audio(&mut self, clock_ms: i64, unix_ms: i64, aac: &[u8]) -> Result<(), String> {
-        let clock_ms = clock_ms.max(self.last_audio_ms + 1);
+    pub(super) fn audio(&mut self, clock_ms: i64, unix_ms: i64, aac: &[u8]) -> Result<(), RecordingError> {
         if self.video {
             // Muxed: audio rides in the video's segments.
             if let Some(seg) = self.current.as_mut() {
-                self.last_audio_ms = clock_ms;
+                let clock_ms = self.audio_clock.next(clock_ms);
                 not_written("audio", seg.ts.write_audio(aac, clock_ms));
             }
             return Ok(());
         }
-        self.last_audio_ms = clock_ms;
+        let clock_ms = self.audio_clock.next(clock_ms);
         if self.due(clock_ms) {
             self.cut(clock_ms)?;
         }
@@ -308,11 +306,11 @@ impl HlsWriter {
         Ok(())
     }
 
-    pub(super) fn finish(&mut self) -> Result<(), String> {
+    pub(super) fn finish(&mut self) -> Result<(), RecordingError> {
         let end = self.last_ms;
         self.cut(end)?;
-        if self.start_rec_time.is_some() {
-            self.write_playlist(true).inspect_err(|e| self.events.storage_error(e))?;
+        if self.text.start_rec_time.is_some() {
+            self.write_playlist(true).inspect_err(|e| self.events.storage_error(&e.to_string()))?;
         }
         Ok(())
     }

@@ -12,16 +12,17 @@
 //! formats, are remuxed (`files`).
 
 mod files;
+mod task_file;
+use task_file::RecordingFile;
 mod hls;
 mod worker;
 
 pub use hls::{id_in_name, utc17, LocalStorage, Storage};
 pub use tessera_engine::outputs::recording::{Mode, RecordingState};
 
-use crate::persist::write_atomic;
-use dashmap::DashMap;
+use crate::registry::{Registry, Task, TaskFiles};
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,7 +32,7 @@ use tessera_engine::outputs::recording::Selection;
 use tessera_engine::{RoomKey, RtcHandle};
 use tessera_media::StreamKind;
 use tessera_model::events::TaskEvent;
-use tessera_model::{AppId, RoomId, UserId};
+use tessera_model::{AppId, RoomId};
 use worker::Input;
 
 pub use crate::lock;
@@ -118,6 +119,24 @@ pub struct RecordingStatus {
     pub skipped_segments: u32,
 }
 
+/// Why a file was not written, or why a recording failed (its `error`, LeaveCode 104).
+#[derive(Debug, thiserror::Error)]
+pub enum RecordingError {
+    /// The storage refused a file.
+    #[error("storing {name}: {reason}")]
+    Storage { name: String, reason: String },
+    /// Files were refused for longer than the storage limit (RECORDING.md §7).
+    #[error("storage failing for {seconds} s: {last}")]
+    StorageFailing { seconds: i64, last: Box<RecordingError> },
+    #[error(transparent)]
+    Media(#[from] tessera_transcode::TranscodeError),
+    #[error("cannot make the recording's folders: {0}")]
+    Folders(std::io::Error),
+    /// The room's tap could not be made, or the driver feeding the worker ended.
+    #[error("{0}")]
+    Tap(String),
+}
+
 pub struct RecordingTask {
     pub spec: Mutex<RecordingSpec>,
     pub status: Mutex<RecordingStatus>,
@@ -127,6 +146,17 @@ pub struct RecordingTask {
     pub created_at: i64,
     /// Its worker thread is running.
     working: AtomicBool,
+    files: TaskFiles,
+}
+
+impl Task for RecordingTask {
+    const KIND: &'static str = "recording";
+    fn app(&self) -> AppId {
+        lock(&self.spec).app.clone()
+    }
+    fn is_live(&self) -> bool {
+        !self.state().is_final()
+    }
 }
 
 impl RecordingTask {
@@ -135,7 +165,7 @@ impl RecordingTask {
     /// after `__UserId_e_<media>_`, parsed, not searched for) decides, and mixed files carry
     /// video unless the task records audio only.
     pub fn file_has_video(&self, file_name: &str) -> bool {
-        let spec = self.spec.lock().expect("spec");
+        let spec = lock(&self.spec);
         if !spec.wants_video() || file_name.ends_with(".aac") {
             return false;
         }
@@ -167,6 +197,11 @@ impl RecordingTask {
         self.send(Input::Stop);
     }
 
+    /// Stops with a LeaveCode (2 when its room is dismissed).
+    pub fn stop_with(&self, code: u32) {
+        self.send(Input::StopWith(code));
+    }
+
     /// `PATCH` changed the streams or the subscription: the worker records the new selection.
     pub fn selection_changed(&self) {
         let spec = lock(&self.spec);
@@ -182,7 +217,7 @@ impl RecordingTask {
 
 pub struct Recordings {
     hooks: crate::Events,
-    pub tasks: DashMap<String, Arc<RecordingTask>>,
+    tasks: Registry<RecordingTask>,
     /// Auto recording (RECORDING.md §6): the live auto task of each room, and the rooms that
     /// were already publishing when the setting was found on (they are not recorded).
     auto: Mutex<AutoState>,
@@ -196,22 +231,39 @@ struct AutoState {
 }
 
 impl Recordings {
-    pub fn new(hooks: crate::Events) -> Recordings {
-        Recordings { hooks, tasks: DashMap::new(), auto: Mutex::default() }
+    /// Recordings are always saved (`tasks_dir`): their files outlive the process.
+    pub fn new(hooks: crate::Events, tasks_dir: PathBuf) -> Recordings {
+        Recordings { hooks, tasks: Registry::new(Some(tasks_dir)), auto: Mutex::default() }
     }
 
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RecordingTask>> {
-        self.tasks.get(id).map(|t| t.clone()).filter(|t| t.spec.lock().expect("spec").app == *app)
+        self.tasks.get(app, id)
+    }
+
+    /// Every recording, in every app.
+    pub fn all(&self) -> Vec<Arc<RecordingTask>> {
+        self.tasks.all()
+    }
+
+    /// The app's recordings with their ids.
+    pub fn list(&self, app: &AppId) -> Vec<(String, Arc<RecordingTask>)> {
+        self.tasks.of_app(app)
+    }
+
+    /// Every recording's state, for the metrics.
+    pub fn all_states(&self) -> Vec<RecordingState> {
+        self.tasks.all().iter().map(|t| t.state()).collect()
     }
 
     /// Mix jobs owned by recordings that have stopped, for whatever reason: they stop too
     /// (LeaveCode 105).
     pub fn ended_owned_jobs(&self) -> Vec<(AppId, String)> {
         self.tasks
+            .all()
             .iter()
             .filter(|t| t.state().is_final())
             .filter_map(|t| {
-                let spec = t.spec.lock().expect("spec");
+                let spec = lock(&t.spec);
                 match &spec.mode {
                     Mode::Mixed { owned_job: Some(job), .. } => Some((spec.app.clone(), job.clone())),
                     _ => None,
@@ -221,7 +273,7 @@ impl Recordings {
     }
 
     pub fn live_count(&self, app: &AppId) -> usize {
-        self.tasks.iter().filter(|t| t.spec.lock().expect("spec").app == *app && !t.state().is_final()).count()
+        self.tasks.live_count(Some(app))
     }
 
     pub fn start(&self, spec: RecordingSpec, data_dir: PathBuf, rtc: RtcHandle) -> crate::TaskResult<Arc<RecordingTask>> {
@@ -243,9 +295,10 @@ impl Recordings {
             inputs: Mutex::new(None),
             created_at: crate::now_ms(),
             working: AtomicBool::new(false),
+            files: self.tasks.files().clone(),
         });
-        save(&task, &data_dir)?;
-        self.tasks.insert(spec.id.clone(), task.clone());
+        save(&task)?;
+        self.tasks.insert(&spec.id, task.clone());
         worker::spawn(task.clone(), data_dir, rtc, TaskEvents::new(&self.hooks, &spec));
         Ok(task)
     }
@@ -253,11 +306,12 @@ impl Recordings {
     /// Server shut-down: every worker closes its playlists and leaves its task live for the
     /// next start; waits (at most 5 s) for them.
     pub async fn shutdown(&self) {
-        for t in self.tasks.iter() {
+        let tasks = self.tasks.all();
+        for t in &tasks {
             t.send(Input::Shutdown);
         }
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-        while self.tasks.iter().any(|t| t.working.load(Ordering::SeqCst)) && tokio::time::Instant::now() < deadline {
+        while tasks.iter().any(|t| t.working.load(Ordering::SeqCst)) && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
@@ -266,7 +320,7 @@ impl Recordings {
     /// start publishing gets a single-stream recording with the app's settings; the task's
     /// `max_idle_time` is `resume_wait_s`, so a short interruption keeps one task.
     pub fn auto_pass(&self, apps: &std::collections::BTreeMap<AppId, tessera_model::App>, rooms: &[RoomKey], data_dir: &Path, rtc: &RtcHandle) {
-        let mut auto = self.auto.lock().expect("auto");
+        let mut auto = lock(&self.auto);
         for (app_id, app) in apps.iter() {
             let settings = &app.auto_recording;
             if !settings.enabled {
@@ -285,7 +339,7 @@ impl Recordings {
                 if auto.excluded.contains(key) {
                     continue;
                 }
-                let live = auto.tasks.get(key).and_then(|id| self.tasks.get(id)).is_some_and(|t| !t.state().is_final());
+                let live = auto.tasks.get(key).and_then(|id| self.tasks.get(app_id, id)).is_some_and(|t| t.is_live());
                 if live {
                     continue;
                 }
@@ -323,30 +377,47 @@ impl Recordings {
 }
 
 /// Saves the task's spec and state to `tasks/<id>.json` (RECORDING.md §8: fsync'd on change).
-fn save(task: &RecordingTask, data_dir: &Path) -> Result<(), crate::persist::PersistError> {
-    let spec = task.spec.lock().expect("spec").clone();
-    let st = task.status.lock().expect("status").clone();
+fn save(task: &RecordingTask) -> crate::TaskResult<()> {
+    let spec = lock(&task.spec).clone();
+    let st = lock(&task.status).clone();
     let (mode, streams, split, mix_user, owned_job) = match &spec.mode {
-        Mode::Single { streams, split } => ("single", streams.iter().map(|s| s.as_str()).collect::<Vec<_>>(), *split, None, None),
-        Mode::Mixed { mix_user, owned_job } => ("mixed", Vec::new(), false, Some(mix_user.to_string()), owned_job.clone()),
+        Mode::Single { streams, split } => ("single", streams.clone(), *split, None, None),
+        Mode::Mixed { mix_user, owned_job } => ("mixed", Vec::new(), false, Some(mix_user.clone()), owned_job.clone()),
     };
-    let record = json!({
-        "kind": "recording", "id": spec.id, "app": spec.app, "room": spec.room, "mode": mode, "streams": streams, "split": split, "mix_user": mix_user, "owned_job": owned_job,
-        "content": spec.content, "format": spec.format, "segment_s": spec.segment_s, "split_minutes": spec.split_minutes, "max_idle_s": spec.max_idle.as_secs(), "prefix": spec.prefix,
-        "subscribe": {"video_allow": spec.subscribe.video_allow, "video_deny": spec.subscribe.video_deny, "audio_allow": spec.subscribe.audio_allow, "audio_deny": spec.subscribe.audio_deny},
-        "state": st.state, "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "leave_code": st.leave_code,
-        "restarts": st.restarts, "skipped_segments": st.skipped_segments, "clock_ms": st.clock_ms, "paused_ms": st.paused_ms, "error": st.error, "result": st.result,
-    });
-    let path = data_dir.join("tasks").join(format!("{}.json", spec.id));
-    write_atomic(&path, &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).inspect_err(|e| tracing::warn!(recording = %spec.id, "cannot save the recording task: {e}"))
+    let file = RecordingFile {
+        kind: RecordingTask::KIND.into(),
+        id: spec.id.clone(),
+        app: spec.app,
+        room: spec.room,
+        mode: mode.into(),
+        streams,
+        split,
+        mix_user,
+        owned_job,
+        content: spec.content,
+        format: spec.format,
+        segment_s: spec.segment_s,
+        split_minutes: spec.split_minutes,
+        max_idle_s: spec.max_idle.as_secs(),
+        prefix: spec.prefix,
+        subscribe: spec.subscribe,
+        state: st.state,
+        created_at: task.created_at,
+        started_at: st.started_at,
+        stopped_at: st.stopped_at,
+        leave_code: st.leave_code,
+        restarts: st.restarts,
+        skipped_segments: st.skipped_segments,
+        clock_ms: st.clock_ms,
+        paused_ms: st.paused_ms,
+        error: st.error,
+        result: st.result,
+    };
+    task.files.save(&spec.id, &file)
 }
 
 /// The most restarts a recording survives (RECORDING.md §8).
 const MAX_RESTARTS: u32 = 3;
-
-fn users_of(v: &Value) -> Option<Vec<String>> {
-    v.as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect())
-}
 
 impl Recordings {
     /// Picks up the recordings a previous run left (RECORDING.md §8): finished ones stay
@@ -354,66 +425,64 @@ impl Recordings {
     /// in `ha<N>_` files; a 4th crash ends the task as failed with every file listed; a
     /// stopped one redoes its conversion.
     pub fn resume(&self, data_dir: &Path, rtc: &RtcHandle) {
-        for v in crate::task_file::read_all(&data_dir.join("tasks"), "recording") {
-            let (Some(id), Ok(app), Ok(room)) = (v["id"].as_str(), AppId::parse(v["app"].as_str().unwrap_or("")), RoomId::parse(v["room"].as_str().unwrap_or(""))) else {
-                continue;
+        for v in self.tasks.files().saved() {
+            let f = match serde_json::from_value::<RecordingFile>(v) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("recording task file skipped: {e}");
+                    continue;
+                }
             };
-            let mode = if v["mode"] == "mixed" {
-                let Ok(mix_user) = UserId::parse(v["mix_user"].as_str().unwrap_or("")) else { continue };
-                Mode::Mixed { mix_user, owned_job: v["owned_job"].as_str().map(str::to_owned) }
-            } else {
-                let streams = v["streams"].as_array().map(|a| a.iter().filter_map(|s| s.as_str().and_then(StreamKind::parse)).collect()).unwrap_or_default();
-                Mode::Single { streams, split: v["split"].as_bool().unwrap_or(true) }
+            let mode = match (f.mode.as_str(), f.mix_user) {
+                ("mixed", Some(mix_user)) => Mode::Mixed { mix_user, owned_job: f.owned_job },
+                ("mixed", None) => continue,
+                _ => Mode::Single { streams: f.streams, split: f.split },
             };
             let spec = RecordingSpec {
-                id: id.to_string(),
-                app,
-                room,
+                id: f.id,
+                app: f.app,
+                room: f.room,
                 mode,
-                content: v["content"].as_str().unwrap_or("audio_video").to_string(),
-                format: v["format"].as_str().unwrap_or("hls").to_string(),
-                subscribe: tessera_engine::mcu::Subscribe {
-                    video_allow: users_of(&v["subscribe"]["video_allow"]),
-                    video_deny: users_of(&v["subscribe"]["video_deny"]).unwrap_or_default(),
-                    audio_allow: users_of(&v["subscribe"]["audio_allow"]),
-                    audio_deny: users_of(&v["subscribe"]["audio_deny"]).unwrap_or_default(),
-                },
-                segment_s: v["segment_s"].as_u64().unwrap_or(6) as u32,
-                split_minutes: v["split_minutes"].as_u64().unwrap_or(1440) as u32,
-                max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
-                prefix: v["prefix"].as_str().unwrap_or("").to_string(),
+                content: f.content,
+                format: f.format,
+                subscribe: f.subscribe,
+                segment_s: f.segment_s,
+                split_minutes: f.split_minutes,
+                max_idle: Duration::from_secs(f.max_idle_s),
+                prefix: f.prefix,
             };
-            let state = v["state"].as_str().and_then(RecordingState::parse).unwrap_or(RecordingState::Prepared);
+            let state = f.state;
             let status = RecordingStatus {
                 state,
-                leave_code: v["leave_code"].as_u64().map(|c| c as u32),
-                started_at: v["started_at"].as_i64(),
-                stopped_at: v["stopped_at"].as_i64(),
-                paused_ms: v["paused_ms"].as_i64().unwrap_or(0),
+                leave_code: f.leave_code,
+                started_at: f.started_at,
+                stopped_at: f.stopped_at,
+                paused_ms: f.paused_ms,
                 files: Vec::new(),
-                error: v["error"].as_str().map(str::to_owned),
-                result: (!v["result"].is_null()).then(|| v["result"].clone()),
-                clock_ms: v["clock_ms"].as_i64().unwrap_or(0),
-                restarts: v["restarts"].as_u64().unwrap_or(0) as u32,
-                skipped_segments: v["skipped_segments"].as_u64().unwrap_or(0) as u32,
+                error: f.error,
+                result: f.result,
+                clock_ms: f.clock_ms,
+                restarts: f.restarts,
+                skipped_segments: f.skipped_segments,
             };
             let task = Arc::new(RecordingTask {
                 spec: Mutex::new(spec.clone()),
                 status: Mutex::new(status),
                 inputs: Mutex::new(None),
-                created_at: v["created_at"].as_i64().unwrap_or(0),
+                created_at: f.created_at,
                 working: AtomicBool::new(false),
+                files: self.tasks.files().clone(),
             });
-            self.tasks.insert(spec.id.clone(), task.clone());
+            self.tasks.insert(&spec.id, task.clone());
             if state == RecordingState::Finished {
                 continue;
             }
             let (final_dir, spool, url_base) = spec.places(data_dir);
             files::recover_segments(&final_dir, &spool);
-            let restarts = task.status.lock().expect("status").restarts;
+            let restarts = lock(&task.status).restarts;
             if state == RecordingState::Stopped || restarts >= MAX_RESTARTS {
                 {
-                    let mut st = task.status.lock().expect("status");
+                    let mut st = lock(&task.status);
                     if state != RecordingState::Stopped {
                         st.state = RecordingState::Stopped;
                         st.leave_code = Some(104);
@@ -427,13 +496,13 @@ impl Recordings {
                     events.emit(TaskEvent::RecordingStopped { leave_code: 104 });
                 }
                 files::finish_task(&task, &spec, &final_dir, &spool, &url_base, None, &events);
-                let _ = save(&task, data_dir);
+                let _ = save(&task);
                 continue;
             }
             // A PAUSED task resumes paused (its worker reads the state).
-            task.status.lock().expect("status").restarts += 1;
+            lock(&task.status).restarts += 1;
             tracing::info!(recording = %spec.id, restart = restarts + 1, "resuming the recording");
-            let _ = save(&task, data_dir);
+            let _ = save(&task);
             worker::spawn(task.clone(), data_dir.to_path_buf(), rtc.clone(), TaskEvents::new(&self.hooks, &spec));
         }
     }

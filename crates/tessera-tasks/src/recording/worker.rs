@@ -7,7 +7,7 @@
 
 use super::files::{finish_task, listed_files, scan_playlists};
 use super::hls::{id_in_name, HlsWriter, LocalStorage, Storage};
-use super::{lock, save, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
+use super::{lock, save, FileInfo, RecordingError, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,8 +26,6 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 
 /// Packets waiting for the worker beyond this are dropped (the writers resume at a keyframe).
 const MAX_QUEUED_PACKETS: usize = 2048;
-/// How often the driver asks the SFU for the room's publishers.
-const PUBLISHERS_EVERY: Duration = Duration::from_millis(300);
 /// A lost video unit asks its source for a keyframe at most this often.
 const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
 
@@ -38,11 +36,13 @@ pub(super) enum Input {
     Pause,
     Resume,
     Stop,
+    /// Stop with a LeaveCode (2: the room was dismissed).
+    StopWith(u32),
     /// The server stops: close the playlists, leave the task live for the next start.
     Shutdown,
     Select(Selection),
     /// The driver lost the SFU.
-    Failed(String),
+    Failed(RecordingError),
 }
 
 /// Starts a task's driver (which starts its worker thread once the room is tapped).
@@ -59,8 +59,8 @@ async fn drive(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, even
     let spec = lock(&task.spec).clone();
     let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
     let tap = match UserId::parse(&format!("rec_{}", spec.id)) {
-        Ok(owner) => rtc.add_tap_all(room.clone(), owner).await.map_err(|e| e.to_string()),
-        Err(e) => Err(e.to_string()),
+        Ok(owner) => rtc.add_tap_all(room.clone(), owner).await.map_err(|e| RecordingError::Tap(e.to_string())),
+        Err(e) => Err(RecordingError::Tap(e.to_string())),
     };
     let (tap_id, mut packets) = match tap {
         Ok((id, packets)) => (Some(id), Some(packets)),
@@ -82,8 +82,14 @@ async fn drive(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, even
     if let Err(e) = started {
         tracing::error!("cannot start the recording's worker: {e}");
     } else {
-        let mut ticks = tokio::time::interval(PUBLISHERS_EVERY);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Who publishes, as it changes (the worker's selection and stop rules need it).
+        let mut publishers = match rtc.watch_publishers(room.clone()).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                let _ = inputs.send(Input::Failed(RecordingError::Tap(e.to_string())));
+                None
+            }
+        };
         let mut dropped = 0u64;
         loop {
             tokio::select! {
@@ -100,13 +106,19 @@ async fn drive(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, even
                         }
                     }
                     None => {
-                        let _ = inputs.send(Input::Failed("the room's tap closed".into()));
+                        let _ = inputs.send(Input::Failed(RecordingError::Tap("the room's tap closed".into())));
                         packets = None;
                     }
                 },
-                _ = ticks.tick() => match rtc.room_publishers(room.clone()).await {
-                    Ok(list) => drop(inputs.send(Input::Publishers(list))),
-                    Err(e) => drop(inputs.send(Input::Failed(e.to_string()))),
+                changed = async { publishers.as_mut()?.list.changed().await.ok() }, if publishers.is_some() => match changed {
+                    Some(()) => {
+                        let list = publishers.as_mut().expect("watched").list.borrow_and_update().clone();
+                        let _ = inputs.send(Input::Publishers(list));
+                    }
+                    None => {
+                        publishers = None;
+                        let _ = inputs.send(Input::Failed(RecordingError::Tap(tessera_engine::RtcServerError::Stopped.to_string())));
+                    }
                 },
                 Some((user, stream)) = keyframes.recv() => {
                     let _ = rtc.request_keyframe(room.clone(), user, stream).await;
@@ -162,35 +174,17 @@ impl Worker {
             (Mode::Single { .. }, k) => (format!("{ha}{base}_{k}.m3u8"), format!("{ha}{base}_{k}"), k.to_string(), user.to_string(), stream.as_str().to_string()),
         };
         let segment_ms = self.spec.segment_s as i64 * 1000;
-        self.writers.push(HlsWriter {
-            events: self.events.clone(),
-            storage: self.storage.clone(),
-            spool: self.spool.clone(),
-            playlist,
-            segment_stem: stem,
-            user_id,
-            media_id,
-            track_type,
+        self.writers.push(HlsWriter::new(
+            self.events.clone(),
+            self.storage.clone(),
+            self.spool.clone(),
+            (playlist, stem),
+            (user_id, media_id, track_type),
             segment_ms,
-            target: (3 * self.spec.segment_s).max(1),
+            (3 * self.spec.segment_s).max(1),
             video,
             audio,
-            size: None,
-            start_rec_time: None,
-            lines: Vec::new(),
-            current: None,
-            discontinuity: false,
-            files: Vec::new(),
-            first_play_ms: None,
-            last_ms: 0,
-            keyframe_asked: false,
-            last_video_ms: -1,
-            last_audio_ms: -1,
-            failing_since: None,
-            reported_ms: None,
-            skipped: 0,
-            open_retry_at: None,
-        });
+        ));
         self.writers.len() - 1
     }
 }
@@ -229,14 +223,14 @@ fn work(
         keyframes,
         shutting_down: false,
     };
-    let outcome = (|| -> Result<u32, String> {
+    let outcome = (|| -> Result<u32, RecordingError> {
         let ready = std::fs::create_dir_all(&final_dir).and_then(|_| std::fs::create_dir_all(&spool));
         // 301 (or 306 after a crash restart), then 303 for the storage.
         let status = if tapped { 0 } else { 1 };
         events.emit(TaskEvent::RecordingStarted { status, restarted: restarts > 0 });
         events.emit(TaskEvent::StorageReady { status: if ready.is_ok() { 0 } else { 1 } });
-        ready.map_err(|e| e.to_string())?;
-        record(&task, &mut w, &inputs, &queued, &data_dir)
+        ready.map_err(RecordingError::Folders)?;
+        record(&task, &mut w, &inputs, &queued)
     })();
     let mut all_stored = true;
     for wr in &mut w.writers {
@@ -247,7 +241,7 @@ fn work(
     }
     if w.shutting_down {
         // Closed, not stopped: the state stays RECORDING/PAUSED and the next start resumes.
-        let _ = save(&task, &data_dir);
+        let _ = save(&task);
         task.working.store(false, Ordering::SeqCst);
         tracing::info!(recording = %spec.id, "recording closed for the server's stop; it continues at the next start");
         return;
@@ -256,7 +250,7 @@ fn work(
         Ok(c) => (c, None),
         Err(e) => {
             tracing::error!(recording = %spec.id, "recording failed: {e}");
-            (104, Some(e))
+            (104, Some(e.to_string()))
         }
     };
     {
@@ -266,17 +260,17 @@ fn work(
         st.leave_code = Some(code);
         st.error = error.clone();
     }
-    let _ = save(&task, &data_dir);
+    let _ = save(&task);
     events.emit(TaskEvent::RecordingStopped { leave_code: code });
     let stored = if all_stored { 0 } else { 1 };
     events.emit(TaskEvent::UploadStopped { status: stored, leave_code: stored });
     finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
-    let _ = save(&task, &data_dir);
+    let _ = save(&task);
     task.working.store(false, Ordering::SeqCst);
 }
 
 /// Records until the task stops; returns the LeaveCode.
-fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued: &AtomicUsize, data_dir: &std::path::Path) -> Result<u32, String> {
+fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued: &AtomicUsize) -> Result<u32, RecordingError> {
     let (clock_offset, paused) = {
         let st = lock(&task.status);
         (st.clock_ms, st.state == RecordingState::Paused)
@@ -312,6 +306,7 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
             Ok(Input::Pause) => control.pause(Instant::now()),
             Ok(Input::Resume) => control.resume(Instant::now()),
             Ok(Input::Stop) => control.stop(Instant::now()),
+            Ok(Input::StopWith(code)) => control.stop_with(code, Instant::now()),
             Ok(Input::Shutdown) => {
                 w.shutting_down = true;
                 control.stop(Instant::now());
@@ -323,7 +318,7 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
             }
             Ok(Input::Failed(e)) => return Err(e),
             Err(RecvTimeoutError::Timeout) => control.handle_timeout(Instant::now()),
-            Err(RecvTimeoutError::Disconnected) => return Err("the recording's driver ended".into()),
+            Err(RecvTimeoutError::Disconnected) => return Err(RecordingError::Tap("the recording's driver ended".into())),
         }
         while let Some(event) = control.poll_event() {
             match event {
@@ -336,17 +331,17 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
                 RecordingEvent::Paused { at_ms } => {
                     for wr in &mut w.writers {
                         wr.cut(at_ms.max(wr.last_ms))?;
-                        wr.discontinuity = true;
+                        wr.mark_discontinuity();
                     }
                     lock(&task.status).state = RecordingState::Paused;
-                    let _ = save(task, data_dir);
+                    let _ = save(task);
                 }
                 RecordingEvent::Resumed { paused_ms } => {
                     let mut st = lock(&task.status);
                     st.state = RecordingState::Recording;
                     st.paused_ms = paused_ms;
                     drop(st);
-                    let _ = save(task, data_dir);
+                    let _ = save(task);
                 }
                 RecordingEvent::Stop { code, clock_ms } => {
                     if started {
@@ -358,7 +353,7 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
         }
         if started {
             let mut st = lock(&task.status);
-            st.skipped_segments = w.writers.iter().map(|wr| wr.skipped).sum();
+            st.skipped_segments = w.writers.iter().map(|wr| wr.failures.skipped).sum();
             st.clock_ms = control.clock_ms(Instant::now());
             // The list is rebuilt only when a segment was added (this runs for every packet).
             let count = w.earlier.len() + w.writers.iter().map(|wr| wr.files.len()).sum::<usize>();
@@ -366,13 +361,13 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
                 st.files = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
                 drop(st);
                 // Every new segment is on record before the next one starts.
-                let _ = save(task, data_dir);
+                let _ = save(task);
             }
         }
     }
 }
 
-fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Result<(), String> {
+fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Result<(), RecordingError> {
     let key = (p.user.clone(), p.stream);
     if !w.streams.contains_key(&key) {
         w.streams.insert(
@@ -389,7 +384,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
             }
             let Some(audio) = s.audio.as_mut() else { return Ok(()) };
             let mut frames = Vec::new();
-            audio.push(p.ts, &p.payload, arrival, &mut frames).map_err(|e| e.to_string())?;
+            audio.push(p.ts, &p.payload, arrival, &mut frames)?;
             // Nothing decoded yet: no encoder, no configuration.
             let Some(asc) = audio.audio_specific_config() else { return Ok(()) };
             let track = AudioTrack { sample_rate: 48_000, channels: 2, asc: asc.to_vec() };
@@ -432,7 +427,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 None => {
                     let probe = match s.probe.as_mut() {
                         Some(d) => d,
-                        None => s.probe.insert(VideoDecoder::new(VideoCodec::H264).map_err(|e| e.to_string())?),
+                        None => s.probe.insert(VideoDecoder::new(VideoCodec::H264)?),
                     };
                     if !matches!(probe.decode(&annex_b), Ok(true)) {
                         return Ok(());
@@ -442,12 +437,12 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                     s.probe = None;
                     // Muxed layouts carry the audio in the same TS.
                     let audio = if !split && w.spec.wants_audio() {
-                        Some(AudioTrack { sample_rate: 48_000, channels: 2, asc: AacEncoder::new(2, 96).map_err(|e| e.to_string())?.audio_specific_config().to_vec() })
+                        Some(AudioTrack { sample_rate: 48_000, channels: 2, asc: AacEncoder::new(2, 96)?.audio_specific_config().to_vec() })
                     } else {
                         None
                     };
                     let i = w.writer(&key.0, key.1, if split { "video" } else { "audio_video" }, true, audio);
-                    w.writers[i].size = Some(size);
+                    w.writers[i].set_size(size);
                     w.streams.get_mut(&key).expect("inserted").video_writer = Some(i);
                     i
                 }

@@ -8,9 +8,9 @@
 
 mod push;
 
-use dashmap::DashMap;
+use crate::registry::{Registry, Task, TaskFiles};
 use push::Attempt;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -23,9 +23,6 @@ use tessera_model::{AppId, RoomId, UserId};
 use tokio::sync::{broadcast, mpsc, oneshot, watch};
 
 pub use tessera_engine::outputs::relay::{RelayMedia, RelayState, UrlStatus, UrlView, MAX_URLS};
-
-/// How often the driver asks the SFU whether the source publishes.
-const PRESENCE_EVERY: Duration = Duration::from_millis(300);
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RelayRecord {
@@ -43,7 +40,7 @@ pub struct RelayRecord {
     pub owner: Option<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SourceRef {
     pub user: UserId,
     pub stream: StreamKind,
@@ -84,6 +81,16 @@ impl RelayTask {
     }
 }
 
+impl Task for RelayTask {
+    const KIND: &'static str = "relay";
+    fn app(&self) -> AppId {
+        lock(&self.record).app.clone()
+    }
+    fn is_live(&self) -> bool {
+        lock(&self.record).state != RelayState::Stopped
+    }
+}
+
 use crate::lock;
 
 /// A URL with its stream key cut, for logs.
@@ -100,7 +107,7 @@ pub fn check_urls(urls: &[String]) -> crate::TaskResult<()> {
         if u.len() > 1024 {
             return Err(crate::TaskError::invalid_parameter(&format!("urls[{i}]"), "must be at most 1024 characters"));
         }
-        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| crate::TaskError::invalid_parameter(&format!("urls[{i}]"), e))?;
+        tessera_rtmp::client::PushTarget::parse(u).map_err(|e| crate::TaskError::invalid_parameter(&format!("urls[{i}]"), e.to_string()))?;
         if urls[..i].contains(u) {
             return Err(crate::TaskError::invalid_parameter(&format!("urls[{i}]"), "listed twice"));
         }
@@ -110,22 +117,56 @@ pub fn check_urls(urls: &[String]) -> crate::TaskResult<()> {
 
 pub struct Relays {
     tls: Arc<rustls::ClientConfig>,
-    tasks: DashMap<String, Arc<RelayTask>>,
-    /// `tasks/` of the data dir: relays are saved there and resumed after a restart.
-    tasks_dir: Option<std::path::PathBuf>,
+    /// Saved to `tasks/` of the data dir and resumed after a restart.
+    tasks: Registry<RelayTask>,
     hooks: crate::Events,
 }
 
-fn save(dir: Option<&std::path::PathBuf>, r: &RelayRecord, max_idle: Duration) -> crate::TaskResult<()> {
-    let Some(dir) = dir else { return Ok(()) };
-    let record = serde_json::json!({
-        "kind": "relay", "id": r.id, "app": r.app, "room": r.room, "source": r.source, "media": r.media, "state": r.state,
-        "urls": r.urls.iter().map(|u| u.url.clone()).collect::<Vec<_>>(), "created_at": r.created_at, "owner": r.owner, "max_idle_s": max_idle.as_secs(),
-    });
-    crate::persist::write_atomic(&dir.join(format!("{}.json", r.id)), &serde_json::to_vec_pretty(&record).unwrap_or_default(), 0o600).map_err(|e| {
-        tracing::warn!(relay = %r.id, "cannot save the relay: {e}");
-        crate::TaskError::from(e)
-    })
+/// A relay's task file (`tasks/<id>.json`): what it needs to start again.
+#[derive(Debug, Serialize, Deserialize)]
+struct RelayFile {
+    kind: String,
+    id: String,
+    app: AppId,
+    room: RoomId,
+    source: SourceRef,
+    #[serde(default = "RelayFile::default_media")]
+    media: RelayMedia,
+    state: RelayState,
+    #[serde(default)]
+    urls: Vec<String>,
+    #[serde(default)]
+    created_at: i64,
+    #[serde(default)]
+    owner: Option<String>,
+    #[serde(default = "RelayFile::default_idle")]
+    max_idle_s: u64,
+}
+
+impl RelayFile {
+    fn default_media() -> RelayMedia {
+        RelayMedia::AudioVideo
+    }
+    fn default_idle() -> u64 {
+        30
+    }
+}
+
+fn save(files: &TaskFiles, r: &RelayRecord, max_idle: Duration) -> crate::TaskResult<()> {
+    let file = RelayFile {
+        kind: RelayTask::KIND.into(),
+        id: r.id.clone(),
+        app: r.app.clone(),
+        room: r.room.clone(),
+        source: r.source.clone(),
+        media: r.media,
+        state: r.state,
+        urls: r.urls.iter().map(|u| u.url.clone()).collect(),
+        created_at: r.created_at,
+        owner: r.owner.clone(),
+        max_idle_s: max_idle.as_secs(),
+    };
+    files.save(&r.id, &file)
 }
 
 pub struct NewRelay {
@@ -142,34 +183,33 @@ pub struct NewRelay {
 
 impl Relays {
     pub fn new(tasks_dir: Option<std::path::PathBuf>, hooks: crate::Events, tls: Arc<rustls::ClientConfig>) -> Relays {
-        Relays { tls, tasks: DashMap::new(), tasks_dir, hooks }
+        Relays { tls, tasks: Registry::new(tasks_dir), hooks }
     }
 
     /// Restarts the relays a previous run left live (a mix job's own relay comes back with the
     /// job). Their URLs connect again (state 1) when the source publishes.
     pub fn resume(&self, rtc: &RtcHandle) {
-        let Some(dir) = &self.tasks_dir else { return };
-        for v in crate::task_file::read_all(dir, "relay") {
-            if v["state"] == "STOPPED" || !v["owner"].is_null() {
+        for v in self.tasks.files().saved() {
+            let f = match serde_json::from_value::<RelayFile>(v) {
+                Ok(f) => f,
+                Err(e) => {
+                    tracing::warn!("relay task file skipped: {e}");
+                    continue;
+                }
+            };
+            // A mix job's own relay comes back with its job.
+            if f.state == RelayState::Stopped || f.owner.is_some() {
                 continue;
             }
-            let (Some(id), Ok(app), Ok(room), Ok(user), Some(stream)) = (
-                v["id"].as_str(),
-                AppId::parse(v["app"].as_str().unwrap_or("")),
-                RoomId::parse(v["room"].as_str().unwrap_or("")),
-                UserId::parse(v["source"]["user"].as_str().unwrap_or("")),
-                v["source"]["stream"].as_str().and_then(StreamKind::parse),
-            ) else {
-                continue;
-            };
+            let id = f.id.clone();
             let new = NewRelay {
-                resumed: Some((id.to_string(), v["created_at"].as_i64().unwrap_or(0))),
-                app,
-                room,
-                source: SourceRef { user, stream },
-                media: v["media"].as_str().and_then(RelayMedia::parse).unwrap_or(RelayMedia::AudioVideo),
-                urls: v["urls"].as_array().map(|a| a.iter().filter_map(|u| u.as_str().map(str::to_owned)).collect()).unwrap_or_default(),
-                max_idle: Duration::from_secs(v["max_idle_s"].as_u64().unwrap_or(30)),
+                resumed: Some((f.id, f.created_at)),
+                app: f.app,
+                room: f.room,
+                source: f.source,
+                media: f.media,
+                urls: f.urls,
+                max_idle: Duration::from_secs(f.max_idle_s),
                 owner: None,
             };
             match self.start(new, rtc.clone()) {
@@ -180,26 +220,26 @@ impl Relays {
     }
 
     pub fn get(&self, app: &AppId, id: &str) -> Option<Arc<RelayTask>> {
-        self.tasks.get(id).map(|t| t.clone()).filter(|t| lock(&t.record).app == *app)
+        self.tasks.get(app, id)
     }
 
     /// Every URL's status, for the metrics.
     pub fn all_url_states(&self) -> Vec<u8> {
-        self.tasks.iter().flat_map(|t| lock(&t.record).urls.iter().map(|u| u.status.code()).collect::<Vec<_>>()).collect()
+        self.tasks.all().iter().flat_map(|t| lock(&t.record).urls.iter().map(|u| u.status.code()).collect::<Vec<_>>()).collect()
     }
 
     pub fn list(&self, app: &AppId) -> Vec<RelayRecord> {
-        self.tasks.iter().map(|t| t.record()).filter(|r| r.app == *app).collect()
+        self.tasks.of_app(app).iter().map(|(_, t)| t.record()).collect()
     }
 
     /// Relays of the app that are not stopped (the per-app cap counts these).
     pub fn live_count(&self, app: &AppId) -> usize {
-        self.list(app).iter().filter(|r| r.state != RelayState::Stopped).count()
+        self.tasks.live_count(Some(app))
     }
 
     /// A URL listed by another relay that has not stopped (RECORDING.md §1: 409 `url_in_use`).
     pub fn url_in_use(&self, url: &str, except: Option<&str>) -> bool {
-        self.tasks.iter().any(|t| {
+        self.tasks.all().iter().any(|t| {
             let r = lock(&t.record);
             r.state != RelayState::Stopped && Some(r.id.as_str()) != except && r.urls.iter().any(|u| u.url == url)
         })
@@ -221,10 +261,10 @@ impl Relays {
             leave_code: None,
             owner: new.owner.clone(),
         };
-        save(self.tasks_dir.as_ref(), &record, new.max_idle)?;
+        save(self.tasks.files(), &record, new.max_idle)?;
         let (commands, rx) = mpsc::unbounded_channel();
         let task = Arc::new(RelayTask { record: Mutex::new(record.clone()), commands });
-        self.tasks.insert(id.clone(), task.clone());
+        self.tasks.insert(&id, task.clone());
         let driver = Driver {
             task,
             machine,
@@ -235,7 +275,7 @@ impl Relays {
             rtc,
             tls: self.tls.clone(),
             hooks: self.hooks.clone(),
-            tasks_dir: self.tasks_dir.clone(),
+            files: self.tasks.files().clone(),
         };
         let span = tracing::info_span!("relay", id = %id);
         tokio::spawn(tracing::Instrument::instrument(driver.run(rx), span));
@@ -253,13 +293,23 @@ impl Relays {
     }
 
     pub fn stop(&self, task: &RelayTask) {
-        let _ = task.commands.send(Command::Stop(StopCause::Request));
+        self.stop_for(task, StopCause::Request);
+    }
+
+    /// Stops the relay for `cause` (a dismissed room: LeaveCode 2).
+    pub fn stop_for(&self, task: &RelayTask, cause: StopCause) {
+        let _ = task.commands.send(Command::Stop(cause));
+    }
+
+    /// Every relay, in every app.
+    pub fn all(&self) -> Vec<Arc<RelayTask>> {
+        self.tasks.all()
     }
 
     /// Stops every relay's connections but leaves its saved state live, so the next start
     /// resumes it.
     pub fn shutdown(&self) {
-        for t in self.tasks.iter() {
+        for t in self.tasks.all() {
             let _ = t.commands.send(Command::Stop(StopCause::Shutdown));
         }
     }
@@ -282,7 +332,18 @@ enum AttemptReport {
 /// What the converter thread reports.
 enum MediaReport {
     KeyframeWanted,
-    Failed(String),
+    Failed(RelayError),
+}
+
+/// Why a relay's media path failed (the relay ends with LeaveCode 104 and this as `error`).
+#[derive(Debug, thiserror::Error)]
+enum RelayError {
+    #[error("cannot tap the room: {0}")]
+    Tap(String),
+    #[error("cannot start the relay's converter: {0}")]
+    Converter(std::io::Error),
+    #[error(transparent)]
+    Media(#[from] tessera_transcode::TranscodeError),
 }
 
 /// A relay's task: its machine, and everything the machine asks for.
@@ -296,7 +357,7 @@ struct Driver {
     rtc: RtcHandle,
     tls: Arc<rustls::ClientConfig>,
     hooks: crate::Events,
-    tasks_dir: Option<std::path::PathBuf>,
+    files: TaskFiles,
 }
 
 impl Driver {
@@ -310,8 +371,14 @@ impl Driver {
         let mut shutting_down = false;
         // The relay's media clock: arrival times are counted from here for every source.
         let epoch = Instant::now();
-        let mut presence = tokio::time::interval(PRESENCE_EVERY);
-        presence.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Whether the source publishes: the room's publishers as they change.
+        let mut publishers = match self.rtc.watch_publishers(self.room.clone()).await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                self.machine.media_failed(e.to_string(), Instant::now());
+                None
+            }
+        };
         let mut replies: Vec<oneshot::Sender<()>> = Vec::new();
         loop {
             while let Some(output) = self.machine.poll_output() {
@@ -341,7 +408,7 @@ impl Driver {
                     }
                     RelayOutput::MediaStart => match self.start_media(epoch, media_tx.clone()).await {
                         Ok(id) => tap = Some(id),
-                        Err(e) => self.machine.media_failed(e, Instant::now()),
+                        Err(e) => self.machine.media_failed(e.to_string(), Instant::now()),
                     },
                     RelayOutput::MediaStop => {
                         // Removing the tap ends the converter thread (its channel closes).
@@ -351,7 +418,7 @@ impl Driver {
                     }
                     RelayOutput::Save => {
                         self.publish();
-                        let _ = save(self.tasks_dir.as_ref(), &self.task.record(), self.max_idle);
+                        let _ = save(&self.files, &self.task.record(), self.max_idle);
                     }
                     RelayOutput::Stopped { leave_code } => tracing::info!(leave_code, "relay stopped"),
                 }
@@ -378,17 +445,24 @@ impl Driver {
                         self.source = source.clone();
                         lock(&self.task.record).source = source;
                         self.machine.source_changed();
+                        if let Some(w) = &publishers {
+                            let present = self.source_publishes(&w.list.borrow());
+                            self.machine.source_present(present, Instant::now());
+                        }
                         replies.push(done);
                     }
                     // Every handle is gone (the server is going away).
                     None => self.machine.stop(StopCause::Shutdown, Instant::now()),
                 },
-                _ = presence.tick() => match self.rtc.room_publishers(self.room.clone()).await {
-                    Ok(publishers) => {
-                        let present = publishers.iter().any(|p| p.user == self.source.user && p.stream == self.source.stream);
+                changed = async { publishers.as_mut()?.list.changed().await.ok() }, if publishers.is_some() => match changed {
+                    Some(()) => {
+                        let present = self.source_publishes(&publishers.as_mut().expect("watched").list.borrow_and_update());
                         self.machine.source_present(present, Instant::now());
                     }
-                    Err(e) => self.machine.media_failed(e.to_string(), Instant::now()),
+                    None => {
+                        publishers = None;
+                        self.machine.media_failed(tessera_engine::RtcServerError::Stopped.to_string(), Instant::now());
+                    }
                 },
                 Some((url, id, report)) = attempts.recv() => {
                     // Reports of an attempt that was replaced are stale.
@@ -408,7 +482,7 @@ impl Driver {
                     }
                     MediaReport::Failed(e) => {
                         tracing::error!("relay failed: {e}");
-                        self.machine.media_failed(e, Instant::now());
+                        self.machine.media_failed(e.to_string(), Instant::now());
                     }
                 },
                 _ = sleep_until(wake) => self.machine.handle_timeout(Instant::now()),
@@ -422,7 +496,7 @@ impl Driver {
         }
         // A server shutting down leaves the saved state live, so the next start resumes it.
         if !shutting_down {
-            let _ = save(self.tasks_dir.as_ref(), &self.task.record(), self.max_idle);
+            let _ = save(&self.files, &self.task.record(), self.max_idle);
         }
     }
 
@@ -434,16 +508,20 @@ impl Driver {
         r.leave_code = self.machine.leave_code();
     }
 
+    fn source_publishes(&self, publishers: &[tessera_engine::PublisherInfo]) -> bool {
+        publishers.iter().any(|p| p.user == self.source.user && p.stream == self.source.stream)
+    }
+
     /// Taps the room and starts the converter thread on the source's packets.
-    async fn start_media(&self, epoch: Instant, reports: mpsc::UnboundedSender<MediaReport>) -> Result<u64, String> {
-        let owner = UserId::parse(&format!("relay_{}", lock(&self.task.record).id)).map_err(|e| e.to_string())?;
-        let (tap, packets) = self.rtc.add_tap_all(self.room.clone(), owner).await.map_err(|e| e.to_string())?;
+    async fn start_media(&self, epoch: Instant, reports: mpsc::UnboundedSender<MediaReport>) -> Result<u64, RelayError> {
+        let owner = UserId::parse(&format!("relay_{}", lock(&self.task.record).id)).map_err(|e| RelayError::Tap(e.to_string()))?;
+        let (tap, packets) = self.rtc.add_tap_all(self.room.clone(), owner).await.map_err(|e| RelayError::Tap(e.to_string()))?;
         let producer = FlvProducer::new(self.source.user.clone(), self.source.stream, self.feed.media);
         let feed = self.feed.clone();
         let name = format!("relay-{}", lock(&self.task.record).id);
         if let Err(e) = std::thread::Builder::new().name(name).spawn(move || convert(producer, packets, epoch, feed, reports)) {
             let _ = self.rtc.remove_tap(tap).await;
-            return Err(format!("cannot start the relay's converter: {e}"));
+            return Err(RelayError::Converter(e));
         }
         Ok(tap)
     }
@@ -461,7 +539,7 @@ fn convert(mut producer: FlvProducer, mut packets: mpsc::Receiver<TapPacket>, ep
     let mut out = Vec::new();
     while let Some(p) = packets.blocking_recv() {
         if let Err(e) = producer.push(&p, epoch.elapsed().as_millis() as i64, &mut out) {
-            let _ = reports.send(MediaReport::Failed(e));
+            let _ = reports.send(MediaReport::Failed(e.into()));
             return;
         }
         for tag in out.drain(..) {

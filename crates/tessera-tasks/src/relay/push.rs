@@ -28,7 +28,7 @@ struct Failure(u32, String, bool);
 impl Attempt {
     pub(super) async fn run(self, mut rx: broadcast::Receiver<Tag>, mut closed: watch::Receiver<bool>) {
         let end = match PushTarget::parse(&self.url) {
-            Err(e) => AttemptEnd::Failed { code: 1, msg: e, was_running: false },
+            Err(e) => AttemptEnd::Failed { code: 1, msg: e.to_string(), was_running: false },
             Ok(target) => match self.connect_and_push(&target, &mut rx, &mut closed).await {
                 Ok(()) => AttemptEnd::Closed,
                 Err(Failure(code, msg, was_running)) => {
@@ -44,7 +44,7 @@ impl Attempt {
         let _ = self.reports.send((self.url.clone(), self.id, AttemptReport::Running));
     }
     async fn connect(&self, target: &PushTarget) -> Result<Box<dyn Connection>, Failure> {
-        let tcp = crate::outbound::connect(&target.host, target.port, CONNECT_TIMEOUT).await.map_err(|e| Failure(1, e, false))?;
+        let tcp = crate::outbound::connect(&target.host, target.port, CONNECT_TIMEOUT).await.map_err(|e| Failure(1, e.to_string(), false))?;
         let _ = tcp.set_nodelay(true);
         if !target.tls {
             return Ok(Box::new(tcp));

@@ -147,6 +147,8 @@ pub enum StopCause {
     Idle,
     /// The media path failed (LeaveCode 104).
     Failed(String),
+    /// The room was dismissed (LeaveCode 2).
+    RoomDismissed,
 }
 
 impl StopCause {
@@ -154,6 +156,7 @@ impl StopCause {
         match self {
             StopCause::Idle => 99,
             StopCause::Failed(_) => 104,
+            StopCause::RoomDismissed => 2,
             StopCause::Request | StopCause::Shutdown => 0,
         }
     }
@@ -164,6 +167,7 @@ impl StopCause {
             StopCause::Shutdown => "stopped: the server is shutting down",
             StopCause::Idle => "stopped: the source sent no media for max_idle_time",
             StopCause::Failed(_) => "stopped: the relay failed",
+            StopCause::RoomDismissed => "stopped: the room was dismissed",
         }
     }
 }
@@ -254,7 +258,7 @@ impl RelayMachine {
         let ms = self.ms(now);
         UrlMachine {
             view: UrlView { url: url.to_string(), status: UrlStatus::Idle, error_code: 0, error_msg: String::new(), since: ms, history: vec![(UrlStatus::Idle, ms)] },
-            target_error: PushTarget::parse(url).err(),
+            target_error: PushTarget::parse(url).err().map(|e| e.to_string()),
             retry: UrlRetry::new(now),
             next_attempt: None,
             attempting: false,

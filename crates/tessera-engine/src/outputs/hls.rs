@@ -1,0 +1,217 @@
+//! The HLS recording rules (RECORDING.md §4, §7) as plain values: when a segment ends, what the
+//! playlist says, and what a storage failure leads to. Times are task-clock milliseconds; the
+//! recording's writer (in `tessera-tasks`) owns the muxer and the files and asks these.
+
+/// How long storage may keep failing before the recording ends (a storage failure is reported
+/// with 308 and retried for up to 10 minutes).
+pub const STORAGE_RETRY_MS: i64 = 10 * 60 * 1000;
+/// 308 at most this often per playlist while the storage keeps failing.
+pub const STORAGE_REPORT_MS: i64 = 5_000;
+
+/// When segments end: at the first keyframe once `segment_ms` have passed, or regardless at
+/// the playlist's target duration (a source that sends no keyframe still gets segments).
+#[derive(Debug, Clone, Copy)]
+pub struct CutRules {
+    pub segment_ms: i64,
+    pub target_s: u32,
+}
+
+impl CutRules {
+    /// The open segment (started at `first_ms`) has reached its length.
+    pub fn due(&self, first_ms: Option<i64>, clock_ms: i64) -> bool {
+        first_ms.is_some_and(|f| clock_ms - f >= self.segment_ms)
+    }
+
+    /// Whether a video frame at `clock_ms` ends the open segment before it is written.
+    pub fn cut_before_video(&self, first_ms: Option<i64>, clock_ms: i64, keyframe: bool) -> bool {
+        let hard = first_ms.is_some_and(|f| clock_ms - f >= self.target_s as i64 * 1000);
+        (keyframe && self.due(first_ms, clock_ms)) || hard
+    }
+}
+
+/// A playlist's text: its header (target duration, the TRTC start time and video size) and one
+/// entry per stored segment, with a discontinuity before the first segment after a gap.
+#[derive(Debug, Clone, Default)]
+pub struct Playlist {
+    pub target_s: u32,
+    /// Unix ms of the first sample (`#EXT-X-TRTC-START-REC-TIME`).
+    pub start_rec_time: Option<i64>,
+    pub video_size: Option<(u32, u32)>,
+    lines: Vec<String>,
+    discontinuity: bool,
+    segments: usize,
+}
+
+impl Playlist {
+    pub fn new(target_s: u32) -> Playlist {
+        Playlist { target_s, ..Default::default() }
+    }
+
+    /// The next segment follows a gap (a pause, a lost segment).
+    pub fn mark_discontinuity(&mut self) {
+        self.discontinuity = true;
+    }
+
+    pub fn add_segment(&mut self, name: &str, duration_ms: i64) {
+        if std::mem::take(&mut self.discontinuity) {
+            self.lines.push("#EXT-X-DISCONTINUITY".into());
+        }
+        self.lines.push(format!("#EXTINF:{:.3},", duration_ms as f64 / 1000.0));
+        self.lines.push(name.to_owned());
+        self.segments += 1;
+    }
+
+    pub fn segments(&self) -> usize {
+        self.segments
+    }
+
+    /// The playlist as written; `end` closes it (`#EXT-X-ENDLIST`).
+    pub fn text(&self, end: bool) -> String {
+        let mut t = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:{}\n", self.target_s);
+        if let Some(s) = self.start_rec_time {
+            t.push_str(&format!("#EXT-X-TRTC-START-REC-TIME:{s}\n"));
+        }
+        if let Some((w, h)) = self.video_size {
+            t.push_str(&format!("#EXT-X-TRTC-VIDEO-METADATA:WIDTH:{w} HEIGHT:{h}\n"));
+        }
+        for l in &self.lines {
+            t.push_str(l);
+            t.push('\n');
+        }
+        if end {
+            t.push_str("#EXT-X-ENDLIST\n");
+        }
+        t
+    }
+}
+
+/// What a refused file leads to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailureVerdict {
+    /// Send 308 now (at most every `STORAGE_REPORT_MS`).
+    pub report: bool,
+    /// The storage has failed for `STORAGE_RETRY_MS`: the recording ends.
+    pub give_up: bool,
+}
+
+/// A playlist's storage trouble (issue 10, defect 13): a refused segment is skipped and counted,
+/// reported now and then, and only a storage that keeps failing ends the recording. A segment
+/// that cannot be opened is retried a segment's length later, so it counts once.
+#[derive(Debug, Clone, Default)]
+pub struct StorageFailures {
+    failing_since: Option<i64>,
+    reported_ms: Option<i64>,
+    open_retry_at: Option<i64>,
+    /// Segments lost so far.
+    pub skipped: u32,
+}
+
+impl StorageFailures {
+    /// A file was refused at `clock_ms`; `lost_segment` when it was a segment (a playlist
+    /// refused is rewritten with the next one).
+    pub fn failed(&mut self, clock_ms: i64, lost_segment: bool) -> FailureVerdict {
+        self.skipped += u32::from(lost_segment);
+        let since = *self.failing_since.get_or_insert(clock_ms);
+        let report = self.reported_ms.is_none_or(|t| clock_ms - t >= STORAGE_REPORT_MS);
+        if report {
+            self.reported_ms = Some(clock_ms);
+        }
+        FailureVerdict { report, give_up: clock_ms - since >= STORAGE_RETRY_MS }
+    }
+
+    /// A file was stored; returns whether this ends a run of failures.
+    pub fn stored(&mut self) -> bool {
+        self.failing_since.take().is_some()
+    }
+
+    /// Whether a segment may be opened now (not within a segment's length of a failed open).
+    pub fn may_open(&self, clock_ms: i64) -> bool {
+        self.open_retry_at.is_none_or(|at| clock_ms >= at)
+    }
+
+    pub fn opened(&mut self) {
+        self.open_retry_at = None;
+    }
+
+    /// Opening a segment failed: the next try waits `segment_ms`.
+    pub fn open_failed(&mut self, clock_ms: i64, segment_ms: i64) {
+        self.open_retry_at = Some(clock_ms + segment_ms);
+    }
+}
+
+/// Sample times handed to a muxer: strictly increasing per track.
+#[derive(Debug, Clone, Copy)]
+pub struct RisingClock(i64);
+
+impl Default for RisingClock {
+    fn default() -> Self {
+        RisingClock(i64::MIN / 2)
+    }
+}
+
+impl RisingClock {
+    pub fn next(&mut self, ms: i64) -> i64 {
+        self.0 = ms.max(self.0 + 1);
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn segments_end_at_a_keyframe_after_their_length_or_at_the_target_regardless() {
+        let rules = CutRules { segment_ms: 6_000, target_s: 12 };
+        assert!(!rules.cut_before_video(None, 50_000, true), "nothing open");
+        assert!(!rules.cut_before_video(Some(0), 5_999, true));
+        assert!(rules.cut_before_video(Some(0), 6_000, true));
+        assert!(!rules.cut_before_video(Some(0), 11_999, false), "waits for a keyframe");
+        assert!(rules.cut_before_video(Some(0), 12_000, false), "but not past the target");
+        assert!(rules.due(Some(1_000), 7_000) && !rules.due(Some(1_000), 6_999));
+    }
+
+    #[test]
+    fn the_playlist_names_its_start_size_segments_and_gaps() {
+        let mut p = Playlist::new(6);
+        p.start_rec_time = Some(1_763_805_600_101);
+        p.video_size = Some((1280, 720));
+        p.add_segment("a_1.ts", 6_000);
+        p.mark_discontinuity();
+        p.add_segment("a_2.ts", 2_345);
+        assert_eq!(p.segments(), 2);
+        assert_eq!(
+            p.text(true),
+            "#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:6\n\
+             #EXT-X-TRTC-START-REC-TIME:1763805600101\n#EXT-X-TRTC-VIDEO-METADATA:WIDTH:1280 HEIGHT:720\n\
+             #EXTINF:6.000,\na_1.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:2.345,\na_2.ts\n#EXT-X-ENDLIST\n"
+        );
+        assert!(!p.text(false).contains("ENDLIST"));
+    }
+
+    #[test]
+    fn storage_failures_are_reported_every_5_s_and_end_the_recording_after_10_min() {
+        let mut f = StorageFailures::default();
+        assert_eq!(f.failed(0, true), FailureVerdict { report: true, give_up: false });
+        assert_eq!(f.failed(2_000, true), FailureVerdict { report: false, give_up: false });
+        assert_eq!(f.failed(5_000, false), FailureVerdict { report: true, give_up: false });
+        assert!(f.stored(), "a stored file ends the run");
+        assert!(!f.stored());
+        // A new run counts from its own start: 10 minutes of it end the recording.
+        assert!(!f.failed(100_000, true).give_up);
+        assert!(!f.failed(100_000 + STORAGE_RETRY_MS - 1, true).give_up);
+        assert!(f.failed(100_000 + STORAGE_RETRY_MS, true).give_up);
+        assert_eq!(f.skipped, 5, "the refused playlist lost no segment");
+        // A failed open waits a segment before the next try.
+        f.open_failed(1_000, 6_000);
+        assert!(!f.may_open(6_999) && f.may_open(7_000));
+        f.opened();
+        assert!(f.may_open(0));
+    }
+
+    #[test]
+    fn muxer_times_always_rise() {
+        let mut c = RisingClock::default();
+        assert_eq!((c.next(100), c.next(100), c.next(50), c.next(300)), (100, 101, 102, 300));
+    }
+}

@@ -1,0 +1,69 @@
+//! The rooms API's view of the SFU (PRODUCT.md §10): rooms with their counts, participants,
+//! and the two removals — a user (every session of theirs ends, 104 Reason 3) and a whole room
+//! (every session ends, then 102).
+
+use super::*;
+use crate::presence::ParticipantInfo;
+use tessera_model::AppId;
+
+impl Sfu {
+    /// The app's rooms, by room id.
+    pub fn rooms(&self, app: &AppId) -> Vec<RoomSummary> {
+        let mut out: Vec<RoomSummary> = self
+            .rooms
+            .iter()
+            .filter(|(k, _)| k.app == *app)
+            .map(|(k, r)| RoomSummary {
+                room: k.clone(),
+                created: r.created.unwrap_or(self.next_tick),
+                participants: self.presence.participants(k).len(),
+                publishers: r.publishers.len(),
+            })
+            .collect();
+        out.sort_by(|a, b| a.room.room.cmp(&b.room.room));
+        out
+    }
+
+    /// The room's participants, or `None` when there is no such room.
+    pub fn room_users(&self, room: &RoomKey) -> Option<Vec<ParticipantInfo>> {
+        self.rooms.contains_key(room).then(|| self.presence.participants(room))
+    }
+
+    /// Ends every session of `user` in the room (WHIP, WHEP, RTMP, ingest, mix output) as
+    /// removed. Returns whether the user was there.
+    pub fn kick(&mut self, room: &RoomKey, user: &UserId, now: Instant) -> bool {
+        let found = self.end_sessions(room, Some(user), PublisherEnd::Removed, now);
+        self.drain_all(now);
+        found
+    }
+
+    /// Ends every session in the room as removed, then the room (102). Returns whether the room
+    /// existed. The room's tasks are stopped by their owners (LeaveCode 2); their taps go now.
+    pub fn dismiss(&mut self, room: &RoomKey, now: Instant) -> bool {
+        if !self.rooms.contains_key(room) {
+            return false;
+        }
+        self.end_sessions(room, None, PublisherEnd::RoomDismissed, now);
+        self.taps.remove(room);
+        self.rooms.remove(room);
+        tracing::info!(room = %room.room, "room dismissed");
+        self.presence.room_dismissed(room);
+        self.drain_all(now);
+        true
+    }
+
+    fn end_sessions(&mut self, room: &RoomKey, user: Option<&UserId>, end: PublisherEnd, now: Instant) -> bool {
+        let matches = |spec: &SessionSpec| spec.room == *room && user.is_none_or(|u| spec.user == *u);
+        let sessions: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches(&s.spec)).map(|(id, _)| *id).collect();
+        let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| matches(&p.spec)).map(|(id, _)| *id).collect();
+        for id in &sessions {
+            self.close_session(*id, LeaveReason::Removed, now);
+        }
+        for id in &internal {
+            if self.end_internal_publisher(*id, LeaveReason::Removed, now) {
+                self.out.push_back(SfuOutput::PublisherEnded(*id, end));
+            }
+        }
+        !sessions.is_empty() || !internal.is_empty()
+    }
+}

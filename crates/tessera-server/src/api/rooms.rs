@@ -1,0 +1,130 @@
+//! Rooms and users (PRODUCT.md §10): list and read rooms and their participants, remove a user
+//! (every session ends, 104 Reason 3) or dismiss a room (sessions end, tasks stop with
+//! LeaveCode 2, then 102). The SFU owns sessions, `tessera-tasks` the tasks.
+
+use super::auth::Caller;
+use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::{ApiError, ApiResult};
+use axum::extract::{Path, State};
+use axum::{Extension, Json};
+use serde_json::{json, Value};
+use std::time::Instant;
+use tessera_engine::presence::user_type;
+use tessera_engine::{ParticipantInfo, RoomKey, RoomSummary};
+use tessera_model::{RoomId, UserId};
+
+fn room_key(caller: &Caller, room: &str) -> ApiResult<RoomKey> {
+    let room = RoomId::parse(room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
+    Ok(RoomKey { app: caller.app.clone(), room })
+}
+
+fn room_not_found(room: &RoomKey) -> ApiError {
+    ApiError::not_found("room_not_found", format!("room '{}' does not exist", room.room))
+}
+
+fn engine_stopped(e: tessera_engine::RtcServerError) -> ApiError {
+    ApiError::internal(e.to_string())
+}
+
+/// An engine `Instant` as Unix ms.
+fn unix_ms(at: Instant) -> i64 {
+    crate::now_ms() - Instant::now().saturating_duration_since(at).as_millis() as i64
+}
+
+/// The session kinds of PRODUCT.md §10 `sessions`, from their UserType.
+fn session_kind(t: u8) -> &'static str {
+    match t {
+        1 => "ws",
+        user_type::WHIP => "whip",
+        user_type::WHEP => "whep",
+        user_type::RTMP => "rtmp",
+        user_type::PULL_INGEST => "ingest",
+        user_type::MIX => "mix",
+        _ => "other",
+    }
+}
+
+fn room_view(state: &AppState, r: &RoomSummary) -> Value {
+    json!({
+        "room": r.room.room,
+        "created_at": unix_ms(r.created),
+        "participants": r.participants,
+        "publishers": r.publishers,
+        "tasks": state.tasks.live_in_room(&r.room),
+    })
+}
+
+fn user_view(p: &ParticipantInfo) -> Value {
+    json!({
+        "user": p.user,
+        "role": p.role.code(),
+        "user_type": p.user_type,
+        "terminal_type": p.terminal_type,
+        "info": p.info,
+        "joined_at": unix_ms(p.joined),
+        "sessions": p.sessions.iter().map(|t| session_kind(*t)).collect::<Vec<_>>(),
+        "streams": p.streams.iter().map(|s| s.as_str()).collect::<Vec<_>>(),
+    })
+}
+
+pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
+    let rooms = state.rtc.rooms(caller.app.clone()).await.map_err(engine_stopped)?;
+    let items = rooms.iter().map(|r| room_view(&state, r)).collect();
+    Ok(Json(q.page(items, |v| v["room"].as_str().unwrap_or(""))?))
+}
+
+pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(room): Path<String>) -> ApiResult<Json<Value>> {
+    let key = room_key(&caller, &room)?;
+    let rooms = state.rtc.rooms(caller.app.clone()).await.map_err(engine_stopped)?;
+    let summary = rooms.iter().find(|r| r.room == key).ok_or_else(|| room_not_found(&key))?;
+    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.unwrap_or_default();
+    let mut v = room_view(&state, summary);
+    v["users"] = users.iter().map(|p| json!({"user": p.user, "role": p.role.code(), "user_type": p.user_type})).collect();
+    Ok(Json(v))
+}
+
+/// Dismisses the room: its tasks stop (LeaveCode 2), every session ends (104 Reason 3), 102.
+pub async fn dismiss(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(room): Path<String>) -> ApiResult<Json<Value>> {
+    let key = room_key(&caller, &room)?;
+    if state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.is_none() {
+        return Err(room_not_found(&key));
+    }
+    state.tasks.dismiss_room(&key);
+    state.rtc.dismiss(key.clone()).await.map_err(engine_stopped)?;
+    Ok(Json(json!({"room": key.room, "dismissed_at": crate::now_ms()})))
+}
+
+pub async fn users(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    Path(room): Path<String>,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<Value>>> {
+    let key = room_key(&caller, &room)?;
+    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
+    let items = users.iter().map(user_view).collect();
+    Ok(Json(q.page(items, |v| v["user"].as_str().unwrap_or(""))?))
+}
+
+fn user_in(users: Vec<ParticipantInfo>, user: &str) -> ApiResult<ParticipantInfo> {
+    users.into_iter().find(|p| p.user.as_str() == user).ok_or_else(|| ApiError::not_found("user_not_found", format!("user '{user}' is not in the room")))
+}
+
+pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path((room, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let key = room_key(&caller, &room)?;
+    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
+    let p = user_in(users, &user)?;
+    Ok(Json(user_view(&p)))
+}
+
+/// Removes the user: every session of theirs ends (104 Reason 3); an RTMP encoder is told
+/// `removed` and disconnected, an ingest publishing as the user stops.
+pub async fn kick(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path((room, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
+    let key = room_key(&caller, &room)?;
+    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
+    let p = user_in(users, &user)?;
+    let user: UserId = p.user;
+    state.tasks.remove_user(&key, &user);
+    state.rtc.kick(key.clone(), user.clone()).await.map_err(engine_stopped)?;
+    Ok(Json(json!({"room": key.room, "user": user, "removed_at": crate::now_ms()})))
+}
