@@ -39,6 +39,8 @@ enum Command {
     RoomUsers { key: RoomKey, reply: oneshot::Sender<Option<Vec<ParticipantInfo>>> },
     Kick { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<bool> },
     Dismiss { key: RoomKey, reply: oneshot::Sender<bool> },
+    JoinSignaling { key: RoomKey, user: tessera_model::UserId, join: crate::JoinInfo, ended: oneshot::Sender<PublisherEnd>, reply: oneshot::Sender<u64> },
+    LeaveSignaling { id: u64, reason: crate::presence::LeaveReason },
     UnwatchPublishers { id: u64 },
     RoomsWithAnchors { reply: oneshot::Sender<Vec<RoomKey>> },
     RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
@@ -229,6 +231,18 @@ impl RtcHandle {
         self.ask(|reply| Command::Kick { key, user, reply }).await
     }
 
+    /// A room-signaling session joins; the receiver says why the SFU ended it (a kick, a
+    /// dismissed room), if it does.
+    pub async fn join_signaling(&self, key: RoomKey, user: tessera_model::UserId, join: crate::JoinInfo) -> Result<(u64, oneshot::Receiver<PublisherEnd>), RtcServerError> {
+        let (ended, rx) = oneshot::channel();
+        let id = self.ask(|reply| Command::JoinSignaling { key, user, join, ended, reply }).await?;
+        Ok((id, rx))
+    }
+
+    pub async fn leave_signaling(&self, id: u64, reason: crate::presence::LeaveReason) -> Result<(), RtcServerError> {
+        self.tx.send(Command::LeaveSignaling { id, reason }).await.map_err(|_| RtcServerError::Stopped)
+    }
+
     /// Ends every session in the room, then the room (102). Whether the room existed.
     pub async fn dismiss(&self, key: RoomKey) -> Result<bool, RtcServerError> {
         self.ask(|reply| Command::Dismiss { key, reply }).await
@@ -397,6 +411,15 @@ async fn run(
                     }
                     Command::Dismiss { key, reply } => {
                         let _ = reply.send(sfu.dismiss(&key, now));
+                    }
+                    Command::JoinSignaling { key, user, join, ended, reply } => {
+                        let id = sfu.join_signaling(&key, &user, &join, now);
+                        replaced_watchers.insert(id, ended);
+                        let _ = reply.send(id);
+                    }
+                    Command::LeaveSignaling { id, reason } => {
+                        replaced_watchers.remove(&id);
+                        sfu.leave_signaling(id, reason, now);
                     }
                     Command::UnwatchPublishers { id } => {
                         sfu.unwatch_publishers(id);

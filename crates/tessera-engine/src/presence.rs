@@ -78,7 +78,15 @@ impl Track {
         }
     }
 
-    fn stream(self) -> StreamKind {
+    /// "video" or "audio" (an aux stream is reported as its video).
+    pub fn kind(self) -> &'static str {
+        match self {
+            Track::MainAudio => "audio",
+            _ => "video",
+        }
+    }
+
+    pub fn stream(self) -> StreamKind {
         match self {
             Track::Aux => StreamKind::Aux,
             _ => StreamKind::Main,

@@ -130,8 +130,15 @@ impl Server {
     /// Serves until `shutdown` resolves, then drains requests and saves state.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
         self.state.hooks.start(Some(self.data_dir.root().join("outbox")));
-        if let Some(events) = self.state.rtc.take_room_events() {
-            self.state.hooks.follow_rooms(events);
+        if let Some(mut events) = self.state.rtc.take_room_events() {
+            // Room events go to the webhooks and to the room-signaling sessions.
+            let (hooks, signaling) = (self.state.hooks.clone(), self.state.room_events.clone());
+            tokio::spawn(async move {
+                while let Some(e) = events.recv().await {
+                    let _ = signaling.send(e.clone());
+                    hooks.room_event(e);
+                }
+            });
         }
         let router = api::router(self.state.clone());
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));

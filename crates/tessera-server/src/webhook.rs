@@ -163,16 +163,6 @@ impl Webhooks {
         self.emit(&room.app, code, info);
     }
 
-    /// Sends the SFU's room events as webhooks until the engine stops.
-    pub fn follow_rooms(&self, mut events: mpsc::UnboundedReceiver<RoomEvent>) {
-        let hooks = self.clone();
-        tokio::spawn(async move {
-            while let Some(e) = events.recv().await {
-                hooks.room_event(e);
-            }
-        });
-    }
-
     /// At shut-down: waits (at most `limit`) until every emitted event is in the outbox, so
     /// the next start delivers what this run could not.
     pub async fn settle(&self, limit: Duration) {

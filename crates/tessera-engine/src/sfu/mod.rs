@@ -90,6 +90,8 @@ struct Room {
     viewers: HashMap<(UserId, StreamKind), Vec<u64>>,
     empty_since: Option<Instant>,
     created: Option<Instant>,
+    /// Room-signaling sessions (WebSocket) present in the room.
+    members: Vec<u64>,
 }
 
 impl Room {
@@ -124,6 +126,8 @@ pub struct Sfu {
     /// In-process subscribers (mix jobs, relays, recordings) per room:
     /// (tap, whether it also takes mixes' output).
     taps: HashMap<RoomKey, Vec<(u64, bool)>>,
+    /// Room-signaling sessions: their room and user.
+    signaling: HashMap<u64, (RoomKey, UserId)>,
     /// Who follows a room's publishers (tasks waiting for or recording a source), and the list
     /// they were last told. Watching does not keep a room alive; a tap does.
     watchers: HashMap<RoomKey, (Vec<u64>, Vec<PublisherInfo>)>,
@@ -158,6 +162,7 @@ impl Sfu {
             counters: Arc::new(SfuCounters::default()),
             taps: HashMap::new(),
             watchers: HashMap::new(),
+            signaling: HashMap::new(),
             presence: Presence::default(),
         }
     }
@@ -455,7 +460,7 @@ impl Sfu {
         self.rooms.retain(|key, room| {
             // A room lives while it has a participant other than a mix's output, or a task
             // (mix job, relay, recording) on it (PRODUCT.md §3.3).
-            let participants = room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty();
+            let participants = room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty() || !room.members.is_empty();
             let tasks = taps.get(key).is_some_and(|t| !t.is_empty());
             if !participants && !tasks {
                 let since = *room.empty_since.get_or_insert(now);

@@ -52,7 +52,38 @@ impl Sfu {
         true
     }
 
+    /// A room-signaling session (WebSocket, UserType 1) joins: the participant is present from
+    /// now on (103 if it is new), and the room lives while it stays. Checks are the caller's.
+    pub fn join_signaling(&mut self, room: &RoomKey, user: &UserId, join: &crate::JoinInfo, now: Instant) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        if !self.rooms.contains_key(room) {
+            self.presence.room_created(room, user);
+        }
+        self.presence.joined(id, room, user, join, None, now);
+        let r = self.rooms.entry(room.clone()).or_default();
+        r.created.get_or_insert(now);
+        r.empty_since = None;
+        r.members.push(id);
+        self.signaling.insert(id, (room.clone(), user.clone()));
+        id
+    }
+
+    /// A room-signaling session ends (`leave`, a lost WebSocket, a newer one of the same user).
+    pub fn leave_signaling(&mut self, id: u64, reason: LeaveReason, now: Instant) {
+        let Some((room, _)) = self.signaling.remove(&id) else { return };
+        self.presence.left(id, reason, now);
+        if let Some(r) = self.rooms.get_mut(&room) {
+            r.members.retain(|m| *m != id);
+        }
+    }
+
     fn end_sessions(&mut self, room: &RoomKey, user: Option<&UserId>, end: PublisherEnd, now: Instant) -> bool {
+        let members: Vec<u64> = self.signaling.iter().filter(|(_, (r, u))| r == room && user.is_none_or(|x| u == x)).map(|(id, _)| *id).collect();
+        for id in &members {
+            self.leave_signaling(*id, LeaveReason::Removed, now);
+            self.out.push_back(SfuOutput::PublisherEnded(*id, end));
+        }
         let matches = |spec: &SessionSpec| spec.room == *room && user.is_none_or(|u| spec.user == *u);
         let sessions: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches(&s.spec)).map(|(id, _)| *id).collect();
         let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| matches(&p.spec)).map(|(id, _)| *id).collect();
@@ -64,6 +95,6 @@ impl Sfu {
                 self.out.push_back(SfuOutput::PublisherEnded(*id, end));
             }
         }
-        !sessions.is_empty() || !internal.is_empty()
+        !sessions.is_empty() || !internal.is_empty() || !members.is_empty()
     }
 }

@@ -12,6 +12,7 @@ pub mod mixjobs;
 mod recordings;
 mod relays;
 mod rooms;
+pub mod rtc;
 mod tokens;
 pub mod whip;
 
@@ -44,6 +45,10 @@ pub struct Shared {
     pub task_rate: auth::RateLimiter,
     /// Relays, recordings, ingests and mix jobs.
     pub tasks: tessera_tasks::Tasks,
+    /// Room and media events as they happen, for room-signaling sessions.
+    pub room_events: tokio::sync::broadcast::Sender<tessera_engine::RoomEvent>,
+    /// Room-signaling sessions by participant: a newer one replaces the older.
+    pub signaling: rtc::Signaling,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -68,6 +73,8 @@ impl AppState {
         let tasks = tessera_tasks::Tasks::new(rtc.clone(), events, config.data_dir.clone(), persist_tasks, config.limits.concurrent_mix_jobs, tls);
         AppState(Arc::new(Shared {
             tasks,
+            room_events: tokio::sync::broadcast::channel(1024).0,
+            signaling: rtc::Signaling::default(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
@@ -114,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/v1/rtc", get(rtc::signaling))
         .route("/{page}", get(page))
         .route("/files/{app}/{*path}", get(files::file))
         .merge(v1)

@@ -79,6 +79,20 @@ fn stream_param(s: Option<&str>) -> ApiResult<StreamKind> {
     }
 }
 
+/// The configured ICE servers in the RTCIceServer shape (`joined.ice_servers`).
+pub fn ice_servers_json(state: &AppState) -> serde_json::Value {
+    use crate::config::IceServer;
+    state
+        .config
+        .ice_servers
+        .iter()
+        .map(|server| match server {
+            IceServer::Url(u) => serde_json::json!({"urls": [u]}),
+            IceServer::Full { urls, username, credential } => serde_json::json!({"urls": urls, "username": username, "credential": credential}),
+        })
+        .collect()
+}
+
 fn link_headers(state: &AppState) -> Vec<HeaderValue> {
     use crate::config::IceServer;
     let mut out = Vec::new();

@@ -1,6 +1,9 @@
-//! Rooms and users over REST (PRODUCT.md §10): rooms and participants as the SFU sees them,
-//! a removed user's RTMP encoder disconnected, a dismissed room's sessions and tasks ended with
-//! the spec's codes, in the order a webhook receiver sees them.
+//! Rooms: the REST API (PRODUCT.md §10: rooms and participants as the SFU sees them, a removed
+//! user's RTMP encoder disconnected, a dismissed room's sessions and tasks ended with the spec's
+//! codes, in the order a webhook receiver sees them) and room signaling over WebSocket (§7,
+//! `signaling`).
+
+mod signaling;
 
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};

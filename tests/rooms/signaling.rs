@@ -1,0 +1,180 @@
+//! Room signaling (`GET /v1/rtc`, PRODUCT.md §7) with an independent WebSocket client
+//! (tungstenite): join, presence both ways with RTMP participants, ping, the spec's framing
+//! errors and close codes, kick, a newer login, leave, a dismissed room.
+
+use super::*;
+use std::net::TcpStream;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::stream::MaybeTlsStream;
+use tungstenite::{Message, WebSocket};
+
+type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
+
+fn connect(server: &Server) -> Ws {
+    let url = server.url("/v1/rtc").replace("http://", "ws://");
+    let (ws, _) = tungstenite::connect(url).expect("a WebSocket");
+    if let MaybeTlsStream::Plain(s) = ws.get_ref() {
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    }
+    ws
+}
+
+fn send(ws: &mut Ws, v: &Value) {
+    ws.send(Message::Text(v.to_string().into())).unwrap();
+}
+
+/// The next JSON message; pings and pongs are skipped.
+fn next(ws: &mut Ws) -> Value {
+    loop {
+        match ws.read().expect("a message") {
+            Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
+            Message::Close(c) => panic!("closed: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until a message of `kind` arrives (others are skipped) and returns it.
+fn next_of(ws: &mut Ws, kind: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        assert!(Instant::now() < deadline, "no {kind}");
+        let v = next(ws);
+        if v["type"] == kind {
+            return v;
+        }
+    }
+}
+
+/// Reads until the server closes; returns its close code.
+fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+    loop {
+        match ws.read() {
+            Ok(Message::Close(c)) => return c.map(|c| c.code),
+            Ok(_) => continue,
+            Err(_) => return None,
+        }
+    }
+}
+
+fn join(server: &Server, data: &std::path::Path, room: &str, user: &str) -> (Ws, Value) {
+    let mut ws = connect(server);
+    send(&mut ws, &json!({"type": "join", "id": "j1", "token": token(data, room, user)}));
+    let joined = next(&mut ws);
+    assert_eq!((joined["type"].as_str(), joined["id"].as_str()), (Some("joined"), Some("j1")), "{joined}");
+    (ws, joined)
+}
+
+#[test]
+fn participants_meet_over_the_signaling_socket() {
+    let dir = TempDir::new("rtc");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "rtcK3y", &[]);
+    hooks.subscribe(&server, &key, "rtcK3y");
+
+    // alice joins first (she makes the room), then bob: each learns of the other.
+    let (mut alice, joined) = join(&server, &data, "talk", "alice");
+    assert_eq!((joined["room"].as_str(), joined["user"].as_str(), joined["role"].as_u64()), (Some("talk"), Some("alice"), Some(20)));
+    assert_eq!(joined["participants"], json!([]));
+    assert!(joined["session_id"].as_str().is_some_and(|s| !s.is_empty()) && joined["server_time_ms"].as_i64().is_some());
+    let (mut bob, joined) = join(&server, &data, "talk", "bob");
+    assert_eq!(joined["participants"][0]["user"], "alice", "{joined}");
+    let seen = next_of(&mut alice, "participant_joined");
+    assert_eq!((seen["user"].as_str(), seen["user_type"].as_u64()), (Some("bob"), Some(1)));
+    let users = get(&server.url("/v1/rooms/talk/users"), Some(&key)).json();
+    assert_eq!(users["items"].as_array().unwrap().iter().map(|u| u["sessions"].clone()).collect::<Vec<_>>(), vec![json!(["ws"]), json!(["ws"])]);
+
+    // An RTMP encoder joins as carol: the sockets see her arrive and her tracks start.
+    let port = rtmp_port(&server);
+    let mut carol = publisher(&format!("rtmp://127.0.0.1:{port}/push/talk/carol?token={}", token(&data, "talk", "carol")));
+    let seen = next_of(&mut alice, "participant_joined");
+    assert_eq!((seen["user"].as_str(), seen["user_type"].as_u64()), (Some("carol"), Some(12)));
+    let track = next_of(&mut alice, "track_published");
+    assert_eq!((track["user"].as_str(), track["stream"].as_str()), (Some("carol"), Some("main")), "{track}");
+
+    // ping/pong with the correlation id; what is not JSON or not known gets `error`, and the
+    // socket stays open.
+    send(&mut bob, &json!({"type": "ping", "id": "p1"}));
+    assert_eq!(next_of(&mut bob, "pong")["id"], "p1");
+    bob.send(Message::Binary(vec![1, 2, 3].into())).unwrap();
+    assert_eq!(next_of(&mut bob, "error")["code"], "bad_message");
+    bob.send(Message::Text("{not json".into())).unwrap();
+    assert_eq!(next_of(&mut bob, "error")["code"], "bad_message");
+    send(&mut bob, &json!({"type": "dance", "id": "d"}));
+    let e = next_of(&mut bob, "error");
+    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("bad_message"), Some("d")));
+    send(&mut bob, &json!({"type": "subscribe", "id": "s", "user": "carol", "stream": "main"}));
+    assert_eq!(next_of(&mut bob, "error")["code"], "not_supported");
+    send(&mut bob, &json!({"type": "ping", "id": "p2"}));
+    assert_eq!(next_of(&mut bob, "pong")["id"], "p2");
+
+    // Removing bob over REST: his socket is told and closed with 4003; alice sees him leave.
+    assert_eq!(request("DELETE", &server.url("/v1/rooms/talk/users/bob"), Some(&key), None, &[]).status, 200);
+    assert_eq!(next_of(&mut bob, "kicked")["reason"], "removed");
+    assert_eq!(close_code(&mut bob), Some(CloseCode::Library(4003)));
+    let left = next_of(&mut alice, "participant_left");
+    assert_eq!((left["user"].as_str(), left["reason"].as_str()), (Some("bob"), Some("removed")));
+
+    // alice logs in again elsewhere: the old socket is kicked (duplicate_login), she stays
+    // present throughout (no 104 for her), and the new socket works.
+    let (mut alice2, _) = join(&server, &data, "talk", "alice");
+    assert_eq!(next_of(&mut alice, "kicked")["reason"], "duplicate_login");
+    assert_eq!(close_code(&mut alice), Some(CloseCode::Library(4003)));
+    send(&mut alice2, &json!({"type": "ping", "id": "p3"}));
+    assert_eq!(next_of(&mut alice2, "pong")["id"], "p3");
+
+    // Dismissing the room kicks the socket (room_dismissed) and ends carol's publish.
+    assert_eq!(request("DELETE", &server.url("/v1/rooms/talk"), Some(&key), None, &[]).status, 200);
+    assert_eq!(next_of(&mut alice2, "kicked")["reason"], "room_dismissed");
+    assert_eq!(close_code(&mut alice2), Some(CloseCode::Library(4003)));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while carol.try_wait().unwrap().is_none() {
+        assert!(Instant::now() < deadline, "carol's encoder was not disconnected");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let events = hooks.wait_for(Duration::from_secs(10), "102", |e| e.iter().any(|e| e["EventType"] == 102));
+    let alice_codes: Vec<(u64, u64)> = events
+        .iter()
+        .filter(|e| e["EventInfo"]["UserId"] == "alice" && [103, 104].contains(&e["EventType"].as_u64().unwrap_or(0)))
+        .map(|e| (e["EventType"].as_u64().unwrap(), e["EventInfo"]["Reason"].as_u64().unwrap_or(0)))
+        .collect();
+    assert_eq!(alice_codes, vec![(103, 1), (104, 3)], "one presence for two logins, ended by the dismissal");
+    assert!(events.iter().any(|e| e["EventType"] == 101 && e["EventInfo"]["UserId"] == "alice"), "alice made the room");
+    let bob_enter = events.iter().find(|e| e["EventType"] == 103 && e["EventInfo"]["UserId"] == "bob").unwrap();
+    assert_eq!(bob_enter["EventInfo"]["UserType"], 1);
+}
+
+#[test]
+fn the_socket_keeps_the_spec_framing_and_join_rules() {
+    let dir = TempDir::new("rtc-rules");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+
+    // A bad token: `error`, then 4001.
+    let mut ws = connect(&server);
+    send(&mut ws, &json!({"type": "join", "id": "x", "token": "not.a.token"}));
+    let e = next(&mut ws);
+    assert_eq!((e["type"].as_str(), e["id"].as_str(), e["code"].as_str()), (Some("error"), Some("x"), Some("token_malformed")), "{e}");
+    assert_eq!(close_code(&mut ws), Some(CloseCode::Library(4001)));
+    // Something other than `join` first: 4002.
+    let mut ws = connect(&server);
+    send(&mut ws, &json!({"type": "subscribe", "user": "a", "stream": "main"}));
+    assert_eq!(next(&mut ws)["code"], "join_first");
+    assert_eq!(close_code(&mut ws), Some(CloseCode::Library(4002)));
+    // More than 64 KiB: 1009.
+    let (mut ws, _) = join(&server, &data, "rules", "dora");
+    send(&mut ws, &json!({"type": "ping", "pad": "x".repeat(2 * 1024 * 1024)}));
+    assert_eq!(close_code(&mut ws), Some(CloseCode::Size));
+    // Nothing at all for 10 s: 4002.
+    let mut ws = connect(&server);
+    let started = Instant::now();
+    assert_eq!(close_code(&mut ws), Some(CloseCode::Library(4002)));
+    assert!((9..13).contains(&started.elapsed().as_secs()), "{:?}", started.elapsed());
+    // `leave`: ok, then a normal close.
+    let (mut ws, _) = join(&server, &data, "rules", "erin");
+    send(&mut ws, &json!({"type": "leave", "id": "bye"}));
+    assert_eq!(next(&mut ws)["id"], "bye");
+    assert_eq!(close_code(&mut ws), Some(CloseCode::Normal));
+}
