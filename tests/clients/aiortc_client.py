@@ -3,6 +3,9 @@
 
 publish: sends a synthetic video (solid colour, frame counter in the luma of the top-left
          block) and a 440 Hz tone for --seconds, then DELETEs the session.
+ws-publish: joins a room over the signaling WebSocket (--url ws://…/v1/rtc), publishes the same
+         video and tone on the pub connection (the `publish` message), pings every 2 s, leaves
+         after --seconds and prints the server messages' types it saw.
 play:    receives for --seconds and prints one JSON line: frames decoded, size, audio frames,
          the mean colour of the last frame; with --sample "x,y;x,y" the colour (3x3 mean) at
          those points every few frames as [time, [[r,g,b], ...]]; with --tones "f1,f2" how far
@@ -111,6 +114,57 @@ async def publish(a):
     return 0
 
 
+async def ws_publish(a):
+    import websockets
+
+    async with websockets.connect(a.url, max_size=None) as ws:
+        seen = []
+
+        async def reply(kind):
+            while True:
+                m = json.loads(await asyncio.wait_for(ws.recv(), 10))
+                seen.append(m["type"])
+                if m["type"] == kind or m["type"] == "error":
+                    return m
+
+        await ws.send(json.dumps({"type": "join", "id": "j", "token": a.token}))
+        joined = await reply("joined")
+        if joined["type"] != "joined":
+            print(json.dumps({"error": joined}), flush=True)
+            return 1
+        pc = RTCPeerConnection()
+        video = pc.addTransceiver(ColourVideo(a.width, a.height, (0, 0, 255)), direction="sendonly")
+        prefer(video, "video", a.codec)
+        pc.addTransceiver(Tone(), direction="sendonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        await ws.send(json.dumps({"type": "publish", "id": "p", "stream": "main", "sdp": pc.localDescription.sdp,
+                                  "tracks": [{"mid": t.mid, "kind": t.kind} for t in pc.getTransceivers()]}))
+        answer = await reply("answer")
+        if answer["type"] != "answer" or answer.get("pc") != "pub":
+            print(json.dumps({"error": answer}), flush=True)
+            return 1
+        connected = asyncio.get_event_loop().create_future()
+
+        @pc.on("connectionstatechange")
+        def on_state():
+            if pc.connectionState == "connected" and not connected.done():
+                connected.set_result(time.time())
+
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer["sdp"], type="answer"))
+        connected_at = await asyncio.wait_for(connected, 10)
+        print(json.dumps({"published": True, "connected_at": connected_at}), flush=True)
+        end = time.time() + a.seconds
+        while time.time() < end:
+            await ws.send(json.dumps({"type": "ping"}))
+            await reply("pong")
+            await asyncio.sleep(2)
+        await ws.send(json.dumps({"type": "leave", "id": "bye"}))
+        await reply("ok")
+        await pc.close()
+        print(json.dumps({"done": True, "seen": seen, "session_id": joined["session_id"]}), flush=True)
+        return 0
+
+
 async def play(a):
     pc = RTCPeerConnection()
     pc.addTransceiver("audio", direction="recvonly")
@@ -180,7 +234,7 @@ async def play(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play"])
+    p.add_argument("mode", choices=["publish", "play", "ws-publish"])
     p.add_argument("--url", required=True)
     p.add_argument("--token", required=True)
     p.add_argument("--seconds", type=float, default=5)
@@ -194,7 +248,8 @@ def main():
     try:
         if a.delay:
             time.sleep(a.delay)
-        return asyncio.run(publish(a) if a.mode == "publish" else play(a))
+        modes = {"publish": publish, "play": play, "ws-publish": ws_publish}
+        return asyncio.run(modes[a.mode](a))
     except Exception as e:  # report, never hang
         print(json.dumps({"error": repr(e)}), flush=True)
         return 1

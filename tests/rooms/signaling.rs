@@ -107,6 +107,11 @@ fn participants_meet_over_the_signaling_socket() {
     assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("bad_message"), Some("d")));
     send(&mut bob, &json!({"type": "subscribe", "id": "s", "user": "carol", "stream": "main"}));
     assert_eq!(next_of(&mut bob, "error")["code"], "not_supported");
+    send(&mut bob, &json!({"type": "publish", "id": "pb", "stream": "main", "sdp": "v=0\r\n"}));
+    let e = next_of(&mut bob, "error");
+    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("sdp_invalid"), Some("pb")), "{e}");
+    send(&mut bob, &json!({"type": "unpublish", "id": "u", "stream": "main"}));
+    assert_eq!(next_of(&mut bob, "error")["code"], "not_published");
     send(&mut bob, &json!({"type": "ping", "id": "p2"}));
     assert_eq!(next_of(&mut bob, "pong")["id"], "p2");
 
@@ -177,4 +182,42 @@ fn the_socket_keeps_the_spec_framing_and_join_rules() {
     send(&mut ws, &json!({"type": "leave", "id": "bye"}));
     assert_eq!(next(&mut ws)["id"], "bye");
     assert_eq!(close_code(&mut ws), Some(CloseCode::Normal));
+}
+
+/// aiortc publishes over the signaling socket (`publish` on the pub connection); another
+/// socket sees the tracks start, and a WHEP player decodes the publisher's blue picture.
+#[test]
+fn aiortc_publishes_over_the_socket_and_whep_plays_it() {
+    let dir = TempDir::new("rtc-publish");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let http = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
+    let (mut bob, _) = join(&server, &data, "cast", "bob");
+    let ws_url = server.url("/v1/rtc").replace("http://", "ws://");
+    let alice = Client::start(&net, "aiortc_client.py", &["ws-publish", "--url", &ws_url, "--token", &token(&data, "cast", "alice"), "--seconds", "14"]);
+    let seen = next_of(&mut bob, "participant_joined");
+    assert_eq!((seen["user"].as_str(), seen["user_type"].as_u64()), (Some("alice"), Some(1)));
+    let track = next_of(&mut bob, "track_published");
+    assert_eq!((track["user"].as_str(), track["stream"].as_str()), (Some("alice"), Some("main")), "{track}");
+    // Her socket and her publication are two sessions of one participant.
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    let users = get(&server.url("/v1/rooms/cast/users/alice"), Some(key.trim())).json();
+    assert_eq!((users["sessions"].clone(), users["streams"].clone()), (json!(["ws", "ws"]), json!(["main"])), "{users}");
+    let play = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/cast/alice/main"), "--token", &token(&data, "cast", "viewer"), "--seconds", "5"]);
+    let r = play.finish(Duration::from_secs(40));
+    assert!(r["frames"].as_u64().unwrap() >= 40, "{r}");
+    let rgb: Vec<u64> = r["mean_rgb"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(rgb[2] > 200 && rgb[0] < 50 && rgb[1] < 50, "{r}");
+    assert!(r["audio_frames"].as_u64().unwrap() >= 100, "{r}");
+    let a = alice.finish(Duration::from_secs(40));
+    assert_eq!(a["done"], true, "{a}");
+    // alice's `leave` ends her publication with her: bob sees her go, having left.
+    let left = loop {
+        let left = next_of(&mut bob, "participant_left");
+        if left["user"] == "alice" {
+            break left;
+        }
+    };
+    assert_eq!(left["reason"], "left", "{left}");
 }

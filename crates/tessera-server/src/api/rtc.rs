@@ -1,9 +1,10 @@
-//! Room signaling, `GET /v1/rtc` (PRODUCT.md §7): a WebSocket per participant session. This
-//! first part carries presence — `join` (token checks, room creation), `joined` with who is
-//! there, `participant_joined/left`, `track_published/unpublished`, `role_changed`, `ping`,
-//! `leave`, `kicked` (removed, room dismissed, a newer login) — and the spec's framing, limits
-//! and errors. Media over the session (`publish`, `subscribe`, their SDP) is not built yet and is
-//! refused with `not_supported`.
+//! Room signaling, `GET /v1/rtc` (PRODUCT.md §7): a WebSocket per participant session. Built so
+//! far: presence — `join` (token checks, room creation), `joined` with who is there,
+//! `participant_joined/left`, `track_published/unpublished`, `role_changed`, `ping`, `leave`,
+//! `kicked` (removed, room dismissed, a newer login) — the spec's framing, limits and errors, and
+//! publishing on the `pub` peer connection (`publish`/`unpublish`; the server is ICE-lite, so
+//! trickled candidates need no answer). Subscribing (the server-offered `sub` connection) is not
+//! built yet and is refused with `not_supported`, as are the other media messages.
 
 use super::AppState;
 use crate::entry::{check_entry, verify_raw};
@@ -16,7 +17,8 @@ use dashmap::DashMap;
 use serde_json::{json, Value};
 use std::time::Duration;
 use tessera_engine::presence::LeaveReason;
-use tessera_engine::{JoinInfo, PublisherEnd, RoomEvent, RoomKey};
+use tessera_engine::{JoinInfo, PeerRole, PublisherEnd, Quality, RoomEvent, RoomKey, SessionSpec};
+use tessera_media::StreamKind;
 use tessera_model::{AppId, RoomId, UserId};
 use tokio::sync::{broadcast, oneshot};
 
@@ -92,6 +94,9 @@ fn id_of(v: &Value) -> Value {
 struct Joined {
     key: RoomKey,
     user: UserId,
+    token: tessera_model::UserToken,
+    /// The SFU publisher session of each published stream (the `pub` connection's).
+    published: Vec<(StreamKind, String)>,
     id: u64,
     ended: oneshot::Receiver<PublisherEnd>,
     replaced: oneshot::Receiver<()>,
@@ -162,7 +167,17 @@ async fn session(mut socket: WebSocket, state: AppState, ua: String) {
                             return close(&mut socket, 1000, "left").await;
                         }
                         "join" => error_msg(&id, "already_joined", "this session has joined already"),
-                        t @ ("publish" | "unpublish" | "subscribe" | "unsubscribe" | "answer" | "candidate" | "mute" | "switch_role" | "update_token" | "custom") => {
+                        "publish" => match publish(&state, &mut joined, &v).await {
+                            Ok(answer) => json!({"type": "answer", "id": id, "pc": "pub", "sdp": answer}),
+                            Err(e) => error_msg(&id, e.code, e.message),
+                        },
+                        "unpublish" => match unpublish(&state, &mut joined, &v).await {
+                            Ok(()) => json!({"type": "ok", "id": id}),
+                            Err(e) => error_msg(&id, e.code, e.message),
+                        },
+                        // ICE-lite: the server learns the client's addresses from its checks.
+                        "candidate" if v["pc"] == "pub" => json!({"type": "ok", "id": id}),
+                        t @ ("subscribe" | "unsubscribe" | "answer" | "candidate" | "mute" | "switch_role" | "update_token" | "custom") => {
                             error_msg(&id, "not_supported", format!("'{t}' is not supported yet by this server"))
                         }
                         t => error_msg(&id, "bad_message", format!("unknown message type '{t}'")),
@@ -239,12 +254,69 @@ async fn join(state: &AppState, msg: &Value, ua: &str) -> Result<(Joined, Value)
         "ice_servers": super::whip::ice_servers_json(state),
         "server_time_ms": crate::now_ms(),
     });
-    Ok((Joined { key, user: token.user.clone(), id, ended, replaced }, reply))
+    Ok((Joined { key, user: token.user.clone(), token, published: Vec::new(), id, ended, replaced }, reply))
 }
 
 async fn leave(state: &AppState, j: &Joined, reason: LeaveReason) {
     state.signaling.sessions.remove_if(&(j.key.app.clone(), j.key.room.clone(), j.user.clone()), |_, (id, _)| *id == j.id);
+    // Its publications end with it (the signaling session leaves last, so one 104 covers all).
+    for (_, sid) in &j.published {
+        let _ = state.rtc.remove_session(sid).await;
+    }
     let _ = state.rtc.leave_signaling(j.id, reason).await;
+}
+
+/// `publish`: the `pub` connection's offer for one stream, checked like a WHIP offer (§4.2: the
+/// privilege of every section; an audience token may not publish), answered by the SFU. A
+/// stream published again replaces its older publisher.
+async fn publish(state: &AppState, j: &mut Joined, msg: &Value) -> Result<String, ApiError> {
+    let stream = match msg["stream"].as_str() {
+        None => StreamKind::Main,
+        Some(s) => StreamKind::parse(s).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux"))?,
+    };
+    let sdp = msg["sdp"].as_str().ok_or_else(|| ApiError::invalid_parameter("sdp", "the offer of the pub connection is required"))?;
+    if j.token.role != tessera_model::Role::Anchor {
+        return Err(ApiError::new(axum::http::StatusCode::FORBIDDEN, "role_not_allowed", "publishing needs the anchor role (20)"));
+    }
+    let summary = tessera_engine::OfferSummary::parse(sdp).map_err(super::whip::offer_error)?;
+    summary.check_publish().map_err(super::whip::offer_error)?;
+    for section in summary.media() {
+        let required = super::whip::media_privilege(PeerRole::Publish, stream, section.kind);
+        j.token.privileges.require(required).map_err(|e| crate::entry::privilege_missing(e.required))?;
+    }
+    let sid = tessera_model::random::session_id();
+    let spec = SessionSpec {
+        sid: sid.clone(),
+        room: j.key.clone(),
+        user: j.user.clone(),
+        role: PeerRole::Publish,
+        stream,
+        source_user: None,
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+        join: JoinInfo { user_type: 1, terminal_type: 100, role: tessera_model::Role::Anchor, info: j.token.info.clone() },
+    };
+    let answer = state.rtc.add_session(spec, sdp.to_owned()).await.map_err(|e| ApiError::internal(e.to_string()))?.map_err(super::whip::offer_error)?;
+    if let Some(old) = j.published.iter().position(|(s, _)| *s == stream) {
+        // The SFU closed the older publisher of this stream already (the newest wins).
+        j.published.remove(old);
+    }
+    j.published.push((stream, sid));
+    tracing::info!(room = %j.key.room, user = %j.user, stream = %stream, "room signaling publish");
+    Ok(answer)
+}
+
+/// `unpublish`: the stream's publisher ends (its tracks' 202/204/206).
+async fn unpublish(state: &AppState, j: &mut Joined, msg: &Value) -> Result<(), ApiError> {
+    let stream = msg["stream"].as_str().and_then(StreamKind::parse).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux"))?;
+    let at = j
+        .published
+        .iter()
+        .position(|(s, _)| *s == stream)
+        .ok_or_else(|| ApiError::new(axum::http::StatusCode::CONFLICT, "not_published", format!("'{stream}' is not published")))?;
+    let (_, sid) = j.published.remove(at);
+    let _ = state.rtc.remove_session(&sid).await;
+    Ok(())
 }
 
 /// A room event as this session's message, if it is about its room and someone else.

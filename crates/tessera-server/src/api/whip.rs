@@ -34,7 +34,7 @@ fn verify_token(state: &AppState, headers: &HeaderMap, allow_expired: bool) -> A
 
 /// The privilege a media section needs (PRODUCT.md §4.2): aux has one bit per direction, main
 /// one per kind and direction.
-fn media_privilege(role: PeerRole, stream: StreamKind, kind: SectionKind) -> Privileges {
+pub(super) fn media_privilege(role: PeerRole, stream: StreamKind, kind: SectionKind) -> Privileges {
     match (role, stream, kind) {
         (PeerRole::Publish, StreamKind::Aux, _) => Privileges::PUBLISH_AUX,
         (PeerRole::Publish, StreamKind::Main, SectionKind::Audio) => Privileges::PUBLISH_AUDIO,
@@ -68,7 +68,7 @@ fn sdp_body(body: &Result<Bytes, BytesRejection>) -> ApiResult<&Bytes> {
     }
 }
 
-fn offer_error(e: tessera_engine::OfferError) -> ApiError {
+pub(super) fn offer_error(e: tessera_engine::OfferError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
 }
 
