@@ -20,10 +20,8 @@ pub enum PeerRole {
 /// (pt, rtx pt, profile-level-id) for constrained baseline, baseline, main and high.
 const H264_PROFILES: [(u8, u8, u32); 4] = [(108, 109, 0x42e01f), (127, 121, 0x42001f), (123, 119, 0x4d001f), (114, 115, 0x64001f)];
 
-/// Starting estimate for subscribers' bandwidth estimation: low, so a new viewer starts on a
-/// layer its link surely takes and probing lifts it (a first keyframe of the top layer into a
-/// slow link stalls the viewer in retransmissions).
-const INITIAL_BWE_KBPS: u64 = 500;
+/// Starting estimate for subscribers' bandwidth estimation.
+const INITIAL_BWE_KBPS: u64 = 1_500;
 
 pub struct Peer {
     pub rtc: Rtc,

@@ -96,12 +96,7 @@ pub struct Allocation {
 impl Allocation {
     /// The video layer to forward: `choose_layer`, except that a pause waits for `PAUSE_AFTER`
     /// of estimates below the lowest layer (the lowest layer is kept meanwhile).
-    /// Before the first estimate an `auto` viewer starts on the lowest layer: its link surely
-    /// takes it, and probing lifts it as the estimate grows.
     pub fn choose(&mut self, layers: &[LayerRate], quality: Quality, estimate_bps: Option<f64>, now: Instant) -> Option<LayerChoice> {
-        if estimate_bps.is_none() && quality == Quality::Auto {
-            return choose_layer(layers, Quality::Low, None);
-        }
         let choice = choose_layer(layers, quality, estimate_bps);
         if choice != Some(LayerChoice::Paused) {
             self.below_lowest_since = None;
