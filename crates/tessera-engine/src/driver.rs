@@ -4,7 +4,7 @@
 
 use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
-use crate::sfu::{IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, TapPacket};
+use crate::sfu::{SubscribeRequest, SubscriberError, SubscriberOffer, IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, TapPacket};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -44,7 +44,18 @@ enum Command {
     UnwatchPublishers { id: u64 },
     RoomsWithAnchors { reply: oneshot::Sender<Vec<RoomKey>> },
     RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
+    AddSubscriber { spec: SessionSpec, first_media: mpsc::UnboundedSender<FirstMedia>, reply: oneshot::Sender<Result<u64, OfferError>> },
+    Subscribe { sid: String, req: SubscribeRequest, reply: oneshot::Sender<SubscriberReply> },
+    Unsubscribe { sid: String, source: (tessera_model::UserId, tessera_media::StreamKind), reply: oneshot::Sender<SubscriberReply> },
+    SubscriberAnswer { sid: String, sdp: String, reply: oneshot::Sender<SubscriberReply> },
+    Mute { key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool, reply: oneshot::Sender<bool> },
+    SwitchRole { key: RoomKey, user: tessera_model::UserId, role: tessera_model::Role, reply: oneshot::Sender<bool> },
 }
+
+type SubscriberReply = Result<Option<SubscriberOffer>, SubscriberError>;
+
+/// The first media of a (user, stream) reached a subscriber connection: (user, stream, video).
+pub type FirstMedia = (tessera_model::UserId, tessera_media::StreamKind, bool);
 
 /// Packets a tap may have queued before the oldest are dropped (the mixer then asks for a
 /// keyframe): about 2 s of a few 360p publishers.
@@ -254,6 +265,35 @@ impl RtcHandle {
         self.ask(|reply| Command::WatchPublishers { key, reply }).await
     }
 
+    /// Adds a connection the server offers to (room signaling's `sub`); the receiver hears of
+    /// each stream's first media forwarded on it.
+    pub async fn add_subscriber(&self, spec: SessionSpec) -> Result<Result<(u64, mpsc::UnboundedReceiver<FirstMedia>), OfferError>, RtcServerError> {
+        let (first_media, rx) = mpsc::unbounded_channel();
+        Ok(self.ask(|reply| Command::AddSubscriber { spec, first_media, reply }).await?.map(|id| (id, rx)))
+    }
+
+    pub async fn subscribe(&self, sid: &str, req: SubscribeRequest) -> Result<SubscriberReply, RtcServerError> {
+        self.ask(|reply| Command::Subscribe { sid: sid.to_owned(), req, reply }).await
+    }
+
+    pub async fn unsubscribe(&self, sid: &str, source: (tessera_model::UserId, tessera_media::StreamKind)) -> Result<SubscriberReply, RtcServerError> {
+        self.ask(|reply| Command::Unsubscribe { sid: sid.to_owned(), source, reply }).await
+    }
+
+    pub async fn subscriber_answer(&self, sid: &str, sdp: String) -> Result<SubscriberReply, RtcServerError> {
+        self.ask(|reply| Command::SubscriberAnswer { sid: sid.to_owned(), sdp, reply }).await
+    }
+
+    /// A publisher mutes or unmutes a started track. Whether that track has started.
+    pub async fn mute(&self, key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool) -> Result<bool, RtcServerError> {
+        self.ask(|reply| Command::Mute { key, user, track, muted, reply }).await
+    }
+
+    /// The participant's role changes; to audience, its publications end. Whether it is present.
+    pub async fn switch_role(&self, key: RoomKey, user: tessera_model::UserId, role: tessera_model::Role) -> Result<bool, RtcServerError> {
+        self.ask(|reply| Command::SwitchRole { key, user, role, reply }).await
+    }
+
     pub fn watch_publishers_blocking(&self, key: RoomKey) -> Result<PublisherWatch, RtcServerError> {
         self.ask_blocking(|reply| Command::WatchPublishers { key, reply })
     }
@@ -329,6 +369,7 @@ async fn run(
     let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<PublisherEnd>> = std::collections::HashMap::new();
     // Internal publishers that make keyframes on request, and where to tell them.
     let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
+    let mut first_media: std::collections::HashMap<u64, mpsc::UnboundedSender<FirstMedia>> = std::collections::HashMap::new();
     loop {
         let deadline = sfu.next_timeout();
         tokio::select! {
@@ -432,6 +473,30 @@ async fn run(
                         sfu.request_keyframe_of(&key, &user, stream, now);
                         sfu.flush(now);
                     }
+                    Command::AddSubscriber { spec, first_media: tx, reply } => {
+                        // Listeners of ended connections go when the next one comes.
+                        first_media.retain(|_, tx| !tx.is_closed());
+                        let added = sfu.add_subscriber(spec, now);
+                        if let Ok(id) = added {
+                            first_media.insert(id, tx);
+                        }
+                        let _ = reply.send(added);
+                    }
+                    Command::Subscribe { sid, req, reply } => {
+                        let _ = reply.send(sfu.subscribe(&sid, req, now));
+                    }
+                    Command::Unsubscribe { sid, source, reply } => {
+                        let _ = reply.send(sfu.unsubscribe(&sid, source, now));
+                    }
+                    Command::SubscriberAnswer { sid, sdp, reply } => {
+                        let _ = reply.send(sfu.subscriber_answer(&sid, &sdp, now));
+                    }
+                    Command::Mute { key, user, track, muted, reply } => {
+                        let _ = reply.send(sfu.mute(&key, &user, track, muted));
+                    }
+                    Command::SwitchRole { key, user, role, reply } => {
+                        let _ = reply.send(sfu.switch_role(&key, &user, role, now));
+                    }
                 }
             }
             r = socket.recv_from(&mut buf) => {
@@ -490,6 +555,11 @@ async fn run(
                 }
                 SfuOutput::Room(event) => {
                     let _ = room_events.send(event);
+                }
+                SfuOutput::FirstMedia { session, user, stream, video } => {
+                    if first_media.get(&session).is_some_and(|tx| tx.send((user, stream, video)).is_err()) {
+                        first_media.remove(&session);
+                    }
                 }
                 SfuOutput::KeyframeWanted(id) => {
                     if let Some(tx) = keyframe_owners.get(&id) {

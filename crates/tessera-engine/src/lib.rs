@@ -18,7 +18,7 @@ pub mod sfu;
 #[cfg(test)]
 mod sfu_harness;
 
-pub use driver::{KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError};
+pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
-pub use sfu::{IceRestart, IngestPacket, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats, TapPacket};
+pub use sfu::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer, IceRestart, IngestPacket, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats, TapPacket};
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

@@ -132,6 +132,13 @@ pub enum RoomEvent {
         user: UserId,
         track: Track,
     },
+    /// A publisher muted or unmuted a started track (room signaling's `mute`).
+    TrackMuted {
+        room: RoomKey,
+        user: UserId,
+        track: Track,
+        muted: bool,
+    },
 }
 
 /// Why a session ended.
@@ -154,6 +161,8 @@ struct Participant {
     /// Session id → the stream it publishes, if it does, and the session's UserType.
     sessions: Vec<(u64, Option<StreamKind>, u8)>,
     started: Vec<Track>,
+    /// Started tracks its publisher has muted.
+    muted: Vec<Track>,
 }
 
 /// A participant as the rooms API shows it (PRODUCT.md §10: `users.list`).
@@ -169,6 +178,8 @@ pub struct ParticipantInfo {
     pub sessions: Vec<u8>,
     /// The streams it publishes.
     pub streams: Vec<StreamKind>,
+    /// Its tracks with media, and whether each is muted.
+    pub tracks: Vec<(Track, bool)>,
 }
 
 #[derive(Default)]
@@ -213,6 +224,7 @@ impl Presence {
             joined: now,
             sessions: vec![(session, publishes, join.user_type)],
             started: Vec::new(),
+            muted: Vec::new(),
         };
         self.participants.insert(key, participant);
         self.events.push(RoomEvent::Entered { room: room.clone(), user: user.clone(), join: JoinInfo { role, ..join.clone() }, reason });
@@ -238,6 +250,7 @@ impl Presence {
             if !p.sessions.iter().any(|(_, s, _)| *s == Some(stream)) {
                 let stopped: Vec<Track> = p.started.iter().copied().filter(|t| t.stream() == stream).collect();
                 p.started.retain(|t| t.stream() != stream);
+                p.muted.retain(|t| t.stream() != stream);
                 for track in stopped {
                     self.events.push(RoomEvent::TrackStopped { room: key.0.clone(), user: key.1.clone(), track });
                 }
@@ -253,6 +266,39 @@ impl Presence {
             p.started.push(track);
             self.events.push(RoomEvent::TrackStarted { room: key.0.clone(), user: key.1.clone(), track });
         }
+    }
+
+    /// A publisher mutes or unmutes a track it has started. Returns whether the track has
+    /// started (muting one that has not is refused); an unchanged state emits nothing.
+    pub fn mute(&mut self, room: &RoomKey, user: &UserId, track: Track, muted: bool) -> bool {
+        let Some(p) = self.participants.get_mut(&(room.clone(), user.clone())) else { return false };
+        if !p.started.contains(&track) {
+            return false;
+        }
+        if p.muted.contains(&track) != muted {
+            if muted {
+                p.muted.push(track);
+            } else {
+                p.muted.retain(|t| *t != track);
+            }
+            self.events.push(RoomEvent::TrackMuted { room: room.clone(), user: user.clone(), track, muted });
+        }
+        true
+    }
+
+    /// The participant's role changes (105). An audience has no tracks: they stop with the role
+    /// change, which covers them (no 202/204/206, PRODUCT.md §4.4). Returns whether it is present.
+    pub fn set_role(&mut self, room: &RoomKey, user: &UserId, role: Role) -> bool {
+        let Some(p) = self.participants.get_mut(&(room.clone(), user.clone())) else { return false };
+        if p.role != role {
+            p.role = role;
+            if role == Role::Audience {
+                p.started.clear();
+                p.muted.clear();
+            }
+            self.events.push(RoomEvent::RoleChanged { room: room.clone(), user: user.clone(), role });
+        }
+        true
     }
 
     /// Participants present, by the UserType of their first session (`tessera_participants`).
@@ -287,6 +333,7 @@ impl Presence {
                     joined: p.joined,
                     sessions: p.sessions.iter().map(|(_, _, t)| *t).collect(),
                     streams,
+                    tracks: p.started.iter().map(|t| (*t, p.muted.contains(t))).collect(),
                 }
             })
             .collect();

@@ -36,31 +36,45 @@ impl Peer {
     /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
     pub fn from_offer(role: PeerRole, offer: &str, candidates: &[SocketAddr], first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
-        let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
-        let h264_first = first_video != Some(Codec::Vp8);
-        if !h264_first {
-            config = config.enable_vp8(true);
-        }
-        for (pt, rtx, profile) in H264_PROFILES {
-            config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
-        }
-        if h264_first {
-            config = config.enable_vp8(true);
-        }
-        if role == PeerRole::Play {
-            // Transport-wide congestion control drives the simulcast layer of each viewer.
-            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
-        }
-        let mut rtc = config.build(now);
-        for addr in candidates {
-            let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Invalid(format!("bad host candidate {addr}: {e}")))?;
-            rtc.add_local_candidate(c);
-        }
+        let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), now)?;
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
         let local_ufrag =
             answer.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).map(str::to_owned).ok_or_else(|| OfferError::Invalid("the answer has no ICE ufrag".into()))?;
         Ok((Peer { rtc, local_ufrag }, answer))
     }
+
+    /// A peer the server offers to (room signaling's `sub` connection, PRODUCT.md §7): it
+    /// plays to the client, and its sections are added and stopped by renegotiation.
+    pub fn offerer(candidates: &[SocketAddr], now: Instant) -> Result<Peer, OfferError> {
+        let mut rtc = build(PeerRole::Play, candidates, true, now)?;
+        let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
+        Ok(Peer { rtc, local_ufrag })
+    }
+}
+
+/// The str0m peer Tessera runs: ICE-lite, RTP mode, Opus and H.264 (or VP8 first when the
+/// client prefers it), with bandwidth estimation when it plays to the client.
+fn build(role: PeerRole, candidates: &[SocketAddr], h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
+    let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+    if !h264_first {
+        config = config.enable_vp8(true);
+    }
+    for (pt, rtx, profile) in H264_PROFILES {
+        config.codec_config().add_h264(pt.into(), Some(rtx.into()), true, profile);
+    }
+    if h264_first {
+        config = config.enable_vp8(true);
+    }
+    if role == PeerRole::Play {
+        // Transport-wide congestion control drives the simulcast layer of each viewer.
+        config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
+    }
+    let mut rtc = config.build(now);
+    for addr in candidates {
+        let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Invalid(format!("bad host candidate {addr}: {e}")))?;
+        rtc.add_local_candidate(c);
+    }
+    Ok(rtc)
 }
 
 /// Marks the m-sections whose mid is in `mids` as rejected (port 0) in an SDP answer, for

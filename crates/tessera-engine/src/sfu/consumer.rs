@@ -7,7 +7,8 @@ use super::allocator::LayerChoice;
 use super::producer::FwdPacket;
 use crate::forward::{FrameGate, Gate, SeqTsRewriter};
 use std::time::{Duration, Instant};
-use tessera_media::Codec;
+use tessera_media::{Codec, StreamKind};
+use tessera_model::UserId;
 use tessera_rtc::str0m::media::{MediaKind, Mid, Pt, Rid};
 
 /// Packets a viewer track may have waiting to be sent before new ones are dropped (about 2 s
@@ -22,6 +23,8 @@ const GOP_REPLAY_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug)]
 pub(super) struct Consumer {
     pub(super) mid: Mid,
+    /// Whose stream it carries: (user, stream).
+    pub(super) source: (UserId, StreamKind),
     pub(super) kind: MediaKind,
     pub(super) allowed: bool,
     rewriter: SeqTsRewriter,
@@ -56,8 +59,8 @@ pub(super) enum Route {
 }
 
 impl Consumer {
-    pub(super) fn new(mid: Mid, kind: MediaKind, allowed: bool, pts: Vec<(Codec, Pt)>) -> Consumer {
-        Consumer { mid, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts, gate: FrameGate::default(), gop_replayed_at: None }
+    pub(super) fn new(mid: Mid, source: (UserId, StreamKind), kind: MediaKind, allowed: bool, pts: Vec<(Codec, Pt)>) -> Consumer {
+        Consumer { mid, source, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts, gate: FrameGate::default(), gop_replayed_at: None }
     }
 
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
@@ -116,6 +119,11 @@ impl Consumer {
         Route::Send { pt, seq, ts }
     }
 
+    /// Whether nothing has been sent yet (the next `Send` is its first media).
+    pub(super) fn unstarted(&self) -> bool {
+        self.last_sent.is_none()
+    }
+
     /// A GOP replay starts clean, at its keyframe, whatever the live packets did before.
     pub(super) fn reset_gate(&mut self) {
         self.gate = FrameGate::default();
@@ -147,7 +155,7 @@ mod tests {
     }
 
     fn video() -> Consumer {
-        Consumer::new("0".into(), MediaKind::Video, true, vec![(Codec::H264, 102.into())])
+        Consumer::new("0".into(), (UserId::parse("u").unwrap(), StreamKind::Main), MediaKind::Video, true, vec![(Codec::H264, 102.into())])
     }
 
     #[test]

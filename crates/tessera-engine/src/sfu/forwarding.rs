@@ -25,7 +25,7 @@ impl Sfu {
     /// Creates a consumer for each negotiated send section of a viewer that has none yet.
     pub(super) fn setup_consumers(&mut self, id: u64) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let Role::Viewer { consumers, send_mids, .. } = &mut s.role else { return };
+        let Role::Viewer { consumers, send_mids, subscriptions, .. } = &mut s.role else { return };
         if consumers.len() == send_mids.len() {
             return;
         }
@@ -57,46 +57,63 @@ impl Sfu {
                     }
                 }
             }
+            // A WHEP viewer's one subscription takes every section; a `sub` connection's the
+            // sections it was offered with. A stopped section has none.
+            let Some(sub) = subscriptions.iter().find(|x| x.carries(mid)) else { continue };
             let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
-            consumers.push(Consumer::new(mid, kind, allowed, pts));
+            consumers.push(Consumer::new(mid, sub.source.clone(), kind, allowed, pts));
         }
     }
 
-    pub(super) fn publisher_of(&self, viewer: &Session) -> Option<u64> {
-        let room = self.rooms.get(&viewer.spec.room)?;
-        room.publishers.get(&(viewer.spec.source_user.clone()?, viewer.spec.stream)).copied()
+    /// The publisher of (user, stream) in a room: a WebRTC session or an internal publisher.
+    pub(super) fn publisher_in(&self, room: &RoomKey, source: &(UserId, StreamKind)) -> Option<u64> {
+        self.rooms.get(room)?.publishers.get(source).copied()
     }
 
-    /// Chooses each video consumer's layer from the viewer's bandwidth estimate (or its pinned
-    /// quality); pauses video when even the lowest layer does not fit.
+    /// Chooses each video consumer's layer from the viewer's bandwidth estimate (shared evenly
+    /// among the videos it watches) or its pinned quality; pauses video when even the lowest
+    /// layer does not fit.
     pub(super) fn allocate(&mut self, viewer_id: u64, now: Instant) {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
-        let Some(pub_id) = self.publisher_of(viewer) else { return };
-        let quality = viewer.spec.quality;
-        let producers = match (self.sessions.get(&pub_id), self.internal.get(&pub_id)) {
-            (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers,
-            (_, Some(p)) => &p.producers,
-            _ => return,
-        };
-        let audio_layer = producers.iter().find(|p| p.kind == MediaKind::Audio).map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
-        let video_layers: Option<Vec<LayerRate>> =
-            producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect());
-        let Some(Session { role: Role::Viewer { consumers, estimate_bps, allocation, .. }, peer, .. }) = self.sessions.get_mut(&viewer_id) else { return };
-        let estimate = *estimate_bps;
-        let video = video_layers.as_ref().and_then(|l| allocation.choose(l, quality, estimate, now));
-        // A viewer held below the layer it would take with room to spare has its estimator probe
-        // toward that layer, or it could never climb back: the estimate does not rise above what
-        // is sent. A probe that finds no room is withdrawn and the next one waits longer.
-        if let Some(rate) = video_layers.as_ref().and_then(|l| allocation.probe(l, quality, estimate, now)) {
-            peer.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(rate as u64));
+        let Role::Viewer { subscriptions, .. } = &viewer.role else { return };
+        // Per subscription: its publisher, audio layer and video layers.
+        let mut sources = Vec::with_capacity(subscriptions.len());
+        for sub in subscriptions {
+            let pub_id = self.publisher_in(&viewer.spec.room, &sub.source);
+            let producers = match pub_id.map(|p| (self.sessions.get(&p), self.internal.get(&p))) {
+                Some((Some(Session { role: Role::Publisher { producers }, .. }), _)) => Some(producers),
+                Some((_, Some(p))) => Some(&p.producers),
+                _ => None,
+            };
+            let audio = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Audio)).map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
+            let video: Option<Vec<LayerRate>> =
+                producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Video)).map(|p| p.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect());
+            sources.push((pub_id, audio, video));
         }
-        let targets: Vec<Option<LayerChoice>> = consumers.iter().map(|c| if c.kind == MediaKind::Audio { audio_layer } else { video }).collect();
-        for (c, t) in consumers.iter_mut().zip(targets) {
-            let new = t.map(|t| (pub_id, t));
-            if c.target != new {
-                tracing::debug!(mid = %c.mid, target = ?t, "layer target changed");
-                c.target = new;
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps, subscriptions, .. }, peer, .. }) = self.sessions.get_mut(&viewer_id) else { return };
+        let videos = sources.iter().filter(|(_, _, v)| v.is_some()).count().max(1);
+        let share = estimate_bps.map(|e| e / videos as f64);
+        let mut probe_total: Option<f64> = None;
+        for (sub, (pub_id, audio, video_layers)) in subscriptions.iter_mut().zip(&sources) {
+            let video = video_layers.as_ref().and_then(|l| sub.allocation.choose(l, sub.quality, share, now));
+            // A viewer held below the layer it would take with room to spare has its estimator
+            // probe toward that layer, or it could never climb back: the estimate does not rise
+            // above what is sent. A probe that finds no room is withdrawn and the next one
+            // waits longer.
+            if let Some(rate) = video_layers.as_ref().and_then(|l| sub.allocation.probe(l, sub.quality, share, now)) {
+                probe_total = Some(probe_total.unwrap_or(0.0).max(rate * videos as f64));
             }
+            for c in consumers.iter_mut().filter(|c| c.source == sub.source) {
+                let t = if c.kind == MediaKind::Audio { *audio } else { video };
+                let new = pub_id.zip(t);
+                if c.target != new {
+                    tracing::debug!(mid = %c.mid, target = ?t, "layer target changed");
+                    c.target = new;
+                }
+            }
+        }
+        if let Some(rate) = probe_total {
+            peer.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(rate as u64));
         }
     }
 
@@ -174,7 +191,8 @@ impl Sfu {
                 continue;
             }
             let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
-            let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed) else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
+            let first = c.unstarted();
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
             let queued = tx.queue_info().map_or(0, |q| q.packet_count());
@@ -195,6 +213,9 @@ impl Sfu {
                 }
                 Route::Send { pt, seq, ts } => {
                     tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
+                    if first {
+                        self.out.push_back(SfuOutput::FirstMedia { session: *vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });
+                    }
                 }
             }
             self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
@@ -214,7 +235,7 @@ impl Sfu {
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
             let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
             let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
-            let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed) else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed && c.source == *key) else { continue };
             let mid = c.mid;
             c.reset_gate();
             let queued = viewer.peer.rtc.direct_api().stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()).map_or(0, |q| q.packet_count());
@@ -315,9 +336,9 @@ impl Sfu {
 
     pub(super) fn keyframe_request_from_viewer(&mut self, viewer_id: u64, mid: Mid, now: Instant) {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
-        let Some(pub_id) = self.publisher_of(viewer) else { return };
         let Role::Viewer { consumers, .. } = &viewer.role else { return };
         let Some(c) = consumers.iter().find(|c| c.mid == mid) else { return };
+        let Some(pub_id) = self.publisher_in(&viewer.spec.room, &c.source) else { return };
         let rid = match c.current {
             Some((p, rid)) if p == pub_id => rid,
             _ => None,

@@ -15,14 +15,17 @@ mod forwarding;
 mod membership;
 mod producer;
 mod rooms;
+mod subscriber;
 mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
+pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer};
 pub use types::*;
 
 use crate::presence::{LeaveReason, Presence, Track};
 use consumer::{Consumer, Route, MAX_QUEUED_PACKETS};
+use subscriber::{Offered, Subscription};
 use producer::{is_keyframe, note_layer, to_codec, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -59,8 +62,10 @@ enum Role {
         consumers: Vec<Consumer>,
         estimate_bps: Option<f64>,
         send_mids: Vec<Mid>,
-        /// Pause hysteresis and probing for its video.
-        allocation: Allocation,
+        /// What it watches: one (user, stream) for WHEP, any number on a `sub` connection.
+        subscriptions: Vec<Subscription>,
+        /// A connection the server offers to (room signaling's `sub`): its renegotiation.
+        offered: Option<Box<Offered>>,
     },
 }
 
@@ -95,6 +100,15 @@ struct Room {
 }
 
 impl Room {
+    fn stop_viewing(&mut self, source: &(UserId, StreamKind), id: u64) {
+        if let Some(v) = self.viewers.get_mut(source) {
+            v.retain(|x| *x != id);
+            if v.is_empty() {
+                self.viewers.remove(source);
+            }
+        }
+    }
+
     fn forget_if_gone(&mut self, user: &UserId) {
         if !self.publishers.keys().any(|(u, _)| u == user) {
             self.joined.remove(user);
@@ -272,7 +286,10 @@ impl Sfu {
         self.next_id += 1;
         let role = match spec.role {
             PeerRole::Publish => Role::Publisher { producers: Vec::new() },
-            PeerRole::Play => Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), allocation: Allocation::default() },
+            PeerRole::Play => {
+                let source = spec.source_user.clone().expect("a viewer names its source");
+                Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), subscriptions: vec![Subscription::whole((source, spec.stream), spec.quality)], offered: None }
+            }
         };
         self.enter(id, &spec, now);
         let join = self.take_join_order();
@@ -351,13 +368,9 @@ impl Sfu {
                     }
                 }
                 PeerRole::Play => {
-                    if let Some(source) = &s.spec.source_user {
-                        let key = (source.clone(), s.spec.stream);
-                        if let Some(v) = room.viewers.get_mut(&key) {
-                            v.retain(|x| *x != id);
-                            if v.is_empty() {
-                                room.viewers.remove(&key);
-                            }
+                    if let Role::Viewer { subscriptions, .. } = &s.role {
+                        for sub in subscriptions {
+                            room.stop_viewing(&sub.source, id);
                         }
                     }
                 }

@@ -78,6 +78,35 @@ impl Sfu {
         }
     }
 
+    /// A publisher mutes or unmutes one of its started tracks. Whether that track has started.
+    pub fn mute(&mut self, room: &RoomKey, user: &UserId, track: crate::Track, muted: bool) -> bool {
+        self.presence.mute(room, user, track, muted)
+    }
+
+    /// The participant's role changes (105); to audience, every publication of theirs ends (its
+    /// WebRTC publishers close, its RTMP and ingest publishers are told they were removed).
+    /// Returns whether the participant is present.
+    pub fn switch_role(&mut self, room: &RoomKey, user: &UserId, role: tessera_model::Role, now: Instant) -> bool {
+        if !self.presence.set_role(room, user, role) {
+            return false;
+        }
+        if role == tessera_model::Role::Audience {
+            let publishes = |spec: &SessionSpec| spec.room == *room && spec.user == *user && spec.role == PeerRole::Publish;
+            let sessions: Vec<u64> = self.sessions.iter().filter(|(_, s)| publishes(&s.spec)).map(|(id, _)| *id).collect();
+            let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| publishes(&p.spec)).map(|(id, _)| *id).collect();
+            for id in sessions {
+                self.close_session(id, LeaveReason::Left, now);
+            }
+            for id in internal {
+                if self.end_internal_publisher(id, LeaveReason::Left, now) {
+                    self.out.push_back(SfuOutput::PublisherEnded(id, PublisherEnd::Removed));
+                }
+            }
+            self.drain_all(now);
+        }
+        true
+    }
+
     fn end_sessions(&mut self, room: &RoomKey, user: Option<&UserId>, end: PublisherEnd, now: Instant) -> bool {
         let members: Vec<u64> = self.signaling.iter().filter(|(_, (r, u))| r == room && user.is_none_or(|x| u == x)).map(|(id, _)| *id).collect();
         for id in &members {

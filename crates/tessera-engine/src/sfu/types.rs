@@ -145,6 +145,9 @@ pub enum SfuOutput {
     /// A viewer of this internal publisher (an ingest or a mix) wants a keyframe; its owner makes
     /// one if it can (throttled like a PLI).
     KeyframeWanted(u64),
+    /// The first media of (user, stream) went out to viewer session `session` (a keyframe's
+    /// first packet for video): room signaling's `first_media`.
+    FirstMedia { session: u64, user: UserId, stream: StreamKind, video: bool },
 }
 
 /// Why an internal publisher was ended by someone other than its owner.
