@@ -6,6 +6,10 @@ publish: sends a synthetic video (solid colour, frame counter in the luma of the
 ws-publish: joins a room over the signaling WebSocket (--url ws://…/v1/rtc), publishes the same
          video and tone on the pub connection (the `publish` message), pings every 2 s, leaves
          after --seconds and prints the server messages' types it saw.
+ws-meet: joins a room over the signaling WebSocket with auto_subscribe, publishes a solid --rgb
+         picture and a tone on the pub connection, answers the server's offers on the sub
+         connection, and after --seconds prints per remote user the frames decoded, the mean
+         colour and the audio frames, the server messages' types and the first_media it got.
 play:    receives for --seconds and prints one JSON line: frames decoded, size, audio frames,
          the mean colour of the last frame; with --sample "x,y;x,y" the colour (3x3 mean) at
          those points every few frames as [time, [[r,g,b], ...]]; with --tones "f1,f2" how far
@@ -165,6 +169,90 @@ async def ws_publish(a):
         return 0
 
 
+async def ws_meet(a):
+    import websockets
+
+    rgb = tuple(int(v) for v in a.rgb.split(","))
+    received = {}
+    seen = []
+    first_media = []
+    mids = {}
+    tasks = []
+    async with websockets.connect(a.url, max_size=None) as ws:
+        await ws.send(json.dumps({"type": "join", "id": "j", "token": a.token}))
+        joined = json.loads(await asyncio.wait_for(ws.recv(), 10))
+        if joined["type"] != "joined":
+            print(json.dumps({"error": joined}), flush=True)
+            return 1
+        pub = RTCPeerConnection()
+        video = pub.addTransceiver(ColourVideo(a.width, a.height, rgb), direction="sendonly")
+        prefer(video, "video", a.codec)
+        pub.addTransceiver(Tone(), direction="sendonly")
+        await pub.setLocalDescription(await pub.createOffer())
+        await ws.send(json.dumps({"type": "publish", "id": "p", "stream": "main", "sdp": pub.localDescription.sdp}))
+        sub = RTCPeerConnection()
+
+        async def consume(track, mid):
+            while True:
+                try:
+                    frame = await track.recv()
+                except MediaStreamError:
+                    return
+                user = mids.get(mid, "?")
+                r = received.setdefault(user, {"frames": 0, "audio_frames": 0, "mean_rgb": None})
+                if track.kind == "video":
+                    r["frames"] += 1
+                    if r["frames"] % 10 == 0:
+                        px = frame.to_ndarray(format="rgb24")
+                        h, w = px.shape[0], px.shape[1]
+                        r["mean_rgb"] = [int(x) for x in px[h // 4:3 * h // 4, w // 4:3 * w // 4].reshape(-1, 3).mean(axis=0)]
+                else:
+                    r["audio_frames"] += 1
+
+        @sub.on("track")
+        def on_track(track):
+            mid = next((t.mid for t in sub.getTransceivers() if t.receiver.track is track), None)
+            tasks.append(asyncio.ensure_future(consume(track, mid)))
+
+        async def reader():
+            while True:
+                m = json.loads(await ws.recv())
+                seen.append(m["type"])
+                if m["type"] == "answer" and m.get("pc") == "pub":
+                    await pub.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="answer"))
+                elif m["type"] == "offer" and m.get("pc") == "sub":
+                    for t in m["tracks"]:
+                        mids[t["mid"]] = t["user"]
+                    await sub.setRemoteDescription(RTCSessionDescription(sdp=m["sdp"], type="offer"))
+                    await sub.setLocalDescription(await sub.createAnswer())
+                    await ws.send(json.dumps({"type": "answer", "pc": "sub", "sdp": sub.localDescription.sdp}))
+                elif m["type"] == "first_media":
+                    first_media.append([m["user"], m["kind"]])
+                elif m["type"] == "error":
+                    print(json.dumps({"server_error": m}), file=sys.stderr, flush=True)
+
+        read = asyncio.ensure_future(reader())
+        start = time.time()
+        end = start + a.seconds
+        muted = False
+        while time.time() < end and not read.done():
+            await ws.send(json.dumps({"type": "ping"}))
+            if a.mute_after and not muted and time.time() - start >= a.mute_after:
+                await ws.send(json.dumps({"type": "mute", "id": "m", "stream": "main", "kind": "video", "muted": True}))
+                muted = True
+            await asyncio.sleep(1)
+        if read.done() and read.exception():
+            raise read.exception()
+        read.cancel()
+        await ws.send(json.dumps({"type": "leave", "id": "bye"}))
+        await pub.close()
+        await sub.close()
+        for t in tasks:
+            t.cancel()
+    print(json.dumps({"received": received, "seen": seen, "first_media": first_media, "session_id": joined["session_id"]}), flush=True)
+    return 0
+
+
 async def play(a):
     pc = RTCPeerConnection()
     pc.addTransceiver("audio", direction="recvonly")
@@ -234,11 +322,13 @@ async def play(a):
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "ws-publish"])
+    p.add_argument("mode", choices=["publish", "play", "ws-publish", "ws-meet"])
     p.add_argument("--url", required=True)
     p.add_argument("--token", required=True)
     p.add_argument("--seconds", type=float, default=5)
     p.add_argument("--codec", default="H264")
+    p.add_argument("--rgb", default="0,0,255", help="ws-meet: the colour published")
+    p.add_argument("--mute-after", type=float, default=0, help="ws-meet: mute the video after this many seconds")
     p.add_argument("--width", type=int, default=640)
     p.add_argument("--height", type=int, default=360)
     p.add_argument("--delay", type=float, default=0, help="seconds to wait before starting")
@@ -248,7 +338,7 @@ def main():
     try:
         if a.delay:
             time.sleep(a.delay)
-        modes = {"publish": publish, "play": play, "ws-publish": ws_publish}
+        modes = {"publish": publish, "play": play, "ws-publish": ws_publish, "ws-meet": ws_meet}
         return asyncio.run(modes[a.mode](a))
     except Exception as e:  # report, never hang
         print(json.dumps({"error": repr(e)}), flush=True)

@@ -35,7 +35,7 @@ fn next(ws: &mut Ws) -> Value {
 }
 
 /// Reads until a message of `kind` arrives (others are skipped) and returns it.
-fn next_of(ws: &mut Ws, kind: &str) -> Value {
+pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         assert!(Instant::now() < deadline, "no {kind}");
@@ -57,7 +57,7 @@ fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     }
 }
 
-fn join(server: &Server, data: &std::path::Path, room: &str, user: &str) -> (Ws, Value) {
+pub(crate) fn join(server: &Server, data: &std::path::Path, room: &str, user: &str) -> (Ws, Value) {
     let mut ws = connect(server);
     send(&mut ws, &json!({"type": "join", "id": "j1", "token": token(data, room, user)}));
     let joined = next(&mut ws);

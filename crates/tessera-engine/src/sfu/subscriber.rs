@@ -133,6 +133,18 @@ impl Sfu {
             tracing::info!(parent: &*span, "answer refused: {e}");
             return Err(SubscriberError::BadAnswer(e.to_string()));
         }
+        // str0m announces sections only of offers it receives (`MediaAdded`); ours are known.
+        if let Some(Session { role: Role::Viewer { send_mids, subscriptions, .. }, connected, .. }) = self.sessions.get_mut(&id) {
+            for (mid, _) in subscriptions.iter().flat_map(|s| s.mids.iter()) {
+                if !send_mids.contains(mid) {
+                    send_mids.push(*mid);
+                }
+            }
+            if *connected {
+                self.setup_consumers(id);
+                self.allocate(id, now);
+            }
+        }
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(self.renegotiate(id, now))
