@@ -5,6 +5,11 @@ publish: opens publish.html with autostart and keeps it open for --seconds; prin
          state and the published video track's size.
 play:    opens play.html with autostart, waits --seconds, prints window.tessera.stats.
 both:    a publisher tab and a player tab in one browser.
+room:    one tab per --participant "user,token,#rrggbb,tone_hz" on room.html (a synthetic colour
+         and tone as the camera); then the script of the meeting test: after --seconds the first
+         mutes its video, the second shares a screen-like canvas (--screen-color) as aux, and after
+         --seconds more the last leaves; prints per tab its remote tiles (frames, centre colour)
+         at each step and the room events it saw.
 Prints one JSON line; exits 1 with {"error": ...} on failure.
 """
 import argparse
@@ -32,11 +37,14 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both"])
+    p.add_argument("mode", choices=["publish", "play", "both", "room"])
     p.add_argument("--base", required=True, help="http://host:port")
-    p.add_argument("--room", required=True)
+    p.add_argument("--room", default="")
+    p.add_argument("--participant", action="append", default=[], help="room: user,token,#rrggbb,tone")
+    p.add_argument("--screen-color", default="#ffffff")
+    p.add_argument("--size", default="320x180")
     p.add_argument("--user", default="")
-    p.add_argument("--token", required=True)
+    p.add_argument("--token", default="")
     p.add_argument("--viewer-token", default=None)
     p.add_argument("--codec", default="H264")
     p.add_argument("--simulcast", action="store_true")
@@ -57,6 +65,9 @@ def main():
         browser = pw.chromium.launch(executable_path=a.chromium, headless=True, args=args)
         try:
             ctx = browser.new_context()
+            if a.mode == "room":
+                out = room(ctx, a)
+                return print(json.dumps(out), flush=True) or 0
             pub = None
             if a.mode in ("publish", "both"):
                 q = {"room": a.room, "token": a.token, "codec": a.codec, "autostart": "1"}
@@ -109,6 +120,34 @@ def main():
             browser.close()
     print(json.dumps(out), flush=True)
     return 0
+
+
+def room(ctx, a):
+    pages = []
+    for spec in a.participant:
+        user, token, color, tone = spec.split(",")
+        q = {"token": token, "source": "synthetic", "color": color, "tone": tone, "size": a.size, "autojoin": "1"}
+        page = ctx.new_page()
+        page.goto(f"{a.base}/room.html?{urlencode(q)}")
+        pages.append((user, page))
+    out = {"users": [u for u, _ in pages]}
+    for user, page in pages:
+        page.wait_for_function("['publishing', 'failed'].includes(window.tessera.state)", timeout=20000)
+        if page.evaluate("window.tessera.state") == "failed":
+            raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
+    tiles = lambda: {u: p.evaluate("window.tessera.tiles()") for u, p in pages}
+    time.sleep(a.seconds)
+    out["meeting"] = tiles()
+    pages[0][1].evaluate("document.getElementById('cam').click()")
+    pages[1][1].evaluate(f"window.tessera.share('{a.screen_color}')")
+    time.sleep(a.seconds)
+    out["shared"] = tiles()
+    pages[-1][1].evaluate("window.tessera.leave()")
+    time.sleep(3)
+    out["after_leave"] = tiles()
+    out["events"] = {u: p.evaluate("window.tessera.events") for u, p in pages}
+    out["states"] = {u: [p.evaluate("window.tessera.state"), p.evaluate("window.tessera.error")] for u, p in pages}
+    return out
 
 
 if __name__ == "__main__":

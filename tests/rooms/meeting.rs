@@ -16,8 +16,13 @@ fn aiortc_participants_publish_and_subscribe_to_each_other() {
     let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
     let (mut carol, _) = join(&server, &data, "meet", "carol");
     let ws_url = server.url("/v1/rtc").replace("http://", "ws://");
-    let alice = Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "alice"), "--rgb", "255,0,0", "--seconds", "16", "--mute-after", "11"]);
-    let bob = Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "bob"), "--rgb", "0,255,0", "--seconds", "14", "--delay", "2"]);
+    let alice = Client::start(
+        &net,
+        "aiortc_client.py",
+        &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "alice"), "--rgb", "255,0,0", "--seconds", "16", "--mute-after", "11"],
+    );
+    let bob =
+        Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "bob"), "--rgb", "0,255,0", "--seconds", "14", "--delay", "2"]);
     let muted = next_of(&mut carol, "track_muted");
     assert_eq!((muted["user"].as_str(), muted["kind"].as_str(), muted["muted"].as_bool()), (Some("alice"), Some("video"), Some(true)), "{muted}");
     let a = alice.finish(Duration::from_secs(60));
@@ -34,4 +39,75 @@ fn aiortc_participants_publish_and_subscribe_to_each_other() {
         let fm = r["first_media"].as_array().unwrap();
         assert!(fm.contains(&json!([other, "video"])) && fm.contains(&json!([other, "audio"])), "first_media of both kinds: {r}");
     }
+}
+
+/// Four headless Chromium participants meet through `room.html` and `tessera.js`, each with a
+/// distinct colour and tone: each decodes the other three; one mutes its video, one shares a
+/// screen-like canvas as aux, one leaves — and a webhook receiver sees it all in causal order.
+#[test]
+fn four_browsers_meet_in_the_room_page() {
+    let dir = TempDir::new("rtc-room-page");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let http = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "m33tKey", &[]);
+    hooks.subscribe(&server, &key, "m33tKey");
+    let people = [("ann", "#ff0000", "300"), ("ben", "#00ff00", "500"), ("cat", "#0000ff", "700"), ("dan", "#ffff00", "900")];
+    let specs: Vec<String> = people.iter().map(|(u, c, t)| format!("{u},{},{c},{t}", token(&data, "party", u))).collect();
+    let base = server.base.clone();
+    let mut args = vec!["room", "--base", &base, "--seconds", "12", "--screen-color", "#ff00ff"];
+    for s in &specs {
+        args.extend(["--participant", s.as_str()]);
+    }
+    let r = Client::start(&net, "browser.py", &args).finish(Duration::from_secs(150));
+    let expected = |user: &str| -> [u8; 3] {
+        let c = people.iter().find(|p| p.0 == user).unwrap().1;
+        let hex = |i: usize| u8::from_str_radix(&c[i..i + 2], 16).unwrap();
+        [hex(1), hex(3), hex(5)]
+    };
+    let close = |rgb: &Value, want: [u8; 3]| rgb.as_array().is_some_and(|v| v.iter().zip(want).all(|(x, w)| (x.as_i64().unwrap() - w as i64).abs() < 60));
+    // Everyone decodes everyone else's colour.
+    for (me, ..) in people {
+        let tiles = r["meeting"][me].as_array().unwrap_or_else(|| panic!("{r}"));
+        for (other, ..) in people.iter().filter(|p| p.0 != me) {
+            let t = tiles.iter().find(|t| t["user"] == *other && t["stream"] == "main").unwrap_or_else(|| panic!("{me} has no tile of {other}: {r}"));
+            assert!(t["frames"].as_u64().unwrap() >= 60, "{me} sees {other}: {t}");
+            assert!(close(&t["rgb"], expected(other)), "{me} sees {other}'s colour: {t}");
+        }
+    }
+    // ben's screen (magenta) reached the others as his aux stream; ann's video is shown muted.
+    for me in ["ann", "cat", "dan"] {
+        let tiles = r["shared"][me].as_array().unwrap_or_else(|| panic!("{r}"));
+        let screen = tiles.iter().find(|t| t["user"] == "ben" && t["stream"] == "aux").unwrap_or_else(|| panic!("{me} has no screen tile: {r}"));
+        assert!(screen["frames"].as_u64().unwrap() >= 30 && close(&screen["rgb"], [255, 0, 255]), "{me}: {screen}");
+        if me == "ann" {
+            continue;
+        }
+        let ann = tiles.iter().find(|t| t["user"] == "ann" && t["stream"] == "main").unwrap_or_else(|| panic!("{me} lost ann: {r}"));
+        assert_eq!(ann["videoMuted"], true, "{me}: {ann}");
+        let events = r["events"][me].as_array().unwrap();
+        assert!(events.iter().any(|e| e["type"] == "track_muted" && e["user"] == "ann" && e["kind"] == "video" && e["muted"] == true), "{me}: {events:?}");
+    }
+    // dan left: everyone else was told and dropped his tile.
+    for me in ["ann", "ben", "cat"] {
+        let events = r["events"][me].as_array().unwrap();
+        assert!(events.iter().any(|e| e["type"] == "participant_left" && e["user"] == "dan"), "{me}: {events:?}");
+        assert!(!r["after_leave"][me].as_array().unwrap().iter().any(|t| t["user"] == "dan"), "{me} still shows dan: {r}");
+    }
+    // The webhooks, in causal order: each enters (103) before its video starts (201); ann's
+    // video mute (202) follows its start; ben's aux (205) follows his video; dan's exit (104)
+    // comes last of his.
+    let events = hooks.wait_for(Duration::from_secs(10), "dan's exit", |e| e.iter().any(|e| e["EventType"] == 104 && e["EventInfo"]["UserId"] == "dan"));
+    let at = |code: u64, user: &str| events.iter().position(|e| e["EventType"] == code && e["EventInfo"]["UserId"] == user);
+    for (u, ..) in people {
+        let (enter, video) = (at(103, u), at(201, u));
+        assert!(enter.is_some() && video.is_some() && enter < video, "{u}: 103 then 201 in {events:?}");
+    }
+    let (ann_video, ann_mute) = (at(201, "ann").unwrap(), events.iter().rposition(|e| e["EventType"] == 202 && e["EventInfo"]["UserId"] == "ann"));
+    let codes = |u: &str| -> Vec<u64> { events.iter().filter(|e| e["EventInfo"]["UserId"] == u).filter_map(|e| e["EventType"].as_u64()).collect() };
+    assert!(ann_mute.is_some_and(|m| m > ann_video), "ann's mute (202) after her video started: {:?}", codes("ann"));
+    assert!(at(205, "ben").is_some_and(|s| s > at(201, "ben").unwrap()), "ben's screen (205): {:?}", codes("ben"));
+    assert!(at(104, "dan").is_some_and(|x| x > at(201, "dan").unwrap()), "dan leaves (104) last: {:?}", codes("dan"));
 }

@@ -4,7 +4,10 @@
 
 use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
-use crate::sfu::{SubscribeRequest, SubscriberError, SubscriberOffer, IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, TapPacket};
+use crate::sfu::{
+    IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, SubscribeRequest,
+    SubscriberError, SubscriberOffer, TapPacket,
+};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -20,5 +20,8 @@ mod sfu_harness;
 
 pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
-pub use sfu::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer, IceRestart, IngestPacket, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats, TapPacket};
+pub use sfu::{
+    IceRestart, IngestPacket, OfferedTrack, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats, SubscribeRequest, SubscriberError,
+    SubscriberOffer, TapPacket,
+};
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

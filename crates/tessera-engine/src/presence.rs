@@ -370,8 +370,29 @@ mod tests {
                 RoomEvent::RoleChanged { role, .. } => format!("105/{}", role.code()),
                 RoomEvent::TrackStarted { track, .. } => track.start_code().to_string(),
                 RoomEvent::TrackStopped { track, .. } => (track.start_code() + 1).to_string(),
+                RoomEvent::TrackMuted { track, muted, .. } => format!("{}m", track.start_code() + u16::from(*muted)),
             })
             .collect()
+    }
+
+    #[test]
+    fn muting_reports_a_started_track_once_and_an_audience_switch_stops_tracks_silently() {
+        let (mut p, now) = (Presence::default(), Instant::now());
+        let ws = JoinInfo { user_type: 1, terminal_type: 100, role: Role::Anchor, info: None };
+        p.joined(1, &room(), &user("a"), &ws, None, now);
+        p.joined(2, &room(), &user("a"), &ws, Some(StreamKind::Main), now);
+        assert!(!p.mute(&room(), &user("a"), Track::MainVideo, true), "no media yet: nothing to mute");
+        p.media(2, Track::MainVideo);
+        assert!(p.mute(&room(), &user("a"), Track::MainVideo, true));
+        assert!(p.mute(&room(), &user("a"), Track::MainVideo, true), "muting twice is no change");
+        assert_eq!(p.participants(&room())[0].tracks, vec![(Track::MainVideo, true)]);
+        assert!(p.mute(&room(), &user("a"), Track::MainVideo, false));
+        assert!(p.set_role(&room(), &user("a"), Role::Audience));
+        // Its publisher leaving now reports no stop: 105 covered it.
+        p.left(2, LeaveReason::Left, now);
+        assert_eq!(codes(&p.drain()), ["103/1", "201", "202m", "201m", "105/21"]);
+        assert!(p.participants(&room())[0].tracks.is_empty());
+        assert!(!p.set_role(&room(), &user("b"), Role::Anchor), "not present");
     }
 
     #[test]

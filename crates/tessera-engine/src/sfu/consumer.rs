@@ -60,7 +60,19 @@ pub(super) enum Route {
 
 impl Consumer {
     pub(super) fn new(mid: Mid, source: (UserId, StreamKind), kind: MediaKind, allowed: bool, pts: Vec<(Codec, Pt)>) -> Consumer {
-        Consumer { mid, source, kind, allowed, rewriter: SeqTsRewriter::default(), current: None, target: None, last_sent: None, pts, gate: FrameGate::default(), gop_replayed_at: None }
+        Consumer {
+            mid,
+            source,
+            kind,
+            allowed,
+            rewriter: SeqTsRewriter::default(),
+            current: None,
+            target: None,
+            last_sent: None,
+            pts,
+            gate: FrameGate::default(),
+            gop_replayed_at: None,
+        }
     }
 
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which

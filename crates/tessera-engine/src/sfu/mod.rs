@@ -25,13 +25,13 @@ pub use types::*;
 
 use crate::presence::{LeaveReason, Presence, Track};
 use consumer::{Consumer, Route, MAX_QUEUED_PACKETS};
-use subscriber::{Offered, Subscription};
 use producer::{is_keyframe, note_layer, to_codec, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use subscriber::{Offered, Subscription};
 use tessera_media::{KeyframeThrottle, StreamKind};
 use tessera_model::UserId;
 use tessera_rtc::str0m::bwe::{Bitrate, BweKind};
@@ -288,7 +288,13 @@ impl Sfu {
             PeerRole::Publish => Role::Publisher { producers: Vec::new() },
             PeerRole::Play => {
                 let source = spec.source_user.clone().expect("a viewer names its source");
-                Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), subscriptions: vec![Subscription::whole((source, spec.stream), spec.quality)], offered: None }
+                Role::Viewer {
+                    consumers: Vec::new(),
+                    estimate_bps: None,
+                    send_mids: Vec::new(),
+                    subscriptions: vec![Subscription::whole((source, spec.stream), spec.quality)],
+                    offered: None,
+                }
             }
         };
         self.enter(id, &spec, now);

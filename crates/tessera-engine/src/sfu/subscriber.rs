@@ -100,7 +100,9 @@ impl Sfu {
     /// nothing needs negotiating (only the quality changed).
     pub fn subscribe(&mut self, sid: &str, req: SubscribeRequest, now: Instant) -> Result<Option<SubscriberOffer>, SubscriberError> {
         let id = self.offered_id(sid)?;
-        let Some(Session { role: Role::Viewer { subscriptions, offered: Some(offered), .. }, .. }) = self.sessions.get_mut(&id) else { return Err(SubscriberError::UnknownSession) };
+        let Some(Session { role: Role::Viewer { subscriptions, offered: Some(offered), .. }, .. }) = self.sessions.get_mut(&id) else {
+            return Err(SubscriberError::UnknownSession);
+        };
         if let Some(sub) = subscriptions.iter_mut().find(|s| s.source == req.source) {
             let kinds = |a: bool, v: bool| [(a, MediaKind::Audio), (v, MediaKind::Video)].into_iter().filter(|(on, _)| *on).map(|(_, k)| k).collect::<Vec<_>>();
             let had: Vec<MediaKind> = sub.mids.iter().map(|(_, k)| *k).collect();
@@ -207,7 +209,9 @@ impl Sfu {
         offered.pending = Some(pending);
         let tracks = subscriptions
             .iter()
-            .flat_map(|sub| sub.mids.iter().map(|(mid, kind)| OfferedTrack { mid: mid.to_string(), user: sub.source.0.clone(), stream: sub.source.1, video: *kind == MediaKind::Video }))
+            .flat_map(|sub| {
+                sub.mids.iter().map(|(mid, kind)| OfferedTrack { mid: mid.to_string(), user: sub.source.0.clone(), stream: sub.source.1, video: *kind == MediaKind::Video })
+            })
             .collect();
         tracing::debug!(parent: &s.span, "offer for the subscriber connection");
         self.mark_dirty(id);

@@ -202,6 +202,8 @@ async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<
         "publish.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/publish.html")),
         "play.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/play.html")),
         "whip-client.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/whip-client.js")),
+        "room.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/room.html")),
+        "tessera.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/tessera.js")),
         _ => return Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
     };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())

@@ -76,4 +76,3 @@ pub(super) async fn update_token(state: &AppState, j: &mut Joined, msg: &Value, 
     }
     Ok(())
 }
-

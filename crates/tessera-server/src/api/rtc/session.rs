@@ -23,8 +23,11 @@ pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 #[derive(Default)]
 pub struct Signaling {
     sessions: DashMap<(AppId, RoomId, UserId), (u64, oneshot::Sender<()>)>,
-    parked: DashMap<String, (RoomKey, UserId, oneshot::Sender<oneshot::Sender<Box<Joined>>>)>,
+    parked: DashMap<String, (RoomKey, UserId, Claim)>,
 }
+
+/// How a resuming socket takes a parked session: it sends where to hand the session over.
+type Claim = oneshot::Sender<oneshot::Sender<Box<Joined>>>;
 
 /// The server-offered `sub` connection of a session.
 pub(super) struct Subscriber {
@@ -120,18 +123,7 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
         let _ = older.send(());
     }
     state.signaling.sessions.insert(registry_key, (id, replace_tx));
-    let j = Joined {
-        key,
-        token,
-        session_id: tessera_model::random::session_id(),
-        auto_subscribe,
-        published: Vec::new(),
-        sub: None,
-        live: Vec::new(),
-        id,
-        ended,
-        replaced,
-    };
+    let j = Joined { key, token, session_id: tessera_model::random::session_id(), auto_subscribe, published: Vec::new(), sub: None, live: Vec::new(), id, ended, replaced };
     let reply = joined_reply(state, &j, false).await?;
     Ok((j, reply))
 }

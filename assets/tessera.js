@@ -1,0 +1,372 @@
+// tessera.js — the browser client of Tessera's room signaling (GET /v1/rtc, PRODUCT.md §7).
+// An ES module with no build step and no dependencies:
+//
+//   import { Room } from '/tessera.js';
+//   const room = await Room.connect('wss://media.example.com/v1/rtc', token);
+//   room.addEventListener('stream', (e) => attach(e.detail.user, e.detail.stream, e.detail.mediaStream));
+//   await room.publishCamera();
+//
+// Connections: each published stream (`main`, `aux`) has its own client-offered `pub` peer
+// connection; everything received comes on one server-offered `sub` connection that the server
+// renegotiates as streams come and go. With `autoSubscribe` (the default) the server subscribes
+// the room's streams by itself.
+//
+// Events (all `CustomEvent`s; `detail` is the server message unless said otherwise):
+//   participant_joined, participant_left, track_published, track_unpublished, track_muted,
+//   role_changed, first_media, kicked, error (a server `error` without a pending request),
+//   stream          { user, stream, mediaStream }: a remote stream appeared or got a track,
+//   stream_removed  { user, stream },
+//   reconnecting, reconnected { resumed }, disconnected { reason }.
+
+/** @typedef {{user: string, role: number, user_type: number, info: ?string, tracks: Array<{stream: string, kind: string, muted: boolean}>}} Participant */
+/** @typedef {{audio?: boolean|MediaTrackConstraints, video?: boolean|MediaTrackConstraints, simulcast?: boolean}} CameraOptions */
+
+const PING_EVERY_MS = 5000;
+const REQUEST_TIMEOUT_MS = 15000;
+/** The server keeps a dropped session this long for a resume (PRODUCT.md §3.4). */
+const RESUME_WINDOW_MS = 15000;
+
+export class TesseraError extends Error {
+  /** @param {string} code @param {string} message */
+  constructor(code, message) {
+    super(`${code}: ${message}`);
+    this.code = code;
+  }
+}
+
+export class Room extends EventTarget {
+  /**
+   * Joins a room. `url` is the signaling WebSocket (ws[s]://host/v1/rtc); `token` a user token.
+   * @param {string} url @param {string} token
+   * @param {{autoSubscribe?: boolean, terminal?: number}} [options]
+   * @returns {Promise<Room>}
+   */
+  static async connect(url, token, options = {}) {
+    const room = new Room(url, token, options);
+    await room.#open(null);
+    return room;
+  }
+
+  /** @private */
+  constructor(url, token, options) {
+    super();
+    this.url = url;
+    this.token = token;
+    this.options = options;
+    /** @type {?string} */ this.sessionId = null;
+    /** @type {?string} */ this.user = null;
+    /** @type {number} */ this.role = 0;
+    /** @type {number} */ this.privileges = 0;
+    /** @type {Map<string, Participant>} others in the room, by user id */
+    this.participants = new Map();
+    /** @type {Map<string, MediaStream>} remote streams by "user/stream" */
+    this.remoteStreams = new Map();
+    /** @type {Map<string, {pc: RTCPeerConnection, media: MediaStream, simulcast: boolean}>} our publications by stream */
+    this.publications = new Map();
+    this.iceServers = [];
+    this.ws = null;
+    this.sub = null;
+    this.subTracks = new Map(); // mid -> {user, stream, kind}
+    this.pending = new Map(); // id -> {resolve, reject, timer}
+    this.nextId = 1;
+    this.closed = false;
+    this.pinger = null;
+  }
+
+  async #open(resume) {
+    const ws = new WebSocket(this.url);
+    this.ws = ws;
+    await new Promise((resolve, reject) => {
+      ws.onopen = resolve;
+      ws.onerror = () => reject(new TesseraError('connect_failed', `cannot reach ${this.url}`));
+    });
+    ws.onmessage = (e) => this.#onMessage(JSON.parse(e.data));
+    ws.onclose = (e) => this.#onClose(e);
+    const join = { type: 'join', token: this.token, auto_subscribe: this.options.autoSubscribe ?? true };
+    if (this.options.terminal) join.terminal = this.options.terminal;
+    if (resume) join.resume = resume;
+    const joined = await this.#request(join);
+    this.sessionId = joined.session_id;
+    this.user = joined.user;
+    this.role = joined.role;
+    this.privileges = joined.privileges;
+    this.iceServers = joined.ice_servers || [];
+    this.participants = new Map(joined.participants.map((p) => [p.user, p]));
+    clearInterval(this.pinger);
+    this.pinger = setInterval(() => this.#send({ type: 'ping' }), PING_EVERY_MS);
+    return joined;
+  }
+
+  #send(msg) {
+    if (this.ws && this.ws.readyState === WebSocket.OPEN) this.ws.send(JSON.stringify(msg));
+  }
+
+  /** Sends a message with an id and resolves with the reply (or rejects with its error). */
+  #request(msg) {
+    const id = String(this.nextId++);
+    return new Promise((resolve, reject) => {
+      const timer = setTimeout(() => {
+        this.pending.delete(id);
+        reject(new TesseraError('timeout', `no reply to ${msg.type}`));
+      }, REQUEST_TIMEOUT_MS);
+      this.pending.set(id, { resolve, reject, timer });
+      this.#send({ ...msg, id });
+    });
+  }
+
+  #emit(type, detail) {
+    this.dispatchEvent(new CustomEvent(type, { detail }));
+  }
+
+  async #onMessage(m) {
+    const waiting = m.id != null && this.pending.get(m.id);
+    if (waiting) {
+      this.pending.delete(m.id);
+      clearTimeout(waiting.timer);
+      if (m.type === 'error') waiting.reject(new TesseraError(m.code, m.message));
+      else waiting.resolve(m);
+      // An offer answering a request is still an offer to answer.
+      if (m.type !== 'offer') return;
+    }
+    switch (m.type) {
+      case 'offer':
+        return this.#onSubOffer(m);
+      case 'participant_joined':
+        this.participants.set(m.user, { user: m.user, role: m.role, user_type: m.user_type, info: m.info ?? null, tracks: [] });
+        break;
+      case 'participant_left':
+        this.participants.delete(m.user);
+        break;
+      case 'track_published': {
+        const p = this.participants.get(m.user);
+        if (p && !p.tracks.some((t) => t.stream === m.stream && t.kind === m.kind)) p.tracks.push({ stream: m.stream, kind: m.kind, muted: false });
+        break;
+      }
+      case 'track_unpublished': {
+        const p = this.participants.get(m.user);
+        if (p) p.tracks = p.tracks.filter((t) => !(t.stream === m.stream && t.kind === m.kind));
+        break;
+      }
+      case 'track_muted': {
+        const t = this.participants.get(m.user)?.tracks.find((t) => t.stream === m.stream && t.kind === m.kind);
+        if (t) t.muted = m.muted;
+        break;
+      }
+      case 'role_changed': {
+        const p = this.participants.get(m.user);
+        if (p) {
+          p.role = m.role;
+          if (m.role === 21) p.tracks = [];
+        }
+        break;
+      }
+      case 'kicked':
+        this.closed = true;
+        break;
+      case 'pong':
+      case 'ok':
+        return;
+    }
+    this.#emit(m.type, m);
+  }
+
+  #peer() {
+    return new RTCPeerConnection({ iceServers: this.iceServers, bundlePolicy: 'max-bundle' });
+  }
+
+  /** The server's offer on the `sub` connection: answer it, map its sections to users. */
+  async #onSubOffer(m) {
+    if (!this.sub) {
+      this.sub = this.#peer();
+      this.sub.ontrack = (e) => this.#onRemoteTrack(e);
+    }
+    const before = new Map(this.subTracks);
+    this.subTracks = new Map(m.tracks.map((t) => [t.mid, t]));
+    await this.sub.setRemoteDescription({ type: 'offer', sdp: m.sdp });
+    await this.sub.setLocalDescription(await this.sub.createAnswer());
+    this.#send({ type: 'answer', pc: 'sub', sdp: this.sub.localDescription.sdp });
+    // Sections no longer offered: their tracks leave their streams.
+    for (const [mid, t] of before) {
+      if (this.subTracks.has(mid)) continue;
+      const key = `${t.user}/${t.stream}`;
+      const ms = this.remoteStreams.get(key);
+      const tr = this.sub.getTransceivers().find((x) => x.mid === mid);
+      if (ms && tr) ms.removeTrack(tr.receiver.track);
+      if (ms && ms.getTracks().length === 0) {
+        this.remoteStreams.delete(key);
+        this.#emit('stream_removed', { user: t.user, stream: t.stream });
+      }
+    }
+  }
+
+  #onRemoteTrack(e) {
+    const t = this.subTracks.get(e.transceiver.mid);
+    if (!t) return;
+    const key = `${t.user}/${t.stream}`;
+    let ms = this.remoteStreams.get(key);
+    if (!ms) {
+      ms = new MediaStream();
+      this.remoteStreams.set(key, ms);
+    }
+    for (const old of ms.getTracks().filter((x) => x.kind === e.track.kind)) ms.removeTrack(old);
+    ms.addTrack(e.track);
+    this.#emit('stream', { user: t.user, stream: t.stream, mediaStream: ms });
+  }
+
+  /**
+   * Publishes a MediaStream as `main` or `aux` on its own `pub` connection. With `simulcast`
+   * the video goes as three layers (h, m, l).
+   * @param {'main'|'aux'} stream @param {MediaStream} media @param {{simulcast?: boolean}} [options]
+   */
+  async publish(stream, media, options = {}) {
+    const old = this.publications.get(stream);
+    if (old) old.pc.close();
+    const pc = this.#peer();
+    for (const track of media.getTracks()) {
+      const init = { direction: 'sendonly', streams: [media] };
+      if (track.kind === 'video' && options.simulcast) {
+        init.sendEncodings = [{ rid: 'h' }, { rid: 'm', scaleResolutionDownBy: 2 }, { rid: 'l', scaleResolutionDownBy: 4 }];
+      }
+      pc.addTransceiver(track, init);
+    }
+    await pc.setLocalDescription(await pc.createOffer());
+    const tracks = pc.getTransceivers().map((t) => ({ mid: t.mid, kind: t.sender.track.kind, ...(t.sender.track.kind === 'video' && options.simulcast ? { simulcast: ['h', 'm', 'l'] } : {}) }));
+    const answer = await this.#request({ type: 'publish', stream, sdp: pc.localDescription.sdp, tracks });
+    await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
+    this.publications.set(stream, { pc, media, simulcast: !!options.simulcast });
+    return pc;
+  }
+
+  /**
+   * Camera and microphone as `main`.
+   * @param {CameraOptions} [options]
+   * @returns {Promise<MediaStream>}
+   */
+  async publishCamera(options = {}) {
+    const media = await navigator.mediaDevices.getUserMedia({ audio: options.audio ?? true, video: options.video ?? true });
+    await this.publish('main', media, options);
+    return media;
+  }
+
+  /**
+   * The screen (and its audio, when the browser offers it) as `aux`.
+   * @param {{audio?: boolean}} [options]
+   * @returns {Promise<MediaStream>}
+   */
+  async publishScreen(options = {}) {
+    const media = await navigator.mediaDevices.getDisplayMedia({ video: true, audio: options.audio ?? false });
+    await this.publish('aux', media);
+    // The browser's own "Stop sharing" ends the publication too.
+    media.getVideoTracks()[0].addEventListener('ended', () => this.unpublish('aux').catch(() => {}));
+    return media;
+  }
+
+  /** Ends a publication. @param {'main'|'aux'} stream */
+  async unpublish(stream) {
+    const p = this.publications.get(stream);
+    this.publications.delete(stream);
+    if (p) {
+      p.media.getTracks().forEach((t) => t.stop());
+      p.pc.close();
+    }
+    await this.#request({ type: 'unpublish', stream });
+  }
+
+  /**
+   * Mutes or unmutes a published track: the track stops sending (it stays negotiated) and the
+   * room is told (`track_muted`).
+   * @param {'main'|'aux'} stream @param {'audio'|'video'} kind @param {boolean} muted
+   */
+  async mute(stream, kind, muted) {
+    const p = this.publications.get(stream);
+    if (p) p.media.getTracks().filter((t) => t.kind === kind).forEach((t) => { t.enabled = !muted; });
+    await this.#request({ type: 'mute', stream, kind, muted });
+  }
+
+  /**
+   * Subscribes to another participant's stream (needed only without `autoSubscribe`).
+   * @param {string} user @param {'main'|'aux'} stream
+   * @param {{audio?: boolean, video?: boolean, quality?: 'auto'|'h'|'m'|'l'}} [options]
+   */
+  async subscribe(user, stream, options = {}) {
+    await this.#request({ type: 'subscribe', user, stream, audio: options.audio ?? true, video: options.video ?? true, quality: options.quality ?? 'auto' });
+  }
+
+  /** @param {string} user @param {'main'|'aux'} stream */
+  async unsubscribe(user, stream) {
+    await this.#request({ type: 'unsubscribe', user, stream });
+  }
+
+  /** Switches between anchor (20) and audience (21); to audience, publications end. @param {20|21} role */
+  async switchRole(role) {
+    await this.#request({ type: 'switch_role', role });
+    this.role = role;
+    if (role === 21) {
+      for (const p of this.publications.values()) p.pc.close();
+      this.publications.clear();
+    }
+  }
+
+  /** Replaces the session's token (same app, room and user). @param {string} token */
+  async updateToken(token) {
+    await this.#request({ type: 'update_token', token });
+    this.token = token;
+  }
+
+  /** Leaves the room: every connection closes. */
+  async leave() {
+    this.closed = true;
+    clearInterval(this.pinger);
+    try {
+      await this.#request({ type: 'leave' });
+    } catch (_) { /* leaving anyway */ }
+    this.#closeAll();
+    this.ws.close();
+  }
+
+  #closeAll() {
+    for (const p of this.publications.values()) p.pc.close();
+    this.publications.clear();
+    if (this.sub) this.sub.close();
+    this.sub = null;
+    this.subTracks.clear();
+    for (const key of this.remoteStreams.keys()) {
+      const [user, stream] = key.split('/');
+      this.#emit('stream_removed', { user, stream });
+    }
+    this.remoteStreams.clear();
+  }
+
+  /** The socket dropped: resume within the server's window, keeping every connection. */
+  async #onClose(e) {
+    clearInterval(this.pinger);
+    for (const [, w] of this.pending) {
+      clearTimeout(w.timer);
+      w.reject(new TesseraError('disconnected', 'the signaling socket closed'));
+    }
+    this.pending.clear();
+    if (this.closed || e.code === 4001 || e.code === 4003) {
+      this.#closeAll();
+      this.#emit('disconnected', { reason: e.code === 4003 ? 'kicked' : e.reason || 'closed' });
+      return;
+    }
+    this.#emit('reconnecting', {});
+    const until = Date.now() + RESUME_WINDOW_MS + 30000;
+    for (let delay = 500; Date.now() < until && !this.closed; delay = Math.min(delay * 2, 4000)) {
+      await new Promise((r) => setTimeout(r, delay));
+      try {
+        const joined = await this.#open(this.sessionId);
+        if (!joined.resumed) {
+          // Too late: a new session. Publish again; the server subscribes anew.
+          const pubs = [...this.publications.entries()];
+          this.#closeAll();
+          for (const [stream, p] of pubs) await this.publish(stream, p.media, { simulcast: p.simulcast });
+        }
+        this.#emit('reconnected', { resumed: !!joined.resumed });
+        return;
+      } catch (_) { /* try again */ }
+    }
+    this.#closeAll();
+    this.#emit('disconnected', { reason: 'lost' });
+  }
+}
