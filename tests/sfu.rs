@@ -9,9 +9,6 @@ use serde_json::Value;
 use std::path::Path;
 use std::sync::Mutex;
 use std::time::Duration;
-use tessera_model::app::AppSecret;
-use tessera_model::token::{self, TokenClaims};
-use tessera_model::Kid;
 use tessera_tests::*;
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -281,19 +278,6 @@ fn recvonly_offer() -> String {
 
 fn whip(server: &Server, path: &str, tok: Option<&str>, ct: &str, body: &str) -> Reply {
     request("POST", &server.url(path), tok, Some((ct, body.as_bytes())), &[])
-}
-
-fn secrets(data: &Path) -> Vec<AppSecret> {
-    let file: Value = serde_json::from_slice(&std::fs::read(data.join("apps.json")).unwrap()).unwrap();
-    serde_json::from_value(file["apps"][0]["secrets"].clone()).unwrap()
-}
-
-fn forged(data: &Path, f: impl FnOnce(&mut TokenClaims), secret: Option<&str>) -> String {
-    let s = &secrets(data)[0];
-    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let mut c = TokenClaims { app: "default".into(), room: "r1".into(), user: "mallory".into(), role: Some(20), privileges: Some(255), nbf: None, exp: now + 600, info: None };
-    f(&mut c);
-    token::mint(&c, &Kid::parse("k1").unwrap(), secret.unwrap_or(&s.secret))
 }
 
 #[test]

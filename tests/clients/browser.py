@@ -7,7 +7,8 @@ play:    opens play.html with autostart, waits --seconds, prints window.tessera.
 both:    a publisher tab and a player tab in one browser.
 room:    one tab per --participant "user,token,#rrggbb,tone_hz" on room.html (a synthetic colour
          and tone as the camera); then the script of the meeting test: after --seconds the first
-         mutes its video, the second shares a screen-like canvas (--screen-color) as aux, and after
+         mutes its video, the second shares a screen-like canvas (--screen-color) as aux, the
+         third's signaling socket is closed under it (tessera.js resumes), and after
          --seconds more the last leaves; prints per tab its remote tiles (frames, centre colour)
          at each step and the room events it saw.
 Prints one JSON line; exits 1 with {"error": ...} on failure.
@@ -140,6 +141,9 @@ def room(ctx, a):
     out["meeting"] = tiles()
     pages[0][1].evaluate("document.getElementById('cam').click()")
     pages[1][1].evaluate(f"window.tessera.share('{a.screen_color}')")
+    if len(pages) > 2:
+        # The third tab's signaling socket drops (as on a network change): tessera.js resumes.
+        pages[2][1].evaluate("window.tessera.room.ws.close()")
     time.sleep(a.seconds)
     out["shared"] = tiles()
     pages[-1][1].evaluate("window.tessera.leave()")

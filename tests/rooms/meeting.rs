@@ -90,6 +90,13 @@ fn four_browsers_meet_in_the_room_page() {
         let events = r["events"][me].as_array().unwrap();
         assert!(events.iter().any(|e| e["type"] == "track_muted" && e["user"] == "ann" && e["kind"] == "video" && e["muted"] == true), "{me}: {events:?}");
     }
+    // cat's socket dropped and tessera.js resumed the session: her media kept flowing both ways.
+    let cat_events = r["events"]["cat"].as_array().unwrap();
+    assert!(cat_events.iter().any(|e| e["type"] == "reconnected" && e["resumed"] == true), "cat resumed: {cat_events:?}");
+    let frames =
+        |phase: &str, me: &str, of: &str| r[phase][me].as_array().unwrap().iter().find(|t| t["user"] == of && t["stream"] == "main").map_or(0, |t| t["frames"].as_u64().unwrap());
+    assert!(frames("shared", "cat", "dan") >= frames("meeting", "cat", "dan") + 100, "cat kept receiving: {r}");
+    assert!(frames("shared", "dan", "cat") >= frames("meeting", "dan", "cat") + 100, "cat kept sending: {r}");
     // dan left: everyone else was told and dropped his tile.
     for me in ["ann", "ben", "cat"] {
         let events = r["events"][me].as_array().unwrap();
@@ -110,4 +117,5 @@ fn four_browsers_meet_in_the_room_page() {
     assert!(ann_mute.is_some_and(|m| m > ann_video), "ann's mute (202) after her video started: {:?}", codes("ann"));
     assert!(at(205, "ben").is_some_and(|s| s > at(201, "ben").unwrap()), "ben's screen (205): {:?}", codes("ben"));
     assert!(at(104, "dan").is_some_and(|x| x > at(201, "dan").unwrap()), "dan leaves (104) last: {:?}", codes("dan"));
+    assert_eq!(codes("cat").iter().filter(|c| [103, 104].contains(c)).count(), 1, "a resume is no 104/103 pair: {:?}", codes("cat"));
 }

@@ -221,3 +221,71 @@ fn aiortc_publishes_over_the_socket_and_whep_plays_it() {
     };
     assert_eq!(left["reason"], "left", "{left}");
 }
+
+/// Scenario 11's room-signaling half (PRODUCT.md §4.4): an audience token cannot publish or
+/// switch to anchor without a publish privilege; `update_token` with 255 lets it switch (others
+/// see `role_changed`, the webhook 105); a token for someone else is `token_mismatch`; an
+/// expired token at `switch_role` is kicked (`token_expired`, 4003, 104 Reason 3).
+#[test]
+fn roles_and_tokens_are_checked_again_inside_the_session() {
+    let dir = TempDir::new("rtc-roles");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "r0leKey", &[]);
+    hooks.subscribe(&server, &key, "r0leKey");
+    let (mut bob, _) = join(&server, &data, "class", "bob");
+    let mut ann = connect(&server);
+    send(&mut ann, &json!({"type": "join", "id": "j", "token": token_with(&data, "class", "ann", &["--role", "audience"])}));
+    let joined = next(&mut ann);
+    assert_eq!((joined["role"].as_u64(), joined["privileges"].as_u64()), (Some(21), Some(171)), "{joined}");
+    let ask = |ws: &mut Ws, msg: Value| -> Value {
+        send(ws, &msg);
+        let id = msg["id"].clone();
+        loop {
+            let v = next(ws);
+            if v["id"] == id {
+                return v;
+            }
+        }
+    };
+    let r = ask(&mut ann, json!({"type": "publish", "id": "p", "stream": "main", "sdp": "v=0\r\n"}));
+    assert_eq!(r["code"], "role_not_allowed", "{r}");
+    let r = ask(&mut ann, json!({"type": "switch_role", "id": "s1", "role": 20}));
+    assert_eq!((r["code"].as_str(), r["id"].as_str()), (Some("privilege_missing"), Some("s1")), "{r}");
+    let r = ask(&mut ann, json!({"type": "update_token", "id": "u0", "token": token_with(&data, "class", "eve", &["--privileges", "255"])}));
+    assert_eq!(r["code"], "token_mismatch", "{r}");
+    let r = ask(&mut ann, json!({"type": "update_token", "id": "u1", "token": token_with(&data, "class", "ann", &["--role", "audience", "--privileges", "255"])}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let r = ask(&mut ann, json!({"type": "switch_role", "id": "s2", "role": 20}));
+    assert_eq!(r["type"], "ok", "{r}");
+    let seen = next_of(&mut bob, "role_changed");
+    assert_eq!((seen["user"].as_str(), seen["role"].as_u64()), (Some("ann"), Some(20)), "{seen}");
+    // Out of order and unknown messages get errors; the session goes on.
+    let r = ask(&mut ann, json!({"type": "answer", "id": "a", "pc": "sub", "sdp": "v=0\r\n"}));
+    assert_eq!(r["code"], "no_offer_pending", "{r}");
+    let r = ask(&mut ann, json!({"type": "unsubscribe", "id": "un", "user": "bob", "stream": "main"}));
+    assert_eq!(r["code"], "not_subscribed", "{r}");
+    let r = ask(&mut ann, json!({"type": "mute", "id": "m", "stream": "main", "kind": "video", "muted": true}));
+    assert_eq!(r["code"], "not_published", "{r}");
+    let r = ask(&mut ann, json!({"type": "dance", "id": "d"}));
+    assert_eq!(r["code"], "bad_message", "{r}");
+    assert_eq!(ask(&mut ann, json!({"type": "ping", "id": "still"}))["type"], "pong");
+
+    // A token within the clock leeway joins; once past it, switching to anchor kicks.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let stale = forged(&data, |c| (c.room, c.user, c.role, c.privileges, c.exp) = ("class".into(), "cy".into(), Some(21), Some(255), now - 7), None);
+    let mut cy = connect(&server);
+    send(&mut cy, &json!({"type": "join", "id": "j", "token": stale}));
+    assert_eq!(next(&mut cy)["type"], "joined");
+    std::thread::sleep(Duration::from_secs(5));
+    send(&mut cy, &json!({"type": "switch_role", "id": "s", "role": 20}));
+    let kicked = next_of(&mut cy, "kicked");
+    assert_eq!(kicked["reason"], "token_expired", "{kicked}");
+    assert_eq!(close_code(&mut cy), Some(CloseCode::Library(4003)));
+    let events = hooks.wait_for(Duration::from_secs(10), "cy's exit", |e| e.iter().any(|e| e["EventType"] == 104 && e["EventInfo"]["UserId"] == "cy"));
+    let exit = events.iter().find(|e| e["EventType"] == 104 && e["EventInfo"]["UserId"] == "cy").unwrap();
+    assert_eq!(exit["EventInfo"]["Reason"], 3, "{exit}");
+    let switched = events.iter().find(|e| e["EventType"] == 105 && e["EventInfo"]["UserId"] == "ann").expect("105 for ann");
+    assert_eq!(switched["EventInfo"]["Role"], 20, "{switched}");
+}

@@ -410,6 +410,40 @@ pub fn token(data: &Path, room: &str, user: &str) -> String {
     out.trim().to_owned()
 }
 
+/// The app's secrets, as the data dir stores them.
+pub fn secrets(data: &Path) -> Vec<tessera_model::app::AppSecret> {
+    let file: Value = serde_json::from_slice(&std::fs::read(data.join("apps.json")).unwrap()).unwrap();
+    serde_json::from_value(file["apps"][0]["secrets"].clone()).unwrap()
+}
+
+/// A token with claims `tessera token` would not make (expired, not yet valid, another secret):
+/// room `r1`, user `mallory`, anchor with every privilege and 10 minutes left, changed by `f`.
+pub fn forged(data: &Path, f: impl FnOnce(&mut tessera_model::token::TokenClaims), secret: Option<&str>) -> String {
+    let s = &secrets(data)[0];
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let mut c = tessera_model::token::TokenClaims {
+        app: "default".into(),
+        room: "r1".into(),
+        user: "mallory".into(),
+        role: Some(20),
+        privileges: Some(255),
+        nbf: None,
+        exp: now + 600,
+        info: None,
+    };
+    f(&mut c);
+    tessera_model::token::mint(&c, &tessera_model::Kid::parse("k1").unwrap(), secret.unwrap_or(&s.secret))
+}
+
+/// A token from `tessera token` with extra flags (`--role audience`, `--privileges 171`, ...).
+pub fn token_with(data: &Path, room: &str, user: &str, extra: &[&str]) -> String {
+    let mut args = vec!["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user];
+    args.extend_from_slice(extra);
+    let (status, out, err) = run_cli(&args);
+    assert!(status.success(), "{err}");
+    out.trim().to_owned()
+}
+
 /// The RTMP port the server printed in its banner.
 pub fn rtmp_port(server: &Server) -> u16 {
     server

@@ -51,6 +51,7 @@ enum Command {
     Subscribe { sid: String, req: SubscribeRequest, reply: oneshot::Sender<SubscriberReply> },
     Unsubscribe { sid: String, source: (tessera_model::UserId, tessera_media::StreamKind), reply: oneshot::Sender<SubscriberReply> },
     SubscriberAnswer { sid: String, sdp: String, reply: oneshot::Sender<SubscriberReply> },
+    PendingOffer { sid: String, reply: oneshot::Sender<Option<SubscriberOffer>> },
     Mute { key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool, reply: oneshot::Sender<bool> },
     SwitchRole { key: RoomKey, user: tessera_model::UserId, role: tessera_model::Role, reply: oneshot::Sender<bool> },
 }
@@ -287,6 +288,11 @@ impl RtcHandle {
         self.ask(|reply| Command::SubscriberAnswer { sid: sid.to_owned(), sdp, reply }).await
     }
 
+    /// The `sub` connection's offer still waiting for an answer.
+    pub async fn pending_offer(&self, sid: &str) -> Result<Option<SubscriberOffer>, RtcServerError> {
+        self.ask(|reply| Command::PendingOffer { sid: sid.to_owned(), reply }).await
+    }
+
     /// A publisher mutes or unmutes a started track. Whether that track has started.
     pub async fn mute(&self, key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool) -> Result<bool, RtcServerError> {
         self.ask(|reply| Command::Mute { key, user, track, muted, reply }).await
@@ -493,6 +499,9 @@ async fn run(
                     }
                     Command::SubscriberAnswer { sid, sdp, reply } => {
                         let _ = reply.send(sfu.subscriber_answer(&sid, &sdp, now));
+                    }
+                    Command::PendingOffer { sid, reply } => {
+                        let _ = reply.send(sfu.pending_offer(&sid));
                     }
                     Command::Mute { key, user, track, muted, reply } => {
                         let _ = reply.send(sfu.mute(&key, &user, track, muted));

@@ -33,6 +33,8 @@ impl Subscription {
 #[derive(Default)]
 pub(super) struct Offered {
     pending: Option<SdpPendingOffer>,
+    /// The offer in flight, to send again when the client's socket comes back (a resume).
+    last: Option<SubscriberOffer>,
     queue: Vec<Change>,
 }
 
@@ -130,6 +132,7 @@ impl Sfu {
         let id = self.offered_id(sid)?;
         let Some(Session { role: Role::Viewer { offered: Some(offered), .. }, peer, span, .. }) = self.sessions.get_mut(&id) else { return Err(SubscriberError::UnknownSession) };
         let pending = offered.pending.take().ok_or(SubscriberError::NoOfferPending)?;
+        offered.last = None;
         let answer = SdpAnswer::from_sdp_string(sdp).map_err(|e| SubscriberError::BadAnswer(e.to_string()))?;
         if let Err(e) = peer.rtc.sdp_api().accept_answer(pending, answer) {
             tracing::info!(parent: &*span, "answer refused: {e}");
@@ -150,6 +153,15 @@ impl Sfu {
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(self.renegotiate(id, now))
+    }
+
+    /// The offer waiting for its answer, if any (sent again after a resume: the client may
+    /// never have got it).
+    pub fn pending_offer(&self, sid: &str) -> Option<SubscriberOffer> {
+        match self.sessions.get(&self.offered_id(sid).ok()?) {
+            Some(Session { role: Role::Viewer { offered: Some(o), .. }, .. }) => o.last.clone(),
+            _ => None,
+        }
     }
 
     fn offered_id(&self, sid: &str) -> Result<u64, SubscriberError> {
@@ -213,9 +225,11 @@ impl Sfu {
                 sub.mids.iter().map(|(mid, kind)| OfferedTrack { mid: mid.to_string(), user: sub.source.0.clone(), stream: sub.source.1, video: *kind == MediaKind::Video })
             })
             .collect();
+        let offer = SubscriberOffer { sdp: offer.to_sdp_string(), tracks };
+        offered.last = Some(offer.clone());
         tracing::debug!(parent: &s.span, "offer for the subscriber connection");
         self.mark_dirty(id);
         self.drain_all(now);
-        Some(SubscriberOffer { sdp: offer.to_sdp_string(), tracks })
+        Some(offer)
     }
 }

@@ -191,7 +191,8 @@ pub(super) async fn mute(state: &AppState, j: &mut Joined, msg: &Value) -> Resul
 /// Subscribes to a stream with media of someone else, when the session auto-subscribes and may
 /// receive something of it. Offers go to `outbox`.
 pub(super) async fn auto_subscribe(state: &AppState, j: &mut Joined, user: &UserId, stream: StreamKind, outbox: &mut Vec<Value>) {
-    if !j.auto_subscribe || user == j.user() || j.sub.as_ref().is_some_and(|s| s.subscribed.iter().any(|(u, s)| u == user && *s == stream)) {
+    // A mix's output shows the room again: it is subscribed to on request, never by itself.
+    if !j.auto_subscribe || user == j.user() || user.is_mix() || j.sub.as_ref().is_some_and(|s| s.subscribed.iter().any(|(u, s)| u == user && *s == stream)) {
         return;
     }
     let (audio, video) = allowed(j, stream);
@@ -205,17 +206,26 @@ pub(super) async fn auto_subscribe(state: &AppState, j: &mut Joined, user: &User
     }
 }
 
-/// At join: subscribes to every stream already with media.
-pub(super) async fn auto_subscribe_existing(state: &AppState, j: &mut Joined, outbox: &mut Vec<Value>) {
+/// At join, and again at a resume (events may have been missed meanwhile): the streams with
+/// media now are subscribed to, and subscriptions to streams gone are dropped.
+pub(super) async fn reconcile(state: &AppState, j: &mut Joined, outbox: &mut Vec<Value>) {
+    if let Some(sub) = &j.sub {
+        if let Ok(Some(offer)) = state.rtc.pending_offer(&sub.sid).await {
+            outbox.push(offer_or_ok(Some(offer), &Value::Null));
+        }
+    }
     let Ok(Some(users)) = state.rtc.room_users(j.key.clone()).await else { return };
     let me = j.user().clone();
-    for p in users.iter().filter(|p| p.user != me) {
-        for (track, _) in &p.tracks {
-            let entry = (p.user.clone(), track.stream(), track.kind() == "video");
-            if !j.live.contains(&entry) {
-                j.live.push(entry);
-            }
-            auto_subscribe(state, j, &p.user, track.stream(), outbox).await;
+    j.live = users.iter().filter(|p| p.user != me).flat_map(|p| p.tracks.iter().map(|(t, _)| (p.user.clone(), t.stream(), t.kind() == "video"))).collect();
+    let gone: Vec<(UserId, StreamKind)> =
+        j.sub.as_ref().map(|s| s.subscribed.iter().filter(|(u, st)| !j.live.iter().any(|(lu, ls, _)| lu == u && ls == st)).cloned().collect()).unwrap_or_default();
+    for source in gone {
+        if let Ok(Some(offer)) = unsubscribe_from(state, j, source).await {
+            outbox.push(offer_or_ok(Some(offer), &Value::Null));
         }
+    }
+    let live: Vec<(UserId, StreamKind)> = j.live.iter().map(|(u, s, _)| (u.clone(), *s)).collect();
+    for (user, stream) in live {
+        auto_subscribe(state, j, &user, stream, outbox).await;
     }
 }

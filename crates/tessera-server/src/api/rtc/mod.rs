@@ -125,9 +125,7 @@ async fn run(mut socket: WebSocket, state: AppState, ua: String) {
     let mut events = state.room_events.subscribe();
     let mut outbox = Vec::new();
     if send(&mut socket, &reply).await {
-        if reply["resumed"] != true {
-            media::auto_subscribe_existing(&state, &mut joined, &mut outbox).await;
-        }
+        media::reconcile(&state, &mut joined, &mut outbox).await;
         tracing::info!(room = %joined.key.room, user = %joined.user(), resumed = %reply["resumed"], "room signaling joined");
         match serve(&mut socket, &state, &mut joined, &mut events, outbox).await {
             End::Done => return,
