@@ -4,12 +4,20 @@
 //! `signaling`).
 
 mod meeting;
+mod removal;
 mod signaling;
 
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_tests::*;
+
+/// The tests that run real media clients take turns: two cores do not decode four browsers'
+/// streams and an aiortc meeting at once in time.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 /// An RTMP publisher (OBS-like: H.264 without B-frames, AAC) of 60 s.
 fn publisher(url: &str) -> Child {
@@ -58,6 +66,7 @@ fn users(server: &Server, key: &str, room: &str) -> Vec<Value> {
 
 #[test]
 fn rooms_show_their_participants_and_a_removed_user_or_dismissed_room_ends_every_session() {
+    let _turn = serial();
     let dir = TempDir::new("rooms");
     let data = dir.path().join("data");
     let server = Server::start(&data, &[]);

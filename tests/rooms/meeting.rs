@@ -9,6 +9,7 @@ use super::*;
 /// a plain WebSocket client, sees them publish and one of them mute.
 #[test]
 fn aiortc_participants_publish_and_subscribe_to_each_other() {
+    let _turn = serial();
     let dir = TempDir::new("rtc-meet");
     let data = dir.path().join("data");
     let net = TestNet::new();
@@ -19,10 +20,10 @@ fn aiortc_participants_publish_and_subscribe_to_each_other() {
     let alice = Client::start(
         &net,
         "aiortc_client.py",
-        &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "alice"), "--rgb", "255,0,0", "--seconds", "16", "--mute-after", "11"],
+        &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "alice"), "--rgb", "255,0,0", "--seconds", "20", "--mute-after", "15"],
     );
     let bob =
-        Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "bob"), "--rgb", "0,255,0", "--seconds", "14", "--delay", "2"]);
+        Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "bob"), "--rgb", "0,255,0", "--seconds", "18", "--delay", "2"]);
     let muted = next_of(&mut carol, "track_muted");
     assert_eq!((muted["user"].as_str(), muted["kind"].as_str(), muted["muted"].as_bool()), (Some("alice"), Some("video"), Some(true)), "{muted}");
     let a = alice.finish(Duration::from_secs(60));
@@ -46,6 +47,7 @@ fn aiortc_participants_publish_and_subscribe_to_each_other() {
 /// screen-like canvas as aux, one leaves — and a webhook receiver sees it all in causal order.
 #[test]
 fn four_browsers_meet_in_the_room_page() {
+    let _turn = serial();
     let dir = TempDir::new("rtc-room-page");
     let data = dir.path().join("data");
     let net = TestNet::new();

@@ -10,7 +10,7 @@ use tungstenite::{Message, WebSocket};
 
 type Ws = WebSocket<MaybeTlsStream<TcpStream>>;
 
-fn connect(server: &Server) -> Ws {
+pub(crate) fn connect(server: &Server) -> Ws {
     let url = server.url("/v1/rtc").replace("http://", "ws://");
     let (ws, _) = tungstenite::connect(url).expect("a WebSocket");
     if let MaybeTlsStream::Plain(s) = ws.get_ref() {
@@ -19,12 +19,12 @@ fn connect(server: &Server) -> Ws {
     ws
 }
 
-fn send(ws: &mut Ws, v: &Value) {
+pub(crate) fn send(ws: &mut Ws, v: &Value) {
     ws.send(Message::Text(v.to_string().into())).unwrap();
 }
 
 /// The next JSON message; pings and pongs are skipped.
-fn next(ws: &mut Ws) -> Value {
+pub(crate) fn next(ws: &mut Ws) -> Value {
     loop {
         match ws.read().expect("a message") {
             Message::Text(t) => return serde_json::from_str(t.as_str()).unwrap(),
@@ -47,7 +47,7 @@ pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
 }
 
 /// Reads until the server closes; returns its close code.
-fn close_code(ws: &mut Ws) -> Option<CloseCode> {
+pub(crate) fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     loop {
         match ws.read() {
             Ok(Message::Close(c)) => return c.map(|c| c.code),
@@ -94,6 +94,13 @@ fn participants_meet_over_the_signaling_socket() {
     let track = next_of(&mut alice, "track_published");
     assert_eq!((track["user"].as_str(), track["stream"].as_str()), (Some("carol"), Some("main")), "{track}");
 
+    // bob subscribed to carol's stream by himself (auto_subscribe): the server offered the
+    // `sub` connection with her audio and video; asking again changes nothing.
+    let offer = next_of(&mut bob, "offer");
+    assert_eq!(offer["pc"], "sub", "{offer}");
+    let kinds: Vec<(Value, Value)> = offer["tracks"].as_array().unwrap().iter().map(|t| (t["user"].clone(), t["kind"].clone())).collect();
+    assert_eq!(kinds, vec![(json!("carol"), json!("audio")), (json!("carol"), json!("video"))], "{offer}");
+    assert!(offer["sdp"].as_str().unwrap().contains("a=sendonly"), "{offer}");
     // ping/pong with the correlation id; what is not JSON or not known gets `error`, and the
     // socket stays open.
     send(&mut bob, &json!({"type": "ping", "id": "p1"}));
@@ -106,7 +113,10 @@ fn participants_meet_over_the_signaling_socket() {
     let e = next_of(&mut bob, "error");
     assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("bad_message"), Some("d")));
     send(&mut bob, &json!({"type": "subscribe", "id": "s", "user": "carol", "stream": "main"}));
-    assert_eq!(next_of(&mut bob, "error")["code"], "not_supported");
+    assert_eq!(next_of(&mut bob, "ok")["id"], "s");
+    send(&mut bob, &json!({"type": "subscribe", "id": "s2", "user": "carol", "stream": "main", "quality": "best"}));
+    let e = next_of(&mut bob, "error");
+    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("invalid_parameter"), Some("s2")), "{e}");
     send(&mut bob, &json!({"type": "publish", "id": "pb", "stream": "main", "sdp": "v=0\r\n"}));
     let e = next_of(&mut bob, "error");
     assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("sdp_invalid"), Some("pb")), "{e}");
@@ -188,6 +198,7 @@ fn the_socket_keeps_the_spec_framing_and_join_rules() {
 /// socket sees the tracks start, and a WHEP player decodes the publisher's blue picture.
 #[test]
 fn aiortc_publishes_over_the_socket_and_whep_plays_it() {
+    let _turn = serial();
     let dir = TempDir::new("rtc-publish");
     let data = dir.path().join("data");
     let net = TestNet::new();
