@@ -24,6 +24,18 @@ fn serve(net: &TestNet, data: &Path) -> Server {
     Server::start(data, &["--http-addr", &http, "--rtc-udp-addr", &udp])
 }
 
+/// The WebRTC UDP port the server printed in its banner.
+fn rtc_udp_port(server: &Server) -> u16 {
+    server
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("WebRTC UDP"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("UDP port in the banner")
+}
+
 fn token(data: &Path, room: &str, user: &str, extra: &[&str]) -> String {
     let mut args = vec!["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user];
     args.extend_from_slice(extra);
@@ -156,6 +168,25 @@ fn whip_ice_restart_keeps_the_stream() {
     assert_eq!(r["stale_etag_status"], 412, "a restart with a stale ETag is refused: {r}");
 }
 
+/// A client whose UDP is blocked (every datagram from the server dropped) still publishes and
+/// plays: Chromium falls back to the server's passive ICE-TCP candidate on the same port number.
+#[test]
+fn a_browser_without_udp_connects_over_ice_tcp() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-tcp");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    net.drop_incoming_udp(rtc_udp_port(&server), 100);
+    let anchor = token(&data, "tcp", "cam", &[]);
+    let r = browser(&net, &server, &["both", "--room", "tcp", "--user", "cam", "--token", &anchor, "--seconds", "8"]).finish(Duration::from_secs(90));
+    assert_eq!(r["publish_state"], "connected", "{r}");
+    assert!(r["stats"]["framesDecoded"].as_u64().unwrap() >= 60, "{r}");
+    assert!(r["stats"]["audioPacketsReceived"].as_u64().unwrap() >= 100, "{r}");
+    let tcp = server.logs().iter().filter(|l| l.contains("ICE-TCP connection") && l.contains(&net.client_ip)).count();
+    assert!(tcp >= 2, "the publisher and the player came over TCP: {tcp} connections logged");
+}
+
 #[test]
 fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
     let _g = serial();
@@ -232,15 +263,7 @@ fn ten_percent_loss_on_the_viewer_leg_is_repaired() {
     let server = serve(&pub_net, &data);
     let anchor = token(&data, "lossy", "cam", &[]);
     let publisher = browser(&pub_net, &server, &["publish", "--room", "lossy", "--token", &anchor, "--degradation", "maintain-resolution", "--seconds", "20"]);
-    let udp_port: u16 = server
-        .banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("WebRTC UDP"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("UDP port in the banner");
-    view_net.drop_incoming_udp(udp_port, 10);
+    view_net.drop_incoming_udp(rtc_udp_port(&server), 10);
     std::thread::sleep(Duration::from_secs(3));
     let r = browser(&view_net, &server, &["play", "--room", "lossy", "--user", "cam", "--token", &anchor, "--seconds", "12"]).finish(Duration::from_secs(60));
     let _ = publisher.finish(Duration::from_secs(60));

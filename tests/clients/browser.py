@@ -38,7 +38,9 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both", "room"])
+    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time"])
+    p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
+    p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
     p.add_argument("--room", default="")
     p.add_argument("--participant", action="append", default=[], help="room: user,token,#rrggbb,tone")
@@ -56,11 +58,14 @@ def main():
     p.add_argument("--close-tab", action="store_true", help="publish: close the tab (no Stop) after --seconds, then wait 3 s")
     p.add_argument("--fake-video", default="", help="Y4M/MJPEG file the fake camera plays in a loop")
     p.add_argument("--chromium", default="/usr/bin/chromium")
+    p.add_argument("--loopback", action="store_true", help="allow WebRTC on 127.0.0.1 (benchmarks on one host)")
     a = p.parse_args()
     out = {}
     with sync_playwright() as pw:
         # getUserMedia needs a secure context: the test server is plain HTTP on a test-host address.
         args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
+        if a.loopback:
+            args.append("--allow-loopback-in-peer-connection")
         if a.fake_video:
             args.append(f"--use-file-for-fake-video-capture={a.fake_video}")
         browser = pw.chromium.launch(executable_path=a.chromium, headless=True, args=args)
@@ -68,6 +73,9 @@ def main():
             ctx = browser.new_context()
             if a.mode == "room":
                 out = room(ctx, a)
+                return print(json.dumps(out), flush=True) or 0
+            if a.mode == "join-time":
+                out = join_time(ctx, a)
                 return print(json.dumps(out), flush=True) or 0
             pub = None
             if a.mode in ("publish", "both"):
@@ -121,6 +129,24 @@ def main():
             browser.close()
     print(json.dumps(out), flush=True)
     return 0
+
+
+def join_time(ctx, a):
+    """Joins room.html (an audience token: it only watches) --repeat times; each time, how long
+    from Join to `joined` and to the first frame of the first and of the last of --expect
+    remote streams (requestVideoFrameCallback: a frame presented, not just received)."""
+    runs = []
+    for _ in range(a.repeat):
+        page = ctx.new_page()
+        page.goto(f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
+        page.wait_for_function(f"Object.keys(window.tessera.firstFrames || {{}}).length >= {a.expect}", timeout=30000)
+        frames = sorted(page.evaluate("Object.values(window.tessera.firstFrames)"))
+        runs.append({"joined_ms": page.evaluate("window.tessera.joinedMs"), "first_ms": frames[0], "all_ms": frames[a.expect - 1]})
+        page.evaluate("window.tessera.leave()")
+        time.sleep(1)
+        page.close()
+    med = lambda k: sorted(r[k] for r in runs)[len(runs) // 2]
+    return {"streams": a.expect, "runs": runs, "median": {k: med(k) for k in ("joined_ms", "first_ms", "all_ms")}}
 
 
 def room(ctx, a):

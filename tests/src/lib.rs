@@ -324,7 +324,11 @@ impl TestNet {
         let nft = |rule: &str| must(&["ip", "netns", "exec", &self.ns, "nft", rule]);
         nft("add table inet tessera_test");
         nft("add chain inet tessera_test input { type filter hook input priority 0; }");
-        nft(&format!("add rule inet tessera_test input udp sport {server_port} numgen random mod 100 < {percent} drop"));
+        if percent >= 100 {
+            nft(&format!("add rule inet tessera_test input udp sport {server_port} drop"));
+        } else {
+            nft(&format!("add rule inet tessera_test input udp sport {server_port} numgen random mod 100 < {percent} drop"));
+        }
     }
 
     /// Shapes what this host sends to the server.

@@ -8,12 +8,14 @@
 //! interarrival jitter straight from the header, without decrypting. That keeps the tool far
 //! cheaper than the server it loads; it reports its own CPU next to the server's to show it.
 
+mod meeting;
+
 use clap::Parser;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_rtc::str0m::change::SdpAnswer;
+use tessera_rtc::str0m::change::{SdpAnswer, SdpPendingOffer};
 use tessera_rtc::str0m::media::{Direction, MediaKind, Mid, Pt};
 use tessera_rtc::str0m::net::{Protocol, Receive};
 use tessera_rtc::str0m::rtp::{ExtensionValues, RtpWrite};
@@ -59,6 +61,10 @@ struct Args {
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
+    /// A meeting of N participants over room signaling instead: each publishes and subscribes to
+    /// all the others (`--publishers`/`--subscribers` are ignored).
+    #[arg(long, default_value_t = 0)]
+    meeting: usize,
 }
 
 fn mint(args: &Args, user: &str, role: u8) -> String {
@@ -86,8 +92,8 @@ fn post_sdp(url: &str, token: &str, sdp: &str) -> String {
     resp.into_string().unwrap()
 }
 
-/// Creates a peer with the given media, negotiates it through `url`, and returns it with its socket.
-async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>) {
+/// A peer offering audio and video in `dir`: with its socket, mids, offer and pending change.
+async fn offer_peer(args: &Args, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>, String, SdpPendingOffer) {
     let socket = UdpSocket::bind(SocketAddr::new(args.bind_ip, 0)).await.expect("bind");
     let local = socket.local_addr().unwrap();
     let mut config = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false);
@@ -97,7 +103,14 @@ async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> (Rtc, U
     let mut change = rtc.sdp_api();
     let mids = vec![change.add_media(MediaKind::Audio, dir, None, None, None), change.add_media(MediaKind::Video, dir, None, None, None)];
     let (offer, pending) = change.apply().expect("an offer");
-    let (url, token, sdp) = (url.to_owned(), token.to_owned(), offer.to_sdp_string());
+    (rtc, socket, mids, offer.to_sdp_string(), pending)
+}
+
+/// Creates a peer with the given media, negotiates it through `url` (WHIP/WHEP), and returns it
+/// with its socket.
+async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>) {
+    let (mut rtc, socket, mids, sdp, pending) = offer_peer(args, dir).await;
+    let (url, token) = (url.to_owned(), token.to_owned());
     let answer = tokio::task::spawn_blocking(move || post_sdp(&url, &token, &sdp)).await.unwrap();
     let answer = SdpAnswer::from_sdp_string(&answer).expect("an SDP answer");
     rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
@@ -389,6 +402,11 @@ async fn run(args: Args) {
     let frame_bytes = (args.video_kbps * 1000 / 8 / args.fps) as usize;
     let packets_per_frame = frame_bytes.div_ceil(args.packet_bytes).max(1);
 
+    if args.meeting > 0 {
+        let (meeting_tasks, meeting_stats) = meeting::start(&args, until, frame_period, packets_per_frame, start.clone()).await;
+        tasks = meeting_tasks;
+        return measure(&args, tasks, meeting_stats, start, &latencies).await;
+    }
     for p in 0..args.publishers {
         let user = format!("pub{p}");
         let a = args.clone();
@@ -409,61 +427,8 @@ async fn run(args: Args) {
             continue;
         }
         let (rtc, socket, mids) = connect(&args, &format!("{}/whip/{}", args.server, args.room), &token, Direction::SendOnly).await;
-        let (audio_mid, video_mid) = (mids[0], mids[1]);
-        let packet_bytes = args.packet_bytes;
-        let fps = args.fps;
-        let sent = sent.clone();
-        let track_latency = p == 0;
-        tasks.push(tokio::spawn(async move {
-            let mut seq_v: u64 = 1;
-            let mut seq_a: u64 = 1;
-            let mut frame: u64 = 0;
-            let started = Instant::now();
-            let mut audio_due = Duration::ZERO;
-            let video = vec![0x41u8; packet_bytes];
-            let mut idr = vec![0x65u8; packet_bytes];
-            idr[1] = 0x88;
-            let audio = vec![0xfcu8; 120];
-            let video: Arc<[u8]> = video.into();
-            let idr: Arc<[u8]> = idr.into();
-            let audio: Arc<[u8]> = audio.into();
-            // In RTP mode the writer sets header extensions: the MID lets the server bind our SSRCs.
-            let (mut ext_v, mut ext_a) = (ExtensionValues::default(), ExtensionValues::default());
-            ext_v.mid = Some(video_mid);
-            ext_a.mid = Some(audio_mid);
-            let tick = move |rtc: &mut Rtc, now: Instant, keyframe: bool| {
-                let pt_v: Pt = 108.into();
-                let pt_a: Pt = 111.into();
-                let ts_v = (frame * 90_000 / fps) as u32;
-                let gop = frame.is_multiple_of(2 * fps);
-                if track_latency {
-                    let mut m = sent.lock().unwrap();
-                    m.insert(ts_v, now);
-                    // Keep 10 s of frames.
-                    m.remove(&ts_v.wrapping_sub((10 * 90_000) as u32));
-                }
-                let mut api = rtc.direct_api();
-                if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
-                    for i in 0..packets_per_frame {
-                        let payload = if (gop || keyframe) && i == 0 { idr.clone() } else { video.clone() };
-                        tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == packets_per_frame).nackable(true).ext_vals(ext_v.clone()));
-                        seq_v += 1;
-                    }
-                }
-                // Audio: every 20 ms of elapsed time.
-                let elapsed = now.duration_since(started);
-                while audio_due <= elapsed {
-                    let ts_a = (audio_due.as_millis() as u64 * 48) as u32;
-                    if let Some(tx) = api.stream_tx_by_mid(audio_mid, None) {
-                        tx.write_rtp(RtpWrite::new(pt_a, seq_a.into(), ts_a, now, audio.clone()).ext_vals(ext_a.clone()));
-                    }
-                    seq_a += 1;
-                    audio_due += Duration::from_millis(20);
-                }
-                frame += 1;
-            };
-            drive(rtc, socket, until, |_, _| {}, Some(frame_period), tick).await;
-        }));
+        let sent = (p == 0).then(|| sent.clone());
+        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent));
     }
 
     let stats: Arc<Mutex<Vec<SubscriberStats>>> = Arc::new(Mutex::new(vec![SubscriberStats::default(); args.subscribers]));
@@ -473,34 +438,21 @@ async fn run(args: Args) {
         let token = tokio::task::spawn_blocking(move || mint(&a, &user, 21)).await.unwrap();
         let source = format!("pub{}", s % args.publishers.max(1));
         let (rtc, socket, _) = connect(&args, &format!("{}/whep/{}/{}/main", args.server, args.room, source), &token, Direction::RecvOnly).await;
-        let stats = stats.clone();
-        let epoch = Instant::now();
-        let (sent, latencies) = (sent.clone(), latencies.clone());
-        let track_latency = s % args.publishers.max(1) == 0;
-        let start = start.clone();
-        tasks.push(tokio::spawn(async move {
-            let on_rtp = move |data: &[u8], now: Instant| {
-                if start.get().is_none_or(|t| now < *t) {
-                    return;
-                }
-                let pt = data[1] & 0x7f;
-                let seq = u16::from_be_bytes([data[2], data[3]]);
-                let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
-                let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
-                let clock = if pt == 111 { 48_000.0 } else { 90_000.0 };
-                if track_latency && pt != 111 {
-                    if let Some(t) = sent.lock().unwrap().get(&ts) {
-                        latencies.lock().unwrap().push(now.duration_since(*t).as_secs_f32() * 1e6);
-                    }
-                }
-                let mut all = stats.lock().unwrap();
-                all[s].streams.entry(ssrc).or_default().add(seq, ts, data.len(), now.duration_since(epoch).as_secs_f64(), clock);
-            };
-            drive(rtc, socket, until, on_rtp, None, |_, _, _| {}).await;
-        }));
+        let latency = (s % args.publishers.max(1) == 0).then(|| (sent.clone(), latencies.clone()));
+        tasks.push(spawn_subscriber(rtc, socket, until, stats.clone(), s, latency, start.clone()));
     }
 
-    // Measure only the steady window.
+    measure(&args, tasks, stats, start, &latencies).await;
+}
+
+/// Measures the steady window (from 3 s after everyone is up, for `duration` seconds) and reports.
+async fn measure(
+    args: &Args,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    stats: Arc<Mutex<Vec<SubscriberStats>>>,
+    start: Arc<std::sync::OnceLock<Instant>>,
+    latencies: &Mutex<Vec<f32>>,
+) {
     let start_at = Instant::now() + Duration::from_secs(3);
     start.set(start_at).expect("set once");
     tokio::time::sleep_until(start_at.into()).await;
@@ -512,7 +464,112 @@ async fn run(args: Args) {
     }
     let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
     lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    report(&args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a), &lat);
+    report(args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a), &lat);
+}
+
+/// A WHIP (or `pub`) publisher of synthetic H.264-shaped video and audio; `sent` records each
+/// video frame's send time under its RTP timestamp (for the latency measurement).
+#[allow(clippy::too_many_arguments)]
+fn spawn_publisher(
+    rtc: Rtc,
+    socket: UdpSocket,
+    mids: Vec<Mid>,
+    until: Instant,
+    frame_period: Duration,
+    packets_per_frame: usize,
+    packet_bytes: usize,
+    fps: u64,
+    sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>,
+) -> tokio::task::JoinHandle<()> {
+    let (audio_mid, video_mid) = (mids[0], mids[1]);
+    tokio::spawn(async move {
+        let mut seq_v: u64 = 1;
+        let mut seq_a: u64 = 1;
+        let mut frame: u64 = 0;
+        let started = Instant::now();
+        let mut audio_due = Duration::ZERO;
+        let video = vec![0x41u8; packet_bytes];
+        let mut idr = vec![0x65u8; packet_bytes];
+        idr[1] = 0x88;
+        let audio = vec![0xfcu8; 120];
+        let video: Arc<[u8]> = video.into();
+        let idr: Arc<[u8]> = idr.into();
+        let audio: Arc<[u8]> = audio.into();
+        // In RTP mode the writer sets header extensions: the MID lets the server bind our SSRCs.
+        let (mut ext_v, mut ext_a) = (ExtensionValues::default(), ExtensionValues::default());
+        ext_v.mid = Some(video_mid);
+        ext_a.mid = Some(audio_mid);
+        let tick = move |rtc: &mut Rtc, now: Instant, keyframe: bool| {
+            let pt_v: Pt = 108.into();
+            let pt_a: Pt = 111.into();
+            let ts_v = (frame * 90_000 / fps) as u32;
+            let gop = frame.is_multiple_of(2 * fps);
+            if let Some(sent) = &sent {
+                let mut m = sent.lock().unwrap();
+                m.insert(ts_v, now);
+                // Keep 10 s of frames.
+                m.remove(&ts_v.wrapping_sub((10 * 90_000) as u32));
+            }
+            let mut api = rtc.direct_api();
+            if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
+                for i in 0..packets_per_frame {
+                    let payload = if (gop || keyframe) && i == 0 { idr.clone() } else { video.clone() };
+                    tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == packets_per_frame).nackable(true).ext_vals(ext_v.clone()));
+                    seq_v += 1;
+                }
+            }
+            // Audio: every 20 ms of elapsed time.
+            let elapsed = now.duration_since(started);
+            while audio_due <= elapsed {
+                let ts_a = (audio_due.as_millis() as u64 * 48) as u32;
+                if let Some(tx) = api.stream_tx_by_mid(audio_mid, None) {
+                    tx.write_rtp(RtpWrite::new(pt_a, seq_a.into(), ts_a, now, audio.clone()).ext_vals(ext_a.clone()));
+                }
+                seq_a += 1;
+                audio_due += Duration::from_millis(20);
+            }
+            frame += 1;
+        };
+        drive(rtc, socket, until, |_, _| {}, Some(frame_period), tick).await;
+    })
+}
+
+/// Latency bookkeeping shared by the first publisher and its subscribers: frame send times by
+/// RTP timestamp, and the trip times measured.
+type Latency = (Arc<Mutex<HashMap<u32, Instant>>>, Arc<Mutex<Vec<f32>>>);
+
+/// A subscriber that counts RTP straight from the headers into `stats[index]` once `start` is
+/// set and passed.
+fn spawn_subscriber(
+    rtc: Rtc,
+    socket: UdpSocket,
+    until: Instant,
+    stats: Arc<Mutex<Vec<SubscriberStats>>>,
+    index: usize,
+    latency: Option<Latency>,
+    start: Arc<std::sync::OnceLock<Instant>>,
+) -> tokio::task::JoinHandle<()> {
+    let epoch = Instant::now();
+    tokio::spawn(async move {
+        let on_rtp = move |data: &[u8], now: Instant| {
+            if start.get().is_none_or(|t| now < *t) {
+                return;
+            }
+            let pt = data[1] & 0x7f;
+            let seq = u16::from_be_bytes([data[2], data[3]]);
+            let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
+            let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
+            let clock = if pt == 111 { 48_000.0 } else { 90_000.0 };
+            if let Some((sent, latencies)) = latency.as_ref().filter(|_| pt != 111) {
+                if let Some(t) = sent.lock().unwrap().get(&ts) {
+                    latencies.lock().unwrap().push(now.duration_since(*t).as_secs_f32() * 1e6);
+                }
+            }
+            let mut all = stats.lock().unwrap();
+            all[index].streams.entry(ssrc).or_default().add(seq, ts, data.len(), now.duration_since(epoch).as_secs_f64(), clock);
+        };
+        drive(rtc, socket, until, on_rtp, None, |_, _, _| {}).await;
+    })
 }
 
 fn percentile(sorted: &[f32], p: f64) -> Option<f64> {

@@ -2,6 +2,7 @@
 //! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
 //! datagrams out. All SFU state lives on this one task, so it needs no locks.
 
+use crate::ice_tcp::TcpEvent;
 use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
 use crate::sfu::{
@@ -11,6 +12,7 @@ use crate::sfu::{
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_rtc::str0m::net::Protocol;
 use tessera_rtc::OfferError;
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -72,6 +74,8 @@ pub struct RtcHandle {
     pub counters: Arc<SfuCounters>,
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
+    /// Where ICE over TCP is accepted, if it is.
+    pub tcp_addr: Option<SocketAddr>,
     /// Room and media events, for whoever takes them (the webhooks).
     room_events: Arc<std::sync::Mutex<Option<mpsc::UnboundedReceiver<RoomEvent>>>>,
 }
@@ -107,6 +111,20 @@ pub fn host_candidates(bound: SocketAddr, public_ip: Option<IpAddr>) -> Vec<Sock
     out
 }
 
+fn bind_tcp(addr: SocketAddr) -> std::io::Result<tokio::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    tokio::net::TcpListener::from_std(listener)
+}
+
+/// The next ICE-TCP event (never, without a listener).
+async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Which of our addresses a datagram from `source` was most likely sent to. Exact for a single
 /// candidate; with several, loopback talks to loopback and everyone else to the first
 /// interface address.
@@ -118,8 +136,16 @@ fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr 
 }
 
 impl RtcHandle {
-    /// Binds the UDP socket and spawns the media task on the current tokio runtime.
-    pub fn start(bind: SocketAddr, public_ip: Option<IpAddr>, empty_room_timeout: Duration, liveness_timeout: Duration) -> Result<RtcHandle, RtcServerError> {
+    /// Binds the UDP socket (and the ICE-TCP listener) and spawns the media task on the current
+    /// tokio runtime. `tcp`: where to accept ICE over TCP; port 0 takes the UDP socket's port
+    /// number, and then a port already taken only costs the fallback (a warning), not the start.
+    pub fn start(
+        bind: SocketAddr,
+        tcp: Option<SocketAddr>,
+        public_ip: Option<IpAddr>,
+        empty_room_timeout: Duration,
+        liveness_timeout: Duration,
+    ) -> Result<RtcHandle, RtcServerError> {
         let socket = StdUdpSocket::bind(bind).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         socket.set_nonblocking(true).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let local_addr = socket.local_addr().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
@@ -127,12 +153,31 @@ impl RtcHandle {
         let candidates = host_candidates(local_addr, public_ip);
         let mut sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
         sfu.set_liveness_timeout(liveness_timeout);
+        let (mut tcp_events, mut tcp_addr) = (None, None);
+        if let Some(tcp) = tcp {
+            let derived = tcp.port() == 0;
+            let addr = if derived { SocketAddr::new(tcp.ip(), local_addr.port()) } else { tcp };
+            match bind_tcp(addr) {
+                Ok(listener) => {
+                    let tcp_local = listener.local_addr().map_err(|source| RtcServerError::Bind { addr, source })?;
+                    let tcp_candidates = host_candidates(tcp_local, public_ip);
+                    tracing::info!(addr = %tcp_local, candidates = ?tcp_candidates, "WebRTC ICE-TCP listening");
+                    sfu.set_tcp_candidates(tcp_candidates);
+                    tcp_addr = Some(tcp_local);
+                    let (tx, rx) = mpsc::channel(1024);
+                    tokio::spawn(crate::ice_tcp::accept(listener, tx));
+                    tcp_events = Some(rx);
+                }
+                Err(source) if derived => tracing::warn!(%addr, "ICE over TCP is off: {source}"),
+                Err(source) => return Err(RtcServerError::Bind { addr, source }),
+            }
+        }
         let counters = sfu.counters.clone();
         let (tx, rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(socket, rx, tx.downgrade(), sfu, candidates.clone(), events_tx));
+        tokio::spawn(run(socket, tcp_events, rx, tx.downgrade(), sfu, candidates.clone(), events_tx));
         tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
-        Ok(RtcHandle { tx, counters, local_addr, candidates, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
+        Ok(RtcHandle { tx, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
     }
 
     /// The room and media events (participants entering and leaving, tracks starting and
@@ -365,6 +410,7 @@ const RECV_BATCH: usize = 64;
 
 async fn run(
     socket: UdpSocket,
+    mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
     mut commands: mpsc::Receiver<Command>,
     command_tx: mpsc::WeakSender<Command>,
     mut sfu: Sfu,
@@ -379,6 +425,8 @@ async fn run(
     // Internal publishers that make keyframes on request, and where to tell them.
     let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
     let mut first_media: std::collections::HashMap<u64, mpsc::UnboundedSender<FirstMedia>> = std::collections::HashMap::new();
+    // ICE-TCP connections by the client's address.
+    let mut tcp_writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = std::collections::HashMap::new();
     loop {
         let deadline = sfu.next_timeout();
         tokio::select! {
@@ -525,6 +573,19 @@ async fn run(
                     sfu.flush(now);
                 }
             }
+            Some(event) = next_tcp(&mut tcp_events) => match event {
+                TcpEvent::Opened { remote, writer } => {
+                    tcp_writers.insert(remote, writer);
+                }
+                TcpEvent::Frame { remote, local, data } => {
+                    let now = Instant::now();
+                    sfu.handle_tcp_frame(now, remote, local, &data);
+                    sfu.flush(now);
+                }
+                TcpEvent::Closed { remote } => {
+                    tcp_writers.remove(&remote);
+                }
+            },
             _ = tokio::time::sleep_until(deadline.into()) => {}
         }
         // Due timeouts run now, not after the next timer tick (tokio's timer has 1 ms
@@ -538,6 +599,11 @@ async fn run(
         }
         while let Some(output) = sfu.poll_output() {
             match output {
+                SfuOutput::Transmit(t) if t.proto == Protocol::Tcp => {
+                    if let (Some(w), Some(framed)) = (tcp_writers.get(&t.destination), crate::ice_tcp::frame(&t.contents)) {
+                        let _ = w.try_send(framed);
+                    }
+                }
                 SfuOutput::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
                     Ok(_) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {

@@ -5,10 +5,11 @@
 //! (relays, recordings) join here as they land.
 //!
 //! `sfu` is the sans-IO core (datagrams and time in, datagrams and answers out); `driver` is the
-//! thin tokio task that owns the shared UDP socket and the timer.
+//! thin tokio task that owns the shared UDP socket, the ICE-TCP listener (`ice_tcp`) and the timer.
 
 pub mod driver;
 pub mod forward;
+mod ice_tcp;
 pub mod ingest;
 pub mod mcu;
 pub mod outputs;

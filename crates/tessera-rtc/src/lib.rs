@@ -9,6 +9,6 @@ pub mod offer;
 pub mod peer;
 
 pub use offer::{OfferError, OfferSection, OfferSummary, SectionKind};
-pub use peer::{reject_sections, Peer, PeerRole};
+pub use peer::{reject_sections, HostCandidates, Peer, PeerRole};
 /// The engine works with str0m's packet and event types directly.
 pub use str0m;

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
+use str0m::net::TcpType;
 use str0m::{Candidate, Rtc};
 use tessera_media::Codec;
 
@@ -23,6 +24,14 @@ const H264_PROFILES: [(u8, u8, u32); 4] = [(108, 109, 0x42e01f), (127, 121, 0x42
 /// Starting estimate for subscribers' bandwidth estimation.
 const INITIAL_BWE_KBPS: u64 = 1_500;
 
+/// The server's host candidates: UDP on the shared port, and passive TCP (RFC 6544, framed as
+/// RFC 4571) for clients whose UDP is blocked.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HostCandidates {
+    pub udp: Vec<SocketAddr>,
+    pub tcp: Vec<SocketAddr>,
+}
+
 pub struct Peer {
     pub rtc: Rtc,
     /// Our ICE ufrag: STUN binding requests of this peer carry it first in USERNAME.
@@ -34,7 +43,7 @@ impl Peer {
     /// server's host candidates (all on the shared UDP port).
     /// `first_video` is the video codec the offer lists first: the answer prefers it, since the
     /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
-    pub fn from_offer(role: PeerRole, offer: &str, candidates: &[SocketAddr], first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
+    pub fn from_offer(role: PeerRole, offer: &str, candidates: &HostCandidates, first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
         let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), now)?;
         let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
@@ -45,7 +54,7 @@ impl Peer {
 
     /// A peer the server offers to (room signaling's `sub` connection, PRODUCT.md §7): it
     /// plays to the client, and its sections are added and stopped by renegotiation.
-    pub fn offerer(candidates: &[SocketAddr], now: Instant) -> Result<Peer, OfferError> {
+    pub fn offerer(candidates: &HostCandidates, now: Instant) -> Result<Peer, OfferError> {
         let mut rtc = build(PeerRole::Play, candidates, true, now)?;
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Ok(Peer { rtc, local_ufrag })
@@ -54,7 +63,7 @@ impl Peer {
 
 /// The str0m peer Tessera runs: ICE-lite, RTP mode, Opus and H.264 (or VP8 first when the
 /// client prefers it), with bandwidth estimation when it plays to the client.
-fn build(role: PeerRole, candidates: &[SocketAddr], h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
+fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
     let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
     if !h264_first {
         config = config.enable_vp8(true);
@@ -70,8 +79,12 @@ fn build(role: PeerRole, candidates: &[SocketAddr], h264_first: bool, now: Insta
         config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
     }
     let mut rtc = config.build(now);
-    for addr in candidates {
+    for addr in &candidates.udp {
         let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Invalid(format!("bad host candidate {addr}: {e}")))?;
+        rtc.add_local_candidate(c);
+    }
+    for addr in &candidates.tcp {
+        let c = Candidate::builder().tcp().host(*addr).tcptype(TcpType::Passive).build().map_err(|e| OfferError::Invalid(format!("bad TCP host candidate {addr}: {e}")))?;
         rtc.add_local_candidate(c);
     }
     Ok(rtc)

@@ -12,6 +12,11 @@ pub struct Config {
     pub http_addr: SocketAddr,
     pub rtmp_addr: SocketAddr,
     pub rtc_udp_addr: SocketAddr,
+    /// ICE over TCP (passive candidates) for clients whose UDP is blocked.
+    pub rtc_tcp: bool,
+    /// Where ICE-TCP listens; unset: `rtc_udp_addr`'s address and port number.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rtc_tcp_addr: Option<SocketAddr>,
     /// Address advertised in ICE candidates and printed URLs; interface addresses when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<IpAddr>,
@@ -50,6 +55,8 @@ impl Default for Config {
             http_addr: "0.0.0.0:8080".parse().expect("valid"),
             rtmp_addr: "0.0.0.0:1935".parse().expect("valid"),
             rtc_udp_addr: "0.0.0.0:8443".parse().expect("valid"),
+            rtc_tcp: true,
+            rtc_tcp_addr: None,
             public_ip: None,
             data_dir: PathBuf::from("./tessera-data"),
             log: "info".into(),

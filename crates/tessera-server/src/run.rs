@@ -43,8 +43,12 @@ impl Server {
         let http_addr = http.local_addr().map_err(|source| StartError::Bind { what: "HTTP", addr: config.http_addr, source })?;
         let rtmp = TcpListener::bind(config.rtmp_addr).await.map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
         let rtmp_addr = rtmp.local_addr().map_err(|source| StartError::Bind { what: "RTMP", addr: config.rtmp_addr, source })?;
+        // ICE-TCP on the UDP address and port number unless configured elsewhere (port 0 there
+        // means "the UDP socket's port").
+        let rtc_tcp = config.rtc_tcp.then(|| config.rtc_tcp_addr.unwrap_or(std::net::SocketAddr::new(config.rtc_udp_addr.ip(), 0)));
         let rtc = tessera_engine::RtcHandle::start(
             config.rtc_udp_addr,
+            rtc_tcp,
             config.public_ip,
             std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
             std::time::Duration::from_secs(config.limits.webrtc_liveness_timeout_s.max(1).into()),
@@ -114,12 +118,15 @@ impl Server {
             "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (x264 bframes=0, keyframe 1-2 s)\n",
             self.rtmp_addr.port()
         ));
-        out.push_str(&format!("  Browser pages  {base}/publish.html  {base}/play.html\n"));
+        out.push_str(&format!("  Browser pages  {base}/room.html  {base}/publish.html  {base}/play.html\n"));
         out.push_str(&format!(
             "  WebRTC UDP     {}  (candidates: {})\n",
             self.state.rtc.local_addr,
             self.state.rtc.candidates.iter().map(|c| c.to_string()).collect::<Vec<_>>().join(", ")
         ));
+        if let Some(tcp) = self.state.rtc.tcp_addr {
+            out.push_str(&format!("  WebRTC TCP     {tcp}  (ICE over TCP, for clients whose UDP is blocked)\n"));
+        }
         out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
         out.push_str(&format!("  Try it         curl -H \"Authorization: Bearer $(cat {})\" {base}/v1/app\n", key_path.display()));
         out.push_str("  Anchor token   room 'demo', user 'demo', valid 6 h (mint more with `tessera token`):\n");

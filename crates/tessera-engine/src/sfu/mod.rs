@@ -117,7 +117,7 @@ impl Room {
 }
 
 pub struct Sfu {
-    candidates: Vec<SocketAddr>,
+    candidates: tessera_rtc::HostCandidates,
     sessions: HashMap<u64, Session>,
     internal: HashMap<u64, InternalPublisher>,
     by_sid: HashMap<String, u64>,
@@ -157,7 +157,7 @@ impl Sfu {
 
     pub fn new(candidates: Vec<SocketAddr>, empty_room_timeout: Duration, now: Instant) -> Sfu {
         Sfu {
-            candidates,
+            candidates: tessera_rtc::HostCandidates { udp: candidates, tcp: Vec::new() },
             sessions: HashMap::new(),
             internal: HashMap::new(),
             by_sid: HashMap::new(),
@@ -273,7 +273,7 @@ impl Sfu {
         tracing::info!(parent: &s.span, "ICE restart");
         self.mark_dirty(id);
         self.drain_all(now);
-        Some(IceRestart { ufrag: local.ufrag, pwd: local.pass, candidates: self.candidates.clone() })
+        Some(IceRestart { ufrag: local.ufrag, pwd: local.pass, candidates: self.candidates.udp.clone() })
     }
 
     /// Negotiates the offer and adds the session; returns the SDP answer.
@@ -385,8 +385,22 @@ impl Sfu {
         tracing::info!(parent: &s.span, "session closed");
     }
 
+    /// Also offers passive TCP host candidates (ICE over TCP, for clients whose UDP is blocked).
+    pub fn set_tcp_candidates(&mut self, tcp: Vec<SocketAddr>) {
+        self.candidates.tcp = tcp;
+    }
+
     /// A datagram arrived on the shared port.
     pub fn handle_datagram(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        self.receive(now, Protocol::Udp, source, destination, data);
+    }
+
+    /// A frame arrived on an ICE-TCP connection (RFC 4571: the length prefix already taken off).
+    pub fn handle_tcp_frame(&mut self, now: Instant, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
+        self.receive(now, Protocol::Tcp, source, destination, data);
+    }
+
+    fn receive(&mut self, now: Instant, proto: Protocol, source: SocketAddr, destination: SocketAddr, data: &[u8]) {
         self.counters.packets_received.fetch_add(1, Ordering::Relaxed);
         // A binding request names its peer by ufrag; it also (re)binds the source address.
         let id = match demux::binding_request_local_ufrag(data).and_then(|u| self.by_ufrag.get(u).copied()) {
@@ -405,7 +419,7 @@ impl Sfu {
         };
         let Ok(contents) = data.try_into() else { return };
         let Some(session) = self.sessions.get_mut(&id) else { return };
-        let input = Input::Receive(now, Receive { proto: Protocol::Udp, source, destination, contents });
+        let input = Input::Receive(now, Receive { proto, source, destination, contents });
         if let Err(e) = session.peer.rtc.handle_input(input) {
             tracing::debug!(parent: &session.span, "bad input: {e}");
             return;
