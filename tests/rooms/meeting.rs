@@ -26,6 +26,15 @@ fn aiortc_participants_publish_and_subscribe_to_each_other() {
         Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "bob"), "--rgb", "0,255,0", "--seconds", "18", "--delay", "2"]);
     let muted = next_of(&mut carol, "track_muted");
     assert_eq!((muted["user"].as_str(), muted["kind"].as_str(), muted["muted"].as_bool()), (Some("alice"), Some("video"), Some(true)), "{muted}");
+    // users.get shows what alice publishes (video muted) and receives from bob, with rates.
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    let alice_v = get(&server.url("/v1/rooms/meet/users/alice"), Some(key.trim())).json();
+    let tracks = alice_v["tracks"].as_array().unwrap_or_else(|| panic!("{alice_v}"));
+    let find = |dir: &str, kind: &str| tracks.iter().find(|t| t["direction"] == dir && t["kind"] == kind).unwrap_or_else(|| panic!("no {dir} {kind}: {alice_v}"));
+    assert_eq!(find("publish", "video")["muted"], true, "{alice_v}");
+    assert!(find("publish", "audio")["kbps"].as_f64().unwrap() > 5.0, "{alice_v}");
+    let from_bob = find("receive", "video");
+    assert!(from_bob["user"] == "bob" && from_bob["kbps"].as_f64().unwrap() > 1.0, "{alice_v}");
     let a = alice.finish(Duration::from_secs(60));
     let b = bob.finish(Duration::from_secs(60));
     let colour = |r: &Value, user: &str| -> Vec<u64> { r["received"][user]["mean_rgb"].as_array().unwrap_or(&vec![]).iter().map(|v| v.as_u64().unwrap()).collect() };

@@ -54,6 +54,7 @@ enum Command {
     Unsubscribe { sid: String, source: (tessera_model::UserId, tessera_media::StreamKind), reply: oneshot::Sender<SubscriberReply> },
     SubscriberAnswer { sid: String, sdp: String, reply: oneshot::Sender<SubscriberReply> },
     PendingOffer { sid: String, reply: oneshot::Sender<Option<SubscriberOffer>> },
+    UserTracks { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<Vec<crate::sfu::TrackStats>> },
     Mute { key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool, reply: oneshot::Sender<bool> },
     SwitchRole { key: RoomKey, user: tessera_model::UserId, role: tessera_model::Role, reply: oneshot::Sender<bool> },
 }
@@ -338,6 +339,11 @@ impl RtcHandle {
         self.ask(|reply| Command::PendingOffer { sid: sid.to_owned(), reply }).await
     }
 
+    /// The tracks a user publishes and receives in the room, with their rates.
+    pub async fn user_tracks(&self, key: RoomKey, user: tessera_model::UserId) -> Result<Vec<crate::sfu::TrackStats>, RtcServerError> {
+        self.ask(|reply| Command::UserTracks { key, user, reply }).await
+    }
+
     /// A publisher mutes or unmutes a started track. Whether that track has started.
     pub async fn mute(&self, key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool) -> Result<bool, RtcServerError> {
         self.ask(|reply| Command::Mute { key, user, track, muted, reply }).await
@@ -550,6 +556,9 @@ async fn run(
                     }
                     Command::PendingOffer { sid, reply } => {
                         let _ = reply.send(sfu.pending_offer(&sid));
+                    }
+                    Command::UserTracks { key, user, reply } => {
+                        let _ = reply.send(sfu.user_tracks(&key, &user));
                     }
                     Command::Mute { key, user, track, muted, reply } => {
                         let _ = reply.send(sfu.mute(&key, &user, track, muted));

@@ -23,6 +23,6 @@ pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcSer
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
 pub use sfu::{
     IceRestart, IngestPacket, OfferedTrack, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats, SubscribeRequest, SubscriberError,
-    SubscriberOffer, TapPacket,
+    SubscriberOffer, TapPacket, TrackStats,
 };
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

@@ -40,6 +40,8 @@ pub(super) struct Consumer {
     /// When an internal publisher's GOP was last replayed to this consumer (at most once a
     /// second: under overload each replay would be dropped again, packet by packet).
     gop_replayed_at: Option<Instant>,
+    /// What it sends (for the rooms API's per-track stats).
+    pub(super) sent: Option<super::producer::RateMeter>,
 }
 
 /// What one producer packet does at one consumer.
@@ -72,6 +74,7 @@ impl Consumer {
             pts,
             gate: FrameGate::default(),
             gop_replayed_at: None,
+            sent: None,
         }
     }
 
@@ -128,6 +131,7 @@ impl Consumer {
         let gap_ticks = self.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * fp.codec.clock_rate() as f64) as u32).unwrap_or(1);
         let Some((seq, ts)) = self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { return Route::Skip };
         self.last_sent = Some(now);
+        self.sent.get_or_insert_with(|| super::producer::RateMeter::new(now)).add(now, fp.payload.len() + 12);
         Route::Send { pt, seq, ts }
     }
 

@@ -169,3 +169,20 @@ pub struct RoomSummary {
     pub participants: usize,
     pub publishers: usize,
 }
+
+/// One track of a participant as the rooms API shows it (`users.get`): what it publishes, and
+/// what it receives (over WHEP or room signaling's `sub` connection).
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrackStats {
+    /// `publish` or `receive`.
+    pub direction: &'static str,
+    /// Receive: whose track.
+    pub source: Option<UserId>,
+    pub stream: StreamKind,
+    pub video: bool,
+    /// Measured over the last second or so.
+    pub kbps: f64,
+    /// Publish: each simulcast layer (`None` for a single encoding) and its rate. Receive: the
+    /// layer being forwarded.
+    pub layers: Vec<(Option<String>, f64)>,
+}

@@ -114,7 +114,23 @@ pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Ca
     let key = room_key(&caller, &room)?;
     let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
     let p = user_in(users, &user)?;
-    Ok(Json(user_view(&p)))
+    let mut v = user_view(&p);
+    let tracks = state.rtc.user_tracks(key, p.user.clone()).await.map_err(engine_stopped)?;
+    let muted = |stream: tessera_media::StreamKind, video: bool| p.tracks.iter().any(|(t, m)| *m && *t == tessera_engine::Track::of(stream, video));
+    v["tracks"] = tracks
+        .iter()
+        .map(|t| {
+            let layers: Vec<Value> = t.layers.iter().map(|(rid, kbps)| json!({"rid": rid, "kbps": kbps.round()})).collect();
+            let mut track =
+                json!({"direction": t.direction, "stream": t.stream.as_str(), "kind": if t.video { "video" } else { "audio" }, "kbps": t.kbps.round(), "layers": layers});
+            match &t.source {
+                Some(source) => track["user"] = json!(source),
+                None => track["muted"] = json!(muted(t.stream, t.video)),
+            }
+            track
+        })
+        .collect();
+    Ok(Json(v))
 }
 
 /// Removes the user: every session of theirs ends (104 Reason 3); an RTMP encoder is told
