@@ -364,3 +364,42 @@ fn config_file_flags_and_redacted_printout() {
     assert_eq!(parsed.kid.as_str(), "s1");
     assert_eq!(server.stop().code(), Some(0));
 }
+
+/// `/openapi.json` (PRODUCT.md §10) is OpenAPI 3.1 with the error schema, and every route it
+/// documents is one the server routes: each documented method on each path, with made-up
+/// parameters and no credentials, gets the route's own answer (401, 400, 404 of a resource…),
+/// never `route_not_found` or `method_not_allowed`.
+#[test]
+fn the_openapi_document_matches_the_router() {
+    let dir = TempDir::new("openapi");
+    let server = Server::start(&dir.path().join("data"), &[]);
+    let doc = get(&server.url("/openapi.json"), None).json();
+    assert!(doc["openapi"].as_str().is_some_and(|v| v.starts_with("3.1")), "{}", doc["openapi"]);
+    assert!(doc["components"]["schemas"]["ErrorBody"]["properties"]["code"].is_object(), "the error schema");
+    let paths = doc["paths"].as_object().unwrap();
+    for must in ["/v1/rooms/{room}/users/{user}", "/v1/mix-jobs", "/v1/recordings/{id}/pause", "/whip/{room}", "/whep/{room}/{user}/{stream}", "/v1/tokens"] {
+        assert!(paths.contains_key(must), "{must} is documented");
+    }
+    let mut operations = std::collections::HashSet::new();
+    let mut checked = 0;
+    for (path, item) in paths {
+        let url = path
+            .replace("{id}", "0123456789abcdef")
+            .replace("{room}", "r1")
+            .replace("{user}", "u1")
+            .replace("{stream}", "main")
+            .replace("{sid}", "nosuchsession")
+            .replace("{kid}", "k9")
+            .replace("{app}", "default")
+            .replace("{path}", "nosuch/file.ts");
+        assert!(!url.contains('{'), "an unknown parameter in {path}");
+        for (method, op) in item.as_object().unwrap() {
+            assert!(operations.insert(op["operationId"].as_str().unwrap().to_owned()), "operationId {} is unique", op["operationId"]);
+            let r = request(&method.to_uppercase(), &server.url(&url), None, Some(("application/json", b"{}")), &[]);
+            let code = serde_json::from_str::<serde_json::Value>(&r.body).ok().and_then(|v| v["code"].as_str().map(str::to_owned)).unwrap_or_default();
+            assert!(code != "route_not_found" && code != "method_not_allowed" && r.status != 405, "{method} {path} is documented but not routed: {} {}", r.status, r.body);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 45, "{checked} operations checked");
+}

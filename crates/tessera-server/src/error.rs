@@ -58,6 +58,20 @@ impl ApiError {
     }
 }
 
+/// The body of every error response (PRODUCT.md §5), for the OpenAPI document.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)] // documentation only: `ApiError::body` writes it
+pub struct ErrorBody {
+    /// Machine-readable, e.g. `token_expired`, `room_not_found`.
+    code: String,
+    message: String,
+    /// The request's `X-Request-Id`.
+    request_id: String,
+    /// More about the error, e.g. `{"required": 16}` for `privilege_missing`.
+    #[schema(value_type = Option<Object>)]
+    details: Option<serde_json::Value>,
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         if self.status.is_server_error() {

@@ -2,7 +2,10 @@
 
 use super::auth::Caller;
 use super::json::ApiJson;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,12 +15,13 @@ use serde_json::{json, Value};
 use tessera_model::apikey::MAX_NAME_LEN;
 use tessera_model::{ApiKeyRecord, Policy};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateKey {
     #[serde(default)]
     name: String,
     preset: Option<String>,
+    #[schema(value_type = Option<Object>)]
     policy: Option<Policy>,
 }
 
@@ -50,6 +54,7 @@ pub fn requested_policy(preset: Option<&str>, policy: Option<Policy>) -> ApiResu
     }
 }
 
+#[utoipa::path(post, operation_id = "apikeys.create", path = "/v1/api-keys", tag = "api-keys", request_body = CreateKey, responses((status = 201, description = "The key (shown only here) with its policy", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn create(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<CreateKey>) -> ApiResult<(StatusCode, Json<Value>)> {
     if req.name.len() > MAX_NAME_LEN {
         return Err(ApiError::invalid_parameter("name", format!("must be at most {MAX_NAME_LEN} characters")));
@@ -60,6 +65,7 @@ pub async fn create(State(state): State<AppState>, Extension(caller): Extension<
     Ok((StatusCode::CREATED, Json(json!({"id": r.id, "key": issued.key, "name": r.name, "policy": r.policy, "created_at": r.created_at}))))
 }
 
+#[utoipa::path(get, operation_id = "apikeys.list", path = "/v1/api-keys", tag = "api-keys", params(ListParams), responses((status = 200, description = "A page of keys", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<KeyView>>> {
     let apps = state.store.snapshot();
     let keys = apps.get(&caller.app).map(|a| a.api_keys.iter().map(|r| KeyView::new(&state, r)).collect()).unwrap_or_default();
@@ -70,12 +76,14 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("api_key_not_found", format!("the app has no API key with id '{id}'"))
 }
 
+#[utoipa::path(get, operation_id = "apikeys.get", path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "key id")), responses((status = 200, description = "The key (never its secret)", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<KeyView>> {
     let apps = state.store.snapshot();
     let record = apps.get(&caller.app).and_then(|a| a.api_key(&id)).ok_or_else(|| not_found(&id))?;
     Ok(Json(KeyView::new(&state, record)))
 }
 
+#[utoipa::path(delete, operation_id = "apikeys.delete", path = "/v1/api-keys/{id}", tag = "api-keys", params(("id" = String, Path, description = "key id")), responses((status = 200, description = "Deleted", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn delete(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     state.store.update(&caller.app, |a| a.remove_api_key(&id))?;
     Ok(Json(json!({"id": id, "deleted_at": crate::now_ms()})))

@@ -2,7 +2,10 @@
 //! Secrets and webhook keys are never returned, except a new secret once, in its 201.
 
 use super::auth::Caller;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::AppState;
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -24,6 +27,7 @@ fn view(app: &App) -> Value {
     })
 }
 
+#[utoipa::path(get, operation_id = "app.get", path = "/v1/app", tag = "app", responses((status = 200, description = "Webhook, auto recording, default storage, secrets' kids (never the secrets)", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>) -> ApiResult<Json<Value>> {
     let apps = state.store.snapshot();
     let app = apps.get(&caller.app).ok_or_else(|| ApiError::internal("the key's app vanished"))?;
@@ -57,6 +61,7 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 
 /// `PATCH /v1/app` is a JSON merge patch of `webhook`, `auto_recording` and `default_storage`.
 /// A webhook patch that leaves out `key` keeps the current key, since `GET` never shows it.
+#[utoipa::path(patch, operation_id = "app.update", path = "/v1/app", tag = "app", request_body(content = Value, content_type = "application/merge-patch+json", description = "JSON merge patch of webhook, auto_recording, default_storage"), responses((status = 200, description = "The settings now", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -101,6 +106,7 @@ struct AddSecret {
 
 /// `POST /v1/app/secrets`, with an optional body `{"kid": "..."}`; the new secret mints tokens
 /// from now on and is shown in this answer only.
+#[utoipa::path(post, operation_id = "secrets.create", path = "/v1/app/secrets", tag = "app", request_body(content = Value, description = "Optional: {\"kid\": \"...\"}"), responses((status = 201, description = "The new secret, shown only here", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn add_secret(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -124,6 +130,7 @@ pub async fn add_secret(
     Ok((StatusCode::CREATED, Json(json!({"kid": secret.kid, "secret": secret.secret, "created_at": secret.created_at}))))
 }
 
+#[utoipa::path(delete, operation_id = "secrets.delete", path = "/v1/app/secrets/{kid}", tag = "app", params(("kid" = String, Path, description = "secret id")), responses((status = 200, description = "Removed", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn remove_secret(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(kid): Path<String>) -> ApiResult<Json<Value>> {
     state.store.update(&caller.app, |app| app.remove_secret(&kid))?;
     Ok(Json(json!({"kid": kid, "deleted_at": crate::now_ms()})))

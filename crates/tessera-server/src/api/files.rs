@@ -86,6 +86,10 @@ fn stream(file: tokio::fs::File, len: u64) -> Body {
     Body::from_stream(chunks)
 }
 
+#[utoipa::path(get, operation_id = "files.get", path = "/files/{app}/{path}", tag = "files",
+    params(("app" = String, Path, description = "app id"), ("path" = String, Path, description = "a recording's file, as its result lists it"), ("token" = Option<String>, Query, description = "a user token of the file's room, instead of an API key")),
+    responses((status = 200, description = "The file (Range supported: 206)", content_type = "application/octet-stream", body = Vec<u8>), (status = "4XX", description = "Refused", body = crate::error::ErrorBody)),
+    security(("api_key" = []), ("user_token" = [])))]
 pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String, String)>, Query(q): Query<FileQuery>, headers: HeaderMap) -> ApiResult<Response> {
     let app = tessera_model::AppId::parse(&app).map_err(|_| no_such_file())?;
     if path.split('/').any(|s| s.is_empty() || s == ".." || s == ".") {

@@ -2,7 +2,10 @@
 
 use super::auth::Caller;
 use super::json::ApiJson;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,7 +17,7 @@ use tessera_media::StreamKind;
 use tessera_model::{RoomId, UserId};
 use tessera_tasks::ingest::{IngestRecord, NewIngest};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartIngest {
     room: String,
@@ -26,7 +29,7 @@ pub struct StartIngest {
     repeat: Option<i64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateIngest {
     url: String,
@@ -68,6 +71,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("task_not_found", format!("the app has no ingest with id '{id}'"))
 }
 
+#[utoipa::path(post, operation_id = "ingests.start", path = "/v1/ingests", tag = "ingests", request_body = StartIngest, responses((status = 201, description = "The ingest, STARTING", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartIngest>) -> ApiResult<(StatusCode, Json<Value>)> {
     let room = RoomId::parse(&req.room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
     let user = UserId::parse(&req.user).map_err(|e| ApiError::invalid_parameter("user", e.reason))?;
@@ -105,16 +109,19 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     ))
 }
 
+#[utoipa::path(get, operation_id = "ingests.list", path = "/v1/ingests", tag = "ingests", params(ListParams), responses((status = 200, description = "A page of ingests", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
     let items = state.tasks.ingests.list(&caller.app).iter().map(view).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
+#[utoipa::path(get, operation_id = "ingests.get", path = "/v1/ingests/{id}", tag = "ingests", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The ingest", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&task.record())))
 }
 
+#[utoipa::path(patch, operation_id = "ingests.update", path = "/v1/ingests/{id}", tag = "ingests", params(("id" = String, Path, description = "task id (16 lowercase hex)")), request_body = UpdateIngest, responses((status = 200, description = "The ingest, switching source", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateIngest>) -> ApiResult<Json<Value>> {
     let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     check_url(&req.url)?;
@@ -128,6 +135,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 
 /// Stops the ingest and answers once the worker has let go of the room (at most ~2 s: its
 /// blocking read is interrupted).
+#[utoipa::path(delete, operation_id = "ingests.stop", path = "/v1/ingests/{id}", tag = "ingests", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The ingest, STOPPED", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.ingests.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     state.tasks.ingests.stop(&task);

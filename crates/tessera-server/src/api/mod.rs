@@ -9,6 +9,7 @@ mod files;
 mod ingests;
 pub mod json;
 pub mod mixjobs;
+pub mod openapi;
 mod recordings;
 mod relays;
 mod rooms;
@@ -115,12 +116,13 @@ pub fn router(state: AppState) -> Router {
         .route("/whip/{room}", post(whip::publish).options(whip::options))
         .route("/whip/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
         .route("/whep/{room}/{user}/{stream}", post(whip::play).options(whip::options))
-        .route("/whep/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
+        .route("/whep/session/{sid}", patch(whip::whep_patch).delete(whip::whep_delete).options(whip::options))
         .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1));
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi::serve))
         .route("/v1/rtc", get(rtc::signaling))
         .route("/{page}", get(page))
         .route("/files/{app}/{*path}", get(files::file))
@@ -176,11 +178,13 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed on {}", req.method(), req.uri().path()))
 }
 
-async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "server", responses((status = 200, description = "{status, version, uptime_s}", body = Value)))]
+pub(crate) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     Json(json!({"status": "ok", "version": VERSION, "uptime_s": state.metrics.uptime_s()}))
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
+#[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "server", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
+pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.rtc.stats().await.unwrap_or_default();
     state.metrics.observe_sfu(&stats, &state.rtc.counters);
     state.metrics.observe_tasks(&crate::metrics::TaskCounts {

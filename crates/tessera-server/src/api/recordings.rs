@@ -2,7 +2,10 @@
 
 use super::auth::Caller;
 use super::json::ApiJson;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -15,7 +18,7 @@ use tessera_media::StreamKind;
 use tessera_model::{RoomId, UserId};
 use tessera_tasks::recording::{Mode, RecordingSpec, RecordingState, RecordingTask};
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SubscribeReq {
     #[serde(default)]
@@ -28,21 +31,21 @@ pub struct SubscribeReq {
     audio_deny: Vec<String>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HlsReq {
     #[serde(default)]
     segment_s: Option<u32>,
 }
 
-#[derive(Debug, Deserialize, Default)]
+#[derive(Debug, Deserialize, Default, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Mp4Req {
     #[serde(default)]
     split_minutes: Option<u32>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRecording {
     room: String,
@@ -101,6 +104,7 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found("task_not_found", format!("the app has no recording with id '{id}'"))
 }
 
+#[utoipa::path(post, operation_id = "recordings.start", path = "/v1/recordings", tag = "recordings", request_body = StartRecording, responses((status = 201, description = "The recording", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartRecording>) -> ApiResult<(StatusCode, Json<Value>)> {
     let room = RoomId::parse(&req.room).map_err(|e| bad("room", &e.reason))?;
     let req_mix = req.mix.clone();
@@ -205,16 +209,19 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     Ok((StatusCode::CREATED, Json(view(&id, &task))))
 }
 
+#[utoipa::path(get, operation_id = "recordings.list", path = "/v1/recordings", tag = "recordings", params(ListParams), responses((status = 200, description = "A page of recordings", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
     let items = state.tasks.recordings.list(&caller.app).iter().map(|(id, t)| view(id, t)).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
+#[utoipa::path(get, operation_id = "recordings.get", path = "/v1/recordings/{id}", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&id, &task)))
 }
 
+#[utoipa::path(get, operation_id = "recordings.result", path = "/v1/recordings/{id}/result", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The result JSON (RECORDING.md §5)", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn result(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let st = task.status.lock().expect("status").clone();
@@ -237,6 +244,7 @@ async fn wait_for(task: &RecordingTask, states: &[RecordingState]) {
     }
 }
 
+#[utoipa::path(post, operation_id = "recordings.pause", path = "/v1/recordings/{id}/pause", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording, PAUSED", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
@@ -248,6 +256,7 @@ pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<C
     Ok(Json(view(&id, &task)))
 }
 
+#[utoipa::path(post, operation_id = "recordings.resume", path = "/v1/recordings/{id}/resume", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording, RECORDING", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn resume(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
@@ -259,7 +268,7 @@ pub async fn resume(State(state): State<AppState>, Extension(caller): Extension<
     Ok(Json(view(&id, &task)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRecording {
     #[serde(default)]
@@ -271,6 +280,7 @@ pub struct UpdateRecording {
     mix: Option<Value>,
 }
 
+#[utoipa::path(patch, operation_id = "recordings.update", path = "/v1/recordings/{id}", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), request_body = UpdateRecording, responses((status = 200, description = "The recording", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRecording>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let current = task.status.lock().expect("status").state;
@@ -308,6 +318,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     Ok(Json(view(&id, &task)))
 }
 
+#[utoipa::path(delete, operation_id = "recordings.stop", path = "/v1/recordings/{id}", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording, stopping", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     task.stop();

@@ -2,7 +2,10 @@
 
 use super::auth::Caller;
 use super::json::ApiJson;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -14,7 +17,7 @@ use tessera_media::StreamKind;
 use tessera_model::{RoomId, UserId};
 use tessera_tasks::relay::{check_urls, NewRelay, RelayMedia, RelayRecord, RelayState, SourceRef};
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SourceReq {
     user: String,
@@ -22,7 +25,7 @@ pub struct SourceReq {
     stream: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRelay {
     room: String,
@@ -34,7 +37,7 @@ pub struct StartRelay {
     max_idle_time: Option<u64>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UpdateRelay {
     #[serde(default)]
@@ -69,6 +72,7 @@ fn url_in_use(url: &str) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, "url_in_use", format!("another relay already pushes to {}", url.rsplit_once('/').map(|(a, _)| a).unwrap_or(url)))
 }
 
+#[utoipa::path(post, operation_id = "relays.start", path = "/v1/relays", tag = "relays", request_body = StartRelay, responses((status = 201, description = "The relay", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn start(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiJson(req): ApiJson<StartRelay>) -> ApiResult<(StatusCode, Json<Value>)> {
     let room = RoomId::parse(&req.room).map_err(|e| ApiError::invalid_parameter("room", e.reason))?;
     let source = source(&req.source)?;
@@ -96,16 +100,19 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     Ok((StatusCode::CREATED, Json(view(&record))))
 }
 
+#[utoipa::path(get, operation_id = "relays.list", path = "/v1/relays", tag = "relays", params(ListParams), responses((status = 200, description = "A page of relays", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
     let items = state.tasks.relays.list(&caller.app).iter().map(view).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
+#[utoipa::path(get, operation_id = "relays.get", path = "/v1/relays/{id}", tag = "relays", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The relay", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     Ok(Json(view(&task.record())))
 }
 
+#[utoipa::path(patch, operation_id = "relays.update", path = "/v1/relays/{id}", tag = "relays", params(("id" = String, Path, description = "task id (16 lowercase hex)")), request_body = UpdateRelay, responses((status = 200, description = "The relay", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn update(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>, ApiJson(req): ApiJson<UpdateRelay>) -> ApiResult<Json<Value>> {
     let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     let record = task.record();
@@ -132,6 +139,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
 }
 
 /// Stops the relay: every URL goes 5 → 0; answers once that is done (at most ~3 s).
+#[utoipa::path(delete, operation_id = "relays.stop", path = "/v1/relays/{id}", tag = "relays", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The relay, stopping", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.relays.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
     state.tasks.relays.stop(&task);

@@ -3,7 +3,10 @@
 //! LeaveCode 2, then 102). The SFU owns sessions, `tessera-tasks` the tasks.
 
 use super::auth::Caller;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::{ApiQuery, AppState, ListQuery, Page};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::extract::{Path, State};
 use axum::{Extension, Json};
@@ -67,12 +70,14 @@ fn user_view(p: &ParticipantInfo) -> Value {
     })
 }
 
+#[utoipa::path(get, operation_id = "rooms.list", path = "/v1/rooms", tag = "rooms", params(ListParams), responses((status = 200, description = "A page of rooms with participant, publisher and task counts", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
     let rooms = state.rtc.rooms(caller.app.clone()).await.map_err(engine_stopped)?;
     let items = rooms.iter().map(|r| room_view(&state, r)).collect();
     Ok(Json(q.page(items, |v| v["room"].as_str().unwrap_or(""))?))
 }
 
+#[utoipa::path(get, operation_id = "rooms.get", path = "/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, description = "room id")), responses((status = 200, description = "The room with a users summary", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
     let rooms = state.rtc.rooms(caller.app.clone()).await.map_err(engine_stopped)?;
@@ -84,6 +89,7 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
 }
 
 /// Dismisses the room: its tasks stop (LeaveCode 2), every session ends (104 Reason 3), 102.
+#[utoipa::path(delete, operation_id = "rooms.dismiss", path = "/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, description = "room id")), responses((status = 200, description = "Dismissed: every session ends, tasks stop", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn dismiss(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
     if state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.is_none() {
@@ -94,6 +100,7 @@ pub async fn dismiss(State(state): State<AppState>, Extension(caller): Extension
     Ok(Json(json!({"room": key.room, "dismissed_at": crate::now_ms()})))
 }
 
+#[utoipa::path(get, operation_id = "users.list", path = "/v1/rooms/{room}/users", tag = "rooms", params(("room" = String, Path, description = "room id"), ListParams), responses((status = 200, description = "A page of participants", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn users(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
@@ -110,6 +117,7 @@ fn user_in(users: Vec<ParticipantInfo>, user: &str) -> ApiResult<ParticipantInfo
     users.into_iter().find(|p| p.user.as_str() == user).ok_or_else(|| ApiError::not_found("user_not_found", format!("user '{user}' is not in the room")))
 }
 
+#[utoipa::path(get, operation_id = "users.get", path = "/v1/rooms/{room}/users/{user}", tag = "rooms", params(("room" = String, Path, description = "room id"), ("user" = String, Path, description = "user id")), responses((status = 200, description = "The participant with per-track stats", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path((room, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
     let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
@@ -135,6 +143,7 @@ pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Ca
 
 /// Removes the user: every session of theirs ends (104 Reason 3); an RTMP encoder is told
 /// `removed` and disconnected, an ingest publishing as the user stops.
+#[utoipa::path(delete, operation_id = "users.kick", path = "/v1/rooms/{room}/users/{user}", tag = "rooms", params(("room" = String, Path, description = "room id"), ("user" = String, Path, description = "user id")), responses((status = 200, description = "Removed: every session of the user ends", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn kick(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path((room, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
     let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;

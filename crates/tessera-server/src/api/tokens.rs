@@ -2,7 +2,10 @@
 
 use super::auth::Caller;
 use super::json::ApiJson;
+#[allow(unused_imports)]
+use super::openapi::ListParams;
 use super::AppState;
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::http::StatusCode;
 use axum::{Extension, Json};
@@ -14,7 +17,7 @@ use tessera_model::{Privileges, Role, RoomId, UserId};
 pub const DEFAULT_TTL_S: i64 = 6 * 3600;
 pub const MAX_TTL_S: i64 = 30 * 24 * 3600;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateToken {
     room: String,
@@ -59,6 +62,7 @@ pub fn claims_for(req: &CreateToken, app: &str, now_s: i64) -> ApiResult<TokenCl
     })
 }
 
+#[utoipa::path(post, operation_id = "tokens.create", path = "/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "{token, expires_at}", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn create(
     axum::extract::State(state): axum::extract::State<AppState>,
     Extension(caller): Extension<Caller>,

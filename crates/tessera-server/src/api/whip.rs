@@ -6,6 +6,7 @@ use super::auth::bearer;
 use super::ApiQuery;
 use super::AppState;
 use crate::entry::{check_entry, privilege_missing, verify_raw};
+use crate::error::ErrorBody;
 use crate::error::{ApiError, ApiResult};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -135,6 +136,8 @@ pub struct WhipQuery {
 }
 
 /// `POST /whip/{room}[?stream=main|aux]`
+#[utoipa::path(post, operation_id = "whip.publish", path = "/whip/{room}", tag = "whip-whep", params(("room" = String, Path, description = "room id"), ("stream" = Option<String>, Query, description = "main (default) or aux")), request_body(content = String, content_type = "application/sdp", description = "The SDP offer"),
+    responses((status = 201, description = "The SDP answer; Location, ETag, Accept-Patch and one Link per ICE server", content_type = "application/sdp", body = String), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
 pub async fn publish(
     State(state): State<AppState>,
     Path(room): Path<String>,
@@ -182,6 +185,9 @@ pub struct WhepQuery {
 }
 
 /// `POST /whep/{room}/{user}/{stream}[?quality=auto|h|m|l]`
+#[utoipa::path(post, operation_id = "whep.play", path = "/whep/{room}/{user}/{stream}", tag = "whip-whep",
+    params(("room" = String, Path, description = "room id"), ("user" = String, Path, description = "whose stream"), ("stream" = String, Path, description = "main or aux"), ("quality" = Option<String>, Query, description = "auto (default), h, m or l")), request_body(content = String, content_type = "application/sdp", description = "The SDP offer"),
+    responses((status = 201, description = "The SDP answer (sections the token may not receive are rejected)", content_type = "application/sdp", body = String), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
 pub async fn play(
     State(state): State<AppState>,
     Path((room, user, stream)): Path<(String, String, String)>,
@@ -261,6 +267,8 @@ async fn owned_session(state: &AppState, token: &UserToken, sid: &str) -> ApiRes
 /// → 204: Tessera is ICE-lite and learns the client's address from its checks. A new ufrag and
 /// pwd is an ICE restart: it needs `If-Match` with the session's ETag (else 412) and is answered
 /// 200 with the server's new credentials and candidates, and a new ETag.
+#[utoipa::path(patch, operation_id = "whip.patch", path = "/whip/session/{sid}", tag = "whip-whep", params(("sid" = String, Path, description = "session id (the Location)"), ("If-Match" = Option<String>, Header, description = "the ETag, for an ICE restart")),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag"), responses((status = 204, description = "Trickled candidates taken (ICE-lite: nothing to do)"), (status = 200, description = "ICE restart: the server's new credentials and candidates; a new ETag", content_type = "application/trickle-ice-sdpfrag", body = String), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
 pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
     let token = verify_token(&state, &headers, false)?;
     let ct = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -297,11 +305,25 @@ pub async fn patch(State(state): State<AppState>, Path(sid): Path<String>, heade
 }
 
 /// `DELETE /whip/session/{sid}` and `/whep/session/{sid}`; an expired token is accepted.
+#[utoipa::path(delete, operation_id = "whip.delete", path = "/whip/session/{sid}", tag = "whip-whep", params(("sid" = String, Path, description = "session id")), responses((status = 200, description = "Ended"), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
 pub async fn delete(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
     let token = verify_token(&state, &headers, true)?;
     owned_session(&state, &token, &sid).await?;
     state.rtc.remove_session(&sid).await.map_err(|e| ApiError::internal(e.to_string()))?;
     Ok(StatusCode::OK)
+}
+
+/// `PATCH /whep/session/{sid}`: as for WHIP.
+#[utoipa::path(patch, operation_id = "whep.patch", path = "/whep/session/{sid}", tag = "whip-whep", params(("sid" = String, Path, description = "session id (the Location)"), ("If-Match" = Option<String>, Header, description = "the ETag, for an ICE restart")),
+    request_body(content = String, content_type = "application/trickle-ice-sdpfrag"), responses((status = 204, description = "Trickled candidates taken (ICE-lite: nothing to do)"), (status = 200, description = "ICE restart: the server's new credentials and candidates; a new ETag", content_type = "application/trickle-ice-sdpfrag", body = String), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
+pub async fn whep_patch(state: State<AppState>, sid: Path<String>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    patch(state, sid, headers, body).await
+}
+
+/// `DELETE /whep/session/{sid}`: as for WHIP.
+#[utoipa::path(delete, operation_id = "whep.delete", path = "/whep/session/{sid}", tag = "whip-whep", params(("sid" = String, Path, description = "session id")), responses((status = 200, description = "Ended"), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
+pub async fn whep_delete(state: State<AppState>, sid: Path<String>, headers: HeaderMap) -> ApiResult<StatusCode> {
+    delete(state, sid, headers).await
 }
 
 /// `OPTIONS` on every WHIP/WHEP path.
