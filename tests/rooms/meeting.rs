@@ -130,3 +130,114 @@ fn four_browsers_meet_in_the_room_page() {
     assert!(at(104, "dan").is_some_and(|x| x > at(201, "dan").unwrap()), "dan leaves (104) last: {:?}", codes("dan"));
     assert_eq!(codes("cat").iter().filter(|c| [103, 104].contains(c)).count(), 1, "a resume is no 104/103 pair: {:?}", codes("cat"));
 }
+
+/// Scenario 5 (PRODUCT.md §14): four browsers join `class1` over `/v1/rtc`, each with a solid
+/// colour and a tone; a nine-grid mix at 1280x720 15 fps 1.5 Mbit/s goes to an RTMP receiver
+/// (`ffmpeg -listen 1`). A WHEP viewer of the mix sees the four colours in their 2x2 tiles and
+/// hears the four tones; the receiver has H.264 1280x720 and AAC; event 401 reports 1, then 2.
+#[test]
+fn four_browsers_and_a_nine_grid_mix_to_rtmp() {
+    let _turn = serial();
+    let dir = TempDir::new("rtc-scenario5");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let http = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "cl4ssKey", &[]);
+    hooks.subscribe(&server, &key, "cl4ssKey");
+    let people = [("ann", "#ff0000", "300", [255, 0, 0]), ("ben", "#00ff00", "500", [0, 255, 0]), ("cat", "#0000ff", "700", [0, 0, 255]), ("dan", "#ffff00", "900", [255, 255, 0])];
+    let specs: Vec<String> = people.iter().map(|(u, c, t, _)| format!("{u},{},{c},{t}", token(&data, "class1", u))).collect();
+    let base = server.base.clone();
+    let mut args = vec!["room", "--base", &base, "--seconds", "22"];
+    for s in &specs {
+        args.extend(["--participant", s.as_str()]);
+    }
+    let browsers = Client::start(&net, "browser.py", &args);
+    until(Duration::from_secs(40), "the four browsers never published", || {
+        (users(&server, &key, "class1").iter().filter(|u| u["streams"] == json!(["main"])).count() == 4).then_some(())
+    });
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let received = dir.path().join("cdn.flv");
+    let mut cdn = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i", &format!("rtmp://127.0.0.1:{port}/live/class1"), "-c", "copy", "-f", "flv"])
+        .arg(&received)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let body = json!({"room": "class1", "layout": {"template": "nine_grid"}, "encode": {"template": "1280x720_15_1500"}, "outputs": {"rtmp_urls": [format!("rtmp://127.0.0.1:{port}/live/class1")]}});
+    let r = post_json(&server.url("/v1/mix-jobs"), Some(&key), &body);
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let relay = r.json()["outputs"]["relay_id"].as_str().unwrap().to_owned();
+    let job = until(Duration::from_secs(20), "the mix never laid out four tiles", || {
+        let v = get(&server.url(&format!("/v1/mix-jobs/{id}")), Some(&key)).json();
+        (v["state"] == "RUNNING" && v["inputs"].as_array().is_some_and(|i| i.iter().filter(|i| !i["tile"].is_null()).count() == 4)).then_some(v)
+    });
+    // Each tile's centre, by user.
+    let centres: Vec<(String, (u64, u64))> = job["inputs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|i| !i["tile"].is_null())
+        .map(|i| {
+            let t = &i["tile"];
+            let c = |a: &str, b: &str| t[a].as_u64().unwrap() + t[b].as_u64().unwrap() / 2;
+            (i["user"].as_str().unwrap().to_owned(), (c("x", "width"), c("y", "height")))
+        })
+        .collect();
+    let points = centres.iter().map(|(_, (x, y))| format!("{x},{y}")).collect::<Vec<_>>().join(";");
+    let viewer = Client::start(
+        &net,
+        "aiortc_client.py",
+        &[
+            "play",
+            "--url",
+            &server.url(&format!("/whep/class1/mix_{id}/main")),
+            "--token",
+            &token(&data, "class1", "viewer"),
+            "--seconds",
+            "8",
+            "--sample",
+            &points,
+            "--tones",
+            "300,500,700,900",
+        ],
+    );
+    let v = viewer.finish(Duration::from_secs(60));
+    assert_eq!((v["width"].as_u64(), v["height"].as_u64()), (Some(1280), Some(720)), "{v}");
+    let last = v["samples"].as_array().and_then(|s| s.last()).unwrap_or_else(|| panic!("no samples: {v}"));
+    for ((user, _), rgb) in centres.iter().zip(last[1].as_array().unwrap()) {
+        let want = people.iter().find(|p| p.0 == user).unwrap().3;
+        let got: Vec<i64> = rgb.as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        assert!(got.iter().zip(want).all(|(g, w)| (g - w).abs() < 60), "{user}'s tile shows {got:?}, not {want:?}: {v}");
+    }
+    let tones = &v["tones"];
+    assert!(["300", "500", "700", "900"].iter().all(|f| tones[*f].as_f64().unwrap_or(0.0) > 30.0), "all four tones in the mix: {tones}");
+
+    let r = request("DELETE", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    std::thread::sleep(Duration::from_secs(2));
+    let _ = Command::new("kill").args(["-INT", &cdn.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while cdn.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = cdn.kill();
+    let _ = cdn.wait();
+    let out = Command::new("ffprobe").args(["-v", "error", "-show_entries", "stream=codec_name,width,height", "-of", "json"]).arg(&received).output().unwrap();
+    let probe: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let streams = probe["streams"].as_array().cloned().unwrap_or_default();
+    assert!(streams.iter().any(|s| s["codec_name"] == "h264" && s["width"] == 1280 && s["height"] == 720), "{probe}");
+    assert!(streams.iter().any(|s| s["codec_name"] == "aac"), "{probe}");
+    let events = hooks.wait_for(Duration::from_secs(10), "the relay's 401s", |e| {
+        e.iter().filter(|e| e["EventType"] == 401 && e["EventInfo"]["TaskId"] == relay.as_str()).any(|e| e["EventInfo"]["Payload"]["Status"] == 2)
+    });
+    let statuses: Vec<u64> =
+        events.iter().filter(|e| e["EventType"] == 401 && e["EventInfo"]["TaskId"] == relay.as_str()).map(|e| e["EventInfo"]["Payload"]["Status"].as_u64().unwrap()).collect();
+    assert_eq!(statuses[..2], [1, 2], "{statuses:?}");
+    browsers.vanish();
+}
