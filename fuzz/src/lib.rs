@@ -158,6 +158,27 @@ pub fn sdp_offer(data: &[u8]) {
     let _ = tessera_rtc::str0m::change::SdpOffer::from_sdp_string(text);
 }
 
+/// Room signaling's `answer` on the server-offered `sub` connection: str0m's SDP parser and its
+/// answer checks against a pending offer of an audio and a video section.
+pub fn sdp_answer(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(answer) = tessera_rtc::str0m::change::SdpAnswer::from_sdp_string(text) else { return };
+    let (mut peer, pending) = offering_peer();
+    let _ = peer.rtc.sdp_api().accept_answer(pending, answer);
+}
+
+/// A `sub` connection with an offer of audio and video waiting for its answer.
+fn offering_peer() -> (tessera_rtc::Peer, tessera_rtc::str0m::change::SdpPendingOffer) {
+    use tessera_rtc::str0m::media::{Direction, MediaKind};
+    let candidates = tessera_rtc::HostCandidates { udp: vec!["127.0.0.1:9".parse().expect("addr")], tcp: vec!["127.0.0.1:9".parse().expect("addr")] };
+    let mut peer = tessera_rtc::Peer::offerer(&candidates, std::time::Instant::now()).expect("a peer");
+    let mut api = peer.rtc.sdp_api();
+    api.add_media(MediaKind::Audio, Direction::SendOnly, Some("u-main".into()), Some("u-main-audio".into()), None);
+    api.add_media(MediaKind::Video, Direction::SendOnly, Some("u-main".into()), Some("u-main-video".into()), None);
+    let (_, pending) = api.apply().expect("an offer");
+    (peer, pending)
+}
+
 /// User tokens (HS256 JWT) as they arrive in `Authorization`, `?token=` and the WS join.
 pub fn jwt(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -181,7 +202,7 @@ pub fn json_bodies(data: &[u8]) {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 10] = [
+pub const TARGETS: [Target; 11] = [
     ("amf0", amf0),
     ("rtmp_server", rtmp_server),
     ("rtmp_client", rtmp_client),
@@ -189,6 +210,7 @@ pub const TARGETS: [Target; 10] = [
     ("rtp", rtp),
     ("stun", stun),
     ("sdp_offer", sdp_offer),
+    ("sdp_answer", sdp_answer),
     ("jwt", jwt),
     ("task_file", task_file),
     ("json_bodies", json_bodies),
@@ -321,6 +343,20 @@ a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:3
 a=rtpmap:96 H264/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
 a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rid:h send\r\na=rid:l send\r\na=simulcast:send h;l\r\n";
         put("sdp_offer", "publish", offer.as_bytes());
+        // What a browser-like answerer (str0m) answers to the `sub` connection's offer.
+        {
+            use tessera_rtc::str0m::media::{Direction, MediaKind};
+            let mut server =
+                tessera_rtc::Peer::offerer(&tessera_rtc::HostCandidates { udp: vec!["127.0.0.1:9".parse().unwrap()], tcp: vec![] }, std::time::Instant::now()).unwrap();
+            let mut api = server.rtc.sdp_api();
+            api.add_media(MediaKind::Audio, Direction::SendOnly, None, None, None);
+            api.add_media(MediaKind::Video, Direction::SendOnly, None, None, None);
+            let (offer, _) = api.apply().unwrap();
+            let mut client = tessera_rtc::str0m::Rtc::builder().build(std::time::Instant::now());
+            client.add_local_candidate(tessera_rtc::str0m::Candidate::host("127.0.0.1:10".parse().unwrap(), "udp").unwrap());
+            let answer = client.sdp_api().accept_offer(offer).unwrap();
+            put("sdp_answer", "answer", answer.to_sdp_string().as_bytes());
+        }
         let claims = tessera_model::token::TokenClaims {
             app: "default".into(),
             room: "r".into(),
