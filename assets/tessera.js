@@ -18,7 +18,7 @@
 //   stream_removed  { user, stream },
 //   reconnecting, reconnected { resumed }, disconnected { reason }.
 
-/** @typedef {{user: string, role: number, user_type: number, info: ?string, tracks: Array<{stream: string, kind: string, muted: boolean}>}} Participant */
+/** @typedef {{user: string, role: number, user_type: number, info: ?string, tracks: Array<{stream: string, kind: string, codec: ?string, layers: string[], muted: boolean}>}} Participant */
 /** @typedef {{audio?: boolean|MediaTrackConstraints, video?: boolean|MediaTrackConstraints, simulcast?: boolean}} CameraOptions */
 
 const PING_EVERY_MS = 5000;
@@ -139,7 +139,7 @@ export class Room extends EventTarget {
         break;
       case 'track_published': {
         const p = this.participants.get(m.user);
-        if (p && !p.tracks.some((t) => t.stream === m.stream && t.kind === m.kind)) p.tracks.push({ stream: m.stream, kind: m.kind, muted: false });
+        if (p && !p.tracks.some((t) => t.stream === m.stream && t.kind === m.kind)) p.tracks.push({ stream: m.stream, kind: m.kind, codec: m.codec, layers: m.layers || [], muted: false });
         break;
       }
       case 'track_unpublished': {

@@ -93,6 +93,8 @@ fn participants_meet_over_the_signaling_socket() {
     assert_eq!((seen["user"].as_str(), seen["user_type"].as_u64()), (Some("carol"), Some(12)));
     let track = next_of(&mut alice, "track_published");
     assert_eq!((track["user"].as_str(), track["stream"].as_str()), (Some("carol"), Some("main")), "{track}");
+    let codec = if track["kind"] == "video" { "H264" } else { "opus" };
+    assert_eq!((track["codec"].as_str(), track["layers"].clone()), (Some(codec), json!([])), "{track}");
 
     // bob subscribed to carol's stream by himself (auto_subscribe): the server offered the
     // `sub` connection with her audio and video; asking again changes nothing.

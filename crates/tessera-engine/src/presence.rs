@@ -94,6 +94,22 @@ impl Track {
     }
 }
 
+/// What a track carries, as room signaling announces it (`track_published`, `joined`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackMedia {
+    pub codec: tessera_media::Codec,
+    /// Simulcast layers by rid (`h`, `m`, `l`), empty for a single encoding.
+    pub layers: Vec<String>,
+}
+
+/// A participant's track with media: what it carries and whether it is muted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TrackState {
+    pub track: Track,
+    pub muted: bool,
+    pub media: Option<TrackMedia>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RoomEvent {
     RoomCreated {
@@ -126,6 +142,7 @@ pub enum RoomEvent {
         room: RoomKey,
         user: UserId,
         track: Track,
+        media: TrackMedia,
     },
     TrackStopped {
         room: RoomKey,
@@ -163,6 +180,8 @@ struct Participant {
     started: Vec<Track>,
     /// Started tracks its publisher has muted.
     muted: Vec<Track>,
+    /// What each started track carries.
+    media: Vec<(Track, TrackMedia)>,
 }
 
 /// A participant as the rooms API shows it (PRODUCT.md §10: `users.list`).
@@ -178,8 +197,8 @@ pub struct ParticipantInfo {
     pub sessions: Vec<u8>,
     /// The streams it publishes.
     pub streams: Vec<StreamKind>,
-    /// Its tracks with media, and whether each is muted.
-    pub tracks: Vec<(Track, bool)>,
+    /// Its tracks with media.
+    pub tracks: Vec<TrackState>,
 }
 
 #[derive(Default)]
@@ -225,6 +244,7 @@ impl Presence {
             sessions: vec![(session, publishes, join.user_type)],
             started: Vec::new(),
             muted: Vec::new(),
+            media: Vec::new(),
         };
         self.participants.insert(key, participant);
         self.events.push(RoomEvent::Entered { room: room.clone(), user: user.clone(), join: JoinInfo { role, ..join.clone() }, reason });
@@ -251,6 +271,7 @@ impl Presence {
                 let stopped: Vec<Track> = p.started.iter().copied().filter(|t| t.stream() == stream).collect();
                 p.started.retain(|t| t.stream() != stream);
                 p.muted.retain(|t| t.stream() != stream);
+                p.media.retain(|(t, _)| t.stream() != stream);
                 for track in stopped {
                     self.events.push(RoomEvent::TrackStopped { room: key.0.clone(), user: key.1.clone(), track });
                 }
@@ -259,12 +280,14 @@ impl Presence {
     }
 
     /// The first packet of a track of `session` (the SFU calls this once per producer).
-    pub fn media(&mut self, session: u64, track: Track) {
+    pub fn media(&mut self, session: u64, track: Track, media: TrackMedia) {
         let Some(key) = self.by_session.get(&session) else { return };
         let Some(p) = self.participants.get_mut(key) else { return };
         if !p.started.contains(&track) {
             p.started.push(track);
-            self.events.push(RoomEvent::TrackStarted { room: key.0.clone(), user: key.1.clone(), track });
+            p.media.retain(|(t, _)| *t != track);
+            p.media.push((track, media.clone()));
+            self.events.push(RoomEvent::TrackStarted { room: key.0.clone(), user: key.1.clone(), track, media });
         }
     }
 
@@ -295,6 +318,7 @@ impl Presence {
             if role == Role::Audience {
                 p.started.clear();
                 p.muted.clear();
+                p.media.clear();
             }
             self.events.push(RoomEvent::RoleChanged { room: room.clone(), user: user.clone(), role });
         }
@@ -333,7 +357,11 @@ impl Presence {
                     joined: p.joined,
                     sessions: p.sessions.iter().map(|(_, _, t)| *t).collect(),
                     streams,
-                    tracks: p.started.iter().map(|t| (*t, p.muted.contains(t))).collect(),
+                    tracks: p
+                        .started
+                        .iter()
+                        .map(|t| TrackState { track: *t, muted: p.muted.contains(t), media: p.media.iter().find(|(x, _)| x == t).map(|(_, m)| m.clone()) })
+                        .collect(),
                 }
             })
             .collect();
@@ -353,6 +381,10 @@ mod tests {
 
     fn room() -> RoomKey {
         RoomKey { app: AppId::default_app(), room: RoomId::parse("r").unwrap() }
+    }
+
+    fn h264() -> TrackMedia {
+        TrackMedia { codec: tessera_media::Codec::H264, layers: vec!["h".into(), "l".into()] }
     }
 
     fn user(u: &str) -> UserId {
@@ -382,10 +414,10 @@ mod tests {
         p.joined(1, &room(), &user("a"), &ws, None, now);
         p.joined(2, &room(), &user("a"), &ws, Some(StreamKind::Main), now);
         assert!(!p.mute(&room(), &user("a"), Track::MainVideo, true), "no media yet: nothing to mute");
-        p.media(2, Track::MainVideo);
+        p.media(2, Track::MainVideo, h264());
         assert!(p.mute(&room(), &user("a"), Track::MainVideo, true));
         assert!(p.mute(&room(), &user("a"), Track::MainVideo, true), "muting twice is no change");
-        assert_eq!(p.participants(&room())[0].tracks, vec![(Track::MainVideo, true)]);
+        assert_eq!(p.participants(&room())[0].tracks, vec![TrackState { track: Track::MainVideo, muted: true, media: Some(h264()) }]);
         assert!(p.mute(&room(), &user("a"), Track::MainVideo, false));
         assert!(p.set_role(&room(), &user("a"), Role::Audience));
         // Its publisher leaving now reports no stop: 105 covered it.
@@ -403,9 +435,9 @@ mod tests {
         p.room_created(&room(), &user("alice"));
         p.joined(1, &room(), &user("alice"), &whep, None, now);
         p.joined(2, &room(), &user("alice"), &whip, Some(StreamKind::Main), now);
-        p.media(2, Track::MainVideo);
-        p.media(2, Track::MainVideo);
-        p.media(2, Track::MainAudio);
+        p.media(2, Track::MainVideo, h264());
+        p.media(2, Track::MainVideo, h264());
+        p.media(2, Track::MainAudio, h264());
         // The publication ends while the viewer stays: the stops are reported.
         p.left(2, LeaveReason::Left, now);
         assert_eq!(p.count_by_user_type(), [(user_type::WHEP, 1)], "one participant, counted by its first session");
@@ -420,13 +452,13 @@ mod tests {
         let (mut p, now) = (Presence::default(), Instant::now());
         let rtmp = JoinInfo::anchor(user_type::RTMP);
         p.joined(1, &room(), &user("obs"), &rtmp, Some(StreamKind::Main), now);
-        p.media(1, Track::MainVideo);
+        p.media(1, Track::MainVideo, h264());
         // The newer push joins first, then the older one is closed.
         p.joined(2, &room(), &user("obs"), &rtmp, Some(StreamKind::Main), now);
         p.left(1, LeaveReason::Left, now);
-        p.media(2, Track::MainVideo);
+        p.media(2, Track::MainVideo, h264());
         p.joined(3, &room(), &user("obs"), &JoinInfo::anchor(user_type::WHIP), Some(StreamKind::Aux), now);
-        p.media(3, Track::Aux);
+        p.media(3, Track::Aux, h264());
         p.left(3, LeaveReason::Left, now);
         p.left(2, LeaveReason::Left, now);
         assert_eq!(codes(&p.drain()), ["103/1", "201", "205", "206", "104/1"]);

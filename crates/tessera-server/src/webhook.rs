@@ -157,7 +157,7 @@ impl Webhooks {
             ),
             RoomEvent::Exited { room, user, role, reason } => (room, 104, EventInfo { role: Some(role.code() as u8), reason: Some((*reason).into()), ..user_info(room, user) }),
             RoomEvent::RoleChanged { room, user, role } => (room, 105, EventInfo { role: Some(role.code() as u8), ..user_info(room, user) }),
-            RoomEvent::TrackStarted { room, user, track } => (room, track.start_code(), user_info(room, user)),
+            RoomEvent::TrackStarted { room, user, track, .. } => (room, track.start_code(), user_info(room, user)),
             RoomEvent::TrackStopped { room, user, track } => (room, track.start_code() + 1, EventInfo { reason: Some(0.into()), ..user_info(room, user) }),
             // Muting stops the track for the webhooks' purposes, unmuting starts it again.
             RoomEvent::TrackMuted { room, user, track, muted: true } => (room, track.start_code() + 1, EventInfo { reason: Some(0.into()), ..user_info(room, user) }),

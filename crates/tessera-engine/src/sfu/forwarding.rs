@@ -130,7 +130,8 @@ impl Sfu {
         let kind = producer.kind;
         note_layer(producer, rid, pkt.payload.len() + 12, now);
         if !std::mem::replace(&mut producer.announced, true) {
-            self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video));
+            let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
+            self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
         }
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
@@ -310,7 +311,7 @@ impl Sfu {
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
             note_layer(producer, None, packet.payload.len() + 12, now);
             if !std::mem::replace(&mut producer.announced, true) {
-                self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video));
+                self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });
             }
         }
         let fp = FwdPacket {

@@ -124,7 +124,7 @@ pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Ca
     let p = user_in(users, &user)?;
     let mut v = user_view(&p);
     let tracks = state.rtc.user_tracks(key, p.user.clone()).await.map_err(engine_stopped)?;
-    let muted = |stream: tessera_media::StreamKind, video: bool| p.tracks.iter().any(|(t, m)| *m && *t == tessera_engine::Track::of(stream, video));
+    let muted = |stream: tessera_media::StreamKind, video: bool| p.tracks.iter().any(|t| t.muted && t.track == tessera_engine::Track::of(stream, video));
     v["tracks"] = tracks
         .iter()
         .map(|t| {

@@ -63,8 +63,8 @@ fn message(j: &Joined, e: &RoomEvent) -> Option<Value> {
             };
             json!({"type": "participant_left", "user": user, "reason": reason})
         }
-        RoomEvent::TrackStarted { room, user, track } if mine(room, user) => {
-            json!({"type": "track_published", "user": user, "stream": track.stream().as_str(), "kind": track.kind()})
+        RoomEvent::TrackStarted { room, user, track, media } if mine(room, user) => {
+            json!({"type": "track_published", "user": user, "stream": track.stream().as_str(), "kind": track.kind(), "codec": super::session::codec_name(media.codec), "layers": media.layers})
         }
         RoomEvent::TrackStopped { room, user, track } if mine(room, user) => {
             json!({"type": "track_unpublished", "user": user, "stream": track.stream().as_str(), "kind": track.kind(), "reason": "unpublished"})

@@ -216,7 +216,7 @@ pub(super) async fn reconcile(state: &AppState, j: &mut Joined, outbox: &mut Vec
     }
     let Ok(Some(users)) = state.rtc.room_users(j.key.clone()).await else { return };
     let me = j.user().clone();
-    j.live = users.iter().filter(|p| p.user != me).flat_map(|p| p.tracks.iter().map(|(t, _)| (p.user.clone(), t.stream(), t.kind() == "video"))).collect();
+    j.live = users.iter().filter(|p| p.user != me).flat_map(|p| p.tracks.iter().map(|t| (p.user.clone(), t.track.stream(), t.track.kind() == "video"))).collect();
     let gone: Vec<(UserId, StreamKind)> =
         j.sub.as_ref().map(|s| s.subscribed.iter().filter(|(u, st)| !j.live.iter().any(|(lu, ls, _)| lu == u && ls == st)).cloned().collect()).unwrap_or_default();
     for source in gone {

@@ -128,6 +128,15 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
     Ok((j, reply))
 }
 
+/// A codec as room signaling names it (the SDP encoding name).
+pub(super) fn codec_name(c: tessera_media::Codec) -> &'static str {
+    match c {
+        tessera_media::Codec::Opus => "opus",
+        tessera_media::Codec::H264 => "H264",
+        tessera_media::Codec::Vp8 => "VP8",
+    }
+}
+
 pub(super) fn engine_error(e: tessera_engine::RtcServerError) -> ApiError {
     ApiError::internal(e.to_string())
 }
@@ -139,7 +148,14 @@ async fn joined_reply(state: &AppState, j: &Joined, resumed: bool) -> Result<Val
         .iter()
         .filter(|p| p.user != *j.user())
         .map(|p| {
-            let tracks: Vec<Value> = p.tracks.iter().map(|(t, muted)| json!({"stream": t.stream().as_str(), "kind": t.kind(), "muted": muted})).collect();
+            let tracks: Vec<Value> = p
+                .tracks
+                .iter()
+                .map(|t| {
+                    let (codec, layers) = t.media.as_ref().map_or((None, Vec::new()), |m| (Some(codec_name(m.codec)), m.layers.clone()));
+                    json!({"stream": t.track.stream().as_str(), "kind": t.track.kind(), "codec": codec, "muted": t.muted, "layers": layers})
+                })
+                .collect();
             json!({"user": p.user, "role": p.role.code(), "user_type": p.user_type, "info": p.info, "tracks": tracks})
         })
         .collect();
