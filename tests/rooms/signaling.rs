@@ -302,3 +302,35 @@ fn roles_and_tokens_are_checked_again_inside_the_session() {
     let switched = events.iter().find(|e| e["EventType"] == 105 && e["EventInfo"]["UserId"] == "ann").expect("105 for ann");
     assert_eq!(switched["EventInfo"]["Role"], 20, "{switched}");
 }
+
+/// Dev mode (`--dev`): `POST /dev/token` mints a token a room page can join with, for clients on
+/// the server's machine only; without dev mode the route does not exist.
+#[test]
+fn dev_mode_mints_tokens_for_local_clients_only() {
+    let dir = TempDir::new("rtc-dev");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--dev"]);
+    let r = post_json(&server.url("/dev/token"), None, &json!({"room": "demo", "user": "kim"}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let token = r.json()["token"].as_str().unwrap().to_owned();
+    let mut ws = connect(&server);
+    send(&mut ws, &json!({"type": "join", "id": "j", "token": token}));
+    let joined = next(&mut ws);
+    assert_eq!((joined["type"].as_str(), joined["user"].as_str(), joined["role"].as_u64()), (Some("joined"), Some("kim"), Some(20)), "{joined}");
+    post_json(&server.url("/dev/token"), None, &json!({"room": "demo", "user": "mix_1"})).expect_error(403, "user_id_reserved");
+    post_json(&server.url("/dev/token"), None, &json!({"room": "demo"})).expect_error(400, "invalid_json");
+
+    // A client from another address, and a server without dev mode.
+    let net = TestNet::new();
+    let remote = Server::start(&dir.path().join("data2"), &["--dev", "--http-addr", &format!("{}:0", net.host_ip)]);
+    let from = remote.url("/dev/token");
+    let out = net
+        .command(std::path::Path::new("curl"))
+        .args(["-s", "-X", "POST", "-H", "Content-Type: application/json", "-d", r#"{"room":"demo","user":"eve"}"#, &from])
+        .output()
+        .unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    assert_eq!(v["code"], "dev_only_local", "{v}");
+    let plain = Server::start(&dir.path().join("data3"), &[]);
+    post_json(&plain.url("/dev/token"), None, &json!({"room": "demo", "user": "kim"})).expect_error(404, "route_not_found");
+}

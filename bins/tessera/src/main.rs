@@ -45,6 +45,10 @@ enum Command {
         /// Public IP for ICE candidates and printed URLs.
         #[arg(long, value_name = "IP")]
         public_ip: Option<IpAddr>,
+        /// Development mode: room.html can join with just a name (POST /dev/token mints tokens
+        /// for clients on this machine).
+        #[arg(long)]
+        dev: bool,
     },
     /// Print a user token signed with the app's newest secret.
     Token {
@@ -165,8 +169,8 @@ fn cli_store(config: &Config) -> Result<AppStore, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Serve { config, http_addr, rtmp_addr, rtc_udp_addr, public_ip } => {
-            let config = load_config(&config, Overrides { http_addr, rtmp_addr, rtc_udp_addr, public_ip, data_dir: None })?;
+        Command::Serve { config, http_addr, rtmp_addr, rtc_udp_addr, public_ip, dev } => {
+            let config = load_config(&config, Overrides { http_addr, rtmp_addr, rtc_udp_addr, public_ip, data_dir: None, dev })?;
             init_logging(&config.log);
             let rt = tokio::runtime::Runtime::new().map_err(Failure::runtime)?;
             rt.block_on(async {

@@ -37,6 +37,9 @@ pub struct Config {
     pub security: Security,
     pub storage: BTreeMap<String, StorageConfig>,
     pub apps: BTreeMap<String, AppConfig>,
+    /// Development conveniences: `POST /dev/token` mints tokens for clients on this machine
+    /// (room.html's "join with a name"). Never on a server others reach through a local proxy.
+    pub dev: bool,
 }
 
 /// `[security]`: where outbound connections made for users may go (see `crate::outbound`).
@@ -69,6 +72,7 @@ impl Default for Config {
             security: Security::default(),
             storage: BTreeMap::new(),
             apps: BTreeMap::new(),
+            dev: false,
         }
     }
 }
@@ -205,6 +209,7 @@ pub struct Overrides {
     pub rtc_udp_addr: Option<SocketAddr>,
     pub public_ip: Option<IpAddr>,
     pub data_dir: Option<PathBuf>,
+    pub dev: bool,
 }
 
 const REDACTED: &str = "<redacted>";
@@ -237,6 +242,9 @@ impl Config {
         }
         if let Some(d) = &overrides.data_dir {
             config.data_dir = d.clone();
+        }
+        if overrides.dev {
+            config.dev = true;
         }
         // Resolved once, here: paths derived from a relative data dir break as soon as a tool
         // (FFmpeg's HLS demuxer) resolves them against another folder (issue 10, defect 6).

@@ -90,6 +90,16 @@ impl axum::serve::Listener for HttpListener {
     }
 }
 
+/// The client's address, for handlers that need it (`ConnectInfo<PeerAddr>`).
+#[derive(Debug, Clone, Copy)]
+pub struct PeerAddr(pub SocketAddr);
+
+impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>> for PeerAddr {
+    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Self {
+        PeerAddr(*stream.remote_addr())
+    }
+}
+
 /// A connection with the idle and request-read clocks of the module doc; it holds its
 /// listener slot until dropped.
 pub struct GuardedIo<T> {

@@ -176,7 +176,8 @@ impl Server {
             request_read: Duration::from_secs(limits.http_request_timeout_s.max(1) as u64),
         };
         let http = crate::listen::HttpListener::new(crate::listen::GuardedListener::new(self.http, limits.http_max_connections as usize), timeouts);
-        let server = axum::serve(http, router).with_graceful_shutdown(async move {
+        // The peer address reaches handlers that need it (dev tokens for local clients only).
+        let server = axum::serve(http, router.into_make_service_with_connect_info::<crate::listen::PeerAddr>()).with_graceful_shutdown(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });

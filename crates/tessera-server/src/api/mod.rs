@@ -123,6 +123,7 @@ pub fn router(state: AppState) -> Router {
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .route("/openapi.json", get(openapi::serve))
+        .route("/dev/token", post(tokens::dev_token))
         .route("/v1/rtc", get(rtc::signaling))
         .route("/{page}", get(page))
         .route("/files/{app}/{*path}", get(files::file))

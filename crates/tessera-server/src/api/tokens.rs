@@ -62,6 +62,36 @@ pub fn claims_for(req: &CreateToken, app: &str, now_s: i64) -> ApiResult<TokenCl
     })
 }
 
+/// `POST /dev/token {"room","user"}` when the server runs with `--dev` (config `dev = true`):
+/// a 6-hour anchor token of the app `default`, for room.html's "join with a name", and only for
+/// clients on this machine (a loopback peer address). Without dev mode the route does not exist.
+pub async fn dev_token(axum::extract::State(state): axum::extract::State<AppState>, req: axum::extract::Request) -> ApiResult<(StatusCode, Json<Value>)> {
+    if !state.config.dev {
+        return Err(ApiError::not_found("route_not_found", "no route for POST /dev/token (start the server with --dev)"));
+    }
+    let peer = req.extensions().get::<axum::extract::ConnectInfo<crate::listen::PeerAddr>>().map(|c| c.0 .0);
+    if !peer.is_some_and(|p| p.ip().is_loopback()) {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "dev_only_local", "dev tokens are minted for clients on this machine only"));
+    }
+    let body = axum::body::to_bytes(req.into_body(), 4096).await.map_err(|_| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "at most 4 KiB"))?;
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct DevToken {
+        room: String,
+        user: String,
+    }
+    let asked: DevToken = serde_json::from_slice(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", format!("expected {{\"room\",\"user\"}}: {e}")))?;
+    let req = CreateToken { room: asked.room, user: asked.user, role: None, privileges: None, ttl_s: None, info: None };
+    let app = tessera_model::AppId::default_app();
+    let claims = claims_for(&req, app.as_str(), crate::now_ms() / 1000)?;
+    let apps = state.store.snapshot();
+    let app = apps.get(&app).ok_or_else(|| ApiError::internal("the default app is missing"))?;
+    let secret = app.newest_secret();
+    let token = token::mint(&claims, &secret.kid, &secret.secret);
+    tracing::info!(room = %req.room, user = %req.user, "dev token minted");
+    Ok((StatusCode::CREATED, Json(json!({"token": token, "expires_at": claims.exp * 1000}))))
+}
+
 #[utoipa::path(post, operation_id = "tokens.create", path = "/v1/tokens", tag = "tokens", request_body = CreateToken, responses((status = 201, description = "{token, expires_at}", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn create(
     axum::extract::State(state): axum::extract::State<AppState>,
