@@ -10,15 +10,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(2 4 8 12 16 20)
-cargo build --release --locked --bin tessera --bin tessera-load >&2
-dir=$(mktemp -d)
-trap 'kill $server 2>/dev/null; rm -rf "$dir"' EXIT
-http=127.0.0.1:$((20000 + RANDOM % 10000))
-udp=127.0.0.1:$((30000 + RANDOM % 10000))
-RUST_LOG=warn target/release/tessera serve --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" >"$dir/out" 2>"$dir/err" &
-server=$!
-for _ in $(seq 50); do [ -f "$dir/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
-key=$(cat "$dir/admin.key")
+cargo build --release --locked --bin tessera-load >&2
+source benches/lib.sh
 echo "| participants | streams forwarded | forwarded pkt/s | server CPU (cores) | pkt/s per server core | loss % (max) | kbit/s per participant (min) | load tool CPU (cores) |"
 echo "|---|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do

@@ -35,17 +35,6 @@ fn cdn(port: u16, out: &Path) -> Child {
         .expect("ffmpeg")
 }
 
-/// Stops ffmpeg so it finishes its file (SIGINT), then waits.
-fn interrupt(mut child: Child) {
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
-}
-
 /// (codecs, duration s) of a media file.
 fn probe(file: &PathBuf) -> (Vec<String>, f64) {
     let out = Command::new("ffprobe").args(["-v", "error", "-show_entries", "stream=codec_name:format=duration", "-of", "json"]).arg(file).output().unwrap();

@@ -19,6 +19,26 @@ fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// A server on a test host's network (WebRTC clients need an address that is not loopback),
+/// with its temporary data dir and admin API key.
+struct Hall {
+    dir: TempDir,
+    data: std::path::PathBuf,
+    net: TestNet,
+    server: Server,
+    key: String,
+}
+
+fn hall(tag: &str) -> Hall {
+    let dir = TempDir::new(tag);
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let http = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    Hall { dir, data, net, server, key }
+}
+
 /// An RTMP publisher (OBS-like: H.264 without B-frames, AAC) of 60 s.
 fn publisher(url: &str) -> Child {
     Command::new("ffmpeg")

@@ -12,12 +12,7 @@ fn free_port() -> u16 {
 #[test]
 fn a_kick_and_a_dismissal_end_every_kind_of_session() {
     let _turn = serial();
-    let dir = TempDir::new("rooms-removal");
-    let data = dir.path().join("data");
-    let net = TestNet::new();
-    let http = format!("{}:0", net.host_ip);
-    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
-    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let Hall { dir, data, net, server, key } = hall("rooms-removal");
     let hooks = WebhookReceiver::start(dir.path(), "g0neKey", &[]);
     hooks.subscribe(&server, &key, "g0neKey");
     let port = rtmp_port(&server);

@@ -201,11 +201,7 @@ fn the_socket_keeps_the_spec_framing_and_join_rules() {
 #[test]
 fn aiortc_publishes_over_the_socket_and_whep_plays_it() {
     let _turn = serial();
-    let dir = TempDir::new("rtc-publish");
-    let data = dir.path().join("data");
-    let net = TestNet::new();
-    let http = format!("{}:0", net.host_ip);
-    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
+    let Hall { dir: _dir, data, net, server, key } = hall("rtc-publish");
     let (mut bob, _) = join(&server, &data, "cast", "bob");
     let ws_url = server.url("/v1/rtc").replace("http://", "ws://");
     let alice = Client::start(&net, "aiortc_client.py", &["ws-publish", "--url", &ws_url, "--token", &token(&data, "cast", "alice"), "--seconds", "14"]);
@@ -214,8 +210,7 @@ fn aiortc_publishes_over_the_socket_and_whep_plays_it() {
     let track = next_of(&mut bob, "track_published");
     assert_eq!((track["user"].as_str(), track["stream"].as_str()), (Some("alice"), Some("main")), "{track}");
     // Her socket and her publication are two sessions of one participant.
-    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
-    let users = get(&server.url("/v1/rooms/cast/users/alice"), Some(key.trim())).json();
+    let users = get(&server.url("/v1/rooms/cast/users/alice"), Some(&key)).json();
     assert_eq!((users["sessions"].clone(), users["streams"].clone()), (json!(["ws", "ws"]), json!(["main"])), "{users}");
     let play = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/cast/alice/main"), "--token", &token(&data, "cast", "viewer"), "--seconds", "5"]);
     let r = play.finish(Duration::from_secs(40));

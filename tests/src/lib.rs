@@ -414,6 +414,17 @@ pub fn token(data: &Path, room: &str, user: &str) -> String {
     out.trim().to_owned()
 }
 
+/// Stops ffmpeg so it finishes its file (SIGINT), then waits.
+pub fn interrupt(mut child: Child) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The app's secrets, as the data dir stores them.
 pub fn secrets(data: &Path) -> Vec<tessera_model::app::AppSecret> {
     let file: Value = serde_json::from_slice(&std::fs::read(data.join("apps.json")).unwrap()).unwrap();

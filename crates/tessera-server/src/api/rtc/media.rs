@@ -47,6 +47,22 @@ pub(super) fn offer_or_ok(offer: Option<SubscriberOffer>, id: &Value) -> Value {
     }
 }
 
+/// An SFU session of this participant's (a `pub` or the `sub` connection): UserType 1 like
+/// its signaling session, so it joins the same participant.
+fn session_spec(j: &Joined, sid: &str, role: PeerRole, stream: StreamKind, as_role: Role) -> SessionSpec {
+    SessionSpec {
+        sid: sid.to_owned(),
+        room: j.key.clone(),
+        user: j.user().clone(),
+        role,
+        stream,
+        source_user: None,
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+        join: JoinInfo { user_type: 1, terminal_type: 100, role: as_role, info: j.token.info.clone() },
+    }
+}
+
 /// `publish`: the `pub` connection's offer for one stream, checked like a WHIP offer (§4.2: the
 /// privilege of every section; an audience token may not publish), answered by the SFU. A
 /// stream published again replaces its older publisher.
@@ -63,17 +79,7 @@ pub(super) async fn publish(state: &AppState, j: &mut Joined, msg: &Value) -> Re
         j.token.privileges.require(required).map_err(|e| crate::entry::privilege_missing(e.required))?;
     }
     let sid = tessera_model::random::session_id();
-    let spec = SessionSpec {
-        sid: sid.clone(),
-        room: j.key.clone(),
-        user: j.user().clone(),
-        role: PeerRole::Publish,
-        stream,
-        source_user: None,
-        rejected_mids: Vec::new(),
-        quality: Quality::Auto,
-        join: JoinInfo { user_type: 1, terminal_type: 100, role: Role::Anchor, info: j.token.info.clone() },
-    };
+    let spec = session_spec(j, &sid, PeerRole::Publish, stream, Role::Anchor);
     let answer = state.rtc.add_session(spec, sdp.to_owned()).await.map_err(engine_error)?.map_err(offer_error)?;
     // The SFU closed an older publisher of this stream already (the newest wins).
     j.published.retain(|(s, ..)| *s != stream);
@@ -123,17 +129,7 @@ pub(super) async fn subscribe(state: &AppState, j: &mut Joined, msg: &Value) -> 
 async fn subscribe_to(state: &AppState, j: &mut Joined, req: SubscribeRequest) -> Result<Option<SubscriberOffer>, ApiError> {
     if j.sub.is_none() {
         let sid = tessera_model::random::session_id();
-        let spec = SessionSpec {
-            sid: sid.clone(),
-            room: j.key.clone(),
-            user: j.user().clone(),
-            role: PeerRole::Play,
-            stream: StreamKind::Main,
-            source_user: None,
-            rejected_mids: Vec::new(),
-            quality: Quality::Auto,
-            join: JoinInfo { user_type: 1, terminal_type: 100, role: j.token.role, info: j.token.info.clone() },
-        };
+        let spec = session_spec(j, &sid, PeerRole::Play, StreamKind::Main, j.token.role);
         let (_, first_media) = state.rtc.add_subscriber(spec).await.map_err(engine_error)?.map_err(offer_error)?;
         j.sub = Some(Subscriber { sid, first_media, subscribed: Vec::new() });
     }
