@@ -1,0 +1,269 @@
+//! The media task's loop: commands, UDP datagrams, ICE-TCP frames and timers in; datagrams,
+//! frames, tap packets, publisher lists and room events out.
+
+use super::*;
+
+/// The next ICE-TCP event (never, without a listener).
+async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Which of our addresses a datagram from `source` was most likely sent to. Exact for a single
+/// candidate; with several, loopback talks to loopback and everyone else to the first
+/// interface address.
+fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr {
+    if let Some(c) = candidates.iter().find(|c| c.ip() == source.ip()) {
+        return *c;
+    }
+    candidates.iter().find(|c| c.ip().is_loopback() == source.ip().is_loopback()).or(candidates.first()).copied().unwrap_or(source)
+}
+
+/// Datagrams read per wake-up before timers and commands get a turn.
+const RECV_BATCH: usize = 64;
+
+pub(super) async fn run(
+    socket: UdpSocket,
+    mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
+    mut commands: mpsc::Receiver<Command>,
+    command_tx: mpsc::WeakSender<Command>,
+    mut sfu: Sfu,
+    candidates: Vec<SocketAddr>,
+    room_events: mpsc::UnboundedSender<RoomEvent>,
+) {
+    let mut buf = vec![0u8; 2048];
+    let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
+    let mut publisher_watches: std::collections::HashMap<u64, watch::Sender<Vec<PublisherInfo>>> = std::collections::HashMap::new();
+    // Internal publishers whose owner wants to hear that a newer one replaced them.
+    let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<PublisherEnd>> = std::collections::HashMap::new();
+    // Internal publishers that make keyframes on request, and where to tell them.
+    let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
+    let mut first_media: std::collections::HashMap<u64, mpsc::UnboundedSender<FirstMedia>> = std::collections::HashMap::new();
+    // ICE-TCP connections by the client's address.
+    let mut tcp_writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = std::collections::HashMap::new();
+    loop {
+        let deadline = sfu.next_timeout();
+        tokio::select! {
+            cmd = commands.recv() => {
+                let Some(cmd) = cmd else { break };
+                let now = Instant::now();
+                match cmd {
+                    Command::AddSession { spec, offer, reply } => {
+                        let _ = reply.send(sfu.add_session(spec, &offer, now));
+                    }
+                    Command::RemoveSession { sid, reply } => {
+                        let _ = reply.send(sfu.remove_session(&sid, now));
+                    }
+                    Command::SessionInfo { sid, reply } => {
+                        let _ = reply.send(sfu.session_info(&sid));
+                    }
+                    Command::IceRestart { sid, ufrag, pwd, reply } => {
+                        let _ = reply.send(sfu.ice_restart(&sid, &ufrag, &pwd, now));
+                    }
+                    Command::ViewerSessions { key, user, reply } => {
+                        let _ = reply.send(sfu.viewer_sessions(&key, &user));
+                    }
+                    Command::RoomExists { key, reply } => {
+                        let _ = reply.send(sfu.room_exists(&key));
+                    }
+                    Command::IsPublished { key, user, stream, reply } => {
+                        let _ = reply.send(sfu.is_published(&key, &user, stream));
+                    }
+                    Command::Stats { reply } => {
+                        let _ = reply.send(sfu.stats());
+                    }
+                    Command::AddIngest { spec, replaced, keyframes, reply } => {
+                        let (id, old) = sfu.add_internal_publisher(spec, now);
+                        if let Some(tx) = old.and_then(|old| replaced_watchers.remove(&old)) {
+                            let _ = tx.send(PublisherEnd::Replaced);
+                        }
+                        if let Some(tx) = replaced {
+                            replaced_watchers.insert(id, tx);
+                        }
+                        if let Some(tx) = keyframes {
+                            keyframe_owners.insert(id, tx);
+                        }
+                        let _ = reply.send(id);
+                    }
+                    Command::Push { id, packets } => {
+                        for p in packets {
+                            sfu.push_packet(id, p, now);
+                        }
+                        sfu.flush(now);
+                    }
+                    Command::RemoveIngest { id } => {
+                        replaced_watchers.remove(&id);
+                        sfu.remove_internal_publisher(id, now);
+                        keyframe_owners.remove(&id);
+                    }
+                    Command::AddTap { key, with_mixes, owner, reply } => {
+                        let id = sfu.add_tap(key, with_mixes, &owner, now);
+                        let (tx, rx) = mpsc::channel(TAP_QUEUE);
+                        taps.insert(id, tx);
+                        let _ = reply.send((id, rx));
+                    }
+                    Command::RemoveTap { id } => {
+                        sfu.remove_tap(id);
+                        taps.remove(&id);
+                    }
+                    Command::WatchPublishers { key, reply } => {
+                        let id = sfu.watch_publishers(key);
+                        let (tx, list) = watch::channel(Vec::new());
+                        publisher_watches.insert(id, tx);
+                        let _ = reply.send(PublisherWatch { id, list, commands: command_tx.clone() });
+                    }
+                    Command::Rooms { app, reply } => {
+                        let _ = reply.send(sfu.rooms(&app));
+                    }
+                    Command::RoomUsers { key, reply } => {
+                        let _ = reply.send(sfu.room_users(&key));
+                    }
+                    Command::Kick { key, user, reply } => {
+                        let _ = reply.send(sfu.kick(&key, &user, now));
+                    }
+                    Command::Dismiss { key, reply } => {
+                        let _ = reply.send(sfu.dismiss(&key, now));
+                    }
+                    Command::JoinSignaling { key, user, join, ended, reply } => {
+                        let id = sfu.join_signaling(&key, &user, &join, now);
+                        replaced_watchers.insert(id, ended);
+                        let _ = reply.send(id);
+                    }
+                    Command::LeaveSignaling { id, reason } => {
+                        replaced_watchers.remove(&id);
+                        sfu.leave_signaling(id, reason, now);
+                    }
+                    Command::UnwatchPublishers { id } => {
+                        sfu.unwatch_publishers(id);
+                        publisher_watches.remove(&id);
+                    }
+                    Command::RoomsWithAnchors { reply } => {
+                        let _ = reply.send(sfu.rooms_with_anchors());
+                    }
+                    Command::RequestKeyframe { key, user, stream } => {
+                        sfu.request_keyframe_of(&key, &user, stream, now);
+                        sfu.flush(now);
+                    }
+                    Command::AddSubscriber { spec, first_media: tx, reply } => {
+                        // Listeners of ended connections go when the next one comes.
+                        first_media.retain(|_, tx| !tx.is_closed());
+                        let added = sfu.add_subscriber(spec, now);
+                        if let Ok(id) = added {
+                            first_media.insert(id, tx);
+                        }
+                        let _ = reply.send(added);
+                    }
+                    Command::Subscribe { sid, req, reply } => {
+                        let _ = reply.send(sfu.subscribe(&sid, req, now));
+                    }
+                    Command::Unsubscribe { sid, source, reply } => {
+                        let _ = reply.send(sfu.unsubscribe(&sid, source, now));
+                    }
+                    Command::SubscriberAnswer { sid, sdp, reply } => {
+                        let _ = reply.send(sfu.subscriber_answer(&sid, &sdp, now));
+                    }
+                    Command::PendingOffer { sid, reply } => {
+                        let _ = reply.send(sfu.pending_offer(&sid));
+                    }
+                    Command::UserTracks { key, user, reply } => {
+                        let _ = reply.send(sfu.user_tracks(&key, &user));
+                    }
+                    Command::Mute { key, user, track, muted, reply } => {
+                        let _ = reply.send(sfu.mute(&key, &user, track, muted));
+                    }
+                    Command::SwitchRole { key, user, role, reply } => {
+                        let _ = reply.send(sfu.switch_role(&key, &user, role, now));
+                    }
+                }
+            }
+            r = socket.recv_from(&mut buf) => {
+                if let Ok((n, source)) = r {
+                    let now = Instant::now();
+                    sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]);
+                    // Drain what else is queued without going back through the scheduler.
+                    for _ in 0..RECV_BATCH {
+                        match socket.try_recv_from(&mut buf) {
+                            Ok((n, source)) => sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]),
+                            Err(_) => break,
+                        }
+                    }
+                    sfu.flush(now);
+                }
+            }
+            Some(event) = next_tcp(&mut tcp_events) => match event {
+                TcpEvent::Opened { remote, writer } => {
+                    tcp_writers.insert(remote, writer);
+                }
+                TcpEvent::Frame { remote, local, data } => {
+                    let now = Instant::now();
+                    sfu.handle_tcp_frame(now, remote, local, &data);
+                    sfu.flush(now);
+                }
+                TcpEvent::Closed { remote } => {
+                    tcp_writers.remove(&remote);
+                }
+            },
+            _ = tokio::time::sleep_until(deadline.into()) => {}
+        }
+        // Due timeouts run now, not after the next timer tick (tokio's timer has 1 ms
+        // granularity): str0m's pacer asks for one right after media is written.
+        for _ in 0..4 {
+            let now = Instant::now();
+            if sfu.next_timeout() > now {
+                break;
+            }
+            sfu.handle_timeout(now);
+        }
+        while let Some(output) = sfu.poll_output() {
+            match output {
+                SfuOutput::Transmit(t) if t.proto == Protocol::Tcp => {
+                    if let (Some(w), Some(framed)) = (tcp_writers.get(&t.destination), crate::ice_tcp::frame(&t.contents)) {
+                        let _ = w.try_send(framed);
+                    }
+                }
+                SfuOutput::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        let _ = socket.send_to(&t.contents, t.destination).await;
+                    }
+                    Err(e) => tracing::debug!(to = %t.destination, "send failed: {e}"),
+                },
+                // A full queue means the task is behind: the packet is dropped (it will ask for a
+                // keyframe) rather than the media task waiting on it.
+                SfuOutput::Tap(tap, packet) => {
+                    if let Some(tx) = taps.get(&tap) {
+                        let _ = tx.try_send(packet);
+                    }
+                }
+                SfuOutput::Publishers(id, list) => {
+                    if publisher_watches.get(&id).is_some_and(|tx| tx.send(list).is_err()) {
+                        // The watch was dropped.
+                        publisher_watches.remove(&id);
+                        sfu.unwatch_publishers(id);
+                    }
+                }
+                SfuOutput::PublisherEnded(id, end) => {
+                    if let Some(tx) = replaced_watchers.remove(&id) {
+                        let _ = tx.send(end);
+                    }
+                    keyframe_owners.remove(&id);
+                }
+                SfuOutput::Room(event) => {
+                    let _ = room_events.send(event);
+                }
+                SfuOutput::FirstMedia { session, user, stream, video } => {
+                    if first_media.get(&session).is_some_and(|tx| tx.send((user, stream, video)).is_err()) {
+                        first_media.remove(&session);
+                    }
+                }
+                SfuOutput::KeyframeWanted(id) => {
+                    if let Some(tx) = keyframe_owners.get(&id) {
+                        let _ = tx.send(());
+                    }
+                }
+            }
+        }
+    }
+}
