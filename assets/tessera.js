@@ -13,7 +13,7 @@
 //
 // Events (all `CustomEvent`s; `detail` is the server message unless said otherwise):
 //   participant_joined, participant_left, track_published, track_unpublished, track_muted,
-//   role_changed, first_media, kicked, error (a server `error` without a pending request),
+//   role_changed, first_media, custom, kicked, error (a server `error` without a pending request),
 //   stream          { user, stream, mediaStream }: a remote stream appeared or got a track,
 //   stream_removed  { user, stream },
 //   reconnecting, reconnected { resumed }, disconnected { reason }.
@@ -311,6 +311,21 @@ export class Room extends EventTarget {
   async updateToken(token) {
     await this.#request({ type: 'update_token', token });
     this.token = token;
+  }
+
+  /**
+   * Sends a custom message (PRODUCT.md §8; anchors only) over the socket, reliable and ordered,
+   * to everyone else or to `to`. Resolves with its `seq`; rejects with `custom_rate_limited`,
+   * `custom_too_large`, `custom_bad_cmd_id` or `not_anchor`. Receivers get a `custom` event
+   * with `{from, cmd_id, seq, data}` (`data` base64).
+   * @param {number} cmdId 1–10 @param {Uint8Array|string} data at most 1000 bytes @param {string[]} [to]
+   * @returns {Promise<number>}
+   */
+  async sendCustom(cmdId, data, to) {
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    const b64 = btoa(String.fromCharCode(...bytes));
+    const reply = await this.#request({ type: 'custom', cmd_id: cmdId, data: b64, ...(to ? { to } : {}) });
+    return reply.seq;
   }
 
   /** Leaves the room: every connection closes. */

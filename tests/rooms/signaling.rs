@@ -329,3 +329,71 @@ fn dev_mode_mints_tokens_for_local_clients_only() {
     let plain = Server::start(&dir.path().join("data3"), &[]);
     post_json(&plain.url("/dev/token"), None, &json!({"room": "demo", "user": "kim"})).expect_error(404, "route_not_found");
 }
+
+/// Scenario 12 over the socket (PRODUCT.md §8): an anchor sends 40 small messages within a
+/// second — 30 arrive with `seq` 1–30 and the sender gets one `custom_rate_limited`; `to` picks
+/// receivers; 1001 bytes is `custom_too_large`, `cmd_id` 0 and 11 `custom_bad_cmd_id`, an
+/// audience sender `not_anchor`.
+#[test]
+fn custom_messages_over_the_socket() {
+    let dir = TempDir::new("rtc-custom");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let (mut ann, _) = join(&server, &data, "chat", "ann");
+    let (mut bob, _) = join(&server, &data, "chat", "bob");
+    let (mut cy, _) = join(&server, &data, "chat", "cy");
+    let mut aud = connect(&server);
+    send(&mut aud, &json!({"type": "join", "id": "j", "token": token_with(&data, "chat", "aud", &["--role", "audience"])}));
+    assert_eq!(next(&mut aud)["type"], "joined");
+    let started = Instant::now();
+    for i in 0..40 {
+        send(&mut ann, &json!({"type": "custom", "id": format!("c{i}"), "cmd_id": 1, "data": "aGVsbG8="}));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(started.elapsed() < Duration::from_secs(1), "{:?}", started.elapsed());
+    // What ann heard back, up to a ping that follows everything.
+    send(&mut ann, &json!({"type": "ping", "id": "end"}));
+    let mut oks = Vec::new();
+    let mut limited = 0;
+    loop {
+        let v = next(&mut ann);
+        match v["type"].as_str() {
+            Some("pong") if v["id"] == "end" => break,
+            Some("ok") => oks.push(v["seq"].as_u64().unwrap()),
+            Some("error") if v["code"] == "custom_rate_limited" => limited += 1,
+            _ => {}
+        }
+    }
+    assert_eq!(oks, (1..=30).collect::<Vec<u64>>());
+    assert_eq!(limited, 1);
+    for ws in [&mut bob, &mut cy] {
+        let got: Vec<Value> = (0..30).map(|_| next_of(ws, "custom")).collect();
+        assert!(got.iter().all(|m| m["from"] == "ann" && m["cmd_id"] == 1 && m["data"] == "aGVsbG8="), "{got:?}");
+        assert_eq!(got.iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>(), (1..=30).collect::<Vec<u64>>());
+    }
+    // After the window: a message to bob only; cy gets nothing (her next message is the pong).
+    std::thread::sleep(Duration::from_millis(1100));
+    send(&mut ann, &json!({"type": "custom", "id": "to", "cmd_id": 10, "data": "Ym9i", "to": ["bob"]}));
+    let m = next_of(&mut bob, "custom");
+    assert_eq!((m["seq"].as_u64(), m["cmd_id"].as_u64(), m["data"].as_str()), (Some(31), Some(10), Some("Ym9i")), "{m}");
+    send(&mut cy, &json!({"type": "ping", "id": "cy"}));
+    let v = next(&mut cy);
+    assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("pong"), Some("cy")), "cy got {v}");
+    // Bad ones.
+    let ask = |ws: &mut Ws, msg: Value| -> Value {
+        send(ws, &msg);
+        let id = msg["id"].clone();
+        loop {
+            let v = next(ws);
+            if v["id"] == id {
+                return v;
+            }
+        }
+    };
+    use base64::Engine;
+    let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1001]);
+    assert_eq!(ask(&mut ann, json!({"type": "custom", "id": "big", "cmd_id": 2, "data": big}))["code"], "custom_too_large");
+    assert_eq!(ask(&mut ann, json!({"type": "custom", "id": "z", "cmd_id": 0, "data": ""}))["code"], "custom_bad_cmd_id");
+    assert_eq!(ask(&mut ann, json!({"type": "custom", "id": "e", "cmd_id": 11, "data": ""}))["code"], "custom_bad_cmd_id");
+    assert_eq!(ask(&mut aud, json!({"type": "custom", "id": "a", "cmd_id": 1, "data": ""}))["code"], "not_anchor");
+}

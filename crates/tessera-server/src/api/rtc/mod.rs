@@ -193,6 +193,7 @@ async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, ev
                     return End::Done;
                 }
             },
+            Some(msg) = joined.inbox.recv() => outbox.push(msg),
             Some((user, stream, video)) = session::next_first_media(&mut joined.sub) => {
                 outbox.push(json!({"type": "first_media", "user": user, "stream": stream.as_str(), "kind": if video { "video" } else { "audio" }}));
             }
@@ -220,6 +221,49 @@ async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, ev
                 return End::Done;
             }
         }
+    }
+}
+
+/// `custom` over the socket (PRODUCT.md §8: reliable and ordered): anchors only, `cmd_id` 1–10,
+/// at most 1000 bytes decoded, the sender's rate limit; delivered to everyone else in the room
+/// or to the `to` list, with the sender's `seq` (the sender gets `ok` with it). A message over
+/// the limit is dropped without a reply; `custom_rate_limited` comes at most once a second.
+fn custom(state: &AppState, j: &mut Joined, v: &Value) -> Result<Option<u32>, crate::error::ApiError> {
+    use crate::error::ApiError;
+    use axum::http::StatusCode;
+    use base64::Engine;
+    use tessera_engine::custom::{Verdict, CMD_IDS, MAX_PAYLOAD};
+    if j.token.role != tessera_model::Role::Anchor {
+        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_anchor", "only anchors send custom messages"));
+    }
+    let cmd_id = v["cmd_id"]
+        .as_u64()
+        .filter(|c| *c <= 10 && CMD_IDS.contains(&(*c as u8)))
+        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "custom_bad_cmd_id", "cmd_id is 1 to 10"))?;
+    let data = v["data"].as_str().ok_or_else(|| ApiError::invalid_parameter("data", "base64 of the payload"))?;
+    let payload = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| ApiError::invalid_parameter("data", "not base64"))?;
+    if payload.len() > MAX_PAYLOAD {
+        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "custom_too_large", format!("{} bytes; at most {MAX_PAYLOAD}", payload.len())));
+    }
+    let to: Option<Vec<tessera_model::UserId>> = match v.get("to") {
+        None | Some(Value::Null) => None,
+        Some(list) => Some(
+            list.as_array()
+                .ok_or_else(|| ApiError::invalid_parameter("to", "a list of user ids"))?
+                .iter()
+                .map(|u| u.as_str().and_then(|u| tessera_model::UserId::parse(u).ok()))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| ApiError::invalid_parameter("to", "a list of user ids"))?,
+        ),
+    };
+    match j.custom_limit.offer(payload.len(), std::time::Instant::now()) {
+        Verdict::Accept { seq } => {
+            let msg = json!({"type": "custom", "from": j.user(), "cmd_id": cmd_id, "seq": seq, "data": data});
+            state.signaling.deliver(&j.key, j.user(), to.as_deref(), &msg);
+            Ok(Some(seq))
+        }
+        Verdict::Drop { warn: true } => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "custom_rate_limited", "over 30 messages or 8192 bytes in a second; dropped")),
+        Verdict::Drop { warn: false } => Ok(None),
     }
 }
 
@@ -257,7 +301,7 @@ async fn handle(state: &AppState, j: &mut Joined, v: &Value, id: &Value, outbox:
             Err(e) => Err(e),
         },
         "update_token" => roles::update_token(state, j, v, outbox).await.map(|()| Some(ok())),
-        "custom" => Ok(Some(error_msg(id, "not_supported", "custom messages come with the data plane; this server does not relay them yet"))),
+        "custom" => custom(state, j, v).map(|seq| seq.map(|seq| json!({"type": "ok", "id": id, "seq": seq}))),
         t => Ok(Some(error_msg(id, "bad_message", format!("unknown message type '{t}'")))),
     };
     match result {

@@ -22,8 +22,16 @@ pub const RESUME_WINDOW: Duration = Duration::from_secs(15);
 /// the sessions waiting for a resume.
 #[derive(Default)]
 pub struct Signaling {
-    sessions: DashMap<(AppId, RoomId, UserId), (u64, oneshot::Sender<()>)>,
+    sessions: DashMap<(AppId, RoomId, UserId), Live>,
     parked: DashMap<String, (RoomKey, UserId, Claim)>,
+}
+
+/// A live session in the registry: its SFU id, how to tell it a newer login replaced it, and
+/// its inbox of custom messages from others.
+struct Live {
+    id: u64,
+    replace: oneshot::Sender<()>,
+    inbox: mpsc::UnboundedSender<Value>,
 }
 
 /// How a resuming socket takes a parked session: it sends where to hand the session over.
@@ -51,6 +59,10 @@ pub(super) struct Joined {
     id: u64,
     pub(super) ended: oneshot::Receiver<PublisherEnd>,
     pub(super) replaced: oneshot::Receiver<()>,
+    /// Custom messages from others, to send on.
+    pub(super) inbox: mpsc::UnboundedReceiver<Value>,
+    /// This sender's custom-message rate limit and numbering (PRODUCT.md §8).
+    pub(super) custom_limit: tessera_engine::custom::SenderLimit,
 }
 
 impl Joined {
@@ -65,7 +77,7 @@ impl Joined {
     /// The participant leaves (`leave`, lost, replaced, removed): its publications and its
     /// `sub` connection end first, so the signaling session's exit is the last (one 104).
     pub(super) async fn leave(&mut self, state: &AppState, reason: LeaveReason) {
-        state.signaling.sessions.remove_if(&self.registry_key(), |_, (id, _)| *id == self.id);
+        state.signaling.sessions.remove_if(&self.registry_key(), |_, live| live.id == self.id);
         for (_, sid, _) in self.published.drain(..) {
             let _ = state.rtc.remove_session(&sid).await;
         }
@@ -77,7 +89,7 @@ impl Joined {
 
     /// The SFU ended the participant (kick, dismissal): only the registry entry is left.
     pub(super) async fn forget(&mut self, state: &AppState) {
-        state.signaling.sessions.remove_if(&self.registry_key(), |_, (id, _)| *id == self.id);
+        state.signaling.sessions.remove_if(&self.registry_key(), |_, live| live.id == self.id);
     }
 }
 
@@ -119,11 +131,25 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
     // A newer login replaces the older (it has joined first, so the participant stays).
     let (replace_tx, replaced) = oneshot::channel();
     let registry_key = (key.app.clone(), key.room.clone(), token.user.clone());
-    if let Some((_, (_, older))) = state.signaling.sessions.remove(&registry_key) {
-        let _ = older.send(());
+    if let Some((_, older)) = state.signaling.sessions.remove(&registry_key) {
+        let _ = older.replace.send(());
     }
-    state.signaling.sessions.insert(registry_key, (id, replace_tx));
-    let j = Joined { key, token, session_id: tessera_model::random::session_id(), auto_subscribe, published: Vec::new(), sub: None, live: Vec::new(), id, ended, replaced };
+    let (inbox_tx, inbox) = mpsc::unbounded_channel();
+    state.signaling.sessions.insert(registry_key, Live { id, replace: replace_tx, inbox: inbox_tx });
+    let j = Joined {
+        key,
+        token,
+        session_id: tessera_model::random::session_id(),
+        auto_subscribe,
+        published: Vec::new(),
+        sub: None,
+        live: Vec::new(),
+        id,
+        ended,
+        replaced,
+        inbox,
+        custom_limit: Default::default(),
+    };
     let reply = joined_reply(state, &j, false).await?;
     Ok((j, reply))
 }
@@ -171,6 +197,20 @@ async fn joined_reply(state: &AppState, j: &Joined, resumed: bool) -> Result<Val
         "ice_servers": crate::api::whip::ice_servers_json(state),
         "server_time_ms": crate::now_ms(),
     }))
+}
+
+impl Signaling {
+    /// Delivers a custom message to the room's other signaling sessions (or those in `to`).
+    pub(super) fn deliver(&self, key: &RoomKey, from: &UserId, to: Option<&[UserId]>, msg: &Value) -> usize {
+        let mut n = 0;
+        for e in self.sessions.iter() {
+            let (app, room, user) = e.key();
+            if *app == key.app && *room == key.room && user != from && to.is_none_or(|to| to.contains(user)) && e.value().inbox.send(msg.clone()).is_ok() {
+                n += 1;
+            }
+        }
+        n
+    }
 }
 
 /// A session whose socket dropped, waiting for its client to come back.
