@@ -46,6 +46,18 @@ pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
     }
 }
 
+/// Sends `msg` (with an `id`) and returns the reply carrying that id; others are skipped.
+fn ask(ws: &mut Ws, msg: Value) -> Value {
+    send(ws, &msg);
+    let id = msg["id"].clone();
+    loop {
+        let v = next(ws);
+        if v["id"] == id {
+            return v;
+        }
+    }
+}
+
 /// Reads until the server closes; returns its close code.
 pub(crate) fn close_code(ws: &mut Ws) -> Option<CloseCode> {
     loop {
@@ -247,16 +259,6 @@ fn roles_and_tokens_are_checked_again_inside_the_session() {
     send(&mut ann, &json!({"type": "join", "id": "j", "token": token_with(&data, "class", "ann", &["--role", "audience"])}));
     let joined = next(&mut ann);
     assert_eq!((joined["role"].as_u64(), joined["privileges"].as_u64()), (Some(21), Some(171)), "{joined}");
-    let ask = |ws: &mut Ws, msg: Value| -> Value {
-        send(ws, &msg);
-        let id = msg["id"].clone();
-        loop {
-            let v = next(ws);
-            if v["id"] == id {
-                return v;
-            }
-        }
-    };
     let r = ask(&mut ann, json!({"type": "publish", "id": "p", "stream": "main", "sdp": "v=0\r\n"}));
     assert_eq!(r["code"], "role_not_allowed", "{r}");
     let r = ask(&mut ann, json!({"type": "switch_role", "id": "s1", "role": 20}));
@@ -380,16 +382,6 @@ fn custom_messages_over_the_socket() {
     let v = next(&mut cy);
     assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("pong"), Some("cy")), "cy got {v}");
     // Bad ones.
-    let ask = |ws: &mut Ws, msg: Value| -> Value {
-        send(ws, &msg);
-        let id = msg["id"].clone();
-        loop {
-            let v = next(ws);
-            if v["id"] == id {
-                return v;
-            }
-        }
-    };
     use base64::Engine;
     let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1001]);
     assert_eq!(ask(&mut ann, json!({"type": "custom", "id": "big", "cmd_id": 2, "data": big}))["code"], "custom_too_large");
