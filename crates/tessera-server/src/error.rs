@@ -86,6 +86,13 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The media task has stopped (the server is shutting down): an internal error.
+impl From<tessera_engine::RtcServerError> for ApiError {
+    fn from(e: tessera_engine::RtcServerError) -> ApiError {
+        ApiError::internal(e.to_string())
+    }
+}
+
 impl From<TokenError> for ApiError {
     fn from(e: TokenError) -> ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, e.code(), e.to_string())

@@ -8,7 +8,7 @@ impl Sfu {
     /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
     /// owner is told (`SfuOutput::KeyframeWanted`).
     pub fn request_keyframe_of(&mut self, room: &RoomKey, user: &UserId, stream: StreamKind, now: Instant) {
-        let Some(&pub_id) = self.rooms.get(room).and_then(|r| r.publishers.get(&(user.clone(), stream))) else { return };
+        let Some(pub_id) = self.publisher_in(room, &(user.clone(), stream)) else { return };
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // A mix (or a transcoding ingest) makes one on request.
             if p.keyframe_requests.try_request(now) {

@@ -129,16 +129,7 @@ impl Sfu {
         }
         if role == tessera_model::Role::Audience {
             let publishes = |spec: &SessionSpec| spec.room == *room && spec.user == *user && spec.role == PeerRole::Publish;
-            let sessions: Vec<u64> = self.sessions.iter().filter(|(_, s)| publishes(&s.spec)).map(|(id, _)| *id).collect();
-            let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| publishes(&p.spec)).map(|(id, _)| *id).collect();
-            for id in sessions {
-                self.close_session(id, LeaveReason::Left, now);
-            }
-            for id in internal {
-                if self.end_internal_publisher(id, LeaveReason::Left, now) {
-                    self.out.push_back(SfuOutput::PublisherEnded(id, PublisherEnd::Removed));
-                }
-            }
+            self.end_media_sessions(publishes, LeaveReason::Left, PublisherEnd::Removed, now);
             self.drain_all(now);
         }
         true
@@ -151,16 +142,23 @@ impl Sfu {
             self.out.push_back(SfuOutput::PublisherEnded(*id, end));
         }
         let matches = |spec: &SessionSpec| spec.room == *room && user.is_none_or(|u| spec.user == *u);
+        let media = self.end_media_sessions(matches, LeaveReason::Removed, end, now);
+        media || !members.is_empty()
+    }
+
+    /// Ends the WebRTC sessions and internal publishers whose spec `matches`; the owners of
+    /// internal publishers (RTMP, ingest) are told `end`. Whether there were any.
+    fn end_media_sessions(&mut self, matches: impl Fn(&SessionSpec) -> bool, reason: LeaveReason, end: PublisherEnd, now: Instant) -> bool {
         let sessions: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches(&s.spec)).map(|(id, _)| *id).collect();
         let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| matches(&p.spec)).map(|(id, _)| *id).collect();
         for id in &sessions {
-            self.close_session(*id, LeaveReason::Removed, now);
+            self.close_session(*id, reason, now);
         }
         for id in &internal {
-            if self.end_internal_publisher(*id, LeaveReason::Removed, now) {
+            if self.end_internal_publisher(*id, reason, now) {
                 self.out.push_back(SfuOutput::PublisherEnded(*id, end));
             }
         }
-        !sessions.is_empty() || !internal.is_empty() || !members.is_empty()
+        !sessions.is_empty() || !internal.is_empty()
     }
 }

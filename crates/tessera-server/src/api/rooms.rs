@@ -25,10 +25,6 @@ fn room_not_found(room: &RoomKey) -> ApiError {
     ApiError::not_found("room_not_found", format!("room '{}' does not exist", room.room))
 }
 
-fn engine_stopped(e: tessera_engine::RtcServerError) -> ApiError {
-    ApiError::internal(e.to_string())
-}
-
 /// An engine `Instant` as Unix ms.
 fn unix_ms(at: Instant) -> i64 {
     crate::now_ms() - Instant::now().saturating_duration_since(at).as_millis() as i64
@@ -72,7 +68,7 @@ fn user_view(p: &ParticipantInfo) -> Value {
 
 #[utoipa::path(get, operation_id = "rooms.list", path = "/v1/rooms", tag = "rooms", params(ListParams), responses((status = 200, description = "A page of rooms with participant, publisher and task counts", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let rooms = state.rtc.rooms(caller.app.clone()).await.map_err(engine_stopped)?;
+    let rooms = state.rtc.rooms(caller.app.clone()).await?;
     let items = rooms.iter().map(|r| room_view(&state, r)).collect();
     Ok(Json(q.page(items, |v| v["room"].as_str().unwrap_or(""))?))
 }
@@ -80,9 +76,9 @@ pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Ca
 #[utoipa::path(get, operation_id = "rooms.get", path = "/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, description = "room id")), responses((status = 200, description = "The room with a users summary", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
-    let rooms = state.rtc.rooms(caller.app.clone()).await.map_err(engine_stopped)?;
+    let rooms = state.rtc.rooms(caller.app.clone()).await?;
     let summary = rooms.iter().find(|r| r.room == key).ok_or_else(|| room_not_found(&key))?;
-    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.unwrap_or_default();
+    let users = state.rtc.room_users(key.clone()).await?.unwrap_or_default();
     let mut v = room_view(&state, summary);
     v["users"] = users.iter().map(|p| json!({"user": p.user, "role": p.role.code(), "user_type": p.user_type})).collect();
     Ok(Json(v))
@@ -92,11 +88,11 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
 #[utoipa::path(delete, operation_id = "rooms.dismiss", path = "/v1/rooms/{room}", tag = "rooms", params(("room" = String, Path, description = "room id")), responses((status = 200, description = "Dismissed: every session ends, tasks stop", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn dismiss(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(room): Path<String>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
-    if state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.is_none() {
+    if state.rtc.room_users(key.clone()).await?.is_none() {
         return Err(room_not_found(&key));
     }
     state.tasks.dismiss_room(&key);
-    state.rtc.dismiss(key.clone()).await.map_err(engine_stopped)?;
+    state.rtc.dismiss(key.clone()).await?;
     Ok(Json(json!({"room": key.room, "dismissed_at": crate::now_ms()})))
 }
 
@@ -108,7 +104,7 @@ pub async fn users(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<Value>>> {
     let key = room_key(&caller, &room)?;
-    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
+    let users = state.rtc.room_users(key.clone()).await?.ok_or_else(|| room_not_found(&key))?;
     let items = users.iter().map(user_view).collect();
     Ok(Json(q.page(items, |v| v["user"].as_str().unwrap_or(""))?))
 }
@@ -120,10 +116,10 @@ fn user_in(users: Vec<ParticipantInfo>, user: &str) -> ApiResult<ParticipantInfo
 #[utoipa::path(get, operation_id = "users.get", path = "/v1/rooms/{room}/users/{user}", tag = "rooms", params(("room" = String, Path, description = "room id"), ("user" = String, Path, description = "user id")), responses((status = 200, description = "The participant with per-track stats", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path((room, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
-    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
+    let users = state.rtc.room_users(key.clone()).await?.ok_or_else(|| room_not_found(&key))?;
     let p = user_in(users, &user)?;
     let mut v = user_view(&p);
-    let tracks = state.rtc.user_tracks(key, p.user.clone()).await.map_err(engine_stopped)?;
+    let tracks = state.rtc.user_tracks(key, p.user.clone()).await?;
     let muted = |stream: tessera_media::StreamKind, video: bool| p.tracks.iter().any(|t| t.muted && t.track == tessera_engine::Track::of(stream, video));
     v["tracks"] = tracks
         .iter()
@@ -146,10 +142,10 @@ pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Ca
 #[utoipa::path(delete, operation_id = "users.kick", path = "/v1/rooms/{room}/users/{user}", tag = "rooms", params(("room" = String, Path, description = "room id"), ("user" = String, Path, description = "user id")), responses((status = 200, description = "Removed: every session of the user ends", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn kick(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path((room, user)): Path<(String, String)>) -> ApiResult<Json<Value>> {
     let key = room_key(&caller, &room)?;
-    let users = state.rtc.room_users(key.clone()).await.map_err(engine_stopped)?.ok_or_else(|| room_not_found(&key))?;
+    let users = state.rtc.room_users(key.clone()).await?.ok_or_else(|| room_not_found(&key))?;
     let p = user_in(users, &user)?;
     let user: UserId = p.user;
     state.tasks.remove_user(&key, &user);
-    state.rtc.kick(key.clone(), user.clone()).await.map_err(engine_stopped)?;
+    state.rtc.kick(key.clone(), user.clone()).await?;
     Ok(Json(json!({"room": key.room, "user": user, "removed_at": crate::now_ms()})))
 }

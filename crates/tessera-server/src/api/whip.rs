@@ -73,10 +73,18 @@ pub(super) fn offer_error(e: tessera_engine::OfferError) -> ApiError {
     ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string())
 }
 
-fn stream_param(s: Option<&str>) -> ApiResult<StreamKind> {
+pub(super) fn stream_param(s: Option<&str>) -> ApiResult<StreamKind> {
     match s {
         None => Ok(StreamKind::Main),
         Some(s) => StreamKind::parse(s).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux")),
+    }
+}
+
+/// `quality=auto|h|m|l` (WHEP) or a subscription's `quality`; absent means auto.
+pub(super) fn quality_param(q: Option<&str>) -> ApiResult<Quality> {
+    match q {
+        None => Ok(Quality::Auto),
+        Some(s) => Quality::parse(s).ok_or_else(|| ApiError::invalid_parameter("quality", "must be auto, h, m or l")),
     }
 }
 
@@ -200,10 +208,7 @@ pub async fn play(
     let (offer, summary) = read_offer(&headers, &body)?;
     let stream = StreamKind::parse(&stream).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux"))?;
     let source = UserId::parse(&user).map_err(|e| ApiError::invalid_parameter("user", e.reason))?;
-    let quality = match q.quality.as_deref() {
-        None => Quality::Auto,
-        Some(s) => Quality::parse(s).ok_or_else(|| ApiError::invalid_parameter("quality", "must be auto, h, m or l"))?,
-    };
+    let quality = quality_param(q.quality.as_deref())?;
     summary.check_play().map_err(offer_error)?;
     // Sections the token may not receive are rejected in the answer; only when none is left
     // is the request refused.

@@ -2,9 +2,9 @@
 //! connection, `subscribe`/`unsubscribe`/`answer` on the server-offered `sub` connection, and
 //! `mute`. Privileges are checked here, per section, as for WHIP and WHEP (PRODUCT.md §4.2).
 
-use super::session::{engine_error, Joined, Subscriber};
+use super::session::{Joined, Subscriber};
 use super::AppState;
-use crate::api::whip::{media_privilege, offer_error};
+use crate::api::whip::{media_privilege, offer_error, quality_param, stream_param};
 use crate::error::ApiError;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
@@ -12,10 +12,11 @@ use tessera_engine::{JoinInfo, PeerRole, Quality, SectionKind, SessionSpec, Subs
 use tessera_media::StreamKind;
 use tessera_model::{Role, UserId};
 
+/// The message's `stream`: main when absent if `default_main`, else required.
 fn stream_of(msg: &Value, default_main: bool) -> Result<StreamKind, ApiError> {
     match msg["stream"].as_str() {
-        None if default_main => Ok(StreamKind::Main),
-        s => s.and_then(StreamKind::parse).ok_or_else(|| ApiError::invalid_parameter("stream", "must be main or aux")),
+        None if !default_main => Err(ApiError::invalid_parameter("stream", "must be main or aux")),
+        s => stream_param(s),
     }
 }
 
@@ -80,7 +81,7 @@ pub(super) async fn publish(state: &AppState, j: &mut Joined, msg: &Value) -> Re
     }
     let sid = tessera_model::random::session_id();
     let spec = session_spec(j, &sid, PeerRole::Publish, stream, Role::Anchor);
-    let answer = state.rtc.add_session(spec, sdp.to_owned()).await.map_err(engine_error)?.map_err(offer_error)?;
+    let answer = state.rtc.add_session(spec, sdp.to_owned()).await?.map_err(offer_error)?;
     // The SFU closed an older publisher of this stream already (the newest wins).
     j.published.retain(|(s, ..)| *s != stream);
     j.published.push((stream, sid, summary.media().map(|m| m.kind).collect()));
@@ -108,10 +109,7 @@ pub(super) async fn subscribe(state: &AppState, j: &mut Joined, msg: &Value) -> 
     let user = msg["user"].as_str().and_then(|u| UserId::parse(u).ok()).ok_or_else(|| ApiError::invalid_parameter("user", "a user id of the room"))?;
     let stream = stream_of(msg, true)?;
     let (audio, video) = (flag(msg, "audio")?, flag(msg, "video")?);
-    let quality = match msg["quality"].as_str() {
-        None => Quality::Auto,
-        Some(q) => Quality::parse(q).ok_or_else(|| ApiError::invalid_parameter("quality", "must be auto, h, m or l"))?,
-    };
+    let quality = quality_param(msg["quality"].as_str())?;
     if !audio && !video {
         return Err(ApiError::invalid_parameter("audio", "subscribe to audio, video or both"));
     }
@@ -130,12 +128,12 @@ async fn subscribe_to(state: &AppState, j: &mut Joined, req: SubscribeRequest) -
     if j.sub.is_none() {
         let sid = tessera_model::random::session_id();
         let spec = session_spec(j, &sid, PeerRole::Play, StreamKind::Main, j.token.role);
-        let (_, first_media) = state.rtc.add_subscriber(spec).await.map_err(engine_error)?.map_err(offer_error)?;
+        let (_, first_media) = state.rtc.add_subscriber(spec).await?.map_err(offer_error)?;
         j.sub = Some(Subscriber { sid, first_media, subscribed: Vec::new() });
     }
     let sub = j.sub.as_mut().expect("made above");
     let source = req.source.clone();
-    let offer = state.rtc.subscribe(&sub.sid, req).await.map_err(engine_error)?.map_err(subscriber_error)?;
+    let offer = state.rtc.subscribe(&sub.sid, req).await?.map_err(subscriber_error)?;
     if !sub.subscribed.contains(&source) {
         sub.subscribed.push(source);
     }
@@ -154,7 +152,7 @@ pub(super) async fn unsubscribe_from(state: &AppState, j: &mut Joined, source: (
         return Err(ApiError::new(StatusCode::CONFLICT, "not_subscribed", format!("not subscribed to {}'s {}", source.0, source.1)));
     };
     sub.subscribed.retain(|s| *s != source);
-    state.rtc.unsubscribe(&sub.sid, source).await.map_err(engine_error)?.map_err(subscriber_error)
+    state.rtc.unsubscribe(&sub.sid, source).await?.map_err(subscriber_error)
 }
 
 /// `answer` (pc `sub`): the client's answer to the last offer; changes asked meanwhile come in
@@ -165,7 +163,7 @@ pub(super) async fn answer(state: &AppState, j: &mut Joined, msg: &Value) -> Res
     }
     let sdp = msg["sdp"].as_str().ok_or_else(|| ApiError::invalid_parameter("sdp", "the answer is required"))?;
     let sub = j.sub.as_ref().ok_or_else(|| subscriber_error(SubscriberError::NoOfferPending))?;
-    state.rtc.subscriber_answer(&sub.sid, sdp.to_owned()).await.map_err(engine_error)?.map_err(subscriber_error)
+    state.rtc.subscriber_answer(&sub.sid, sdp.to_owned()).await?.map_err(subscriber_error)
 }
 
 /// `mute`: a published track is muted or unmuted (others get `track_muted`; webhooks 202/204/206
@@ -178,7 +176,7 @@ pub(super) async fn mute(state: &AppState, j: &mut Joined, msg: &Value) -> Resul
         _ => return Err(ApiError::invalid_parameter("kind", "must be audio or video")),
     };
     let muted = msg["muted"].as_bool().ok_or_else(|| ApiError::invalid_parameter("muted", "must be true or false"))?;
-    if !state.rtc.mute(j.key.clone(), j.user().clone(), Track::of(stream, video), muted).await.map_err(engine_error)? {
+    if !state.rtc.mute(j.key.clone(), j.user().clone(), Track::of(stream, video), muted).await? {
         return Err(ApiError::new(StatusCode::CONFLICT, "not_published", "that track is not published (or has sent no media yet)"));
     }
     Ok(())

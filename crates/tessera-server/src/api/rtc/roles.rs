@@ -2,7 +2,7 @@
 //! session, and what it no longer allows stops.
 
 use super::media;
-use super::session::{engine_error, Joined};
+use super::session::Joined;
 use super::AppState;
 use crate::api::whip::media_privilege;
 use crate::entry::{privilege_missing, verify_raw};
@@ -28,14 +28,14 @@ pub(super) async fn switch_role(state: &AppState, j: &mut Joined, msg: &Value) -
         _ => return Err(ApiError::invalid_parameter("role", "must be 20 (anchor) or 21 (audience)")),
     };
     if role == Role::Anchor {
-        if j.token.exp + 10 < crate::now_ms() / 1000 {
+        if j.token.exp + tessera_model::token::LEEWAY_S < crate::now_ms() / 1000 {
             return Ok(Switched::TokenExpired);
         }
         if j.token.privileges.bits() & Privileges::ANY_PUBLISH.bits() == 0 {
             return Err(privilege_missing(Privileges::PUBLISH_VIDEO));
         }
     }
-    state.rtc.switch_role(j.key.clone(), j.user().clone(), role).await.map_err(engine_error)?;
+    state.rtc.switch_role(j.key.clone(), j.user().clone(), role).await?;
     j.token.role = role;
     if role == Role::Audience {
         // The SFU has closed them.

@@ -127,7 +127,7 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
         Some(v) => v.as_bool().ok_or_else(|| ApiError::invalid_parameter("auto_subscribe", "must be true or false"))?,
     };
     let join = JoinInfo { user_type: 1, terminal_type: terminal, role: token.role, info: token.info.clone() };
-    let (id, ended) = state.rtc.join_signaling(key.clone(), token.user.clone(), join).await.map_err(engine_error)?;
+    let (id, ended) = state.rtc.join_signaling(key.clone(), token.user.clone(), join).await?;
     // A newer login replaces the older (it has joined first, so the participant stays).
     let (replace_tx, replaced) = oneshot::channel();
     let registry_key = (key.app.clone(), key.room.clone(), token.user.clone());
@@ -163,13 +163,9 @@ pub(super) fn codec_name(c: tessera_media::Codec) -> &'static str {
     }
 }
 
-pub(super) fn engine_error(e: tessera_engine::RtcServerError) -> ApiError {
-    ApiError::internal(e.to_string())
-}
-
 /// `joined`: who is there with their tracks, and how to connect.
 async fn joined_reply(state: &AppState, j: &Joined, resumed: bool) -> Result<Value, ApiError> {
-    let users = state.rtc.room_users(j.key.clone()).await.map_err(engine_error)?.unwrap_or_default();
+    let users = state.rtc.room_users(j.key.clone()).await?.unwrap_or_default();
     let participants: Vec<Value> = users
         .iter()
         .filter(|p| p.user != *j.user())
