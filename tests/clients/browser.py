@@ -43,7 +43,7 @@ def main():
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
     p.add_argument("--room", default="")
-    p.add_argument("--participant", action="append", default=[], help="room: user,token,#rrggbb,tone")
+    p.add_argument("--participant", action="append", default=[], help="room: user,token,#rrggbb,tone[,simulcast]")
     p.add_argument("--screen-color", default="#ffffff")
     p.add_argument("--size", default="320x180")
     p.add_argument("--user", default="")
@@ -152,8 +152,10 @@ def join_time(ctx, a):
 def room(ctx, a):
     pages = []
     for spec in a.participant:
-        user, token, color, tone = spec.split(",")
+        user, token, color, tone, *opts = spec.split(",")
         q = {"token": token, "source": "synthetic", "color": color, "tone": tone, "size": a.size, "autojoin": "1"}
+        if "simulcast" in opts:
+            q["simulcast"] = "1"
         page = ctx.new_page()
         page.goto(f"{a.base}/room.html?{urlencode(q)}")
         pages.append((user, page))
