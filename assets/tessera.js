@@ -14,6 +14,11 @@
 // Events (all `CustomEvent`s; `detail` is the server message unless said otherwise):
 //   participant_joined, participant_left, track_published, track_unpublished, track_muted,
 //   role_changed, first_media, custom, kicked, error (a server `error` without a pending request),
+//   active_speakers { speakers: [{user, level 0–100}] } loudest first, on change,
+//   quality { local: {uplink, downlink, uplink_rtt, uplink_loss, downlink_rtt, downlink_loss},
+//             remote: [{user, uplink}] } every 2 s; scores 0 unknown, 1 best … 5, 6 disconnected,
+//   stats { tracks: [{direction, user, stream, kind, codec, bitrate_kbps, fps, width, height,
+//           layer, loss_pct, jitter_ms, rtt_ms, sample_rate, channels}] } with `statsIntervalMs`,
 //   stream          { user, stream, mediaStream }: a remote stream appeared or got a track,
 //   stream_removed  { user, stream },
 //   reconnecting, reconnected { resumed }, disconnected { reason }.
@@ -38,7 +43,7 @@ export class Room extends EventTarget {
   /**
    * Joins a room. `url` is the signaling WebSocket (ws[s]://host/v1/rtc); `token` a user token.
    * @param {string} url @param {string} token
-   * @param {{autoSubscribe?: boolean, terminal?: number}} [options]
+   * @param {{autoSubscribe?: boolean, terminal?: number, statsIntervalMs?: number}} [options]
    * @returns {Promise<Room>}
    */
   static async connect(url, token, options = {}) {
@@ -84,6 +89,7 @@ export class Room extends EventTarget {
     ws.onclose = (e) => this.#onClose(e);
     const join = { type: 'join', token: this.token, auto_subscribe: this.options.autoSubscribe ?? true };
     if (this.options.terminal) join.terminal = this.options.terminal;
+    if (this.options.statsIntervalMs) join.stats_interval_ms = this.options.statsIntervalMs;
     if (resume) join.resume = resume;
     const joined = await this.#request(join);
     this.sessionId = joined.session_id;

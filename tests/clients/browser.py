@@ -11,6 +11,10 @@ room:    one tab per --participant "user,token,#rrggbb,tone_hz" on room.html (a 
          third's signaling socket is closed under it (tessera.js resumes), and after
          --seconds more the last leaves; prints per tab its remote tiles (frames, centre colour)
          at each step and the room events it saw.
+speakers: tabs as in room (tone 0: a silent microphone); waits until a silent tab is told the
+         first tab speaks, then the first falls silent and the second plays a tone, and times
+         until the third is told only the second speaks; then everyone is silent. Prints the
+         lists and times, and per tab its last `quality` and `stats` messages.
 Prints one JSON line; exits 1 with {"error": ...} on failure.
 """
 import argparse
@@ -38,7 +42,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time"])
+    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -73,6 +77,9 @@ def main():
             ctx = browser.new_context()
             if a.mode == "room":
                 out = room(ctx, a)
+                return print(json.dumps(out), flush=True) or 0
+            if a.mode == "speakers":
+                out = speakers(ctx, a)
                 return print(json.dumps(out), flush=True) or 0
             if a.mode == "join-time":
                 out = join_time(ctx, a)
@@ -149,21 +156,60 @@ def join_time(ctx, a):
     return {"streams": a.expect, "runs": runs, "median": {k: med(k) for k in ("joined_ms", "first_ms", "all_ms")}}
 
 
-def room(ctx, a):
+def open_participants(ctx, a):
     pages = []
     for spec in a.participant:
         user, token, color, tone, *opts = spec.split(",")
         q = {"token": token, "source": "synthetic", "color": color, "tone": tone, "size": a.size, "autojoin": "1"}
+        if tone == "0":
+            q["silent"] = "1"
         if "simulcast" in opts:
             q["simulcast"] = "1"
         page = ctx.new_page()
         page.goto(f"{a.base}/room.html?{urlencode(q)}")
         pages.append((user, page))
-    out = {"users": [u for u, _ in pages]}
     for user, page in pages:
         page.wait_for_function("['publishing', 'failed'].includes(window.tessera.state)", timeout=20000)
         if page.evaluate("window.tessera.state") == "failed":
             raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
+    return pages
+
+
+def speakers(ctx, a):
+    pages = open_participants(ctx, a)
+    users = [u for u, _ in pages]
+    listed = lambda page: page.evaluate("(window.tessera.speakers || []).map((s) => s.user)")
+
+    def until(page, want, limit):
+        start = time.monotonic()
+        while time.monotonic() - start < limit:
+            if listed(page) == want:
+                return round((time.monotonic() - start) * 1000)
+            time.sleep(0.02)
+        return None
+
+    out = {"users": users}
+    # The first tab's tone plays from the start: a silent tab hears of it.
+    out["first_ms"] = until(pages[1][1], [users[0]], 15)
+    out["first"] = listed(pages[1][1])
+    time.sleep(a.seconds)
+    out["steady"] = listed(pages[2][1])
+    # The speaker changes.
+    pages[0][1].evaluate("window.tessera.tone(0)")
+    pages[1][1].evaluate("window.tessera.tone(660)")
+    out["switch_ms"] = until(pages[2][1], [users[1]], 5)
+    out["switched"] = listed(pages[2][1])
+    pages[1][1].evaluate("window.tessera.tone(0)")
+    out["silent_ms"] = until(pages[2][1], [], 5)
+    out["speaker_events"] = {u: [e for e in p.evaluate("window.tessera.events") if e["type"] == "active_speakers"] for u, p in pages}
+    out["quality"] = {u: p.evaluate("window.tessera.quality || null") for u, p in pages}
+    out["stats"] = {u: p.evaluate("window.tessera.stats || null") for u, p in pages}
+    return out
+
+
+def room(ctx, a):
+    pages = open_participants(ctx, a)
+    out = {"users": [u for u, _ in pages]}
     tiles = lambda: {u: p.evaluate("window.tessera.tiles()") for u, p in pages}
     time.sleep(a.seconds)
     out["meeting"] = tiles()

@@ -255,10 +255,10 @@ pub enum IngestMedia {
         frame: Vec<u8>,
         keyframe: bool,
     },
-    /// Opus frames (48 kHz timestamps) due at `due_ms`.
+    /// Opus frames (48 kHz timestamps, dBov level when measured) due at `due_ms`.
     Opus {
         due_ms: i64,
-        frames: Vec<(u32, Vec<u8>)>,
+        frames: Vec<(u32, Vec<u8>, Option<u8>)>,
     },
 }
 
@@ -310,6 +310,7 @@ impl IngestRtp {
                         keyframe: p.keyframe,
                         codec: Codec::H264,
                         payload: Arc::from(p.payload),
+                        audio_level: None,
                     });
                     self.video_seq += 1;
                 }
@@ -321,14 +322,32 @@ impl IngestRtp {
                 tessera_media::vp8::packetize(&frame, MAX_RTP_PAYLOAD, &mut payloads);
                 let n = payloads.len();
                 for (i, p) in payloads.into_iter().enumerate() {
-                    packets.push(IngestPacket { ssrc: self.video_ssrc, seq: self.video_seq, ts: ts90, marker: i + 1 == n, keyframe, codec: Codec::Vp8, payload: Arc::from(p) });
+                    packets.push(IngestPacket {
+                        ssrc: self.video_ssrc,
+                        seq: self.video_seq,
+                        ts: ts90,
+                        marker: i + 1 == n,
+                        keyframe,
+                        codec: Codec::Vp8,
+                        payload: Arc::from(p),
+                        audio_level: None,
+                    });
                     self.video_seq += 1;
                 }
             }
             IngestMedia::Opus { due_ms, frames } => {
                 self.next_base_ms = self.next_base_ms.max(due_ms + 20);
-                for (ts, data) in frames {
-                    packets.push(IngestPacket { ssrc: self.audio_ssrc, seq: self.audio_seq, ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(data) });
+                for (ts, data, audio_level) in frames {
+                    packets.push(IngestPacket {
+                        ssrc: self.audio_ssrc,
+                        seq: self.audio_seq,
+                        ts,
+                        marker: false,
+                        keyframe: true,
+                        codec: Codec::Opus,
+                        payload: Arc::from(data),
+                        audio_level,
+                    });
                     self.audio_seq += 1;
                 }
             }
@@ -453,7 +472,7 @@ mod tests {
         let a = rtp.packetize(IngestMedia::H264 { ts_ms: 0, nalus: vec![vec![0x65; 3000]] });
         assert!(a.len() >= 3 && a.last().unwrap().marker);
         assert_eq!(rtp.next_base_ms(), 40);
-        let b = rtp.packetize(IngestMedia::Opus { due_ms: 100, frames: vec![(4800, vec![1, 2, 3])] });
+        let b = rtp.packetize(IngestMedia::Opus { due_ms: 100, frames: vec![(4800, vec![1, 2, 3], Some(30))] });
         assert_eq!((b[0].seq, b[0].ts), (1, 4800));
         assert_eq!(rtp.next_base_ms(), 120);
         let c = rtp.packetize(IngestMedia::H264 { ts_ms: 120, nalus: vec![vec![0x41, 1]] });

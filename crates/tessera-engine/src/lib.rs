@@ -15,10 +15,12 @@ pub mod ingest;
 pub mod mcu;
 pub mod outputs;
 pub mod presence;
+pub mod quality;
 pub mod rtmp_publisher;
 pub mod sfu;
 #[cfg(test)]
 mod sfu_harness;
+pub mod speakers;
 
 pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};

@@ -110,7 +110,7 @@ pub struct TrackState {
     pub media: Option<TrackMedia>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RoomEvent {
     RoomCreated {
         room: RoomKey,
@@ -155,6 +155,18 @@ pub enum RoomEvent {
         user: UserId,
         track: Track,
         muted: bool,
+    },
+    /// Who speaks (room signaling's `active_speakers`, not a webhook): (user, level 0–100),
+    /// loudest first, on change, at most every 500 ms.
+    ActiveSpeakers {
+        room: RoomKey,
+        speakers: Vec<(UserId, u8)>,
+    },
+    /// Every 2 s, each signaling participant's network quality (room signaling's `quality`,
+    /// not a webhook).
+    Quality {
+        room: RoomKey,
+        reports: Vec<crate::quality::QualityReport>,
     },
 }
 
@@ -403,6 +415,8 @@ mod tests {
                 RoomEvent::TrackStarted { track, .. } => track.start_code().to_string(),
                 RoomEvent::TrackStopped { track, .. } => (track.start_code() + 1).to_string(),
                 RoomEvent::TrackMuted { track, muted, .. } => format!("{}m", track.start_code() + u16::from(*muted)),
+                RoomEvent::ActiveSpeakers { .. } => "speakers".to_string(),
+                RoomEvent::Quality { .. } => "quality".to_string(),
             })
             .collect()
     }

@@ -75,7 +75,16 @@ impl RtmpPublisher {
         VideoTag::parse(data).and_then(|tag| self.video.on_tag(&tag, timestamp_ms, &mut out))?;
         Ok(out
             .into_iter()
-            .map(|o| IngestPacket { ssrc: self.video_ssrc, seq: o.seq, ts: o.ts, marker: o.marker, keyframe: o.keyframe, codec: Codec::H264, payload: Arc::from(o.payload) })
+            .map(|o| IngestPacket {
+                ssrc: self.video_ssrc,
+                seq: o.seq,
+                ts: o.ts,
+                marker: o.marker,
+                keyframe: o.keyframe,
+                codec: Codec::H264,
+                payload: Arc::from(o.payload),
+                audio_level: None,
+            })
             .collect())
     }
 
@@ -104,7 +113,7 @@ impl RtmpPublisher {
                     .map(|f| {
                         let seq = self.audio_seq;
                         self.audio_seq += 1;
-                        IngestPacket { ssrc: self.audio_ssrc, seq, ts: f.ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data) }
+                        IngestPacket { ssrc: self.audio_ssrc, seq, ts: f.ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data), audio_level: f.level }
                     })
                     .collect())
             }

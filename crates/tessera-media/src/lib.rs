@@ -2,7 +2,9 @@
 //! streams and tracks and the codecs Tessera carries (PRODUCT.md §3.5). Packetizers, the
 //! jitter buffer and codec bitstream helpers join this crate as the SFU and MCU land.
 
+pub mod audio_level;
 pub mod h264;
+pub mod picture_size;
 pub mod rtp;
 pub mod throttle;
 pub mod vp8;

@@ -162,6 +162,8 @@ impl Webhooks {
             // Muting stops the track for the webhooks' purposes, unmuting starts it again.
             RoomEvent::TrackMuted { room, user, track, muted: true } => (room, track.start_code() + 1, EventInfo { reason: Some(0.into()), ..user_info(room, user) }),
             RoomEvent::TrackMuted { room, user, track, muted: false } => (room, track.start_code(), user_info(room, user)),
+            // Live signals for the room's participants, not events.
+            RoomEvent::ActiveSpeakers { .. } | RoomEvent::Quality { .. } => return,
         };
         self.emit(&room.app, code, info);
     }

@@ -396,7 +396,7 @@ fn play(task: &IngestTask, source: &mut PullSource, publisher: u64, keyframes: &
             let packets = rtp.packetize(match m {
                 SourceMedia::Video { ts_ms, data: VideoData::H264(nalus), .. } => IngestMedia::H264 { ts_ms, nalus },
                 SourceMedia::Video { ts_ms, data: VideoData::Vp8(frame), keyframe, .. } => IngestMedia::Vp8 { ts_ms, frame, keyframe },
-                SourceMedia::Audio { frames, due_ms } => IngestMedia::Opus { due_ms, frames: frames.into_iter().map(|f| (f.ts, f.data)).collect() },
+                SourceMedia::Audio { frames, due_ms } => IngestMedia::Opus { due_ms, frames: frames.into_iter().map(|f| (f.ts, f.data, f.level)).collect() },
             });
             bytes += packets.iter().map(|p| p.payload.len() as u64 + 12).sum::<u64>();
             if !packets.is_empty() && rtc.push_blocking(publisher, packets).is_err() {

@@ -111,6 +111,7 @@ impl AudioToOpus {
             let mut frame = ff::frame::Audio::new(Sample::I16(Type::Packed), OPUS_FRAME, ChannelLayout::STEREO);
             frame.set_rate(OPUS_RATE);
             let ts = self.next_ts.unwrap_or(0);
+            let level = tessera_media::audio_level::dbov_i16(&self.pending[..OPUS_FRAME * 2]);
             frame.set_pts(Some(ts as i64));
             frame.plane_mut::<i16>(0)[..OPUS_FRAME * 2].copy_from_slice(&self.pending[..OPUS_FRAME * 2]);
             self.pending.drain(..OPUS_FRAME * 2);
@@ -118,7 +119,7 @@ impl AudioToOpus {
             while self.encoder.receive_packet(&mut self.packet).is_ok() {
                 if let Some(data) = self.packet.data() {
                     let out_ts = *self.out_ts.get_or_insert(ts);
-                    out.push(OpusFrame { ts: out_ts, data: data.to_vec() });
+                    out.push(OpusFrame { ts: out_ts, data: data.to_vec(), level: Some(level) });
                     self.out_ts = Some(out_ts.wrapping_add(OPUS_FRAME as u32));
                 }
             }

@@ -163,11 +163,12 @@ impl OpusEncoder {
                 plane[2 * i + 1] = (r.clamp(-1.0, 1.0) * 32767.0) as i16;
             }
         }
+        let level = tessera_media::audio_level::dbov_f32(stereo);
         self.frame.set_pts(Some(self.next_ts as i64));
         self.encoder.send_frame(&self.frame)?;
         while self.encoder.receive_packet(&mut self.packet).is_ok() {
             if let Some(d) = self.packet.data() {
-                out.push(OpusFrame { ts: self.next_ts, data: d.to_vec() });
+                out.push(OpusFrame { ts: self.next_ts, data: d.to_vec(), level: Some(level) });
             }
         }
         self.next_ts = self.next_ts.wrapping_add(OPUS_FRAME as u32);

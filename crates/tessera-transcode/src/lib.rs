@@ -40,6 +40,8 @@ pub(crate) const OPUS_BITRATE: usize = 64_000;
 pub struct OpusFrame {
     pub ts: u32,
     pub data: Vec<u8>,
+    /// The level of the audio it encodes, in dBov (RFC 6464), when the PCM was at hand.
+    pub level: Option<u8>,
 }
 
 /// FFmpeg is set up once per process, and only its errors are logged.

@@ -299,7 +299,7 @@ impl PullSource {
             let due_ms = (t - origin).max(0) + self.base_ms;
             let mut frames = Vec::new();
             match &mut a.path {
-                AudioPath::Opus => frames.push(OpusFrame { ts: (due_ms as u64 * (OPUS_RATE as u64 / 1000)) as u32, data: data.to_vec() }),
+                AudioPath::Opus => frames.push(OpusFrame { ts: (due_ms as u64 * (OPUS_RATE as u64 / 1000)) as u32, data: data.to_vec(), level: None }),
                 AudioPath::Transcode(t) => {
                     if let Err(e) = t.push(data, due_ms as u32, &mut frames) {
                         tracing::debug!("audio frame not transcoded: {e}");

@@ -405,6 +405,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 keyframe: pl.keyframe,
                                 codec: Codec::H264,
                                 payload: Arc::from(pl.payload),
+                                audio_level: None,
                             });
                             video_seq += 1;
                         }
@@ -449,7 +450,16 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                             audio_seq += 1;
                             // Opus timestamps on the video's clock (ms since start × 48).
                             let ts = (next_audio - start).as_millis() as u64 * 48 - 960;
-                            IngestPacket { ssrc: audio_ssrc, seq: audio_seq, ts: ts as u32, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data) }
+                            IngestPacket {
+                                ssrc: audio_ssrc,
+                                seq: audio_seq,
+                                ts: ts as u32,
+                                marker: false,
+                                keyframe: true,
+                                codec: Codec::Opus,
+                                payload: Arc::from(f.data),
+                                audio_level: f.level,
+                            }
                         })
                         .collect();
                     if !out.is_empty() {

@@ -35,7 +35,7 @@ pub struct LayerRate {
 
 /// Rank of a simulcast layer by its rid: the spec's names first (h, m, l, l2: PRODUCT.md
 /// §3.5), highest first.
-fn rank(rid: Option<&str>) -> u8 {
+pub(super) fn rank(rid: Option<&str>) -> u8 {
     match rid {
         Some("h") => 0,
         Some("m") => 1,

@@ -42,6 +42,8 @@ pub(super) struct Consumer {
     gop_replayed_at: Option<Instant>,
     /// What it sends (for the rooms API's per-track stats).
     pub(super) sent: Option<super::producer::RateMeter>,
+    /// The codec it last sent.
+    pub(super) codec: Option<Codec>,
 }
 
 /// What one producer packet does at one consumer.
@@ -75,6 +77,7 @@ impl Consumer {
             gate: FrameGate::default(),
             gop_replayed_at: None,
             sent: None,
+            codec: None,
         }
     }
 
@@ -131,7 +134,8 @@ impl Consumer {
         let gap_ticks = self.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * fp.codec.clock_rate() as f64) as u32).unwrap_or(1);
         let Some((seq, ts)) = self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { return Route::Skip };
         self.last_sent = Some(now);
-        self.sent.get_or_insert_with(|| super::producer::RateMeter::new(now)).add(now, fp.payload.len() + 12);
+        self.sent.get_or_insert_with(|| super::producer::RateMeter::new(now)).add(now, fp.payload.len() + 12, fp.marker && fp.kind == MediaKind::Video);
+        self.codec = Some(fp.codec);
         Route::Send { pt, seq, ts }
     }
 

@@ -128,7 +128,8 @@ impl Sfu {
         let Role::Publisher { producers } = &mut publisher.role else { return };
         let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
         let kind = producer.kind;
-        note_layer(producer, rid, pkt.payload.len() + 12, now);
+        let keyframe = kind == MediaKind::Video && is_keyframe(codec, &pkt.payload);
+        note_layer(producer, rid, codec, &pkt.payload, pkt.header.marker, keyframe, now);
         if !std::mem::replace(&mut producer.announced, true) {
             let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
@@ -144,7 +145,7 @@ impl Sfu {
             seq: *pkt.seq_no,
             ts: pkt.header.timestamp,
             marker: pkt.header.marker,
-            keyframe: kind == MediaKind::Video && is_keyframe(codec, &pkt.payload),
+            keyframe,
             payload: pkt.payload,
             codec,
             kind,
@@ -160,6 +161,9 @@ impl Sfu {
     /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
     /// `only`. Returns nothing; viewers written to are marked dirty.
     pub(super) fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
+        if let (None, MediaKind::Audio, Some(level)) = (only, fp.kind, fp.ext.audio_level) {
+            self.note_audio_level(room, &key.0, key.1, level, now);
+        }
         // Taps take one layer (the top one, or the only one); a mix job's tap skips mixes.
         if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) {
             let is_mix = key.0.is_mix();
@@ -272,7 +276,7 @@ impl Sfu {
         }
         let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
             .into_iter()
-            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: vec![Layer::new(None, now)], announced: false })
+            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: vec![Layer::new(None, now)], announced: false, codec: None })
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
@@ -309,7 +313,7 @@ impl Sfu {
             tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
         };
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
-            note_layer(producer, None, packet.payload.len() + 12, now);
+            note_layer(producer, None, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, now);
             if !std::mem::replace(&mut producer.announced, true) {
                 self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });
             }
@@ -325,7 +329,7 @@ impl Sfu {
             kind,
             mid: mid.into(),
             rid: None,
-            ext: ExtensionValues::default(),
+            ext: ExtensionValues { audio_level: packet.audio_level.map(|l| -(l.min(127) as i8)), ..Default::default() },
             arrival: now,
         };
         if kind == MediaKind::Video {

@@ -15,6 +15,7 @@ mod forwarding;
 mod membership;
 mod producer;
 mod rooms;
+mod signals;
 mod subscriber;
 mod types;
 
@@ -80,6 +81,8 @@ struct Session {
     /// consent every 5 s and send RTCP every second, so silence means the peer is gone).
     last_heard: Instant,
     addrs: Vec<SocketAddr>,
+    /// Its latest network measurements (quality, stats).
+    net: signals::NetStats,
     /// Queued in `Sfu::dirty` for draining (so it is queued once, however many packets it got).
     dirty: bool,
     /// The session's span (sid, room, user, role): its log lines name it. Entered only where
@@ -147,6 +150,10 @@ pub struct Sfu {
     watchers: HashMap<RoomKey, (Vec<u64>, Vec<PublisherInfo>)>,
     /// Participants and their tracks: the room and media events.
     presence: Presence,
+    /// Each room's voices, for active speakers.
+    speakers: HashMap<RoomKey, crate::speakers::RoomSpeakers>,
+    /// When quality reports are due next.
+    next_quality: Instant,
 }
 
 impl Sfu {
@@ -178,6 +185,8 @@ impl Sfu {
             watchers: HashMap::new(),
             signaling: HashMap::new(),
             presence: Presence::default(),
+            speakers: HashMap::new(),
+            next_quality: now + crate::quality::QUALITY_INTERVAL,
         }
     }
 
@@ -323,7 +332,10 @@ impl Sfu {
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role);
         tracing::info!(parent: &span, "session added");
-        self.sessions.insert(id, Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), dirty: false, span });
+        self.sessions.insert(
+            id,
+            Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span },
+        );
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(answer)
@@ -512,6 +524,7 @@ impl Sfu {
             self.allocate(v, now);
         }
         self.tell_watchers();
+        self.signals_tick(now);
     }
 
     /// Polls one peer until it names its next timeout; its events are queued.
@@ -586,12 +599,15 @@ impl Sfu {
                             Some(sim) => sim.recv.iter().map(|l| Layer::new(Some(l.rid), now)).collect(),
                             None => vec![Layer::new(None, now)],
                         };
-                        producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false });
+                        producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false, codec: None });
                     }
                 }
             }
             Event::RtpPacket(pkt) => self.forward(id, pkt, now),
             Event::KeyframeRequest(req) => self.keyframe_request_from_viewer(id, req.mid, now),
+            Event::PeerStats(s) => self.note_peer_stats(id, s, now),
+            Event::MediaIngressStats(s) => self.note_ingress_stats(id, s),
+            Event::MediaEgressStats(s) => self.note_egress_stats(id, s),
             Event::EgressBitrateEstimate(BweKind::Twcc { estimate, .. }) => {
                 if let Some(Session { role: Role::Viewer { estimate_bps, .. }, .. }) = self.sessions.get_mut(&id) {
                     *estimate_bps = Some(estimate.as_f64());

@@ -13,25 +13,32 @@ use super::types::SessionSpec;
 /// PLI/FIR reach a producer at most this often (PRODUCT.md §3.5).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
 
-/// Bytes over a sliding window, for layer bitrates.
+/// Bytes and frames over a sliding window, for layer bitrates and frame rates.
 #[derive(Debug, Clone)]
 pub(super) struct RateMeter {
     window_start: Instant,
     pub(super) bytes: u64,
+    frames: u32,
     pub(super) bps: f64,
+    pub(super) fps: f64,
 }
 
 impl RateMeter {
     pub(super) fn new(now: Instant) -> RateMeter {
-        RateMeter { window_start: now, bytes: 0, bps: 0.0 }
+        RateMeter { window_start: now, bytes: 0, frames: 0, bps: 0.0, fps: 0.0 }
     }
-    pub(super) fn add(&mut self, now: Instant, bytes: usize) {
+    /// One packet; `frame_end` when it ends a video frame (the RTP marker).
+    pub(super) fn add(&mut self, now: Instant, bytes: usize, frame_end: bool) {
         self.bytes += bytes as u64;
+        self.frames += frame_end as u32;
         let elapsed = now.saturating_duration_since(self.window_start);
         if elapsed >= Duration::from_millis(500) {
-            let rate = self.bytes as f64 * 8.0 / elapsed.as_secs_f64();
+            let secs = elapsed.as_secs_f64();
+            let (rate, fps) = (self.bytes as f64 * 8.0 / secs, self.frames as f64 / secs);
             self.bps = if self.bps == 0.0 { rate } else { 0.5 * self.bps + 0.5 * rate };
+            self.fps = if self.fps == 0.0 { fps } else { 0.5 * self.fps + 0.5 * fps };
             self.bytes = 0;
+            self.frames = 0;
             self.window_start = now;
         }
     }
@@ -44,11 +51,13 @@ pub(super) struct Layer {
     pub(super) rate: RateMeter,
     pub(super) last_packet: Instant,
     pub(super) keyframe_requests: KeyframeThrottle,
+    /// The picture size its last keyframe announced (video).
+    pub(super) size: Option<(u32, u32)>,
 }
 
 impl Layer {
     pub(super) fn new(rid: Option<Rid>, now: Instant) -> Layer {
-        Layer { rid, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL) }
+        Layer { rid, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), size: None }
     }
 }
 
@@ -60,6 +69,8 @@ pub(super) struct Producer {
     pub(super) layers: Vec<Layer>,
     /// Its first packet was reported to `Presence` (events 201/203/205).
     pub(super) announced: bool,
+    /// The codec of its last packet.
+    pub(super) codec: Option<Codec>,
 }
 
 /// One packet on its way from a producer to consumers.
@@ -129,7 +140,10 @@ impl GopCache {
     }
 }
 
-pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, bytes: usize, now: Instant) {
+/// Counts one packet of a producer's layer; a keyframe's packet that carries the picture size
+/// (an SPS, a VP8 keyframe header) updates it.
+pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec, payload: &[u8], marker: bool, keyframe: bool, now: Instant) {
+    producer.codec = Some(codec);
     let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
         Some(i) => &mut producer.layers[i],
         None => {
@@ -137,8 +151,13 @@ pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, bytes: usize
             producer.layers.last_mut().expect("just pushed")
         }
     };
-    layer.rate.add(now, bytes);
+    layer.rate.add(now, payload.len() + 12, marker && producer.kind == MediaKind::Video);
     layer.last_packet = now;
+    if keyframe {
+        if let Some(size) = tessera_media::picture_size::of_packet(codec, payload) {
+            layer.size = Some(size);
+        }
+    }
 }
 
 pub(super) fn to_codec(c: WireCodec) -> Option<Codec> {

@@ -4,7 +4,6 @@
 
 use super::*;
 use crate::presence::ParticipantInfo;
-use producer::Producer;
 use tessera_model::AppId;
 
 impl Sfu {
@@ -28,42 +27,6 @@ impl Sfu {
     /// The room's participants, or `None` when there is no such room.
     pub fn room_users(&self, room: &RoomKey) -> Option<Vec<ParticipantInfo>> {
         self.rooms.contains_key(room).then(|| self.presence.participants(room))
-    }
-
-    /// The tracks `user` publishes and receives in the room, with their rates.
-    pub fn user_tracks(&self, room: &RoomKey, user: &UserId) -> Vec<TrackStats> {
-        let mut out = Vec::new();
-        let published = |stream: StreamKind, producers: &[Producer], out: &mut Vec<TrackStats>| {
-            for p in producers {
-                let layers: Vec<(Option<String>, f64)> = p.layers.iter().map(|l| (l.rid.map(|r| r.to_string()), l.rate.bps / 1000.0)).collect();
-                let kbps = layers.iter().map(|(_, k)| k).sum();
-                out.push(TrackStats { direction: "publish", source: None, stream, video: p.kind == MediaKind::Video, kbps, layers });
-            }
-        };
-        let mine = |spec: &SessionSpec| spec.room == *room && spec.user == *user;
-        for s in self.sessions.values().filter(|s| mine(&s.spec)) {
-            match &s.role {
-                Role::Publisher { producers } => published(s.spec.stream, producers, &mut out),
-                Role::Viewer { consumers, .. } => {
-                    for c in consumers {
-                        let layer = c.current.map(|(_, rid)| rid.map(|r| r.to_string()));
-                        let kbps = c.sent.as_ref().map_or(0.0, |r| r.bps / 1000.0);
-                        out.push(TrackStats {
-                            direction: "receive",
-                            source: Some(c.source.0.clone()),
-                            stream: c.source.1,
-                            video: c.kind == MediaKind::Video,
-                            kbps,
-                            layers: layer.map(|l| vec![(l, kbps)]).unwrap_or_default(),
-                        });
-                    }
-                }
-            }
-        }
-        for p in self.internal.values().filter(|p| mine(&p.spec)) {
-            published(p.spec.stream, &p.producers, &mut out);
-        }
-        out
     }
 
     /// Ends every session of `user` in the room (WHIP, WHEP, RTMP, ingest, mix output) as
@@ -103,6 +66,10 @@ impl Sfu {
         r.empty_since = None;
         r.members.push(id);
         self.signaling.insert(id, (room.clone(), user.clone()));
+        // Whoever joins learns who speaks now (the list goes out again at the next tick).
+        if let Some(s) = self.speakers.get_mut(room) {
+            s.resend();
+        }
         id
     }
 

@@ -85,6 +85,9 @@ pub struct IngestPacket {
     pub keyframe: bool,
     pub codec: Codec,
     pub payload: Arc<[u8]>,
+    /// Audio: its level in dBov (RFC 6464), measured where the audio was decoded; WebRTC
+    /// viewers get it in the header extension, and it feeds active speakers.
+    pub audio_level: Option<u8>,
 }
 
 /// A publisher as the MCU sees it (`Sfu::room_publishers`).
@@ -180,9 +183,19 @@ pub struct TrackStats {
     pub source: Option<UserId>,
     pub stream: StreamKind,
     pub video: bool,
+    pub codec: Option<Codec>,
     /// Measured over the last second or so.
     pub kbps: f64,
     /// Publish: each simulcast layer (`None` for a single encoding) and its rate. Receive: the
     /// layer being forwarded.
     pub layers: Vec<(Option<String>, f64)>,
+    /// Publish: the highest layer being sent; receive: the layer forwarded.
+    pub layer: Option<String>,
+    /// Video: frames per second, and the picture size of the layer's last keyframe.
+    pub fps: Option<f64>,
+    pub size: Option<(u32, u32)>,
+    /// Publish: loss and jitter the server sees; receive: what the viewer reports.
+    pub loss_pct: Option<f64>,
+    pub jitter_ms: Option<f64>,
+    pub rtt_ms: Option<f64>,
 }

@@ -125,16 +125,41 @@ pub async fn user(State(state): State<AppState>, Extension(caller): Extension<Ca
         .iter()
         .map(|t| {
             let layers: Vec<Value> = t.layers.iter().map(|(rid, kbps)| json!({"rid": rid, "kbps": kbps.round()})).collect();
-            let mut track =
-                json!({"direction": t.direction, "stream": t.stream.as_str(), "kind": if t.video { "video" } else { "audio" }, "kbps": t.kbps.round(), "layers": layers});
-            match &t.source {
-                Some(source) => track["user"] = json!(source),
-                None => track["muted"] = json!(muted(t.stream, t.video)),
+            let mut track = track_stats(&p.user, t);
+            track["kbps"] = json!(t.kbps.round());
+            track["layers"] = json!(layers);
+            if t.source.is_none() {
+                track["muted"] = json!(muted(t.stream, t.video));
             }
             track
         })
         .collect();
     Ok(Json(v))
+}
+
+/// One track's live stats as room signaling's `stats` message and `users.get` show them
+/// (PRODUCT.md §7, §9). `owner` is the participant: a published track's user.
+pub(crate) fn track_stats(owner: &UserId, t: &tessera_engine::TrackStats) -> Value {
+    let round1 = |x: Option<f64>| x.map(|v| (v * 10.0).round() / 10.0);
+    let audio = t.codec == Some(tessera_media::Codec::Opus);
+    json!({
+        "direction": t.direction,
+        "user": t.source.as_ref().unwrap_or(owner),
+        "stream": t.stream.as_str(),
+        "kind": if t.video { "video" } else { "audio" },
+        "codec": t.codec.map(super::rtc::codec_name),
+        "bitrate_kbps": t.kbps.round(),
+        "fps": round1(t.fps),
+        "width": t.size.map(|s| s.0),
+        "height": t.size.map(|s| s.1),
+        "layer": t.layer,
+        "loss_pct": round1(t.loss_pct),
+        "jitter_ms": round1(t.jitter_ms),
+        "rtt_ms": round1(t.rtt_ms),
+        // Opus is 48 kHz, and Tessera negotiates it stereo.
+        "sample_rate": audio.then_some(48_000),
+        "channels": audio.then_some(2),
+    })
 }
 
 /// Removes the user: every session of theirs ends (104 Reason 3); an RTMP encoder is told

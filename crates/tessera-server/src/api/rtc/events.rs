@@ -73,6 +73,20 @@ fn message(j: &Joined, e: &RoomEvent) -> Option<Value> {
             json!({"type": "track_muted", "user": user, "stream": track.stream().as_str(), "kind": track.kind(), "muted": muted})
         }
         RoomEvent::RoleChanged { room, user, role } if mine(room, user) => json!({"type": "role_changed", "user": user, "role": role.code()}),
+        RoomEvent::ActiveSpeakers { room, speakers } if *room == j.key => {
+            let speakers: Vec<Value> = speakers.iter().map(|(user, level)| json!({"user": user, "level": level})).collect();
+            json!({"type": "active_speakers", "speakers": speakers})
+        }
+        RoomEvent::Quality { room, reports } if *room == j.key => {
+            let round = |x: Option<f64>| x.map(|v| (v * 10.0).round() / 10.0);
+            let local = reports.iter().find(|r| r.user == *j.user())?;
+            let remote: Vec<Value> = reports.iter().filter(|r| r.user != *j.user()).map(|r| json!({"user": r.user, "uplink": r.uplink})).collect();
+            json!({"type": "quality", "local": {
+                "uplink": local.uplink, "downlink": local.downlink,
+                "uplink_rtt": round(local.uplink_rtt), "uplink_loss": round(local.uplink_loss),
+                "downlink_rtt": round(local.downlink_rtt), "downlink_loss": round(local.downlink_loss),
+            }, "remote": remote})
+        }
         _ => return None,
     })
 }

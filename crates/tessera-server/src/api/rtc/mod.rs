@@ -23,6 +23,7 @@ use tessera_engine::presence::LeaveReason;
 use tessera_engine::PublisherEnd;
 use tokio::sync::broadcast;
 
+pub(crate) use session::codec_name;
 pub use session::Signaling;
 
 /// Text frames of at most this size; larger closes with 1009.
@@ -194,6 +195,12 @@ async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, ev
                 }
             },
             Some(msg) = joined.inbox.recv() => outbox.push(msg),
+            () = session::next_stats(&mut joined.stats) => {
+                if let Ok(tracks) = state.rtc.user_tracks(joined.key.clone(), joined.user().clone()).await {
+                    let tracks: Vec<Value> = tracks.iter().map(|t| super::rooms::track_stats(joined.user(), t)).collect();
+                    outbox.push(json!({"type": "stats", "tracks": tracks}));
+                }
+            }
             Some((user, stream, video)) = session::next_first_media(&mut joined.sub) => {
                 outbox.push(json!({"type": "first_media", "user": user, "stream": stream.as_str(), "kind": if video { "video" } else { "audio" }}));
             }

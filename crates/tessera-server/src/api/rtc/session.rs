@@ -50,6 +50,8 @@ pub(super) struct Joined {
     pub(super) token: UserToken,
     pub(super) session_id: String,
     pub(super) auto_subscribe: bool,
+    /// `stats` goes out on each tick (`stats_interval_ms`), if asked for.
+    pub(super) stats: Option<tokio::time::Interval>,
     /// Each published stream: its SFU publisher session (the `pub` connection's) and kinds.
     pub(super) published: Vec<(StreamKind, String, Vec<tessera_engine::SectionKind>)>,
     pub(super) sub: Option<Subscriber>,
@@ -93,6 +95,16 @@ impl Joined {
     }
 }
 
+/// The next `stats` tick (never, without `stats_interval_ms`).
+pub(super) async fn next_stats(stats: &mut Option<tokio::time::Interval>) {
+    match stats {
+        Some(t) => {
+            t.tick().await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
 /// The next first-media notice of a `sub` connection (never, without one).
 pub(super) async fn next_first_media(sub: &mut Option<Subscriber>) -> Option<FirstMedia> {
     match sub {
@@ -126,6 +138,14 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
         None | Some(Value::Null) => true,
         Some(v) => v.as_bool().ok_or_else(|| ApiError::invalid_parameter("auto_subscribe", "must be true or false"))?,
     };
+    let stats_interval = match msg.get("stats_interval_ms") {
+        None | Some(Value::Null) => None,
+        Some(v) => match v.as_u64() {
+            Some(0) => None,
+            Some(ms @ 1000..=60_000) => Some(Duration::from_millis(ms)),
+            _ => return Err(ApiError::invalid_parameter("stats_interval_ms", "0 (off) or 1000 to 60000")),
+        },
+    };
     let join = JoinInfo { user_type: 1, terminal_type: terminal, role: token.role, info: token.info.clone() };
     let (id, ended) = state.rtc.join_signaling(key.clone(), token.user.clone(), join).await?;
     // A newer login replaces the older (it has joined first, so the participant stays).
@@ -141,6 +161,11 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
         token,
         session_id: tessera_model::random::session_id(),
         auto_subscribe,
+        stats: stats_interval.map(|every| {
+            let mut t = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            t
+        }),
         published: Vec::new(),
         sub: None,
         live: Vec::new(),
@@ -155,7 +180,7 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
 }
 
 /// A codec as room signaling names it (the SDP encoding name).
-pub(super) fn codec_name(c: tessera_media::Codec) -> &'static str {
+pub(crate) fn codec_name(c: tessera_media::Codec) -> &'static str {
     match c {
         tessera_media::Codec::Opus => "opus",
         tessera_media::Codec::H264 => "H264",

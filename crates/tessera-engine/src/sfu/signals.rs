@@ -1,0 +1,272 @@
+//! What the SFU measures for room signaling (PRODUCT.md §7, §9): who is speaking (audio levels
+//! per packet into `speakers::RoomSpeakers`), each participant's network quality per direction
+//! (from str0m's stats: TWCC loss and RTT, RTCP receiver reports), and live per-track stats.
+
+use super::*;
+use crate::presence::RoomEvent;
+use crate::quality::{score, QualityReport, DISCONNECTED_AFTER, QUALITY_INTERVAL};
+use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
+
+/// A peer's latest network measurements (str0m reports them every second).
+#[derive(Debug, Default)]
+pub(super) struct NetStats {
+    /// TWCC's round trip (a viewer), else the receiver reports'.
+    rtt: Option<Duration>,
+    /// Fractions 0–1: of what the server sent (a viewer) and of what it received (a publisher).
+    egress_loss: Option<f32>,
+    ingress_loss: Option<f32>,
+    at: Option<Instant>,
+    /// Per incoming (mid, rid): loss fraction and jitter in ms.
+    ingress: Vec<(Mid, Option<Rid>, Option<f32>, f64)>,
+    /// Per outgoing mid: loss fraction and the viewer's jitter in ms.
+    egress: Vec<(Mid, Option<f32>, f64)>,
+}
+
+impl NetStats {
+    /// Measurements older than the quality window do not count.
+    fn fresh(&self, now: Instant) -> bool {
+        self.at.is_some_and(|t| now.saturating_duration_since(t) <= QUALITY_INTERVAL + Duration::from_millis(500))
+    }
+}
+
+fn jitter_ms(units: u32, kind: MediaKind) -> f64 {
+    units as f64 * 1000.0 / if kind == MediaKind::Audio { 48_000.0 } else { 90_000.0 }
+}
+
+/// What one user's peers in a room measure: (loss fraction, RTT ms) per direction, and whether
+/// each direction is disconnected.
+#[derive(Debug, Default)]
+struct UserNet {
+    publishing: bool,
+    up_loss: Option<f32>,
+    up_rtt: Option<f64>,
+    up_heard: bool,
+    receiving: bool,
+    down_loss: Option<f32>,
+    down_rtt: Option<f64>,
+    down_heard: bool,
+    video_paused: bool,
+}
+
+impl Sfu {
+    /// One audio packet's level (RFC 6464) for the room's active speakers.
+    pub(super) fn note_audio_level(&mut self, room: &RoomKey, user: &UserId, stream: StreamKind, level: i8, now: Instant) {
+        let dbov = level.unsigned_abs().min(127);
+        match self.speakers.get_mut(room) {
+            Some(r) => r.note(user, stream, dbov, now),
+            None => self.speakers.entry(room.clone()).or_default().note(user, stream, dbov, now),
+        }
+    }
+
+    pub(super) fn note_peer_stats(&mut self, id: u64, s: PeerStats, now: Instant) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let net = &mut session.net;
+        net.rtt = s.rtt.or(net.rtt);
+        net.egress_loss = s.egress_loss_fraction;
+        net.ingress_loss = s.ingress_loss_fraction;
+        net.at = Some(now);
+    }
+
+    pub(super) fn note_ingress_stats(&mut self, id: u64, s: MediaIngressStats) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Role::Publisher { producers } = &session.role else { return };
+        let kind = producers.iter().find(|p| p.mid == s.mid).map_or(MediaKind::Video, |p| p.kind);
+        let net = &mut session.net;
+        net.ingress.retain(|(m, r, _, _)| !(*m == s.mid && *r == s.rid));
+        net.ingress.push((s.mid, s.rid, s.loss, jitter_ms(s.jitter, kind)));
+        if net.rtt.is_none() {
+            net.rtt = s.rtt;
+        }
+    }
+
+    pub(super) fn note_egress_stats(&mut self, id: u64, s: MediaEgressStats) {
+        let Some(session) = self.sessions.get_mut(&id) else { return };
+        let Role::Viewer { consumers, .. } = &session.role else { return };
+        let kind = consumers.iter().find(|c| c.mid == s.mid).map_or(MediaKind::Video, |c| c.kind);
+        let net = &mut session.net;
+        net.egress.retain(|(m, _, _)| *m != s.mid);
+        net.egress.push((s.mid, s.loss, s.remote.map_or(0.0, |r| jitter_ms(r.jitter, kind))));
+        if s.rtt.is_some() {
+            net.rtt = net.rtt.or(s.rtt);
+        }
+    }
+
+    /// Every tick: active speakers that changed; every 2 s: each room's quality reports.
+    pub(super) fn signals_tick(&mut self, now: Instant) {
+        let rooms = &self.rooms;
+        self.speakers.retain(|room, s| rooms.contains_key(room) && !s.is_idle());
+        for (room, s) in self.speakers.iter_mut() {
+            if let Some(speakers) = s.poll(now) {
+                self.out.push_back(SfuOutput::Room(RoomEvent::ActiveSpeakers { room: room.clone(), speakers }));
+            }
+        }
+        if now < self.next_quality {
+            return;
+        }
+        self.next_quality = now + QUALITY_INTERVAL;
+        let mut by_room: HashMap<&RoomKey, Vec<&UserId>> = HashMap::new();
+        for (room, user) in self.signaling.values() {
+            let users = by_room.entry(room).or_default();
+            if !users.contains(&user) {
+                users.push(user);
+            }
+        }
+        let mut events = Vec::new();
+        for (room, users) in by_room {
+            let reports = users.into_iter().map(|u| self.quality_of(room, u, now)).collect();
+            events.push(RoomEvent::Quality { room: room.clone(), reports });
+        }
+        self.out.extend(events.into_iter().map(SfuOutput::Room));
+    }
+
+    fn user_net(&self, room: &RoomKey, user: &UserId, now: Instant) -> UserNet {
+        let mut n = UserNet::default();
+        let max = |a: Option<f32>, b: Option<f32>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        for s in self.sessions.values().filter(|s| s.spec.room == *room && s.spec.user == *user && s.connected) {
+            let heard = now.saturating_duration_since(s.last_heard) < DISCONNECTED_AFTER;
+            let fresh = s.net.fresh(now);
+            let rtt = s.net.rtt.filter(|_| fresh).map(|r| r.as_secs_f64() * 1000.0);
+            match &s.role {
+                Role::Publisher { .. } => {
+                    n.publishing = true;
+                    n.up_heard |= heard;
+                    if fresh {
+                        let streams = s.net.ingress.iter().filter_map(|x| x.2).fold(None, |a: Option<f32>, l| Some(a.map_or(l, |a| a.max(l))));
+                        n.up_loss = max(n.up_loss, s.net.ingress_loss.or(streams));
+                        n.up_rtt = n.up_rtt.or(rtt);
+                    }
+                }
+                Role::Viewer { consumers, .. } => {
+                    n.receiving = true;
+                    n.down_heard |= heard;
+                    n.video_paused |= consumers.iter().any(|c| matches!(c.target, Some((_, LayerChoice::Paused))));
+                    if fresh {
+                        let streams = s.net.egress.iter().filter_map(|x| x.1).fold(None, |a: Option<f32>, l| Some(a.map_or(l, |a| a.max(l))));
+                        n.down_loss = max(n.down_loss, s.net.egress_loss.or(streams));
+                        n.down_rtt = match (n.down_rtt, rtt) {
+                            (Some(a), Some(b)) => Some(a.max(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                }
+            }
+        }
+        n
+    }
+
+    /// A participant's quality (PRODUCT.md §9). The path is one both ways, so an uplink with no
+    /// round trip of its own (a publisher's peer sends no media to measure it on) takes the
+    /// downlink's.
+    pub(super) fn quality_of(&self, room: &RoomKey, user: &UserId, now: Instant) -> QualityReport {
+        let n = self.user_net(room, user, now);
+        let up_rtt = n.up_rtt.or(n.down_rtt);
+        let uplink = match (n.publishing, n.up_heard) {
+            (false, _) => 0,
+            (true, false) => 6,
+            (true, true) => score(n.up_loss.map(|l| l as f64 * 100.0), up_rtt),
+        };
+        let downlink = match (n.receiving, n.down_heard) {
+            (false, _) => 0,
+            (true, false) => 6,
+            (true, true) => {
+                let s = score(n.down_loss.map(|l| l as f64 * 100.0), n.down_rtt);
+                if n.video_paused {
+                    s.max(4)
+                } else {
+                    s
+                }
+            }
+        };
+        QualityReport {
+            user: user.clone(),
+            uplink,
+            downlink,
+            uplink_rtt: up_rtt.filter(|_| n.publishing),
+            uplink_loss: n.up_loss.map(|l| l as f64 * 100.0),
+            downlink_rtt: n.down_rtt,
+            downlink_loss: n.down_loss.map(|l| l as f64 * 100.0),
+        }
+    }
+
+    /// The tracks `user` publishes and receives in the room, with their live stats.
+    pub fn user_tracks(&self, room: &RoomKey, user: &UserId) -> Vec<TrackStats> {
+        let mut out = Vec::new();
+        let now = self.next_tick;
+        let published = |stream: StreamKind, producers: &[Producer], net: Option<&NetStats>, out: &mut Vec<TrackStats>| {
+            for p in producers {
+                let layers: Vec<(Option<String>, f64)> = p.layers.iter().map(|l| (l.rid.map(|r| r.to_string()), l.rate.bps / 1000.0)).collect();
+                let kbps = layers.iter().map(|(_, k)| k).sum();
+                // The highest layer being sent stands for the track.
+                let top = p.layers.iter().filter(|l| l.rate.bps > 0.0).min_by_key(|l| allocator::rank(l.rid.as_deref())).or(p.layers.first());
+                let ingress = net.map(|n| n.ingress.iter().filter(|x| x.0 == p.mid).collect::<Vec<_>>()).unwrap_or_default();
+                out.push(TrackStats {
+                    direction: "publish",
+                    source: None,
+                    stream,
+                    video: p.kind == MediaKind::Video,
+                    codec: p.codec,
+                    kbps,
+                    layers,
+                    layer: top.and_then(|l| l.rid).map(|r| r.to_string()),
+                    fps: top.filter(|_| p.kind == MediaKind::Video).map(|l| l.rate.fps),
+                    size: top.and_then(|l| l.size),
+                    loss_pct: ingress.iter().filter_map(|x| x.2).reduce(f32::max).map(|l| l as f64 * 100.0),
+                    jitter_ms: ingress.iter().map(|x| x.3).reduce(f64::max),
+                    rtt_ms: net.and_then(|n| n.rtt).map(|r| r.as_secs_f64() * 1000.0),
+                });
+            }
+        };
+        let mine = |spec: &SessionSpec| spec.room == *room && spec.user == *user;
+        let downlink_rtt = self.user_net(room, user, now).down_rtt;
+        for s in self.sessions.values().filter(|s| mine(&s.spec)) {
+            match &s.role {
+                Role::Publisher { producers } => {
+                    let before = out.len();
+                    published(s.spec.stream, producers, Some(&s.net), &mut out);
+                    for t in &mut out[before..] {
+                        t.rtt_ms = t.rtt_ms.or(downlink_rtt);
+                    }
+                }
+                Role::Viewer { consumers, .. } => {
+                    for c in consumers {
+                        let layer = c.current.map(|(_, rid)| rid.map(|r| r.to_string()));
+                        let sent = c.sent.as_ref();
+                        let kbps = sent.map_or(0.0, |r| r.bps / 1000.0);
+                        // The picture size is the forwarded layer's, as its publisher announced it.
+                        let size = c.current.and_then(|(pub_id, rid)| {
+                            let producers = match (self.sessions.get(&pub_id), self.internal.get(&pub_id)) {
+                                (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers,
+                                (_, Some(p)) => &p.producers,
+                                _ => return None,
+                            };
+                            producers.iter().find(|p| p.kind == MediaKind::Video && c.kind == MediaKind::Video)?.layers.iter().find(|l| l.rid == rid)?.size
+                        });
+                        let egress = s.net.egress.iter().find(|x| x.0 == c.mid);
+                        out.push(TrackStats {
+                            direction: "receive",
+                            source: Some(c.source.0.clone()),
+                            stream: c.source.1,
+                            video: c.kind == MediaKind::Video,
+                            codec: c.codec,
+                            kbps,
+                            layers: layer.clone().map(|l| vec![(l, kbps)]).unwrap_or_default(),
+                            layer: layer.flatten(),
+                            fps: sent.filter(|_| c.kind == MediaKind::Video).map(|r| r.fps),
+                            size,
+                            loss_pct: egress.and_then(|x| x.1).map(|l| l as f64 * 100.0),
+                            jitter_ms: egress.map(|x| x.2),
+                            rtt_ms: s.net.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                        });
+                    }
+                }
+            }
+        }
+        for p in self.internal.values().filter(|p| mine(&p.spec)) {
+            published(p.spec.stream, &p.producers, None, &mut out);
+        }
+        out
+    }
+}

@@ -1,0 +1,199 @@
+//! The picture size a video RTP packet announces, for live stats (PRODUCT.md §7 `stats`):
+//! H.264 from the sequence parameter set (sent ahead of every IDR, alone or in a STAP-A), VP8
+//! from the keyframe header. Remote bytes: every read is bounded, nothing here panics.
+
+use crate::{h264, vp8, Codec};
+
+/// The size announced by this packet, if it carries one.
+pub fn of_packet(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
+    match codec {
+        Codec::Opus => None,
+        Codec::Vp8 => {
+            let (start, frame) = vp8::depacketize(payload)?;
+            // Keyframe: a 3-byte tag, the start code 9d 01 2a, then 14-bit width and height.
+            if !start || !vp8::is_keyframe(frame) || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
+                return None;
+            }
+            let w = u16::from_le_bytes([frame[6], *frame.get(7)?]) & 0x3fff;
+            let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
+            Some((w as u32, h as u32))
+        }
+        Codec::H264 => match h264::nal_type(payload)? {
+            h264::NAL_SPS => sps_size(payload),
+            24 => {
+                // STAP-A: 16-bit sizes, then NAL units.
+                let mut rest = payload.get(1..)?;
+                while rest.len() > 2 {
+                    let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                    let nal = rest.get(2..2 + n)?;
+                    if h264::nal_type(nal) == Some(h264::NAL_SPS) {
+                        return sps_size(nal);
+                    }
+                    rest = &rest[2 + n..];
+                }
+                None
+            }
+            _ => None,
+        },
+    }
+}
+
+/// Reads Exp-Golomb coded fields from an RBSP (emulation prevention bytes removed).
+struct Bits {
+    data: Vec<u8>,
+    pos: usize,
+}
+
+impl Bits {
+    fn bit(&mut self) -> Option<u32> {
+        let b = self.data.get(self.pos / 8)?;
+        let v = (b >> (7 - self.pos % 8)) & 1;
+        self.pos += 1;
+        Some(v as u32)
+    }
+    fn bits(&mut self, n: u32) -> Option<u32> {
+        (0..n).try_fold(0u32, |acc, _| Some(acc << 1 | self.bit()?))
+    }
+    fn ue(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros > 31 {
+                return None;
+            }
+        }
+        Some(((1u64 << zeros) - 1 + self.bits(zeros)? as u64).min(u32::MAX as u64) as u32)
+    }
+    fn se(&mut self) -> Option<i64> {
+        let k = self.ue()? as i64;
+        Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
+    }
+}
+
+/// Width and height from an SPS NAL unit (ITU-T H.264 §7.3.2.1.1), cropping applied.
+pub fn sps_size(nal: &[u8]) -> Option<(u32, u32)> {
+    // At most 256 bytes are read: an SPS is far shorter.
+    let mut data = Vec::with_capacity(64);
+    let mut zeros = 0;
+    for &b in nal.get(1..)?.iter().take(256) {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        data.push(b);
+    }
+    let mut r = Bits { data, pos: 0 };
+    let profile = r.bits(8)?;
+    r.bits(16)?; // constraint flags, level
+    r.ue()?; // seq_parameter_set_id
+    let mut chroma_format = 1;
+    if [100, 110, 122, 244, 44, 83, 86, 118, 128, 138, 139, 134, 135].contains(&profile) {
+        chroma_format = r.ue()?;
+        if chroma_format == 3 {
+            r.bit()?; // separate_colour_plane_flag
+        }
+        r.ue()?; // bit depths
+        r.ue()?;
+        r.bit()?; // qpprime_y_zero_transform_bypass_flag
+        if r.bit()? == 1 {
+            for i in 0..if chroma_format == 3 { 12 } else { 8 } {
+                if r.bit()? == 1 {
+                    let size = if i < 6 { 16 } else { 64 };
+                    let (mut last, mut next) = (8i64, 8i64);
+                    for _ in 0..size {
+                        if next != 0 {
+                            next = (last + r.se()? + 256).rem_euclid(256);
+                        }
+                        if next != 0 {
+                            last = next;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    r.ue()?; // log2_max_frame_num_minus4
+    match r.ue()? {
+        0 => {
+            r.ue()?;
+        }
+        1 => {
+            r.bit()?;
+            r.se()?;
+            r.se()?;
+            for _ in 0..r.ue()?.min(255) {
+                r.se()?;
+            }
+        }
+        _ => {}
+    }
+    r.ue()?; // max_num_ref_frames
+    r.bit()?; // gaps_in_frame_num_value_allowed_flag
+    let width_mbs = r.ue()? as u64 + 1;
+    let height_units = r.ue()? as u64 + 1;
+    let frame_mbs_only = r.bit()? as u64;
+    if frame_mbs_only == 0 {
+        r.bit()?;
+    }
+    r.bit()?; // direct_8x8_inference_flag
+    let (mut cl, mut cr, mut ct, mut cb) = (0u64, 0u64, 0u64, 0u64);
+    if r.bit()? == 1 {
+        (cl, cr, ct, cb) = (r.ue()? as u64, r.ue()? as u64, r.ue()? as u64, r.ue()? as u64);
+    }
+    let (sub_w, sub_h) = match chroma_format {
+        1 => (2, 2),
+        2 => (2, 1),
+        _ => (1, 1),
+    };
+    let (crop_x, crop_y) = if chroma_format == 0 { (1, 2 - frame_mbs_only) } else { (sub_w, sub_h * (2 - frame_mbs_only)) };
+    let w = (width_mbs * 16).checked_sub(crop_x * (cl + cr))?;
+    let h = ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y * (ct + cb))?;
+    (w > 0 && h > 0 && w <= 16384 && h <= 16384).then_some((w as u32, h as u32))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sps_of_common_encoders() {
+        // libx264 1280x720 High (cropping 736 → 720 rows).
+        let x264_720p =
+            [0x67, 0x64, 0x00, 0x1f, 0xac, 0xd9, 0x40, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x19, 0x60];
+        assert_eq!(sps_size(&x264_720p), Some((1280, 720)));
+        // libx264 constrained baseline 640x360 (cropping 368 → 360 rows).
+        let baseline_360p = [0x67, 0x42, 0xc0, 0x1e, 0xd9, 0x00, 0xa0, 0x2f, 0xf9, 0x70, 0x11, 0x00, 0x00, 0x03, 0x00, 0x01, 0x00, 0x00, 0x03, 0x00, 0x3c, 0x0f, 0x16, 0x2e, 0x48];
+        assert_eq!(sps_size(&baseline_360p), Some((640, 360)));
+        // In a STAP-A with the PPS.
+        let mut stap = vec![24u8, 0, baseline_360p.len() as u8];
+        stap.extend_from_slice(&baseline_360p);
+        stap.extend_from_slice(&[0, 4, 0x68, 0xce, 0x3c, 0x80]);
+        assert_eq!(of_packet(Codec::H264, &stap), Some((640, 360)));
+    }
+
+    #[test]
+    fn vp8_keyframe_header() {
+        // Descriptor (S=1), tag, start code, 320x240.
+        let pkt = [0x10, 0x50, 0x42, 0x00, 0x9d, 0x01, 0x2a, 0x40, 0x01, 0xf0, 0x00, 0xff];
+        assert_eq!(of_packet(Codec::Vp8, &pkt), Some((320, 240)));
+        assert_eq!(of_packet(Codec::Vp8, &pkt[..8]), None);
+    }
+
+    #[test]
+    fn garbage_is_no_size_and_no_panic() {
+        let mut seed = 7u32;
+        for len in 0..300 {
+            let buf: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed = seed.wrapping_mul(1_103_515_245).wrapping_add(12345);
+                    (seed >> 16) as u8
+                })
+                .collect();
+            let _ = of_packet(Codec::H264, &buf);
+            let _ = sps_size(&buf);
+            let _ = of_packet(Codec::Vp8, &buf);
+        }
+        assert_eq!(sps_size(&[0x67]), None);
+    }
+}
