@@ -25,16 +25,6 @@ fn serve(net: &TestNet, data: &Path) -> Server {
 }
 
 /// The WebRTC UDP port the server printed in its banner.
-fn rtc_udp_port(server: &Server) -> u16 {
-    server
-        .banner
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("WebRTC UDP"))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|a| a.rsplit(':').next())
-        .and_then(|p| p.parse().ok())
-        .expect("UDP port in the banner")
-}
 
 fn token(data: &Path, room: &str, user: &str, extra: &[&str]) -> String {
     let mut args = vec!["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user];

@@ -15,6 +15,9 @@ speakers: tabs as in room (tone 0: a silent microphone); waits until a silent ta
          first tab speaks, then the first falls silent and the second plays a tone, and times
          until the third is told only the second speaks; then everyone is silent. Prints the
          lists and times, and per tab its last `quality` and `stats` messages.
+quality: one room.html tab (--token, an audience token: it only watches) for --seconds; every
+         250 ms its last `quality` report's downlink score, loss and RTT with the wall-clock
+         time, and at the end its remote tiles.
 Prints one JSON line; exits 1 with {"error": ...} on failure.
 """
 import argparse
@@ -42,7 +45,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers"])
+    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers", "quality"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -77,6 +80,9 @@ def main():
             ctx = browser.new_context()
             if a.mode == "room":
                 out = room(ctx, a)
+                return print(json.dumps(out), flush=True) or 0
+            if a.mode == "quality":
+                out = quality(ctx, a)
                 return print(json.dumps(out), flush=True) or 0
             if a.mode == "speakers":
                 out = speakers(ctx, a)
@@ -173,6 +179,18 @@ def open_participants(ctx, a):
         if page.evaluate("window.tessera.state") == "failed":
             raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
     return pages
+
+
+def quality(ctx, a):
+    page = ctx.new_page()
+    page.goto(f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
+    page.wait_for_function("['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
+    samples = []
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        samples.append(page.evaluate("(() => { const q = window.tessera.quality; return q ? [Date.now(), q.local.downlink, q.local.downlink_loss, q.local.downlink_rtt] : [Date.now(), null, null, null]; })()"))
+        time.sleep(0.25)
+    return {"samples": samples, "tiles": page.evaluate("window.tessera.tiles()")}
 
 
 def speakers(ctx, a):

@@ -79,3 +79,50 @@ fn active_speakers_quality_and_stats_in_a_browser_meeting() {
     let _ = rita.kill();
     let _ = rita.wait();
 }
+
+/// A viewer behind a lossy, capped link (5 % of the server's datagrams dropped, 300 kbit/s)
+/// is told its downlink is poor (≥ 3) within 6 s, and good again (≤ 2) within 6 s of the
+/// link's repair. The publisher, an RTMP encoder at 150 kbit/s, fits the link, so the score
+/// comes from loss and delay, not from paused video.
+#[test]
+fn a_viewers_downlink_quality_follows_its_link() {
+    let _turn = serial();
+    let Hall { dir: _dir, data, net: _net, server, key: _key } = hall("rtc-quality");
+    let view_net = TestNet::new();
+    let port = rtmp_port(&server);
+    let url = format!("rtmp://127.0.0.1:{port}/push/net/cam?token={}", token(&data, "net", "cam"));
+    let mut cam = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re"])
+        .args(["-f", "lavfi", "-i", "testsrc2=size=320x180:rate=15:duration=60", "-f", "lavfi", "-i", "sine=frequency=440:duration=60"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency", "-bf", "0", "-g", "30", "-b:v", "150k", "-maxrate", "150k", "-bufsize", "150k"])
+        .args(["-c:a", "aac", "-b:a", "32k", "-f", "flv", &url])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    std::thread::sleep(Duration::from_secs(2));
+    let viewer = token_with(&data, "net", "vic", &["--role", "audience"]);
+    let base = server.base.clone();
+    let watch = Client::start(&view_net, "browser.py", &["quality", "--base", &base, "--token", &viewer, "--seconds", "34"]);
+    let now_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    std::thread::sleep(Duration::from_secs(10));
+    let impaired = now_ms();
+    view_net.drop_incoming_udp(rtc_udp_port(&server), 5);
+    view_net.shape_downlink(&["tbf", "rate", "300kbit", "burst", "16kb", "latency", "100ms"]);
+    std::thread::sleep(Duration::from_secs(12));
+    let repaired = now_ms();
+    view_net.clear_impairments();
+    let r = watch.finish(Duration::from_secs(90));
+    let _ = cam.kill();
+    let _ = cam.wait();
+    let samples: Vec<(i64, Option<u64>)> = r["samples"].as_array().unwrap().iter().map(|s| (s[0].as_i64().unwrap(), s[1].as_u64())).collect();
+    let first = |from: i64, ok: &dyn Fn(u64) -> bool| samples.iter().find(|(t, s)| *t >= from && s.is_some_and(ok)).map(|(t, _)| t - from);
+    assert!(samples.iter().any(|(t, s)| *t < impaired && s.is_some_and(|s| (1..=2).contains(&s))), "a clean link scores 1–2 first: {r}");
+    let poor = first(impaired, &|s| s >= 3).unwrap_or_else(|| panic!("never reported poor: {r}"));
+    assert!(poor <= 6000, "poor after {poor} ms: {r}");
+    let good = first(repaired, &|s| (1..=2).contains(&s)).unwrap_or_else(|| panic!("never good again: {r}"));
+    assert!(good <= 6000, "good again after {good} ms: {r}");
+    eprintln!("downlink quality: poor {poor} ms after the impairment, good {good} ms after the repair");
+    let tile = r["tiles"].as_array().unwrap().iter().find(|t| t["user"] == "cam").unwrap_or_else(|| panic!("{r}"));
+    assert!(tile["frames"].as_u64().unwrap() > 100, "the picture kept coming: {tile}");
+}

@@ -331,6 +331,12 @@ impl TestNet {
         }
     }
 
+    /// Removes what `shape_downlink` and `drop_incoming_udp` set up: the link is clean again.
+    pub fn clear_impairments(&self) {
+        let _ = sh(&["tc", "qdisc", "del", "dev", &self.host_if, "root"]);
+        let _ = sh(&["ip", "netns", "exec", &self.ns, "nft", "delete table inet tessera_test"]);
+    }
+
     /// Shapes what this host sends to the server.
     pub fn shape_uplink(&self, qdisc: &[&str]) {
         let mut args = vec!["ip", "netns", "exec", &self.ns, "tc", "qdisc", "replace", "dev", &self.client_if, "root"];
@@ -457,6 +463,18 @@ pub fn token_with(data: &Path, room: &str, user: &str, extra: &[&str]) -> String
     let (status, out, err) = run_cli(&args);
     assert!(status.success(), "{err}");
     out.trim().to_owned()
+}
+
+/// The WebRTC UDP port the server printed in its banner.
+pub fn rtc_udp_port(server: &Server) -> u16 {
+    server
+        .banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("WebRTC UDP"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|a| a.rsplit(':').next())
+        .and_then(|p| p.parse().ok())
+        .expect("UDP port in the banner")
 }
 
 /// The RTMP port the server printed in its banner.
