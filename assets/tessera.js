@@ -19,6 +19,7 @@
 //             remote: [{user, uplink}] } every 2 s; scores 0 unknown, 1 best … 5, 6 disconnected,
 //   stats { tracks: [{direction, user, stream, kind, codec, bitrate_kbps, fps, width, height,
 //           layer, loss_pct, jitter_ms, rtt_ms, sample_rate, channels}] } with `statsIntervalMs`,
+//   custom carries `channel`: 'ws', 'reliable' or 'lossy' (how it arrived),
 //   stream          { user, stream, mediaStream }: a remote stream appeared or got a track,
 //   stream_removed  { user, stream },
 //   reconnecting, reconnected { resumed }, disconnected { reason }.
@@ -76,6 +77,8 @@ export class Room extends EventTarget {
     this.nextId = 1;
     this.closed = false;
     this.pinger = null;
+    /** @type {?{reliable: RTCDataChannel, lossy: RTCDataChannel}} custom-message channels (publish with `dataChannels`) */
+    this.channels = null;
   }
 
   async #open(resume) {
@@ -166,6 +169,9 @@ export class Room extends EventTarget {
         }
         break;
       }
+      case 'custom':
+        m.channel = 'ws';
+        break;
       case 'kicked':
         this.closed = true;
         break;
@@ -221,8 +227,10 @@ export class Room extends EventTarget {
 
   /**
    * Publishes a MediaStream as `main` or `aux` on its own `pub` connection. With `simulcast`
-   * the video goes as three layers (h, m, l).
-   * @param {'main'|'aux'} stream @param {MediaStream} media @param {{simulcast?: boolean}} [options]
+   * the video goes as three layers (h, m, l). With `dataChannels` (main only) the connection
+   * also carries the custom-message channels `tessera-reliable` and `tessera-lossy`
+   * (PRODUCT.md §8): `sendCustom` can use them, and messages to us come on them.
+   * @param {'main'|'aux'} stream @param {MediaStream} media @param {{simulcast?: boolean, dataChannels?: boolean}} [options]
    */
   async publish(stream, media, options = {}) {
     const old = this.publications.get(stream);
@@ -235,8 +243,9 @@ export class Room extends EventTarget {
       }
       pc.addTransceiver(track, init);
     }
+    if (options.dataChannels && stream === 'main') this.#openChannels(pc);
     await pc.setLocalDescription(await pc.createOffer());
-    const tracks = pc.getTransceivers().map((t) => ({ mid: t.mid, kind: t.sender.track.kind, ...(t.sender.track.kind === 'video' && options.simulcast ? { simulcast: ['h', 'm', 'l'] } : {}) }));
+    const tracks = pc.getTransceivers().filter((t) => t.sender.track).map((t) => ({ mid: t.mid, kind: t.sender.track.kind, ...(t.sender.track.kind === 'video' && options.simulcast ? { simulcast: ['h', 'm', 'l'] } : {}) }));
     const answer = await this.#request({ type: 'publish', stream, sdp: pc.localDescription.sdp, tracks });
     await pc.setRemoteDescription({ type: 'answer', sdp: answer.sdp });
     this.publications.set(stream, { pc, media, simulcast: !!options.simulcast });
@@ -332,6 +341,47 @@ export class Room extends EventTarget {
     const b64 = btoa(String.fromCharCode(...bytes));
     const reply = await this.#request({ type: 'custom', cmd_id: cmdId, data: b64, ...(to ? { to } : {}) });
     return reply.seq;
+  }
+
+  /** The custom-message channels on a `pub` connection; frames to us arrive as `custom`. */
+  #openChannels(pc) {
+    const open = (label, init) => {
+      const dc = pc.createDataChannel(label, init);
+      dc.binaryType = 'arraybuffer';
+      dc.onmessage = (e) => this.#onChannelFrame(label === 'tessera-lossy' ? 'lossy' : 'reliable', new Uint8Array(e.data));
+      return dc;
+    };
+    this.channels = { reliable: open('tessera-reliable', { ordered: true }), lossy: open('tessera-lossy', { ordered: false, maxRetransmits: 0 }) };
+  }
+
+  // Receive frame: cmd_id (1 B), seq (u32 BE), user-id length (1 B), user id, payload.
+  #onChannelFrame(channel, b) {
+    if (b.length < 6 || b.length < 6 + b[5]) return;
+    const seq = new DataView(b.buffer, b.byteOffset).getUint32(1);
+    const from = new TextDecoder().decode(b.subarray(6, 6 + b[5]));
+    const payload = b.subarray(6 + b[5]);
+    this.#emit('custom', { type: 'custom', from, cmd_id: b[0], seq, data: btoa(String.fromCharCode(...payload)), channel });
+  }
+
+  /** Whether the `reliable` or `lossy` data channel is open. @param {'reliable'|'lossy'} kind */
+  channelOpen(kind) {
+    return this.channels?.[kind]?.readyState === 'open';
+  }
+
+  /**
+   * Sends a custom message on the `pub` connection's data channel of `kind` (to everyone; the
+   * server numbers it and refuses it over the socket, as an `error` event, when over a limit).
+   * The frame is `cmd_id` (1 byte), then the payload.
+   * @param {'reliable'|'lossy'} kind @param {number} cmdId @param {Uint8Array|string} data
+   */
+  sendOnChannel(kind, cmdId, data) {
+    const dc = this.channels?.[kind];
+    if (!dc || dc.readyState !== 'open') throw new TesseraError('no_channel', `the ${kind} data channel is not open`);
+    const bytes = typeof data === 'string' ? new TextEncoder().encode(data) : data;
+    const frame = new Uint8Array(1 + bytes.length);
+    frame[0] = cmdId;
+    frame.set(bytes, 1);
+    dc.send(frame);
   }
 
   /** Leaves the room: every connection closes. */

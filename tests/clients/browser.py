@@ -18,6 +18,11 @@ speakers: tabs as in room (tone 0: a silent microphone); waits until a silent ta
 quality: one room.html tab (--token, an audience token: it only watches) for --seconds; every
          250 ms its last `quality` report's downlink score, loss and RTT with the wall-clock
          time, and at the end its remote tiles.
+custom:  tabs as in room (options: `nodc` publishes without data channels, `watch` for an
+         audience token); the first sends custom messages on its data channels: 40 within a
+         second (reliable), refused ones (1001 bytes, cmd_id 0 and 11, an empty frame), 5 on the
+         lossy channel, then 60 timestamped ones at 20/s on the reliable channel and 60 over the
+         socket for latency. Prints per tab what it received and the errors it was told.
 Prints one JSON line; exits 1 with {"error": ...} on failure.
 """
 import argparse
@@ -45,7 +50,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers", "quality"])
+    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers", "quality", "custom"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -80,6 +85,9 @@ def main():
             ctx = browser.new_context()
             if a.mode == "room":
                 out = room(ctx, a)
+                return print(json.dumps(out), flush=True) or 0
+            if a.mode == "custom":
+                out = custom(ctx, a)
                 return print(json.dumps(out), flush=True) or 0
             if a.mode == "quality":
                 out = quality(ctx, a)
@@ -169,16 +177,60 @@ def open_participants(ctx, a):
         q = {"token": token, "source": "synthetic", "color": color, "tone": tone, "size": a.size, "autojoin": "1"}
         if tone == "0":
             q["silent"] = "1"
+        if "nodc" in opts:
+            q["dc"] = "0"
         if "simulcast" in opts:
             q["simulcast"] = "1"
         page = ctx.new_page()
         page.goto(f"{a.base}/room.html?{urlencode(q)}")
         pages.append((user, page))
+    watchers = {s.split(",")[0] for s in a.participant if "watch" in s.split(",")[4:]}
     for user, page in pages:
-        page.wait_for_function("['publishing', 'failed'].includes(window.tessera.state)", timeout=20000)
+        ready = "'joined'" if user in watchers else "'publishing'"
+        page.wait_for_function(f"[{ready}, 'failed'].includes(window.tessera.state)", timeout=20000)
         if page.evaluate("window.tessera.state") == "failed":
             raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
     return pages
+
+
+def custom(ctx, a):
+    pages = open_participants(ctx, a)
+    users = [u for u, _ in pages]
+    sender = pages[0][1]
+    for _, p in [pages[0], pages[1]]:
+        p.wait_for_function("window.tessera.room.channelOpen('reliable') && window.tessera.room.channelOpen('lossy')", timeout=20000)
+    time.sleep(1)
+    # Scenario 12 on the reliable channel: 40 messages within a second.
+    sender.evaluate("""async () => {
+        for (let i = 0; i < 40; i++) { window.tessera.room.sendOnChannel('reliable', 1, 'm' + i); await new Promise((r) => setTimeout(r, 10)); }
+    }""")
+    time.sleep(1.2)
+    # Refused: too large, cmd_id 0 and 11, an empty frame.
+    sender.evaluate("""() => {
+        const room = window.tessera.room;
+        room.sendOnChannel('reliable', 2, new Uint8Array(1001));
+        room.channels.reliable.send(new Uint8Array([0, 1]));
+        room.channels.reliable.send(new Uint8Array([11, 1]));
+        room.channels.reliable.send(new Uint8Array(0));
+    }""")
+    time.sleep(1.2)
+    sender.evaluate("""async () => {
+        for (let i = 0; i < 5; i++) { window.tessera.room.sendOnChannel('lossy', 3, 'l' + i); await new Promise((r) => setTimeout(r, 50)); }
+    }""")
+    time.sleep(1.2)
+    # Latency: 60 timestamped messages at 20/s on the reliable channel, then 60 over the socket.
+    sender.evaluate("""async () => {
+        const now = () => String(performance.timeOrigin + performance.now());
+        for (let i = 0; i < 60; i++) { window.tessera.room.sendOnChannel('reliable', 4, now()); await new Promise((r) => setTimeout(r, 50)); }
+        await new Promise((r) => setTimeout(r, 1100));
+        for (let i = 0; i < 60; i++) { window.tessera.room.sendCustom(5, now()).catch(() => {}); await new Promise((r) => setTimeout(r, 50)); }
+    }""")
+    time.sleep(1.5)
+    return {
+        "users": users,
+        "customs": {u: p.evaluate("window.tessera.customs") for u, p in pages},
+        "errors": {u: p.evaluate("window.tessera.errors") for u, p in pages},
+    }
 
 
 def quality(ctx, a):

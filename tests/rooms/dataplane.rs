@@ -126,3 +126,72 @@ fn a_viewers_downlink_quality_follows_its_link() {
     let tile = r["tiles"].as_array().unwrap().iter().find(|t| t["user"] == "cam").unwrap_or_else(|| panic!("{r}"));
     assert!(tile["frames"].as_u64().unwrap() > 100, "the picture kept coming: {tile}");
 }
+
+/// Acceptance scenario 12 on data channels (PRODUCT.md §8): Chromium's `ann` sends on her
+/// `pub` connection's `tessera-reliable` channel: 40 messages within a second reach `bob` on
+/// his reliable channel, and `cy` (who opened no channels) and an audience member over their
+/// sockets — 30 of them, seq 1–30, and `ann` is told `custom_rate_limited` once. A 1001-byte
+/// message, cmd_id 0 and 11 and an empty frame are refused over her socket. Lossy-channel
+/// messages reach bob on his lossy channel and the others over the socket. Latency sender →
+/// receiver is printed for the data channel and the socket.
+#[test]
+fn custom_messages_on_data_channels() {
+    let _turn = serial();
+    let Hall { dir: _dir, data, net, server, key: _key } = hall("rtc-datachannels");
+    let spec = |u: &str, color: &str, opts: &str, extra: &[&str]| format!("{u},{},{color},0{opts}", token_with(&data, "dc", u, extra));
+    let specs = [spec("ann", "#ff0000", "", &[]), spec("bob", "#00ff00", "", &[]), spec("cy", "#0000ff", ",nodc", &[]), spec("aud", "#000000", ",watch", &["--role", "audience"])];
+    let base = server.base.clone();
+    let mut args = vec!["custom", "--base", &base];
+    for s in &specs {
+        args.extend(["--participant", s.as_str()]);
+    }
+    let r = Client::start(&net, "browser.py", &args).finish(Duration::from_secs(150));
+    let got = |u: &str, cmd: u64| -> Vec<(u64, String)> {
+        r["customs"][u]
+            .as_array()
+            .unwrap_or_else(|| panic!("{r}"))
+            .iter()
+            .filter(|m| m["cmd_id"] == cmd && m["from"] == "ann")
+            .map(|m| (m["seq"].as_u64().unwrap(), m["channel"].as_str().unwrap().to_owned()))
+            .collect()
+    };
+    let seqs = |v: &[(u64, String)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+    for (u, channel) in [("bob", "reliable"), ("cy", "ws"), ("aud", "ws")] {
+        let burst = got(u, 1);
+        assert_eq!(seqs(&burst), (1..=30).collect::<Vec<u64>>(), "{u}: {burst:?}");
+        assert!(burst.iter().all(|x| x.1 == channel), "{u} receives on {channel}: {burst:?}");
+        let lossy = got(u, 3);
+        assert_eq!(seqs(&lossy), (31..=35).collect::<Vec<u64>>(), "{u}: {lossy:?}");
+        let lossy_channel = if channel == "reliable" { "lossy" } else { "ws" };
+        assert!(lossy.iter().all(|x| x.1 == lossy_channel), "{u} receives lossy ones on {lossy_channel}: {lossy:?}");
+    }
+    assert!(got("ann", 1).is_empty(), "the sender does not get its own messages");
+    let errors: Vec<&str> = r["errors"]["ann"].as_array().unwrap().iter().map(|e| e["code"].as_str().unwrap()).collect();
+    let count = |code: &str| errors.iter().filter(|c| **c == code).count();
+    assert_eq!(count("custom_rate_limited"), 1, "{errors:?}");
+    assert_eq!(count("custom_too_large"), 1, "{errors:?}");
+    assert_eq!(count("custom_bad_cmd_id"), 2, "{errors:?}");
+    // Latency, sender → receiver (one machine, one clock).
+    let latency = |u: &str, cmd: u64| -> Vec<f64> {
+        let mut v: Vec<f64> = r["customs"][u]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|m| m["cmd_id"] == cmd)
+            .map(|m| {
+                use base64::Engine;
+                let sent: f64 = String::from_utf8(base64::engine::general_purpose::STANDARD.decode(m["data"].as_str().unwrap()).unwrap()).unwrap().parse().unwrap();
+                m["at"].as_f64().unwrap() - sent
+            })
+            .collect();
+        v.sort_by(f64::total_cmp);
+        v
+    };
+    for (what, u, cmd) in [("data channel", "bob", 4), ("socket (from a data channel)", "cy", 4), ("socket", "cy", 5), ("socket → data channel", "bob", 5)] {
+        let l = latency(u, cmd);
+        assert_eq!(l.len(), 60, "{what}: {l:?}");
+        let (p50, p99) = (l[l.len() / 2], l[(l.len() * 99) / 100]);
+        eprintln!("custom message latency, {what}: p50 {p50:.1} ms, p99 {p99:.1} ms");
+        assert!(p99 < 1000.0, "{what}: {l:?}");
+    }
+}

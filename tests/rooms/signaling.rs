@@ -379,8 +379,13 @@ fn custom_messages_over_the_socket() {
     let m = next_of(&mut bob, "custom");
     assert_eq!((m["seq"].as_u64(), m["cmd_id"].as_u64(), m["data"].as_str()), (Some(31), Some(10), Some("Ym9i")), "{m}");
     send(&mut cy, &json!({"type": "ping", "id": "cy"}));
-    let v = next(&mut cy);
-    assert_eq!((v["type"].as_str(), v["id"].as_str()), (Some("pong"), Some("cy")), "cy got {v}");
+    loop {
+        let v = next(&mut cy);
+        assert_ne!(v["type"], "custom", "cy got {v}");
+        if v["type"] == "pong" && v["id"] == "cy" {
+            break;
+        }
+    }
     // Bad ones.
     use base64::Engine;
     let big = base64::engine::general_purpose::STANDARD.encode(vec![7u8; 1001]);

@@ -57,8 +57,85 @@ impl SenderLimit {
     }
 }
 
+/// Why a custom message was refused (PRODUCT.md §5 codes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CustomError {
+    NotAnchor,
+    BadCmdId,
+    TooLarge(usize),
+    RateLimited,
+    /// A data-channel frame with no `cmd_id` byte.
+    Malformed,
+}
+
+impl CustomError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            CustomError::NotAnchor => "not_anchor",
+            CustomError::BadCmdId => "custom_bad_cmd_id",
+            CustomError::TooLarge(_) => "custom_too_large",
+            CustomError::RateLimited => "custom_rate_limited",
+            CustomError::Malformed => "bad_message",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            CustomError::NotAnchor => "only anchors send custom messages".into(),
+            CustomError::BadCmdId => "cmd_id is 1 to 10".into(),
+            CustomError::TooLarge(n) => format!("{n} bytes; at most {MAX_PAYLOAD}"),
+            CustomError::RateLimited => "over 30 messages or 8192 bytes in a second; dropped".into(),
+            CustomError::Malformed => "a data-channel frame is one cmd_id byte, then the payload".into(),
+        }
+    }
+}
+
+/// Checks what any sender may send: `cmd_id` 1–10 and at most 1000 bytes.
+pub fn check(cmd_id: u8, payload: &[u8]) -> Result<(), CustomError> {
+    if !CMD_IDS.contains(&cmd_id) {
+        return Err(CustomError::BadCmdId);
+    }
+    if payload.len() > MAX_PAYLOAD {
+        return Err(CustomError::TooLarge(payload.len()));
+    }
+    Ok(())
+}
+
+/// A data-channel send frame (§8): `cmd_id` (1 byte), then the payload.
+pub fn parse_send_frame(frame: &[u8]) -> Result<(u8, &[u8]), CustomError> {
+    let (&cmd_id, payload) = frame.split_first().ok_or(CustomError::Malformed)?;
+    check(cmd_id, payload)?;
+    Ok((cmd_id, payload))
+}
+
+/// A data-channel receive frame (§8): `cmd_id` (1 B), `seq` (u32 BE), the sender's user-id
+/// length (1 B) and id, then the payload.
+pub fn receive_frame(cmd_id: u8, seq: u32, from: &str, payload: &[u8]) -> Vec<u8> {
+    let id = &from.as_bytes()[..from.len().min(255)];
+    let mut out = Vec::with_capacity(6 + id.len() + payload.len());
+    out.push(cmd_id);
+    out.extend_from_slice(&seq.to_be_bytes());
+    out.push(id.len() as u8);
+    out.extend_from_slice(id);
+    out.extend_from_slice(payload);
+    out
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn frames_are_checked_and_built_as_the_spec_says() {
+        assert_eq!(parse_send_frame(&[3, b'h', b'i']), Ok((3, &b"hi"[..])));
+        assert_eq!(parse_send_frame(&[]), Err(CustomError::Malformed));
+        assert_eq!(parse_send_frame(&[0, 1]), Err(CustomError::BadCmdId));
+        assert_eq!(parse_send_frame(&[11]), Err(CustomError::BadCmdId));
+        let mut big = vec![1u8];
+        big.extend(std::iter::repeat_n(0u8, 1001));
+        assert_eq!(parse_send_frame(&big), Err(CustomError::TooLarge(1001)));
+        assert_eq!(parse_send_frame(&big[..1001]).map(|(_, p)| p.len()), Ok(1000));
+        assert_eq!(receive_frame(2, 258, "ann", b"x"), vec![2, 0, 0, 1, 2, 3, b'a', b'n', b'n', b'x']);
+    }
+
     use super::*;
 
     #[test]

@@ -22,10 +22,10 @@ pub mod sfu;
 mod sfu_harness;
 pub mod speakers;
 
-pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError};
+pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError, SignalingMember};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
 pub use sfu::{
-    IceRestart, IngestPacket, OfferedTrack, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats, SubscribeRequest, SubscriberError,
-    SubscriberOffer, TapPacket, TrackStats,
+    ChannelKind, IceRestart, IngestPacket, MemberMessage, OfferedTrack, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats,
+    SubscribeRequest, SubscriberError, SubscriberOffer, TapPacket, TrackStats,
 };
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

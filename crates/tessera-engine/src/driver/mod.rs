@@ -31,40 +31,171 @@ pub enum RtcServerError {
 }
 
 enum Command {
-    AddSession { spec: SessionSpec, offer: String, reply: oneshot::Sender<Result<String, OfferError>> },
-    RemoveSession { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
-    SessionInfo { sid: String, reply: oneshot::Sender<Option<SessionInfo>> },
-    RoomExists { key: RoomKey, reply: oneshot::Sender<bool> },
-    IsPublished { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind, reply: oneshot::Sender<bool> },
-    ViewerSessions { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<usize> },
-    IceRestart { sid: String, ufrag: String, pwd: String, reply: oneshot::Sender<Option<IceRestart>> },
-    Stats { reply: oneshot::Sender<SfuStats> },
-    AddIngest { spec: SessionSpec, replaced: Option<oneshot::Sender<PublisherEnd>>, keyframes: Option<std::sync::mpsc::Sender<()>>, reply: oneshot::Sender<u64> },
-    Push { id: u64, packets: Vec<IngestPacket> },
-    RemoveIngest { id: u64 },
-    AddTap { key: RoomKey, with_mixes: bool, owner: tessera_model::UserId, reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)> },
-    RemoveTap { id: u64 },
-    WatchPublishers { key: RoomKey, reply: oneshot::Sender<PublisherWatch> },
-    Rooms { app: tessera_model::AppId, reply: oneshot::Sender<Vec<RoomSummary>> },
-    RoomUsers { key: RoomKey, reply: oneshot::Sender<Option<Vec<ParticipantInfo>>> },
-    Kick { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<bool> },
-    Dismiss { key: RoomKey, reply: oneshot::Sender<bool> },
-    JoinSignaling { key: RoomKey, user: tessera_model::UserId, join: crate::JoinInfo, ended: oneshot::Sender<PublisherEnd>, reply: oneshot::Sender<u64> },
-    LeaveSignaling { id: u64, reason: crate::presence::LeaveReason },
-    UnwatchPublishers { id: u64 },
-    RoomsWithAnchors { reply: oneshot::Sender<Vec<RoomKey>> },
-    RequestKeyframe { key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind },
-    AddSubscriber { spec: SessionSpec, first_media: mpsc::UnboundedSender<FirstMedia>, reply: oneshot::Sender<Result<u64, OfferError>> },
-    Subscribe { sid: String, req: SubscribeRequest, reply: oneshot::Sender<SubscriberReply> },
-    Unsubscribe { sid: String, source: (tessera_model::UserId, tessera_media::StreamKind), reply: oneshot::Sender<SubscriberReply> },
-    SubscriberAnswer { sid: String, sdp: String, reply: oneshot::Sender<SubscriberReply> },
-    PendingOffer { sid: String, reply: oneshot::Sender<Option<SubscriberOffer>> },
-    UserTracks { key: RoomKey, user: tessera_model::UserId, reply: oneshot::Sender<Vec<crate::sfu::TrackStats>> },
-    Mute { key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool, reply: oneshot::Sender<bool> },
-    SwitchRole { key: RoomKey, user: tessera_model::UserId, role: tessera_model::Role, reply: oneshot::Sender<bool> },
+    AddSession {
+        spec: SessionSpec,
+        offer: String,
+        reply: oneshot::Sender<Result<String, OfferError>>,
+    },
+    RemoveSession {
+        sid: String,
+        reply: oneshot::Sender<Option<SessionInfo>>,
+    },
+    SessionInfo {
+        sid: String,
+        reply: oneshot::Sender<Option<SessionInfo>>,
+    },
+    RoomExists {
+        key: RoomKey,
+        reply: oneshot::Sender<bool>,
+    },
+    IsPublished {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        stream: tessera_media::StreamKind,
+        reply: oneshot::Sender<bool>,
+    },
+    ViewerSessions {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        reply: oneshot::Sender<usize>,
+    },
+    IceRestart {
+        sid: String,
+        ufrag: String,
+        pwd: String,
+        reply: oneshot::Sender<Option<IceRestart>>,
+    },
+    Stats {
+        reply: oneshot::Sender<SfuStats>,
+    },
+    AddIngest {
+        spec: SessionSpec,
+        replaced: Option<oneshot::Sender<PublisherEnd>>,
+        keyframes: Option<std::sync::mpsc::Sender<()>>,
+        reply: oneshot::Sender<u64>,
+    },
+    Push {
+        id: u64,
+        packets: Vec<IngestPacket>,
+    },
+    RemoveIngest {
+        id: u64,
+    },
+    AddTap {
+        key: RoomKey,
+        with_mixes: bool,
+        owner: tessera_model::UserId,
+        reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)>,
+    },
+    RemoveTap {
+        id: u64,
+    },
+    WatchPublishers {
+        key: RoomKey,
+        reply: oneshot::Sender<PublisherWatch>,
+    },
+    Rooms {
+        app: tessera_model::AppId,
+        reply: oneshot::Sender<Vec<RoomSummary>>,
+    },
+    RoomUsers {
+        key: RoomKey,
+        reply: oneshot::Sender<Option<Vec<ParticipantInfo>>>,
+    },
+    Kick {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        reply: oneshot::Sender<bool>,
+    },
+    Dismiss {
+        key: RoomKey,
+        reply: oneshot::Sender<bool>,
+    },
+    JoinSignaling {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        join: crate::JoinInfo,
+        ended: oneshot::Sender<PublisherEnd>,
+        inbox: mpsc::UnboundedSender<crate::sfu::MemberMessage>,
+        reply: oneshot::Sender<u64>,
+    },
+    Custom {
+        key: RoomKey,
+        from: tessera_model::UserId,
+        cmd_id: u8,
+        payload: Vec<u8>,
+        to: Option<Vec<tessera_model::UserId>>,
+        reply: oneshot::Sender<CustomReply>,
+    },
+    LeaveSignaling {
+        id: u64,
+        reason: crate::presence::LeaveReason,
+    },
+    UnwatchPublishers {
+        id: u64,
+    },
+    RoomsWithAnchors {
+        reply: oneshot::Sender<Vec<RoomKey>>,
+    },
+    RequestKeyframe {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        stream: tessera_media::StreamKind,
+    },
+    AddSubscriber {
+        spec: SessionSpec,
+        first_media: mpsc::UnboundedSender<FirstMedia>,
+        reply: oneshot::Sender<Result<u64, OfferError>>,
+    },
+    Subscribe {
+        sid: String,
+        req: SubscribeRequest,
+        reply: oneshot::Sender<SubscriberReply>,
+    },
+    Unsubscribe {
+        sid: String,
+        source: (tessera_model::UserId, tessera_media::StreamKind),
+        reply: oneshot::Sender<SubscriberReply>,
+    },
+    SubscriberAnswer {
+        sid: String,
+        sdp: String,
+        reply: oneshot::Sender<SubscriberReply>,
+    },
+    PendingOffer {
+        sid: String,
+        reply: oneshot::Sender<Option<SubscriberOffer>>,
+    },
+    UserTracks {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        reply: oneshot::Sender<Vec<crate::sfu::TrackStats>>,
+    },
+    Mute {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        track: crate::Track,
+        muted: bool,
+        reply: oneshot::Sender<bool>,
+    },
+    SwitchRole {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        role: tessera_model::Role,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 type SubscriberReply = Result<Option<SubscriberOffer>, SubscriberError>;
+type CustomReply = Result<Option<u32>, crate::custom::CustomError>;
+
+/// A joined room-signaling session in the SFU: its id, word of its end (kick, dismissal), and
+/// what the SFU has for it to send (custom messages, refusals).
+pub struct SignalingMember {
+    pub id: u64,
+    pub ended: oneshot::Receiver<PublisherEnd>,
+    pub inbox: mpsc::UnboundedReceiver<crate::sfu::MemberMessage>,
+}
 
 /// The first media of a (user, stream) reached a subscriber connection: (user, stream, video).
 pub type FirstMedia = (tessera_model::UserId, tessera_media::StreamKind, bool);
@@ -281,10 +412,24 @@ impl RtcHandle {
 
     /// A room-signaling session joins; the receiver says why the SFU ended it (a kick, a
     /// dismissed room), if it does.
-    pub async fn join_signaling(&self, key: RoomKey, user: tessera_model::UserId, join: crate::JoinInfo) -> Result<(u64, oneshot::Receiver<PublisherEnd>), RtcServerError> {
-        let (ended, rx) = oneshot::channel();
-        let id = self.ask(|reply| Command::JoinSignaling { key, user, join, ended, reply }).await?;
-        Ok((id, rx))
+    pub async fn join_signaling(&self, key: RoomKey, user: tessera_model::UserId, join: crate::JoinInfo) -> Result<SignalingMember, RtcServerError> {
+        let (ended, ended_rx) = oneshot::channel();
+        let (inbox, inbox_rx) = mpsc::unbounded_channel();
+        let id = self.ask(|reply| Command::JoinSignaling { key, user, join, ended, inbox, reply }).await?;
+        Ok(SignalingMember { id, ended: ended_rx, inbox: inbox_rx })
+    }
+
+    /// A custom message over room signaling (reliable and ordered; PRODUCT.md §8) from an
+    /// anchor: its `seq` when accepted, `None` when dropped without a warning.
+    pub async fn send_custom(
+        &self,
+        key: RoomKey,
+        from: tessera_model::UserId,
+        cmd_id: u8,
+        payload: Vec<u8>,
+        to: Option<Vec<tessera_model::UserId>>,
+    ) -> Result<CustomReply, RtcServerError> {
+        self.ask(|reply| Command::Custom { key, from, cmd_id, payload, to, reply }).await
     }
 
     pub async fn leave_signaling(&self, id: u64, reason: crate::presence::LeaveReason) -> Result<(), RtcServerError> {

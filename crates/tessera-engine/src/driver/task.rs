@@ -41,6 +41,8 @@ pub(super) async fn run(
     // Internal publishers that make keyframes on request, and where to tell them.
     let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
     let mut first_media: std::collections::HashMap<u64, mpsc::UnboundedSender<FirstMedia>> = std::collections::HashMap::new();
+    // Room-signaling sessions, and where to hand what the SFU has for them.
+    let mut member_inboxes: std::collections::HashMap<u64, mpsc::UnboundedSender<crate::sfu::MemberMessage>> = std::collections::HashMap::new();
     // ICE-TCP connections by the client's address.
     let mut tcp_writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = std::collections::HashMap::new();
     loop {
@@ -126,13 +128,19 @@ pub(super) async fn run(
                     Command::Dismiss { key, reply } => {
                         let _ = reply.send(sfu.dismiss(&key, now));
                     }
-                    Command::JoinSignaling { key, user, join, ended, reply } => {
+                    Command::JoinSignaling { key, user, join, ended, inbox, reply } => {
                         let id = sfu.join_signaling(&key, &user, &join, now);
                         replaced_watchers.insert(id, ended);
+                        member_inboxes.insert(id, inbox);
                         let _ = reply.send(id);
+                    }
+                    Command::Custom { key, from, cmd_id, payload, to, reply } => {
+                        let _ = reply.send(sfu.send_custom(&key, &from, cmd_id, &payload, to.as_deref(), crate::sfu::ChannelKind::Reliable, now));
+                        sfu.flush(now);
                     }
                     Command::LeaveSignaling { id, reason } => {
                         replaced_watchers.remove(&id);
+                        member_inboxes.remove(&id);
                         sfu.leave_signaling(id, reason, now);
                     }
                     Command::UnwatchPublishers { id } => {
@@ -256,6 +264,11 @@ pub(super) async fn run(
                 SfuOutput::FirstMedia { session, user, stream, video } => {
                     if first_media.get(&session).is_some_and(|tx| tx.send((user, stream, video)).is_err()) {
                         first_media.remove(&session);
+                    }
+                }
+                SfuOutput::ToMember(id, msg) => {
+                    if member_inboxes.get(&id).is_some_and(|tx| tx.send(msg).is_err()) {
+                        member_inboxes.remove(&id);
                     }
                 }
                 SfuOutput::KeyframeWanted(id) => {

@@ -13,6 +13,7 @@ mod allocator;
 mod consumer;
 mod forwarding;
 mod membership;
+mod messages;
 mod producer;
 mod rooms;
 mod signals;
@@ -20,6 +21,7 @@ mod subscriber;
 mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
+pub use messages::{ChannelKind, MemberMessage};
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
 pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer};
 pub use types::*;
@@ -100,6 +102,8 @@ struct Room {
     created: Option<Instant>,
     /// Room-signaling sessions (WebSocket) present in the room.
     members: Vec<u64>,
+    /// Open custom-message data channels: (user, session, channel, kind).
+    channels: Vec<(UserId, u64, tessera_rtc::str0m::channel::ChannelId, ChannelKind)>,
 }
 
 impl Room {
@@ -154,6 +158,8 @@ pub struct Sfu {
     speakers: HashMap<RoomKey, crate::speakers::RoomSpeakers>,
     /// When quality reports are due next.
     next_quality: Instant,
+    /// Custom-message senders' rate limits and numbering, per (room, user).
+    custom_limits: HashMap<(RoomKey, UserId), crate::custom::SenderLimit>,
 }
 
 impl Sfu {
@@ -187,6 +193,7 @@ impl Sfu {
             presence: Presence::default(),
             speakers: HashMap::new(),
             next_quality: now + crate::quality::QUALITY_INTERVAL,
+            custom_limits: HashMap::new(),
         }
     }
 
@@ -377,6 +384,7 @@ impl Sfu {
             }
         }
         if let Some(room) = self.rooms.get_mut(&s.spec.room) {
+            room.channels.retain(|c| c.1 != id);
             match s.spec.role {
                 PeerRole::Publish => {
                     let key = (s.spec.user.clone(), s.spec.stream);
@@ -605,6 +613,9 @@ impl Sfu {
             }
             Event::RtpPacket(pkt) => self.forward(id, pkt, now),
             Event::KeyframeRequest(req) => self.keyframe_request_from_viewer(id, req.mid, now),
+            Event::ChannelOpen(ch, label) => self.channel_opened(id, ch, &label),
+            Event::ChannelClose(ch) => self.channel_closed(id, ch),
+            Event::ChannelData(d) => self.channel_data(id, d.id, &d.data, now),
             Event::PeerStats(s) => self.note_peer_stats(id, s, now),
             Event::MediaIngressStats(s) => self.note_ingress_stats(id, s),
             Event::MediaEgressStats(s) => self.note_egress_stats(id, s),

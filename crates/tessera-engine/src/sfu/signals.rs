@@ -104,6 +104,7 @@ impl Sfu {
             return;
         }
         self.next_quality = now + QUALITY_INTERVAL;
+        self.forget_custom_limits();
         let mut by_room: HashMap<&RoomKey, Vec<&UserId>> = HashMap::new();
         for (room, user) in self.signaling.values() {
             let users = by_room.entry(room).or_default();

@@ -62,6 +62,8 @@ pub struct SfuCounters {
     pub keyframe_requests: AtomicU64,
     /// Packets not written to a viewer because its send queue was full.
     pub packets_dropped: AtomicU64,
+    /// Custom messages accepted (PRODUCT.md §8).
+    pub custom_messages: AtomicU64,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -151,6 +153,9 @@ pub enum SfuOutput {
     /// The first media of (user, stream) went out to viewer session `session` (a keyframe's
     /// first packet for video): room signaling's `first_media`.
     FirstMedia { session: u64, user: UserId, stream: StreamKind, video: bool },
+    /// Something for room-signaling session `member` to send on (a custom message to it, or a
+    /// refusal of one it sent on a data channel).
+    ToMember(u64, super::MemberMessage),
 }
 
 /// Why an internal publisher was ended by someone other than its owner.

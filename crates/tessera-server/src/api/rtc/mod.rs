@@ -194,7 +194,7 @@ async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, ev
                     return End::Done;
                 }
             },
-            Some(msg) = joined.inbox.recv() => outbox.push(msg),
+            Some(msg) = joined.inbox.recv() => outbox.push(member_message(msg)),
             () = session::next_stats(&mut joined.stats) => {
                 if let Ok(tracks) = state.rtc.user_tracks(joined.key.clone(), joined.user().clone()).await {
                     let tracks: Vec<Value> = tracks.iter().map(|t| super::rooms::track_stats(joined.user(), t)).collect();
@@ -232,26 +232,20 @@ async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, ev
 }
 
 /// `custom` over the socket (PRODUCT.md §8: reliable and ordered): anchors only, `cmd_id` 1–10,
-/// at most 1000 bytes decoded, the sender's rate limit; delivered to everyone else in the room
-/// or to the `to` list, with the sender's `seq` (the sender gets `ok` with it). A message over
-/// the limit is dropped without a reply; `custom_rate_limited` comes at most once a second.
-fn custom(state: &AppState, j: &mut Joined, v: &Value) -> Result<Option<u32>, crate::error::ApiError> {
+/// at most 1000 bytes decoded, the sender's rate limit (shared with its data channels);
+/// delivered by the SFU to everyone else in the room or to the `to` list, with the sender's
+/// `seq` (the sender gets `ok` with it). A message over the limit is dropped without a reply;
+/// `custom_rate_limited` comes at most once a second.
+async fn custom(state: &AppState, j: &mut Joined, v: &Value) -> Result<Option<u32>, crate::error::ApiError> {
     use crate::error::ApiError;
-    use axum::http::StatusCode;
     use base64::Engine;
-    use tessera_engine::custom::{Verdict, CMD_IDS, MAX_PAYLOAD};
+    use tessera_engine::custom::CustomError;
     if j.token.role != tessera_model::Role::Anchor {
-        return Err(ApiError::new(StatusCode::FORBIDDEN, "not_anchor", "only anchors send custom messages"));
+        return Err(custom_error(CustomError::NotAnchor));
     }
-    let cmd_id = v["cmd_id"]
-        .as_u64()
-        .filter(|c| *c <= 10 && CMD_IDS.contains(&(*c as u8)))
-        .ok_or_else(|| ApiError::new(StatusCode::BAD_REQUEST, "custom_bad_cmd_id", "cmd_id is 1 to 10"))?;
+    let cmd_id = v["cmd_id"].as_u64().filter(|c| *c <= 255).ok_or_else(|| custom_error(CustomError::BadCmdId))? as u8;
     let data = v["data"].as_str().ok_or_else(|| ApiError::invalid_parameter("data", "base64 of the payload"))?;
     let payload = base64::engine::general_purpose::STANDARD.decode(data).map_err(|_| ApiError::invalid_parameter("data", "not base64"))?;
-    if payload.len() > MAX_PAYLOAD {
-        return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "custom_too_large", format!("{} bytes; at most {MAX_PAYLOAD}", payload.len())));
-    }
     let to: Option<Vec<tessera_model::UserId>> = match v.get("to") {
         None | Some(Value::Null) => None,
         Some(list) => Some(
@@ -263,14 +257,30 @@ fn custom(state: &AppState, j: &mut Joined, v: &Value) -> Result<Option<u32>, cr
                 .ok_or_else(|| ApiError::invalid_parameter("to", "a list of user ids"))?,
         ),
     };
-    match j.custom_limit.offer(payload.len(), std::time::Instant::now()) {
-        Verdict::Accept { seq } => {
-            let msg = json!({"type": "custom", "from": j.user(), "cmd_id": cmd_id, "seq": seq, "data": data});
-            state.signaling.deliver(&j.key, j.user(), to.as_deref(), &msg);
-            Ok(Some(seq))
+    state.rtc.send_custom(j.key.clone(), j.user().clone(), cmd_id, payload, to).await?.map_err(custom_error)
+}
+
+/// A refused custom message as the API error of its code.
+fn custom_error(e: tessera_engine::custom::CustomError) -> crate::error::ApiError {
+    use axum::http::StatusCode;
+    use tessera_engine::custom::CustomError;
+    let status = match e {
+        CustomError::NotAnchor => StatusCode::FORBIDDEN,
+        CustomError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+        CustomError::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        CustomError::BadCmdId | CustomError::Malformed => StatusCode::BAD_REQUEST,
+    };
+    crate::error::ApiError::new(status, e.code(), e.message())
+}
+
+/// What the SFU has for the session, as a message.
+fn member_message(m: tessera_engine::MemberMessage) -> Value {
+    use base64::Engine;
+    match m {
+        tessera_engine::MemberMessage::Custom { from, cmd_id, seq, payload } => {
+            json!({"type": "custom", "from": from, "cmd_id": cmd_id, "seq": seq, "data": base64::engine::general_purpose::STANDARD.encode(&payload)})
         }
-        Verdict::Drop { warn: true } => Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "custom_rate_limited", "over 30 messages or 8192 bytes in a second; dropped")),
-        Verdict::Drop { warn: false } => Ok(None),
+        tessera_engine::MemberMessage::Refused(e) => error_msg(&Value::Null, e.code(), e.message()),
     }
 }
 
@@ -308,7 +318,7 @@ async fn handle(state: &AppState, j: &mut Joined, v: &Value, id: &Value, outbox:
             Err(e) => Err(e),
         },
         "update_token" => roles::update_token(state, j, v, outbox).await.map(|()| Some(ok())),
-        "custom" => custom(state, j, v).map(|seq| seq.map(|seq| json!({"type": "ok", "id": id, "seq": seq}))),
+        "custom" => custom(state, j, v).await.map(|seq| seq.map(|seq| json!({"type": "ok", "id": id, "seq": seq}))),
         t => Ok(Some(error_msg(id, "bad_message", format!("unknown message type '{t}'")))),
     };
     match result {

@@ -26,12 +26,10 @@ pub struct Signaling {
     parked: DashMap<String, (RoomKey, UserId, Claim)>,
 }
 
-/// A live session in the registry: its SFU id, how to tell it a newer login replaced it, and
-/// its inbox of custom messages from others.
+/// A live session in the registry: its SFU id, and how to tell it a newer login replaced it.
 struct Live {
     id: u64,
     replace: oneshot::Sender<()>,
-    inbox: mpsc::UnboundedSender<Value>,
 }
 
 /// How a resuming socket takes a parked session: it sends where to hand the session over.
@@ -61,10 +59,8 @@ pub(super) struct Joined {
     id: u64,
     pub(super) ended: oneshot::Receiver<PublisherEnd>,
     pub(super) replaced: oneshot::Receiver<()>,
-    /// Custom messages from others, to send on.
-    pub(super) inbox: mpsc::UnboundedReceiver<Value>,
-    /// This sender's custom-message rate limit and numbering (PRODUCT.md §8).
-    pub(super) custom_limit: tessera_engine::custom::SenderLimit,
+    /// What the SFU has for this session: custom messages from others, refusals of its own.
+    pub(super) inbox: mpsc::UnboundedReceiver<tessera_engine::MemberMessage>,
 }
 
 impl Joined {
@@ -147,15 +143,14 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
         },
     };
     let join = JoinInfo { user_type: 1, terminal_type: terminal, role: token.role, info: token.info.clone() };
-    let (id, ended) = state.rtc.join_signaling(key.clone(), token.user.clone(), join).await?;
+    let tessera_engine::SignalingMember { id, ended, inbox } = state.rtc.join_signaling(key.clone(), token.user.clone(), join).await?;
     // A newer login replaces the older (it has joined first, so the participant stays).
     let (replace_tx, replaced) = oneshot::channel();
     let registry_key = (key.app.clone(), key.room.clone(), token.user.clone());
     if let Some((_, older)) = state.signaling.sessions.remove(&registry_key) {
         let _ = older.replace.send(());
     }
-    let (inbox_tx, inbox) = mpsc::unbounded_channel();
-    state.signaling.sessions.insert(registry_key, Live { id, replace: replace_tx, inbox: inbox_tx });
+    state.signaling.sessions.insert(registry_key, Live { id, replace: replace_tx });
     let j = Joined {
         key,
         token,
@@ -173,7 +168,6 @@ pub(super) async fn join_or_resume(state: &AppState, msg: &Value, ua: &str) -> R
         ended,
         replaced,
         inbox,
-        custom_limit: Default::default(),
     };
     let reply = joined_reply(state, &j, false).await?;
     Ok((j, reply))
@@ -218,20 +212,6 @@ async fn joined_reply(state: &AppState, j: &Joined, resumed: bool) -> Result<Val
         "ice_servers": crate::api::whip::ice_servers_json(state),
         "server_time_ms": crate::now_ms(),
     }))
-}
-
-impl Signaling {
-    /// Delivers a custom message to the room's other signaling sessions (or those in `to`).
-    pub(super) fn deliver(&self, key: &RoomKey, from: &UserId, to: Option<&[UserId]>, msg: &Value) -> usize {
-        let mut n = 0;
-        for e in self.sessions.iter() {
-            let (app, room, user) = e.key();
-            if *app == key.app && *room == key.room && user != from && to.is_none_or(|to| to.contains(user)) && e.value().inbox.send(msg.clone()).is_ok() {
-                n += 1;
-            }
-        }
-        n
-    }
 }
 
 /// A session whose socket dropped, waiting for its client to come back.
