@@ -24,8 +24,6 @@ fn serve(net: &TestNet, data: &Path) -> Server {
     Server::start(data, &["--http-addr", &http, "--rtc-udp-addr", &udp])
 }
 
-/// The WebRTC UDP port the server printed in its banner.
-
 fn token(data: &Path, room: &str, user: &str, extra: &[&str]) -> String {
     let mut args = vec!["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user];
     args.extend_from_slice(extra);

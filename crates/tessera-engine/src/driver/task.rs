@@ -135,7 +135,7 @@ pub(super) async fn run(
                         let _ = reply.send(id);
                     }
                     Command::Custom { key, from, cmd_id, payload, to, reply } => {
-                        let _ = reply.send(sfu.send_custom(&key, &from, cmd_id, &payload, to.as_deref(), crate::sfu::ChannelKind::Reliable, now));
+                        let _ = reply.send(sfu.send_custom(&key, &from, crate::sfu::OutgoingCustom { cmd_id, payload: &payload, to: to.as_deref(), kind: crate::sfu::ChannelKind::Reliable }, now));
                         sfu.flush(now);
                     }
                     Command::LeaveSignaling { id, reason } => {

@@ -5,7 +5,7 @@
 //! none (`SfuOutput::ToMember`).
 
 use super::*;
-use crate::custom::{self, CustomError, SenderLimit, Verdict};
+use crate::custom::{self, CustomError, Verdict};
 use tessera_rtc::str0m::channel::ChannelId;
 
 /// The two data channels a `pub` connection may open, by label.
@@ -27,6 +27,16 @@ impl ChannelKind {
     }
 }
 
+/// A custom message on its way in: its `cmd_id` and payload, whom to (`None`: everyone else),
+/// and the kind of channel it came on (the socket's is `Reliable`).
+#[derive(Debug, Clone, Copy)]
+pub struct OutgoingCustom<'a> {
+    pub cmd_id: u8,
+    pub payload: &'a [u8],
+    pub to: Option<&'a [UserId]>,
+    pub kind: ChannelKind,
+}
+
 /// What the SFU tells a room-signaling session (its socket sends it on).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum MemberMessage {
@@ -40,18 +50,10 @@ impl Sfu {
     /// A custom message of `from` (an anchor: the caller checked) to everyone else in the room or
     /// to `to`. `Ok(Some(seq))` when accepted, `Ok(None)` when dropped over the rate limit
     /// without a warning (one a second at most).
-    pub fn send_custom(
-        &mut self,
-        room: &RoomKey,
-        from: &UserId,
-        cmd_id: u8,
-        payload: &[u8],
-        to: Option<&[UserId]>,
-        kind: ChannelKind,
-        now: Instant,
-    ) -> Result<Option<u32>, CustomError> {
+    pub fn send_custom(&mut self, room: &RoomKey, from: &UserId, msg: OutgoingCustom<'_>, now: Instant) -> Result<Option<u32>, CustomError> {
+        let OutgoingCustom { cmd_id, payload, to, kind } = msg;
         custom::check(cmd_id, payload)?;
-        let limit = self.custom_limits.entry((room.clone(), from.clone())).or_insert_with(SenderLimit::default);
+        let limit = self.custom_limits.entry((room.clone(), from.clone())).or_default();
         let seq = match limit.offer(payload.len(), now) {
             Verdict::Accept { seq } => seq,
             Verdict::Drop { warn: true } => return Err(CustomError::RateLimited),
@@ -118,7 +120,7 @@ impl Sfu {
         let result = if s.spec.role != PeerRole::Publish {
             Err(CustomError::NotAnchor)
         } else {
-            custom::parse_send_frame(data).and_then(|(cmd_id, payload)| self.send_custom(&room, &user, cmd_id, payload, None, kind, now))
+            custom::parse_send_frame(data).and_then(|(cmd_id, payload)| self.send_custom(&room, &user, OutgoingCustom { cmd_id, payload, to: None, kind }, now))
         };
         if let Err(e) = result {
             let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();

@@ -21,7 +21,7 @@ mod subscriber;
 mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
-pub use messages::{ChannelKind, MemberMessage};
+pub use messages::{ChannelKind, MemberMessage, OutgoingCustom};
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
 pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer};
 pub use types::*;

@@ -217,3 +217,29 @@ fn a_removed_user_and_a_dismissed_room_end_every_session_as_removed() {
     assert!(!sfu.room_exists(&key()) && sfu.room_users(&key()).is_none());
     assert!(!sfu.dismiss(&key(), t0));
 }
+
+#[test]
+fn custom_messages_go_to_the_others_sockets_numbered_per_sender() {
+    let now = Instant::now();
+    let mut sfu = sfu(now);
+    let ws = JoinInfo { user_type: 1, terminal_type: 100, role: tessera_model::Role::Anchor, info: None };
+    let user = |u: &str| UserId::parse(u).unwrap();
+    let ids: Vec<u64> = ["ann", "bob", "cy"].iter().map(|u| sfu.join_signaling(&key(), &user(u), &ws, now)).collect();
+    let _ = std::iter::from_fn(|| sfu.poll_output()).count();
+    let msg = |cmd_id, payload, to| OutgoingCustom { cmd_id, payload, to, kind: ChannelKind::Reliable };
+    assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(1, b"hi", None), now), Ok(Some(1)));
+    let bob = [user("bob")];
+    assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(2, b"psst", Some(&bob)), now), Ok(Some(2)));
+    assert_eq!(sfu.send_custom(&key(), &user("bob"), msg(3, b"", None), now), Ok(Some(1)), "seq counts per sender");
+    let delivered: Vec<(u64, String, u8, u32)> = std::iter::from_fn(|| sfu.poll_output())
+        .filter_map(|o| match o {
+            SfuOutput::ToMember(m, MemberMessage::Custom { from, cmd_id, seq, .. }) => Some((m, from.to_string(), cmd_id, seq)),
+            _ => None,
+        })
+        .collect();
+    let (a, b, c) = (ids[0], ids[1], ids[2]);
+    assert_eq!(delivered, vec![(b, "ann".into(), 1, 1), (c, "ann".into(), 1, 1), (b, "ann".into(), 2, 2), (a, "bob".into(), 3, 1), (c, "bob".into(), 3, 1)]);
+    assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(0, b"", None), now), Err(crate::custom::CustomError::BadCmdId));
+    assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(11, b"", None), now), Err(crate::custom::CustomError::BadCmdId));
+    assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(1, &[0; 1001], None), now), Err(crate::custom::CustomError::TooLarge(1001)));
+}
