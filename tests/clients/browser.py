@@ -23,6 +23,7 @@ custom:  tabs as in room (options: `nodc` publishes without data channels, `watc
          second (reliable), refused ones (1001 bytes, cmd_id 0 and 11, an empty frame), 5 on the
          lossy channel, then 60 timestamped ones at 20/s on the reliable channel and 60 over the
          socket for latency. Prints per tab what it received and the errors it was told.
+speedtest: speedtest.html with --token, --up-kbps and --down-kbps; prints its result.
 Prints one JSON line; exits 1 with {"error": ...} on failure.
 """
 import argparse
@@ -50,7 +51,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers", "quality", "custom"])
+    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -67,6 +68,8 @@ def main():
     p.add_argument("--degradation", default="")
     p.add_argument("--ice-restart-after", type=float, default=0, help="publisher restarts ICE after this many seconds")
     p.add_argument("--seconds", type=float, default=8)
+    p.add_argument("--up-kbps", type=int, default=2000)
+    p.add_argument("--down-kbps", type=int, default=4000)
     p.add_argument("--close-tab", action="store_true", help="publish: close the tab (no Stop) after --seconds, then wait 3 s")
     p.add_argument("--fake-video", default="", help="Y4M/MJPEG file the fake camera plays in a loop")
     p.add_argument("--chromium", default="/usr/bin/chromium")
@@ -85,6 +88,12 @@ def main():
             ctx = browser.new_context()
             if a.mode == "room":
                 out = room(ctx, a)
+                return print(json.dumps(out), flush=True) or 0
+            if a.mode == "speedtest":
+                page = ctx.new_page()
+                page.goto(f"{a.base}/speedtest.html?{urlencode({'token': a.token, 'up': a.up_kbps, 'down': a.down_kbps, 'autostart': '1'})}")
+                page.wait_for_function("['done', 'failed'].includes(window.tessera.state)", timeout=40000)
+                out = {"state": page.evaluate("window.tessera.state"), "page_error": page.evaluate("window.tessera.error"), "result": page.evaluate("window.tessera.result")}
                 return print(json.dumps(out), flush=True) or 0
             if a.mode == "custom":
                 out = custom(ctx, a)

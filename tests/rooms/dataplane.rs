@@ -195,3 +195,91 @@ fn custom_messages_on_data_channels() {
         assert!(p99 < 1000.0, "{what}: {l:?}");
     }
 }
+
+/// A UDP relay on this side that delays each datagram `ms` each way; killed on drop.
+struct DelayRelay(Child);
+
+impl DelayRelay {
+    fn start(listen: &str, target: &str, ms: u32) -> DelayRelay {
+        use std::io::BufRead;
+        let mut child = Command::new(python())
+            .arg(repo_root().join("tests/clients/udp_delay.py"))
+            .args(["--listen", listen, "--target", target, "--delay-ms", &ms.to_string()])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("udp_delay.py");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        assert!(line.contains("ready"), "relay: {line}");
+        DelayRelay(child)
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The network test from Chromium (`speedtest.html`) over a link shaped to 2 Mbit/s up and
+/// 4 Mbit/s down (tbf on the test host's veth) with 50 ms each way (a relay: this kernel has no
+/// netem): the round trip within 20 ms of 100 ms, the uplink within 25 % of its shaping. The
+/// downlink is measured but reads low: str0m's SCTP sender (sctp-proto 0.10.8) takes one
+/// retransmission timeout early in the phase and then grows its window by one packet a round
+/// trip, so it carries about 1 Mbit/s of the 4 (docs/decisions.md); the test holds it to
+/// "some, and never more than the link". Rates outside 10–5000 fail the test; a 21st
+/// concurrent test of an app is refused.
+#[test]
+fn speed_test_measures_a_shaped_link() {
+    let _turn = serial();
+    let dir = TempDir::new("rtc-speedtest");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let relay_ip = net.add_host_address(3);
+    let http = format!("{}:0", net.host_ip);
+    // Clients are told the relay's address; it forwards to the server's socket.
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http, "--public-ip", &relay_ip]);
+    let port = rtc_udp_port(&server);
+    let _relay = DelayRelay::start(&format!("{relay_ip}:{port}"), &format!("{}:{port}", net.host_ip), 50);
+    net.shape_uplink(&["tbf", "rate", "2mbit", "burst", "32kb", "latency", "400ms"]);
+    net.shape_downlink(&["tbf", "rate", "4mbit", "burst", "32kb", "latency", "400ms"]);
+    let tester = token(&data, "any", "tester");
+    // The banner's base URL names the public address; HTTP is not relayed.
+    let base = server.base.replace(&relay_ip, &net.host_ip);
+    let r = Client::start(&net, "browser.py", &["speedtest", "--base", &base, "--token", &tester, "--up-kbps", "5000", "--down-kbps", "5000"]).finish(Duration::from_secs(60));
+    assert_eq!(r["state"], "done", "{r}");
+    let res = &r["result"];
+    eprintln!("speed test over 2 / 4 Mbit/s and 2 x 50 ms: {res}");
+    let (up, down, rtt) = (res["available_up_bandwidth"].as_f64().unwrap(), res["available_down_bandwidth"].as_f64().unwrap(), res["rtt"].as_f64().unwrap());
+    assert!((1500.0..=2500.0).contains(&up), "uplink {up} kbit/s vs 2000: {res}");
+    assert!((500.0..=5000.0).contains(&down), "downlink {down} kbit/s vs 4000: {res}");
+    assert!((80.0..=120.0).contains(&rtt), "round trip {rtt} ms vs 100: {res}");
+    assert_eq!(res["ip"], relay_ip.as_str(), "{res}");
+    assert!((1..=5).contains(&res["quality"].as_u64().unwrap()), "{res}");
+    net.clear_impairments();
+    // A rate outside 10–5000: the test fails and says why.
+    let bad = Client::start(&net, "browser.py", &["speedtest", "--base", &base, "--token", &tester, "--up-kbps", "5001", "--down-kbps", "100"]).finish(Duration::from_secs(60));
+    assert_eq!((bad["state"].as_str(), bad["result"]["success"].as_bool()), (Some("failed"), Some(false)), "{bad}");
+    assert!(bad["page_error"].as_str().unwrap().contains("10 to 5000"), "{bad}");
+    // Twenty tests that never connect hold their places; the 21st is refused.
+    let offer = || {
+        let mut rtc = tessera_rtc::str0m::Rtc::builder().build(std::time::Instant::now());
+        let mut change = rtc.sdp_api();
+        change.add_channel("speedtest-ctl".into());
+        change.apply().expect("an offer").0.to_sdp_string()
+    };
+    let url = format!("{base}/v1/speedtest");
+    let post = |sdp: &str| request("POST", &url, Some(&tester), Some(("application/sdp", sdp.as_bytes())), &[]);
+    for i in 0..20 {
+        assert_eq!(post(&offer()).status, 201, "test {i}");
+    }
+    post(&offer()).expect_error(429, "limit_exceeded");
+    // Bad offers: media sections, or no data channel section.
+    let media = "v=0\r\no=- 1 2 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:0\r\na=rtpmap:111 opus/48000/2\r\n";
+    post(media).expect_error(400, "sdp_invalid");
+    // Without a token.
+    let anon = request("POST", &url, None, Some(("application/sdp", offer().as_bytes())), &[]);
+    assert_eq!(anon.status, 401, "{}", anon.body);
+}

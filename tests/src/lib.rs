@@ -331,6 +331,13 @@ impl TestNet {
         }
     }
 
+    /// Gives this side a second address, `10.199.n.<last>` (a relay listens there).
+    pub fn add_host_address(&self, last: u8) -> String {
+        let ip = format!("{}.{last}", self.host_ip.rsplit_once('.').expect("IPv4").0);
+        must(&["ip", "addr", "add", &format!("{ip}/24"), "dev", &self.host_if]);
+        ip
+    }
+
     /// Removes what `shape_downlink` and `drop_incoming_udp` set up: the link is clean again.
     pub fn clear_impairments(&self) {
         let _ = sh(&["tc", "qdisc", "del", "dev", &self.host_if, "root"]);

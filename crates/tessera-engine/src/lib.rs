@@ -21,11 +21,12 @@ pub mod sfu;
 #[cfg(test)]
 mod sfu_harness;
 pub mod speakers;
+pub mod speedtest;
 
 pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError, SignalingMember};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
 pub use sfu::{
     ChannelKind, IceRestart, IngestPacket, MemberMessage, OfferedTrack, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats,
-    SubscribeRequest, SubscriberError, SubscriberOffer, TapPacket, TrackStats,
+    SpeedTestRefusal, SubscribeRequest, SubscriberError, SubscriberOffer, TapPacket, TrackStats,
 };
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

@@ -140,8 +140,9 @@ impl OfferSummary {
         self.sections.iter().filter(|s| matches!(s.kind, SectionKind::Audio | SectionKind::Video) && !s.rejected)
     }
 
+    /// Whether the offer has a section of `kind` that is not rejected (media or data channels).
     pub fn has(&self, kind: SectionKind) -> bool {
-        self.media().any(|s| s.kind == kind)
+        self.sections.iter().any(|s| s.kind == kind && !s.rejected)
     }
 
     /// The checks of a WHIP offer: at most one audio and one video section, each with a codec

@@ -21,6 +21,9 @@ pub enum PeerRole {
 /// (pt, rtx pt, profile-level-id) for constrained baseline, baseline, main and high.
 const H264_PROFILES: [(u8, u8, u32); 4] = [(108, 109, 0x42e01f), (127, 121, 0x42001f), (123, 119, 0x4d001f), (114, 115, 0x64001f)];
 
+/// What a peer's data channels may hold unsent or unacknowledged.
+const SCTP_MAX_BUFFERED: usize = 1024 * 1024;
+
 /// How often str0m reports a peer's stats.
 pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -81,8 +84,10 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Ins
         // Transport-wide congestion control drives the simulcast layer of each viewer.
         config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
     }
-    // Loss, round trip and jitter once a second: network quality and live stats (§9).
-    let mut rtc = config.set_stats_interval(Some(STATS_INTERVAL)).build(now);
+    // Loss, round trip and jitter once a second: network quality and live stats (§9). Data
+    // channels may hold 1 MiB unsent or unacknowledged (str0m's default, 128 KiB, caps a speed
+    // test's downlink well below a few Mbit/s when the browser acknowledges late).
+    let mut rtc = config.set_stats_interval(Some(STATS_INTERVAL)).set_sctp_max_buffered_amount(SCTP_MAX_BUFFERED).build(now);
     for addr in &candidates.udp {
         let c = Candidate::host(*addr, "udp").map_err(|e| OfferError::Invalid(format!("bad host candidate {addr}: {e}")))?;
         rtc.add_local_candidate(c);

@@ -119,6 +119,12 @@ enum Command {
         inbox: mpsc::UnboundedSender<crate::sfu::MemberMessage>,
         reply: oneshot::Sender<u64>,
     },
+    AddSpeedTest {
+        spec: SessionSpec,
+        offer: String,
+        server_ip: String,
+        reply: oneshot::Sender<Result<String, crate::sfu::SpeedTestRefusal>>,
+    },
     Custom {
         key: RoomKey,
         from: tessera_model::UserId,
@@ -313,6 +319,11 @@ impl RtcHandle {
 
     pub async fn add_session(&self, spec: SessionSpec, offer: String) -> Result<Result<String, OfferError>, RtcServerError> {
         self.ask(|reply| Command::AddSession { spec, offer, reply }).await
+    }
+
+    /// Starts a speed test (PRODUCT.md §9) from the client's offer: the SDP answer.
+    pub async fn add_speed_test(&self, spec: SessionSpec, offer: String, server_ip: String) -> Result<Result<String, crate::sfu::SpeedTestRefusal>, RtcServerError> {
+        self.ask(|reply| Command::AddSpeedTest { spec, offer, server_ip, reply }).await
     }
 
     pub async fn remove_session(&self, sid: &str) -> Result<Option<SessionInfo>, RtcServerError> {

@@ -134,6 +134,9 @@ pub(super) async fn run(
                         member_inboxes.insert(id, inbox);
                         let _ = reply.send(id);
                     }
+                    Command::AddSpeedTest { spec, offer, server_ip, reply } => {
+                        let _ = reply.send(sfu.add_speed_test(spec, &offer, server_ip, now));
+                    }
                     Command::Custom { key, from, cmd_id, payload, to, reply } => {
                         let _ = reply.send(sfu.send_custom(&key, &from, crate::sfu::OutgoingCustom { cmd_id, payload: &payload, to: to.as_deref(), kind: crate::sfu::ChannelKind::Reliable }, now));
                         sfu.flush(now);

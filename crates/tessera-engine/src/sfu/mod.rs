@@ -17,12 +17,14 @@ mod messages;
 mod producer;
 mod rooms;
 mod signals;
+mod speed;
 mod subscriber;
 mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
 pub use messages::{ChannelKind, MemberMessage, OutgoingCustom};
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
+pub use speed::{SpeedTestRefusal, MAX_SPEED_TESTS_PER_APP};
 pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer};
 pub use types::*;
 
@@ -70,6 +72,8 @@ enum Role {
         /// A connection the server offers to (room signaling's `sub`): its renegotiation.
         offered: Option<Box<Offered>>,
     },
+    /// A speed test (`POST /v1/speedtest`): data channels only, in no room.
+    SpeedTest(Box<speed::SpeedRun>),
 }
 
 struct Session {
@@ -160,6 +164,8 @@ pub struct Sfu {
     next_quality: Instant,
     /// Custom-message senders' rate limits and numbering, per (room, user).
     custom_limits: HashMap<(RoomKey, UserId), crate::custom::SenderLimit>,
+    /// Speed-test sessions.
+    speed_tests: Vec<u64>,
 }
 
 impl Sfu {
@@ -194,6 +200,7 @@ impl Sfu {
             speakers: HashMap::new(),
             next_quality: now + crate::quality::QUALITY_INTERVAL,
             custom_limits: HashMap::new(),
+            speed_tests: Vec::new(),
         }
     }
 
@@ -257,6 +264,7 @@ impl Sfu {
             match session.role {
                 Role::Publisher { .. } => s.publishers += 1,
                 Role::Viewer { .. } => s.viewers += 1,
+                Role::SpeedTest(_) => s.speed_tests += 1,
             }
         }
         s
@@ -467,7 +475,8 @@ impl Sfu {
 
     /// When `handle_timeout` wants to be called next.
     pub fn next_timeout(&self) -> Instant {
-        self.sessions.values().map(|s| s.next_timeout).fold(self.next_tick, Instant::min)
+        let peers = self.sessions.values().map(|s| s.next_timeout).fold(self.next_tick, Instant::min);
+        self.speed_test_timeout().map_or(peers, |t| t.min(peers))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
@@ -486,6 +495,9 @@ impl Sfu {
             }
         }
         self.scratch_ids = due;
+        if !self.speed_tests.is_empty() {
+            self.speed_tests_timeout(now);
+        }
         self.drain_all(now);
         if now >= self.next_tick {
             self.next_tick = now + TICK;
@@ -613,6 +625,8 @@ impl Sfu {
             }
             Event::RtpPacket(pkt) => self.forward(id, pkt, now),
             Event::KeyframeRequest(req) => self.keyframe_request_from_viewer(id, req.mid, now),
+            Event::ChannelOpen(ch, label) if self.speed_tests.contains(&id) => self.speed_channel_opened(id, ch, &label),
+            Event::ChannelData(d) if self.speed_tests.contains(&id) => self.speed_channel_data(id, d.id, d.binary, &d.data, now),
             Event::ChannelOpen(ch, label) => self.channel_opened(id, ch, &label),
             Event::ChannelClose(ch) => self.channel_closed(id, ch),
             Event::ChannelData(d) => self.channel_data(id, d.id, &d.data, now),

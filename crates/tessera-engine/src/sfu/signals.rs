@@ -131,6 +131,7 @@ impl Sfu {
             let fresh = s.net.fresh(now);
             let rtt = s.net.rtt.filter(|_| fresh).map(|r| r.as_secs_f64() * 1000.0);
             match &s.role {
+                Role::SpeedTest(_) => {}
                 Role::Publisher { .. } => {
                     n.publishing = true;
                     n.up_heard |= heard;
@@ -224,6 +225,7 @@ impl Sfu {
         let downlink_rtt = self.user_net(room, user, now).down_rtt;
         for s in self.sessions.values().filter(|s| mine(&s.spec)) {
             match &s.role {
+                Role::SpeedTest(_) => {}
                 Role::Publisher { producers } => {
                     let before = out.len();
                     published(s.spec.stream, producers, Some(&s.net), &mut out);

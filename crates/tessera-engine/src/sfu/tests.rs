@@ -45,7 +45,7 @@ fn rooms_live_while_sessions_do_and_are_dismissed_after_the_empty_timeout() {
     let answer = sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
     assert!(answer.contains("a=ice-lite") && answer.contains("a=candidate"), "{answer}");
     assert!(sfu.room_exists(&key()));
-    assert_eq!(sfu.stats(), SfuStats { rooms: 1, publishers: 1, viewers: 0, participants: vec![(crate::presence::user_type::WHIP, 1)] });
+    assert_eq!(sfu.stats(), SfuStats { rooms: 1, publishers: 1, viewers: 0, speed_tests: 0, participants: vec![(crate::presence::user_type::WHIP, 1)] });
     // A second publisher of the same (user, stream) replaces the first.
     sfu.add_session(spec("pub2", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
     assert_eq!(sfu.stats().publishers, 1);

@@ -71,6 +71,8 @@ pub struct SfuStats {
     pub rooms: usize,
     pub publishers: usize,
     pub viewers: usize,
+    /// Speed tests running.
+    pub speed_tests: usize,
     /// Participants by the UserType of their first session.
     pub participants: Vec<(u8, usize)>,
 }

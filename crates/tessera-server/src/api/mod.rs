@@ -117,6 +117,7 @@ pub fn router(state: AppState) -> Router {
         .route("/whip/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
         .route("/whep/{room}/{user}/{stream}", post(whip::play).options(whip::options))
         .route("/whep/session/{sid}", patch(whip::whep_patch).delete(whip::whep_delete).options(whip::options))
+        .route("/v1/speedtest", post(whip::speed_test).options(whip::options))
         .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1));
     Router::new()
         .route("/", get(index))
@@ -209,6 +210,7 @@ async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<
         "whip-client.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/whip-client.js")),
         "room.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/room.html")),
         "tessera.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/tessera.js")),
+        "speedtest.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/speedtest.html")),
         _ => return Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
     };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())

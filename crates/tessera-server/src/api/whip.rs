@@ -179,6 +179,48 @@ pub async fn publish(
     Ok(created(&state, "whip", &sid, answer))
 }
 
+/// `POST /v1/speedtest` (PRODUCT.md §9): a user token of the app with privilege 2 (its room
+/// claim is ignored) and an SDP offer whose only section is the data channels' (the client opens
+/// `speedtest-ctl` and `speedtest-data`); answered like WHIP. At most 20 run at once per app.
+#[utoipa::path(post, operation_id = "speedtest.start", path = "/v1/speedtest", tag = "whip-whep", request_body(content = String, content_type = "application/sdp", description = "The SDP offer (data channels only)"),
+    responses((status = 201, description = "The SDP answer; the test runs on the data channels", content_type = "application/sdp", body = String), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
+pub async fn speed_test(State(state): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> ApiResult<Response> {
+    let token = verify_token(&state, &headers, false)?;
+    token.privileges.require(Privileges::ENTER_ROOM).map_err(|e| privilege_missing(e.required))?;
+    let (offer, summary) = read_offer(&headers, &body)?;
+    if !summary.has(SectionKind::Application) || summary.has(SectionKind::Audio) || summary.has(SectionKind::Video) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "sdp_invalid", "a speed-test offer has the data channels' section and no media"));
+    }
+    let sid = tessera_model::random::session_id();
+    let spec = SessionSpec {
+        sid: sid.clone(),
+        room: tessera_engine::RoomKey { app: token.app.clone(), room: token.room.clone() },
+        user: token.user.clone(),
+        role: PeerRole::Publish,
+        stream: StreamKind::Main,
+        source_user: None,
+        rejected_mids: Vec::new(),
+        quality: Quality::Auto,
+        join: join_info(&token, &headers, user_type::WHIP),
+    };
+    let server_ip = state.rtc.candidates.first().map(|a| a.ip().to_string()).unwrap_or_default();
+    let answer = match state.rtc.add_speed_test(spec, offer, server_ip).await? {
+        Ok(answer) => answer,
+        Err(tessera_engine::SpeedTestRefusal::Offer(e)) => return Err(offer_error(e)),
+        Err(tessera_engine::SpeedTestRefusal::Limit) => {
+            let limit = tessera_engine::sfu::MAX_SPEED_TESTS_PER_APP;
+            return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("{limit} speed tests already run for this app; try again shortly"))
+                .with_details(json!({"limit": limit})));
+        }
+    };
+    tracing::info!(sid = %sid, user = %token.user, "speed test started");
+    let mut resp = (StatusCode::CREATED, [(header::CONTENT_TYPE, "application/sdp")], answer).into_response();
+    for l in link_headers(&state) {
+        resp.headers_mut().append(header::LINK, l);
+    }
+    Ok(resp)
+}
+
 /// Event 103's view of a WHIP/WHEP session: UserType, TerminalType from the User-Agent, the
 /// token's role (a WHIP session is an anchor's) and `info`.
 fn join_info(token: &UserToken, headers: &HeaderMap, kind: u8) -> JoinInfo {
