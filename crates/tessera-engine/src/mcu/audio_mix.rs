@@ -1,5 +1,6 @@
 //! Audio mixing (LAYOUTS.md §5) as a plain value: every 20 ms, voices are ranked by their level
-//! smoothed over ~1 s, the loudest `max_voices` are summed (a voice stays selected for 2 s after
+//! (the RFC 6464 level their packets carry — what active speakers rank by — else the RMS of the
+//! decoded block) smoothed over ~1 s, the loudest `max_voices` are summed (a voice stays selected for 2 s after
 //! it last ranked), and a soft limiter keeps the sum under −1 dBFS.
 
 use std::collections::HashMap;
@@ -45,14 +46,25 @@ impl<K: Eq + Hash + Clone + Ord> AudioMixer<K> {
     /// Mixes one 20 ms frame: `inputs` are interleaved stereo blocks of equal length; `out` gets
     /// their limited sum. Returns the selected voices.
     pub fn mix(&mut self, inputs: &[(K, &[f32])], out: &mut [f32]) -> Vec<K> {
+        let with_levels: Vec<(K, &[f32], Option<u8>)> = inputs.iter().map(|(k, pcm)| (k.clone(), *pcm, None)).collect();
+        self.mix_with_levels(&with_levels, out)
+    }
+
+    /// As `mix`, with each voice's level in dBov (RFC 6464) where its packets carried one.
+    pub fn mix_with_levels(&mut self, inputs: &[(K, &[f32], Option<u8>)], out: &mut [f32]) -> Vec<K> {
         self.step += 1;
-        self.voices.retain(|k, _| inputs.iter().any(|(i, _)| i == k));
-        for (k, pcm) in inputs {
-            let rms = if pcm.is_empty() { 0.0 } else { (pcm.iter().map(|s| s * s).sum::<f32>() / pcm.len() as f32).sqrt() };
+        self.voices.retain(|k, _| inputs.iter().any(|(i, _, _)| i == k));
+        for (k, pcm, dbov) in inputs {
+            let rms = match dbov {
+                // dBov is −20·log10 of the RMS relative to full scale.
+                Some(d) => 10f32.powf(-(*d as f32) / 20.0),
+                None if pcm.is_empty() => 0.0,
+                None => (pcm.iter().map(|s| s * s).sum::<f32>() / pcm.len() as f32).sqrt(),
+            };
             let v = self.voices.entry(k.clone()).or_default();
             v.level += (rms - v.level) / SMOOTH_STEPS;
         }
-        let mut ranked: Vec<(&K, f32)> = inputs.iter().map(|(k, _)| (k, self.voices[k].level)).collect();
+        let mut ranked: Vec<(&K, f32)> = inputs.iter().map(|(k, _, _)| (k, self.voices[k].level)).collect();
         ranked.sort_by(|a, b| b.1.partial_cmp(&a.1).unwrap_or(std::cmp::Ordering::Equal).then(a.0.cmp(b.0)));
         for (k, _) in ranked.iter().take(self.max_voices) {
             if let Some(v) = self.voices.get_mut(*k) {
@@ -63,7 +75,7 @@ impl<K: Eq + Hash + Clone + Ord> AudioMixer<K> {
         let mut selected: Vec<K> = ranked.iter().filter(|(k, _)| self.voices[*k].last_ranked.is_some_and(|t| self.step - t < HOLD_STEPS)).map(|(k, _)| (*k).clone()).collect();
         selected.truncate(self.max_voices);
         out.fill(0.0);
-        for (k, pcm) in inputs {
+        for (k, pcm, _) in inputs {
             if selected.contains(k) {
                 for (o, s) in out.iter_mut().zip(pcm.iter()) {
                     *o += *s;
@@ -89,6 +101,19 @@ mod tests {
             assert!(limit(x).abs() <= CEILING + 1e-6, "{x}");
         }
         assert!(limit(0.9) > limit(0.8), "monotonic");
+    }
+
+    #[test]
+    fn carried_levels_rank_voices_as_active_speakers_do() {
+        // Equal blocks, but the packets say b is loud and a quiet: b is chosen.
+        let mut m: AudioMixer<&str> = AudioMixer::new(1);
+        let pcm = vec![0.1f32; 1920];
+        let mut out = vec![0.0; 1920];
+        let mut sel = Vec::new();
+        for _ in 0..50 {
+            sel = m.mix_with_levels(&[("a", &pcm[..], Some(60)), ("b", &pcm[..], Some(10))], &mut out);
+        }
+        assert_eq!(sel, vec!["b"]);
     }
 
     #[test]

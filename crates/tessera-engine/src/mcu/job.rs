@@ -166,6 +166,8 @@ struct AudioIn {
     decoder: Option<OpusDecoder>,
     buffer: VecDeque<f32>,
     primed: bool,
+    /// The level (dBov) its last packet carried, if any.
+    level: Option<u8>,
 }
 
 struct Input {
@@ -275,7 +277,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                     if spec.audio == AudioMode::None || !wants_audio(&spec, &key) {
                         continue;
                     }
-                    let a = input.audio.get_or_insert_with(|| AudioIn { decoder: OpusDecoder::new().ok(), buffer: VecDeque::new(), primed: false });
+                    let a = input.audio.get_or_insert_with(|| AudioIn { decoder: OpusDecoder::new().ok(), buffer: VecDeque::new(), primed: false, level: None });
+                    a.level = p.audio_level.or(a.level);
                     if let Some(d) = a.decoder.as_mut() {
                         let mut pcm = Vec::new();
                         if d.decode(&p.payload, &mut pcm).is_ok() {
@@ -422,7 +425,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
             if let Some(opus) = opus.as_mut() {
                 while Instant::now() >= next_audio {
                     next_audio += Duration::from_millis(20);
-                    let mut blocks: Vec<(InputKey, Vec<f32>)> = Vec::new();
+                    let mut blocks: Vec<(InputKey, Vec<f32>, Option<u8>)> = Vec::new();
                     for (key, input) in inputs.iter_mut() {
                         let Some(a) = input.audio.as_mut() else { continue };
                         if !a.primed {
@@ -438,10 +441,10 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                             a.primed = false;
                             block.resize(OPUS_FRAME * 2, 0.0);
                         }
-                        blocks.push((key.clone(), block));
+                        blocks.push((key.clone(), block, a.level));
                     }
-                    let refs: Vec<(InputKey, &[f32])> = blocks.iter().map(|(k, b)| (k.clone(), b.as_slice())).collect();
-                    selected = mixer.mix(&refs, &mut mix_pcm);
+                    let refs: Vec<(InputKey, &[f32], Option<u8>)> = blocks.iter().map(|(k, b, l)| (k.clone(), b.as_slice(), *l)).collect();
+                    selected = mixer.mix_with_levels(&refs, &mut mix_pcm);
                     opus_out.clear();
                     opus.encode(&mix_pcm, &mut opus_out)?;
                     let out: Vec<IngestPacket> = opus_out

@@ -102,7 +102,7 @@ mod tests {
     use std::sync::Arc;
 
     fn h264(seq: u64, ts: u32, marker: bool, payload: &[u8]) -> TapPacket {
-        TapPacket { user: UserId::parse("alice").unwrap(), stream: StreamKind::Main, codec: Codec::H264, seq, ts, marker, payload: Arc::from(payload) }
+        TapPacket { user: UserId::parse("alice").unwrap(), stream: StreamKind::Main, codec: Codec::H264, seq, ts, marker, payload: Arc::from(payload), audio_level: None }
     }
 
     #[test]

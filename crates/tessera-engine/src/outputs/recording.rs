@@ -437,6 +437,7 @@ mod tests {
             ts: 0,
             marker: true,
             payload: Arc::from(&[][..]),
+            audio_level: None,
         };
         let mut publishers: Vec<PublisherInfo> = (0..30).map(|i| publisher(&format!("u{i}"))).collect();
         publishers.insert(0, publisher("mix_j"));

@@ -184,7 +184,16 @@ mod tests {
     use tessera_model::UserId;
 
     fn packet(seq: u64, ts: u32, marker: bool, payload: &[u8]) -> TapPacket {
-        TapPacket { user: UserId::parse("a").unwrap(), stream: tessera_media::StreamKind::Main, codec: Codec::H264, seq, ts, marker, payload: Arc::from(payload) }
+        TapPacket {
+            user: UserId::parse("a").unwrap(),
+            stream: tessera_media::StreamKind::Main,
+            codec: Codec::H264,
+            seq,
+            ts,
+            marker,
+            payload: Arc::from(payload),
+            audio_level: None,
+        }
     }
 
     #[test]

@@ -174,7 +174,16 @@ impl Sfu {
                     }
                     self.out.push_back(SfuOutput::Tap(
                         *t,
-                        TapPacket { user: key.0.clone(), stream: key.1, codec: fp.codec, seq: fp.seq, ts: fp.ts, marker: fp.marker, payload: fp.payload.clone() },
+                        TapPacket {
+                            user: key.0.clone(),
+                            stream: key.1,
+                            codec: fp.codec,
+                            seq: fp.seq,
+                            ts: fp.ts,
+                            marker: fp.marker,
+                            payload: fp.payload.clone(),
+                            audio_level: fp.ext.audio_level.map(|l| l.unsigned_abs().min(127)),
+                        },
                     ));
                 }
             }

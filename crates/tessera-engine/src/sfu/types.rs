@@ -115,6 +115,8 @@ pub struct TapPacket {
     pub ts: u32,
     pub marker: bool,
     pub payload: Arc<[u8]>,
+    /// Audio: the level (dBov, RFC 6464) the packet carried.
+    pub audio_level: Option<u8>,
 }
 
 /// What the HTTP layer learns about a session.
