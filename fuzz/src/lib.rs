@@ -127,6 +127,10 @@ pub fn rtp(data: &[u8]) {
     for p in &payloads {
         let _ = tessera_media::vp8::depacketize(p);
         let _ = tessera_media::vp8::is_keyframe(p);
+        // The picture size live stats read from keyframes (an SPS, a VP8 keyframe header).
+        let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::H264, p);
+        let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::Vp8, p);
+        let _ = tessera_media::picture_size::sps_size(p);
     }
     // Sequence numbers, timestamps and markers from the payloads' first bytes.
     let mut assembler = tessera_media::rtp::AuAssembler::default();
@@ -179,6 +183,26 @@ fn offering_peer() -> (tessera_rtc::Peer, tessera_rtc::str0m::change::SdpPending
     (peer, pending)
 }
 
+/// What participants send besides media: a data-channel custom-message frame (PRODUCT.md §8),
+/// and a speed test's control messages and data frames (§9), one per line, fed to its state
+/// machine a phase's worth of time apart.
+pub fn room_data(data: &[u8]) {
+    use std::time::{Duration, Instant};
+    let _ = tessera_engine::custom::parse_send_frame(data);
+    let t0 = Instant::now();
+    let mut test = tessera_engine::speedtest::SpeedTest::new("10.0.0.1".into(), t0);
+    for (i, piece) in data.split(|b| *b == b'\n').enumerate() {
+        let now = t0 + Duration::from_millis(i as u64 * 700);
+        if piece.first() == Some(&b'{') {
+            test.handle_control(&String::from_utf8_lossy(piece), now);
+        } else {
+            test.handle_data(piece, now);
+        }
+        test.handle_timeout(now, piece.len() * 64);
+        while test.poll_output().is_some() {}
+    }
+}
+
 /// User tokens (HS256 JWT) as they arrive in `Authorization`, `?token=` and the WS join.
 pub fn jwt(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -202,7 +226,7 @@ pub fn json_bodies(data: &[u8]) {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 11] = [
+pub const TARGETS: [Target; 12] = [
     ("amf0", amf0),
     ("rtmp_server", rtmp_server),
     ("rtmp_client", rtmp_client),
@@ -214,6 +238,7 @@ pub const TARGETS: [Target; 11] = [
     ("jwt", jwt),
     ("task_file", task_file),
     ("json_bodies", json_bodies),
+    ("room_data", room_data),
 ];
 
 #[cfg(test)]
@@ -343,6 +368,20 @@ a=fingerprint:sha-256 00:11:22:33:44:55:66:77:88:99:AA:BB:CC:DD:EE:FF:00:11:22:3
 a=rtpmap:96 H264/90000\r\na=rtcp-fb:96 nack\r\na=rtcp-fb:96 nack pli\r\na=fmtp:96 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e01f\r\n\
 a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rid:h send\r\na=rid:l send\r\na=simulcast:send h;l\r\n";
         put("sdp_offer", "publish", offer.as_bytes());
+        {
+            // A speed test: start, pings (with an echo's time), uplink frames, the report.
+            let mut t = br#"{"type":"start","up_kbps":100,"down_kbps":100}"#.to_vec();
+            let mut ping = vec![1u8, 0, 0, 0, 1, 0, 0, 0, 20, 0, 0, 0, 2, 0, 0, 0, 1];
+            ping.resize(100, 0);
+            let mut up = vec![3u8, 0, 0, 0, 1];
+            up.resize(1000, 0);
+            for part in [&ping[..], &ping[..], &up[..], &up[..], br#"{"type":"down_report","received":5,"bytes":5000}"#] {
+                t.push(b'\n');
+                t.extend_from_slice(part);
+            }
+            put("room_data", "speedtest", &t);
+            put("room_data", "custom", &[3, b'h', b'i']);
+        }
         // What a browser-like answerer (str0m) answers to the `sub` connection's offer.
         {
             use tessera_rtc::str0m::media::{Direction, MediaKind};
