@@ -65,6 +65,10 @@ struct Args {
     /// all the others (`--publishers`/`--subscribers` are ignored).
     #[arg(long, default_value_t = 0)]
     meeting: usize,
+    /// Meeting: custom messages (PRODUCT.md §8, 100 bytes, over the socket) each participant
+    /// sends per second to the room.
+    #[arg(long, default_value_t = 0)]
+    custom_per_s: u32,
 }
 
 fn mint(args: &Args, user: &str, role: u8) -> String {
@@ -608,6 +612,7 @@ fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f
         "loss_pct": {"min": min(|r| r.1), "avg": avg(|r| r.1), "max": max(|r| r.1)},
         "jitter_ms": {"min": min(|r| r.2), "avg": avg(|r| r.2), "max": max(|r| r.2)},
         "latency_ms": {"p50": percentile(latency_us, 0.5), "p99": percentile(latency_us, 0.99), "samples": latency_us.len()},
+        "custom": meeting::custom_summary(),
     });
     if args.json {
         println!("{json}");

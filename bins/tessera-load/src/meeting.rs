@@ -68,13 +68,33 @@ fn subscribe_all(ws: &mut Ws, rtc: &mut Rtc, others: &[String]) {
     }
 }
 
-/// Keeps a signaling socket alive (the server drops one silent for 15 s).
-fn keep_alive(mut ws: Ws, until: Instant) {
+/// Custom messages seen by all participants: (sent, received, latencies in ms).
+static CUSTOM: Mutex<(u64, u64, Vec<f64>)> = Mutex::new((0, 0, Vec::new()));
+
+fn epoch_ms() -> f64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64() * 1000.0)
+}
+
+/// What `--custom-per-s` measured: messages sent and received, and the latency sender →
+/// receiver (one machine, one clock).
+pub fn custom_summary() -> serde_json::Value {
+    let mut c = CUSTOM.lock().unwrap();
+    c.2.sort_by(f64::total_cmp);
+    let at = |q: f64| c.2.get(((c.2.len() as f64 * q) as usize).min(c.2.len().saturating_sub(1))).copied();
+    serde_json::json!({"sent": c.0, "received": c.1, "latency_ms": {"p50": at(0.5), "p99": at(0.99)}})
+}
+
+/// Keeps a signaling socket alive (the server drops one silent for 15 s) and, with
+/// `--custom-per-s`, sends custom messages stamped with the send time and reads the others'.
+fn keep_alive(mut ws: Ws, until: Instant, custom_per_s: u32) {
+    use base64::Engine;
     std::thread::spawn(move || {
         if let MaybeTlsStream::Plain(s) = ws.get_ref() {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
+            let _ = s.set_read_timeout(Some(Duration::from_millis(if custom_per_s > 0 { 2 } else { 500 })));
         }
         let mut next_ping = Instant::now();
+        let every = Duration::from_secs_f64(1.0 / custom_per_s.max(1) as f64);
+        let mut next_custom = Instant::now();
         while Instant::now() < until {
             if Instant::now() >= next_ping {
                 if ws.send(Message::Text(r#"{"type":"ping"}"#.into())).is_err() {
@@ -82,7 +102,26 @@ fn keep_alive(mut ws: Ws, until: Instant) {
                 }
                 next_ping += Duration::from_secs(5);
             }
-            let _ = ws.read();
+            if custom_per_s > 0 && Instant::now() >= next_custom {
+                next_custom += every;
+                let mut payload = format!("{:.3}", epoch_ms()).into_bytes();
+                payload.resize(100, b' ');
+                let data = base64::engine::general_purpose::STANDARD.encode(&payload);
+                if ws.send(Message::Text(serde_json::json!({"type": "custom", "cmd_id": 1, "data": data}).to_string().into())).is_err() {
+                    return;
+                }
+                CUSTOM.lock().unwrap().0 += 1;
+            }
+            let Ok(Message::Text(t)) = ws.read() else { continue };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else { continue };
+            if v["type"] == "custom" {
+                let sent = v["data"].as_str().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok()).and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.trim().parse::<f64>().ok());
+                let mut c = CUSTOM.lock().unwrap();
+                c.1 += 1;
+                if let Some(sent) = sent {
+                    c.2.push(epoch_ms() - sent);
+                }
+            }
         }
     });
 }
@@ -129,7 +168,7 @@ pub async fn start(
         })
         .await
         .unwrap();
-        keep_alive(ws, until);
+        keep_alive(ws, until, args.custom_per_s);
         tasks.push(spawn_subscriber(rtc_back, socket, until, stats.clone(), i, None, start.clone()));
     }
     (tasks, stats)
