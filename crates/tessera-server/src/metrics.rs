@@ -59,6 +59,8 @@ pub struct Metrics {
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabel, Histogram>,
     mix_jobs: Gauge,
+    custom_messages: Counter,
+    speed_tests: Gauge,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -89,6 +91,10 @@ impl Metrics {
         registry.register("tessera_keyframe_requests", "PLIs sent to producers (after throttling)", keyframe_requests.clone());
         let dropped = Counter::default();
         registry.register("tessera_rtp_packets_dropped", "RTP packets not forwarded because a viewer's send queue was full", dropped.clone());
+        let custom_messages = Counter::default();
+        registry.register("tessera_custom_messages", "Custom messages accepted from participants (socket and data channels)", custom_messages.clone());
+        let speed_tests = Gauge::default();
+        registry.register("tessera_speed_tests", "Speed tests running", speed_tests.clone());
         let mix_jobs = Gauge::default();
         registry.register("tessera_mix_jobs", "Mix jobs running", mix_jobs.clone());
         let relay_urls = Family::<StateLabel, Gauge>::default();
@@ -113,6 +119,8 @@ impl Metrics {
             http_requests,
             http_duration,
             mix_jobs,
+            custom_messages,
+            speed_tests,
             relay_urls,
             recordings,
             ingests,
@@ -152,6 +160,8 @@ impl Metrics {
         sync(&self.received, counters.packets_received.load(Ordering::Relaxed));
         sync(&self.keyframe_requests, counters.keyframe_requests.load(Ordering::Relaxed));
         sync(&self.dropped, counters.packets_dropped.load(Ordering::Relaxed));
+        sync(&self.custom_messages, counters.custom_messages.load(Ordering::Relaxed));
+        self.speed_tests.set(stats.speed_tests as i64);
     }
 
     pub fn uptime_s(&self) -> u64 {
