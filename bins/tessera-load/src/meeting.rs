@@ -115,7 +115,11 @@ fn keep_alive(mut ws: Ws, until: Instant, custom_per_s: u32) {
             let Ok(Message::Text(t)) = ws.read() else { continue };
             let Ok(v) = serde_json::from_str::<serde_json::Value>(t.as_str()) else { continue };
             if v["type"] == "custom" {
-                let sent = v["data"].as_str().and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok()).and_then(|b| String::from_utf8(b).ok()).and_then(|s| s.trim().parse::<f64>().ok());
+                let sent = v["data"]
+                    .as_str()
+                    .and_then(|d| base64::engine::general_purpose::STANDARD.decode(d).ok())
+                    .and_then(|b| String::from_utf8(b).ok())
+                    .and_then(|s| s.trim().parse::<f64>().ok());
                 let mut c = CUSTOM.lock().unwrap();
                 c.1 += 1;
                 if let Some(sent) = sent {
