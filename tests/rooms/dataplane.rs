@@ -167,10 +167,12 @@ fn custom_messages_on_data_channels() {
     }
     assert!(got("ann", 1).is_empty(), "the sender does not get its own messages");
     let errors: Vec<&str> = r["errors"]["ann"].as_array().unwrap().iter().map(|e| e["code"].as_str().unwrap()).collect();
+    eprintln!("ann was told: {errors:?}");
     let count = |code: &str| errors.iter().filter(|c| **c == code).count();
     assert_eq!(count("custom_rate_limited"), 1, "{errors:?}");
     assert_eq!(count("custom_too_large"), 1, "{errors:?}");
     assert_eq!(count("custom_bad_cmd_id"), 2, "{errors:?}");
+    assert_eq!(count("bad_message"), 1, "the empty frame: {errors:?}");
     // Latency, sender → receiver (one machine, one clock).
     let latency = |u: &str, cmd: u64| -> Vec<f64> {
         let mut v: Vec<f64> = r["customs"][u]

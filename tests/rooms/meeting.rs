@@ -2,7 +2,7 @@
 //! signaling code in `tests/clients/aiortc_client.py`): participants publish on their `pub`
 //! connection and receive everyone else on the server-offered `sub` connection.
 
-use super::signaling::{join, next_of};
+use super::signaling::{join, next_within};
 use super::*;
 
 /// Two aiortc participants each publish a colour and a tone and decode the other's; a third,
@@ -20,7 +20,8 @@ fn aiortc_participants_publish_and_subscribe_to_each_other() {
     );
     let bob =
         Client::start(&net, "aiortc_client.py", &["ws-meet", "--url", &ws_url, "--token", &token(&data, "meet", "bob"), "--rgb", "0,255,0", "--seconds", "18", "--delay", "2"]);
-    let muted = next_of(&mut carol, "track_muted");
+    // Alice mutes 15 s after she starts; her start (aiortc, two peer connections) takes a while.
+    let muted = next_within(&mut carol, "track_muted", Duration::from_secs(45));
     assert_eq!((muted["user"].as_str(), muted["kind"].as_str(), muted["muted"].as_bool()), (Some("alice"), Some("video"), Some(true)), "{muted}");
     // users.get shows what alice publishes (video muted) and receives from bob, with rates.
     let alice_v = get(&server.url("/v1/rooms/meet/users/alice"), Some(&key)).json();

@@ -36,7 +36,13 @@ pub(crate) fn next(ws: &mut Ws) -> Value {
 
 /// Reads until a message of `kind` arrives (others are skipped) and returns it.
 pub(crate) fn next_of(ws: &mut Ws, kind: &str) -> Value {
-    let deadline = Instant::now() + Duration::from_secs(15);
+    next_within(ws, kind, Duration::from_secs(15))
+}
+
+/// Reads until a message of `kind` arrives within `limit` (others, such as the `quality`
+/// reports every 2 s, are skipped) and returns it.
+pub(crate) fn next_within(ws: &mut Ws, kind: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
     loop {
         assert!(Instant::now() < deadline, "no {kind}");
         let v = next(ws);
