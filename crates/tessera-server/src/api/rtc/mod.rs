@@ -136,14 +136,19 @@ async fn run(mut socket: WebSocket, state: AppState, ua: String) {
     Parked::park(state, joined);
 }
 
-/// Sends what is queued for the client. False when the socket is gone.
+/// Sends what is queued for the client, written out together (one flush, not one per
+/// message: a busy room's custom messages come in bursts). False when the socket is gone.
 async fn flush(socket: &mut WebSocket, outbox: &mut Vec<Value>) -> bool {
+    use futures_util::SinkExt;
+    if outbox.is_empty() {
+        return true;
+    }
     for m in outbox.drain(..) {
-        if !send(socket, &m).await {
+        if socket.feed(Message::Text(Utf8Bytes::from(m.to_string()))).await.is_err() {
             return false;
         }
     }
-    true
+    socket.flush().await.is_ok()
 }
 
 async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, events: &mut broadcast::Receiver<tessera_engine::RoomEvent>, mut outbox: Vec<Value>) -> End {
@@ -194,7 +199,12 @@ async fn serve(socket: &mut WebSocket, state: &AppState, joined: &mut Joined, ev
                     return End::Done;
                 }
             },
-            Some(msg) = joined.inbox.recv() => outbox.push(member_message(msg)),
+            Some(msg) = joined.inbox.recv() => {
+                outbox.push(member_message(msg));
+                while let Ok(msg) = joined.inbox.try_recv() {
+                    outbox.push(member_message(msg));
+                }
+            }
             () = session::next_stats(&mut joined.stats) => {
                 if let Ok(tracks) = state.rtc.user_tracks(joined.key.clone(), joined.user().clone()).await {
                     let tracks: Vec<Value> = tracks.iter().map(|t| super::rooms::track_stats(joined.user(), t)).collect();
