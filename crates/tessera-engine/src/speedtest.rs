@@ -288,16 +288,17 @@ impl SpeedTest {
 
     fn finish(&mut self) {
         let c = &self.counts;
-        let lost = |got: u32, of: u32| if of == 0 { 0.0 } else { (1.0 - got as f64 / of as f64).clamp(0.0, 1.0) };
-        // Uplink loss: of the load frames when there were some, else of the pings.
+        let lost = |got: u32, of: u64| if of == 0 { 0.0 } else { (1.0 - got as f64 / of as f64).clamp(0.0, 1.0) };
+        // Uplink loss: of the load frames when there were some, else of the pings. Sequence
+        // numbers are the client's: any u32 (the fuzzer found u32::MAX + 1).
         let up_lost = match c.up_max_seq {
-            Some(m) => lost(c.up_frames, m + 1),
-            None => lost(c.pings, c.ping_max_seq.map_or(0, |m| m + 1)),
+            Some(m) => lost(c.up_frames, m as u64 + 1),
+            None => lost(c.pings, c.ping_max_seq.map_or(0, |m| m as u64 + 1)),
         };
         // Downlink loss: of the load frames when reported, else of the echoes.
         let down_lost = match c.down_received {
-            Some((n, _)) if c.down_sent > 0 => lost(n, c.down_sent),
-            _ => c.echoes_back.map_or(0.0, |(due, got)| lost(got, due)),
+            Some((n, _)) if c.down_sent > 0 => lost(n, c.down_sent as u64),
+            _ => c.echoes_back.map_or(0.0, |(due, got)| lost(got, due as u64)),
         };
         let mut rtts = c.rtts.clone();
         rtts.sort_by(f64::total_cmp);
