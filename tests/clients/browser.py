@@ -86,27 +86,8 @@ def main():
         browser = pw.chromium.launch(executable_path=a.chromium, headless=True, args=args)
         try:
             ctx = browser.new_context()
-            if a.mode == "room":
-                out = room(ctx, a)
-                return print(json.dumps(out), flush=True) or 0
-            if a.mode == "speedtest":
-                page = ctx.new_page()
-                page.goto(f"{a.base}/speedtest.html?{urlencode({'token': a.token, 'up': a.up_kbps, 'down': a.down_kbps, 'autostart': '1'})}")
-                page.wait_for_function("['done', 'failed'].includes(window.tessera.state)", timeout=40000)
-                out = {"state": page.evaluate("window.tessera.state"), "page_error": page.evaluate("window.tessera.error"), "result": page.evaluate("window.tessera.result")}
-                return print(json.dumps(out), flush=True) or 0
-            if a.mode == "custom":
-                out = custom(ctx, a)
-                return print(json.dumps(out), flush=True) or 0
-            if a.mode == "quality":
-                out = quality(ctx, a)
-                return print(json.dumps(out), flush=True) or 0
-            if a.mode == "speakers":
-                out = speakers(ctx, a)
-                return print(json.dumps(out), flush=True) or 0
-            if a.mode == "join-time":
-                out = join_time(ctx, a)
-                return print(json.dumps(out), flush=True) or 0
+            if a.mode in PAGE_MODES:
+                return print(json.dumps(PAGE_MODES[a.mode](ctx, a)), flush=True) or 0
             pub = None
             if a.mode in ("publish", "both"):
                 q = {"room": a.room, "token": a.token, "codec": a.codec, "autostart": "1"}
@@ -200,6 +181,13 @@ def open_participants(ctx, a):
         if page.evaluate("window.tessera.state") == "failed":
             raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
     return pages
+
+
+def speedtest(ctx, a):
+    page = ctx.new_page()
+    page.goto(f"{a.base}/speedtest.html?{urlencode({'token': a.token, 'up': a.up_kbps, 'down': a.down_kbps, 'autostart': '1'})}")
+    page.wait_for_function("['done', 'failed'].includes(window.tessera.state)", timeout=40000)
+    return {"state": page.evaluate("window.tessera.state"), "page_error": page.evaluate("window.tessera.error"), "result": page.evaluate("window.tessera.result")}
 
 
 def custom(ctx, a):
@@ -305,6 +293,10 @@ def room(ctx, a):
     out["events"] = {u: p.evaluate("window.tessera.events") for u, p in pages}
     out["states"] = {u: [p.evaluate("window.tessera.state"), p.evaluate("window.tessera.error")] for u, p in pages}
     return out
+
+
+# The modes that drive room.html, speedtest.html or several tabs: each returns what to print.
+PAGE_MODES = {"room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
 
 
 if __name__ == "__main__":
