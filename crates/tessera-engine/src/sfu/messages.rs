@@ -84,8 +84,7 @@ impl Sfu {
             if written {
                 continue;
             }
-            let members = self.rooms.get(room).map(|r| r.members.clone()).unwrap_or_default();
-            for m in members.into_iter().filter(|m| self.signaling.get(m).is_some_and(|(_, u)| *u == user)) {
+            for m in self.members_of(room, &user) {
                 self.out.push_back(SfuOutput::ToMember(m, MemberMessage::Custom { from: from.clone(), cmd_id, seq, payload: payload.clone() }));
             }
         }
@@ -123,11 +122,17 @@ impl Sfu {
             custom::parse_send_frame(data).and_then(|(cmd_id, payload)| self.send_custom(&room, &user, OutgoingCustom { cmd_id, payload, to: None, kind }, now))
         };
         if let Err(e) = result {
-            let members = self.rooms.get(&room).map(|r| r.members.clone()).unwrap_or_default();
-            for m in members.into_iter().filter(|m| self.signaling.get(m).is_some_and(|(_, u)| *u == user)) {
+            for m in self.members_of(&room, &user) {
                 self.out.push_back(SfuOutput::ToMember(m, MemberMessage::Refused(e.clone())));
             }
         }
+    }
+
+    /// The room-signaling sessions of `user` in `room` (one, or none; two for a moment while a
+    /// newer login replaces the older).
+    fn members_of(&self, room: &RoomKey, user: &UserId) -> Vec<u64> {
+        let Some(r) = self.rooms.get(room) else { return Vec::new() };
+        r.members.iter().copied().filter(|m| self.signaling.get(m).is_some_and(|(_, u)| u == user)).collect()
     }
 
     /// Forgets the rate limits of senders no longer in their room.

@@ -169,6 +169,13 @@ pub struct Sfu {
     speed_tests: Vec<u64>,
 }
 
+impl Session {
+    /// A session whose peer has not connected yet.
+    fn new(spec: SessionSpec, peer: Peer, role: Role, span: tracing::Span, now: Instant) -> Session {
+        Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span }
+    }
+}
+
 impl Sfu {
     /// Sets how long a connected peer may be silent before its session ends as timed out.
     pub fn set_liveness_timeout(&mut self, timeout: Duration) {
@@ -348,10 +355,7 @@ impl Sfu {
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role);
         tracing::info!(parent: &span, "session added");
-        self.sessions.insert(
-            id,
-            Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span },
-        );
+        self.sessions.insert(id, Session::new(spec, peer, role, span, now));
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(answer)

@@ -33,6 +33,14 @@ fn jitter_ms(units: u32, kind: MediaKind) -> f64 {
     units as f64 * 1000.0 / if kind == MediaKind::Audio { 48_000.0 } else { 90_000.0 }
 }
 
+/// The larger of two measurements, either of which may be missing.
+fn worse<T: PartialOrd>(a: Option<T>, b: Option<T>) -> Option<T> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(if b > a { b } else { a }),
+        (a, b) => a.or(b),
+    }
+}
+
 /// What one user's peers in a room measure: (loss fraction, RTT ms) per direction, and whether
 /// each direction is disconnected.
 #[derive(Debug, Default)]
@@ -122,10 +130,6 @@ impl Sfu {
 
     fn user_net(&self, room: &RoomKey, user: &UserId, now: Instant) -> UserNet {
         let mut n = UserNet::default();
-        let max = |a: Option<f32>, b: Option<f32>| match (a, b) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
         for s in self.sessions.values().filter(|s| s.spec.room == *room && s.spec.user == *user && s.connected) {
             let heard = now.saturating_duration_since(s.last_heard) < DISCONNECTED_AFTER;
             let fresh = s.net.fresh(now);
@@ -136,8 +140,8 @@ impl Sfu {
                     n.publishing = true;
                     n.up_heard |= heard;
                     if fresh {
-                        let streams = s.net.ingress.iter().filter_map(|x| x.2).fold(None, |a: Option<f32>, l| Some(a.map_or(l, |a| a.max(l))));
-                        n.up_loss = max(n.up_loss, s.net.ingress_loss.or(streams));
+                        let streams = s.net.ingress.iter().filter_map(|x| x.2).reduce(f32::max);
+                        n.up_loss = worse(n.up_loss, s.net.ingress_loss.or(streams));
                         n.up_rtt = n.up_rtt.or(rtt);
                     }
                 }
@@ -146,12 +150,9 @@ impl Sfu {
                     n.down_heard |= heard;
                     n.video_paused |= consumers.iter().any(|c| matches!(c.target, Some((_, LayerChoice::Paused))));
                     if fresh {
-                        let streams = s.net.egress.iter().filter_map(|x| x.1).fold(None, |a: Option<f32>, l| Some(a.map_or(l, |a| a.max(l))));
-                        n.down_loss = max(n.down_loss, s.net.egress_loss.or(streams));
-                        n.down_rtt = match (n.down_rtt, rtt) {
-                            (Some(a), Some(b)) => Some(a.max(b)),
-                            (a, b) => a.or(b),
-                        };
+                        let streams = s.net.egress.iter().filter_map(|x| x.1).reduce(f32::max);
+                        n.down_loss = worse(n.down_loss, s.net.egress_loss.or(streams));
+                        n.down_rtt = worse(n.down_rtt, rtt);
                     }
                 }
             }

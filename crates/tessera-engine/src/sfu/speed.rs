@@ -43,10 +43,7 @@ impl Sfu {
         let span = tracing::info_span!("speedtest", sid = %spec.sid, user = %spec.user);
         tracing::info!(parent: &span, "speed test added");
         let role = Role::SpeedTest(Box::new(SpeedRun { test: SpeedTest::new(server_ip, now), ctl: None, data: None, done_at: None }));
-        self.sessions.insert(
-            id,
-            Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span },
-        );
+        self.sessions.insert(id, Session::new(spec, peer, role, span, now));
         self.speed_tests.push(id);
         self.mark_dirty(id);
         self.drain_all(now);
