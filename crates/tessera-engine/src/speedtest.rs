@@ -2,8 +2,8 @@
 //! with injected time: control messages (JSON text on `speedtest-ctl`) and data frames (binary on
 //! `speedtest-data`) in, control messages and data frames out, the result at the end.
 //!
-//! Phases, after the client's `{"type":"start","up_kbps":U,"down_kbps":D}`:
-//! Phases are a second apart (`SETTLE`).
+//! Phases, after the client's `{"type":"start","up_kbps":U,"down_kbps":D}`, a second apart
+//! (`SETTLE`; before the downlink, also until the uplink is quiet):
 //! 1. **ping**, 2 s: the client sends 50 pings a second; each is echoed at once. Like RTCP's
 //!    sender and receiver reports, a ping carries the server time of the last echo the client
 //!    got and how long it held it, so the server measures the round trip itself.
@@ -29,6 +29,12 @@ pub const LOAD_PHASE: Duration = Duration::from_secs(5);
 /// saturated uplink for over a second would otherwise time out the server's SCTP sender and
 /// leave it in congestion avoidance from one packet for the whole downlink phase.
 pub const SETTLE: Duration = Duration::from_secs(1);
+/// Before the downlink, the settle also waits until no uplink frame has arrived for this long
+/// (at most [`SETTLE_MAX`]): a browser's socket can hold seconds of uplink frames beyond what
+/// its data channel reports as buffered, and the downlink's acknowledgements would queue behind
+/// them, time out the server's SCTP sender and leave it in congestion avoidance from one packet.
+pub const SETTLE_QUIET: Duration = Duration::from_millis(300);
+pub const SETTLE_MAX: Duration = Duration::from_secs(6);
 /// How long the client has to start, and to report the downlink.
 const START_WITHIN: Duration = Duration::from_secs(10);
 const REPORT_WITHIN: Duration = Duration::from_secs(3);
@@ -90,6 +96,8 @@ pub struct SpeedTest {
     created: Instant,
     phase: Phase,
     phase_end: Instant,
+    /// A settle ends by this time even if uplink frames still trickle in.
+    settle_cap: Instant,
     up_kbps: u32,
     down_kbps: u32,
     /// Downlink bytes owed by the pacer.
@@ -106,6 +114,7 @@ impl SpeedTest {
             created: now,
             phase: Phase::WaitStart,
             phase_end: now + START_WITHIN,
+            settle_cap: now,
             up_kbps: 0,
             down_kbps: 0,
             down_credit: 0.0,
@@ -154,6 +163,7 @@ impl SpeedTest {
             Phase::Settle(_) => {
                 self.phase = phase;
                 self.phase_end = now + SETTLE;
+                self.settle_cap = now + SETTLE_MAX;
                 return;
             }
             Phase::Up | Phase::Down => (phase, LOAD_PHASE),
@@ -236,6 +246,10 @@ impl SpeedTest {
                 c.up_max_seq = c.up_max_seq.max(Some(seq));
                 c.up_first.get_or_insert(now);
                 c.up_last = Some(now);
+            }
+            (Some(_), Phase::Settle(Next::Down)) => {
+                // Uplink frames still arriving: the path back is not quiet yet.
+                self.phase_end = self.phase_end.max(now + SETTLE_QUIET).min(self.settle_cap);
             }
             _ => {}
         }
@@ -441,6 +455,47 @@ mod tests {
         let r = run(0, 0, Duration::from_millis(10), 100_000, 100_000);
         assert_eq!((r["available_up_bandwidth"].as_i64(), r["available_down_bandwidth"].as_i64()), (Some(-1), Some(-1)), "{r}");
         assert!((18..=25).contains(&r["rtt"].as_i64().unwrap()), "{r}");
+    }
+
+    /// Drives a test with no client traffic up to the settle before the downlink; then uplink
+    /// frames keep arriving every 100 ms until `trickle_until`. Returns when the downlink began.
+    fn downlink_start(trickle_until: Duration) -> Duration {
+        let t0 = Instant::now();
+        let mut st = SpeedTest::new("ip".into(), t0);
+        st.handle_control(r#"{"type":"start","up_kbps":100,"down_kbps":100}"#, t0);
+        let mut now = t0;
+        let up_ended = PING_PHASE + SETTLE + LOAD_PHASE;
+        let mut frame = vec![3u8; LOAD_BYTES];
+        frame[1..5].copy_from_slice(&7u32.to_be_bytes());
+        while now < t0 + Duration::from_secs(30) {
+            now += Duration::from_millis(10);
+            let t = now - t0;
+            if t > up_ended && t <= up_ended + trickle_until && t.as_millis().is_multiple_of(100) {
+                st.handle_data(&frame, now);
+            }
+            if st.poll_timeout().is_some_and(|at| at <= now) {
+                st.handle_timeout(now, 0);
+            }
+            while let Some(o) = st.poll_output() {
+                if matches!(&o, SpeedTestOutput::Control(c) if c.contains(r#""name":"down""#)) {
+                    return t - up_ended;
+                }
+            }
+        }
+        panic!("the downlink never began");
+    }
+
+    #[test]
+    fn the_downlink_waits_for_the_uplink_backlog_to_drain() {
+        // A quiet path: the plain one-second settle.
+        let quiet = downlink_start(Duration::ZERO);
+        assert!(quiet >= SETTLE && quiet < SETTLE + Duration::from_millis(30), "{quiet:?}");
+        // Frames for 2.5 s after the uplink ended: the downlink starts once 300 ms passed without.
+        let drained = downlink_start(Duration::from_millis(2500));
+        assert!(drained >= Duration::from_millis(2800) && drained < Duration::from_millis(2850), "{drained:?}");
+        // A path that never goes quiet: at most SETTLE_MAX.
+        let capped = downlink_start(Duration::from_secs(20));
+        assert!(capped >= SETTLE_MAX && capped < SETTLE_MAX + Duration::from_millis(30), "{capped:?}");
     }
 
     #[test]
