@@ -61,12 +61,29 @@ fn ffmpeg_push_reaches_a_webrtc_viewer_and_bad_pushes_are_refused() {
     let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/live/obs/main"), "--token", &obs, "--seconds", "20"]);
     std::thread::sleep(Duration::from_secs(4));
 
-    // B-frames: refused with the message, within 5 s, while the first push goes on.
+    // B-frames where the app refuses them (`rtmp.b_frames = "refuse"`): refused with the
+    // message, within 5 s, while the first push goes on.
+    let key = admin_key(&data);
+    let set = |rtmp: &str| {
+        let body = format!(r#"{{"rtmp":{rtmp}}}"#);
+        let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", body.as_bytes())), &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()
+    };
+    assert_eq!(set(r#"{"b_frames":"refuse"}"#)["rtmp"]["b_frames"], "refuse");
     let other = token(&data, "live", "cam2");
     let (code, err, took) = wait(push(&format!("rtmp://127.0.0.1:{port}/push/live/cam2?token={other}"), 3, 20), Duration::from_secs(10));
     assert_ne!(code, Some(0), "{err}");
     assert!(err.contains("b_frames_unsupported") && err.contains("bframes=0"), "{err}");
     assert!(took < Duration::from_secs(5), "ffmpeg took {took:?} to give up");
+    // Transcoded (the default), but the app's transcodes are used up: refused, saying so.
+    let v = set(r#"{"b_frames":"transcode","max_transcodes":0}"#);
+    assert_eq!((v["rtmp"]["b_frames"].as_str(), v["rtmp"]["max_transcodes"].as_u64()), (Some("transcode"), Some(0)), "{v}");
+    let (code, err, _) = wait(push(&format!("rtmp://127.0.0.1:{port}/push/live/cam2?token={other}"), 3, 20), Duration::from_secs(10));
+    assert_ne!(code, Some(0), "{err}");
+    assert!(err.contains("limit_exceeded") && err.contains("rtmp.max_transcodes"), "{err}");
+    let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", br#"{"rtmp":{"b_frames":"sometimes"}}"#)), &[]);
+    assert_eq!(r.status, 400, "{}", r.body);
     // A wrong token (another user's) and no token at all.
     let (code, err, _) = wait(push(&format!("rtmp://127.0.0.1:{port}/push/live/cam3?token={other}"), 0, 20), Duration::from_secs(10));
     assert_ne!(code, Some(0));

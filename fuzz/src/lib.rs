@@ -65,7 +65,7 @@ pub fn rtmp_server(data: &[u8]) {
                         let _ = AacConfig::parse(asc);
                     }
                 }
-                RtmpEvent::PublishFinished => {}
+                RtmpEvent::PublishFinished | RtmpEvent::Metadata { .. } => {}
             }
         }
         out.clear();

@@ -70,6 +70,7 @@ fn is_stamp(s: &str) -> bool {
     s.len() == 17 && s.bytes().all(|b| b.is_ascii_digit()) && s.starts_with("20")
 }
 
+mod bframes;
 mod events;
 mod recordings;
 mod relays;

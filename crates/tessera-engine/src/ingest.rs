@@ -4,7 +4,7 @@
 //! the RTP that outlives one opened source so a reconnect or URL switch is seamless to viewers
 //! (`IngestRtp`). The server's worker thread owns the blocking source and feeds these.
 
-use crate::sfu::IngestPacket;
+use crate::sfu::{IngestPacket, PacketRoute};
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -311,6 +311,8 @@ impl IngestRtp {
                         codec: Codec::H264,
                         payload: Arc::from(p.payload),
                         audio_level: None,
+                        route: PacketRoute::All,
+                        composition_ms: 0,
                     });
                     self.video_seq += 1;
                 }
@@ -331,6 +333,8 @@ impl IngestRtp {
                         codec: Codec::Vp8,
                         payload: Arc::from(p),
                         audio_level: None,
+                        route: PacketRoute::All,
+                        composition_ms: 0,
                     });
                     self.video_seq += 1;
                 }
@@ -347,6 +351,8 @@ impl IngestRtp {
                         codec: Codec::Opus,
                         payload: Arc::from(data),
                         audio_level,
+                        route: PacketRoute::All,
+                        composition_ms: 0,
                     });
                     self.audio_seq += 1;
                 }

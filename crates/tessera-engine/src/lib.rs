@@ -12,6 +12,7 @@ pub mod driver;
 pub mod forward;
 mod ice_tcp;
 pub mod ingest;
+pub mod ingest_transcode;
 pub mod mcu;
 pub mod outputs;
 pub mod presence;
@@ -26,7 +27,7 @@ pub mod speedtest;
 pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError, SignalingMember};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
 pub use sfu::{
-    ChannelKind, IceRestart, IngestPacket, MemberMessage, OfferedTrack, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec, SfuStats,
-    SpeedTestRefusal, SubscribeRequest, SubscriberError, SubscriberOffer, TapPacket, TrackStats,
+    ChannelKind, IceRestart, IngestPacket, MemberMessage, OfferedTrack, PacketRoute, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec,
+    SfuStats, SpeedTestRefusal, SubscribeRequest, SubscriberError, SubscriberOffer, TapKind, TapPacket, TrackStats,
 };
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};

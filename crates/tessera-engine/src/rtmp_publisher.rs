@@ -1,12 +1,20 @@
 //! An RTMP publisher's media path (PRODUCT.md §6.3), as a value: FLV/AVC video becomes H.264
-//! RTP, AAC becomes 20 ms Opus RTP, each checked against the token's privileges. What WebRTC
-//! viewers cannot take (B-frames, other codecs, other AAC rates) is a [`Refusal`], which the
-//! driver sends as the `onStatus` error before it closes the connection.
+//! RTP, AAC becomes 20 ms Opus RTP, each checked against the token's privileges. What cannot be
+//! taken (other codecs, other AAC rates, B-frames when the app refuses them) is a [`Refusal`],
+//! which the driver sends as the `onStatus` error before it closes the connection.
+//!
+//! B-frames (OBS's and ffmpeg's x264 defaults), when the app transcodes them: from the first
+//! frame with a composition time, the original goes on as RTP for relays and recordings only
+//! (`PacketRoute::Outputs`, decode-time stamps and the composition time beside them), and the
+//! coded frames come out of `poll_transcode` for an `IngestTranscoder`, whose re-encoding is
+//! what viewers and mix jobs get.
 
-use crate::IngestPacket;
+use crate::ingest_transcode::{CodedFrame, TranscodeInput, TranscodeStart};
+use crate::{IngestPacket, PacketRoute};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use tessera_media::{Codec, StreamKind};
-use tessera_model::Privileges;
+use tessera_model::{BFramePolicy, Privileges};
 use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, VideoTag};
 use tessera_transcode::AacToOpus;
 
@@ -39,20 +47,33 @@ impl Refusal {
 pub struct RtmpPublisher {
     stream: StreamKind,
     privileges: Privileges,
+    b_frames: BFramePolicy,
     video: AvcToRtp,
     video_ssrc: u32,
+    /// The last AVC sequence header, for a transcoder.
+    avc_config: Option<Vec<u8>>,
+    /// What `onMetaData` said of the video (frame rate, kbit/s).
+    metadata: (Option<f32>, Option<u32>),
+    /// B-frames seen and transcoded: the original is for relays and recordings only.
+    transcoding: bool,
+    transcode: VecDeque<TranscodeInput>,
     audio: Option<AacToOpus>,
     audio_ssrc: u32,
     audio_seq: u64,
 }
 
 impl RtmpPublisher {
-    pub fn new(stream: StreamKind, privileges: Privileges) -> RtmpPublisher {
+    pub fn new(stream: StreamKind, privileges: Privileges, b_frames: BFramePolicy) -> RtmpPublisher {
         RtmpPublisher {
             stream,
             privileges,
+            b_frames,
             video: AvcToRtp::new(MAX_RTP_PAYLOAD),
             video_ssrc: tessera_model::random::ssrc(),
+            avc_config: None,
+            metadata: (None, None),
+            transcoding: false,
+            transcode: VecDeque::new(),
             audio: None,
             audio_ssrc: tessera_model::random::ssrc(),
             audio_seq: 1,
@@ -68,11 +89,55 @@ impl RtmpPublisher {
         }
     }
 
+    /// The encoder's `onMetaData`: a transcode's first guess at frame rate and bitrate.
+    pub fn on_metadata(&mut self, video_fps: Option<f32>, video_kbps: Option<u32>) {
+        self.metadata = (video_fps.or(self.metadata.0), video_kbps.or(self.metadata.1));
+    }
+
+    /// Whether B-frames were seen and are being transcoded.
+    pub fn is_transcoding(&self) -> bool {
+        self.transcoding
+    }
+
+    /// What the transcoder should take next (`TranscodeInput::Start` first).
+    pub fn poll_transcode(&mut self) -> Option<TranscodeInput> {
+        self.transcode.pop_front()
+    }
+
     /// One FLV video message: its H.264 RTP packets (none until a keyframe after the header).
     pub fn on_video(&mut self, data: &[u8], timestamp_ms: u32) -> Result<Vec<IngestPacket>, Refusal> {
         self.check(Privileges::PUBLISH_VIDEO)?;
+        let tag = VideoTag::parse(data)?;
+        let mut composition_ms = 0;
+        match &tag {
+            VideoTag::SequenceHeader(record) => {
+                self.avc_config = Some(record.to_vec());
+                if self.transcoding {
+                    self.transcode.push_back(TranscodeInput::Config(record.to_vec()));
+                }
+            }
+            VideoTag::Frame { keyframe, composition_time_ms, data } => {
+                composition_ms = *composition_time_ms;
+                if composition_ms != 0 && !self.transcoding {
+                    if self.b_frames == BFramePolicy::Refuse {
+                        return Err(tessera_rtmp::flv::FlvError::BFrames.into());
+                    }
+                    // Frames before the sequence header are skipped anyway.
+                    if let Some(config) = self.avc_config.clone() {
+                        self.transcoding = true;
+                        let (fps, kbps) = self.metadata;
+                        self.transcode.push_back(TranscodeInput::Start(TranscodeStart { config, fps, kbps }));
+                    }
+                }
+                if self.transcoding {
+                    self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: composition_ms, keyframe: *keyframe }));
+                }
+            }
+            VideoTag::EndOfSequence => {}
+        }
         let mut out = Vec::new();
-        VideoTag::parse(data).and_then(|tag| self.video.on_tag(&tag, timestamp_ms, &mut out))?;
+        self.video.on_tag(&tag, timestamp_ms, &mut out)?;
+        let route = if self.transcoding { PacketRoute::Outputs } else { PacketRoute::All };
         Ok(out
             .into_iter()
             .map(|o| IngestPacket {
@@ -84,6 +149,8 @@ impl RtmpPublisher {
                 codec: Codec::H264,
                 payload: Arc::from(o.payload),
                 audio_level: None,
+                route,
+                composition_ms,
             })
             .collect())
     }
@@ -113,7 +180,18 @@ impl RtmpPublisher {
                     .map(|f| {
                         let seq = self.audio_seq;
                         self.audio_seq += 1;
-                        IngestPacket { ssrc: self.audio_ssrc, seq, ts: f.ts, marker: false, keyframe: true, codec: Codec::Opus, payload: Arc::from(f.data), audio_level: f.level }
+                        IngestPacket {
+                            ssrc: self.audio_ssrc,
+                            seq,
+                            ts: f.ts,
+                            marker: false,
+                            keyframe: true,
+                            codec: Codec::Opus,
+                            payload: Arc::from(f.data),
+                            audio_level: f.level,
+                            route: PacketRoute::All,
+                            composition_ms: 0,
+                        }
                     })
                     .collect())
             }
@@ -131,7 +209,7 @@ mod tests {
 
     #[test]
     fn h264_becomes_rtp_with_keyframes_marked() {
-        let mut p = RtmpPublisher::new(StreamKind::Main, Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits()));
+        let mut p = RtmpPublisher::new(StreamKind::Main, Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits()), BFramePolicy::Transcode);
         assert!(p.on_video(&avc_sequence_header(&SPS, &PPS), 0).unwrap().is_empty());
         let packets = p.on_video(&avc_frame(&[&[0x65, 1, 2, 3]], true, 0), 40).unwrap();
         assert!(!packets.is_empty());
@@ -145,11 +223,11 @@ mod tests {
     #[test]
     fn what_viewers_cannot_take_or_the_token_forbids_is_refused_with_its_code() {
         // Audio-only token publishing video; a main-stream token publishing aux.
-        let mut p = RtmpPublisher::new(StreamKind::Main, Privileges::PUBLISH_AUDIO);
+        let mut p = RtmpPublisher::new(StreamKind::Main, Privileges::PUBLISH_AUDIO, BFramePolicy::Transcode);
         assert!(p.on_video(&avc_sequence_header(&SPS, &PPS), 0).unwrap_err().0.starts_with("privilege_missing: "));
-        let mut p = RtmpPublisher::new(StreamKind::Aux, Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits()));
+        let mut p = RtmpPublisher::new(StreamKind::Aux, Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits()), BFramePolicy::Transcode);
         assert!(p.on_audio(&[0xaf, 0, 0x11, 0x90], 0).unwrap_err().0.starts_with("privilege_missing: "));
-        let mut p = RtmpPublisher::new(StreamKind::Main, Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits()));
+        let mut p = RtmpPublisher::new(StreamKind::Main, Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits()), BFramePolicy::Transcode);
         // Sorenson H.263 (codec id 2), then AAC at 32 kHz (ASC 0x12 0x90: LC, index 5).
         assert!(p.on_video(&[0x22, 0, 0, 0, 0], 0).unwrap_err().0.starts_with("codec_unsupported: "));
         let e = p.on_audio(&[0xaf, 0, 0x12, 0x90], 0).unwrap_err();
@@ -157,5 +235,39 @@ mod tests {
         // 48 kHz mono is taken; frames before it are dropped quietly.
         assert!(p.on_audio(&[0xaf, 1, 1, 2, 3], 0).unwrap().is_empty());
         assert!(p.on_audio(&[0xaf, 0, 0x11, 0x88], 0).unwrap().is_empty());
+    }
+
+    #[test]
+    fn b_frames_are_refused_or_handed_to_a_transcoder_with_the_original_kept_for_outputs() {
+        let both = Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits());
+        let header = avc_sequence_header(&SPS, &PPS);
+        // Refused where the app says so, with the spec's message.
+        let mut p = RtmpPublisher::new(StreamKind::Main, both, BFramePolicy::Refuse);
+        p.on_video(&header, 0).unwrap();
+        let e = p.on_video(&avc_frame(&[&[0x65, 1]], true, 66), 0).unwrap_err();
+        assert!(e.0.starts_with("b_frames_unsupported: ") && e.0.contains("bframes=0"), "{e}");
+        // Transcoded: a frame without a composition time passes as before ...
+        let mut p = RtmpPublisher::new(StreamKind::Main, both, BFramePolicy::Transcode);
+        p.on_metadata(Some(30.0), None);
+        p.on_video(&header, 0).unwrap();
+        let plain = p.on_video(&avc_frame(&[&[0x65, 1]], true, 0), 0).unwrap();
+        assert!(plain.iter().all(|x| x.route == PacketRoute::All) && p.poll_transcode().is_none() && !p.is_transcoding());
+        // ... and from the first one with it, the original is for relays and recordings only
+        // (decode-time stamps, the composition time beside them) and the transcoder gets it all.
+        let b = p.on_video(&avc_frame(&[&[0x41, 2]], false, 66), 33).unwrap();
+        assert!(!b.is_empty() && b.iter().all(|x| x.route == PacketRoute::Outputs && x.composition_ms == 66 && x.ts == 33 * 90), "{b:?}");
+        assert_eq!(b[0].seq, plain.last().unwrap().seq + 1, "the original's sequence goes on");
+        assert_eq!(p.poll_transcode(), Some(TranscodeInput::Start(TranscodeStart { config: header[5..].to_vec(), fps: Some(30.0), kbps: None })));
+        assert_eq!(
+            p.poll_transcode(),
+            Some(TranscodeInput::Frame(CodedFrame { data: avc_frame(&[&[0x41, 2]], false, 66)[5..].to_vec(), dts_ms: 33, cts_ms: 66, keyframe: false }))
+        );
+        assert!(p.poll_transcode().is_none() && p.is_transcoding());
+        // A new sequence header reaches the transcoder too; audio is untouched.
+        p.on_video(&header, 40).unwrap();
+        assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Config(_))));
+        let later = p.on_video(&avc_frame(&[&[0x41, 3]], false, 0), 66).unwrap();
+        assert!(later.iter().all(|x| x.route == PacketRoute::Outputs && x.composition_ms == 0));
+        assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Frame(f)) if f.dts_ms == 66));
     }
 }

@@ -180,6 +180,56 @@ fn local() -> String {
     "local".into()
 }
 
+/// What an RTMP publish with B-frames gets (OBS's and ffmpeg's x264 defaults have them; WebRTC
+/// viewers cannot take them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BFramePolicy {
+    /// Decoded once and re-encoded without B-frames for viewers and mixes; relays and
+    /// recordings keep the original.
+    #[default]
+    Transcode,
+    /// Refused with `b_frames_unsupported`.
+    Refuse,
+}
+
+/// The H.264 encoder of ingest transcodes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TranscodeEncoder {
+    /// Cisco's OpenH264 (the default encoder everywhere in Tessera).
+    #[default]
+    Openh264,
+    /// libx264 (veryfast, zerolatency) through the system FFmpeg: better pictures per bit.
+    X264,
+}
+
+/// RTMP ingest settings (`[apps.<id>.rtmp]`, `PATCH /v1/app` `rtmp`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RtmpSettings {
+    pub b_frames: BFramePolicy,
+    /// Publishes of the app being transcoded at once (each takes about a core at 1080p30);
+    /// beyond it a publish that needs one is refused.
+    pub max_transcodes: u32,
+    pub encoder: TranscodeEncoder,
+}
+
+impl Default for RtmpSettings {
+    fn default() -> Self {
+        RtmpSettings { b_frames: BFramePolicy::Transcode, max_transcodes: 4, encoder: TranscodeEncoder::Openh264 }
+    }
+}
+
+impl RtmpSettings {
+    pub fn validate(&self) -> Result<(), AppError> {
+        if self.max_transcodes > 64 {
+            return Err(invalid("rtmp.max_transcodes", "must be 0-64"));
+        }
+        Ok(())
+    }
+}
+
 /// A tenant. Rooms, tasks, keys and events all belong to exactly one app.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct App {
@@ -195,6 +245,8 @@ pub struct App {
     pub default_storage: String,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyRecord>,
+    #[serde(default)]
+    pub rtmp: RtmpSettings,
 }
 
 impl App {
@@ -208,6 +260,7 @@ impl App {
             auto_recording: AutoRecording::default(),
             default_storage: local(),
             api_keys: Vec::new(),
+            rtmp: RtmpSettings::default(),
         };
         app.add_generated_secret(now_ms).expect("a new app has room for a secret");
         app

@@ -15,7 +15,7 @@ pub mod random;
 pub mod token;
 
 pub use apikey::{ApiKeyRecord, IssuedApiKey, Policy, PolicyDecision};
-pub use app::{App, AppError, AppSecret, AutoRecording, WebhookSettings};
+pub use app::{App, AppError, AppSecret, AutoRecording, BFramePolicy, RtmpSettings, TranscodeEncoder, WebhookSettings};
 pub use ids::{AppId, IdError, Kid, RoomId, TaskId, UserId};
 pub use privileges::{Privileges, Role};
 pub use token::{TokenClaims, TokenError, UserToken};

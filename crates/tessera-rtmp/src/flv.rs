@@ -65,8 +65,9 @@ const CODEC_AVC: u8 = 7;
 const SOUND_AAC: u8 = 10;
 
 impl<'a> VideoTag<'a> {
-    /// Parses a video message. Any frame with a composition-time offset other than 0 means the
-    /// encoder sends B-frames, which WebRTC viewers cannot take in order: refused.
+    /// Parses a video message. A frame with a composition-time offset other than 0 means the
+    /// encoder sends B-frames, which WebRTC viewers cannot take in order: the caller decides
+    /// (`FlvError::BFrames` is its refusal).
     pub fn parse(data: &'a [u8]) -> Result<VideoTag<'a>, FlvError> {
         let (&first, rest) = data.split_first().ok_or(FlvError::Malformed("video"))?;
         let frame_type = first >> 4;
@@ -88,12 +89,7 @@ impl<'a> VideoTag<'a> {
         let body = &rest[4..];
         match packet_type {
             0 => Ok(VideoTag::SequenceHeader(body)),
-            1 => {
-                if cts != 0 {
-                    return Err(FlvError::BFrames);
-                }
-                Ok(VideoTag::Frame { keyframe: frame_type == 1, composition_time_ms: cts, data: body })
-            }
+            1 => Ok(VideoTag::Frame { keyframe: frame_type == 1, composition_time_ms: cts, data: body }),
             2 => Ok(VideoTag::EndOfSequence),
             _ => Err(FlvError::Malformed("video")),
         }
@@ -159,12 +155,13 @@ mod tests {
     }
 
     #[test]
-    fn b_frames_and_other_codecs_are_refused_with_their_codes() {
+    fn composition_times_are_read_and_other_codecs_are_refused_with_their_codes() {
         // Composition time 40 ms (and a negative one): B-frames.
-        let e = VideoTag::parse(&[0x27, 1, 0, 0, 40, 1]).unwrap_err();
+        assert_eq!(VideoTag::parse(&[0x27, 1, 0, 0, 40, 1]).unwrap(), VideoTag::Frame { keyframe: false, composition_time_ms: 40, data: &[1] });
+        assert_eq!(VideoTag::parse(&[0x27, 1, 0xff, 0xff, 0xd8, 1]).unwrap(), VideoTag::Frame { keyframe: false, composition_time_ms: -40, data: &[1] });
+        let e = FlvError::BFrames;
         assert_eq!(e.code(), "b_frames_unsupported");
         assert!(e.to_string().contains("bframes=0") && e.to_string().contains("-bf 0"), "{e}");
-        assert_eq!(VideoTag::parse(&[0x27, 1, 0xff, 0xff, 0xd8, 1]).unwrap_err(), FlvError::BFrames);
         // VP6 (4), HEVC over enhanced RTMP (the codec nibble 12).
         assert_eq!(VideoTag::parse(&[0x14, 1, 0, 0, 0]).unwrap_err().code(), "codec_unsupported");
         assert_eq!(VideoTag::parse(&[0x1c, 1, 0, 0, 0]).unwrap_err(), FlvError::VideoCodec(12));

@@ -28,6 +28,11 @@ pub enum RtmpEvent {
         data: Vec<u8>,
         timestamp_ms: u32,
     },
+    /// The encoder's `onMetaData`: what it says of its video, when it says it.
+    Metadata {
+        video_fps: Option<f32>,
+        video_kbps: Option<u32>,
+    },
     PublishFinished,
 }
 
@@ -117,6 +122,9 @@ impl RtmpPublishSession {
                         events.push(RtmpEvent::Audio { data: data.to_vec(), timestamp_ms: timestamp.value });
                     }
                     ServerSessionEvent::PublishStreamFinished { .. } => events.push(RtmpEvent::PublishFinished),
+                    ServerSessionEvent::StreamMetadataChanged { metadata, .. } => {
+                        events.push(RtmpEvent::Metadata { video_fps: metadata.video_frame_rate, video_kbps: metadata.video_bitrate_kbps });
+                    }
                     _ => {}
                 },
                 ServerSessionResult::UnhandleableMessageReceived(_) => {}

@@ -171,6 +171,9 @@ pub struct AppConfig {
     pub auto_recording: Option<tessera_model::AutoRecording>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_storage: Option<String>,
+    /// `[apps.<id>.rtmp]`: `b_frames = "transcode" | "refuse"`, `max_transcodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rtmp: Option<tessera_model::RtmpSettings>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -289,6 +292,9 @@ impl Config {
                 w.validate().map_err(|e| ConfigError::Invalid(format!("apps.{id}.{e}")))?;
             }
             if let Some(r) = &app.auto_recording {
+                r.validate().map_err(|e| ConfigError::Invalid(format!("apps.{id}.{e}")))?;
+            }
+            if let Some(r) = &app.rtmp {
                 r.validate().map_err(|e| ConfigError::Invalid(format!("apps.{id}.{e}")))?;
             }
             if let Some(s) = &app.default_storage {

@@ -10,6 +10,7 @@ pub mod error;
 pub mod listen;
 pub mod metrics;
 pub mod rtmp;
+pub mod rtmp_transcode;
 pub mod run;
 pub mod store;
 pub mod tls;

@@ -1,13 +1,16 @@
 //! RTMP ingest (PRODUCT.md §6.3): the TCP driver around `tessera_rtmp::RtmpPublishSession`.
 //! Each connection is a task: it authenticates the publish from the stream key, adds an ingest
 //! publisher to the SFU and feeds the engine's `RtmpPublisher` (FLV → RTP, AAC → Opus); what
-//! that refuses (B-frames, other codecs, a missing privilege) goes back as an `onStatus` error,
-//! then the connection closes.
+//! that refuses (other codecs, a missing privilege, B-frames where the app refuses them) goes
+//! back as an `onStatus` error, then the connection closes. A publish with B-frames is
+//! transcoded for viewers on a thread of its own (`rtmp_transcode`).
 
 use crate::api::AppState;
 use crate::entry::{check_entry, privilege_missing, verify_raw};
 use crate::error::ApiError;
+use crate::rtmp_transcode::TranscodeWorker;
 use std::time::Duration;
+use tessera_engine::ingest_transcode::TranscodeInput;
 use tessera_engine::rtmp_publisher::RtmpPublisher;
 use tessera_engine::{PeerRole, PublisherEnd, Quality, SessionSpec};
 use tessera_media::StreamKind;
@@ -99,12 +102,47 @@ enum ConnectionEnd {
 struct Publishing {
     id: u64,
     media: RtmpPublisher,
+    settings: tessera_model::RtmpSettings,
+    /// Viewers' keyframe requests: the transcoder's once there is one; drained unheard before.
+    keyframes: Option<tessera_engine::KeyframeRequests>,
+    transcode: Option<TranscodeWorker>,
+}
+
+impl Publishing {
+    /// Hands what the publisher has for a transcoder to it, starting one on the first input.
+    fn feed_transcoder(&mut self, state: &AppState, app: &tessera_model::AppId) -> Result<(), String> {
+        while let Some(input) = self.media.poll_transcode() {
+            if let TranscodeInput::Start(start) = &input {
+                let max = self.settings.max_transcodes;
+                let slot = state.rtmp_transcodes.take(app, max).ok_or_else(|| {
+                    format!(
+                        "limit_exceeded: this app already transcodes {max} RTMP publishes with B-frames (rtmp.max_transcodes); send without B-frames (x264 bframes=0) or try later"
+                    )
+                })?;
+                let keyframes = self.keyframes.take().expect("one transcode per publish");
+                let worker = TranscodeWorker::start(start, self.settings.encoder, state.rtc.clone(), self.id, keyframes, slot)
+                    .map_err(|e| format!("codec_unsupported: the H.264 stream cannot be decoded for transcoding: {e}"))?;
+                tracing::info!(encoder = ?self.settings.encoder, "RTMP publish has B-frames: transcoding for WebRTC viewers; relays and recordings keep the original");
+                self.transcode = Some(worker);
+                continue;
+            }
+            if let Some(t) = self.transcode.as_mut() {
+                t.send(input);
+            }
+        }
+        if let Some(k) = &self.keyframes {
+            // Not transcoding: the GOP cache answers viewers.
+            k.take();
+        }
+        Ok(())
+    }
 }
 
 async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), ConnectionEnd> {
     let mut session = RtmpPublishSession::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut publishing: Option<Publishing> = None;
+    let mut app_id: Option<tessera_model::AppId> = None;
     // Set while publishing: tells why the SFU ended the publisher, if it did.
     let mut ended_by_sfu: Option<tokio::sync::oneshot::Receiver<PublisherEnd>> = None;
     let result = async {
@@ -156,11 +194,14 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
                     RtmpEvent::PublishRequested { request_id, app, stream_key } => match authorize(state, &app, &stream_key).await {
                         Ok((spec, privileges)) => {
                             let (stream_kind, user, room) = (spec.stream, spec.user.clone(), spec.room.room.clone());
-                            let (id, replaced) = state.rtc.add_ingest_watched(spec).await?;
+                            let settings = state.store.snapshot().get(&spec.room.app).map(|a| a.rtmp.clone()).unwrap_or_default();
+                            app_id = Some(spec.room.app.clone());
+                            let (id, replaced, keyframes) = state.rtc.add_ingest_watched(spec).await?;
                             ended_by_sfu = Some(replaced);
                             session.accept_publish(request_id)?;
                             tracing::info!(%room, %user, stream = %stream_kind, "RTMP publish started");
-                            publishing = Some(Publishing { id, media: RtmpPublisher::new(stream_kind, privileges) });
+                            let media = RtmpPublisher::new(stream_kind, privileges, settings.b_frames);
+                            publishing = Some(Publishing { id, media, settings, keyframes: Some(keyframes), transcode: None });
                         }
                         Err(e) => {
                             tracing::warn!(code = e.code, "RTMP publish refused: {}", e.message);
@@ -168,10 +209,19 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
                             close_after_write = Some(description(&e));
                         }
                     },
+                    RtmpEvent::Metadata { video_fps, video_kbps } => {
+                        if let Some(p) = publishing.as_mut() {
+                            p.media.on_metadata(video_fps, video_kbps);
+                        }
+                    }
                     media @ (RtmpEvent::Video { .. } | RtmpEvent::Audio { .. }) => {
                         let Some(p) = publishing.as_mut() else { continue };
                         let packets = match media {
-                            RtmpEvent::Video { data, timestamp_ms } => p.media.on_video(&data, timestamp_ms),
+                            RtmpEvent::Video { data, timestamp_ms } => p.media.on_video(&data, timestamp_ms).and_then(|packets| {
+                                let app = app_id.as_ref().expect("set with publishing");
+                                p.feed_transcoder(state, app).map_err(tessera_engine::rtmp_publisher::Refusal)?;
+                                Ok(packets)
+                            }),
                             RtmpEvent::Audio { data, timestamp_ms } => p.media.on_audio(&data, timestamp_ms),
                             _ => continue,
                         };

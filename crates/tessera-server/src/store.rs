@@ -191,6 +191,9 @@ impl AppStore {
             if let Some(s) = &app_config.default_storage {
                 app.default_storage = s.clone();
             }
+            if let Some(r) = &app_config.rtmp {
+                app.rtmp = r.clone();
+            }
         }
         let store = AppStore { path: Some(path), apps: RwLock::new(Arc::new(apps)), write: Mutex::new(()), last_used: dashmap::DashMap::new() };
         store.persist(&store.snapshot())?;
@@ -313,9 +316,10 @@ mod tests {
     fn config_apps_and_secrets_are_installed() {
         let root = tmp();
         let mut config = Config::default();
-        config
-            .apps
-            .insert("shop".into(), AppConfig { secrets: vec![ConfigSecret::Plain("shop-secret-0123456789".into())], webhook: None, auto_recording: None, default_storage: None });
+        config.apps.insert(
+            "shop".into(),
+            AppConfig { secrets: vec![ConfigSecret::Plain("shop-secret-0123456789".into())], webhook: None, auto_recording: None, default_storage: None, rtmp: None },
+        );
         let dir = DataDir::open_locked(&root).unwrap();
         let (store, _) = AppStore::load_or_init(&dir, &config, 1).unwrap();
         let apps = store.snapshot();

@@ -274,7 +274,7 @@ pub fn render(out: &Output, options: &MergeOptions, progress: &mut dyn FnMut(u32
                 None => encoder.encode(black.frame_mut(), t, &mut encoded),
             }?;
             for e in &encoded {
-                writer.write_video(&e.data, e.pts_ms, e.keyframe)?;
+                writer.write_video(&e.data, e.pts_ms, 0, e.keyframe)?;
             }
             if n % fps as i64 == 0 {
                 progress((n * (if has_audio { 70 } else { 100 }) / total_frames) as u32);

@@ -97,12 +97,12 @@ impl TsSegment {
         Ok(TsSegment { output, video, audio })
     }
 
-    fn write(&mut self, track: Option<(usize, ff::Rational)>, data: &[u8], pts_ms: i64, key: bool) -> Result<(), TranscodeError> {
+    fn write(&mut self, track: Option<(usize, ff::Rational)>, data: &[u8], dts_ms: i64, cts_ms: i32, key: bool) -> Result<(), TranscodeError> {
         let Some((index, tb)) = track else { return Ok(()) };
         let mut packet = ff::Packet::copy(data);
-        let ts = pts_ms * tb.denominator() as i64 / (1000 * tb.numerator().max(1) as i64);
-        packet.set_pts(Some(ts));
-        packet.set_dts(Some(ts));
+        let ticks = |ms: i64| ms * tb.denominator() as i64 / (1000 * tb.numerator().max(1) as i64);
+        packet.set_pts(Some(ticks(dts_ms + cts_ms.max(0) as i64)));
+        packet.set_dts(Some(ticks(dts_ms)));
         packet.set_stream(index);
         if key {
             packet.set_flags(ff::packet::Flags::KEY);
@@ -111,14 +111,15 @@ impl TsSegment {
         Ok(())
     }
 
-    /// One H.264 access unit in Annex-B form, on the task clock (ms).
-    pub fn write_video(&mut self, annex_b: &[u8], pts_ms: i64, keyframe: bool) -> Result<(), TranscodeError> {
-        self.write(self.video, annex_b, pts_ms, keyframe)
+    /// One H.264 access unit in Annex-B form, decoded at `dts_ms` (the task clock) and shown
+    /// `cts_ms` later (B-frames; 0 without).
+    pub fn write_video(&mut self, annex_b: &[u8], dts_ms: i64, cts_ms: i32, keyframe: bool) -> Result<(), TranscodeError> {
+        self.write(self.video, annex_b, dts_ms, cts_ms, keyframe)
     }
 
     /// One raw AAC frame (the muxer adds the ADTS header).
     pub fn write_audio(&mut self, aac: &[u8], pts_ms: i64) -> Result<(), TranscodeError> {
-        self.write(self.audio, aac, pts_ms, true)
+        self.write(self.audio, aac, pts_ms, 0, true)
     }
 
     pub fn finish(mut self) -> Result<(), TranscodeError> {
@@ -419,7 +420,7 @@ mod tests {
             out.clear();
             enc.encode(&mut frame, i * 40, &mut out).unwrap();
             for e in &out {
-                seg.write_video(&e.data, e.pts_ms, e.keyframe).unwrap();
+                seg.write_video(&e.data, e.pts_ms, 0, e.keyframe).unwrap();
             }
             audio.clear();
             aac.push(&vec![0.1f32; 1920 * 2], &mut audio).unwrap();
@@ -465,7 +466,7 @@ mod tests {
             out.clear();
             enc.encode(&mut frame, i * 40, &mut out).unwrap();
             for e in &out {
-                seg.write_video(&e.data, start_ms + e.pts_ms, e.keyframe).unwrap();
+                seg.write_video(&e.data, start_ms + e.pts_ms, 0, e.keyframe).unwrap();
             }
             audio.clear();
             aac.push(&vec![0.1f32; 1920 * 2], &mut audio).unwrap();

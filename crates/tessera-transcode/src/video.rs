@@ -209,13 +209,33 @@ pub fn default_kbps(width: u32, height: u32) -> u32 {
     ((width as u64 * height as u64 * 2 / 1000) as u32).clamp(300, 4000)
 }
 
+/// Which H.264 encoder a transcode uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EncoderKind {
+    OpenH264,
+    /// libx264 at this preset.
+    X264(&'static str),
+}
+
+/// How a transcode shapes its output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TranscodeShape {
+    pub encoder: EncoderKind,
+    pub fps: u32,
+    /// The bitrate; `None`: `default_kbps` of the size.
+    pub kbps: Option<u32>,
+    /// An IDR wherever the source has a keyframe (and no other, unless asked): the output keeps
+    /// the source's keyframe cadence. Otherwise one every 2 s.
+    pub follow_keyframes: bool,
+}
+
 /// Any decodable video in, H.264 constrained baseline out.
 pub struct VideoToH264 {
     decoder: ff::decoder::Video,
     decoded: ff::frame::Video,
     scaler: Option<(scaling::Context, ff::frame::Video)>,
-    encoder: Option<H264Encoder>,
-    fps: u32,
+    encoder: Option<VideoEncoder>,
+    shape: TranscodeShape,
     /// The decoder's timestamps are in the stream's time base; this turns them into ms.
     time_base: ff::Rational,
 }
@@ -224,12 +244,57 @@ pub struct VideoToH264 {
 unsafe impl Send for VideoToH264 {}
 
 impl VideoToH264 {
+    /// For a demuxed stream (pull ingest): libx264 veryfast, an IDR every 2 s.
     pub fn from_parameters(parameters: ff::codec::Parameters, time_base: ff::Rational, fps: u32) -> Result<VideoToH264, TranscodeError> {
         init();
         let mut ctx = ff::codec::context::Context::from_parameters(parameters)?;
         ctx.set_time_base(time_base);
         let decoder = ctx.decoder().video()?;
-        Ok(VideoToH264 { decoder, decoded: ff::frame::Video::empty(), scaler: None, encoder: None, fps: fps.clamp(1, 60), time_base })
+        let shape = TranscodeShape { encoder: EncoderKind::X264("veryfast"), fps, kbps: None, follow_keyframes: false };
+        Ok(VideoToH264 { decoder, decoded: ff::frame::Video::empty(), scaler: None, encoder: None, shape: TranscodeShape { fps: fps.clamp(1, 60), ..shape }, time_base })
+    }
+
+    /// For frames as RTMP carries them: `codec` (H.264, HEVC, ...) with its decoder configuration
+    /// record (`avcC`, `hvcC`) as extradata, timestamps in milliseconds. One decoding thread:
+    /// frame threading would add a frame of delay per thread.
+    pub fn from_config(codec: ff::codec::Id, config: &[u8], shape: TranscodeShape) -> Result<VideoToH264, TranscodeError> {
+        init();
+        let c = ff::decoder::find(codec).ok_or(TranscodeError::MissingCodec("video decoder"))?;
+        let mut ctx = ff::codec::context::Context::new_with_codec(c);
+        // SAFETY: extradata is allocated with FFmpeg's allocator (and padding) and owned by the
+        // context, which frees it.
+        unsafe {
+            let p = ctx.as_mut_ptr();
+            let buf = ff::ffi::av_mallocz(config.len() + ff::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize) as *mut u8;
+            std::ptr::copy_nonoverlapping(config.as_ptr(), buf, config.len());
+            (*p).extradata = buf;
+            (*p).extradata_size = config.len() as i32;
+        }
+        ctx.set_threading(ff::threading::Config { kind: ff::threading::Type::Slice, count: 1, ..Default::default() });
+        ctx.set_time_base((1, 1000));
+        let decoder = ctx.decoder().video()?;
+        let shape = TranscodeShape { fps: shape.fps.clamp(1, 60), ..shape };
+        Ok(VideoToH264 { decoder, decoded: ff::frame::Video::empty(), scaler: None, encoder: None, shape, time_base: ff::Rational(1, 1000) })
+    }
+
+    pub fn shape(&self) -> TranscodeShape {
+        self.shape
+    }
+
+    /// New output settings: the encoder is made again for the next picture (an IDR).
+    pub fn reshape(&mut self, shape: TranscodeShape) {
+        if shape != self.shape {
+            self.shape = TranscodeShape { fps: shape.fps.clamp(1, 60), ..shape };
+            self.encoder = None;
+        }
+    }
+
+    /// The size of the pictures being encoded, once the first one decoded.
+    pub fn output_size(&self) -> Option<(u32, u32)> {
+        self.encoder.as_ref().map(|e| match e {
+            VideoEncoder::OpenH264(e) => (e.settings.width, e.settings.height),
+            VideoEncoder::X264(e) => (e.settings.width, e.settings.height),
+        })
     }
 
     pub fn request_keyframe(&mut self) {
@@ -250,14 +315,24 @@ impl VideoToH264 {
             let pts_ms = to_ms(ts, self.time_base);
             let (w, h, format) = (self.decoded.width(), self.decoded.height(), self.decoded.format());
             let (ow, oh) = output_size(w, h);
-            let stale = self.encoder.as_ref().is_some_and(|e| (e.settings.width, e.settings.height) != (ow, oh));
+            let stale = self.output_size().is_some_and(|size| size != (ow, oh));
             if self.encoder.is_none() || stale {
-                let gop = self.fps * 2;
-                self.encoder = Some(H264Encoder::new(EncoderSettings { width: ow, height: oh, fps: self.fps, kbps: default_kbps(ow, oh), gop_frames: gop, preset: "veryfast" })?);
+                let s = self.shape;
+                // Following the source's keyframes: the encoder's own period is out of the way.
+                let gop_frames = if s.follow_keyframes { s.fps * 3600 } else { s.fps * 2 };
+                let kbps = s.kbps.unwrap_or_else(|| default_kbps(ow, oh));
+                let settings = EncoderSettings { width: ow, height: oh, fps: s.fps, kbps, gop_frames, preset: "veryfast" };
+                self.encoder = Some(match s.encoder {
+                    EncoderKind::OpenH264 => VideoEncoder::OpenH264(OpenH264Encoder::new(settings)?),
+                    EncoderKind::X264(preset) => VideoEncoder::X264(H264Encoder::new(EncoderSettings { preset, ..settings })?),
+                });
                 self.scaler = None;
             }
             let needs_scaling = (w, h, format) != (ow, oh, Pixel::YUV420P);
             let encoder = self.encoder.as_mut().expect("made above");
+            if self.shape.follow_keyframes && self.decoded.is_key() {
+                encoder.request_keyframe();
+            }
             if needs_scaling {
                 if self.scaler.is_none() {
                     let ctx = scaling::Context::get(format, w, h, Pixel::YUV420P, ow, oh, scaling::Flags::BILINEAR)?;

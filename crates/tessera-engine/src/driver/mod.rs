@@ -12,7 +12,7 @@ use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
 use crate::sfu::{
     IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, SubscribeRequest,
-    SubscriberError, SubscriberOffer, TapPacket,
+    SubscriberError, SubscriberOffer, TapKind, TapPacket,
 };
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ enum Command {
     },
     AddTap {
         key: RoomKey,
-        with_mixes: bool,
+        kind: TapKind,
         owner: tessera_model::UserId,
         reply: oneshot::Sender<(u64, mpsc::Receiver<TapPacket>)>,
     },
@@ -357,11 +357,13 @@ impl RtcHandle {
 
     /// `add_ingest`, with a receiver that gets `Ok(())` if a later publisher of the same (user,
     /// stream) replaces this one (the caller closes its connection then); it gets an error when
-    /// the ingest is removed otherwise.
-    pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<PublisherEnd>), RtcServerError> {
+    /// the ingest is removed otherwise. Viewers' keyframe requests arrive on the
+    /// `KeyframeRequests` (an RTMP publish that is transcoded answers them; drop it otherwise).
+    pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<PublisherEnd>, KeyframeRequests), RtcServerError> {
         let (tx, rx) = oneshot::channel();
-        let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), keyframes: None, reply }).await?;
-        Ok((id, rx))
+        let (keyframes_tx, keyframes) = std::sync::mpsc::channel();
+        let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), keyframes: Some(keyframes_tx), reply }).await?;
+        Ok((id, rx, KeyframeRequests(keyframes)))
     }
 
     /// Hands an ingest's packets (one access unit, typically) to the SFU.
@@ -377,12 +379,12 @@ impl RtcHandle {
     /// server user, which makes the room if it does not exist (event 101). Dropping the
     /// receiver is not enough to stop it: call `remove_tap`.
     pub async fn add_tap(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, with_mixes: false, owner, reply }).await
+        self.ask(|reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply }).await
     }
 
     /// Like `add_tap`, and mixes' output too (relays and recordings of `mix_<id>`).
     pub async fn add_tap_all(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, with_mixes: true, owner, reply }).await
+        self.ask(|reply| Command::AddTap { key, kind: TapKind::Output, owner, reply }).await
     }
 
     pub async fn remove_tap(&self, id: u64) -> Result<(), RtcServerError> {
@@ -524,7 +526,7 @@ impl RtcHandle {
     }
 
     pub fn add_tap_blocking(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask_blocking(|reply| Command::AddTap { key, with_mixes: false, owner, reply })
+        self.ask_blocking(|reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply })
     }
 
     pub fn remove_tap_blocking(&self, id: u64) -> Result<(), RtcServerError> {

@@ -100,8 +100,8 @@ pub(super) async fn run(
                         sfu.remove_internal_publisher(id, now);
                         keyframe_owners.remove(&id);
                     }
-                    Command::AddTap { key, with_mixes, owner, reply } => {
-                        let id = sfu.add_tap(key, with_mixes, &owner, now);
+                    Command::AddTap { key, kind, owner, reply } => {
+                        let id = sfu.add_tap(key, kind, &owner, now);
                         let (tx, rx) = mpsc::channel(TAP_QUEUE);
                         taps.insert(id, tx);
                         let _ = reply.send((id, rx));

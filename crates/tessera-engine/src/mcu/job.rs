@@ -6,7 +6,7 @@ use super::audio_mix::AudioMixer;
 use super::layout::{InputKey, LayoutState, Placement};
 use super::spec::*;
 use crate::driver::RtcHandle;
-use crate::sfu::{IngestPacket, PublisherInfo, SessionSpec, TapPacket};
+use crate::sfu::{IngestPacket, PacketRoute, PublisherInfo, SessionSpec, TapPacket};
 use crate::{PeerRole, Quality};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -409,6 +409,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 codec: Codec::H264,
                                 payload: Arc::from(pl.payload),
                                 audio_level: None,
+                                route: PacketRoute::All,
+                                composition_ms: 0,
                             });
                             video_seq += 1;
                         }
@@ -462,6 +464,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 codec: Codec::Opus,
                                 payload: Arc::from(f.data),
                                 audio_level: f.level,
+                                route: PacketRoute::All,
+                                composition_ms: 0,
                             }
                         })
                         .collect();

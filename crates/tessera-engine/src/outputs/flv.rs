@@ -67,8 +67,8 @@ impl FlvProducer {
                 out.extend(self.aac.drain(..).map(|f| FlvTag::Audio { body: flv::aac_frame(&f.data), ms: f.ms as u32 }));
             }
             Codec::H264 | Codec::Vp8 if self.media.video() => {
-                let (nalus, keyframe, ms) = match self.video.push(p, arrival_ms)? {
-                    VideoUnit::Unit { nalus, keyframe, ms } => (nalus, keyframe, ms),
+                let (nalus, keyframe, ms, cts_ms) = match self.video.push(p, arrival_ms)? {
+                    VideoUnit::Unit { nalus, keyframe, ms, cts_ms } => (nalus, keyframe, ms, cts_ms),
                     VideoUnit::Lost => {
                         out.push(FlvTag::KeyframeWanted);
                         return Ok(());
@@ -88,7 +88,7 @@ impl FlvProducer {
                     out.push(FlvTag::VideoHeader(flv::avc_sequence_header(&self.sps, &self.pps)));
                 }
                 let units: Vec<&[u8]> = nalus.iter().map(|n| n.as_slice()).collect();
-                out.push(FlvTag::Video { body: flv::avc_frame(&units, keyframe, 0), ms: ms as u32, keyframe });
+                out.push(FlvTag::Video { body: flv::avc_frame(&units, keyframe, cts_ms), ms: ms as u32, keyframe });
             }
             _ => {}
         }
@@ -102,7 +102,17 @@ mod tests {
     use std::sync::Arc;
 
     fn h264(seq: u64, ts: u32, marker: bool, payload: &[u8]) -> TapPacket {
-        TapPacket { user: UserId::parse("alice").unwrap(), stream: StreamKind::Main, codec: Codec::H264, seq, ts, marker, payload: Arc::from(payload), audio_level: None }
+        TapPacket {
+            user: UserId::parse("alice").unwrap(),
+            stream: StreamKind::Main,
+            codec: Codec::H264,
+            seq,
+            ts,
+            marker,
+            payload: Arc::from(payload),
+            audio_level: None,
+            composition_ms: 0,
+        }
     }
 
     #[test]

@@ -438,6 +438,7 @@ mod tests {
             marker: true,
             payload: Arc::from(&[][..]),
             audio_level: None,
+            composition_ms: 0,
         };
         let mut publishers: Vec<PublisherInfo> = (0..30).map(|i| publisher(&format!("u{i}"))).collect();
         publishers.insert(0, publisher("mix_j"));

@@ -48,8 +48,9 @@ pub enum VideoUnit {
     None,
     /// A unit was lost or undecodable: ask the source for a keyframe.
     Lost,
-    /// A whole access unit as NAL units, stamped `ms`.
-    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64 },
+    /// A whole access unit as NAL units, stamped `ms` (its decode time), shown `cts_ms` later
+    /// (B-frame originals; 0 otherwise).
+    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64, cts_ms: i32 },
 }
 
 /// Access-unit reassembly and, for VP8, the transcode to H.264.
@@ -99,7 +100,7 @@ impl VideoInput {
             return Ok(VideoUnit::Lost);
         }
         self.waiting_keyframe = false;
-        Ok(VideoUnit::Unit { nalus, keyframe, ms })
+        Ok(VideoUnit::Unit { nalus, keyframe, ms, cts_ms: p.composition_ms.max(0) })
     }
 
     /// VP8 is decoded and re-encoded at its own size, at most 4 Mbit/s.
@@ -193,6 +194,7 @@ mod tests {
             marker,
             payload: Arc::from(payload),
             audio_level: None,
+            composition_ms: 0,
         }
     }
 

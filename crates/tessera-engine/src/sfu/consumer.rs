@@ -171,6 +171,7 @@ mod tests {
             rid: rid.map(Rid::from),
             ext: ExtensionValues::default(),
             arrival: Instant::now(),
+            route: crate::PacketRoute::All,
         }
     }
 

@@ -153,9 +153,23 @@ impl Sfu {
             rid,
             ext,
             arrival: pkt.timestamp,
+            route: PacketRoute::All,
         };
         let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
         self.fan_out(pub_id, &room, &key, &fp, now, None);
+    }
+
+    /// Hands a packet to the room's taps that take its route (a mix job's tap skips mixes).
+    fn tap_out(&mut self, room: &RoomKey, tp: TapPacket, route: PacketRoute) {
+        let Some(taps) = self.taps.get(room) else { return };
+        let from_mix = tp.user.is_mix();
+        let takers: Vec<u64> = taps.iter().filter(|(_, kind)| kind.takes(route, from_mix)).map(|(t, _)| *t).collect();
+        if let Some((last, rest)) = takers.split_last() {
+            for t in rest {
+                self.out.push_back(SfuOutput::Tap(*t, tp.clone()));
+            }
+            self.out.push_back(SfuOutput::Tap(*last, tp));
+        }
     }
 
     /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
@@ -164,29 +178,20 @@ impl Sfu {
         if let (None, MediaKind::Audio, Some(level)) = (only, fp.kind, fp.ext.audio_level) {
             self.note_audio_level(room, &key.0, key.1, level, now);
         }
-        // Taps take one layer (the top one, or the only one); a mix job's tap skips mixes.
-        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) {
-            let is_mix = key.0.is_mix();
-            if let Some(taps) = self.taps.get(room) {
-                for (t, with_mixes) in taps {
-                    if is_mix && !with_mixes {
-                        continue;
-                    }
-                    self.out.push_back(SfuOutput::Tap(
-                        *t,
-                        TapPacket {
-                            user: key.0.clone(),
-                            stream: key.1,
-                            codec: fp.codec,
-                            seq: fp.seq,
-                            ts: fp.ts,
-                            marker: fp.marker,
-                            payload: fp.payload.clone(),
-                            audio_level: fp.ext.audio_level.map(|l| l.unsigned_abs().min(127)),
-                        },
-                    ));
-                }
-            }
+        // Taps take one layer (the top one, or the only one).
+        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) && self.taps.contains_key(room) {
+            let tp = TapPacket {
+                user: key.0.clone(),
+                stream: key.1,
+                codec: fp.codec,
+                seq: fp.seq,
+                ts: fp.ts,
+                marker: fp.marker,
+                payload: fp.payload.clone(),
+                audio_level: fp.ext.audio_level.map(|l| l.unsigned_abs().min(127)),
+                composition_ms: 0,
+            };
+            self.tap_out(room, tp, fp.route);
         }
         let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
         let mut ids = std::mem::take(&mut self.scratch_ids);
@@ -317,6 +322,23 @@ impl Sfu {
     /// most 4 s or 8 MiB) so a viewer that starts mid-GOP gets a picture at once.
     pub fn push_packet(&mut self, id: u64, packet: IngestPacket, now: Instant) {
         let Some(p) = self.internal.get_mut(&id) else { return };
+        if packet.route == PacketRoute::Outputs {
+            // An original only relays and recordings keep: no viewer, no GOP cache, no stats.
+            let (room, user, stream) = (p.spec.room.clone(), p.spec.user.clone(), p.spec.stream);
+            let tp = TapPacket {
+                user,
+                stream,
+                codec: packet.codec,
+                seq: packet.seq,
+                ts: packet.ts,
+                marker: packet.marker,
+                payload: packet.payload,
+                audio_level: None,
+                composition_ms: packet.composition_ms,
+            };
+            self.tap_out(&room, tp, PacketRoute::Outputs);
+            return;
+        }
         let (kind, mid) = match packet.codec.kind() {
             tessera_media::MediaKind::Audio => (MediaKind::Audio, INTERNAL_AUDIO_MID),
             tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
@@ -340,6 +362,7 @@ impl Sfu {
             rid: None,
             ext: ExtensionValues { audio_level: packet.audio_level.map(|l| -(l.min(127) as i8)), ..Default::default() },
             arrival: now,
+            route: packet.route,
         };
         if kind == MediaKind::Video {
             p.gop.push(&fp, now);

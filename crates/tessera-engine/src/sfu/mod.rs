@@ -151,7 +151,7 @@ pub struct Sfu {
     pub counters: Arc<SfuCounters>,
     /// In-process subscribers (mix jobs, relays, recordings) per room:
     /// (tap, whether it also takes mixes' output).
-    taps: HashMap<RoomKey, Vec<(u64, bool)>>,
+    taps: HashMap<RoomKey, Vec<(u64, TapKind)>>,
     /// Room-signaling sessions: their room and user.
     signaling: HashMap<u64, (RoomKey, UserId)>,
     /// Who follows a room's publishers (tasks waiting for or recording a source), and the list
@@ -219,14 +219,14 @@ impl Sfu {
 
     /// Adds an in-process subscriber to every publisher of a room; its packets come out of
     /// `poll_tap`. A task started on a room that does not exist makes it, in `owner`'s name.
-    pub fn add_tap(&mut self, room: RoomKey, with_mixes: bool, owner: &UserId, now: Instant) -> u64 {
+    pub fn add_tap(&mut self, room: RoomKey, kind: TapKind, owner: &UserId, now: Instant) -> u64 {
         let id = self.next_id;
         self.next_id += 1;
         if !self.rooms.contains_key(&room) {
             self.presence.room_created(&room, owner);
             self.rooms.insert(room.clone(), Room { created: Some(now), ..Room::default() });
         }
-        self.taps.entry(room).or_default().push((id, with_mixes));
+        self.taps.entry(room).or_default().push((id, kind));
         id
     }
 

@@ -8,7 +8,7 @@ use tessera_rtc::str0m::format::Codec as WireCodec;
 use tessera_rtc::str0m::media::{MediaKind, Mid, Rid};
 use tessera_rtc::str0m::rtp::ExtensionValues;
 
-use super::types::SessionSpec;
+use super::types::{PacketRoute, SessionSpec};
 
 /// PLI/FIR reach a producer at most this often (PRODUCT.md §3.5).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
@@ -88,6 +88,8 @@ pub(super) struct FwdPacket {
     pub(super) rid: Option<Rid>,
     pub(super) ext: ExtensionValues,
     pub(super) arrival: Instant,
+    /// Which taps take it (viewers take every packet that reaches `fan_out`).
+    pub(super) route: PacketRoute,
 }
 
 pub(super) const INTERNAL_AUDIO_MID: &str = "a";
@@ -213,6 +215,7 @@ mod tests {
             rid: None,
             ext: ExtensionValues::default(),
             arrival: Instant::now(),
+            route: PacketRoute::All,
         }
     }
 

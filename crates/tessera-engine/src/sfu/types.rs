@@ -77,6 +77,38 @@ pub struct SfuStats {
     pub participants: Vec<(u8, usize)>,
 }
 
+/// Who an internal publisher's packet is for. A publisher whose video WebRTC cannot take as it
+/// is (H.264 with B-frames, HEVC) sends two streams under one name: a re-encoded one for
+/// viewers and mix jobs, and its original for relays and recordings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PacketRoute {
+    /// Viewers and every tap.
+    #[default]
+    All,
+    /// WebRTC viewers and mix jobs' taps only.
+    Viewers,
+    /// Relays' and recordings' taps only.
+    Outputs,
+}
+
+/// What a tap is for: which of a publisher's streams it takes (`PacketRoute`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapKind {
+    /// A mix job: decodes what viewers get, and never another mix's output.
+    Mix,
+    /// A relay or a recording: keeps publishers' originals, mixes' output included.
+    Output,
+}
+
+impl TapKind {
+    pub(crate) fn takes(self, route: PacketRoute, from_mix: bool) -> bool {
+        match self {
+            TapKind::Mix => !from_mix && route != PacketRoute::Outputs,
+            TapKind::Output => route != PacketRoute::Viewers,
+        }
+    }
+}
+
 /// An RTP packet from an ingest (RTMP publish, pull ingest) for `Sfu::push_packet`.
 #[derive(Debug, Clone)]
 pub struct IngestPacket {
@@ -92,6 +124,10 @@ pub struct IngestPacket {
     /// Audio: its level in dBov (RFC 6464), measured where the audio was decoded; WebRTC
     /// viewers get it in the header extension, and it feeds active speakers.
     pub audio_level: Option<u8>,
+    pub route: PacketRoute,
+    /// Video with B-frames (`PacketRoute::Outputs`): presentation minus decode time in ms; the
+    /// RTP timestamp is then the decode time. 0 otherwise.
+    pub composition_ms: i32,
 }
 
 /// A publisher as the MCU sees it (`Sfu::room_publishers`).
@@ -117,6 +153,9 @@ pub struct TapPacket {
     pub payload: Arc<[u8]>,
     /// Audio: the level (dBov, RFC 6464) the packet carried.
     pub audio_level: Option<u8>,
+    /// As `IngestPacket::composition_ms`: the ts is the decode time, this is added for the
+    /// presentation time (B-frame originals for relays and recordings).
+    pub composition_ms: i32,
 }
 
 /// What the HTTP layer learns about a session.

@@ -13,7 +13,7 @@ use axum::http::StatusCode;
 use axum::{Extension, Json};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
-use tessera_model::{App, AutoRecording, WebhookSettings};
+use tessera_model::{App, AutoRecording, RtmpSettings, WebhookSettings};
 
 fn view(app: &App) -> Value {
     let w = &app.webhook;
@@ -24,6 +24,7 @@ fn view(app: &App) -> Value {
         "webhook": {"url": w.url, "urls": w.urls, "groups": w.groups, "key_set": w.key.is_some()},
         "auto_recording": app.auto_recording,
         "default_storage": app.default_storage,
+        "rtmp": app.rtmp,
     })
 }
 
@@ -41,6 +42,7 @@ struct Settings {
     webhook: WebhookSettings,
     auto_recording: AutoRecording,
     default_storage: String,
+    rtmp: RtmpSettings,
 }
 
 /// RFC 7396 JSON merge patch: objects merge key by key, `null` removes, anything else replaces.
@@ -59,34 +61,37 @@ fn merge_patch(target: &mut Value, patch: &Value) {
     }
 }
 
-/// `PATCH /v1/app` is a JSON merge patch of `webhook`, `auto_recording` and `default_storage`.
+/// `PATCH /v1/app` is a JSON merge patch of `webhook`, `auto_recording`, `default_storage` and
+/// `rtmp`.
 /// A webhook patch that leaves out `key` keeps the current key, since `GET` never shows it.
-#[utoipa::path(patch, operation_id = "app.update", path = "/v1/app", tag = "app", request_body(content = Value, content_type = "application/merge-patch+json", description = "JSON merge patch of webhook, auto_recording, default_storage"), responses((status = 200, description = "The settings now", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
+#[utoipa::path(patch, operation_id = "app.update", path = "/v1/app", tag = "app", request_body(content = Value, content_type = "application/merge-patch+json", description = "JSON merge patch of webhook, auto_recording, default_storage, rtmp"), responses((status = 200, description = "The settings now", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn update(
     State(state): State<AppState>,
     Extension(caller): Extension<Caller>,
     super::json::ApiJson(patch): super::json::ApiJson<Map<String, Value>>,
 ) -> ApiResult<Json<Value>> {
     for k in patch.keys() {
-        if !["webhook", "auto_recording", "default_storage"].contains(&k.as_str()) {
-            return Err(ApiError::invalid_parameter(k, "is not a setting; use webhook, auto_recording or default_storage"));
+        if !["webhook", "auto_recording", "default_storage", "rtmp"].contains(&k.as_str()) {
+            return Err(ApiError::invalid_parameter(k, "is not a setting; use webhook, auto_recording, default_storage or rtmp"));
         }
     }
     let storages = &state.config.storage;
     let updated = state.store.update(&caller.app, |app| {
         let mut current = json!({
-            "webhook": app.webhook, "auto_recording": app.auto_recording, "default_storage": app.default_storage,
+            "webhook": app.webhook, "auto_recording": app.auto_recording, "default_storage": app.default_storage, "rtmp": app.rtmp,
         });
         merge_patch(&mut current, &Value::Object(patch));
         let settings: Settings = super::json::from_value(current).map_err(api_to_app_error)?;
         settings.webhook.validate()?;
         settings.auto_recording.validate()?;
+        settings.rtmp.validate()?;
         if settings.default_storage != "local" && !storages.contains_key(&settings.default_storage) {
             return Err(tessera_model::AppError::Invalid { field: "default_storage".into(), reason: format!("no storage named '{}'", settings.default_storage) });
         }
         app.webhook = settings.webhook;
         app.auto_recording = settings.auto_recording;
         app.default_storage = settings.default_storage;
+        app.rtmp = settings.rtmp;
         Ok(view(app))
     })?;
     Ok(Json(updated))

@@ -50,6 +50,8 @@ pub struct Shared {
     pub room_events: tokio::sync::broadcast::Sender<tessera_engine::RoomEvent>,
     /// Room-signaling sessions by participant: a newer one replaces the older.
     pub signaling: rtc::Signaling,
+    /// RTMP publishes being transcoded (B-frames), per app (`rtmp.max_transcodes`).
+    pub rtmp_transcodes: crate::rtmp_transcode::TranscodeCounts,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -76,6 +78,7 @@ impl AppState {
             tasks,
             room_events: tokio::sync::broadcast::channel(1024).0,
             signaling: rtc::Signaling::default(),
+            rtmp_transcodes: Default::default(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,

@@ -266,7 +266,8 @@ impl HlsWriter {
         self.text.mark_discontinuity();
     }
 
-    pub(super) fn video(&mut self, clock_ms: i64, unix_ms: i64, annex_b: &[u8], keyframe: bool) -> Result<(), RecordingError> {
+    /// One access unit decoded at `clock_ms` and shown `cts_ms` later.
+    pub(super) fn video(&mut self, clock_ms: i64, cts_ms: i32, unix_ms: i64, annex_b: &[u8], keyframe: bool) -> Result<(), RecordingError> {
         if self.current.is_none() && !keyframe {
             return Ok(());
         }
@@ -279,7 +280,7 @@ impl HlsWriter {
         }
         let clock_ms = self.video_clock.next(clock_ms);
         let Some(seg) = self.current.as_mut() else { return Ok(()) }; // storage refused it
-        not_written("video", seg.ts.write_video(annex_b, clock_ms, keyframe));
+        not_written("video", seg.ts.write_video(annex_b, clock_ms, cts_ms, keyframe));
         self.last_ms = clock_ms + 40;
         Ok(())
     }

@@ -410,8 +410,8 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
         }
         Codec::H264 | Codec::Vp8 if w.spec.wants_video() => {
             let s = w.streams.get_mut(&key).expect("inserted");
-            let (nalus, keyframe, ms) = match s.video.push(p, arrival)? {
-                VideoUnit::Unit { nalus, keyframe, ms } => (nalus, keyframe, ms),
+            let (nalus, keyframe, ms, cts_ms) = match s.video.push(p, arrival)? {
+                VideoUnit::Unit { nalus, keyframe, ms, cts_ms } => (nalus, keyframe, ms, cts_ms),
                 VideoUnit::Lost => {
                     if s.keyframe_requests.try_request(Instant::now()) {
                         let _ = w.keyframes.send(key.clone());
@@ -425,15 +425,23 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
             let writer = match s.video_writer {
                 Some(i) => i,
                 None => {
-                    let probe = match s.probe.as_mut() {
-                        Some(d) => d,
-                        None => s.probe.insert(VideoDecoder::new(VideoCodec::H264)?),
+                    // The SPS says it (a stream with B-frames shows no picture for its first
+                    // frames); a decoder when it cannot be read.
+                    let sps_size = nalus.iter().filter(|n| h264::nal_type(n) == Some(h264::NAL_SPS)).find_map(|n| tessera_media::picture_size::sps_size(n));
+                    let size = match sps_size {
+                        Some(size) => size,
+                        None => {
+                            let probe = match s.probe.as_mut() {
+                                Some(d) => d,
+                                None => s.probe.insert(VideoDecoder::new(VideoCodec::H264)?),
+                            };
+                            if !matches!(probe.decode(&annex_b), Ok(true)) {
+                                return Ok(());
+                            }
+                            let pic = probe.picture().expect("decoded");
+                            (pic.width(), pic.height())
+                        }
                     };
-                    if !matches!(probe.decode(&annex_b), Ok(true)) {
-                        return Ok(());
-                    }
-                    let pic = probe.picture().expect("decoded");
-                    let size = (pic.width(), pic.height());
                     s.probe = None;
                     // Muxed layouts carry the audio in the same TS.
                     let audio = if !split && w.spec.wants_audio() {
@@ -452,7 +460,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 wr.keyframe_asked = true;
                 let _ = w.keyframes.send(key.clone());
             }
-            wr.video(ms, unix_ms, &annex_b, keyframe)?;
+            wr.video(ms, cts_ms, unix_ms, &annex_b, keyframe)?;
         }
         _ => {}
     }
