@@ -18,8 +18,9 @@ pkgs=(pkg-config g++ clang libclang-dev nasm cmake
 if [ "$want_test" = 1 ]; then
   # Real clients the tests drive: ffmpeg/ffprobe (above), Chromium, a Python venv for aiortc,
   # iproute2 and nftables for test hosts in network namespaces and lossy links.
-  # openssl makes the test CA of the rtmps relay test.
-  pkgs+=(chromium python3-venv iproute2 nftables openssl)
+  # openssl makes the test CA of the rtmps relay test. OBS Studio publishes with its default
+  # settings under Xvfb (software OpenGL).
+  pkgs+=(chromium python3-venv iproute2 nftables openssl obs-studio xvfb)
 fi
 
 missing=()

@@ -1,7 +1,7 @@
 //! RTMP and pull ingest end to end.
 //! - ffmpeg pushes (libx264, AAC, FLV) into a room and aiortc watches over WHEP (video passed
-//!   through, AAC transcoded to Opus); B-frames and bad tokens are refused with their messages
-//!   while the first stream goes on; a publisher that reconnects is picked up by the viewer.
+//!   through, AAC transcoded to Opus); B-frames where the app refuses them (or its transcodes are
+//!   used up) and bad tokens are refused with their messages while the first stream goes on; a publisher that reconnects is picked up by the viewer.
 //! - `POST /v1/ingests` pulls an RTMP stream served by `ffmpeg -listen 1` (passed through) and an
 //!   HLS playlist with B-frames served over HTTP (transcoded) into a room; aiortc viewers decode
 //!   both; a bad URL retries and fails with its reason; PATCH, DELETE and the spec's errors.

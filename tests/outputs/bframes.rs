@@ -1,6 +1,7 @@
-//! An RTMP publish with B-frames (ffmpeg's libx264 defaults, as OBS's Simple mode): a WebRTC
-//! viewer (aiortc over WHEP) decodes the re-encoded picture; a relay and a recording keep the
-//! original, B-frames and composition times included.
+//! RTMP publishes with B-frames: ffmpeg with libx264's defaults, and real OBS Studio with its
+//! default Simple-mode settings (under Xvfb). A WebRTC viewer (aiortc over WHEP) decodes the
+//! re-encoded picture in its colour; relays and recordings keep the original, B-frames and
+//! composition times included.
 
 use super::*;
 
@@ -92,4 +93,138 @@ fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_reco
     eprintln!("recorded: has_b_frames {has_b}, {reordered} of {packets} packets reordered, {frames} frames decode");
     assert!(has_b >= 1 && reordered * 3 >= packets && packets >= 200, "recorded: has_b_frames {has_b}, {reordered} of {packets} packets reordered");
     assert!(frames >= 200, "recorded frames that decode: {frames}");
+}
+
+/// OBS Studio (Debian's) under its own Xvfb, configured from files as a user would set it up:
+/// Settings → Stream → Custom (server, stream key), a colour source filling a 640x360 canvas,
+/// and nothing else changed — Simple output mode, x264 veryfast with OBS's B-frames.
+struct Obs {
+    xvfb: Child,
+    obs: Child,
+}
+
+impl Obs {
+    fn start(home: &Path, server: &str, key: &str, rgb: [u8; 3]) -> Obs {
+        let config = home.join(".config/obs-studio");
+        std::fs::create_dir_all(config.join("basic/profiles/Tessera")).unwrap();
+        std::fs::create_dir_all(config.join("basic/scenes")).unwrap();
+        // FirstRun=true: OBS has run before (no auto-configuration wizard).
+        std::fs::write(
+            config.join("global.ini"),
+            "[General]\nFirstRun=true\nEnableAutoUpdates=false\n[Basic]\nProfile=Tessera\nProfileDir=Tessera\nSceneCollection=Tessera\nSceneCollectionFile=Tessera\n",
+        )
+        .unwrap();
+        std::fs::write(
+            config.join("basic/profiles/Tessera/basic.ini"),
+            "[General]\nName=Tessera\n[Output]\nMode=Simple\n[Video]\nBaseCX=640\nBaseCY=360\nOutputCX=640\nOutputCY=360\nFPSType=0\nFPSCommon=30\n",
+        )
+        .unwrap();
+        let service = json!({"type": "rtmp_custom", "settings": {"server": server, "key": key, "use_auth": false}});
+        std::fs::write(config.join("basic/profiles/Tessera/service.json"), service.to_string()).unwrap();
+        // OBS colours are 0xAABBGGRR.
+        let colour = 0xff00_0000u32 | (rgb[2] as u32) << 16 | (rgb[1] as u32) << 8 | rgb[0] as u32;
+        let item = json!({"name": "Colour", "id": 1, "visible": true, "locked": false, "pos": {"x": 0.0, "y": 0.0}, "scale": {"x": 1.0, "y": 1.0}, "rot": 0.0,
+            "align": 5, "bounds_type": 0, "bounds": {"x": 0.0, "y": 0.0}, "bounds_align": 0, "crop_left": 0, "crop_top": 0, "crop_right": 0, "crop_bottom": 0});
+        let scenes = json!({"name": "Tessera", "current_scene": "Scene", "current_program_scene": "Scene", "scene_order": [{"name": "Scene"}],
+            "sources": [
+                {"id": "scene", "versioned_id": "scene", "name": "Scene", "settings": {"id_counter": 1, "items": [item]}},
+                {"id": "color_source", "versioned_id": "color_source_v3", "name": "Colour", "settings": {"color": colour, "width": 640, "height": 360}}
+            ],
+            "transitions": [], "current_transition": "Fade", "transition_duration": 300});
+        std::fs::write(config.join("basic/scenes/Tessera.json"), scenes.to_string()).unwrap();
+        // A display of its own.
+        let display = (90..400).find(|n| !Path::new(&format!("/tmp/.X11-unix/X{n}")).exists() && !Path::new(&format!("/tmp/.X{n}-lock")).exists()).expect("a free X display");
+        let xvfb = Command::new("Xvfb")
+            .args([&format!(":{display}"), "-screen", "0", "1280x800x24", "-nolisten", "tcp"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("Xvfb (scripts/setup.sh installs it)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !Path::new(&format!("/tmp/.X11-unix/X{display}")).exists() {
+            assert!(Instant::now() < deadline, "Xvfb did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let obs = Command::new("obs")
+            .args(["--startstreaming", "--multi", "--collection", "Tessera", "--profile", "Tessera"])
+            .current_dir(home)
+            .env("HOME", home)
+            .env_remove("XDG_CONFIG_HOME")
+            .env("DISPLAY", format!(":{display}"))
+            .env("LIBGL_ALWAYS_SOFTWARE", "1")
+            .stdout(std::fs::File::create(home.join("obs.log")).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("obs (scripts/setup.sh installs obs-studio)");
+        Obs { xvfb, obs }
+    }
+}
+
+impl Drop for Obs {
+    fn drop(&mut self) {
+        interrupt_child(&mut self.obs);
+        let _ = self.xvfb.kill();
+        let _ = self.xvfb.wait();
+    }
+}
+
+fn interrupt_child(child: &mut Child) {
+    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[test]
+fn obs_with_its_default_settings_is_watched_over_whep_and_recorded_with_its_b_frames() {
+    let dir = TempDir::new("obs");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip), "--rtmp-addr", "127.0.0.1:0"]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let user = token(&data, "studio", "obs");
+    // The recording waits for the room's first publisher.
+    let rec = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "studio", "format": "hls+mp4", "hls": {"segment_s": 4}}));
+    assert_eq!(rec.status, 201, "{}", rec.body);
+    let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
+    let home = dir.path().join("obs-home");
+    let rgb = [0xd0, 0x40, 0x60];
+    let obs = Obs::start(&home, &format!("rtmp://127.0.0.1:{}/push/studio", rtmp_port(&server)), &format!("obs?token={user}"), rgb);
+    // OBS is live once the room has its stream.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let users = get(&server.url("/v1/rooms/studio"), Some(&key));
+        if users.status == 200 && users.body.contains("\"obs\"") {
+            break;
+        }
+        let log = std::fs::read_to_string(home.join("obs.log")).unwrap_or_default();
+        assert!(Instant::now() < deadline, "OBS never published; its log:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/studio/obs/main"), "--token", &user, "--seconds", "8"]);
+    let r = viewer.finish(Duration::from_secs(40));
+    eprintln!("OBS viewer: {} frames {}x{}, mean rgb {}", r["frames"], r["width"], r["height"], r["mean_rgb"]);
+    assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(640), Some(360)), "{r}");
+    assert!(r["frames"].as_u64().unwrap() >= 60, "frames decoded: {r}");
+    let got: Vec<i64> = r["mean_rgb"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    for (g, want) in got.iter().zip(rgb) {
+        assert!((g - want as i64).abs() <= 24, "the colour: {got:?} vs {rgb:?}");
+    }
+    let log = std::fs::read_to_string(home.join("obs.log")).unwrap_or_default();
+    assert!(log.contains("x264 encoder") && log.contains("Streaming Start"), "OBS's own encoder streamed:\n{log}");
+    drop(obs);
+    std::thread::sleep(Duration::from_secs(1));
+    let r = request("DELETE", &server.url(&format!("/v1/recordings/{rec_id}")), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let result = poll(&server, &key, &format!("/v1/recordings/{rec_id}/result"), Duration::from_secs(30), |v| {
+        v["Files"].as_array().is_some_and(|f| f.iter().any(|f| f["FileName"].as_str().is_some_and(|n| n.ends_with(".mp4"))))
+    });
+    let mp4 = result["Files"].as_array().unwrap().iter().find(|f| f["FileName"].as_str().unwrap().ends_with(".mp4")).unwrap()["Url"].as_str().unwrap().to_owned();
+    let (has_b, packets, reordered, frames) = b_frame_facts(&format!("{}?token={user}", server.url(&mp4)));
+    eprintln!("OBS recorded: has_b_frames {has_b}, {reordered} of {packets} packets reordered, {frames} frames decode");
+    assert!(has_b >= 1 && reordered > 0 && packets >= 150, "recorded: has_b_frames {has_b}, {reordered} of {packets} packets reordered");
+    assert!(frames >= 150, "recorded frames that decode: {frames}");
 }

@@ -115,7 +115,7 @@ impl Server {
             (None, ip) => ip.to_string(),
         };
         out.push_str(&format!(
-            "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (x264 bframes=0, keyframe 1-2 s)\n",
+            "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (passed through with x264 bframes=0, keyframe 1-2 s; B-frames are transcoded)\n",
             self.rtmp_addr.port()
         ));
         out.push_str(&format!("  Browser pages  {base}/room.html  {base}/publish.html  {base}/play.html\n"));
