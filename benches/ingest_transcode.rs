@@ -129,11 +129,7 @@ fn main() {
             }
             let per_frame = (process_cpu() - cpu_before) * 1000.0 / frames.len() as f64;
             let (p50, p95) = (percentile(&mut latencies.clone(), 0.5), percentile(&mut latencies, 0.95));
-            println!(
-                "| {h}p30, x264 medium (3 B-frames) | {encoder:?} | {per_frame:.2} | {:.2} | {p50:.1} / {p95:.1} | {outputs} / {} |",
-                per_frame * 30.0 / 1000.0,
-                frames.len()
-            );
+            println!("| {h}p30, x264 medium (3 B-frames) | {encoder:?} | {per_frame:.2} | {:.2} | {p50:.1} / {p95:.1} | {outputs} / {} |", per_frame * 30.0 / 1000.0, frames.len());
         }
     }
 }

@@ -190,9 +190,23 @@ fn obs_with_its_default_settings_is_watched_over_whep_and_recorded_with_its_b_fr
     let rec = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "studio", "format": "hls+mp4", "hls": {"segment_s": 4}}));
     assert_eq!(rec.status, 201, "{}", rec.body);
     let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
+    let rtmp_server = format!("rtmp://127.0.0.1:{}/push/studio", rtmp_port(&server));
+    // A stream key without its token: OBS's log says why the publish was refused.
+    let refused_home = dir.path().join("obs-refused");
+    let refused = Obs::start(&refused_home, &rtmp_server, "obs", [0, 0, 0]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let log = std::fs::read_to_string(refused_home.join("obs.log")).unwrap_or_default();
+        if log.contains("NetStream.Publish.Rejected (token_missing: ") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "OBS's log lacks the refusal:\n{log}");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    drop(refused);
     let home = dir.path().join("obs-home");
     let rgb = [0xd0, 0x40, 0x60];
-    let obs = Obs::start(&home, &format!("rtmp://127.0.0.1:{}/push/studio", rtmp_port(&server)), &format!("obs?token={user}"), rgb);
+    let obs = Obs::start(&home, &rtmp_server, &format!("obs?token={user}"), rgb);
     // OBS is live once the room has its stream.
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -140,11 +140,12 @@ impl RtmpPublishSession {
     }
 
     /// Refuses a publish request: `onStatus` error `NetStream.Publish.Rejected` with
-    /// `<code>: <message>`.
+    /// `<code>: <message>` (PRODUCT.md §6.3). rml_rtmp would answer with an `_error` command,
+    /// which ffmpeg prints but librtmp-based encoders (OBS) do not log; an `onStatus` error both
+    /// show. The session forgets the request all the same.
     pub fn reject_publish(&mut self, request_id: u32, description: &str) -> Result<(), RtmpError> {
-        let results = self.session.as_mut().ok_or(RtmpError::NoSession)?.reject_request(request_id, "NetStream.Publish.Rejected", description)?;
-        let mut ignored = Vec::new();
-        self.take(results, &mut ignored)
+        let _error_reply = self.session.as_mut().ok_or(RtmpError::NoSession)?.reject_request(request_id, "NetStream.Publish.Rejected", description)?;
+        self.reject_after_start(description)
     }
 
     /// Refuses a stream that was accepted and is flowing, with the same `onStatus` error. The
