@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::time::Instant;
-use tessera_engine::ingest_transcode::{CodedFrame, IngestTranscoder, TranscodeInput, TranscodeStart};
+use tessera_engine::ingest_transcode::{CodedFrame, IngestTranscoder, SourceVideo, TranscodeInput, TranscodeStart};
 use tessera_media::h264::{nal_type, split_annex_b, NAL_PPS, NAL_SPS};
 use tessera_model::TranscodeEncoder;
 use tessera_transcode::ff;
@@ -103,7 +103,7 @@ fn main() {
     for (w, h) in [(1280u32, 720u32), (1920, 1080)] {
         let (config, frames) = source(w, h, seconds);
         for encoder in [TranscodeEncoder::Openh264, TranscodeEncoder::X264] {
-            let mut t = IngestTranscoder::new(&TranscodeStart { config: config.clone(), fps: None, kbps: None }, encoder).unwrap();
+            let mut t = IngestTranscoder::new(&TranscodeStart { codec: SourceVideo::H264, config: config.clone(), fps: None, kbps: None }, encoder).unwrap();
             // When the frame carrying each picture (by presentation time) arrived.
             let mut arrived: HashMap<u32, f64> = HashMap::new();
             let (mut latencies, mut outputs, mut clock) = (Vec::new(), 0usize, 0f64);

@@ -242,3 +242,46 @@ fn obs_with_its_default_settings_is_watched_over_whep_and_recorded_with_its_b_fr
     assert!(has_b >= 1 && reordered > 0 && packets >= 150, "recorded: has_b_frames {has_b}, {reordered} of {packets} packets reordered");
     assert!(frames >= 150, "recorded frames that decode: {frames}");
 }
+
+/// FFmpeg 8 (PyAV's) publishing over Enhanced RTMP: `libx265` gives HEVC (`hvc1`), `libsvtav1`
+/// AV1 (`av01`).
+fn enhanced_publisher(url: &str, codec: &str, seconds: u32, rgb: [u8; 3]) -> Child {
+    Command::new(python())
+        .arg(repo_root().join("tests/clients/pyav_push.py"))
+        .args(["--url", url, "--codec", codec, "--seconds", &seconds.to_string(), "--rgb", &format!("{},{},{}", rgb[0], rgb[1], rgb[2])])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the test venv's python (scripts/setup.sh)")
+}
+
+#[test]
+fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264() {
+    let dir = TempDir::new("ertmp");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip), "--rtmp-addr", "127.0.0.1:0"]);
+    let port = rtmp_port(&server);
+    for (user, codec, rgb) in [("hevc", "libx265", [0x30, 0xa0, 0x50]), ("av1", "libsvtav1", [0xc0, 0x60, 0x20])] {
+        let tok = token(&data, "ertmp", user);
+        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, 14, rgb);
+        std::thread::sleep(Duration::from_secs(3));
+        let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url(&format!("/whep/ertmp/{user}/main")), "--token", &tok, "--seconds", "7"]);
+        let r = viewer.finish(Duration::from_secs(40));
+        eprintln!("{codec} viewer: {} frames {}x{}, mean rgb {}", r["frames"], r["width"], r["height"], r["mean_rgb"]);
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(640), Some(360)), "{codec}: {r}");
+        assert!(r["frames"].as_u64().unwrap() >= 60, "{codec}: frames decoded: {r}");
+        let got: Vec<i64> = r["mean_rgb"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        for (g, want) in got.iter().zip(rgb) {
+            assert!((g - want as i64).abs() <= 24, "{codec}: the colour {got:?} vs {rgb:?}");
+        }
+        assert!(r["audio_frames"].as_u64().unwrap() >= 150, "{codec}: {r}");
+        let _ = source.wait();
+        let mut out = String::new();
+        use std::io::Read;
+        source.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+        assert!(out.contains("\"sent\""), "{codec} publisher: {out}");
+        let logs = server.logs().join("\n");
+        assert!(logs.contains(&format!("RTMP publish of {}", if user == "hevc" { "HEVC (hvc1)" } else { "AV1 (av01)" })), "{codec}: {logs}");
+    }
+}

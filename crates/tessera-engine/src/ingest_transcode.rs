@@ -1,6 +1,6 @@
 //! An ingest's video re-encoded for WebRTC viewers and mix jobs, for what they cannot take as
-//! it is (H.264 with B-frames): coded frames as RTMP carries them in, H.264 constrained-baseline
-//! RTP out (`PacketRoute::Viewers`). The output keeps the source's size, frame rate and keyframe
+//! it is (H.264 with B-frames; HEVC, AV1 and VP9 over Enhanced RTMP): coded frames as RTMP
+//! carries them in, H.264 constrained-baseline RTP out. The output keeps the source's size, frame rate and keyframe
 //! cadence (an IDR wherever the source has a keyframe, and whenever a viewer asks) at a bitrate
 //! close to the source's. A plain value: the driver runs it on a thread of its own, since a
 //! 1080p decode and encode take milliseconds per frame.
@@ -30,10 +30,42 @@ pub struct CodedFrame {
     pub keyframe: bool,
 }
 
+/// The codec of what is transcoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceVideo {
+    /// H.264 with B-frames.
+    H264,
+    Hevc,
+    Av1,
+    Vp9,
+}
+
+impl SourceVideo {
+    fn ff_id(self) -> ff::codec::Id {
+        match self {
+            SourceVideo::H264 => ff::codec::Id::H264,
+            SourceVideo::Hevc => ff::codec::Id::HEVC,
+            SourceVideo::Av1 => ff::codec::Id::AV1,
+            SourceVideo::Vp9 => ff::codec::Id::VP9,
+        }
+    }
+
+    /// Why it needs transcoding, for messages and logs.
+    pub fn describe(self) -> &'static str {
+        match self {
+            SourceVideo::H264 => "H.264 with B-frames",
+            SourceVideo::Hevc => "HEVC (hvc1)",
+            SourceVideo::Av1 => "AV1 (av01)",
+            SourceVideo::Vp9 => "VP9 (vp09)",
+        }
+    }
+}
+
 /// What a transcode starts from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TranscodeStart {
-    /// The decoder configuration record (`avcC`).
+    pub codec: SourceVideo,
+    /// The decoder configuration record (`avcC`, `hvcC`, `av1C`, `vpcC`).
     pub config: Vec<u8>,
     /// What the encoder's `onMetaData` said, if it did.
     pub fps: Option<f32>,
@@ -51,6 +83,10 @@ pub enum TranscodeInput {
 }
 
 pub struct IngestTranscoder {
+    codec: SourceVideo,
+    /// Who the output is for: only viewers and mixes when relays and recordings keep an
+    /// original they can take, everyone otherwise.
+    route: PacketRoute,
     video: VideoToH264,
     encoder: EncoderKind,
     /// Frame rate and bitrate: from the metadata, else measured.
@@ -80,7 +116,9 @@ impl IngestTranscoder {
         let kbps = start.kbps.filter(|k| *k > 0).map(|k| k.clamp(100, 20_000));
         let shape = TranscodeShape { encoder, fps: fps.unwrap_or(30), kbps, follow_keyframes: true };
         Ok(IngestTranscoder {
-            video: VideoToH264::from_config(ff::codec::Id::H264, &start.config, shape)?,
+            codec: start.codec,
+            route: if start.codec == SourceVideo::H264 { PacketRoute::Viewers } else { PacketRoute::All },
+            video: VideoToH264::from_config(start.codec.ff_id(), &start.config, shape)?,
             encoder,
             fps_known: fps.is_some(),
             kbps_known: kbps.is_some(),
@@ -113,7 +151,7 @@ impl IngestTranscoder {
             TranscodeInput::Start(_) => return Ok(()),
             TranscodeInput::Config(config) => {
                 let shape = self.video.shape();
-                self.video = VideoToH264::from_config(ff::codec::Id::H264, &config, shape)?;
+                self.video = VideoToH264::from_config(self.codec.ff_id(), &config, shape)?;
                 self.started = false;
                 return Ok(());
             }
@@ -141,7 +179,7 @@ impl IngestTranscoder {
             codec: Codec::H264,
             payload: Arc::from(p.payload),
             audio_level: None,
-            route: PacketRoute::Viewers,
+            route: self.route,
             composition_ms: 0,
         }));
         result
@@ -258,7 +296,7 @@ mod tests {
     fn a_b_frame_stream_becomes_baseline_rtp_in_presentation_order_with_the_source_keyframes() {
         let (config, frames) = b_frame_stream(75);
         assert!(frames.iter().any(|f| f.cts_ms > 0), "the source has B-frames");
-        let mut t = IngestTranscoder::new(&TranscodeStart { config, fps: None, kbps: None }, TranscodeEncoder::Openh264).unwrap();
+        let mut t = IngestTranscoder::new(&TranscodeStart { codec: SourceVideo::H264, config, fps: None, kbps: None }, TranscodeEncoder::Openh264).unwrap();
         let mut packets = Vec::new();
         for f in frames {
             t.push(TranscodeInput::Frame(f), &mut packets).unwrap();
@@ -286,7 +324,7 @@ mod tests {
         assert_eq!(sps[1], 66, "profile_idc baseline");
         // A viewer's request: an IDR at the next picture.
         let (config, frames) = b_frame_stream(20);
-        let mut t = IngestTranscoder::new(&TranscodeStart { config, fps: Some(25.0), kbps: Some(500) }, TranscodeEncoder::Openh264).unwrap();
+        let mut t = IngestTranscoder::new(&TranscodeStart { codec: SourceVideo::H264, config, fps: Some(25.0), kbps: Some(500) }, TranscodeEncoder::Openh264).unwrap();
         let mut out = Vec::new();
         let mut idr_at = Vec::new();
         for (i, f) in frames.into_iter().enumerate() {

@@ -9,13 +9,13 @@
 //! coded frames come out of `poll_transcode` for an `IngestTranscoder`, whose re-encoding is
 //! what viewers and mix jobs get.
 
-use crate::ingest_transcode::{CodedFrame, TranscodeInput, TranscodeStart};
+use crate::ingest_transcode::{CodedFrame, SourceVideo, TranscodeInput, TranscodeStart};
 use crate::{IngestPacket, PacketRoute};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use tessera_media::{Codec, StreamKind};
 use tessera_model::{BFramePolicy, Privileges};
-use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, VideoTag};
+use tessera_rtmp::flv::{AacConfig, AudioTag, AvcToRtp, EnhancedCodec, EnhancedPacket, VideoTag};
 use tessera_transcode::AacToOpus;
 
 /// RTP payload size for packetized H.264.
@@ -52,6 +52,8 @@ pub struct RtmpPublisher {
     video_ssrc: u32,
     /// The last AVC sequence header, for a transcoder.
     avc_config: Option<Vec<u8>>,
+    /// The last Enhanced RTMP sequence start (HEVC, AV1, VP9) and its codec.
+    enhanced_config: Option<(EnhancedCodec, Vec<u8>)>,
     /// What `onMetaData` said of the video (frame rate, kbit/s).
     metadata: (Option<f32>, Option<u32>),
     /// B-frames seen and transcoded: the original is for relays and recordings only.
@@ -71,6 +73,7 @@ impl RtmpPublisher {
             video: AvcToRtp::new(MAX_RTP_PAYLOAD),
             video_ssrc: tessera_model::random::ssrc(),
             avc_config: None,
+            enhanced_config: None,
             metadata: (None, None),
             transcoding: false,
             transcode: VecDeque::new(),
@@ -124,16 +127,15 @@ impl RtmpPublisher {
                     }
                     // Frames before the sequence header are skipped anyway.
                     if let Some(config) = self.avc_config.clone() {
-                        self.transcoding = true;
-                        let (fps, kbps) = self.metadata;
-                        self.transcode.push_back(TranscodeInput::Start(TranscodeStart { config, fps, kbps }));
+                        self.start_transcode(SourceVideo::H264, config);
                     }
                 }
                 if self.transcoding {
                     self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: composition_ms, keyframe: *keyframe }));
                 }
             }
-            VideoTag::EndOfSequence => {}
+            VideoTag::Enhanced { codec, packet } => return Ok(self.on_enhanced(*codec, packet, timestamp_ms)),
+            VideoTag::EndOfSequence | VideoTag::Ignored => {}
         }
         let mut out = Vec::new();
         self.video.on_tag(&tag, timestamp_ms, &mut out)?;
@@ -153,6 +155,43 @@ impl RtmpPublisher {
                 composition_ms,
             })
             .collect())
+    }
+
+    fn start_transcode(&mut self, codec: SourceVideo, config: Vec<u8>) {
+        self.transcoding = true;
+        let (fps, kbps) = self.metadata;
+        self.transcode.push_back(TranscodeInput::Start(TranscodeStart { codec, config, fps, kbps }));
+    }
+
+    /// HEVC, AV1 or VP9 over Enhanced RTMP: WebRTC viewers get it transcoded to H.264 (whatever
+    /// the app's B-frame policy), and so do relays and recordings for now.
+    fn on_enhanced(&mut self, codec: EnhancedCodec, packet: &EnhancedPacket<'_>, timestamp_ms: u32) -> Vec<IngestPacket> {
+        let source = match codec {
+            EnhancedCodec::Hevc => SourceVideo::Hevc,
+            EnhancedCodec::Av1 => SourceVideo::Av1,
+            EnhancedCodec::Vp9 => SourceVideo::Vp9,
+        };
+        match packet {
+            EnhancedPacket::SequenceStart(record) => {
+                let known = self.enhanced_config.as_ref().map(|(c, _)| *c);
+                self.enhanced_config = Some((codec, record.to_vec()));
+                if self.transcoding && known == Some(codec) {
+                    self.transcode.push_back(TranscodeInput::Config(record.to_vec()));
+                }
+            }
+            EnhancedPacket::Frame { keyframe, composition_time_ms, data } => {
+                if !self.transcoding {
+                    // Frames before the sequence start cannot be decoded: skipped.
+                    match self.enhanced_config.clone() {
+                        Some((c, config)) if c == codec => self.start_transcode(source, config),
+                        _ => return Vec::new(),
+                    }
+                }
+                self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: *composition_time_ms, keyframe: *keyframe }));
+            }
+            EnhancedPacket::SequenceEnd => {}
+        }
+        Vec::new()
     }
 
     /// One FLV audio message: the sequence header sets up the transcoder, frames become 20 ms
@@ -257,7 +296,7 @@ mod tests {
         let b = p.on_video(&avc_frame(&[&[0x41, 2]], false, 66), 33).unwrap();
         assert!(!b.is_empty() && b.iter().all(|x| x.route == PacketRoute::Outputs && x.composition_ms == 66 && x.ts == 33 * 90), "{b:?}");
         assert_eq!(b[0].seq, plain.last().unwrap().seq + 1, "the original's sequence goes on");
-        assert_eq!(p.poll_transcode(), Some(TranscodeInput::Start(TranscodeStart { config: header[5..].to_vec(), fps: Some(30.0), kbps: None })));
+        assert_eq!(p.poll_transcode(), Some(TranscodeInput::Start(TranscodeStart { codec: SourceVideo::H264, config: header[5..].to_vec(), fps: Some(30.0), kbps: None })));
         assert_eq!(
             p.poll_transcode(),
             Some(TranscodeInput::Frame(CodedFrame { data: avc_frame(&[&[0x41, 2]], false, 66)[5..].to_vec(), dts_ms: 33, cts_ms: 66, keyframe: false }))

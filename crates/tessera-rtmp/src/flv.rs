@@ -1,6 +1,8 @@
 //! FLV tag bodies as RTMP audio and video messages carry them (FLV spec v10 §E.4.2–E.4.3):
 //! H.264 (AVC) video with its sequence header and composition time, AAC audio with its
-//! AudioSpecificConfig. Anything else is refused with the code RTMP rejections use.
+//! AudioSpecificConfig; and Enhanced RTMP video (veovera E-RTMP v2: the FourCC header OBS 30+
+//! and FFmpeg 6.1+ send for HEVC, AV1 and VP9, single- or multitrack). Anything else is refused
+//! with the code RTMP rejections use.
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum VideoTag<'a> {
@@ -13,6 +15,46 @@ pub enum VideoTag<'a> {
         data: &'a [u8],
     },
     EndOfSequence,
+    /// HEVC, AV1 or VP9 over Enhanced RTMP (H.264 in the enhanced header comes as the variants
+    /// above).
+    Enhanced {
+        codec: EnhancedCodec,
+        packet: EnhancedPacket<'a>,
+    },
+    /// Nothing to decode: metadata, a command frame, an extension this parser skips.
+    Ignored,
+}
+
+/// The codecs Enhanced RTMP adds (FourCC `hvc1`, `av01`, `vp09`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnhancedCodec {
+    Hevc,
+    Av1,
+    Vp9,
+}
+
+impl EnhancedCodec {
+    /// What error messages and logs call it.
+    pub fn name(self) -> &'static str {
+        match self {
+            EnhancedCodec::Hevc => "HEVC (hvc1)",
+            EnhancedCodec::Av1 => "AV1 (av01)",
+            EnhancedCodec::Vp9 => "VP9 (vp09)",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EnhancedPacket<'a> {
+    /// The decoder configuration record (`hvcC`, `av1C`, `vpcC`).
+    SequenceStart(&'a [u8]),
+    /// One picture: HEVC as length-prefixed NAL units, AV1 as low-overhead OBUs, VP9 as a frame.
+    Frame {
+        keyframe: bool,
+        composition_time_ms: i32,
+        data: &'a [u8],
+    },
+    SequenceEnd,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,9 +67,9 @@ pub enum AudioTag<'a> {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum FlvError {
-    #[error("codec_unsupported: video codec id {0} is not H.264 (AVC, id 7); send H.264")]
+    #[error("codec_unsupported: video codec id {0} is not H.264 (AVC, id 7); send H.264, or HEVC or AV1 over Enhanced RTMP")]
     VideoCodec(u8),
-    #[error("codec_unsupported: {} over Enhanced RTMP is not supported; send H.264", enhanced_name(.0))]
+    #[error("codec_unsupported: codec '{}' over Enhanced RTMP is not supported; send H.264, HEVC (hvc1), AV1 (av01) or VP9 (vp09)", String::from_utf8_lossy(.0).escape_default())]
     EnhancedVideo([u8; 4]),
     #[error("codec_unsupported: audio format {0} is not AAC (id 10); send AAC")]
     AudioCodec(u8),
@@ -50,17 +92,6 @@ impl FlvError {
     }
 }
 
-/// The codec an Enhanced RTMP FourCC names (OBS 30+ and FFmpeg 6.1+ send HEVC and AV1 so).
-fn enhanced_name(fourcc: &[u8; 4]) -> String {
-    match fourcc {
-        b"hvc1" => "HEVC (hvc1)".into(),
-        b"av01" => "AV1 (av01)".into(),
-        b"vp09" => "VP9 (vp09)".into(),
-        b"avc1" => "H.264 in the enhanced header (avc1)".into(),
-        other => format!("codec '{}'", String::from_utf8_lossy(other).escape_default()),
-    }
-}
-
 const CODEC_AVC: u8 = 7;
 const SOUND_AAC: u8 = 10;
 
@@ -74,8 +105,7 @@ impl<'a> VideoTag<'a> {
         let codec = first & 0x0f;
         // Enhanced RTMP: the high bit says a FourCC follows instead of a codec id.
         if first & 0x80 != 0 {
-            let fourcc = rest.get(..4).ok_or(FlvError::Malformed("video"))?;
-            return Err(FlvError::EnhancedVideo([fourcc[0], fourcc[1], fourcc[2], fourcc[3]]));
+            return parse_enhanced((first >> 4) & 0x07, first & 0x0f, rest);
         }
         if codec != CODEC_AVC {
             return Err(FlvError::VideoCodec(codec));
@@ -94,6 +124,76 @@ impl<'a> VideoTag<'a> {
             _ => Err(FlvError::Malformed("video")),
         }
     }
+}
+
+const ENHANCED_SEQUENCE_START: u8 = 0;
+const ENHANCED_CODED_FRAMES: u8 = 1;
+const ENHANCED_SEQUENCE_END: u8 = 2;
+const ENHANCED_CODED_FRAMES_X: u8 = 3;
+const ENHANCED_MULTITRACK: u8 = 6;
+const FRAME_TYPE_COMMAND: u8 = 5;
+
+fn fourcc(data: &[u8]) -> Result<[u8; 4], FlvError> {
+    let f = data.get(..4).ok_or(FlvError::Malformed("video"))?;
+    Ok([f[0], f[1], f[2], f[3]])
+}
+
+/// The rest of an enhanced video tag after its first byte. A multitrack tag gives its first
+/// track (the others are renditions of the same picture; Tessera takes one).
+fn parse_enhanced(frame_type: u8, packet_type: u8, rest: &[u8]) -> Result<VideoTag<'_>, FlvError> {
+    if frame_type == FRAME_TYPE_COMMAND {
+        return Ok(VideoTag::Ignored);
+    }
+    let (packet_type, fourcc, body) = if packet_type == ENHANCED_MULTITRACK {
+        let (&kind, rest) = rest.split_first().ok_or(FlvError::Malformed("video"))?;
+        let (multitrack, packet_type) = (kind >> 4, kind & 0x0f);
+        let size24 = |b: &[u8]| b.get(..3).map(|s| u32::from_be_bytes([0, s[0], s[1], s[2]]) as usize).ok_or(FlvError::Malformed("video"));
+        match multitrack {
+            // One track: FourCC, track id, the body.
+            0 => (packet_type, fourcc(rest)?, rest.get(5..).ok_or(FlvError::Malformed("video"))?),
+            // Many tracks of one codec: FourCC, then (track id, size, body) each.
+            1 => {
+                let f = fourcc(rest)?;
+                let size = size24(rest.get(5..).ok_or(FlvError::Malformed("video"))?)?;
+                (packet_type, f, rest.get(8..8 + size).ok_or(FlvError::Malformed("video"))?)
+            }
+            // Many tracks, many codecs: (FourCC, track id, size, body) each.
+            2 => {
+                let f = fourcc(rest)?;
+                let size = size24(rest.get(5..).ok_or(FlvError::Malformed("video"))?)?;
+                (packet_type, f, rest.get(8..8 + size).ok_or(FlvError::Malformed("video"))?)
+            }
+            _ => return Err(FlvError::Malformed("video")),
+        }
+    } else {
+        (packet_type, fourcc(rest)?, &rest[4..])
+    };
+    let codec = match &fourcc {
+        b"hvc1" => Some(EnhancedCodec::Hevc),
+        b"av01" => Some(EnhancedCodec::Av1),
+        b"vp09" => Some(EnhancedCodec::Vp9),
+        b"avc1" => None,
+        _ => return Err(FlvError::EnhancedVideo(fourcc)),
+    };
+    let keyframe = frame_type == 1;
+    // HEVC and AVC coded frames carry a composition time (SI24); the X form and the others not.
+    let (cts, data) = match packet_type {
+        ENHANCED_CODED_FRAMES if matches!(&fourcc, b"hvc1" | b"avc1") => {
+            let c = body.get(..3).ok_or(FlvError::Malformed("video"))?;
+            (i32::from_be_bytes([if c[0] & 0x80 != 0 { 0xff } else { 0 }, c[0], c[1], c[2]]), &body[3..])
+        }
+        _ => (0, body),
+    };
+    Ok(match (codec, packet_type) {
+        (None, ENHANCED_SEQUENCE_START) => VideoTag::SequenceHeader(body),
+        (None, ENHANCED_CODED_FRAMES | ENHANCED_CODED_FRAMES_X) => VideoTag::Frame { keyframe, composition_time_ms: cts, data },
+        (None, ENHANCED_SEQUENCE_END) => VideoTag::EndOfSequence,
+        (Some(codec), ENHANCED_SEQUENCE_START) => VideoTag::Enhanced { codec, packet: EnhancedPacket::SequenceStart(body) },
+        (Some(codec), ENHANCED_CODED_FRAMES | ENHANCED_CODED_FRAMES_X) => VideoTag::Enhanced { codec, packet: EnhancedPacket::Frame { keyframe, composition_time_ms: cts, data } },
+        (Some(codec), ENHANCED_SEQUENCE_END) => VideoTag::Enhanced { codec, packet: EnhancedPacket::SequenceEnd },
+        // Metadata (HDR colour info), MPEG-2 TS sequence start, ModEx: nothing to decode.
+        _ => VideoTag::Ignored,
+    })
 }
 
 impl<'a> AudioTag<'a> {
@@ -170,6 +270,45 @@ mod tests {
     }
 
     #[test]
+    fn enhanced_rtmp_tags() {
+        // HEVC: sequence start, coded frames with a composition time, the X form without.
+        assert_eq!(VideoTag::parse(b"\x90hvc1\x01\x02").unwrap(), VideoTag::Enhanced { codec: EnhancedCodec::Hevc, packet: EnhancedPacket::SequenceStart(&[1, 2]) });
+        assert_eq!(
+            VideoTag::parse(b"\x91hvc1\x00\x00\x42\x09").unwrap(),
+            VideoTag::Enhanced { codec: EnhancedCodec::Hevc, packet: EnhancedPacket::Frame { keyframe: true, composition_time_ms: 66, data: &[9] } }
+        );
+        assert_eq!(
+            VideoTag::parse(b"\xa3hvc1\x09").unwrap(),
+            VideoTag::Enhanced { codec: EnhancedCodec::Hevc, packet: EnhancedPacket::Frame { keyframe: false, composition_time_ms: 0, data: &[9] } }
+        );
+        // AV1 coded frames have no composition time; its sequence end.
+        assert_eq!(
+            VideoTag::parse(b"\x91av01\x0a\x0b").unwrap(),
+            VideoTag::Enhanced { codec: EnhancedCodec::Av1, packet: EnhancedPacket::Frame { keyframe: true, composition_time_ms: 0, data: &[10, 11] } }
+        );
+        assert_eq!(VideoTag::parse(b"\x92av01").unwrap(), VideoTag::Enhanced { codec: EnhancedCodec::Av1, packet: EnhancedPacket::SequenceEnd });
+        // H.264 in the enhanced header is plain AVC.
+        assert_eq!(VideoTag::parse(b"\x90avc1\x01").unwrap(), VideoTag::SequenceHeader(&[1]));
+        assert_eq!(VideoTag::parse(b"\x91avc1\x00\x00\x00\x05").unwrap(), VideoTag::Frame { keyframe: true, composition_time_ms: 0, data: &[5] });
+        // Multitrack: one track (FourCC, track 0, body), many tracks (track 0 of its size).
+        assert_eq!(
+            VideoTag::parse(b"\x96\x01hvc1\x00\x00\x00\x00\x07").unwrap(),
+            VideoTag::Enhanced { codec: EnhancedCodec::Hevc, packet: EnhancedPacket::Frame { keyframe: true, composition_time_ms: 0, data: &[7] } }
+        );
+        assert_eq!(
+            VideoTag::parse(b"\x96\x13av01\x00\x00\x00\x02\x07\x08\x01\x00\x00\x01\x09").unwrap(),
+            VideoTag::Enhanced { codec: EnhancedCodec::Av1, packet: EnhancedPacket::Frame { keyframe: true, composition_time_ms: 0, data: &[7, 8] } }
+        );
+        // Metadata and command frames are skipped; unknown FourCCs and truncations refused.
+        assert_eq!(VideoTag::parse(b"\x94hvc1\x02").unwrap(), VideoTag::Ignored);
+        assert_eq!(VideoTag::parse(b"\xd0hvc1").unwrap(), VideoTag::Ignored);
+        let e = VideoTag::parse(b"\x91xyz1\x00").unwrap_err();
+        assert!(e.to_string().starts_with("codec_unsupported: codec 'xyz1'"), "{e}");
+        assert_eq!(VideoTag::parse(b"\x91hv").unwrap_err().code(), "invalid_parameter");
+        assert_eq!(VideoTag::parse(b"\x96\x13av01\x00\x00\x00\x09\x07").unwrap_err().code(), "invalid_parameter");
+    }
+
+    #[test]
     fn audio_tags_and_config() {
         assert_eq!(AudioTag::parse(&[0xaf, 0, 0x12, 0x10]).unwrap(), AudioTag::SequenceHeader(&[0x12, 0x10]));
         assert_eq!(AudioTag::parse(&[0xaf, 1, 7]).unwrap(), AudioTag::Frame(&[7]));
@@ -224,7 +363,7 @@ impl AvcToRtp {
                 self.packetizer.set_parameter_sets(config.sps, config.pps);
                 Ok(())
             }
-            VideoTag::EndOfSequence => Ok(()),
+            VideoTag::EndOfSequence | VideoTag::Ignored | VideoTag::Enhanced { .. } => Ok(()),
             VideoTag::Frame { data, .. } => {
                 // Frames before the sequence header cannot be decoded: skipped.
                 let Some(length_size) = self.length_size else { return Ok(()) };
@@ -332,13 +471,13 @@ mod packetizer_tests {
     }
 
     /// Issue 10, defect 18: HEVC over Enhanced RTMP was "codec id 0"; AAC 5.1 was "malformed".
+    /// (Issue 18: HEVC and AV1 are now taken.)
     #[test]
     fn enhanced_rtmp_and_multichannel_aac_say_what_they_are() {
         // ExVideoTagHeader: IsExHeader | FrameType 1 | PacketType 0 (sequence start), "hvc1".
-        let e = VideoTag::parse(&[0x90, b'h', b'v', b'c', b'1', 1, 2, 3]).unwrap_err();
-        assert_eq!(e.code(), "codec_unsupported");
-        assert!(e.to_string().contains("HEVC (hvc1)"), "{e}");
-        assert!(VideoTag::parse(&[0x90, b'a', b'v', b'0', b'1']).unwrap_err().to_string().contains("AV1"));
+        let tag = VideoTag::parse(&[0x90, b'h', b'v', b'c', b'1', 1, 2, 3]).unwrap();
+        assert_eq!(tag, VideoTag::Enhanced { codec: EnhancedCodec::Hevc, packet: EnhancedPacket::SequenceStart(&[1, 2, 3]) });
+        assert_eq!(EnhancedCodec::Av1.name(), "AV1 (av01)");
         // AAC LC, 48 kHz, channel configuration 6 (5.1).
         let e = AacConfig::parse(&[0x11, 0xb0]).unwrap_err();
         assert_eq!(e.code(), "codec_unsupported");

@@ -10,7 +10,7 @@ use crate::entry::{check_entry, privilege_missing, verify_raw};
 use crate::error::ApiError;
 use crate::rtmp_transcode::TranscodeWorker;
 use std::time::Duration;
-use tessera_engine::ingest_transcode::TranscodeInput;
+use tessera_engine::ingest_transcode::{SourceVideo, TranscodeInput};
 use tessera_engine::rtmp_publisher::RtmpPublisher;
 use tessera_engine::{PeerRole, PublisherEnd, Quality, SessionSpec};
 use tessera_media::StreamKind;
@@ -114,15 +114,15 @@ impl Publishing {
         while let Some(input) = self.media.poll_transcode() {
             if let TranscodeInput::Start(start) = &input {
                 let max = self.settings.max_transcodes;
+                let what = start.codec.describe();
                 let slot = state.rtmp_transcodes.take(app, max).ok_or_else(|| {
-                    format!(
-                        "limit_exceeded: this app already transcodes {max} RTMP publishes with B-frames (rtmp.max_transcodes); send without B-frames (x264 bframes=0) or try later"
-                    )
+                    let instead = if start.codec == SourceVideo::H264 { "send without B-frames (x264 bframes=0)" } else { "send H.264" };
+                    format!("limit_exceeded: {what} is transcoded for WebRTC viewers, and this app already transcodes {max} RTMP publishes (rtmp.max_transcodes); {instead} or try later")
                 })?;
                 let keyframes = self.keyframes.take().expect("one transcode per publish");
                 let worker = TranscodeWorker::start(start, self.settings.encoder, state.rtc.clone(), self.id, keyframes, slot)
-                    .map_err(|e| format!("codec_unsupported: the H.264 stream cannot be decoded for transcoding: {e}"))?;
-                tracing::info!(encoder = ?self.settings.encoder, "RTMP publish has B-frames: transcoding for WebRTC viewers; relays and recordings keep the original");
+                    .map_err(|e| format!("codec_unsupported: the {what} stream cannot be decoded for transcoding: {e}"))?;
+                tracing::info!(encoder = ?self.settings.encoder, "RTMP publish of {what}: transcoding to H.264 for WebRTC viewers");
                 self.transcode = Some(worker);
                 continue;
             }
