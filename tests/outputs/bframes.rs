@@ -256,16 +256,32 @@ fn enhanced_publisher(url: &str, codec: &str, seconds: u32, rgb: [u8; 3]) -> Chi
 }
 
 #[test]
-fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264() {
+fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_recorded_as_it_came() {
     let dir = TempDir::new("ertmp");
     let data = dir.path().join("data");
     let net = TestNet::new();
     let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip), "--rtmp-addr", "127.0.0.1:0"]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
     let port = rtmp_port(&server);
+    // A recording of the room (each publisher its own files), and a relay of the HEVC publisher
+    // to a CDN that speaks legacy FLV only (Debian's ffmpeg 5.1).
+    let rec = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "ertmp", "format": "hls+mp4", "hls": {"segment_s": 4}}));
+    assert_eq!(rec.status, 201, "{}", rec.body);
+    let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
+    let cdn_port = free_port();
+    let relayed = dir.path().join("relayed.flv");
+    let mut receiver = cdn(cdn_port, &relayed);
+    let mut relay_id = String::new();
     for (user, codec, rgb) in [("hevc", "libx265", [0x30, 0xa0, 0x50]), ("av1", "libsvtav1", [0xc0, 0x60, 0x20])] {
         let tok = token(&data, "ertmp", user);
         let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, 14, rgb);
         std::thread::sleep(Duration::from_secs(3));
+        if user == "hevc" {
+            let relay =
+                post_json(&server.url("/v1/relays"), Some(&key), &json!({"room": "ertmp", "source": {"user": "hevc"}, "urls": [format!("rtmp://127.0.0.1:{cdn_port}/live/key")]}));
+            assert_eq!(relay.status, 201, "{}", relay.body);
+            relay_id = relay.json()["id"].as_str().unwrap().to_owned();
+        }
         let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url(&format!("/whep/ertmp/{user}/main")), "--token", &tok, "--seconds", "7"]);
         let r = viewer.finish(Duration::from_secs(40));
         eprintln!("{codec} viewer: {} frames {}x{}, mean rgb {}", r["frames"], r["width"], r["height"], r["mean_rgb"]);
@@ -283,5 +299,36 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264() {
         assert!(out.contains("\"sent\""), "{codec} publisher: {out}");
         let logs = server.logs().join("\n");
         assert!(logs.contains(&format!("RTMP publish of {}", if user == "hevc" { "HEVC (hvc1)" } else { "AV1 (av01)" })), "{codec}: {logs}");
+        if user == "hevc" {
+            // The relay ends its connection, and the CDN its file.
+            let r = request("DELETE", &server.url(&format!("/v1/relays/{relay_id}")), Some(&key), None, &[]);
+            assert_eq!(r.status, 200, "{}", r.body);
+            interrupt_child(&mut receiver);
+        }
     }
+    // The relay got the HEVC publisher as H.264 (legacy FLV has no HEVC).
+    let (codecs, duration) = probe(&relayed);
+    assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "relayed {relayed:?}");
+    assert!(duration > 5.0, "relayed {duration} s");
+    // The recording kept HEVC as it came; AV1 was recorded as its H.264 re-encoding.
+    let r = request("DELETE", &server.url(&format!("/v1/recordings/{rec_id}")), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let result = poll(&server, &key, &format!("/v1/recordings/{rec_id}/result"), Duration::from_secs(30), |v| {
+        v["Files"].as_array().is_some_and(|f| f.iter().filter(|f| f["FileName"].as_str().is_some_and(|n| n.ends_with(".mp4"))).count() == 2)
+    });
+    let viewer_token = token(&data, "ertmp", "checker");
+    let mut video_codecs: Vec<String> = result["Files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["FileName"].as_str().unwrap().ends_with(".mp4"))
+        .map(|f| {
+            let url = format!("{}?token={viewer_token}", server.url(f["Url"].as_str().unwrap()));
+            let (codecs, duration) = probe_url(&url);
+            assert!(duration > 8.0, "{}: {duration} s", f["FileName"]);
+            codecs.into_iter().find(|c| c != "aac").unwrap_or_default()
+        })
+        .collect();
+    video_codecs.sort();
+    assert_eq!(video_codecs, vec!["h264".to_string(), "hevc".to_string()], "{result}");
 }

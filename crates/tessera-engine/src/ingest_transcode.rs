@@ -117,7 +117,14 @@ impl IngestTranscoder {
         let shape = TranscodeShape { encoder, fps: fps.unwrap_or(30), kbps, follow_keyframes: true };
         Ok(IngestTranscoder {
             codec: start.codec,
-            route: if start.codec == SourceVideo::H264 { PacketRoute::Viewers } else { PacketRoute::All },
+            route: match start.codec {
+                // Relays and recordings keep the original.
+                SourceVideo::H264 => PacketRoute::Viewers,
+                // Recordings keep the original; legacy FLV relays take H.264.
+                SourceVideo::Hevc => PacketRoute::ViewersAndRelays,
+                // Not kept (MPEG-TS segments cannot carry them): everyone takes H.264.
+                SourceVideo::Av1 | SourceVideo::Vp9 => PacketRoute::All,
+            },
             video: VideoToH264::from_config(start.codec.ff_id(), &start.config, shape)?,
             encoder,
             fps_known: fps.is_some(),

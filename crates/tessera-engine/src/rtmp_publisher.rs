@@ -54,6 +54,8 @@ pub struct RtmpPublisher {
     avc_config: Option<Vec<u8>>,
     /// The last Enhanced RTMP sequence start (HEVC, AV1, VP9) and its codec.
     enhanced_config: Option<(EnhancedCodec, Vec<u8>)>,
+    /// An HEVC publish's original, kept for recordings: its configuration and RTP numbering.
+    hevc_original: Option<(tessera_media::h265::HevcConfig, u64)>,
     /// What `onMetaData` said of the video (frame rate, kbit/s).
     metadata: (Option<f32>, Option<u32>),
     /// B-frames seen and transcoded: the original is for relays and recordings only.
@@ -74,6 +76,7 @@ impl RtmpPublisher {
             video_ssrc: tessera_model::random::ssrc(),
             avc_config: None,
             enhanced_config: None,
+            hevc_original: None,
             metadata: (None, None),
             transcoding: false,
             transcode: VecDeque::new(),
@@ -134,7 +137,7 @@ impl RtmpPublisher {
                     self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: composition_ms, keyframe: *keyframe }));
                 }
             }
-            VideoTag::Enhanced { codec, packet } => return Ok(self.on_enhanced(*codec, packet, timestamp_ms)),
+            VideoTag::Enhanced { codec, packet } => return self.on_enhanced(*codec, packet, timestamp_ms),
             VideoTag::EndOfSequence | VideoTag::Ignored => {}
         }
         let mut out = Vec::new();
@@ -164,8 +167,10 @@ impl RtmpPublisher {
     }
 
     /// HEVC, AV1 or VP9 over Enhanced RTMP: WebRTC viewers get it transcoded to H.264 (whatever
-    /// the app's B-frame policy), and so do relays and recordings for now.
-    fn on_enhanced(&mut self, codec: EnhancedCodec, packet: &EnhancedPacket<'_>, timestamp_ms: u32) -> Vec<IngestPacket> {
+    /// the app's B-frame policy). Recordings keep an HEVC original (one packet per access unit,
+    /// parameter sets ahead of each random access point, `PacketRoute::Recordings`); AV1 and
+    /// VP9 are recorded as the H.264 re-encoding (MPEG-TS segments cannot carry them).
+    fn on_enhanced(&mut self, codec: EnhancedCodec, packet: &EnhancedPacket<'_>, timestamp_ms: u32) -> Result<Vec<IngestPacket>, Refusal> {
         let source = match codec {
             EnhancedCodec::Hevc => SourceVideo::Hevc,
             EnhancedCodec::Av1 => SourceVideo::Av1,
@@ -173,6 +178,12 @@ impl RtmpPublisher {
         };
         match packet {
             EnhancedPacket::SequenceStart(record) => {
+                if codec == EnhancedCodec::Hevc {
+                    let config = tessera_media::h265::HevcConfig::parse(record)
+                        .ok_or_else(|| Refusal("codec_unsupported: the HEVC (hvc1) decoder configuration record cannot be read".into()))?;
+                    let seq = self.hevc_original.as_ref().map_or(1, |(_, s)| *s);
+                    self.hevc_original = Some((config, seq));
+                }
                 let known = self.enhanced_config.as_ref().map(|(c, _)| *c);
                 self.enhanced_config = Some((codec, record.to_vec()));
                 if self.transcoding && known == Some(codec) {
@@ -184,14 +195,40 @@ impl RtmpPublisher {
                     // Frames before the sequence start cannot be decoded: skipped.
                     match self.enhanced_config.clone() {
                         Some((c, config)) if c == codec => self.start_transcode(source, config),
-                        _ => return Vec::new(),
+                        _ => return Ok(Vec::new()),
                     }
                 }
                 self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: *composition_time_ms, keyframe: *keyframe }));
+                if let (EnhancedCodec::Hevc, Some((config, seq))) = (codec, self.hevc_original.as_mut()) {
+                    use tessera_media::h265;
+                    let nalus = tessera_media::h264::split_length_prefixed(data, config.length_size).map_err(|_| tessera_rtmp::flv::FlvError::Malformed("video"))?;
+                    let irap = nalus.iter().any(|n| h265::is_irap(n));
+                    let has_sps = nalus.iter().any(|n| h265::nal_type(n) == Some(h265::NAL_SPS));
+                    let mut annex_b = Vec::with_capacity(data.len() + 64);
+                    let sets = if irap && !has_sps { &config.parameter_sets[..] } else { &[] };
+                    for n in sets.iter().map(|s| s.as_slice()).chain(nalus.iter().copied()) {
+                        annex_b.extend_from_slice(&[0, 0, 0, 1]);
+                        annex_b.extend_from_slice(n);
+                    }
+                    let packet = IngestPacket {
+                        ssrc: self.video_ssrc,
+                        seq: *seq,
+                        ts: timestamp_ms.wrapping_mul(90),
+                        marker: true,
+                        keyframe: irap,
+                        codec: Codec::H265,
+                        payload: Arc::from(annex_b),
+                        audio_level: None,
+                        route: PacketRoute::Recordings,
+                        composition_ms: *composition_time_ms,
+                    };
+                    *seq += 1;
+                    return Ok(vec![packet]);
+                }
             }
             EnhancedPacket::SequenceEnd => {}
         }
-        Vec::new()
+        Ok(Vec::new())
     }
 
     /// One FLV audio message: the sequence header sets up the transcoder, frames become 20 ms
@@ -308,5 +345,35 @@ mod tests {
         let later = p.on_video(&avc_frame(&[&[0x41, 3]], false, 0), 66).unwrap();
         assert!(later.iter().all(|x| x.route == PacketRoute::Outputs && x.composition_ms == 0));
         assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Frame(f)) if f.dts_ms == 66));
+    }
+
+    #[test]
+    fn hevc_over_enhanced_rtmp_is_transcoded_for_viewers_and_kept_for_recordings() {
+        let both = Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits());
+        // Refusing B-frames does not refuse HEVC: it has to be transcoded either way.
+        let mut p = RtmpPublisher::new(StreamKind::Main, both, BFramePolicy::Refuse);
+        // hvcC: 22 bytes of fields (4-byte lengths), one array holding a VPS and an SPS.
+        let mut record = vec![1u8];
+        record.extend_from_slice(&[0; 20]);
+        record.extend_from_slice(&[0xf3, 1, 0x20, 0, 2, 0, 2, 0x40, 1, 0, 2, 0x42, 1]);
+        let mut start = vec![0x90];
+        start.extend_from_slice(b"hvc1");
+        start.extend_from_slice(&record);
+        assert!(p.on_video(&start, 0).unwrap().is_empty());
+        // An IDR (type 19) with a composition time of 33 ms.
+        let mut idr = vec![0x91];
+        idr.extend_from_slice(b"hvc1");
+        idr.extend_from_slice(&[0, 0, 33, 0, 0, 0, 3, 19 << 1, 1, 7]);
+        let out = p.on_video(&idr, 40).unwrap();
+        assert_eq!(out.len(), 1, "one packet per access unit");
+        let o = &out[0];
+        assert_eq!((o.codec, o.route, o.keyframe, o.marker, o.ts, o.composition_ms), (Codec::H265, PacketRoute::Recordings, true, true, 40 * 90, 33));
+        assert_eq!(&o.payload[..], &[0, 0, 0, 1, 0x40, 1, 0, 0, 0, 1, 0x42, 1, 0, 0, 0, 1, 19 << 1, 1, 7], "parameter sets ahead of the IDR, Annex-B");
+        assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Start(TranscodeStart { codec: SourceVideo::Hevc, .. }))));
+        assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Frame(f)) if f.cts_ms == 33 && f.keyframe));
+        // A broken record is refused, naming the codec.
+        let mut p = RtmpPublisher::new(StreamKind::Main, both, BFramePolicy::Transcode);
+        let e = p.on_video(b"\x90hvc1\x01\x02", 0).unwrap_err();
+        assert!(e.0.starts_with("codec_unsupported: the HEVC (hvc1)"), "{e}");
     }
 }

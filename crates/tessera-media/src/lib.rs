@@ -4,6 +4,7 @@
 
 pub mod audio_level;
 pub mod h264;
+pub mod h265;
 pub mod picture_size;
 pub mod rtp;
 pub mod throttle;
@@ -52,13 +53,15 @@ pub enum MediaKind {
     Video,
 }
 
-/// The codecs Tessera forwards.
+/// The codecs Tessera forwards. H.265 is never on the wire to a WebRTC peer: it is an RTMP
+/// publisher's original, kept for recordings while viewers get H.264.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
     Opus,
     H264,
     Vp8,
+    H265,
 }
 
 impl Codec {
@@ -78,7 +81,7 @@ impl Codec {
     pub fn kind(self) -> MediaKind {
         match self {
             Codec::Opus => MediaKind::Audio,
-            Codec::H264 | Codec::Vp8 => MediaKind::Video,
+            Codec::H264 | Codec::Vp8 | Codec::H265 => MediaKind::Video,
         }
     }
 
@@ -86,7 +89,7 @@ impl Codec {
     pub fn clock_rate(self) -> u32 {
         match self {
             Codec::Opus => 48_000,
-            Codec::H264 | Codec::Vp8 => 90_000,
+            Codec::H264 | Codec::Vp8 | Codec::H265 => 90_000,
         }
     }
 }

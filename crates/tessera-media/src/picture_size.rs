@@ -8,6 +8,8 @@ use crate::{h264, vp8, Codec};
 pub fn of_packet(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
     match codec {
         Codec::Opus => None,
+        // An original kept for recordings: one packet holds the whole access unit.
+        Codec::H265 => h264::split_annex_b(payload).into_iter().find(|n| crate::h265::nal_type(n) == Some(crate::h265::NAL_SPS)).and_then(hevc_sps_size),
         Codec::Vp8 => {
             let (start, frame) = vp8::depacketize(payload)?;
             // Keyframe: a 3-byte tag, the start code 9d 01 2a, then 14-bit width and height.
@@ -149,6 +151,73 @@ pub fn sps_size(nal: &[u8]) -> Option<(u32, u32)> {
     let (crop_x, crop_y) = if chroma_format == 0 { (1, 2 - frame_mbs_only) } else { (sub_w, sub_h * (2 - frame_mbs_only)) };
     let w = (width_mbs * 16).checked_sub(crop_x * (cl + cr))?;
     let h = ((2 - frame_mbs_only) * height_units * 16).checked_sub(crop_y * (ct + cb))?;
+    (w > 0 && h > 0 && w <= 16384 && h <= 16384).then_some((w as u32, h as u32))
+}
+
+/// The bytes of a NAL unit after its `header` bytes with emulation prevention removed, at most
+/// 256 (a parameter set is far shorter).
+fn rbsp(nal: &[u8], header: usize) -> Option<Vec<u8>> {
+    let mut data = Vec::with_capacity(64);
+    let mut zeros = 0;
+    for &b in nal.get(header..)?.iter().take(256) {
+        if zeros >= 2 && b == 3 {
+            zeros = 0;
+            continue;
+        }
+        zeros = if b == 0 { zeros + 1 } else { 0 };
+        data.push(b);
+    }
+    Some(data)
+}
+
+/// Width and height from an H.265 SPS NAL unit (ITU-T H.265 §7.3.2.2), the conformance window
+/// applied.
+pub fn hevc_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
+    let mut r = Bits { data: rbsp(nal, 2)?, pos: 0 };
+    r.bits(4)?; // sps_video_parameter_set_id
+    let sub_layers = r.bits(3)? as usize; // sps_max_sub_layers_minus1
+    r.bit()?; // sps_temporal_id_nesting_flag
+              // profile_tier_level(1, sub_layers): the general part is 88 bits, then the level.
+    r.bits(32)?;
+    r.bits(32)?;
+    r.bits(24)?;
+    r.bits(8)?; // general_level_idc
+    let mut present = Vec::with_capacity(sub_layers);
+    for _ in 0..sub_layers {
+        present.push((r.bit()?, r.bit()?));
+    }
+    if sub_layers > 0 {
+        for _ in sub_layers..8 {
+            r.bits(2)?;
+        }
+    }
+    for (profile, level) in present {
+        if profile == 1 {
+            r.bits(32)?;
+            r.bits(32)?;
+            r.bits(24)?;
+        }
+        if level == 1 {
+            r.bits(8)?;
+        }
+    }
+    r.ue()?; // sps_seq_parameter_set_id
+    let chroma_format = r.ue()?;
+    if chroma_format == 3 {
+        r.bit()?; // separate_colour_plane_flag
+    }
+    let (width, height) = (r.ue()? as u64, r.ue()? as u64);
+    let (mut w, mut h) = (width, height);
+    if r.bit()? == 1 {
+        let (sub_w, sub_h) = match chroma_format {
+            1 => (2, 2),
+            2 => (2, 1),
+            _ => (1, 1),
+        };
+        let (left, right, top, bottom) = (r.ue()? as u64, r.ue()? as u64, r.ue()? as u64, r.ue()? as u64);
+        w = width.checked_sub(sub_w * (left + right))?;
+        h = height.checked_sub(sub_h * (top + bottom))?;
+    }
     (w > 0 && h > 0 && w <= 16384 && h <= 16384).then_some((w as u32, h as u32))
 }
 

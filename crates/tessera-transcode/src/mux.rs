@@ -40,27 +40,32 @@ impl TsSegment {
     /// Creates `path` (any name; the format is MPEG-TS) with a video track of this size and/or an
     /// AAC track. An audio-only file puts its track on PID 257, as it would be next to video.
     pub fn create(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
-        Self::create_as(path, "mpegts", video, audio)
+        Self::create_as(path, "mpegts", ff::codec::Id::H264, video, audio)
+    }
+
+    /// The same with H.265 video (an HEVC publisher's original).
+    pub fn create_hevc(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+        Self::create_as(path, "mpegts", ff::codec::Id::HEVC, video, audio)
     }
 
     /// The same for an MP4 (`moov` first): `tessera merge`'s output.
     pub fn create_mp4(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
-        Self::create_as(path, "mp4", video, audio)
+        Self::create_as(path, "mp4", ff::codec::Id::H264, video, audio)
     }
 
-    fn create_as(path: &Path, format: &str, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+    fn create_as(path: &Path, format: &str, video_codec: ff::codec::Id, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
         init();
         let mut output = ff::format::output_as(path, format)?;
         let mut video_index = None;
         let mut audio_index = None;
         if let Some((w, h)) = video {
-            let mut s = output.add_stream(ff::encoder::find(ff::codec::Id::H264))?;
+            let mut s = output.add_stream(ff::encoder::find(video_codec))?;
             let mut params = ff::codec::Parameters::new();
             // SAFETY: plain fields of freshly allocated parameters.
             unsafe {
                 let p = params.as_mut_ptr();
                 (*p).codec_type = ff::ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
-                (*p).codec_id = ff::ffi::AVCodecID::AV_CODEC_ID_H264;
+                (*p).codec_id = video_codec.into();
                 (*p).width = w as i32;
                 (*p).height = h as i32;
             }

@@ -382,9 +382,10 @@ impl RtcHandle {
         self.ask(|reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply }).await
     }
 
-    /// Like `add_tap`, and mixes' output too (relays and recordings of `mix_<id>`).
-    pub async fn add_tap_all(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, kind: TapKind::Output, owner, reply }).await
+    /// A relay's or a recording's tap (`kind`): like `add_tap`, with mixes' output too (relays
+    /// and recordings of `mix_<id>`) and the publishers' originals the kind keeps.
+    pub async fn add_output_tap(&self, key: RoomKey, kind: TapKind, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
+        self.ask(|reply| Command::AddTap { key, kind, owner, reply }).await
     }
 
     pub async fn remove_tap(&self, id: u64) -> Result<(), RtcServerError> {

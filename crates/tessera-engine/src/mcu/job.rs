@@ -583,7 +583,9 @@ fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
             let key = tessera_media::vp8::is_keyframe(&frame);
             (frame, key, VideoCodec::Vp8)
         }
-        Codec::Opus => return false,
+        // H.265 is an original only recordings take (`TapKind::Recording`); a mix's tap never
+        // gets it.
+        Codec::Opus | Codec::H265 => return false,
     };
     if v.waiting_keyframe && !keyframe {
         return false;

@@ -68,7 +68,9 @@ impl FlvProducer {
             }
             Codec::H264 | Codec::Vp8 if self.media.video() => {
                 let (nalus, keyframe, ms, cts_ms) = match self.video.push(p, arrival_ms)? {
-                    VideoUnit::Unit { nalus, keyframe, ms, cts_ms } => (nalus, keyframe, ms, cts_ms),
+                    // Relays take H.264 only (`TapKind::Relay`).
+                    VideoUnit::Unit { hevc: true, .. } => return Ok(()),
+                    VideoUnit::Unit { nalus, keyframe, ms, cts_ms, .. } => (nalus, keyframe, ms, cts_ms),
                     VideoUnit::Lost => {
                         out.push(FlvTag::KeyframeWanted);
                         return Ok(());

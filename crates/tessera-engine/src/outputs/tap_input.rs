@@ -49,8 +49,8 @@ pub enum VideoUnit {
     /// A unit was lost or undecodable: ask the source for a keyframe.
     Lost,
     /// A whole access unit as NAL units, stamped `ms` (its decode time), shown `cts_ms` later
-    /// (B-frame originals; 0 otherwise).
-    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64, cts_ms: i32 },
+    /// (B-frame originals; 0 otherwise). H.264, or H.265 (an original kept for recordings).
+    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64, cts_ms: i32, hevc: bool },
 }
 
 /// Access-unit reassembly and, for VP8, the transcode to H.264.
@@ -90,17 +90,22 @@ impl VideoInput {
                 Some(n) => n,
                 None => return Ok(VideoUnit::None),
             },
+            // An H.265 original comes as whole access units in Annex-B form.
+            Codec::H265 => unit.iter().flat_map(|x| h264::split_annex_b(x).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect(),
             Codec::Opus => return Ok(VideoUnit::None),
         };
         if nalus.is_empty() {
             return Ok(VideoUnit::None);
         }
-        let keyframe = nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR));
+        let keyframe = match p.codec {
+            Codec::H265 => nalus.iter().any(|n| tessera_media::h265::is_irap(n)),
+            _ => nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR)),
+        };
         if self.waiting_keyframe && !keyframe {
             return Ok(VideoUnit::Lost);
         }
         self.waiting_keyframe = false;
-        Ok(VideoUnit::Unit { nalus, keyframe, ms, cts_ms: p.composition_ms.max(0) })
+        Ok(VideoUnit::Unit { nalus, keyframe, ms, cts_ms: p.composition_ms.max(0), hevc: p.codec == Codec::H265 })
     }
 
     /// VP8 is decoded and re-encoded at its own size, at most 4 Mbit/s.

@@ -322,7 +322,7 @@ impl Sfu {
     /// most 4 s or 8 MiB) so a viewer that starts mid-GOP gets a picture at once.
     pub fn push_packet(&mut self, id: u64, packet: IngestPacket, now: Instant) {
         let Some(p) = self.internal.get_mut(&id) else { return };
-        if packet.route == PacketRoute::Outputs {
+        if !packet.route.to_viewers() {
             // An original only relays and recordings keep: no viewer, no GOP cache, no stats.
             let (room, user, stream) = (p.spec.room.clone(), p.spec.user.clone(), p.spec.stream);
             let tp = TapPacket {
@@ -336,7 +336,7 @@ impl Sfu {
                 audio_level: None,
                 composition_ms: packet.composition_ms,
             };
-            self.tap_out(&room, tp, PacketRoute::Outputs);
+            self.tap_out(&room, tp, packet.route);
             return;
         }
         let (kind, mid) = match packet.codec.kind() {

@@ -181,6 +181,8 @@ pub(super) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
         Codec::H264 => detect_h264_nalu(payload, tessera_media::h264::NAL_SPS) || detect_h264_keyframe(payload),
         Codec::Vp8 => tessera_rtc::str0m::format::detect_vp8_keyframe(payload),
         Codec::Opus => true,
+        // Never forwarded to viewers (a recording's original).
+        Codec::H265 => false,
     }
 }
 

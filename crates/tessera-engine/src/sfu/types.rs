@@ -79,16 +79,27 @@ pub struct SfuStats {
 
 /// Who an internal publisher's packet is for. A publisher whose video WebRTC cannot take as it
 /// is (H.264 with B-frames, HEVC) sends two streams under one name: a re-encoded one for
-/// viewers and mix jobs, and its original for relays and recordings.
+/// viewers and mix jobs, and its original for the outputs that can keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PacketRoute {
     /// Viewers and every tap.
     #[default]
     All,
-    /// WebRTC viewers and mix jobs' taps only.
+    /// WebRTC viewers and mix jobs only (H.264 re-encoded from B-frames).
     Viewers,
-    /// Relays' and recordings' taps only.
+    /// Relays and recordings only (the H.264 original with B-frames).
     Outputs,
+    /// Viewers, mix jobs and relays (H.264 re-encoded from HEVC: what legacy FLV takes).
+    ViewersAndRelays,
+    /// Recordings only (the HEVC original).
+    Recordings,
+}
+
+impl PacketRoute {
+    /// Whether viewers (and the GOP cache) get it.
+    pub(crate) fn to_viewers(self) -> bool {
+        matches!(self, PacketRoute::All | PacketRoute::Viewers | PacketRoute::ViewersAndRelays)
+    }
 }
 
 /// What a tap is for: which of a publisher's streams it takes (`PacketRoute`).
@@ -96,15 +107,19 @@ pub enum PacketRoute {
 pub enum TapKind {
     /// A mix job: decodes what viewers get, and never another mix's output.
     Mix,
-    /// A relay or a recording: keeps publishers' originals, mixes' output included.
-    Output,
+    /// A relay: keeps an H.264 original (B-frames and all), mixes' output included.
+    Relay,
+    /// A recording: keeps the original (H.264 with B-frames, HEVC), mixes' output included.
+    Recording,
 }
 
 impl TapKind {
     pub(crate) fn takes(self, route: PacketRoute, from_mix: bool) -> bool {
+        use PacketRoute::*;
         match self {
-            TapKind::Mix => !from_mix && route != PacketRoute::Outputs,
-            TapKind::Output => route != PacketRoute::Viewers,
+            TapKind::Mix => !from_mix && matches!(route, All | Viewers | ViewersAndRelays),
+            TapKind::Relay => matches!(route, All | Outputs | ViewersAndRelays),
+            TapKind::Recording => matches!(route, All | Outputs | Recordings),
         }
     }
 }

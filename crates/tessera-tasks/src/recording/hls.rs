@@ -96,6 +96,8 @@ pub(super) struct HlsWriter {
     pub(super) last_ms: i64,
     /// Asked the source for a keyframe for the pending cut.
     pub(super) keyframe_asked: bool,
+    /// The video is H.265 (an HEVC publisher's original) rather than H.264.
+    hevc: bool,
     video_clock: RisingClock,
     audio_clock: RisingClock,
     pub(super) failures: StorageFailures,
@@ -139,15 +141,18 @@ impl HlsWriter {
             files: Vec::new(),
             last_ms: 0,
             keyframe_asked: false,
+            hevc: false,
             video_clock: RisingClock::default(),
             audio_clock: RisingClock::default(),
             failures: StorageFailures::default(),
         }
     }
 
-    /// The picture size, known from the first keyframe (the playlist names it).
-    pub(super) fn set_size(&mut self, size: (u32, u32)) {
+    /// The picture size, known from the first keyframe (the playlist names it), and whether
+    /// the video is H.265 (an HEVC publisher's original) rather than H.264.
+    pub(super) fn set_video(&mut self, size: (u32, u32), hevc: bool) {
         self.text.video_size = self.video.then_some(size);
+        self.hevc = hevc;
     }
 
     fn size(&self) -> Option<(u32, u32)> {
@@ -191,7 +196,8 @@ impl HlsWriter {
     fn open_segment(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), RecordingError> {
         let name = format!("{}_{}.ts", self.segment_stem, utc17(unix_ms));
         let part = self.spool.join(format!("{name}.part"));
-        let ts = TsSegment::create(&part, if self.video { self.size() } else { None }, self.audio.as_ref())?;
+        let video = if self.video { self.size() } else { None };
+        let ts = if self.hevc { TsSegment::create_hevc(&part, video, self.audio.as_ref())? } else { TsSegment::create(&part, video, self.audio.as_ref())? };
         self.text.start_rec_time.get_or_insert(unix_ms);
         self.current = Some(Segment { ts, part, name, first_ms: clock_ms, begin_unix: unix_ms });
         Ok(())

@@ -59,7 +59,7 @@ async fn drive(task: Arc<RecordingTask>, data_dir: PathBuf, rtc: RtcHandle, even
     let spec = lock(&task.spec).clone();
     let room = RoomKey { app: spec.app.clone(), room: spec.room.clone() };
     let tap = match UserId::parse(&format!("rec_{}", spec.id)) {
-        Ok(owner) => rtc.add_tap_all(room.clone(), owner).await.map_err(|e| RecordingError::Tap(e.to_string())),
+        Ok(owner) => rtc.add_output_tap(room.clone(), tessera_engine::TapKind::Recording, owner).await.map_err(|e| RecordingError::Tap(e.to_string())),
         Err(e) => Err(RecordingError::Tap(e.to_string())),
     };
     let (tap_id, mut packets) = match tap {
@@ -408,10 +408,10 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 w.writers[writer].audio(f.ms, unix_ms, &f.data)?;
             }
         }
-        Codec::H264 | Codec::Vp8 if w.spec.wants_video() => {
+        Codec::H264 | Codec::Vp8 | Codec::H265 if w.spec.wants_video() => {
             let s = w.streams.get_mut(&key).expect("inserted");
-            let (nalus, keyframe, ms, cts_ms) = match s.video.push(p, arrival)? {
-                VideoUnit::Unit { nalus, keyframe, ms, cts_ms } => (nalus, keyframe, ms, cts_ms),
+            let (nalus, keyframe, ms, cts_ms, hevc) = match s.video.push(p, arrival)? {
+                VideoUnit::Unit { nalus, keyframe, ms, cts_ms, hevc } => (nalus, keyframe, ms, cts_ms, hevc),
                 VideoUnit::Lost => {
                     if s.keyframe_requests.try_request(Instant::now()) {
                         let _ = w.keyframes.send(key.clone());
@@ -427,9 +427,16 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 None => {
                     // The SPS says it (a stream with B-frames shows no picture for its first
                     // frames); a decoder when it cannot be read.
-                    let sps_size = nalus.iter().filter(|n| h264::nal_type(n) == Some(h264::NAL_SPS)).find_map(|n| tessera_media::picture_size::sps_size(n));
+                    let sps_size = if hevc {
+                        use tessera_media::h265;
+                        nalus.iter().filter(|n| h265::nal_type(n) == Some(h265::NAL_SPS)).find_map(|n| tessera_media::picture_size::hevc_sps_size(n))
+                    } else {
+                        nalus.iter().filter(|n| h264::nal_type(n) == Some(h264::NAL_SPS)).find_map(|n| tessera_media::picture_size::sps_size(n))
+                    };
                     let size = match sps_size {
                         Some(size) => size,
+                        // An H.265 stream without its SPS at a keyframe cannot be recorded.
+                        None if hevc => return Ok(()),
                         None => {
                             let probe = match s.probe.as_mut() {
                                 Some(d) => d,
@@ -450,7 +457,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                         None
                     };
                     let i = w.writer(&key.0, key.1, if split { "video" } else { "audio_video" }, true, audio);
-                    w.writers[i].set_size(size);
+                    w.writers[i].set_video(size, hevc);
                     w.streams.get_mut(&key).expect("inserted").video_writer = Some(i);
                     i
                 }

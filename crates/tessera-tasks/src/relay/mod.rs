@@ -515,7 +515,7 @@ impl Driver {
     /// Taps the room and starts the converter thread on the source's packets.
     async fn start_media(&self, epoch: Instant, reports: mpsc::UnboundedSender<MediaReport>) -> Result<u64, RelayError> {
         let owner = UserId::parse(&format!("relay_{}", lock(&self.task.record).id)).map_err(|e| RelayError::Tap(e.to_string()))?;
-        let (tap, packets) = self.rtc.add_tap_all(self.room.clone(), owner).await.map_err(|e| RelayError::Tap(e.to_string()))?;
+        let (tap, packets) = self.rtc.add_output_tap(self.room.clone(), tessera_engine::TapKind::Relay, owner).await.map_err(|e| RelayError::Tap(e.to_string()))?;
         let producer = FlvProducer::new(self.source.user.clone(), self.source.stream, self.feed.media);
         let feed = self.feed.clone();
         let name = format!("relay-{}", lock(&self.task.record).id);
