@@ -270,7 +270,7 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
     let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
     let cdn_port = free_port();
     let relayed = dir.path().join("relayed.flv");
-    let mut receiver = cdn(cdn_port, &relayed);
+    let mut receiver = Some(cdn(cdn_port, &relayed));
     let mut relay_id = String::new();
     for (user, codec, rgb) in [("hevc", "libx265", [0x30, 0xa0, 0x50]), ("av1", "libsvtav1", [0xc0, 0x60, 0x20])] {
         let tok = token(&data, "ertmp", user);
@@ -303,7 +303,9 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
             // The relay ends its connection, and the CDN its file.
             let r = request("DELETE", &server.url(&format!("/v1/relays/{relay_id}")), Some(&key), None, &[]);
             assert_eq!(r.status, 200, "{}", r.body);
-            interrupt_child(&mut receiver);
+            if let Some(mut cdn) = receiver.take() {
+                interrupt_child(&mut cdn);
+            }
         }
     }
     // The relay got the HEVC publisher as H.264 (legacy FLV has no HEVC).
