@@ -97,7 +97,7 @@ pub fn rtmp_client(data: &[u8]) {
 /// FLV tag bodies and the codec configuration records inside them.
 pub fn flv(data: &[u8]) {
     let Some((&which, rest)) = data.split_first() else { return };
-    match which % 6 {
+    match which % 8 {
         0 => {
             let mut avc = AvcToRtp::new(1200);
             let mut out = Vec::new();
@@ -107,6 +107,18 @@ pub fn flv(data: &[u8]) {
                 }
             }
         }
+        // Video messages through an RTMP publisher whose app transcodes B-frames: AVC, Enhanced
+        // RTMP (HEVC with its hvcC and originals for recordings, AV1, VP9, multitrack), and what
+        // it hands a transcoder.
+        6 => {
+            let privileges = tessera_model::Privileges::from_bits(255);
+            let mut publisher = tessera_engine::rtmp_publisher::RtmpPublisher::new(tessera_media::StreamKind::Main, privileges, tessera_model::BFramePolicy::Transcode);
+            for (i, piece) in pieces(rest).enumerate() {
+                let _ = publisher.on_video(piece, i as u32 * 33);
+                while publisher.poll_transcode().is_some() {}
+            }
+        }
+        7 => drop(tessera_media::h265::HevcConfig::parse(rest)),
         1 => {
             if let Ok(AudioTag::SequenceHeader(asc)) = AudioTag::parse(rest) {
                 let _ = AacConfig::parse(asc);
@@ -131,6 +143,8 @@ pub fn rtp(data: &[u8]) {
         let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::H264, p);
         let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::Vp8, p);
         let _ = tessera_media::picture_size::sps_size(p);
+        let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::H265, p);
+        let _ = tessera_media::picture_size::hevc_sps_size(p);
     }
     // Sequence numbers, timestamps and markers from the payloads' first bytes.
     let mut assembler = tessera_media::rtp::AuAssembler::default();
