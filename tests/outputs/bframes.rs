@@ -53,6 +53,8 @@ fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_reco
     let rec = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "bf", "format": "hls+mp4", "hls": {"segment_s": 4}}));
     assert_eq!(rec.status, 201, "{}", rec.body);
     let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
+    let metrics = get(&server.url("/metrics"), None).body;
+    assert!(metrics.lines().any(|l| l == "tessera_rtmp_transcodes 1"), "{metrics}");
     // The viewer joins mid-GOP (keyframes are 8 s apart): its keyframe request gets an IDR from
     // the re-encoder at once.
     let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/bf/cam/main"), "--token", &cam, "--seconds", "8"]);

@@ -61,6 +61,7 @@ pub struct Metrics {
     mix_jobs: Gauge,
     custom_messages: Counter,
     speed_tests: Gauge,
+    rtmp_transcodes: Gauge,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -95,6 +96,8 @@ impl Metrics {
         registry.register("tessera_custom_messages", "Custom messages accepted from participants (socket and data channels)", custom_messages.clone());
         let speed_tests = Gauge::default();
         registry.register("tessera_speed_tests", "Speed tests running", speed_tests.clone());
+        let rtmp_transcodes = Gauge::default();
+        registry.register("tessera_rtmp_transcodes", "RTMP publishes being re-encoded for WebRTC viewers (B-frames, HEVC, AV1, VP9)", rtmp_transcodes.clone());
         let mix_jobs = Gauge::default();
         registry.register("tessera_mix_jobs", "Mix jobs running", mix_jobs.clone());
         let relay_urls = Family::<StateLabel, Gauge>::default();
@@ -121,6 +124,7 @@ impl Metrics {
             mix_jobs,
             custom_messages,
             speed_tests,
+            rtmp_transcodes,
             relay_urls,
             recordings,
             ingests,
@@ -162,6 +166,10 @@ impl Metrics {
         sync(&self.dropped, counters.packets_dropped.load(Ordering::Relaxed));
         sync(&self.custom_messages, counters.custom_messages.load(Ordering::Relaxed));
         self.speed_tests.set(stats.speed_tests as i64);
+    }
+
+    pub fn observe_rtmp_transcodes(&self, running: u32) {
+        self.rtmp_transcodes.set(running as i64);
     }
 
     pub fn uptime_s(&self) -> u64 {
