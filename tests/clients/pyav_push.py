@@ -4,6 +4,10 @@
 and a 440 Hz AAC tone, in real time, for --seconds. Debian's ffmpeg 5.1 cannot send Enhanced
 RTMP; this is FFmpeg's own FLV muxer and RTMP client all the same.
 
+With --stamp, each picture carries its capture time (wall clock, ms mod 2^32) as 32 blocks of
+16x16 pixels along its top edge (white = 1, most significant first): a viewer that samples them
+measures glass-to-glass latency (benches/glass_to_glass.sh). --bframes sets libx264's B-frames.
+
 Prints {"sent": frames} when done, or {"error": ...} and exits 1.
 """
 import argparse
@@ -24,6 +28,9 @@ def main():
     p.add_argument("--rgb", default="32,128,224")
     p.add_argument("--size", default="640x360")
     p.add_argument("--fps", type=int, default=30)
+    p.add_argument("--stamp", action="store_true")
+    p.add_argument("--bframes", type=int, default=None)
+    p.add_argument("--preset", default=None)
     a = p.parse_args()
     w, h = (int(x) for x in a.size.split("x"))
     r, g, b = (int(x) for x in a.rgb.split(","))
@@ -37,6 +44,10 @@ def main():
             video.options = {"x265-params": f"keyint={a.fps * 2}:log-level=error"}
         else:
             video.options = {"g": str(a.fps * 2)}
+            if a.bframes is not None:
+                video.options["bf"] = str(a.bframes)
+            if a.preset:
+                video.options["preset"] = a.preset
         audio = out.add_stream("aac", rate=48000)
         audio.layout = "stereo"
         picture = np.zeros((h, w, 3), dtype=np.uint8)
@@ -53,6 +64,12 @@ def main():
             pic = picture.copy()
             x = (frames * 8) % (w - 16)
             pic[: h // 8, x : x + 16] = (255, 255, 255)
+            if a.stamp:
+                stamp = int(time.time() * 1000) & 0xFFFFFFFF
+                pic[:24, : 32 * 16] = (0, 0, 0)
+                for bit in range(32):
+                    if stamp >> (31 - bit) & 1:
+                        pic[4:20, bit * 16 + 2 : bit * 16 + 14] = (255, 255, 255)
             frame = av.VideoFrame.from_ndarray(pic, format="rgb24")
             frame.pts = frames
             for packet in video.encode(frame):
