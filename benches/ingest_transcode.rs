@@ -120,7 +120,8 @@ fn main() {
                 t.push(TranscodeInput::Frame(f.clone()), &mut out).unwrap();
                 let took = began.elapsed().as_secs_f64() * 1000.0;
                 clock += took;
-                for p in out.iter().filter(|p| p.marker) {
+                // Viewers' access units (the shared pictures for mix jobs aside).
+                for p in out.iter().filter(|p| p.marker && p.route == tessera_engine::PacketRoute::Viewers) {
                     outputs += 1;
                     if let Some(at) = arrived.get(&(p.ts / 90)) {
                         latencies.push(clock - at);

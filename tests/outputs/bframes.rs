@@ -42,7 +42,7 @@ fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_reco
     let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip), "--rtmp-addr", "127.0.0.1:0"]);
     let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
     let cam = token(&data, "bf", "cam");
-    let mut source = default_x264_publisher(&format!("rtmp://127.0.0.1:{}/push/bf/cam?token={cam}", rtmp_port(&server)), 16);
+    let mut source = default_x264_publisher(&format!("rtmp://127.0.0.1:{}/push/bf/cam?token={cam}", rtmp_port(&server)), 22);
     let cdn_port = free_port();
     let relayed = dir.path().join("relayed.flv");
     let receiver = cdn(cdn_port, &relayed);
@@ -55,6 +55,11 @@ fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_reco
     let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
     let metrics = get(&server.url("/metrics"), None).body;
     assert!(metrics.lines().any(|l| l == "tessera_rtmp_transcodes 1"), "{metrics}");
+    // A mix job takes the transcoder's pictures instead of decoding the stream again.
+    let job = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "bf", "encode": {"template": "360p"}}));
+    assert_eq!(job.status, 201, "{}", job.body);
+    let job_id = job.json()["id"].as_str().unwrap().to_owned();
+    let mix_viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url(&format!("/whep/bf/mix_{job_id}/main")), "--token", &cam, "--seconds", "8"]);
     // The viewer joins mid-GOP (keyframes are 8 s apart): its keyframe request gets an IDR from
     // the re-encoder at once.
     let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/bf/cam/main"), "--token", &cam, "--seconds", "8"]);
@@ -67,6 +72,17 @@ fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_reco
         assert!((got - want).abs() <= 24, "the colour: {rgb:?} vs {:?}", [0x20, 0x80, 0xe0]);
     }
     assert!(r["audio_frames"].as_u64().unwrap() >= 200, "{r}");
+    let m = mix_viewer.finish(Duration::from_secs(40));
+    eprintln!("mix viewer: {} frames, mean rgb {}", m["frames"], m["mean_rgb"]);
+    assert!(m["frames"].as_u64().unwrap() >= 60, "mix frames decoded: {m}");
+    let stats = get(&server.url(&format!("/v1/mix-jobs/{job_id}")), Some(&key)).json()["stats"].clone();
+    let mixed: Vec<i64> = m["mean_rgb"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+    for (got, want) in mixed.iter().zip([0x20, 0x80, 0xe0]) {
+        assert!((got - want).abs() <= 24, "the mix's colour: {mixed:?}; {stats}");
+    }
+    assert!(stats["shared_pictures"].as_u64().unwrap() >= 100, "the mix composed the transcoder's pictures: {stats}");
+    let r = request("DELETE", &server.url(&format!("/v1/mix-jobs/{job_id}")), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
 
     let _ = source.wait();
     let mut err = String::new();

@@ -313,6 +313,7 @@ impl IngestRtp {
                         audio_level: None,
                         route: PacketRoute::All,
                         composition_ms: 0,
+                        picture: None,
                     });
                     self.video_seq += 1;
                 }
@@ -335,6 +336,7 @@ impl IngestRtp {
                         audio_level: None,
                         route: PacketRoute::All,
                         composition_ms: 0,
+                        picture: None,
                     });
                     self.video_seq += 1;
                 }
@@ -353,6 +355,7 @@ impl IngestRtp {
                         audio_level,
                         route: PacketRoute::All,
                         composition_ms: 0,
+                        picture: None,
                     });
                     self.audio_seq += 1;
                 }

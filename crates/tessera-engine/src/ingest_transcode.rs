@@ -5,7 +5,7 @@
 //! close to the source's. A plain value: the driver runs it on a thread of its own, since a
 //! 1080p decode and encode take milliseconds per frame.
 
-use crate::sfu::{IngestPacket, PacketRoute};
+use crate::sfu::{IngestPacket, PacketRoute, SharedPicture};
 use std::sync::Arc;
 use tessera_media::h264::{split_annex_b, H264Packetizer};
 use tessera_media::Codec;
@@ -122,10 +122,10 @@ impl IngestTranscoder {
                 SourceVideo::H264 => PacketRoute::Viewers,
                 // Recordings keep the original; legacy FLV relays take H.264.
                 SourceVideo::Hevc => PacketRoute::ViewersAndRelays,
-                // Not kept (MPEG-TS segments cannot carry them): everyone takes H.264.
-                SourceVideo::Av1 | SourceVideo::Vp9 => PacketRoute::All,
+                // Not kept (MPEG-TS segments cannot carry them): every output takes H.264.
+                SourceVideo::Av1 | SourceVideo::Vp9 => PacketRoute::AllButMixes,
             },
-            video: VideoToH264::from_config(start.codec.ff_id(), &start.config, shape)?,
+            video: Self::decoder(start.codec, &start.config, shape)?,
             encoder,
             fps_known: fps.is_some(),
             kbps_known: kbps.is_some(),
@@ -139,6 +139,14 @@ impl IngestTranscoder {
             ssrc: tessera_model::random::ssrc(),
             encoded: Vec::new(),
         })
+    }
+
+    /// Mix jobs take the decoded pictures (`PacketRoute::Pictures`) rather than decode the
+    /// re-encoding again.
+    fn decoder(codec: SourceVideo, config: &[u8], shape: TranscodeShape) -> Result<VideoToH264, TranscodeError> {
+        let mut video = VideoToH264::from_config(codec.ff_id(), config, shape)?;
+        video.share_pictures();
+        Ok(video)
     }
 
     /// The next picture is encoded as an IDR (a viewer asked).
@@ -158,7 +166,7 @@ impl IngestTranscoder {
             TranscodeInput::Start(_) => return Ok(()),
             TranscodeInput::Config(config) => {
                 let shape = self.video.shape();
-                self.video = VideoToH264::from_config(self.codec.ff_id(), &config, shape)?;
+                self.video = Self::decoder(self.codec, &config, shape)?;
                 self.started = false;
                 return Ok(());
             }
@@ -188,6 +196,20 @@ impl IngestTranscoder {
             audio_level: None,
             route: self.route,
             composition_ms: 0,
+            picture: None,
+        }));
+        out.extend(self.video.take_pictures().into_iter().map(|(pts_ms, picture)| IngestPacket {
+            ssrc: self.ssrc,
+            seq: 0,
+            ts: (pts_ms as u32).wrapping_mul(90),
+            marker: true,
+            keyframe: false,
+            codec: Codec::H264,
+            payload: Arc::from(Vec::new()),
+            audio_level: None,
+            route: PacketRoute::Pictures,
+            composition_ms: 0,
+            picture: Some(SharedPicture(Arc::new(picture))),
         }));
         result
     }
@@ -308,7 +330,10 @@ mod tests {
         for f in frames {
             t.push(TranscodeInput::Frame(f), &mut packets).unwrap();
         }
-        assert!(packets.iter().all(|p| p.route == PacketRoute::Viewers && p.codec == Codec::H264 && p.composition_ms == 0));
+        // The decoded pictures go to mix jobs; the rest is H.264 for viewers.
+        let (pictures, packets): (Vec<_>, Vec<_>) = packets.into_iter().partition(|p| p.route == PacketRoute::Pictures);
+        assert!(pictures.iter().all(|p| p.picture.as_ref().is_some_and(|f| f.0.width() == 320)));
+        assert!(packets.iter().all(|p| p.route == PacketRoute::Viewers && p.codec == Codec::H264 && p.composition_ms == 0 && p.picture.is_none()));
         assert_eq!(t.output_size(), Some((320, 240)));
         // Whole access units, by marker.
         let mut units: Vec<(u32, Vec<Vec<u8>>)> = Vec::new();
@@ -321,6 +346,7 @@ mod tests {
         }
         // All but the decoder's reordering delay, in presentation order, 40 ms apart.
         assert!(units.len() >= 70, "{} units", units.len());
+        assert_eq!(pictures.len(), units.len(), "a picture for each unit encoded");
         let times: Vec<u32> = units.iter().map(|(ts, _)| (ts / 90) - 1000).collect();
         assert!(times.windows(2).all(|w| w[1] == w[0] + 40), "{times:?}");
         assert_eq!(times[0], 0);
@@ -340,7 +366,7 @@ mod tests {
             }
             out.clear();
             t.push(TranscodeInput::Frame(f), &mut out).unwrap();
-            if out.iter().any(|p| p.keyframe) {
+            if out.iter().any(|p| p.keyframe && p.route == PacketRoute::Viewers) {
                 idr_at.push(i);
             }
         }

@@ -156,6 +156,7 @@ impl RtmpPublisher {
                 audio_level: None,
                 route,
                 composition_ms,
+                picture: None,
             })
             .collect())
     }
@@ -221,6 +222,7 @@ impl RtmpPublisher {
                         audio_level: None,
                         route: PacketRoute::Recordings,
                         composition_ms: *composition_time_ms,
+                        picture: None,
                     };
                     *seq += 1;
                     return Ok(vec![packet]);
@@ -267,6 +269,7 @@ impl RtmpPublisher {
                             audio_level: f.level,
                             route: PacketRoute::All,
                             composition_ms: 0,
+                            picture: None,
                         }
                     })
                     .collect())

@@ -236,6 +236,9 @@ pub struct VideoToH264 {
     scaler: Option<(scaling::Context, ff::frame::Video)>,
     encoder: Option<VideoEncoder>,
     shape: TranscodeShape,
+    /// Decoded pictures (references to the decoder's buffers, by presentation time in ms) kept
+    /// for `take_pictures`, when asked for.
+    pictures: Option<Vec<(i64, ff::frame::Video)>>,
     /// The decoder's timestamps are in the stream's time base; this turns them into ms.
     time_base: ff::Rational,
 }
@@ -251,7 +254,15 @@ impl VideoToH264 {
         ctx.set_time_base(time_base);
         let decoder = ctx.decoder().video()?;
         let shape = TranscodeShape { encoder: EncoderKind::X264("veryfast"), fps, kbps: None, follow_keyframes: false };
-        Ok(VideoToH264 { decoder, decoded: ff::frame::Video::empty(), scaler: None, encoder: None, shape: TranscodeShape { fps: fps.clamp(1, 60), ..shape }, time_base })
+        Ok(VideoToH264 {
+            decoder,
+            decoded: ff::frame::Video::empty(),
+            scaler: None,
+            encoder: None,
+            shape: TranscodeShape { fps: fps.clamp(1, 60), ..shape },
+            pictures: None,
+            time_base,
+        })
     }
 
     /// For frames as RTMP carries them: `codec` (H.264, HEVC, ...) with its decoder configuration
@@ -274,7 +285,18 @@ impl VideoToH264 {
         ctx.set_time_base((1, 1000));
         let decoder = ctx.decoder().video()?;
         let shape = TranscodeShape { fps: shape.fps.clamp(1, 60), ..shape };
-        Ok(VideoToH264 { decoder, decoded: ff::frame::Video::empty(), scaler: None, encoder: None, shape, time_base: ff::Rational(1, 1000) })
+        Ok(VideoToH264 { decoder, decoded: ff::frame::Video::empty(), scaler: None, encoder: None, shape, pictures: None, time_base: ff::Rational(1, 1000) })
+    }
+
+    /// Keeps every decoded picture for `take_pictures` (a mix job composes them without
+    /// decoding the stream again).
+    pub fn share_pictures(&mut self) {
+        self.pictures.get_or_insert_with(Vec::new);
+    }
+
+    /// The pictures decoded since the last call, with their presentation times (ms).
+    pub fn take_pictures(&mut self) -> Vec<(i64, ff::frame::Video)> {
+        self.pictures.as_mut().map(std::mem::take).unwrap_or_default()
     }
 
     pub fn shape(&self) -> TranscodeShape {
@@ -313,6 +335,14 @@ impl VideoToH264 {
         while self.decoder.receive_frame(&mut self.decoded).is_ok() {
             let Some(ts) = self.decoded.timestamp().or(self.decoded.pts()) else { continue };
             let pts_ms = to_ms(ts, self.time_base);
+            if let Some(pictures) = self.pictures.as_mut() {
+                let mut shared = ff::frame::Video::empty();
+                // SAFETY: both frames are valid; the new one takes a reference to the decoded
+                // buffers (no copy), released when it is dropped.
+                if unsafe { ff::ffi::av_frame_ref(shared.as_mut_ptr(), self.decoded.as_ptr()) } >= 0 {
+                    pictures.push((pts_ms, shared));
+                }
+            }
             let (w, h, format) = (self.decoded.width(), self.decoded.height(), self.decoded.format());
             let (ow, oh) = output_size(w, h);
             let stale = self.output_size().is_some_and(|size| size != (ow, oh));

@@ -6,7 +6,7 @@ use super::audio_mix::AudioMixer;
 use super::layout::{InputKey, LayoutState, Placement};
 use super::spec::*;
 use crate::driver::RtcHandle;
-use crate::sfu::{IngestPacket, PacketRoute, PublisherInfo, SessionSpec, TapPacket};
+use crate::sfu::{IngestPacket, PacketRoute, PublisherInfo, SessionSpec, SharedPicture, TapPacket};
 use crate::{PeerRole, Quality};
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex};
@@ -152,10 +152,12 @@ fn unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
-/// An access unit being reassembled from RTP.
+/// An access unit being reassembled from RTP, or the pictures of a transcoded ingest.
 struct VideoIn {
     codec: Codec,
     decoder: Option<VideoDecoder>,
+    /// The last picture a transcoding ingest shared (`PacketRoute::Pictures`): no decoding here.
+    shared: Option<SharedPicture>,
     au: AuAssembler,
     waiting_keyframe: bool,
     last_picture: Option<Instant>,
@@ -292,12 +294,18 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                     let v = input.video.get_or_insert_with(|| VideoIn {
                         codec: p.codec,
                         decoder: None,
+                        shared: None,
                         au: AuAssembler::default(),
                         waiting_keyframe: true,
                         last_picture: None,
                         keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY),
                     });
-                    if on_video_packet(v, &p) {
+                    if let Some(picture) = &p.picture {
+                        stats.shared_pictures += 1;
+                        v.shared = Some(picture.clone());
+                        v.waiting_keyframe = false;
+                        v.last_picture = Some(Instant::now());
+                    } else if on_video_packet(v, &p) {
                         keyframe_wanted.push(key.clone());
                     }
                 }
@@ -358,8 +366,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                             .and_then(|k| inputs.get(k))
                             .and_then(|input| input.video.as_ref())
                             .filter(|v| v.last_picture.is_some_and(|at| now - at < FROZEN_LIMIT))
-                            .and_then(|v| v.decoder.as_ref())
-                            .and_then(|d| d.picture());
+                            .and_then(|v| v.shared.as_ref().map(|p| &*p.0).or_else(|| v.decoder.as_ref().and_then(|d| d.picture())));
                         match picture {
                             Some(frame) => {
                                 let _ = canvas.draw(i, frame, rect, t.fill_mode == super::layout::FillMode::Fill, (tile_bg.0, tile_bg.1, tile_bg.2));
@@ -411,6 +418,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 audio_level: None,
                                 route: PacketRoute::All,
                                 composition_ms: 0,
+                                picture: None,
                             });
                             video_seq += 1;
                         }
@@ -466,6 +474,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 audio_level: f.level,
                                 route: PacketRoute::All,
                                 composition_ms: 0,
+                                picture: None,
                             }
                         })
                         .collect();

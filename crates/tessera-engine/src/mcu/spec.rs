@@ -143,6 +143,8 @@ pub struct MixStats {
     pub encode_ms_p50: f64,
     pub dropped_frames: u64,
     pub frames: u64,
+    /// Pictures taken as a transcoding ingest decoded them, instead of decoding its stream.
+    pub shared_pictures: u64,
     /// CPU of the job's own thread (decode, compose, OpenH264, audio), in cores.
     pub cpu_cores: f64,
 }

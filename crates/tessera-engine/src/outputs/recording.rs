@@ -439,6 +439,7 @@ mod tests {
             payload: Arc::from(&[][..]),
             audio_level: None,
             composition_ms: 0,
+            picture: None,
         };
         let mut publishers: Vec<PublisherInfo> = (0..30).map(|i| publisher(&format!("u{i}"))).collect();
         publishers.insert(0, publisher("mix_j"));

@@ -200,6 +200,7 @@ mod tests {
             payload: Arc::from(payload),
             audio_level: None,
             composition_ms: 0,
+            picture: None,
         }
     }
 

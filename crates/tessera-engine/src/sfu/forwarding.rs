@@ -190,6 +190,7 @@ impl Sfu {
                 payload: fp.payload.clone(),
                 audio_level: fp.ext.audio_level.map(|l| l.unsigned_abs().min(127)),
                 composition_ms: 0,
+                picture: None,
             };
             self.tap_out(room, tp, fp.route);
         }
@@ -335,6 +336,7 @@ impl Sfu {
                 payload: packet.payload,
                 audio_level: None,
                 composition_ms: packet.composition_ms,
+                picture: packet.picture,
             };
             self.tap_out(&room, tp, packet.route);
             return;

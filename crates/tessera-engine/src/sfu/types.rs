@@ -78,34 +78,42 @@ pub struct SfuStats {
 }
 
 /// Who an internal publisher's packet is for. A publisher whose video WebRTC cannot take as it
-/// is (H.264 with B-frames, HEVC) sends two streams under one name: a re-encoded one for
-/// viewers and mix jobs, and its original for the outputs that can keep it.
+/// is (H.264 with B-frames, HEVC, AV1, VP9) sends several streams under one name: a re-encoded
+/// one for viewers, its decoded pictures for mix jobs (which need not decode it again), and its
+/// original for the outputs that can keep it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PacketRoute {
     /// Viewers and every tap.
     #[default]
     All,
-    /// WebRTC viewers and mix jobs only (H.264 re-encoded from B-frames).
+    /// WebRTC viewers only (H.264 re-encoded from B-frames: relays and recordings keep the
+    /// original, mixes take the pictures).
     Viewers,
-    /// Relays and recordings only (the H.264 original with B-frames).
-    Outputs,
-    /// Viewers, mix jobs and relays (H.264 re-encoded from HEVC: what legacy FLV takes).
+    /// Viewers and relays (H.264 re-encoded from HEVC: what legacy FLV takes).
     ViewersAndRelays,
+    /// Viewers, relays and recordings (H.264 re-encoded from AV1 or VP9, whose originals are not
+    /// kept).
+    AllButMixes,
+    /// Relays and recordings (the H.264 original with B-frames).
+    Outputs,
     /// Recordings only (the HEVC original).
     Recordings,
+    /// Mix jobs only: a decoded picture (`IngestPacket::picture`).
+    Pictures,
 }
 
 impl PacketRoute {
     /// Whether viewers (and the GOP cache) get it.
     pub(crate) fn to_viewers(self) -> bool {
-        matches!(self, PacketRoute::All | PacketRoute::Viewers | PacketRoute::ViewersAndRelays)
+        matches!(self, PacketRoute::All | PacketRoute::Viewers | PacketRoute::ViewersAndRelays | PacketRoute::AllButMixes)
     }
 }
 
 /// What a tap is for: which of a publisher's streams it takes (`PacketRoute`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TapKind {
-    /// A mix job: decodes what viewers get, and never another mix's output.
+    /// A mix job: what viewers get, or the pictures of what is transcoded; never another mix's
+    /// output.
     Mix,
     /// A relay: keeps an H.264 original (B-frames and all), mixes' output included.
     Relay,
@@ -117,10 +125,21 @@ impl TapKind {
     pub(crate) fn takes(self, route: PacketRoute, from_mix: bool) -> bool {
         use PacketRoute::*;
         match self {
-            TapKind::Mix => !from_mix && matches!(route, All | Viewers | ViewersAndRelays),
-            TapKind::Relay => matches!(route, All | Outputs | ViewersAndRelays),
-            TapKind::Recording => matches!(route, All | Outputs | Recordings),
+            TapKind::Mix => !from_mix && matches!(route, All | Pictures),
+            TapKind::Relay => matches!(route, All | Outputs | ViewersAndRelays | AllButMixes),
+            TapKind::Recording => matches!(route, All | Outputs | Recordings | AllButMixes),
         }
+    }
+}
+
+/// A decoded picture an ingest's transcoder shares with mix jobs (a reference to the decoder's
+/// buffer, not a copy).
+#[derive(Clone)]
+pub struct SharedPicture(pub Arc<tessera_transcode::ff::frame::Video>);
+
+impl std::fmt::Debug for SharedPicture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "SharedPicture({}x{})", self.0.width(), self.0.height())
     }
 }
 
@@ -143,6 +162,8 @@ pub struct IngestPacket {
     /// Video with B-frames (`PacketRoute::Outputs`): presentation minus decode time in ms; the
     /// RTP timestamp is then the decode time. 0 otherwise.
     pub composition_ms: i32,
+    /// `PacketRoute::Pictures`: the picture (no payload).
+    pub picture: Option<SharedPicture>,
 }
 
 /// A publisher as the MCU sees it (`Sfu::room_publishers`).
@@ -171,6 +192,8 @@ pub struct TapPacket {
     /// As `IngestPacket::composition_ms`: the ts is the decode time, this is added for the
     /// presentation time (B-frame originals for relays and recordings).
     pub composition_ms: i32,
+    /// A transcoded publisher's decoded picture, for mix jobs (no payload then).
+    pub picture: Option<SharedPicture>,
 }
 
 /// What the HTTP layer learns about a session.

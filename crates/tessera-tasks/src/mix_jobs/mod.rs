@@ -108,7 +108,7 @@ pub fn view(id: &str, job: &MixJob) -> Value {
         })
         .collect();
     let s = &status.stats;
-    v["stats"] = json!({"fps": s.fps, "decode_ms_p50": s.decode_ms_p50, "compose_ms_p50": s.compose_ms_p50, "encode_ms_p50": s.encode_ms_p50, "dropped_frames": s.dropped_frames, "frames": s.frames, "cpu_cores": s.cpu_cores});
+    v["stats"] = json!({"fps": s.fps, "decode_ms_p50": s.decode_ms_p50, "compose_ms_p50": s.compose_ms_p50, "encode_ms_p50": s.encode_ms_p50, "dropped_frames": s.dropped_frames, "frames": s.frames, "shared_pictures": s.shared_pictures, "cpu_cores": s.cpu_cores});
     v["stopped_at"] = json!(status.stopped_at);
     v["leave_code"] = json!(status.leave_code);
     v["error"] = json!(status.error);
