@@ -16,7 +16,7 @@ pub fn of_packet(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
             if !start || !vp8::is_keyframe(frame) || frame.get(3..6)? != [0x9d, 0x01, 0x2a] {
                 return None;
             }
-            let w = u16::from_le_bytes([frame[6], *frame.get(7)?]) & 0x3fff;
+            let w = u16::from_le_bytes([*frame.get(6)?, *frame.get(7)?]) & 0x3fff;
             let h = u16::from_le_bytes([*frame.get(8)?, *frame.get(9)?]) & 0x3fff;
             Some((w as u32, h as u32))
         }
@@ -224,6 +224,32 @@ pub fn hevc_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hevc_sps_of_x265_and_truncations() {
+        // libx265 640x360 (the coded height 368 is cropped by the conformance window).
+        let x265_360p = [
+            0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x00, 0x3f, 0xa0, 0x05, 0x02, 0x01, 0x69, 0x65, 0x95, 0x9a, 0x49, 0x32,
+            0xbc, 0x05, 0xa0, 0x20, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x03, 0x03, 0xc1,
+        ];
+        assert_eq!(hevc_sps_size(&x265_360p), Some((640, 360)));
+        let mut au = vec![0, 0, 0, 1];
+        au.extend_from_slice(&x265_360p);
+        assert_eq!(of_packet(Codec::H265, &au), Some((640, 360)));
+        // Cut before the size fields: none; anywhere: no panic.
+        for n in 0..x265_360p.len() {
+            let size = hevc_sps_size(&x265_360p[..n]);
+            assert!(n >= 20 || size.is_none(), "{n} bytes: {size:?}");
+        }
+    }
+
+    /// Found by the `rtp` fuzz target: a VP8 keyframe cut right after its start code indexed
+    /// past its end (a remote publisher's packet, read for live stats).
+    #[test]
+    fn a_truncated_vp8_keyframe_header_is_no_size() {
+        assert_eq!(of_packet(Codec::Vp8, &[0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a]), None);
+        assert_eq!(of_packet(Codec::Vp8, &[0x10, 0x00, 0x00, 0x00, 0x9d, 0x01, 0x2a, 0x80]), None);
+    }
 
     #[test]
     fn sps_of_common_encoders() {
