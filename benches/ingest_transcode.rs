@@ -10,51 +10,16 @@
 
 use std::collections::HashMap;
 use std::time::Instant;
-use tessera_engine::ingest_transcode::{CodedFrame, IngestTranscoder, SourceVideo, TranscodeInput, TranscodeStart};
-use tessera_media::h264::{nal_type, split_annex_b, NAL_PPS, NAL_SPS};
+use tessera_engine::ingest_transcode::{CodedFrame, IngestTranscoder, SourceVideo, TranscodeInput, TranscodeStart, X264Source};
 use tessera_model::TranscodeEncoder;
-use tessera_transcode::ff;
 
 const FPS: i64 = 30;
 
 /// `seconds` of a moving test picture encoded as ffmpeg's libx264 defaults would (medium).
 fn source(width: u32, height: u32, seconds: i64) -> (Vec<u8>, Vec<CodedFrame>) {
-    use ff::format::Pixel;
-    ff::init().unwrap();
-    let codec = ff::encoder::find_by_name("libx264").expect("libx264");
-    let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().video().unwrap();
-    enc.set_width(width);
-    enc.set_height(height);
-    enc.set_format(Pixel::YUV420P);
-    enc.set_time_base((1, 1000));
-    enc.set_frame_rate(Some((FPS as i32, 1)));
-    enc.set_gop(FPS as u32 * 2);
-    enc.set_max_b_frames(3);
-    enc.set_bit_rate(width as usize * height as usize * 3);
-    let mut opts = ff::Dictionary::new();
-    opts.set("preset", "medium");
-    let mut enc = enc.open_as_with(codec, opts).unwrap();
-    let (mut sps, mut pps, mut out) = (Vec::new(), Vec::new(), Vec::new());
-    let mut collect = |enc: &mut ff::encoder::Video, out: &mut Vec<CodedFrame>| {
-        let mut packet = ff::Packet::empty();
-        while enc.receive_packet(&mut packet).is_ok() {
-            let (pts, dts) = (packet.pts().unwrap(), packet.dts().unwrap());
-            let mut data = Vec::new();
-            for n in split_annex_b(packet.data().unwrap()) {
-                match nal_type(n) {
-                    Some(NAL_SPS) => sps = n.to_vec(),
-                    Some(NAL_PPS) => pps = n.to_vec(),
-                    _ => {}
-                }
-                data.extend_from_slice(&(n.len() as u32).to_be_bytes());
-                data.extend_from_slice(n);
-            }
-            out.push(CodedFrame { data, dts_ms: (dts + 1000) as u32, cts_ms: (pts - dts) as i32, keyframe: packet.is_key() });
-        }
-    };
+    let x264 = X264Source { width, height, fps: FPS as u32, gop: FPS as u32 * 2, kbps: Some(width * height * 3 / 1000), params: "" };
     let (w, h) = (width as usize, height as usize);
-    for i in 0..seconds * FPS {
-        let mut f = ff::frame::Video::new(Pixel::YUV420P, width, height);
+    x264.encode(seconds * FPS, |i, f| {
         let sy = f.stride(0);
         let y = f.data_mut(0);
         // Diagonal stripes that move, and a bar: motion everywhere, like a camera pan.
@@ -72,14 +37,7 @@ fn source(width: u32, height: u32, seconds: i64) -> (Vec<u8>, Vec<CodedFrame>) {
                 }
             }
         }
-        f.set_pts(Some(i * 1000 / FPS));
-        enc.send_frame(&f).unwrap();
-        collect(&mut enc, &mut out);
-    }
-    enc.send_eof().unwrap();
-    collect(&mut enc, &mut out);
-    let header = tessera_rtmp::flv::avc_sequence_header(&sps, &pps);
-    (header[5..].to_vec(), out)
+    })
 }
 
 /// CPU seconds this process has used, all threads.

@@ -118,7 +118,7 @@ fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_reco
 /// and nothing else changed — Simple output mode, x264 veryfast with OBS's B-frames.
 struct Obs {
     xvfb: Child,
-    obs: Child,
+    obs: Option<Child>,
 }
 
 impl Obs {
@@ -174,26 +174,19 @@ impl Obs {
             .stderr(Stdio::null())
             .spawn()
             .expect("obs (scripts/setup.sh installs obs-studio)");
-        Obs { xvfb, obs }
+        Obs { xvfb, obs: Some(obs) }
     }
 }
 
 impl Drop for Obs {
     fn drop(&mut self) {
-        interrupt_child(&mut self.obs);
+        // OBS, like ffmpeg, stops cleanly on SIGINT.
+        if let Some(obs) = self.obs.take() {
+            interrupt(obs);
+        }
         let _ = self.xvfb.kill();
         let _ = self.xvfb.wait();
     }
-}
-
-fn interrupt_child(child: &mut Child) {
-    let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 #[test]
@@ -321,8 +314,8 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
             // The relay ends its connection, and the CDN its file.
             let r = request("DELETE", &server.url(&format!("/v1/relays/{relay_id}")), Some(&key), None, &[]);
             assert_eq!(r.status, 200, "{}", r.body);
-            if let Some(mut cdn) = receiver.take() {
-                interrupt_child(&mut cdn);
+            if let Some(cdn) = receiver.take() {
+                interrupt(cdn);
             }
         }
     }

@@ -257,36 +257,51 @@ impl IngestTranscoder {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tessera_media::h264::{depacketize, nal_type, split_annex_b, NAL_IDR, NAL_PPS, NAL_SPS};
+/// A B-frame H.264 source as RTMP would carry it, made with libx264 at `-preset medium` (its
+/// 3 B-frames and B-pyramid): for this module's tests and `benches/ingest_transcode.rs`.
+#[doc(hidden)]
+pub struct X264Source {
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub gop: u32,
+    pub kbps: Option<u32>,
+    /// `x264-params`, e.g. to pin keyframes.
+    pub params: &'static str,
+}
 
-    /// libx264 as ffmpeg runs it by default (3 B-frames, B-pyramid): `frames` pictures at 25 fps
-    /// with a keyframe every second, as (avcC, frames as RTMP carries them).
-    fn b_frame_stream(frames: i64) -> (Vec<u8>, Vec<CodedFrame>) {
+impl X264Source {
+    /// Encodes `frames` pictures that `paint(index, picture)` draws (YUV420P); returns the
+    /// `avcC` record and the frames, decode times from 1 s on.
+    pub fn encode(&self, frames: i64, mut paint: impl FnMut(i64, &mut ff::frame::Video)) -> (Vec<u8>, Vec<CodedFrame>) {
         use ff::format::Pixel;
-        ff::init().unwrap();
+        use tessera_media::h264::{nal_type, NAL_PPS, NAL_SPS};
+        ff::init().expect("FFmpeg");
         let codec = ff::encoder::find_by_name("libx264").expect("libx264");
-        let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().video().unwrap();
-        enc.set_width(320);
-        enc.set_height(240);
+        let mut enc = ff::codec::context::Context::new_with_codec(codec).encoder().video().expect("an encoder");
+        enc.set_width(self.width);
+        enc.set_height(self.height);
         enc.set_format(Pixel::YUV420P);
         enc.set_time_base((1, 1000));
-        enc.set_frame_rate(Some((25, 1)));
-        enc.set_gop(25);
+        enc.set_frame_rate(Some((self.fps as i32, 1)));
+        enc.set_gop(self.gop);
         enc.set_max_b_frames(3);
+        if let Some(kbps) = self.kbps {
+            enc.set_bit_rate(kbps as usize * 1000);
+        }
         let mut opts = ff::Dictionary::new();
         opts.set("preset", "medium");
-        opts.set("x264-params", "scenecut=0:keyint=25:min-keyint=25:b-adapt=0");
-        let mut enc = enc.open_as_with(codec, opts).unwrap();
+        if !self.params.is_empty() {
+            opts.set("x264-params", self.params);
+        }
+        let mut enc = enc.open_as_with(codec, opts).expect("libx264 opens");
         let (mut sps, mut pps, mut out) = (Vec::new(), Vec::new(), Vec::new());
         let mut collect = |enc: &mut ff::encoder::Video, out: &mut Vec<CodedFrame>| {
             let mut packet = ff::Packet::empty();
             while enc.receive_packet(&mut packet).is_ok() {
-                let (pts, dts) = (packet.pts().unwrap(), packet.dts().unwrap());
+                let (pts, dts) = (packet.pts().unwrap_or(0), packet.dts().unwrap_or(0));
                 let mut data = Vec::new();
-                for n in split_annex_b(packet.data().unwrap()) {
+                for n in split_annex_b(packet.data().unwrap_or(&[])) {
                     match nal_type(n) {
                         Some(NAL_SPS) => sps = n.to_vec(),
                         Some(NAL_PPS) => pps = n.to_vec(),
@@ -299,8 +314,29 @@ mod tests {
             }
         };
         for i in 0..frames {
-            let mut f = ff::frame::Video::new(Pixel::YUV420P, 320, 240);
-            // A bar moving over a gray that brightens: every picture differs.
+            let mut f = ff::frame::Video::new(Pixel::YUV420P, self.width, self.height);
+            paint(i, &mut f);
+            f.set_pts(Some(i * 1000 / self.fps.max(1) as i64));
+            enc.send_frame(&f).expect("a frame");
+            collect(&mut enc, &mut out);
+        }
+        enc.send_eof().expect("the end");
+        collect(&mut enc, &mut out);
+        let header = tessera_rtmp::flv::avc_sequence_header(&sps, &pps);
+        (header[5..].to_vec(), out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tessera_media::h264::{depacketize, nal_type, NAL_IDR, NAL_SPS};
+
+    /// libx264 as ffmpeg runs it by default (3 B-frames, B-pyramid): 320x240 at 25 fps with a
+    /// keyframe every second, a bar moving over a gray that brightens (every picture differs).
+    fn b_frame_stream(frames: i64) -> (Vec<u8>, Vec<CodedFrame>) {
+        let source = X264Source { width: 320, height: 240, fps: 25, gop: 25, kbps: None, params: "scenecut=0:keyint=25:min-keyint=25:b-adapt=0" };
+        source.encode(frames, |i, f| {
             for (plane, fill) in [(0usize, 60 + i as u8), (1, 128), (2, 128)] {
                 let stride = f.stride(plane);
                 let rows = if plane == 0 { 240 } else { 120 };
@@ -311,14 +347,7 @@ mod tests {
                     }
                 }
             }
-            f.set_pts(Some(i * 40));
-            enc.send_frame(&f).unwrap();
-            collect(&mut enc, &mut out);
-        }
-        enc.send_eof().unwrap();
-        collect(&mut enc, &mut out);
-        let header = tessera_rtmp::flv::avc_sequence_header(&sps, &pps);
-        (header[5..].to_vec(), out)
+        })
     }
 
     #[test]
