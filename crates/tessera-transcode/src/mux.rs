@@ -24,7 +24,7 @@ pub struct TsSegment {
 // SAFETY: the format context is owned by this value and used through `&mut self`.
 unsafe impl Send for TsSegment {}
 
-fn set_extradata(params: &mut ff::codec::Parameters, data: &[u8]) {
+pub(crate) fn set_extradata(params: &mut ff::codec::Parameters, data: &[u8]) {
     // SAFETY: extradata is allocated with FFmpeg's allocator (and padding), owned by the
     // parameters, which free it.
     unsafe {

@@ -270,17 +270,16 @@ impl VideoToH264 {
     /// frame threading would add a frame of delay per thread.
     pub fn from_config(codec: ff::codec::Id, config: &[u8], shape: TranscodeShape) -> Result<VideoToH264, TranscodeError> {
         init();
-        let c = ff::decoder::find(codec).ok_or(TranscodeError::MissingCodec("video decoder"))?;
-        let mut ctx = ff::codec::context::Context::new_with_codec(c);
-        // SAFETY: extradata is allocated with FFmpeg's allocator (and padding) and owned by the
-        // context, which frees it.
+        ff::decoder::find(codec).ok_or(TranscodeError::MissingCodec("video decoder"))?;
+        let mut params = ff::codec::Parameters::new();
+        // SAFETY: plain fields of freshly allocated parameters.
         unsafe {
-            let p = ctx.as_mut_ptr();
-            let buf = ff::ffi::av_mallocz(config.len() + ff::ffi::AV_INPUT_BUFFER_PADDING_SIZE as usize) as *mut u8;
-            std::ptr::copy_nonoverlapping(config.as_ptr(), buf, config.len());
-            (*p).extradata = buf;
-            (*p).extradata_size = config.len() as i32;
+            let p = params.as_mut_ptr();
+            (*p).codec_type = ff::ffi::AVMediaType::AVMEDIA_TYPE_VIDEO;
+            (*p).codec_id = codec.into();
         }
+        crate::mux::set_extradata(&mut params, config);
+        let mut ctx = ff::codec::context::Context::from_parameters(params)?;
         ctx.set_threading(ff::threading::Config { kind: ff::threading::Type::Slice, count: 1, ..Default::default() });
         ctx.set_time_base((1, 1000));
         let decoder = ctx.decoder().video()?;
