@@ -5,6 +5,14 @@
 
 use super::*;
 
+/// These tests transcode in real time (and run OBS, or x265 in Python): one at a time, so two of
+/// them never share the two cores CI has.
+static HEAVY: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    HEAVY.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// ffmpeg with libx264's defaults (`-preset medium`: 3 B-frames, B-pyramid, a keyframe every
 /// 250 frames) pushing a flat colour and a tone.
 fn default_x264_publisher(url: &str, seconds: u32) -> Child {
@@ -36,6 +44,7 @@ fn b_frame_facts(file: &str) -> (u64, usize, usize, usize) {
 
 #[test]
 fn a_b_frame_publish_is_transcoded_for_viewers_and_kept_whole_by_relays_and_recordings() {
+    let _turn = one_at_a_time();
     let dir = TempDir::new("bframes");
     let data = dir.path().join("data");
     let net = TestNet::new();
@@ -191,6 +200,7 @@ impl Drop for Obs {
 
 #[test]
 fn obs_with_its_default_settings_is_watched_over_whep_and_recorded_with_its_b_frames() {
+    let _turn = one_at_a_time();
     let dir = TempDir::new("obs");
     let data = dir.path().join("data");
     let net = TestNet::new();
@@ -268,6 +278,7 @@ fn enhanced_publisher(url: &str, codec: &str, seconds: u32, rgb: [u8; 3]) -> Chi
 
 #[test]
 fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_recorded_as_it_came() {
+    let _turn = one_at_a_time();
     let dir = TempDir::new("ertmp");
     let data = dir.path().join("data");
     let net = TestNet::new();
