@@ -151,14 +151,9 @@ fn parse_enhanced(frame_type: u8, packet_type: u8, rest: &[u8]) -> Result<VideoT
         match multitrack {
             // One track: FourCC, track id, the body.
             0 => (packet_type, fourcc(rest)?, rest.get(5..).ok_or(FlvError::Malformed("video"))?),
-            // Many tracks of one codec: FourCC, then (track id, size, body) each.
-            1 => {
-                let f = fourcc(rest)?;
-                let size = size24(rest.get(5..).ok_or(FlvError::Malformed("video"))?)?;
-                (packet_type, f, rest.get(8..8 + size).ok_or(FlvError::Malformed("video"))?)
-            }
-            // Many tracks, many codecs: (FourCC, track id, size, body) each.
-            2 => {
+            // Many tracks of one codec: FourCC, then (track id, size, body) each; many tracks of
+            // many codecs: (FourCC, track id, size, body) each. The first track reads the same.
+            1 | 2 => {
                 let f = fourcc(rest)?;
                 let size = size24(rest.get(5..).ok_or(FlvError::Malformed("video"))?)?;
                 (packet_type, f, rest.get(8..8 + size).ok_or(FlvError::Malformed("video"))?)

@@ -163,12 +163,18 @@ impl Sfu {
     fn tap_out(&mut self, room: &RoomKey, tp: TapPacket, route: PacketRoute) {
         let Some(taps) = self.taps.get(room) else { return };
         let from_mix = tp.user.is_mix();
-        let takers: Vec<u64> = taps.iter().filter(|(_, kind)| kind.takes(route, from_mix)).map(|(t, _)| *t).collect();
-        if let Some((last, rest)) = takers.split_last() {
-            for t in rest {
-                self.out.push_back(SfuOutput::Tap(*t, tp.clone()));
+        // Every taker but the last gets a copy, the last the packet itself; no list on this
+        // per-packet path.
+        let mut previous = None;
+        for (t, kind) in taps {
+            if kind.takes(route, from_mix) {
+                if let Some(p) = previous.replace(*t) {
+                    self.out.push_back(SfuOutput::Tap(p, tp.clone()));
+                }
             }
-            self.out.push_back(SfuOutput::Tap(*last, tp));
+        }
+        if let Some(last) = previous {
+            self.out.push_back(SfuOutput::Tap(last, tp));
         }
     }
 
