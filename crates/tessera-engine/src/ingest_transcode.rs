@@ -120,10 +120,12 @@ impl IngestTranscoder {
             route: match start.codec {
                 // Relays and recordings keep the original.
                 SourceVideo::H264 => PacketRoute::Viewers,
-                // Recordings keep the original; legacy FLV relays take H.264.
-                SourceVideo::Hevc => PacketRoute::ViewersAndRelays,
-                // Not kept (MPEG-TS segments cannot carry them): every output takes H.264.
-                SourceVideo::Av1 | SourceVideo::Vp9 => PacketRoute::AllButMixes,
+                // Recordings and E-RTMP relay targets keep the original; legacy FLV relay targets
+                // take H.264, and so do viewers that did not negotiate AV1.
+                SourceVideo::Hevc => PacketRoute::Fallback(Codec::H265),
+                SourceVideo::Av1 => PacketRoute::Fallback(Codec::Av1),
+                // Not kept: every output takes H.264.
+                SourceVideo::Vp9 => PacketRoute::AllButMixes,
             },
             video: Self::decoder(start.codec, &start.config, shape)?,
             encoder,

@@ -56,6 +56,8 @@ pub struct RtmpPublisher {
     enhanced_config: Option<(EnhancedCodec, Vec<u8>)>,
     /// An HEVC publish's original, kept for recordings: its configuration and RTP numbering.
     hevc_original: Option<(tessera_media::h265::HevcConfig, u64)>,
+    /// An AV1 publish's original, for viewers that negotiated AV1 and for outputs.
+    av1_original: Option<Av1Original>,
     /// What `onMetaData` said of the video (frame rate, kbit/s).
     metadata: (Option<f32>, Option<u32>),
     /// B-frames seen and transcoded: the original is for relays and recordings only.
@@ -77,6 +79,7 @@ impl RtmpPublisher {
             avc_config: None,
             enhanced_config: None,
             hevc_original: None,
+            av1_original: None,
             metadata: (None, None),
             transcoding: false,
             transcode: VecDeque::new(),
@@ -168,9 +171,10 @@ impl RtmpPublisher {
     }
 
     /// HEVC, AV1 or VP9 over Enhanced RTMP: WebRTC viewers get it transcoded to H.264 (whatever
-    /// the app's B-frame policy). Recordings keep an HEVC original (one packet per access unit,
-    /// parameter sets ahead of each random access point, `PacketRoute::Recordings`); AV1 and
-    /// VP9 are recorded as the H.264 re-encoding (MPEG-TS segments cannot carry them).
+    /// the app's B-frame policy), and AV1 as it is where they negotiated AV1. Recordings and
+    /// E-RTMP relay targets keep an HEVC or AV1 original (one packet per access unit, parameter
+    /// sets or the sequence header ahead of each keyframe, `PacketRoute::Outputs`); VP9 is
+    /// recorded and relayed as the H.264 re-encoding.
     fn on_enhanced(&mut self, codec: EnhancedCodec, packet: &EnhancedPacket<'_>, timestamp_ms: u32) -> Result<Vec<IngestPacket>, Refusal> {
         let source = match codec {
             EnhancedCodec::Hevc => SourceVideo::Hevc,
@@ -179,6 +183,10 @@ impl RtmpPublisher {
         };
         match packet {
             EnhancedPacket::SequenceStart(record) => {
+                if codec == EnhancedCodec::Av1 {
+                    let original = self.av1_original.get_or_insert_with(Av1Original::default);
+                    original.sequence_header = tessera_media::av1::sequence_header_of_config(record);
+                }
                 if codec == EnhancedCodec::Hevc {
                     let config = tessera_media::h265::HevcConfig::parse(record)
                         .ok_or_else(|| Refusal("codec_unsupported: the HEVC (hvc1) decoder configuration record cannot be read".into()))?;
@@ -200,6 +208,10 @@ impl RtmpPublisher {
                     }
                 }
                 self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: *composition_time_ms, keyframe: *keyframe }));
+                if let (EnhancedCodec::Av1, Some(original)) = (codec, self.av1_original.as_mut()) {
+                    let pts_ms = timestamp_ms.wrapping_add_signed(*composition_time_ms);
+                    return original.packets(data, *keyframe, pts_ms, self.video_ssrc).ok_or_else(|| Refusal("codec_unsupported: an AV1 (av01) frame's OBUs cannot be read".into()));
+                }
                 if let (EnhancedCodec::Hevc, Some((config, seq))) = (codec, self.hevc_original.as_mut()) {
                     use tessera_media::h265;
                     let nalus = tessera_media::h264::split_length_prefixed(data, config.length_size).map_err(|_| tessera_rtmp::flv::FlvError::Malformed("video"))?;
@@ -220,7 +232,7 @@ impl RtmpPublisher {
                         codec: Codec::H265,
                         payload: Arc::from(annex_b),
                         audio_level: None,
-                        route: PacketRoute::Recordings,
+                        route: PacketRoute::Outputs,
                         composition_ms: *composition_time_ms,
                         picture: None,
                     };
@@ -275,6 +287,77 @@ impl RtmpPublisher {
                     .collect())
             }
         }
+    }
+}
+
+/// An AV1 original: the sequence header from the `av1C` record (put ahead of keyframes that
+/// lack one, so every keyframe starts a decodable sequence) and the numbering of its two
+/// forms.
+#[derive(Debug, Default)]
+struct Av1Original {
+    sequence_header: Option<Vec<u8>>,
+    rtp_seq: u64,
+    outputs_seq: u64,
+}
+
+impl Av1Original {
+    /// One temporal unit: RTP for viewers that negotiated AV1, and the whole unit (no temporal
+    /// delimiter, sizes on every OBU) for relays and recordings. `None`: the OBUs do not parse.
+    fn packets(&mut self, data: &[u8], keyframe: bool, pts_ms: u32, ssrc: u32) -> Option<Vec<IngestPacket>> {
+        use tessera_media::av1;
+        let obus = av1::split_obus(data)?;
+        let mut unit = Vec::with_capacity(data.len() + 32);
+        if keyframe && !obus.iter().any(|o| o.obu_type() == av1::OBU_SEQUENCE_HEADER) {
+            unit.extend_from_slice(self.sequence_header.as_deref().unwrap_or_default());
+        }
+        for o in obus.iter().filter(|o| o.obu_type() != av1::OBU_TEMPORAL_DELIMITER) {
+            unit.push(o.header[0] | 0x02);
+            unit.extend_from_slice(&o.header[1..o.header_len]);
+            av1::write_leb128(o.payload.len() as u64, &mut unit);
+            unit.extend_from_slice(o.payload);
+        }
+        if unit.is_empty() {
+            return Some(Vec::new());
+        }
+        let ts = pts_ms.wrapping_mul(90);
+        let mut payloads = Vec::new();
+        av1::packetize(&unit, keyframe, MAX_RTP_PAYLOAD, &mut payloads)?;
+        let count = payloads.len();
+        let mut out: Vec<IngestPacket> = payloads
+            .into_iter()
+            .enumerate()
+            .map(|(i, payload)| {
+                self.rtp_seq += 1;
+                IngestPacket {
+                    ssrc,
+                    seq: self.rtp_seq,
+                    ts,
+                    marker: i + 1 == count,
+                    keyframe,
+                    codec: Codec::Av1,
+                    payload: Arc::from(payload),
+                    audio_level: None,
+                    route: PacketRoute::Viewers,
+                    composition_ms: 0,
+                    picture: None,
+                }
+            })
+            .collect();
+        self.outputs_seq += 1;
+        out.push(IngestPacket {
+            ssrc,
+            seq: self.outputs_seq,
+            ts,
+            marker: true,
+            keyframe,
+            codec: Codec::Av1,
+            payload: Arc::from(unit),
+            audio_level: None,
+            route: PacketRoute::Outputs,
+            composition_ms: 0,
+            picture: None,
+        });
+        Some(out)
     }
 }
 
@@ -370,7 +453,7 @@ mod tests {
         let out = p.on_video(&idr, 40).unwrap();
         assert_eq!(out.len(), 1, "one packet per access unit");
         let o = &out[0];
-        assert_eq!((o.codec, o.route, o.keyframe, o.marker, o.ts, o.composition_ms), (Codec::H265, PacketRoute::Recordings, true, true, 40 * 90, 33));
+        assert_eq!((o.codec, o.route, o.keyframe, o.marker, o.ts, o.composition_ms), (Codec::H265, PacketRoute::Outputs, true, true, 40 * 90, 33));
         assert_eq!(&o.payload[..], &[0, 0, 0, 1, 0x40, 1, 0, 0, 0, 1, 0x42, 1, 0, 0, 0, 1, 19 << 1, 1, 7], "parameter sets ahead of the IDR, Annex-B");
         assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Start(TranscodeStart { codec: SourceVideo::Hevc, .. }))));
         assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Frame(f)) if f.cts_ms == 33 && f.keyframe));
@@ -378,5 +461,38 @@ mod tests {
         let mut p = RtmpPublisher::new(StreamKind::Main, both, BFramePolicy::Transcode);
         let e = p.on_video(b"\x90hvc1\x01\x02", 0).unwrap_err();
         assert!(e.0.starts_with("codec_unsupported: the HEVC (hvc1)"), "{e}");
+    }
+
+    #[test]
+    fn av1_goes_to_av1_viewers_as_rtp_and_to_outputs_whole_with_its_sequence_header() {
+        let both = Privileges::from_bits(Privileges::PUBLISH_VIDEO.bits() | Privileges::PUBLISH_AUDIO.bits());
+        let mut p = RtmpPublisher::new(StreamKind::Main, both, BFramePolicy::Transcode);
+        // av1C with a sequence header OBU (type 1, sized).
+        let seq = [0x0a, 3, 0, 0, 0];
+        let mut start = b"\x90av01\x81\x08\x0c\x00".to_vec();
+        start.extend_from_slice(&seq);
+        assert!(p.on_video(&start, 0).unwrap().is_empty());
+        // A keyframe without a sequence header: a temporal delimiter, then a 3000-byte frame
+        // OBU (type 6) without a size field.
+        let mut key = b"\x91av01\x12\x00\x30".to_vec();
+        key.extend_from_slice(&[7; 3000]);
+        let out = p.on_video(&key, 40).unwrap();
+        let (rtp, outputs): (Vec<_>, Vec<_>) = out.iter().partition(|x| x.route == PacketRoute::Viewers);
+        assert!(rtp.len() >= 3 && rtp.iter().all(|x| x.codec == Codec::Av1 && x.ts == 40 * 90 && x.keyframe));
+        assert!(rtp[0].payload[0] & 0x08 != 0 && rtp.last().unwrap().marker && !rtp[0].marker);
+        assert_eq!(tessera_media::picture_size::of_packet(Codec::Av1, &rtp[0].payload), None, "this header is too short for a size");
+        assert_eq!(outputs.len(), 1);
+        let mut expected = seq.to_vec();
+        expected.extend_from_slice(&[0x32, 0xb8, 0x17]);
+        expected.extend_from_slice(&[7; 3000]);
+        assert!(outputs[0].payload[..] == expected[..], "sequence header first, no delimiter, sizes on every OBU");
+        let payloads: Vec<&[u8]> = rtp.iter().map(|x| &x.payload[..]).collect();
+        assert!(tessera_media::av1::depacketize(&payloads).unwrap()[2..] == expected[..]);
+        assert!(matches!(p.poll_transcode(), Some(TranscodeInput::Start(TranscodeStart { codec: SourceVideo::Av1, .. }))));
+        // The next frame continues both numberings; broken OBUs are refused, naming the codec.
+        let next = p.on_video(b"\xa1av01\x32\x01\x05", 73).unwrap();
+        assert_eq!(next.iter().map(|x| (x.seq, x.keyframe)).collect::<Vec<_>>(), vec![(rtp.last().unwrap().seq + 1, false), (2, false)]);
+        let e = p.on_video(b"\xa1av01\x32\x09\x05", 106).unwrap_err();
+        assert!(e.0.contains("AV1 (av01)") || e.0.contains("AV1"), "{e}");
     }
 }

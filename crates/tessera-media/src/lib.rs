@@ -3,6 +3,7 @@
 //! jitter buffer and codec bitstream helpers join this crate as the SFU and MCU land.
 
 pub mod audio_level;
+pub mod av1;
 pub mod h264;
 pub mod h265;
 pub mod picture_size;
@@ -54,7 +55,8 @@ pub enum MediaKind {
 }
 
 /// The codecs Tessera forwards. H.265 is never on the wire to a WebRTC peer: it is an RTMP
-/// publisher's original, kept for recordings while viewers get H.264.
+/// publisher's original, kept for recordings and E-RTMP relays while viewers get H.264. AV1 is
+/// an RTMP publisher's original too, which viewers that negotiated AV1 also get.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Codec {
@@ -62,6 +64,7 @@ pub enum Codec {
     H264,
     Vp8,
     H265,
+    Av1,
 }
 
 impl Codec {
@@ -81,7 +84,7 @@ impl Codec {
     pub fn kind(self) -> MediaKind {
         match self {
             Codec::Opus => MediaKind::Audio,
-            Codec::H264 | Codec::Vp8 | Codec::H265 => MediaKind::Video,
+            Codec::H264 | Codec::Vp8 | Codec::H265 | Codec::Av1 => MediaKind::Video,
         }
     }
 
@@ -89,7 +92,7 @@ impl Codec {
     pub fn clock_rate(self) -> u32 {
         match self {
             Codec::Opus => 48_000,
-            Codec::H264 | Codec::Vp8 | Codec::H265 => 90_000,
+            Codec::H264 | Codec::Vp8 | Codec::H265 | Codec::Av1 => 90_000,
         }
     }
 }

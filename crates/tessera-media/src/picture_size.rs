@@ -10,6 +10,25 @@ pub fn of_packet(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
         Codec::Opus => None,
         // An original kept for recordings: one packet holds the whole access unit.
         Codec::H265 => h264::split_annex_b(payload).into_iter().find(|n| crate::h265::nal_type(n) == Some(crate::h265::NAL_SPS)).and_then(hevc_sps_size),
+        Codec::Av1 => {
+            // The first OBU element of a packet that starts one: a sequence header (sent ahead
+            // of every keyframe).
+            let (&agg, rest) = payload.split_first()?;
+            if agg & 0x80 != 0 {
+                return None;
+            }
+            let element = if (agg >> 4) & 3 == 1 {
+                rest
+            } else {
+                let (len, n) = crate::av1::read_leb128(rest)?;
+                rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?
+            };
+            let header = *element.first()?;
+            if (header >> 3) & 0x0f != crate::av1::OBU_SEQUENCE_HEADER {
+                return None;
+            }
+            av1_sequence_size(element.get(if header & 0x04 != 0 { 2 } else { 1 }..)?)
+        }
         Codec::Vp8 => {
             let (start, frame) = vp8::depacketize(payload)?;
             // Keyframe: a 3-byte tag, the start code 9d 01 2a, then 14-bit width and height.
@@ -66,10 +85,69 @@ impl Bits {
         }
         Some(((1u64 << zeros) - 1 + self.bits(zeros)? as u64).min(u32::MAX as u64) as u32)
     }
+    /// AV1's uvlc() (§4.10.3).
+    fn ue_uvlc(&mut self) -> Option<u32> {
+        let mut zeros = 0;
+        while self.bit()? == 0 {
+            zeros += 1;
+            if zeros >= 32 {
+                return None;
+            }
+        }
+        self.bits(zeros)
+    }
     fn se(&mut self) -> Option<i64> {
         let k = self.ue()? as i64;
         Some(if k % 2 == 1 { (k + 1) / 2 } else { -(k / 2) })
     }
+}
+
+/// The largest frame size an AV1 sequence header allows (AV1 §5.5.1): what encoders set to the
+/// stream's size.
+pub fn av1_sequence_size(obu: &[u8]) -> Option<(u32, u32)> {
+    let mut r = Bits { data: obu.iter().take(64).copied().collect(), pos: 0 };
+    r.bits(3)?; // seq_profile
+    r.bits(1)?; // still_picture
+    if r.bit()? == 1 {
+        r.bits(5)?; // reduced still picture header: seq_level_idx
+    } else {
+        let mut buffer_delay_bits = 0;
+        let decoder_model = if r.bit()? == 1 {
+            r.bits(32)?;
+            r.bits(32)?;
+            if r.bit()? == 1 {
+                r.ue_uvlc()?;
+            }
+            let present = r.bit()? == 1;
+            if present {
+                buffer_delay_bits = r.bits(5)? + 1;
+                r.bits(32)?;
+                r.bits(10)?;
+            }
+            present
+        } else {
+            false
+        };
+        let initial_display_delay = r.bit()? == 1;
+        let operating_points = r.bits(5)? + 1;
+        for _ in 0..operating_points {
+            r.bits(12)?;
+            if r.bits(5)? > 7 {
+                r.bits(1)?;
+            }
+            if decoder_model && r.bit()? == 1 {
+                r.bits(buffer_delay_bits)?;
+                r.bits(buffer_delay_bits)?;
+                r.bits(1)?;
+            }
+            if initial_display_delay && r.bit()? == 1 {
+                r.bits(4)?;
+            }
+        }
+    }
+    let width_bits = r.bits(4)? + 1;
+    let height_bits = r.bits(4)? + 1;
+    Some((r.bits(width_bits)? + 1, r.bits(height_bits)? + 1))
 }
 
 /// Width and height from an SPS NAL unit (ITU-T H.264 §7.3.2.1.1), cropping applied.
@@ -224,6 +302,26 @@ pub fn hevc_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn av1_sequence_headers_of_svt_and_aom_and_their_rtp_packets() {
+        // SVT-AV1 640x360 and libaom 1280x720 (4:4:4, profile 1), from `ffmpeg -f obu`.
+        let svt = [0x00, 0x00, 0x00, 0x0c, 0xc4, 0xff, 0x67, 0x3e, 0xfe, 0x40, 0x10];
+        let aom = [0x20, 0x00, 0x00, 0x2d, 0x4c, 0xff, 0xb3, 0xcc, 0xaf, 0x92, 0x02, 0x1a, 0x00, 0x40];
+        assert_eq!(av1_sequence_size(&svt), Some((640, 360)));
+        assert_eq!(av1_sequence_size(&aom), Some((1280, 720)));
+        for n in 0..svt.len() {
+            assert!(matches!(av1_sequence_size(&svt[..n]), None | Some((640, 360))), "cut at {n}");
+        }
+        assert_eq!(av1_sequence_size(&svt[..4]), None);
+        let mut tu = vec![0x12, 0x00, 0x0a, svt.len() as u8];
+        tu.extend_from_slice(&svt);
+        tu.extend_from_slice(&[0x32, 0x03, 1, 2, 3]);
+        let mut packets = Vec::new();
+        crate::av1::packetize(&tu, true, 1200, &mut packets).unwrap();
+        assert_eq!(of_packet(Codec::Av1, &packets[0]), Some((640, 360)));
+        assert_eq!(of_packet(Codec::Av1, &[0x80, 2, 0x0a, 0]), None, "a continuation");
+    }
 
     #[test]
     fn hevc_sps_of_x265_and_truncations() {

@@ -68,7 +68,7 @@ impl Peer {
 }
 
 /// The str0m peer Tessera runs: ICE-lite, RTP mode, Opus and H.264 (or VP8 first when the
-/// client prefers it), with bandwidth estimation when it plays to the client.
+/// client prefers it), with AV1 and bandwidth estimation when it plays to the client.
 fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
     let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
     if !h264_first {
@@ -81,6 +81,9 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Ins
         config = config.enable_vp8(true);
     }
     if role == PeerRole::Play {
+        // Only for peers the server sends to: a viewer that negotiates AV1 gets an RTMP
+        // publisher's AV1 original as it is (no WebRTC publisher is answered with AV1).
+        config = config.enable_av1(true);
         // Transport-wide congestion control drives the simulcast layer of each viewer.
         config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
     }

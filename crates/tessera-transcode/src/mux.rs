@@ -48,12 +48,25 @@ impl TsSegment {
         Self::create_as(path, "mpegts", ff::codec::Id::HEVC, video, audio)
     }
 
+    /// A self-initializing fragmented MP4 segment with AV1 video (an AV1 publisher's original,
+    /// which MPEG-TS cannot carry): `ftyp` and `moov`, then a fragment per keyframe, decode
+    /// times on the task clock (`tfdt`), so segments play one after another in an HLS playlist
+    /// that names each one's own init section (`fmp4_init_len`). `sequence_header` is the AV1
+    /// sequence header OBU, from which the `av1C` box is built.
+    pub fn create_av1_fmp4(path: &Path, video: (u32, u32), sequence_header: &[u8], audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+        Self::create_with(path, "mp4", ff::codec::Id::AV1, Some(video), Some(sequence_header), audio)
+    }
+
     /// The same for an MP4 (`moov` first): `tessera merge`'s output.
     pub fn create_mp4(path: &Path, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
         Self::create_as(path, "mp4", ff::codec::Id::H264, video, audio)
     }
 
     fn create_as(path: &Path, format: &str, video_codec: ff::codec::Id, video: Option<(u32, u32)>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+        Self::create_with(path, format, video_codec, video, None, audio)
+    }
+
+    fn create_with(path: &Path, format: &str, video_codec: ff::codec::Id, video: Option<(u32, u32)>, extradata: Option<&[u8]>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
         init();
         let mut output = ff::format::output_as(path, format)?;
         let mut video_index = None;
@@ -68,6 +81,9 @@ impl TsSegment {
                 (*p).codec_id = video_codec.into();
                 (*p).width = w as i32;
                 (*p).height = h as i32;
+            }
+            if let Some(e) = extradata {
+                set_extradata(&mut params, e);
             }
             s.set_parameters(params);
             s.set_time_base((1, 90_000));
@@ -93,6 +109,11 @@ impl TsSegment {
         let mut opts = ff::Dictionary::new();
         if format == "mpegts" {
             opts.set("mpegts_start_pid", if video.is_none() { "257" } else { "256" });
+        } else if extradata.is_some() {
+            // The first fragment's tfdt is its packets' time, not zero: fragmented output would
+            // otherwise shift the segment to start at zero (avoid_negative_ts make_zero).
+            opts.set("movflags", "+frag_keyframe+empty_moov+default_base_moof+frag_discont");
+            opts.set("avoid_negative_ts", "make_non_negative");
         } else {
             opts.set("movflags", "+faststart");
         }
@@ -131,6 +152,31 @@ impl TsSegment {
         self.output.write_trailer()?;
         Ok(())
     }
+}
+
+/// The length of a fragmented MP4's init section (its leading `ftyp` and `moov` boxes), for
+/// `#EXT-X-MAP:BYTERANGE`; `None` when the file does not start with them.
+pub fn fmp4_init_len(path: &Path) -> Option<u64> {
+    use std::io::{Read, Seek, SeekFrom};
+    let mut f = std::fs::File::open(path).ok()?;
+    let mut at = 0u64;
+    let mut seen_moov = false;
+    loop {
+        let mut header = [0u8; 8];
+        f.seek(SeekFrom::Start(at)).ok()?;
+        if f.read_exact(&mut header).is_err() {
+            break;
+        }
+        let size = u32::from_be_bytes(header[..4].try_into().ok()?) as u64;
+        match &header[4..] {
+            b"ftyp" | b"moov" if size >= 8 => {
+                seen_moov |= &header[4..] == b"moov";
+                at += size;
+            }
+            _ => break,
+        }
+    }
+    seen_moov.then_some(at)
 }
 
 /// Remuxes playlists (or any inputs) into one MP4 with `moov` first: every stream of every input
@@ -516,6 +562,71 @@ mod tests {
             frames += usize::from(p.stream() == video);
         }
         assert_eq!(frames, 150);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    /// AV1 packets of a clip the ffmpeg CLI encodes (SVT-AV1), with their keyframe flags.
+    fn av1_clip(dir: &Path) -> Vec<(Vec<u8>, bool)> {
+        let clip = dir.join("clip.mkv");
+        let made = std::process::Command::new("ffmpeg")
+            .args(["-hide_banner", "-loglevel", "error", "-y", "-f", "lavfi", "-i", "testsrc=size=320x180:rate=25", "-t", "4", "-c:v", "libsvtav1", "-g", "25", "-preset", "12"])
+            .arg(&clip)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut input = ff::format::input(&clip).unwrap();
+        let mut out = Vec::new();
+        while let Some(p) = read_one(&mut input) {
+            out.push((p.data().unwrap().to_vec(), p.is_key()));
+        }
+        out
+    }
+
+    #[test]
+    fn av1_fragmented_segments_keep_their_time_and_join_through_an_hls_playlist() {
+        let dir = std::env::temp_dir().join(format!("tessera-mux-av1-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let packets = av1_clip(&dir);
+        assert_eq!(packets.len(), 100);
+        let seq = {
+            let key = &packets[0].0;
+            // The sequence header OBU (type 1) with its size field, as the recording takes it.
+            let at = (0..key.len()).find(|&i| key[i] >> 3 & 0x0f == 1 && key[i] & 0x02 != 0).unwrap();
+            let len = key[at + 1] as usize;
+            key[at..at + 2 + len].to_vec()
+        };
+        let mut playlist = String::from("#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-TARGETDURATION:3\n");
+        for (n, chunk) in packets.chunks(50).enumerate() {
+            let path = dir.join(format!("s{n}.m4s"));
+            let mut seg = TsSegment::create_av1_fmp4(&path, (320, 180), &seq, None).unwrap();
+            for (i, (data, key)) in chunk.iter().enumerate() {
+                seg.write_video(data, 5_000 + (n * 50 + i) as i64 * 40, 0, *key).unwrap();
+            }
+            seg.finish().unwrap();
+            let init = fmp4_init_len(&path).unwrap();
+            let len = std::fs::metadata(&path).unwrap().len();
+            // Each segment alone is an MP4 whose time goes on from the last one's.
+            let mut input = ff::format::input(&path).unwrap();
+            let first = read_one(&mut input).unwrap();
+            let tb = input.stream(0).unwrap().time_base();
+            let start = first.dts().unwrap() as f64 * tb.numerator() as f64 / tb.denominator() as f64;
+            assert!((start - (5.0 + n as f64 * 2.0)).abs() < 0.05, "segment {n} starts at {start}");
+            playlist.push_str(&format!("#EXT-X-MAP:URI=\"s{n}.m4s\",BYTERANGE=\"{init}@0\"\n#EXT-X-BYTERANGE:{}@{init}\n#EXTINF:2.000,\ns{n}.m4s\n", len - init));
+        }
+        playlist.push_str("#EXT-X-ENDLIST\n");
+        let m3u8 = dir.join("a.m3u8");
+        std::fs::write(&m3u8, playlist).unwrap();
+        let mp4 = dir.join("a.mp4");
+        let duration = remux_to_mp4(&[&m3u8], &mp4).unwrap();
+        assert!((duration - 4.0).abs() < 0.1, "{duration}");
+        let mut input = ff::format::input(&mp4).unwrap();
+        assert_eq!(input.streams().best(ff::media::Type::Video).unwrap().parameters().id(), ff::codec::Id::AV1);
+        let mut count = 0;
+        while read_one(&mut input).is_some() {
+            count += 1;
+        }
+        assert_eq!(count, 100);
+        assert_eq!(fmp4_init_len(&m3u8), None);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -592,9 +592,9 @@ fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
             let key = tessera_media::vp8::is_keyframe(&frame);
             (frame, key, VideoCodec::Vp8)
         }
-        // H.265 is an original only recordings take (`TapKind::Recording`); a mix's tap never
-        // gets it.
-        Codec::Opus | Codec::H265 => return false,
+        // H.265 and AV1 are originals only outputs and viewers take; a mix's tap never gets
+        // them (it takes the decoded pictures).
+        Codec::Opus | Codec::H265 | Codec::Av1 => return false,
     };
     if v.waiting_keyframe && !keyframe {
         return false;

@@ -69,7 +69,7 @@ impl FlvProducer {
             Codec::H264 | Codec::Vp8 if self.media.video() => {
                 let (nalus, keyframe, ms, cts_ms) = match self.video.push(p, arrival_ms)? {
                     // Relays take H.264 only (`TapKind::Relay`).
-                    VideoUnit::Unit { hevc: true, .. } => return Ok(()),
+                    VideoUnit::Unit { codec: Codec::H265 | Codec::Av1, .. } => return Ok(()),
                     VideoUnit::Unit { nalus, keyframe, ms, cts_ms, .. } => (nalus, keyframe, ms, cts_ms),
                     VideoUnit::Lost => {
                         out.push(FlvTag::KeyframeWanted);
@@ -115,6 +115,7 @@ mod tests {
             audio_level: None,
             composition_ms: 0,
             picture: None,
+            fallback_for: None,
         }
     }
 

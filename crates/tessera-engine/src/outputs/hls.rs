@@ -40,6 +40,8 @@ pub struct Playlist {
     lines: Vec<String>,
     discontinuity: bool,
     segments: usize,
+    /// Some segment names its init section (`#EXT-X-MAP`): version 6.
+    maps: bool,
 }
 
 impl Playlist {
@@ -61,13 +63,29 @@ impl Playlist {
         self.segments += 1;
     }
 
+    /// A self-initializing fragmented MP4 segment of `len` bytes whose first `init` bytes are
+    /// its init section (`ftyp`, `moov`): HLS v6's `#EXT-X-MAP` and `#EXT-X-BYTERANGE`, so
+    /// each segment is also an MP4 file that plays alone.
+    pub fn add_segment_with_init(&mut self, name: &str, duration_ms: i64, init: u64, len: u64) {
+        self.maps = true;
+        if std::mem::take(&mut self.discontinuity) {
+            self.lines.push("#EXT-X-DISCONTINUITY".into());
+        }
+        self.lines.push(format!("#EXT-X-MAP:URI=\"{name}\",BYTERANGE=\"{init}@0\""));
+        self.lines.push(format!("#EXTINF:{:.3},", duration_ms as f64 / 1000.0));
+        self.lines.push(format!("#EXT-X-BYTERANGE:{}@{init}", len.saturating_sub(init)));
+        self.lines.push(name.to_owned());
+        self.segments += 1;
+    }
+
     pub fn segments(&self) -> usize {
         self.segments
     }
 
     /// The playlist as written; `end` closes it (`#EXT-X-ENDLIST`).
     pub fn text(&self, end: bool) -> String {
-        let mut t = format!("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:{}\n", self.target_s);
+        let version = if self.maps { 6 } else { 3 };
+        let mut t = format!("#EXTM3U\n#EXT-X-VERSION:{version}\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:{}\n", self.target_s);
         if let Some(s) = self.start_rec_time {
             t.push_str(&format!("#EXT-X-TRTC-START-REC-TIME:{s}\n"));
         }
@@ -187,6 +205,14 @@ mod tests {
              #EXTINF:6.000,\na_1.ts\n#EXT-X-DISCONTINUITY\n#EXTINF:2.345,\na_2.ts\n#EXT-X-ENDLIST\n"
         );
         assert!(!p.text(false).contains("ENDLIST"));
+        // An AV1 original's fragmented MP4 segments name their own init sections.
+        let mut p = Playlist::new(6);
+        p.add_segment_with_init("b_1.m4s", 2_000, 700, 9_000);
+        assert_eq!(
+            p.text(false),
+            "#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:6\n\
+             #EXT-X-MAP:URI=\"b_1.m4s\",BYTERANGE=\"700@0\"\n#EXTINF:2.000,\n#EXT-X-BYTERANGE:8300@700\nb_1.m4s\n"
+        );
     }
 
     #[test]

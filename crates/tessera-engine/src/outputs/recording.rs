@@ -440,6 +440,7 @@ mod tests {
             audio_level: None,
             composition_ms: 0,
             picture: None,
+            fallback_for: None,
         };
         let mut publishers: Vec<PublisherInfo> = (0..30).map(|i| publisher(&format!("u{i}"))).collect();
         publishers.insert(0, publisher("mix_j"));

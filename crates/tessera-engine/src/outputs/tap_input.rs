@@ -50,7 +50,7 @@ pub enum VideoUnit {
     Lost,
     /// A whole access unit as NAL units, stamped `ms` (its decode time), shown `cts_ms` later
     /// (B-frame originals; 0 otherwise). H.264, or H.265 (an original kept for recordings).
-    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64, cts_ms: i32, hevc: bool },
+    Unit { nalus: Vec<Vec<u8>>, keyframe: bool, ms: i64, cts_ms: i32, codec: Codec },
 }
 
 /// Access-unit reassembly and, for VP8, the transcode to H.264.
@@ -92,6 +92,8 @@ impl VideoInput {
             },
             // An H.265 original comes as whole access units in Annex-B form.
             Codec::H265 => unit.iter().flat_map(|x| h264::split_annex_b(x).into_iter().map(|n| n.to_vec()).collect::<Vec<_>>()).collect(),
+            // So does an AV1 original: one temporal unit, OBUs with size fields.
+            Codec::Av1 => unit.iter().map(|x| x.to_vec()).collect(),
             Codec::Opus => return Ok(VideoUnit::None),
         };
         if nalus.is_empty() {
@@ -99,13 +101,15 @@ impl VideoInput {
         }
         let keyframe = match p.codec {
             Codec::H265 => nalus.iter().any(|n| tessera_media::h265::is_irap(n)),
+            // The publisher puts the sequence header ahead of every keyframe.
+            Codec::Av1 => nalus.iter().any(|n| tessera_media::av1::has_sequence_header(n)),
             _ => nalus.iter().any(|n| nal_type(n) == Some(h264::NAL_IDR)),
         };
         if self.waiting_keyframe && !keyframe {
             return Ok(VideoUnit::Lost);
         }
         self.waiting_keyframe = false;
-        Ok(VideoUnit::Unit { nalus, keyframe, ms, cts_ms: p.composition_ms.max(0), hevc: p.codec == Codec::H265 })
+        Ok(VideoUnit::Unit { nalus, keyframe, ms, cts_ms: p.composition_ms.max(0), codec: if p.codec == Codec::Vp8 { Codec::H264 } else { p.codec } })
     }
 
     /// VP8 is decoded and re-encoded at its own size, at most 4 Mbit/s.
@@ -201,6 +205,7 @@ mod tests {
             audio_level: None,
             composition_ms: 0,
             picture: None,
+            fallback_for: None,
         }
     }
 

@@ -5,6 +5,7 @@
 
 use super::allocator::LayerChoice;
 use super::producer::FwdPacket;
+use super::types::PacketRoute;
 use crate::forward::{FrameGate, Gate, SeqTsRewriter};
 use std::time::{Duration, Instant};
 use tessera_media::{Codec, StreamKind};
@@ -86,6 +87,12 @@ impl Consumer {
     /// that cache), given the packets waiting in this consumer's send queue.
     pub(super) fn route(&mut self, fp: &FwdPacket, pub_id: u64, internal: bool, replaying: bool, queued: usize, now: Instant) -> Route {
         let Some(pt) = self.pts.iter().find(|(x, _)| *x == fp.codec).map(|(_, p)| *p) else { return Route::Skip };
+        // A viewer that takes the original (AV1) does not also take its H.264 re-encoding.
+        if let PacketRoute::Fallback(original) = fp.route {
+            if self.pts.iter().any(|(x, _)| *x == original) {
+                return Route::Skip;
+            }
+        }
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
         if self.current != Some(this) {
@@ -232,5 +239,19 @@ mod tests {
         let mut p = packet(1, true, true, None);
         p.codec = Codec::Vp8;
         assert_eq!(c.route(&p, 1, false, false, 0, now), Route::Skip);
+    }
+
+    #[test]
+    fn a_viewer_that_negotiated_av1_takes_the_original_and_not_its_h264_re_encoding() {
+        let now = Instant::now();
+        let source = (UserId::parse("u").unwrap(), StreamKind::Main);
+        let fallback = |seq| FwdPacket { route: PacketRoute::Fallback(Codec::Av1), ssrc: 9, ..packet(seq, true, true, None) };
+        let original = |seq| FwdPacket { route: PacketRoute::Viewers, codec: Codec::Av1, ..packet(seq, true, true, None) };
+        let mut both = Consumer::new("0".into(), source.clone(), MediaKind::Video, true, vec![(Codec::H264, 102.into()), (Codec::Av1, 45.into())]);
+        assert_eq!(both.route(&fallback(1), 1, true, false, 0, now), Route::Skip);
+        assert!(matches!(both.route(&original(1), 1, true, false, 0, now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
+        let mut h264 = video();
+        assert!(matches!(h264.route(&fallback(1), 1, true, false, 0, now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
+        assert_eq!(h264.route(&original(2), 1, true, false, 0, now), Route::Skip);
     }
 }

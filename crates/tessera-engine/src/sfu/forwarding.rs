@@ -160,8 +160,11 @@ impl Sfu {
     }
 
     /// Hands a packet to the room's taps that take its route (a mix job's tap skips mixes).
-    fn tap_out(&mut self, room: &RoomKey, tp: TapPacket, route: PacketRoute) {
+    fn tap_out(&mut self, room: &RoomKey, mut tp: TapPacket, route: PacketRoute) {
         let Some(taps) = self.taps.get(room) else { return };
+        if let PacketRoute::Fallback(original) = route {
+            tp.fallback_for = Some(original);
+        }
         let from_mix = tp.user.is_mix();
         // Every taker but the last gets a copy, the last the packet itself; no list on this
         // per-packet path.
@@ -197,6 +200,7 @@ impl Sfu {
                 audio_level: fp.ext.audio_level.map(|l| l.unsigned_abs().min(127)),
                 composition_ms: 0,
                 picture: None,
+                fallback_for: None,
             };
             self.tap_out(room, tp, fp.route);
         }
@@ -255,7 +259,7 @@ impl Sfu {
             self.request_keyframe(pub_id, fp.mid, rid, now);
         }
         for vid in need_gop {
-            let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.packets().to_vec()).unwrap_or_default();
+            let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.packets()).unwrap_or_default();
             // The GOP starts with a keyframe: the replay begins at a frame, whatever the live
             // packets did before. A viewer whose queue has no room for a keyframe waits for the
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
@@ -343,6 +347,7 @@ impl Sfu {
                 audio_level: None,
                 composition_ms: packet.composition_ms,
                 picture: packet.picture,
+                fallback_for: None,
             };
             self.tap_out(&room, tp, packet.route);
             return;

@@ -107,9 +107,16 @@ pub(super) struct InternalPublisher {
 }
 
 /// The video since the last keyframe, so a viewer that starts mid-GOP gets a picture at once
-/// (an ingest cannot be asked for a keyframe); at most 4 s or 8 MiB (PRODUCT.md §6.3).
+/// (an ingest cannot be asked for a keyframe); at most 4 s or 8 MiB (PRODUCT.md §6.3). An
+/// ingest that sends viewers two streams (an AV1 original and its H.264 re-encoding) has a GOP
+/// of each: their keyframes do not line up.
 #[derive(Debug, Default)]
 pub(super) struct GopCache {
+    streams: Vec<(Codec, Gop)>,
+}
+
+#[derive(Debug, Default)]
+struct Gop {
     packets: Vec<FwdPacket>,
     bytes: usize,
     started: Option<Instant>,
@@ -119,26 +126,35 @@ impl GopCache {
     /// Notes one video packet: a keyframe starts a new GOP; a GOP past the bounds is dropped
     /// (until the next keyframe).
     pub(super) fn push(&mut self, fp: &FwdPacket, now: Instant) {
-        if fp.keyframe && self.packets.last().is_none_or(|l| !l.keyframe || l.ts != fp.ts) {
-            self.packets.clear();
-            self.bytes = 0;
-            self.started = Some(now);
+        let i = match self.streams.iter().position(|(c, _)| *c == fp.codec) {
+            Some(i) => i,
+            None => {
+                self.streams.push((fp.codec, Gop::default()));
+                self.streams.len() - 1
+            }
+        };
+        let gop = &mut self.streams[i].1;
+        if fp.keyframe && gop.packets.last().is_none_or(|l| !l.keyframe || l.ts != fp.ts) {
+            gop.packets.clear();
+            gop.bytes = 0;
+            gop.started = Some(now);
         }
-        if self.packets.is_empty() && !fp.keyframe {
+        if gop.packets.is_empty() && !fp.keyframe {
             return;
         }
-        let young = self.started.is_some_and(|s| now.duration_since(s) <= GOP_CACHE_AGE);
-        if self.bytes + fp.payload.len() <= GOP_CACHE_BYTES && young {
-            self.bytes += fp.payload.len();
-            self.packets.push(fp.clone());
+        let young = gop.started.is_some_and(|s| now.duration_since(s) <= GOP_CACHE_AGE);
+        if gop.bytes + fp.payload.len() <= GOP_CACHE_BYTES && young {
+            gop.bytes += fp.payload.len();
+            gop.packets.push(fp.clone());
         } else {
-            self.packets.clear();
-            self.bytes = 0;
+            gop.packets.clear();
+            gop.bytes = 0;
         }
     }
 
-    pub(super) fn packets(&self) -> &[FwdPacket] {
-        &self.packets
+    /// The cached packets, one stream's GOP after the other's.
+    pub(super) fn packets(&self) -> Vec<FwdPacket> {
+        self.streams.iter().flat_map(|(_, g)| g.packets.iter().cloned()).collect()
     }
 }
 
@@ -167,6 +183,9 @@ pub(super) fn to_codec(c: WireCodec) -> Option<Codec> {
         WireCodec::Opus => Some(Codec::Opus),
         WireCodec::H264 => Some(Codec::H264),
         WireCodec::Vp8 => Some(Codec::Vp8),
+        // Only a viewer negotiates it (an RTMP publisher's AV1 original); no WebRTC publisher
+        // is answered with it.
+        WireCodec::Av1 => Some(Codec::Av1),
         _ => None,
     }
 }
@@ -183,6 +202,8 @@ pub(super) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
         Codec::Opus => true,
         // Never forwarded to viewers (a recording's original).
         Codec::H265 => false,
+        // N: the packet starts a coded video sequence.
+        Codec::Av1 => payload.first().is_some_and(|a| a & 0x08 != 0),
     }
 }
 

@@ -80,24 +80,24 @@ pub struct SfuStats {
 /// Who an internal publisher's packet is for. A publisher whose video WebRTC cannot take as it
 /// is (H.264 with B-frames, HEVC, AV1, VP9) sends several streams under one name: a re-encoded
 /// one for viewers, its decoded pictures for mix jobs (which need not decode it again), and its
-/// original for the outputs that can keep it.
+/// original for the outputs (and the viewers) that can take it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum PacketRoute {
     /// Viewers and every tap.
     #[default]
     All,
-    /// WebRTC viewers only (H.264 re-encoded from B-frames: relays and recordings keep the
-    /// original, mixes take the pictures).
+    /// WebRTC viewers only: H.264 re-encoded from B-frames (relays and recordings keep the
+    /// original, mixes take the pictures), or an AV1 original as RTP (only viewers that
+    /// negotiated AV1 take it).
     Viewers,
-    /// Viewers and relays (H.264 re-encoded from HEVC: what legacy FLV takes).
-    ViewersAndRelays,
-    /// Viewers, relays and recordings (H.264 re-encoded from AV1 or VP9, whose originals are not
-    /// kept).
+    /// H.264 re-encoded from an original in this codec (HEVC, AV1): for viewers that did not
+    /// negotiate that codec, and for relay targets that cannot take it (legacy FLV).
+    Fallback(Codec),
+    /// Viewers, relays and recordings (H.264 re-encoded from VP9, whose original is not kept).
     AllButMixes,
-    /// Relays and recordings (the H.264 original with B-frames).
+    /// Relays and recordings: the original of a transcoded publisher (H.264 with B-frames, or an
+    /// HEVC or AV1 access unit, which only E-RTMP relay targets take).
     Outputs,
-    /// Recordings only (the HEVC original).
-    Recordings,
     /// Mix jobs only: a decoded picture (`IngestPacket::picture`).
     Pictures,
 }
@@ -105,7 +105,7 @@ pub enum PacketRoute {
 impl PacketRoute {
     /// Whether viewers (and the GOP cache) get it.
     pub(crate) fn to_viewers(self) -> bool {
-        matches!(self, PacketRoute::All | PacketRoute::Viewers | PacketRoute::ViewersAndRelays | PacketRoute::AllButMixes)
+        matches!(self, PacketRoute::All | PacketRoute::Viewers | PacketRoute::Fallback(_) | PacketRoute::AllButMixes)
     }
 }
 
@@ -115,9 +115,10 @@ pub enum TapKind {
     /// A mix job: what viewers get, or the pictures of what is transcoded; never another mix's
     /// output.
     Mix,
-    /// A relay: keeps an H.264 original (B-frames and all), mixes' output included.
+    /// A relay: keeps an original (H.264 with B-frames; HEVC and AV1 for E-RTMP targets, the
+    /// H.264 fallback for the others), mixes' output included.
     Relay,
-    /// A recording: keeps the original (H.264 with B-frames, HEVC), mixes' output included.
+    /// A recording: keeps the original (H.264 with B-frames, HEVC, AV1), mixes' output included.
     Recording,
 }
 
@@ -126,8 +127,8 @@ impl TapKind {
         use PacketRoute::*;
         match self {
             TapKind::Mix => !from_mix && matches!(route, All | Pictures),
-            TapKind::Relay => matches!(route, All | Outputs | ViewersAndRelays | AllButMixes),
-            TapKind::Recording => matches!(route, All | Outputs | Recordings | AllButMixes),
+            TapKind::Relay => matches!(route, All | Outputs | Fallback(_) | AllButMixes),
+            TapKind::Recording => matches!(route, All | Outputs | AllButMixes),
         }
     }
 }
@@ -194,6 +195,9 @@ pub struct TapPacket {
     pub composition_ms: i32,
     /// A transcoded publisher's decoded picture, for mix jobs (no payload then).
     pub picture: Option<SharedPicture>,
+    /// H.264 re-encoded from an original in this codec, which the tap also gets: a relay
+    /// target that takes the original skips it.
+    pub fallback_for: Option<Codec>,
 }
 
 /// What the HTTP layer learns about a session.

@@ -18,14 +18,19 @@ pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
     if let Ok(entries) = std::fs::read_dir(spool) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(segment) = name.strip_suffix(".part").filter(|n| n.ends_with(".ts")) else {
+            let Some(segment) = name.strip_suffix(".part").filter(|n| n.ends_with(".ts") || n.ends_with(".m4s")) else {
                 let _ = std::fs::remove_file(e.path());
                 continue;
             };
             let len = std::fs::metadata(e.path()).map(|m| m.len()).unwrap_or(0);
-            let whole = len - len % 188;
-            let duration = if whole >= 188 * 8 {
-                let _ = std::fs::OpenOptions::new().write(true).open(e.path()).and_then(|f| f.set_len(whole));
+            // A TS is cut to whole packets; a fragmented MP4 reads up to its last whole fragment.
+            let fmp4 = segment.ends_with(".m4s");
+            let whole = if fmp4 { len } else { len - len % 188 };
+            let init = if fmp4 { tessera_transcode::mux::fmp4_init_len(&e.path()) } else { Some(0) };
+            let duration = if whole >= 188 * 8 && init.is_some() {
+                if !fmp4 {
+                    let _ = std::fs::OpenOptions::new().write(true).open(e.path()).and_then(|f| f.set_len(whole));
+                }
                 tessera_transcode::mux::probe_duration(&e.path()).filter(|d| *d > 0.0)
             } else {
                 None
@@ -38,7 +43,13 @@ pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
                         continue;
                     }
                     text = text.replace("#EXT-X-ENDLIST\n", "");
-                    text.push_str(&format!("#EXTINF:{d:.3},\n{segment}\n"));
+                    match init.filter(|_| fmp4) {
+                        Some(init) => text.push_str(&format!(
+                            "#EXT-X-MAP:URI=\"{segment}\",BYTERANGE=\"{init}@0\"\n#EXTINF:{d:.3},\n#EXT-X-BYTERANGE:{}@{init}\n{segment}\n",
+                            whole - init
+                        )),
+                        None => text.push_str(&format!("#EXTINF:{d:.3},\n{segment}\n")),
+                    }
                     let _ = write_atomic(&pl, text.as_bytes(), 0o644);
                 }
                 _ => {
@@ -111,8 +122,8 @@ pub(super) fn identify(stem: &str) -> (String, String, String) {
 }
 
 fn begin_of(segment: &str) -> i64 {
-    // `..._<YYYYMMDDhhmmssSSS>.ts` → Unix ms.
-    crate::merge::parse_stamp(segment.trim_end_matches(".ts").rsplit('_').next().unwrap_or("")).unwrap_or(0)
+    // `..._<YYYYMMDDhhmmssSSS>.ts` (or `.m4s`) → Unix ms.
+    crate::merge::parse_stamp(segment.trim_end_matches(".ts").trim_end_matches(".m4s").rsplit('_').next().unwrap_or("")).unwrap_or(0)
 }
 
 /// What each playlist in `final_dir` lists: its segments, then the playlist itself (with the
@@ -209,13 +220,20 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
             let mut stems: Vec<&str> = pls.iter().map(|p| p.stem.as_str()).collect();
             stems.dedup();
             for stem in stems {
-                let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:3\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:60\n");
+                let mut text = String::from("#EXTM3U\n#EXT-X-VERSION:6\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:60\n");
                 for (k, pl) in pls.iter().filter(|p| p.stem == stem).enumerate() {
                     if k > 0 {
                         text.push_str("#EXT-X-DISCONTINUITY\n");
                     }
                     for (seg, dur) in &pl.segments {
-                        text.push_str(&format!("#EXTINF:{dur:.3},\n{}\n", final_dir.join(seg).display()));
+                        let path = final_dir.join(seg);
+                        // An AV1 original's fragmented MP4 segment: its own init section first.
+                        let init = seg.ends_with(".m4s").then(|| tessera_transcode::mux::fmp4_init_len(&path)).flatten();
+                        if let Some(init) = init {
+                            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(init);
+                            text.push_str(&format!("#EXT-X-MAP:URI=\"{}\",BYTERANGE=\"{init}@0\"\n#EXT-X-BYTERANGE:{}@{init}\n", path.display(), len - init));
+                        }
+                        text.push_str(&format!("#EXTINF:{dur:.3},\n{}\n", path.display()));
                     }
                 }
                 text.push_str("#EXT-X-ENDLIST\n");
@@ -238,7 +256,7 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
                             continue;
                         }
                         let first =
-                            files.iter().filter(|f| f.user_id == user && f.media_id == media && f.file_name.ends_with(".ts")).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
+                            files.iter().filter(|f| f.user_id == user && f.media_id == media && (f.file_name.ends_with(".ts") || f.file_name.ends_with(".m4s"))).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
                         let duration_ms = (seconds * 1000.0) as i64;
                         offset_ms += duration_ms;
                         let info = FileInfo {

@@ -7,6 +7,7 @@ use crate::persist::write_atomic;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use tessera_engine::outputs::hls::{CutRules, Playlist, RisingClock, StorageFailures, STORAGE_RETRY_MS};
+use tessera_media::Codec;
 use tessera_model::events::TaskEvent;
 use tessera_transcode::mux::{AudioTrack, TsSegment};
 
@@ -96,8 +97,10 @@ pub(super) struct HlsWriter {
     pub(super) last_ms: i64,
     /// Asked the source for a keyframe for the pending cut.
     pub(super) keyframe_asked: bool,
-    /// The video is H.265 (an HEVC publisher's original) rather than H.264.
-    hevc: bool,
+    /// The video's codec: H.264, or an HEVC publisher's H.265 original (MPEG-TS segments both),
+    /// or an AV1 publisher's original (fragmented MP4 segments, with its sequence header).
+    codec: Codec,
+    av1_sequence_header: Option<Vec<u8>>,
     video_clock: RisingClock,
     audio_clock: RisingClock,
     pub(super) failures: StorageFailures,
@@ -141,18 +144,20 @@ impl HlsWriter {
             files: Vec::new(),
             last_ms: 0,
             keyframe_asked: false,
-            hevc: false,
+            codec: Codec::H264,
+            av1_sequence_header: None,
             video_clock: RisingClock::default(),
             audio_clock: RisingClock::default(),
             failures: StorageFailures::default(),
         }
     }
 
-    /// The picture size, known from the first keyframe (the playlist names it), and whether
-    /// the video is H.265 (an HEVC publisher's original) rather than H.264.
-    pub(super) fn set_video(&mut self, size: (u32, u32), hevc: bool) {
+    /// The picture size, known from the first keyframe (the playlist names it), and the
+    /// video's codec (with AV1's sequence header OBU).
+    pub(super) fn set_video(&mut self, size: (u32, u32), codec: Codec, av1_sequence_header: Option<Vec<u8>>) {
         self.text.video_size = self.video.then_some(size);
-        self.hevc = hevc;
+        self.codec = codec;
+        self.av1_sequence_header = av1_sequence_header;
     }
 
     fn size(&self) -> Option<(u32, u32)> {
@@ -194,10 +199,19 @@ impl HlsWriter {
     }
 
     fn open_segment(&mut self, clock_ms: i64, unix_ms: i64) -> Result<(), RecordingError> {
-        let name = format!("{}_{}.ts", self.segment_stem, utc17(unix_ms));
+        let av1 = match (self.codec, self.size(), self.av1_sequence_header.as_deref()) {
+            (Codec::Av1, Some(size), Some(header)) if self.video => Some((size, header)),
+            _ => None,
+        };
+        let ext = if av1.is_some() { "m4s" } else { "ts" };
+        let name = format!("{}_{}.{ext}", self.segment_stem, utc17(unix_ms));
         let part = self.spool.join(format!("{name}.part"));
         let video = if self.video { self.size() } else { None };
-        let ts = if self.hevc { TsSegment::create_hevc(&part, video, self.audio.as_ref())? } else { TsSegment::create(&part, video, self.audio.as_ref())? };
+        let ts = match av1 {
+            Some((size, header)) => TsSegment::create_av1_fmp4(&part, size, header, self.audio.as_ref())?,
+            None if self.codec == Codec::H265 => TsSegment::create_hevc(&part, video, self.audio.as_ref())?,
+            None => TsSegment::create(&part, video, self.audio.as_ref())?,
+        };
         self.text.start_rec_time.get_or_insert(unix_ms);
         self.current = Some(Segment { ts, part, name, first_ms: clock_ms, begin_unix: unix_ms });
         Ok(())
@@ -226,9 +240,14 @@ impl HlsWriter {
         let Some(seg) = self.current.take() else { return Ok(()) };
         seg.ts.finish().map_err(|e| (e.into(), true))?;
         let size = std::fs::metadata(&seg.part).map(|m| m.len()).unwrap_or(0);
+        // A fragmented MP4 segment names its own init section in the playlist.
+        let init = if seg.name.ends_with(".m4s") { tessera_transcode::mux::fmp4_init_len(&seg.part) } else { None };
         self.storage.store(&seg.part, &seg.name).map_err(|e| (e, true))?;
         let duration_ms = (end_ms - seg.first_ms).max(1);
-        self.text.add_segment(&seg.name, duration_ms);
+        match init {
+            Some(init) => self.text.add_segment_with_init(&seg.name, duration_ms, init, size),
+            None => self.text.add_segment(&seg.name, duration_ms),
+        }
         self.files.push(FileInfo {
             file_name: seg.name.clone(),
             user_id: self.user_id.clone(),

@@ -408,10 +408,10 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 w.writers[writer].audio(f.ms, unix_ms, &f.data)?;
             }
         }
-        Codec::H264 | Codec::Vp8 | Codec::H265 if w.spec.wants_video() => {
+        Codec::H264 | Codec::Vp8 | Codec::H265 | Codec::Av1 if w.spec.wants_video() => {
             let s = w.streams.get_mut(&key).expect("inserted");
-            let (nalus, keyframe, ms, cts_ms, hevc) = match s.video.push(p, arrival)? {
-                VideoUnit::Unit { nalus, keyframe, ms, cts_ms, hevc } => (nalus, keyframe, ms, cts_ms, hevc),
+            let (nalus, keyframe, ms, cts_ms, codec) = match s.video.push(p, arrival)? {
+                VideoUnit::Unit { nalus, keyframe, ms, cts_ms, codec } => (nalus, keyframe, ms, cts_ms, codec),
                 VideoUnit::Lost => {
                     if s.keyframe_requests.try_request(Instant::now()) {
                         let _ = w.keyframes.send(key.clone());
@@ -420,29 +420,40 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 }
                 VideoUnit::None => return Ok(()),
             };
-            let annex_b = h264::to_annex_b(&nalus);
+            // H.264 and H.265 in Annex-B form; AV1 as its temporal unit (OBUs with sizes).
+            let data = if codec == Codec::Av1 { nalus.concat() } else { h264::to_annex_b(&nalus) };
+            let mut config = None;
             // The picture size, from the first keyframe, for the TS and the playlist.
             let writer = match s.video_writer {
                 Some(i) => i,
                 None => {
                     // The SPS says it (a stream with B-frames shows no picture for its first
                     // frames); a decoder when it cannot be read.
-                    let sps_size = if hevc {
-                        use tessera_media::h265;
-                        nalus.iter().filter(|n| h265::nal_type(n) == Some(h265::NAL_SPS)).find_map(|n| tessera_media::picture_size::hevc_sps_size(n))
-                    } else {
-                        nalus.iter().filter(|n| h264::nal_type(n) == Some(h264::NAL_SPS)).find_map(|n| tessera_media::picture_size::sps_size(n))
+                    let sps_size = match codec {
+                        Codec::H265 => {
+                            use tessera_media::h265;
+                            nalus.iter().filter(|n| h265::nal_type(n) == Some(h265::NAL_SPS)).find_map(|n| tessera_media::picture_size::hevc_sps_size(n))
+                        }
+                        Codec::Av1 => {
+                            // The sequence header (ahead of every keyframe): the size, and the
+                            // MP4's av1C.
+                            let header = tessera_media::av1::sequence_header_obu(&data);
+                            config = header.as_ref().map(|(obu, _)| obu.clone());
+                            header.map(|(_, size)| size)
+                        }
+                        _ => nalus.iter().filter(|n| h264::nal_type(n) == Some(h264::NAL_SPS)).find_map(|n| tessera_media::picture_size::sps_size(n)),
                     };
                     let size = match sps_size {
                         Some(size) => size,
-                        // An H.265 stream without its SPS at a keyframe cannot be recorded.
-                        None if hevc => return Ok(()),
+                        // An H.265 or AV1 stream without its SPS or sequence header at a
+                        // keyframe cannot be recorded.
+                        None if codec != Codec::H264 => return Ok(()),
                         None => {
                             let probe = match s.probe.as_mut() {
                                 Some(d) => d,
                                 None => s.probe.insert(VideoDecoder::new(VideoCodec::H264)?),
                             };
-                            if !matches!(probe.decode(&annex_b), Ok(true)) {
+                            if !matches!(probe.decode(&data), Ok(true)) {
                                 return Ok(());
                             }
                             let pic = probe.picture().expect("decoded");
@@ -457,7 +468,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                         None
                     };
                     let i = w.writer(&key.0, key.1, if split { "video" } else { "audio_video" }, true, audio);
-                    w.writers[i].set_video(size, hevc);
+                    w.writers[i].set_video(size, codec, config.take());
                     w.streams.get_mut(&key).expect("inserted").video_writer = Some(i);
                     i
                 }
@@ -467,7 +478,7 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                 wr.keyframe_asked = true;
                 let _ = w.keyframes.send(key.clone());
             }
-            wr.video(ms, cts_ms, unix_ms, &annex_b, keyframe)?;
+            wr.video(ms, cts_ms, unix_ms, &data, keyframe)?;
         }
         _ => {}
     }

@@ -180,6 +180,7 @@ pub(crate) fn codec_name(c: tessera_media::Codec) -> &'static str {
         tessera_media::Codec::H264 => "H264",
         tessera_media::Codec::Vp8 => "VP8",
         tessera_media::Codec::H265 => "H265",
+        tessera_media::Codec::Av1 => "AV1",
     }
 }
 
