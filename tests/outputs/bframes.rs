@@ -264,6 +264,20 @@ fn obs_with_its_default_settings_is_watched_over_whep_and_recorded_with_its_b_fr
     assert!(frames >= 150, "recorded frames that decode: {frames}");
 }
 
+fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            if let Some(found) = find_file(&path, name) {
+                return Some(found);
+            }
+        } else if e.file_name().to_string_lossy() == name {
+            return Some(path);
+        }
+    }
+    None
+}
+
 /// FFmpeg 8 (PyAV's) publishing over Enhanced RTMP: `libx265` gives HEVC (`hvc1`), `libsvtav1`
 /// AV1 (`av01`).
 fn enhanced_publisher(url: &str, codec: &str, seconds: u32, rgb: [u8; 3]) -> Child {
@@ -277,7 +291,7 @@ fn enhanced_publisher(url: &str, codec: &str, seconds: u32, rgb: [u8; 3]) -> Chi
 }
 
 #[test]
-fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_recorded_as_it_came() {
+fn hevc_and_av1_over_enhanced_rtmp_reach_webrtc_viewers_and_are_recorded_as_they_came() {
     let _turn = one_at_a_time();
     let dir = TempDir::new("ertmp");
     let data = dir.path().join("data");
@@ -296,7 +310,7 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
     let mut relay_id = String::new();
     for (user, codec, rgb) in [("hevc", "libx265", [0x30, 0xa0, 0x50]), ("av1", "libsvtav1", [0xc0, 0x60, 0x20])] {
         let tok = token(&data, "ertmp", user);
-        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, 14, rgb);
+        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, if user == "av1" { 20 } else { 14 }, rgb);
         std::thread::sleep(Duration::from_secs(3));
         if user == "hevc" {
             let relay =
@@ -314,6 +328,20 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
             assert!((g - want as i64).abs() <= 24, "{codec}: the colour {got:?} vs {rgb:?}");
         }
         assert!(r["audio_frames"].as_u64().unwrap() >= 150, "{codec}: {r}");
+        if user == "av1" {
+            // Chromium negotiates AV1: it gets the original, not the H.264 aiortc got.
+            let chromium = Client::start(
+                &net,
+                "browser.py",
+                &["play", "--base", &server.url(""), "--room", "ertmp", "--user", "av1", "--token", &tok, "--seconds", "5"],
+            );
+            let c = chromium.finish(Duration::from_secs(40));
+            let stats = &c["stats"];
+            eprintln!("Chromium AV1 viewer: {stats}");
+            assert_eq!(stats["codec"], "video/AV1", "{c}");
+            assert!(stats["framesDecoded"].as_u64().unwrap_or(0) >= 60, "{c}");
+            assert_eq!((stats["width"].as_u64(), stats["height"].as_u64()), (Some(640), Some(360)), "{c}");
+        }
         let _ = source.wait();
         let mut out = String::new();
         use std::io::Read;
@@ -334,7 +362,8 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
     let (codecs, duration) = probe(&relayed);
     assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "relayed {relayed:?}");
     assert!(duration > 5.0, "relayed {duration} s");
-    // The recording kept HEVC as it came; AV1 was recorded as its H.264 re-encoding.
+    // The recording kept HEVC and AV1 as they came (AV1 in fragmented MP4 segments that name
+    // their init sections).
     let r = request("DELETE", &server.url(&format!("/v1/recordings/{rec_id}")), Some(&key), None, &[]);
     assert_eq!(r.status, 200, "{}", r.body);
     let result = poll(&server, &key, &format!("/v1/recordings/{rec_id}/result"), Duration::from_secs(30), |v| {
@@ -354,5 +383,12 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_a_webrtc_viewer_as_h264_and_hevc_is_rec
         })
         .collect();
     video_codecs.sort();
-    assert_eq!(video_codecs, vec!["h264".to_string(), "hevc".to_string()], "{result}");
+    assert_eq!(video_codecs, vec!["av1".to_string(), "hevc".to_string()], "{result}");
+    let av1_playlist = result["Files"].as_array().unwrap().iter().find(|f| f["FileName"].as_str().unwrap().ends_with(".m3u8") && f["UserId"] == "av1" && f["TrackType"].as_str().unwrap().contains("video")).unwrap_or_else(|| panic!("{result}"));
+    let text = get(&format!("{}?token={viewer_token}", server.url(av1_playlist["Url"].as_str().unwrap())), None).body;
+    assert!(text.contains("#EXT-X-VERSION:6") && text.contains("#EXT-X-MAP:URI=") && text.contains(".m4s"), "{text}");
+    // As a player reads it from the recording's directory: segment after segment.
+    let on_disk = find_file(&data, av1_playlist["FileName"].as_str().unwrap()).expect("the playlist on disk");
+    let (codecs, duration) = probe(&on_disk);
+    assert!(codecs.contains(&"av1".to_string()) && duration > 8.0, "the AV1 playlist plays: {codecs:?} {duration} s");
 }
