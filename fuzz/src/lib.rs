@@ -145,7 +145,20 @@ pub fn rtp(data: &[u8]) {
         let _ = tessera_media::picture_size::sps_size(p);
         let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::H265, p);
         let _ = tessera_media::picture_size::hevc_sps_size(p);
+        // AV1: an RTP payload's sequence header, and a temporal unit as the RTMP publisher
+        // takes it (OBUs, the sequence header, packetized again).
+        let _ = tessera_media::picture_size::of_packet(tessera_media::Codec::Av1, p);
+        let _ = tessera_media::picture_size::av1_sequence_size(p);
+        let _ = tessera_media::av1::sequence_header_obu(p);
+        let _ = tessera_media::av1::sequence_header_of_config(p);
+        let mut av1 = Vec::new();
+        if tessera_media::av1::packetize(p, true, 64 + p.len() % 1200, &mut av1).is_some() {
+            let back: Vec<&[u8]> = av1.iter().map(Vec::as_slice).collect();
+            assert!(tessera_media::av1::depacketize(&back).is_some(), "what was packetized depacketizes");
+        }
     }
+    let av1: Vec<&[u8]> = payloads.iter().map(Vec::as_slice).collect();
+    let _ = tessera_media::av1::depacketize(&av1);
     // Sequence numbers, timestamps and markers from the payloads' first bytes.
     let mut assembler = tessera_media::rtp::AuAssembler::default();
     for p in &payloads {
