@@ -330,11 +330,7 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_webrtc_viewers_and_are_recorded_as_they
         assert!(r["audio_frames"].as_u64().unwrap() >= 150, "{codec}: {r}");
         if user == "av1" {
             // Chromium negotiates AV1: it gets the original, not the H.264 aiortc got.
-            let chromium = Client::start(
-                &net,
-                "browser.py",
-                &["play", "--base", &server.url(""), "--room", "ertmp", "--user", "av1", "--token", &tok, "--seconds", "5"],
-            );
+            let chromium = Client::start(&net, "browser.py", &["play", "--base", &server.url(""), "--room", "ertmp", "--user", "av1", "--token", &tok, "--seconds", "5"]);
             let c = chromium.finish(Duration::from_secs(40));
             let stats = &c["stats"];
             eprintln!("Chromium AV1 viewer: {stats}");
@@ -384,7 +380,12 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_webrtc_viewers_and_are_recorded_as_they
         .collect();
     video_codecs.sort();
     assert_eq!(video_codecs, vec!["av1".to_string(), "hevc".to_string()], "{result}");
-    let av1_playlist = result["Files"].as_array().unwrap().iter().find(|f| f["FileName"].as_str().unwrap().ends_with(".m3u8") && f["UserId"] == "av1" && f["TrackType"].as_str().unwrap().contains("video")).unwrap_or_else(|| panic!("{result}"));
+    let av1_playlist = result["Files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["FileName"].as_str().unwrap().ends_with(".m3u8") && f["UserId"] == "av1" && f["TrackType"].as_str().unwrap().contains("video"))
+        .unwrap_or_else(|| panic!("{result}"));
     let text = get(&format!("{}?token={viewer_token}", server.url(av1_playlist["Url"].as_str().unwrap())), None).body;
     assert!(text.contains("#EXT-X-VERSION:6") && text.contains("#EXT-X-MAP:URI=") && text.contains(".m4s"), "{text}");
     // As a player reads it from the recording's directory: segment after segment.

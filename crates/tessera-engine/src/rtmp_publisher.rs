@@ -210,7 +210,9 @@ impl RtmpPublisher {
                 self.transcode.push_back(TranscodeInput::Frame(CodedFrame { data: data.to_vec(), dts_ms: timestamp_ms, cts_ms: *composition_time_ms, keyframe: *keyframe }));
                 if let (EnhancedCodec::Av1, Some(original)) = (codec, self.av1_original.as_mut()) {
                     let pts_ms = timestamp_ms.wrapping_add_signed(*composition_time_ms);
-                    return original.packets(data, *keyframe, pts_ms, self.video_ssrc).ok_or_else(|| Refusal("codec_unsupported: an AV1 (av01) frame's OBUs cannot be read".into()));
+                    return original
+                        .packets(data, *keyframe, pts_ms, self.video_ssrc)
+                        .ok_or_else(|| Refusal("codec_unsupported: an AV1 (av01) frame's OBUs cannot be read".into()));
                 }
                 if let (EnhancedCodec::Hevc, Some((config, seq))) = (codec, self.hevc_original.as_mut()) {
                     use tessera_media::h265;

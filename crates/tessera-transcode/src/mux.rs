@@ -66,7 +66,14 @@ impl TsSegment {
         Self::create_with(path, format, video_codec, video, None, audio)
     }
 
-    fn create_with(path: &Path, format: &str, video_codec: ff::codec::Id, video: Option<(u32, u32)>, extradata: Option<&[u8]>, audio: Option<&AudioTrack>) -> Result<TsSegment, TranscodeError> {
+    fn create_with(
+        path: &Path,
+        format: &str,
+        video_codec: ff::codec::Id,
+        video: Option<(u32, u32)>,
+        extradata: Option<&[u8]>,
+        audio: Option<&AudioTrack>,
+    ) -> Result<TsSegment, TranscodeError> {
         init();
         let mut output = ff::format::output_as(path, format)?;
         let mut video_index = None;

@@ -44,10 +44,9 @@ pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
                     }
                     text = text.replace("#EXT-X-ENDLIST\n", "");
                     match init.filter(|_| fmp4) {
-                        Some(init) => text.push_str(&format!(
-                            "#EXT-X-MAP:URI=\"{segment}\",BYTERANGE=\"{init}@0\"\n#EXTINF:{d:.3},\n#EXT-X-BYTERANGE:{}@{init}\n{segment}\n",
-                            whole - init
-                        )),
+                        Some(init) => {
+                            text.push_str(&format!("#EXT-X-MAP:URI=\"{segment}\",BYTERANGE=\"{init}@0\"\n#EXTINF:{d:.3},\n#EXT-X-BYTERANGE:{}@{init}\n{segment}\n", whole - init))
+                        }
                         None => text.push_str(&format!("#EXTINF:{d:.3},\n{segment}\n")),
                     }
                     let _ = write_atomic(&pl, text.as_bytes(), 0o644);
@@ -255,8 +254,13 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
                         if storage.store(path, &name).is_err() {
                             continue;
                         }
-                        let first =
-                            files.iter().filter(|f| f.user_id == user && f.media_id == media && (f.file_name.ends_with(".ts") || f.file_name.ends_with(".m4s"))).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
+                        let first = files
+                            .iter()
+                            .filter(|f| f.user_id == user && f.media_id == media && (f.file_name.ends_with(".ts") || f.file_name.ends_with(".m4s")))
+                            .map(|f| f.begin_ts)
+                            .min()
+                            .unwrap_or(0)
+                            + offset_ms;
                         let duration_ms = (seconds * 1000.0) as i64;
                         offset_ms += duration_ms;
                         let info = FileInfo {
