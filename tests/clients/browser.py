@@ -109,7 +109,9 @@ def main():
                     play_seconds = a.seconds
                 q = {"room": a.room, "user": a.user, "token": a.viewer_token or a.token, "quality": a.quality, "autostart": "1"}
                 play = ctx.new_page()
-                play.goto(f"{a.base}/play.html?{urlencode(q)}")
+                # DOMContentLoaded is enough: autostart runs then, and on a loaded machine the
+                # load event of a page whose video is already playing can lag by many seconds.
+                play.goto(f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
                 if a.ice_restart_after and pub is not None:
                     time.sleep(a.ice_restart_after)
                     frames_before = play.evaluate("window.tessera.stats.framesDecoded || 0")

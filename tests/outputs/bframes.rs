@@ -278,6 +278,44 @@ fn find_file(dir: &Path, name: &str) -> Option<PathBuf> {
     None
 }
 
+/// A CDN that takes Enhanced RTMP: FFmpeg 8 (PyAV's) listening, decoding what it gets.
+fn enhanced_receiver(port: u16) -> EnhancedReceiver {
+    let child = Command::new(python())
+        .arg(repo_root().join("tests/clients/pyav_listen.py"))
+        .args(["--url", &format!("rtmp://127.0.0.1:{port}/live/key"), "--seconds", "60"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("the test venv's python (scripts/setup.sh)");
+    EnhancedReceiver(Some(child))
+}
+
+struct EnhancedReceiver(Option<Child>);
+
+impl EnhancedReceiver {
+    /// Its one JSON line, once the relay has gone (at most `limit`).
+    fn finish(mut self, limit: Duration) -> Value {
+        let mut child = self.0.take().expect("once");
+        let deadline = Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = child.kill();
+        let out = child.wait_with_output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        serde_json::from_str(text.lines().last().unwrap_or("{}")).unwrap_or_else(|e| panic!("{e}: {text}"))
+    }
+}
+
+impl Drop for EnhancedReceiver {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
 /// FFmpeg 8 (PyAV's) publishing over Enhanced RTMP: `libx265` gives HEVC (`hvc1`), `libsvtav1`
 /// AV1 (`av01`).
 fn enhanced_publisher(url: &str, codec: &str, seconds: u32, rgb: [u8; 3]) -> Child {
@@ -299,25 +337,30 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_webrtc_viewers_and_are_recorded_as_they
     let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip), "--rtmp-addr", "127.0.0.1:0"]);
     let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
     let port = rtmp_port(&server);
-    // A recording of the room (each publisher its own files), and a relay of the HEVC publisher
-    // to a CDN that speaks legacy FLV only (Debian's ffmpeg 5.1).
+    // A recording of the room (each publisher its own files), and a relay of each publisher: the
+    // HEVC one to a CDN that speaks legacy FLV only (Debian's ffmpeg 5.1) and to one that takes
+    // Enhanced RTMP (FFmpeg 8), the AV1 one to an Enhanced RTMP CDN.
     let rec = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "ertmp", "format": "hls+mp4", "hls": {"segment_s": 4}}));
     assert_eq!(rec.status, 201, "{}", rec.body);
     let rec_id = rec.json()["id"].as_str().unwrap().to_owned();
     let cdn_port = free_port();
     let relayed = dir.path().join("relayed.flv");
     let mut receiver = Some(cdn(cdn_port, &relayed));
-    let mut relay_id = String::new();
+    let mut enhanced_results: Vec<(&str, Value)> = Vec::new();
     for (user, codec, rgb) in [("hevc", "libx265", [0x30, 0xa0, 0x50]), ("av1", "libsvtav1", [0xc0, 0x60, 0x20])] {
         let tok = token(&data, "ertmp", user);
-        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, if user == "av1" { 20 } else { 14 }, rgb);
+        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, if user == "av1" { 24 } else { 14 }, rgb);
         std::thread::sleep(Duration::from_secs(3));
-        if user == "hevc" {
-            let relay =
-                post_json(&server.url("/v1/relays"), Some(&key), &json!({"room": "ertmp", "source": {"user": "hevc"}, "urls": [format!("rtmp://127.0.0.1:{cdn_port}/live/key")]}));
-            assert_eq!(relay.status, 201, "{}", relay.body);
-            relay_id = relay.json()["id"].as_str().unwrap().to_owned();
-        }
+        let enhanced_port = free_port();
+        let enhanced_cdn = enhanced_receiver(enhanced_port);
+        std::thread::sleep(Duration::from_millis(500));
+        let enhanced_url = json!({"url": format!("rtmp://127.0.0.1:{enhanced_port}/live/key"), "enhanced_rtmp": true});
+        let urls = if user == "hevc" { json!([format!("rtmp://127.0.0.1:{cdn_port}/live/key"), enhanced_url]) } else { json!([enhanced_url]) };
+        let relay = post_json(&server.url("/v1/relays"), Some(&key), &json!({"room": "ertmp", "source": {"user": user}, "urls": urls}));
+        assert_eq!(relay.status, 201, "{}", relay.body);
+        let flags: Vec<bool> = relay.json()["urls"].as_array().unwrap().iter().map(|u| u["enhanced_rtmp"].as_bool().unwrap()).collect();
+        assert_eq!(flags, if user == "hevc" { vec![false, true] } else { vec![true] });
+        let relay_id = relay.json()["id"].as_str().unwrap().to_owned();
         let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url(&format!("/whep/ertmp/{user}/main")), "--token", &tok, "--seconds", "7"]);
         let r = viewer.finish(Duration::from_secs(40));
         eprintln!("{codec} viewer: {} frames {}x{}, mean rgb {}", r["frames"], r["width"], r["height"], r["mean_rgb"]);
@@ -345,19 +388,32 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_webrtc_viewers_and_are_recorded_as_they
         assert!(out.contains("\"sent\""), "{codec} publisher: {out}");
         let logs = server.logs().join("\n");
         assert!(logs.contains(&format!("RTMP publish of {}", if user == "hevc" { "HEVC (hvc1)" } else { "AV1 (av01)" })), "{codec}: {logs}");
+        // The relay ends its connections, and the CDNs their files.
+        let r = request("DELETE", &server.url(&format!("/v1/relays/{relay_id}")), Some(&key), None, &[]);
+        assert_eq!(r.status, 200, "{}", r.body);
         if user == "hevc" {
-            // The relay ends its connection, and the CDN its file.
-            let r = request("DELETE", &server.url(&format!("/v1/relays/{relay_id}")), Some(&key), None, &[]);
-            assert_eq!(r.status, 200, "{}", r.body);
             if let Some(cdn) = receiver.take() {
                 interrupt(cdn);
             }
         }
+        enhanced_results.push((user, enhanced_cdn.finish(Duration::from_secs(20))));
     }
-    // The relay got the HEVC publisher as H.264 (legacy FLV has no HEVC).
+    // The legacy CDN got the HEVC publisher as H.264 (legacy FLV has no HEVC); the Enhanced RTMP
+    // CDNs got HEVC and AV1 as they came, decodable, in the publishers' colours.
     let (codecs, duration) = probe(&relayed);
     assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "relayed {relayed:?}");
     assert!(duration > 5.0, "relayed {duration} s");
+    for ((user, r), rgb) in enhanced_results.iter().zip([[0x30, 0xa0, 0x50], [0xc0, 0x60, 0x20]]) {
+        eprintln!("Enhanced RTMP CDN of {user}: {r}");
+        assert_eq!(r["video_codec"], if *user == "hevc" { "hevc" } else { "av1" }, "{user}: {r}");
+        assert_eq!(r["audio_codec"], "aac", "{user}: {r}");
+        assert!(r["frames"].as_u64().unwrap() >= 100 && r["keyframes"].as_u64().unwrap() >= 1, "{user}: {r}");
+        assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(640), Some(360)), "{user}: {r}");
+        let got: Vec<i64> = r["mean_rgb"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
+        for (g, want) in got.iter().zip(rgb) {
+            assert!((g - want as i64).abs() <= 24, "{user}: the colour {got:?} vs {rgb:?}");
+        }
+    }
     // The recording kept HEVC and AV1 as they came (AV1 in fragmented MP4 segments that name
     // their init sections).
     let r = request("DELETE", &server.url(&format!("/v1/recordings/{rec_id}")), Some(&key), None, &[]);

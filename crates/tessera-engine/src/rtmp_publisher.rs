@@ -313,10 +313,7 @@ impl Av1Original {
             unit.extend_from_slice(self.sequence_header.as_deref().unwrap_or_default());
         }
         for o in obus.iter().filter(|o| o.obu_type() != av1::OBU_TEMPORAL_DELIMITER) {
-            unit.push(o.header[0] | 0x02);
-            unit.extend_from_slice(&o.header[1..o.header_len]);
-            av1::write_leb128(o.payload.len() as u64, &mut unit);
-            unit.extend_from_slice(o.payload);
+            o.write_sized(&mut unit);
         }
         if unit.is_empty() {
             return Some(Vec::new());

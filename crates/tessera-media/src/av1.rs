@@ -21,6 +21,14 @@ impl Obu<'_> {
     pub fn obu_type(&self) -> u8 {
         (self.header[0] >> 3) & 0x0f
     }
+
+    /// Appends the OBU with its size field (the low-overhead format).
+    pub fn write_sized(&self, out: &mut Vec<u8>) {
+        out.push(self.header[0] | 0x02);
+        out.extend_from_slice(&self.header[1..self.header_len]);
+        write_leb128(self.payload.len() as u64, out);
+        out.extend_from_slice(self.payload);
+    }
 }
 
 /// Reads a LEB128 value (at most 8 bytes, AV1 §4.10.5): the value and the bytes it took.
@@ -93,10 +101,7 @@ pub fn sequence_header_of_config(av1c: &[u8]) -> Option<Vec<u8>> {
     let obus = split_obus(&av1c[4..])?;
     let seq = obus.iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)?;
     let mut out = Vec::with_capacity(seq.payload.len() + 4);
-    out.extend_from_slice(&seq.header[..seq.header_len]);
-    out[0] |= 0x02;
-    write_leb128(seq.payload.len() as u64, &mut out);
-    out.extend_from_slice(seq.payload);
+    seq.write_sized(&mut out);
     Some(out)
 }
 
@@ -107,11 +112,30 @@ pub fn sequence_header_obu(temporal_unit: &[u8]) -> Option<(Vec<u8>, (u32, u32))
     let seq = obus.iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)?;
     let size = crate::picture_size::av1_sequence_size(seq.payload)?;
     let mut out = Vec::with_capacity(seq.payload.len() + 4);
-    out.extend_from_slice(&seq.header[..seq.header_len]);
-    out[0] |= 0x02;
-    write_leb128(seq.payload.len() as u64, &mut out);
-    out.extend_from_slice(seq.payload);
+    seq.write_sized(&mut out);
     Some((out, size))
+}
+
+/// An `av1C` record (AV1-ISOBMFF §2.3) for a sequence header OBU (with its size field): what
+/// an Enhanced RTMP sequence start and an MP4 carry. `None` when the header cannot be read.
+pub fn av1c_record(sequence_header: &[u8]) -> Option<Vec<u8>> {
+    let obus = split_obus(sequence_header)?;
+    let seq = obus.iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)?;
+    let i = crate::picture_size::av1_sequence_info(seq.payload)?;
+    let mut r = vec![
+        0x81,
+        (i.profile << 5) | (i.level0 & 0x1f),
+        (i.tier0 << 7)
+            | (u8::from(i.high_bitdepth) << 6)
+            | (u8::from(i.twelve_bit) << 5)
+            | (u8::from(i.monochrome) << 4)
+            | (i.subsampling.0 << 3)
+            | (i.subsampling.1 << 2)
+            | i.chroma_sample_position,
+        0,
+    ];
+    seq.write_sized(&mut r);
+    Some(r)
 }
 
 /// Whether a temporal unit carries a sequence header OBU.
@@ -287,6 +311,12 @@ mod tests {
         assert_eq!(sequence_header_of_config(&record), Some(seq.clone()));
         assert!(has_sequence_header(&seq) && !has_sequence_header(&obu(6, &[1])));
         assert_eq!(sequence_header_of_config(&[0x81, 0, 0, 0]), None);
+        // SVT-AV1's 640x360 header: profile 0, level index 1 (2.1), 4:2:0 (both subsampling
+        // bits), as FFmpeg's MP4 muxer writes it; it reads back to the same header.
+        let svt = obu(OBU_SEQUENCE_HEADER, &[0x00, 0x00, 0x00, 0x0c, 0xc4, 0xff, 0x67, 0x3e, 0xfe, 0x40, 0x10]);
+        let record = av1c_record(&svt).unwrap();
+        assert_eq!(record[..4], [0x81, 0x01, 0x0c, 0x00]);
+        assert_eq!(sequence_header_of_config(&record), Some(svt));
         assert_eq!(split_obus(&[0x32, 0x05, 1]), None, "an OBU past the end");
         assert_eq!(split_obus(&[0x80]), None, "the forbidden bit");
     }

@@ -48,6 +48,26 @@ impl HevcConfig {
     }
 }
 
+/// An `hvcC` record (ISO/IEC 14496-15 §8.3.3) for these parameter sets, 4-byte lengths: what
+/// an Enhanced RTMP sequence start carries. The profile, level, chroma format and bit depths
+/// come from the SPS; `None` when it cannot be read.
+pub fn hvcc_record(vps: &[u8], sps: &[u8], pps: &[u8]) -> Option<Vec<u8>> {
+    let info = crate::picture_size::hevc_sps_info(sps)?;
+    let mut r = Vec::with_capacity(23 + 15 + vps.len() + sps.len() + pps.len());
+    r.push(1);
+    r.extend_from_slice(&info.general_profile_tier_level);
+    r.extend_from_slice(&[0xf0, 0x00, 0xfc, 0xfc | info.chroma_format_idc, 0xf8 | (info.bit_depth_luma - 8), 0xf8 | (info.bit_depth_chroma - 8), 0, 0]);
+    r.push(((info.max_sub_layers & 7) << 3) | (u8::from(info.temporal_id_nesting) << 2) | 3);
+    r.push(3);
+    for (kind, nal) in [(NAL_VPS, vps), (NAL_SPS, sps), (NAL_PPS, pps)] {
+        r.push(0x80 | kind);
+        r.extend_from_slice(&1u16.to_be_bytes());
+        r.extend_from_slice(&u16::try_from(nal.len()).ok()?.to_be_bytes());
+        r.extend_from_slice(nal);
+    }
+    Some(r)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -71,5 +91,21 @@ mod tests {
             assert!(HevcConfig::parse(&record[..n]).is_none() || n >= 23, "{n}");
         }
         assert!(HevcConfig::parse(&record[..record.len() - 1]).is_none());
+    }
+
+    #[test]
+    fn an_hvcc_record_is_built_from_x265_parameter_sets() {
+        // libx265's 640x360 SPS: Main profile, level 2.1, 4:2:0, 8 bits.
+        let sps = [
+            0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x00, 0x3f, 0xa0, 0x05, 0x02, 0x01, 0x69, 0x65, 0x95, 0x9a, 0x49, 0x32,
+            0xbc, 0x05, 0xa0, 0x20, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x03, 0x03, 0xc1,
+        ];
+        let (vps, pps) = ([0x40, 0x01, 0x0c], [0x44, 0x01, 0xc1]);
+        let record = hvcc_record(&vps, &sps, &pps).unwrap();
+        assert_eq!(record[..13], [1, 0x01, 0x60, 0, 0, 0, 0x90, 0, 0, 0, 0, 0, 0x3f], "profile, compatibility, constraints, level");
+        assert_eq!(record[16..22], [0xfd, 0xf8, 0xf8, 0, 0, 0x0f], "4:2:0, 8-bit, one temporal layer, nested, 4-byte lengths");
+        let parsed = HevcConfig::parse(&record).unwrap();
+        assert_eq!(parsed, HevcConfig { length_size: 4, parameter_sets: vec![vps.to_vec(), sps.to_vec(), pps.to_vec()] });
+        assert_eq!(hvcc_record(&vps, &sps[..6], &pps), None);
     }
 }

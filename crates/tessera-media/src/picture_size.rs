@@ -106,10 +106,38 @@ impl Bits {
 /// stream's size.
 pub fn av1_sequence_size(obu: &[u8]) -> Option<(u32, u32)> {
     let mut r = Bits { data: obu.iter().take(64).copied().collect(), pos: 0 };
-    r.bits(3)?; // seq_profile
+    av1_sequence_start(&mut r).map(|s| s.size)
+}
+
+/// What an `av1C` record repeats of an AV1 sequence header (AV1-ISOBMFF §2.3.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Av1SequenceInfo {
+    pub size: (u32, u32),
+    pub profile: u8,
+    pub level0: u8,
+    pub tier0: u8,
+    pub high_bitdepth: bool,
+    pub twelve_bit: bool,
+    pub monochrome: bool,
+    pub subsampling: (u8, u8),
+    pub chroma_sample_position: u8,
+}
+
+struct Av1Start {
+    size: (u32, u32),
+    profile: u8,
+    reduced: bool,
+    level0: u8,
+    tier0: u8,
+}
+
+fn av1_sequence_start(r: &mut Bits) -> Option<Av1Start> {
+    let profile = r.bits(3)? as u8;
     r.bits(1)?; // still_picture
-    if r.bit()? == 1 {
-        r.bits(5)?; // reduced still picture header: seq_level_idx
+    let reduced = r.bit()? == 1;
+    let (mut level0, mut tier0) = (0, 0);
+    if reduced {
+        level0 = r.bits(5)? as u8;
     } else {
         let mut buffer_delay_bits = 0;
         let decoder_model = if r.bit()? == 1 {
@@ -130,10 +158,12 @@ pub fn av1_sequence_size(obu: &[u8]) -> Option<(u32, u32)> {
         };
         let initial_display_delay = r.bit()? == 1;
         let operating_points = r.bits(5)? + 1;
-        for _ in 0..operating_points {
+        for i in 0..operating_points {
             r.bits(12)?;
-            if r.bits(5)? > 7 {
-                r.bits(1)?;
+            let level = r.bits(5)? as u8;
+            let tier = if level > 7 { r.bits(1)? as u8 } else { 0 };
+            if i == 0 {
+                (level0, tier0) = (level, tier);
             }
             if decoder_model && r.bit()? == 1 {
                 r.bits(buffer_delay_bits)?;
@@ -147,7 +177,71 @@ pub fn av1_sequence_size(obu: &[u8]) -> Option<(u32, u32)> {
     }
     let width_bits = r.bits(4)? + 1;
     let height_bits = r.bits(4)? + 1;
-    Some((r.bits(width_bits)? + 1, r.bits(height_bits)? + 1))
+    let size = (r.bits(width_bits)? + 1, r.bits(height_bits)? + 1);
+    Some(Av1Start { size, profile, reduced, level0, tier0 })
+}
+
+/// An AV1 sequence header OBU's payload, read through its color_config (AV1 §5.5.1–§5.5.2).
+pub fn av1_sequence_info(obu: &[u8]) -> Option<Av1SequenceInfo> {
+    let mut r = Bits { data: obu.iter().take(256).copied().collect(), pos: 0 };
+    let start = av1_sequence_start(&mut r)?;
+    if !start.reduced && r.bit()? == 1 {
+        r.bits(4)?; // delta_frame_id_length_minus_2
+        r.bits(3)?; // additional_frame_id_length_minus_1
+    }
+    r.bits(3)?; // use_128x128_superblock, enable_filter_intra, enable_intra_edge_filter
+    if !start.reduced {
+        r.bits(4)?; // interintra, masked compound, warped motion, dual filter
+        let order_hint = r.bit()? == 1;
+        if order_hint {
+            r.bits(2)?; // enable_jnt_comp, enable_ref_frame_mvs
+        }
+        let force_screen_content_tools = if r.bit()? == 1 { 2 } else { r.bits(1)? };
+        if force_screen_content_tools > 0 && r.bit()? == 0 {
+            r.bits(1)?; // seq_force_integer_mv
+        }
+        if order_hint {
+            r.bits(3)?; // order_hint_bits_minus_1
+        }
+    }
+    r.bits(3)?; // enable_superres, enable_cdef, enable_restoration
+                // color_config
+    let high_bitdepth = r.bit()? == 1;
+    let twelve_bit = start.profile == 2 && high_bitdepth && r.bit()? == 1;
+    let monochrome = start.profile != 1 && r.bit()? == 1;
+    let (mut primaries, mut transfer, mut matrix) = (2, 2, 2);
+    if r.bit()? == 1 {
+        (primaries, transfer, matrix) = (r.bits(8)?, r.bits(8)?, r.bits(8)?);
+    }
+    let (subsampling, position) = if monochrome {
+        ((1, 1), 0)
+    } else if primaries == 1 && transfer == 13 && matrix == 0 {
+        ((0, 0), 0)
+    } else {
+        r.bits(1)?; // color_range
+        let subsampling = match start.profile {
+            0 => (1, 1),
+            1 => (0, 0),
+            _ if twelve_bit => {
+                let x = r.bits(1)? as u8;
+                (x, if x == 1 { r.bits(1)? as u8 } else { 0 })
+            }
+            _ => (1, 0),
+        };
+        let position = if subsampling == (1, 1) { r.bits(2)? as u8 } else { 0 };
+        (subsampling, position)
+    };
+    Some(Av1SequenceInfo {
+        size: start.size,
+        profile: start.profile,
+        level0: start.level0,
+        tier0: start.tier0,
+        high_bitdepth,
+        twelve_bit,
+        monochrome,
+        subsampling,
+        chroma_sample_position: position,
+    })
 }
 
 /// Width and height from an SPS NAL unit (ITU-T H.264 §7.3.2.1.1), cropping applied.
@@ -251,15 +345,35 @@ fn rbsp(nal: &[u8], header: usize) -> Option<Vec<u8>> {
 /// Width and height from an H.265 SPS NAL unit (ITU-T H.265 §7.3.2.2), the conformance window
 /// applied.
 pub fn hevc_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
+    hevc_sps_info(nal).map(|i| (i.width, i.height))
+}
+
+/// What an `hvcC` record repeats of an H.265 SPS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HevcSpsInfo {
+    pub width: u32,
+    pub height: u32,
+    /// The 12 bytes of general_profile_space … general_level_idc, as `hvcC` carries them.
+    pub general_profile_tier_level: [u8; 12],
+    pub max_sub_layers: u8,
+    pub temporal_id_nesting: bool,
+    pub chroma_format_idc: u8,
+    pub bit_depth_luma: u8,
+    pub bit_depth_chroma: u8,
+}
+
+/// An H.265 SPS (ITU-T H.265 §7.3.2.2) up to its bit depths; the size with the conformance
+/// window applied.
+pub fn hevc_sps_info(nal: &[u8]) -> Option<HevcSpsInfo> {
     let mut r = Bits { data: rbsp(nal, 2)?, pos: 0 };
     r.bits(4)?; // sps_video_parameter_set_id
     let sub_layers = r.bits(3)? as usize; // sps_max_sub_layers_minus1
-    r.bit()?; // sps_temporal_id_nesting_flag
-              // profile_tier_level(1, sub_layers): the general part is 88 bits, then the level.
-    r.bits(32)?;
-    r.bits(32)?;
-    r.bits(24)?;
-    r.bits(8)?; // general_level_idc
+    let nesting = r.bit()? == 1; // sps_temporal_id_nesting_flag
+                                 // profile_tier_level(1, sub_layers): the general part is 88 bits, then the level.
+    let mut general = [0u8; 12];
+    for b in general.iter_mut() {
+        *b = r.bits(8)? as u8;
+    }
     let mut present = Vec::with_capacity(sub_layers);
     for _ in 0..sub_layers {
         present.push((r.bit()?, r.bit()?));
@@ -281,6 +395,9 @@ pub fn hevc_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
     }
     r.ue()?; // sps_seq_parameter_set_id
     let chroma_format = r.ue()?;
+    if chroma_format > 3 {
+        return None;
+    }
     if chroma_format == 3 {
         r.bit()?; // separate_colour_plane_flag
     }
@@ -296,7 +413,22 @@ pub fn hevc_sps_size(nal: &[u8]) -> Option<(u32, u32)> {
         w = width.checked_sub(sub_w * (left + right))?;
         h = height.checked_sub(sub_h * (top + bottom))?;
     }
-    (w > 0 && h > 0 && w <= 16384 && h <= 16384).then_some((w as u32, h as u32))
+    if !(w > 0 && h > 0 && w <= 16384 && h <= 16384) {
+        return None;
+    }
+    // A stream cut short after the size still has a size; its bit depths default to 8.
+    let luma = r.ue().map_or(8, |d| d.min(8) + 8) as u8;
+    let chroma = r.ue().map_or(8, |d| d.min(8) + 8) as u8;
+    Some(HevcSpsInfo {
+        width: w as u32,
+        height: h as u32,
+        general_profile_tier_level: general,
+        max_sub_layers: sub_layers as u8 + 1,
+        temporal_id_nesting: nesting,
+        chroma_format_idc: chroma_format as u8,
+        bit_depth_luma: luma,
+        bit_depth_chroma: chroma,
+    })
 }
 
 #[cfg(test)]

@@ -34,6 +34,14 @@ pub enum EnhancedCodec {
 }
 
 impl EnhancedCodec {
+    pub fn fourcc(self) -> &'static [u8; 4] {
+        match self {
+            EnhancedCodec::Hevc => b"hvc1",
+            EnhancedCodec::Av1 => b"av01",
+            EnhancedCodec::Vp9 => b"vp09",
+        }
+    }
+
     /// What error messages and logs call it.
     pub fn name(self) -> &'static str {
         match self {
@@ -394,6 +402,32 @@ pub fn avc_frame(nalus: &[&[u8]], keyframe: bool, composition_time_ms: i32) -> V
     out
 }
 
+/// Enhanced RTMP video tag body: the sequence start (the `hvcC`/`av1C`/`vpcC` record).
+pub fn enhanced_sequence_start(codec: EnhancedCodec, record: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(5 + record.len());
+    out.push(0x80 | (1 << 4) | ENHANCED_SEQUENCE_START);
+    out.extend_from_slice(codec.fourcc());
+    out.extend_from_slice(record);
+    out
+}
+
+/// Enhanced RTMP video tag body: one picture (HEVC as 4-byte length-prefixed NAL units, AV1 as
+/// low-overhead OBUs). HEVC carries its composition time (CodedFrames), or none when it is 0
+/// (CodedFramesX); AV1 has none.
+pub fn enhanced_frame(codec: EnhancedCodec, keyframe: bool, composition_time_ms: i32, data: &[u8]) -> Vec<u8> {
+    let frame_type = if keyframe { 1 } else { 2 };
+    let with_cts = codec == EnhancedCodec::Hevc && composition_time_ms != 0;
+    let mut out = Vec::with_capacity(8 + data.len());
+    let packet_type = if codec == EnhancedCodec::Hevc && !with_cts { ENHANCED_CODED_FRAMES_X } else { ENHANCED_CODED_FRAMES };
+    out.push(0x80 | (frame_type << 4) | packet_type);
+    out.extend_from_slice(codec.fourcc());
+    if with_cts {
+        out.extend_from_slice(&composition_time_ms.to_be_bytes()[1..]);
+    }
+    out.extend_from_slice(data);
+    out
+}
+
 /// FLV audio tag body: the AAC sequence header (AudioSpecificConfig).
 pub fn aac_sequence_header(asc: &[u8]) -> Vec<u8> {
     let mut out = vec![0xaf, 0];
@@ -429,6 +463,19 @@ mod muxer_tests {
         }
         assert!(matches!(AudioTag::parse(&aac_sequence_header(&[0x11, 0x90])).unwrap(), AudioTag::SequenceHeader(&[0x11, 0x90])));
         assert!(matches!(AudioTag::parse(&aac_frame(&[1, 2, 3])).unwrap(), AudioTag::Frame(&[1, 2, 3])));
+    }
+
+    #[test]
+    fn enhanced_tags_written_read_back() {
+        let start = enhanced_sequence_start(EnhancedCodec::Hevc, &[1, 2, 3]);
+        assert_eq!(VideoTag::parse(&start).unwrap(), VideoTag::Enhanced { codec: EnhancedCodec::Hevc, packet: EnhancedPacket::SequenceStart(&[1, 2, 3]) });
+        for (codec, keyframe, cts) in
+            [(EnhancedCodec::Hevc, true, 0), (EnhancedCodec::Hevc, false, -33), (EnhancedCodec::Hevc, false, 66), (EnhancedCodec::Av1, true, 0), (EnhancedCodec::Av1, false, 0)]
+        {
+            let tag = enhanced_frame(codec, keyframe, cts, &[9, 8, 7]);
+            let want = VideoTag::Enhanced { codec, packet: EnhancedPacket::Frame { keyframe, composition_time_ms: cts, data: &[9, 8, 7] } };
+            assert_eq!(VideoTag::parse(&tag).unwrap(), want, "{codec:?} {keyframe} {cts}");
+        }
     }
 }
 

@@ -8,15 +8,42 @@ use tessera_media::{Codec, StreamKind};
 use tessera_model::UserId;
 use tessera_rtmp::flv;
 
+/// Which URLs take a video tag. A source whose original is HEVC or AV1 gives two video
+/// streams: the original for Enhanced RTMP URLs, its H.264 re-encoding for legacy ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    /// H.264 that is the source itself: every URL.
+    Both,
+    /// H.264 re-encoded from an original: URLs without Enhanced RTMP.
+    Legacy,
+    /// The HEVC or AV1 original as Enhanced RTMP: URLs that take it.
+    Enhanced,
+}
+
+impl Lane {
+    /// Whether a URL (Enhanced RTMP or not) takes this lane.
+    pub fn for_url(self, enhanced: bool) -> bool {
+        match self {
+            Lane::Both => true,
+            Lane::Legacy => !enhanced,
+            Lane::Enhanced => enhanced,
+        }
+    }
+}
+
 /// One FLV tag body for the URL connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FlvTag {
-    VideoHeader(Vec<u8>),
+    VideoHeader {
+        body: Vec<u8>,
+        lane: Lane,
+    },
     AudioHeader(Vec<u8>),
     Video {
         body: Vec<u8>,
         ms: u32,
         keyframe: bool,
+        lane: Lane,
     },
     Audio {
         body: Vec<u8>,
@@ -27,12 +54,18 @@ pub enum FlvTag {
 }
 
 /// The source's tapped packets → FLV tags: H.264 access units passed through (SPS/PPS as a
-/// new sequence header whenever they change, SEI kept), VP8 transcoded, Opus → AAC.
+/// new sequence header whenever they change, SEI kept), VP8 transcoded, Opus → AAC; an HEVC or
+/// AV1 original as Enhanced RTMP tags (its `hvcC`/`av1C` built from the parameter sets or the
+/// sequence header ahead of its keyframes) beside its H.264 re-encoding.
 pub struct FlvProducer {
     user: UserId,
     stream: StreamKind,
     media: RelayMedia,
     video: VideoInput,
+    /// The original's packets (their own numbering).
+    original: VideoInput,
+    /// The original's last configuration record.
+    original_header: Vec<u8>,
     audio: Option<OpusToAac>,
     sps: Vec<u8>,
     pps: Vec<u8>,
@@ -42,7 +75,64 @@ pub struct FlvProducer {
 
 impl FlvProducer {
     pub fn new(user: UserId, stream: StreamKind, media: RelayMedia) -> FlvProducer {
-        FlvProducer { user, stream, media, video: VideoInput::default(), audio: None, sps: Vec::new(), pps: Vec::new(), aac: Vec::new(), audio_header_sent: false }
+        FlvProducer {
+            user,
+            stream,
+            media,
+            video: VideoInput::default(),
+            original: VideoInput::default(),
+            original_header: Vec::new(),
+            audio: None,
+            sps: Vec::new(),
+            pps: Vec::new(),
+            aac: Vec::new(),
+            audio_header_sent: false,
+        }
+    }
+
+    /// An HEVC or AV1 original's access unit → its header when new, then the frame.
+    fn push_original(&mut self, p: &TapPacket, arrival_ms: i64, out: &mut Vec<FlvTag>) -> Result<(), tessera_transcode::TranscodeError> {
+        let (nalus, keyframe, ms, cts_ms, codec) = match self.original.push(p, arrival_ms)? {
+            VideoUnit::Unit { nalus, keyframe, ms, cts_ms, codec } => (nalus, keyframe, ms, cts_ms, codec),
+            // The original cannot be asked for a keyframe (an RTMP publisher): its next one comes.
+            VideoUnit::Lost | VideoUnit::None => return Ok(()),
+        };
+        let (enhanced, record) = match codec {
+            Codec::H265 => {
+                use tessera_media::h265;
+                let find = |t: u8| nalus.iter().rev().find(|n| h265::nal_type(n) == Some(t));
+                let record = match (find(h265::NAL_VPS), find(h265::NAL_SPS), find(h265::NAL_PPS)) {
+                    (Some(v), Some(s), Some(p)) if keyframe => h265::hvcc_record(v, s, p),
+                    _ => None,
+                };
+                (flv::EnhancedCodec::Hevc, record)
+            }
+            Codec::Av1 => {
+                let record = keyframe.then(|| tessera_media::av1::sequence_header_obu(&nalus.concat())).flatten().and_then(|(obu, _)| tessera_media::av1::av1c_record(&obu));
+                (flv::EnhancedCodec::Av1, record)
+            }
+            _ => return Ok(()),
+        };
+        if let Some(record) = record.filter(|r| *r != self.original_header) {
+            out.push(FlvTag::VideoHeader { body: flv::enhanced_sequence_start(enhanced, &record), lane: Lane::Enhanced });
+            self.original_header = record;
+        }
+        if self.original_header.is_empty() {
+            return Ok(()); // nothing decodes before the first configuration
+        }
+        let data = match enhanced {
+            flv::EnhancedCodec::Hevc => {
+                let mut d = Vec::with_capacity(nalus.iter().map(|n| n.len() + 4).sum());
+                for n in &nalus {
+                    d.extend_from_slice(&(n.len() as u32).to_be_bytes());
+                    d.extend_from_slice(n);
+                }
+                d
+            }
+            _ => nalus.concat(),
+        };
+        out.push(FlvTag::Video { body: flv::enhanced_frame(enhanced, keyframe, cts_ms, &data), ms: ms as u32, keyframe, lane: Lane::Enhanced });
+        Ok(())
     }
 
     /// One packet of the room (others than the source's are ignored), arrived at `arrival_ms`
@@ -66,10 +156,10 @@ impl FlvProducer {
                 }
                 out.extend(self.aac.drain(..).map(|f| FlvTag::Audio { body: flv::aac_frame(&f.data), ms: f.ms as u32 }));
             }
+            Codec::H265 | Codec::Av1 if self.media.video() => self.push_original(p, arrival_ms, out)?,
             Codec::H264 | Codec::Vp8 if self.media.video() => {
+                let lane = if p.fallback_for.is_some() { Lane::Legacy } else { Lane::Both };
                 let (nalus, keyframe, ms, cts_ms) = match self.video.push(p, arrival_ms)? {
-                    // Relays take H.264 only (`TapKind::Relay`).
-                    VideoUnit::Unit { codec: Codec::H265 | Codec::Av1, .. } => return Ok(()),
                     VideoUnit::Unit { nalus, keyframe, ms, cts_ms, .. } => (nalus, keyframe, ms, cts_ms),
                     VideoUnit::Lost => {
                         out.push(FlvTag::KeyframeWanted);
@@ -87,10 +177,10 @@ impl FlvProducer {
                     header_changed = true;
                 }
                 if header_changed && !self.sps.is_empty() && !self.pps.is_empty() {
-                    out.push(FlvTag::VideoHeader(flv::avc_sequence_header(&self.sps, &self.pps)));
+                    out.push(FlvTag::VideoHeader { body: flv::avc_sequence_header(&self.sps, &self.pps), lane });
                 }
                 let units: Vec<&[u8]> = nalus.iter().map(|n| n.as_slice()).collect();
-                out.push(FlvTag::Video { body: flv::avc_frame(&units, keyframe, cts_ms), ms: ms as u32, keyframe });
+                out.push(FlvTag::Video { body: flv::avc_frame(&units, keyframe, cts_ms), ms: ms as u32, keyframe, lane });
             }
             _ => {}
         }
@@ -130,7 +220,7 @@ mod tests {
         p.push(&h264(3, 3000, false, &[0x68, 3]), 33, &mut out).unwrap();
         p.push(&h264(4, 3000, true, &[0x65, 4]), 34, &mut out).unwrap();
         assert_eq!(out.len(), 2);
-        assert_eq!(out[0], FlvTag::VideoHeader(flv::avc_sequence_header(&[0x67, 1, 2], &[0x68, 3])));
+        assert_eq!(out[0], FlvTag::VideoHeader { body: flv::avc_sequence_header(&[0x67, 1, 2], &[0x68, 3]), lane: Lane::Both });
         assert!(matches!(&out[1], FlvTag::Video { keyframe: true, ms: 33, .. }));
         out.clear();
         // The same SPS/PPS again: no new header. Another user's packets: ignored.
@@ -164,5 +254,39 @@ mod tests {
         // A second of audio is ≈ 46 AAC frames, 21.3 ms apart.
         assert!((44..=47).contains(&frames.len()), "{} frames", frames.len());
         assert!(frames.windows(2).all(|w| (21..=22).contains(&(w[1] - w[0]))), "{frames:?}");
+    }
+
+    #[test]
+    fn an_hevc_original_goes_to_enhanced_urls_and_its_h264_fallback_to_the_others() {
+        let mut p = FlvProducer::new(UserId::parse("alice").unwrap(), StreamKind::Main, RelayMedia::AudioVideo);
+        let mut out = Vec::new();
+        // libx265's 640x360 SPS, with a VPS and a PPS ahead of an IDR (type 19), as the RTMP
+        // publisher hands its HEVC original over: one packet per access unit, Annex-B.
+        let sps: &[u8] = &[
+            0x42, 0x01, 0x01, 0x01, 0x60, 0x00, 0x00, 0x03, 0x00, 0x90, 0x00, 0x00, 0x03, 0x00, 0x00, 0x03, 0x00, 0x3f, 0xa0, 0x05, 0x02, 0x01, 0x69, 0x65, 0x95, 0x9a, 0x49, 0x32,
+            0xbc, 0x05, 0xa0, 0x20, 0x00, 0x00, 0x03, 0x00, 0x20, 0x00, 0x00, 0x03, 0x03, 0xc1,
+        ];
+        let mut au = Vec::new();
+        for n in [&[0x40, 1, 0x0c][..], sps, &[0x44, 1, 0xc1], &[19 << 1, 1, 0xaf]] {
+            au.extend_from_slice(&[0, 0, 0, 1]);
+            au.extend_from_slice(n);
+        }
+        let original = TapPacket { codec: Codec::H265, composition_ms: 33, ..h264(1, 9000, true, &au) };
+        p.push(&original, 100, &mut out).unwrap();
+        assert_eq!(out.len(), 2, "{out:?}");
+        let FlvTag::VideoHeader { body, lane: Lane::Enhanced } = &out[0] else { panic!("{:?}", out[0]) };
+        let Ok(flv::VideoTag::Enhanced { codec: flv::EnhancedCodec::Hevc, packet: flv::EnhancedPacket::SequenceStart(record) }) = flv::VideoTag::parse(body) else { panic!() };
+        assert_eq!(tessera_media::h265::HevcConfig::parse(record).unwrap().parameter_sets.len(), 3);
+        let FlvTag::Video { body, keyframe: true, lane: Lane::Enhanced, .. } = &out[1] else { panic!("{:?}", out[1]) };
+        let Ok(flv::VideoTag::Enhanced { packet: flv::EnhancedPacket::Frame { keyframe: true, composition_time_ms: 33, data }, .. }) = flv::VideoTag::parse(body) else { panic!() };
+        assert_eq!(&data[data.len() - 7..], &[0, 0, 0, 3, 19 << 1, 1, 0xaf], "length-prefixed NAL units");
+        // Its H.264 re-encoding is for the other URLs; H.264 that is the source is for all.
+        out.clear();
+        let fallback = |seq, payload: &[u8]| TapPacket { fallback_for: Some(Codec::H265), ..h264(seq, 9000, seq == 12, payload) };
+        p.push(&fallback(10, &[0x67, 1, 2]), 100, &mut out).unwrap();
+        p.push(&fallback(11, &[0x68, 3]), 100, &mut out).unwrap();
+        p.push(&fallback(12, &[0x65, 4]), 100, &mut out).unwrap();
+        assert!(out.len() == 2 && out.iter().all(|t| matches!(t, FlvTag::VideoHeader { lane: Lane::Legacy, .. } | FlvTag::Video { lane: Lane::Legacy, .. })), "{out:?}");
+        assert!(Lane::Legacy.for_url(false) && !Lane::Legacy.for_url(true) && Lane::Enhanced.for_url(true) && Lane::Both.for_url(true));
     }
 }

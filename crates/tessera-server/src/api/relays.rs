@@ -25,6 +25,41 @@ pub struct SourceReq {
     stream: Option<String>,
 }
 
+/// A URL to push to: its text, or `{"url", "enhanced_rtmp"}` for a CDN that takes Enhanced
+/// RTMP (an HEVC or AV1 source then goes to it as it came, not as its H.264 re-encoding).
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(untagged)]
+pub enum UrlEntry {
+    Plain(String),
+    Options(UrlOptions),
+}
+
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UrlOptions {
+    url: String,
+    #[serde(default)]
+    enhanced_rtmp: bool,
+}
+
+/// The URLs, and those of them that take Enhanced RTMP.
+fn split_urls(entries: Vec<UrlEntry>) -> (Vec<String>, Vec<String>) {
+    let mut urls = Vec::with_capacity(entries.len());
+    let mut enhanced = Vec::new();
+    for e in entries {
+        match e {
+            UrlEntry::Plain(u) => urls.push(u),
+            UrlEntry::Options(o) => {
+                if o.enhanced_rtmp {
+                    enhanced.push(o.url.clone());
+                }
+                urls.push(o.url);
+            }
+        }
+    }
+    (urls, enhanced)
+}
+
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StartRelay {
@@ -32,7 +67,7 @@ pub struct StartRelay {
     source: SourceReq,
     #[serde(default)]
     media: Option<String>,
-    urls: Vec<String>,
+    urls: Vec<UrlEntry>,
     #[serde(default)]
     max_idle_time: Option<u64>,
 }
@@ -41,7 +76,7 @@ pub struct StartRelay {
 #[serde(deny_unknown_fields)]
 pub struct UpdateRelay {
     #[serde(default)]
-    urls: Option<Vec<String>>,
+    urls: Option<Vec<UrlEntry>>,
     #[serde(default)]
     source: Option<SourceReq>,
     #[serde(default)]
@@ -58,9 +93,14 @@ fn source(s: &SourceReq) -> ApiResult<SourceRef> {
 }
 
 pub fn view(r: &RelayRecord) -> Value {
+    let mut urls = json!(r.urls);
+    for u in urls.as_array_mut().into_iter().flatten() {
+        let enhanced = u["url"].as_str().is_some_and(|x| r.enhanced_rtmp_urls.iter().any(|e| e == x));
+        u["enhanced_rtmp"] = json!(enhanced);
+    }
     json!({
         "id": r.id, "room": r.room, "source": r.source, "media": r.media, "state": r.state,
-        "urls": r.urls, "created_at": r.created_at, "leave_code": r.leave_code, "owner": r.owner,
+        "urls": urls, "created_at": r.created_at, "leave_code": r.leave_code, "owner": r.owner,
     })
 }
 
@@ -80,12 +120,13 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         None => RelayMedia::AudioVideo,
         Some(m) => RelayMedia::parse(m).ok_or_else(|| ApiError::invalid_parameter("media", "must be audio_video, audio or video"))?,
     };
-    check_urls(&req.urls)?;
+    let (urls, enhanced_rtmp_urls) = split_urls(req.urls);
+    check_urls(&urls)?;
     let idle = req.max_idle_time.unwrap_or(30);
     if !(1..=86_400).contains(&idle) {
         return Err(ApiError::invalid_parameter("max_idle_time", "must be 1 to 86400 seconds"));
     }
-    if let Some(u) = req.urls.iter().find(|u| state.tasks.relays.url_in_use(u, None)) {
+    if let Some(u) = urls.iter().find(|u| state.tasks.relays.url_in_use(u, None)) {
         return Err(url_in_use(u));
     }
     // Each relay costs a worker thread and a connection per URL (issue 10, defect 15).
@@ -93,10 +134,10 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if state.tasks.relays.live_count(&caller.app) >= limit {
         return Err(ApiError::new(StatusCode::TOO_MANY_REQUESTS, "limit_exceeded", format!("at most {limit} relays may run at once per app")).with_details(json!({"limit": limit})));
     }
-    let record = state
-        .tasks
-        .relays
-        .start(NewRelay { resumed: None, app: caller.app.clone(), room, source, media, urls: req.urls, max_idle: Duration::from_secs(idle), owner: None }, state.rtc.clone())?;
+    let record = state.tasks.relays.start(
+        NewRelay { resumed: None, app: caller.app.clone(), room, source, media, urls, enhanced_rtmp_urls, max_idle: Duration::from_secs(idle), owner: None },
+        state.rtc.clone(),
+    )?;
     Ok((StatusCode::CREATED, Json(view(&record))))
 }
 
@@ -123,7 +164,8 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
         return Err(ApiError::new(StatusCode::CONFLICT, "media_fixed", "a relay's media is fixed for its life"));
     }
     let new_source = req.source.as_ref().map(source).transpose()?;
-    if let Some(urls) = &req.urls {
+    let new_urls = req.urls.map(split_urls);
+    if let Some((urls, _)) = &new_urls {
         check_urls(urls)?;
         if let Some(u) = urls.iter().find(|u| state.tasks.relays.url_in_use(u, Some(&id))) {
             return Err(url_in_use(u));
@@ -132,8 +174,8 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     if let Some(s) = new_source {
         state.tasks.relays.set_source(&task, s).await;
     }
-    if let Some(urls) = req.urls {
-        state.tasks.relays.set_urls(&task, urls).await;
+    if let Some((urls, enhanced)) = new_urls {
+        state.tasks.relays.set_urls(&task, urls, enhanced).await;
     }
     Ok(Json(view(&task.record())))
 }

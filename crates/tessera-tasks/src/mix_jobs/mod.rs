@@ -271,6 +271,8 @@ pub async fn start_job(tasks: &Tasks, app: &AppId, body: Value, resumed: Option<
             source: crate::relay::SourceRef { user: mix_user, stream: tessera_media::StreamKind::Main },
             media: relay_media,
             urls: rtmp_urls.clone(),
+            // A mix's output is H.264: every URL takes the same.
+            enhanced_rtmp_urls: Vec::new(),
             max_idle: Duration::from_secs(idle + 5),
             owner: Some(id.clone()),
         };
@@ -359,7 +361,7 @@ pub async fn apply_patch(tasks: &Tasks, app: &AppId, id: &str, body: Value) -> T
                 if let Some(u) = urls.iter().find(|u| tasks.relays.url_in_use(u, Some(&relay.record().id))) {
                     return Err(TaskError::new(ErrorKind::Conflict, "url_in_use", format!("another relay already pushes to {u}")));
                 }
-                tasks.relays.set_urls(&relay, urls.clone()).await;
+                tasks.relays.set_urls(&relay, urls.clone(), Vec::new()).await;
             }
             (Some(relay), true) => tasks.relays.stop(&relay),
             (None, false) => return Err(field("outputs.rtmp_urls", "add RTMP outputs when starting the job")),

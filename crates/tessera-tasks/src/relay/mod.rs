@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tessera_engine::outputs::flv::{FlvProducer, FlvTag};
+use tessera_engine::outputs::flv::{FlvProducer, FlvTag, Lane};
 use tessera_engine::outputs::relay::{AttemptEnd, RelayMachine, RelayOutput, StopCause};
 use tessera_engine::{RoomKey, RtcHandle, TapPacket};
 use tessera_media::StreamKind;
@@ -34,6 +34,8 @@ pub struct RelayRecord {
     pub media: RelayMedia,
     pub state: RelayState,
     pub urls: Vec<UrlView>,
+    /// The URLs that take Enhanced RTMP: an HEVC or AV1 source goes to them as it came.
+    pub enhanced_rtmp_urls: Vec<String>,
     pub created_at: i64,
     pub leave_code: Option<u32>,
     /// Set for a mix job's own relay (`outputs.rtmp_urls`).
@@ -49,7 +51,7 @@ pub struct SourceRef {
 /// One FLV tag for the connections.
 #[derive(Debug, Clone)]
 enum Tag {
-    Video { body: Arc<[u8]>, ts: u32, keyframe: bool },
+    Video { body: Arc<[u8]>, ts: u32, keyframe: bool, lane: Lane },
     Audio { body: Arc<[u8]>, ts: u32 },
 }
 
@@ -58,14 +60,16 @@ enum Tag {
 struct Feed {
     media: RelayMedia,
     tags: broadcast::Sender<Tag>,
+    /// The video sequence header of legacy URLs, and of Enhanced RTMP URLs.
     video_header: Mutex<Option<Arc<[u8]>>>,
+    enhanced_video_header: Mutex<Option<Arc<[u8]>>>,
     audio_header: Mutex<Option<Arc<[u8]>>>,
 }
 
 /// Requests to a relay's task (its only input besides time, membership and connections).
 enum Command {
     Stop(StopCause),
-    SetUrls(Vec<String>, oneshot::Sender<()>),
+    SetUrls(Vec<String>, Vec<String>, oneshot::Sender<()>),
     SetSource(SourceRef, oneshot::Sender<()>),
 }
 
@@ -135,6 +139,8 @@ struct RelayFile {
     state: RelayState,
     #[serde(default)]
     urls: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    enhanced_rtmp_urls: Vec<String>,
     #[serde(default)]
     created_at: i64,
     #[serde(default)]
@@ -162,6 +168,7 @@ fn save(files: &TaskFiles, r: &RelayRecord, max_idle: Duration) -> crate::TaskRe
         media: r.media,
         state: r.state,
         urls: r.urls.iter().map(|u| u.url.clone()).collect(),
+        enhanced_rtmp_urls: r.enhanced_rtmp_urls.clone(),
         created_at: r.created_at,
         owner: r.owner.clone(),
         max_idle_s: max_idle.as_secs(),
@@ -177,6 +184,8 @@ pub struct NewRelay {
     pub source: SourceRef,
     pub media: RelayMedia,
     pub urls: Vec<String>,
+    /// Those of `urls` that take Enhanced RTMP.
+    pub enhanced_rtmp_urls: Vec<String>,
     pub max_idle: Duration,
     pub owner: Option<String>,
 }
@@ -209,6 +218,7 @@ impl Relays {
                 source: f.source,
                 media: f.media,
                 urls: f.urls,
+                enhanced_rtmp_urls: f.enhanced_rtmp_urls,
                 max_idle: Duration::from_secs(f.max_idle_s),
                 owner: None,
             };
@@ -257,6 +267,7 @@ impl Relays {
             media: new.media,
             state: machine.state(),
             urls: machine.urls(),
+            enhanced_rtmp_urls: new.enhanced_rtmp_urls.clone(),
             created_at,
             leave_code: None,
             owner: new.owner.clone(),
@@ -270,7 +281,13 @@ impl Relays {
             machine,
             room: RoomKey { app: new.app, room: new.room },
             source: new.source,
-            feed: Arc::new(Feed { media: new.media, tags: broadcast::channel(1024).0, video_header: Mutex::new(None), audio_header: Mutex::new(None) }),
+            feed: Arc::new(Feed {
+                media: new.media,
+                tags: broadcast::channel(1024).0,
+                video_header: Mutex::new(None),
+                enhanced_video_header: Mutex::new(None),
+                audio_header: Mutex::new(None),
+            }),
             max_idle: new.max_idle,
             rtc,
             tls: self.tls.clone(),
@@ -283,9 +300,10 @@ impl Relays {
     }
 
     /// `PATCH urls`: added URLs start, removed ones go 5 → 0, listed ones in 0 or 4 restart.
-    /// Returns once the relay's record shows the new list.
-    pub async fn set_urls(&self, task: &RelayTask, urls: Vec<String>) {
-        apply(task, |done| Command::SetUrls(urls, done)).await;
+    /// `enhanced_rtmp_urls` (those of `urls` that take Enhanced RTMP) apply from each URL's next
+    /// connection. Returns once the relay's record shows the new list.
+    pub async fn set_urls(&self, task: &RelayTask, urls: Vec<String>, enhanced_rtmp_urls: Vec<String>) {
+        apply(task, |done| Command::SetUrls(urls, enhanced_rtmp_urls, done)).await;
     }
 
     pub async fn set_source(&self, task: &RelayTask, source: SourceRef) {
@@ -398,7 +416,8 @@ impl Driver {
                         if let Some((_, old)) = connections.insert(url.clone(), (next_attempt_id, close)) {
                             let _ = old.send(true);
                         }
-                        let attempt = Attempt { url, id: next_attempt_id, feed: self.feed.clone(), tls: self.tls.clone(), reports: attempt_tx.clone() };
+                        let enhanced = lock(&self.task.record).enhanced_rtmp_urls.contains(&url);
+                        let attempt = Attempt { url, id: next_attempt_id, enhanced, feed: self.feed.clone(), tls: self.tls.clone(), reports: attempt_tx.clone() };
                         tokio::spawn(attempt.run(self.feed.tags.subscribe(), closed));
                     }
                     RelayOutput::Disconnect { url } => {
@@ -437,7 +456,8 @@ impl Driver {
                         shutting_down |= cause == StopCause::Shutdown;
                         self.machine.stop(cause, Instant::now());
                     }
-                    Some(Command::SetUrls(urls, done)) => {
+                    Some(Command::SetUrls(urls, enhanced, done)) => {
+                        lock(&self.task.record).enhanced_rtmp_urls = enhanced;
                         self.machine.set_urls(&urls, Instant::now());
                         replies.push(done);
                     }
@@ -544,9 +564,17 @@ fn convert(mut producer: FlvProducer, mut packets: mpsc::Receiver<TapPacket>, ep
         }
         for tag in out.drain(..) {
             match tag {
-                FlvTag::VideoHeader(h) => *lock(&feed.video_header) = Some(Arc::from(h)),
+                FlvTag::VideoHeader { body, lane } => {
+                    let h: Arc<[u8]> = Arc::from(body);
+                    if lane.for_url(false) {
+                        *lock(&feed.video_header) = Some(h.clone());
+                    }
+                    if lane.for_url(true) {
+                        *lock(&feed.enhanced_video_header) = Some(h);
+                    }
+                }
                 FlvTag::AudioHeader(h) => *lock(&feed.audio_header) = Some(Arc::from(h)),
-                FlvTag::Video { body, ms, keyframe } => drop(feed.tags.send(Tag::Video { body: Arc::from(body), ts: ms, keyframe })),
+                FlvTag::Video { body, ms, keyframe, lane } => drop(feed.tags.send(Tag::Video { body: Arc::from(body), ts: ms, keyframe, lane })),
                 FlvTag::Audio { body, ms } => drop(feed.tags.send(Tag::Audio { body: Arc::from(body), ts: ms })),
                 FlvTag::KeyframeWanted => drop(reports.send(MediaReport::KeyframeWanted)),
             }

@@ -17,6 +17,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 pub(super) struct Attempt {
     pub(super) url: String,
     pub(super) id: u64,
+    /// The URL takes Enhanced RTMP (an HEVC or AV1 original) rather than the H.264 fallback.
+    pub(super) enhanced: bool,
     pub(super) feed: Arc<Feed>,
     pub(super) tls: Arc<rustls::ClientConfig>,
     pub(super) reports: mpsc::UnboundedSender<(String, u64, AttemptReport)>,
@@ -113,7 +115,7 @@ impl Attempt {
                 Err(broadcast::error::RecvError::Closed) => return Ok(()),
             };
             // Sequence headers whenever they are new (first, or a source switch).
-            let vh = lock(&self.feed.video_header).clone();
+            let vh = lock(if self.enhanced { &self.feed.enhanced_video_header } else { &self.feed.video_header }).clone();
             let ah = lock(&self.feed.audio_header).clone();
             if vh.is_some() && vh.as_ref().map(|h| h.as_ptr()) != sent_headers.0.as_ref().map(|h| h.as_ptr()) {
                 if let Some(h) = &vh {
@@ -128,7 +130,8 @@ impl Attempt {
                 sent_headers.1 = ah;
             }
             match &tag {
-                Tag::Video { body, ts, keyframe } => {
+                Tag::Video { lane, .. } if !lane.for_url(self.enhanced) => continue,
+                Tag::Video { body, ts, keyframe, .. } => {
                     if skip_to_keyframe && !keyframe {
                         continue;
                     }
