@@ -151,6 +151,10 @@ pub fn rtp(data: &[u8]) {
         let _ = tessera_media::picture_size::av1_sequence_size(p);
         let _ = tessera_media::av1::sequence_header_obu(p);
         let _ = tessera_media::av1::sequence_header_of_config(p);
+        // The records an Enhanced RTMP relay builds from in-band parameter sets and headers.
+        let _ = tessera_media::av1::av1c_record(p);
+        let _ = tessera_media::picture_size::av1_sequence_info(p);
+        let _ = tessera_media::h265::hvcc_record(p, p, p);
         let mut av1 = Vec::new();
         if tessera_media::av1::packetize(p, true, 64 + p.len() % 1200, &mut av1).is_some() {
             let back: Vec<&[u8]> = av1.iter().map(Vec::as_slice).collect();
