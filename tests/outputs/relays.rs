@@ -19,7 +19,8 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": ["http://x/a/b"]})).expect_error(400, "invalid_parameter");
     post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": []})).expect_error(400, "invalid_parameter");
     // A URL with options names them right (`enhanced_rtmp`), or is refused.
-    let e = post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": [{"url": &cdn_url, "enhanced": true}]})).expect_error(400, "invalid_parameter");
+    let e =
+        post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "urls": [{"url": &cdn_url, "enhanced": true}]})).expect_error(400, "invalid_parameter");
     assert_eq!(e["details"]["field"], "urls[0]", "{e}");
     post_json(&relays, Some(&key), &json!({"room": "out", "source": {"user": "cam"}, "media": "both", "urls": [&cdn_url]})).expect_error(400, "invalid_parameter");
 
