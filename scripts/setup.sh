@@ -20,7 +20,9 @@ if [ "$want_test" = 1 ]; then
   # iproute2 and nftables for test hosts in network namespaces and lossy links.
   # openssl makes the test CA of the rtmps relay test. OBS Studio publishes with its default
   # settings under Xvfb (software OpenGL).
-  pkgs+=(chromium python3-venv iproute2 nftables openssl obs-studio xvfb)
+  # Firefox (ESR) runs room.html through puppeteer-core on Node.js (WebDriver BiDi).
+  pkgs+=(chromium python3-venv iproute2 nftables openssl obs-studio xvfb firefox-esr)
+  command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 
 missing=()
@@ -64,5 +66,10 @@ if [ "$want_test" = 1 ]; then
   if ! cmp -s tests/clients/requirements.txt "$venv/.installed" 2>/dev/null; then
     retry 4 "$venv/bin/pip" install -q --disable-pip-version-check -r tests/clients/requirements.txt
     cp tests/clients/requirements.txt "$venv/.installed"
+  fi
+  # The Node.js test client (puppeteer-core, which never downloads a browser here).
+  if ! cmp -s tests/clients/package-lock.json tests/clients/node_modules/.installed 2>/dev/null; then
+    (cd tests/clients && PUPPETEER_SKIP_DOWNLOAD=1 retry 4 npm ci --no-audit --no-fund --loglevel=error)
+    cp tests/clients/package-lock.json tests/clients/node_modules/.installed
   fi
 fi

@@ -122,6 +122,48 @@ fn four_browsers_meet_in_the_room_page() {
     assert_eq!(codes("cat").iter().filter(|c| [103, 104].contains(c)).count(), 1, "a resume is no 104/103 pair: {:?}", codes("cat"));
 }
 
+/// room.html in Firefox (Debian's ESR through WebDriver BiDi): two Firefox tabs and a Chromium
+/// tab meet. Each sees the others' colours; a Firefox tab's screen share and camera mute reach
+/// both browsers; a Firefox tab leaving is seen by both.
+#[test]
+fn firefox_and_chromium_meet_in_the_room_page() {
+    let _turn = serial();
+    let Hall { dir: _dir, data, net, server, .. } = hall("rtc-firefox");
+    let base = server.base.clone();
+    let spec = |user: &str, colour: &str, tone: &str| format!("{user},{},{colour},{tone}", token(&data, "foxes", user));
+    let (fox, fay, cro) = (spec("fox", "#ff0000", "300"), spec("fay", "#0000ff", "500"), spec("cro", "#00ff00", "700"));
+    let chromium = Client::start(&net, "browser.py", &["meet", "--base", &base, "--seconds", "36", "--participant", &cro]);
+    let firefox = Client::start_node(&net, "firefox.mjs", &["--base", &base, "--seconds", "12", "--screen-color", "#ff00ff", "--participant", &fox, "--participant", &fay]);
+    let f = firefox.finish(Duration::from_secs(150));
+    let c = chromium.finish(Duration::from_secs(150));
+    eprintln!("Firefox: {}", f["userAgent"]);
+    let close = |rgb: &Value, want: [i64; 3]| rgb.as_array().is_some_and(|v| v.iter().zip(want).all(|(x, w)| (x.as_i64().unwrap() - w).abs() < 60));
+    let tile = |tiles: &Value, user: &str, stream: &str| -> Value {
+        tiles.as_array().and_then(|t| t.iter().find(|t| t["user"] == user && t["stream"] == stream).cloned()).unwrap_or(Value::Null)
+    };
+    // Firefox decodes Chromium and the other Firefox tab; their colours are right.
+    for (me, others) in [("fox", [("fay", [0, 0, 255]), ("cro", [0, 255, 0])]), ("fay", [("fox", [255, 0, 0]), ("cro", [0, 255, 0])])] {
+        for (other, rgb) in others {
+            let t = tile(&f["meeting"][me], other, "main");
+            assert!(t["frames"].as_u64().unwrap_or(0) >= 60 && close(&t["rgb"], rgb), "{me} sees {other}: {t}\n{f}");
+        }
+    }
+    // fay's screen (magenta) reached fox as her aux stream; fox's camera is shown muted to fay.
+    let screen = tile(&f["shared"]["fox"], "fay", "aux");
+    assert!(screen["frames"].as_u64().unwrap_or(0) >= 30 && close(&screen["rgb"], [255, 0, 255]), "fox sees fay's screen: {screen}\n{f}");
+    assert_eq!(tile(&f["shared"]["fay"], "fox", "main")["videoMuted"], true, "{f}");
+    // fay left: fox dropped her tiles.
+    assert!(!f["after_leave"]["fox"].as_array().unwrap().iter().any(|t| t["user"] == "fay"), "fox still shows fay: {f}");
+    // Chromium decoded Firefox's video in its colour, and saw the mute and the leave.
+    let seen: Vec<Value> = c["snapshots"].as_array().unwrap().iter().map(|s| tile(&s["cro"], "fox", "main")).collect();
+    assert!(seen.iter().any(|t| t["frames"].as_u64().unwrap_or(0) >= 60 && close(&t["rgb"], [255, 0, 0])), "cro sees fox: {seen:?}\n{c}");
+    assert!(seen.iter().any(|t| t["videoMuted"] == true), "cro sees fox muted: {seen:?}");
+    let events = c["events"]["cro"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["type"] == "track_muted" && e["user"] == "fox" && e["kind"] == "video" && e["muted"] == true), "{events:?}");
+    assert!(events.iter().any(|e| e["type"] == "participant_left" && e["user"] == "fay"), "{events:?}");
+    assert_eq!(f["states"]["fox"][0], "publishing", "{f}");
+}
+
 /// Scenario 5 (PRODUCT.md §14): four browsers join `class1` over `/v1/rtc`, each with a solid
 /// colour and a tone; a nine-grid mix at 1280x720 15 fps 1.5 Mbit/s goes to an RTMP receiver
 /// (`ffmpeg -listen 1`). A WHEP viewer of the mix sees the four colours in their 2x2 tiles and

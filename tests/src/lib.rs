@@ -380,6 +380,13 @@ impl Client {
         Client { child: Some(child), what: format!("{script} {}", args.first().unwrap_or(&"")) }
     }
 
+    /// A Node.js test client (`tests/clients/<script>`, its modules from `npm ci` there).
+    pub fn start_node(net: &TestNet, script: &str, args: &[&str]) -> Client {
+        let path = repo_root().join("tests/clients").join(script);
+        let child = net.command(Path::new("node")).arg(&path).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{script}: {e}"));
+        Client { child: Some(child), what: format!("{script} {}", args.first().unwrap_or(&"")) }
+    }
+
     /// Waits (at most `limit`) and returns the client's last JSON line; panics on an error line.
     pub fn finish(mut self, limit: Duration) -> Value {
         let deadline = Instant::now() + limit;

@@ -92,8 +92,12 @@ impl Sfu {
         let Role::Viewer { consumers, .. } = &session.role else { return };
         let kind = consumers.iter().find(|c| c.mid == s.mid).map_or(MediaKind::Video, |c| c.kind);
         let net = &mut session.net;
+        // An event with no receiver report since the last one (browsers report about once a
+        // second, as often as str0m's events come) keeps the loss last reported, rather than
+        // showing none.
+        let previous = net.egress.iter().find(|x| x.0 == s.mid).and_then(|x| x.1);
         net.egress.retain(|(m, _, _)| *m != s.mid);
-        net.egress.push((s.mid, s.loss, s.remote.map_or(0.0, |r| jitter_ms(r.jitter, kind))));
+        net.egress.push((s.mid, s.loss.or(previous), s.remote.map_or(0.0, |r| jitter_ms(r.jitter, kind))));
         if s.rtt.is_some() {
             net.rtt = net.rtt.or(s.rtt);
         }
