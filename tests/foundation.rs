@@ -352,6 +352,20 @@ fn config_file_flags_and_redacted_printout() {
     assert!(out.contains("rtmp_addr = \"0.0.0.0:1935\""), "defaults are shown: {out}");
     assert!(!out.contains("shop-secret-0123456789") && !out.contains("hookKey1"), "{out}");
     assert!(out.contains("<redacted>"));
+    // What `serve` would run with: its flags count, and defaults worked out at start are shown.
+    let (status, out, err) = run_cli(&["config", "--config", cfg.to_str().unwrap(), "--http-addr", "127.0.0.1:2"]);
+    assert!(status.success(), "{err}");
+    let cores = std::thread::available_parallelism().unwrap().get();
+    assert!(out.contains("http_addr = \"127.0.0.1:2\"") && out.contains(&format!("concurrent_mix_jobs = {cores}")), "{out}");
+
+    // `token` never makes up a data dir (its secret would be one no server knows) unless asked.
+    let elsewhere = dir.path().join("not-a-data-dir");
+    let (status, _, err) = run_cli(&["token", "--data-dir", elsewhere.to_str().unwrap(), "--room", "r", "--user", "u"]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("no Tessera data dir") && err.contains("TESSERA_DATA_DIR") && err.contains("--init"), "{err}");
+    assert!(!elsewhere.exists(), "no data dir was created");
+    let (status, _, err) = run_cli(&["token", "--data-dir", elsewhere.to_str().unwrap(), "--room", "r", "--user", "u", "--init"]);
+    assert!(status.success() && elsewhere.join("apps.json").is_file(), "{err}");
 
     // Flags beat the file; the configured app exists with its secret.
     let server = Server::start(&data, &["--config", cfg.to_str().unwrap()]);
@@ -362,6 +376,17 @@ fn config_file_flags_and_redacted_printout() {
     assert!(status.success(), "{err}");
     let parsed = token::verify(token.trim(), now_s(), |app| (app.as_str() == "shop").then_some(s.as_slice())).unwrap();
     assert_eq!(parsed.kid.as_str(), "s1");
+    // The data dir from the environment, run from another directory: the server's secret.
+    let out = std::process::Command::new(tessera_bin())
+        .args(["token", "--app", "shop", "--room", "r", "--user", "u"])
+        .env("TESSERA_DATA_DIR", &data)
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let from_env = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(token::verify(&from_env, now_s(), |app| (app.as_str() == "shop").then_some(s.as_slice())).is_ok());
+    assert!(!dir.path().join("tessera-data").exists(), "no ./tessera-data was made");
     assert_eq!(server.stop().code(), Some(0));
 }
 

@@ -211,7 +211,7 @@ fn simulcast_viewer_with_capped_bandwidth_gets_a_lower_layer() {
             "--degradation",
             "maintain-resolution",
             "--seconds",
-            "22",
+            "26",
             "--fake-video",
             camera.to_str().unwrap(),
         ],

@@ -274,7 +274,7 @@ fn simulcast_published_over_the_socket() {
     let Hall { dir: _dir, data, net, server, key } = hall("rtc-simulcast");
     let specs = [format!("ann,{},#ff0000,300,simulcast", token(&data, "sim", "ann")), format!("ben,{},#00ff00,500", token(&data, "sim", "ben"))];
     let base = server.base.clone();
-    let args = ["room", "--base", &base, "--seconds", "10", "--size", "1280x720", "--participant", &specs[0], "--participant", &specs[1]];
+    let args = ["room", "--base", &base, "--seconds", "14", "--size", "1280x720", "--participant", &specs[0], "--participant", &specs[1]];
     let browsers = Client::start(&net, "browser.py", &args);
     let layers = until(Duration::from_secs(40), "ann's video never showed two layers", || {
         let v = get(&server.url("/v1/rooms/sim/users/ann"), Some(&key)).json();

@@ -20,11 +20,38 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ConfigArgs {
     /// TOML configuration file; flags override it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", env = "TESSERA_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory (apps, keys, tasks, recordings). Default ./tessera-data.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, value_name = "DIR", env = "TESSERA_DATA_DIR")]
     data_dir: Option<PathBuf>,
+}
+
+/// What `serve` listens on; `config` takes the same, to print what `serve` would run with.
+#[derive(Args, Clone)]
+struct ListenArgs {
+    /// HTTP listen address. Default 0.0.0.0:8080.
+    #[arg(long, value_name = "ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// RTMP listen address. Default 0.0.0.0:1935.
+    #[arg(long, value_name = "ADDR")]
+    rtmp_addr: Option<SocketAddr>,
+    /// WebRTC UDP address. Default 0.0.0.0:8443.
+    #[arg(long, value_name = "ADDR")]
+    rtc_udp_addr: Option<SocketAddr>,
+    /// Public IP for ICE candidates and printed URLs.
+    #[arg(long, value_name = "IP")]
+    public_ip: Option<IpAddr>,
+    /// Development mode: room.html can join with just a name (POST /dev/token mints tokens
+    /// for clients on this machine).
+    #[arg(long)]
+    dev: bool,
+}
+
+impl ListenArgs {
+    fn overrides(&self) -> Overrides {
+        Overrides { http_addr: self.http_addr, rtmp_addr: self.rtmp_addr, rtc_udp_addr: self.rtc_udp_addr, public_ip: self.public_ip, data_dir: None, dev: self.dev }
+    }
 }
 
 #[derive(Subcommand)]
@@ -33,22 +60,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         config: ConfigArgs,
-        /// HTTP listen address. Default 0.0.0.0:8080.
-        #[arg(long, value_name = "ADDR")]
-        http_addr: Option<SocketAddr>,
-        /// RTMP listen address. Default 0.0.0.0:1935.
-        #[arg(long, value_name = "ADDR")]
-        rtmp_addr: Option<SocketAddr>,
-        /// WebRTC UDP address. Default 0.0.0.0:8443.
-        #[arg(long, value_name = "ADDR")]
-        rtc_udp_addr: Option<SocketAddr>,
-        /// Public IP for ICE candidates and printed URLs.
-        #[arg(long, value_name = "IP")]
-        public_ip: Option<IpAddr>,
-        /// Development mode: room.html can join with just a name (POST /dev/token mints tokens
-        /// for clients on this machine).
-        #[arg(long)]
-        dev: bool,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Print a user token signed with the app's newest secret.
     Token {
@@ -69,16 +82,23 @@ enum Command {
         ttl: humantime::Duration,
         #[arg(long, default_value = "default")]
         app: String,
+        /// Create the data dir if there is none. A token signed there is accepted only by a
+        /// server that runs on that data dir.
+        #[arg(long)]
+        init: bool,
     },
     /// Manage API keys in the data dir (while the server is stopped; use the REST API while it runs).
     ApiKey {
         #[command(subcommand)]
         command: ApiKeyCommand,
     },
-    /// Print the effective configuration, secrets redacted.
+    /// Print the configuration `serve` would run with given the same file, environment and
+    /// flags: every key, secrets redacted.
     Config {
         #[command(flatten)]
         config: ConfigArgs,
+        #[command(flatten)]
+        listen: ListenArgs,
     },
     /// Merge a single-stream recording's audio and video HLS into MP4s per user (RECORDING.md §9).
     Merge {
@@ -169,8 +189,8 @@ fn cli_store(config: &Config) -> Result<AppStore, Failure> {
 
 fn run(cli: Cli) -> Result<(), Failure> {
     match cli.command {
-        Command::Serve { config, http_addr, rtmp_addr, rtc_udp_addr, public_ip, dev } => {
-            let config = load_config(&config, Overrides { http_addr, rtmp_addr, rtc_udp_addr, public_ip, data_dir: None, dev })?;
+        Command::Serve { config, listen } => {
+            let config = load_config(&config, listen.overrides())?;
             init_logging(&config.log);
             let rt = tokio::runtime::Runtime::new().map_err(Failure::runtime)?;
             rt.block_on(async {
@@ -181,8 +201,17 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 server.run(tessera_server::run::shutdown_signal()).await.map_err(Failure::runtime)
             })
         }
-        Command::Token { config, room, user, role, privileges, ttl, app } => {
+        Command::Token { config, room, user, role, privileges, ttl, app, init } => {
             let config = load_config(&config, Overrides::default())?;
+            // A token from a data dir the server does not run on is refused by the server
+            // (token_bad_signature): never make one up silently.
+            if !init && !DataDir::has_apps(&config.data_dir) {
+                return Err(Failure::usage(format!(
+                    "no Tessera data dir at {} (no apps.json there): run `tessera token` in the directory `tessera serve` runs in, \
+                     or give it the server's --data-dir, --config or TESSERA_DATA_DIR; --init creates a new data dir",
+                    config.data_dir.display()
+                )));
+            }
             let app = AppId::parse(&app).map_err(Failure::usage)?;
             let room = RoomId::parse(&room).map_err(Failure::usage)?;
             let user = UserId::parse(&user).map_err(Failure::usage)?;
@@ -236,9 +265,9 @@ fn run(cli: Cli) -> Result<(), Failure> {
             }
             Ok(())
         }
-        Command::Config { config } => {
-            let config = load_config(&config, Overrides::default())?;
-            print!("{}", config.redacted().to_toml());
+        Command::Config { config, listen } => {
+            let config = load_config(&config, listen.overrides())?;
+            print!("{}", config.effective().redacted().to_toml());
             Ok(())
         }
         Command::Merge { dir, mode, skip_gaps, av, fps, size, out_dir } => {

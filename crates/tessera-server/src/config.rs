@@ -337,6 +337,14 @@ impl Config {
         toml::to_string_pretty(self).expect("the config serializes to TOML")
     }
 
+    /// The configuration with every default a server works out at start written in (the mix
+    /// job cap from the cores), for `tessera config`.
+    pub fn effective(&self) -> Config {
+        let mut c = self.clone();
+        c.limits.concurrent_mix_jobs = Some(self.max_mix_jobs());
+        c
+    }
+
     /// How many mix jobs may run at once.
     pub fn max_mix_jobs(&self) -> u32 {
         self.limits.concurrent_mix_jobs.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))

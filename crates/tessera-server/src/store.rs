@@ -90,6 +90,11 @@ impl DataDir {
         self.root.join("apps.json")
     }
 
+    /// Whether `root` is a data dir a server has set up (it has its apps).
+    pub fn has_apps(root: &Path) -> bool {
+        root.join("apps.json").is_file()
+    }
+
     pub fn admin_key_path(&self) -> PathBuf {
         self.root.join("admin.key")
     }
