@@ -203,15 +203,6 @@ fn run(cli: Cli) -> Result<(), Failure> {
         }
         Command::Token { config, room, user, role, privileges, ttl, app, init } => {
             let config = load_config(&config, Overrides::default())?;
-            // A token from a data dir the server does not run on is refused by the server
-            // (token_bad_signature): never make one up silently.
-            if !init && !DataDir::has_apps(&config.data_dir) {
-                return Err(Failure::usage(format!(
-                    "no Tessera data dir at {} (no apps.json there): run `tessera token` in the directory `tessera serve` runs in, \
-                     or give it the server's --data-dir, --config or TESSERA_DATA_DIR; --init creates a new data dir",
-                    config.data_dir.display()
-                )));
-            }
             let app = AppId::parse(&app).map_err(Failure::usage)?;
             let room = RoomId::parse(&room).map_err(Failure::usage)?;
             let user = UserId::parse(&user).map_err(Failure::usage)?;
@@ -221,6 +212,15 @@ fn run(cli: Cli) -> Result<(), Failure> {
             let ttl_s = ttl.as_secs() as i64;
             if !(1..=30 * 24 * 3600).contains(&ttl_s) {
                 return Err(Failure::usage("--ttl must be between 1s and 30d"));
+            }
+            // A token from a data dir the server does not run on is refused by the server
+            // (token_bad_signature): never make one up silently.
+            if !init && !DataDir::has_apps(&config.data_dir) {
+                return Err(Failure::usage(format!(
+                    "no Tessera data dir at {} (no apps.json there): run `tessera token` in the directory `tessera serve` runs in, \
+                     or give it the server's --data-dir, --config or TESSERA_DATA_DIR; --init creates a new data dir",
+                    config.data_dir.display()
+                )));
             }
             let store = cli_store(&config)?;
             let apps = store.snapshot();
