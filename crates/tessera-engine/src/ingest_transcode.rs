@@ -309,8 +309,7 @@ impl X264Source {
                         Some(NAL_PPS) => pps = n.to_vec(),
                         _ => {}
                     }
-                    data.extend_from_slice(&(n.len() as u32).to_be_bytes());
-                    data.extend_from_slice(n);
+                    tessera_media::h264::write_length_prefixed(&[n], &mut data);
                 }
                 out.push(CodedFrame { data, dts_ms: (dts + 1000) as u32, cts_ms: (pts - dts) as i32, keyframe: packet.is_key() });
             }

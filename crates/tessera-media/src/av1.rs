@@ -22,6 +22,13 @@ impl Obu<'_> {
         (self.header[0] >> 3) & 0x0f
     }
 
+    /// The OBU with its size field, on its own.
+    pub fn sized(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.payload.len() + 4);
+        self.write_sized(&mut out);
+        out
+    }
+
     /// Appends the OBU with its size field (the low-overhead format).
     pub fn write_sized(&self, out: &mut Vec<u8>) {
         out.push(self.header[0] | 0x02);
@@ -98,29 +105,27 @@ pub fn sequence_header_of_config(av1c: &[u8]) -> Option<Vec<u8>> {
     if av1c.len() < 4 || av1c[0] != 0x81 {
         return None;
     }
-    let obus = split_obus(&av1c[4..])?;
-    let seq = obus.iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)?;
-    let mut out = Vec::with_capacity(seq.payload.len() + 4);
-    seq.write_sized(&mut out);
-    Some(out)
+    find_sequence_header(&av1c[4..]).map(|seq| seq.sized())
+}
+
+/// The first sequence header OBU among `obus` (low-overhead format).
+fn find_sequence_header(obus: &[u8]) -> Option<Obu<'_>> {
+    split_obus(obus)?.into_iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)
 }
 
 /// A temporal unit's sequence header OBU (with its size field, as an `av1C` builder takes it)
 /// and the largest picture size it allows.
 pub fn sequence_header_obu(temporal_unit: &[u8]) -> Option<(Vec<u8>, (u32, u32))> {
-    let obus = split_obus(temporal_unit)?;
-    let seq = obus.iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)?;
+    let seq = find_sequence_header(temporal_unit)?;
     let size = crate::picture_size::av1_sequence_size(seq.payload)?;
-    let mut out = Vec::with_capacity(seq.payload.len() + 4);
-    seq.write_sized(&mut out);
-    Some((out, size))
+    Some((seq.sized(), size))
 }
 
-/// An `av1C` record (AV1-ISOBMFF §2.3) for a sequence header OBU (with its size field): what
-/// an Enhanced RTMP sequence start and an MP4 carry. `None` when the header cannot be read.
-pub fn av1c_record(sequence_header: &[u8]) -> Option<Vec<u8>> {
-    let obus = split_obus(sequence_header)?;
-    let seq = obus.iter().find(|o| o.obu_type() == OBU_SEQUENCE_HEADER)?;
+/// An `av1C` record (AV1-ISOBMFF §2.3) for the sequence header among `obus` (a temporal unit,
+/// or the header alone): what an Enhanced RTMP sequence start and an MP4 carry. `None` when
+/// there is none or it cannot be read.
+pub fn av1c_record(obus: &[u8]) -> Option<Vec<u8>> {
+    let seq = find_sequence_header(obus)?;
     let i = crate::picture_size::av1_sequence_info(seq.payload)?;
     let mut r = vec![
         0x81,
@@ -140,7 +145,7 @@ pub fn av1c_record(sequence_header: &[u8]) -> Option<Vec<u8>> {
 
 /// Whether a temporal unit carries a sequence header OBU.
 pub fn has_sequence_header(temporal_unit: &[u8]) -> bool {
-    split_obus(temporal_unit).is_some_and(|obus| obus.iter().any(|o| o.obu_type() == OBU_SEQUENCE_HEADER))
+    find_sequence_header(temporal_unit).is_some()
 }
 
 /// Packetizes one temporal unit into RTP payloads of at most `max_payload` bytes. Every OBU

@@ -85,6 +85,15 @@ impl<'a> Reader<'a> {
 }
 
 /// The NAL units of a length-prefixed access unit (AVCC format), in order.
+/// Appends NAL units each behind its 4-byte big-endian length (AVCC/HVCC samples, FLV frames).
+pub fn write_length_prefixed<N: AsRef<[u8]>>(nalus: &[N], out: &mut Vec<u8>) {
+    for n in nalus {
+        let n = n.as_ref();
+        out.extend_from_slice(&(n.len() as u32).to_be_bytes());
+        out.extend_from_slice(n);
+    }
+}
+
 pub fn split_length_prefixed(mut data: &[u8], length_size: usize) -> Result<Vec<&[u8]>, H264Error> {
     let mut out = Vec::new();
     while !data.is_empty() {

@@ -23,11 +23,11 @@ pub fn of_packet(codec: Codec, payload: &[u8]) -> Option<(u32, u32)> {
                 let (len, n) = crate::av1::read_leb128(rest)?;
                 rest.get(n..n.checked_add(usize::try_from(len).ok()?)?)?
             };
-            let header = *element.first()?;
-            if (header >> 3) & 0x0f != crate::av1::OBU_SEQUENCE_HEADER {
+            let obu = crate::av1::split_obus(element)?.into_iter().next()?;
+            if obu.obu_type() != crate::av1::OBU_SEQUENCE_HEADER {
                 return None;
             }
-            av1_sequence_size(element.get(if header & 0x04 != 0 { 2 } else { 1 }..)?)
+            av1_sequence_size(obu.payload)
         }
         Codec::Vp8 => {
             let (start, frame) = vp8::depacketize(payload)?;

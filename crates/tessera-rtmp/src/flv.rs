@@ -395,10 +395,7 @@ pub fn avc_frame(nalus: &[&[u8]], keyframe: bool, composition_time_ms: i32) -> V
     let cts = composition_time_ms.to_be_bytes();
     let mut out = Vec::with_capacity(5 + nalus.iter().map(|n| n.len() + 4).sum::<usize>());
     out.extend_from_slice(&[if keyframe { 0x17 } else { 0x27 }, 1, cts[1], cts[2], cts[3]]);
-    for n in nalus {
-        out.extend_from_slice(&(n.len() as u32).to_be_bytes());
-        out.extend_from_slice(n);
-    }
+    tessera_media::h264::write_length_prefixed(nalus, &mut out);
     out
 }
 

@@ -107,10 +107,7 @@ impl FlvProducer {
                 };
                 (flv::EnhancedCodec::Hevc, record)
             }
-            Codec::Av1 => {
-                let record = keyframe.then(|| tessera_media::av1::sequence_header_obu(&nalus.concat())).flatten().and_then(|(obu, _)| tessera_media::av1::av1c_record(&obu));
-                (flv::EnhancedCodec::Av1, record)
-            }
+            Codec::Av1 => (flv::EnhancedCodec::Av1, keyframe.then(|| tessera_media::av1::av1c_record(&nalus.concat())).flatten()),
             _ => return Ok(()),
         };
         if let Some(record) = record.filter(|r| *r != self.original_header) {
@@ -123,10 +120,7 @@ impl FlvProducer {
         let data = match enhanced {
             flv::EnhancedCodec::Hevc => {
                 let mut d = Vec::with_capacity(nalus.iter().map(|n| n.len() + 4).sum());
-                for n in &nalus {
-                    d.extend_from_slice(&(n.len() as u32).to_be_bytes());
-                    d.extend_from_slice(n);
-                }
+                tessera_media::h264::write_length_prefixed(&nalus, &mut d);
                 d
             }
             _ => nalus.concat(),

@@ -55,11 +55,14 @@ impl Playlist {
     }
 
     pub fn add_segment(&mut self, name: &str, duration_ms: i64) {
+        self.push_segment(name, duration_ms, None);
+    }
+
+    fn push_segment(&mut self, name: &str, duration_ms: i64, init: Option<(u64, u64)>) {
         if std::mem::take(&mut self.discontinuity) {
             self.lines.push("#EXT-X-DISCONTINUITY".into());
         }
-        self.lines.push(format!("#EXTINF:{:.3},", duration_ms as f64 / 1000.0));
-        self.lines.push(name.to_owned());
+        self.lines.push(segment_entry(name, duration_ms as f64 / 1000.0, init).trim_end().to_owned());
         self.segments += 1;
     }
 
@@ -68,14 +71,7 @@ impl Playlist {
     /// each segment is also an MP4 file that plays alone.
     pub fn add_segment_with_init(&mut self, name: &str, duration_ms: i64, init: u64, len: u64) {
         self.maps = true;
-        if std::mem::take(&mut self.discontinuity) {
-            self.lines.push("#EXT-X-DISCONTINUITY".into());
-        }
-        self.lines.push(format!("#EXT-X-MAP:URI=\"{name}\",BYTERANGE=\"{init}@0\""));
-        self.lines.push(format!("#EXTINF:{:.3},", duration_ms as f64 / 1000.0));
-        self.lines.push(format!("#EXT-X-BYTERANGE:{}@{init}", len.saturating_sub(init)));
-        self.lines.push(name.to_owned());
-        self.segments += 1;
+        self.push_segment(name, duration_ms, Some((init, len)));
     }
 
     pub fn segments(&self) -> usize {
@@ -100,6 +96,18 @@ impl Playlist {
             t.push_str("#EXT-X-ENDLIST\n");
         }
         t
+    }
+}
+
+/// One segment's lines in a playlist (each ending in a newline): its duration and URI, and for
+/// a self-initializing fragmented MP4 of `len` bytes (`init`, `len`) its init section and the
+/// media after it.
+pub fn segment_entry(uri: &str, duration_s: f64, init: Option<(u64, u64)>) -> String {
+    match init {
+        Some((init, len)) => {
+            format!("#EXT-X-MAP:URI=\"{uri}\",BYTERANGE=\"{init}@0\"\n#EXTINF:{duration_s:.3},\n#EXT-X-BYTERANGE:{}@{init}\n{uri}\n", len.saturating_sub(init))
+        }
+        None => format!("#EXTINF:{duration_s:.3},\n{uri}\n"),
     }
 }
 

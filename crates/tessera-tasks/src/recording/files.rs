@@ -6,6 +6,7 @@ use super::{lock, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEv
 use crate::persist::write_atomic;
 use serde_json::json;
 use std::path::Path;
+use tessera_engine::outputs::hls::segment_entry;
 use tessera_model::events::{CommittedFile, FileMessage, TaskEvent};
 
 /// MP4 parts are also cut before 2 GiB.
@@ -18,7 +19,7 @@ pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
     if let Ok(entries) = std::fs::read_dir(spool) {
         for e in entries.flatten() {
             let name = e.file_name().to_string_lossy().into_owned();
-            let Some(segment) = name.strip_suffix(".part").filter(|n| n.ends_with(".ts") || n.ends_with(".m4s")) else {
+            let Some(segment) = name.strip_suffix(".part").filter(|n| is_segment(n)) else {
                 let _ = std::fs::remove_file(e.path());
                 continue;
             };
@@ -43,12 +44,7 @@ pub(super) fn recover_segments(final_dir: &Path, spool: &Path) {
                         continue;
                     }
                     text = text.replace("#EXT-X-ENDLIST\n", "");
-                    match init.filter(|_| fmp4) {
-                        Some(init) => {
-                            text.push_str(&format!("#EXT-X-MAP:URI=\"{segment}\",BYTERANGE=\"{init}@0\"\n#EXTINF:{d:.3},\n#EXT-X-BYTERANGE:{}@{init}\n{segment}\n", whole - init))
-                        }
-                        None => text.push_str(&format!("#EXTINF:{d:.3},\n{segment}\n")),
-                    }
+                    text.push_str(&segment_entry(segment, d, init.filter(|_| fmp4).map(|init| (init, whole))));
                     let _ = write_atomic(&pl, text.as_bytes(), 0o644);
                 }
                 _ => {
@@ -118,6 +114,11 @@ pub(super) fn identify(stem: &str) -> (String, String, String) {
     let user = base64::engine::general_purpose::STANDARD.decode(user_b64.replace('-', "/").replace('.', "=")).ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
     let (media, kind) = tail.split_once('_').unwrap_or((tail, "audio_video"));
     (user, media.to_string(), kind.to_string())
+}
+
+/// A media segment's file: MPEG-TS, or an AV1 original's fragmented MP4.
+fn is_segment(name: &str) -> bool {
+    name.ends_with(".ts") || name.ends_with(".m4s")
 }
 
 fn begin_of(segment: &str) -> i64 {
@@ -228,11 +229,8 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
                         let path = final_dir.join(seg);
                         // An AV1 original's fragmented MP4 segment: its own init section first.
                         let init = seg.ends_with(".m4s").then(|| tessera_transcode::mux::fmp4_init_len(&path)).flatten();
-                        if let Some(init) = init {
-                            let len = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(init);
-                            text.push_str(&format!("#EXT-X-MAP:URI=\"{}\",BYTERANGE=\"{init}@0\"\n#EXT-X-BYTERANGE:{}@{init}\n", path.display(), len - init));
-                        }
-                        text.push_str(&format!("#EXTINF:{dur:.3},\n{}\n", path.display()));
+                        let init = init.map(|init| (init, std::fs::metadata(&path).map(|m| m.len()).unwrap_or(init)));
+                        text.push_str(&segment_entry(&path.display().to_string(), *dur, init));
                     }
                 }
                 text.push_str("#EXT-X-ENDLIST\n");
@@ -254,13 +252,8 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
                         if storage.store(path, &name).is_err() {
                             continue;
                         }
-                        let first = files
-                            .iter()
-                            .filter(|f| f.user_id == user && f.media_id == media && (f.file_name.ends_with(".ts") || f.file_name.ends_with(".m4s")))
-                            .map(|f| f.begin_ts)
-                            .min()
-                            .unwrap_or(0)
-                            + offset_ms;
+                        let first =
+                            files.iter().filter(|f| f.user_id == user && f.media_id == media && is_segment(&f.file_name)).map(|f| f.begin_ts).min().unwrap_or(0) + offset_ms;
                         let duration_ms = (seconds * 1000.0) as i64;
                         offset_ms += duration_ms;
                         let info = FileInfo {
