@@ -453,3 +453,34 @@ fn ffmpeg_whip_publishes_with_its_defaults() {
         assert!(r["audio_frames"].as_u64().unwrap() >= 100, "{flags}: {r}");
     }
 }
+
+/// play.html for a user who has not published yet (or a typo) says whom it waits for instead of
+/// "connected" over a black picture, and starts by itself when they publish (issue 15).
+#[test]
+fn play_page_waits_for_the_publisher_and_starts_when_they_come() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-wait");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = serve(&net, &data);
+    let anchor = token(&data, "w1", "obs", &[]);
+    let page = browser(&net, &server, &["wait-play", "--room", "w1", "--user", "obs", "--token", &anchor, "--seconds", "16"]);
+    let publisher = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/w1"), "--token", &anchor, "--seconds", "9", "--delay", "6"]);
+    let r = page.finish(Duration::from_secs(60));
+    let p = publisher.finish(Duration::from_secs(30));
+    let came = p["connected_at"].as_f64().unwrap();
+    let samples = r["samples"].as_array().unwrap();
+    let before: Vec<&Value> = samples.iter().filter(|s| s["t"].as_f64().unwrap() < came - 0.5 && s["publisher"].is_string()).collect();
+    assert!(before.len() >= 4, "the page polled the server before the publisher came: {r}");
+    for s in &before {
+        assert_eq!(s["publisher"], "absent", "{s}");
+        assert!(s["state"].as_str().unwrap().contains("waiting for obs to publish main"), "{s}");
+        assert!(s["overlay"].as_str().unwrap().starts_with("waiting for obs"), "{s}");
+        assert_eq!(s["frames"], 0, "{s}");
+    }
+    let last = samples.last().unwrap();
+    assert_eq!(last["publisher"], "live", "{r}");
+    assert!(last["frames"].as_u64().unwrap() >= 30, "it played once they published: {r}");
+    assert!(!last["state"].as_str().unwrap().contains("waiting"), "{last}");
+    assert!(last["overlay"].as_str().unwrap().contains("fps"), "{last}");
+}

@@ -53,7 +53,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
+    p.add_argument("mode", choices=["publish", "play", "wait-play", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -76,11 +76,16 @@ def main():
     p.add_argument("--fake-video", default="", help="Y4M/MJPEG file the fake camera plays in a loop")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--loopback", action="store_true", help="allow WebRTC on 127.0.0.1 (benchmarks on one host)")
+    p.add_argument("--trust-spki", default="", help="an HTTPS --base: trust the certificate with this public key (base64 SHA-256)")
     a = p.parse_args()
     out = {}
     with sync_playwright() as pw:
-        # getUserMedia needs a secure context: the test server is plain HTTP on a test-host address.
-        args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
+        # getUserMedia needs a secure context: the test server is plain HTTP on a test-host
+        # address, or HTTPS with a certificate this profile trusts by its public key.
+        if a.trust_spki:
+            args = CHROMIUM_ARGS + [f"--ignore-certificate-errors-spki-list={a.trust_spki}"]
+        else:
+            args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
         if a.loopback:
             args.append("--allow-loopback-in-peer-connection")
         if a.fake_video:
@@ -312,11 +317,28 @@ def meet(ctx, a):
         "snapshots": snapshots,
         "events": {u: p.evaluate("window.tessera.events") for u, p in pages},
         "states": {u: [p.evaluate("window.tessera.state"), p.evaluate("window.tessera.error")] for u, p in pages},
+        "origins": {u: p.evaluate("({protocol: location.protocol, host: location.host, secure: window.isSecureContext})") for u, p in pages},
     }
 
 
+def wait_play(ctx, a):
+    """play.html for a stream nobody publishes yet: every 0.5 s for --seconds, what the page
+    shows (state line, overlay), the server's word on the publisher and frames decoded."""
+    q = {"room": a.room, "user": a.user, "token": a.token, "autostart": "1"}
+    page = ctx.new_page()
+    page.goto(f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
+    samples = []
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        time.sleep(0.5)
+        samples.append(page.evaluate("""() => ({t: Date.now() / 1000, state: document.getElementById('state').textContent,
+            overlay: document.getElementById('overlay').textContent, publisher: window.tessera.publisher,
+            frames: window.tessera.stats.framesDecoded || 0})"""))
+    return {"samples": samples, "page_error": page.evaluate("window.tessera.error")}
+
+
 # The modes that drive room.html, speedtest.html or several tabs: each returns what to print.
-PAGE_MODES = {"meet": meet, "room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
+PAGE_MODES = {"wait-play": wait_play, "meet": meet, "room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
 
 
 if __name__ == "__main__":

@@ -299,3 +299,52 @@ fn simulcast_published_over_the_socket() {
     let rgb: Vec<i64> = ann["rgb"].as_array().unwrap().iter().map(|x| x.as_i64().unwrap()).collect();
     assert!(rgb[0] > 200 && rgb[1] < 60 && rgb[2] < 60, "ben sees ann red: {ann}");
 }
+
+/// HTTPS on `http_addr` (issue 15): a server with `--tls-self-signed` on a test-host address,
+/// two Chromium tabs from another network namespace — a non-localhost origin, where cameras need
+/// a secure context — trust its key (as a user trusts it once) and meet on room.html: the page,
+/// the signaling WebSocket (wss), the API and the media all go through it. curl checks the
+/// certificate names the address, HTTP/2 by ALPN, and the plain-HTTP redirect.
+#[test]
+fn chromium_meets_over_https_from_another_machine() {
+    let _turn = serial();
+    let dir = TempDir::new("rtc-https");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let http = format!("{}:0", net.host_ip);
+    let redirect = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http, "--tls-self-signed", "--http-redirect-addr", &redirect]);
+    let base = server.base.clone();
+    assert!(base.starts_with(&format!("https://{}:", net.host_ip)), "{}", server.banner);
+    let spki = server.banner.split("public key sha256/").nth(1).and_then(|s| s.split(')').next()).expect("the banner prints the key's pin").to_owned();
+    // The certificate names this address: curl trusts it with the file the server left.
+    let cacert = data.join("tls/self-signed.crt");
+    let curl = |args: &[&str]| {
+        let out = Command::new("curl").args(["-sS", "--max-time", "10", "--cacert", cacert.to_str().unwrap()]).args(args).output().expect("curl");
+        assert!(out.status.success(), "curl {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(curl(&["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &format!("{base}/healthz")]), "2 200");
+    assert_eq!(curl(&["--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &format!("{base}/room.html")]), "1.1 200");
+    let redirect_port = server.banner.lines().find_map(|l| l.trim().strip_prefix("HTTP redirect")).and_then(|l| l.split_whitespace().next()).expect("the banner names the redirect").to_owned();
+    let moved = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("http://{redirect_port}/room.html?x=1")]);
+    assert_eq!(moved, format!("308 {base}/room.html?x=1"));
+
+    let spec = |user: &str, colour: &str, tone: &str| format!("{user},{},{colour},{tone}", token(&data, "tls", user));
+    let (red, blue) = (spec("red", "#ff0000", "300"), spec("blue", "#0000ff", "500"));
+    let r = Client::start(&net, "browser.py", &["meet", "--base", &base, "--trust-spki", &spki, "--seconds", "12", "--participant", &red, "--participant", &blue])
+        .finish(Duration::from_secs(120));
+    for user in ["red", "blue"] {
+        let origin = &r["origins"][user];
+        assert_eq!(origin["protocol"], "https:", "{r}");
+        assert_eq!(origin["secure"], true, "a secure context: cameras allowed: {r}");
+        assert_eq!(r["states"][user][0], "publishing", "{r}");
+    }
+    let close = |rgb: &Value, want: [i64; 3]| rgb.as_array().is_some_and(|v| v.iter().zip(want).all(|(x, w)| (x.as_i64().unwrap() - w).abs() < 60));
+    let last = r["snapshots"].as_array().and_then(|s| s.last()).cloned().unwrap_or(Value::Null);
+    for (me, other, rgb) in [("red", "blue", [0, 0, 255]), ("blue", "red", [255, 0, 0])] {
+        let seen = last[me].as_array().and_then(|t| t.iter().find(|t| t["user"] == other && t["stream"] == "main").cloned()).unwrap_or(Value::Null);
+        assert!(seen["frames"].as_u64().unwrap_or(0) >= 60 && close(&seen["rgb"], rgb), "{me} sees {other} over HTTPS: {seen}\n{r}");
+    }
+    drop(server);
+}

@@ -46,11 +46,34 @@ struct ListenArgs {
     /// for clients on this machine).
     #[arg(long)]
     dev: bool,
+    /// HTTPS on the HTTP address: PEM certificate chain (reloaded when it changes or on SIGHUP).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The certificate's private key (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// HTTPS with a certificate made for this machine (a LAN trial; prints its fingerprint).
+    #[arg(long, conflicts_with = "tls_cert")]
+    tls_self_signed: bool,
+    /// Also listen for plain HTTP here and redirect it to HTTPS.
+    #[arg(long, value_name = "ADDR")]
+    http_redirect_addr: Option<SocketAddr>,
 }
 
 impl ListenArgs {
     fn overrides(&self) -> Overrides {
-        Overrides { http_addr: self.http_addr, rtmp_addr: self.rtmp_addr, rtc_udp_addr: self.rtc_udp_addr, public_ip: self.public_ip, data_dir: None, dev: self.dev }
+        Overrides {
+            http_addr: self.http_addr,
+            rtmp_addr: self.rtmp_addr,
+            rtc_udp_addr: self.rtc_udp_addr,
+            public_ip: self.public_ip,
+            data_dir: None,
+            dev: self.dev,
+            tls_cert: self.tls_cert.clone(),
+            tls_key: self.tls_key.clone(),
+            tls_self_signed: self.tls_self_signed,
+            http_redirect_addr: self.http_redirect_addr,
+        }
     }
 }
 

@@ -23,10 +23,17 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `tessera=debug,info` (`RUST_LOG` overrides it).
     pub log: String,
+    /// HTTPS on `http_addr`: a PEM certificate chain and its private key, reloaded when either
+    /// file changes or on SIGHUP.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_cert: Option<PathBuf>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls_key: Option<PathBuf>,
+    /// HTTPS with a certificate the server makes for itself (a LAN trial: browsers warn once).
+    pub tls_self_signed: bool,
+    /// A plain-HTTP listener that redirects every request to HTTPS on `http_addr`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub http_redirect_addr: Option<SocketAddr>,
     /// CA certificates (PEM) trusted for outgoing TLS, besides Mozilla's: private CDNs behind
     /// rtmps:// relays, webhook backends behind https://.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -65,6 +72,8 @@ impl Default for Config {
             log: "info".into(),
             tls_cert: None,
             tls_key: None,
+            tls_self_signed: false,
+            http_redirect_addr: None,
             outbound_ca_file: None,
             cors_origins: vec!["*".into()],
             ice_servers: Vec::new(),
@@ -213,6 +222,10 @@ pub struct Overrides {
     pub public_ip: Option<IpAddr>,
     pub data_dir: Option<PathBuf>,
     pub dev: bool,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub tls_self_signed: bool,
+    pub http_redirect_addr: Option<SocketAddr>,
 }
 
 const REDACTED: &str = "<redacted>";
@@ -249,6 +262,18 @@ impl Config {
         if overrides.dev {
             config.dev = true;
         }
+        if let Some(p) = &overrides.tls_cert {
+            config.tls_cert = Some(p.clone());
+        }
+        if let Some(p) = &overrides.tls_key {
+            config.tls_key = Some(p.clone());
+        }
+        if overrides.tls_self_signed {
+            config.tls_self_signed = true;
+        }
+        if let Some(a) = overrides.http_redirect_addr {
+            config.http_redirect_addr = Some(a);
+        }
         // Resolved once, here: paths derived from a relative data dir break as soon as a tool
         // (FFmpeg's HLS demuxer) resolves them against another folder (issue 10, defect 6).
         config.data_dir = std::path::absolute(&config.data_dir).map_err(|e| ConfigError::Invalid(format!("data_dir: {e}")))?;
@@ -258,8 +283,14 @@ impl Config {
 
     pub fn validate(&self) -> Result<(), ConfigError> {
         let invalid = |m: String| Err(ConfigError::Invalid(m));
-        if self.tls_cert.is_some() || self.tls_key.is_some() {
-            return invalid("tls_cert/tls_key: HTTPS termination is not supported yet; put a TLS proxy in front of http_addr".into());
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            return invalid("tls_cert/tls_key: give both the certificate chain and its private key".into());
+        }
+        if self.tls_self_signed && self.tls_cert.is_some() {
+            return invalid("tls_self_signed: drop it when tls_cert/tls_key are given".into());
+        }
+        if self.http_redirect_addr.is_some() && !self.https() {
+            return invalid("http_redirect_addr: redirects go to HTTPS; set tls_cert/tls_key or tls_self_signed".into());
         }
         if let Err(e) = tessera_model::outbound::OutboundPolicy::from_lists(&self.security.outbound_deny, &self.security.outbound_allow) {
             return invalid(format!("security: {e}"));
@@ -339,6 +370,11 @@ impl Config {
 
     /// The configuration with every default a server works out at start written in (the mix
     /// job cap from the cores), for `tessera config`.
+    /// Whether `http_addr` speaks HTTPS.
+    pub fn https(&self) -> bool {
+        self.tls_cert.is_some() || self.tls_self_signed
+    }
+
     pub fn effective(&self) -> Config {
         let mut c = self.clone();
         c.limits.concurrent_mix_jobs = Some(self.max_mix_jobs());
@@ -418,6 +454,20 @@ mod tests {
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());
         let e = Config::load(Some(Path::new("/nonexistent/t.toml")), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/t.toml"), "{e}");
+    }
+
+    #[test]
+    fn tls_settings_must_make_sense_together() {
+        let (_d, path) = write("tls_cert = \"/etc/t.crt\"\n");
+        let e = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("give both"), "{e}");
+        let (_d, path) = write("tls_cert = \"/etc/t.crt\"\ntls_key = \"/etc/t.key\"\ntls_self_signed = true\n");
+        assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+        let o = Overrides { http_redirect_addr: Some("127.0.0.1:80".parse().unwrap()), ..Default::default() };
+        let e = Config::load(None, &o).unwrap_err().to_string();
+        assert!(e.contains("http_redirect_addr"), "{e}");
+        let o = Overrides { tls_self_signed: true, http_redirect_addr: Some("127.0.0.1:80".parse().unwrap()), ..Default::default() };
+        assert!(Config::load(None, &o).unwrap().https());
     }
 
     #[test]

@@ -7,6 +7,7 @@ pub mod api;
 pub mod config;
 pub mod entry;
 pub mod error;
+pub mod https;
 pub mod listen;
 pub mod metrics;
 pub mod rtmp;

@@ -75,28 +75,53 @@ impl GuardedListener {
     }
 }
 
-impl axum::serve::Listener for HttpListener {
-    type Io = GuardedIo<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        let (stream, peer, permit) = self.guarded.accept_guarded().await;
-        let _ = stream.set_nodelay(true);
-        (GuardedIo::new(stream, self.timeouts, Some(permit)), peer)
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        self.guarded.inner.local_addr()
-    }
-}
-
 /// The client's address, for handlers that need it (`ConnectInfo<PeerAddr>`).
 #[derive(Debug, Clone, Copy)]
 pub struct PeerAddr(pub SocketAddr);
 
-impl axum::extract::connect_info::Connected<axum::serve::IncomingStream<'_, HttpListener>> for PeerAddr {
-    fn connect_info(stream: axum::serve::IncomingStream<'_, HttpListener>) -> Self {
-        PeerAddr(*stream.remote_addr())
+/// Serves `router` on `listener` until `stop` turns true, then waits for open connections to
+/// finish (the caller bounds that wait). HTTP/1.1 with upgrades (WebSocket) and HTTP/2 — over
+/// TLS when `tls` is given (ALPN picks the version), else cleartext (HTTP/2 by prior knowledge).
+/// Each connection runs on its own task, so a slow TLS handshake holds up no one else; it gets
+/// the request-read time to finish.
+pub async fn serve(mut listener: HttpListener, router: axum::Router, tls: Option<tokio_rustls::TlsAcceptor>, mut stop: tokio::sync::watch::Receiver<bool>) {
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let timeouts = listener.timeouts;
+    loop {
+        let (stream, peer, permit) = tokio::select! {
+            accepted = listener.guarded.accept_guarded() => accepted,
+            _ = stop.wait_for(|stopped| *stopped) => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let io = GuardedIo::new(stream, timeouts, Some(permit));
+        let (router, watcher, tls) = (router.clone(), graceful.watcher(), tls.clone());
+        tokio::spawn(async move {
+            match tls {
+                None => serve_connection(io, peer, router, watcher).await,
+                Some(acceptor) => match tokio::time::timeout(timeouts.request_read, acceptor.accept(io)).await {
+                    Ok(Ok(tls)) => serve_connection(tls, peer, router, watcher).await,
+                    Ok(Err(e)) => tracing::debug!(%peer, "TLS handshake failed: {e}"),
+                    Err(_) => tracing::debug!(%peer, "TLS handshake timed out"),
+                },
+            }
+        });
+    }
+    graceful.shutdown().await;
+}
+
+async fn serve_connection<I>(io: I, peer: SocketAddr, router: axum::Router, watcher: hyper_util::server::graceful::Watcher)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    use tower::ServiceExt;
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
+        request.extensions_mut().insert(axum::extract::ConnectInfo(PeerAddr(peer)));
+        router.clone().oneshot(request)
+    });
+    let builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    let connection = builder.serve_connection_with_upgrades(hyper_util::rt::TokioIo::new(io), service).into_owned();
+    if let Err(e) = watcher.watch(connection).await {
+        tracing::debug!(%peer, "HTTP connection ended: {e}");
     }
 }
 

@@ -27,6 +27,10 @@ pub enum StartError {
 pub struct Server {
     state: AppState,
     http: TcpListener,
+    /// HTTPS: the acceptor and what the banner says of the certificate.
+    tls: Option<(tokio_rustls::TlsAcceptor, String)>,
+    /// The plain-HTTP listener that redirects to HTTPS.
+    redirect: Option<TcpListener>,
     rtmp: TcpListener,
     rtmp_addr: SocketAddr,
     http_addr: SocketAddr,
@@ -53,15 +57,20 @@ impl Server {
             std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
             std::time::Duration::from_secs(config.limits.webrtc_liveness_timeout_s.max(1).into()),
         )?;
+        let redirect = match config.http_redirect_addr {
+            Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "the HTTP→HTTPS redirect", addr, source })?),
+            None => None,
+        };
         let tls = crate::tls::client_config(config.outbound_ca_file.as_deref()).map_err(StartError::Tls)?;
         let data_dir = DataDir::open_locked(&config.data_dir)?;
+        let https = https_acceptor(&config, &data_dir, &rtc.candidates, http_addr).map_err(StartError::Tls)?;
         let (store, first_start) = AppStore::load_or_init(&data_dir, &config, crate::now_ms())?;
         // Validated with the config; the default policy if the lists are empty.
         if let Ok(policy) = tessera_tasks::outbound::OutboundPolicy::from_lists(&config.security.outbound_deny, &config.security.outbound_allow) {
             tessera_tasks::outbound::install(policy);
         }
         let state = AppState::new(config, store, rtc, true, tls);
-        Ok(Server { state, http, rtmp, rtmp_addr, http_addr, data_dir, first_start })
+        Ok(Server { state, http, tls: https, redirect, rtmp, rtmp_addr, http_addr, data_dir, first_start })
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -75,9 +84,10 @@ impl Server {
             (None, ip) if ip.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
             (None, ip) => ip,
         };
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
         match host {
-            std::net::IpAddr::V6(v6) => format!("http://[{v6}]:{}", self.http_addr.port()),
-            v4 => format!("http://{v4}:{}", self.http_addr.port()),
+            std::net::IpAddr::V6(v6) => format!("{scheme}://[{v6}]:{}", self.http_addr.port()),
+            v4 => format!("{scheme}://{v4}:{}", self.http_addr.port()),
         }
     }
 
@@ -105,6 +115,12 @@ impl Server {
             out.push_str(&format!("  First start: created app 'default', its secret and an admin API key in {}\n", self.data_dir.root().display()));
         }
         out.push_str(&format!("  HTTP API       {base}\n"));
+        if let Some((_, about)) = &self.tls {
+            out.push_str(&format!("  TLS            {about}\n"));
+        }
+        if let Some(redirect) = self.redirect.as_ref().and_then(|r| r.local_addr().ok()) {
+            out.push_str(&format!("  HTTP redirect  {redirect} → {base}\n"));
+        }
         out.push_str(&format!("  Health         {base}/healthz\n"));
         out.push_str(&format!("  Metrics        {base}/metrics\n"));
         out.push_str(&format!("  WHIP publish   {base}/whip/{{room}}   (OBS: Service WHIP, Bearer token below)\n"));
@@ -176,16 +192,20 @@ impl Server {
             request_read: Duration::from_secs(limits.http_request_timeout_s.max(1) as u64),
         };
         let http = crate::listen::HttpListener::new(crate::listen::GuardedListener::new(self.http, limits.http_max_connections as usize), timeouts);
-        // The peer address reaches handlers that need it (dev tokens for local clients only).
-        let server = axum::serve(http, router.into_make_service_with_connect_info::<crate::listen::PeerAddr>()).with_graceful_shutdown(async move {
+        tokio::spawn(async move {
             shutdown.await;
             let _ = stop_tx.send(true);
         });
+        if let Some(redirect) = self.redirect {
+            let listener = crate::listen::HttpListener::new(crate::listen::GuardedListener::new(redirect, limits.http_max_connections as usize), timeouts);
+            tokio::spawn(crate::listen::serve(listener, redirect_router(self.http_addr.port()), None, stop_rx.clone()));
+        }
+        let server = crate::listen::serve(http, router, self.tls.map(|(acceptor, _)| acceptor), stop_rx.clone());
         tracing::info!(addr = %self.http_addr, "HTTP listening");
         // Graceful shutdown waits for every open connection; bound it so a stuck client cannot
         // hold the process.
-        let result = tokio::select! {
-            r = server => r,
+        let result: std::io::Result<()> = tokio::select! {
+            () = server => Ok(()),
             _ = async move {
                 let _ = drained.wait_for(|stopped| *stopped).await;
                 tokio::time::sleep(DRAIN).await;
@@ -211,6 +231,58 @@ impl Server {
     }
 }
 
+/// The TLS acceptor of `http_addr` if the config asks for HTTPS, and a line for the banner.
+fn https_acceptor(config: &Config, data_dir: &DataDir, candidates: &[SocketAddr], http_addr: SocketAddr) -> Result<Option<(tokio_rustls::TlsAcceptor, String)>, String> {
+    let (cert, about) = if let (Some(cert_path), Some(key_path)) = (&config.tls_cert, &config.tls_key) {
+        let cert = crate::https::ServerCert::new(crate::https::load_pair(cert_path, key_path)?);
+        crate::https::spawn_reloader(cert.clone(), cert_path.clone(), key_path.clone());
+        let about = format!("{} (SHA-256 {}; reloaded on change or SIGHUP)", cert_path.display(), cert.fingerprint());
+        (cert, about)
+    } else if config.tls_self_signed {
+        let mut names = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string()];
+        let ips = config.public_ip.into_iter().chain(candidates.iter().map(|c| c.ip())).chain(Some(http_addr.ip()).filter(|ip| !ip.is_unspecified()));
+        for ip in ips {
+            if !names.contains(&ip.to_string()) {
+                names.push(ip.to_string());
+            }
+        }
+        let made = crate::https::self_signed(&data_dir.root().join("tls"), &names)?;
+        let about = format!(
+            "self-signed for {} — browsers warn once; SHA-256 {} (public key sha256/{})",
+            made.names.join(", "),
+            made.fingerprint,
+            made.spki_sha256
+        );
+        (crate::https::ServerCert::new(made.cert), about)
+    } else {
+        return Ok(None);
+    };
+    let config = crate::https::server_config(cert)?;
+    Ok(Some((tokio_rustls::TlsAcceptor::from(config), about)))
+}
+
+/// Answers every plain-HTTP request with a permanent redirect to the same path over HTTPS.
+fn redirect_router(https_port: u16) -> axum::Router {
+    axum::Router::new().fallback(move |request: axum::extract::Request| async move {
+        let host = request.headers().get(axum::http::header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("localhost");
+        let target = https_location(host, https_port, request.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+        (axum::http::StatusCode::PERMANENT_REDIRECT, [(axum::http::header::LOCATION, target)])
+    })
+}
+
+/// `https://<host without its port>[:port]<path>`.
+fn https_location(host: &str, port: u16, path: &str) -> String {
+    let bare = match host.rfind(']') {
+        Some(end) => &host[..=end],
+        None => host.split(':').next().unwrap_or(host),
+    };
+    if port == 443 {
+        format!("https://{bare}{path}")
+    } else {
+        format!("https://{bare}:{port}{path}")
+    }
+}
+
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -227,5 +299,15 @@ pub async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => tracing::info!("SIGINT received, shutting down"),
         _ = term => tracing::info!("SIGTERM received, shutting down"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn redirects_keep_the_host_and_path_and_swap_the_port() {
+        assert_eq!(super::https_location("example.org:8080", 8443, "/room.html?x=1"), "https://example.org:8443/room.html?x=1");
+        assert_eq!(super::https_location("example.org", 443, "/"), "https://example.org/");
+        assert_eq!(super::https_location("[::1]:80", 8443, "/a"), "https://[::1]:8443/a");
     }
 }

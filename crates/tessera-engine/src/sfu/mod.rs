@@ -281,10 +281,11 @@ impl Sfu {
     pub fn session_info(&self, sid: &str) -> Option<SessionInfo> {
         let id = self.by_sid.get(sid)?;
         if let Some(p) = self.internal.get(id) {
-            return Some(SessionInfo { room: p.spec.room.clone(), user: p.spec.user.clone(), role: PeerRole::Publish, ufrag: String::new() });
+            return Some(SessionInfo { room: p.spec.room.clone(), user: p.spec.user.clone(), role: PeerRole::Publish, ufrag: String::new(), source: None });
         }
         let s = self.sessions.get(id)?;
-        Some(SessionInfo { room: s.spec.room.clone(), user: s.spec.user.clone(), role: s.spec.role, ufrag: s.peer.local_ufrag.clone() })
+        let source = s.spec.source_user.clone().map(|u| (u, s.spec.stream));
+        Some(SessionInfo { room: s.spec.room.clone(), user: s.spec.user.clone(), role: s.spec.role, ufrag: s.peer.local_ufrag.clone(), source })
     }
 
     /// An ICE restart asked by the client (WHIP/WHEP PATCH with a new ufrag and pwd): the peer

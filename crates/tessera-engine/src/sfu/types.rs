@@ -208,6 +208,8 @@ pub struct SessionInfo {
     pub role: PeerRole,
     /// The server's current ICE ufrag: the session's ETag.
     pub ufrag: String,
+    /// What a viewer watches: (user, stream).
+    pub source: Option<(UserId, tessera_media::StreamKind)>,
 }
 
 /// The server's side of an ICE restart: new credentials and the candidates to use them with.

@@ -119,7 +119,7 @@ pub fn router(state: AppState) -> Router {
         .route("/whip/{room}", post(whip::publish).options(whip::options))
         .route("/whip/session/{sid}", patch(whip::patch).delete(whip::delete).options(whip::options))
         .route("/whep/{room}/{user}/{stream}", post(whip::play).options(whip::options))
-        .route("/whep/session/{sid}", patch(whip::whep_patch).delete(whip::whep_delete).options(whip::options))
+        .route("/whep/session/{sid}", get(whip::whep_status).patch(whip::whep_patch).delete(whip::whep_delete).options(whip::options))
         .route("/v1/speedtest", post(whip::speed_test).options(whip::options))
         .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1));
     Router::new()

@@ -373,6 +373,28 @@ pub async fn whep_delete(state: State<AppState>, sid: Path<String>, headers: Hea
     delete(state, sid, headers).await
 }
 
+/// `GET /whep/session/{sid}`: what the viewer is waiting for. A WHEP session for a stream nobody
+/// publishes yet succeeds and waits (PRODUCT.md §6.2); players poll this to say "waiting for
+/// <user> to publish" instead of showing a black picture as if it played.
+#[utoipa::path(get, operation_id = "whep.status", path = "/whep/session/{sid}", tag = "whip-whep", params(("sid" = String, Path, description = "session id (the Location)")),
+    responses((status = 200, description = "`{\"sid\", \"room\", \"user\", \"source\": {\"user\", \"stream\"}, \"publisher\": \"live\" | \"absent\"}`", body = serde_json::Value), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("user_token" = [])))]
+pub async fn whep_status(State(state): State<AppState>, Path(sid): Path<String>, headers: HeaderMap) -> ApiResult<Response> {
+    let token = verify_token(&state, &headers, false)?;
+    let info = owned_session(&state, &token, &sid).await?;
+    let Some((source, stream)) = info.source.clone() else {
+        return Err(session_not_found(&sid));
+    };
+    let live = state.rtc.is_published(info.room.clone(), source.clone(), stream).await.map_err(|e| ApiError::internal(e.to_string()))?;
+    let body = json!({
+        "sid": sid,
+        "room": info.room.room.to_string(),
+        "user": info.user.to_string(),
+        "source": {"user": source.to_string(), "stream": stream.as_str()},
+        "publisher": if live { "live" } else { "absent" },
+    });
+    Ok(axum::Json(body).into_response())
+}
+
 /// `OPTIONS` on every WHIP/WHEP path.
 pub async fn options() -> Response {
     (StatusCode::NO_CONTENT, [("accept-post", "application/sdp")]).into_response()
