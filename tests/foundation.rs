@@ -428,3 +428,121 @@ fn the_openapi_document_matches_the_router() {
     }
     assert!(checked >= 45, "{checked} operations checked");
 }
+
+/// `tessera rooms|tasks|record|relay` against a running server (issue 15): the server found
+/// through `--server`, the API key read from the data dir (no flag), human tables and `--json`
+/// that parses; errors exit 1 with the server's code; over HTTPS the data dir's self-signed
+/// certificate is trusted.
+#[test]
+fn operator_cli_drives_a_running_server() {
+    let dir = TempDir::new("cli");
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &["--tls-self-signed"]);
+    assert!(server.base.starts_with("https://"), "{}", server.base);
+    let cli = |args: &[&str]| -> (i32, String, String) {
+        let out = std::process::Command::new(tessera_bin())
+            .args(args)
+            .env("TESSERA_SERVER", &server.base)
+            .env("TESSERA_DATA_DIR", &data)
+            .env_remove("TESSERA_API_KEY")
+            .output()
+            .expect("run tessera");
+        (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let ok = |args: &[&str]| -> String {
+        let (code, out, err) = cli(args);
+        assert_eq!(code, 0, "tessera {args:?}: {err}");
+        out
+    };
+    let json = |args: &[&str]| -> Value {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = ok(&all);
+        serde_json::from_str(&out).unwrap_or_else(|e| panic!("tessera {args:?} --json: {e}: {out}"))
+    };
+    assert_eq!(ok(&["rooms", "list"]), "no rooms\n");
+
+    // An RTMP publisher makes a room with a participant.
+    let anchor = token(&data, "ops", "cam");
+    let rtmp = format!("rtmp://127.0.0.1:{}/push/ops/cam?token={anchor}", rtmp_port(&server));
+    let mut ffmpeg = std::process::Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "testsrc2=size=320x180:rate=25:duration=60", "-f", "lavfi", "-i", "sine=duration=60"])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-bf", "0", "-g", "25", "-c:a", "aac", "-f", "flv", &rtmp])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let rooms = loop {
+        let rooms = json(&["rooms", "list"]);
+        if rooms.as_array().is_some_and(|r| r.iter().any(|r| r["room"] == "ops" && r["publishers"] == 1)) {
+            break rooms;
+        }
+        assert!(std::time::Instant::now() < deadline, "the RTMP publisher never showed: {rooms}");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    };
+    assert_eq!(rooms[0]["participants"], 1, "{rooms}");
+    let table = ok(&["rooms", "list"]);
+    assert!(table.starts_with("ROOM") && table.lines().nth(1).is_some_and(|l| l.starts_with("ops ")), "{table}");
+    let shown = json(&["rooms", "show", "ops"]);
+    assert_eq!(shown["users"][0]["user"], "cam", "{shown}");
+    let human = ok(&["rooms", "show", "ops"]);
+    assert!(human.contains("USER") && human.lines().any(|l| l.starts_with("cam") && l.contains("anchor") && l.contains("rtmp")), "{human}");
+
+    // Tasks of every kind: two from the CLI, two from the API.
+    let recording = ok(&["record", "start", "ops", "--format", "hls"]).trim().to_owned();
+    let relay = ok(&["relay", "start", "ops", "--user", "cam", "--url", "rtmp://127.0.0.1:9/live/key"]).trim().to_owned();
+    assert_eq!((recording.len(), relay.len()), (16, 16), "ids on stdout: {recording} {relay}");
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap();
+    let api = |path: &str, body: Value| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "--cacert", data.join("tls/self-signed.crt").to_str().unwrap(), "-H", &format!("Authorization: Bearer {}", key.trim())])
+            .args(["-H", "Content-Type: application/json", "-d", &body.to_string(), &format!("{}{path}", server.base)])
+            .output()
+            .unwrap();
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let mix = api("/v1/mix-jobs", json!({"room": "ops", "encode": {"template": "360p"}}));
+    let ingest = api("/v1/ingests", json!({"room": "ops", "user": "pulled", "url": "rtmp://127.0.0.1:9/live/x"}));
+    let (mix, ingest) = (mix["id"].as_str().expect("mix job").to_owned(), ingest["id"].as_str().expect("ingest").to_owned());
+    let tasks = json(&["tasks", "list"]);
+    let kinds: std::collections::BTreeSet<&str> = tasks.as_array().unwrap().iter().map(|t| t["kind"].as_str().unwrap()).collect();
+    assert_eq!(kinds.into_iter().collect::<Vec<_>>(), ["ingest", "mix-job", "recording", "relay"], "{tasks}");
+    let table = ok(&["tasks", "list"]);
+    for id in [&recording, &relay, &mix, &ingest] {
+        assert!(table.lines().any(|l| l.contains(id.as_str())), "{id} in\n{table}");
+    }
+    assert!(table.lines().any(|l| l.starts_with("relay") && l.contains("rtmp://127.0.0.1:9/live/key (")), "per-URL state: {table}");
+    assert_eq!(json(&["tasks", "list", "--kind", "relay"]).as_array().unwrap().len(), 1);
+    assert_eq!(json(&["tasks", "show", "recording", &recording])["room"], "ops");
+
+    // Stop them from the CLI.
+    ok(&["record", "stop", &recording]);
+    ok(&["relay", "stop", &relay]);
+    ok(&["tasks", "stop", "mix-job", &mix]);
+    ok(&["tasks", "stop", "ingest", &ingest]);
+    assert_eq!(json(&["tasks", "show", "relay", &relay])["state"], "STOPPED");
+    assert_eq!(json(&["tasks", "show", "mix-job", &mix])["state"], "STOPPED");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while json(&["tasks", "show", "recording", &recording])["state"] != "FINISHED" {
+        assert!(std::time::Instant::now() < deadline, "the recording finishes");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+    assert!(ok(&["tasks", "list"]).starts_with("no running tasks"), "only stopped tasks are left");
+    assert_eq!(json(&["tasks", "list", "--all"]).as_array().unwrap().len(), 4);
+
+    // Kick, dismiss, and errors.
+    assert_eq!(ok(&["rooms", "kick", "ops", "cam"]), "removed cam from room ops\n");
+    let (code, _, err) = cli(&["tasks", "show", "relay", "0123456789abcdef"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("404 task_not_found"), "{err}");
+    let (code, _, err) = cli(&["rooms", "list", "--api-key", "wrong"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("401"), "{err}");
+    let (code, _, err) = cli(&["rooms", "list", "--server", "https://127.0.0.1:9"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot reach the server"), "{err}");
+    ok(&["rooms", "dismiss", "ops"]);
+    let _ = ffmpeg.kill();
+    let _ = ffmpeg.wait();
+}

@@ -326,7 +326,8 @@ fn chromium_meets_over_https_from_another_machine() {
     };
     assert_eq!(curl(&["--http2", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &format!("{base}/healthz")]), "2 200");
     assert_eq!(curl(&["--http1.1", "-o", "/dev/null", "-w", "%{http_version} %{http_code}", &format!("{base}/room.html")]), "1.1 200");
-    let redirect_port = server.banner.lines().find_map(|l| l.trim().strip_prefix("HTTP redirect")).and_then(|l| l.split_whitespace().next()).expect("the banner names the redirect").to_owned();
+    let redirect_port =
+        server.banner.lines().find_map(|l| l.trim().strip_prefix("HTTP redirect")).and_then(|l| l.split_whitespace().next()).expect("the banner names the redirect").to_owned();
     let moved = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &format!("http://{redirect_port}/room.html?x=1")]);
     assert_eq!(moved, format!("308 {base}/room.html?x=1"));
 

@@ -9,6 +9,8 @@ use tessera_model::{AppId, Privileges, Role, RoomId, UserId};
 use tessera_server::store::{AppStore, DataDir, StoreError};
 use tessera_server::{Config, Overrides, Server};
 
+mod remote;
+
 #[derive(Parser)]
 #[command(name = "tessera", version, about = "Tessera: a self-hosted real-time media server")]
 struct Cli {
@@ -18,12 +20,12 @@ struct Cli {
 
 /// Where the configuration comes from; shared by every subcommand.
 #[derive(Args, Clone)]
-struct ConfigArgs {
+pub(crate) struct ConfigArgs {
     /// TOML configuration file; flags override it.
-    #[arg(long, value_name = "FILE", env = "TESSERA_CONFIG")]
+    #[arg(long, global = true, value_name = "FILE", env = "TESSERA_CONFIG")]
     config: Option<PathBuf>,
     /// Data directory (apps, keys, tasks, recordings). Default ./tessera-data.
-    #[arg(long, value_name = "DIR", env = "TESSERA_DATA_DIR")]
+    #[arg(long, global = true, value_name = "DIR", env = "TESSERA_DATA_DIR")]
     data_dir: Option<PathBuf>,
 }
 
@@ -147,6 +149,34 @@ enum Command {
         #[arg(short = 'o', value_name = "DIR", default_value = ".")]
         out_dir: PathBuf,
     },
+    /// Rooms of a running server: list, show, kick a user, dismiss.
+    Rooms {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        #[command(subcommand)]
+        command: remote::RoomsCommand,
+    },
+    /// Mix jobs, relays, recordings and ingests of a running server: list, show, stop.
+    Tasks {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        #[command(subcommand)]
+        command: remote::TasksCommand,
+    },
+    /// Start or stop a recording on a running server.
+    Record {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        #[command(subcommand)]
+        command: remote::RecordCommand,
+    },
+    /// Start or stop a relay to RTMP URLs on a running server.
+    Relay {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        #[command(subcommand)]
+        command: remote::RelayCommand,
+    },
 }
 
 #[derive(Subcommand)]
@@ -171,7 +201,7 @@ enum ApiKeyCommand {
 }
 
 /// A failure with the exit code it deserves: 2 for bad configuration or start-up causes.
-struct Failure {
+pub(crate) struct Failure {
     code: u8,
     message: String,
 }
@@ -185,7 +215,7 @@ impl Failure {
     }
 }
 
-fn load_config(args: &ConfigArgs, extra: Overrides) -> Result<Config, Failure> {
+pub(crate) fn load_config(args: &ConfigArgs, extra: Overrides) -> Result<Config, Failure> {
     let overrides = Overrides { data_dir: args.data_dir.clone(), ..extra };
     Config::load(args.config.as_deref(), &overrides).map_err(Failure::usage)
 }
@@ -293,6 +323,10 @@ fn run(cli: Cli) -> Result<(), Failure> {
             print!("{}", config.effective().redacted().to_toml());
             Ok(())
         }
+        Command::Rooms { remote, command } => remote::rooms(&remote::Remote::new(&remote)?, command),
+        Command::Tasks { remote, command } => remote::tasks(&remote::Remote::new(&remote)?, command),
+        Command::Record { remote, command } => remote::record(&remote::Remote::new(&remote)?, command),
+        Command::Relay { remote, command } => remote::relay(&remote::Remote::new(&remote)?, command),
         Command::Merge { dir, mode, skip_gaps, av, fps, size, out_dir } => {
             use std::io::Write as _;
             let options = tessera_tasks::merge::MergeOptions { dir, mode, skip_gaps, av, fps: fps.clamp(5, 120), size: size.map(|v| (v[0], v[1])), out_dir };

@@ -247,12 +247,7 @@ fn https_acceptor(config: &Config, data_dir: &DataDir, candidates: &[SocketAddr]
             }
         }
         let made = crate::https::self_signed(&data_dir.root().join("tls"), &names)?;
-        let about = format!(
-            "self-signed for {} — browsers warn once; SHA-256 {} (public key sha256/{})",
-            made.names.join(", "),
-            made.fingerprint,
-            made.spki_sha256
-        );
+        let about = format!("self-signed for {} — browsers warn once; SHA-256 {} (public key sha256/{})", made.names.join(", "), made.fingerprint, made.spki_sha256);
         (crate::https::ServerCert::new(made.cert), about)
     } else {
         return Ok(None);
