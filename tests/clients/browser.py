@@ -53,7 +53,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "wait-play", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
+    p.add_argument("mode", choices=["publish", "play", "wait-play", "hls", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -76,6 +76,9 @@ def main():
     p.add_argument("--fake-video", default="", help="Y4M/MJPEG file the fake camera plays in a loop")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     p.add_argument("--loopback", action="store_true", help="allow WebRTC on 127.0.0.1 (benchmarks on one host)")
+    p.add_argument("--src", default="", help="hls: a playlist URL")
+    p.add_argument("--recording", default="", help="hls: a recording id (with --api-key)")
+    p.add_argument("--api-key", default="")
     p.add_argument("--trust-spki", default="", help="an HTTPS --base: trust the certificate with this public key (base64 SHA-256)")
     a = p.parse_args()
     out = {}
@@ -337,8 +340,26 @@ def wait_play(ctx, a):
     return {"samples": samples, "page_error": page.evaluate("window.tessera.error")}
 
 
+def hls(ctx, a):
+    """player.html (hls.js) on --src with --token, or on --recording with --api-key, for
+    --seconds: its stats every second."""
+    q = {"autostart": "1"}
+    for k, v in (("src", a.src), ("token", a.token), ("recording", a.recording), ("key", a.api_key)):
+        if v:
+            q[k] = v
+    page = ctx.new_page()
+    page.goto(f"{a.base}/player.html?{urlencode(q)}", wait_until="domcontentloaded")
+    samples = []
+    end = time.monotonic() + a.seconds
+    while time.monotonic() < end:
+        time.sleep(1.0)
+        samples.append(page.evaluate("({...window.tessera.stats, state: window.tessera.state})"))
+    return {"samples": samples, "state": page.evaluate("window.tessera.state"), "page_error": page.evaluate("window.tessera.error"),
+            "src": page.evaluate("document.getElementById('src').value")}
+
+
 # The modes that drive room.html, speedtest.html or several tabs: each returns what to print.
-PAGE_MODES = {"wait-play": wait_play, "meet": meet, "room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
+PAGE_MODES = {"hls": hls, "wait-play": wait_play, "meet": meet, "room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
 
 
 if __name__ == "__main__":

@@ -395,3 +395,68 @@ fn a_relative_data_dir_still_gives_mp4s() {
     let _ = source.kill();
     let _ = source.wait();
 }
+
+/// A single-stream recording as people play it (issue 15): its master playlist ties the audio
+/// and video playlists together and is listed by `GET /v1/recordings/{id}` while it records;
+/// hls.js in Chromium (`player.html`) plays it live — picked by recording id with the API key —
+/// within 3 segment lengths of the newest segment, then, finished, through the master with a
+/// user token, picture and sound both.
+#[test]
+fn hls_js_plays_a_recording_live_and_finished_through_its_master_playlist() {
+    let dir = TempDir::new("rec-hlsjs");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let http = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtmp-addr", &http]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let cam = token(&data, "hlsjs", "cam");
+    let mut source = publisher(&format!("rtmp://{}:{}/push/hlsjs/cam?token={cam}", net.host_ip, rtmp_port(&server)), 60);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "hlsjs", "format": "hls", "hls": {"segment_s": 2}}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/recordings/{id}");
+    let rec = poll(&server, &key, &path, Duration::from_secs(20), |v| v["playlists"].as_array().is_some_and(|p| p.iter().any(|p| p["kind"] == "master")));
+    let playlists = rec["playlists"].as_array().unwrap();
+    let master = playlists.iter().find(|p| p["kind"] == "master").unwrap();
+    assert_eq!(master["file_name"], "default_aGxzanM.__UserId_s_Y2Ft__UserId_e_main.m3u8", "named after RECORDING.md §4 without the type: {rec}");
+    assert_eq!((master["user_id"].as_str(), master["media_id"].as_str()), (Some("cam"), Some("main")));
+    for track in ["audio", "video"] {
+        assert!(playlists.iter().any(|p| p["kind"] == "media" && p["track_type"] == track), "{track} playlist listed while recording: {rec}");
+    }
+    let video_playlist = std::fs::read_to_string(data.join(format!("recordings/default/{id}/default_aGxzanM.__UserId_s_Y2Ft__UserId_e_main_video.m3u8"))).unwrap();
+    assert!(video_playlist.contains("#EXT-X-TARGETDURATION:3\n"), "ceil(1.5 × 2 s): {video_playlist}");
+    std::thread::sleep(Duration::from_secs(4));
+
+    // Live, picked by recording id with the API key (player.html prefers the master).
+    let live = Client::start(&net, "browser.py", &["hls", "--base", &server.base, "--recording", &id, "--api-key", &key, "--seconds", "12"]).finish(Duration::from_secs(90));
+    assert!(live["src"].as_str().unwrap().ends_with("_e_main.m3u8"), "{live}");
+    let samples = live["samples"].as_array().unwrap();
+    let playing: Vec<&Value> = samples.iter().filter(|s| s["framesDecoded"].as_u64().unwrap_or(0) > 0).collect();
+    assert!(playing.len() >= 6, "hls.js played the live recording: {live}");
+    let last = playing.last().unwrap();
+    assert_eq!(last["live"], true, "{last}");
+    assert!(last["framesDecoded"].as_u64().unwrap() >= 100 && last["width"] == 640, "{last}");
+    assert!(last["audioTracks"].as_u64().unwrap() >= 1 && last["audioPeak"].as_f64().unwrap() > 0.01, "sound through the audio rendition: {last}");
+    for s in &playing {
+        let behind = s["edgeDistanceS"].as_f64().unwrap_or(f64::MAX);
+        assert!(behind <= 6.0, "within 3 segment lengths of the newest segment: {s}");
+    }
+    eprintln!("live: {} s behind the newest segment, {} s behind real time", last["edgeDistanceS"], last["liveLatencyS"]);
+
+    // Finished: the master with a user token (its URIs carry the token too).
+    let r = request("DELETE", &server.url(&path), Some(&key), None, &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    poll(&server, &key, &path, Duration::from_secs(30), |v| v["state"] == "FINISHED");
+    let _ = source.kill();
+    let _ = source.wait();
+    let master_text = std::fs::read_to_string(data.join(format!("recordings/default/{id}/default_aGxzanM.__UserId_s_Y2Ft__UserId_e_main.m3u8"))).unwrap();
+    assert!(master_text.contains("CODECS=\"avc1.") && master_text.contains("RESOLUTION=640x360"), "{master_text}");
+    let viewer = token(&data, "hlsjs", "viewer");
+    let url = format!("/files/default/{id}/default_aGxzanM.__UserId_s_Y2Ft__UserId_e_main.m3u8");
+    let done = Client::start(&net, "browser.py", &["hls", "--base", &server.base, "--src", &url, "--token", &viewer, "--seconds", "8"]).finish(Duration::from_secs(90));
+    let last = done["samples"].as_array().unwrap().last().cloned().unwrap();
+    assert_eq!(last["live"], false, "{done}");
+    assert!(last["framesDecoded"].as_u64().unwrap() >= 100, "{done}");
+    assert!(last["audioPeak"].as_f64().unwrap() > 0.01, "{done}");
+}

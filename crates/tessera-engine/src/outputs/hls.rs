@@ -8,8 +8,11 @@ pub const STORAGE_RETRY_MS: i64 = 10 * 60 * 1000;
 /// 308 at most this often per playlist while the storage keeps failing.
 pub const STORAGE_REPORT_MS: i64 = 5_000;
 
-/// When segments end: at the first keyframe once `segment_ms` have passed, or regardless at
-/// the playlist's target duration (a source that sends no keyframe still gets segments).
+/// When segments end (RECORDING.md §4.1): at the first keyframe once `segment_ms` have passed,
+/// or regardless at 1.5 × `segment_ms` (a source that sends no keyframe still gets segments).
+/// The playlist's target duration is that hard cut rounded up: players start about three
+/// target durations behind live, so it is kept as small as the hard cut allows (with 2 s
+/// segments a player starts ≈ 9 s behind, not the 18 s a 3 × `segment_s` target gave).
 #[derive(Debug, Clone, Copy)]
 pub struct CutRules {
     pub segment_ms: i64,
@@ -17,16 +20,66 @@ pub struct CutRules {
 }
 
 impl CutRules {
+    pub fn for_segment(segment_s: u32) -> CutRules {
+        let segment_s = segment_s.max(1);
+        CutRules { segment_ms: segment_s as i64 * 1000, target_s: (3 * segment_s).div_ceil(2) }
+    }
+
     /// The open segment (started at `first_ms`) has reached its length.
     pub fn due(&self, first_ms: Option<i64>, clock_ms: i64) -> bool {
         first_ms.is_some_and(|f| clock_ms - f >= self.segment_ms)
     }
 
+    /// Time to ask a WebRTC source for a keyframe, so that one arrives about when the segment
+    /// is due (a request takes a round trip and an encode): 500 ms ahead, a quarter of short
+    /// segments.
+    pub fn keyframe_soon(&self, first_ms: Option<i64>, clock_ms: i64) -> bool {
+        let lead = (self.segment_ms / 4).min(500);
+        first_ms.is_some_and(|f| clock_ms - f >= self.segment_ms - lead)
+    }
+
     /// Whether a video frame at `clock_ms` ends the open segment before it is written.
     pub fn cut_before_video(&self, first_ms: Option<i64>, clock_ms: i64, keyframe: bool) -> bool {
-        let hard = first_ms.is_some_and(|f| clock_ms - f >= self.target_s as i64 * 1000);
+        let hard = first_ms.is_some_and(|f| clock_ms - f >= self.segment_ms * 3 / 2);
         (keyframe && self.due(first_ms, clock_ms)) || hard
     }
+}
+
+/// The video playlist of a master playlist.
+#[derive(Debug, Clone)]
+pub struct MasterVideo<'a> {
+    pub uri: &'a str,
+    /// Peak bits per second of its segments (audio added by the caller).
+    pub bandwidth: u64,
+    pub size: Option<(u32, u32)>,
+    /// RFC 6381 codec of the video (e.g. `avc1.42e01f`), when known.
+    pub codec: Option<&'a str>,
+}
+
+/// A master playlist tying a user stream's separate audio and video playlists together, so any
+/// HLS player plays picture and sound: the audio as the default rendition of an `AUDIO` group.
+pub fn master_playlist(video: Option<&MasterVideo>, audio_uri: Option<&str>, version: u32) -> String {
+    let mut t = format!("#EXTM3U\n#EXT-X-VERSION:{version}\n");
+    match (video, audio_uri) {
+        (Some(v), audio) => {
+            let mut inf = format!("#EXT-X-STREAM-INF:BANDWIDTH={}", v.bandwidth.max(1));
+            if let Some((w, h)) = v.size {
+                inf.push_str(&format!(",RESOLUTION={w}x{h}"));
+            }
+            if let Some(codec) = v.codec {
+                let codecs = if audio.is_some() { format!("{codec},mp4a.40.2") } else { codec.to_owned() };
+                inf.push_str(&format!(",CODECS=\"{codecs}\""));
+            }
+            if let Some(a) = audio {
+                t.push_str(&format!("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"audio\",DEFAULT=YES,AUTOSELECT=YES,URI=\"{a}\"\n"));
+                inf.push_str(",AUDIO=\"audio\"");
+            }
+            t.push_str(&format!("{inf}\n{}\n", v.uri));
+        }
+        (None, Some(a)) => t.push_str(&format!("#EXT-X-STREAM-INF:BANDWIDTH=96000,CODECS=\"mp4a.40.2\"\n{a}\n")),
+        (None, None) => {}
+    }
+    t
 }
 
 /// A playlist's text: its header (target duration, the TRTC start time and video size) and one
@@ -78,9 +131,18 @@ impl Playlist {
         self.segments
     }
 
+    /// HLS version: 6 with `#EXT-X-MAP` (fragmented MP4 segments), else 3.
+    pub fn version(&self) -> u32 {
+        if self.maps {
+            6
+        } else {
+            3
+        }
+    }
+
     /// The playlist as written; `end` closes it (`#EXT-X-ENDLIST`).
     pub fn text(&self, end: bool) -> String {
-        let version = if self.maps { 6 } else { 3 };
+        let version = self.version();
         let mut t = format!("#EXTM3U\n#EXT-X-VERSION:{version}\n#EXT-X-ALLOW-CACHE:NO\n#EXT-X-MEDIA-SEQUENCE:0\n#EXT-X-TARGETDURATION:{}\n", self.target_s);
         if let Some(s) = self.start_rec_time {
             t.push_str(&format!("#EXT-X-TRTC-START-REC-TIME:{s}\n"));
@@ -187,14 +249,33 @@ mod tests {
     use super::*;
 
     #[test]
-    fn segments_end_at_a_keyframe_after_their_length_or_at_the_target_regardless() {
-        let rules = CutRules { segment_ms: 6_000, target_s: 12 };
+    fn segments_end_at_a_keyframe_after_their_length_or_at_one_and_a_half_regardless() {
+        let rules = CutRules::for_segment(6);
+        assert_eq!(rules.target_s, 9);
+        assert_eq!(CutRules::for_segment(2).target_s, 3);
+        assert_eq!(CutRules::for_segment(5).target_s, 8, "rounded up: no segment is longer");
         assert!(!rules.cut_before_video(None, 50_000, true), "nothing open");
         assert!(!rules.cut_before_video(Some(0), 5_999, true));
         assert!(rules.cut_before_video(Some(0), 6_000, true));
-        assert!(!rules.cut_before_video(Some(0), 11_999, false), "waits for a keyframe");
-        assert!(rules.cut_before_video(Some(0), 12_000, false), "but not past the target");
+        assert!(!rules.cut_before_video(Some(0), 8_999, false), "waits for a keyframe");
+        assert!(rules.cut_before_video(Some(0), 9_000, false), "but not past 1.5 × the length");
         assert!(rules.due(Some(1_000), 7_000) && !rules.due(Some(1_000), 6_999));
+        assert!(!rules.keyframe_soon(Some(0), 5_499) && rules.keyframe_soon(Some(0), 5_500), "asked 500 ms ahead");
+        assert!(CutRules::for_segment(1).keyframe_soon(Some(0), 750), "a quarter of a short segment");
+    }
+
+    #[test]
+    fn a_master_playlist_names_the_video_and_its_audio_group() {
+        let video = MasterVideo { uri: "s_video.m3u8", bandwidth: 1_200_000, size: Some((640, 360)), codec: Some("avc1.42c01e") };
+        assert_eq!(
+            master_playlist(Some(&video), Some("s_audio.m3u8"), 3),
+            "#EXTM3U\n#EXT-X-VERSION:3\n\
+             #EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",NAME=\"audio\",DEFAULT=YES,AUTOSELECT=YES,URI=\"s_audio.m3u8\"\n\
+             #EXT-X-STREAM-INF:BANDWIDTH=1200000,RESOLUTION=640x360,CODECS=\"avc1.42c01e,mp4a.40.2\",AUDIO=\"audio\"\n\
+             s_video.m3u8\n"
+        );
+        let alone = master_playlist(None, Some("s_audio.m3u8"), 3);
+        assert!(alone.ends_with("#EXT-X-STREAM-INF:BANDWIDTH=96000,CODECS=\"mp4a.40.2\"\ns_audio.m3u8\n"), "{alone}");
     }
 
     #[test]

@@ -131,14 +131,15 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
     };
     let builder = Response::builder().header(header::CONTENT_TYPE, content_type).header(header::ACCEPT_RANGES, "bytes");
     if let (Some(t), "m3u8") = (&via_token, extension) {
-        // Segment URIs carry the same token (the stored playlist is not changed).
+        // Segment and playlist URIs carry the same token (the stored playlist is not changed):
+        // URI lines, and the `URI="…"` of tags (a master's audio rendition, an init section).
         if total > MAX_PLAYLIST_BYTES {
             return Err(no_such_file());
         }
         let bytes = tokio::fs::read(&full).await.map_err(|_| no_such_file())?;
         let text = String::from_utf8_lossy(&bytes)
             .lines()
-            .map(|l| if l.is_empty() || l.starts_with('#') { l.to_string() } else { format!("{l}?token={t}") })
+            .map(|l| with_token(l, t))
             .collect::<Vec<_>>()
             .join("\n");
         return builder.status(StatusCode::OK).body(Body::from(format!("{text}\n"))).map_err(|e| ApiError::internal(e.to_string()));
@@ -180,5 +181,39 @@ mod tests {
         assert_eq!(range("bytes=-0", 10), Err(()));
         assert_eq!(range("bytes=0-0", 0), Err(()));
         assert_eq!(byte_range(&HeaderMap::new(), 10), Ok(None));
+    }
+}
+
+/// One playlist line with `?token=` added to what it points at.
+fn with_token(line: &str, token: &str) -> String {
+    if line.is_empty() {
+        return String::new();
+    }
+    if !line.starts_with('#') {
+        return format!("{line}?token={token}");
+    }
+    match line.find("URI=\"") {
+        Some(at) => {
+            let start = at + 5;
+            match line[start..].find('"') {
+                Some(len) => format!("{}?token={token}{}", &line[..start + len], &line[start + len..]),
+                None => line.to_string(),
+            }
+        }
+        None => line.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod token_tests {
+    #[test]
+    fn playlist_lines_and_uri_attributes_get_the_token() {
+        assert_eq!(super::with_token("a_video.m3u8", "T"), "a_video.m3u8?token=T");
+        assert_eq!(super::with_token("#EXTINF:2.000,", "T"), "#EXTINF:2.000,");
+        assert_eq!(
+            super::with_token("#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",URI=\"a_audio.m3u8\"", "T"),
+            "#EXT-X-MEDIA:TYPE=AUDIO,GROUP-ID=\"audio\",URI=\"a_audio.m3u8?token=T\""
+        );
+        assert_eq!(super::with_token("#EXT-X-MAP:URI=\"s.m4s\",BYTERANGE=\"800@0\"", "T"), "#EXT-X-MAP:URI=\"s.m4s?token=T\",BYTERANGE=\"800@0\"");
     }
 }

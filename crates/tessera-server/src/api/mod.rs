@@ -130,6 +130,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dev/token", post(tokens::dev_token))
         .route("/v1/rtc", get(rtc::signaling))
         .route("/{page}", get(page))
+        .route("/vendor/{file}", get(vendor))
         .route("/files/{app}/{*path}", get(files::file))
         .merge(v1)
         .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
@@ -215,9 +216,22 @@ async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<
         "room.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/room.html")),
         "tessera.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/tessera.js")),
         "speedtest.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/speedtest.html")),
+        "player.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/player.html")),
+        "favicon.svg" => ("image/svg+xml", include_str!("../../../../assets/favicon.svg")),
         _ => return Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
     };
     Ok(([(header::CONTENT_TYPE, content_type)], body).into_response())
+}
+
+/// Third-party scripts the pages use, vendored with their licences (`assets/vendor/`).
+async fn vendor(axum::extract::Path(file): axum::extract::Path<String>) -> Result<Response, ApiError> {
+    let (content_type, body) = match file.as_str() {
+        "hls.min.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/vendor/hls.min.js")),
+        "hls.js.LICENSE" => ("text/plain; charset=utf-8", include_str!("../../../../assets/vendor/hls.js.LICENSE")),
+        _ => return Err(ApiError::not_found("route_not_found", format!("no file '{file}'"))),
+    };
+    // Versioned by the binary: a day of caching spares players the 600 kB at every visit.
+    Ok(([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "public, max-age=86400")], body).into_response())
 }
 
 /// `?limit=1..1000&cursor=` of every list (PRODUCT.md §10).

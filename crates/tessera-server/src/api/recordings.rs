@@ -85,8 +85,10 @@ fn users(list: Option<Vec<String>>, field: &str) -> ApiResult<Option<Vec<String>
     list.map(|l| l.into_iter().map(|u| UserId::parse(&u).map(|u| u.as_str().to_owned()).map_err(|e| bad(field, &e.reason))).collect()).transpose()
 }
 
-fn view(id: &str, task: &RecordingTask) -> Value {
+fn view(id: &str, task: &RecordingTask, data_dir: &std::path::Path) -> Value {
     let spec = task.spec.lock().expect("spec").clone();
+    let (final_dir, _, url_base) = spec.places(data_dir);
+    let playlists = tessera_tasks::recording::playlists(&final_dir, &url_base);
     let st = task.status.lock().expect("status").clone();
     let (mode, mix_user, mix_job_id) = match &spec.mode {
         Mode::Single { .. } => ("single", None, None),
@@ -97,6 +99,7 @@ fn view(id: &str, task: &RecordingTask) -> Value {
         "created_at": task.created_at, "started_at": st.started_at, "stopped_at": st.stopped_at, "paused_ms": st.paused_ms,
         "leave_code": st.leave_code, "error": st.error, "files": st.files, "segment_s": spec.segment_s, "mix_user": mix_user,
         "record_user": format!("rec_{id}"), "mix_job_id": mix_job_id, "skipped_segments": st.skipped_segments,
+        "playlists": playlists,
     })
 }
 
@@ -206,19 +209,19 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     let spec =
         RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
     let task = state.tasks.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone())?;
-    Ok((StatusCode::CREATED, Json(view(&id, &task))))
+    Ok((StatusCode::CREATED, Json(view(&id, &task, &state.config.data_dir))))
 }
 
 #[utoipa::path(get, operation_id = "recordings.list", path = "/v1/recordings", tag = "recordings", params(ListParams), responses((status = 200, description = "A page of recordings", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
-    let items = state.tasks.recordings.list(&caller.app).iter().map(|(id, t)| view(id, t)).collect();
+    let items = state.tasks.recordings.list(&caller.app).iter().map(|(id, t)| view(id, t, &state.config.data_dir)).collect();
     Ok(Json(q.page(items, |v| v["id"].as_str().unwrap_or(""))?))
 }
 
 #[utoipa::path(get, operation_id = "recordings.get", path = "/v1/recordings/{id}", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(id): Path<String>) -> ApiResult<Json<Value>> {
     let task = state.tasks.recordings.get(&caller.app, &id).ok_or_else(|| not_found(&id))?;
-    Ok(Json(view(&id, &task)))
+    Ok(Json(view(&id, &task, &state.config.data_dir)))
 }
 
 #[utoipa::path(get, operation_id = "recordings.result", path = "/v1/recordings/{id}/result", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The result JSON (RECORDING.md §5)", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
@@ -253,7 +256,7 @@ pub async fn pause(State(state): State<AppState>, Extension(caller): Extension<C
     }
     task.pause();
     wait_for(&task, &[RecordingState::Paused]).await;
-    Ok(Json(view(&id, &task)))
+    Ok(Json(view(&id, &task, &state.config.data_dir)))
 }
 
 #[utoipa::path(post, operation_id = "recordings.resume", path = "/v1/recordings/{id}/resume", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording, RECORDING", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
@@ -265,7 +268,7 @@ pub async fn resume(State(state): State<AppState>, Extension(caller): Extension<
     }
     task.resume();
     wait_for(&task, &[RecordingState::Recording]).await;
-    Ok(Json(view(&id, &task)))
+    Ok(Json(view(&id, &task, &state.config.data_dir)))
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -315,7 +318,7 @@ pub async fn update(State(state): State<AppState>, Extension(caller): Extension<
     drop(spec);
     // The worker records the new selection from its next packet on.
     task.selection_changed();
-    Ok(Json(view(&id, &task)))
+    Ok(Json(view(&id, &task, &state.config.data_dir)))
 }
 
 #[utoipa::path(delete, operation_id = "recordings.stop", path = "/v1/recordings/{id}", tag = "recordings", params(("id" = String, Path, description = "task id (16 lowercase hex)")), responses((status = 200, description = "The recording, stopping", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
@@ -331,5 +334,5 @@ pub async fn stop(State(state): State<AppState>, Extension(caller): Extension<Ca
         state.tasks.mix_jobs.stop_owned(&caller.app, &job);
     }
     wait_for(&task, &[RecordingState::Stopped, RecordingState::Finished]).await;
-    Ok(Json(view(&id, &task)))
+    Ok(Json(view(&id, &task, &state.config.data_dir)))
 }

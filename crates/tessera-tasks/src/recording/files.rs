@@ -91,6 +91,10 @@ pub(super) fn scan_playlists(dir: &Path) -> Vec<PlaylistInfo> {
         let Some(base) = name.strip_suffix(".m3u8") else { continue };
         let (restart, stem) = split_ha(base);
         let text = std::fs::read_to_string(e.path()).unwrap_or_default();
+        // A master playlist lists playlists, not segments.
+        if text.contains("#EXT-X-STREAM-INF") {
+            continue;
+        }
         let mut segments = Vec::new();
         let mut duration = None;
         for l in text.lines() {
@@ -104,6 +108,28 @@ pub(super) fn scan_playlists(dir: &Path) -> Vec<PlaylistInfo> {
     }
     out.sort_by(|a, b| (a.stem.as_str(), a.restart).cmp(&(b.stem.as_str(), b.restart)));
     out
+}
+
+/// The playlists in a recording's folder as `GET /v1/recordings/{id}` lists them while it
+/// records and after: `{file_name, url, kind: "master" | "media", user_id, media_id,
+/// track_type}` (a master's `track_type` is `audio_video`: it ties the two together).
+pub fn playlists(dir: &Path, url_base: &str) -> Vec<serde_json::Value> {
+    let Ok(entries) = std::fs::read_dir(dir) else { return Vec::new() };
+    let mut names: Vec<String> = entries.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| n.ends_with(".m3u8")).collect();
+    names.sort();
+    names
+        .into_iter()
+        .map(|name| {
+            let text = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
+            let master = text.contains("#EXT-X-STREAM-INF");
+            let (_, stem) = split_ha(name.trim_end_matches(".m3u8"));
+            let (user, media, kind) = if master { identify(&format!("{stem}_audio_video")) } else { identify(stem) };
+            serde_json::json!({
+                "file_name": name, "url": format!("{url_base}/{name}"), "kind": if master { "master" } else { "media" },
+                "user_id": user, "media_id": media, "track_type": kind,
+            })
+        })
+        .collect()
 }
 
 /// (user id, media id, track type) from a stem (RECORDING.md §4; ids are decoded back).

@@ -121,8 +121,7 @@ impl HlsWriter {
         spool: PathBuf,
         names: (String, String),
         ids: (String, String, String),
-        segment_ms: i64,
-        target_s: u32,
+        rules: CutRules,
         video: bool,
         audio: Option<AudioTrack>,
     ) -> HlsWriter {
@@ -136,10 +135,10 @@ impl HlsWriter {
             user_id,
             media_id,
             track_type,
-            rules: CutRules { segment_ms, target_s },
+            rules,
             video,
             audio,
-            text: Playlist::new(target_s),
+            text: Playlist::new(rules.target_s),
             current: None,
             files: Vec::new(),
             last_ms: 0,
@@ -284,6 +283,11 @@ impl HlsWriter {
     /// Whether the open segment has reached its length (a keyframe would end it).
     pub(super) fn due(&self, clock_ms: i64) -> bool {
         self.rules.due(self.current.as_ref().map(|s| s.first_ms), clock_ms)
+    }
+
+    /// Whether to ask the source for the keyframe that ends the open segment.
+    pub(super) fn keyframe_soon(&self, clock_ms: i64) -> bool {
+        self.rules.keyframe_soon(self.current.as_ref().map(|s| s.first_ms), clock_ms)
     }
 
     /// The next pause or gap starts a new segment after a discontinuity.

@@ -17,6 +17,7 @@ use task_file::RecordingFile;
 mod hls;
 mod worker;
 
+pub use files::playlists;
 pub use hls::{id_in_name, utc17, LocalStorage, Storage};
 pub use tessera_engine::outputs::recording::{Mode, RecordingState};
 

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_engine::outputs::hls::{master_playlist, CutRules, MasterVideo};
 use tessera_engine::outputs::recording::{Mode, RecordingControl, RecordingEvent, Selection};
 use tessera_engine::outputs::tap_input::{OpusToAac, VideoInput, VideoUnit};
 use tessera_engine::{PublisherInfo, RoomKey, RtcHandle, TapPacket};
@@ -139,6 +140,10 @@ struct StreamRec {
     probe: Option<VideoDecoder>,
     audio: Option<OpusToAac>,
     keyframe_requests: KeyframeThrottle,
+    /// RFC 6381 codec of the video (H.264: from its SPS), for the master playlist.
+    video_codec: Option<String>,
+    /// Which of (video, audio) the master playlist lists so far.
+    master_lists: (bool, bool),
 }
 
 struct Worker {
@@ -173,19 +178,53 @@ impl Worker {
             (Mode::Mixed { .. }, _) => (format!("{ha}{base}.m3u8"), format!("{ha}{base}"), "audio_video".to_string(), String::new(), "mix".to_string()),
             (Mode::Single { .. }, k) => (format!("{ha}{base}_{k}.m3u8"), format!("{ha}{base}_{k}"), k.to_string(), user.to_string(), stream.as_str().to_string()),
         };
-        let segment_ms = self.spec.segment_s as i64 * 1000;
         self.writers.push(HlsWriter::new(
             self.events.clone(),
             self.storage.clone(),
             self.spool.clone(),
             (playlist, stem),
             (user_id, media_id, track_type),
-            segment_ms,
-            (3 * self.spec.segment_s).max(1),
+            CutRules::for_segment(self.spec.segment_s),
             video,
             audio,
         ));
         self.writers.len() - 1
+    }
+
+    /// A split single-stream recording's master playlist per user stream,
+    /// `[ha<N>_]<AppId>_<RoomId>__UserId_s_<UserId>__UserId_e_<MediaId>.m3u8`: the video playlist
+    /// with the audio playlist as its audio rendition, so HLS players play picture and sound.
+    /// Written when a playlist gets its first segment, and at the end (`force`) with the peak
+    /// bitrate.
+    fn update_masters(&mut self, force: bool) {
+        if !matches!(self.spec.mode, Mode::Single { split: true, .. }) {
+            return;
+        }
+        let keys: Vec<(UserId, StreamKind)> = self.streams.keys().cloned().collect();
+        for key in keys {
+            let s = &self.streams[&key];
+            let listed = |i: Option<usize>| i.filter(|&i| !self.writers[i].files.is_empty());
+            let (video, audio) = (listed(s.video_writer), listed(s.audio_writer));
+            let lists = (video.is_some(), audio.is_some());
+            if lists == (false, false) || (!force && lists == s.master_lists) {
+                continue;
+            }
+            let peak = |i: usize| self.writers[i].files.iter().map(|f| f.size * 8 * 1000 / f.duration_ms.max(1) as u64).max().unwrap_or(0);
+            let audio_bps = if audio.is_some() { 128_000 } else { 0 };
+            let master_video = video.map(|i| MasterVideo {
+                uri: &self.writers[i].playlist,
+                bandwidth: peak(i) + audio_bps,
+                size: self.writers[i].text.video_size,
+                codec: s.video_codec.as_deref(),
+            });
+            let version = video.map(|i| self.writers[i].text.version()).unwrap_or(3);
+            let text = master_playlist(master_video.as_ref(), audio.map(|i| self.writers[i].playlist.as_str()), version);
+            let name = format!("{}{}.m3u8", self.ha, self.base_name(&key.0, key.1));
+            match self.storage.put(&name, text.as_bytes()) {
+                Ok(()) => self.streams.get_mut(&key).expect("listed").master_lists = lists,
+                Err(e) => tracing::warn!(recording = %self.spec.id, "master playlist not written: {e}"),
+            }
+        }
     }
 }
 
@@ -239,6 +278,7 @@ fn work(
             tracing::warn!("finishing a playlist failed: {e}");
         }
     }
+    w.update_masters(true);
     if w.shutting_down {
         // Closed, not stopped: the state stays RECORDING/PAUSED and the next start resumes.
         let _ = save(&task);
@@ -362,6 +402,7 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
                 drop(st);
                 // Every new segment is on record before the next one starts.
                 let _ = save(task);
+                w.update_masters(false);
             }
         }
     }
@@ -372,7 +413,16 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
     if !w.streams.contains_key(&key) {
         w.streams.insert(
             key.clone(),
-            StreamRec { video_writer: None, audio_writer: None, video: VideoInput::default(), probe: None, audio: None, keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY) },
+            StreamRec {
+                video_writer: None,
+                audio_writer: None,
+                video: VideoInput::default(),
+                probe: None,
+                audio: None,
+                keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY),
+                video_codec: None,
+                master_lists: (false, false),
+            },
         );
     }
     let split = matches!(w.spec.mode, Mode::Single { split: true, .. });
@@ -468,13 +518,17 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
                         None
                     };
                     let i = w.writer(&key.0, key.1, if split { "video" } else { "audio_video" }, true, audio);
+                    if codec == Codec::H264 {
+                        let sps = nalus.iter().find(|n| h264::nal_type(n) == Some(h264::NAL_SPS) && n.len() >= 4);
+                        w.streams.get_mut(&key).expect("inserted").video_codec = sps.map(|n| format!("avc1.{:02x}{:02x}{:02x}", n[1], n[2], n[3]));
+                    }
                     w.writers[i].set_video(size, codec, config.take());
                     w.streams.get_mut(&key).expect("inserted").video_writer = Some(i);
                     i
                 }
             };
             let wr = &mut w.writers[writer];
-            if !keyframe && wr.due(ms) && !wr.keyframe_asked {
+            if !keyframe && wr.keyframe_soon(ms) && !wr.keyframe_asked {
                 wr.keyframe_asked = true;
                 let _ = w.keyframes.send(key.clone());
             }
