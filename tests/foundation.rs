@@ -3,7 +3,7 @@
 //! restart on the same data dir, and clean failures at start.
 
 use serde_json::{json, Value};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use tessera_model::app::AppSecret;
 use tessera_model::token::{self, UserToken};
 use tessera_tests::*;
@@ -58,7 +58,7 @@ fn zero_config_start_health_metrics_and_tokens() {
     // The demo token in the banner is a valid anchor token for demo/demo.
     let demo = server.banner.lines().find(|l| l.starts_with("    eyJ")).unwrap().trim();
     let t = verify(&data, demo).unwrap();
-    assert_eq!((t.room.as_str(), t.user.as_str(), t.privileges.bits()), ("demo", "demo", 255));
+    assert_eq!((t.room.as_str(), t.user.as_str(), t.privileges.bits()), ("demo", "me", 255));
     assert!((t.exp - now_s() - 6 * 3600).abs() < 60);
 
     let h = get(&server.url("/healthz"), None);
@@ -545,4 +545,50 @@ fn operator_cli_drives_a_running_server() {
     ok(&["rooms", "dismiss", "ops"]);
     let _ = ffmpeg.kill();
     let _ = ffmpeg.wait();
+}
+
+/// `make deb`'s package (issue 15): its control fields and contents, and the binary it installs
+/// runs with the config it installs (data dir and ports overridden by flags, as an operator
+/// would to try it) up to `/healthz`.
+#[test]
+fn the_debian_package_holds_a_server_that_starts_with_its_config() {
+    let dir = TempDir::new("deb");
+    let out = dir.path().join("out");
+    let script = repo_root().join("scripts/deb.sh");
+    let built = std::process::Command::new(&script).args(["--binary", tessera_bin().to_str().unwrap(), "--out", out.to_str().unwrap(), "--fast"]).output().expect("scripts/deb.sh");
+    assert!(built.status.success(), "deb.sh: {}", String::from_utf8_lossy(&built.stderr));
+    let deb = PathBuf::from(String::from_utf8_lossy(&built.stdout).trim());
+    assert!(deb.exists() && deb.extension().is_some_and(|e| e == "deb"), "{deb:?}");
+    let dpkg = |args: &[&str]| {
+        let o = std::process::Command::new("dpkg-deb").args(args).arg(&deb).output().unwrap();
+        assert!(o.status.success(), "dpkg-deb {args:?}: {}", String::from_utf8_lossy(&o.stderr));
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let info = dpkg(&["--info"]);
+    for field in ["Package: tessera", "Section: net", "Depends: adduser, libavcodec", "conffiles", "postinst"] {
+        assert!(info.contains(field), "{field} in\n{info}");
+    }
+    let contents = dpkg(&["--contents"]);
+    for path in ["./usr/bin/tessera", "./lib/systemd/system/tessera.service", "./etc/tessera/tessera.toml"] {
+        assert!(contents.lines().any(|l| l.ends_with(path)), "{path} in\n{contents}");
+    }
+    let root = dir.path().join("root");
+    let o = std::process::Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).output().unwrap();
+    assert!(o.status.success());
+    let unit = std::fs::read_to_string(root.join("lib/systemd/system/tessera.service")).unwrap();
+    assert!(unit.contains("ExecStart=/usr/bin/tessera serve --config /etc/tessera/tessera.toml") && unit.contains("User=tessera"), "{unit}");
+    let postinst = std::process::Command::new("dpkg-deb").arg("--ctrl-tarfile").arg(&deb).output().unwrap();
+    assert!(String::from_utf8_lossy(&postinst.stdout).contains("adduser --system"), "postinst creates the tessera user");
+    let config = root.join("etc/tessera/tessera.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    assert!(text.contains("data_dir = \"/var/lib/tessera\""), "{text}");
+    // The packaged binary with the packaged config.
+    let data = dir.path().join("data");
+    let server = Server::start_binary(&root.join("usr/bin/tessera"), None, &data, &["--config", config.to_str().unwrap()]);
+    let health = get(&server.url("/healthz"), None).json();
+    assert_eq!(health["status"], "ok", "{health}");
+    assert!(data.join("admin.key").exists(), "the data dir given by flag");
+    let (status, printed, err) = run_cli(&["config", "--config", config.to_str().unwrap()]);
+    assert!(status.success(), "{err}");
+    assert!(printed.contains("data_dir = \"/var/lib/tessera\""), "{printed}");
 }

@@ -79,6 +79,7 @@ def main():
     p.add_argument("--src", default="", help="hls: a playlist URL")
     p.add_argument("--recording", default="", help="hls: a recording id (with --api-key)")
     p.add_argument("--api-key", default="")
+    p.add_argument("--sync", default="", help="hls: hls.js liveSyncDurationCount (player.html's default 1.5)")
     p.add_argument("--trust-spki", default="", help="an HTTPS --base: trust the certificate with this public key (base64 SHA-256)")
     a = p.parse_args()
     out = {}
@@ -344,7 +345,7 @@ def hls(ctx, a):
     """player.html (hls.js) on --src with --token, or on --recording with --api-key, for
     --seconds: its stats every second."""
     q = {"autostart": "1"}
-    for k, v in (("src", a.src), ("token", a.token), ("recording", a.recording), ("key", a.api_key)):
+    for k, v in (("src", a.src), ("token", a.token), ("recording", a.recording), ("key", a.api_key), ("sync", a.sync)):
         if v:
             q[k] = v
     page = ctx.new_page()

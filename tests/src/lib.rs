@@ -66,6 +66,11 @@ impl Server {
     /// `start` with the server's working directory set (a relative `data_dir` is then taken as
     /// a user would type it).
     pub fn start_in(cwd: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Server {
+        Server::start_binary(&tessera_bin(), cwd, data_dir, extra)
+    }
+
+    /// `start_in` with another build of the binary (e.g. the one a package installs).
+    pub fn start_binary(binary: &Path, cwd: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.display().to_string()];
         // Free ports unless the caller chose addresses.
         for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--rtc-udp-addr", "127.0.0.1:0"), ("--rtmp-addr", "127.0.0.1:0")] {
@@ -74,7 +79,7 @@ impl Server {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut command = Command::new(tessera_bin());
+        let mut command = Command::new(binary);
         if let Some(cwd) = cwd {
             command.current_dir(cwd);
         }

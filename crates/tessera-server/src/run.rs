@@ -102,7 +102,8 @@ impl Server {
         let claims = TokenClaims {
             app: app.id.to_string(),
             room: "demo".into(),
-            user: "demo".into(),
+            // The README's walkthrough and play.html's default user.
+            user: "me".into(),
             role: Some(Role::Anchor.code()),
             privileges: Some(255),
             nbf: None,
@@ -134,7 +135,7 @@ impl Server {
             "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (passed through with x264 bframes=0, keyframe 1-2 s; B-frames are transcoded)\n",
             self.rtmp_addr.port()
         ));
-        out.push_str(&format!("  Browser pages  {base}/room.html  {base}/publish.html  {base}/play.html\n"));
+        out.push_str(&format!("  Browser pages  {base}/  (room, publish, play, recordings player, admin dashboard)\n"));
         out.push_str(&format!(
             "  WebRTC UDP     {}  (candidates: {})\n",
             self.state.rtc.local_addr,
@@ -145,7 +146,7 @@ impl Server {
         }
         out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
         out.push_str(&format!("  Try it         curl -H \"Authorization: Bearer $(cat {})\" {base}/v1/app\n", key_path.display()));
-        out.push_str("  Anchor token   room 'demo', user 'demo', valid 6 h (mint more with `tessera token`):\n");
+        out.push_str("  Anchor token   room 'demo', user 'me', valid 6 h (mint more with `tessera token`):\n");
         out.push_str(&format!("    {demo_token}\n"));
         out
     }
@@ -162,6 +163,17 @@ impl Server {
                     hooks.room_event(e);
                 }
             });
+        }
+        if self.state.config.tls_cert.is_none() {
+            // SIGHUP reloads TLS files (`systemctl reload`); without them it must not end the
+            // process, which is what the signal does by default.
+            if let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+                tokio::spawn(async move {
+                    while hup.recv().await.is_some() {
+                        tracing::info!("SIGHUP: nothing to reload (no tls_cert/tls_key)");
+                    }
+                });
+            }
         }
         let router = api::router(self.state.clone());
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));

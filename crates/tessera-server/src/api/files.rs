@@ -137,11 +137,7 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
             return Err(no_such_file());
         }
         let bytes = tokio::fs::read(&full).await.map_err(|_| no_such_file())?;
-        let text = String::from_utf8_lossy(&bytes)
-            .lines()
-            .map(|l| with_token(l, t))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = String::from_utf8_lossy(&bytes).lines().map(|l| with_token(l, t)).collect::<Vec<_>>().join("\n");
         return builder.status(StatusCode::OK).body(Body::from(format!("{text}\n"))).map_err(|e| ApiError::internal(e.to_string()));
     }
     let mut file = tokio::fs::File::open(&full).await.map_err(|_| no_such_file())?;
