@@ -53,7 +53,7 @@ CHROMIUM_ARGS = [
 
 def main():
     p = argparse.ArgumentParser()
-    p.add_argument("mode", choices=["publish", "play", "wait-play", "hls", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
+    p.add_argument("mode", choices=["publish", "play", "wait-play", "hls", "admin", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
     p.add_argument("--expect", type=int, default=1, help="join-time: remote streams to wait for")
     p.add_argument("--repeat", type=int, default=5, help="join-time: joins to time")
     p.add_argument("--base", required=True, help="http://host:port")
@@ -79,6 +79,8 @@ def main():
     p.add_argument("--src", default="", help="hls: a playlist URL")
     p.add_argument("--recording", default="", help="hls: a recording id (with --api-key)")
     p.add_argument("--api-key", default="")
+    p.add_argument("--screenshot", default="", help="admin: save a full-page screenshot here")
+    p.add_argument("--stop-task", default="", help="admin: the task whose Stop button to press")
     p.add_argument("--sync", default="", help="hls: hls.js liveSyncDurationCount (player.html's default 1.5)")
     p.add_argument("--trust-spki", default="", help="an HTTPS --base: trust the certificate with this public key (base64 SHA-256)")
     a = p.parse_args()
@@ -359,8 +361,42 @@ def hls(ctx, a):
             "src": page.evaluate("document.getElementById('src').value")}
 
 
+def admin(ctx, a):
+    """admin.html with --api-key pasted: after --seconds of live figures, what the page shows
+    (rooms, participants, tracks, tasks, graphs; a screenshot to --screenshot), then a click on
+    Stop of the task --stop-task and the state the page shows for it afterwards."""
+    page = ctx.new_page()
+    page.set_viewport_size({"width": 1280, "height": 1000})
+    page.goto(f"{a.base}/admin.html", wait_until="domcontentloaded")
+    page.fill("#key", a.api_key)
+    page.click("#connect")
+    page.wait_for_function("window.tessera.state === 'live' || window.tessera.state === 'failed'", timeout=20000)
+    time.sleep(a.seconds)
+    seen = page.evaluate("""() => ({
+        rooms: [...document.querySelectorAll('tr.room')].map(r => r.dataset.room),
+        users: [...document.querySelectorAll('tr[data-user]')].map(r => r.dataset.user),
+        tracks: [...document.querySelectorAll('tr[data-track]')].map(r => ({id: r.dataset.track, kbps: r.querySelector('.kbps').textContent})),
+        tasks: [...document.querySelectorAll('tr[data-task]')].map(r => ({id: r.dataset.task, kind: r.dataset.kind, text: r.innerText})),
+        graphs: Object.fromEntries([...document.querySelectorAll('.graph')].map(g => [g.dataset.graph, g.querySelector('.value').textContent])),
+        webhooks: document.getElementById('webhook-status').innerText,
+        error: document.getElementById('error').textContent,
+        state: window.tessera.state,
+    })""")
+    if a.screenshot:
+        page.screenshot(path=a.screenshot, full_page=True)
+    out = {"seen": seen}
+    if a.stop_task:
+        page.on("dialog", lambda d: d.accept())
+        page.click(f"tr[data-task='{a.stop_task}'] button[data-act='stop']")
+        page.wait_for_function(f"window.tessera.actions.some(x => x.act === 'stop' && x.id === '{a.stop_task}')", timeout=10000)
+        time.sleep(2.5)
+        out["actions"] = page.evaluate("window.tessera.actions")
+        out["after_stop"] = page.evaluate(f"document.querySelector(\"tr[data-task='{a.stop_task}']\")?.innerText || ''")
+    return out
+
+
 # The modes that drive room.html, speedtest.html or several tabs: each returns what to print.
-PAGE_MODES = {"hls": hls, "wait-play": wait_play, "meet": meet, "room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
+PAGE_MODES = {"admin": admin, "hls": hls, "wait-play": wait_play, "meet": meet, "room": room, "join-time": join_time, "speakers": speakers, "quality": quality, "custom": custom, "speedtest": speedtest}
 
 
 if __name__ == "__main__":

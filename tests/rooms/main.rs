@@ -3,6 +3,7 @@
 //! codes, in the order a webhook receiver sees them) and room signaling over WebSocket (§7,
 //! `signaling`).
 
+mod admin;
 mod dataplane;
 mod meeting;
 mod removal;

@@ -249,6 +249,7 @@ impl Sfu {
                 }
             }
             self.counters.packets_forwarded.fetch_add(1, Ordering::Relaxed);
+            self.counters.bytes_forwarded.fetch_add(fp.payload.len() as u64, Ordering::Relaxed);
             if !viewer.dirty {
                 viewer.dirty = true;
                 self.dirty.push(*vid);

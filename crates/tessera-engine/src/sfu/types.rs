@@ -58,6 +58,8 @@ pub struct SessionSpec {
 #[derive(Debug, Default)]
 pub struct SfuCounters {
     pub packets_forwarded: AtomicU64,
+    /// RTP payload bytes of the forwarded packets.
+    pub bytes_forwarded: AtomicU64,
     pub packets_received: AtomicU64,
     pub keyframe_requests: AtomicU64,
     /// Packets not written to a viewer because its send queue was full.

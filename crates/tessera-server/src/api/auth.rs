@@ -61,6 +61,7 @@ pub fn action_for(method: &Method, route: &str) -> Option<&'static str> {
         ("GET", "/v1/ingests/{id}") => "ingests.get",
         ("PATCH", "/v1/ingests/{id}") => "ingests.update",
         ("DELETE", "/v1/ingests/{id}") => "ingests.stop",
+        ("GET", "/v1/server") => "server.get",
         _ => return None,
     })
 }

@@ -14,6 +14,7 @@ mod recordings;
 mod relays;
 mod rooms;
 pub mod rtc;
+mod server;
 mod tokens;
 pub mod whip;
 
@@ -114,6 +115,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/rooms/{room}/users/{user}", get(rooms::user).delete(rooms::kick))
         .route("/v1/ingests", post(ingests::start).get(ingests::list))
         .route("/v1/ingests/{id}", get(ingests::get).patch(ingests::update).delete(ingests::stop))
+        .route("/v1/server", get(server::get))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     let media = Router::new()
         .route("/whip/{room}", post(whip::publish).options(whip::options))
@@ -217,6 +219,7 @@ async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<
         "tessera.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/tessera.js")),
         "speedtest.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/speedtest.html")),
         "player.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/player.html")),
+        "admin.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/admin.html")),
         "favicon.svg" => ("image/svg+xml", include_str!("../../../../assets/favicon.svg")),
         _ => return Err(ApiError::not_found("route_not_found", format!("no page '{page}'"))),
     };

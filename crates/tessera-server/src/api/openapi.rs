@@ -47,6 +47,7 @@ impl Modify for Security {
         rooms::list, rooms::get, rooms::dismiss, rooms::users, rooms::user, rooms::kick,
         ingests::start, ingests::list, ingests::get, ingests::update, ingests::stop,
         files::file,
+        server::get,
         whip::publish, whip::patch, whip::delete, whip::play, whip::whep_status, whip::whep_patch, whip::whep_delete, whip::speed_test,
     ),
     components(schemas(ErrorBody)),
