@@ -20,10 +20,11 @@ async function whipNegotiate(pc, url, token) {
     setTimeout(r, 2000);
   });
   const resp = await fetch(url, { method: 'POST', body: pc.localDescription.sdp,
-    headers: { 'Content-Type': 'application/sdp', 'Authorization': `Bearer ${token}` } });
+    headers: { 'Content-Type': 'application/sdp', 'Authorization': `Bearer ${token}` } })
+    .catch(() => { throw `cannot reach the server — ${window.tesseraHint('connect_failed')}`; });
   if (resp.status !== 201) {
     const e = await resp.json().catch(() => ({ code: resp.status, message: resp.statusText }));
-    throw `${resp.status} ${e.code}: ${e.message}`;
+    throw window.tesseraExplain(resp.status, e);
   }
   const answer = await resp.text();
   await pc.setRemoteDescription({ type: 'answer', sdp: answer });

@@ -483,4 +483,9 @@ fn play_page_waits_for_the_publisher_and_starts_when_they_come() {
     assert!(last["frames"].as_u64().unwrap() >= 30, "it played once they published: {r}");
     assert!(!last["state"].as_str().unwrap().contains("waiting"), "{last}");
     assert!(last["overlay"].as_str().unwrap().contains("fps"), "{last}");
+    // A token from another data dir: the page says what happened and what to do about it.
+    let foreign = forged(&data, |_| {}, Some("a-secret-of-another-data-dir"));
+    let r = browser(&net, &server, &["play", "--room", "w1", "--user", "obs", "--token", &foreign, "--seconds", "2"]).finish(Duration::from_secs(60));
+    let error = r["play_error"].as_str().unwrap_or("");
+    assert!(error.contains("401 token_bad_signature") && error.contains("--data-dir"), "{r}");
 }

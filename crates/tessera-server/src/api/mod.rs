@@ -215,6 +215,7 @@ async fn page(axum::extract::Path(page): axum::extract::Path<String>) -> Result<
         "publish.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/publish.html")),
         "play.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/play.html")),
         "whip-client.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/whip-client.js")),
+        "hints.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/hints.js")),
         "room.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/room.html")),
         "tessera.js" => ("text/javascript; charset=utf-8", include_str!("../../../../assets/tessera.js")),
         "speedtest.html" => ("text/html; charset=utf-8", include_str!("../../../../assets/speedtest.html")),
