@@ -67,6 +67,9 @@ fn zero_config_start_health_metrics_and_tokens() {
     assert_eq!(h["status"], "ok");
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
     assert!(h["uptime_s"].as_u64().is_some());
+    // An idle server's media worker mostly waits.
+    let busy = h["worker_busy_ratio"].as_f64().expect("worker_busy_ratio");
+    assert!((0.0..0.2).contains(&busy), "{h}");
 
     // Token round trip through REST: minted with the app's secret, with the asked claims.
     let r = post_json(&server.url("/v1/tokens"), Some(&key), &json!({"room":"room1","user":"alice","role":21,"ttl_s":120,"info":"vip"}));
@@ -92,6 +95,7 @@ fn zero_config_start_health_metrics_and_tokens() {
     assert!(m.header("content-type").unwrap().contains("text"), "{:?}", m.header("content-type"));
     assert!(m.body.contains(&format!("tessera_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION"))), "{}", m.body);
     assert!(m.body.contains("tessera_uptime_seconds "));
+    assert!(m.body.contains("tessera_worker_busy_ratio ") && m.body.contains("tessera_rtp_bytes_forwarded_total "), "{}", m.body);
     assert!(m.body.contains("tessera_http_requests_total{route=\"/healthz\",status=\"200\"} 1"), "{}", m.body);
     assert!(m.body.contains("tessera_http_requests_total{route=\"/v1/tokens\",status=\"201\"} 1"), "{}", m.body);
 

@@ -107,6 +107,35 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     let (codecs, duration) = probe(&third);
     assert_eq!(codecs, vec!["aac".to_string(), "h264".to_string()], "the mixed relay carries H.264 + AAC");
     assert!(duration >= 3.0, "{duration}");
+    // Mix frames are stamped on the output clock (issue 14): every gap is one frame period
+    // (FLV rounds to whole ms) or, where a tick was skipped, whole periods.
+    let out = Command::new("ffprobe").args(["-v", "error", "-select_streams", "v", "-show_entries", "packet=pts_time", "-of", "csv=p=0"]).arg(&third).output().unwrap();
+    let times: Vec<f64> = String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().trim_end_matches(',').parse().ok()).collect();
+    let mut gaps: Vec<f64> = times.windows(2).map(|w| (w[1] - w[0]) * 1000.0).collect();
+    assert!(gaps.len() >= 30, "{} frames", times.len());
+    gaps.sort_by(f64::total_cmp);
+    let period = gaps[gaps.len() / 2];
+    let on_grid = |g: f64| {
+        let k = (g / period).round().max(1.0);
+        (g - k * period).abs() <= 1.5
+    };
+    let regular = gaps.iter().filter(|g| (**g - period).abs() <= 1.5).count();
+    assert!(gaps.iter().all(|g| on_grid(*g)), "frame gaps off the {period} ms grid: {gaps:?}");
+    assert!(regular * 100 >= gaps.len() * 95, "{regular} of {} gaps are one period: {gaps:?}", gaps.len());
+    // The mix's mono Opus reaches the CDN as AAC-LC 48 kHz 64 kbit/s mono (RECORDING.md §1).
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "a", "-show_entries", "stream=channels,sample_rate:packet=size,pts_time", "-of", "json"])
+        .arg(&third)
+        .output()
+        .unwrap();
+    let audio: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((audio["streams"][0]["channels"].as_u64(), audio["streams"][0]["sample_rate"].as_str()), (Some(1), Some("48000")), "{}", audio["streams"]);
+    let packets = audio["packets"].as_array().unwrap();
+    let bytes: u64 = packets.iter().map(|p| p["size"].as_str().and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)).sum();
+    let span = packets.last().and_then(|p| p["pts_time"].as_str()).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0)
+        - packets[0]["pts_time"].as_str().and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
+    let kbps = bytes as f64 * 8.0 / span / 1000.0;
+    assert!((40.0..=72.0).contains(&kbps), "mono AAC at about 64 kbit/s: {kbps:.1}");
     let job_id = job["id"].as_str().unwrap();
     let events = hooks.wait_for(Duration::from_secs(10), "the mixed relay's 401s and 801/802", |e| changes(e, &relay_id) == [1, 2, 5, 0] && codes_of(e, job_id) == [801, 802]);
     assert_eq!(events.iter().find(|e| e["EventType"] == 802).unwrap()["EventInfo"]["Payload"]["LeaveCode"], 0);

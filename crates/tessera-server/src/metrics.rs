@@ -62,6 +62,8 @@ pub struct Metrics {
     custom_messages: Counter,
     speed_tests: Gauge,
     rtmp_transcodes: Gauge,
+    busy_ratio: Gauge<f64, AtomicU64>,
+    bytes_forwarded: Counter,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -96,6 +98,14 @@ impl Metrics {
         registry.register("tessera_custom_messages", "Custom messages accepted from participants (socket and data channels)", custom_messages.clone());
         let speed_tests = Gauge::default();
         registry.register("tessera_speed_tests", "Speed tests running", speed_tests.clone());
+        let busy_ratio = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "tessera_worker_busy_ratio",
+            "Share of the last second the media worker spent working (1: saturated; packets queue and latency grows)",
+            busy_ratio.clone(),
+        );
+        let bytes_forwarded = Counter::default();
+        registry.register("tessera_rtp_bytes_forwarded", "RTP payload bytes written to consumers", bytes_forwarded.clone());
         let rtmp_transcodes = Gauge::default();
         registry.register("tessera_rtmp_transcodes", "RTMP publishes being re-encoded for WebRTC viewers (B-frames, HEVC, AV1, VP9)", rtmp_transcodes.clone());
         let mix_jobs = Gauge::default();
@@ -124,6 +134,8 @@ impl Metrics {
             mix_jobs,
             custom_messages,
             speed_tests,
+            busy_ratio,
+            bytes_forwarded,
             rtmp_transcodes,
             relay_urls,
             recordings,
@@ -165,6 +177,8 @@ impl Metrics {
         sync(&self.keyframe_requests, counters.keyframe_requests.load(Ordering::Relaxed));
         sync(&self.dropped, counters.packets_dropped.load(Ordering::Relaxed));
         sync(&self.custom_messages, counters.custom_messages.load(Ordering::Relaxed));
+        sync(&self.bytes_forwarded, counters.bytes_forwarded.load(Ordering::Relaxed));
+        self.busy_ratio.set(counters.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0);
         self.speed_tests.set(stats.speed_tests as i64);
     }
 

@@ -232,6 +232,10 @@ impl AacEncoder {
         &self.asc
     }
 
+    pub fn channels(&self) -> usize {
+        self.channels
+    }
+
     /// Adds interleaved stereo samples; appends every AAC frame that completes.
     pub fn push(&mut self, stereo: &[f32], out: &mut Vec<AacFrame>) -> Result<(), TranscodeError> {
         self.pending.extend_from_slice(stereo);

@@ -45,10 +45,16 @@ pub(super) async fn run(
     let mut member_inboxes: std::collections::HashMap<u64, mpsc::UnboundedSender<crate::sfu::MemberMessage>> = std::collections::HashMap::new();
     // ICE-TCP connections by the client's address.
     let mut tcp_writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = std::collections::HashMap::new();
+    // How much of each second the task spends working rather than waiting: the saturation
+    // that `tessera_worker_busy_ratio` and `/healthz` report.
+    let mut busy = std::time::Duration::ZERO;
+    let mut window = Instant::now();
     loop {
         let deadline = sfu.next_timeout();
-        tokio::select! {
+        // Each branch gives the moment it woke.
+        let woke = tokio::select! {
             cmd = commands.recv() => {
+                let woke = Instant::now();
                 let Some(cmd) = cmd else { break };
                 let now = Instant::now();
                 match cmd {
@@ -188,8 +194,10 @@ pub(super) async fn run(
                         let _ = reply.send(sfu.switch_role(&key, &user, role, now));
                     }
                 }
+                woke
             }
             r = socket.recv_from(&mut buf) => {
+                let woke = Instant::now();
                 if let Ok((n, source)) = r {
                     let now = Instant::now();
                     sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]);
@@ -202,22 +210,27 @@ pub(super) async fn run(
                     }
                     sfu.flush(now);
                 }
+                woke
             }
-            Some(event) = next_tcp(&mut tcp_events) => match event {
-                TcpEvent::Opened { remote, writer } => {
-                    tcp_writers.insert(remote, writer);
+            Some(event) = next_tcp(&mut tcp_events) => {
+                let woke = Instant::now();
+                match event {
+                    TcpEvent::Opened { remote, writer } => {
+                        tcp_writers.insert(remote, writer);
+                    }
+                    TcpEvent::Frame { remote, local, data } => {
+                        let now = Instant::now();
+                        sfu.handle_tcp_frame(now, remote, local, &data);
+                        sfu.flush(now);
+                    }
+                    TcpEvent::Closed { remote } => {
+                        tcp_writers.remove(&remote);
+                    }
                 }
-                TcpEvent::Frame { remote, local, data } => {
-                    let now = Instant::now();
-                    sfu.handle_tcp_frame(now, remote, local, &data);
-                    sfu.flush(now);
-                }
-                TcpEvent::Closed { remote } => {
-                    tcp_writers.remove(&remote);
-                }
+                woke
             },
-            _ = tokio::time::sleep_until(deadline.into()) => {}
-        }
+            _ = tokio::time::sleep_until(deadline.into()) => Instant::now(),
+        };
         // Due timeouts run now, not after the next timer tick (tokio's timer has 1 ms
         // granularity): str0m's pacer asks for one right after media is written.
         for _ in 0..4 {
@@ -280,6 +293,15 @@ pub(super) async fn run(
                     }
                 }
             }
+        }
+        let done = Instant::now();
+        busy += done - woke;
+        let span = done - window;
+        if span >= std::time::Duration::from_secs(1) {
+            let permille = (busy.as_secs_f64() / span.as_secs_f64() * 1000.0).round().min(1000.0) as u64;
+            sfu.counters.busy_permille.store(permille, std::sync::atomic::Ordering::Relaxed);
+            busy = std::time::Duration::ZERO;
+            window = done;
         }
     }
 }

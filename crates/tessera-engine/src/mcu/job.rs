@@ -59,11 +59,36 @@ impl Overlays {
 }
 
 /// CPU seconds this thread has used (Linux: /proc/thread-self/stat, 10 ms resolution).
-fn thread_cpu_seconds() -> f64 {
-    let stat = std::fs::read_to_string("/proc/thread-self/stat").unwrap_or_default();
-    let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(11) + ticks(12)) / 100.0
+/// CPU seconds of the job: its own thread and the threads it started (x264's and FFmpeg's
+/// workers), which Linux names after their creator — the job thread's unique `mix-<id>`
+/// name, cut to the kernel's 15 characters. Clock ticks are 100 Hz (USER_HZ).
+fn job_cpu_seconds(thread_name: &str) -> f64 {
+    let comm: String = thread_name.chars().take(15).collect();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else { return 0.0 };
+    let mut total = 0.0;
+    for task in tasks.flatten() {
+        let Ok(stat) = std::fs::read_to_string(task.path().join("stat")) else { continue };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else { continue };
+        if stat[open + 1..close] != comm {
+            continue;
+        }
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        total += (ticks(11) + ticks(12)) / 100.0;
+    }
+    total
+}
+
+/// The output clock: frame `tick` is shown at `tick / fps` s, so timestamps sit on a regular
+/// grid whatever the wall clock did while the frame was made (RTP at 90 kHz).
+fn tick_ms(tick: u64, fps: u32) -> i64 {
+    (tick * 1000 / fps.max(1) as u64) as i64
+}
+
+fn tick_rtp(pts_ms: i64, fps: u32) -> u32 {
+    let fps = fps.max(1) as u64;
+    let tick = (pts_ms.max(0) as u64 * fps + 500) / 1000;
+    (tick * 90_000 / fps) as u32
 }
 
 /// What the job's thread is told, in order.
@@ -240,7 +265,10 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
         let mut next_audio = start;
         let mut idle_since: Option<Instant> = None;
         let mut fps_window = (start, 0u64);
-        let mut cpu_mark = thread_cpu_seconds();
+        let thread_name = std::thread::current().name().unwrap_or("").to_owned();
+        let mut cpu_mark = job_cpu_seconds(&thread_name);
+        // Output frames since the start, skipped ones included.
+        let mut tick: u64 = 0;
         let mut mix_pcm = vec![0.0f32; OPUS_FRAME * 2];
         let mut encoded = Vec::new();
         let mut opus_out = Vec::new();
@@ -335,8 +363,12 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                 if now >= next_frame {
                     let behind = now - next_frame;
                     if behind > frame_time * 2 {
-                        stats.dropped_frames += (behind.as_secs_f64() / frame_time.as_secs_f64()) as u64;
-                        next_frame = now;
+                        // Under CPU pressure whole ticks are skipped (and counted): the next
+                        // frame keeps its place on the output grid.
+                        let missed = (behind.as_secs_f64() / frame_time.as_secs_f64()) as u64;
+                        stats.dropped_frames += missed;
+                        tick += missed;
+                        next_frame += frame_time * missed as u32;
                     }
                     next_frame += frame_time;
                     let t1 = Instant::now();
@@ -397,7 +429,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                     if keyframe_requests.take() {
                         encoder.request_keyframe();
                     }
-                    let pts_ms = start.elapsed().as_millis() as i64;
+                    let pts_ms = tick_ms(tick, enc.fps);
+                    tick += 1;
                     encoded.clear();
                     encoder.encode(canvas.frame_mut(), pts_ms, &mut encoded)?;
                     encode_t.add(t2.elapsed().as_secs_f64() * 1000.0);
@@ -405,7 +438,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                     for e in &encoded {
                         let nalus = h264::split_annex_b(&e.data);
                         let mut payloads = Vec::new();
-                        packetizer.push(&nalus, (e.pts_ms as u64 * 90) as u32, &mut payloads);
+                        packetizer.push(&nalus, tick_rtp(e.pts_ms, enc.fps), &mut payloads);
                         for pl in payloads {
                             out.push(IngestPacket {
                                 ssrc: video_ssrc,
@@ -488,7 +521,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
             if fps_window.0.elapsed() >= Duration::from_secs(1) {
                 let elapsed = fps_window.0.elapsed().as_secs_f64();
                 stats.fps = (fps_window.1 as f64 / elapsed * 10.0).round() / 10.0;
-                let cpu = thread_cpu_seconds();
+                let cpu = job_cpu_seconds(&thread_name);
                 stats.cpu_cores = ((cpu - cpu_mark) / elapsed * 100.0).round() / 100.0;
                 cpu_mark = cpu;
                 fps_window = (Instant::now(), 0);
@@ -615,5 +648,25 @@ fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
             v.waiting_keyframe = true;
             true
         }
+    }
+}
+
+#[cfg(test)]
+mod clock_tests {
+    use super::{tick_ms, tick_rtp};
+
+    #[test]
+    fn frames_sit_on_the_output_grid() {
+        // 30 fps: 3000 ticks of 90 kHz apart, whatever rounding the ms stamps had.
+        let rtp: Vec<u32> = (0..7).map(|t| tick_rtp(tick_ms(t, 30), 30)).collect();
+        assert_eq!(rtp, [0, 3000, 6000, 9000, 12000, 15000, 18000]);
+        // A skipped tick leaves a gap of exactly two periods.
+        assert_eq!(tick_rtp(tick_ms(9, 30), 30) - tick_rtp(tick_ms(7, 30), 30), 6000);
+        // 15 and 24 fps.
+        assert_eq!(tick_rtp(tick_ms(5, 15), 15), 30_000);
+        assert_eq!(tick_rtp(tick_ms(3, 24), 24), 11_250);
+        // An hour in: no drift.
+        let hour = 30 * 3600;
+        assert_eq!(tick_rtp(tick_ms(hour, 30), 30), 3600 * 90_000);
     }
 }

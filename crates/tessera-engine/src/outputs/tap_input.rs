@@ -150,6 +150,8 @@ pub struct OpusToAac {
     aac: Option<(AacEncoder, i64)>,
     pcm: Vec<f32>,
     frames: Vec<AacFrame>,
+    /// Stereo AAC whatever the Opus carries (a muxed TS whose audio track was declared first).
+    force_stereo: bool,
 }
 
 /// One AAC frame (raw, no ADTS) at `ms`.
@@ -160,8 +162,22 @@ pub struct AacUnit {
 }
 
 impl OpusToAac {
+    /// AAC-LC 48 kHz, 64 kbit/s mono or 96 kbit/s stereo as the Opus stream is (RECORDING.md
+    /// §1: the stereo flag of its first packet's TOC byte; browsers' microphones and speech
+    /// mixes are mono).
     pub fn new() -> Result<OpusToAac, TranscodeError> {
-        Ok(OpusToAac { clock: TrackClock::audio(), opus: OpusDecoder::new()?, aac: None, pcm: Vec::new(), frames: Vec::new() })
+        Ok(OpusToAac { clock: TrackClock::audio(), opus: OpusDecoder::new()?, aac: None, pcm: Vec::new(), frames: Vec::new(), force_stereo: false })
+    }
+
+    /// Always 96 kbit/s stereo: for a container whose audio track is declared before the first
+    /// Opus packet arrives.
+    pub fn stereo() -> Result<OpusToAac, TranscodeError> {
+        Ok(OpusToAac { force_stereo: true, ..OpusToAac::new()? })
+    }
+
+    /// The AAC channel count, once the encoder exists.
+    pub fn channels(&self) -> Option<usize> {
+        self.aac.as_ref().map(|(e, _)| e.channels())
     }
 
     /// The AAC AudioSpecificConfig, once the encoder exists (after the first decoded packet).
@@ -179,7 +195,12 @@ impl OpusToAac {
         }
         let (encoder, base_ms) = match self.aac.as_mut() {
             Some(a) => a,
-            None => self.aac.insert((AacEncoder::new(2, 96)?, ms)),
+            None => {
+                // TOC byte: bit 2 is the stereo flag (RFC 6716 §3.1).
+                let stereo = self.force_stereo || payload.first().is_some_and(|toc| toc & 0x04 != 0);
+                let encoder = if stereo { AacEncoder::new(2, 96)? } else { AacEncoder::new(1, 64)? };
+                self.aac.insert((encoder, ms))
+            }
         };
         self.frames.clear();
         encoder.push(&self.pcm, &mut self.frames)?;

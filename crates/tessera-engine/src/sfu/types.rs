@@ -60,6 +60,8 @@ pub struct SfuCounters {
     pub packets_forwarded: AtomicU64,
     /// RTP payload bytes of the forwarded packets.
     pub bytes_forwarded: AtomicU64,
+    /// The media task's busy share of the last second, in ‰ (1000: it never waited).
+    pub busy_permille: AtomicU64,
     pub packets_received: AtomicU64,
     pub keyframe_requests: AtomicU64,
     /// Packets not written to a viewer because its send queue was full.

@@ -187,8 +187,13 @@ async fn method_not_allowed(req: Request) -> ApiError {
 }
 
 #[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "server", responses((status = 200, description = "{status, version, uptime_s}", body = Value)))]
+/// `status` is `busy` while the media worker was saturated over the last second (busy ratio ≥
+/// 0.9: new viewers would meet growing latency), so a load balancer can steer new rooms away; the
+/// reply stays 200 (the server works).
 pub(crate) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
-    Json(json!({"status": "ok", "version": VERSION, "uptime_s": state.metrics.uptime_s()}))
+    let busy = state.rtc.counters.busy_permille.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0;
+    let status = if busy >= 0.9 { "busy" } else { "ok" };
+    Json(json!({"status": status, "version": VERSION, "uptime_s": state.metrics.uptime_s(), "worker_busy_ratio": busy}))
 }
 
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "server", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]

@@ -21,7 +21,7 @@ fn process_cpu_seconds() -> Option<f64> {
 }
 
 #[utoipa::path(get, operation_id = "server.get", path = "/v1/server", tag = "server",
-    responses((status = 200, description = "`{version, uptime_s, unix_ms, cpu: {process_seconds, cores}, rtp: {packets_forwarded, packets_received, bytes_forwarded, packets_dropped}, sfu: {rooms, publishers, viewers, participants}, webhooks: {target, ok, retry, dropped}, tasks: {mix_jobs, relay_urls, recordings, ingests}}`", body = Value), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody)),
+    responses((status = 200, description = "`{version, uptime_s, unix_ms, cpu: {process_seconds, cores}, worker_busy_ratio, rtp: {packets_forwarded, packets_received, bytes_forwarded, packets_dropped}, sfu: {rooms, publishers, viewers, participants}, webhooks: {target, ok, retry, dropped}, tasks: {mix_jobs, relay_urls, recordings, ingests}}`", body = Value), (status = "4XX", description = "Refused: the JSON error", body = ErrorBody)),
     security(("api_key" = [])))]
 pub async fn get(State(state): State<AppState>, axum::Extension(caller): axum::Extension<super::auth::Caller>) -> Json<Value> {
     let stats = state.rtc.stats().await.unwrap_or_default();
@@ -43,6 +43,7 @@ pub async fn get(State(state): State<AppState>, axum::Extension(caller): axum::E
         "uptime_s": state.metrics.uptime_s(),
         "unix_ms": crate::now_ms(),
         "cpu": {"process_seconds": process_cpu_seconds(), "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)},
+        "worker_busy_ratio": c.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0,
         "rtp": {
             "packets_forwarded": c.packets_forwarded.load(Ordering::Relaxed),
             "packets_received": c.packets_received.load(Ordering::Relaxed),

@@ -430,14 +430,16 @@ fn on_packet(w: &mut Worker, p: &TapPacket, arrival: i64, unix_ms: i64) -> Resul
         Codec::Opus if w.spec.wants_audio() => {
             let s = w.streams.get_mut(&key).expect("inserted");
             if s.audio.is_none() {
-                s.audio = OpusToAac::new().ok();
+                // A muxed TS declares its audio track (stereo) with the video's first keyframe.
+                let muxed = !split && w.spec.wants_video();
+                s.audio = if muxed { OpusToAac::stereo() } else { OpusToAac::new() }.ok();
             }
             let Some(audio) = s.audio.as_mut() else { return Ok(()) };
             let mut frames = Vec::new();
             audio.push(p.ts, &p.payload, arrival, &mut frames)?;
             // Nothing decoded yet: no encoder, no configuration.
             let Some(asc) = audio.audio_specific_config() else { return Ok(()) };
-            let track = AudioTrack { sample_rate: 48_000, channels: 2, asc: asc.to_vec() };
+            let track = AudioTrack { sample_rate: 48_000, channels: audio.channels().unwrap_or(2) as u32, asc: asc.to_vec() };
             // The audio writer: its own playlist (split, audio-only content), or the muxed one.
             let writer = if split || !w.spec.wants_video() {
                 match w.streams[&key].audio_writer {
