@@ -34,7 +34,7 @@ stats=$(curl -s -H "Authorization: Bearer $key" "http://$http/v1/mix-jobs/$id" |
 relay=$(echo "$job" | python3 -c 'import json,sys; print(json.load(sys.stdin)["outputs"]["relay_id"])')
 curl -s -X DELETE -H "Authorization: Bearer $key" "http://$http/v1/mix-jobs/$id" >/dev/null
 sleep 2
-kill -INT $cdn_pid 2>/dev/null; wait $cdn_pid 2>/dev/null || true
+kill -INT $cdn_pid 2>/dev/null || true; wait $cdn_pid 2>/dev/null || true
 ffprobe -v error -select_streams v -show_entries packet=pts_time -of csv=p=0 "$dir/mix.flv" | python3 -c "
 import sys
 t = [float(l.strip().rstrip(',')) for l in sys.stdin if l.strip()]
