@@ -51,6 +51,18 @@ CHROMIUM_ARGS = [
 ]
 
 
+
+def goto(page, url, **kw):
+    """page.goto, tried again when Chromium reports the network changed under it (a test
+    host's fresh veth still settling: its IPv6 link-local address appears a moment later)."""
+    for attempt in range(3):
+        try:
+            return page.goto(url, **kw)
+        except Exception as e:  # playwright's Error
+            if "ERR_NETWORK_CHANGED" not in str(e) or attempt == 2:
+                raise
+            time.sleep(1)
+
 def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["publish", "play", "wait-play", "hls", "admin", "both", "room", "join-time", "speakers", "quality", "custom", "speedtest", "meet"])
@@ -109,7 +121,7 @@ def main():
                 if a.degradation:
                     q["degradation"] = a.degradation
                 pub = ctx.new_page()
-                pub.goto(f"{a.base}/publish.html?{urlencode(q)}")
+                goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
                 pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=15000)
                 out["publish_state"] = pub.evaluate("window.tessera.state")
                 out["publish_error"] = pub.evaluate("window.tessera.error")
@@ -124,7 +136,7 @@ def main():
                 play = ctx.new_page()
                 # DOMContentLoaded is enough: autostart runs then, and on a loaded machine the
                 # load event of a page whose video is already playing can lag by many seconds.
-                play.goto(f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
+                goto(play, f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
                 if a.ice_restart_after and pub is not None:
                     time.sleep(a.ice_restart_after)
                     frames_before = play.evaluate("window.tessera.stats.framesDecoded || 0")
@@ -164,7 +176,7 @@ def join_time(ctx, a):
     runs = []
     for _ in range(a.repeat):
         page = ctx.new_page()
-        page.goto(f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
+        goto(page, f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
         page.wait_for_function(f"Object.keys(window.tessera.firstFrames || {{}}).length >= {a.expect}", timeout=30000)
         frames = sorted(page.evaluate("Object.values(window.tessera.firstFrames)"))
         runs.append({"joined_ms": page.evaluate("window.tessera.joinedMs"), "first_ms": frames[0], "all_ms": frames[a.expect - 1]})
@@ -187,7 +199,7 @@ def open_participants(ctx, a):
         if "simulcast" in opts:
             q["simulcast"] = "1"
         page = ctx.new_page()
-        page.goto(f"{a.base}/room.html?{urlencode(q)}")
+        goto(page, f"{a.base}/room.html?{urlencode(q)}")
         pages.append((user, page))
     watchers = {s.split(",")[0] for s in a.participant if "watch" in s.split(",")[4:]}
     for user, page in pages:
@@ -200,7 +212,7 @@ def open_participants(ctx, a):
 
 def speedtest(ctx, a):
     page = ctx.new_page()
-    page.goto(f"{a.base}/speedtest.html?{urlencode({'token': a.token, 'up': a.up_kbps, 'down': a.down_kbps, 'autostart': '1'})}")
+    goto(page, f"{a.base}/speedtest.html?{urlencode({'token': a.token, 'up': a.up_kbps, 'down': a.down_kbps, 'autostart': '1'})}")
     page.wait_for_function("['done', 'failed'].includes(window.tessera.state)", timeout=40000)
     return {"state": page.evaluate("window.tessera.state"), "page_error": page.evaluate("window.tessera.error"), "result": page.evaluate("window.tessera.result")}
 
@@ -248,7 +260,7 @@ def custom(ctx, a):
 
 def quality(ctx, a):
     page = ctx.new_page()
-    page.goto(f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
+    goto(page, f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
     page.wait_for_function("['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
     samples = []
     end = time.monotonic() + a.seconds
@@ -332,7 +344,7 @@ def wait_play(ctx, a):
     shows (state line, overlay), the server's word on the publisher and frames decoded."""
     q = {"room": a.room, "user": a.user, "token": a.token, "autostart": "1"}
     page = ctx.new_page()
-    page.goto(f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
+    goto(page, f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
     samples = []
     end = time.monotonic() + a.seconds
     while time.monotonic() < end:
@@ -351,7 +363,7 @@ def hls(ctx, a):
         if v:
             q[k] = v
     page = ctx.new_page()
-    page.goto(f"{a.base}/player.html?{urlencode(q)}", wait_until="domcontentloaded")
+    goto(page, f"{a.base}/player.html?{urlencode(q)}", wait_until="domcontentloaded")
     samples = []
     end = time.monotonic() + a.seconds
     while time.monotonic() < end:
@@ -367,7 +379,7 @@ def admin(ctx, a):
     Stop of the task --stop-task and the state the page shows for it afterwards."""
     page = ctx.new_page()
     page.set_viewport_size({"width": 1280, "height": 1000})
-    page.goto(f"{a.base}/admin.html", wait_until="domcontentloaded")
+    goto(page, f"{a.base}/admin.html", wait_until="domcontentloaded")
     page.fill("#key", a.api_key)
     page.click("#connect")
     page.wait_for_function("window.tessera.state === 'live' || window.tessera.state === 'failed'", timeout=20000)

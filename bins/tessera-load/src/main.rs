@@ -28,9 +28,21 @@ struct Args {
     /// Base URL of the server's HTTP API.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     server: String,
-    /// API key (tokens are minted per client through POST /v1/tokens).
-    #[arg(long)]
+    /// API key (tokens are minted per client through POST /v1/tokens); not needed with
+    /// `--no-token`.
+    #[arg(long, default_value = "", required_unless_present = "no_token")]
     api_key: String,
+    /// Send no token (another server, e.g. SRS, side by side: its WHIP/WHEP need none).
+    #[arg(long)]
+    no_token: bool,
+    /// Where publishers POST their offers: `{server}`, `{room}` and `{user}` are filled in,
+    /// e.g. SRS's `{server}/rtc/v1/whip/?app={room}&stream={user}`.
+    #[arg(long, default_value = "{server}/whip/{room}")]
+    whip_url: String,
+    /// Where subscribers POST theirs: also `{source}` (the publisher they watch), e.g. SRS's
+    /// `{server}/rtc/v1/whep/?app={room}&stream={source}`.
+    #[arg(long, default_value = "{server}/whep/{room}/{source}/main")]
+    whep_url: String,
     #[arg(long, default_value = "load")]
     room: String,
     #[arg(long, default_value_t = 1)]
@@ -71,7 +83,15 @@ struct Args {
     custom_per_s: u32,
 }
 
+/// A WHIP/WHEP URL from its template.
+fn fill(template: &str, args: &Args, user: &str, source: &str) -> String {
+    template.replace("{server}", &args.server).replace("{room}", &args.room).replace("{user}", user).replace("{source}", source)
+}
+
 fn mint(args: &Args, user: &str, role: u8) -> String {
+    if args.no_token {
+        return String::new();
+    }
     let body = serde_json::json!({"room": args.room, "user": user, "role": role, "ttl_s": 3600});
     loop {
         let result = ureq::post(&format!("{}/v1/tokens", args.server)).set("Authorization", &format!("Bearer {}", args.api_key)).send_json(body.clone());
@@ -88,11 +108,11 @@ fn mint(args: &Args, user: &str, role: u8) -> String {
 }
 
 fn post_sdp(url: &str, token: &str, sdp: &str) -> String {
-    let resp = ureq::post(url)
-        .set("Authorization", &format!("Bearer {token}"))
-        .set("Content-Type", "application/sdp")
-        .send_string(sdp)
-        .unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
+    let mut request = ureq::post(url).set("Content-Type", "application/sdp");
+    if !token.is_empty() {
+        request = request.set("Authorization", &format!("Bearer {token}"));
+    }
+    let resp = request.send_string(sdp).unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
     resp.into_string().unwrap()
 }
 
@@ -430,7 +450,7 @@ async fn run(args: Args) {
             }));
             continue;
         }
-        let (rtc, socket, mids) = connect(&args, &format!("{}/whip/{}", args.server, args.room), &token, Direction::SendOnly).await;
+        let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &user, ""), &token, Direction::SendOnly).await;
         let sent = (p == 0).then(|| sent.clone());
         tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent));
     }
@@ -439,9 +459,14 @@ async fn run(args: Args) {
     for s in 0..args.subscribers {
         let user = format!("sub{s}");
         let a = args.clone();
-        let token = tokio::task::spawn_blocking(move || mint(&a, &user, 21)).await.unwrap();
+        let token = tokio::task::spawn_blocking({
+            let user = user.clone();
+            move || mint(&a, &user, 21)
+        })
+        .await
+        .unwrap();
         let source = format!("pub{}", s % args.publishers.max(1));
-        let (rtc, socket, _) = connect(&args, &format!("{}/whep/{}/{}/main", args.server, args.room, source), &token, Direction::RecvOnly).await;
+        let (rtc, socket, _) = connect(&args, &fill(&args.whep_url, &args, &user, &source), &token, Direction::RecvOnly).await;
         let latency = (s % args.publishers.max(1) == 0).then(|| (sent.clone(), latencies.clone()));
         tasks.push(spawn_subscriber(rtc, socket, until, stats.clone(), s, latency, start.clone()));
     }
