@@ -58,6 +58,12 @@ rtc_server { enabled on; listen 8000; candidate 127.0.0.1; }
 vhost __defaultVhost__ { rtc { enabled on; rtmp_to_rtc off; rtc_to_rtmp off; } }
 CONF
 
+stop_pid() { # the server, gone before the next one binds its ports
+  kill "$1" 2>/dev/null || true
+  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 run_tessera() { # n round
   local n=$1 data="$dir/tessera-data"
   rm -rf "$data"
@@ -67,7 +73,7 @@ run_tessera() { # n round
   local server_pid; server_pid=$(pgrep -f "tessera serve --data-dir $data" | head -1)
   inns taskset -c 0 target/release/tessera-load --server http://127.0.0.1:18080 --api-key "$(cat "$data/admin.key")" --room "b$n" \
     --subscribers "$n" --duration 15 --server-pid "$server_pid" --json
-  kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
+  stop_pid "$server_pid"; wait "$pid" 2>/dev/null || true
 }
 
 run_srs() { # n round
@@ -78,7 +84,7 @@ run_srs() { # n round
   inns taskset -c 0 target/release/tessera-load --server http://127.0.0.1:1985 --no-token --room live \
     --whip-url '{server}/rtc/v1/whip/?app={room}&stream={user}' --whep-url '{server}/rtc/v1/whep/?app={room}&stream={source}' \
     --subscribers "$n" --duration 15 --server-pid "$server_pid" --json
-  kill "$server_pid" 2>/dev/null; sleep 1
+  stop_pid "$server_pid"
 }
 
 echo "| server | round | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms |"
