@@ -417,7 +417,9 @@ fn hls_js_plays_a_recording_live_and_finished_through_its_master_playlist() {
     assert_eq!(r.status, 201, "{}", r.body);
     let id = r.json()["id"].as_str().unwrap().to_owned();
     let path = format!("/v1/recordings/{id}");
-    let rec = poll(&server, &key, &path, Duration::from_secs(20), |v| v["playlists"].as_array().is_some_and(|p| p.iter().any(|p| p["kind"] == "master")));
+    // The master and both playlists it names, each listed once it exists (the audio and video
+    // playlists get their first segments moments apart).
+    let rec = poll(&server, &key, &path, Duration::from_secs(20), |v| v["playlists"].as_array().is_some_and(|p| p.len() >= 3));
     let playlists = rec["playlists"].as_array().unwrap();
     let master = playlists.iter().find(|p| p["kind"] == "master").unwrap();
     assert_eq!(master["file_name"], "default_aGxzanM.__UserId_s_Y2Ft__UserId_e_main.m3u8", "named after RECORDING.md §4 without the type: {rec}");
