@@ -251,7 +251,8 @@ fn run(cli: Cli) -> Result<(), Failure> {
                 print!("{}", server.banner());
                 use std::io::Write;
                 let _ = std::io::stdout().flush();
-                server.run(tessera_server::run::shutdown_signal()).await.map_err(Failure::runtime)
+                server.run(tessera_server::run::shutdown_signal()).await;
+                Ok(())
             })
         }
         Command::Token { config, room, user, role, privileges, ttl, app, init } => {

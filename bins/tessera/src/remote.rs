@@ -7,7 +7,6 @@ use crate::{load_config, ConfigArgs, Failure};
 use clap::{Args, Subcommand, ValueEnum};
 use serde_json::{json, Value};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 use tessera_server::Overrides;
 
@@ -172,7 +171,7 @@ impl Remote {
         let self_signed = config.data_dir.join("tls/self-signed.crt");
         let ca = args.ca_file.clone().or_else(|| self_signed.exists().then_some(self_signed));
         let tls = tessera_server::tls::client_config(ca.as_deref()).map_err(Failure::usage)?;
-        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).tls_config(Arc::new((*tls).clone())).build();
+        let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(30)).tls_config(tls).build();
         Ok(Remote { base, key, agent, json: args.json })
     }
 

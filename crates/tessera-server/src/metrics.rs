@@ -37,13 +37,31 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
-/// Task counts by state, gathered at scrape time (PRODUCT.md §11).
-#[derive(Debug, Default)]
+/// Task counts by state (PRODUCT.md §11), gathered when asked: by `/metrics` and `/v1/server`.
+#[derive(Debug, Default, serde::Serialize)]
 pub struct TaskCounts {
     pub mix_jobs: i64,
-    pub relay_urls: Vec<(String, i64)>,
-    pub recordings: Vec<(String, i64)>,
-    pub ingests: Vec<(String, i64)>,
+    pub relay_urls: std::collections::BTreeMap<String, i64>,
+    pub recordings: std::collections::BTreeMap<String, i64>,
+    pub ingests: std::collections::BTreeMap<String, i64>,
+}
+
+impl TaskCounts {
+    pub fn of(tasks: &tessera_tasks::Tasks) -> TaskCounts {
+        fn tally<S: ToString>(states: Vec<S>) -> std::collections::BTreeMap<String, i64> {
+            let mut counts = std::collections::BTreeMap::new();
+            for s in states {
+                *counts.entry(s.to_string()).or_insert(0) += 1;
+            }
+            counts
+        }
+        TaskCounts {
+            mix_jobs: tasks.mix_jobs.running() as i64,
+            relay_urls: tally(tasks.relays.all_url_states()),
+            recordings: tally(tasks.recordings.all_states()),
+            ingests: tally(tasks.ingests.all_states()),
+        }
+    }
 }
 
 pub struct Metrics {
@@ -152,8 +170,7 @@ impl Metrics {
             (&self.ingests, &counts.ingests, &["STARTING", "RUNNING", "RETRYING", "STOPPED", "FAILED"][..]),
         ] {
             for s in states {
-                let n = values.iter().filter(|(k, _)| k == s).map(|(_, n)| *n).sum();
-                family.get_or_create(&StateLabel { state: s.to_string() }).set(n);
+                family.get_or_create(&StateLabel { state: s.to_string() }).set(values.get(*s).copied().unwrap_or(0));
             }
         }
     }

@@ -152,7 +152,7 @@ impl Server {
     }
 
     /// Serves until `shutdown` resolves, then drains requests and saves state.
-    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+    pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         self.state.hooks.start(Some(self.data_dir.root().join("outbox")));
         if let Some(mut events) = self.state.rtc.take_room_events() {
             // Room events go to the webhooks and to the room-signaling sessions.
@@ -216,16 +216,13 @@ impl Server {
         tracing::info!(addr = %self.http_addr, "HTTP listening");
         // Graceful shutdown waits for every open connection; bound it so a stuck client cannot
         // hold the process.
-        let result: std::io::Result<()> = tokio::select! {
-            () = server => Ok(()),
+        tokio::select! {
+            () = server => {}
             _ = async move {
                 let _ = drained.wait_for(|stopped| *stopped).await;
                 tokio::time::sleep(DRAIN).await;
-            } => {
-                tracing::warn!("connections still open after {DRAIN:?}; closing them");
-                Ok(())
-            }
-        };
+            } => tracing::warn!("connections still open after {DRAIN:?}; closing them"),
+        }
         rtmp.abort();
         auto.abort();
         self.state.tasks.ingests.shutdown();
@@ -239,7 +236,6 @@ impl Server {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }
         tracing::info!("stopped");
-        result
     }
 }
 

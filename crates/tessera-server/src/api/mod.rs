@@ -201,12 +201,7 @@ pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.rtc.stats().await.unwrap_or_default();
     state.metrics.observe_sfu(&stats, &state.rtc.counters);
     state.metrics.observe_rtmp_transcodes(state.rtmp_transcodes.total());
-    state.metrics.observe_tasks(&crate::metrics::TaskCounts {
-        mix_jobs: state.tasks.mix_jobs.running() as i64,
-        relay_urls: state.tasks.relays.all_url_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
-        recordings: state.tasks.recordings.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
-        ingests: state.tasks.ingests.all_states().into_iter().map(|s| (s.to_string(), 1)).collect(),
-    });
+    state.metrics.observe_tasks(&crate::metrics::TaskCounts::of(&state.tasks));
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
 }
 

@@ -29,15 +29,6 @@ pub async fn get(State(state): State<AppState>, axum::Extension(caller): axum::E
     let deliveries = |result: &'static str| state.metrics.webhook_deliveries.get_or_create(&crate::metrics::ResultLabel { result }).get();
     let apps = state.store.snapshot();
     let target = apps.get(&caller.app).and_then(|a| a.webhook.url.clone());
-    let count = |states: Vec<String>| {
-        let mut m = serde_json::Map::new();
-        for s in states {
-            let s = s.as_str();
-            let n = m.get(s).and_then(Value::as_u64).unwrap_or(0);
-            m.insert(s.to_string(), json!(n + 1));
-        }
-        Value::Object(m)
-    };
     Json(json!({
         "version": super::VERSION,
         "uptime_s": state.metrics.uptime_s(),
@@ -55,11 +46,6 @@ pub async fn get(State(state): State<AppState>, axum::Extension(caller): axum::E
             "participants": stats.participants.iter().map(|(_, n)| n).sum::<usize>(),
         },
         "webhooks": {"target": target, "ok": deliveries("ok"), "retry": deliveries("retry"), "dropped": deliveries("dropped")},
-        "tasks": {
-            "mix_jobs": state.tasks.mix_jobs.running(),
-            "relay_urls": count(state.tasks.relays.all_url_states().iter().map(|s| s.to_string()).collect()),
-            "recordings": count(state.tasks.recordings.all_states().iter().map(|s| s.to_string()).collect()),
-            "ingests": count(state.tasks.ingests.all_states().iter().map(|s| s.to_string()).collect()),
-        },
+        "tasks": crate::metrics::TaskCounts::of(&state.tasks),
     }))
 }

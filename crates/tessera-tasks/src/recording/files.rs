@@ -90,11 +90,11 @@ pub(super) fn scan_playlists(dir: &Path) -> Vec<PlaylistInfo> {
         let name = e.file_name().to_string_lossy().into_owned();
         let Some(base) = name.strip_suffix(".m3u8") else { continue };
         let (restart, stem) = split_ha(base);
-        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         // A master playlist lists playlists, not segments.
-        if text.contains("#EXT-X-STREAM-INF") {
+        if is_master(stem) {
             continue;
         }
+        let text = std::fs::read_to_string(e.path()).unwrap_or_default();
         let mut segments = Vec::new();
         let mut duration = None;
         for l in text.lines() {
@@ -120,9 +120,8 @@ pub fn playlists(dir: &Path, url_base: &str) -> Vec<serde_json::Value> {
     names
         .into_iter()
         .map(|name| {
-            let text = std::fs::read_to_string(dir.join(&name)).unwrap_or_default();
-            let master = text.contains("#EXT-X-STREAM-INF");
             let (_, stem) = split_ha(name.trim_end_matches(".m3u8"));
+            let master = is_master(stem);
             let (user, media, kind) = if master { identify(&format!("{stem}_audio_video")) } else { identify(stem) };
             serde_json::json!({
                 "file_name": name, "url": format!("{url_base}/{name}"), "kind": if master { "master" } else { "media" },
@@ -130,6 +129,12 @@ pub fn playlists(dir: &Path, url_base: &str) -> Vec<serde_json::Value> {
             })
         })
         .collect()
+}
+
+/// A single-stream master playlist's stem ends at the media id, `…__UserId_e_<MediaId>`; the
+/// spec's playlists go on with `_<Type>` (user ids are base64 in names: no `_` in them).
+fn is_master(stem: &str) -> bool {
+    stem.split_once("__UserId_e_").is_some_and(|(_, tail)| !tail.contains('_'))
 }
 
 /// (user id, media id, track type) from a stem (RECORDING.md §4; ids are decoded back).
@@ -387,4 +392,15 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
     }
     events.emit(TaskEvent::RecordingFinished { status: if failed { 1 } else { 0 }, result });
     tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn master_playlists_are_told_by_name() {
+        assert!(super::is_master("default_Y2xhc3Mx__UserId_s_YWxpY2U.__UserId_e_main"));
+        assert!(!super::is_master("default_Y2xhc3Mx__UserId_s_YWxpY2U.__UserId_e_main_video"));
+        assert!(!super::is_master("default_Y2xhc3Mx__UserId_s_YWxpY2U.__UserId_e_aux_audio_video"));
+        assert!(!super::is_master("default_Y2xhc3Mx"), "a mixed playlist");
+    }
 }
