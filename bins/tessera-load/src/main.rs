@@ -70,6 +70,11 @@ struct Args {
     /// real AAC tone, so the server's FLV parsing, packetization and AAC→Opus are measured.
     #[arg(long)]
     rtmp: Option<String>,
+    /// Subscribers that negotiate at the same time (a connect storm); 1: one after another.
+    /// `connect_s` in the report is from the first subscriber's offer to the last one's first
+    /// media packet.
+    #[arg(long, default_value_t = 1)]
+    connect_parallel: usize,
     /// Print one JSON line instead of the table.
     #[arg(long)]
     json: bool,
@@ -107,13 +112,17 @@ fn mint(args: &Args, user: &str, role: u8) -> String {
     }
 }
 
-fn post_sdp(url: &str, token: &str, sdp: &str) -> String {
+/// The SDP answer, or `None` when the server refused for want of capacity (503).
+fn post_sdp(url: &str, token: &str, sdp: &str) -> Option<String> {
     let mut request = ureq::post(url).set("Content-Type", "application/sdp");
     if !token.is_empty() {
         request = request.set("Authorization", &format!("Bearer {token}"));
     }
-    let resp = request.send_string(sdp).unwrap_or_else(|e| panic!("POST {url} failed: {e}"));
-    resp.into_string().unwrap()
+    match request.send_string(sdp) {
+        Ok(resp) => Some(resp.into_string().unwrap()),
+        Err(ureq::Error::Status(503, _)) => None,
+        Err(e) => panic!("POST {url} failed: {e}"),
+    }
 }
 
 /// A peer offering audio and video in `dir`: with its socket, mids, offer and pending change.
@@ -132,13 +141,13 @@ async fn offer_peer(args: &Args, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>, S
 
 /// Creates a peer with the given media, negotiates it through `url` (WHIP/WHEP), and returns it
 /// with its socket.
-async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>) {
+async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> Option<(Rtc, UdpSocket, Vec<Mid>)> {
     let (mut rtc, socket, mids, sdp, pending) = offer_peer(args, dir).await;
     let (url, token) = (url.to_owned(), token.to_owned());
-    let answer = tokio::task::spawn_blocking(move || post_sdp(&url, &token, &sdp)).await.unwrap();
+    let answer = tokio::task::spawn_blocking(move || post_sdp(&url, &token, &sdp)).await.unwrap()?;
     let answer = SdpAnswer::from_sdp_string(&answer).expect("an SDP answer");
     rtc.sdp_api().accept_answer(pending, answer).expect("answer accepted");
-    (rtc, socket, mids)
+    Some((rtc, socket, mids))
 }
 
 /// Runs `rtc` until `until`: feeds it datagrams and time, sends what it says. `on_rtp` sees raw
@@ -389,6 +398,10 @@ impl StreamStats {
 #[derive(Default, Clone)]
 struct SubscriberStats {
     streams: HashMap<u32, StreamStats>,
+    /// When its first RTP packet came (the connect storm's end).
+    first_rtp: Option<Instant>,
+    /// The server refused it (503): it is left out of the figures.
+    refused: bool,
 }
 
 fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
@@ -404,6 +417,10 @@ fn cpu_seconds(pid: Option<u32>) -> Option<f64> {
     Some(ticks / 100.0)
 }
 
+/// Seconds from the first subscriber's offer to the last one's first RTP packet (None: some
+/// never got one).
+static CONNECT_S: std::sync::OnceLock<Option<f64>> = std::sync::OnceLock::new();
+
 fn main() {
     let args = Args::parse();
     // One thread for all clients: the point is to measure the server, and a single-threaded
@@ -412,6 +429,9 @@ fn main() {
     rt.block_on(run(args));
 }
 
+// A connecting subscriber's task hands back the task that then drives it (started the moment
+// it is negotiated, so its DTLS is not held up by slower ones).
+#[allow(clippy::async_yields_async)]
 async fn run(args: Args) {
     // Clients connect one after another and stream from then on; measuring starts 3 s after the
     // last one is up and runs `duration` seconds. The tasks themselves are stopped at the end.
@@ -450,26 +470,49 @@ async fn run(args: Args) {
             }));
             continue;
         }
-        let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &user, ""), &token, Direction::SendOnly).await;
+        let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &user, ""), &token, Direction::SendOnly).await.expect("the publisher was refused (503)");
         let sent = (p == 0).then(|| sent.clone());
         tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent));
     }
 
     let stats: Arc<Mutex<Vec<SubscriberStats>>> = Arc::new(Mutex::new(vec![SubscriberStats::default(); args.subscribers]));
+    let storm_start = Instant::now();
+    let permits = Arc::new(tokio::sync::Semaphore::new(args.connect_parallel.max(1)));
+    let mut connecting = Vec::new();
     for s in 0..args.subscribers {
-        let user = format!("sub{s}");
-        let a = args.clone();
-        let token = tokio::task::spawn_blocking({
-            let user = user.clone();
-            move || mint(&a, &user, 21)
-        })
-        .await
-        .unwrap();
-        let source = format!("pub{}", s % args.publishers.max(1));
-        let (rtc, socket, _) = connect(&args, &fill(&args.whep_url, &args, &user, &source), &token, Direction::RecvOnly).await;
-        let latency = (s % args.publishers.max(1) == 0).then(|| (sent.clone(), latencies.clone()));
-        tasks.push(spawn_subscriber(rtc, socket, until, stats.clone(), s, latency, start.clone()));
+        let (args, stats, sent, latencies, start, permits) = (args.clone(), stats.clone(), sent.clone(), latencies.clone(), start.clone(), permits.clone());
+        let permit = permits.acquire_owned().await.unwrap();
+        connecting.push(tokio::spawn(async move {
+            let user = format!("sub{s}");
+            let a = args.clone();
+            let token = tokio::task::spawn_blocking({
+                let user = user.clone();
+                move || mint(&a, &user, 21)
+            })
+            .await
+            .unwrap();
+            let source = format!("pub{}", s % args.publishers.max(1));
+            let connected = connect(&args, &fill(&args.whep_url, &args, &user, &source), &token, Direction::RecvOnly).await;
+            drop(permit);
+            let Some((rtc, socket, _)) = connected else {
+                // Refused (503 capacity_exceeded): counted, not measured.
+                stats.lock().unwrap()[s].refused = true;
+                return tokio::spawn(async {});
+            };
+            let latency = (s % args.publishers.max(1) == 0).then(|| (sent.clone(), latencies.clone()));
+            spawn_subscriber(rtc, socket, until, stats, s, latency, start)
+        }));
     }
+    for c in connecting {
+        tasks.push(c.await.unwrap());
+    }
+    // Everyone negotiated; wait (up to 30 s) for each one's first media packet.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && stats.lock().unwrap().iter().any(|s| !s.refused && s.first_rtp.is_none()) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let last = stats.lock().unwrap().iter().filter(|s| !s.refused).map(|s| s.first_rtp).collect::<Option<Vec<_>>>().and_then(|v| v.into_iter().max());
+    CONNECT_S.set(last.map(|t| t.duration_since(storm_start).as_secs_f64())).ok();
 
     measure(&args, tasks, stats, start, &latencies).await;
 }
@@ -580,7 +623,11 @@ fn spawn_subscriber(
 ) -> tokio::task::JoinHandle<()> {
     let epoch = Instant::now();
     tokio::spawn(async move {
+        let mut first = true;
         let on_rtp = move |data: &[u8], now: Instant| {
+            if std::mem::take(&mut first) {
+                stats.lock().unwrap()[index].first_rtp.get_or_insert(now);
+            }
             if start.get().is_none_or(|t| now < *t) {
                 return;
             }
@@ -612,7 +659,7 @@ fn percentile(sorted: &[f32], p: f64) -> Option<f64> {
 fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f64>, self_cpu: Option<f64>, latency_us: &[f32]) {
     let mut total_packets = 0u64;
     let mut rows = Vec::new();
-    for s in subs {
+    for s in subs.iter().filter(|s| !s.refused) {
         let packets: u64 = s.streams.values().map(|x| x.packets).sum();
         let bytes: u64 = s.streams.values().map(|x| x.bytes).sum();
         let expected: u64 = s.streams.values().map(|x| x.expected()).sum();
@@ -638,6 +685,9 @@ fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f
         "jitter_ms": {"min": min(|r| r.2), "avg": avg(|r| r.2), "max": max(|r| r.2)},
         "latency_ms": {"p50": percentile(latency_us, 0.5), "p99": percentile(latency_us, 0.99), "samples": latency_us.len()},
         "custom": meeting::custom_summary(),
+        "connect_s": CONNECT_S.get().copied().flatten(),
+        "refused": subs.iter().filter(|s| s.refused).count(),
+        "connect_parallel": args.connect_parallel,
     });
     if args.json {
         println!("{json}");

@@ -138,6 +138,16 @@ impl DtlsInstance for Instance {
 
 static DTLS: Dtls = Dtls;
 
+/// The DTLS certificate every peer presents, made once per process (as mediasoup does per
+/// worker): making a key pair and signing a certificate for each session is work a connect
+/// storm would do hundreds of times on the media task, and browsers pin only the fingerprint
+/// the SDP answer carries, which is then the same for every session. `None` if it cannot be
+/// made (each peer then makes its own).
+pub fn process_certificate() -> Option<DtlsCert> {
+    static CERT: OnceLock<Option<DtlsCert>> = OnceLock::new();
+    CERT.get_or_init(|| DTLS.generate_certificate()).clone()
+}
+
 /// The crypto provider every peer uses: str0m's AWS-LC one with [`Dtls`].
 pub fn crypto_provider() -> Arc<CryptoProvider> {
     static PROVIDER: OnceLock<Arc<CryptoProvider>> = OnceLock::new();

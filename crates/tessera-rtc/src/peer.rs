@@ -71,6 +71,9 @@ impl Peer {
 /// client prefers it), with AV1 and bandwidth estimation when it plays to the client.
 fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
     let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+    if let Some(cert) = crate::dtls::process_certificate() {
+        config = config.set_dtls_cert(cert);
+    }
     if !h264_first {
         config = config.enable_vp8(true);
     }

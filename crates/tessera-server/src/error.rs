@@ -41,6 +41,12 @@ impl ApiError {
         ApiError::new(StatusCode::BAD_REQUEST, "invalid_json", message)
     }
 
+    /// Adds a `Retry-After` header (seconds).
+    pub fn with_retry_after(mut self, seconds: u64) -> ApiError {
+        self.retry_after_s = Some(seconds);
+        self
+    }
+
     pub fn not_found(code: &'static str, message: impl Into<String>) -> ApiError {
         ApiError::new(StatusCode::NOT_FOUND, code, message)
     }

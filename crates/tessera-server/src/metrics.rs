@@ -82,6 +82,9 @@ pub struct Metrics {
     rtmp_transcodes: Gauge,
     busy_ratio: Gauge<f64, AtomicU64>,
     bytes_forwarded: Counter,
+    datagrams_sent: Counter,
+    datagrams_dropped: Counter,
+    send_calls: Counter,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -124,6 +127,16 @@ impl Metrics {
         );
         let bytes_forwarded = Counter::default();
         registry.register("tessera_rtp_bytes_forwarded", "RTP payload bytes written to consumers", bytes_forwarded.clone());
+        let datagrams_sent = Counter::default();
+        registry.register("tessera_udp_datagrams_sent", "UDP datagrams written on the WebRTC port", datagrams_sent.clone());
+        let datagrams_dropped = Counter::default();
+        registry.register(
+            "tessera_udp_datagrams_dropped",
+            "UDP datagrams the kernel refused (unreachable destination, send buffer full for over 10 ms)",
+            datagrams_dropped.clone(),
+        );
+        let send_calls = Counter::default();
+        registry.register("tessera_udp_send_calls", "sendmmsg calls that wrote the UDP datagrams", send_calls.clone());
         let rtmp_transcodes = Gauge::default();
         registry.register("tessera_rtmp_transcodes", "RTMP publishes being re-encoded for WebRTC viewers (B-frames, HEVC, AV1, VP9)", rtmp_transcodes.clone());
         let mix_jobs = Gauge::default();
@@ -154,6 +167,9 @@ impl Metrics {
             speed_tests,
             busy_ratio,
             bytes_forwarded,
+            datagrams_sent,
+            datagrams_dropped,
+            send_calls,
             rtmp_transcodes,
             relay_urls,
             recordings,
@@ -195,6 +211,9 @@ impl Metrics {
         sync(&self.dropped, counters.packets_dropped.load(Ordering::Relaxed));
         sync(&self.custom_messages, counters.custom_messages.load(Ordering::Relaxed));
         sync(&self.bytes_forwarded, counters.bytes_forwarded.load(Ordering::Relaxed));
+        sync(&self.datagrams_sent, counters.datagrams_sent.load(Ordering::Relaxed));
+        sync(&self.datagrams_dropped, counters.datagrams_dropped.load(Ordering::Relaxed));
+        sync(&self.send_calls, counters.send_calls.load(Ordering::Relaxed));
         self.busy_ratio.set(counters.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0);
         self.speed_tests.set(stats.speed_tests as i64);
     }

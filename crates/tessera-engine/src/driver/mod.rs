@@ -3,6 +3,7 @@
 //! datagrams out. All SFU state lives on this one task, so it needs no locks. `task.rs` is
 //! that task's loop; this module the handle the HTTP side holds.
 
+mod egress;
 mod task;
 
 use task::run;
@@ -274,6 +275,7 @@ impl RtcHandle {
         let socket = StdUdpSocket::bind(bind).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         socket.set_nonblocking(true).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let local_addr = socket.local_addr().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
+        let egress_socket = socket.try_clone().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let socket = UdpSocket::from_std(socket).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let candidates = host_candidates(local_addr, public_ip);
         let mut sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
@@ -298,9 +300,10 @@ impl RtcHandle {
             }
         }
         let counters = sfu.counters.clone();
+        let egress = egress::Egress::start(egress_socket, counters.clone()).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
         let (tx, rx) = mpsc::channel(256);
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(socket, tcp_events, rx, tx.downgrade(), sfu, candidates.clone(), events_tx));
+        tokio::spawn(run(task::UdpPort { socket, egress, candidates: candidates.clone() }, tcp_events, rx, tx.downgrade(), sfu, events_tx));
         tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
         Ok(RtcHandle { tx, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
     }

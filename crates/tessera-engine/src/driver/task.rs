@@ -24,15 +24,23 @@ fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr 
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 
+/// The shared UDP port: the socket the media task reads, the egress thread that writes it, and
+/// the addresses it is known by.
+pub(super) struct UdpPort {
+    pub socket: UdpSocket,
+    pub egress: super::egress::Egress,
+    pub candidates: Vec<SocketAddr>,
+}
+
 pub(super) async fn run(
-    socket: UdpSocket,
+    port: UdpPort,
     mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
     mut commands: mpsc::Receiver<Command>,
     command_tx: mpsc::WeakSender<Command>,
     mut sfu: Sfu,
-    candidates: Vec<SocketAddr>,
     room_events: mpsc::UnboundedSender<RoomEvent>,
 ) {
+    let UdpPort { socket, mut egress, candidates } = port;
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
     let mut publisher_watches: std::collections::HashMap<u64, watch::Sender<Vec<PublisherInfo>>> = std::collections::HashMap::new();
@@ -247,13 +255,7 @@ pub(super) async fn run(
                         let _ = w.try_send(framed);
                     }
                 }
-                SfuOutput::Transmit(t) => match socket.try_send_to(&t.contents, t.destination) {
-                    Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                        let _ = socket.send_to(&t.contents, t.destination).await;
-                    }
-                    Err(e) => tracing::debug!(to = %t.destination, "send failed: {e}"),
-                },
+                SfuOutput::Transmit(t) => egress.push(t.contents.into(), t.destination),
                 // A full queue means the task is behind: the packet is dropped (it will ask for a
                 // keyframe) rather than the media task waiting on it.
                 SfuOutput::Tap(tap, packet) => {
@@ -294,6 +296,7 @@ pub(super) async fn run(
                 }
             }
         }
+        egress.flush().await;
         let done = Instant::now();
         busy += done - woke;
         let span = done - window;

@@ -17,6 +17,22 @@ use tessera_rtc::str0m::media::{MediaKind, Mid, Pt, Rid};
 pub const MAX_QUEUED_PACKETS: usize = 400;
 /// A frame already started may grow a viewer's queue to this before it is cut.
 pub const HARD_QUEUED_PACKETS: usize = 800;
+/// How long a viewer track's oldest queued packet may wait before the queue counts as full:
+/// past capacity (a viewer's link, or this server's CPU) latency stays bounded — whole frames
+/// are dropped up to the next keyframe instead of every viewer falling seconds behind.
+pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(300);
+
+/// A viewer queue's length as the frame gate sees it: its packets, or at least the soft limit
+/// once its oldest packet has waited `MAX_QUEUE_DELAY` (the hard one at twice that, which cuts a
+/// frame already started).
+pub(super) fn queue_load(packets: usize, oldest: Option<Instant>, now: Instant) -> usize {
+    match oldest.map(|t| now.saturating_duration_since(t)) {
+        Some(age) if age >= 2 * MAX_QUEUE_DELAY => packets.max(HARD_QUEUED_PACKETS),
+        Some(age) if age >= MAX_QUEUE_DELAY => packets.max(MAX_QUEUED_PACKETS),
+        _ => packets,
+    }
+}
+
 /// An internal publisher's GOP is replayed to one consumer at most this often.
 const GOP_REPLAY_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -161,6 +177,18 @@ impl Consumer {
 mod tests {
     use super::*;
     use std::sync::Arc;
+
+    #[test]
+    fn an_old_queue_counts_as_full_however_short() {
+        let now = Instant::now();
+        assert_eq!(queue_load(10, None, now), 10);
+        assert_eq!(queue_load(10, Some(now - Duration::from_millis(50)), now), 10);
+        assert_eq!(queue_load(10, Some(now - MAX_QUEUE_DELAY), now), MAX_QUEUED_PACKETS);
+        assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now), HARD_QUEUED_PACKETS);
+        assert_eq!(queue_load(900, Some(now - MAX_QUEUE_DELAY), now), 900);
+        // A first-unsent time in the future (clock skew between samples) is no age.
+        assert_eq!(queue_load(10, Some(now + Duration::from_secs(1)), now), 10);
+    }
     use tessera_rtc::str0m::rtp::ExtensionValues;
 
     fn packet(seq: u64, keyframe: bool, marker: bool, rid: Option<&str>) -> FwdPacket {

@@ -225,7 +225,7 @@ impl Sfu {
             let first = c.unstarted();
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
-            let queued = tx.queue_info().map_or(0, |q| q.packet_count());
+            let queued = tx.queue_info().map_or(0, |q| queue_load(q.packet_count(), q.first_unsent(), now));
             match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
                 Route::Skip => continue,
                 Route::WaitKeyframe => {

@@ -30,7 +30,7 @@ pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, Subscriber
 pub use types::*;
 
 use crate::presence::{LeaveReason, Presence, Track};
-use consumer::{Consumer, Route, MAX_QUEUED_PACKETS};
+use consumer::{queue_load, Consumer, Route, MAX_QUEUED_PACKETS};
 use producer::{is_keyframe, note_layer, to_codec, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -82,6 +82,8 @@ struct Session {
     peer: Peer,
     role: Role,
     next_timeout: Instant,
+    /// The time of its live entry in `Sfu::timers` (None while it is being handled).
+    queued_at: Option<Instant>,
     connected: bool,
     created: Instant,
     /// When a datagram of this peer last arrived (consent freshness, RFC 7675: browsers check
@@ -144,6 +146,11 @@ pub struct Sfu {
     events: Vec<(u64, Event)>,
     dirty: Vec<u64>,
     scratch_ids: Vec<u64>,
+    /// Every session's next timeout, soonest first: finding the due peers costs O(log n) per
+    /// due peer instead of a scan of all sessions per wake-up (the media task wakes thousands
+    /// of times a second for the pacers). An entry is live while its session's `queued_at`
+    /// names its time; others are stale and skipped.
+    timers: std::collections::BinaryHeap<std::cmp::Reverse<(Instant, u64)>>,
     next_tick: Instant,
     empty_room_timeout: Duration,
     /// A connected peer not heard from for this long is gone (tab closed, machine off).
@@ -172,7 +179,20 @@ pub struct Sfu {
 impl Session {
     /// A session whose peer has not connected yet.
     fn new(spec: SessionSpec, peer: Peer, role: Role, span: tracing::Span, now: Instant) -> Session {
-        Session { spec, peer, role, next_timeout: now, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span }
+        Session {
+            spec,
+            peer,
+            role,
+            next_timeout: now,
+            queued_at: None,
+            connected: false,
+            created: now,
+            last_heard: now,
+            addrs: Vec::new(),
+            net: Default::default(),
+            dirty: false,
+            span,
+        }
     }
 }
 
@@ -197,6 +217,7 @@ impl Sfu {
             events: Vec::new(),
             dirty: Vec::new(),
             scratch_ids: Vec::new(),
+            timers: std::collections::BinaryHeap::new(),
             next_tick: now + TICK,
             empty_room_timeout,
             liveness_timeout: DEFAULT_LIVENESS_TIMEOUT,
@@ -356,7 +377,7 @@ impl Sfu {
         self.by_ufrag.insert(peer.local_ufrag.clone(), id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role);
         tracing::info!(parent: &span, "session added");
-        self.sessions.insert(id, Session::new(spec, peer, role, span, now));
+        self.insert_session(id, Session::new(spec, peer, role, span, now));
         self.mark_dirty(id);
         self.drain_all(now);
         Ok(answer)
@@ -481,14 +502,25 @@ impl Sfu {
 
     /// When `handle_timeout` wants to be called next.
     pub fn next_timeout(&self) -> Instant {
-        let peers = self.sessions.values().map(|s| s.next_timeout).fold(self.next_tick, Instant::min);
+        // The soonest entry may be stale: that costs one early wake-up, which drops it.
+        let peers = self.timers.peek().map_or(self.next_tick, |e| e.0 .0.min(self.next_tick));
         self.speed_test_timeout().map_or(peers, |t| t.min(peers))
     }
 
     pub fn handle_timeout(&mut self, now: Instant) {
         let mut due = std::mem::take(&mut self.scratch_ids);
         due.clear();
-        due.extend(self.sessions.iter().filter(|(_, s)| s.next_timeout <= now).map(|(id, _)| *id));
+        while let Some(&std::cmp::Reverse((t, id))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if let Some(s) = self.sessions.get_mut(&id).filter(|s| s.queued_at == Some(t)) {
+                // Draining it (below) queues its next timeout.
+                s.queued_at = None;
+                due.push(id);
+            }
+        }
         for id in &due {
             if let Some(s) = self.sessions.get_mut(id) {
                 if let Err(e) = s.peer.rtc.handle_input(Input::Timeout(now)) {
@@ -573,6 +605,17 @@ impl Sfu {
                 }
             }
         }
+        if s.queued_at != Some(s.next_timeout) {
+            s.queued_at = Some(s.next_timeout);
+            self.timers.push(std::cmp::Reverse((s.next_timeout, id)));
+        }
+    }
+
+    /// Adds a session, due at once (its first timeout is `now`).
+    fn insert_session(&mut self, id: u64, mut session: Session) {
+        session.queued_at = Some(session.next_timeout);
+        self.timers.push(std::cmp::Reverse((session.next_timeout, id)));
+        self.sessions.insert(id, session);
     }
 
     fn handle_events(&mut self, now: Instant) {

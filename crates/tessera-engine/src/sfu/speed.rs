@@ -43,7 +43,7 @@ impl Sfu {
         let span = tracing::info_span!("speedtest", sid = %spec.sid, user = %spec.user);
         tracing::info!(parent: &span, "speed test added");
         let role = Role::SpeedTest(Box::new(SpeedRun { test: SpeedTest::new(server_ip, now), ctl: None, data: None, done_at: None }));
-        self.sessions.insert(id, Session::new(spec, peer, role, span, now));
+        self.insert_session(id, Session::new(spec, peer, role, span, now));
         self.speed_tests.push(id);
         self.mark_dirty(id);
         self.drain_all(now);

@@ -93,7 +93,7 @@ impl Sfu {
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = "subscriber");
         tracing::info!(parent: &span, "subscriber connection added");
         let role = Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), subscriptions: Vec::new(), offered: Some(Box::default()) };
-        self.sessions.insert(id, Session::new(spec, peer, role, span, now));
+        self.insert_session(id, Session::new(spec, peer, role, span, now));
         Ok(id)
     }
 

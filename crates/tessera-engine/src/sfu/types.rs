@@ -68,6 +68,23 @@ pub struct SfuCounters {
     pub packets_dropped: AtomicU64,
     /// Custom messages accepted (PRODUCT.md §8).
     pub custom_messages: AtomicU64,
+    /// UDP datagrams written by the egress thread, in how many `sendmmsg` calls, and datagrams
+    /// the kernel refused (an unreachable destination, a send buffer full for over 10 ms).
+    pub datagrams_sent: AtomicU64,
+    pub send_calls: AtomicU64,
+    pub datagrams_dropped: AtomicU64,
+}
+
+/// The media task's busy share (‰ of the last second) at which new WHEP viewers are refused
+/// (503 `capacity_exceeded`): past it a viewer more would take from the viewers already served
+/// (their latency and loss), so the next one is better sent to another server or told to retry.
+pub const REFUSE_VIEWERS_BUSY_PERMILLE: u64 = 980;
+
+impl SfuCounters {
+    /// Whether a new viewer may join (the media task is not saturated).
+    pub fn admits_viewers(&self) -> bool {
+        self.busy_permille.load(std::sync::atomic::Ordering::Relaxed) < REFUSE_VIEWERS_BUSY_PERMILLE
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -294,4 +311,21 @@ pub struct TrackStats {
     pub loss_pct: Option<f64>,
     pub jitter_ms: Option<f64>,
     pub rtt_ms: Option<f64>,
+}
+
+#[cfg(test)]
+mod admission_tests {
+    use super::*;
+
+    #[test]
+    fn a_saturated_media_task_refuses_viewers() {
+        let c = SfuCounters::default();
+        assert!(c.admits_viewers());
+        c.busy_permille.store(REFUSE_VIEWERS_BUSY_PERMILLE - 1, std::sync::atomic::Ordering::Relaxed);
+        assert!(c.admits_viewers());
+        c.busy_permille.store(REFUSE_VIEWERS_BUSY_PERMILLE, std::sync::atomic::Ordering::Relaxed);
+        assert!(!c.admits_viewers());
+        c.busy_permille.store(1000, std::sync::atomic::Ordering::Relaxed);
+        assert!(!c.admits_viewers());
+    }
 }

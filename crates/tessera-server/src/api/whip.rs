@@ -280,6 +280,14 @@ pub async fn play(
         )
         .with_details(json!({"limit": MAX_WHEP_PER_USER})));
     }
+    if !state.rtc.counters.admits_viewers() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity_exceeded",
+            "the media worker is saturated (busy over 98 % of the last second); try again shortly or another server",
+        )
+        .with_retry_after(5));
+    }
     let sid = tessera_model::random::session_id();
     let spec = SessionSpec {
         sid: sid.clone(),
