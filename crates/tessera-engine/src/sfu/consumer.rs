@@ -17,15 +17,20 @@ use tessera_rtc::str0m::media::{MediaKind, Mid, Pt, Rid};
 pub const MAX_QUEUED_PACKETS: usize = 400;
 /// A frame already started may grow a viewer's queue to this before it is cut.
 pub const HARD_QUEUED_PACKETS: usize = 800;
-/// How long a viewer track's oldest queued packet may wait before the queue counts as full:
-/// past capacity (a viewer's link, or this server's CPU) latency stays bounded — whole frames
-/// are dropped up to the next keyframe instead of every viewer falling seconds behind.
+/// While the media task is saturated, how long a viewer track's oldest queued packet may wait
+/// before the queue counts as full: past capacity latency stays bounded — whole frames are
+/// dropped up to the next keyframe instead of every viewer falling seconds behind. (A viewer
+/// whose own link is slow is not cut by age: its allocator moves it to a lower layer, and the
+/// backlog of the old layer must not make the new layer's keyframe wait for another.)
 pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(300);
 
-/// A viewer queue's length as the frame gate sees it: its packets, or at least the soft limit
-/// once its oldest packet has waited `MAX_QUEUE_DELAY` (the hard one at twice that, which cuts a
-/// frame already started).
-pub(super) fn queue_load(packets: usize, oldest: Option<Instant>, now: Instant) -> usize {
+/// A viewer queue's length as the frame gate sees it: its packets, or, when the media task is
+/// `saturated`, at least the soft limit once its oldest packet has waited `MAX_QUEUE_DELAY`
+/// (the hard one at twice that, which cuts a frame already started).
+pub(super) fn queue_load(packets: usize, oldest: Option<Instant>, now: Instant, saturated: bool) -> usize {
+    if !saturated {
+        return packets;
+    }
     match oldest.map(|t| now.saturating_duration_since(t)) {
         Some(age) if age >= 2 * MAX_QUEUE_DELAY => packets.max(HARD_QUEUED_PACKETS),
         Some(age) if age >= MAX_QUEUE_DELAY => packets.max(MAX_QUEUED_PACKETS),
@@ -179,15 +184,17 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn an_old_queue_counts_as_full_however_short() {
+    fn an_old_queue_counts_as_full_however_short_when_the_server_is_saturated() {
         let now = Instant::now();
-        assert_eq!(queue_load(10, None, now), 10);
-        assert_eq!(queue_load(10, Some(now - Duration::from_millis(50)), now), 10);
-        assert_eq!(queue_load(10, Some(now - MAX_QUEUE_DELAY), now), MAX_QUEUED_PACKETS);
-        assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now), HARD_QUEUED_PACKETS);
-        assert_eq!(queue_load(900, Some(now - MAX_QUEUE_DELAY), now), 900);
+        assert_eq!(queue_load(10, None, now, true), 10);
+        assert_eq!(queue_load(10, Some(now - Duration::from_millis(50)), now, true), 10);
+        assert_eq!(queue_load(10, Some(now - MAX_QUEUE_DELAY), now, true), MAX_QUEUED_PACKETS);
+        assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now, true), HARD_QUEUED_PACKETS);
+        assert_eq!(queue_load(900, Some(now - MAX_QUEUE_DELAY), now, true), 900);
         // A first-unsent time in the future (clock skew between samples) is no age.
-        assert_eq!(queue_load(10, Some(now + Duration::from_secs(1)), now), 10);
+        assert_eq!(queue_load(10, Some(now + Duration::from_secs(1)), now, true), 10);
+        // A server with CPU to spare leaves a slow viewer's queue to its allocator.
+        assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now, false), 10);
     }
     use tessera_rtc::str0m::rtp::ExtensionValues;
 

@@ -215,6 +215,7 @@ impl Sfu {
         let mut want_keyframe = false;
         let mut need_gop: Vec<u64> = Vec::new();
         let internal = self.internal.contains_key(&pub_id);
+        let saturated = self.counters.busy_permille.load(Ordering::Relaxed) >= SATURATED_PERMILLE;
         for vid in &ids {
             let Some(viewer) = self.sessions.get_mut(vid) else { continue };
             if !viewer.connected {
@@ -225,7 +226,7 @@ impl Sfu {
             let first = c.unstarted();
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
-            let queued = tx.queue_info().map_or(0, |q| queue_load(q.packet_count(), q.first_unsent(), now));
+            let queued = tx.queue_info().map_or(0, |q| queue_load(q.packet_count(), q.first_unsent(), now, saturated));
             match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
                 Route::Skip => continue,
                 Route::WaitKeyframe => {

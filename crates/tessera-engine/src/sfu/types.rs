@@ -75,6 +75,10 @@ pub struct SfuCounters {
     pub datagrams_dropped: AtomicU64,
 }
 
+/// The media task's busy share (‰ of the last second) from which it counts as saturated: viewer
+/// queues are then also bounded by age (`consumer::MAX_QUEUE_DELAY`), and `/healthz` says `busy`.
+pub const SATURATED_PERMILLE: u64 = 900;
+
 /// The media task's busy share (‰ of the last second) at which new WHEP viewers are refused
 /// (503 `capacity_exceeded`): past it a viewer more would take from the viewers already served
 /// (their latency and loss), so the next one is better sent to another server or told to retry.

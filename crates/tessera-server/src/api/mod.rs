@@ -192,7 +192,7 @@ async fn method_not_allowed(req: Request) -> ApiError {
 /// reply stays 200 (the server works).
 pub(crate) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
     let busy = state.rtc.counters.busy_permille.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0;
-    let status = if busy >= 0.9 { "busy" } else { "ok" };
+    let status = if busy >= tessera_engine::sfu::SATURATED_PERMILLE as f64 / 1000.0 { "busy" } else { "ok" };
     Json(json!({"status": status, "version": VERSION, "uptime_s": state.metrics.uptime_s(), "worker_busy_ratio": busy}))
 }
 
