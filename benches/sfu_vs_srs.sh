@@ -11,6 +11,8 @@
 # It is built here once, into SRS_SRC/trunk/objs/srs, with Debian's automake, autoconf, libtool
 # (installed when missing):
 #   ./configure --rtc=on --ffmpeg-fit=on --srt=off --sanitizer=off --extra-flags=-O2 && make
+# SRS 7 builds its bundled openssl-1.1-fit, so a checkout without the legacy
+# trunk/3rdparty/openssl-OpenSSL_1_0_2u.tar.gz (large files left out of a snapshot) builds too.
 # SRS's source is never copied into this repository.
 #
 # What the comparison means: SRS negotiates only SRTP_AES128_CM_SHA1_80 (Tessera, as browsers,
