@@ -93,6 +93,12 @@ fn fill(template: &str, args: &Args, user: &str, source: &str) -> String {
     template.replace("{server}", &args.server).replace("{room}", &args.room).replace("{user}", user).replace("{source}", source)
 }
 
+/// `mint` on a blocking thread (it waits on HTTP).
+async fn mint_off_thread(args: &Args, user: &str, role: u8) -> String {
+    let (args, user) = (args.clone(), user.to_owned());
+    tokio::task::spawn_blocking(move || mint(&args, &user, role)).await.unwrap()
+}
+
 fn mint(args: &Args, user: &str, role: u8) -> String {
     if args.no_token {
         return String::new();
@@ -429,9 +435,6 @@ fn main() {
     rt.block_on(run(args));
 }
 
-// A connecting subscriber's task hands back the task that then drives it (started the moment
-// it is negotiated, so its DTLS is not held up by slower ones).
-#[allow(clippy::async_yields_async)]
 async fn run(args: Args) {
     // Clients connect one after another and stream from then on; measuring starts 3 s after the
     // last one is up and runs `duration` seconds. The tasks themselves are stopped at the end.
@@ -453,13 +456,7 @@ async fn run(args: Args) {
     }
     for p in 0..args.publishers {
         let user = format!("pub{p}");
-        let a = args.clone();
-        let token = tokio::task::spawn_blocking({
-            let user = user.clone();
-            move || mint(&a, &user, 20)
-        })
-        .await
-        .unwrap();
+        let token = mint_off_thread(&args, &user, 20).await;
         if let Some(addr) = args.rtmp.clone() {
             let (room, fps, frame_bytes) = (args.room.clone(), args.fps, frame_bytes);
             let sent = if p == 0 { Some(sent.clone()) } else { None };
@@ -484,27 +481,21 @@ async fn run(args: Args) {
         let permit = permits.acquire_owned().await.unwrap();
         connecting.push(tokio::spawn(async move {
             let user = format!("sub{s}");
-            let a = args.clone();
-            let token = tokio::task::spawn_blocking({
-                let user = user.clone();
-                move || mint(&a, &user, 21)
-            })
-            .await
-            .unwrap();
+            let token = mint_off_thread(&args, &user, 21).await;
             let source = format!("pub{}", s % args.publishers.max(1));
             let connected = connect(&args, &fill(&args.whep_url, &args, &user, &source), &token, Direction::RecvOnly).await;
             drop(permit);
             let Some((rtc, socket, _)) = connected else {
                 // Refused (503 capacity_exceeded): counted, not measured.
                 stats.lock().unwrap()[s].refused = true;
-                return tokio::spawn(async {});
+                return None;
             };
             let latency = (s % args.publishers.max(1) == 0).then(|| (sent.clone(), latencies.clone()));
-            spawn_subscriber(rtc, socket, until, stats, s, latency, start)
+            Some(spawn_subscriber(rtc, socket, until, stats, s, latency, start))
         }));
     }
     for c in connecting {
-        tasks.push(c.await.unwrap());
+        tasks.extend(c.await.unwrap());
     }
     // Everyone negotiated; wait (up to 30 s) for each one's first media packet.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -29,7 +29,7 @@ pub(super) struct Egress {
     to_writer: tokio::sync::mpsc::Sender<Batch>,
     /// Emptied batches coming back, so their allocations are reused.
     recycled: Receiver<Batch>,
-    pub counters: Arc<SfuCounters>,
+    counters: Arc<SfuCounters>,
 }
 
 impl Egress {

@@ -183,6 +183,8 @@ mod tests {
     use super::*;
     use std::sync::Arc;
 
+    use tessera_rtc::str0m::rtp::ExtensionValues;
+
     #[test]
     fn an_old_queue_counts_as_full_however_short_when_the_server_is_saturated() {
         let now = Instant::now();
@@ -196,7 +198,6 @@ mod tests {
         // A server with CPU to spare leaves a slow viewer's queue to its allocator.
         assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now, false), 10);
     }
-    use tessera_rtc::str0m::rtp::ExtensionValues;
 
     fn packet(seq: u64, keyframe: bool, marker: bool, rid: Option<&str>) -> FwdPacket {
         FwdPacket {

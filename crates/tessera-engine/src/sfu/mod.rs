@@ -81,8 +81,8 @@ struct Session {
     spec: SessionSpec,
     peer: Peer,
     role: Role,
-    next_timeout: Instant,
-    /// The time of its live entry in `Sfu::timers` (None while it is being handled).
+    /// When it is next due: the time of its live entry in `Sfu::timers` (None while it is being
+    /// handled; draining it queues the next).
     queued_at: Option<Instant>,
     connected: bool,
     created: Instant,
@@ -179,20 +179,7 @@ pub struct Sfu {
 impl Session {
     /// A session whose peer has not connected yet.
     fn new(spec: SessionSpec, peer: Peer, role: Role, span: tracing::Span, now: Instant) -> Session {
-        Session {
-            spec,
-            peer,
-            role,
-            next_timeout: now,
-            queued_at: None,
-            connected: false,
-            created: now,
-            last_heard: now,
-            addrs: Vec::new(),
-            net: Default::default(),
-            dirty: false,
-            span,
-        }
+        Session { spec, peer, role, queued_at: None, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span }
     }
 }
 
@@ -589,32 +576,28 @@ impl Sfu {
     fn drain_one(&mut self, id: u64, now: Instant) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.dirty = false;
-        loop {
+        let next = loop {
             match s.peer.rtc.poll_output() {
-                Ok(Output::Timeout(t)) => {
-                    s.next_timeout = t;
-                    break;
-                }
+                Ok(Output::Timeout(t)) => break t,
                 Ok(Output::Transmit(t)) => self.out.push_back(SfuOutput::Transmit(t)),
                 Ok(Output::Event(e)) => self.events.push((id, e)),
                 Err(e) => {
                     tracing::warn!(parent: &s.span, "peer failed: {e}");
                     s.peer.rtc.disconnect();
-                    s.next_timeout = now;
-                    break;
+                    break now;
                 }
             }
-        }
-        if s.queued_at != Some(s.next_timeout) {
-            s.queued_at = Some(s.next_timeout);
-            self.timers.push(std::cmp::Reverse((s.next_timeout, id)));
+        };
+        if s.queued_at != Some(next) {
+            s.queued_at = Some(next);
+            self.timers.push(std::cmp::Reverse((next, id)));
         }
     }
 
-    /// Adds a session, due at once (its first timeout is `now`).
+    /// Adds a session, due at once (when it was made).
     fn insert_session(&mut self, id: u64, mut session: Session) {
-        session.queued_at = Some(session.next_timeout);
-        self.timers.push(std::cmp::Reverse((session.next_timeout, id)));
+        session.queued_at = Some(session.created);
+        self.timers.push(std::cmp::Reverse((session.created, id)));
         self.sessions.insert(id, session);
     }
 

@@ -271,6 +271,15 @@ pub async fn play(
     if kept == 0 {
         return Err(privilege_missing(first_missing.unwrap_or(Privileges::SUBSCRIBE_VIDEO)));
     }
+    // Before anything asks the media task: when it is saturated, refuse at once.
+    if !state.rtc.counters.admits_viewers() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "capacity_exceeded",
+            "the media worker is saturated (busy over 98 % of the last second); try again shortly or another server",
+        )
+        .with_retry_after(5));
+    }
     let open = state.rtc.viewer_sessions(key.clone(), token.user.clone()).await.map_err(|e| ApiError::internal(e.to_string()))?;
     if open >= MAX_WHEP_PER_USER {
         return Err(ApiError::new(
@@ -279,14 +288,6 @@ pub async fn play(
             format!("user '{}' already has {MAX_WHEP_PER_USER} WHEP sessions in this room; DELETE one first", token.user),
         )
         .with_details(json!({"limit": MAX_WHEP_PER_USER})));
-    }
-    if !state.rtc.counters.admits_viewers() {
-        return Err(ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "capacity_exceeded",
-            "the media worker is saturated (busy over 98 % of the last second); try again shortly or another server",
-        )
-        .with_retry_after(5));
     }
     let sid = tessera_model::random::session_id();
     let spec = SessionSpec {
