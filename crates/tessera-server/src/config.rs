@@ -20,6 +20,10 @@ pub struct Config {
     /// Address advertised in ICE candidates and printed URLs; interface addresses when unset.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub public_ip: Option<IpAddr>,
+    /// Media workers (each drives its rooms' WebRTC peers on one core; they share the UDP
+    /// port). Unset: one per CPU core the process may run on.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub media_workers: Option<u32>,
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `tessera=debug,info` (`RUST_LOG` overrides it).
     pub log: String,
@@ -68,6 +72,7 @@ impl Default for Config {
             rtc_tcp: true,
             rtc_tcp_addr: None,
             public_ip: None,
+            media_workers: None,
             data_dir: PathBuf::from("./tessera-data"),
             log: "info".into(),
             tls_cert: None,
@@ -295,6 +300,9 @@ impl Config {
         if let Err(e) = tessera_model::outbound::OutboundPolicy::from_lists(&self.security.outbound_deny, &self.security.outbound_allow) {
             return invalid(format!("security: {e}"));
         }
+        if self.media_workers.is_some_and(|n| n == 0 || n as usize > tessera_engine::MAX_WORKERS) {
+            return invalid(format!("media_workers: between 1 and {} (or unset: one per core)", tessera_engine::MAX_WORKERS));
+        }
         if self.cors_origins.is_empty() {
             return invalid("cors_origins: list at least one origin, or \"*\"".into());
         }
@@ -378,7 +386,13 @@ impl Config {
     pub fn effective(&self) -> Config {
         let mut c = self.clone();
         c.limits.concurrent_mix_jobs = Some(self.max_mix_jobs());
+        c.media_workers = Some(self.media_workers());
         c
+    }
+
+    /// How many media workers run.
+    pub fn media_workers(&self) -> u32 {
+        self.media_workers.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1))
     }
 
     /// How many mix jobs may run at once.

@@ -84,6 +84,7 @@ pub struct Metrics {
     bytes_forwarded: Counter,
     datagrams_sent: Counter,
     datagrams_dropped: Counter,
+    ingress_dropped: Counter,
     send_calls: Counter,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
@@ -135,6 +136,12 @@ impl Metrics {
             "UDP datagrams the kernel refused (unreachable destination, send buffer full for over 10 ms)",
             datagrams_dropped.clone(),
         );
+        let ingress_dropped = Counter::default();
+        registry.register(
+            "tessera_udp_ingress_dropped",
+            "UDP datagrams read but dropped because their media worker was far behind (several workers)",
+            ingress_dropped.clone(),
+        );
         let send_calls = Counter::default();
         registry.register("tessera_udp_send_calls", "sendmmsg calls that wrote the UDP datagrams", send_calls.clone());
         let rtmp_transcodes = Gauge::default();
@@ -169,6 +176,7 @@ impl Metrics {
             bytes_forwarded,
             datagrams_sent,
             datagrams_dropped,
+            ingress_dropped,
             send_calls,
             rtmp_transcodes,
             relay_urls,
@@ -214,6 +222,7 @@ impl Metrics {
         sync(&self.datagrams_sent, counters.datagrams_sent.load(Ordering::Relaxed));
         sync(&self.datagrams_dropped, counters.datagrams_dropped.load(Ordering::Relaxed));
         sync(&self.send_calls, counters.send_calls.load(Ordering::Relaxed));
+        sync(&self.ingress_dropped, counters.ingress_dropped.load(Ordering::Relaxed));
         self.busy_ratio.set(counters.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0);
         self.speed_tests.set(stats.speed_tests as i64);
     }

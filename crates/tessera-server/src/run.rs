@@ -56,6 +56,7 @@ impl Server {
             config.public_ip,
             std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
             std::time::Duration::from_secs(config.limits.webrtc_liveness_timeout_s.max(1).into()),
+            config.media_workers() as usize,
         )?;
         let redirect = match config.http_redirect_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "the HTTP→HTTPS redirect", addr, source })?),

@@ -1,8 +1,12 @@
-//! The tokio task that owns the shared WebRTC UDP socket and drives the sans-IO `Sfu`:
-//! datagrams in, the next timeout, commands from the HTTP layer (new WHIP/WHEP sessions), and
-//! datagrams out. All SFU state lives on this one task, so it needs no locks. `task.rs` is
-//! that task's loop; this module the handle the HTTP side holds.
+//! The media workers: tokio tasks that each drive one sans-IO `Sfu` — datagrams in, the next
+//! timeout, commands from the HTTP layer (new WHIP/WHEP sessions), datagrams out. A room lives
+//! on one worker (placed by a hash of its key), so a worker's state needs no locks, and rooms
+//! spread over the cores. With more than one worker, a dispatcher reads the one shared UDP port
+//! and routes each flow to its peer's worker (`dispatch.rs`); each worker has an egress thread
+//! of its own. `task.rs` is a worker's loop; this module the handle the HTTP side holds, which
+//! sends each command to the worker of its room (or of its id, or asks them all).
 
+mod dispatch;
 mod egress;
 mod task;
 
@@ -44,6 +48,10 @@ enum Command {
     SessionInfo {
         sid: String,
         reply: oneshot::Sender<Option<SessionInfo>>,
+    },
+    HasSession {
+        sid: String,
+        reply: oneshot::Sender<bool>,
     },
     RoomExists {
         key: RoomKey,
@@ -211,10 +219,14 @@ pub type FirstMedia = (tessera_model::UserId, tessera_media::StreamKind, bool);
 /// keyframe): about 2 s of a few 360p publishers.
 const TAP_QUEUE: usize = 8192;
 
-/// The HTTP side's handle on the media task. Cheap to clone.
+/// The HTTP side's handle on the media workers. Cheap to clone.
 #[derive(Clone)]
 pub struct RtcHandle {
-    tx: mpsc::Sender<Command>,
+    /// Each worker's command channel, by worker index.
+    workers: Arc<[mpsc::Sender<Command>]>,
+    /// Each worker's busy share of the last second (‰).
+    worker_busy: Arc<[std::sync::atomic::AtomicU64]>,
+    /// Totals over every worker; `busy_permille` is the busiest worker's.
     pub counters: Arc<SfuCounters>,
     pub local_addr: SocketAddr,
     pub candidates: Vec<SocketAddr>,
@@ -271,15 +283,15 @@ impl RtcHandle {
         public_ip: Option<IpAddr>,
         empty_room_timeout: Duration,
         liveness_timeout: Duration,
+        workers: usize,
     ) -> Result<RtcHandle, RtcServerError> {
-        let socket = StdUdpSocket::bind(bind).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
-        socket.set_nonblocking(true).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
-        let local_addr = socket.local_addr().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
-        let egress_socket = socket.try_clone().map_err(|source| RtcServerError::Bind { addr: bind, source })?;
-        let socket = UdpSocket::from_std(socket).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
+        let workers = workers.clamp(1, MAX_WORKERS);
+        let bind_err = |source| RtcServerError::Bind { addr: bind, source };
+        let socket = StdUdpSocket::bind(bind).map_err(bind_err)?;
+        socket.set_nonblocking(true).map_err(bind_err)?;
+        let local_addr = socket.local_addr().map_err(bind_err)?;
         let candidates = host_candidates(local_addr, public_ip);
-        let mut sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now());
-        sfu.set_liveness_timeout(liveness_timeout);
+        let mut tcp_hosts = None;
         let (mut tcp_events, mut tcp_addr) = (None, None);
         if let Some(tcp) = tcp {
             let derived = tcp.port() == 0;
@@ -289,7 +301,7 @@ impl RtcHandle {
                     let tcp_local = listener.local_addr().map_err(|source| RtcServerError::Bind { addr, source })?;
                     let tcp_candidates = host_candidates(tcp_local, public_ip);
                     tracing::info!(addr = %tcp_local, candidates = ?tcp_candidates, "WebRTC ICE-TCP listening");
-                    sfu.set_tcp_candidates(tcp_candidates);
+                    tcp_hosts = Some(tcp_candidates);
                     tcp_addr = Some(tcp_local);
                     let (tx, rx) = mpsc::channel(1024);
                     tokio::spawn(crate::ice_tcp::accept(listener, tx));
@@ -299,13 +311,104 @@ impl RtcHandle {
                 Err(source) => return Err(RtcServerError::Bind { addr, source }),
             }
         }
-        let counters = sfu.counters.clone();
-        let egress = egress::Egress::start(egress_socket, counters.clone()).map_err(|source| RtcServerError::Bind { addr: bind, source })?;
-        let (tx, rx) = mpsc::channel(256);
+        let counters = Arc::new(SfuCounters::default());
+        let worker_busy: Arc<[std::sync::atomic::AtomicU64]> = (0..workers).map(|_| std::sync::atomic::AtomicU64::new(0)).collect();
+        let ufrags = crate::sfu::UfragIndex::default();
         let (events_tx, events_rx) = mpsc::unbounded_channel();
-        tokio::spawn(run(task::UdpPort { socket, egress, candidates: candidates.clone() }, tcp_events, rx, tx.downgrade(), sfu, events_tx));
-        tracing::info!(addr = %local_addr, candidates = ?candidates, "WebRTC UDP listening");
-        Ok(RtcHandle { tx, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
+        // One worker reads the socket itself; several get their datagrams from the dispatcher.
+        let mut ingress: Vec<task::Ingress> = Vec::new();
+        let mut worker_tcp: Vec<Option<mpsc::Receiver<TcpEvent>>> = Vec::new();
+        if workers == 1 {
+            ingress.push(task::Ingress::Socket(UdpSocket::from_std(socket.try_clone().map_err(bind_err)?).map_err(bind_err)?));
+            worker_tcp.push(tcp_events.take());
+        } else {
+            let (senders, inboxes, recycled) = dispatch::worker_inboxes(workers);
+            let mut tcp_senders = Vec::new();
+            for inbox in inboxes {
+                ingress.push(task::Ingress::Dispatched(inbox));
+                let (tx, rx) = mpsc::channel(1024);
+                tcp_senders.push(tx);
+                worker_tcp.push(tcp_events.is_some().then_some(rx));
+            }
+            let reader = UdpSocket::from_std(socket.try_clone().map_err(bind_err)?).map_err(bind_err)?;
+            tokio::spawn(dispatch::run(reader, tcp_events.take(), senders, tcp_senders, recycled, ufrags.clone(), counters.clone()));
+        }
+        let mut senders = Vec::new();
+        for (index, (ingress, tcp)) in ingress.into_iter().zip(worker_tcp).enumerate() {
+            let mut sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now()).into_worker(index as u16, counters.clone(), ufrags.clone());
+            sfu.set_liveness_timeout(liveness_timeout);
+            if let Some(c) = &tcp_hosts {
+                sfu.set_tcp_candidates(c.clone());
+            }
+            let egress = egress::Egress::start(socket.try_clone().map_err(bind_err)?, counters.clone()).map_err(bind_err)?;
+            let (tx, rx) = mpsc::channel(256);
+            let port = task::UdpPort { ingress, egress, candidates: candidates.clone() };
+            let busy = task::BusyReport { index, workers: worker_busy.clone() };
+            tokio::spawn(run(port, tcp, rx, tx.downgrade(), sfu, events_tx.clone(), busy));
+            senders.push(tx);
+        }
+        tracing::info!(addr = %local_addr, candidates = ?candidates, workers, "WebRTC UDP listening");
+        Ok(RtcHandle {
+            workers: senders.into(),
+            worker_busy,
+            counters,
+            local_addr,
+            candidates,
+            tcp_addr,
+            room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
+        })
+    }
+
+    /// How many media workers there are.
+    pub fn workers(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Each worker's busy share of the last second (0–1).
+    pub fn worker_busy_ratios(&self) -> Vec<f64> {
+        self.worker_busy.iter().map(|b| b.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0).collect()
+    }
+
+    /// Whether a new viewer of the room may join: its worker is not saturated.
+    pub fn admits_viewers(&self, key: &RoomKey) -> bool {
+        self.worker_busy[self.room_worker(key)].load(std::sync::atomic::Ordering::Relaxed) < crate::sfu::REFUSE_VIEWERS_BUSY_PERMILLE
+    }
+
+    /// The worker a room lives on: a stable hash of its key, so every command for it, from
+    /// any caller, meets the same state without a shared table.
+    fn room_worker(&self, key: &RoomKey) -> usize {
+        place(key, self.workers.len())
+    }
+
+    fn to_room(&self, key: &RoomKey) -> &mpsc::Sender<Command> {
+        &self.workers[self.room_worker(key)]
+    }
+
+    fn to_id(&self, id: u64) -> &mpsc::Sender<Command> {
+        &self.workers[crate::sfu::worker_of_id(id).min(self.workers.len() - 1)]
+    }
+
+    /// The worker holding the session `sid`, if any (sids come from the HTTP side and name no
+    /// worker; with one worker there is nothing to ask).
+    async fn locate(&self, sid: &str) -> Result<Option<&mpsc::Sender<Command>>, RtcServerError> {
+        if self.workers.len() == 1 {
+            return Ok(Some(&self.workers[0]));
+        }
+        for tx in self.workers.iter() {
+            if ask_via(tx, |reply| Command::HasSession { sid: sid.to_owned(), reply }).await? {
+                return Ok(Some(tx));
+            }
+        }
+        Ok(None)
+    }
+
+    /// Asks every worker, in index order.
+    async fn ask_all<T>(&self, make: impl Fn(oneshot::Sender<T>) -> Command) -> Result<Vec<T>, RtcServerError> {
+        let mut out = Vec::with_capacity(self.workers.len());
+        for tx in self.workers.iter() {
+            out.push(ask_via(tx, &make).await?);
+        }
+        Ok(out)
     }
 
     /// The room and media events (participants entering and leaving, tracks starting and
@@ -314,48 +417,47 @@ impl RtcHandle {
         self.room_events.lock().expect("room events").take()
     }
 
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).await.map_err(|_| RtcServerError::Stopped)?;
-        rx.await.map_err(|_| RtcServerError::Stopped)
-    }
-
     pub async fn add_session(&self, spec: SessionSpec, offer: String) -> Result<Result<String, OfferError>, RtcServerError> {
-        self.ask(|reply| Command::AddSession { spec, offer, reply }).await
+        ask_via(self.to_room(&spec.room), |reply| Command::AddSession { spec, offer, reply }).await
     }
 
-    /// Starts a speed test (PRODUCT.md §9) from the client's offer: the SDP answer.
+    /// Starts a speed test (PRODUCT.md §9) from the client's offer: the SDP answer. An app's
+    /// speed tests share one worker, where their per-app limit is counted.
     pub async fn add_speed_test(&self, spec: SessionSpec, offer: String, server_ip: String) -> Result<Result<String, crate::sfu::SpeedTestRefusal>, RtcServerError> {
-        self.ask(|reply| Command::AddSpeedTest { spec, offer, server_ip, reply }).await
+        let tx = &self.workers[place(&spec.room.app, self.workers.len())];
+        ask_via(tx, |reply| Command::AddSpeedTest { spec, offer, server_ip, reply }).await
     }
 
     pub async fn remove_session(&self, sid: &str) -> Result<Option<SessionInfo>, RtcServerError> {
-        self.ask(|reply| Command::RemoveSession { sid: sid.to_owned(), reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(None) };
+        ask_via(tx, |reply| Command::RemoveSession { sid: sid.to_owned(), reply }).await
     }
 
     pub async fn session_info(&self, sid: &str) -> Result<Option<SessionInfo>, RtcServerError> {
-        self.ask(|reply| Command::SessionInfo { sid: sid.to_owned(), reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(None) };
+        ask_via(tx, |reply| Command::SessionInfo { sid: sid.to_owned(), reply }).await
     }
 
     pub async fn ice_restart(&self, sid: &str, ufrag: &str, pwd: &str) -> Result<Option<IceRestart>, RtcServerError> {
-        self.ask(|reply| Command::IceRestart { sid: sid.to_owned(), ufrag: ufrag.to_owned(), pwd: pwd.to_owned(), reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(None) };
+        ask_via(tx, |reply| Command::IceRestart { sid: sid.to_owned(), ufrag: ufrag.to_owned(), pwd: pwd.to_owned(), reply }).await
     }
 
     pub async fn viewer_sessions(&self, key: RoomKey, user: tessera_model::UserId) -> Result<usize, RtcServerError> {
-        self.ask(|reply| Command::ViewerSessions { key, user, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::ViewerSessions { key, user, reply }).await
     }
 
     pub async fn room_exists(&self, key: RoomKey) -> Result<bool, RtcServerError> {
-        self.ask(|reply| Command::RoomExists { key, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::RoomExists { key, reply }).await
     }
 
     pub async fn is_published(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<bool, RtcServerError> {
-        self.ask(|reply| Command::IsPublished { key, user, stream, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::IsPublished { key, user, stream, reply }).await
     }
 
     /// Adds a publisher fed by this process (RTMP, pull ingest); returns its id for `push`.
     pub async fn add_ingest(&self, spec: SessionSpec) -> Result<u64, RtcServerError> {
-        self.ask(|reply| Command::AddIngest { spec, replaced: None, keyframes: None, reply }).await
+        ask_via(self.to_room(&spec.room), |reply| Command::AddIngest { spec, replaced: None, keyframes: None, reply }).await
     }
 
     /// `add_ingest`, with a receiver that gets `Ok(())` if a later publisher of the same (user,
@@ -365,46 +467,50 @@ impl RtcHandle {
     pub async fn add_ingest_watched(&self, spec: SessionSpec) -> Result<(u64, oneshot::Receiver<PublisherEnd>, KeyframeRequests), RtcServerError> {
         let (tx, rx) = oneshot::channel();
         let (keyframes_tx, keyframes) = std::sync::mpsc::channel();
-        let id = self.ask(|reply| Command::AddIngest { spec, replaced: Some(tx), keyframes: Some(keyframes_tx), reply }).await?;
+        let id = ask_via(self.to_room(&spec.room), |reply| Command::AddIngest { spec, replaced: Some(tx), keyframes: Some(keyframes_tx), reply }).await?;
         Ok((id, rx, KeyframeRequests(keyframes)))
     }
 
     /// Hands an ingest's packets (one access unit, typically) to the SFU.
     pub async fn push(&self, id: u64, packets: Vec<IngestPacket>) -> Result<(), RtcServerError> {
-        self.tx.send(Command::Push { id, packets }).await.map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).send(Command::Push { id, packets }).await.map_err(|_| RtcServerError::Stopped)
     }
 
     pub async fn remove_ingest(&self, id: u64) -> Result<(), RtcServerError> {
-        self.tx.send(Command::RemoveIngest { id }).await.map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).send(Command::RemoveIngest { id }).await.map_err(|_| RtcServerError::Stopped)
     }
 
     /// An in-process subscriber to every publisher of a room (a mix job); `owner` is the task's
     /// server user, which makes the room if it does not exist (event 101). Dropping the
     /// receiver is not enough to stop it: call `remove_tap`.
     pub async fn add_tap(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply }).await
     }
 
     /// A relay's or a recording's tap (`kind`): like `add_tap`, with mixes' output too (relays
     /// and recordings of `mix_<id>`) and the publishers' originals the kind keeps.
     pub async fn add_output_tap(&self, key: RoomKey, kind: TapKind, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask(|reply| Command::AddTap { key, kind, owner, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::AddTap { key, kind, owner, reply }).await
     }
 
     pub async fn remove_tap(&self, id: u64) -> Result<(), RtcServerError> {
-        self.tx.send(Command::RemoveTap { id }).await.map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).send(Command::RemoveTap { id }).await.map_err(|_| RtcServerError::Stopped)
     }
 
     pub async fn rooms_with_anchors(&self) -> Result<Vec<RoomKey>, RtcServerError> {
-        self.ask(|reply| Command::RoomsWithAnchors { reply }).await
+        Ok(self.ask_all(|reply| Command::RoomsWithAnchors { reply }).await?.into_iter().flatten().collect())
     }
 
     pub async fn request_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
-        self.tx.send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
+        self.to_room(&key).send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
     }
 
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
-        self.ask(|reply| Command::Stats { reply }).await
+        let mut total = SfuStats::default();
+        for s in self.ask_all(|reply| Command::Stats { reply }).await? {
+            total.add(&s);
+        }
+        Ok(total)
     }
 }
 
@@ -414,17 +520,19 @@ impl RtcHandle {
 impl RtcHandle {
     /// The app's rooms (`GET /v1/rooms`).
     pub async fn rooms(&self, app: tessera_model::AppId) -> Result<Vec<RoomSummary>, RtcServerError> {
-        self.ask(|reply| Command::Rooms { app, reply }).await
+        let mut rooms: Vec<RoomSummary> = self.ask_all(|reply| Command::Rooms { app: app.clone(), reply }).await?.into_iter().flatten().collect();
+        rooms.sort_by(|a, b| a.room.room.cmp(&b.room.room));
+        Ok(rooms)
     }
 
     /// The room's participants, or `None` when there is no such room.
     pub async fn room_users(&self, key: RoomKey) -> Result<Option<Vec<ParticipantInfo>>, RtcServerError> {
-        self.ask(|reply| Command::RoomUsers { key, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::RoomUsers { key, reply }).await
     }
 
     /// Ends every session of the user in the room (104 Reason 3). Whether the user was there.
     pub async fn kick(&self, key: RoomKey, user: tessera_model::UserId) -> Result<bool, RtcServerError> {
-        self.ask(|reply| Command::Kick { key, user, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::Kick { key, user, reply }).await
     }
 
     /// A room-signaling session joins; the receiver says why the SFU ended it (a kick, a
@@ -432,7 +540,7 @@ impl RtcHandle {
     pub async fn join_signaling(&self, key: RoomKey, user: tessera_model::UserId, join: crate::JoinInfo) -> Result<SignalingMember, RtcServerError> {
         let (ended, ended_rx) = oneshot::channel();
         let (inbox, inbox_rx) = mpsc::unbounded_channel();
-        let id = self.ask(|reply| Command::JoinSignaling { key, user, join, ended, inbox, reply }).await?;
+        let id = ask_via(self.to_room(&key), |reply| Command::JoinSignaling { key, user, join, ended, inbox, reply }).await?;
         Ok(SignalingMember { id, ended: ended_rx, inbox: inbox_rx })
     }
 
@@ -446,100 +554,121 @@ impl RtcHandle {
         payload: Vec<u8>,
         to: Option<Vec<tessera_model::UserId>>,
     ) -> Result<CustomReply, RtcServerError> {
-        self.ask(|reply| Command::Custom { key, from, cmd_id, payload, to, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::Custom { key, from, cmd_id, payload, to, reply }).await
     }
 
     pub async fn leave_signaling(&self, id: u64, reason: crate::presence::LeaveReason) -> Result<(), RtcServerError> {
-        self.tx.send(Command::LeaveSignaling { id, reason }).await.map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).send(Command::LeaveSignaling { id, reason }).await.map_err(|_| RtcServerError::Stopped)
     }
 
     /// Ends every session in the room, then the room (102). Whether the room existed.
     pub async fn dismiss(&self, key: RoomKey) -> Result<bool, RtcServerError> {
-        self.ask(|reply| Command::Dismiss { key, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::Dismiss { key, reply }).await
     }
 
     /// Follows the room's publishers: the list now, then each change (a task waiting for its
     /// source, a recording choosing streams, a mix laying out tiles). Dropping the watch ends it.
     pub async fn watch_publishers(&self, key: RoomKey) -> Result<PublisherWatch, RtcServerError> {
-        self.ask(|reply| Command::WatchPublishers { key, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::WatchPublishers { key, reply }).await
     }
 
     /// Adds a connection the server offers to (room signaling's `sub`); the receiver hears of
     /// each stream's first media forwarded on it.
     pub async fn add_subscriber(&self, spec: SessionSpec) -> Result<Result<(u64, mpsc::UnboundedReceiver<FirstMedia>), OfferError>, RtcServerError> {
         let (first_media, rx) = mpsc::unbounded_channel();
-        Ok(self.ask(|reply| Command::AddSubscriber { spec, first_media, reply }).await?.map(|id| (id, rx)))
+        Ok(ask_via(self.to_room(&spec.room), |reply| Command::AddSubscriber { spec, first_media, reply }).await?.map(|id| (id, rx)))
     }
 
     pub async fn subscribe(&self, sid: &str, req: SubscribeRequest) -> Result<SubscriberReply, RtcServerError> {
-        self.ask(|reply| Command::Subscribe { sid: sid.to_owned(), req, reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(Err(SubscriberError::UnknownSession)) };
+        ask_via(tx, |reply| Command::Subscribe { sid: sid.to_owned(), req, reply }).await
     }
 
     pub async fn unsubscribe(&self, sid: &str, source: (tessera_model::UserId, tessera_media::StreamKind)) -> Result<SubscriberReply, RtcServerError> {
-        self.ask(|reply| Command::Unsubscribe { sid: sid.to_owned(), source, reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(Err(SubscriberError::UnknownSession)) };
+        ask_via(tx, |reply| Command::Unsubscribe { sid: sid.to_owned(), source, reply }).await
     }
 
     pub async fn subscriber_answer(&self, sid: &str, sdp: String) -> Result<SubscriberReply, RtcServerError> {
-        self.ask(|reply| Command::SubscriberAnswer { sid: sid.to_owned(), sdp, reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(Err(SubscriberError::UnknownSession)) };
+        ask_via(tx, |reply| Command::SubscriberAnswer { sid: sid.to_owned(), sdp, reply }).await
     }
 
     /// The `sub` connection's offer still waiting for an answer.
     pub async fn pending_offer(&self, sid: &str) -> Result<Option<SubscriberOffer>, RtcServerError> {
-        self.ask(|reply| Command::PendingOffer { sid: sid.to_owned(), reply }).await
+        let Some(tx) = self.locate(sid).await? else { return Ok(None) };
+        ask_via(tx, |reply| Command::PendingOffer { sid: sid.to_owned(), reply }).await
     }
 
     /// The tracks a user publishes and receives in the room, with their rates.
     pub async fn user_tracks(&self, key: RoomKey, user: tessera_model::UserId) -> Result<Vec<crate::sfu::TrackStats>, RtcServerError> {
-        self.ask(|reply| Command::UserTracks { key, user, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::UserTracks { key, user, reply }).await
     }
 
     /// A publisher mutes or unmutes a started track. Whether that track has started.
     pub async fn mute(&self, key: RoomKey, user: tessera_model::UserId, track: crate::Track, muted: bool) -> Result<bool, RtcServerError> {
-        self.ask(|reply| Command::Mute { key, user, track, muted, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::Mute { key, user, track, muted, reply }).await
     }
 
     /// The participant's role changes; to audience, its publications end. Whether it is present.
     pub async fn switch_role(&self, key: RoomKey, user: tessera_model::UserId, role: tessera_model::Role) -> Result<bool, RtcServerError> {
-        self.ask(|reply| Command::SwitchRole { key, user, role, reply }).await
+        ask_via(self.to_room(&key), |reply| Command::SwitchRole { key, user, role, reply }).await
     }
 
     pub fn watch_publishers_blocking(&self, key: RoomKey) -> Result<PublisherWatch, RtcServerError> {
-        self.ask_blocking(|reply| Command::WatchPublishers { key, reply })
+        ask_blocking_via(self.to_room(&key), |reply| Command::WatchPublishers { key, reply })
     }
 
-    fn ask_blocking<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.blocking_send(make(reply)).map_err(|_| RtcServerError::Stopped)?;
-        rx.blocking_recv().map_err(|_| RtcServerError::Stopped)
-    }
 
     /// Adds an internal publisher that can make keyframes on request (a mix job, a transcoding
     /// pull ingest): its viewers' requests arrive on the returned `KeyframeRequests`.
     pub fn add_ingest_blocking(&self, spec: SessionSpec) -> Result<(u64, KeyframeRequests), RtcServerError> {
         let (tx, rx) = std::sync::mpsc::channel();
-        let id = self.ask_blocking(|reply| Command::AddIngest { spec, replaced: None, keyframes: Some(tx), reply })?;
+        let id = ask_blocking_via(self.to_room(&spec.room), |reply| Command::AddIngest { spec, replaced: None, keyframes: Some(tx), reply })?;
         Ok((id, KeyframeRequests(rx)))
     }
 
     pub fn push_blocking(&self, id: u64, packets: Vec<IngestPacket>) -> Result<(), RtcServerError> {
-        self.tx.blocking_send(Command::Push { id, packets }).map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).blocking_send(Command::Push { id, packets }).map_err(|_| RtcServerError::Stopped)
     }
 
     pub fn remove_ingest_blocking(&self, id: u64) -> Result<(), RtcServerError> {
-        self.tx.blocking_send(Command::RemoveIngest { id }).map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).blocking_send(Command::RemoveIngest { id }).map_err(|_| RtcServerError::Stopped)
     }
 
     pub fn add_tap_blocking(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
-        self.ask_blocking(|reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply })
+        ask_blocking_via(self.to_room(&key), |reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply })
     }
 
     pub fn remove_tap_blocking(&self, id: u64) -> Result<(), RtcServerError> {
-        self.tx.blocking_send(Command::RemoveTap { id }).map_err(|_| RtcServerError::Stopped)
+        self.to_id(id).blocking_send(Command::RemoveTap { id }).map_err(|_| RtcServerError::Stopped)
     }
 
     pub fn request_keyframe_blocking(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
-        self.tx.blocking_send(Command::RequestKeyframe { key, user, stream }).map_err(|_| RtcServerError::Stopped)
+        self.to_room(&key).blocking_send(Command::RequestKeyframe { key, user, stream }).map_err(|_| RtcServerError::Stopped)
     }
+}
+
+/// Most media workers a server runs (ids carry the index in 24 bits; far above any core count
+/// a single UDP port is worth spreading over).
+pub const MAX_WORKERS: usize = 64;
+
+/// Which of `n` workers a key (a room, an app) lives on.
+fn place(key: &impl std::hash::Hash, n: usize) -> usize {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    (BuildHasherDefault::<DefaultHasher>::default().hash_one(key) % n as u64) as usize
+}
+
+async fn ask_via<T>(tx: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
+    let (reply, rx) = oneshot::channel();
+    tx.send(make(reply)).await.map_err(|_| RtcServerError::Stopped)?;
+    rx.await.map_err(|_| RtcServerError::Stopped)
+}
+
+fn ask_blocking_via<T>(tx: &mpsc::Sender<Command>, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, RtcServerError> {
+    let (reply, rx) = oneshot::channel();
+    tx.blocking_send(make(reply)).map_err(|_| RtcServerError::Stopped)?;
+    rx.blocking_recv().map_err(|_| RtcServerError::Stopped)
 }
 
 /// A room's publishers as they change (`RtcHandle::watch_publishers`).

@@ -3,13 +3,7 @@
 
 use super::*;
 
-/// The next ICE-TCP event (never, without a listener).
-async fn next_tcp(rx: &mut Option<mpsc::Receiver<TcpEvent>>) -> Option<TcpEvent> {
-    match rx {
-        Some(rx) => rx.recv().await,
-        None => std::future::pending().await,
-    }
-}
+use super::dispatch::{next_tcp, DatagramBatch, WorkerInbox};
 
 /// Which of our addresses a datagram from `source` was most likely sent to. Exact for a single
 /// candidate; with several, loopback talks to loopback and everyone else to the first
@@ -24,12 +18,50 @@ fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr 
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
 
-/// The shared UDP port: the socket the media task reads, the egress thread that writes it, and
-/// the addresses it is known by.
+/// Where a worker's datagrams come from: the socket itself when it is the only worker, else the
+/// dispatcher's batches.
+pub(super) enum Ingress {
+    Socket(UdpSocket),
+    Dispatched(WorkerInbox),
+}
+
+/// What woke the worker on its datagram input.
+enum Received {
+    One(std::io::Result<(usize, SocketAddr)>),
+    Batch(DatagramBatch),
+}
+
+impl Ingress {
+    async fn next(&mut self, buf: &mut [u8]) -> Option<Received> {
+        match self {
+            Ingress::Socket(socket) => Some(Received::One(socket.recv_from(buf).await)),
+            Ingress::Dispatched(inbox) => inbox.datagrams.recv().await.map(Received::Batch),
+        }
+    }
+}
+
+/// The shared UDP port as one worker sees it: its datagrams in, its egress thread out, and the
+/// addresses the port is known by.
 pub(super) struct UdpPort {
-    pub socket: UdpSocket,
+    pub ingress: Ingress,
     pub egress: super::egress::Egress,
     pub candidates: Vec<SocketAddr>,
+}
+
+/// Where a worker reports how busy it is: its slot, and the busiest worker's share in the
+/// shared counters (what `/healthz` and admission read).
+pub(super) struct BusyReport {
+    pub index: usize,
+    pub workers: Arc<[std::sync::atomic::AtomicU64]>,
+}
+
+impl BusyReport {
+    fn publish(&self, permille: u64, counters: &SfuCounters) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.workers[self.index].store(permille, Relaxed);
+        let busiest = self.workers.iter().map(|w| w.load(Relaxed)).max().unwrap_or(0);
+        counters.busy_permille.store(busiest, Relaxed);
+    }
 }
 
 pub(super) async fn run(
@@ -39,8 +71,9 @@ pub(super) async fn run(
     command_tx: mpsc::WeakSender<Command>,
     mut sfu: Sfu,
     room_events: mpsc::UnboundedSender<RoomEvent>,
+    busy_report: BusyReport,
 ) {
-    let UdpPort { socket, mut egress, candidates } = port;
+    let UdpPort { mut ingress, mut egress, candidates } = port;
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
     let mut publisher_watches: std::collections::HashMap<u64, watch::Sender<Vec<PublisherInfo>>> = std::collections::HashMap::new();
@@ -71,6 +104,9 @@ pub(super) async fn run(
                     }
                     Command::RemoveSession { sid, reply } => {
                         let _ = reply.send(sfu.remove_session(&sid, now));
+                    }
+                    Command::HasSession { sid, reply } => {
+                        let _ = reply.send(sfu.has_session(&sid));
                     }
                     Command::SessionInfo { sid, reply } => {
                         let _ = reply.send(sfu.session_info(&sid));
@@ -204,20 +240,33 @@ pub(super) async fn run(
                 }
                 woke
             }
-            r = socket.recv_from(&mut buf) => {
+            Some(received) = ingress.next(&mut buf) => {
                 let woke = Instant::now();
-                if let Ok((n, source)) = r {
-                    let now = Instant::now();
-                    sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]);
-                    // Drain what else is queued without going back through the scheduler.
-                    for _ in 0..RECV_BATCH {
-                        match socket.try_recv_from(&mut buf) {
-                            Ok((n, source)) => sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]),
-                            Err(_) => break,
+                let now = woke;
+                match received {
+                    Received::One(Ok((n, source))) => {
+                        sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]);
+                        // Drain what else is queued without going back through the scheduler.
+                        if let Ingress::Socket(socket) = &ingress {
+                            for _ in 0..RECV_BATCH {
+                                match socket.try_recv_from(&mut buf) {
+                                    Ok((n, source)) => sfu.handle_datagram(now, source, destination_for(&candidates, source), &buf[..n]),
+                                    Err(_) => break,
+                                }
+                            }
                         }
                     }
-                    sfu.flush(now);
+                    Received::One(Err(_)) => {}
+                    Received::Batch(batch) => {
+                        for (source, data) in batch.iter() {
+                            sfu.handle_datagram(now, source, destination_for(&candidates, source), data);
+                        }
+                        if let Ingress::Dispatched(inbox) = &ingress {
+                            inbox.give_back(batch);
+                        }
+                    }
                 }
+                sfu.flush(now);
                 woke
             }
             Some(event) = next_tcp(&mut tcp_events) => {
@@ -302,7 +351,8 @@ pub(super) async fn run(
         let span = done - window;
         if span >= std::time::Duration::from_secs(1) {
             let permille = (busy.as_secs_f64() / span.as_secs_f64() * 1000.0).round().min(1000.0) as u64;
-            sfu.counters.busy_permille.store(permille, std::sync::atomic::Ordering::Relaxed);
+            sfu.set_busy_permille(permille);
+            busy_report.publish(permille, &sfu.counters);
             busy = std::time::Duration::ZERO;
             window = done;
         }

@@ -215,7 +215,7 @@ impl Sfu {
         let mut want_keyframe = false;
         let mut need_gop: Vec<u64> = Vec::new();
         let internal = self.internal.contains_key(&pub_id);
-        let saturated = self.counters.busy_permille.load(Ordering::Relaxed) >= SATURATED_PERMILLE;
+        let saturated = self.busy_permille >= SATURATED_PERMILLE;
         for vid in &ids {
             let Some(viewer) = self.sessions.get_mut(vid) else { continue };
             if !viewer.connected {

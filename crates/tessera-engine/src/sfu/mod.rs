@@ -174,6 +174,27 @@ pub struct Sfu {
     custom_limits: HashMap<(RoomKey, UserId), crate::custom::SenderLimit>,
     /// Speed-test sessions.
     speed_tests: Vec<u64>,
+    /// This SFU's busy share of the last second (‰), as its driver measured it: viewer queues
+    /// are also bounded by age from `SATURATED_PERMILLE`.
+    busy_permille: u64,
+    /// Where a datagram for one of our ufrags goes, when several SFUs (workers) share a port.
+    ufrags: Option<UfragIndex>,
+    worker: u16,
+}
+
+/// Which worker holds the peer with a given local ICE ufrag: the UDP dispatcher reads a STUN
+/// binding request's USERNAME and sends the datagram to that worker (then learns its source
+/// address). Written when a peer is made, restarted or dropped; read once per new flow.
+pub type UfragIndex = Arc<std::sync::RwLock<HashMap<String, u16>>>;
+
+/// Ids a worker hands out carry its index above this bit, so a command naming an id (an
+/// ingest, a tap, a signaling member) finds its worker without a table. Below 2^53: they stay
+/// exact in JSON.
+pub const WORKER_ID_SHIFT: u32 = 40;
+
+/// The worker that made an id.
+pub fn worker_of_id(id: u64) -> usize {
+    (id >> WORKER_ID_SHIFT) as usize
 }
 
 impl Session {
@@ -217,6 +238,38 @@ impl Sfu {
             next_quality: now + crate::quality::QUALITY_INTERVAL,
             custom_limits: HashMap::new(),
             speed_tests: Vec::new(),
+            busy_permille: 0,
+            ufrags: None,
+            worker: 0,
+        }
+    }
+
+    /// Makes this SFU worker `index` of several sharing one UDP port: its ids carry the index,
+    /// its counters are the shared ones, and its ufrags are published for the dispatcher.
+    pub fn into_worker(mut self, index: u16, counters: Arc<SfuCounters>, ufrags: UfragIndex) -> Sfu {
+        self.worker = index;
+        self.next_id = ((index as u64) << WORKER_ID_SHIFT) + 1;
+        self.counters = counters;
+        self.ufrags = Some(ufrags);
+        self
+    }
+
+    /// The driver's measure of how busy this SFU's task is (‰ of the last second).
+    pub fn set_busy_permille(&mut self, permille: u64) {
+        self.busy_permille = permille;
+    }
+
+    fn index_ufrag(&mut self, ufrag: &str, id: u64) {
+        self.by_ufrag.insert(ufrag.to_owned(), id);
+        if let Some(index) = &self.ufrags {
+            index.write().unwrap_or_else(|e| e.into_inner()).insert(ufrag.to_owned(), self.worker);
+        }
+    }
+
+    fn unindex_ufrag(&mut self, ufrag: &str) {
+        self.by_ufrag.remove(ufrag);
+        if let Some(index) = &self.ufrags {
+            index.write().unwrap_or_else(|e| e.into_inner()).remove(ufrag);
         }
     }
 
@@ -286,6 +339,11 @@ impl Sfu {
         s
     }
 
+    /// Whether a session (WHIP/WHEP, subscriber, speed test, internal publisher) has this sid.
+    pub fn has_session(&self, sid: &str) -> bool {
+        self.by_sid.contains_key(sid)
+    }
+
     pub fn session_info(&self, sid: &str) -> Option<SessionInfo> {
         let id = self.by_sid.get(sid)?;
         if let Some(p) = self.internal.get(id) {
@@ -308,10 +366,10 @@ impl Sfu {
             api.set_remote_ice_credentials(tessera_rtc::str0m::IceCreds { ufrag: remote_ufrag.to_owned(), pass: remote_pwd.to_owned() });
             api.set_local_ice_credentials(local.clone());
         }
-        self.by_ufrag.remove(&s.peer.local_ufrag);
-        s.peer.local_ufrag = local.ufrag.clone();
-        self.by_ufrag.insert(local.ufrag.clone(), id);
+        let old = std::mem::replace(&mut s.peer.local_ufrag, local.ufrag.clone());
         tracing::info!(parent: &s.span, "ICE restart");
+        self.unindex_ufrag(&old);
+        self.index_ufrag(&local.ufrag, id);
         self.mark_dirty(id);
         self.drain_all(now);
         Some(IceRestart { ufrag: local.ufrag, pwd: local.pass, candidates: self.candidates.udp.clone() })
@@ -361,7 +419,7 @@ impl Sfu {
             }
         }
         self.by_sid.insert(spec.sid.clone(), id);
-        self.by_ufrag.insert(peer.local_ufrag.clone(), id);
+        self.index_ufrag(&peer.local_ufrag, id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = ?spec.role);
         tracing::info!(parent: &span, "session added");
         self.insert_session(id, Session::new(spec, peer, role, span, now));
@@ -399,7 +457,7 @@ impl Sfu {
             self.out.push_back(SfuOutput::Transmit(t));
         }
         self.by_sid.remove(&s.spec.sid);
-        self.by_ufrag.remove(&s.peer.local_ufrag);
+        self.unindex_ufrag(&s.peer.local_ufrag);
         for a in &s.addrs {
             if self.by_addr.get(a) == Some(&id) {
                 self.by_addr.remove(a);

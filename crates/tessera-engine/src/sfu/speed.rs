@@ -39,7 +39,7 @@ impl Sfu {
         let id = self.next_id;
         self.next_id += 1;
         self.by_sid.insert(spec.sid.clone(), id);
-        self.by_ufrag.insert(peer.local_ufrag.clone(), id);
+        self.index_ufrag(&peer.local_ufrag, id);
         let span = tracing::info_span!("speedtest", sid = %spec.sid, user = %spec.user);
         tracing::info!(parent: &span, "speed test added");
         let role = Role::SpeedTest(Box::new(SpeedRun { test: SpeedTest::new(server_ip, now), ctl: None, data: None, done_at: None }));

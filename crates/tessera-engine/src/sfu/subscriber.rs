@@ -89,7 +89,7 @@ impl Sfu {
         room.empty_since = None;
         room.created.get_or_insert(now);
         self.by_sid.insert(spec.sid.clone(), id);
-        self.by_ufrag.insert(peer.local_ufrag.clone(), id);
+        self.index_ufrag(&peer.local_ufrag, id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = "subscriber");
         tracing::info!(parent: &span, "subscriber connection added");
         let role = Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), subscriptions: Vec::new(), offered: Some(Box::default()) };

@@ -73,6 +73,9 @@ pub struct SfuCounters {
     pub datagrams_sent: AtomicU64,
     pub send_calls: AtomicU64,
     pub datagrams_dropped: AtomicU64,
+    /// Datagrams read but dropped because the worker they were for had 256 batches waiting
+    /// (several workers only).
+    pub ingress_dropped: AtomicU64,
 }
 
 /// The media task's busy share (‰ of the last second) from which it counts as saturated: viewer
@@ -100,6 +103,23 @@ pub struct SfuStats {
     pub speed_tests: usize,
     /// Participants by the UserType of their first session.
     pub participants: Vec<(u8, usize)>,
+}
+
+impl SfuStats {
+    /// Adds another worker's counts.
+    pub fn add(&mut self, other: &SfuStats) {
+        self.rooms += other.rooms;
+        self.publishers += other.publishers;
+        self.viewers += other.viewers;
+        self.speed_tests += other.speed_tests;
+        for &(kind, n) in &other.participants {
+            match self.participants.iter_mut().find(|(k, _)| *k == kind) {
+                Some((_, total)) => *total += n,
+                None => self.participants.push((kind, n)),
+            }
+        }
+        self.participants.sort();
+    }
 }
 
 /// Who an internal publisher's packet is for. A publisher whose video WebRTC cannot take as it

@@ -35,6 +35,7 @@ pub async fn get(State(state): State<AppState>, axum::Extension(caller): axum::E
         "unix_ms": crate::now_ms(),
         "cpu": {"process_seconds": process_cpu_seconds(), "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)},
         "worker_busy_ratio": c.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0,
+        "media_workers": state.rtc.worker_busy_ratios(),
         "rtp": {
             "packets_forwarded": c.packets_forwarded.load(Ordering::Relaxed),
             "packets_received": c.packets_received.load(Ordering::Relaxed),

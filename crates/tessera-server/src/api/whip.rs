@@ -272,7 +272,7 @@ pub async fn play(
         return Err(privilege_missing(first_missing.unwrap_or(Privileges::SUBSCRIBE_VIDEO)));
     }
     // Before anything asks the media task: when it is saturated, refuse at once.
-    if !state.rtc.counters.admits_viewers() {
+    if !state.rtc.admits_viewers(&key) {
         return Err(ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "capacity_exceeded",
