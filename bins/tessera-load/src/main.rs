@@ -45,6 +45,11 @@ struct Args {
     whep_url: String,
     #[arg(long, default_value = "load")]
     room: String,
+    /// Spread the publishers over this many rooms (`<room>0`, `<room>1`, …; publisher p in
+    /// room p mod N), each with its subscribers: rooms are what a server spreads over its
+    /// media workers.
+    #[arg(long, default_value_t = 1)]
+    rooms: usize,
     #[arg(long, default_value_t = 1)]
     publishers: usize,
     /// Subscribers, spread over the publishers.
@@ -89,21 +94,30 @@ struct Args {
 }
 
 /// A WHIP/WHEP URL from its template.
-fn fill(template: &str, args: &Args, user: &str, source: &str) -> String {
-    template.replace("{server}", &args.server).replace("{room}", &args.room).replace("{user}", user).replace("{source}", source)
+fn fill(template: &str, args: &Args, room: &str, user: &str, source: &str) -> String {
+    template.replace("{server}", &args.server).replace("{room}", room).replace("{user}", user).replace("{source}", source)
+}
+
+/// The room of publisher `p` (and of its subscribers).
+fn room_of(args: &Args, p: usize) -> String {
+    if args.rooms <= 1 {
+        args.room.clone()
+    } else {
+        format!("{}{}", args.room, p % args.rooms)
+    }
 }
 
 /// `mint` on a blocking thread (it waits on HTTP).
-async fn mint_off_thread(args: &Args, user: &str, role: u8) -> String {
-    let (args, user) = (args.clone(), user.to_owned());
-    tokio::task::spawn_blocking(move || mint(&args, &user, role)).await.unwrap()
+async fn mint_off_thread(args: &Args, room: &str, user: &str, role: u8) -> String {
+    let (args, room, user) = (args.clone(), room.to_owned(), user.to_owned());
+    tokio::task::spawn_blocking(move || mint(&args, &room, &user, role)).await.unwrap()
 }
 
-fn mint(args: &Args, user: &str, role: u8) -> String {
+fn mint(args: &Args, room: &str, user: &str, role: u8) -> String {
     if args.no_token {
         return String::new();
     }
-    let body = serde_json::json!({"room": args.room, "user": user, "role": role, "ttl_s": 3600});
+    let body = serde_json::json!({"room": room, "user": user, "role": role, "ttl_s": 3600});
     loop {
         let result = ureq::post(&format!("{}/v1/tokens", args.server)).set("Authorization", &format!("Bearer {}", args.api_key)).send_json(body.clone());
         match result {
@@ -456,9 +470,10 @@ async fn run(args: Args) {
     }
     for p in 0..args.publishers {
         let user = format!("pub{p}");
-        let token = mint_off_thread(&args, &user, 20).await;
+        let room = room_of(&args, p);
+        let token = mint_off_thread(&args, &room, &user, 20).await;
         if let Some(addr) = args.rtmp.clone() {
-            let (room, fps, frame_bytes) = (args.room.clone(), args.fps, frame_bytes);
+            let (fps, frame_bytes) = (args.fps, frame_bytes);
             let sent = if p == 0 { Some(sent.clone()) } else { None };
             tasks.push(tokio::spawn(async move {
                 if let Err(e) = rtmp_publish(&addr, &room, &user, &token, fps, frame_bytes, sent).await {
@@ -467,7 +482,7 @@ async fn run(args: Args) {
             }));
             continue;
         }
-        let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &user, ""), &token, Direction::SendOnly).await.expect("the publisher was refused (503)");
+        let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &room, &user, ""), &token, Direction::SendOnly).await.expect("the publisher was refused (503)");
         let sent = (p == 0).then(|| sent.clone());
         tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent));
     }
@@ -481,9 +496,10 @@ async fn run(args: Args) {
         let permit = permits.acquire_owned().await.unwrap();
         connecting.push(tokio::spawn(async move {
             let user = format!("sub{s}");
-            let token = mint_off_thread(&args, &user, 21).await;
+            let room = room_of(&args, s % args.publishers.max(1));
+            let token = mint_off_thread(&args, &room, &user, 21).await;
             let source = format!("pub{}", s % args.publishers.max(1));
-            let connected = connect(&args, &fill(&args.whep_url, &args, &user, &source), &token, Direction::RecvOnly).await;
+            let connected = connect(&args, &fill(&args.whep_url, &args, &room, &user, &source), &token, Direction::RecvOnly).await;
             drop(permit);
             let Some((rtc, socket, _)) = connected else {
                 // Refused (503 capacity_exceeded): counted, not measured.

@@ -143,7 +143,7 @@ pub async fn start(
     let mut sockets = Vec::new();
     let mut tasks = Vec::new();
     for user in &users {
-        let token = mint_off_thread(args, user, 20).await;
+        let token = mint_off_thread(args, &args.room, user, 20).await;
         let a = args.clone();
         let mut ws = tokio::task::spawn_blocking(move || join(&a, &token)).await.unwrap();
         let (rtc, socket, mids, offer, pending) = offer_peer(args, Direction::SendOnly).await;

@@ -60,6 +60,9 @@ struct ListenArgs {
     /// Also listen for plain HTTP here and redirect it to HTTPS.
     #[arg(long, value_name = "ADDR")]
     http_redirect_addr: Option<SocketAddr>,
+    /// Media workers sharing the WebRTC port (rooms spread over them). Default: one per core.
+    #[arg(long, value_name = "N")]
+    media_workers: Option<u32>,
 }
 
 impl ListenArgs {
@@ -75,6 +78,7 @@ impl ListenArgs {
             tls_key: self.tls_key.clone(),
             tls_self_signed: self.tls_self_signed,
             http_redirect_addr: self.http_redirect_addr,
+            media_workers: self.media_workers,
         }
     }
 }

@@ -231,6 +231,7 @@ pub struct Overrides {
     pub tls_key: Option<PathBuf>,
     pub tls_self_signed: bool,
     pub http_redirect_addr: Option<SocketAddr>,
+    pub media_workers: Option<u32>,
 }
 
 const REDACTED: &str = "<redacted>";
@@ -278,6 +279,9 @@ impl Config {
         }
         if let Some(a) = overrides.http_redirect_addr {
             config.http_redirect_addr = Some(a);
+        }
+        if let Some(n) = overrides.media_workers {
+            config.media_workers = Some(n);
         }
         // Resolved once, here: paths derived from a relative data dir break as soon as a tool
         // (FFmpeg's HLS demuxer) resolves them against another folder (issue 10, defect 6).

@@ -137,11 +137,7 @@ impl Metrics {
             datagrams_dropped.clone(),
         );
         let ingress_dropped = Counter::default();
-        registry.register(
-            "tessera_udp_ingress_dropped",
-            "UDP datagrams read but dropped because their media worker was far behind (several workers)",
-            ingress_dropped.clone(),
-        );
+        registry.register("tessera_udp_ingress_dropped", "UDP datagrams read but dropped because their media worker was far behind (several workers)", ingress_dropped.clone());
         let send_calls = Counter::default();
         registry.register("tessera_udp_send_calls", "sendmmsg calls that wrote the UDP datagrams", send_calls.clone());
         let rtmp_transcodes = Gauge::default();

@@ -1,13 +1,14 @@
 //! The media workers: tokio tasks that each drive one sans-IO `Sfu` — datagrams in, the next
 //! timeout, commands from the HTTP layer (new WHIP/WHEP sessions), datagrams out. A room lives
-//! on one worker (placed by a hash of its key), so a worker's state needs no locks, and rooms
-//! spread over the cores. With more than one worker, a dispatcher reads the one shared UDP port
+//! on one worker (the least loaded when it was made: `placement.rs`), so a worker's state needs
+//! no locks, and rooms spread over the cores. With more than one worker, a dispatcher reads the one shared UDP port
 //! and routes each flow to its peer's worker (`dispatch.rs`); each worker has an egress thread
 //! of its own. `task.rs` is a worker's loop; this module the handle the HTTP side holds, which
 //! sends each command to the worker of its room (or of its id, or asks them all).
 
 mod dispatch;
 mod egress;
+mod placement;
 mod task;
 
 use task::run;
@@ -33,6 +34,30 @@ pub enum RtcServerError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("the media engine has stopped")]
     Stopped,
+}
+
+impl Command {
+    /// The room a command acts for, if it names one: it runs on that room's worker.
+    fn room(&self) -> Option<&RoomKey> {
+        match self {
+            Command::AddSession { spec, .. } | Command::AddIngest { spec, .. } | Command::AddSubscriber { spec, .. } => Some(&spec.room),
+            Command::ViewerSessions { key, .. }
+            | Command::RoomExists { key, .. }
+            | Command::IsPublished { key, .. }
+            | Command::AddTap { key, .. }
+            | Command::WatchPublishers { key, .. }
+            | Command::RoomUsers { key, .. }
+            | Command::Kick { key, .. }
+            | Command::Dismiss { key, .. }
+            | Command::JoinSignaling { key, .. }
+            | Command::Custom { key, .. }
+            | Command::RequestKeyframe { key, .. }
+            | Command::UserTracks { key, .. }
+            | Command::Mute { key, .. }
+            | Command::SwitchRole { key, .. } => Some(key),
+            _ => None,
+        }
+    }
 }
 
 enum Command {
@@ -226,6 +251,7 @@ pub struct RtcHandle {
     workers: Arc<[mpsc::Sender<Command>]>,
     /// Each worker's busy share of the last second (‰).
     worker_busy: Arc<[std::sync::atomic::AtomicU64]>,
+    placement: Arc<placement::Placement>,
     /// Totals over every worker; `busy_permille` is the busiest worker's.
     pub counters: Arc<SfuCounters>,
     pub local_addr: SocketAddr,
@@ -333,30 +359,24 @@ impl RtcHandle {
             let reader = UdpSocket::from_std(socket.try_clone().map_err(bind_err)?).map_err(bind_err)?;
             tokio::spawn(dispatch::run(reader, tcp_events.take(), senders, tcp_senders, recycled, ufrags.clone(), counters.clone()));
         }
-        let mut senders = Vec::new();
-        for (index, (ingress, tcp)) in ingress.into_iter().zip(worker_tcp).enumerate() {
+        // Every worker's command channel first: a worker forwards a command that reached it for
+        // a room placed elsewhere (weakly held, so the handle alone keeps workers running).
+        let (senders, receivers): (Vec<_>, Vec<_>) = (0..workers).map(|_| mpsc::channel::<Command>(256)).unzip();
+        let peers: Arc<[mpsc::WeakSender<Command>]> = senders.iter().map(|tx| tx.downgrade()).collect();
+        let placement = Arc::new(placement::Placement::default());
+        for (index, ((ingress, tcp), rx)) in ingress.into_iter().zip(worker_tcp).zip(receivers).enumerate() {
             let mut sfu = Sfu::new(candidates.clone(), empty_room_timeout, Instant::now()).into_worker(index as u16, counters.clone(), ufrags.clone());
             sfu.set_liveness_timeout(liveness_timeout);
             if let Some(c) = &tcp_hosts {
                 sfu.set_tcp_candidates(c.clone());
             }
             let egress = egress::Egress::start(socket.try_clone().map_err(bind_err)?, counters.clone()).map_err(bind_err)?;
-            let (tx, rx) = mpsc::channel(256);
             let port = task::UdpPort { ingress, egress, candidates: candidates.clone() };
-            let busy = task::BusyReport { index, workers: worker_busy.clone() };
-            tokio::spawn(run(port, tcp, rx, tx.downgrade(), sfu, events_tx.clone(), busy));
-            senders.push(tx);
+            let worker = task::WorkerPlace { index, busy: worker_busy.clone(), placement: placement.clone(), peers: peers.clone() };
+            tokio::spawn(run(port, tcp, rx, sfu, events_tx.clone(), worker));
         }
         tracing::info!(addr = %local_addr, candidates = ?candidates, workers, "WebRTC UDP listening");
-        Ok(RtcHandle {
-            workers: senders.into(),
-            worker_busy,
-            counters,
-            local_addr,
-            candidates,
-            tcp_addr,
-            room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
-        })
+        Ok(RtcHandle { workers: senders.into(), worker_busy, placement, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
     }
 
     /// How many media workers there are.
@@ -374,10 +394,12 @@ impl RtcHandle {
         self.worker_busy[self.room_worker(key)].load(std::sync::atomic::Ordering::Relaxed) < crate::sfu::REFUSE_VIEWERS_BUSY_PERMILLE
     }
 
-    /// The worker a room lives on: a stable hash of its key, so every command for it, from
-    /// any caller, meets the same state without a shared table.
+    /// The worker a room lives on (placed now if it is new).
     fn room_worker(&self, key: &RoomKey) -> usize {
-        place(key, self.workers.len())
+        if self.workers.len() == 1 {
+            return 0;
+        }
+        self.placement.place(key, &self.worker_busy)
     }
 
     fn to_room(&self, key: &RoomKey) -> &mpsc::Sender<Command> {
@@ -619,7 +641,6 @@ impl RtcHandle {
         ask_blocking_via(self.to_room(&key), |reply| Command::WatchPublishers { key, reply })
     }
 
-
     /// Adds an internal publisher that can make keyframes on request (a mix job, a transcoding
     /// pull ingest): its viewers' requests arrive on the returned `KeyframeRequests`.
     pub fn add_ingest_blocking(&self, spec: SessionSpec) -> Result<(u64, KeyframeRequests), RtcServerError> {
@@ -653,7 +674,8 @@ impl RtcHandle {
 /// a single UDP port is worth spreading over).
 pub const MAX_WORKERS: usize = 64;
 
-/// Which of `n` workers a key (a room, an app) lives on.
+/// Which of `n` workers an app's speed tests run on (they keep no room state, but their limit
+/// is per app).
 fn place(key: &impl std::hash::Hash, n: usize) -> usize {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     (BuildHasherDefault::<DefaultHasher>::default().hash_one(key) % n as u64) as usize

@@ -48,19 +48,40 @@ pub(super) struct UdpPort {
     pub candidates: Vec<SocketAddr>,
 }
 
-/// Where a worker reports how busy it is: its slot, and the busiest worker's share in the
-/// shared counters (what `/healthz` and admission read).
-pub(super) struct BusyReport {
+/// A worker among the others: its index, where it reports how busy it is (its slot; the
+/// busiest worker's share goes to the shared counters, which `/healthz` reads), the room
+/// placement it confirms, and the other workers, for commands that reached it for their rooms.
+pub(super) struct WorkerPlace {
     pub index: usize,
-    pub workers: Arc<[std::sync::atomic::AtomicU64]>,
+    pub busy: Arc<[std::sync::atomic::AtomicU64]>,
+    pub placement: Arc<super::placement::Placement>,
+    pub peers: Arc<[mpsc::WeakSender<Command>]>,
 }
 
-impl BusyReport {
-    fn publish(&self, permille: u64, counters: &SfuCounters) {
+/// How often a worker gives up the placement of rooms it no longer holds anything of.
+const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
+
+impl WorkerPlace {
+    fn publish_busy(&self, permille: u64, counters: &SfuCounters) {
         use std::sync::atomic::Ordering::Relaxed;
-        self.workers[self.index].store(permille, Relaxed);
-        let busiest = self.workers.iter().map(|w| w.load(Relaxed)).max().unwrap_or(0);
+        self.busy[self.index].store(permille, Relaxed);
+        let busiest = self.busy.iter().map(|w| w.load(Relaxed)).max().unwrap_or(0);
         counters.busy_permille.store(busiest, Relaxed);
+    }
+
+    /// The command, if it is this worker's to run; else it goes on to the room's worker.
+    fn own(&self, cmd: Command) -> Option<Command> {
+        if self.peers.len() == 1 {
+            return Some(cmd);
+        }
+        let owner = cmd.room().and_then(|key| self.placement.claim(key, self.index));
+        let Some(owner) = owner else { return Some(cmd) };
+        if let Some(tx) = self.peers.get(owner).and_then(|p| p.upgrade()) {
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+        None
     }
 }
 
@@ -68,11 +89,12 @@ pub(super) async fn run(
     port: UdpPort,
     mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
     mut commands: mpsc::Receiver<Command>,
-    command_tx: mpsc::WeakSender<Command>,
     mut sfu: Sfu,
     room_events: mpsc::UnboundedSender<RoomEvent>,
-    busy_report: BusyReport,
+    worker: WorkerPlace,
 ) {
+    let command_tx = worker.peers[worker.index].clone();
+    let mut next_release = Instant::now() + RELEASE_EVERY;
     let UdpPort { mut ingress, mut egress, candidates } = port;
     let mut buf = vec![0u8; 2048];
     let mut taps: std::collections::HashMap<u64, mpsc::Sender<TapPacket>> = std::collections::HashMap::new();
@@ -98,7 +120,9 @@ pub(super) async fn run(
                 let woke = Instant::now();
                 let Some(cmd) = cmd else { break };
                 let now = Instant::now();
-                match cmd {
+                match worker.own(cmd) {
+                    None => {}
+                    Some(cmd) => match cmd {
                     Command::AddSession { spec, offer, reply } => {
                         let _ = reply.send(sfu.add_session(spec, &offer, now));
                     }
@@ -237,6 +261,7 @@ pub(super) async fn run(
                     Command::SwitchRole { key, user, role, reply } => {
                         let _ = reply.send(sfu.switch_role(&key, &user, role, now));
                     }
+                    },
                 }
                 woke
             }
@@ -347,12 +372,16 @@ pub(super) async fn run(
         }
         egress.flush().await;
         let done = Instant::now();
+        if done >= next_release {
+            next_release = done + RELEASE_EVERY;
+            worker.placement.release_unheld(worker.index, |key| sfu.holds_room(key));
+        }
         busy += done - woke;
         let span = done - window;
         if span >= std::time::Duration::from_secs(1) {
             let permille = (busy.as_secs_f64() / span.as_secs_f64() * 1000.0).round().min(1000.0) as u64;
             sfu.set_busy_permille(permille);
-            busy_report.publish(permille, &sfu.counters);
+            worker.publish_busy(permille, &sfu.counters);
             busy = std::time::Duration::ZERO;
             window = done;
         }

@@ -323,6 +323,12 @@ impl Sfu {
         self.rooms.get(room).is_some_and(|r| r.publishers.contains_key(&(user.clone(), stream)))
     }
 
+    /// Whether this SFU holds anything of the room: the room itself, or taps or watchers waiting
+    /// for it (its worker placement must stay while it does).
+    pub fn holds_room(&self, key: &RoomKey) -> bool {
+        self.rooms.contains_key(key) || self.taps.contains_key(key) || self.watchers.contains_key(key) || self.signaling.values().any(|(k, _)| k == key)
+    }
+
     pub fn room_exists(&self, key: &RoomKey) -> bool {
         self.rooms.contains_key(key)
     }
