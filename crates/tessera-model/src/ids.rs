@@ -28,16 +28,24 @@ fn check(kind: &'static str, s: &str, max: usize, extra: &[u8]) -> Result<(), Id
 macro_rules! string_id {
     ($(#[$doc:meta])* $name:ident, $kind:literal, $max:literal, $extra:expr) => {
         $(#[$doc])*
-        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
-        #[serde(transparent)]
-        pub struct $name(String);
+        ///
+        /// Shared, not copied: cloning one (every packet names its room and user) is a
+        /// reference count, not an allocation.
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub struct $name(std::sync::Arc<str>);
+
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             pub const MAX_LEN: usize = $max;
 
             pub fn parse(s: &str) -> Result<Self, IdError> {
                 check($kind, s, $max, $extra)?;
-                Ok(Self(s.to_owned()))
+                Ok(Self(s.into()))
             }
 
             pub fn as_str(&self) -> &str {
@@ -87,7 +95,7 @@ string_id!(
 impl AppId {
     /// The app that always exists.
     pub fn default_app() -> Self {
-        Self("default".to_owned())
+        Self("default".into())
     }
 }
 
