@@ -454,6 +454,48 @@ fn ffmpeg_whip_publishes_with_its_defaults() {
     }
 }
 
+/// Two media workers share one UDP port: two rooms land on different workers, and each room's
+/// viewer gets its own room's picture (blue from aiortc, green from FFmpeg), none of the other's.
+#[test]
+fn two_rooms_on_two_media_workers_share_one_port() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-workers");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let (http, udp) = (format!("{}:0", net.host_ip), format!("{}:0", net.host_ip));
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &udp, "--media-workers", "2"]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let (blue, green) = (token(&data, "wblue", "alice", &[]), token(&data, "wgreen", "ff", &[]));
+    let aiortc = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/wblue"), "--token", &blue, "--seconds", "22", "--codec", "H264"]);
+    let ffmpeg = Client::start(&net, "pyav_whip.py", &["--url", &server.url("/whip/wgreen"), "--token", &green, "--seconds", "22"]);
+    // Both rooms exist once both publishers posted their offers (aiortc takes a few seconds).
+    let mut rooms = Value::Null;
+    for _ in 0..50 {
+        rooms = get(&server.url("/v1/rooms"), Some(&key)).json();
+        if rooms["items"].as_array().is_some_and(|a| a.len() == 2) {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let worker = |room: &str| rooms["items"].as_array().unwrap().iter().find(|r| r["room"] == room).map(|r| r["media_worker"].clone());
+    let (w1, w2) = (worker("wblue"), worker("wgreen"));
+    assert!(w1.is_some() && w2.is_some() && w1 != w2, "two idle workers take one room each: {rooms}");
+    let server_info = get(&server.url("/v1/server"), Some(&key)).json();
+    assert_eq!(server_info["media_workers"].as_array().map(Vec::len), Some(2), "{server_info}");
+    let (v1, v2) = (token(&data, "wblue", "v1", &["--role", "audience"]), token(&data, "wgreen", "v2", &["--role", "audience"]));
+    let play_blue = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/wblue/alice/main"), "--token", &v1, "--seconds", "7"]);
+    let play_green = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/wgreen/ff/main"), "--token", &v2, "--seconds", "7"]);
+    let (b, g) = (play_blue.finish(Duration::from_secs(40)), play_green.finish(Duration::from_secs(40)));
+    let rgb = |r: &Value| -> Vec<u64> { r["mean_rgb"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect() };
+    assert!(b["frames"].as_u64().unwrap() >= 60 && g["frames"].as_u64().unwrap() >= 60, "{b} {g}");
+    let (b_rgb, g_rgb) = (rgb(&b), rgb(&g));
+    assert!(b_rgb[2] > 200 && b_rgb[0] < 50 && b_rgb[1] < 50, "room wblue plays blue: {b}");
+    assert!(g_rgb[1] > 150 && g_rgb[0] < 60 && g_rgb[2] < 60, "room wgreen plays green: {g}");
+    assert!(b["audio_frames"].as_u64().unwrap() >= 150 && g["audio_frames"].as_u64().unwrap() >= 100, "{b} {g}");
+    aiortc.finish(Duration::from_secs(30));
+    ffmpeg.finish(Duration::from_secs(30));
+}
+
 /// play.html for a user who has not published yet (or a typo) says whom it waits for instead of
 /// "connected" over a black picture, and starts by itself when they publish (issue 15).
 #[test]

@@ -18,6 +18,7 @@ impl Sfu {
                 created: r.created.unwrap_or(self.next_tick),
                 participants: self.presence.participants(k).len(),
                 publishers: r.publishers.len(),
+                worker: self.worker as usize,
             })
             .collect();
         out.sort_by(|a, b| a.room.room.cmp(&b.room.room));

@@ -308,6 +308,8 @@ pub struct RoomSummary {
     pub created: std::time::Instant,
     pub participants: usize,
     pub publishers: usize,
+    /// The media worker the room lives on.
+    pub worker: usize,
 }
 
 /// One track of a participant as the rooms API shows it (`users.get`): what it publishes, and

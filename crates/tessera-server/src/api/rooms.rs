@@ -50,6 +50,7 @@ fn room_view(state: &AppState, r: &RoomSummary) -> Value {
         "participants": r.participants,
         "publishers": r.publishers,
         "tasks": state.tasks.live_in_room(&r.room),
+        "media_worker": r.worker,
     })
 }
 
