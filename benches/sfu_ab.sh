@@ -32,14 +32,7 @@ run() { # label bin n
     --subscribers "$n" --connect-parallel "${PARALLEL:-1}" --duration 15 --server-pid "$pid" --json) || j='{}'
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   rm -rf "$dir"
-  python3 - "$label" "$n" "$j" <<'PY'
-import json, sys
-label, n, j = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
-g = lambda *k: (lambda v: v)(j.get(k[0]) if len(k) == 1 else (j.get(k[0]) or {}).get(k[1]))
-f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
-print(f"| {label} | {n} | {f(g('forwarded_pps'))} | {f(g('server_cpu_cores'), 3)} | {f(g('server_pps_per_core'))} | {f(g('loss_pct','max'), 2)} | "
-      f"{f(g('latency_ms','p50'), 1)} / {f(g('latency_ms','p99'), 1)} | {f(g('connect_s'), 2)} | {f(g('load_tool_cpu_cores'), 2)} |", flush=True)
-PY
+  python3 benches/sfu_row.py "$label" "$n" "$j" connect
 }
 
 echo "| build | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | connect s | load tool CPU |"

@@ -42,14 +42,7 @@ import json, sys
 rows = [json.loads(l).get("media_workers", []) for l in open(sys.argv[1]) if l.strip()]
 print(" / ".join(f"{max(c):.2f}" for c in zip(*rows)) if rows else "-")' "$dir/server.jsonl" 2>/dev/null || echo -)
   rm -rf "$dir"
-  python3 - "$workers" "$n" "$j" "$busy" <<'PY'
-import json, sys
-workers, n, j, busy = sys.argv[1], sys.argv[2], json.loads(sys.argv[3]), sys.argv[4]
-g = lambda *k: (lambda v: v)(j.get(k[0]) if len(k) == 1 else (j.get(k[0]) or {}).get(k[1]))
-f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
-print(f"| {workers} | {n} | {f(g('forwarded_pps'))} | {f(g('server_cpu_cores'), 3)} | {f(g('server_pps_per_core'))} | {f(g('loss_pct','max'), 2)} | "
-      f"{f(g('latency_ms','p50'), 1)} / {f(g('latency_ms','p99'), 1)} | {busy} | {f(g('load_tool_cpu_cores'), 2)} |", flush=True)
-PY
+  python3 benches/sfu_row.py "$workers" "$n" "$j" "$busy"
 }
 
 echo "| workers | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | worker busy | load tool CPU |"
