@@ -492,6 +492,11 @@ fn two_rooms_on_two_media_workers_share_one_port() {
     assert!(b_rgb[2] > 200 && b_rgb[0] < 50 && b_rgb[1] < 50, "room wblue plays blue: {b}");
     assert!(g_rgb[1] > 150 && g_rgb[0] < 60 && g_rgb[2] < 60, "room wgreen plays green: {g}");
     assert!(b["audio_frames"].as_u64().unwrap() >= 150 && g["audio_frames"].as_u64().unwrap() >= 100, "{b} {g}");
+    // Both workers work (each forwards its room), and say so.
+    for w in 0..2 {
+        let busy = metric(&server, &format!("tessera_media_worker_busy_ratio{{worker=\"{w}\"}}"));
+        assert!(busy > 0.0 && busy < 0.9, "worker {w}: busy {busy}");
+    }
     aiortc.finish(Duration::from_secs(30));
     ffmpeg.finish(Duration::from_secs(30));
 }

@@ -33,6 +33,11 @@ pub struct StateLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabel {
+    pub worker: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ResultLabel {
     pub result: &'static str,
 }
@@ -81,6 +86,7 @@ pub struct Metrics {
     speed_tests: Gauge,
     rtmp_transcodes: Gauge,
     busy_ratio: Gauge<f64, AtomicU64>,
+    worker_busy: Family<WorkerLabel, Gauge<f64, AtomicU64>>,
     bytes_forwarded: Counter,
     datagrams_sent: Counter,
     datagrams_dropped: Counter,
@@ -123,9 +129,11 @@ impl Metrics {
         let busy_ratio = Gauge::<f64, AtomicU64>::default();
         registry.register(
             "tessera_worker_busy_ratio",
-            "Share of the last second the media worker spent working (1: saturated; packets queue and latency grows)",
+            "Share of the last second the busiest media worker spent working (1: saturated; packets queue and latency grows)",
             busy_ratio.clone(),
         );
+        let worker_busy = Family::<WorkerLabel, Gauge<f64, AtomicU64>>::default();
+        registry.register("tessera_media_worker_busy_ratio", "Share of the last second each media worker spent working", worker_busy.clone());
         let bytes_forwarded = Counter::default();
         registry.register("tessera_rtp_bytes_forwarded", "RTP payload bytes written to consumers", bytes_forwarded.clone());
         let datagrams_sent = Counter::default();
@@ -169,6 +177,7 @@ impl Metrics {
             custom_messages,
             speed_tests,
             busy_ratio,
+            worker_busy,
             bytes_forwarded,
             datagrams_sent,
             datagrams_dropped,
@@ -196,7 +205,10 @@ impl Metrics {
     }
 
     /// Copies the engine's state and counters into the registry before a scrape.
-    pub fn observe_sfu(&self, stats: &tessera_engine::SfuStats, counters: &tessera_engine::sfu::SfuCounters) {
+    pub fn observe_sfu(&self, stats: &tessera_engine::SfuStats, counters: &tessera_engine::sfu::SfuCounters, worker_busy: &[f64]) {
+        for (i, busy) in worker_busy.iter().enumerate() {
+            self.worker_busy.get_or_create(&WorkerLabel { worker: i.to_string() }).set(*busy);
+        }
         use std::sync::atomic::Ordering;
         self.rooms.set(stats.rooms as i64);
         for user_type in [1u8, 10, 11, 12, 13, 14] {

@@ -199,7 +199,7 @@ pub(crate) async fn healthz(State(state): State<AppState>) -> Json<serde_json::V
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "server", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
 pub(crate) async fn metrics(State(state): State<AppState>) -> Response {
     let stats = state.rtc.stats().await.unwrap_or_default();
-    state.metrics.observe_sfu(&stats, &state.rtc.counters);
+    state.metrics.observe_sfu(&stats, &state.rtc.counters, &state.rtc.worker_busy_ratios());
     state.metrics.observe_rtmp_transcodes(state.rtmp_transcodes.total());
     state.metrics.observe_tasks(&crate::metrics::TaskCounts::of(&state.tasks));
     ([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], state.metrics.render()).into_response()
