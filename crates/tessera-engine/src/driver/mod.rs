@@ -391,7 +391,7 @@ impl RtcHandle {
 
     /// Whether a new viewer of the room may join: its worker is not saturated.
     pub fn admits_viewers(&self, key: &RoomKey) -> bool {
-        self.worker_busy[self.room_worker(key)].load(std::sync::atomic::Ordering::Relaxed) < crate::sfu::REFUSE_VIEWERS_BUSY_PERMILLE
+        crate::sfu::admits_viewers(self.worker_busy[self.room_worker(key)].load(std::sync::atomic::Ordering::Relaxed))
     }
 
     /// The worker a room lives on (placed now if it is new).

@@ -87,11 +87,9 @@ pub const SATURATED_PERMILLE: u64 = 900;
 /// (their latency and loss), so the next one is better sent to another server or told to retry.
 pub const REFUSE_VIEWERS_BUSY_PERMILLE: u64 = 980;
 
-impl SfuCounters {
-    /// Whether a new viewer may join (the media task is not saturated).
-    pub fn admits_viewers(&self) -> bool {
-        self.busy_permille.load(std::sync::atomic::Ordering::Relaxed) < REFUSE_VIEWERS_BUSY_PERMILLE
-    }
+/// Whether a media worker this busy (‰ of the last second) takes a new viewer.
+pub fn admits_viewers(busy_permille: u64) -> bool {
+    busy_permille < REFUSE_VIEWERS_BUSY_PERMILLE
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -345,13 +343,9 @@ mod admission_tests {
 
     #[test]
     fn a_saturated_media_task_refuses_viewers() {
-        let c = SfuCounters::default();
-        assert!(c.admits_viewers());
-        c.busy_permille.store(REFUSE_VIEWERS_BUSY_PERMILLE - 1, std::sync::atomic::Ordering::Relaxed);
-        assert!(c.admits_viewers());
-        c.busy_permille.store(REFUSE_VIEWERS_BUSY_PERMILLE, std::sync::atomic::Ordering::Relaxed);
-        assert!(!c.admits_viewers());
-        c.busy_permille.store(1000, std::sync::atomic::Ordering::Relaxed);
-        assert!(!c.admits_viewers());
+        assert!(admits_viewers(0));
+        assert!(admits_viewers(REFUSE_VIEWERS_BUSY_PERMILLE - 1));
+        assert!(!admits_viewers(REFUSE_VIEWERS_BUSY_PERMILLE));
+        assert!(!admits_viewers(1000));
     }
 }
