@@ -91,10 +91,13 @@ pub struct Client {
     pub events: Vec<(Instant, Event)>,
     pub video_mid: Option<Mid>,
     next_timeout: Instant,
+    /// Which SFU it talks to: 0 the room's (`World::sfu`), 1 the satellite.
+    on: usize,
 }
 
 enum To {
-    Sfu,
+    /// The SFU of client `0`.
+    Sfu(usize),
     Client(usize),
 }
 
@@ -128,12 +131,17 @@ impl Ord for Flight {
 pub struct World {
     pub now: Instant,
     pub sfu: Sfu,
+    /// A second worker holding satellite copies of rooms (viewers spread to it), wired to `sfu`
+    /// by pipes as the driver wires workers (`join_spread`).
+    pub satellite: Sfu,
     /// Heap allocations made inside the SFU's calls (not the peers' or the emulator's), counted
     /// while set.
     pub sfu_allocations: Option<u64>,
     pub clients: Vec<Client>,
     flights: BinaryHeap<Reverse<Flight>>,
     order: u64,
+    /// Packets the room's SFU wrote into pipes.
+    pub pipe_packets: u64,
 }
 
 pub fn room() -> RoomKey {
@@ -146,10 +154,12 @@ impl World {
         World {
             now,
             sfu: Sfu::new(vec![SFU_ADDR.parse().unwrap()], Duration::from_secs(10), now),
+            satellite: Sfu::new(vec![SFU_ADDR.parse().unwrap()], Duration::from_secs(10), now).into_worker(1, Default::default(), Default::default()),
             sfu_allocations: None,
             clients: Vec::new(),
             flights: BinaryHeap::new(),
             order: 0,
+            pipe_packets: 0,
         }
     }
 
@@ -160,6 +170,15 @@ impl World {
 
     /// A publisher sending simulcast layers `rids` (e.g. "h", "l"), or any peer (no rids).
     pub fn join_with(&mut self, user: &str, role: PeerRole, rids: &[&str], up: Link, down: Link) -> usize {
+        self.join_on(0, user, role, rids, up, down)
+    }
+
+    /// A viewer of `user`'s main stream placed on the satellite (its room lives on `sfu`).
+    pub fn join_spread(&mut self, user: &str, up: Link, down: Link) -> usize {
+        self.join_on(1, user, PeerRole::Play, &[], up, down)
+    }
+
+    fn join_on(&mut self, on: usize, user: &str, role: PeerRole, rids: &[&str], up: Link, down: Link) -> usize {
         let n = self.clients.len();
         let addr: SocketAddr = format!("10.0.1.{}:{}", n + 2, 5000 + n).parse().unwrap();
         let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(self.now);
@@ -189,10 +208,15 @@ impl World {
             quality: Quality::Auto,
             join: JoinInfo::anchor(crate::presence::user_type::WHIP),
         };
-        let answer = self.sfu.add_session(spec, &offer.to_sdp_string(), self.now).expect("the SFU answers");
+        let answer = match on {
+            0 => self.sfu.add_session(spec, &offer.to_sdp_string(), self.now),
+            _ => self.satellite.add_spread_viewer(spec, &offer.to_sdp_string(), self.now),
+        }
+        .expect("the SFU answers");
         rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).expect("the answer is accepted");
-        self.clients.push(Client { rtc, addr, up, down, events: Vec::new(), video_mid: Some(video_mid), next_timeout: self.now });
+        self.clients.push(Client { rtc, addr, up, down, events: Vec::new(), video_mid: Some(video_mid), next_timeout: self.now, on });
         self.drain_client(n);
+        self.drain_sfu();
         n
     }
 
@@ -218,7 +242,8 @@ impl World {
                 }
                 Output::Transmit(t) => {
                     let (source, destination, data) = (t.source, t.destination, t.contents.to_vec());
-                    self.send(To::Sfu, i, true, source, destination, data);
+                    let on = self.clients[i].on;
+                    self.send(To::Sfu(on), i, true, source, destination, data);
                 }
                 Output::Event(e) => {
                     let now = self.now;
@@ -230,6 +255,13 @@ impl World {
 
     /// Runs an SFU call, counting its allocations if asked to.
     fn in_sfu<T>(&mut self, call: impl FnOnce(&mut Sfu) -> T) -> T {
+        self.in_sfu_of(0, call)
+    }
+
+    fn in_sfu_of<T>(&mut self, on: usize, call: impl FnOnce(&mut Sfu) -> T) -> T {
+        if on == 1 {
+            return call(&mut self.satellite);
+        }
         let Some(count) = self.sfu_allocations else { return call(&mut self.sfu) };
         let mut out = None;
         let info = allocation_counter::measure(|| out = Some(call(&mut self.sfu)));
@@ -237,11 +269,42 @@ impl World {
         out.expect("the call ran")
     }
 
+    /// Delivers both SFUs' output: datagrams onto the links, pipe traffic to the other SFU at
+    /// once (workers share a process), until neither has anything left.
     fn drain_sfu(&mut self) {
-        while let Some(out) = self.in_sfu(|sfu| sfu.poll_output()) {
-            let crate::sfu::SfuOutput::Transmit(t) = out else { continue };
-            let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
-            self.send(To::Client(i), i, false, t.source, t.destination, t.contents.to_vec());
+        use crate::sfu::SfuOutput;
+        loop {
+            let mut any = false;
+            for on in 0..2 {
+                while let Some(out) = self.in_sfu_of(on, |sfu| sfu.poll_output()) {
+                    any = true;
+                    let now = self.now;
+                    match out {
+                        SfuOutput::Transmit(t) => {
+                            let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
+                            self.send(To::Client(i), i, false, t.source, t.destination, t.contents.to_vec());
+                        }
+                        SfuOutput::Piped(pipe, packet) => {
+                            self.pipe_packets += 1;
+                            self.satellite.push_piped(pipe, packet, now);
+                            self.satellite.flush(now);
+                        }
+                        SfuOutput::PipeWanted { pipe, room, source } => self.in_sfu(|sfu| {
+                            sfu.open_pipe(&room, source, pipe, now);
+                            sfu.flush(now);
+                        }),
+                        SfuOutput::PipeClosed { pipe, room } => self.in_sfu(|sfu| sfu.close_pipe(&room, pipe)),
+                        SfuOutput::PipeKeyframeWanted { room, source, rid } => self.in_sfu(|sfu| {
+                            sfu.request_layer_keyframe(&room, &source, rid, now);
+                            sfu.flush(now);
+                        }),
+                        _ => {}
+                    }
+                }
+            }
+            if !any {
+                break;
+            }
         }
     }
 
@@ -249,14 +312,14 @@ impl World {
     fn step(&mut self, limit: Instant) {
         let flight = self.flights.peek().map(|f| f.0.at);
         let client = self.clients.iter().map(|c| c.next_timeout).min();
-        let next = [flight, client, Some(self.sfu.next_timeout())].into_iter().flatten().min().unwrap_or(limit).min(limit);
+        let next = [flight, client, Some(self.sfu.next_timeout()), Some(self.satellite.next_timeout())].into_iter().flatten().min().unwrap_or(limit).min(limit);
         self.now = self.now.max(next);
         while self.flights.peek().is_some_and(|f| f.0.at <= self.now) {
             let Reverse(f) = self.flights.pop().expect("peeked");
             match f.to {
-                To::Sfu => {
+                To::Sfu(on) => {
                     let now = self.now;
-                    self.in_sfu(|sfu| {
+                    self.in_sfu_of(on, |sfu| {
                         sfu.handle_datagram(now, f.source, f.destination, &f.data);
                         sfu.flush(now);
                     });
@@ -277,10 +340,12 @@ impl World {
                 self.drain_client(i);
             }
         }
-        if self.sfu.next_timeout() <= self.now {
+        for on in 0..2 {
             let now = self.now;
-            self.in_sfu(|sfu| sfu.handle_timeout(now));
-            self.drain_sfu();
+            if self.in_sfu_of(on, |sfu| sfu.next_timeout() <= now) {
+                self.in_sfu_of(on, |sfu| sfu.handle_timeout(now));
+                self.drain_sfu();
+            }
         }
     }
 
@@ -543,5 +608,64 @@ mod tests {
         assert!((3..=8).contains(&asked), "the publisher was asked {asked} times in 3 s");
         let times = world.keyframe_requests(publisher);
         assert!(times[before..].windows(2).all(|w| w[1] - w[0] >= Duration::from_millis(450)), "never two within 500 ms");
+    }
+
+    /// A room's viewers spread to a second worker: each gets every frame, and the room's worker
+    /// sends each packet into the pipe once, however many viewers the satellite serves.
+    #[test]
+    fn viewers_on_another_worker_get_every_frame_through_one_pipe() {
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
+        let local = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
+        let spread: Vec<usize> = (0..3).map(|_| world.join_spread("alice", Link::clean(), Link::clean())).collect();
+        assert!(world.satellite.is_satellite(&room()) && !world.sfu.is_satellite(&room()));
+        connect(&mut world);
+        let sent = publish(&mut world, publisher, 5, 30, 3000);
+        for &v in spread.iter().chain([&local]) {
+            let got = world.frames_received(v);
+            assert!(got.len() as u32 >= sent - 3, "viewer {v}: {} of {sent} frames", got.len());
+            assert!(got.windows(2).all(|w| w[1] > w[0]), "in order");
+        }
+        let copies = world.satellite.counters.packets_forwarded.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(world.pipe_packets > 400 && copies >= 3 * world.pipe_packets - 50, "one pipe copy per packet for three viewers: {} piped, {copies} forwarded there", world.pipe_packets);
+        // A late viewer there starts at once from the satellite's cached GOP (no keyframe for 10 s).
+        let late = world.join_spread("alice", Link::clean(), Link::clean());
+        let mut n = sent;
+        world.run(Duration::from_secs(2), Duration::from_millis(33), |w| {
+            w.write_video(publisher, &h264_frame(false, 3000, n), n as u64 * 3000);
+            n += 1;
+        });
+        assert!(world.frames_received(late).len() >= 50, "the late viewer plays from the cached GOP: {} frames", world.frames_received(late).len());
+        // The last viewer there leaves: the satellite room and the pipe go, the room stays.
+        for v in spread.iter().chain([&late]) {
+            world.satellite.remove_session(&format!("s{v}"), world.now);
+        }
+        world.run(Duration::from_secs(1), Duration::from_millis(100), |_| {});
+        let piped = world.pipe_packets;
+        publish(&mut world, publisher, 1, 30, 3000);
+        assert_eq!(world.pipe_packets, piped, "nothing is piped once nobody watches there");
+        assert!(!world.satellite.is_satellite(&room()) && !world.satellite.holds_room(&room()));
+        assert!(world.sfu.room_exists(&room()));
+    }
+
+    /// Simulcast through a pipe: every layer crosses, each viewer on the other worker gets its
+    /// own layer from its own estimate, and the keyframe a switch needs is asked of the
+    /// publisher's layer across the pipe.
+    #[test]
+    fn spread_viewers_choose_their_simulcast_layers_through_the_pipe() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        let roomy = world.join_spread("alice", Link::clean(), Link::clean());
+        let capped = world.join_spread("alice", Link::clean(), Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
+        connect(&mut world);
+        let sent = publish_simulcast(&mut world, publisher, 20);
+        let big = |sizes: &[usize]| sizes.iter().filter(|s| **s > 3000).count();
+        let roomy_sizes = world.frame_sizes(roomy);
+        let last = &roomy_sizes[roomy_sizes.len().saturating_sub(150)..];
+        assert!(big(last) >= 140, "the viewer with room gets the top layer: {} of the last {} frames", big(last), last.len());
+        let capped_sizes = world.frame_sizes(capped);
+        assert!(capped_sizes.len() as u32 + 15 >= sent, "the switch down costs half a second at most: {} of {sent} frames", capped_sizes.len());
+        let last = &capped_sizes[capped_sizes.len().saturating_sub(150)..];
+        assert!(last.len() >= 140 && big(last) == 0, "the capped viewer ends on the low layer: {} frames, {} big", last.len(), big(last));
     }
 }

@@ -54,7 +54,10 @@ impl Command {
             | Command::RequestKeyframe { key, .. }
             | Command::UserTracks { key, .. }
             | Command::Mute { key, .. }
-            | Command::SwitchRole { key, .. } => Some(key),
+            | Command::SwitchRole { key, .. }
+            | Command::OpenPipe { key, .. }
+            | Command::ClosePipe { key, .. }
+            | Command::PipeKeyframe { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -224,6 +227,47 @@ enum Command {
         role: tessera_model::Role,
         reply: oneshot::Sender<bool>,
     },
+    /// A WHEP viewer for a satellite copy of its room on this worker (`sfu/pipes.rs`); names
+    /// no room, so the worker does not claim it.
+    AddSpreadViewer {
+        spec: SessionSpec,
+        offer: String,
+        reply: oneshot::Sender<Result<String, OfferError>>,
+    },
+    /// To the room's worker: a satellite wants `source` through pipe `pipe`.
+    OpenPipe {
+        key: RoomKey,
+        source: (tessera_model::UserId, tessera_media::StreamKind),
+        pipe: u64,
+    },
+    ClosePipe {
+        key: RoomKey,
+        pipe: u64,
+    },
+    PipeKeyframe {
+        key: RoomKey,
+        source: (tessera_model::UserId, tessera_media::StreamKind),
+        rid: Option<tessera_rtc::str0m::media::Rid>,
+    },
+    /// To a satellite: what its pipe carried since the last batch.
+    PipePackets {
+        pipe: u64,
+        packets: Vec<crate::sfu::PipedPacket>,
+    },
+    /// To every other worker after the room's own: the satellite copies' part.
+    SatelliteUsers {
+        key: RoomKey,
+        reply: oneshot::Sender<Option<Vec<ParticipantInfo>>>,
+    },
+    SatelliteKick {
+        key: RoomKey,
+        user: tessera_model::UserId,
+        reply: oneshot::Sender<bool>,
+    },
+    SatelliteDismiss {
+        key: RoomKey,
+        reply: oneshot::Sender<bool>,
+    },
 }
 
 type SubscriberReply = Result<Option<SubscriberOffer>, SubscriberError>;
@@ -252,6 +296,9 @@ pub struct RtcHandle {
     /// Each worker's busy share of the last second (‰).
     worker_busy: Arc<[std::sync::atomic::AtomicU64]>,
     placement: Arc<placement::Placement>,
+    /// From which busy share (‰) of its room's worker a new WHEP viewer goes to another,
+    /// less busy worker (`set_spread_viewers_above`).
+    spread_above: Arc<std::sync::atomic::AtomicU64>,
     /// Totals over every worker; `busy_permille` is the busiest worker's.
     pub counters: Arc<SfuCounters>,
     pub local_addr: SocketAddr,
@@ -376,7 +423,8 @@ impl RtcHandle {
             tokio::spawn(run(port, tcp, rx, sfu, events_tx.clone(), worker));
         }
         tracing::info!(addr = %local_addr, candidates = ?candidates, workers, "WebRTC UDP listening");
-        Ok(RtcHandle { workers: senders.into(), worker_busy, placement, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
+        let spread_above = Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_SPREAD_PERMILLE));
+        Ok(RtcHandle { workers: senders.into(), worker_busy, placement, spread_above, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
     }
 
     /// How many media workers there are.
@@ -389,9 +437,34 @@ impl RtcHandle {
         self.worker_busy.iter().map(|b| b.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0).collect()
     }
 
-    /// Whether a new viewer of the room may join: its worker is not saturated.
+    /// Whether a new viewer of the room may join: the worker it would go to is not saturated.
     pub fn admits_viewers(&self, key: &RoomKey) -> bool {
-        crate::sfu::admits_viewers(self.worker_busy[self.room_worker(key)].load(std::sync::atomic::Ordering::Relaxed))
+        let w = self.spread_worker(key).unwrap_or_else(|| self.room_worker(key));
+        crate::sfu::admits_viewers(self.worker_busy[w].load(std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// From which busy ratio (0–1) of its room's worker a new WHEP viewer is placed on another
+    /// worker that is not busier (in 10 % steps), its stream piped there. 0 spreads every
+    /// viewer (tests, benchmarks); above 1, never.
+    pub fn set_spread_viewers_above(&self, ratio: f64) {
+        let permille = if ratio > 1.0 { u64::MAX } else { (ratio.max(0.0) * 1000.0).round() as u64 };
+        self.spread_above.store(permille, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The worker a new viewer of the room should go to instead of the room's own, if any.
+    fn spread_worker(&self, key: &RoomKey) -> Option<usize> {
+        use std::sync::atomic::Ordering::Relaxed;
+        if self.workers.len() == 1 {
+            return None;
+        }
+        let owner = self.room_worker(key);
+        let owner_busy = self.worker_busy[owner].load(Relaxed);
+        if owner_busy < self.spread_above.load(Relaxed) {
+            return None;
+        }
+        let step = |w: usize| self.worker_busy[w].load(Relaxed) / 100;
+        let w = (0..self.workers.len()).filter(|w| *w != owner).min_by_key(|w| (step(*w), *w))?;
+        (step(w) <= owner_busy / 100).then_some(w)
     }
 
     /// The worker a room lives on (placed now if it is new).
@@ -440,7 +513,23 @@ impl RtcHandle {
     }
 
     pub async fn add_session(&self, spec: SessionSpec, offer: String) -> Result<Result<String, OfferError>, RtcServerError> {
+        // A viewer of a room whose worker is busy goes to a less busy one, if the room is there
+        // to pipe from.
+        if spec.role == crate::PeerRole::Play {
+            if let Some(w) = self.spread_worker(&spec.room) {
+                let key = spec.room.clone();
+                if ask_via(self.to_room(&key), |reply| Command::RoomExists { key, reply }).await? {
+                    return ask_via(&self.workers[w], |reply| Command::AddSpreadViewer { spec, offer, reply }).await;
+                }
+            }
+        }
         ask_via(self.to_room(&spec.room), |reply| Command::AddSession { spec, offer, reply }).await
+    }
+
+    /// Every worker but the room's own (where satellite copies of it may be).
+    fn other_workers(&self, key: &RoomKey) -> impl Iterator<Item = &mpsc::Sender<Command>> {
+        let owner = if self.workers.len() == 1 { 0 } else { self.room_worker(key) };
+        self.workers.iter().enumerate().filter(move |(w, _)| *w != owner).map(|(_, tx)| tx)
     }
 
     /// Starts a speed test (PRODUCT.md §9) from the client's offer: the SDP answer. An app's
@@ -542,19 +631,47 @@ impl RtcHandle {
 impl RtcHandle {
     /// The app's rooms (`GET /v1/rooms`).
     pub async fn rooms(&self, app: tessera_model::AppId) -> Result<Vec<RoomSummary>, RtcServerError> {
-        let mut rooms: Vec<RoomSummary> = self.ask_all(|reply| Command::Rooms { app: app.clone(), reply }).await?.into_iter().flatten().collect();
+        let all: Vec<RoomSummary> = self.ask_all(|reply| Command::Rooms { app: app.clone(), reply }).await?.into_iter().flatten().collect();
+        let (satellites, mut rooms): (Vec<RoomSummary>, Vec<RoomSummary>) = all.into_iter().partition(|r| r.satellite);
+        // A satellite's viewers are the room's participants; the room is listed once.
+        for s in satellites {
+            if let Some(r) = rooms.iter_mut().find(|r| r.room == s.room) {
+                r.participants += s.participants;
+                r.viewer_workers.push(s.worker);
+                r.viewer_workers.sort_unstable();
+            }
+        }
         rooms.sort_by(|a, b| a.room.room.cmp(&b.room.room));
         Ok(rooms)
     }
 
     /// The room's participants, or `None` when there is no such room.
     pub async fn room_users(&self, key: RoomKey) -> Result<Option<Vec<ParticipantInfo>>, RtcServerError> {
-        ask_via(self.to_room(&key), |reply| Command::RoomUsers { key, reply }).await
+        let k = key.clone();
+        let Some(mut users) = ask_via(self.to_room(&key), |reply| Command::RoomUsers { key: k, reply }).await? else { return Ok(None) };
+        // Viewers spread to other workers are the room's participants too, once each.
+        for tx in self.other_workers(&key) {
+            let k = key.clone();
+            for p in ask_via(tx, |reply| Command::SatelliteUsers { key: k, reply }).await?.unwrap_or_default() {
+                match users.iter_mut().find(|u| u.user == p.user) {
+                    Some(u) => u.sessions.extend(p.sessions),
+                    None => users.push(p),
+                }
+            }
+        }
+        users.sort_by(|a, b| a.user.cmp(&b.user));
+        Ok(Some(users))
     }
 
     /// Ends every session of the user in the room (104 Reason 3). Whether the user was there.
     pub async fn kick(&self, key: RoomKey, user: tessera_model::UserId) -> Result<bool, RtcServerError> {
-        ask_via(self.to_room(&key), |reply| Command::Kick { key, user, reply }).await
+        let (k, u) = (key.clone(), user.clone());
+        let mut found = ask_via(self.to_room(&key), |reply| Command::Kick { key: k, user: u, reply }).await?;
+        for tx in self.other_workers(&key) {
+            let (k, u) = (key.clone(), user.clone());
+            found |= ask_via(tx, |reply| Command::SatelliteKick { key: k, user: u, reply }).await?;
+        }
+        Ok(found)
     }
 
     /// A room-signaling session joins; the receiver says why the SFU ended it (a kick, a
@@ -585,7 +702,13 @@ impl RtcHandle {
 
     /// Ends every session in the room, then the room (102). Whether the room existed.
     pub async fn dismiss(&self, key: RoomKey) -> Result<bool, RtcServerError> {
-        ask_via(self.to_room(&key), |reply| Command::Dismiss { key, reply }).await
+        let k = key.clone();
+        let existed = ask_via(self.to_room(&key), |reply| Command::Dismiss { key: k, reply }).await?;
+        for tx in self.other_workers(&key) {
+            let k = key.clone();
+            ask_via(tx, |reply| Command::SatelliteDismiss { key: k, reply }).await?;
+        }
+        Ok(existed)
     }
 
     /// Follows the room's publishers: the list now, then each change (a task waiting for its
@@ -673,6 +796,11 @@ impl RtcHandle {
 /// Most media workers a server runs (ids carry the index in 24 bits; far above any core count
 /// a single UDP port is worth spreading over).
 pub const MAX_WORKERS: usize = 64;
+
+/// A room's worker this busy (‰) sends new WHEP viewers to a less busy worker: below the
+/// saturation that bounds viewer queues by age, so a large room spreads before its viewers
+/// feel it.
+pub const DEFAULT_SPREAD_PERMILLE: u64 = 600;
 
 /// Which of `n` workers an app's speed tests run on (they keep no room state, but their limit
 /// is per app).

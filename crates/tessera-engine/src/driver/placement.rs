@@ -39,6 +39,11 @@ impl Placement {
         w
     }
 
+    /// The room's worker, if it is placed (a satellite sends pipe requests there).
+    pub(super) fn owner(&self, key: &RoomKey) -> Option<usize> {
+        self.table().get(key).copied()
+    }
+
     /// Worker `me` is about to act for the room: `None` when the room is (now) its own, else the
     /// worker that has it.
     pub(super) fn claim(&self, key: &RoomKey, me: usize) -> Option<usize> {
@@ -52,10 +57,6 @@ impl Placement {
         self.table().retain(|key, w| *w != me || holds(key));
     }
 
-    #[cfg(test)]
-    fn get(&self, key: &RoomKey) -> Option<usize> {
-        self.table().get(key).copied()
-    }
 }
 
 #[cfg(test)]
@@ -90,7 +91,7 @@ mod tests {
         assert_eq!(p.claim(&room("a"), 0), None);
         // Worker 0 holds nothing of "a" any more: the entry goes.
         p.release_unheld(0, |_| false);
-        assert_eq!(p.get(&room("a")), None);
+        assert_eq!(p.owner(&room("a")), None);
         // Meanwhile "a" is placed anew on worker 1 (worker 0 looks busier now) …
         busy[0].store(500, Ordering::Relaxed);
         assert_eq!(p.place(&room("a"), &busy), 1);
@@ -98,10 +99,10 @@ mod tests {
         assert_eq!(p.claim(&room("a"), 0), Some(1));
         // A command for an unplaced room makes it the worker's own.
         assert_eq!(p.claim(&room("z"), 0), None);
-        assert_eq!(p.get(&room("z")), Some(0));
+        assert_eq!(p.owner(&room("z")), Some(0));
         // Entries of rooms a worker still holds, and other workers' entries, stay.
         p.release_unheld(0, |k| *k == room("z"));
-        assert_eq!(p.get(&room("z")), Some(0));
-        assert_eq!(p.get(&room("a")), Some(1));
+        assert_eq!(p.owner(&room("z")), Some(0));
+        assert_eq!(p.owner(&room("a")), Some(1));
     }
 }

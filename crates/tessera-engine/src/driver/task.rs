@@ -62,6 +62,17 @@ pub(super) struct WorkerPlace {
 const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl WorkerPlace {
+    /// Sends a control command to the worker of `key` (a pipe's other end), unless that is
+    /// this worker or the room is placed nowhere (the satellite asks again).
+    fn to_room_worker(&self, key: &RoomKey, cmd: Command) {
+        let Some(owner) = self.placement.owner(key).filter(|w| *w != self.index) else { return };
+        if let Some(tx) = self.peers.get(owner).and_then(|p| p.upgrade()) {
+            tokio::spawn(async move {
+                let _ = tx.send(cmd).await;
+            });
+        }
+    }
+
     fn publish_busy(&self, permille: u64, counters: &SfuCounters) {
         use std::sync::atomic::Ordering::Relaxed;
         self.busy[self.index].store(permille, Relaxed);
@@ -108,6 +119,8 @@ pub(super) async fn run(
     let mut member_inboxes: std::collections::HashMap<u64, mpsc::UnboundedSender<crate::sfu::MemberMessage>> = std::collections::HashMap::new();
     // ICE-TCP connections by the client's address.
     let mut tcp_writers: std::collections::HashMap<SocketAddr, mpsc::Sender<Vec<u8>>> = std::collections::HashMap::new();
+    // Packets for each pipe out of this worker, gathered over one wake-up.
+    let mut piped: Vec<(u64, Vec<crate::sfu::PipedPacket>)> = Vec::new();
     // How much of each second the task spends working rather than waiting: the saturation
     // that `tessera_worker_busy_ratio` and `/healthz` report.
     let mut busy = std::time::Duration::ZERO;
@@ -261,6 +274,33 @@ pub(super) async fn run(
                     Command::SwitchRole { key, user, role, reply } => {
                         let _ = reply.send(sfu.switch_role(&key, &user, role, now));
                     }
+                    Command::AddSpreadViewer { spec, offer, reply } => {
+                        let _ = reply.send(sfu.add_spread_viewer(spec, &offer, now));
+                    }
+                    Command::OpenPipe { key, source, pipe } => {
+                        sfu.open_pipe(&key, source, pipe, now);
+                        sfu.flush(now);
+                    }
+                    Command::ClosePipe { key, pipe } => sfu.close_pipe(&key, pipe),
+                    Command::PipeKeyframe { key, source, rid } => {
+                        sfu.request_layer_keyframe(&key, &source, rid, now);
+                        sfu.flush(now);
+                    }
+                    Command::PipePackets { pipe, packets } => {
+                        for p in packets {
+                            sfu.push_piped(pipe, p, now);
+                        }
+                        sfu.flush(now);
+                    }
+                    Command::SatelliteUsers { key, reply } => {
+                        let _ = reply.send(if sfu.is_satellite(&key) { sfu.room_users(&key) } else { None });
+                    }
+                    Command::SatelliteKick { key, user, reply } => {
+                        let _ = reply.send(sfu.is_satellite(&key) && sfu.kick(&key, &user, now));
+                    }
+                    Command::SatelliteDismiss { key, reply } => {
+                        let _ = reply.send(sfu.dismiss_satellite(&key, now));
+                    }
                     },
                 }
                 woke
@@ -368,6 +408,22 @@ pub(super) async fn run(
                         let _ = tx.send(());
                     }
                 }
+                SfuOutput::Piped(pipe, packet) => match piped.iter_mut().find(|(p, _)| *p == pipe) {
+                    Some((_, batch)) => batch.push(packet),
+                    None => piped.push((pipe, vec![packet])),
+                },
+                SfuOutput::PipeWanted { pipe, room, source } => worker.to_room_worker(&room.clone(), Command::OpenPipe { key: room, source, pipe }),
+                SfuOutput::PipeClosed { pipe, room } => worker.to_room_worker(&room.clone(), Command::ClosePipe { key: room, pipe }),
+                SfuOutput::PipeKeyframeWanted { room, source, rid } => worker.to_room_worker(&room.clone(), Command::PipeKeyframe { key: room, source, rid }),
+            }
+        }
+        // One command per pipe per wake-up. A satellite that far behind loses the batch (its
+        // viewers ask for a keyframe) rather than holding up this worker.
+        for (pipe, packets) in piped.drain(..) {
+            let n = packets.len() as u64;
+            let sent = worker.peers.get(crate::sfu::worker_of_id(pipe)).and_then(|p| p.upgrade()).is_some_and(|tx| tx.try_send(Command::PipePackets { pipe, packets }).is_ok());
+            if !sent {
+                sfu.counters.packets_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
             }
         }
         egress.flush().await;

@@ -204,6 +204,9 @@ impl Sfu {
             };
             self.tap_out(room, tp, fp.route);
         }
+        if only.is_none() && !self.pipes.is_empty() {
+            self.pipe_out(room, key, fp);
+        }
         let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
         let mut ids = std::mem::take(&mut self.scratch_ids);
         ids.clear();
@@ -214,7 +217,12 @@ impl Sfu {
         let (kind, rid) = (fp.kind, fp.rid);
         let mut want_keyframe = false;
         let mut need_gop: Vec<u64> = Vec::new();
-        let internal = self.internal.contains_key(&pub_id);
+        // An internal publisher's viewers start from its cached GOP; a piped one's too, unless it
+        // is simulcast (then each layer's keyframe is asked for, through the pipe).
+        let (internal, piped) = match self.internal.get(&pub_id) {
+            Some(p) => (p.pipe.is_none() || fp.rid.is_none(), p.pipe.is_some()),
+            None => (false, false),
+        };
         let saturated = self.busy_permille >= SATURATED_PERMILLE;
         for vid in &ids {
             let Some(viewer) = self.sessions.get_mut(vid) else { continue };
@@ -239,7 +247,7 @@ impl Sfu {
                 }
                 Route::Dropped { broken } => {
                     self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                    want_keyframe |= broken && !internal;
+                    want_keyframe |= broken && (!internal || piped);
                     continue;
                 }
                 Route::Send { pt, seq, ts } => {
@@ -307,7 +315,7 @@ impl Sfu {
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);
-        self.internal.insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: GopCache::default() });
+        self.internal.insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: GopCache::default(), pipe: None });
         (id, replaced)
     }
 
@@ -395,6 +403,10 @@ impl Sfu {
             Some((p, rid)) if p == pub_id => rid,
             _ => None,
         };
+        if self.internal.get(&pub_id).is_some_and(|p| p.pipe.is_some()) {
+            self.request_piped_keyframe(pub_id, rid, now);
+            return;
+        }
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
             if p.keyframe_requests.try_request(now) {
@@ -413,6 +425,10 @@ impl Sfu {
 
     /// Asks a producer for a keyframe, at most once per 500 ms per layer.
     pub(super) fn request_keyframe(&mut self, pub_id: u64, mid: Mid, rid: Option<Rid>, now: Instant) {
+        if self.internal.get(&pub_id).is_some_and(|p| p.pipe.is_some()) {
+            self.request_piped_keyframe(pub_id, rid, now);
+            return;
+        }
         let Some(s) = self.sessions.get_mut(&pub_id) else { return };
         let Role::Publisher { producers } = &mut s.role else { return };
         let Some(layer) = producers.iter_mut().find(|p| p.mid == mid).and_then(|p| p.layers.iter_mut().find(|l| l.rid == rid)) else { return };

@@ -15,6 +15,7 @@ mod events;
 mod forwarding;
 mod membership;
 mod messages;
+mod pipes;
 mod producer;
 mod rooms;
 mod signals;
@@ -24,6 +25,7 @@ mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
 pub use messages::{ChannelKind, MemberMessage, OutgoingCustom};
+pub use pipes::PipedPacket;
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
 pub use speed::{SpeedTestRefusal, MAX_SPEED_TESTS_PER_APP};
 pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer};
@@ -111,6 +113,8 @@ struct Room {
     members: Vec<u64>,
     /// Open custom-message data channels: (user, session, channel, kind).
     channels: Vec<(UserId, u64, tessera_rtc::str0m::channel::ChannelId, ChannelKind)>,
+    /// A copy of a room that lives on another worker, for viewers spread here (`pipes.rs`).
+    satellite: bool,
 }
 
 impl Room {
@@ -180,6 +184,8 @@ pub struct Sfu {
     /// Where a datagram for one of our ufrags goes, when several SFUs (workers) share a port.
     ufrags: Option<UfragIndex>,
     worker: u16,
+    /// Streams of rooms here that satellites on other workers take (`pipes.rs`).
+    pipes: HashMap<RoomKey, Vec<pipes::PipeOut>>,
 }
 
 /// Which worker holds the peer with a given local ICE ufrag: the UDP dispatcher reads a STUN
@@ -241,6 +247,7 @@ impl Sfu {
             busy_permille: 0,
             ufrags: None,
             worker: 0,
+            pipes: HashMap::new(),
         }
     }
 
@@ -315,7 +322,7 @@ impl Sfu {
 
     /// Rooms where someone other than a mix publishes.
     pub fn rooms_with_anchors(&self) -> Vec<RoomKey> {
-        self.rooms.iter().filter(|(_, r)| r.publishers.keys().any(|(u, _)| !u.is_mix())).map(|(k, _)| k.clone()).collect()
+        self.rooms.iter().filter(|(_, r)| !r.satellite && r.publishers.keys().any(|(u, _)| !u.is_mix())).map(|(k, _)| k.clone()).collect()
     }
 
     /// Whether someone publishes this (user, stream) in the room.
@@ -326,7 +333,11 @@ impl Sfu {
     /// Whether this SFU holds anything of the room: the room itself, or taps or watchers waiting
     /// for it (its worker placement must stay while it does).
     pub fn holds_room(&self, key: &RoomKey) -> bool {
-        self.rooms.contains_key(key) || self.taps.contains_key(key) || self.watchers.contains_key(key) || self.signaling.values().any(|(k, _)| k == key)
+        self.rooms.contains_key(key)
+            || self.taps.contains_key(key)
+            || self.watchers.contains_key(key)
+            || self.pipes.contains_key(key)
+            || self.signaling.values().any(|(k, _)| k == key)
     }
 
     pub fn room_exists(&self, key: &RoomKey) -> bool {
@@ -334,7 +345,10 @@ impl Sfu {
     }
 
     pub fn stats(&self) -> SfuStats {
-        let mut s = SfuStats { rooms: self.rooms.len(), publishers: self.internal.len(), participants: self.presence.count_by_user_type(), ..Default::default() };
+        // Satellite rooms and piped streams are counted where their room lives.
+        let rooms = self.rooms.values().filter(|r| !r.satellite).count();
+        let publishers = self.internal.values().filter(|p| p.pipe.is_none()).count();
+        let mut s = SfuStats { rooms, publishers, participants: self.presence.count_by_user_type(), ..Default::default() };
         for session in self.sessions.values() {
             match session.role {
                 Role::Publisher { .. } => s.publishers += 1,
@@ -609,12 +623,19 @@ impl Sfu {
         for id in dead {
             self.close_session(id, LeaveReason::TimedOut, now);
         }
+        self.pipes_tick(now);
         let timeout = self.empty_room_timeout;
-        let (taps, presence) = (&self.taps, &mut self.presence);
+        let (taps, pipes, presence) = (&self.taps, &self.pipes, &mut self.presence);
         self.rooms.retain(|key, room| {
-            // A room lives while it has a participant other than a mix's output, or a task
-            // (mix job, relay, recording) on it (PRODUCT.md §3.3).
-            let participants = room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty() || !room.members.is_empty();
+            if room.satellite {
+                // Goes with its last viewer (`pipes_tick`), silently.
+                return true;
+            }
+            // A room lives while it has a participant other than a mix's output (viewers on
+            // other workers included: its pipes), or a task (mix job, relay, recording) on it
+            // (PRODUCT.md §3.3).
+            let participants =
+                room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty() || !room.members.is_empty() || pipes.contains_key(key);
             let tasks = taps.get(key).is_some_and(|t| !t.is_empty());
             if !participants && !tasks {
                 let since = *room.empty_since.get_or_insert(now);

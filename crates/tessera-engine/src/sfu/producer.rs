@@ -104,6 +104,8 @@ pub(super) struct InternalPublisher {
     pub(super) keyframe_requests: KeyframeThrottle,
     pub(super) producers: Vec<Producer>,
     pub(super) gop: GopCache,
+    /// Set for a stream piped in from the room's worker (`pipes.rs`): it is no participant.
+    pub(super) pipe: Option<super::pipes::PipeIn>,
 }
 
 /// The video since the last keyframe, so a viewer that starts mid-GOP gets a picture at once

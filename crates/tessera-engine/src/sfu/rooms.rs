@@ -17,8 +17,10 @@ impl Sfu {
                 room: k.clone(),
                 created: r.created.unwrap_or(self.next_tick),
                 participants: self.presence.participants(k).len(),
-                publishers: r.publishers.len(),
+                publishers: if r.satellite { 0 } else { r.publishers.len() },
                 worker: self.worker as usize,
+                satellite: r.satellite,
+                viewer_workers: Vec::new(),
             })
             .collect();
         out.sort_by(|a, b| a.room.room.cmp(&b.room.room));
@@ -41,6 +43,11 @@ impl Sfu {
     /// Ends every session in the room as removed, then the room (102). Returns whether the room
     /// existed. The room's tasks are stopped by their owners (LeaveCode 2); their taps go now.
     pub fn dismiss(&mut self, room: &RoomKey, now: Instant) -> bool {
+        if self.dismiss_satellite(room, now) {
+            // The room itself is dismissed (and reported) on its own worker.
+            return false;
+        }
+        self.pipes.remove(room);
         if !self.rooms.contains_key(room) {
             return false;
         }
@@ -116,9 +123,10 @@ impl Sfu {
 
     /// Ends the WebRTC sessions and internal publishers whose spec `matches`; the owners of
     /// internal publishers (RTMP, ingest) are told `end`. Whether there were any.
-    fn end_media_sessions(&mut self, matches: impl Fn(&SessionSpec) -> bool, reason: LeaveReason, end: PublisherEnd, now: Instant) -> bool {
+    pub(super) fn end_media_sessions(&mut self, matches: impl Fn(&SessionSpec) -> bool, reason: LeaveReason, end: PublisherEnd, now: Instant) -> bool {
         let sessions: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches(&s.spec)).map(|(id, _)| *id).collect();
-        let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| matches(&p.spec)).map(|(id, _)| *id).collect();
+        // A piped stream is no participant: it ends with its pipe.
+        let internal: Vec<u64> = self.internal.iter().filter(|(_, p)| p.pipe.is_none() && matches(&p.spec)).map(|(id, _)| *id).collect();
         for id in &sessions {
             self.close_session(*id, reason, now);
         }

@@ -243,3 +243,53 @@ fn custom_messages_go_to_the_others_sockets_numbered_per_sender() {
     assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(11, b"", None), now), Err(crate::custom::CustomError::BadCmdId));
     assert_eq!(sfu.send_custom(&key(), &user("ann"), msg(1, &[0; 1001], None), now), Err(crate::custom::CustomError::TooLarge(1001)));
 }
+
+/// A satellite copy of a room (viewers spread to a second worker) is no room of its own: no
+/// 101 or 102 from it, its viewer's entry and exit are reported, it asks the room's worker for
+/// the stream and lets go of it when its last viewer leaves; the room's worker counts the pipe
+/// as a reason for the room to live.
+#[test]
+fn a_satellite_room_makes_no_room_events_and_closes_its_pipe_with_its_last_viewer() {
+    let t0 = Instant::now();
+    let mut room_sfu = sfu(t0);
+    let mut satellite = sfu(t0).into_worker(1, Default::default(), Default::default());
+    room_sfu.add_session(spec("pub", PeerRole::Publish), &offer(Direction::SendOnly, t0), t0).unwrap();
+    satellite.add_spread_viewer(spec("view", PeerRole::Play), &offer(Direction::RecvOnly, t0), t0).unwrap();
+    let outputs: Vec<SfuOutput> = std::iter::from_fn(|| satellite.poll_output()).collect();
+    let pipe = outputs.iter().find_map(|o| if let SfuOutput::PipeWanted { pipe, room, source } = o { Some((*pipe, room.clone(), source.clone())) } else { None });
+    let (pipe, room, source) = pipe.expect("the satellite asks for the stream");
+    assert_eq!((room.clone(), source.clone()), (key(), (UserId::parse("alice").unwrap(), StreamKind::Main)));
+    assert_eq!(crate::sfu::worker_of_id(pipe), 1, "the pipe is named by the satellite's id");
+    assert!(outputs.iter().any(|o| matches!(o, SfuOutput::Room(RoomEvent::Entered { .. }))));
+    assert!(!outputs.iter().any(|o| matches!(o, SfuOutput::Room(RoomEvent::RoomCreated { .. }))), "no 101 from a satellite");
+    assert_eq!(satellite.stats().rooms, 0, "a satellite is counted with its room");
+    assert_eq!(satellite.stats().publishers, 0, "a piped stream is no publisher");
+    let rooms = satellite.rooms(&AppId::default_app());
+    assert!(rooms.len() == 1 && rooms[0].satellite && rooms[0].participants == 1, "{rooms:?}");
+    room_sfu.open_pipe(&room, source.clone(), pipe, t0);
+    assert!(room_sfu.holds_room(&room));
+    // The publisher leaves; the room lives on while the pipe is open (a viewer elsewhere).
+    room_sfu.remove_session("pub", t0);
+    let mut t = t0;
+    while t < t0 + Duration::from_secs(12) {
+        t += Duration::from_millis(500);
+        room_sfu.handle_timeout(t);
+        satellite.handle_timeout(t);
+    }
+    assert!(room_sfu.room_exists(&room), "a room with viewers on another worker stays");
+    std::iter::from_fn(|| satellite.poll_output()).for_each(drop);
+    satellite.remove_session("view", t);
+    satellite.handle_timeout(t + Duration::from_millis(300));
+    let outputs: Vec<SfuOutput> = std::iter::from_fn(|| satellite.poll_output()).collect();
+    assert!(outputs.iter().any(|o| matches!(o, SfuOutput::PipeClosed { pipe: p, .. } if *p == pipe)), "{outputs:?}");
+    assert!(outputs.iter().any(|o| matches!(o, SfuOutput::Room(RoomEvent::Exited { .. }))));
+    assert!(!outputs.iter().any(|o| matches!(o, SfuOutput::Room(RoomEvent::RoomDismissed { .. }))), "no 102 from a satellite");
+    assert!(!satellite.holds_room(&room));
+    room_sfu.close_pipe(&room, pipe);
+    let mut t2 = t;
+    while t2 < t + Duration::from_secs(11) {
+        t2 += Duration::from_millis(500);
+        room_sfu.handle_timeout(t2);
+    }
+    assert!(!room_sfu.room_exists(&room), "dismissed once empty for the timeout");
+}

@@ -286,6 +286,16 @@ pub enum SfuOutput {
     /// Something for room-signaling session `member` to send on (a custom message to it, or a
     /// refusal of one it sent on a data channel).
     ToMember(u64, super::MemberMessage),
+    /// A packet for pipe `0` (a satellite's piped publisher, on the worker its id names).
+    Piped(u64, super::PipedPacket),
+    /// Viewers here watch `source` of a room that lives on another worker: that worker is to
+    /// open pipe `pipe` (`Sfu::open_pipe`); asked again while nothing comes through.
+    PipeWanted { pipe: u64, room: RoomKey, source: (UserId, StreamKind) },
+    /// Nobody here watches through pipe `pipe` any more (`Sfu::close_pipe` on the room's worker).
+    PipeClosed { pipe: u64, room: RoomKey },
+    /// A viewer here needs a keyframe of a piped stream's layer (`Sfu::request_layer_keyframe`
+    /// on the room's worker).
+    PipeKeyframeWanted { room: RoomKey, source: (UserId, StreamKind), rid: Option<tessera_rtc::str0m::media::Rid> },
 }
 
 /// Why an internal publisher was ended by someone other than its owner.
@@ -308,6 +318,11 @@ pub struct RoomSummary {
     pub publishers: usize,
     /// The media worker the room lives on.
     pub worker: usize,
+    /// A satellite copy (viewers spread to this worker): the handle adds it into the room's own
+    /// entry (`viewer_workers`).
+    pub satellite: bool,
+    /// Other workers serving some of the room's viewers (through pipes).
+    pub viewer_workers: Vec<usize>,
 }
 
 /// One track of a participant as the rooms API shows it (`users.get`): what it publishes, and
