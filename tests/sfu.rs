@@ -501,6 +501,80 @@ fn two_rooms_on_two_media_workers_share_one_port() {
     ffmpeg.finish(Duration::from_secs(30));
 }
 
+/// One room's viewers on the other media worker (its stream piped there): with
+/// `spread_viewers_above = 0` every WHEP viewer goes to the worker the room does not live on.
+/// Both viewers decode the publisher's blue, the second joining late; the room is listed once,
+/// with every participant and the worker serving its viewers, and that worker lets go of it
+/// when they leave.
+#[test]
+fn a_rooms_viewers_spread_to_another_media_worker_through_a_pipe() {
+    let _g = serial();
+    let dir = TempDir::new("sfu-spread");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let config = dir.path().join("tessera.toml");
+    std::fs::write(&config, "media_workers = 2\nspread_viewers_above = 0.0\n").unwrap();
+    let (http, udp) = (format!("{}:0", net.host_ip), format!("{}:0", net.host_ip));
+    let server = Server::start(&data, &["--config", config.to_str().unwrap(), "--http-addr", &http, "--rtc-udp-addr", &udp]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let anchor = token(&data, "big", "alice", &[]);
+    let publisher = Client::start(&net, "aiortc_client.py", &["publish", "--url", &server.url("/whip/big"), "--token", &anchor, "--seconds", "24", "--codec", "H264"]);
+    let mut room = Value::Null;
+    for _ in 0..50 {
+        room = get(&server.url("/v1/rooms/big"), Some(&key)).json();
+        if room["publishers"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let home = room["media_worker"].as_u64().expect("the room is listed with its worker");
+    let (v1, v2) = (token(&data, "big", "v1", &["--role", "audience"]), token(&data, "big", "v2", &["--role", "audience"]));
+    let first = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/big/alice/main"), "--token", &v1, "--seconds", "12"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let late = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/big/alice/main"), "--token", &v2, "--seconds", "7"]);
+    // While both watch: one room, its viewers' worker named, every participant in it.
+    let mut seen = Value::Null;
+    for _ in 0..40 {
+        seen = get(&server.url("/v1/rooms/big"), Some(&key)).json();
+        if seen["participants"] == 3 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(seen["media_worker"].as_u64(), Some(home), "{seen}");
+    assert_eq!(seen["viewer_workers"], serde_json::json!([1 - home]), "the viewers are served by the other worker: {seen}");
+    assert_eq!(seen["participants"], 3, "{seen}");
+    let users: Vec<String> = seen["users"].as_array().unwrap().iter().map(|u| u["user"].as_str().unwrap().to_owned()).collect();
+    assert_eq!(users, ["alice", "v1", "v2"], "{seen}");
+    let listed = get(&server.url("/v1/rooms"), Some(&key)).json();
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(1), "the room is listed once: {listed}");
+    let (a, b) = (first.finish(Duration::from_secs(40)), late.finish(Duration::from_secs(40)));
+    let rgb = |r: &Value| -> Vec<u64> { r["mean_rgb"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect() };
+    for (r, min) in [(&a, 150), (&b, 60)] {
+        assert!(r["frames"].as_u64().unwrap() >= min, "{r}");
+        let c = rgb(r);
+        assert!(c[2] > 200 && c[0] < 50 && c[1] < 50, "blue through the pipe: {r}");
+        assert!(r["audio_frames"].as_u64().unwrap() >= 100, "audio through the pipe: {r}");
+    }
+    // Both workers worked: the room's (its publisher, the pipe) and the viewers'.
+    for w in 0..2 {
+        let busy = metric(&server, &format!("tessera_media_worker_busy_ratio{{worker=\"{w}\"}}"));
+        assert!(busy > 0.0, "worker {w}: busy {busy}");
+    }
+    // The viewers are gone: the other worker lets go of the room (its pipe closes).
+    let mut after = Value::Null;
+    for _ in 0..40 {
+        after = get(&server.url("/v1/rooms/big"), Some(&key)).json();
+        if after["viewer_workers"] == serde_json::json!([]) && after["participants"] == 1 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(after["viewer_workers"], serde_json::json!([]), "{after}");
+    assert_eq!(after["participants"], 1, "{after}");
+    publisher.finish(Duration::from_secs(40));
+}
+
 /// play.html for a user who has not published yet (or a typo) says whom it waits for instead of
 /// "connected" over a black picture, and starts by itself when they publish (issue 15).
 #[test]

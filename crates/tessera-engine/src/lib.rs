@@ -24,7 +24,7 @@ mod sfu_harness;
 pub mod speakers;
 pub mod speedtest;
 
-pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError, SignalingMember, MAX_WORKERS};
+pub use driver::{FirstMedia, KeyframeRequests, PublisherWatch, RtcHandle, RtcServerError, SignalingMember, DEFAULT_SPREAD_PERMILLE, MAX_WORKERS};
 pub use presence::{JoinInfo, ParticipantInfo, RoomEvent, Track};
 pub use sfu::{
     ChannelKind, IceRestart, IngestPacket, MemberMessage, OfferedTrack, PacketRoute, PublisherEnd, PublisherInfo, Quality, RoomKey, RoomSummary, SessionInfo, SessionSpec,

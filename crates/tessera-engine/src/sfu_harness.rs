@@ -627,7 +627,11 @@ mod tests {
             assert!(got.windows(2).all(|w| w[1] > w[0]), "in order");
         }
         let copies = world.satellite.counters.packets_forwarded.load(std::sync::atomic::Ordering::Relaxed);
-        assert!(world.pipe_packets > 400 && copies >= 3 * world.pipe_packets - 50, "one pipe copy per packet for three viewers: {} piped, {copies} forwarded there", world.pipe_packets);
+        assert!(
+            world.pipe_packets > 400 && copies >= 3 * world.pipe_packets - 50,
+            "one pipe copy per packet for three viewers: {} piped, {copies} forwarded there",
+            world.pipe_packets
+        );
         // A late viewer there starts at once from the satellite's cached GOP (no keyframe for 10 s).
         let late = world.join_spread("alice", Link::clean(), Link::clean());
         let mut n = sent;

@@ -24,6 +24,10 @@ pub struct Config {
     /// port). Unset: one per CPU core the process may run on.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub media_workers: Option<u32>,
+    /// From which busy ratio (0–1) of its room's media worker a new WHEP viewer is served by a
+    /// less busy worker, the room's stream piped there (a large room uses every core). 0
+    /// spreads every viewer; above 1, none.
+    pub spread_viewers_above: f64,
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `tessera=debug,info` (`RUST_LOG` overrides it).
     pub log: String,
@@ -73,6 +77,7 @@ impl Default for Config {
             rtc_tcp_addr: None,
             public_ip: None,
             media_workers: None,
+            spread_viewers_above: tessera_engine::DEFAULT_SPREAD_PERMILLE as f64 / 1000.0,
             data_dir: PathBuf::from("./tessera-data"),
             log: "info".into(),
             tls_cert: None,
@@ -306,6 +311,9 @@ impl Config {
         }
         if self.media_workers.is_some_and(|n| n == 0 || n as usize > tessera_engine::MAX_WORKERS) {
             return invalid(format!("media_workers: between 1 and {} (or unset: one per core)", tessera_engine::MAX_WORKERS));
+        }
+        if !(self.spread_viewers_above >= 0.0 && self.spread_viewers_above.is_finite()) {
+            return invalid("spread_viewers_above: a busy ratio, 0 (spread every viewer) to 1 (or above: never)".into());
         }
         if self.cors_origins.is_empty() {
             return invalid("cors_origins: list at least one origin, or \"*\"".into());

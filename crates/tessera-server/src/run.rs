@@ -58,6 +58,7 @@ impl Server {
             std::time::Duration::from_secs(config.limits.webrtc_liveness_timeout_s.max(1).into()),
             config.media_workers() as usize,
         )?;
+        rtc.set_spread_viewers_above(config.spread_viewers_above);
         let redirect = match config.http_redirect_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "the HTTP→HTTPS redirect", addr, source })?),
             None => None,

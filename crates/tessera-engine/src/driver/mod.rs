@@ -424,7 +424,17 @@ impl RtcHandle {
         }
         tracing::info!(addr = %local_addr, candidates = ?candidates, workers, "WebRTC UDP listening");
         let spread_above = Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_SPREAD_PERMILLE));
-        Ok(RtcHandle { workers: senders.into(), worker_busy, placement, spread_above, counters, local_addr, candidates, tcp_addr, room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))) })
+        Ok(RtcHandle {
+            workers: senders.into(),
+            worker_busy,
+            placement,
+            spread_above,
+            counters,
+            local_addr,
+            candidates,
+            tcp_addr,
+            room_events: Arc::new(std::sync::Mutex::new(Some(events_rx))),
+        })
     }
 
     /// How many media workers there are.

@@ -56,7 +56,6 @@ impl Placement {
     pub(super) fn release_unheld(&self, me: usize, holds: impl Fn(&RoomKey) -> bool) {
         self.table().retain(|key, w| *w != me || holds(key));
     }
-
 }
 
 #[cfg(test)]

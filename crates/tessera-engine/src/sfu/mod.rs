@@ -634,8 +634,7 @@ impl Sfu {
             // A room lives while it has a participant other than a mix's output (viewers on
             // other workers included: its pipes), or a task (mix job, relay, recording) on it
             // (PRODUCT.md §3.3).
-            let participants =
-                room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty() || !room.members.is_empty() || pipes.contains_key(key);
+            let participants = room.publishers.keys().any(|(u, _)| !u.is_mix()) || !room.viewers.is_empty() || !room.members.is_empty() || pipes.contains_key(key);
             let tasks = taps.get(key).is_some_and(|t| !t.is_empty());
             if !participants && !tasks {
                 let since = *room.empty_since.get_or_insert(now);

@@ -92,10 +92,8 @@ impl Sfu {
             join: crate::presence::JoinInfo::anchor(0),
         };
         let pipe = PipeIn { since: now, asked: now, heard: None };
-        self.internal.insert(
-            id,
-            InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: GopCache::default(), pipe: Some(pipe) },
-        );
+        self.internal
+            .insert(id, InternalPublisher { spec, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), producers, gop: GopCache::default(), pipe: Some(pipe) });
         if let Some(r) = self.rooms.get_mut(room) {
             r.publishers.insert(source.clone(), id);
         }

@@ -51,6 +51,7 @@ fn room_view(state: &AppState, r: &RoomSummary) -> Value {
         "publishers": r.publishers,
         "tasks": state.tasks.live_in_room(&r.room),
         "media_worker": r.worker,
+        "viewer_workers": r.viewer_workers,
     })
 }
 
