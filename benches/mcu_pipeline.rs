@@ -5,7 +5,8 @@
 //!   cargo bench -p tessera-engine --bench mcu_pipeline -- [inputs=9] [WxH=1280x720] [fps=30] [seconds=10] [preset=superfast]
 //!
 //! Inputs are always encoded with x264 "veryfast" (what a browser-like encoder sends); `preset`
-//! is the mix encoder's: an x264 preset, or "openh264".
+//! is the mix encoder's: an x264 preset, or "openh264". `MCU_DUMP_INPUTS=DIR` also writes the
+//! inputs there (`in0.h264` …) for the FFmpeg side of `benches/mcu_vs_ffmpeg.sh`.
 
 use std::time::Instant;
 use tessera_engine::mcu::layout::nine_grid;
@@ -58,6 +59,13 @@ fn main() {
             aus.extend(out.into_iter().map(|e| e.data));
         }
         streams.push(aus);
+    }
+    // The same bitstreams for a side-by-side peer (`benches/mcu_vs_ffmpeg.sh`): Annex B, one
+    // file per input.
+    if let Ok(dir) = std::env::var("MCU_DUMP_INPUTS") {
+        for (i, aus) in streams.iter().enumerate() {
+            std::fs::write(format!("{dir}/in{i}.h264"), aus.concat()).unwrap();
+        }
     }
     let mut decoders: Vec<VideoDecoder> = (0..inputs).map(|_| VideoDecoder::new(VideoCodec::H264).unwrap()).collect();
     let mut canvas = Canvas::new(w, h);

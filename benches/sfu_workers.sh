@@ -4,11 +4,12 @@
 # spread over them, on loopback; interleaved W1, W2, W1, W2 for each N.
 #
 #   benches/sfu_workers.sh [BIN] [ROOMS] [N ...]     (defaults: target/release/tessera, 8, 300 600)
+#   SPREAD=0.3 benches/sfu_workers.sh …              (spread_viewers_above; default the server's)
 #
 # Nothing is pinned: the server's workers and the load tool share this machine's cores, so on a
 # 2-core machine the load tool's own CPU (in the last column) caps what either run can show.
-# Rooms are placed on workers by a hash of their key; the per-worker busy ratios during
-# each run (the highest of GET /v1/server's samples every 2 s) show the spread. One markdown row per run.
+# Rooms are placed on the least loaded worker, a busy room's viewers spread; the per-worker
+# busy ratios during each run (the highest of GET /v1/server's samples every 2 s) show the spread. One markdown row per run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/tessera}
@@ -22,7 +23,12 @@ run() { # workers n
   local workers=$1 n=$2 dir
   dir=$(mktemp -d)
   local http=127.0.0.1:$((20000 + RANDOM % 10000)) udp=127.0.0.1:$((30000 + RANDOM % 10000))
-  RUST_LOG=warn "$bin" serve --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" --rtmp-addr 127.0.0.1:0 --media-workers "$workers" >"$dir/out" 2>"$dir/err" &
+  local config=()
+  if [ -n "${SPREAD:-}" ]; then
+    echo "spread_viewers_above = $SPREAD" >"$dir/tessera.toml"
+    config=(--config "$dir/tessera.toml")
+  fi
+  RUST_LOG=warn "$bin" serve "${config[@]}" --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" --rtmp-addr 127.0.0.1:0 --media-workers "$workers" >"$dir/out" 2>"$dir/err" &
   local pid=$!
   for _ in $(seq 50); do [ -f "$dir/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
   local key j busy

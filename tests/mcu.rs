@@ -256,3 +256,80 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
     let c = chromium.finish(Duration::from_secs(60));
     assert_eq!(c["publish_state"], "connected", "{c}");
 }
+
+/// A simulcast publisher in a mix: the mix decodes the smallest layer that covers its tile —
+/// the 320x180 layer of Chromium's three (1280x720, 640x360, 320x180) for a 320x180 tile of a
+/// four-input grid, the 640x360 one once it is the main tile of `screen_share_left` — and it
+/// keeps mixing through the switches.
+#[test]
+fn a_mix_decodes_the_simulcast_layer_its_tile_needs() {
+    let dir = TempDir::new("mcu-layers");
+    let data = dir.path().join("data");
+    let net = TestNet::new();
+    let server = Server::start(&data, &["--http-addr", &format!("{}:0", net.host_ip), "--rtc-udp-addr", &format!("{}:0", net.host_ip)]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let port = rtmp_port(&server);
+    let mut pubs = Vec::new();
+    for (user, colour, tone) in [("red", "0xFF0000", 300), ("green", "0x00FF00", 500), ("blue", "0x0000FF", 700)] {
+        let t = token(&data, "layers", user);
+        pubs.push(publisher(&format!("rtmp://127.0.0.1:{port}/push/layers/{user}?token={t}"), colour, tone, 50));
+    }
+    let camera = dir.path().join("magenta.mjpeg");
+    let made =
+        Command::new("ffmpeg").args(["-v", "error", "-y", "-f", "lavfi", "-i", "color=c=0xFF00FF:s=1280x720:r=30:d=1", "-q:v", "2", "-f", "mjpeg"]).arg(&camera).status().unwrap();
+    assert!(made.success());
+    let cam_token = token(&data, "layers", "cam");
+    let chromium = Client::start(
+        &net,
+        "browser.py",
+        &[
+            "publish",
+            "--base",
+            &server.base,
+            "--room",
+            "layers",
+            "--token",
+            &cam_token,
+            "--simulcast",
+            "--degradation",
+            "maintain-resolution",
+            "--seconds",
+            "30",
+            "--fake-video",
+            camera.to_str().unwrap(),
+        ],
+    );
+    std::thread::sleep(Duration::from_secs(3));
+    let r = post_json(&server.url("/v1/mix-jobs"), Some(&key), &json!({"room": "layers", "encode": {"template": "640x360_15_800"}, "max_idle_time": 5}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let cam = |v: &Value| v["inputs"].as_array().unwrap().iter().find(|i| i["user"] == "cam").cloned().unwrap_or(Value::Null);
+    let decoded = |v: &Value| (cam(v)["decoded"]["width"].as_u64(), cam(v)["decoded"]["height"].as_u64());
+    // Four inputs in a 640x360 grid: 320x180 tiles, the 320x180 layer.
+    let grid = poll(&server, &key, &id, Duration::from_secs(30), |v| decoded(v) == (Some(320), Some(180)));
+    assert_eq!(cam(&grid)["tile"]["width"], 320, "{grid}");
+    // The main tile of screen_share_left is larger: the 640x360 layer.
+    let r = request(
+        "PATCH",
+        &server.url(&format!("/v1/mix-jobs/{id}")),
+        Some(&key),
+        Some(("application/json", br#"{"layout":{"template":"screen_share_left","main":{"user":"cam"}}}"#)),
+        &[],
+    );
+    assert_eq!(r.status, 200, "{}", r.body);
+    let main = poll(&server, &key, &id, Duration::from_secs(20), |v| decoded(v) == (Some(640), Some(360)));
+    let tile = &cam(&main)["tile"];
+    assert!(tile["width"].as_u64().unwrap() > 320 && tile["width"].as_u64().unwrap() <= 640, "{main}");
+    // It kept mixing through both switches.
+    let before = main["stats"]["frames"].as_u64().unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let after = poll(&server, &key, &id, Duration::from_secs(5), |_| true);
+    assert!(after["stats"]["frames"].as_u64().unwrap() >= before + 20, "{after}");
+    assert_eq!(decoded(&after), (Some(640), Some(360)), "it stays on the layer: {after}");
+    request("DELETE", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), None, &[]);
+    let _ = chromium.finish(Duration::from_secs(60));
+    for mut p in pubs {
+        let _ = p.kill();
+        let _ = p.wait();
+    }
+}

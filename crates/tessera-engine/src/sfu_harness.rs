@@ -142,6 +142,8 @@ pub struct World {
     order: u64,
     /// Packets the room's SFU wrote into pipes.
     pub pipe_packets: u64,
+    /// What taps (mix jobs, relays, recordings) were given.
+    pub tap_packets: Vec<(u64, crate::sfu::TapPacket)>,
 }
 
 pub fn room() -> RoomKey {
@@ -160,6 +162,7 @@ impl World {
             flights: BinaryHeap::new(),
             order: 0,
             pipe_packets: 0,
+            tap_packets: Vec::new(),
         }
     }
 
@@ -293,6 +296,7 @@ impl World {
                             sfu.open_pipe(&room, source, pipe, now);
                             sfu.flush(now);
                         }),
+                        SfuOutput::Tap(tap, packet) => self.tap_packets.push((tap, packet)),
                         SfuOutput::PipeClosed { pipe, room } => self.in_sfu(|sfu| sfu.close_pipe(&room, pipe)),
                         SfuOutput::PipeKeyframeWanted { room, source, rid } => self.in_sfu(|sfu| {
                             sfu.request_layer_keyframe(&room, &source, rid, now);
@@ -436,9 +440,122 @@ pub fn h264_frame(keyframe: bool, size: usize, n: u32) -> Vec<u8> {
     out
 }
 
+/// A baseline SPS for a `w`x`h` picture (multiples of 16), as an encoder of that size sends.
+pub fn h264_sps(w: u32, h: u32) -> Vec<u8> {
+    let mut bits: Vec<bool> = Vec::new();
+    let mut put = |v: u32, n: u32, bits: &mut Vec<bool>| (0..n).rev().for_each(|i| bits.push(v >> i & 1 == 1));
+    let ue = |v: u32, bits: &mut Vec<bool>| {
+        let x = v + 1;
+        let len = 32 - x.leading_zeros();
+        (0..len - 1).for_each(|_| bits.push(false));
+        (0..len).rev().for_each(|i| bits.push(x >> i & 1 == 1));
+    };
+    put(66, 8, &mut bits); // profile_idc: baseline
+    put(0xc0, 8, &mut bits); // constraint flags
+    put(31, 8, &mut bits); // level 3.1
+    ue(0, &mut bits); // seq_parameter_set_id
+    ue(0, &mut bits); // log2_max_frame_num_minus4
+    ue(2, &mut bits); // pic_order_cnt_type
+    ue(1, &mut bits); // max_num_ref_frames
+    put(0, 1, &mut bits); // gaps_in_frame_num_allowed
+    ue(w / 16 - 1, &mut bits);
+    ue(h / 16 - 1, &mut bits);
+    put(0b1100, 4, &mut bits); // frame_mbs_only, direct_8x8, no cropping, no VUI
+    bits.push(true); // rbsp stop bit
+    while bits.len() % 8 != 0 {
+        bits.push(false);
+    }
+    let mut out = vec![0x67];
+    let mut zeros = 0;
+    for byte in bits.chunks(8).map(|c| c.iter().fold(0u8, |a, b| a << 1 | *b as u8)) {
+        if zeros >= 2 && byte <= 3 {
+            out.push(3);
+            zeros = 0;
+        }
+        zeros = if byte == 0 { zeros + 1 } else { 0 };
+        out.push(byte);
+    }
+    out
+}
+
+/// `h264_frame` whose keyframe announces a `w`x`h` picture.
+pub fn h264_frame_sized(keyframe: bool, size: usize, n: u32, (w, h): (u32, u32)) -> Vec<u8> {
+    let mut out = Vec::new();
+    if keyframe {
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(&h264_sps(w, h));
+        out.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x0f, 0x2c, 0x80]);
+        out.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88]);
+    } else {
+        out.extend_from_slice(&[0, 0, 0, 1, 0x41, 0x9a]);
+    }
+    out.extend((0..size).map(|k| 0x10 + ((k as u32 + n) % 0xe0) as u8));
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_harness_sps_announces_its_size() {
+        for (w, h) in [(1280, 720), (320, 192), (640, 352)] {
+            assert_eq!(tessera_media::picture_size::sps_size(&h264_sps(w, h)), Some((w, h)));
+        }
+    }
+
+    /// A mix's tap follows its tile size: the top layer by default; the small layer once the
+    /// tile is small (switching at a keyframe of it, asked for at once, and saying so); the top
+    /// one again when the tile grows.
+    #[test]
+    fn a_mix_tap_takes_the_smallest_layer_that_covers_its_tile() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        connect(&mut world);
+        let owner = UserId::parse("mixer").unwrap();
+        let tap = world.sfu.add_tap(room(), crate::sfu::TapKind::Mix, &owner, world.now);
+        let mut n = 0u32;
+        let mut answered = world.keyframe_requests(publisher).len();
+        let mut frames = |w: &mut World, seconds: u64| {
+            w.run(Duration::from_secs(seconds), Duration::from_millis(33), |w| {
+                let asked = w.keyframe_requests(publisher).len();
+                // Keyframes every 10 s, or when asked: a switch waits for a requested one.
+                let keyframe = n.is_multiple_of(300) || asked > answered;
+                answered = asked;
+                w.write_layer(publisher, Some("h"), &h264_frame_sized(keyframe, 6000, n, (1280, 720)), n as u64 * 3000);
+                w.write_layer(publisher, Some("l"), &h264_frame_sized(keyframe, 500, n, (320, 192)), n as u64 * 3000);
+                n += 1;
+            });
+        };
+        frames(&mut world, 2);
+        // (frames, bytes per frame) the tap got from packet `from` on.
+        let taken = |w: &World, from: usize| -> (usize, usize) {
+            let mine = || w.tap_packets[from..].iter().filter(|(t, _)| *t == tap).map(|(_, p)| p);
+            let frames = mine().filter(|p| p.marker).count();
+            (frames, mine().map(|p| p.payload.len()).sum::<usize>() / frames.max(1))
+        };
+        let (frames_in, per_frame) = taken(&world, 0);
+        assert!(frames_in > 50 && per_frame > 5000, "the top layer by default: {frames_in} frames of {per_frame} bytes");
+        // A 300x170 tile: the 320x192 layer covers it.
+        let source = (UserId::parse("alice").unwrap(), StreamKind::Main);
+        let mark = world.tap_packets.len();
+        world.sfu.set_tap_sizes(tap, &room(), vec![(source.clone(), (300, 170))], world.now);
+        frames(&mut world, 1);
+        let switch = world.tap_packets[mark..].iter().position(|(t, p)| *t == tap && p.layer_switch).expect("the tap switched layers");
+        let (_, first) = &world.tap_packets[mark + switch];
+        assert!(first.payload.windows(2).any(|w| w == [0x67, 0x42]), "it switched at the new layer's SPS");
+        assert!(switch < 40, "within a few frames (a keyframe asked for at once): packet {switch}");
+        frames(&mut world, 2);
+        let (frames_in, per_frame) = taken(&world, mark + switch);
+        assert!(frames_in > 50 && per_frame < 700, "then only the small layer: {frames_in} frames of {per_frame} bytes");
+        // A 640x360 tile: only the top layer covers it.
+        let mark = world.tap_packets.len();
+        world.sfu.set_tap_sizes(tap, &room(), vec![(source, (640, 360))], world.now);
+        frames(&mut world, 2);
+        let switch = world.tap_packets[mark..].iter().position(|(t, p)| *t == tap && p.layer_switch).expect("back to the top layer");
+        let (frames_in, per_frame) = taken(&world, mark + switch);
+        assert!(frames_in > 50 && per_frame > 5000, "then only the top layer: {frames_in} frames of {per_frame} bytes");
+    }
 
     /// A publisher at 30 fps with a keyframe every `gop` frames, for `seconds`; like a real
     /// encoder it answers a keyframe request with a keyframe.

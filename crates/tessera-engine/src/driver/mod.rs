@@ -57,7 +57,8 @@ impl Command {
             | Command::SwitchRole { key, .. }
             | Command::OpenPipe { key, .. }
             | Command::ClosePipe { key, .. }
-            | Command::PipeKeyframe { key, .. } => Some(key),
+            | Command::PipeKeyframe { key, .. }
+            | Command::SetTapSizes { key, .. } => Some(key),
             _ => None,
         }
     }
@@ -248,6 +249,12 @@ enum Command {
         key: RoomKey,
         source: (tessera_model::UserId, tessera_media::StreamKind),
         rid: Option<tessera_rtc::str0m::media::Rid>,
+    },
+    /// A mix's tile size per source: its tap takes the layer that covers each.
+    SetTapSizes {
+        key: RoomKey,
+        tap: u64,
+        sizes: Vec<((tessera_model::UserId, tessera_media::StreamKind), (u32, u32))>,
     },
     /// To a satellite: what its pipe carried since the last batch.
     PipePackets {
@@ -792,6 +799,12 @@ impl RtcHandle {
 
     pub fn add_tap_blocking(&self, key: RoomKey, owner: tessera_model::UserId) -> Result<(u64, mpsc::Receiver<TapPacket>), RtcServerError> {
         ask_blocking_via(self.to_room(&key), |reply| Command::AddTap { key, kind: TapKind::Mix, owner, reply })
+    }
+
+    /// A mix job's tile sizes: its tap takes, of each simulcast source, the smallest layer that
+    /// covers the tile (the top layer for sources not named).
+    pub fn set_tap_sizes_blocking(&self, key: RoomKey, tap: u64, sizes: Vec<((tessera_model::UserId, tessera_media::StreamKind), (u32, u32))>) -> Result<(), RtcServerError> {
+        self.to_room(&key).blocking_send(Command::SetTapSizes { key, tap, sizes }).map_err(|_| RtcServerError::Stopped)
     }
 
     pub fn remove_tap_blocking(&self, id: u64) -> Result<(), RtcServerError> {

@@ -282,6 +282,10 @@ pub(super) async fn run(
                         sfu.flush(now);
                     }
                     Command::ClosePipe { key, pipe } => sfu.close_pipe(&key, pipe),
+                    Command::SetTapSizes { key, tap, sizes } => {
+                        sfu.set_tap_sizes(tap, &key, sizes, now);
+                        sfu.flush(now);
+                    }
                     Command::PipeKeyframe { key, source, rid } => {
                         sfu.request_layer_keyframe(&key, &source, rid, now);
                         sfu.flush(now);

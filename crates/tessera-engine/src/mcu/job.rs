@@ -256,6 +256,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
         let mut inputs: HashMap<InputKey, Input> = HashMap::new();
         let mut publishers: Vec<PublisherInfo> = Vec::new();
         let mut placements: Vec<Placement> = Vec::new();
+        let mut tap_sizes: Vec<((UserId, StreamKind), (u32, u32))> = Vec::new();
         let mut selected: Vec<InputKey> = Vec::new();
         let (mut decode_t, mut compose_t, mut encode_t) = (Timing::default(), Timing::default(), Timing::default());
         let mut stats = MixStats::default();
@@ -379,6 +380,13 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                         layout_config = spec.layout.clone();
                     }
                     placements = layout.compute(&spec.layout, enc.width, enc.height, &candidates);
+                    // Each source's tile size: the SFU sends the simulcast layer that covers
+                    // it (decoding a 720p layer for a 426x240 tile is four times the work).
+                    let sizes = tile_sizes(&placements, &inputs);
+                    if sizes != tap_sizes {
+                        rtc.set_tap_sizes_blocking(spec.room.clone(), tap, sizes.clone())?;
+                        tap_sizes = sizes;
+                    }
                     let bg = spec.background;
                     overlays.refresh(&spec.images, enc.width, enc.height);
                     canvas.fill(Rect { x: 0, y: 0, width: enc.width, height: enc.height }, (bg.0, bg.1, bg.2));
@@ -539,7 +547,12 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                     .iter()
                     .map(|p| {
                         let key = InputKey::new(p.user.as_str(), p.stream.as_str());
+                        let decoded = inputs
+                            .get(&key)
+                            .and_then(|i| i.video.as_ref())
+                            .and_then(|v| v.shared.as_ref().map(|p| &*p.0).or_else(|| v.decoder.as_ref().and_then(|d| d.picture())).map(|f| (f.width(), f.height())));
                         InputStatus {
+                            decoded,
                             tile: placements.iter().find(|x| x.input.as_ref() == Some(&key)).map(|x| x.tile),
                             voice_selected: selected.contains(&key),
                             has_video: p.has_video,
@@ -595,7 +608,39 @@ fn candidates(spec: &MixSpec, publishers: &[PublisherInfo]) -> Vec<InputKey> {
 
 /// Adds one RTP packet to its access unit and decodes the unit when complete. Returns whether a
 /// keyframe should be asked for (a gap, a decode error).
+/// The size each placed source's picture is drawn at (the largest, if it has several tiles):
+/// its tile's, or, once its aspect is known, the picture scaled to cover the tile (`fill`) or
+/// to fit in it (`fit`).
+fn tile_sizes(placements: &[Placement], inputs: &HashMap<InputKey, Input>) -> Vec<((UserId, StreamKind), (u32, u32))> {
+    let mut out: Vec<((UserId, StreamKind), (u32, u32))> = Vec::new();
+    for p in placements {
+        let Some(k) = &p.input else { continue };
+        let (Ok(user), Some(stream)) = (UserId::parse(&k.user), StreamKind::parse(&k.stream)) else { continue };
+        let picture = inputs.get(k).and_then(|i| i.video.as_ref()).and_then(|v| v.decoder.as_ref()).and_then(|d| d.picture()).map(|f| (f.width(), f.height()));
+        let size = match picture.filter(|(w, h)| *w > 0 && *h > 0) {
+            Some((w, h)) => {
+                let (sx, sy) = (p.tile.width as f64 / w as f64, p.tile.height as f64 / h as f64);
+                let scale = if p.tile.fill_mode == super::layout::FillMode::Fill { sx.max(sy) } else { sx.min(sy) };
+                ((w as f64 * scale).round() as u32, (h as f64 * scale).round() as u32)
+            }
+            None => (p.tile.width, p.tile.height),
+        };
+        match out.iter_mut().find(|(s, _)| s.0 == user && s.1 == stream) {
+            Some((_, s)) => *s = (s.0.max(size.0), s.1.max(size.1)),
+            None => out.push(((user, stream), size)),
+        }
+    }
+    out.sort_by(|a, b| (a.0 .0.as_str(), a.0 .1.as_str()).cmp(&(b.0 .0.as_str(), b.0 .1.as_str())));
+    out
+}
+
 fn on_video_packet(v: &mut VideoIn, p: &TapPacket) -> bool {
+    if p.layer_switch {
+        // Another simulcast layer from here (at its keyframe): the old layer's unfinished
+        // access unit is dropped, not completed with the new one's packets.
+        v.au = AuAssembler::default();
+        v.waiting_keyframe = true;
+    }
     let push = v.au.push(p.seq, p.ts, p.marker, p.payload.clone());
     if v.au.take_abandoned() {
         v.waiting_keyframe = true;

@@ -133,6 +133,8 @@ pub struct InputStatus {
     pub has_video: bool,
     pub has_audio: bool,
     pub voice_selected: bool,
+    /// The size of the input's last decoded picture: with simulcast, the layer its tile needs.
+    pub decoded: Option<(u32, u32)>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]

@@ -19,7 +19,11 @@ impl Sfu {
         let Some(Session { role: Role::Publisher { producers }, .. }) = self.sessions.get(&pub_id) else { return };
         let Some(p) = producers.iter().find(|p| p.kind == MediaKind::Video) else { return };
         let (mid, rid) = (p.mid, p.layers.iter().find(|l| l.rid.as_deref() == Some("h")).or(p.layers.first()).and_then(|l| l.rid));
+        let taps_layers = self.tap_layer_rids(room, &(user.clone(), stream));
         self.request_keyframe(pub_id, mid, rid, now);
+        for other in taps_layers {
+            self.request_keyframe(pub_id, mid, Some(other), now);
+        }
     }
 
     /// Creates a consumer for each negotiated send section of a viewer that has none yet.
@@ -159,24 +163,31 @@ impl Sfu {
         self.fan_out(pub_id, &room, &key, &fp, now, None);
     }
 
-    /// Hands a packet to the room's taps that take its route (a mix job's tap skips mixes).
-    fn tap_out(&mut self, room: &RoomKey, mut tp: TapPacket, route: PacketRoute) {
+    /// Hands a packet to the room's taps that take its route (a mix job's tap skips mixes) and
+    /// its layer (`layer`: the simulcast rid and whether it starts a keyframe; `tap_layers.rs`).
+    fn tap_out(&mut self, room: &RoomKey, mut tp: TapPacket, route: PacketRoute, layer: (Option<Rid>, bool)) {
         let Some(taps) = self.taps.get(room) else { return };
         if let PacketRoute::Fallback(original) = route {
             tp.fallback_for = Some(original);
         }
         let from_mix = tp.user.is_mix();
+        let source = (tp.user.clone(), tp.stream);
         // Every taker but the last gets a copy, the last the packet itself; no list on this
         // per-packet path.
-        let mut previous = None;
+        let mut previous: Option<(u64, bool)> = None;
         for (t, kind) in taps {
-            if kind.takes(route, from_mix) {
-                if let Some(p) = previous.replace(*t) {
-                    self.out.push_back(SfuOutput::Tap(p, tp.clone()));
+            if !kind.takes(route, from_mix) {
+                continue;
+            }
+            let (takes, switch) = Sfu::tap_takes_layer(&mut self.tap_layers, *t, &source, layer.0, layer.1);
+            if takes {
+                if let Some((p, s)) = previous.replace((*t, switch)) {
+                    self.out.push_back(SfuOutput::Tap(p, TapPacket { layer_switch: s, ..tp.clone() }));
                 }
             }
         }
-        if let Some(last) = previous {
+        if let Some((last, s)) = previous {
+            tp.layer_switch = s;
             self.out.push_back(SfuOutput::Tap(last, tp));
         }
     }
@@ -187,8 +198,9 @@ impl Sfu {
         if let (None, MediaKind::Audio, Some(level)) = (only, fp.kind, fp.ext.audio_level) {
             self.note_audio_level(room, &key.0, key.1, level, now);
         }
-        // Taps take one layer (the top one, or the only one).
-        if only.is_none() && (fp.rid.is_none() || fp.rid.as_deref() == Some("h")) && self.taps.contains_key(room) {
+        // Taps take one layer: the top one (or the only one), or the one a mix's tile needs.
+        let tap_layer = fp.rid.is_none() || fp.rid.as_deref() == Some("h") || !self.tap_layers.is_empty();
+        if only.is_none() && tap_layer && self.taps.contains_key(room) {
             let tp = TapPacket {
                 user: key.0.clone(),
                 stream: key.1,
@@ -201,8 +213,9 @@ impl Sfu {
                 composition_ms: 0,
                 picture: None,
                 fallback_for: None,
+                layer_switch: false,
             };
-            self.tap_out(room, tp, fp.route);
+            self.tap_out(room, tp, fp.route, (fp.rid, fp.keyframe));
         }
         if only.is_none() && !self.pipes.is_empty() {
             self.pipe_out(room, key, fp);
@@ -358,8 +371,9 @@ impl Sfu {
                 composition_ms: packet.composition_ms,
                 picture: packet.picture,
                 fallback_for: None,
+                layer_switch: false,
             };
-            self.tap_out(&room, tp, packet.route);
+            self.tap_out(&room, tp, packet.route, (None, false));
             return;
         }
         let (kind, mid) = match packet.codec.kind() {

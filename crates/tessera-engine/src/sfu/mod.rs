@@ -21,6 +21,7 @@ mod rooms;
 mod signals;
 mod speed;
 mod subscriber;
+mod tap_layers;
 mod types;
 
 pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
@@ -186,6 +187,8 @@ pub struct Sfu {
     worker: u16,
     /// Streams of rooms here that satellites on other workers take (`pipes.rs`).
     pipes: HashMap<RoomKey, Vec<pipes::PipeOut>>,
+    /// Mix taps' layer per source, by tile size (`tap_layers.rs`): tap → (room, sources).
+    tap_layers: HashMap<u64, (RoomKey, Vec<tap_layers::TapLayer>)>,
 }
 
 /// Which worker holds the peer with a given local ICE ufrag: the UDP dispatcher reads a STUN
@@ -248,6 +251,7 @@ impl Sfu {
             ufrags: None,
             worker: 0,
             pipes: HashMap::new(),
+            tap_layers: HashMap::new(),
         }
     }
 
@@ -299,6 +303,7 @@ impl Sfu {
     }
 
     pub fn remove_tap(&mut self, id: u64) {
+        self.tap_layers.remove(&id);
         self.taps.retain(|_, v| {
             v.retain(|(t, _)| *t != id);
             !v.is_empty()
@@ -652,6 +657,7 @@ impl Sfu {
         for v in viewers {
             self.allocate(v, now);
         }
+        self.choose_tap_layers(now);
         self.tell_watchers();
         self.signals_tick(now);
     }

@@ -241,6 +241,9 @@ pub struct TapPacket {
     /// H.264 re-encoded from an original in this codec, which the tap also gets: a relay
     /// target that takes the original skips it.
     pub fallback_for: Option<Codec>,
+    /// The first packet (a keyframe's) of another simulcast layer of this source: what came
+    /// before belongs to the old layer (a mix's tap follows its tile size, `Sfu::set_tap_sizes`).
+    pub layer_switch: bool,
 }
 
 /// What the HTTP layer learns about a session.

@@ -104,7 +104,8 @@ pub fn view(id: &str, job: &MixJob) -> Value {
         .map(|i| {
             json!({"user": i.key.user, "stream": i.key.stream, "join_order": i.join_order,
                 "tile": i.tile.map(|t| json!({"x": t.x, "y": t.y, "width": t.width, "height": t.height, "z_order": t.z_order, "fill_mode": t.fill_mode.as_str()})),
-                "has_video": i.has_video, "has_audio": i.has_audio, "voice_selected": i.voice_selected})
+                "has_video": i.has_video, "has_audio": i.has_audio, "voice_selected": i.voice_selected,
+                "decoded": i.decoded.map(|(w, h)| json!({"width": w, "height": h}))})
         })
         .collect();
     let s = &status.stats;
