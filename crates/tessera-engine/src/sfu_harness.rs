@@ -443,7 +443,7 @@ pub fn h264_frame(keyframe: bool, size: usize, n: u32) -> Vec<u8> {
 /// A baseline SPS for a `w`x`h` picture (multiples of 16), as an encoder of that size sends.
 pub fn h264_sps(w: u32, h: u32) -> Vec<u8> {
     let mut bits: Vec<bool> = Vec::new();
-    let mut put = |v: u32, n: u32, bits: &mut Vec<bool>| (0..n).rev().for_each(|i| bits.push(v >> i & 1 == 1));
+    let put = |v: u32, n: u32, bits: &mut Vec<bool>| (0..n).rev().for_each(|i| bits.push(v >> i & 1 == 1));
     let ue = |v: u32, bits: &mut Vec<bool>| {
         let x = v + 1;
         let len = 32 - x.leading_zeros();
@@ -462,7 +462,7 @@ pub fn h264_sps(w: u32, h: u32) -> Vec<u8> {
     ue(h / 16 - 1, &mut bits);
     put(0b1100, 4, &mut bits); // frame_mbs_only, direct_8x8, no cropping, no VUI
     bits.push(true); // rbsp stop bit
-    while bits.len() % 8 != 0 {
+    while !bits.len().is_multiple_of(8) {
         bits.push(false);
     }
     let mut out = vec![0x67];
