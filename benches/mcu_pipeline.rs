@@ -2,7 +2,7 @@
 //! on the output clock's work only (no network, no pacing), as fast as it runs. Prints the CPU
 //! the process spent per second of output, i.e. the cores a real-time job of this shape needs.
 //!
-//!   cargo bench -p tessera-engine --bench mcu_pipeline -- [inputs=9] [WxH=1280x720] [fps=30] [seconds=10] [preset=superfast]
+//!   cargo bench -p tessera-engine --bench mcu_pipeline -- [inputs=9] [WxH=1280x720] [fps=30] [seconds=10] [preset=superfast] [input WxH=640x360]
 //!
 //! Inputs are always encoded with x264 "veryfast" (what a browser-like encoder sends); `preset`
 //! is the mix encoder's: an x264 preset, or "openh264". `MCU_DUMP_INPUTS=DIR` also writes the
@@ -35,21 +35,23 @@ fn main() {
         Some("openh264") => "openh264",
         _ => "superfast",
     };
+    let (iw, ih) = args.get(5).and_then(|a| a.split_once('x')).map(|(a, b)| (a.parse().unwrap(), b.parse().unwrap())).unwrap_or((640u32, 360u32));
     let frames = (fps * seconds) as usize;
 
     // Inputs: 2 s loops of a moving, textured 640x360 picture each, encoded once up front.
     let gop = 60usize;
     let mut streams: Vec<Vec<Vec<u8>>> = Vec::new();
     for i in 0..inputs {
-        let mut enc = H264Encoder::new(EncoderSettings { width: 640, height: 360, fps: 30, kbps: 600, gop_frames: gop as u32, preset: "veryfast" }).unwrap();
-        let mut src = Canvas::new(640, 360);
+        let kbps = 600 * (iw * ih) / (640 * 360);
+        let mut enc = H264Encoder::new(EncoderSettings { width: iw, height: ih, fps: 30, kbps, gop_frames: gop as u32, preset: "veryfast" }).unwrap();
+        let mut src = Canvas::new(iw, ih);
         let mut aus = Vec::new();
         for t in 0..gop {
             let f = src.frame_mut();
             let stride = f.stride(0);
             let luma = f.data_mut(0);
-            for y in 0..360usize {
-                for x in 0..640usize {
+            for y in 0..ih as usize {
+                for x in 0..iw as usize {
                     let v = (x + 2 * y + 6 * t + 40 * i) ^ ((x / 16 + y / 16 + t) * 7);
                     luma[y * stride + x] = (v & 0xff) as u8;
                 }
@@ -101,7 +103,7 @@ fn main() {
     let wall = wall0.elapsed().as_secs_f64();
     let per = |s: f64| s * 1000.0 / frames as f64;
     println!(
-        "| {inputs} × 640x360 → {w}x{h}@{fps}, {} | {:.2} | {:.1} / {:.1} / {:.1} | {:.0} fps | {:.2} |",
+        "| {inputs} × {iw}x{ih} → {w}x{h}@{fps}, {} | {:.2} | {:.1} / {:.1} / {:.1} | {:.0} fps | {:.2} |",
         if preset == "openh264" { "OpenH264".to_string() } else { format!("x264 {preset}") },
         cpu / seconds as f64,
         per(decode_s),

@@ -43,6 +43,12 @@ struct Args {
     /// `{server}/rtc/v1/whep/?app={room}&stream={source}`.
     #[arg(long, default_value = "{server}/whep/{room}/{source}/main")]
     whep_url: String,
+    /// With `--rtmp`: the RTMP app publishers connect to (`{room}` filled in), e.g. SRS's `{room}`.
+    #[arg(long, default_value = "push/{room}")]
+    rtmp_app: String,
+    /// With `--rtmp`: the stream key they publish (`{user}`, `{token}`), e.g. SRS's `{user}`.
+    #[arg(long, default_value = "{user}?token={token}")]
+    rtmp_stream: String,
     #[arg(long, default_value = "load")]
     room: String,
     /// Spread the publishers over this many rooms (`<room>0`, `<room>1`, …; publisher p in
@@ -240,7 +246,7 @@ async fn drive(mut rtc: Rtc, socket: UdpSocket, until: Instant, mut on_rtp: impl
 /// Publishes over RTMP like an encoder: FLV video tags shaped like H.264 (an IDR every 2 s) at
 /// `fps`, and AAC frames of a tone at real time. Records each video frame's send time under its
 /// 90 kHz timestamp, which the SFU keeps, for the latency measurement.
-async fn rtmp_publish(addr: &str, room: &str, user: &str, token: &str, fps: u64, frame_bytes: usize, sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>) -> Result<(), String> {
+async fn rtmp_publish(addr: &str, app: &str, stream_key: &str, fps: u64, frame_bytes: usize, sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>) -> Result<(), String> {
     use rml_rtmp::handshake::{Handshake, HandshakeProcessResult, PeerType};
     use rml_rtmp::sessions::{ClientSession, ClientSessionConfig, ClientSessionEvent, ClientSessionResult, PublishRequestType};
     use rml_rtmp::time::RtmpTimestamp;
@@ -282,7 +288,7 @@ async fn rtmp_publish(addr: &str, room: &str, user: &str, token: &str, fps: u64,
         let r = session.handle_input(&leftover).map_err(|e| format!("{e:?}"))?;
         collect(r, &mut out);
     }
-    let r = session.request_connection(format!("push/{room}")).map_err(|e| format!("{e:?}"))?;
+    let r = session.request_connection(app.to_owned()).map_err(|e| format!("{e:?}"))?;
     collect(vec![r], &mut out);
     let mut connected = false;
     let mut publishing = false;
@@ -298,7 +304,7 @@ async fn rtmp_publish(addr: &str, room: &str, user: &str, token: &str, fps: u64,
             match e {
                 ClientSessionEvent::ConnectionRequestAccepted if !connected => {
                     connected = true;
-                    let r = session.request_publishing(format!("{user}?token={token}"), PublishRequestType::Live).map_err(|e| format!("{e:?}"))?;
+                    let r = session.request_publishing(stream_key.to_owned(), PublishRequestType::Live).map_err(|e| format!("{e:?}"))?;
                     collect(vec![r], &mut out);
                 }
                 ClientSessionEvent::PublishRequestAccepted => publishing = true,
@@ -475,8 +481,10 @@ async fn run(args: Args) {
         if let Some(addr) = args.rtmp.clone() {
             let (fps, frame_bytes) = (args.fps, frame_bytes);
             let sent = if p == 0 { Some(sent.clone()) } else { None };
+            let app = args.rtmp_app.replace("{room}", &room);
+            let key = args.rtmp_stream.replace("{user}", &user).replace("{token}", &token);
             tasks.push(tokio::spawn(async move {
-                if let Err(e) = rtmp_publish(&addr, &room, &user, &token, fps, frame_bytes, sent).await {
+                if let Err(e) = rtmp_publish(&addr, &app, &key, fps, frame_bytes, sent).await {
                     eprintln!("RTMP publisher {user}: {e}");
                 }
             }));

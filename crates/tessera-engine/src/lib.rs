@@ -31,3 +31,5 @@ pub use sfu::{
     SfuStats, SpeedTestRefusal, SubscribeRequest, SubscriberError, SubscriberOffer, TapKind, TapPacket, TrackStats,
 };
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};
+/// The Opus complexity of ingests' audio transcodes (`ingest_opus_complexity`).
+pub use tessera_transcode::set_ingest_opus_complexity;

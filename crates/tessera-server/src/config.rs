@@ -28,6 +28,10 @@ pub struct Config {
     /// less busy worker, the room's stream piped there (a large room uses every core). 0
     /// spreads every viewer; above 1, none.
     pub spread_viewers_above: f64,
+    /// Opus encoder complexity (0–10) of the audio transcoded from RTMP and pull ingests (AAC →
+    /// Opus for WebRTC viewers): the largest cost of an RTMP publish. 10 (libopus's default)
+    /// is for music; lower costs less CPU per publisher (SRS encodes at 1).
+    pub ingest_opus_complexity: u8,
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `tessera=debug,info` (`RUST_LOG` overrides it).
     pub log: String,
@@ -78,6 +82,7 @@ impl Default for Config {
             public_ip: None,
             media_workers: None,
             spread_viewers_above: tessera_engine::DEFAULT_SPREAD_PERMILLE as f64 / 1000.0,
+            ingest_opus_complexity: 10,
             data_dir: PathBuf::from("./tessera-data"),
             log: "info".into(),
             tls_cert: None,
@@ -314,6 +319,9 @@ impl Config {
         }
         if !(self.spread_viewers_above >= 0.0 && self.spread_viewers_above.is_finite()) {
             return invalid("spread_viewers_above: a busy ratio, 0 (spread every viewer) to 1 (or above: never)".into());
+        }
+        if self.ingest_opus_complexity > 10 {
+            return invalid("ingest_opus_complexity: 0 (cheapest) to 10 (libopus's default)".into());
         }
         if self.cors_origins.is_empty() {
             return invalid("cors_origins: list at least one origin, or \"*\"".into());

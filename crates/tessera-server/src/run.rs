@@ -59,6 +59,7 @@ impl Server {
             config.media_workers() as usize,
         )?;
         rtc.set_spread_viewers_above(config.spread_viewers_above);
+        tessera_engine::set_ingest_opus_complexity(config.ingest_opus_complexity);
         let redirect = match config.http_redirect_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "the HTTP→HTTPS redirect", addr, source })?),
             None => None,

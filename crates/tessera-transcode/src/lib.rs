@@ -14,7 +14,7 @@ pub mod mux;
 pub mod source;
 pub mod video;
 
-pub use audio::{aac_tone, AacToOpus, AudioToOpus};
+pub use audio::{aac_tone, set_ingest_opus_complexity, AacToOpus, AudioToOpus};
 /// FFmpeg's types, for callers that hold frames.
 pub use ffmpeg_next as ff;
 
