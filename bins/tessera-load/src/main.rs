@@ -270,7 +270,10 @@ async fn rtmp_publish(addr: &str, app: &str, stream_key: &str, fps: u64, frame_b
             }
         }
     };
-    let (mut session, results) = ClientSession::new(ClientSessionConfig::new()).map_err(|e| format!("{e:?}"))?;
+    // Servers that derive the vhost and app from it (SRS) need the tcUrl.
+    let mut config = ClientSessionConfig::new();
+    config.tc_url = Some(format!("rtmp://{addr}/{app}"));
+    let (mut session, results) = ClientSession::new(config).map_err(|e| format!("{e:?}"))?;
     let mut out = Vec::new();
     let collect = |results: Vec<ClientSessionResult>, out: &mut Vec<u8>| -> Vec<ClientSessionEvent> {
         let mut events = Vec::new();
@@ -313,9 +316,15 @@ async fn rtmp_publish(addr: &str, app: &str, stream_key: &str, fps: u64, frame_b
             }
         }
     }
-    // Sequence headers: a made-up SPS/PPS (the SFU does not decode) and the tone's AAC config.
+    // Sequence headers: x264's SPS/PPS of a 1280x720 baseline stream (servers that parse them,
+    // as SRS does, need a valid one; the frames themselves are filler) and the tone's AAC config.
     let (asc, aac) = tessera_transcode::aac_tone(48_000, 2, 470).map_err(|e| e.to_string())?;
-    let video_header = vec![0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1f, 0xff, 0xe1, 0, 4, 0x67, 0x42, 0xc0, 0x1f, 1, 0, 2, 0x68, 0xce];
+    const SPS: [u8; 25] = [0x67, 0x42, 0xc0, 0x1f, 0xd9, 0x00, 0x50, 0x05, 0xbb, 0x01, 0x10, 0x00, 0x00, 0x03, 0x00, 0x10, 0x00, 0x00, 0x03, 0x03, 0xc0, 0xf1, 0x83, 0x24, 0x80];
+    const PPS: [u8; 5] = [0x68, 0xcb, 0x83, 0xcb, 0x20];
+    let mut video_header = vec![0x17, 0, 0, 0, 0, 1, 0x42, 0xc0, 0x1f, 0xff, 0xe1, 0, SPS.len() as u8];
+    video_header.extend_from_slice(&SPS);
+    video_header.extend_from_slice(&[1, 0, PPS.len() as u8]);
+    video_header.extend_from_slice(&PPS);
     let mut audio_header = vec![0xaf, 0];
     audio_header.extend_from_slice(&asc);
     let send = |session: &mut ClientSession, out: &mut Vec<u8>, video: bool, data: Vec<u8>, ms: u32| -> Result<(), String> {
