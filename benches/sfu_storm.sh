@@ -5,6 +5,7 @@
 # seconds until every admitted viewer received media).
 #
 #   benches/sfu_storm.sh [BIN] [N] [PARALLEL]      (defaults: target/release/tessera 700 50)
+#   WORKERS=1 benches/sfu_storm.sh …               (--media-workers; default one per core)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/tessera}; n=${2:-700}; par=${3:-50}
@@ -12,7 +13,8 @@ bin=${1:-target/release/tessera}; n=${2:-700}; par=${3:-50}
 [ "$bin" = target/release/tessera ] && ./scripts/retry.sh cargo build --release --locked --bin tessera >&2
 dir=$(mktemp -d)
 http=127.0.0.1:$((20000 + RANDOM % 10000)) udp=127.0.0.1:$((30000 + RANDOM % 10000))
-RUST_LOG=warn "$bin" serve --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" --rtmp-addr 127.0.0.1:0 >"$dir/out" 2>&1 &
+workers=(); [ -n "${WORKERS:-}" ] && workers=(--media-workers "$WORKERS")
+RUST_LOG=warn "$bin" serve "${workers[@]}" --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" --rtmp-addr 127.0.0.1:0 >"$dir/out" 2>&1 &
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do [ -f "$dir/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
