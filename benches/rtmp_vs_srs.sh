@@ -21,29 +21,8 @@ trunk="$(cd "$srs_src" && pwd)/trunk"
 ./scripts/retry.sh cargo build --release --locked --bin tessera --bin tessera-load >&2
 
 ns=tessera-rtmp-bench
-dir=$(mktemp -d)
-cleanup() { ip netns pids "$ns" 2>/dev/null | xargs -r kill 2>/dev/null; sleep 1; ip netns del "$ns" 2>/dev/null; rm -rf "$dir"; }
-trap cleanup EXIT
-ip netns add "$ns"
-ip netns exec "$ns" ip link set lo up
-inns() { ip netns exec "$ns" "$@"; }
-
-cat > "$dir/srs.conf" <<CONF
-listen 1935;
-max_connections 4000;
-daemon off;
-srs_log_tank console;
-srs_log_level error;
-http_api { enabled on; listen 1985; }
-rtc_server { enabled on; listen 8000; candidate 127.0.0.1; }
-vhost __defaultVhost__ { rtc { enabled on; rtmp_to_rtc on; rtc_to_rtmp off; } }
-CONF
-
-stop_pid() {
-  kill "$1" 2>/dev/null || true
-  for _ in $(seq 100); do kill -0 "$1" 2>/dev/null || return 0; sleep 0.2; done
-  kill -9 "$1" 2>/dev/null || true
-}
+. benches/srs_lib.sh
+srs_conf on
 
 run_tessera() { # p complexity
   local p=$1 data="$dir/tessera-data"

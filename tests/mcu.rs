@@ -294,7 +294,7 @@ fn a_mix_decodes_the_simulcast_layer_its_tile_needs() {
             "--degradation",
             "maintain-resolution",
             "--seconds",
-            "30",
+            "40",
             "--fake-video",
             camera.to_str().unwrap(),
         ],
@@ -326,6 +326,18 @@ fn a_mix_decodes_the_simulcast_layer_its_tile_needs() {
     let after = poll(&server, &key, &id, Duration::from_secs(5), |_| true);
     assert!(after["stats"]["frames"].as_u64().unwrap() >= before + 20, "{after}");
     assert_eq!(decoded(&after), (Some(640), Some(360)), "it stays on the layer: {after}");
+    // A custom layout that shows only red: the camera is not decoded at all; back in the grid,
+    // it is again (from a keyframe the job asks for).
+    let custom = br#"{"layout":{"template":"custom","regions":[{"x":0,"y":0,"width":640,"height":360,"user":"red"}]}}"#;
+    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", custom)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    let hidden = poll(&server, &key, &id, Duration::from_secs(10), |v| decoded(v) == (None, None));
+    assert!(cam(&hidden)["tile"].is_null(), "{hidden}");
+    let red = hidden["inputs"].as_array().unwrap().iter().find(|i| i["user"] == "red").cloned().unwrap();
+    assert_eq!(red["decoded"]["width"], 320, "the shown input is decoded: {hidden}");
+    let r = request("PATCH", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), Some(("application/json", br#"{"layout":{"template":"nine_grid"}}"#)), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    poll(&server, &key, &id, Duration::from_secs(10), |v| decoded(v) == (Some(320), Some(180)));
     request("DELETE", &server.url(&format!("/v1/mix-jobs/{id}")), Some(&key), None, &[]);
     let _ = chromium.finish(Duration::from_secs(60));
     for mut p in pubs {

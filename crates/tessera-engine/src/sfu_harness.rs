@@ -427,9 +427,14 @@ impl World {
 /// An H.264 access unit: SPS + PPS + IDR for a keyframe, one P slice otherwise; `size` bytes
 /// of slice data (split by the packetizer into several RTP packets when large).
 pub fn h264_frame(keyframe: bool, size: usize, n: u32) -> Vec<u8> {
+    frame_with_sps(keyframe, size, n, &[0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8])
+}
+
+fn frame_with_sps(keyframe: bool, size: usize, n: u32, sps: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     if keyframe {
-        out.extend_from_slice(&[0, 0, 0, 1, 0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8]);
+        out.extend_from_slice(&[0, 0, 0, 1]);
+        out.extend_from_slice(sps);
         out.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x0f, 0x2c, 0x80]);
         out.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88]);
     } else {
@@ -480,17 +485,7 @@ pub fn h264_sps(w: u32, h: u32) -> Vec<u8> {
 
 /// `h264_frame` whose keyframe announces a `w`x`h` picture.
 pub fn h264_frame_sized(keyframe: bool, size: usize, n: u32, (w, h): (u32, u32)) -> Vec<u8> {
-    let mut out = Vec::new();
-    if keyframe {
-        out.extend_from_slice(&[0, 0, 0, 1]);
-        out.extend_from_slice(&h264_sps(w, h));
-        out.extend_from_slice(&[0, 0, 0, 1, 0x68, 0xce, 0x0f, 0x2c, 0x80]);
-        out.extend_from_slice(&[0, 0, 0, 1, 0x65, 0x88]);
-    } else {
-        out.extend_from_slice(&[0, 0, 0, 1, 0x41, 0x9a]);
-    }
-    out.extend((0..size).map(|k| 0x10 + ((k as u32 + n) % 0xe0) as u8));
-    out
+    frame_with_sps(keyframe, size, n, &h264_sps(w, h))
 }
 
 #[cfg(test)]

@@ -329,7 +329,17 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                         last_picture: None,
                         keyframe_requests: KeyframeThrottle::new(KEYFRAME_RETRY),
                     });
-                    if let Some(picture) = &p.picture {
+                    let shown = placements.is_empty() || placements.iter().any(|x| x.input.as_ref() == Some(&key));
+                    if !shown {
+                        // No tile shows it (a custom layout, more inputs than tiles): not decoded,
+                        // and its decoder's buffers are freed; it starts again from a keyframe,
+                        // asked for when it gets a tile.
+                        v.decoder = None;
+                        v.shared = None;
+                        v.au = AuAssembler::default();
+                        v.waiting_keyframe = true;
+                        v.last_picture = None;
+                    } else if let Some(picture) = &p.picture {
                         stats.shared_pictures += 1;
                         v.shared = Some(picture.clone());
                         v.waiting_keyframe = false;
@@ -341,7 +351,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
             }
             decode_t.add(t0.elapsed().as_secs_f64() * 1000.0);
             for (key, input) in inputs.iter_mut() {
-                if let Some(v) = input.video.as_mut() {
+                let shown = placements.is_empty() || placements.iter().any(|x| x.input.as_ref() == Some(key));
+                if let Some(v) = input.video.as_mut().filter(|_| shown) {
                     let stale = v.last_picture.is_none_or(|t| now - t > Duration::from_millis(500));
                     if (v.waiting_keyframe || stale) && v.keyframe_requests.ready(now) {
                         keyframe_wanted.push(key.clone());
