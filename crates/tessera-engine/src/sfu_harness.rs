@@ -661,19 +661,33 @@ mod tests {
         n
     }
 
-    #[test]
-    fn a_viewer_gets_the_top_layer_and_falls_to_the_low_one_under_a_bandwidth_cap() {
+    /// A simulcast publisher for 20 s, a viewer with room and one behind 600 kbit/s, both on the
+    /// room's SFU or (`spread`) on the satellite: (frames sent, the capped viewer's frame sizes).
+    /// The viewer with room ends on the top layer.
+    fn roomy_and_capped(spread: bool) -> (u32, Vec<usize>) {
         let mut world = World::new();
         let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
-        let roomy = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
-        let capped = world.join("alice", PeerRole::Play, Link::clean(), Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
+        let capped_link = Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() };
+        let (roomy, capped) = match spread {
+            false => (world.join("alice", PeerRole::Play, Link::clean(), Link::clean()), world.join("alice", PeerRole::Play, Link::clean(), capped_link)),
+            true => (world.join_spread("alice", Link::clean(), Link::clean()), world.join_spread("alice", Link::clean(), capped_link)),
+        };
         connect(&mut world);
         let sent = publish_simulcast(&mut world, publisher, 20);
-        let big = |sizes: &[usize]| sizes.iter().filter(|s| **s > 3000).count();
         let roomy_sizes = world.frame_sizes(roomy);
         let last = &roomy_sizes[roomy_sizes.len().saturating_sub(150)..];
         assert!(big(last) >= 140, "the viewer with room gets the top layer: {} of the last {} frames", big(last), last.len());
-        let capped_sizes = world.frame_sizes(capped);
+        (sent, world.frame_sizes(capped))
+    }
+
+    /// Frames of the top layer ("h": 6 kB) among these.
+    fn big(sizes: &[usize]) -> usize {
+        sizes.iter().filter(|s| **s > 3000).count()
+    }
+
+    #[test]
+    fn a_viewer_gets_the_top_layer_and_falls_to_the_low_one_under_a_bandwidth_cap() {
+        let (sent, capped_sizes) = roomy_and_capped(false);
         // It starts on the top layer (no estimate yet) and switches down within seconds, at a
         // keyframe of the low layer (asked for at once).
         assert!(big(&capped_sizes[..60]) > 0, "the capped viewer starts on the top layer");
@@ -690,7 +704,6 @@ mod tests {
         let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
         connect(&mut world);
         publish_simulcast(&mut world, publisher, 10);
-        let big = |sizes: &[usize]| sizes.iter().filter(|s| **s > 3000).count();
         let capped = world.frame_sizes(viewer).len();
         assert_eq!(big(&world.frame_sizes(viewer)[capped - 60..]), 0, "on the low layer while capped");
         // The link clears: the estimator probes toward the top layer and the viewer climbs.
@@ -769,17 +782,7 @@ mod tests {
     /// publisher's layer across the pipe.
     #[test]
     fn spread_viewers_choose_their_simulcast_layers_through_the_pipe() {
-        let mut world = World::new();
-        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
-        let roomy = world.join_spread("alice", Link::clean(), Link::clean());
-        let capped = world.join_spread("alice", Link::clean(), Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
-        connect(&mut world);
-        let sent = publish_simulcast(&mut world, publisher, 20);
-        let big = |sizes: &[usize]| sizes.iter().filter(|s| **s > 3000).count();
-        let roomy_sizes = world.frame_sizes(roomy);
-        let last = &roomy_sizes[roomy_sizes.len().saturating_sub(150)..];
-        assert!(big(last) >= 140, "the viewer with room gets the top layer: {} of the last {} frames", big(last), last.len());
-        let capped_sizes = world.frame_sizes(capped);
+        let (sent, capped_sizes) = roomy_and_capped(true);
         assert!(capped_sizes.len() as u32 + 15 >= sent, "the switch down costs half a second at most: {} of {sent} frames", capped_sizes.len());
         let last = &capped_sizes[capped_sizes.len().saturating_sub(150)..];
         assert!(last.len() >= 140 && big(last) == 0, "the capped viewer ends on the low layer: {} frames, {} big", last.len(), big(last));
