@@ -820,10 +820,10 @@ impl RtcHandle {
 /// a single UDP port is worth spreading over).
 pub const MAX_WORKERS: usize = 64;
 
-/// A room's worker this busy (‰) sends new WHEP viewers to a less busy worker: below the
-/// saturation that bounds viewer queues by age, so a large room spreads before its viewers
-/// feel it.
-pub const DEFAULT_SPREAD_PERMILLE: u64 = 600;
+/// A room's worker this busy (‰) sends new WHEP viewers to a less busy worker. Low, because
+/// the busy ratio is a 1 s measure that lags a room filling up: at 0.6 one room of 600 viewers
+/// split 0.88/0.21 over two workers, at 0.3 0.70/0.55, with no extra CPU (BENCHMARKS.md).
+pub const DEFAULT_SPREAD_PERMILLE: u64 = 300;
 
 /// Which of `n` workers an app's speed tests run on (they keep no room state, but their limit
 /// is per app).
