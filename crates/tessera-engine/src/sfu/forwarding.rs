@@ -428,12 +428,17 @@ impl Sfu {
             }
             return;
         }
-        let pub_mid = match self.sessions.get(&pub_id) {
+        self.request_video_keyframe(pub_id, rid, now);
+    }
+
+    /// Asks a WebRTC publisher for a keyframe of layer `rid` of its video.
+    pub(super) fn request_video_keyframe(&mut self, pub_id: u64, rid: Option<Rid>, now: Instant) {
+        let mid = match self.sessions.get(&pub_id) {
             Some(Session { role: Role::Publisher { producers }, .. }) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
             _ => None,
         };
-        if let Some(pub_mid) = pub_mid {
-            self.request_keyframe(pub_id, pub_mid, rid, now);
+        if let Some(mid) = mid {
+            self.request_keyframe(pub_id, mid, rid, now);
         }
     }
 

@@ -190,13 +190,7 @@ impl Sfu {
             self.request_keyframe_of(room, &source.0, source.1, now);
             return;
         }
-        let mid = match self.sessions.get(&pub_id) {
-            Some(Session { role: Role::Publisher { producers }, .. }) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
-            _ => None,
-        };
-        if let Some(mid) = mid {
-            self.request_keyframe(pub_id, mid, rid, now);
-        }
+        self.request_video_keyframe(pub_id, rid, now);
     }
 
     /// Writes a packet the room's worker forwarded into the pipes that carry its stream.
