@@ -62,11 +62,16 @@ pub(super) struct WorkerPlace {
 const RELEASE_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 impl WorkerPlace {
-    /// Sends a control command to the worker of `key` (a pipe's other end), unless that is
-    /// this worker or the room is placed nowhere (the satellite asks again).
-    fn to_room_worker(&self, key: &RoomKey, cmd: Command) {
-        let Some(owner) = self.placement.owner(key).filter(|w| *w != self.index) else { return };
-        if let Some(tx) = self.peers.get(owner).and_then(|p| p.upgrade()) {
+    /// Sends a room command to the room's worker (a pipe's other end), unless that is this
+    /// worker or the room is placed nowhere (the satellite asks again).
+    fn to_room_worker(&self, cmd: Command) {
+        let Some(owner) = cmd.room().and_then(|key| self.placement.owner(key)).filter(|w| *w != self.index) else { return };
+        self.send_to(owner, cmd);
+    }
+
+    /// Hands a command to worker `w` without waiting on its queue here.
+    fn send_to(&self, w: usize, cmd: Command) {
+        if let Some(tx) = self.peers.get(w).and_then(|p| p.upgrade()) {
             tokio::spawn(async move {
                 let _ = tx.send(cmd).await;
             });
@@ -87,11 +92,7 @@ impl WorkerPlace {
         }
         let owner = cmd.room().and_then(|key| self.placement.claim(key, self.index));
         let Some(owner) = owner else { return Some(cmd) };
-        if let Some(tx) = self.peers.get(owner).and_then(|p| p.upgrade()) {
-            tokio::spawn(async move {
-                let _ = tx.send(cmd).await;
-            });
-        }
+        self.send_to(owner, cmd);
         None
     }
 }
@@ -416,9 +417,9 @@ pub(super) async fn run(
                     Some((_, batch)) => batch.push(packet),
                     None => piped.push((pipe, vec![packet])),
                 },
-                SfuOutput::PipeWanted { pipe, room, source } => worker.to_room_worker(&room.clone(), Command::OpenPipe { key: room, source, pipe }),
-                SfuOutput::PipeClosed { pipe, room } => worker.to_room_worker(&room.clone(), Command::ClosePipe { key: room, pipe }),
-                SfuOutput::PipeKeyframeWanted { room, source, rid } => worker.to_room_worker(&room.clone(), Command::PipeKeyframe { key: room, source, rid }),
+                SfuOutput::PipeWanted { pipe, room, source } => worker.to_room_worker(Command::OpenPipe { key: room, source, pipe }),
+                SfuOutput::PipeClosed { pipe, room } => worker.to_room_worker(Command::ClosePipe { key: room, pipe }),
+                SfuOutput::PipeKeyframeWanted { room, source, rid } => worker.to_room_worker(Command::PipeKeyframe { key: room, source, rid }),
             }
         }
         // One command per pipe per wake-up. A satellite that far behind loses the batch (its

@@ -417,11 +417,7 @@ impl Sfu {
             Some((p, rid)) if p == pub_id => rid,
             _ => None,
         };
-        if self.internal.get(&pub_id).is_some_and(|p| p.pipe.is_some()) {
-            self.request_piped_keyframe(pub_id, rid, now);
-            return;
-        }
-        if let Some(p) = self.internal.get_mut(&pub_id) {
+        if let Some(p) = self.internal.get_mut(&pub_id).filter(|p| p.pipe.is_none()) {
             // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
             if p.keyframe_requests.try_request(now) {
                 self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
@@ -431,10 +427,12 @@ impl Sfu {
         self.request_video_keyframe(pub_id, rid, now);
     }
 
-    /// Asks a WebRTC publisher for a keyframe of layer `rid` of its video.
+    /// Asks a WebRTC publisher (or, through its pipe, a piped one) for a keyframe of layer
+    /// `rid` of its video.
     pub(super) fn request_video_keyframe(&mut self, pub_id: u64, rid: Option<Rid>, now: Instant) {
-        let mid = match self.sessions.get(&pub_id) {
-            Some(Session { role: Role::Publisher { producers }, .. }) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
+        let mid = match (self.sessions.get(&pub_id), self.internal.get(&pub_id)) {
+            (Some(Session { role: Role::Publisher { producers }, .. }), _) => producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
+            (_, Some(p)) => p.producers.iter().find(|p| p.kind == MediaKind::Video).map(|p| p.mid),
             _ => None,
         };
         if let Some(mid) = mid {
