@@ -17,8 +17,8 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
   echo "tests: clippy is not installed; lint check skipped" >&2
 fi
-# The end-to-end tests start target/debug/tessera, so build it first.
-cargo build --locked --bin tessera || exit 1
+# The end-to-end tests start target/debug/tessera (and the test bed's linkem), so build them first.
+cargo build --locked --bin tessera --bin linkem || exit 1
 log=$(mktemp)
 cargo test --locked --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}

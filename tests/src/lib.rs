@@ -269,6 +269,14 @@ pub struct TestNet {
     pub host_ip: String,
     /// The namespace's address.
     pub client_ip: String,
+    /// An emulated link (`TestNet::emulated`).
+    emulator: Option<Emulator>,
+}
+
+/// An emulated link's middle namespace and its `linkem` (stdin for commands, stdout for answers).
+struct Emulator {
+    ns: String,
+    linkem: std::sync::Mutex<(Child, BufReader<std::process::ChildStdout>)>,
 }
 
 fn sh(args: &[&str]) -> std::process::Output {
@@ -312,7 +320,65 @@ impl TestNet {
         must(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
         // Other test hosts' server addresses are this machine's: reach them through it.
         must(&["ip", "netns", "exec", &ns, "ip", "route", "add", "default", "via", &host_ip]);
-        TestNet { ns, host_if, client_if, host_ip, client_ip }
+        TestNet { ns, host_if, client_if, host_ip, client_ip, emulator: None }
+    }
+
+    /// A test host behind an emulated link: `host_if` and the client's interface are each
+    /// joined by veth to a middle namespace where `linkem` bridges them, delaying, dropping and
+    /// rate-limiting frames as `link` says (netem in user space: this kernel has none). `linkem`
+    /// (tests/linkem) is built next to `tessera`, or `$LINKEM_BIN`.
+    pub fn emulated() -> TestNet {
+        let mut net = TestNet::new();
+        let n = net.ns.trim_start_matches("tessera-t").to_string();
+        let mid = format!("tessera-m{n}");
+        let _ = sh(&["ip", "netns", "del", &mid]);
+        must(&["ip", "netns", "add", &mid]);
+        // Re-plumb: host_if <-> ms (mid), mc (mid) <-> client_if (client ns).
+        must(&["ip", "link", "del", &net.host_if]);
+        let (ms, mc) = (format!("tms{n}"), format!("tmc{n}"));
+        must(&["ip", "link", "add", &net.host_if, "type", "veth", "peer", "name", &ms]);
+        must(&["ip", "link", "set", &ms, "netns", &mid]);
+        must(&["ip", "addr", "add", &format!("{}/24", net.host_ip), "dev", &net.host_if]);
+        must(&["ip", "link", "set", &net.host_if, "up"]);
+        must(&["ip", "netns", "exec", &net.ns, "ip", "link", "add", &net.client_if, "type", "veth", "peer", "name", &mc]);
+        must(&["ip", "netns", "exec", &net.ns, "ip", "link", "set", &mc, "netns", &mid]);
+        must(&["ip", "netns", "exec", &net.ns, "ip", "addr", "add", &format!("{}/24", net.client_ip), "dev", &net.client_if]);
+        must(&["ip", "netns", "exec", &net.ns, "ip", "link", "set", &net.client_if, "up"]);
+        must(&["ip", "netns", "exec", &net.ns, "ip", "route", "replace", "default", "via", &net.host_ip]);
+        for i in [&ms, &mc] {
+            must(&["ip", "netns", "exec", &mid, "sysctl", "-qw", &format!("net.ipv6.conf.{i}.disable_ipv6=1")]);
+            must(&["ip", "netns", "exec", &mid, "ip", "link", "set", i, "up"]);
+        }
+        let mut child = Command::new("ip")
+            .args(["netns", "exec", &mid])
+            .arg(std::env::var_os("LINKEM_BIN").map(PathBuf::from).unwrap_or_else(|| tessera_bin().with_file_name("linkem")))
+            .args(["--server-if", &ms, "--client-if", &mc])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start linkem");
+        let mut out = BufReader::new(child.stdout.take().expect("stdout"));
+        let mut line = String::new();
+        out.read_line(&mut line).expect("linkem ready");
+        assert!(line.contains("ready"), "linkem: {line}");
+        net.emulator = Some(Emulator { ns: mid, linkem: std::sync::Mutex::new((child, out)) });
+        net
+    }
+
+    /// Changes the emulated link (`linkem`'s stdin language): `"down rate=600 queue=200"`,
+    /// `"both delay=25 jitter=5"`, `"down burst=10:5"`; returns its answer (`stats` gives its
+    /// counters as JSON).
+    pub fn link(&self, command: &str) -> Value {
+        use std::io::Write;
+        let mut em = self.emulator.as_ref().expect("an emulated TestNet").linkem.lock().unwrap();
+        let stdin = em.0.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{command}").expect("write to linkem");
+        stdin.flush().expect("flush");
+        let mut line = String::new();
+        em.1.read_line(&mut line).expect("linkem answers");
+        let v: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("linkem said {line:?}: {e}"));
+        assert!(v.get("error").is_none(), "linkem refused {command:?}: {v}");
+        v
     }
 
     /// Shapes what the server sends to this host (egress of the host-side veth), e.g.
@@ -366,6 +432,12 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        if let Some(em) = self.emulator.take() {
+            let mut linkem = em.linkem.into_inner().unwrap_or_else(|e| e.into_inner());
+            let _ = linkem.0.kill();
+            let _ = linkem.0.wait();
+            let _ = sh(&["ip", "netns", "del", &em.ns]);
+        }
         let _ = sh(&["ip", "netns", "del", &self.ns]);
         let _ = sh(&["ip", "link", "del", &self.host_if]);
     }
@@ -382,6 +454,14 @@ impl Client {
     pub fn start(net: &TestNet, script: &str, args: &[&str]) -> Client {
         let path = repo_root().join("tests/clients").join(script);
         let child = net.command(&python()).arg(&path).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{script}: {e}"));
+        Client { child: Some(child), what: format!("{script} {}", args.first().unwrap_or(&"")) }
+    }
+
+    /// A client script run in this process's namespace (it may start programs elsewhere, as
+    /// netbed.py starts its viewer's Chromium in a test host).
+    pub fn start_here(script: &str, args: &[&str]) -> Client {
+        let path = repo_root().join("tests/clients").join(script);
+        let child = Command::new(python()).arg(&path).args(args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("{script}: {e}"));
         Client { child: Some(child), what: format!("{script} {}", args.first().unwrap_or(&"")) }
     }
 

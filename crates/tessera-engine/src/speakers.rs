@@ -88,6 +88,11 @@ impl RoomSpeakers {
         list.into_iter().map(|(u, d)| (u, level_percent(d))).collect()
     }
 
+    /// The loudest of the list last sent (the speaker clients show).
+    pub fn loudest(&self) -> Option<&UserId> {
+        self.sent.first().map(|(u, _)| u)
+    }
+
     /// The list to send now, if it changed (other users, another order, or a level moved by
     /// 10 or more) and the last one went out at least 500 ms ago.
     pub fn poll(&mut self, now: Instant) -> Option<Vec<(UserId, u8)>> {

@@ -17,23 +17,46 @@ use tessera_rtc::str0m::media::{MediaKind, Mid, Pt, Rid};
 pub const MAX_QUEUED_PACKETS: usize = 400;
 /// A frame already started may grow a viewer's queue to this before it is cut.
 pub const HARD_QUEUED_PACKETS: usize = 800;
-/// While the media task is saturated, how long a viewer track's oldest queued packet may wait
-/// before the queue counts as full: past capacity latency stays bounded — whole frames are
-/// dropped up to the next keyframe instead of every viewer falling seconds behind. (A viewer
-/// whose own link is slow is not cut by age: its allocator moves it to a lower layer, and the
-/// backlog of the old layer must not make the new layer's keyframe wait for another.)
+/// While the media task is saturated, or the allocator is moving a viewer off the layer being
+/// sent, how long a viewer track's oldest queued packet may wait before the queue counts as
+/// full: past capacity latency stays bounded — whole frames are dropped up to the next
+/// keyframe instead of every viewer falling seconds behind.
 pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(300);
+/// Otherwise (a viewer's own link): str0m's pacer holds up to 2 s of what the estimate does
+/// not carry, and a link that just became thinner would deliver the next layer's keyframe
+/// seconds late (measured: a 3 Mbit/s → 400 kbit/s step froze the picture 4–6 s). Twice the
+/// above leaves room for a keyframe's burst.
+pub const MAX_LINK_QUEUE_DELAY: Duration = Duration::from_millis(600);
 
-/// A viewer queue's length as the frame gate sees it: its packets, or, when the media task is
-/// `saturated`, at least the soft limit once its oldest packet has waited `MAX_QUEUE_DELAY`
-/// (the hard one at twice that, which cuts a frame already started).
-pub(super) fn queue_load(packets: usize, oldest: Option<Instant>, now: Instant, saturated: bool) -> usize {
-    if !saturated {
-        return packets;
+/// After a layer switch, the queue's size is not held against the new layer this long.
+const SWITCH_GRACE: Duration = Duration::from_secs(1);
+
+/// A viewer track's send queue (str0m's pacer queue), as sampled for the frame gate.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct Queued {
+    pub(super) packets: usize,
+    pub(super) oldest: Option<Instant>,
+    /// How long its bytes take to leave at the viewer's estimate: a link that just thinned
+    /// shows here before any packet has waited long.
+    pub(super) drain: Option<Duration>,
+    /// The media task is saturated.
+    pub(super) saturated: bool,
+}
+
+impl Queued {
+    #[cfg(test)]
+    pub(super) fn packets(packets: usize) -> Queued {
+        Queued { packets, oldest: None, drain: None, saturated: false }
     }
-    match oldest.map(|t| now.saturating_duration_since(t)) {
-        Some(age) if age >= 2 * MAX_QUEUE_DELAY => packets.max(HARD_QUEUED_PACKETS),
-        Some(age) if age >= MAX_QUEUE_DELAY => packets.max(MAX_QUEUED_PACKETS),
+}
+
+/// A viewer queue's length as the frame gate sees it: its packets, and at least the soft
+/// limit once its `delay` (how long it holds a packet) reaches `max_delay` (the hard one at
+/// twice that, which cuts a frame already started).
+pub(super) fn queue_load(packets: usize, delay: Option<Duration>, max_delay: Duration) -> usize {
+    match delay {
+        Some(age) if age >= 2 * max_delay => packets.max(HARD_QUEUED_PACKETS),
+        Some(age) if age >= max_delay => packets.max(MAX_QUEUED_PACKETS),
         _ => packets,
     }
 }
@@ -62,6 +85,11 @@ pub(super) struct Consumer {
     /// When an internal publisher's GOP was last replayed to this consumer (at most once a
     /// second: under overload each replay would be dropped again, packet by packet).
     gop_replayed_at: Option<Instant>,
+    /// Inside the first frame of a layer switch (admitted whatever the queue's age).
+    switch_frame: bool,
+    /// When the last switch started: the old layer's backlog, still draining, is no age of the
+    /// new layer's.
+    switched_at: Option<Instant>,
     /// What it sends (for the rooms API's per-track stats).
     pub(super) sent: Option<super::producer::RateMeter>,
     /// The codec it last sent.
@@ -98,6 +126,8 @@ impl Consumer {
             pts,
             gate: FrameGate::default(),
             gop_replayed_at: None,
+            switch_frame: false,
+            switched_at: None,
             sent: None,
             codec: None,
         }
@@ -106,7 +136,7 @@ impl Consumer {
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
     /// cannot be asked for a keyframe but has a GOP cache; `replaying`: the packet comes from
     /// that cache), given the packets waiting in this consumer's send queue.
-    pub(super) fn route(&mut self, fp: &FwdPacket, pub_id: u64, internal: bool, replaying: bool, queued: usize, now: Instant) -> Route {
+    pub(super) fn route(&mut self, fp: &FwdPacket, pub_id: u64, internal: bool, replaying: bool, queued: Queued, now: Instant) -> Route {
         let Some(pt) = self.pts.iter().find(|(x, _)| *x == fp.codec).map(|(_, p)| *p) else { return Route::Skip };
         // A viewer that takes the original (AV1) does not also take its H.264 re-encoding.
         if let PacketRoute::Fallback(original) = fp.route {
@@ -140,6 +170,8 @@ impl Consumer {
                 return Route::WaitKeyframe;
             }
             self.current = Some(this);
+            self.switch_frame = video;
+            self.switched_at = Some(now);
         } else if matches!(self.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
             return Route::Skip; // paused by congestion control
         }
@@ -147,7 +179,27 @@ impl Consumer {
         // than making the server hold them without bound; video then waits for a keyframe.
         // Dropped packets take no outgoing sequence numbers, so the viewer sees a clean cut,
         // not loss to NACK.
-        match self.gate.admit(this, video, fp.marker, queued, MAX_QUEUED_PACKETS, HARD_QUEUED_PACKETS) {
+        // The queue's age counts, the more strictly while the media task is saturated or the
+        // allocator moves this viewer off the layer being sent (the link is too thin for it,
+        // and its backlog must not hold back the new layer's keyframe — which always goes in).
+        let leaving = match self.target {
+            Some((p, LayerChoice::Layer(r))) => p != pub_id || r != fp.rid,
+            Some((_, LayerChoice::Paused)) => true,
+            None => false,
+        };
+        // Right after a switch the queue still drains the old layer's backlog: its age and
+        // size are not the new layer's.
+        let since_switch = self.switched_at.map(|s| now.saturating_duration_since(s));
+        let age = queued.oldest.map(|o| now.saturating_duration_since(self.switched_at.map_or(o, |s| o.max(s))));
+        let drain = queued.drain.filter(|_| since_switch.is_none_or(|d| d >= SWITCH_GRACE));
+        let delay = age.max(drain);
+        let load = match self.switch_frame {
+            true => queued.packets,
+            false if queued.saturated || leaving => queue_load(queued.packets, delay, MAX_QUEUE_DELAY),
+            false => queue_load(queued.packets, delay, MAX_LINK_QUEUE_DELAY),
+        };
+        self.switch_frame &= !fp.marker;
+        match self.gate.admit(this, video, fp.marker, load, MAX_QUEUED_PACKETS, HARD_QUEUED_PACKETS) {
             Gate::Send => {}
             Gate::Drop => {
                 self.rewriter.cut();
@@ -186,17 +238,46 @@ mod tests {
     use tessera_rtc::str0m::rtp::ExtensionValues;
 
     #[test]
-    fn an_old_queue_counts_as_full_however_short_when_the_server_is_saturated() {
+    fn an_old_queue_counts_as_full_sooner_when_saturated_or_leaving_the_layer() {
         let now = Instant::now();
-        assert_eq!(queue_load(10, None, now, true), 10);
-        assert_eq!(queue_load(10, Some(now - Duration::from_millis(50)), now, true), 10);
-        assert_eq!(queue_load(10, Some(now - MAX_QUEUE_DELAY), now, true), MAX_QUEUED_PACKETS);
-        assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now, true), HARD_QUEUED_PACKETS);
-        assert_eq!(queue_load(900, Some(now - MAX_QUEUE_DELAY), now, true), 900);
-        // A first-unsent time in the future (clock skew between samples) is no age.
-        assert_eq!(queue_load(10, Some(now + Duration::from_secs(1)), now, true), 10);
-        // A server with CPU to spare leaves a slow viewer's queue to its allocator.
-        assert_eq!(queue_load(10, Some(now - 2 * MAX_QUEUE_DELAY), now, false), 10);
+        let m = MAX_QUEUE_DELAY;
+        assert_eq!(queue_load(10, None, m), 10);
+        assert_eq!(queue_load(10, Some(Duration::from_millis(50)), m), 10);
+        assert_eq!(queue_load(10, Some(m), m), MAX_QUEUED_PACKETS);
+        assert_eq!(queue_load(10, Some(2 * m), m), HARD_QUEUED_PACKETS);
+        assert_eq!(queue_load(900, Some(m), m), 900);
+        // Through a consumer: 400 ms of queue on a viewer's own link passes...
+        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated };
+        let mut c = video();
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        let started = now - Duration::from_secs(5);
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, aged(400, false), now), Route::Send { .. }));
+        // ...but not on a saturated server,
+        assert!(matches!(c.route(&packet(3, false, true, Some("h")), 1, false, false, aged(400, true), now), Route::Dropped { .. }));
+        // nor when the allocator moves the viewer to another layer, whose keyframe goes in whole
+        // however old the queue.
+        let mut c = video();
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), started), Route::Send { .. }));
+        c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
+        assert!(matches!(c.route(&packet(4, false, true, Some("h")), 1, false, false, aged(400, false), now), Route::Dropped { .. }));
+        let later = now + Duration::from_secs(1);
+        assert!(matches!(c.route(&packet(10, true, false, Some("l")), 1, false, false, aged(1_500, false), later), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(11, true, true, Some("l")), 1, false, false, aged(1_900, false), later), Route::Send { .. }));
+        // Then the link's limit, counted from the switch: the old layer's backlog drains first.
+        let after = |ms: u64| later + Duration::from_millis(ms);
+        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, false, aged(2_000, false), after(500)), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, false, aged(2_000, false), after(700)), Route::Dropped { .. }));
+        // A queue that takes long to drain at the viewer's estimate is full however fresh its
+        // packets (a link that just thinned), except right after a switch.
+        let mut c = video();
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), started), Route::Send { .. }));
+        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false };
+        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, now), Route::Dropped { .. }));
+        let mut c = video();
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), now), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, now + Duration::from_millis(100)), Route::Send { .. }));
     }
 
     fn packet(seq: u64, keyframe: bool, marker: bool, rid: Option<&str>) -> FwdPacket {
@@ -226,9 +307,9 @@ mod tests {
     fn video_starts_at_a_keyframe_and_numbers_from_one() {
         let now = Instant::now();
         let mut c = video();
-        assert_eq!(c.route(&packet(100, false, true, None), 1, false, false, 0, now), Route::WaitKeyframe);
-        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, false, 0, now), Route::Send { seq: 1, .. }));
-        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, false, 0, now), Route::Send { seq: 2, .. }));
+        assert_eq!(c.route(&packet(100, false, true, None), 1, false, false, Queued::default(), now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, false, Queued::default(), now), Route::Send { seq: 1, .. }));
+        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, false, Queued::default(), now), Route::Send { seq: 2, .. }));
     }
 
     #[test]
@@ -236,36 +317,39 @@ mod tests {
         let now = Instant::now();
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, false, 0, now), Route::Skip);
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, 0, now), Route::Send { seq: 1, .. }));
+        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, false, Queued::default(), now), Route::Skip);
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), now), Route::Send { seq: 1, .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, 0, now), Route::Send { seq: 2, .. }), "h until l's keyframe");
-        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, false, 0, now), Route::WaitKeyframe);
-        assert!(matches!(c.route(&packet(51, true, true, Some("l")), 1, false, false, 0, now), Route::Send { seq: 3, .. }), "continuous numbering across the switch");
-        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, 0, now), Route::Skip, "h is no longer sent");
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, Queued::default(), now), Route::Send { seq: 2, .. }), "h until l's keyframe");
+        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, false, Queued::default(), now), Route::WaitKeyframe);
+        assert!(
+            matches!(c.route(&packet(51, true, true, Some("l")), 1, false, false, Queued::default(), now), Route::Send { seq: 3, .. }),
+            "continuous numbering across the switch"
+        );
+        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, Queued::default(), now), Route::Skip, "h is no longer sent");
         c.target = Some((1, LayerChoice::Paused));
-        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, false, 0, now), Route::Skip);
+        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, false, Queued::default(), now), Route::Skip);
     }
 
     #[test]
     fn a_long_queue_drops_whole_frames_then_waits_for_a_keyframe() {
         let now = Instant::now();
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, 0, now), Route::Send { .. }));
-        assert_eq!(c.route(&packet(2, false, false, None), 1, false, false, MAX_QUEUED_PACKETS, now), Route::Dropped { broken: true });
-        assert_eq!(c.route(&packet(3, false, true, None), 1, false, false, 0, now), Route::WaitKeyframe, "the rest of the picture waits");
-        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, false, 0, now), Route::Send { seq: 2, .. }), "no hole in the numbering");
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), now), Route::Send { .. }));
+        assert_eq!(c.route(&packet(2, false, false, None), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), now), Route::Dropped { broken: true });
+        assert_eq!(c.route(&packet(3, false, true, None), 1, false, false, Queued::default(), now), Route::WaitKeyframe, "the rest of the picture waits");
+        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, false, Queued::default(), now), Route::Send { seq: 2, .. }), "no hole in the numbering");
     }
 
     #[test]
     fn an_internal_publisher_replays_its_gop_at_most_once_a_second() {
         let now = Instant::now();
         let mut c = video();
-        assert_eq!(c.route(&packet(5, false, true, None), 9, true, false, 0, now), Route::ReplayGop);
-        assert_eq!(c.route(&packet(6, false, true, None), 9, true, false, 0, now + Duration::from_millis(500)), Route::Skip);
-        assert_eq!(c.route(&packet(7, false, true, None), 9, true, false, 0, now + Duration::from_secs(1)), Route::ReplayGop);
+        assert_eq!(c.route(&packet(5, false, true, None), 9, true, false, Queued::default(), now), Route::ReplayGop);
+        assert_eq!(c.route(&packet(6, false, true, None), 9, true, false, Queued::default(), now + Duration::from_millis(500)), Route::Skip);
+        assert_eq!(c.route(&packet(7, false, true, None), 9, true, false, Queued::default(), now + Duration::from_secs(1)), Route::ReplayGop);
         c.reset_gate();
-        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, true, 0, now), Route::Send { .. }), "the replay starts at its keyframe");
+        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, true, Queued::default(), now), Route::Send { .. }), "the replay starts at its keyframe");
     }
 
     #[test]
@@ -274,7 +358,7 @@ mod tests {
         let mut c = video();
         let mut p = packet(1, true, true, None);
         p.codec = Codec::Vp8;
-        assert_eq!(c.route(&p, 1, false, false, 0, now), Route::Skip);
+        assert_eq!(c.route(&p, 1, false, false, Queued::default(), now), Route::Skip);
     }
 
     #[test]
@@ -284,10 +368,10 @@ mod tests {
         let fallback = |seq| FwdPacket { route: PacketRoute::Fallback(Codec::Av1), ssrc: 9, ..packet(seq, true, true, None) };
         let original = |seq| FwdPacket { route: PacketRoute::Viewers, codec: Codec::Av1, ..packet(seq, true, true, None) };
         let mut both = Consumer::new("0".into(), source.clone(), MediaKind::Video, true, vec![(Codec::H264, 102.into()), (Codec::Av1, 45.into())]);
-        assert_eq!(both.route(&fallback(1), 1, true, false, 0, now), Route::Skip);
-        assert!(matches!(both.route(&original(1), 1, true, false, 0, now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
+        assert_eq!(both.route(&fallback(1), 1, true, false, Queued::default(), now), Route::Skip);
+        assert!(matches!(both.route(&original(1), 1, true, false, Queued::default(), now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
         let mut h264 = video();
-        assert!(matches!(h264.route(&fallback(1), 1, true, false, 0, now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
-        assert_eq!(h264.route(&original(2), 1, true, false, 0, now), Route::Skip);
+        assert!(matches!(h264.route(&fallback(1), 1, true, false, Queued::default(), now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
+        assert_eq!(h264.route(&original(2), 1, true, false, Queued::default(), now), Route::Skip);
     }
 }

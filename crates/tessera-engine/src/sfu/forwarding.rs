@@ -29,7 +29,7 @@ impl Sfu {
     /// Creates a consumer for each negotiated send section of a viewer that has none yet.
     pub(super) fn setup_consumers(&mut self, id: u64) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let Role::Viewer { consumers, send_mids, subscriptions, .. } = &mut s.role else { return };
+        let Role::Viewer { consumers, send_mids, subscriptions, rtx_age, .. } = &mut s.role else { return };
         if consumers.len() == send_mids.len() {
             return;
         }
@@ -43,7 +43,7 @@ impl Sfu {
                 if let Some(tx) = api.stream_tx_by_mid(mid, None) {
                     // str0m's default stops resending above 15 % retransmitted bytes; bursts of loss
                     // on a 10 %-loss link pass that, and viewers would see holes.
-                    tx.set_rtx_cache(RTX_CACHE_PACKETS, RTX_CACHE_AGE, Some(RTX_RATIO_CAP));
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, *rtx_age, Some(RTX_RATIO_CAP));
                     mids.push(mid);
                 }
             }
@@ -74,14 +74,18 @@ impl Sfu {
         self.rooms.get(room)?.publishers.get(source).copied()
     }
 
-    /// Chooses each video consumer's layer from the viewer's bandwidth estimate (shared evenly
-    /// among the videos it watches) or its pinned quality; pauses video when even the lowest
-    /// layer does not fit.
+    /// Chooses each video consumer's layer: the viewer's bandwidth estimate shared by the stream
+    /// allocator (`allocator::plan`: everyone's lowest layer first, then screen share, the
+    /// active speaker, the others), or its pinned quality; pauses video when even the lowest
+    /// layer does not fit; and has its estimator probe for the next step up.
     pub(super) fn allocate(&mut self, viewer_id: u64, now: Instant) {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
-        let Role::Viewer { subscriptions, .. } = &viewer.role else { return };
-        // Per subscription: its publisher, audio layer and video layers.
+        let Role::Viewer { subscriptions, consumers, .. } = &viewer.role else { return };
+        let speaker = self.speakers.get(&viewer.spec.room).and_then(|s| s.loudest());
+        // Per subscription: its publisher, audio layer, and video demand.
         let mut sources = Vec::with_capacity(subscriptions.len());
+        let mut tracks = Vec::with_capacity(subscriptions.len());
+        let mut audio_bps = 0.0;
         for sub in subscriptions {
             let pub_id = self.publisher_in(&viewer.spec.room, &sub.source);
             let producers = match pub_id.map(|p| (self.sessions.get(&p), self.internal.get(&p))) {
@@ -89,35 +93,67 @@ impl Sfu {
                 Some((_, Some(p))) => Some(&p.producers),
                 _ => None,
             };
-            let audio = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Audio)).map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
-            let video: Option<Vec<LayerRate>> =
-                producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Video)).map(|p| p.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect());
-            sources.push((pub_id, audio, video));
-        }
-        let Some(Session { role: Role::Viewer { consumers, estimate_bps, subscriptions, .. }, peer, .. }) = self.sessions.get_mut(&viewer_id) else { return };
-        let videos = sources.iter().filter(|(_, _, v)| v.is_some()).count().max(1);
-        let share = estimate_bps.map(|e| e / videos as f64);
-        let mut probe_total: Option<f64> = None;
-        for (sub, (pub_id, audio, video_layers)) in subscriptions.iter_mut().zip(&sources) {
-            let video = video_layers.as_ref().and_then(|l| sub.allocation.choose(l, sub.quality, share, now));
-            // A viewer held below the layer it would take with room to spare has its estimator
-            // probe toward that layer, or it could never climb back: the estimate does not rise
-            // above what is sent. A probe that finds no room is withdrawn and the next one
-            // waits longer.
-            if let Some(rate) = video_layers.as_ref().and_then(|l| sub.allocation.probe(l, sub.quality, share, now)) {
-                probe_total = Some(probe_total.unwrap_or(0.0).max(rate * videos as f64));
+            let audio_producer = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Audio));
+            let audio = audio_producer.map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
+            audio_bps += audio_producer.and_then(|p| p.layers.first()).map_or(0.0, |l| l.rate.bps * allocator::OVERHEAD);
+            let video = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Video));
+            if let Some(v) = video {
+                let priority = match (sub.source.1, speaker) {
+                    (StreamKind::Aux, _) => Priority::ScreenShare,
+                    (_, Some(s)) if *s == sub.source.0 => Priority::Speaker,
+                    _ => Priority::Other,
+                };
+                let current = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).and_then(|c| c.target).map(|(_, t)| t);
+                let layers = v.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
+                tracks.push(TrackDemand { layers, quality: sub.quality, priority, current });
             }
+            sources.push((pub_id, audio, video.is_some()));
+        }
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, .. }, peer, net, .. }) =
+            self.sessions.get_mut(&viewer_id)
+        else {
+            return;
+        };
+        // Retransmission caches follow the RTT (replacing a cache empties it: only on a real
+        // change).
+        if let Some(age) = net.rtt.map(rtx_cache_age) {
+            if age.abs_diff(*rtx_age) * 4 > *rtx_age {
+                *rtx_age = age;
+                let mut api = peer.rtc.direct_api();
+                for c in consumers.iter().filter(|c| c.kind == MediaKind::Video) {
+                    if let Some(tx) = api.stream_tx_by_mid(c.mid, None) {
+                        tx.set_rtx_cache(RTX_CACHE_PACKETS, age, Some(RTX_RATIO_CAP));
+                    }
+                }
+            }
+        }
+        // Down at once on the raw estimate, up only as the averaged one follows.
+        let estimate = match (*estimate_bps, *raw_estimate_bps) {
+            (Some(e), Some(r)) => Some(e.min(r)),
+            (e, _) => e,
+        };
+        let plan = allocator::plan(&tracks, audio_bps, estimate);
+        let mut planned = plan.choices.iter().zip(&tracks);
+        for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
+            let video = match has_video {
+                true => planned.next().map(|(c, t)| sub.pause.hold(*c, &t.layers, now)),
+                false => None,
+            };
             for c in consumers.iter_mut().filter(|c| c.source == sub.source) {
                 let t = if c.kind == MediaKind::Audio { *audio } else { video };
                 let new = pub_id.zip(t);
                 if c.target != new {
-                    tracing::debug!(mid = %c.mid, target = ?t, "layer target changed");
+                    tracing::debug!(mid = %c.mid, target = ?t, estimate = ?estimate, "layer target changed");
                     c.target = new;
                 }
             }
         }
-        if let Some(rate) = probe_total {
-            peer.rtc.bwe().set_bitrate(Bitrate::ZERO, Bitrate::bps(rate as u64));
+        // The estimate does not rise above what is sent: a viewer held below a layer it wants
+        // has its estimator look for that layer's rate (padding and probe clusters).
+        let rtt_ms = net.rtt.map(|r| r.as_secs_f64() * 1000.0);
+        if let Some((minimum, desired)) = prober.step(&plan, estimate, rtt_ms, now) {
+            tracing::debug!(minimum, desired, estimate = ?estimate, rtt_ms, "probe");
+            peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
         }
     }
 
@@ -242,12 +278,19 @@ impl Sfu {
             if !viewer.connected {
                 continue;
             }
-            let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
-            let queued = tx.queue_info().map_or(0, |q| queue_load(q.packet_count(), q.first_unsent(), now, saturated));
+            // str0m paces at 1.1 × its estimate.
+            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| e * 1.1);
+            let queued = tx.queue_info().map_or(Queued::default(), |q| Queued {
+                packets: q.packet_count(),
+                oldest: q.first_unsent(),
+                drain: pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))),
+                saturated,
+            });
             match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
                 Route::Skip => continue,
                 Route::WaitKeyframe => {

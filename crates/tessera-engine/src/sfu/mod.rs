@@ -24,7 +24,7 @@ mod subscriber;
 mod tap_layers;
 mod types;
 
-pub use allocator::{choose_layer, desired_bitrate, Allocation, LayerChoice, LayerRate, AUDIO_RESERVE_BPS};
+pub use allocator::{plan, LayerChoice, LayerRate, PauseHold, Plan, Priority, Prober, TrackDemand};
 pub use messages::{ChannelKind, MemberMessage, OutgoingCustom};
 pub use pipes::PipedPacket;
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
@@ -33,7 +33,7 @@ pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, Subscriber
 pub use types::*;
 
 use crate::presence::{LeaveReason, Presence, Track};
-use consumer::{queue_load, Consumer, Route, MAX_QUEUED_PACKETS};
+use consumer::{Consumer, Queued, Route, MAX_QUEUED_PACKETS};
 use producer::{is_keyframe, note_layer, to_codec, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -56,9 +56,19 @@ pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 const TICK: Duration = Duration::from_millis(250);
 /// How long a connected WebRTC peer may be silent before its session ends (issue 10, defect 5).
 pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
-/// Packets kept per consumer track for retransmission, and for how long.
+/// Packets kept per consumer track for retransmission, and for how long until the viewer's RTT
+/// is known (then `rtx_cache_age`).
 const RTX_CACHE_PACKETS: usize = 2048;
-const RTX_CACHE_AGE: Duration = Duration::from_secs(3);
+const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+
+/// How old a packet may be and still be resent to a viewer with this RTT. A packet is cached
+/// when written, before it waits in the pacer (up to `MAX_LINK_QUEUE_DELAY`); its NACK comes
+/// about an RTT after it leaves, and the resend needs another RTT to arrive, while a browser's
+/// jitter buffer gives up on a frame after about a second. Older packets only add load to a
+/// link that is already losing them. Within 0.8–2 s.
+fn rtx_cache_age(rtt: Duration) -> Duration {
+    (rtt * 3 + consumer::MAX_LINK_QUEUE_DELAY + Duration::from_millis(200)).clamp(Duration::from_millis(800), Duration::from_secs(2))
+}
 /// Resends stop when retransmissions exceed this share of the bytes sent (a link so bad that
 /// resending makes it worse).
 const RTX_RATIO_CAP: f32 = 0.5;
@@ -69,7 +79,16 @@ enum Role {
     },
     Viewer {
         consumers: Vec<Consumer>,
+        /// Its estimator's output as str0m emits it: averaged over 3 s (steady, but a link
+        /// that suddenly thins shows only seconds later).
         estimate_bps: Option<f64>,
+        /// The estimator's latest raw value (each second, with the peer's stats): a falling
+        /// link shows at once.
+        raw_estimate_bps: Option<f64>,
+        /// Probing for the next step of its allocation.
+        prober: Box<Prober>,
+        /// The age its video consumers' retransmission caches keep (`rtx_cache_age`).
+        rtx_age: Duration,
         send_mids: Vec<Mid>,
         /// What it watches: one (user, stream) for WHEP, any number on a `sub` connection.
         subscriptions: Vec<Subscription>,
@@ -415,6 +434,9 @@ impl Sfu {
                 Role::Viewer {
                     consumers: Vec::new(),
                     estimate_bps: None,
+                    raw_estimate_bps: None,
+                    prober: Box::default(),
+                    rtx_age: RTX_CACHE_AGE,
                     send_mids: Vec::new(),
                     subscriptions: vec![Subscription::whole((source, spec.stream), spec.quality)],
                     offered: None,

@@ -11,7 +11,7 @@ use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
 #[derive(Debug, Default)]
 pub(super) struct NetStats {
     /// TWCC's round trip (a viewer), else the receiver reports'.
-    rtt: Option<Duration>,
+    pub(super) rtt: Option<Duration>,
     /// Fractions 0–1: of what the server sent (a viewer) and of what it received (a publisher).
     egress_loss: Option<f32>,
     ingress_loss: Option<f32>,
@@ -68,6 +68,9 @@ impl Sfu {
 
     pub(super) fn note_peer_stats(&mut self, id: u64, s: PeerStats, now: Instant) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
+        if let Role::Viewer { raw_estimate_bps, .. } = &mut session.role {
+            *raw_estimate_bps = s.bwe_tx.map(|b| b.as_f64()).or(*raw_estimate_bps);
+        }
         let net = &mut session.net;
         net.rtt = s.rtt.or(net.rtt);
         net.egress_loss = s.egress_loss_fraction;

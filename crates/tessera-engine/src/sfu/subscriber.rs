@@ -14,14 +14,14 @@ pub(super) struct Subscription {
     pub(super) quality: Quality,
     /// The sections carrying it; empty for a WHEP viewer, whose every section does.
     pub(super) mids: Vec<(Mid, MediaKind)>,
-    /// Pause hysteresis and probing for its video.
-    pub(super) allocation: Allocation,
+    /// Pause hysteresis for its video.
+    pub(super) pause: PauseHold,
 }
 
 impl Subscription {
     /// A WHEP viewer's: the whole connection watches one stream.
     pub(super) fn whole(source: (UserId, StreamKind), quality: Quality) -> Subscription {
-        Subscription { source, quality, mids: Vec::new(), allocation: Allocation::default() }
+        Subscription { source, quality, mids: Vec::new(), pause: PauseHold::default() }
     }
 
     pub(super) fn carries(&self, mid: Mid) -> bool {
@@ -92,7 +92,16 @@ impl Sfu {
         self.index_ufrag(&peer.local_ufrag, id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = "subscriber");
         tracing::info!(parent: &span, "subscriber connection added");
-        let role = Role::Viewer { consumers: Vec::new(), estimate_bps: None, send_mids: Vec::new(), subscriptions: Vec::new(), offered: Some(Box::default()) };
+        let role = Role::Viewer {
+            consumers: Vec::new(),
+            estimate_bps: None,
+            raw_estimate_bps: None,
+            prober: Box::default(),
+            rtx_age: RTX_CACHE_AGE,
+            send_mids: Vec::new(),
+            subscriptions: Vec::new(),
+            offered: Some(Box::default()),
+        };
         self.insert_session(id, Session::new(spec, peer, role, span, now));
         Ok(id)
     }
@@ -213,7 +222,7 @@ impl Sfu {
                     if !viewers.contains(&id) {
                         viewers.push(id);
                     }
-                    subscriptions.push(Subscription { source: req.source, quality: req.quality, mids, allocation: Allocation::default() });
+                    subscriptions.push(Subscription { source: req.source, quality: req.quality, mids, pause: PauseHold::default() });
                 }
             }
         }

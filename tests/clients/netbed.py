@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""The network test bed's browsers: a Chromium publisher and a Chromium viewer whose link is
+emulated (tests/linkem), and a collector of the viewer's getStats() over time.
+
+sfu:    the publisher sends publish.html's three simulcast layers (h, m, l: 1500/500/150 kbit/s)
+        to Tessera; the viewer watches with play.html (quality auto).
+direct: the anchor: the same two browsers in a direct peer-to-peer call (one encoding capped at
+        the top layer's 1500 kbit/s, Chromium's own congestion control end to end), SDP handed
+        over by this script.
+
+The publisher's Chromium runs in this process's namespace, the viewer's in --viewer-ns (the
+emulated link's far side). Every --interval seconds for --seconds the viewer's stats are
+sampled: wall-clock time, received picture size, fps, frames decoded, freezes (count and
+total duration), video kbit/s, packets lost/received, jitter-buffer delay, concealed audio
+samples, RTT of the selected candidate pair. Prints one JSON line: {"samples": [...],
+"publisher": {...}}; exits 1 with {"error": ...} on failure.
+"""
+import argparse
+import json
+import os
+import stat
+import sys
+import tempfile
+import time
+from urllib.parse import urlencode
+
+from playwright.sync_api import sync_playwright
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from browser import CHROMIUM_ARGS, goto  # noqa: E402
+
+COLLECT = """async (pc) => {
+  const r = await pc.getStats();
+  const s = {t: Date.now() / 1000};
+  r.forEach(x => {
+    if (x.type === 'inbound-rtp' && x.kind === 'video') {
+      Object.assign(s, {width: x.frameWidth || 0, height: x.frameHeight || 0, fps: x.framesPerSecond || 0,
+        framesDecoded: x.framesDecoded || 0, freezeCount: x.freezeCount || 0, freezeSeconds: x.totalFreezesDuration || 0,
+        videoBytes: x.bytesReceived || 0, videoLost: x.packetsLost || 0, videoReceived: x.packetsReceived || 0,
+        nacks: x.nackCount || 0, plis: x.pliCount || 0, jitterMs: (x.jitter || 0) * 1000,
+        jitterBufferMs: x.jitterBufferEmittedCount ? 1000 * x.jitterBufferDelay / x.jitterBufferEmittedCount : 0});
+    }
+    if (x.type === 'inbound-rtp' && x.kind === 'audio') {
+      Object.assign(s, {audioSamples: x.totalSamplesReceived || 0, concealedSamples: x.concealedSamples || 0,
+        audioLost: x.packetsLost || 0, audioReceived: x.packetsReceived || 0});
+    }
+    if (x.type === 'candidate-pair' && x.nominated && x.state === 'succeeded' && x.currentRoundTripTime !== undefined) s.rttMs = x.currentRoundTripTime * 1000;
+  });
+  return s;
+}"""
+
+PUBLISH_STATS = """async (pc) => {
+  const r = await pc.getStats(); const out = [];
+  r.forEach(x => { if (x.type === 'outbound-rtp' && x.kind === 'video') out.push({rid: x.rid || null, width: x.frameWidth || 0,
+    height: x.frameHeight || 0, bytesSent: x.bytesSent || 0, limitation: x.qualityLimitationReason || ''}); });
+  return out;
+}"""
+
+DIRECT_PUBLISHER = """async () => {
+  const media = await navigator.mediaDevices.getUserMedia({audio: true, video: {width: 1280, height: 720, frameRate: 30}});
+  const pc = new RTCPeerConnection();
+  pc.addTransceiver(media.getAudioTracks()[0], {direction: 'sendonly', streams: [media]});
+  pc.addTransceiver(media.getVideoTracks()[0], {direction: 'sendonly', streams: [media], sendEncodings: [{maxBitrate: 1500000}]});
+  window.__pc = pc;
+  await pc.setLocalDescription(await pc.createOffer());
+  await new Promise(r => { if (pc.iceGatheringState === 'complete') r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
+  return pc.localDescription.sdp;
+}"""
+
+DIRECT_VIEWER = """async (offer) => {
+  const pc = new RTCPeerConnection();
+  window.__pc = pc;
+  const ms = new MediaStream();
+  const v = document.createElement('video'); v.autoplay = true; v.muted = true; v.srcObject = ms; document.body.appendChild(v);
+  pc.ontrack = e => ms.addTrack(e.track);
+  await pc.setRemoteDescription({type: 'offer', sdp: offer});
+  await pc.setLocalDescription(await pc.createAnswer());
+  await new Promise(r => { if (pc.iceGatheringState === 'complete') r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
+  return pc.localDescription.sdp;
+}"""
+
+
+WRAPPERS = []
+
+
+def launch(pw, a, ns):
+    args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
+    if a.fake_video:
+        args.append(f"--use-file-for-fake-video-capture={a.fake_video}")
+    exe = a.chromium
+    if ns:
+        # Playwright talks to Chromium over pipes, so Chromium may live in another namespace.
+        fd, exe = tempfile.mkstemp(prefix="netbed-chromium-", suffix=".sh")
+        os.write(fd, f'#!/bin/sh\nexec ip netns exec {ns} {a.chromium} "$@"\n'.encode())
+        os.close(fd)
+        os.chmod(exe, stat.S_IRWXU)
+        WRAPPERS.append(exe)
+    return pw.chromium.launch(executable_path=exe, headless=True, args=args)
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("mode", choices=["sfu", "direct"])
+    p.add_argument("--base", required=True, help="the server, as the viewer reaches it: http://host:port")
+    p.add_argument("--viewer-ns", required=True)
+    p.add_argument("--room", default="net")
+    p.add_argument("--user", default="cam")
+    p.add_argument("--token", default="", help="sfu: publisher's token")
+    p.add_argument("--viewer-token", default="")
+    p.add_argument("--fake-video", default="")
+    p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--interval", type=float, default=0.5)
+    p.add_argument("--warmup", type=float, default=4, help="publisher alone before the viewer joins")
+    p.add_argument("--chromium", default="/usr/bin/chromium")
+    a = p.parse_args()
+    out = {"mode": a.mode}
+    with sync_playwright() as pw:
+        pub_browser = launch(pw, a, None)
+        view_browser = launch(pw, a, a.viewer_ns)
+        try:
+            pub = pub_browser.new_context().new_page()
+            view = view_browser.new_context().new_page()
+            if a.mode == "sfu":
+                q = {"room": a.room, "token": a.token, "codec": "H264", "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution"}
+                goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
+                pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=15000)
+                if pub.evaluate("window.tessera.state") == "failed":
+                    raise RuntimeError(f"publish failed: {pub.evaluate('window.tessera.error')}")
+                time.sleep(a.warmup)
+                q = {"room": a.room, "user": a.user, "token": a.viewer_token or a.token, "quality": "auto", "autostart": "1"}
+                goto(view, f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
+                view.wait_for_function("typeof pc !== 'undefined' && pc !== null", timeout=15000)
+                pub_pc, view_pc = "pc", "pc"
+            else:
+                goto(pub, f"{a.base}/play.html")
+                goto(view, f"{a.base}/play.html")
+                offer = pub.evaluate(DIRECT_PUBLISHER)
+                time.sleep(a.warmup)
+                answer = view.evaluate(DIRECT_VIEWER, offer)
+                pub.evaluate("async (sdp) => window.__pc.setRemoteDescription({type: 'answer', sdp})", answer)
+                pub_pc, view_pc = "window.__pc", "window.__pc"
+            layers_before = pub.evaluate(f"({PUBLISH_STATS})({pub_pc})")
+            out["start"] = time.time()
+            # The harness times the link's steps from this line.
+            print(json.dumps({"sampling": out["start"]}), flush=True)
+            samples = []
+            end = time.time() + a.seconds
+            while time.time() < end:
+                t0 = time.time()
+                samples.append(view.evaluate(f"({COLLECT})({view_pc})"))
+                time.sleep(max(0.0, a.interval - (time.time() - t0)))
+            out["samples"] = samples
+            layers = pub.evaluate(f"({PUBLISH_STATS})({pub_pc})")
+            took = time.time() - out["start"]
+            for l in layers:
+                before = next((x for x in layers_before if x["rid"] == l["rid"]), {"bytesSent": 0})
+                l["kbps"] = round((l["bytesSent"] - before["bytesSent"]) * 8 / 1000 / took)
+            out["publisher"] = layers
+        finally:
+            pub_browser.close()
+            view_browser.close()
+            for w in WRAPPERS:
+                os.unlink(w)
+    print(json.dumps(out), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except Exception as e:  # one JSON line either way
+        print(json.dumps({"error": str(e)}), flush=True)
+        sys.exit(1)

@@ -1,0 +1,332 @@
+//! Media quality on emulated networks (issue 17's test bed): a Chromium publisher sends three
+//! simulcast layers (h 1280x720 ≈ 1,500 kbit/s, m 640x360 ≈ 500, l 320x180 ≈ 150) and a
+//! Chromium viewer watches through a link emulated by `linkem` (rate caps with a drop-tail
+//! queue, delay, jitter, random and burst loss, rate steps over time). The viewer's getStats()
+//! is sampled every half second; each scenario is judged on what the viewer saw: picture size
+//! over time, freezes, RTT, loss, concealed audio.
+//!
+//! The anchor is the same two browsers in a direct call under the same shaping (`Mode::Direct`,
+//! Chromium's own congestion control end to end). The short scenarios run as tests; the full
+//! set, side by side with the anchor, runs with `benches/net_quality.sh` (ignored tests here,
+//! printing BENCHMARKS.md rows).
+//!
+//! These tests run one at a time (two browsers and the server share two cores).
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+use tessera_tests::*;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Mode {
+    Sfu,
+    Direct,
+}
+
+/// A link and what happens to it: `link` is applied before the viewer joins, each step at its
+/// second after sampling starts.
+struct Scenario {
+    name: &'static str,
+    link: &'static [&'static str],
+    steps: &'static [(f64, &'static str)],
+    seconds: f64,
+}
+
+/// One getStats() sample of the viewer, `t` seconds after sampling started.
+#[derive(Debug, Clone, Default)]
+struct Sample {
+    t: f64,
+    height: u64,
+    fps: f64,
+    frames: u64,
+    freeze_s: f64,
+    video_bytes: f64,
+    lost: f64,
+    received: f64,
+    rtt_ms: Option<f64>,
+    jitter_buffer_ms: f64,
+    audio_samples: f64,
+    concealed: f64,
+}
+
+struct Run {
+    mode: Mode,
+    samples: Vec<Sample>,
+    link: Value,
+    /// What the publisher sent: per layer its rid, picture size and kbit/s while sampled.
+    publisher: Value,
+}
+
+impl Run {
+    fn at_or_after(&self, t: f64) -> &Sample {
+        self.samples.iter().find(|s| s.t >= t).unwrap_or_else(|| self.samples.last().expect("samples"))
+    }
+
+    fn last(&self) -> &Sample {
+        self.samples.last().expect("samples")
+    }
+
+    /// The first time the picture is at least `height` tall, from `from` on.
+    fn first_reaching(&self, height: u64, from: f64) -> Option<f64> {
+        self.samples.iter().find(|s| s.t >= from && s.height >= height).map(|s| s.t)
+    }
+
+    /// The first time the picture is shorter than `height`, from `from` on.
+    fn first_below(&self, height: u64, from: f64) -> Option<f64> {
+        self.samples.iter().find(|s| s.t >= from && s.height > 0 && s.height < height).map(|s| s.t)
+    }
+
+    /// The share of samples in `[from, to)` whose picture is exactly `height` tall.
+    fn share_at(&self, height: u64, from: f64, to: f64) -> f64 {
+        let w: Vec<_> = self.samples.iter().filter(|s| s.t >= from && s.t < to).collect();
+        w.iter().filter(|s| s.height == height).count() as f64 / w.len().max(1) as f64
+    }
+
+    fn freeze_between(&self, from: f64, to: f64) -> f64 {
+        self.at_or_after(to).freeze_s - self.at_or_after(from).freeze_s
+    }
+
+    /// The longest single freeze (Chromium adds a freeze's duration when it ends).
+    fn longest_freeze(&self) -> f64 {
+        self.samples.windows(2).map(|w| w[1].freeze_s - w[0].freeze_s).fold(0.0, f64::max)
+    }
+
+    fn loss_pct(&self, from: f64) -> f64 {
+        let (a, b) = (self.at_or_after(from), self.last());
+        let lost = (b.lost - a.lost).max(0.0);
+        100.0 * lost / (lost + b.received - a.received).max(1.0)
+    }
+
+    fn concealed_pct(&self, from: f64) -> f64 {
+        let (a, b) = (self.at_or_after(from), self.last());
+        100.0 * (b.concealed - a.concealed) / (b.audio_samples - a.audio_samples).max(1.0)
+    }
+
+    fn kbps(&self, from: f64, to: f64) -> f64 {
+        let (a, b) = (self.at_or_after(from), self.at_or_after(to));
+        (b.video_bytes - a.video_bytes) * 8.0 / 1000.0 / (b.t - a.t).max(0.1)
+    }
+
+    /// RTT percentile (0–100) over samples from `from` on.
+    fn rtt(&self, from: f64, pct: f64) -> f64 {
+        let mut r: Vec<f64> = self.samples.iter().filter(|s| s.t >= from).filter_map(|s| s.rtt_ms).collect();
+        r.sort_by(f64::total_cmp);
+        if r.is_empty() {
+            return f64::NAN;
+        }
+        r[((r.len() - 1) as f64 * pct / 100.0).round() as usize]
+    }
+
+    /// Picture height each second, for the report.
+    fn timeline(&self) -> String {
+        let mut out = Vec::new();
+        let mut next = 0.0;
+        for s in &self.samples {
+            if s.t >= next {
+                out.push(if s.height == 0 { "-".to_string() } else { s.height.to_string() });
+                next += 1.0;
+            }
+        }
+        out.join(" ")
+    }
+
+    fn summary(&self, from: f64) -> String {
+        format!(
+            "{:?}: heights/s [{}]; video {:.0} kbit/s; freeze {:.2} s (longest {:.2}); loss {:.1} %; concealed audio {:.1} %; RTT p50 {:.0} p95 {:.0} ms; jitter buffer {:.0} ms; fps {:.0}",
+            self.mode,
+            self.timeline(),
+            self.kbps(from, f64::MAX),
+            self.last().freeze_s,
+            self.longest_freeze(),
+            self.loss_pct(from),
+            self.concealed_pct(from),
+            self.rtt(from, 50.0),
+            self.rtt(from, 95.0),
+            self.last().jitter_buffer_ms,
+            self.last().fps,
+        )
+    }
+}
+
+/// A noisy 1280x720 camera (2 s, looped by Chromium): the top layer needs its full
+/// 1,500 kbit/s, so a capped link cannot carry it.
+fn camera(dir: &Path) -> PathBuf {
+    let camera = dir.join("noisy.mjpeg");
+    let noise = std::env::var("NET_NOISE").unwrap_or_else(|_| "25".into());
+    let ok = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i", "testsrc2=s=1280x720:r=30", "-vf", &format!("noise=alls={noise}:allf=t+u"), "-t", "2", "-q:v", "5", "-f", "mjpeg"])
+        .arg(&camera)
+        .status()
+        .expect("ffmpeg")
+        .success();
+    assert!(ok, "ffmpeg made the fake camera file");
+    camera
+}
+
+fn token(data: &Path, room: &str, user: &str) -> String {
+    let (status, out, err) = run_cli(&["token", "--data-dir", data.to_str().unwrap(), "--room", room, "--user", user]);
+    assert!(status.success(), "{err}");
+    out.trim().to_owned()
+}
+
+/// Runs one scenario in `mode` on a fresh emulated link and server.
+fn run(scenario: &Scenario, mode: Mode) -> Run {
+    let dir = TempDir::new(&format!("net-{}", scenario.name));
+    let data = dir.path().join("data");
+    let net = TestNet::emulated();
+    let http = format!("{}:0", net.host_ip);
+    let server = Server::start(&data, &["--http-addr", &http, "--rtc-udp-addr", &http]);
+    let camera = camera(dir.path());
+    for cmd in scenario.link {
+        net.link(cmd);
+    }
+    let anchor = token(&data, "net", "cam");
+    let mode_arg = if mode == Mode::Sfu { "sfu" } else { "direct" };
+    let seconds = scenario.seconds.to_string();
+    let script = repo_root().join("tests/clients/netbed.py");
+    let mut child = Command::new(python())
+        .arg(&script)
+        .args([mode_arg, "--base", &server.base, "--viewer-ns", &net.ns, "--token", &anchor, "--fake-video", camera.to_str().unwrap(), "--seconds", &seconds])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("netbed.py");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stdout = child.stdout.take().expect("stdout");
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    // Steps run on the harness's clock from the moment sampling starts.
+    let deadline = Instant::now() + Duration::from_secs_f64(scenario.seconds + 90.0);
+    let mut started: Option<Instant> = None;
+    let mut steps = scenario.steps.iter().peekable();
+    let mut last = None;
+    while Instant::now() < deadline {
+        if let (Some(at), Some((t, cmd))) = (started, steps.peek()) {
+            if at.elapsed().as_secs_f64() >= *t {
+                net.link(cmd);
+                steps.next();
+                continue;
+            }
+        }
+        match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(line) if line.contains("\"sampling\"") => started = Some(Instant::now()),
+            Ok(line) if line.starts_with('{') => last = Some(line),
+            Ok(_) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+        }
+    }
+    let _ = child.kill();
+    let status = child.wait();
+    let mut err = String::new();
+    let _ = std::io::Read::read_to_string(&mut child.stderr.take().expect("stderr"), &mut err);
+    let out: Value = serde_json::from_str(last.as_deref().unwrap_or("{}")).unwrap_or_default();
+    assert!(out.get("samples").is_some(), "netbed.py {mode_arg} ({status:?}): {out}\n{err}");
+    if let Ok(dir) = std::env::var("NET_DUMP") {
+        // The raw samples, for a closer look (benches/net_quality.sh keeps them).
+        let _ = std::fs::write(Path::new(&dir).join(format!("{}-{mode_arg}.json", scenario.name)), out.to_string());
+    }
+    let start = out["start"].as_f64().expect("start");
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let samples = out["samples"]
+        .as_array()
+        .expect("samples")
+        .iter()
+        .map(|v| Sample {
+            t: num(v, "t") - start,
+            height: v["height"].as_u64().unwrap_or(0),
+            fps: num(v, "fps"),
+            frames: v["framesDecoded"].as_u64().unwrap_or(0),
+            freeze_s: num(v, "freezeSeconds"),
+            video_bytes: num(v, "videoBytes"),
+            lost: num(v, "videoLost"),
+            received: num(v, "videoReceived"),
+            rtt_ms: v["rttMs"].as_f64(),
+            jitter_buffer_ms: num(v, "jitterBufferMs"),
+            audio_samples: num(v, "audioSamples"),
+            concealed: num(v, "concealedSamples"),
+        })
+        .collect();
+    let link = net.link("stats");
+    drop(server);
+    Run { mode, samples, link, publisher: out["publisher"].clone() }
+}
+
+/// The link of the bandwidth scenarios: 20 ms each way (40 ms unloaded RTT).
+const BASE_DELAY: &str = "both delay=20";
+
+/// A viewer whose downlink carries 600 kbit/s (a 300 ms drop-tail queue, as a home router's).
+const CAPPED_600: Scenario = Scenario { name: "capped-600", link: &[BASE_DELAY, "down rate=700 queue=300"], steps: &[], seconds: 25.0 };
+
+/// 3 Mbit/s, 400 kbit/s from 10 s, 3 Mbit/s again from 20 s.
+const RATE_STEP: Scenario =
+    Scenario { name: "rate-step", link: &[BASE_DELAY, "down rate=3000 queue=300"], steps: &[(10.0, "down rate=400"), (20.0, "down rate=3000")], seconds: 35.0 };
+
+/// 5 % random loss each way at 50 ms RTT.
+const LOSS_5: Scenario = Scenario { name: "loss-5", link: &["both delay=25 loss=5"], steps: &[], seconds: 25.0 };
+
+/// 10 % loss in bursts (mean 5 packets) toward the viewer at 50 ms RTT.
+const BURST_10: Scenario = Scenario { name: "burst-10", link: &["both delay=25", "down burst=10:5"], steps: &[], seconds: 25.0 };
+
+fn report(scenario: &Scenario, runs: &[Run]) {
+    for r in runs {
+        println!("{} {}", scenario.name, r.summary(5.0));
+        println!("{} {:?} link: {}; publisher: {}", scenario.name, r.mode, r.link, r.publisher);
+    }
+}
+
+#[test]
+fn a_viewer_capped_at_600_kbits_gets_the_middle_layer_and_keeps_it() {
+    let _g = serial();
+    let r = run(&CAPPED_600, Mode::Sfu);
+    report(&CAPPED_600, std::slice::from_ref(&r));
+    let reached = r.first_reaching(360, 0.0).unwrap_or_else(|| panic!("never the middle layer: {}", r.summary(5.0)));
+    assert!(reached <= 10.0, "the middle layer within 10 s, not {reached:.1} s: {}", r.summary(5.0));
+    assert!(r.share_at(360, reached + 2.0, f64::MAX) >= 0.9, "and kept: {}", r.summary(5.0));
+    assert!(r.share_at(720, 0.0, f64::MAX) < 0.05, "never the top layer, which does not fit: {}", r.summary(5.0));
+    // Probing must not fill the link's queue: RTT near the unloaded 40 ms, and no loss.
+    assert!(r.rtt(reached, 95.0) <= 40.0 + 50.0 + 10.0, "RTT stays near the unloaded RTT: {}", r.summary(5.0));
+    assert!(r.loss_pct(reached) < 1.0, "{}", r.summary(5.0));
+    assert!(r.last().frames > 0);
+}
+
+#[test]
+fn a_rate_step_down_and_up_switches_layers_quickly_without_long_freezes() {
+    let _g = serial();
+    let r = run(&RATE_STEP, Mode::Sfu);
+    report(&RATE_STEP, std::slice::from_ref(&r));
+    let s = r.summary(5.0);
+    assert!(r.first_reaching(720, 0.0).is_some_and(|t| t < 10.0), "the top layer before the step: {s}");
+    let down = r.first_below(720, 10.0).unwrap_or_else(|| panic!("no down-switch: {s}"));
+    assert!(down - 10.0 <= 2.0, "down-switch within 2 s, not {:.1}: {s}", down - 10.0);
+    assert!(r.freeze_between(9.0, 20.0) < 0.5, "freezes while the link is thin: {s}");
+    let up = r.first_reaching(720, 20.0).unwrap_or_else(|| panic!("never back to the top layer: {s}"));
+    assert!(up - 20.0 <= 10.0, "back to the top layer within 10 s, not {:.1}: {s}", up - 20.0);
+}
+
+/// Every scenario, the SFU beside the direct-call anchor (benches/net_quality.sh).
+#[test]
+#[ignore]
+fn bench_scenarios_side_by_side_with_a_direct_call() {
+    let _g = serial();
+    let only = std::env::var("NET_SCENARIO").unwrap_or_default();
+    for scenario in [&CAPPED_600, &RATE_STEP, &LOSS_5, &BURST_10] {
+        if !only.is_empty() && !only.split(',').any(|s| s == scenario.name) {
+            continue;
+        }
+        let runs = [run(scenario, Mode::Sfu), run(scenario, Mode::Direct)];
+        report(scenario, &runs);
+    }
+}
