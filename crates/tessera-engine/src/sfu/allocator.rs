@@ -31,7 +31,8 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// No probe in a viewer's first seconds: the estimate is still the configured start, not a
 /// measurement, and padding up to it could flood a thin link.
 const PROBE_SETTLE: Duration = Duration::from_secs(3);
-/// An estimate this far below the probe's start means the probe overloads the link.
+/// An estimate this far below the probe's start means the probe overloads the link (the
+/// estimator has seen its queue grow).
 const PROBE_OVERUSE: f64 = 0.85;
 /// So does an RTT this much above the lowest seen (the link's queue grows), in ms. The
 /// server's RTT comes from transport feedback and wanders by ~40 ms on a quiet link.

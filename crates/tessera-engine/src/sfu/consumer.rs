@@ -28,8 +28,53 @@ pub const MAX_QUEUE_DELAY: Duration = Duration::from_millis(300);
 /// above leaves room for a keyframe's burst.
 pub const MAX_LINK_QUEUE_DELAY: Duration = Duration::from_millis(600);
 
-/// After a layer switch, the queue's size is not held against the new layer this long.
-const SWITCH_GRACE: Duration = Duration::from_secs(1);
+/// The longest a switch's grace lasts (see `Consumer::grace_until`).
+const MAX_SWITCH_GRACE: Duration = Duration::from_secs(3);
+
+/// How fast a viewer track's pacer queue actually empties, measured between str0m's queue
+/// samples: what left = what was there + what was written since − what is there now. Only
+/// while the queue stays backlogged (an idle queue says nothing of the link). Unlike the
+/// estimate the viewer's stats report each second, this follows the pacer at once when a link
+/// thins.
+#[derive(Debug, Default)]
+pub(super) struct DepartureMeter {
+    /// The last sample: when str0m took it, and the bytes queued then.
+    last: Option<(Instant, usize)>,
+    /// Bytes written since that sample.
+    written: usize,
+    /// Smoothed departure rate, in bit/s.
+    bps: Option<f64>,
+}
+
+impl DepartureMeter {
+    /// A queue sample (str0m's `queue_info`: taken at `at`, `bytes` queued).
+    pub(super) fn sample(&mut self, at: Instant, bytes: usize) {
+        match self.last {
+            Some((t, _)) if t == at => return,
+            Some((t, before)) if before > 0 && bytes > 0 => {
+                let secs = at.saturating_duration_since(t).as_secs_f64();
+                if secs > 0.0 {
+                    let left = (before + self.written).saturating_sub(bytes) as f64 * 8.0 / secs;
+                    self.bps = Some(self.bps.map_or(left, |b| 0.7 * b + 0.3 * left));
+                }
+            }
+            // An empty queue: the link took everything; what it took before is stale.
+            _ if bytes == 0 => self.bps = None,
+            _ => {}
+        }
+        self.last = Some((at, bytes));
+        self.written = 0;
+    }
+
+    pub(super) fn wrote(&mut self, bytes: usize) {
+        self.written += bytes;
+    }
+
+    /// How long `bytes` take to leave at the measured rate, if measured.
+    pub(super) fn drain(&self, bytes: usize) -> Option<Duration> {
+        self.bps.filter(|b| *b > 1.0).map(|b| Duration::from_secs_f64(bytes as f64 * 8.0 / b))
+    }
+}
 
 /// A viewer track's send queue (str0m's pacer queue), as sampled for the frame gate.
 #[derive(Debug, Clone, Copy, Default)]
@@ -85,11 +130,16 @@ pub(super) struct Consumer {
     /// When an internal publisher's GOP was last replayed to this consumer (at most once a
     /// second: under overload each replay would be dropped again, packet by packet).
     gop_replayed_at: Option<Instant>,
-    /// Inside the first frame of a layer switch (admitted whatever the queue's age).
+    /// Inside the first frame of a start (a switch, or a restart after a cut): admitted
+    /// whatever the queue.
     switch_frame: bool,
-    /// When the last switch started: the old layer's backlog, still draining, is no age of the
-    /// new layer's.
-    switched_at: Option<Instant>,
+    /// How fast its queue empties.
+    pub(super) departure: DepartureMeter,
+    /// Until when the queue's age and size are not held against the layer just switched to:
+    /// the old layer's backlog drains first (its drain time at the switch, plus what the link
+    /// may hold, at most `MAX_SWITCH_GRACE`). Cutting the new layer meanwhile would only
+    /// restart it at another keyframe, behind the same backlog.
+    grace_until: Option<Instant>,
     /// What it sends (for the rooms API's per-track stats).
     pub(super) sent: Option<super::producer::RateMeter>,
     /// The codec it last sent.
@@ -127,7 +177,8 @@ impl Consumer {
             gate: FrameGate::default(),
             gop_replayed_at: None,
             switch_frame: false,
-            switched_at: None,
+            grace_until: None,
+            departure: DepartureMeter::default(),
             sent: None,
             codec: None,
         }
@@ -169,9 +220,15 @@ impl Consumer {
                 }
                 return Route::WaitKeyframe;
             }
+            // A start's keyframe goes in whatever the queue (it is what the viewer needs next),
+            // and the layer has a grace while what was queued before drains.
+            if video {
+                tracing::debug!(mid = %self.mid, rid = ?fp.rid, queued = queued.packets, "layer switch");
+                let backlog = queued.drain.unwrap_or_default().max(queued.oldest.map_or(Duration::ZERO, |o| now.saturating_duration_since(o)));
+                self.grace_until = Some(now + (backlog + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
+            }
             self.current = Some(this);
             self.switch_frame = video;
-            self.switched_at = Some(now);
         } else if matches!(self.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
             return Route::Skip; // paused by congestion control
         }
@@ -187,16 +244,11 @@ impl Consumer {
             Some((_, LayerChoice::Paused)) => true,
             None => false,
         };
-        // Right after a switch the queue still drains the old layer's backlog: its age and
-        // size are not the new layer's.
-        let since_switch = self.switched_at.map(|s| now.saturating_duration_since(s));
-        let age = queued.oldest.map(|o| now.saturating_duration_since(self.switched_at.map_or(o, |s| o.max(s))));
-        let drain = queued.drain.filter(|_| since_switch.is_none_or(|d| d >= SWITCH_GRACE));
-        let delay = age.max(drain);
-        let load = match self.switch_frame {
+        let delay = queued.oldest.map(|o| now.saturating_duration_since(o)).max(queued.drain);
+        let limit = if queued.saturated || leaving { MAX_QUEUE_DELAY } else { MAX_LINK_QUEUE_DELAY };
+        let load = match self.switch_frame || self.grace_until.is_some_and(|t| now < t) {
             true => queued.packets,
-            false if queued.saturated || leaving => queue_load(queued.packets, delay, MAX_QUEUE_DELAY),
-            false => queue_load(queued.packets, delay, MAX_LINK_QUEUE_DELAY),
+            false => queue_load(queued.packets, delay, limit),
         };
         self.switch_frame &= !fp.marker;
         match self.gate.admit(this, video, fp.marker, load, MAX_QUEUED_PACKETS, HARD_QUEUED_PACKETS) {
@@ -238,6 +290,25 @@ mod tests {
     use tessera_rtc::str0m::rtp::ExtensionValues;
 
     #[test]
+    fn the_departure_meter_measures_what_leaves_a_backlogged_queue() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut d = DepartureMeter::default();
+        d.sample(ms(0), 0);
+        d.wrote(10_000);
+        d.sample(ms(100), 10_000);
+        assert_eq!(d.drain(1), None, "an idle queue before: no measure");
+        d.wrote(20_000);
+        d.sample(ms(200), 25_000);
+        // 5,000 bytes left in 100 ms: 400 kbit/s; 25,000 bytes take half a second.
+        assert_eq!(d.drain(25_000), Some(Duration::from_millis(500)));
+        d.sample(ms(200), 1);
+        assert_eq!(d.drain(25_000), Some(Duration::from_millis(500)), "the same sample again changes nothing");
+        d.sample(ms(300), 0);
+        assert_eq!(d.drain(25_000), None, "emptied: the measure is stale");
+    }
+
+    #[test]
     fn an_old_queue_counts_as_full_sooner_when_saturated_or_leaving_the_layer() {
         let now = Instant::now();
         let m = MAX_QUEUE_DELAY;
@@ -265,10 +336,11 @@ mod tests {
         let later = now + Duration::from_secs(1);
         assert!(matches!(c.route(&packet(10, true, false, Some("l")), 1, false, false, aged(1_500, false), later), Route::Send { .. }));
         assert!(matches!(c.route(&packet(11, true, true, Some("l")), 1, false, false, aged(1_900, false), later), Route::Send { .. }));
-        // Then the link's limit, counted from the switch: the old layer's backlog drains first.
+        // Then the link's limit, once the old layer's backlog (2.5 s old at the switch) has had
+        // time to drain (at most 3 s).
         let after = |ms: u64| later + Duration::from_millis(ms);
-        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, false, aged(2_000, false), after(500)), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, false, aged(2_000, false), after(700)), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, false, aged(2_000, false), after(2_900)), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, false, aged(2_000, false), after(3_100)), Route::Dropped { .. }));
         // A queue that takes long to drain at the viewer's estimate is full however fresh its
         // packets (a link that just thinned), except right after a switch.
         let mut c = video();

@@ -283,14 +283,17 @@ impl Sfu {
             let first = c.unstarted();
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
-            // str0m paces at 1.1 × its estimate.
+            // How long the queue takes to empty: at the rate it was measured to empty, else at
+            // the pacer's (1.1 × the estimate).
             let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| e * 1.1);
-            let queued = tx.queue_info().map_or(Queued::default(), |q| Queued {
-                packets: q.packet_count(),
-                oldest: q.first_unsent(),
-                drain: pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))),
-                saturated,
-            });
+            let queued = match tx.queue_info() {
+                Some(q) => {
+                    c.departure.sample(q.created_at(), q.byte_size());
+                    let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
+                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated }
+                }
+                None => Queued::default(),
+            };
             match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
                 Route::Skip => continue,
                 Route::WaitKeyframe => {
@@ -307,6 +310,7 @@ impl Sfu {
                     continue;
                 }
                 Route::Send { pt, seq, ts } => {
+                    c.departure.wrote(fp.payload.len());
                     tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
                     if first {
                         self.out.push_back(SfuOutput::FirstMedia { session: *vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });

@@ -7,6 +7,10 @@ use crate::presence::RoomEvent;
 use crate::quality::{score, QualityReport, DISCONNECTED_AFTER, QUALITY_INTERVAL};
 use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
 
+/// Loss above which what a viewer receives bounds its estimate: a link in collapse (a layer
+/// far above what it carries), not a lossy one.
+const LOSSY: f32 = 0.2;
+
 /// A peer's latest network measurements (str0m reports them every second).
 #[derive(Debug, Default)]
 pub(super) struct NetStats {
@@ -16,6 +20,8 @@ pub(super) struct NetStats {
     egress_loss: Option<f32>,
     ingress_loss: Option<f32>,
     at: Option<Instant>,
+    /// Bytes sent to the peer and when, at its last stats: the rate sent since.
+    tx_mark: Option<(u64, Instant)>,
     /// Per incoming (mid, rid): loss fraction and jitter in ms.
     ingress: Vec<(Mid, Option<Rid>, Option<f32>, f64)>,
     /// Per outgoing mid: loss fraction and the viewer's jitter in ms.
@@ -68,10 +74,21 @@ impl Sfu {
 
     pub(super) fn note_peer_stats(&mut self, id: u64, s: PeerStats, now: Instant) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
-        if let Role::Viewer { raw_estimate_bps, .. } = &mut session.role {
-            *raw_estimate_bps = s.bwe_tx.map(|b| b.as_f64()).or(*raw_estimate_bps);
-        }
         let net = &mut session.net;
+        if let Role::Viewer { raw_estimate_bps, .. } = &mut session.role {
+            let mut raw = s.bwe_tx.map(|b| b.as_f64()).or(*raw_estimate_bps);
+            // A link that suddenly thins loses most of what is sent long before the estimator
+            // (delay-based, then loss-based) comes down: what got through bounds the estimate.
+            if let (Some(loss), Some((bytes, at))) = (s.egress_loss_fraction, net.tx_mark) {
+                let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
+                if loss > LOSSY && secs >= 0.2 {
+                    let delivered = s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs * (1.0 - loss as f64);
+                    raw = Some(raw.map_or(delivered, |r| r.min(delivered)));
+                }
+            }
+            net.tx_mark = Some((s.bytes_tx, s.timestamp));
+            *raw_estimate_bps = raw;
+        }
         net.rtt = s.rtt.or(net.rtt);
         net.egress_loss = s.egress_loss_fraction;
         net.ingress_loss = s.ingress_loss_fraction;
