@@ -741,6 +741,33 @@ mod tests {
         assert!(big(&sizes[sizes.len() - 150..]) >= 140, "back on the top layer: {} of the last 150 frames", big(&sizes[sizes.len() - 150..]));
     }
 
+    /// The publisher's uplink thins and its browser stops the top layer: a viewer that took it
+    /// is moved to the layer still coming instead of waiting for the top one.
+    #[test]
+    fn a_layer_the_publisher_stops_is_not_waited_for() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
+        connect(&mut world);
+        let start = publish_simulcast(&mut world, publisher, 6);
+        let before = world.frame_sizes(viewer);
+        assert!(big(&before[before.len() - 60..]) >= 55, "on the top layer first");
+        // Only "l" from now on (keyframes every 2 s and on request).
+        let mut n = 0u32;
+        let mut answered = world.keyframe_requests(publisher).len();
+        world.run(Duration::from_secs(6), Duration::from_millis(33), |w| {
+            let asked = w.keyframe_requests(publisher).len();
+            let keyframe = n.is_multiple_of(60) || asked > answered;
+            answered = asked;
+            w.write_layer(publisher, Some("l"), &h264_frame(keyframe, 500, start + n), (start + n) as u64 * 3000);
+            n += 1;
+        });
+        let after = &world.frame_sizes(viewer)[before.len()..];
+        // The layer counts as stopped after 1.5 s; its keyframe comes at once on request.
+        assert!(after.len() >= 120, "the low layer within 2 s: {} of {n} frames", after.len());
+        assert_eq!(big(after), 0);
+    }
+
     #[test]
     fn keyframe_requests_from_viewers_are_throttled_to_one_per_500_ms() {
         let mut world = World::new();

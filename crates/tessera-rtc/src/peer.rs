@@ -27,8 +27,11 @@ const SCTP_MAX_BUFFERED: usize = 1024 * 1024;
 /// How often str0m reports a peer's stats.
 pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// Starting estimate for subscribers' bandwidth estimation.
-const INITIAL_BWE_KBPS: u64 = 1_500;
+/// Starting estimate for subscribers' bandwidth estimation: a viewer starts on a layer that
+/// most links carry (720p's 1.5 Mbit/s into a thinner link fills its queue before the estimator
+/// has measured anything, and the queue then hides the link's real RTT), and str0m's initial
+/// probes lift it within a second or two where there is room.
+const INITIAL_BWE_KBPS: u64 = 800;
 
 /// The server's host candidates: UDP on the shared port, and passive TCP (RFC 6544, framed as
 /// RFC 4571) for clients whose UDP is blocked.

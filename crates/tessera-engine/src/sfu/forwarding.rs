@@ -104,7 +104,15 @@ impl Sfu {
                     _ => Priority::Other,
                 };
                 let current = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).and_then(|c| c.target).map(|(_, t)| t);
-                let layers = v.layers.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
+                // A layer the publisher stopped sending (its uplink thinned: browsers drop their
+                // top layers first) is not waited for; with every layer silent, all are offered
+                // (the first to come back is taken).
+                let live = |l: &&Layer| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER;
+                let offered: Vec<&Layer> = match v.layers.iter().filter(live).count() {
+                    0 => v.layers.iter().collect(),
+                    _ => v.layers.iter().filter(live).collect(),
+                };
+                let layers = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current });
             }
             sources.push((pub_id, audio, video.is_some()));

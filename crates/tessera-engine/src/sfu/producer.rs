@@ -12,6 +12,9 @@ use super::types::{PacketRoute, SessionSpec};
 
 /// PLI/FIR reach a producer at most this often (PRODUCT.md §3.5).
 pub const KEYFRAME_REQUEST_INTERVAL: Duration = Duration::from_millis(500);
+/// A simulcast layer with no packet for this long is taken as stopped (a layer runs at 7.5 fps
+/// or more, and a browser's simulcast sends every layer it keeps).
+pub const LAYER_SILENT_AFTER: Duration = Duration::from_millis(1500);
 
 /// Bytes and frames over a sliding window, for layer bitrates and frame rates.
 #[derive(Debug, Clone)]

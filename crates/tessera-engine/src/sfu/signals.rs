@@ -10,6 +10,8 @@ use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
 /// Loss above which what a viewer receives bounds its estimate: a link in collapse (a layer
 /// far above what it carries), not a lossy one.
 const LOSSY: f32 = 0.2;
+/// An RTT this far above the lowest seen means the link's queue is full.
+const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
 
 /// A peer's latest network measurements (str0m reports them every second).
 #[derive(Debug, Default)]
@@ -22,6 +24,8 @@ pub(super) struct NetStats {
     at: Option<Instant>,
     /// Bytes sent to the peer and when, at its last stats: the rate sent since.
     tx_mark: Option<(u64, Instant)>,
+    /// The lowest RTT seen: the path without queues.
+    min_rtt: Option<Duration>,
     /// Per incoming (mid, rid): loss fraction and jitter in ms.
     ingress: Vec<(Mid, Option<Rid>, Option<f32>, f64)>,
     /// Per outgoing mid: loss fraction and the viewer's jitter in ms.
@@ -79,7 +83,13 @@ impl Sfu {
             let mut raw = s.bwe_tx.map(|b| b.as_f64()).or(*raw_estimate_bps);
             // A link that suddenly thins loses most of what is sent long before the estimator
             // (delay-based, then loss-based) comes down: what got through bounds the estimate.
-            if let (Some(loss), Some((bytes, at))) = (s.egress_loss_fraction, net.tx_mark) {
+            // Only with its queue full (the RTT up): bursts of loss on a link with room are not
+            // a lack of bandwidth.
+            if let Some(r) = s.rtt {
+                net.min_rtt = Some(net.min_rtt.map_or(r, |m| m.min(r)));
+            }
+            let queueing = matches!((s.rtt, net.min_rtt), (Some(r), Some(m)) if r > m + QUEUEING_RTT_RISE);
+            if let (Some(loss), Some((bytes, at)), true) = (s.egress_loss_fraction, net.tx_mark, queueing) {
                 let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
                 if loss > LOSSY && secs >= 0.2 {
                     let delivered = s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs * (1.0 - loss as f64);
