@@ -253,6 +253,7 @@ impl Sfu {
                     loss_pct: ingress.iter().filter_map(|x| x.2).reduce(f32::max).map(|l| l as f64 * 100.0),
                     jitter_ms: ingress.iter().map(|x| x.3).reduce(f64::max),
                     rtt_ms: net.and_then(|n| n.rtt).map(|r| r.as_secs_f64() * 1000.0),
+                    paused: false,
                 });
             }
         };
@@ -297,6 +298,7 @@ impl Sfu {
                             loss_pct: egress.and_then(|x| x.1).map(|l| l as f64 * 100.0),
                             jitter_ms: egress.map(|x| x.2),
                             rtt_ms: s.net.rtt.map(|r| r.as_secs_f64() * 1000.0),
+                            paused: matches!(c.target, Some((_, LayerChoice::Paused))),
                         });
                     }
                 }

@@ -353,6 +353,9 @@ pub struct TrackStats {
     pub loss_pct: Option<f64>,
     pub jitter_ms: Option<f64>,
     pub rtt_ms: Option<f64>,
+    /// Receive (video): congestion control paused it (even its lowest layer does not fit the
+    /// viewer's link); audio goes on.
+    pub paused: bool,
 }
 
 #[cfg(test)]

@@ -158,6 +158,8 @@ pub(crate) fn track_stats(owner: &UserId, t: &tessera_engine::TrackStats) -> Val
         "loss_pct": round1(t.loss_pct),
         "jitter_ms": round1(t.jitter_ms),
         "rtt_ms": round1(t.rtt_ms),
+        // Beyond the spec's fields: a received video the viewer's link cannot carry now.
+        "paused": (t.direction == "receive" && t.video).then_some(t.paused),
         // Opus is 48 kHz, and Tessera negotiates it stereo.
         "sample_rate": audio.then_some(48_000),
         "channels": audio.then_some(2),
