@@ -189,6 +189,30 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
     Plan { choices, used_bps: used, next_bps }
 }
 
+/// A raw estimate this far below the averaged one is a link that thinned, not a dip.
+const COLLAPSE: f64 = 0.7;
+
+/// The viewer's estimate: str0m's (a 3 s average: steady), or its raw value when that has
+/// fallen far below (a link that thinned: down at once, not seconds later).
+pub fn measured(averaged: Option<f64>, raw: Option<f64>) -> Option<f64> {
+    let e = averaged?;
+    Some(match raw {
+        Some(r) if r < e * COLLAPSE => r,
+        _ => e,
+    })
+}
+
+/// What the allocator shares: the measured estimate, except that while a probe runs, and for
+/// `PROBE_WINDOW` after one fails, the estimate from before it (`Prober::held`) stands unless
+/// the link collapses: a probe's own overshoot must not move layers down.
+pub fn budget(measured: Option<f64>, held: Option<f64>) -> Option<f64> {
+    let e = measured?;
+    Some(match held {
+        Some(before) if e >= before * COLLAPSE => e.max(before),
+        _ => e,
+    })
+}
+
 /// A track's pause hysteresis: a planned pause waits for `PAUSE_AFTER` of estimates below the
 /// lowest layer (the lowest layer is kept meanwhile).
 #[derive(Debug, Default)]
@@ -227,6 +251,8 @@ pub struct Prober {
     next_at: Option<Instant>,
     /// The lowest RTT seen, in ms: the link without a queue.
     base_rtt_ms: Option<f64>,
+    /// The estimate before the last failed probe, and until when it stands.
+    failed_from: Option<(f64, Instant)>,
     /// The (minimum, desired) last given to the estimator.
     set: Option<(f64, f64)>,
 }
@@ -277,6 +303,9 @@ impl Prober {
     }
 
     fn fail(&mut self, plan: &Plan, now: Instant) -> (f64, f64) {
+        if let Some(p) = self.probe {
+            self.failed_from = Some((p.from, now + PROBE_WINDOW));
+        }
         self.probe = None;
         self.failures += 1;
         let wait = PROBE_BACKOFF.saturating_mul(1 << (self.failures - 1).min(4)).min(PROBE_BACKOFF_MAX);
@@ -286,6 +315,15 @@ impl Prober {
 
     pub fn probing(&self) -> bool {
         self.probe.is_some()
+    }
+
+    /// The estimate from before the probe under way (or one failed moments ago).
+    pub fn held(&self, now: Instant) -> Option<f64> {
+        match (self.probe, self.failed_from) {
+            (Some(p), _) => Some(p.from),
+            (None, Some((from, until))) if now < until => Some(from),
+            _ => None,
+        }
     }
 }
 
@@ -376,6 +414,29 @@ mod tests {
         assert_eq!(p.next_bps, None);
         let p = plan(&[track(Priority::Other)], 0.0, Some(300_000.0));
         assert!((p.next_bps.unwrap() - 500_000.0 * OVERHEAD).abs() < 1.0, "the middle layer, not the top: {p:?}");
+    }
+
+    #[test]
+    fn the_budget_follows_the_average_the_raw_value_on_a_collapse_and_ignores_a_probes_overshoot() {
+        let t0 = Instant::now();
+        assert_eq!(measured(None, Some(1e6)), None);
+        assert_eq!(measured(Some(600_000.0), Some(500_000.0)), Some(600_000.0), "a dip of the raw value");
+        assert_eq!(measured(Some(1_500_000.0), Some(400_000.0)), Some(400_000.0), "a link that thinned");
+        // A probe from 620 kbit/s: its overshoot dips the estimate; the layers stay.
+        let tracks = [track(Priority::Other)];
+        let mid = plan(&tracks, 40_000.0, Some(620_000.0));
+        let mut p = Prober::default();
+        p.step(&mid, Some(620_000.0), Some(40.0), t0);
+        p.step(&mid, Some(620_000.0), Some(40.0), t0 + PROBE_SETTLE);
+        assert!(p.probing());
+        assert_eq!(budget(Some(560_000.0), p.held(t0 + PROBE_SETTLE)), Some(620_000.0));
+        assert_eq!(budget(Some(300_000.0), p.held(t0 + PROBE_SETTLE)), Some(300_000.0), "unless it collapses");
+        // Failed on the dip: the estimate from before stands a moment longer.
+        let later = t0 + PROBE_SETTLE + Duration::from_millis(500);
+        p.step(&mid, Some(500_000.0), Some(40.0), later);
+        assert!(!p.probing());
+        assert_eq!(budget(Some(500_000.0), p.held(later)), Some(620_000.0));
+        assert_eq!(budget(Some(500_000.0), p.held(later + PROBE_WINDOW)), Some(500_000.0));
     }
 
     #[test]

@@ -135,11 +135,8 @@ impl Sfu {
                 }
             }
         }
-        // Down at once on the raw estimate, up only as the averaged one follows.
-        let estimate = match (*estimate_bps, *raw_estimate_bps) {
-            (Some(e), Some(r)) => Some(e.min(r)),
-            (e, _) => e,
-        };
+        let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
+        let estimate = allocator::budget(measured, prober.held(now));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
@@ -159,7 +156,7 @@ impl Sfu {
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
         let rtt_ms = net.rtt.map(|r| r.as_secs_f64() * 1000.0);
-        if let Some((minimum, desired)) = prober.step(&plan, estimate, rtt_ms, now) {
+        if let Some((minimum, desired)) = prober.step(&plan, measured, rtt_ms, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt_ms, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
         }

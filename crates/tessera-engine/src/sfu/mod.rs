@@ -99,6 +99,22 @@ enum Role {
     SpeedTest(Box<speed::SpeedRun>),
 }
 
+impl Role {
+    /// A viewer watching `subscriptions`; `offered` for a connection the server offers to.
+    fn viewer(subscriptions: Vec<Subscription>, offered: Option<Box<Offered>>) -> Role {
+        Role::Viewer {
+            consumers: Vec::new(),
+            estimate_bps: None,
+            raw_estimate_bps: None,
+            prober: Box::default(),
+            rtx_age: RTX_CACHE_AGE,
+            send_mids: Vec::new(),
+            subscriptions,
+            offered,
+        }
+    }
+}
+
 struct Session {
     spec: SessionSpec,
     peer: Peer,
@@ -431,16 +447,7 @@ impl Sfu {
             PeerRole::Publish => Role::Publisher { producers: Vec::new() },
             PeerRole::Play => {
                 let source = spec.source_user.clone().expect("a viewer names its source");
-                Role::Viewer {
-                    consumers: Vec::new(),
-                    estimate_bps: None,
-                    raw_estimate_bps: None,
-                    prober: Box::default(),
-                    rtx_age: RTX_CACHE_AGE,
-                    send_mids: Vec::new(),
-                    subscriptions: vec![Subscription::whole((source, spec.stream), spec.quality)],
-                    offered: None,
-                }
+                Role::viewer(vec![Subscription::whole((source, spec.stream), spec.quality)], None)
             }
         };
         self.enter(id, &spec, now);

@@ -92,16 +92,7 @@ impl Sfu {
         self.index_ufrag(&peer.local_ufrag, id);
         let span = tracing::info_span!("session", sid = %spec.sid, room = %spec.room.room, user = %spec.user, role = "subscriber");
         tracing::info!(parent: &span, "subscriber connection added");
-        let role = Role::Viewer {
-            consumers: Vec::new(),
-            estimate_bps: None,
-            raw_estimate_bps: None,
-            prober: Box::default(),
-            rtx_age: RTX_CACHE_AGE,
-            send_mids: Vec::new(),
-            subscriptions: Vec::new(),
-            offered: Some(Box::default()),
-        };
+        let role = Role::viewer(Vec::new(), Some(Box::default()));
         self.insert_session(id, Session::new(spec, peer, role, span, now));
         Ok(id)
     }
