@@ -32,11 +32,9 @@ const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// measurement, and padding up to it could flood a thin link.
 const PROBE_SETTLE: Duration = Duration::from_secs(3);
 /// An estimate this far below the probe's start means the probe overloads the link (the
-/// estimator has seen its queue grow).
+/// estimator has seen its queue grow); so does a link that queues (its RTT well above the
+/// lowest seen).
 const PROBE_OVERUSE: f64 = 0.85;
-/// So does an RTT this much above the lowest seen (the link's queue grows), in ms. The
-/// server's RTT comes from transport feedback and wanders by ~40 ms on a quiet link.
-const PROBE_RTT_RISE_MS: f64 = 50.0;
 /// RTP headers and extensions on top of a layer's measured payload rate (the estimate counts
 /// RTP packets).
 pub const OVERHEAD: f64 = 1.04;
@@ -249,8 +247,6 @@ pub struct Prober {
     probe: Option<Probe>,
     failures: u32,
     next_at: Option<Instant>,
-    /// The lowest RTT seen, in ms: the link without a queue.
-    base_rtt_ms: Option<f64>,
     /// The estimate before the last failed probe, and until when it stands.
     failed_from: Option<(f64, Instant)>,
     /// The (minimum, desired) last given to the estimator.
@@ -260,13 +256,10 @@ pub struct Prober {
 impl Prober {
     /// What to give the viewer's estimator now, if it changed: `(minimum, desired)` in bit/s
     /// (str0m's `set_bitrate`: padding sustains the minimum, capped by the estimate; a rising
-    /// desired rate is probed for). `rtt_ms` is the viewer's latest RTT.
-    pub fn step(&mut self, plan: &Plan, estimate_bps: Option<f64>, rtt_ms: Option<f64>, now: Instant) -> Option<(f64, f64)> {
+    /// desired rate is probed for). `queueing`: the viewer's link queues now (its RTT well
+    /// above the lowest seen).
+    pub fn step(&mut self, plan: &Plan, estimate_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
-        if let Some(r) = rtt_ms {
-            self.base_rtt_ms = Some(self.base_rtt_ms.map_or(r, |b| b.min(r)));
-        }
-        let queueing = matches!((rtt_ms, self.base_rtt_ms), (Some(r), Some(b)) if r > b + PROBE_RTT_RISE_MS);
         let settled = now.duration_since(*self.first_estimate_at.get_or_insert(now)) >= PROBE_SETTLE;
         let want = match self.probe {
             Some(p) if estimate >= p.goal => {
@@ -426,14 +419,14 @@ mod tests {
         let tracks = [track(Priority::Other)];
         let mid = plan(&tracks, 40_000.0, Some(620_000.0));
         let mut p = Prober::default();
-        p.step(&mid, Some(620_000.0), Some(40.0), t0);
-        p.step(&mid, Some(620_000.0), Some(40.0), t0 + PROBE_SETTLE);
+        p.step(&mid, Some(620_000.0), false, t0);
+        p.step(&mid, Some(620_000.0), false, t0 + PROBE_SETTLE);
         assert!(p.probing());
         assert_eq!(budget(Some(560_000.0), p.held(t0 + PROBE_SETTLE)), Some(620_000.0));
         assert_eq!(budget(Some(300_000.0), p.held(t0 + PROBE_SETTLE)), Some(300_000.0), "unless it collapses");
         // Failed on the dip: the estimate from before stands a moment longer.
         let later = t0 + PROBE_SETTLE + Duration::from_millis(500);
-        p.step(&mid, Some(500_000.0), Some(40.0), later);
+        p.step(&mid, Some(500_000.0), false, later);
         assert!(!p.probing());
         assert_eq!(budget(Some(500_000.0), p.held(later)), Some(620_000.0));
         assert_eq!(budget(Some(500_000.0), p.held(later + PROBE_WINDOW)), Some(500_000.0));
@@ -460,36 +453,36 @@ mod tests {
         // measurement.
         let low = plan(&tracks, 40_000.0, Some(300_000.0));
         let goal = low.next_bps.unwrap();
-        assert_eq!(p.step(&low, Some(300_000.0), Some(40.0), t0), Some((0.0, low.used_bps)), "too early");
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0), Some((0.0, low.used_bps)), "too early");
         let s = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
-        assert_eq!(p.step(&low, Some(300_000.0), Some(40.0), s(0)), Some((goal, goal * PROBE_HEADROOM)));
-        assert_eq!(p.step(&low, Some(400_000.0), Some(45.0), s(1_000)), None, "under way, nothing new to say");
+        assert_eq!(p.step(&low, Some(300_000.0), false, s(0)), Some((goal, goal * PROBE_HEADROOM)));
+        assert_eq!(p.step(&low, Some(400_000.0), false, s(1_000)), None, "under way, nothing new to say");
         // Reached: the plan takes the layer.
-        assert_eq!(p.step(&low, Some(goal + 1.0), Some(45.0), s(1_500)), Some((0.0, goal)));
+        assert_eq!(p.step(&low, Some(goal + 1.0), false, s(1_500)), Some((0.0, goal)));
         assert!(!p.probing());
         // A probe that makes the estimate fall stops at once and backs off 5 s.
         let mid = plan(&tracks, 40_000.0, Some(620_000.0));
         let goal = mid.next_bps.unwrap();
-        assert_eq!(p.step(&mid, Some(620_000.0), Some(40.0), s(2_000)), Some((goal, goal * PROBE_HEADROOM)));
-        assert_eq!(p.step(&mid, Some(500_000.0), Some(40.0), s(2_500)), Some((0.0, mid.used_bps)), "overuse");
-        assert_eq!(p.step(&mid, Some(620_000.0), Some(40.0), s(7_000)), None, "backing off");
-        assert_eq!(p.step(&mid, Some(620_000.0), Some(40.0), s(7_600)), Some((goal, goal * PROBE_HEADROOM)));
+        assert_eq!(p.step(&mid, Some(620_000.0), false, s(2_000)), Some((goal, goal * PROBE_HEADROOM)));
+        assert_eq!(p.step(&mid, Some(500_000.0), false, s(2_500)), Some((0.0, mid.used_bps)), "overuse");
+        assert_eq!(p.step(&mid, Some(620_000.0), false, s(7_000)), None, "backing off");
+        assert_eq!(p.step(&mid, Some(620_000.0), false, s(7_600)), Some((goal, goal * PROBE_HEADROOM)));
         // Climbing slowly gets another window; a stall fails, and the back-off doubles.
-        assert_eq!(p.step(&mid, Some(700_000.0), Some(40.0), s(10_600)), None, "climbing: another window");
-        assert_eq!(p.step(&mid, Some(710_000.0), Some(40.0), s(13_700)), Some((0.0, mid.used_bps)), "stalled");
-        assert_eq!(p.step(&mid, Some(710_000.0), Some(40.0), s(23_000)), None, "10 s after the second failure");
-        assert!(p.step(&mid, Some(710_000.0), Some(40.0), s(23_800)).is_some());
-        // A rising RTT (the link queues) ends it too, and no probe starts while it is high.
-        assert_eq!(p.step(&mid, Some(710_000.0), Some(100.0), s(24_000)), Some((0.0, mid.used_bps)), "queueing");
-        assert_eq!(p.step(&mid, Some(710_000.0), Some(100.0), s(60_000)), None, "still queueing");
-        assert!(p.step(&mid, Some(710_000.0), Some(60.0), s(61_000)).is_some());
+        assert_eq!(p.step(&mid, Some(700_000.0), false, s(10_600)), None, "climbing: another window");
+        assert_eq!(p.step(&mid, Some(710_000.0), false, s(13_700)), Some((0.0, mid.used_bps)), "stalled");
+        assert_eq!(p.step(&mid, Some(710_000.0), false, s(23_000)), None, "10 s after the second failure");
+        assert!(p.step(&mid, Some(710_000.0), false, s(23_800)).is_some());
+        // A link that queues ends it too, and no probe starts while it does.
+        assert_eq!(p.step(&mid, Some(710_000.0), true, s(24_000)), Some((0.0, mid.used_bps)), "queueing");
+        assert_eq!(p.step(&mid, Some(710_000.0), true, s(60_000)), None, "still queueing");
+        assert!(p.step(&mid, Some(710_000.0), false, s(61_000)).is_some());
         // A viewer over its estimate (a layer kept by hysteresis) does not probe.
         let mut p = Prober::default();
         let mut t = track(Priority::Other);
         t.current = Some(LayerChoice::Layer(Some("m".into())));
         let over = plan(&[t], 40_000.0, Some(500_000.0));
         assert_eq!(rid(over.choices[0]), "m");
-        p.step(&over, Some(500_000.0), None, t0);
-        assert_eq!(p.step(&over, Some(500_000.0), None, s(0)), None);
+        p.step(&over, Some(500_000.0), false, t0);
+        assert_eq!(p.step(&over, Some(500_000.0), false, s(0)), None);
     }
 }

@@ -197,6 +197,8 @@ impl Consumer {
         }
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
+        // How long the queue holds a packet: its oldest one's wait, or its bytes' drain time.
+        let delay = queued.oldest.map(|o| now.saturating_duration_since(o)).max(queued.drain);
         if self.current != Some(this) {
             // Switch only to the target layer of this publisher, and for video only on a keyframe.
             let wanted = match self.target {
@@ -224,8 +226,7 @@ impl Consumer {
             // and the layer has a grace while what was queued before drains.
             if video {
                 tracing::debug!(mid = %self.mid, rid = ?fp.rid, queued = queued.packets, "layer switch");
-                let backlog = queued.drain.unwrap_or_default().max(queued.oldest.map_or(Duration::ZERO, |o| now.saturating_duration_since(o)));
-                self.grace_until = Some(now + (backlog + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
+                self.grace_until = Some(now + (delay.unwrap_or_default() + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
             }
             self.current = Some(this);
             self.switch_frame = video;
@@ -244,7 +245,6 @@ impl Consumer {
             Some((_, LayerChoice::Paused)) => true,
             None => false,
         };
-        let delay = queued.oldest.map(|o| now.saturating_duration_since(o)).max(queued.drain);
         let limit = if queued.saturated || leaving { MAX_QUEUE_DELAY } else { MAX_LINK_QUEUE_DELAY };
         let load = match self.switch_frame || self.grace_until.is_some_and(|t| now < t) {
             true => queued.packets,

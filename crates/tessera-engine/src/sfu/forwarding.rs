@@ -155,9 +155,8 @@ impl Sfu {
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
-        let rtt_ms = net.rtt.map(|r| r.as_secs_f64() * 1000.0);
-        if let Some((minimum, desired)) = prober.step(&plan, measured, rtt_ms, now) {
-            tracing::debug!(minimum, desired, estimate = ?estimate, rtt_ms, "probe");
+        if let Some((minimum, desired)) = prober.step(&plan, measured, net.queueing(), now) {
+            tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
         }
     }

@@ -10,7 +10,8 @@ use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
 /// Loss above which what a viewer receives bounds its estimate: a link in collapse (a layer
 /// far above what it carries), not a lossy one.
 const LOSSY: f32 = 0.2;
-/// An RTT this far above the lowest seen means the link's queue is full.
+/// An RTT this far above the lowest seen means the link queues (the server's RTT comes from
+/// transport feedback and wanders by ~40 ms on a quiet link).
 const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
 
 /// A peer's latest network measurements (str0m reports them every second).
@@ -33,6 +34,18 @@ pub(super) struct NetStats {
 }
 
 impl NetStats {
+    /// Keeps the lowest RTT seen, after `rtt` changed.
+    fn note_rtt(&mut self) {
+        if let Some(r) = self.rtt {
+            self.min_rtt = Some(self.min_rtt.map_or(r, |m| m.min(r)));
+        }
+    }
+
+    /// Whether the peer's link queues now: its RTT well above the lowest seen.
+    pub(super) fn queueing(&self) -> bool {
+        matches!((self.rtt, self.min_rtt), (Some(r), Some(m)) if r > m + QUEUEING_RTT_RISE)
+    }
+
     /// Measurements older than the quality window do not count.
     fn fresh(&self, now: Instant) -> bool {
         self.at.is_some_and(|t| now.saturating_duration_since(t) <= QUALITY_INTERVAL + Duration::from_millis(500))
@@ -79,17 +92,15 @@ impl Sfu {
     pub(super) fn note_peer_stats(&mut self, id: u64, s: PeerStats, now: Instant) {
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let net = &mut session.net;
+        net.rtt = s.rtt.or(net.rtt);
+        net.note_rtt();
         if let Role::Viewer { raw_estimate_bps, .. } = &mut session.role {
             let mut raw = s.bwe_tx.map(|b| b.as_f64()).or(*raw_estimate_bps);
             // A link that suddenly thins loses most of what is sent long before the estimator
             // (delay-based, then loss-based) comes down: what got through bounds the estimate.
             // Only with its queue full (the RTT up): bursts of loss on a link with room are not
             // a lack of bandwidth.
-            if let Some(r) = s.rtt {
-                net.min_rtt = Some(net.min_rtt.map_or(r, |m| m.min(r)));
-            }
-            let queueing = matches!((s.rtt, net.min_rtt), (Some(r), Some(m)) if r > m + QUEUEING_RTT_RISE);
-            if let (Some(loss), Some((bytes, at)), true) = (s.egress_loss_fraction, net.tx_mark, queueing) {
+            if let (Some(loss), Some((bytes, at)), true) = (s.egress_loss_fraction, net.tx_mark, s.rtt.is_some() && net.queueing()) {
                 let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
                 if loss > LOSSY && secs >= 0.2 {
                     let delivered = s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs * (1.0 - loss as f64);
@@ -99,7 +110,6 @@ impl Sfu {
             net.tx_mark = Some((s.bytes_tx, s.timestamp));
             *raw_estimate_bps = raw;
         }
-        net.rtt = s.rtt.or(net.rtt);
         net.egress_loss = s.egress_loss_fraction;
         net.ingress_loss = s.ingress_loss_fraction;
         net.at = Some(now);
@@ -114,6 +124,7 @@ impl Sfu {
         net.ingress.push((s.mid, s.rid, s.loss, jitter_ms(s.jitter, kind)));
         if net.rtt.is_none() {
             net.rtt = s.rtt;
+            net.note_rtt();
         }
     }
 
@@ -130,6 +141,7 @@ impl Sfu {
         net.egress.push((s.mid, s.loss.or(previous), s.remote.map_or(0.0, |r| jitter_ms(r.jitter, kind))));
         if s.rtt.is_some() {
             net.rtt = net.rtt.or(s.rtt);
+            net.note_rtt();
         }
     }
 
@@ -308,5 +320,24 @@ impl Sfu {
             published(p.spec.stream, &p.producers, None, &mut out);
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_link_queues_when_its_rtt_is_50_ms_over_the_lowest_seen() {
+        let mut net = NetStats::default();
+        assert!(!net.queueing(), "no RTT yet");
+        for ms in [60, 40, 80] {
+            net.rtt = Some(Duration::from_millis(ms));
+            net.note_rtt();
+        }
+        assert!(!net.queueing(), "80 ms over a lowest of 40");
+        net.rtt = Some(Duration::from_millis(100));
+        net.note_rtt();
+        assert!(net.queueing());
     }
 }
