@@ -42,7 +42,7 @@ COLLECT = """async (pc) => {
     }
     if (x.type === 'inbound-rtp' && x.kind === 'audio') {
       Object.assign(s, {audioSamples: x.totalSamplesReceived || 0, concealedSamples: x.concealedSamples || 0,
-        audioLost: x.packetsLost || 0, audioReceived: x.packetsReceived || 0});
+        audioLost: x.packetsLost || 0, audioReceived: x.packetsReceived || 0, audioCodec: (r.get(x.codecId) || {}).mimeType || ''});
     }
     if (x.type === 'candidate-pair' && x.nominated && x.state === 'succeeded' && x.currentRoundTripTime !== undefined) s.rttMs = x.currentRoundTripTime * 1000;
   });
@@ -52,7 +52,8 @@ COLLECT = """async (pc) => {
 PUBLISH_STATS = """async (pc) => {
   const r = await pc.getStats(); const out = [];
   r.forEach(x => { if (x.type === 'outbound-rtp' && x.kind === 'video') out.push({rid: x.rid || null, width: x.frameWidth || 0,
-    height: x.frameHeight || 0, bytesSent: x.bytesSent || 0, limitation: x.qualityLimitationReason || ''}); });
+    height: x.frameHeight || 0, bytesSent: x.bytesSent || 0, limitation: x.qualityLimitationReason || ''});
+    if (x.type === 'outbound-rtp' && x.kind === 'audio') out.push({rid: 'audio', codec: (r.get(x.codecId) || {}).mimeType || '', bytesSent: x.bytesSent || 0}); });
   return out;
 }"""
 

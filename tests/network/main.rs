@@ -56,6 +56,8 @@ struct Sample {
     jitter_buffer_ms: f64,
     audio_samples: f64,
     concealed: f64,
+    /// The received audio's codec (`audio/red` when RED is on).
+    audio_codec: String,
 }
 
 struct Run {
@@ -141,7 +143,7 @@ impl Run {
 
     fn summary(&self, from: f64) -> String {
         format!(
-            "{:?}: heights/s [{}]; {} frames; video {:.0} kbit/s; freeze {:.2} s (longest {:.2}); loss {:.1} %; concealed audio {:.1} %; RTT p50 {:.0} p95 {:.0} ms; jitter buffer {:.0} ms; fps {:.0}",
+            "{:?}: heights/s [{}]; {} frames; video {:.0} kbit/s; freeze {:.2} s (longest {:.2}); loss {:.1} %; concealed audio {:.1} % ({}); RTT p50 {:.0} p95 {:.0} ms; jitter buffer {:.0} ms; fps {:.0}",
             self.mode,
             self.timeline(),
             self.last().frames,
@@ -150,6 +152,7 @@ impl Run {
             self.longest_freeze(),
             self.loss_pct(from),
             self.concealed_pct(from),
+            self.last().audio_codec,
             self.rtt(from, 50.0),
             self.rtt(from, 95.0),
             self.last().jitter_buffer_ms,
@@ -258,6 +261,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
             jitter_buffer_ms: num(v, "jitterBufferMs"),
             audio_samples: num(v, "audioSamples"),
             concealed: num(v, "concealedSamples"),
+            audio_codec: v["audioCodec"].as_str().unwrap_or_default().to_owned(),
         })
         .collect();
     let link = net.link("stats");

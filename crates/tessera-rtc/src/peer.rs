@@ -55,7 +55,10 @@ impl Peer {
     pub fn from_offer(role: PeerRole, offer: &str, candidates: &HostCandidates, first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
         let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), now)?;
-        let answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
+        let mut answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
+        if role == PeerRole::Publish {
+            answer = prefer_red(&answer);
+        }
         let local_ufrag =
             answer.lines().find_map(|l| l.trim_end().strip_prefix("a=ice-ufrag:")).map(str::to_owned).ok_or_else(|| OfferError::Invalid("the answer has no ICE ufrag".into()))?;
         Ok((Peer { rtc, local_ufrag }, answer))
@@ -73,7 +76,7 @@ impl Peer {
 /// The str0m peer Tessera runs: ICE-lite, RTP mode, Opus and H.264 (or VP8 first when the
 /// client prefers it), with AV1 and bandwidth estimation when it plays to the client.
 fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
-    let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+    let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, true);
     if let Some(cert) = crate::dtls::process_certificate() {
         config = config.set_dtls_cert(cert);
     }
@@ -106,6 +109,41 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Ins
         rtc.add_local_candidate(c);
     }
     Ok(rtc)
+}
+
+/// Lists RED first in an answer's audio sections: a browser sends RED (each Opus packet with
+/// the one before it, so a single loss on its uplink is filled) only when the answer prefers it
+/// to plain Opus. Tessera unwraps it on arrival (`tessera-engine`'s `sfu/red.rs`).
+pub fn prefer_red(answer: &str) -> String {
+    let red_pts: Vec<&str> = answer
+        .lines()
+        .filter_map(|l| l.trim_end().strip_prefix("a=rtpmap:"))
+        .filter_map(|r| r.split_once(' '))
+        .filter(|(_, c)| c.to_ascii_lowercase().starts_with("red/48000"))
+        .map(|(pt, _)| pt)
+        .collect();
+    if red_pts.is_empty() {
+        return answer.to_owned();
+    }
+    let mut out = String::with_capacity(answer.len());
+    for line in answer.lines() {
+        let line = line.trim_end_matches(['\r', '\n']);
+        match line.strip_prefix("m=audio ") {
+            Some(rest) => {
+                // m=audio <port> <proto> <fmt>...
+                let parts: Vec<&str> = rest.split(' ').collect();
+                let (head, fmts) = parts.split_at(2.min(parts.len()));
+                let reds = fmts.iter().filter(|f| red_pts.contains(f));
+                let others = fmts.iter().filter(|f| !red_pts.contains(f));
+                let fmts: Vec<&str> = reds.chain(others).copied().collect();
+                out.push_str("m=audio ");
+                out.push_str(&head.iter().chain(fmts.iter()).copied().collect::<Vec<_>>().join(" "));
+            }
+            None => out.push_str(line),
+        }
+        out.push_str("\r\n");
+    }
+    out
 }
 
 /// Marks the m-sections whose mid is in `mids` as rejected (port 0) in an SDP answer, for
@@ -148,6 +186,18 @@ pub fn reject_sections(answer: &str, mids: &[String]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn red_goes_first_in_audio_sections_only() {
+        let answer =
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111 63\r\na=rtpmap:111 opus/48000/2\r\na=rtpmap:63 red/48000/2\r\na=fmtp:63 111/111\r\nm=video 9 UDP/TLS/RTP/SAVPF 96 63\r\n";
+        let out = prefer_red(answer);
+        assert!(out.contains("m=audio 9 UDP/TLS/RTP/SAVPF 63 111\r\n"), "{out}");
+        assert!(out.contains("m=video 9 UDP/TLS/RTP/SAVPF 96 63\r\n"));
+        assert_eq!(out.lines().count(), answer.lines().count());
+        let plain = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n";
+        assert_eq!(prefer_red(plain), plain);
+    }
 
     #[test]
     fn rejecting_sections_sets_port_zero() {

@@ -77,6 +77,7 @@ pub struct Metrics {
     received: Counter,
     keyframe_requests: Counter,
     dropped: Counter,
+    red_recovered: Counter,
     started: Instant,
     uptime: Gauge<f64, AtomicU64>,
     pub http_requests: Family<HttpLabels, Counter>,
@@ -122,6 +123,8 @@ impl Metrics {
         registry.register("tessera_keyframe_requests", "PLIs sent to producers (after throttling)", keyframe_requests.clone());
         let dropped = Counter::default();
         registry.register("tessera_rtp_packets_dropped", "RTP packets not forwarded because a viewer's send queue was full", dropped.clone());
+        let red_recovered = Counter::default();
+        registry.register("tessera_audio_red_recovered", "Audio packets lost on a publisher's uplink and recovered from RED redundancy", red_recovered.clone());
         let custom_messages = Counter::default();
         registry.register("tessera_custom_messages", "Custom messages accepted from participants (socket and data channels)", custom_messages.clone());
         let speed_tests = Gauge::default();
@@ -169,6 +172,7 @@ impl Metrics {
             received,
             keyframe_requests,
             dropped,
+            red_recovered,
             started: Instant::now(),
             uptime,
             http_requests,
@@ -225,6 +229,7 @@ impl Metrics {
         sync(&self.received, counters.packets_received.load(Ordering::Relaxed));
         sync(&self.keyframe_requests, counters.keyframe_requests.load(Ordering::Relaxed));
         sync(&self.dropped, counters.packets_dropped.load(Ordering::Relaxed));
+        sync(&self.red_recovered, counters.red_recovered.load(Ordering::Relaxed));
         sync(&self.custom_messages, counters.custom_messages.load(Ordering::Relaxed));
         sync(&self.bytes_forwarded, counters.bytes_forwarded.load(Ordering::Relaxed));
         sync(&self.datagrams_sent, counters.datagrams_sent.load(Ordering::Relaxed));

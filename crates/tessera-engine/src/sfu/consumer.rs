@@ -144,6 +144,8 @@ pub(super) struct Consumer {
     pub(super) sent: Option<super::producer::RateMeter>,
     /// The codec it last sent.
     pub(super) codec: Option<Codec>,
+    /// Audio to a viewer that negotiated RED: sent wrapped, each packet carrying the one before.
+    pub(super) red: Option<super::red::RedSender>,
 }
 
 /// What one producer packet does at one consumer.
@@ -181,6 +183,7 @@ impl Consumer {
             departure: DepartureMeter::default(),
             sent: None,
             codec: None,
+            red: None,
         }
     }
 

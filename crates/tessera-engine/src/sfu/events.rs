@@ -32,7 +32,7 @@ impl Sfu {
                             Some(sim) => sim.recv.iter().map(|l| Layer::new(Some(l.rid), now)).collect(),
                             None => vec![Layer::new(None, now)],
                         };
-                        producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false, codec: None });
+                        producers.push(Producer { mid: m.mid, kind: m.kind, layers, announced: false, codec: None, red: None });
                     }
                 }
             }

@@ -3,6 +3,7 @@
 //! session and routing bookkeeping in `mod.rs`.
 
 use super::*;
+use tessera_media::Codec;
 
 impl Sfu {
     /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
@@ -65,7 +66,10 @@ impl Sfu {
             // sections it was offered with. A stopped section has none.
             let Some(sub) = subscriptions.iter().find(|x| x.carries(mid)) else { continue };
             let allowed = !s.spec.rejected_mids.iter().any(|m| **m == *mid);
-            consumers.push(Consumer::new(mid, sub.source.clone(), kind, allowed, pts));
+            let red = pts.iter().find(|(c, _)| *c == Codec::Opus).and_then(|(_, pt)| red::red_pt_of(&params, *pt));
+            let mut consumer = Consumer::new(mid, sub.source.clone(), kind, allowed, pts);
+            consumer.red = red.filter(|_| kind == MediaKind::Audio).map(red::RedSender::new);
+            consumers.push(consumer);
         }
     }
 
@@ -95,7 +99,9 @@ impl Sfu {
             };
             let audio_producer = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Audio));
             let audio = audio_producer.map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
-            audio_bps += audio_producer.and_then(|p| p.layers.first()).map_or(0.0, |l| l.rate.bps * allocator::OVERHEAD);
+            // RED sends each packet's payload again with the next (or the next two).
+            let copies = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Audio).and_then(|c| c.red.as_ref()).map_or(1, |r| 1 + r.levels);
+            audio_bps += audio_producer.and_then(|p| p.layers.first()).map_or(0.0, |l| l.rate.bps * allocator::OVERHEAD * copies as f64);
             let video = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Video));
             if let Some(v) = video {
                 let priority = match (sub.source.1, speaker) {
@@ -135,6 +141,12 @@ impl Sfu {
                 }
             }
         }
+        // RED carries two earlier packets where one in twenty is lost, else one.
+        for c in consumers.iter_mut() {
+            if let Some(red) = c.red.as_mut() {
+                red.levels = if net.egress_loss_of(c.mid).is_some_and(|l| l >= red::LOSSY) { red::MAX_RED_LEVELS } else { 1 };
+            }
+        }
         let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
         let estimate = allocator::budget(measured, prober.held(now));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
@@ -166,9 +178,12 @@ impl Sfu {
         let ssrc = pkt.header.ssrc;
         let Some((mid, rid)) = publisher.peer.rtc.direct_api().stream_rx(&ssrc).map(|s| (s.mid(), s.rid())) else { return };
         let pt = pkt.header.payload_type;
-        let Some(codec) = publisher.peer.rtc.codec_config().params().iter().find(|p| p.pt() == pt).and_then(|p| to_codec(p.spec().codec)) else {
+        // A RED packet (RFC 2198) names the codec it wraps through its RED payload type.
+        let params = publisher.peer.rtc.codec_config().params();
+        let Some((param, is_red)) = params.iter().find(|p| p.pt() == pt).map(|p| (p, false)).or_else(|| params.iter().find(|p| p.red() == Some(pt)).map(|p| (p, true))) else {
             return;
         };
+        let (primary_pt, Some(codec)) = (param.pt(), to_codec(param.spec().codec)) else { return };
         let Role::Publisher { producers } = &mut publisher.role else { return };
         let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
         let kind = producer.kind;
@@ -178,6 +193,26 @@ impl Sfu {
             let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
         }
+        let seq = *pkt.seq_no;
+        // Producers carry plain Opus: RED is unwrapped here, and a packet lost on the way in is
+        // recovered from the redundancy of the one after it (`red.rs`).
+        let recovered = match (is_red && kind == MediaKind::Audio, producer.red.as_mut()) {
+            (true, red) => {
+                let red = match red {
+                    Some(r) => r,
+                    None => producer.red.insert(Box::default()),
+                };
+                let Some(packets) = red.unwrap(seq, pkt.header.timestamp, &pkt.payload, *primary_pt) else { return };
+                Some(packets)
+            }
+            (false, Some(red)) => {
+                if !red.plain(seq) {
+                    return;
+                }
+                None
+            }
+            (false, None) => None,
+        };
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,
             voice_activity: pkt.header.ext_vals.voice_activity,
@@ -186,7 +221,7 @@ impl Sfu {
         };
         let fp = FwdPacket {
             ssrc: *ssrc,
-            seq: *pkt.seq_no,
+            seq,
             ts: pkt.header.timestamp,
             marker: pkt.header.marker,
             keyframe,
@@ -200,7 +235,20 @@ impl Sfu {
             route: PacketRoute::All,
         };
         let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
-        self.fan_out(pub_id, &room, &key, &fp, now, None);
+        let Some(packets) = recovered else {
+            self.fan_out(pub_id, &room, &key, &fp, now, None);
+            return;
+        };
+        for (seq, ts, payload) in packets {
+            // A recovered packet keeps no marker (RFC 2198) and no level of its own.
+            let primary = seq == fp.seq;
+            let ext = if primary { fp.ext.clone() } else { ExtensionValues::default() };
+            let unwrapped = FwdPacket { seq, ts, payload, marker: primary && fp.marker, ext, ..fp.clone() };
+            if !primary {
+                self.counters.red_recovered.fetch_add(1, Ordering::Relaxed);
+            }
+            self.fan_out(pub_id, &room, &key, &unwrapped, now, None);
+        }
     }
 
     /// Hands a packet to the room's taps that take its route (a mix job's tap skips mixes) and
@@ -315,7 +363,11 @@ impl Sfu {
                 }
                 Route::Send { pt, seq, ts } => {
                     c.departure.wrote(fp.payload.len());
-                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, fp.payload.clone()).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
+                    let (pt, payload) = match c.red.as_mut() {
+                        Some(red) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
+                        _ => (pt, fp.payload.clone()),
+                    };
+                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, payload).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
                     if first {
                         self.out.push_back(SfuOutput::FirstMedia { session: *vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });
                     }
@@ -375,7 +427,7 @@ impl Sfu {
         }
         let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
             .into_iter()
-            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: vec![Layer::new(None, now)], announced: false, codec: None })
+            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: vec![Layer::new(None, now)], announced: false, codec: None, red: None })
             .collect();
         tracing::info!(sid = %spec.sid, room = %spec.room.room, user = %spec.user, "internal publisher added");
         self.by_sid.insert(spec.sid.clone(), id);

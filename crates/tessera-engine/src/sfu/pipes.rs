@@ -78,7 +78,7 @@ impl Sfu {
         let producers = [(INTERNAL_AUDIO_MID, MediaKind::Audio), (INTERNAL_VIDEO_MID, MediaKind::Video)]
             .into_iter()
             // Layers appear as their packets do; no presence to announce them to.
-            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: Vec::new(), announced: true, codec: None })
+            .map(|(mid, kind)| Producer { mid: mid.into(), kind, layers: Vec::new(), announced: true, codec: None, red: None })
             .collect();
         let spec = SessionSpec {
             sid: String::new(),

@@ -74,6 +74,8 @@ pub(super) struct Producer {
     pub(super) announced: bool,
     /// The codec of its last packet.
     pub(super) codec: Option<Codec>,
+    /// Audio sent as RED: unwrapped, and losses recovered from it (from its first RED packet).
+    pub(super) red: Option<Box<super::red::RedReceiver>>,
 }
 
 /// One packet on its way from a producer to consumers.

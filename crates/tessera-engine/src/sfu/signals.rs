@@ -46,6 +46,11 @@ impl NetStats {
         matches!((self.rtt, self.min_rtt), (Some(r), Some(m)) if r > m + QUEUEING_RTT_RISE)
     }
 
+    /// The loss a viewer reports on one of its tracks (a fraction).
+    pub(super) fn egress_loss_of(&self, mid: Mid) -> Option<f32> {
+        self.egress.iter().find(|(m, _, _)| *m == mid).and_then(|(_, loss, _)| *loss)
+    }
+
     /// Measurements older than the quality window do not count.
     fn fresh(&self, now: Instant) -> bool {
         self.at.is_some_and(|t| now.saturating_duration_since(t) <= QUALITY_INTERVAL + Duration::from_millis(500))

@@ -66,6 +66,8 @@ pub struct SfuCounters {
     pub keyframe_requests: AtomicU64,
     /// Packets not written to a viewer because its send queue was full.
     pub packets_dropped: AtomicU64,
+    /// Audio packets lost on a publisher's uplink and recovered from its RED redundancy.
+    pub red_recovered: AtomicU64,
     /// Custom messages accepted (PRODUCT.md §8).
     pub custom_messages: AtomicU64,
     /// UDP datagrams written by the egress thread, in how many `sendmmsg` calls, and datagrams
