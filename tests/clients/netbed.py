@@ -38,6 +38,7 @@ COLLECT = """async (pc) => {
         framesDecoded: x.framesDecoded || 0, freezeCount: x.freezeCount || 0, freezeSeconds: x.totalFreezesDuration || 0,
         videoBytes: x.bytesReceived || 0, videoLost: x.packetsLost || 0, videoReceived: x.packetsReceived || 0,
         nacks: x.nackCount || 0, plis: x.pliCount || 0, jitterMs: (x.jitter || 0) * 1000,
+        fecReceived: x.fecPacketsReceived || 0, rtxReceived: x.retransmittedPacketsReceived || 0, videoCodec: (r.get(x.codecId) || {}).mimeType || '',
         jitterBufferMs: x.jitterBufferEmittedCount ? 1000 * x.jitterBufferDelay / x.jitterBufferEmittedCount : 0});
     }
     if (x.type === 'inbound-rtp' && x.kind === 'audio') {
@@ -61,7 +62,10 @@ DIRECT_PUBLISHER = """async () => {
   const media = await navigator.mediaDevices.getUserMedia({audio: true, video: {width: 1280, height: 720, frameRate: 30}});
   const pc = new RTCPeerConnection();
   pc.addTransceiver(media.getAudioTracks()[0], {direction: 'sendonly', streams: [media]});
-  pc.addTransceiver(media.getVideoTracks()[0], {direction: 'sendonly', streams: [media], sendEncodings: [{maxBitrate: 1500000}]});
+  const video = pc.addTransceiver(media.getVideoTracks()[0], {direction: 'sendonly', streams: [media], sendEncodings: [{maxBitrate: 1500000}]});
+  // H.264, as the SFU run's publisher sends: the codec's loss handling is compared too.
+  const codecs = RTCRtpSender.getCapabilities('video').codecs;
+  video.setCodecPreferences(codecs.filter(c => c.mimeType === 'video/H264').concat(codecs.filter(c => c.mimeType !== 'video/H264')));
   window.__pc = pc;
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise(r => { if (pc.iceGatheringState === 'complete') r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });

@@ -284,6 +284,10 @@ const CAPPED_700: Scenario = Scenario { name: "capped-700", link: &[BASE_DELAY, 
 const RATE_STEP: Scenario =
     Scenario { name: "rate-step", link: &[BASE_DELAY, "down rate=3000 queue=300"], steps: &[(10.0, "down rate=400"), (20.0, "down rate=3000")], seconds: 35.0 };
 
+/// No loss, 50 ms RTT: the baseline of the loss scenarios (what freezes without loss is the
+/// machine's, not the network's).
+const CLEAN: Scenario = Scenario { name: "clean", link: &["both delay=25"], steps: &[], seconds: 25.0 };
+
 /// 5 % random loss each way at 50 ms RTT.
 const LOSS_5: Scenario = Scenario { name: "loss-5", link: &["both delay=25 loss=5"], steps: &[], seconds: 25.0 };
 
@@ -333,11 +337,14 @@ fn a_viewer_capped_at_700_kbits_gets_the_middle_layer_and_keeps_it() {
 fn bench_scenarios_side_by_side_with_a_direct_call() {
     let _g = serial();
     let only = std::env::var("NET_SCENARIO").unwrap_or_default();
-    for scenario in [&CAPPED_600, &CAPPED_700, &RATE_STEP, &LOSS_5, &BURST_10] {
+    for scenario in [&CAPPED_600, &CAPPED_700, &RATE_STEP, &CLEAN, &LOSS_5, &BURST_10] {
         if !only.is_empty() && !only.split(',').any(|s| s == scenario.name) {
             continue;
         }
-        let runs = [run(scenario, Mode::Sfu), run(scenario, Mode::Direct)];
+        // NET_MODES=sfu (or direct) runs one side only: repeated runs of a change.
+        let modes = std::env::var("NET_MODES").unwrap_or_default();
+        let runs: Vec<Run> =
+            [Mode::Sfu, Mode::Direct].into_iter().filter(|m| modes.is_empty() || modes.eq_ignore_ascii_case(&format!("{m:?}"))).map(|m| run(scenario, m)).collect();
         report(scenario, &runs);
     }
 }

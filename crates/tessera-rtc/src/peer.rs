@@ -7,6 +7,7 @@ use std::time::Instant;
 use str0m::bwe::Bitrate;
 use str0m::change::SdpOffer;
 use str0m::net::TcpType;
+use str0m::rtp::Extension;
 use str0m::{Candidate, Rtc};
 use tessera_media::Codec;
 
@@ -32,6 +33,10 @@ pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// has measured anything, and the queue then hides the link's real RTT), and str0m's initial
 /// probes lift it within a second or two where there is room.
 const INITIAL_BWE_KBPS: u64 = 800;
+
+/// Our id for the playout-delay header extension when the server offers (a `sub` connection);
+/// an answer takes the offer's.
+const PLAYOUT_DELAY_EXT_ID: u8 = 12;
 
 /// The server's host candidates: UDP on the shared port, and passive TCP (RFC 6544, framed as
 /// RFC 4571) for clients whose UDP is blocked.
@@ -95,6 +100,8 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Ins
         config = config.enable_av1(true);
         // Transport-wide congestion control drives the simulcast layer of each viewer.
         config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
+        // A lossy viewer's browser is asked for a jitter buffer long enough for a retransmission.
+        config = config.set_extension(PLAYOUT_DELAY_EXT_ID, Extension::PlayoutDelay);
     }
     // Loss, round trip and jitter once a second: network quality and live stats (§9). Data
     // channels may hold 1 MiB unsent or unacknowledged (str0m's default, 128 KiB, caps a speed

@@ -4,6 +4,11 @@
 
 use super::*;
 use tessera_media::Codec;
+use tessera_rtc::str0m::media::{Frequency, MediaTime};
+
+/// The most playout delay a viewer's browser may build up when it is given a least one: the
+/// browsers' own default bound (10 s), in hundredths.
+const PLAYOUT_DELAY_MAX_CS: u64 = 1000;
 
 impl Sfu {
     /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
@@ -123,7 +128,7 @@ impl Sfu {
             }
             sources.push((pub_id, audio, video.is_some()));
         }
-        let Some(Session { role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, .. }, peer, net, .. }) =
+        let Some(Session { role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, playout_min, lossy_at, .. }, peer, net, .. }) =
             self.sessions.get_mut(&viewer_id)
         else {
             return;
@@ -141,11 +146,33 @@ impl Sfu {
                 }
             }
         }
-        // RED carries two earlier packets where one in twenty is lost, else one.
+        // RED carries two earlier packets where one in twenty is lost, else one; video asks
+        // for a jitter buffer that waits for a retransmission where any is lost.
+        let mut video_loss: f32 = 0.0;
         for c in consumers.iter_mut() {
+            let loss = net.egress_loss_of(c.mid);
             if let Some(red) = c.red.as_mut() {
-                red.levels = if net.egress_loss_of(c.mid).is_some_and(|l| l >= red::LOSSY) { red::MAX_RED_LEVELS } else { 1 };
+                red.levels = if loss.is_some_and(|l| l >= red::LOSSY) { red::MAX_RED_LEVELS } else { 1 };
             }
+            if c.kind == MediaKind::Video {
+                video_loss = video_loss.max(loss.unwrap_or(0.0));
+            }
+        }
+        if video_loss >= PLAYOUT_LOSSY && net.rtt.is_some() {
+            *lossy_at = Some(now);
+        }
+        // Held while the link loses, and moved only by 20 ms or more: each change moves the
+        // browser's playout, and per-second loss and RTT are noisy.
+        let wanted = match (*lossy_at, net.rtt) {
+            (Some(at), Some(rtt)) if now.saturating_duration_since(at) < PLAYOUT_HOLD => match (*playout_min, playout_delay(rtt)) {
+                (Some(old), new) if old.abs_diff(new) < Duration::from_millis(20) => Some(old),
+                (_, new) => Some(new),
+            },
+            _ => None,
+        };
+        if wanted != *playout_min {
+            tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
+            *playout_min = wanted;
         }
         let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
         let estimate = allocator::budget(measured, prober.held(now));
@@ -330,7 +357,7 @@ impl Sfu {
             if !viewer.connected {
                 continue;
             }
-            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, .. } = &mut viewer.role else { continue };
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
             let mut api = viewer.peer.rtc.direct_api();
@@ -367,7 +394,12 @@ impl Sfu {
                         Some(red) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
                         _ => (pt, fp.payload.clone()),
                     };
-                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, payload).marker(fp.marker).ext_vals(fp.ext.clone()).nackable(kind == MediaKind::Video));
+                    let mut ext = fp.ext.clone();
+                    if let (MediaKind::Video, Some(min)) = (kind, *playout_min) {
+                        ext.play_delay_min = Some(MediaTime::new(min.as_millis() as u64 / 10, Frequency::HUNDREDTHS));
+                        ext.play_delay_max = Some(MediaTime::new(PLAYOUT_DELAY_MAX_CS, Frequency::HUNDREDTHS));
+                    }
+                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, payload).marker(fp.marker).ext_vals(ext).nackable(kind == MediaKind::Video));
                     if first {
                         self.out.push_back(SfuOutput::FirstMedia { session: *vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });
                     }
