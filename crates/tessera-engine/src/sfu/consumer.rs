@@ -30,6 +30,12 @@ pub const MAX_LINK_QUEUE_DELAY: Duration = Duration::from_millis(600);
 
 /// The longest a switch's grace lasts (see `Consumer::grace_until`).
 const MAX_SWITCH_GRACE: Duration = Duration::from_secs(3);
+/// After its queue forced a cut, a simulcast layer that had run for `CUT_HOLD` is not chosen
+/// again for as long: the link carried it and now does not (a link that thinned, before the
+/// estimator says so), and restarting it at a keyframe — the biggest frame there is — would
+/// clog the queue again. A layer cut sooner after it started (a pacer still ramping up) is
+/// restarted as before.
+pub(super) const CUT_HOLD: Duration = Duration::from_secs(4);
 
 /// How fast a viewer track's pacer queue actually empties, measured between str0m's queue
 /// samples: what left = what was there + what was written since − what is there now. Only
@@ -146,6 +152,10 @@ pub(super) struct Consumer {
     pub(super) codec: Option<Codec>,
     /// Audio to a viewer that negotiated RED: sent wrapped, each packet carrying the one before.
     pub(super) red: Option<super::red::RedSender>,
+    /// The simulcast layer its queue last forced a cut of (one that had run for `CUT_HOLD`),
+    /// and when; and when the layer being sent started.
+    cut: Option<(Instant, u64, Rid)>,
+    started_at: Option<Instant>,
 }
 
 /// What one producer packet does at one consumer.
@@ -184,7 +194,15 @@ impl Consumer {
             sent: None,
             codec: None,
             red: None,
+            cut: None,
+            started_at: None,
         }
+    }
+
+    /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`, after
+    /// it had run steadily.
+    pub(super) fn cut_layer(&self, pub_id: u64, now: Instant) -> Option<Rid> {
+        self.cut.filter(|(at, p, _)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r)| r)
     }
 
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
@@ -232,6 +250,7 @@ impl Consumer {
                 self.grace_until = Some(now + (delay.unwrap_or_default() + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
             }
             self.current = Some(this);
+            self.started_at = Some(now);
             self.switch_frame = video;
         } else if matches!(self.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
             return Route::Skip; // paused by congestion control
@@ -263,6 +282,10 @@ impl Consumer {
             Gate::DropUntilKeyframe => {
                 self.current = None;
                 self.rewriter.cut();
+                let steady = self.started_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
+                if let Some(rid) = fp.rid.filter(|_| video && steady) {
+                    self.cut = Some((now, pub_id, rid));
+                }
                 return Route::Dropped { broken: true };
             }
         }

@@ -119,10 +119,17 @@ impl Sfu {
                 // top layers first) is not waited for; with every layer silent, all are offered
                 // (the first to come back is taken).
                 let live = |l: &&Layer| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER;
-                let offered: Vec<&Layer> = match v.layers.iter().filter(live).count() {
+                let mut offered: Vec<&Layer> = match v.layers.iter().filter(live).count() {
                     0 => v.layers.iter().collect(),
                     _ => v.layers.iter().filter(live).collect(),
                 };
+                // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`
+                // (the lowest layer always stays offered).
+                let cut = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
+                if let Some(cut_bps) = cut.and_then(|r| offered.iter().find(|l| l.rid == Some(r))).map(|l| l.rate.bps) {
+                    let lowest = offered.iter().map(|l| l.rate.bps).fold(f64::MAX, f64::min);
+                    offered.retain(|l| l.rate.bps < cut_bps || l.rate.bps <= lowest);
+                }
                 let layers = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current });
             }
@@ -215,7 +222,11 @@ impl Sfu {
         let Some(producer) = producers.iter_mut().find(|p| p.mid == mid) else { return };
         let kind = producer.kind;
         let keyframe = kind == MediaKind::Video && is_keyframe(codec, &pkt.payload);
-        note_layer(producer, rid, codec, &pkt.payload, pkt.header.marker, keyframe, now);
+        let counted = match is_red {
+            true => red::primary_len(&pkt.payload).map_or(&pkt.payload[..], |n| &pkt.payload[pkt.payload.len() - n..]),
+            false => &pkt.payload[..],
+        };
+        note_layer(producer, rid, codec, counted, pkt.header.marker, keyframe, now);
         if !std::mem::replace(&mut producer.announced, true) {
             let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
@@ -345,6 +356,7 @@ impl Sfu {
         let (kind, rid) = (fp.kind, fp.rid);
         let mut want_keyframe = false;
         let mut need_gop: Vec<u64> = Vec::new();
+        let mut cut_viewers: Vec<u64> = Vec::new();
         // An internal publisher's viewers start from its cached GOP; a piped one's too, unless it
         // is simulcast (then each layer's keyframe is asked for, through the pipe).
         let (internal, piped) = match self.internal.get(&pub_id) {
@@ -385,7 +397,13 @@ impl Sfu {
                 }
                 Route::Dropped { broken } => {
                     self.counters.packets_dropped.fetch_add(1, Ordering::Relaxed);
-                    want_keyframe |= broken && (!internal || piped);
+                    // A simulcast layer cut after running steadily is not restarted: the viewer
+                    // is re-allocated at once, below it (`Consumer::cut_layer`), and the keyframe
+                    // it then needs is the lower layer's, asked for when the consumer waits.
+                    match (broken, rid) {
+                        (true, Some(r)) if c.cut_layer(pub_id, now) == Some(r) => cut_viewers.push(*vid),
+                        _ => want_keyframe |= broken && (!internal || piped),
+                    }
                     continue;
                 }
                 Route::Send { pt, seq, ts } => {
@@ -413,6 +431,9 @@ impl Sfu {
             }
         }
         self.scratch_ids = ids;
+        for vid in cut_viewers {
+            self.allocate(vid, now);
+        }
         if want_keyframe {
             self.request_keyframe(pub_id, fp.mid, rid, now);
         }

@@ -140,6 +140,12 @@ impl RedSender {
     }
 }
 
+/// The length of a RED payload's primary block (its last bytes), for rates: a RED publisher's
+/// audio is counted as the Opus it carries, since each viewer is sent RED of its own.
+pub(super) fn primary_len(payload: &[u8]) -> Option<usize> {
+    RedDecoder::decode(payload).ok()?.last().map(|b| b.payload.len())
+}
+
 /// The RED payload type negotiated over an Opus payload type, if any.
 pub(super) fn red_pt_of(params: &[PayloadParams], opus_pt: Pt) -> Option<Pt> {
     params.iter().find(|p| p.pt() == opus_pt).and_then(|p| p.red())
@@ -221,6 +227,8 @@ mod tests {
         let second = s.wrap(101, 48_960, &b, OPUS);
         let blocks = RedDecoder::decode(&second).unwrap();
         assert_eq!(blocks.len(), 2);
+        assert_eq!(primary_len(&second), Some(6));
+        assert!(second.ends_with(b"second"));
         assert_eq!((blocks[0].timestamp_offset, blocks[0].payload), (960, &b"first"[..]));
         assert_eq!(blocks[1].payload, b"second");
         // A gap in what was sent (a switch): no block for a packet not right before.
