@@ -30,11 +30,11 @@ pub const MAX_LINK_QUEUE_DELAY: Duration = Duration::from_millis(600);
 
 /// The longest a switch's grace lasts (see `Consumer::grace_until`).
 const MAX_SWITCH_GRACE: Duration = Duration::from_secs(3);
-/// After its queue forced a cut, a simulcast layer that had run for `CUT_HOLD` is not chosen
-/// again for as long: the link carried it and now does not (a link that thinned, before the
-/// estimator says so), and restarting it at a keyframe — the biggest frame there is — would
-/// clog the queue again. A layer cut sooner after it started (a pacer still ramping up) is
-/// restarted as before.
+/// After its queue forced a cut, a simulcast layer is not chosen again for this long: the link
+/// no longer carries it (a link that thinned, before the estimator says so), and restarting it
+/// at a keyframe — the biggest frame there is — would clog the queue again. Not in a viewer's
+/// first `CUT_HOLD` on a link that does not queue: that is str0m's pacer ramping up from its
+/// start estimate, and the layer is restarted as before.
 pub(super) const CUT_HOLD: Duration = Duration::from_secs(4);
 
 /// How fast a viewer track's pacer queue actually empties, measured between str0m's queue
@@ -92,12 +92,14 @@ pub(super) struct Queued {
     pub(super) drain: Option<Duration>,
     /// The media task is saturated.
     pub(super) saturated: bool,
+    /// The viewer's link queues (its RTT well above the lowest seen).
+    pub(super) link_queues: bool,
 }
 
 impl Queued {
     #[cfg(test)]
     pub(super) fn packets(packets: usize) -> Queued {
-        Queued { packets, oldest: None, drain: None, saturated: false }
+        Queued { packets, oldest: None, drain: None, saturated: false, link_queues: false }
     }
 }
 
@@ -152,10 +154,9 @@ pub(super) struct Consumer {
     pub(super) codec: Option<Codec>,
     /// Audio to a viewer that negotiated RED: sent wrapped, each packet carrying the one before.
     pub(super) red: Option<super::red::RedSender>,
-    /// The simulcast layer its queue last forced a cut of (one that had run for `CUT_HOLD`),
-    /// and when; and when the layer being sent started.
+    /// The simulcast layer its queue last forced a cut of, and when; and when it first sent.
     cut: Option<(Instant, u64, Rid)>,
-    started_at: Option<Instant>,
+    first_sent_at: Option<Instant>,
 }
 
 /// What one producer packet does at one consumer.
@@ -195,12 +196,11 @@ impl Consumer {
             codec: None,
             red: None,
             cut: None,
-            started_at: None,
+            first_sent_at: None,
         }
     }
 
-    /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`, after
-    /// it had run steadily.
+    /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`.
     pub(super) fn cut_layer(&self, pub_id: u64, now: Instant) -> Option<Rid> {
         self.cut.filter(|(at, p, _)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r)| r)
     }
@@ -250,7 +250,7 @@ impl Consumer {
                 self.grace_until = Some(now + (delay.unwrap_or_default() + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
             }
             self.current = Some(this);
-            self.started_at = Some(now);
+            self.first_sent_at.get_or_insert(now);
             self.switch_frame = video;
         } else if matches!(self.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
             return Route::Skip; // paused by congestion control
@@ -282,8 +282,10 @@ impl Consumer {
             Gate::DropUntilKeyframe => {
                 self.current = None;
                 self.rewriter.cut();
-                let steady = self.started_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
-                if let Some(rid) = fp.rid.filter(|_| video && steady) {
+                // The link thinned, not a pacer ramping up: the consumer had sent for a while,
+                // or the link's RTT has risen.
+                let steady = self.first_sent_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
+                if let Some(rid) = fp.rid.filter(|_| video && (steady || queued.link_queues)) {
                     self.cut = Some((now, pub_id, rid));
                 }
                 return Route::Dropped { broken: true };
@@ -344,7 +346,7 @@ mod tests {
         assert_eq!(queue_load(10, Some(2 * m), m), HARD_QUEUED_PACKETS);
         assert_eq!(queue_load(900, Some(m), m), 900);
         // Through a consumer: 400 ms of queue on a viewer's own link passes...
-        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated };
+        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated, link_queues: false };
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
         let started = now - Duration::from_secs(5);
@@ -371,7 +373,7 @@ mod tests {
         // packets (a link that just thinned), except right after a switch.
         let mut c = video();
         assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), started), Route::Send { .. }));
-        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false };
+        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false, link_queues: false };
         assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, now), Route::Dropped { .. }));
         let mut c = video();
         assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), now), Route::Send { .. }));

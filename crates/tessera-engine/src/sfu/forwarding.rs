@@ -369,6 +369,7 @@ impl Sfu {
             if !viewer.connected {
                 continue;
             }
+            let link_queues = viewer.net.queueing();
             let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
@@ -381,7 +382,7 @@ impl Sfu {
                 Some(q) => {
                     c.departure.sample(q.created_at(), q.byte_size());
                     let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
-                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated }
+                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues }
                 }
                 None => Queued::default(),
             };

@@ -185,6 +185,17 @@ pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec
     }
 }
 
+impl Producer {
+    /// Whether a simulcast video's publisher stopped some of its layers while it still sends
+    /// others: its browser found its uplink too thin for them (layers go from the top down).
+    /// Its viewers are moved to the layers still coming (`LAYER_SILENT_AFTER`), and its uplink
+    /// quality says so.
+    pub(super) fn uplink_limited(&self, now: Instant) -> bool {
+        let live = |l: &Layer| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER;
+        self.kind == MediaKind::Video && self.layers.len() > 1 && self.layers.iter().any(live) && !self.layers.iter().all(live)
+    }
+}
+
 pub(super) fn to_codec(c: WireCodec) -> Option<Codec> {
     match c {
         WireCodec::Opus => Some(Codec::Opus),
@@ -217,6 +228,28 @@ pub(super) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_publisher_that_stopped_its_top_layer_is_uplink_limited() {
+        let t0 = Instant::now();
+        let mut p = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+        for rid in ["h", "m", "l"] {
+            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, t0);
+        }
+        assert!(!p.uplink_limited(t0 + Duration::from_secs(1)), "every layer coming");
+        // Only "m" and "l" from then on.
+        let later = t0 + Duration::from_secs(2);
+        for rid in ["m", "l"] {
+            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, later);
+        }
+        assert!(p.uplink_limited(later + Duration::from_millis(100)));
+        // Nothing at all is a publisher gone quiet (disconnected), not a thin uplink.
+        assert!(!p.uplink_limited(later + Duration::from_secs(5)));
+        // One layer (no simulcast) is never "limited" this way.
+        let mut single = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+        note_layer(&mut single, None, Codec::H264, &[0x41, 0], true, false, t0);
+        assert!(!single.uplink_limited(t0 + Duration::from_secs(5)));
+    }
 
     #[test]
     fn h264_switch_points_start_at_the_parameter_sets() {

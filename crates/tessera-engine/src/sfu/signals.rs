@@ -82,6 +82,8 @@ struct UserNet {
     down_rtt: Option<f64>,
     down_heard: bool,
     video_paused: bool,
+    /// A simulcast publisher's browser stopped some layers (`Producer::uplink_limited`).
+    up_limited: bool,
 }
 
 impl Sfu {
@@ -187,9 +189,10 @@ impl Sfu {
             let rtt = s.net.rtt.filter(|_| fresh).map(|r| r.as_secs_f64() * 1000.0);
             match &s.role {
                 Role::SpeedTest(_) => {}
-                Role::Publisher { .. } => {
+                Role::Publisher { producers } => {
                     n.publishing = true;
                     n.up_heard |= heard;
+                    n.up_limited |= producers.iter().any(|p| p.uplink_limited(now));
                     if fresh {
                         let streams = s.net.ingress.iter().filter_map(|x| x.2).reduce(f32::max);
                         n.up_loss = worse(n.up_loss, s.net.ingress_loss.or(streams));
@@ -220,7 +223,12 @@ impl Sfu {
         let uplink = match (n.publishing, n.up_heard) {
             (false, _) => 0,
             (true, false) => 6,
-            (true, true) => score(n.up_loss.map(|l| l as f64 * 100.0), up_rtt),
+            // A browser that dropped layers for want of bandwidth has a limited uplink, however
+            // clean what it still sends arrives.
+            (true, true) => match score(n.up_loss.map(|l| l as f64 * 100.0), up_rtt) {
+                s if n.up_limited => s.max(3),
+                s => s,
+            },
         };
         let downlink = match (n.receiving, n.down_heard) {
             (false, _) => 0,
