@@ -17,4 +17,4 @@ export NET_DUMP=${NET_DUMP:-$PWD/target/net-quality}
 mkdir -p "$NET_DUMP"
 ./scripts/retry.sh cargo build --locked --bin tessera --bin linkem >&2
 cargo test --locked --test network -- --ignored --nocapture bench_scenarios_side_by_side_with_a_direct_call 2>&1 |
-  grep -E '^(capped-600|capped-700|rate-step|clean|loss-5|burst-10) ' || { echo "net_quality: no results" >&2; exit 1; }
+  grep -E '^(capped-600|capped-700|rate-step|uplink-step|clean|loss-5|burst-10) ' || { echo "net_quality: no results" >&2; exit 1; }

@@ -107,7 +107,8 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("mode", choices=["sfu", "direct"])
     p.add_argument("--base", required=True, help="the server, as the viewer reaches it: http://host:port")
-    p.add_argument("--viewer-ns", required=True)
+    p.add_argument("--viewer-ns", required=True, help="the shaped namespace (the viewer's, unless --shaped publisher)")
+    p.add_argument("--shaped", choices=["viewer", "publisher"], default="viewer", help="whose browser sits behind the shaped link")
     p.add_argument("--room", default="net")
     p.add_argument("--user", default="cam")
     p.add_argument("--token", default="", help="sfu: publisher's token")
@@ -120,8 +121,9 @@ def main():
     a = p.parse_args()
     out = {"mode": a.mode}
     with sync_playwright() as pw:
-        pub_browser = launch(pw, a, None)
-        view_browser = launch(pw, a, a.viewer_ns)
+        shaped_publisher = a.shaped == "publisher"
+        pub_browser = launch(pw, a, a.viewer_ns if shaped_publisher else None)
+        view_browser = launch(pw, a, None if shaped_publisher else a.viewer_ns)
         try:
             pub = pub_browser.new_context().new_page()
             view = view_browser.new_context().new_page()

@@ -36,6 +36,8 @@ enum Mode {
 /// second after sampling starts.
 struct Scenario {
     name: &'static str,
+    /// The publisher's browser sits behind the link (its uplink is "up"), not the viewer's.
+    publisher_shaped: bool,
     link: &'static [&'static str],
     steps: &'static [(f64, &'static str)],
     seconds: f64,
@@ -200,6 +202,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
     let mut child = Command::new(python())
         .arg(&script)
         .args([mode_arg, "--base", &server.base, "--viewer-ns", &net.ns, "--token", &anchor, "--fake-video", camera.to_str().unwrap(), "--seconds", &seconds])
+        .args(["--shaped", if scenario.publisher_shaped { "publisher" } else { "viewer" }])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -275,24 +278,35 @@ const BASE_DELAY: &str = "both delay=20";
 /// A viewer whose downlink carries 600 kbit/s (a 300 ms drop-tail queue, as a home router's):
 /// the case. The middle layer (500 kbit/s of payload) and audio need about 600 kbit/s
 /// on the wire with their headers, so it fills the link.
-const CAPPED_600: Scenario = Scenario { name: "capped-600", link: &[BASE_DELAY, "down rate=600 queue=300"], steps: &[], seconds: 25.0 };
+const CAPPED_600: Scenario = Scenario { publisher_shaped: false, name: "capped-600", link: &[BASE_DELAY, "down rate=600 queue=300"], steps: &[], seconds: 25.0 };
 
 /// The same at 700 kbit/s: the middle layer fits with room to spare, the top one does not.
-const CAPPED_700: Scenario = Scenario { name: "capped-700", link: &[BASE_DELAY, "down rate=700 queue=300"], steps: &[], seconds: 25.0 };
+const CAPPED_700: Scenario = Scenario { publisher_shaped: false, name: "capped-700", link: &[BASE_DELAY, "down rate=700 queue=300"], steps: &[], seconds: 25.0 };
 
 /// 3 Mbit/s, 400 kbit/s from 10 s, 3 Mbit/s again from 20 s.
-const RATE_STEP: Scenario =
-    Scenario { name: "rate-step", link: &[BASE_DELAY, "down rate=3000 queue=300"], steps: &[(10.0, "down rate=400"), (20.0, "down rate=3000")], seconds: 35.0 };
+const RATE_STEP: Scenario = Scenario {
+    publisher_shaped: false,
+    name: "rate-step",
+    link: &[BASE_DELAY, "down rate=3000 queue=300"],
+    steps: &[(10.0, "down rate=400"), (20.0, "down rate=3000")],
+    seconds: 35.0,
+};
 
 /// No loss, 50 ms RTT: the baseline of the loss scenarios (what freezes without loss is the
 /// machine's, not the network's).
-const CLEAN: Scenario = Scenario { name: "clean", link: &["both delay=25"], steps: &[], seconds: 25.0 };
+const CLEAN: Scenario = Scenario { publisher_shaped: false, name: "clean", link: &["both delay=25"], steps: &[], seconds: 25.0 };
 
 /// 5 % random loss each way at 50 ms RTT.
-const LOSS_5: Scenario = Scenario { name: "loss-5", link: &["both delay=25 loss=5"], steps: &[], seconds: 25.0 };
+const LOSS_5: Scenario = Scenario { publisher_shaped: false, name: "loss-5", link: &["both delay=25 loss=5"], steps: &[], seconds: 25.0 };
 
 /// 10 % loss in bursts (mean 5 packets) toward the viewer at 50 ms RTT.
-const BURST_10: Scenario = Scenario { name: "burst-10", link: &["both delay=25", "down burst=10:5"], steps: &[], seconds: 25.0 };
+const BURST_10: Scenario = Scenario { publisher_shaped: false, name: "burst-10", link: &["both delay=25", "down burst=10:5"], steps: &[], seconds: 25.0 };
+
+/// The publisher's uplink steps from 3 Mbit/s to 500 kbit/s at 10 s and back at 20 s: its
+/// browser stops the top layer (and shrinks what it still sends); the viewer must be moved to
+/// what still comes rather than wait for the top layer.
+const UPLINK_STEP: Scenario =
+    Scenario { publisher_shaped: true, name: "uplink-step", link: &[BASE_DELAY, "up rate=3000 queue=300"], steps: &[(10.0, "up rate=500"), (20.0, "up rate=3000")], seconds: 35.0 };
 
 fn report(scenario: &Scenario, runs: &[Run]) {
     for r in runs {
@@ -354,7 +368,7 @@ fn five_percent_loss_each_way_is_repaired_audio_by_red_and_video_in_time() {
 fn bench_scenarios_side_by_side_with_a_direct_call() {
     let _g = serial();
     let only = std::env::var("NET_SCENARIO").unwrap_or_default();
-    for scenario in [&CAPPED_600, &CAPPED_700, &RATE_STEP, &CLEAN, &LOSS_5, &BURST_10] {
+    for scenario in [&CAPPED_600, &CAPPED_700, &RATE_STEP, &UPLINK_STEP, &CLEAN, &LOSS_5, &BURST_10] {
         if !only.is_empty() && !only.split(',').any(|s| s == scenario.name) {
             continue;
         }

@@ -115,14 +115,9 @@ impl Sfu {
                     _ => Priority::Other,
                 };
                 let current = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).and_then(|c| c.target).map(|(_, t)| t);
-                // A layer the publisher stopped sending (its uplink thinned: browsers drop their
-                // top layers first) is not waited for; with every layer silent, all are offered
-                // (the first to come back is taken).
-                let live = |l: &&Layer| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER;
-                let mut offered: Vec<&Layer> = match v.layers.iter().filter(live).count() {
-                    0 => v.layers.iter().collect(),
-                    _ => v.layers.iter().filter(live).collect(),
-                };
+                // A layer the publisher stopped or starves (its uplink thinned) is not waited
+                // for; with every layer silent, all are offered (the first to come back is taken).
+                let mut offered = v.usable_layers(now);
                 // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`
                 // (the lowest layer always stays offered).
                 let cut = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));

@@ -185,14 +185,33 @@ pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec
     }
 }
 
+/// A simulcast layer whose frame rate is under this share of its best sibling's is starved:
+/// its browser is short of uplink for it (with `maintain-resolution` it drops frames first), and
+/// what arrives of it comes late and patchy.
+const STARVED_FPS_SHARE: f64 = 0.6;
+
 impl Producer {
-    /// Whether a simulcast video's publisher stopped some of its layers while it still sends
-    /// others: its browser found its uplink too thin for them (layers go from the top down).
-    /// Its viewers are moved to the layers still coming (`LAYER_SILENT_AFTER`), and its uplink
-    /// quality says so.
+    /// The layers viewers can rely on: those still coming (a layer with no packet for
+    /// `LAYER_SILENT_AFTER` was stopped — browsers drop their top layers first when their
+    /// uplink thins) and not starved (`STARVED_FPS_SHARE`). Every layer when none is coming.
+    pub(super) fn usable_layers(&self, now: Instant) -> Vec<&Layer> {
+        let live: Vec<&Layer> = self.layers.iter().filter(|l| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER).collect();
+        if live.is_empty() {
+            return self.layers.iter().collect();
+        }
+        let best_fps = live.iter().map(|l| l.rate.fps).fold(0.0, f64::max);
+        match best_fps >= 10.0 && live.len() > 1 {
+            true => live.into_iter().filter(|l| l.rate.fps >= STARVED_FPS_SHARE * best_fps).collect(),
+            false => live,
+        }
+    }
+
+    /// Whether a simulcast video's publisher stopped or starved some of its layers while it
+    /// still sends others: its uplink is too thin for them. Its viewers are moved to the layers
+    /// still usable, and its uplink quality says so.
     pub(super) fn uplink_limited(&self, now: Instant) -> bool {
-        let live = |l: &Layer| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER;
-        self.kind == MediaKind::Video && self.layers.len() > 1 && self.layers.iter().any(live) && !self.layers.iter().all(live)
+        let any_live = self.layers.iter().any(|l| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER);
+        self.kind == MediaKind::Video && self.layers.len() > 1 && any_live && self.usable_layers(now).len() < self.layers.len()
     }
 }
 
@@ -243,6 +262,16 @@ mod tests {
             note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, later);
         }
         assert!(p.uplink_limited(later + Duration::from_millis(100)));
+        // A layer whose frame rate fell under 60 % of the best layer's is starved.
+        let mut starved = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+        for i in 0..60u64 {
+            let at = t0 + Duration::from_millis(i * 33);
+            note_layer(&mut starved, Some("l".into()), Codec::H264, &[0x41, 0], true, false, at);
+            note_layer(&mut starved, Some("h".into()), Codec::H264, &[0x41, 0], i % 3 == 0, false, at);
+        }
+        let at = t0 + Duration::from_millis(60 * 33);
+        assert_eq!(starved.usable_layers(at).iter().map(|l| l.rid).collect::<Vec<_>>(), vec![Some("l".into())], "h at a third of l's frame rate");
+        assert!(starved.uplink_limited(at));
         // Nothing at all is a publisher gone quiet (disconnected), not a thin uplink.
         assert!(!p.uplink_limited(later + Duration::from_secs(5)));
         // One layer (no simulcast) is never "limited" this way.
