@@ -134,6 +134,19 @@ pub fn flv(data: &[u8]) {
 /// RTP payloads: H.264 and VP8 depacketizers and the access-unit assembler.
 pub fn rtp(data: &[u8]) {
     let payloads: Vec<Vec<u8>> = pieces(data).map(<[u8]>::to_vec).collect();
+    // Audio redundancy (RFC 2198) from a publisher: unwrapped, losses recovered, and made again
+    // for a viewer; what is made must parse.
+    let mut red = tessera_engine::sfu::red::RedReceiver::default();
+    let mut sender = tessera_engine::sfu::red::RedSender::new(63.into());
+    sender.levels = 1 + data.len() % 2;
+    for (i, p) in payloads.iter().enumerate() {
+        let seq = i as u64 * 2 + p.len() as u64 % 3;
+        for (seq, ts, payload) in red.unwrap(seq, (seq as u32).wrapping_mul(960), p, 111).unwrap_or_default() {
+            let made = sender.wrap(seq, ts, &payload, 111);
+            assert!(payload.is_empty() || tessera_rtc::str0m::rtp::RedDecoder::decode(&made).is_ok(), "RED made for a viewer must parse");
+        }
+        let _ = tessera_engine::sfu::red::primary_len(p);
+    }
     let nalus = tessera_media::h264::depacketize(&payloads);
     let _ = tessera_media::h264::to_annex_b(&nalus);
     for p in &payloads {

@@ -17,7 +17,7 @@ mod membership;
 mod messages;
 mod pipes;
 mod producer;
-mod red;
+pub mod red;
 mod rooms;
 mod signals;
 mod speed;

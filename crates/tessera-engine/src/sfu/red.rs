@@ -17,19 +17,19 @@ use tessera_rtc::str0m::media::Pt;
 use tessera_rtc::str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
 
 /// At most this many earlier packets ride along each packet sent to a viewer.
-pub(super) const MAX_RED_LEVELS: usize = 2;
+pub const MAX_RED_LEVELS: usize = 2;
 
 /// A viewer's loss (fraction of its audio) from which RED carries `MAX_RED_LEVELS` packets.
-pub(super) const LOSSY: f32 = 0.05;
+pub const LOSSY: f32 = 0.05;
 
 /// One Opus packet out of a RED payload: (extended sequence number, RTP timestamp, payload).
-pub(super) type Unwrapped = (u64, u32, Arc<[u8]>);
+pub type Unwrapped = (u64, u32, Arc<[u8]>);
 
 /// A publisher's RED stream, unwrapped: which sequence numbers were already handed on (so a
 /// recovered packet is never a duplicate of one that arrived, and an arrived one is not
 /// repeated after its recovery).
 #[derive(Debug, Default)]
-pub(super) struct RedReceiver {
+pub struct RedReceiver {
     /// The highest sequence number handed on, and a bit per number below it (bit k: highest - k).
     highest: Option<u64>,
     seen: u64,
@@ -63,7 +63,7 @@ impl RedReceiver {
     }
 
     /// A plain (non-RED) packet of the same stream: handed on as it is.
-    pub(super) fn plain(&mut self, seq: u64) -> bool {
+    pub fn plain(&mut self, seq: u64) -> bool {
         !self.note(seq)
     }
 
@@ -72,7 +72,7 @@ impl RedReceiver {
     /// packets right before the primary in order (one block: `seq - 1`; two: `seq - 2, seq - 1`),
     /// as libwebrtc sends them; a block of another payload type, or whose timestamp does not
     /// fall between its neighbours', is skipped. `None` for a malformed payload.
-    pub(super) fn unwrap(&mut self, seq: u64, ts: u32, payload: &[u8], primary_pt: u8) -> Option<Vec<Unwrapped>> {
+    pub fn unwrap(&mut self, seq: u64, ts: u32, payload: &[u8], primary_pt: u8) -> Option<Vec<Unwrapped>> {
         let blocks = RedDecoder::decode(payload).ok()?;
         let (primary, redundant) = blocks.split_last()?;
         if !primary.is_primary || primary.pt != primary_pt {
@@ -107,28 +107,28 @@ impl RedReceiver {
 
 /// RED made for one viewer's audio consumer: the packets it sent last, to carry along.
 #[derive(Debug)]
-pub(super) struct RedSender {
+pub struct RedSender {
     /// The viewer's RED payload type.
-    pub(super) pt: Pt,
+    pub pt: Pt,
     /// How many earlier packets each carries (1 or 2; more on a lossier link).
-    pub(super) levels: usize,
+    pub levels: usize,
     /// The last packets sent: (sequence number as sent, timestamp as sent, payload).
     history: VecDeque<(u64, u32, Arc<[u8]>)>,
 }
 
 impl RedSender {
-    pub(super) fn new(pt: Pt) -> RedSender {
+    pub fn new(pt: Pt) -> RedSender {
         RedSender { pt, levels: 1, history: VecDeque::with_capacity(MAX_RED_LEVELS + 1) }
     }
 
     /// The RED payload for a packet sent as (`seq`, `ts`): earlier packets with the sequence
     /// numbers right before it, then it. Blocks that RED cannot describe (an offset over 14
     /// bits, a payload over 1,023 bytes) are left out.
-    pub(super) fn wrap(&mut self, seq: u64, ts: u32, payload: &Arc<[u8]>, primary_pt: u8) -> Vec<u8> {
+    pub fn wrap(&mut self, seq: u64, ts: u32, payload: &Arc<[u8]>, primary_pt: u8) -> Vec<u8> {
         let redundant: Vec<RedundantBlock> = self
             .history
             .iter()
-            .filter(|(s, t, _)| *s < seq && seq - s <= self.levels as u64 && ts.wrapping_sub(*t) > 0 && ts.wrapping_sub(*t) < 1 << 14)
+            .filter(|(s, t, p)| *s < seq && seq - s <= self.levels as u64 && ts.wrapping_sub(*t) > 0 && ts.wrapping_sub(*t) < 1 << 14 && !p.is_empty())
             .map(|(_, t, p)| RedundantBlock { pt: primary_pt, timestamp_offset: ts.wrapping_sub(*t), payload: p.to_vec() })
             .collect();
         let out = RedEncoder::encode(primary_pt, payload, &redundant);
@@ -142,7 +142,7 @@ impl RedSender {
 
 /// The length of a RED payload's primary block (its last bytes), for rates: a RED publisher's
 /// audio is counted as the Opus it carries, since each viewer is sent RED of its own.
-pub(super) fn primary_len(payload: &[u8]) -> Option<usize> {
+pub fn primary_len(payload: &[u8]) -> Option<usize> {
     RedDecoder::decode(payload).ok()?.last().map(|b| b.payload.len())
 }
 
