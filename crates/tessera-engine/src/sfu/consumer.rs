@@ -33,8 +33,8 @@ const MAX_SWITCH_GRACE: Duration = Duration::from_secs(3);
 /// After its queue forced a cut, a simulcast layer is not chosen again for this long: the link
 /// no longer carries it (a link that thinned, before the estimator says so), and restarting it
 /// at a keyframe — the biggest frame there is — would clog the queue again. Not in a viewer's
-/// first `CUT_HOLD` on a link that does not queue: that is str0m's pacer ramping up from its
-/// start estimate, and the layer is restarted as before.
+/// first `CUT_HOLD`: that is its start ramping up (str0m's pacer from its start estimate, its
+/// initial probes, the first keyframe), and the layer is restarted as before.
 pub(super) const CUT_HOLD: Duration = Duration::from_secs(4);
 
 /// How fast a viewer track's pacer queue actually empties, measured between str0m's queue
@@ -92,14 +92,12 @@ pub(super) struct Queued {
     pub(super) drain: Option<Duration>,
     /// The media task is saturated.
     pub(super) saturated: bool,
-    /// The viewer's link queues (its RTT well above the lowest seen).
-    pub(super) link_queues: bool,
 }
 
 impl Queued {
     #[cfg(test)]
     pub(super) fn packets(packets: usize) -> Queued {
-        Queued { packets, oldest: None, drain: None, saturated: false, link_queues: false }
+        Queued { packets, oldest: None, drain: None, saturated: false }
     }
 }
 
@@ -282,10 +280,11 @@ impl Consumer {
             Gate::DropUntilKeyframe => {
                 self.current = None;
                 self.rewriter.cut();
-                // The link thinned, not a pacer ramping up: the consumer had sent for a while,
-                // or the link's RTT has risen.
+                // The link thinned, not a start ramping up: the consumer had sent for a while
+                // (in a viewer's first seconds str0m's initial probes and a layer's first
+                // keyframe fill the queue and raise the RTT of a link that carries the layer).
                 let steady = self.first_sent_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
-                if let Some(rid) = fp.rid.filter(|_| video && (steady || queued.link_queues)) {
+                if let Some(rid) = fp.rid.filter(|_| video && steady) {
                     self.cut = Some((now, pub_id, rid));
                 }
                 return Route::Dropped { broken: true };
@@ -346,7 +345,7 @@ mod tests {
         assert_eq!(queue_load(10, Some(2 * m), m), HARD_QUEUED_PACKETS);
         assert_eq!(queue_load(900, Some(m), m), 900);
         // Through a consumer: 400 ms of queue on a viewer's own link passes...
-        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated, link_queues: false };
+        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated };
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
         let started = now - Duration::from_secs(5);
@@ -373,7 +372,7 @@ mod tests {
         // packets (a link that just thinned), except right after a switch.
         let mut c = video();
         assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), started), Route::Send { .. }));
-        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false, link_queues: false };
+        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false };
         assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, now), Route::Dropped { .. }));
         let mut c = video();
         assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), now), Route::Send { .. }));

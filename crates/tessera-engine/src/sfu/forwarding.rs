@@ -104,8 +104,11 @@ impl Sfu {
             };
             let audio_producer = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Audio));
             let audio = audio_producer.map(|p| LayerChoice::Layer(p.layers.first().and_then(|l| l.rid)));
-            // RED sends each packet's payload again with the next (or the next two).
-            let copies = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Audio).and_then(|c| c.red.as_ref()).map_or(1, |r| 1 + r.levels);
+            // RED sends each packet's payload again with the next (or the next two). The first
+            // copy (Opus at ~25 kbit/s) rides in the allocator's margins, as it did before RED:
+            // counting it moved 700 kbit/s viewers off the middle layer at their start, when
+            // str0m's estimate dips below the link. A second copy is counted.
+            let copies = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Audio).and_then(|c| c.red.as_ref()).map_or(1, |r| r.levels);
             audio_bps += audio_producer.and_then(|p| p.layers.first()).map_or(0.0, |l| l.rate.bps * allocator::OVERHEAD * copies as f64);
             let video = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Video));
             if let Some(v) = video {
@@ -148,13 +151,14 @@ impl Sfu {
                 }
             }
         }
-        // RED carries two earlier packets where one in twenty is lost, else one; video asks
+        // RED carries two earlier packets where one in twenty is lost at random, else one; video asks
         // for a jitter buffer that waits for a retransmission where any is lost.
         let mut video_loss: f32 = 0.0;
         for c in consumers.iter_mut() {
             let loss = net.egress_loss_of(c.mid);
             if let Some(red) = c.red.as_mut() {
-                red.levels = if loss.is_some_and(|l| l >= red::LOSSY) { red::MAX_RED_LEVELS } else { 1 };
+                // Not on a link that queues: loss from congestion is not helped by sending more.
+                red.levels = if loss.is_some_and(|l| l >= red::LOSSY) && !net.queueing() { red::MAX_RED_LEVELS } else { 1 };
             }
             if c.kind == MediaKind::Video {
                 video_loss = video_loss.max(loss.unwrap_or(0.0));
@@ -364,7 +368,6 @@ impl Sfu {
             if !viewer.connected {
                 continue;
             }
-            let link_queues = viewer.net.queueing();
             let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
@@ -377,7 +380,7 @@ impl Sfu {
                 Some(q) => {
                     c.departure.sample(q.created_at(), q.byte_size());
                     let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
-                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues }
+                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated }
                 }
                 None => Queued::default(),
             };
