@@ -117,13 +117,14 @@ impl Sfu {
                     (_, Some(s)) if *s == sub.source.0 => Priority::Speaker,
                     _ => Priority::Other,
                 };
-                let current = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).and_then(|c| c.target).map(|(_, t)| t);
+                let consumer = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video);
+                let current = consumer.and_then(|c| c.target).map(|(_, t)| t);
                 // A layer the publisher stopped or starves (its uplink thinned) is not waited
                 // for; with every layer silent, all are offered (the first to come back is taken).
                 let mut offered = v.usable_layers(now);
                 // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`
                 // (the lowest layer always stays offered).
-                let cut = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video).zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
+                let cut = consumer.zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
                 if let Some(cut_bps) = cut.and_then(|r| offered.iter().find(|l| l.rid == Some(r))).map(|l| l.rate.bps) {
                     let lowest = offered.iter().map(|l| l.rate.bps).fold(f64::MAX, f64::min);
                     offered.retain(|l| l.rate.bps < cut_bps || l.rate.bps <= lowest);
@@ -167,15 +168,7 @@ impl Sfu {
         if video_loss >= PLAYOUT_LOSSY && net.rtt.is_some() {
             *lossy_at = Some(now);
         }
-        // Held while the link loses, and moved only by 20 ms or more: each change moves the
-        // browser's playout, and per-second loss and RTT are noisy.
-        let wanted = match (*lossy_at, net.rtt) {
-            (Some(at), Some(rtt)) if now.saturating_duration_since(at) < PLAYOUT_HOLD => match (*playout_min, playout_delay(rtt)) {
-                (Some(old), new) if old.abs_diff(new) < Duration::from_millis(20) => Some(old),
-                (_, new) => Some(new),
-            },
-            _ => None,
-        };
+        let wanted = playout_delay(*playout_min, *lossy_at, net.rtt, now);
         if wanted != *playout_min {
             tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
             *playout_min = wanted;
@@ -233,22 +226,15 @@ impl Sfu {
         let seq = *pkt.seq_no;
         // Producers carry plain Opus: RED is unwrapped here, and a packet lost on the way in is
         // recovered from the redundancy of the one after it (`red.rs`).
-        let recovered = match (is_red && kind == MediaKind::Audio, producer.red.as_mut()) {
-            (true, red) => {
-                let red = match red {
-                    Some(r) => r,
-                    None => producer.red.insert(Box::default()),
-                };
-                let Some(packets) = red.unwrap(seq, pkt.header.timestamp, &pkt.payload, *primary_pt) else { return };
-                Some(packets)
+        let recovered = if is_red && kind == MediaKind::Audio {
+            let red = producer.red.get_or_insert_with(Box::default);
+            let Some(packets) = red.unwrap(seq, pkt.header.timestamp, &pkt.payload, *primary_pt) else { return };
+            Some(packets)
+        } else {
+            if producer.red.as_mut().is_some_and(|red| !red.plain(seq)) {
+                return; // already recovered from a RED packet's redundancy
             }
-            (false, Some(red)) => {
-                if !red.plain(seq) {
-                    return;
-                }
-                None
-            }
-            (false, None) => None,
+            None
         };
         let ext = ExtensionValues {
             audio_level: pkt.header.ext_vals.audio_level,

@@ -75,9 +75,18 @@ fn rtx_cache_age(rtt: Duration) -> Duration {
 /// retransmission (an RTT, and the time to notice), and a browser whose jitter buffer is
 /// shorter shows the frame late, as a freeze, each time. Asked for from a second with 1 % of
 /// the viewer's video lost until `PLAYOUT_HOLD` without; never on a clean link (no added
-/// latency). At most 400 ms.
-fn playout_delay(rtt: Duration) -> Duration {
-    (rtt + Duration::from_millis(60)).min(Duration::from_millis(400))
+/// latency). At most 400 ms. Held while the link loses, and moved only by 20 ms or more from
+/// `current`: each change moves the browser's playout, and per-second loss and RTT are noisy.
+fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Option<Duration>, now: Instant) -> Option<Duration> {
+    let (at, rtt) = lossy_at.zip(rtt)?;
+    if now.saturating_duration_since(at) >= PLAYOUT_HOLD {
+        return None;
+    }
+    let wanted = (rtt + Duration::from_millis(60)).min(Duration::from_millis(400));
+    match current {
+        Some(old) if old.abs_diff(wanted) < Duration::from_millis(20) => Some(old),
+        _ => Some(wanted),
+    }
 }
 const PLAYOUT_LOSSY: f32 = 0.01;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);

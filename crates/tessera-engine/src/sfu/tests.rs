@@ -293,3 +293,16 @@ fn a_satellite_room_makes_no_room_events_and_closes_its_pipe_with_its_last_viewe
     }
     assert!(!room_sfu.room_exists(&room), "dismissed once empty for the timeout");
 }
+
+#[test]
+fn a_lossy_viewer_is_asked_for_a_playout_delay_held_and_moved_only_by_20_ms() {
+    let t0 = Instant::now();
+    let ms = Duration::from_millis;
+    assert_eq!(playout_delay(None, None, Some(ms(50)), t0), None, "a clean link adds no latency");
+    assert_eq!(playout_delay(None, Some(t0), None, t0), None, "no RTT yet");
+    assert_eq!(playout_delay(None, Some(t0), Some(ms(50)), t0), Some(ms(110)));
+    assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(65)), t0), Some(ms(110)), "a small move is ignored");
+    assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(80)), t0), Some(ms(140)));
+    assert_eq!(playout_delay(None, Some(t0), Some(ms(900)), t0), Some(ms(400)), "at most 400 ms");
+    assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(50)), t0 + PLAYOUT_HOLD), None, "10 s without loss");
+}
