@@ -158,8 +158,10 @@ impl Sfu {
         for c in consumers.iter_mut() {
             let loss = net.egress_loss_of(c.mid);
             if let Some(red) = c.red.as_mut() {
-                // Not on a link that queues: loss from congestion is not helped by sending more.
-                red.levels = if loss.is_some_and(|l| l >= red::LOSSY) && !net.queueing() { red::MAX_RED_LEVELS } else { 1 };
+                // Not on a link that queues or while a probe overfills it: loss from congestion
+                // is not helped by sending more.
+                let random_loss = loss.is_some_and(|l| l >= red::LOSSY) && !net.queueing() && !prober.probing();
+                red.levels = if random_loss { red::MAX_RED_LEVELS } else { 1 };
             }
             if c.kind == MediaKind::Video {
                 video_loss = video_loss.max(loss.unwrap_or(0.0));
