@@ -14,6 +14,12 @@ sampled: wall-clock time, received picture size, fps, frames decoded, freezes (c
 total duration), video kbit/s, packets lost/received, jitter-buffer delay, concealed audio
 samples, RTT of the selected candidate pair. Prints one JSON line: {"samples": [...],
 "publisher": {...}}; exits 1 with {"error": ...} on failure.
+
+--publishers N (N > 1, a meeting): N publishers (one --token each) in the publisher's browser,
+the first one speaking, the others' microphones muted (silence, so the first is the active
+speaker); the viewer joins the room with room.html (--viewer-token: an audience token) and each
+sample has "tracks": per publisher ("user/main", or "cam<i>" in a direct call, where the viewer
+holds one peer connection per publisher) its picture size, fps, frames, freezes and bytes.
 """
 import argparse
 import json
@@ -50,16 +56,57 @@ COLLECT = """async (pc) => {
   return s;
 }"""
 
+# Per received video track (labelled by `label(trackIdentifier)`), and audio and loss summed
+# over all of them: a viewer of several publishers.
+COLLECT_TRACKS = """async ([pcs, owners]) => {
+  const s = {t: Date.now() / 1000, tracks: {}, videoBytes: 0, videoLost: 0, videoReceived: 0, freezeSeconds: 0,
+             audioSamples: 0, concealedSamples: 0};
+  for (const [label, pc] of pcs) {
+    if (!pc) continue;
+    const r = await pc.getStats();
+    r.forEach(x => {
+      if (x.type === 'inbound-rtp' && x.kind === 'video') {
+        const key = label || owners[x.trackIdentifier] || ('mid' + x.mid);
+        s.tracks[key] = {width: x.frameWidth || 0, height: x.frameHeight || 0, fps: x.framesPerSecond || 0,
+          framesDecoded: x.framesDecoded || 0, freezeSeconds: x.totalFreezesDuration || 0, videoBytes: x.bytesReceived || 0};
+        s.videoBytes += x.bytesReceived || 0; s.videoLost += x.packetsLost || 0; s.videoReceived += x.packetsReceived || 0;
+        s.freezeSeconds += x.totalFreezesDuration || 0;
+      }
+      if (x.type === 'inbound-rtp' && x.kind === 'audio') {
+        // A muted microphone sends silence with DTX: its comfort noise counts as concealed.
+        s.audioSamples += x.totalSamplesReceived || 0; s.concealedSamples += (x.concealedSamples || 0) - (x.silentConcealedSamples || 0);
+        s.audioCodec = (r.get(x.codecId) || {}).mimeType || '';
+      }
+      if (x.type === 'candidate-pair' && x.nominated && x.state === 'succeeded' && x.currentRoundTripTime !== undefined) s.rttMs = x.currentRoundTripTime * 1000;
+    });
+  }
+  return s;
+}"""
+
+# room.html's tiles: which user's stream each received track is.
+ROOM_VIEWER = """() => {
+  const owners = {};
+  document.querySelectorAll('#grid .tile').forEach(t => {
+    const v = t.querySelector('video');
+    (v && v.srcObject ? v.srcObject.getTracks() : []).forEach(tr => { owners[tr.id] = t.dataset.key; });
+  });
+  return owners;
+}"""
+
+MUTE_MIC = "(pc) => pc.getSenders().forEach(s => { if (s.track && s.track.kind === 'audio') s.track.enabled = false; })"
+
 PUBLISH_STATS = """async (pc) => {
   const r = await pc.getStats(); const out = [];
   r.forEach(x => { if (x.type === 'outbound-rtp' && x.kind === 'video') out.push({rid: x.rid || null, width: x.frameWidth || 0,
-    height: x.frameHeight || 0, bytesSent: x.bytesSent || 0, limitation: x.qualityLimitationReason || ''});
+    height: x.frameHeight || 0, bytesSent: x.bytesSent || 0, limitation: x.qualityLimitationReason || '',
+    fps: x.framesPerSecond || 0, plis: x.pliCount || 0, nacks: x.nackCount || 0, keyframes: x.keyFramesEncoded || 0,
+    rtxBytes: x.retransmittedBytesSent || 0});
     if (x.type === 'outbound-rtp' && x.kind === 'audio') out.push({rid: 'audio', codec: (r.get(x.codecId) || {}).mimeType || '', bytesSent: x.bytesSent || 0}); });
   return out;
 }"""
 
-DIRECT_PUBLISHER = """async () => {
-  const media = await navigator.mediaDevices.getUserMedia({audio: true, video: {width: 1280, height: 720, frameRate: 30}});
+DIRECT_PUBLISHER = """async (fps) => {
+  const media = await navigator.mediaDevices.getUserMedia({audio: true, video: {width: 1280, height: 720, frameRate: {max: fps}}});
   const pc = new RTCPeerConnection();
   pc.addTransceiver(media.getAudioTracks()[0], {direction: 'sendonly', streams: [media]});
   const video = pc.addTransceiver(media.getVideoTracks()[0], {direction: 'sendonly', streams: [media], sendEncodings: [{maxBitrate: 1500000}]});
@@ -75,6 +122,7 @@ DIRECT_PUBLISHER = """async () => {
 DIRECT_VIEWER = """async (offer) => {
   const pc = new RTCPeerConnection();
   window.__pc = pc;
+  (window.__pcs = window.__pcs || []).push(pc);
   const ms = new MediaStream();
   const v = document.createElement('video'); v.autoplay = true; v.muted = true; v.srcObject = ms; document.body.appendChild(v);
   pc.ontrack = e => ms.addTrack(e.track);
@@ -92,6 +140,8 @@ def launch(pw, a, ns):
     args = CHROMIUM_ARGS + [f"--unsafely-treat-insecure-origin-as-secure={a.base}"]
     if a.fake_video:
         args.append(f"--use-file-for-fake-video-capture={a.fake_video}")
+    if a.fake_audio:
+        args.append(f"--use-file-for-fake-audio-capture={a.fake_audio}")
     exe = a.chromium
     if ns:
         # Playwright talks to Chromium over pipes, so Chromium may live in another namespace.
@@ -111,42 +161,66 @@ def main():
     p.add_argument("--shaped", choices=["viewer", "publisher"], default="viewer", help="whose browser sits behind the shaped link")
     p.add_argument("--room", default="net")
     p.add_argument("--user", default="cam")
-    p.add_argument("--token", default="", help="sfu: publisher's token")
+    p.add_argument("--token", action="append", default=[], help="sfu: a publisher's token (one per --publishers)")
+    p.add_argument("--publishers", type=int, default=1)
+    p.add_argument("--fps", type=int, default=30, help="the publishers' camera frame rate")
     p.add_argument("--viewer-token", default="")
     p.add_argument("--fake-video", default="")
+    p.add_argument("--fake-audio", default="", help="a WAV file the fake microphone plays in a loop (Chromium's own beeps too briefly to count as speech)")
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--warmup", type=float, default=4, help="publisher alone before the viewer joins")
     p.add_argument("--chromium", default="/usr/bin/chromium")
     a = p.parse_args()
     out = {"mode": a.mode}
+    meeting = a.publishers > 1
     with sync_playwright() as pw:
         shaped_publisher = a.shaped == "publisher"
         pub_browser = launch(pw, a, a.viewer_ns if shaped_publisher else None)
         view_browser = launch(pw, a, None if shaped_publisher else a.viewer_ns)
         try:
-            pub = pub_browser.new_context().new_page()
+            pub_context = pub_browser.new_context()
+            pubs = [pub_context.new_page() for _ in range(a.publishers)]
             view = view_browser.new_context().new_page()
             if a.mode == "sfu":
-                q = {"room": a.room, "token": a.token, "codec": "H264", "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution"}
-                goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
-                pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=15000)
-                if pub.evaluate("window.tessera.state") == "failed":
-                    raise RuntimeError(f"publish failed: {pub.evaluate('window.tessera.error')}")
+                for i, pub in enumerate(pubs):
+                    q = {"room": a.room, "token": a.token[i], "codec": "H264", "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution", "fps": a.fps}
+                    goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
+                for pub in pubs:
+                    pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=20000)
+                    if pub.evaluate("window.tessera.state") == "failed":
+                        raise RuntimeError(f"publish failed: {pub.evaluate('window.tessera.error')}")
+                pub_pc = "pc"
+                for pub in pubs[1:]:
+                    pub.evaluate(f"({MUTE_MIC})(pc)")
                 time.sleep(a.warmup)
-                q = {"room": a.room, "user": a.user, "token": a.viewer_token or a.token, "quality": "auto", "autostart": "1"}
-                goto(view, f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
-                view.wait_for_function("typeof pc !== 'undefined' && pc !== null", timeout=15000)
-                pub_pc, view_pc = "pc", "pc"
+                if meeting:
+                    q = {"token": a.viewer_token, "autojoin": "1"}
+                    goto(view, f"{a.base}/room.html?{urlencode(q)}")
+                    view.wait_for_function("['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
+                    if view.evaluate("window.tessera.state") == "failed":
+                        raise RuntimeError(f"join failed: {view.evaluate('window.tessera.error')}")
+                    view_pcs = "[['', window.tessera.room && window.tessera.room.sub]]"
+                else:
+                    q = {"room": a.room, "user": a.user, "token": a.viewer_token or a.token[0], "quality": "auto", "autostart": "1"}
+                    goto(view, f"{a.base}/play.html?{urlencode(q)}", wait_until="domcontentloaded")
+                    view.wait_for_function("typeof pc !== 'undefined' && pc !== null", timeout=15000)
+                    view_pc = "pc"
             else:
-                goto(pub, f"{a.base}/play.html")
                 goto(view, f"{a.base}/play.html")
-                offer = pub.evaluate(DIRECT_PUBLISHER)
+                offers = []
+                for pub in pubs:
+                    goto(pub, f"{a.base}/play.html")
+                    offers.append(pub.evaluate(DIRECT_PUBLISHER, a.fps))
+                for pub in pubs[1:]:
+                    pub.evaluate(f"({MUTE_MIC})(window.__pc)")
                 time.sleep(a.warmup)
-                answer = view.evaluate(DIRECT_VIEWER, offer)
-                pub.evaluate("async (sdp) => window.__pc.setRemoteDescription({type: 'answer', sdp})", answer)
+                for pub, offer in zip(pubs, offers):
+                    answer = view.evaluate(DIRECT_VIEWER, offer)
+                    pub.evaluate("async (sdp) => window.__pc.setRemoteDescription({type: 'answer', sdp})", answer)
                 pub_pc, view_pc = "window.__pc", "window.__pc"
-            layers_before = pub.evaluate(f"({PUBLISH_STATS})({pub_pc})")
+                view_pcs = "(window.__pcs || []).map((pc, i) => ['cam' + i, pc])"
+            layers_before = [pub.evaluate(f"({PUBLISH_STATS})({pub_pc})") for pub in pubs]
             out["start"] = time.time()
             # The harness times the link's steps from this line.
             print(json.dumps({"sampling": out["start"]}), flush=True)
@@ -154,15 +228,21 @@ def main():
             end = time.time() + a.seconds
             while time.time() < end:
                 t0 = time.time()
-                samples.append(view.evaluate(f"({COLLECT})({view_pc})"))
+                if meeting:
+                    samples.append(view.evaluate(f"({COLLECT_TRACKS})([{view_pcs}, ({ROOM_VIEWER})()])"))
+                else:
+                    samples.append(view.evaluate(f"({COLLECT})({view_pc})"))
                 time.sleep(max(0.0, a.interval - (time.time() - t0)))
             out["samples"] = samples
-            layers = pub.evaluate(f"({PUBLISH_STATS})({pub_pc})")
             took = time.time() - out["start"]
-            for l in layers:
-                before = next((x for x in layers_before if x["rid"] == l["rid"]), {"bytesSent": 0})
-                l["kbps"] = round((l["bytesSent"] - before["bytesSent"]) * 8 / 1000 / took)
-            out["publisher"] = layers
+            publishers = []
+            for pub, before_all in zip(pubs, layers_before):
+                layers = pub.evaluate(f"({PUBLISH_STATS})({pub_pc})")
+                for l in layers:
+                    before = next((x for x in before_all if x["rid"] == l["rid"]), {"bytesSent": 0})
+                    l["kbps"] = round((l["bytesSent"] - before["bytesSent"]) * 8 / 1000 / took)
+                publishers.append(layers)
+            out["publisher"] = publishers[0] if not meeting else publishers
         finally:
             pub_browser.close()
             view_browser.close()

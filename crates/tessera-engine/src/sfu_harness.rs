@@ -631,12 +631,12 @@ mod tests {
         let per_copy = (a16 - a1) / (f16 - f1) as f64;
         let per_packet_in = (a1 - per_copy * f1 as f64) / r1 as f64;
         eprintln!("allocations in the SFU: {per_copy:.2} per forwarded copy, {per_packet_in:.2} per packet received ({a1} with 1 viewer, {a16} with 16)");
-        // Measured 3.13 per copy, all of them str0m's (the packet it builds, its SRTP output, the
+        // Measured 3.13 per copy (3.46 since RED and the per-viewer allocator state), most of them str0m's (the packet it builds, its SRTP output, the
         // datagram it hands out); 3.38 per packet in (str0m's SRTP and RTP parsing, and the
         // payload's one shared copy that every consumer references). Ids are shared, not
         // copied: before that, 5.79 per packet in. A bound just above: any allocation of ours
         // added per copy or per packet fails here.
-        assert!(per_copy <= 3.5, "{per_copy:.2} allocations per forwarded copy (3.13 measured)");
+        assert!(per_copy <= 3.5, "{per_copy:.2} allocations per forwarded copy (3.46 measured)");
         assert!(per_packet_in <= 4.0, "{per_packet_in:.2} allocations per packet received (3.38 measured)");
     }
 

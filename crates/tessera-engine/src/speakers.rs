@@ -52,6 +52,8 @@ pub struct RoomSpeakers {
     sent_at: Option<Instant>,
     /// A non-empty list goes out at the next poll, changed or not.
     resend: bool,
+    /// The loudest of the last non-empty list.
+    dominant: Option<UserId>,
 }
 
 impl RoomSpeakers {
@@ -93,6 +95,13 @@ impl RoomSpeakers {
         self.sent.first().map(|(u, _)| u)
     }
 
+    /// The last user to be the loudest, kept through pauses and silence until another is:
+    /// whose picture a viewer's bandwidth favours. (The loudest alone comes and goes between
+    /// words, and each change moves every viewer's layers, each move a keyframe.)
+    pub fn dominant(&self) -> Option<&UserId> {
+        self.dominant.as_ref()
+    }
+
     /// The list to send now, if it changed (other users, another order, or a level moved by
     /// 10 or more) and the last one went out at least 500 ms ago.
     pub fn poll(&mut self, now: Instant) -> Option<Vec<(UserId, u8)>> {
@@ -105,6 +114,9 @@ impl RoomSpeakers {
         let same = !resend && list.len() == self.sent.len() && list.iter().zip(&self.sent).all(|(a, b)| a.0 == b.0 && a.1.abs_diff(b.1) < LEVEL_STEP);
         if same {
             return None;
+        }
+        if let Some((first, _)) = list.first() {
+            self.dominant = Some(first.clone());
         }
         self.sent = list.clone();
         self.sent_at = Some(now);
@@ -174,6 +186,20 @@ mod tests {
         assert!(last[1].1.abs_diff(76) < LEVEL_STEP, "{last:?}");
         // Never two lists within 500 ms.
         assert!(polls.windows(2).all(|w| w[1].0 - w[0].0 >= 500), "{polls:?}");
+    }
+
+    #[test]
+    fn the_dominant_speaker_stays_through_silence_until_another_speaks() {
+        let start = Instant::now();
+        let (mut r, mut t, mut polls) = (RoomSpeakers::default(), start, Vec::new());
+        assert_eq!(r.dominant(), None);
+        run(&mut r, &mut t, 1000, &[("alice", 20), ("bob", 127)], &mut polls, start);
+        assert_eq!(r.dominant(), Some(&user("alice")));
+        // Everyone silent: nobody is listed, alice still dominates.
+        run(&mut r, &mut t, 2000, &[("alice", 127), ("bob", 127)], &mut polls, start);
+        assert_eq!((r.loudest(), r.dominant()), (None, Some(&user("alice"))));
+        run(&mut r, &mut t, 1000, &[("alice", 127), ("bob", 20)], &mut polls, start);
+        assert_eq!(r.dominant(), Some(&user("bob")));
     }
 
     #[test]

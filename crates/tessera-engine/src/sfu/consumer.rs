@@ -198,6 +198,12 @@ impl Consumer {
         }
     }
 
+    /// Whether a full queue cut a layer within the last second (the link overfilled: a probe
+    /// under way fails).
+    pub(super) fn just_cut(&self, now: Instant) -> bool {
+        self.cut.is_some_and(|(at, _, _)| now.saturating_duration_since(at) < Duration::from_secs(1))
+    }
+
     /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`.
     pub(super) fn cut_layer(&self, pub_id: u64, now: Instant) -> Option<Rid> {
         self.cut.filter(|(at, p, _)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r)| r)
@@ -285,6 +291,7 @@ impl Consumer {
                 // keyframe fill the queue and raise the RTT of a link that carries the layer).
                 let steady = self.first_sent_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
                 if let Some(rid) = fp.rid.filter(|_| video && steady) {
+                    tracing::debug!(mid = %self.mid, ?rid, queued = queued.packets, ?delay, "queue cut");
                     self.cut = Some((now, pub_id, rid));
                 }
                 return Route::Dropped { broken: true };

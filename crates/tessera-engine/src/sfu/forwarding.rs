@@ -90,7 +90,7 @@ impl Sfu {
     pub(super) fn allocate(&mut self, viewer_id: u64, now: Instant) {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
         let Role::Viewer { subscriptions, consumers, .. } = &viewer.role else { return };
-        let speaker = self.speakers.get(&viewer.spec.room).and_then(|s| s.loudest());
+        let speaker = self.speakers.get(&viewer.spec.room).and_then(|s| s.dominant());
         // Per subscription: its publisher, audio layer, and video demand.
         let mut sources = Vec::with_capacity(subscriptions.len());
         let mut tracks = Vec::with_capacity(subscriptions.len());
@@ -121,16 +121,12 @@ impl Sfu {
                 let current = consumer.and_then(|c| c.target).map(|(_, t)| t);
                 // A layer the publisher stopped or starves (its uplink thinned) is not waited
                 // for; with every layer silent, all are offered (the first to come back is taken).
-                let mut offered = v.usable_layers(now);
-                // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`
-                // (the lowest layer always stays offered).
+                let offered = v.usable_layers(now);
+                // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`.
                 let cut = consumer.zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
-                if let Some(cut_bps) = cut.and_then(|r| offered.iter().find(|l| l.rid == Some(r))).map(|l| l.rate.bps) {
-                    let lowest = offered.iter().map(|l| l.rate.bps).fold(f64::MAX, f64::min);
-                    offered.retain(|l| l.rate.bps < cut_bps || l.rate.bps <= lowest);
-                }
+                let ceiling_bps = cut.and_then(|r| offered.iter().find(|l| l.rid == Some(r))).map(|l| l.rate.bps);
                 let layers = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
-                tracks.push(TrackDemand { layers, quality: sub.quality, priority, current });
+                tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
             }
             sources.push((pub_id, audio, video.is_some()));
         }
@@ -180,22 +176,23 @@ impl Sfu {
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
-            let video = match has_video {
-                true => planned.next().map(|(c, t)| sub.pause.hold(*c, &t.layers, now)),
-                false => None,
+            let (video, priority) = match has_video.then(|| planned.next()).flatten() {
+                Some((c, t)) => (Some(sub.pause.hold(*c, &t.layers, now)), Some(t.priority)),
+                None => (None, None),
             };
             for c in consumers.iter_mut().filter(|c| c.source == sub.source) {
                 let t = if c.kind == MediaKind::Audio { *audio } else { video };
                 let new = pub_id.zip(t);
                 if c.target != new {
-                    tracing::debug!(mid = %c.mid, target = ?t, estimate = ?estimate, "layer target changed");
+                    tracing::debug!(mid = %c.mid, target = ?t, ?priority, estimate = ?estimate, "layer target changed");
                     c.target = new;
                 }
             }
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
-        if let Some((minimum, desired)) = prober.step(&plan, measured, net.queueing(), now) {
+        let overfilled = net.queueing() || consumers.iter().any(|c| c.just_cut(now));
+        if let Some((minimum, desired)) = prober.step(&plan, measured, overfilled, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
         }
