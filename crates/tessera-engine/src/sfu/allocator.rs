@@ -28,10 +28,12 @@ const PROBE_WINDOW: Duration = Duration::from_secs(3);
 /// After a failed probe the next waits 5 s, doubling per failure up to a minute.
 const PROBE_BACKOFF: Duration = Duration::from_secs(5);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// A probe whose goal is within this factor of the estimate is a small step (see `fail`).
+const SMALL_STEP: f64 = 1.5;
 /// After a probe found its room, the next waits this long: the layer just taken starts with a
-/// keyframe, and the estimate settles on the new rate (measured: a probe for the top layer
-/// right after the middle one was taken overfilled a 1.2 Mbit/s link and cut the middle one).
-const PROBE_AFTER_SUCCESS: Duration = Duration::from_secs(3);
+/// keyframe that must leave the queue first. (3 s delayed a viewer's climb back to the top after
+/// a rate step to 9.5 s; a failed probe's back-off, not this, is what spaces probes that fail.)
+const PROBE_AFTER_SUCCESS: Duration = Duration::from_secs(1);
 /// No probe in a viewer's first seconds: the estimate is still the configured start, not a
 /// measurement, and padding up to it could flood a thin link.
 const PROBE_SETTLE: Duration = Duration::from_secs(3);
@@ -345,9 +347,14 @@ impl Prober {
             self.failed_from = Some((p.from, now + PROBE_WINDOW));
             self.failed_goal = Some(p.goal);
         }
+        // Only a big step (its goal over 1.5 × the estimate it started from) backs off more
+        // with each failure: a small one costs little overshoot, and on a link that thinned for
+        // a while its back-off would otherwise have grown by the time the link came back
+        // (measured: a rate step's climb back took 10-12 s instead of 5).
+        let big = self.probe.is_none_or(|p| p.goal > p.from * SMALL_STEP);
         self.probe = None;
-        self.failures += 1;
-        let wait = PROBE_BACKOFF.saturating_mul(1 << (self.failures - 1).min(4)).min(PROBE_BACKOFF_MAX);
+        self.failures += big as u32;
+        let wait = PROBE_BACKOFF.saturating_mul(1 << self.failures.saturating_sub(1).min(4)).min(PROBE_BACKOFF_MAX);
         self.next_at = Some(now + wait);
         (0.0, plan.used_bps)
     }
@@ -563,6 +570,18 @@ mod tests {
         p.step(&mid, Some(620_000.0), false, t + Duration::from_secs(5));
         p.step(&mid, Some(500_000.0), false, t + Duration::from_millis(5_500));
         assert_eq!(p.step(&mid, Some(620_000.0), false, t + Duration::from_secs(14)), None, "the second failure of the top: 10 s");
+        // A small step that fails backs off 5 s every time.
+        let mut p = Prober::default();
+        let low = plan(&tracks, 40_000.0, Some(400_000.0));
+        let goal = low.next_bps.unwrap();
+        assert!(goal <= 400_000.0 * SMALL_STEP, "{low:?}");
+        p.step(&low, Some(400_000.0), false, t0);
+        let mut t = t0 + PROBE_SETTLE;
+        for _ in 0..3 {
+            assert_eq!(p.step(&low, Some(400_000.0), false, t), Some((goal, goal * PROBE_HEADROOM)));
+            assert_eq!(p.step(&low, Some(300_000.0), false, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
+            t += Duration::from_millis(300) + PROBE_BACKOFF;
+        }
         // A viewer over its estimate (a layer kept by hysteresis) does not probe.
         let mut p = Prober::default();
         let mut t = track(Priority::Other);
