@@ -148,15 +148,7 @@ impl Run {
 
     /// Picture height each second, for the report.
     fn timeline(&self) -> String {
-        let mut out = Vec::new();
-        let mut next = 0.0;
-        for s in &self.samples {
-            if s.t >= next {
-                out.push(if s.height == 0 { "-".to_string() } else { s.height.to_string() });
-                next += 1.0;
-            }
-        }
-        out.join(" ")
+        heights_per_second(self.samples.iter().map(|s| (s.t, s.height)))
     }
 
     /// A meeting: the samples of one publisher's track.
@@ -175,15 +167,7 @@ impl Run {
 
     /// A meeting: one track's picture height each second.
     fn track_timeline(&self, name: &str) -> String {
-        let mut out = Vec::new();
-        let mut next = 0.0;
-        for (t, s) in self.track(name) {
-            if t >= next {
-                out.push(if s.height == 0 { "-".to_string() } else { s.height.to_string() });
-                next = t.floor() + 1.0;
-            }
-        }
-        out.join(" ")
+        heights_per_second(self.track(name).map(|(t, s)| (t, s.height)))
     }
 
     /// A meeting: the median picture height of a track over `[from, to)` (0: none).
@@ -263,6 +247,19 @@ impl Run {
             self.last().fps,
         )
     }
+}
+
+/// The first picture height sampled in each second ("-": none decoded yet), for the reports.
+fn heights_per_second(samples: impl Iterator<Item = (f64, u64)>) -> String {
+    let mut out = Vec::new();
+    let mut next = 0.0;
+    for (t, height) in samples {
+        if t >= next {
+            out.push(if height == 0 { "-".to_string() } else { height.to_string() });
+            next = t.floor() + 1.0;
+        }
+    }
+    out.join(" ")
 }
 
 /// The camera of the one-publisher scenarios: picture size and frame rate.
@@ -504,11 +501,17 @@ fn report(scenario: &Scenario, runs: &[Run]) {
     }
 }
 
+/// One scenario through the SFU, reported (a CI test's run).
+fn sfu_run(scenario: &Scenario) -> Run {
+    let _g = serial();
+    let r = run(scenario, Mode::Sfu);
+    report(scenario, std::slice::from_ref(&r));
+    r
+}
+
 #[test]
 fn a_viewer_capped_at_700_kbits_gets_the_middle_layer_and_keeps_it() {
-    let _g = serial();
-    let r = run(&CAPPED_700, Mode::Sfu);
-    report(&CAPPED_700, std::slice::from_ref(&r));
+    let r = sfu_run(&CAPPED_700);
     let s = r.summary(5.0);
     let reached = r.first_reaching(360, 0.0).unwrap_or_else(|| panic!("never the middle layer: {s}"));
     assert!(reached <= 10.0, "the middle layer within 10 s, not {reached:.1} s: {s}");
@@ -525,9 +528,7 @@ fn a_viewer_capped_at_700_kbits_gets_the_middle_layer_and_keeps_it() {
 
 #[test]
 fn five_percent_loss_each_way_is_repaired_audio_by_red_and_video_in_time() {
-    let _g = serial();
-    let r = run(&LOSS_5, Mode::Sfu);
-    report(&LOSS_5, std::slice::from_ref(&r));
+    let r = sfu_run(&LOSS_5);
     let s = r.summary(5.0);
     assert!(r.first_reaching(360, 0.0).is_some_and(|t| t <= 10.0), "a picture of at least 360 lines within 10 s: {s}");
     assert!(r.loss_pct(5.0) >= 2.0, "the link does lose what is sent to the viewer: {s}");
@@ -542,9 +543,7 @@ fn five_percent_loss_each_way_is_repaired_audio_by_red_and_video_in_time() {
 
 #[test]
 fn a_viewer_of_four_on_1200_kbits_sees_the_speaker_best_and_nobody_starve() {
-    let _g = serial();
-    let r = run(&MEETING_1200, Mode::Sfu);
-    report(&MEETING_1200, std::slice::from_ref(&r));
+    let r = sfu_run(&MEETING_1200);
     let s = r.meeting_summary(10.0);
     let names = r.track_names();
     assert_eq!(names, ["cam0", "cam1", "cam2", "cam3"], "{s}");

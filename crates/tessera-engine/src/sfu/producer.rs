@@ -210,8 +210,9 @@ impl Producer {
     /// still sends others: its uplink is too thin for them. Its viewers are moved to the layers
     /// still usable, and its uplink quality says so.
     pub(super) fn uplink_limited(&self, now: Instant) -> bool {
-        let any_live = self.layers.iter().any(|l| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER);
-        self.kind == MediaKind::Video && self.layers.len() > 1 && any_live && self.usable_layers(now).len() < self.layers.len()
+        // With no layer coming at all every layer is "usable" (a publisher gone quiet, not a
+        // thin uplink), so that case counts as not limited here too.
+        self.kind == MediaKind::Video && self.layers.len() > 1 && self.usable_layers(now).len() < self.layers.len()
     }
 }
 
