@@ -1,0 +1,189 @@
+//! The Redis side of the cluster: the keys every node reads and writes. A thin driver: one
+//! auto-reconnecting connection, each call one command or one script (the compare-and-sets run
+//! in Redis, so two nodes placing the same room agree on one owner).
+//!
+//! Keys, under the configured prefix `p`:
+//! - `p:node:<id>` — the node's [`NodeRecord`] (JSON), rewritten by every heartbeat with a TTL:
+//!   a node that stops heartbeating disappears when it expires.
+//! - `p:room:<app>/<room>` — the id of the node the room lives on.
+//! - `p:drain:<id>` — set when an operator drains the node; the node reads it with its heartbeat.
+//! - `p:apps`, `p:apps:version`, `p:apps:writer` — the app store (apps, secrets, API keys) every
+//!   node serves, its version (incremented by every write) and the node that wrote it.
+
+use crate::node::{NodeId, NodeRecord};
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use std::time::Duration;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClusterError {
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("a node record in redis is not valid JSON: {0}")]
+    Record(#[from] serde_json::Error),
+}
+
+/// Sets `KEYS[1]` to `ARGV[2]` if it holds `ARGV[1]` ('' for absent); returns what it then holds.
+const CLAIM: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if (cur == false and ARGV[1] == '') or cur == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return ARGV[2]
+end
+return cur";
+
+/// Deletes `KEYS[1]` if it holds `ARGV[1]`.
+const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// Writes the app store, bumps its version and names the writer; returns the new version.
+const PUT_APPS: &str = r"
+redis.call('SET', KEYS[1], ARGV[1])
+redis.call('SET', KEYS[3], ARGV[2])
+return redis.call('INCR', KEYS[2])";
+
+#[derive(Clone)]
+pub struct ClusterStore {
+    con: ConnectionManager,
+    prefix: String,
+}
+
+/// Redis calls give up after this long (a heartbeat must not hang on a dead server).
+const RESPONSE_TIMEOUT: Duration = Duration::from_secs(2);
+
+impl ClusterStore {
+    /// Connects (failing if Redis does not answer); the connection reconnects by itself later.
+    pub async fn connect(url: &str, prefix: &str) -> Result<ClusterStore, ClusterError> {
+        let client = redis::Client::open(url)?;
+        let config = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
+            .set_response_timeout(Some(RESPONSE_TIMEOUT))
+            .set_number_of_retries(2);
+        let con = ConnectionManager::new_with_config(client, config).await?;
+        Ok(ClusterStore { con, prefix: prefix.to_owned() })
+    }
+
+    fn node_key(&self, id: &NodeId) -> String {
+        format!("{}:node:{}", self.prefix, id.0)
+    }
+
+    fn room_key(&self, app: &str, room: &str) -> String {
+        format!("{}:room:{app}/{room}", self.prefix)
+    }
+
+    fn drain_key(&self, id: &NodeId) -> String {
+        format!("{}:drain:{}", self.prefix, id.0)
+    }
+
+    /// The heartbeat: this node's record, live for `ttl`.
+    pub async fn heartbeat(&self, record: &NodeRecord, ttl: Duration) -> Result<(), ClusterError> {
+        let json = serde_json::to_string(record)?;
+        redis::cmd("SET").arg(self.node_key(&record.id)).arg(json).arg("PX").arg(ttl.as_millis() as u64).query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    /// Removes this node's record at once (a clean shutdown).
+    pub async fn leave(&self, id: &NodeId) -> Result<(), ClusterError> {
+        redis::cmd("DEL").arg(self.node_key(id)).query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    /// Every live node. A record that does not parse (another version's) is skipped and logged.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        let mut con = self.con.clone();
+        let pattern = format!("{}:node:*", self.prefix);
+        let mut keys: Vec<String> = Vec::new();
+        let mut cursor: u64 = 0;
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN").arg(cursor).arg("MATCH").arg(&pattern).arg("COUNT").arg(200).query_async(&mut con).await?;
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+        if keys.is_empty() {
+            return Ok(Vec::new());
+        }
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut con).await?;
+        let mut nodes = Vec::new();
+        for (key, value) in keys.iter().zip(values) {
+            // Expired between SCAN and MGET.
+            let Some(json) = value else { continue };
+            match serde_json::from_str::<NodeRecord>(&json) {
+                Ok(n) => nodes.push(n),
+                Err(e) => tracing::warn!(%key, "skipping a node record that does not parse: {e}"),
+            }
+        }
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(nodes)
+    }
+
+    /// The node a room lives on, if it was placed.
+    pub async fn room_owner(&self, app: &str, room: &str) -> Result<Option<NodeId>, ClusterError> {
+        let owner: Option<String> = redis::cmd("GET").arg(self.room_key(app, room)).query_async(&mut self.con.clone()).await?;
+        Ok(owner.map(NodeId))
+    }
+
+    /// Records `node` as the room's owner if the owner is still `expected`; returns the owner
+    /// the room then has (another node's claim may have come first).
+    pub async fn claim_room(&self, app: &str, room: &str, expected: Option<&NodeId>, node: &NodeId) -> Result<NodeId, ClusterError> {
+        let owner: String = redis::Script::new(CLAIM)
+            .key(self.room_key(app, room))
+            .arg(expected.map(|n| n.0.as_str()).unwrap_or(""))
+            .arg(&node.0)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(NodeId(owner))
+    }
+
+    /// Forgets the room's placement if `node` still owns it (the room ended there).
+    pub async fn release_room(&self, app: &str, room: &str, node: &NodeId) -> Result<(), ClusterError> {
+        redis::Script::new(RELEASE).key(self.room_key(app, room)).arg(&node.0).invoke_async::<i64>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn set_draining(&self, id: &NodeId) -> Result<(), ClusterError> {
+        redis::cmd("SET").arg(self.drain_key(id)).arg("1").query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn is_draining(&self, id: &NodeId) -> Result<bool, ClusterError> {
+        let v: Option<String> = redis::cmd("GET").arg(self.drain_key(id)).query_async(&mut self.con.clone()).await?;
+        Ok(v.is_some())
+    }
+
+    /// Clears a drain mark (a node started again under the same id takes rooms).
+    pub async fn clear_draining(&self, id: &NodeId) -> Result<(), ClusterError> {
+        redis::cmd("DEL").arg(self.drain_key(id)).query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    /// The shared app store's version (0: never written).
+    pub async fn apps_version(&self) -> Result<u64, ClusterError> {
+        let v: Option<u64> = redis::cmd("GET").arg(format!("{}:apps:version", self.prefix)).query_async(&mut self.con.clone()).await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// The shared app store: its bytes, version and writer.
+    pub async fn apps(&self) -> Result<Option<(Vec<u8>, u64, NodeId)>, ClusterError> {
+        let p = &self.prefix;
+        let (bytes, version, writer): (Option<Vec<u8>>, Option<u64>, Option<String>) =
+            redis::pipe().get(format!("{p}:apps")).get(format!("{p}:apps:version")).get(format!("{p}:apps:writer")).query_async(&mut self.con.clone()).await?;
+        Ok(bytes.map(|b| (b, version.unwrap_or(0), NodeId(writer.unwrap_or_default()))))
+    }
+
+    /// Writes the app store; returns its new version.
+    pub async fn put_apps(&self, bytes: &[u8], writer: &NodeId) -> Result<u64, ClusterError> {
+        let p = &self.prefix;
+        let version: u64 = redis::Script::new(PUT_APPS)
+            .key(format!("{p}:apps"))
+            .key(format!("{p}:apps:version"))
+            .key(format!("{p}:apps:writer"))
+            .arg(bytes)
+            .arg(&writer.0)
+            .invoke_async(&mut self.con.clone())
+            .await?;
+        Ok(version)
+    }
+}
