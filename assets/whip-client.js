@@ -28,7 +28,10 @@ async function whipNegotiate(pc, url, token) {
   }
   const answer = await resp.text();
   await pc.setRemoteDescription({ type: 'answer', sdp: answer });
-  return { location: resp.headers.get('Location'), etag: resp.headers.get('ETag'), answer };
+  // The session URL is relative to the answering server, which is not the page's when a
+  // cluster node redirected the POST to the room's node.
+  const location = resp.headers.get('Location');
+  return { location: location && new URL(location, resp.url).href, etag: resp.headers.get('ETag'), answer };
 }
 
 // Ends a session (DELETE on its Location).

@@ -21,7 +21,8 @@ if [ "$want_test" = 1 ]; then
   # openssl makes the test CA of the rtmps relay test. OBS Studio publishes with its default
   # settings under Xvfb (software OpenGL).
   # Firefox (ESR) runs room.html through puppeteer-core on Node.js (WebDriver BiDi).
-  pkgs+=(chromium python3-venv iproute2 nftables openssl obs-studio xvfb firefox-esr)
+  # redis-server is the cluster tests' directory (started by the test, not as a service).
+  pkgs+=(chromium python3-venv iproute2 nftables openssl obs-studio xvfb firefox-esr redis-server)
   command -v npm >/dev/null 2>&1 || pkgs+=(nodejs npm)
 fi
 

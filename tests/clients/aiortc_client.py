@@ -28,19 +28,36 @@ import numpy as np
 from aiortc import RTCPeerConnection, RTCSessionDescription, RTCRtpSender
 from aiortc.mediastreams import AudioStreamTrack, MediaStreamError, VideoStreamTrack
 import av
+import urllib.parse
 import urllib.request
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, *args, **kwargs):
+        return None
+
+
 def http(method, url, token, body=None, content_type="application/sdp"):
-    req = urllib.request.Request(url, data=body.encode() if body else None, method=method)
-    req.add_header("Authorization", f"Bearer {token}")
-    if body is not None:
-        req.add_header("Content-Type", content_type)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+    """One request; a 307/308 is followed with the same method, body and token, as RFC 9725
+    asks of WHIP clients (a cluster node redirects to the room's node). The headers' "_url" is
+    the URL that answered (session Locations are relative to it)."""
+    opener = urllib.request.build_opener(NoRedirect)
+    for _ in range(4):
+        req = urllib.request.Request(url, data=body.encode() if body else None, method=method)
+        req.add_header("Authorization", f"Bearer {token}")
+        if body is not None:
+            req.add_header("Content-Type", content_type)
+        try:
+            with opener.open(req, timeout=10) as r:
+                status, headers, text = r.status, {k.lower(): v for k, v in r.headers.items()}, r.read().decode()
+        except urllib.error.HTTPError as e:
+            status, headers, text = e.code, {k.lower(): v for k, v in e.headers.items()}, e.read().decode()
+        if status in (307, 308) and "location" in headers:
+            url = urllib.parse.urljoin(url, headers["location"])
+            continue
+        headers["_url"] = url
+        return status, headers, text
+    return status, headers, text
 
 
 class ColourVideo(VideoStreamTrack):
@@ -112,8 +129,7 @@ async def publish(a):
     connected_at = await asyncio.wait_for(connected, 10)
     print(json.dumps({"published": location, "connected_at": connected_at}), flush=True)
     await asyncio.sleep(a.seconds)
-    base = a.url.split("/whip/")[0]
-    http("DELETE", base + location, a.token)
+    http("DELETE", urllib.parse.urljoin(headers["_url"], location), a.token)
     await pc.close()
     return 0
 

@@ -69,8 +69,23 @@ impl Server {
         Server::start_binary(&tessera_bin(), cwd, data_dir, extra)
     }
 
+    /// `start` inside a network namespace (`ip netns exec`, which execs: the child is tessera).
+    pub fn start_in_netns(ns: &str, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", ns]).arg(tessera_bin());
+        Server::spawn(command, data_dir, extra)
+    }
+
     /// `start_in` with another build of the binary (e.g. the one a package installs).
     pub fn start_binary(binary: &Path, cwd: Option<&Path>, data_dir: &Path, extra: &[&str]) -> Server {
+        let mut command = Command::new(binary);
+        if let Some(cwd) = cwd {
+            command.current_dir(cwd);
+        }
+        Server::spawn(command, data_dir, extra)
+    }
+
+    fn spawn(mut command: Command, data_dir: &Path, extra: &[&str]) -> Server {
         let mut args: Vec<String> = vec!["serve".into(), "--data-dir".into(), data_dir.display().to_string()];
         // Free ports unless the caller chose addresses.
         for (flag, default) in [("--http-addr", "127.0.0.1:0"), ("--rtc-udp-addr", "127.0.0.1:0"), ("--rtmp-addr", "127.0.0.1:0")] {
@@ -79,10 +94,6 @@ impl Server {
             }
         }
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut command = Command::new(binary);
-        if let Some(cwd) = cwd {
-            command.current_dir(cwd);
-        }
         let mut child = command
             .args(&args)
             .env("RUST_LOG", std::env::var("TESSERA_TEST_LOG").unwrap_or_else(|_| "info".into()))
@@ -271,6 +282,8 @@ pub struct TestNet {
     pub client_ip: String,
     /// An emulated link (`TestNet::emulated`).
     emulator: Option<Emulator>,
+    /// A view of another owner's host (`BridgeNet::client_host`): dropping it removes nothing.
+    view: bool,
 }
 
 /// An emulated link's middle namespace and its `linkem` (stdin for commands, stdout for answers).
@@ -320,7 +333,7 @@ impl TestNet {
         must(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
         // Other test hosts' server addresses are this machine's: reach them through it.
         must(&["ip", "netns", "exec", &ns, "ip", "route", "add", "default", "via", &host_ip]);
-        TestNet { ns, host_if, client_if, host_ip, client_ip, emulator: None }
+        TestNet { ns, host_if, client_if, host_ip, client_ip, emulator: None, view: false }
     }
 
     /// A test host behind an emulated link: `host_if` and the client's interface are each
@@ -432,6 +445,9 @@ impl TestNet {
 
 impl Drop for TestNet {
     fn drop(&mut self) {
+        if self.view {
+            return;
+        }
         if let Some(em) = self.emulator.take() {
             let mut linkem = em.linkem.into_inner().unwrap_or_else(|e| e.into_inner());
             let _ = linkem.0.kill();
@@ -440,6 +456,62 @@ impl Drop for TestNet {
         }
         let _ = sh(&["ip", "netns", "del", &self.ns]);
         let _ = sh(&["ip", "link", "del", &self.host_if]);
+    }
+}
+
+/// Hosts on one Ethernet segment: a bridge in this namespace (`gateway`, which also reaches
+/// them) and a network namespace per host joined to it by veth, at `10.198.<n>.<10+i>`. The
+/// cluster tests' nodes and clients. Removed on drop.
+pub struct BridgeNet {
+    bridge: String,
+    pub gateway: String,
+    /// (namespace, address) of each host.
+    pub hosts: Vec<(String, String)>,
+}
+
+impl BridgeNet {
+    pub fn new(hosts: usize) -> BridgeNet {
+        let n = (std::process::id() * 11) % 250 + 1;
+        let bridge = format!("tcb{n}");
+        let _ = sh(&["ip", "link", "del", &bridge]);
+        must(&["ip", "link", "add", &bridge, "type", "bridge"]);
+        let gateway = format!("10.198.{n}.1");
+        must(&["ip", "addr", "add", &format!("{gateway}/24"), "dev", &bridge]);
+        must(&["ip", "link", "set", &bridge, "up"]);
+        let mut net = BridgeNet { bridge, gateway: gateway.clone(), hosts: Vec::new() };
+        for i in 0..hosts {
+            let ns = format!("tessera-c{n}-{i}");
+            let (outer, inner) = (format!("tcv{n}o{i}"), format!("tcv{n}i{i}"));
+            let ip = format!("10.198.{n}.{}", 10 + i);
+            let _ = sh(&["ip", "netns", "del", &ns]);
+            let _ = sh(&["ip", "link", "del", &outer]);
+            must(&["ip", "netns", "add", &ns]);
+            must(&["ip", "link", "add", &outer, "type", "veth", "peer", "name", &inner]);
+            must(&["ip", "link", "set", &inner, "netns", &ns]);
+            must(&["ip", "link", "set", &outer, "master", &net.bridge]);
+            must(&["ip", "link", "set", &outer, "up"]);
+            must(&["ip", "netns", "exec", &ns, "ip", "addr", "add", &format!("{ip}/24"), "dev", &inner]);
+            must(&["ip", "netns", "exec", &ns, "ip", "link", "set", &inner, "up"]);
+            must(&["ip", "netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+            must(&["ip", "netns", "exec", &ns, "ip", "route", "add", "default", "via", &gateway]);
+            net.hosts.push((ns, ip));
+        }
+        net
+    }
+
+    /// A test-client host view of host `i` (for `Client::start`).
+    pub fn client_host(&self, i: usize) -> TestNet {
+        let (ns, ip) = self.hosts[i].clone();
+        TestNet { ns, host_if: String::new(), client_if: String::new(), host_ip: self.gateway.clone(), client_ip: ip, emulator: None, view: true }
+    }
+}
+
+impl Drop for BridgeNet {
+    fn drop(&mut self) {
+        for (ns, _) in &self.hosts {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        let _ = sh(&["ip", "link", "del", &self.bridge]);
     }
 }
 

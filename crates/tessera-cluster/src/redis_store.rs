@@ -55,10 +55,7 @@ impl ClusterStore {
     /// Connects (failing if Redis does not answer); the connection reconnects by itself later.
     pub async fn connect(url: &str, prefix: &str) -> Result<ClusterStore, ClusterError> {
         let client = redis::Client::open(url)?;
-        let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(RESPONSE_TIMEOUT))
-            .set_response_timeout(Some(RESPONSE_TIMEOUT))
-            .set_number_of_retries(2);
+        let config = ConnectionManagerConfig::new().set_connection_timeout(Some(RESPONSE_TIMEOUT)).set_response_timeout(Some(RESPONSE_TIMEOUT)).set_number_of_retries(2);
         let con = ConnectionManager::new_with_config(client, config).await?;
         Ok(ClusterStore { con, prefix: prefix.to_owned() })
     }
@@ -128,12 +125,8 @@ impl ClusterStore {
     /// Records `node` as the room's owner if the owner is still `expected`; returns the owner
     /// the room then has (another node's claim may have come first).
     pub async fn claim_room(&self, app: &str, room: &str, expected: Option<&NodeId>, node: &NodeId) -> Result<NodeId, ClusterError> {
-        let owner: String = redis::Script::new(CLAIM)
-            .key(self.room_key(app, room))
-            .arg(expected.map(|n| n.0.as_str()).unwrap_or(""))
-            .arg(&node.0)
-            .invoke_async(&mut self.con.clone())
-            .await?;
+        let owner: String =
+            redis::Script::new(CLAIM).key(self.room_key(app, room)).arg(expected.map(|n| n.0.as_str()).unwrap_or("")).arg(&node.0).invoke_async(&mut self.con.clone()).await?;
         Ok(NodeId(owner))
     }
 

@@ -59,6 +59,38 @@ pub struct Config {
     /// Development conveniences: `POST /dev/token` mints tokens for clients on this machine
     /// (room.html's "join with a name"). Never on a server others reach through a local proxy.
     pub dev: bool,
+    /// Cluster mode: nodes sharing one Redis place rooms and route requests to each other
+    /// (docs/operating.md, "Cluster"). Unset: a single node.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterConfig>,
+}
+
+/// `[cluster]`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClusterConfig {
+    /// `redis://[:password@]host:port[/db]`.
+    pub redis_url: String,
+    /// This node's name in the cluster; unset: the host name and HTTP port.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub node_id: Option<String>,
+    /// The URL other nodes redirect clients to for this node's rooms (and forward API calls
+    /// to); unset: the URL the banner prints.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub public_url: Option<String>,
+    /// Prefix of every Redis key, so clusters can share one Redis.
+    pub key_prefix: String,
+    pub heartbeat_ms: u64,
+    /// A node whose heartbeat is this old is gone (its record expires).
+    pub node_ttl_ms: u64,
+    /// A node at this many viewers takes no new rooms (0: no limit).
+    pub max_viewers_per_node: u32,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig { redis_url: String::new(), node_id: None, public_url: None, key_prefix: "tessera".into(), heartbeat_ms: 2000, node_ttl_ms: 6000, max_viewers_per_node: 0 }
+    }
 }
 
 /// `[security]`: where outbound connections made for users may go (see `crate::outbound`).
@@ -97,6 +129,7 @@ impl Default for Config {
             storage: BTreeMap::new(),
             apps: BTreeMap::new(),
             dev: false,
+            cluster: None,
         }
     }
 }
@@ -246,6 +279,14 @@ pub struct Overrides {
 
 const REDACTED: &str = "<redacted>";
 
+/// `redis://user:secret@host` → `redis://user:<redacted>@host`.
+pub(crate) fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else { return url.to_owned() };
+    let Some((auth, host)) = rest.rsplit_once('@') else { return url.to_owned() };
+    let user = auth.split_once(':').map(|(u, _)| u).unwrap_or("");
+    format!("{scheme}://{user}:{REDACTED}@{host}")
+}
+
 impl Config {
     /// Defaults, then `file` if given, then the overrides; validated.
     pub fn load(file: Option<&Path>, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -326,6 +367,27 @@ impl Config {
         if self.cors_origins.is_empty() {
             return invalid("cors_origins: list at least one origin, or \"*\"".into());
         }
+        if let Some(c) = &self.cluster {
+            if !(c.redis_url.starts_with("redis://") || c.redis_url.starts_with("rediss://")) {
+                return invalid("cluster.redis_url: redis://host:port (or rediss://)".into());
+            }
+            if c.heartbeat_ms < 100 || c.node_ttl_ms < 2 * c.heartbeat_ms {
+                return invalid("cluster: heartbeat_ms at least 100, node_ttl_ms at least twice heartbeat_ms".into());
+            }
+            if c.key_prefix.is_empty() || c.key_prefix.contains(char::is_whitespace) {
+                return invalid("cluster.key_prefix: a non-empty word".into());
+            }
+            if let Some(id) = &c.node_id {
+                if id.is_empty() || id.len() > 64 || !id.chars().all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch)) {
+                    return invalid("cluster.node_id: [A-Za-z0-9._-]{1,64}".into());
+                }
+            }
+            if let Some(u) = &c.public_url {
+                if !(u.starts_with("http://") || u.starts_with("https://")) {
+                    return invalid("cluster.public_url: http(s)://host:port".into());
+                }
+            }
+        }
         for name in self.storage.keys() {
             if name == "local" {
                 return invalid("storage.local: 'local' is built in and cannot be redefined".into());
@@ -377,6 +439,9 @@ impl Config {
             if let StorageConfig::S3 { secret_access_key, .. } = storage {
                 *secret_access_key = REDACTED.into();
             }
+        }
+        if let Some(cluster) = &mut c.cluster {
+            cluster.redis_url = redact_url_password(&cluster.redis_url);
         }
         for app in c.apps.values_mut() {
             for (i, s) in app.secrets.iter_mut().enumerate() {
@@ -508,16 +573,17 @@ mod tests {
     fn redaction_hides_every_secret() {
         let (_d, path) = write(concat!(
             "ice_servers = [\"stun:stun.example.org\", {urls=[\"turn:t\"], username=\"u\", credential=\"turn-pass\"}]\n",
+            "[cluster]\nredis_url=\"redis://:redis-pass@r:6379/0\"\n",
             "[storage.s3a]\ntype=\"s3\"\nbucket=\"b\"\nregion=\"r\"\nendpoint=\"http://e\"\naccess_key_id=\"AK\"\nsecret_access_key=\"s3-secret\"\n",
             "[apps.default]\nsecrets=[\"app-secret-0123456789\", {kid=\"k9\", secret=\"other-secret-0123456789\"}]\n",
             "webhook={url=\"https://h/x\", key=\"hookkey\"}\n",
         ));
         let c = Config::load(Some(&path), &Overrides::default()).unwrap();
         let printed = c.redacted().to_toml();
-        for secret in ["turn-pass", "s3-secret", "app-secret-0123456789", "other-secret-0123456789", "hookkey"] {
+        for secret in ["redis-pass", "turn-pass", "s3-secret", "app-secret-0123456789", "other-secret-0123456789", "hookkey"] {
             assert!(!printed.contains(secret), "{secret} leaked:\n{printed}");
         }
-        assert!(printed.contains("cfg1") && printed.contains("k9") && printed.contains("AK"));
+        assert!(printed.contains("cfg1") && printed.contains("k9") && printed.contains("AK") && printed.contains("@r:6379/0"));
         // What is printed parses back.
         let back: Config = toml::from_str(&printed).unwrap();
         assert_eq!(back.http_addr, c.http_addr);

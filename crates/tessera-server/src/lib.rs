@@ -4,6 +4,7 @@
 //! `tessera-tasks`; this crate wires them to the network and the API.
 
 pub mod api;
+pub mod cluster;
 pub mod config;
 pub mod entry;
 pub mod error;

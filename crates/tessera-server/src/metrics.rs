@@ -98,6 +98,10 @@ pub struct Metrics {
     ingests: Family<StateLabel, Gauge>,
     /// Webhook attempts by outcome: ok, retry (a failed attempt) or dropped (given up).
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    /// Cluster mode: live nodes at the last heartbeat.
+    pub cluster_nodes: Gauge,
+    /// Cluster mode: requests sent to the room's node, by how (redirect, forward).
+    pub cluster_routed: Family<ResultLabel, Counter>,
 }
 
 impl Metrics {
@@ -163,8 +167,14 @@ impl Metrics {
         registry.register("tessera_ingests", "Pull ingests by state", ingests.clone());
         let webhook_deliveries = Family::<ResultLabel, Counter>::default();
         registry.register("tessera_webhook_deliveries", "Webhook attempts by result (ok, retry, dropped)", webhook_deliveries.clone());
+        let cluster_nodes = Gauge::default();
+        registry.register("tessera_cluster_nodes", "Live nodes of the cluster at the last heartbeat (cluster mode)", cluster_nodes.clone());
+        let cluster_routed = Family::<ResultLabel, Counter>::default();
+        registry.register("tessera_cluster_routed", "Requests sent to their room's node, by how (redirect, forward)", cluster_routed.clone());
         Metrics {
             webhook_deliveries,
+            cluster_nodes,
+            cluster_routed,
             registry,
             rooms,
             participants,

@@ -22,6 +22,8 @@ pub enum StartError {
     Rtc(#[from] tessera_engine::RtcServerError),
     #[error("{0}")]
     Tls(String),
+    #[error("cannot join the cluster: {0}")]
+    Cluster(String),
 }
 
 pub struct Server {
@@ -72,8 +74,23 @@ impl Server {
         if let Ok(policy) = tessera_tasks::outbound::OutboundPolicy::from_lists(&config.security.outbound_deny, &config.security.outbound_allow) {
             tessera_tasks::outbound::install(policy);
         }
-        let state = AppState::new(config, store, rtc, true, tls);
-        Ok(Server { state, http, tls: https, redirect, rtmp, rtmp_addr, http_addr, data_dir, first_start })
+        let state = AppState::new(config, store, rtc, true, tls.clone());
+        let server = Server { state, http, tls: https, redirect, rtmp, rtmp_addr, http_addr, data_dir, first_start };
+        if let Some(c) = &server.state.config.cluster {
+            let rtmp = format!("{}:{}", server.rtmp_host(), rtmp_addr.port());
+            let cluster = crate::cluster::Cluster::join(c, server.base_url(), http_addr.port(), rtmp, &server.state.store, tls).await.map_err(StartError::Cluster)?;
+            let _ = server.state.cluster.set(cluster);
+        }
+        Ok(server)
+    }
+
+    /// The host RTMP clients reach this server at.
+    fn rtmp_host(&self) -> String {
+        match (self.state.config.public_ip, self.rtmp_addr.ip()) {
+            (Some(ip), _) => ip.to_string(),
+            (None, ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
+            (None, ip) => ip.to_string(),
+        }
     }
 
     pub fn http_addr(&self) -> SocketAddr {
@@ -129,11 +146,7 @@ impl Server {
         out.push_str(&format!("  Metrics        {base}/metrics\n"));
         out.push_str(&format!("  WHIP publish   {base}/whip/{{room}}   (OBS: Service WHIP, Bearer token below)\n"));
         out.push_str(&format!("  WHEP play      {base}/whep/{{room}}/{{user}}/main\n"));
-        let rtmp_host = match (self.state.config.public_ip, self.rtmp_addr.ip()) {
-            (Some(ip), _) => ip.to_string(),
-            (None, ip) if ip.is_unspecified() => "127.0.0.1".to_string(),
-            (None, ip) => ip.to_string(),
-        };
+        let rtmp_host = self.rtmp_host();
         out.push_str(&format!(
             "  RTMP (OBS)     server rtmp://{rtmp_host}:{}/push/{{room}}  stream key {{user}}?token=<token>  (passed through with x264 bframes=0, keyframe 1-2 s; B-frames are transcoded)\n",
             self.rtmp_addr.port()
@@ -147,6 +160,14 @@ impl Server {
         if let Some(tcp) = self.state.rtc.tcp_addr {
             out.push_str(&format!("  WebRTC TCP     {tcp}  (ICE over TCP, for clients whose UDP is blocked)\n"));
         }
+        if let Some(cluster) = self.state.cluster.get() {
+            out.push_str(&format!(
+                "  Cluster        node '{}' at {} (redis {})\n",
+                cluster.me,
+                cluster.url,
+                self.state.config.redacted().cluster.map(|c| c.redis_url).unwrap_or_default()
+            ));
+        }
         out.push_str(&format!("  Admin API key  {}  (send as 'Authorization: Bearer <key>')\n", key_path.display()));
         out.push_str(&format!("  Try it         curl -H \"Authorization: Bearer $(cat {})\" {base}/v1/app\n", key_path.display()));
         out.push_str("  Anchor token   room 'demo', user 'me', valid 6 h (mint more with `tessera token`):\n");
@@ -158,10 +179,16 @@ impl Server {
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
         self.state.hooks.start(Some(self.data_dir.root().join("outbox")));
         if let Some(mut events) = self.state.rtc.take_room_events() {
-            // Room events go to the webhooks and to the room-signaling sessions.
+            // Room events go to the webhooks and to the room-signaling sessions; a room's end
+            // frees its place in the cluster's directory.
             let (hooks, signaling) = (self.state.hooks.clone(), self.state.room_events.clone());
+            let cluster = self.state.cluster.get().cloned();
             tokio::spawn(async move {
                 while let Some(e) = events.recv().await {
+                    if let (Some(cluster), tessera_engine::RoomEvent::RoomDismissed { room }) = (&cluster, &e) {
+                        let (cluster, room) = (cluster.clone(), room.clone());
+                        tokio::spawn(async move { cluster.room_ended(room.app.as_str(), room.room.as_str()).await });
+                    }
                     let _ = signaling.send(e.clone());
                     hooks.room_event(e);
                 }
@@ -179,6 +206,7 @@ impl Server {
             }
         }
         let router = api::router(self.state.clone());
+        let heartbeat = self.state.cluster.get().map(|c| c.spawn_heartbeat(self.state.clone()));
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
         self.state.tasks.ingests.resume(&self.state.rtc);
         self.state.tasks.recordings.resume(&self.state.config.data_dir, &self.state.rtc);
@@ -228,6 +256,10 @@ impl Server {
         }
         rtmp.abort();
         auto.abort();
+        if let (Some(heartbeat), Some(cluster)) = (heartbeat, self.state.cluster.get()) {
+            heartbeat.abort();
+            cluster.leave().await;
+        }
         self.state.tasks.ingests.shutdown();
         self.state.tasks.mix_jobs.shutdown();
         self.state.tasks.relays.shutdown();

@@ -120,6 +120,8 @@ pub struct AppStore {
     /// API key id → last use (ms). Kept in memory and saved with the next write or at shutdown,
     /// so authenticating a request never costs an fsync.
     last_used: dashmap::DashMap<String, i64>,
+    /// Cluster mode: every saved change also goes here (to the shared copy in Redis).
+    replicate: std::sync::OnceLock<Box<dyn Fn(Vec<u8>) + Send + Sync>>,
 }
 
 pub type Apps = Arc<BTreeMap<AppId, App>>;
@@ -127,7 +129,13 @@ pub type Apps = Arc<BTreeMap<AppId, App>>;
 impl AppStore {
     /// A store that lives only in memory (tests, tools).
     pub fn in_memory(apps: Vec<App>) -> AppStore {
-        AppStore { path: None, apps: RwLock::new(Arc::new(apps.into_iter().map(|a| (a.id.clone(), a)).collect())), write: Mutex::new(()), last_used: dashmap::DashMap::new() }
+        AppStore {
+            path: None,
+            apps: RwLock::new(Arc::new(apps.into_iter().map(|a| (a.id.clone(), a)).collect())),
+            write: Mutex::new(()),
+            last_used: dashmap::DashMap::new(),
+            replicate: std::sync::OnceLock::new(),
+        }
     }
 
     fn read_file(path: &Path) -> Result<Option<Vec<App>>, StoreError> {
@@ -200,7 +208,8 @@ impl AppStore {
                 app.rtmp = r.clone();
             }
         }
-        let store = AppStore { path: Some(path), apps: RwLock::new(Arc::new(apps)), write: Mutex::new(()), last_used: dashmap::DashMap::new() };
+        let store =
+            AppStore { path: Some(path), apps: RwLock::new(Arc::new(apps)), write: Mutex::new(()), last_used: dashmap::DashMap::new(), replicate: std::sync::OnceLock::new() };
         store.persist(&store.snapshot())?;
         Ok((store, first))
     }
@@ -222,10 +231,72 @@ impl AppStore {
     }
 
     fn persist(&self, apps: &BTreeMap<AppId, App>) -> Result<(), StoreError> {
-        let Some(path) = &self.path else { return Ok(()) };
+        let bytes = Self::encode(apps);
+        if let Some(path) = &self.path {
+            write_atomic(path, &bytes, 0o600)?;
+        }
+        if let Some(replicate) = self.replicate.get() {
+            replicate(bytes);
+        }
+        Ok(())
+    }
+
+    fn encode(apps: &BTreeMap<AppId, App>) -> Vec<u8> {
         let file = AppsFile { version: 1, apps: apps.values().cloned().collect() };
-        let bytes = serde_json::to_vec_pretty(&file).expect("apps serialize");
-        write_atomic(path, &bytes, 0o600)
+        serde_json::to_vec_pretty(&file).expect("apps serialize")
+    }
+
+    fn decode(bytes: &[u8]) -> Result<BTreeMap<AppId, App>, StoreError> {
+        let f: AppsFile = serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt { path: PathBuf::from("<cluster app store>"), message: e.to_string() })?;
+        Ok(f.apps.into_iter().map(|a| (a.id.clone(), a)).collect())
+    }
+
+    /// The store as `apps.json` holds it (what the cluster shares).
+    pub fn encoded(&self) -> Vec<u8> {
+        Self::encode(&self.with_last_used(&self.snapshot()))
+    }
+
+    /// Sends every saved change to `f` from now on (cluster mode: to Redis).
+    pub fn replicate_to(&self, f: impl Fn(Vec<u8>) + Send + Sync + 'static) {
+        let _ = self.replicate.set(Box::new(f));
+    }
+
+    /// Joining a cluster: the cluster's apps win, and this node's own API keys and apps the
+    /// cluster lacks are added (so the admin key this node printed at its first start keeps
+    /// working on every node). Saves locally and returns the merged store to share.
+    pub fn join_cluster(&self, cluster: &[u8]) -> Result<Vec<u8>, StoreError> {
+        let _guard = self.write.lock().expect("app store write lock");
+        let mut merged = Self::decode(cluster)?;
+        for (id, local) in self.with_last_used(&self.snapshot()) {
+            match merged.get_mut(&id) {
+                None => {
+                    merged.insert(id, local);
+                }
+                Some(shared) => {
+                    for key in local.api_keys {
+                        if shared.api_key(&key.id).is_none() {
+                            shared.api_keys.push(key);
+                        }
+                    }
+                }
+            }
+        }
+        self.save_without_replicating(merged)?;
+        Ok(self.encoded())
+    }
+
+    /// Takes another node's change to the shared store.
+    pub fn adopt(&self, cluster: &[u8]) -> Result<(), StoreError> {
+        let _guard = self.write.lock().expect("app store write lock");
+        self.save_without_replicating(Self::decode(cluster)?)
+    }
+
+    fn save_without_replicating(&self, apps: BTreeMap<AppId, App>) -> Result<(), StoreError> {
+        if let Some(path) = &self.path {
+            write_atomic(path, &Self::encode(&apps), 0o600)?;
+        }
+        *self.apps.write().expect("app store lock") = Arc::new(apps);
+        Ok(())
     }
 
     /// Applies `f` to one app, saves durably, then publishes the change.

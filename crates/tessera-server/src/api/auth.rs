@@ -62,6 +62,8 @@ pub fn action_for(method: &Method, route: &str) -> Option<&'static str> {
         ("PATCH", "/v1/ingests/{id}") => "ingests.update",
         ("DELETE", "/v1/ingests/{id}") => "ingests.stop",
         ("GET", "/v1/server") => "server.get",
+        ("GET", "/v1/cluster/nodes") => "cluster.nodes",
+        ("POST", "/v1/cluster/nodes/{id}/drain") => "cluster.drain",
         _ => return None,
     })
 }
@@ -75,8 +77,16 @@ pub fn bearer(headers: &HeaderMap) -> Option<&str> {
 
 pub async fn require_api_key(State(state): State<AppState>, mut req: Request, next: Next) -> Result<Response, ApiError> {
     let key = bearer(req.headers()).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key as 'Authorization: Bearer tsk_...'"))?;
-    let (app, record) =
-        state.store.authenticate_key(key).ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid (unknown, deleted or mistyped)"))?;
+    let mut known = state.store.authenticate_key(key);
+    // Cluster mode: a key made on another node a moment ago.
+    if known.is_none() {
+        if let Some(cluster) = state.cluster.get() {
+            if cluster.catch_up_apps(&state.store).await {
+                known = state.store.authenticate_key(key);
+            }
+        }
+    }
+    let (app, record) = known.ok_or_else(|| ApiError::new(StatusCode::UNAUTHORIZED, "api_key_invalid", "the API key is not valid (unknown, deleted or mistyped)"))?;
     if let Err(wait) = state.key_rate.check(&record.id, Instant::now()) {
         let mut e = ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "too many requests with this API key; slow down");
         e.retry_after_s = Some(wait.as_secs().max(1));

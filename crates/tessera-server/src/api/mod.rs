@@ -4,6 +4,7 @@
 mod apikeys;
 mod app;
 pub mod auth;
+mod cluster_api;
 mod cors;
 mod files;
 mod ingests;
@@ -14,7 +15,7 @@ mod recordings;
 mod relays;
 mod rooms;
 pub mod rtc;
-mod server;
+pub(crate) mod server;
 mod tokens;
 pub mod whip;
 
@@ -53,6 +54,8 @@ pub struct Shared {
     pub signaling: rtc::Signaling,
     /// RTMP publishes being transcoded (B-frames), per app (`rtmp.max_transcodes`).
     pub rtmp_transcodes: crate::rtmp_transcode::TranscodeCounts,
+    /// Cluster mode: this node's part in the cluster (set at start).
+    pub cluster: std::sync::OnceLock<Arc<crate::cluster::Cluster>>,
 }
 
 /// Cheap to clone; every handler gets one.
@@ -80,6 +83,7 @@ impl AppState {
             room_events: tokio::sync::broadcast::channel(1024).0,
             signaling: rtc::Signaling::default(),
             rtmp_transcodes: Default::default(),
+            cluster: std::sync::OnceLock::new(),
             task_rate: auth::RateLimiter::new(20.0, 40.0),
             config,
             rtc,
@@ -116,6 +120,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/ingests", post(ingests::start).get(ingests::list))
         .route("/v1/ingests/{id}", get(ingests::get).patch(ingests::update).delete(ingests::stop))
         .route("/v1/server", get(server::get))
+        .route("/v1/cluster/nodes", get(cluster_api::nodes))
+        .route("/v1/cluster/nodes/{id}/drain", post(cluster_api::drain))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_api_key));
     let media = Router::new()
         .route("/whip/{room}", post(whip::publish).options(whip::options))
@@ -123,7 +129,8 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{room}/{user}/{stream}", post(whip::play).options(whip::options))
         .route("/whep/session/{sid}", get(whip::whep_status).patch(whip::whep_patch).delete(whip::whep_delete).options(whip::options))
         .route("/v1/speedtest", post(whip::speed_test).options(whip::options))
-        .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1));
+        .layer(DefaultBodyLimit::max(whip::MAX_SDP_BODY + 1))
+        .layer(middleware::from_fn(crate::cluster::access_token_query));
     Router::new()
         .route("/", get(index))
         .route("/healthz", get(healthz))
@@ -139,6 +146,7 @@ pub fn router(state: AppState) -> Router {
         .merge(media)
         .fallback(route_not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(state.clone(), crate::cluster::route_request))
         .layer(middleware::from_fn_with_state(state.clone(), cors::cors))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)

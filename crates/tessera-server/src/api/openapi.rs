@@ -48,6 +48,7 @@ impl Modify for Security {
         ingests::start, ingests::list, ingests::get, ingests::update, ingests::stop,
         files::file,
         server::get,
+        cluster_api::nodes, cluster_api::drain,
         whip::publish, whip::patch, whip::delete, whip::play, whip::whep_status, whip::whep_patch, whip::whep_delete, whip::speed_test,
     ),
     components(schemas(ErrorBody)),

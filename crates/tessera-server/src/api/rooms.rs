@@ -44,7 +44,7 @@ fn session_kind(t: u8) -> &'static str {
 }
 
 fn room_view(state: &AppState, r: &RoomSummary) -> Value {
-    json!({
+    let mut v = json!({
         "room": r.room.room,
         "created_at": unix_ms(r.created),
         "participants": r.participants,
@@ -52,7 +52,11 @@ fn room_view(state: &AppState, r: &RoomSummary) -> Value {
         "tasks": state.tasks.live_in_room(&r.room),
         "media_worker": r.worker,
         "viewer_workers": r.viewer_workers,
-    })
+    });
+    if let Some(cluster) = state.cluster.get() {
+        v["node"] = json!(cluster.me);
+    }
+    v
 }
 
 fn user_view(p: &ParticipantInfo) -> Value {
@@ -69,9 +73,20 @@ fn user_view(p: &ParticipantInfo) -> Value {
 }
 
 #[utoipa::path(get, operation_id = "rooms.list", path = "/v1/rooms", tag = "rooms", params(ListParams), responses((status = 200, description = "A page of rooms with participant, publisher and task counts", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
-pub async fn list(State(state): State<AppState>, Extension(caller): Extension<Caller>, ApiQuery(q): ApiQuery<ListQuery>) -> ApiResult<Json<Page<Value>>> {
+pub async fn list(
+    State(state): State<AppState>,
+    Extension(caller): Extension<Caller>,
+    headers: axum::http::HeaderMap,
+    ApiQuery(q): ApiQuery<ListQuery>,
+) -> ApiResult<Json<Page<Value>>> {
     let rooms = state.rtc.rooms(caller.app.clone()).await?;
-    let items = rooms.iter().map(|r| room_view(&state, r)).collect();
+    let mut items: Vec<Value> = rooms.iter().map(|r| room_view(&state, r)).collect();
+    // Cluster mode: every node's rooms (each room lives on one node).
+    if let Some(cluster) = state.cluster.get().filter(|_| !headers.contains_key(crate::cluster::FORWARDED)) {
+        for page in cluster.gather("/v1/rooms?limit=1000", headers.get(axum::http::header::AUTHORIZATION)).await {
+            items.extend(page["items"].as_array().cloned().unwrap_or_default());
+        }
+    }
     Ok(Json(q.page(items, |v| v["room"].as_str().unwrap_or(""))?))
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::Ordering;
 
 /// CPU seconds this process has used (user + system), from `/proc/self/stat`; clock ticks are
 /// 100 Hz on Linux (USER_HZ).
-fn process_cpu_seconds() -> Option<f64> {
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // The command name (field 2) may hold spaces: count fields after its closing parenthesis.
     let rest = &stat[stat.rfind(')')? + 2..];

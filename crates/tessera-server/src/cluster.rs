@@ -1,0 +1,499 @@
+//! Cluster mode's driver (`[cluster]`): this node's heartbeat into Redis, its view of the live
+//! nodes, the room directory's compare-and-sets, the shared app store, and the routing of a
+//! request to the node its room lives on. The decisions are `tessera_cluster`'s pure functions;
+//! this module only does their I/O.
+//!
+//! Entry points (docs/operating.md, "Cluster"):
+//! - `POST /whip/{room}` (may create the room) and `POST /whep/{room}/{user}/{stream}`: a
+//!   `307 Temporary Redirect` to the room's node, the token carried in the new URL's
+//!   `access_token` (browsers and curl drop `Authorization` on a redirect to another host).
+//! - `/v1/rooms/{room}…`: forwarded to the room's node and its answer returned.
+//! - `GET /v1/rooms`: every node's rooms, merged.
+
+use crate::api::AppState;
+use crate::config::ClusterConfig;
+use crate::store::AppStore;
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, StatusCode, Uri};
+use http_body_util::BodyExt;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+use tessera_cluster::{decide, ClusterError, ClusterStore, Decision, Membership, NodeId, NodeLoad, NodeRecord, NodeState, RoomIntent};
+
+#[derive(Debug, thiserror::Error)]
+enum JoinError {
+    #[error("{0}")]
+    Cluster(#[from] ClusterError),
+    #[error("the shared app store: {0}")]
+    Apps(#[from] crate::store::StoreError),
+}
+
+/// Marks a request one node forwarded to another: the receiver serves it itself (no loops).
+pub const FORWARDED: &str = "x-tessera-forwarded-by";
+
+/// Where a request goes.
+#[derive(Debug)]
+pub enum Route {
+    Local,
+    Remote(NodeRecord),
+}
+
+type Forwarder = Client<hyper_rustls::HttpsConnector<HttpConnector>, Body>;
+
+pub struct Cluster {
+    pub me: NodeId,
+    /// This node's public URL (what other nodes redirect to).
+    pub url: String,
+    rtmp: String,
+    store: ClusterStore,
+    config: ClusterConfig,
+    membership: RwLock<Membership>,
+    started_ms: i64,
+    draining: AtomicBool,
+    /// The version of the shared app store this node last wrote or adopted.
+    apps_version: AtomicU64,
+    /// The last CPU reading: (process CPU seconds, when).
+    cpu_sample: std::sync::Mutex<Option<(f64, Instant)>>,
+    bytes_sample: std::sync::Mutex<Option<(u64, Instant)>>,
+    last_catch_up: std::sync::Mutex<Option<Instant>>,
+    forwarder: Forwarder,
+}
+
+impl Cluster {
+    /// Connects to Redis, joins the shared app store, writes the first heartbeat and reads the
+    /// nodes, so the node routes correctly from its first request.
+    pub async fn join(config: &ClusterConfig, default_url: String, http_port: u16, rtmp: String, apps: &AppStore, tls: Arc<rustls::ClientConfig>) -> Result<Arc<Cluster>, String> {
+        Self::try_join(config, default_url, http_port, rtmp, apps, tls)
+            .await
+            .map_err(|e| format!("{e} (cluster.redis_url {})", crate::config::redact_url_password(&config.redis_url)))
+    }
+
+    async fn try_join(
+        config: &ClusterConfig,
+        default_url: String,
+        http_port: u16,
+        rtmp: String,
+        apps: &AppStore,
+        tls: Arc<rustls::ClientConfig>,
+    ) -> Result<Arc<Cluster>, JoinError> {
+        let store = ClusterStore::connect(&config.redis_url, &config.key_prefix).await?;
+        let me = NodeId(config.node_id.clone().unwrap_or_else(|| format!("{}-{http_port}", host_name())));
+        let url = config.public_url.clone().unwrap_or(default_url).trim_end_matches('/').to_owned();
+        store.clear_draining(&me).await?;
+        let shared = match store.apps().await? {
+            Some((bytes, _, _)) => apps.join_cluster(&bytes)?,
+            None => apps.encoded(),
+        };
+        let version = store.put_apps(&shared, &me).await?;
+        let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_or_http().enable_http1().build();
+        let cluster = Arc::new(Cluster {
+            me,
+            url,
+            rtmp,
+            store,
+            config: config.clone(),
+            membership: RwLock::new(Membership::default()),
+            started_ms: crate::now_ms(),
+            draining: AtomicBool::new(false),
+            apps_version: AtomicU64::new(version),
+            cpu_sample: Default::default(),
+            bytes_sample: Default::default(),
+            last_catch_up: Default::default(),
+            forwarder: Client::builder(TokioExecutor::new()).build(connector),
+        });
+        // Every change saved from now on goes to the shared copy, in order.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+        apps.replicate_to(move |bytes| {
+            let _ = tx.send(bytes);
+        });
+        let writer = cluster.clone();
+        tokio::spawn(async move {
+            while let Some(bytes) = rx.recv().await {
+                match writer.store.put_apps(&bytes, &writer.me).await {
+                    Ok(v) => writer.apps_version.store(v, Ordering::SeqCst),
+                    Err(e) => tracing::error!("cluster: sharing an app store change failed: {e}"),
+                }
+            }
+        });
+        let record = cluster.record(NodeLoad { cores: cores(), ..NodeLoad::default() });
+        cluster.store.heartbeat(&record, cluster.ttl()).await?;
+        cluster.refresh().await?;
+        tracing::info!(node = %cluster.me, url = %cluster.url, nodes = cluster.membership.read().expect("membership").len(), "joined the cluster");
+        Ok(cluster)
+    }
+
+    fn ttl(&self) -> Duration {
+        Duration::from_millis(self.config.node_ttl_ms)
+    }
+
+    fn record(&self, load: NodeLoad) -> NodeRecord {
+        NodeRecord {
+            id: self.me.clone(),
+            url: self.url.clone(),
+            rtmp: self.rtmp.clone(),
+            state: if self.draining.load(Ordering::SeqCst) { NodeState::Draining } else { NodeState::Active },
+            load,
+            max_viewers: self.config.max_viewers_per_node,
+            version: crate::api::VERSION.into(),
+            started_ms: self.started_ms,
+            heartbeat_ms: crate::now_ms(),
+        }
+    }
+
+    /// Reads the live nodes into the view.
+    async fn refresh(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        let nodes = self.store.nodes().await?;
+        self.membership.write().expect("membership").replace(nodes.clone());
+        Ok(nodes)
+    }
+
+    /// The live nodes, read now.
+    pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
+        self.refresh().await
+    }
+
+    /// Other live nodes, from the last read.
+    pub fn peers(&self) -> Vec<NodeRecord> {
+        self.membership.read().expect("membership").nodes().filter(|n| n.id != self.me).cloned().collect()
+    }
+
+    pub async fn drain(&self, id: &NodeId) -> Result<(), ClusterError> {
+        self.store.set_draining(id).await
+    }
+
+    /// Where a request about `app`/`room` is served. Redis unreachable: here (a node keeps
+    /// serving what reaches it rather than nothing).
+    pub async fn route(&self, app: &str, room: &str, intent: RoomIntent) -> Route {
+        match self.try_route(app, room, intent).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(%app, %room, "cluster directory unreachable, serving here: {e}");
+                Route::Local
+            }
+        }
+    }
+
+    async fn try_route(&self, app: &str, room: &str, intent: RoomIntent) -> Result<Route, ClusterError> {
+        let mut owner = self.store.room_owner(app, room).await?;
+        // A claim may lose to another node's; the second decision follows the winner.
+        for _ in 0..2 {
+            let decision = decide(&self.me, owner.as_ref(), &self.membership.read().expect("membership"), intent);
+            match decision {
+                Decision::Local => return Ok(Route::Local),
+                Decision::Remote(node) => return Ok(Route::Remote(node)),
+                Decision::Claim { expected, node } => {
+                    let got = self.store.claim_room(app, room, expected.as_ref(), &node).await?;
+                    if got == node {
+                        self.membership.write().expect("membership").note_placed(&node);
+                        tracing::info!(%app, %room, node = %node, "room placed");
+                    }
+                    owner = Some(got);
+                }
+            }
+        }
+        Ok(Route::Local)
+    }
+
+    /// The room ended here: forget its placement (if it is still ours).
+    pub async fn room_ended(&self, app: &str, room: &str) {
+        if let Err(e) = self.store.release_room(app, room, &self.me).await {
+            tracing::warn!(%app, %room, "cluster: releasing the room failed: {e}");
+        }
+    }
+
+    /// Leaves at shutdown: the record goes at once instead of at its TTL.
+    pub async fn leave(&self) {
+        if let Err(e) = self.store.leave(&self.me).await {
+            tracing::warn!("cluster: leaving failed: {e}");
+        }
+    }
+
+    /// One heartbeat: this node's load, its drain mark, the live nodes and the app store.
+    async fn beat(&self, state: &AppState) -> Result<(), ClusterError> {
+        let draining = self.store.is_draining(&self.me).await?;
+        if draining && !self.draining.swap(true, Ordering::SeqCst) {
+            tracing::info!(node = %self.me, "draining: no new rooms on this node");
+        }
+        let load = self.load(state).await;
+        self.store.heartbeat(&self.record(load), self.ttl()).await?;
+        let nodes = self.refresh().await?;
+        state.metrics.cluster_nodes.set(nodes.len() as i64);
+        self.sync_apps(&state.store).await?;
+        Ok(())
+    }
+
+    /// Adopts another node's change to the shared app store, if there is one.
+    async fn sync_apps(&self, apps: &AppStore) -> Result<bool, ClusterError> {
+        let version = self.store.apps_version().await?;
+        if version == self.apps_version.load(Ordering::SeqCst) {
+            return Ok(false);
+        }
+        let Some((bytes, version, writer)) = self.store.apps().await? else { return Ok(false) };
+        let adopted = writer != self.me;
+        if adopted {
+            match apps.adopt(&bytes) {
+                Ok(()) => tracing::info!(%writer, version, "cluster: adopted the app store's change"),
+                Err(e) => tracing::error!("cluster: the shared app store does not load: {e}"),
+            }
+        }
+        self.apps_version.store(version, Ordering::SeqCst);
+        Ok(adopted)
+    }
+
+    /// A credential this node does not know may be one another node just made: look for a
+    /// newer shared app store before refusing it. At most every 100 ms, so a flood of bad
+    /// credentials costs Redis little.
+    pub async fn catch_up_apps(&self, apps: &AppStore) -> bool {
+        {
+            let mut last = self.last_catch_up.lock().expect("catch-up");
+            if last.is_some_and(|t| t.elapsed() < Duration::from_millis(100)) {
+                return false;
+            }
+            *last = Some(Instant::now());
+        }
+        self.sync_apps(apps).await.unwrap_or(false)
+    }
+
+    async fn load(&self, state: &AppState) -> NodeLoad {
+        let stats = state.rtc.stats().await.unwrap_or_default();
+        let now = Instant::now();
+        let cpu_cores = match crate::api::server::process_cpu_seconds() {
+            Some(cpu) => {
+                let mut last = self.cpu_sample.lock().expect("cpu");
+                let rate = last.map(|(c, t)| (cpu - c) / now.duration_since(t).as_secs_f64().max(0.001)).unwrap_or(0.0);
+                *last = Some((cpu, now));
+                rate.max(0.0)
+            }
+            None => 0.0,
+        };
+        let bytes = state.rtc.counters.bytes_forwarded.load(Ordering::Relaxed);
+        let send_bps = {
+            let mut last = self.bytes_sample.lock().expect("bytes");
+            let bps = last.map(|(b, t)| (bytes.saturating_sub(b) as f64 * 8.0 / now.duration_since(t).as_secs_f64().max(0.001)) as u64).unwrap_or(0);
+            *last = Some((bytes, now));
+            bps
+        };
+        NodeLoad {
+            cpu_cores,
+            cores: cores(),
+            busy_ratio: state.rtc.worker_busy_ratios().into_iter().fold(0.0, f64::max),
+            rooms: stats.rooms as u32,
+            publishers: stats.publishers as u32,
+            viewers: stats.viewers as u32,
+            participants: stats.participants.iter().map(|(_, n)| *n as u32).sum(),
+            send_bps,
+        }
+    }
+
+    /// Heartbeats until the process ends.
+    pub fn spawn_heartbeat(self: &Arc<Self>, state: AppState) -> tokio::task::JoinHandle<()> {
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_millis(cluster.config.heartbeat_ms));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut failing = false;
+            loop {
+                tick.tick().await;
+                match cluster.beat(&state).await {
+                    Ok(()) if failing => {
+                        failing = false;
+                        tracing::info!("cluster: Redis answers again");
+                    }
+                    Ok(()) => {}
+                    Err(e) if !failing => {
+                        failing = true;
+                        tracing::error!("cluster: heartbeat failed (retrying each beat): {e}");
+                    }
+                    Err(_) => {}
+                }
+            }
+        })
+    }
+
+    /// Sends `req` to `node` as it came and returns its answer.
+    pub async fn forward(&self, node: &NodeRecord, req: Request<Body>) -> Response<Body> {
+        let (mut parts, body) = req.into_parts();
+        let path = parts.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+        let uri: Uri = match format!("{}{path}", node.url).parse() {
+            Ok(u) => u,
+            Err(e) => return gateway_error(&node.id, &format!("bad node URL: {e}")),
+        };
+        parts.uri = uri;
+        parts.headers.remove(axum::http::header::HOST);
+        parts.headers.insert(FORWARDED, HeaderValue::from_str(&self.me.0).unwrap_or(HeaderValue::from_static("node")));
+        match tokio::time::timeout(Duration::from_secs(30), self.forwarder.request(Request::from_parts(parts, body))).await {
+            Ok(Ok(resp)) => {
+                let (parts, body) = resp.into_parts();
+                Response::from_parts(parts, Body::new(body.map_err(axum::Error::new)))
+            }
+            Ok(Err(e)) => gateway_error(&node.id, &e.to_string()),
+            Err(_) => gateway_error(&node.id, "no answer in 30 s"),
+        }
+    }
+}
+
+fn gateway_error(node: &NodeId, why: &str) -> Response<Body> {
+    tracing::warn!(%node, "cluster: forwarding failed: {why}");
+    let body = serde_json::json!({"error": {"code": "node_unreachable", "message": format!("the room's node {node} did not answer: {why}")}});
+    let mut r = Response::new(Body::from(body.to_string()));
+    *r.status_mut() = StatusCode::BAD_GATEWAY;
+    r.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    r
+}
+
+fn cores() -> u32 {
+    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1)
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "node".into())
+}
+
+impl Cluster {
+    /// `GET path` on every other live node (as forwarded requests, with the caller's
+    /// `Authorization`), the JSON answers of those that answered 200.
+    pub async fn gather(&self, path: &str, authorization: Option<&HeaderValue>) -> Vec<serde_json::Value> {
+        let asks = self.peers().into_iter().map(|node| {
+            let mut req = Request::get(path).body(Body::empty()).expect("a GET request");
+            if let Some(a) = authorization {
+                req.headers_mut().insert(axum::http::header::AUTHORIZATION, a.clone());
+            }
+            async move {
+                let resp = self.forward(&node, req).await;
+                if resp.status() != StatusCode::OK {
+                    tracing::warn!(node = %node.id, status = %resp.status(), %path, "cluster: a node's part of a list is missing");
+                    return None;
+                }
+                let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20).await.ok()?;
+                serde_json::from_slice(&bytes).ok()
+            }
+        });
+        futures_util::future::join_all(asks).await.into_iter().flatten().collect()
+    }
+}
+
+/// The access token of a WHIP/WHEP request: its `Authorization: Bearer`, or the
+/// `access_token` query parameter (RFC 6750 §2.3) a cluster redirect puts there.
+fn request_token(req: &Request<Body>) -> Option<(String, bool)> {
+    if let Some(t) = crate::api::auth::bearer(req.headers()) {
+        return Some((t.to_owned(), true));
+    }
+    query_param(req.uri(), "access_token").map(|t| (t, false))
+}
+
+fn query_param(uri: &Uri, name: &str) -> Option<String> {
+    uri.query()?.split('&').find_map(|kv| kv.split_once('=').filter(|(k, _)| *k == name).map(|(_, v)| v.to_owned()))
+}
+
+/// Middleware of the WHIP/WHEP routes: a token in `access_token` stands for the
+/// `Authorization` header (clients following a cluster redirect to another host drop it).
+pub async fn access_token_query(mut req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    if !req.headers().contains_key(axum::http::header::AUTHORIZATION) {
+        if let Some(t) = query_param(req.uri(), "access_token") {
+            if let Ok(v) = HeaderValue::from_str(&format!("Bearer {t}")) {
+                req.headers_mut().insert(axum::http::header::AUTHORIZATION, v);
+            }
+        }
+    }
+    next.run(req).await
+}
+
+/// Middleware: a request about a room another node holds goes there (module docs).
+pub async fn route_request(axum::extract::State(state): axum::extract::State<AppState>, req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let Some(cluster) = state.cluster.get() else { return next.run(req).await };
+    if req.headers().contains_key(FORWARDED) {
+        return next.run(req).await;
+    }
+    let path = req.uri().path().to_owned();
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let media = match (req.method().as_str(), segments.as_slice()) {
+        ("POST", ["whip", room]) if *room != "session" => Some((*room, RoomIntent::Create)),
+        ("POST", ["whep", room, _, _]) if *room != "session" => Some((*room, RoomIntent::Use)),
+        _ => None,
+    };
+    if let Some((room, intent)) = media {
+        // Routed by the verified token's app; a token that does not verify is refused here.
+        let Some((raw, from_header)) = request_token(&req) else { return next.run(req).await };
+        let mut verified = crate::entry::verify_raw(&state, &raw, false);
+        if verified.is_err() && cluster.catch_up_apps(&state.store).await {
+            verified = crate::entry::verify_raw(&state, &raw, false);
+        }
+        let Ok(token) = verified else { return next.run(req).await };
+        return match cluster.route(token.app.as_str(), room, intent).await {
+            Route::Local => next.run(req).await,
+            Route::Remote(node) => {
+                state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "redirect" }).inc();
+                redirect(&node, req.uri(), from_header.then_some(raw.as_str()))
+            }
+        };
+    }
+    if let ["v1", "rooms", room, ..] = segments.as_slice() {
+        let Some(key) = crate::api::auth::bearer(req.headers()) else { return next.run(req).await };
+        let mut known = state.store.authenticate_key(key);
+        if known.is_none() && cluster.catch_up_apps(&state.store).await {
+            known = state.store.authenticate_key(key);
+        }
+        let Some((app, _)) = known else { return next.run(req).await };
+        return match cluster.route(app.as_str(), room, RoomIntent::Use).await {
+            Route::Local => next.run(req).await,
+            Route::Remote(node) => {
+                state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "forward" }).inc();
+                cluster.forward(&node, req).await
+            }
+        };
+    }
+    next.run(req).await
+}
+
+/// `307` to the same path and query on `node`, with the token in the query if it came in the
+/// header.
+fn redirect(node: &NodeRecord, uri: &Uri, token: Option<&str>) -> Response<Body> {
+    let mut location = format!("{}{}", node.url, uri.path());
+    let mut query: Vec<String> = uri.query().map(|q| q.split('&').filter(|kv| !kv.is_empty()).map(str::to_owned).collect()).unwrap_or_default();
+    if let Some(t) = token {
+        query.retain(|kv| !kv.starts_with("access_token="));
+        query.push(format!("access_token={t}"));
+    }
+    if !query.is_empty() {
+        location.push('?');
+        location.push_str(&query.join("&"));
+    }
+    let mut r = Response::new(Body::empty());
+    *r.status_mut() = StatusCode::TEMPORARY_REDIRECT;
+    if let Ok(v) = HeaderValue::from_str(&location) {
+        r.headers_mut().insert(axum::http::header::LOCATION, v);
+    }
+    r.headers_mut().insert("x-tessera-node", HeaderValue::from_str(&node.id.0).unwrap_or(HeaderValue::from_static("node")));
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_redirect_keeps_the_path_and_query_and_carries_a_header_token() {
+        let node = NodeRecord {
+            id: NodeId("a".into()),
+            url: "http://10.0.0.1:8080".into(),
+            rtmp: String::new(),
+            state: NodeState::Active,
+            load: NodeLoad::default(),
+            max_viewers: 0,
+            version: String::new(),
+            started_ms: 0,
+            heartbeat_ms: 0,
+        };
+        let uri: Uri = "/whep/r1/cam/main?quality=low".parse().unwrap();
+        let r = redirect(&node, &uri, Some("a.b.c"));
+        assert_eq!(r.status(), StatusCode::TEMPORARY_REDIRECT);
+        assert_eq!(r.headers()[axum::http::header::LOCATION], "http://10.0.0.1:8080/whep/r1/cam/main?quality=low&access_token=a.b.c");
+        let uri: Uri = "/whip/r1?access_token=x.y.z".parse().unwrap();
+        assert_eq!(redirect(&node, &uri, None).headers()[axum::http::header::LOCATION], "http://10.0.0.1:8080/whip/r1?access_token=x.y.z");
+        assert_eq!(query_param(&uri, "access_token").as_deref(), Some("x.y.z"));
+    }
+}

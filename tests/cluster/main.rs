@@ -1,0 +1,178 @@
+//! Cluster mode (issue 16) with real components: Debian's `redis-server`, three `tessera serve`
+//! nodes in three network namespaces on one bridge, Chromium publishing over WHIP through a node
+//! that does not hold the room (a 307 to the one that does), aiortc viewers sent to the other
+//! nodes, the REST API answering for the room from any node, and a node killed with `kill -9`:
+//! the others drop it within 10 s and its room is placed again on a live node.
+
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tessera_tests::*;
+
+/// `redis-server` on the bridge's address, nothing persisted; killed on drop.
+struct Redis {
+    child: Child,
+    url: String,
+}
+
+impl Redis {
+    fn start(ip: &str, dir: &Path) -> Redis {
+        let port = 16379 + (std::process::id() % 1000) as u16;
+        let child = Command::new("redis-server")
+            .args(["--bind", ip, "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server (apt install redis-server; make test does)");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect((ip, port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not listen on {ip}:{port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Redis { child, url: format!("redis://{ip}:{port}") }
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Node {
+    id: String,
+    data: PathBuf,
+    server: Option<Server>,
+    key: String,
+}
+
+impl Node {
+    fn start(dir: &Path, id: &str, (ns, ip): &(String, String), redis: &Redis) -> Node {
+        let data = dir.join(id);
+        let config = dir.join(format!("{id}.toml"));
+        // The cluster's defaults (2 s heartbeats, 6 s TTL) are what is tested.
+        std::fs::write(&config, format!("[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\n", redis.url)).unwrap();
+        let server = Server::start_in_netns(
+            ns,
+            &data,
+            &["--config", config.to_str().unwrap(), "--http-addr", &format!("{ip}:8080"), "--rtc-udp-addr", &format!("{ip}:8443"), "--rtmp-addr", &format!("{ip}:1935")],
+        );
+        assert!(server.banner.contains(&format!("node '{id}'")), "{}", server.banner);
+        let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+        Node { id: id.into(), data, server: Some(server), key }
+    }
+
+    fn server(&self) -> &Server {
+        self.server.as_ref().expect("running")
+    }
+
+    fn url(&self, path: &str) -> String {
+        self.server().url(path)
+    }
+
+    fn nodes(&self) -> Vec<String> {
+        let r = get(&self.url("/v1/cluster/nodes"), Some(&self.key));
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.json()["items"].as_array().unwrap().iter().map(|n| n["id"].as_str().unwrap().to_owned()).collect()
+    }
+
+    /// A labelled counter's value, 0 when it never counted.
+    fn counter(&self, line_start: &str) -> f64 {
+        let body = get(&self.url("/metrics"), None).body;
+        body.lines().find(|l| l.starts_with(line_start)).and_then(|l| l.rsplit(' ').next()).and_then(|v| v.parse().ok()).unwrap_or(0.0)
+    }
+}
+
+fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "{what}: not within {limit:?}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn assert_blue(r: &Value, who: &str) {
+    assert!(r.get("error").is_none(), "{who}: {r}");
+    assert!(r["frames"].as_u64().unwrap_or(0) >= 30, "{who} decoded too few frames: {r}");
+    let rgb: Vec<u64> = r["mean_rgb"].as_array().unwrap_or_else(|| panic!("{who}: no picture: {r}")).iter().map(|v| v.as_u64().unwrap()).collect();
+    assert!(rgb[2] > 170 && rgb[0] < 70 && rgb[1] < 70, "{who} saw {rgb:?}, not the publisher's blue: {r}");
+}
+
+#[test]
+fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies() {
+    let dir = TempDir::new("cluster");
+    // Hosts 0-2: the nodes; host 3: the clients.
+    let net = BridgeNet::new(4);
+    let redis = Redis::start(&net.gateway, dir.path());
+    let mut nodes: Vec<Node> = ["node-a", "node-b", "node-c"].iter().enumerate().map(|(i, id)| Node::start(dir.path(), id, &net.hosts[i], &redis)).collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(6), "every node sees the three", || (n.nodes().len() == 3).then_some(()));
+    }
+    // One app store across the cluster: a token minted from any node's data dir is valid on
+    // every node, and each node's admin key works on the others.
+    let anchor = token(&nodes[2].data, "r1", "cam");
+    assert_eq!(get(&nodes[0].url("/v1/cluster/nodes"), Some(&nodes[2].key)).status, 200);
+
+    let clients = net.client_host(3);
+    let blue = dir.path().join("blue.y4m");
+    let made =
+        Command::new("ffmpeg").args(["-v", "error", "-f", "lavfi", "-i", "color=c=0x0000ff:s=640x360:r=15", "-t", "2", "-pix_fmt", "yuv420p", "-y"]).arg(&blue).status().unwrap();
+    assert!(made.success());
+    // Chromium publishes through node B's page and WHIP endpoint.
+    let b = nodes[1].url("");
+    let publisher =
+        Client::start(&clients, "browser.py", &["publish", "--base", &b, "--room", "r1", "--token", &anchor, "--fake-video", blue.to_str().unwrap(), "--seconds", "14"]);
+    let room = wait_until(Duration::from_secs(30), "room r1 listed through node C", || {
+        let r = get(&nodes[2].url("/v1/rooms/r1"), Some(&nodes[2].key));
+        let v = (r.status == 200).then(|| r.json())?;
+        v["users"].as_array()?.iter().any(|u| u["user"] == "cam").then_some(v)
+    });
+    let owner = room["node"].as_str().unwrap().to_owned();
+    let owner_index = nodes.iter().position(|n| n.id == owner).unwrap_or_else(|| panic!("room on an unknown node: {room}"));
+    // Viewers on nodes B and C: each redirected (or served) to the room's node.
+    let whep = |n: &Node| n.url("/whep/r1/cam/main");
+    let on_b = Client::start(&clients, "aiortc_client.py", &["play", "--url", &whep(&nodes[1]), "--token", &anchor, "--seconds", "6"]);
+    let on_c = Client::start(&clients, "aiortc_client.py", &["play", "--url", &whep(&nodes[2]), "--token", &anchor, "--seconds", "6"]);
+    assert_blue(&on_b.finish(Duration::from_secs(40)), "viewer sent to node-b");
+    assert_blue(&on_c.finish(Duration::from_secs(40)), "viewer sent to node-c");
+    // Three entries (publish at B, plays at B and C), the room on one node: at least two
+    // were redirected.
+    let redirects: f64 = nodes.iter().map(|n| n.counter("tessera_cluster_routed_total{result=\"redirect\"}")).sum();
+    assert!(redirects >= 2.0, "redirects {redirects}");
+    // Any node lists the room, on its node.
+    for n in &nodes {
+        let list = get(&n.url("/v1/rooms"), Some(&n.key)).json();
+        let items = list["items"].as_array().unwrap();
+        assert!(items.iter().any(|r| r["room"] == "r1" && r["node"] == owner.as_str()), "{} lists {list}", n.id);
+    }
+    let p = publisher.finish(Duration::from_secs(60));
+    assert_eq!(p["publish_state"], "connected", "{p}");
+
+    // kill -9 the room's node: the others drop it within 10 s.
+    let killed = Instant::now();
+    nodes[owner_index].server.take().unwrap().crash();
+    let survivors: Vec<usize> = (0..3).filter(|i| *i != owner_index).collect();
+    let seen_gone =
+        wait_until(Duration::from_secs(10), "the killed node leaves the cluster", || survivors.iter().all(|i| !nodes[*i].nodes().contains(&owner)).then(|| killed.elapsed()));
+    eprintln!("node {owner} killed; gone from the survivors' lists after {seen_gone:?}");
+    // The room is placed again when a publisher comes back, through either survivor.
+    let (entry, other) = (&nodes[survivors[1]], &nodes[survivors[0]]);
+    let again = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &entry.url("/whip/r1"), "--token", &anchor, "--seconds", "10"]);
+    let room = wait_until(Duration::from_secs(20), "room r1 back, on a live node", || {
+        let r = get(&other.url("/v1/rooms/r1"), Some(&other.key));
+        (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
+    });
+    assert_ne!(room["node"], owner.as_str(), "{room}");
+    let viewer = Client::start(&clients, "aiortc_client.py", &["play", "--url", &other.url("/whep/r1/cam/main"), "--token", &anchor, "--seconds", "5"]);
+    assert_blue(&viewer.finish(Duration::from_secs(40)), "viewer after the failover");
+    let p = again.finish(Duration::from_secs(40));
+    assert!(p["published"].as_str().is_some_and(|l| l.starts_with("/whip/session/")), "{p}");
+    nodes.clear();
+    drop(redis);
+}
