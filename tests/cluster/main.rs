@@ -97,6 +97,11 @@ fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) 
     }
 }
 
+/// A viewer's token for `room`.
+fn anchor_of(data: &Path, room: &str) -> String {
+    token(data, room, "viewer")
+}
+
 fn assert_blue(r: &Value, who: &str) {
     assert!(r.get("error").is_none(), "{who}: {r}");
     assert!(r["frames"].as_u64().unwrap_or(0) >= 30, "{who} decoded too few frames: {r}");
@@ -153,6 +158,49 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     }
     let p = publisher.finish(Duration::from_secs(60));
     assert_eq!(p["publish_state"], "connected", "{p}");
+
+    // Drain a node that does not hold r1: it keeps serving requests but places no rooms, so
+    // what enters there for a new room is carried to another node — a signaling WebSocket
+    // (browsers do not follow redirects there) and an RTMP push (encoders cannot).
+    let drained = (0..3).find(|i| *i != owner_index).unwrap();
+    let r = request("POST", &nodes[owner_index].url(&format!("/v1/cluster/nodes/{}/drain", nodes[drained].id)), Some(&nodes[owner_index].key), None, &[]);
+    assert_eq!(r.status, 202, "{}", r.body);
+    let d = &nodes[drained];
+    wait_until(Duration::from_secs(6), "the drained node says so", || {
+        let v = get(&d.url("/v1/cluster/nodes"), Some(&d.key)).json();
+        v["items"].as_array().unwrap().iter().any(|n| n["id"] == d.id.as_str() && n["state"] == "draining").then_some(())
+    });
+    let ws_token = token(&d.data, "r2", "wscam");
+    let ws_url = d.url("/v1/rtc").replacen("http://", "ws://", 1);
+    let ws = Client::start(&clients, "aiortc_client.py", &["ws-publish", "--url", &ws_url, "--token", &ws_token, "--seconds", "16"]);
+    let rtmp_token = token(&d.data, "r3", "enc");
+    let d_ip = &net.hosts[drained].1;
+    let encoder = Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-re", "-f", "lavfi", "-i", "color=c=0x0000ff:s=640x360:r=30:d=20", "-f", "lavfi", "-i", "sine=frequency=440:duration=20"])
+        .args(["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-g", "30", "-bf", "0", "-c:a", "aac", "-f", "flv"])
+        .arg(format!("rtmp://{d_ip}:1935/push/r3/enc?token={rtmp_token}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg");
+    let mut viewers = Vec::new();
+    for (room, user) in [("r2", "wscam"), ("r3", "enc")] {
+        let listed = wait_until(Duration::from_secs(20), &format!("{room} published through the drained node"), || {
+            let r = get(&d.url(&format!("/v1/rooms/{room}")), Some(&d.key));
+            (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == user)))
+        });
+        assert_ne!(listed["node"], d.id.as_str(), "a draining node got room {room}: {listed}");
+        let play = d.url(&format!("/whep/{room}/{user}/main"));
+        viewers.push((room, Client::start(&clients, "aiortc_client.py", &["play", "--url", &play, "--token", &anchor_of(&d.data, room), "--seconds", "5"])));
+    }
+    for (room, viewer) in viewers {
+        assert_blue(&viewer.finish(Duration::from_secs(40)), &format!("viewer of {room} sent to the drained node"));
+    }
+    assert!(d.counter("tessera_cluster_routed_total{result=\"signaling\"}") >= 1.0);
+    assert!(d.counter("tessera_cluster_routed_total{result=\"rtmp\"}") >= 1.0);
+    let w = ws.finish(Duration::from_secs(40));
+    assert!(w.get("error").is_none(), "signaling through the drained node: {w}");
+    interrupt(encoder);
 
     // kill -9 the room's node: the others drop it within 10 s.
     let killed = Instant::now();

@@ -60,6 +60,7 @@ pub struct Cluster {
     cpu_sample: std::sync::Mutex<Option<(f64, Instant)>>,
     bytes_sample: std::sync::Mutex<Option<(u64, Instant)>>,
     last_catch_up: std::sync::Mutex<Option<Instant>>,
+    tls: Arc<rustls::ClientConfig>,
     forwarder: Forwarder,
 }
 
@@ -103,6 +104,7 @@ impl Cluster {
             cpu_sample: Default::default(),
             bytes_sample: Default::default(),
             last_catch_up: Default::default(),
+            tls: tls.clone(),
             forwarder: Client::builder(TokioExecutor::new()).build(connector),
         });
         // Every change saved from now on goes to the shared copy, in order.
@@ -447,6 +449,122 @@ pub async fn route_request(axum::extract::State(state): axum::extract::State<App
         };
     }
     next.run(req).await
+}
+
+/// The node a room-signaling `join` belongs on, if not this one (the join's token decides; a
+/// token that does not verify is answered here).
+pub async fn signaling_route(state: &AppState, join: &serde_json::Value) -> Option<NodeRecord> {
+    let cluster = state.cluster.get()?;
+    let raw = join["token"].as_str()?;
+    let mut verified = crate::entry::verify_raw(state, raw, false);
+    if verified.is_err() && cluster.catch_up_apps(&state.store).await {
+        verified = crate::entry::verify_raw(state, raw, false);
+    }
+    let token = verified.ok()?;
+    match cluster.route(token.app.as_str(), token.room.as_str(), RoomIntent::Create).await {
+        Route::Local => None,
+        Route::Remote(node) => Some(node),
+    }
+}
+
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+impl Cluster {
+    /// Carries a room-signaling session to the room's node: the client's WebSocket stays on
+    /// this node, its messages (the `join` first) go to `node`'s `/v1/rtc` and the answers come
+    /// back, until either side closes. Browsers do not follow redirects on WebSockets.
+    pub async fn proxy_signaling(&self, mut client: axum::extract::ws::WebSocket, node: &NodeRecord, join: &serde_json::Value, user_agent: &str) {
+        use axum::extract::ws::Message as Axum;
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::Message as Tung;
+        let upstream = match self.connect_signaling(node, user_agent).await {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!(node = %node.id, "cluster: cannot reach the room's node for signaling: {e}");
+                let msg = serde_json::json!({"type": "error", "id": join.get("id"), "code": "node_unreachable", "message": format!("the room's node {} did not answer", node.id)});
+                let _ = client.send(Axum::Text(msg.to_string().into())).await;
+                let _ = client.send(Axum::Close(Some(axum::extract::ws::CloseFrame { code: 1013, reason: "node unreachable".into() }))).await;
+                return;
+            }
+        };
+        let (mut up_tx, mut up_rx) = upstream.split();
+        if up_tx.send(Tung::Text(join.to_string().into())).await.is_err() {
+            return;
+        }
+        let (mut down_tx, mut down_rx) = client.split();
+        let to_node = async {
+            while let Some(Ok(m)) = down_rx.next().await {
+                let m = match m {
+                    Axum::Text(t) => Tung::Text(t.as_str().into()),
+                    Axum::Binary(b) => Tung::Binary(b),
+                    Axum::Ping(p) => Tung::Ping(p),
+                    Axum::Pong(p) => Tung::Pong(p),
+                    Axum::Close(c) => {
+                        let _ = up_tx
+                            .send(Tung::Close(c.map(|c| tokio_tungstenite::tungstenite::protocol::CloseFrame { code: c.code.into(), reason: c.reason.as_str().into() })))
+                            .await;
+                        break;
+                    }
+                };
+                if up_tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let to_client = async {
+            while let Some(Ok(m)) = up_rx.next().await {
+                let m = match m {
+                    Tung::Text(t) => Axum::Text(t.as_str().into()),
+                    Tung::Binary(b) => Axum::Binary(b),
+                    Tung::Ping(p) => Axum::Ping(p),
+                    Tung::Pong(p) => Axum::Pong(p),
+                    Tung::Close(c) => {
+                        let _ = down_tx.send(Axum::Close(c.map(|c| axum::extract::ws::CloseFrame { code: c.code.into(), reason: c.reason.as_str().into() }))).await;
+                        break;
+                    }
+                    Tung::Frame(_) => continue,
+                };
+                if down_tx.send(m).await.is_err() {
+                    break;
+                }
+            }
+        };
+        // Either side ending ends the session (the other is dropped, which closes it).
+        tokio::select! {
+            () = to_node => {}
+            () = to_client => {}
+        }
+    }
+
+    async fn connect_signaling(&self, node: &NodeRecord, user_agent: &str) -> Result<tokio_tungstenite::WebSocketStream<Box<dyn Io>>, String> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let uri: Uri = node.url.parse().map_err(|e| format!("node URL {}: {e}", node.url))?;
+        let https = uri.scheme_str() == Some("https");
+        let host = uri.host().ok_or("node URL without a host")?.trim_matches(['[', ']']).to_owned();
+        let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let ws_url = format!("{}://{}/v1/rtc", if https { "wss" } else { "ws" }, uri.authority().map(|a| a.as_str()).unwrap_or(&host));
+        let tcp = tokio::time::timeout(Duration::from_secs(5), tokio::net::TcpStream::connect((host.as_str(), port)))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let stream: Box<dyn Io> = if https {
+            let name = rustls::pki_types::ServerName::try_from(host.clone()).map_err(|e| e.to_string())?;
+            Box::new(tokio_rustls::TlsConnector::from(self.tls.clone()).connect(name, tcp).await.map_err(|e| e.to_string())?)
+        } else {
+            Box::new(tcp)
+        };
+        let mut req = ws_url.into_client_request().map_err(|e| e.to_string())?;
+        req.headers_mut().insert(FORWARDED, HeaderValue::from_str(&self.me.0).map_err(|e| e.to_string())?);
+        if let Ok(ua) = HeaderValue::from_str(user_agent) {
+            req.headers_mut().insert(axum::http::header::USER_AGENT, ua);
+        }
+        let (ws, _) = tokio::time::timeout(Duration::from_secs(5), tokio_tungstenite::client_async(req, stream))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(ws)
+    }
 }
 
 /// `307` to the same path and query on `node`, with the token in the query if it came in the

@@ -15,6 +15,7 @@ use tessera_engine::rtmp_publisher::RtmpPublisher;
 use tessera_engine::{PeerRole, PublisherEnd, Quality, SessionSpec};
 use tessera_media::StreamKind;
 use tessera_model::Privileges;
+use tessera_rtmp::client::{PushTarget, RtmpPushSession};
 use tessera_rtmp::session::{RtmpEvent, RtmpPublishSession};
 use tessera_rtmp::PublishTarget;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -84,6 +85,78 @@ async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(Ses
     Ok((spec, token.privileges))
 }
 
+/// Cluster mode: the node a publish belongs on, if not this one (a stream key whose token does
+/// not verify is refused here, by `authorize`).
+async fn cluster_route(state: &AppState, app: &str, stream_key: &str) -> Option<tessera_cluster::NodeRecord> {
+    let cluster = state.cluster.get()?;
+    let target = PublishTarget::parse(app, stream_key, None).ok()?;
+    let mut verified = verify_raw(state, target.token.as_deref()?, false);
+    if verified.is_err() && cluster.catch_up_apps(&state.store).await {
+        verified = verify_raw(state, target.token.as_deref()?, false);
+    }
+    let token = verified.ok()?;
+    match cluster.route(token.app.as_str(), target.room.as_str(), tessera_cluster::RoomIntent::Create).await {
+        crate::cluster::Route::Local => None,
+        crate::cluster::Route::Remote(node) => Some(node),
+    }
+}
+
+/// A publish carried to the room's node: this node is an RTMP client of that node's ingest,
+/// sending it the encoder's tags as they come (RTMP cannot redirect an encoder).
+struct Forwarding {
+    upstream: TcpStream,
+    push: RtmpPushSession,
+    node: tessera_cluster::NodeId,
+}
+
+impl Forwarding {
+    /// Connects and publishes the same app and stream key on `node`; its refusal is the error.
+    async fn start(node: &tessera_cluster::NodeRecord, app: &str, stream_key: &str) -> Result<Forwarding, String> {
+        let (host, port) =
+            node.rtmp.rsplit_once(':').and_then(|(h, p)| Some((h.to_owned(), p.parse::<u16>().ok()?))).ok_or_else(|| format!("node {} has no RTMP address", node.id))?;
+        let target = PushTarget { tls: false, tc_url: format!("rtmp://{}/{app}", node.rtmp), host: host.clone(), port, app: app.to_owned(), stream_key: stream_key.to_owned() };
+        let started = async {
+            let mut upstream = TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("node_unreachable: {e}"))?;
+            let _ = upstream.set_nodelay(true);
+            let mut push = RtmpPushSession::new(target).map_err(|e| e.to_string())?;
+            let mut buf = vec![0u8; 16 * 1024];
+            loop {
+                if !push.outbound.is_empty() {
+                    upstream.write_all(&push.outbound).await.map_err(|e| format!("node_unreachable: {e}"))?;
+                    push.outbound.clear();
+                }
+                if push.is_publishing() {
+                    return Ok(Forwarding { upstream, push, node: node.id.clone() });
+                }
+                let n = upstream.read(&mut buf).await.map_err(|e| format!("node_unreachable: {e}"))?;
+                if n == 0 {
+                    return Err("node_unreachable: the room's node closed the connection".into());
+                }
+                // The room's node refuses with an onStatus error whose text is `code: message`.
+                push.feed(&buf[..n]).map_err(|e| match e {
+                    tessera_rtmp::client::PushError::Publish(reason) => reason,
+                    tessera_rtmp::client::PushError::Connect(why) => format!("node_unreachable: {why}"),
+                })?;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), started).await.map_err(|_| "node_unreachable: the room's node did not answer in 5 s".to_string())?
+    }
+
+    async fn send(&mut self, event: &RtmpEvent) -> std::io::Result<()> {
+        let sent = match event {
+            RtmpEvent::Video { data, timestamp_ms } => self.push.send_video(data, *timestamp_ms),
+            RtmpEvent::Audio { data, timestamp_ms } => self.push.send_audio(data, *timestamp_ms),
+            _ => Ok(()),
+        };
+        sent.map_err(|e| std::io::Error::other(e.to_string()))?;
+        if !self.push.outbound.is_empty() {
+            self.upstream.write_all(&self.push.outbound).await?;
+            self.push.outbound.clear();
+        }
+        Ok(())
+    }
+}
+
 /// Why an RTMP connection ended (logged).
 #[derive(Debug, thiserror::Error)]
 enum ConnectionEnd {
@@ -142,6 +215,8 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     let mut session = RtmpPublishSession::new();
     let mut buf = vec![0u8; 64 * 1024];
     let mut publishing: Option<Publishing> = None;
+    let mut forwarding: Option<Forwarding> = None;
+    let mut upstream_buf = vec![0u8; 16 * 1024];
     let mut app_id: Option<tessera_model::AppId> = None;
     // Set while publishing: tells why the SFU ended the publisher, if it did.
     let mut ended_by_sfu: Option<tokio::sync::oneshot::Receiver<PublisherEnd>> = None;
@@ -154,8 +229,36 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
                 }
             };
             let mut close_after_write = None;
+            // What the room's node sends back while forwarding (acknowledgements, pings): fed to
+            // the client session there; its closing ends this connection.
+            let upstream = async {
+                match forwarding.as_mut() {
+                    Some(f) => f.upstream.read(&mut upstream_buf).await,
+                    None => std::future::pending().await,
+                }
+            };
             let read = tokio::select! {
                 r = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => Ok(r),
+                r = upstream => {
+                    let f = forwarding.as_mut().expect("reading upstream");
+                    match r {
+                        Ok(n) if n > 0 => {
+                            if let Err(e) = f.push.feed(&upstream_buf[..n]) {
+                                tracing::info!(node = %f.node, "forwarded RTMP publish ended by the room's node: {e}");
+                                return Ok(());
+                            }
+                            if !f.push.outbound.is_empty() {
+                                f.upstream.write_all(&f.push.outbound).await?;
+                                f.push.outbound.clear();
+                            }
+                            continue;
+                        }
+                        _ => {
+                            tracing::info!(node = %f.node, "the room's node closed the forwarded RTMP publish");
+                            return Ok(());
+                        }
+                    }
+                }
                 end = ended => {
                     // A receiver is polled to completion once only.
                     ended_by_sfu = None;
@@ -190,6 +293,31 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
                 Ok(Ok(Ok(n))) => session.feed(&buf[..n])?,
             };
             for event in events {
+                if let Some(f) = forwarding.as_mut() {
+                    if matches!(event, RtmpEvent::PublishFinished) {
+                        return Ok(());
+                    }
+                    f.send(&event).await?;
+                    continue;
+                }
+                if let RtmpEvent::PublishRequested { request_id, app, stream_key } = &event {
+                    if let Some(node) = cluster_route(state, app, stream_key).await {
+                        match Forwarding::start(&node, app, stream_key).await {
+                            Ok(f) => {
+                                session.accept_publish(*request_id)?;
+                                state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "rtmp" }).inc();
+                                tracing::info!(node = %node.id, "RTMP publish forwarded to the room's node");
+                                forwarding = Some(f);
+                            }
+                            Err(reason) => {
+                                tracing::warn!(node = %node.id, "RTMP publish refused by the room's node: {reason}");
+                                session.reject_publish(*request_id, &reason)?;
+                                close_after_write = Some(reason);
+                            }
+                        }
+                        continue;
+                    }
+                }
                 match event {
                     RtmpEvent::PublishRequested { request_id, app, stream_key } => match authorize(state, &app, &stream_key).await {
                         Ok((spec, privileges)) => {

@@ -42,7 +42,8 @@ const CLOSE_KICKED: u16 = 4003;
 
 pub async fn signaling(State(state): State<AppState>, headers: HeaderMap, ws: WebSocketUpgrade) -> Response {
     let ua = headers.get("user-agent").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    ws.max_message_size(MAX_READ).max_frame_size(MAX_READ).on_upgrade(move |socket| run(socket, state, ua))
+    let forwarded = headers.contains_key(crate::cluster::FORWARDED);
+    ws.max_message_size(MAX_READ).max_frame_size(MAX_READ).on_upgrade(move |socket| run(socket, state, ua, forwarded))
 }
 
 fn error_msg(id: &Value, code: &str, message: impl Into<String>) -> Value {
@@ -97,7 +98,8 @@ enum End {
     Lost,
 }
 
-async fn run(mut socket: WebSocket, state: AppState, ua: String) {
+/// `forwarded`: another cluster node carries this session (it is served here).
+async fn run(mut socket: WebSocket, state: AppState, ua: String, forwarded: bool) {
     // The first message: `join`, within 10 s.
     let first = match tokio::time::timeout(JOIN_WITHIN, read(&mut socket)).await {
         Err(_) => return close(&mut socket, CLOSE_NO_JOIN, "no join within 10 s").await,
@@ -113,6 +115,14 @@ async fn run(mut socket: WebSocket, state: AppState, ua: String) {
     if first["type"] != "join" {
         let _ = send(&mut socket, &error_msg(&msg_id, "join_first", "the first message must be join")).await;
         return close(&mut socket, CLOSE_NO_JOIN, "the first message must be join").await;
+    }
+    // Cluster mode: a room another node holds is served there, through this socket.
+    if !forwarded {
+        if let Some(node) = crate::cluster::signaling_route(&state, &first).await {
+            state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "signaling" }).inc();
+            let cluster = state.cluster.get().expect("routed by the cluster").clone();
+            return cluster.proxy_signaling(socket, &node, &first, &ua).await;
+        }
     }
     let (mut joined, mut reply) = match session::join_or_resume(&state, &first, &ua).await {
         Ok(j) => j,
