@@ -170,6 +170,12 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
         let v = get(&d.url("/v1/cluster/nodes"), Some(&d.key)).json();
         v["items"].as_array().unwrap().iter().any(|n| n["id"] == d.id.as_str() && n["state"] == "draining").then_some(())
     });
+    // The operator's view: `tessera cluster nodes` on any node.
+    let (status, out, err) = run_cli(&["cluster", "nodes", "--server", &nodes[owner_index].url(""), "--api-key", &nodes[owner_index].key]);
+    assert!(status.success(), "{err}");
+    assert_eq!(out.lines().count(), 4, "a header and three nodes:\n{out}");
+    assert!(out.lines().any(|l| l.starts_with(&d.id) && l.contains("draining")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with(&format!("{owner} *")) && l.contains("active")), "{out}");
     let ws_token = token(&d.data, "r2", "wscam");
     let ws_url = d.url("/v1/rtc").replacen("http://", "ws://", 1);
     let ws = Client::start(&clients, "aiortc_client.py", &["ws-publish", "--url", &ws_url, "--token", &ws_token, "--seconds", "16"]);

@@ -160,6 +160,13 @@ enum Command {
         #[command(subcommand)]
         command: remote::RoomsCommand,
     },
+    /// The nodes of a cluster (`[cluster]`): list them, drain one.
+    Cluster {
+        #[command(flatten)]
+        remote: remote::RemoteArgs,
+        #[command(subcommand)]
+        command: remote::ClusterCommand,
+    },
     /// Mix jobs, relays, recordings and ingests of a running server: list, show, stop.
     Tasks {
         #[command(flatten)]
@@ -329,6 +336,7 @@ fn run(cli: Cli) -> Result<(), Failure> {
             Ok(())
         }
         Command::Rooms { remote, command } => remote::rooms(&remote::Remote::new(&remote)?, command),
+        Command::Cluster { remote, command } => remote::cluster(&remote::Remote::new(&remote)?, command),
         Command::Tasks { remote, command } => remote::tasks(&remote::Remote::new(&remote)?, command),
         Command::Record { remote, command } => remote::record(&remote::Remote::new(&remote)?, command),
         Command::Relay { remote, command } => remote::relay(&remote::Remote::new(&remote)?, command),

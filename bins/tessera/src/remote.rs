@@ -42,6 +42,14 @@ pub enum RoomsCommand {
     Dismiss { room: String },
 }
 
+#[derive(Subcommand)]
+pub enum ClusterCommand {
+    /// The live nodes: state, load, rooms and participants.
+    Nodes,
+    /// Drain a node: it takes no new rooms; its rooms stay until they end.
+    Drain { node: String },
+}
+
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum TaskKind {
     MixJob,
@@ -284,6 +292,37 @@ fn age(ms: &Value) -> String {
         3600..=86_399 => format!("{}h{:02}m ago", s / 3600, s % 3600 / 60),
         _ => format!("{}d ago", s / 86_400),
     }
+}
+
+pub fn cluster(remote: &Remote, command: ClusterCommand) -> Result<(), Failure> {
+    match command {
+        ClusterCommand::Nodes => {
+            let v = remote.get("/v1/cluster/nodes")?;
+            remote.print(&v, |v| {
+                let me = v["node"].as_str().unwrap_or("");
+                let rows: Vec<Vec<String>> = v["items"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| {
+                        let l = &n["load"];
+                        let id = text(&n["id"]);
+                        let id = if id == me { format!("{id} *") } else { id };
+                        let cpu = format!("{:.2}/{}", l["cpu_cores"].as_f64().unwrap_or(0.0), text(&l["cores"]));
+                        let busy = format!("{:.0}%", l["busy_ratio"].as_f64().unwrap_or(0.0) * 100.0);
+                        let mbps = format!("{:.1}", l["send_bps"].as_f64().unwrap_or(0.0) / 1e6);
+                        vec![id, text(&n["state"]), text(&n["url"]), cpu, busy, text(&l["rooms"]), text(&l["participants"]), text(&l["viewers"]), mbps, age(&n["started_ms"])]
+                    })
+                    .collect();
+                table(&["NODE", "STATE", "URL", "CPU", "BUSY", "ROOMS", "PARTICIPANTS", "VIEWERS", "MBIT/S", "STARTED"], &rows)
+            });
+        }
+        ClusterCommand::Drain { node } => {
+            let v = remote.call("POST", &format!("/v1/cluster/nodes/{}/drain", encode(&node)), None)?;
+            remote.print(&v, |v| format!("node {} is draining: no new rooms\n", text(&v["id"])));
+        }
+    }
+    Ok(())
 }
 
 pub fn rooms(remote: &Remote, command: RoomsCommand) -> Result<(), Failure> {
