@@ -140,6 +140,15 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     });
     let owner = room["node"].as_str().unwrap().to_owned();
     let owner_index = nodes.iter().position(|n| n.id == owner).unwrap_or_else(|| panic!("room on an unknown node: {room}"));
+    // A recording of r1 started through another node runs on the room's node, and any node
+    // answers for it.
+    let (entry, third) = {
+        let others: Vec<&Node> = nodes.iter().filter(|n| n.id != owner).collect();
+        (others[0], others[1])
+    };
+    let started = post_json(&entry.url("/v1/recordings"), Some(&entry.key), &serde_json::json!({"room": "r1", "format": "hls", "hls": {"segment_s": 2}}));
+    assert!(started.status == 200 || started.status == 201, "{}", started.body);
+    let rec = started.json()["id"].as_str().unwrap().to_owned();
     // Viewers on nodes B and C: each redirected (or served) to the room's node.
     let whep = |n: &Node| n.url("/whep/r1/cam/main");
     let on_b = Client::start(&clients, "aiortc_client.py", &["play", "--url", &whep(&nodes[1]), "--token", &anchor, "--seconds", "6"]);
@@ -156,6 +165,28 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
         let items = list["items"].as_array().unwrap();
         assert!(items.iter().any(|r| r["room"] == "r1" && r["node"] == owner.as_str()), "{} lists {list}", n.id);
     }
+    let seen = get(&third.url(&format!("/v1/recordings/{rec}")), Some(&third.key));
+    assert_eq!(seen.status, 200, "{}", seen.body);
+    assert_eq!(seen.json()["room"], "r1", "{}", seen.body);
+    for n in &nodes {
+        let list = get(&n.url("/v1/recordings"), Some(&n.key)).json();
+        assert!(list["items"].as_array().unwrap().iter().any(|r| r["id"] == rec.as_str()), "{} lists {list}", n.id);
+    }
+    let stopped = request("DELETE", &third.url(&format!("/v1/recordings/{rec}")), Some(&third.key), None, &[]);
+    assert!(stopped.status < 300, "{}", stopped.body);
+    // The files are on the room's node: its data dir holds the playlist.
+    let on_owner = wait_until(Duration::from_secs(10), "the recording's playlist on the room's node", || {
+        let v = get(&nodes[owner_index].url(&format!("/v1/recordings/{rec}")), Some(&nodes[owner_index].key)).json();
+        (v["state"] == "FINISHED").then_some(v)
+    });
+    // ...and play through any node: ffprobe reads the video playlist through the third node.
+    let playlist =
+        on_owner["files"].as_array().unwrap().iter().find(|f| f["track_type"] == "video" && f["file_name"].as_str().unwrap().ends_with(".m3u8")).expect("a video playlist");
+    let url = format!("{}?token={}", third.url(playlist["url"].as_str().unwrap()), anchor);
+    let probe = Command::new("ffprobe").args(["-v", "error", "-count_frames", "-show_entries", "stream=nb_read_frames,codec_name", "-of", "json", &url]).output().unwrap();
+    let probed: Value = serde_json::from_slice(&probe.stdout).unwrap_or_else(|_| panic!("ffprobe: {}", String::from_utf8_lossy(&probe.stderr)));
+    let frames: u64 = probed["streams"][0]["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0);
+    assert!(frames >= 60, "the recording played through {} has {frames} frames: {probed}", third.id);
     let p = publisher.finish(Duration::from_secs(60));
     assert_eq!(p["publish_state"], "connected", "{p}");
 

@@ -6,6 +6,7 @@
 //! - `p:node:<id>` — the node's [`NodeRecord`] (JSON), rewritten by every heartbeat with a TTL:
 //!   a node that stops heartbeating disappears when it expires.
 //! - `p:room:<app>/<room>` — the id of the node the room lives on.
+//! - `p:task:<app>/<task id>` — the node a relay, recording, ingest or mix job runs on.
 //! - `p:drain:<id>` — set when an operator drains the node; the node reads it with its heartbeat.
 //! - `p:apps`, `p:apps:version`, `p:apps:writer` — the app store (apps, secrets, API keys) every
 //!   node serves, its version (incremented by every write) and the node that wrote it.
@@ -134,6 +135,21 @@ impl ClusterStore {
     pub async fn release_room(&self, app: &str, room: &str, node: &NodeId) -> Result<(), ClusterError> {
         redis::Script::new(RELEASE).key(self.room_key(app, room)).arg(&node.0).invoke_async::<i64>(&mut self.con.clone()).await?;
         Ok(())
+    }
+
+    fn task_key(&self, app: &str, id: &str) -> String {
+        format!("{}:task:{app}/{id}", self.prefix)
+    }
+
+    /// Records the node a task runs on (kept 30 days: a finished task stays queryable there).
+    pub async fn set_task_node(&self, app: &str, id: &str, node: &NodeId) -> Result<(), ClusterError> {
+        redis::cmd("SET").arg(self.task_key(app, id)).arg(&node.0).arg("EX").arg(30 * 86_400).query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    pub async fn task_node(&self, app: &str, id: &str) -> Result<Option<NodeId>, ClusterError> {
+        let node: Option<String> = redis::cmd("GET").arg(self.task_key(app, id)).query_async(&mut self.con.clone()).await?;
+        Ok(node.map(NodeId))
     }
 
     pub async fn set_draining(&self, id: &NodeId) -> Result<(), ClusterError> {

@@ -433,14 +433,26 @@ pub async fn route_request(axum::extract::State(state): axum::extract::State<App
             }
         };
     }
-    if let ["v1", "rooms", room, ..] = segments.as_slice() {
-        let Some(key) = crate::api::auth::bearer(req.headers()) else { return next.run(req).await };
-        let mut known = state.store.authenticate_key(key);
-        if known.is_none() && cluster.catch_up_apps(&state.store).await {
-            known = state.store.authenticate_key(key);
+    // A recording's files are where it ran: `/files/<app>/[<prefix>/]<task id>/<file>`.
+    if let ["files", app, .., id, _file] = segments.as_slice() {
+        if let Ok(Some(owner)) = cluster.store.task_node(app, id).await {
+            let node = (owner != cluster.me).then(|| cluster.membership.read().expect("membership").get(&owner).cloned()).flatten();
+            if let Some(node) = node {
+                state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "forward" }).inc();
+                return cluster.forward(&node, req).await;
+            }
         }
-        let Some((app, _)) = known else { return next.run(req).await };
-        return match cluster.route(app.as_str(), room, RoomIntent::Use).await {
+        return next.run(req).await;
+    }
+    if let ["v1", kind, rest @ ..] = segments.as_slice() {
+        if TASK_KINDS.contains(kind) {
+            let id = rest.first().map(|s| s.to_string());
+            return route_task(&state, cluster, id, req, next).await;
+        }
+    }
+    if let ["v1", "rooms", room, ..] = segments.as_slice() {
+        let Some(app) = api_key_app(&state, cluster, req.headers()).await else { return next.run(req).await };
+        return match cluster.route(&app, room, RoomIntent::Use).await {
             Route::Local => next.run(req).await,
             Route::Remote(node) => {
                 state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "forward" }).inc();
@@ -564,6 +576,99 @@ impl Cluster {
             .map_err(|_| "handshake timed out".to_string())?
             .map_err(|e| e.to_string())?;
         Ok(ws)
+    }
+}
+
+/// The task collections of the API: a task runs on its room's node.
+const TASK_KINDS: [&str; 4] = ["mix-jobs", "recordings", "relays", "ingests"];
+
+/// The app of an API key, looking for a key just made on another node before giving up.
+async fn api_key_app(state: &AppState, cluster: &Cluster, headers: &axum::http::HeaderMap) -> Option<String> {
+    let key = crate::api::auth::bearer(headers)?;
+    let mut known = state.store.authenticate_key(key);
+    if known.is_none() && cluster.catch_up_apps(&state.store).await {
+        known = state.store.authenticate_key(key);
+    }
+    known.map(|(app, _)| app.to_string())
+}
+
+/// Task calls: a start goes to the room's node (and the task's node is recorded), a call about
+/// one task to the node it runs on, a list to every node (merged, paged by id as one node does).
+async fn route_task(state: &AppState, cluster: &Cluster, id: Option<String>, req: Request<Body>, next: axum::middleware::Next) -> Response<Body> {
+    let Some(app) = api_key_app(state, cluster, req.headers()).await else { return next.run(req).await };
+    let method = req.method().clone();
+    match (method.as_str(), id) {
+        ("POST", None) => {
+            let (parts, body) = req.into_parts();
+            let Ok(bytes) = axum::body::to_bytes(body, crate::api::json::MAX_JSON_BODY + 1).await else {
+                let e = crate::error::ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "body_too_large", "the JSON body is larger than 256 KiB");
+                return axum::response::IntoResponse::into_response(e);
+            };
+            let room = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["room"].as_str().map(str::to_owned));
+            let req = Request::from_parts(parts, Body::from(bytes));
+            let (resp, node) = match room {
+                Some(room) => match cluster.route(&app, &room, RoomIntent::Use).await {
+                    Route::Remote(node) => {
+                        state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "forward" }).inc();
+                        (cluster.forward(&node, req).await, node.id)
+                    }
+                    Route::Local => (next.run(req).await, cluster.me.clone()),
+                },
+                None => (next.run(req).await, cluster.me.clone()),
+            };
+            if !resp.status().is_success() {
+                return resp;
+            }
+            // Remember where the task runs, from the id in the answer.
+            let (parts, body) = resp.into_parts();
+            let bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
+            if let Some(id) = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["id"].as_str().map(str::to_owned)) {
+                if let Err(e) = cluster.store.set_task_node(&app, &id, &node).await {
+                    tracing::warn!(%id, "cluster: recording the task's node failed: {e}");
+                }
+            }
+            Response::from_parts(parts, Body::from(bytes))
+        }
+        (_, Some(id)) => {
+            let owner = cluster.store.task_node(&app, &id).await.unwrap_or_else(|e| {
+                tracing::warn!(%id, "cluster directory unreachable, serving the task here: {e}");
+                None
+            });
+            let node = owner.filter(|n| *n != cluster.me).and_then(|n| cluster.membership.read().expect("membership").get(&n).cloned());
+            match node {
+                Some(node) => {
+                    state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "forward" }).inc();
+                    cluster.forward(&node, req).await
+                }
+                None => next.run(req).await,
+            }
+        }
+        ("GET", None) => {
+            let path = req.uri().path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            let limit = query_param(req.uri(), "limit").and_then(|l| l.parse::<usize>().ok()).unwrap_or(100);
+            let auth = req.headers().get(axum::http::header::AUTHORIZATION).cloned();
+            let local = next.run(req).await;
+            if local.status() != StatusCode::OK {
+                return local;
+            }
+            let (parts, body) = local.into_parts();
+            let bytes = axum::body::to_bytes(body, 16 << 20).await.unwrap_or_default();
+            let Ok(mut page) = serde_json::from_slice::<serde_json::Value>(&bytes) else { return Response::from_parts(parts, Body::from(bytes)) };
+            let mut items = page["items"].as_array().cloned().unwrap_or_default();
+            for other in cluster.gather(&path, auth.as_ref()).await {
+                items.extend(other["items"].as_array().cloned().unwrap_or_default());
+            }
+            // Each node pages by id after the cursor: the first `limit` of the union are the page.
+            items.sort_by(|a, b| a["id"].as_str().unwrap_or("").cmp(b["id"].as_str().unwrap_or("")));
+            let more = items.len() > limit;
+            items.truncate(limit);
+            page["next_cursor"] = if more { items.last().map(|i| i["id"].clone()).unwrap_or(serde_json::Value::Null) } else { serde_json::Value::Null };
+            page["items"] = serde_json::Value::Array(items);
+            let mut r = Response::from_parts(parts, Body::from(page.to_string()));
+            r.headers_mut().remove(axum::http::header::CONTENT_LENGTH);
+            r
+        }
+        _ => next.run(req).await,
     }
 }
 
