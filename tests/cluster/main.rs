@@ -18,6 +18,7 @@ struct Redis {
 
 impl Redis {
     fn start(ip: &str, dir: &Path) -> Redis {
+        // Each test's own bridge address: the port may be the same.
         let port = 16379 + (std::process::id() % 1000) as u16;
         let child = Command::new("redis-server")
             .args(["--bind", ip, "--port", &port.to_string(), "--save", "", "--appendonly", "no", "--protected-mode", "no", "--dir"])
@@ -50,11 +51,16 @@ struct Node {
 }
 
 impl Node {
-    fn start(dir: &Path, id: &str, (ns, ip): &(String, String), redis: &Redis) -> Node {
+    fn start(dir: &Path, id: &str, host: &(String, String), redis: &Redis) -> Node {
+        Node::start_with(dir, id, host, redis, "")
+    }
+
+    /// `cluster` is more of the node's `[cluster]` table.
+    fn start_with(dir: &Path, id: &str, (ns, ip): &(String, String), redis: &Redis, cluster: &str) -> Node {
         let data = dir.join(id);
         let config = dir.join(format!("{id}.toml"));
         // The cluster's defaults (2 s heartbeats, 6 s TTL) are what is tested.
-        std::fs::write(&config, format!("[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\n", redis.url)).unwrap();
+        std::fs::write(&config, format!("[cluster]\nredis_url = \"{}\"\nnode_id = \"{id}\"\n{cluster}\n", redis.url)).unwrap();
         let server = Server::start_in_netns(
             ns,
             &data,
@@ -86,6 +92,12 @@ impl Node {
     }
 }
 
+/// The tests take turns: each runs three browsers' worth of media on two cores.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn wait_until<T>(limit: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
     loop {
@@ -111,6 +123,7 @@ fn assert_blue(r: &Value, who: &str) {
 
 #[test]
 fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies() {
+    let _g = serial();
     let dir = TempDir::new("cluster");
     // Hosts 0-2: the nodes; host 3: the clients.
     let net = BridgeNet::new(4);
@@ -259,5 +272,54 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     let p = again.finish(Duration::from_secs(40));
     assert!(p["published"].as_str().is_some_and(|l| l.starts_with("/whip/session/")), "{p}");
     nodes.clear();
+    drop(redis);
+}
+
+#[test]
+fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
+    let _g = serial();
+    let dir = TempDir::new("cluster-relay");
+    let net = BridgeNet::new(3);
+    let redis = Redis::start(&net.gateway, dir.path());
+    // Each node takes one viewer: the second viewer of a room is past its node's capacity.
+    let nodes: Vec<Node> = ["node-a", "node-b"].iter().enumerate().map(|(i, id)| Node::start_with(dir.path(), id, &net.hosts[i], &redis, "max_viewers_per_node = 1")).collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(6), "both nodes see each other", || (n.nodes().len() == 2).then_some(()));
+    }
+    let clients = net.client_host(2);
+    let anchor = token(&nodes[0].data, "big", "cam");
+    let publisher = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &nodes[0].url("/whip/big"), "--token", &anchor, "--seconds", "30"]);
+    let room = wait_until(Duration::from_secs(20), "room big published", || {
+        let r = get(&nodes[1].url("/v1/rooms/big"), Some(&nodes[1].key));
+        (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
+    });
+    let owner = nodes.iter().find(|n| room["node"] == n.id.as_str()).expect("the room's node");
+    let other = nodes.iter().find(|n| n.id != owner.id).unwrap();
+    let whep = "/whep/big/cam/main";
+    let first = Client::start(&clients, "aiortc_client.py", &["play", "--url", &other.url(whep), "--token", &anchor, "--seconds", "16"]);
+    // The room's node reports its viewer with its next heartbeat: it is full then.
+    wait_until(Duration::from_secs(10), "the room's node full", || {
+        let v = get(&other.url("/v1/cluster/nodes"), Some(&other.key)).json();
+        v["items"].as_array().unwrap().iter().any(|n| n["id"] == owner.id.as_str() && n["load"]["viewers"].as_u64() >= Some(1)).then_some(())
+    });
+    // The next viewer, sent to the room's own node, is served by the other node from a relay.
+    let second = Client::start(&clients, "aiortc_client.py", &["play", "--url", &owner.url(whep), "--token", &anchor, "--seconds", "6"]);
+    let r = second.finish(Duration::from_secs(40));
+    assert_blue(&r, "the viewer past the full node");
+    assert!(other.counter("tessera_cluster_routed_total{result=\"edge\"}") >= 1.0, "the other node served it as an edge");
+    // Its first picture came soon: the edge's keyframe request reached the publisher.
+    let times: Vec<f64> = r["frame_times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
+    assert!(times.len() >= 60, "{} frames in 6 s", times.len());
+    assert_blue(&first.finish(Duration::from_secs(40)), "the first viewer");
+    // The room is one room, listed on its node by every node (the relay's copy is not a room).
+    for n in &nodes {
+        let list = get(&n.url("/v1/rooms"), Some(&n.key)).json();
+        let entries: Vec<&Value> = list["items"].as_array().unwrap().iter().filter(|r| r["room"] == "big").collect();
+        assert_eq!(entries.len(), 1, "{} lists {list}", n.id);
+        assert_eq!(entries[0]["node"], owner.id.as_str());
+    }
+    let p = publisher.finish(Duration::from_secs(60));
+    assert!(p.get("error").is_none(), "{p}");
+    drop(nodes);
     drop(redis);
 }

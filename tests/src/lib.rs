@@ -471,7 +471,9 @@ pub struct BridgeNet {
 
 impl BridgeNet {
     pub fn new(hosts: usize) -> BridgeNet {
-        let n = (std::process::id() * 11) % 250 + 1;
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = (std::process::id() * 11 + NEXT.fetch_add(1, Ordering::SeqCst)) % 250 + 1;
         let bridge = format!("tcb{n}");
         let _ = sh(&["ip", "link", "del", &bridge]);
         must(&["ip", "link", "add", &bridge, "type", "bridge"]);

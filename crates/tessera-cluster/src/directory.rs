@@ -72,7 +72,7 @@ mod tests {
         let mut m = live();
         let mut c = m.get(&id("c")).cloned().unwrap();
         c.state = NodeState::Draining;
-        m.replace(m.nodes().cloned().filter(|n| n.id != id("c")).chain([c]).collect::<Vec<_>>());
+        m.replace(m.nodes().filter(|&n| n.id != id("c")).cloned().chain([c]).collect::<Vec<_>>());
         assert!(matches!(decide(&id("a"), Some(&id("c")), &m, RoomIntent::Create), Decision::Remote(n) if n.id == id("c")));
     }
 

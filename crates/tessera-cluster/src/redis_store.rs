@@ -7,6 +7,7 @@
 //!   a node that stops heartbeating disappears when it expires.
 //! - `p:room:<app>/<room>` — the id of the node the room lives on.
 //! - `p:task:<app>/<task id>` — the node a relay, recording, ingest or mix job runs on.
+//! - `p:secret` — the secret nodes authenticate relay requests between them with.
 //! - `p:drain:<id>` — set when an operator drains the node; the node reads it with its heartbeat.
 //! - `p:apps`, `p:apps:version`, `p:apps:writer` — the app store (apps, secrets, API keys) every
 //!   node serves, its version (incremented by every write) and the node that wrote it.
@@ -150,6 +151,16 @@ impl ClusterStore {
     pub async fn task_node(&self, app: &str, id: &str) -> Result<Option<NodeId>, ClusterError> {
         let node: Option<String> = redis::cmd("GET").arg(self.task_key(app, id)).query_async(&mut self.con.clone()).await?;
         Ok(node.map(NodeId))
+    }
+
+    /// The cluster's shared secret (nodes authenticate relay requests with it): made by the
+    /// first node to ask (`candidate`), read by the others.
+    pub async fn secret(&self, candidate: &str) -> Result<String, ClusterError> {
+        let key = format!("{}:secret", self.prefix);
+        let mut con = self.con.clone();
+        redis::cmd("SET").arg(&key).arg(candidate).arg("NX").query_async::<Option<String>>(&mut con).await?;
+        let secret: String = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
+        Ok(secret)
     }
 
     pub async fn set_draining(&self, id: &NodeId) -> Result<(), ClusterError> {

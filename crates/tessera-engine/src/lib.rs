@@ -7,6 +7,7 @@
 //! `sfu` is the sans-IO core (datagrams and time in, datagrams and answers out); `driver` is the
 //! thin tokio task that owns the shared UDP socket, the ICE-TCP listener (`ice_tcp`) and the timer.
 
+pub mod cluster_relay;
 pub mod custom;
 pub mod driver;
 pub mod forward;

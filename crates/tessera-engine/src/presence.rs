@@ -170,6 +170,24 @@ pub enum RoomEvent {
     },
 }
 
+impl RoomEvent {
+    /// The room it happened in.
+    pub fn room(&self) -> &RoomKey {
+        match self {
+            RoomEvent::RoomCreated { room, .. }
+            | RoomEvent::RoomDismissed { room }
+            | RoomEvent::Entered { room, .. }
+            | RoomEvent::Exited { room, .. }
+            | RoomEvent::RoleChanged { room, .. }
+            | RoomEvent::TrackStarted { room, .. }
+            | RoomEvent::TrackStopped { room, .. }
+            | RoomEvent::TrackMuted { room, .. }
+            | RoomEvent::ActiveSpeakers { room, .. }
+            | RoomEvent::Quality { room, .. } => room,
+        }
+    }
+}
+
 /// Why a session ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LeaveReason {

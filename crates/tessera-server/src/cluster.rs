@@ -62,6 +62,10 @@ pub struct Cluster {
     last_catch_up: std::sync::Mutex<Option<Instant>>,
     tls: Arc<rustls::ClientConfig>,
     forwarder: Forwarder,
+    /// Authenticates relay requests between nodes (`p:secret` in Redis).
+    pub(crate) secret: String,
+    /// Rooms this node relays from their node (as an edge), with the publishers it mirrors.
+    pub(crate) edges: crate::cluster_relay::Edges,
 }
 
 impl Cluster {
@@ -90,6 +94,7 @@ impl Cluster {
             None => apps.encoded(),
         };
         let version = store.put_apps(&shared, &me).await?;
+        let secret = store.secret(&tessera_model::random::secret()).await?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((*tls).clone()).https_or_http().enable_http1().build();
         let cluster = Arc::new(Cluster {
             me,
@@ -105,6 +110,8 @@ impl Cluster {
             bytes_sample: Default::default(),
             last_catch_up: Default::default(),
             tls: tls.clone(),
+            secret,
+            edges: Default::default(),
             forwarder: Client::builder(TokioExecutor::new()).build(connector),
         });
         // Every change saved from now on goes to the shared copy, in order.
@@ -156,6 +163,22 @@ impl Cluster {
     /// The live nodes, read now.
     pub async fn nodes(&self) -> Result<Vec<NodeRecord>, ClusterError> {
         self.refresh().await
+    }
+
+    /// A live node's record, from the last read.
+    pub fn node(&self, id: &NodeId) -> Option<NodeRecord> {
+        self.membership.read().expect("membership").get(id).cloned()
+    }
+
+    /// Where viewers of a room whose node is full go: the least-loaded other node that takes
+    /// rooms. None: there is none (the room's node serves them anyway).
+    pub fn edge_for(&self, owner: &NodeId) -> Option<NodeRecord> {
+        let m = self.membership.read().expect("membership");
+        tessera_cluster::place(m.nodes().filter(|n| n.id != *owner), |_| 0).cloned()
+    }
+
+    pub(crate) fn forwarder(&self) -> &Forwarder {
+        &self.forwarder
     }
 
     /// Other live nodes, from the last read.
@@ -425,7 +448,31 @@ pub async fn route_request(axum::extract::State(state): axum::extract::State<App
             verified = crate::entry::verify_raw(&state, &raw, false);
         }
         let Ok(token) = verified else { return next.run(req).await };
-        return match cluster.route(token.app.as_str(), room, intent).await {
+        let route = cluster.route(token.app.as_str(), room, intent).await;
+        if let ("POST", ["whep", _, user, stream]) = (req.method().as_str(), segments.as_slice()) {
+            // A viewer of a room whose node is full is served by another node, which relays
+            // the room's streams from it (`cluster_relay`).
+            let owner = match &route {
+                Route::Local => cluster.node(&cluster.me),
+                Route::Remote(node) => Some(node.clone()),
+            };
+            let sent_as_edge = query_param(req.uri(), "cluster_edge").is_some();
+            if let Some(owner) = owner.clone().filter(|o| o.id != cluster.me && (o.full() || sent_as_edge)) {
+                let watched = tessera_model::UserId::parse(user).ok().zip(tessera_media::StreamKind::parse(stream));
+                if let (Some((user, stream)), true) = (watched, sent_as_edge || cluster.edge_for(&owner.id).is_some_and(|e| e.id == cluster.me)) {
+                    state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "edge" }).inc();
+                    crate::cluster_relay::serve_as_edge(&state, cluster, &owner, token.app.clone(), room, user, stream).await;
+                    return next.run(req).await;
+                }
+            }
+            if let Some(owner) = owner.filter(|o| o.full() && !sent_as_edge) {
+                if let Some(edge) = cluster.edge_for(&owner.id).filter(|e| e.id != cluster.me) {
+                    state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "redirect" }).inc();
+                    return redirect_as_edge(&edge, req.uri(), from_header.then_some(raw.as_str()));
+                }
+            }
+        }
+        return match route {
             Route::Local => next.run(req).await,
             Route::Remote(node) => {
                 state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "redirect" }).inc();
@@ -670,6 +717,18 @@ async fn route_task(state: &AppState, cluster: &Cluster, id: Option<String>, req
         }
         _ => next.run(req).await,
     }
+}
+
+/// `redirect` to a node that serves the viewer as an edge of the room's full node.
+fn redirect_as_edge(node: &NodeRecord, uri: &Uri, token: Option<&str>) -> Response<Body> {
+    let mut r = redirect(node, uri, token);
+    if let Some(loc) = r.headers().get(axum::http::header::LOCATION).and_then(|l| l.to_str().ok()) {
+        let sep = if loc.contains('?') { '&' } else { '?' };
+        if let Ok(v) = HeaderValue::from_str(&format!("{loc}{sep}cluster_edge=1")) {
+            r.headers_mut().insert(axum::http::header::LOCATION, v);
+        }
+    }
+    r
 }
 
 /// `307` to the same path and query on `node`, with the token in the query if it came in the

@@ -5,6 +5,7 @@
 
 pub mod api;
 pub mod cluster;
+pub mod cluster_relay;
 pub mod config;
 pub mod entry;
 pub mod error;

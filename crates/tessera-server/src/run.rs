@@ -185,6 +185,11 @@ impl Server {
             let cluster = self.state.cluster.get().cloned();
             tokio::spawn(async move {
                 while let Some(e) = events.recv().await {
+                    // A room this node only relays is the room's node's to report.
+                    if cluster.as_ref().is_some_and(|c| c.edges.relays(e.room())) {
+                        let _ = signaling.send(e);
+                        continue;
+                    }
                     if let (Some(cluster), tessera_engine::RoomEvent::RoomDismissed { room }) = (&cluster, &e) {
                         let (cluster, room) = (cluster.clone(), room.clone());
                         tokio::spawn(async move { cluster.room_ended(room.app.as_str(), room.room.as_str()).await });

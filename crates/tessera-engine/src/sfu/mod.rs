@@ -29,6 +29,11 @@ pub use allocator::{plan, LayerChoice, LayerRate, PauseHold, Plan, Priority, Pro
 pub use messages::{ChannelKind, MemberMessage, OutgoingCustom};
 pub use pipes::PipedPacket;
 pub use producer::KEYFRAME_REQUEST_INTERVAL;
+/// Whether an RTP payload of `codec` may start a keyframe (the first packet of an IDR access
+/// unit, its SPS, a VP8 key frame).
+pub fn payload_starts_keyframe(codec: tessera_media::Codec, payload: &[u8]) -> bool {
+    producer::is_keyframe(codec, payload)
+}
 pub use speed::{SpeedTestRefusal, MAX_SPEED_TESTS_PER_APP};
 pub use subscriber::{OfferedTrack, SubscribeRequest, SubscriberError, SubscriberOffer};
 pub use types::*;

@@ -232,7 +232,7 @@ pub(super) fn to_codec(c: WireCodec) -> Option<Codec> {
 /// first packet of an IDR access unit: browsers send SPS/PPS in their own packet (a STAP-A)
 /// ahead of the IDR's fragments, and a switch that skipped them would leave the viewer's
 /// decoder with the previous layer's parameter sets (the old picture size).
-pub(super) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
+pub(crate) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
     use tessera_rtc::str0m::format::{detect_h264_keyframe, detect_h264_nalu};
     match codec {
         Codec::H264 => detect_h264_nalu(payload, tessera_media::h264::NAL_SPS) || detect_h264_keyframe(payload),

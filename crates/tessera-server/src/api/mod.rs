@@ -141,6 +141,8 @@ pub fn router(state: AppState) -> Router {
         .route("/{page}", get(page))
         .route("/vendor/{file}", get(vendor))
         .route("/files/{app}/{*path}", get(files::file))
+        .route("/internal/cluster/relay/{app}/{room}", get(crate::cluster_relay::relay))
+        .route("/internal/cluster/keyframe/{app}/{room}/{user}/{stream}", post(crate::cluster_relay::keyframe))
         .merge(v1)
         .layer(DefaultBodyLimit::max(json::MAX_JSON_BODY))
         .merge(media)

@@ -80,7 +80,9 @@ pub async fn list(
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> ApiResult<Json<Page<Value>>> {
     let rooms = state.rtc.rooms(caller.app.clone()).await?;
-    let mut items: Vec<Value> = rooms.iter().map(|r| room_view(&state, r)).collect();
+    // Cluster mode: rooms this node only relays are listed by their node.
+    let relayed = |r: &&RoomSummary| state.cluster.get().is_some_and(|c| c.edges.relays(&r.room));
+    let mut items: Vec<Value> = rooms.iter().filter(|r| !relayed(r)).map(|r| room_view(&state, r)).collect();
     // Cluster mode: every node's rooms (each room lives on one node).
     if let Some(cluster) = state.cluster.get().filter(|_| !headers.contains_key(crate::cluster::FORWARDED)) {
         for page in cluster.gather("/v1/rooms?limit=1000", headers.get(axum::http::header::AUTHORIZATION)).await {
