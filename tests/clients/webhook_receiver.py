@@ -22,12 +22,16 @@ port, key, out = int(sys.argv[1]), sys.argv[2].encode(), sys.argv[3]
 args = sys.argv[4:]
 fail_first = set()
 status_file = None
+# --bind ADDR: listen there (a cluster test's nodes reach it from their namespaces).
+host = "127.0.0.1"
 while args:
     flag = args.pop(0)
     if flag == "--fail-first":
         fail_first.add(int(args.pop(0)))
     elif flag == "--status-file":
         status_file = args.pop(0)
+    elif flag == "--bind":
+        host = args.pop(0)
 lock = threading.Lock()
 failed_once = set()
 
@@ -75,4 +79,4 @@ class Handler(http.server.BaseHTTPRequestHandler):
         pass
 
 
-http.server.ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+http.server.ThreadingHTTPServer((host, port), Handler).serve_forever()

@@ -137,6 +137,12 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     let anchor = token(&nodes[2].data, "r1", "cam");
     assert_eq!(get(&nodes[0].url("/v1/cluster/nodes"), Some(&nodes[2].key)).status, 200);
 
+    // The app's webhook, set through one node, reaches every node (the shared app store).
+    let hooks = WebhookReceiver::start_on(&net.gateway, dir.path(), "hookkey0123456789", &[]);
+    hooks.subscribe(nodes[0].server(), &nodes[0].key, "hookkey0123456789");
+    for n in &nodes {
+        wait_until(Duration::from_secs(6), "every node has the webhook", || (get(&n.url("/v1/app"), Some(&n.key)).json()["webhook"]["url"] == hooks.url().as_str()).then_some(()));
+    }
     let clients = net.client_host(3);
     let blue = dir.path().join("blue.y4m");
     let made =
@@ -271,6 +277,28 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     assert_blue(&viewer.finish(Duration::from_secs(40)), "viewer after the failover");
     let p = again.finish(Duration::from_secs(40));
     assert!(p["published"].as_str().is_some_and(|l| l.starts_with("/whip/session/")), "{p}");
+    // Webhooks: r1 was created twice (on its first node, then on the one it moved to), each
+    // event delivered once, and the room's event clock shared through Redis continues across
+    // nodes: every event of the second life sorts after the first life's.
+    let events = hooks.wait_for(Duration::from_secs(15), "r1 created twice and ended", |e| {
+        let r1: Vec<u64> = e.iter().filter(|e| e["EventInfo"]["RoomId"] == "r1").filter_map(|e| e["EventType"].as_u64()).collect();
+        r1.iter().filter(|c| **c == 101).count() == 2 && r1.contains(&104)
+    });
+    let mut delivered = std::collections::HashMap::new();
+    for r in hooks.requests().iter().filter(|r| r["status"].as_u64().is_some_and(|s| (200..300).contains(&s))) {
+        *delivered.entry(r["event_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    assert!(delivered.values().all(|n| *n == 1), "an event delivered twice: {delivered:?}");
+    let r1: Vec<&Value> = events.iter().filter(|e| e["EventInfo"]["RoomId"] == "r1").collect();
+    // Sorted by EventMsTs, the room's life on its first node (created, cam entered, cam timed
+    // out when its tab closed) comes before its life on the next (created again, cam entered).
+    let rooms: Vec<u64> = r1.iter().filter(|e| e["EventGroupId"] == 1).map(|e| e["EventType"].as_u64().unwrap()).collect();
+    assert_eq!(rooms[..5], [101, 103, 104, 101, 103], "{rooms:?}");
+    let redis_host = redis.url.trim_start_matches("redis://").split(':').collect::<Vec<_>>();
+    let clock = Command::new("redis-cli").args(["-h", redis_host[0], "-p", redis_host[1], "GET", "tessera:clock:default/r1"]).output().unwrap();
+    let clock: i64 = String::from_utf8_lossy(&clock.stdout).trim().parse().unwrap_or_else(|_| panic!("no shared clock for r1: {clock:?}"));
+    let last = r1.iter().map(|e| e["EventInfo"]["EventMsTs"].as_i64().unwrap()).max().unwrap();
+    assert!(clock >= last, "the shared clock {clock} is behind the last event {last}");
     nodes.clear();
     drop(redis);
 }

@@ -670,31 +670,38 @@ pub struct WebhookReceiver {
     child: Child,
     pub port: u16,
     log: PathBuf,
+    host: String,
 }
 
 impl WebhookReceiver {
     /// Listens on a free loopback port; `extra` are the script's options (`--fail-first 401`).
     pub fn start(dir: &Path, key: &str, extra: &[&str]) -> WebhookReceiver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        WebhookReceiver::start_on("127.0.0.1", dir, key, extra)
+    }
+
+    /// `start` on another address of this host.
+    pub fn start_on(host: &str, dir: &Path, key: &str, extra: &[&str]) -> WebhookReceiver {
+        let port = std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port();
         let log = dir.join(format!("webhooks-{port}.jsonl"));
         let child = Command::new("python3")
             .arg(repo_root().join("tests/clients/webhook_receiver.py"))
             .args([&port.to_string(), key, log.to_str().unwrap()])
             .args(extra)
+            .args(["--bind", host])
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
             .expect("python3");
         let deadline = Instant::now() + Duration::from_secs(5);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect((host, port)).is_err() {
             assert!(Instant::now() < deadline, "the webhook receiver did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        WebhookReceiver { child, port, log }
+        WebhookReceiver { child, port, log, host: host.to_owned() }
     }
 
     pub fn url(&self) -> String {
-        format!("http://127.0.0.1:{}/hook", self.port)
+        format!("http://{}:{}/hook", self.host, self.port)
     }
 
     /// Every request received so far, in arrival order.

@@ -7,6 +7,8 @@
 //!   a node that stops heartbeating disappears when it expires.
 //! - `p:room:<app>/<room>` — the id of the node the room lives on.
 //! - `p:task:<app>/<task id>` — the node a relay, recording, ingest or mix job runs on.
+//! - `p:clock:<app>/<room>` — the room's last webhook `EventMsTs`: the room's next node (after a
+//!   failure) stamps after it, so a receiver's order by `EventMsTs` holds across nodes.
 //! - `p:secret` — the secret nodes authenticate relay requests between them with.
 //! - `p:drain:<id>` — set when an operator drains the node; the node reads it with its heartbeat.
 //! - `p:apps`, `p:apps:version`, `p:apps:writer` — the app store (apps, secrets, API keys) every
@@ -36,6 +38,12 @@ return cur";
 /// Deletes `KEYS[1]` if it holds `ARGV[1]`.
 const RELEASE: &str = r"
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0";
+
+/// Raises `KEYS[1]` to `ARGV[1]` (a number) if it is lower or absent; kept a day.
+const RAISE: &str = r"
+local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
+if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400) end
 return 0";
 
 /// Writes the app store, bumps its version and names the writer; returns the new version.
@@ -161,6 +169,21 @@ impl ClusterStore {
         redis::cmd("SET").arg(&key).arg(candidate).arg("NX").query_async::<Option<String>>(&mut con).await?;
         let secret: String = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
         Ok(secret)
+    }
+
+    fn clock_key(&self, app: &str, room: &str) -> String {
+        format!("{}:clock:{app}/{room}", self.prefix)
+    }
+
+    /// The last webhook `EventMsTs` any node gave the room.
+    pub async fn room_clock(&self, app: &str, room: &str) -> Result<Option<i64>, ClusterError> {
+        let v: Option<i64> = redis::cmd("GET").arg(self.clock_key(app, room)).query_async(&mut self.con.clone()).await?;
+        Ok(v)
+    }
+
+    pub async fn raise_room_clock(&self, app: &str, room: &str, ms: i64) -> Result<(), ClusterError> {
+        redis::Script::new(RAISE).key(self.clock_key(app, room)).arg(ms).invoke_async::<i64>(&mut self.con.clone()).await?;
+        Ok(())
     }
 
     pub async fn set_draining(&self, id: &NodeId) -> Result<(), ClusterError> {

@@ -271,12 +271,29 @@ impl RoomClocks {
         }
         ms
     }
+
+    /// The room's next stamp comes after `floor` (the last one another node gave the room,
+    /// in a cluster).
+    pub fn raise(&mut self, app: &str, room: &str, floor: i64) {
+        let last = self.last.entry((app.to_string(), room.to_string())).or_insert(i64::MIN);
+        *last = (*last).max(floor);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_raised_clock_stamps_after_the_floor() {
+        let mut c = RoomClocks::default();
+        c.raise("a", "r", 5_000);
+        assert_eq!(c.stamp("a", "r", 1_000), 5_001);
+        assert_eq!(c.stamp("a", "r", 9_000), 9_000);
+        c.raise("a", "r", 100);
+        assert_eq!(c.stamp("a", "r", 9_000), 9_001, "a lower floor changes nothing");
+    }
 
     #[test]
     fn task_events_have_the_spec_shapes() {

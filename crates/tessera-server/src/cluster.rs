@@ -230,6 +230,33 @@ impl Cluster {
         }
     }
 
+    /// Shares every room's webhook stamps (in order, off the emitting thread), and continues a
+    /// room's clock where its last node left it when the room starts here.
+    pub fn share_room_clocks(self: &Arc<Self>, hooks: &crate::webhook::Webhooks) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, String, i64)>();
+        hooks.on_stamp(move |app, room, ms| {
+            let _ = tx.send((app.to_owned(), room.to_owned(), ms));
+        });
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            while let Some((app, room, ms)) = rx.recv().await {
+                if let Err(e) = cluster.store.raise_room_clock(&app, &room, ms).await {
+                    tracing::warn!(%app, %room, "cluster: sharing the room's event clock failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// Before a room's first event here: its clock continues after the last stamp any node
+    /// gave it.
+    pub async fn continue_room_clock(&self, hooks: &crate::webhook::Webhooks, app: &str, room: &str) {
+        match self.store.room_clock(app, room).await {
+            Ok(Some(floor)) => hooks.raise_clock(app, room, floor),
+            Ok(None) => {}
+            Err(e) => tracing::warn!(%app, %room, "cluster: reading the room's event clock failed: {e}"),
+        }
+    }
+
     /// Leaves at shutdown: the record goes at once instead of at its TTL.
     pub async fn leave(&self) {
         if let Err(e) = self.store.leave(&self.me).await {

@@ -190,6 +190,9 @@ impl Server {
                         let _ = signaling.send(e);
                         continue;
                     }
+                    if let (Some(cluster), tessera_engine::RoomEvent::RoomCreated { room, .. }) = (&cluster, &e) {
+                        cluster.continue_room_clock(&hooks, room.app.as_str(), room.room.as_str()).await;
+                    }
                     if let (Some(cluster), tessera_engine::RoomEvent::RoomDismissed { room }) = (&cluster, &e) {
                         let (cluster, room) = (cluster.clone(), room.clone());
                         tokio::spawn(async move { cluster.room_ended(room.app.as_str(), room.room.as_str()).await });
@@ -212,6 +215,9 @@ impl Server {
         }
         let router = api::router(self.state.clone());
         let heartbeat = self.state.cluster.get().map(|c| c.spawn_heartbeat(self.state.clone()));
+        if let Some(cluster) = self.state.cluster.get() {
+            cluster.share_room_clocks(&self.state.hooks);
+        }
         let rtmp = tokio::spawn(crate::rtmp::serve(self.rtmp, self.state.clone()));
         self.state.tasks.ingests.resume(&self.state.rtc);
         self.state.tasks.recordings.resume(&self.state.config.data_dir, &self.state.rtc);

@@ -81,12 +81,33 @@ struct Inner {
     tls: Arc<rustls::ClientConfig>,
     /// Events emitted but not yet in the outbox.
     unwritten: std::sync::atomic::AtomicUsize,
+    /// Cluster mode: each stamp, so the room's next node continues after it.
+    on_stamp: std::sync::OnceLock<Box<dyn Fn(&str, &str, i64) + Send + Sync>>,
 }
 
 impl Webhooks {
     pub fn new(store: Arc<AppStore>, deliveries: Family<ResultLabel, Counter>, tls: Arc<rustls::ClientConfig>) -> Webhooks {
         let (tx, rx) = mpsc::unbounded_channel();
-        Webhooks(Arc::new(Inner { store, clocks: Mutex::new(RoomClocks::default()), tx, rx: Mutex::new(Some(rx)), deliveries, tls, unwritten: Default::default() }))
+        Webhooks(Arc::new(Inner {
+            store,
+            clocks: Mutex::new(RoomClocks::default()),
+            tx,
+            rx: Mutex::new(Some(rx)),
+            deliveries,
+            tls,
+            unwritten: Default::default(),
+            on_stamp: Default::default(),
+        }))
+    }
+
+    /// Cluster mode: `f` hears every room's stamps (and shares them).
+    pub fn on_stamp(&self, f: impl Fn(&str, &str, i64) + Send + Sync + 'static) {
+        let _ = self.0.on_stamp.set(Box::new(f));
+    }
+
+    /// The room's next `EventMsTs` comes after `floor` (another node's last for it).
+    pub fn raise_clock(&self, app: &str, room: &str, floor: i64) {
+        self.0.clocks.lock().expect("room clocks").raise(app, room, floor);
     }
 
     /// Stamps `info` with the room's next `EventMsTs` and queues the event for the app's
@@ -95,6 +116,9 @@ impl Webhooks {
         let now = crate::now_ms();
         let ms = self.0.clocks.lock().expect("room clocks").stamp(app.as_str(), &info.room_id, now);
         info.event_ms_ts = ms;
+        if let Some(f) = self.0.on_stamp.get() {
+            f(app.as_str(), &info.room_id, ms);
+        }
         let group = events::group_of(code);
         // Group 7 follows its TRTC original, which has no EventTs.
         info.event_ts = (group != events::GROUP_INGEST).then_some(ms / 1000);
