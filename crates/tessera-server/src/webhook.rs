@@ -69,6 +69,9 @@ impl Outbox {
 
 type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes>>;
 
+/// Hears (app, room, EventMsTs) of every stamped event.
+type StampListener = Box<dyn Fn(&str, &str, i64) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Webhooks(Arc<Inner>);
 
@@ -82,7 +85,7 @@ struct Inner {
     /// Events emitted but not yet in the outbox.
     unwritten: std::sync::atomic::AtomicUsize,
     /// Cluster mode: each stamp, so the room's next node continues after it.
-    on_stamp: std::sync::OnceLock<Box<dyn Fn(&str, &str, i64) + Send + Sync>>,
+    on_stamp: std::sync::OnceLock<StampListener>,
 }
 
 impl Webhooks {
