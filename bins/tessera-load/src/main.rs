@@ -138,17 +138,37 @@ fn mint(args: &Args, room: &str, user: &str, role: u8) -> String {
     }
 }
 
-/// The SDP answer, or `None` when the server refused for want of capacity (503).
+/// `location` (absolute, or a path) against `base`.
+fn resolve(base: &str, location: &str) -> String {
+    if location.contains("://") {
+        return location.to_owned();
+    }
+    let origin_end = base.find("://").map(|i| i + 3).and_then(|start| base[start..].find('/').map(|j| start + j)).unwrap_or(base.len());
+    format!("{}{location}", &base[..origin_end])
+}
+
+/// The SDP answer, or `None` when the server refused for want of capacity (503). A 307/308 (a
+/// cluster node sending the client to the room's node) is followed with the same offer, as
+/// RFC 9725 asks of WHIP/WHEP clients.
 fn post_sdp(url: &str, token: &str, sdp: &str) -> Option<String> {
-    let mut request = ureq::post(url).set("Content-Type", "application/sdp");
-    if !token.is_empty() {
-        request = request.set("Authorization", &format!("Bearer {token}"));
+    let agent = ureq::AgentBuilder::new().redirects(0).build();
+    let mut url = url.to_owned();
+    for _ in 0..4 {
+        let mut request = agent.post(&url).set("Content-Type", "application/sdp");
+        if !token.is_empty() {
+            request = request.set("Authorization", &format!("Bearer {token}"));
+        }
+        match request.send_string(sdp) {
+            Ok(resp) if matches!(resp.status(), 307 | 308) => {
+                let location = resp.header("Location").unwrap_or_else(|| panic!("POST {url}: a redirect without Location"));
+                url = resolve(&url, location);
+            }
+            Ok(resp) => return Some(resp.into_string().unwrap()),
+            Err(ureq::Error::Status(503, _)) => return None,
+            Err(e) => panic!("POST {url} failed: {e}"),
+        }
     }
-    match request.send_string(sdp) {
-        Ok(resp) => Some(resp.into_string().unwrap()),
-        Err(ureq::Error::Status(503, _)) => None,
-        Err(e) => panic!("POST {url} failed: {e}"),
-    }
+    panic!("POST {url}: too many redirects")
 }
 
 /// A peer offering audio and video in `dir`: with its socket, mids, offer and pending change.
