@@ -351,3 +351,104 @@ fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     drop(nodes);
     drop(redis);
 }
+
+/// `ffmpeg -listen 1` as a CDN ingest on this host's bridge address, writing what it gets.
+fn cdn(ip: &str, port: u16, out: &Path) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i", &format!("rtmp://{ip}:{port}/live/key"), "-c", "copy", "-f", "flv"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
+}
+
+/// Video frames ffprobe decodes in `url` (a file or a URL).
+fn video_frames(url: &str) -> u64 {
+    let out =
+        Command::new("ffprobe").args(["-v", "error", "-select_streams", "v:0", "-count_frames", "-show_entries", "stream=nb_read_frames", "-of", "json", url]).output().unwrap();
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    v["streams"][0]["nb_read_frames"].as_str().and_then(|n| n.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
+    let _g = serial();
+    let dir = TempDir::new("cluster-takeover");
+    let net = BridgeNet::new(3);
+    let redis = Redis::start(&net.gateway, dir.path());
+    let mut nodes: Vec<Node> = ["node-a", "node-b"].iter().enumerate().map(|(i, id)| Node::start(dir.path(), id, &net.hosts[i], &redis)).collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(6), "both nodes see each other", || (n.nodes().len() == 2).then_some(()));
+    }
+    let clients = net.client_host(2);
+    let anchor = token(&nodes[0].data, "show", "cam");
+    let publisher = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &nodes[0].url("/whip/show"), "--token", &anchor, "--seconds", "60"]);
+    let room = wait_until(Duration::from_secs(20), "room show published", || {
+        let r = get(&nodes[1].url("/v1/rooms/show"), Some(&nodes[1].key));
+        (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
+    });
+    let owner_index = nodes.iter().position(|n| room["node"] == n.id.as_str()).expect("the room's node");
+    let survivor = 1 - owner_index;
+    let (s_url, s_key) = (nodes[survivor].url(""), nodes[survivor].key.clone());
+    // A recording and a relay of the room, started through the other node: they run on the
+    // room's node.
+    let cdn_port = 19350 + (std::process::id() % 500) as u16;
+    let cdn_url = format!("rtmp://{}:{cdn_port}/live/key", net.gateway);
+    let first_cdn = cdn(&net.gateway, cdn_port, &dir.path().join("first.flv"));
+    std::thread::sleep(Duration::from_millis(500));
+    let rec = post_json(&format!("{s_url}/v1/recordings"), Some(&s_key), &serde_json::json!({"room": "show", "format": "hls", "hls": {"segment_s": 2}, "max_idle_time": 120}));
+    assert!(rec.status < 300, "{}", rec.body);
+    let rec = rec.json()["id"].as_str().unwrap().to_owned();
+    let relay = post_json(&format!("{s_url}/v1/relays"), Some(&s_key), &serde_json::json!({"room": "show", "source": {"user": "cam"}, "urls": [&cdn_url], "max_idle_time": 120}));
+    assert!(relay.status < 300, "{}", relay.body);
+    let relay = relay.json()["id"].as_str().unwrap().to_owned();
+    wait_until(Duration::from_secs(15), "the relay running", || {
+        let v = get(&format!("{s_url}/v1/relays/{relay}"), Some(&s_key)).json();
+        (v["urls"][0]["status"] == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(6));
+
+    // kill -9 the room's node: the other claims its tasks and runs them.
+    let killed = Instant::now();
+    nodes[owner_index].server.take().unwrap().crash();
+    interrupt(first_cdn);
+    let second_flv = dir.path().join("second.flv");
+    let second_cdn = cdn(&net.gateway, cdn_port, &second_flv);
+    let taken = wait_until(Duration::from_secs(15), "the recording running on the survivor", || {
+        let r = get(&format!("{s_url}/v1/recordings/{rec}"), Some(&s_key));
+        (r.status == 200 && r.json()["state"] != "FINISHED").then(|| killed.elapsed())
+    });
+    eprintln!("tasks taken over {taken:?} after the kill");
+    assert!(taken <= Duration::from_secs(10), "taken over after {taken:?}");
+    assert_eq!(get(&format!("{s_url}/v1/relays/{relay}"), Some(&s_key)).status, 200);
+    // The publisher comes back (through the survivor, which now holds the room).
+    drop(publisher);
+    let again = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &format!("{s_url}/whip/show"), "--token", &anchor, "--seconds", "12"]);
+    wait_until(Duration::from_secs(25), "the relay running again", || {
+        let v = get(&format!("{s_url}/v1/relays/{relay}"), Some(&s_key)).json();
+        (v["urls"][0]["status"] == 2).then_some(())
+    });
+    std::thread::sleep(Duration::from_secs(7));
+    let stopped = request("DELETE", &format!("{s_url}/v1/recordings/{rec}"), Some(&s_key), None, &[]);
+    assert!(stopped.status < 300, "{}", stopped.body);
+    let _ = request("DELETE", &format!("{s_url}/v1/relays/{relay}"), Some(&s_key), None, &[]);
+    let _ = again.finish(Duration::from_secs(30));
+    interrupt(second_cdn);
+    // The CDN got the stream again from the survivor.
+    assert!(video_frames(second_flv.to_str().unwrap()) >= 30, "the CDN's second connection: {} frames", video_frames(second_flv.to_str().unwrap()));
+    // The recording went on in ha1_ files on the survivor, and they play.
+    let done = wait_until(Duration::from_secs(10), "the recording finished", || {
+        let v = get(&format!("{s_url}/v1/recordings/{rec}"), Some(&s_key)).json();
+        (v["state"] == "FINISHED").then_some(v)
+    });
+    let files = done["files"].as_array().unwrap();
+    let playlist = files
+        .iter()
+        .find(|f| f["track_type"] == "video" && f["file_name"].as_str().is_some_and(|n| n.starts_with("ha1_") && n.ends_with(".m3u8")))
+        .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
+    let url = format!("{s_url}{}?token={anchor}", playlist["url"].as_str().unwrap());
+    assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+    nodes.clear();
+    drop(redis);
+}

@@ -6,7 +6,9 @@
 //! - `p:node:<id>` — the node's [`NodeRecord`] (JSON), rewritten by every heartbeat with a TTL:
 //!   a node that stops heartbeating disappears when it expires.
 //! - `p:room:<app>/<room>` — the id of the node the room lives on.
-//! - `p:task:<app>/<task id>` — the node a relay, recording, ingest or mix job runs on.
+//! - `p:task:<app>/<task id>` — the node a relay, recording, ingest or mix job runs on;
+//!   `p:taskfile:<task id>` its record as last saved, `p:tasks-of:<node>` the ids a node runs:
+//!   when a node dies, another claims its tasks (compare-and-set on `p:task:…`) and resumes them.
 //! - `p:clock:<app>/<room>` — the room's last webhook `EventMsTs`: the room's next node (after a
 //!   failure) stamps after it, so a receiver's order by `EventMsTs` holds across nodes.
 //! - `p:secret` — the secret nodes authenticate relay requests between them with.
@@ -153,6 +155,55 @@ impl ClusterStore {
     /// Records the node a task runs on (kept 30 days: a finished task stays queryable there).
     pub async fn set_task_node(&self, app: &str, id: &str, node: &NodeId) -> Result<(), ClusterError> {
         redis::cmd("SET").arg(self.task_key(app, id)).arg(&node.0).arg("EX").arg(30 * 86_400).query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    /// Shares a task's record (its task file) as the node running it saved it.
+    pub async fn put_task_file(&self, node: &NodeId, app: &str, id: &str, bytes: &[u8]) -> Result<(), ClusterError> {
+        let p = &self.prefix;
+        redis::pipe()
+            .cmd("SET")
+            .arg(format!("{p}:taskfile:{id}"))
+            .arg(bytes)
+            .arg("EX")
+            .arg(30 * 86_400)
+            .ignore()
+            .cmd("SET")
+            .arg(self.task_key(app, id))
+            .arg(&node.0)
+            .arg("EX")
+            .arg(30 * 86_400)
+            .ignore()
+            .cmd("SADD")
+            .arg(format!("{p}:tasks-of:{}", node.0))
+            .arg(id)
+            .ignore()
+            .query_async::<()>(&mut self.con.clone())
+            .await?;
+        Ok(())
+    }
+
+    /// The tasks a node ran (their ids).
+    pub async fn tasks_of(&self, node: &NodeId) -> Result<Vec<String>, ClusterError> {
+        let ids: Vec<String> = redis::cmd("SMEMBERS").arg(format!("{}:tasks-of:{}", self.prefix, node.0)).query_async(&mut self.con.clone()).await?;
+        Ok(ids)
+    }
+
+    pub async fn task_file(&self, id: &str) -> Result<Option<Vec<u8>>, ClusterError> {
+        let bytes: Option<Vec<u8>> = redis::cmd("GET").arg(format!("{}:taskfile:{id}", self.prefix)).query_async(&mut self.con.clone()).await?;
+        Ok(bytes)
+    }
+
+    /// Records `node` as the task's node if it is still `expected`'s; returns its node then.
+    pub async fn claim_task(&self, app: &str, id: &str, expected: &NodeId, node: &NodeId) -> Result<NodeId, ClusterError> {
+        let owner: String = redis::Script::new(CLAIM).key(self.task_key(app, id)).arg(&expected.0).arg(&node.0).invoke_async(&mut self.con.clone()).await?;
+        Ok(NodeId(owner))
+    }
+
+    /// Moves a task from one node's set to another's (after a takeover).
+    pub async fn move_task(&self, from: &NodeId, to: &NodeId, id: &str) -> Result<(), ClusterError> {
+        let p = &self.prefix;
+        redis::cmd("SMOVE").arg(format!("{p}:tasks-of:{}", from.0)).arg(format!("{p}:tasks-of:{}", to.0)).arg(id).query_async::<i64>(&mut self.con.clone()).await?;
         Ok(())
     }
 

@@ -60,6 +60,8 @@ pub struct Cluster {
     cpu_sample: std::sync::Mutex<Option<(f64, Instant)>>,
     bytes_sample: std::sync::Mutex<Option<(u64, Instant)>>,
     last_catch_up: std::sync::Mutex<Option<Instant>>,
+    /// The live nodes at the last heartbeat (a node missing from the next is gone).
+    known_nodes: std::sync::Mutex<std::collections::HashSet<NodeId>>,
     tls: Arc<rustls::ClientConfig>,
     forwarder: Forwarder,
     /// Authenticates relay requests between nodes (`p:secret` in Redis).
@@ -109,6 +111,7 @@ impl Cluster {
             cpu_sample: Default::default(),
             bytes_sample: Default::default(),
             last_catch_up: Default::default(),
+            known_nodes: Default::default(),
             tls: tls.clone(),
             secret,
             edges: Default::default(),
@@ -125,6 +128,20 @@ impl Cluster {
                 match writer.store.put_apps(&bytes, &writer.me).await {
                     Ok(v) => writer.apps_version.store(v, Ordering::SeqCst),
                     Err(e) => tracing::error!("cluster: sharing an app store change failed: {e}"),
+                }
+            }
+        });
+        // Every task record saved is shared, so another node can take the task over.
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        tessera_tasks::registry::replicate_saved_tasks(Box::new(move |_kind, id, bytes| {
+            let _ = tx.send((id.to_owned(), bytes.to_vec()));
+        }));
+        let sharer = cluster.clone();
+        tokio::spawn(async move {
+            while let Some((id, bytes)) = rx.recv().await {
+                let app = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["app"].as_str().map(str::to_owned)).unwrap_or_default();
+                if let Err(e) = sharer.store.put_task_file(&sharer.me, &app, &id, &bytes).await {
+                    tracing::warn!(task = %id, "cluster: sharing the task's record failed: {e}");
                 }
             }
         });
@@ -274,8 +291,89 @@ impl Cluster {
         self.store.heartbeat(&self.record(load), self.ttl()).await?;
         let nodes = self.refresh().await?;
         state.metrics.cluster_nodes.set(nodes.len() as i64);
+        // Nodes gone since the last beat: their tasks are taken over (by whichever live node
+        // claims each first).
+        let now: std::collections::HashSet<NodeId> = nodes.iter().map(|n| n.id.clone()).collect();
+        let gone: Vec<NodeId> = {
+            let mut known = self.known_nodes.lock().expect("known nodes");
+            let gone = known.difference(&now).filter(|id| **id != self.me).cloned().collect();
+            *known = now;
+            gone
+        };
+        for node in gone {
+            tracing::warn!(%node, "a node left the cluster without a word; taking over its tasks");
+            self.take_over_tasks(state, &node).await;
+        }
         self.sync_apps(&state.store).await?;
         Ok(())
+    }
+
+    /// Claims and resumes the tasks of a node that died. A task's record comes from Redis into
+    /// this node's data dir (so a restart here resumes it too), its room is claimed for this node
+    /// if the dead node still held it (its publishers come back here), and it resumes as after a
+    /// restart (recordings continue in `ha<N>_` files).
+    async fn take_over_tasks(&self, state: &AppState, dead: &NodeId) {
+        let ids = match self.store.tasks_of(dead).await {
+            Ok(ids) => ids,
+            Err(e) => return tracing::warn!(%dead, "cluster: reading a dead node's tasks failed: {e}"),
+        };
+        for id in ids {
+            let Ok(Some(bytes)) = self.store.task_file(&id).await else { continue };
+            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+            let (Some(app), Some(kind)) = (record["app"].as_str(), record["kind"].as_str()) else { continue };
+            match self.store.claim_task(app, &id, dead, &self.me).await {
+                Ok(owner) if owner == self.me => {}
+                Ok(_) => continue,
+                Err(e) => {
+                    tracing::warn!(task = %id, "cluster: claiming a task failed: {e}");
+                    continue;
+                }
+            }
+            let dir = state.tasks.tasks_dir();
+            let _ = std::fs::create_dir_all(&dir);
+            if let Err(e) = tessera_tasks::persist::write_atomic(&dir.join(format!("{id}.json")), &bytes, 0o600) {
+                tracing::error!(task = %id, "cluster: cannot save a task taken over: {e}");
+                continue;
+            }
+            let _ = self.store.move_task(dead, &self.me, &id).await;
+            if let Some(room) = record["room"].as_str() {
+                let _ = self.store.claim_room(app, room, Some(dead), &self.me).await;
+            }
+            tracing::info!(task = %id, %kind, from = %dead, "cluster: took over the task");
+            let records = vec![record.clone()];
+            match kind {
+                "relay" => state.tasks.relays.resume_from(&state.rtc, records),
+                "recording" => state.tasks.recordings.resume_from(&state.config.data_dir, &state.rtc, records),
+                "ingest" => state.tasks.ingests.resume_from(&state.rtc, records),
+                "mix_job" => tessera_tasks::mix_jobs::resume_from(&state.tasks, records).await,
+                _ => {}
+            }
+        }
+    }
+
+    /// At start: task files of this node that another node took over while it was gone are
+    /// moved to `tasks/handed_over/` (not resumed here: the task runs there).
+    pub async fn set_aside_handed_over(&self, tasks_dir: &std::path::Path) {
+        let Ok(entries) = std::fs::read_dir(tasks_dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            if path.extension().is_none_or(|e| e != "json") {
+                continue;
+            }
+            let Ok(bytes) = std::fs::read(&path) else { continue };
+            let Ok(record) = serde_json::from_slice::<serde_json::Value>(&bytes) else { continue };
+            let (Some(app), Some(id)) = (record["app"].as_str(), record["id"].as_str()) else { continue };
+            match self.store.task_node(app, id).await {
+                Ok(Some(owner)) if owner != self.me => {
+                    let aside = tasks_dir.join("handed_over");
+                    let _ = std::fs::create_dir_all(&aside);
+                    if std::fs::rename(&path, aside.join(format!("{id}.json"))).is_ok() {
+                        tracing::info!(task = %id, node = %owner, "the task runs on another node now; not resumed here");
+                    }
+                }
+                _ => {}
+            }
+        }
     }
 
     /// Adopts another node's change to the shared app store, if there is one.

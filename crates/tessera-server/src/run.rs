@@ -79,6 +79,7 @@ impl Server {
         if let Some(c) = &server.state.config.cluster {
             let rtmp = format!("{}:{}", server.rtmp_host(), rtmp_addr.port());
             let cluster = crate::cluster::Cluster::join(c, server.base_url(), http_addr.port(), rtmp, &server.state.store, tls).await.map_err(StartError::Cluster)?;
+            cluster.set_aside_handed_over(&server.state.tasks.tasks_dir()).await;
             let _ = server.state.cluster.set(cluster);
         }
         Ok(server)

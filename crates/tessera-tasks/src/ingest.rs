@@ -235,7 +235,12 @@ impl Ingests {
 
     /// Resumes the tasks a previous run left live (`tasks/*.json` of kind "ingest").
     pub fn resume(&self, rtc: &RtcHandle) {
-        for v in self.tasks.files().saved() {
+        self.resume_from(rtc, self.tasks.files().saved());
+    }
+
+    /// `resume` of these records (a cluster node taking over another's tasks).
+    pub fn resume_from(&self, rtc: &RtcHandle, records: Vec<serde_json::Value>) {
+        for v in records {
             let Ok(mut record) = serde_json::from_value::<IngestRecord>(v) else { continue };
             if record.state.is_final() {
                 // Finished tasks stay readable (PRODUCT.md §10: retention).

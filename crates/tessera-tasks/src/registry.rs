@@ -21,6 +21,18 @@ pub trait Task: Send + Sync + 'static {
     fn is_live(&self) -> bool;
 }
 
+/// Hears every task record saved: (kind, id, the file's bytes).
+pub type TaskReplica = Box<dyn Fn(&'static str, &str, &[u8]) + Send + Sync>;
+
+/// Cluster mode: every saved task record is also shared (so another node can take the task over
+/// if this one dies). One per process, as the process has one set of tasks.
+static REPLICA: std::sync::OnceLock<TaskReplica> = std::sync::OnceLock::new();
+
+/// Sends every task record saved from now on to `f` as well.
+pub fn replicate_saved_tasks(f: TaskReplica) {
+    let _ = REPLICA.set(f);
+}
+
 /// Where a kind's task files go; cloned into each task that saves itself on change. `None`
 /// keeps them in memory only (tests, tools).
 #[derive(Clone)]
@@ -37,8 +49,12 @@ impl TaskFiles {
         let bytes = serde_json::to_vec_pretty(record).unwrap_or_default();
         write_atomic(&dir.join(format!("{id}.json")), &bytes, 0o600).map_err(|e| {
             tracing::warn!(task = %id, kind = self.kind, "cannot save the task: {e}");
-            e.into()
-        })
+            crate::TaskError::from(e)
+        })?;
+        if let Some(replica) = REPLICA.get() {
+            replica(self.kind, id, &bytes);
+        }
+        Ok(())
     }
 
     /// The valid records of this kind a previous run left (`task_file::read_all`).

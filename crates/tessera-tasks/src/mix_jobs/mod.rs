@@ -137,7 +137,12 @@ struct MixJobFile {
 
 /// Restarts the jobs a previous run left running, with the same ids and `mix_<id>` users.
 pub async fn resume(tasks: &Tasks) {
-    for v in tasks.mix_jobs.jobs.files().saved() {
+    resume_from(tasks, tasks.mix_jobs.jobs.files().saved()).await
+}
+
+/// `resume` of these records (a cluster node taking over another's tasks).
+pub async fn resume_from(tasks: &Tasks, records: Vec<Value>) {
+    for v in records {
         let f = match serde_json::from_value::<MixJobFile>(v) {
             Ok(f) => f,
             Err(e) => {

@@ -426,7 +426,12 @@ impl Recordings {
     /// in `ha<N>_` files; a 4th crash ends the task as failed with every file listed; a
     /// stopped one redoes its conversion.
     pub fn resume(&self, data_dir: &Path, rtc: &RtcHandle) {
-        for v in self.tasks.files().saved() {
+        self.resume_from(data_dir, rtc, self.tasks.files().saved());
+    }
+
+    /// `resume` of these records (a cluster node taking over another's tasks).
+    pub fn resume_from(&self, data_dir: &Path, rtc: &RtcHandle, records: Vec<serde_json::Value>) {
+        for v in records {
             let f = match serde_json::from_value::<RecordingFile>(v) {
                 Ok(f) => f,
                 Err(e) => {

@@ -198,7 +198,12 @@ impl Relays {
     /// Restarts the relays a previous run left live (a mix job's own relay comes back with the
     /// job). Their URLs connect again (state 1) when the source publishes.
     pub fn resume(&self, rtc: &RtcHandle) {
-        for v in self.tasks.files().saved() {
+        self.resume_from(rtc, self.tasks.files().saved());
+    }
+
+    /// `resume` of these records (a cluster node taking over another's tasks).
+    pub fn resume_from(&self, rtc: &RtcHandle, records: Vec<serde_json::Value>) {
+        for v in records {
             let f = match serde_json::from_value::<RelayFile>(v) {
                 Ok(f) => f,
                 Err(e) => {
