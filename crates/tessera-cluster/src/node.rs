@@ -84,16 +84,52 @@ impl NodeRecord {
 pub struct Membership {
     nodes: BTreeMap<NodeId, NodeRecord>,
     placed_since_read: BTreeMap<NodeId, u32>,
+    /// Viewers this node sent to each node since the read (their records lag by a heartbeat).
+    viewers_sent: BTreeMap<NodeId, u32>,
+    /// This node's own viewers, counted now (its record lags too).
+    live: Option<(NodeId, u32)>,
 }
 
 impl Membership {
     pub fn new(nodes: impl IntoIterator<Item = NodeRecord>) -> Membership {
-        Membership { nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(), placed_since_read: BTreeMap::new() }
+        Membership { nodes: nodes.into_iter().map(|n| (n.id.clone(), n)).collect(), ..Membership::default() }
     }
 
     /// A fresh read of the directory replaces the view.
     pub fn replace(&mut self, nodes: impl IntoIterator<Item = NodeRecord>) {
         *self = Membership::new(nodes);
+    }
+
+    /// This node's viewers as counted now.
+    pub fn set_live_viewers(&mut self, me: &NodeId, viewers: u32) {
+        self.live = Some((me.clone(), viewers));
+    }
+
+    /// Counts a viewer sent to `id` until the next read.
+    pub fn note_viewer(&mut self, id: &NodeId) {
+        *self.viewers_sent.entry(id.clone()).or_default() += 1;
+    }
+
+    /// A node's viewers: counted now for this node, else its record's plus those sent since.
+    pub fn viewers(&self, n: &NodeRecord) -> u32 {
+        match &self.live {
+            Some((me, v)) if *me == n.id => *v,
+            _ => n.load.viewers + self.viewers_sent.get(&n.id).copied().unwrap_or(0),
+        }
+    }
+
+    /// At its viewer limit, counting what its record does not show yet.
+    pub fn is_full(&self, n: &NodeRecord) -> bool {
+        n.max_viewers > 0 && self.viewers(n) >= n.max_viewers
+    }
+
+    /// Where a viewer of `owner`'s room goes when `owner` is full: the active node other than
+    /// `owner` that is not full, least used (5 % steps), then with the fewest viewers.
+    pub fn edge_for(&self, owner: &NodeId) -> Option<&NodeRecord> {
+        self.nodes.values().filter(|n| n.id != *owner && n.state == NodeState::Active && !self.is_full(n)).min_by_key(|n| {
+            let step = (n.load.utilisation() * 20.0).floor().clamp(0.0, 1000.0) as u32;
+            (step, self.viewers(n), n.id.clone())
+        })
     }
 
     pub fn get(&self, id: &NodeId) -> Option<&NodeRecord> {
@@ -183,6 +219,29 @@ mod tests {
         let c = record("c", load(1.9, 9));
         assert_eq!(place([&a, &b, &c], |_| 0).map(|n| n.id.0.as_str()), Some("c"));
         assert!(place([&a, &b], |_| 0).is_none());
+    }
+
+    #[test]
+    fn viewers_spread_over_edges_by_their_count_now_not_their_last_record() {
+        let mut nodes: Vec<NodeRecord> = ["a", "b", "c"].iter().map(|id| record(id, NodeLoad::default())).collect();
+        for n in &mut nodes {
+            n.max_viewers = 2;
+        }
+        let mut m = Membership::new(nodes);
+        let (a, b, c) = (NodeId("a".into()), NodeId("b".into()), NodeId("c".into()));
+        // a holds the room; its live count says it is full before its record does.
+        m.set_live_viewers(&a, 2);
+        assert!(m.is_full(m.get(&a).unwrap()));
+        let mut sent = Vec::new();
+        for _ in 0..4 {
+            let edge = m.edge_for(&a).map(|n| n.id.clone());
+            if let Some(e) = &edge {
+                m.note_viewer(e);
+            }
+            sent.push(edge);
+        }
+        assert_eq!(sent, vec![Some(b.clone()), Some(c.clone()), Some(b), Some(c)], "alternating, then both full");
+        assert!(m.edge_for(&a).is_none());
     }
 
     #[test]

@@ -187,11 +187,27 @@ impl Cluster {
         self.membership.read().expect("membership").get(id).cloned()
     }
 
-    /// Where viewers of a room whose node is full go: the least-loaded other node that takes
-    /// rooms. None: there is none (the room's node serves them anyway).
-    pub fn edge_for(&self, owner: &NodeId) -> Option<NodeRecord> {
-        let m = self.membership.read().expect("membership");
-        tessera_cluster::place(m.nodes().filter(|n| n.id != *owner), |_| 0).cloned()
+    /// For a new viewer of `owner`'s room, given this node's viewers counted now: whether the
+    /// owner is full, and the node that would serve the viewer instead (counted as sent there).
+    pub fn viewer_placement(&self, owner: &NodeId, live_viewers: u32) -> (bool, Option<NodeRecord>) {
+        let mut m = self.membership.write().expect("membership");
+        m.set_live_viewers(&self.me, live_viewers);
+        let full = m.get(owner).is_some_and(|o| m.is_full(o));
+        if !full {
+            return (false, None);
+        }
+        let edge = m.edge_for(owner).cloned();
+        if let Some(e) = &edge {
+            if e.id != self.me {
+                m.note_viewer(&e.id);
+            }
+        }
+        (true, edge)
+    }
+
+    /// Counts a viewer sent to `node` (its record shows it at its next heartbeat).
+    pub fn viewer_sent(&self, node: &NodeId) {
+        self.membership.write().expect("membership").note_viewer(node);
     }
 
     pub(crate) fn forwarder(&self) -> &Forwarder {
@@ -576,24 +592,34 @@ pub async fn route_request(axum::extract::State(state): axum::extract::State<App
         let route = cluster.route(token.app.as_str(), room, intent).await;
         if let ("POST", ["whep", _, user, stream]) = (req.method().as_str(), segments.as_slice()) {
             // A viewer of a room whose node is full is served by another node, which relays
-            // the room's streams from it (`cluster_relay`).
+            // the room's streams from it (`cluster_relay`). This node's own viewers are counted
+            // now; other nodes' are their records plus the viewers sent there since.
+            let live = state.rtc.stats().await.map(|s| s.viewers as u32).unwrap_or(0);
             let owner = match &route {
                 Route::Local => cluster.node(&cluster.me),
                 Route::Remote(node) => Some(node.clone()),
             };
             let sent_as_edge = query_param(req.uri(), "cluster_edge").is_some();
-            if let Some(owner) = owner.clone().filter(|o| o.id != cluster.me && (o.full() || sent_as_edge)) {
-                let watched = tessera_model::UserId::parse(user).ok().zip(tessera_media::StreamKind::parse(stream));
-                if let (Some((user, stream)), true) = (watched, sent_as_edge || cluster.edge_for(&owner.id).is_some_and(|e| e.id == cluster.me)) {
+            let watched = tessera_model::UserId::parse(user).ok().zip(tessera_media::StreamKind::parse(stream));
+            if let (Some(owner), Some((user, stream))) = (owner, watched) {
+                let (full, edge) = cluster.viewer_placement(&owner.id, live);
+                if sent_as_edge && owner.id != cluster.me {
                     state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "edge" }).inc();
                     crate::cluster_relay::serve_as_edge(&state, cluster, &owner, token.app.clone(), room, user, stream).await;
                     return next.run(req).await;
                 }
-            }
-            if let Some(owner) = owner.filter(|o| o.full() && !sent_as_edge) {
-                if let Some(edge) = cluster.edge_for(&owner.id).filter(|e| e.id != cluster.me) {
-                    state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "redirect" }).inc();
-                    return redirect_as_edge(&edge, req.uri(), from_header.then_some(raw.as_str()));
+                match edge.filter(|_| full && !sent_as_edge) {
+                    Some(edge) if edge.id == cluster.me => {
+                        state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "edge" }).inc();
+                        crate::cluster_relay::serve_as_edge(&state, cluster, &owner, token.app.clone(), room, user, stream).await;
+                        return next.run(req).await;
+                    }
+                    Some(edge) => {
+                        state.metrics.cluster_routed.get_or_create(&crate::metrics::ResultLabel { result: "redirect" }).inc();
+                        return redirect_as_edge(&edge, req.uri(), from_header.then_some(raw.as_str()));
+                    }
+                    None if owner.id != cluster.me => cluster.viewer_sent(&owner.id),
+                    None => {}
                 }
             }
         }
