@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-300}
-per=$(( (n + 2) / 3 ))
+per=${PER:-$(( (n + 2) / 3 ))}
 ./scripts/retry.sh cargo build --release --locked --bin tessera --bin tessera-load >&2
 dir=$(mktemp -d)
 net=10.197.$((RANDOM % 200 + 20))
