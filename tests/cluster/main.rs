@@ -303,6 +303,24 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     drop(redis);
 }
 
+/// Two nodes (`cluster` more of each one's `[cluster]`), and an aiortc publisher of `room`
+/// through the first for `seconds`: (nodes, publisher, its token, the room's node's index).
+fn two_nodes_and_a_publisher(dir: &Path, net: &BridgeNet, redis: &Redis, cluster: &str, room: &str, seconds: &str) -> (Vec<Node>, Client, String, usize) {
+    let nodes: Vec<Node> = ["node-a", "node-b"].iter().enumerate().map(|(i, id)| Node::start_with(dir, id, &net.hosts[i], redis, cluster)).collect();
+    for n in &nodes {
+        wait_until(Duration::from_secs(6), "both nodes see each other", || (n.nodes().len() == 2).then_some(()));
+    }
+    let anchor = token(&nodes[0].data, room, "cam");
+    let publisher =
+        Client::start(&net.client_host(2), "aiortc_client.py", &["publish", "--url", &nodes[0].url(&format!("/whip/{room}")), "--token", &anchor, "--seconds", seconds]);
+    let listed = wait_until(Duration::from_secs(20), &format!("room {room} published"), || {
+        let r = get(&nodes[1].url(&format!("/v1/rooms/{room}")), Some(&nodes[1].key));
+        (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
+    });
+    let owner = nodes.iter().position(|n| listed["node"] == n.id.as_str()).expect("the room's node");
+    (nodes, publisher, anchor, owner)
+}
+
 #[test]
 fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     let _g = serial();
@@ -310,19 +328,9 @@ fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     let net = BridgeNet::new(3);
     let redis = Redis::start(&net.gateway, dir.path());
     // Each node takes one viewer: the second viewer of a room is past its node's capacity.
-    let nodes: Vec<Node> = ["node-a", "node-b"].iter().enumerate().map(|(i, id)| Node::start_with(dir.path(), id, &net.hosts[i], &redis, "max_viewers_per_node = 1")).collect();
-    for n in &nodes {
-        wait_until(Duration::from_secs(6), "both nodes see each other", || (n.nodes().len() == 2).then_some(()));
-    }
+    let (nodes, publisher, anchor, owner) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "max_viewers_per_node = 1", "big", "30");
     let clients = net.client_host(2);
-    let anchor = token(&nodes[0].data, "big", "cam");
-    let publisher = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &nodes[0].url("/whip/big"), "--token", &anchor, "--seconds", "30"]);
-    let room = wait_until(Duration::from_secs(20), "room big published", || {
-        let r = get(&nodes[1].url("/v1/rooms/big"), Some(&nodes[1].key));
-        (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
-    });
-    let owner = nodes.iter().find(|n| room["node"] == n.id.as_str()).expect("the room's node");
-    let other = nodes.iter().find(|n| n.id != owner.id).unwrap();
+    let (owner, other) = (&nodes[owner], &nodes[1 - owner]);
     let whep = "/whep/big/cam/main";
     let first = Client::start(&clients, "aiortc_client.py", &["play", "--url", &other.url(whep), "--token", &anchor, "--seconds", "16"]);
     // The room's node reports its viewer with its next heartbeat: it is full then.
@@ -377,18 +385,8 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     let dir = TempDir::new("cluster-takeover");
     let net = BridgeNet::new(3);
     let redis = Redis::start(&net.gateway, dir.path());
-    let mut nodes: Vec<Node> = ["node-a", "node-b"].iter().enumerate().map(|(i, id)| Node::start(dir.path(), id, &net.hosts[i], &redis)).collect();
-    for n in &nodes {
-        wait_until(Duration::from_secs(6), "both nodes see each other", || (n.nodes().len() == 2).then_some(()));
-    }
+    let (mut nodes, publisher, anchor, owner_index) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "", "show", "60");
     let clients = net.client_host(2);
-    let anchor = token(&nodes[0].data, "show", "cam");
-    let publisher = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &nodes[0].url("/whip/show"), "--token", &anchor, "--seconds", "60"]);
-    let room = wait_until(Duration::from_secs(20), "room show published", || {
-        let r = get(&nodes[1].url("/v1/rooms/show"), Some(&nodes[1].key));
-        (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
-    });
-    let owner_index = nodes.iter().position(|n| room["node"] == n.id.as_str()).expect("the room's node");
     let survivor = 1 - owner_index;
     let (s_url, s_key) = (nodes[survivor].url(""), nodes[survivor].key.clone());
     // A recording and a relay of the room, started through the other node: they run on the

@@ -677,6 +677,32 @@ pub async fn signaling_route(state: &AppState, join: &serde_json::Value) -> Opti
     }
 }
 
+fn to_tungstenite(m: axum::extract::ws::Message) -> tokio_tungstenite::tungstenite::Message {
+    use axum::extract::ws::Message as Axum;
+    use tokio_tungstenite::tungstenite::Message as Tung;
+    match m {
+        Axum::Text(t) => Tung::Text(t.as_str().into()),
+        Axum::Binary(b) => Tung::Binary(b),
+        Axum::Ping(p) => Tung::Ping(p),
+        Axum::Pong(p) => Tung::Pong(p),
+        Axum::Close(c) => Tung::Close(c.map(|c| tokio_tungstenite::tungstenite::protocol::CloseFrame { code: c.code.into(), reason: c.reason.as_str().into() })),
+    }
+}
+
+/// `None` for a raw frame (never read from a stream).
+fn to_axum(m: tokio_tungstenite::tungstenite::Message) -> Option<axum::extract::ws::Message> {
+    use axum::extract::ws::Message as Axum;
+    use tokio_tungstenite::tungstenite::Message as Tung;
+    Some(match m {
+        Tung::Text(t) => Axum::Text(t.as_str().into()),
+        Tung::Binary(b) => Axum::Binary(b),
+        Tung::Ping(p) => Axum::Ping(p),
+        Tung::Pong(p) => Axum::Pong(p),
+        Tung::Close(c) => Axum::Close(c.map(|c| axum::extract::ws::CloseFrame { code: c.code.into(), reason: c.reason.as_str().into() })),
+        Tung::Frame(_) => return None,
+    })
+}
+
 trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
 impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
 
@@ -703,39 +729,20 @@ impl Cluster {
             return;
         }
         let (mut down_tx, mut down_rx) = client.split();
+        // Each direction until its side closes (the close frame is passed on) or fails.
         let to_node = async {
             while let Some(Ok(m)) = down_rx.next().await {
-                let m = match m {
-                    Axum::Text(t) => Tung::Text(t.as_str().into()),
-                    Axum::Binary(b) => Tung::Binary(b),
-                    Axum::Ping(p) => Tung::Ping(p),
-                    Axum::Pong(p) => Tung::Pong(p),
-                    Axum::Close(c) => {
-                        let _ = up_tx
-                            .send(Tung::Close(c.map(|c| tokio_tungstenite::tungstenite::protocol::CloseFrame { code: c.code.into(), reason: c.reason.as_str().into() })))
-                            .await;
-                        break;
-                    }
-                };
-                if up_tx.send(m).await.is_err() {
+                let close = matches!(m, Axum::Close(_));
+                if up_tx.send(to_tungstenite(m)).await.is_err() || close {
                     break;
                 }
             }
         };
         let to_client = async {
             while let Some(Ok(m)) = up_rx.next().await {
-                let m = match m {
-                    Tung::Text(t) => Axum::Text(t.as_str().into()),
-                    Tung::Binary(b) => Axum::Binary(b),
-                    Tung::Ping(p) => Axum::Ping(p),
-                    Tung::Pong(p) => Axum::Pong(p),
-                    Tung::Close(c) => {
-                        let _ = down_tx.send(Axum::Close(c.map(|c| axum::extract::ws::CloseFrame { code: c.code.into(), reason: c.reason.as_str().into() }))).await;
-                        break;
-                    }
-                    Tung::Frame(_) => continue,
-                };
-                if down_tx.send(m).await.is_err() {
+                let Some(m) = to_axum(m) else { continue };
+                let close = matches!(m, Axum::Close(_));
+                if down_tx.send(m).await.is_err() || close {
                     break;
                 }
             }
