@@ -360,17 +360,6 @@ fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     drop(redis);
 }
 
-/// `ffmpeg -listen 1` as a CDN ingest on this host's bridge address, writing what it gets.
-fn cdn(ip: &str, port: u16, out: &Path) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i", &format!("rtmp://{ip}:{port}/live/key"), "-c", "copy", "-f", "flv"])
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg")
-}
-
 /// Video frames ffprobe decodes in `url` (a file or a URL).
 fn video_frames(url: &str) -> u64 {
     let out =
@@ -393,7 +382,7 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     // room's node.
     let cdn_port = 19350 + (std::process::id() % 500) as u16;
     let cdn_url = format!("rtmp://{}:{cdn_port}/live/key", net.gateway);
-    let first_cdn = cdn(&net.gateway, cdn_port, &dir.path().join("first.flv"));
+    let first_cdn = rtmp_listener(&net.gateway, cdn_port, &dir.path().join("first.flv"));
     std::thread::sleep(Duration::from_millis(500));
     let rec = post_json(&format!("{s_url}/v1/recordings"), Some(&s_key), &serde_json::json!({"room": "show", "format": "hls", "hls": {"segment_s": 2}, "max_idle_time": 120}));
     assert!(rec.status < 300, "{}", rec.body);
@@ -412,7 +401,7 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     nodes[owner_index].server.take().unwrap().crash();
     interrupt(first_cdn);
     let second_flv = dir.path().join("second.flv");
-    let second_cdn = cdn(&net.gateway, cdn_port, &second_flv);
+    let second_cdn = rtmp_listener(&net.gateway, cdn_port, &second_flv);
     let taken = wait_until(Duration::from_secs(15), "the recording running on the survivor", || {
         let r = get(&format!("{s_url}/v1/recordings/{rec}"), Some(&s_key));
         (r.status == 200 && r.json()["state"] != "FINISHED").then(|| killed.elapsed())

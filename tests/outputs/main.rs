@@ -26,13 +26,7 @@ fn publisher(url: &str, seconds: u32) -> Child {
 
 /// The CDN: ffmpeg waits for one RTMP publisher and copies what it gets into `out`.
 fn cdn(port: u16, out: &Path) -> Child {
-    Command::new("ffmpeg")
-        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i", &format!("rtmp://127.0.0.1:{port}/live/key"), "-c", "copy", "-f", "flv"])
-        .arg(out)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("ffmpeg")
+    rtmp_listener("127.0.0.1", port, out)
 }
 
 /// (codecs, duration s) of a media file.

@@ -756,3 +756,15 @@ impl Drop for WebhookReceiver {
 pub fn codes_of(events: &[Value], task: &str) -> Vec<u64> {
     events.iter().filter(|e| e["EventInfo"]["TaskId"] == task).filter_map(|e| e["EventType"].as_u64()).collect()
 }
+
+/// A CDN's RTMP ingest: `ffmpeg -listen 1` on `ip:port` (app `live`, key `key`), copying what it
+/// gets into `out` (FLV). One connection: it exits when the publisher goes.
+pub fn rtmp_listener(ip: &str, port: u16, out: &Path) -> Child {
+    Command::new("ffmpeg")
+        .args(["-hide_banner", "-loglevel", "error", "-y", "-listen", "1", "-i", &format!("rtmp://{ip}:{port}/live/key"), "-c", "copy", "-f", "flv"])
+        .arg(out)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("ffmpeg")
+}
