@@ -266,11 +266,33 @@ pub fn json_bodies(data: &[u8]) {
     tessera_server::api::fuzzing::body(which, body);
 }
 
+/// The inter-node relay's byte stream (another cluster node's tap of a room), cut into pieces of
+/// the first byte's size: frames decoded and fed to an edge's mirror, then its quiet check.
+pub fn relay_frames(data: &[u8]) {
+    let Some((&cut, rest)) = data.split_first() else { return };
+    let mut reader = tessera_engine::cluster_relay::FrameReader::default();
+    let mut mirror = tessera_engine::cluster_relay::EdgeMirror::default();
+    let now = std::time::Instant::now();
+    for piece in rest.chunks(cut.max(1) as usize) {
+        reader.push(piece);
+        loop {
+            match reader.next_packet() {
+                Ok(Some(p)) => {
+                    let _ = mirror.on_packet(p, now);
+                }
+                Ok(None) => break,
+                Err(_) => return,
+            }
+        }
+    }
+    let _ = mirror.poll(now + std::time::Duration::from_secs(10));
+}
+
 /// A fuzz target: the name of its folder under `fuzz/corpus/`, and the function run on each input.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 12] = [
+pub const TARGETS: [Target; 13] = [
     ("amf0", amf0),
     ("rtmp_server", rtmp_server),
     ("rtmp_client", rtmp_client),
@@ -283,6 +305,7 @@ pub const TARGETS: [Target; 12] = [
     ("task_file", task_file),
     ("json_bodies", json_bodies),
     ("room_data", room_data),
+    ("relay_frames", relay_frames),
 ];
 
 #[cfg(test)]
