@@ -410,6 +410,17 @@ impl Cluster {
         Ok(adopted)
     }
 
+    /// A user token as this node's entry points route by it: verified, after catching up with
+    /// the shared app store if it does not verify (its secret may be new). None: it does not
+    /// verify (the entry point refuses it itself, with its error).
+    pub async fn verify_token(&self, state: &AppState, raw: &str) -> Option<tessera_model::token::UserToken> {
+        let mut verified = crate::entry::verify_raw(state, raw, false);
+        if verified.is_err() && self.catch_up_apps(&state.store).await {
+            verified = crate::entry::verify_raw(state, raw, false);
+        }
+        verified.ok()
+    }
+
     /// A credential this node does not know may be one another node just made: look for a
     /// newer shared app store before refusing it. At most every 100 ms, so a flood of bad
     /// credentials costs Redis little.
@@ -584,11 +595,7 @@ pub async fn route_request(axum::extract::State(state): axum::extract::State<App
     if let Some((room, intent)) = media {
         // Routed by the verified token's app; a token that does not verify is refused here.
         let Some((raw, from_header)) = request_token(&req) else { return next.run(req).await };
-        let mut verified = crate::entry::verify_raw(&state, &raw, false);
-        if verified.is_err() && cluster.catch_up_apps(&state.store).await {
-            verified = crate::entry::verify_raw(&state, &raw, false);
-        }
-        let Ok(token) = verified else { return next.run(req).await };
+        let Some(token) = cluster.verify_token(&state, &raw).await else { return next.run(req).await };
         let route = cluster.route(token.app.as_str(), room, intent).await;
         if let ("POST", ["whep", _, user, stream]) = (req.method().as_str(), segments.as_slice()) {
             // A viewer of a room whose node is full is served by another node, which relays
@@ -665,12 +672,7 @@ pub async fn route_request(axum::extract::State(state): axum::extract::State<App
 /// token that does not verify is answered here).
 pub async fn signaling_route(state: &AppState, join: &serde_json::Value) -> Option<NodeRecord> {
     let cluster = state.cluster.get()?;
-    let raw = join["token"].as_str()?;
-    let mut verified = crate::entry::verify_raw(state, raw, false);
-    if verified.is_err() && cluster.catch_up_apps(&state.store).await {
-        verified = crate::entry::verify_raw(state, raw, false);
-    }
-    let token = verified.ok()?;
+    let token = cluster.verify_token(state, join["token"].as_str()?).await?;
     match cluster.route(token.app.as_str(), token.room.as_str(), RoomIntent::Create).await {
         Route::Local => None,
         Route::Remote(node) => Some(node),

@@ -90,11 +90,7 @@ async fn authorize(state: &AppState, app: &str, stream_key: &str) -> Result<(Ses
 async fn cluster_route(state: &AppState, app: &str, stream_key: &str) -> Option<tessera_cluster::NodeRecord> {
     let cluster = state.cluster.get()?;
     let target = PublishTarget::parse(app, stream_key, None).ok()?;
-    let mut verified = verify_raw(state, target.token.as_deref()?, false);
-    if verified.is_err() && cluster.catch_up_apps(&state.store).await {
-        verified = verify_raw(state, target.token.as_deref()?, false);
-    }
-    let token = verified.ok()?;
+    let token = cluster.verify_token(state, target.token.as_deref()?).await?;
     match cluster.route(token.app.as_str(), target.room.as_str(), tessera_cluster::RoomIntent::Create).await {
         crate::cluster::Route::Local => None,
         crate::cluster::Route::Remote(node) => Some(node),
