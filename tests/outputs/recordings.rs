@@ -464,3 +464,119 @@ fn hls_js_plays_a_recording_live_and_finished_through_its_master_playlist() {
     assert!(last["framesDecoded"].as_u64().unwrap() >= 100, "{done}");
     assert!(last["audioPeak"].as_f64().unwrap() > 0.01, "{done}");
 }
+
+/// A recording into an S3-compatible bucket (moto's server, reached through a link the test can
+/// cut), set as the app's default storage over `PATCH /v1/app` (its secret sealed, never shown
+/// or kept in the clear): segments land under the spec's keys as they are cut; while the
+/// bucket is unreachable they wait in the spool (308 for each failed attempt, `stored: false`),
+/// the stop reports 305 Status 1 and finishes, and when the bucket returns everything goes up
+/// (305 Status 2) and plays from `/files`, from the bucket.
+#[test]
+fn a_recording_goes_to_an_s3_bucket_and_spools_while_it_is_unreachable() {
+    let dir = TempDir::new("s3-rec");
+    let s3 = S3Server::start();
+    s3.create_bucket("recordings");
+    let link = TcpLink::to(s3.port);
+    let data = dir.path().join("data");
+    let server = Server::start(&data, &[]);
+    let key = std::fs::read_to_string(data.join("admin.key")).unwrap().trim().to_owned();
+    let hooks = WebhookReceiver::start(dir.path(), "k3yA", &[]);
+    hooks.subscribe(&server, &key, "k3yA");
+    let storage = json!({"s3": {"bucket": "recordings", "region": "us-east-1", "endpoint": format!("http://127.0.0.1:{}", link.port),
+        "access_key_id": "AKIDTESSERA", "secret_access_key": "s3cr3t-never-shown", "path_style": true, "key_prefix": "tessera/"}});
+    let r = request("PATCH", &server.url("/v1/app"), Some(&key), Some(("application/merge-patch+json", json!({"default_storage": storage}).to_string().as_bytes())), &[]);
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.json()["default_storage"]["s3"]["secret_access_key_set"], true, "{}", r.body);
+    assert!(!r.body.contains("s3cr3t"), "the secret is never shown: {}", r.body);
+    let apps = std::fs::read_to_string(data.join("apps.json")).unwrap();
+    assert!(!apps.contains("s3cr3t") && apps.contains("secret_access_key_sealed"), "the secret is kept sealed");
+    // A bad inline bucket is refused with the field named.
+    let bad = post_json(
+        &server.url("/v1/recordings"),
+        Some(&key),
+        &json!({"room": "s3r", "storage": {"s3": {"bucket": "NO", "endpoint": "http://x", "access_key_id": "a", "secret_access_key": "b"}}}),
+    );
+    assert_eq!((bad.status, bad.json()["details"]["field"].as_str()), (400, Some("storage.s3.bucket")), "{}", bad.body);
+
+    let data = data.as_path();
+    let cam = token(data, "s3r", "cam");
+    let mut source = publisher(&format!("rtmp://127.0.0.1:{}/push/s3r/cam?token={cam}", rtmp_port(&server)), 120);
+    std::thread::sleep(Duration::from_secs(2));
+    let r = post_json(&server.url("/v1/recordings"), Some(&key), &json!({"room": "s3r", "format": "hls+mp4", "hls": {"segment_s": 2}, "prefix": "class/a", "max_idle_time": 60}));
+    assert_eq!(r.status, 201, "{}", r.body);
+    let id = r.json()["id"].as_str().unwrap().to_owned();
+    let path = format!("/v1/recordings/{id}");
+    let prefix = format!("tessera/class/a/{id}/");
+    // Segments and playlists land in the bucket as they are cut, and are listed as stored.
+    let v = poll(&server, &key, &path, Duration::from_secs(20), |v| v["files"].as_array().is_some_and(|f| f.iter().filter(|f| f["stored"] == true).count() >= 4));
+    let first = v["files"].as_array().unwrap().iter().find(|f| f["stored"] == true && f["file_name"].as_str().unwrap().ends_with(".ts")).unwrap().clone();
+    let seg = first["file_name"].as_str().unwrap();
+    assert!(seg.starts_with("default_czNy__UserId_s_Y2Ft__UserId_e_main_") && is_stamp(&seg[seg.len() - 20..seg.len() - 3]), "{seg}");
+    assert_eq!(first["url"], format!("s3://recordings/{prefix}{seg}"));
+    let keys = s3.list("recordings", &prefix);
+    assert!(keys.iter().any(|(k, n)| k == &format!("{prefix}{seg}") && *n == first["size"].as_u64().unwrap()), "{seg} not in {keys:?}");
+    assert!(keys.iter().any(|(k, _)| k.ends_with("_video.m3u8")), "{keys:?}");
+
+    // The bucket goes away: files wait in the spool, each failed attempt is a 308.
+    link.set_down(true);
+    let cut_at = Instant::now();
+    hooks.wait_for(Duration::from_secs(20), "308 while the bucket is away", |e| codes_of(e, &id).contains(&308));
+    let v = poll(&server, &key, &path, Duration::from_secs(20), |v| {
+        v["files"].as_array().is_some_and(|f| f.iter().filter(|f| f["stored"] == false && f["file_name"].as_str().unwrap().ends_with(".ts")).count() >= 4)
+    });
+    let spooled: Vec<String> = v["files"].as_array().unwrap().iter().filter(|f| f["stored"] == false).map(|f| f["file_name"].as_str().unwrap().to_owned()).collect();
+    for name in &spooled {
+        assert!(data.join("spool").join(&id).join("files").join(name).is_file(), "{name} is kept in the spool");
+    }
+    let e308 = hooks.events().into_iter().find(|e| e["EventType"] == 308 && e["EventInfo"]["TaskId"] == id.as_str()).unwrap();
+    assert_eq!(e308["EventInfo"]["Payload"]["Code"], "RequestFailed", "{e308}");
+    // While it is away, a spooled file still plays from /files (the spool's copy).
+    let viewer = token(data, "s3r", "viewer");
+    let r = get(&format!("{}?token={viewer}", server.url(&format!("/files/default/class/a/{id}/{}", spooled[0]))), None);
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // Stopped while it is away: 305 Status 1, the task finishes with the files in the spool.
+    assert_eq!(request("DELETE", &server.url(&path), Some(&key), None, &[]).status, 200);
+    poll(&server, &key, &path, Duration::from_secs(60), |v| v["state"] == "FINISHED");
+    let events = hooks.wait_for(Duration::from_secs(20), "312", |e| codes_of(e, &id).contains(&312));
+    let e305: Vec<i64> =
+        events.iter().filter(|e| e["EventType"] == 305 && e["EventInfo"]["TaskId"] == id.as_str()).map(|e| e["EventInfo"]["Payload"]["Status"].as_i64().unwrap()).collect();
+    assert_eq!(e305, vec![1], "{events:?}");
+    assert!(events.iter().any(|e| e["EventType"] == 311 && e["EventInfo"]["Payload"]["Status"] == 1), "the MP4 waits in the spool: 311 Status 1");
+    let result = get(&server.url(&format!("{path}/result")), Some(&key)).json();
+    assert_eq!(result["Status"], "ok", "{result}");
+    let mp4 = result["VideoInfos"].as_array().unwrap().iter().find(|v| v["VideoFormat"] == "mp4").unwrap_or_else(|| panic!("no MP4 in {result}")).clone();
+    let mp4_name = mp4["VideoUrl"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
+    assert_eq!(mp4["VideoUrl"], format!("s3://recordings/{prefix}{mp4_name}"));
+
+    // The bucket returns: everything goes up, 305 Status 2, the spool is emptied.
+    link.set_down(false);
+    eprintln!("bucket away for {:.1} s", cut_at.elapsed().as_secs_f64());
+    hooks.wait_for(Duration::from_secs(60), "305 Status 2", |e| e.iter().any(|e| e["EventType"] == 305 && e["EventInfo"]["Payload"]["Status"] == 2));
+    assert!(!data.join("spool").join(&id).exists(), "the spool is emptied once all is stored");
+    let keys = s3.list("recordings", &prefix);
+    for name in spooled.iter().chain([&mp4_name]) {
+        assert!(keys.iter().any(|(k, _)| k == &format!("{prefix}{name}")), "{name} not in {keys:?}");
+    }
+    // Every segment the stored playlists name is in the bucket.
+    for (k, _) in keys.iter().filter(|(k, _)| k.ends_with("_video.m3u8") || k.ends_with("_audio.m3u8")) {
+        let text = String::from_utf8(s3.object("recordings", k)).unwrap();
+        assert!(text.contains("#EXT-X-ENDLIST"), "{k}: {text}");
+        for line in text.lines().filter(|l| !l.starts_with('#') && !l.is_empty()) {
+            assert!(keys.iter().any(|(key, _)| key == &format!("{prefix}{line}")), "{line} of {k} is not in the bucket");
+        }
+    }
+    // Played from /files, from the bucket now: the MP4 (with a Range) and the HLS.
+    let (codecs, duration) = probe_url(&format!("{}?token={viewer}", server.url(&format!("/files/default/class/a/{id}/{mp4_name}"))));
+    assert!(codecs.contains(&"h264".to_string()) && codecs.contains(&"aac".to_string()) && duration > 5.0, "{codecs:?} {duration:.2} s");
+    let r = request("GET", &server.url(&format!("/files/default/class/a/{id}/{mp4_name}")), Some(&key), None, &[("Range", "bytes=4-11")]);
+    assert_eq!((r.status, r.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case("content-range")).map(|(_, v)| v.starts_with("bytes 4-11/"))), (206, Some(true)));
+    assert!(r.body.starts_with("ftyp"), "{:?}", r.body);
+    let playlist = keys.iter().find(|(k, _)| k.ends_with("_video.m3u8")).unwrap().0.rsplit('/').next().unwrap().to_owned();
+    let (codecs, duration) = probe_url(&format!("{}?token={viewer}", server.url(&format!("/files/default/class/a/{id}/{playlist}"))));
+    assert!(codecs.contains(&"h264".to_string()) && duration > 5.0, "{codecs:?} {duration:.2} s");
+    let missing = get(&server.url(&format!("/files/default/class/a/{id}/nope.ts")), Some(&key));
+    assert_eq!((missing.status, missing.json()["code"].as_str()), (404, Some("file_not_found")));
+    let _ = source.kill();
+    let _ = source.wait();
+}

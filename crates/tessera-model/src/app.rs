@@ -176,10 +176,6 @@ impl AutoRecording {
     }
 }
 
-fn local() -> String {
-    "local".into()
-}
-
 /// What an RTMP publish with B-frames gets (OBS's and ffmpeg's x264 defaults have them; WebRTC
 /// viewers cannot take them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
@@ -241,8 +237,8 @@ pub struct App {
     pub webhook: WebhookSettings,
     #[serde(default)]
     pub auto_recording: AutoRecording,
-    #[serde(default = "local")]
-    pub default_storage: String,
+    #[serde(default)]
+    pub default_storage: crate::StorageRef,
     #[serde(default)]
     pub api_keys: Vec<ApiKeyRecord>,
     #[serde(default)]
@@ -258,7 +254,7 @@ impl App {
             secrets: Vec::new(),
             webhook: WebhookSettings::default(),
             auto_recording: AutoRecording::default(),
-            default_storage: local(),
+            default_storage: crate::StorageRef::default(),
             api_keys: Vec::new(),
             rtmp: RtmpSettings::default(),
         };

@@ -12,10 +12,12 @@ pub mod ids;
 pub mod outbound;
 pub mod privileges;
 pub mod random;
+pub mod storage;
 pub mod token;
 
 pub use apikey::{ApiKeyRecord, IssuedApiKey, Policy, PolicyDecision};
 pub use app::{App, AppError, AppSecret, AutoRecording, BFramePolicy, RtmpSettings, TranscodeEncoder, WebhookSettings};
 pub use ids::{AppId, IdError, Kid, RoomId, TaskId, UserId};
 pub use privileges::{Privileges, Role};
+pub use storage::{InlineStorage, S3Settings, StorageRef};
 pub use token::{TokenClaims, TokenError, UserToken};

@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod rtmp;
 pub mod rtmp_transcode;
 pub mod run;
+pub mod storage;
 pub mod store;
 pub mod tls;
 pub mod webhook;

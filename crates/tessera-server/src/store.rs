@@ -202,7 +202,7 @@ impl AppStore {
                 app.auto_recording = r.clone();
             }
             if let Some(s) = &app_config.default_storage {
-                app.default_storage = s.clone();
+                app.default_storage = tessera_model::StorageRef::Named(s.clone());
             }
             if let Some(r) = &app_config.rtmp {
                 app.rtmp = r.clone();

@@ -7,3 +7,4 @@ pub mod hls;
 pub mod recording;
 pub mod relay;
 pub mod tap_input;
+pub mod upload;

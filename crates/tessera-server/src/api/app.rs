@@ -23,7 +23,7 @@ fn view(app: &App) -> Value {
         "secrets": app.secrets.iter().map(|s| json!({"kid": s.kid, "created_at": s.created_at})).collect::<Vec<_>>(),
         "webhook": {"url": w.url, "urls": w.urls, "groups": w.groups, "key_set": w.key.is_some()},
         "auto_recording": app.auto_recording,
-        "default_storage": app.default_storage,
+        "default_storage": app.default_storage.redacted(),
         "rtmp": app.rtmp,
     })
 }
@@ -41,7 +41,7 @@ pub async fn get(State(state): State<AppState>, Extension(caller): Extension<Cal
 struct Settings {
     webhook: WebhookSettings,
     auto_recording: AutoRecording,
-    default_storage: String,
+    default_storage: tessera_model::StorageRef,
     rtmp: RtmpSettings,
 }
 
@@ -75,22 +75,27 @@ pub async fn update(
             return Err(ApiError::invalid_parameter(k, "is not a setting; use webhook, auto_recording, default_storage or rtmp"));
         }
     }
-    let storages = &state.config.storage;
+    let config = &state.config;
     let updated = state.store.update(&caller.app, |app| {
+        // A storage given anew replaces the old one whole (the kept one's secret is sealed and
+        // never shown, so merging into it would be guesswork).
+        let storage_patch = patch.get("default_storage").cloned();
         let mut current = json!({
-            "webhook": app.webhook, "auto_recording": app.auto_recording, "default_storage": app.default_storage, "rtmp": app.rtmp,
+            "webhook": app.webhook, "auto_recording": app.auto_recording, "default_storage": "local", "rtmp": app.rtmp,
         });
-        merge_patch(&mut current, &Value::Object(patch));
+        merge_patch(&mut current, &Value::Object(patch.clone()));
         let settings: Settings = super::json::from_value(current).map_err(api_to_app_error)?;
         settings.webhook.validate()?;
         settings.auto_recording.validate()?;
         settings.rtmp.validate()?;
-        if settings.default_storage != "local" && !storages.contains_key(&settings.default_storage) {
-            return Err(tessera_model::AppError::Invalid { field: "default_storage".into(), reason: format!("no storage named '{}'", settings.default_storage) });
-        }
+        let default_storage = match storage_patch {
+            None => app.default_storage.clone(),
+            Some(Value::Null) => tessera_model::StorageRef::default(),
+            Some(_) => crate::storage::accept(settings.default_storage, "default_storage", config, app)?,
+        };
         app.webhook = settings.webhook;
         app.auto_recording = settings.auto_recording;
-        app.default_storage = settings.default_storage;
+        app.default_storage = default_storage;
         app.rtmp = settings.rtmp;
         Ok(view(app))
     })?;
@@ -137,7 +142,12 @@ pub async fn add_secret(
 
 #[utoipa::path(delete, operation_id = "secrets.delete", path = "/v1/app/secrets/{kid}", tag = "app", params(("kid" = String, Path, description = "secret id")), responses((status = 200, description = "Removed", body = Value), (status = "4XX", description = "Refused: the JSON error (code, message, request_id, details)", body = ErrorBody), (status = "5XX", description = "Server error", body = ErrorBody)), security(("api_key" = [])))]
 pub async fn remove_secret(State(state): State<AppState>, Extension(caller): Extension<Caller>, Path(kid): Path<String>) -> ApiResult<Json<Value>> {
-    state.store.update(&caller.app, |app| app.remove_secret(&kid))?;
+    state.store.update(&caller.app, |app| {
+        let removed: Vec<(String, String)> = app.secrets.iter().filter(|s| s.kid.as_str() == kid).map(|s| (kid.clone(), s.secret.clone())).collect();
+        app.remove_secret(&kid)?;
+        crate::storage::reseal(app, &removed);
+        Ok::<(), tessera_model::AppError>(())
+    })?;
     Ok(Json(json!({"kid": kid, "deleted_at": crate::now_ms()})))
 }
 

@@ -120,16 +120,26 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
         }
         (None, None) => return Err(ApiError::new(StatusCode::UNAUTHORIZED, "api_key_missing", "send an API key, or ?token= with a user token of the room")),
     }
+    // A recording in a bucket: its working copy while a file waits in the spool, else the
+    // bucket (RECORDING.md §7).
+    let mut root = root;
+    let mut path = path;
+    if let Some(task) = state.tasks.recordings.owner_of(&app, &path) {
+        let spec = task.spec.lock().expect("spec").clone();
+        if !spec.storage.is_local() {
+            let (working, _, _) = spec.places(&state.config.data_dir);
+            let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+            if tokio::fs::metadata(working.join(&name)).await.is_ok_and(|m| m.is_file()) {
+                root = working;
+                path = name;
+            } else {
+                return from_bucket(&app, &spec, &path, &headers, via_token).await;
+            }
+        }
+    }
     let (full, total) = resolve(root, &path).await?;
     let extension = full.extension().and_then(|e| e.to_str()).unwrap_or("");
-    let content_type = match extension {
-        "m3u8" => "application/vnd.apple.mpegurl",
-        "ts" => "video/mp2t",
-        "mp4" => "video/mp4",
-        "aac" => "audio/aac",
-        _ => "application/octet-stream",
-    };
-    let builder = Response::builder().header(header::CONTENT_TYPE, content_type).header(header::ACCEPT_RANGES, "bytes");
+    let builder = Response::builder().header(header::CONTENT_TYPE, content_type(extension)).header(header::ACCEPT_RANGES, "bytes");
     if let (Some(t), "m3u8") = (&via_token, extension) {
         // Segment and playlist URIs carry the same token (the stored playlist is not changed):
         // URI lines, and the `URI="…"` of tags (a master's audio rendition, an init section).
@@ -154,6 +164,94 @@ pub async fn file(State(state): State<AppState>, Path((app, path)): Path<(String
         }
     };
     response.map_err(|e| ApiError::internal(e.to_string()))
+}
+
+fn content_type(extension: &str) -> &'static str {
+    match extension {
+        "m3u8" => "application/vnd.apple.mpegurl",
+        "ts" => "video/mp2t",
+        "mp4" | "m4s" => "video/mp4",
+        "aac" => "audio/aac",
+        _ => "application/octet-stream",
+    }
+}
+
+/// The head of a bucket's answer: status, length, range.
+type BucketHead = (u16, Option<String>, Option<String>);
+
+/// `path` (`<Prefix>/<TaskId>/<file>`) from the recording's bucket, streamed as the client
+/// takes it; the client's `Range` is passed on and the bucket's 200/206 with it.
+async fn from_bucket(
+    app: &tessera_model::AppId,
+    spec: &tessera_tasks::recording::RecordingSpec,
+    path: &str,
+    headers: &HeaderMap,
+    via_token: Option<String>,
+) -> ApiResult<Response> {
+    let (settings, secret) =
+        tessera_tasks::recording::resolve_storage(app, &spec.storage).map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage_unavailable", e))?.ok_or_else(no_such_file)?;
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok()).map(str::to_string);
+    let rel = path.to_string();
+    let (head_tx, head_rx) = tokio::sync::oneshot::channel::<Result<BucketHead, tessera_tasks::recording::s3::S3Error>>();
+    let (body_tx, body_rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let client = match tessera_tasks::recording::s3::S3Client::new(&settings, &secret) {
+            Ok(c) => c,
+            Err(e) => return drop(head_tx.send(Err(e))),
+        };
+        let resp = match client.get(&client.key(&rel), range.as_deref()) {
+            Ok(r) => r,
+            Err(e) => return drop(head_tx.send(Err(e))),
+        };
+        let head = (resp.status(), resp.header("Content-Length").map(str::to_string), resp.header("Content-Range").map(str::to_string));
+        if head_tx.send(Ok(head)).is_err() {
+            return;
+        }
+        let mut reader = resp.into_reader();
+        loop {
+            let mut buf = vec![0u8; CHUNK];
+            match reader.read(&mut buf) {
+                Ok(0) => return,
+                Ok(n) => {
+                    buf.truncate(n);
+                    if body_tx.blocking_send(Ok(Bytes::from(buf))).is_err() {
+                        return; // the client went away
+                    }
+                }
+                Err(e) => return drop(body_tx.blocking_send(Err(e))),
+            }
+        }
+    });
+    let (status, length, content_range) = match head_rx.await.map_err(|_| ApiError::internal("the bucket reader ended"))? {
+        Ok(h) => h,
+        Err(e) if e.code == "NoSuchKey" || e.code == "Http404" => return Err(no_such_file()),
+        Err(e) if e.code == "InvalidRange" => return Err(ApiError::new(StatusCode::RANGE_NOT_SATISFIABLE, "range_not_satisfiable", e.message)),
+        Err(e) => return Err(ApiError::new(StatusCode::BAD_GATEWAY, "storage_unavailable", format!("the bucket answered {e}"))),
+    };
+    let extension = path.rsplit_once('.').map_or("", |(_, e)| e);
+    let mut builder = Response::builder().header(header::CONTENT_TYPE, content_type(extension)).header(header::ACCEPT_RANGES, "bytes");
+    let chunks = futures_util::stream::unfold(body_rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    if let (Some(t), "m3u8") = (&via_token, extension) {
+        use futures_util::StreamExt as _;
+        let mut bytes = Vec::new();
+        let mut chunks = Box::pin(chunks);
+        while let Some(c) = chunks.next().await {
+            bytes.extend_from_slice(&c.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "storage_unavailable", e.to_string()))?);
+            if bytes.len() as u64 > MAX_PLAYLIST_BYTES {
+                return Err(no_such_file());
+            }
+        }
+        let text = String::from_utf8_lossy(&bytes).lines().map(|l| with_token(l, t)).collect::<Vec<_>>().join("\n");
+        return builder.status(StatusCode::OK).body(Body::from(format!("{text}\n"))).map_err(|e| ApiError::internal(e.to_string()));
+    }
+    if let Some(l) = length {
+        builder = builder.header(header::CONTENT_LENGTH, l);
+    }
+    if let Some(r) = content_range {
+        builder = builder.header(header::CONTENT_RANGE, r);
+    }
+    builder.status(StatusCode::from_u16(status).unwrap_or(StatusCode::OK)).body(Body::from_stream(chunks)).map_err(|e| ApiError::internal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -78,6 +78,7 @@ impl AppState {
         let hooks = crate::webhook::Webhooks::new(store.clone(), metrics.webhook_deliveries.clone(), tls.clone());
         let events = tessera_tasks::Events::new(Arc::new(hooks.clone()));
         let tasks = tessera_tasks::Tasks::new(rtc.clone(), events, config.data_dir.clone(), persist_tasks, config.limits.concurrent_mix_jobs, tls);
+        tessera_tasks::recording::resolve_storage_with(crate::storage::resolver(Arc::new(config.clone()), store.clone()));
         AppState(Arc::new(Shared {
             tasks,
             room_events: tokio::sync::broadcast::channel(1024).0,

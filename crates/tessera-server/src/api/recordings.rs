@@ -134,14 +134,22 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
     if !(1..=86_400).contains(&idle) {
         return Err(bad("max_idle_time", "must be 1 to 86400 seconds"));
     }
-    match &req.storage {
-        None | Some(Value::Null) => {}
-        Some(Value::String(s)) if s == "local" => {}
+    let storage = match req.storage {
+        None | Some(Value::Null) => {
+            let apps = state.store.snapshot();
+            apps.get(&caller.app).map(|a| a.default_storage.clone()).unwrap_or_default()
+        }
         Some(Value::Object(o)) if o.contains_key("local") && o.contains_key("s3") => {
             return Err(ApiError::new(StatusCode::BAD_REQUEST, "storage_conflict", "give either 'local' or 's3', not both"));
         }
-        Some(_) => return Err(bad("storage", "only local storage is supported yet")),
-    }
+        Some(v) => {
+            let choice: tessera_model::StorageRef =
+                super::json::from_value(v).map_err(|_| bad("storage", "must be 'local', a configured storage's name, or {\"local\": {}} or {\"s3\": {...}}"))?;
+            let apps = state.store.snapshot();
+            let app = apps.get(&caller.app).ok_or_else(|| ApiError::internal("the key's app vanished"))?;
+            crate::storage::accept(choice, "storage", &state.config, app)?
+        }
+    };
     let prefix = req.prefix.unwrap_or_default();
     if prefix.len() > 256 || prefix.starts_with('/') || prefix.contains("..") || !prefix.bytes().all(|b| b.is_ascii_alphanumeric() || b"_/-".contains(&b)) {
         return Err(bad("prefix", "must match [A-Za-z0-9_/-]{0,256}, with no leading '/' and no '..'"));
@@ -206,8 +214,20 @@ pub async fn start(State(state): State<AppState>, Extension(caller): Extension<C
         other => other,
     };
     let id = tessera_model::TaskId::generate().as_str().to_owned();
-    let spec =
-        RecordingSpec { id: id.clone(), app: caller.app.clone(), room, mode, content, format, subscribe, segment_s, split_minutes, max_idle: Duration::from_secs(idle), prefix };
+    let spec = RecordingSpec {
+        id: id.clone(),
+        app: caller.app.clone(),
+        room,
+        mode,
+        content,
+        format,
+        subscribe,
+        segment_s,
+        split_minutes,
+        max_idle: Duration::from_secs(idle),
+        prefix,
+        storage,
+    };
     let task = state.tasks.recordings.start(spec, state.config.data_dir.clone(), state.rtc.clone())?;
     Ok((StatusCode::CREATED, Json(view(&id, &task, &state.config.data_dir))))
 }

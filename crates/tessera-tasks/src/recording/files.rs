@@ -1,11 +1,12 @@
 //! A recording's files on disk: recovery after a crash, the file list of playlists found in the
 //! task's directory, and the conversion at the end (MP4/AAC remux, the result, events 310–312).
 
-use super::hls::{LocalStorage, Storage};
+use super::hls::Storage;
 use super::{lock, FileInfo, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
 use crate::persist::write_atomic;
 use serde_json::json;
 use std::path::Path;
+use std::time::Duration;
 use tessera_engine::outputs::hls::segment_entry;
 use tessera_model::events::{CommittedFile, FileMessage, TaskEvent};
 
@@ -160,7 +161,7 @@ fn begin_of(segment: &str) -> i64 {
 /// What each playlist in `final_dir` lists: its segments, then the playlist itself (with the
 /// span and size of all its segments). The file list of a finished task, and of a resumed one
 /// from the moment it resumes (issue 10, defect 14).
-pub(super) fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, url_base: &str, start_unix: i64) -> Vec<Vec<FileInfo>> {
+pub(super) fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, storage: &dyn Storage, start_unix: i64) -> Vec<Vec<FileInfo>> {
     let mut out = Vec::new();
     for pl in playlists {
         let mut files = Vec::new();
@@ -180,8 +181,8 @@ pub(super) fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, url_bas
                 end_ts: begin + (dur * 1000.0) as i64,
                 duration_ms: (dur * 1000.0) as i64,
                 size: std::fs::metadata(final_dir.join(seg)).map(|m| m.len()).unwrap_or(0),
-                url: format!("{url_base}/{seg}"),
-                stored: true,
+                url: storage.url(seg),
+                stored: storage.stored_now(seg),
                 play_time_ms: 0,
             });
         }
@@ -195,8 +196,8 @@ pub(super) fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, url_bas
             end_ts: begin + (total * 1000.0) as i64,
             duration_ms: (total * 1000.0) as i64,
             size: std::fs::metadata(final_dir.join(&pl.name)).map(|m| m.len()).unwrap_or(0),
-            url: format!("{url_base}/{}", pl.name),
-            stored: true,
+            url: storage.url(&pl.name),
+            stored: storage.stored_now(&pl.name),
             play_time_ms: (begin - start_unix).max(0),
         });
         out.push(files);
@@ -206,9 +207,8 @@ pub(super) fn listed_files(playlists: &[PlaylistInfo], final_dir: &Path, url_bas
 
 /// STOPPED → FINISHED: MP4s from the playlists (each with its `ha<N>_` continuations), the file
 /// list from what is stored, and the result (RECORDING.md §4.2, §5).
-pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, url_base: &str, error: Option<String>, events: &TaskEvents) {
+pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir: &Path, spool: &Path, storage: &dyn Storage, error: Option<String>, events: &TaskEvents) {
     let _ = std::fs::create_dir_all(spool);
-    let storage = LocalStorage { dir: final_dir.to_path_buf(), url_base: url_base.to_string() };
     let playlists = scan_playlists(final_dir);
     let mut files: Vec<FileInfo> = Vec::new();
     let mut finals: Vec<(FileInfo, &'static str, u8)> = Vec::new();
@@ -218,7 +218,7 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
         _ => 2,
     };
     let start_unix = lock(&task.status).started_at.unwrap_or(0);
-    for (pl, listed) in playlists.iter().zip(listed_files(&playlists, final_dir, url_base, start_unix)) {
+    for (pl, listed) in playlists.iter().zip(listed_files(&playlists, final_dir, storage, start_unix)) {
         let (_, media, _) = identify(&pl.stem);
         let info = listed.last().cloned().expect("a playlist's own entry comes last");
         files.extend(listed);
@@ -349,7 +349,24 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
             files.retain(|f| keep(&f.file_name));
         }
     }
-    let _ = std::fs::remove_dir_all(spool);
+    // The spool's own files go (joined playlists, parts); a bucket's working copy (a folder
+    // in it) goes once every file is uploaded.
+    if let Ok(entries) = std::fs::read_dir(spool) {
+        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| !t.is_dir())) {
+            let _ = std::fs::remove_file(e.path());
+        }
+    }
+    let _ = std::fs::remove_dir(spool);
+    // A bucket gets a moment for the final files; one that does not answer gets them later.
+    if !spec.storage.is_local() {
+        super::s3::uploads().drain(&spec.id, Duration::from_secs(20));
+        for f in files.iter_mut() {
+            f.stored = storage.stored_now(&f.file_name);
+        }
+        for (f, ..) in finals.iter_mut() {
+            f.stored = storage.stored_now(&f.file_name);
+        }
+    }
     let mut st = lock(&task.status);
     st.files = files.clone();
     let total_time = st.clock_ms;
@@ -388,9 +405,16 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
             start_time_stamp: f.begin_ts,
             end_time_stamp: f.end_ts,
         };
-        events.emit(TaskEvent::FileCommitted { status: 0, errmsg: String::new(), file_info });
+        let (status, errmsg) = if f.stored { (0, String::new()) } else { (1, "still in the spool: stored when the storage takes it (305 Status 2)".to_string()) };
+        events.emit(TaskEvent::FileCommitted { status, errmsg, file_info });
     }
     events.emit(TaskEvent::RecordingFinished { status: if failed { 1 } else { 0 }, result });
+    if !spec.storage.is_local() {
+        let left = super::s3::uploads().end(&spec.id);
+        if left > 0 {
+            tracing::warn!(recording = %spec.id, files = left, "recording finished with files in the spool; they are uploaded when the storage answers");
+        }
+    }
     tracing::info!(recording = %spec.id, files = files.len(), "recording finished");
 }
 

@@ -21,6 +21,10 @@ pub trait Storage: Send + Sync {
     fn remove(&self, name: &str);
     /// The URL players fetch `name` at.
     fn url(&self, name: &str) -> String;
+    /// Whether `name` is in final storage now (an S3 upload may still wait in the spool).
+    fn stored_now(&self, _name: &str) -> bool {
+        true
+    }
 }
 
 /// `recordings/<app>/<prefix>/<task>/` under the data dir, served at `/files/<app>/…`.
@@ -257,7 +261,7 @@ impl HlsWriter {
             duration_ms,
             size,
             url: self.storage.url(&seg.name),
-            stored: true,
+            stored: self.storage.stored_now(&seg.name),
             play_time_ms: seg.first_ms,
         });
         // The segment is stored and listed; if the playlist is refused, the next write names it.

@@ -15,6 +15,7 @@ mod files;
 mod task_file;
 use task_file::RecordingFile;
 mod hls;
+pub mod s3;
 mod worker;
 
 pub use files::playlists;
@@ -53,18 +54,76 @@ pub struct RecordingSpec {
     pub split_minutes: u32,
     pub max_idle: Duration,
     pub prefix: String,
+    /// Where the files go: local, a configured storage, or an inline bucket (its secret
+    /// sealed or named by env, never plain here).
+    pub storage: tessera_model::StorageRef,
+}
+
+/// Turns a storage choice into a bucket and its opened secret (`None`: local storage); the
+/// server sets it, since it knows the configured storages and the apps' secrets.
+pub type StorageResolver = Arc<dyn Fn(&AppId, &tessera_model::StorageRef) -> Result<Option<(tessera_model::S3Settings, String)>, String> + Send + Sync>;
+
+static RESOLVER: std::sync::RwLock<Option<StorageResolver>> = std::sync::RwLock::new(None);
+
+/// Sets how storage choices are resolved (the server's, replacing an earlier one).
+pub fn resolve_storage_with(f: StorageResolver) {
+    *RESOLVER.write().unwrap_or_else(|e| e.into_inner()) = Some(f);
+}
+
+/// The bucket of a storage choice: `Ok(None)` for local storage.
+pub fn resolve_storage(app: &AppId, storage: &tessera_model::StorageRef) -> Result<Option<(tessera_model::S3Settings, String)>, String> {
+    if storage.is_local() {
+        return Ok(None);
+    }
+    let resolver = RESOLVER.read().unwrap_or_else(|e| e.into_inner()).clone();
+    match resolver {
+        Some(f) => f(app, storage),
+        None => Err("no storage but local is configured".into()),
+    }
 }
 
 impl RecordingSpec {
     /// Where the task's files go (RECORDING.md §7), its spool, and their URL prefix.
+    /// For a bucket, the files' working copy is `spool/<task>/files/` (removed once all are
+    /// uploaded).
     pub fn places(&self, data_dir: &Path) -> (PathBuf, PathBuf, String) {
-        let mut rel = PathBuf::new();
-        if !self.prefix.is_empty() {
-            rel.push(&self.prefix);
+        let rel = self.rel_dir();
+        let url_base = format!("/files/{}/{rel}", self.app);
+        let spool = data_dir.join("spool").join(&self.id);
+        if self.storage.is_local() {
+            (data_dir.join("recordings").join(self.app.as_str()).join(rel), spool, url_base)
+        } else {
+            (spool.join("files"), spool, url_base)
         }
-        rel.push(&self.id);
-        let url_base = format!("/files/{}/{}", self.app, rel.to_string_lossy());
-        (data_dir.join("recordings").join(self.app.as_str()).join(rel), data_dir.join("spool").join(&self.id), url_base)
+    }
+
+    /// `<Prefix>/<TaskId>` (`<TaskId>` alone without a prefix).
+    pub fn rel_dir(&self) -> String {
+        if self.prefix.is_empty() {
+            self.id.clone()
+        } else {
+            format!("{}/{}", self.prefix.trim_end_matches('/'), self.id)
+        }
+    }
+
+    /// The task's storage, opened: local, or the bucket with its uploads registered.
+    pub(crate) fn open_storage(&self, data_dir: &Path, events: &TaskEvents, task: &Arc<RecordingTask>) -> Result<Arc<dyn Storage>, String> {
+        let (final_dir, _, url_base) = self.places(data_dir);
+        let Some((settings, secret)) = resolve_storage(&self.app, &self.storage)? else {
+            return Ok(Arc::new(LocalStorage { dir: final_dir, url_base }));
+        };
+        let client = Arc::new(s3::S3Client::new(&settings, &secret).map_err(|e| e.to_string())?);
+        let rel = format!("{}/", self.rel_dir());
+        let weak = Arc::downgrade(task);
+        let on_stored: Arc<dyn Fn(&str) + Send + Sync> = Arc::new(move |name: &str| {
+            if let Some(task) = weak.upgrade() {
+                for f in lock(&task.status).files.iter_mut().filter(|f| f.file_name == name) {
+                    f.stored = true;
+                }
+            }
+        });
+        s3::uploads().open(&self.id, client.clone(), final_dir.clone(), rel.clone(), events.clone(), on_stored);
+        Ok(Arc::new(s3::S3Storage { task: self.id.clone(), dir: final_dir, client, rel, upload_hls: self.hls_kept() }))
     }
 
     pub fn hls_kept(&self) -> bool {
@@ -356,6 +415,7 @@ impl Recordings {
                     split_minutes: settings.mp4_split_minutes,
                     max_idle: Duration::from_secs(settings.resume_wait_s.into()),
                     prefix: settings.prefix.clone(),
+                    storage: tessera_model::StorageRef::Named(settings.storage.clone()),
                 };
                 let id = spec.id.clone();
                 match self.start(spec, data_dir.to_path_buf(), rtc.clone()) {
@@ -401,6 +461,7 @@ fn save(task: &RecordingTask) -> crate::TaskResult<()> {
         split_minutes: spec.split_minutes,
         max_idle_s: spec.max_idle.as_secs(),
         prefix: spec.prefix,
+        storage: spec.storage,
         subscribe: spec.subscribe,
         state: st.state,
         created_at: task.created_at,
@@ -456,6 +517,7 @@ impl Recordings {
                 split_minutes: f.split_minutes,
                 max_idle: Duration::from_secs(f.max_idle_s),
                 prefix: f.prefix,
+                storage: f.storage,
             };
             let state = f.state;
             let status = RecordingStatus {
@@ -480,10 +542,28 @@ impl Recordings {
                 files: self.tasks.files().clone(),
             });
             self.tasks.insert(&spec.id, task.clone());
+            let (final_dir, spool, url_base) = spec.places(data_dir);
             if state == RecordingState::Finished {
+                if !spec.storage.is_local() && final_dir.is_dir() {
+                    // Files a previous run left in the spool: uploaded now.
+                    let events = TaskEvents::new(&self.hooks, &spec);
+                    match spec.open_storage(data_dir, &events, &task) {
+                        Ok(_) => {
+                            let mut names: Vec<String> =
+                                std::fs::read_dir(&final_dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                            // Segments before the playlists that name them.
+                            names.sort_by_key(|n| (n.ends_with(".m3u8"), n.clone()));
+                            let upload_hls = spec.hls_kept();
+                            for n in names.iter().filter(|n| upload_hls || n.ends_with(".mp4") || n.ends_with(".aac")) {
+                                s3::uploads().push(&spec.id, n);
+                            }
+                            s3::uploads().end(&spec.id);
+                        }
+                        Err(e) => tracing::warn!(recording = %spec.id, "files left in the spool cannot be uploaded: {e}"),
+                    }
+                }
                 continue;
             }
-            let (final_dir, spool, url_base) = spec.places(data_dir);
             files::recover_segments(&final_dir, &spool);
             let restarts = lock(&task.status).restarts;
             if state == RecordingState::Stopped || restarts >= MAX_RESTARTS {
@@ -501,7 +581,11 @@ impl Recordings {
                 if state != RecordingState::Stopped {
                     events.emit(TaskEvent::RecordingStopped { leave_code: 104 });
                 }
-                files::finish_task(&task, &spec, &final_dir, &spool, &url_base, None, &events);
+                let storage: Arc<dyn Storage> = spec.open_storage(data_dir, &events, &task).unwrap_or_else(|e| {
+                    tracing::warn!(recording = %spec.id, "its storage cannot be opened ({e}); files stay in the spool");
+                    Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() })
+                });
+                files::finish_task(&task, &spec, &final_dir, &spool, storage.as_ref(), None, &events);
                 let _ = save(&task);
                 continue;
             }

@@ -37,6 +37,8 @@ pub(super) struct RecordingFile {
     pub(super) max_idle_s: u64,
     #[serde(default)]
     pub(super) prefix: String,
+    #[serde(default)]
+    pub(super) storage: tessera_model::StorageRef,
     #[serde(default = "tessera_engine::mcu::Subscribe::everyone")]
     pub(super) subscribe: tessera_engine::mcu::Subscribe,
     #[serde(default = "defaults::state")]

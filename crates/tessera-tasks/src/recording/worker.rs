@@ -7,6 +7,7 @@
 
 use super::files::{finish_task, listed_files, scan_playlists};
 use super::hls::{id_in_name, HlsWriter, LocalStorage, Storage};
+use super::s3;
 use super::{lock, save, FileInfo, RecordingError, RecordingSpec, RecordingState, RecordingTask, TaskEvents};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -29,6 +30,8 @@ use tokio::sync::mpsc::{unbounded_channel, UnboundedSender};
 const MAX_QUEUED_PACKETS: usize = 2048;
 /// A lost video unit asks its source for a keyframe at most this often.
 const KEYFRAME_RETRY: Duration = Duration::from_secs(1);
+/// How long a stopping recording waits for its bucket to take the files in the spool.
+const UPLOAD_WAIT_AT_STOP: Duration = Duration::from_secs(10);
 
 /// What the worker takes in, in order.
 pub(super) enum Input {
@@ -241,11 +244,16 @@ fn work(
     let (final_dir, spool, url_base) = spec.places(&data_dir);
     let restarts = lock(&task.status).restarts;
     let ha = if restarts > 0 { format!("ha{restarts}_") } else { String::new() };
-    let storage: Arc<dyn Storage> = Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() });
+    let opened = spec.open_storage(&data_dir, &events, &task);
+    let storage: Arc<dyn Storage> = match &opened {
+        Ok(s) => s.clone(),
+        // Refused below with 303 Status 1; this only fills the worker.
+        Err(_) => Arc::new(LocalStorage { dir: final_dir.clone(), url_base: url_base.clone() }),
+    };
     // A resumed task lists what earlier runs wrote from the start, not only once it finishes.
     let earlier: Vec<FileInfo> = if restarts > 0 {
         let start_unix = lock(&task.status).started_at.unwrap_or(0);
-        listed_files(&scan_playlists(&final_dir), &final_dir, &url_base, start_unix).into_iter().flatten().collect()
+        listed_files(&scan_playlists(&final_dir), &final_dir, storage.as_ref(), start_unix).into_iter().flatten().collect()
     } else {
         Vec::new()
     };
@@ -267,8 +275,9 @@ fn work(
         // 301 (or 306 after a crash restart), then 303 for the storage.
         let status = if tapped { 0 } else { 1 };
         events.emit(TaskEvent::RecordingStarted { status, restarted: restarts > 0 });
-        events.emit(TaskEvent::StorageReady { status: if ready.is_ok() { 0 } else { 1 } });
+        events.emit(TaskEvent::StorageReady { status: if ready.is_ok() && opened.is_ok() { 0 } else { 1 } });
         ready.map_err(RecordingError::Folders)?;
+        opened.as_ref().map_err(|e| RecordingError::Storage { name: "the storage".into(), reason: e.clone() })?;
         record(&task, &mut w, &inputs, &queued)
     })();
     let mut all_stored = true;
@@ -302,9 +311,12 @@ fn work(
     }
     let _ = save(&task);
     events.emit(TaskEvent::RecordingStopped { leave_code: code });
+    // A bucket gets a moment to take what waits in the spool; what is left goes up later
+    // (305 Status 2 then).
+    let all_stored = all_stored && s3::uploads().drain(&spec.id, UPLOAD_WAIT_AT_STOP);
     let stored = if all_stored { 0 } else { 1 };
     events.emit(TaskEvent::UploadStopped { status: stored, leave_code: stored });
-    finish_task(&task, &spec, &final_dir, &spool, &url_base, error, &events);
+    finish_task(&task, &spec, &final_dir, &spool, w.storage.as_ref(), error, &events);
     let _ = save(&task);
     task.working.store(false, Ordering::SeqCst);
 }
@@ -398,7 +410,17 @@ fn record(task: &RecordingTask, w: &mut Worker, inputs: &Receiver<Input>, queued
             // The list is rebuilt only when a segment was added (this runs for every packet).
             let count = w.earlier.len() + w.writers.iter().map(|wr| wr.files.len()).sum::<usize>();
             if count != st.files.len() {
-                st.files = w.earlier.iter().cloned().chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned())).collect();
+                let storage = w.storage.clone();
+                st.files = w
+                    .earlier
+                    .iter()
+                    .cloned()
+                    .chain(w.writers.iter().flat_map(|wr| wr.files.iter().cloned()))
+                    .map(|mut f| {
+                        f.stored = storage.stored_now(&f.file_name);
+                        f
+                    })
+                    .collect();
                 drop(st);
                 // Every new segment is on record before the next one starts.
                 let _ = save(task);
