@@ -549,8 +549,12 @@ fn a_recording_goes_to_an_s3_bucket_and_spools_while_it_is_unreachable() {
     let mp4_name = mp4["VideoUrl"].as_str().unwrap().rsplit('/').next().unwrap().to_owned();
     assert_eq!(mp4["VideoUrl"], format!("s3://recordings/{prefix}{mp4_name}"));
 
-    // The bucket returns: everything goes up, 305 Status 2, the spool is emptied.
+    // The server is restarted meanwhile; the bucket returns: everything goes up (from the next
+    // run, which finds the spool), 305 Status 2, the spool is emptied.
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
     link.set_down(false);
+    let server = Server::start(data, &[]);
     eprintln!("bucket away for {:.1} s", cut_at.elapsed().as_secs_f64());
     hooks.wait_for(Duration::from_secs(60), "305 Status 2", |e| e.iter().any(|e| e["EventType"] == 305 && e["EventInfo"]["Payload"]["Status"] == 2));
     assert!(!data.join("spool").join(&id).exists(), "the spool is emptied once all is stored");

@@ -352,7 +352,7 @@ pub(super) fn finish_task(task: &RecordingTask, spec: &RecordingSpec, final_dir:
     // The spool's own files go (joined playlists, parts); a bucket's working copy (a folder
     // in it) goes once every file is uploaded.
     if let Ok(entries) = std::fs::read_dir(spool) {
-        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| !t.is_dir())) {
+        for e in entries.flatten().filter(|e| e.file_type().is_ok_and(|t| !t.is_dir()) && e.file_name() != "uploaded.txt") {
             let _ = std::fs::remove_file(e.path());
         }
     }

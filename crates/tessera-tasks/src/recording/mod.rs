@@ -122,7 +122,7 @@ impl RecordingSpec {
                 }
             }
         });
-        s3::uploads().open(&self.id, client.clone(), final_dir.clone(), rel.clone(), events.clone(), on_stored);
+        s3::uploads().open(&self.id, client.clone(), final_dir.clone(), rel.clone(), self.hls_kept(), events.clone(), on_stored);
         Ok(Arc::new(s3::S3Storage { task: self.id.clone(), dir: final_dir, client, rel, upload_hls: self.hls_kept() }))
     }
 
@@ -547,16 +547,9 @@ impl Recordings {
                 if !spec.storage.is_local() && final_dir.is_dir() {
                     // Files a previous run left in the spool: uploaded now.
                     let events = TaskEvents::new(&self.hooks, &spec);
+                    // Opening it queues what the manifest does not list as stored.
                     match spec.open_storage(data_dir, &events, &task) {
                         Ok(_) => {
-                            let mut names: Vec<String> =
-                                std::fs::read_dir(&final_dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
-                            // Segments before the playlists that name them.
-                            names.sort_by_key(|n| (n.ends_with(".m3u8"), n.clone()));
-                            let upload_hls = spec.hls_kept();
-                            for n in names.iter().filter(|n| upload_hls || n.ends_with(".mp4") || n.ends_with(".aac")) {
-                                s3::uploads().push(&spec.id, n);
-                            }
                             s3::uploads().end(&spec.id);
                         }
                         Err(e) => tracing::warn!(recording = %spec.id, "files left in the spool cannot be uploaded: {e}"),

@@ -27,6 +27,8 @@ const SIGNED_FOR: Duration = Duration::from_secs(600);
 /// Files above this go up in parts (S3 takes at most 5 GiB in one PUT; parts keep a retry small).
 const MULTIPART_ABOVE: u64 = 64 * 1024 * 1024;
 const PART_BYTES: usize = 16 * 1024 * 1024;
+/// S3's smallest part (but the last).
+const MIN_PART_BYTES: usize = 5 * 1024 * 1024;
 /// Upload threads for all recordings.
 const UPLOAD_THREADS: usize = 2;
 
@@ -87,6 +89,8 @@ pub struct S3Client {
     agent: ureq::Agent,
     key_prefix: String,
     public_base_url: Option<String>,
+    /// (multipart above, part size).
+    parts: (u64, usize),
 }
 
 impl S3Client {
@@ -102,7 +106,14 @@ impl S3Client {
             agent,
             key_prefix: settings.key_prefix.clone(),
             public_base_url: settings.public_base_url.clone(),
+            parts: (MULTIPART_ABOVE, PART_BYTES),
         })
+    }
+
+    /// Multipart uploads for files above `above` bytes, in parts of `part` (at least 5 MiB).
+    pub fn with_parts(mut self, above: u64, part: usize) -> S3Client {
+        self.parts = (above, part.max(MIN_PART_BYTES));
+        self
     }
 
     /// `<key_prefix><rel>` (RECORDING.md §7: `<key_prefix><Prefix>/<TaskId>/<file>`).
@@ -122,7 +133,7 @@ impl S3Client {
     pub fn put_file(&self, key: &str, path: &Path) -> Result<(), S3Error> {
         let file = std::fs::File::open(path).map_err(|e| s3_error("SpoolReadFailed", e.to_string()))?;
         let len = file.metadata().map_err(|e| s3_error("SpoolReadFailed", e.to_string()))?.len();
-        if len > MULTIPART_ABOVE {
+        if len > self.parts.0 {
             return self.put_multipart(key, file);
         }
         let url = self.bucket.put_object(Some(&self.credentials), key).sign(SIGNED_FOR);
@@ -132,12 +143,12 @@ impl S3Client {
 
     fn put_multipart(&self, key: &str, mut file: std::fs::File) -> Result<(), S3Error> {
         let url = self.bucket.create_multipart_upload(Some(&self.credentials), key).sign(SIGNED_FOR);
-        let body = self.agent.post(url.as_str()).call().map_err(request_error)?.into_string().map_err(|e| s3_error("RequestFailed", e.to_string()))?;
+        let body = self.agent.post(url.as_str()).send_bytes(&[]).map_err(request_error)?.into_string().map_err(|e| s3_error("RequestFailed", e.to_string()))?;
         let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body).map_err(|e| s3_error("MalformedResponse", e.to_string()))?;
         let upload_id = created.upload_id().to_string();
         let parts = (|| -> Result<Vec<String>, S3Error> {
             let mut etags = Vec::new();
-            let mut buf = vec![0u8; PART_BYTES];
+            let mut buf = vec![0u8; self.parts.1];
             loop {
                 let mut filled = 0;
                 while filled < buf.len() {
@@ -267,9 +278,15 @@ impl Storage for S3Storage {
     }
 }
 
-/// The working copy, and its task's spool folder if nothing else is left in it.
+/// The names of the files stored so far, next to the working copy.
+fn manifest(dir: &Path) -> PathBuf {
+    dir.with_file_name("uploaded.txt")
+}
+
+/// The working copy and its manifest, and its task's spool folder if nothing else is left in it.
 fn remove_working_copy(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
+    let _ = std::fs::remove_file(manifest(dir));
     if let Some(spool) = dir.parent() {
         let _ = std::fs::remove_dir(spool);
     }
@@ -319,7 +336,8 @@ impl Uploads {
     }
 
     /// Registers a task's bucket (again after a restart: the queue is kept).
-    pub fn open(&self, task: &str, client: Arc<S3Client>, dir: PathBuf, rel: String, events: TaskEvents, on_stored: Arc<dyn Fn(&str) + Send + Sync>) {
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(&self, task: &str, client: Arc<S3Client>, dir: PathBuf, rel: String, upload_hls: bool, events: TaskEvents, on_stored: Arc<dyn Fn(&str) + Send + Sync>) {
         let mut tasks = self.lock();
         match tasks.get_mut(task) {
             Some(t) => {
@@ -329,9 +347,22 @@ impl Uploads {
                 t.ended = false;
             }
             None => {
-                tasks.insert(task.to_string(), TaskUploads { client, dir, rel, queue: UploadQueue::default(), events, on_stored, ended: false, left_in_spool: false });
+                // Files an earlier run left (a restart): what its manifest does not list as
+                // stored goes up again, segments before the playlists naming them.
+                let mut queue = UploadQueue::default();
+                let stored: std::collections::HashSet<String> = std::fs::read_to_string(manifest(&dir)).unwrap_or_default().lines().map(str::to_string).collect();
+                let mut names: Vec<String> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+                names.retain(|n| !n.ends_with(".part") && !n.ends_with(".tmp") && (n.ends_with(".m3u8") || !stored.contains(n)));
+                names.sort_by_key(|n| (n.ends_with(".m3u8"), n.clone()));
+                let now = self.now_ms();
+                for n in names.iter().filter(|n| upload_hls || n.ends_with(".mp4") || n.ends_with(".aac")) {
+                    queue.push(n, now);
+                }
+                tasks.insert(task.to_string(), TaskUploads { client, dir, rel, queue, events, on_stored, ended: false, left_in_spool: false });
             }
         }
+        drop(tasks);
+        self.changed.notify_all();
     }
 
     pub fn push(&self, task: &str, name: &str) {
@@ -420,6 +451,11 @@ impl Uploads {
                 Ok(()) => {
                     t.queue.stored();
                     (t.on_stored)(&name);
+                    // Kept so a restart does not upload it again (a lost line only costs that).
+                    if let Ok(mut f) = std::fs::OpenOptions::new().create(true).append(true).open(manifest(&t.dir)) {
+                        use std::io::Write as _;
+                        let _ = writeln!(f, "{name}");
+                    }
                 }
                 Err(e) => {
                     tracing::warn!(recording = %task, file = %name, "upload failed: {e}");
@@ -459,10 +495,82 @@ mod tests {
         let relabelled = sealed.replacen("k2:", "k1:", 1);
         assert_eq!(unseal(&relabelled, &secrets), None, "the kid is authenticated");
         let mut tampered = sealed.clone();
-        tampered.pop();
-        tampered.push('A');
+        let last = tampered.pop().unwrap();
+        tampered.push(if last == 'A' { 'B' } else { 'A' });
         assert_eq!(unseal(&tampered, &secrets), None);
         assert_ne!(seal("x", "k2", "app-secret-0123456789"), seal("x", "k2", "app-secret-0123456789"), "a fresh nonce each time");
+    }
+
+    /// moto's S3 server from the test venv (`scripts/setup.sh --test` installs it).
+    struct Moto(std::process::Child, u16);
+
+    impl Moto {
+        fn start() -> Moto {
+            let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/test-venv/bin");
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = std::process::Command::new(root.join("moto_server"))
+                .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .expect("moto_server (scripts/setup.sh --test installs it in target/test-venv)");
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < deadline, "moto_server did not start");
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            Moto(child, port)
+        }
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    #[test]
+    fn a_big_file_goes_up_in_parts_and_comes_back_whole_and_in_ranges() {
+        let moto = Moto::start();
+        let settings = S3Settings {
+            bucket: "parts".into(),
+            region: "us-east-1".into(),
+            endpoint: format!("http://127.0.0.1:{}", moto.1),
+            access_key_id: "AK".into(),
+            secret_access_key: None,
+            secret_access_key_sealed: None,
+            secret_access_key_env: None,
+            path_style: true,
+            key_prefix: "p/".into(),
+            public_base_url: Some("https://cdn.example/rec/".into()),
+        };
+        let client = S3Client::new(&settings, "SK").unwrap().with_parts(6 * 1024 * 1024, 5 * 1024 * 1024);
+        let url = client.bucket.create_bucket(&client.credentials).sign(SIGNED_FOR);
+        client.agent.put(url.as_str()).send_bytes(&[]).expect("bucket made");
+        assert_eq!(client.url_of(&client.key("t/a.mp4")), "https://cdn.example/rec/p/t/a.mp4");
+        // 12.5 MiB of a pattern: three parts, the last one short.
+        let dir = std::env::temp_dir().join(format!("tessera-s3-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("big.mp4");
+        let bytes: Vec<u8> = (0..12 * 1024 * 1024 + 512 * 1024).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+        std::fs::write(&path, &bytes).unwrap();
+        client.put_file(&client.key("t/big.mp4"), &path).expect("multipart upload");
+        let mut back = Vec::new();
+        client.get(&client.key("t/big.mp4"), None).unwrap().into_reader().read_to_end(&mut back).unwrap();
+        assert!(back == bytes, "{} bytes back of {}", back.len(), bytes.len());
+        let ranged = client.get(&client.key("t/big.mp4"), Some("bytes=5242870-5242889")).unwrap();
+        assert_eq!(ranged.status(), 206);
+        let mut part = Vec::new();
+        ranged.into_reader().read_to_end(&mut part).unwrap();
+        assert_eq!(part, bytes[5_242_870..5_242_890]);
+        // A small file is one PUT; a missing key is NoSuchKey; a wrong bucket names itself.
+        std::fs::write(dir.join("s.m3u8"), b"#EXTM3U\n").unwrap();
+        client.put_file(&client.key("t/s.m3u8"), &dir.join("s.m3u8")).unwrap();
+        assert_eq!(client.get(&client.key("t/none.ts"), None).unwrap_err().code, "NoSuchKey");
+        let other = S3Client::new(&S3Settings { bucket: "nobucket".into(), ..settings }, "SK").unwrap();
+        assert_eq!(other.put_file("k", &dir.join("s.m3u8")).unwrap_err().code, "NoSuchBucket");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
