@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tessera_rtc::str0m::change::{SdpAnswer, SdpPendingOffer};
 use tessera_rtc::str0m::media::{Direction, MediaKind, Mid, Pt};
 use tessera_rtc::str0m::net::{Protocol, Receive};
-use tessera_rtc::str0m::rtp::{ExtensionValues, RtpWrite};
+use tessera_rtc::str0m::rtp::{Extension, ExtensionValues, RtpWrite};
 use tessera_rtc::str0m::{Candidate, Event, Input, Output, Rtc};
 use tokio::net::UdpSocket;
 
@@ -176,6 +176,15 @@ async fn offer_peer(args: &Args, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>, S
     let socket = UdpSocket::bind(SocketAddr::new(args.bind_ip, 0)).await.expect("bind");
     let local = socket.local_addr().unwrap();
     let mut config = Rtc::builder().set_rtp_mode(true).clear_codecs().enable_opus(true, false);
+    if dir == Direction::RecvOnly {
+        // Subscribers read RTP headers without str0m, so they send no transport-wide feedback:
+        // they do not offer it either (a server would otherwise estimate, and pace at, a rate
+        // nobody measures).
+        config = config.clear_extension_map();
+        for (id, ext) in [(1, Extension::AudioLevel), (2, Extension::AbsoluteSendTime), (4, Extension::RtpMid), (10, Extension::RtpStreamId), (11, Extension::RepairedRtpStreamId)] {
+            config = config.set_extension(id, ext);
+        }
+    }
     config.codec_config().add_h264(108.into(), Some(109.into()), true, 0x42e01f);
     let mut rtc = config.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());

@@ -58,8 +58,12 @@ impl Peer {
     /// `first_video` is the video codec the offer lists first: the answer prefers it, since the
     /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
     pub fn from_offer(role: PeerRole, offer: &str, candidates: &HostCandidates, first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
+        // A viewer that does not offer transport-wide congestion control will send no feedback:
+        // estimating (and pacing at) a rate nobody measures would hold its media in a queue at
+        // the initial estimate forever. It gets what the allocator picks without an estimate.
+        let feedback = offer.contains("transport-wide-cc");
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
-        let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), now)?;
+        let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), feedback, now)?;
         let mut answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
         if role == PeerRole::Publish {
             answer = prefer_red(&answer);
@@ -72,7 +76,7 @@ impl Peer {
     /// A peer the server offers to (room signaling's `sub` connection, PRODUCT.md §7): it
     /// plays to the client, and its sections are added and stopped by renegotiation.
     pub fn offerer(candidates: &HostCandidates, now: Instant) -> Result<Peer, OfferError> {
-        let mut rtc = build(PeerRole::Play, candidates, true, now)?;
+        let mut rtc = build(PeerRole::Play, candidates, true, true, now)?;
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Ok(Peer { rtc, local_ufrag })
     }
@@ -80,7 +84,7 @@ impl Peer {
 
 /// The str0m peer Tessera runs: ICE-lite, RTP mode, Opus and H.264 (or VP8 first when the
 /// client prefers it), with AV1 and bandwidth estimation when it plays to the client.
-fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
+fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, feedback: bool, now: Instant) -> Result<Rtc, OfferError> {
     let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, true);
     if let Some(cert) = crate::dtls::process_certificate() {
         config = config.set_dtls_cert(cert);
@@ -99,7 +103,9 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Ins
         // publisher's AV1 original as it is (no WebRTC publisher is answered with AV1).
         config = config.enable_av1(true);
         // Transport-wide congestion control drives the simulcast layer of each viewer.
-        config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
+        if feedback {
+            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
+        }
         // A lossy viewer's browser is asked for a jitter buffer long enough for a retransmission.
         config = config.set_extension(PLAYOUT_DELAY_EXT_ID, Extension::PlayoutDelay);
     }
