@@ -347,6 +347,11 @@ fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     let times: Vec<f64> = r["frame_times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
     assert!(times.len() >= 60, "{} frames in 6 s", times.len());
     assert_blue(&first.finish(Duration::from_secs(40)), "the first viewer");
+    // The relay came over HTTP/2 (the relay client's unit test shows a node pair's rooms and
+    // requests sharing its one connection).
+    let logs = owner.server.as_ref().unwrap().logs();
+    let relay = logs.iter().find(|l| l.contains("relaying the room to another node")).unwrap_or_else(|| panic!("no relay in the room's node's log"));
+    assert!(relay.contains("version=HTTP/2.0") && relay.contains("edge="), "{relay}");
     // The room is one room, listed on its node by every node (the relay's copy is not a room).
     for n in &nodes {
         let list = get(&n.url("/v1/rooms"), Some(&n.key)).json();

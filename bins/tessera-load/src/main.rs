@@ -181,7 +181,8 @@ async fn offer_peer(args: &Args, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>, S
         // they do not offer it either (a server would otherwise estimate, and pace at, a rate
         // nobody measures).
         config = config.clear_extension_map();
-        for (id, ext) in [(1, Extension::AudioLevel), (2, Extension::AbsoluteSendTime), (4, Extension::RtpMid), (10, Extension::RtpStreamId), (11, Extension::RepairedRtpStreamId)] {
+        for (id, ext) in [(1, Extension::AudioLevel), (2, Extension::AbsoluteSendTime), (4, Extension::RtpMid), (10, Extension::RtpStreamId), (11, Extension::RepairedRtpStreamId)]
+        {
             config = config.set_extension(id, ext);
         }
     }

@@ -1,8 +1,9 @@
 //! The inter-node relay of a cluster, sans-IO: a room's node (the origin) sends what a tap of the
 //! room gets to another node (an edge) that serves viewers the origin has no room for. This is
-//! mediasoup's pipe transport between routers, over one TCP stream per relayed room: TCP does the
-//! retransmission between nodes, so only keyframe requests travel back (the edge's own viewers'
-//! NACKs are answered from the edge's packet history).
+//! mediasoup's pipe transport between routers, as one HTTP/2 stream per relayed room, all of a
+//! node pair's rooms (and the keyframe requests back) multiplexed on one TCP connection: TCP does
+//! the retransmission between nodes, so only keyframe requests travel back (the edge's own
+//! viewers' NACKs are answered from the edge's packet history).
 //!
 //! - [`encode`] frames a tap packet; [`FrameReader`] cuts a byte stream back into frames.
 //! - [`EdgeMirror`] is the edge's state: which publishers of the origin's room it mirrors, the

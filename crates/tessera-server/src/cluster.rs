@@ -64,10 +64,28 @@ pub struct Cluster {
     known_nodes: std::sync::Mutex<std::collections::HashSet<NodeId>>,
     tls: Arc<rustls::ClientConfig>,
     forwarder: Forwarder,
+    /// The inter-node relay's client: HTTP/2 only, so every relayed room and keyframe request
+    /// between two nodes shares one TCP connection (h2c on plain http, ALPN h2 on https).
+    relay_client: Forwarder,
     /// Authenticates relay requests between nodes (`p:secret` in Redis).
     pub(crate) secret: String,
     /// Rooms this node relays from their node (as an edge), with the publishers it mirrors.
     pub(crate) edges: crate::cluster_relay::Edges,
+}
+
+/// One HTTP/2 connection per node pair for the relay: streams multiplexed, windows that grow
+/// with the link (a relayed room is a few Mbit/s), and PINGs that notice a dead peer in ~20 s
+/// even when nothing flows.
+fn relay_client(tls: &Arc<rustls::ClientConfig>) -> Forwarder {
+    let connector = hyper_rustls::HttpsConnectorBuilder::new().with_tls_config((**tls).clone()).https_or_http().enable_http2().build();
+    Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(Duration::from_secs(10))
+        .http2_keep_alive_timeout(Duration::from_secs(10))
+        .http2_keep_alive_while_idle(true)
+        .timer(hyper_util::rt::TokioTimer::new())
+        .build(connector)
 }
 
 impl Cluster {
@@ -116,6 +134,7 @@ impl Cluster {
             secret,
             edges: Default::default(),
             forwarder: Client::builder(TokioExecutor::new()).build(connector),
+            relay_client: relay_client(&tls),
         });
         // Every change saved from now on goes to the shared copy, in order.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
@@ -210,8 +229,8 @@ impl Cluster {
         self.membership.write().expect("membership").note_viewer(node);
     }
 
-    pub(crate) fn forwarder(&self) -> &Forwarder {
-        &self.forwarder
+    pub(crate) fn relay_client(&self) -> &Forwarder {
+        &self.relay_client
     }
 
     /// Other live nodes, from the last read.
@@ -916,6 +935,59 @@ fn redirect(node: &NodeRecord, uri: &Uri, token: Option<&str>) -> Response<Body>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The relay's client puts a node pair's relayed rooms (long-lived streams) and keyframe
+    /// requests on one connection, against the same HTTP/2-by-prior-knowledge serving the nodes
+    /// use.
+    #[tokio::test]
+    async fn the_relay_client_multiplexes_a_node_pairs_streams_on_one_connection() {
+        use std::sync::atomic::AtomicUsize;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let counter = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (io, _) = listener.accept().await.unwrap();
+                counter.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    let service = hyper::service::service_fn(|req: Request<hyper::body::Incoming>| async move {
+                        // A "relay": a body that keeps coming; anything else: a short answer.
+                        let body = if req.uri().path().starts_with("/relay") {
+                            let chunks = futures_util::stream::unfold(0u32, |n| async move {
+                                tokio::time::sleep(Duration::from_millis(20)).await;
+                                Some((Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(axum::body::Bytes::from(vec![n as u8; 100]))), n + 1))
+                            });
+                            Body::new(http_body_util::StreamBody::new(chunks))
+                        } else {
+                            Body::from("ok")
+                        };
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(body))
+                    });
+                    let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(io), service).await;
+                });
+            }
+        });
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = relay_client(&crate::tls::client_config(None).unwrap());
+        let mut streams = Vec::new();
+        for room in ["a", "b", "c"] {
+            let resp = client.request(Request::get(format!("http://{addr}/relay/{room}")).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(resp.version(), axum::http::Version::HTTP_2);
+            let mut body = resp.into_body();
+            assert!(body.frame().await.is_some(), "the stream flows");
+            streams.push(body);
+        }
+        for _ in 0..5 {
+            let resp = client.request(Request::post(format!("http://{addr}/keyframe")).body(Body::empty()).unwrap()).await.unwrap();
+            assert_eq!(resp.status(), StatusCode::OK);
+        }
+        for body in &mut streams {
+            assert!(body.frame().await.is_some(), "every stream still flows");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "three relayed rooms and five requests on one connection");
+    }
 
     #[test]
     fn a_redirect_keeps_the_path_and_query_and_carries_a_header_token() {

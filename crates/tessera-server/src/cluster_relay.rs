@@ -77,7 +77,13 @@ impl Drop for TapGuard {
 }
 
 /// `GET /internal/cluster/relay/{app}/{room}` (origin).
-pub async fn relay(State(state): State<AppState>, Path((app, room)): Path<(String, String)>, headers: HeaderMap) -> Response {
+pub async fn relay(
+    State(state): State<AppState>,
+    Path((app, room)): Path<(String, String)>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<crate::listen::PeerAddr>,
+    version: axum::http::Version,
+    headers: HeaderMap,
+) -> Response {
     let Some(cluster) = state.cluster.get() else { return refuse(StatusCode::NOT_FOUND, "cluster_disabled", "not a cluster node") };
     if !authorized(cluster, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "cluster_secret_invalid", "relay requests need the cluster's secret");
@@ -94,7 +100,8 @@ pub async fn relay(State(state): State<AppState>, Path((app, room)): Path<(Strin
         Ok(t) => t,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "relay_unavailable", &e.to_string()),
     };
-    tracing::info!(room = %key.room, %edge, "relaying the room to another node");
+    // The connection it came on (every relayed room of one edge shares it).
+    tracing::info!(room = %key.room, %edge, from = %peer.0, ?version, "relaying the room to another node");
     let guard = TapGuard { rtc: state.rtc.clone(), id };
     // Packets waiting are written together: one chunk per wake-up, not one per packet.
     let stream = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
@@ -117,7 +124,12 @@ pub async fn relay(State(state): State<AppState>, Path((app, room)): Path<(Strin
 }
 
 /// `POST /internal/cluster/keyframe/{app}/{room}/{user}/{stream}` (origin).
-pub async fn keyframe(State(state): State<AppState>, Path((app, room, user, stream)): Path<(String, String, String, String)>, headers: HeaderMap) -> Response {
+pub async fn keyframe(
+    State(state): State<AppState>,
+    Path((app, room, user, stream)): Path<(String, String, String, String)>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<crate::listen::PeerAddr>,
+    headers: HeaderMap,
+) -> Response {
     let Some(cluster) = state.cluster.get() else { return refuse(StatusCode::NOT_FOUND, "cluster_disabled", "not a cluster node") };
     if !authorized(cluster, &headers) {
         return refuse(StatusCode::UNAUTHORIZED, "cluster_secret_invalid", "relay requests need the cluster's secret");
@@ -125,6 +137,7 @@ pub async fn keyframe(State(state): State<AppState>, Path((app, room, user, stre
     let (Some(key), Ok(user), Some(stream)) = (room_key(&app, &room), UserId::parse(&user), StreamKind::parse(&stream)) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "bad app, room, user or stream");
     };
+    tracing::debug!(room = %key.room, %user, from = %peer.0, "keyframe asked by a relaying node");
     let _ = state.rtc.request_keyframe(key, user, stream).await;
     StatusCode::NO_CONTENT.into_response()
 }
@@ -170,7 +183,7 @@ async fn relay_from(state: &AppState, cluster: &Cluster, origin: &NodeRecord, ke
     let mut req = Request::get(&url).body(Body::empty()).map_err(|e| e.to_string())?;
     req.headers_mut().insert(SECRET_HEADER, HeaderValue::from_str(&cluster.secret).map_err(|e| e.to_string())?);
     req.headers_mut().insert(FORWARDED, HeaderValue::from_str(&cluster.me.0).map_err(|e| e.to_string())?);
-    let resp = tokio::time::timeout(Duration::from_secs(5), cluster.forwarder().request(req)).await.map_err(|_| "no answer in 5 s".to_string())?.map_err(|e| e.to_string())?;
+    let resp = tokio::time::timeout(Duration::from_secs(5), cluster.relay_client().request(req)).await.map_err(|_| "no answer in 5 s".to_string())?.map_err(|e| e.to_string())?;
     if resp.status() != StatusCode::OK {
         return Err(format!("the room's node answered {}", resp.status()));
     }
@@ -280,7 +293,7 @@ fn ask_keyframe(cluster: &Cluster, origin: &NodeRecord, key: &RoomKey, user: &Us
     if let Ok(v) = HeaderValue::from_str(&cluster.secret) {
         req.headers_mut().insert(SECRET_HEADER, v);
     }
-    let fut = cluster.forwarder().request(req);
+    let fut = cluster.relay_client().request(req);
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
     });
