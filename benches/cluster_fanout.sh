@@ -7,6 +7,8 @@
 # All on one machine: the nodes and the load tool share its cores.
 #
 #   sudo benches/cluster_fanout.sh [N]        (default 300)
+#   KBPS=250 PAR=10 sudo benches/cluster_fanout.sh 1500   (a lighter stream, 10 viewers
+#                                                          negotiating at a time)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-300}
@@ -58,7 +60,7 @@ start=$(date +%s.%N)
 # Halfway through the measurement, what each node serves.
 ( sleep $((n / 40 + 15)); curl -s -H "Authorization: Bearer $key" "http://$net.10:8080/v1/cluster/nodes" >"$dir/nodes.json" ) &
 j=$(ip netns exec "tcbf$$-3" target/release/tessera-load --server "http://$net.10:8080" --api-key "$key" --room fan \
-  --subscribers "$n" --duration 20 --bind-ip "$net.13" --json)
+  --subscribers "$n" --duration 20 --bind-ip "$net.13" --video-kbps "${KBPS:-1500}" --connect-parallel "${PAR:-1}" --json)
 end=$(date +%s.%N)
 declare -a after
 for i in 0 1 2; do after[i]=$(ticks "${node_pids[i]}"); done

@@ -34,6 +34,9 @@ pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// probes lift it within a second or two where there is room.
 const INITIAL_BWE_KBPS: u64 = 800;
 
+/// The fixed estimate of a viewer that offers no transport-wide congestion control feedback.
+const NO_FEEDBACK_BWE_KBPS: u64 = 50_000;
+
 /// Our id for the playout-delay header extension when the server offers (a `sub` connection);
 /// an answer takes the offer's.
 const PLAYOUT_DELAY_EXT_ID: u8 = 12;
@@ -59,8 +62,7 @@ impl Peer {
     /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
     pub fn from_offer(role: PeerRole, offer: &str, candidates: &HostCandidates, first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
         // A viewer that does not offer transport-wide congestion control will send no feedback:
-        // estimating (and pacing at) a rate nobody measures would hold its media in a queue at
-        // the initial estimate forever. It gets what the allocator picks without an estimate.
+        // pacing it at the usual starting estimate would hold its media in a queue forever.
         let feedback = offer.contains("transport-wide-cc");
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
         let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), feedback, now)?;
@@ -102,10 +104,12 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, feedback
         // Only for peers the server sends to: a viewer that negotiates AV1 gets an RTMP
         // publisher's AV1 original as it is (no WebRTC publisher is answered with AV1).
         config = config.enable_av1(true);
-        // Transport-wide congestion control drives the simulcast layer of each viewer.
-        if feedback {
-            config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
-        }
+        // Transport-wide congestion control drives the simulcast layer of each viewer. One that
+        // sends no feedback keeps its starting estimate forever: it starts (and stays) high, so
+        // its media is not queued behind a rate nobody measures, and it takes the same paced,
+        // batched send path as everyone else (str0m's unpaced path sends packet by packet).
+        let initial = if feedback { Bitrate::kbps(INITIAL_BWE_KBPS) } else { Bitrate::kbps(NO_FEEDBACK_BWE_KBPS) };
+        config = config.enable_bwe(Some(initial));
         // A lossy viewer's browser is asked for a jitter buffer long enough for a retransmission.
         config = config.set_extension(PLAYOUT_DELAY_EXT_ID, Extension::PlayoutDelay);
     }
