@@ -232,9 +232,75 @@ impl EdgeMirror {
     }
 }
 
+/// Packets waiting for an edge beyond which the origin catches up: at 1.5 Mbit/s (~150 packets
+/// a second) about a second and a half.
+pub const BACKLOG_CATCH_UP: usize = 256;
+
+/// The origin's side of an edge that cannot keep up (a slow link, a busy node): a backlog past
+/// `BACKLOG_CATCH_UP` is dropped rather than delivered late — audio while it lasts, each
+/// video stream until its next keyframe (which it asks for) — so an edge's viewers fall back to
+/// live instead of seconds behind.
+#[derive(Default)]
+pub struct RelayBacklog {
+    /// Video streams skipping to their next keyframe.
+    waiting_keyframe: std::collections::HashSet<(UserId, StreamKind)>,
+    /// Packets dropped so far.
+    pub dropped: u64,
+}
+
+/// What to do with a packet taken from the tap.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum BacklogVerdict {
+    Send,
+    Drop,
+    /// Drop it, and ask the publisher for a keyframe (the first drop of a video stream).
+    DropAndAskKeyframe,
+}
+
+impl RelayBacklog {
+    /// `backlog`: packets still waiting behind this one.
+    pub fn admit(&mut self, p: &TapPacket, backlog: usize) -> BacklogVerdict {
+        let video = p.codec != Codec::Opus;
+        let key = (p.user.clone(), p.stream);
+        if video && self.waiting_keyframe.contains(&key) {
+            if crate::sfu::payload_starts_keyframe(p.codec, &p.payload) && backlog <= BACKLOG_CATCH_UP / 2 {
+                self.waiting_keyframe.remove(&key);
+                return BacklogVerdict::Send;
+            }
+            self.dropped += 1;
+            return BacklogVerdict::Drop;
+        }
+        if backlog <= BACKLOG_CATCH_UP {
+            return BacklogVerdict::Send;
+        }
+        self.dropped += 1;
+        if video {
+            self.waiting_keyframe.insert(key);
+            return BacklogVerdict::DropAndAskKeyframe;
+        }
+        BacklogVerdict::Drop
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_edge_that_falls_behind_skips_to_live_and_a_keyframe() {
+        let mut b = RelayBacklog::default();
+        let key = [0x65u8, 0x88, 0x80];
+        let delta = [0x41u8, 0x9a];
+        assert_eq!(b.admit(&tap("cam", Codec::H264, 1, false, &delta), 10), BacklogVerdict::Send);
+        assert_eq!(b.admit(&tap("cam", Codec::Opus, 1, true, &[1]), BACKLOG_CATCH_UP + 1), BacklogVerdict::Drop, "late audio goes");
+        assert_eq!(b.admit(&tap("cam", Codec::H264, 2, false, &delta), BACKLOG_CATCH_UP + 1), BacklogVerdict::DropAndAskKeyframe);
+        assert_eq!(b.admit(&tap("cam", Codec::H264, 3, false, &delta), 5), BacklogVerdict::Drop, "video waits for a keyframe even once caught up");
+        assert_eq!(b.admit(&tap("cam", Codec::H264, 4, false, &key), BACKLOG_CATCH_UP), BacklogVerdict::Drop, "a keyframe while still behind goes too");
+        assert_eq!(b.admit(&tap("cam", Codec::Opus, 2, true, &[1]), 5), BacklogVerdict::Send, "audio flows once caught up");
+        assert_eq!(b.admit(&tap("cam", Codec::H264, 5, false, &key), 5), BacklogVerdict::Send, "the keyframe resumes the video");
+        assert_eq!(b.admit(&tap("cam", Codec::H264, 6, false, &delta), 5), BacklogVerdict::Send);
+        assert_eq!(b.dropped, 4);
+    }
 
     fn tap(user: &str, codec: Codec, seq: u64, marker: bool, payload: &[u8]) -> TapPacket {
         TapPacket {

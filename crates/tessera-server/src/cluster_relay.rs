@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tessera_cluster::NodeRecord;
-use tessera_engine::cluster_relay::{encode, EdgeAction, EdgeMirror, FrameReader};
+use tessera_engine::cluster_relay::{encode, BacklogVerdict, EdgeAction, EdgeMirror, FrameReader, RelayBacklog};
 use tessera_engine::presence::user_type;
 use tessera_engine::{JoinInfo, PeerRole, Quality, RoomKey, SessionSpec};
 use tessera_media::StreamKind;
@@ -103,20 +103,35 @@ pub async fn relay(
     // The connection it came on (every relayed room of one edge shares it).
     tracing::info!(room = %key.room, %edge, from = %peer.0, ?version, "relaying the room to another node");
     let guard = TapGuard { rtc: state.rtc.clone(), id };
-    // Packets waiting are written together: one chunk per wake-up, not one per packet.
-    let stream = futures_util::stream::unfold((rx, guard), |(mut rx, guard)| async move {
-        let first = rx.recv().await?;
+    let ctx = (rx, guard, RelayBacklog::default(), key.clone(), edge.to_owned());
+    // Packets waiting are written together: one chunk per wake-up, not one per packet. An edge
+    // that falls behind is brought back to live (`RelayBacklog`).
+    let stream = futures_util::stream::unfold(ctx, |(mut rx, guard, mut backlog, key, edge)| async move {
         let mut out = Vec::with_capacity(2048);
-        encode(&first, &mut out);
+        let mut first = Some(rx.recv().await?);
         while out.len() < 32 * 1024 {
-            match rx.try_recv() {
-                Ok(p) => {
+            let p = match first.take() {
+                Some(p) => p,
+                None => match rx.try_recv() {
+                    Ok(p) => p,
+                    Err(_) => break,
+                },
+            };
+            match backlog.admit(&p, rx.len()) {
+                BacklogVerdict::Send => {
                     encode(&p, &mut out);
                 }
-                Err(_) => break,
+                BacklogVerdict::Drop => {}
+                BacklogVerdict::DropAndAskKeyframe => {
+                    tracing::warn!(room = %key.room, %edge, user = %p.user, dropped = backlog.dropped, "a relaying node fell behind: its backlog is dropped up to the next keyframe");
+                    let (rtc, key) = (guard.rtc.clone(), key.clone());
+                    tokio::spawn(async move {
+                        let _ = rtc.request_keyframe(key, p.user, p.stream).await;
+                    });
+                }
             }
         }
-        Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(out)), (rx, guard)))
+        Some((Ok::<_, std::convert::Infallible>(axum::body::Bytes::from(out)), (rx, guard, backlog, key, edge)))
     });
     let mut r = Response::new(Body::from_stream(stream));
     r.headers_mut().insert(axum::http::header::CONTENT_TYPE, HeaderValue::from_static("application/x-tessera-relay"));
