@@ -288,11 +288,29 @@ pub fn relay_frames(data: &[u8]) {
     let _ = mirror.poll(now + std::time::Duration::from_secs(10));
 }
 
+/// What an S3-compatible bucket answers (first byte picks): an error document, a multipart
+/// upload's creation answer (rusty-s3's XML), or a sealed secret as kept in apps.json.
+pub fn s3_answers(data: &[u8]) {
+    let Some((&which, rest)) = data.split_first() else { return };
+    let text = String::from_utf8_lossy(rest);
+    match which % 3 {
+        0 => {
+            let _ = tessera_tasks::recording::s3::error_of_response(403, &text);
+        }
+        1 => {
+            let _ = tessera_tasks::recording::s3::parse_created_upload(&text);
+        }
+        _ => {
+            let _ = tessera_tasks::recording::s3::unseal(&text, &[("k1".to_string(), "app-secret-0123456789".to_string())]);
+        }
+    }
+}
+
 /// A fuzz target: the name of its folder under `fuzz/corpus/`, and the function run on each input.
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 13] = [
+pub const TARGETS: [Target; 14] = [
     ("amf0", amf0),
     ("rtmp_server", rtmp_server),
     ("rtmp_client", rtmp_client),
@@ -306,6 +324,7 @@ pub const TARGETS: [Target; 13] = [
     ("json_bodies", json_bodies),
     ("room_data", room_data),
     ("relay_frames", relay_frames),
+    ("s3_answers", s3_answers),
 ];
 
 #[cfg(test)]
@@ -474,6 +493,13 @@ a=rtpmap:97 rtx/90000\r\na=fmtp:97 apt=96\r\na=rid:h send\r\na=rid:l send\r\na=s
             info: None,
         };
         put("jwt", "valid", tessera_model::token::mint(&claims, &tessera_model::Kid::parse("k1").unwrap(), "s3cret-s3cret-s3cret").as_bytes());
+        put("s3_answers", "error", b"\0<?xml version=\"1.0\"?><Error><Code>InvalidAccessKeyId</Code><Message>no</Message></Error>");
+        put(
+            "s3_answers",
+            "created",
+            b"\x01<?xml version=\"1.0\" encoding=\"UTF-8\"?><InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>b</Bucket><Key>k</Key><UploadId>abc</UploadId></InitiateMultipartUploadResult>",
+        );
+        put("s3_answers", "sealed", &[[2u8].as_slice(), tessera_tasks::recording::s3::seal("secret", "k1", "app-secret-0123456789").as_bytes()].concat());
         put("task_file", "recording", &[[0u8].as_slice(), br#"{"kind":"recording","id":"0123456789abcdef","app":"default","room":"r","mode":"single","streams":["main"],"prefix":"a/b","state":"RECORDING","owned_job":null}"#].concat());
         put(
             "task_file",

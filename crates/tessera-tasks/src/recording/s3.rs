@@ -51,7 +51,7 @@ fn s3_error(code: &str, message: impl Into<String>) -> S3Error {
 }
 
 /// `<Code>` and `<Message>` of an S3 error document; the HTTP status when it has none.
-fn error_of_response(status: u16, body: &str) -> S3Error {
+pub fn error_of_response(status: u16, body: &str) -> S3Error {
     let tag = |t: &str| {
         let open = format!("<{t}>");
         let start = body.find(&open)? + open.len();
@@ -144,8 +144,7 @@ impl S3Client {
     fn put_multipart(&self, key: &str, mut file: std::fs::File) -> Result<(), S3Error> {
         let url = self.bucket.create_multipart_upload(Some(&self.credentials), key).sign(SIGNED_FOR);
         let body = self.agent.post(url.as_str()).send_bytes(&[]).map_err(request_error)?.into_string().map_err(|e| s3_error("RequestFailed", e.to_string()))?;
-        let created = rusty_s3::actions::CreateMultipartUpload::parse_response(&body).map_err(|e| s3_error("MalformedResponse", e.to_string()))?;
-        let upload_id = created.upload_id().to_string();
+        let upload_id = parse_created_upload(&body)?;
         let parts = (|| -> Result<Vec<String>, S3Error> {
             let mut etags = Vec::new();
             let mut buf = vec![0u8; self.parts.1];
@@ -193,6 +192,12 @@ impl S3Client {
         }
         req.call().map_err(request_error)
     }
+}
+
+/// The upload id of a multipart upload's creation answer.
+pub fn parse_created_upload(body: &str) -> Result<String, S3Error> {
+    let created = rusty_s3::actions::CreateMultipartUpload::parse_response(body).map_err(|e| s3_error("MalformedResponse", e.to_string()))?;
+    Ok(created.upload_id().to_string())
 }
 
 /// The AES-256-GCM key sealing storage secrets under one app secret (HKDF-SHA256).
