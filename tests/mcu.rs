@@ -10,6 +10,13 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tessera_tests::*;
 
 /// A solid-colour 320x180 picture and a sine tone, H.264 (no B-frames) + AAC over RTMP.
+/// The two tests each run a mix, a browser or four encoders: together on two cores they starve
+/// each other's mix of frames, so they take turns.
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 fn publisher(url: &str, colour: &str, tone: u32, seconds: u32) -> Child {
     Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-re"])
@@ -73,6 +80,7 @@ fn tiles(job: &Value) -> Vec<(String, Vec<u64>)> {
 
 #[test]
 fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
+    let _turn = serial();
     let dir = TempDir::new("mcu");
     let data = dir.path().join("data");
     let net = TestNet::new();
@@ -263,6 +271,7 @@ fn mix_job_composites_four_publishers_switches_layouts_and_frees_tiles() {
 /// keeps mixing through the switches.
 #[test]
 fn a_mix_decodes_the_simulcast_layer_its_tile_needs() {
+    let _turn = serial();
     let dir = TempDir::new("mcu-layers");
     let data = dir.path().join("data");
     let net = TestNet::new();

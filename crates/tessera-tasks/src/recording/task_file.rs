@@ -101,9 +101,11 @@ mod tests {
         let minimal: RecordingFile = serde_json::from_str(r#"{"kind":"recording","id":"0123456789abcdef","app":"default","room":"r1"}"#).unwrap();
         assert_eq!((minimal.mode.as_str(), minimal.split, minimal.segment_s, minimal.split_minutes, minimal.max_idle_s), ("single", true, 6, 1440, 30));
         assert_eq!((minimal.state, minimal.subscribe), (RecordingState::Prepared, tessera_engine::mcu::Subscribe::everyone()));
+        assert!(minimal.storage.is_local(), "files from before storage choices record locally");
         let json = r#"{"kind":"recording","id":"0123456789abcdef","app":"default","room":"r1","mode":"mixed","mix_user":"mix_abc",
             "owned_job":"fedcba9876543210","streams":[],"split":false,"content":"audio","format":"mp4","segment_s":4,"split_minutes":60,
-            "max_idle_s":5,"prefix":"p/q","subscribe":{"video_allow":["a"],"video_deny":[],"audio_allow":null,"audio_deny":["b"]},
+            "max_idle_s":5,"prefix":"p/q","storage":{"s3":{"bucket":"recs","region":"eu-west-1","endpoint":"http://minio:9000","access_key_id":"AK",
+            "secret_access_key_sealed":"k1:abc","path_style":true,"key_prefix":"t/"}},"subscribe":{"video_allow":["a"],"video_deny":[],"audio_allow":null,"audio_deny":["b"]},
             "state":"PAUSED","created_at":1,"started_at":2,"stopped_at":null,"leave_code":null,"restarts":1,"skipped_segments":2,
             "clock_ms":3,"paused_ms":4,"error":null,"result":null}"#;
         let full: RecordingFile = serde_json::from_str(json).unwrap();
