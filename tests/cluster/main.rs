@@ -292,7 +292,11 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     let r1: Vec<&Value> = events.iter().filter(|e| e["EventInfo"]["RoomId"] == "r1").collect();
     // Sorted by EventMsTs, the room's life on its first node (created, cam entered, cam timed
     // out when its tab closed) comes before its life on the next (created again, cam entered).
-    let rooms: Vec<u64> = r1.iter().filter(|e| e["EventGroupId"] == 1).map(|e| e["EventType"].as_u64().unwrap()).collect();
+    // (A 102 may close the first life: the room was empty for its 10 s before cam came back.)
+    let mut rooms: Vec<u64> = r1.iter().filter(|e| e["EventGroupId"] == 1).map(|e| e["EventType"].as_u64().unwrap()).collect();
+    if rooms.get(3) == Some(&102) {
+        rooms.remove(3);
+    }
     assert_eq!(rooms[..5], [101, 103, 104, 101, 103], "{rooms:?}");
     let redis_host = redis.url.trim_start_matches("redis://").split(':').collect::<Vec<_>>();
     let clock = Command::new("redis-cli").args(["-h", redis_host[0], "-p", redis_host[1], "GET", "tessera:clock:default/r1"]).output().unwrap();
@@ -413,7 +417,10 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     });
     eprintln!("tasks taken over {taken:?} after the kill");
     assert!(taken <= Duration::from_secs(10), "taken over after {taken:?}");
-    assert_eq!(get(&format!("{s_url}/v1/relays/{relay}"), Some(&s_key)).status, 200);
+    // The relay is taken over in the same round, a moment after or before the recording.
+    let relay_taken =
+        wait_until(Duration::from_secs(10), "the relay on the survivor", || (get(&format!("{s_url}/v1/relays/{relay}"), Some(&s_key)).status == 200).then(|| killed.elapsed()));
+    assert!(relay_taken <= Duration::from_secs(10), "relay taken over after {relay_taken:?}");
     // The publisher comes back (through the survivor, which now holds the room).
     drop(publisher);
     let again = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &format!("{s_url}/whip/show"), "--token", &anchor, "--seconds", "12"]);
