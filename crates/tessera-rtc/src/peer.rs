@@ -34,9 +34,6 @@ pub const STATS_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1
 /// probes lift it within a second or two where there is room.
 const INITIAL_BWE_KBPS: u64 = 800;
 
-/// The fixed estimate of a viewer that offers no transport-wide congestion control feedback.
-const NO_FEEDBACK_BWE_KBPS: u64 = 50_000;
-
 /// Our id for the playout-delay header extension when the server offers (a `sub` connection);
 /// an answer takes the offer's.
 const PLAYOUT_DELAY_EXT_ID: u8 = 12;
@@ -61,11 +58,8 @@ impl Peer {
     /// `first_video` is the video codec the offer lists first: the answer prefers it, since the
     /// answerer's order decides what a publisher sends (PRODUCT.md §6.1).
     pub fn from_offer(role: PeerRole, offer: &str, candidates: &HostCandidates, first_video: Option<Codec>, now: Instant) -> Result<(Peer, String), OfferError> {
-        // A viewer that does not offer transport-wide congestion control will send no feedback:
-        // pacing it at the usual starting estimate would hold its media in a queue forever.
-        let feedback = offer.contains("transport-wide-cc");
         let offer = SdpOffer::from_sdp_string(offer).map_err(|e| OfferError::Invalid(format!("the SDP could not be parsed: {e}")))?;
-        let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), feedback, now)?;
+        let mut rtc = build(role, candidates, first_video != Some(Codec::Vp8), now)?;
         let mut answer = rtc.sdp_api().accept_offer(offer).map_err(|e| OfferError::Invalid(format!("the offer could not be negotiated: {e}")))?.to_sdp_string();
         if role == PeerRole::Publish {
             answer = prefer_red(&answer);
@@ -78,7 +72,7 @@ impl Peer {
     /// A peer the server offers to (room signaling's `sub` connection, PRODUCT.md §7): it
     /// plays to the client, and its sections are added and stopped by renegotiation.
     pub fn offerer(candidates: &HostCandidates, now: Instant) -> Result<Peer, OfferError> {
-        let mut rtc = build(PeerRole::Play, candidates, true, true, now)?;
+        let mut rtc = build(PeerRole::Play, candidates, true, now)?;
         let local_ufrag = rtc.direct_api().local_ice_credentials().ufrag;
         Ok(Peer { rtc, local_ufrag })
     }
@@ -86,7 +80,7 @@ impl Peer {
 
 /// The str0m peer Tessera runs: ICE-lite, RTP mode, Opus and H.264 (or VP8 first when the
 /// client prefers it), with AV1 and bandwidth estimation when it plays to the client.
-fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, feedback: bool, now: Instant) -> Result<Rtc, OfferError> {
+fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Instant) -> Result<Rtc, OfferError> {
     let mut config = Rtc::builder().set_crypto_provider(crate::dtls::crypto_provider()).set_ice_lite(true).set_rtp_mode(true).clear_codecs().enable_opus(true, true);
     if let Some(cert) = crate::dtls::process_certificate() {
         config = config.set_dtls_cert(cert);
@@ -104,12 +98,11 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, feedback
         // Only for peers the server sends to: a viewer that negotiates AV1 gets an RTMP
         // publisher's AV1 original as it is (no WebRTC publisher is answered with AV1).
         config = config.enable_av1(true);
-        // Transport-wide congestion control drives the simulcast layer of each viewer. One that
-        // sends no feedback keeps its starting estimate forever: it starts (and stays) high, so
-        // its media is not queued behind a rate nobody measures, and it takes the same paced,
-        // batched send path as everyone else (str0m's unpaced path sends packet by packet).
-        let initial = if feedback { Bitrate::kbps(INITIAL_BWE_KBPS) } else { Bitrate::kbps(NO_FEEDBACK_BWE_KBPS) };
-        config = config.enable_bwe(Some(initial));
+        // Transport-wide congestion control drives the simulcast layer of each viewer. A viewer
+        // that offers none is paced at the starting estimate all the same: unpaced keyframe
+        // bursts cost such clients (aiortc) whole frames under load; its standing queue at a
+        // rate nobody measures is the open cost (BENCHMARKS.md "Cluster").
+        config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
         // A lossy viewer's browser is asked for a jitter buffer long enough for a retransmission.
         config = config.set_extension(PLAYOUT_DELAY_EXT_ID, Extension::PlayoutDelay);
     }
