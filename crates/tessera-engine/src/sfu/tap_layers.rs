@@ -88,7 +88,9 @@ impl Sfu {
                 let Some(video) = producers.iter().find(|p| p.kind == MediaKind::Video) else { continue };
                 let mut sized: Vec<(Rid, (u32, u32))> =
                     video.layers.iter().filter(|x| now.saturating_duration_since(x.last_packet) < LAYER_STALE).filter_map(|x| Some((x.rid?, x.size?))).collect();
-                if sized.len() < 2 {
+                // One layer left live (its publisher, short of CPU or uplink, dropped the others):
+                // that one, rather than waiting on a layer that no longer comes (a black tile).
+                if sized.is_empty() {
                     continue;
                 }
                 sized.sort_by_key(|(_, (w, h))| w * h);
