@@ -7,6 +7,11 @@ use crate::store::AppStore;
 use std::sync::Arc;
 use tessera_model::{App, AppError, AppId, InlineStorage, S3Settings, StorageRef};
 
+/// An app's secrets as `(kid, secret)`, what sealed storage secrets open with.
+fn keyring(app: &App) -> Vec<(String, String)> {
+    app.secrets.iter().map(|k| (k.kid.as_str().to_string(), k.secret.clone())).collect()
+}
+
 fn invalid(field: &str, reason: impl Into<String>) -> AppError {
     AppError::Invalid { field: field.into(), reason: reason.into() }
 }
@@ -70,7 +75,7 @@ pub fn resolver(config: Arc<Config>, store: Arc<AppStore>) -> tessera_tasks::rec
             } else if let Some(sealed) = &s.secret_access_key_sealed {
                 let apps = store.snapshot();
                 let app = apps.get(app).ok_or_else(|| format!("app '{app}' is gone"))?;
-                let secrets: Vec<(String, String)> = app.secrets.iter().map(|k| (k.kid.as_str().to_string(), k.secret.clone())).collect();
+                let secrets = keyring(app);
                 tessera_tasks::recording::s3::unseal(sealed, &secrets).ok_or("the bucket's secret key was sealed under an app secret that is gone; give it again")?
             } else {
                 s.secret_access_key.clone().ok_or("the bucket has no secret key")?
@@ -84,7 +89,7 @@ pub fn resolver(config: Arc<Config>, store: Arc<AppStore>) -> tessera_tasks::rec
 /// sealed under is removed, the app can still open it).
 pub fn reseal(app: &mut App, removed_secrets: &[(String, String)]) {
     let newest = app.newest_secret().clone();
-    let mut all: Vec<(String, String)> = app.secrets.iter().map(|k| (k.kid.as_str().to_string(), k.secret.clone())).collect();
+    let mut all = keyring(app);
     all.extend_from_slice(removed_secrets);
     let StorageRef::Inline(InlineStorage::S3(s)) = &mut app.default_storage else { return };
     let Some(sealed) = &s.secret_access_key_sealed else { return };
@@ -150,7 +155,7 @@ mod tests {
         let StorageRef::Inline(InlineStorage::S3(s)) = &app.default_storage else { panic!() };
         let sealed = s.secret_access_key_sealed.clone().unwrap();
         assert!(sealed.starts_with("k1:"), "{sealed}");
-        let secrets: Vec<(String, String)> = app.secrets.iter().map(|k| (k.kid.as_str().to_string(), k.secret.clone())).collect();
+        let secrets = keyring(&app);
         assert_eq!(tessera_tasks::recording::s3::unseal(&sealed, &secrets).as_deref(), Some("plain-secret"));
     }
 }
