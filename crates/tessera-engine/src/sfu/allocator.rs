@@ -282,7 +282,8 @@ struct Probe {
 /// One viewer's probing for the next step of its plan.
 #[derive(Debug, Default)]
 pub struct Prober {
-    first_estimate_at: Option<Instant>,
+    /// The viewer's first estimate (the configured start) and when it came.
+    start: Option<(Instant, f64)>,
     probe: Option<Probe>,
     failures: u32,
     next_at: Option<Instant>,
@@ -302,7 +303,7 @@ impl Prober {
     /// above the lowest seen).
     pub fn step(&mut self, plan: &Plan, estimate_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
-        let settled = now.duration_since(*self.first_estimate_at.get_or_insert(now)) >= PROBE_SETTLE;
+        let settled = now.duration_since(self.start.get_or_insert((now, estimate)).0) >= PROBE_SETTLE;
         let want = match self.probe {
             Some(p) if estimate >= p.goal => {
                 // Found the room: the plan takes the layer, media replaces the padding.
@@ -357,6 +358,16 @@ impl Prober {
         let wait = PROBE_BACKOFF.saturating_mul(1 << self.failures.saturating_sub(1).min(4)).min(PROBE_BACKOFF_MAX);
         self.next_at = Some(now + wait);
         (0.0, plan.used_bps)
+    }
+
+    /// What the budget does not fall below in a viewer's first `PROBE_SETTLE`: the start
+    /// estimate. str0m's estimate first follows what has been acknowledged, the first frames
+    /// rather than the link (measured on a 700 kbit/s link that carries the middle layer: from
+    /// 800 to 390-460 kbit/s within 0.6 s, then back up; whether the middle layer survived the
+    /// dip was luck, and a viewer moved down waited 5-10 s for a probe to bring it back). The
+    /// caller drops the floor as soon as the link queues: a thin link shows in the RTT.
+    pub fn start_floor(&self, now: Instant) -> Option<f64> {
+        self.start.filter(|(at, _)| now.duration_since(*at) < PROBE_SETTLE).map(|(_, e)| e)
     }
 
     pub fn probing(&self) -> bool {
@@ -520,6 +531,19 @@ mod tests {
         assert_eq!(h.hold(LayerChoice::Paused, &l, t0 + PAUSE_AFTER), LayerChoice::Paused);
         assert_eq!(rid(h.hold(LayerChoice::Layer(Some("l".into())), &l, t0 + Duration::from_secs(3))), "l");
         assert_eq!(rid(h.hold(LayerChoice::Paused, &l, t0 + Duration::from_secs(4))), "l", "a new dip waits again");
+    }
+
+    #[test]
+    fn the_start_estimate_is_a_floor_until_the_estimate_settles() {
+        let t0 = Instant::now();
+        let mut p = Prober::default();
+        assert_eq!(p.start_floor(t0), None, "no estimate yet");
+        let plan = plan(&[track(Priority::Other)], 50_000.0, Some(800_000.0));
+        p.step(&plan, Some(800_000.0), false, t0);
+        assert_eq!(p.start_floor(t0 + Duration::from_millis(600)), Some(800_000.0));
+        p.step(&plan, Some(400_000.0), false, t0 + Duration::from_millis(600));
+        assert_eq!(p.start_floor(t0 + Duration::from_millis(700)), Some(800_000.0), "the first estimate, not a later one");
+        assert_eq!(p.start_floor(t0 + PROBE_SETTLE), None, "settled: the estimate alone");
     }
 
     #[test]

@@ -172,7 +172,8 @@ impl Sfu {
             *playout_min = wanted;
         }
         let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
-        let estimate = allocator::budget(measured, prober.held(now));
+        let floor = prober.start_floor(now).filter(|_| !net.queueing());
+        let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
