@@ -5,6 +5,7 @@
 use super::*;
 use tessera_media::Codec;
 use tessera_rtc::str0m::media::{Frequency, MediaTime};
+use tessera_rtc::str0m::rtp::Extension;
 
 /// The most playout delay a viewer's browser may build up when it is given a least one: the
 /// browsers' own default bound (10 s), in hundredths.
@@ -130,8 +131,9 @@ impl Sfu {
             }
             sources.push((pub_id, audio, video.is_some()));
         }
-        let Some(Session { role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, playout_min, lossy_at, .. }, peer, net, .. }) =
-            self.sessions.get_mut(&viewer_id)
+        let Some(Session {
+            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, playout_min, lossy_at, paced_bps, .. }, peer, net, ..
+        }) = self.sessions.get_mut(&viewer_id)
         else {
             return;
         };
@@ -188,6 +190,15 @@ impl Sfu {
                     tracing::debug!(mid = %c.mid, target = ?t, ?priority, estimate = ?estimate, "layer target changed");
                     c.target = new;
                 }
+            }
+        }
+        // A viewer without transport-wide feedback has no estimate: its pacer follows its media.
+        if estimate_bps.is_none() && !consumers.iter().any(|c| peer.rtc.media(c.mid).is_some_and(|m| m.remote_extmap().id_of(Extension::TransportSequenceNumber).is_some())) {
+            let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
+            if let Some(rate) = unmeasured_pacing(*paced_bps, sent.max(plan.used_bps)) {
+                tracing::debug!(rate, sent, "pacing without feedback");
+                *paced_bps = Some(rate);
+                peer.rtc.bwe().reset(Bitrate::bps(rate as u64));
             }
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants

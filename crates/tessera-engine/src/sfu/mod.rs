@@ -94,6 +94,22 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
     }
 }
 const PLAYOUT_LOSSY: f32 = 0.01;
+
+/// The pacing base of a viewer that sends no transport-wide feedback (aiortc, simple WHEP
+/// players, the load tool): str0m has no estimate for it and would pace it at its start
+/// estimate (800 kbit/s) for good, so a stream above that queues until its frames are cut.
+/// Its pacer follows what it is sent instead: this many times its media rate (a keyframe goes
+/// out within a few frame intervals, not as one burst: unpaced, bursts lost keyframes at
+/// aiortc viewers), never below the start estimate, reset when that moves by a quarter.
+fn unmeasured_pacing(current: Option<f64>, media_bps: f64) -> Option<f64> {
+    let wanted = (media_bps * UNMEASURED_PACING_FACTOR).max(UNMEASURED_PACING_MIN);
+    match current {
+        Some(c) if (wanted - c).abs() < c * 0.25 => None,
+        _ => Some(wanted),
+    }
+}
+const UNMEASURED_PACING_FACTOR: f64 = 3.0;
+const UNMEASURED_PACING_MIN: f64 = 800_000.0;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 
 /// Resends stop when retransmissions exceed this share of the bytes sent (a link so bad that
@@ -120,6 +136,9 @@ enum Role {
         /// and when the link last lost.
         playout_min: Option<Duration>,
         lossy_at: Option<Instant>,
+        /// For a viewer without transport-wide feedback: the rate its pacer was last set to
+        /// (`unmeasured_pacing`).
+        paced_bps: Option<f64>,
         send_mids: Vec<Mid>,
         /// What it watches: one (user, stream) for WHEP, any number on a `sub` connection.
         subscriptions: Vec<Subscription>,
@@ -141,6 +160,7 @@ impl Role {
             rtx_age: RTX_CACHE_AGE,
             playout_min: None,
             lossy_at: None,
+            paced_bps: None,
             send_mids: Vec::new(),
             subscriptions,
             offered,

@@ -306,3 +306,11 @@ fn a_lossy_viewer_is_asked_for_a_playout_delay_held_and_moved_only_by_20_ms() {
     assert_eq!(playout_delay(None, Some(t0), Some(ms(900)), t0), Some(ms(400)), "at most 400 ms");
     assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(50)), t0 + PLAYOUT_HOLD), None, "10 s without loss");
 }
+
+#[test]
+fn a_viewer_without_feedback_is_paced_after_its_media_not_the_start_estimate() {
+    assert_eq!(unmeasured_pacing(None, 0.0), Some(UNMEASURED_PACING_MIN), "never below the start");
+    assert_eq!(unmeasured_pacing(None, 1_500_000.0), Some(4_500_000.0), "a 1.5 Mbit/s stream paced at three times its rate");
+    assert_eq!(unmeasured_pacing(Some(4_500_000.0), 1_400_000.0), None, "small moves leave the pacer alone");
+    assert_eq!(unmeasured_pacing(Some(4_500_000.0), 500_000.0), Some(1_500_000.0), "a big one resets it");
+}
