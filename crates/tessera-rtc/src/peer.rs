@@ -99,9 +99,9 @@ fn build(role: PeerRole, candidates: &HostCandidates, h264_first: bool, now: Ins
         // publisher's AV1 original as it is (no WebRTC publisher is answered with AV1).
         config = config.enable_av1(true);
         // Transport-wide congestion control drives the simulcast layer of each viewer. A viewer
-        // that offers none is paced at the starting estimate all the same: unpaced keyframe
-        // bursts cost such clients (aiortc) whole frames under load; its standing queue at a
-        // rate nobody measures is the open cost (BENCHMARKS.md "Cluster").
+        // that offers none is paced all the same (unpaced keyframe bursts cost such clients,
+        // aiortc, whole frames under load), after its media: the SFU resets this estimate
+        // (`unmeasured_pacing`).
         config = config.enable_bwe(Some(Bitrate::kbps(INITIAL_BWE_KBPS)));
         // A lossy viewer's browser is asked for a jitter buffer long enough for a retransmission.
         config = config.set_extension(PLAYOUT_DELAY_EXT_ID, Extension::PlayoutDelay);

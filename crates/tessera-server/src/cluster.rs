@@ -260,7 +260,13 @@ impl Cluster {
         for _ in 0..2 {
             let decision = decide(&self.me, owner.as_ref(), &self.membership.read().expect("membership"), intent);
             match decision {
-                Decision::Local => return Ok(Route::Local),
+                Decision::Local => {
+                    // The room is this node's: a copy left by a relay from its old node is it now.
+                    if let (Ok(app), Ok(room)) = (tessera_model::AppId::parse(app), tessera_model::RoomId::parse(room)) {
+                        self.edges.forget(&tessera_engine::RoomKey { app, room });
+                    }
+                    return Ok(Route::Local);
+                }
                 Decision::Remote(node) => return Ok(Route::Remote(node)),
                 Decision::Claim { expected, node } => {
                     let got = self.store.claim_room(app, room, expected.as_ref(), &node).await?;

@@ -37,12 +37,44 @@ type Mirrored = HashSet<(UserId, StreamKind)>;
 
 /// The rooms this node relays, by (app, room): what each mirrors so far.
 #[derive(Default)]
-pub struct Edges(std::sync::Mutex<HashMap<RoomKey, watch::Receiver<Mirrored>>>);
+pub struct Edges {
+    active: std::sync::Mutex<HashMap<RoomKey, watch::Receiver<Mirrored>>>,
+    /// Rooms whose relay ended while this node's copy lingers until its empty-room timeout
+    /// dismisses it: that copy is still not a room of this node (listed twice and reported
+    /// dismissed by the edge, it was).
+    ended: std::sync::Mutex<HashSet<RoomKey>>,
+}
 
 impl Edges {
-    /// Whether this node only relays the room (its events and listing belong to the room's node).
+    /// Whether this node only relays the room, or holds what is left of a relay (its events and
+    /// listing belong to the room's node).
     pub fn relays(&self, key: &RoomKey) -> bool {
-        self.0.lock().expect("edges").contains_key(key)
+        self.active.lock().expect("edges").contains_key(key) || self.ended.lock().expect("edges").contains(key)
+    }
+
+    /// This node's copy of the room was dismissed, or the room is placed here now: what is left
+    /// of a relay is forgotten.
+    pub fn forget(&self, key: &RoomKey) {
+        self.ended.lock().expect("edges").remove(key);
+    }
+
+    /// The relay of `key` under way, or `None` after starting to track a new one (`start`).
+    fn join_or_start(&self, key: &RoomKey) -> Result<watch::Receiver<Mirrored>, watch::Sender<Mirrored>> {
+        let mut active = self.active.lock().expect("edges");
+        if let Some(rx) = active.get(key) {
+            return Ok(rx.clone());
+        }
+        let (tx, rx) = watch::channel(Mirrored::new());
+        active.insert(key.clone(), rx);
+        self.forget(key);
+        Err(tx)
+    }
+
+    /// The relay of `key` ended; this node's copy of the room lingers.
+    fn relay_ended(&self, key: &RoomKey) {
+        let mut active = self.active.lock().expect("edges");
+        active.remove(key);
+        self.ended.lock().expect("edges").insert(key.clone());
     }
 }
 
@@ -162,16 +194,12 @@ pub async fn keyframe(
 pub async fn serve_as_edge(state: &AppState, cluster: &Cluster, origin: &NodeRecord, app: AppId, room: &str, user: UserId, stream: StreamKind) {
     let Ok(room) = RoomId::parse(room) else { return };
     let key = RoomKey { app, room };
-    let mut ready = {
-        let mut edges = cluster.edges.0.lock().expect("edges");
-        match edges.get(&key) {
-            Some(rx) => rx.clone(),
-            None => {
-                let (tx, rx) = watch::channel(Mirrored::new());
-                edges.insert(key.clone(), rx.clone());
-                tokio::spawn(run_edge(state.clone(), origin.clone(), key.clone(), tx));
-                rx
-            }
+    let mut ready = match cluster.edges.join_or_start(&key) {
+        Ok(rx) => rx,
+        Err(tx) => {
+            let rx = tx.subscribe();
+            tokio::spawn(run_edge(state.clone(), origin.clone(), key.clone(), tx));
+            rx
         }
     };
     let want = (user, stream);
@@ -184,7 +212,7 @@ async fn run_edge(state: AppState, origin: NodeRecord, key: RoomKey, mirrored: w
     if let Err(e) = relay_from(&state, &cluster, &origin, &key, &mirrored).await {
         tracing::warn!(room = %key.room, origin = %origin.id, "the relay from the room's node ended: {e}");
     }
-    cluster.edges.0.lock().expect("edges").remove(&key);
+    cluster.edges.relay_ended(&key);
     tracing::info!(room = %key.room, origin = %origin.id, "stopped relaying the room");
 }
 
@@ -312,4 +340,27 @@ fn ask_keyframe(cluster: &Cluster, origin: &NodeRecord, key: &RoomKey, user: &Us
     tokio::spawn(async move {
         let _ = tokio::time::timeout(Duration::from_secs(5), fut).await;
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_relay_leaves_stays_the_rooms_nodes_until_dismissed_or_placed_here() {
+        let edges = Edges::default();
+        let key = room_key("app1", "big").unwrap();
+        assert!(!edges.relays(&key));
+        assert!(edges.join_or_start(&key).is_err(), "the first viewer starts the relay");
+        assert!(edges.join_or_start(&key).is_ok(), "the next joins it");
+        assert!(edges.relays(&key));
+        edges.relay_ended(&key);
+        assert!(edges.relays(&key), "the copy left behind is not this node's room");
+        edges.forget(&key);
+        assert!(!edges.relays(&key), "dismissed (or placed here): forgotten");
+        edges.relay_ended(&key);
+        assert!(edges.join_or_start(&key).is_err(), "a new relay after one ended");
+        edges.relay_ended(&key);
+        assert!(edges.relays(&key));
+    }
 }

@@ -187,7 +187,10 @@ impl Server {
             tokio::spawn(async move {
                 while let Some(e) = events.recv().await {
                     // A room this node only relays is the room's node's to report.
-                    if cluster.as_ref().is_some_and(|c| c.edges.relays(e.room())) {
+                    if let Some(c) = cluster.as_ref().filter(|c| c.edges.relays(e.room())) {
+                        if let tessera_engine::RoomEvent::RoomDismissed { room } = &e {
+                            c.edges.forget(room);
+                        }
                         let _ = signaling.send(e);
                         continue;
                     }

@@ -305,6 +305,11 @@ impl Consumer {
         Route::Send { pt, seq, ts }
     }
 
+    /// When it first sent media.
+    pub(super) fn sending_since(&self) -> Option<Instant> {
+        self.first_sent_at
+    }
+
     /// Whether nothing has been sent yet (the next `Send` is its first media).
     pub(super) fn unstarted(&self) -> bool {
         self.last_sent.is_none()

@@ -109,6 +109,7 @@ fn unmeasured_pacing(current: Option<f64>, media_bps: f64) -> Option<f64> {
     }
 }
 const UNMEASURED_PACING_FACTOR: f64 = 3.0;
+const UNMEASURED_AFTER: Duration = Duration::from_secs(1);
 const UNMEASURED_PACING_MIN: f64 = 800_000.0;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 
