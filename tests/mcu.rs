@@ -10,13 +10,6 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tessera_tests::*;
 
 /// A solid-colour 320x180 picture and a sine tone, H.264 (no B-frames) + AAC over RTMP.
-/// The two tests each run a mix, a browser or four encoders: together on two cores they starve
-/// each other's mix of frames, so they take turns.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn publisher(url: &str, colour: &str, tone: u32, seconds: u32) -> Child {
     Command::new("ffmpeg")
         .args(["-hide_banner", "-loglevel", "error", "-re"])

@@ -7,15 +7,8 @@
 
 use serde_json::Value;
 use std::path::Path;
-use std::sync::Mutex;
 use std::time::Duration;
 use tessera_tests::*;
-
-static SERIAL: Mutex<()> = Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// A server listening on the host side of `net`.
 fn serve(net: &TestNet, data: &Path) -> Server {

@@ -14,13 +14,6 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use tessera_tests::*;
 
-/// The tests that run real media clients take turns: two cores do not decode four browsers'
-/// streams and an aiortc meeting at once in time.
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 /// A server on a test host's network (WebRTC clients need an address that is not loopback),
 /// with its temporary data dir and admin API key.
 struct Hall {

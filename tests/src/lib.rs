@@ -256,6 +256,14 @@ pub fn post_json(url: &str, auth: Option<&str>, body: &Value) -> Reply {
 }
 
 /// The repository root (the parent of `tests/`).
+/// A turn for a test that runs real media clients: the tests of one binary run in parallel,
+/// and two cores do not carry several browsers, encoders or mixes at once in time (each starves
+/// the others' media). Tests that take a turn run one at a time within their binary.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_owned()
 }
