@@ -262,8 +262,8 @@ impl Cluster {
             match decision {
                 Decision::Local => {
                     // The room is this node's: a copy left by a relay from its old node is it now.
-                    if let (Ok(app), Ok(room)) = (tessera_model::AppId::parse(app), tessera_model::RoomId::parse(room)) {
-                        self.edges.forget(&tessera_engine::RoomKey { app, room });
+                    if let Some(key) = crate::cluster_relay::room_key(app, room) {
+                        self.edges.forget(&key);
                     }
                     return Ok(Route::Local);
                 }

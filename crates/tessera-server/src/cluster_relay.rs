@@ -58,16 +58,17 @@ impl Edges {
         self.ended.lock().expect("edges").remove(key);
     }
 
-    /// The relay of `key` under way, or `None` after starting to track a new one (`start`).
-    fn join_or_start(&self, key: &RoomKey) -> Result<watch::Receiver<Mirrored>, watch::Sender<Mirrored>> {
+    /// What the relay of `key` mirrors so far, and, when none was under way, the sender of the
+    /// one just registered (its caller starts it).
+    fn join_or_start(&self, key: &RoomKey) -> (watch::Receiver<Mirrored>, Option<watch::Sender<Mirrored>>) {
         let mut active = self.active.lock().expect("edges");
         if let Some(rx) = active.get(key) {
-            return Ok(rx.clone());
+            return (rx.clone(), None);
         }
         let (tx, rx) = watch::channel(Mirrored::new());
-        active.insert(key.clone(), rx);
+        active.insert(key.clone(), rx.clone());
         self.forget(key);
-        Err(tx)
+        (rx, Some(tx))
     }
 
     /// The relay of `key` ended; this node's copy of the room lingers.
@@ -89,7 +90,7 @@ fn refuse(status: StatusCode, code: &'static str, message: &str) -> Response {
     crate::error::ApiError::new(status, code, message).into_response()
 }
 
-fn room_key(app: &str, room: &str) -> Option<RoomKey> {
+pub(crate) fn room_key(app: &str, room: &str) -> Option<RoomKey> {
     Some(RoomKey { app: AppId::parse(app).ok()?, room: RoomId::parse(room).ok()? })
 }
 
@@ -194,14 +195,10 @@ pub async fn keyframe(
 pub async fn serve_as_edge(state: &AppState, cluster: &Cluster, origin: &NodeRecord, app: AppId, room: &str, user: UserId, stream: StreamKind) {
     let Ok(room) = RoomId::parse(room) else { return };
     let key = RoomKey { app, room };
-    let mut ready = match cluster.edges.join_or_start(&key) {
-        Ok(rx) => rx,
-        Err(tx) => {
-            let rx = tx.subscribe();
-            tokio::spawn(run_edge(state.clone(), origin.clone(), key.clone(), tx));
-            rx
-        }
-    };
+    let (mut ready, started) = cluster.edges.join_or_start(&key);
+    if let Some(tx) = started {
+        tokio::spawn(run_edge(state.clone(), origin.clone(), key.clone(), tx));
+    }
     let want = (user, stream);
     let _ = tokio::time::timeout(EDGE_READY_WITHIN, ready.wait_for(|m| m.contains(&want))).await;
 }
@@ -351,15 +348,15 @@ mod tests {
         let edges = Edges::default();
         let key = room_key("app1", "big").unwrap();
         assert!(!edges.relays(&key));
-        assert!(edges.join_or_start(&key).is_err(), "the first viewer starts the relay");
-        assert!(edges.join_or_start(&key).is_ok(), "the next joins it");
+        assert!(edges.join_or_start(&key).1.is_some(), "the first viewer starts the relay");
+        assert!(edges.join_or_start(&key).1.is_none(), "the next joins it");
         assert!(edges.relays(&key));
         edges.relay_ended(&key);
         assert!(edges.relays(&key), "the copy left behind is not this node's room");
         edges.forget(&key);
         assert!(!edges.relays(&key), "dismissed (or placed here): forgotten");
         edges.relay_ended(&key);
-        assert!(edges.join_or_start(&key).is_err(), "a new relay after one ended");
+        assert!(edges.join_or_start(&key).1.is_some(), "a new relay after one ended");
         edges.relay_ended(&key);
         assert!(edges.relays(&key));
     }

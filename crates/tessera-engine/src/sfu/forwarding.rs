@@ -195,9 +195,9 @@ impl Sfu {
         // A viewer without transport-wide feedback has no estimate: its pacer follows its media.
         // One with it has its first estimate before its first media; a second of media without
         // one, and no transport-wide sequence numbers negotiated, is a viewer without.
-        let sending = consumers.iter().filter_map(|c| c.sending_since()).min().is_some_and(|t| now.saturating_duration_since(t) >= UNMEASURED_AFTER);
-        let twcc = consumers.iter().any(|c| peer.rtc.media(c.mid).is_some_and(|m| m.remote_extmap().id_of(Extension::TransportSequenceNumber).is_some()));
-        if estimate_bps.is_none() && sending && !twcc {
+        let sending = || consumers.iter().filter_map(|c| c.sending_since()).min().is_some_and(|t| now.saturating_duration_since(t) >= UNMEASURED_AFTER);
+        let twcc = || consumers.iter().any(|c| peer.rtc.media(c.mid).is_some_and(|m| m.remote_extmap().id_of(Extension::TransportSequenceNumber).is_some()));
+        if estimate_bps.is_none() && sending() && !twcc() {
             let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
             if let Some(rate) = unmeasured_pacing(*paced_bps, sent.max(plan.used_bps)) {
                 tracing::debug!(rate, sent, "pacing without feedback");

@@ -94,6 +94,7 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
     }
 }
 const PLAYOUT_LOSSY: f32 = 0.01;
+const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 
 /// The pacing base of a viewer that sends no transport-wide feedback (aiortc, simple WHEP
 /// players, the load tool): str0m has no estimate for it and would pace it at its start
@@ -111,7 +112,6 @@ fn unmeasured_pacing(current: Option<f64>, media_bps: f64) -> Option<f64> {
 const UNMEASURED_PACING_FACTOR: f64 = 3.0;
 const UNMEASURED_AFTER: Duration = Duration::from_secs(1);
 const UNMEASURED_PACING_MIN: f64 = 800_000.0;
-const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 
 /// Resends stop when retransmissions exceed this share of the bytes sent (a link so bad that
 /// resending makes it worse).
