@@ -4,16 +4,20 @@
 # ports with a temporary data dir, runs tessera-load for each N, prints one markdown row per N.
 #
 #   benches/sfu_fanout.sh [N ...]        (default: 10 50 100 200 300 500 700)
+#   BIN=/tmp/tessera-before benches/sfu_fanout.sh 100 300   (another server binary, side by side)
 set -euo pipefail
+bin=${BIN:+$(realpath "$BIN")}
 cd "$(dirname "$0")/.."
+bin=${bin:-$PWD/target/release/tessera}
 counts=("$@")
 [ ${#counts[@]} -gt 0 ] || counts=(10 50 100 200 300 500 700)
-cargo build --release --locked --bin tessera --bin tessera-load >&2
+cargo build --release --locked --bin tessera-load >&2
+[ -n "${BIN:-}" ] || cargo build --release --locked --bin tessera >&2
 dir=$(mktemp -d)
 trap 'kill $server 2>/dev/null; rm -rf "$dir"' EXIT
 http=127.0.0.1:$((20000 + RANDOM % 10000))
 udp=127.0.0.1:$((30000 + RANDOM % 10000))
-RUST_LOG=warn target/release/tessera serve --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" >"$dir/out" 2>"$dir/err" &
+RUST_LOG=warn "$bin" serve --data-dir "$dir" --http-addr "$http" --rtc-udp-addr "$udp" >"$dir/out" 2>"$dir/err" &
 server=$!
 for _ in $(seq 50); do [ -f "$dir/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
 key=$(cat "$dir/admin.key")
