@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every test: unit tests of each crate, then the end-to-end tests that drive the real
 # binary. Called by `make test` after scripts/setup.sh --test. Ends with one summary line,
-# "tests: N passed, M failed".
+# "tests: N passed, M failed", after the failures' panic messages.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 scripts/retry.sh cargo fetch --locked || exit 1
@@ -22,6 +22,8 @@ cargo build --locked --bin tessera --bin linkem || exit 1
 log=$(mktemp)
 cargo test --locked --workspace --lib --bins --tests --no-fail-fast 2>&1 | tee "$log"
 status=${PIPESTATUS[0]}
+# The failures' panic messages again, short, last: a long log's tail is what a reader sees.
+grep -A2 "panicked at" "$log" | cut -c1-400 | sed 's/^/  /' | tail -n 40
 awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed/) p += $(i-1); if ($(i) ~ /^failed/) f += $(i-1) } }
      END { printf "tests: %d passed, %d failed\n", p, f }' "$log"
 rm -f "$log"

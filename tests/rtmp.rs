@@ -58,7 +58,7 @@ fn ffmpeg_push_reaches_a_webrtc_viewer_and_bad_pushes_are_refused() {
     let url = format!("rtmp://127.0.0.1:{port}/push/live/obs?token={obs}");
     let first = push(&url, 0, 15);
     std::thread::sleep(Duration::from_secs(1));
-    let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/live/obs/main"), "--token", &obs, "--seconds", "20"]);
+    let viewer = Client::start(&net, "aiortc_client.py", &["play", "--url", &server.url("/whep/live/obs/main"), "--token", &obs, "--seconds", "24"]);
     std::thread::sleep(Duration::from_secs(4));
 
     // B-frames where the app refuses them (`rtmp.b_frames = "refuse"`): refused with the
@@ -114,7 +114,7 @@ fn ffmpeg_push_reaches_a_webrtc_viewer_and_bad_pushes_are_refused() {
     assert_eq!(code, Some(0), "the first push ran to its end: {err}");
     // The publisher comes back (reconnect): the viewer, still there, gets its picture again.
     let reconnect_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-    let second = push(&url, 0, 5);
+    let second = push(&url, 0, 8);
     let r = viewer.finish(Duration::from_secs(60));
     let _ = wait(second, Duration::from_secs(20));
     assert_eq!((r["width"].as_u64(), r["height"].as_u64()), (Some(640), Some(360)), "{r}");

@@ -14,14 +14,41 @@ const LOSSY: f32 = 0.2;
 /// transport feedback and wanders by ~40 ms on a quiet link).
 const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
 
+/// Loss over the last 2 s (PRODUCT.md §9's window) from str0m's 1 s samples: the mean of the
+/// latest two when they are adjacent. One 1 s window holds ~70 packets of a small stream, too
+/// few to tell 5 % loss from 1 %.
+#[derive(Debug, Default, Clone, Copy)]
+struct LossWindow {
+    last: Option<(f32, Instant)>,
+    before: Option<f32>,
+}
+
+impl LossWindow {
+    fn note(&mut self, loss: Option<f32>, at: Instant) {
+        let Some(loss) = loss else {
+            *self = LossWindow::default();
+            return;
+        };
+        // Samples come every second; an older one is from before a gap, not the last 2 s.
+        self.before = self.last.filter(|(_, t)| at.saturating_duration_since(*t) <= Duration::from_millis(1500)).map(|(l, _)| l);
+        self.last = Some((loss, at));
+    }
+
+    fn fraction(&self) -> Option<f32> {
+        let (last, _) = self.last?;
+        Some(self.before.map_or(last, |b| (b + last) / 2.0))
+    }
+}
+
 /// A peer's latest network measurements (str0m reports them every second).
 #[derive(Debug, Default)]
 pub(super) struct NetStats {
     /// TWCC's round trip (a viewer), else the receiver reports'.
     pub(super) rtt: Option<Duration>,
-    /// Fractions 0–1: of what the server sent (a viewer) and of what it received (a publisher).
-    egress_loss: Option<f32>,
-    ingress_loss: Option<f32>,
+    /// Fractions 0–1: of what the server sent (a viewer) and of what it received (a publisher),
+    /// over the last two of str0m's 1 s windows.
+    egress_loss: LossWindow,
+    ingress_loss: LossWindow,
     at: Option<Instant>,
     /// Bytes sent to the peer and when, at its last stats: the rate sent since.
     tx_mark: Option<(u64, Instant)>,
@@ -117,8 +144,8 @@ impl Sfu {
             net.tx_mark = Some((s.bytes_tx, s.timestamp));
             *raw_estimate_bps = raw;
         }
-        net.egress_loss = s.egress_loss_fraction;
-        net.ingress_loss = s.ingress_loss_fraction;
+        net.egress_loss.note(s.egress_loss_fraction, s.timestamp);
+        net.ingress_loss.note(s.ingress_loss_fraction, s.timestamp);
         net.at = Some(now);
     }
 
@@ -195,7 +222,7 @@ impl Sfu {
                     n.up_limited |= producers.iter().any(|p| p.uplink_limited(now));
                     if fresh {
                         let streams = s.net.ingress.iter().filter_map(|x| x.2).reduce(f32::max);
-                        n.up_loss = worse(n.up_loss, s.net.ingress_loss.or(streams));
+                        n.up_loss = worse(n.up_loss, s.net.ingress_loss.fraction().or(streams));
                         n.up_rtt = n.up_rtt.or(rtt);
                     }
                 }
@@ -205,7 +232,7 @@ impl Sfu {
                     n.video_paused |= consumers.iter().any(|c| matches!(c.target, Some((_, LayerChoice::Paused))));
                     if fresh {
                         let streams = s.net.egress.iter().filter_map(|x| x.1).reduce(f32::max);
-                        n.down_loss = worse(n.down_loss, s.net.egress_loss.or(streams));
+                        n.down_loss = worse(n.down_loss, s.net.egress_loss.fraction().or(streams));
                         n.down_rtt = worse(n.down_rtt, rtt);
                     }
                 }
@@ -352,5 +379,21 @@ mod tests {
         net.rtt = Some(Duration::from_millis(100));
         net.note_rtt();
         assert!(net.queueing());
+    }
+
+    #[test]
+    fn loss_is_the_mean_of_the_last_two_seconds() {
+        let t0 = Instant::now();
+        let mut w = LossWindow::default();
+        assert_eq!(w.fraction(), None);
+        w.note(Some(0.02), t0);
+        assert_eq!(w.fraction(), Some(0.02));
+        w.note(Some(0.06), t0 + Duration::from_secs(1));
+        assert_eq!(w.fraction(), Some(0.04));
+        // After a gap in the samples, only the latest is recent.
+        w.note(Some(0.08), t0 + Duration::from_secs(4));
+        assert_eq!(w.fraction(), Some(0.08));
+        w.note(None, t0 + Duration::from_secs(5));
+        assert_eq!(w.fraction(), None);
     }
 }
