@@ -349,7 +349,7 @@ fn hevc_and_av1_over_enhanced_rtmp_reach_webrtc_viewers_and_are_recorded_as_they
     let mut enhanced_results: Vec<(&str, Value)> = Vec::new();
     for (user, codec, rgb) in [("hevc", "libx265", [0x30, 0xa0, 0x50]), ("av1", "libsvtav1", [0xc0, 0x60, 0x20])] {
         let tok = token(&data, "ertmp", user);
-        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, if user == "av1" { 24 } else { 14 }, rgb);
+        let mut source = enhanced_publisher(&format!("rtmp://127.0.0.1:{port}/push/ertmp/{user}?token={tok}"), codec, if user == "av1" { 30 } else { 14 }, rgb);
         std::thread::sleep(Duration::from_secs(3));
         let enhanced_port = free_port();
         let enhanced_cdn = enhanced_receiver(enhanced_port);

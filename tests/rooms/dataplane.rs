@@ -53,7 +53,8 @@ fn active_speakers_quality_and_stats_in_a_browser_meeting() {
     let video = find("receive", "ann", "video");
     assert!(["H264", "VP8"].contains(&video["codec"].as_str().unwrap_or("")), "{video}");
     assert_eq!((video["width"].as_u64(), video["height"].as_u64()), (Some(320), Some(180)), "{video}");
-    assert!(video["fps"].as_f64().unwrap() > 5.0 && video["bitrate_kbps"].as_f64().unwrap() > 10.0, "{video}");
+    // A solid colour encodes to ~10 kbit/s: the rate is measured, not large.
+    assert!(video["fps"].as_f64().unwrap() > 5.0 && video["bitrate_kbps"].as_f64().unwrap() > 3.0, "{video}");
     assert!(video["rtt_ms"].as_f64().is_some() && video["loss_pct"].as_f64().is_some(), "{video}");
     let mic = find("publish", "ben", "audio");
     assert_eq!((mic["codec"].as_str(), mic["sample_rate"].as_u64(), mic["channels"].as_u64()), (Some("opus"), Some(48000), Some(2)), "{mic}");
