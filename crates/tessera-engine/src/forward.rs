@@ -35,6 +35,15 @@ impl SeqTsRewriter {
         self.cut = true;
     }
 
+    /// The last `n` packets written were taken back unsent (dropped from the send queue): the
+    /// next one sent takes the first of their numbers, so the viewer sees no gap to NACK.
+    pub fn unsend(&mut self, n: usize) {
+        if n > 0 && self.started {
+            self.next_seq = self.next_seq.saturating_sub(n as u64).max(1);
+            self.cut = true;
+        }
+    }
+
     /// Maps an incoming (extended seq, timestamp) to outgoing ones, or `None` to drop it.
     /// `gap_ticks` is how far the timestamp advances across a source change (the time since the
     /// last packet sent, in clock ticks, at least 1).
@@ -101,6 +110,22 @@ mod tests {
         }
         assert_eq!(r.rewrite((2, 20), 10_500, 0, 0), None);
         assert!(r.rewrite((2, 20), 11_500, 0, 0).is_some());
+    }
+
+    #[test]
+    fn packets_taken_back_unsent_leave_no_gap() {
+        let mut r = SeqTsRewriter::default();
+        for i in 0..10 {
+            r.rewrite((1, 10), 100 + i, 90_000, 0);
+        }
+        // 10 written (1..=10), the last 4 taken back: a new layer continues at 7.
+        r.unsend(4);
+        assert_eq!(r.rewrite((1, 20), 5_000, 0, 3_000).map(|x| x.0), Some(7));
+        // The same layer again (a restart at its keyframe): it continues the numbering too.
+        r.rewrite((1, 20), 5_001, 0, 0);
+        r.unsend(2);
+        assert_eq!(r.rewrite((1, 20), 5_010, 0, 0).map(|x| x.0), Some(7));
+        assert_eq!(r.rewrite((1, 20), 5_011, 0, 0).map(|x| x.0), Some(8));
     }
 
     #[test]

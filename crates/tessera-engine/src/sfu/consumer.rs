@@ -72,6 +72,13 @@ impl DepartureMeter {
         self.written = 0;
     }
 
+    /// The queue was emptied without sending: the next sample starts afresh (the rate
+    /// measured still holds).
+    pub(super) fn cleared(&mut self) {
+        self.last = None;
+        self.written = 0;
+    }
+
     pub(super) fn wrote(&mut self, bytes: usize) {
         self.written += bytes;
     }
@@ -212,7 +219,18 @@ impl Consumer {
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
     /// cannot be asked for a keyframe but has a GOP cache; `replaying`: the packet comes from
     /// that cache), given the packets waiting in this consumer's send queue.
-    pub(super) fn route(&mut self, fp: &FwdPacket, pub_id: u64, internal: bool, replaying: bool, queued: Queued, now: Instant) -> Route {
+    /// `clear_queue` drops what waits in the send queue and says how many packets it held.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn route(
+        &mut self,
+        fp: &FwdPacket,
+        pub_id: u64,
+        internal: bool,
+        replaying: bool,
+        mut queued: Queued,
+        clear_queue: &mut dyn FnMut() -> usize,
+        now: Instant,
+    ) -> Route {
         let Some(pt) = self.pts.iter().find(|(x, _)| *x == fp.codec).map(|(_, p)| *p) else { return Route::Skip };
         // A viewer that takes the original (AV1) does not also take its H.264 re-encoding.
         if let PacketRoute::Fallback(original) = fp.route {
@@ -247,10 +265,22 @@ impl Consumer {
                 }
                 return Route::WaitKeyframe;
             }
-            // A start's keyframe goes in whatever the queue (it is what the viewer needs next),
-            // and the layer has a grace while what was queued before drains.
+            // What still waits of the layer left (or of the stream before a cut) is of no use
+            // once this keyframe goes: on a link that just thinned it would hold the keyframe
+            // back by seconds. It is dropped, and its numbers are reused.
+            if video && self.last_sent.is_some() {
+                let dropped = clear_queue();
+                self.rewriter.unsend(dropped);
+                self.departure.cleared();
+                tracing::debug!(mid = %self.mid, rid = ?fp.rid, dropped, "layer switch");
+                queued = Queued::default();
+            } else if video {
+                tracing::debug!(mid = %self.mid, rid = ?fp.rid, "layer switch");
+            }
+            // The start's keyframe goes in whatever else is queued (it is what the viewer needs
+            // next), and the layer has a grace while the queue drains.
             if video {
-                tracing::debug!(mid = %self.mid, rid = ?fp.rid, queued = queued.packets, "layer switch");
+                let delay = queued.oldest.map(|o| now.saturating_duration_since(o)).max(queued.drain);
                 self.grace_until = Some(now + (delay.unwrap_or_default() + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
             }
             self.current = Some(this);
@@ -361,34 +391,49 @@ mod tests {
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
         let started = now - Duration::from_secs(5);
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), started), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, aged(400, false), now), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, aged(400, false), &mut || 0, now), Route::Send { .. }));
         // ...but not on a saturated server,
-        assert!(matches!(c.route(&packet(3, false, true, Some("h")), 1, false, false, aged(400, true), now), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(3, false, true, Some("h")), 1, false, false, aged(400, true), &mut || 0, now), Route::Dropped { .. }));
         // nor when the allocator moves the viewer to another layer, whose keyframe goes in whole
         // however old the queue.
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        assert!(matches!(c.route(&packet(4, false, true, Some("h")), 1, false, false, aged(400, false), now), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(4, false, true, Some("h")), 1, false, false, aged(400, false), &mut || 0, now), Route::Dropped { .. }));
         let later = now + Duration::from_secs(1);
-        assert!(matches!(c.route(&packet(10, true, false, Some("l")), 1, false, false, aged(1_500, false), later), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(11, true, true, Some("l")), 1, false, false, aged(1_900, false), later), Route::Send { .. }));
-        // Then the link's limit, once the old layer's backlog (2.5 s old at the switch) has had
-        // time to drain (at most 3 s).
+        let mut cleared = 0;
+        assert!(matches!(
+            c.route(
+                &packet(10, true, false, Some("l")),
+                1,
+                false,
+                false,
+                aged(1_500, false),
+                &mut || {
+                    cleared += 1;
+                    0
+                },
+                later
+            ),
+            Route::Send { .. }
+        ));
+        assert_eq!(cleared, 1, "what waits of the old layer is dropped at the switch");
+        assert!(matches!(c.route(&packet(11, true, true, Some("l")), 1, false, false, aged(1_900, false), &mut || 0, later), Route::Send { .. }));
+        // Then the link's limit, once the switch's grace is over.
         let after = |ms: u64| later + Duration::from_millis(ms);
-        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, false, aged(2_000, false), after(2_900)), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, false, aged(2_000, false), after(3_100)), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, false, aged(2_000, false), &mut || 0, after(500)), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, false, aged(2_000, false), &mut || 0, after(700)), Route::Dropped { .. }));
         // A queue that takes long to drain at the viewer's estimate is full however fresh its
         // packets (a link that just thinned), except right after a switch.
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
         let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false };
-        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, now), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, &mut || 0, now), Route::Dropped { .. }));
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), now), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, now + Duration::from_millis(100)), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, &mut || 0, now + Duration::from_millis(100)), Route::Send { .. }));
     }
 
     fn packet(seq: u64, keyframe: bool, marker: bool, rid: Option<&str>) -> FwdPacket {
@@ -418,9 +463,9 @@ mod tests {
     fn video_starts_at_a_keyframe_and_numbers_from_one() {
         let now = Instant::now();
         let mut c = video();
-        assert_eq!(c.route(&packet(100, false, true, None), 1, false, false, Queued::default(), now), Route::WaitKeyframe);
-        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, false, Queued::default(), now), Route::Send { seq: 1, .. }));
-        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, false, Queued::default(), now), Route::Send { seq: 2, .. }));
+        assert_eq!(c.route(&packet(100, false, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 1, .. }));
+        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }));
     }
 
     #[test]
@@ -428,39 +473,39 @@ mod tests {
         let now = Instant::now();
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, false, Queued::default(), now), Route::Skip);
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), now), Route::Send { seq: 1, .. }));
+        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::Skip);
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 1, .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, Queued::default(), now), Route::Send { seq: 2, .. }), "h until l's keyframe");
-        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, false, Queued::default(), now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }), "h until l's keyframe");
+        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::WaitKeyframe);
         assert!(
-            matches!(c.route(&packet(51, true, true, Some("l")), 1, false, false, Queued::default(), now), Route::Send { seq: 3, .. }),
+            matches!(c.route(&packet(51, true, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 3, .. }),
             "continuous numbering across the switch"
         );
-        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, Queued::default(), now), Route::Skip, "h is no longer sent");
+        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, now), Route::Skip, "h is no longer sent");
         c.target = Some((1, LayerChoice::Paused));
-        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, false, Queued::default(), now), Route::Skip);
+        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::Skip);
     }
 
     #[test]
     fn a_long_queue_drops_whole_frames_then_waits_for_a_keyframe() {
         let now = Instant::now();
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), now), Route::Send { .. }));
-        assert_eq!(c.route(&packet(2, false, false, None), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), now), Route::Dropped { broken: true });
-        assert_eq!(c.route(&packet(3, false, true, None), 1, false, false, Queued::default(), now), Route::WaitKeyframe, "the rest of the picture waits");
-        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, false, Queued::default(), now), Route::Send { seq: 2, .. }), "no hole in the numbering");
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { .. }));
+        assert_eq!(c.route(&packet(2, false, false, None), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), &mut || 0, now), Route::Dropped { broken: true });
+        assert_eq!(c.route(&packet(3, false, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::WaitKeyframe, "the rest of the picture waits");
+        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }), "no hole in the numbering");
     }
 
     #[test]
     fn an_internal_publisher_replays_its_gop_at_most_once_a_second() {
         let now = Instant::now();
         let mut c = video();
-        assert_eq!(c.route(&packet(5, false, true, None), 9, true, false, Queued::default(), now), Route::ReplayGop);
-        assert_eq!(c.route(&packet(6, false, true, None), 9, true, false, Queued::default(), now + Duration::from_millis(500)), Route::Skip);
-        assert_eq!(c.route(&packet(7, false, true, None), 9, true, false, Queued::default(), now + Duration::from_secs(1)), Route::ReplayGop);
+        assert_eq!(c.route(&packet(5, false, true, None), 9, true, false, Queued::default(), &mut || 0, now), Route::ReplayGop);
+        assert_eq!(c.route(&packet(6, false, true, None), 9, true, false, Queued::default(), &mut || 0, now + Duration::from_millis(500)), Route::Skip);
+        assert_eq!(c.route(&packet(7, false, true, None), 9, true, false, Queued::default(), &mut || 0, now + Duration::from_secs(1)), Route::ReplayGop);
         c.reset_gate();
-        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, true, Queued::default(), now), Route::Send { .. }), "the replay starts at its keyframe");
+        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, true, Queued::default(), &mut || 0, now), Route::Send { .. }), "the replay starts at its keyframe");
     }
 
     #[test]
@@ -469,7 +514,7 @@ mod tests {
         let mut c = video();
         let mut p = packet(1, true, true, None);
         p.codec = Codec::Vp8;
-        assert_eq!(c.route(&p, 1, false, false, Queued::default(), now), Route::Skip);
+        assert_eq!(c.route(&p, 1, false, false, Queued::default(), &mut || 0, now), Route::Skip);
     }
 
     #[test]
@@ -479,10 +524,10 @@ mod tests {
         let fallback = |seq| FwdPacket { route: PacketRoute::Fallback(Codec::Av1), ssrc: 9, ..packet(seq, true, true, None) };
         let original = |seq| FwdPacket { route: PacketRoute::Viewers, codec: Codec::Av1, ..packet(seq, true, true, None) };
         let mut both = Consumer::new("0".into(), source.clone(), MediaKind::Video, true, vec![(Codec::H264, 102.into()), (Codec::Av1, 45.into())]);
-        assert_eq!(both.route(&fallback(1), 1, true, false, Queued::default(), now), Route::Skip);
-        assert!(matches!(both.route(&original(1), 1, true, false, Queued::default(), now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
+        assert_eq!(both.route(&fallback(1), 1, true, false, Queued::default(), &mut || 0, now), Route::Skip);
+        assert!(matches!(both.route(&original(1), 1, true, false, Queued::default(), &mut || 0, now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
         let mut h264 = video();
-        assert!(matches!(h264.route(&fallback(1), 1, true, false, Queued::default(), now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
-        assert_eq!(h264.route(&original(2), 1, true, false, Queued::default(), now), Route::Skip);
+        assert!(matches!(h264.route(&fallback(1), 1, true, false, Queued::default(), &mut || 0, now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
+        assert_eq!(h264.route(&original(2), 1, true, false, Queued::default(), &mut || 0, now), Route::Skip);
     }
 }

@@ -385,7 +385,7 @@ impl Sfu {
                 }
                 None => Queued::default(),
             };
-            match c.route(fp, pub_id, internal, only.is_some(), queued, now) {
+            match c.route(fp, pub_id, internal, only.is_some(), queued, &mut || tx.clear_queue(), now) {
                 Route::Skip => continue,
                 Route::WaitKeyframe => {
                     want_keyframe = true;
