@@ -36,6 +36,8 @@ const MAX_SWITCH_GRACE: Duration = Duration::from_secs(3);
 /// first `CUT_HOLD`: that is its start ramping up (str0m's pacer from its start estimate, its
 /// initial probes, the first keyframe), and the layer is restarted as before.
 pub(super) const CUT_HOLD: Duration = Duration::from_secs(4);
+/// How long the rate a cut queue drained at bounds the viewer's budget (`Consumer::cut_rate`).
+const CUT_RATE_HOLD: Duration = Duration::from_secs(2);
 
 /// How fast a viewer track's pacer queue actually empties, measured between str0m's queue
 /// samples: what left = what was there + what was written since − what is there now. Only
@@ -135,6 +137,7 @@ pub(super) struct Consumer {
     pub(super) current: Option<(u64, Option<Rid>)>,
     /// (publisher session, layer) to forward next, as chosen by the allocator.
     pub(super) target: Option<(u64, LayerChoice)>,
+
     last_sent: Option<Instant>,
     /// Payload type per codec, as negotiated with this viewer.
     pts: Vec<(Codec, Pt)>,
@@ -159,8 +162,9 @@ pub(super) struct Consumer {
     pub(super) codec: Option<Codec>,
     /// Audio to a viewer that negotiated RED: sent wrapped, each packet carrying the one before.
     pub(super) red: Option<super::red::RedSender>,
-    /// The simulcast layer its queue last forced a cut of, and when; and when it first sent.
-    cut: Option<(Instant, u64, Rid)>,
+    /// The simulcast layer its queue last forced a cut of, when, and the rate its queue was
+    /// draining at then (what the link delivered); and when it first sent.
+    cut: Option<(Instant, u64, Rid, Option<f64>)>,
     first_sent_at: Option<Instant>,
 }
 
@@ -205,15 +209,20 @@ impl Consumer {
         }
     }
 
-    /// Whether a full queue cut a layer within the last second (the link overfilled: a probe
-    /// under way fails).
-    pub(super) fn just_cut(&self, now: Instant) -> bool {
-        self.cut.is_some_and(|(at, _, _)| now.saturating_duration_since(at) < Duration::from_secs(1))
-    }
-
     /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`.
     pub(super) fn cut_layer(&self, pub_id: u64, now: Instant) -> Option<Rid> {
-        self.cut.filter(|(at, p, _)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r)| r)
+        self.cut.filter(|(at, p, ..)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r, _)| r)
+    }
+
+    /// Whether a full queue cut a layer within `within` (no probing for a while after).
+    pub(super) fn cut_within(&self, within: Duration, now: Instant) -> bool {
+        self.cut.is_some_and(|(at, ..)| now.saturating_duration_since(at) < within)
+    }
+
+    /// What the link delivered of this track when its queue was cut, within `CUT_RATE_HOLD` of
+    /// the cut: until str0m's estimate follows (~0.5 s later), the rate that fits.
+    pub(super) fn cut_rate(&self, now: Instant) -> Option<f64> {
+        self.cut.filter(|(at, ..)| now.saturating_duration_since(*at) < CUT_RATE_HOLD).and_then(|(.., bps)| bps)
     }
 
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
@@ -321,8 +330,9 @@ impl Consumer {
                 // keyframe fill the queue and raise the RTT of a link that carries the layer).
                 let steady = self.first_sent_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
                 if let Some(rid) = fp.rid.filter(|_| video && steady) {
-                    tracing::debug!(mid = %self.mid, ?rid, queued = queued.packets, ?delay, "queue cut");
-                    self.cut = Some((now, pub_id, rid));
+                    let departure = self.departure.bps;
+                    tracing::debug!(mid = %self.mid, ?rid, queued = queued.packets, ?delay, ?departure, "queue cut");
+                    self.cut = Some((now, pub_id, rid, departure));
                 }
                 return Route::Dropped { broken: true };
             }
@@ -453,6 +463,24 @@ mod tests {
             arrival: Instant::now(),
             route: crate::PacketRoute::All,
         }
+    }
+
+    #[test]
+    fn a_cut_remembers_what_the_link_delivered_for_a_while() {
+        let now = Instant::now();
+        let mut c = video();
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        let started = now - CUT_HOLD;
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
+        // The queue drained 18,750 bytes in 0.5 s: 300 kbit/s.
+        c.departure.sample(now - Duration::from_millis(1_000), 50_000);
+        c.departure.sample(now - Duration::from_millis(500), 31_250);
+        assert_eq!(c.route(&packet(2, false, false, Some("h")), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), &mut || 0, now), Route::Dropped { broken: true });
+        assert_eq!(c.cut_layer(1, now), Some("h".into()));
+        assert_eq!(c.cut_rate(now + Duration::from_secs(1)).map(f64::round), Some(300_000.0));
+        assert_eq!(c.cut_rate(now + CUT_RATE_HOLD), None, "by then str0m's estimate has followed");
+        assert!(c.cut_within(Duration::from_secs(5), now + Duration::from_secs(4)));
+        assert!(!c.cut_within(Duration::from_secs(5), now + Duration::from_secs(5)));
     }
 
     fn video() -> Consumer {

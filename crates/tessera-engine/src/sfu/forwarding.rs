@@ -176,6 +176,17 @@ impl Sfu {
         let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
+        // A queue just cut (the link thinned under it): what the link delivered bounds the
+        // budget until str0m's estimate follows, so the viewer goes straight to the layer that
+        // fits rather than through the next one down (measured: a 3 Mbit/s → 400 kbit/s step
+        // cut the top layer at ~340-440 kbit/s delivered while the estimate still said 2 Mbit/s).
+        let delivered = consumers.iter().any(|c| c.cut_rate(now).is_some()).then(|| {
+            let video = consumers.iter().filter(|c| c.kind == MediaKind::Video);
+            audio_bps + video.map(|c| c.cut_rate(now).or(c.sent.as_ref().map(|r| r.bps)).unwrap_or(0.0)).sum::<f64>()
+        });
+        // Not below every track's lowest layer: pausing video is the estimate's call.
+        let lowest: f64 = tracks.iter().filter_map(|t| t.layers.iter().map(|l| l.bps).reduce(f64::min)).sum();
+        let estimate = estimate.map(|e| delivered.map_or(e, |d| e.min(d.max(audio_bps + lowest * allocator::OVERHEAD))));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
@@ -207,7 +218,8 @@ impl Sfu {
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
-        let overfilled = net.queueing() || consumers.iter().any(|c| c.just_cut(now));
+        // Nor does a viewer probe within a back-off of a cut: its link just proved thinner.
+        let overfilled = net.queueing() || consumers.iter().any(|c| c.cut_within(allocator::PROBE_BACKOFF, now));
         if let Some((minimum, desired)) = prober.step(&plan, measured, overfilled, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
