@@ -26,7 +26,7 @@ pub const PAUSE_AFTER: Duration = Duration::from_secs(2);
 /// A probe that has neither reached its goal nor kept climbing within this has failed.
 const PROBE_WINDOW: Duration = Duration::from_secs(3);
 /// After a failed probe the next waits 5 s, doubling per failure up to a minute.
-pub const PROBE_BACKOFF: Duration = Duration::from_secs(5);
+const PROBE_BACKOFF: Duration = Duration::from_secs(5);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// A probe whose goal is within this factor of the estimate is a small step (see `fail`).
 const SMALL_STEP: f64 = 1.5;

@@ -176,17 +176,6 @@ impl Sfu {
         let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
-        // A queue just cut (the link thinned under it): what the link delivered bounds the
-        // budget until str0m's estimate follows, so the viewer goes straight to the layer that
-        // fits rather than through the next one down (measured: a 3 Mbit/s → 400 kbit/s step
-        // cut the top layer at ~340-440 kbit/s delivered while the estimate still said 2 Mbit/s).
-        let delivered = consumers.iter().any(|c| c.cut_rate(now).is_some()).then(|| {
-            let video = consumers.iter().filter(|c| c.kind == MediaKind::Video);
-            audio_bps + video.map(|c| c.cut_rate(now).or(c.sent.as_ref().map(|r| r.bps)).unwrap_or(0.0)).sum::<f64>()
-        });
-        // Not below every track's lowest layer: pausing video is the estimate's call.
-        let lowest: f64 = tracks.iter().filter_map(|t| t.layers.iter().map(|l| l.bps).reduce(f64::min)).sum();
-        let estimate = estimate.map(|e| delivered.map_or(e, |d| e.min(d.max(audio_bps + lowest * allocator::OVERHEAD))));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
@@ -218,8 +207,7 @@ impl Sfu {
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
-        // Nor does a viewer probe within a back-off of a cut: its link just proved thinner.
-        let overfilled = net.queueing() || consumers.iter().any(|c| c.cut_within(allocator::PROBE_BACKOFF, now));
+        let overfilled = net.queueing() || consumers.iter().any(|c| c.just_cut(now));
         if let Some((minimum, desired)) = prober.step(&plan, measured, overfilled, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
@@ -384,6 +372,7 @@ impl Sfu {
             let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
+            let link_queues = viewer.net.queueing();
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
             // How long the queue takes to empty: at the rate it was measured to empty, else at
@@ -393,7 +382,7 @@ impl Sfu {
                 Some(q) => {
                     c.departure.sample(q.created_at(), q.byte_size());
                     let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
-                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated }
+                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues }
                 }
                 None => Queued::default(),
             };
