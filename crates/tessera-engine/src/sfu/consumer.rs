@@ -471,6 +471,86 @@ mod tests {
         }
     }
 
+    #[test]
+    fn the_old_layers_backlog_is_dropped_only_at_a_change_of_layer_on_a_queueing_link() {
+        let now = Instant::now();
+        let queueing = Queued { packets: 30, link_queues: true, ..Default::default() };
+        let calm = Queued { link_queues: false, ..queueing };
+        let mut c = video();
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        let mut calls = 0;
+        assert!(matches!(
+            c.route(
+                &packet(1, true, true, Some("h")),
+                1,
+                false,
+                false,
+                queueing,
+                &mut || {
+                    calls += 1;
+                    0
+                },
+                now
+            ),
+            Route::Send { seq: 1, .. }
+        ));
+        assert_eq!(calls, 0, "nothing sent before: nothing to drop");
+        // A restart of the same layer after a cut keeps its backlog (it is still shown).
+        assert_eq!(c.route(&packet(2, false, false, Some("h")), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), &mut || 0, now), Route::Dropped { broken: true });
+        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, queueing, &mut || 0, now), Route::WaitKeyframe);
+        assert!(matches!(
+            c.route(
+                &packet(4, true, true, Some("h")),
+                1,
+                false,
+                false,
+                queueing,
+                &mut || {
+                    calls += 1;
+                    0
+                },
+                now
+            ),
+            Route::Send { seq: 2, .. }
+        ));
+        assert_eq!(calls, 0);
+        // Another layer on a link that does not queue keeps it too...
+        c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
+        assert!(matches!(
+            c.route(
+                &packet(20, true, true, Some("l")),
+                1,
+                false,
+                false,
+                calm,
+                &mut || {
+                    calls += 1;
+                    0
+                },
+                now
+            ),
+            Route::Send { seq: 3, .. }
+        ));
+        assert_eq!(calls, 0);
+        // ...and where the link queues it is dropped, the keyframe taking the first number
+        // dropped (here the one packet of l still queued).
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        let sent = c.route(
+            &packet(5, true, true, Some("h")),
+            1,
+            false,
+            false,
+            queueing,
+            &mut || {
+                calls += 1;
+                1
+            },
+            now,
+        );
+        assert_eq!(calls, 1);
+        assert!(matches!(sent, Route::Send { seq: 3, .. }), "{sent:?}");
+    }
+
     fn video() -> Consumer {
         Consumer::new("0".into(), (UserId::parse("u").unwrap(), StreamKind::Main), MediaKind::Video, true, vec![(Codec::H264, 102.into())])
     }
