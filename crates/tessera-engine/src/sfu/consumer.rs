@@ -476,79 +476,38 @@ mod tests {
         let now = Instant::now();
         let queueing = Queued { packets: 30, link_queues: true, ..Default::default() };
         let calm = Queued { link_queues: false, ..queueing };
+        // Routes one packet; the queue holds `held` packets: (route, packets dropped from it).
+        let send = |c: &mut Consumer, p: FwdPacket, q: Queued, held: usize| {
+            let mut dropped = 0;
+            let route = c.route(
+                &p,
+                1,
+                false,
+                false,
+                q,
+                &mut || {
+                    dropped = held;
+                    held
+                },
+                now,
+            );
+            (route, dropped)
+        };
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        let mut calls = 0;
-        assert!(matches!(
-            c.route(
-                &packet(1, true, true, Some("h")),
-                1,
-                false,
-                false,
-                queueing,
-                &mut || {
-                    calls += 1;
-                    0
-                },
-                now
-            ),
-            Route::Send { seq: 1, .. }
-        ));
-        assert_eq!(calls, 0, "nothing sent before: nothing to drop");
+        assert_eq!(send(&mut c, packet(1, true, true, Some("h")), queueing, 5), (Route::Send { pt: 102.into(), seq: 1, ts: 3_000 }, 0), "nothing sent before");
         // A restart of the same layer after a cut keeps its backlog (it is still shown).
-        assert_eq!(c.route(&packet(2, false, false, Some("h")), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), &mut || 0, now), Route::Dropped { broken: true });
-        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, queueing, &mut || 0, now), Route::WaitKeyframe);
-        assert!(matches!(
-            c.route(
-                &packet(4, true, true, Some("h")),
-                1,
-                false,
-                false,
-                queueing,
-                &mut || {
-                    calls += 1;
-                    0
-                },
-                now
-            ),
-            Route::Send { seq: 2, .. }
-        ));
-        assert_eq!(calls, 0);
+        assert_eq!(send(&mut c, packet(2, false, false, Some("h")), Queued::packets(MAX_QUEUED_PACKETS), 5).0, Route::Dropped { broken: true });
+        assert_eq!(send(&mut c, packet(3, false, true, Some("h")), queueing, 5).0, Route::WaitKeyframe);
+        assert!(matches!(send(&mut c, packet(4, true, true, Some("h")), queueing, 5), (Route::Send { seq: 2, .. }, 0)));
         // Another layer on a link that does not queue keeps it too...
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        assert!(matches!(
-            c.route(
-                &packet(20, true, true, Some("l")),
-                1,
-                false,
-                false,
-                calm,
-                &mut || {
-                    calls += 1;
-                    0
-                },
-                now
-            ),
-            Route::Send { seq: 3, .. }
-        ));
-        assert_eq!(calls, 0);
+        assert!(matches!(send(&mut c, packet(20, true, true, Some("l")), calm, 5), (Route::Send { seq: 3, .. }, 0)));
         // ...and where the link queues it is dropped, the keyframe taking the first number
         // dropped (here the one packet of l still queued).
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        let sent = c.route(
-            &packet(5, true, true, Some("h")),
-            1,
-            false,
-            false,
-            queueing,
-            &mut || {
-                calls += 1;
-                1
-            },
-            now,
-        );
-        assert_eq!(calls, 1);
-        assert!(matches!(sent, Route::Send { seq: 3, .. }), "{sent:?}");
+        let sent = send(&mut c, packet(5, true, true, Some("h")), queueing, 1);
+        assert!(matches!(sent, (Route::Send { seq: 3, .. }, 1)), "{sent:?}");
     }
 
     fn video() -> Consumer {
