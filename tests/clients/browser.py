@@ -15,9 +15,9 @@ speakers: tabs as in room (tone 0: a silent microphone); waits until a silent ta
          first tab speaks, then the first falls silent and the second plays a tone, and times
          until the third is told only the second speaks; then everyone is silent. Prints the
          lists and times, and per tab its last `quality` and `stats` messages.
-quality: one room.html tab (--token, an audience token: it only watches) for --seconds; every
-         250 ms its last `quality` report's downlink score, loss and RTT with the wall-clock
-         time, and at the end its remote tiles.
+quality: one room.html tab (--token, an audience token: it only watches) for --seconds; its
+         last `quality` report's downlink score, loss and RTT with the wall-clock time (polled
+         every 50 ms, kept on a change or after a second), and at the end its remote tiles.
 custom:  tabs as in room (options: `nodc` publishes without data channels, `watch` for an
          audience token); the first sends custom messages on its data channels: 40 within a
          second (reliable), refused ones (1001 bytes, cmd_id 0 and 11, an empty frame), 5 on the
@@ -262,11 +262,15 @@ def quality(ctx, a):
     page = ctx.new_page()
     goto(page, f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
     page.wait_for_function("['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
+    # Polled every 50 ms (a report's time is known to within that), kept when it changes or
+    # a second after the last kept.
     samples = []
     end = time.monotonic() + a.seconds
     while time.monotonic() < end:
-        samples.append(page.evaluate("(() => { const q = window.tessera.quality; return q ? [Date.now(), q.local.downlink, q.local.downlink_loss, q.local.downlink_rtt] : [Date.now(), null, null, null]; })()"))
-        time.sleep(0.25)
+        s = page.evaluate("(() => { const q = window.tessera.quality; return q ? [Date.now(), q.local.downlink, q.local.downlink_loss, q.local.downlink_rtt] : [Date.now(), null, null, null]; })()")
+        if not samples or samples[-1][1:] != s[1:] or s[0] - samples[-1][0] >= 1000:
+            samples.append(s)
+        time.sleep(0.05)
     return {"samples": samples, "tiles": page.evaluate("window.tessera.tiles()")}
 
 
