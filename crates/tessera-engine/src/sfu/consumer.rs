@@ -270,31 +270,34 @@ impl Consumer {
                 }
                 return Route::WaitKeyframe;
             }
-            // What still waits of another layer is of no use once this keyframe goes if the
-            // link queues (it just thinned): sent, it would only lengthen the link's queue and
-            // hold the keyframe back by seconds. It is dropped, and its numbers are reused.
-            // Not where the link does not queue (an estimate lowered by loss), nor at a restart
-            // of the same layer after a cut: there the queued frames still arrive and are shown
-            // while the keyframe comes, and a browser whose jitter buffer grew with the backlog
-            // holds the keyframe about as long as the frames dropped would have played
-            // (measured on 10 % burst loss: longest freeze 0.6 → 1.5-1.9 s when dropped).
-            if video && queued.link_queues && self.sent_layer.is_some_and(|l| l != this) {
-                let dropped = clear_queue();
-                self.rewriter.unsend(dropped);
-                self.departure.cleared();
-                tracing::debug!(mid = %self.mid, rid = ?fp.rid, dropped, "layer switch");
-                queued = Queued::default();
-            } else if video {
-                tracing::debug!(mid = %self.mid, rid = ?fp.rid, "layer switch");
-            }
-            // The start's keyframe goes in whatever else is queued (it is what the viewer needs
-            // next), and the layer has a grace while it drains. As long a grace as the backlog
-            // would have needed: the link is as thin as it drained, and the keyframe — the
-            // biggest frame there is — must leave whole (with a shorter one, on a thin link the
-            // next frames' wait cut the layer again before its keyframe was out, and the next
-            // restart dropped the rest of it: measured, a viewer on a bursty lossy link
-            // decoded 87 frames in 25 s).
             if video {
+                // What still waits of another layer is of no use once this keyframe goes if the
+                // link queues (it just thinned): sent, it would only lengthen the link's queue
+                // and hold the keyframe back by seconds. It is dropped, and its numbers are
+                // reused. Not where the link does not queue (an estimate lowered by loss), nor
+                // at a restart of the same layer after a cut: there the queued frames still
+                // arrive and are shown while the keyframe comes, and a browser whose jitter
+                // buffer grew with the backlog holds the keyframe about as long as the frames
+                // dropped would have played (measured on 10 % burst loss: longest freeze
+                // 0.6 → 1.5-1.9 s when dropped).
+                let dropped = match queued.link_queues && self.sent_layer.is_some_and(|l| l != this) {
+                    true => {
+                        let n = clear_queue();
+                        self.rewriter.unsend(n);
+                        self.departure.cleared();
+                        queued = Queued::default();
+                        n
+                    }
+                    false => 0,
+                };
+                tracing::debug!(mid = %self.mid, rid = ?fp.rid, dropped, "layer switch");
+                // The keyframe goes in whatever else is queued (it is what the viewer needs
+                // next), and the layer has a grace while it drains: as long as the backlog
+                // would have needed, dropped or not. The link is as thin as it drained, and the
+                // keyframe — the biggest frame there is — must leave whole (measured with a
+                // shorter grace while every switch dropped the backlog: the next frames' wait
+                // cut the layer again before its keyframe was out, and a viewer on a bursty
+                // lossy link decoded 87 frames in 25 s).
                 self.grace_until = Some(now + (delay.unwrap_or_default() + MAX_LINK_QUEUE_DELAY).min(MAX_SWITCH_GRACE));
             }
             self.current = Some(this);
