@@ -363,6 +363,11 @@ impl Consumer {
         self.last_sent.is_none()
     }
 
+    /// Whether it has forwarded video before (a start after that is a restart).
+    pub(super) fn has_sent(&self) -> bool {
+        self.sent_layer.is_some()
+    }
+
     /// A GOP replay starts clean, at its keyframe, whatever the live packets did before.
     pub(super) fn reset_gate(&mut self) {
         self.gate = FrameGate::default();

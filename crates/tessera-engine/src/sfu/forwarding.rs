@@ -36,7 +36,7 @@ impl Sfu {
     /// Creates a consumer for each negotiated send section of a viewer that has none yet.
     pub(super) fn setup_consumers(&mut self, id: u64) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
-        let Role::Viewer { consumers, send_mids, subscriptions, rtx_age, .. } = &mut s.role else { return };
+        let Role::Viewer { consumers, send_mids, subscriptions, rtx_age, rtx_cap, .. } = &mut s.role else { return };
         if consumers.len() == send_mids.len() {
             return;
         }
@@ -50,7 +50,7 @@ impl Sfu {
                 if let Some(tx) = api.stream_tx_by_mid(mid, None) {
                     // str0m's default stops resending above 15 % retransmitted bytes; bursts of loss
                     // on a 10 %-loss link pass that, and viewers would see holes.
-                    tx.set_rtx_cache(RTX_CACHE_PACKETS, *rtx_age, Some(RTX_RATIO_CAP));
+                    tx.set_rtx_cache(RTX_CACHE_PACKETS, *rtx_age, Some(*rtx_cap));
                     mids.push(mid);
                 }
             }
@@ -132,7 +132,10 @@ impl Sfu {
             sources.push((pub_id, audio, video.is_some()));
         }
         let Some(Session {
-            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, playout_min, lossy_at, paced_bps, .. }, peer, net, ..
+            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, rtx_cap, playout_min, lossy_at, paced_bps, .. },
+            peer,
+            net,
+            ..
         }) = self.sessions.get_mut(&viewer_id)
         else {
             return;
@@ -145,7 +148,7 @@ impl Sfu {
                 let mut api = peer.rtc.direct_api();
                 for c in consumers.iter().filter(|c| c.kind == MediaKind::Video) {
                     if let Some(tx) = api.stream_tx_by_mid(c.mid, None) {
-                        tx.set_rtx_cache(RTX_CACHE_PACKETS, age, Some(RTX_RATIO_CAP));
+                        tx.set_rtx_cache(RTX_CACHE_PACKETS, age, Some(*rtx_cap));
                     }
                 }
             }
@@ -177,6 +180,17 @@ impl Sfu {
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
+        let cap = rtx_ratio_cap(net.queueing());
+        if cap != *rtx_cap {
+            tracing::debug!(cap, rtt = ?net.rtt, "retransmission cap");
+            *rtx_cap = cap;
+            let mut api = peer.rtc.direct_api();
+            for c in consumers.iter() {
+                if let Some(tx) = api.stream_tx_by_mid(c.mid, None) {
+                    tx.set_rtx_ratio_cap(cap);
+                }
+            }
+        }
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
             let (video, priority) = match has_video.then(|| planned.next()).flatten() {
@@ -444,8 +458,12 @@ impl Sfu {
             // packets did before. A viewer whose queue has no room for a keyframe waits for the
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
             let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
-            let Role::Viewer { consumers, .. } = &mut viewer.role else { continue };
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, .. } = &mut viewer.role else { continue };
+            let estimate = allocator::measured(*estimate_bps, *raw_estimate_bps);
             let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed && c.source == *key) else { continue };
+            if c.has_sent() && !replay_fits(&gop, estimate, now) {
+                continue;
+            }
             let mid = c.mid;
             c.reset_gate();
             let queued = viewer.peer.rtc.direct_api().stream_tx_by_mid(mid, None).and_then(|tx| tx.queue_info()).map_or(0, |q| q.packet_count());

@@ -144,6 +144,7 @@ impl Sfu {
             net.tx_mark = Some((s.bytes_tx, s.timestamp));
             *raw_estimate_bps = raw;
         }
+        tracing::debug!(session = id, egress_loss = ?s.egress_loss_fraction, rtt = ?s.rtt, bytes_tx = s.bytes_tx, bwe = ?s.bwe_tx, "peer stats");
         net.egress_loss.note(s.egress_loss_fraction, s.timestamp);
         net.ingress_loss.note(s.ingress_loss_fraction, s.timestamp);
         net.at = Some(now);

@@ -314,3 +314,37 @@ fn a_viewer_without_feedback_is_paced_after_its_media_not_the_start_estimate() {
     assert_eq!(unmeasured_pacing(Some(4_500_000.0), 1_400_000.0), None, "small moves leave the pacer alone");
     assert_eq!(unmeasured_pacing(Some(4_500_000.0), 500_000.0), Some(1_500_000.0), "a big one resets it");
 }
+
+#[test]
+fn resends_are_held_to_the_least_on_a_full_link() {
+    assert_eq!(rtx_ratio_cap(false), RTX_RATIO_CAP, "a link with room, lossy or not: bursts are repaired");
+    assert_eq!(rtx_ratio_cap(true), RTX_RATIO_MIN, "a queueing link: the least");
+}
+
+#[test]
+fn a_restarts_gop_replay_is_made_only_where_it_catches_up_within_a_second() {
+    let t0 = Instant::now();
+    // 1.5 s of a 150 kbit/s stream since its keyframe: 100 packets of ~280 bytes (~225 kbit).
+    let gop: Vec<FwdPacket> = (0..100u64)
+        .map(|i| FwdPacket {
+            ssrc: 7,
+            seq: i,
+            ts: i as u32 * 1350,
+            marker: true,
+            keyframe: i == 0,
+            payload: std::sync::Arc::from(vec![0u8; 221]),
+            codec: tessera_media::Codec::H264,
+            kind: MediaKind::Video,
+            mid: "v".into(),
+            rid: None,
+            ext: Default::default(),
+            arrival: t0 + Duration::from_millis(i * 15),
+            route: crate::PacketRoute::All,
+        })
+        .collect();
+    let now = t0 + Duration::from_millis(1500);
+    assert!(replay_fits(&gop, None, now), "no estimate: as before");
+    assert!(replay_fits(&gop, Some(2_000_000.0), now), "a link with room catches up in ~0.13 s");
+    assert!(!replay_fits(&gop, Some(250_000.0), now), "100 kbit/s to spare: 2.2 s");
+    assert!(!replay_fits(&gop, Some(120_000.0), now), "the link does not carry the stream itself");
+}

@@ -457,6 +457,16 @@ impl StreamTx {
         n
     }
 
+    /// Tessera fork: changes the retransmission cap of `set_rtx_cache` without replacing the
+    /// cache (which would forget every packet a NACK could still ask for). A forwarder lowers
+    /// it on a congested link: retransmissions on top of media that already fills the link
+    /// turn loss into collapse. No-op unless the cap was enabled by `set_rtx_cache`.
+    pub fn set_rtx_ratio_cap(&mut self, rtx_ratio_cap: f32) {
+        if self.rtx_ratio_cap.is_some() {
+            self.rtx_ratio_cap = Some(rtx_ratio_cap);
+        }
+    }
+
     /// Configure the RTX (resend) cache.
     ///
     /// This determines how old incoming NACKs we can reply to.
