@@ -2,7 +2,9 @@
 //! to a thread of their own that writes them with `sendmmsg(2)` (many datagrams, many
 //! destinations, one system call). The kernel's send path — on loopback it also delivers to
 //! the receiving socket — is then paid on another core while the media task goes on with the
-//! next packets, and a batch costs one wake-up instead of one call per copy.
+//! next packets, and a batch costs one wake-up instead of one call per copy. A process with one
+//! core (`taskset`, a one-CPU container) writes inline instead: there the thread could only
+//! take turns with the media task, at a context switch per batch.
 //!
 //! The queue is bounded and pushes back: when the writer is that far behind (the machine is past
 //! capacity) the media task waits for room rather than dropping datagrams at random — which
@@ -26,21 +28,40 @@ pub(super) type Batch = Vec<(Vec<u8>, SocketAddr)>;
 /// The media task's end: collects one turn's datagrams, then hands them over.
 pub(super) struct Egress {
     batch: Batch,
-    to_writer: tokio::sync::mpsc::Sender<Batch>,
-    /// Emptied batches coming back, so their allocations are reused.
-    recycled: Receiver<Batch>,
+    to: To,
     counters: Arc<SfuCounters>,
 }
 
+/// Where a turn's batch goes.
+enum To {
+    /// The writer thread; emptied batches come back, so their allocations are reused.
+    Thread { to_writer: tokio::sync::mpsc::Sender<Batch>, recycled: Receiver<Batch> },
+    /// Written by the media task itself: with one core to run on, a thread of its own only
+    /// adds a context switch per batch (measured: `benches/sfu_ab.sh` pinned to one core).
+    Inline(Writer),
+}
+
 impl Egress {
-    /// Starts the writer thread on `socket` (a clone of the media task's socket).
+    /// Starts the writer thread on `socket` (a clone of the media task's socket), or writes
+    /// inline where the process has one core.
     pub(super) fn start(socket: std::net::UdpSocket, counters: Arc<SfuCounters>) -> std::io::Result<Egress> {
-        let (to_writer, mut batches) = tokio::sync::mpsc::channel::<Batch>(QUEUED_BATCHES);
-        let (recycle, recycled) = sync_channel::<Batch>(QUEUED_BATCHES + 2);
         // Room for bursts (a keyframe to hundreds of viewers) while the kernel drains; the kernel
         // caps it at net.core.wmem_max.
         #[cfg(target_os = "linux")]
         let _ = rustix::net::sockopt::set_socket_send_buffer_size(&socket, 4 << 20);
+        if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
+            return Ok(Egress::inline(socket, counters));
+        }
+        Egress::threaded(socket, counters)
+    }
+
+    fn inline(socket: std::net::UdpSocket, counters: Arc<SfuCounters>) -> Egress {
+        Egress { batch: Vec::with_capacity(PER_CALL), to: To::Inline(Writer::new(socket)), counters }
+    }
+
+    fn threaded(socket: std::net::UdpSocket, counters: Arc<SfuCounters>) -> std::io::Result<Egress> {
+        let (to_writer, mut batches) = tokio::sync::mpsc::channel::<Batch>(QUEUED_BATCHES);
+        let (recycle, recycled) = sync_channel::<Batch>(QUEUED_BATCHES + 2);
         let writer_counters = counters.clone();
         std::thread::Builder::new().name("tessera-egress".into()).spawn(move || {
             let mut writer = Writer::new(socket);
@@ -50,7 +71,7 @@ impl Egress {
                 let _ = recycle.try_send(batch);
             }
         })?;
-        Ok(Egress { batch: Vec::with_capacity(PER_CALL), to_writer, recycled, counters })
+        Ok(Egress { batch: Vec::with_capacity(PER_CALL), to: To::Thread { to_writer, recycled }, counters })
     }
 
     pub(super) fn push(&mut self, datagram: Vec<u8>, to: SocketAddr) {
@@ -62,11 +83,19 @@ impl Egress {
         if self.batch.is_empty() {
             return;
         }
-        let next = self.recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(PER_CALL));
-        let batch = std::mem::replace(&mut self.batch, next);
-        if let Err(lost) = self.to_writer.send(batch).await {
-            // The writer thread is gone (it never ends on its own).
-            self.counters.datagrams_dropped.fetch_add(lost.0.len() as u64, Ordering::Relaxed);
+        match &mut self.to {
+            To::Inline(writer) => {
+                writer.write(&self.batch, &self.counters);
+                self.batch.clear();
+            }
+            To::Thread { to_writer, recycled } => {
+                let next = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(PER_CALL));
+                let batch = std::mem::replace(&mut self.batch, next);
+                if let Err(lost) = to_writer.send(batch).await {
+                    // The writer thread is gone (it never ends on its own).
+                    self.counters.datagrams_dropped.fetch_add(lost.0.len() as u64, Ordering::Relaxed);
+                }
+            }
         }
     }
 }
@@ -148,6 +177,16 @@ mod tests {
     /// how many datagrams went in how many calls.
     #[tokio::test]
     async fn batches_arrive_whole_and_in_order() {
+        batches_arrive_whole_and_in_order_through(|socket, counters| Egress::threaded(socket, counters).unwrap()).await;
+    }
+
+    /// The same, written by the media task itself (a process with one core).
+    #[tokio::test]
+    async fn batches_written_inline_arrive_whole_and_in_order() {
+        batches_arrive_whole_and_in_order_through(Egress::inline).await;
+    }
+
+    async fn batches_arrive_whole_and_in_order_through(start: impl Fn(std::net::UdpSocket, Arc<SfuCounters>) -> Egress) {
         let sender = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
         let receivers: Vec<std::net::UdpSocket> = (0..3).map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap()).collect();
         for r in &receivers {
@@ -155,7 +194,7 @@ mod tests {
             let _ = rustix::net::sockopt::set_socket_recv_buffer_size(r, 4 << 20);
         }
         let counters = Arc::new(SfuCounters::default());
-        let mut egress = Egress::start(sender.try_clone().unwrap(), counters.clone()).unwrap();
+        let mut egress = start(sender.try_clone().unwrap(), counters.clone());
         // 600 datagrams over two turns: more than one sendmmsg call's worth in the first.
         for turn in 0..2u16 {
             for i in 0..300u16 {
