@@ -37,7 +37,8 @@ enum To {
     /// The writer thread; emptied batches come back, so their allocations are reused.
     Thread { to_writer: tokio::sync::mpsc::Sender<Batch>, recycled: Receiver<Batch> },
     /// Written by the media task itself: with one core to run on, a thread of its own only
-    /// adds a context switch per batch (measured: `benches/sfu_ab.sh` pinned to one core).
+    /// adds a context switch per batch (BENCHMARKS.md has the pinned runs: no loss, no
+    /// proven gain either).
     Inline(Writer),
 }
 
