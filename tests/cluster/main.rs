@@ -301,17 +301,40 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
     drop(redis);
 }
 
-/// Two nodes (`cluster` more of each one's `[cluster]`), and an aiortc publisher of `room`
-/// through the first for `seconds`: (nodes, publisher, its token, the room's node's index).
-fn two_nodes_and_a_publisher(dir: &Path, net: &BridgeNet, redis: &Redis, cluster: &str, room: &str, seconds: &str) -> (Vec<Node>, Client, String, usize) {
+/// How a test's publisher sends.
+enum Publisher {
+    /// aiortc, one 640x360 blue encoding.
+    Aiortc,
+    /// Chromium, three simulcast layers of a 1280x720 blue camera.
+    ChromiumSimulcast,
+}
+
+/// Two nodes (`cluster` more of each one's `[cluster]`), and a publisher of `room` through the
+/// first for `seconds`: (nodes, publisher, its token, the room's node's index).
+fn two_nodes_and_a_publisher(dir: &Path, net: &BridgeNet, redis: &Redis, cluster: &str, room: &str, seconds: &str, how: Publisher) -> (Vec<Node>, Client, String, usize) {
     let nodes: Vec<Node> = ["node-a", "node-b"].iter().enumerate().map(|(i, id)| Node::start_with(dir, id, &net.hosts[i], redis, cluster)).collect();
     for n in &nodes {
         wait_until(Duration::from_secs(6), "both nodes see each other", || (n.nodes().len() == 2).then_some(()));
     }
     let anchor = token(&nodes[0].data, room, "cam");
-    let publisher =
-        Client::start(&net.client_host(2), "aiortc_client.py", &["publish", "--url", &nodes[0].url(&format!("/whip/{room}")), "--token", &anchor, "--seconds", seconds]);
-    let listed = wait_until(Duration::from_secs(20), &format!("room {room} published"), || {
+    let publisher = match how {
+        Publisher::Aiortc => {
+            Client::start(&net.client_host(2), "aiortc_client.py", &["publish", "--url", &nodes[0].url(&format!("/whip/{room}")), "--token", &anchor, "--seconds", seconds])
+        }
+        Publisher::ChromiumSimulcast => {
+            let blue = dir.join("blue720.y4m");
+            let made = Command::new("ffmpeg")
+                .args(["-v", "error", "-f", "lavfi", "-i", "color=c=0x0000ff:s=1280x720:r=30", "-t", "2", "-pix_fmt", "yuv420p", "-y"])
+                .arg(&blue)
+                .status()
+                .unwrap();
+            assert!(made.success());
+            let args = ["publish", "--base", &nodes[0].url(""), "--room", room, "--token", &anchor, "--simulcast", "--degradation", "maintain-resolution"];
+            let args: Vec<&str> = args.into_iter().chain(["--fake-video", blue.to_str().unwrap(), "--seconds", seconds]).collect();
+            Client::start(&net.client_host(2), "browser.py", &args)
+        }
+    };
+    let listed = wait_until(Duration::from_secs(30), &format!("room {room} published"), || {
         let r = get(&nodes[1].url(&format!("/v1/rooms/{room}")), Some(&nodes[1].key));
         (r.status == 200).then(|| r.json()).filter(|v| v["users"].as_array().is_some_and(|u| u.iter().any(|u| u["user"] == "cam")))
     });
@@ -326,25 +349,31 @@ fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     let net = BridgeNet::new(3);
     let redis = Redis::start(&net.gateway, dir.path());
     // Each node takes one viewer: the second viewer of a room is past its node's capacity.
-    let (nodes, publisher, anchor, owner) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "max_viewers_per_node = 1", "big", "30");
+    let (nodes, publisher, anchor, owner) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "max_viewers_per_node = 1", "big", "40", Publisher::ChromiumSimulcast);
     let clients = net.client_host(2);
     let (owner, other) = (&nodes[owner], &nodes[1 - owner]);
     let whep = "/whep/big/cam/main";
-    let first = Client::start(&clients, "aiortc_client.py", &["play", "--url", &other.url(whep), "--token", &anchor, "--seconds", "16"]);
+    let first = Client::start(&clients, "aiortc_client.py", &["play", "--url", &other.url(whep), "--token", &anchor, "--seconds", "20"]);
     // The room's node reports its viewer with its next heartbeat: it is full then.
     wait_until(Duration::from_secs(10), "the room's node full", || {
         let v = get(&other.url("/v1/cluster/nodes"), Some(&other.key)).json();
         v["items"].as_array().unwrap().iter().any(|n| n["id"] == owner.id.as_str() && n["load"]["viewers"].as_u64() >= Some(1)).then_some(())
     });
     // The next viewer, sent to the room's own node, is served by the other node from a relay.
-    let second = Client::start(&clients, "aiortc_client.py", &["play", "--url", &owner.url(whep), "--token", &anchor, "--seconds", "6"]);
+    // It asks for the lowest simulcast layer: the relay carries every layer, so the edge has it
+    // (its keyframe asked of the publisher through the relay).
+    let low = format!("{whep}?quality=l");
+    let second = Client::start(&clients, "aiortc_client.py", &["play", "--url", &owner.url(&low), "--token", &anchor, "--seconds", "6"]);
     let r = second.finish(Duration::from_secs(40));
     assert_blue(&r, "the viewer past the full node");
+    assert!(r["width"].as_u64().unwrap() <= 640, "the edge's viewer gets the low layer it asked for: {}x{}", r["width"], r["height"]);
     assert!(other.counter("tessera_cluster_routed_total{result=\"edge\"}") >= 1.0, "the other node served it as an edge");
     // Its first picture came soon: the edge's keyframe request reached the publisher.
     let times: Vec<f64> = r["frame_times"].as_array().unwrap().iter().map(|t| t.as_f64().unwrap()).collect();
     assert!(times.len() >= 60, "{} frames in 6 s", times.len());
-    assert_blue(&first.finish(Duration::from_secs(40)), "the first viewer");
+    let first = first.finish(Duration::from_secs(40));
+    assert_blue(&first, "the first viewer");
+    assert_eq!(first["width"].as_u64(), Some(1280), "the room's node's viewer gets the top layer: {}x{}", first["width"], first["height"]);
     // The relay came over HTTP/2 (the relay client's unit test shows a node pair's rooms and
     // requests sharing its one connection).
     let logs = owner.server.as_ref().unwrap().logs();
@@ -377,10 +406,17 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     let dir = TempDir::new("cluster-takeover");
     let net = BridgeNet::new(3);
     let redis = Redis::start(&net.gateway, dir.path());
-    let (mut nodes, publisher, anchor, owner_index) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "", "show", "60");
+    let (mut nodes, publisher, anchor, owner_index) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "", "show", "60", Publisher::Aiortc);
     let clients = net.client_host(2);
     let survivor = 1 - owner_index;
     let (s_url, s_key) = (nodes[survivor].url(""), nodes[survivor].key.clone());
+    // The app's webhook goes to a receiver that can be made to refuse (503 while the file says so).
+    let refusing = dir.path().join("hook-status");
+    let hooks = WebhookReceiver::start_on(&net.gateway, dir.path(), "hookkey0123456789", &["--status-file", refusing.to_str().unwrap()]);
+    hooks.subscribe(nodes[survivor].server(), &s_key, "hookkey0123456789");
+    for n in &nodes {
+        wait_until(Duration::from_secs(6), "every node has the webhook", || (get(&n.url("/v1/app"), Some(&n.key)).json()["webhook"]["url"] == hooks.url().as_str()).then_some(()));
+    }
     // A recording and a relay of the room, started through the other node: they run on the
     // room's node.
     let cdn_port = 19350 + (std::process::id() % 500) as u16;
@@ -399,9 +435,19 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     });
     std::thread::sleep(Duration::from_secs(6));
 
+    // A viewer enters on the room's node while the receiver refuses: its 103 waits in that
+    // node's outbox when the node dies.
+    std::fs::write(&refusing, "503").unwrap();
+    let fan = token(&nodes[owner_index].data, "show", "fan");
+    let viewer = Client::start(&clients, "aiortc_client.py", &["play", "--url", &nodes[owner_index].url("/whep/show/cam/main"), "--token", &fan, "--seconds", "2"]);
+    let entered_fan = |r: &Value| r["body"]["EventType"] == 103 && r["body"]["EventInfo"]["UserId"] == "fan";
+    let refused = wait_until(Duration::from_secs(20), "fan's entry refused by the receiver", || hooks.requests().into_iter().find(|r| entered_fan(r) && r["status"] == 503));
+    let _ = viewer.finish(Duration::from_secs(30));
+
     // kill -9 the room's node: the other claims its tasks and runs them.
     let killed = Instant::now();
     nodes[owner_index].server.take().unwrap().crash();
+    std::fs::remove_file(&refusing).unwrap();
     interrupt(first_cdn);
     let second_flv = dir.path().join("second.flv");
     let second_cdn = rtmp_listener(&net.gateway, cdn_port, &second_flv);
@@ -415,6 +461,13 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     let relay_taken =
         wait_until(Duration::from_secs(10), "the relay on the survivor", || (get(&format!("{s_url}/v1/relays/{relay}"), Some(&s_key)).status == 200).then(|| killed.elapsed()));
     assert!(relay_taken <= Duration::from_secs(10), "relay taken over after {relay_taken:?}");
+    // The dead node's undelivered event is delivered by the survivor, under its id, once.
+    let delivered = wait_until(Duration::from_secs(40), "fan's entry delivered after the kill", || {
+        hooks.requests().into_iter().find(|r| r["event_id"] == refused["event_id"] && r["status"].as_u64().is_some_and(|s| (200..300).contains(&s)))
+    });
+    assert!(delivered["attempt"].as_u64() > refused["attempt"].as_u64(), "its attempts continued: {delivered}");
+    let logs = nodes[survivor].server.as_ref().unwrap().logs();
+    assert!(logs.iter().any(|l| l.contains("webhook event taken over from a node that died")), "the survivor delivered it");
     // The publisher comes back (through the survivor, which now holds the room).
     drop(publisher);
     let again = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &format!("{s_url}/whip/show"), "--token", &anchor, "--seconds", "12"]);
@@ -442,6 +495,11 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
         .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
     let url = format!("{s_url}{}?token={anchor}", playlist["url"].as_str().unwrap());
     assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+    let mut ok = std::collections::HashMap::new();
+    for r in hooks.requests().iter().filter(|r| r["status"].as_u64().is_some_and(|s| (200..300).contains(&s))) {
+        *ok.entry(r["event_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;
+    }
+    assert!(ok.values().all(|n| *n == 1), "an event delivered twice: {ok:?}");
     nodes.clear();
     drop(redis);
 }

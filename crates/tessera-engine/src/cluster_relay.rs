@@ -9,12 +9,17 @@
 //! - [`EdgeMirror`] is the edge's state: which publishers of the origin's room it mirrors, the
 //!   packets to hand each one's local ingest, and when a publisher went quiet (gone at the origin).
 //!
+//! Every simulcast layer of a publisher crosses (the origin's cluster tap takes them all), so an
+//! edge's viewers move between layers on their own estimates as the origin's do.
+//!
 //! Frame: `u32` length (big endian), then `1` (a packet), the user id (`u8` length + bytes), the
 //! stream (0 main, 1 aux), the codec (0 Opus, 1 H.264, 2 VP8, 3 H.265, 4 AV1), flags (bit 0
-//! marker), the audio level (255: none), `u64` sequence, `u32` RTP timestamp, `i32`
+//! marker), the audio level (255: none), the route (0 every viewer, 1 WebRTC viewers only, 2
+//! viewers but not mixes, 16 + a codec: the H.264 fallback for that codec), the simulcast layer
+//! (`u8` length, 0 for none, up to 8 bytes of rid), `u64` sequence, `u32` RTP timestamp, `i32`
 //! composition offset (ms), then the payload.
 
-use crate::sfu::{IngestPacket, PacketRoute, TapPacket};
+use crate::sfu::{IngestPacket, PacketRoute, Rid, TapPacket};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -47,6 +52,32 @@ fn codec_of(code: u8) -> Option<Codec> {
     })
 }
 
+const ROUTE_FALLBACK: u8 = 16;
+
+fn route_code(r: PacketRoute) -> Option<u8> {
+    Some(match r {
+        PacketRoute::All => 0,
+        PacketRoute::Viewers => 1,
+        PacketRoute::AllButMixes => 2,
+        PacketRoute::Fallback(c) => ROUTE_FALLBACK + codec_code(c),
+        // Not for viewers: a cluster tap never gets them.
+        PacketRoute::Outputs | PacketRoute::Pictures => return None,
+    })
+}
+
+fn route_of(code: u8) -> Option<PacketRoute> {
+    Some(match code {
+        0 => PacketRoute::All,
+        1 => PacketRoute::Viewers,
+        2 => PacketRoute::AllButMixes,
+        c if c >= ROUTE_FALLBACK => PacketRoute::Fallback(codec_of(c - ROUTE_FALLBACK)?),
+        _ => return None,
+    })
+}
+
+/// The longest rid (str0m's `Rid` holds 8 bytes).
+const MAX_RID: usize = 8;
+
 /// A packet as it crosses between nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelayPacket {
@@ -55,20 +86,25 @@ pub struct RelayPacket {
     pub codec: Codec,
     pub marker: bool,
     pub audio_level: Option<u8>,
+    pub route: PacketRoute,
+    pub rid: Option<Rid>,
     pub seq: u64,
     pub ts: u32,
     pub composition_ms: i32,
     pub payload: Arc<[u8]>,
 }
 
-/// Appends the frame of `p` to `out`. Packets without a payload (a transcoded publisher's
-/// pictures, which only mixes take) are not relayed: `false`.
+/// Appends the frame of `p` to `out`. Packets no viewer takes (a transcoded publisher's
+/// pictures and originals, which only mixes and outputs take) are not relayed: `false`.
 pub fn encode(p: &TapPacket, out: &mut Vec<u8>) -> bool {
+    let Some(route) = route_code(p.route) else { return false };
     if p.picture.is_some() || p.payload.is_empty() {
         return false;
     }
     let user = p.user.as_str().as_bytes();
-    let len = 1 + 1 + user.len() + 4 + 8 + 4 + 4 + p.payload.len();
+    let rid = p.rid.as_ref().map(|r| r.as_bytes()).unwrap_or_default();
+    let rid = &rid[..rid.len().min(MAX_RID)];
+    let len = 1 + 1 + user.len() + 5 + 1 + rid.len() + 8 + 4 + 4 + p.payload.len();
     out.extend_from_slice(&(len as u32).to_be_bytes());
     out.push(KIND_PACKET);
     out.push(user.len() as u8);
@@ -80,6 +116,9 @@ pub fn encode(p: &TapPacket, out: &mut Vec<u8>) -> bool {
     out.push(codec_code(p.codec));
     out.push(u8::from(p.marker));
     out.push(p.audio_level.unwrap_or(255));
+    out.push(route);
+    out.push(rid.len() as u8);
+    out.extend_from_slice(rid);
     out.extend_from_slice(&p.seq.to_be_bytes());
     out.extend_from_slice(&p.ts.to_be_bytes());
     out.extend_from_slice(&p.composition_ms.to_be_bytes());
@@ -132,7 +171,7 @@ fn decode(f: &[u8]) -> Result<RelayPacket, RelayError> {
     }
     let (&ulen, rest) = rest.split_first().ok_or(bad("no user"))?;
     let ulen = ulen as usize;
-    if rest.len() < ulen + 4 + 16 {
+    if rest.len() < ulen + 6 {
         return Err(bad("short"));
     }
     let user = std::str::from_utf8(&rest[..ulen]).ok().and_then(|u| UserId::parse(u).ok()).ok_or(bad("user id"))?;
@@ -145,20 +184,51 @@ fn decode(f: &[u8]) -> Result<RelayPacket, RelayError> {
     let codec = codec_of(rest[1]).ok_or(bad("codec"))?;
     let marker = rest[2] & 1 == 1;
     let audio_level = (rest[3] != 255).then_some(rest[3]);
-    let rest = &rest[4..];
+    let route = route_of(rest[4]).ok_or(bad("route"))?;
+    let rid_len = rest[5] as usize;
+    if rid_len > MAX_RID {
+        return Err(bad("rid"));
+    }
+    let rest = &rest[6..];
+    if rest.len() < rid_len + 16 {
+        return Err(bad("short"));
+    }
+    let rid = match rid_len {
+        0 => None,
+        n => {
+            let r = std::str::from_utf8(&rest[..n]).ok().filter(|r| r.bytes().all(|b| b.is_ascii_alphanumeric())).ok_or(bad("rid"))?;
+            Some(Rid::from(r))
+        }
+    };
+    let rest = &rest[rid_len..];
     let seq = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));
     let ts = u32::from_be_bytes(rest[8..12].try_into().expect("4 bytes"));
     let composition_ms = i32::from_be_bytes(rest[12..16].try_into().expect("4 bytes"));
-    Ok(RelayPacket { user, stream, codec, marker, audio_level, seq, ts, composition_ms, payload: rest[16..].into() })
+    Ok(RelayPacket { user, stream, codec, marker, audio_level, route, rid, seq, ts, composition_ms, payload: rest[16..].into() })
 }
 
 /// One mirrored publisher at the edge.
 struct Mirrored {
+    /// Its audio's SSRC; each video layer (and codec) takes the next ones.
     ssrc: u32,
     last_packet: Instant,
+    /// Video streams by (layer, codec): a re-encoded fallback and its original, or the layers
+    /// of a simulcast publisher, are distinct streams with their own sequence numbers.
+    video: Vec<MirroredVideo>,
+}
+
+struct MirroredVideo {
+    rid: Option<Rid>,
+    codec: Codec,
     /// Whether a packet of the current access unit started a keyframe.
     keyframe: bool,
 }
+
+/// Video streams one mirrored publisher may have (three simulcast layers, or an original and
+/// its fallback, fit well within): packets of more are dropped.
+const MAX_VIDEO_STREAMS: usize = 8;
+/// SSRCs a mirrored publisher takes: its audio and its video streams.
+const SSRCS_PER_PUBLISHER: u32 = 1 + MAX_VIDEO_STREAMS as u32;
 
 /// What the edge driver should do.
 #[derive(Debug, Clone)]
@@ -175,6 +245,8 @@ pub enum EdgeAction {
 #[derive(Default)]
 pub struct EdgeMirror {
     publishers: HashMap<(UserId, StreamKind), Mirrored>,
+    /// The next publisher's first SSRC (never reused while the mirror lives).
+    next_ssrc: u32,
 }
 
 /// A publisher silent this long at the origin has gone (video sends several packets a second,
@@ -185,33 +257,47 @@ impl EdgeMirror {
     pub fn on_packet(&mut self, p: RelayPacket, now: Instant) -> Vec<EdgeAction> {
         let mut actions = Vec::new();
         let key = (p.user.clone(), p.stream);
-        let next_ssrc = 0x7e00_0000 + self.publishers.len() as u32 * 4;
-        let m = self.publishers.entry(key.clone()).or_insert_with(|| {
+        if !self.publishers.contains_key(&key) {
+            let ssrc = 0x7e00_0000u32.wrapping_add(self.next_ssrc);
+            self.next_ssrc = self.next_ssrc.wrapping_add(SSRCS_PER_PUBLISHER);
             actions.push(EdgeAction::AddPublisher(key.0.clone(), key.1));
-            Mirrored { ssrc: next_ssrc, last_packet: now, keyframe: false }
-        });
+            self.publishers.insert(key.clone(), Mirrored { ssrc, last_packet: now, video: Vec::new() });
+        }
+        let m = self.publishers.get_mut(&key).expect("just made");
         m.last_packet = now;
-        let video = p.codec != Codec::Opus;
-        let starts_keyframe = video && crate::sfu::payload_starts_keyframe(p.codec, &p.payload);
-        m.keyframe |= starts_keyframe;
-        // Audio and video of one publisher get their own SSRCs, as the origin's producer has.
-        let ssrc = m.ssrc + u32::from(video);
+        let (ssrc, keyframe) = if p.codec == Codec::Opus {
+            (m.ssrc, false)
+        } else {
+            let i = match m.video.iter().position(|v| v.rid == p.rid && v.codec == p.codec) {
+                Some(i) => i,
+                None if m.video.len() < MAX_VIDEO_STREAMS => {
+                    m.video.push(MirroredVideo { rid: p.rid, codec: p.codec, keyframe: false });
+                    m.video.len() - 1
+                }
+                None => return actions,
+            };
+            let v = &mut m.video[i];
+            v.keyframe |= crate::sfu::payload_starts_keyframe(p.codec, &p.payload);
+            let keyframe = v.keyframe;
+            if p.marker {
+                v.keyframe = false;
+            }
+            (m.ssrc + 1 + i as u32, keyframe)
+        };
         let packet = IngestPacket {
             ssrc,
             seq: p.seq,
             ts: p.ts,
             marker: p.marker,
-            keyframe: m.keyframe,
+            keyframe,
             codec: p.codec,
             payload: p.payload,
             audio_level: p.audio_level,
-            route: PacketRoute::All,
+            route: p.route,
             composition_ms: p.composition_ms,
             picture: None,
+            rid: p.rid,
         };
-        if p.marker && video {
-            m.keyframe = false;
-        }
         actions.push(EdgeAction::Push(key.0, key.1, vec![packet]));
         actions
     }
@@ -242,8 +328,8 @@ pub const BACKLOG_CATCH_UP: usize = 256;
 /// live instead of seconds behind.
 #[derive(Default)]
 pub struct RelayBacklog {
-    /// Video streams skipping to their next keyframe.
-    waiting_keyframe: std::collections::HashSet<(UserId, StreamKind)>,
+    /// Video streams (each simulcast layer its own) skipping to their next keyframe.
+    waiting_keyframe: std::collections::HashSet<(UserId, StreamKind, Option<Rid>)>,
     /// Packets dropped so far.
     pub dropped: u64,
 }
@@ -261,7 +347,7 @@ impl RelayBacklog {
     /// `backlog`: packets still waiting behind this one.
     pub fn admit(&mut self, p: &TapPacket, backlog: usize) -> BacklogVerdict {
         let video = p.codec != Codec::Opus;
-        let key = (p.user.clone(), p.stream);
+        let key = (p.user.clone(), p.stream, p.rid);
         if video && self.waiting_keyframe.contains(&key) {
             if crate::sfu::payload_starts_keyframe(p.codec, &p.payload) && backlog <= BACKLOG_CATCH_UP / 2 {
                 self.waiting_keyframe.remove(&key);
@@ -316,7 +402,70 @@ mod tests {
             picture: None,
             fallback_for: None,
             layer_switch: false,
+            rid: None,
+            route: PacketRoute::All,
         }
+    }
+
+    fn layer(rid: &str, seq: u64, marker: bool, payload: &[u8]) -> TapPacket {
+        TapPacket { rid: Some(Rid::from(rid)), ..tap("cam", Codec::H264, seq, marker, payload) }
+    }
+
+    #[test]
+    fn every_simulcast_layer_crosses_as_its_own_stream_with_its_own_keyframes() {
+        let t0 = Instant::now();
+        let mut m = EdgeMirror::default();
+        let (idr, delta) = ([0x65u8, 0], [0x41u8, 0]);
+        // Layers interleave as a simulcast publisher sends them: "l" starts a keyframe while
+        // "h" is in the middle of a delta frame.
+        let sent = [layer("h", 10, false, &delta), layer("l", 500, false, &idr), layer("h", 11, true, &delta), layer("l", 501, true, &delta), layer("l", 502, true, &delta)];
+        let mut got = Vec::new();
+        for p in &sent {
+            for a in m.on_packet(decode_of(p), t0) {
+                if let EdgeAction::Push(_, _, ps) = a {
+                    got.extend(ps);
+                }
+            }
+        }
+        let rids: Vec<_> = got.iter().map(|p| p.rid.as_deref().map(str::to_owned)).collect();
+        assert_eq!(rids, ["h", "l", "h", "l", "l"].map(|r| Some(r.to_owned())));
+        assert_eq!(got.iter().map(|p| p.keyframe).collect::<Vec<_>>(), [false, true, false, true, false], "each layer's keyframe is its own");
+        assert_ne!(got[0].ssrc, got[1].ssrc, "each layer is its own stream");
+        assert_eq!(got[1].ssrc, got[3].ssrc);
+        assert_eq!(got.iter().map(|p| p.seq).collect::<Vec<_>>(), [10, 500, 11, 501, 502], "each layer's own numbering");
+        // A second publisher never takes the first one's SSRCs.
+        let other = m.on_packet(decode_of(&tap("guest", Codec::H264, 1, true, &idr)), t0);
+        let EdgeAction::Push(_, _, o) = &other[1] else { panic!("{other:?}") };
+        assert!(got.iter().all(|p| p.ssrc != o[0].ssrc));
+    }
+
+    #[test]
+    fn routes_cross_as_they_were_and_what_no_viewer_takes_does_not_cross() {
+        for route in [PacketRoute::All, PacketRoute::Viewers, PacketRoute::AllButMixes, PacketRoute::Fallback(Codec::Av1), PacketRoute::Fallback(Codec::H265)] {
+            let p = TapPacket { route, ..tap("cam", Codec::H264, 1, true, &[0x41]) };
+            assert_eq!(decode_of(&p).route, route);
+        }
+        for route in [PacketRoute::Outputs, PacketRoute::Pictures] {
+            assert!(!encode(&TapPacket { route, ..tap("cam", Codec::H264, 1, true, &[0x41]) }, &mut Vec::new()));
+        }
+    }
+
+    #[test]
+    fn a_bad_rid_or_route_is_an_error() {
+        let mut good = Vec::new();
+        assert!(encode(&layer("m", 1, true, &[0x41, 0]), &mut good));
+        // The route byte and the rid follow the user ("cam") and four bytes.
+        let route_at = 4 + 1 + 1 + 3 + 4;
+        for (at, value) in [(route_at, 3u8), (route_at, 15), (route_at + 1, 9), (route_at + 2, b'-')] {
+            let mut bad = good.clone();
+            bad[at] = value;
+            let mut r = FrameReader::default();
+            r.push(&bad);
+            assert!(r.next_packet().is_err(), "byte {at} = {value}");
+        }
+        let mut r = FrameReader::default();
+        r.push(&good);
+        assert_eq!(r.next_packet().unwrap().unwrap().rid.as_deref(), Some("m"));
     }
 
     #[test]

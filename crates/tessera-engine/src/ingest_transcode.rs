@@ -198,7 +198,7 @@ impl IngestTranscoder {
             audio_level: None,
             route: self.route,
             composition_ms: 0,
-            picture: None,
+            picture: None, rid: None,
         }));
         out.extend(self.video.take_pictures().into_iter().map(|(pts_ms, picture)| IngestPacket {
             ssrc: self.ssrc,
@@ -211,7 +211,7 @@ impl IngestTranscoder {
             audio_level: None,
             route: PacketRoute::Pictures,
             composition_ms: 0,
-            picture: Some(SharedPicture(Arc::new(picture))),
+            picture: Some(SharedPicture(Arc::new(picture))), rid: None,
         }));
         result
     }

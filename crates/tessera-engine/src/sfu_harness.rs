@@ -564,6 +564,55 @@ mod tests {
         assert!(frames_in > 50 && per_frame > 5000, "then only the top layer: {frames_in} frames of {per_frame} bytes");
     }
 
+    /// Another cluster node's copy of the room gets every layer of a simulcast publisher (a mix's
+    /// tap only the top one), each with its rid, and the edge's mirror keeps them apart.
+    #[test]
+    fn a_cluster_tap_carries_every_layer_to_the_edge() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        connect(&mut world);
+        let owner = UserId::parse("relay_node-b").unwrap();
+        let cluster = world.sfu.add_tap(room(), crate::sfu::TapKind::Cluster, &owner, world.now);
+        let mix = world.sfu.add_tap(room(), crate::sfu::TapKind::Mix, &owner, world.now);
+        let mut n = 0u32;
+        world.run(Duration::from_secs(2), Duration::from_millis(33), |w| {
+            w.write_layer(publisher, Some("h"), &h264_frame_sized(n == 0, 6000, n, (1280, 720)), n as u64 * 3000);
+            w.write_layer(publisher, Some("l"), &h264_frame_sized(n == 0, 500, n, (320, 192)), n as u64 * 3000);
+            n += 1;
+        });
+        let rids = |tap: u64| {
+            let mut r: Vec<Option<String>> = world.tap_packets.iter().filter(|(t, p)| *t == tap && p.codec == tessera_media::Codec::H264).map(|(_, p)| p.rid.as_deref().map(str::to_owned)).collect();
+            r.sort();
+            r.dedup();
+            r
+        };
+        assert_eq!(rids(cluster), [Some("h".to_owned()), Some("l".to_owned())], "the cluster tap takes both layers");
+        assert_eq!(rids(mix), [Some("h".to_owned())], "a mix's tap the top one");
+        // Across the relay: each layer its own stream at the edge, with its own keyframe.
+        let mut bytes = Vec::new();
+        for (_, p) in world.tap_packets.iter().filter(|(t, _)| *t == cluster) {
+            crate::cluster_relay::encode(p, &mut bytes);
+        }
+        let mut reader = crate::cluster_relay::FrameReader::default();
+        reader.push(&bytes);
+        let mut mirror = crate::cluster_relay::EdgeMirror::default();
+        let mut streams: std::collections::HashMap<u32, (Option<String>, usize, bool)> = std::collections::HashMap::new();
+        while let Some(p) = reader.next_packet().unwrap() {
+            for a in mirror.on_packet(p, world.now) {
+                if let crate::cluster_relay::EdgeAction::Push(_, _, ps) = a {
+                    for p in ps.into_iter().filter(|p| p.codec == tessera_media::Codec::H264) {
+                        let e = streams.entry(p.ssrc).or_insert((p.rid.as_deref().map(str::to_owned), 0, false));
+                        assert_eq!(e.0, p.rid.as_deref().map(str::to_owned), "one layer per SSRC");
+                        e.1 += usize::from(p.marker);
+                        e.2 |= p.keyframe;
+                    }
+                }
+            }
+        }
+        assert_eq!(streams.len(), 2, "{streams:?}");
+        assert!(streams.values().all(|(_, frames, keyframe)| *frames >= 50 && *keyframe), "{streams:?}");
+    }
+
     /// A publisher at 30 fps with a keyframe every `gop` frames, for `seconds`; like a real
     /// encoder it answers a keyframe request with a keyframe.
     fn publish(world: &mut World, publisher: usize, seconds: u64, gop: u32, size: usize) -> u32 {

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use tessera_cluster::NodeRecord;
 use tessera_engine::cluster_relay::{encode, BacklogVerdict, EdgeAction, EdgeMirror, FrameReader, RelayBacklog};
 use tessera_engine::presence::user_type;
+use tessera_engine::sfu::{Rid, TapKind};
 use tessera_engine::{JoinInfo, PeerRole, Quality, RoomKey, SessionSpec};
 use tessera_media::StreamKind;
 use tessera_model::{AppId, RoomId, UserId};
@@ -129,7 +130,7 @@ pub async fn relay(
     let edge = headers.get(FORWARDED).and_then(|v| v.to_str().ok()).unwrap_or("node");
     let name: String = format!("relay_{edge}").chars().filter(|c| c.is_ascii_alphanumeric() || "_-".contains(*c)).take(UserId::MAX_LEN).collect();
     let Ok(owner) = UserId::parse(&name) else { return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "bad node id") };
-    let (id, rx) = match state.rtc.add_tap(key.clone(), owner).await {
+    let (id, rx) = match state.rtc.add_output_tap(key.clone(), TapKind::Cluster, owner).await {
         Ok(t) => t,
         Err(e) => return refuse(StatusCode::SERVICE_UNAVAILABLE, "relay_unavailable", &e.to_string()),
     };
@@ -159,7 +160,10 @@ pub async fn relay(
                     tracing::warn!(room = %key.room, %edge, user = %p.user, dropped = backlog.dropped, "a relaying node fell behind: its backlog is dropped up to the next keyframe");
                     let (rtc, key) = (guard.rtc.clone(), key.clone());
                     tokio::spawn(async move {
-                        let _ = rtc.request_keyframe(key, p.user, p.stream).await;
+                        let _ = match p.rid {
+                            Some(rid) => rtc.request_layer_keyframe(key, p.user, p.stream, rid).await,
+                            None => rtc.request_keyframe(key, p.user, p.stream).await,
+                        };
                     });
                 }
             }
@@ -171,10 +175,17 @@ pub async fn relay(
     r
 }
 
-/// `POST /internal/cluster/keyframe/{app}/{room}/{user}/{stream}` (origin).
+#[derive(serde::Deserialize)]
+pub struct KeyframeQuery {
+    /// The simulcast layer (absent: the stream's top or only one).
+    rid: Option<String>,
+}
+
+/// `POST /internal/cluster/keyframe/{app}/{room}/{user}/{stream}[?rid=…]` (origin).
 pub async fn keyframe(
     State(state): State<AppState>,
     Path((app, room, user, stream)): Path<(String, String, String, String)>,
+    axum::extract::Query(q): axum::extract::Query<KeyframeQuery>,
     axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<crate::listen::PeerAddr>,
     headers: HeaderMap,
 ) -> Response {
@@ -185,8 +196,16 @@ pub async fn keyframe(
     let (Some(key), Ok(user), Some(stream)) = (room_key(&app, &room), UserId::parse(&user), StreamKind::parse(&stream)) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "bad app, room, user or stream");
     };
-    tracing::debug!(room = %key.room, %user, from = %peer.0, "keyframe asked by a relaying node");
-    let _ = state.rtc.request_keyframe(key, user, stream).await;
+    let rid = match q.rid.as_deref() {
+        None => None,
+        Some(r) if (1..=8).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(Rid::from(r)),
+        Some(_) => return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "rid: 1-8 letters or digits"),
+    };
+    tracing::debug!(room = %key.room, %user, ?rid, from = %peer.0, "keyframe asked by a relaying node");
+    let _ = match rid {
+        Some(rid) => state.rtc.request_layer_keyframe(key, user, stream, rid).await,
+        None => state.rtc.request_keyframe(key, user, stream).await,
+    };
     StatusCode::NO_CONTENT.into_response()
 }
 
@@ -263,8 +282,8 @@ async fn relay_from(state: &AppState, cluster: &Cluster, origin: &NodeRecord, ke
                     apply(state, key, action, &mut ingests, mirrored).await;
                 }
                 for ((user, stream), ingest) in &ingests {
-                    if ingest.keyframes.take() {
-                        ask_keyframe(cluster, origin, key, user, *stream);
+                    for rid in ingest.keyframes.take_layers() {
+                        ask_keyframe(cluster, origin, key, user, *stream, rid);
                     }
                 }
                 if now.duration_since(last_check) >= Duration::from_secs(1) {
@@ -325,10 +344,13 @@ async fn apply(state: &AppState, key: &RoomKey, action: EdgeAction, ingests: &mu
     }
 }
 
-/// Passes a viewer's keyframe request at the edge on to the origin (not awaited: the relay
-/// goes on meanwhile).
-fn ask_keyframe(cluster: &Cluster, origin: &NodeRecord, key: &RoomKey, user: &UserId, stream: StreamKind) {
-    let url = format!("{}/internal/cluster/keyframe/{}/{}/{}/{}", origin.url, key.app, key.room, user, stream);
+/// Passes a viewer's keyframe request (of layer `rid`) at the edge on to the origin (not
+/// awaited: the relay goes on meanwhile).
+fn ask_keyframe(cluster: &Cluster, origin: &NodeRecord, key: &RoomKey, user: &UserId, stream: StreamKind, rid: Option<Rid>) {
+    let mut url = format!("{}/internal/cluster/keyframe/{}/{}/{}/{}", origin.url, key.app, key.room, user, stream);
+    if let Some(rid) = rid {
+        url.push_str(&format!("?rid={}", &*rid));
+    }
     let Ok(mut req) = Request::post(&url).body(Body::empty()) else { return };
     if let Ok(v) = HeaderValue::from_str(&cluster.secret) {
         req.headers_mut().insert(SECRET_HEADER, v);

@@ -17,6 +17,7 @@ use crate::ice_tcp::TcpEvent;
 use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
 use crate::sfu::{
+    Rid,
     IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, SubscribeRequest,
     SubscriberError, SubscriberOffer, TapKind, TapPacket,
 };
@@ -109,7 +110,7 @@ enum Command {
     AddIngest {
         spec: SessionSpec,
         replaced: Option<oneshot::Sender<PublisherEnd>>,
-        keyframes: Option<std::sync::mpsc::Sender<()>>,
+        keyframes: Option<std::sync::mpsc::Sender<Option<Rid>>>,
         reply: oneshot::Sender<u64>,
     },
     Push {
@@ -318,14 +319,22 @@ pub struct RtcHandle {
 
 /// An internal publisher's keyframe requests (its viewers asked, throttled like a PLI): the
 /// owner checks between frames and encodes an IDR if it can.
-pub struct KeyframeRequests(std::sync::mpsc::Receiver<()>);
+pub struct KeyframeRequests(std::sync::mpsc::Receiver<Option<Rid>>);
 
 impl KeyframeRequests {
     /// Whether a keyframe was asked for since the last call.
     pub fn take(&self) -> bool {
-        let mut asked = false;
-        while self.0.try_recv().is_ok() {
-            asked = true;
+        !self.take_layers().is_empty()
+    }
+
+    /// The simulcast layers keyframes were asked of since the last call (`None`: the only
+    /// one), each once: a publisher that sends layers (a cluster relay's mirror) asks for each.
+    pub fn take_layers(&self) -> Vec<Option<Rid>> {
+        let mut asked = Vec::new();
+        while let Ok(rid) = self.0.try_recv() {
+            if !asked.contains(&rid) {
+                asked.push(rid);
+            }
         }
         asked
     }
@@ -631,6 +640,11 @@ impl RtcHandle {
 
     pub async fn request_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind) -> Result<(), RtcServerError> {
         self.to_room(&key).send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
+    }
+
+    /// A keyframe of one simulcast layer of (user, stream) (a cluster edge's viewers watch it).
+    pub async fn request_layer_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind, rid: Rid) -> Result<(), RtcServerError> {
+        self.to_room(&key).send(Command::PipeKeyframe { key, source: (user, stream), rid: Some(rid) }).await.map_err(|_| RtcServerError::Stopped)
     }
 
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {

@@ -114,7 +114,7 @@ pub(super) async fn run(
     // Internal publishers whose owner wants to hear that a newer one replaced them.
     let mut replaced_watchers: std::collections::HashMap<u64, oneshot::Sender<PublisherEnd>> = std::collections::HashMap::new();
     // Internal publishers that make keyframes on request, and where to tell them.
-    let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<()>> = std::collections::HashMap::new();
+    let mut keyframe_owners: std::collections::HashMap<u64, std::sync::mpsc::Sender<Option<crate::sfu::Rid>>> = std::collections::HashMap::new();
     let mut first_media: std::collections::HashMap<u64, mpsc::UnboundedSender<FirstMedia>> = std::collections::HashMap::new();
     // Room-signaling sessions, and where to hand what the SFU has for them.
     let mut member_inboxes: std::collections::HashMap<u64, mpsc::UnboundedSender<crate::sfu::MemberMessage>> = std::collections::HashMap::new();
@@ -408,9 +408,9 @@ pub(super) async fn run(
                         member_inboxes.remove(&id);
                     }
                 }
-                SfuOutput::KeyframeWanted(id) => {
+                SfuOutput::KeyframeWanted(id, rid) => {
                     if let Some(tx) = keyframe_owners.get(&id) {
-                        let _ = tx.send(());
+                        let _ = tx.send(rid);
                     }
                 }
                 SfuOutput::Piped(pipe, packet) => match piped.iter_mut().find(|(p, _)| *p == pipe) {

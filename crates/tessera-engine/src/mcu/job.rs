@@ -470,7 +470,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 audio_level: None,
                                 route: PacketRoute::All,
                                 composition_ms: 0,
-                                picture: None,
+                                picture: None, rid: None,
                             });
                             video_seq += 1;
                         }
@@ -526,7 +526,7 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 audio_level: f.level,
                                 route: PacketRoute::All,
                                 composition_ms: 0,
-                                picture: None,
+                                picture: None, rid: None,
                             }
                         })
                         .collect();

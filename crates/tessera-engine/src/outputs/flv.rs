@@ -200,7 +200,7 @@ mod tests {
             composition_ms: 0,
             picture: None,
             fallback_for: None,
-            layer_switch: false,
+            layer_switch: false, rid: None, route: crate::sfu::PacketRoute::All,
         }
     }
 

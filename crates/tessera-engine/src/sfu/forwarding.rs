@@ -19,7 +19,7 @@ impl Sfu {
         if let Some(p) = self.internal.get_mut(&pub_id) {
             // A mix (or a transcoding ingest) makes one on request.
             if p.keyframe_requests.try_request(now) {
-                self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id, None));
             }
             return;
         }
@@ -319,7 +319,10 @@ impl Sfu {
             if !kind.takes(route, from_mix) {
                 continue;
             }
-            let (takes, switch) = Sfu::tap_takes_layer(&mut self.tap_layers, *t, &source, layer.0, layer.1);
+            let (takes, switch) = match kind {
+                TapKind::Cluster => (true, false),
+                _ => Sfu::tap_takes_layer(&mut self.tap_layers, *t, &source, layer.0, layer.1),
+            };
             if takes {
                 if let Some((p, s)) = previous.replace((*t, switch)) {
                     self.out.push_back(SfuOutput::Tap(p, TapPacket { layer_switch: s, ..tp.clone() }));
@@ -338,9 +341,11 @@ impl Sfu {
         if let (None, MediaKind::Audio, Some(level)) = (only, fp.kind, fp.ext.audio_level) {
             self.note_audio_level(room, &key.0, key.1, level, now);
         }
-        // Taps take one layer: the top one (or the only one), or the one a mix's tile needs.
+        // Taps take one layer: the top one (or the only one), or the one a mix's tile needs; a
+        // cluster tap takes them all.
         let tap_layer = fp.rid.is_none() || fp.rid.as_deref() == Some("h") || !self.tap_layers.is_empty();
-        if only.is_none() && tap_layer && self.taps.contains_key(room) {
+        let taps = self.taps.get(room).map(|t| tap_layer || t.iter().any(|(_, k)| *k == TapKind::Cluster));
+        if only.is_none() && taps == Some(true) {
             let tp = TapPacket {
                 user: key.0.clone(),
                 stream: key.1,
@@ -354,6 +359,8 @@ impl Sfu {
                 picture: None,
                 fallback_for: None,
                 layer_switch: false,
+                rid: fp.rid,
+                route: fp.route,
             };
             self.tap_out(room, tp, fp.route, (fp.rid, fp.keyframe));
         }
@@ -371,10 +378,10 @@ impl Sfu {
         let mut want_keyframe = false;
         let mut need_gop: Vec<u64> = Vec::new();
         let mut cut_viewers: Vec<u64> = Vec::new();
-        // An internal publisher's viewers start from its cached GOP; a piped one's too, unless it
-        // is simulcast (then each layer's keyframe is asked for, through the pipe).
+        // An internal publisher's viewers start from its cached GOP, unless it is simulcast (a
+        // piped stream, a cluster relay's mirror): then each layer's keyframe is asked for.
         let (internal, piped) = match self.internal.get(&pub_id) {
-            Some(p) => (p.pipe.is_none() || fp.rid.is_none(), p.pipe.is_some()),
+            Some(p) => (fp.rid.is_none(), p.pipe.is_some()),
             None => (false, false),
         };
         let saturated = self.busy_permille >= SATURATED_PERMILLE;
@@ -547,6 +554,8 @@ impl Sfu {
                 picture: packet.picture,
                 fallback_for: None,
                 layer_switch: false,
+                rid: packet.rid,
+                route: packet.route,
             };
             self.tap_out(&room, tp, packet.route, (None, false));
             return;
@@ -556,7 +565,7 @@ impl Sfu {
             tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
         };
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
-            note_layer(producer, None, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, now);
+            note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, now);
             if !std::mem::replace(&mut producer.announced, true) {
                 self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });
             }
@@ -571,12 +580,14 @@ impl Sfu {
             codec: packet.codec,
             kind,
             mid: mid.into(),
-            rid: None,
+            rid: packet.rid,
             ext: ExtensionValues { audio_level: packet.audio_level.map(|l| -(l.min(127) as i8)), ..Default::default() },
             arrival: now,
             route: packet.route,
         };
-        if kind == MediaKind::Video {
+        // A single encoding is cached from its keyframe; simulcast layers ask the publisher
+        // instead (as a piped stream's do).
+        if kind == MediaKind::Video && packet.rid.is_none() {
             p.gop.push(&fp, now);
         }
         let (room, key) = (p.spec.room.clone(), (p.spec.user.clone(), p.spec.stream));
@@ -592,10 +603,10 @@ impl Sfu {
             Some((p, rid)) if p == pub_id => rid,
             _ => None,
         };
-        if let Some(p) = self.internal.get_mut(&pub_id).filter(|p| p.pipe.is_none()) {
+        if let Some(p) = self.internal.get_mut(&pub_id).filter(|p| p.pipe.is_none() && rid.is_none()) {
             // An ingest or a mix: its owner is told (a mix encodes an IDR, PRODUCT.md §3.5).
             if p.keyframe_requests.try_request(now) {
-                self.out.push_back(SfuOutput::KeyframeWanted(pub_id));
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id, None));
             }
             return;
         }
@@ -617,8 +628,18 @@ impl Sfu {
 
     /// Asks a producer for a keyframe, at most once per 500 ms per layer.
     pub(super) fn request_keyframe(&mut self, pub_id: u64, mid: Mid, rid: Option<Rid>, now: Instant) {
-        if self.internal.get(&pub_id).is_some_and(|p| p.pipe.is_some()) {
-            self.request_piped_keyframe(pub_id, rid, now);
+        if let Some(p) = self.internal.get_mut(&pub_id) {
+            if p.pipe.is_some() {
+                self.request_piped_keyframe(pub_id, rid, now);
+                return;
+            }
+            // An ingest that sends simulcast layers (a cluster relay's mirror of a publisher on
+            // another node): its owner is asked for the layer, throttled per layer as a PLI is.
+            let Some(rid) = rid else { return };
+            let layer = p.producers.iter_mut().find(|x| x.kind == MediaKind::Video).and_then(|v| v.layers.iter_mut().find(|l| l.rid == Some(rid)));
+            if layer.is_some_and(|l| l.keyframe_requests.try_request(now)) {
+                self.out.push_back(SfuOutput::KeyframeWanted(pub_id, Some(rid)));
+            }
             return;
         }
         let Some(s) = self.sessions.get_mut(&pub_id) else { return };

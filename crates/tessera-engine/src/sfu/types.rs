@@ -165,6 +165,9 @@ pub enum TapKind {
     Relay,
     /// A recording: keeps the original (H.264 with B-frames, HEVC, AV1), mixes' output included.
     Recording,
+    /// Another cluster node's copy of the room (`cluster_relay`): what viewers get — every
+    /// simulcast layer, mixes' output included — so that node's viewers are served as here.
+    Cluster,
 }
 
 impl TapKind {
@@ -174,6 +177,7 @@ impl TapKind {
             TapKind::Mix => !from_mix && matches!(route, All | Pictures),
             TapKind::Relay => matches!(route, All | Outputs | Fallback(_) | AllButMixes),
             TapKind::Recording => matches!(route, All | Outputs | AllButMixes),
+            TapKind::Cluster => route.to_viewers(),
         }
     }
 }
@@ -210,6 +214,9 @@ pub struct IngestPacket {
     pub composition_ms: i32,
     /// `PacketRoute::Pictures`: the picture (no payload).
     pub picture: Option<SharedPicture>,
+    /// The simulcast layer it belongs to (a cluster relay's mirror of a simulcast publisher);
+    /// `None` for a single encoding.
+    pub rid: Option<super::Rid>,
 }
 
 /// A publisher as the MCU sees it (`Sfu::room_publishers`).
@@ -246,6 +253,12 @@ pub struct TapPacket {
     /// The first packet (a keyframe's) of another simulcast layer of this source: what came
     /// before belongs to the old layer (a mix's tap follows its tile size, `Sfu::set_tap_sizes`).
     pub layer_switch: bool,
+    /// Its simulcast layer (`None`: a single encoding). Only a cluster tap gets more than one
+    /// layer of a source.
+    pub rid: Option<super::Rid>,
+    /// Who the publisher meant it for: a cluster tap hands it on to another node's viewers as
+    /// they would get it here.
+    pub route: PacketRoute,
 }
 
 /// What the HTTP layer learns about a session.
@@ -282,9 +295,9 @@ pub enum SfuOutput {
     PublisherEnded(u64, PublisherEnd),
     /// A room or media event (webhook groups 1 and 2), in causal order.
     Room(RoomEvent),
-    /// A viewer of this internal publisher (an ingest or a mix) wants a keyframe; its owner makes
-    /// one if it can (throttled like a PLI).
-    KeyframeWanted(u64),
+    /// A viewer of this internal publisher (an ingest or a mix) wants a keyframe (of a layer,
+    /// where the publisher sends layers); its owner makes one if it can (throttled like a PLI).
+    KeyframeWanted(u64, Option<super::Rid>),
     /// The first media of (user, stream) went out to viewer session `session` (a keyframe's
     /// first packet for video): room signaling's `first_media`.
     FirstMedia { session: u64, user: UserId, stream: StreamKind, video: bool },
