@@ -495,6 +495,16 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
         .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
     let url = format!("{s_url}{}?token={anchor}", playlist["url"].as_str().unwrap());
     assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+    // The dead node comes back with its data dir: what the survivor took over (the tasks, the
+    // undelivered event) is not run or delivered again there.
+    let outbox_file = nodes[owner_index].data.join("outbox").join(format!("{}.json", refused["event_id"].as_str().unwrap()));
+    assert!(outbox_file.exists(), "the dead node left the event in its outbox");
+    let back = Node::start(dir.path(), &nodes[owner_index].id.clone(), &net.hosts[owner_index], &redis);
+    assert!(!outbox_file.exists(), "the event another node delivered is gone from the outbox");
+    let aside = back.data.join("tasks").join("handed_over");
+    assert!(aside.join(format!("{rec}.json")).exists() && aside.join(format!("{relay}.json")).exists(), "the tasks taken over are set aside");
+    std::thread::sleep(Duration::from_secs(3));
+    nodes[owner_index] = back;
     let mut ok = std::collections::HashMap::new();
     for r in hooks.requests().iter().filter(|r| r["status"].as_u64().is_some_and(|s| (200..300).contains(&s))) {
         *ok.entry(r["event_id"].as_str().unwrap().to_owned()).or_insert(0) += 1;

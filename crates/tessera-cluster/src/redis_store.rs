@@ -11,6 +11,10 @@
 //!   when a node dies, another claims its tasks (compare-and-set on `p:task:…`) and resumes them.
 //! - `p:clock:<app>/<room>` — the room's last webhook `EventMsTs`: the room's next node (after a
 //!   failure) stamps after it, so a receiver's order by `EventMsTs` holds across nodes.
+//! - `p:outbox:<node>` — the node's undelivered webhook events (a hash: event id → the event as
+//!   its outbox file holds it), kept 2 minutes after its last change (events are dropped after
+//!   60 s anyway): when a node dies, the first node to take the hash delivers them, and notes
+//!   their ids in `p:outbox-taken:<node>` (2 minutes), so the node, restarted, does not.
 //! - `p:secret` — the secret nodes authenticate relay requests between them with.
 //! - `p:drain:<id>` — set when an operator drains the node; the node reads it with its heartbeat.
 //! - `p:apps`, `p:apps:version`, `p:apps:writer` — the app store (apps, secrets, API keys) every
@@ -47,6 +51,19 @@ const RAISE: &str = r"
 local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400) end
 return 0";
+
+/// Returns the values of hash `KEYS[1]` and deletes it (one taker only), noting its keys in set
+/// `KEYS[2]` for `ARGV[1]` ms.
+const TAKE_HASH: &str = r"
+local k = redis.call('HKEYS', KEYS[1])
+local v = redis.call('HVALS', KEYS[1])
+redis.call('DEL', KEYS[1])
+for _, id in ipairs(k) do redis.call('SADD', KEYS[2], id) end
+if #k > 0 then redis.call('PEXPIRE', KEYS[2], ARGV[1]) end
+return v";
+
+/// How long a node's outbox copy outlives its last change.
+const OUTBOX_TTL_MS: u64 = 120_000;
 
 /// Writes the app store, bumps its version and names the writer; returns the new version.
 const PUT_APPS: &str = r"
@@ -220,6 +237,42 @@ impl ClusterStore {
         redis::cmd("SET").arg(&key).arg(candidate).arg("NX").query_async::<Option<String>>(&mut con).await?;
         let secret: String = redis::cmd("GET").arg(&key).query_async(&mut con).await?;
         Ok(secret)
+    }
+
+    fn outbox_key(&self, node: &NodeId) -> String {
+        format!("{}:outbox:{}", self.prefix, node.0)
+    }
+
+    /// Keeps a copy of an event waiting in `node`'s webhook outbox.
+    pub async fn outbox_put(&self, node: &NodeId, id: &str, bytes: &[u8]) -> Result<(), ClusterError> {
+        let key = self.outbox_key(node);
+        redis::pipe().cmd("HSET").arg(&key).arg(id).arg(bytes).ignore().cmd("PEXPIRE").arg(&key).arg(OUTBOX_TTL_MS).ignore().query_async::<()>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    /// The event left `node`'s outbox (delivered or dropped).
+    pub async fn outbox_done(&self, node: &NodeId, id: &str) -> Result<(), ClusterError> {
+        redis::cmd("HDEL").arg(self.outbox_key(node)).arg(id).query_async::<i64>(&mut self.con.clone()).await?;
+        Ok(())
+    }
+
+    /// Takes what a dead node's outbox still held (the first caller gets it all, later ones
+    /// nothing); the ids taken are noted for the node, should it come back (`outbox_taken`).
+    pub async fn take_outbox(&self, node: &NodeId) -> Result<Vec<Vec<u8>>, ClusterError> {
+        let v: Vec<Vec<u8>> =
+            redis::Script::new(TAKE_HASH).key(self.outbox_key(node)).key(self.outbox_taken_key(node)).arg(OUTBOX_TTL_MS).invoke_async(&mut self.con.clone()).await?;
+        Ok(v)
+    }
+
+    fn outbox_taken_key(&self, node: &NodeId) -> String {
+        format!("{}:outbox-taken:{}", self.prefix, node.0)
+    }
+
+    /// The ids of this node's events another node took over while it was gone (read once).
+    pub async fn outbox_taken(&self, node: &NodeId) -> Result<Vec<String>, ClusterError> {
+        let key = self.outbox_taken_key(node);
+        let (ids, _): (Vec<String>, i64) = redis::pipe().cmd("SMEMBERS").arg(&key).cmd("DEL").arg(&key).query_async(&mut self.con.clone()).await?;
+        Ok(ids)
     }
 
     fn clock_key(&self, app: &str, room: &str) -> String {

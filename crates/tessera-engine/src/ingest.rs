@@ -313,7 +313,8 @@ impl IngestRtp {
                         audio_level: None,
                         route: PacketRoute::All,
                         composition_ms: 0,
-                        picture: None, rid: None,
+                        picture: None,
+                        rid: None,
                     });
                     self.video_seq += 1;
                 }
@@ -336,7 +337,8 @@ impl IngestRtp {
                         audio_level: None,
                         route: PacketRoute::All,
                         composition_ms: 0,
-                        picture: None, rid: None,
+                        picture: None,
+                        rid: None,
                     });
                     self.video_seq += 1;
                 }
@@ -355,7 +357,8 @@ impl IngestRtp {
                         audio_level,
                         route: PacketRoute::All,
                         composition_ms: 0,
-                        picture: None, rid: None,
+                        picture: None,
+                        rid: None,
                     });
                     self.audio_seq += 1;
                 }

@@ -198,7 +198,8 @@ impl IngestTranscoder {
             audio_level: None,
             route: self.route,
             composition_ms: 0,
-            picture: None, rid: None,
+            picture: None,
+            rid: None,
         }));
         out.extend(self.video.take_pictures().into_iter().map(|(pts_ms, picture)| IngestPacket {
             ssrc: self.ssrc,
@@ -211,7 +212,8 @@ impl IngestTranscoder {
             audio_level: None,
             route: PacketRoute::Pictures,
             composition_ms: 0,
-            picture: Some(SharedPicture(Arc::new(picture))), rid: None,
+            picture: Some(SharedPicture(Arc::new(picture))),
+            rid: None,
         }));
         result
     }

@@ -159,7 +159,8 @@ impl RtmpPublisher {
                 audio_level: None,
                 route,
                 composition_ms,
-                picture: None, rid: None,
+                picture: None,
+                rid: None,
             })
             .collect())
     }
@@ -236,7 +237,8 @@ impl RtmpPublisher {
                         audio_level: None,
                         route: PacketRoute::Outputs,
                         composition_ms: *composition_time_ms,
-                        picture: None, rid: None,
+                        picture: None,
+                        rid: None,
                     };
                     *seq += 1;
                     return Ok(vec![packet]);
@@ -283,7 +285,8 @@ impl RtmpPublisher {
                             audio_level: f.level,
                             route: PacketRoute::All,
                             composition_ms: 0,
-                            picture: None, rid: None,
+                            picture: None,
+                            rid: None,
                         }
                     })
                     .collect())
@@ -338,7 +341,8 @@ impl Av1Original {
                     audio_level: None,
                     route: PacketRoute::Viewers,
                     composition_ms: 0,
-                    picture: None, rid: None,
+                    picture: None,
+                    rid: None,
                 }
             })
             .collect();
@@ -354,7 +358,8 @@ impl Av1Original {
             audio_level: None,
             route: PacketRoute::Outputs,
             composition_ms: 0,
-            picture: None, rid: None,
+            picture: None,
+            rid: None,
         });
         Some(out)
     }

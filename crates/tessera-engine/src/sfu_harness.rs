@@ -581,7 +581,8 @@ mod tests {
             n += 1;
         });
         let rids = |tap: u64| {
-            let mut r: Vec<Option<String>> = world.tap_packets.iter().filter(|(t, p)| *t == tap && p.codec == tessera_media::Codec::H264).map(|(_, p)| p.rid.as_deref().map(str::to_owned)).collect();
+            let mut r: Vec<Option<String>> =
+                world.tap_packets.iter().filter(|(t, p)| *t == tap && p.codec == tessera_media::Codec::H264).map(|(_, p)| p.rid.as_deref().map(str::to_owned)).collect();
             r.sort();
             r.dedup();
             r

@@ -305,6 +305,46 @@ impl Cluster {
         });
     }
 
+    /// Keeps a copy of this node's webhook outbox in Redis (in order, off the delivering
+    /// task), so a node that sees this one die delivers what it left (`take_over_outbox`).
+    pub fn share_outbox(self: &Arc<Self>, hooks: &crate::webhook::Webhooks) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<crate::webhook::OutboxChange>();
+        hooks.on_outbox(move |change| {
+            let _ = tx.send(change);
+        });
+        let cluster = self.clone();
+        tokio::spawn(async move {
+            while let Some(change) = rx.recv().await {
+                let result = match &change {
+                    crate::webhook::OutboxChange::Put(id, bytes) => cluster.store.outbox_put(&cluster.me, id, bytes).await,
+                    crate::webhook::OutboxChange::Done(id) => cluster.store.outbox_done(&cluster.me, id).await,
+                };
+                if let Err(e) = result {
+                    tracing::warn!("cluster: sharing the webhook outbox failed: {e}");
+                }
+            }
+        });
+    }
+
+    /// Delivers the webhook events a dead node left undelivered (if this node takes them
+    /// first): the same event ids, so a receiver that already had one drops the copy.
+    async fn take_over_outbox(&self, state: &AppState, dead: &NodeId) {
+        let taken = match self.store.take_outbox(dead).await {
+            Ok(t) => t,
+            Err(e) => return tracing::warn!(%dead, "cluster: taking a dead node's webhook outbox failed: {e}"),
+        };
+        // Only what parses, with an id that can name an outbox file here.
+        let events: Vec<tessera_model::events::Event> = taken
+            .iter()
+            .filter_map(|b| serde_json::from_slice::<tessera_model::events::Event>(b).ok())
+            .filter(|e| !e.id.is_empty() && e.id.len() <= 32 && e.id.bytes().all(|b| b.is_ascii_alphanumeric()))
+            .collect();
+        if !events.is_empty() {
+            tracing::info!(%dead, events = events.len(), "cluster: delivering the webhook events a dead node left");
+            state.hooks.adopt(events);
+        }
+    }
+
     /// Before a room's first event here: its clock continues after the last stamp any node
     /// gave it.
     pub async fn continue_room_clock(&self, hooks: &crate::webhook::Webhooks, app: &str, room: &str) {
@@ -344,6 +384,7 @@ impl Cluster {
         for node in gone {
             tracing::warn!(%node, "a node left the cluster without a word; taking over its tasks");
             self.take_over_tasks(state, &node).await;
+            self.take_over_outbox(state, &node).await;
         }
         self.sync_apps(&state.store).await?;
         Ok(())
@@ -413,6 +454,17 @@ impl Cluster {
                     }
                 }
                 _ => {}
+            }
+        }
+    }
+
+    /// At start: webhook events of this node that another node delivered while it was gone
+    /// are removed from its outbox (not delivered twice).
+    pub async fn set_aside_taken_events(&self, outbox: &std::path::Path) {
+        let Ok(ids) = self.store.outbox_taken(&self.me).await else { return };
+        for id in ids.iter().filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())) {
+            if std::fs::remove_file(outbox.join(format!("{id}.json"))).is_ok() {
+                tracing::info!(event = %id, "the webhook event was delivered by another node while this one was gone");
             }
         }
     }

@@ -80,6 +80,7 @@ impl Server {
             let rtmp = format!("{}:{}", server.rtmp_host(), rtmp_addr.port());
             let cluster = crate::cluster::Cluster::join(c, server.base_url(), http_addr.port(), rtmp, &server.state.store, tls).await.map_err(StartError::Cluster)?;
             cluster.set_aside_handed_over(&server.state.tasks.tasks_dir()).await;
+            cluster.set_aside_taken_events(&server.data_dir.root().join("outbox")).await;
             let _ = server.state.cluster.set(cluster);
         }
         Ok(server)
@@ -178,6 +179,10 @@ impl Server {
 
     /// Serves until `shutdown` resolves, then drains requests and saves state.
     pub async fn run(self, shutdown: impl std::future::Future<Output = ()> + Send + 'static) {
+        if let Some(cluster) = self.state.cluster.get() {
+            // Before the outbox's leftovers are taken up: they are shared too.
+            cluster.share_outbox(&self.state.hooks);
+        }
         self.state.hooks.start(Some(self.data_dir.root().join("outbox")));
         if let Some(mut events) = self.state.rtc.take_room_events() {
             // Room events go to the webhooks and to the room-signaling sessions; a room's end

@@ -72,6 +72,17 @@ type HttpClient = Client<hyper_rustls::HttpsConnector<HttpConnector>, Full<Bytes
 /// Hears (app, room, EventMsTs) of every stamped event.
 type StampListener = Box<dyn Fn(&str, &str, i64) + Send + Sync>;
 
+/// A change of the outbox, for a cluster to keep a copy another node can deliver from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutboxChange {
+    /// An event (its outbox file's bytes: id, attempts so far) waits for delivery.
+    Put(String, Vec<u8>),
+    /// The event was delivered, dropped or is no longer wanted.
+    Done(String),
+}
+
+type OutboxListener = Box<dyn Fn(OutboxChange) + Send + Sync>;
+
 #[derive(Clone)]
 pub struct Webhooks(Arc<Inner>);
 
@@ -86,6 +97,8 @@ struct Inner {
     unwritten: std::sync::atomic::AtomicUsize,
     /// Cluster mode: each stamp, so the room's next node continues after it.
     on_stamp: std::sync::OnceLock<StampListener>,
+    /// Cluster mode: each outbox change, so another node delivers what this one could not.
+    on_outbox: std::sync::OnceLock<OutboxListener>,
 }
 
 impl Webhooks {
@@ -100,7 +113,30 @@ impl Webhooks {
             tls,
             unwritten: Default::default(),
             on_stamp: Default::default(),
+            on_outbox: Default::default(),
         }))
+    }
+
+    /// Cluster mode: `f` hears every change of the outbox (and keeps a copy of it).
+    pub fn on_outbox(&self, f: impl Fn(OutboxChange) + Send + Sync + 'static) {
+        let _ = self.0.on_outbox.set(Box::new(f));
+    }
+
+    fn outbox_changed(&self, change: OutboxChange) {
+        if let Some(f) = self.0.on_outbox.get() {
+            f(change);
+        }
+    }
+
+    /// Delivers events another node left undelivered (it died): as its own, under the same
+    /// ids (the receivers' idempotency keys), their attempts continuing where that node's
+    /// stopped, and still dropped 60 s after they were made.
+    pub fn adopt(&self, events: Vec<Event>) {
+        for event in events {
+            tracing::info!(event = %event.id, code = event.code, attempts = event.attempts, "webhook event taken over from a node that died");
+            self.0.unwritten.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = self.0.tx.send(event);
+        }
     }
 
     /// Cluster mode: `f` hears every room's stamps (and shares them).
@@ -146,6 +182,9 @@ impl Webhooks {
                 if crate::now_ms() - event.created_ms > events::MAX_EVENT_AGE_MS {
                     delivery.dropped(&event);
                 } else {
+                    if self.0.on_outbox.get().is_some() {
+                        self.outbox_changed(OutboxChange::Put(event.id.clone(), serde_json::to_vec(&event).expect("an event serializes")));
+                    }
                     let cancel = delivery.admit(&event, size);
                     tokio::spawn(delivery.clone().deliver(event, cancel));
                 }
@@ -252,6 +291,7 @@ impl Delivery {
 
     /// `persist` of an event already serialized.
     async fn write(&self, event: &Event, bytes: Vec<u8>) -> bool {
+        self.hooks.outbox_changed(OutboxChange::Put(event.id.clone(), bytes.clone()));
         let Some(dir) = &self.outbox else { return true };
         let path = dir.join(format!("{}.json", event.id));
         matches!(tokio::task::spawn_blocking(move || crate::store::write_atomic(&path, &bytes, 0o600)).await, Ok(Ok(())))
@@ -263,6 +303,7 @@ impl Delivery {
         for id in evicted {
             tracing::warn!(event = %id, "webhook event dropped: the outbox is full ({MAX_OUTBOX_EVENTS} events or {MAX_OUTBOX_BYTES} bytes)");
             self.hooks.count("dropped");
+            self.hooks.outbox_changed(OutboxChange::Done(id.clone()));
             if let Some(dir) = &self.outbox {
                 let _ = std::fs::remove_file(dir.join(format!("{id}.json")));
             }
@@ -272,6 +313,7 @@ impl Delivery {
 
     fn forget(&self, event: &Event) {
         self.waiting.lock().expect("outbox").done(event.created_ms, &event.id);
+        self.hooks.outbox_changed(OutboxChange::Done(event.id.clone()));
         if let Some(dir) = &self.outbox {
             let _ = std::fs::remove_file(dir.join(format!("{}.json", event.id)));
         }

@@ -17,8 +17,7 @@ use crate::ice_tcp::TcpEvent;
 use crate::presence::ParticipantInfo;
 use crate::presence::RoomEvent;
 use crate::sfu::{
-    Rid,
-    IceRestart, IngestPacket, PublisherEnd, PublisherInfo, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, SubscribeRequest,
+    IceRestart, IngestPacket, PublisherEnd, PublisherInfo, Rid, RoomKey, RoomSummary, SessionInfo, SessionSpec, Sfu, SfuCounters, SfuOutput, SfuStats, SubscribeRequest,
     SubscriberError, SubscriberOffer, TapKind, TapPacket,
 };
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket as StdUdpSocket};

@@ -470,7 +470,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 audio_level: None,
                                 route: PacketRoute::All,
                                 composition_ms: 0,
-                                picture: None, rid: None,
+                                picture: None,
+                                rid: None,
                             });
                             video_seq += 1;
                         }
@@ -526,7 +527,8 @@ fn run(handle: &MixHandle, rtc: &RtcHandle, inbox: &std::sync::mpsc::Receiver<Mi
                                 audio_level: f.level,
                                 route: PacketRoute::All,
                                 composition_ms: 0,
-                                picture: None, rid: None,
+                                picture: None,
+                                rid: None,
                             }
                         })
                         .collect();

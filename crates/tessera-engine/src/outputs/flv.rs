@@ -200,7 +200,9 @@ mod tests {
             composition_ms: 0,
             picture: None,
             fallback_for: None,
-            layer_switch: false, rid: None, route: crate::sfu::PacketRoute::All,
+            layer_switch: false,
+            rid: None,
+            route: crate::sfu::PacketRoute::All,
         }
     }
 

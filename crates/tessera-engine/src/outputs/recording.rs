@@ -441,7 +441,9 @@ mod tests {
             composition_ms: 0,
             picture: None,
             fallback_for: None,
-            layer_switch: false, rid: None, route: crate::sfu::PacketRoute::All,
+            layer_switch: false,
+            rid: None,
+            route: crate::sfu::PacketRoute::All,
         };
         let mut publishers: Vec<PublisherInfo> = (0..30).map(|i| publisher(&format!("u{i}"))).collect();
         publishers.insert(0, publisher("mix_j"));

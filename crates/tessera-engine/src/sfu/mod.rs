@@ -50,9 +50,9 @@ use subscriber::{Offered, Subscription};
 use tessera_media::{KeyframeThrottle, StreamKind};
 use tessera_model::UserId;
 use tessera_rtc::str0m::bwe::{Bitrate, BweKind};
-use tessera_rtc::str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 /// A simulcast layer's RTP stream id (str0m's), as packets, taps and keyframe requests name it.
 pub use tessera_rtc::str0m::media::Rid;
+use tessera_rtc::str0m::media::{KeyframeRequestKind, MediaKind, Mid};
 use tessera_rtc::str0m::net::{Protocol, Receive};
 use tessera_rtc::str0m::rtp::{ExtensionValues, RtpPacket, RtpWrite};
 use tessera_rtc::str0m::{Event, Input, Output};
