@@ -513,3 +513,62 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     nodes.clear();
     drop(redis);
 }
+
+/// Draining a node and then stopping it (SIGTERM) hands its tasks over at once: the recording
+/// closes for the stop, its last record is shared before the node leaves, and the other node
+/// resumes it (in `ha1_` files) without the stopping node's last save taking it back.
+#[test]
+fn a_drained_nodes_stop_hands_its_tasks_over() {
+    let _g = serial();
+    let dir = TempDir::new("cluster-drain");
+    let net = BridgeNet::new(3);
+    let redis = Redis::start(&net.gateway, dir.path());
+    let (mut nodes, publisher, anchor, owner_index) = two_nodes_and_a_publisher(dir.path(), &net, &redis, "", "hall", "40", Publisher::Aiortc);
+    let clients = net.client_host(2);
+    let other = 1 - owner_index;
+    let (o_url, o_key) = (nodes[other].url(""), nodes[other].key.clone());
+    let rec = post_json(&format!("{o_url}/v1/recordings"), Some(&o_key), &serde_json::json!({"room": "hall", "format": "hls", "hls": {"segment_s": 2}, "max_idle_time": 120}));
+    assert!(rec.status < 300, "{}", rec.body);
+    let rec = rec.json()["id"].as_str().unwrap().to_owned();
+    std::thread::sleep(Duration::from_secs(5));
+    let owner_id = nodes[owner_index].id.clone();
+    let drained = request("POST", &format!("{o_url}/v1/cluster/nodes/{owner_id}/drain"), Some(&o_key), None, &[]);
+    assert!(drained.status < 300, "{}", drained.body);
+    let stopping = Instant::now();
+    let status = nodes[owner_index].server.take().unwrap().stop();
+    assert!(status.success(), "the drained node stopped cleanly: {status:?}");
+    let stopped = stopping.elapsed();
+    // Taken over within a heartbeat of the stop, not at the record's expiry (6 s).
+    let taken = wait_until(Duration::from_secs(10), "the recording running on the other node", || {
+        let r = get(&format!("{o_url}/v1/recordings/{rec}"), Some(&o_key));
+        (r.status == 200 && r.json()["state"] == "RECORDING").then(|| stopping.elapsed())
+    });
+    eprintln!("stop took {stopped:?}; the recording ran on the other node {taken:?} after SIGTERM");
+    assert!(taken <= stopped + Duration::from_secs(4), "handed over {taken:?} after SIGTERM (the stop took {stopped:?})");
+    let node_of = {
+        let host: Vec<&str> = redis.url.trim_start_matches("redis://").split(':').collect();
+        let out = Command::new("redis-cli").args(["-h", host[0], "-p", host[1], "GET", &format!("tessera:task:default/{rec}")]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    assert_eq!(node_of, nodes[other].id, "the task is the other node's (the stopped node's last save did not take it back)");
+    // The publisher comes back to the node that holds the room now; the recording goes on.
+    drop(publisher);
+    let again = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &format!("{o_url}/whip/hall"), "--token", &anchor, "--seconds", "10"]);
+    std::thread::sleep(Duration::from_secs(9));
+    let stopped = request("DELETE", &format!("{o_url}/v1/recordings/{rec}"), Some(&o_key), None, &[]);
+    assert!(stopped.status < 300, "{}", stopped.body);
+    let _ = again.finish(Duration::from_secs(30));
+    let done = wait_until(Duration::from_secs(10), "the recording finished", || {
+        let v = get(&format!("{o_url}/v1/recordings/{rec}"), Some(&o_key)).json();
+        (v["state"] == "FINISHED").then_some(v)
+    });
+    let files = done["files"].as_array().unwrap();
+    let playlist = files
+        .iter()
+        .find(|f| f["track_type"] == "video" && f["file_name"].as_str().is_some_and(|n| n.starts_with("ha1_") && n.ends_with(".m3u8")))
+        .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
+    let url = format!("{o_url}{}?token={anchor}", playlist["url"].as_str().unwrap());
+    assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+    nodes.clear();
+    drop(redis);
+}

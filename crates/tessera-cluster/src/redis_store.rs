@@ -52,6 +52,17 @@ local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
 if tonumber(ARGV[1]) > cur then redis.call('SET', KEYS[1], ARGV[1], 'EX', 86400) end
 return 0";
 
+/// A task's record saved by node `ARGV[1]`: written (`ARGV[2]` to `KEYS[2]`, the task's node
+/// `KEYS[1]`, id `ARGV[3]` in the node's set `KEYS[3]`, kept `ARGV[4]` s) only if the task is
+/// new or that node's; returns 1 if written.
+const PUT_TASK_FILE: &str = r"
+local cur = redis.call('GET', KEYS[1])
+if cur ~= false and cur ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[4])
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[3])
+return 1";
+
 /// Returns the values of hash `KEYS[1]` and deletes it (one taker only), noting its keys in set
 /// `KEYS[2]` for `ARGV[1]` ms.
 const TAKE_HASH: &str = r"
@@ -175,29 +186,22 @@ impl ClusterStore {
         Ok(())
     }
 
-    /// Shares a task's record (its task file) as the node running it saved it.
-    pub async fn put_task_file(&self, node: &NodeId, app: &str, id: &str, bytes: &[u8]) -> Result<(), ClusterError> {
+    /// Shares a task's record (its task file) as the node running it saved it. A node whose
+    /// task another node took over (it was seen gone while it still saved, as in a stop) is
+    /// not the task's any more: its save is ignored (`false`).
+    pub async fn put_task_file(&self, node: &NodeId, app: &str, id: &str, bytes: &[u8]) -> Result<bool, ClusterError> {
         let p = &self.prefix;
-        redis::pipe()
-            .cmd("SET")
-            .arg(format!("{p}:taskfile:{id}"))
-            .arg(bytes)
-            .arg("EX")
-            .arg(30 * 86_400)
-            .ignore()
-            .cmd("SET")
-            .arg(self.task_key(app, id))
+        let stored: i64 = redis::Script::new(PUT_TASK_FILE)
+            .key(self.task_key(app, id))
+            .key(format!("{p}:taskfile:{id}"))
+            .key(format!("{p}:tasks-of:{}", node.0))
             .arg(&node.0)
-            .arg("EX")
-            .arg(30 * 86_400)
-            .ignore()
-            .cmd("SADD")
-            .arg(format!("{p}:tasks-of:{}", node.0))
+            .arg(bytes)
             .arg(id)
-            .ignore()
-            .query_async::<()>(&mut self.con.clone())
+            .arg(30 * 86_400)
+            .invoke_async(&mut self.con.clone())
             .await?;
-        Ok(())
+        Ok(stored == 1)
     }
 
     /// The tasks a node ran (their ids).

@@ -71,6 +71,9 @@ pub struct Cluster {
     pub(crate) secret: String,
     /// Rooms this node relays from their node (as an edge), with the publishers it mirrors.
     pub(crate) edges: crate::cluster_relay::Edges,
+    /// Task records saved but not yet shared: a stop waits for them before leaving, so the
+    /// node that takes the tasks over reads their last state.
+    unshared_tasks: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 /// One HTTP/2 connection per node pair for the relay: streams multiplexed, windows that grow
@@ -135,6 +138,7 @@ impl Cluster {
             edges: Default::default(),
             forwarder: Client::builder(TokioExecutor::new()).build(connector),
             relay_client: relay_client(&tls),
+            unshared_tasks: Default::default(),
         });
         // Every change saved from now on goes to the shared copy, in order.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
@@ -152,16 +156,21 @@ impl Cluster {
         });
         // Every task record saved is shared, so another node can take the task over.
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, Vec<u8>)>();
+        let unshared = cluster.unshared_tasks.clone();
         tessera_tasks::registry::replicate_saved_tasks(Box::new(move |_kind, id, bytes| {
+            unshared.fetch_add(1, Ordering::SeqCst);
             let _ = tx.send((id.to_owned(), bytes.to_vec()));
         }));
         let sharer = cluster.clone();
         tokio::spawn(async move {
             while let Some((id, bytes)) = rx.recv().await {
                 let app = serde_json::from_slice::<serde_json::Value>(&bytes).ok().and_then(|v| v["app"].as_str().map(str::to_owned)).unwrap_or_default();
-                if let Err(e) = sharer.store.put_task_file(&sharer.me, &app, &id, &bytes).await {
-                    tracing::warn!(task = %id, "cluster: sharing the task's record failed: {e}");
+                match sharer.store.put_task_file(&sharer.me, &app, &id, &bytes).await {
+                    Ok(true) => {}
+                    Ok(false) => tracing::info!(task = %id, "cluster: the task runs on another node now; its record here is not shared"),
+                    Err(e) => tracing::warn!(task = %id, "cluster: sharing the task's record failed: {e}"),
                 }
+                sharer.unshared_tasks.fetch_sub(1, Ordering::SeqCst);
             }
         });
         let record = cluster.record(NodeLoad { cores: cores(), ..NodeLoad::default() });
@@ -355,8 +364,14 @@ impl Cluster {
         }
     }
 
-    /// Leaves at shutdown: the record goes at once instead of at its TTL.
+    /// Leaves at shutdown, after the tasks stopped: their last records shared (for at most
+    /// 2 s), the node's record goes at once instead of at its TTL, and the next heartbeat of
+    /// another node takes its tasks (and undelivered webhooks) over.
     pub async fn leave(&self) {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while self.unshared_tasks.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         if let Err(e) = self.store.leave(&self.me).await {
             tracing::warn!("cluster: leaving failed: {e}");
         }

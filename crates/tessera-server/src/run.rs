@@ -276,10 +276,6 @@ impl Server {
         }
         rtmp.abort();
         auto.abort();
-        if let (Some(heartbeat), Some(cluster)) = (heartbeat, self.state.cluster.get()) {
-            heartbeat.abort();
-            cluster.leave().await;
-        }
         self.state.tasks.ingests.shutdown();
         self.state.tasks.mix_jobs.shutdown();
         self.state.tasks.relays.shutdown();
@@ -287,6 +283,12 @@ impl Server {
         // Tasks report their ends as they stop; give those events a moment to reach the outbox.
         tokio::time::sleep(Duration::from_millis(200)).await;
         self.state.hooks.settle(Duration::from_secs(2)).await;
+        // A cluster node leaves once its tasks are closed and their records shared: another
+        // node takes them over at its next heartbeat (a drained node's stop hands them over).
+        if let (Some(heartbeat), Some(cluster)) = (heartbeat, self.state.cluster.get()) {
+            heartbeat.abort();
+            cluster.leave().await;
+        }
         if let Err(e) = self.state.store.flush() {
             tracing::error!("saving API key usage at shutdown failed: {e}");
         }
