@@ -34,6 +34,13 @@ impl Redis {
         }
         Redis { child, url: format!("redis://{ip}:{port}") }
     }
+
+    /// `GET key` through `redis-cli` (what the cluster left in Redis), trimmed.
+    fn get(&self, key: &str) -> String {
+        let host: Vec<&str> = self.url.trim_start_matches("redis://").split(':').collect();
+        let out = Command::new("redis-cli").args(["-h", host[0], "-p", host[1], "GET", key]).output().unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
 }
 
 impl Drop for Redis {
@@ -292,9 +299,8 @@ fn three_nodes_share_a_room_through_redis_and_place_it_again_when_its_node_dies(
         rooms.remove(3);
     }
     assert_eq!(rooms[..5], [101, 103, 104, 101, 103], "{rooms:?}");
-    let redis_host = redis.url.trim_start_matches("redis://").split(':').collect::<Vec<_>>();
-    let clock = Command::new("redis-cli").args(["-h", redis_host[0], "-p", redis_host[1], "GET", "tessera:clock:default/r1"]).output().unwrap();
-    let clock: i64 = String::from_utf8_lossy(&clock.stdout).trim().parse().unwrap_or_else(|_| panic!("no shared clock for r1: {clock:?}"));
+    let clock = redis.get("tessera:clock:default/r1");
+    let clock: i64 = clock.parse().unwrap_or_else(|_| panic!("no shared clock for r1: {clock:?}"));
     let last = r1.iter().map(|e| e["EventInfo"]["EventMsTs"].as_i64().unwrap()).max().unwrap();
     assert!(clock >= last, "the shared clock {clock} is behind the last event {last}");
     nodes.clear();
@@ -392,6 +398,22 @@ fn viewers_beyond_a_full_node_are_served_by_another_through_the_relay() {
     drop(redis);
 }
 
+/// Recording `rec`, stopped through the node at `base`, finishes there, and its continuation
+/// after a takeover (the `ha1_` video playlist) plays through that node.
+fn assert_continued_recording_plays(base: &str, key: &str, rec: &str, anchor: &str) {
+    let done = wait_until(Duration::from_secs(10), "the recording finished", || {
+        let v = get(&format!("{base}/v1/recordings/{rec}"), Some(key)).json();
+        (v["state"] == "FINISHED").then_some(v)
+    });
+    let files = done["files"].as_array().unwrap();
+    let playlist = files
+        .iter()
+        .find(|f| f["track_type"] == "video" && f["file_name"].as_str().is_some_and(|n| n.starts_with("ha1_") && n.ends_with(".m3u8")))
+        .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
+    let url = format!("{base}{}?token={anchor}", playlist["url"].as_str().unwrap());
+    assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+}
+
 /// Video frames ffprobe decodes in `url` (a file or a URL).
 fn video_frames(url: &str) -> u64 {
     let out =
@@ -484,17 +506,7 @@ fn a_dead_nodes_recording_and_relay_go_on_on_another_node() {
     // The CDN got the stream again from the survivor.
     assert!(video_frames(second_flv.to_str().unwrap()) >= 30, "the CDN's second connection: {} frames", video_frames(second_flv.to_str().unwrap()));
     // The recording went on in ha1_ files on the survivor, and they play.
-    let done = wait_until(Duration::from_secs(10), "the recording finished", || {
-        let v = get(&format!("{s_url}/v1/recordings/{rec}"), Some(&s_key)).json();
-        (v["state"] == "FINISHED").then_some(v)
-    });
-    let files = done["files"].as_array().unwrap();
-    let playlist = files
-        .iter()
-        .find(|f| f["track_type"] == "video" && f["file_name"].as_str().is_some_and(|n| n.starts_with("ha1_") && n.ends_with(".m3u8")))
-        .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
-    let url = format!("{s_url}{}?token={anchor}", playlist["url"].as_str().unwrap());
-    assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+    assert_continued_recording_plays(&s_url, &s_key, &rec, &anchor);
     // The dead node comes back with its data dir: what the survivor took over (the tasks, the
     // undelivered event) is not run or delivered again there.
     let outbox_file = nodes[owner_index].data.join("outbox").join(format!("{}.json", refused["event_id"].as_str().unwrap()));
@@ -545,12 +557,7 @@ fn a_drained_nodes_stop_hands_its_tasks_over() {
     });
     eprintln!("stop took {stopped:?}; the recording ran on the other node {taken:?} after SIGTERM");
     assert!(taken <= stopped + Duration::from_secs(4), "handed over {taken:?} after SIGTERM (the stop took {stopped:?})");
-    let node_of = {
-        let host: Vec<&str> = redis.url.trim_start_matches("redis://").split(':').collect();
-        let out = Command::new("redis-cli").args(["-h", host[0], "-p", host[1], "GET", &format!("tessera:task:default/{rec}")]).output().unwrap();
-        String::from_utf8_lossy(&out.stdout).trim().to_owned()
-    };
-    assert_eq!(node_of, nodes[other].id, "the task is the other node's (the stopped node's last save did not take it back)");
+    assert_eq!(redis.get(&format!("tessera:task:default/{rec}")), nodes[other].id, "the task is the other node's (the stopped node's last save did not take it back)");
     // The publisher comes back to the node that holds the room now; the recording goes on.
     drop(publisher);
     let again = Client::start(&clients, "aiortc_client.py", &["publish", "--url", &format!("{o_url}/whip/hall"), "--token", &anchor, "--seconds", "10"]);
@@ -558,17 +565,7 @@ fn a_drained_nodes_stop_hands_its_tasks_over() {
     let stopped = request("DELETE", &format!("{o_url}/v1/recordings/{rec}"), Some(&o_key), None, &[]);
     assert!(stopped.status < 300, "{}", stopped.body);
     let _ = again.finish(Duration::from_secs(30));
-    let done = wait_until(Duration::from_secs(10), "the recording finished", || {
-        let v = get(&format!("{o_url}/v1/recordings/{rec}"), Some(&o_key)).json();
-        (v["state"] == "FINISHED").then_some(v)
-    });
-    let files = done["files"].as_array().unwrap();
-    let playlist = files
-        .iter()
-        .find(|f| f["track_type"] == "video" && f["file_name"].as_str().is_some_and(|n| n.starts_with("ha1_") && n.ends_with(".m3u8")))
-        .unwrap_or_else(|| panic!("no ha1_ video playlist: {done}"));
-    let url = format!("{o_url}{}?token={anchor}", playlist["url"].as_str().unwrap());
-    assert!(video_frames(&url) >= 60, "the continued recording plays: {} frames", video_frames(&url));
+    assert_continued_recording_plays(&o_url, &o_key, &rec, &anchor);
     nodes.clear();
     drop(redis);
 }
