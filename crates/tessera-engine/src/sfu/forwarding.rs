@@ -565,6 +565,11 @@ impl Sfu {
             tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
         };
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
+            if packet.rid.is_some() && producer.layers.first().is_some_and(|l| l.rid.is_none() && l.rate.bytes == 0 && l.rate.bps == 0.0) {
+                // It sends layers: the single encoding it was made with never comes, and a
+                // viewer must not be given it to wait on.
+                producer.layers.remove(0);
+            }
             note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, now);
             if !std::mem::replace(&mut producer.announced, true) {
                 self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });

@@ -186,7 +186,9 @@ impl Sfu {
     /// The room's worker: a keyframe of one layer of (user, stream), for a satellite's viewers.
     pub fn request_layer_keyframe(&mut self, room: &RoomKey, source: &(UserId, StreamKind), rid: Option<Rid>, now: Instant) {
         let Some(pub_id) = self.publisher_in(room, source) else { return };
-        if self.internal.contains_key(&pub_id) {
+        // An ingest or a mix makes one for the whole stream; one that sends layers (a cluster
+        // relay's mirror) is asked for the layer.
+        if self.internal.contains_key(&pub_id) && rid.is_none() {
             self.request_keyframe_of(room, &source.0, source.1, now);
             return;
         }

@@ -348,3 +348,46 @@ fn a_restarts_gop_replay_is_made_only_where_it_catches_up_within_a_second() {
     assert!(!replay_fits(&gop, Some(250_000.0), now), "100 kbit/s to spare: 2.2 s");
     assert!(!replay_fits(&gop, Some(120_000.0), now), "the link does not carry the stream itself");
 }
+
+/// An ingest that sends simulcast layers (a cluster relay's mirror of a publisher on another
+/// node) has those layers, not the single encoding it was made with, and is asked for a
+/// keyframe per layer (throttled per layer), as a satellite worker's pipe asks it.
+#[test]
+fn a_layered_ingest_is_asked_for_each_layers_keyframe() {
+    let t0 = Instant::now();
+    let mut sfu = sfu(t0);
+    let (id, _) = sfu.add_internal_publisher(spec("mirror", PeerRole::Publish), t0);
+    let packet = |rid: &str, seq: u64| IngestPacket {
+        ssrc: 9,
+        seq,
+        ts: 0,
+        marker: true,
+        keyframe: true,
+        codec: tessera_media::Codec::H264,
+        payload: vec![0x65u8, 0x88].into(),
+        audio_level: None,
+        route: PacketRoute::All,
+        composition_ms: 0,
+        picture: None,
+        rid: Some(Rid::from(rid)),
+    };
+    sfu.push_packet(id, packet("h", 1), t0);
+    sfu.push_packet(id, packet("l", 1), t0);
+    let rids: Vec<Option<String>> =
+        sfu.internal[&id].producers.iter().find(|p| p.kind == MediaKind::Video).unwrap().layers.iter().map(|l| l.rid.as_deref().map(str::to_owned)).collect();
+    assert_eq!(rids, [Some("h".to_owned()), Some("l".to_owned())], "the layers it sends, not a silent single encoding");
+    std::iter::from_fn(|| sfu.poll_output()).for_each(drop);
+    let source = (UserId::parse("alice").unwrap(), StreamKind::Main);
+    let asked = |sfu: &mut Sfu| -> Vec<Option<String>> {
+        std::iter::from_fn(|| sfu.poll_output())
+            .filter_map(|o| if let SfuOutput::KeyframeWanted(p, rid) = o { (p == id).then(|| rid.as_deref().map(str::to_owned)) } else { None })
+            .collect()
+    };
+    sfu.request_layer_keyframe(&key(), &source, Some(Rid::from("l")), t0);
+    assert_eq!(asked(&mut sfu), [Some("l".to_owned())]);
+    sfu.request_layer_keyframe(&key(), &source, Some(Rid::from("l")), t0 + Duration::from_millis(100));
+    sfu.request_layer_keyframe(&key(), &source, Some(Rid::from("h")), t0 + Duration::from_millis(100));
+    assert_eq!(asked(&mut sfu), [Some("h".to_owned())], "each layer throttled on its own");
+    sfu.request_layer_keyframe(&key(), &source, None, t0 + Duration::from_millis(200));
+    assert_eq!(asked(&mut sfu), [None], "the whole stream, as for any ingest");
+}
