@@ -144,6 +144,18 @@ pub struct World {
     pub pipe_packets: u64,
     /// What taps (mix jobs, relays, recordings) were given.
     pub tap_packets: Vec<(u64, crate::sfu::TapPacket)>,
+    /// The satellite as another cluster node's copy of the room (`relay_to_edge`).
+    edge: Option<Edge>,
+}
+
+/// A cluster relay from `sfu` (the room's node) to `satellite` (an edge), as
+/// `tessera-server/src/cluster_relay.rs` drives one: the room's cluster tap, framed and read
+/// back, mirrored into an ingest publisher; keyframe requests back to the room's node.
+struct Edge {
+    tap: u64,
+    ingest: u64,
+    reader: crate::cluster_relay::FrameReader,
+    mirror: crate::cluster_relay::EdgeMirror,
 }
 
 pub fn room() -> RoomKey {
@@ -163,6 +175,37 @@ impl World {
             order: 0,
             pipe_packets: 0,
             tap_packets: Vec::new(),
+            edge: None,
+        }
+    }
+
+    /// Makes the satellite an edge that relays alice's main stream from the room's SFU (every
+    /// layer, as a cluster relay does); viewers joined with `join_edge` watch it there.
+    pub fn relay_to_edge(&mut self) {
+        let owner = UserId::parse("relay_edge").unwrap();
+        let tap = self.sfu.add_tap(room(), crate::sfu::TapKind::Cluster, &owner, self.now);
+        let mut spec = self.spec_of("mirror", "alice", PeerRole::Publish);
+        spec.join = JoinInfo::anchor(crate::presence::user_type::PULL_INGEST);
+        let (ingest, _) = self.satellite.add_internal_publisher(spec, self.now);
+        self.edge = Some(Edge { tap, ingest, reader: Default::default(), mirror: Default::default() });
+    }
+
+    /// A viewer of alice's main stream on the edge (`relay_to_edge`).
+    pub fn join_edge(&mut self, down: Link) -> usize {
+        self.join_on(1, "alice", PeerRole::Play, &[], Link::clean(), down)
+    }
+
+    fn spec_of(&self, sid: &str, user: &str, role: PeerRole) -> SessionSpec {
+        SessionSpec {
+            sid: sid.into(),
+            room: room(),
+            user: UserId::parse(if role == PeerRole::Publish { user } else { "viewer" }).unwrap(),
+            role,
+            stream: StreamKind::Main,
+            source_user: (role == PeerRole::Play).then(|| UserId::parse(user).unwrap()),
+            rejected_mids: Vec::new(),
+            quality: Quality::Auto,
+            join: JoinInfo::anchor(crate::presence::user_type::WHIP),
         }
     }
 
@@ -199,20 +242,11 @@ impl World {
         });
         let video_mid = change.add_media(MediaKind::Video, dir, None, None, simulcast);
         let (offer, pending) = change.apply().expect("an offer");
-        let sid = format!("s{n}");
-        let spec = SessionSpec {
-            sid: sid.clone(),
-            room: room(),
-            user: UserId::parse(if role == PeerRole::Publish { user } else { "viewer" }).unwrap(),
-            role,
-            stream: StreamKind::Main,
-            source_user: (role == PeerRole::Play).then(|| UserId::parse(user).unwrap()),
-            rejected_mids: Vec::new(),
-            quality: Quality::Auto,
-            join: JoinInfo::anchor(crate::presence::user_type::WHIP),
-        };
+        let spec = self.spec_of(&format!("s{n}"), user, role);
         let answer = match on {
             0 => self.sfu.add_session(spec, &offer.to_sdp_string(), self.now),
+            // On an edge the room is the satellite's own copy (no pipe), else a satellite room.
+            _ if self.edge.is_some() => self.satellite.add_session(spec, &offer.to_sdp_string(), self.now),
             _ => self.satellite.add_spread_viewer(spec, &offer.to_sdp_string(), self.now),
         }
         .expect("the SFU answers");
@@ -296,7 +330,16 @@ impl World {
                             sfu.open_pipe(&room, source, pipe, now);
                             sfu.flush(now);
                         }),
+                        SfuOutput::Tap(tap, packet) if self.edge.as_ref().is_some_and(|e| e.tap == tap) => self.relay(&packet),
                         SfuOutput::Tap(tap, packet) => self.tap_packets.push((tap, packet)),
+                        SfuOutput::KeyframeWanted(id, rid) if on == 1 && self.edge.as_ref().is_some_and(|e| e.ingest == id) => self.in_sfu(|sfu| {
+                            let source = (UserId::parse("alice").unwrap(), StreamKind::Main);
+                            match rid {
+                                Some(_) => sfu.request_layer_keyframe(&room(), &source, rid, now),
+                                None => sfu.request_keyframe_of(&room(), &source.0, source.1, now),
+                            }
+                            sfu.flush(now);
+                        }),
                         SfuOutput::PipeClosed { pipe, room } => self.in_sfu(|sfu| sfu.close_pipe(&room, pipe)),
                         SfuOutput::PipeKeyframeWanted { room, source, rid } => self.in_sfu(|sfu| {
                             sfu.request_layer_keyframe(&room, &source, rid, now);
@@ -310,6 +353,25 @@ impl World {
                 break;
             }
         }
+    }
+
+    /// One packet of the room's cluster tap through the relay's framing into the edge.
+    fn relay(&mut self, packet: &crate::sfu::TapPacket) {
+        let now = self.now;
+        let Some(edge) = self.edge.as_mut() else { return };
+        let mut bytes = Vec::new();
+        crate::cluster_relay::encode(packet, &mut bytes);
+        edge.reader.push(&bytes);
+        while let Some(p) = edge.reader.next_packet().expect("the relay's own frames read back") {
+            for action in edge.mirror.on_packet(p, now) {
+                if let crate::cluster_relay::EdgeAction::Push(_, _, packets) = action {
+                    for p in packets {
+                        self.satellite.push_packet(edge.ingest, p, now);
+                    }
+                }
+            }
+        }
+        self.satellite.flush(now);
     }
 
     /// Advances to the next thing that happens, no later than `limit`.
@@ -773,6 +835,27 @@ mod tests {
         let last = &capped_sizes[capped_sizes.len().saturating_sub(150)..];
         assert!(last.len() >= 140, "the capped viewer keeps getting video: {} frames in its last 5 s", last.len());
         assert_eq!(big(last), 0, "the capped viewer ends on the low layer");
+    }
+
+    /// A cluster edge's viewers move between layers as the room node's do: the relay carries
+    /// every layer, the viewer with room ends on the top one, the one behind 600 kbit/s on the
+    /// low one, each started by a keyframe of its layer asked of the publisher across the relay.
+    #[test]
+    fn an_edges_viewers_move_between_the_relayed_layers() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        world.relay_to_edge();
+        let roomy = world.join_edge(Link::clean());
+        let capped = world.join_edge(Link { bps: Some(600_000), queue: Duration::from_millis(300), ..Link::clean() });
+        connect(&mut world);
+        let sent = publish_simulcast(&mut world, publisher, 20);
+        let roomy_sizes = world.frame_sizes(roomy);
+        let last = &roomy_sizes[roomy_sizes.len().saturating_sub(150)..];
+        assert!(big(last) >= 140, "the edge's viewer with room gets the top layer: {} of the last {} frames", big(last), last.len());
+        let capped_sizes = world.frame_sizes(capped);
+        low_layer_soon_and_whole(sent, &capped_sizes, &world.frames_received(capped));
+        let last = &capped_sizes[capped_sizes.len().saturating_sub(150)..];
+        assert!(last.len() >= 140 && big(last) == 0, "the capped one ends on the low layer: {} frames, {} of the top one", last.len(), big(last));
     }
 
     #[test]
