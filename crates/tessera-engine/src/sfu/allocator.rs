@@ -89,6 +89,14 @@ pub struct TrackDemand {
     pub ceiling_bps: Option<f64>,
 }
 
+/// The ceiling (`TrackDemand::ceiling_bps`) that keeps a track at or below the layer it
+/// forwards: the rate of the next layer up, if there is one.
+pub fn up_ceiling(current: Option<LayerChoice>, layers: &[LayerRate]) -> Option<f64> {
+    let Some(LayerChoice::Layer(rid)) = current else { return None };
+    let now = layers.iter().find(|l| l.rid == rid)?.bps;
+    layers.iter().map(|l| l.bps).filter(|b| *b > now).min_by(f64::total_cmp)
+}
+
 /// What a viewer's estimate buys.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
@@ -488,6 +496,26 @@ mod tests {
         let pinned = TrackDemand { quality: Quality::Medium, ..track(Priority::Other) };
         let got: Vec<String> = plan(&[pinned, track(Priority::Other)], 0.0, None).choices.iter().map(|c| rid(*c)).collect();
         assert_eq!(got, ["m", "h"], "a pinned quality is its own");
+    }
+
+    #[test]
+    fn a_track_held_from_moving_up_keeps_its_layer_or_goes_down() {
+        let layers = vec![
+            LayerRate { rid: Some(Rid::from("l")), bps: 150_000.0 },
+            LayerRate { rid: Some(Rid::from("m")), bps: 350_000.0 },
+            LayerRate { rid: Some(Rid::from("h")), bps: 1_400_000.0 },
+        ];
+        let on = |r: &str| Some(LayerChoice::Layer(Some(Rid::from(r))));
+        assert_eq!(up_ceiling(on("l"), &layers), Some(350_000.0));
+        assert_eq!(up_ceiling(on("h"), &layers), None, "nothing above the top");
+        assert_eq!(up_ceiling(Some(LayerChoice::Paused), &layers), None, "the lowest layer is always allowed");
+        // With plenty of estimate, the held track stays on "l" and the other is free to go up.
+        let track = |current| TrackDemand { layers: layers.clone(), quality: Quality::Auto, priority: Priority::Other, current, ceiling_bps: up_ceiling(current, &layers) };
+        let p = plan(&[track(on("l")), TrackDemand { ceiling_bps: None, ..track(on("m")) }], 0.0, Some(5_000_000.0));
+        assert_eq!(p.choices, [LayerChoice::Layer(Some(Rid::from("l"))), LayerChoice::Layer(Some(Rid::from("h")))]);
+        // A held track still goes down when the estimate falls.
+        let p = plan(&[track(on("m"))], 0.0, Some(200_000.0));
+        assert_eq!(p.choices, [LayerChoice::Layer(Some(Rid::from("l")))]);
     }
 
     #[test]

@@ -92,6 +92,7 @@ impl Sfu {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
         let Role::Viewer { subscriptions, consumers, .. } = &viewer.role else { return };
         let speaker = self.speakers.get(&viewer.spec.room).and_then(|s| s.dominant());
+        let queueing = viewer.net.queueing();
         // Per subscription: its publisher, audio layer, and video demand.
         let mut sources = Vec::with_capacity(subscriptions.len());
         let mut tracks = Vec::with_capacity(subscriptions.len());
@@ -126,7 +127,14 @@ impl Sfu {
                 // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`.
                 let cut = consumer.zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
                 let ceiling_bps = cut.and_then(|r| offered.iter().find(|l| l.rid == Some(r))).map(|l| l.rate.bps);
-                let layers = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
+                // While the viewer's link queues no track moves up: str0m's estimate can read
+                // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
+                // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
+                let layers: Vec<LayerRate> = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
+                let ceiling_bps = match (ceiling_bps, queueing.then(|| allocator::up_ceiling(current, &layers)).flatten()) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
             }
             sources.push((pub_id, audio, video.is_some()));
