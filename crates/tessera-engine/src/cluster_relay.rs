@@ -78,6 +78,12 @@ fn route_of(code: u8) -> Option<PacketRoute> {
 /// The longest rid (str0m's `Rid` holds 8 bytes).
 const MAX_RID: usize = 8;
 
+/// A simulcast layer's rid as it crosses between nodes (in a frame or the keyframe call):
+/// 1-8 ASCII letters or digits.
+pub fn parse_rid(r: &str) -> Option<Rid> {
+    ((1..=MAX_RID).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric())).then(|| Rid::from(r))
+}
+
 /// A packet as it crosses between nodes.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RelayPacket {
@@ -195,10 +201,7 @@ fn decode(f: &[u8]) -> Result<RelayPacket, RelayError> {
     }
     let rid = match rid_len {
         0 => None,
-        n => {
-            let r = std::str::from_utf8(&rest[..n]).ok().filter(|r| r.bytes().all(|b| b.is_ascii_alphanumeric())).ok_or(bad("rid"))?;
-            Some(Rid::from(r))
-        }
+        n => Some(std::str::from_utf8(&rest[..n]).ok().and_then(parse_rid).ok_or(bad("rid"))?),
     };
     let rest = &rest[rid_len..];
     let seq = u64::from_be_bytes(rest[..8].try_into().expect("8 bytes"));

@@ -343,11 +343,8 @@ impl Cluster {
             Err(e) => return tracing::warn!(%dead, "cluster: taking a dead node's webhook outbox failed: {e}"),
         };
         // Only what parses, with an id that can name an outbox file here.
-        let events: Vec<tessera_model::events::Event> = taken
-            .iter()
-            .filter_map(|b| serde_json::from_slice::<tessera_model::events::Event>(b).ok())
-            .filter(|e| !e.id.is_empty() && e.id.len() <= 32 && e.id.bytes().all(|b| b.is_ascii_alphanumeric()))
-            .collect();
+        let events: Vec<tessera_model::events::Event> =
+            taken.iter().filter_map(|b| serde_json::from_slice::<tessera_model::events::Event>(b).ok()).filter(|e| crate::webhook::is_event_id(&e.id)).collect();
         if !events.is_empty() {
             tracing::info!(%dead, events = events.len(), "cluster: delivering the webhook events a dead node left");
             state.hooks.adopt(events);
@@ -477,7 +474,7 @@ impl Cluster {
     /// are removed from its outbox (not delivered twice).
     pub async fn set_aside_taken_events(&self, outbox: &std::path::Path) {
         let Ok(ids) = self.store.outbox_taken(&self.me).await else { return };
-        for id in ids.iter().filter(|id| !id.is_empty() && id.bytes().all(|b| b.is_ascii_alphanumeric())) {
+        for id in ids.iter().filter(|id| crate::webhook::is_event_id(id)) {
             if std::fs::remove_file(outbox.join(format!("{id}.json"))).is_ok() {
                 tracing::info!(event = %id, "the webhook event was delivered by another node while this one was gone");
             }

@@ -18,7 +18,7 @@ use http_body_util::BodyExt;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 use tessera_cluster::NodeRecord;
-use tessera_engine::cluster_relay::{encode, BacklogVerdict, EdgeAction, EdgeMirror, FrameReader, RelayBacklog};
+use tessera_engine::cluster_relay::{encode, parse_rid, BacklogVerdict, EdgeAction, EdgeMirror, FrameReader, RelayBacklog};
 use tessera_engine::presence::user_type;
 use tessera_engine::sfu::{Rid, TapKind};
 use tessera_engine::{JoinInfo, PeerRole, Quality, RoomKey, SessionSpec};
@@ -160,10 +160,7 @@ pub async fn relay(
                     tracing::warn!(room = %key.room, %edge, user = %p.user, dropped = backlog.dropped, "a relaying node fell behind: its backlog is dropped up to the next keyframe");
                     let (rtc, key) = (guard.rtc.clone(), key.clone());
                     tokio::spawn(async move {
-                        let _ = match p.rid {
-                            Some(rid) => rtc.request_layer_keyframe(key, p.user, p.stream, rid).await,
-                            None => rtc.request_keyframe(key, p.user, p.stream).await,
-                        };
+                        let _ = rtc.request_layer_keyframe(key, p.user, p.stream, p.rid).await;
                     });
                 }
             }
@@ -196,16 +193,13 @@ pub async fn keyframe(
     let (Some(key), Ok(user), Some(stream)) = (room_key(&app, &room), UserId::parse(&user), StreamKind::parse(&stream)) else {
         return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "bad app, room, user or stream");
     };
-    let rid = match q.rid.as_deref() {
+    let rid = match q.rid.as_deref().map(parse_rid) {
         None => None,
-        Some(r) if (1..=8).contains(&r.len()) && r.bytes().all(|b| b.is_ascii_alphanumeric()) => Some(Rid::from(r)),
-        Some(_) => return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "rid: 1-8 letters or digits"),
+        Some(Some(rid)) => Some(rid),
+        Some(None) => return refuse(StatusCode::BAD_REQUEST, "invalid_parameter", "rid: 1-8 letters or digits"),
     };
     tracing::debug!(room = %key.room, %user, ?rid, from = %peer.0, "keyframe asked by a relaying node");
-    let _ = match rid {
-        Some(rid) => state.rtc.request_layer_keyframe(key, user, stream, rid).await,
-        None => state.rtc.request_keyframe(key, user, stream).await,
-    };
+    let _ = state.rtc.request_layer_keyframe(key, user, stream, rid).await;
     StatusCode::NO_CONTENT.into_response()
 }
 

@@ -248,6 +248,12 @@ impl Webhooks {
     }
 }
 
+/// Whether `id` can be an event's id and so name its outbox file (`<id>.json`): ids made here
+/// are 16 hex digits; ids read from elsewhere (another node's outbox in Redis) are checked.
+pub fn is_event_id(id: &str) -> bool {
+    (1..=32).contains(&id.len()) && id.bytes().all(|b| b.is_ascii_alphanumeric())
+}
+
 /// Events left in the outbox by an earlier run, with their files' sizes; unreadable files are
 /// removed.
 fn pending(dir: &Path) -> Vec<(Event, usize)> {

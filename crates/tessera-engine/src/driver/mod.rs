@@ -641,9 +641,14 @@ impl RtcHandle {
         self.to_room(&key).send(Command::RequestKeyframe { key, user, stream }).await.map_err(|_| RtcServerError::Stopped)
     }
 
-    /// A keyframe of one simulcast layer of (user, stream) (a cluster edge's viewers watch it).
-    pub async fn request_layer_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind, rid: Rid) -> Result<(), RtcServerError> {
-        self.to_room(&key).send(Command::PipeKeyframe { key, source: (user, stream), rid: Some(rid) }).await.map_err(|_| RtcServerError::Stopped)
+    /// A keyframe of one simulcast layer of (user, stream) (a cluster edge's viewers watch it),
+    /// or, without a layer, as `request_keyframe`.
+    pub async fn request_layer_keyframe(&self, key: RoomKey, user: tessera_model::UserId, stream: tessera_media::StreamKind, rid: Option<Rid>) -> Result<(), RtcServerError> {
+        let command = match rid {
+            Some(rid) => Command::PipeKeyframe { key: key.clone(), source: (user, stream), rid: Some(rid) },
+            None => Command::RequestKeyframe { key: key.clone(), user, stream },
+        };
+        self.to_room(&key).send(command).await.map_err(|_| RtcServerError::Stopped)
     }
 
     pub async fn stats(&self) -> Result<SfuStats, RtcServerError> {
