@@ -419,6 +419,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
         })
         .collect();
     let link = net.link("stats");
+    assert_eq!(link["down"]["gso_frames"], 0, "the link is emulated per datagram: {link}");
     drop(server);
     Run { mode, samples, link, publisher: out["publisher"].clone() }
 }

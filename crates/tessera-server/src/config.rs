@@ -32,6 +32,11 @@ pub struct Config {
     /// Opus for WebRTC viewers): the largest cost of an RTMP publish. 10 (libopus's default)
     /// is for music; lower costs less CPU per publisher (SRS encodes at 1).
     pub ingest_opus_complexity: u8,
+    /// UDP GSO on the WebRTC port: a viewer's packets that leave together (a frame) go to the
+    /// kernel as one message, cut into datagrams at the end of its send path or by the NIC.
+    /// Off for a network path that mishandles it (the server also turns it off by itself when
+    /// the kernel or the device refuses it).
+    pub udp_gso: bool,
     pub data_dir: PathBuf,
     /// Log filter, e.g. `info` or `tessera=debug,info` (`RUST_LOG` overrides it).
     pub log: String,
@@ -115,6 +120,7 @@ impl Default for Config {
             media_workers: None,
             spread_viewers_above: tessera_engine::DEFAULT_SPREAD_PERMILLE as f64 / 1000.0,
             ingest_opus_complexity: 10,
+            udp_gso: true,
             data_dir: PathBuf::from("./tessera-data"),
             log: "info".into(),
             tls_cert: None,

@@ -93,6 +93,7 @@ pub struct Metrics {
     datagrams_dropped: Counter,
     ingress_dropped: Counter,
     send_calls: Counter,
+    gso_messages: Counter,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -155,6 +156,8 @@ impl Metrics {
         registry.register("tessera_udp_ingress_dropped", "UDP datagrams read but dropped because their media worker was far behind (several workers)", ingress_dropped.clone());
         let send_calls = Counter::default();
         registry.register("tessera_udp_send_calls", "sendmmsg calls that wrote the UDP datagrams", send_calls.clone());
+        let gso_messages = Counter::default();
+        registry.register("tessera_udp_gso_messages", "Messages that carried several of one destination's UDP datagrams as GSO segments", gso_messages.clone());
         let rtmp_transcodes = Gauge::default();
         registry.register("tessera_rtmp_transcodes", "RTMP publishes being re-encoded for WebRTC viewers (B-frames, HEVC, AV1, VP9)", rtmp_transcodes.clone());
         let mix_jobs = Gauge::default();
@@ -197,6 +200,7 @@ impl Metrics {
             datagrams_dropped,
             ingress_dropped,
             send_calls,
+            gso_messages,
             rtmp_transcodes,
             relay_urls,
             recordings,
@@ -245,6 +249,7 @@ impl Metrics {
         sync(&self.datagrams_sent, counters.datagrams_sent.load(Ordering::Relaxed));
         sync(&self.datagrams_dropped, counters.datagrams_dropped.load(Ordering::Relaxed));
         sync(&self.send_calls, counters.send_calls.load(Ordering::Relaxed));
+        sync(&self.gso_messages, counters.gso_messages.load(Ordering::Relaxed));
         sync(&self.ingress_dropped, counters.ingress_dropped.load(Ordering::Relaxed));
         self.busy_ratio.set(counters.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0);
         self.speed_tests.set(stats.speed_tests as i64);

@@ -59,6 +59,7 @@ impl Server {
             std::time::Duration::from_secs(config.limits.room_empty_timeout_s.into()),
             std::time::Duration::from_secs(config.limits.webrtc_liveness_timeout_s.max(1).into()),
             config.media_workers() as usize,
+            config.udp_gso,
         )?;
         rtc.set_spread_viewers_above(config.spread_viewers_above);
         tessera_engine::set_ingest_opus_complexity(config.ingest_opus_complexity);

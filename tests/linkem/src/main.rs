@@ -66,6 +66,10 @@ struct Counters {
     lost: u64,
     queue_drops: u64,
     reordered: u64,
+    /// Frames that were several packets (a GSO skb, the virtio-net header's gso_type set): the
+    /// impairments would apply to them whole. The harness caps the server side's GSO segments
+    /// at 1 (the kernel cuts them first, as a NIC would), so this stays 0.
+    gso_frames: u64,
 }
 
 struct Frame {
@@ -137,6 +141,9 @@ impl Link {
     /// Takes a frame arriving now; queues it for its release time or drops it.
     fn admit(&mut self, data: Vec<u8>, is_ip: bool, now: Instant) {
         self.count.frames += 1;
+        if data.get(1).is_some_and(|&gso_type| gso_type != 0) {
+            self.count.gso_frames += 1;
+        }
         self.count.bytes += data.len() as u64;
         if is_ip && self.lose() {
             self.count.lost += 1;
@@ -298,8 +305,12 @@ fn main() {
             "stats" => {
                 let d = downlink.link.lock().unwrap().count;
                 let u = uplink.link.lock().unwrap().count;
-                let j =
-                    |c: Counters| format!("{{\"frames\":{},\"bytes\":{},\"lost\":{},\"queue_drops\":{},\"reordered\":{}}}", c.frames, c.bytes, c.lost, c.queue_drops, c.reordered);
+                let j = |c: Counters| {
+                    format!(
+                        "{{\"frames\":{},\"bytes\":{},\"lost\":{},\"queue_drops\":{},\"reordered\":{},\"gso_frames\":{}}}",
+                        c.frames, c.bytes, c.lost, c.queue_drops, c.reordered, c.gso_frames
+                    )
+                };
                 println!("{{\"down\":{},\"up\":{}}}", j(d), j(u));
                 continue;
             }

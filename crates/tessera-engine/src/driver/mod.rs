@@ -372,6 +372,7 @@ impl RtcHandle {
         empty_room_timeout: Duration,
         liveness_timeout: Duration,
         workers: usize,
+        udp_gso: bool,
     ) -> Result<RtcHandle, RtcServerError> {
         let workers = workers.clamp(1, MAX_WORKERS);
         let bind_err = |source| RtcServerError::Bind { addr: bind, source };
@@ -432,7 +433,7 @@ impl RtcHandle {
             if let Some(c) = &tcp_hosts {
                 sfu.set_tcp_candidates(c.clone());
             }
-            let egress = egress::Egress::start(socket.try_clone().map_err(bind_err)?, counters.clone()).map_err(bind_err)?;
+            let egress = egress::Egress::start(socket.try_clone().map_err(bind_err)?, counters.clone(), udp_gso).map_err(bind_err)?;
             let port = task::UdpPort { ingress, egress, candidates: candidates.clone() };
             let worker = task::WorkerPlace { index, busy: worker_busy.clone(), placement: placement.clone(), peers: peers.clone() };
             tokio::spawn(run(port, tcp, rx, sfu, events_tx.clone(), worker));
