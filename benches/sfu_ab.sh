@@ -5,6 +5,7 @@
 #   benches/sfu_ab.sh BIN_A BIN_B [N ...]       (default N: 100 300 500)
 #   CORES=1 benches/sfu_ab.sh ...               (server pinned to core 1, load tool to core 0)
 #   PARALLEL=50 benches/sfu_ab.sh ...           (subscribers negotiate 50 at a time: a connect storm)
+#   LOAD_ARGS=--browser-packets benches/sfu_ab.sh ...   (more tessera-load options, e.g. browser-like packet sizes)
 #
 # Build the "before" binary from a worktree (git worktree add /tmp/before REV; cargo build
 # --release there) and copy it out; BIN_B is usually target/release/tessera. One markdown row
@@ -29,7 +30,7 @@ run() { # label bin n
   for _ in $(seq 50); do [ -f "$dir/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
   local j
   j=$("${load_cpu[@]}" target/release/tessera-load --server "http://$http" --api-key "$(cat "$dir/admin.key")" --room "ab$n" \
-    --subscribers "$n" --connect-parallel "${PARALLEL:-1}" --duration 15 --server-pid "$pid" --json) || j='{}'
+    --subscribers "$n" --connect-parallel "${PARALLEL:-1}" --duration 15 --server-pid "$pid" --json ${LOAD_ARGS:-}) || j='{}'
   kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null || true
   rm -rf "$dir"
   python3 benches/sfu_row.py "$label" "$n" "$j" connect

@@ -71,6 +71,11 @@ struct Args {
     /// RTP payload bytes per video packet.
     #[arg(long, default_value_t = 1100)]
     packet_bytes: usize,
+    /// Frames of varying size (±25 %, keyframes 3×) each split into packets of about equal size
+    /// (within a byte, the larger last), as browsers' packetizers make them, instead of equal
+    /// `--packet-bytes` packets: what batching by size (UDP GSO) meets from real publishers.
+    #[arg(long)]
+    browser_packets: bool,
     /// Local address the clients bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind_ip: std::net::IpAddr,
@@ -531,7 +536,8 @@ async fn run(args: Args) {
         }
         let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &room, &user, ""), &token, Direction::SendOnly).await.expect("the publisher was refused (503)");
         let sent = (p == 0).then(|| sent.clone());
-        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent));
+        let browser_frames = args.browser_packets.then_some(frame_bytes);
+        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent, browser_frames));
     }
 
     let stats: Arc<Mutex<Vec<SubscriberStats>>> = Arc::new(Mutex::new(vec![SubscriberStats::default(); args.subscribers]));
@@ -595,6 +601,15 @@ async fn measure(
 
 /// A WHIP (or `pub`) publisher of synthetic H.264-shaped video and audio; `sent` records each
 /// video frame's send time under its RTP timestamp (for the latency measurement).
+/// A browser-like frame: `mean` bytes ±25 % (a keyframe 3×, deterministic per frame number),
+/// cut into the fewest packets of at most `max` bytes, their sizes within one byte.
+fn browser_packet_sizes(mean: usize, frame: u64, keyframe: bool, max: usize) -> Vec<usize> {
+    let r = (frame.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1_442_695_040_888_963_407) >> 33) % 1000;
+    let size = (mean as u64 * (750 + r / 2) / 1000) as usize * if keyframe { 3 } else { 1 };
+    let n = size.div_ceil(max).max(1);
+    (0..n).map(|i| size / n + usize::from(i >= n - size % n)).collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 fn spawn_publisher(
     rtc: Rtc,
@@ -606,6 +621,7 @@ fn spawn_publisher(
     packet_bytes: usize,
     fps: u64,
     sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>,
+    browser_frames: Option<usize>,
 ) -> tokio::task::JoinHandle<()> {
     let (audio_mid, video_mid) = (mids[0], mids[1]);
     tokio::spawn(async move {
@@ -637,7 +653,19 @@ fn spawn_publisher(
                 m.remove(&ts_v.wrapping_sub((10 * 90_000) as u32));
             }
             let mut api = rtc.direct_api();
-            if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
+            if let (Some(tx), Some(mean)) = (api.stream_tx_by_mid(video_mid, None), browser_frames) {
+                let sizes = browser_packet_sizes(mean, frame, gop || keyframe, packet_bytes);
+                let n = sizes.len();
+                for (i, size) in sizes.into_iter().enumerate() {
+                    let mut payload = vec![0x41u8; size];
+                    if (gop || keyframe) && i == 0 {
+                        payload[0] = 0x65;
+                        payload[1] = 0x88;
+                    }
+                    tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == n).nackable(true).ext_vals(ext_v.clone()));
+                    seq_v += 1;
+                }
+            } else if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
                 for i in 0..packets_per_frame {
                     let payload = if (gop || keyframe) && i == 0 { idr.clone() } else { video.clone() };
                     tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == packets_per_frame).nackable(true).ext_vals(ext_v.clone()));
@@ -752,4 +780,27 @@ fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f
         println!("{:>10}  {:>7.0}  {:>6.2}  {:>9.2}", i, r.0, r.1, r.2);
     }
     println!("{json:#}");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::browser_packet_sizes;
+
+    /// A frame is cut into the fewest packets that fit, within a byte of each other, the larger
+    /// last; sizes vary by frame and keyframes are larger.
+    #[test]
+    fn browser_packets_split_a_frame_about_equally() {
+        let mut totals = std::collections::BTreeSet::new();
+        for frame in 0..60 {
+            let sizes = browser_packet_sizes(6250, frame, false, 1100);
+            let total: usize = sizes.iter().sum();
+            assert!((4687..=7813).contains(&total), "frame {frame}: {total} bytes");
+            assert_eq!(sizes.len(), total.div_ceil(1100));
+            assert!(sizes.windows(2).all(|w| w[1] == w[0] || w[1] == w[0] + 1), "{sizes:?}");
+            totals.insert(total);
+        }
+        assert!(totals.len() > 30, "sizes vary by frame");
+        let key: usize = browser_packet_sizes(6250, 0, true, 1100).iter().sum();
+        assert!(key > 14_000, "{key}");
+    }
 }
