@@ -942,6 +942,8 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
+    // Tessera fork: The soonest timer other than the pacer's, computed with `cached_timeout`.
+    cached_others_timeout: Instant,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1315,6 +1317,7 @@ impl Rtc {
             close_dtls_started: false,
             readiness: Readiness::armed(),
             cached_timeout: start,
+            cached_others_timeout: start,
         })
     }
 
@@ -1900,13 +1903,18 @@ impl Rtc {
     fn poll_timeout(&mut self) -> Instant {
         if self.readiness.wants_timeout() {
             let stats_timeout = self.stats.as_mut().and_then(|s| s.poll_timeout());
-            let time_and_reason = (None, Reason::NotHappening)
+            let session_timeout = self.session.poll_timeout();
+            let outside_session = (None, Reason::NotHappening)
                 .soonest((self.next_dtls_timeout, Reason::DTLS))
                 .soonest((self.ice.poll_timeout(), Reason::Ice))
-                .soonest(self.session.poll_timeout())
                 .soonest((self.sctp.poll_timeout(), Reason::Sctp))
                 .soonest((self.chan.poll_timeout(&self.sctp), Reason::Channel))
                 .soonest((stats_timeout, Reason::Stats));
+            self.cached_others_timeout = outside_session
+                .soonest((self.session.others_timeout(), Reason::NotHappening))
+                .0
+                .unwrap_or_else(not_happening);
+            let time_and_reason = outside_session.soonest(session_timeout);
 
             let time = time_and_reason.0.unwrap_or_else(not_happening);
             self.cached_timeout = time.max(self.last_now);
@@ -2106,6 +2114,22 @@ impl Rtc {
         }
 
         self.last_now = now;
+
+        // Tessera fork: The pacer asks for a timeout after each packet it releases. When that is
+        // this timeout's reason, nothing changed since the timers were read, and no other timer
+        // (ICE, DTLS, SCTP, RTCP, NACK, TWCC, BWE, stats) is due, only the pacer's part runs:
+        // per forwarded packet, the rest of the tree was most of the timeout's cost.
+        if matches!(self.last_timeout_reason, Reason::Pacer(_))
+            && !self.readiness.wants_timeout()
+            && now < self.cached_others_timeout
+        {
+            let Rtc {
+                session, readiness, ..
+            } = self;
+            if session.handle_pacer_timeout(now, &mut readiness.wake()) {
+                return Ok(());
+            }
+        }
 
         // Disjoint borrows so each subsystem gets its own armed `Wake` and
         // makes its own re-poll decision; the guards fold into `readiness`

@@ -106,6 +106,10 @@ pub(crate) struct Session {
     pacer: PacerImpl,
     pacer_control: PacerControl,
 
+    /// Tessera fork: When the session's timers other than the pacer next fire, as of the last
+    /// `poll_timeout`: before then, a timeout the pacer asked for needs only the pacer's part.
+    others_at: Option<Instant>,
+
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
     poll_packet_buf: Vec<u8>,
 
@@ -177,6 +181,7 @@ impl Session {
         let enable_stats = config.stats_interval.is_some();
 
         Session {
+            others_at: None,
             id,
             medias: vec![],
             streams: Streams::new(enable_stats, *config.mtu.end(), config.pause_threshold),
@@ -1330,16 +1335,36 @@ impl Session {
             // We should never see this reason.
             .unwrap_or((None, Reason::BweDelayControl));
 
-        (feedback_at, Reason::Feedback)
+        let others = (feedback_at, Reason::Feedback)
             .soonest((request_at, Reason::Feedback))
             .soonest((nack_at, Reason::Nack))
             .soonest((twcc_at, Reason::Twcc))
-            .soonest(pacing_at)
             .soonest((receive_at, Reason::ReceiveReorder))
             .soonest((packetize_at, Reason::Packetize))
             .soonest((paused_at, Reason::PauseCheck))
             .soonest((send_stream_at, Reason::SendStream))
-            .soonest(bwe_at)
+            .soonest(bwe_at);
+        self.others_at = others.0;
+        others.soonest(pacing_at)
+    }
+
+    /// Tessera fork: When the session's timers other than the pacer next fire (see `others_at`).
+    pub fn others_timeout(&self) -> Option<Instant> {
+        self.others_at
+    }
+
+    /// Tessera fork: The pacer's and the bandwidth estimator's part of `handle_timeout` alone: the
+    /// estimator as often as before (its smoothing and probing count calls), the pacer's queue
+    /// states refreshed and its next packet chosen. The pacer asks for a timeout after every
+    /// packet it releases; when no other timer of the session is due (`others_timeout`), this
+    /// is all that timeout changes. Returns false (nothing done) where the whole timeout is needed.
+    pub fn handle_pacer_timeout(&mut self, now: Instant, _wake: &mut Wake) -> bool {
+        if self.rtp_closing || self.others_at.is_none_or(|at| at <= now) {
+            return false;
+        }
+        let probe_media = self.handle_timeout_bwe(now);
+        self.update_queue_state(now, probe_media);
+        true
     }
 
     pub fn has_mid(&self, mid: Mid) -> bool {
