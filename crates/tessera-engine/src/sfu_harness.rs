@@ -858,6 +858,33 @@ mod tests {
         assert!(last.len() >= 140 && big(last) == 0, "the capped one ends on the low layer: {} frames, {} of the top one", last.len(), big(last));
     }
 
+    /// A saturated worker moves its viewers below their top layer whatever their estimates
+    /// (the low layer costs a sixth of the packets), and back once it has had room for 5 s.
+    #[test]
+    fn a_saturated_worker_sheds_its_viewers_to_a_lower_layer_and_takes_them_back() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
+        connect(&mut world);
+        publish_simulcast(&mut world, publisher, 5);
+        let n = world.frame_sizes(viewer).len();
+        assert!(big(&world.frame_sizes(viewer)[n - 30..]) >= 28, "on the top layer with room");
+        let now = world.now;
+        world.sfu.set_busy_permille(950, now);
+        assert_eq!(world.sfu.shed_layers(), 1);
+        publish_simulcast(&mut world, publisher, 5);
+        let sizes = world.frame_sizes(viewer);
+        assert_eq!(big(&sizes[sizes.len() - 60..]), 0, "held on the low layer while saturated");
+        assert!(sizes.len() - n >= 130, "and still served: {} frames in 5 s", sizes.len() - n);
+        let now = world.now;
+        world.sfu.set_busy_permille(200, now);
+        assert_eq!(world.sfu.shed_layers(), 0, "5 s later with room: no longer held");
+        publish_simulcast(&mut world, publisher, 5);
+        let sizes = world.frame_sizes(viewer);
+        assert!(big(&sizes[sizes.len() - 60..]) >= 55, "back on the top layer");
+        assert!(world.sfu.counters.layer_sheds.load(std::sync::atomic::Ordering::Relaxed) == 1);
+    }
+
     #[test]
     fn a_viewer_climbs_back_to_the_top_layer_when_its_link_clears() {
         let mut world = World::new();

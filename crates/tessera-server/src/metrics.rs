@@ -94,6 +94,7 @@ pub struct Metrics {
     ingress_dropped: Counter,
     send_calls: Counter,
     gso_messages: Counter,
+    layer_sheds: Counter,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -156,6 +157,8 @@ impl Metrics {
         registry.register("tessera_udp_ingress_dropped", "UDP datagrams read but dropped because their media worker was far behind (several workers)", ingress_dropped.clone());
         let send_calls = Counter::default();
         registry.register("tessera_udp_send_calls", "sendmmsg calls that wrote the UDP datagrams", send_calls.clone());
+        let layer_sheds = Counter::default();
+        registry.register("tessera_media_worker_layer_sheds", "Steps by which a saturated media worker held its viewers one simulcast layer lower", layer_sheds.clone());
         let gso_messages = Counter::default();
         registry.register("tessera_udp_gso_messages", "Messages that carried several of one destination's UDP datagrams as GSO segments", gso_messages.clone());
         let rtmp_transcodes = Gauge::default();
@@ -201,6 +204,7 @@ impl Metrics {
             ingress_dropped,
             send_calls,
             gso_messages,
+            layer_sheds,
             rtmp_transcodes,
             relay_urls,
             recordings,
@@ -250,6 +254,7 @@ impl Metrics {
         sync(&self.datagrams_dropped, counters.datagrams_dropped.load(Ordering::Relaxed));
         sync(&self.send_calls, counters.send_calls.load(Ordering::Relaxed));
         sync(&self.gso_messages, counters.gso_messages.load(Ordering::Relaxed));
+        sync(&self.layer_sheds, counters.layer_sheds.load(Ordering::Relaxed));
         sync(&self.ingress_dropped, counters.ingress_dropped.load(Ordering::Relaxed));
         self.busy_ratio.set(counters.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0);
         self.speed_tests.set(stats.speed_tests as i64);

@@ -441,7 +441,7 @@ pub(super) async fn run(
         let span = done - window;
         if span >= std::time::Duration::from_secs(1) {
             let permille = (busy.as_secs_f64() / span.as_secs_f64() * 1000.0).round().min(1000.0) as u64;
-            sfu.set_busy_permille(permille);
+            sfu.set_busy_permille(permille, done);
             worker.publish_busy(permille, &sfu.counters);
             busy = std::time::Duration::ZERO;
             window = done;

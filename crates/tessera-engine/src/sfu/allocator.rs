@@ -16,7 +16,7 @@
 //! layer), or falls, or the RTT rises well above the lowest seen (the link queues), or the
 //! estimate stops climbing; a failed probe backs off (5 s, doubling to a minute).
 
-use super::types::Quality;
+use super::types::{Quality, SATURATED_PERMILLE};
 use std::time::{Duration, Instant};
 use tessera_rtc::str0m::media::Rid;
 
@@ -140,6 +140,58 @@ fn pinned(layers: &[LayerRate], quality: Quality) -> Option<usize> {
         Quality::Medium => Some(n / 2),
         Quality::Low => Some(0),
         Quality::Auto => None,
+    }
+}
+
+/// Layers every viewer's simulcast video is held below its top while its worker is saturated
+/// (issue 14's graceful overload): forwarding costs per packet, and a lower layer has far fewer
+/// packets per frame (the low layer ~1 against the top's ~6 at 1.5 Mbit/s), so shedding layers
+/// relieves a worker before whole frames have to be dropped. One layer more for each saturated
+/// reading (one a second, `SATURATED_PERMILLE`) once the last step has had `SHED_SETTLE` to take
+/// effect (a move waits for the lower layer's keyframe), at most `MAX_SHED_LAYERS`; one layer back
+/// after `LIFT_AFTER` below `LIFT_BELOW_PERMILLE` since the last change, so a lift that
+/// saturates the worker again comes back at most every few seconds, not every second.
+#[derive(Debug, Default)]
+pub struct Shed {
+    layers: usize,
+    changed_at: Option<Instant>,
+}
+
+pub const MAX_SHED_LAYERS: usize = 2;
+const SHED_SETTLE: Duration = Duration::from_secs(2);
+const LIFT_BELOW_PERMILLE: u64 = 600;
+const LIFT_AFTER: Duration = Duration::from_secs(5);
+
+impl Shed {
+    /// Takes the worker's busy share of the last second (‰); true when the level changed.
+    pub fn update(&mut self, busy_permille: u64, now: Instant) -> bool {
+        let since = |d: Duration| self.changed_at.is_none_or(|t| now.saturating_duration_since(t) >= d);
+        let before = self.layers;
+        if busy_permille >= SATURATED_PERMILLE && self.layers < MAX_SHED_LAYERS && (self.layers == 0 || since(SHED_SETTLE)) {
+            self.layers += 1;
+        } else if busy_permille < LIFT_BELOW_PERMILLE && self.layers > 0 && since(LIFT_AFTER) {
+            self.layers -= 1;
+        }
+        if self.layers != before {
+            self.changed_at = Some(now);
+        }
+        self.layers != before
+    }
+
+    /// Layers below the top a track is held (0: none).
+    pub fn layers(&self) -> usize {
+        self.layers
+    }
+
+    /// The ceiling (`TrackDemand::ceiling_bps`) that holds a track with these layers `layers()`
+    /// below its top; its lowest layer stays allowed. None when nothing is shed.
+    pub fn ceiling(&self, layers: &[LayerRate]) -> Option<f64> {
+        let sorted = ascending(layers);
+        if self.layers == 0 || sorted.len() < 2 {
+            return None;
+        }
+        let allowed = sorted.len().saturating_sub(1 + self.layers);
+        Some(sorted[allowed + 1].bps)
     }
 }
 
@@ -496,6 +548,35 @@ mod tests {
         let pinned = TrackDemand { quality: Quality::Medium, ..track(Priority::Other) };
         let got: Vec<String> = plan(&[pinned, track(Priority::Other)], 0.0, None).choices.iter().map(|c| rid(*c)).collect();
         assert_eq!(got, ["m", "h"], "a pinned quality is its own");
+    }
+
+    /// A saturated worker sheds one layer per saturated second once the last step settled, at
+    /// most two; it lifts one layer only after 5 s below 60 % since the last change.
+    #[test]
+    fn a_saturated_worker_sheds_layers_and_lifts_them_slowly() {
+        let t0 = Instant::now();
+        let at = |s: u64| t0 + Duration::from_secs(s);
+        let mut shed = Shed::default();
+        assert!(!shed.update(500, at(0)));
+        assert_eq!(shed.ceiling(&layers()), None, "nothing held with room");
+        assert!(shed.update(950, at(1)));
+        assert_eq!(shed.layers(), 1);
+        let p = plan(&[TrackDemand { ceiling_bps: shed.ceiling(&layers()), ..track(Priority::Speaker) }], 0.0, Some(10_000_000.0));
+        assert_eq!(rid(p.choices[0]), "m", "one below the top although the estimate fits it");
+        assert!(!shed.update(950, at(2)), "the step settles first");
+        assert!(shed.update(950, at(3)));
+        assert!(!shed.update(1000, at(5)), "at most two layers");
+        assert_eq!(shed.ceiling(&layers()), Some(500_000.0), "the lowest layer stays allowed");
+        assert!(!shed.update(300, at(7)), "not lifted before 5 s since the change");
+        assert!(!shed.update(700, at(20)), "not lifted between 60 and 90 %");
+        assert!(shed.update(300, at(21)));
+        assert_eq!(shed.layers(), 1);
+        assert!(!shed.update(300, at(22)));
+        assert!(shed.update(300, at(26)));
+        assert_eq!(shed.layers(), 0);
+        let one = [LayerRate { rid: None, bps: 1_500_000.0 }];
+        assert!(shed.update(950, at(27)));
+        assert_eq!(shed.ceiling(&one), None, "a single layer has nothing to shed to");
     }
 
     #[test]

@@ -135,6 +135,11 @@ impl Sfu {
                     (Some(a), Some(b)) => Some(a.min(b)),
                     (a, b) => a.or(b),
                 };
+                // A saturated worker holds everyone below the top (forwarding costs per packet).
+                let ceiling_bps = match (ceiling_bps, self.shed.ceiling(&layers)) {
+                    (Some(a), Some(b)) => Some(a.min(b)),
+                    (a, b) => a.or(b),
+                };
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
             }
             sources.push((pub_id, audio, video.is_some()));

@@ -315,6 +315,9 @@ pub struct Sfu {
     /// This SFU's busy share of the last second (‰), as its driver measured it: viewer queues
     /// are also bounded by age from `SATURATED_PERMILLE`.
     busy_permille: u64,
+    /// Layers every viewer's simulcast video is held below its top while this worker is
+    /// saturated (`allocator::Shed`).
+    shed: allocator::Shed,
     /// Where a datagram for one of our ufrags goes, when several SFUs (workers) share a port.
     ufrags: Option<UfragIndex>,
     worker: u16,
@@ -381,6 +384,7 @@ impl Sfu {
             custom_limits: HashMap::new(),
             speed_tests: Vec::new(),
             busy_permille: 0,
+            shed: allocator::Shed::default(),
             ufrags: None,
             worker: 0,
             pipes: HashMap::new(),
@@ -398,9 +402,29 @@ impl Sfu {
         self
     }
 
-    /// The driver's measure of how busy this SFU's task is (‰ of the last second).
-    pub fn set_busy_permille(&mut self, permille: u64) {
+    /// The driver's measure of how busy this SFU's task is (‰ of the last second), once a
+    /// second: past saturation its viewers are shed to lower simulcast layers, and brought back
+    /// when it has room again (`allocator::Shed`).
+    pub fn set_busy_permille(&mut self, permille: u64, now: Instant) {
         self.busy_permille = permille;
+        if self.shed.update(permille, now) {
+            let layers = self.shed.layers();
+            if layers > 0 {
+                self.counters.layer_sheds.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                tracing::warn!(worker = self.worker, busy = permille, layers, "media worker saturated: viewers held below their top simulcast layer");
+            } else {
+                tracing::info!(worker = self.worker, busy = permille, "media worker has room again: viewers' layers no longer held");
+            }
+            let viewers: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id).collect();
+            for id in viewers {
+                self.allocate(id, now);
+            }
+        }
+    }
+
+    /// Layers this worker's viewers are held below their top (0 unless saturated).
+    pub fn shed_layers(&self) -> usize {
+        self.shed.layers()
     }
 
     fn index_ufrag(&mut self, ufrag: &str, id: u64) {

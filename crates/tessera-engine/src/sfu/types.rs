@@ -77,6 +77,8 @@ pub struct SfuCounters {
     pub datagrams_dropped: AtomicU64,
     /// Messages that carried several of those datagrams as UDP GSO segments.
     pub gso_messages: AtomicU64,
+    /// Steps by which a saturated worker held its viewers one simulcast layer lower.
+    pub layer_sheds: AtomicU64,
     /// Datagrams read but dropped because the worker they were for had 256 batches waiting
     /// (several workers only).
     pub ingress_dropped: AtomicU64,
