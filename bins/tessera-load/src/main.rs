@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tessera_rtc::str0m::change::{SdpAnswer, SdpPendingOffer};
-use tessera_rtc::str0m::media::{Direction, MediaKind, Mid, Pt};
+use tessera_rtc::str0m::media::{Direction, MediaKind, Mid, Pt, Rid, Simulcast, SimulcastLayer};
 use tessera_rtc::str0m::net::{Protocol, Receive};
 use tessera_rtc::str0m::rtp::{Extension, ExtensionValues, RtpWrite};
 use tessera_rtc::str0m::{Candidate, Event, Input, Output, Rtc};
@@ -76,6 +76,10 @@ struct Args {
     /// `--packet-bytes` packets: what batching by size (UDP GSO) meets from real publishers.
     #[arg(long)]
     browser_packets: bool,
+    /// Publishers send simulcast: `h` (the video as configured) and `l` (a tenth of the rate, one
+    /// packet a frame), each with its rid, as a browser's two-layer simulcast.
+    #[arg(long)]
+    simulcast: bool,
     /// Local address the clients bind.
     #[arg(long, default_value = "127.0.0.1")]
     bind_ip: std::net::IpAddr,
@@ -195,7 +199,13 @@ async fn offer_peer(args: &Args, dir: Direction) -> (Rtc, UdpSocket, Vec<Mid>, S
     let mut rtc = config.build(Instant::now());
     rtc.add_local_candidate(Candidate::host(local, "udp").unwrap());
     let mut change = rtc.sdp_api();
-    let mids = vec![change.add_media(MediaKind::Audio, dir, None, None, None), change.add_media(MediaKind::Video, dir, None, None, None)];
+    let simulcast = (dir == Direction::SendOnly && args.simulcast).then(|| {
+        let mut s = Simulcast::new();
+        s.add_send_layer(SimulcastLayer::new("h"));
+        s.add_send_layer(SimulcastLayer::new("l"));
+        s
+    });
+    let mids = vec![change.add_media(MediaKind::Audio, dir, None, None, None), change.add_media(MediaKind::Video, dir, None, None, simulcast)];
     let (offer, pending) = change.apply().expect("an offer");
     (rtc, socket, mids, offer.to_sdp_string(), pending)
 }
@@ -537,7 +547,8 @@ async fn run(args: Args) {
         let (rtc, socket, mids) = connect(&args, &fill(&args.whip_url, &args, &room, &user, ""), &token, Direction::SendOnly).await.expect("the publisher was refused (503)");
         let sent = (p == 0).then(|| sent.clone());
         let browser_frames = args.browser_packets.then_some(frame_bytes);
-        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent, browser_frames));
+        let low_layer = args.simulcast.then_some((frame_bytes / 10).clamp(1, args.packet_bytes));
+        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, sent, browser_frames, low_layer));
     }
 
     let stats: Arc<Mutex<Vec<SubscriberStats>>> = Arc::new(Mutex::new(vec![SubscriberStats::default(); args.subscribers]));
@@ -622,6 +633,7 @@ fn spawn_publisher(
     fps: u64,
     sent: Option<Arc<Mutex<HashMap<u32, Instant>>>>,
     browser_frames: Option<usize>,
+    low_layer: Option<usize>,
 ) -> tokio::task::JoinHandle<()> {
     let (audio_mid, video_mid) = (mids[0], mids[1]);
     tokio::spawn(async move {
@@ -641,6 +653,12 @@ fn spawn_publisher(
         let (mut ext_v, mut ext_a) = (ExtensionValues::default(), ExtensionValues::default());
         ext_v.mid = Some(video_mid);
         ext_a.mid = Some(audio_mid);
+        // Simulcast: the configured video is the top layer "h"; "l" is one packet a frame.
+        let top_rid = low_layer.map(|_| Rid::from("h"));
+        ext_v.rid = top_rid;
+        let mut ext_low = ext_v.clone();
+        ext_low.rid = Some(Rid::from("l"));
+        let mut seq_low: u64 = 1;
         let tick = move |rtc: &mut Rtc, now: Instant, keyframe: bool| {
             let pt_v: Pt = 108.into();
             let pt_a: Pt = 111.into();
@@ -653,7 +671,16 @@ fn spawn_publisher(
                 m.remove(&ts_v.wrapping_sub((10 * 90_000) as u32));
             }
             let mut api = rtc.direct_api();
-            if let (Some(tx), Some(mean)) = (api.stream_tx_by_mid(video_mid, None), browser_frames) {
+            if let (Some(tx), Some(bytes)) = (api.stream_tx_by_mid(video_mid, Some(Rid::from("l"))).filter(|_| low_layer.is_some()), low_layer) {
+                let mut payload = vec![0x41u8; bytes];
+                if gop || keyframe {
+                    payload[0] = 0x65;
+                    payload[1] = 0x88;
+                }
+                tx.write_rtp(RtpWrite::new(pt_v, seq_low.into(), ts_v, now, payload).marker(true).nackable(true).ext_vals(ext_low.clone()));
+                seq_low += 1;
+            }
+            if let (Some(tx), Some(mean)) = (api.stream_tx_by_mid(video_mid, top_rid), browser_frames) {
                 let sizes = browser_packet_sizes(mean, frame, gop || keyframe, packet_bytes);
                 let n = sizes.len();
                 for (i, size) in sizes.into_iter().enumerate() {
@@ -665,7 +692,7 @@ fn spawn_publisher(
                     tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == n).nackable(true).ext_vals(ext_v.clone()));
                     seq_v += 1;
                 }
-            } else if let Some(tx) = api.stream_tx_by_mid(video_mid, None) {
+            } else if let Some(tx) = api.stream_tx_by_mid(video_mid, top_rid) {
                 for i in 0..packets_per_frame {
                     let payload = if (gop || keyframe) && i == 0 { idr.clone() } else { video.clone() };
                     tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == packets_per_frame).nackable(true).ext_vals(ext_v.clone()));

@@ -156,7 +156,7 @@ pub async fn start(
         .unwrap();
         let mut rtc = rtc;
         rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).expect("an SDP answer")).expect("answer accepted");
-        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, None, None));
+        tasks.push(spawn_publisher(rtc, socket, mids, until, frame_period, packets_per_frame, args.packet_bytes, args.fps, None, None, None));
         sockets.push(ws_back);
     }
     // Everyone publishes; now everyone subscribes to everyone else.
