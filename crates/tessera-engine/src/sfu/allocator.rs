@@ -186,10 +186,11 @@ impl Shed {
     /// The ceiling (`TrackDemand::ceiling_bps`) that holds a track with these layers `layers()`
     /// below its top; its lowest layer stays allowed. None when nothing is shed.
     pub fn ceiling(&self, layers: &[LayerRate]) -> Option<f64> {
-        let sorted = ascending(layers);
-        if self.layers == 0 || sorted.len() < 2 {
+        // Checked first: the allocator asks for every track at every allocation.
+        if self.layers == 0 || layers.len() < 2 {
             return None;
         }
+        let sorted = ascending(layers);
         let allowed = sorted.len().saturating_sub(1 + self.layers);
         Some(sorted[allowed + 1].bps)
     }
