@@ -89,6 +89,14 @@ pub struct TrackDemand {
     pub ceiling_bps: Option<f64>,
 }
 
+/// The lower of two ceilings, either of which may be absent.
+pub fn lower_ceiling(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// The ceiling (`TrackDemand::ceiling_bps`) that keeps a track at or below the layer it
 /// forwards: the rate of the next layer up, if there is one.
 pub fn up_ceiling(current: Option<LayerChoice>, layers: &[LayerRate]) -> Option<f64> {

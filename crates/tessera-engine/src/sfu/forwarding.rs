@@ -131,15 +131,9 @@ impl Sfu {
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
                 let layers: Vec<LayerRate> = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
-                let ceiling_bps = match (ceiling_bps, queueing.then(|| allocator::up_ceiling(current, &layers)).flatten()) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(current, &layers)).flatten());
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
-                let ceiling_bps = match (ceiling_bps, self.shed.ceiling(&layers)) {
-                    (Some(a), Some(b)) => Some(a.min(b)),
-                    (a, b) => a.or(b),
-                };
+                let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
             }
             sources.push((pub_id, audio, video.is_some()));
