@@ -357,12 +357,12 @@ impl TestNet {
         // Re-plumb: host_if <-> ms (mid), mc (mid) <-> client_if (client ns).
         must(&["ip", "link", "del", &net.host_if]);
         let (ms, mc) = (format!("tms{n}"), format!("tmc{n}"));
-        must(&["ip", "link", "add", &net.host_if, "type", "veth", "peer", "name", &ms]);
-        must(&["ip", "link", "set", &ms, "netns", &mid]);
-        must(&["ip", "addr", "add", &format!("{}/24", net.host_ip), "dev", &net.host_if]);
         // The server's UDP GSO messages (a frame to one viewer) are cut into datagrams before
         // linkem reads them, as a NIC cuts them before the wire: loss and queueing per datagram.
-        must(&["ip", "link", "set", "dev", &net.host_if, "gso_max_segs", "1"]);
+        // (Set at creation: kernels before 5.19 cannot change it afterwards.)
+        must(&["ip", "link", "add", &net.host_if, "gso_max_segs", "1", "type", "veth", "peer", "name", &ms]);
+        must(&["ip", "link", "set", &ms, "netns", &mid]);
+        must(&["ip", "addr", "add", &format!("{}/24", net.host_ip), "dev", &net.host_if]);
         must(&["ip", "link", "set", &net.host_if, "up"]);
         must(&["ip", "netns", "exec", &net.ns, "ip", "link", "add", &net.client_if, "type", "veth", "peer", "name", &mc]);
         must(&["ip", "netns", "exec", &net.ns, "ip", "link", "set", &mc, "netns", &mid]);
