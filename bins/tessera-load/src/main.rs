@@ -610,8 +610,6 @@ async fn measure(
     report(args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a), &lat);
 }
 
-/// A WHIP (or `pub`) publisher of synthetic H.264-shaped video and audio; `sent` records each
-/// video frame's send time under its RTP timestamp (for the latency measurement).
 /// A browser-like frame: `mean` bytes ±25 % (a keyframe 3×, deterministic per frame number),
 /// cut into the fewest packets of at most `max` bytes, their sizes within one byte.
 fn browser_packet_sizes(mean: usize, frame: u64, keyframe: bool, max: usize) -> Vec<usize> {
@@ -621,6 +619,21 @@ fn browser_packet_sizes(mean: usize, frame: u64, keyframe: bool, max: usize) -> 
     (0..n).map(|i| size / n + usize::from(i >= n - size % n)).collect()
 }
 
+/// A synthetic H.264 packet payload of `size` bytes: a non-IDR slice, or the start of an IDR
+/// one (what the SFU reads as a keyframe).
+fn video_payload(size: usize, idr_start: bool) -> Vec<u8> {
+    let mut payload = vec![0x41u8; size];
+    if idr_start {
+        payload[0] = 0x65;
+        if size > 1 {
+            payload[1] = 0x88;
+        }
+    }
+    payload
+}
+
+/// A WHIP (or `pub`) publisher of synthetic H.264-shaped video and audio; `sent` records each
+/// video frame's send time under its RTP timestamp (for the latency measurement).
 #[allow(clippy::too_many_arguments)]
 fn spawn_publisher(
     rtc: Rtc,
@@ -642,9 +655,8 @@ fn spawn_publisher(
         let mut frame: u64 = 0;
         let started = Instant::now();
         let mut audio_due = Duration::ZERO;
-        let video = vec![0x41u8; packet_bytes];
-        let mut idr = vec![0x65u8; packet_bytes];
-        idr[1] = 0x88;
+        let video = video_payload(packet_bytes, false);
+        let idr = video_payload(packet_bytes, true);
         let audio = vec![0xfcu8; 120];
         let video: Arc<[u8]> = video.into();
         let idr: Arc<[u8]> = idr.into();
@@ -654,10 +666,10 @@ fn spawn_publisher(
         ext_v.mid = Some(video_mid);
         ext_a.mid = Some(audio_mid);
         // Simulcast: the configured video is the top layer "h"; "l" is one packet a frame.
-        let top_rid = low_layer.map(|_| Rid::from("h"));
+        let (top_rid, low_rid) = (low_layer.map(|_| Rid::from("h")), Rid::from("l"));
         ext_v.rid = top_rid;
         let mut ext_low = ext_v.clone();
-        ext_low.rid = Some(Rid::from("l"));
+        ext_low.rid = Some(low_rid);
         let mut seq_low: u64 = 1;
         let tick = move |rtc: &mut Rtc, now: Instant, keyframe: bool| {
             let pt_v: Pt = 108.into();
@@ -671,12 +683,8 @@ fn spawn_publisher(
                 m.remove(&ts_v.wrapping_sub((10 * 90_000) as u32));
             }
             let mut api = rtc.direct_api();
-            if let (Some(tx), Some(bytes)) = (api.stream_tx_by_mid(video_mid, Some(Rid::from("l"))).filter(|_| low_layer.is_some()), low_layer) {
-                let mut payload = vec![0x41u8; bytes];
-                if gop || keyframe {
-                    payload[0] = 0x65;
-                    payload[1] = 0x88;
-                }
+            if let Some((bytes, tx)) = low_layer.and_then(|bytes| api.stream_tx_by_mid(video_mid, Some(low_rid)).map(|tx| (bytes, tx))) {
+                let payload = video_payload(bytes, gop || keyframe);
                 tx.write_rtp(RtpWrite::new(pt_v, seq_low.into(), ts_v, now, payload).marker(true).nackable(true).ext_vals(ext_low.clone()));
                 seq_low += 1;
             }
@@ -684,11 +692,7 @@ fn spawn_publisher(
                 let sizes = browser_packet_sizes(mean, frame, gop || keyframe, packet_bytes);
                 let n = sizes.len();
                 for (i, size) in sizes.into_iter().enumerate() {
-                    let mut payload = vec![0x41u8; size];
-                    if (gop || keyframe) && i == 0 {
-                        payload[0] = 0x65;
-                        payload[1] = 0x88;
-                    }
+                    let payload = video_payload(size, (gop || keyframe) && i == 0);
                     tx.write_rtp(RtpWrite::new(pt_v, seq_v.into(), ts_v, now, payload).marker(i + 1 == n).nackable(true).ext_vals(ext_v.clone()));
                     seq_v += 1;
                 }

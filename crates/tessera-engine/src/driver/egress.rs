@@ -1,12 +1,12 @@
 //! The media task's UDP egress: the datagrams one turn of the loop produced go, as one batch,
 //! to a thread of their own that writes them with `sendmmsg(2)` (many datagrams, many
 //! destinations, one system call). Within a batch, a destination's equal-size datagrams (a
-//! frame's packets to one viewer) go as one UDP GSO message (`tessera-udp`): the kernel's send
-//! path then runs once per message instead of once per datagram. The kernel's send path — on loopback it also delivers to
-//! the receiving socket — is then paid on another core while the media task goes on with the
-//! next packets, and a batch costs one wake-up instead of one call per copy. A process with one
-//! core (`taskset`, a one-CPU container) writes inline instead: there the thread could only
-//! take turns with the media task, at a context switch per batch.
+//! frame's packets to one viewer) go as one UDP GSO message (`tessera-udp`), so the kernel's
+//! send path runs once per message instead of once per datagram. That path — on loopback it
+//! also delivers to the receiving socket — is paid on another core while the media task goes
+//! on with the next packets, and a batch costs one wake-up instead of one call per copy. A
+//! process with one core (`taskset`, a one-CPU container) writes inline instead: there the
+//! thread could only take turns with the media task, at a context switch per batch.
 //!
 //! The queue is bounded and pushes back: when the writer is that far behind (the machine is past
 //! capacity) the media task waits for room rather than dropping datagrams at random — which
@@ -23,7 +23,7 @@ use std::sync::Arc;
 /// a few ms of a saturated core.
 const QUEUED_BATCHES: usize = 64;
 /// Datagrams a batch is expected to hold (its allocation is reused).
-const PER_CALL: usize = 256;
+const BATCH_CAPACITY: usize = 256;
 
 pub(super) type Batch = Vec<(Vec<u8>, SocketAddr)>;
 
@@ -61,7 +61,7 @@ impl Egress {
     }
 
     fn inline(socket: std::net::UdpSocket, counters: Arc<SfuCounters>, gso: bool) -> Egress {
-        Egress { batch: Vec::with_capacity(PER_CALL), to: To::Inline(Writer::new(socket, gso)), counters }
+        Egress { batch: Vec::with_capacity(BATCH_CAPACITY), to: To::Inline(Writer::new(socket, gso)), counters }
     }
 
     fn threaded(socket: std::net::UdpSocket, counters: Arc<SfuCounters>, gso: bool) -> std::io::Result<Egress> {
@@ -76,7 +76,7 @@ impl Egress {
                 let _ = recycle.try_send(batch);
             }
         })?;
-        Ok(Egress { batch: Vec::with_capacity(PER_CALL), to: To::Thread { to_writer, recycled }, counters })
+        Ok(Egress { batch: Vec::with_capacity(BATCH_CAPACITY), to: To::Thread { to_writer, recycled }, counters })
     }
 
     pub(super) fn push(&mut self, datagram: Vec<u8>, to: SocketAddr) {
@@ -94,7 +94,7 @@ impl Egress {
                 self.batch.clear();
             }
             To::Thread { to_writer, recycled } => {
-                let next = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(PER_CALL));
+                let next = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH_CAPACITY));
                 let batch = std::mem::replace(&mut self.batch, next);
                 if let Err(lost) = to_writer.send(batch).await {
                     // The writer thread is gone (it never ends on its own).
@@ -210,10 +210,13 @@ impl Plan {
         let mut start = 0;
         while start < order.len() {
             let (to, size) = (batch[order[start]].1, batch[order[start]].0.len());
+            // Segments of `size` bytes one message may carry (an empty datagram, or one too
+            // large to be a segment size, goes alone).
+            let room = if size == 0 || size > usize::from(u16::MAX) { 1 } else { tessera_udp::MAX_SEGMENTS.min(tessera_udp::MAX_MESSAGE_BYTES / size) };
             let mut end = start + 1;
-            while end < order.len() && end - start < tessera_udp::MAX_SEGMENTS && (end - start + 1) * size <= tessera_udp::MAX_MESSAGE_BYTES {
+            while end < order.len() && end - start < room {
                 let (next_to, next_len) = (batch[order[end]].1, batch[order[end]].0.len());
-                if next_to != to || next_len > size || next_len == 0 || size > usize::from(u16::MAX) {
+                if next_to != to || next_len > size || next_len == 0 {
                     break;
                 }
                 end += 1;

@@ -415,10 +415,15 @@ impl Sfu {
             } else {
                 tracing::info!(worker = self.worker, busy = permille, "media worker has room again: viewers' layers no longer held");
             }
-            let viewers: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id).collect();
-            for id in viewers {
-                self.allocate(id, now);
-            }
+            self.allocate_all(now);
+        }
+    }
+
+    /// Re-chooses every viewer's layers (`allocate`).
+    fn allocate_all(&mut self, now: Instant) {
+        let viewers: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id).collect();
+        for id in viewers {
+            self.allocate(id, now);
         }
     }
 
@@ -804,10 +809,7 @@ impl Sfu {
             }
             true
         });
-        let viewers: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id).collect();
-        for v in viewers {
-            self.allocate(v, now);
-        }
+        self.allocate_all(now);
         self.choose_tap_layers(now);
         self.tell_watchers();
         self.signals_tick(now);
