@@ -44,7 +44,7 @@ COLLECT = """async (pc) => {
         framesDecoded: x.framesDecoded || 0, freezeCount: x.freezeCount || 0, freezeSeconds: x.totalFreezesDuration || 0,
         videoBytes: x.bytesReceived || 0, videoLost: x.packetsLost || 0, videoReceived: x.packetsReceived || 0,
         nacks: x.nackCount || 0, plis: x.pliCount || 0, jitterMs: (x.jitter || 0) * 1000,
-        fecReceived: x.fecPacketsReceived || 0, rtxReceived: x.retransmittedPacketsReceived || 0, videoCodec: (r.get(x.codecId) || {}).mimeType || '',
+        keyframes: x.keyFramesDecoded || 0, framesDropped: x.framesDropped || 0, jbDelay: x.jitterBufferDelay || 0, jbTarget: x.jitterBufferTargetDelay || 0, jbMin: x.jitterBufferMinimumDelay || 0, jbCount: x.jitterBufferEmittedCount || 0, fecReceived: x.fecPacketsReceived || 0, rtxReceived: x.retransmittedPacketsReceived || 0, videoCodec: (r.get(x.codecId) || {}).mimeType || '',
         jitterBufferMs: x.jitterBufferEmittedCount ? 1000 * x.jitterBufferDelay / x.jitterBufferEmittedCount : 0});
     }
     if (x.type === 'inbound-rtp' && x.kind === 'audio') {

@@ -378,7 +378,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
     }
     let start = out["start"].as_f64().expect("start");
     let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
-    let samples = out["samples"]
+    let samples: Vec<Sample> = out["samples"]
         .as_array()
         .expect("samples")
         .iter()
@@ -421,6 +421,23 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
     let link = net.link("stats");
     assert_eq!(link["down"]["gso_frames"], 0, "the link is emulated per datagram: {link}");
     drop(server);
+    if std::env::var_os("NET_PRINT").is_some() {
+        for x in &samples {
+            eprintln!(
+                "sample abs={:.2} t={:.1} h={} fps={:.0} frames={} freeze={:.2} lost={} recv={} rtt={:?} jb={:.0}",
+                (x.t + start) % 86400.0,
+                x.t,
+                x.height,
+                x.fps,
+                x.frames,
+                x.freeze_s,
+                x.lost,
+                x.received,
+                x.rtt_ms,
+                x.jitter_buffer_ms
+            );
+        }
+    }
     Run { mode, samples, link, publisher: out["publisher"].clone() }
 }
 
@@ -529,10 +546,13 @@ fn five_percent_loss_each_way_is_repaired_audio_by_red_and_video_in_time() {
     // Without RED the viewer conceals about as much audio as is lost (5 %, measured); with it
     // each packet carries the one before, so only two losses in a row are concealed.
     assert!(r.concealed_pct(5.0) < 2.0, "audio concealment under 2 % with RED: {s}");
-    // Retransmissions arrive within the playout delay the viewer is asked for: freezes are
-    // rare and short (measured 0.2-0.9 s over the run; 0.5-2.0 s without the playout delay).
+    // Retransmissions arrive within the playout delay the viewer is asked for, a lost resend
+    // is covered by its copy: freezes are rare and short (measured after the first 5 s:
+    // 0-0.21 s in 6 runs; 0-0.9 s with one copy and RTT + 60 ms; 0.5-2.0 s over the run
+    // without the playout delay).
     assert!(r.longest_freeze() < 1.0, "no freeze of a second: {s}");
     assert!(r.last().freeze_s < 1.5, "{s}");
+    assert!(r.freeze_between(5.0, f64::MAX) < 0.5, "under 0.5 s of freeze in the last 20 s: {s}");
 }
 
 #[test]

@@ -163,6 +163,9 @@ pub(super) struct Consumer {
     pub(super) codec: Option<Codec>,
     /// Audio to a viewer that negotiated RED: sent wrapped, each packet carrying the one before.
     pub(super) red: Option<super::red::RedSender>,
+    /// Video: how many times each packet its viewer NACKs is resent (2 on a link that loses
+    /// at random, `forwarding::resend_copies`).
+    pub(super) resend_copies: u8,
     /// The simulcast layer its queue last forced a cut of, and when; and when it first sent.
     cut: Option<(Instant, u64, Rid)>,
     first_sent_at: Option<Instant>,
@@ -205,6 +208,7 @@ impl Consumer {
             sent: None,
             codec: None,
             red: None,
+            resend_copies: 1,
             cut: None,
             first_sent_at: None,
         }

@@ -178,6 +178,14 @@ impl Sfu {
         if video_loss >= PLAYOUT_LOSSY && net.rtt.is_some() {
             *lossy_at = Some(now);
         }
+        let copies = resend_copies(*lossy_at, video_loss, net.queueing(), now);
+        for c in consumers.iter_mut().filter(|c| c.kind == MediaKind::Video && c.resend_copies != copies) {
+            tracing::debug!(mid = %c.mid, copies, "resend copies");
+            c.resend_copies = copies;
+            if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(c.mid, None) {
+                tx.set_resend_copies(copies);
+            }
+        }
         let wanted = playout_delay(*playout_min, *lossy_at, net.rtt, now);
         if wanted != *playout_min {
             tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
@@ -610,6 +618,7 @@ impl Sfu {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
         let Role::Viewer { consumers, .. } = &viewer.role else { return };
         let Some(c) = consumers.iter().find(|c| c.mid == mid) else { return };
+        tracing::debug!(parent: &viewer.span, %mid, current = ?c.current, "keyframe request from the viewer");
         let Some(pub_id) = self.publisher_in(&viewer.spec.room, &c.source) else { return };
         let rid = match c.current {
             Some((p, rid)) if p == pub_id => rid,

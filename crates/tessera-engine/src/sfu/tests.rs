@@ -300,11 +300,22 @@ fn a_lossy_viewer_is_asked_for_a_playout_delay_held_and_moved_only_by_20_ms() {
     let ms = Duration::from_millis;
     assert_eq!(playout_delay(None, None, Some(ms(50)), t0), None, "a clean link adds no latency");
     assert_eq!(playout_delay(None, Some(t0), None, t0), None, "no RTT yet");
-    assert_eq!(playout_delay(None, Some(t0), Some(ms(50)), t0), Some(ms(110)));
-    assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(65)), t0), Some(ms(110)), "a small move is ignored");
-    assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(80)), t0), Some(ms(140)));
+    assert_eq!(playout_delay(None, Some(t0), Some(ms(50)), t0), Some(ms(170)), "an RTT and the browser's NACK retry");
+    assert_eq!(playout_delay(Some(ms(170)), Some(t0), Some(ms(65)), t0), Some(ms(170)), "a small move is ignored");
+    assert_eq!(playout_delay(Some(ms(170)), Some(t0), Some(ms(80)), t0), Some(ms(200)));
     assert_eq!(playout_delay(None, Some(t0), Some(ms(900)), t0), Some(ms(400)), "at most 400 ms");
-    assert_eq!(playout_delay(Some(ms(110)), Some(t0), Some(ms(50)), t0 + PLAYOUT_HOLD), None, "10 s without loss");
+    assert_eq!(playout_delay(Some(ms(170)), Some(t0), Some(ms(50)), t0 + PLAYOUT_HOLD), None, "10 s without loss");
+}
+
+#[test]
+fn resends_go_twice_only_on_a_link_losing_at_random_and_not_too_much() {
+    let t0 = Instant::now();
+    assert_eq!(resend_copies(None, 0.0, false, t0), 1, "a clean link");
+    assert_eq!(resend_copies(Some(t0), 0.05, false, t0), 2, "5 % loss, no queue");
+    assert_eq!(resend_copies(Some(t0), 0.0, false, t0 + Duration::from_secs(3)), 2, "held through a second without loss");
+    assert_eq!(resend_copies(Some(t0), 0.05, true, t0), 1, "a link that queues loses from congestion");
+    assert_eq!(resend_copies(Some(t0), 0.2, false, t0), 1, "too costly at 20 %");
+    assert_eq!(resend_copies(Some(t0), 0.0, false, t0 + PLAYOUT_HOLD), 1, "10 s without loss");
 }
 
 #[test]
