@@ -36,8 +36,10 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from browser import CHROMIUM_ARGS, goto  # noqa: E402
 
 COLLECT = """async (pc) => {
+  // play.html starts a lost connection over: between two sessions it has none.
+  const s = {t: Date.now() / 1000, restarts: (window.tessera && window.tessera.restarts) || 0};
+  if (!pc) return s;
   const r = await pc.getStats();
-  const s = {t: Date.now() / 1000};
   r.forEach(x => {
     if (x.type === 'inbound-rtp' && x.kind === 'video') {
       Object.assign(s, {width: x.frameWidth || 0, height: x.frameHeight || 0, fps: x.framesPerSecond || 0,
