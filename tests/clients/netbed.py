@@ -245,6 +245,8 @@ def main():
                     l["kbps"] = round((l["bytesSent"] - before["bytesSent"]) * 8 / 1000 / took)
                 publishers.append(layers)
             out["publisher"] = publishers[0] if not meeting else publishers
+            if a.mode == "sfu":
+                out["publisher_restarts"] = sum(pub.evaluate("window.tessera.restarts || 0") for pub in pubs)
         finally:
             pub_browser.close()
             view_browser.close()

@@ -79,6 +79,8 @@ struct Run {
     link: Value,
     /// What the publisher sent: per layer its rid, picture size and kbit/s while sampled.
     publisher: Value,
+    /// How many times publish.html published again as a new session (a lost connection).
+    publisher_restarts: u64,
 }
 
 impl Run {
@@ -441,7 +443,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
             );
         }
     }
-    Run { mode, samples, link, publisher: out["publisher"].clone() }
+    Run { mode, samples, link, publisher: out["publisher"].clone(), publisher_restarts: out["publisher_restarts"].as_u64().unwrap_or(0) }
 }
 
 /// The link of the bandwidth scenarios: 20 ms each way (40 ms unloaded RTT).
@@ -491,6 +493,9 @@ const UPLINK_STEP: Scenario = Scenario {
 /// layers from 960x540 up, two at 640x360): four 720p30 simulcast encoders overload two cores
 /// (measured: 17-20 fps, a keyframe a second), which is not the network's doing.
 const MEETING_1200: Scenario = Scenario { name: "meeting-1200", link: &[BASE_DELAY, "down rate=1200 queue=300"], seconds: 30.0, publishers: 4, camera: ("960x540", 15), ..ONE };
+
+/// The same outage on the publisher's link.
+const PUBLISHER_OUTAGE: Scenario = Scenario { name: "publisher-outage", publisher_shaped: true, ..OUTAGE };
 
 /// The viewer's link goes dark both ways for 20 s (a train tunnel, a dropped Wi-Fi): longer
 /// than the server waits for a silent peer (15 s), so the session is gone when the link
@@ -579,6 +584,20 @@ fn a_player_whose_link_went_dark_starts_over_and_plays_again() {
 }
 
 #[test]
+fn a_publisher_whose_link_went_dark_publishes_again_to_the_same_viewer() {
+    let r = sfu_run(&PUBLISHER_OUTAGE);
+    let s = r.summary(0.0);
+    let frames_at = |t: f64| r.at_or_after(t).frames;
+    assert!(frames_at(3.0) > 30, "playing before the outage: {s}");
+    // The server ended the silent publisher after 15 s; publish.html's ICE restart finds the
+    // session gone and publishes the camera again; the viewer's session stays and plays it.
+    assert!(r.publisher_restarts >= 1, "published again: {s}");
+    let end = r.last().t;
+    let last_5s = frames_at(end).saturating_sub(frames_at(end - 5.0));
+    assert!(last_5s > 30, "the viewer plays again at the end ({last_5s} frames in the last 5 s): {s}");
+}
+
+#[test]
 fn a_viewer_of_four_on_1200_kbits_sees_the_speaker_best_and_nobody_starve() {
     let r = sfu_run(&MEETING_1200);
     let s = r.meeting_summary(10.0);
@@ -613,7 +632,7 @@ fn a_viewer_of_four_on_1200_kbits_sees_the_speaker_best_and_nobody_starve() {
 fn bench_scenarios_side_by_side_with_a_direct_call() {
     let _g = serial();
     let only = std::env::var("NET_SCENARIO").unwrap_or_default();
-    for scenario in [&CAPPED_600, &CAPPED_700, &RATE_STEP, &UPLINK_STEP, &CLEAN, &LOSS_5, &BURST_10, &MEETING_1200, &OUTAGE] {
+    for scenario in [&CAPPED_600, &CAPPED_700, &RATE_STEP, &UPLINK_STEP, &CLEAN, &LOSS_5, &BURST_10, &MEETING_1200, &OUTAGE, &PUBLISHER_OUTAGE] {
         if !only.is_empty() && !only.split(',').any(|s| s == scenario.name) {
             continue;
         }
