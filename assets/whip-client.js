@@ -47,3 +47,36 @@ function whipDeleteOnPageHide(getLocation, getToken) {
     if (location) fetch(location, { method: 'DELETE', keepalive: true, headers: { 'Authorization': `Bearer ${getToken()}` } });
   });
 }
+
+// The pages' recovery of a lost connection (a browser does not retry a failed ICE, and the server
+// ends a peer it has not heard from for 15 s): `recover(why)` runs when the connection given to
+// `check` has not come up within the wait, has failed, or has stayed disconnected that long, one
+// recovery at a time. Waits of 10, 20, then 30 s over successive tries; a connection resets
+// them. `again(why)` tries once more after the next wait (the server was not reachable).
+class ConnectionWatch {
+  #timer = null;
+  #tries = 0;
+  #busy = false;
+  constructor(recover) { this.recover = recover; }
+  #wait() { return 10000 * Math.min(this.#tries + 1, 3); }
+  check(pc) {
+    clearTimeout(this.#timer);
+    if (!pc) return;
+    const s = pc.connectionState;
+    if (s === 'connected') { this.#tries = 0; return; }
+    if (s === 'failed') { this.#run('the connection failed'); return; }
+    const wait = this.#wait();
+    this.#timer = setTimeout(() => this.#run(`not connected for ${wait / 1000} s`), wait);
+  }
+  again(why) {
+    clearTimeout(this.#timer);
+    this.#timer = setTimeout(() => this.#run(why), this.#wait());
+  }
+  stop() { clearTimeout(this.#timer); this.#tries = 0; }
+  async #run(why) {
+    if (this.#busy) return;
+    this.#busy = true;
+    this.#tries++;
+    try { await this.recover(why); } finally { this.#busy = false; }
+  }
+}
