@@ -256,10 +256,8 @@ fn ten_percent_loss_on_the_viewer_leg_is_repaired() {
     // the same lossy link.
     let lost = s["videoPacketsLost"].as_f64().unwrap();
     let resent = s["retransmittedPacketsReceived"].as_f64().unwrap();
-    // Over the whole run, not play.html's last 3 s: on such a link the server resends a packet
-    // lost alone twice, and duplicates count as received in RTP's cumulative loss (RFC 3550
-    // §6.4.1), which Chrome's packetsLost follows (measured: 3.9 % in the last 3 s, 8.1 % over
-    // the run).
+    // Over the whole run, not play.html's last 3 s: ~150 video packets are too few to tell 10 %
+    // loss (measured once: 3.9 % in the last 3 s, 8.1 % over the run).
     assert!(lost > 0.0 && s["lossPctTotal"].as_f64().unwrap() > 4.0, "the link was lossy: {r}");
     assert!(resent >= 0.7 * lost, "NACKs were served: {r}");
 }
