@@ -6,6 +6,7 @@
 #
 #   benches/sfu_storm.sh [BIN] [N] [PARALLEL]      (defaults: target/release/tessera 700 50)
 #   WORKERS=1 benches/sfu_storm.sh …               (--media-workers; default one per core)
+#   LOAD=/path/to/tessera-load benches/sfu_storm.sh …   (another build of the load tool)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bin=${1:-target/release/tessera}; n=${2:-700}; par=${3:-50}
@@ -18,6 +19,6 @@ RUST_LOG=warn "$bin" serve "${workers[@]}" --data-dir "$dir" --http-addr "$http"
 pid=$!
 trap 'kill $pid 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 50); do [ -f "$dir/admin.key" ] && grep -q "HTTP API" "$dir/out" && break; sleep 0.2; done
-target/release/tessera-load --server "http://$http" --api-key "$(cat "$dir/admin.key")" --room storm --subscribers "$n" \
+"${LOAD:-target/release/tessera-load}" --server "http://$http" --api-key "$(cat "$dir/admin.key")" --room storm --subscribers "$n" \
   --connect-parallel "$par" --duration 10 --server-pid "$pid" --json 2>/dev/null |
   python3 -c 'import json, sys; j = json.load(sys.stdin); print(json.dumps({k: j.get(k) for k in ["subscribers", "refused", "forwarded_pps", "server_cpu_cores", "connect_s", "loss_pct", "latency_ms"]}))'

@@ -552,16 +552,22 @@ async fn run(args: Args) {
     }
 
     let stats: Arc<Mutex<Vec<SubscriberStats>>> = Arc::new(Mutex::new(vec![SubscriberStats::default(); args.subscribers]));
+    // Tokens are minted before the storm, as an app's backend hands each viewer its token with
+    // the page: minted inside it, the API's 100 requests/s per key paced the storm (700 viewers
+    // took ≥ 6 s of minting alone).
+    let mut tokens = Vec::with_capacity(args.subscribers);
+    for s in 0..args.subscribers {
+        tokens.push(mint_off_thread(&args, &room_of(&args, s % args.publishers.max(1)), &format!("sub{s}"), 21).await);
+    }
     let storm_start = Instant::now();
     let permits = Arc::new(tokio::sync::Semaphore::new(args.connect_parallel.max(1)));
     let mut connecting = Vec::new();
-    for s in 0..args.subscribers {
+    for (s, token) in tokens.into_iter().enumerate() {
         let (args, stats, sent, latencies, start, permits) = (args.clone(), stats.clone(), sent.clone(), latencies.clone(), start.clone(), permits.clone());
         let permit = permits.acquire_owned().await.unwrap();
         connecting.push(tokio::spawn(async move {
             let user = format!("sub{s}");
             let room = room_of(&args, s % args.publishers.max(1));
-            let token = mint_off_thread(&args, &room, &user, 21).await;
             let source = format!("pub{}", s % args.publishers.max(1));
             let connected = connect(&args, &fill(&args.whep_url, &args, &room, &user, &source), &token, Direction::RecvOnly).await;
             drop(permit);
