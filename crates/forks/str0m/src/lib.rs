@@ -2268,6 +2268,26 @@ impl Rtc {
         Bwe::new(self)
     }
 
+    /// Tessera fork: the estimator's latest estimate, not smoothed, read at any time.
+    ///
+    /// `Event::EgressBitrateEstimate` carries a 3 s average and `PeerStats::bwe_tx` this value
+    /// once per stats interval; an SFU moving a viewer down a thinned link needs it sooner.
+    pub fn bwe_estimate_now(&self) -> Option<Bitrate> {
+        self.session.bwe.as_ref().and_then(|b| b.last_estimate())
+    }
+
+    /// Tessera fork: the rate the remote reported receiving over the last 300 ms of its
+    /// transport-wide feedback (its receive times), unsmoothed; `None` without that feedback.
+    pub fn bwe_delivered_now(&self) -> Option<Bitrate> {
+        self.session.bwe.as_ref().and_then(|b| b.delivered_bitrate())
+    }
+
+    /// Tessera fork: the round trip of the latest transport-wide feedback's slowest
+    /// acknowledged packet (`PeerStats::rtt` says it once per stats interval).
+    pub fn bwe_rtt_now(&self) -> Option<std::time::Duration> {
+        self.session.bwe.as_ref().and_then(|b| b.latest_rtt())
+    }
+
     fn is_correct_change_id(&self, change_id: usize) -> bool {
         self.change_counter == change_id + 1
     }

@@ -97,7 +97,8 @@ pub(crate) struct Session {
     twcc_tx_register: TwccSendRegister,
     max_rx_seq_lookup: HashMap<Ssrc, SeqNoWindow>,
 
-    bwe: Option<Bwe>,
+    // Tessera fork: read by `Rtc::bwe_estimate_now`.
+    pub(crate) bwe: Option<Bwe>,
     bwe_last_event: Option<(Bitrate, bool)>,
 
     enable_twcc_feedback: bool,

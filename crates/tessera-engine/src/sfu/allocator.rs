@@ -299,11 +299,14 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
 const COLLAPSE: f64 = 0.7;
 
 /// The viewer's estimate: str0m's (a 3 s average: steady), or its raw value when that has
-/// fallen far below (a link that thinned: down at once, not seconds later).
-pub fn measured(averaged: Option<f64>, raw: Option<f64>) -> Option<f64> {
+/// fallen far below (a link that thinned: down at once, not seconds later) — then no more than
+/// what the viewer received over the last 300 ms (`delivered`): the raw value comes down in
+/// steps over a second or more (0.85 of an acknowledged rate that is itself averaged), and a
+/// layer chosen on its first step can be one the link does not carry either.
+pub fn measured(averaged: Option<f64>, raw: Option<f64>, delivered: Option<f64>) -> Option<f64> {
     let e = averaged?;
     Some(match raw {
-        Some(r) if r < e * COLLAPSE => r,
+        Some(r) if r < e * COLLAPSE => delivered.map_or(r, |d| r.min(d)),
         _ => e,
     })
 }
@@ -619,9 +622,11 @@ mod tests {
     #[test]
     fn the_budget_follows_the_average_the_raw_value_on_a_collapse_and_ignores_a_probes_overshoot() {
         let t0 = Instant::now();
-        assert_eq!(measured(None, Some(1e6)), None);
-        assert_eq!(measured(Some(600_000.0), Some(500_000.0)), Some(600_000.0), "a dip of the raw value");
-        assert_eq!(measured(Some(1_500_000.0), Some(400_000.0)), Some(400_000.0), "a link that thinned");
+        assert_eq!(measured(None, Some(1e6), None), None);
+        assert_eq!(measured(Some(600_000.0), Some(500_000.0), Some(300_000.0)), Some(600_000.0), "a dip of the raw value");
+        assert_eq!(measured(Some(1_500_000.0), Some(400_000.0), None), Some(400_000.0), "a link that thinned");
+        assert_eq!(measured(Some(2_000_000.0), Some(770_000.0), Some(410_000.0)), Some(410_000.0), "no more than got through");
+        assert_eq!(measured(Some(2_000_000.0), Some(770_000.0), Some(900_000.0)), Some(770_000.0));
         // A probe from 620 kbit/s: its overshoot dips the estimate; the layers stay.
         let tracks = [track(Priority::Other)];
         let mid = plan(&tracks, 40_000.0, Some(620_000.0));

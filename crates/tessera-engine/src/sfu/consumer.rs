@@ -169,6 +169,10 @@ pub(super) struct Consumer {
     /// The simulcast layer its queue last forced a cut of, and when; and when it first sent.
     cut: Option<(Instant, u64, Rid)>,
     first_sent_at: Option<Instant>,
+    /// Video sent nothing until then: a link that just thinned drains its own queue (what
+    /// was sent at the old rate) before the lower layer's keyframe goes into it; and whether
+    /// this consumer's send queue was emptied for it.
+    drain_until: Option<(Instant, bool)>,
 }
 
 /// What one producer packet does at one consumer.
@@ -204,6 +208,7 @@ impl Consumer {
             gop_replayed_at: None,
             switch_frame: false,
             grace_until: None,
+            drain_until: None,
             departure: DepartureMeter::default(),
             sent: None,
             codec: None,
@@ -212,6 +217,16 @@ impl Consumer {
             cut: None,
             first_sent_at: None,
         }
+    }
+
+    /// Sends no video until `until`, dropping what waits in its send queue, then starts again
+    /// at its target layer's next keyframe: the viewer's link thinned and this consumer moves
+    /// down. Sent at once, that keyframe would join the tail of the link's own queue (full of
+    /// the old rate's packets, draining at the little the new estimate leaves it), and the
+    /// part lost there waits on NACKs or on the browser's keyframe request seconds later.
+    pub(super) fn hold_for_drain(&mut self, until: Instant) {
+        self.drain_until = Some((until, false));
+        self.current = None;
     }
 
     /// Whether a full queue cut a layer within the last second (the link overfilled: a probe
@@ -249,6 +264,19 @@ impl Consumer {
         }
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
+        if let Some((until, cleared)) = self.drain_until.as_mut().filter(|_| video) {
+            if now < *until {
+                if !*cleared {
+                    *cleared = true;
+                    let n = clear_queue();
+                    self.rewriter.unsend(n);
+                    self.departure.cleared();
+                    tracing::debug!(mid = %self.mid, dropped = n, "video held while the link drains");
+                }
+                return Route::Skip;
+            }
+            self.drain_until = None;
+        }
         // How long the queue holds a packet: its oldest one's wait, or its bytes' drain time.
         let delay = queued.oldest.map(|o| now.saturating_duration_since(o)).max(queued.drain);
         if self.current != Some(this) {
@@ -481,6 +509,40 @@ mod tests {
             arrival: Instant::now(),
             route: crate::PacketRoute::All,
         }
+    }
+
+    #[test]
+    fn a_consumer_held_for_a_thinned_link_drops_its_queue_sends_nothing_then_starts_at_a_keyframe() {
+        let t0 = Instant::now();
+        let mut c = video();
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        let mut cleared = 0;
+        let mut route = |c: &mut Consumer, p: FwdPacket, now: Instant| {
+            c.route(
+                &p,
+                1,
+                false,
+                false,
+                Queued::default(),
+                &mut || {
+                    cleared += 1;
+                    4
+                },
+                now,
+            )
+        };
+        assert!(matches!(route(&mut c, packet(1, true, true, Some("h")), t0), Route::Send { seq: 1, .. }));
+        c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
+        c.hold_for_drain(t0 + Duration::from_millis(300));
+        // Nothing of either layer while the link drains, the send queue emptied once.
+        assert_eq!(route(&mut c, packet(2, false, true, Some("h")), t0 + Duration::from_millis(10)), Route::Skip);
+        assert_eq!(route(&mut c, packet(30, true, true, Some("l")), t0 + Duration::from_millis(100)), Route::Skip);
+        // Then the old layer no more, and the new one from its next keyframe.
+        let after = t0 + Duration::from_millis(300);
+        assert_eq!(route(&mut c, packet(3, false, true, Some("h")), after), Route::Skip);
+        assert_eq!(route(&mut c, packet(31, false, true, Some("l")), after), Route::WaitKeyframe);
+        assert!(matches!(route(&mut c, packet(32, true, true, Some("l")), after), Route::Send { .. }));
+        assert_eq!(cleared, 1);
     }
 
     #[test]

@@ -191,7 +191,32 @@ impl Sfu {
             tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
             *playout_min = wanted;
         }
-        let measured = allocator::measured(*estimate_bps, *raw_estimate_bps);
+        // A link that thinned, followed within a tick rather than at the next stats (once a
+        // second; rate-step: the picture smaller 2-4 s after the step when it waited for them).
+        // The sign is the latest feedback's round trip over the least seen: the link queues.
+        // Then str0m's raw estimate as of now counts, bounded by what the viewer received over
+        // the last 300 ms. Only then: on a link losing in bursts with room to spare (RTT flat)
+        // the raw estimate dips with the loss, and following each dip held a viewer on its
+        // lowest layer for most of a run.
+        let rtt_now = peer.rtc.bwe_rtt_now();
+        let fresh_queue = matches!((rtt_now, net.min_rtt()), (Some(r), Some(m)) if r > m + signals::QUEUEING_RTT_RISE);
+        let (raw, delivered) = match fresh_queue {
+            true => {
+                let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
+                (raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min), peer.rtc.bwe_delivered_now().map(|b| b.as_f64()))
+            }
+            false => (*raw_estimate_bps, None),
+        };
+        let measured = allocator::measured(*estimate_bps, raw, delivered);
+        let thinned = fresh_queue && measured.is_some() && measured != *estimate_bps;
+        if thinned {
+            net.thinned_at = Some(now);
+        }
+        // How long the link's own queue takes to drain: that round trip over the least seen.
+        let drain = match (rtt_now, net.min_rtt()) {
+            (Some(r), Some(m)) => r.saturating_sub(m).clamp(DRAIN_HOLD_MIN, DRAIN_HOLD_MAX),
+            _ => DRAIN_HOLD_DEFAULT,
+        };
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
@@ -217,6 +242,15 @@ impl Sfu {
                 let new = pub_id.zip(t);
                 if c.target != new {
                     tracing::debug!(mid = %c.mid, target = ?t, ?priority, estimate = ?estimate, "layer target changed");
+                    let rank = |t: Option<(u64, LayerChoice)>| match t {
+                        Some((_, LayerChoice::Layer(r))) => Some(allocator::rank(r.as_deref())),
+                        _ => None,
+                    };
+                    let down = matches!((rank(c.target), rank(new)), (Some(a), Some(b)) if b > a);
+                    if thinned && down && c.kind == MediaKind::Video && c.has_sent() {
+                        tracing::debug!(mid = %c.mid, ?drain, "video held while the link drains");
+                        c.hold_for_drain(now + drain);
+                    }
                     c.target = new;
                 }
             }
@@ -408,7 +442,7 @@ impl Sfu {
             let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
-            let link_queues = viewer.net.queueing();
+            let link_queues = viewer.net.congested(now);
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
             // How long the queue takes to empty: at the rate it was measured to empty, else at
@@ -481,7 +515,7 @@ impl Sfu {
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
             let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
             let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, .. } = &mut viewer.role else { continue };
-            let estimate = allocator::measured(*estimate_bps, *raw_estimate_bps);
+            let estimate = allocator::measured(*estimate_bps, *raw_estimate_bps, None);
             let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed && c.source == *key) else { continue };
             if c.has_sent() && !replay_fits(&gop, estimate, now) {
                 continue;

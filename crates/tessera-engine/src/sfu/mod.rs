@@ -100,6 +100,11 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
         _ => Some(wanted),
     }
 }
+/// Bounds of `Consumer::hold_for_drain` (what the link's queue needs to drain), and its
+/// length without a round trip to go by.
+const DRAIN_HOLD_MIN: Duration = Duration::from_millis(100);
+const DRAIN_HOLD_MAX: Duration = Duration::from_millis(600);
+const DRAIN_HOLD_DEFAULT: Duration = Duration::from_millis(300);
 const PLAYOUT_LOSSY: f32 = 0.01;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 

@@ -12,7 +12,10 @@ use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
 const LOSSY: f32 = 0.2;
 /// An RTT this far above the lowest seen means the link queues (the server's RTT comes from
 /// transport feedback and wanders by ~40 ms on a quiet link).
-const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
+pub(super) const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
+/// How long a collapsed estimate counts as a congested link (`NetStats::congested`): until
+/// the next stats' RTT can say so.
+const THINNED_HOLD: Duration = Duration::from_millis(1500);
 
 /// Loss over the last 2 s (PRODUCT.md §9's window) from str0m's 1 s samples: the mean of the
 /// latest two when they are adjacent. One 1 s window holds ~70 packets of a small stream, too
@@ -58,6 +61,9 @@ pub(super) struct NetStats {
     ingress: Vec<(Mid, Option<Rid>, Option<f32>, f64)>,
     /// Per outgoing mid: loss fraction and the viewer's jitter in ms.
     egress: Vec<(Mid, Option<f32>, f64)>,
+    /// When the estimate last collapsed (`allocator::measured` took the raw value): the link
+    /// thinned, known within a tick where the RTT of `queueing` waits for the next stats.
+    pub(super) thinned_at: Option<Instant>,
 }
 
 impl NetStats {
@@ -71,6 +77,17 @@ impl NetStats {
     /// Whether the peer's link queues now: its RTT well above the lowest seen.
     pub(super) fn queueing(&self) -> bool {
         matches!((self.rtt, self.min_rtt), (Some(r), Some(m)) if r > m + QUEUEING_RTT_RISE)
+    }
+
+    /// The lowest RTT seen (the stats').
+    pub(super) fn min_rtt(&self) -> Option<Duration> {
+        self.min_rtt
+    }
+
+    /// Whether the link queues, or thinned within the last `THINNED_HOLD` (a layer switched
+    /// then drops the old layer's backlog rather than draining it at the new rate).
+    pub(super) fn congested(&self, now: Instant) -> bool {
+        self.queueing() || self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < THINNED_HOLD)
     }
 
     /// The loss a viewer reports on one of its tracks (a fraction).

@@ -113,6 +113,16 @@ impl Bwe {
         self.bwe.last_estimate()
     }
 
+    /// Tessera fork: see `SendSideBandwidthEstimator::delivered_bitrate`.
+    pub fn delivered_bitrate(&self) -> Option<Bitrate> {
+        self.bwe.delivered_bitrate()
+    }
+
+    /// Tessera fork: see `SendSideBandwidthEstimator::latest_rtt`.
+    pub fn latest_rtt(&self) -> Option<Duration> {
+        self.bwe.latest_rtt()
+    }
+
     pub fn on_media_sent(&mut self, payload_size: DataSize, is_padding: bool, now: Instant) {
         if !is_padding {
             // Update ALR detector with media bytes sent
@@ -145,7 +155,15 @@ struct SendSideBandwidthEstimator {
     alr_detector: AlrDetector,
     link_capacity_estimator: LinkCapacityEstimator,
     last_updated_estimate: Option<Bitrate>,
+    // Tessera fork: what the remote received over the last `DELIVERED_WINDOW` (its receive
+    // time, bytes), for `delivered_bitrate`.
+    delivered: std::collections::VecDeque<(Instant, DataSize)>,
+    // Tessera fork: the round trip of the latest feedback's slowest acknowledged packet.
+    latest_rtt: Option<Duration>,
 }
+
+/// Tessera fork: the span `delivered_bitrate` measures over.
+const DELIVERED_WINDOW: Duration = Duration::from_millis(300);
 
 impl SendSideBandwidthEstimator {
     pub fn new(initial_bitrate: Bitrate) -> Self {
@@ -168,7 +186,29 @@ impl SendSideBandwidthEstimator {
             alr_detector,
             link_capacity_estimator: LinkCapacityEstimator::new(),
             last_updated_estimate: None,
+            delivered: std::collections::VecDeque::new(),
+            latest_rtt: None,
         }
+    }
+
+    /// Tessera fork: the round trip of the latest transport-wide feedback's slowest
+    /// acknowledged packet (a link's queue shows here at once, in stats a second later).
+    pub fn latest_rtt(&self) -> Option<Duration> {
+        self.latest_rtt
+    }
+
+    /// Tessera fork: the rate the remote received at over the last `DELIVERED_WINDOW` of its
+    /// receive times, unsmoothed (the acknowledged-bitrate estimator averages over seconds);
+    /// `None` until that window holds 200 ms.
+    pub fn delivered_bitrate(&self) -> Option<Bitrate> {
+        let (first, _) = *self.delivered.front()?;
+        let (last, _) = *self.delivered.back()?;
+        let span = last.saturating_duration_since(first);
+        if span < Duration::from_millis(200) {
+            return None;
+        }
+        let bytes: u64 = self.delivered.iter().skip(1).map(|(_, b)| b.as_bytes_usize() as u64).sum();
+        Some(Bitrate::bps((bytes as f64 * 8.0 / span.as_secs_f64()) as u64))
     }
 
     /// Whether the delay-based detector currently signals overuse.
@@ -224,10 +264,24 @@ impl SendSideBandwidthEstimator {
             max_rtt = max_rtt.max(record.rtt());
         }
         acked_packets.sort_by(AckedPacket::order_by_receive_time);
+        // Tessera fork: `latest_rtt`.
+        if max_rtt.is_some() {
+            self.latest_rtt = max_rtt;
+        }
 
         for acked_packet in acked_packets.iter() {
             self.acked_bitrate_estimator
                 .update(acked_packet.remote_recv_time, acked_packet.size);
+            // Tessera fork: `delivered_bitrate`.
+            self.delivered
+                .push_back((acked_packet.remote_recv_time, acked_packet.size));
+        }
+        if let Some(&(latest, _)) = self.delivered.back() {
+            while self.delivered.front().is_some_and(|(t, _)| {
+                latest.saturating_duration_since(*t) > DELIVERED_WINDOW
+            }) {
+                self.delivered.pop_front();
+            }
         }
 
         let acked_bitrate = self.acked_bitrate_estimator.current_estimate();
