@@ -2282,10 +2282,16 @@ impl Rtc {
         self.session.bwe.as_ref().and_then(|b| b.delivered_bitrate())
     }
 
-    /// Tessera fork: the round trip of the latest transport-wide feedback's slowest
-    /// acknowledged packet (`PeerStats::rtt` says it once per stats interval).
+    /// Tessera fork: the least round trip of the latest transport-wide feedback's acknowledged
+    /// packets (`PeerStats::rtt` says it once per stats interval).
     pub fn bwe_rtt_now(&self) -> Option<std::time::Duration> {
         self.session.bwe.as_ref().and_then(|b| b.latest_rtt())
+    }
+
+    /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost
+    /// (about the last 200 ms); `None` without an estimator.
+    pub fn bwe_loss_now(&self) -> Option<f64> {
+        self.session.bwe.as_ref().map(|b| b.recent_loss())
     }
 
     fn is_correct_change_id(&self, change_id: usize) -> bool {

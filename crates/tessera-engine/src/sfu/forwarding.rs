@@ -186,21 +186,25 @@ impl Sfu {
                 tx.set_resend_copies(copies);
             }
         }
-        let wanted = playout_delay(*playout_min, *lossy_at, net.rtt, now);
+        let wanted = playout_delay(*playout_min, *lossy_at, peer.rtc.bwe_rtt_now().or(net.rtt), now);
         if wanted != *playout_min {
             tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
             *playout_min = wanted;
         }
         // A link that thinned, followed within a tick rather than at the next stats (once a
         // second; rate-step: the picture smaller 2-4 s after the step when it waited for them).
-        // The sign is the latest feedback's round trip over the least seen: the link queues.
-        // Then str0m's raw estimate as of now counts, bounded by what the viewer received over
+        // The sign is the latest feedback's round trip over the least seen (the link queues)
+        // with a tenth of the packets lost. Then str0m's raw estimate as of now counts, bounded by what the viewer received over
         // the last 300 ms. Only then: on a link losing in bursts with room to spare (RTT flat)
         // the raw estimate dips with the loss, and following each dip held a viewer on its
         // lowest layer for most of a run.
         let rtt_now = peer.rtc.bwe_rtt_now();
         let fresh_queue = matches!((rtt_now, net.min_rtt()), (Some(r), Some(m)) if r > m + signals::QUEUEING_RTT_RISE);
-        let (raw, delivered) = match fresh_queue {
+        // And losing: a keyframe's burst also raises the RTT a moment, and a layer moved down
+        // on it (the raw value after such an overuse is 0.85 of an averaged acknowledged rate)
+        // held a viewer below its link for seconds.
+        let thinning = fresh_queue && peer.rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS);
+        let (raw, delivered) = match thinning {
             true => {
                 let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
                 (raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min), peer.rtc.bwe_delivered_now().map(|b| b.as_f64()))
@@ -208,7 +212,7 @@ impl Sfu {
             false => (*raw_estimate_bps, None),
         };
         let measured = allocator::measured(*estimate_bps, raw, delivered);
-        let thinned = fresh_queue && measured.is_some() && measured != *estimate_bps;
+        let thinned = thinning && measured.is_some() && measured != *estimate_bps;
         if thinned {
             net.thinned_at = Some(now);
         }
@@ -220,7 +224,12 @@ impl Sfu {
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
-        let cap = rtx_ratio_cap(net.queueing());
+        // Whether the link queues now: by the latest feedback where there is one (the stats'
+        // RTT is up to a second old: read just after a thinned link drained, it held resends
+        // to a tenth while the lower layer started, and a packet of its first frames lost then
+        // froze the viewer until its browser asked for a keyframe, 3 s later).
+        let queueing_now = if rtt_now.is_some() { fresh_queue } else { net.queueing() };
+        let cap = rtx_ratio_cap(queueing_now);
         if cap != *rtx_cap {
             tracing::debug!(cap, rtt = ?net.rtt, "retransmission cap");
             *rtx_cap = cap;

@@ -105,6 +105,9 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
 const DRAIN_HOLD_MIN: Duration = Duration::from_millis(100);
 const DRAIN_HOLD_MAX: Duration = Duration::from_millis(600);
 const DRAIN_HOLD_DEFAULT: Duration = Duration::from_millis(300);
+/// The share of packets lost, over the last feedbacks, from which a link whose RTT rose is
+/// thinning (not just queueing a keyframe's burst).
+const THINNING_LOSS: f64 = 0.1;
 const PLAYOUT_LOSSY: f32 = 0.01;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 

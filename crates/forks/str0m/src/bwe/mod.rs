@@ -123,6 +123,11 @@ impl Bwe {
         self.bwe.latest_rtt()
     }
 
+    /// Tessera fork: see `SendSideBandwidthEstimator::recent_loss`.
+    pub fn recent_loss(&self) -> f64 {
+        self.bwe.recent_loss()
+    }
+
     pub fn on_media_sent(&mut self, payload_size: DataSize, is_padding: bool, now: Instant) {
         if !is_padding {
             // Update ALR detector with media bytes sent
@@ -158,8 +163,10 @@ struct SendSideBandwidthEstimator {
     // Tessera fork: what the remote received over the last `DELIVERED_WINDOW` (its receive
     // time, bytes), for `delivered_bitrate`.
     delivered: std::collections::VecDeque<(Instant, DataSize)>,
-    // Tessera fork: the round trip of the latest feedback's slowest acknowledged packet.
+    // Tessera fork: the least round trip of the latest feedback's acknowledged packets.
     latest_rtt: Option<Duration>,
+    // Tessera fork: the share of packets reported lost, averaged over the last few feedbacks.
+    recent_loss: f64,
 }
 
 /// Tessera fork: the span `delivered_bitrate` measures over.
@@ -188,13 +195,20 @@ impl SendSideBandwidthEstimator {
             last_updated_estimate: None,
             delivered: std::collections::VecDeque::new(),
             latest_rtt: None,
+            recent_loss: 0.0,
         }
     }
 
-    /// Tessera fork: the round trip of the latest transport-wide feedback's slowest
-    /// acknowledged packet (a link's queue shows here at once, in stats a second later).
+    /// Tessera fork: the least round trip of the latest transport-wide feedback's acknowledged
+    /// packets (a link's queue shows here at once, in stats a second later).
     pub fn latest_rtt(&self) -> Option<Duration> {
         self.latest_rtt
+    }
+
+    /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost
+    /// (each feedback weighs half: about the last 200 ms).
+    pub fn recent_loss(&self) -> f64 {
+        self.recent_loss
     }
 
     /// Tessera fork: the rate the remote received at over the last `DELIVERED_WINDOW` of its
@@ -264,9 +278,10 @@ impl SendSideBandwidthEstimator {
             max_rtt = max_rtt.max(record.rtt());
         }
         acked_packets.sort_by(AckedPacket::order_by_receive_time);
-        // Tessera fork: `latest_rtt`.
-        if max_rtt.is_some() {
-            self.latest_rtt = max_rtt;
+        // Tessera fork: `latest_rtt`, the least of this feedback's round trips: the others
+        // include how long the remote held their feedback (up to its interval).
+        if let Some(rtt) = send_records.iter().filter_map(|r| r.rtt()).min() {
+            self.latest_rtt = Some(rtt);
         }
 
         for acked_packet in acked_packets.iter() {
@@ -305,6 +320,8 @@ impl SendSideBandwidthEstimator {
         } else {
             lost as f64 / count as f64
         };
+        // Tessera fork: `recent_loss`.
+        self.recent_loss = (self.recent_loss + loss) / 2.0;
         log_loss!(loss);
 
         // During startup with no loss, use delay-based estimate directly
