@@ -229,6 +229,15 @@ impl Consumer {
         self.current = None;
     }
 
+    /// Drops what waits in the send queue, its sequence numbers reused by the next packet
+    /// sent (the viewer sees no gap); how many packets it held.
+    fn drop_queued(&mut self, clear_queue: &mut dyn FnMut() -> usize) -> usize {
+        let n = clear_queue();
+        self.rewriter.unsend(n);
+        self.departure.cleared();
+        n
+    }
+
     /// Whether a full queue cut a layer within the last second (the link overfilled: a probe
     /// under way fails).
     pub(super) fn just_cut(&self, now: Instant) -> bool {
@@ -268,9 +277,7 @@ impl Consumer {
             if now < *until {
                 if !*cleared {
                     *cleared = true;
-                    let n = clear_queue();
-                    self.rewriter.unsend(n);
-                    self.departure.cleared();
+                    let n = self.drop_queued(clear_queue);
                     tracing::debug!(mid = %self.mid, dropped = n, "video held while the link drains");
                 }
                 return Route::Skip;
@@ -314,11 +321,8 @@ impl Consumer {
                 // 0.6 → 1.5-1.9 s when dropped).
                 let dropped = match queued.link_queues && self.sent_layer.is_some_and(|l| l != this) {
                     true => {
-                        let n = clear_queue();
-                        self.rewriter.unsend(n);
-                        self.departure.cleared();
                         queued = Queued::default();
-                        n
+                        self.drop_queued(clear_queue)
                     }
                     false => 0,
                 };

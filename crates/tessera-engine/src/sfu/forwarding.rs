@@ -186,7 +186,9 @@ impl Sfu {
                 tx.set_resend_copies(copies);
             }
         }
-        let wanted = playout_delay(*playout_min, *lossy_at, peer.rtc.bwe_rtt_now().or(net.rtt), now);
+        // The latest transport-wide feedback's round trip (the stats' is up to a second old).
+        let rtt_now = peer.rtc.bwe_rtt_now();
+        let wanted = playout_delay(*playout_min, *lossy_at, rtt_now.or(net.rtt), now);
         if wanted != *playout_min {
             tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
             *playout_min = wanted;
@@ -194,12 +196,11 @@ impl Sfu {
         // A link that thinned, followed within a tick rather than at the next stats (once a
         // second; rate-step: the picture smaller 2-4 s after the step when it waited for them).
         // The sign is the latest feedback's round trip over the least seen (the link queues)
-        // with a tenth of the packets lost. Then str0m's raw estimate as of now counts, bounded by what the viewer received over
-        // the last 300 ms. Only then: on a link losing in bursts with room to spare (RTT flat)
-        // the raw estimate dips with the loss, and following each dip held a viewer on its
-        // lowest layer for most of a run.
-        let rtt_now = peer.rtc.bwe_rtt_now();
-        let fresh_queue = matches!((rtt_now, net.min_rtt()), (Some(r), Some(m)) if r > m + signals::QUEUEING_RTT_RISE);
+        // with a tenth of the packets lost. Then str0m's raw estimate as of now counts, bounded
+        // by what the viewer received over the last 300 ms. Only then: on a link losing in
+        // bursts with room to spare (RTT flat) the raw estimate dips with the loss, and
+        // following each dip held a viewer on its lowest layer for most of a run.
+        let fresh_queue = rtt_now.is_some_and(|r| net.queues_at(r));
         // And losing: a keyframe's burst also raises the RTT a moment, and a layer moved down
         // on it (the raw value after such an overuse is 0.85 of an averaged acknowledged rate)
         // held a viewer below its link for seconds.
@@ -217,10 +218,7 @@ impl Sfu {
             net.thinned_at = Some(now);
         }
         // How long the link's own queue takes to drain: that round trip over the least seen.
-        let drain = match (rtt_now, net.min_rtt()) {
-            (Some(r), Some(m)) => r.saturating_sub(m).clamp(DRAIN_HOLD_MIN, DRAIN_HOLD_MAX),
-            _ => DRAIN_HOLD_DEFAULT,
-        };
+        let drain = rtt_now.and_then(|r| net.rise(r)).map_or(DRAIN_HOLD_DEFAULT, |d| d.clamp(DRAIN_HOLD_MIN, DRAIN_HOLD_MAX));
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);

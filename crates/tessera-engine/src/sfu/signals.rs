@@ -12,7 +12,7 @@ use tessera_rtc::str0m::stats::{MediaEgressStats, MediaIngressStats, PeerStats};
 const LOSSY: f32 = 0.2;
 /// An RTT this far above the lowest seen means the link queues (the server's RTT comes from
 /// transport feedback and wanders by ~40 ms on a quiet link).
-pub(super) const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
+const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
 /// How long a collapsed estimate counts as a congested link (`NetStats::congested`): until
 /// the next stats' RTT can say so.
 const THINNED_HOLD: Duration = Duration::from_millis(1500);
@@ -76,12 +76,17 @@ impl NetStats {
 
     /// Whether the peer's link queues now: its RTT well above the lowest seen.
     pub(super) fn queueing(&self) -> bool {
-        matches!((self.rtt, self.min_rtt), (Some(r), Some(m)) if r > m + QUEUEING_RTT_RISE)
+        self.rtt.is_some_and(|r| self.queues_at(r))
     }
 
-    /// The lowest RTT seen (the stats').
-    pub(super) fn min_rtt(&self) -> Option<Duration> {
-        self.min_rtt
+    /// How far `rtt` is above the lowest RTT seen: what the link's queue holds.
+    pub(super) fn rise(&self, rtt: Duration) -> Option<Duration> {
+        self.min_rtt.map(|m| rtt.saturating_sub(m))
+    }
+
+    /// Whether a link with this RTT queues (`rtt` a later one than the stats').
+    pub(super) fn queues_at(&self, rtt: Duration) -> bool {
+        self.rise(rtt).is_some_and(|r| r > QUEUEING_RTT_RISE)
     }
 
     /// Whether the link queues, or thinned within the last `THINNED_HOLD` (a layer switched
