@@ -555,7 +555,10 @@ fn five_percent_loss_each_way_is_repaired_audio_by_red_and_video_in_time() {
     let r = sfu_run(&LOSS_5);
     let s = r.summary(5.0);
     assert!(r.first_reaching(360, 0.0).is_some_and(|t| t <= 10.0), "a picture of at least 360 lines within 10 s: {s}");
-    assert!(r.loss_pct(5.0) >= 2.0, "the link does lose what is sent to the viewer: {s}");
+    // The link's own count: the viewer's getStats loss is net of repairs (a resent copy counts
+    // as received; it read 1.9 % in one CI run of this 5 % link).
+    let (lost, frames) = (r.link["down"]["lost"].as_f64().unwrap_or(0.0), r.link["down"]["frames"].as_f64().unwrap_or(0.0));
+    assert!(lost >= 0.03 * frames, "the link does lose what is sent to the viewer ({lost} of {frames} datagrams): {s}");
     // Without RED the viewer conceals about as much audio as is lost (5 %, measured); with it
     // each packet carries the one before, so only two losses in a row are concealed.
     assert!(r.concealed_pct(5.0) < 2.0, "audio concealment under 2 % with RED: {s}");
