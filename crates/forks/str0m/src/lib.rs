@@ -2276,16 +2276,30 @@ impl Rtc {
         self.session.bwe.as_ref().and_then(|b| b.last_estimate())
     }
 
-    /// Tessera fork: the rate the remote reported receiving over the last 300 ms of its
-    /// transport-wide feedback (its receive times), unsmoothed; `None` without that feedback.
-    pub fn bwe_delivered_now(&self) -> Option<Bitrate> {
-        self.session.bwe.as_ref().and_then(|b| b.delivered_bitrate())
+    /// Tessera fork: the rate the remote reported receiving over the last `window` (up to
+    /// 300 ms) of its transport-wide feedback (its receive times), unsmoothed; `None` without
+    /// that feedback.
+    pub fn bwe_delivered_now(&self, window: std::time::Duration) -> Option<Bitrate> {
+        self.session.bwe.as_ref().and_then(|b| b.delivered_bitrate(window))
     }
 
     /// Tessera fork: the least round trip of the latest transport-wide feedback's acknowledged
     /// packets (`PeerStats::rtt` says it once per stats interval).
     pub fn bwe_rtt_now(&self) -> Option<std::time::Duration> {
         self.session.bwe.as_ref().and_then(|b| b.latest_rtt())
+    }
+
+    /// Tessera fork: how long the latest packet acknowledged by transport-wide feedback waited
+    /// in the path's queues (its one-way delay over the least seen); `None` without that
+    /// feedback.
+    pub fn bwe_queue_delay_now(&self) -> Option<std::time::Duration> {
+        self.session.bwe.as_ref().and_then(|b| b.queue_delay())
+    }
+
+    /// Tessera fork: what is left at `now` of the wait of `bwe_queue_delay_now`'s packet, were
+    /// the queue not fed since it was sent; and when it was sent.
+    pub fn bwe_queue_left(&self, now: Instant) -> Option<(std::time::Duration, Instant)> {
+        self.session.bwe.as_ref().and_then(|b| b.queue_left(now))
     }
 
     /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost

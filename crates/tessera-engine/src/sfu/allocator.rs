@@ -298,15 +298,16 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
 /// A raw estimate this far below the averaged one is a link that thinned, not a dip.
 const COLLAPSE: f64 = 0.7;
 
-/// The viewer's estimate: str0m's (a 3 s average: steady), or its raw value when that has
-/// fallen far below (a link that thinned: down at once, not seconds later) — then no more than
-/// what the viewer received over the last 300 ms (`delivered`): the raw value comes down in
-/// steps over a second or more (0.85 of an acknowledged rate that is itself averaged), and a
-/// layer chosen on its first step can be one the link does not carry either.
+/// The viewer's estimate: str0m's (a 3 s average: steady), or, when that has fallen far
+/// below it (a link that thinned: down at once, not seconds later), the lesser of its raw value
+/// and what the viewer received over the last moments (`delivered`, given only while the link
+/// shows it thinned): the raw value comes down in steps over a second or more (0.85 of an
+/// acknowledged rate that is itself averaged), and a layer chosen on its first step can be one
+/// the link does not carry either.
 pub fn measured(averaged: Option<f64>, raw: Option<f64>, delivered: Option<f64>) -> Option<f64> {
     let e = averaged?;
-    Some(match raw {
-        Some(r) if r < e * COLLAPSE => delivered.map_or(r, |d| r.min(d)),
+    Some(match raw.into_iter().chain(delivered).reduce(f64::min) {
+        Some(m) if m < e * COLLAPSE => m,
         _ => e,
     })
 }
@@ -349,6 +350,8 @@ struct Probe {
     goal: f64,
     since: Instant,
     from: f64,
+    /// str0m's raw estimate when it started.
+    raw_from: Option<f64>,
 }
 
 /// One viewer's probing for the next step of its plan.
@@ -366,6 +369,9 @@ pub struct Prober {
     failed_goal: Option<f64>,
     /// The (minimum, desired) last given to the estimator.
     set: Option<(f64, f64)>,
+    /// The goal of the probe that last found its room, and until when it stands in for an
+    /// averaged estimate still climbing to it (`proven`).
+    proven: Option<(f64, Instant)>,
 }
 
 impl Prober {
@@ -374,10 +380,25 @@ impl Prober {
     /// desired rate is probed for). `queueing`: the viewer's link queues now (its RTT well
     /// above the lowest seen).
     pub fn step(&mut self, plan: &Plan, estimate_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
+        self.step_with_raw(plan, estimate_bps, None, queueing, now)
+    }
+
+    /// `step`, where str0m's raw estimate as of now (`raw_bps`) also tells a probe that found
+    /// its room: the averaged estimate follows it seconds later (measured after a rate step
+    /// back up: raw 1.37 Mbit/s while the average still read 340 kbit/s, the probe failed on
+    /// the average and the back-off held the viewer on its lowest layer for 10 s more).
+    pub fn step_with_raw(&mut self, plan: &Plan, estimate_bps: Option<f64>, raw_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
         let settled = now.duration_since(self.start.get_or_insert((now, estimate)).0) >= PROBE_SETTLE;
+        // The raw value counts once it rose during the probe: one stale from before it (left
+        // high by a link that thinned while little was sent) proves nothing.
+        let found = match (self.probe, raw_bps) {
+            (Some(p), Some(r)) if !queueing && p.raw_from.is_some_and(|f| r > f * 1.05) => r.max(estimate),
+            _ => estimate,
+        };
         let want = match self.probe {
-            Some(p) if estimate >= p.goal => {
+            Some(p) if found >= p.goal => {
+                self.proven = Some((p.goal, now + PROBE_WINDOW));
                 // Found the room: the plan takes the layer, media replaces the padding.
                 self.probe = None;
                 if self.failed_goal.is_none_or(|g| p.goal >= g * 0.9) {
@@ -392,7 +413,7 @@ impl Prober {
             Some(p) if now.duration_since(p.since) >= PROBE_WINDOW => {
                 if estimate >= p.from * 1.1 {
                     // Still climbing (the estimator grows by steps): another window.
-                    self.probe = Some(Probe { goal: p.goal, since: now, from: estimate });
+                    self.probe = Some(Probe { goal: p.goal, since: now, from: estimate, raw_from: p.raw_from });
                     (p.goal, p.goal * PROBE_HEADROOM)
                 } else {
                     self.fail(plan, now)
@@ -403,7 +424,7 @@ impl Prober {
                 // Only with the plan within the estimate: a viewer over it (a layer kept by
                 // hysteresis) has no room to look for more.
                 Some(goal) if settled && !queueing && goal > estimate && plan.used_bps <= estimate && self.next_at.is_none_or(|t| now >= t) => {
-                    self.probe = Some(Probe { goal, since: now, from: estimate });
+                    self.probe = Some(Probe { goal, since: now, from: estimate, raw_from: raw_bps });
                     (goal, goal * PROBE_HEADROOM)
                 }
                 _ => (0.0, self.set.map_or(plan.used_bps, |s| s.1)),
@@ -440,6 +461,11 @@ impl Prober {
     /// caller drops the floor as soon as the link queues: a thin link shows in the RTT.
     pub fn start_floor(&self, now: Instant) -> Option<f64> {
         self.start.filter(|(at, _)| now.duration_since(*at) < PROBE_SETTLE).map(|(_, e)| e)
+    }
+
+    /// What a probe just proved the link carries (its goal), for `PROBE_WINDOW` after.
+    pub fn proven(&self, now: Instant) -> Option<f64> {
+        self.proven.filter(|(_, until)| now < *until).map(|(goal, _)| goal)
     }
 
     pub fn probing(&self) -> bool {
@@ -620,10 +646,40 @@ mod tests {
     }
 
     #[test]
+    fn a_probe_finds_its_room_by_the_raw_estimate_once_that_rose_during_it() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
+        let low = plan(&[track(Priority::Other)], 40_000.0, Some(340_000.0));
+        // A raw value stale from before the probe (the link thinned while little was sent)
+        // proves nothing.
+        let mut p = Prober::default();
+        p.step_with_raw(&low, Some(340_000.0), Some(618_000.0), false, t0);
+        p.step_with_raw(&low, Some(340_000.0), Some(618_000.0), false, at(0));
+        assert!(p.probing());
+        p.step_with_raw(&low, Some(340_000.0), Some(620_000.0), false, at(250));
+        assert!(p.probing() && p.proven(at(250)).is_none());
+        // One that rose during it does, while the average still lags.
+        let mut p = Prober::default();
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, t0);
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, at(0));
+        let goal = low.next_bps.unwrap();
+        assert!(p.probing());
+        p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), true, at(200));
+        assert!(p.proven(at(200)).is_none(), "not while the link queues");
+        let mut p = Prober::default();
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, t0);
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, at(0));
+        p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), false, at(250));
+        assert_eq!(p.proven(at(250)), Some(goal));
+        assert_eq!(p.proven(at(250) + PROBE_WINDOW), None, "for a while");
+    }
+
+    #[test]
     fn the_budget_follows_the_average_the_raw_value_on_a_collapse_and_ignores_a_probes_overshoot() {
         let t0 = Instant::now();
         assert_eq!(measured(None, Some(1e6), None), None);
-        assert_eq!(measured(Some(600_000.0), Some(500_000.0), Some(300_000.0)), Some(600_000.0), "a dip of the raw value");
+        assert_eq!(measured(Some(600_000.0), Some(500_000.0), None), Some(600_000.0), "a dip of the raw value");
+        assert_eq!(measured(Some(2_000_000.0), Some(1_900_000.0), Some(410_000.0)), Some(410_000.0), "what got through fell first");
         assert_eq!(measured(Some(1_500_000.0), Some(400_000.0), None), Some(400_000.0), "a link that thinned");
         assert_eq!(measured(Some(2_000_000.0), Some(770_000.0), Some(410_000.0)), Some(410_000.0), "no more than got through");
         assert_eq!(measured(Some(2_000_000.0), Some(770_000.0), Some(900_000.0)), Some(770_000.0));

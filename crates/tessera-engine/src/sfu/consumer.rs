@@ -101,12 +101,15 @@ pub(super) struct Queued {
     pub(super) saturated: bool,
     /// The viewer's link queues (its RTT well above the lowest seen).
     pub(super) link_queues: bool,
+    /// The link's queue still holds what was sent before a drain hold (its latest feedback's
+    /// round trip well above the least seen); read only for a consumer in one.
+    pub(super) link_full: bool,
 }
 
 impl Queued {
     #[cfg(test)]
     pub(super) fn packets(packets: usize) -> Queued {
-        Queued { packets, oldest: None, drain: None, saturated: false, link_queues: false }
+        Queued { packets, oldest: None, drain: None, saturated: false, link_queues: false, link_full: false }
     }
 }
 
@@ -169,10 +172,21 @@ pub(super) struct Consumer {
     /// The simulcast layer its queue last forced a cut of, and when; and when it first sent.
     cut: Option<(Instant, u64, Rid)>,
     first_sent_at: Option<Instant>,
-    /// Video sent nothing until then: a link that just thinned drains its own queue (what
-    /// was sent at the old rate) before the lower layer's keyframe goes into it; and whether
-    /// this consumer's send queue was emptied for it.
-    drain_until: Option<(Instant, bool)>,
+    /// Video sends nothing while a link that just thinned drains its own queue (what was sent
+    /// at the old rate) before the lower layer's keyframe goes into it.
+    drain_hold: Option<DrainHold>,
+}
+
+/// A video consumer's wait for its link's queue to drain (`Consumer::hold_for_drain`).
+#[derive(Debug, Clone, Copy)]
+struct DrainHold {
+    /// It began at `since`, waits at least until `min` and at most until `max`; between,
+    /// until the link's feedback shows its queue drained.
+    since: Instant,
+    min: Instant,
+    max: Instant,
+    /// Whether this consumer's send queue was emptied for it.
+    cleared: bool,
 }
 
 /// What one producer packet does at one consumer.
@@ -208,7 +222,7 @@ impl Consumer {
             gop_replayed_at: None,
             switch_frame: false,
             grace_until: None,
-            drain_until: None,
+            drain_hold: None,
             departure: DepartureMeter::default(),
             sent: None,
             codec: None,
@@ -219,14 +233,22 @@ impl Consumer {
         }
     }
 
-    /// Sends no video until `until`, dropping what waits in its send queue, then starts again
+    /// Sends no video until the link's queue drained (`Queued::link_full` clear; at least `min`,
+    /// at most `max` from `now`), dropping what waits in its send queue, then starts again
     /// at its target layer's next keyframe: the viewer's link thinned and this consumer moves
     /// down. Sent at once, that keyframe would join the tail of the link's own queue (full of
     /// the old rate's packets, draining at the little the new estimate leaves it), and the
-    /// part lost there waits on NACKs or on the browser's keyframe request seconds later.
-    pub(super) fn hold_for_drain(&mut self, until: Instant) {
-        self.drain_until = Some((until, false));
+    /// part lost there waits on NACKs or on the browser's keyframe request seconds later. A
+    /// fixed wait (the RTT's rise when the hold began) was too short when the queue was still
+    /// filling: the keyframe lost, a 3.3 s freeze.
+    pub(super) fn hold_for_drain(&mut self, now: Instant, min: Duration, max: Duration) {
+        self.drain_hold = Some(DrainHold { since: now, min: now + min, max: now + max, cleared: false });
         self.current = None;
+    }
+
+    /// Since when video waits for the link to drain (`hold_for_drain`).
+    pub(super) fn draining_since(&self) -> Option<Instant> {
+        self.drain_hold.map(|h| h.since)
     }
 
     /// Drops what waits in the send queue, its sequence numbers reused by the next packet
@@ -273,16 +295,17 @@ impl Consumer {
         }
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
-        if let Some((until, cleared)) = self.drain_until.as_mut().filter(|_| video) {
-            if now < *until {
-                if !*cleared {
-                    *cleared = true;
+        if let Some(hold) = self.drain_hold.as_mut().filter(|_| video) {
+            if now < hold.min || (now < hold.max && queued.link_full) {
+                if !hold.cleared {
+                    hold.cleared = true;
                     let n = self.drop_queued(clear_queue);
                     tracing::debug!(mid = %self.mid, dropped = n, "video held while the link drains");
                 }
                 return Route::Skip;
             }
-            self.drain_until = None;
+            tracing::debug!(mid = %self.mid, drained = !queued.link_full, "video resumes after the drain hold");
+            self.drain_hold = None;
         }
         // How long the queue holds a packet: its oldest one's wait, or its bytes' drain time.
         let delay = queued.oldest.map(|o| now.saturating_duration_since(o)).max(queued.drain);
@@ -446,7 +469,7 @@ mod tests {
         assert_eq!(queue_load(10, Some(2 * m), m), HARD_QUEUED_PACKETS);
         assert_eq!(queue_load(900, Some(m), m), 900);
         // Through a consumer: 400 ms of queue on a viewer's own link passes...
-        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated, link_queues: true };
+        let aged = |ms: u64, saturated: bool| Queued { packets: 10, oldest: Some(now - Duration::from_millis(ms)), drain: None, saturated, link_queues: true, link_full: false };
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
         let started = now - Duration::from_secs(5);
@@ -489,7 +512,7 @@ mod tests {
         // packets (a link that just thinned), except right after a switch.
         let mut c = video();
         assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
-        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false, link_queues: false };
+        let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false, link_queues: false, link_full: false };
         assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, &mut || 0, now), Route::Dropped { .. }));
         let mut c = video();
         assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { .. }));
@@ -521,13 +544,13 @@ mod tests {
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
         let mut cleared = 0;
-        let mut route = |c: &mut Consumer, p: FwdPacket, now: Instant| {
+        let mut route = |c: &mut Consumer, p: FwdPacket, now: Instant, link_full: bool| {
             c.route(
                 &p,
                 1,
                 false,
                 false,
-                Queued::default(),
+                Queued { link_full, ..Queued::default() },
                 &mut || {
                     cleared += 1;
                     4
@@ -535,18 +558,22 @@ mod tests {
                 now,
             )
         };
-        assert!(matches!(route(&mut c, packet(1, true, true, Some("h")), t0), Route::Send { seq: 1, .. }));
+        assert!(matches!(route(&mut c, packet(1, true, true, Some("h")), t0, false), Route::Send { seq: 1, .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        c.hold_for_drain(t0 + Duration::from_millis(300));
-        // Nothing of either layer while the link drains, the send queue emptied once.
-        assert_eq!(route(&mut c, packet(2, false, true, Some("h")), t0 + Duration::from_millis(10)), Route::Skip);
-        assert_eq!(route(&mut c, packet(30, true, true, Some("l")), t0 + Duration::from_millis(100)), Route::Skip);
+        c.hold_for_drain(t0, Duration::from_millis(100), Duration::from_millis(600));
+        // Nothing of either layer while the link drains.
+        assert_eq!(route(&mut c, packet(2, false, true, Some("h")), t0 + Duration::from_millis(10), false), Route::Skip, "the least wait");
+        assert_eq!(route(&mut c, packet(30, true, true, Some("l")), t0 + Duration::from_millis(150), true), Route::Skip, "the link still full");
         // Then the old layer no more, and the new one from its next keyframe.
         let after = t0 + Duration::from_millis(300);
-        assert_eq!(route(&mut c, packet(3, false, true, Some("h")), after), Route::Skip);
-        assert_eq!(route(&mut c, packet(31, false, true, Some("l")), after), Route::WaitKeyframe);
-        assert!(matches!(route(&mut c, packet(32, true, true, Some("l")), after), Route::Send { .. }));
-        assert_eq!(cleared, 1);
+        assert_eq!(route(&mut c, packet(3, false, true, Some("h")), after, false), Route::Skip);
+        assert_eq!(route(&mut c, packet(31, false, true, Some("l")), after, false), Route::WaitKeyframe);
+        assert!(matches!(route(&mut c, packet(32, true, true, Some("l")), after, false), Route::Send { .. }));
+        // A link that never shows drained: the hold ends at its longest.
+        c.hold_for_drain(after, Duration::ZERO, Duration::from_millis(500));
+        assert_eq!(route(&mut c, packet(33, true, true, Some("l")), after + Duration::from_millis(499), true), Route::Skip);
+        assert!(matches!(route(&mut c, packet(34, true, true, Some("l")), after + Duration::from_millis(500), true), Route::Send { .. }));
+        assert_eq!(cleared, 2, "the send queue emptied once per hold");
     }
 
     #[test]

@@ -196,30 +196,47 @@ impl Sfu {
         // A link that thinned, followed within a tick rather than at the next stats (once a
         // second; rate-step: the picture smaller 2-4 s after the step when it waited for them).
         // The sign is the latest feedback's round trip over the least seen (the link queues)
-        // with a tenth of the packets lost. Then str0m's raw estimate as of now counts, bounded
-        // by what the viewer received over the last 300 ms. Only then: on a link losing in
-        // bursts with room to spare (RTT flat) the raw estimate dips with the loss, and
-        // following each dip held a viewer on its lowest layer for most of a run.
-        let fresh_queue = rtt_now.is_some_and(|r| net.queues_at(r));
-        // And losing: a keyframe's burst also raises the RTT a moment, and a layer moved down
-        // on it (the raw value after such an overuse is 0.85 of an averaged acknowledged rate)
-        // held a viewer below its link for seconds.
-        let thinning = fresh_queue && peer.rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS);
-        let (raw, delivered) = match thinning {
-            true => {
-                let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
-                (raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min), peer.rtc.bwe_delivered_now().map(|b| b.as_f64()))
-            }
-            false => (*raw_estimate_bps, None),
+        // with a tenth of the packets lost, or risen so far that the loss is still on its way
+        // (a 300 ms drop-tail queue reports its first losses ~0.25 s after its RTT rose). Then
+        // what the viewer received over the last 150 ms counts (with str0m's raw estimate as of
+        // now once it loses). Only then: on a link losing in bursts with room to spare (RTT
+        // flat) the raw estimate dips with the loss, and following each dip held a viewer on
+        // its lowest layer for most of a run.
+        // How long the latest acknowledged packet queued: its one-way delay's rise, else the
+        // round trip's (which includes how long the viewer held its feedback).
+        let rise_now = peer.rtc.bwe_queue_delay_now().or_else(|| rtt_now.and_then(|r| net.rise(r)));
+        let fresh_queue = rise_now.is_some_and(|r| r > QUEUEING_RISE);
+        // And losing, or deep: a keyframe's burst also raises the RTT a moment, and a layer
+        // moved down on it (the raw value after such an overuse is 0.85 of an averaged
+        // acknowledged rate) held a viewer below its link for seconds. What got through during
+        // such a burst is the link's rate, near the estimate: it moves nothing.
+        let losing = fresh_queue && peer.rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS);
+        let deep = rise_now.is_some_and(|r| r > DEEP_QUEUE);
+        let delivered = (losing || deep).then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        let raw = match losing {
+            true => peer.rtc.bwe_estimate_now().map(|b| b.as_f64()).into_iter().chain(*raw_estimate_bps).reduce(f64::min),
+            false => *raw_estimate_bps,
         };
-        let measured = allocator::measured(*estimate_bps, raw, delivered);
-        let thinned = thinning && measured.is_some() && measured != *estimate_bps;
-        if thinned {
-            net.thinned_at = Some(now);
+        if fresh_queue {
+            tracing::debug!(rtt = ?rtt_now, queued = ?rise_now, loss = ?peer.rtc.bwe_loss_now(), ?raw, ?delivered, estimate = ?estimate_bps, "link queues");
         }
-        // How long the link's own queue takes to drain: that round trip over the least seen.
-        let drain = rtt_now.and_then(|r| net.rise(r)).map_or(DRAIN_HOLD_DEFAULT, |d| d.clamp(DRAIN_HOLD_MIN, DRAIN_HOLD_MAX));
+        let measured = allocator::measured(*estimate_bps, raw, delivered);
+        let thinned = (losing || deep) && measured.is_some() && measured != *estimate_bps;
+        if let (true, Some(m)) = (thinned, measured) {
+            net.thinned(m, now);
+        }
+        let uncapped = measured;
+        let measured = net.thinned_cap(*estimate_bps, measured, now);
+        if measured != uncapped {
+            tracing::debug!(?measured, ?uncapped, "estimate capped where the link thinned");
+        }
+        // The start estimate in the first seconds, or what a probe just proved: not while the
+        // link queues or a thinned link's cap stands.
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
+        let floor = match prober.proven(now).filter(|_| !fresh_queue && !net.capped()) {
+            Some(p) => Some(floor.map_or(p, |f| f.max(p))),
+            None => floor,
+        };
         let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         // Whether the link queues now: by the latest feedback where there is one (the stats'
@@ -255,8 +272,16 @@ impl Sfu {
                     };
                     let down = matches!((rank(c.target), rank(new)), (Some(a), Some(b)) if b > a);
                     if thinned && down && c.kind == MediaKind::Video && c.has_sent() {
-                        tracing::debug!(mid = %c.mid, ?drain, "video held while the link drains");
-                        c.hold_for_drain(now + drain);
+                        tracing::debug!(mid = %c.mid, rise = ?rise_now, "video held while the link drains");
+                        c.hold_for_drain(now, DRAIN_HOLD_MIN, DRAIN_HOLD_MAX);
+                        net.quiet_until = Some(now + DRAIN_HOLD_MAX + THINNED_WINDOW);
+                        // Nor resends of the old layer, which the viewer NACKs by the dozen
+                        // (its link lost a third to a half): measured ~280 kbit/s of them into
+                        // a 400 kbit/s link, which kept its queue full for the whole hold. A
+                        // new cache is an empty one.
+                        if let Some(tx) = peer.rtc.direct_api().stream_tx_by_mid(c.mid, None) {
+                            tx.set_rtx_cache(RTX_CACHE_PACKETS, *rtx_age, Some(*rtx_cap));
+                        }
                     }
                     c.target = new;
                 }
@@ -277,10 +302,18 @@ impl Sfu {
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
-        let overfilled = net.queueing() || consumers.iter().any(|c| c.just_cut(now));
-        if let Some((minimum, desired)) = prober.step(&plan, measured, overfilled, now) {
+        let overfilled = net.queueing() || fresh_queue || net.just_thinned(now) || consumers.iter().any(|c| c.just_cut(now));
+        // Not on a lossy link: there the raw value rises between bursts of loss, and layers
+        // taken on it were given back within a second (10 % burst loss: 180 ↔ 360 lines, a
+        // keyframe and a freeze each way).
+        let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64()).filter(|_| video_loss < PLAYOUT_LOSSY);
+        if let Some((minimum, desired)) = prober.step_with_raw(&plan, measured, raw_now, overfilled, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
+        }
+        if net.capped() && prober.proven(now).is_some() {
+            tracing::debug!(proven = ?prober.proven(now), "a probe found more than the thinned link carried");
+            net.uncap();
         }
     }
 
@@ -450,6 +483,13 @@ impl Sfu {
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
             let link_queues = viewer.net.congested(now);
+            // By the first packet sent after the hold began (audio): its wait holds everything
+            // sent before it, and as little has been sent since, the queue is drained when that
+            // wait has passed since it was sent — read ahead of the feedback that would say so
+            // (a round trip and up to its interval later). A packet from before the hold does
+            // not tell: the queue kept filling after it (measured: the keyframe released into
+            // a queue still growing to its 300 ms limit).
+            let link_full = c.draining_since().is_some_and(|since| viewer.peer.rtc.bwe_queue_left(now).is_none_or(|(left, sent)| sent < since || !left.is_zero()));
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
             // How long the queue takes to empty: at the rate it was measured to empty, else at
@@ -459,9 +499,9 @@ impl Sfu {
                 Some(q) => {
                     c.departure.sample(q.created_at(), q.byte_size());
                     let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
-                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues }
+                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues, link_full }
                 }
-                None => Queued::default(),
+                None => Queued { link_full, ..Queued::default() },
             };
             match c.route(fp, pub_id, internal, only.is_some(), queued, &mut || tx.clear_queue(), now) {
                 Route::Skip => continue,

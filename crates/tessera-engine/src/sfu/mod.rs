@@ -100,14 +100,20 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
         _ => Some(wanted),
     }
 }
-/// Bounds of `Consumer::hold_for_drain` (what the link's queue needs to drain), and its
-/// length without a round trip to go by.
+/// Bounds of `Consumer::hold_for_drain` (between, until the link's feedback shows its queue
+/// drained).
 const DRAIN_HOLD_MIN: Duration = Duration::from_millis(100);
-const DRAIN_HOLD_MAX: Duration = Duration::from_millis(600);
-const DRAIN_HOLD_DEFAULT: Duration = Duration::from_millis(300);
+const DRAIN_HOLD_MAX: Duration = Duration::from_millis(700);
 /// The share of packets lost, over the last feedbacks, from which a link whose RTT rose is
 /// thinning (not just queueing a keyframe's burst).
 const THINNING_LOSS: f64 = 0.1;
+/// A packet that queued this long on its way to a viewer says the viewer's link queues.
+const QUEUEING_RISE: Duration = Duration::from_millis(50);
+/// A packet that queued this long says the link thinned before its losses are reported.
+const DEEP_QUEUE: Duration = Duration::from_millis(150);
+/// What a thinned link's receiver got over this last span is what it carries now (a longer
+/// span reaches back before the step).
+const THINNED_WINDOW: Duration = Duration::from_millis(150);
 const PLAYOUT_LOSSY: f32 = 0.01;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 
@@ -737,10 +743,14 @@ impl Sfu {
             return;
         }
         session.last_heard = now;
+        let thinning = matches!(session.role, Role::Viewer { .. }) && session.net.thinning_seen(&session.peer.rtc, now);
         // Only this peer is drained now (its packets are forwarded at once); the consumers it
         // wrote to are drained by `flush`, once per batch of datagrams rather than per packet.
         self.drain_one(id, now);
         self.handle_events(now);
+        if thinning {
+            self.allocate(id, now);
+        }
     }
 
     /// Drains every peer with pending output. The driver calls it after each batch of datagrams.

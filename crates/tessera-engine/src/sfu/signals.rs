@@ -16,6 +16,15 @@ const QUEUEING_RTT_RISE: Duration = Duration::from_millis(50);
 /// How long a collapsed estimate counts as a congested link (`NetStats::congested`): until
 /// the next stats' RTT can say so.
 const THINNED_HOLD: Duration = Duration::from_millis(1500);
+/// How long after a link thinned no probe looks for more (`NetStats::just_thinned`).
+const THINNED_QUIET: Duration = Duration::from_secs(4);
+/// How often a viewer's feedback may re-choose its layers between ticks (`thinning_seen`).
+const THINNING_CHECK: Duration = Duration::from_millis(100);
+/// The longest a thinned link's measurement caps the estimate (`NetStats::thinned_cap`) when
+/// neither the estimate comes down nor a probe finds more (4 s was too short: str0m's estimate
+/// stays where it was while the viewer receives its lowest layer, and the middle one taken then
+/// froze it again).
+const THINNED_CAP_MAX: Duration = Duration::from_secs(20);
 
 /// Loss over the last 2 s (PRODUCT.md §9's window) from str0m's 1 s samples: the mean of the
 /// latest two when they are adjacent. One 1 s window holds ~70 packets of a small stream, too
@@ -64,6 +73,15 @@ pub(super) struct NetStats {
     /// When the estimate last collapsed (`allocator::measured` took the raw value): the link
     /// thinned, known within a tick where the RTT of `queueing` waits for the next stats.
     pub(super) thinned_at: Option<Instant>,
+    /// What a thinned link was measured to carry, and since when: str0m's averaged estimate
+    /// takes seconds to come down to it (2.7 Mbit/s → 585 kbit/s a second after a step to
+    /// 400 kbit/s, which moved the viewer back up to a layer that froze it again).
+    thinned_to: Option<(f64, Instant)>,
+    /// Until when what the viewer receives is of video held for the link to drain (its own
+    /// silence), not of what the link carries: `thinned` does not lower its cap by it.
+    pub(super) quiet_until: Option<Instant>,
+    /// When `thinning_seen` last said yes.
+    thinning_seen_at: Option<Instant>,
 }
 
 impl NetStats {
@@ -93,6 +111,63 @@ impl NetStats {
     /// then drops the old layer's backlog rather than draining it at the new rate).
     pub(super) fn congested(&self, now: Instant) -> bool {
         self.queueing() || self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < THINNED_HOLD)
+    }
+
+    /// Whether the viewer's latest feedback (just received) shows its link thinning: its
+    /// packets queued `DEEP_QUEUE`, or queued and a tenth lost. The layers are then re-chosen
+    /// at once rather than at the next tick (up to 250 ms on a link whose queue is filling);
+    /// at most once per `THINNING_CHECK`, and not again just after the link was found thinned.
+    pub(super) fn thinning_seen(&mut self, rtc: &tessera_rtc::str0m::Rtc, now: Instant) -> bool {
+        let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < THINNING_CHECK);
+        if recent(self.thinning_seen_at) || recent(self.thinned_at) {
+            return false;
+        }
+        let Some(queued) = rtc.bwe_queue_delay_now() else { return false };
+        let seen = queued > DEEP_QUEUE || (queued > QUEUEING_RISE && rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS));
+        if seen {
+            self.thinning_seen_at = Some(now);
+        }
+        seen
+    }
+
+    /// Notes that the link thinned to `bps` now (`thinned_cap` holds it).
+    pub(super) fn thinned(&mut self, bps: f64, now: Instant) {
+        let quiet = self.quiet_until.is_some_and(|t| now < t);
+        let held = self.thinned_to.map(|(b, _)| b).filter(|b| *b < bps || quiet);
+        self.thinned_to = Some((held.unwrap_or(bps), now));
+        self.thinned_at = Some(now);
+    }
+
+    /// `measured`, capped by what a thinned link was measured to carry until str0m's
+    /// estimate (`averaged`) has come down near it, a probe found more (`uncap`), or
+    /// `THINNED_CAP_MAX` passed.
+    pub(super) fn thinned_cap(&mut self, averaged: Option<f64>, measured: Option<f64>, now: Instant) -> Option<f64> {
+        let m = measured?;
+        match (self.thinned_to, averaged) {
+            (Some((cap, since)), Some(e)) if e > cap * 1.25 && now.saturating_duration_since(since) < THINNED_CAP_MAX => Some(m.min(cap)),
+            (Some(_), _) => {
+                self.thinned_to = None;
+                Some(m)
+            }
+            (None, _) => Some(m),
+        }
+    }
+
+    /// A probe found the link carries more than it was measured to when it thinned.
+    pub(super) fn uncap(&mut self) {
+        self.thinned_to = None;
+    }
+
+    /// Whether a thinned link's measurement caps the estimate now.
+    pub(super) fn capped(&self) -> bool {
+        self.thinned_to.is_some()
+    }
+
+    /// Whether the link thinned within `THINNED_QUIET`: no probe yet (it would only fail, and
+    /// each failure doubles the wait for the next, which then comes long after the link is
+    /// back).
+    pub(super) fn just_thinned(&self, now: Instant) -> bool {
+        self.thinned_to.is_some_and(|(_, since)| now.saturating_duration_since(since) < THINNED_QUIET)
     }
 
     /// The loss a viewer reports on one of its tracks (a fraction).
@@ -407,6 +482,33 @@ mod tests {
         net.rtt = Some(Duration::from_millis(100));
         net.note_rtt();
         assert!(net.queueing());
+    }
+
+    #[test]
+    fn a_thinned_link_caps_the_estimate_until_it_comes_down_or_a_probe_finds_more() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut net = NetStats::default();
+        assert_eq!(net.thinned_cap(Some(2_500_000.0), Some(2_500_000.0), t0), Some(2_500_000.0), "nothing thinned");
+        net.thinned(370_000.0, t0);
+        assert!(net.just_thinned(ms(3_900)) && !net.just_thinned(ms(4_000)), "no probe for 4 s");
+        // str0m's average still reads far above what got through: the cap stands.
+        assert_eq!(net.thinned_cap(Some(1_800_000.0), Some(1_800_000.0), ms(1_000)), Some(370_000.0));
+        assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_000)), Some(370_000.0), "past 4 s too");
+        // A lower measure lowers it, unless taken while video was held for the link to drain
+        // (the viewer's own silence).
+        net.thinned(340_000.0, ms(6_100));
+        assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_200)), Some(340_000.0));
+        net.quiet_until = Some(ms(7_000));
+        net.thinned(150_000.0, ms(6_300));
+        assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_400)), Some(340_000.0));
+        // The average come down near it: no cap.
+        assert_eq!(net.thinned_cap(Some(400_000.0), Some(400_000.0), ms(7_000)), Some(400_000.0));
+        assert!(!net.capped());
+        // Or a probe found more.
+        net.thinned(370_000.0, ms(8_000));
+        net.uncap();
+        assert_eq!(net.thinned_cap(Some(1_500_000.0), Some(1_500_000.0), ms(8_100)), Some(1_500_000.0));
     }
 
     #[test]

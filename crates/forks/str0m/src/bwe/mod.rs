@@ -114,13 +114,23 @@ impl Bwe {
     }
 
     /// Tessera fork: see `SendSideBandwidthEstimator::delivered_bitrate`.
-    pub fn delivered_bitrate(&self) -> Option<Bitrate> {
-        self.bwe.delivered_bitrate()
+    pub fn delivered_bitrate(&self, window: Duration) -> Option<Bitrate> {
+        self.bwe.delivered_bitrate(window)
     }
 
     /// Tessera fork: see `SendSideBandwidthEstimator::latest_rtt`.
     pub fn latest_rtt(&self) -> Option<Duration> {
         self.bwe.latest_rtt()
+    }
+
+    /// Tessera fork: see `SendSideBandwidthEstimator::queue_delay`.
+    pub fn queue_delay(&self) -> Option<Duration> {
+        self.bwe.queue_delay()
+    }
+
+    /// Tessera fork: see `SendSideBandwidthEstimator::queue_left`.
+    pub fn queue_left(&self, now: Instant) -> Option<(Duration, Instant)> {
+        self.bwe.queue_left(now)
     }
 
     /// Tessera fork: see `SendSideBandwidthEstimator::recent_loss`.
@@ -165,9 +175,17 @@ struct SendSideBandwidthEstimator {
     delivered: std::collections::VecDeque<(Instant, DataSize)>,
     // Tessera fork: the least round trip of the latest feedback's acknowledged packets.
     latest_rtt: Option<Duration>,
+    // Tessera fork: `queue_delay`'s base, the least one-way delay (remote receive time less
+    // send time, seconds; the clocks' offset included) of this window and the one before, and
+    // when this window began; and the latest acknowledged packet's delay over that base.
+    owd_base: (f64, f64, Option<Instant>),
+    queue_delay: Option<(Duration, Instant)>,
     // Tessera fork: the share of packets reported lost, averaged over the last few feedbacks.
     recent_loss: f64,
 }
+
+/// Tessera fork: each of the two windows `queue_delay`'s base is the least of.
+const OWD_BASE_WINDOW: Duration = Duration::from_secs(30);
 
 /// Tessera fork: the span `delivered_bitrate` measures over.
 const DELIVERED_WINDOW: Duration = Duration::from_millis(300);
@@ -195,6 +213,8 @@ impl SendSideBandwidthEstimator {
             last_updated_estimate: None,
             delivered: std::collections::VecDeque::new(),
             latest_rtt: None,
+            owd_base: (f64::INFINITY, f64::INFINITY, None),
+            queue_delay: None,
             recent_loss: 0.0,
         }
     }
@@ -205,23 +225,45 @@ impl SendSideBandwidthEstimator {
         self.latest_rtt
     }
 
+    /// Tessera fork: how long the latest acknowledged packet waited in the path's queues: its
+    /// one-way delay over the least seen in the last 30-60 s (the remote's and our clocks'
+    /// offset cancels out; a base that old follows their drift and a route change). Unlike
+    /// the round trip, it does not include how long the remote held its feedback, up to
+    /// ~250 ms at an audio-only rate.
+    pub fn queue_delay(&self) -> Option<Duration> {
+        self.queue_delay.map(|(d, _)| d)
+    }
+
+    /// Tessera fork: how much of `queue_delay` is left at `now` if little was sent since its
+    /// packet: that wait less the time since the packet was sent (the queue drains in real
+    /// time); and when that packet was sent. A queue that kept filling after it is not seen
+    /// here until a later packet's feedback.
+    pub fn queue_left(&self, now: Instant) -> Option<(Duration, Instant)> {
+        self.queue_delay.map(|(d, sent)| (d.saturating_sub(now.saturating_duration_since(sent)), sent))
+    }
+
     /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost
     /// (each feedback weighs half: about the last 200 ms).
     pub fn recent_loss(&self) -> f64 {
         self.recent_loss
     }
 
-    /// Tessera fork: the rate the remote received at over the last `DELIVERED_WINDOW` of its
-    /// receive times, unsmoothed (the acknowledged-bitrate estimator averages over seconds);
-    /// `None` until that window holds 200 ms.
-    pub fn delivered_bitrate(&self) -> Option<Bitrate> {
-        let (first, _) = *self.delivered.front()?;
+    /// Tessera fork: the rate the remote received at over the last `window` of its receive
+    /// times (at most `DELIVERED_WINDOW`), unsmoothed (the acknowledged-bitrate estimator
+    /// averages over seconds); `None` until that window holds two thirds of `window`.
+    pub fn delivered_bitrate(&self, window: Duration) -> Option<Bitrate> {
         let (last, _) = *self.delivered.back()?;
+        let (mut first, mut bytes, mut first_bytes) = (last, 0u64, 0u64);
+        for (t, b) in self.delivered.iter().rev().take_while(|(t, _)| last.saturating_duration_since(*t) <= window) {
+            (first, first_bytes) = (*t, b.as_bytes_usize() as u64);
+            bytes += first_bytes;
+        }
+        // The first packet's bytes arrived before the span starts.
+        let bytes = bytes - first_bytes;
         let span = last.saturating_duration_since(first);
-        if span < Duration::from_millis(200) {
+        if span < window * 2 / 3 {
             return None;
         }
-        let bytes: u64 = self.delivered.iter().skip(1).map(|(_, b)| b.as_bytes_usize() as u64).sum();
         Some(Bitrate::bps((bytes as f64 * 8.0 / span.as_secs_f64()) as u64))
     }
 
@@ -282,6 +324,21 @@ impl SendSideBandwidthEstimator {
         // include how long the remote held their feedback (up to its interval).
         if let Some(rtt) = send_records.iter().filter_map(|r| r.rtt()).min() {
             self.latest_rtt = Some(rtt);
+        }
+
+        // Tessera fork: `queue_delay`.
+        if let Some(p) = acked_packets.iter().max_by_key(|p| p.local_send_time) {
+            let owd = |p: &AckedPacket| match p.remote_recv_time.checked_duration_since(p.local_send_time) {
+                Some(d) => d.as_secs_f64(),
+                None => -p.local_send_time.duration_since(p.remote_recv_time).as_secs_f64(),
+            };
+            let (this, before, since) = &mut self.owd_base;
+            if since.is_none_or(|t| now.saturating_duration_since(t) >= OWD_BASE_WINDOW) {
+                (*before, *this, *since) = (*this, f64::INFINITY, Some(now));
+            }
+            *this = acked_packets.iter().map(owd).fold(*this, f64::min);
+            let base = this.min(*before);
+            self.queue_delay = Some((Duration::from_secs_f64((owd(p) - base).max(0.0)), p.local_send_time));
         }
 
         for acked_packet in acked_packets.iter() {
