@@ -1433,6 +1433,13 @@ impl Session {
         }
     }
 
+    pub fn set_bwe_pacing_floor(&mut self, floor: Bitrate) {
+        if let Some(bwe) = self.bwe.as_mut() {
+            bwe.set_pacing_floor(floor);
+            self.configure_pacer();
+        }
+    }
+
     pub fn reset_bwe(&mut self, init_bitrate: Bitrate) {
         if let Some(bwe) = self.bwe.as_mut() {
             bwe.reset(init_bitrate);
@@ -1469,6 +1476,7 @@ impl Session {
         };
         let is_overuse = bwe.is_overusing();
         let minimum = bwe.minimum_bitrate();
+        let floor = bwe.pacing_floor();
 
         let has_active_media = self.has_active_outgoing_media();
 
@@ -1478,7 +1486,7 @@ impl Session {
                 .calculate(has_active_media, current_estimate, is_overuse, minimum);
 
         self.pacer.set_padding_rate(result.padding_rate);
-        self.pacer.set_pacing_rate(result.pacing_rate);
+        self.pacer.set_pacing_rate(result.pacing_rate.max(floor));
     }
 
     fn has_active_outgoing_media(&self) -> bool {

@@ -139,7 +139,7 @@ impl Sfu {
             sources.push((pub_id, audio, video.is_some()));
         }
         let Some(Session {
-            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, rtx_cap, playout_min, lossy_at, paced_bps, .. },
+            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, rtx_cap, playout_min, lossy_at, paced_bps, pacing_floor: floor_bps, .. },
             peer,
             net,
             ..
@@ -298,6 +298,19 @@ impl Sfu {
                 tracing::debug!(rate, sent, "pacing without feedback");
                 *paced_bps = Some(rate);
                 peer.rtc.bwe().reset(Bitrate::bps(rate as u64));
+            }
+        }
+        if estimate_bps.is_some() {
+            let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
+            if fresh_queue || net.congested(now) || net.capped() {
+                net.queued_at = Some(now);
+            }
+            let quiet = net.queued_at.is_none_or(|t| now.saturating_duration_since(t) >= UNQUEUED_FOR);
+            let floor = pacing_floor(sent, video_loss, quiet);
+            if (floor - *floor_bps).abs() > 0.2 * floor_bps.max(floor) {
+                tracing::debug!(floor, sent, "pacing floor");
+                *floor_bps = floor;
+                peer.rtc.bwe().set_pacing_floor(Bitrate::bps(floor as u64));
             }
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
@@ -479,7 +492,7 @@ impl Sfu {
             if !viewer.connected {
                 continue;
             }
-            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, .. } = &mut viewer.role else { continue };
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, pacing_floor, .. } = &mut viewer.role else { continue };
             let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
             let first = c.unstarted();
             let link_queues = viewer.net.congested(now);
@@ -493,8 +506,8 @@ impl Sfu {
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_by_mid(c.mid, None) else { continue };
             // How long the queue takes to empty: at the rate it was measured to empty, else at
-            // the pacer's (1.1 × the estimate).
-            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| e * 1.1);
+            // the pacer's (1.1 × the estimate, or its floor).
+            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
             let queued = match tx.queue_info() {
                 Some(q) => {
                     c.departure.sample(q.created_at(), q.byte_size());

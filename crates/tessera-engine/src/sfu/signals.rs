@@ -80,6 +80,8 @@ pub(super) struct NetStats {
     /// Until when what the viewer receives is of video held for the link to drain (its own
     /// silence), not of what the link carries: `thinned` does not lower its cap by it.
     pub(super) quiet_until: Option<Instant>,
+    /// When an allocation last found the link queueing (`pacing_floor`).
+    pub(super) queued_at: Option<Instant>,
     /// When `thinning_seen` last said yes.
     thinning_seen_at: Option<Instant>,
 }

@@ -319,6 +319,13 @@ fn resends_go_twice_only_on_a_link_losing_at_random_and_not_too_much() {
 }
 
 #[test]
+fn a_lossy_link_without_a_queue_is_paced_no_slower_than_its_media() {
+    assert_eq!(pacing_floor(230_000.0, 0.08, true), 299_000.0, "burst loss, no queue: the media and room for resends");
+    assert_eq!(pacing_floor(230_000.0, 0.0, true), 0.0, "no loss: the estimate paces (near a rate cap a floor filled the queue)");
+    assert_eq!(pacing_floor(230_000.0, 0.08, false), 0.0, "a link that queued lately loses from congestion");
+}
+
+#[test]
 fn a_viewer_without_feedback_is_paced_after_its_media_not_the_start_estimate() {
     assert_eq!(unmeasured_pacing(None, 0.0), Some(UNMEASURED_PACING_MIN), "never below the start");
     assert_eq!(unmeasured_pacing(None, 1_500_000.0), Some(4_500_000.0), "a 1.5 Mbit/s stream paced at three times its rate");

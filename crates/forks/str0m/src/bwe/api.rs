@@ -91,6 +91,17 @@ impl<'a> Bwe<'a> {
         m.no_events();
     }
 
+    /// Tessera fork: the pacer sends media at no less than `floor` (it paces at 1.1 × the
+    /// estimate otherwise; padding is not raised by it). An SFU sets it to what the layers it
+    /// forwards need while the viewer's link shows no queue: the estimate's loss-based part
+    /// falls on random or bursty loss that is not congestion, and paced below its media a
+    /// viewer's own send queue grows to seconds. `Bitrate::ZERO` removes it.
+    pub fn set_pacing_floor(&mut self, floor: Bitrate) {
+        let mut m = self.0.mutate();
+        m.session.set_bwe_pacing_floor(floor);
+        m.no_events();
+    }
+
     /// Reset the BWE with a new init_bitrate
     ///
     /// This discards the current estimator state and starts estimation again

@@ -60,6 +60,8 @@ pub struct Bwe {
     desired_bitrate: Bitrate,
     minimum_bitrate: Bitrate,
     smoother: EstimateSmoother,
+    // Tessera fork: `set_pacing_floor`.
+    pacing_floor: Bitrate,
 }
 
 impl Bwe {
@@ -70,6 +72,7 @@ impl Bwe {
             desired_bitrate: Bitrate::ZERO,
             minimum_bitrate: Bitrate::ZERO,
             smoother: EstimateSmoother::new(),
+            pacing_floor: Bitrate::ZERO,
         }
     }
 
@@ -156,6 +159,15 @@ impl Bwe {
 
     pub fn minimum_bitrate(&self) -> Bitrate {
         self.minimum_bitrate
+    }
+
+    /// Tessera fork: see `BweApi::set_pacing_floor`.
+    pub fn set_pacing_floor(&mut self, floor: Bitrate) {
+        self.pacing_floor = floor;
+    }
+
+    pub fn pacing_floor(&self) -> Bitrate {
+        self.pacing_floor
     }
 }
 
