@@ -141,12 +141,12 @@ impl NetStats {
     }
 
     /// `measured`, capped by what a thinned link was measured to carry until str0m's
-    /// estimate (`averaged`) has come down near it, a probe found more (`uncap`), or
+    /// estimate (`averaged`) has come down to it, a probe found more (`uncap`), or
     /// `THINNED_CAP_MAX` passed.
     pub(super) fn thinned_cap(&mut self, averaged: Option<f64>, measured: Option<f64>, now: Instant) -> Option<f64> {
         let m = measured?;
         match (self.thinned_to, averaged) {
-            (Some((cap, since)), Some(e)) if e > cap * 1.25 && now.saturating_duration_since(since) < THINNED_CAP_MAX => Some(m.min(cap)),
+            (Some((cap, since)), Some(e)) if e > cap && now.saturating_duration_since(since) < THINNED_CAP_MAX => Some(m.min(cap)),
             (Some(_), _) => {
                 self.thinned_to = None;
                 Some(m)
@@ -504,8 +504,9 @@ mod tests {
         net.quiet_until = Some(ms(7_000));
         net.thinned(150_000.0, ms(6_300));
         assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_400)), Some(340_000.0));
-        // The average come down near it: no cap.
-        assert_eq!(net.thinned_cap(Some(400_000.0), Some(400_000.0), ms(7_000)), Some(400_000.0));
+        // The average come down to it: no cap.
+        assert_eq!(net.thinned_cap(Some(380_000.0), Some(380_000.0), ms(6_900)), Some(340_000.0), "not yet");
+        assert_eq!(net.thinned_cap(Some(330_000.0), Some(330_000.0), ms(7_000)), Some(330_000.0));
         assert!(!net.capped());
         // Or a probe found more.
         net.thinned(370_000.0, ms(8_000));
