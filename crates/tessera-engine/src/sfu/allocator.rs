@@ -331,14 +331,16 @@ pub struct PauseHold {
 }
 
 impl PauseHold {
-    pub fn hold(&mut self, planned: LayerChoice, layers: &[LayerRate], now: Instant) -> LayerChoice {
+    /// `keep`: the lowest layer is kept however long the estimate stays below it (a link that
+    /// loses without queueing: see `sfu::pacing_floor`).
+    pub fn hold(&mut self, planned: LayerChoice, layers: &[LayerRate], keep: bool, now: Instant) -> LayerChoice {
         if planned != LayerChoice::Paused {
             self.below_lowest_since = None;
             return planned;
         }
         let since = *self.below_lowest_since.get_or_insert(now);
         match ascending(layers).first() {
-            Some(lowest) if now.duration_since(since) < PAUSE_AFTER => LayerChoice::Layer(lowest.rid),
+            Some(lowest) if keep || now.duration_since(since) < PAUSE_AFTER => LayerChoice::Layer(lowest.rid),
             _ => planned,
         }
     }
@@ -705,11 +707,12 @@ mod tests {
         let t0 = Instant::now();
         let mut h = PauseHold::default();
         let l = layers();
-        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, t0)), "l", "a dip keeps the lowest layer");
-        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, t0 + Duration::from_millis(1_900))), "l");
-        assert_eq!(h.hold(LayerChoice::Paused, &l, t0 + PAUSE_AFTER), LayerChoice::Paused);
-        assert_eq!(rid(h.hold(LayerChoice::Layer(Some("l".into())), &l, t0 + Duration::from_secs(3))), "l");
-        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, t0 + Duration::from_secs(4))), "l", "a new dip waits again");
+        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, false, t0)), "l", "a dip keeps the lowest layer");
+        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, false, t0 + Duration::from_millis(1_900))), "l");
+        assert_eq!(h.hold(LayerChoice::Paused, &l, false, t0 + PAUSE_AFTER), LayerChoice::Paused);
+        assert_eq!(rid(h.hold(LayerChoice::Layer(Some("l".into())), &l, false, t0 + Duration::from_secs(3))), "l");
+        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, false, t0 + Duration::from_secs(4))), "l", "a new dip waits again");
+        assert_eq!(rid(h.hold(LayerChoice::Paused, &l, true, t0 + Duration::from_secs(4) + PAUSE_AFTER)), "l", "kept on a link losing without a queue");
     }
 
     #[test]

@@ -261,10 +261,15 @@ impl Sfu {
                 }
             }
         }
+        // Video is not paused on a link that loses without queueing and is paced after its
+        // media (`pacing_floor`): the estimate's loss-based part fell below the lowest layer on
+        // 10 % burst loss and paused the viewer for 2-3 s. Not past a fifth lost (a policer far
+        // below the lowest layer).
+        let keep_lowest = *floor_bps > 0.0 && video_loss < 0.2;
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
             let (video, priority) = match has_video.then(|| planned.next()).flatten() {
-                Some((c, t)) => (Some(sub.pause.hold(*c, &t.layers, now)), Some(t.priority)),
+                Some((c, t)) => (Some(sub.pause.hold(*c, &t.layers, keep_lowest, now)), Some(t.priority)),
                 None => (None, None),
             };
             for c in consumers.iter_mut().filter(|c| c.source == sub.source) {
@@ -312,7 +317,8 @@ impl Sfu {
                 net.queued_at = Some(now);
             }
             let quiet = net.queued_at.is_none_or(|t| now.saturating_duration_since(t) >= UNQUEUED_FOR);
-            let floor = pacing_floor(sent, video_loss, quiet);
+            let lossy = lossy_at.is_some_and(|t| now.saturating_duration_since(t) < PLAYOUT_HOLD);
+            let floor = pacing_floor(sent, lossy, quiet);
             if (floor - *floor_bps).abs() > 0.2 * floor_bps.max(floor) {
                 tracing::debug!(floor, sent, "pacing floor");
                 *floor_bps = floor;

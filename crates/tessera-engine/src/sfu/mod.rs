@@ -179,14 +179,15 @@ fn rtx_ratio_cap(queueing: bool) -> f32 {
 
 /// The least its pacer sends at, for a viewer whose media goes out at `sent_bps` (what its
 /// consumers hand over): 1.3 × that (room for resends, RED and a keyframe's burst) while its
-/// video loses (`loss` a fraction, `PLAYOUT_LOSSY` and more) and its link has shown no queue
-/// for `UNQUEUED_FOR` (`quiet`), else nothing (str0m paces at 1.1 × its estimate). The
+/// video loses (`lossy`: `PLAYOUT_LOSSY` or more within `PLAYOUT_HOLD`; a 2 s window of burst
+/// loss reads under 1 % now and then, and each time the pacer fell back and the queue was cut)
+/// and its link has shown no queue for `UNQUEUED_FOR` (`quiet`), else nothing (str0m paces at 1.1 × its estimate). The
 /// estimate's loss-based part falls on loss that is not congestion (10 % burst loss: 170-300
 /// kbit/s for the lowest layer's ~230), and paced below its media the viewer's send queue grew
 /// to 0.6-1.7 s and was cut, each cut a freeze. Not on a link without loss: near a rate cap
 /// (600-700 kbit/s) a floor over the estimate filled the link's queue (RTT p50 56 → 88 ms).
-fn pacing_floor(sent_bps: f64, loss: f32, quiet: bool) -> f64 {
-    if loss >= PLAYOUT_LOSSY && quiet {
+fn pacing_floor(sent_bps: f64, lossy: bool, quiet: bool) -> f64 {
+    if lossy && quiet {
         sent_bps * 1.3
     } else {
         0.0

@@ -320,9 +320,9 @@ fn resends_go_twice_only_on_a_link_losing_at_random_and_not_too_much() {
 
 #[test]
 fn a_lossy_link_without_a_queue_is_paced_no_slower_than_its_media() {
-    assert_eq!(pacing_floor(230_000.0, 0.08, true), 299_000.0, "burst loss, no queue: the media and room for resends");
-    assert_eq!(pacing_floor(230_000.0, 0.0, true), 0.0, "no loss: the estimate paces (near a rate cap a floor filled the queue)");
-    assert_eq!(pacing_floor(230_000.0, 0.08, false), 0.0, "a link that queued lately loses from congestion");
+    assert_eq!(pacing_floor(230_000.0, true, true), 299_000.0, "burst loss, no queue: the media and room for resends");
+    assert_eq!(pacing_floor(230_000.0, false, true), 0.0, "no loss: the estimate paces (near a rate cap a floor filled the queue)");
+    assert_eq!(pacing_floor(230_000.0, true, false), 0.0, "a link that queued lately loses from congestion");
 }
 
 #[test]
