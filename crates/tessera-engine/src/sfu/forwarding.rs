@@ -193,17 +193,16 @@ impl Sfu {
             tracing::debug!(?wanted, loss = video_loss, rtt = ?net.rtt, "playout delay");
             *playout_min = wanted;
         }
-        // A link that thinned, followed within a tick rather than at the next stats (once a
-        // second; rate-step: the picture smaller 2-4 s after the step when it waited for them).
-        // The sign is the latest feedback's round trip over the least seen (the link queues)
-        // with a tenth of the packets lost, or risen so far that the loss is still on its way
-        // (a 300 ms drop-tail queue reports its first losses ~0.25 s after its RTT rose). Then
-        // what the viewer received over the last 150 ms counts (with str0m's raw estimate as of
-        // now once it loses). Only then: on a link losing in bursts with room to spare (RTT
-        // flat) the raw estimate dips with the loss, and following each dip held a viewer on
-        // its lowest layer for most of a run.
-        // How long the latest acknowledged packet queued: its one-way delay's rise, else the
-        // round trip's (which includes how long the viewer held its feedback).
+        // A link that thinned, followed as each feedback arrives (`NetStats::thinning_seen`)
+        // rather than at the next stats (once a second; rate-step: the picture smaller 2-4 s
+        // after the step when it waited for them). The sign is how long the latest acknowledged
+        // packet queued (its one-way delay's rise, else the round trip's, which includes how
+        // long the viewer held its feedback): 50 ms with a tenth of the packets lost, or 150 ms,
+        // the loss still on its way (a 300 ms drop-tail queue reports its first losses ~0.25 s
+        // after its delay rose). Then what the viewer received over the last 150 ms counts
+        // (with str0m's raw estimate as of now once it loses). Only then: on a link losing in
+        // bursts with room to spare the raw estimate dips with the loss, and following each dip
+        // held a viewer on its lowest layer for most of a run.
         let rise_now = peer.rtc.bwe_queue_delay_now().or_else(|| rtt_now.and_then(|r| net.rise(r)));
         let fresh_queue = rise_now.is_some_and(|r| r > QUEUEING_RISE);
         // And losing, or deep: a keyframe's burst also raises the RTT a moment, and a layer
