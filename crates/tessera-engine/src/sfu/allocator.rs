@@ -381,6 +381,7 @@ impl Prober {
     /// (str0m's `set_bitrate`: padding sustains the minimum, capped by the estimate; a rising
     /// desired rate is probed for). `queueing`: the viewer's link queues now (its RTT well
     /// above the lowest seen).
+    #[cfg(test)]
     pub fn step(&mut self, plan: &Plan, estimate_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
         self.step_with_raw(plan, estimate_bps, None, queueing, now)
     }

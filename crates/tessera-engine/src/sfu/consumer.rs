@@ -101,8 +101,9 @@ pub(super) struct Queued {
     pub(super) saturated: bool,
     /// The viewer's link queues (its RTT well above the lowest seen).
     pub(super) link_queues: bool,
-    /// The link's queue still holds what was sent before a drain hold (its latest feedback's
-    /// round trip well above the least seen); read only for a consumer in one.
+    /// The link's queue still holds what was sent before a drain hold (the first packet sent
+    /// after the hold began has not yet waited out its reported delay); read only for a
+    /// consumer in one.
     pub(super) link_full: bool,
 }
 

@@ -2,6 +2,7 @@
 //! internal publishers (RTMP, pull ingest, mixes) — the `Sfu`'s media path, apart from the
 //! session and routing bookkeeping in `mod.rs`.
 
+use super::signals::LinkSigns;
 use super::*;
 use tessera_media::Codec;
 use tessera_rtc::str0m::media::{Frequency, MediaTime};
@@ -195,25 +196,19 @@ impl Sfu {
         }
         // A link that thinned, followed as each feedback arrives (`NetStats::thinning_seen`)
         // rather than at the next stats (once a second; rate-step: the picture smaller 2-4 s
-        // after the step when it waited for them). The sign is how long the latest acknowledged
-        // packet queued (its one-way delay's rise, else the round trip's, which includes how
-        // long the viewer held its feedback): 50 ms with a tenth of the packets lost, or 150 ms,
-        // the loss still on its way (a 300 ms drop-tail queue reports its first losses ~0.25 s
-        // after its delay rose). Then what the viewer received over the last 150 ms counts
-        // (with str0m's raw estimate as of now once it loses). Only then: on a link losing in
-        // bursts with room to spare the raw estimate dips with the loss, and following each dip
-        // held a viewer on its lowest layer for most of a run.
-        let rise_now = peer.rtc.bwe_queue_delay_now().or_else(|| rtt_now.and_then(|r| net.rise(r)));
-        let fresh_queue = rise_now.is_some_and(|r| r > QUEUEING_RISE);
-        // And losing, or deep: a keyframe's burst also raises the RTT a moment, and a layer
-        // moved down on it (the raw value after such an overuse is 0.85 of an averaged
-        // acknowledged rate) held a viewer below its link for seconds. What got through during
-        // such a burst is the link's rate, near the estimate: it moves nothing.
-        let losing = fresh_queue && peer.rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS);
-        let deep = rise_now.is_some_and(|r| r > DEEP_QUEUE);
-        let delivered = (losing || deep).then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        // after the step when it waited for them): by how long the latest acknowledged packet
+        // queued (`LinkSigns`; the round trip includes how long the viewer held its feedback).
+        // Then what the viewer received over the last 150 ms counts (with str0m's raw estimate
+        // as of now once it loses). Only then: on a link losing in bursts with room to spare the
+        // raw estimate dips with the loss, and following each dip held a viewer on its lowest
+        // layer for most of a run. What got through during a keyframe's burst is the link's
+        // rate, near the estimate: it moves nothing.
+        let signs = LinkSigns::read(&peer.rtc);
+        let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
+        let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
+        let delivered = signs.thinning().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
         let raw = match losing {
-            true => peer.rtc.bwe_estimate_now().map(|b| b.as_f64()).into_iter().chain(*raw_estimate_bps).reduce(f64::min),
+            true => raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min),
             false => *raw_estimate_bps,
         };
         if fresh_queue {
@@ -226,7 +221,7 @@ impl Sfu {
             (true, Some(d), Some(e)) if d < e => Some(raw.map_or(d, |r| r.min(d))),
             _ => allocator::measured(*estimate_bps, raw, delivered),
         };
-        let thinned = (losing || deep) && measured.is_some() && measured != *estimate_bps;
+        let thinned = signs.thinning() && measured.is_some() && measured != *estimate_bps;
         if let (true, Some(m)) = (thinned, measured) {
             net.thinned(m, now);
         }
@@ -302,8 +297,9 @@ impl Sfu {
         // one, and no transport-wide sequence numbers negotiated, is a viewer without.
         let sending = || consumers.iter().filter_map(|c| c.sending_since()).min().is_some_and(|t| now.saturating_duration_since(t) >= UNMEASURED_AFTER);
         let twcc = || consumers.iter().any(|c| peer.rtc.media(c.mid).is_some_and(|m| m.remote_extmap().id_of(Extension::TransportSequenceNumber).is_some()));
+        // What its consumers hand over (media, before resends and RED).
+        let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
         if estimate_bps.is_none() && sending() && !twcc() {
-            let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
             if let Some(rate) = unmeasured_pacing(*paced_bps, sent.max(plan.used_bps)) {
                 tracing::debug!(rate, sent, "pacing without feedback");
                 *paced_bps = Some(rate);
@@ -311,7 +307,6 @@ impl Sfu {
             }
         }
         if estimate_bps.is_some() {
-            let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
             if fresh_queue || net.congested(now) || net.capped() {
                 net.queued_at = Some(now);
             }
@@ -330,7 +325,7 @@ impl Sfu {
         // Not on a lossy link: there the raw value rises between bursts of loss, and layers
         // taken on it were given back within a second (10 % burst loss: 180 ↔ 360 lines, a
         // keyframe and a freeze each way).
-        let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64()).filter(|_| video_loss < PLAYOUT_LOSSY);
+        let raw_now = raw_now.filter(|_| video_loss < PLAYOUT_LOSSY);
         if let Some((minimum, desired)) = prober.step_with_raw(&plan, measured, raw_now, overfilled, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));

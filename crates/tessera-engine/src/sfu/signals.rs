@@ -52,6 +52,35 @@ impl LossWindow {
     }
 }
 
+/// What a viewer's latest transport-wide feedback says of its link, read at any time (the
+/// stats come once a second).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct LinkSigns {
+    /// How long the latest acknowledged packet queued (its one-way delay over the least seen).
+    pub(super) queued: Option<Duration>,
+    /// It queued `QUEUEING_RISE`.
+    pub(super) queueing: bool,
+    /// Queueing, and a tenth of the packets lost: a keyframe's burst also queues a moment,
+    /// without loss.
+    pub(super) losing: bool,
+    /// It queued `DEEP_QUEUE`: the loss is still on its way (a 300 ms drop-tail queue reports
+    /// its first losses ~0.25 s after its delay rose).
+    pub(super) deep: bool,
+}
+
+impl LinkSigns {
+    pub(super) fn read(rtc: &tessera_rtc::str0m::Rtc) -> LinkSigns {
+        let queued = rtc.bwe_queue_delay_now();
+        let queueing = queued.is_some_and(|q| q > QUEUEING_RISE);
+        LinkSigns { queued, queueing, losing: queueing && rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS), deep: queued.is_some_and(|q| q > DEEP_QUEUE) }
+    }
+
+    /// The link thinned: losing, or deep.
+    pub(super) fn thinning(&self) -> bool {
+        self.losing || self.deep
+    }
+}
+
 /// A peer's latest network measurements (str0m reports them every second).
 #[derive(Debug, Default)]
 pub(super) struct NetStats {
@@ -73,10 +102,10 @@ pub(super) struct NetStats {
     /// When the estimate last collapsed (`allocator::measured` took the raw value): the link
     /// thinned, known within a tick where the RTT of `queueing` waits for the next stats.
     pub(super) thinned_at: Option<Instant>,
-    /// What a thinned link was measured to carry, and since when: str0m's averaged estimate
-    /// takes seconds to come down to it (2.7 Mbit/s → 585 kbit/s a second after a step to
-    /// 400 kbit/s, which moved the viewer back up to a layer that froze it again).
-    thinned_to: Option<(f64, Instant)>,
+    /// What a thinned link was measured to carry (since `thinned_at`): str0m's averaged
+    /// estimate takes seconds to come down to it (2.7 Mbit/s → 585 kbit/s a second after a step
+    /// to 400 kbit/s, which moved the viewer back up to a layer that froze it again).
+    thinned_to: Option<f64>,
     /// Until when what the viewer receives is of video held for the link to drain (its own
     /// silence), not of what the link carries: `thinned` does not lower its cap by it.
     pub(super) quiet_until: Option<Instant>,
@@ -115,17 +144,16 @@ impl NetStats {
         self.queueing() || self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < THINNED_HOLD)
     }
 
-    /// Whether the viewer's latest feedback (just received) shows its link thinning: its
-    /// packets queued `DEEP_QUEUE`, or queued and a tenth lost. The layers are then re-chosen
-    /// at once rather than at the next tick (up to 250 ms on a link whose queue is filling);
-    /// at most once per `THINNING_CHECK`, and not again just after the link was found thinned.
+    /// Whether the viewer's latest feedback (just received) shows its link thinning
+    /// (`LinkSigns::thinning`). The layers are then re-chosen at once rather than at the next
+    /// tick (up to 250 ms on a link whose queue is filling); at most once per `THINNING_CHECK`,
+    /// and not again just after the link was found thinned.
     pub(super) fn thinning_seen(&mut self, rtc: &tessera_rtc::str0m::Rtc, now: Instant) -> bool {
         let recent = |t: Option<Instant>| t.is_some_and(|t| now.saturating_duration_since(t) < THINNING_CHECK);
         if recent(self.thinning_seen_at) || recent(self.thinned_at) {
             return false;
         }
-        let Some(queued) = rtc.bwe_queue_delay_now() else { return false };
-        let seen = queued > DEEP_QUEUE || (queued > QUEUEING_RISE && rtc.bwe_loss_now().is_some_and(|l| l >= THINNING_LOSS));
+        let seen = LinkSigns::read(rtc).thinning();
         if seen {
             self.thinning_seen_at = Some(now);
         }
@@ -135,8 +163,8 @@ impl NetStats {
     /// Notes that the link thinned to `bps` now (`thinned_cap` holds it).
     pub(super) fn thinned(&mut self, bps: f64, now: Instant) {
         let quiet = self.quiet_until.is_some_and(|t| now < t);
-        let held = self.thinned_to.map(|(b, _)| b).filter(|b| *b < bps || quiet);
-        self.thinned_to = Some((held.unwrap_or(bps), now));
+        let held = self.thinned_to.filter(|b| *b < bps || quiet);
+        self.thinned_to = Some(held.unwrap_or(bps));
         self.thinned_at = Some(now);
     }
 
@@ -145,8 +173,9 @@ impl NetStats {
     /// `THINNED_CAP_MAX` passed.
     pub(super) fn thinned_cap(&mut self, averaged: Option<f64>, measured: Option<f64>, now: Instant) -> Option<f64> {
         let m = measured?;
+        let since = |t: Option<Instant>| t.map_or(Duration::MAX, |t| now.saturating_duration_since(t));
         match (self.thinned_to, averaged) {
-            (Some((cap, since)), Some(e)) if e > cap && now.saturating_duration_since(since) < THINNED_CAP_MAX => Some(m.min(cap)),
+            (Some(cap), Some(e)) if e > cap && since(self.thinned_at) < THINNED_CAP_MAX => Some(m.min(cap)),
             (Some(_), _) => {
                 self.thinned_to = None;
                 Some(m)
@@ -169,7 +198,7 @@ impl NetStats {
     /// each failure doubles the wait for the next, which then comes long after the link is
     /// back).
     pub(super) fn just_thinned(&self, now: Instant) -> bool {
-        self.thinned_to.is_some_and(|(_, since)| now.saturating_duration_since(since) < THINNED_QUIET)
+        self.thinned_to.is_some() && self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < THINNED_QUIET)
     }
 
     /// The loss a viewer reports on one of its tracks (a fraction).
