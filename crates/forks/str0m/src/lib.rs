@@ -1620,6 +1620,28 @@ impl Rtc {
         Ok(o)
     }
 
+    /// Tessera fork: the polls while only the session's sends can be new (`Readiness::sends`):
+    /// the estimate, then the session's next datagram. None when they are drained.
+    fn poll_sends(&mut self) -> Option<Output> {
+        if let Some(ev) = self.session.poll_estimate_event(Some(self.session.could_probe())) {
+            return Some(Output::Event(ev));
+        }
+        if let Some(send) = &self.send_addr {
+            if let Some(contents) = self.session.poll_datagram(self.last_now) {
+                return Some(Output::Transmit(net::Transmit {
+                    proto: send.proto,
+                    source: send.source,
+                    destination: send.destination,
+                    contents,
+                }));
+            }
+        } else {
+            self.session.clear_feedback();
+        }
+        self.readiness.clear_sends();
+        None
+    }
+
     /// Conservatively re-poll the whole tree.
     fn wake_all(&mut self) {
         drop(self.readiness.wake());
@@ -1633,6 +1655,11 @@ impl Rtc {
         }
 
         if !self.readiness.wants_events() {
+            if self.readiness.wants_sends() {
+                if let Some(o) = self.poll_sends() {
+                    return Ok(Some(o));
+                }
+            }
             return Ok(Some(Output::Timeout(self.poll_timeout())));
         }
 
@@ -1876,11 +1903,17 @@ impl Rtc {
 
         if let Some(send) = &self.send_addr {
             // These can only be sent after we got an ICE connection.
-            let datagram = None
-                .or_else(|| self.dtls.poll_packet())
-                .or_else(|| self.session.poll_datagram(self.last_now));
+            let dtls = self.dtls.poll_packet();
+            let from_session = dtls.is_none();
+            let datagram = dtls.or_else(|| self.session.poll_datagram(self.last_now));
 
             if let Some(contents) = datagram {
+                // Tessera fork: the whole tree was found quiet up to this datagram of the
+                // session's, and sending it changes only the session's sends (and the estimate):
+                // the next polls need not walk the tree again.
+                if from_session && !self.session.keeps_raw_packets() {
+                    self.readiness.sends_only();
+                }
                 let t = net::Transmit {
                     proto: send.proto,
                     source: send.source,
@@ -2126,7 +2159,10 @@ impl Rtc {
             let Rtc {
                 session, readiness, ..
             } = self;
-            if session.handle_pacer_timeout(now, &mut readiness.wake()) {
+            let mut wake = readiness.wake();
+            // Only the pacer's and the estimator's state moved: the session's sends.
+            wake.only_sends();
+            if session.handle_pacer_timeout(now, &mut wake) {
                 return Ok(());
             }
         }

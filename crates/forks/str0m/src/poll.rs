@@ -63,6 +63,14 @@ impl<'a> RtcMut<'a> {
     /// Plain `&mut *` (via [`DerefMut`]) is the shorthand for "arm both": it's
     /// what methods that don't narrow, or that return a `&mut` borrowed from
     /// the tree (which can't outlive a guard), use instead.
+    /// Tessera fork: mutable access for a change to what a send stream sends (an RTP packet
+    /// written, its queue dropped): the timeout and the session's sends are re-polled, not the
+    /// rest of the tree. Per forwarded packet a full walk was most of the poll's cost.
+    pub(crate) fn for_sends(&mut self) -> &mut Rtc {
+        self.rtc.readiness.wake().only_sends();
+        self.rtc
+    }
+
     pub(crate) fn mutate(&mut self) -> Mutation<'_> {
         Mutation {
             rtc: self.rtc,
@@ -151,6 +159,9 @@ impl Drop for Mutation<'_> {
 pub(crate) struct Readiness {
     events: bool,
     timeout: bool,
+    // Tessera fork: only the session's datagrams (the pacer's next packets, RTCP) and the
+    // estimate may be new; the rest of the tree is known quiet. See `Rtc::poll_sends`.
+    sends: bool,
 }
 
 impl Readiness {
@@ -159,6 +170,7 @@ impl Readiness {
         Readiness {
             events: true,
             timeout: true,
+            sends: false,
         }
     }
 
@@ -172,6 +184,25 @@ impl Readiness {
 
     pub(crate) fn clear_events(&mut self) {
         self.events = false;
+        self.sends = false;
+    }
+
+    /// Tessera fork: whether the session's datagrams (and the estimate) want a poll while the
+    /// rest of the tree is quiet.
+    pub(crate) fn wants_sends(&self) -> bool {
+        self.sends
+    }
+
+    /// Tessera fork: the session's datagrams are drained.
+    pub(crate) fn clear_sends(&mut self) {
+        self.sends = false;
+    }
+
+    /// Tessera fork: a walk of the whole tree found nothing but a session datagram, so until the
+    /// next wake only the session's sends need polling.
+    pub(crate) fn sends_only(&mut self) {
+        self.events = false;
+        self.sends = true;
     }
 
     pub(crate) fn clear_timeout(&mut self) {
@@ -184,6 +215,7 @@ impl Readiness {
             readiness: self,
             events: true,
             timeout: true,
+            sends: false,
         }
     }
 }
@@ -199,6 +231,7 @@ pub(crate) struct Wake<'a> {
     readiness: &'a mut Readiness,
     events: bool,
     timeout: bool,
+    sends: bool,
 }
 
 impl Wake<'_> {
@@ -213,12 +246,20 @@ impl Wake<'_> {
     pub(crate) fn no_timeout(&mut self) {
         self.timeout = false;
     }
+
+    /// Tessera fork: assert this path changed only what the session sends (its send queues,
+    /// the pacer, the estimator): no event but the estimate's can be new.
+    pub(crate) fn only_sends(&mut self) {
+        self.events = false;
+        self.sends = true;
+    }
 }
 
 impl Drop for Wake<'_> {
     fn drop(&mut self) {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
+        self.readiness.sends |= self.sends;
     }
 }
 
@@ -228,6 +269,7 @@ impl Readiness {
         Self {
             events: false,
             timeout: false,
+            sends: false,
         }
     }
 }

@@ -100,6 +100,8 @@ pub(crate) struct Session {
     // Tessera fork: read by `Rtc::bwe_estimate_now`.
     pub(crate) bwe: Option<Bwe>,
     bwe_last_event: Option<(Bitrate, bool)>,
+    // Tessera fork: whether probes could be sent when `poll_event` last looked.
+    can_probe: bool,
 
     enable_twcc_feedback: bool,
 
@@ -210,6 +212,7 @@ impl Session {
             max_rx_seq_lookup: HashMap::new(),
             bwe,
             bwe_last_event: None,
+            can_probe: false,
             enable_twcc_feedback: false,
             pacer,
             pacer_control: PacerControl::new(),
@@ -1014,16 +1017,15 @@ impl Session {
         Some(())
     }
 
-    pub fn poll_event(&mut self) -> Option<Event> {
-        #[cfg(feature = "_internal_test_exports")]
-        {
-            if let Some(probe) = self.pending_probe.take() {
-                return Some(Event::Probe(probe));
-            }
-        }
-
-        let can_probe =
-            self.bwe.is_some() && self.srtp_tx.is_some() && self.probe_media().is_some();
+    /// The estimate's event, the part of `poll_event` that sending can change (Tessera fork:
+    /// polled alone while only the session's sends are new).
+    /// `can_probe`: whether probes can be sent — what `poll_event` last found, while only the
+    /// sends changed (it reads the medias and the codecs: most of this poll's cost).
+    pub fn poll_estimate_event(&mut self, can_probe: Option<bool>) -> Option<Event> {
+        let can_probe = can_probe.unwrap_or_else(|| {
+            self.bwe.is_some() && self.srtp_tx.is_some() && self.probe_media().is_some()
+        });
+        self.can_probe = can_probe;
         if let Some(bwe) = &mut self.bwe {
             // Drain estimates even while unavailable so they cannot be delivered later.
             let estimate = bwe.poll_estimate();
@@ -1041,6 +1043,30 @@ impl Session {
                 };
                 return Some(Event::EgressBitrateEstimate(kind));
             }
+        }
+        None
+    }
+
+    /// Tessera fork: whether probes could be sent when `poll_event` last looked.
+    pub fn could_probe(&self) -> bool {
+        self.can_probe
+    }
+
+    /// Tessera fork: whether sent packets are kept as raw-packet events (a debug option).
+    pub fn keeps_raw_packets(&self) -> bool {
+        self.raw_packets.is_some()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        #[cfg(feature = "_internal_test_exports")]
+        {
+            if let Some(probe) = self.pending_probe.take() {
+                return Some(Event::Probe(probe));
+            }
+        }
+
+        if let Some(ev) = self.poll_estimate_event(None) {
+            return Some(ev);
         }
 
         // If we're not ready to flow media, don't send any events.
@@ -1263,7 +1289,9 @@ impl Session {
             seq_no,
             is_padding,
             payload_size,
+            packet_len,
         } = receipt;
+        let buf = &buf[..packet_len];
 
         trace!(payload_size, is_padding, "Poll RTP: {:?}", header);
 
@@ -1277,7 +1305,7 @@ impl Session {
         self.pacer.register_send(now, payload_size.into(), midrid);
 
         if let Some(raw_packets) = &mut self.raw_packets {
-            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.clone())));
+            raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.to_vec())));
         }
 
         let protected = srtp_tx.protect_rtp(buf, &header, *seq_no);
@@ -1589,6 +1617,8 @@ pub struct PacketReceipt {
     pub seq_no: SeqNo,
     pub is_padding: bool,
     pub payload_size: usize,
+    /// Tessera fork: the packet's length in the poll buffer (which keeps its full size).
+    pub packet_len: usize,
 }
 
 /// Find the PayloadParams for the given Pt, either when the Pt is the main Pt for the Codec or

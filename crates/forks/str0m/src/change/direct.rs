@@ -364,6 +364,16 @@ impl<'a> DirectApi<'a> {
         self.rtc.session.streams.stream_tx_by_midrid(midrid)
     }
 
+    /// Tessera fork: a send stream looked up by mid/rid for a change to what it sends (RTP
+    /// written, its queue read or dropped, its resend settings): unlike
+    /// [`Self::stream_tx_by_mid`], the next `poll_output` re-polls only the session's sends and
+    /// the timeout, not the whole tree. An event such a change could queue (none that str0m
+    /// has) would wait for the next input or timeout.
+    pub fn stream_tx_for_send(&mut self, mid: Mid, rid: Option<Rid>) -> Option<&mut StreamTx> {
+        let midrid = MidRid(mid, rid);
+        self.rtc.for_sends().session.streams.stream_tx_by_midrid(midrid)
+    }
+
     /// Reset a transmit stream to use a new SSRC and optionally a new RTX SSRC.
     ///
     /// This changes the SSRC of an existing stream and resets all relevant state.

@@ -755,7 +755,12 @@ impl StreamTx {
             *twcc += 1;
         }
 
-        buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        // Tessera fork: the buffer keeps its full size between packets and the packet's length
+        // goes in the receipt: every byte sent is written below (header, extension padding,
+        // payload, padding), so zeroing it again per packet was wasted work.
+        if buf.len() < DATAGRAM_MAX_PACKET_SIZE {
+            buf.resize(DATAGRAM_MAX_PACKET_SIZE, 0);
+        }
 
         let header_len = header.write_to(buf, exts);
         assert!(header_len % 4 == 0, "RTP header must be multiple of 4");
@@ -804,7 +809,7 @@ impl StreamTx {
             }
         };
 
-        buf.truncate(header_len + body_len);
+        let packet_len = header_len + body_len;
 
         #[cfg(feature = "_internal_dont_use_log_stats")]
         {
@@ -859,6 +864,7 @@ impl StreamTx {
             seq_no,
             is_padding,
             payload_size: body_len,
+            packet_len,
         })
     }
 
