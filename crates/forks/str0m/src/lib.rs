@@ -944,9 +944,6 @@ pub struct Rtc {
     cached_timeout: Instant,
     // Tessera fork: The soonest timer other than the pacer's, computed with `cached_timeout`.
     cached_others_timeout: Instant,
-    // Tessera fork: The soonest timer outside the session (DTLS, ICE, SCTP, channels, stats),
-    // as last read.
-    cached_outside_timeout: (Option<Instant>, Reason),
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -1321,7 +1318,6 @@ impl Rtc {
             readiness: Readiness::armed(),
             cached_timeout: start,
             cached_others_timeout: start,
-            cached_outside_timeout: (None, Reason::NotHappening),
         })
     }
 
@@ -1951,24 +1947,8 @@ impl Rtc {
                 .soonest((self.session.others_timeout(), Reason::NotHappening))
                 .0
                 .unwrap_or_else(not_happening);
-            self.cached_outside_timeout = outside_session;
             let time_and_reason = outside_session.soonest(session_timeout);
 
-            let time = time_and_reason.0.unwrap_or_else(not_happening);
-            self.cached_timeout = time.max(self.last_now);
-            self.last_timeout_reason = time_and_reason.1;
-            self.readiness.clear_timeout();
-        } else if self.readiness.wants_pacer_timeout() {
-            // Tessera fork: after a pacer-only timeout only the pacer's and the estimator's
-            // timers moved; the rest are as last read. One such timeout runs per packet paced,
-            // and reading every timer again was a third of its cost.
-            let session_timeout = self.session.poll_pacer_timeout();
-            let outside_session = self.cached_outside_timeout;
-            self.cached_others_timeout = outside_session
-                .soonest((self.session.others_timeout(), Reason::NotHappening))
-                .0
-                .unwrap_or_else(not_happening);
-            let time_and_reason = outside_session.soonest(session_timeout);
             let time = time_and_reason.0.unwrap_or_else(not_happening);
             self.cached_timeout = time.max(self.last_now);
             self.last_timeout_reason = time_and_reason.1;
@@ -2180,9 +2160,8 @@ impl Rtc {
                 session, readiness, ..
             } = self;
             let mut wake = readiness.wake();
-            // Only the pacer's and the estimator's state moved: the session's sends, and of
-            // the timers theirs.
-            wake.only_pacer();
+            // Only the pacer's and the estimator's state moved: the session's sends.
+            wake.only_sends();
             if session.handle_pacer_timeout(now, &mut wake) {
                 return Ok(());
             }

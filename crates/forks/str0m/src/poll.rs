@@ -162,9 +162,6 @@ pub(crate) struct Readiness {
     // Tessera fork: only the session's datagrams (the pacer's next packets, RTCP) and the
     // estimate may be new; the rest of the tree is known quiet. See `Rtc::poll_sends`.
     sends: bool,
-    // Tessera fork: of the timers only the pacer's and the estimator's moved (a pacer-only
-    // timeout ran): the next timeout is recomputed from those and the others as last read.
-    pacer: bool,
 }
 
 impl Readiness {
@@ -174,7 +171,6 @@ impl Readiness {
             events: true,
             timeout: true,
             sends: false,
-            pacer: false,
         }
     }
 
@@ -211,12 +207,6 @@ impl Readiness {
 
     pub(crate) fn clear_timeout(&mut self) {
         self.timeout = false;
-        self.pacer = false;
-    }
-
-    /// Tessera fork: whether only the pacer's and the estimator's timers need reading again.
-    pub(crate) fn wants_pacer_timeout(&self) -> bool {
-        self.pacer
     }
 
     /// Hand out an armed guard for a mutable descent into the tree.
@@ -226,7 +216,6 @@ impl Readiness {
             events: true,
             timeout: true,
             sends: false,
-            pacer: false,
         }
     }
 }
@@ -243,7 +232,6 @@ pub(crate) struct Wake<'a> {
     events: bool,
     timeout: bool,
     sends: bool,
-    pacer: bool,
 }
 
 impl Wake<'_> {
@@ -265,14 +253,6 @@ impl Wake<'_> {
         self.events = false;
         self.sends = true;
     }
-
-    /// Tessera fork: assert this path ran only the pacer's and the estimator's timeouts: what
-    /// `only_sends` says, and of the timers only theirs moved.
-    pub(crate) fn only_pacer(&mut self) {
-        self.only_sends();
-        self.timeout = false;
-        self.pacer = true;
-    }
 }
 
 impl Drop for Wake<'_> {
@@ -280,7 +260,6 @@ impl Drop for Wake<'_> {
         self.readiness.events |= self.events;
         self.readiness.timeout |= self.timeout;
         self.readiness.sends |= self.sends;
-        self.readiness.pacer |= self.pacer;
     }
 }
 
@@ -291,7 +270,6 @@ impl Readiness {
             events: false,
             timeout: false,
             sends: false,
-            pacer: false,
         }
     }
 }

@@ -112,8 +112,6 @@ pub(crate) struct Session {
     /// Tessera fork: When the session's timers other than the pacer next fire, as of the last
     /// `poll_timeout`: before then, a timeout the pacer asked for needs only the pacer's part.
     others_at: Option<Instant>,
-    // Tessera fork: The timers of `others_at` but the estimator's, as `poll_timeout` last read.
-    others_fixed: (Option<Instant>, Reason),
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
     poll_packet_buf: Vec<u8>,
@@ -187,7 +185,6 @@ impl Session {
 
         Session {
             others_at: None,
-            others_fixed: (None, Reason::NotHappening),
             id,
             medias: vec![],
             streams: Streams::new(enable_stats, *config.mtu.end(), config.pause_threshold),
@@ -1367,32 +1364,17 @@ impl Session {
             // We should never see this reason.
             .unwrap_or((None, Reason::BweDelayControl));
 
-        let fixed = (feedback_at, Reason::Feedback)
+        let others = (feedback_at, Reason::Feedback)
             .soonest((request_at, Reason::Feedback))
             .soonest((nack_at, Reason::Nack))
             .soonest((twcc_at, Reason::Twcc))
             .soonest((receive_at, Reason::ReceiveReorder))
             .soonest((packetize_at, Reason::Packetize))
             .soonest((paused_at, Reason::PauseCheck))
-            .soonest((send_stream_at, Reason::SendStream));
-        self.others_fixed = fixed;
-        let others = fixed.soonest(bwe_at);
+            .soonest((send_stream_at, Reason::SendStream))
+            .soonest(bwe_at);
         self.others_at = others.0;
         others.soonest(pacing_at)
-    }
-
-    /// Tessera fork: `poll_timeout` after a pacer-only timeout (`handle_pacer_timeout`), which
-    /// moved only the pacer's and the estimator's timers: those read again, the others as
-    /// `poll_timeout` last read them.
-    pub fn poll_pacer_timeout(&mut self) -> (Option<Instant>, Reason) {
-        let bwe_at = self
-            .bwe
-            .as_ref()
-            .map(|bwe| bwe.poll_timeout())
-            .unwrap_or((None, Reason::BweDelayControl));
-        let others = self.others_fixed.soonest(bwe_at);
-        self.others_at = others.0;
-        others.soonest(self.pacer.poll_timeout())
     }
 
     /// Tessera fork: When the session's timers other than the pacer next fire (see `others_at`).

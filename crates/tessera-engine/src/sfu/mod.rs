@@ -68,9 +68,6 @@ pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// is known (then `rtx_cache_age`).
 const RTX_CACHE_PACKETS: usize = 2048;
 const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
-/// At most this many of a peer's due timeouts are served within one drain (`Sfu::drain_one`):
-/// a paced burst's worth; past it the timer heap takes the rest, so one peer cannot hold a turn.
-const DUE_PER_DRAIN: u32 = 64;
 
 /// How old a packet may be and still be resent to a viewer with this RTT. A packet is cached
 /// when written, before it waits in the pacer (up to `MAX_LINK_QUEUE_DELAY`); its NACK comes
@@ -886,19 +883,8 @@ impl Sfu {
     fn drain_one(&mut self, id: u64, now: Instant) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.dirty = false;
-        let mut due = 0;
         let next = loop {
             match s.peer.rtc.poll_output() {
-                // A timeout already due is served here rather than through the timer heap and
-                // the next turn: the pacer asks for one at once after each packet it releases,
-                // and str0m for one after each packet written (a heap round per packet).
-                Ok(Output::Timeout(t)) if t <= now && due < DUE_PER_DRAIN => {
-                    due += 1;
-                    if let Err(e) = s.peer.rtc.handle_input(Input::Timeout(now)) {
-                        tracing::debug!(parent: &s.span, "timeout handling failed: {e}");
-                        break t;
-                    }
-                }
                 Ok(Output::Timeout(t)) => break t,
                 Ok(Output::Transmit(t)) => self.out.push_back(SfuOutput::Transmit(t)),
                 Ok(Output::Event(e)) => self.events.push((id, e)),
