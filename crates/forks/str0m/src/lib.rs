@@ -1623,7 +1623,7 @@ impl Rtc {
     /// Tessera fork: the polls while only the session's sends can be new (`Readiness::sends`):
     /// the estimate, then the session's next datagram. None when they are drained.
     fn poll_sends(&mut self) -> Option<Output> {
-        if let Some(ev) = self.session.poll_estimate_event(Some(self.session.could_probe())) {
+        if let Some(ev) = self.session.poll_estimate_event() {
             return Some(Output::Event(ev));
         }
         if let Some(send) = &self.send_addr {

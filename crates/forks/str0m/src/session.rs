@@ -1018,14 +1018,10 @@ impl Session {
     }
 
     /// The estimate's event, the part of `poll_event` that sending can change (Tessera fork:
-    /// polled alone while only the session's sends are new).
-    /// `can_probe`: whether probes can be sent — what `poll_event` last found, while only the
-    /// sends changed (it reads the medias and the codecs: most of this poll's cost).
-    pub fn poll_estimate_event(&mut self, can_probe: Option<bool>) -> Option<Event> {
-        let can_probe = can_probe.unwrap_or_else(|| {
-            self.bwe.is_some() && self.srtp_tx.is_some() && self.probe_media().is_some()
-        });
-        self.can_probe = can_probe;
+    /// polled alone while only the session's sends are new), with whether probes can be sent
+    /// as `poll_event` last found (reading the medias and the codecs was most of its cost).
+    pub fn poll_estimate_event(&mut self) -> Option<Event> {
+        let can_probe = self.can_probe;
         if let Some(bwe) = &mut self.bwe {
             // Drain estimates even while unavailable so they cannot be delivered later.
             let estimate = bwe.poll_estimate();
@@ -1047,11 +1043,6 @@ impl Session {
         None
     }
 
-    /// Tessera fork: whether probes could be sent when `poll_event` last looked.
-    pub fn could_probe(&self) -> bool {
-        self.can_probe
-    }
-
     /// Tessera fork: whether sent packets are kept as raw-packet events (a debug option).
     pub fn keeps_raw_packets(&self) -> bool {
         self.raw_packets.is_some()
@@ -1065,7 +1056,9 @@ impl Session {
             }
         }
 
-        if let Some(ev) = self.poll_estimate_event(None) {
+        self.can_probe =
+            self.bwe.is_some() && self.srtp_tx.is_some() && self.probe_media().is_some();
+        if let Some(ev) = self.poll_estimate_event() {
             return Some(ev);
         }
 
