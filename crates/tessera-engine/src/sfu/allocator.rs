@@ -471,6 +471,11 @@ impl Prober {
         self.proven.filter(|(_, until)| now < *until).map(|(goal, _)| goal)
     }
 
+    /// The link changed since the last probe found its room (it thinned): that room is gone.
+    pub fn forget_proven(&mut self) {
+        self.proven = None;
+    }
+
     pub fn probing(&self) -> bool {
         self.probe.is_some()
     }
@@ -675,6 +680,8 @@ mod tests {
         p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), false, at(250));
         assert_eq!(p.proven(at(250)), Some(goal));
         assert_eq!(p.proven(at(250) + PROBE_WINDOW), None, "for a while");
+        p.forget_proven();
+        assert_eq!(p.proven(at(250)), None, "or until the link thins");
     }
 
     #[test]

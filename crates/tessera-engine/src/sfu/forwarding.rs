@@ -111,7 +111,7 @@ impl Sfu {
             // copy (Opus at ~25 kbit/s) rides in the allocator's margins, as it did before RED:
             // counting it moved 700 kbit/s viewers off the middle layer at their start, when
             // str0m's estimate dips below the link. A second copy is counted.
-            let copies = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Audio).and_then(|c| c.red.as_ref()).map_or(1, |r| r.levels);
+            let copies = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Audio).and_then(|c| c.red.as_ref()).map_or(1, |r| r.levels.max(1));
             audio_bps += audio_producer.and_then(|p| p.layers.first()).map_or(0.0, |l| l.rate.bps * allocator::OVERHEAD * copies as f64);
             let video = producers.and_then(|ps| ps.iter().find(|p| p.kind == MediaKind::Video));
             if let Some(v) = video {
@@ -140,7 +140,7 @@ impl Sfu {
             sources.push((pub_id, audio, video.is_some()));
         }
         let Some(Session {
-            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, rtx_cap, playout_min, lossy_at, paced_bps, pacing_floor: floor_bps, .. },
+            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, rtx_cap, playout_min, lossy_at, red_lost_at, paced_bps, pacing_floor: floor_bps, .. },
             peer,
             net,
             ..
@@ -161,16 +161,16 @@ impl Sfu {
                 }
             }
         }
-        // RED carries two earlier packets where one in twenty is lost at random, else one; video asks
-        // for a jitter buffer that waits for a retransmission where any is lost.
+        // RED carries earlier packets as the link loses (`red::levels`); video asks for a jitter
+        // buffer that waits for a retransmission where any is lost.
         let mut video_loss: f32 = 0.0;
+        if consumers.iter().any(|c| net.egress_loss_of(c.mid).is_some_and(|l| l > 0.0)) {
+            *red_lost_at = Some(now);
+        }
         for c in consumers.iter_mut() {
             let loss = net.egress_loss_of(c.mid);
             if let Some(red) = c.red.as_mut() {
-                // Not on a link that queues or while a probe overfills it: loss from congestion
-                // is not helped by sending more.
-                let random_loss = loss.is_some_and(|l| l >= red::LOSSY) && !net.queueing() && !prober.probing();
-                red.levels = if random_loss { red::MAX_RED_LEVELS } else { 1 };
+                red.levels = red::levels(loss, *red_lost_at, net.queueing(), prober.probing(), now);
             }
             if c.kind == MediaKind::Video {
                 video_loss = video_loss.max(loss.unwrap_or(0.0));
@@ -224,6 +224,11 @@ impl Sfu {
         let thinned = signs.thinning() && measured.is_some() && measured != *estimate_bps;
         if let (true, Some(m)) = (thinned, measured) {
             net.thinned(m, now);
+            // What a probe found before the link thinned is not what it carries now: kept, it
+            // lifted the cap and floored the budget at the old room (rate-step: the top layer
+            // taken again 0.6 s after the step, its keyframe stuck in the thin link, a 3 s
+            // queue cut and 1.5 s of freeze).
+            prober.forget_proven();
         }
         let uncapped = measured;
         let measured = net.thinned_cap(*estimate_bps, measured, now);

@@ -237,6 +237,8 @@ enum Role {
         /// and when the link last lost.
         playout_min: Option<Duration>,
         lossy_at: Option<Instant>,
+        /// When any of its tracks last reported a loss (`red::levels`).
+        red_lost_at: Option<Instant>,
         /// For a viewer without transport-wide feedback: the rate its pacer was last set to
         /// (`unmeasured_pacing`).
         paced_bps: Option<f64>,
@@ -264,6 +266,7 @@ impl Role {
             rtx_cap: RTX_RATIO_CAP,
             playout_min: None,
             lossy_at: None,
+            red_lost_at: None,
             paced_bps: None,
             pacing_floor: 0.0,
             send_mids: Vec::new(),

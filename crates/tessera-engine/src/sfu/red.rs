@@ -12,6 +12,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tessera_rtc::str0m::format::PayloadParams;
 use tessera_rtc::str0m::media::Pt;
 use tessera_rtc::str0m::rtp::{RedDecoder, RedEncoder, RedundantBlock};
@@ -21,6 +22,24 @@ pub const MAX_RED_LEVELS: usize = 2;
 
 /// A viewer's loss (fraction of its audio) from which RED carries `MAX_RED_LEVELS` packets.
 pub const LOSSY: f32 = 0.05;
+
+/// How long after the last loss a viewer's link showed RED keeps one earlier packet.
+pub const LOSS_HOLD: Duration = Duration::from_secs(10);
+
+/// How many earlier packets ride along each audio packet to a viewer: none while its link has
+/// lost nothing for `LOSS_HOLD` (the copy is a third of an Opus stream's bytes on the wire, and
+/// on a link near its capacity those bytes are what the next video layer lacks), one where it
+/// lost lately or nothing is measured yet, `MAX_RED_LEVELS` where `loss` (its latest second)
+/// is `LOSSY` or more at random — not on a link that queues or while a probe overfills it:
+/// loss from congestion is not helped by sending more.
+pub fn levels(loss: Option<f32>, lost_at: Option<Instant>, queueing: bool, probing: bool, now: Instant) -> usize {
+    match loss {
+        None => 1,
+        Some(l) if l >= LOSSY && !queueing && !probing => MAX_RED_LEVELS,
+        Some(_) if lost_at.is_some_and(|t| now.saturating_duration_since(t) < LOSS_HOLD) => 1,
+        Some(_) => 0,
+    }
+}
 
 /// One Opus packet out of a RED payload: (extended sequence number, RTP timestamp, payload).
 pub type Unwrapped = (u64, u32, Arc<[u8]>);
@@ -110,7 +129,7 @@ impl RedReceiver {
 pub struct RedSender {
     /// The viewer's RED payload type.
     pub pt: Pt,
-    /// How many earlier packets each carries (1 or 2; more on a lossier link).
+    /// How many earlier packets each carries (`levels`).
     pub levels: usize,
     /// The last packets sent: (sequence number as sent, timestamp as sent, payload).
     history: VecDeque<(u64, u32, Arc<[u8]>)>,
@@ -216,6 +235,20 @@ mod tests {
     }
 
     #[test]
+    fn redundancy_follows_the_viewers_loss() {
+        let t0 = Instant::now();
+        let later = t0 + LOSS_HOLD;
+        assert_eq!(levels(None, None, false, false, t0), 1, "nothing measured yet");
+        assert_eq!(levels(Some(0.0), None, false, false, t0), 0, "a link that never lost");
+        assert_eq!(levels(Some(0.0), Some(t0), false, false, t0 + Duration::from_secs(3)), 1, "lost lately");
+        assert_eq!(levels(Some(0.0), Some(t0), false, false, later), 0, "nothing lost for the hold");
+        assert_eq!(levels(Some(0.02), Some(t0), false, false, t0), 1);
+        assert_eq!(levels(Some(0.06), Some(t0), false, false, t0), MAX_RED_LEVELS, "random loss");
+        assert_eq!(levels(Some(0.06), Some(t0), true, false, t0), 1, "congestion");
+        assert_eq!(levels(Some(0.06), Some(t0), false, true, t0), 1, "a probe's overshoot");
+    }
+
+    #[test]
     fn a_viewer_gets_the_packet_before_as_redundancy_and_it_decodes() {
         let mut s = RedSender::new(63.into());
         let a: Arc<[u8]> = Arc::from(&b"first"[..]);
@@ -234,15 +267,21 @@ mod tests {
         // A gap in what was sent (a switch): no block for a packet not right before.
         let third = s.wrap(105, 52_800, &c, OPUS);
         assert_eq!(RedDecoder::decode(&third).unwrap().len(), 1);
+        // No redundancy on a link that does not lose: the primary alone.
+        s.levels = 0;
+        let plain: Arc<[u8]> = Arc::from(&b"plain"[..]);
+        let alone = s.wrap(106, 53_760, &plain, OPUS);
+        assert_eq!(RedDecoder::decode(&alone).unwrap().len(), 1);
+        assert_eq!(alone.len(), 1 + plain.len());
         // Two levels on a lossier link; the viewer's receiver recovers both.
         s.levels = 2;
         let d: Arc<[u8]> = Arc::from(&b"fourth"[..]);
         let e: Arc<[u8]> = Arc::from(&b"fifth"[..]);
-        s.wrap(106, 53_760, &d, OPUS);
-        let fifth = s.wrap(107, 54_720, &e, OPUS);
+        s.wrap(107, 54_720, &d, OPUS);
+        let fifth = s.wrap(108, 55_680, &e, OPUS);
         let mut r = RedReceiver::default();
-        r.plain(104);
-        let got = r.unwrap(107, 54_720, &fifth, OPUS).unwrap();
-        assert_eq!(got.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), vec![(105, 52_800), (106, 53_760), (107, 54_720)]);
+        r.plain(105);
+        let got = r.unwrap(108, 55_680, &fifth, OPUS).unwrap();
+        assert_eq!(got.iter().map(|p| (p.0, p.1)).collect::<Vec<_>>(), vec![(106, 53_760), (107, 54_720), (108, 55_680)]);
     }
 }
