@@ -170,7 +170,11 @@ impl Sfu {
         for c in consumers.iter_mut() {
             let loss = net.egress_loss_of(c.mid);
             if let Some(red) = c.red.as_mut() {
-                red.levels = red::levels(loss, *red_lost_at, net.queueing(), prober.probing(), now);
+                let levels = red::levels(loss, *red_lost_at, net.queueing(), prober.probing(), now);
+                if levels != red.levels {
+                    tracing::debug!(mid = %c.mid, levels, ?loss, "red levels");
+                    red.levels = levels;
+                }
             }
             if c.kind == MediaKind::Video {
                 video_loss = video_loss.max(loss.unwrap_or(0.0));
