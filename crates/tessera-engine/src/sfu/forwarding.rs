@@ -140,7 +140,22 @@ impl Sfu {
             sources.push((pub_id, audio, video.is_some()));
         }
         let Some(Session {
-            role: Role::Viewer { consumers, estimate_bps, raw_estimate_bps, subscriptions, prober, rtx_age, rtx_cap, playout_min, lossy_at, red_lost_at, paced_bps, pacing_floor: floor_bps, .. },
+            role:
+                Role::Viewer {
+                    consumers,
+                    estimate_bps,
+                    raw_estimate_bps,
+                    subscriptions,
+                    prober,
+                    rtx_age,
+                    rtx_cap,
+                    playout_min,
+                    lossy_at,
+                    red_lost_at,
+                    paced_bps,
+                    pacing_floor: floor_bps,
+                    ..
+                },
             peer,
             net,
             ..
