@@ -94,6 +94,9 @@ impl Sfu {
         let Role::Viewer { subscriptions, consumers, .. } = &viewer.role else { return };
         let speaker = self.speakers.get(&viewer.spec.room).and_then(|s| s.dominant());
         let queueing = viewer.net.queueing();
+        // A standing queue (as of the last allocation): no layer is kept by hysteresis, and the
+        // budget is what gets through (below).
+        let standing = viewer.net.standing(now);
         // Per subscription: its publisher, audio layer, and video demand.
         let mut sources = Vec::with_capacity(subscriptions.len());
         let mut tracks = Vec::with_capacity(subscriptions.len());
@@ -121,7 +124,8 @@ impl Sfu {
                     _ => Priority::Other,
                 };
                 let consumer = consumers.iter().find(|c| c.source == sub.source && c.kind == MediaKind::Video);
-                let current = consumer.and_then(|c| c.target).map(|(_, t)| t);
+                let sending = consumer.and_then(|c| c.target).map(|(_, t)| t);
+                let current = sending.filter(|_| !standing);
                 // A layer the publisher stopped or starves (its uplink thinned) is not waited
                 // for; with every layer silent, all are offered (the first to come back is taken).
                 let offered = v.usable_layers(now);
@@ -132,7 +136,7 @@ impl Sfu {
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
                 let layers: Vec<LayerRate> = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
-                let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(current, &layers)).flatten());
+                let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(sending, &layers)).flatten());
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
@@ -223,6 +227,10 @@ impl Sfu {
         // layer for most of a run. What got through during a keyframe's burst is the link's
         // rate, near the estimate: it moves nothing.
         let signs = LinkSigns::read(&peer.rtc);
+        match signs.deep {
+            true => _ = net.deep_since.get_or_insert(now),
+            false => net.deep_since = None,
+        }
         let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
         let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
         let delivered = signs.thinning().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
@@ -240,9 +248,16 @@ impl Sfu {
             (true, Some(d), Some(e)) if d < e => Some(raw.map_or(d, |r| r.min(d))),
             _ => allocator::measured(*estimate_bps, raw, delivered),
         };
+        let measured = match (standing, delivered) {
+            (true, Some(d)) => {
+                tracing::debug!(delivered = d, ?measured, queued = ?rise_now, "standing queue");
+                Some(measured.map_or(d, |m| m.min(d)))
+            }
+            _ => measured,
+        };
         let thinned = signs.thinning() && measured.is_some() && measured != *estimate_bps;
         if let (true, Some(m)) = (thinned, measured) {
-            net.thinned(m, now);
+            net.thinned(m, now, signs.deep);
             // What a probe found before the link thinned is not what it carries now: kept, it
             // lifted the cap and floored the budget at the old room (rate-step: the top layer
             // taken again 0.6 s after the step, its keyframe stuck in the thin link, a 3 s
@@ -300,7 +315,7 @@ impl Sfu {
                         _ => None,
                     };
                     let down = matches!((rank(c.target), rank(new)), (Some(a), Some(b)) if b > a);
-                    if thinned && down && c.kind == MediaKind::Video && c.has_sent() {
+                    if (thinned || standing) && down && c.kind == MediaKind::Video && c.has_sent() {
                         tracing::debug!(mid = %c.mid, rise = ?rise_now, "video held while the link drains");
                         c.hold_for_drain(now, DRAIN_HOLD_MIN, DRAIN_HOLD_MAX);
                         net.quiet_until = Some(now + DRAIN_HOLD_MAX + THINNED_WINDOW);

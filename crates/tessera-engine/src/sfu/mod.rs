@@ -111,6 +111,8 @@ const THINNING_LOSS: f64 = 0.1;
 const QUEUEING_RISE: Duration = Duration::from_millis(50);
 /// A packet that queued this long says the link thinned before its losses are reported.
 const DEEP_QUEUE: Duration = Duration::from_millis(150);
+/// A deep queue held this long stands (`NetStats::standing`).
+const STANDING_QUEUE: Duration = Duration::from_secs(1);
 /// What a thinned link's receiver got over this last span is what it carries now (a longer
 /// span reaches back before the step).
 const THINNED_WINDOW: Duration = Duration::from_millis(150);
