@@ -227,11 +227,11 @@ impl Sfu {
         // layer for most of a run. What got through during a keyframe's burst is the link's
         // rate, near the estimate: it moves nothing.
         let signs = LinkSigns::read(&peer.rtc);
-        match signs.deep {
+        let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
+        match deep {
             true => _ = net.deep_since.get_or_insert(now),
             false => net.deep_since = None,
         }
-        let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
         let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
         let delivered = signs.thinning().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
         let raw = match losing {
@@ -257,7 +257,7 @@ impl Sfu {
         };
         let thinned = signs.thinning() && measured.is_some() && measured != *estimate_bps;
         if let (true, Some(m)) = (thinned, measured) {
-            net.thinned(m, now, signs.deep);
+            net.thinned(m, now, deep);
             // What a probe found before the link thinned is not what it carries now: kept, it
             // lifted the cap and floored the budget at the old room (rate-step: the top layer
             // taken again 0.6 s after the step, its keyframe stuck in the thin link, a 3 s

@@ -212,10 +212,9 @@ impl NetStats {
 
     /// Whether the link thinned within `THINNED_QUIET`: no probe yet (it would only fail, and
     /// each failure doubles the wait for the next, which then comes long after the link is
-    /// back).
-    /// Whether the cap stands or not: once str0m's average came down to it (within a second or
-    /// two) the link is as thin as before, and a probe then failed, doubled its back-off and
-    /// held the climb back 14.5 s after the link came back (rate-step).
+    /// back). Whether its cap still stands or not: once str0m's average came down to the cap
+    /// (within a second or two) the link is as thin as before, and a probe then failed, doubled
+    /// its back-off and held the climb back 14.5 s after the link came back (rate-step).
     pub(super) fn just_thinned(&self, now: Instant) -> bool {
         self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < THINNED_QUIET)
     }
