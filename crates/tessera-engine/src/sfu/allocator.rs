@@ -390,17 +390,8 @@ impl Prober {
     /// its room: the averaged estimate follows it seconds later (measured after a rate step
     /// back up: raw 1.37 Mbit/s while the average still read 340 kbit/s, the probe failed on
     /// the average and the back-off held the viewer on its lowest layer for 10 s more).
-    /// What a probe just proved stands in for an estimate still climbing to it when the next
-    /// probe may start (as in the budget), so it need not wait for the average to catch up
-    /// with the layer just taken (measured after a rate step back up: 2.8 s between taking the
-    /// middle layer and probing for the top one, the average climbing from 436 to 562 kbit/s).
-    /// The probe itself is judged against the estimate as it is.
     pub fn step_with_raw(&mut self, plan: &Plan, estimate_bps: Option<f64>, raw_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
-        let room = match self.proven(now) {
-            Some(p) if !queueing => estimate.max(p),
-            _ => estimate,
-        };
         let settled = now.duration_since(self.start.get_or_insert((now, estimate)).0) >= PROBE_SETTLE;
         // The raw value counts once it rose during the probe: one stale from before it (left
         // high by a link that thinned while little was sent) proves nothing.
@@ -410,10 +401,7 @@ impl Prober {
         };
         let want = match self.probe {
             Some(p) if found >= p.goal => {
-                // What it found, up to what it sent: a goal proved exactly fell short of the
-                // layer's rate re-measured a moment later (its keyframes), and the layer waited
-                // a second for another probe.
-                self.proven = Some((found.min(p.goal * PROBE_HEADROOM), now + PROBE_WINDOW));
+                self.proven = Some((p.goal, now + PROBE_WINDOW));
                 // Found the room: the plan takes the layer, media replaces the padding.
                 self.probe = None;
                 if self.failed_goal.is_none_or(|g| p.goal >= g * 0.9) {
@@ -438,7 +426,7 @@ impl Prober {
             None => match plan.next_bps {
                 // Only with the plan within the estimate: a viewer over it (a layer kept by
                 // hysteresis) has no room to look for more.
-                Some(goal) if settled && !queueing && goal > room && plan.used_bps <= room && self.next_at.is_none_or(|t| now >= t) => {
+                Some(goal) if settled && !queueing && goal > estimate && plan.used_bps <= estimate && self.next_at.is_none_or(|t| now >= t) => {
                     self.probe = Some(Probe { goal, since: now, from: estimate, raw_from: raw_bps });
                     (goal, goal * PROBE_HEADROOM)
                 }
@@ -690,39 +678,10 @@ mod tests {
         p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, t0);
         p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, at(0));
         p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), false, at(250));
-        assert_eq!(p.proven(at(250)), Some(goal * PROBE_HEADROOM), "what it found, up to what it sent");
+        assert_eq!(p.proven(at(250)), Some(goal));
         assert_eq!(p.proven(at(250) + PROBE_WINDOW), None, "for a while");
         p.forget_proven();
         assert_eq!(p.proven(at(250)), None, "or until the link thins");
-    }
-
-    #[test]
-    fn after_a_probe_found_its_room_the_next_step_is_probed_for_before_the_average_catches_up() {
-        let t0 = Instant::now();
-        let at = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
-        let tracks = [track(Priority::Other)];
-        let low = plan(&tracks, 40_000.0, Some(340_000.0));
-        let mut p = Prober::default();
-        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, t0);
-        assert!(p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, at(0)).is_some());
-        let goal = low.next_bps.unwrap();
-        p.step_with_raw(&low, Some(340_000.0), Some(goal * 1.2), false, at(250));
-        assert_eq!(p.proven(at(250)), Some(goal * 1.2));
-        // The middle layer taken on the proof; the average still reads 436 kbit/s.
-        let mid = plan(&tracks, 40_000.0, Some(goal));
-        assert!(mid.used_bps <= goal && mid.next_bps.is_some(), "{mid:?}");
-        let after = at(250) + PROBE_AFTER_SUCCESS;
-        let top = mid.next_bps.unwrap();
-        assert_eq!(p.step_with_raw(&mid, Some(436_000.0), Some(goal * 1.2), false, after), Some((top, top * PROBE_HEADROOM)));
-        // Under way it is judged from the average as it was (436 kbit/s): a queue ends it.
-        assert_eq!(p.step_with_raw(&mid, Some(436_000.0), Some(goal * 1.2), false, after + Duration::from_millis(500)), None);
-        assert!(p.probing());
-        assert_eq!(p.step_with_raw(&mid, Some(436_000.0), Some(goal * 1.2), true, after + Duration::from_millis(600)), Some((0.0, mid.used_bps)));
-        // Without a proof the average is what counts: no room for a probe from there.
-        let mut p = Prober::default();
-        assert_eq!(p.step_with_raw(&mid, Some(436_000.0), None, false, t0), Some((0.0, mid.used_bps)));
-        assert_eq!(p.step_with_raw(&mid, Some(436_000.0), None, false, at(0)), None);
-        assert!(!p.probing());
     }
 
     #[test]
