@@ -2338,18 +2338,6 @@ impl Rtc {
         self.session.bwe.as_ref().and_then(|b| b.queue_left(now))
     }
 
-    /// Tessera fork: `bwe_queue_delay_now` and when its packet was sent.
-    pub fn bwe_queue_delay_sent(&self) -> Option<(std::time::Duration, Instant)> {
-        self.session.bwe.as_ref().and_then(|b| b.queue_delay_sent())
-    }
-
-    /// Tessera fork: the RTP payload bytes sent after `since` (media, resends, padding: every
-    /// packet numbered for transport-wide feedback), as far back as str0m's send register
-    /// keeps (its last 1000 packets).
-    pub fn bwe_bytes_sent_after(&self, since: Instant) -> u64 {
-        self.session.bytes_sent_after(since)
-    }
-
     /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost
     /// (about the last 200 ms); `None` without an estimator.
     pub fn bwe_loss_now(&self) -> Option<f64> {

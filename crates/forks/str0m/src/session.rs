@@ -1043,12 +1043,6 @@ impl Session {
         None
     }
 
-    /// Tessera fork: the RTP payload bytes sent after `since` and numbered for transport-wide
-    /// feedback, as far back as the send register keeps (its last 1000 packets).
-    pub fn bytes_sent_after(&self, since: Instant) -> u64 {
-        (&self.twcc_tx_register).into_iter().rev().take_while(|r| r.local_send_time() > since).map(|r| r.size() as u64).sum()
-    }
-
     /// Tessera fork: whether sent packets are kept as raw-packet events (a debug option).
     pub fn keeps_raw_packets(&self) -> bool {
         self.raw_packets.is_some()

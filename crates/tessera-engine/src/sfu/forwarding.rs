@@ -550,22 +550,7 @@ impl Sfu {
             // (a round trip and up to its interval later). A packet from before the hold does
             // not tell: the queue kept filling after it (measured: the keyframe released into
             // a queue still growing to its 300 ms limit).
-            // Or, ahead of that feedback, by what was sent since the latest acknowledged packet at
-            // the rate the link delivers (a queue that dropped packets or emptied meanwhile
-            // reads longer, never shorter): the keyframe asked for then arrives as it drains.
-            let link_full = c.draining_since().is_some_and(|since| {
-                let rtc = &viewer.peer.rtc;
-                let drained = rtc.bwe_queue_left(now).is_some_and(|(left, sent)| sent >= since && left.is_zero());
-                if drained {
-                    return false;
-                }
-                let predicted = signals::predicted_drain(rtc, now);
-                if predicted.is_some_and(|left| left <= KEYFRAME_LEAD) {
-                    tracing::debug!(mid = %c.mid, ?predicted, "link queue predicted to drain");
-                    return false;
-                }
-                true
-            });
+            let link_full = c.draining_since().is_some_and(|since| viewer.peer.rtc.bwe_queue_left(now).is_none_or(|(left, sent)| sent < since || !left.is_zero()));
             let mut api = viewer.peer.rtc.direct_api();
             let Some(tx) = api.stream_tx_for_send(c.mid, None) else { continue };
             // How long the queue takes to empty: at the rate it was measured to empty, else at

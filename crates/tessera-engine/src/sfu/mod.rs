@@ -104,12 +104,6 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
 /// drained).
 const DRAIN_HOLD_MIN: Duration = Duration::from_millis(100);
 const DRAIN_HOLD_MAX: Duration = Duration::from_millis(700);
-/// A drain hold also ends when the link's queue is predicted to drain within this
-/// (`Rtc::bwe_queue_drain`): about the time a keyframe asked for at the hold's end takes to
-/// arrive (70-85 ms from a publisher nearby), so it reaches a queue about empty instead of
-/// being asked for only once the feedback shows the queue empty, a round trip and a
-/// feedback interval after it was.
-const KEYFRAME_LEAD: Duration = Duration::from_millis(100);
 /// The share of packets lost, over the last feedbacks, from which a link whose RTT rose is
 /// thinning (not just queueing a keyframe's burst).
 const THINNING_LOSS: f64 = 0.1;

@@ -81,24 +81,6 @@ impl LinkSigns {
     }
 }
 
-/// How long a viewer's link queue takes to drain from `now`, ahead of the feedback that would
-/// show it (`drain_left` on the latest acknowledged packet, at the rate the link delivers).
-pub(super) fn predicted_drain(rtc: &tessera_rtc::str0m::Rtc, now: Instant) -> Option<Duration> {
-    let (wait, sent) = rtc.bwe_queue_delay_sent()?;
-    let link = rtc.bwe_delivered_now(THINNED_WINDOW)?.as_f64();
-    Some(drain_left(wait, now.saturating_duration_since(sent), rtc.bwe_bytes_sent_after(sent), link))
-}
-
-/// One bottleneck queue, drained at `link_bps` while it holds anything: a packet sent `age`
-/// ago waited `wait` in it, and `bytes_after` (RTP payload, as `link_bps` is measured) were
-/// sent after it. What that packet's wait and the bytes behind it leave once `age` has passed.
-/// Too long if the queue emptied meanwhile or dropped packets (a drop-tail queue overflowing
-/// after a rate step: the bytes counted never queued), never too short at the right rate.
-fn drain_left(wait: Duration, age: Duration, bytes_after: u64, link_bps: f64) -> Duration {
-    let fed = Duration::from_secs_f64(bytes_after as f64 * 8.0 / link_bps.max(1.0));
-    (wait + fed).saturating_sub(age)
-}
-
 /// A peer's latest network measurements (str0m reports them every second).
 #[derive(Debug, Default)]
 pub(super) struct NetStats {
@@ -536,23 +518,6 @@ impl Sfu {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_queue_drains_what_waited_and_what_was_sent_after_at_the_link_rate() {
-        let ms = Duration::from_millis;
-        // Measured in a rate-step run: a packet that waited 273 ms, sent 336 ms ago, 4,556 bytes
-        // behind it at 318 kbit/s (115 ms): 52 ms left. A later report (a packet sent early in
-        // the hold, with only audio after it, waited 252 ms) showed the queue empty 45 ms on.
-        let left = drain_left(ms(273), ms(336), 4_556, 318_179.0);
-        assert!(left > ms(50) && left < ms(54), "{left:?}");
-        // Nothing sent after it: its wait less its age; a queue already drained reads zero.
-        assert_eq!(drain_left(ms(200), ms(150), 0, 400_000.0), ms(50));
-        assert_eq!(drain_left(ms(200), ms(300), 0, 400_000.0), Duration::ZERO);
-        // 50 kB sent after it at 400 kbit/s is a second of queue behind it.
-        assert_eq!(drain_left(ms(100), ms(100), 50_000, 400_000.0), ms(1000));
-        // No rate measured (zero): the bytes never drain, the queue reads as full.
-        assert!(drain_left(ms(0), ms(10), 1_000, 0.0) > Duration::from_secs(60));
-    }
 
     #[test]
     fn a_link_queues_when_its_rtt_is_50_ms_over_the_lowest_seen() {

@@ -136,11 +136,6 @@ impl Bwe {
         self.bwe.queue_left(now)
     }
 
-    /// Tessera fork: see `SendSideBandwidthEstimator::queue_delay_sent`.
-    pub fn queue_delay_sent(&self) -> Option<(Duration, Instant)> {
-        self.bwe.queue_delay_sent()
-    }
-
     /// Tessera fork: see `SendSideBandwidthEstimator::recent_loss`.
     pub fn recent_loss(&self) -> f64 {
         self.bwe.recent_loss()
@@ -257,11 +252,6 @@ impl SendSideBandwidthEstimator {
     /// here until a later packet's feedback.
     pub fn queue_left(&self, now: Instant) -> Option<(Duration, Instant)> {
         self.queue_delay.map(|(d, sent)| (d.saturating_sub(now.saturating_duration_since(sent)), sent))
-    }
-
-    /// Tessera fork: `queue_delay` and when its packet was sent.
-    pub fn queue_delay_sent(&self) -> Option<(Duration, Instant)> {
-        self.queue_delay
     }
 
     /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost
