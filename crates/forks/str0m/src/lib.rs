@@ -2338,6 +2338,13 @@ impl Rtc {
         self.session.bwe.as_ref().and_then(|b| b.queue_left(now))
     }
 
+    /// Tessera fork: whether the estimator's loss controller holds the estimate down (its
+    /// decreasing state: str0m sends no probe then, as libwebrtc's probe controller does not);
+    /// `false` without an estimator.
+    pub fn bwe_loss_limited(&self) -> bool {
+        self.session.bwe.as_ref().is_some_and(|b| b.loss_limited())
+    }
+
     /// Tessera fork: the share of packets the latest transport-wide feedbacks reported lost
     /// (about the last 200 ms); `None` without an estimator.
     pub fn bwe_loss_now(&self) -> Option<f64> {

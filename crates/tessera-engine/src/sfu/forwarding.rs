@@ -365,6 +365,15 @@ impl Sfu {
         // taken on it were given back within a second (10 % burst loss: 180 ↔ 360 lines, a
         // keyframe and a freeze each way).
         let raw_now = raw_now.filter(|_| video_loss < PLAYOUT_LOSSY);
+        // str0m's loss controller can hold its estimate down for good once the link is clean
+        // again (`NetStats::loss_hold_stale`): restarted from the estimate as it is, it probes.
+        let clean = video_loss == 0.0 && peer.rtc.bwe_loss_now().is_none_or(|l| l == 0.0) && !fresh_queue && !net.queueing();
+        if net.loss_hold_stale(peer.rtc.bwe_loss_limited(), clean, plan.next_bps.is_some(), now) {
+            if let Some(e) = raw_now.or(*estimate_bps) {
+                tracing::debug!(estimate = e, "estimator restarted: held by its loss controller on a link that no longer loses");
+                peer.rtc.bwe().reset(Bitrate::bps(e as u64));
+            }
+        }
         if let Some((minimum, desired)) = prober.step_with_raw(&plan, measured, raw_now, overfilled, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));

@@ -20,6 +20,9 @@ const THINNED_HOLD: Duration = Duration::from_millis(1500);
 const THINNED_QUIET: Duration = Duration::from_secs(4);
 /// How often a viewer's feedback may re-choose its layers between ticks (`thinning_seen`).
 const THINNING_CHECK: Duration = Duration::from_millis(100);
+/// How long str0m's loss controller may hold the estimate down on a link that neither loses
+/// nor queues before its estimator is restarted (`NetStats::loss_hold_stale`).
+const LOSS_HOLD_STALE: Duration = Duration::from_secs(4);
 /// The longest a thinned link's measurement caps the estimate (`NetStats::thinned_cap`) when
 /// neither the estimate comes down nor a probe finds more (4 s was too short: str0m's estimate
 /// stays where it was while the viewer receives its lowest layer, and the middle one taken then
@@ -116,6 +119,9 @@ pub(super) struct NetStats {
     pub(super) queued_at: Option<Instant>,
     /// When `thinning_seen` last said yes.
     thinning_seen_at: Option<Instant>,
+    /// Since when every allocation found str0m's loss controller holding the estimate down on
+    /// a link that neither lost nor queued (`loss_hold_stale`).
+    loss_held_since: Option<Instant>,
 }
 
 impl NetStats {
@@ -217,6 +223,27 @@ impl NetStats {
     /// its back-off and held the climb back 14.5 s after the link came back (rate-step).
     pub(super) fn just_thinned(&self, now: Instant) -> bool {
         self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < THINNED_QUIET)
+    }
+
+    /// Whether str0m's estimator is to be restarted: its loss controller has held the estimate
+    /// down (`loss_limited`; str0m sends no probe then, as libwebrtc does not) for
+    /// `LOSS_HOLD_STALE` while the link lost nothing and did not queue (`clean`), and the
+    /// viewer wants more (`wants_more`: its plan has a next step). The controller leaves that
+    /// state only once what is sent, without probes, shows the link carries more, and a viewer
+    /// moved to its lowest layer by a rate step sends too little for that: it stayed on that
+    /// layer for the rest of the run, the estimate fixed at 331 kbit/s on a 3 Mbit/s link,
+    /// every probe of its own failing (the padding is capped by that estimate).
+    pub(super) fn loss_hold_stale(&mut self, loss_limited: bool, clean: bool, wants_more: bool, now: Instant) -> bool {
+        if !(loss_limited && clean) {
+            self.loss_held_since = None;
+            return false;
+        }
+        let since = *self.loss_held_since.get_or_insert(now);
+        if wants_more && now.saturating_duration_since(since) >= LOSS_HOLD_STALE {
+            self.loss_held_since = None;
+            return true;
+        }
+        false
     }
 
     /// The loss a viewer reports on one of its tracks (a fraction).
@@ -518,6 +545,35 @@ impl Sfu {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_loss_hold_on_a_link_that_no_longer_loses_restarts_the_estimator_after_4_s() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut net = NetStats::default();
+        assert!(!net.loss_hold_stale(true, true, true, at(0)));
+        assert!(!net.loss_hold_stale(true, true, true, at(3_900)));
+        assert!(net.loss_hold_stale(true, true, true, at(4_000)));
+        assert!(!net.loss_hold_stale(true, true, true, at(4_250)), "once, then another 4 s");
+        assert!(net.loss_hold_stale(true, true, true, at(8_250)));
+        // A loss or a queue on the way starts the wait again; so does the hold ending.
+        let mut net = NetStats::default();
+        net.loss_hold_stale(true, true, true, at(0));
+        assert!(!net.loss_hold_stale(true, false, true, at(2_000)));
+        assert!(!net.loss_hold_stale(true, true, true, at(4_000)));
+        assert!(!net.loss_hold_stale(true, true, true, at(7_900)));
+        assert!(net.loss_hold_stale(true, true, true, at(8_000)));
+        let mut net = NetStats::default();
+        net.loss_hold_stale(true, true, true, at(0));
+        assert!(!net.loss_hold_stale(false, true, true, at(2_000)));
+        assert!(!net.loss_hold_stale(true, true, true, at(4_000)));
+        assert!(net.loss_hold_stale(true, true, true, at(8_000)));
+        // A viewer that wants nothing more keeps the estimator as it is.
+        let mut net = NetStats::default();
+        net.loss_hold_stale(true, true, false, at(0));
+        assert!(!net.loss_hold_stale(true, true, false, at(10_000)));
+        assert!(net.loss_hold_stale(true, true, true, at(10_250)));
+    }
 
     #[test]
     fn a_link_queues_when_its_rtt_is_50_ms_over_the_lowest_seen() {

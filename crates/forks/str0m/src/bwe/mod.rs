@@ -136,6 +136,11 @@ impl Bwe {
         self.bwe.queue_left(now)
     }
 
+    /// Tessera fork: see `SendSideBandwidthEstimator::loss_limited`.
+    pub fn loss_limited(&self) -> bool {
+        self.bwe.loss_limited()
+    }
+
     /// Tessera fork: see `SendSideBandwidthEstimator::recent_loss`.
     pub fn recent_loss(&self) -> f64 {
         self.bwe.recent_loss()
@@ -504,6 +509,12 @@ impl SendSideBandwidthEstimator {
 
         // Don't update until this changes.
         self.last_updated_estimate = Some(estimate);
+    }
+
+    /// Tessera fork: whether the loss controller holds the estimate down (its decreasing
+    /// state, in which no probe is sent).
+    pub fn loss_limited(&self) -> bool {
+        matches!(self.loss_controller.loss_based_result().state, LossControllerState::Decreasing)
     }
 
     fn bandwidth_limited_cause(&self) -> BandwidthLimitedCause {
