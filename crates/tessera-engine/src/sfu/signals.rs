@@ -231,8 +231,8 @@ impl NetStats {
     /// viewer wants more (`wants_more`: its plan has a next step). The controller leaves that
     /// state only once what is sent, without probes, shows the link carries more, and a viewer
     /// moved to its lowest layer by a rate step sends too little for that: it stayed on that
-    /// layer for the rest of the run, the estimate fixed at 331 kbit/s on a 3 Mbit/s link,
-    /// every probe of its own failing (the padding is capped by that estimate).
+    /// layer for the rest of the run, the estimate fixed at 331 kbit/s on a 3 Mbit/s link and
+    /// every probe of the SFU's failing (their padding is capped by that estimate).
     pub(super) fn loss_hold_stale(&mut self, loss_limited: bool, clean: bool, wants_more: bool, now: Instant) -> bool {
         if !(loss_limited && clean) {
             self.loss_held_since = None;
