@@ -228,10 +228,7 @@ impl Sfu {
         // rate, near the estimate: it moves nothing.
         let signs = LinkSigns::read(&peer.rtc);
         let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
-        match deep {
-            true => _ = net.deep_since.get_or_insert(now),
-            false => net.deep_since = None,
-        }
+        net.note_deep(deep, now);
         let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
         let delivered = signs.thinning().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
         let raw = match losing {

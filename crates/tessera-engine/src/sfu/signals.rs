@@ -114,7 +114,7 @@ pub(super) struct NetStats {
     pub(super) quiet_until: Option<Instant>,
     /// Since when every allocation found the latest acknowledged packet queued `DEEP_QUEUE`
     /// (`standing`).
-    pub(super) deep_since: Option<Instant>,
+    deep_since: Option<Instant>,
     /// When an allocation last found the link queueing (`pacing_floor`).
     pub(super) queued_at: Option<Instant>,
     /// When `thinning_seen` last said yes.
@@ -204,6 +204,14 @@ impl NetStats {
     /// Whether a thinned link's measurement caps the estimate now.
     pub(super) fn capped(&self) -> bool {
         self.thinned_to.is_some()
+    }
+
+    /// Notes whether the latest acknowledged packet queued `DEEP_QUEUE` (read by `standing`).
+    pub(super) fn note_deep(&mut self, deep: bool, now: Instant) {
+        match deep {
+            true => _ = self.deep_since.get_or_insert(now),
+            false => self.deep_since = None,
+        }
     }
 
     /// Whether the link has held a deep queue (`DEEP_QUEUE`) for `STANDING_QUEUE`: what is sent
