@@ -107,14 +107,14 @@ PUBLISH_STATS = """async (pc) => {
   return out;
 }"""
 
-DIRECT_PUBLISHER = """async (fps) => {
+DIRECT_PUBLISHER = """async ([fps, codec]) => {
   const media = await navigator.mediaDevices.getUserMedia({audio: true, video: {width: 1280, height: 720, frameRate: {max: fps}}});
   const pc = new RTCPeerConnection();
   pc.addTransceiver(media.getAudioTracks()[0], {direction: 'sendonly', streams: [media]});
   const video = pc.addTransceiver(media.getVideoTracks()[0], {direction: 'sendonly', streams: [media], sendEncodings: [{maxBitrate: 1500000}]});
-  // H.264, as the SFU run's publisher sends: the codec's loss handling is compared too.
+  // The codec the SFU run's publisher sends: the codec's loss handling is compared too.
   const codecs = RTCRtpSender.getCapabilities('video').codecs;
-  video.setCodecPreferences(codecs.filter(c => c.mimeType === 'video/H264').concat(codecs.filter(c => c.mimeType !== 'video/H264')));
+  video.setCodecPreferences(codecs.filter(c => c.mimeType === `video/${codec}`).concat(codecs.filter(c => c.mimeType !== `video/${codec}`)));
   window.__pc = pc;
   await pc.setLocalDescription(await pc.createOffer());
   await new Promise(r => { if (pc.iceGatheringState === 'complete') r(); pc.onicegatheringstatechange = () => pc.iceGatheringState === 'complete' && r(); });
@@ -170,6 +170,7 @@ def main():
     p.add_argument("--fake-video", default="")
     p.add_argument("--fake-audio", default="", help="a WAV file the fake microphone plays in a loop (Chromium's own beeps too briefly to count as speech)")
     p.add_argument("--seconds", type=float, default=20)
+    p.add_argument("--codec", default="H264", help="the publishers' video codec: H264 (one temporal layer) or VP8 (Chrome: three per simulcast layer)")
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--warmup", type=float, default=4, help="publisher alone before the viewer joins")
     p.add_argument("--chromium", default="/usr/bin/chromium")
@@ -186,7 +187,7 @@ def main():
             view = view_browser.new_context().new_page()
             if a.mode == "sfu":
                 for i, pub in enumerate(pubs):
-                    q = {"room": a.room, "token": a.token[i], "codec": "H264", "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution", "fps": a.fps}
+                    q = {"room": a.room, "token": a.token[i], "codec": a.codec, "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution", "fps": a.fps}
                     goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
                 for pub in pubs:
                     pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=20000)
@@ -213,7 +214,7 @@ def main():
                 offers = []
                 for pub in pubs:
                     goto(pub, f"{a.base}/play.html")
-                    offers.append(pub.evaluate(DIRECT_PUBLISHER, a.fps))
+                    offers.append(pub.evaluate(DIRECT_PUBLISHER, [a.fps, a.codec]))
                 for pub in pubs[1:]:
                     pub.evaluate(f"({MUTE_MIC})(window.__pc)")
                 time.sleep(a.warmup)

@@ -338,6 +338,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
         .args(["--publishers", &scenario.publishers.to_string(), "--fps", &scenario.camera.1.to_string()])
         .args(if scenario.publishers > 1 { vec!["--viewer-token".to_owned(), viewer.clone(), "--fake-audio".to_owned(), tone(dir.path()).display().to_string()] } else { vec![] })
         .args(["--shaped", if scenario.publisher_shaped { "publisher" } else { "viewer" }])
+        .args(["--codec", &std::env::var("NET_CODEC").unwrap_or_else(|_| "H264".into())])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

@@ -18,7 +18,16 @@ pub struct SeqTsRewriter {
     cut: bool,
     /// Packets of this source below this (extended) sequence number are from before a cut.
     floor: u64,
+    /// Packets skipped on purpose (a temporal layer's frames), newest last: (the first sequence
+    /// number after a skipped run, the delta that held below it). A packet that arrives late
+    /// from before a skip keeps the number it would have had.
+    skips: std::collections::VecDeque<(u64, i64)>,
+    /// The newest incoming sequence number of this source.
+    newest: u64,
 }
+
+/// Skipped runs remembered for late packets (a run is one dropped frame: ~2 s of them at 30 fps).
+const MAX_SKIPS: usize = 64;
 
 /// Packets older than this (in sequence numbers) behind the newest sent are dropped: they are
 /// from before a switch, or too late to matter.
@@ -44,6 +53,27 @@ impl SeqTsRewriter {
         }
     }
 
+    /// Packet `seq` of the current source is dropped on purpose and takes no number: the ones
+    /// after it close up (a viewer's temporal layers thinned: it must not NACK what it was never
+    /// meant to get). One that arrives after a newer packet was seen is only dropped (its number
+    /// may already be taken): the viewer sees that gap.
+    pub fn skip(&mut self, source: SourceId, seq: u64) {
+        if self.source != Some(source) || !self.started || self.cut || seq < self.newest || seq < self.floor {
+            return;
+        }
+        self.newest = seq;
+        match self.skips.back_mut() {
+            Some(last) if last.0 == seq => last.0 = seq + 1,
+            _ => {
+                if self.skips.len() == MAX_SKIPS {
+                    self.skips.pop_front();
+                }
+                self.skips.push_back((seq + 1, self.seq_delta));
+            }
+        }
+        self.seq_delta -= 1;
+    }
+
     /// Maps an incoming (extended seq, timestamp) to outgoing ones, or `None` to drop it.
     /// `gap_ticks` is how far the timestamp advances across a source change (the time since the
     /// last packet sent, in clock ticks, at least 1).
@@ -55,6 +85,7 @@ impl SeqTsRewriter {
                 self.seq_delta = self.next_seq as i64 - seq as i64;
             }
             self.floor = seq;
+            self.skips.clear();
         }
         if self.source == Some(source) && seq < self.floor {
             return None;
@@ -62,6 +93,8 @@ impl SeqTsRewriter {
         if self.source != Some(source) {
             self.cut = false;
             self.floor = 0;
+            self.skips.clear();
+            self.newest = seq;
             // Start the new source right after what was sent; viewers see a continuous stream.
             let next = if self.started { self.next_seq } else { 1 };
             self.seq_delta = next as i64 - seq as i64;
@@ -69,7 +102,16 @@ impl SeqTsRewriter {
             self.ts_delta = first_ts.wrapping_sub(ts);
             self.source = Some(source);
         }
-        let out = seq as i64 + self.seq_delta;
+        // A late packet from before a skip takes the delta of its time.
+        let mut delta = self.seq_delta;
+        for &(from, before) in self.skips.iter().rev() {
+            if seq >= from {
+                break;
+            }
+            delta = before;
+        }
+        self.newest = self.newest.max(seq);
+        let out = seq as i64 + delta;
         if out < 1 {
             return None;
         }
@@ -84,6 +126,73 @@ impl SeqTsRewriter {
         }
         self.started = true;
         Some((out, ts_out))
+    }
+}
+
+/// The VP8 picture IDs a viewer sees, closed up over the frames dropped for it on purpose (a
+/// temporal layer it does not get): libwebrtc's VP8 reference finder holds back every frame
+/// after a picture ID it has not seen, waiting for it. Another source (a layer switch, at its
+/// keyframe) starts with its own IDs, as a switch always did.
+#[derive(Debug, Default)]
+pub struct PictureIds {
+    source: Option<SourceId>,
+    /// The newest extended ID seen.
+    newest: Option<u64>,
+    /// Extended IDs of the frames dropped, ascending; `forgotten` counts those dropped off it.
+    dropped: std::collections::VecDeque<u64>,
+    forgotten: u64,
+}
+
+/// Dropped frames remembered for late packets (~4 s at 15 dropped frames a second).
+const MAX_DROPPED_PICTURES: usize = 64;
+
+impl PictureIds {
+    /// The extended form of `id` (`modulus`: 2^15 or 2^7), near the newest seen.
+    fn extend(&mut self, source: SourceId, id: u16, modulus: u32) -> u64 {
+        if self.source != Some(source) {
+            *self = PictureIds { source: Some(source), ..PictureIds::default() };
+        }
+        let m = u64::from(modulus);
+        let ext = match self.newest {
+            // Far from zero, so IDs just before it extend without going negative.
+            None => u64::from(id) + m * 1024,
+            Some(n) => {
+                let diff = (u64::from(id) + m - n % m) % m;
+                if diff < m / 2 {
+                    n + diff
+                } else {
+                    n - (m - diff)
+                }
+            }
+        };
+        self.newest = Some(self.newest.map_or(ext, |n| n.max(ext)));
+        ext
+    }
+
+    /// A frame with this picture ID is dropped (called for each of its packets).
+    pub fn drop_frame(&mut self, source: SourceId, id: u16, modulus: u32) {
+        let ext = self.extend(source, id, modulus);
+        let at = self.dropped.partition_point(|&d| d < ext);
+        if self.dropped.get(at) == Some(&ext) {
+            return;
+        }
+        self.dropped.insert(at, ext);
+        if self.dropped.len() > MAX_DROPPED_PICTURES {
+            self.dropped.pop_front();
+            self.forgotten += 1;
+        }
+    }
+
+    /// The picture ID to send for `id`, where it differs from `id`.
+    pub fn map(&mut self, source: SourceId, id: u16, modulus: u32) -> Option<u16> {
+        // Nothing dropped (the rule): nothing to track. Another source starts afresh (`extend`).
+        if self.dropped.is_empty() && self.forgotten == 0 {
+            return None;
+        }
+        let ext = self.extend(source, id, modulus);
+        let before = self.forgotten + self.dropped.partition_point(|&d| d < ext) as u64;
+        let m = u64::from(modulus);
+        (before % m != 0).then(|| ((ext - before) % m) as u16)
     }
 }
 
@@ -110,6 +219,65 @@ mod tests {
         }
         assert_eq!(r.rewrite((2, 20), 10_500, 0, 0), None);
         assert!(r.rewrite((2, 20), 11_500, 0, 0).is_some());
+    }
+
+    #[test]
+    fn skipped_packets_take_no_numbers_and_a_late_packet_keeps_its_own() {
+        let mut r = SeqTsRewriter::default();
+        let src = (1, 10);
+        assert_eq!(r.rewrite(src, 100, 0, 0).map(|x| x.0), Some(1));
+        // 101 and 102 come late; 103-104 (a dropped frame) are skipped: 101 and 102 are owed 2
+        // and 3, so 105 takes 4.
+        r.skip(src, 103);
+        r.skip(src, 104);
+        assert_eq!(r.rewrite(src, 101, 0, 0).map(|x| x.0), Some(2));
+        assert_eq!(r.rewrite(src, 105, 0, 0).map(|x| x.0), Some(4));
+        assert_eq!(r.rewrite(src, 102, 0, 0).map(|x| x.0), Some(3), "the late packet keeps its place");
+        // Two separate runs.
+        r.skip(src, 106);
+        assert_eq!(r.rewrite(src, 107, 0, 0).map(|x| x.0), Some(5));
+        r.skip(src, 108);
+        r.skip(src, 109);
+        assert_eq!(r.rewrite(src, 110, 0, 0).map(|x| x.0), Some(6));
+        // A skip that comes late is not closed up (its number may be taken): only dropped.
+        r.skip(src, 100);
+        assert_eq!(r.rewrite(src, 111, 0, 0).map(|x| x.0), Some(7));
+        // Another source starts clean.
+        assert_eq!(r.rewrite((1, 20), 5, 0, 3_000).map(|x| x.0), Some(8));
+        assert_eq!(r.rewrite((1, 20), 6, 0, 0).map(|x| x.0), Some(9));
+    }
+
+    #[test]
+    fn picture_ids_close_up_over_dropped_frames_and_restart_with_another_source() {
+        let mut p = PictureIds::default();
+        let (a, b) = ((1, 10), (1, 20));
+        let m = 1 << 15;
+        assert_eq!(p.map(a, 100, m), None, "nothing dropped: sent as it came");
+        p.drop_frame(a, 101, m);
+        p.drop_frame(a, 101, m); // its second packet
+        assert_eq!(p.map(a, 102, m), Some(101));
+        p.drop_frame(a, 103, m);
+        assert_eq!(p.map(a, 104, m), Some(102));
+        assert_eq!(p.map(a, 100, m), None, "a late packet from before the drops keeps its ID");
+        assert_eq!(p.map(a, 102, m), Some(101));
+        // Across the wrap of the 15-bit ID.
+        let mut w = PictureIds::default();
+        assert_eq!(w.map(a, 32_765, m), None);
+        w.drop_frame(a, 32_766, m);
+        assert_eq!(w.map(a, 32_767, m), Some(32_766));
+        w.drop_frame(a, 0, m);
+        assert_eq!(w.map(a, 1, m), Some(32_767));
+        // A 7-bit ID wraps at 128.
+        let mut q = PictureIds::default();
+        q.drop_frame(a, 0, 128);
+        assert_eq!(q.map(a, 1, 128), Some(0));
+        let mut q = PictureIds::default();
+        q.drop_frame(a, 127, 128);
+        assert_eq!(q.map(a, 0, 128), Some(127));
+        // Another source: its own IDs again.
+        assert_eq!(p.map(b, 7, m), None);
+        p.drop_frame(b, 8, m);
+        assert_eq!(p.map(b, 9, m), Some(8));
     }
 
     #[test]

@@ -56,15 +56,53 @@ const PROBE_HEADROOM: f64 = 1.25;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LayerChoice {
     Layer(Option<Rid>),
+    /// A simulcast layer's temporal layers up to this one only (VP8's TID): the same picture at
+    /// a lower frame rate, taken and left without a keyframe.
+    Temporal(Option<Rid>, u8),
     /// Congestion control paused video: even the lowest layer does not fit.
     Paused,
 }
 
-/// One layer as the allocator sees it.
+impl LayerChoice {
+    /// The simulcast layer it forwards (None: paused).
+    pub fn rid(self) -> Option<Option<Rid>> {
+        match self {
+            LayerChoice::Layer(r) | LayerChoice::Temporal(r, _) => Some(r),
+            LayerChoice::Paused => None,
+        }
+    }
+
+    /// The highest temporal layer it forwards (None: all).
+    pub fn temporal(self) -> Option<u8> {
+        match self {
+            LayerChoice::Temporal(_, t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
+/// One step of a track's ladder as the allocator sees it: a simulcast layer, whole or without
+/// its highest temporal layer.
 #[derive(Debug, Clone, Copy)]
 pub struct LayerRate {
     pub rid: Option<Rid>,
     pub bps: f64,
+    /// Temporal layers up to this one only (None: all of them).
+    pub temporal: Option<u8>,
+}
+
+impl LayerRate {
+    /// A whole simulcast layer.
+    pub fn whole(rid: Option<Rid>, bps: f64) -> LayerRate {
+        LayerRate { rid, bps, temporal: None }
+    }
+
+    pub fn choice(&self) -> LayerChoice {
+        match self.temporal {
+            Some(t) => LayerChoice::Temporal(self.rid, t),
+            None => LayerChoice::Layer(self.rid),
+        }
+    }
 }
 
 /// Whose picture matters most when the estimate is short.
@@ -100,8 +138,8 @@ pub fn lower_ceiling(a: Option<f64>, b: Option<f64>) -> Option<f64> {
 /// The ceiling (`TrackDemand::ceiling_bps`) that keeps a track at or below the layer it
 /// forwards: the rate of the next layer up, if there is one.
 pub fn up_ceiling(current: Option<LayerChoice>, layers: &[LayerRate]) -> Option<f64> {
-    let Some(LayerChoice::Layer(rid)) = current else { return None };
-    let now = layers.iter().find(|l| l.rid == rid)?.bps;
+    let current = current.filter(|c| *c != LayerChoice::Paused)?;
+    let now = layers.iter().find(|l| l.choice() == current)?.bps;
     layers.iter().map(|l| l.bps).filter(|b| *b > now).min_by(f64::total_cmp)
 }
 
@@ -129,7 +167,8 @@ pub(super) fn rank(rid: Option<&str>) -> u8 {
     }
 }
 
-/// Layers from the lowest to the highest: by name, unnamed ones by measured bitrate.
+/// Layers from the lowest to the highest: by name, unnamed ones by measured bitrate; a layer
+/// without its top temporal layer just below it whole.
 fn ascending(layers: &[LayerRate]) -> Vec<LayerRate> {
     let mut l = layers.to_vec();
     l.sort_by(|a, b| rank(b.rid.as_deref()).cmp(&rank(a.rid.as_deref())).then(a.bps.total_cmp(&b.bps)));
@@ -140,15 +179,17 @@ fn need(l: &LayerRate) -> f64 {
     l.bps * OVERHEAD
 }
 
-/// The layer a pinned quality takes, from ascending layers.
+/// The layer a pinned quality takes, from ascending layers: a whole simulcast layer.
 fn pinned(layers: &[LayerRate], quality: Quality) -> Option<usize> {
-    let n = layers.len();
-    match quality {
-        Quality::High => Some(n - 1),
-        Quality::Medium => Some(n / 2),
-        Quality::Low => Some(0),
-        Quality::Auto => None,
-    }
+    let whole = || (0..layers.len()).filter(|&k| layers[k].temporal.is_none());
+    let n = whole().count();
+    let nth = match quality {
+        Quality::High => n.saturating_sub(1),
+        Quality::Medium => n / 2,
+        Quality::Low => 0,
+        Quality::Auto => return None,
+    };
+    Some(whole().nth(nth).unwrap_or(0))
 }
 
 /// Layers every viewer's simulcast video is held below its top while its worker is saturated
@@ -198,7 +239,12 @@ impl Shed {
         if self.layers == 0 || layers.len() < 2 {
             return None;
         }
-        let sorted = ascending(layers);
+        // Counted in whole simulcast layers; a layer without its top temporal layer stays
+        // allowed under the ceiling of the one above (fewer packets still).
+        let sorted: Vec<LayerRate> = ascending(layers).into_iter().filter(|l| l.temporal.is_none()).collect();
+        if sorted.len() < 2 {
+            return None;
+        }
         let allowed = sorted.len().saturating_sub(1 + self.layers);
         Some(sorted[allowed + 1].bps)
     }
@@ -220,8 +266,11 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         if l.is_empty() {
             continue;
         }
-        // One layer has nothing to fall back to; a pinned quality ignores the estimate.
-        match if l.len() == 1 { Some(0) } else { pinned(l, t.quality) } {
+        // One layer has nothing to fall back to (its temporal layers are not used alone: a
+        // viewer of one encoding is a WHEP player, not a meeting); a pinned quality ignores the
+        // estimate.
+        let single = l.iter().filter(|x| x.temporal.is_none()).count() <= 1;
+        match if single { pinned(l, Quality::High) } else { pinned(l, t.quality) } {
             Some(k) => {
                 level[i] = Some(k);
                 used += need(&l[k]);
@@ -235,7 +284,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         let top = order.first().map_or(0.0, |&i| need(sorted[i].last().expect("layers")));
         Some(used + top + order.iter().skip(1).map(|&i| need(&sorted[i][0])).sum::<f64>())
     });
-    let held = |i: usize, k: usize| tracks[i].current == Some(LayerChoice::Layer(sorted[i][k].rid));
+    let held = |i: usize, k: usize| tracks[i].current == Some(sorted[i][k].choice());
     // The highest level a track may take: its top, or the last under its ceiling.
     let allowed = |i: usize| match tracks[i].ceiling_bps {
         Some(c) => sorted[i].iter().rposition(|x| x.bps < c).unwrap_or(0),
@@ -287,7 +336,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
     });
     let choices = (0..tracks.len())
         .map(|i| match level[i] {
-            Some(k) => LayerChoice::Layer(sorted[i][k].rid),
+            Some(k) => sorted[i][k].choice(),
             None if sorted[i].is_empty() => LayerChoice::Layer(None),
             None => LayerChoice::Paused,
         })
@@ -340,7 +389,7 @@ impl PauseHold {
         }
         let since = *self.below_lowest_since.get_or_insert(now);
         match ascending(layers).first() {
-            Some(lowest) if keep || now.duration_since(since) < PAUSE_AFTER => LayerChoice::Layer(lowest.rid),
+            Some(lowest) if keep || now.duration_since(since) < PAUSE_AFTER => lowest.choice(),
             _ => planned,
         }
     }
@@ -495,7 +544,7 @@ mod tests {
     use super::*;
 
     fn layers() -> Vec<LayerRate> {
-        vec![LayerRate { rid: Some("l".into()), bps: 150_000.0 }, LayerRate { rid: Some("h".into()), bps: 1_500_000.0 }, LayerRate { rid: Some("m".into()), bps: 500_000.0 }]
+        vec![LayerRate::whole(Some("l".into()), 150_000.0), LayerRate::whole(Some("h".into()), 1_500_000.0), LayerRate::whole(Some("m".into()), 500_000.0)]
     }
 
     fn track(priority: Priority) -> TrackDemand {
@@ -505,6 +554,7 @@ mod tests {
     fn rid(c: LayerChoice) -> String {
         match c {
             LayerChoice::Layer(r) => r.map(|r| r.to_string()).unwrap_or_default(),
+            LayerChoice::Temporal(r, t) => format!("{}/T{t}", r.map(|r| r.to_string()).unwrap_or_default()),
             LayerChoice::Paused => "paused".into(),
         }
     }
@@ -543,8 +593,34 @@ mod tests {
     }
 
     #[test]
+    fn a_layer_without_its_top_temporal_layer_is_a_step_below_it() {
+        // Chrome's VP8 simulcast: each layer also without TL2 (half the frames, ~60 % of the rate).
+        let mut l = layers();
+        l.extend([("l", 90_000.0), ("m", 300_000.0), ("h", 900_000.0)].map(|(r, bps)| LayerRate { rid: Some(r.into()), bps, temporal: Some(1) }));
+        let t = TrackDemand { layers: l.clone(), ..track(Priority::Other) };
+        let one = |e: f64| rid(plan(std::slice::from_ref(&t), 40_000.0, Some(e)).choices[0]);
+        // A 600 kbit/s link with audio: the middle layer at half its frame rate, not the lowest.
+        assert_eq!(one(540_000.0), "m/T1");
+        assert_eq!(one(600_000.0), "m");
+        assert_eq!(one(1_000_000.0), "h/T1");
+        assert_eq!(one(200_000.0), "l");
+        assert_eq!(one(140_000.0), "l/T1");
+        // A pinned quality takes whole layers; shedding counts whole layers.
+        let pinned = |q| rid(plan(&[TrackDemand { quality: q, ..t.clone() }], 0.0, Some(100_000.0)).choices[0]);
+        assert_eq!([pinned(Quality::Low), pinned(Quality::Medium), pinned(Quality::High)], ["l", "m", "h"]);
+        let mut shed = Shed::default();
+        shed.update(1000, Instant::now());
+        assert_eq!(shed.ceiling(&l), Some(1_500_000.0), "h/T1 stays allowed under a shed top layer");
+        // The ceiling above the layer sent is the next step up: m/T1 -> m.
+        assert_eq!(up_ceiling(Some(LayerChoice::Temporal(Some("m".into()), 1)), &l), Some(500_000.0));
+        // One encoding with temporal layers is taken whole (nothing to fall back to).
+        let single = TrackDemand { layers: vec![LayerRate::whole(None, 800_000.0), LayerRate { rid: None, bps: 480_000.0, temporal: Some(1) }], ..track(Priority::Other) };
+        assert_eq!(plan(&[single], 0.0, Some(100_000.0)).choices, [LayerChoice::Layer(None)]);
+    }
+
+    #[test]
     fn one_layer_is_always_taken() {
-        let one = TrackDemand { layers: vec![LayerRate { rid: None, bps: 3_000_000.0 }], ..track(Priority::Other) };
+        let one = TrackDemand { layers: vec![LayerRate::whole(None, 3_000_000.0)], ..track(Priority::Other) };
         assert_eq!(plan(&[one], 0.0, Some(100_000.0)).choices, vec![LayerChoice::Layer(None)], "no simulcast: nothing to fall back to");
         let none = TrackDemand { layers: vec![], ..track(Priority::Other) };
         assert_eq!(plan(&[none], 0.0, None).choices, vec![LayerChoice::Layer(None)]);
@@ -620,18 +696,15 @@ mod tests {
         assert!(!shed.update(300, at(22)));
         assert!(shed.update(300, at(26)));
         assert_eq!(shed.layers(), 0);
-        let one = [LayerRate { rid: None, bps: 1_500_000.0 }];
+        let one = [LayerRate::whole(None, 1_500_000.0)];
         assert!(shed.update(950, at(27)));
         assert_eq!(shed.ceiling(&one), None, "a single layer has nothing to shed to");
     }
 
     #[test]
     fn a_track_held_from_moving_up_keeps_its_layer_or_goes_down() {
-        let layers = vec![
-            LayerRate { rid: Some(Rid::from("l")), bps: 150_000.0 },
-            LayerRate { rid: Some(Rid::from("m")), bps: 350_000.0 },
-            LayerRate { rid: Some(Rid::from("h")), bps: 1_400_000.0 },
-        ];
+        let layers =
+            vec![LayerRate::whole(Some(Rid::from("l")), 150_000.0), LayerRate::whole(Some(Rid::from("m")), 350_000.0), LayerRate::whole(Some(Rid::from("h")), 1_400_000.0)];
         let on = |r: &str| Some(LayerChoice::Layer(Some(Rid::from(r))));
         assert_eq!(up_ceiling(on("l"), &layers), Some(350_000.0));
         assert_eq!(up_ceiling(on("h"), &layers), None, "nothing above the top");

@@ -6,6 +6,7 @@
 use super::allocator::LayerChoice;
 use super::producer::FwdPacket;
 use super::types::PacketRoute;
+use crate::forward::PictureIds;
 use crate::forward::{FrameGate, Gate, SeqTsRewriter};
 use std::time::{Duration, Instant};
 use tessera_media::{Codec, StreamKind};
@@ -176,6 +177,12 @@ pub(super) struct Consumer {
     /// Video sends nothing while a link that just thinned drains its own queue (what was sent
     /// at the old rate) before the lower layer's keyframe goes into it.
     drain_hold: Option<DrainHold>,
+    /// The highest temporal layer it forwards now (None: all); it follows the target's at frame
+    /// starts: down at any, up at a layer sync frame of the layer above (one that refers only
+    /// to the base layer) or a keyframe.
+    temporal: Option<u8>,
+    /// VP8 picture IDs closed up over the frames of temporal layers it drops.
+    pictures: PictureIds,
 }
 
 /// A video consumer's wait for its link's queue to drain (`Consumer::hold_for_drain`).
@@ -202,8 +209,9 @@ pub(super) enum Route {
     ReplayGop,
     /// Dropped by the overload gate; `broken` when video must now wait for a keyframe.
     Dropped { broken: bool },
-    /// Write it with this payload type, sequence number and timestamp.
-    Send { pt: Pt, seq: u64, ts: u32 },
+    /// Write it with this payload type, sequence number and timestamp (and this VP8 picture
+    /// ID, where it differs from the packet's).
+    Send { pt: Pt, seq: u64, ts: u32, picture_id: Option<u16> },
 }
 
 impl Consumer {
@@ -231,6 +239,8 @@ impl Consumer {
             resend_copies: 1,
             cut: None,
             first_sent_at: None,
+            temporal: None,
+            pictures: PictureIds::default(),
         }
     }
 
@@ -313,8 +323,8 @@ impl Consumer {
         if self.current != Some(this) {
             // Switch only to the target layer of this publisher, and for video only on a keyframe.
             let wanted = match self.target {
-                Some((p, LayerChoice::Layer(r))) if p == pub_id => r == fp.rid,
-                Some((p, LayerChoice::Paused)) if p == pub_id => false,
+                // (Paused: no layer.)
+                Some((p, c)) if p == pub_id => c.rid() == Some(fp.rid),
                 // No choice made for this publisher yet: the first layer seen is taken.
                 _ => true,
             };
@@ -366,6 +376,28 @@ impl Consumer {
         } else if matches!(self.target, Some((p, LayerChoice::Paused)) if p == pub_id) {
             return Route::Skip; // paused by congestion control
         }
+        // Frames above the temporal layer it takes are dropped whole (each packet of a VP8
+        // frame carries its TID), taking no sequence number and no picture ID.
+        if let Some((tid, sync)) = fp.vp8.and_then(|d| d.temporal).filter(|_| video) {
+            if fp.vp8.is_some_and(|d| d.start) {
+                let want = self.target.filter(|(p, _)| *p == pub_id).and_then(|(_, c)| c.temporal());
+                self.temporal = match (self.temporal, want) {
+                    _ if fp.keyframe => want,
+                    (None, w) => w,
+                    (Some(now), Some(w)) if w < now => Some(w),
+                    // One layer at a time: a layer between might refer to its own frames dropped.
+                    (Some(now), w) if tid == now + 1 && sync && w.is_none_or(|w| tid <= w) => Some(tid),
+                    (t, _) => t,
+                };
+            }
+            if self.temporal.is_some_and(|m| tid > m) {
+                self.rewriter.skip((pub_id, fp.ssrc), fp.seq);
+                if let Some(d) = fp.vp8.filter(|d| d.picture_id.is_some()) {
+                    self.pictures.drop_frame((pub_id, fp.ssrc), d.picture_id.map_or(0, |p| p.0), d.picture_id_modulus());
+                }
+                return Route::Skip;
+            }
+        }
         // A viewer whose link (or pacer) cannot drain its queue loses whole frames here rather
         // than making the server hold them without bound; video then waits for a keyframe.
         // Dropped packets take no outgoing sequence numbers, so the viewer sees a clean cut,
@@ -374,8 +406,7 @@ impl Consumer {
         // allocator moves this viewer off the layer being sent (the link is too thin for it,
         // and its backlog must not hold back the new layer's keyframe — which always goes in).
         let leaving = match self.target {
-            Some((p, LayerChoice::Layer(r))) => p != pub_id || r != fp.rid,
-            Some((_, LayerChoice::Paused)) => true,
+            Some((p, c)) => p != pub_id || c.rid() != Some(fp.rid),
             None => false,
         };
         let limit = if queued.saturated || leaving { MAX_QUEUE_DELAY } else { MAX_LINK_QUEUE_DELAY };
@@ -410,7 +441,8 @@ impl Consumer {
         self.sent_layer = Some(this);
         self.sent.get_or_insert_with(|| super::producer::RateMeter::new(now)).add(now, fp.payload.len() + 12, fp.marker && fp.kind == MediaKind::Video);
         self.codec = Some(fp.codec);
-        Route::Send { pt, seq, ts }
+        let picture_id = fp.vp8.and_then(|d| d.picture_id.and_then(|(id, _)| self.pictures.map((pub_id, fp.ssrc), id, d.picture_id_modulus())));
+        Route::Send { pt, seq, ts, picture_id }
     }
 
     /// When it first sent media.
@@ -536,6 +568,7 @@ mod tests {
             ext: ExtensionValues::default(),
             arrival: Instant::now(),
             route: crate::PacketRoute::All,
+            vp8: None,
         }
     }
 
@@ -601,7 +634,7 @@ mod tests {
         };
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        assert_eq!(send(&mut c, packet(1, true, true, Some("h")), queueing, 5), (Route::Send { pt: 102.into(), seq: 1, ts: 3_000 }, 0), "nothing sent before");
+        assert_eq!(send(&mut c, packet(1, true, true, Some("h")), queueing, 5), (Route::Send { pt: 102.into(), seq: 1, ts: 3_000, picture_id: None }, 0), "nothing sent before");
         // A restart of the same layer after a cut keeps its backlog (it is still shown).
         assert_eq!(send(&mut c, packet(2, false, false, Some("h")), Queued::packets(MAX_QUEUED_PACKETS), 5).0, Route::Dropped { broken: true });
         assert_eq!(send(&mut c, packet(3, false, true, Some("h")), queueing, 5).0, Route::WaitKeyframe);
@@ -618,6 +651,42 @@ mod tests {
 
     fn video() -> Consumer {
         Consumer::new("0".into(), (UserId::parse("u").unwrap(), StreamKind::Main), MediaKind::Video, true, vec![(Codec::H264, 102.into())])
+    }
+
+    /// One-packet VP8 frame `n` of an L1T3 stream (TIDs 0 2 1 2 ...), picture ID 1000 + n,
+    /// layer sync on the first TL1 and TL2 frame after each TL0 frame.
+    fn vp8_frame(n: u64, keyframe: bool) -> FwdPacket {
+        let tid = [0u8, 2, 1, 2][n as usize % 4];
+        let sync = matches!(n % 4, 1 | 2);
+        let pid = 1000 + n as u16;
+        let payload = vec![0x90, 0xa0, 0x80 | (pid >> 8) as u8, pid as u8, (tid << 6) | if sync { 0x20 } else { 0 }, if keyframe { 0 } else { 1 }];
+        let vp8 = tessera_media::vp8::Descriptor::parse(&payload);
+        FwdPacket { codec: Codec::Vp8, payload: Arc::from(payload), vp8, ..packet(n, keyframe, true, Some("h")) }
+    }
+
+    #[test]
+    fn a_temporal_target_drops_the_frames_above_it_with_no_gap_in_numbers_or_picture_ids() {
+        let now = Instant::now();
+        let mut c = Consumer::new("0".into(), (UserId::parse("u").unwrap(), StreamKind::Main), MediaKind::Video, true, vec![(Codec::Vp8, 96.into())]);
+        let send = |c: &mut Consumer, n: u64| match c.route(&vp8_frame(n, n == 0), 1, false, false, Queued::default(), &mut || 0, now) {
+            Route::Send { seq, picture_id, .. } => Some((seq, picture_id.unwrap_or(1000 + n as u16))),
+            _ => None,
+        };
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        assert_eq!((0..4).map(|n| send(&mut c, n)).collect::<Vec<_>>(), [Some((1, 1000)), Some((2, 1001)), Some((3, 1002)), Some((4, 1003))]);
+        // Half the frame rate: the TL2 frames (odd n) are dropped at once, the others close up.
+        c.target = Some((1, LayerChoice::Temporal(Some("h".into()), 1)));
+        let sent: Vec<_> = (4..12).map(|n| send(&mut c, n)).collect();
+        assert_eq!(sent, [Some((5, 1004)), None, Some((6, 1005)), None, Some((7, 1006)), None, Some((8, 1007)), None]);
+        // Only TL0 (a quarter): TL1 goes too.
+        c.target = Some((1, LayerChoice::Temporal(Some("h".into()), 0)));
+        let sent: Vec<_> = (12..16).map(|n| send(&mut c, n)).collect();
+        assert_eq!(sent, [Some((9, 1008)), None, None, None]);
+        // Back to all: one layer up at a time, each from its next layer sync frame: not at 17 (a
+        // TL2 sync, but TL1 is not taken yet), TL1 at 18, TL2 at 21 (19 is not a sync frame).
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        let sent: Vec<_> = (16..24).map(|n| send(&mut c, n)).collect();
+        assert_eq!(sent, [Some((10, 1009)), None, Some((11, 1010)), None, Some((12, 1011)), Some((13, 1012)), Some((14, 1013)), Some((15, 1014))]);
     }
 
     #[test]

@@ -130,12 +130,20 @@ impl Sfu {
                 // for; with every layer silent, all are offered (the first to come back is taken).
                 let offered = v.usable_layers(now);
                 // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`.
+                // Each layer whole, and without its top temporal layer where it has them (VP8
+                // from Chrome: three), a step below it that needs no keyframe.
+                let mut layers: Vec<LayerRate> = Vec::with_capacity(offered.len() * 2);
+                for l in &offered {
+                    layers.push(LayerRate::whole(l.rid, l.rate.bps));
+                    if let Some((t, bps)) = l.reduced(now).filter(|(_, bps)| *bps < l.rate.bps) {
+                        layers.push(LayerRate { rid: l.rid, bps, temporal: Some(t) });
+                    }
+                }
                 let cut = consumer.zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
-                let ceiling_bps = cut.and_then(|r| offered.iter().find(|l| l.rid == Some(r))).map(|l| l.rate.bps);
+                let ceiling_bps = cut.and_then(|r| layers.iter().filter(|l| l.rid == Some(r)).map(|l| l.bps).min_by(f64::total_cmp));
                 // While the viewer's link queues no track moves up: str0m's estimate can read
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
-                let layers: Vec<LayerRate> = offered.iter().map(|l| LayerRate { rid: l.rid, bps: l.rate.bps }).collect();
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(sending, &layers)).flatten());
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
@@ -307,10 +315,7 @@ impl Sfu {
                 let new = pub_id.zip(t);
                 if c.target != new {
                     tracing::debug!(mid = %c.mid, target = ?t, ?priority, estimate = ?estimate, "layer target changed");
-                    let rank = |t: Option<(u64, LayerChoice)>| match t {
-                        Some((_, LayerChoice::Layer(r))) => Some(allocator::rank(r.as_deref())),
-                        _ => None,
-                    };
+                    let rank = |t: Option<(u64, LayerChoice)>| t.and_then(|(_, c)| c.rid()).map(|r| allocator::rank(r.as_deref()));
                     let down = matches!((rank(c.target), rank(new)), (Some(a), Some(b)) if b > a);
                     if (thinned || standing) && down && c.kind == MediaKind::Video && c.has_sent() {
                         tracing::debug!(mid = %c.mid, rise = ?rise_now, "video held while the link drains");
@@ -400,7 +405,8 @@ impl Sfu {
             true => red::primary_len(&pkt.payload).map_or(&pkt.payload[..], |n| &pkt.payload[pkt.payload.len() - n..]),
             false => &pkt.payload[..],
         };
-        note_layer(producer, rid, codec, counted, pkt.header.marker, keyframe, now);
+        let vp8 = vp8_descriptor(codec, &pkt.payload);
+        note_layer(producer, rid, codec, counted, pkt.header.marker, keyframe, vp8.as_ref(), now);
         if !std::mem::replace(&mut producer.announced, true) {
             let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
@@ -438,6 +444,7 @@ impl Sfu {
             ext,
             arrival: pkt.timestamp,
             route: PacketRoute::All,
+            vp8,
         };
         let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
         let Some(packets) = recovered else {
@@ -591,10 +598,16 @@ impl Sfu {
                     }
                     continue;
                 }
-                Route::Send { pt, seq, ts } => {
+                Route::Send { pt, seq, ts, picture_id } => {
                     c.departure.wrote(fp.payload.len());
-                    let (pt, payload) = match c.red.as_mut() {
-                        Some(red) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
+                    let (pt, payload) = match (c.red.as_mut(), picture_id.zip(fp.vp8)) {
+                        (Some(red), _) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
+                        // A copy only for a viewer whose temporal layers were thinned.
+                        (_, Some((id, d))) => {
+                            let mut p = fp.payload.to_vec();
+                            d.set_picture_id(&mut p, id);
+                            (pt, p.into())
+                        }
                         _ => (pt, fp.payload.clone()),
                     };
                     let mut ext = fp.ext.clone();
@@ -733,13 +746,14 @@ impl Sfu {
             tessera_media::MediaKind::Audio => (MediaKind::Audio, INTERNAL_AUDIO_MID),
             tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
         };
+        let vp8 = vp8_descriptor(packet.codec, &packet.payload);
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
             if packet.rid.is_some() && producer.layers.first().is_some_and(|l| l.rid.is_none() && l.rate.bytes == 0 && l.rate.bps == 0.0) {
                 // It sends layers: the single encoding it was made with never comes, and a
                 // viewer must not be given it to wait on.
                 producer.layers.remove(0);
             }
-            note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, now);
+            note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, vp8.as_ref(), now);
             if !std::mem::replace(&mut producer.announced, true) {
                 self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });
             }
@@ -758,6 +772,7 @@ impl Sfu {
             ext: ExtensionValues { audio_level: packet.audio_level.map(|l| -(l.min(127) as i8)), ..Default::default() },
             arrival: now,
             route: packet.route,
+            vp8,
         };
         // A single encoding is cached from its keyframe; simulcast layers ask the publisher
         // instead (as a piped stream's do).

@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tessera_media::vp8::Descriptor as Vp8Descriptor;
 use tessera_media::{Codec, KeyframeThrottle};
 use tessera_rtc::str0m::format::Codec as WireCodec;
 use tessera_rtc::str0m::media::{MediaKind, Mid, Rid};
@@ -56,11 +57,35 @@ pub(super) struct Layer {
     pub(super) keyframe_requests: KeyframeThrottle,
     /// The picture size its last keyframe announced (video).
     pub(super) size: Option<(u32, u32)>,
+    /// Its highest temporal layer (VP8's TID; 0 without temporal layers) and when a packet of
+    /// it last came.
+    pub(super) top_temporal: (u8, Instant),
+    /// What it sends without its highest temporal layer (half the frame rate with Chrome's
+    /// three): a step between two simulcast layers that needs no keyframe.
+    pub(super) base_rate: RateMeter,
 }
+
+/// A layer's highest temporal layer counts as gone when none of its packets came for this long.
+const TEMPORAL_TOP_SILENT_AFTER: Duration = Duration::from_secs(2);
 
 impl Layer {
     pub(super) fn new(rid: Option<Rid>, now: Instant) -> Layer {
-        Layer { rid, rate: RateMeter::new(now), last_packet: now, keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL), size: None }
+        Layer {
+            rid,
+            rate: RateMeter::new(now),
+            last_packet: now,
+            keyframe_requests: KeyframeThrottle::new(KEYFRAME_REQUEST_INTERVAL),
+            size: None,
+            top_temporal: (0, now),
+            base_rate: RateMeter::new(now),
+        }
+    }
+
+    /// The layer without its highest temporal layer, if it has temporal layers: (the highest
+    /// temporal layer kept, its rate).
+    pub(super) fn reduced(&self, now: Instant) -> Option<(u8, f64)> {
+        let (top, at) = self.top_temporal;
+        (top > 0 && self.base_rate.bps > 0.0 && now.saturating_duration_since(at) < TEMPORAL_TOP_SILENT_AFTER).then(|| (top - 1, self.base_rate.bps))
     }
 }
 
@@ -95,6 +120,8 @@ pub(super) struct FwdPacket {
     pub(super) arrival: Instant,
     /// Which taps take it (viewers take every packet that reaches `fan_out`).
     pub(super) route: PacketRoute,
+    /// VP8's payload descriptor: its temporal layer and picture ID.
+    pub(super) vp8: Option<Vp8Descriptor>,
 }
 
 pub(super) const INTERNAL_AUDIO_MID: &str = "a";
@@ -167,7 +194,13 @@ impl GopCache {
 
 /// Counts one packet of a producer's layer; a keyframe's packet that carries the picture size
 /// (an SPS, a VP8 keyframe header) updates it.
-pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec, payload: &[u8], marker: bool, keyframe: bool, now: Instant) {
+/// The VP8 payload descriptor of a packet of `codec` (None for other codecs).
+pub(super) fn vp8_descriptor(codec: Codec, payload: &[u8]) -> Option<Vp8Descriptor> {
+    (codec == Codec::Vp8).then(|| Vp8Descriptor::parse(payload)).flatten()
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec, payload: &[u8], marker: bool, keyframe: bool, vp8: Option<&Vp8Descriptor>, now: Instant) {
     producer.codec = Some(codec);
     let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
         Some(i) => &mut producer.layers[i],
@@ -178,6 +211,18 @@ pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec
     };
     layer.rate.add(now, payload.len() + 12, marker && producer.kind == MediaKind::Video);
     layer.last_packet = now;
+    if let Some((tid, _)) = vp8.and_then(|d| d.temporal) {
+        let (top, at) = layer.top_temporal;
+        if tid >= top || now.saturating_duration_since(at) >= TEMPORAL_TOP_SILENT_AFTER {
+            layer.top_temporal = (tid, now);
+        }
+        if tid < layer.top_temporal.0 {
+            layer.base_rate.add(now, payload.len() + 12, marker);
+        } else {
+            // Keeps its window moving while only the top layer's packets come.
+            layer.base_rate.add(now, 0, false);
+        }
+    }
     if keyframe {
         if let Some(size) = tessera_media::picture_size::of_packet(codec, payload) {
             layer.size = Some(size);
@@ -254,21 +299,21 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
         for rid in ["h", "m", "l"] {
-            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, t0);
+            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, None, t0);
         }
         assert!(!p.uplink_limited(t0 + Duration::from_secs(1)), "every layer coming");
         // Only "m" and "l" from then on.
         let later = t0 + Duration::from_secs(2);
         for rid in ["m", "l"] {
-            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, later);
+            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, None, later);
         }
         assert!(p.uplink_limited(later + Duration::from_millis(100)));
         // A layer whose frame rate fell under 60 % of the best layer's is starved.
         let mut starved = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
         for i in 0..60u64 {
             let at = t0 + Duration::from_millis(i * 33);
-            note_layer(&mut starved, Some("l".into()), Codec::H264, &[0x41, 0], true, false, at);
-            note_layer(&mut starved, Some("h".into()), Codec::H264, &[0x41, 0], i % 3 == 0, false, at);
+            note_layer(&mut starved, Some("l".into()), Codec::H264, &[0x41, 0], true, false, None, at);
+            note_layer(&mut starved, Some("h".into()), Codec::H264, &[0x41, 0], i % 3 == 0, false, None, at);
         }
         let at = t0 + Duration::from_millis(60 * 33);
         assert_eq!(starved.usable_layers(at).iter().map(|l| l.rid).collect::<Vec<_>>(), vec![Some("l".into())], "h at a third of l's frame rate");
@@ -277,7 +322,7 @@ mod tests {
         assert!(!p.uplink_limited(later + Duration::from_secs(5)));
         // One layer (no simulcast) is never "limited" this way.
         let mut single = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
-        note_layer(&mut single, None, Codec::H264, &[0x41, 0], true, false, t0);
+        note_layer(&mut single, None, Codec::H264, &[0x41, 0], true, false, None, t0);
         assert!(!single.uplink_limited(t0 + Duration::from_secs(5)));
     }
 
@@ -309,6 +354,7 @@ mod tests {
             ext: ExtensionValues::default(),
             arrival: Instant::now(),
             route: PacketRoute::All,
+            vp8: None,
         }
     }
 
