@@ -149,6 +149,30 @@ pub fn rtp(data: &[u8]) {
     }
     let nalus = tessera_media::h264::depacketize(&payloads);
     let _ = tessera_media::h264::to_annex_b(&nalus);
+    // A VP8 publisher's descriptors: temporal layers dropped for a viewer, the picture IDs of
+    // what it gets closed up and written back; what is written parses to the same descriptor.
+    let mut pictures = tessera_engine::forward::PictureIds::default();
+    let mut rewriter = tessera_engine::forward::SeqTsRewriter::default();
+    for (i, p) in payloads.iter().enumerate() {
+        let Some(d) = tessera_media::vp8::Descriptor::parse(p) else { continue };
+        let (seq, source) = (i as u64 + p.len() as u64 % 3, (1, 7));
+        let Some((id, _)) = d.picture_id else { continue };
+        if d.temporal.is_some_and(|(tid, _)| tid > 0) {
+            pictures.drop_frame(source, id, d.picture_id_modulus());
+            rewriter.skip(source, seq);
+            continue;
+        }
+        let _ = rewriter.rewrite(source, seq, 0, 1);
+        if let Some(new) = pictures.map(source, id, d.picture_id_modulus()) {
+            let mut copy = p.clone();
+            d.set_picture_id(&mut copy, new);
+            let again = tessera_media::vp8::Descriptor::parse(&copy).expect("a rewritten descriptor parses");
+            assert_eq!(
+                (again.picture_id.map(|x| (u32::from(x.0), x.1)), again.temporal, again.tl0_pic_idx),
+                (Some((u32::from(new) % d.picture_id_modulus(), d.picture_id.unwrap().1)), d.temporal, d.tl0_pic_idx)
+            );
+        }
+    }
     for p in &payloads {
         let _ = tessera_media::vp8::depacketize(p);
         let _ = tessera_media::vp8::is_keyframe(p);

@@ -48,6 +48,9 @@ pub const OVERHEAD: f64 = 1.04;
 /// hovering at a layer's rate (a link it nearly fills: the estimator backs off 15 % on each
 /// sign of queueing) must not switch it back and forth, each switch a keyframe.
 const KEEP: f64 = 0.75;
+/// A layer is taken whole again from itself without its top temporal layer only where its
+/// need is within this share of the estimate (`plan`).
+const WHOLE_FROM_REDUCED: f64 = 0.9;
 /// Probe clusters look this far above the goal: a probe sent at exactly the goal measures a
 /// little less than it, and would never find it.
 const PROBE_HEADROOM: f64 = 1.25;
@@ -290,10 +293,21 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         Some(c) => sorted[i].iter().rposition(|x| x.bps < c).unwrap_or(0),
         None => sorted[i].len().saturating_sub(1),
     };
-    let fits = |i: usize, k: usize, extra: f64, used: f64| {
-        let cost = if held(i, k) { need(&sorted[i][k]) * KEEP } else { need(&sorted[i][k]) };
-        used + cost - extra <= estimate_bps.unwrap_or(f64::MAX)
+    // A layer taken back whole from itself without its top temporal layer needs a margin: the
+    // step costs no keyframe either way, so nothing else stops an estimate that hovers at the
+    // layer's rate from moving it back and forth, each move up refilling the link's queue
+    // (measured on 600 kbit/s: the middle layer whole "fit" estimates of 540-590 kbit/s and
+    // queued 200-260 ms each time).
+    let cost = |i: usize, k: usize| {
+        let l = &sorted[i][k];
+        let from_reduced = matches!(tracks[i].current, Some(LayerChoice::Temporal(r, _)) if r == l.rid && l.temporal.is_none());
+        match (held(i, k), from_reduced) {
+            (true, _) => need(l) * KEEP,
+            (false, true) => need(l) / WHOLE_FROM_REDUCED,
+            (false, false) => need(l),
+        }
     };
+    let fits = |i: usize, k: usize, extra: f64, used: f64| used + cost(i, k) - extra <= estimate_bps.unwrap_or(f64::MAX);
     // Everyone's lowest layer first...
     for &i in &order {
         if fits(i, 0, 0.0, used) {
@@ -332,7 +346,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
     }
     let next_bps = next.map(|(i, at)| match at {
         None => used + need(&sorted[i][0]),
-        Some(k) => used + need(&sorted[i][k + 1]) - need(&sorted[i][k]),
+        Some(k) => used + cost(i, k + 1) - need(&sorted[i][k]),
     });
     let choices = (0..tracks.len())
         .map(|i| match level[i] {
@@ -423,7 +437,15 @@ pub struct Prober {
     /// The goal of the probe that last found its room, and until when it stands in for an
     /// averaged estimate still climbing to it (`proven`).
     proven: Option<(f64, Instant)>,
+    /// The goal of the probe that last found its room and when (`disprove`).
+    found: Option<(f64, Instant)>,
+    /// The goal of a probe disproved: finding it again does not clear the back-off, holding
+    /// it for `DISPROVE_WITHIN` does.
+    disproved: Option<f64>,
 }
+
+/// A standing queue this soon after a probe found its room says the room was not there.
+const DISPROVE_WITHIN: Duration = Duration::from_secs(15);
 
 impl Prober {
     /// What to give the viewer's estimator now, if it changed: `(minimum, desired)` in bit/s
@@ -441,6 +463,13 @@ impl Prober {
     /// the average and the back-off held the viewer on its lowest layer for 10 s more).
     pub fn step_with_raw(&mut self, plan: &Plan, estimate_bps: Option<f64>, raw_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
+        if let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) >= DISPROVE_WITHIN) {
+            self.found = None;
+            if self.disproved.is_some_and(|d| goal >= d * 0.9) {
+                self.disproved = None;
+                self.failures = 0;
+            }
+        }
         let settled = now.duration_since(self.start.get_or_insert((now, estimate)).0) >= PROBE_SETTLE;
         // The raw value counts once it rose during the probe: one stale from before it (left
         // high by a link that thinned while little was sent) proves nothing.
@@ -451,9 +480,10 @@ impl Prober {
         let want = match self.probe {
             Some(p) if found >= p.goal => {
                 self.proven = Some((p.goal, now + PROBE_WINDOW));
+                self.found = Some((p.goal, now));
                 // Found the room: the plan takes the layer, media replaces the padding.
                 self.probe = None;
-                if self.failed_goal.is_none_or(|g| p.goal >= g * 0.9) {
+                if self.failed_goal.is_none_or(|g| p.goal >= g * 0.9) && self.disproved.is_none_or(|d| p.goal < d * 0.9) {
                     self.failures = 0;
                     self.failed_goal = None;
                 }
@@ -503,6 +533,24 @@ impl Prober {
         let wait = PROBE_BACKOFF.saturating_mul(1 << self.failures.saturating_sub(1).min(4)).min(PROBE_BACKOFF_MAX);
         self.next_at = Some(now + wait);
         (0.0, plan.used_bps)
+    }
+
+    /// The link holds a standing queue (`NetStats::standing`), or a deep one that takes a layer
+    /// down to itself without its top temporal layer: if a probe found its room
+    /// within `DISPROVE_WITHIN`, it counts as failed after all, with its back-off. A link
+    /// nearly full can let the estimate reach a goal it does not carry (a 600 kbit/s link and
+    /// Chrome's middle layer with audio: found at 553 kbit/s, the queue then grew ~7 % a
+    /// second): taken again a second after each move down, the layer kept the queue full.
+    /// Whether it did.
+    pub fn disprove(&mut self, now: Instant) -> bool {
+        let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) < DISPROVE_WITHIN) else { return false };
+        self.found = None;
+        self.proven = None;
+        self.disproved = Some(goal);
+        self.failures += 1;
+        let wait = PROBE_BACKOFF.saturating_mul(1 << self.failures.saturating_sub(1).min(4)).min(PROBE_BACKOFF_MAX);
+        self.next_at = Some(self.next_at.map_or(now + wait, |t| t.max(now + wait)));
+        true
     }
 
     /// What the budget does not fall below in a viewer's first `PROBE_SETTLE`: the start
@@ -807,6 +855,40 @@ mod tests {
         p.step(&plan, Some(400_000.0), false, t0 + Duration::from_millis(600));
         assert_eq!(p.start_floor(t0 + Duration::from_millis(700)), Some(800_000.0), "the first estimate, not a later one");
         assert_eq!(p.start_floor(t0 + PROBE_SETTLE), None, "settled: the estimate alone");
+    }
+
+    #[test]
+    fn a_standing_queue_soon_after_a_probe_found_its_room_backs_the_next_probe_off() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut t = track(Priority::Other);
+        t.current = Some(LayerChoice::Layer(Some("l".into())));
+        let mut p = Prober::default();
+        // The plan wants the middle layer: 150 + 500 (with headers) over a 400 kbit/s estimate.
+        let plan = |e: f64| super::plan(std::slice::from_ref(&t), 0.0, Some(e));
+        let found_at = |p: &mut Prober, from: u64| {
+            p.step(&plan(400_000.0), Some(400_000.0), false, at(from));
+            assert!(p.probing(), "a probe starts at {from} ms");
+            p.step(&plan(700_000.0), Some(700_000.0), false, at(from + 500));
+            assert!(!p.probing(), "and finds its room");
+        };
+        p.step(&plan(400_000.0), Some(400_000.0), false, at(0));
+        found_at(&mut p, 3_000);
+        // 5 s later the link holds a standing queue: the probe failed after all; the next waits 5 s.
+        assert!(p.disprove(at(8_500)));
+        assert!(!p.disprove(at(8_600)), "once");
+        p.step(&plan(400_000.0), Some(400_000.0), false, at(12_000));
+        assert!(!p.probing(), "backed off");
+        found_at(&mut p, 13_600);
+        // Found again and disproved again: the back-off doubles (not reset by finding the same
+        // goal).
+        assert!(p.disprove(at(16_000)));
+        p.step(&plan(400_000.0), Some(400_000.0), false, at(24_000));
+        assert!(!p.probing(), "10 s now");
+        found_at(&mut p, 26_100);
+        // Held for 15 s: the back-off is cleared; no standing queue that late disproves it.
+        p.step(&plan(700_000.0), Some(700_000.0), false, at(41_700));
+        assert!(!p.disprove(at(41_800)));
     }
 
     #[test]

@@ -12,6 +12,12 @@ use tessera_rtc::str0m::rtp::Extension;
 /// browsers' own default bound (10 s), in hundredths.
 const PLAYOUT_DELAY_MAX_CS: u64 = 1000;
 
+/// A simulcast layer without its top temporal layer is a step of the allocator's ladder only
+/// where what is left still moves (half of a 30 fps camera: 15; half of a meeting's 15 fps
+/// camera is 7.5, where a viewer is better served by the smaller layer at its full rate —
+/// measured in the meeting scenario: a second camera at 270 lines and 6-8 fps).
+const MIN_REDUCED_FPS: f64 = 12.0;
+
 impl Sfu {
     /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
     /// owner is told (`SfuOutput::KeyframeWanted`).
@@ -97,6 +103,8 @@ impl Sfu {
         // A standing queue (as of the last allocation): no layer is kept by hysteresis, and the
         // budget is what gets through (below).
         let standing = viewer.net.standing(now);
+        let queue_deep = viewer.net.deep();
+        let mut relieved = false;
         // Per subscription: its publisher, audio layer, and video demand.
         let mut sources = Vec::with_capacity(subscriptions.len());
         let mut tracks = Vec::with_capacity(subscriptions.len());
@@ -131,11 +139,14 @@ impl Sfu {
                 let offered = v.usable_layers(now);
                 // A layer whose queue was just cut, and those above it, wait out `CUT_HOLD`.
                 // Each layer whole, and without its top temporal layer where it has them (VP8
-                // from Chrome: three), a step below it that needs no keyframe.
+                // from Chrome: three), a step below it that needs no keyframe — where that
+                // leaves `MIN_REDUCED_FPS`, or for the lowest layer (better than a pause).
                 let mut layers: Vec<LayerRate> = Vec::with_capacity(offered.len() * 2);
+                let lowest = offered.iter().map(|l| allocator::rank(l.rid.as_deref())).max();
                 for l in &offered {
                     layers.push(LayerRate::whole(l.rid, l.rate.bps));
-                    if let Some((t, bps)) = l.reduced(now).filter(|(_, bps)| *bps < l.rate.bps) {
+                    let fps_ok = |fps: f64| fps >= MIN_REDUCED_FPS || Some(allocator::rank(l.rid.as_deref())) == lowest;
+                    if let Some((t, bps, _)) = l.reduced(now).filter(|&(_, bps, fps)| bps < l.rate.bps && fps_ok(fps)) {
                         layers.push(LayerRate { rid: l.rid, bps, temporal: Some(t) });
                     }
                 }
@@ -145,6 +156,19 @@ impl Sfu {
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(sending, &layers)).flatten());
+                // A deep queue takes a whole layer down to itself without its top temporal
+                // layer at once: that costs no keyframe, and ~40 % of the rate off relieves the
+                // queue before it cuts the layer (measured: the middle layer's start at the
+                // configured 800 kbit/s on a 600 kbit/s link queued 730 ms and was cut, 3.8 s
+                // of freeze).
+                let relief = match sending {
+                    Some(LayerChoice::Layer(rid)) if queue_deep && layers.iter().any(|l| l.rid == rid && l.temporal.is_some()) => {
+                        layers.iter().find(|l| l.rid == rid && l.temporal.is_none()).map(|l| l.bps)
+                    }
+                    _ => None,
+                };
+                relieved |= relief.is_some();
+                let ceiling_bps = allocator::lower_ceiling(ceiling_bps, relief);
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
                 tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
@@ -253,6 +277,9 @@ impl Sfu {
             (true, Some(d), Some(e)) if d < e => Some(raw.map_or(d, |r| r.min(d))),
             _ => allocator::measured(*estimate_bps, raw, delivered),
         };
+        if (standing || relieved) && prober.disprove(now) {
+            tracing::debug!(queued = ?rise_now, standing, "a deep queue soon after a probe found its room: the probe failed after all");
+        }
         let measured = match (standing, delivered) {
             (true, Some(d)) => {
                 tracing::debug!(delivered = d, ?measured, queued = ?rise_now, "standing queue");

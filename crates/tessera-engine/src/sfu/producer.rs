@@ -82,10 +82,10 @@ impl Layer {
     }
 
     /// The layer without its highest temporal layer, if it has temporal layers: (the highest
-    /// temporal layer kept, its rate).
-    pub(super) fn reduced(&self, now: Instant) -> Option<(u8, f64)> {
+    /// temporal layer kept, its bitrate, its frame rate).
+    pub(super) fn reduced(&self, now: Instant) -> Option<(u8, f64, f64)> {
         let (top, at) = self.top_temporal;
-        (top > 0 && self.base_rate.bps > 0.0 && now.saturating_duration_since(at) < TEMPORAL_TOP_SILENT_AFTER).then(|| (top - 1, self.base_rate.bps))
+        (top > 0 && self.base_rate.bps > 0.0 && now.saturating_duration_since(at) < TEMPORAL_TOP_SILENT_AFTER).then(|| (top - 1, self.base_rate.bps, self.base_rate.fps))
     }
 }
 

@@ -214,6 +214,11 @@ impl NetStats {
         }
     }
 
+    /// Whether the latest acknowledged packet (as of the last allocation) queued `DEEP_QUEUE`.
+    pub(super) fn deep(&self) -> bool {
+        self.deep_since.is_some()
+    }
+
     /// Whether the link has held a deep queue (`DEEP_QUEUE`) for `STANDING_QUEUE`: what is sent
     /// exceeds what it carries by a little, for good (the middle layer and audio on a 600
     /// kbit/s link: the queue grew ~7 % a second at zero loss). No loss says so until a
