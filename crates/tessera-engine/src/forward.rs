@@ -192,7 +192,7 @@ impl PictureIds {
         let ext = self.extend(source, id, modulus);
         let before = self.forgotten + self.dropped.partition_point(|&d| d < ext) as u64;
         let m = u64::from(modulus);
-        (before % m != 0).then(|| ((ext - before) % m) as u16)
+        (!before.is_multiple_of(m)).then(|| ((ext - before) % m) as u16)
     }
 }
 

@@ -50,8 +50,8 @@ pub struct Descriptor {
     /// The temporal layer (TID) and whether the frame is a layer sync (Y): it depends only on
     /// the base layer, so a viewer may start taking this layer at it.
     pub temporal: Option<(u8, bool)>,
-    /// Where the picture ID starts in the payload.
-    picture_id_at: usize,
+    /// Where the picture ID starts in the payload (byte 2).
+    picture_id_at: u8,
 }
 
 impl Descriptor {
@@ -66,7 +66,7 @@ impl Descriptor {
         let mut i = 2;
         if x & 0x80 != 0 {
             let p0 = *payload.get(i)?;
-            d.picture_id_at = i;
+            d.picture_id_at = i as u8;
             d.picture_id = Some(match p0 & 0x80 != 0 {
                 true => {
                     i += 2;
@@ -106,10 +106,11 @@ impl Descriptor {
         match self.picture_id {
             Some((_, true)) => {
                 let id = id & 0x7fff;
-                payload[self.picture_id_at] = 0x80 | (id >> 8) as u8;
-                payload[self.picture_id_at + 1] = id as u8;
+                let at = usize::from(self.picture_id_at);
+                payload[at] = 0x80 | (id >> 8) as u8;
+                payload[at + 1] = id as u8;
             }
-            Some((_, false)) => payload[self.picture_id_at] = (id & 0x7f) as u8,
+            Some((_, false)) => payload[usize::from(self.picture_id_at)] = (id & 0x7f) as u8,
             None => {}
         }
     }
