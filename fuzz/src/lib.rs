@@ -149,28 +149,31 @@ pub fn rtp(data: &[u8]) {
     }
     let nalus = tessera_media::h264::depacketize(&payloads);
     let _ = tessera_media::h264::to_annex_b(&nalus);
-    // A VP8 publisher's descriptors: temporal layers dropped for a viewer, the picture IDs of
-    // what it gets closed up and written back; what is written parses to the same descriptor.
+    // A VP8 publisher's descriptors (two sources, as a simulcast switch makes): temporal layers
+    // dropped for a viewer, its picture IDs and TL0PICIDX kept continuous and written back;
+    // what is written parses to the same descriptor but for them.
     let mut pictures = tessera_engine::forward::PictureIds::default();
     let mut rewriter = tessera_engine::forward::SeqTsRewriter::default();
     for (i, p) in payloads.iter().enumerate() {
         let Some(d) = tessera_media::vp8::Descriptor::parse(p) else { continue };
-        let (seq, source) = (i as u64 + p.len() as u64 % 3, (1, 7));
-        let Some((id, _)) = d.picture_id else { continue };
+        let (seq, source) = (i as u64 + p.len() as u64 % 3, (1, 7 + (p.len() % 2) as u32));
         if d.temporal.is_some_and(|(tid, _)| tid > 0) {
-            pictures.drop_frame(source, id, d.picture_id_modulus());
+            pictures.drop_frame(source, &d);
             rewriter.skip(source, seq);
             continue;
         }
         let _ = rewriter.rewrite(source, seq, 0, 1);
-        if let Some(new) = pictures.map(source, id, d.picture_id_modulus()) {
+        if let Some((pid, tl0)) = pictures.map(source, &d) {
             let mut copy = p.clone();
-            d.set_picture_id(&mut copy, new);
+            d.set_picture_id(&mut copy, pid);
+            if let Some(tl0) = tl0 {
+                d.set_tl0_pic_idx(&mut copy, tl0);
+            }
             let again = tessera_media::vp8::Descriptor::parse(&copy).expect("a rewritten descriptor parses");
-            assert_eq!(
-                (again.picture_id.map(|x| (u32::from(x.0), x.1)), again.temporal, again.tl0_pic_idx),
-                (Some((u32::from(new) % d.picture_id_modulus(), d.picture_id.unwrap().1)), d.temporal, d.tl0_pic_idx)
-            );
+            let width = d.picture_id_modulus();
+            assert_eq!(again.picture_id.map(|x| x.1), d.picture_id.map(|x| x.1));
+            assert!(again.picture_id.is_none_or(|x| u32::from(x.0) == u32::from(pid) % width));
+            assert_eq!((again.temporal, again.tl0_pic_idx.is_some()), (d.temporal, d.tl0_pic_idx.is_some()));
         }
     }
     for p in &payloads {

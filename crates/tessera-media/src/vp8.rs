@@ -50,15 +50,16 @@ pub struct Descriptor {
     /// The temporal layer (TID) and whether the frame is a layer sync (Y): it depends only on
     /// the base layer, so a viewer may start taking this layer at it.
     pub temporal: Option<(u8, bool)>,
-    /// Where the picture ID starts in the payload (byte 2).
+    /// Where the picture ID and TL0PICIDX are in the payload.
     picture_id_at: u8,
+    tl0_at: u8,
 }
 
 impl Descriptor {
     /// Parses the descriptor at the start of `payload`; `None` when it is cut short.
     pub fn parse(payload: &[u8]) -> Option<Descriptor> {
         let b0 = *payload.first()?;
-        let mut d = Descriptor { start: b0 & 0x10 != 0 && b0 & 0x07 == 0, picture_id: None, tl0_pic_idx: None, temporal: None, picture_id_at: 0 };
+        let mut d = Descriptor { start: b0 & 0x10 != 0 && b0 & 0x07 == 0, picture_id: None, tl0_pic_idx: None, temporal: None, picture_id_at: 0, tl0_at: 0 };
         if b0 & 0x80 == 0 {
             return Some(d);
         }
@@ -80,6 +81,7 @@ impl Descriptor {
         }
         if x & 0x40 != 0 {
             d.tl0_pic_idx = Some(*payload.get(i)?);
+            d.tl0_at = i as u8;
             i += 1;
         }
         // T (0x20) carries TID and Y; K (0x10) alone shares the byte with KEYIDX.
@@ -112,6 +114,14 @@ impl Descriptor {
             }
             Some((_, false)) => payload[usize::from(self.picture_id_at)] = (id & 0x7f) as u8,
             None => {}
+        }
+    }
+
+    /// Writes `tl0` as the TL0PICIDX of `payload`, the packet this descriptor was parsed from.
+    /// Does nothing where it has none.
+    pub fn set_tl0_pic_idx(&self, payload: &mut [u8], tl0: u8) {
+        if self.tl0_pic_idx.is_some() {
+            payload[usize::from(self.tl0_at)] = tl0;
         }
     }
 }

@@ -308,11 +308,15 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         }
     };
     let fits = |i: usize, k: usize, extra: f64, used: f64| used + cost(i, k) - extra <= estimate_bps.unwrap_or(f64::MAX);
-    // Everyone's lowest layer first...
+    // Everyone's lowest layer first (whole; without its top temporal layer only where whole
+    // it does not fit: a frame rate halved is a last resort before a pause, not what every
+    // track starts from — measured in a meeting of four: the others at 7.5 fps, and the budget
+    // that freed moved one of them up and down between layers, 6 s of freeze)...
     for &i in &order {
-        if fits(i, 0, 0.0, used) {
-            level[i] = Some(0);
-            used += need(&sorted[i][0]);
+        let whole = sorted[i].iter().position(|l| l.temporal.is_none()).unwrap_or(0);
+        if let Some(k) = [whole, 0].into_iter().find(|&k| fits(i, k, 0.0, used)) {
+            level[i] = Some(k);
+            used += need(&sorted[i][k]);
         }
     }
     // ...then one track at a time, as high as it fits; a track below its top caps the tracks of
@@ -661,6 +665,16 @@ mod tests {
         assert_eq!(shed.ceiling(&l), Some(1_500_000.0), "h/T1 stays allowed under a shed top layer");
         // The ceiling above the layer sent is the next step up: m/T1 -> m.
         assert_eq!(up_ceiling(Some(LayerChoice::Temporal(Some("m".into()), 1)), &l), Some(500_000.0));
+        // Four tracks whose lowest layers fit whole: each gets its lowest layer whole, none
+        // starts from its reduced step.
+        let others: Vec<TrackDemand> = (0..3).map(|_| TrackDemand { layers: l.clone(), ..track(Priority::Other) }).collect();
+        let mut four = vec![TrackDemand { layers: l.clone(), ..track(Priority::Speaker) }];
+        four.extend(others);
+        let choices: Vec<String> = plan(&four, 0.0, Some(700_000.0)).choices.into_iter().map(rid).collect();
+        assert_eq!(choices, ["l", "l", "l", "l"]);
+        // Where they do not, the reduced step before a pause.
+        let choices: Vec<String> = plan(&four, 0.0, Some(570_000.0)).choices.into_iter().map(rid).collect();
+        assert_eq!(choices, ["l", "l", "l", "l/T1"]);
         // One encoding with temporal layers is taken whole (nothing to fall back to).
         let single = TrackDemand { layers: vec![LayerRate::whole(None, 800_000.0), LayerRate { rid: None, bps: 480_000.0, temporal: Some(1) }], ..track(Priority::Other) };
         assert_eq!(plan(&[single], 0.0, Some(100_000.0)).choices, [LayerChoice::Layer(None)]);

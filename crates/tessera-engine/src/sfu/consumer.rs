@@ -181,7 +181,8 @@ pub(super) struct Consumer {
     /// starts: down at any, up at a layer sync frame of the layer above (one that refers only
     /// to the base layer) or a keyframe.
     temporal: Option<u8>,
-    /// VP8 picture IDs closed up over the frames of temporal layers it drops.
+    /// VP8 picture IDs and TL0PICIDX kept continuous over the frames it drops and across
+    /// sources.
     pictures: PictureIds,
 }
 
@@ -210,8 +211,8 @@ pub(super) enum Route {
     /// Dropped by the overload gate; `broken` when video must now wait for a keyframe.
     Dropped { broken: bool },
     /// Write it with this payload type, sequence number and timestamp (and this VP8 picture
-    /// ID, where it differs from the packet's).
-    Send { pt: Pt, seq: u64, ts: u32, picture_id: Option<u16> },
+    /// ID and TL0PICIDX, where they differ from the packet's).
+    Send { pt: Pt, seq: u64, ts: u32, picture_id: Option<(u16, Option<u8>)> },
 }
 
 impl Consumer {
@@ -392,8 +393,8 @@ impl Consumer {
             }
             if self.temporal.is_some_and(|m| tid > m) {
                 self.rewriter.skip((pub_id, fp.ssrc), fp.seq);
-                if let Some(d) = fp.vp8.filter(|d| d.picture_id.is_some()) {
-                    self.pictures.drop_frame((pub_id, fp.ssrc), d.picture_id.map_or(0, |p| p.0), d.picture_id_modulus());
+                if let Some(d) = fp.vp8.as_ref() {
+                    self.pictures.drop_frame((pub_id, fp.ssrc), d);
                 }
                 return Route::Skip;
             }
@@ -441,7 +442,7 @@ impl Consumer {
         self.sent_layer = Some(this);
         self.sent.get_or_insert_with(|| super::producer::RateMeter::new(now)).add(now, fp.payload.len() + 12, fp.marker && fp.kind == MediaKind::Video);
         self.codec = Some(fp.codec);
-        let picture_id = fp.vp8.and_then(|d| d.picture_id.and_then(|(id, _)| self.pictures.map((pub_id, fp.ssrc), id, d.picture_id_modulus())));
+        let picture_id = fp.vp8.as_ref().filter(|_| video).and_then(|d| self.pictures.map((pub_id, fp.ssrc), d));
         Route::Send { pt, seq, ts, picture_id }
     }
 
@@ -669,7 +670,7 @@ mod tests {
         let now = Instant::now();
         let mut c = Consumer::new("0".into(), (UserId::parse("u").unwrap(), StreamKind::Main), MediaKind::Video, true, vec![(Codec::Vp8, 96.into())]);
         let send = |c: &mut Consumer, n: u64| match c.route(&vp8_frame(n, n == 0), 1, false, false, Queued::default(), &mut || 0, now) {
-            Route::Send { seq, picture_id, .. } => Some((seq, picture_id.unwrap_or(1000 + n as u16))),
+            Route::Send { seq, picture_id, .. } => Some((seq, picture_id.map_or(1000 + n as u16, |p| p.0))),
             _ => None,
         };
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));

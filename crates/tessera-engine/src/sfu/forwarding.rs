@@ -629,10 +629,14 @@ impl Sfu {
                     c.departure.wrote(fp.payload.len());
                     let (pt, payload) = match (c.red.as_mut(), picture_id.zip(fp.vp8)) {
                         (Some(red), _) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
-                        // A copy only for a viewer whose temporal layers were thinned.
-                        (_, Some((id, d))) => {
+                        // A copy only for a viewer whose VP8 IDs are rewritten (it dropped
+                        // frames or changed source).
+                        (_, Some(((id, tl0), d))) => {
                             let mut p = fp.payload.to_vec();
                             d.set_picture_id(&mut p, id);
+                            if let Some(tl0) = tl0 {
+                                d.set_tl0_pic_idx(&mut p, tl0);
+                            }
                             (pt, p.into())
                         }
                         _ => (pt, fp.payload.clone()),
