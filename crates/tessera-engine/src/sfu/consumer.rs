@@ -6,8 +6,7 @@
 use super::allocator::LayerChoice;
 use super::producer::FwdPacket;
 use super::types::PacketRoute;
-use crate::forward::PictureIds;
-use crate::forward::{FrameGate, Gate, SeqTsRewriter};
+use crate::forward::{FrameGate, Gate, PictureIds, SeqTsRewriter};
 use std::time::{Duration, Instant};
 use tessera_media::{Codec, StreamKind};
 use tessera_model::UserId;

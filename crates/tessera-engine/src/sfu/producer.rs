@@ -295,6 +295,32 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_vp8_layer_with_temporal_layers_is_measured_without_its_top_one_too() {
+        let t0 = Instant::now();
+        let mut p = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+        // 2 s of L1T3 at 30 fps, one 1000-byte packet a frame: TIDs 0 2 1 2 ...
+        for i in 0..60u64 {
+            let tid = [0u8, 2, 1, 2][i as usize % 4];
+            let mut payload = vec![0x90, 0x20, tid << 6];
+            payload.resize(1000, 0);
+            let d = Vp8Descriptor::parse(&payload);
+            note_layer(&mut p, Some("m".into()), Codec::Vp8, &payload, true, false, d.as_ref(), t0 + Duration::from_millis(i * 33));
+        }
+        let at = t0 + Duration::from_millis(60 * 33);
+        let l = &p.layers[0];
+        let (t, bps, fps) = l.reduced(at).expect("temporal layers seen");
+        assert_eq!(t, 1, "without TL2");
+        assert!((fps - 15.0).abs() < 2.0, "{fps} fps");
+        assert!((bps / l.rate.bps - 0.5).abs() < 0.1, "{bps} of {}", l.rate.bps);
+        // The top layer gone for 2 s: no reduced step (it would be the layer itself).
+        assert_eq!(l.reduced(at + TEMPORAL_TOP_SILENT_AFTER), None);
+        // H.264 (no descriptor): none.
+        let mut h = Producer { mid: "2".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+        note_layer(&mut h, None, Codec::H264, &[0x41, 0], true, false, None, t0);
+        assert_eq!(h.layers[0].reduced(t0), None);
+    }
+
+    #[test]
     fn a_publisher_that_stopped_its_top_layer_is_uplink_limited() {
         let t0 = Instant::now();
         let mut p = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
