@@ -378,8 +378,8 @@ impl Consumer {
         }
         // Frames above the temporal layer it takes are dropped whole (each packet of a VP8
         // frame carries its TID), taking no sequence number and no picture ID.
-        if let Some((tid, sync)) = fp.vp8.and_then(|d| d.temporal).filter(|_| video) {
-            if fp.vp8.is_some_and(|d| d.start) {
+        if let Some((d, (tid, sync))) = fp.vp8.filter(|_| video).and_then(|d| d.temporal.map(|t| (d, t))) {
+            if d.start {
                 let want = self.target.filter(|(p, _)| *p == pub_id).and_then(|(_, c)| c.temporal());
                 self.temporal = match (self.temporal, want) {
                     _ if fp.keyframe => want,
@@ -392,9 +392,7 @@ impl Consumer {
             }
             if self.temporal.is_some_and(|m| tid > m) {
                 self.rewriter.skip((pub_id, fp.ssrc), fp.seq);
-                if let Some(d) = fp.vp8.as_ref() {
-                    self.pictures.drop_frame((pub_id, fp.ssrc), d);
-                }
+                self.pictures.drop_frame((pub_id, fp.ssrc), &d);
                 return Route::Skip;
             }
         }

@@ -156,17 +156,8 @@ impl Sfu {
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(sending, &layers)).flatten());
-                // A deep queue takes a whole layer down to itself without its top temporal
-                // layer at once: that costs no keyframe, and ~40 % of the rate off relieves the
-                // queue before it cuts the layer (measured: the middle layer's start at the
-                // configured 800 kbit/s on a 600 kbit/s link queued 730 ms and was cut, 3.8 s
-                // of freeze).
-                let relief = match sending {
-                    Some(LayerChoice::Layer(rid)) if queue_deep && layers.iter().any(|l| l.rid == rid && l.temporal.is_some()) => {
-                        layers.iter().find(|l| l.rid == rid && l.temporal.is_none()).map(|l| l.bps)
-                    }
-                    _ => None,
-                };
+                // A deep queue takes a whole layer down to its reduced step at once.
+                let relief = queue_deep.then(|| allocator::relief_ceiling(sending, &layers)).flatten();
                 relieved |= relief.is_some();
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, relief);
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
