@@ -90,6 +90,8 @@ pub struct Client {
     pub down: Link,
     pub events: Vec<(Instant, Event)>,
     pub video_mid: Option<Mid>,
+    /// When the SFU handed each datagram for this client to the network, and its size.
+    pub sent_by_sfu: Vec<(Instant, usize)>,
     next_timeout: Instant,
     /// Which SFU it talks to: 0 the room's (`World::sfu`), 1 the satellite.
     on: usize,
@@ -251,7 +253,7 @@ impl World {
         }
         .expect("the SFU answers");
         rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).expect("the answer is accepted");
-        self.clients.push(Client { rtc, addr, up, down, events: Vec::new(), video_mid: Some(video_mid), next_timeout: self.now, on });
+        self.clients.push(Client { rtc, addr, up, down, events: Vec::new(), video_mid: Some(video_mid), sent_by_sfu: Vec::new(), next_timeout: self.now, on });
         self.drain_client(n);
         self.drain_sfu();
         n
@@ -319,6 +321,7 @@ impl World {
                     match out {
                         SfuOutput::Transmit(t) => {
                             let Some(i) = self.clients.iter().position(|c| c.addr == t.destination) else { continue };
+                            self.clients[i].sent_by_sfu.push((now, t.contents.len()));
                             self.send(To::Client(i), i, false, t.source, t.destination, t.contents.to_vec());
                         }
                         SfuOutput::Piped(pipe, packet) => {
@@ -712,6 +715,39 @@ mod tests {
         assert!(got.len() as u32 >= sent - 3, "{} of {sent} frames arrived", got.len());
         assert!(got.windows(2).all(|w| w[1] > w[0]), "in order");
         assert!(started.elapsed() < Duration::from_secs(5), "7 s of media in {:?}", started.elapsed());
+    }
+
+    #[test]
+    fn a_frames_packets_leave_together_within_the_pacing_burst_and_a_keyframe_is_spread() {
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
+        connect(&mut world);
+        // 3 packets a frame (~600 kbit/s), a 20 kB keyframe every 30 frames.
+        let mut n = 0u32;
+        world.run(Duration::from_secs(4), Duration::from_millis(33), |w| {
+            let keyframe = n.is_multiple_of(30);
+            w.write_video(publisher, &h264_frame(keyframe, if keyframe { 20_000 } else { 2_400 }, n), n as u64 * 3000);
+            n += 1;
+        });
+        // The media the viewer was sent (the probes' padding and RTCP are smaller).
+        let sent: Vec<(Instant, usize)> = world.clients[viewer].sent_by_sfu.iter().copied().filter(|&(_, len)| len > 150).collect();
+        let frames = world.frames_received(viewer).len();
+        let mut instants: Vec<(Instant, usize)> = Vec::new();
+        for &(at, len) in &sent {
+            match instants.last_mut() {
+                Some((t, bytes)) if *t == at => *bytes += len,
+                _ => instants.push((at, len)),
+            }
+        }
+        let largest = instants.iter().map(|(_, b)| *b).max().unwrap_or(0);
+        eprintln!("{} datagrams to the viewer at {} instants for {frames} frames; at most {largest} bytes at once", sent.len(), instants.len());
+        assert!(frames >= 100 && sent.len() >= 3 * frames, "{} datagrams for {frames} frames", sent.len());
+        // str0m's pacer released one packet per timeout (as many instants as datagrams); a
+        // frame now goes in one burst: about one instant a frame (keyframes and RTCP a few more).
+        assert!(instants.len() <= frames * 3 / 2, "{} send instants for {frames} frames", instants.len());
+        // The burst is bounded by the pacing rate (40 ms of it): a keyframe is not sent at once.
+        assert!(largest < 20_000, "{largest} bytes left the SFU at one instant");
     }
 
     /// Heap allocations inside the SFU per forwarded packet, str0m included (its datagrams are

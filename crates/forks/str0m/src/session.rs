@@ -1259,9 +1259,13 @@ impl Session {
         // Figure out which, if any, queue to poll
         // The cluster_id is captured by the pacer at poll time, before register_send() might clear it
         let (midrid, cluster_id) = self.pacer.poll_queue()?;
-        let stream = self.streams.stream_tx_by_midrid(midrid)?;
+        let Some(stream) = self.streams.stream_tx_by_midrid(midrid) else {
+            self.pacer.end_burst();
+            return None;
+        };
         let Some(media) = self.medias.iter().find(|m| m.mid() == stream.mid()) else {
             trace!("Pacer pointed to mid {} which has no media", midrid.mid());
+            self.pacer.end_burst();
             return None;
         };
         let buf = &mut self.poll_packet_buf;
@@ -1275,7 +1279,11 @@ impl Session {
         let twcc_enabled = exts.id_of(Extension::TransportSequenceNumber).is_some();
         let twcc = twcc_enabled.then_some(&mut self.twcc);
 
-        let receipt = stream.poll_packet(now, exts, twcc, params, buf)?;
+        let Some(receipt) = stream.poll_packet(now, exts, twcc, params, buf) else {
+            // Tessera fork: the queue had nothing after all; the next packet waits for a timeout.
+            self.pacer.end_burst();
+            return None;
+        };
 
         let PacketReceipt {
             header,
@@ -1296,6 +1304,10 @@ impl Session {
         }
 
         self.pacer.register_send(now, payload_size.into(), midrid);
+        if is_padding {
+            // Tessera fork: padding is paced at its own rate, never sent in a media burst.
+            self.pacer.end_burst();
+        }
 
         if let Some(raw_packets) = &mut self.raw_packets {
             raw_packets.push_back(Box::new(RawPacket::RtpTx(header.clone(), buf.to_vec())));

@@ -3,6 +3,7 @@ use std::time::{Duration, Instant};
 
 use super::Pacer;
 use super::PaddingRequest;
+use super::QueuePriority;
 use super::QueueState;
 use crate::Reason;
 use crate::bwe_::ProbeClusterConfig;
@@ -50,6 +51,9 @@ pub struct LeakyBucketPacer {
     completed_probe: Option<TwccClusterId>,
     /// Gates poll_queue() until handle_timeout() is called after packet emission.
     needs_timeout_before_next_poll: bool,
+    /// Tessera fork: whether the packets after the one this timeout chose may follow it at
+    /// once, without a timeout each (see `next_in_burst`).
+    burst_open: bool,
 }
 
 impl Pacer for LeakyBucketPacer {
@@ -83,6 +87,7 @@ impl Pacer for LeakyBucketPacer {
     ) -> Option<PaddingRequest> {
         // Clear the gate when time advances
         self.needs_timeout_before_next_poll = false;
+        self.burst_open = false;
 
         // Clear the poll time - it will be recalculated below if needed.
         // This is important because if we return early (e.g., next_poll_queue is already set),
@@ -115,6 +120,11 @@ impl Pacer for LeakyBucketPacer {
             self.next_poll_queue = None;
         } else {
             self.next_poll_queue = queue.map(|q| q.midrid);
+            self.burst_open = self.next_poll_queue.is_some()
+                && matches!(
+                    next_poll_time_and_reason.1,
+                    PacerReason::Paced | PacerReason::Unpaced
+                );
         }
 
         self.next_poll_time = Some(next_poll_time_and_reason);
@@ -124,11 +134,13 @@ impl Pacer for LeakyBucketPacer {
 
     fn poll_queue(&mut self) -> Option<(MidRid, Option<TwccClusterId>)> {
         // GATE: Block if we need timeout first
-        if self.needs_timeout_before_next_poll {
-            return None;
-        }
-
-        let next = self.next_poll_queue.take()?;
+        let next = if self.needs_timeout_before_next_poll {
+            // Tessera fork: within the burst the pacing allows, the next packet goes now.
+            self.next_in_burst()?
+        } else {
+            self.next_poll_queue.take()?
+        };
+        self.count_polled(next);
 
         // Mark that we need timeout before next poll
         self.needs_timeout_before_next_poll = true;
@@ -182,7 +194,52 @@ impl LeakyBucketPacer {
             probe_queue: VecDeque::new(),
             completed_probe: None,
             needs_timeout_before_next_poll: true,
+            burst_open: false,
         }
+    }
+
+    /// Tessera fork: The queue of the next packet of a burst, or None where it waits for the
+    /// next timeout. str0m released one packet per timeout: a video frame of six packets took
+    /// six timeouts (each refreshing every queue's state and running the estimator) and, in an
+    /// SFU that serves due timeouts once per turn, six turns. Pacing allows a burst anyway (the
+    /// media debt may reach `burst_interval` before sends wait, as libwebrtc's pacer does), so
+    /// the packets within it go out together: media (and resends) only, no probe running, the
+    /// queue states as the last timeout counted them less what was released since. A padding
+    /// packet, or a queue that had nothing after all, ends the burst (`end_burst`).
+    fn next_in_burst(&self) -> Option<MidRid> {
+        if !self.burst_open || !self.probe_queue.is_empty() {
+            return None;
+        }
+        let media = |q: &&QueueState| {
+            q.snapshot.packet_count > 0 && q.snapshot.priority == QueuePriority::Media
+        };
+        if let Some(q) = self.queue_states.iter().filter(media).find(|q| q.unpaced) {
+            return Some(q.midrid);
+        }
+        if self.adjusted_bitrate == Bitrate::ZERO {
+            return None;
+        }
+        let burst_interval = PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate);
+        if self.media_debt / self.adjusted_bitrate >= burst_interval {
+            return None;
+        }
+        self.queue_states
+            .iter()
+            .filter(media)
+            .min_by_key(|q| (q.snapshot.priority, q.snapshot.last_emitted))
+            .map(|q| q.midrid)
+    }
+
+    /// Tessera fork: One packet fewer waits in `midrid`'s queue (as the last timeout counted).
+    fn count_polled(&mut self, midrid: MidRid) {
+        if let Some(q) = self.queue_states.iter_mut().find(|q| q.midrid == midrid) {
+            q.snapshot.packet_count = q.snapshot.packet_count.saturating_sub(1);
+        }
+    }
+
+    /// Tessera fork: The packets after this one wait for the next timeout (see `next_in_burst`).
+    pub(crate) fn end_burst(&mut self) {
+        self.burst_open = false;
     }
 
     /// Start executing a probe cluster.

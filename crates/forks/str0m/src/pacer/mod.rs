@@ -47,6 +47,13 @@ impl PacerImpl {
         }
     }
 
+    /// Tessera fork: see `LeakyBucketPacer::end_burst`.
+    pub fn end_burst(&mut self) {
+        if let PacerImpl::LeakyBucket(v) = self {
+            v.end_burst();
+        }
+    }
+
     pub fn check_probe_complete(&mut self, now: Instant) -> Option<TwccClusterId> {
         match self {
             PacerImpl::Null(_) => None,
