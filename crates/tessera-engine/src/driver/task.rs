@@ -359,7 +359,8 @@ pub(super) async fn run(
             _ = tokio::time::sleep_until(deadline.into()) => Instant::now(),
         };
         // Due timeouts run now, not after the next timer tick (tokio's timer has 1 ms
-        // granularity): str0m's pacer asks for one right after media is written.
+        // granularity): str0m asks for one right after media is written (its pacer releases the
+        // queued packets at the next timeout).
         for _ in 0..4 {
             let now = Instant::now();
             if sfu.next_timeout() > now {
