@@ -148,6 +148,8 @@ pub struct World {
     pub tap_packets: Vec<(u64, crate::sfu::TapPacket)>,
     /// The satellite as another cluster node's copy of the room (`relay_to_edge`).
     edge: Option<Edge>,
+    /// While set, `step` leaves the SFUs' timeouts for the test to run.
+    hold_sfu_timeouts: bool,
 }
 
 /// A cluster relay from `sfu` (the room's node) to `satellite` (an edge), as
@@ -171,6 +173,7 @@ impl World {
             now,
             sfu: Sfu::new(vec![SFU_ADDR.parse().unwrap()], Duration::from_secs(10), now),
             satellite: Sfu::new(vec![SFU_ADDR.parse().unwrap()], Duration::from_secs(10), now).into_worker(1, Default::default(), Default::default()),
+            hold_sfu_timeouts: false,
             sfu_allocations: None,
             clients: Vec::new(),
             flights: BinaryHeap::new(),
@@ -381,7 +384,8 @@ impl World {
     fn step(&mut self, limit: Instant) {
         let flight = self.flights.peek().map(|f| f.0.at);
         let client = self.clients.iter().map(|c| c.next_timeout).min();
-        let next = [flight, client, Some(self.sfu.next_timeout()), Some(self.satellite.next_timeout())].into_iter().flatten().min().unwrap_or(limit).min(limit);
+        let sfus = (!self.hold_sfu_timeouts).then(|| self.sfu.next_timeout().min(self.satellite.next_timeout()));
+        let next = [flight, client, sfus].into_iter().flatten().min().unwrap_or(limit).min(limit);
         self.now = self.now.max(next);
         while self.flights.peek().is_some_and(|f| f.0.at <= self.now) {
             let Reverse(f) = self.flights.pop().expect("peeked");
@@ -411,6 +415,9 @@ impl World {
         }
         for on in 0..2 {
             let now = self.now;
+            if self.hold_sfu_timeouts {
+                break;
+            }
             if self.in_sfu_of(on, |sfu| sfu.next_timeout() <= now) {
                 self.in_sfu_of(on, |sfu| sfu.handle_timeout(now));
                 self.drain_sfu();
@@ -748,6 +755,40 @@ mod tests {
         assert!(instants.len() <= frames * 3 / 2, "{} send instants for {frames} frames", instants.len());
         // The burst is bounded by the pacing rate (40 ms of it): a keyframe is not sent at once.
         assert!(largest < 20_000, "{largest} bytes left the SFU at one instant");
+    }
+
+    #[test]
+    fn due_viewers_are_served_in_parts_each_parts_datagrams_taken_before_the_next() {
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
+        let viewers: Vec<usize> = (0..3).map(|_| world.join("alice", PeerRole::Play, Link::clean(), Link::clean())).collect();
+        connect(&mut world);
+        let n = publish(&mut world, publisher, 1, 30, 2400);
+        let received: Vec<usize> = viewers.iter().map(|&v| world.frames_received(v).len()).collect();
+        assert!(received.iter().all(|&r| r > 20), "every viewer receives: {received:?}");
+        // The next frame reaches the SFU; its viewers' timeouts are left due.
+        world.hold_sfu_timeouts = true;
+        world.write_video(publisher, &h264_frame(false, 2400, n), n as u64 * 3000);
+        world.run(Duration::from_millis(30), Duration::from_millis(30), |_| {});
+        let now = world.now;
+        let mut parts = Vec::new();
+        loop {
+            let more = world.sfu.handle_timeout_some(now, 1);
+            let mut to = Vec::new();
+            world.sfu.take_udp_transmits(|t| to.push(t.destination));
+            parts.push(to);
+            if !more {
+                break;
+            }
+        }
+        while world.sfu.poll_output().is_some() {}
+        let addrs: Vec<SocketAddr> = viewers.iter().map(|&v| world.clients[v].addr).collect();
+        // Each part is one peer's (or none: a stale timer), and each viewer got the frame in its own part.
+        assert!(parts.iter().all(|p| p.windows(2).all(|w| w[0] == w[1])), "one destination per part: {parts:?}");
+        for a in &addrs {
+            assert_eq!(parts.iter().filter(|p| p.first() == Some(a)).count(), 1, "{a} in one part of {parts:?}");
+        }
+        world.hold_sfu_timeouts = false;
     }
 
     /// Heap allocations inside the SFU per forwarded packet, str0m included (its datagrams are

@@ -17,6 +17,9 @@ fn destination_for(candidates: &[SocketAddr], source: SocketAddr) -> SocketAddr 
 
 /// Datagrams read per wake-up before timers and commands get a turn.
 const RECV_BATCH: usize = 64;
+/// Peers whose timeouts run before their datagrams go to the egress thread: a viewer's frame is
+/// one message, so a part is about a quarter of a full batch.
+const TIMEOUT_PART: usize = 64;
 
 /// Where a worker's datagrams come from: the socket itself when it is the only worker, else the
 /// dispatcher's batches.
@@ -366,7 +369,12 @@ pub(super) async fn run(
             if sfu.next_timeout() > now {
                 break;
             }
-            sfu.handle_timeout(now);
+            // In parts: each part's datagrams go to the egress thread before the next part is
+            // built, so the kernel sends to the first viewers while the SFU builds for the last.
+            while sfu.handle_timeout_some(now, TIMEOUT_PART) {
+                sfu.take_udp_transmits(|t| egress.push(t.contents.into(), t.destination));
+                egress.flush().await;
+            }
         }
         while let Some(output) = sfu.poll_output() {
             match output {
