@@ -219,8 +219,7 @@ impl LeakyBucketPacer {
         if self.adjusted_bitrate == Bitrate::ZERO {
             return None;
         }
-        let burst_interval = PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate);
-        if self.media_debt / self.adjusted_bitrate >= burst_interval {
+        if self.media_debt / self.adjusted_bitrate >= self.burst_interval() {
             return None;
         }
         self.queue_states
@@ -228,6 +227,13 @@ impl LeakyBucketPacer {
             .filter(media)
             .min_by_key(|q| (q.snapshot.priority, q.snapshot.last_emitted))
             .map(|q| q.midrid)
+    }
+
+    /// How much media debt (in time at the adjusted rate) sends may run up before they wait.
+    /// Limited to MAX_BURST_SIZE so high bitrates don't overfill socket buffers; below ~12.6
+    /// Mbps this is PACING. The adjusted bitrate must be above zero.
+    fn burst_interval(&self) -> Duration {
+        PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate)
     }
 
     /// Tessera fork: One packet fewer waits in `midrid`'s queue (as the last timeout counted).
@@ -350,10 +356,7 @@ impl LeakyBucketPacer {
                 } else {
                     // Normal pacing: use relative offset based on debt
                     let drain_debt_time = self.media_debt / self.adjusted_bitrate;
-                    // Limit the burst to MAX_BURST_SIZE so high bitrates don't overfill socket
-                    // buffers. Below ~12.6 Mbps this is PACING.
-                    let burst_interval = PACING.min(MAX_BURST_SIZE / self.adjusted_bitrate);
-                    let next_send_offset = if drain_debt_time >= burst_interval {
+                    let next_send_offset = if drain_debt_time >= self.burst_interval() {
                         // If we have incurred too much debt, wait for it to clear before sending.
                         // again.
                         drain_debt_time
