@@ -848,6 +848,9 @@ use media::{MediaAdded, MediaChanged, MediaData};
 pub mod change;
 
 mod util;
+
+// Tessera fork: reused datagram buffers.
+mod datagram_pool;
 use util::{Soonest, not_happening};
 
 mod poll;
@@ -867,6 +870,7 @@ pub mod error;
 
 /// Network related types to get socket data in/out of [`Rtc`].
 pub mod net {
+    pub use crate::datagram_pool::recycle_datagram;
     pub use crate::io::{DatagramRecv, DatagramSend, Protocol, Receive, TcpType, Transmit};
 }
 

@@ -70,9 +70,9 @@ impl Egress {
         let writer_counters = counters.clone();
         std::thread::Builder::new().name("tessera-egress".into()).spawn(move || {
             let mut writer = Writer::new(socket, gso);
-            while let Some(mut batch) = batches.blocking_recv() {
+            // The batch goes back with its datagrams: the media task reuses their buffers.
+            while let Some(batch) = batches.blocking_recv() {
                 writer.write(&batch, &writer_counters);
-                batch.clear();
                 let _ = recycle.try_send(batch);
             }
         })?;
@@ -91,10 +91,11 @@ impl Egress {
         match &mut self.to {
             To::Inline(writer) => {
                 writer.write(&self.batch, &self.counters);
-                self.batch.clear();
+                recycle(&mut self.batch);
             }
             To::Thread { to_writer, recycled } => {
-                let next = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH_CAPACITY));
+                let mut next = recycled.try_recv().unwrap_or_else(|_| Vec::with_capacity(BATCH_CAPACITY));
+                recycle(&mut next);
                 let batch = std::mem::replace(&mut self.batch, next);
                 if let Err(lost) = to_writer.send(batch).await {
                     // The writer thread is gone (it never ends on its own).
@@ -102,6 +103,15 @@ impl Egress {
                 }
             }
         }
+    }
+}
+
+/// Empties a written batch, handing its datagrams' buffers back to str0m, which encrypts the
+/// next packets into them: a forwarded copy then costs no allocation (nor a free on the writer
+/// thread, glibc's slow path for memory another thread allocated).
+fn recycle(batch: &mut Batch) {
+    for (datagram, _) in batch.drain(..) {
+        tessera_rtc::str0m::net::recycle_datagram(datagram);
     }
 }
 

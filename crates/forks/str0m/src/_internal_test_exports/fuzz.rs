@@ -210,7 +210,8 @@ pub fn rtcp(data: &[u8]) -> Option<()> {
     let mut feedback = VecDeque::new();
     Rtcp::read_packet(data, &mut feedback);
     // Exercise the feedback conversion as well.
-    let _ = RtcpFb::from_rtcp(feedback.drain(..)).count();
+    let mut items = VecDeque::new();
+    RtcpFb::from_rtcp_into(feedback.drain(..), &mut items);
     Some(())
 }
 

@@ -7,6 +7,7 @@ use crate::crypto::{AeadAes128Gcm, AeadAes256Gcm, Aes128CmSha1_80};
 use crate::crypto::{AeadAes128GcmCipher, AeadAes256GcmCipher};
 use crate::crypto::{CryptoProvider, Sha1HmacProvider, SrtpProvider};
 use crate::io::DATAGRAM_MAX_PACKET_SIZE;
+use crate::datagram_pool::datagram_buffer;
 
 use super::header::RtpHeader;
 
@@ -247,6 +248,8 @@ impl DecryptWarnings {
     }
 }
 
+// Tessera fork: the encrypted output of `protect_rtp`/`protect_rtcp` is a reused buffer
+// (`datagram_pool`): a forwarded copy allocates none once the application recycles its datagrams.
 impl SrtpContext {
     pub fn protect_rtp(
         &mut self,
@@ -296,7 +299,7 @@ impl SrtpContext {
                 let padding_needed =
                     CTR_BUFFER_PADDING.saturating_sub(Aes128CmSha1_80::HMAC_TAG_LEN);
                 let mut output =
-                    vec![0_u8; buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed];
+                    datagram_buffer(buf.len() + Aes128CmSha1_80::HMAC_TAG_LEN + padding_needed);
 
                 enc.encrypt(&iv, input, &mut output[hlen..])
                     .expect("rtp encrypt");
@@ -318,7 +321,7 @@ impl SrtpContext {
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes128Gcm::TAG_LEN];
+                let mut output = datagram_buffer(buf.len() + AeadAes128Gcm::TAG_LEN);
                 enc.encrypt(&iv, aad, input, &mut output[hlen..])
                     .expect("rtp encrypt");
 
@@ -334,7 +337,7 @@ impl SrtpContext {
 
                 // Input and output lengths for encryption:
                 // https://www.rfc-editor.org/rfc/rfc7714#section-5.2.1
-                let mut output = vec![0_u8; buf.len() + AeadAes256Gcm::TAG_LEN];
+                let mut output = datagram_buffer(buf.len() + AeadAes256Gcm::TAG_LEN);
                 enc.encrypt(&iv, aad, input, &mut output[hlen..])
                     .expect("rtp encrypt");
 
@@ -487,7 +490,7 @@ impl SrtpContext {
                 // SRTCP_INDEX_LEN + HMAC_TAG_LEN is 14, CTR_BUFFER_PADDING is 15, so we need 1 extra byte
                 let padding_needed = CTR_BUFFER_PADDING
                     .saturating_sub(SRTCP_INDEX_LEN + Aes128CmSha1_80::HMAC_TAG_LEN);
-                let mut output = vec![0_u8; final_size + padding_needed];
+                let mut output = datagram_buffer(final_size + padding_needed);
 
                 output[0..8].copy_from_slice(&buf[0..8]);
                 let input = &buf[8..];
@@ -511,7 +514,7 @@ impl SrtpContext {
                 aad[..8].copy_from_slice(&buf[..8]);
                 aad[8..12].copy_from_slice(&e_and_si.to_be_bytes());
 
-                let mut output = vec![0_u8; buf.len() + SRTCP_INDEX_LEN + AeadAes128Gcm::TAG_LEN];
+                let mut output = datagram_buffer(buf.len() + SRTCP_INDEX_LEN + AeadAes128Gcm::TAG_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
                 let input = &buf[8..];
 
@@ -533,7 +536,7 @@ impl SrtpContext {
                 aad[..8].copy_from_slice(&buf[..8]);
                 aad[8..12].copy_from_slice(&e_and_si.to_be_bytes());
 
-                let mut output = vec![0_u8; buf.len() + SRTCP_INDEX_LEN + AeadAes256Gcm::TAG_LEN];
+                let mut output = datagram_buffer(buf.len() + SRTCP_INDEX_LEN + AeadAes256Gcm::TAG_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
                 let input = &buf[8..];
 
@@ -559,6 +562,7 @@ impl SrtpContext {
     //
     //                  |--------------------------------------|
     //                              encrypted (aes)
+    /// Tessera fork: the output is a pooled buffer (`datagram_pool`); the caller recycles it.
     pub fn unprotect_rtcp(&mut self, buf: &[u8]) -> Option<Vec<u8>> {
         match &mut self.rtcp {
             Derived::Aes128CmSha1_80 { key, salt, dec, .. } => {
@@ -610,7 +614,7 @@ impl SrtpContext {
                 // compound packet.
                 let input = &buf[8..idx_start];
                 // Allocate buffer with CTR padding (aws-lc-rs requirement)
-                let mut output = vec![0_u8; input.len() + 8 + CTR_BUFFER_PADDING];
+                let mut output = datagram_buffer(input.len() + 8 + CTR_BUFFER_PADDING);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
                 if let Err(e) = dec.decrypt(&iv, input, &mut output[8..]) {
@@ -672,7 +676,7 @@ impl SrtpContext {
                     aads[1] = &buf[idx_start..];
                 };
 
-                let mut output = vec![0_u8; buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN];
+                let mut output = datagram_buffer(buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
                 let count = match dec.decrypt(&iv, &aads, input, &mut output[8..]) {
@@ -745,7 +749,7 @@ impl SrtpContext {
                     aads[1] = &buf[idx_start..];
                 };
 
-                let mut output = vec![0_u8; buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN];
+                let mut output = datagram_buffer(buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
                 let count = match dec.decrypt(&iv, &aads, input, &mut output[8..]) {

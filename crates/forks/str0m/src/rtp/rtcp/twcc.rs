@@ -1079,7 +1079,8 @@ impl TwccPacketId {
 }
 
 /// Record for a send entry in twcc.
-#[derive(Debug)]
+// Tessera fork: `Clone, Copy`, so the estimator copies a feedback's records into a reused buffer.
+#[derive(Debug, Clone, Copy)]
 pub struct TwccSendRecord {
     /// Packet identification (sequence + optional probe cluster)
     packet_id: TwccPacketId,

@@ -1,0 +1,44 @@
+//! Tessera fork: buffers for outgoing SRTP/SRTCP datagrams, reused.
+//!
+//! Every packet an SFU forwards is encrypted into a datagram of its own, so allocating each one
+//! (and freeing it, often on the thread that wrote it to the socket) was a heap round trip per
+//! copy. An application that hands written datagrams back with [`recycle_datagram`] has them
+//! reused for the next packets built on that thread; one that does not just allocates as before.
+//! The pool is per thread (no locks) and bounded, so a burst that recycles more than is needed
+//! soon frees the rest.
+
+use std::cell::RefCell;
+
+/// Buffers a thread keeps: a few frames' copies to every viewer of a busy worker.
+const MAX_POOLED: usize = 4096;
+/// A fresh buffer's capacity: any datagram str0m builds fits, so a reused one never grows.
+const BUFFER_CAPACITY: usize = 1500;
+
+thread_local! {
+    static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Hands a datagram's buffer (from [`Transmit::contents`][crate::net::Transmit]) back for reuse
+/// once it has been written.
+pub fn recycle_datagram(mut buf: Vec<u8>) {
+    if buf.capacity() < BUFFER_CAPACITY {
+        return;
+    }
+    buf.clear();
+    POOL.with(|pool| {
+        let mut pool = pool.borrow_mut();
+        if pool.len() < MAX_POOLED {
+            pool.push(buf);
+        }
+    });
+}
+
+/// A zeroed buffer of `len` bytes, reused where one was recycled on this thread.
+pub(crate) fn datagram_buffer(len: usize) -> Vec<u8> {
+    let mut buf = POOL
+        .with(|pool| pool.borrow_mut().pop())
+        .unwrap_or_else(|| Vec::with_capacity(len.max(BUFFER_CAPACITY)));
+    buf.resize(len, 0);
+    buf
+}
+
