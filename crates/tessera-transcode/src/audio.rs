@@ -10,7 +10,7 @@ use ffmpeg_next as ff;
 pub struct AudioToOpus {
     decoder: ff::decoder::Audio,
     resampler: Option<ff::software::resampling::Context>,
-    encoder: ff::encoder::Audio,
+    encoder: crate::opus::Encoder,
     decoded: ff::frame::Audio,
     resampled: ff::frame::Audio,
     /// Interleaved stereo samples waiting for a full 20 ms frame.
@@ -20,7 +20,6 @@ pub struct AudioToOpus {
     /// Timestamp of the next Opus packet out. The encoder's own pts carry its pre-skip; RTP
     /// wants one 20 ms step per packet from the stream's first sample.
     out_ts: Option<u32>,
-    packet: ff::Packet,
 }
 
 // SAFETY: the FFmpeg contexts inside are owned by this value alone and used through `&mut self`
@@ -72,16 +71,8 @@ impl AudioToOpus {
     }
 
     fn with_decoder(decoder: ff::decoder::Audio) -> Result<AudioToOpus, TranscodeError> {
-        let opus = ff::encoder::find_by_name("libopus").ok_or(TranscodeError::MissingCodec("libopus encoder"))?;
-        let mut enc = ff::codec::context::Context::new_with_codec(opus).encoder().audio()?;
-        enc.set_rate(OPUS_RATE as i32);
-        enc.set_channel_layout(ChannelLayout::STEREO);
-        enc.set_format(Sample::I16(Type::Packed));
-        enc.set_bit_rate(OPUS_BITRATE);
-        enc.set_time_base((1, OPUS_RATE as i32));
-        // libopus's complexity is FFmpeg's compression_level.
-        enc.set_compression(Some(INGEST_OPUS_COMPLEXITY.load(std::sync::atomic::Ordering::Relaxed)));
-        let encoder = enc.open_as(opus)?;
+        let complexity = INGEST_OPUS_COMPLEXITY.load(std::sync::atomic::Ordering::Relaxed) as u8;
+        let encoder = crate::opus::Encoder::new(2, OPUS_BITRATE as i32, Some(complexity))?;
         Ok(AudioToOpus {
             decoder,
             resampler: None,
@@ -91,7 +82,6 @@ impl AudioToOpus {
             pending: Vec::with_capacity(OPUS_FRAME * 4),
             next_ts: None,
             out_ts: None,
-            packet: ff::Packet::empty(),
         })
     }
 
@@ -121,21 +111,14 @@ impl AudioToOpus {
 
     fn encode_ready(&mut self, out: &mut Vec<OpusFrame>) -> Result<(), TranscodeError> {
         while self.pending.len() >= OPUS_FRAME * 2 {
-            let mut frame = ff::frame::Audio::new(Sample::I16(Type::Packed), OPUS_FRAME, ChannelLayout::STEREO);
-            frame.set_rate(OPUS_RATE);
             let ts = self.next_ts.unwrap_or(0);
-            let level = tessera_media::audio_level::dbov_i16(&self.pending[..OPUS_FRAME * 2]);
-            frame.set_pts(Some(ts as i64));
-            frame.plane_mut::<i16>(0)[..OPUS_FRAME * 2].copy_from_slice(&self.pending[..OPUS_FRAME * 2]);
+            let frame = &self.pending[..OPUS_FRAME * 2];
+            let level = tessera_media::audio_level::dbov_i16(frame);
+            let data = self.encoder.encode(frame)?.to_vec();
             self.pending.drain(..OPUS_FRAME * 2);
-            self.encoder.send_frame(&frame)?;
-            while self.encoder.receive_packet(&mut self.packet).is_ok() {
-                if let Some(data) = self.packet.data() {
-                    let out_ts = *self.out_ts.get_or_insert(ts);
-                    out.push(OpusFrame { ts: out_ts, data: data.to_vec(), level: Some(level) });
-                    self.out_ts = Some(out_ts.wrapping_add(OPUS_FRAME as u32));
-                }
-            }
+            let out_ts = *self.out_ts.get_or_insert(ts);
+            out.push(OpusFrame { ts: out_ts, data, level: Some(level) });
+            self.out_ts = Some(out_ts.wrapping_add(OPUS_FRAME as u32));
             self.next_ts = Some(ts.wrapping_add(OPUS_FRAME as u32));
         }
         Ok(())

@@ -123,37 +123,24 @@ impl OpusDecoder {
 
 /// 20 ms frames of 48 kHz PCM in, Opus out (mono or stereo, a set bitrate).
 pub struct OpusEncoder {
-    encoder: ff::encoder::Audio,
+    encoder: crate::opus::Encoder,
     channels: usize,
-    frame: ff::frame::Audio,
-    packet: ff::Packet,
+    /// One frame's interleaved samples, reused.
+    pcm: Vec<i16>,
     next_ts: u32,
 }
 
-// SAFETY: as above.
-unsafe impl Send for OpusEncoder {}
-
 impl OpusEncoder {
     pub fn new(channels: usize, kbps: u32) -> Result<OpusEncoder, TranscodeError> {
-        init();
-        let opus = ff::encoder::find_by_name("libopus").ok_or(TranscodeError::MissingCodec("libopus encoder"))?;
-        let layout = if channels == 1 { ChannelLayout::MONO } else { ChannelLayout::STEREO };
-        let mut enc = ff::codec::context::Context::new_with_codec(opus).encoder().audio()?;
-        enc.set_rate(OPUS_RATE as i32);
-        enc.set_channel_layout(layout);
-        enc.set_format(Sample::I16(Type::Packed));
-        enc.set_bit_rate(kbps as usize * 1000);
-        enc.set_time_base((1, OPUS_RATE as i32));
-        let encoder = enc.open_as(opus)?;
-        let mut frame = ff::frame::Audio::new(Sample::I16(Type::Packed), OPUS_FRAME, layout);
-        frame.set_rate(OPUS_RATE);
-        Ok(OpusEncoder { encoder, channels: channels.clamp(1, 2), frame, packet: ff::Packet::empty(), next_ts: 0 })
+        let channels = channels.clamp(1, 2);
+        let encoder = crate::opus::Encoder::new(channels, kbps as i32 * 1000, None)?;
+        Ok(OpusEncoder { encoder, channels, pcm: vec![0; OPUS_FRAME * channels], next_ts: 0 })
     }
 
     /// Encodes one 20 ms frame: `OPUS_FRAME` interleaved stereo samples in [-1, 1] (mixed down
     /// to mono when the encoder is mono).
     pub fn encode(&mut self, stereo: &[f32], out: &mut Vec<OpusFrame>) -> Result<(), TranscodeError> {
-        let plane = self.frame.plane_mut::<i16>(0);
+        let plane = &mut self.pcm;
         for i in 0..OPUS_FRAME {
             let (l, r) = (stereo.get(2 * i).copied().unwrap_or(0.0), stereo.get(2 * i + 1).copied().unwrap_or(0.0));
             if self.channels == 1 {
@@ -164,13 +151,8 @@ impl OpusEncoder {
             }
         }
         let level = tessera_media::audio_level::dbov_f32(stereo);
-        self.frame.set_pts(Some(self.next_ts as i64));
-        self.encoder.send_frame(&self.frame)?;
-        while self.encoder.receive_packet(&mut self.packet).is_ok() {
-            if let Some(d) = self.packet.data() {
-                out.push(OpusFrame { ts: self.next_ts, data: d.to_vec(), level: Some(level) });
-            }
-        }
+        let data = self.encoder.encode(&self.pcm)?.to_vec();
+        out.push(OpusFrame { ts: self.next_ts, data, level: Some(level) });
         self.next_ts = self.next_ts.wrapping_add(OPUS_FRAME as u32);
         Ok(())
     }

@@ -11,6 +11,7 @@ pub mod compose;
 pub mod decode;
 pub mod image;
 pub mod mux;
+mod opus;
 pub mod source;
 pub mod video;
 
