@@ -3,8 +3,9 @@
 # tags shaped like 1.5 Mbit/s H.264 at 30 fps and a real AAC-LC 48 kHz stereo tone), one WHEP
 # viewer each, so both servers parse FLV, packetize RTP, cache the GOP and transcode AAC→Opus.
 # Each server pinned to core 1, the load tool to core 0, in a loopback-only network namespace;
-# interleaved: Tessera at its default Opus complexity (10), Tessera at SRS's (1: SRS opens its
-# Opus encoder with compression_level 1), SRS. Two rounds per P.
+# interleaved: Tessera at its default Opus settings (complexity 10, 64 kbit/s), at SRS's
+# complexity (1: SRS opens its Opus encoder with compression_level 1), at SRS's complexity and
+# bitrate (1, 48 kbit/s: SRS's `opus_bitrate` default), SRS. Two rounds per P.
 #
 #   benches/rtmp_vs_srs.sh SRS_SRC [P ...]     (default P: 10)
 #
@@ -24,10 +25,10 @@ ns=tessera-rtmp-bench
 . benches/srs_lib.sh
 srs_conf on
 
-run_tessera() { # p complexity
+run_tessera() { # p complexity kbps
   local p=$1 data="$dir/tessera-data"
   rm -rf "$data"
-  echo "ingest_opus_complexity = $2" >"$dir/tessera.toml"
+  printf 'ingest_opus_complexity = %s\ningest_opus_kbps = %s\n' "$2" "$3" >"$dir/tessera.toml"
   inns taskset -c 1 env RUST_LOG=warn target/release/tessera serve --config "$dir/tessera.toml" --data-dir "$data" --http-addr 127.0.0.1:18080 \
     --rtc-udp-addr 127.0.0.1:18443 --rtmp-addr 127.0.0.1:11935 >"$dir/t.out" 2>"$dir/t.err" &
   local pid=$!
@@ -50,14 +51,14 @@ run_srs() { # p
   stop_pid "$server_pid"
 }
 
-echo "| server | Opus complexity | round | publishers (+1 viewer each) | delivered pkt/s | server CPU (cores) | CPU per publisher | loss % (max) | latency p50 / p99 ms |"
+echo "| server | Opus complexity, kbit/s | round | publishers (+1 viewer each) | delivered pkt/s | server CPU (cores) | CPU per publisher | loss % (max) | latency p50 / p99 ms |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for p in "${counts[@]}"; do
   for round in 1 2; do
-    for server in "tessera 10" "tessera 1" "srs 1"; do
+    for server in "tessera 10 64" "tessera 1 64" "tessera 1 48" "srs 1 48"; do
       set -- $server
-      if [ "$1" = srs ]; then j=$(run_srs "$p"); else j=$(run_tessera "$p" "$2"); fi
-      python3 - "$1" "$2" "$round" "$p" "$j" <<'PY'
+      if [ "$1" = srs ]; then j=$(run_srs "$p"); else j=$(run_tessera "$p" "$2" "$3"); fi
+      python3 - "$1" "$2, $3" "$round" "$p" "$j" <<'PY'
 import json, sys
 server, cx, rnd, p, j = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]), json.loads(sys.argv[5] or "{}")
 f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"

@@ -34,3 +34,5 @@ pub use sfu::{
 pub use tessera_rtc::{OfferError, OfferSummary, PeerRole, SectionKind};
 /// The Opus complexity of ingests' audio transcodes (`ingest_opus_complexity`).
 pub use tessera_transcode::set_ingest_opus_complexity;
+/// The Opus bitrate of ingests' audio transcodes (`ingest_opus_kbps`).
+pub use tessera_transcode::set_ingest_opus_kbps;

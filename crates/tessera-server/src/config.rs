@@ -32,6 +32,9 @@ pub struct Config {
     /// Opus for WebRTC viewers): the largest cost of an RTMP publish. 10 (libopus's default)
     /// is for music; lower costs less CPU per publisher (SRS encodes at 1).
     pub ingest_opus_complexity: u8,
+    /// Opus bitrate (kbit/s, 16–256) of the same transcodes: 64 carries stereo music well;
+    /// fewer bits cost less to encode (SRS encodes at 48).
+    pub ingest_opus_kbps: u16,
     /// UDP GSO on the WebRTC port: a viewer's packets that leave together (a frame) go to the
     /// kernel as one message, cut into datagrams at the end of its send path or by the NIC.
     /// Off for a network path that mishandles it (the server also turns it off by itself when
@@ -120,6 +123,7 @@ impl Default for Config {
             media_workers: None,
             spread_viewers_above: tessera_engine::DEFAULT_SPREAD_PERMILLE as f64 / 1000.0,
             ingest_opus_complexity: 10,
+            ingest_opus_kbps: 64,
             udp_gso: true,
             data_dir: PathBuf::from("./tessera-data"),
             log: "info".into(),
@@ -370,6 +374,9 @@ impl Config {
         if self.ingest_opus_complexity > 10 {
             return invalid("ingest_opus_complexity: 0 (cheapest) to 10 (libopus's default)".into());
         }
+        if !(16..=256).contains(&self.ingest_opus_kbps) {
+            return invalid("ingest_opus_kbps: 16 to 256 (kbit/s of Opus for ingests' audio)".into());
+        }
         if self.cors_origins.is_empty() {
             return invalid("cors_origins: list at least one origin, or \"*\"".into());
         }
@@ -557,6 +564,9 @@ mod tests {
         assert!(e.contains("apps.bad-id"), "{e}");
         let (_d, path) = write("[apps.a]\nsecrets = [\"short\"]\n");
         assert!(Config::load(Some(&path), &Overrides::default()).is_err());
+        let (_d, path) = write("ingest_opus_kbps = 8\n");
+        let e = Config::load(Some(&path), &Overrides::default()).unwrap_err().to_string();
+        assert!(e.contains("ingest_opus_kbps"), "{e}");
         let e = Config::load(Some(Path::new("/nonexistent/t.toml")), &Overrides::default()).unwrap_err().to_string();
         assert!(e.contains("/nonexistent/t.toml"), "{e}");
     }

@@ -63,6 +63,7 @@ impl Server {
         )?;
         rtc.set_spread_viewers_above(config.spread_viewers_above);
         tessera_engine::set_ingest_opus_complexity(config.ingest_opus_complexity);
+        tessera_engine::set_ingest_opus_kbps(config.ingest_opus_kbps);
         let redirect = match config.http_redirect_addr {
             Some(addr) => Some(TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what: "the HTTP→HTTPS redirect", addr, source })?),
             None => None,

@@ -1,7 +1,7 @@
 //! Audio to Opus: AAC from RTMP (AudioSpecificConfig), or whatever a pulled source carries
 //! (AAC, MP3, ...), decoded, resampled to 48 kHz stereo and encoded as 20 ms Opus frames.
 
-use crate::{init, OpusFrame, TranscodeError, OPUS_BITRATE, OPUS_FRAME, OPUS_RATE};
+use crate::{init, OpusFrame, TranscodeError, OPUS_FRAME, OPUS_RATE};
 use ff::format::sample::{Sample, Type};
 use ff::ChannelLayout;
 use ffmpeg_next as ff;
@@ -33,6 +33,15 @@ pub type AacToOpus = AudioToOpus;
 /// The Opus encoder complexity (0–10) of ingest transcodes: the process's setting
 /// (`set_ingest_opus_complexity`), libopus's default 10 unless set.
 static INGEST_OPUS_COMPLEXITY: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(10);
+
+/// The Opus bitrate (kbit/s) of ingest transcodes (`set_ingest_opus_kbps`), 64 unless set.
+static INGEST_OPUS_KBPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(64);
+
+/// Sets the Opus bitrate of transcodes made from now on (RTMP and pull ingests' audio), 16–256
+/// kbit/s: 64 carries stereo music well; fewer bits cost less to encode (SRS encodes at 48).
+pub fn set_ingest_opus_kbps(kbps: u16) {
+    INGEST_OPUS_KBPS.store(kbps.clamp(16, 256) as usize, std::sync::atomic::Ordering::Relaxed);
+}
 
 /// Sets the Opus complexity of transcodes made from now on (RTMP and pull ingests' audio).
 /// Lower is cheaper: the encode is the largest cost of an RTMP publish, and SRS runs it at 1;
@@ -72,7 +81,8 @@ impl AudioToOpus {
 
     fn with_decoder(decoder: ff::decoder::Audio) -> Result<AudioToOpus, TranscodeError> {
         let complexity = INGEST_OPUS_COMPLEXITY.load(std::sync::atomic::Ordering::Relaxed) as u8;
-        let encoder = crate::opus::Encoder::new(2, OPUS_BITRATE as i32, Some(complexity))?;
+        let bitrate = INGEST_OPUS_KBPS.load(std::sync::atomic::Ordering::Relaxed) as i32 * 1000;
+        let encoder = crate::opus::Encoder::new(2, bitrate, Some(complexity))?;
         Ok(AudioToOpus {
             decoder,
             resampler: None,

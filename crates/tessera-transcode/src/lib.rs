@@ -15,7 +15,7 @@ mod opus;
 pub mod source;
 pub mod video;
 
-pub use audio::{aac_tone, set_ingest_opus_complexity, AacToOpus, AudioToOpus};
+pub use audio::{aac_tone, set_ingest_opus_complexity, set_ingest_opus_kbps, AacToOpus, AudioToOpus};
 /// FFmpeg's types, for callers that hold frames.
 pub use ffmpeg_next as ff;
 
@@ -34,7 +34,6 @@ pub enum TranscodeError {
 /// Opus at 48 kHz in 20 ms frames (PRODUCT.md §3.5, §6.3).
 pub const OPUS_RATE: u32 = 48_000;
 pub const OPUS_FRAME: usize = 960;
-pub(crate) const OPUS_BITRATE: usize = 64_000;
 
 /// One encoded Opus frame and its 48 kHz RTP timestamp.
 #[derive(Debug, Clone, PartialEq, Eq)]
