@@ -107,7 +107,7 @@ mod tests {
         for channels in [1usize, 2] {
             let mut e = Encoder::new(channels, 48_000, Some(1)).unwrap();
             assert!(e.encode(&[0; 10]).is_err(), "a partial frame");
-            let tone: Vec<i16> = (0..OPUS_FRAME * channels).map(|i| ((i / channels) as f32 * 0.0575).sin().mul_add(8000.0, 0.0) as i16).collect();
+            let tone: Vec<i16> = (0..OPUS_FRAME * channels).map(|i| (((i / channels) as f32 * 0.0575).sin() * 8000.0) as i16).collect();
             let packet = e.encode(&tone).unwrap();
             assert!(packet.len() > 10, "{} bytes", packet.len());
             // The TOC byte's stereo flag (RFC 6716 §3.1) and a 20 ms frame (one frame, code 0).

@@ -13,6 +13,8 @@ use std::cell::RefCell;
 const MAX_POOLED: usize = 4096;
 /// A fresh buffer's capacity: any datagram str0m builds fits, so a reused one never grows.
 const BUFFER_CAPACITY: usize = 1500;
+/// A larger buffer handed back is freed, not kept: the pool holds datagram-sized memory only.
+const MAX_KEPT_CAPACITY: usize = 4 * BUFFER_CAPACITY;
 
 thread_local! {
     static POOL: RefCell<Vec<Vec<u8>>> = const { RefCell::new(Vec::new()) };
@@ -21,7 +23,7 @@ thread_local! {
 /// Hands a datagram's buffer (from [`Transmit::contents`][crate::net::Transmit]) back for reuse
 /// once it has been written.
 pub fn recycle_datagram(mut buf: Vec<u8>) {
-    if buf.capacity() < BUFFER_CAPACITY {
+    if !(BUFFER_CAPACITY..=MAX_KEPT_CAPACITY).contains(&buf.capacity()) {
         return;
     }
     buf.clear();
