@@ -133,8 +133,6 @@ pub(crate) struct Session {
 
     feedback_tx: VecDeque<Rtcp>,
     feedback_rx: VecDeque<Rtcp>,
-    /// Tessera fork: the received feedback's items, a queue reused between RTCP packets.
-    feedback_rx_items: VecDeque<RtcpFb>,
     rtp_closing: bool,
 
     /// Pending RRTRs from remote SSRCs in FIFO order, deduplicated by SSRC.
@@ -227,7 +225,6 @@ impl Session {
             vp9_packetizer_mode: config.vp9_packetizer_mode,
             feedback_tx: VecDeque::new(),
             feedback_rx: VecDeque::new(),
-            feedback_rx_items: VecDeque::new(),
             rtp_closing: false,
             pending_rrtrs: VecDeque::new(),
             raw_packets: if config.enable_raw_packets {
@@ -938,9 +935,7 @@ impl Session {
             }
         }
 
-        self.feedback_rx_items.clear();
-        RtcpFb::from_rtcp_into(self.feedback_rx.drain(..), &mut self.feedback_rx_items);
-        while let Some(fb) = self.feedback_rx_items.pop_front() {
+        for fb in RtcpFb::from_rtcp(self.feedback_rx.drain(..)) {
             if let RtcpFb::AppSpecificFeedback(asf) = fb {
                 self.pending_app_feedback = Some(AppSpecificFeedback {
                     sender_ssrc: asf.sender_ssrc,

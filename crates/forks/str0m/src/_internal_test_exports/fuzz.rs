@@ -210,8 +210,7 @@ pub fn rtcp(data: &[u8]) -> Option<()> {
     let mut feedback = VecDeque::new();
     Rtcp::read_packet(data, &mut feedback);
     // Exercise the feedback conversion as well.
-    let mut items = VecDeque::new();
-    RtcpFb::from_rtcp_into(feedback.drain(..), &mut items);
+    let _ = RtcpFb::from_rtcp(feedback.drain(..)).count();
     Some(())
 }
 

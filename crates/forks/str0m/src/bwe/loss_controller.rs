@@ -1085,17 +1085,17 @@ impl Default for Config {
     }
 }
 
-impl PacketResult for TwccSendRecord {
+impl PacketResult for &TwccSendRecord {
     fn local_send_time(&self) -> Instant {
-        TwccSendRecord::local_send_time(self)
+        (*self).local_send_time()
     }
 
     fn size(&self) -> DataSize {
-        TwccSendRecord::size(self).into()
+        (*self).size().into()
     }
 
     fn lost(&self) -> bool {
-        self.remote_recv_time().is_none()
+        (*self).remote_recv_time().is_none()
     }
 }
 

@@ -199,10 +199,6 @@ struct SendSideBandwidthEstimator {
     queue_delay: Option<(Duration, Instant)>,
     // Tessera fork: the share of packets reported lost, averaged over the last few feedbacks.
     recent_loss: f64,
-    // Tessera fork: a feedback's records and acknowledged packets, kept between feedbacks so
-    // that an update allocates nothing (one a viewer's feedback, every 50–100 ms).
-    records_scratch: Vec<TwccSendRecord>,
-    acked_scratch: Vec<AckedPacket>,
 }
 
 /// Tessera fork: each of the two windows `queue_delay`'s base is the least of.
@@ -237,8 +233,6 @@ impl SendSideBandwidthEstimator {
             owd_base: (f64::INFINITY, f64::INFINITY, None),
             queue_delay: None,
             recent_loss: 0.0,
-            records_scratch: Vec::new(),
-            acked_scratch: Vec::new(),
         }
     }
 
@@ -308,17 +302,7 @@ impl SendSideBandwidthEstimator {
 
     /// Record a packet from a TWCC report.
     pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord>, now: Instant) {
-        let mut send_records = std::mem::take(&mut self.records_scratch);
-        let mut acked_packets = std::mem::take(&mut self.acked_scratch);
-        send_records.clear();
-        send_records.extend(records.copied());
-        acked_packets.clear();
-        self.update_with(&send_records, &mut acked_packets, now);
-        self.records_scratch = send_records;
-        self.acked_scratch = acked_packets;
-    }
-
-    fn update_with(&mut self, send_records: &[TwccSendRecord], acked_packets: &mut Vec<AckedPacket>, now: Instant) {
+        let send_records: Vec<_> = records.collect();
         if send_records.is_empty() {
             return;
         }
@@ -326,7 +310,7 @@ impl SendSideBandwidthEstimator {
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
-        for (config, bitrate) in self.probe_estimator.update(send_records.iter()) {
+        for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
             latest_probe_result = Some(bitrate);
 
             // Update link capacity estimator for every successful ALR probe, not just the latest.
@@ -338,12 +322,14 @@ impl SendSideBandwidthEstimator {
             }
         }
 
+        let mut acked_packets = vec![];
+
         let mut max_rtt = None;
         let mut count = 0;
         let mut lost = 0;
         for record in send_records.iter() {
             count += 1;
-            let Ok(acked_packet) = record.try_into() else {
+            let Ok(acked_packet) = (*record).try_into() else {
                 lost += 1;
                 continue;
             };
@@ -397,7 +383,7 @@ impl SendSideBandwidthEstimator {
         // Update delay controller with the latest probe result
         let maybe_estimate =
             self.delay_controller
-                .update(acked_packets, acked_bitrate, probe_result, now);
+                .update(&acked_packets, acked_bitrate, probe_result, now);
 
         let Some(delay_estimate) = maybe_estimate else {
             return;
@@ -429,7 +415,7 @@ impl SendSideBandwidthEstimator {
 
         // This corresponds to UpdateLossBasedEstimator + UpdateEstimate
         self.loss_controller
-            .update_bandwidth_estimate(send_records, delay_estimate);
+            .update_bandwidth_estimate(&send_records, delay_estimate);
 
         // Loss-based result is capped by delay_based_limit
         let loss_result = self.loss_controller.loss_based_result();

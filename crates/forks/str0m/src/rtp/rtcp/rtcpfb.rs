@@ -1,6 +1,5 @@
 use super::{AppSpecificFeedback, DlrrItem, FirEntry, NackEntry, ReceptionReport, Remb};
 use super::{ReportBlock, ReportList, Rrtr, Rtcp, Sdes, SenderInfo, Ssrc, Twcc};
-use std::collections::VecDeque;
 
 /// Normalization of [`Rtcp`] so we can deal with one SSRC at a time.
 #[allow(clippy::large_enum_variant)]
@@ -31,14 +30,13 @@ impl RtcpFb {
         )
     }
 
-    /// Tessera fork: into a queue the caller reuses (upstream's `from_rtcp` collected a new
-    /// `Vec` per RTCP packet).
-    pub fn from_rtcp_into<T: IntoIterator<Item = Rtcp>>(t: T, q: &mut VecDeque<RtcpFb>) {
+    pub fn from_rtcp<T: IntoIterator<Item = Rtcp>>(t: T) -> impl Iterator<Item = RtcpFb> {
+        let mut q = Vec::new();
         let iter = t.into_iter();
         for pkt in iter {
             match pkt {
                 Rtcp::SenderReport(v) => {
-                    q.push_back(RtcpFb::SenderInfo(v.sender_info));
+                    q.push(RtcpFb::SenderInfo(v.sender_info));
                     q.extend(v.reports.into_iter().map(RtcpFb::ReceptionReport));
                 }
                 Rtcp::ReceiverReport(v) => {
@@ -47,7 +45,7 @@ impl RtcpFb {
                 Rtcp::ExtendedReport(v) => {
                     for block in v.blocks {
                         match block {
-                            ReportBlock::Rrtr(b) => q.push_back(RtcpFb::Rrtr((b, v.ssrc))),
+                            ReportBlock::Rrtr(b) => q.push(RtcpFb::Rrtr((b, v.ssrc))),
                             ReportBlock::Dlrr(v) => {
                                 q.extend(v.items.iter().map(|i| RtcpFb::DlrrItem(*i)))
                             }
@@ -61,25 +59,26 @@ impl RtcpFb {
                     q.extend(v.reports.into_iter().map(RtcpFb::Goodbye));
                 }
                 Rtcp::Nack(v) => {
-                    q.push_back(RtcpFb::Nack(v.ssrc, v.reports));
+                    q.push(RtcpFb::Nack(v.ssrc, v.reports));
                 }
                 Rtcp::Pli(v) => {
-                    q.push_back(RtcpFb::Pli(v.ssrc));
+                    q.push(RtcpFb::Pli(v.ssrc));
                 }
                 Rtcp::Fir(v) => {
                     q.extend(v.reports.into_iter().map(RtcpFb::Fir));
                 }
                 Rtcp::Twcc(v) => {
-                    q.push_back(RtcpFb::Twcc(v));
+                    q.push(RtcpFb::Twcc(v));
                 }
                 Rtcp::Remb(v) => {
-                    q.push_back(RtcpFb::Remb(v));
+                    q.push(RtcpFb::Remb(v));
                 }
                 Rtcp::AppSpecificFeedback(v) => {
-                    q.push_back(RtcpFb::AppSpecificFeedback(v));
+                    q.push(RtcpFb::AppSpecificFeedback(v));
                 }
             }
         }
+        q.into_iter()
     }
 
     pub fn ssrc(&self) -> Ssrc {
@@ -115,8 +114,7 @@ mod tests {
         };
 
         let rtcp_items = vec![Rtcp::AppSpecificFeedback(fb)];
-        let mut result = VecDeque::new();
-        RtcpFb::from_rtcp_into(rtcp_items, &mut result);
+        let result: Vec<_> = RtcpFb::from_rtcp(rtcp_items).collect();
 
         assert_eq!(result.len(), 1);
         assert!(matches!(&result[0], RtcpFb::AppSpecificFeedback(v) if v.media_ssrc == 200.into()));

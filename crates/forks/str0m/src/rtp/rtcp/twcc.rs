@@ -1079,8 +1079,7 @@ impl TwccPacketId {
 }
 
 /// Record for a send entry in twcc.
-// Tessera fork: `Clone, Copy`, so the estimator copies a feedback's records into a reused buffer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug)]
 pub struct TwccSendRecord {
     /// Packet identification (sequence + optional probe cluster)
     packet_id: TwccPacketId,
