@@ -239,9 +239,17 @@ export class Room extends EventTarget {
     for (const track of media.getTracks()) {
       const init = { direction: 'sendonly', streams: [media] };
       if (track.kind === 'video' && options.simulcast) {
-        init.sendEncodings = [{ rid: 'h' }, { rid: 'm', scaleResolutionDownBy: 2 }, { rid: 'l', scaleResolutionDownBy: 4 }];
+        // Three temporal layers in each (Chrome's VP8 default; with H.264 every other picture
+        // is then a non-reference one): the server can halve a layer's frame rate for a
+        // viewer just short of it. A browser that refuses the mode publishes without it.
+        init.sendEncodings = [{ rid: 'h' }, { rid: 'm', scaleResolutionDownBy: 2 }, { rid: 'l', scaleResolutionDownBy: 4 }].map((e) => ({ ...e, scalabilityMode: 'L1T3' }));
       }
-      pc.addTransceiver(track, init);
+      try {
+        pc.addTransceiver(track, init);
+      } catch (e) {
+        if (!init.sendEncodings) throw e;
+        pc.addTransceiver(track, { ...init, sendEncodings: init.sendEncodings.map(({ scalabilityMode, ...rest }) => rest) });
+      }
     }
     if (options.dataChannels && stream === 'main') this.#openChannels(pc);
     await pc.setLocalDescription(await pc.createOffer());

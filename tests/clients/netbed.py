@@ -102,7 +102,7 @@ PUBLISH_STATS = """async (pc) => {
   r.forEach(x => { if (x.type === 'outbound-rtp' && x.kind === 'video') out.push({rid: x.rid || null, width: x.frameWidth || 0,
     height: x.frameHeight || 0, bytesSent: x.bytesSent || 0, limitation: x.qualityLimitationReason || '',
     fps: x.framesPerSecond || 0, plis: x.pliCount || 0, nacks: x.nackCount || 0, keyframes: x.keyFramesEncoded || 0,
-    rtxBytes: x.retransmittedBytesSent || 0});
+    rtxBytes: x.retransmittedBytesSent || 0, mode: x.scalabilityMode || ''});
     if (x.type === 'outbound-rtp' && x.kind === 'audio') out.push({rid: 'audio', codec: (r.get(x.codecId) || {}).mimeType || '', bytesSent: x.bytesSent || 0}); });
   return out;
 }"""

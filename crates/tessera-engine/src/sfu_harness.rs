@@ -851,6 +851,20 @@ mod tests {
     /// A simulcast publisher: "h" frames of 6 kB (≈ 1.4 Mbit/s) and "l" frames of 500 B
     /// (≈ 120 kbit/s) at 30 fps, keyframes every 2 s and on request (per layer).
     fn publish_simulcast(world: &mut World, publisher: usize, seconds: u64) -> u32 {
+        publish_simulcast_with(world, publisher, seconds, false, 6000)
+    }
+
+    /// `publish_simulcast` with `top`-byte pictures in the top layer; with `t2`, every other
+    /// picture of each layer a non-reference one (NRI 0), as OpenH264 encodes with two or three
+    /// temporal layers.
+    fn publish_simulcast_with(world: &mut World, publisher: usize, seconds: u64, t2: bool, top: usize) -> u32 {
+        let frame = |keyframe: bool, size: usize, n: u32| {
+            let mut f = h264_frame(keyframe, size, n);
+            if t2 && !keyframe && n % 2 == 1 {
+                f[4] = 0x01; // the slice's nal_ref_idc 0
+            }
+            f
+        };
         let mut n = 0u32;
         let mut answered = world.keyframe_requests(publisher).len();
         world.run(Duration::from_secs(seconds), Duration::from_millis(33), |w| {
@@ -858,8 +872,8 @@ mod tests {
                 let asked = w.keyframe_requests(publisher).len();
                 let keyframe = n.is_multiple_of(60) || asked > answered;
                 answered = asked;
-                w.write_layer(publisher, Some("h"), &h264_frame(keyframe, 6000, n), n as u64 * 3000);
-                w.write_layer(publisher, Some("l"), &h264_frame(keyframe, 500, n), n as u64 * 3000);
+                w.write_layer(publisher, Some("h"), &frame(keyframe, top, n), n as u64 * 3000);
+                w.write_layer(publisher, Some("l"), &frame(keyframe, 500, n), n as u64 * 3000);
                 n += 1;
             }
         });
@@ -964,6 +978,38 @@ mod tests {
         let sizes = world.frame_sizes(viewer);
         assert!(big(&sizes[sizes.len() - 60..]) >= 55, "back on the top layer");
         assert!(world.sfu.counters.layer_sheds.load(std::sync::atomic::Ordering::Relaxed) == 1);
+    }
+
+    /// H.264 with non-reference pictures (OpenH264's temporal layers): a viewer whose link
+    /// carries the top layer's reference pictures but not all of it gets those (half the frame
+    /// rate at the top layer's size) rather than the low layer. It starts there too: the start
+    /// estimate (800 kbit/s) would allow the whole layer (~620 kbit/s).
+    #[test]
+    fn a_viewer_short_of_a_layer_gets_its_reference_pictures_only() {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
+        connect(&mut world);
+        publish_simulcast_with(&mut world, publisher, 3, true, 2500);
+        // It connects while the publisher sends.
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link { bps: Some(500_000), queue: Duration::from_millis(300), ..Link::clean() });
+        publish_simulcast_with(&mut world, publisher, 22, true, 2500);
+        assert!(world.connected(viewer));
+        let sizes = world.frame_sizes(viewer);
+        let times = world.frames_received(viewer);
+        let top = |s: &usize| *s > 2000;
+        // Its first 2 s: none of the top layer's non-reference pictures (odd frames that are not
+        // keyframes, which carry their parameter sets: 22 bytes more).
+        let start = times.iter().take_while(|&&t| t.wrapping_sub(times[0]) < 2 * 90_000).count();
+        let non_reference = |k: usize| top(&sizes[k]) && (times[k] / 3000) % 2 == 1 && sizes[k] < 2520;
+        assert!(start >= 25, "{start} frames in its first 2 s");
+        assert_eq!((0..start).filter(|&k| non_reference(k)).count(), 0, "started reduced: {:?} {:?}", &sizes[..start], &times[..start]);
+        // Its last 5 s: the top layer's reference pictures, 15 a second.
+        let from = times.len() - times.iter().rev().take_while(|&&t| times.last().unwrap() - t < 5 * 90_000).count();
+        let last = &sizes[from..];
+        assert!(last.iter().all(top), "the top layer only at the end: {} small frames", last.iter().filter(|s| !top(s)).count());
+        assert!((65..=80).contains(&last.len()), "at half its frame rate: {} frames in 5 s", last.len());
+        assert!((from..times.len()).all(|k| !non_reference(k)), "none of its non-reference pictures");
+        assert!(times[from..].windows(2).all(|w| w[1] - w[0] <= 6000), "and every reference picture");
     }
 
     #[test]

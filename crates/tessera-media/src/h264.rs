@@ -274,6 +274,50 @@ pub fn depacketize(payloads: &[Vec<u8>]) -> Vec<Vec<u8>> {
     out
 }
 
+/// What an RTP payload (RFC 6184) says of its picture's place in the prediction chain: whether
+/// the picture is a non-reference one (`nal_ref_idc` 0: nothing decoded after it refers to
+/// it, so it can be dropped — B-frames, and the top temporal layer of a browser's OpenH264
+/// with `L1T2`/`L1T3`), and whether the packet starts the picture (its first slice,
+/// `first_mb_in_slice` 0). None for a packet without a coded slice in it (a parameter set, an
+/// SEI) or one this does not read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SliceRef {
+    pub non_reference: bool,
+    pub picture_start: bool,
+}
+
+/// Reads `SliceRef` from the first bytes of an RTP payload, without copying.
+pub fn rtp_slice_ref(payload: &[u8]) -> Option<SliceRef> {
+    // A slice header starts with first_mb_in_slice as ue(v): 0 is the single bit 1.
+    let is_slice = |t: u8| t == 1 || t == NAL_IDR;
+    let first_mb_zero = |b: Option<&u8>| b.is_some_and(|b| b & 0x80 != 0);
+    let b0 = *payload.first()?;
+    let nri = (b0 >> 5) & 3;
+    match b0 & 0x1f {
+        t if is_slice(t) => Some(SliceRef { non_reference: nri == 0, picture_start: first_mb_zero(payload.get(1)) }),
+        NAL_FU_A => {
+            let fu = *payload.get(1)?;
+            is_slice(fu & 0x1f).then(|| SliceRef { non_reference: nri == 0, picture_start: fu & 0x80 != 0 && first_mb_zero(payload.get(2)) })
+        }
+        NAL_STAP_A => {
+            // The aggregate's NRI is the highest of its units'; the picture starts here if a
+            // unit in it is a first slice.
+            let (mut rest, mut slice, mut start) = (&payload[1..], false, false);
+            while rest.len() >= 2 {
+                let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
+                let Some(unit) = rest.get(2..2 + n).filter(|u| !u.is_empty()) else { break };
+                if is_slice(unit[0] & 0x1f) {
+                    slice = true;
+                    start |= first_mb_zero(unit.get(1));
+                }
+                rest = &rest[2 + n..];
+            }
+            slice.then_some(SliceRef { non_reference: nri == 0, picture_start: start })
+        }
+        _ => None,
+    }
+}
+
 /// NAL units as an Annex-B byte stream (what FFmpeg's H.264 decoder takes without extradata).
 pub fn to_annex_b(nalus: &[Vec<u8>]) -> Vec<u8> {
     let mut out = Vec::with_capacity(nalus.iter().map(|n| n.len() + 4).sum());
@@ -384,5 +428,27 @@ mod tests {
         assert_eq!(got, vec![sps.to_vec(), pps.to_vec(), vec![0x65, 3]], "filler dropped, SPS/PPS ahead of the IDR");
         assert!(out.iter().all(|o| o.keyframe && o.ts == 6900));
         assert_eq!(out.iter().map(|o| o.seq).collect::<Vec<_>>(), vec![5, 6, 7], "sequence numbers continue");
+    }
+
+    #[test]
+    fn a_payload_tells_a_non_reference_picture_and_its_first_slice() {
+        let at = |p: &[u8]| rtp_slice_ref(p).map(|r| (r.non_reference, r.picture_start));
+        // Single NAL units: a non-reference P slice (NRI 0) starting a picture, a reference one
+        // continuing a picture (first_mb_in_slice 1 = bits 010), an IDR.
+        assert_eq!(at(&[0x01, 0x88, 0x10]), Some((true, true)));
+        assert_eq!(at(&[0x41, 0x40, 0x10]), Some((false, false)));
+        assert_eq!(at(&[0x65, 0x88]), Some((false, true)));
+        // FU-A: the start fragment of a non-reference slice, and a middle fragment of it.
+        assert_eq!(at(&[0x1c, 0x81, 0x9a, 0x00]), Some((true, true)));
+        assert_eq!(at(&[0x1c, 0x01, 0x9a, 0x00]), Some((true, false)));
+        // STAP-A of SPS + PPS + IDR slice, and one of SPS + PPS only; an SEI; nothing.
+        let stap = [0x78, 0, 2, 0x67, 0x42, 0, 2, 0x68, 0xce, 0, 2, 0x65, 0x88];
+        assert_eq!(at(&stap), Some((false, true)));
+        assert_eq!(at(&stap[..9]), None);
+        assert_eq!(at(&[0x06, 0x05, 0x01]), None);
+        assert_eq!(at(&[]), None);
+        assert_eq!(at(&[0x1c]), None);
+        // A STAP-A whose unit length runs past the end reads what it can.
+        assert_eq!(at(&[0x78, 0, 9, 0x65]), None);
     }
 }

@@ -582,6 +582,12 @@ impl Prober {
         self.start.filter(|(at, _)| now.duration_since(*at) < PROBE_SETTLE).map(|(_, e)| e)
     }
 
+    /// Whether the viewer's estimate is still its start (no allocation had one yet, or within
+    /// `PROBE_SETTLE` of the first that did).
+    pub fn starting(&self, now: Instant) -> bool {
+        self.start.is_none_or(|(at, _)| now.duration_since(at) < PROBE_SETTLE)
+    }
+
     /// What a probe just proved the link carries (its goal), for `PROBE_WINDOW` after.
     pub fn proven(&self, now: Instant) -> Option<f64> {
         self.proven.filter(|(_, until)| now < *until).map(|(goal, _)| goal)

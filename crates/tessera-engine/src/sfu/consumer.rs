@@ -4,7 +4,7 @@
 //! rewritten so the viewer sees one continuous stream.
 
 use super::allocator::LayerChoice;
-use super::producer::FwdPacket;
+use super::producer::{FwdPacket, Temporal};
 use super::types::PacketRoute;
 use crate::forward::{FrameGate, Gate, PictureIds, SeqTsRewriter};
 use std::time::{Duration, Instant};
@@ -377,9 +377,10 @@ impl Consumer {
             return Route::Skip; // paused by congestion control
         }
         // Frames above the temporal layer it takes are dropped whole (each packet of a VP8
-        // frame carries its TID), taking no sequence number and no picture ID.
-        if let Some((d, (tid, sync))) = fp.vp8.filter(|_| video).and_then(|d| d.temporal.map(|t| (d, t))) {
-            if d.start {
+        // frame carries its TID, each of an H.264 picture its reference flag), taking no
+        // sequence number and no VP8 picture ID.
+        if let Some(Temporal { tid, sync, start }) = fp.temporal.filter(|_| video) {
+            if start {
                 let want = self.target.filter(|(p, _)| *p == pub_id).and_then(|(_, c)| c.temporal());
                 self.temporal = match (self.temporal, want) {
                     _ if fp.keyframe => want,
@@ -392,7 +393,9 @@ impl Consumer {
             }
             if self.temporal.is_some_and(|m| tid > m) {
                 self.rewriter.skip((pub_id, fp.ssrc), fp.seq);
-                self.pictures.drop_frame((pub_id, fp.ssrc), &d);
+                if let Some(d) = &fp.vp8 {
+                    self.pictures.drop_frame((pub_id, fp.ssrc), d);
+                }
                 return Route::Skip;
             }
         }
@@ -567,6 +570,7 @@ mod tests {
             arrival: Instant::now(),
             route: crate::PacketRoute::All,
             vp8: None,
+            temporal: None,
         }
     }
 
@@ -659,7 +663,42 @@ mod tests {
         let pid = 1000 + n as u16;
         let payload = vec![0x90, 0xa0, 0x80 | (pid >> 8) as u8, pid as u8, (tid << 6) | if sync { 0x20 } else { 0 }, if keyframe { 0 } else { 1 }];
         let vp8 = tessera_media::vp8::Descriptor::parse(&payload);
-        FwdPacket { codec: Codec::Vp8, payload: Arc::from(payload), vp8, ..packet(n, keyframe, true, Some("h")) }
+        let temporal = super::super::producer::temporal_of(Codec::Vp8, &payload, vp8.as_ref());
+        FwdPacket { codec: Codec::Vp8, payload: Arc::from(payload), vp8, temporal, ..packet(n, keyframe, true, Some("h")) }
+    }
+
+    /// Packet `n` of an H.264 stream from OpenH264 with L1T3, two packets a picture (FU-A
+    /// fragments): pictures 0 2 1 2 ... of TL2 are non-reference ones (NRI 0).
+    fn h264_packet(n: u64) -> FwdPacket {
+        let (picture, first) = (n / 2, n % 2 == 0);
+        let nri = if picture % 2 == 1 { 0 } else { 0x60 };
+        let nal_type = if picture == 0 { 5 } else { 1 };
+        let payload = vec![nri | 28, if first { 0x80 } else { 0x40 } | nal_type, 0x88, 0];
+        let temporal = super::super::producer::temporal_of(Codec::H264, &payload, None);
+        FwdPacket { payload: Arc::from(payload), temporal, ..packet(n, picture == 0 && first, !first, Some("h")) }
+    }
+
+    #[test]
+    fn an_h264_temporal_target_drops_the_non_reference_pictures_with_no_gap_in_numbers() {
+        let now = Instant::now();
+        let mut c = video();
+        let send = |c: &mut Consumer, n: u64| match c.route(&h264_packet(n), 1, false, false, Queued::default(), &mut || 0, now) {
+            Route::Send { seq, .. } => Some(seq),
+            _ => None,
+        };
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        assert_eq!((0..4).map(|n| send(&mut c, n)).collect::<Vec<_>>(), [Some(1), Some(2), Some(3), Some(4)]);
+        // Without its top temporal layer: both packets of each odd picture go, the rest close up.
+        c.target = Some((1, LayerChoice::Temporal(Some("h".into()), 0)));
+        let sent: Vec<_> = (4..12).map(|n| send(&mut c, n)).collect();
+        assert_eq!(sent, [Some(5), Some(6), None, None, Some(7), Some(8), None, None]);
+        // Whole again from the next non-reference picture's first packet, never mid-picture:
+        // the target changes between the two packets of picture 7 (14 and 15).
+        assert_eq!([12, 13, 14].map(|n| send(&mut c, n)), [Some(9), Some(10), None]);
+        c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
+        assert_eq!(send(&mut c, 15), None, "the rest of a picture whose start was dropped");
+        let sent: Vec<_> = (16..20).map(|n| send(&mut c, n)).collect();
+        assert_eq!(sent, [Some(11), Some(12), Some(13), Some(14)]);
     }
 
     #[test]

@@ -97,7 +97,9 @@ impl Sfu {
     /// layer does not fit; and has its estimator probe for the next step up.
     pub(super) fn allocate(&mut self, viewer_id: u64, now: Instant) {
         let Some(viewer) = self.sessions.get(&viewer_id) else { return };
-        let Role::Viewer { subscriptions, consumers, .. } = &viewer.role else { return };
+        let Role::Viewer { subscriptions, consumers, prober, estimate_bps, .. } = &viewer.role else { return };
+        // In its first seconds a viewer's estimate is the configured start, not its link's.
+        let starting = estimate_bps.is_some() && prober.starting(now);
         let speaker = self.speakers.get(&viewer.spec.room).and_then(|s| s.dominant());
         let queueing = viewer.net.queueing();
         // A standing queue (as of the last allocation): no layer is kept by hysteresis, and the
@@ -143,11 +145,21 @@ impl Sfu {
                 // leaves `MIN_REDUCED_FPS`, or for the lowest layer (better than a pause).
                 let mut layers: Vec<LayerRate> = Vec::with_capacity(offered.len() * 2);
                 let lowest = offered.iter().map(|l| allocator::rank(l.rid.as_deref())).max();
+                // Until the estimate is the link's, a layer above the lowest that has a reduced
+                // step is taken reduced, whole only on a measured estimate (a pinned quality is
+                // a whole layer, as asked): taken whole on the start estimate, a 600 kbit/s
+                // link's queue reached 150-290 ms before the estimate came down, and the layer
+                // was cut in 3 of 6 H.264 runs.
+                let mut start_ceiling: Option<f64> = None;
                 for l in &offered {
+                    let is_lowest = Some(allocator::rank(l.rid.as_deref())) == lowest;
                     layers.push(LayerRate::whole(l.rid, l.rate.bps));
-                    let fps_ok = |fps: f64| fps >= MIN_REDUCED_FPS || Some(allocator::rank(l.rid.as_deref())) == lowest;
+                    let fps_ok = |fps: f64| fps >= MIN_REDUCED_FPS || is_lowest;
                     if let Some((t, bps, _)) = l.reduced(now).filter(|&(_, bps, fps)| bps < l.rate.bps && fps_ok(fps)) {
                         layers.push(LayerRate { rid: l.rid, bps, temporal: Some(t) });
+                        if starting && sub.quality == Quality::Auto && !is_lowest {
+                            start_ceiling = allocator::lower_ceiling(start_ceiling, Some(l.rate.bps));
+                        }
                     }
                 }
                 let cut = consumer.zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
@@ -156,6 +168,7 @@ impl Sfu {
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(sending, &layers)).flatten());
+                let ceiling_bps = allocator::lower_ceiling(ceiling_bps, start_ceiling);
                 // A deep queue takes a whole layer down to its reduced step at once.
                 let relief = queue_deep.then(|| allocator::relief_ceiling(sending, &layers)).flatten();
                 relieved |= relief.is_some();
@@ -424,7 +437,8 @@ impl Sfu {
             false => &pkt.payload[..],
         };
         let vp8 = vp8_descriptor(codec, &pkt.payload);
-        note_layer(producer, rid, codec, counted, pkt.header.marker, keyframe, vp8.as_ref(), now);
+        let temporal = temporal_of(codec, &pkt.payload, vp8.as_ref());
+        note_layer(producer, rid, codec, counted, pkt.header.marker, keyframe, temporal, now);
         if !std::mem::replace(&mut producer.announced, true) {
             let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
@@ -463,6 +477,7 @@ impl Sfu {
             arrival: pkt.timestamp,
             route: PacketRoute::All,
             vp8,
+            temporal,
         };
         let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
         let Some(packets) = recovered else {
@@ -769,13 +784,14 @@ impl Sfu {
             tessera_media::MediaKind::Video => (MediaKind::Video, INTERNAL_VIDEO_MID),
         };
         let vp8 = vp8_descriptor(packet.codec, &packet.payload);
+        let temporal = temporal_of(packet.codec, &packet.payload, vp8.as_ref());
         if let Some(producer) = p.producers.iter_mut().find(|x| x.kind == kind) {
             if packet.rid.is_some() && producer.layers.first().is_some_and(|l| l.rid.is_none() && l.rate.bytes == 0 && l.rate.bps == 0.0) {
                 // It sends layers: the single encoding it was made with never comes, and a
                 // viewer must not be given it to wait on.
                 producer.layers.remove(0);
             }
-            note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, vp8.as_ref(), now);
+            note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, temporal, now);
             if !std::mem::replace(&mut producer.announced, true) {
                 self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });
             }
@@ -795,6 +811,7 @@ impl Sfu {
             arrival: now,
             route: packet.route,
             vp8,
+            temporal,
         };
         // A single encoding is cached from its keyframe; simulcast layers ask the publisher
         // instead (as a piped stream's do).

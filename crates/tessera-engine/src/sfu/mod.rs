@@ -40,7 +40,7 @@ pub use types::*;
 
 use crate::presence::{LeaveReason, Presence, Track};
 use consumer::{Consumer, Queued, Route, MAX_QUEUED_PACKETS};
-use producer::{is_keyframe, note_layer, to_codec, vp8_descriptor, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
+use producer::{is_keyframe, note_layer, temporal_of, to_codec, vp8_descriptor, FwdPacket, GopCache, InternalPublisher, Layer, Producer, INTERNAL_AUDIO_MID, INTERNAL_VIDEO_MID};
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;

@@ -122,6 +122,34 @@ pub(super) struct FwdPacket {
     pub(super) route: PacketRoute,
     /// VP8's payload descriptor: its temporal layer and picture ID.
     pub(super) vp8: Option<Vp8Descriptor>,
+    /// Its temporal layer, where its codec tells one (`temporal_of`).
+    pub(super) temporal: Option<Temporal>,
+}
+
+/// A video packet's temporal layer: VP8's TID (Chrome's simulcast sends three); for H.264, 1 for
+/// a non-reference picture (nothing after it refers to it: the top temporal layer of OpenH264's
+/// `L1T2`/`L1T3`, B-frames) and 0 for the rest, so dropping what is above 0 is always safe.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Temporal {
+    pub(super) tid: u8,
+    /// A viewer may move up to `tid` at this frame: VP8's layer sync bit; always for H.264,
+    /// whose non-reference pictures refer only to reference ones, all of which were sent.
+    pub(super) sync: bool,
+    /// The packet starts its frame (where a viewer's temporal layer may change).
+    pub(super) start: bool,
+}
+
+/// The temporal layer of a packet of `codec` (None for audio, AV1, or a payload it cannot read).
+pub(super) fn temporal_of(codec: Codec, payload: &[u8], vp8: Option<&Vp8Descriptor>) -> Option<Temporal> {
+    match codec {
+        Codec::Vp8 => vp8.and_then(|d| d.temporal.map(|(tid, sync)| Temporal { tid, sync, start: d.start })),
+        Codec::H264 => Some(match tessera_media::h264::rtp_slice_ref(payload) {
+            Some(s) => Temporal { tid: u8::from(s.non_reference), sync: true, start: s.picture_start },
+            // A parameter set or an SEI: kept with the reference pictures.
+            None => Temporal { tid: 0, sync: true, start: false },
+        }),
+        _ => None,
+    }
 }
 
 pub(super) const INTERNAL_AUDIO_MID: &str = "a";
@@ -200,7 +228,7 @@ pub(super) fn vp8_descriptor(codec: Codec, payload: &[u8]) -> Option<Vp8Descript
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec, payload: &[u8], marker: bool, keyframe: bool, vp8: Option<&Vp8Descriptor>, now: Instant) {
+pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec, payload: &[u8], marker: bool, keyframe: bool, temporal: Option<Temporal>, now: Instant) {
     producer.codec = Some(codec);
     let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
         Some(i) => &mut producer.layers[i],
@@ -211,7 +239,7 @@ pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec
     };
     layer.rate.add(now, payload.len() + 12, marker && producer.kind == MediaKind::Video);
     layer.last_packet = now;
-    if let Some((tid, _)) = vp8.and_then(|d| d.temporal) {
+    if let Some(Temporal { tid, .. }) = temporal {
         let (top, at) = layer.top_temporal;
         if tid >= top || now.saturating_duration_since(at) >= TEMPORAL_TOP_SILENT_AFTER {
             layer.top_temporal = (tid, now);
@@ -304,7 +332,7 @@ mod tests {
             let mut payload = vec![0x90, 0x20, tid << 6];
             payload.resize(1000, 0);
             let d = Vp8Descriptor::parse(&payload);
-            note_layer(&mut p, Some("m".into()), Codec::Vp8, &payload, true, false, d.as_ref(), t0 + Duration::from_millis(i * 33));
+            note_layer(&mut p, Some("m".into()), Codec::Vp8, &payload, true, false, temporal_of(Codec::Vp8, &payload, d.as_ref()), t0 + Duration::from_millis(i * 33));
         }
         let at = t0 + Duration::from_millis(60 * 33);
         let l = &p.layers[0];
@@ -314,10 +342,31 @@ mod tests {
         assert!((bps / l.rate.bps - 0.5).abs() < 0.1, "{bps} of {}", l.rate.bps);
         // The top layer gone for 2 s: no reduced step (it would be the layer itself).
         assert_eq!(l.reduced(at + TEMPORAL_TOP_SILENT_AFTER), None);
-        // H.264 (no descriptor): none.
-        let mut h = Producer { mid: "2".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
-        note_layer(&mut h, None, Codec::H264, &[0x41, 0], true, false, None, t0);
-        assert_eq!(h.layers[0].reduced(t0), None);
+    }
+
+    #[test]
+    fn an_h264_layer_with_non_reference_pictures_is_measured_without_them_too() {
+        let t0 = Instant::now();
+        let h264 = |l1t3: bool| {
+            let mut p = Producer { mid: "2".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+            // 2 s at 30 fps, one 1000-byte slice a picture; with OpenH264's L1T3 every other
+            // picture (TL2) is a non-reference one.
+            for i in 0..60u64 {
+                let nri = if l1t3 && i % 2 == 1 { 0 } else { 0x40 };
+                let mut payload = vec![nri | 1, 0x88];
+                payload.resize(1000, 0);
+                note_layer(&mut p, None, Codec::H264, &payload, true, false, temporal_of(Codec::H264, &payload, None), t0 + Duration::from_millis(i * 33));
+            }
+            p
+        };
+        let at = t0 + Duration::from_millis(60 * 33);
+        let p = h264(true);
+        let (t, bps, fps) = p.layers[0].reduced(at).expect("non-reference pictures seen");
+        assert_eq!(t, 0, "the reference pictures only");
+        assert!((fps - 15.0).abs() < 2.0, "{fps} fps");
+        assert!((bps / p.layers[0].rate.bps - 0.5).abs() < 0.1);
+        // Every picture a reference one (a browser's default L1T1): no step.
+        assert_eq!(h264(false).layers[0].reduced(at), None);
     }
 
     #[test]
@@ -381,6 +430,7 @@ mod tests {
             arrival: Instant::now(),
             route: PacketRoute::All,
             vp8: None,
+            temporal: None,
         }
     }
 

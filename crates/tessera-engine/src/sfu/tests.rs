@@ -359,6 +359,7 @@ fn a_restarts_gop_replay_is_made_only_where_it_catches_up_within_a_second() {
             arrival: t0 + Duration::from_millis(i * 15),
             route: crate::PacketRoute::All,
             vp8: None,
+            temporal: None,
         })
         .collect();
     let now = t0 + Duration::from_millis(1500);
