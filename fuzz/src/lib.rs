@@ -177,6 +177,16 @@ pub fn rtp(data: &[u8]) {
         }
     }
     for p in &payloads {
+        // An H.264 packet's reference flag and picture start (a viewer's temporal step); a
+        // non-reference picture never contains an IDR.
+        if let Some(r) = tessera_media::h264::rtp_slice_ref(p) {
+            let idr = match p.as_slice() {
+                [b, ..] if b & 0x1f == tessera_media::h264::NAL_IDR => true,
+                [b, fu, ..] if b & 0x1f == 28 => fu & 0x1f == tessera_media::h264::NAL_IDR,
+                _ => false,
+            };
+            assert!(!(r.non_reference && idr), "an IDR slice is never read as droppable");
+        }
         let _ = tessera_media::vp8::depacketize(p);
         let _ = tessera_media::vp8::is_keyframe(p);
         // The picture size live stats read from keyframes (an SPS, a VP8 keyframe header).

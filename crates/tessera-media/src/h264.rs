@@ -292,27 +292,31 @@ pub fn rtp_slice_ref(payload: &[u8]) -> Option<SliceRef> {
     let is_slice = |t: u8| t == 1 || t == NAL_IDR;
     let first_mb_zero = |b: Option<&u8>| b.is_some_and(|b| b & 0x80 != 0);
     let b0 = *payload.first()?;
-    let nri = (b0 >> 5) & 3;
+    // An IDR is never taken for droppable, whatever its (invalid) nal_ref_idc 0 says.
+    let non_reference = |t: u8| (b0 >> 5) & 3 == 0 && t != NAL_IDR;
     match b0 & 0x1f {
-        t if is_slice(t) => Some(SliceRef { non_reference: nri == 0, picture_start: first_mb_zero(payload.get(1)) }),
+        t if is_slice(t) => Some(SliceRef { non_reference: non_reference(t), picture_start: first_mb_zero(payload.get(1)) }),
         NAL_FU_A => {
             let fu = *payload.get(1)?;
-            is_slice(fu & 0x1f).then(|| SliceRef { non_reference: nri == 0, picture_start: fu & 0x80 != 0 && first_mb_zero(payload.get(2)) })
+            let t = fu & 0x1f;
+            is_slice(t).then(|| SliceRef { non_reference: non_reference(t), picture_start: fu & 0x80 != 0 && first_mb_zero(payload.get(2)) })
         }
         NAL_STAP_A => {
             // The aggregate's NRI is the highest of its units'; the picture starts here if a
             // unit in it is a first slice.
-            let (mut rest, mut slice, mut start) = (&payload[1..], false, false);
+            let (mut rest, mut slice, mut start, mut idr) = (&payload[1..], false, false, false);
             while rest.len() >= 2 {
                 let n = u16::from_be_bytes([rest[0], rest[1]]) as usize;
                 let Some(unit) = rest.get(2..2 + n).filter(|u| !u.is_empty()) else { break };
-                if is_slice(unit[0] & 0x1f) {
+                let t = unit[0] & 0x1f;
+                if is_slice(t) {
                     slice = true;
+                    idr |= t == NAL_IDR;
                     start |= first_mb_zero(unit.get(1));
                 }
                 rest = &rest[2 + n..];
             }
-            slice.then_some(SliceRef { non_reference: nri == 0, picture_start: start })
+            slice.then_some(SliceRef { non_reference: !idr && non_reference(1), picture_start: start })
         }
         _ => None,
     }
@@ -450,5 +454,11 @@ mod tests {
         assert_eq!(at(&[0x1c]), None);
         // A STAP-A whose unit length runs past the end reads what it can.
         assert_eq!(at(&[0x78, 0, 9, 0x65]), None);
+        // An IDR with nal_ref_idc 0 (invalid) is not taken for droppable, alone, fragmented or
+        // aggregated.
+        assert_eq!(at(&[0x05, 0x88]), Some((false, true)));
+        assert_eq!(at(&[0x1c, 0x85, 0x88]), Some((false, true)));
+        assert_eq!(at(&[0x18, 0, 2, 0x05, 0x88]), Some((false, true)));
+        assert_eq!(at(&[0x18, 0, 2, 0x01, 0x88]), Some((true, true)));
     }
 }

@@ -670,7 +670,7 @@ mod tests {
     /// Packet `n` of an H.264 stream from OpenH264 with L1T3, two packets a picture (FU-A
     /// fragments): pictures 0 2 1 2 ... of TL2 are non-reference ones (NRI 0).
     fn h264_packet(n: u64) -> FwdPacket {
-        let (picture, first) = (n / 2, n % 2 == 0);
+        let (picture, first) = (n / 2, n.is_multiple_of(2));
         let nri = if picture % 2 == 1 { 0 } else { 0x60 };
         let nal_type = if picture == 0 { 5 } else { 1 };
         let payload = vec![nri | 28, if first { 0x80 } else { 0x40 } | nal_type, 0x88, 0];
