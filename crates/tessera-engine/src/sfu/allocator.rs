@@ -48,8 +48,8 @@ pub const OVERHEAD: f64 = 1.04;
 /// hovering at a layer's rate (a link it nearly fills: the estimator backs off 15 % on each
 /// sign of queueing) must not switch it back and forth, each switch a keyframe.
 const KEEP: f64 = 0.75;
-/// A layer is taken whole again from itself without its top temporal layer only where its
-/// need is within this share of the estimate (`plan`).
+/// A layer is taken whole again from itself without its top temporal layer, or a higher
+/// simulcast layer taken, only where its need is within this share of the estimate (`plan`).
 const WHOLE_FROM_REDUCED: f64 = 0.9;
 /// Probe clusters look this far above the goal: a probe sent at exactly the goal measures a
 /// little less than it, and would never find it.
@@ -308,10 +308,15 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
     // layer's rate from moving it back and forth, each move up refilling the link's queue
     // (measured on 600 kbit/s: the middle layer whole "fit" estimates of 540-590 kbit/s and
     // queued 200-260 ms each time).
+    // A move up to another simulcast layer costs a keyframe, and one the link then does not
+    // carry comes back down with a freeze: it needs the same margin (measured in rate-step: on
+    // the 400 kbit/s link the middle layer's reduced step, 393 kbit/s with audio, was taken on
+    // a 390 kbit/s estimate, queued, and was cut back with 0.6 s of freeze).
+    let up_switch = |i: usize, l: &LayerRate| tracks[i].current.and_then(LayerChoice::rid).flatten().is_some_and(|r| rank(l.rid.as_deref()) < rank(Some(&r)));
     let cost = |i: usize, k: usize| {
         let l = &sorted[i][k];
         let from_reduced = matches!(tracks[i].current, Some(LayerChoice::Temporal(r, _)) if r == l.rid && l.temporal.is_none());
-        match (held(i, k), from_reduced) {
+        match (held(i, k), from_reduced || up_switch(i, l)) {
             (true, _) => need(l) * KEEP,
             (false, true) => need(l) / WHOLE_FROM_REDUCED,
             (false, false) => need(l),
@@ -701,6 +706,13 @@ mod tests {
         // Where they do not, the reduced step before a pause.
         let choices: Vec<String> = plan(&four, 0.0, Some(570_000.0)).choices.into_iter().map(rid).collect();
         assert_eq!(choices, ["l", "l", "l", "l/T1"]);
+        // From the lowest layer, the next layer up needs a margin (a keyframe, and a freeze if
+        // the link does not carry it): m/T1 with audio needs 352 kbit/s, taken on 400 only with
+        // the margin's 386.
+        let from_low = |e: f64| rid(plan(&[TrackDemand { current: Some(LayerChoice::Layer(Some("l".into()))), ..t.clone() }], 40_000.0, Some(e)).choices[0]);
+        assert_eq!(from_low(370_000.0), "l", "on the lowest layer: not without the margin");
+        assert_eq!(from_low(400_000.0), "m/T1");
+        assert_eq!(one(370_000.0), "m/T1", "with nothing sent yet: no margin");
         // One encoding with temporal layers is taken whole (nothing to fall back to).
         let single = TrackDemand { layers: vec![LayerRate::whole(None, 800_000.0), LayerRate { rid: None, bps: 480_000.0, temporal: Some(1) }], ..track(Priority::Other) };
         assert_eq!(plan(&[single], 0.0, Some(100_000.0)).choices, [LayerChoice::Layer(None)]);
