@@ -1474,6 +1474,13 @@ impl Session {
         }
     }
 
+    pub fn set_bwe_pacing_ceiling(&mut self, ceiling: Option<Bitrate>) {
+        if let Some(bwe) = self.bwe.as_mut() {
+            bwe.set_pacing_ceiling(ceiling);
+            self.configure_pacer();
+        }
+    }
+
     pub fn reset_bwe(&mut self, init_bitrate: Bitrate) {
         if let Some(bwe) = self.bwe.as_mut() {
             bwe.reset(init_bitrate);
@@ -1511,6 +1518,7 @@ impl Session {
         let is_overuse = bwe.is_overusing();
         let minimum = bwe.minimum_bitrate();
         let floor = bwe.pacing_floor();
+        let ceiling = bwe.pacing_ceiling();
 
         let has_active_media = self.has_active_outgoing_media();
 
@@ -1520,7 +1528,9 @@ impl Session {
                 .calculate(has_active_media, current_estimate, is_overuse, minimum);
 
         self.pacer.set_padding_rate(result.padding_rate);
-        self.pacer.set_pacing_rate(result.pacing_rate.max(floor));
+        // The ceiling wins over the floor: it is set where the link was measured to thin.
+        let pacing = result.pacing_rate.max(floor);
+        self.pacer.set_pacing_rate(ceiling.map_or(pacing, |c| pacing.min(c)));
     }
 
     fn has_active_outgoing_media(&self) -> bool {

@@ -461,6 +461,8 @@ pub struct Prober {
     /// The goal of a probe disproved: finding it again does not clear the back-off, holding
     /// it for `DISPROVE_WITHIN` does.
     disproved: Option<f64>,
+    /// What the link carried when it last thinned (`thinned`).
+    carried: Option<f64>,
 }
 
 /// The wait before the next probe after `failures` failed ones: 5 s, doubling to a minute.
@@ -470,6 +472,9 @@ fn backoff(failures: u32) -> Duration {
 
 /// A standing queue this soon after a probe found its room says the room was not there.
 const DISPROVE_WITHIN: Duration = Duration::from_secs(15);
+/// Under this share of a probe's goal, what a queueing link carries says the link changed
+/// since the probe, not that the probe was wrong (`Prober::disprove`).
+const LINK_CHANGED: f64 = 0.5;
 
 impl Prober {
     /// What to give the viewer's estimator now, if it changed: `(minimum, desired)` in bit/s
@@ -551,7 +556,12 @@ impl Prober {
         // with each failure: a small one costs little overshoot, and on a link that thinned for
         // a while its back-off would otherwise have grown by the time the link came back
         // (measured: a rate step's climb back took 10-12 s instead of 5).
-        let big = self.probe.is_none_or(|p| p.goal > p.from * SMALL_STEP);
+        // A step is measured from what the link last carried when it thinned, if more than
+        // the estimate: on the lowest layer after a rate step down str0m's estimate followed
+        // what was sent (190-270 kbit/s on a 400 kbit/s link that carried 360), the probe for
+        // the middle layer's base counted as big, and its back-off, doubled to 10 s, held the
+        // viewer on the lowest layer for 10-13 s after the link came back (5 s otherwise).
+        let big = self.probe.is_none_or(|p| p.goal > p.from.max(self.carried.unwrap_or(0.0)) * SMALL_STEP);
         self.probe = None;
         self.failures += big as u32;
         let wait = backoff(self.failures);
@@ -565,11 +575,17 @@ impl Prober {
     /// nearly full can let the estimate reach a goal it does not carry (a 600 kbit/s link and
     /// Chrome's middle layer with audio: found at 553 kbit/s, the queue then grew ~7 % a
     /// second): taken again a second after each move down, the layer kept the queue full.
-    /// Whether it did.
-    pub fn disprove(&mut self, now: Instant) -> bool {
+    /// Whether it did. Not where the link now carries (`carried_bps`, measured as it queues)
+    /// far less than the goal found: the link changed (a rate step down to a fifth of the top
+    /// layer's room counted as a failure, and the back-off it added held the viewer on its
+    /// lowest layer for 10-20 s after the link came back).
+    pub fn disprove(&mut self, carried_bps: Option<f64>, now: Instant) -> bool {
         let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) < DISPROVE_WITHIN) else { return false };
         self.found = None;
         self.proven = None;
+        if carried_bps.is_some_and(|c| c < goal * LINK_CHANGED) {
+            return false;
+        }
         self.disproved = Some(goal);
         self.failures += 1;
         let wait = backoff(self.failures);
@@ -598,9 +614,10 @@ impl Prober {
         self.proven.filter(|(_, until)| now < *until).map(|(goal, _)| goal)
     }
 
-    /// The link changed since the last probe found its room (it thinned): that room is gone.
-    pub fn forget_proven(&mut self) {
+    /// The link thinned to carry `carried_bps`: the room the last probe found is gone.
+    pub fn thinned(&mut self, carried_bps: f64) {
         self.proven = None;
+        self.carried = Some(carried_bps);
     }
 
     pub fn probing(&self) -> bool {
@@ -853,7 +870,7 @@ mod tests {
         p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), false, at(250));
         assert_eq!(p.proven(at(250)), Some(goal));
         assert_eq!(p.proven(at(250) + PROBE_WINDOW), None, "for a while");
-        p.forget_proven();
+        p.thinned(300_000.0);
         assert_eq!(p.proven(at(250)), None, "or until the link thins");
     }
 
@@ -927,20 +944,27 @@ mod tests {
         p.step(&plan(400_000.0), Some(400_000.0), false, at(0));
         found_at(&mut p, 3_000);
         // 5 s later the link holds a standing queue: the probe failed after all; the next waits 5 s.
-        assert!(p.disprove(at(8_500)));
-        assert!(!p.disprove(at(8_600)), "once");
+        assert!(p.disprove(Some(600_000.0), at(8_500)));
+        assert!(!p.disprove(Some(600_000.0), at(8_600)), "once");
         p.step(&plan(400_000.0), Some(400_000.0), false, at(12_000));
         assert!(!p.probing(), "backed off");
         found_at(&mut p, 13_600);
         // Found again and disproved again: the back-off doubles (not reset by finding the same
         // goal).
-        assert!(p.disprove(at(16_000)));
+        assert!(p.disprove(None, at(16_000)));
         p.step(&plan(400_000.0), Some(400_000.0), false, at(24_000));
         assert!(!p.probing(), "10 s now");
         found_at(&mut p, 26_100);
         // Held for 15 s: the back-off is cleared; no standing queue that late disproves it.
         p.step(&plan(700_000.0), Some(700_000.0), false, at(41_700));
-        assert!(!p.disprove(at(41_800)));
+        assert!(!p.disprove(Some(600_000.0), at(41_800)));
+        // A link that now carries far less than the goal found changed since: no failure.
+        let mut p = Prober::default();
+        p.step(&plan(400_000.0), Some(400_000.0), false, at(0));
+        found_at(&mut p, 3_000);
+        let goal = plan(400_000.0).next_bps.unwrap();
+        assert!(!p.disprove(Some(goal * 0.3), at(5_000)));
+        assert_eq!((p.failures, p.proven(at(5_000))), (0, None), "the room found is forgotten all the same");
     }
 
     #[test]
@@ -1001,6 +1025,23 @@ mod tests {
         for _ in 0..3 {
             assert_eq!(p.step(&low, Some(400_000.0), false, t), Some((goal, goal * PROBE_HEADROOM)));
             assert_eq!(p.step(&low, Some(300_000.0), false, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
+            t += Duration::from_millis(300) + PROBE_BACKOFF;
+        }
+        // After the link thinned to carry 400 kbit/s, a probe from a lower estimate to the
+        // next layer is a small step by what the link carried: each failure waits 5 s, none
+        // doubles it (before, the second one waited 10 s).
+        let mut p = Prober::default();
+        let low = plan(&tracks, 40_000.0, Some(300_000.0));
+        let goal = low.next_bps.unwrap();
+        assert!(goal > 300_000.0 * SMALL_STEP && goal <= 400_000.0 * SMALL_STEP, "{low:?}");
+        p.step(&low, Some(300_000.0), false, t0);
+        let mut t = t0 + PROBE_SETTLE;
+        for thinned in [false, true, true, true] {
+            if thinned {
+                p.thinned(400_000.0);
+            }
+            assert_eq!(p.step(&low, Some(300_000.0), false, t), Some((goal, goal * PROBE_HEADROOM)), "the link thinned first: {thinned}");
+            assert_eq!(p.step(&low, Some(200_000.0), false, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
             t += Duration::from_millis(300) + PROBE_BACKOFF;
         }
         // A viewer over its estimate (a layer kept by hysteresis) does not probe.

@@ -185,6 +185,10 @@ pub(super) struct Consumer {
     pictures: PictureIds,
 }
 
+/// How long into a drain hold the target layer's keyframe is asked for (and taken if it comes
+/// sooner): what was sent just before the hold still joins the link's queue for a while.
+const HOLD_KEYFRAME_AFTER: Duration = Duration::from_millis(80);
+
 /// A video consumer's wait for its link's queue to drain (`Consumer::hold_for_drain`).
 #[derive(Debug, Clone, Copy)]
 struct DrainHold {
@@ -195,6 +199,8 @@ struct DrainHold {
     max: Instant,
     /// Whether this consumer's send queue was emptied for it.
     cleared: bool,
+    /// Whether the target layer's keyframe was asked for during it.
+    asked: bool,
 }
 
 /// What one producer packet does at one consumer.
@@ -253,7 +259,7 @@ impl Consumer {
     /// fixed wait (the RTT's rise when the hold began) was too short when the queue was still
     /// filling: the keyframe lost, a 3.3 s freeze.
     pub(super) fn hold_for_drain(&mut self, now: Instant, min: Duration, max: Duration) {
-        self.drain_hold = Some(DrainHold { since: now, min: now + min, max: now + max, cleared: false });
+        self.drain_hold = Some(DrainHold { since: now, min: now + min, max: now + max, cleared: false, asked: false });
         self.current = None;
     }
 
@@ -306,16 +312,28 @@ impl Consumer {
         }
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
-        if let Some(hold) = self.drain_hold.as_mut().filter(|_| video) {
-            if now < hold.min || (now < hold.max && queued.link_full) {
+        if let Some(mut hold) = self.drain_hold.filter(|_| video) {
+            // The layer moved to is asked for its keyframe as the hold begins, and the keyframe
+            // goes in when it comes, the queue half drained or not: it takes the publisher a
+            // round trip and an encode (~80 ms), and asked for only once the link had drained
+            // it came that much later (rate-step: 400 ms of hold, 80 ms more for the keyframe).
+            // By then the pacer sends at what the thinned link carries (`NetStats::
+            // pacing_ceiling`), so it no longer overflows the queue it joins.
+            let target = matches!(self.target, Some((p, c)) if p == pub_id && c.rid() == Some(fp.rid));
+            let asking = now >= hold.since + HOLD_KEYFRAME_AFTER;
+            let early = target && asking && fp.keyframe && self.gate.may_start(this);
+            if !early && (now < hold.min || (now < hold.max && queued.link_full)) {
                 if !hold.cleared {
                     hold.cleared = true;
                     let n = self.drop_queued(clear_queue);
                     tracing::debug!(mid = %self.mid, dropped = n, "video held while the link drains");
                 }
-                return Route::Skip;
+                let ask = target && asking && !hold.asked;
+                hold.asked |= ask;
+                self.drain_hold = Some(hold);
+                return if ask { Route::WaitKeyframe } else { Route::Skip };
             }
-            tracing::debug!(mid = %self.mid, drained = !queued.link_full, "video resumes after the drain hold");
+            tracing::debug!(mid = %self.mid, drained = !queued.link_full, early, "video resumes after the drain hold");
             self.drain_hold = None;
         }
         // How long the queue holds a packet: its oldest one's wait, or its bytes' drain time.
@@ -597,19 +615,35 @@ mod tests {
         assert!(matches!(route(&mut c, packet(1, true, true, Some("h")), t0, false), Route::Send { seq: 1, .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
         c.hold_for_drain(t0, Duration::from_millis(100), Duration::from_millis(600));
-        // Nothing of either layer while the link drains.
-        assert_eq!(route(&mut c, packet(2, false, true, Some("h")), t0 + Duration::from_millis(10), false), Route::Skip, "the least wait");
-        assert_eq!(route(&mut c, packet(30, true, true, Some("l")), t0 + Duration::from_millis(150), true), Route::Skip, "the link still full");
-        // Then the old layer no more, and the new one from its next keyframe.
-        let after = t0 + Duration::from_millis(300);
-        assert_eq!(route(&mut c, packet(3, false, true, Some("h")), after, false), Route::Skip);
-        assert_eq!(route(&mut c, packet(31, false, true, Some("l")), after, false), Route::WaitKeyframe);
-        assert!(matches!(route(&mut c, packet(32, true, true, Some("l")), after, false), Route::Send { .. }));
+        // Nothing of either layer while the link drains; the new layer's keyframe is asked for
+        // at its first packet `HOLD_KEYFRAME_AFTER` into the hold (once).
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let ask = HOLD_KEYFRAME_AFTER.as_millis() as u64;
+        assert_eq!(route(&mut c, packet(2, false, true, Some("h")), ms(10), false), Route::Skip, "the least wait");
+        assert_eq!(route(&mut c, packet(20, false, true, Some("l")), ms(10), true), Route::Skip, "what was sent before the hold still joins the link's queue");
+        assert_eq!(route(&mut c, packet(21, true, true, Some("l")), ms(ask - 10), true), Route::Skip, "nor a keyframe then");
+        assert_eq!(route(&mut c, packet(22, false, true, Some("l")), ms(ask), true), Route::WaitKeyframe, "asked for");
+        assert_eq!(route(&mut c, packet(23, false, true, Some("l")), ms(ask + 30), true), Route::Skip, "asked once");
+        assert_eq!(route(&mut c, packet(4, true, true, Some("h")), ms(ask + 40), true), Route::Skip, "the old layer's keyframe is not taken");
+        // Its keyframe goes in when it comes, the link full or not.
+        assert!(matches!(route(&mut c, packet(30, true, true, Some("l")), ms(ask + 60), true), Route::Send { .. }), "the new layer's keyframe ends the hold");
+        assert!(matches!(route(&mut c, packet(31, false, true, Some("l")), ms(ask + 90), true), Route::Send { .. }));
+        // A hold whose keyframe comes only once the link drained: the old layer no more, and
+        // the new one from its next keyframe.
+        c.target = Some((1, LayerChoice::Layer(Some("m".into()))));
+        c.hold_for_drain(t0 + Duration::from_millis(150), Duration::from_millis(100), Duration::from_millis(600));
+        let after = t0 + Duration::from_millis(450);
+        assert_eq!(route(&mut c, packet(32, false, true, Some("l")), after, false), Route::Skip);
+        assert_eq!(route(&mut c, packet(50, false, true, Some("m")), after, false), Route::WaitKeyframe);
+        assert!(matches!(route(&mut c, packet(51, true, true, Some("m")), after, false), Route::Send { .. }));
         // A link that never shows drained: the hold ends at its longest.
+        c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
         c.hold_for_drain(after, Duration::ZERO, Duration::from_millis(500));
-        assert_eq!(route(&mut c, packet(33, true, true, Some("l")), after + Duration::from_millis(499), true), Route::Skip);
-        assert!(matches!(route(&mut c, packet(34, true, true, Some("l")), after + Duration::from_millis(500), true), Route::Send { .. }));
-        assert_eq!(cleared, 2, "the send queue emptied once per hold");
+        assert_eq!(route(&mut c, packet(33, false, true, Some("l")), after + HOLD_KEYFRAME_AFTER, true), Route::WaitKeyframe);
+        assert_eq!(route(&mut c, packet(34, false, true, Some("l")), after + Duration::from_millis(499), true), Route::Skip);
+        assert_eq!(route(&mut c, packet(35, false, true, Some("l")), after + Duration::from_millis(500), true), Route::WaitKeyframe, "no keyframe came");
+        assert!(matches!(route(&mut c, packet(36, true, true, Some("l")), after + Duration::from_millis(510), true), Route::Send { .. }));
+        assert_eq!(cleared, 2, "the send queue emptied once per hold that held a packet");
     }
 
     #[test]

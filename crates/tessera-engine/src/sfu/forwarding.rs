@@ -281,7 +281,7 @@ impl Sfu {
             (true, Some(d), Some(e)) if d < e => Some(raw.map_or(d, |r| r.min(d))),
             _ => allocator::measured(*estimate_bps, raw, delivered),
         };
-        if (standing || relieved) && prober.disprove(now) {
+        if (standing || relieved) && prober.disprove(measured, now) {
             tracing::debug!(queued = ?rise_now, standing, "a deep queue soon after a probe found its room: the probe failed after all");
         }
         let measured = match (standing, delivered) {
@@ -293,18 +293,31 @@ impl Sfu {
         };
         let thinned = signs.thinning() && measured.is_some() && measured != *estimate_bps;
         if let (true, Some(m)) = (thinned, measured) {
-            net.thinned(m, now, deep);
+            let carried = net.thinned(m, now, deep);
             // What a probe found before the link thinned is not what it carries now: kept, it
             // lifted the cap and floored the budget at the old room (rate-step: the top layer
             // taken again 0.6 s after the step, its keyframe stuck in the thin link, a 3 s
             // queue cut and 1.5 s of freeze).
-            prober.forget_proven();
+            prober.thinned(carried);
         }
         let uncapped = measured;
         let measured = net.thinned_cap(*estimate_bps, measured, now);
         if measured != uncapped {
             tracing::debug!(?measured, ?uncapped, "estimate capped where the link thinned");
         }
+        // For a second after the link thinned, media is paced and layers are chosen within a
+        // share of what it carried: the queue that overflowed drains only by what they leave
+        // (rate-step: the middle layer's 15 fps base taken on 372 kbit/s of a 400 kbit/s link,
+        // its keyframe joined the overflowing queue and the viewer moved on down to the lowest
+        // layer, a second freeze).
+        if let Some(ceiling) = net.pacing_ceiling(now) {
+            tracing::debug!(?ceiling, "pacing ceiling");
+            peer.rtc.bwe().set_pacing_ceiling(ceiling.map(|c| Bitrate::bps((c * DRAINING_SHARE) as u64)));
+        }
+        let measured = match net.paced_ceiling() {
+            Some(c) => measured.map(|m| m.min(c * DRAINING_SHARE)),
+            None => measured,
+        };
         // The start estimate in the first seconds, or what a probe just proved: not while the
         // link queues or a thinned link's cap stands.
         let floor = prober.start_floor(now).filter(|_| !net.queueing());

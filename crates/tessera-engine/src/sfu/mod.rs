@@ -100,6 +100,10 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
         _ => Some(wanted),
     }
 }
+/// The share of what a thinned link was measured to carry that its pacer sends media at, and
+/// its layers are chosen within, for a while (`NetStats::pacing_ceiling`): what is left drains
+/// the queue that overflowed.
+const DRAINING_SHARE: f64 = 0.8;
 /// Bounds of `Consumer::hold_for_drain` (between, until the link's feedback shows its queue
 /// drained).
 const DRAIN_HOLD_MIN: Duration = Duration::from_millis(100);

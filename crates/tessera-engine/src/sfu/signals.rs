@@ -28,6 +28,9 @@ const LOSS_HOLD_STALE: Duration = Duration::from_secs(4);
 /// stays where it was while the viewer receives its lowest layer, and the middle one taken then
 /// froze it again).
 const THINNED_CAP_MAX: Duration = Duration::from_secs(20);
+/// How long after the link last thinned the pacer stays at most at what it carried then
+/// (`NetStats::pacing_ceiling`): the drain hold and the lower layer's keyframe.
+const PACING_CEILING_HOLD: Duration = Duration::from_secs(1);
 
 /// Loss over the last 2 s (PRODUCT.md §9's window) from str0m's 1 s samples: the mean of the
 /// latest two when they are adjacent. One 1 s window holds ~70 packets of a small stream, too
@@ -122,6 +125,8 @@ pub(super) struct NetStats {
     /// Since when every allocation found str0m's loss controller holding the estimate down on
     /// a link that neither lost nor queued (`loss_hold_stale`).
     loss_held_since: Option<Instant>,
+    /// The pacer's ceiling as last set (`pacing_ceiling`).
+    paced_ceiling: Option<f64>,
 }
 
 impl NetStats {
@@ -173,11 +178,13 @@ impl NetStats {
     /// still held `DEEP_QUEUE` (what got through is then the link's rate, even while video
     /// is held: a first measure, its window reaching back before the step, read 740 kbit/s
     /// on a 400 kbit/s link, and kept through the hold it took the middle layer back after it).
-    pub(super) fn thinned(&mut self, bps: f64, now: Instant, deep: bool) {
+    /// What it holds as the link's rate now.
+    pub(super) fn thinned(&mut self, bps: f64, now: Instant, deep: bool) -> f64 {
         let quiet = self.quiet_until.is_some_and(|t| now < t) && !deep;
-        let held = self.thinned_to.filter(|b| *b < bps || quiet);
-        self.thinned_to = Some(held.unwrap_or(bps));
+        let held = self.thinned_to.filter(|b| *b < bps || quiet).unwrap_or(bps);
+        self.thinned_to = Some(held);
         self.thinned_at = Some(now);
+        held
     }
 
     /// `measured`, capped by what a thinned link was measured to carry until str0m's
@@ -204,6 +211,32 @@ impl NetStats {
     /// Whether a thinned link's measurement caps the estimate now.
     pub(super) fn capped(&self) -> bool {
         self.thinned_to.is_some()
+    }
+
+    /// The pacer's new ceiling if it changed (`Some(None)`: none): what a thinned link was
+    /// measured to carry, until `PACING_CEILING_HOLD` after it last thinned. str0m paces media
+    /// at 1.1 × its averaged estimate, which stays above the link's rate for seconds after it
+    /// thinned: the lower layer's keyframe, the first large frame sent into the link then, went
+    /// in at several times the rate the link drains. Not for longer, and not lowered within a
+    /// thinning: later measures read the drain hold's own silence or a dip of the raw estimate
+    /// (as low as 175 kbit/s on a 400 kbit/s link), and a pacer held there for the seconds the
+    /// cap stands cut the lowest layer again and again and kept probes from finding the link's
+    /// room when it came back.
+    pub(super) fn pacing_ceiling(&mut self, now: Instant) -> Option<Option<f64>> {
+        let recent = self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < PACING_CEILING_HOLD);
+        let want = match (self.paced_ceiling, self.thinned_to.filter(|_| recent)) {
+            (Some(c), Some(w)) => Some(c.max(w)),
+            (_, w) => w,
+        };
+        (self.paced_ceiling != want).then(|| {
+            self.paced_ceiling = want;
+            want
+        })
+    }
+
+    /// What a thinned link carried while the pacer stays within it (`pacing_ceiling`).
+    pub(super) fn paced_ceiling(&self) -> Option<f64> {
+        self.paced_ceiling
     }
 
     /// Notes whether the latest acknowledged packet queued `DEEP_QUEUE` (read by `standing`).
@@ -632,6 +665,27 @@ mod tests {
         net.thinned(370_000.0, ms(8_000), true);
         net.uncap();
         assert_eq!(net.thinned_cap(Some(1_500_000.0), Some(1_500_000.0), ms(8_100)), Some(1_500_000.0));
+    }
+
+    #[test]
+    fn the_pacer_stays_within_what_a_thinned_link_carried_for_a_second_not_lowered() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut net = NetStats::default();
+        assert_eq!(net.pacing_ceiling(t0), None, "nothing thinned, nothing to change");
+        net.thinned(360_000.0, t0, true);
+        assert_eq!(net.pacing_ceiling(t0), Some(Some(360_000.0)));
+        assert_eq!(net.pacing_ceiling(ms(100)), None, "set once");
+        // A later, lower measure (a dip, the hold's own silence) does not lower it, and keeps it.
+        net.thinned(175_000.0, ms(400), true);
+        assert_eq!(net.pacing_ceiling(ms(500)), None);
+        assert_eq!(net.paced_ceiling(), Some(360_000.0));
+        assert_eq!(net.pacing_ceiling(ms(1_300)), None, "a second after the last thinning");
+        assert_eq!(net.pacing_ceiling(ms(1_400)), Some(None), "then none, while the estimate's cap may stand");
+        assert!(net.capped());
+        // A new thinning sets it again, at what the link carries then.
+        net.thinned(150_000.0, ms(3_000), true);
+        assert_eq!(net.pacing_ceiling(ms(3_000)), Some(Some(150_000.0)));
     }
 
     #[test]

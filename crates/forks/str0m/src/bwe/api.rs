@@ -102,6 +102,17 @@ impl<'a> Bwe<'a> {
         m.no_events();
     }
 
+    /// Tessera fork: the pacer sends media at no more than `ceiling` (`None` removes it;
+    /// padding and probes are not bound by it). An SFU sets it to what a viewer's link was just
+    /// measured to carry when it thinned: the estimate, averaged over seconds, stays above it
+    /// for as long, and the pacer sending at 1.1 × that estimate overflows the link's queue
+    /// with the first large frame.
+    pub fn set_pacing_ceiling(&mut self, ceiling: Option<Bitrate>) {
+        let mut m = self.0.mutate();
+        m.session.set_bwe_pacing_ceiling(ceiling);
+        m.no_events();
+    }
+
     /// Reset the BWE with a new init_bitrate
     ///
     /// This discards the current estimator state and starts estimation again

@@ -60,8 +60,9 @@ pub struct Bwe {
     desired_bitrate: Bitrate,
     minimum_bitrate: Bitrate,
     smoother: EstimateSmoother,
-    // Tessera fork: `set_pacing_floor`.
+    // Tessera fork: `set_pacing_floor`, `set_pacing_ceiling`.
     pacing_floor: Bitrate,
+    pacing_ceiling: Option<Bitrate>,
 }
 
 impl Bwe {
@@ -73,6 +74,7 @@ impl Bwe {
             minimum_bitrate: Bitrate::ZERO,
             smoother: EstimateSmoother::new(),
             pacing_floor: Bitrate::ZERO,
+            pacing_ceiling: None,
         }
     }
 
@@ -173,6 +175,15 @@ impl Bwe {
 
     pub fn pacing_floor(&self) -> Bitrate {
         self.pacing_floor
+    }
+
+    /// Tessera fork: see `BweApi::set_pacing_ceiling`.
+    pub fn set_pacing_ceiling(&mut self, ceiling: Option<Bitrate>) {
+        self.pacing_ceiling = ceiling;
+    }
+
+    pub fn pacing_ceiling(&self) -> Option<Bitrate> {
+        self.pacing_ceiling
     }
 }
 
