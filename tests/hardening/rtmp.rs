@@ -67,3 +67,39 @@ fn a_replaced_rtmp_publisher_is_disconnected() {
     let _ = second.kill();
     let _ = second.wait();
 }
+
+/// PRODUCT.md §3.4: an RTMP session is lost after 30 s without data, and only then: a
+/// connection that sends a byte every 3 s (a handshake trickling in) stays open past it.
+#[test]
+fn an_rtmp_connection_silent_for_30_s_is_closed_and_one_that_sends_is_not() {
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = TempDir::new("idle-rtmp");
+    let mut server = Server::start(dir.path(), &[]);
+    let port = rtmp_port(&server);
+    let mut silent = rtmp_handshake(port);
+    let silent_since = Instant::now();
+    silent.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut talking = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    talking.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    // Open while a read finds data or times out; closed at the end of the stream or a reset.
+    let open = |s: &mut TcpStream| match s.read(&mut [0u8; 64]) {
+        Ok(n) => n > 0,
+        Err(e) => matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut),
+    };
+    let mut silent_closed = None;
+    let mut next_byte = Instant::now();
+    while silent_since.elapsed() < Duration::from_secs(40) {
+        if Instant::now() >= next_byte {
+            talking.write_all(&[3]).unwrap();
+            next_byte += Duration::from_secs(3);
+        }
+        if silent_closed.is_none() && !open(&mut silent) {
+            silent_closed = Some(silent_since.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let closed = silent_closed.expect("the silent connection was not closed within 40 s");
+    assert!(closed >= Duration::from_secs(29) && closed <= Duration::from_secs(33), "closed after {closed:?}, not ~30 s");
+    assert!(open(&mut talking), "the connection that sends was closed");
+    assert!(server.alive());
+}
