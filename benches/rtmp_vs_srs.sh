@@ -10,7 +10,8 @@
 #   benches/rtmp_vs_srs.sh SRS_SRC [P ...]     (default P: 10)
 #
 # SRS_SRC as in benches/sfu_vs_srs.sh (built there if missing). The figure that matters is the
-# server's CPU per publisher.
+# server's CPU per publisher. TESSERA_BIN runs another Tessera build (an A/B); SERVERS picks
+# the rows of a round (default: "tessera 10 64,tessera 1 64,tessera 1 48,srs 1 48").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 srs_src=${1:?usage: benches/rtmp_vs_srs.sh SRS_SRC [P ...]}
@@ -29,7 +30,7 @@ run_tessera() { # p complexity kbps
   local p=$1 data="$dir/tessera-data"
   rm -rf "$data"
   printf 'ingest_opus_complexity = %s\ningest_opus_kbps = %s\n' "$2" "$3" >"$dir/tessera.toml"
-  inns taskset -c 1 env RUST_LOG=warn target/release/tessera serve --config "$dir/tessera.toml" --data-dir "$data" --http-addr 127.0.0.1:18080 \
+  inns taskset -c 1 env RUST_LOG=warn "${TESSERA_BIN:-target/release/tessera}" serve --config "$dir/tessera.toml" --data-dir "$data" --http-addr 127.0.0.1:18080 \
     --rtc-udp-addr 127.0.0.1:18443 --rtmp-addr 127.0.0.1:11935 >"$dir/t.out" 2>"$dir/t.err" &
   local pid=$!
   for _ in $(seq 50); do [ -f "$data/admin.key" ] && grep -q "HTTP API" "$dir/t.out" && break; sleep 0.2; done
@@ -55,7 +56,8 @@ echo "| server | Opus complexity, kbit/s | round | publishers (+1 viewer each) |
 echo "|---|---|---|---|---|---|---|---|---|"
 for p in "${counts[@]}"; do
   for round in 1 2; do
-    for server in "tessera 10 64" "tessera 1 64" "tessera 1 48" "srs 1 48"; do
+    IFS=, read -r -a servers <<<"${SERVERS:-tessera 10 64,tessera 1 64,tessera 1 48,srs 1 48}"
+    for server in "${servers[@]}"; do
       set -- $server
       if [ "$1" = srs ]; then j=$(run_srs "$p"); else j=$(run_tessera "$p" "$2" "$3"); fi
       python3 - "$1" "$2, $3" "$round" "$p" "$j" <<'PY'

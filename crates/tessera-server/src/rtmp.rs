@@ -216,11 +216,6 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
     let mut app_id: Option<tessera_model::AppId> = None;
     // Set while publishing: tells why the SFU ended the publisher, if it did.
     let mut ended_by_sfu: Option<tokio::sync::oneshot::Receiver<PublisherEnd>> = None;
-    // One idle timer for the connection, moved on only when it fires: a timeout armed around
-    // each read (a few hundred a second per publisher) was 1-2 % of an ingest's CPU.
-    let idle = tokio::time::sleep(IDLE_TIMEOUT);
-    tokio::pin!(idle);
-    let mut last_read = tokio::time::Instant::now();
     let result = async {
         loop {
             let ended = async {
@@ -239,17 +234,7 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
                 }
             };
             let read = tokio::select! {
-                r = stream.read(&mut buf) => {
-                    last_read = tokio::time::Instant::now();
-                    Ok(Some(r))
-                }
-                () = &mut idle => match last_read + IDLE_TIMEOUT {
-                    due if due <= tokio::time::Instant::now() => Ok(None),
-                    due => {
-                        idle.as_mut().reset(due);
-                        continue;
-                    }
-                },
+                r = tokio::time::timeout(IDLE_TIMEOUT, stream.read(&mut buf)) => Ok(r),
                 r = upstream => {
                     let f = forwarding.as_mut().expect("reading upstream");
                     match r {
@@ -298,10 +283,10 @@ async fn connection(mut stream: TcpStream, state: &AppState) -> Result<(), Conne
                     close_after_write = Some(reason.to_string());
                     Vec::new()
                 }
-                Ok(None) => return Err(ConnectionEnd::Idle),
-                Ok(Some(Err(e))) => return Err(e.into()),
-                Ok(Some(Ok(0))) => return Ok(()),
-                Ok(Some(Ok(n))) => session.feed(&buf[..n])?,
+                Ok(Err(_)) => return Err(ConnectionEnd::Idle),
+                Ok(Ok(Err(e))) => return Err(e.into()),
+                Ok(Ok(Ok(0))) => return Ok(()),
+                Ok(Ok(Ok(n))) => session.feed(&buf[..n])?,
             };
             for event in events {
                 if let Some(f) = forwarding.as_mut() {
