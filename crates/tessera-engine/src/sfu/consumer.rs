@@ -313,12 +313,12 @@ impl Consumer {
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
         if let Some(mut hold) = self.drain_hold.filter(|_| video) {
-            // The layer moved to is asked for its keyframe as the hold begins, and the keyframe
+            // The layer moved to is asked for its keyframe early in the hold, and the keyframe
             // goes in when it comes, the queue half drained or not: it takes the publisher a
             // round trip and an encode (~80 ms), and asked for only once the link had drained
             // it came that much later (rate-step: 400 ms of hold, 80 ms more for the keyframe).
-            // By then the pacer sends at what the thinned link carries (`NetStats::
-            // pacing_ceiling`), so it no longer overflows the queue it joins.
+            // The pacer then sends at most 0.8 × what the thinned link carried (`NetStats::
+            // pacing_ceiling`), so it does not overflow the queue it joins.
             let target = matches!(self.target, Some((p, c)) if p == pub_id && c.rid() == Some(fp.rid));
             let asking = now >= hold.since + HOLD_KEYFRAME_AFTER;
             let early = target && asking && fp.keyframe && self.gate.may_start(this);

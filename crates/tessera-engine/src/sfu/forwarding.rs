@@ -305,16 +305,12 @@ impl Sfu {
         if measured != uncapped {
             tracing::debug!(?measured, ?uncapped, "estimate capped where the link thinned");
         }
-        // For a second after the link thinned, media is paced and layers are chosen within a
-        // share of what it carried: the queue that overflowed drains only by what they leave
-        // (rate-step: the middle layer's 15 fps base taken on 372 kbit/s of a 400 kbit/s link,
-        // its keyframe joined the overflowing queue and the viewer moved on down to the lowest
-        // layer, a second freeze).
-        if let Some(ceiling) = net.pacing_ceiling(now) {
-            tracing::debug!(?ceiling, "pacing ceiling");
-            peer.rtc.bwe().set_pacing_ceiling(ceiling.map(|c| Bitrate::bps((c * DRAINING_SHARE) as u64)));
-        }
-        let measured = match net.paced_ceiling() {
+        // For a second after the link thinned, layers are chosen (and a viewer moved down is
+        // paced, below) within a share of what it carried: the queue that overflowed drains
+        // only by what they leave (rate-step: the middle layer's 15 fps base taken on 372
+        // kbit/s of a 400 kbit/s link, its keyframe joined the overflowing queue and the viewer
+        // moved on down to the lowest layer, a second freeze).
+        let measured = match net.draining_cap(now) {
             Some(c) => measured.map(|m| m.min(c * DRAINING_SHARE)),
             None => measured,
         };
@@ -364,6 +360,7 @@ impl Sfu {
                     if (thinned || standing) && down && c.kind == MediaKind::Video && c.has_sent() {
                         tracing::debug!(mid = %c.mid, rise = ?rise_now, "video held while the link drains");
                         c.hold_for_drain(now, DRAIN_HOLD_MIN, DRAIN_HOLD_MAX);
+                        net.held(now);
                         net.quiet_until = Some(now + DRAIN_HOLD_MAX + THINNED_WINDOW);
                         // Nor resends of the old layer, which the viewer NACKs by the dozen
                         // (its link lost a third to a half): measured ~280 kbit/s of them into
@@ -376,6 +373,10 @@ impl Sfu {
                     c.target = new;
                 }
             }
+        }
+        if let Some(ceiling) = net.pacing_ceiling(now) {
+            tracing::debug!(?ceiling, "pacing ceiling");
+            peer.rtc.bwe().set_pacing_ceiling(ceiling.map(|c| Bitrate::bps((c * DRAINING_SHARE) as u64)));
         }
         // A viewer without transport-wide feedback has no estimate: its pacer follows its media.
         // One with it has its first estimate before its first media; a second of media without

@@ -127,6 +127,10 @@ pub(super) struct NetStats {
     loss_held_since: Option<Instant>,
     /// The pacer's ceiling as last set (`pacing_ceiling`).
     paced_ceiling: Option<f64>,
+    /// What a thinned link carried, for a second after (`draining_cap`).
+    drain_cap: Option<f64>,
+    /// When a video consumer was last moved down to hold for the link to drain (`held`).
+    held_at: Option<Instant>,
 }
 
 impl NetStats {
@@ -213,30 +217,39 @@ impl NetStats {
         self.thinned_to.is_some()
     }
 
-    /// The pacer's new ceiling if it changed (`Some(None)`: none): what a thinned link was
-    /// measured to carry, until `PACING_CEILING_HOLD` after it last thinned. str0m paces media
-    /// at 1.1 × its averaged estimate, which stays above the link's rate for seconds after it
-    /// thinned: the lower layer's keyframe, the first large frame sent into the link then, went
-    /// in at several times the rate the link drains. Not for longer, and not lowered within a
-    /// thinning: later measures read the drain hold's own silence or a dip of the raw estimate
-    /// (as low as 175 kbit/s on a 400 kbit/s link), and a pacer held there for the seconds the
-    /// cap stands cut the lowest layer again and again and kept probes from finding the link's
-    /// room when it came back.
-    pub(super) fn pacing_ceiling(&mut self, now: Instant) -> Option<Option<f64>> {
+    /// What a thinned link was measured to carry, until `PACING_CEILING_HOLD` after it last
+    /// thinned, and not lowered within that: later measures read the drain hold's own silence
+    /// or a dip of the raw estimate (as low as 175 kbit/s on a 400 kbit/s link). Layers are
+    /// chosen within a share of it, and the pacer kept under it (`pacing_ceiling`).
+    pub(super) fn draining_cap(&mut self, now: Instant) -> Option<f64> {
         let recent = self.thinned_at.is_some_and(|t| now.saturating_duration_since(t) < PACING_CEILING_HOLD);
-        let want = match (self.paced_ceiling, self.thinned_to.filter(|_| recent)) {
+        self.drain_cap = match (self.drain_cap, self.thinned_to.filter(|_| recent)) {
             (Some(c), Some(w)) => Some(c.max(w)),
             (_, w) => w,
         };
+        self.drain_cap
+    }
+
+    /// Notes that a video consumer was moved down a layer and holds for the link to drain.
+    pub(super) fn held(&mut self, now: Instant) {
+        self.held_at = Some(now);
+    }
+
+    /// The pacer's new ceiling if it changed (`Some(None)`: none): `draining_cap` while a
+    /// consumer's drain hold began within `PACING_CEILING_HOLD`. str0m paces media at 1.1 × its
+    /// averaged estimate, which stays above the link's rate for seconds after it thinned: the
+    /// lower layer's keyframe, the first large frame sent into the link then, went in at several
+    /// times the rate the link drains. Only for a viewer moved down: one whose stream has no
+    /// lower layer would only be paced below its media. Not for longer: held at the (lower,
+    /// later) measures for the seconds the estimate's cap stands, the pacer cut the lowest layer
+    /// again and again and kept probes from finding the link's room when it came back.
+    pub(super) fn pacing_ceiling(&mut self, now: Instant) -> Option<Option<f64>> {
+        let held = self.held_at.is_some_and(|t| now.saturating_duration_since(t) < PACING_CEILING_HOLD);
+        let want = self.drain_cap.filter(|_| held);
         (self.paced_ceiling != want).then(|| {
             self.paced_ceiling = want;
             want
         })
-    }
-
-    /// What a thinned link carried while the pacer stays within it (`pacing_ceiling`).
-    pub(super) fn paced_ceiling(&self) -> Option<f64> {
-        self.paced_ceiling
     }
 
     /// Notes whether the latest acknowledged packet queued `DEEP_QUEUE` (read by `standing`).
@@ -672,19 +685,25 @@ mod tests {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut net = NetStats::default();
-        assert_eq!(net.pacing_ceiling(t0), None, "nothing thinned, nothing to change");
+        assert_eq!((net.draining_cap(t0), net.pacing_ceiling(t0)), (None, None), "nothing thinned, nothing to change");
         net.thinned(360_000.0, t0, true);
-        assert_eq!(net.pacing_ceiling(t0), Some(Some(360_000.0)));
+        assert_eq!(net.draining_cap(t0), Some(360_000.0));
+        assert_eq!(net.pacing_ceiling(t0), None, "no viewer moved down: its media is not paced below");
+        net.held(ms(10));
+        assert_eq!(net.pacing_ceiling(ms(10)), Some(Some(360_000.0)));
         assert_eq!(net.pacing_ceiling(ms(100)), None, "set once");
         // A later, lower measure (a dip, the hold's own silence) does not lower it, and keeps it.
         net.thinned(175_000.0, ms(400), true);
+        assert_eq!(net.draining_cap(ms(500)), Some(360_000.0));
         assert_eq!(net.pacing_ceiling(ms(500)), None);
-        assert_eq!(net.paced_ceiling(), Some(360_000.0));
-        assert_eq!(net.pacing_ceiling(ms(1_300)), None, "a second after the last thinning");
-        assert_eq!(net.pacing_ceiling(ms(1_400)), Some(None), "then none, while the estimate's cap may stand");
+        assert_eq!(net.draining_cap(ms(1_300)), Some(360_000.0), "a second after the last thinning");
+        assert_eq!(net.draining_cap(ms(1_400)), None, "then none, while the estimate's cap may stand");
+        assert_eq!(net.pacing_ceiling(ms(1_400)), Some(None));
         assert!(net.capped());
         // A new thinning sets it again, at what the link carries then.
         net.thinned(150_000.0, ms(3_000), true);
+        net.held(ms(3_000));
+        assert_eq!(net.draining_cap(ms(3_000)), Some(150_000.0));
         assert_eq!(net.pacing_ceiling(ms(3_000)), Some(Some(150_000.0)));
     }
 
