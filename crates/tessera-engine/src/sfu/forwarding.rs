@@ -360,8 +360,7 @@ impl Sfu {
                     if (thinned || standing) && down && c.kind == MediaKind::Video && c.has_sent() {
                         tracing::debug!(mid = %c.mid, rise = ?rise_now, "video held while the link drains");
                         c.hold_for_drain(now, DRAIN_HOLD_MIN, DRAIN_HOLD_MAX);
-                        net.held(now);
-                        net.quiet_until = Some(now + DRAIN_HOLD_MAX + THINNED_WINDOW);
+                        net.held(now, DRAIN_HOLD_MAX + THINNED_WINDOW);
                         // Nor resends of the old layer, which the viewer NACKs by the dozen
                         // (its link lost a third to a half): measured ~280 kbit/s of them into
                         // a 400 kbit/s link, which kept its queue full for the whole hold. A

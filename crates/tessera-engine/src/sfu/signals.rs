@@ -28,7 +28,8 @@ const LOSS_HOLD_STALE: Duration = Duration::from_secs(4);
 /// stays where it was while the viewer receives its lowest layer, and the middle one taken then
 /// froze it again).
 const THINNED_CAP_MAX: Duration = Duration::from_secs(20);
-/// How long after the link last thinned the pacer stays at most at what it carried then
+/// How long after the link last thinned layers are chosen within what it carried then
+/// (`NetStats::draining_cap`), and after a viewer was moved down its pacer stays under it
 /// (`NetStats::pacing_ceiling`): the drain hold and the lower layer's keyframe.
 const PACING_CEILING_HOLD: Duration = Duration::from_secs(1);
 
@@ -230,9 +231,11 @@ impl NetStats {
         self.drain_cap
     }
 
-    /// Notes that a video consumer was moved down a layer and holds for the link to drain.
-    pub(super) fn held(&mut self, now: Instant) {
+    /// Notes that a video consumer was moved down a layer and holds for the link to drain;
+    /// what the viewer receives is its own silence for `quiet` (`quiet_until`).
+    pub(super) fn held(&mut self, now: Instant, quiet: Duration) {
         self.held_at = Some(now);
+        self.quiet_until = Some(now + quiet);
     }
 
     /// The pacer's new ceiling if it changed (`Some(None)`: none): `draining_cap` while a
@@ -689,7 +692,7 @@ mod tests {
         net.thinned(360_000.0, t0, true);
         assert_eq!(net.draining_cap(t0), Some(360_000.0));
         assert_eq!(net.pacing_ceiling(t0), None, "no viewer moved down: its media is not paced below");
-        net.held(ms(10));
+        net.held(ms(10), Duration::ZERO);
         assert_eq!(net.pacing_ceiling(ms(10)), Some(Some(360_000.0)));
         assert_eq!(net.pacing_ceiling(ms(100)), None, "set once");
         // A later, lower measure (a dip, the hold's own silence) does not lower it, and keeps it.
@@ -702,7 +705,7 @@ mod tests {
         assert!(net.capped());
         // A new thinning sets it again, at what the link carries then.
         net.thinned(150_000.0, ms(3_000), true);
-        net.held(ms(3_000));
+        net.held(ms(3_000), Duration::ZERO);
         assert_eq!(net.draining_cap(ms(3_000)), Some(150_000.0));
         assert_eq!(net.pacing_ceiling(ms(3_000)), Some(Some(150_000.0)));
     }
