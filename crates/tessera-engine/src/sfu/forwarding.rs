@@ -266,7 +266,11 @@ impl Sfu {
         let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
         net.note_deep(deep, now);
         let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
-        let delivered = signs.thinning().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        // What arrived over the last moments of a queueing link is its rate (`LinkSigns::
+        // thinned_by`): known at the first feedback that shows a queue.
+        let delivered = signs.queueing.then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        let thinning = signs.thinning() || signs.thinned_by(delivered, *estimate_bps);
+        let delivered = delivered.filter(|_| thinning);
         let raw = match losing {
             true => raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min),
             false => *raw_estimate_bps,
@@ -291,9 +295,9 @@ impl Sfu {
             }
             _ => measured,
         };
-        let thinned = signs.thinning() && measured.is_some() && measured != *estimate_bps;
+        let thinned = thinning && measured.is_some() && measured != *estimate_bps;
         if let (true, Some(m)) = (thinned, measured) {
-            let carried = net.thinned(m, now, deep);
+            let carried = net.thinned(m, now);
             // What a probe found before the link thinned is not what it carries now: kept, it
             // lifted the cap and floored the budget at the old room (rate-step: the top layer
             // taken again 0.6 s after the step, its keyframe stuck in the thin link, a 3 s

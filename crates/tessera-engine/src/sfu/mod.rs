@@ -115,11 +115,20 @@ const THINNING_LOSS: f64 = 0.1;
 const QUEUEING_RISE: Duration = Duration::from_millis(50);
 /// A packet that queued this long says the link thinned before its losses are reported.
 const DEEP_QUEUE: Duration = Duration::from_millis(150);
+/// A packet that queued this long, while the link delivered well under the estimate, says it
+/// thinned (shallower, what arrived over `THINNED_WINDOW` included packets that had not
+/// queued: 227 kbit/s read at 53 ms of a 400 kbit/s link).
+const THINNING_QUEUE: Duration = Duration::from_millis(80);
+/// ...and what arrived over `THINNED_WINDOW` under this share of the estimate (a rate step
+/// 3 Mbit/s → 400 kbit/s: 0.15; a probe's overshoot on a 1.2 Mbit/s link, a keyframe's burst
+/// queued with gaps between: 0.67, not a thinned link).
+const THINNED_SHARE: f64 = 0.5;
 /// A deep queue held this long stands (`NetStats::standing`).
 const STANDING_QUEUE: Duration = Duration::from_secs(1);
-/// What a thinned link's receiver got over this last span is what it carries now (a longer
-/// span reaches back before the step).
-const THINNED_WINDOW: Duration = Duration::from_millis(150);
+/// What a queueing link's receiver got over this last span is what it carries now (a longer
+/// span reaches back before the step: 150 ms read 480-700 kbit/s of a 400 kbit/s link at the
+/// first queue, 60 ms 350-370).
+const THINNED_WINDOW: Duration = Duration::from_millis(60);
 const PLAYOUT_LOSSY: f32 = 0.01;
 const PLAYOUT_HOLD: Duration = Duration::from_secs(10);
 

@@ -86,6 +86,16 @@ impl LinkSigns {
     pub(super) fn thinning(&self) -> bool {
         self.losing || self.deep
     }
+
+    /// The link thinned, told a feedback or two before its queue is deep: the latest packet
+    /// queued `THINNING_QUEUE` and what arrived over `THINNED_WINDOW` (`delivered`: packets
+    /// that queued leave the link back to back, at its rate) was under `THINNED_SHARE` of the
+    /// estimate. Rate-step: 96-143 ms queued and 350-370 kbit/s received ~100 ms before the
+    /// queue read 150 ms; each 100 ms more of the old layer is that much more of the
+    /// overflowing queue the viewer then waits through.
+    pub(super) fn thinned_by(&self, delivered: Option<f64>, estimate: Option<f64>) -> bool {
+        self.queued.is_some_and(|q| q >= THINNING_QUEUE) && matches!((delivered, estimate), (Some(d), Some(e)) if d < e * THINNED_SHARE)
+    }
 }
 
 /// A peer's latest network measurements (str0m reports them every second).
@@ -179,17 +189,27 @@ impl NetStats {
         seen
     }
 
-    /// Notes that the link thinned to `bps` now (`thinned_cap` holds it). `deep`: its queue
-    /// still held `DEEP_QUEUE` (what got through is then the link's rate, even while video
-    /// is held: a first measure, its window reaching back before the step, read 740 kbit/s
-    /// on a 400 kbit/s link, and kept through the hold it took the middle layer back after it).
-    /// What it holds as the link's rate now.
-    pub(super) fn thinned(&mut self, bps: f64, now: Instant, deep: bool) -> f64 {
-        let quiet = self.quiet_until.is_some_and(|t| now < t) && !deep;
+    /// Notes that the link thinned to `bps` now (`thinned_cap` holds it): lowered by a lower
+    /// measure, except while video is held for the link to drain (`quiet_until`): then what
+    /// arrives is the hold's own silence and the lower layer's keyframe, paced under the link
+    /// (a deep queue's measure then read 158 kbit/s of a 400 kbit/s link, held the viewer's
+    /// estimate under its lowest layer, and no probe looked for more for 20 s). What it holds
+    /// as the link's rate now.
+    pub(super) fn thinned(&mut self, bps: f64, now: Instant) -> f64 {
+        let quiet = self.quiet_until.is_some_and(|t| now < t);
         let held = self.thinned_to.filter(|b| *b < bps || quiet).unwrap_or(bps);
         self.thinned_to = Some(held);
         self.thinned_at = Some(now);
         held
+    }
+
+    /// What the link carried since the last stats, without loss or queue: a thinned link's cap
+    /// below it was a measure to forget, and is raised to it.
+    pub(super) fn carried_clean(&mut self, bps: f64) {
+        if let Some(cap) = self.thinned_to.filter(|c| *c < bps) {
+            tracing::debug!(cap, carried = bps, "a thinned link's cap raised to what it carried cleanly");
+            self.thinned_to = Some(bps);
+        }
     }
 
     /// `measured`, capped by what a thinned link was measured to carry until str0m's
@@ -374,6 +394,12 @@ impl Sfu {
                 if loss > LOSSY && secs >= 0.2 {
                     let delivered = s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs * (1.0 - loss as f64);
                     raw = Some(raw.map_or(delivered, |r| r.min(delivered)));
+                }
+            }
+            if let (Some(0.0), Some((bytes, at)), true) = (s.egress_loss_fraction, net.tx_mark, s.rtt.is_some() && !net.queueing()) {
+                let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
+                if secs >= 0.5 {
+                    net.carried_clean(s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs);
                 }
             }
             net.tx_mark = Some((s.bytes_tx, s.timestamp));
@@ -652,33 +678,53 @@ mod tests {
     }
 
     #[test]
+    fn a_queue_that_delivers_far_under_the_estimate_is_a_thinned_link_before_it_is_deep() {
+        let signs = |ms: u64| LinkSigns { queued: Some(Duration::from_millis(ms)), queueing: ms > 50, losing: false, deep: ms > 150 };
+        // Rate-step's first feedbacks after 3 Mbit/s → 400 kbit/s.
+        assert!(signs(100).thinned_by(Some(346_000.0), Some(2_530_000.0)));
+        assert!(!signs(100).thinning(), "not deep yet, not losing");
+        // Too shallow: the window held packets that had not queued (227 kbit/s read of 400).
+        assert!(!signs(53).thinned_by(Some(227_000.0), Some(2_380_000.0)));
+        // A probe's overshoot on a 1.2 Mbit/s link, a keyframe's burst queued with gaps.
+        assert!(!signs(131).thinned_by(Some(908_000.0), Some(1_350_000.0)));
+        assert!(!signs(131).thinned_by(None, Some(1_350_000.0)), "nothing measured");
+        assert!(!signs(131).thinned_by(Some(300_000.0), None), "no estimate");
+    }
+
+    #[test]
     fn a_thinned_link_caps_the_estimate_until_it_comes_down_or_a_probe_finds_more() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut net = NetStats::default();
         assert_eq!(net.thinned_cap(Some(2_500_000.0), Some(2_500_000.0), t0), Some(2_500_000.0), "nothing thinned");
-        net.thinned(370_000.0, t0, true);
+        net.thinned(370_000.0, t0);
         assert!(net.just_thinned(ms(3_900)) && !net.just_thinned(ms(4_000)), "no probe for 4 s");
         // str0m's average still reads far above what got through: the cap stands.
         assert_eq!(net.thinned_cap(Some(1_800_000.0), Some(1_800_000.0), ms(1_000)), Some(370_000.0));
         assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_000)), Some(370_000.0), "past 4 s too");
         // A lower measure lowers it, unless taken while video was held for the link to drain
         // (the viewer's own silence).
-        net.thinned(340_000.0, ms(6_100), true);
+        net.thinned(340_000.0, ms(6_100));
         assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_200)), Some(340_000.0));
-        net.quiet_until = Some(ms(7_000));
-        net.thinned(150_000.0, ms(6_300), false);
+        net.quiet_until = Some(ms(6_340));
+        net.thinned(150_000.0, ms(6_300));
         assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_400)), Some(340_000.0));
-        // ...unless the link's queue was still deep: then it is the link's rate.
-        net.thinned(300_000.0, ms(6_350), true);
+        net.thinned(300_000.0, ms(6_350));
         assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_400)), Some(300_000.0));
+        // What it carried cleanly since the last stats raises a cap below it, never lowers it.
+        net.carried_clean(250_000.0);
+        assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_450)), Some(300_000.0));
+        net.carried_clean(320_000.0);
+        assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_450)), Some(320_000.0));
+        net.carried_clean(300_000.0);
+        assert_eq!(net.thinned_cap(Some(618_000.0), Some(618_000.0), ms(6_450)), Some(320_000.0));
         // The average come down to it: no cap.
-        assert_eq!(net.thinned_cap(Some(380_000.0), Some(380_000.0), ms(6_900)), Some(300_000.0), "not yet");
+        assert_eq!(net.thinned_cap(Some(380_000.0), Some(380_000.0), ms(6_900)), Some(320_000.0), "not yet");
         assert_eq!(net.thinned_cap(Some(290_000.0), Some(290_000.0), ms(7_000)), Some(290_000.0));
         assert!(net.just_thinned(ms(7_000)), "no probe for 4 s, cap or none");
         assert!(!net.capped());
         // Or a probe found more.
-        net.thinned(370_000.0, ms(8_000), true);
+        net.thinned(370_000.0, ms(8_000));
         net.uncap();
         assert_eq!(net.thinned_cap(Some(1_500_000.0), Some(1_500_000.0), ms(8_100)), Some(1_500_000.0));
     }
@@ -689,14 +735,14 @@ mod tests {
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut net = NetStats::default();
         assert_eq!((net.draining_cap(t0), net.pacing_ceiling(t0)), (None, None), "nothing thinned, nothing to change");
-        net.thinned(360_000.0, t0, true);
+        net.thinned(360_000.0, t0);
         assert_eq!(net.draining_cap(t0), Some(360_000.0));
         assert_eq!(net.pacing_ceiling(t0), None, "no viewer moved down: its media is not paced below");
         net.held(ms(10), Duration::ZERO);
         assert_eq!(net.pacing_ceiling(ms(10)), Some(Some(360_000.0)));
         assert_eq!(net.pacing_ceiling(ms(100)), None, "set once");
         // A later, lower measure (a dip, the hold's own silence) does not lower it, and keeps it.
-        net.thinned(175_000.0, ms(400), true);
+        net.thinned(175_000.0, ms(400));
         assert_eq!(net.draining_cap(ms(500)), Some(360_000.0));
         assert_eq!(net.pacing_ceiling(ms(500)), None);
         assert_eq!(net.draining_cap(ms(1_300)), Some(360_000.0), "a second after the last thinning");
@@ -704,7 +750,7 @@ mod tests {
         assert_eq!(net.pacing_ceiling(ms(1_400)), Some(None));
         assert!(net.capped());
         // A new thinning sets it again, at what the link carries then.
-        net.thinned(150_000.0, ms(3_000), true);
+        net.thinned(150_000.0, ms(3_000));
         net.held(ms(3_000), Duration::ZERO);
         assert_eq!(net.draining_cap(ms(3_000)), Some(150_000.0));
         assert_eq!(net.pacing_ceiling(ms(3_000)), Some(Some(150_000.0)));
