@@ -305,7 +305,12 @@ impl Sfu {
             prober.thinned(carried);
         }
         let uncapped = measured;
-        let measured = net.thinned_cap(*estimate_bps, measured, now);
+        // Within a share of it: the measure is the link's whole rate, and layers that fill it
+        // leave no room for a keyframe (VP8 rate-step: the middle layer's 15 fps taken 2 s
+        // after the step on 370 kbit/s of a 400 kbit/s link, left 0.7 s later, the lowest
+        // layer's first frames lost in the full queue, 3.3 s frozen until the viewer's
+        // keyframe request).
+        let measured = net.thinned_cap(*estimate_bps, measured, now).map(|m| net.cap().map_or(m, |c| m.min(c * CAPPED_SHARE)));
         if measured != uncapped {
             tracing::debug!(?measured, ?uncapped, "estimate capped where the link thinned");
         }

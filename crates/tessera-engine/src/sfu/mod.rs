@@ -104,6 +104,9 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
 /// its layers are chosen within, for a while (`NetStats::pacing_ceiling`): what is left drains
 /// the queue that overflowed.
 const DRAINING_SHARE: f64 = 0.8;
+/// The share of a thinned link's measured rate its layers are chosen within while that
+/// measure caps the estimate (`NetStats::thinned_cap`).
+const CAPPED_SHARE: f64 = 0.85;
 /// Bounds of `Consumer::hold_for_drain` (between, until the link's feedback shows its queue
 /// drained).
 const DRAIN_HOLD_MIN: Duration = Duration::from_millis(100);

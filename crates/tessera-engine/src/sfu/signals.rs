@@ -238,6 +238,11 @@ impl NetStats {
         self.thinned_to.is_some()
     }
 
+    /// The thinned link's measurement that caps the estimate now.
+    pub(super) fn cap(&self) -> Option<f64> {
+        self.thinned_to
+    }
+
     /// What a thinned link was measured to carry, until `PACING_CEILING_HOLD` after it last
     /// thinned, and not lowered within that: later measures read the drain hold's own silence
     /// or a dip of the raw estimate (as low as 175 kbit/s on a 400 kbit/s link). Layers are
