@@ -390,22 +390,24 @@ impl Sfu {
         net.note_rtt();
         if let Role::Viewer { raw_estimate_bps, .. } = &mut session.role {
             let mut raw = s.bwe_tx.map(|b| b.as_f64()).or(*raw_estimate_bps);
-            // A link that suddenly thins loses most of what is sent long before the estimator
-            // (delay-based, then loss-based) comes down: what got through bounds the estimate.
-            // Only with its queue full (the RTT up): bursts of loss on a link with room are not
-            // a lack of bandwidth.
-            if let (Some(loss), Some((bytes, at)), true) = (s.egress_loss_fraction, net.tx_mark, s.rtt.is_some() && net.queueing()) {
+            // What was sent since the last stats (bit/s) and over how long.
+            let sent = net.tx_mark.map(|(bytes, at)| {
                 let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
-                if loss > LOSSY && secs >= 0.2 {
-                    let delivered = s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs * (1.0 - loss as f64);
+                (s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs, secs)
+            });
+            let queueing = s.rtt.is_some() && net.queueing();
+            match (s.egress_loss_fraction, sent) {
+                // A link that suddenly thins loses most of what is sent long before the
+                // estimator (delay-based, then loss-based) comes down: what got through bounds
+                // the estimate. Only with its queue full (the RTT up): bursts of loss on a link
+                // with room are not a lack of bandwidth.
+                (Some(loss), Some((bps, secs))) if queueing && loss > LOSSY && secs >= 0.2 => {
+                    let delivered = bps * (1.0 - loss as f64);
                     raw = Some(raw.map_or(delivered, |r| r.min(delivered)));
                 }
-            }
-            if let (Some(0.0), Some((bytes, at)), true) = (s.egress_loss_fraction, net.tx_mark, s.rtt.is_some() && !net.queueing()) {
-                let secs = s.timestamp.saturating_duration_since(at).as_secs_f64();
-                if secs >= 0.5 {
-                    net.carried_clean(s.bytes_tx.saturating_sub(bytes) as f64 * 8.0 / secs);
-                }
+                // Neither lost nor queued: the link carried at least that (`carried_clean`).
+                (Some(0.0), Some((bps, secs))) if s.rtt.is_some() && !queueing && secs >= 0.5 => net.carried_clean(bps),
+                _ => {}
             }
             net.tx_mark = Some((s.bytes_tx, s.timestamp));
             *raw_estimate_bps = raw;
