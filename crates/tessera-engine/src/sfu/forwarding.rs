@@ -503,7 +503,7 @@ impl Sfu {
         };
         let (room, key) = (publisher.spec.room.clone(), (publisher.spec.user.clone(), publisher.spec.stream));
         let Some(packets) = recovered else {
-            self.fan_out_later(pub_id, room, key, fp, now);
+            self.fan_out(pub_id, &room, &key, &fp, now, None);
             return;
         };
         for (seq, ts, payload) in packets {
@@ -514,7 +514,7 @@ impl Sfu {
             if !primary {
                 self.counters.red_recovered.fetch_add(1, Ordering::Relaxed);
             }
-            self.fan_out_later(pub_id, room.clone(), key.clone(), unwrapped, now);
+            self.fan_out(pub_id, &room, &key, &unwrapped, now, None);
         }
     }
 
@@ -553,93 +553,14 @@ impl Sfu {
     /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
     /// `only`. Returns nothing; viewers written to are marked dirty.
     pub(super) fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
-        if only.is_none() {
-            self.hand_to_taps(room, key, fp, now);
-        }
-        let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
-        let mut ids = std::mem::take(&mut self.scratch_ids);
-        ids.clear();
-        match only {
-            Some(v) => ids.push(v),
-            None => ids.extend_from_slice(viewers),
-        }
-        let mut outcome = FanOut::default();
-        for vid in &ids {
-            let copy = self.copy_to_viewer(*vid, pub_id, key, fp, only.is_some(), now);
-            outcome.count(*vid, fp, copy);
-        }
-        self.scratch_ids = ids;
-        for vid in std::mem::take(&mut outcome.cut) {
-            self.allocate(vid, now);
-        }
-        self.fan_out_done(pub_id, room, key, outcome, now);
-    }
-
-    /// A WebRTC publisher's packet: its taps and pipes take it now, its viewers at the end of the
-    /// batch of datagrams it came in (`fan_out_pending`), each viewer all of the batch's packets
-    /// in turn: a frame's packets arrive together, and a viewer's state (its session, consumer,
-    /// send stream, queue) is read once for all of them instead of once per packet, hundreds of
-    /// viewers apart.
-    pub(super) fn fan_out_later(&mut self, pub_id: u64, room: RoomKey, key: (UserId, StreamKind), fp: FwdPacket, now: Instant) {
-        self.hand_to_taps(&room, &key, &fp, now);
-        self.pending_fan_out.push(PendingFanOut { pub_id, room, key, packet: fp });
-    }
-
-    /// Writes the packets `fan_out_later` kept to their viewers: per source, viewer by viewer,
-    /// each viewer its packets in the order they came.
-    pub(super) fn fan_out_pending(&mut self, now: Instant) {
-        while !self.pending_fan_out.is_empty() {
-            let mut pending = std::mem::take(&mut self.pending_fan_out);
-            let mut group = std::mem::take(&mut self.pending_group);
-            while !pending.is_empty() {
-                let PendingFanOut { pub_id, room, key, packet } = pending.remove(0);
-                group.clear();
-                group.push(packet);
-                let mut i = 0;
-                while i < pending.len() {
-                    if pending[i].pub_id == pub_id && pending[i].key == key {
-                        group.push(pending.remove(i).packet);
-                    } else {
-                        i += 1;
-                    }
-                }
-                let Some(viewers) = self.rooms.get(&room).and_then(|r| r.viewers.get(&key)) else { continue };
-                let mut ids = std::mem::take(&mut self.scratch_ids);
-                ids.clear();
-                ids.extend_from_slice(viewers);
-                let mut outcome = FanOut::default();
-                for vid in &ids {
-                    for fp in &group {
-                        let copy = self.copy_to_viewer(*vid, pub_id, &key, fp, false, now);
-                        outcome.count(*vid, fp, copy);
-                        // Re-allocated before its next packet is routed, as `fan_out` does.
-                        if let Some(cut) = outcome.cut.pop() {
-                            self.allocate(cut, now);
-                        }
-                    }
-                }
-                self.scratch_ids = ids;
-                self.fan_out_done(pub_id, &room, &key, outcome, now);
-            }
-            self.pending_group = group;
-            // The buffers are kept for the next batch; what the fan-out queued meanwhile (none
-            // today) goes in the next round.
-            if self.pending_fan_out.is_empty() {
-                self.pending_fan_out = pending;
-            }
-        }
-    }
-
-    /// A packet's audio level, taps and pipes: what takes it besides the viewers.
-    fn hand_to_taps(&mut self, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant) {
-        if let (MediaKind::Audio, Some(level)) = (fp.kind, fp.ext.audio_level) {
+        if let (None, MediaKind::Audio, Some(level)) = (only, fp.kind, fp.ext.audio_level) {
             self.note_audio_level(room, &key.0, key.1, level, now);
         }
         // Taps take one layer: the top one (or the only one), or the one a mix's tile needs; a
         // cluster tap takes them all.
         let tap_layer = fp.rid.is_none() || fp.rid.as_deref() == Some("h") || !self.tap_layers.is_empty();
         let taps = self.taps.get(room).map(|t| tap_layer || t.iter().any(|(_, k)| *k == TapKind::Cluster));
-        if taps == Some(true) {
+        if only.is_none() && taps == Some(true) {
             let tp = TapPacket {
                 user: key.0.clone(),
                 stream: key.1,
@@ -658,16 +579,20 @@ impl Sfu {
             };
             self.tap_out(room, tp, fp.route, (fp.rid, fp.keyframe));
         }
-        if !self.pipes.is_empty() {
+        if only.is_none() && !self.pipes.is_empty() {
             self.pipe_out(room, key, fp);
         }
-    }
-
-    /// Routes one packet to one viewer's consumer of its source and writes it to the viewer's
-    /// send stream if the route says so.
-    #[inline]
-    fn copy_to_viewer(&mut self, vid: u64, pub_id: u64, key: &(UserId, StreamKind), fp: &FwdPacket, replay: bool, now: Instant) -> Copy {
+        let Some(viewers) = self.rooms.get(room).and_then(|r| r.viewers.get(key)) else { return };
+        let mut ids = std::mem::take(&mut self.scratch_ids);
+        ids.clear();
+        match only {
+            Some(v) => ids.push(v),
+            None => ids.extend_from_slice(viewers),
+        }
         let (kind, rid) = (fp.kind, fp.rid);
+        let mut want_keyframe = false;
+        let mut need_gop: Vec<u64> = Vec::new();
+        let mut cut_viewers: Vec<u64> = Vec::new();
         // An internal publisher's viewers start from its cached GOP, unless it is simulcast (a
         // piped stream, a cluster relay's mirror): then each layer's keyframe is asked for.
         let (internal, piped) = match self.internal.get(&pub_id) {
@@ -675,95 +600,105 @@ impl Sfu {
             None => (false, false),
         };
         let saturated = self.busy_permille >= SATURATED_PERMILLE;
-        let Some(viewer) = self.sessions.get_mut(&vid) else { return Copy::Skipped };
-        if !viewer.connected {
-            return Copy::Skipped;
-        }
-        let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, pacing_floor, .. } = &mut viewer.role else { return Copy::Skipped };
-        let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { return Copy::Skipped };
-        let first = c.unstarted();
-        let link_queues = viewer.net.congested(now);
-        // By the first packet sent after the hold began (audio): its wait holds everything
-        // sent before it, and as little has been sent since, the queue is drained when that
-        // wait has passed since it was sent — read ahead of the feedback that would say so
-        // (a round trip and up to its interval later). A packet from before the hold does
-        // not tell: the queue kept filling after it (measured: the keyframe released into
-        // a queue still growing to its 300 ms limit).
-        let link_full = c.draining_since().is_some_and(|since| viewer.peer.rtc.bwe_queue_left(now).is_none_or(|(left, sent)| sent < since || !left.is_zero()));
-        let mut api = viewer.peer.rtc.direct_api();
-        let Some(tx) = api.stream_tx_for_send(c.mid, None) else { return Copy::Skipped };
-        // How long the queue takes to empty: at the rate it was measured to empty, else at
-        // the pacer's (1.1 × the estimate, or its floor).
-        let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
-        let queued = match tx.queue_info() {
-            Some(q) => {
-                c.departure.sample(q.created_at(), q.byte_size());
-                let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
-                Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues, link_full }
+        // Counted here and added to the shared counters once: two atomic adds per copy were a
+        // measurable part of the fan-out at hundreds of viewers.
+        let (mut forwarded, mut dropped) = (0u64, 0u64);
+        for vid in &ids {
+            let Some(viewer) = self.sessions.get_mut(vid) else { continue };
+            if !viewer.connected {
+                continue;
             }
-            None => Queued { link_full, ..Queued::default() },
-        };
-        match c.route(fp, pub_id, internal, replay, queued, &mut || tx.clear_queue(), now) {
-            Route::Skip => Copy::Skipped,
-            Route::WaitKeyframe => Copy::WaitKeyframe,
-            Route::ReplayGop => Copy::ReplayGop,
-            Route::Dropped { broken } => {
-                // A simulcast layer cut after running steadily is not restarted: the viewer
-                // is re-allocated at once, below it (`Consumer::cut_layer`), and the keyframe
-                // it then needs is the lower layer's, asked for when the consumer waits.
-                match (broken, rid) {
-                    (true, Some(r)) if c.cut_layer(pub_id, now) == Some(r) => Copy::Dropped { cut: true, keyframe: false },
-                    _ => Copy::Dropped { cut: false, keyframe: broken && (!internal || piped) },
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, playout_min, pacing_floor, .. } = &mut viewer.role else { continue };
+            let Some(c) = consumers.iter_mut().find(|c| c.kind == kind && c.allowed && c.source == *key) else { continue };
+            let first = c.unstarted();
+            let link_queues = viewer.net.congested(now);
+            // By the first packet sent after the hold began (audio): its wait holds everything
+            // sent before it, and as little has been sent since, the queue is drained when that
+            // wait has passed since it was sent — read ahead of the feedback that would say so
+            // (a round trip and up to its interval later). A packet from before the hold does
+            // not tell: the queue kept filling after it (measured: the keyframe released into
+            // a queue still growing to its 300 ms limit).
+            let link_full = c.draining_since().is_some_and(|since| viewer.peer.rtc.bwe_queue_left(now).is_none_or(|(left, sent)| sent < since || !left.is_zero()));
+            let mut api = viewer.peer.rtc.direct_api();
+            let Some(tx) = api.stream_tx_for_send(c.mid, None) else { continue };
+            // How long the queue takes to empty: at the rate it was measured to empty, else at
+            // the pacer's (1.1 × the estimate, or its floor).
+            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
+            let queued = match tx.queue_info() {
+                Some(q) => {
+                    c.departure.sample(q.created_at(), q.byte_size());
+                    let drain = c.departure.drain(q.byte_size()).or(pacing_bps.map(|r| Duration::from_secs_f64(q.byte_size() as f64 * 8.0 / r.max(1.0))));
+                    Queued { packets: q.packet_count(), oldest: q.first_unsent(), drain, saturated, link_queues, link_full }
                 }
-            }
-            Route::Send { pt, seq, ts, picture_id } => {
-                c.departure.wrote(fp.payload.len());
-                let (pt, payload) = match (c.red.as_mut(), picture_id.zip(fp.vp8)) {
-                    (Some(red), _) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
-                    // A copy only for a viewer whose VP8 IDs are rewritten (it dropped
-                    // frames or changed source).
-                    (_, Some(((id, tl0), d))) => {
-                        let mut p = fp.payload.to_vec();
-                        d.set_picture_id(&mut p, id);
-                        if let Some(tl0) = tl0 {
-                            d.set_tl0_pic_idx(&mut p, tl0);
-                        }
-                        (pt, p.into())
+                None => Queued { link_full, ..Queued::default() },
+            };
+            match c.route(fp, pub_id, internal, only.is_some(), queued, &mut || tx.clear_queue(), now) {
+                Route::Skip => continue,
+                Route::WaitKeyframe => {
+                    want_keyframe = true;
+                    continue;
+                }
+                Route::ReplayGop => {
+                    need_gop.push(*vid);
+                    continue;
+                }
+                Route::Dropped { broken } => {
+                    dropped += 1;
+                    // A simulcast layer cut after running steadily is not restarted: the viewer
+                    // is re-allocated at once, below it (`Consumer::cut_layer`), and the keyframe
+                    // it then needs is the lower layer's, asked for when the consumer waits.
+                    match (broken, rid) {
+                        (true, Some(r)) if c.cut_layer(pub_id, now) == Some(r) => cut_viewers.push(*vid),
+                        _ => want_keyframe |= broken && (!internal || piped),
                     }
-                    _ => (pt, fp.payload.clone()),
-                };
-                let mut ext = fp.ext.clone();
-                if let (MediaKind::Video, Some(min)) = (kind, *playout_min) {
-                    ext.play_delay_min = Some(MediaTime::new(min.as_millis() as u64 / 10, Frequency::HUNDREDTHS));
-                    ext.play_delay_max = Some(MediaTime::new(PLAYOUT_DELAY_MAX_CS, Frequency::HUNDREDTHS));
+                    continue;
                 }
-                tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, payload).marker(fp.marker).ext_vals(ext).nackable(kind == MediaKind::Video));
-                if first {
-                    self.out.push_back(SfuOutput::FirstMedia { session: vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });
+                Route::Send { pt, seq, ts, picture_id } => {
+                    c.departure.wrote(fp.payload.len());
+                    let (pt, payload) = match (c.red.as_mut(), picture_id.zip(fp.vp8)) {
+                        (Some(red), _) if fp.codec == Codec::Opus => (red.pt, red.wrap(seq, ts, &fp.payload, *pt).into()),
+                        // A copy only for a viewer whose VP8 IDs are rewritten (it dropped
+                        // frames or changed source).
+                        (_, Some(((id, tl0), d))) => {
+                            let mut p = fp.payload.to_vec();
+                            d.set_picture_id(&mut p, id);
+                            if let Some(tl0) = tl0 {
+                                d.set_tl0_pic_idx(&mut p, tl0);
+                            }
+                            (pt, p.into())
+                        }
+                        _ => (pt, fp.payload.clone()),
+                    };
+                    let mut ext = fp.ext.clone();
+                    if let (MediaKind::Video, Some(min)) = (kind, *playout_min) {
+                        ext.play_delay_min = Some(MediaTime::new(min.as_millis() as u64 / 10, Frequency::HUNDREDTHS));
+                        ext.play_delay_max = Some(MediaTime::new(PLAYOUT_DELAY_MAX_CS, Frequency::HUNDREDTHS));
+                    }
+                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, payload).marker(fp.marker).ext_vals(ext).nackable(kind == MediaKind::Video));
+                    if first {
+                        self.out.push_back(SfuOutput::FirstMedia { session: *vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });
+                    }
                 }
-                if !viewer.dirty {
-                    viewer.dirty = true;
-                    self.dirty.push(vid);
-                }
-                Copy::Sent
+            }
+            forwarded += 1;
+            if !viewer.dirty {
+                viewer.dirty = true;
+                self.dirty.push(*vid);
             }
         }
-    }
-
-    /// After a fan-out: the counters, the keyframes asked for, the GOP replays.
-    fn fan_out_done(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), outcome: FanOut, now: Instant) {
-        let FanOut { forwarded, bytes, dropped, keyframes, need_gop, .. } = outcome;
-        // Counted per fan-out and added to the shared counters once: two atomic adds per copy
-        // were a measurable part of the fan-out at hundreds of viewers.
+        self.scratch_ids = ids;
         if forwarded > 0 {
             self.counters.packets_forwarded.fetch_add(forwarded, Ordering::Relaxed);
-            self.counters.bytes_forwarded.fetch_add(bytes, Ordering::Relaxed);
+            self.counters.bytes_forwarded.fetch_add(forwarded * fp.payload.len() as u64, Ordering::Relaxed);
         }
         if dropped > 0 {
             self.counters.packets_dropped.fetch_add(dropped, Ordering::Relaxed);
         }
-        for (mid, rid) in keyframes {
-            self.request_keyframe(pub_id, mid, rid, now);
+        for vid in cut_viewers {
+            self.allocate(vid, now);
+        }
+        if want_keyframe {
+            self.request_keyframe(pub_id, fp.mid, rid, now);
         }
         for vid in need_gop {
             let gop: Vec<FwdPacket> = self.internal.get(&pub_id).map(|p| p.gop.packets()).unwrap_or_default();
@@ -971,73 +906,6 @@ impl Sfu {
                 s.dirty = true;
                 self.dirty.push(pub_id);
             }
-        }
-    }
-}
-
-/// A WebRTC publisher's packet waiting for the end of its batch (`Sfu::fan_out_later`).
-pub(super) struct PendingFanOut {
-    pub_id: u64,
-    room: RoomKey,
-    key: (UserId, StreamKind),
-    packet: FwdPacket,
-}
-
-/// What writing one packet to one viewer came to (`Sfu::copy_to_viewer`).
-enum Copy {
-    Skipped,
-    WaitKeyframe,
-    ReplayGop,
-    /// Dropped; `cut`: its simulcast layer was cut (the viewer is re-allocated); `keyframe`: the
-    /// viewer's stream broke and needs one.
-    Dropped {
-        cut: bool,
-        keyframe: bool,
-    },
-    Sent,
-}
-
-/// What one fan-out came to over its viewers.
-#[derive(Default)]
-struct FanOut {
-    forwarded: u64,
-    bytes: u64,
-    dropped: u64,
-    /// The (mid, rid) of the layers a keyframe is asked for.
-    keyframes: Vec<(Mid, Option<Rid>)>,
-    need_gop: Vec<u64>,
-    cut: Vec<u64>,
-}
-
-impl FanOut {
-    fn count(&mut self, vid: u64, fp: &FwdPacket, copy: Copy) {
-        match copy {
-            Copy::Skipped => {}
-            Copy::WaitKeyframe => self.want_keyframe(fp),
-            Copy::ReplayGop => {
-                if !self.need_gop.contains(&vid) {
-                    self.need_gop.push(vid);
-                }
-            }
-            Copy::Dropped { cut, keyframe } => {
-                self.dropped += 1;
-                if cut {
-                    self.cut.push(vid);
-                }
-                if keyframe {
-                    self.want_keyframe(fp);
-                }
-            }
-            Copy::Sent => {
-                self.forwarded += 1;
-                self.bytes += fp.payload.len() as u64;
-            }
-        }
-    }
-
-    fn want_keyframe(&mut self, fp: &FwdPacket) {
-        if !self.keyframes.contains(&(fp.mid, fp.rid)) {
-            self.keyframes.push((fp.mid, fp.rid));
         }
     }
 }

@@ -367,10 +367,6 @@ pub struct Sfu {
     events: Vec<(u64, Event)>,
     dirty: Vec<u64>,
     scratch_ids: Vec<u64>,
-    /// WebRTC publishers' packets of the batch of datagrams being read, for their viewers
-    /// (`fan_out_later`), and one source's of them (`fan_out_pending`).
-    pending_fan_out: Vec<forwarding::PendingFanOut>,
-    pending_group: Vec<FwdPacket>,
     /// Every session's next timeout, soonest first: finding the due peers costs O(log n) per
     /// due peer instead of a scan of all sessions per wake-up (the media task wakes thousands
     /// of times a second for the pacers). An entry is live while its session's `queued_at`
@@ -458,8 +454,6 @@ impl Sfu {
             events: Vec::new(),
             dirty: Vec::new(),
             scratch_ids: Vec::new(),
-            pending_fan_out: Vec::new(),
-            pending_group: Vec::new(),
             timers: std::collections::BinaryHeap::new(),
             next_tick: now + TICK,
             empty_room_timeout,
@@ -977,11 +971,10 @@ impl Sfu {
     /// Drains every dirty peer's output and handles the events, until nothing is left.
     fn drain_all(&mut self, now: Instant) {
         loop {
-            self.fan_out_pending(now);
             while let Some(id) = self.dirty.pop() {
                 self.drain_one(id, now);
             }
-            if self.events.is_empty() && self.pending_fan_out.is_empty() {
+            if self.events.is_empty() {
                 break;
             }
             self.handle_events(now);
