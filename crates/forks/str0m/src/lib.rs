@@ -946,8 +946,7 @@ pub struct Rtc {
     // Last timeout returned by `poll_output`, reused while the readiness says
     // the timeout is still valid.
     cached_timeout: Instant,
-    // Tessera fork: The soonest timer other than the send path's (send queues, estimator, pacer),
-    // computed with `cached_timeout`.
+    // Tessera fork: The soonest timer other than the pacer's, computed with `cached_timeout`.
     cached_others_timeout: Instant,
 }
 
@@ -2153,30 +2152,21 @@ impl Rtc {
 
         self.last_now = now;
 
-        // Tessera fork: Every packet written asks for a timeout (to be stamped into its send
-        // queue), the pacer for one after each burst it releases, the estimator for its own.
-        // When that is this timeout's reason, nothing changed since the timers were read, and no
-        // other timer (ICE, DTLS, SCTP, stats, the session's reports, NACK, TWCC feedback) is
-        // due, only the send path's part runs: per forwarded frame, the rest of the tree was
-        // most of the timeout's cost.
-        if matches!(
-            self.last_timeout_reason,
-            Reason::Pacer(_)
-                | Reason::SendStream
-                | Reason::BweDelayControl
-                | Reason::BweProbeControl
-                | Reason::BweProbeEstimator
-        ) && !self.readiness.wants_timeout()
+        // Tessera fork: The pacer asks for a timeout after each packet it releases. When that is
+        // this timeout's reason, nothing changed since the timers were read, and no other timer
+        // (ICE, DTLS, SCTP, RTCP, NACK, TWCC, BWE, stats) is due, only the pacer's part runs:
+        // per forwarded packet, the rest of the tree was most of the timeout's cost.
+        if matches!(self.last_timeout_reason, Reason::Pacer(_))
+            && !self.readiness.wants_timeout()
             && now < self.cached_others_timeout
         {
             let Rtc {
                 session, readiness, ..
             } = self;
             let mut wake = readiness.wake();
-            // Only the send queues', the pacer's and the estimator's state moved: the session's
-            // sends.
+            // Only the pacer's and the estimator's state moved: the session's sends.
             wake.only_sends();
-            if session.handle_send_timeout(now, &mut wake) {
+            if session.handle_pacer_timeout(now, &mut wake) {
                 return Ok(());
             }
         }

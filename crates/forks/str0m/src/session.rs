@@ -109,9 +109,8 @@ pub(crate) struct Session {
     pacer: PacerImpl,
     pacer_control: PacerControl,
 
-    /// Tessera fork: When the session's timers other than the send path's (the send queues'
-    /// stamping, the estimator, the pacer) next fire, as of the last `poll_timeout`: before
-    /// then, a timeout needs only the send path's part (`handle_send_timeout`).
+    /// Tessera fork: When the session's timers other than the pacer next fire, as of the last
+    /// `poll_timeout`: before then, a timeout the pacer asked for needs only the pacer's part.
     others_at: Option<Instant>,
 
     // temporary buffer when getting the next (unencrypted) RTP packet from Media line.
@@ -1377,35 +1376,25 @@ impl Session {
             .soonest((twcc_at, Reason::Twcc))
             .soonest((receive_at, Reason::ReceiveReorder))
             .soonest((packetize_at, Reason::Packetize))
-            .soonest((paused_at, Reason::PauseCheck));
-        self.others_at = others.0;
-        others
+            .soonest((paused_at, Reason::PauseCheck))
             .soonest((send_stream_at, Reason::SendStream))
-            .soonest(bwe_at)
-            .soonest(pacing_at)
+            .soonest(bwe_at);
+        self.others_at = others.0;
+        others.soonest(pacing_at)
     }
 
-    /// Tessera fork: When the session's timers other than the send path's next fire (see
-    /// `others_at`).
+    /// Tessera fork: When the session's timers other than the pacer next fire (see `others_at`).
     pub fn others_timeout(&self) -> Option<Instant> {
         self.others_at
     }
 
-    /// Tessera fork: The send path's part of `handle_timeout` alone: the packets written since
-    /// the last timeout stamped into their send queues, the estimator run (as often as before:
-    /// its smoothing and probing count calls), the pacer's queue states refreshed and its next
-    /// packet chosen. Every packet written asks for a timeout to be stamped, the pacer asks for
-    /// one after every burst it releases and the estimator for its own every few tens of ms;
-    /// when no other timer of the session is due (`others_timeout`: reports, NACK, TWCC
-    /// feedback, requests, pause checks), this is all those timeouts change. Returns false
-    /// (nothing done) where the whole timeout is needed.
-    pub fn handle_send_timeout(&mut self, now: Instant, _wake: &mut Wake) -> bool {
+    /// Tessera fork: The pacer's and the bandwidth estimator's part of `handle_timeout` alone: the
+    /// estimator as often as before (its smoothing and probing count calls), the pacer's queue
+    /// states refreshed and its next packet chosen. The pacer asks for a timeout after every
+    /// packet it releases; when no other timer of the session is due (`others_timeout`), this
+    /// is all that timeout changes. Returns false (nothing done) where the whole timeout is needed.
+    pub fn handle_pacer_timeout(&mut self, now: Instant, _wake: &mut Wake) -> bool {
         if self.rtp_closing || self.others_at.is_none_or(|at| at <= now) {
-            return false;
-        }
-        // A stream's first timeout reads its media (`StreamTx::on_first_timeout`): the whole
-        // path does that.
-        if !self.streams.stamp_send_queues(now) {
             return false;
         }
         let probe_media = self.handle_timeout_bwe(now);

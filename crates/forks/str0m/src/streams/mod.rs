@@ -418,21 +418,6 @@ impl Streams {
         }
     }
 
-    /// Tessera fork: stamps the packets written since the last timeout into their send
-    /// queues (what `handle_timeout` does for a send stream besides reports), unless a stream
-    /// has not had its first timeout yet: then nothing is done and it returns false.
-    pub(crate) fn stamp_send_queues(&mut self, now: Instant) -> bool {
-        if self.streams_tx.values().any(|s| s.need_timeout() && !s.had_first_timeout()) {
-            return false;
-        }
-        for stream in self.streams_tx.values_mut() {
-            if stream.need_timeout() {
-                stream.stamp_send_queue(now);
-            }
-        }
-        true
-    }
-
     pub(crate) fn pending_request(&self) -> Option<Instant> {
         if self.streams_rx.values().any(|s| s.has_pending_request()) {
             Some(already_happened())

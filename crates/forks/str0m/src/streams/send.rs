@@ -1348,17 +1348,6 @@ impl StreamTx {
         self.send_queue.need_timeout()
     }
 
-    /// Tessera fork: whether `handle_timeout` has run once (the stream knows its media kind).
-    pub(crate) fn had_first_timeout(&self) -> bool {
-        self.kind.is_some()
-    }
-
-    /// Tessera fork: `handle_timeout` for a stream that has had its first: the written packets
-    /// stamped.
-    pub(crate) fn stamp_send_queue(&mut self, now: Instant) {
-        self.send_queue.handle_timeout(now);
-    }
-
     pub(crate) fn handle_timeout<'a>(
         &mut self,
         now: Instant,
