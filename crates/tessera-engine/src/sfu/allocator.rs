@@ -470,6 +470,9 @@ fn backoff(failures: u32) -> Duration {
     PROBE_BACKOFF.saturating_mul(1 << failures.saturating_sub(1).min(4)).min(PROBE_BACKOFF_MAX)
 }
 
+/// How long after a probe failed a queue is still its overshoot draining (`overshooting`): the
+/// link's queue (up to ~300 ms) and a feedback's round trip.
+const OVERSHOOT_DRAIN: Duration = Duration::from_secs(1);
 /// A standing queue this soon after a probe found its room says the room was not there.
 const DISPROVE_WITHIN: Duration = Duration::from_secs(15);
 /// Under this share of a probe's goal, what a queueing link carries says the link changed
@@ -522,7 +525,11 @@ impl Prober {
             }
             Some(p) if estimate < p.from * PROBE_OVERUSE || queueing => self.fail(plan, now),
             Some(p) if now.duration_since(p.since) >= PROBE_WINDOW => {
-                if estimate >= p.from * 1.1 {
+                // By the raw value once it rose during the probe: the average trails it by
+                // seconds (harness, rate step: str0m's probes took 3 s to start climbing, the
+                // raw value read 695 kbit/s at the window's end, the average 195, and the
+                // failure's doubled back-off held the viewer on its lowest layer 10 s more).
+                if found >= p.from * 1.1 {
                     // Still climbing (the estimator grows by steps): another window.
                     self.probe = Some(Probe { goal: p.goal, since: now, from: estimate, raw_from: p.raw_from });
                     (p.goal, p.goal * PROBE_HEADROOM)
@@ -622,6 +629,12 @@ impl Prober {
 
     pub fn probing(&self) -> bool {
         self.probe.is_some()
+    }
+
+    /// Whether a queue on the link now is this viewer's own probe's: a probe runs, or one
+    /// failed within `OVERSHOOT_DRAIN` (its padding stopped; what it queued is still draining).
+    pub fn overshooting(&self, now: Instant) -> bool {
+        self.probing() || self.failed_from.is_some_and(|(_, until)| now + PROBE_WINDOW < until + OVERSHOOT_DRAIN)
     }
 
     /// The estimate from before the probe under way (or one failed moments ago).

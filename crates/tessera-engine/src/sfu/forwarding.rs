@@ -269,7 +269,13 @@ impl Sfu {
         // What arrived over the last moments of a queueing link is its rate (`LinkSigns::
         // thinned_by`): known at the first feedback that shows a queue.
         let delivered = signs.queueing.then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
-        let thinning = signs.thinning() || signs.thinned_by(delivered, *estimate_bps);
+        // Not while this viewer's probe runs or its overshoot drains: a queue then is the
+        // probe's own (the probe fails at once, below), and what arrives first is its padding's
+        // ramp and the media under it. Read as a thinned link, it capped the estimate under the
+        // lowest layer (harness, rate step: 145 kbit/s of a 400 kbit/s link) and no probe ran
+        // until the cap ran out, 17 s after the link came back. A link that did thin still
+        // queues once the overshoot has drained, and the feedback then says so.
+        let thinning = (signs.thinning() || signs.thinned_by(delivered, *estimate_bps)) && !prober.overshooting(now);
         let delivered = delivered.filter(|_| thinning);
         let raw = match losing {
             true => raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min),
@@ -305,12 +311,7 @@ impl Sfu {
             prober.thinned(carried);
         }
         let uncapped = measured;
-        // Within a share of it: the measure is the link's whole rate, and layers that fill it
-        // leave no room for a keyframe (VP8 rate-step: the middle layer's 15 fps taken 2 s
-        // after the step on 370 kbit/s of a 400 kbit/s link, left 0.7 s later, the lowest
-        // layer's first frames lost in the full queue, 3.3 s frozen until the viewer's
-        // keyframe request).
-        let measured = net.thinned_cap(*estimate_bps, measured, now).map(|m| net.cap().map_or(m, |c| m.min(c * CAPPED_SHARE)));
+        let measured = net.thinned_cap(*estimate_bps, measured, now);
         if measured != uncapped {
             tracing::debug!(?measured, ?uncapped, "estimate capped where the link thinned");
         }
