@@ -1136,7 +1136,7 @@ mod tests {
 /// The rate step (issue 17's: 3 Mbit/s → 400 kbit/s for 10 s → 3 Mbit/s) over links that differ
 /// in delay, jitter and their random draws, emulated faster than real time: where a rare stall
 /// of the climb back shows in seconds instead of in one Chromium run of twenty.
-/// `SEED=n` runs one link; `SEED_LOG=<filter>` (e.g. `tessera_engine::sfu=debug`) prints the
+/// `SEED=n` runs one link, `SEEDS=n` the first n; `SEED_LOG=<filter>` (e.g. `tessera_engine::sfu=debug`) prints the
 /// SFU's logs stamped with the emulated time in ms since the publisher started.
 #[cfg(test)]
 mod rate_step {
@@ -1210,7 +1210,8 @@ mod rate_step {
         }
         let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
         let mut within_10 = 0;
-        let seeds: Vec<u64> = only.map_or((0..10).collect(), |s| vec![s]);
+        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let seeds: Vec<u64> = only.map_or((0..count).collect(), |s| vec![s]);
         for &seed in &seeds {
             let (top_before, down_after, up_after) = rate_step(seed);
             println!("link {seed}: top-layer frames in the 2 s before the step {top_before}, low layer after {down_after:?} s, top again after {up_after:?} s");

@@ -37,10 +37,6 @@ const PROBE_AFTER_SUCCESS: Duration = Duration::from_secs(1);
 /// No probe in a viewer's first seconds: the estimate is still the configured start, not a
 /// measurement, and padding up to it could flood a thin link.
 const PROBE_SETTLE: Duration = Duration::from_secs(3);
-/// An estimate this far below the probe's start means the probe overloads the link (the
-/// estimator has seen its queue grow); so does a link that queues (its RTT well above the
-/// lowest seen).
-const PROBE_OVERUSE: f64 = 0.85;
 /// RTP headers and extensions on top of a layer's measured payload rate (the estimate counts
 /// RTP packets).
 pub const OVERHEAD: f64 = 1.04;
@@ -523,7 +519,11 @@ impl Prober {
                 self.next_at = Some(self.next_at.map_or(after, |t| t.max(after)));
                 (0.0, p.goal)
             }
-            Some(p) if estimate < p.from * PROBE_OVERUSE || queueing => self.fail(plan, now),
+            // Its estimate falling is not enough: str0m stops padding by itself on overuse, and
+            // a cluster it measured wrong lowers the estimate on a link with room (harness,
+            // rate step: 141 kbit/s read on 3 Mbit/s; failed then, the doubled back-off held the
+            // viewer on its lowest layer 11 s after the link came back).
+            Some(_) if queueing => self.fail(plan, now),
             Some(p) if now.duration_since(p.since) >= PROBE_WINDOW => {
                 // By the raw value once it rose during the probe: the average trails it by
                 // seconds (harness, rate step: str0m's probes took 3 s to start climbing, the
@@ -531,7 +531,7 @@ impl Prober {
                 // failure's doubled back-off held the viewer on its lowest layer 10 s more).
                 if found >= p.from * 1.1 {
                     // Still climbing (the estimator grows by steps): another window.
-                    self.probe = Some(Probe { goal: p.goal, since: now, from: estimate, raw_from: p.raw_from });
+                    self.probe = Some(Probe { since: now, from: estimate, ..p });
                     (p.goal, p.goal * PROBE_HEADROOM)
                 } else {
                     self.fail(plan, now)
@@ -905,9 +905,11 @@ mod tests {
         assert!(p.probing());
         assert_eq!(budget(Some(560_000.0), p.held(t0 + PROBE_SETTLE)), Some(620_000.0));
         assert_eq!(budget(Some(300_000.0), p.held(t0 + PROBE_SETTLE)), Some(300_000.0), "unless it collapses");
-        // Failed on the dip: the estimate from before stands a moment longer.
+        // Failed when the link queues: the estimate from before stands a moment longer.
         let later = t0 + PROBE_SETTLE + Duration::from_millis(500);
         p.step(&mid, Some(500_000.0), false, later);
+        assert!(p.probing(), "a dip alone does not end it");
+        p.step(&mid, Some(500_000.0), true, later);
         assert!(!p.probing());
         assert_eq!(budget(Some(500_000.0), p.held(later)), Some(620_000.0));
         assert_eq!(budget(Some(500_000.0), p.held(later + PROBE_WINDOW)), Some(500_000.0));
@@ -1001,10 +1003,12 @@ mod tests {
         let goal = mid.next_bps.unwrap();
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(2_000)), None);
         assert!(!p.probing());
-        // A probe that makes the estimate fall stops at once and backs off 5 s.
+        // A probe whose link queues stops at once and backs off 5 s; an estimate that falls
+        // without a queue (str0m measured a cluster wrong) does not stop it.
         let s = |ms: u64| t0 + PROBE_SETTLE + PROBE_AFTER_SUCCESS + Duration::from_millis(ms);
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(2_000)), Some((goal, goal * PROBE_HEADROOM)));
-        assert_eq!(p.step(&mid, Some(500_000.0), false, s(2_500)), Some((0.0, mid.used_bps)), "overuse");
+        assert_eq!(p.step(&mid, Some(450_000.0), false, s(2_300)), None, "a dip alone");
+        assert_eq!(p.step(&mid, Some(500_000.0), true, s(2_500)), Some((0.0, mid.used_bps)), "overuse");
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(7_000)), None, "backing off");
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(7_600)), Some((goal, goal * PROBE_HEADROOM)));
         // Climbing slowly gets another window; a stall fails, and the back-off doubles.
@@ -1020,13 +1024,13 @@ mod tests {
         let mut p = Prober::default();
         p.step(&mid, Some(620_000.0), false, t0);
         assert!(p.step(&mid, Some(620_000.0), false, t0 + PROBE_SETTLE).is_some());
-        p.step(&mid, Some(500_000.0), false, t0 + PROBE_SETTLE + Duration::from_millis(500));
+        p.step(&mid, Some(500_000.0), true, t0 + PROBE_SETTLE + Duration::from_millis(500));
         let low = plan(&tracks, 40_000.0, Some(300_000.0));
         let t = t0 + PROBE_SETTLE + PROBE_BACKOFF + Duration::from_secs(1);
         assert!(p.step(&low, Some(300_000.0), false, t).is_some());
         p.step(&low, Some(low.next_bps.unwrap()), false, t + Duration::from_secs(1));
         p.step(&mid, Some(620_000.0), false, t + Duration::from_secs(5));
-        p.step(&mid, Some(500_000.0), false, t + Duration::from_millis(5_500));
+        p.step(&mid, Some(500_000.0), true, t + Duration::from_millis(5_500));
         assert_eq!(p.step(&mid, Some(620_000.0), false, t + Duration::from_secs(14)), None, "the second failure of the top: 10 s");
         // A small step that fails backs off 5 s every time.
         let mut p = Prober::default();
@@ -1037,7 +1041,7 @@ mod tests {
         let mut t = t0 + PROBE_SETTLE;
         for _ in 0..3 {
             assert_eq!(p.step(&low, Some(400_000.0), false, t), Some((goal, goal * PROBE_HEADROOM)));
-            assert_eq!(p.step(&low, Some(300_000.0), false, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
+            assert_eq!(p.step(&low, Some(300_000.0), true, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
             t += Duration::from_millis(300) + PROBE_BACKOFF;
         }
         // After the link thinned to carry 400 kbit/s, a probe from a lower estimate to the
@@ -1054,7 +1058,7 @@ mod tests {
                 p.thinned(400_000.0);
             }
             assert_eq!(p.step(&low, Some(300_000.0), false, t), Some((goal, goal * PROBE_HEADROOM)), "the link thinned first: {thinned}");
-            assert_eq!(p.step(&low, Some(200_000.0), false, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
+            assert_eq!(p.step(&low, Some(200_000.0), true, t + Duration::from_millis(300)), Some((0.0, low.used_bps)));
             t += Duration::from_millis(300) + PROBE_BACKOFF;
         }
         // A viewer over its estimate (a layer kept by hysteresis) does not probe.

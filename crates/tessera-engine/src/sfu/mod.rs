@@ -104,6 +104,9 @@ fn playout_delay(current: Option<Duration>, lossy_at: Option<Instant>, rtt: Opti
 /// its layers are chosen within, for a while (`NetStats::pacing_ceiling`): what is left drains
 /// the queue that overflowed.
 const DRAINING_SHARE: f64 = 0.8;
+/// str0m's recent transport-wide loss (`Rtc::bwe_loss_now`) under which a viewer's link counts
+/// as not losing (`NetStats::loss_hold_stale`'s clean link): a lost packet in a few hundred.
+const CLEAN_LOSS: f64 = 0.002;
 /// The share of a thinned link's measured rate its layers are chosen within while that
 /// measure caps the estimate (`NetStats::thinned_cap`).
 const CAPPED_SHARE: f64 = 0.85;
