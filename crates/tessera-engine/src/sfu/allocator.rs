@@ -37,6 +37,11 @@ const PROBE_AFTER_SUCCESS: Duration = Duration::from_secs(1);
 /// No probe in a viewer's first seconds: the estimate is still the configured start, not a
 /// measurement, and padding up to it could flood a thin link.
 const PROBE_SETTLE: Duration = Duration::from_secs(3);
+/// An estimate this far below the probe's start, with the link's queue delay at least
+/// `PROBE_OVERUSE_DELAY`, means the probe overloads the link; so does a link that queues (its
+/// RTT well above the lowest seen).
+const PROBE_OVERUSE: f64 = 0.85;
+const PROBE_OVERUSE_DELAY: Duration = Duration::from_millis(20);
 /// RTP headers and extensions on top of a layer's measured payload rate (the estimate counts
 /// RTP packets).
 pub const OVERHEAD: f64 = 1.04;
@@ -482,14 +487,15 @@ impl Prober {
     /// above the lowest seen).
     #[cfg(test)]
     pub fn step(&mut self, plan: &Plan, estimate_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
-        self.step_with_raw(plan, estimate_bps, None, queueing, now)
+        self.step_with_raw(plan, estimate_bps, None, queueing, None, now)
     }
 
     /// `step`, where str0m's raw estimate as of now (`raw_bps`) also tells a probe that found
     /// its room: the averaged estimate follows it seconds later (measured after a rate step
     /// back up: raw 1.37 Mbit/s while the average still read 340 kbit/s, the probe failed on
     /// the average and the back-off held the viewer on its lowest layer for 10 s more).
-    pub fn step_with_raw(&mut self, plan: &Plan, estimate_bps: Option<f64>, raw_bps: Option<f64>, queueing: bool, now: Instant) -> Option<(f64, f64)> {
+    /// `queue_delay`: how long the latest acknowledged packet queued (`LinkSigns::queued`).
+    pub fn step_with_raw(&mut self, plan: &Plan, estimate_bps: Option<f64>, raw_bps: Option<f64>, queueing: bool, queue_delay: Option<Duration>, now: Instant) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
         if let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) >= DISPROVE_WITHIN) {
             self.found = None;
@@ -519,11 +525,14 @@ impl Prober {
                 self.next_at = Some(self.next_at.map_or(after, |t| t.max(after)));
                 (0.0, p.goal)
             }
-            // Its estimate falling is not enough: str0m stops padding by itself on overuse, and
-            // a cluster it measured wrong lowers the estimate on a link with room (harness,
+            // A link that queues ends it; its estimate falling ends it only with the link's
+            // queue delay rising too. str0m's delay detector sees a nearly full link's queue
+            // grow long before the RTT is 50 ms over (capped-600: without the dip, the whole
+            // middle layer was found and the queue stood at 50-100 ms), but a cluster it
+            // measured wrong lowers the estimate on a link with room and no queue (harness,
             // rate step: 141 kbit/s read on 3 Mbit/s; failed then, the doubled back-off held the
             // viewer on its lowest layer 11 s after the link came back).
-            Some(_) if queueing => self.fail(plan, now),
+            Some(p) if queueing || (estimate < p.from * PROBE_OVERUSE && queue_delay.is_some_and(|d| d >= PROBE_OVERUSE_DELAY)) => self.fail(plan, now),
             Some(p) if now.duration_since(p.since) >= PROBE_WINDOW => {
                 // By the raw value once it rose during the probe: the average trails it by
                 // seconds (harness, rate step: str0m's probes took 3 s to start climbing, the
@@ -864,23 +873,23 @@ mod tests {
         // A raw value stale from before the probe (the link thinned while little was sent)
         // proves nothing.
         let mut p = Prober::default();
-        p.step_with_raw(&low, Some(340_000.0), Some(618_000.0), false, t0);
-        p.step_with_raw(&low, Some(340_000.0), Some(618_000.0), false, at(0));
+        p.step_with_raw(&low, Some(340_000.0), Some(618_000.0), false, None, t0);
+        p.step_with_raw(&low, Some(340_000.0), Some(618_000.0), false, None, at(0));
         assert!(p.probing());
-        p.step_with_raw(&low, Some(340_000.0), Some(620_000.0), false, at(250));
+        p.step_with_raw(&low, Some(340_000.0), Some(620_000.0), false, None, at(250));
         assert!(p.probing() && p.proven(at(250)).is_none());
         // One that rose during it does, while the average still lags.
         let mut p = Prober::default();
-        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, t0);
-        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, at(0));
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, None, t0);
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, None, at(0));
         let goal = low.next_bps.unwrap();
         assert!(p.probing());
-        p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), true, at(200));
+        p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), true, None, at(200));
         assert!(p.proven(at(200)).is_none(), "not while the link queues");
         let mut p = Prober::default();
-        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, t0);
-        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, at(0));
-        p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), false, at(250));
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, None, t0);
+        p.step_with_raw(&low, Some(340_000.0), Some(350_000.0), false, None, at(0));
+        p.step_with_raw(&low, Some(340_000.0), Some(1_300_000.0), false, None, at(250));
         assert_eq!(p.proven(at(250)), Some(goal));
         assert_eq!(p.proven(at(250) + PROBE_WINDOW), None, "for a while");
         p.thinned(300_000.0);
@@ -1008,7 +1017,12 @@ mod tests {
         let s = |ms: u64| t0 + PROBE_SETTLE + PROBE_AFTER_SUCCESS + Duration::from_millis(ms);
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(2_000)), Some((goal, goal * PROBE_HEADROOM)));
         assert_eq!(p.step(&mid, Some(450_000.0), false, s(2_300)), None, "a dip alone");
+        assert_eq!(p.step_with_raw(&mid, Some(450_000.0), None, false, Some(Duration::from_millis(10)), s(2_400)), None, "a dip and no queue to speak of");
         assert_eq!(p.step(&mid, Some(500_000.0), true, s(2_500)), Some((0.0, mid.used_bps)), "overuse");
+        let mut q = Prober::default();
+        q.step(&mid, Some(620_000.0), false, t0);
+        assert!(q.step(&mid, Some(620_000.0), false, s(0)).is_some());
+        assert_eq!(q.step_with_raw(&mid, Some(500_000.0), None, false, Some(PROBE_OVERUSE_DELAY), s(300)), Some((0.0, mid.used_bps)), "a dip while the queue delay rises");
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(7_000)), None, "backing off");
         assert_eq!(p.step(&mid, Some(620_000.0), false, s(7_600)), Some((goal, goal * PROBE_HEADROOM)));
         // Climbing slowly gets another window; a stall fails, and the back-off doubles.

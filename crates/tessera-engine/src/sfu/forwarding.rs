@@ -434,7 +434,7 @@ impl Sfu {
                 peer.rtc.bwe().reset(Bitrate::bps(e as u64));
             }
         }
-        if let Some((minimum, desired)) = prober.step_with_raw(&plan, measured, raw_now, overfilled, now) {
+        if let Some((minimum, desired)) = prober.step_with_raw(&plan, measured, raw_now, overfilled, rise_now, now) {
             tracing::debug!(minimum, desired, estimate = ?estimate, rtt = ?net.rtt, "probe");
             peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
         }
