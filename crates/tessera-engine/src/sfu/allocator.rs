@@ -495,7 +495,15 @@ impl Prober {
     /// back up: raw 1.37 Mbit/s while the average still read 340 kbit/s, the probe failed on
     /// the average and the back-off held the viewer on its lowest layer for 10 s more).
     /// `queue_delay`: how long the latest acknowledged packet queued (`LinkSigns::queued`).
-    pub fn step_with_raw(&mut self, plan: &Plan, estimate_bps: Option<f64>, raw_bps: Option<f64>, queueing: bool, queue_delay: Option<Duration>, now: Instant) -> Option<(f64, f64)> {
+    pub fn step_with_raw(
+        &mut self,
+        plan: &Plan,
+        estimate_bps: Option<f64>,
+        raw_bps: Option<f64>,
+        queueing: bool,
+        queue_delay: Option<Duration>,
+        now: Instant,
+    ) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
         if let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) >= DISPROVE_WITHIN) {
             self.found = None;
@@ -527,11 +535,10 @@ impl Prober {
             }
             // A link that queues ends it; its estimate falling ends it only with the link's
             // queue delay rising too. str0m's delay detector sees a nearly full link's queue
-            // grow long before the RTT is 50 ms over (capped-600: without the dip, the whole
-            // middle layer was found and the queue stood at 50-100 ms), but a cluster it
-            // measured wrong lowers the estimate on a link with room and no queue (harness,
-            // rate step: 141 kbit/s read on 3 Mbit/s; failed then, the doubled back-off held the
-            // viewer on its lowest layer 11 s after the link came back).
+            // grow before the RTT is 50 ms over, but a cluster it measured wrong lowers the
+            // estimate on a link with room and no queue (harness, rate step: 141 kbit/s read on
+            // 3 Mbit/s; failed then, the doubled back-off held the viewer on its lowest layer
+            // 11 s after the link came back).
             Some(p) if queueing || (estimate < p.from * PROBE_OVERUSE && queue_delay.is_some_and(|d| d >= PROBE_OVERUSE_DELAY)) => self.fail(plan, now),
             Some(p) if now.duration_since(p.since) >= PROBE_WINDOW => {
                 // By the raw value once it rose during the probe: the average trails it by
