@@ -425,8 +425,9 @@ impl Sfu {
         // again (`NetStats::loss_hold_stale`): restarted from the estimate as it is, it probes.
         // str0m's recent loss halves at each feedback that loses nothing, so after any loss it
         // reads exactly zero only a minute or more later: a link is clean below `CLEAN_LOSS`
-        // (harness, rate step: one padding packet in 60 lost at 25 s, the estimate held at
-        // 1.64 Mbit/s for the rest of the run, under the top layer's 1.7, never restarted).
+        // (harness, rate step, with a str0m variant not kept: one padding packet in 60 lost
+        // at 25 s, the estimate held at 1.64 Mbit/s, under the top layer's 1.7, for the 15 s
+        // left, never restarted).
         let clean = video_loss == 0.0 && peer.rtc.bwe_loss_now().is_none_or(|l| l < CLEAN_LOSS) && !fresh_queue && !net.queueing();
         if net.loss_hold_stale(peer.rtc.bwe_loss_limited(), clean, plan.next_bps.is_some(), now) {
             if let Some(e) = raw_now.or(*estimate_bps) {
