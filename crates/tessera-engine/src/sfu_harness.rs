@@ -1142,9 +1142,9 @@ mod tests {
 mod rate_step {
     use super::*;
 
-    static SIM_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    pub(super) static SIM_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-    struct SimTime;
+    pub(super) struct SimTime;
     impl tracing_subscriber::fmt::time::FormatTime for SimTime {
         fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
             write!(w, "{:>6}", SIM_MS.load(std::sync::atomic::Ordering::Relaxed))
@@ -1221,5 +1221,118 @@ mod rate_step {
             within_10 += up_after.is_some_and(|u| u <= 10.0) as usize;
         }
         assert!(within_10 * 10 >= seeds.len() * 9, "back within 10 s on {within_10} of {} links", seeds.len());
+    }
+}
+
+/// Issue 17's capped viewer: a three-layer publisher (≈ 1.45 Mbit/s, 530 and 120 kbit/s) whose
+/// pictures alternate reference and non-reference ones (OpenH264's temporal layers), a viewer
+/// behind 600 kbit/s with a 300 ms queue, where the whole middle layer with its packets'
+/// overhead does not quite fit and its reference pictures do: the network test bed's capped-600
+/// scenario over thirty links in a minute.
+#[cfg(test)]
+mod capped_600 {
+    use super::*;
+
+    /// What the viewer of link `seed` saw from 10 s on: (frames per second, the share of its
+    /// frames from the middle layer, the link's queue delay sampled every frame: median and
+    /// p95 in seconds, layer moves).
+    fn capped(seed: u64) -> (f64, f64, f64, f64, usize) {
+        let mut world = World::new();
+        let publisher = world.join_with("alice", PeerRole::Publish, &["h", "m", "l"], Link::clean(), Link::clean());
+        let mut down = Link {
+            bps: Some(600_000),
+            queue: Duration::from_millis(300),
+            delay: Duration::from_millis(20 + 3 * seed % 30),
+            jitter: Duration::from_millis(seed % 4),
+            ..Link::clean()
+        };
+        down.seed ^= seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), down);
+        world.run(Duration::from_secs(2), Duration::from_millis(50), |_| {});
+        let t0 = world.now;
+        let mut n = 0u32;
+        let mut answered = world.keyframe_requests(publisher).len();
+        let frame = |keyframe: bool, size: usize, n: u32| {
+            let mut f = h264_frame(keyframe, size, n);
+            if !keyframe && n % 2 == 1 {
+                f[4] = 0x01;
+            }
+            f
+        };
+        let mut queued = Vec::new();
+        world.run(Duration::from_secs(30), Duration::from_millis(33), |w| {
+            let at = w.now.duration_since(t0).as_secs_f64();
+            super::rate_step::SIM_MS.store((at * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
+            if at >= 10.0 {
+                queued.push(w.clients[viewer].down.busy_until.map_or(0.0, |b| b.saturating_duration_since(w.now).as_secs_f64()));
+            }
+            let asked = w.keyframe_requests(publisher).len();
+            let keyframe = n.is_multiple_of(60) || asked > answered;
+            answered = asked;
+            w.write_layer(publisher, Some("h"), &frame(keyframe, 6000, n), n as u64 * 3000);
+            w.write_layer(publisher, Some("m"), &frame(keyframe, 2200, n), n as u64 * 3000);
+            w.write_layer(publisher, Some("l"), &frame(keyframe, 500, n), n as u64 * 3000);
+            n += 1;
+        });
+        let lateness = world.frame_lateness(viewer);
+        let frames: Vec<(f64, usize, f64)> = world.clients[viewer]
+            .events
+            .iter()
+            .filter_map(|(t, e)| match e {
+                Event::MediaData(m) if m.params.spec().codec == WireCodec::H264 => Some((t.saturating_duration_since(t0).as_secs_f64(), m.data.len())),
+                _ => None,
+            })
+            .zip(lateness)
+            .map(|((t, s), l)| (t, s, l))
+            .collect();
+        let least = frames.iter().map(|f| f.2).fold(f64::MAX, f64::min);
+        let late: Vec<&(f64, usize, f64)> = frames.iter().filter(|f| f.0 >= 10.0).collect();
+        let mut lat: Vec<f64> = late.iter().map(|f| f.2 - least).collect();
+        lat.sort_by(f64::total_cmp);
+        queued.sort_by(f64::total_cmp);
+        let q = |p: f64| queued.get(((queued.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+        let layer = |s: usize| {
+            if s > 5000 {
+                2
+            } else if s > 1500 {
+                1
+            } else {
+                0
+            }
+        };
+        let middle = late.iter().filter(|f| layer(f.1) == 1).count() as f64 / late.len().max(1) as f64;
+        let moves = late.windows(2).filter(|w| layer(w[0].1) != layer(w[1].1)).count();
+        (late.len() as f64 / 20.0, middle, q(0.5), q(0.95), moves)
+    }
+
+    /// Over ten links, the viewer gets 12 fps or more from 10 s on, the link's median queue
+    /// stays under 25 ms, and the middle layer (its reference pictures at least) is held 90 %
+    /// of the time on seven of them or more. Before the fixes this guards, seven of these ten
+    /// fell to the lowest layer for 2-7 s at a time (29-87 % kept): a probe that read room
+    /// on str0m's raw value overshot the link, and its queue was read as the link thinning
+    /// (a cap under the middle layer), or str0m's estimate fell with it and took the layer
+    /// down, or the room the probe claimed took the whole layer seconds later and its queue
+    /// was cut. Now one link in ten, about, still falls for a while: str0m's loss controller
+    /// sets the estimate under the layer on a link that neither loses nor queues (seen with
+    /// 1 ms of jitter, its packets reordered), and a harness run is not exactly repeatable
+    /// (str0m's random handshakes shift the timing), so which link it is varies. Same
+    /// `SEED`/`SEEDS`/`SEED_LOG` as the rate step.
+    #[test]
+    fn a_viewer_capped_at_600_kbits_keeps_the_middle_layers_reference_pictures_without_a_queue() {
+        if let Ok(filter) = std::env::var("SEED_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(super::rate_step::SimTime).with_ansi(false).try_init();
+        }
+        let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
+        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let seeds: Vec<u64> = only.map_or((0..count).collect(), |s| vec![s]);
+        let mut kept = 0;
+        for &seed in &seeds {
+            let (fps, middle, p50, p95, moves) = capped(seed);
+            println!("link {seed}: from 10 s {fps:.1} fps, middle layer {middle:.2}, link queue p50 {:.0} ms p95 {:.0} ms, {moves} layer moves", p50 * 1000.0, p95 * 1000.0);
+            assert!(fps >= 12.0, "link {seed}: {fps:.1} fps from 10 s");
+            assert!(p50 <= 0.025, "link {seed}: no standing queue (median {:.0} ms)", p50 * 1000.0);
+            kept += (middle >= 0.9) as usize;
+        }
+        assert!(kept * 10 >= seeds.len() * 7, "the middle layer kept 90 % of the time on {kept} of {} links", seeds.len());
     }
 }

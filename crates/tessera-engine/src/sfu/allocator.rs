@@ -397,11 +397,16 @@ pub fn measured(averaged: Option<f64>, raw: Option<f64>, delivered: Option<f64>)
 
 /// What the allocator shares: the measured estimate, except that while a probe runs, and for
 /// `PROBE_WINDOW` after one fails, the estimate from before it (`Prober::held`) stands unless
-/// the link collapses: a probe's own overshoot must not move layers down.
-pub fn budget(measured: Option<f64>, held: Option<f64>) -> Option<f64> {
+/// the link collapses: a probe's own overshoot must not move layers down. `calm`: the link
+/// neither queues nor loses now, or the probe's overshoot still drains (`Prober::overshooting`):
+/// then the estimate before it stands even so. str0m's delay-based estimate falls far after a
+/// probe's queue and stays down for seconds after it drained (600 kbit/s link: 180-200 kbit/s
+/// read after each probe for 625), and the viewer went down to its lowest layer for 5 s each
+/// time. A link that did collapse queues, or loses, once the overshoot has drained.
+pub fn budget(measured: Option<f64>, held: Option<f64>, calm: bool) -> Option<f64> {
     let e = measured?;
     Some(match held {
-        Some(before) if e >= before * COLLAPSE => e.max(before),
+        Some(before) if calm || e >= before * COLLAPSE => e.max(before),
         _ => e,
     })
 }
@@ -457,13 +462,16 @@ pub struct Prober {
     /// The goal of the probe that last found its room, and until when it stands in for an
     /// averaged estimate still climbing to it (`proven`).
     proven: Option<(f64, Instant)>,
-    /// The goal of the probe that last found its room and when (`disprove`).
-    found: Option<(f64, Instant)>,
+    /// The goal of the probe that last found its room, when, and the estimate it started from
+    /// (`disprove`).
+    found: Option<(f64, Instant, f64)>,
     /// The goal of a probe disproved: finding it again does not clear the back-off, holding
     /// it for `DISPROVE_WITHIN` does.
     disproved: Option<f64>,
     /// What the link carried when it last thinned (`thinned`).
     carried: Option<f64>,
+    /// Until when a queue is the last probe's overshoot draining (`overshooting`).
+    overshoot_until: Option<Instant>,
 }
 
 /// The wait before the next probe after `failures` failed ones: 5 s, doubling to a minute.
@@ -505,7 +513,7 @@ impl Prober {
         now: Instant,
     ) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
-        if let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) >= DISPROVE_WITHIN) {
+        if let Some((goal, _, _)) = self.found.filter(|(_, at, _)| now.saturating_duration_since(*at) >= DISPROVE_WITHIN) {
             self.found = None;
             if self.disproved.is_some_and(|d| goal >= d * 0.9) {
                 self.disproved = None;
@@ -522,7 +530,8 @@ impl Prober {
         let want = match self.probe {
             Some(p) if found >= p.goal => {
                 self.proven = Some((p.goal, now + PROBE_WINDOW));
-                self.found = Some((p.goal, now));
+                self.found = Some((p.goal, now, p.from));
+                self.overshoot_until = Some(now + OVERSHOOT_DRAIN);
                 // Found the room: the plan takes the layer, media replaces the padding.
                 self.probe = None;
                 if self.failed_goal.is_none_or(|g| p.goal >= g * 0.9) && self.disproved.is_none_or(|d| p.goal < d * 0.9) {
@@ -572,6 +581,14 @@ impl Prober {
 
     fn fail(&mut self, plan: &Plan, now: Instant) -> (f64, f64) {
         if let Some(p) = self.probe {
+            // Nor does the room an earlier probe found stand: a link that refuses this goal
+            // refuses one as big (600 kbit/s link: 623 kbit/s found on a raw estimate's
+            // overshoot, a probe for 625 queued to 113 ms a second later, and the floor the first
+            // left took the whole middle layer after the failure; its queue was cut at 680 ms).
+            if self.proven.is_some_and(|(goal, _)| goal >= p.goal * 0.95) {
+                self.proven = None;
+            }
+            self.overshoot_until = Some(now + OVERSHOOT_DRAIN);
             self.failed_from = Some((p.from, now + PROBE_WINDOW));
             self.failed_goal = Some(p.goal);
         }
@@ -603,13 +620,15 @@ impl Prober {
     /// layer's room counted as a failure, and the back-off it added held the viewer on its
     /// lowest layer for 10-20 s after the link came back).
     pub fn disprove(&mut self, carried_bps: Option<f64>, now: Instant) -> bool {
-        let Some((goal, _)) = self.found.filter(|(_, at)| now.saturating_duration_since(*at) < DISPROVE_WITHIN) else { return false };
+        let Some((goal, _, from)) = self.found.filter(|(_, at, _)| now.saturating_duration_since(*at) < DISPROVE_WITHIN) else { return false };
         self.found = None;
         self.proven = None;
         if carried_bps.is_some_and(|c| c < goal * LINK_CHANGED) {
             return false;
         }
         self.disproved = Some(goal);
+        // As a failed probe: the estimate from before it stands a while (`held`).
+        self.failed_from = Some((from, now + PROBE_WINDOW));
         self.failures += 1;
         let wait = backoff(self.failures);
         self.next_at = Some(self.next_at.map_or(now + wait, |t| t.max(now + wait)));
@@ -637,6 +656,11 @@ impl Prober {
         self.proven.filter(|(_, until)| now < *until).map(|(goal, _)| goal)
     }
 
+    /// The link queued: the room the last probe found no longer stands in for the estimate.
+    pub fn forget_proven(&mut self) {
+        self.proven = None;
+    }
+
     /// The link thinned to carry `carried_bps`: the room the last probe found is gone.
     pub fn thinned(&mut self, carried_bps: f64) {
         self.proven = None;
@@ -647,10 +671,13 @@ impl Prober {
         self.probe.is_some()
     }
 
-    /// Whether a queue on the link now is this viewer's own probe's: a probe runs, or one
-    /// failed within `OVERSHOOT_DRAIN` (its padding stopped; what it queued is still draining).
+    /// Whether a queue on the link now is this viewer's own probe's: a probe runs, or one ended
+    /// within `OVERSHOOT_DRAIN` (its padding stopped; what it queued is still draining). Ended
+    /// found too: a probe can read room the link does not have (600 kbit/s link, the middle
+    /// layer's 625 kbit/s found on str0m's raw estimate), and its queue read as the link
+    /// thinning capped the estimate under the middle layer's reference pictures for 20 s.
     pub fn overshooting(&self, now: Instant) -> bool {
-        self.probing() || self.failed_from.is_some_and(|(_, until)| now + PROBE_WINDOW < until + OVERSHOOT_DRAIN)
+        self.probing() || self.overshoot_until.is_some_and(|until| now < until)
     }
 
     /// The estimate from before the probe under way (or one failed moments ago).
@@ -919,16 +946,51 @@ mod tests {
         p.step(&mid, Some(620_000.0), false, t0);
         p.step(&mid, Some(620_000.0), false, t0 + PROBE_SETTLE);
         assert!(p.probing());
-        assert_eq!(budget(Some(560_000.0), p.held(t0 + PROBE_SETTLE)), Some(620_000.0));
-        assert_eq!(budget(Some(300_000.0), p.held(t0 + PROBE_SETTLE)), Some(300_000.0), "unless it collapses");
+        assert_eq!(budget(Some(560_000.0), p.held(t0 + PROBE_SETTLE), false), Some(620_000.0));
+        assert_eq!(budget(Some(300_000.0), p.held(t0 + PROBE_SETTLE), false), Some(300_000.0), "unless it collapses");
         // Failed when the link queues: the estimate from before stands a moment longer.
         let later = t0 + PROBE_SETTLE + Duration::from_millis(500);
         p.step(&mid, Some(500_000.0), false, later);
         assert!(p.probing(), "a dip alone does not end it");
         p.step(&mid, Some(500_000.0), true, later);
         assert!(!p.probing());
-        assert_eq!(budget(Some(500_000.0), p.held(later)), Some(620_000.0));
-        assert_eq!(budget(Some(500_000.0), p.held(later + PROBE_WINDOW)), Some(500_000.0));
+        assert_eq!(budget(Some(500_000.0), p.held(later), false), Some(620_000.0));
+        assert_eq!(budget(Some(500_000.0), p.held(later + PROBE_WINDOW), false), Some(500_000.0));
+        // A collapse while its overshoot drains, or on a calm link, is the estimator's reaction
+        // to the probe: the estimate from before still stands.
+        assert!(p.overshooting(later + OVERSHOOT_DRAIN / 2) && !p.overshooting(later + OVERSHOOT_DRAIN));
+        assert_eq!(budget(Some(200_000.0), p.held(later), false), Some(200_000.0));
+        assert_eq!(budget(Some(200_000.0), p.held(later), true), Some(620_000.0));
+    }
+
+    /// A probe that found its room leaves a floor, ended by any queue; its overshoot drains a
+    /// moment (no thinned link is read then); and a later probe that fails ends it too.
+    #[test]
+    fn the_room_a_probe_found_stands_until_the_link_queues_or_a_probe_for_as_much_fails() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
+        let low = plan(&[track(Priority::Other)], 40_000.0, Some(340_000.0));
+        let goal = low.next_bps.unwrap();
+        let found = |p: &mut Prober| {
+            p.step(&low, Some(340_000.0), false, t0);
+            p.step(&low, Some(340_000.0), false, at(0));
+            p.step(&low, Some(goal), false, at(250));
+            assert_eq!(p.proven(at(250)), Some(goal));
+        };
+        let mut p = Prober::default();
+        found(&mut p);
+        assert!(p.overshooting(at(250)) && !p.overshooting(at(250) + OVERSHOOT_DRAIN));
+        p.forget_proven();
+        assert_eq!(p.proven(at(300)), None);
+        // A probe for as much, failed (the plan's step not taken yet), ends the floor.
+        let mut p = Prober::default();
+        found(&mut p);
+        let after = at(250) + PROBE_AFTER_SUCCESS;
+        p.step(&low, Some(340_000.0), false, after);
+        assert!(p.probing());
+        p.step(&low, Some(340_000.0), true, after + Duration::from_millis(200));
+        assert!(!p.probing());
+        assert_eq!(p.proven(after + Duration::from_millis(200)), None);
     }
 
     #[test]

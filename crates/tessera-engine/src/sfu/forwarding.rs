@@ -327,11 +327,19 @@ impl Sfu {
         // The start estimate in the first seconds, or what a probe just proved: not while the
         // link queues or a thinned link's cap stands.
         let floor = prober.start_floor(now).filter(|_| !net.queueing());
-        let floor = match prober.proven(now).filter(|_| !fresh_queue && !net.capped()) {
+        // A queue while the proven room stands ends it: taken, the layer keeps itself by the
+        // plan's hysteresis; not yet taken (the probe's own queue held it back), it was not
+        // there (600 kbit/s link: the whole middle layer taken on the floor 2.5 s after its probe
+        // found 622 kbit/s, by then str0m's raw value read 422; its queue was cut at 840 ms).
+        if fresh_queue || net.queueing() {
+            prober.forget_proven();
+        }
+        let floor = match prober.proven(now).filter(|_| !net.capped()) {
             Some(p) => Some(floor.map_or(p, |f| f.max(p))),
             None => floor,
         };
-        let estimate = allocator::budget(measured, prober.held(now)).map(|e| floor.map_or(e, |f| e.max(f)));
+        let estimate = allocator::budget(measured, prober.held(now), prober.overshooting(now) || (!fresh_queue && !net.queueing() && video_loss == 0.0))
+            .map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         // Whether the link queues now: by the latest feedback where there is one (the stats'
         // RTT is up to a second old: read just after a thinned link drained, it held resends
