@@ -1144,11 +1144,31 @@ mod rate_step {
 
     pub(super) static SIM_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-    pub(super) struct SimTime;
+    struct SimTime;
     impl tracing_subscriber::fmt::time::FormatTime for SimTime {
         fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
             write!(w, "{:>6}", SIM_MS.load(std::sync::atomic::Ordering::Relaxed))
         }
+    }
+
+    /// Link `seed` of a set: `bps` with a 300 ms drop-tail queue, a delay of 20-47 ms and a
+    /// jitter of 0-3 ms by seed, and its own random draws.
+    pub(super) fn varied_link(bps: u64, seed: u64) -> Link {
+        let mut link =
+            Link { bps: Some(bps), queue: Duration::from_millis(300), delay: Duration::from_millis(20 + 3 * seed % 30), jitter: Duration::from_millis(seed % 4), ..Link::clean() };
+        link.seed ^= seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        link
+    }
+
+    /// The links to run: `SEED=n` one, `SEEDS=n` the first n, else the first ten; with
+    /// `SEED_LOG=<filter>` the SFU's log, stamped with the emulated time (`SIM_MS`).
+    pub(super) fn seeds_from_env() -> Vec<u64> {
+        if let Ok(filter) = std::env::var("SEED_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(SimTime).with_ansi(false).try_init();
+        }
+        let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
+        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        only.map_or((0..count).collect(), |s| vec![s])
     }
 
     /// What a viewer of a two-layer publisher (≈ 1.4 Mbit/s and 120 kbit/s) saw over one rate
@@ -1158,15 +1178,7 @@ mod rate_step {
     fn rate_step(seed: u64) -> (usize, Option<f64>, Option<f64>) {
         let mut world = World::new();
         let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
-        let mut down = Link {
-            bps: Some(3_000_000),
-            queue: Duration::from_millis(300),
-            delay: Duration::from_millis(20 + 3 * seed % 30),
-            jitter: Duration::from_millis(seed % 4),
-            ..Link::clean()
-        };
-        down.seed ^= seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let viewer = world.join("alice", PeerRole::Play, Link::clean(), down);
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), varied_link(3_000_000, seed));
         world.run(Duration::from_secs(2), Duration::from_millis(50), |_| {});
         let t0 = world.now;
         let mut n = 0u32;
@@ -1205,13 +1217,8 @@ mod rate_step {
     /// the link carried cleanly.
     #[test]
     fn a_viewer_climbs_back_to_the_top_layer_after_a_rate_step_on_every_link() {
-        if let Ok(filter) = std::env::var("SEED_LOG") {
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(SimTime).with_ansi(false).try_init();
-        }
-        let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
         let mut within_10 = 0;
-        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-        let seeds: Vec<u64> = only.map_or((0..count).collect(), |s| vec![s]);
+        let seeds = seeds_from_env();
         for &seed in &seeds {
             let (top_before, down_after, up_after) = rate_step(seed);
             println!("link {seed}: top-layer frames in the 2 s before the step {top_before}, low layer after {down_after:?} s, top again after {up_after:?} s");
@@ -1239,15 +1246,7 @@ mod capped_600 {
     fn capped(seed: u64) -> (f64, f64, f64, f64, usize) {
         let mut world = World::new();
         let publisher = world.join_with("alice", PeerRole::Publish, &["h", "m", "l"], Link::clean(), Link::clean());
-        let mut down = Link {
-            bps: Some(600_000),
-            queue: Duration::from_millis(300),
-            delay: Duration::from_millis(20 + 3 * seed % 30),
-            jitter: Duration::from_millis(seed % 4),
-            ..Link::clean()
-        };
-        down.seed ^= seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        let viewer = world.join("alice", PeerRole::Play, Link::clean(), down);
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), super::rate_step::varied_link(600_000, seed));
         world.run(Duration::from_secs(2), Duration::from_millis(50), |_| {});
         let t0 = world.now;
         let mut n = 0u32;
@@ -1319,12 +1318,7 @@ mod capped_600 {
     /// `SEED`/`SEEDS`/`SEED_LOG` as the rate step.
     #[test]
     fn a_viewer_capped_at_600_kbits_keeps_the_middle_layers_reference_pictures_without_a_queue() {
-        if let Ok(filter) = std::env::var("SEED_LOG") {
-            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(super::rate_step::SimTime).with_ansi(false).try_init();
-        }
-        let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
-        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
-        let seeds: Vec<u64> = only.map_or((0..count).collect(), |s| vec![s]);
+        let seeds = super::rate_step::seeds_from_env();
         let mut kept = 0;
         for &seed in &seeds {
             let (fps, middle, p50, p95, moves) = capped(seed);
