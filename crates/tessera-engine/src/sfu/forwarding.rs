@@ -225,7 +225,7 @@ impl Sfu {
         for c in consumers.iter_mut() {
             let loss = net.egress_loss_of(c.mid);
             if let Some(red) = c.red.as_mut() {
-                let levels = red::levels(loss, *red_lost_at, net.queueing(), prober.probing(), now);
+                let levels = red::levels(loss, *red_lost_at, queueing, prober.probing(), now);
                 if levels != red.levels {
                     tracing::debug!(mid = %c.mid, levels, ?loss, "red levels");
                     red.levels = levels;
@@ -238,7 +238,7 @@ impl Sfu {
         if video_loss >= PLAYOUT_LOSSY && net.rtt.is_some() {
             *lossy_at = Some(now);
         }
-        let copies = resend_copies(*lossy_at, video_loss, net.queueing(), now);
+        let copies = resend_copies(*lossy_at, video_loss, queueing, now);
         for c in consumers.iter_mut().filter(|c| c.kind == MediaKind::Video && c.resend_copies != copies) {
             tracing::debug!(mid = %c.mid, copies, "resend copies");
             c.resend_copies = copies;
@@ -264,6 +264,8 @@ impl Sfu {
         // rate, near the estimate: it moves nothing.
         let signs = LinkSigns::read(&peer.rtc);
         let LinkSigns { queued: rise_now, queueing: fresh_queue, losing, deep } = signs;
+        // The link queues by the latest feedback or by the stats' RTT.
+        let link_queues = fresh_queue || queueing;
         net.note_deep(deep, now);
         let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
         // What arrived over the last moments of a queueing link is its rate (`LinkSigns::
@@ -326,26 +328,25 @@ impl Sfu {
         };
         // The start estimate in the first seconds, or what a probe just proved: not while the
         // link queues or a thinned link's cap stands.
-        let floor = prober.start_floor(now).filter(|_| !net.queueing());
+        let floor = prober.start_floor(now).filter(|_| !queueing);
         // A queue while the proven room stands ends it: taken, the layer keeps itself by the
         // plan's hysteresis; not yet taken (the probe's own queue held it back), it was not
         // there (600 kbit/s link: the whole middle layer taken on the floor 2.5 s after its probe
         // found 622 kbit/s, by then str0m's raw value read 422; its queue was cut at 840 ms).
-        if fresh_queue || net.queueing() {
+        if link_queues {
             prober.forget_proven();
         }
         let floor = match prober.proven(now).filter(|_| !net.capped()) {
             Some(p) => Some(floor.map_or(p, |f| f.max(p))),
             None => floor,
         };
-        let estimate = allocator::budget(measured, prober.held(now), prober.overshooting(now) || (!fresh_queue && !net.queueing() && video_loss == 0.0))
-            .map(|e| floor.map_or(e, |f| e.max(f)));
+        let estimate = allocator::budget(measured, prober.held(now), prober.overshooting(now) || (!link_queues && video_loss == 0.0)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         // Whether the link queues now: by the latest feedback where there is one (the stats'
         // RTT is up to a second old: read just after a thinned link drained, it held resends
         // to a tenth while the lower layer started, and a packet of its first frames lost then
         // froze the viewer until its browser asked for a keyframe, 3 s later).
-        let queueing_now = if rtt_now.is_some() { fresh_queue } else { net.queueing() };
+        let queueing_now = if rtt_now.is_some() { fresh_queue } else { queueing };
         let cap = rtx_ratio_cap(queueing_now);
         if cap != *rtx_cap {
             tracing::debug!(cap, rtt = ?net.rtt, "retransmission cap");
@@ -424,7 +425,7 @@ impl Sfu {
         }
         // The estimate does not rise above what is sent: a viewer held below a layer it wants
         // has its estimator look for that layer's rate (padding and probe clusters).
-        let overfilled = net.queueing() || fresh_queue || net.just_thinned(now) || consumers.iter().any(|c| c.just_cut(now));
+        let overfilled = link_queues || net.just_thinned(now) || consumers.iter().any(|c| c.just_cut(now));
         // Not on a lossy link: there the raw value rises between bursts of loss, and layers
         // taken on it were given back within a second (10 % burst loss: 180 ↔ 360 lines, a
         // keyframe and a freeze each way).
@@ -436,7 +437,7 @@ impl Sfu {
         // (harness, rate step, with a str0m variant not kept: one padding packet in 60 lost
         // at 25 s, the estimate held at 1.64 Mbit/s, under the top layer's 1.7, for the 15 s
         // left, never restarted).
-        let clean = video_loss == 0.0 && peer.rtc.bwe_loss_now().is_none_or(|l| l < CLEAN_LOSS) && !fresh_queue && !net.queueing();
+        let clean = video_loss == 0.0 && peer.rtc.bwe_loss_now().is_none_or(|l| l < CLEAN_LOSS) && !link_queues;
         if net.loss_hold_stale(peer.rtc.bwe_loss_limited(), clean, plan.next_bps.is_some(), now) {
             if let Some(e) = raw_now.or(*estimate_bps) {
                 tracing::debug!(estimate = e, "estimator restarted: held by its loss controller on a link that no longer loses");
