@@ -514,6 +514,16 @@ pub fn h264_frame(keyframe: bool, size: usize, n: u32) -> Vec<u8> {
     frame_with_sps(keyframe, size, n, &[0x67, 0x42, 0xc0, 0x1f, 0xda, 0x01, 0x40, 0x16, 0xe8])
 }
 
+/// `h264_frame` with every other picture a non-reference one (the slice's nal_ref_idc 0), as
+/// OpenH264 encodes with two or three temporal layers.
+pub fn h264_frame_t2(keyframe: bool, size: usize, n: u32) -> Vec<u8> {
+    let mut f = h264_frame(keyframe, size, n);
+    if !keyframe && n % 2 == 1 {
+        f[4] = 0x01;
+    }
+    f
+}
+
 fn frame_with_sps(keyframe: bool, size: usize, n: u32, sps: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     if keyframe {
@@ -858,13 +868,7 @@ mod tests {
     /// picture of each layer a non-reference one (NRI 0), as OpenH264 encodes with two or three
     /// temporal layers.
     fn publish_simulcast_with(world: &mut World, publisher: usize, seconds: u64, t2: bool, top: usize) -> u32 {
-        let frame = |keyframe: bool, size: usize, n: u32| {
-            let mut f = h264_frame(keyframe, size, n);
-            if t2 && !keyframe && n % 2 == 1 {
-                f[4] = 0x01; // the slice's nal_ref_idc 0
-            }
-            f
-        };
+        let frame = if t2 { h264_frame_t2 } else { h264_frame };
         let mut n = 0u32;
         let mut answered = world.keyframe_requests(publisher).len();
         world.run(Duration::from_secs(seconds), Duration::from_millis(33), |w| {
@@ -1251,13 +1255,6 @@ mod capped_600 {
         let t0 = world.now;
         let mut n = 0u32;
         let mut answered = world.keyframe_requests(publisher).len();
-        let frame = |keyframe: bool, size: usize, n: u32| {
-            let mut f = h264_frame(keyframe, size, n);
-            if !keyframe && n % 2 == 1 {
-                f[4] = 0x01;
-            }
-            f
-        };
         let mut queued = Vec::new();
         world.run(Duration::from_secs(30), Duration::from_millis(33), |w| {
             let at = w.now.duration_since(t0).as_secs_f64();
@@ -1268,9 +1265,9 @@ mod capped_600 {
             let asked = w.keyframe_requests(publisher).len();
             let keyframe = n.is_multiple_of(60) || asked > answered;
             answered = asked;
-            w.write_layer(publisher, Some("h"), &frame(keyframe, 6000, n), n as u64 * 3000);
-            w.write_layer(publisher, Some("m"), &frame(keyframe, 2200, n), n as u64 * 3000);
-            w.write_layer(publisher, Some("l"), &frame(keyframe, 500, n), n as u64 * 3000);
+            w.write_layer(publisher, Some("h"), &h264_frame_t2(keyframe, 6000, n), n as u64 * 3000);
+            w.write_layer(publisher, Some("m"), &h264_frame_t2(keyframe, 2200, n), n as u64 * 3000);
+            w.write_layer(publisher, Some("l"), &h264_frame_t2(keyframe, 500, n), n as u64 * 3000);
             n += 1;
         });
         let lateness = world.frame_lateness(viewer);
