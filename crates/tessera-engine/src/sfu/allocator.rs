@@ -294,6 +294,10 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
     }
     let mut order: Vec<usize> = (0..tracks.len()).filter(|&i| free[i]).collect();
     order.sort_by(|&a, &b| tracks[b].priority.cmp(&tracks[a].priority));
+    // The bet stands whatever the layers' rates: before a publisher's first media they read 0,
+    // and every track "fit" its top (a member subscribed to four as the meeting started took
+    // all four top layers, lost a fifth of its packets and its estimate fell to 42 kbit/s).
+    let betting = estimate_bps.is_none();
     let estimate_bps = estimate_bps.or_else(|| {
         let top = order.first().map_or(0.0, |&i| need(sorted[i].last().expect("layers")));
         Some(used + top + order.iter().skip(1).map(|&i| need(&sorted[i][0])).sum::<f64>())
@@ -348,6 +352,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
             continue;
         };
         let highest = match cap {
+            _ if betting && order.first() != Some(&i) => k,
             Some((p, c)) if tracks[i].priority < p => c.max(k).min(allowed(i)),
             _ => allowed(i),
         };
@@ -843,6 +848,11 @@ mod tests {
         let pinned = TrackDemand { quality: Quality::Medium, ..track(Priority::Other) };
         let got: Vec<String> = plan(&[pinned, track(Priority::Other)], 0.0, None).choices.iter().map(|c| rid(*c)).collect();
         assert_eq!(got, ["m", "h"], "a pinned quality is its own");
+        // Before the publishers' first media their layers' rates read 0: the bet stands.
+        let unmeasured = |priority| TrackDemand { layers: layers().iter().map(|l| LayerRate { bps: 0.0, ..*l }).collect(), ..track(priority) };
+        let tracks = [unmeasured(Priority::Other), unmeasured(Priority::Speaker), unmeasured(Priority::Other), unmeasured(Priority::Other)];
+        let got: Vec<String> = plan(&tracks, 0.0, None).choices.iter().map(|c| rid(*c)).collect();
+        assert_eq!(got, ["l", "h", "l", "l"], "not every track's top layer");
     }
 
     /// A saturated worker sheds one layer per saturated second once the last step settled, at

@@ -437,7 +437,9 @@ impl Sfu {
         // (harness, rate step, with a str0m variant not kept: one padding packet in 60 lost
         // at 25 s, the estimate held at 1.64 Mbit/s, under the top layer's 1.7, for the 15 s
         // left, never restarted).
-        let clean = video_loss == 0.0 && peer.rtc.bwe_loss_now().is_none_or(|l| l < CLEAN_LOSS) && !link_queues;
+        // Loss its receiver does not report is reordering (`signals::twcc_clean`).
+        let receiver_lossless = consumers.iter().any(|c| net.egress_loss_of(c.mid).is_some()) && consumers.iter().all(|c| net.egress_loss_of(c.mid).is_none_or(|l| l == 0.0));
+        let clean = video_loss == 0.0 && !link_queues && signals::twcc_clean(peer.rtc.bwe_loss_now(), receiver_lossless);
         if net.loss_hold_stale(peer.rtc.bwe_loss_limited(), clean, plan.next_bps.is_some(), now) {
             if let Some(e) = raw_now.or(*estimate_bps) {
                 tracing::debug!(estimate = e, "estimator restarted: held by its loss controller on a link that no longer loses");

@@ -107,6 +107,9 @@ const DRAINING_SHARE: f64 = 0.8;
 /// str0m's recent transport-wide loss (`Rtc::bwe_loss_now`) under which a viewer's link counts
 /// as not losing (`NetStats::loss_hold_stale`'s clean link): a lost packet in a few hundred.
 const CLEAN_LOSS: f64 = 0.002;
+/// str0m's recent transport-wide loss under which a link whose receiver reports no loss counts
+/// as clean too: what str0m reads as lost there was reordered (`allocate`'s `receiver_lossless`).
+const REORDER_LOSS: f64 = 0.15;
 /// The share of a thinned link's measured rate its layers are chosen within while that
 /// measure caps the estimate (`NetStats::thinned_cap`).
 const CAPPED_SHARE: f64 = 0.85;
