@@ -293,7 +293,12 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         }
     }
     let mut order: Vec<usize> = (0..tracks.len()).filter(|&i| free[i]).collect();
-    order.sort_by(|&a, &b| tracks[b].priority.cmp(&tracks[a].priority));
+    // Among equals, the track already higher first: the budget keeps what it carries rather
+    // than moving one track up and another down (Chromium, meeting-1200: two others swapped the
+    // middle layer on a rise of the estimate, two keyframes at once queued the link 230 ms, and
+    // the cut that followed held every track on its lowest layer, the speaker's too).
+    let current_rank = |i: usize| tracks[i].current.and_then(LayerChoice::rid).map_or(u8::MAX, |r| rank(r.as_deref()));
+    order.sort_by(|&a, &b| tracks[b].priority.cmp(&tracks[a].priority).then(current_rank(a).cmp(&current_rank(b))));
     // The bet stands whatever the layers' rates: before a publisher's first media they read 0,
     // and every track "fit" its top (a member subscribed to four as the meeting started took
     // all four top layers, lost a fifth of its packets and its estimate fell to 42 kbit/s).
@@ -340,10 +345,13 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         }
     }
     // ...then one track at a time, as high as it fits; a track below its top caps the tracks of
-    // lower priority at its level. (Without the cap a speaker's layer that did not fit by a
-    // keyframe's worth went to another track, and back a moment later: each move a keyframe,
-    // and the speaker's picture no better than the others'.)
-    let mut cap: Option<(Priority, usize)> = None;
+    // lower priority under its simulcast layer. (Without the cap a speaker's layer that did not
+    // fit by a keyframe's worth went to another track, and back a moment later: each move a
+    // keyframe, and the speaker's picture no better than the others'. Capped at the speaker's
+    // layer rather than under it, the others took the middle layer beside the speaker's on
+    // str0m's estimate of 1.2-1.4 Mbit/s for a 1.2 Mbit/s link, and their queue was read as the
+    // link thinning: every track on its lowest layer for seconds.)
+    let mut cap: Option<(Priority, u8)> = None;
     // The first track in priority order that could still go up (None: paused), for the probe.
     let mut next: Option<(usize, Option<usize>)> = None;
     for &i in &order {
@@ -353,7 +361,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
         };
         let highest = match cap {
             _ if betting && order.first() != Some(&i) => k,
-            Some((p, c)) if tracks[i].priority < p => c.max(k).min(allowed(i)),
+            Some((p, r)) if tracks[i].priority < p => sorted[i].iter().rposition(|l| rank(l.rid.as_deref()) > r).unwrap_or(0).max(k).min(allowed(i)),
             _ => allowed(i),
         };
         let base = need(&sorted[i][k]);
@@ -366,7 +374,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
             next.get_or_insert((i, Some(at)));
         }
         if cap.is_none() && at + 1 < sorted[i].len() {
-            cap = Some((tracks[i].priority, at));
+            cap = Some((tracks[i].priority, rank(sorted[i][at].rid.as_deref())));
         }
     }
     let next_bps = next.map(|(i, at)| match at {
@@ -815,6 +823,14 @@ mod tests {
         assert!(p.used_bps <= 1_200_000.0);
         // The next step is the speaker's top layer.
         assert!((p.next_bps.unwrap() - (p.used_bps + (1_500_000.0 - 500_000.0) * OVERHEAD)).abs() < 1.0, "{p:?}");
+        // With room for another's middle layer beside the speaker's (but not for the speaker's
+        // top), the others stay under the speaker's layer.
+        let p = plan(&tracks, 4.0 * 40_000.0, Some(1_600_000.0));
+        assert_eq!(p.choices.iter().map(|c| rid(*c)).collect::<Vec<_>>(), ["l", "m", "l", "l"], "{p:?}");
+        // Among equals, the one already on the middle layer keeps it.
+        let held = TrackDemand { current: Some(LayerChoice::Layer(Some("m".into()))), ..track(Priority::Other) };
+        let p = plan(&[track(Priority::Other), held], 0.0, Some(800_000.0));
+        assert_eq!(p.choices.iter().map(|c| rid(*c)).collect::<Vec<_>>(), ["l", "m"], "{p:?}");
         // Short of the speaker's middle layer, nobody else gets one.
         let p = plan(&tracks, 4.0 * 40_000.0, Some(1_000_000.0));
         let got: Vec<String> = p.choices.iter().map(|c| rid(*c)).collect();
