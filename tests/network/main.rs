@@ -660,10 +660,11 @@ fn a_viewer_of_four_on_1200_kbits_sees_the_speaker_best_and_nobody_starve() {
     let names = r.track_names();
     assert_eq!(names, ["cam0", "cam1", "cam2", "cam3"], "{s}");
     // The speaker's top layer (≈ 1.4 Mbit/s) does not fit; its middle one (≈ 350) does, beside
-    // the others' lowest (≈ 150 each) and the audio. Measured: the middle layer 16-100 % of
-    // the time from 10 s on (a probe for its top layer overfills the link now and then, and
-    // the cut holds it down for 4 s; a probe for the middle layer may then fail too); another
-    // track's 0-15 %, and never above the speaker but while layers switch.
+    // the others' lowest (≈ 150 each) and the audio; the others stay under the speaker's layer.
+    // Measured: the middle layer 16-100 % of the time from 10 s on until 2026-12-06 (others
+    // beside it overfilled the link, and the cut held every track down for 5 s), 65-100 % over
+    // 7 runs since (a probe for its top layer, or its top layer's keyframe, still overfills the
+    // link now and then).
     let from_10: Vec<&Sample> = r.samples.iter().filter(|x| x.t >= 10.0 && x.tracks.len() == 4).collect();
     let height = |x: &Sample, name: &str| x.tracks.get(name).map_or(0, |t| t.height);
     let share = |name: &str| from_10.iter().filter(|x| height(x, name) >= 270).count() as f64 / from_10.len().max(1) as f64;
