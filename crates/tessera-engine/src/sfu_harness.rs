@@ -1481,7 +1481,7 @@ mod meeting_1200 {
         let samples = 120;
         for s in 0..samples {
             let at = 10.0 + s as f64 * 0.25;
-            let layer_of = |j: usize| frames.iter().filter(|f| f.1 == j && f.0 <= at).last().map_or(0, |f| f.2);
+            let layer_of = |j: usize| frames.iter().rfind(|f| f.1 == j && f.0 <= at).map_or(0, |f| f.2);
             above += (1..4).any(|j| layer_of(j) > layer_of(0)) as usize;
         }
         let fewest = (0..6)
