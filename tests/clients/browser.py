@@ -122,7 +122,7 @@ def main():
                     q["degradation"] = a.degradation
                 pub = ctx.new_page()
                 goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
-                pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=15000)
+                pub.wait_for_function("window.tessera && (window.tessera.state === 'connected' || window.tessera.state === 'failed')", timeout=15000)
                 out["publish_state"] = pub.evaluate("window.tessera.state")
                 out["publish_error"] = pub.evaluate("window.tessera.error")
                 if out["publish_state"] == "failed":
@@ -204,7 +204,7 @@ def open_participants(ctx, a):
     watchers = {s.split(",")[0] for s in a.participant if "watch" in s.split(",")[4:]}
     for user, page in pages:
         ready = "'joined'" if user in watchers else "'publishing'"
-        page.wait_for_function(f"[{ready}, 'failed'].includes(window.tessera.state)", timeout=20000)
+        page.wait_for_function(f"window.tessera && [{ready}, 'failed'].includes(window.tessera.state)", timeout=20000)
         if page.evaluate("window.tessera.state") == "failed":
             raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
     return pages
@@ -213,7 +213,7 @@ def open_participants(ctx, a):
 def speedtest(ctx, a):
     page = ctx.new_page()
     goto(page, f"{a.base}/speedtest.html?{urlencode({'token': a.token, 'up': a.up_kbps, 'down': a.down_kbps, 'autostart': '1'})}")
-    page.wait_for_function("['done', 'failed'].includes(window.tessera.state)", timeout=40000)
+    page.wait_for_function("window.tessera && ['done', 'failed'].includes(window.tessera.state)", timeout=40000)
     return {"state": page.evaluate("window.tessera.state"), "page_error": page.evaluate("window.tessera.error"), "result": page.evaluate("window.tessera.result")}
 
 
@@ -261,7 +261,7 @@ def custom(ctx, a):
 def quality(ctx, a):
     page = ctx.new_page()
     goto(page, f"{a.base}/room.html?{urlencode({'token': a.token, 'autojoin': '1'})}")
-    page.wait_for_function("['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
+    page.wait_for_function("window.tessera && ['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
     # Polled every 50 ms (a report's time is known to within that), kept when it changes or
     # a second after the last kept.
     samples = []
@@ -386,7 +386,7 @@ def admin(ctx, a):
     goto(page, f"{a.base}/admin.html", wait_until="domcontentloaded")
     page.fill("#key", a.api_key)
     page.click("#connect")
-    page.wait_for_function("window.tessera.state === 'live' || window.tessera.state === 'failed'", timeout=20000)
+    page.wait_for_function("window.tessera && (window.tessera.state === 'live' || window.tessera.state === 'failed')", timeout=20000)
     time.sleep(a.seconds)
     seen = page.evaluate("""() => ({
         rooms: [...document.querySelectorAll('tr.room')].map(r => r.dataset.room),

@@ -190,7 +190,7 @@ def main():
                     q = {"room": a.room, "token": a.token[i], "codec": a.codec, "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution", "fps": a.fps}
                     goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
                 for pub in pubs:
-                    pub.wait_for_function("window.tessera.state === 'connected' || window.tessera.state === 'failed'", timeout=20000)
+                    pub.wait_for_function("window.tessera && (window.tessera.state === 'connected' || window.tessera.state === 'failed')", timeout=20000)
                     if pub.evaluate("window.tessera.state") == "failed":
                         raise RuntimeError(f"publish failed: {pub.evaluate('window.tessera.error')}")
                 pub_pc = "pc"
@@ -200,7 +200,7 @@ def main():
                 if meeting:
                     q = {"token": a.viewer_token, "autojoin": "1"}
                     goto(view, f"{a.base}/room.html?{urlencode(q)}")
-                    view.wait_for_function("['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
+                    view.wait_for_function("window.tessera && ['joined', 'failed'].includes(window.tessera.state)", timeout=20000)
                     if view.evaluate("window.tessera.state") == "failed":
                         raise RuntimeError(f"join failed: {view.evaluate('window.tessera.error')}")
                     view_pcs = "[['', window.tessera.room && window.tessera.room.sub]]"

@@ -101,6 +101,12 @@ pub struct Client {
     on: usize,
 }
 
+impl Client {
+    fn new(rtc: Rtc, addr: SocketAddr, up: Link, down: Link, on: usize, now: Instant) -> Client {
+        Client { rtc, addr, up, down, events: Vec::new(), video_mid: None, audio_mid: None, tracks: Vec::new(), sent_by_sfu: Vec::new(), next_timeout: now, on }
+    }
+}
+
 enum To {
     /// The SFU of client `0`.
     Sfu(usize),
@@ -235,10 +241,7 @@ impl World {
 
     fn join_on(&mut self, on: usize, user: &str, role: PeerRole, rids: &[&str], up: Link, down: Link) -> usize {
         let n = self.clients.len();
-        let addr: SocketAddr = format!("10.0.1.{}:{}", n + 2, 5000 + n).parse().unwrap();
-        let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        rtc.add_remote_candidate(Candidate::host(SFU_ADDR.parse().unwrap(), "udp").unwrap());
+        let (mut rtc, addr) = self.peer(n);
         let dir = if role == PeerRole::Publish { Direction::SendOnly } else { Direction::RecvOnly };
         let mut change = rtc.sdp_api();
         let audio_mid = change.add_media(MediaKind::Audio, dir, None, None, None);
@@ -260,48 +263,29 @@ impl World {
         }
         .expect("the SFU answers");
         rtc.sdp_api().accept_answer(pending, SdpAnswer::from_sdp_string(&answer).unwrap()).expect("the answer is accepted");
-        self.clients.push(Client {
-            rtc,
-            addr,
-            up,
-            down,
-            events: Vec::new(),
-            video_mid: Some(video_mid),
-            audio_mid: Some(audio_mid),
-            tracks: Vec::new(),
-            sent_by_sfu: Vec::new(),
-            next_timeout: self.now,
-            on,
-        });
+        self.clients.push(Client { video_mid: Some(video_mid), audio_mid: Some(audio_mid), ..Client::new(rtc, addr, up, down, on, self.now) });
         self.drain_client(n);
         self.drain_sfu();
         n
+    }
+
+    /// Peer `n`'s str0m instance on its own address, with the SFU's candidate.
+    fn peer(&self, n: usize) -> (Rtc, SocketAddr) {
+        let addr: SocketAddr = format!("10.0.1.{}:{}", n + 2, 5000 + n).parse().unwrap();
+        let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(self.now);
+        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
+        rtc.add_remote_candidate(Candidate::host(SFU_ADDR.parse().unwrap(), "udp").unwrap());
+        (rtc, addr)
     }
 
     /// A room member's `sub` connection (room signaling, PRODUCT.md §7): one peer whose
     /// sections the SFU offers as the member subscribes (`subscribe`).
     pub fn join_subscriber(&mut self, up: Link, down: Link) -> usize {
         let n = self.clients.len();
-        let addr: SocketAddr = format!("10.0.1.{}:{}", n + 2, 5000 + n).parse().unwrap();
-        let mut rtc = Rtc::builder().clear_codecs().enable_h264(true).enable_opus(true, false).build(self.now);
-        rtc.add_local_candidate(Candidate::host(addr, "udp").unwrap());
-        rtc.add_remote_candidate(Candidate::host(SFU_ADDR.parse().unwrap(), "udp").unwrap());
+        let (rtc, addr) = self.peer(n);
         let spec = SessionSpec { source_user: None, ..self.spec_of(&format!("s{n}"), "viewer", PeerRole::Play) };
         self.sfu.add_subscriber(spec, self.now).expect("a subscriber connection");
-        let on = 0;
-        self.clients.push(Client {
-            rtc,
-            addr,
-            up,
-            down,
-            events: Vec::new(),
-            video_mid: None,
-            audio_mid: None,
-            tracks: Vec::new(),
-            sent_by_sfu: Vec::new(),
-            next_timeout: self.now,
-            on,
-        });
+        self.clients.push(Client::new(rtc, addr, up, down, 0, self.now));
         n
     }
 
