@@ -60,6 +60,11 @@ impl Link {
         (self.seed.wrapping_mul(0x2545F4914F6CDD1D) >> 11) as f64 / (1u64 << 53) as f64
     }
 
+    /// How long a packet sent at `now` would wait in the link's queue, in seconds.
+    pub fn queued(&self, now: Instant) -> f64 {
+        self.busy_until.map_or(0.0, |b| b.saturating_duration_since(now).as_secs_f64())
+    }
+
     /// When a packet of `len` bytes sent at `now` arrives, or `None` if it is lost.
     fn carry(&mut self, now: Instant, len: usize) -> Option<Instant> {
         self.sent += 1;
@@ -562,6 +567,11 @@ impl World {
     pub fn keyframe_requests(&self, i: usize) -> Vec<Instant> {
         self.clients[i].events.iter().filter_map(|(t, e)| matches!(e, Event::KeyframeRequest(_)).then_some(*t)).collect()
     }
+}
+
+/// The value at share `p` (0..=1) of `sorted` (NaN when empty).
+pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+    sorted.get(((sorted.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN)
 }
 
 /// An H.264 access unit: SPS + PPS + IDR for a keyframe, one P slice otherwise; `size` bytes
@@ -1316,7 +1326,7 @@ mod capped_600 {
             let at = w.now.duration_since(t0).as_secs_f64();
             super::rate_step::SIM_MS.store((at * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
             if at >= 10.0 {
-                queued.push(w.clients[viewer].down.busy_until.map_or(0.0, |b| b.saturating_duration_since(w.now).as_secs_f64()));
+                queued.push(w.clients[viewer].down.queued(w.now));
             }
             let asked = w.keyframe_requests(publisher).len();
             let keyframe = n.is_multiple_of(60) || asked > answered;
@@ -1342,7 +1352,7 @@ mod capped_600 {
         let mut lat: Vec<f64> = late.iter().map(|f| f.2 - least).collect();
         lat.sort_by(f64::total_cmp);
         queued.sort_by(f64::total_cmp);
-        let q = |p: f64| queued.get(((queued.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+        let q = |p: f64| percentile(&queued, p);
         let layer = |s: usize| {
             if s > 5000 {
                 2
@@ -1420,7 +1430,7 @@ mod meeting_1200 {
             let at = w.now.saturating_duration_since(t0).as_secs_f64();
             super::rate_step::SIM_MS.store((at * 1000.0) as u64, std::sync::atomic::Ordering::Relaxed);
             if at >= 10.0 && k.is_multiple_of(2) {
-                queued.push(w.clients[member].down.busy_until.map_or(0.0, |b| b.saturating_duration_since(w.now).as_secs_f64()));
+                queued.push(w.clients[member].down.queued(w.now));
             }
             // Audio every 20 ms, the speaker's loud; video at 15 fps, publisher j's frame n due at
             // n × 66.7 + j × 17 ms (their cameras are not in step).
@@ -1477,7 +1487,7 @@ mod meeting_1200 {
             .min()
             .unwrap_or(0);
         queued.sort_by(f64::total_cmp);
-        let q = |p: f64| queued.get(((queued.len() as f64 - 1.0) * p) as usize).copied().unwrap_or(f64::NAN);
+        let q = |p: f64| percentile(&queued, p);
         (speaker_middle, above as f64 / samples as f64, fewest, q(0.5), q(0.95))
     }
 

@@ -219,7 +219,9 @@ impl Sfu {
         // RED carries earlier packets as the link loses (`red::levels`); video asks for a jitter
         // buffer that waits for a retransmission where any is lost.
         let mut video_loss: f32 = 0.0;
-        if consumers.iter().any(|c| net.egress_loss_of(c.mid).is_some_and(|l| l > 0.0)) {
+        // The most the receiver reports lost on any of its tracks (None before any report).
+        let reported_loss = consumers.iter().filter_map(|c| net.egress_loss_of(c.mid)).reduce(f32::max);
+        if reported_loss.is_some_and(|l| l > 0.0) {
             *red_lost_at = Some(now);
         }
         for c in consumers.iter_mut() {
@@ -438,8 +440,7 @@ impl Sfu {
         // at 25 s, the estimate held at 1.64 Mbit/s, under the top layer's 1.7, for the 15 s
         // left, never restarted).
         // Loss its receiver does not report is reordering (`signals::twcc_clean`).
-        let receiver_lossless = consumers.iter().any(|c| net.egress_loss_of(c.mid).is_some()) && consumers.iter().all(|c| net.egress_loss_of(c.mid).is_none_or(|l| l == 0.0));
-        let clean = video_loss == 0.0 && !link_queues && signals::twcc_clean(peer.rtc.bwe_loss_now(), receiver_lossless);
+        let clean = video_loss == 0.0 && !link_queues && signals::twcc_clean(peer.rtc.bwe_loss_now(), reported_loss == Some(0.0));
         if net.loss_hold_stale(peer.rtc.bwe_loss_limited(), clean, plan.next_bps.is_some(), now) {
             if let Some(e) = raw_now.or(*estimate_bps) {
                 tracing::debug!(estimate = e, "estimator restarted: held by its loss controller on a link that no longer loses");
