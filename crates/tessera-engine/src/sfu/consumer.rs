@@ -455,7 +455,11 @@ impl Consumer {
             }
         }
         let gap_ticks = self.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * fp.codec.clock_rate() as f64) as u32).unwrap_or(1);
-        let Some((seq, ts)) = self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks) else { return Route::Skip };
+        let rewritten = match replaying {
+            true => self.rewriter.rewrite_replayed((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks),
+            false => self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks),
+        };
+        let Some((seq, ts)) = rewritten else { return Route::Skip };
         self.last_sent = Some(now);
         self.sent_layer = Some(this);
         self.sent.get_or_insert_with(|| super::producer::RateMeter::new(now)).add(now, fp.payload.len() + 12, fp.marker && fp.kind == MediaKind::Video);
@@ -482,6 +486,7 @@ impl Consumer {
     /// A GOP replay starts clean, at its keyframe, whatever the live packets did before.
     pub(super) fn reset_gate(&mut self) {
         self.gate = FrameGate::default();
+        self.rewriter.begin_replay();
     }
 }
 

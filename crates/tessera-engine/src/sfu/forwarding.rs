@@ -692,7 +692,9 @@ impl Sfu {
                         ext.play_delay_min = Some(MediaTime::new(min.as_millis() as u64 / 10, Frequency::HUNDREDTHS));
                         ext.play_delay_max = Some(MediaTime::new(PLAYOUT_DELAY_MAX_CS, Frequency::HUNDREDTHS));
                     }
-                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, fp.arrival, payload).marker(fp.marker).ext_vals(ext).nackable(kind == MediaKind::Video));
+                    // A replayed GOP is stamped as sent now (`SeqTsRewriter::rewrite_replayed`).
+                    let wallclock = if only.is_some() { now } else { fp.arrival };
+                    tx.write_rtp(RtpWrite::new(pt, seq.into(), ts, wallclock, payload).marker(fp.marker).ext_vals(ext).nackable(kind == MediaKind::Video));
                     if first {
                         self.out.push_back(SfuOutput::FirstMedia { session: *vid, user: key.0.clone(), stream: key.1, video: kind == MediaKind::Video });
                     }
@@ -736,6 +738,7 @@ impl Sfu {
             if queued >= MAX_QUEUED_PACKETS / 2 {
                 continue;
             }
+            tracing::debug!(viewer = vid, packets = gop.len(), restart = c.has_sent(), "GOP replayed");
             for cached in &gop {
                 self.fan_out(pub_id, room, key, cached, now, Some(vid));
             }
