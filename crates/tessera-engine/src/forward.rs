@@ -26,8 +26,11 @@ pub struct SeqTsRewriter {
     skips: std::collections::VecDeque<(u64, i64)>,
     /// The newest incoming sequence number of this source.
     newest: u64,
-    /// While a cached GOP is replayed: the incoming timestamp of the frame being replayed.
-    replaying: Option<u32>,
+    /// While a cached GOP is replayed: the incoming timestamps of its first frame and of the
+    /// frame being replayed.
+    replaying: Option<(u32, u32)>,
+    /// The timestamp delta of a replay's first frame.
+    replay_delta: u32,
 }
 
 /// Skipped runs remembered for late packets (a run is one dropped frame: ~2 s of them at 30 fps).
@@ -85,24 +88,43 @@ impl SeqTsRewriter {
         self.replaying = None;
     }
 
-    /// One packet of a replayed GOP, all of which are written at once. Its frames keep their
-    /// order but are stamped one clock tick apart, right after what was sent, and the frames
-    /// that follow live continue from the last of them. Stamped as they were (up to seconds
-    /// apart, arriving together), they made Chromium's receive-time extrapolation wrong for
-    /// seconds: its frames then waited for render times far ahead (measured on an AV1 publish:
-    /// 14–41 of 100–126 frames received decoded in 5 s, freezes of 1.7–3.5 s). Stamped so, they
-    /// are decoded at once and the picture is live from the first live frame.
-    pub fn rewrite_replayed(&mut self, source: SourceId, seq: u64, ts: u32, gap_ticks: u32) -> Option<(u64, u32)> {
-        if self.replaying != Some(ts) {
-            let first = self.replaying.is_none();
-            self.replaying = Some(ts);
-            // (A change of source at the first packet sets the same: right after the last sent.)
-            if self.started {
-                let step = if first { gap_ticks.max(1) } else { 1 };
-                self.ts_delta = self.last_ts.wrapping_add(step).wrapping_sub(ts);
+    /// One packet of a replayed GOP, all of which are written at once; `due`: clock ticks after
+    /// the replay's first packet that the pacer will send it. Its frames are stamped when they
+    /// will arrive — `due`, no later than their source's spacing and at least a tick apart —
+    /// right after what was sent, and the frames that follow live continue from the last of
+    /// them. Stamped as they were, a GOP that leaves at once (small frames, a fast link)
+    /// arrives seconds ahead of its stamps: Chromium's receive-time extrapolation then went
+    /// wrong for seconds and frames waited for render times far ahead (measured on an AV1
+    /// publish: 14–41 of 100–126 frames received decoded in 5 s, freezes of 1.7–3.5 s). Stamped
+    /// one tick apart whatever their size, a 720p GOP that the pacer spreads over seconds
+    /// arrived ever later than its stamps (3 s freezes at every join).
+    pub fn rewrite_replayed(&mut self, source: SourceId, seq: u64, ts: u32, gap_ticks: u32, due: u32) -> Option<(u64, u32)> {
+        if self.replaying.is_none_or(|(_, last)| last != ts) {
+            let first_ts = match self.replaying {
+                Some((first, _)) => first,
+                None => {
+                    // (A change of source at the first packet sets the same: right after the last
+                    // sent.)
+                    if self.started {
+                        self.ts_delta = self.last_ts.wrapping_add(gap_ticks.max(1)).wrapping_sub(ts);
+                    }
+                    ts
+                }
+            };
+            if ts != first_ts && self.started {
+                let first_out = first_ts.wrapping_add(self.replay_delta);
+                let at = first_out.wrapping_add(due.min(ts.wrapping_sub(first_ts)));
+                // At least a tick after the previous frame.
+                let out = if (at.wrapping_sub(self.last_ts) as i32) > 0 { at } else { self.last_ts.wrapping_add(1) };
+                self.ts_delta = out.wrapping_sub(ts);
             }
+            self.replaying = Some((first_ts, ts));
         }
-        self.map(source, seq, ts, gap_ticks)
+        let out = self.map(source, seq, ts, gap_ticks);
+        if self.replaying.is_some_and(|(first, _)| first == ts) {
+            self.replay_delta = self.ts_delta;
+        }
+        out
     }
 
     /// Maps an incoming (extended seq, timestamp) to outgoing ones, or `None` to drop it.
@@ -290,10 +312,10 @@ mod tests {
         // A viewer's first media is a GOP of three frames (the second in two packets), 3000
         // ticks apart at the source; then the source's next frame, live.
         r.begin_replay();
-        assert_eq!(r.rewrite_replayed(src, 50, 90_000, 0), Some((1, 90_000)));
-        assert_eq!(r.rewrite_replayed(src, 51, 93_000, 0), Some((2, 90_001)));
-        assert_eq!(r.rewrite_replayed(src, 52, 93_000, 0), Some((3, 90_001)), "one frame, one timestamp");
-        assert_eq!(r.rewrite_replayed(src, 53, 96_000, 0), Some((4, 90_002)));
+        assert_eq!(r.rewrite_replayed(src, 50, 90_000, 0, 0), Some((1, 90_000)));
+        assert_eq!(r.rewrite_replayed(src, 51, 93_000, 0, 0), Some((2, 90_001)));
+        assert_eq!(r.rewrite_replayed(src, 52, 93_000, 0, 0), Some((3, 90_001)), "one frame, one timestamp");
+        assert_eq!(r.rewrite_replayed(src, 53, 96_000, 0, 0), Some((4, 90_002)));
         assert_eq!(r.rewrite(src, 54, 99_000, 0), Some((5, 93_002)), "live: the source's spacing after the replay's last frame");
         assert_eq!(r.rewrite(src, 55, 102_000, 0), Some((6, 96_002)));
         // Cut, then the GOP replayed again up to the newest packet (older packets than those
@@ -302,10 +324,23 @@ mod tests {
         r.begin_replay();
         let replayed: Vec<_> = [(50, 90_000), (51, 93_000), (52, 93_000), (53, 96_000), (54, 99_000), (55, 102_000)]
             .into_iter()
-            .map(|(seq, ts)| r.rewrite_replayed(src, seq, ts, 9_000).unwrap())
+            .map(|(seq, ts)| r.rewrite_replayed(src, seq, ts, 9_000, 0).unwrap())
             .collect();
         assert_eq!(replayed, [(7, 105_002), (8, 105_003), (9, 105_003), (10, 105_004), (11, 105_005), (12, 105_006)]);
         assert_eq!(r.rewrite(src, 56, 105_000, 0), Some((13, 108_006)));
+    }
+
+    #[test]
+    fn a_replayed_frame_is_stamped_when_the_pacer_sends_it_but_no_later_than_its_source_spacing() {
+        let mut r = SeqTsRewriter::default();
+        let src = (1, 10);
+        r.begin_replay();
+        assert_eq!(r.rewrite_replayed(src, 50, 90_000, 0, 0), Some((1, 90_000)));
+        // Due 1000 ticks after the first (a big keyframe ahead of it), 3000 at the source.
+        assert_eq!(r.rewrite_replayed(src, 51, 93_000, 0, 1_000), Some((2, 91_000)));
+        // Due 7000 ticks after the first, 6000 at the source: the source's spacing.
+        assert_eq!(r.rewrite_replayed(src, 52, 96_000, 0, 7_000), Some((3, 96_000)));
+        assert_eq!(r.rewrite(src, 53, 99_000, 0), Some((4, 99_000)));
     }
 
     #[test]

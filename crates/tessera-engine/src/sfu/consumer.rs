@@ -289,8 +289,9 @@ impl Consumer {
     }
 
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
-    /// cannot be asked for a keyframe but has a GOP cache; `replaying`: the packet comes from
-    /// that cache), given the packets waiting in this consumer's send queue.
+    /// cannot be asked for a keyframe but has a GOP cache; `replay_due`: the packet comes from
+    /// that cache, due so many clock ticks after the replay's first), given the packets waiting
+    /// in this consumer's send queue.
     /// `clear_queue` drops what waits in the send queue and says how many packets it held.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn route(
@@ -298,18 +299,12 @@ impl Consumer {
         fp: &FwdPacket,
         pub_id: u64,
         internal: bool,
-        replaying: bool,
+        replay_due: Option<u32>,
         mut queued: Queued,
         clear_queue: &mut dyn FnMut() -> usize,
         now: Instant,
     ) -> Route {
-        let Some(pt) = self.pts.iter().find(|(x, _)| *x == fp.codec).map(|(_, p)| *p) else { return Route::Skip };
-        // A viewer that takes the original (AV1) does not also take its H.264 re-encoding.
-        if let PacketRoute::Fallback(original) = fp.route {
-            if self.pts.iter().any(|(x, _)| *x == original) {
-                return Route::Skip;
-            }
-        }
+        let Some(pt) = self.pt_for(fp) else { return Route::Skip };
         let video = self.kind == MediaKind::Video;
         let this = (pub_id, fp.rid);
         if let Some(mut hold) = self.drain_hold.filter(|_| video) {
@@ -352,7 +347,7 @@ impl Consumer {
             // A switch starts at the first packet of a keyframe, never inside one.
             if video && (!fp.keyframe || !self.gate.may_start(this)) {
                 self.gate.skipped(this, fp.marker);
-                if internal && !replaying {
+                if internal && replay_due.is_none() {
                     if self.gop_replayed_at.is_none_or(|t| now.duration_since(t) >= GOP_REPLAY_INTERVAL) {
                         self.gop_replayed_at = Some(now);
                         return Route::ReplayGop;
@@ -455,9 +450,9 @@ impl Consumer {
             }
         }
         let gap_ticks = self.last_sent.map(|t| (now.saturating_duration_since(t).as_secs_f64() * fp.codec.clock_rate() as f64) as u32).unwrap_or(1);
-        let rewritten = match replaying {
-            true => self.rewriter.rewrite_replayed((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks),
-            false => self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks),
+        let rewritten = match replay_due {
+            Some(due) => self.rewriter.rewrite_replayed((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks, due),
+            None => self.rewriter.rewrite((pub_id, fp.ssrc), fp.seq, fp.ts, gap_ticks),
         };
         let Some((seq, ts)) = rewritten else { return Route::Skip };
         self.last_sent = Some(now);
@@ -481,6 +476,16 @@ impl Consumer {
     /// Whether it has forwarded video before (a start after that is a restart).
     pub(super) fn has_sent(&self) -> bool {
         self.sent_layer.is_some()
+    }
+
+    /// The payload type this viewer takes `fp` with, or `None` if it does not take that codec.
+    pub(super) fn pt_for(&self, fp: &FwdPacket) -> Option<Pt> {
+        let pt = self.pts.iter().find(|(x, _)| *x == fp.codec).map(|(_, p)| *p)?;
+        // A viewer that takes the original (AV1) does not also take its H.264 re-encoding.
+        match fp.route {
+            PacketRoute::Fallback(original) if self.pts.iter().any(|(x, _)| *x == original) => None,
+            _ => Some(pt),
+        }
     }
 
     /// A GOP replay starts clean, at its keyframe, whatever the live packets did before.
@@ -530,17 +535,17 @@ mod tests {
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
         let started = now - Duration::from_secs(5);
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, aged(400, false), &mut || 0, now), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, None, Queued::default(), &mut || 0, started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, None, aged(400, false), &mut || 0, now), Route::Send { .. }));
         // ...but not on a saturated server,
-        assert!(matches!(c.route(&packet(3, false, true, Some("h")), 1, false, false, aged(400, true), &mut || 0, now), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(3, false, true, Some("h")), 1, false, None, aged(400, true), &mut || 0, now), Route::Dropped { .. }));
         // nor when the allocator moves the viewer to another layer, whose keyframe goes in whole
         // however old the queue.
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, None, Queued::default(), &mut || 0, started), Route::Send { .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        assert!(matches!(c.route(&packet(4, false, true, Some("h")), 1, false, false, aged(400, false), &mut || 0, now), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(4, false, true, Some("h")), 1, false, None, aged(400, false), &mut || 0, now), Route::Dropped { .. }));
         let later = now + Duration::from_secs(1);
         let mut cleared = 0;
         assert!(matches!(
@@ -548,7 +553,7 @@ mod tests {
                 &packet(10, true, false, Some("l")),
                 1,
                 false,
-                false,
+                None,
                 aged(1_500, false),
                 &mut || {
                     cleared += 1;
@@ -559,21 +564,21 @@ mod tests {
             Route::Send { .. }
         ));
         assert_eq!(cleared, 1, "what waits of the old layer is dropped at the switch (the link queues)");
-        assert!(matches!(c.route(&packet(11, true, true, Some("l")), 1, false, false, aged(1_900, false), &mut || 0, later), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(11, true, true, Some("l")), 1, false, None, aged(1_900, false), &mut || 0, later), Route::Send { .. }));
         // Then the link's limit, once the switch's grace is over: as long as the backlog (2.5 s
         // old at the switch) would have needed, at most 3 s; the keyframe leaves whole meanwhile.
         let after = |ms: u64| later + Duration::from_millis(ms);
-        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, false, aged(2_000, false), &mut || 0, after(2_900)), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, false, aged(2_000, false), &mut || 0, after(3_100)), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(12, false, true, Some("l")), 1, false, None, aged(2_000, false), &mut || 0, after(2_900)), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(13, false, true, Some("l")), 1, false, None, aged(2_000, false), &mut || 0, after(3_100)), Route::Dropped { .. }));
         // A queue that takes long to drain at the viewer's estimate is full however fresh its
         // packets (a link that just thinned), except right after a switch.
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, started), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, None, Queued::default(), &mut || 0, started), Route::Send { .. }));
         let slow = Queued { packets: 10, oldest: Some(now), drain: Some(Duration::from_millis(900)), saturated: false, link_queues: false, link_full: false };
-        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, &mut || 0, now), Route::Dropped { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, None, slow, &mut || 0, now), Route::Dropped { .. }));
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { .. }));
-        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, false, slow, &mut || 0, now + Duration::from_millis(100)), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { .. }));
+        assert!(matches!(c.route(&packet(2, false, true, None), 1, false, None, slow, &mut || 0, now + Duration::from_millis(100)), Route::Send { .. }));
     }
 
     fn packet(seq: u64, keyframe: bool, marker: bool, rid: Option<&str>) -> FwdPacket {
@@ -608,7 +613,7 @@ mod tests {
                 &p,
                 1,
                 false,
-                false,
+                None,
                 Queued { link_full, ..Queued::default() },
                 &mut || {
                     cleared += 1;
@@ -663,7 +668,7 @@ mod tests {
                 &p,
                 1,
                 false,
-                false,
+                None,
                 q,
                 &mut || {
                     dropped = held;
@@ -721,7 +726,7 @@ mod tests {
     fn an_h264_temporal_target_drops_the_non_reference_pictures_with_no_gap_in_numbers() {
         let now = Instant::now();
         let mut c = video();
-        let send = |c: &mut Consumer, n: u64| match c.route(&h264_packet(n), 1, false, false, Queued::default(), &mut || 0, now) {
+        let send = |c: &mut Consumer, n: u64| match c.route(&h264_packet(n), 1, false, None, Queued::default(), &mut || 0, now) {
             Route::Send { seq, .. } => Some(seq),
             _ => None,
         };
@@ -744,7 +749,7 @@ mod tests {
     fn a_temporal_target_drops_the_frames_above_it_with_no_gap_in_numbers_or_picture_ids() {
         let now = Instant::now();
         let mut c = Consumer::new("0".into(), (UserId::parse("u").unwrap(), StreamKind::Main), MediaKind::Video, true, vec![(Codec::Vp8, 96.into())]);
-        let send = |c: &mut Consumer, n: u64| match c.route(&vp8_frame(n, n == 0), 1, false, false, Queued::default(), &mut || 0, now) {
+        let send = |c: &mut Consumer, n: u64| match c.route(&vp8_frame(n, n == 0), 1, false, None, Queued::default(), &mut || 0, now) {
             Route::Send { seq, picture_id, .. } => Some((seq, picture_id.map_or(1000 + n as u16, |p| p.0))),
             _ => None,
         };
@@ -769,9 +774,9 @@ mod tests {
     fn video_starts_at_a_keyframe_and_numbers_from_one() {
         let now = Instant::now();
         let mut c = video();
-        assert_eq!(c.route(&packet(100, false, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::WaitKeyframe);
-        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 1, .. }));
-        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }));
+        assert_eq!(c.route(&packet(100, false, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(101, true, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { seq: 1, .. }));
+        assert!(matches!(c.route(&packet(102, false, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }));
     }
 
     #[test]
@@ -779,39 +784,39 @@ mod tests {
         let now = Instant::now();
         let mut c = video();
         c.target = Some((1, LayerChoice::Layer(Some("h".into()))));
-        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::Skip);
-        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 1, .. }));
+        assert_eq!(c.route(&packet(1, true, true, Some("l")), 1, false, None, Queued::default(), &mut || 0, now), Route::Skip);
+        assert!(matches!(c.route(&packet(1, true, true, Some("h")), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { seq: 1, .. }));
         c.target = Some((1, LayerChoice::Layer(Some("l".into()))));
-        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }), "h until l's keyframe");
-        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::WaitKeyframe);
+        assert!(matches!(c.route(&packet(2, false, true, Some("h")), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }), "h until l's keyframe");
+        assert_eq!(c.route(&packet(50, false, true, Some("l")), 1, false, None, Queued::default(), &mut || 0, now), Route::WaitKeyframe);
         assert!(
-            matches!(c.route(&packet(51, true, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 3, .. }),
+            matches!(c.route(&packet(51, true, true, Some("l")), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { seq: 3, .. }),
             "continuous numbering across the switch"
         );
-        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, false, Queued::default(), &mut || 0, now), Route::Skip, "h is no longer sent");
+        assert_eq!(c.route(&packet(3, false, true, Some("h")), 1, false, None, Queued::default(), &mut || 0, now), Route::Skip, "h is no longer sent");
         c.target = Some((1, LayerChoice::Paused));
-        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, false, Queued::default(), &mut || 0, now), Route::Skip);
+        assert_eq!(c.route(&packet(52, false, true, Some("l")), 1, false, None, Queued::default(), &mut || 0, now), Route::Skip);
     }
 
     #[test]
     fn a_long_queue_drops_whole_frames_then_waits_for_a_keyframe() {
         let now = Instant::now();
         let mut c = video();
-        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { .. }));
-        assert_eq!(c.route(&packet(2, false, false, None), 1, false, false, Queued::packets(MAX_QUEUED_PACKETS), &mut || 0, now), Route::Dropped { broken: true });
-        assert_eq!(c.route(&packet(3, false, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::WaitKeyframe, "the rest of the picture waits");
-        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, false, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }), "no hole in the numbering");
+        assert!(matches!(c.route(&packet(1, true, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { .. }));
+        assert_eq!(c.route(&packet(2, false, false, None), 1, false, None, Queued::packets(MAX_QUEUED_PACKETS), &mut || 0, now), Route::Dropped { broken: true });
+        assert_eq!(c.route(&packet(3, false, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::WaitKeyframe, "the rest of the picture waits");
+        assert!(matches!(c.route(&packet(4, true, true, None), 1, false, None, Queued::default(), &mut || 0, now), Route::Send { seq: 2, .. }), "no hole in the numbering");
     }
 
     #[test]
     fn an_internal_publisher_replays_its_gop_at_most_once_a_second() {
         let now = Instant::now();
         let mut c = video();
-        assert_eq!(c.route(&packet(5, false, true, None), 9, true, false, Queued::default(), &mut || 0, now), Route::ReplayGop);
-        assert_eq!(c.route(&packet(6, false, true, None), 9, true, false, Queued::default(), &mut || 0, now + Duration::from_millis(500)), Route::Skip);
-        assert_eq!(c.route(&packet(7, false, true, None), 9, true, false, Queued::default(), &mut || 0, now + Duration::from_secs(1)), Route::ReplayGop);
+        assert_eq!(c.route(&packet(5, false, true, None), 9, true, None, Queued::default(), &mut || 0, now), Route::ReplayGop);
+        assert_eq!(c.route(&packet(6, false, true, None), 9, true, None, Queued::default(), &mut || 0, now + Duration::from_millis(500)), Route::Skip);
+        assert_eq!(c.route(&packet(7, false, true, None), 9, true, None, Queued::default(), &mut || 0, now + Duration::from_secs(1)), Route::ReplayGop);
         c.reset_gate();
-        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, true, Queued::default(), &mut || 0, now), Route::Send { .. }), "the replay starts at its keyframe");
+        assert!(matches!(c.route(&packet(1, true, true, None), 9, true, Some(0), Queued::default(), &mut || 0, now), Route::Send { .. }), "the replay starts at its keyframe");
     }
 
     #[test]
@@ -820,7 +825,7 @@ mod tests {
         let mut c = video();
         let mut p = packet(1, true, true, None);
         p.codec = Codec::Vp8;
-        assert_eq!(c.route(&p, 1, false, false, Queued::default(), &mut || 0, now), Route::Skip);
+        assert_eq!(c.route(&p, 1, false, None, Queued::default(), &mut || 0, now), Route::Skip);
     }
 
     #[test]
@@ -830,10 +835,10 @@ mod tests {
         let fallback = |seq| FwdPacket { route: PacketRoute::Fallback(Codec::Av1), ssrc: 9, ..packet(seq, true, true, None) };
         let original = |seq| FwdPacket { route: PacketRoute::Viewers, codec: Codec::Av1, ..packet(seq, true, true, None) };
         let mut both = Consumer::new("0".into(), source.clone(), MediaKind::Video, true, vec![(Codec::H264, 102.into()), (Codec::Av1, 45.into())]);
-        assert_eq!(both.route(&fallback(1), 1, true, false, Queued::default(), &mut || 0, now), Route::Skip);
-        assert!(matches!(both.route(&original(1), 1, true, false, Queued::default(), &mut || 0, now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
+        assert_eq!(both.route(&fallback(1), 1, true, None, Queued::default(), &mut || 0, now), Route::Skip);
+        assert!(matches!(both.route(&original(1), 1, true, None, Queued::default(), &mut || 0, now), Route::Send { pt, seq: 1, .. } if pt == 45.into()));
         let mut h264 = video();
-        assert!(matches!(h264.route(&fallback(1), 1, true, false, Queued::default(), &mut || 0, now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
-        assert_eq!(h264.route(&original(2), 1, true, false, Queued::default(), &mut || 0, now), Route::Skip);
+        assert!(matches!(h264.route(&fallback(1), 1, true, None, Queued::default(), &mut || 0, now), Route::Send { pt, seq: 1, .. } if pt == 102.into()));
+        assert_eq!(h264.route(&original(2), 1, true, None, Queued::default(), &mut || 0, now), Route::Skip);
     }
 }

@@ -569,8 +569,10 @@ impl Sfu {
     }
 
     /// Writes one producer packet to the consumers watching (user, stream) in `room`, or only to
-    /// `only`. Returns nothing; viewers written to are marked dirty.
-    pub(super) fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, only: Option<u64>) {
+    /// the viewer of `replay` (a packet of a replayed GOP, due that many clock ticks after the
+    /// replay's first). Returns nothing; viewers written to are marked dirty.
+    pub(super) fn fan_out(&mut self, pub_id: u64, room: &RoomKey, key: &(UserId, StreamKind), fp: &FwdPacket, now: Instant, replay: Option<(u64, u32)>) {
+        let only = replay.map(|(viewer, _)| viewer);
         if let (None, MediaKind::Audio, Some(level)) = (only, fp.kind, fp.ext.audio_level) {
             self.note_audio_level(room, &key.0, key.1, level, now);
         }
@@ -650,7 +652,7 @@ impl Sfu {
                 }
                 None => Queued { link_full, ..Queued::default() },
             };
-            match c.route(fp, pub_id, internal, only.is_some(), queued, &mut || tx.clear_queue(), now) {
+            match c.route(fp, pub_id, internal, replay.map(|(_, due)| due), queued, &mut || tx.clear_queue(), now) {
                 Route::Skip => continue,
                 Route::WaitKeyframe => {
                     want_keyframe = true;
@@ -726,10 +728,14 @@ impl Sfu {
             // packets did before. A viewer whose queue has no room for a keyframe waits for the
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
             let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
-            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, .. } = &mut viewer.role else { continue };
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, pacing_floor, .. } = &mut viewer.role else { continue };
             let estimate = allocator::measured(*estimate_bps, *raw_estimate_bps, None);
+            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
             let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed && c.source == *key) else { continue };
-            if c.has_sent() && !replay_fits(&gop, estimate, now) {
+            // (Only the codec it takes counts: the cache may hold an H.264 re-encoding beside
+            // an AV1 original.)
+            let taken: Vec<FwdPacket> = gop.iter().filter(|p| c.pt_for(p).is_some()).cloned().collect();
+            if c.has_sent() && !replay_fits(&taken, estimate, now) {
                 continue;
             }
             let mid = c.mid;
@@ -738,9 +744,14 @@ impl Sfu {
             if queued >= MAX_QUEUED_PACKETS / 2 {
                 continue;
             }
-            tracing::debug!(viewer = vid, packets = gop.len(), restart = c.has_sent(), "GOP replayed");
-            for cached in &gop {
-                self.fan_out(pub_id, room, key, cached, now, Some(vid));
+            tracing::debug!(viewer = vid, packets = taken.len(), restart = c.has_sent(), "GOP replayed");
+            // Each packet is due when the pacer will have sent the bytes ahead of it.
+            let mut bits = 0.0;
+            for cached in &taken {
+                let due = pacing_bps.map_or(0.0, |r| bits / r.max(1.0) * cached.codec.clock_rate() as f64);
+                let due = due.min(u32::MAX as f64) as u32;
+                bits += (cached.payload.len() + RTP_OVERHEAD_BYTES) as f64 * 8.0;
+                self.fan_out(pub_id, room, key, cached, now, Some((vid, due)));
             }
         }
     }
