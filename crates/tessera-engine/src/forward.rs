@@ -306,11 +306,11 @@ mod tests {
     }
 
     #[test]
-    fn a_replayed_gop_is_stamped_one_tick_apart_and_live_frames_follow_on() {
+    fn a_replayed_gop_is_stamped_when_the_pacer_sends_it_and_live_frames_follow_on() {
         let mut r = SeqTsRewriter::default();
         let src = (1, 10);
         // A viewer's first media is a GOP of three frames (the second in two packets), 3000
-        // ticks apart at the source; then the source's next frame, live.
+        // ticks apart at the source, all due at once; then the source's next frame, live.
         r.begin_replay();
         assert_eq!(r.rewrite_replayed(src, 50, 90_000, 0, 0), Some((1, 90_000)));
         assert_eq!(r.rewrite_replayed(src, 51, 93_000, 0, 0), Some((2, 90_001)));
@@ -328,19 +328,13 @@ mod tests {
             .collect();
         assert_eq!(replayed, [(7, 105_002), (8, 105_003), (9, 105_003), (10, 105_004), (11, 105_005), (12, 105_006)]);
         assert_eq!(r.rewrite(src, 56, 105_000, 0), Some((13, 108_006)));
-    }
-
-    #[test]
-    fn a_replayed_frame_is_stamped_when_the_pacer_sends_it_but_no_later_than_its_source_spacing() {
-        let mut r = SeqTsRewriter::default();
-        let src = (1, 10);
+        // A replay the pacer spreads: the second frame due 1000 ticks after the first (3000 at
+        // the source), the third 7000 after (6000 at the source: the source's spacing).
         r.begin_replay();
-        assert_eq!(r.rewrite_replayed(src, 50, 90_000, 0, 0), Some((1, 90_000)));
-        // Due 1000 ticks after the first (a big keyframe ahead of it), 3000 at the source.
-        assert_eq!(r.rewrite_replayed(src, 51, 93_000, 0, 1_000), Some((2, 91_000)));
-        // Due 7000 ticks after the first, 6000 at the source: the source's spacing.
-        assert_eq!(r.rewrite_replayed(src, 52, 96_000, 0, 7_000), Some((3, 96_000)));
-        assert_eq!(r.rewrite(src, 53, 99_000, 0), Some((4, 99_000)));
+        assert_eq!(r.rewrite_replayed(src, 50, 90_000, 3_000, 0), Some((14, 111_006)));
+        assert_eq!(r.rewrite_replayed(src, 51, 93_000, 3_000, 1_000), Some((15, 112_006)));
+        assert_eq!(r.rewrite_replayed(src, 52, 96_000, 3_000, 7_000), Some((16, 117_006)));
+        assert_eq!(r.rewrite(src, 53, 99_000, 0), Some((17, 120_006)));
     }
 
     #[test]
