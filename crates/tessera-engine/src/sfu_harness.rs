@@ -789,7 +789,7 @@ mod tests {
     /// source's stamps the replay's frames arrived up to 2.6 s ahead of them (Chromium held
     /// such frames for seconds).
     #[test]
-    fn a_viewer_joining_an_ingest_mid_gop_gets_the_gop_at_once_and_no_frame_far_ahead_of_its_stamp() {
+    fn a_viewer_joining_an_ingest_mid_gop_gets_the_gop_at_once_and_its_frames_near_their_stamps() {
         let mut world = World::new();
         let spec = SessionSpec { join: JoinInfo::anchor(crate::presence::user_type::RTMP), ..world.spec_of("rtmp", "alice", PeerRole::Publish) };
         let (ingest, _) = world.sfu.add_internal_publisher(spec, world.now);
@@ -830,17 +830,17 @@ mod tests {
         let got = world.frames_received(viewer);
         let first = world.clients[viewer].events.iter().find(|(_, e)| matches!(e, Event::MediaData(_))).map(|(t, _)| *t).expect("video");
         assert!(first.duration_since(joined) < Duration::from_secs(1), "a picture at once: {:?} after joining", first.duration_since(joined));
-        // The whole GOP from its keyframe, then live frames (the last few still queued behind
-        // the replay: see below).
-        assert!(got.len() >= 120, "{} frames of {n}", got.len());
+        // The whole GOP from its keyframe, then every live frame.
+        assert!(got.len() as u32 >= n - 3, "{} frames of {n}", got.len());
         assert!(got.windows(2).all(|w| w[1] > w[0]), "in order");
-        // No frame arrives far ahead of its stamp (with the source's: 2.6 s ahead). Frames come
-        // later than stamped by up to ~0.75 s here: the stamps assume the 800 kbit/s starting
-        // estimate, but str0m's first feedback sets it to 200-280 kbit/s (from the stream's own
-        // rate: nothing probes above it), and the replay leaves at that.
+        // No frame arrives far ahead of its stamp (with the source's: 2.6 s ahead) or after it.
+        // The replay asks the estimator for room to leave within a second: without, str0m's
+        // first feedback set the estimate from the stream's own rate (200-280 kbit/s), the
+        // replay left at that and its frames came up to 0.75 s after their stamps, 23 frames
+        // still queued at the end.
         let lateness = world.frame_lateness(viewer);
-        let early = lateness.iter().fold(0.0f64, |lo, &x| lo.min(x));
-        assert!(early > -0.6, "a frame arrived {:.2} s ahead of its stamp", -early);
+        let (early, late) = lateness.iter().fold((0.0f64, 0.0f64), |(lo, hi), &x| (lo.min(x), hi.max(x)));
+        assert!(early > -0.4 && late < 0.25, "frames from {:.2} s ahead of their stamps to {late:.2} s after", -early);
     }
 
     #[test]

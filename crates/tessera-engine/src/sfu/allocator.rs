@@ -485,6 +485,17 @@ pub struct Prober {
     carried: Option<f64>,
     /// Until when a queue is the last probe's overshoot draining (`overshooting`).
     overshoot_until: Option<Instant>,
+    /// A burst above the stream and what was set before it (`burst`).
+    burst: Option<Burst>,
+}
+
+/// A burst above the stream: until when it wants `desired`, and the (minimum, desired) set
+/// before it, given back when it ends.
+#[derive(Debug, Clone, Copy)]
+struct Burst {
+    until: Instant,
+    desired: f64,
+    before: Option<(f64, f64)>,
 }
 
 /// The wait before the next probe after `failures` failed ones: 5 s, doubling to a minute.
@@ -526,6 +537,11 @@ impl Prober {
         now: Instant,
     ) -> Option<(f64, f64)> {
         let estimate = estimate_bps?;
+        // A burst that ended gives back what was set before it, said again.
+        let burst_ended = self.burst.is_some_and(|b| now >= b.until);
+        if burst_ended {
+            self.set = self.burst.take().and_then(|b| b.before);
+        }
         if let Some((goal, _, _)) = self.found.filter(|(_, at, _)| now.saturating_duration_since(*at) >= DISPROVE_WITHIN) {
             self.found = None;
             if self.disproved.is_some_and(|d| goal >= d * 0.9) {
@@ -586,10 +602,25 @@ impl Prober {
                 _ => (0.0, self.set.map_or(plan.used_bps, |s| s.1)),
             },
         };
-        (self.set != Some(want)).then(|| {
+        let want = match self.burst {
+            Some(b) => (want.0, want.1.max(b.desired)),
+            None => want,
+        };
+        (self.set != Some(want) || burst_ended).then(|| {
             self.set = Some(want);
             want
         })
+    }
+
+    /// A burst above the stream (a GOP replayed to a viewer that joins an ingest) wants
+    /// `desired` until `until`: the (minimum, desired) to give the estimator now, which looks
+    /// for it; the usual goal comes back after.
+    pub fn burst(&mut self, desired: f64, until: Instant) -> (f64, f64) {
+        let before = self.burst.map_or(self.set, |b| b.before);
+        self.burst = Some(Burst { until, desired, before });
+        let want = self.set.map_or((0.0, desired), |(min, d)| (min, d.max(desired)));
+        self.set = Some(want);
+        want
     }
 
     fn fail(&mut self, plan: &Plan, now: Instant) -> (f64, f64) {
@@ -1084,6 +1115,19 @@ mod tests {
         let goal = plan(400_000.0).next_bps.unwrap();
         assert!(!p.disprove(Some(goal * 0.3), at(5_000)));
         assert_eq!((p.failures, p.proven(at(5_000))), (0, None), "the room found is forgotten all the same");
+    }
+
+    #[test]
+    fn a_burst_asks_for_its_rate_until_it_ends_then_the_usual_goal_comes_back() {
+        let t0 = Instant::now();
+        let tracks = [track(Priority::Other)];
+        let mut p = Prober::default();
+        let low = plan(&tracks, 40_000.0, Some(300_000.0));
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0), Some((0.0, low.used_bps)));
+        // A GOP replay of 2 Mbit beside the stream: asked for at once, held while it lasts.
+        assert_eq!(p.burst(2_100_000.0, t0 + Duration::from_secs(1)), (0.0, 2_100_000.0));
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0 + Duration::from_millis(500)), None);
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0 + Duration::from_secs(1)), Some((0.0, low.used_bps)), "over: the plan's own");
     }
 
     #[test]

@@ -728,7 +728,7 @@ impl Sfu {
             // packets did before. A viewer whose queue has no room for a keyframe waits for the
             // source's next one instead; a GOP longer than the queue allows is cut at a frame.
             let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
-            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, pacing_floor, .. } = &mut viewer.role else { continue };
+            let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, pacing_floor, prober, .. } = &mut viewer.role else { continue };
             let estimate = allocator::measured(*estimate_bps, *raw_estimate_bps, None);
             let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
             let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed && c.source == *key) else { continue };
@@ -745,6 +745,17 @@ impl Sfu {
                 continue;
             }
             tracing::debug!(viewer = vid, packets = taken.len(), restart = c.has_sent(), "GOP replayed");
+            // The replay is a burst above the stream's rate: the estimator is asked to look for
+            // room to send it within `REPLAY_CATCH_UP` beside the stream (str0m's first feedback
+            // sets the estimate from what is sent, and the replay would leave at that).
+            if let Some(first) = taken.first() {
+                let bits: f64 = taken.iter().map(|p| (p.payload.len() + RTP_OVERHEAD_BYTES) as f64 * 8.0).sum();
+                let stream = bits / now.saturating_duration_since(first.arrival).as_secs_f64().max(0.1);
+                let desired = stream + bits / REPLAY_CATCH_UP.as_secs_f64();
+                let (minimum, desired) = prober.burst(desired, now + REPLAY_CATCH_UP);
+                tracing::debug!(minimum, desired, "probe for a GOP replay");
+                viewer.peer.rtc.bwe().set_bitrate(Bitrate::bps(minimum as u64), Bitrate::bps(desired as u64));
+            }
             // Each packet is due when the pacer will have sent the bytes ahead of it.
             let mut bits = 0.0;
             for cached in &taken {
