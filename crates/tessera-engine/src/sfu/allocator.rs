@@ -1118,20 +1118,7 @@ mod tests {
     }
 
     #[test]
-    fn a_burst_asks_for_its_rate_until_it_ends_then_the_usual_goal_comes_back() {
-        let t0 = Instant::now();
-        let tracks = [track(Priority::Other)];
-        let mut p = Prober::default();
-        let low = plan(&tracks, 40_000.0, Some(300_000.0));
-        assert_eq!(p.step(&low, Some(300_000.0), false, t0), Some((0.0, low.used_bps)));
-        // A GOP replay of 2 Mbit beside the stream: asked for at once, held while it lasts.
-        assert_eq!(p.burst(2_100_000.0, t0 + Duration::from_secs(1)), (0.0, 2_100_000.0));
-        assert_eq!(p.step(&low, Some(300_000.0), false, t0 + Duration::from_millis(500)), None);
-        assert_eq!(p.step(&low, Some(300_000.0), false, t0 + Duration::from_secs(1)), Some((0.0, low.used_bps)), "over: the plan's own");
-    }
-
-    #[test]
-    fn a_probe_looks_for_the_next_step_and_ends_on_success_overuse_or_stall() {
+    fn a_probe_looks_for_the_next_step_and_ends_on_success_overuse_or_stall_and_a_burst_is_asked_for_while_it_lasts() {
         let t0 = Instant::now();
         let tracks = [track(Priority::Other)];
         let mut p = Prober::default();
@@ -1222,5 +1209,13 @@ mod tests {
         assert_eq!(rid(over.choices[0]), "m");
         p.step(&over, Some(500_000.0), false, t0);
         assert_eq!(p.step(&over, Some(500_000.0), false, s(0)), None);
+        // A burst (a GOP replay of 2 Mbit beside the stream) is asked for at once and held
+        // while it lasts; then the plan's own goal is said again.
+        let mut p = Prober::default();
+        let low = plan(&tracks, 40_000.0, Some(300_000.0));
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0), Some((0.0, low.used_bps)));
+        assert_eq!(p.burst(2_100_000.0, t0 + Duration::from_secs(1)), (0.0, 2_100_000.0));
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0 + Duration::from_millis(500)), None);
+        assert_eq!(p.step(&low, Some(300_000.0), false, t0 + Duration::from_secs(1)), Some((0.0, low.used_bps)), "over: the plan's own");
     }
 }
