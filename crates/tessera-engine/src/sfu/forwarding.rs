@@ -643,7 +643,7 @@ impl Sfu {
             let Some(tx) = api.stream_tx_for_send(c.mid, None) else { continue };
             // How long the queue takes to empty: at the rate it was measured to empty, else at
             // the pacer's (1.1 × the estimate, or its floor).
-            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
+            let pacing_bps = pacing_bps(*estimate_bps, *raw_estimate_bps, *pacing_floor);
             let queued = match tx.queue_info() {
                 Some(q) => {
                     c.departure.sample(q.created_at(), q.byte_size());
@@ -730,7 +730,7 @@ impl Sfu {
             let Some(viewer) = self.sessions.get_mut(&vid) else { continue };
             let Role::Viewer { consumers, estimate_bps, raw_estimate_bps, pacing_floor, prober, .. } = &mut viewer.role else { continue };
             let estimate = allocator::measured(*estimate_bps, *raw_estimate_bps, None);
-            let pacing_bps = raw_estimate_bps.or(*estimate_bps).map(|e| (e * 1.1).max(*pacing_floor));
+            let pacing_bps = pacing_bps(*estimate_bps, *raw_estimate_bps, *pacing_floor);
             let Some(c) = consumers.iter_mut().find(|c| c.kind == MediaKind::Video && c.allowed && c.source == *key) else { continue };
             // (Only the codec it takes counts: the cache may hold an H.264 re-encoding beside
             // an AV1 original.)
@@ -748,9 +748,7 @@ impl Sfu {
             // The replay is a burst above the stream's rate: the estimator is asked to look for
             // room to send it within `REPLAY_CATCH_UP` beside the stream (str0m's first feedback
             // sets the estimate from what is sent, and the replay would leave at that).
-            if let Some(first) = taken.first() {
-                let bits: f64 = taken.iter().map(|p| (p.payload.len() + RTP_OVERHEAD_BYTES) as f64 * 8.0).sum();
-                let stream = bits / now.saturating_duration_since(first.arrival).as_secs_f64().max(0.1);
+            if let Some((bits, stream)) = gop_bits_and_rate(&taken, now) {
                 let desired = stream + bits / REPLAY_CATCH_UP.as_secs_f64();
                 let (minimum, desired) = prober.burst(desired, now + REPLAY_CATCH_UP);
                 tracing::debug!(minimum, desired, "probe for a GOP replay");
@@ -761,7 +759,7 @@ impl Sfu {
             for cached in &taken {
                 let due = pacing_bps.map_or(0.0, |r| bits / r.max(1.0) * cached.codec.clock_rate() as f64);
                 let due = due.min(u32::MAX as f64) as u32;
-                bits += (cached.payload.len() + RTP_OVERHEAD_BYTES) as f64 * 8.0;
+                bits += wire_bits(cached);
                 self.fan_out(pub_id, room, key, cached, now, Some((vid, due)));
             }
         }

@@ -170,11 +170,27 @@ const REPLAY_CATCH_UP: Duration = Duration::from_secs(1);
 /// (measured: an RTMP stream of ~290 kbit/s on a 300 kbit/s link with 5 % loss, a replay each
 /// second, 50 % loss and a 500 ms RTT until the link was repaired).
 fn replay_fits(gop: &[producer::FwdPacket], estimate_bps: Option<f64>, now: Instant) -> bool {
-    let (Some(estimate), Some(first)) = (estimate_bps, gop.first()) else { return true };
-    let bits = gop.iter().map(|p| (p.payload.len() + RTP_OVERHEAD_BYTES) as f64 * 8.0).sum::<f64>();
-    let secs = now.saturating_duration_since(first.arrival).as_secs_f64().max(0.1);
-    let spare = estimate - bits / secs;
+    let (Some(estimate), Some((bits, rate))) = (estimate_bps, gop_bits_and_rate(gop, now)) else { return true };
+    let spare = estimate - rate;
     spare > 0.0 && bits / spare <= REPLAY_CATCH_UP.as_secs_f64()
+}
+
+/// A cached GOP's bits on the wire, and its own rate (from its keyframe to now); `None` when
+/// empty.
+fn gop_bits_and_rate(gop: &[producer::FwdPacket], now: Instant) -> Option<(f64, f64)> {
+    let first = gop.first()?;
+    let bits = gop.iter().map(wire_bits).sum::<f64>();
+    Some((bits, bits / now.saturating_duration_since(first.arrival).as_secs_f64().max(0.1)))
+}
+
+/// One packet's bits on the wire (`RTP_OVERHEAD_BYTES` besides its payload).
+fn wire_bits(p: &producer::FwdPacket) -> f64 {
+    (p.payload.len() + RTP_OVERHEAD_BYTES) as f64 * 8.0
+}
+
+/// What a viewer's pacer sends at: 1.1 × its estimate (the raw one where known), or its floor.
+fn pacing_bps(estimate_bps: Option<f64>, raw_estimate_bps: Option<f64>, floor_bps: f64) -> Option<f64> {
+    raw_estimate_bps.or(estimate_bps).map(|e| (e * 1.1).max(floor_bps))
 }
 /// Per packet on the wire besides its payload: IP, UDP, RTP header and extensions, SRTP tag.
 const RTP_OVERHEAD_BYTES: usize = 60;
