@@ -33,7 +33,7 @@ from urllib.parse import urlencode
 from playwright.sync_api import sync_playwright
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from browser import CHROMIUM_ARGS, goto  # noqa: E402
+from browser import CHROMIUM_ARGS, close_like_a_user, goto  # noqa: E402
 
 COLLECT = """async (pc) => {
   // play.html starts a lost connection over: between two sessions it has none.
@@ -249,8 +249,8 @@ def main():
             if a.mode == "sfu":
                 out["publisher_restarts"] = sum(pub.evaluate("window.tessera.restarts || 0") for pub in pubs)
         finally:
-            pub_browser.close()
-            view_browser.close()
+            close_like_a_user(pub_browser)
+            close_like_a_user(view_browser)
             for w in WRAPPERS:
                 os.unlink(w)
     print(json.dumps(out), flush=True)
