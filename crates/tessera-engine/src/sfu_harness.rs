@@ -1594,3 +1594,98 @@ mod meeting_1200 {
         four_on_1200(Duration::ZERO);
     }
 }
+
+/// A viewer joining an ingest (an RTMP publish) mid-GOP over a thin link.
+#[cfg(test)]
+mod ingest_thin {
+    use super::*;
+
+    /// What the viewer of link `seed` (capped at `bps`) saw joining a `kbps` ingest 2.5 s into
+    /// its 4 s GOP: (first picture after joining, frames received of those due, the largest
+    /// lateness against the stamps and its value over the last second, link drops, the
+    /// longest gap between frames once one came; seconds).
+    pub(super) fn joined(seed: u64, bps: u64, frame_bytes: usize) -> (f64, f64, f64, f64, u64, f64) {
+        let mut world = World::new();
+        let spec = SessionSpec { join: JoinInfo::anchor(crate::presence::user_type::RTMP), ..world.spec_of("rtmp", "alice", PeerRole::Publish) };
+        let (ingest, _) = world.sfu.add_internal_publisher(spec, world.now);
+        let count_frames = std::cell::Cell::new(0u32);
+        let started = world.now;
+        let mut seq = 0u64;
+        let mut frames = |w: &mut World, d: Duration| {
+            w.run(d, Duration::from_millis(33), |w| {
+                super::rate_step::SIM_MS.store(w.now.duration_since(started).as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
+                let n = count_frames.get();
+                let keyframe = n.is_multiple_of(120);
+                let au = h264_frame(keyframe, frame_bytes, n);
+                let starts: Vec<usize> = (0..au.len() - 3).filter(|&i| au[i..i + 4] == [0, 0, 0, 1]).chain([au.len()]).collect();
+                let nals: Vec<&[u8]> = starts.windows(2).map(|r| &au[r[0] + 4..r[1]]).collect();
+                let mut payloads = Vec::new();
+                tessera_media::h264::packetize(nals, 1100, &mut payloads);
+                let count = payloads.len();
+                for (k, payload) in payloads.into_iter().enumerate() {
+                    seq += 1;
+                    let packet = crate::sfu::IngestPacket {
+                        ssrc: 7,
+                        seq,
+                        ts: n * 3000,
+                        marker: k + 1 == count,
+                        keyframe,
+                        codec: tessera_media::Codec::H264,
+                        payload: payload.into(),
+                        audio_level: None,
+                        route: crate::sfu::PacketRoute::All,
+                        composition_ms: 0,
+                        picture: None,
+                        rid: None,
+                    };
+                    w.sfu.push_packet(ingest, packet, w.now);
+                }
+                w.drain_sfu();
+                count_frames.set(n + 1);
+            });
+        };
+        frames(&mut world, Duration::from_millis(2500));
+        let joined = world.now;
+        let down = if bps == 0 { Link { delay: Duration::from_millis(20 + 3 * seed % 30), ..Link::clean() } } else { super::rate_step::varied_link(bps, seed) };
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), down);
+        frames(&mut world, Duration::from_secs(8));
+        let got = world.frames_received(viewer);
+        let arrivals: Vec<f64> = world.clients[viewer]
+            .events
+            .iter()
+            .filter(|(_, e)| matches!(e, Event::MediaData(m) if m.params.spec().codec == WireCodec::H264))
+            .map(|(t, _)| t.duration_since(joined).as_secs_f64())
+            .collect();
+        let first = arrivals.first().copied().unwrap_or(f64::NAN);
+        let gap = arrivals.windows(2).map(|w| w[1] - w[0]).fold(0.0, f64::max);
+        let lateness = world.frame_lateness(viewer);
+        let least = lateness.iter().copied().fold(f64::MAX, f64::min);
+        let worst = lateness.iter().map(|l| l - least).fold(0.0, f64::max);
+        let tail: Vec<f64> = lateness.iter().zip(&arrivals).filter(|(_, a)| **a > 7.0).map(|(l, _)| l - least).collect();
+        let end = tail.iter().sum::<f64>() / tail.len().max(1) as f64;
+        // The whole GOP from its keyframe (frame 0) is due.
+        let due = count_frames.get() as f64;
+        (first, got.len() as f64 / due, worst, end, world.clients[viewer].down.lost, gap)
+    }
+
+    /// A viewer joining an ingest on a link with little room beyond the stream gets its first
+    /// picture at once, and the replayed GOP waits in the pacer rather than overflowing the
+    /// link's queue: a 2.4 Mbit/s ingest on a 3 Mbit/s link and a 380 kbit/s one on 600
+    /// kbit/s, four links each. Before the pacer kept under what a deep queue delivers, every
+    /// 3 Mbit/s link dropped 26-65 packets (gaps up to 1.5 s), and with the replay's request
+    /// for room three 600 kbit/s links in four dropped 5-10. Same `SEED`/`SEEDS`/`SEED_LOG` as
+    /// the rate step (four links unless said).
+    #[test]
+    fn a_viewer_joining_an_ingest_on_a_link_with_little_room_gets_the_gop_without_overflowing_it() {
+        let seeds = if std::env::var("SEED").is_ok() || std::env::var("SEEDS").is_ok() { super::rate_step::seeds_from_env() } else { (0..4).collect() };
+        for (bps, frame_bytes) in [(3_000_000, 10_000), (600_000, 1_500)] {
+            for &seed in &seeds {
+                let (first, share, worst, end, lost, gap) = joined(seed, bps, frame_bytes);
+                println!("{} kbit/s link {seed}: first picture {first:.2} s, {:.0} % of frames, latest {worst:.2} s, over the last second {end:.2} s, {lost} dropped at the link, longest gap {gap:.2} s", bps / 1000, share * 100.0);
+                assert!(first < 0.5, "{bps} link {seed}: first picture {first:.2} s after joining");
+                assert_eq!(lost, 0, "{bps} link {seed}: packets dropped at the link's queue");
+                assert!(end < 0.3, "{bps} link {seed}: {end:.2} s behind the stamps at the end");
+            }
+        }
+    }
+}

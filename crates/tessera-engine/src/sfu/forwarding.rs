@@ -394,9 +394,10 @@ impl Sfu {
                 }
             }
         }
-        if let Some(ceiling) = net.pacing_ceiling(now) {
+        let delivered_now = net.deep().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        if let Some(ceiling) = net.pacing_ceiling(delivered_now, plan.used_bps, now) {
             tracing::debug!(?ceiling, "pacing ceiling");
-            peer.rtc.bwe().set_pacing_ceiling(ceiling.map(|c| Bitrate::bps((c * DRAINING_SHARE) as u64)));
+            peer.rtc.bwe().set_pacing_ceiling(ceiling.map(|c| Bitrate::bps(c as u64)));
         }
         // A viewer without transport-wide feedback has no estimate: its pacer follows its media.
         // One with it has its first estimate before its first media; a second of media without

@@ -36,6 +36,12 @@ const CARRIED_MARGIN: f64 = 1.1;
 /// (`NetStats::draining_cap`), and after a viewer was moved down its pacer stays under it
 /// (`NetStats::pacing_ceiling`): the drain hold and the lower layer's keyframe.
 const PACING_CEILING_HOLD: Duration = Duration::from_secs(1);
+/// While the link holds a deep queue the pacer sends this share of what it delivers: the
+/// queue drains by the rest.
+const DEEP_QUEUE_SHARE: f64 = 0.9;
+/// Nor under the media the plan sends, with this headroom (a ceiling under it would grow the
+/// pacer's queue until it is cut).
+const MEDIA_HEADROOM: f64 = 1.05;
 
 /// Loss over the last 2 s (PRODUCT.md §9's window) from str0m's 1 s samples: the mean of the
 /// latest two when they are adjacent. One 1 s window holds ~70 packets of a small stream, too
@@ -142,6 +148,8 @@ pub(super) struct NetStats {
     loss_held_since: Option<Instant>,
     /// The pacer's ceiling as last set (`pacing_ceiling`).
     paced_ceiling: Option<f64>,
+    /// The ceiling a deep queue sets, and when the link last held one (`pacing_ceiling`).
+    deep_cap: Option<(f64, Instant)>,
     /// What a thinned link carried, for a second after (`draining_cap`).
     drain_cap: Option<f64>,
     /// When a video consumer was last moved down to hold for the link to drain (`held`).
@@ -272,17 +280,36 @@ impl NetStats {
         self.quiet_until = Some(now + quiet);
     }
 
-    /// The pacer's new ceiling if it changed (`Some(None)`: none): `draining_cap` while a
-    /// consumer's drain hold began within `PACING_CEILING_HOLD`. str0m paces media at 1.1 × its
-    /// averaged estimate, which stays above the link's rate for seconds after it thinned: the
-    /// lower layer's keyframe, the first large frame sent into the link then, went in at several
-    /// times the rate the link drains. Only for a viewer moved down: one whose stream has no
-    /// lower layer would only be paced below its media. Not for longer: held at the (lower,
-    /// later) measures for the seconds the estimate's cap stands, the pacer cut the lowest layer
-    /// again and again and kept probes from finding the link's room when it came back.
-    pub(super) fn pacing_ceiling(&mut self, now: Instant) -> Option<Option<f64>> {
+    /// The pacer's new ceiling in bit/s if it changed (`Some(None)`: none).
+    /// - A share (`DRAINING_SHARE`) of `draining_cap` while a consumer's drain hold began within
+    ///   `PACING_CEILING_HOLD`. str0m paces media at 1.1 × its averaged estimate, which stays
+    ///   above the link's rate for seconds after it thinned: the lower layer's keyframe, the
+    ///   first large frame sent into the link then, went in at several times the rate the link
+    ///   drains. Only for a viewer moved down: one whose stream has no lower layer would only be
+    ///   paced below its media. Not for longer: held at the (lower, later) measures for the
+    ///   seconds the estimate's cap stands, the pacer cut the lowest layer again and again and
+    ///   kept probes from finding the link's room when it came back.
+    /// - While the link holds a deep queue (`deep`), and `PACING_CEILING_HOLD` after: a share
+    ///   (`DEEP_QUEUE_SHARE`) of what it delivers (`delivered`, as of now), never under the
+    ///   media the plan sends (`media_bps`). With a backlog to send (a GOP replayed to a viewer
+    ///   that joins an ingest, a large keyframe), 1.1 × an estimate that is about the link's
+    ///   rate kept the link's queue growing until it overflowed (harness, `ingest_thin`: a 2.4
+    ///   Mbit/s ingest on a 3 Mbit/s link, 26-65 packets dropped at the link, gaps up to 1.5 s);
+    ///   under the link's rate the backlog waits in the pacer, where audio and resends pass it.
+    pub(super) fn pacing_ceiling(&mut self, delivered: Option<f64>, media_bps: f64, now: Instant) -> Option<Option<f64>> {
         let held = self.held_at.is_some_and(|t| now.saturating_duration_since(t) < PACING_CEILING_HOLD);
-        let want = self.drain_cap.filter(|_| held);
+        let drain = self.drain_cap.filter(|_| held).map(|c| c * DRAINING_SHARE);
+        if let (true, Some(d)) = (self.deep(), delivered) {
+            let cap = (d * DEEP_QUEUE_SHARE).max(media_bps * MEDIA_HEADROOM);
+            // Not moved for every feedback's measure: a change under a tenth keeps the last.
+            let cap = self.deep_cap.map_or(cap, |(c, _)| if (c - cap).abs() < 0.1 * c { c } else { cap });
+            self.deep_cap = Some((cap, now));
+        }
+        self.deep_cap = self.deep_cap.filter(|(_, at)| self.deep() || now.saturating_duration_since(*at) < PACING_CEILING_HOLD);
+        let want = match (drain, self.deep_cap.map(|(c, _)| c)) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
         (self.paced_ceiling != want).then(|| {
             self.paced_ceiling = want;
             want
@@ -768,30 +795,48 @@ mod tests {
     }
 
     #[test]
-    fn the_pacer_stays_within_what_a_thinned_link_carried_for_a_second_not_lowered() {
+    fn the_pacer_stays_within_what_a_thinned_link_carried_for_a_second_not_lowered_and_under_what_a_deep_queue_delivers() {
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut net = NetStats::default();
-        assert_eq!((net.draining_cap(t0), net.pacing_ceiling(t0)), (None, None), "nothing thinned, nothing to change");
+        assert_eq!((net.draining_cap(t0), net.pacing_ceiling(None, 0.0, t0)), (None, None), "nothing thinned, nothing to change");
         net.thinned(360_000.0, t0);
         assert_eq!(net.draining_cap(t0), Some(360_000.0));
-        assert_eq!(net.pacing_ceiling(t0), None, "no viewer moved down: its media is not paced below");
+        assert_eq!(net.pacing_ceiling(None, 0.0, t0), None, "no viewer moved down: its media is not paced below");
         net.held(ms(10), Duration::ZERO);
-        assert_eq!(net.pacing_ceiling(ms(10)), Some(Some(360_000.0)));
-        assert_eq!(net.pacing_ceiling(ms(100)), None, "set once");
+        assert_eq!(net.pacing_ceiling(None, 0.0, ms(10)), Some(Some(288_000.0)));
+        assert_eq!(net.pacing_ceiling(None, 0.0, ms(100)), None, "set once");
         // A later, lower measure (a dip, the hold's own silence) does not lower it, and keeps it.
         net.thinned(175_000.0, ms(400));
         assert_eq!(net.draining_cap(ms(500)), Some(360_000.0));
-        assert_eq!(net.pacing_ceiling(ms(500)), None);
+        assert_eq!(net.pacing_ceiling(None, 0.0, ms(500)), None);
         assert_eq!(net.draining_cap(ms(1_300)), Some(360_000.0), "a second after the last thinning");
         assert_eq!(net.draining_cap(ms(1_400)), None, "then none, while the estimate's cap may stand");
-        assert_eq!(net.pacing_ceiling(ms(1_400)), Some(None));
+        assert_eq!(net.pacing_ceiling(None, 0.0, ms(1_400)), Some(None));
         assert!(net.capped());
         // A new thinning sets it again, at what the link carries then.
         net.thinned(150_000.0, ms(3_000));
         net.held(ms(3_000), Duration::ZERO);
         assert_eq!(net.draining_cap(ms(3_000)), Some(150_000.0));
-        assert_eq!(net.pacing_ceiling(ms(3_000)), Some(Some(150_000.0)));
+        assert_eq!(net.pacing_ceiling(None, 0.0, ms(3_000)), Some(Some(120_000.0)));
+        // A deep queue: nine tenths of what the link delivers, never under the media with its
+        // headroom; a measure within a tenth moves nothing; held a second after the queue.
+        let mut net = NetStats::default();
+        net.note_deep(true, t0);
+        assert_eq!(net.pacing_ceiling(None, 2_000_000.0, t0), None, "no measure, no ceiling");
+        assert_eq!(net.pacing_ceiling(Some(3_000_000.0), 2_000_000.0, t0), Some(Some(2_700_000.0)));
+        assert_eq!(net.pacing_ceiling(Some(2_900_000.0), 2_000_000.0, ms(50)), None);
+        assert_eq!(net.pacing_ceiling(Some(2_000_000.0), 2_000_000.0, ms(100)), Some(Some(2_100_000.0)));
+        net.note_deep(false, ms(200));
+        assert_eq!(net.pacing_ceiling(None, 2_000_000.0, ms(1_050)), None);
+        assert_eq!(net.pacing_ceiling(None, 2_000_000.0, ms(1_150)), Some(None));
+        // Both: the lower.
+        net.note_deep(true, ms(2_000));
+        assert_eq!(net.pacing_ceiling(Some(3_000_000.0), 0.0, ms(2_000)), Some(Some(2_700_000.0)));
+        net.thinned(2_000_000.0, ms(2_000));
+        net.draining_cap(ms(2_000));
+        net.held(ms(2_000), Duration::ZERO);
+        assert_eq!(net.pacing_ceiling(Some(3_000_000.0), 0.0, ms(2_010)), Some(Some(1_600_000.0)));
     }
 
     #[test]
