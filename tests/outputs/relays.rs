@@ -135,7 +135,10 @@ fn relay_reaches_the_cdn_survives_an_outage_and_stops() {
     let span = packets.last().and_then(|p| p["pts_time"].as_str()).and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0)
         - packets[0]["pts_time"].as_str().and_then(|t| t.parse::<f64>().ok()).unwrap_or(0.0);
     let kbps = bytes as f64 * 8.0 / span / 1000.0;
-    assert!((40.0..=72.0).contains(&kbps), "mono AAC at about 64 kbit/s: {kbps:.1}");
+    // FFmpeg's AAC encoder holds its average rate loosely: 68 kbit/s over this ~5 s run alone,
+    // 72.3 in two runs of the whole suite (a loaded mix's glitches cost bits). Stereo would be
+    // twice it.
+    assert!((40.0..=80.0).contains(&kbps), "mono AAC at about 64 kbit/s: {kbps:.1}");
     let job_id = job["id"].as_str().unwrap();
     let events = hooks.wait_for(Duration::from_secs(10), "the mixed relay's 401s and 801/802", |e| changes(e, &relay_id) == [1, 2, 5, 0] && codes_of(e, job_id) == [801, 802]);
     assert_eq!(events.iter().find(|e| e["EventType"] == 802).unwrap()["EventInfo"]["Payload"]["LeaveCode"], 0);
