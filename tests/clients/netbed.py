@@ -171,6 +171,7 @@ def main():
     p.add_argument("--fake-audio", default="", help="a WAV file the fake microphone plays in a loop (Chromium's own beeps too briefly to count as speech)")
     p.add_argument("--seconds", type=float, default=20)
     p.add_argument("--codec", default="H264", help="the publishers' video codec: H264 (one temporal layer) or VP8 (Chrome: three per simulcast layer)")
+    p.add_argument("--single-layer", action="store_true", help="sfu: the publishers send one encoding (no simulcast), as OBS over WHIP does")
     p.add_argument("--interval", type=float, default=0.5)
     p.add_argument("--warmup", type=float, default=4, help="publisher alone before the viewer joins")
     p.add_argument("--chromium", default="/usr/bin/chromium")
@@ -187,7 +188,9 @@ def main():
             view = view_browser.new_context().new_page()
             if a.mode == "sfu":
                 for i, pub in enumerate(pubs):
-                    q = {"room": a.room, "token": a.token[i], "codec": a.codec, "autostart": "1", "simulcast": "1", "degradation": "maintain-resolution", "fps": a.fps}
+                    q = {"room": a.room, "token": a.token[i], "codec": a.codec, "autostart": "1", "degradation": "maintain-resolution", "fps": a.fps}
+                    if not a.single_layer:
+                        q["simulcast"] = "1"
                     goto(pub, f"{a.base}/publish.html?{urlencode(q)}")
                 for pub in pubs:
                     pub.wait_for_function("window.tessera && (window.tessera.state === 'connected' || window.tessera.state === 'failed')", timeout=20000)

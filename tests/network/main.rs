@@ -42,6 +42,8 @@ struct Scenario {
     /// The publishers' video codec: H264 (Chrome: one temporal layer) or VP8 (three per
     /// simulcast layer); `NET_CODEC` overrides it in the benchmark.
     codec: &'static str,
+    /// The publishers send one encoding, not publish.html's three simulcast layers.
+    single_layer: bool,
 }
 
 /// One getStats() sample of the viewer, `t` seconds after sampling started.
@@ -128,6 +130,12 @@ impl Run {
 
     fn concealed_pct(&self, from: f64) -> f64 {
         let (a, b) = (self.at_or_after(from), self.last());
+        100.0 * (b.concealed - a.concealed) / (b.audio_samples - a.audio_samples).max(1.0)
+    }
+
+    /// The share of audio samples concealed over `[from, to]`, in %.
+    fn concealed_between(&self, from: f64, to: f64) -> f64 {
+        let (a, b) = (self.at_or_after(from), self.at_or_after(to));
         100.0 * (b.concealed - a.concealed) / (b.audio_samples - a.audio_samples).max(1.0)
     }
 
@@ -348,6 +356,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
         .args(if scenario.publishers > 1 { vec!["--viewer-token".to_owned(), viewer.clone(), "--fake-audio".to_owned(), tone(dir.path()).display().to_string()] } else { vec![] })
         .args(["--shaped", if scenario.publisher_shaped { "publisher" } else { "viewer" }])
         .args(["--codec", &std::env::var("NET_CODEC").unwrap_or_else(|_| scenario.codec.into())])
+        .args(scenario.single_layer.then_some("--single-layer"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -461,7 +470,7 @@ const BASE_DELAY: &str = "both delay=20";
 
 /// What the scenarios share unless they say otherwise: one publisher, the viewer behind the
 /// link, 25 s.
-const ONE: Scenario = Scenario { name: "", publisher_shaped: false, link: &[], steps: &[], seconds: 25.0, publishers: 1, camera: HD, codec: "H264" };
+const ONE: Scenario = Scenario { name: "", publisher_shaped: false, link: &[], steps: &[], seconds: 25.0, publishers: 1, camera: HD, codec: "H264", single_layer: false };
 
 /// A viewer whose downlink carries 600 kbit/s (a 300 ms drop-tail queue, as a home router's):
 /// the issue's case. The middle layer (500 kbit/s of payload) and audio need about 600 kbit/s
@@ -480,6 +489,11 @@ const CAPPED_700: Scenario = Scenario { name: "capped-700", link: &[BASE_DELAY, 
 /// 3 Mbit/s, 400 kbit/s from 10 s, 3 Mbit/s again from 20 s.
 const RATE_STEP: Scenario =
     Scenario { name: "rate-step", link: &[BASE_DELAY, "down rate=3000 queue=300"], steps: &[(10.0, "down rate=400"), (20.0, "down rate=3000")], seconds: 35.0, ..ONE };
+
+/// One encoding (no simulcast, as OBS publishes over WHIP) behind the rate step's link, the
+/// thin part from 8 s to 18 s: at 400 kbit/s even the only layer does not fit.
+const SINGLE_LAYER_STEP: Scenario =
+    Scenario { name: "single-layer-step", steps: &[(8.0, "down rate=400"), (18.0, "down rate=3000")], seconds: 50.0, single_layer: true, ..RATE_STEP };
 
 /// No loss, 50 ms RTT: the baseline of the loss scenarios (what freezes without loss is the
 /// machine's, not the network's).
@@ -557,6 +571,37 @@ fn middle_layer_within_10_s_and_kept(r: &Run, s: &str) -> f64 {
     assert!(r.share_at(360, reached + 2.0, f64::MAX) >= 0.9, "and kept: {s}");
     assert!(r.share_at(720, 0.0, f64::MAX) < 0.05, "never the top layer, which does not fit: {s}");
     reached
+}
+
+/// A viewer of a single-layer publisher (OBS over WHIP) whose link thins under that layer: its
+/// video pauses rather than filling the link with a stream it cannot carry, its audio plays on,
+/// and the video comes back once the link does (issue 17).
+#[test]
+fn a_single_layer_stream_pauses_on_a_link_too_thin_for_it_and_comes_back_with_the_link() {
+    let r = sfu_run(&SINGLE_LAYER_STEP);
+    let s = r.summary(0.0);
+    // Back: the first two seconds from the link's return with 20 fps decoded.
+    let back = (18..48).map(|t| t as f64).find(|&t| r.fps(t, t + 2.0) >= 20.0);
+    eprintln!(
+        "single-layer-step: fps 3-8 s {:.1}, 11-18 s {:.1}; concealed audio 3-8 s {:.1} %, 11-18 s {:.1} %, 18-50 s {:.1} %; video back at {back:?} s; {}",
+        r.fps(3.0, 8.0),
+        r.fps(11.0, 18.0),
+        r.concealed_between(3.0, 8.0),
+        r.concealed_between(11.0, 18.0),
+        r.concealed_between(18.0, 50.0),
+        r.link
+    );
+    assert!(r.fps(3.0, 8.0) >= 20.0, "video before the step: {s}");
+    // Before pausing, the SFU sent the whole encoding into 400 kbit/s: 2,300 packets dropped at
+    // the link in 10 s and 46 % of the audio concealed from 11 to 18 s (measured: 0 % now).
+    assert!(r.fps(11.0, 18.0) < 3.0, "video paused on the thin link: {s}");
+    assert!(r.concealed_between(11.0, 18.0) < 5.0, "audio plays on while video is paused: {s}");
+    // Back once a probe finds the encoding's rate: the estimator is restarted 4 s after the
+    // link stops losing, and str0m climbs from the audio's rate (measured: 9-11 s after the
+    // link, once over 22 s). Before, the paused video's last loss report (24 %) stood for the
+    // link's and the estimator was not restarted: video still paused 14 s after the link in 2
+    // of 3 runs.
+    assert!(back.is_some(), "video back at 20 fps within 30 s of the link: {s}");
 }
 
 #[test]

@@ -175,7 +175,8 @@ impl Sfu {
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, relief);
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
-                tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps });
+                let single_may_pause = viewer.net.capped() || standing || sending == Some(LayerChoice::Paused);
+                tracks.push(TrackDemand { layers, quality: sub.quality, priority, current, ceiling_bps, single_may_pause });
             }
             sources.push((pub_id, audio, video.is_some()));
         }
@@ -219,8 +220,13 @@ impl Sfu {
         // RED carries earlier packets as the link loses (`red::levels`); video asks for a jitter
         // buffer that waits for a retransmission where any is lost.
         let mut video_loss: f32 = 0.0;
+        // Paused video's loss is its last report's, from before the pause (a receiver reports
+        // on no stream it gets nothing of): read as the link's, it held a viewer's video paused
+        // after its link came back (24 % lost as it thinned, so the estimator was not restarted
+        // and str0m, its loss controller holding the estimate down, sent no probe).
+        let paused = |c: &Consumer| c.kind == MediaKind::Video && matches!(c.target, Some((_, LayerChoice::Paused)));
         // The most the receiver reports lost on any of its tracks (None before any report).
-        let reported_loss = consumers.iter().filter_map(|c| net.egress_loss_of(c.mid)).reduce(f32::max);
+        let reported_loss = consumers.iter().filter(|c| !paused(c)).filter_map(|c| net.egress_loss_of(c.mid)).reduce(f32::max);
         if reported_loss.is_some_and(|l| l > 0.0) {
             *red_lost_at = Some(now);
         }
@@ -233,7 +239,7 @@ impl Sfu {
                     red.levels = levels;
                 }
             }
-            if c.kind == MediaKind::Video {
+            if c.kind == MediaKind::Video && !paused(c) {
                 video_loss = video_loss.max(loss.unwrap_or(0.0));
             }
         }
@@ -367,8 +373,20 @@ impl Sfu {
         let keep_lowest = *floor_bps > 0.0 && video_loss < 0.2;
         let mut planned = plan.choices.iter().zip(&tracks);
         for (sub, (pub_id, audio, has_video)) in subscriptions.iter_mut().zip(&sources) {
+            // One encoding on a link measured to have thinned under it pauses at once: the
+            // hold is for dips of the estimate, and every second of it floods the link and
+            // loses the audio behind the video.
+            // (The hold still counts: once the cap ends, the pause has been held that long.)
+            let hold = |c: LayerChoice, t: &TrackDemand, pause: &mut allocator::PauseHold| {
+                let held = pause.hold(c, &t.layers, keep_lowest, now);
+                if allocator::one_encoding(&t.layers) && net.capped() {
+                    c
+                } else {
+                    held
+                }
+            };
             let (video, priority) = match has_video.then(|| planned.next()).flatten() {
-                Some((c, t)) => (Some(sub.pause.hold(*c, &t.layers, keep_lowest, now)), Some(t.priority)),
+                Some((c, t)) => (Some(hold(*c, t, &mut sub.pause)), Some(t.priority)),
                 None => (None, None),
             };
             for c in consumers.iter_mut().filter(|c| c.source == sub.source) {
