@@ -119,7 +119,12 @@ fn four_browsers_meet_in_the_room_page() {
     assert!(ann_mute.is_some_and(|m| m > ann_video), "ann's mute (202) after her video started: {:?}", codes("ann"));
     assert!(at(205, "ben").is_some_and(|s| s > at(201, "ben").unwrap()), "ben's screen (205): {:?}", codes("ben"));
     assert!(at(104, "dan").is_some_and(|x| x > at(201, "dan").unwrap()), "dan leaves (104) last: {:?}", codes("dan"));
-    assert_eq!(codes("cat").iter().filter(|c| [103, 104].contains(c)).count(), 1, "a resume is no 104/103 pair: {:?}", codes("cat"));
+    // (A 104 may end her list: the browsers close their tabs when the script ends, and that is
+    // a leave.)
+    let cat = codes("cat");
+    let enters = cat.iter().filter(|c| **c == 103).count();
+    let left_at = cat.iter().position(|c| *c == 104);
+    assert!(enters == 1 && left_at.is_none_or(|p| p + 1 == cat.len()), "a resume is no 104/103 pair: {cat:?}");
 }
 
 /// room.html in Firefox (Debian's ESR through WebDriver BiDi): two Firefox tabs and a Chromium
