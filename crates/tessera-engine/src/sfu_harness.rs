@@ -542,6 +542,36 @@ impl World {
         self.drain_client(i);
     }
 
+    /// Pushes one H.264 access unit (frame `n`, 90 kHz at 30 fps) of ingest `ingest` to the SFU
+    /// as an RTMP ingest's packetizer makes it: NAL units of up to 1,100 bytes whole, larger
+    /// ones in FU-A fragments. `seq` counts the packets.
+    pub fn push_ingest_frame(&mut self, ingest: u64, au: &[u8], n: u32, keyframe: bool, seq: &mut u64) {
+        let starts: Vec<usize> = (0..au.len() - 3).filter(|&i| au[i..i + 4] == [0, 0, 0, 1]).chain([au.len()]).collect();
+        let nals: Vec<&[u8]> = starts.windows(2).map(|r| &au[r[0] + 4..r[1]]).collect();
+        let mut payloads = Vec::new();
+        tessera_media::h264::packetize(nals, 1100, &mut payloads);
+        let count = payloads.len();
+        for (k, payload) in payloads.into_iter().enumerate() {
+            *seq += 1;
+            let packet = crate::sfu::IngestPacket {
+                ssrc: 7,
+                seq: *seq,
+                ts: n * 3000,
+                marker: k + 1 == count,
+                keyframe,
+                codec: tessera_media::Codec::H264,
+                payload: payload.into(),
+                audio_level: None,
+                route: crate::sfu::PacketRoute::All,
+                composition_ms: 0,
+                picture: None,
+                rid: None,
+            };
+            self.sfu.push_packet(ingest, packet, self.now);
+        }
+        self.drain_sfu();
+    }
+
     /// How late each video frame a viewer received whole arrived, in seconds, against the
     /// first one: its arrival's distance from the first frame's, less its RTP time's (90 kHz).
     pub fn frame_lateness(&self, i: usize) -> Vec<f64> {
@@ -798,28 +828,7 @@ mod tests {
         let mut frames = |w: &mut World, d: Duration| {
             w.run(d, Duration::from_millis(33), |w| {
                 let keyframe = n.is_multiple_of(120);
-                let au = h264_frame(keyframe, 300, n);
-                let starts: Vec<usize> = (0..au.len() - 3).filter(|&i| au[i..i + 4] == [0, 0, 0, 1]).chain([au.len()]).collect();
-                let nals: Vec<&[u8]> = starts.windows(2).map(|r| &au[r[0] + 4..r[1]]).collect();
-                for (k, nal) in nals.iter().enumerate() {
-                    seq += 1;
-                    let packet = crate::sfu::IngestPacket {
-                        ssrc: 7,
-                        seq,
-                        ts: n * 3000,
-                        marker: k + 1 == nals.len(),
-                        keyframe,
-                        codec: tessera_media::Codec::H264,
-                        payload: nal.to_vec().into(),
-                        audio_level: None,
-                        route: crate::sfu::PacketRoute::All,
-                        composition_ms: 0,
-                        picture: None,
-                        rid: None,
-                    };
-                    w.sfu.push_packet(ingest, packet, w.now);
-                }
-                w.drain_sfu();
+                w.push_ingest_frame(ingest, &h264_frame(keyframe, 300, n), n, keyframe, &mut seq);
                 n += 1;
             });
         };
@@ -1616,38 +1625,13 @@ mod ingest_thin {
                 super::rate_step::SIM_MS.store(w.now.duration_since(started).as_millis() as u64, std::sync::atomic::Ordering::Relaxed);
                 let n = count_frames.get();
                 let keyframe = n.is_multiple_of(120);
-                let au = h264_frame(keyframe, frame_bytes, n);
-                let starts: Vec<usize> = (0..au.len() - 3).filter(|&i| au[i..i + 4] == [0, 0, 0, 1]).chain([au.len()]).collect();
-                let nals: Vec<&[u8]> = starts.windows(2).map(|r| &au[r[0] + 4..r[1]]).collect();
-                let mut payloads = Vec::new();
-                tessera_media::h264::packetize(nals, 1100, &mut payloads);
-                let count = payloads.len();
-                for (k, payload) in payloads.into_iter().enumerate() {
-                    seq += 1;
-                    let packet = crate::sfu::IngestPacket {
-                        ssrc: 7,
-                        seq,
-                        ts: n * 3000,
-                        marker: k + 1 == count,
-                        keyframe,
-                        codec: tessera_media::Codec::H264,
-                        payload: payload.into(),
-                        audio_level: None,
-                        route: crate::sfu::PacketRoute::All,
-                        composition_ms: 0,
-                        picture: None,
-                        rid: None,
-                    };
-                    w.sfu.push_packet(ingest, packet, w.now);
-                }
-                w.drain_sfu();
+                w.push_ingest_frame(ingest, &h264_frame(keyframe, frame_bytes, n), n, keyframe, &mut seq);
                 count_frames.set(n + 1);
             });
         };
         frames(&mut world, Duration::from_millis(2500));
         let joined = world.now;
-        let down = if bps == 0 { Link { delay: Duration::from_millis(20 + 3 * seed % 30), ..Link::clean() } } else { super::rate_step::varied_link(bps, seed) };
-        let viewer = world.join("alice", PeerRole::Play, Link::clean(), down);
+        let viewer = world.join("alice", PeerRole::Play, Link::clean(), super::rate_step::varied_link(bps, seed));
         frames(&mut world, Duration::from_secs(8));
         let got = world.frames_received(viewer);
         let arrivals: Vec<f64> = world.clients[viewer]
