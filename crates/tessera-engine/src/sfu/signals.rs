@@ -306,10 +306,7 @@ impl NetStats {
             self.deep_cap = Some((cap, now));
         }
         self.deep_cap = self.deep_cap.filter(|(_, at)| self.deep() || now.saturating_duration_since(*at) < PACING_CEILING_HOLD);
-        let want = match (drain, self.deep_cap.map(|(c, _)| c)) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        };
+        let want = super::allocator::lower_ceiling(drain, self.deep_cap.map(|(c, _)| c));
         (self.paced_ceiling != want).then(|| {
             self.paced_ceiling = want;
             want
