@@ -278,15 +278,15 @@ impl Sfu {
         let raw_now = peer.rtc.bwe_estimate_now().map(|b| b.as_f64());
         // What arrived over the last moments of a queueing link is its rate (`LinkSigns::
         // thinned_by`): known at the first feedback that shows a queue.
-        let delivered = signs.queueing.then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        let delivered_now = signs.queueing.then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
         // Not while this viewer's probe runs or its overshoot drains: a queue then is the
         // probe's own (the probe fails at once, below), and what arrives first is its padding's
         // ramp and the media under it. Read as a thinned link, it capped the estimate under the
         // lowest layer (harness, rate step: 145 kbit/s of a 400 kbit/s link) and no probe ran
         // until the cap ran out, 17 s after the link came back. A link that did thin still
         // queues once the overshoot has drained, and the feedback then says so.
-        let thinning = (signs.thinning() || signs.thinned_by(delivered, *estimate_bps)) && !prober.overshooting(now);
-        let delivered = delivered.filter(|_| thinning);
+        let thinning = (signs.thinning() || signs.thinned_by(delivered_now, *estimate_bps)) && !prober.overshooting(now);
+        let delivered = delivered_now.filter(|_| thinning);
         let raw = match losing {
             true => raw_now.into_iter().chain(*raw_estimate_bps).reduce(f64::min),
             false => *raw_estimate_bps,
@@ -412,7 +412,7 @@ impl Sfu {
                 }
             }
         }
-        let delivered_now = net.deep().then(|| peer.rtc.bwe_delivered_now(THINNED_WINDOW).map(|b| b.as_f64())).flatten();
+        // (What arrived over the last moments, read above: a deep queue is a queueing one.)
         if let Some(ceiling) = net.pacing_ceiling(delivered_now, plan.used_bps, now) {
             tracing::debug!(?ceiling, "pacing ceiling");
             peer.rtc.bwe().set_pacing_ceiling(ceiling.map(|c| Bitrate::bps(c as u64)));
