@@ -277,6 +277,11 @@ impl Consumer {
         n
     }
 
+    /// Whether the allocator paused it (video only: even the lowest layer does not fit).
+    pub(super) fn paused(&self) -> bool {
+        matches!(self.target, Some((_, LayerChoice::Paused)))
+    }
+
     /// Whether a full queue cut a layer within the last second (the link overfilled: a probe
     /// under way fails).
     pub(super) fn just_cut(&self, now: Instant) -> bool {

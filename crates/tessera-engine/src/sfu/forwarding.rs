@@ -223,10 +223,9 @@ impl Sfu {
         // Paused video's loss is its last report's, from before the pause (a receiver reports
         // on no stream it gets nothing of): read as the link's, it held a viewer's video paused
         // after its link came back (24 % lost as it thinned, so the estimator was not restarted
-        // and str0m, its loss controller holding the estimate down, sent no probe).
-        let paused = |c: &Consumer| c.kind == MediaKind::Video && matches!(c.target, Some((_, LayerChoice::Paused)));
-        // The most the receiver reports lost on any of its tracks (None before any report).
-        let reported_loss = consumers.iter().filter(|c| !paused(c)).filter_map(|c| net.egress_loss_of(c.mid)).reduce(f32::max);
+        // and str0m, its loss controller holding the estimate down, sent no probe). Otherwise,
+        // the most the receiver reports lost on any of its tracks (None before any report).
+        let reported_loss = consumers.iter().filter(|c| !c.paused()).filter_map(|c| net.egress_loss_of(c.mid)).reduce(f32::max);
         if reported_loss.is_some_and(|l| l > 0.0) {
             *red_lost_at = Some(now);
         }
@@ -239,7 +238,7 @@ impl Sfu {
                     red.levels = levels;
                 }
             }
-            if c.kind == MediaKind::Video && !paused(c) {
+            if c.kind == MediaKind::Video && !c.paused() {
                 video_loss = video_loss.max(loss.unwrap_or(0.0));
             }
         }

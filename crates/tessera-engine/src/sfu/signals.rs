@@ -546,7 +546,7 @@ impl Sfu {
                 Role::Viewer { consumers, .. } => {
                     n.receiving = true;
                     n.down_heard |= heard;
-                    n.video_paused |= consumers.iter().any(|c| matches!(c.target, Some((_, LayerChoice::Paused))));
+                    n.video_paused |= consumers.iter().any(Consumer::paused);
                     if fresh {
                         let streams = s.net.egress.iter().filter_map(|x| x.1).reduce(f32::max);
                         n.down_loss = worse(n.down_loss, s.net.egress_loss.fraction().or(streams));
@@ -667,7 +667,7 @@ impl Sfu {
                             loss_pct: egress.and_then(|x| x.1).map(|l| l as f64 * 100.0),
                             jitter_ms: egress.map(|x| x.2),
                             rtt_ms: s.net.rtt.map(|r| r.as_secs_f64() * 1000.0),
-                            paused: matches!(c.target, Some((_, LayerChoice::Paused))),
+                            paused: c.paused(),
                         });
                     }
                 }
