@@ -58,12 +58,13 @@ const WHOLE_FROM_REDUCED: f64 = 0.9;
 /// 255 bytes a packet: on the test bed's 3 Mbit/s link, which had carried the 2.5 Mbit/s
 /// encoding, probes read 1.8-2.2 Mbit/s (0.69-0.85 of the 2.6-2.7 Mbit/s goal with audio and
 /// headers), and str0m's estimate does not rise above what they read while only padding and
-/// audio flow. Waiting for the whole goal held the video paused 9-25 s after the link came
-/// back, and once for good. Taken on a link that does not carry it after all, the queue it
-/// builds pauses it again and the probe counts as failed (`disprove`). A simulcast track's
-/// lowest layer is small enough for a probe to read whole.
+/// audio flow. Waiting for the whole goal held the video paused 4-27 s after the link came
+/// back (median 10), and once more than 32 s. Taken on a link that does not carry it after
+/// all, the queue it builds pauses it again and the probe counts as failed (`disprove`). A
+/// simulcast track's lowest layer is small enough for a probe to read whole.
 const RESUME_NEAR: f64 = 0.65;
-/// The step a probe proved stays that step while its layers' rates read up to this much more.
+/// The encoding a probe found room to resume is still taken while its rate reads up to this
+/// much more than the room found.
 pub const PROVEN_SLACK: f64 = 1.1;
 /// Probe clusters look this far above the goal: a probe sent at exactly the goal measures a
 /// little less than it, and would never find it.
@@ -480,7 +481,7 @@ struct Probe {
     goal: f64,
     since: Instant,
     from: f64,
-    /// It looks for room to resume a paused track (`RESUME_NEAR`).
+    /// It looks for room to resume a paused track of one encoding (`RESUME_NEAR`).
     resumes: bool,
     /// str0m's raw estimate when it started.
     raw_from: Option<f64>,

@@ -350,12 +350,13 @@ impl Sfu {
         };
         let estimate = allocator::budget(measured, prober.held(now), prober.overshooting(now) || (!link_queues && video_loss == 0.0)).map(|e| floor.map_or(e, |f| e.max(f)));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
-        // The step a probe just proved is taken though its layers' measured rates rose a little
-        // since (they move by a few percent a second), not probed for again (Chromium, one
-        // 2.5 Mbit/s encoding: room found for 2.61 Mbit/s, the step read 2.62 a second later and
-        // 2.78 after that, and the video came back 5 s after its probe had found the room).
+        // One paused encoding a probe just found room for is taken though its measured rate
+        // rose a little since (it moves by a few percent a second), not probed for again
+        // (Chromium, 2.5 Mbit/s: room found for 2.61 Mbit/s, the step read 2.62 a second later
+        // and 2.78 after that, and the video came back 5 s after the probe had found the room).
+        // Only there: in a meeting the next step can be another track's, small enough to pass.
         let plan = match (proven, plan.next_bps, estimate) {
-            (Some(p), Some(next), Some(e)) if next > e && next <= p * allocator::PROVEN_SLACK => allocator::plan(&tracks, audio_bps, Some(next)),
+            (Some(p), Some(next), Some(e)) if plan.next_resumes && next > e && next <= p * allocator::PROVEN_SLACK => allocator::plan(&tracks, audio_bps, Some(next)),
             _ => plan,
         };
         // Whether the link queues now: by the latest feedback where there is one (the stats'
