@@ -280,19 +280,6 @@ impl ProbeClusterState {
             MAX_PADDING_PACKET_SIZE.as_bytes_i64(),
         ));
 
-        // Tessera fork: behind the cluster's schedule (the I/O loop woke late: a timer fires a
-        // millisecond or more after it is due) the burst makes up what is missing, up to four
-        // bursts' worth, as libwebrtc's prober catches up. Sized by the delta alone, clusters
-        // for 1.4-4.8 Mbit/s went out at 0.5-0.7 of their rate on a real server: their results
-        // read a 3 Mbit/s link at 1-2 Mbit/s, and a paused viewer waited seconds for its video.
-        let started_at = self.started_at.unwrap_or(now);
-        let due = self.config.target_bitrate * now.saturating_duration_since(started_at);
-        let behind = due.saturating_sub(self.bytes_sent);
-        let recommended_probe_size = cmp::max(
-            recommended_probe_size,
-            cmp::min(behind, recommended_probe_size * 4_u64),
-        );
-
         // Calculate remaining bytes needed to complete the probe cluster.
         let bytes_remaining = self.config.target_bytes().saturating_sub(self.bytes_sent);
 

@@ -373,7 +373,6 @@ impl ProbeEstimatorState {
 
         let recv_rate = recv_size / recv_interval;
         let send_rate = send_size / send_interval;
-        trace!(n = self.packet_count, bytes = ?self.total_bytes, ?send_interval, ?recv_interval, %send_rate, %recv_rate, target = %self.config.target_bitrate(), "Tessera fork: probe cluster measured");
 
         // WebRTC validation: reject if receive/send ratio is too high.
         let ratio = recv_rate.as_f64() / send_rate.as_f64();
