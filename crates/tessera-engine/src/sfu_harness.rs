@@ -1690,7 +1690,8 @@ mod single_step {
     }
 
     /// `stepped`, the link coming back to `back_bps`; also the share of audio received after
-    /// the step up and the video frames then (21-45 s, 720 sent).
+    /// the step up and the video frames then (21-45 s, 720 sent). `PER_SECOND=1` prints the
+    /// frames received each second from 18 s.
     pub(super) fn stepped_to(seed: u64, back_bps: u64) -> (usize, f64, Option<f64>, f64, usize) {
         let mut world = World::new();
         let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
