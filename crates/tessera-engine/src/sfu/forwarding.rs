@@ -432,7 +432,7 @@ impl Sfu {
         let sending = || consumers.iter().filter_map(|c| c.sending_since()).min().is_some_and(|t| now.saturating_duration_since(t) >= UNMEASURED_AFTER);
         let twcc = || consumers.iter().any(|c| peer.rtc.media(c.mid).is_some_and(|m| m.remote_extmap().id_of(Extension::TransportSequenceNumber).is_some()));
         // What its consumers hand over (media, before resends and RED).
-        let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps).sum();
+        let sent: f64 = consumers.iter().filter_map(|c| c.sent.as_ref()).map(|r| r.bps_at(now)).sum();
         if estimate_bps.is_none() && sending() && !twcc() {
             if let Some(rate) = unmeasured_pacing(*paced_bps, sent.max(plan.used_bps)) {
                 tracing::debug!(rate, sent, "pacing without feedback");

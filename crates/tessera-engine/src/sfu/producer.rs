@@ -46,7 +46,23 @@ impl RateMeter {
             self.window_start = now;
         }
     }
+
+    /// The bitrate as of `now`. `bps` moves only when a packet closes a window: a meter
+    /// nothing came through for over `STALE_AFTER` (a paused consumer) reads what its open
+    /// window holds over its length, falling to zero, not the rate it last had (a paused
+    /// viewer's stats said 2.4 Mbit/s received, and the rate it was "sent" counted in its pacing).
+    pub(super) fn bps_at(&self, now: Instant) -> f64 {
+        let open = now.saturating_duration_since(self.window_start);
+        match open > STALE_AFTER {
+            true => self.bytes as f64 * 8.0 / open.as_secs_f64(),
+            false => self.bps,
+        }
+    }
 }
+
+/// How long a rate meter may go without closing a window before its last rate is stale
+/// (`RateMeter::bps_at`): two windows.
+const STALE_AFTER: Duration = Duration::from_secs(1);
 
 /// One simulcast layer (or the only encoding) of a producer.
 #[derive(Debug, Clone)]
@@ -321,6 +337,22 @@ pub(crate) fn is_keyframe(codec: Codec, payload: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_meter_nothing_comes_through_reads_its_rate_falling_to_zero() {
+        let t0 = Instant::now();
+        let at = |ms: u64| t0 + Duration::from_millis(ms);
+        let mut m = RateMeter::new(t0);
+        // 1000 bytes every 10 ms: 800 kbit/s.
+        for i in 0..=100 {
+            m.add(at(i * 10), 1000, false);
+        }
+        assert!((m.bps_at(at(1000)) - 800_000.0).abs() < 20_000.0, "{}", m.bps_at(at(1000)));
+        assert_eq!(m.bps_at(at(1900)), m.bps, "a second without a closed window is not stale yet");
+        // Paused at 1 s: the window opened then holds nothing.
+        assert_eq!(m.bps_at(at(2100)), 0.0);
+        assert!(m.bps > 0.0, "the last closed window's rate is still what `bps` says");
+    }
 
     #[test]
     fn a_vp8_layer_with_temporal_layers_is_measured_without_its_top_one_too() {

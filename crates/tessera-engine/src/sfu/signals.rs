@@ -642,7 +642,7 @@ impl Sfu {
                     for c in consumers {
                         let layer = c.current.map(|(_, rid)| rid.map(|r| r.to_string()));
                         let sent = c.sent.as_ref();
-                        let kbps = sent.map_or(0.0, |r| r.bps / 1000.0);
+                        let kbps = sent.map_or(0.0, |r| r.bps_at(now) / 1000.0);
                         // The picture size is the forwarded layer's, as its publisher announced it.
                         let size = c.current.and_then(|(pub_id, rid)| {
                             let producers = match (self.sessions.get(&pub_id), self.internal.get(&pub_id)) {
