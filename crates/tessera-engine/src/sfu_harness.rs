@@ -1435,21 +1435,30 @@ mod capped_600 {
         (late.len() as f64 / 20.0, middle, q(0.5), q(0.95), moves)
     }
 
-    /// Over ten links, the viewer gets 12 fps or more from 10 s on, the link's median queue
+    /// Over twenty links, the viewer gets 12 fps or more from 10 s on, the link's median queue
     /// stays under 25 ms, and the middle layer (its reference pictures at least) is held 90 %
-    /// of the time on seven of them or more. Before the fixes this guards, seven of these ten
+    /// of the time on seven in ten of them or more. Before the fixes this guards, seven of these ten
     /// fell to the lowest layer for 2-7 s at a time (29-87 % kept): a probe that read room
     /// on str0m's raw value overshot the link, and its queue was read as the link thinning
     /// (a cap under the middle layer), or str0m's estimate fell with it and took the layer
     /// down, or the room the probe claimed took the whole layer seconds later and its queue
-    /// was cut. Now one link in ten, about, still falls for a while: str0m's loss controller
-    /// sets the estimate under the layer on a link that neither loses nor queues (seen with
-    /// 1 ms of jitter, its packets reordered), and a harness run is not exactly repeatable
-    /// (str0m's random handshakes shift the timing), so which link it is varies. Same
+    /// was cut, or str0m set its estimate to one of its own small probe clusters' results,
+    /// ~200 kbit/s read behind a frame's packets in the link's queue (now limited to 0.85 of
+    /// the acknowledged rate, as libwebrtc does: docs/decisions.md). One link in ninety, about,
+    /// still falls for a while (2 of 180); a harness run is not exactly repeatable (str0m's
+    /// random handshakes shift the timing), so which link it is varies. Same
     /// `SEED`/`SEEDS`/`SEED_LOG` as the rate step.
     #[test]
     fn a_viewer_capped_at_600_kbits_keeps_the_middle_layers_reference_pictures_without_a_queue() {
-        let seeds = super::rate_step::seeds_from_env();
+        // Twenty links unless `SEED`/`SEEDS` say otherwise: before the probe limit one in twelve
+        // fell for a while (15 of 180), and over ten links four did in one CI run.
+        let seeds = match std::env::var("SEED").is_ok() || std::env::var("SEEDS").is_ok() {
+            true => super::rate_step::seeds_from_env(),
+            false => {
+                super::rate_step::seeds_from_env();
+                (0..20).collect()
+            }
+        };
         let mut kept = 0;
         for &seed in &seeds {
             let (fps, middle, p50, p95, moves) = capped(seed);
