@@ -1301,11 +1301,16 @@ mod rate_step {
     /// The links to run: `SEED=n` one, `SEEDS=n` the first n, else the first ten; with
     /// `SEED_LOG=<filter>` the SFU's log, stamped with the emulated time (`SIM_MS`).
     pub(super) fn seeds_from_env() -> Vec<u64> {
+        seeds_from_env_or(10)
+    }
+
+    /// `seeds_from_env`, the first `default` links unless `SEED`/`SEEDS` say otherwise.
+    pub(super) fn seeds_from_env_or(default: u64) -> Vec<u64> {
         if let Ok(filter) = std::env::var("SEED_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_timer(SimTime).with_ansi(false).try_init();
         }
         let only: Option<u64> = std::env::var("SEED").ok().and_then(|s| s.parse().ok());
-        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(10);
+        let count: u64 = std::env::var("SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(default);
         only.map_or((0..count).collect(), |s| vec![s])
     }
 
@@ -1437,8 +1442,8 @@ mod capped_600 {
 
     /// Over twenty links, the viewer gets 12 fps or more from 10 s on, the link's median queue
     /// stays under 25 ms, and the middle layer (its reference pictures at least) is held 90 %
-    /// of the time on seven in ten of them or more. Before the fixes this guards, seven of these ten
-    /// fell to the lowest layer for 2-7 s at a time (29-87 % kept): a probe that read room
+    /// of the time on seven in ten of them or more. Before the fixes this guards, seven links
+    /// in ten fell to the lowest layer for 2-7 s at a time (29-87 % kept): a probe that read room
     /// on str0m's raw value overshot the link, and its queue was read as the link thinning
     /// (a cap under the middle layer), or str0m's estimate fell with it and took the layer
     /// down, or the room the probe claimed took the whole layer seconds later and its queue
@@ -1452,13 +1457,7 @@ mod capped_600 {
     fn a_viewer_capped_at_600_kbits_keeps_the_middle_layers_reference_pictures_without_a_queue() {
         // Twenty links unless `SEED`/`SEEDS` say otherwise: before the probe limit one in twelve
         // fell for a while (15 of 180), and over ten links four did in one CI run.
-        let seeds = match std::env::var("SEED").is_ok() || std::env::var("SEEDS").is_ok() {
-            true => super::rate_step::seeds_from_env(),
-            false => {
-                super::rate_step::seeds_from_env();
-                (0..20).collect()
-            }
-        };
+        let seeds = super::rate_step::seeds_from_env_or(20);
         let mut kept = 0;
         for &seed in &seeds {
             let (fps, middle, p50, p95, moves) = capped(seed);
