@@ -29,6 +29,7 @@
 
 const PING_EVERY_MS = 5000;
 const REQUEST_TIMEOUT_MS = 15000;
+const CONNECT_TIMEOUT_MS = 10000;
 /** The server keeps a dropped session this long for a resume (PRODUCT.md §3.4). */
 const RESUME_WINDOW_MS = 15000;
 
@@ -85,8 +86,15 @@ export class Room extends EventTarget {
     const ws = new WebSocket(this.url);
     this.ws = ws;
     await new Promise((resolve, reject) => {
-      ws.onopen = resolve;
-      ws.onerror = () => reject(new TesseraError('connect_failed', `cannot reach ${this.url}`));
+      // A connect the network swallows (SYNs dropped) can hang for minutes: give up on it,
+      // so that a join fails with a reason and a reconnect tries again.
+      const timer = setTimeout(() => {
+        ws.onopen = ws.onerror = null;
+        ws.close();
+        reject(new TesseraError('connect_failed', `no answer from ${this.url} in ${CONNECT_TIMEOUT_MS / 1000} s`));
+      }, CONNECT_TIMEOUT_MS);
+      ws.onopen = () => { clearTimeout(timer); resolve(); };
+      ws.onerror = () => { clearTimeout(timer); reject(new TesseraError('connect_failed', `cannot reach ${this.url}`)); };
     });
     ws.onmessage = (e) => this.#onMessage(JSON.parse(e.data));
     ws.onclose = (e) => this.#onClose(e);

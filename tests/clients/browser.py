@@ -213,12 +213,20 @@ def open_participants(ctx, a):
         if "simulcast" in opts:
             q["simulcast"] = "1"
         page = ctx.new_page()
+        # The page's console, kept to say where a tab stuck if it never gets ready.
+        page._console = []
+        page.on("console", lambda m, page=page: page._console.append(f"{m.type}: {m.text}"[:300]))
+        page.on("pageerror", lambda e, page=page: page._console.append(f"pageerror: {e}"[:300]))
         goto(page, f"{a.base}/room.html?{urlencode(q)}")
         pages.append((user, page))
     watchers = {s.split(",")[0] for s in a.participant if "watch" in s.split(",")[4:]}
     for user, page in pages:
         ready = "'joined'" if user in watchers else "'publishing'"
-        page.wait_for_function(f"window.tessera && [{ready}, 'failed'].includes(window.tessera.state)", timeout=20000)
+        try:
+            page.wait_for_function(f"window.tessera && [{ready}, 'failed'].includes(window.tessera.state)", timeout=20000)
+        except Exception as e:
+            where = {u: {"state": p.evaluate("window.tessera && [window.tessera.state, window.tessera.error, window.tessera.joinedMs]"), "console": p._console[-10:]} for u, p in pages}
+            raise RuntimeError(f"{user} not {ready} in 20 s ({e}); the tabs: {json.dumps(where)}") from e
         if page.evaluate("window.tessera.state") == "failed":
             raise RuntimeError(f"{user}: {page.evaluate('window.tessera.error')}")
     return pages

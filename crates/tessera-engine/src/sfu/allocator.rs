@@ -28,6 +28,12 @@ const PROBE_WINDOW: Duration = Duration::from_secs(3);
 /// After a failed probe the next waits 5 s, doubling per failure up to a minute.
 const PROBE_BACKOFF: Duration = Duration::from_secs(5);
 const PROBE_BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// After a failed probe to resume a paused track, the next waits this long rather than
+/// `PROBE_BACKOFF`: a viewer without video is the worst state to stay in, and on the thin link
+/// such a probe costs little (its padding is capped by the estimate; no audio was concealed
+/// under it). With 5 s the cycle was 8 s, and a probe that failed on the link just back held
+/// the video paused 17 s after the link (Chromium, CI).
+const RESUME_RETRY: Duration = Duration::from_secs(2);
 /// A probe whose goal is within this factor of the estimate is a small step (see `fail`).
 const SMALL_STEP: f64 = 1.5;
 /// After a probe found its room, the next waits this long: the layer just taken starts with a
@@ -682,9 +688,12 @@ impl Prober {
         // the link came back (Chromium). A resume taken on it that the link then does not carry
         // still backs off more (`disprove`).
         let big = self.probe.is_none_or(|p| !p.resumes && p.goal > p.from.max(self.carried.unwrap_or(0.0)) * SMALL_STEP);
+        let resumes = self.probe.is_some_and(|p| p.resumes);
         self.probe = None;
         self.failures += big as u32;
-        let wait = backoff(self.failures);
+        // A paused track looks again sooner (`RESUME_RETRY`), unless a resume the link did not
+        // carry (`disprove`) has backed it off.
+        let wait = if resumes && self.failures == 0 { RESUME_RETRY } else { backoff(self.failures) };
         self.next_at = Some(now + wait);
         (0.0, plan.used_bps)
     }
@@ -885,6 +894,35 @@ mod tests {
         assert_eq!(plan(&[thin], 40_000.0, Some(3_500_000.0)).choices, vec![LayerChoice::Layer(None)], "taken again where it fits");
         let none = TrackDemand { layers: vec![], ..track(Priority::Other) };
         assert_eq!(plan(&[none], 0.0, None).choices, vec![LayerChoice::Layer(None)]);
+    }
+
+    #[test]
+    fn a_paused_encoding_looks_for_room_again_two_seconds_after_a_failed_probe_until_a_resume_is_disproved() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
+        let thin = TrackDemand { layers: vec![LayerRate::whole(None, 2_400_000.0)], single_may_pause: true, ..track(Priority::Other) };
+        let paused = plan(std::slice::from_ref(&thin), 40_000.0, Some(100_000.0));
+        let mut p = Prober::default();
+        p.step(&paused, Some(100_000.0), false, t0);
+        let probing = |p: &mut Prober, at: Instant| p.step(&paused, Some(100_000.0), false, at).is_some_and(|(min, _)| min > 0.0);
+        // On the thin link each probe fails at its window's end; the next starts 2 s later,
+        // every time (not 5 s, not doubling).
+        let mut at = 0;
+        for _ in 0..3 {
+            assert!(probing(&mut p, s(at)), "a probe at {at} ms");
+            assert!(!probing(&mut p, s(at) + PROBE_WINDOW), "failed at its window's end");
+            assert!(!probing(&mut p, s(at) + PROBE_WINDOW + RESUME_RETRY - Duration::from_millis(100)));
+            at += (PROBE_WINDOW + RESUME_RETRY).as_millis() as u64;
+        }
+        // A resume the link did not carry backs the next off as any failed probe.
+        let mut p = Prober::default();
+        p.step(&paused, Some(100_000.0), false, t0);
+        assert!(probing(&mut p, s(0)));
+        let goal = paused.next_bps.unwrap();
+        assert_eq!(p.step_with_raw(&paused, Some(goal), None, false, None, s(500)), Some((0.0, goal)));
+        assert!(p.disprove(Some(goal), s(1500)));
+        assert!(!probing(&mut p, s(1500) + RESUME_RETRY + Duration::from_millis(100)));
+        assert!(probing(&mut p, s(1500) + PROBE_BACKOFF));
     }
 
     #[test]
