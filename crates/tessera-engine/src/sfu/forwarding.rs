@@ -107,6 +107,8 @@ impl Sfu {
         let standing = viewer.net.standing(now);
         let queue_deep = viewer.net.deep();
         let mut relieved = false;
+        // The largest whole layer a deep queue took to its reduced step (`Prober::relieved`).
+        let mut relieved_from: Option<f64> = None;
         // Per subscription: its publisher, audio layer, and video demand.
         let mut sources = Vec::with_capacity(subscriptions.len());
         let mut tracks = Vec::with_capacity(subscriptions.len());
@@ -172,6 +174,11 @@ impl Sfu {
                 // A deep queue takes a whole layer down to its reduced step at once.
                 let relief = queue_deep.then(|| allocator::relief_ceiling(sending, &layers)).flatten();
                 relieved |= relief.is_some();
+                if relief.is_some() {
+                    // What the whole layer needs (its `sending` rid without a temporal cap).
+                    let whole = layers.iter().find(|l| l.temporal.is_none() && matches!(sending, Some(LayerChoice::Layer(rid)) if rid == l.rid)).map(|l| l.bps);
+                    relieved_from = relieved_from.into_iter().chain(whole).reduce(f64::max);
+                }
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, relief);
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
@@ -302,6 +309,10 @@ impl Sfu {
         };
         if (standing || relieved) && prober.disprove(measured, now) {
             tracing::debug!(queued = ?rise_now, standing, "a deep queue soon after a probe found its room: the probe failed after all");
+        } else if let Some(whole) = relieved_from {
+            if prober.relieved(whole * allocator::OVERHEAD + audio_bps, measured, now) {
+                tracing::debug!(queued = ?rise_now, whole, "a deep queue took a whole layer to its reduced step: the next probe backs off");
+            }
         }
         let measured = match (standing, delivered) {
             (true, Some(d)) => {
