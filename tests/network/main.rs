@@ -630,7 +630,9 @@ fn middle_layer_at_half_its_frame_rate(scenario: &Scenario) {
     let fps = r.fps(10.0, f64::MAX);
     assert!(fps >= 12.0, "{fps:.1} fps decoded from 10 s: {s}");
     // No standing queue once settled: the median RTT within 50 ms of the unloaded 40 ms
-    // (measured 51-73 ms; a standing queue would be ~340 ms), and nothing lost or frozen.
+    // (H.264, the report's p50 from 5 s: 43-75 ms in twelve runs; 44-99 in fifteen, four over
+    // the bound, before a relief on a link short of the whole layer backed the next probe off;
+    // a standing queue would be ~340 ms), and nothing lost or frozen.
     assert!(r.rtt(10.0, 50.0) <= 40.0 + 50.0, "median RTT within 50 ms of the unloaded RTT: {s}");
     assert!(r.loss_pct(reached) < 1.0, "{s}");
     assert!(r.freeze_between(reached, f64::MAX) < 0.5, "{s}");
