@@ -170,8 +170,9 @@ pub(super) struct Consumer {
     /// Video: how many times each packet its viewer NACKs is resent (2 on a link that loses
     /// at random, `forwarding::resend_copies`).
     pub(super) resend_copies: u8,
-    /// The simulcast layer its queue last forced a cut of, and when; and when it first sent.
-    cut: Option<(Instant, u64, Rid)>,
+    /// The simulcast layer its queue last forced a cut of, and when, and whether it was sent
+    /// whole (`cut_layer`); and when it first sent.
+    cut: Option<(Instant, u64, Rid, bool)>,
     first_sent_at: Option<Instant>,
     /// Video sends nothing while a link that just thinned drains its own queue (what was sent
     /// at the old rate) before the lower layer's keyframe goes into it.
@@ -285,12 +286,13 @@ impl Consumer {
     /// Whether a full queue cut a layer within the last second (the link overfilled: a probe
     /// under way fails).
     pub(super) fn just_cut(&self, now: Instant) -> bool {
-        self.cut.is_some_and(|(at, _, _)| now.saturating_duration_since(at) < Duration::from_secs(1))
+        self.cut.is_some_and(|(at, _, _, _)| now.saturating_duration_since(at) < Duration::from_secs(1))
     }
 
-    /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`.
-    pub(super) fn cut_layer(&self, pub_id: u64, now: Instant) -> Option<Rid> {
-        self.cut.filter(|(at, p, _)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r)| r)
+    /// The simulcast layer of publisher `pub_id` that a full queue cut within `CUT_HOLD`, and
+    /// whether it was being sent whole (not without its top temporal layer).
+    pub(super) fn cut_layer(&self, pub_id: u64, now: Instant) -> Option<(Rid, bool)> {
+        self.cut.filter(|(at, p, _, _)| *p == pub_id && now.saturating_duration_since(*at) < CUT_HOLD).map(|(_, _, r, whole)| (r, whole))
     }
 
     /// Decides for one packet of publisher `pub_id` (`internal`: an ingest or a mix, which
@@ -449,7 +451,8 @@ impl Consumer {
                 let steady = self.first_sent_at.is_some_and(|t| now.saturating_duration_since(t) >= CUT_HOLD);
                 if let Some(rid) = fp.rid.filter(|_| video && steady) {
                     tracing::debug!(mid = %self.mid, ?rid, queued = queued.packets, ?delay, "queue cut");
-                    self.cut = Some((now, pub_id, rid));
+                    let whole = matches!(self.target, Some((_, LayerChoice::Layer(_))));
+                    self.cut = Some((now, pub_id, rid, whole));
                 }
                 return Route::Dropped { broken: true };
             }
