@@ -165,18 +165,7 @@ impl Sfu {
                     }
                 }
                 let cut = consumer.zip(pub_id).and_then(|(c, p)| c.cut_layer(p, now));
-                // A layer cut whole keeps its reduced step where it has one: the same picture at
-                // a lower frame rate, ~60 % of the rate (VP8 on 600 kbit/s: the whole middle
-                // layer, taken on a probe that read the raw estimate's overshoot, was cut and the
-                // viewer held on its lowest layer for 4 s; the test's "kept" failed).
-                let cut_ceiling = |(r, whole): (Rid, bool)| {
-                    let of_layer = || layers.iter().filter(move |l| l.rid == Some(r));
-                    match whole && of_layer().any(|l| l.temporal.is_some()) {
-                        true => of_layer().filter(|l| l.temporal.is_none()).map(|l| l.bps).min_by(f64::total_cmp),
-                        false => of_layer().map(|l| l.bps).min_by(f64::total_cmp),
-                    }
-                };
-                let ceiling_bps = cut.and_then(cut_ceiling);
+                let ceiling_bps = cut.and_then(|(r, whole)| allocator::cut_ceiling(r, whole, &layers));
                 // While the viewer's link queues no track moves up: str0m's estimate can read
                 // above what the link carries (1.4-1.5 Mbit/s on a 1.2 Mbit/s link with a 300 ms
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
