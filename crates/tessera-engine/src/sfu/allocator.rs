@@ -975,12 +975,17 @@ mod tests {
         }
     }
 
+    /// One 2.4 Mbit/s encoding paused on a 100 kbit/s estimate.
+    fn one_encoding_paused() -> Plan {
+        let thin = TrackDemand { layers: vec![LayerRate::whole(None, 2_400_000.0)], single_may_pause: true, ..track(Priority::Other) };
+        plan(std::slice::from_ref(&thin), 40_000.0, Some(100_000.0))
+    }
+
     #[test]
     fn a_paused_encoding_looks_for_room_again_two_seconds_after_a_failed_probe_until_a_resume_is_disproved() {
         let t0 = Instant::now();
         let s = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
-        let thin = TrackDemand { layers: vec![LayerRate::whole(None, 2_400_000.0)], single_may_pause: true, ..track(Priority::Other) };
-        let paused = plan(std::slice::from_ref(&thin), 40_000.0, Some(100_000.0));
+        let paused = one_encoding_paused();
         let mut p = Prober::default();
         p.step(&paused, Some(100_000.0), false, t0);
         let probing = |p: &mut Prober, at: Instant| p.step(&paused, Some(100_000.0), false, at).is_some_and(|(min, _)| min > 0.0);
@@ -1008,8 +1013,7 @@ mod tests {
     fn a_probe_to_resume_one_paused_encoding_finds_its_room_near_its_goal_on_a_link_that_does_not_queue() {
         let t0 = Instant::now();
         let s = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
-        let thin = TrackDemand { layers: vec![LayerRate::whole(None, 2_400_000.0)], single_may_pause: true, ..track(Priority::Other) };
-        let paused = plan(std::slice::from_ref(&thin), 40_000.0, Some(100_000.0));
+        let paused = one_encoding_paused();
         assert!(paused.next_resumes);
         let goal = paused.next_bps.unwrap();
         let near = goal * 0.7;
