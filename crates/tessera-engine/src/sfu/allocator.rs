@@ -179,11 +179,9 @@ pub fn up_ceiling(current: Option<LayerChoice>, layers: &[LayerRate]) -> Option<
 /// taken on a probe that read the raw estimate's overshoot, was cut and the viewer held on its
 /// lowest layer for 4 s).
 pub fn cut_ceiling(rid: Rid, whole: bool, layers: &[LayerRate]) -> Option<f64> {
-    let of_layer = || layers.iter().filter(|l| l.rid.as_ref() == Some(&rid));
-    match whole && of_layer().any(|l| l.temporal.is_some()) {
-        true => of_layer().filter(|l| l.temporal.is_none()).map(|l| l.bps).min_by(f64::total_cmp),
-        false => of_layer().map(|l| l.bps).min_by(f64::total_cmp),
-    }
+    // Sent whole: the relief's ceiling (the whole layer's rate, where it has a reduced step).
+    let relief = whole.then(|| relief_ceiling(Some(LayerChoice::Layer(Some(rid))), layers)).flatten();
+    relief.or_else(|| layers.iter().filter(|l| l.rid == Some(rid)).map(|l| l.bps).min_by(f64::total_cmp))
 }
 
 /// The ceiling (`TrackDemand::ceiling_bps`) that takes a track sending a whole layer down to

@@ -106,7 +106,6 @@ impl Sfu {
         // budget is what gets through (below).
         let standing = viewer.net.standing(now);
         let queue_deep = viewer.net.deep();
-        let mut relieved = false;
         // The largest whole layer a deep queue took to its reduced step (`Prober::relieved`).
         let mut relieved_from: Option<f64> = None;
         // Per subscription: its publisher, audio layer, and video demand.
@@ -171,14 +170,10 @@ impl Sfu {
                 // queue, the meeting scenario), and a layer taken on it fills the queue to loss.
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, queueing.then(|| allocator::up_ceiling(sending, &layers)).flatten());
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, start_ceiling);
-                // A deep queue takes a whole layer down to its reduced step at once.
+                // A deep queue takes a whole layer down to its reduced step at once (the ceiling
+                // is the whole layer's rate).
                 let relief = queue_deep.then(|| allocator::relief_ceiling(sending, &layers)).flatten();
-                relieved |= relief.is_some();
-                if relief.is_some() {
-                    // What the whole layer needs (its `sending` rid without a temporal cap).
-                    let whole = layers.iter().find(|l| l.temporal.is_none() && matches!(sending, Some(LayerChoice::Layer(rid)) if rid == l.rid)).map(|l| l.bps);
-                    relieved_from = relieved_from.into_iter().chain(whole).reduce(f64::max);
-                }
+                relieved_from = relieved_from.into_iter().chain(relief).reduce(f64::max);
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, relief);
                 // A saturated worker holds everyone below the top (forwarding costs per packet).
                 let ceiling_bps = allocator::lower_ceiling(ceiling_bps, self.shed.ceiling(&layers));
@@ -307,7 +302,7 @@ impl Sfu {
             (true, Some(d), Some(e)) if d < e => Some(raw.map_or(d, |r| r.min(d))),
             _ => allocator::measured(*estimate_bps, raw, delivered),
         };
-        if (standing || relieved) && prober.disprove(measured, now) {
+        if (standing || relieved_from.is_some()) && prober.disprove(measured, now) {
             tracing::debug!(queued = ?rise_now, standing, "a deep queue soon after a probe found its room: the probe failed after all");
         } else if let Some(whole) = relieved_from {
             if prober.relieved(whole * allocator::OVERHEAD + audio_bps, measured, now) {
