@@ -11,6 +11,11 @@
 // renegotiates as streams come and go. With `autoSubscribe` (the default) the server subscribes
 // the room's streams by itself.
 //
+// Errors are `TesseraError`s with a `code`: `Room.connect` rejects with 'connect_failed' when the
+// socket cannot be reached or has not opened within 10 s (a reconnect then tries again), a
+// request with no reply within 15 s with 'timeout' ('disconnected' if the socket closed under
+// it), otherwise with the server's error code.
+//
 // Events (all `CustomEvent`s; `detail` is the server message unless said otherwise):
 //   participant_joined, participant_left, track_published, track_unpublished, track_muted,
 //   role_changed, first_media, custom, kicked, error (a server `error` without a pending request),
