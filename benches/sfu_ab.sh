@@ -36,8 +36,8 @@ run() { # label bin n
   python3 benches/sfu_row.py "$label" "$n" "$j" connect
 }
 
-echo "| build | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | connect s | load tool CPU |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| build | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | at the socket p50 / p99 ms | connect s | load tool CPU |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
   for round in 1 2; do
     run "A$round" "$a" "$n"

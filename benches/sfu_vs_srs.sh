@@ -67,8 +67,8 @@ run_srs() { # n round
   stop_pid "$server_pid"
 }
 
-echo "| server | round | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms |"
-echo "|---|---|---|---|---|---|---|---|"
+echo "| server | round | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | at the socket p50 / p99 ms |"
+echo "|---|---|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
   for round in 1 2; do
     for server in tessera srs; do
@@ -76,8 +76,9 @@ for n in "${counts[@]}"; do
       python3 - "$server" "$round" "$n" "$j" <<'PY'
 import json, sys
 server, rnd, n, j = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+a = j.get('arrival_latency_ms') or {}
 f = lambda x, d=0: "-" if x is None else f"{x:,.{d}f}"
-print(f"| {server} | {rnd} | {n} | {f(j['forwarded_pps'])} | {f(j['server_cpu_cores'], 3)} | {f(j['server_pps_per_core'])} | {f(j['loss_pct']['max'], 2)} | {f(j['latency_ms']['p50'], 1)} / {f(j['latency_ms']['p99'], 1)} |", flush=True)
+print(f"| {server} | {rnd} | {n} | {f(j['forwarded_pps'])} | {f(j['server_cpu_cores'], 3)} | {f(j['server_pps_per_core'])} | {f(j['loss_pct']['max'], 2)} | {f(j['latency_ms']['p50'], 1)} / {f(j['latency_ms']['p99'], 1)} | {f(a.get('p50'), 1)} / {f(a.get('p99'), 1)} |", flush=True)
 PY
     done
   done

@@ -51,8 +51,8 @@ print(" / ".join(f"{max(c):.2f}" for c in zip(*rows)) if rows else "-")' "$dir/s
   python3 benches/sfu_row.py "$workers" "$n" "$j" "$busy"
 }
 
-echo "| workers | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | worker busy | load tool CPU |"
-echo "|---|---|---|---|---|---|---|---|---|"
+echo "| workers | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | at the socket p50 / p99 ms | worker busy | load tool CPU |"
+echo "|---|---|---|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
   for round in 1 2; do
     run 1 "$n"

@@ -222,9 +222,22 @@ async fn connect(args: &Args, url: &str, token: &str, dir: Direction) -> Option<
 }
 
 /// Runs `rtc` until `until`: feeds it datagrams and time, sends what it says. `on_rtp` sees raw
-/// RTP datagrams instead of str0m (subscribers); `tick` runs every `period` (publishers).
-async fn drive(mut rtc: Rtc, socket: UdpSocket, until: Instant, mut on_rtp: impl FnMut(&[u8], Instant), period: Option<Duration>, mut tick: impl FnMut(&mut Rtc, Instant, bool)) {
+/// RTP datagrams instead of str0m (subscribers), with when each was read and when it arrived
+/// (the kernel's stamp); `tick` runs every `period` (publishers).
+async fn drive(
+    mut rtc: Rtc,
+    socket: UdpSocket,
+    until: Instant,
+    mut on_rtp: impl FnMut(&[u8], Instant, Instant),
+    period: Option<Duration>,
+    mut tick: impl FnMut(&mut Rtc, Instant, bool),
+) {
     let local = socket.local_addr().unwrap();
+    if period.is_none() {
+        // A subscriber's RTP carries the kernel's arrival stamp: on_rtp sees when each packet
+        // came as well as when this one-thread tool got to read it.
+        let _ = tessera_udp::stamp_arrivals(&socket);
+    }
     let mut buf = vec![0u8; 2048];
     let mut next_tick = Instant::now();
     let mut keyframe_wanted = true;
@@ -259,14 +272,16 @@ async fn drive(mut rtc: Rtc, socket: UdpSocket, until: Instant, mut on_rtp: impl
         }
         .min(until);
         tokio::select! {
-            r = socket.recv_from(&mut buf) => {
-                let Ok((n, source)) = r else { continue };
+            r = socket.async_io(tokio::io::Interest::READABLE, || tessera_udp::recv_stamped(&socket, &mut buf)) => {
+                let Ok((n, source, stamp)) = r else { continue };
                 let now = Instant::now();
+                let lag = stamp.and_then(|s| std::time::SystemTime::now().duration_since(s).ok());
+                let arrived = lag.and_then(|lag| now.checked_sub(lag)).unwrap_or(now);
                 let data = &buf[..n];
                 // RTP (not RTCP, whose second byte is a packet type 192-223) bypasses str0m.
                 let is_rtp = n >= 12 && (128..=191).contains(&data[0]) && !(192..=223).contains(&data[1]);
                 if is_rtp && period.is_none() {
-                    on_rtp(data, now);
+                    on_rtp(data, now, arrived);
                     continue;
                 }
                 if let Ok(contents) = data.try_into() {
@@ -518,7 +533,7 @@ async fn run(args: Args) {
     // Video RTP timestamp → when the publisher wrote it. The SFU keeps the first source's
     // timestamps, so a subscriber can tell each packet's trip time through the server.
     let sent: Arc<Mutex<HashMap<u32, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
-    let latencies: Arc<Mutex<Vec<f32>>> = Arc::new(Mutex::new(Vec::new()));
+    let latencies: Arc<Mutex<Trips>> = Arc::new(Mutex::new(Trips::default()));
     let frame_period = Duration::from_micros(1_000_000 / args.fps);
     let frame_bytes = (args.video_kbps * 1000 / 8 / args.fps) as usize;
     let packets_per_frame = frame_bytes.div_ceil(args.packet_bytes).max(1);
@@ -600,7 +615,7 @@ async fn measure(
     tasks: Vec<tokio::task::JoinHandle<()>>,
     stats: Arc<Mutex<Vec<SubscriberStats>>>,
     start: Arc<std::sync::OnceLock<Instant>>,
-    latencies: &Mutex<Vec<f32>>,
+    latencies: &Mutex<Trips>,
 ) {
     let start_at = Instant::now() + Duration::from_secs(3);
     start.set(start_at).expect("set once");
@@ -611,9 +626,10 @@ async fn measure(
     for t in tasks {
         t.abort();
     }
-    let mut lat = std::mem::take(&mut *latencies.lock().unwrap());
-    lat.sort_by(|a, b| a.partial_cmp(b).unwrap());
-    report(args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a), &lat);
+    let mut trips = std::mem::take(&mut *latencies.lock().unwrap());
+    trips.read.sort_by(|a, b| a.total_cmp(b));
+    trips.arrived.sort_by(|a, b| a.total_cmp(b));
+    report(args, &stats.lock().unwrap(), elapsed, server0.zip(server1).map(|(a, b)| b - a), self0.zip(self1).map(|(a, b)| b - a), &trips);
 }
 
 /// A browser-like frame: `mean` bytes ±25 % (a keyframe 3×, deterministic per frame number),
@@ -721,13 +737,22 @@ fn spawn_publisher(
             }
             frame += 1;
         };
-        drive(rtc, socket, until, |_, _| {}, Some(frame_period), tick).await;
+        drive(rtc, socket, until, |_, _, _| {}, Some(frame_period), tick).await;
     })
 }
 
 /// Latency bookkeeping shared by the first publisher and its subscribers: frame send times by
 /// RTP timestamp, and the trip times measured.
-type Latency = (Arc<Mutex<HashMap<u32, Instant>>>, Arc<Mutex<Vec<f32>>>);
+type Latency = (Arc<Mutex<HashMap<u32, Instant>>>, Arc<Mutex<Trips>>);
+
+/// Video packets' trips publisher → subscriber, µs: until the tool read each one, and until it
+/// arrived at the subscriber's socket (the kernel's stamp). The difference is this
+/// one-thread tool's own lag behind hundreds of sockets, not the server's.
+#[derive(Default)]
+struct Trips {
+    read: Vec<f32>,
+    arrived: Vec<f32>,
+}
 
 /// A subscriber that counts RTP straight from the headers into `stats[index]` once `start` is
 /// set and passed.
@@ -743,7 +768,7 @@ fn spawn_subscriber(
     let epoch = Instant::now();
     tokio::spawn(async move {
         let mut first = true;
-        let on_rtp = move |data: &[u8], now: Instant| {
+        let on_rtp = move |data: &[u8], now: Instant, arrived: Instant| {
             if std::mem::take(&mut first) {
                 stats.lock().unwrap()[index].first_rtp.get_or_insert(now);
             }
@@ -757,7 +782,9 @@ fn spawn_subscriber(
             let clock = if pt == 111 { 48_000.0 } else { 90_000.0 };
             if let Some((sent, latencies)) = latency.as_ref().filter(|_| pt != 111) {
                 if let Some(t) = sent.lock().unwrap().get(&ts) {
-                    latencies.lock().unwrap().push(now.duration_since(*t).as_secs_f32() * 1e6);
+                    let mut trips = latencies.lock().unwrap();
+                    trips.read.push(now.duration_since(*t).as_secs_f32() * 1e6);
+                    trips.arrived.push(arrived.saturating_duration_since(*t).as_secs_f32() * 1e6);
                 }
             }
             let mut all = stats.lock().unwrap();
@@ -775,7 +802,7 @@ fn percentile(sorted: &[f32], p: f64) -> Option<f64> {
     Some(sorted[i] as f64 / 1000.0)
 }
 
-fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f64>, self_cpu: Option<f64>, latency_us: &[f32]) {
+fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f64>, self_cpu: Option<f64>, trips: &Trips) {
     let mut total_packets = 0u64;
     let mut rows = Vec::new();
     for s in subs.iter().filter(|s| !s.refused) {
@@ -802,7 +829,8 @@ fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f
         "kbps": {"min": min(|r| r.0), "avg": avg(|r| r.0), "max": max(|r| r.0)},
         "loss_pct": {"min": min(|r| r.1), "avg": avg(|r| r.1), "max": max(|r| r.1)},
         "jitter_ms": {"min": min(|r| r.2), "avg": avg(|r| r.2), "max": max(|r| r.2)},
-        "latency_ms": {"p50": percentile(latency_us, 0.5), "p99": percentile(latency_us, 0.99), "samples": latency_us.len()},
+        "latency_ms": {"p50": percentile(&trips.read, 0.5), "p99": percentile(&trips.read, 0.99), "samples": trips.read.len()},
+        "arrival_latency_ms": {"p50": percentile(&trips.arrived, 0.5), "p99": percentile(&trips.arrived, 0.99)},
         "custom": meeting::custom_summary(),
         "connect_s": CONNECT_S.get().copied().flatten(),
         "refused": subs.iter().filter(|s| s.refused).count(),

@@ -2,6 +2,8 @@
 //! message either one datagram or several equal-size datagrams to the same destination sent as
 //! UDP GSO segments (`UDP_SEGMENT`, Linux ≥ 4.18): the kernel walks its send path (route, skb,
 //! device queue) once per message and cuts the segments at the end, in the NIC when it can.
+//! And one receive: a datagram with the kernel's stamp of when it arrived (`SO_TIMESTAMPNS`),
+//! for a reader that measures latency and must not count its own lag.
 //!
 //! The one crate besides the FFmpeg bindings and the test bed's link emulator with `unsafe`
 //! code: the `msghdr` and control-message plumbing that rustix does not offer for
@@ -143,6 +145,88 @@ impl Control {
     }
 }
 
+/// Asks the kernel to stamp each datagram `socket` receives with the time it arrived
+/// (`SO_TIMESTAMPNS`, the realtime clock), which [`recv_stamped`] reads back: a reader that
+/// falls behind then still knows when each datagram came, not only when it was read.
+#[cfg(target_os = "linux")]
+pub fn stamp_arrivals(socket: &impl AsRawFd) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `on` is valid for reads of its size for the call.
+    let r = unsafe { libc::setsockopt(socket.as_raw_fd(), libc::SOL_SOCKET, libc::SO_TIMESTAMPNS, (&raw const on).cast(), std::mem::size_of::<libc::c_int>() as libc::socklen_t) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Receives one datagram into `buf` without waiting (`WouldBlock` when none is queued): its
+/// length, its source, and the kernel's arrival stamp when the socket was asked for them
+/// ([`stamp_arrivals`]). A datagram longer than `buf` is cut to it, as `recv_from` does.
+#[cfg(target_os = "linux")]
+pub fn recv_stamped(socket: &impl AsRawFd, buf: &mut [u8]) -> io::Result<(usize, SocketAddr, Option<std::time::SystemTime>)> {
+    // SAFETY: an all-zero sockaddr_storage is valid; the kernel writes the source into it.
+    let mut source: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut control = StampControl([0; STAMP_CONTROL_SPACE]);
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    // SAFETY: an all-zero msghdr is valid (null pointers, zero lengths); fields set below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_name = (&raw mut source).cast();
+    hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    hdr.msg_iov = &raw mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = control.0.as_mut_ptr().cast();
+    hdr.msg_controllen = STAMP_CONTROL_SPACE;
+    // SAFETY: every pointer in `hdr` (source, iovec over `buf`, control buffer) is valid for
+    // writes of the length given and outlives the call.
+    let n = unsafe { libc::recvmsg(socket.as_raw_fd(), &mut hdr, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let source = socket_addr(&source).ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "a datagram from an address family other than IPv4/IPv6"))?;
+    let mut stamp = None;
+    // SAFETY: `hdr` is the header the kernel filled: CMSG_FIRSTHDR/NXTHDR walk its control
+    // buffer within `msg_controllen`, and a SCM_TIMESTAMPNS message carries a timespec.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                stamp = Some(std::time::UNIX_EPOCH + std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32));
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    Ok((n as usize, source, stamp))
+}
+
+/// Room for one `SCM_TIMESTAMPNS` control message (a timespec), aligned as the kernel writes it.
+#[cfg(target_os = "linux")]
+#[repr(C, align(8))]
+struct StampControl([u8; STAMP_CONTROL_SPACE]);
+
+/// CMSG_SPACE(sizeof(struct timespec)).
+#[cfg(target_os = "linux")]
+// SAFETY: CMSG_SPACE is arithmetic on its argument (unsafe only by libc's declaration).
+const STAMP_CONTROL_SPACE: usize = unsafe { libc::CMSG_SPACE(std::mem::size_of::<libc::timespec>() as u32) } as usize;
+
+#[cfg(target_os = "linux")]
+fn socket_addr(storage: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match libc::c_int::from(storage.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says the storage holds a sockaddr_in (smaller, aligned).
+            let sin = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::from((sin.sin_addr.s_addr.to_ne_bytes(), u16::from_be(sin.sin_port))))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says the storage holds a sockaddr_in6 (smaller, aligned).
+            let sin6 = unsafe { &*(storage as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            Some(SocketAddr::V6(std::net::SocketAddrV6::new(ip, u16::from_be(sin6.sin6_port), sin6.sin6_flowinfo, sin6.sin6_scope_id)))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(target_os = "linux")]
 fn sockaddr(to: &SocketAddr) -> (libc::sockaddr_storage, libc::socklen_t) {
     // SAFETY: an all-zero sockaddr_storage is valid; the family's fields are written below.
@@ -207,6 +291,33 @@ mod tests {
         }
         let len = b.recv(&mut buf).unwrap();
         assert_eq!(&buf[..len], b"hello");
+    }
+
+    /// A stamped socket says when each datagram arrived, before it was read: a reader that
+    /// comes late reads the earlier time.
+    #[test]
+    fn a_stamped_datagram_says_when_it_arrived() {
+        let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let r = receiver();
+        stamp_arrivals(&r).unwrap();
+        let before = std::time::SystemTime::now();
+        sender.send_to(b"stamped", r.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        let mut buf = [0u8; 64];
+        let (n, from, stamp) = recv_stamped(&r, &mut buf).unwrap();
+        let read_at = std::time::SystemTime::now();
+        assert_eq!((&buf[..n], from), (b"stamped".as_slice(), sender.local_addr().unwrap()));
+        let stamp = stamp.expect("an arrival stamp");
+        assert!(stamp >= before - std::time::Duration::from_millis(1), "stamped before it was sent");
+        let waited = read_at.duration_since(stamp).unwrap();
+        assert!(waited >= std::time::Duration::from_millis(45), "the stamp is the arrival, not the read: {waited:?}");
+        // Nothing more queued: the call does not wait.
+        assert_eq!(recv_stamped(&r, &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
+        // An unstamped socket reads datagrams without a stamp.
+        let plain = receiver();
+        sender.send_to(b"x", plain.local_addr().unwrap()).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        assert_eq!(recv_stamped(&plain, &mut buf).unwrap().2, None);
     }
 
     /// The kernel cuts a GSO message every `segment_size` bytes whatever its iovecs: segments of
