@@ -368,8 +368,9 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
             let _ = tx.send(line);
         }
     });
-    // Steps run on the harness's clock from the moment sampling starts.
-    let deadline = Instant::now() + Duration::from_secs_f64(scenario.seconds + 90.0);
+    // Steps run on the harness's clock from the moment sampling starts. The deadline leaves
+    // room for the viewer's page load through a lossy link (netbed.py allows it 90 s).
+    let deadline = Instant::now() + Duration::from_secs_f64(scenario.seconds + 150.0);
     let mut started: Option<Instant> = None;
     let mut steps = scenario.steps.iter().peekable();
     let mut last = None;
