@@ -745,6 +745,44 @@ fn spawn_publisher(
 /// RTP timestamp, and the trip times measured.
 type Latency = (Arc<Mutex<HashMap<u32, Instant>>>, Arc<Mutex<Trips>>);
 
+/// A subscriber's video timestamps against the publisher's. The SFU keeps a source's
+/// timestamps, but a viewer that joins an ingest mid-GOP gets the cached GOP stamped as it is
+/// sent, and its timestamps stay shifted by a constant from there on. The shift is learnt as
+/// the one that maps three frames in a row onto the newest frame sent when each arrived (a
+/// live frame arrives well within a frame interval; replayed ones do not agree).
+#[derive(Default)]
+struct TsShift {
+    shift: u32,
+    /// A shift seen, the frame it was last seen on, and on how many frames in a row.
+    candidate: Option<(u32, u32, u8)>,
+}
+
+impl TsShift {
+    /// When the frame with timestamp `ts` was sent, once `ts` maps onto a sent frame.
+    fn sent_at(&mut self, ts: u32, sent: &HashMap<u32, Instant>) -> Option<Instant> {
+        if let Some(t) = sent.get(&ts.wrapping_sub(self.shift)) {
+            return Some(*t);
+        }
+        let newest = sent.iter().max_by_key(|(_, t)| **t).map(|(k, _)| *k)?;
+        let seen = ts.wrapping_sub(newest);
+        match &mut self.candidate {
+            Some((shift, last, n)) if *shift == seen => {
+                if *last != ts {
+                    *last = ts;
+                    *n += 1;
+                }
+                if *n >= 3 {
+                    self.shift = seen;
+                    self.candidate = None;
+                    return sent.get(&newest).copied();
+                }
+            }
+            _ => self.candidate = Some((seen, ts, 1)),
+        }
+        None
+    }
+}
+
 /// Video packets' trips publisher → subscriber, µs: until the tool read each one, and until it
 /// arrived at the subscriber's socket (the kernel's stamp). The difference is this
 /// one-thread tool's own lag behind hundreds of sockets, not the server's.
@@ -768,20 +806,23 @@ fn spawn_subscriber(
     let epoch = Instant::now();
     tokio::spawn(async move {
         let mut first = true;
+        let mut shift = TsShift::default();
         let on_rtp = move |data: &[u8], now: Instant, arrived: Instant| {
             if std::mem::take(&mut first) {
                 stats.lock().unwrap()[index].first_rtp.get_or_insert(now);
-            }
-            if start.get().is_none_or(|t| now < *t) {
-                return;
             }
             let pt = data[1] & 0x7f;
             let seq = u16::from_be_bytes([data[2], data[3]]);
             let ts = u32::from_be_bytes([data[4], data[5], data[6], data[7]]);
             let ssrc = u32::from_be_bytes([data[8], data[9], data[10], data[11]]);
             let clock = if pt == 111 { 48_000.0 } else { 90_000.0 };
-            if let Some((sent, latencies)) = latency.as_ref().filter(|_| pt != 111) {
-                if let Some(t) = sent.lock().unwrap().get(&ts) {
+            // Matched from the first packet on (the shift is learnt before measuring starts).
+            let sent_at = latency.as_ref().filter(|_| pt != 111).and_then(|(sent, _)| shift.sent_at(ts, &sent.lock().unwrap()));
+            if start.get().is_none_or(|t| now < *t) {
+                return;
+            }
+            if let Some((_, latencies)) = latency.as_ref() {
+                if let Some(t) = sent_at.as_ref() {
                     let mut trips = latencies.lock().unwrap();
                     trips.read.push(now.duration_since(*t).as_secs_f32() * 1e6);
                     trips.arrived.push(arrived.saturating_duration_since(*t).as_secs_f32() * 1e6);
@@ -849,7 +890,38 @@ fn report(args: &Args, subs: &[SubscriberStats], secs: f64, server_cpu: Option<f
 
 #[cfg(test)]
 mod tests {
-    use super::browser_packet_sizes;
+    use super::{browser_packet_sizes, TsShift};
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
+
+    /// A viewer that joined mid-GOP: the replayed frames carry stamps of their own, the live
+    /// ones after them the source's plus a constant. From the third live frame on each is
+    /// matched to when it was sent; the replayed ones never are.
+    #[test]
+    fn a_shifted_viewer_is_matched_to_the_frames_sent_once_three_live_frames_agree() {
+        let t0 = Instant::now();
+        let mut sent = HashMap::new();
+        let mut shift = TsShift::default();
+        // Frames 0..=40 sent 33 ms apart (RTP 3,000 apart); the viewer joins at frame 40.
+        for n in 0..=40u32 {
+            sent.insert(n * 3000, t0 + Duration::from_millis(33 * n as u64));
+        }
+        // The replay: frames 20..40 stamped 1,000 ticks apart from 7,000,000, all at once.
+        for k in 0..20u32 {
+            assert_eq!(shift.sent_at(7_000_000 + k * 1000, &sent), None, "replayed frame {k}");
+        }
+        // Live frames 41.. go on from the replay's last stamp: the source's plus a constant.
+        let offset = 7_000_000u32 + 20 * 1000 - 41 * 3000;
+        let mut matched = Vec::new();
+        for n in 41..50u32 {
+            sent.insert(n * 3000, t0 + Duration::from_millis(33 * n as u64));
+            matched.push(shift.sent_at(n * 3000 + offset, &sent).is_some());
+        }
+        assert_eq!(matched, [false, false, true, true, true, true, true, true, true]);
+        assert_eq!(shift.sent_at(45 * 3000 + offset, &sent), Some(t0 + Duration::from_millis(33 * 45)));
+        // A viewer with the source's own stamps is matched from the first packet.
+        assert_eq!(TsShift::default().sent_at(3000, &sent), Some(t0 + Duration::from_millis(33)));
+    }
 
     /// A frame is cut into the fewest packets that fit, within a byte of each other, the larger
     /// last; sizes vary by frame and keyframes are larger.
