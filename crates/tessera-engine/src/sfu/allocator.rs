@@ -732,10 +732,16 @@ impl Prober {
         self.disproved = Some(goal);
         // As a failed probe: the estimate from before it stands a while (`held`).
         self.failed_from = Some((from, now + PROBE_WINDOW));
+        self.count_failure(now);
+        true
+    }
+
+    /// One more failure found after the fact (`disprove`, `relieved`): the next probe waits
+    /// its doubled back-off, and no less than it already waited for.
+    fn count_failure(&mut self, now: Instant) {
         self.failures += 1;
         let wait = backoff(self.failures);
         self.next_at = Some(self.next_at.map_or(now + wait, |t| t.max(now + wait)));
-        true
     }
 
     /// A deep queue took a whole layer (`whole_bps`) to its reduced step, and no probe had just
@@ -752,10 +758,8 @@ impl Prober {
             return false;
         }
         self.relieved_at = Some(now);
-        self.failures += 1;
         self.failed_goal = Some(self.failed_goal.map_or(whole_bps, |g| g.min(whole_bps)));
-        let wait = backoff(self.failures);
-        self.next_at = Some(self.next_at.map_or(now + wait, |t| t.max(now + wait)));
+        self.count_failure(now);
         true
     }
 
