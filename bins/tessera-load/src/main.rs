@@ -821,12 +821,10 @@ fn spawn_subscriber(
             if start.get().is_none_or(|t| now < *t) {
                 return;
             }
-            if let Some((_, latencies)) = latency.as_ref() {
-                if let Some(t) = sent_at.as_ref() {
-                    let mut trips = latencies.lock().unwrap();
-                    trips.read.push(now.duration_since(*t).as_secs_f32() * 1e6);
-                    trips.arrived.push(arrived.saturating_duration_since(*t).as_secs_f32() * 1e6);
-                }
+            if let (Some((_, latencies)), Some(t)) = (latency.as_ref(), sent_at) {
+                let mut trips = latencies.lock().unwrap();
+                trips.read.push(now.duration_since(t).as_secs_f32() * 1e6);
+                trips.arrived.push(arrived.saturating_duration_since(t).as_secs_f32() * 1e6);
             }
             let mut all = stats.lock().unwrap();
             all[index].streams.entry(ssrc).or_default().add(seq, ts, data.len(), now.duration_since(epoch).as_secs_f64(), clock);
