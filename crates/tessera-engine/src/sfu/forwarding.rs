@@ -512,7 +512,7 @@ impl Sfu {
         };
         let vp8 = vp8_descriptor(codec, &pkt.payload);
         let temporal = temporal_of(codec, &pkt.payload, vp8.as_ref());
-        note_layer(producer, rid, codec, counted, pkt.header.marker, keyframe, temporal, now);
+        note_layer(producer, rid, codec, *pkt.seq_no, counted, pkt.header.marker, keyframe, temporal, now);
         if !std::mem::replace(&mut producer.announced, true) {
             let layers = producer.layers.iter().filter_map(|l| l.rid.map(|r| r.to_string())).collect();
             self.presence.media(pub_id, Track::of(publisher.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec, layers });
@@ -888,7 +888,7 @@ impl Sfu {
                 // viewer must not be given it to wait on.
                 producer.layers.remove(0);
             }
-            note_layer(producer, packet.rid, packet.codec, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, temporal, now);
+            note_layer(producer, packet.rid, packet.codec, packet.seq, &packet.payload, packet.marker, kind == MediaKind::Video && packet.keyframe, temporal, now);
             if !std::mem::replace(&mut producer.announced, true) {
                 self.presence.media(id, Track::of(p.spec.stream, kind == MediaKind::Video), crate::presence::TrackMedia { codec: packet.codec, layers: Vec::new() });
             }

@@ -116,7 +116,7 @@ impl Sfu {
             if !producer.layers.iter().any(|l| l.rid == fp.rid) {
                 producer.layers.push(Layer::new(fp.rid, since));
             }
-            note_layer(producer, fp.rid, fp.codec, &fp.payload, fp.marker, fp.keyframe, fp.temporal, now);
+            note_layer(producer, fp.rid, fp.codec, fp.seq, &fp.payload, fp.marker, fp.keyframe, fp.temporal, now);
         }
         // A single encoding is cached from its keyframe, as an ingest's is: a viewer joining
         // here mid-GOP starts at once. Simulcast layers ask the publisher instead.

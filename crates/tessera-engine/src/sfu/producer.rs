@@ -31,8 +31,9 @@ impl RateMeter {
     pub(super) fn new(now: Instant) -> RateMeter {
         RateMeter { window_start: now, bytes: 0, frames: 0, bps: 0.0, fps: 0.0 }
     }
-    /// One packet; `frame_end` when it ends a video frame (the RTP marker).
-    pub(super) fn add(&mut self, now: Instant, bytes: usize, frame_end: bool) {
+    /// One packet; `frame_end` when it ends a video frame (the RTP marker). True when it
+    /// closed a window (the rates moved).
+    pub(super) fn add(&mut self, now: Instant, bytes: usize, frame_end: bool) -> bool {
         self.bytes += bytes as u64;
         self.frames += frame_end as u32;
         let elapsed = now.saturating_duration_since(self.window_start);
@@ -44,7 +45,9 @@ impl RateMeter {
             self.bytes = 0;
             self.frames = 0;
             self.window_start = now;
+            return true;
         }
+        false
     }
 
     /// The bitrate as of `now`. `bps` moves only when a packet closes a window: a meter
@@ -79,6 +82,10 @@ pub(super) struct Layer {
     /// What it sends without its highest temporal layer (half the frame rate with Chrome's
     /// three): a step between two simulcast layers that needs no keyframe.
     pub(super) base_rate: RateMeter,
+    /// Its frames that arrived whole (`WholeFrames`), over the same windows.
+    pub(super) whole: WholeFrames,
+    /// When its whole frames were last found starved beside its siblings' (`STARVED_HOLD`).
+    pub(super) starved_at: Option<Instant>,
 }
 
 /// A layer's highest temporal layer counts as gone when none of its packets came for this long.
@@ -94,6 +101,8 @@ impl Layer {
             size: None,
             top_temporal: (0, now),
             base_rate: RateMeter::new(now),
+            whole: WholeFrames::new(now),
+            starved_at: None,
         }
     }
 
@@ -102,6 +111,91 @@ impl Layer {
     pub(super) fn reduced(&self, now: Instant) -> Option<(u8, f64, f64)> {
         let (top, at) = self.top_temporal;
         (top > 0 && self.base_rate.bps > 0.0 && now.saturating_duration_since(at) < TEMPORAL_TOP_SILENT_AFTER).then(|| (top - 1, self.base_rate.bps, self.base_rate.fps))
+    }
+}
+
+/// A frame still missing packets is judged this long after its last packet came: time for a
+/// retransmission on a working uplink (one round trip and the sender's reaction), not for one
+/// stuck behind a full uplink queue (300 ms and more), whose frame a viewer waits for as long.
+const WHOLE_FRAME_WAIT: Duration = Duration::from_millis(250);
+/// Frames waiting for their judgement (8 at 30 fps in `WHOLE_FRAME_WAIT`); past this the oldest
+/// is judged early.
+const WHOLE_FRAME_PENDING: usize = 32;
+
+/// A sequence number this far from the open frame's start is a restarted stream, not a frame.
+const SEQ_JUMP: u64 = 3000;
+
+/// Counts a layer's frames that arrived whole: every packet from the one after the previous
+/// frame's marker to its own marker, counting the retransmissions that came within
+/// `WHOLE_FRAME_WAIT`. A publisher's thin uplink drops packets of every layer alike, and each
+/// frame of the top layer is several times the packets of the lowest one's: its frames break
+/// first, while their markers (what the layer's frame rate counts) still come.
+#[derive(Debug, Clone)]
+pub(super) struct WholeFrames {
+    /// The sequence number the open frame starts at (None until the first marker: the frame
+    /// the layer's first packet belongs to has an unknown start).
+    next_start: Option<u64>,
+    /// Packets of the open frame so far.
+    open: u64,
+    /// Closed frames waiting for late packets: (first seq, last seq, packets, closed at).
+    pending: std::collections::VecDeque<(u64, u64, u64, Instant)>,
+    /// Judged frames, whole ones counted as frames (its `fps`).
+    pub(super) meter: RateMeter,
+    /// Its first packet: its rate means something from `WHOLE_FRAMES_JUDGED_AFTER` on.
+    since: Option<Instant>,
+}
+
+/// A layer's whole frames are compared with its siblings' once it has come for this long: two
+/// of its meter's windows, the first holding only the frames judged after `WHOLE_FRAME_WAIT`
+/// (a layer whose first window had not closed read 0 beside a sibling's 15 fps, and was held
+/// starved from its start).
+const WHOLE_FRAMES_JUDGED_AFTER: Duration = Duration::from_secs(1);
+
+impl WholeFrames {
+    pub(super) fn new(now: Instant) -> WholeFrames {
+        WholeFrames { next_start: None, open: 0, pending: Default::default(), meter: RateMeter::new(now), since: None }
+    }
+
+    /// One packet of the layer (`marker`: it ends a frame). True when its rate moved.
+    pub(super) fn add(&mut self, now: Instant, seq: u64, marker: bool) -> bool {
+        self.since.get_or_insert(now);
+        match self.next_start {
+            // A jump no frame spans (a restarted stream): counting starts again at a marker.
+            Some(start) if seq.abs_diff(start) > SEQ_JUMP => {
+                *self = WholeFrames { meter: self.meter.clone(), since: self.since, ..WholeFrames::new(now) };
+                if marker {
+                    self.next_start = Some(seq + 1);
+                }
+            }
+            // Late (a retransmission, or reordered): it belongs to a closed frame.
+            Some(start) if seq < start => {
+                if let Some(f) = self.pending.iter_mut().find(|f| f.0 <= seq && seq <= f.1) {
+                    f.2 += 1;
+                }
+            }
+            Some(start) if marker => {
+                self.pending.push_back((start, seq, self.open + 1, now));
+                self.next_start = Some(seq + 1);
+                self.open = 0;
+            }
+            Some(_) => self.open += 1,
+            None if marker => self.next_start = Some(seq + 1),
+            None => {}
+        }
+        self.judge(now)
+    }
+
+    /// Judges the frames that waited `WHOLE_FRAME_WAIT` (and keeps the meter's window moving).
+    fn judge(&mut self, now: Instant) -> bool {
+        let mut moved = false;
+        while let Some(&(first, last, packets, at)) = self.pending.front() {
+            if now.saturating_duration_since(at) < WHOLE_FRAME_WAIT && self.pending.len() <= WHOLE_FRAME_PENDING {
+                break;
+            }
+            self.pending.pop_front();
+            moved |= self.meter.add(now, 0, packets > last - first);
+        }
+        moved | self.meter.add(now, 0, false)
     }
 }
 
@@ -244,17 +338,27 @@ pub(super) fn vp8_descriptor(codec: Codec, payload: &[u8]) -> Option<Vp8Descript
 }
 
 #[allow(clippy::too_many_arguments)]
-pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec, payload: &[u8], marker: bool, keyframe: bool, temporal: Option<Temporal>, now: Instant) {
+pub(super) fn note_layer(
+    producer: &mut Producer,
+    rid: Option<Rid>,
+    codec: Codec,
+    seq: u64,
+    payload: &[u8],
+    marker: bool,
+    keyframe: bool,
+    temporal: Option<Temporal>,
+    now: Instant,
+) {
     producer.codec = Some(codec);
-    let layer = match producer.layers.iter_mut().position(|l| l.rid == rid) {
-        Some(i) => &mut producer.layers[i],
-        None => {
-            producer.layers.push(Layer::new(rid, now));
-            producer.layers.last_mut().expect("just pushed")
-        }
-    };
-    layer.rate.add(now, payload.len() + 12, marker && producer.kind == MediaKind::Video);
+    let video = producer.kind == MediaKind::Video;
+    let i = producer.layers.iter().position(|l| l.rid == rid).unwrap_or_else(|| {
+        producer.layers.push(Layer::new(rid, now));
+        producer.layers.len() - 1
+    });
+    let layer = &mut producer.layers[i];
+    layer.rate.add(now, payload.len() + 12, marker && video);
     layer.last_packet = now;
+    let whole_moved = video && layer.whole.add(now, seq, marker);
     if let Some(Temporal { tid, .. }) = temporal {
         let (top, at) = layer.top_temporal;
         if tid >= top || now.saturating_duration_since(at) >= TEMPORAL_TOP_SILENT_AFTER {
@@ -272,12 +376,27 @@ pub(super) fn note_layer(producer: &mut Producer, rid: Option<Rid>, codec: Codec
             layer.size = Some(size);
         }
     }
+    if whole_moved {
+        producer.judge_starved(now);
+    }
 }
 
-/// A simulcast layer whose frame rate is under this share of its best sibling's is starved:
-/// its browser is short of uplink for it (with `maintain-resolution` it drops frames first), and
-/// what arrives of it comes late and patchy.
+/// A simulcast layer whose rate of whole frames (`WholeFrames`) is under this share of its best
+/// sibling's is starved: its browser is short of uplink for it (with `maintain-resolution` it
+/// drops frames first, and a full uplink queue breaks its large frames first), and what arrives
+/// of it comes late and patchy.
 const STARVED_FPS_SHARE: f64 = 0.6;
+/// Layers are compared once the best of them brings this many whole frames a second. Under it
+/// (a slide deck's screen share, or every layer stuck behind a full uplink queue) each layer
+/// still coming is offered. It was 10 until 2026-12-07: while a thin uplink's queue held every
+/// layer under 10 fps, the starved top layer was offered again and the viewer's target flipped
+/// back to it.
+const MIN_JUDGED_FPS: f64 = 3.0;
+/// A layer found starved is not offered again before its whole frames kept up with its
+/// siblings' this long: on a thin uplink every layer's readings swing from window to window,
+/// and a viewer's target flipped between two layers every 250 ms, each flip asking the full
+/// uplink for a keyframe.
+const STARVED_HOLD: Duration = Duration::from_secs(2);
 
 impl Producer {
     /// The layers viewers can rely on: those still coming (a layer with no packet for
@@ -288,10 +407,25 @@ impl Producer {
         if live.is_empty() {
             return self.layers.iter().collect();
         }
-        let best_fps = live.iter().map(|l| l.rate.fps).fold(0.0, f64::max);
-        match best_fps >= 10.0 && live.len() > 1 {
-            true => live.into_iter().filter(|l| l.rate.fps >= STARVED_FPS_SHARE * best_fps).collect(),
-            false => live,
+        let fed: Vec<&Layer> = live.iter().copied().filter(|l| l.starved_at.is_none_or(|at| now.saturating_duration_since(at) >= STARVED_HOLD)).collect();
+        match fed.is_empty() {
+            true => live,
+            false => fed,
+        }
+    }
+
+    /// Notes which layers are starved now: their whole frames under `STARVED_FPS_SHARE` of the
+    /// best live sibling's, once that one brings `MIN_JUDGED_FPS`.
+    fn judge_starved(&mut self, now: Instant) {
+        let live = |l: &&mut Layer| {
+            now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER && l.whole.since.is_some_and(|s| now.saturating_duration_since(s) >= WHOLE_FRAMES_JUDGED_AFTER)
+        };
+        let best = self.layers.iter_mut().filter(live).map(|l| l.whole.meter.fps).fold(0.0, f64::max);
+        if best < MIN_JUDGED_FPS || self.layers.len() < 2 {
+            return;
+        }
+        for l in self.layers.iter_mut().filter(live).filter(|l| l.whole.meter.fps < STARVED_FPS_SHARE * best) {
+            l.starved_at = Some(now);
         }
     }
 
@@ -364,7 +498,7 @@ mod tests {
             let mut payload = vec![0x90, 0x20, tid << 6];
             payload.resize(1000, 0);
             let d = Vp8Descriptor::parse(&payload);
-            note_layer(&mut p, Some("m".into()), Codec::Vp8, &payload, true, false, temporal_of(Codec::Vp8, &payload, d.as_ref()), t0 + Duration::from_millis(i * 33));
+            note_layer(&mut p, Some("m".into()), Codec::Vp8, i, &payload, true, false, temporal_of(Codec::Vp8, &payload, d.as_ref()), t0 + Duration::from_millis(i * 33));
         }
         let at = t0 + Duration::from_millis(60 * 33);
         let l = &p.layers[0];
@@ -387,7 +521,7 @@ mod tests {
                 let nri = if l1t3 && i % 2 == 1 { 0 } else { 0x40 };
                 let mut payload = vec![nri | 1, 0x88];
                 payload.resize(1000, 0);
-                note_layer(&mut p, None, Codec::H264, &payload, true, false, temporal_of(Codec::H264, &payload, None), t0 + Duration::from_millis(i * 33));
+                note_layer(&mut p, None, Codec::H264, i, &payload, true, false, temporal_of(Codec::H264, &payload, None), t0 + Duration::from_millis(i * 33));
             }
             p
         };
@@ -406,21 +540,21 @@ mod tests {
         let t0 = Instant::now();
         let mut p = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
         for rid in ["h", "m", "l"] {
-            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, None, t0);
+            note_layer(&mut p, Some(rid.into()), Codec::H264, 0, &[0x41, 0], true, false, None, t0);
         }
         assert!(!p.uplink_limited(t0 + Duration::from_secs(1)), "every layer coming");
         // Only "m" and "l" from then on.
         let later = t0 + Duration::from_secs(2);
         for rid in ["m", "l"] {
-            note_layer(&mut p, Some(rid.into()), Codec::H264, &[0x41, 0], true, false, None, later);
+            note_layer(&mut p, Some(rid.into()), Codec::H264, 1, &[0x41, 0], true, false, None, later);
         }
         assert!(p.uplink_limited(later + Duration::from_millis(100)));
         // A layer whose frame rate fell under 60 % of the best layer's is starved.
         let mut starved = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
         for i in 0..60u64 {
             let at = t0 + Duration::from_millis(i * 33);
-            note_layer(&mut starved, Some("l".into()), Codec::H264, &[0x41, 0], true, false, None, at);
-            note_layer(&mut starved, Some("h".into()), Codec::H264, &[0x41, 0], i % 3 == 0, false, None, at);
+            note_layer(&mut starved, Some("l".into()), Codec::H264, i, &[0x41, 0], true, false, None, at);
+            note_layer(&mut starved, Some("h".into()), Codec::H264, i, &[0x41, 0], i % 3 == 0, false, None, at);
         }
         let at = t0 + Duration::from_millis(60 * 33);
         assert_eq!(starved.usable_layers(at).iter().map(|l| l.rid).collect::<Vec<_>>(), vec![Some("l".into())], "h at a third of l's frame rate");
@@ -429,8 +563,78 @@ mod tests {
         assert!(!p.uplink_limited(later + Duration::from_secs(5)));
         // One layer (no simulcast) is never "limited" this way.
         let mut single = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
-        note_layer(&mut single, None, Codec::H264, &[0x41, 0], true, false, None, t0);
+        note_layer(&mut single, None, Codec::H264, 0, &[0x41, 0], true, false, None, t0);
         assert!(!single.uplink_limited(t0 + Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_layer_whose_frames_arrive_broken_is_starved_though_its_markers_come() {
+        // 2 s at 30 fps: "l" one packet a frame, "h" six. A full uplink queue drops a packet of
+        // two "h" frames in three: every marker still comes, so "h" reads 30 fps.
+        let t0 = Instant::now();
+        let mut p = Producer { mid: "1".into(), kind: MediaKind::Video, layers: Vec::new(), announced: true, codec: None, red: None };
+        let (mut l_seq, mut h_seq) = (100u64, 5000u64);
+        for i in 0..60u64 {
+            let at = t0 + Duration::from_millis(i * 33);
+            note_layer(&mut p, Some("l".into()), Codec::H264, l_seq, &[0x41, 0], true, false, None, at);
+            l_seq += 1;
+            for k in 0..6u64 {
+                if k != 2 || i % 3 == 0 {
+                    note_layer(&mut p, Some("h".into()), Codec::H264, h_seq + k, &[0x41, 0], k == 5, false, None, at);
+                }
+            }
+            h_seq += 6;
+        }
+        let at = t0 + Duration::from_millis(60 * 33);
+        let h = p.layers.iter().find(|l| l.rid == Some("h".into())).expect("h");
+        assert!(h.rate.fps > 25.0, "every marker came: {} fps", h.rate.fps);
+        assert!(h.whole.meter.fps < 15.0, "{} whole frames a second", h.whole.meter.fps);
+        assert_eq!(p.usable_layers(at).iter().map(|l| l.rid).collect::<Vec<_>>(), vec![Some("l".into())]);
+        assert!(p.uplink_limited(at));
+        // Whole again from then on: offered once it has kept up for `STARVED_HOLD`, not at its
+        // first good reading.
+        let usable_after = |p: &mut Producer, (l_seq, h_seq): &mut (u64, u64), from: u64, frames: u64| {
+            for i in from..from + frames {
+                let at = t0 + Duration::from_millis(i * 33);
+                note_layer(p, Some("l".into()), Codec::H264, *l_seq, &[0x41, 0], true, false, None, at);
+                *l_seq += 1;
+                for k in 0..6u64 {
+                    note_layer(p, Some("h".into()), Codec::H264, *h_seq + k, &[0x41, 0], k == 5, false, None, at);
+                }
+                *h_seq += 6;
+            }
+            p.usable_layers(t0 + Duration::from_millis((from + frames) * 33)).len()
+        };
+        let mut seqs = (l_seq, h_seq);
+        assert_eq!(usable_after(&mut p, &mut seqs, 60, 45), 1, "h whole for 1.5 s: still held");
+        assert_eq!(usable_after(&mut p, &mut seqs, 105, 60), 2, "h whole for 3.5 s");
+    }
+
+    #[test]
+    fn a_frame_repaired_in_time_counts_whole_and_one_repaired_late_does_not() {
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        // Three packets a frame, the middle one of each lost, its retransmission `delay` later.
+        let whole = |delay: u64| {
+            let mut packets: Vec<(u64, u64, bool)> = (0..60u64).flat_map(|i| [(i * 33, i * 3, false), (i * 33 + 1, i * 3 + 2, true), (i * 33 + delay, i * 3 + 1, false)]).collect();
+            packets.sort();
+            let mut w = WholeFrames::new(t0);
+            for (at, seq, marker) in packets {
+                w.add(ms(at), seq, marker);
+            }
+            w.meter.fps
+        };
+        assert!(whole(60) > 25.0, "repaired in one round trip: {}", whole(60));
+        assert!(whole(400) < 1.0, "repaired behind a full queue: {}", whole(400));
+        // A restarted stream (its numbering starts anew) is counted again from its first marker.
+        let mut w = WholeFrames::new(t0);
+        for i in 0..30u64 {
+            w.add(ms(i * 33), 60_000 + i, true);
+        }
+        for i in 0..60u64 {
+            w.add(ms(1000 + i * 33), 10 + i, true);
+        }
+        assert!(w.meter.fps > 25.0, "{}", w.meter.fps);
     }
 
     #[test]
