@@ -425,6 +425,9 @@ impl Producer {
             return;
         }
         for l in self.layers.iter_mut().filter(live).filter(|l| l.whole.meter.fps < STARVED_FPS_SHARE * best) {
+            if l.starved_at.is_none_or(|at| now.saturating_duration_since(at) >= STARVED_HOLD) {
+                tracing::debug!(rid = ?l.rid, whole_fps = l.whole.meter.fps, fps = l.rate.fps, best, "simulcast layer starved");
+            }
             l.starved_at = Some(now);
         }
     }
