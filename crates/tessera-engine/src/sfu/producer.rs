@@ -401,7 +401,9 @@ const STARVED_HOLD: Duration = Duration::from_secs(2);
 impl Producer {
     /// The layers viewers can rely on: those still coming (a layer with no packet for
     /// `LAYER_SILENT_AFTER` was stopped — browsers drop their top layers first when their
-    /// uplink thins) and not starved (`STARVED_FPS_SHARE`). Every layer when none is coming.
+    /// uplink thins) and not starved (`judge_starved`; a starved layer is held off for
+    /// `STARVED_HOLD`). Every layer when none is coming, and every layer still coming when all
+    /// of those are held.
     pub(super) fn usable_layers(&self, now: Instant) -> Vec<&Layer> {
         let live: Vec<&Layer> = self.layers.iter().filter(|l| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER).collect();
         if live.is_empty() {
