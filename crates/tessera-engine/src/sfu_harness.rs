@@ -1193,14 +1193,10 @@ mod tests {
         assert_eq!(big(after), 0);
     }
 
-    /// A publisher's uplink that loses a fifth of its packets with 150 ms of delay: most of the
-    /// top layer's frames (six packets) come broken and are repaired only after 300 ms or more,
-    /// while their markers, what the layer's frame rate counts, mostly come (its frame rate
-    /// read 28 fps beside the lowest layer's 30; whole, 9 against 21). The viewer is moved to
-    /// the lowest layer (one packet a frame) once, and stays. With 5 or 10 % loss the top
-    /// layer's frames are repaired in time and the viewer stays on it (measured; not asserted).
-    #[test]
-    fn a_viewer_leaves_a_layer_whose_frames_arrive_broken() {
+    /// A publisher on the top layer, then 8 s through an uplink with `loss` and `delay`:
+    /// (the viewer's moves between the layers, its frames of the 240 sent, and how many of its
+    /// last 45 came from the top layer).
+    fn through_broken_uplink(loss: f64, delay: Duration) -> (usize, usize, usize) {
         let mut world = World::new();
         let publisher = world.join_with("alice", PeerRole::Publish, &["h", "l"], Link::clean(), Link::clean());
         let viewer = world.join("alice", PeerRole::Play, Link::clean(), Link::clean());
@@ -1209,16 +1205,30 @@ mod tests {
         let before = world.frame_sizes(viewer).len();
         assert!(big(&world.frame_sizes(viewer)[before - 60..]) >= 55, "on the top layer first");
         let up = &mut world.clients[publisher].up;
-        (up.loss, up.delay) = (0.2, Duration::from_millis(150));
+        (up.loss, up.delay) = (loss, delay);
         publish_simulcast(&mut world, publisher, 8);
         let after = &world.frame_sizes(viewer)[before..];
         let moves = after.windows(2).filter(|w| (w[0] >= 3000) != (w[1] >= 3000)).count();
-        let last = &after[after.len().saturating_sub(45)..];
-        assert!(last.len() >= 40 && big(last) == 0, "the last 1.5 s from the lowest layer: {} frames, {} from the top", last.len(), big(last));
-        assert_eq!(moves, 1, "one move: {:?}", after.iter().map(|s| s / 1000).collect::<Vec<_>>());
-        // Kept on the top layer (its frame rate read by markers), the viewer got 117-125 frames of
-        // the 240 sent; moved, 153-166.
-        assert!(after.len() >= 140, "{} frames of 240", after.len());
+        (moves, after.len(), big(&after[after.len().saturating_sub(45)..]))
+    }
+
+    /// A publisher's uplink that loses a fifth of its packets: most of the top layer's frames
+    /// (six packets) come broken while their markers, what the layer's frame rate counts, mostly
+    /// come. With 150 ms of delay their repairs come 300 ms or more later (its frame rate read
+    /// 28 fps beside the lowest layer's 30; whole, 9 against 21); with 20 ms about half are
+    /// repaired in time, near the line between starved and not. The viewer is moved to the
+    /// lowest layer (one packet a frame) once, and stays. With 5 or 10 % loss and 150 ms, or
+    /// 15 % and 20 ms, the top layer's frames are repaired in time and the viewer stays on it
+    /// (measured; not asserted).
+    #[test]
+    fn a_viewer_leaves_a_layer_whose_frames_arrive_broken() {
+        // Kept on the top layer (its frame rate read by markers), the viewer got 117-125 frames
+        // of the 240 sent; moved, 153-166.
+        let (moves, frames, top) = through_broken_uplink(0.2, Duration::from_millis(150));
+        assert!(moves == 1 && top == 0 && frames >= 140, "150 ms: {moves} moves, {frames} frames, {top} of the last 45 from the top layer");
+        // Without `RECOVERED_FPS_SHARE`, three moves and 173 frames; with it, one and 195.
+        let (moves, frames, top) = through_broken_uplink(0.2, Duration::from_millis(20));
+        assert!(moves == 1 && top == 0 && frames >= 180, "20 ms: {moves} moves, {frames} frames, {top} of the last 45 from the top layer");
     }
 
     #[test]

@@ -397,6 +397,9 @@ const MIN_JUDGED_FPS: f64 = 3.0;
 /// and a viewer's target flipped between two layers every 250 ms, each flip asking the full
 /// uplink for a keyframe.
 const STARVED_HOLD: Duration = Duration::from_secs(2);
+/// A held layer's hold is renewed while its whole frames are under this share of its best
+/// sibling's (a layer just over `STARVED_FPS_SHARE` swings back under it).
+const RECOVERED_FPS_SHARE: f64 = 0.8;
 
 impl Producer {
     /// The layers viewers can rely on: those still coming (a layer with no packet for
@@ -417,7 +420,8 @@ impl Producer {
     }
 
     /// Notes which layers are starved now: their whole frames under `STARVED_FPS_SHARE` of the
-    /// best live sibling's, once that one brings `MIN_JUDGED_FPS`.
+    /// best live sibling's (`RECOVERED_FPS_SHARE` for a layer held starved), once that one
+    /// brings `MIN_JUDGED_FPS`.
     fn judge_starved(&mut self, now: Instant) {
         let live = |l: &&mut Layer| {
             now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER && l.whole.since.is_some_and(|s| now.saturating_duration_since(s) >= WHOLE_FRAMES_JUDGED_AFTER)
@@ -426,7 +430,8 @@ impl Producer {
         if best < MIN_JUDGED_FPS || self.layers.len() < 2 {
             return;
         }
-        for l in self.layers.iter_mut().filter(live).filter(|l| l.whole.meter.fps < STARVED_FPS_SHARE * best) {
+        let held = |l: &Layer| l.starved_at.is_some_and(|at| now.saturating_duration_since(at) < STARVED_HOLD);
+        for l in self.layers.iter_mut().filter(live).filter(|l| l.whole.meter.fps < if held(l) { RECOVERED_FPS_SHARE } else { STARVED_FPS_SHARE } * best) {
             if l.starved_at.is_none_or(|at| now.saturating_duration_since(at) >= STARVED_HOLD) {
                 tracing::debug!(rid = ?l.rid, whole_fps = l.whole.meter.fps, fps = l.rate.fps, best, "simulcast layer starved");
             }
@@ -596,8 +601,9 @@ mod tests {
         assert!(h.whole.meter.fps < 15.0, "{} whole frames a second", h.whole.meter.fps);
         assert_eq!(p.usable_layers(at).iter().map(|l| l.rid).collect::<Vec<_>>(), vec![Some("l".into())]);
         assert!(p.uplink_limited(at));
-        // Whole again from then on: offered once it has kept up for `STARVED_HOLD`, not at its
-        // first good reading.
+        // Whole again from then on: offered once it has kept up (`RECOVERED_FPS_SHARE` of its
+        // sibling's whole frames, its reading climbing window by window) for `STARVED_HOLD`,
+        // not at its first good reading.
         let usable_after = |p: &mut Producer, (l_seq, h_seq): &mut (u64, u64), from: u64, frames: u64| {
             for i in from..from + frames {
                 let at = t0 + Duration::from_millis(i * 33);
@@ -612,7 +618,7 @@ mod tests {
         };
         let mut seqs = (l_seq, h_seq);
         assert_eq!(usable_after(&mut p, &mut seqs, 60, 45), 1, "h whole for 1.5 s: still held");
-        assert_eq!(usable_after(&mut p, &mut seqs, 105, 60), 2, "h whole for 3.5 s");
+        assert_eq!(usable_after(&mut p, &mut seqs, 105, 90), 2, "h whole for 4.5 s");
     }
 
     #[test]
