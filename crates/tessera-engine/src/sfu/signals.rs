@@ -412,7 +412,8 @@ struct UserNet {
     down_rtt: Option<f64>,
     down_heard: bool,
     video_paused: bool,
-    /// A simulcast publisher whose browser stopped some layers, or whose uplink starves them (`Producer::uplink_limited`).
+    /// A simulcast publisher whose browser stopped some layers, or whose uplink starves them
+    /// (`Producer::uplink_limited`).
     up_limited: bool,
 }
 
