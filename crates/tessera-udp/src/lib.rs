@@ -300,17 +300,26 @@ mod tests {
         let sender = UdpSocket::bind("127.0.0.1:0").unwrap();
         let r = receiver();
         stamp_arrivals(&r).unwrap();
-        let before = std::time::SystemTime::now();
-        sender.send_to(b"stamped", r.local_addr().unwrap()).unwrap();
-        std::thread::sleep(std::time::Duration::from_millis(50));
         let mut buf = [0u8; 64];
-        let (n, from, stamp) = recv_stamped(&r, &mut buf).unwrap();
-        let read_at = std::time::SystemTime::now();
-        assert_eq!((&buf[..n], from), (b"stamped".as_slice(), sender.local_addr().unwrap()));
-        let stamp = stamp.expect("an arrival stamp");
-        assert!(stamp >= before - std::time::Duration::from_millis(1), "stamped before it was sent");
-        let waited = read_at.duration_since(stamp).unwrap();
-        assert!(waited >= std::time::Duration::from_millis(45), "the stamp is the arrival, not the read: {waited:?}");
+        // The kernel stamps a datagram when its receive softirq runs. On a loaded machine (the
+        // whole test suite on two cores) that can be deferred to ksoftirqd for as long as the
+        // reader sleeps (one run in `make test` read 11 µs), so the best of five tries counts.
+        let mut waits = Vec::new();
+        for _ in 0..5 {
+            let before = std::time::SystemTime::now();
+            sender.send_to(b"stamped", r.local_addr().unwrap()).unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            let (n, from, stamp) = recv_stamped(&r, &mut buf).unwrap();
+            let read_at = std::time::SystemTime::now();
+            assert_eq!((&buf[..n], from), (b"stamped".as_slice(), sender.local_addr().unwrap()));
+            let stamp = stamp.expect("an arrival stamp");
+            assert!(stamp >= before - std::time::Duration::from_millis(1), "stamped before it was sent");
+            waits.push(read_at.duration_since(stamp).unwrap());
+            if waits.last().is_some_and(|w| *w >= std::time::Duration::from_millis(45)) {
+                break;
+            }
+        }
+        assert!(waits.iter().any(|w| *w >= std::time::Duration::from_millis(45)), "the stamp is the arrival, not the read: {waits:?}");
         // Nothing more queued: the call does not wait.
         assert_eq!(recv_stamped(&r, &mut buf).unwrap_err().kind(), io::ErrorKind::WouldBlock);
         // An unstamped socket reads datagrams without a stamp.
