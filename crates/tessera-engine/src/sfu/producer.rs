@@ -106,6 +106,16 @@ impl Layer {
         }
     }
 
+    /// Whether it is still coming (a packet within `LAYER_SILENT_AFTER`).
+    fn coming(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.last_packet) < LAYER_SILENT_AFTER
+    }
+
+    /// Whether it was found starved within `STARVED_HOLD`.
+    fn held(&self, now: Instant) -> bool {
+        self.starved_at.is_some_and(|at| now.saturating_duration_since(at) < STARVED_HOLD)
+    }
+
     /// The layer without its highest temporal layer, if it has temporal layers: (the highest
     /// temporal layer kept, its bitrate, its frame rate).
     pub(super) fn reduced(&self, now: Instant) -> Option<(u8, f64, f64)> {
@@ -408,11 +418,11 @@ impl Producer {
     /// `STARVED_HOLD`). Every layer when none is coming, and every layer still coming when all
     /// of those are held.
     pub(super) fn usable_layers(&self, now: Instant) -> Vec<&Layer> {
-        let live: Vec<&Layer> = self.layers.iter().filter(|l| now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER).collect();
+        let live: Vec<&Layer> = self.layers.iter().filter(|l| l.coming(now)).collect();
         if live.is_empty() {
             return self.layers.iter().collect();
         }
-        let fed: Vec<&Layer> = live.iter().copied().filter(|l| l.starved_at.is_none_or(|at| now.saturating_duration_since(at) >= STARVED_HOLD)).collect();
+        let fed: Vec<&Layer> = live.iter().copied().filter(|l| !l.held(now)).collect();
         match fed.is_empty() {
             true => live,
             false => fed,
@@ -423,16 +433,20 @@ impl Producer {
     /// best live sibling's (`RECOVERED_FPS_SHARE` for a layer held starved), once that one
     /// brings `MIN_JUDGED_FPS`.
     fn judge_starved(&mut self, now: Instant) {
-        let live = |l: &&mut Layer| {
-            now.saturating_duration_since(l.last_packet) < LAYER_SILENT_AFTER && l.whole.since.is_some_and(|s| now.saturating_duration_since(s) >= WHOLE_FRAMES_JUDGED_AFTER)
-        };
-        let best = self.layers.iter_mut().filter(live).map(|l| l.whole.meter.fps).fold(0.0, f64::max);
-        if best < MIN_JUDGED_FPS || self.layers.len() < 2 {
+        if self.layers.len() < 2 {
             return;
         }
-        let held = |l: &Layer| l.starved_at.is_some_and(|at| now.saturating_duration_since(at) < STARVED_HOLD);
-        for l in self.layers.iter_mut().filter(live).filter(|l| l.whole.meter.fps < if held(l) { RECOVERED_FPS_SHARE } else { STARVED_FPS_SHARE } * best) {
-            if l.starved_at.is_none_or(|at| now.saturating_duration_since(at) >= STARVED_HOLD) {
+        let judged = |l: &Layer| l.coming(now) && l.whole.since.is_some_and(|s| now.saturating_duration_since(s) >= WHOLE_FRAMES_JUDGED_AFTER);
+        let best = self.layers.iter().filter(|l| judged(l)).map(|l| l.whole.meter.fps).fold(0.0, f64::max);
+        if best < MIN_JUDGED_FPS {
+            return;
+        }
+        for l in self.layers.iter_mut().filter(|l| judged(l)) {
+            let held = l.held(now);
+            if l.whole.meter.fps >= if held { RECOVERED_FPS_SHARE } else { STARVED_FPS_SHARE } * best {
+                continue;
+            }
+            if !held {
                 tracing::debug!(rid = ?l.rid, whole_fps = l.whole.meter.fps, fps = l.rate.fps, best, "simulcast layer starved");
             }
             l.starved_at = Some(now);
