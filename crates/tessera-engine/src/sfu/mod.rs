@@ -371,10 +371,15 @@ impl Room {
     }
 }
 
+/// A map keyed by the ids this SFU hands out (sessions, internal publishers): looked up several
+/// times per forwarded copy, so hashed with FxHash, not SipHash (whose resistance to chosen keys
+/// buys nothing for ids the server makes).
+type IdMap<V> = HashMap<u64, V, rustc_hash::FxBuildHasher>;
+
 pub struct Sfu {
     candidates: tessera_rtc::HostCandidates,
-    sessions: HashMap<u64, Session>,
-    internal: HashMap<u64, InternalPublisher>,
+    sessions: IdMap<Session>,
+    internal: IdMap<InternalPublisher>,
     by_sid: HashMap<String, u64>,
     by_ufrag: HashMap<String, u64>,
     by_addr: HashMap<SocketAddr, u64>,
@@ -403,7 +408,7 @@ pub struct Sfu {
     /// (tap, whether it also takes mixes' output).
     taps: HashMap<RoomKey, Vec<(u64, TapKind)>>,
     /// Room-signaling sessions: their room and user.
-    signaling: HashMap<u64, (RoomKey, UserId)>,
+    signaling: IdMap<(RoomKey, UserId)>,
     /// Who follows a room's publishers (tasks waiting for or recording a source), and the list
     /// they were last told. Watching does not keep a room alive; a tap does.
     watchers: HashMap<RoomKey, (Vec<u64>, Vec<PublisherInfo>)>,
@@ -463,8 +468,8 @@ impl Sfu {
     pub fn new(candidates: Vec<SocketAddr>, empty_room_timeout: Duration, now: Instant) -> Sfu {
         Sfu {
             candidates: tessera_rtc::HostCandidates { udp: candidates, tcp: Vec::new() },
-            sessions: HashMap::new(),
-            internal: HashMap::new(),
+            sessions: IdMap::default(),
+            internal: IdMap::default(),
             by_sid: HashMap::new(),
             by_ufrag: HashMap::new(),
             by_addr: HashMap::new(),
@@ -483,7 +488,7 @@ impl Sfu {
             counters: Arc::new(SfuCounters::default()),
             taps: HashMap::new(),
             watchers: HashMap::new(),
-            signaling: HashMap::new(),
+            signaling: IdMap::default(),
             presence: Presence::default(),
             speakers: HashMap::new(),
             next_quality: now + crate::quality::QUALITY_INTERVAL,
