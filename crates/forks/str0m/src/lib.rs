@@ -2152,11 +2152,19 @@ impl Rtc {
 
         self.last_now = now;
 
-        // Tessera fork: The pacer asks for a timeout after each packet it releases. When that is
-        // this timeout's reason, nothing changed since the timers were read, and no other timer
-        // (ICE, DTLS, SCTP, RTCP, NACK, TWCC, BWE, stats) is due, only the pacer's part runs:
-        // per forwarded packet, the rest of the tree was most of the timeout's cost.
-        if matches!(self.last_timeout_reason, Reason::Pacer(_))
+        // Tessera fork: The pacer asks for a timeout after each packet it releases, a packet
+        // written asks for one (its stamping), the estimator for one every 25 ms. When one of
+        // those is this timeout's reason, nothing changed since the timers were read, and no
+        // other timer (ICE, DTLS, SCTP, RTCP, NACK, TWCC feedback, stats) is due, only their part
+        // runs: per forwarded packet, the rest of the tree was most of the timeout's cost.
+        if matches!(
+            self.last_timeout_reason,
+            Reason::Pacer(_)
+                | Reason::SendStream
+                | Reason::BweDelayControl
+                | Reason::BweProbeControl
+                | Reason::BweProbeEstimator
+        )
             && !self.readiness.wants_timeout()
             && now < self.cached_others_timeout
         {

@@ -418,6 +418,19 @@ impl Streams {
         }
     }
 
+    /// Tessera fork: stamps the packets written to every send stream since its last timeout,
+    /// as `handle_timeout` does. False, with nothing done, if a stream has not had its first
+    /// timeout (which sets it up): that needs the whole `handle_timeout`.
+    pub(crate) fn stamp_send_queues(&mut self, now: Instant) -> bool {
+        if self.streams_tx.values().any(|s| !s.had_first_timeout()) {
+            return false;
+        }
+        for stream in self.streams_tx.values_mut() {
+            stream.stamp_send_queue(now);
+        }
+        true
+    }
+
     pub(crate) fn pending_request(&self) -> Option<Instant> {
         if self.streams_rx.values().any(|s| s.has_pending_request()) {
             Some(already_happened())

@@ -1348,6 +1348,16 @@ impl StreamTx {
         self.send_queue.need_timeout()
     }
 
+    /// Tessera fork: whether `handle_timeout` has run once (`on_first_timeout`).
+    pub(crate) fn had_first_timeout(&self) -> bool {
+        self.kind.is_some()
+    }
+
+    /// Tessera fork: `handle_timeout`'s part after the first: the packets written since stamped.
+    pub(crate) fn stamp_send_queue(&mut self, now: Instant) {
+        self.send_queue.handle_timeout(now);
+    }
+
     pub(crate) fn handle_timeout<'a>(
         &mut self,
         now: Instant,
