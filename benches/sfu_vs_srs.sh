@@ -6,6 +6,9 @@
 # `candidate 127.0.0.1`).
 #
 #   benches/sfu_vs_srs.sh SRS_SRC [N ...]     (default N: 100 300 500 700; two rounds each)
+#   ROUNDS=4 benches/sfu_vs_srs.sh …          (more rounds per N: at 100 subscribers each server
+#                                             uses a fifth of its core and the ratio moves
+#                                             1.1-1.8 from round to round on a shared VM)
 #
 # SRS_SRC is a checkout of https://github.com/ossrs/srs (v7; its dependencies ship inside it).
 # It is built here once, into SRS_SRC/trunk/objs/srs, with Debian's automake, autoconf, libtool
@@ -70,7 +73,7 @@ run_srs() { # n round
 echo "| server | round | subscribers | delivered pkt/s | server CPU (cores) | pkt/s per core | loss % (max) | latency p50 / p99 ms | at the socket p50 / p99 ms |"
 echo "|---|---|---|---|---|---|---|---|---|"
 for n in "${counts[@]}"; do
-  for round in 1 2; do
+  for round in $(seq "${ROUNDS:-2}"); do
     for server in tessera srs; do
       j=$(run_$server "$n")
       python3 - "$server" "$round" "$n" "$j" <<'PY'
