@@ -44,11 +44,8 @@ pub(crate) fn datagram_buffer(len: usize) -> Vec<u8> {
     let mut buf = POOL
         .with(|pool| pool.borrow_mut().pop())
         .unwrap_or_else(|| Vec::with_capacity(len.max(BUFFER_CAPACITY)));
-    if buf.len() >= len {
-        buf.truncate(len);
-    } else {
-        buf.resize(len, 0);
-    }
+    // Shortening keeps the bytes as they are; only growth past the kept length writes zeros.
+    buf.resize(len, 0);
     buf
 }
 
