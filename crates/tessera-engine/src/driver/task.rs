@@ -100,6 +100,27 @@ impl WorkerPlace {
     }
 }
 
+/// Adds a packet to the batch of its pipe.
+fn gather_piped(piped: &mut Vec<(u64, Vec<crate::sfu::PipedPacket>)>, pipe: u64, packet: crate::sfu::PipedPacket) {
+    match piped.iter_mut().find(|(p, _)| *p == pipe) {
+        Some((_, batch)) => batch.push(packet),
+        None => piped.push((pipe, vec![packet])),
+    }
+}
+
+/// Hands each pipe's batch to the worker at its other end: one command per pipe. A satellite
+/// that far behind loses the batch (its viewers ask for a keyframe) rather than holding up this
+/// worker.
+fn send_piped(piped: &mut Vec<(u64, Vec<crate::sfu::PipedPacket>)>, worker: &WorkerPlace, sfu: &Sfu) {
+    for (pipe, packets) in piped.drain(..) {
+        let n = packets.len() as u64;
+        let sent = worker.peers.get(crate::sfu::worker_of_id(pipe)).and_then(|p| p.upgrade()).is_some_and(|tx| tx.try_send(Command::PipePackets { pipe, packets }).is_ok());
+        if !sent {
+            sfu.counters.packets_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
 pub(super) async fn run(
     port: UdpPort,
     mut tcp_events: Option<mpsc::Receiver<TcpEvent>>,
@@ -361,6 +382,10 @@ pub(super) async fn run(
             },
             _ = tokio::time::sleep_until(deadline.into()) => Instant::now(),
         };
+        // Packets for other workers' viewers go before this worker builds its own viewers'
+        // datagrams, so those workers fan out at the same time, not after this one's turn.
+        sfu.take_piped(|pipe, packet| gather_piped(&mut piped, pipe, packet));
+        send_piped(&mut piped, &worker, &sfu);
         // Due timeouts run now, not after the next timer tick (tokio's timer has 1 ms
         // granularity): str0m asks for one right after media is written (its pacer releases the
         // queued packets at the next timeout).
@@ -422,24 +447,13 @@ pub(super) async fn run(
                         let _ = tx.send(rid);
                     }
                 }
-                SfuOutput::Piped(pipe, packet) => match piped.iter_mut().find(|(p, _)| *p == pipe) {
-                    Some((_, batch)) => batch.push(packet),
-                    None => piped.push((pipe, vec![packet])),
-                },
+                SfuOutput::Piped(pipe, packet) => gather_piped(&mut piped, pipe, packet),
                 SfuOutput::PipeWanted { pipe, room, source } => worker.to_room_worker(Command::OpenPipe { key: room, source, pipe }),
                 SfuOutput::PipeClosed { pipe, room } => worker.to_room_worker(Command::ClosePipe { key: room, pipe }),
                 SfuOutput::PipeKeyframeWanted { room, source, rid } => worker.to_room_worker(Command::PipeKeyframe { key: room, source, rid }),
             }
         }
-        // One command per pipe per wake-up. A satellite that far behind loses the batch (its
-        // viewers ask for a keyframe) rather than holding up this worker.
-        for (pipe, packets) in piped.drain(..) {
-            let n = packets.len() as u64;
-            let sent = worker.peers.get(crate::sfu::worker_of_id(pipe)).and_then(|p| p.upgrade()).is_some_and(|tx| tx.try_send(Command::PipePackets { pipe, packets }).is_ok());
-            if !sent {
-                sfu.counters.packets_dropped.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
-            }
-        }
+        send_piped(&mut piped, &worker, &sfu);
         egress.flush().await;
         let done = Instant::now();
         if done >= next_release {

@@ -911,6 +911,24 @@ impl Sfu {
         self.out_scratch = rest;
     }
 
+    /// Takes the packets queued for pipes to other workers out of the output, in order; the
+    /// other outputs stay queued. The driver hands them over before it builds this worker's own
+    /// viewers' datagrams, so the other worker fans out at the same time instead of after.
+    pub fn take_piped(&mut self, mut each: impl FnMut(u64, PipedPacket)) {
+        if self.pipes.is_empty() || !self.out.iter().any(|o| matches!(o, SfuOutput::Piped(..))) {
+            return;
+        }
+        let mut rest = std::mem::take(&mut self.out_scratch);
+        for o in self.out.drain(..) {
+            match o {
+                SfuOutput::Piped(pipe, packet) => each(pipe, packet),
+                o => rest.push_back(o),
+            }
+        }
+        std::mem::swap(&mut self.out, &mut rest);
+        self.out_scratch = rest;
+    }
+
     /// Periodic work: drop dead sessions and empty rooms, re-choose layers.
     fn tick(&mut self, now: Instant) {
         let dead: Vec<u64> = self
