@@ -900,13 +900,15 @@ impl Sfu {
         if !self.out.iter().any(|o| matches!(o, SfuOutput::Transmit(t) if t.proto == Protocol::Udp)) {
             return;
         }
-        self.take_out(|o| match o {
-            SfuOutput::Transmit(t) if t.proto == Protocol::Udp => {
-                each(t);
-                None
+        let mut rest = std::mem::take(&mut self.out_scratch);
+        for o in self.out.drain(..) {
+            match o {
+                SfuOutput::Transmit(t) if t.proto == Protocol::Udp => each(t),
+                o => rest.push_back(o),
             }
-            o => Some(o),
-        });
+        }
+        std::mem::swap(&mut self.out, &mut rest);
+        self.out_scratch = rest;
     }
 
     /// Takes the packets queued for pipes to other workers out of the output, in order; the
@@ -916,20 +918,13 @@ impl Sfu {
         if self.pipes.is_empty() || !self.out.iter().any(|o| matches!(o, SfuOutput::Piped(..))) {
             return;
         }
-        self.take_out(|o| match o {
-            SfuOutput::Piped(pipe, packet) => {
-                each(pipe, packet);
-                None
-            }
-            o => Some(o),
-        });
-    }
-
-    /// Hands every queued output to `take`, which keeps it (`None`) or gives it back to stay
-    /// queued in order.
-    fn take_out(&mut self, mut take: impl FnMut(SfuOutput) -> Option<SfuOutput>) {
         let mut rest = std::mem::take(&mut self.out_scratch);
-        rest.extend(self.out.drain(..).filter_map(&mut take));
+        for o in self.out.drain(..) {
+            match o {
+                SfuOutput::Piped(pipe, packet) => each(pipe, packet),
+                o => rest.push_back(o),
+            }
+        }
         std::mem::swap(&mut self.out, &mut rest);
         self.out_scratch = rest;
     }
