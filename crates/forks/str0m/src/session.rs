@@ -135,6 +135,8 @@ pub(crate) struct Session {
 
     feedback_tx: VecDeque<Rtcp>,
     feedback_rx: VecDeque<Rtcp>,
+    /// Tessera fork: `handle_rtcp`'s parsed feedback items, kept for their capacity.
+    feedback_items: Vec<RtcpFb>,
     rtp_closing: bool,
 
     /// Pending RRTRs from remote SSRCs in FIFO order, deduplicated by SSRC.
@@ -227,6 +229,7 @@ impl Session {
             vp9_packetizer_mode: config.vp9_packetizer_mode,
             feedback_tx: VecDeque::new(),
             feedback_rx: VecDeque::new(),
+            feedback_items: Vec::new(),
             rtp_closing: false,
             pending_rrtrs: VecDeque::new(),
             raw_packets: if config.enable_raw_packets {
@@ -937,7 +940,10 @@ impl Session {
             }
         }
 
-        for fb in RtcpFb::from_rtcp(self.feedback_rx.drain(..)) {
+        // Tessera fork: the parsed items go into a buffer kept between packets.
+        let mut feedback = std::mem::take(&mut self.feedback_items);
+        RtcpFb::extend_from_rtcp(&mut feedback, self.feedback_rx.drain(..));
+        for fb in feedback.drain(..) {
             if let RtcpFb::AppSpecificFeedback(asf) = fb {
                 self.pending_app_feedback = Some(AppSpecificFeedback {
                     sender_ssrc: asf.sender_ssrc,
@@ -1005,6 +1011,7 @@ impl Session {
                 stream.handle_rtcp(now, fb);
             }
         }
+        self.feedback_items = feedback;
 
         // Not in the above if due to lifetime issues, still okay because the method
         // doesn't do anything when BWE isn't configured.
@@ -1228,7 +1235,10 @@ impl Session {
         let encryptable_mtu: usize = (self.mtu() - SRTCP_OVERHEAD) & !3;
         assert!(encryptable_mtu.is_multiple_of(4));
 
-        let mut data = vec![0_u8; encryptable_mtu];
+        // Tessera fork: a pooled buffer, zeroed as `vec!` did (the writers may leave padding
+        // unwritten), handed back once encrypted: an allocation per RTCP packet sent before.
+        let mut data = crate::datagram_pool::datagram_buffer(encryptable_mtu);
+        data.fill(0);
 
         let mut raw_packets = self.raw_packets.as_mut();
         let output = move |fb| {
@@ -1247,6 +1257,7 @@ impl Session {
 
         let srtp = self.srtp_tx.as_mut()?;
         let protected = srtp.protect_rtcp(&data);
+        crate::datagram_pool::recycle_datagram(data);
 
         assert!(
             protected.len() < self.mtu(),

@@ -17,8 +17,15 @@
 //! estimate stops climbing; a failed probe backs off (5 s, doubling to a minute).
 
 use super::types::{Quality, SATURATED_PERMILLE};
+use smallvec::SmallVec;
 use std::time::{Duration, Instant};
 use tessera_rtc::str0m::media::Rid;
+
+/// A track's layers (three simulcast layers, each whole and without its top temporal layer),
+/// on the stack: the allocator runs for every viewer four times a second.
+pub type Layers = SmallVec<[LayerRate; 6]>;
+/// Per track of one viewer (spilling to the heap past four).
+pub type PerTrack<T> = SmallVec<[T; 4]>;
 
 /// Video pauses only once the estimate has stayed below the lowest layer this long: a probe
 /// that overshoots, or one burst of loss, dips the estimate for a moment.
@@ -140,7 +147,7 @@ pub enum Priority {
 /// One video track a viewer receives.
 #[derive(Debug, Clone)]
 pub struct TrackDemand {
-    pub layers: Vec<LayerRate>,
+    pub layers: Layers,
     pub quality: Quality,
     pub priority: Priority,
     /// What it forwards now (for hysteresis).
@@ -198,7 +205,7 @@ pub fn relief_ceiling(current: Option<LayerChoice>, layers: &[LayerRate]) -> Opt
 #[derive(Debug, Clone, PartialEq)]
 pub struct Plan {
     /// Per track, in the order given.
-    pub choices: Vec<LayerChoice>,
+    pub choices: PerTrack<LayerChoice>,
     /// The bitrate the choices need (headers included), audio included.
     pub used_bps: f64,
     /// The bitrate the next step up needs (the first track in priority order below its top
@@ -222,8 +229,8 @@ pub(super) fn rank(rid: Option<&str>) -> u8 {
 
 /// Layers from the lowest to the highest: by name, unnamed ones by measured bitrate; a layer
 /// without its top temporal layer just below it whole.
-fn ascending(layers: &[LayerRate]) -> Vec<LayerRate> {
-    let mut l = layers.to_vec();
+fn ascending(layers: &[LayerRate]) -> Layers {
+    let mut l = Layers::from_slice(layers);
     l.sort_by(|a, b| rank(b.rid.as_deref()).cmp(&rank(a.rid.as_deref())).then(a.bps.total_cmp(&b.bps)));
     l
 }
@@ -294,7 +301,7 @@ impl Shed {
         }
         // Counted in whole simulcast layers; a layer without its top temporal layer stays
         // allowed under the ceiling of the one above (fewer packets still).
-        let sorted: Vec<LayerRate> = ascending(layers).into_iter().filter(|l| l.temporal.is_none()).collect();
+        let sorted: Layers = ascending(layers).into_iter().filter(|l| l.temporal.is_none()).collect();
         if sorted.len() < 2 {
             return None;
         }
@@ -309,10 +316,10 @@ impl Shed {
 /// at once, corrected within a second of feedback), not that bet once per track (measured:
 /// four tracks' top layers into a 1.2 Mbit/s link lost 13-28 % and froze for seconds).
 pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -> Plan {
-    let sorted: Vec<Vec<LayerRate>> = tracks.iter().map(|t| ascending(&t.layers)).collect();
+    let sorted: PerTrack<Layers> = tracks.iter().map(|t| ascending(&t.layers)).collect();
     // Chosen level per track (index into its ascending layers); None = paused.
-    let mut level: Vec<Option<usize>> = vec![None; tracks.len()];
-    let mut free: Vec<bool> = vec![false; tracks.len()];
+    let mut level: PerTrack<Option<usize>> = smallvec::smallvec![None; tracks.len()];
+    let mut free: PerTrack<bool> = smallvec::smallvec![false; tracks.len()];
     let mut used = audio_bps;
     for (i, t) in tracks.iter().enumerate() {
         let l = &sorted[i];
@@ -333,7 +340,7 @@ pub fn plan(tracks: &[TrackDemand], audio_bps: f64, estimate_bps: Option<f64>) -
             None => free[i] = true,
         }
     }
-    let mut order: Vec<usize> = (0..tracks.len()).filter(|&i| free[i]).collect();
+    let mut order: PerTrack<usize> = (0..tracks.len()).filter(|&i| free[i]).collect();
     // Among equals, the track already higher first: the budget keeps what it carries rather
     // than moving one track up and another down (Chromium, meeting-1200: two others swapped the
     // middle layer on a rise of the estimate, two keyframes at once queued the link 230 ms, and
@@ -827,7 +834,7 @@ mod tests {
     }
 
     fn track(priority: Priority) -> TrackDemand {
-        TrackDemand { layers: layers(), quality: Quality::Auto, priority, current: None, ceiling_bps: None, single_may_pause: false }
+        TrackDemand { layers: layers().into(), quality: Quality::Auto, priority, current: None, ceiling_bps: None, single_may_pause: false }
     }
 
     fn rid(c: LayerChoice) -> String {
@@ -876,7 +883,7 @@ mod tests {
         // Chrome's VP8 simulcast: each layer also without TL2 (half the frames, ~60 % of the rate).
         let mut l = layers();
         l.extend([("l", 90_000.0), ("m", 300_000.0), ("h", 900_000.0)].map(|(r, bps)| LayerRate { rid: Some(r.into()), bps, temporal: Some(1) }));
-        let t = TrackDemand { layers: l.clone(), ..track(Priority::Other) };
+        let t = TrackDemand { layers: l.clone().into(), ..track(Priority::Other) };
         let one = |e: f64| rid(plan(std::slice::from_ref(&t), 40_000.0, Some(e)).choices[0]);
         // A 600 kbit/s link with audio: the middle layer at half its frame rate, not the lowest.
         assert_eq!(one(540_000.0), "m/T1");
@@ -900,7 +907,7 @@ mod tests {
         // A cut of the whole middle layer leaves its reduced step; a cut of that step, or of a
         // layer without temporal layers, takes the track below the layer.
         let cut = |whole: bool, l: &[LayerRate]| {
-            let t = TrackDemand { layers: l.to_vec(), ceiling_bps: cut_ceiling("m".into(), whole, l), ..track(Priority::Other) };
+            let t = TrackDemand { layers: Layers::from_slice(l), ceiling_bps: cut_ceiling("m".into(), whole, l), ..track(Priority::Other) };
             rid(plan(std::slice::from_ref(&t), 40_000.0, Some(1_000_000.0)).choices[0])
         };
         assert_eq!(cut(true, &l), "m/T1");
@@ -908,8 +915,8 @@ mod tests {
         assert_eq!(cut(true, &layers()), "l");
         // Four tracks whose lowest layers fit whole: each gets its lowest layer whole, none
         // starts from its reduced step.
-        let others: Vec<TrackDemand> = (0..3).map(|_| TrackDemand { layers: l.clone(), ..track(Priority::Other) }).collect();
-        let mut four = vec![TrackDemand { layers: l.clone(), ..track(Priority::Speaker) }];
+        let others: Vec<TrackDemand> = (0..3).map(|_| TrackDemand { layers: l.clone().into(), ..track(Priority::Other) }).collect();
+        let mut four = vec![TrackDemand { layers: l.clone().into(), ..track(Priority::Speaker) }];
         four.extend(others);
         let choices: Vec<String> = plan(&four, 0.0, Some(700_000.0)).choices.into_iter().map(rid).collect();
         assert_eq!(choices, ["l", "l", "l", "l"]);
@@ -924,24 +931,24 @@ mod tests {
         assert_eq!(from_low(400_000.0), "m/T1");
         assert_eq!(one(370_000.0), "m/T1", "with nothing sent yet: no margin");
         // One encoding with temporal layers is taken whole (nothing to fall back to).
-        let single = TrackDemand { layers: vec![LayerRate::whole(None, 800_000.0), LayerRate { rid: None, bps: 480_000.0, temporal: Some(1) }], ..track(Priority::Other) };
-        assert_eq!(plan(&[single], 0.0, Some(100_000.0)).choices, [LayerChoice::Layer(None)]);
+        let single = TrackDemand { layers: vec![LayerRate::whole(None, 800_000.0), LayerRate { rid: None, bps: 480_000.0, temporal: Some(1) }].into(), ..track(Priority::Other) };
+        assert_eq!(plan(&[single], 0.0, Some(100_000.0)).choices.to_vec(), [LayerChoice::Layer(None)]);
     }
 
     #[test]
     fn one_layer_is_taken_unless_the_link_was_measured_not_to_carry_it() {
-        let one = TrackDemand { layers: vec![LayerRate::whole(None, 3_000_000.0)], ..track(Priority::Other) };
+        let one = TrackDemand { layers: vec![LayerRate::whole(None, 3_000_000.0)].into(), ..track(Priority::Other) };
         let p = plan(std::slice::from_ref(&one), 0.0, Some(100_000.0));
-        assert_eq!(p.choices, vec![LayerChoice::Layer(None)], "no simulcast: nothing to fall back to");
+        assert_eq!(p.choices.to_vec(), vec![LayerChoice::Layer(None)], "no simulcast: nothing to fall back to");
         // A link measured to have thinned under it (or the track paused): paused, and the
         // next step (what a probe looks for) is the encoding.
         let thin = TrackDemand { single_may_pause: true, ..one.clone() };
         let p = plan(std::slice::from_ref(&thin), 40_000.0, Some(100_000.0));
-        assert_eq!(p.choices, vec![LayerChoice::Paused]);
+        assert_eq!(p.choices.to_vec(), vec![LayerChoice::Paused]);
         assert!(p.next_bps.is_some_and(|b| b > 3_000_000.0), "{p:?}");
-        assert_eq!(plan(&[thin], 40_000.0, Some(3_500_000.0)).choices, vec![LayerChoice::Layer(None)], "taken again where it fits");
-        let none = TrackDemand { layers: vec![], ..track(Priority::Other) };
-        assert_eq!(plan(&[none], 0.0, None).choices, vec![LayerChoice::Layer(None)]);
+        assert_eq!(plan(&[thin], 40_000.0, Some(3_500_000.0)).choices.to_vec(), vec![LayerChoice::Layer(None)], "taken again where it fits");
+        let none = TrackDemand { layers: vec![].into(), ..track(Priority::Other) };
+        assert_eq!(plan(&[none], 0.0, None).choices.to_vec(), vec![LayerChoice::Layer(None)]);
     }
 
     #[test]
@@ -979,7 +986,7 @@ mod tests {
 
     /// One 2.4 Mbit/s encoding paused on a 100 kbit/s estimate.
     fn one_encoding_paused() -> Plan {
-        let thin = TrackDemand { layers: vec![LayerRate::whole(None, 2_400_000.0)], single_may_pause: true, ..track(Priority::Other) };
+        let thin = TrackDemand { layers: vec![LayerRate::whole(None, 2_400_000.0)].into(), single_may_pause: true, ..track(Priority::Other) };
         plan(std::slice::from_ref(&thin), 40_000.0, Some(100_000.0))
     }
 
@@ -1148,7 +1155,7 @@ mod tests {
         assert_eq!(up_ceiling(Some(LayerChoice::Paused), &layers), None, "the lowest layer is always allowed");
         // With plenty of estimate, the held track stays on "l" and the other is free to go up.
         let track = |current| TrackDemand {
-            layers: layers.clone(),
+            layers: layers.clone().into(),
             quality: Quality::Auto,
             priority: Priority::Other,
             current,
@@ -1156,10 +1163,10 @@ mod tests {
             single_may_pause: false,
         };
         let p = plan(&[track(on("l")), TrackDemand { ceiling_bps: None, ..track(on("m")) }], 0.0, Some(5_000_000.0));
-        assert_eq!(p.choices, [LayerChoice::Layer(Some(Rid::from("l"))), LayerChoice::Layer(Some(Rid::from("h")))]);
+        assert_eq!(p.choices.to_vec(), [LayerChoice::Layer(Some(Rid::from("l"))), LayerChoice::Layer(Some(Rid::from("h")))]);
         // A held track still goes down when the estimate falls.
         let p = plan(&[track(on("m"))], 0.0, Some(200_000.0));
-        assert_eq!(p.choices, [LayerChoice::Layer(Some(Rid::from("l")))]);
+        assert_eq!(p.choices.to_vec(), [LayerChoice::Layer(Some(Rid::from("l")))]);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::signals::LinkSigns;
 use super::*;
+use smallvec::SmallVec;
 use tessera_media::Codec;
 use tessera_rtc::str0m::media::{Frequency, MediaTime};
 use tessera_rtc::str0m::rtp::Extension;
@@ -109,8 +110,8 @@ impl Sfu {
         // The largest whole layer a deep queue took to its reduced step (`Prober::relieved`).
         let mut relieved_from: Option<f64> = None;
         // Per subscription: its publisher, audio layer, and video demand.
-        let mut sources = Vec::with_capacity(subscriptions.len());
-        let mut tracks = Vec::with_capacity(subscriptions.len());
+        let mut sources: allocator::PerTrack<_> = SmallVec::new();
+        let mut tracks: allocator::PerTrack<TrackDemand> = SmallVec::new();
         let mut audio_bps = 0.0;
         for sub in subscriptions {
             let pub_id = self.publisher_in(&viewer.spec.room, &sub.source);
@@ -144,7 +145,7 @@ impl Sfu {
                 // Each layer whole, and without its top temporal layer where it has them (VP8
                 // from Chrome: three), a step below it that needs no keyframe — where that
                 // leaves `MIN_REDUCED_FPS`, or for the lowest layer (better than a pause).
-                let mut layers: Vec<LayerRate> = Vec::with_capacity(offered.len() * 2);
+                let mut layers = allocator::Layers::new();
                 let lowest = offered.iter().map(|l| allocator::rank(l.rid.as_deref())).max();
                 // Until the estimate is the link's, a layer above the lowest that has a reduced
                 // step is taken reduced, whole only on a measured estimate (a pinned quality is

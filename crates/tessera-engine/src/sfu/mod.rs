@@ -392,8 +392,12 @@ pub struct Sfu {
     /// `take_udp_transmits`'s second queue (its allocation kept).
     out_scratch: VecDeque<SfuOutput>,
     events: Vec<(u64, Event)>,
+    /// `handle_events`' second buffer.
+    spare_events: Vec<(u64, Event)>,
     dirty: Vec<u64>,
     scratch_ids: Vec<u64>,
+    /// `allocate_all`'s list of viewers, kept for its capacity.
+    scratch_viewers: Vec<u64>,
     /// Every session's next timeout, soonest first: finding the due peers costs O(log n) per
     /// due peer instead of a scan of all sessions per wake-up (the media task wakes thousands
     /// of times a second for the pacers). An entry is live while its session's `queued_at`
@@ -479,8 +483,10 @@ impl Sfu {
             out: VecDeque::new(),
             out_scratch: VecDeque::new(),
             events: Vec::new(),
+            spare_events: Vec::new(),
             dirty: Vec::new(),
             scratch_ids: Vec::new(),
+            scratch_viewers: Vec::new(),
             timers: std::collections::BinaryHeap::new(),
             next_tick: now + TICK,
             empty_room_timeout,
@@ -532,10 +538,13 @@ impl Sfu {
 
     /// Re-chooses every viewer's layers (`allocate`).
     fn allocate_all(&mut self, now: Instant) {
-        let viewers: Vec<u64> = self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id).collect();
-        for id in viewers {
+        let mut viewers = std::mem::take(&mut self.scratch_viewers);
+        viewers.clear();
+        viewers.extend(self.sessions.iter().filter(|(_, s)| matches!(s.role, Role::Viewer { .. })).map(|(id, _)| *id));
+        for &id in &viewers {
             self.allocate(id, now);
         }
+        self.scratch_viewers = viewers;
     }
 
     /// Layers this worker's viewers are held below their top (0 unless saturated).
@@ -1006,10 +1015,12 @@ impl Sfu {
 
     fn handle_events(&mut self, now: Instant) {
         while !self.events.is_empty() {
-            let events = std::mem::take(&mut self.events);
-            for (id, e) in events {
+            // Two buffers swapped (events handled may queue more), each keeping its capacity.
+            let mut events = std::mem::replace(&mut self.events, std::mem::take(&mut self.spare_events));
+            for (id, e) in events.drain(..) {
                 self.handle_event(id, e, now);
             }
+            self.spare_events = events;
         }
     }
 

@@ -417,12 +417,12 @@ impl Producer {
     /// uplink thins) and not starved (`judge_starved`; a starved layer is held off for
     /// `STARVED_HOLD`). Every layer when none is coming, and every layer still coming when all
     /// of those are held.
-    pub(super) fn usable_layers(&self, now: Instant) -> Vec<&Layer> {
-        let live: Vec<&Layer> = self.layers.iter().filter(|l| l.coming(now)).collect();
+    pub(super) fn usable_layers(&self, now: Instant) -> smallvec::SmallVec<[&Layer; 4]> {
+        let live: smallvec::SmallVec<[&Layer; 4]> = self.layers.iter().filter(|l| l.coming(now)).collect();
         if live.is_empty() {
             return self.layers.iter().collect();
         }
-        let fed: Vec<&Layer> = live.iter().copied().filter(|l| !l.held(now)).collect();
+        let fed: smallvec::SmallVec<[&Layer; 4]> = live.iter().copied().filter(|l| !l.held(now)).collect();
         match fed.is_empty() {
             true => live,
             false => fed,

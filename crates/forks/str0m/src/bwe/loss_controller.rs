@@ -228,12 +228,12 @@ impl LossController {
     /// After this [`loss_based_result`] returns the latest estimate.
     pub fn update_bandwidth_estimate(
         &mut self,
-        packet_results: &[impl PacketResult],
+        packet_results: impl IntoIterator<Item = impl PacketResult> + Clone,
         delay_based_estimated: Bitrate,
     ) {
         self.delay_based_estimate = delay_based_estimated;
 
-        if packet_results.is_empty() {
+        if packet_results.clone().into_iter().next().is_none() {
             debug!("packet results is empty");
             return;
         }
@@ -432,7 +432,7 @@ impl LossController {
         result
     }
 
-    fn maybe_add_observation(&mut self, packet_results: &[impl PacketResult]) -> bool {
+    fn maybe_add_observation(&mut self, packet_results: impl IntoIterator<Item = impl PacketResult>) -> bool {
         let Some(summary) = PacketResultsSummary::from(packet_results) else {
             return false;
         };
@@ -488,8 +488,10 @@ impl LossController {
         true
     }
 
-    fn get_candidates(&self) -> Vec<ChannelParameters> {
-        let mut bandwidths = vec![];
+    // Tessera fork: at most `candidate_factor`'s three and three more, on the stack (two `Vec`s
+    // per feedback before).
+    fn get_candidates(&self) -> arrayvec::ArrayVec<ChannelParameters, 6> {
+        let mut bandwidths = arrayvec::ArrayVec::<f64, 6>::new();
 
         let current = self.current_estimate.loss_limited_bandwidth;
 
@@ -523,7 +525,7 @@ impl LossController {
             );
         }
 
-        let mut candidates = Vec::with_capacity(bandwidths.len());
+        let mut candidates = arrayvec::ArrayVec::new();
 
         for bandwidth in bandwidths.iter_mut() {
             let mut candidate = self.current_estimate;
@@ -916,8 +918,9 @@ impl PacketResultsSummary {
         }
     }
 
-    pub fn from(records: &[impl PacketResult]) -> Option<PacketResultsSummary> {
-        let first = records.first()?;
+    pub fn from(records: impl IntoIterator<Item = impl PacketResult>) -> Option<PacketResultsSummary> {
+        let mut records = records.into_iter().peekable();
+        let first = records.peek()?;
 
         let mut summary =
             PacketResultsSummary::new(first.local_send_time(), first.local_send_time());
@@ -1085,17 +1088,33 @@ impl Default for Config {
     }
 }
 
-impl PacketResult for &TwccSendRecord {
+impl PacketResult for TwccSendRecord {
     fn local_send_time(&self) -> Instant {
-        (*self).local_send_time()
+        TwccSendRecord::local_send_time(self)
     }
 
     fn size(&self) -> DataSize {
-        (*self).size().into()
+        TwccSendRecord::size(self).into()
     }
 
     fn lost(&self) -> bool {
-        (*self).remote_recv_time().is_none()
+        self.remote_recv_time().is_none()
+    }
+}
+
+// Tessera fork: the results are read through an iterator of references (the TWCC register's
+// records walked in place, no `Vec` collected per feedback).
+impl<T: PacketResult + ?Sized> PacketResult for &T {
+    fn local_send_time(&self) -> Instant {
+        (**self).local_send_time()
+    }
+
+    fn size(&self) -> DataSize {
+        (**self).size()
+    }
+
+    fn lost(&self) -> bool {
+        (**self).lost()
     }
 }
 

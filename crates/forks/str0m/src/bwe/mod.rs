@@ -100,7 +100,7 @@ impl Bwe {
 
     pub fn update<'t>(
         &mut self,
-        records: impl Iterator<Item = &'t crate::rtp_::TwccSendRecord>,
+        records: impl Iterator<Item = &'t crate::rtp_::TwccSendRecord> + Clone,
         now: Instant,
     ) {
         self.bwe.update(records, now);
@@ -210,6 +210,8 @@ struct SendSideBandwidthEstimator {
     queue_delay: Option<(Duration, Instant)>,
     // Tessera fork: the share of packets reported lost, averaged over the last few feedbacks.
     recent_loss: f64,
+    // Tessera fork: `update`'s acknowledged packets, kept for their capacity (cleared first).
+    acked_scratch: Vec<AckedPacket>,
 }
 
 /// Tessera fork: a probe result below the estimate lowers it to no less than this share of
@@ -248,6 +250,7 @@ impl SendSideBandwidthEstimator {
             owd_base: (f64::INFINITY, f64::INFINITY, None),
             queue_delay: None,
             recent_loss: 0.0,
+            acked_scratch: Vec::new(),
         }
     }
 
@@ -316,16 +319,19 @@ impl SendSideBandwidthEstimator {
     }
 
     /// Record a packet from a TWCC report.
-    pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord>, now: Instant) {
-        let send_records: Vec<_> = records.collect();
-        if send_records.is_empty() {
+    // Tessera fork: the records are walked in place, as often as needed (`Clone`), and the
+    // acknowledged packets go into a buffer kept between feedbacks: no allocation per feedback
+    // (a `Vec` of each, growing, before).
+    pub fn update<'t>(&mut self, records: impl Iterator<Item = &'t TwccSendRecord> + Clone, now: Instant) {
+        let send_records = records;
+        if send_records.clone().next().is_none() {
             return;
         }
         let _ = self.started_at.get_or_insert(now);
 
         // Feed records to probe estimator for analysis and process any new probe results
         let mut latest_probe_result = None;
-        for (config, bitrate) in self.probe_estimator.update(send_records.iter().copied()) {
+        for (config, bitrate) in self.probe_estimator.update(send_records.clone()) {
             latest_probe_result = Some(bitrate);
 
             // Update link capacity estimator for every successful ALR probe, not just the latest.
@@ -337,14 +343,15 @@ impl SendSideBandwidthEstimator {
             }
         }
 
-        let mut acked_packets = vec![];
+        let acked_packets = &mut self.acked_scratch;
+        acked_packets.clear();
 
         let mut max_rtt = None;
         let mut count = 0;
         let mut lost = 0;
-        for record in send_records.iter() {
+        for record in send_records.clone() {
             count += 1;
-            let Ok(acked_packet) = (*record).try_into() else {
+            let Ok(acked_packet) = record.try_into() else {
                 lost += 1;
                 continue;
             };
@@ -354,7 +361,7 @@ impl SendSideBandwidthEstimator {
         acked_packets.sort_by(AckedPacket::order_by_receive_time);
         // Tessera fork: `latest_rtt`, the least of this feedback's round trips: the others
         // include how long the remote held their feedback (up to its interval).
-        if let Some(rtt) = send_records.iter().filter_map(|r| r.rtt()).min() {
+        if let Some(rtt) = send_records.clone().filter_map(|r| r.rtt()).min() {
             self.latest_rtt = Some(rtt);
         }
 
@@ -439,7 +446,7 @@ impl SendSideBandwidthEstimator {
 
         // This corresponds to UpdateLossBasedEstimator + UpdateEstimate
         self.loss_controller
-            .update_bandwidth_estimate(&send_records, delay_estimate);
+            .update_bandwidth_estimate(send_records, delay_estimate);
 
         // Loss-based result is capped by delay_based_limit
         let loss_result = self.loss_controller.loss_based_result();

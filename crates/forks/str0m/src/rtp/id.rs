@@ -55,19 +55,15 @@ macro_rules! str_id {
 
         impl<'a> From<&'a str> for $id {
             fn from(v: &'a str) -> Self {
-                let v = v
-                    .chars()
-                    .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-                    .collect::<String>();
-
-                let bytes = v.as_bytes();
-                let bytes = &bytes[0..$num.min(bytes.len())];
-
                 // pad with space.
                 let mut array = [b' '; $num];
 
-                let max = bytes.len().min(array.len());
-                (&mut array[0..max]).copy_from_slice(bytes);
+                // Tessera fork: each char becomes one byte (an ASCII alphanumeric as is,
+                // anything else `_`), written in place: the `String` collected first was an
+                // allocation per MID and RID read from every packet received.
+                for (b, c) in array.iter_mut().zip(v.chars()) {
+                    *b = if c.is_ascii_alphanumeric() { c as u8 } else { b'_' };
+                }
 
                 $id(array)
             }

@@ -679,7 +679,11 @@ impl SrtpContext {
                 let mut output = datagram_buffer(buf.len() - AeadAes128Gcm::TAG_LEN - SRTCP_INDEX_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
-                let count = match dec.decrypt(&iv, &aads, input, &mut output[8..]) {
+                // Tessera fork: an encrypted packet's AAD is one slice; passed alone, the
+                // crypto provider reads it in place instead of concatenating two into a new
+                // `Vec` (an allocation per feedback packet).
+                let aads: &[&[u8]] = if is_encrypted { &aads[..1] } else { &aads };
+                let count = match dec.decrypt(&iv, aads, input, &mut output[8..]) {
                     Ok(c) => c,
                     Err(e) => {
                         trace!("Failed to decrypt SRTCP {}: {}", self.rtcp.profile(), e);
@@ -752,7 +756,11 @@ impl SrtpContext {
                 let mut output = datagram_buffer(buf.len() - AeadAes256Gcm::TAG_LEN - SRTCP_INDEX_LEN);
                 output[0..8].copy_from_slice(&buf[0..8]);
 
-                let count = match dec.decrypt(&iv, &aads, input, &mut output[8..]) {
+                // Tessera fork: an encrypted packet's AAD is one slice; passed alone, the
+                // crypto provider reads it in place instead of concatenating two into a new
+                // `Vec` (an allocation per feedback packet).
+                let aads: &[&[u8]] = if is_encrypted { &aads[..1] } else { &aads };
+                let count = match dec.decrypt(&iv, aads, input, &mut output[8..]) {
                     Ok(c) => c,
                     Err(e) => {
                         trace!("Failed to decrypt SRTCP {}: {}", self.rtcp.profile(), e);

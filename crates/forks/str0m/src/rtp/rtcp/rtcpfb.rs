@@ -30,8 +30,15 @@ impl RtcpFb {
         )
     }
 
+    #[allow(dead_code)] // Tessera fork: the session uses `extend_from_rtcp`; tests and fuzzing this.
     pub fn from_rtcp<T: IntoIterator<Item = Rtcp>>(t: T) -> impl Iterator<Item = RtcpFb> {
         let mut q = Vec::new();
+        Self::extend_from_rtcp(&mut q, t);
+        q.into_iter()
+    }
+
+    /// Tessera fork: `from_rtcp` into a buffer the caller keeps (no allocation per packet).
+    pub fn extend_from_rtcp<T: IntoIterator<Item = Rtcp>>(q: &mut Vec<RtcpFb>, t: T) {
         let iter = t.into_iter();
         for pkt in iter {
             match pkt {
@@ -78,7 +85,6 @@ impl RtcpFb {
                 }
             }
         }
-        q.into_iter()
     }
 
     pub fn ssrc(&self) -> Ssrc {

@@ -32,6 +32,49 @@ pub struct Twcc {
     pub delta: VecDeque<Delta>,
 }
 
+// Tessera fork: a report's two queues come from a small per-thread pool and go back to it when
+// the report is dropped (once applied to the send register, or written). An SFU parses a
+// transport-wide report from every viewer every 50-100 ms and builds one for every publisher:
+// the queues' growth was several allocations per report.
+thread_local! {
+    static BUFFERS: std::cell::RefCell<Vec<(VecDeque<PacketChunk>, VecDeque<Delta>)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+/// Queues a thread keeps for reports (a report lives from its parse to its use).
+const MAX_POOLED_BUFFERS: usize = 64;
+/// A queue grown past this (a report of thousands of packets) is freed, not kept.
+const MAX_KEPT_LEN: usize = 1024;
+
+fn pooled_buffers() -> (VecDeque<PacketChunk>, VecDeque<Delta>) {
+    BUFFERS
+        .with(|b| b.borrow_mut().pop())
+        .unwrap_or_default()
+}
+
+impl Drop for Twcc {
+    fn drop(&mut self) {
+        if self.chunks.capacity() == 0 && self.delta.capacity() == 0 {
+            return;
+        }
+        if self.chunks.capacity() > MAX_KEPT_LEN || self.delta.capacity() > MAX_KEPT_LEN {
+            return;
+        }
+        let (mut chunks, mut delta) = (
+            std::mem::take(&mut self.chunks),
+            std::mem::take(&mut self.delta),
+        );
+        chunks.clear();
+        delta.clear();
+        // `try_with`: a report dropped while the thread's locals are torn down just frees.
+        let _ = BUFFERS.try_with(|b| {
+            let mut b = b.borrow_mut();
+            if b.len() < MAX_POOLED_BUFFERS {
+                b.push((chunks, delta));
+            }
+        });
+    }
+}
+
 impl Twcc {
     fn chunks_byte_len(&self) -> usize {
         self.chunks.len() * 2
@@ -343,6 +386,7 @@ impl TwccRecvRegister {
             chunks: VecDeque::new(),
             delta: VecDeque::new(),
         };
+        (twcc.chunks, twcc.delta) = pooled_buffers();
 
         // Because reference time is in steps of 64ms, the first reported packet might have an
         // offset (packet time resolution is 250us). This base_time is calculated backwards from
@@ -898,6 +942,7 @@ impl<'a> TryFrom<&'a [u8]> for Twcc {
             chunks: VecDeque::new(),
             delta: VecDeque::new(),
         };
+        (twcc.chunks, twcc.delta) = pooled_buffers();
 
         let mut todo = status_count as isize;
         let mut buf = &buf[16..];
@@ -1203,7 +1248,7 @@ impl TwccSendRegister {
         &mut self,
         twcc: Twcc,
         now: Instant,
-    ) -> Option<impl Iterator<Item = &TwccSendRecord>> {
+    ) -> Option<impl Iterator<Item = &TwccSendRecord> + Clone> {
         if self.time_zero.is_none() {
             self.time_zero = Some(now);
         }
@@ -1357,7 +1402,7 @@ impl TwccSendRegister {
     }
 }
 
-#[derive()]
+#[derive(Clone)]
 struct TwccSendRecordsIter<'a> {
     range: RangeInclusive<TwccSeq>,
     current: TwccSeq,
