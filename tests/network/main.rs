@@ -677,7 +677,10 @@ fn five_percent_loss_each_way_is_repaired_audio_by_red_and_video_in_time() {
 fn assert_plays_again_after_the_outage(r: &Run, restarts: u64) {
     let s = r.summary(0.0);
     let frames_at = |t: f64| r.at_or_after(t).frames;
-    assert!(frames_at(3.0) > 30, "playing before the outage: {s}");
+    // It played before the outage (at 3 s). Not how fast it started: under `make test`'s load
+    // on two cores one run decoded 360 lines from 1 s on and still had fewer than 30 frames by
+    // 3 s (Chromium's first second at a low frame rate).
+    assert!(frames_at(3.0) > 10, "playing before the outage ({} frames at 3 s): {s}", frames_at(3.0));
     assert!(restarts >= 1, "started over: {s}");
     let end = r.last().t;
     let last_5s = frames_at(end).saturating_sub(frames_at(end - 5.0));
