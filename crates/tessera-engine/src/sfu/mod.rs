@@ -909,15 +909,13 @@ impl Sfu {
         if !self.out.iter().any(|o| matches!(o, SfuOutput::Transmit(t) if t.proto == Protocol::Udp)) {
             return;
         }
-        let mut rest = std::mem::take(&mut self.out_scratch);
-        for o in self.out.drain(..) {
-            match o {
-                SfuOutput::Transmit(t) if t.proto == Protocol::Udp => each(t),
-                o => rest.push_back(o),
+        self.take_out(|o| match o {
+            SfuOutput::Transmit(t) if t.proto == Protocol::Udp => {
+                each(t);
+                None
             }
-        }
-        std::mem::swap(&mut self.out, &mut rest);
-        self.out_scratch = rest;
+            o => Some(o),
+        });
     }
 
     /// Takes the packets queued for pipes to other workers out of the output, in order; the
@@ -927,13 +925,20 @@ impl Sfu {
         if self.pipes.is_empty() || !self.out.iter().any(|o| matches!(o, SfuOutput::Piped(..))) {
             return;
         }
-        let mut rest = std::mem::take(&mut self.out_scratch);
-        for o in self.out.drain(..) {
-            match o {
-                SfuOutput::Piped(pipe, packet) => each(pipe, packet),
-                o => rest.push_back(o),
+        self.take_out(|o| match o {
+            SfuOutput::Piped(pipe, packet) => {
+                each(pipe, packet);
+                None
             }
-        }
+            o => Some(o),
+        });
+    }
+
+    /// Hands every queued output to `take`, which keeps it (`None`) or gives it back to stay
+    /// queued in order.
+    fn take_out(&mut self, mut take: impl FnMut(SfuOutput) -> Option<SfuOutput>) {
+        let mut rest = std::mem::take(&mut self.out_scratch);
+        rest.extend(self.out.drain(..).filter_map(&mut take));
         std::mem::swap(&mut self.out, &mut rest);
         self.out_scratch = rest;
     }
