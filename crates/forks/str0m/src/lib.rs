@@ -2478,6 +2478,10 @@ mod test {
 #[allow(missing_docs)]
 pub mod _internal_test_exports;
 
+// Tessera fork: entry points for Tessera's fuzz targets.
+#[doc(hidden)]
+pub mod tessera_fuzz;
+
 #[cfg(feature = "unversioned")]
 pub mod unversioned {
     //! This module provides functionality that is not versioned according to semver.

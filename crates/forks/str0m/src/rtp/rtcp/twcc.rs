@@ -89,7 +89,11 @@ impl Twcc {
         let millis = self.reference_time as u64 * 64;
         let time_base = time_zero + Duration::from_millis(millis);
         let base_seq = extend_u16(Some(*extend_from), self.base_seq);
-        let last_seq = base_seq + self.status_count as u64;
+        // Tessera fork: a base sequence number from before the first packet sent extends
+        // backwards past 0, to just under u64::MAX, and adding the status count overflowed (a
+        // panic in debug builds; found by Tessera's `rtcp` fuzz target). No packet was sent
+        // there: such a report is read as reporting nothing.
+        let last_seq = base_seq.checked_add(self.status_count as u64).unwrap_or(base_seq);
 
         TwccIter {
             base_seq,
@@ -148,12 +152,22 @@ impl Iterator for TwccIter {
 
         let instant = match status {
             PacketStatus::NotReceived => None,
+            // Tessera fork: a delta of the other size ends the report instead of panicking. The
+            // parser reads deltas chunk by chunk as their statuses say, so only a malformed
+            // report gets here (a run of length 0, which this iterator walks past its end, was
+            // the input Tessera's `rtcp` fuzz target found): any peer could crash the process.
             PacketStatus::ReceivedSmallDelta => match self.twcc.delta.pop_front()? {
                 Delta::Small(v) => Some(self.time_base + Duration::from_micros(250 * v as u64)),
-                Delta::Large(_) => panic!("Incorrect large delta size"),
+                Delta::Large(_) => {
+                    debug!("TWCC report with a large delta for a small status");
+                    return None;
+                }
             },
             PacketStatus::ReceivedLargeOrNegativeDelta => match self.twcc.delta.pop_front()? {
-                Delta::Small(_) => panic!("Incorrect small delta size"),
+                Delta::Small(_) => {
+                    debug!("TWCC report with a small delta for a large status");
+                    return None;
+                }
                 Delta::Large(v) => {
                     let dur = Duration::from_micros(250 * v.unsigned_abs() as u64);
                     Some(if v < 0 {
@@ -533,9 +547,11 @@ impl TwccRecvRegister {
         // sequence numbers rather than RTP sequence numbers.
         let max_seq = self.receive_window.max_seq?;
         let base_seq = self.receive_window.base_seq?;
-        let expected = *max_seq - *base_seq + 1_u64;
+        // Tessera fork: saturating, as a peer's sequence numbers extended the wrong way put the
+        // largest just under u64::MAX (an overflow, a panic in debug builds).
+        let expected = max_seq.saturating_sub(*base_seq).saturating_add(1);
 
-        let expected_interval = expected - self.receive_window.expected_prior;
+        let expected_interval = expected.saturating_sub(self.receive_window.expected_prior);
         self.receive_window.expected_prior = expected;
 
         let received_interval = self.receive_window.received - self.receive_window.received_prior;
@@ -560,9 +576,23 @@ fn build_interims(
     let report_from = queue.iter().skip(report_from);
 
     let mut prev = (base_seq, base_time);
+    let mut statuses: u64 = 0;
 
     for r in report_from {
         let diff_seq = *r.seq - *prev.0;
+
+        // Tessera fork: a report's statuses are counted in 16 bits: one that would pass
+        // u16::MAX ends here, as for a time gap too large for a delta, and the next report
+        // starts at this packet. A gap that large is no loss a report can carry: it comes from a
+        // peer's numbers extended the wrong way (a jump back of over 2^15 extends to just under
+        // u64::MAX), and marking it missing in chunks of 8,192 pushed ~2^51 interims (Tessera's
+        // `rtp_headers` fuzz target: one publisher's packets held the media worker and grew it
+        // until the process ran out of memory); smaller gaps overflowed the status count.
+        let adds = diff_seq.max(1);
+        if adds > u16::MAX as u64 - statuses {
+            break;
+        }
+        statuses += adds;
 
         if diff_seq > 1 {
             let mut todo = diff_seq - 1;
@@ -995,7 +1025,9 @@ impl<'a> TryFrom<&'a [u8]> for Twcc {
                 PacketChunk::Run(PacketStatus::ReceivedLargeOrNegativeDelta, n) => {
                     let n = *n as usize;
                     twcc.delta.extend(read_delta_large(buf, n)?);
-                    buf = &buf[n..];
+                    // Tessera fork: a large delta is two bytes (was `n`: the chunks after a run
+                    // of large deltas read their deltas from its middle).
+                    buf = &buf[n * 2..];
                 }
                 PacketChunk::VectorSingle(v, _) => {
                     let n = v.count_ones() as usize;
@@ -1331,13 +1363,14 @@ impl TwccSendRegister {
             last_seq_no = seq;
         }
 
+        // Tessera fork: logged and the report dropped instead of a panic (the report's numbers
+        // come from a peer).
         if let Some((record_seq, report_seq)) = problematic_seq {
-            let queue_tail: Vec<_> = self.queue.iter().rev().take(100).collect();
-            panic!(
+            debug!(
                 "Unexpected TWCC sequence when applying TWCC report. \
-                    Send Record Seq({record_seq}) does not match Report Seq({report_seq}).\
-                    \nLast 100 entires in queue: {queue_tail:?}."
+                    Send Record Seq({record_seq}) does not match Report Seq({report_seq})."
             );
+            return None;
         }
 
         let range = first_seq_no..=last_seq_no;
