@@ -66,8 +66,8 @@ const TICK: Duration = Duration::from_millis(250);
 pub const DEFAULT_LIVENESS_TIMEOUT: Duration = Duration::from_secs(15);
 /// Packets kept per consumer track for retransmission, and for how long until the viewer's RTT
 /// is known (then `rtx_cache_age`).
-const RTX_CACHE_PACKETS: usize = 2048;
-const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
+pub const RTX_CACHE_PACKETS: usize = 2048;
+pub const RTX_CACHE_AGE: Duration = Duration::from_secs(1);
 
 /// How old a packet may be and still be resent to a viewer with this RTT. A packet is cached
 /// when written, before it waits in the pacer (up to `MAX_LINK_QUEUE_DELAY`); its NACK comes
@@ -197,7 +197,7 @@ const RTP_OVERHEAD_BYTES: usize = 60;
 
 /// Resends stop when retransmissions exceed this share of the bytes a stream sent in the last
 /// second (str0m's cap): at most half, on a link with room for them.
-const RTX_RATIO_CAP: f32 = 0.5;
+pub const RTX_RATIO_CAP: f32 = 0.5;
 /// The least share resends keep on a link that media already fills, so random loss is still
 /// repaired.
 const RTX_RATIO_MIN: f32 = 0.1;
