@@ -272,6 +272,72 @@ fn session_peer(now: std::time::Instant) -> Option<tessera_rtc::str0m::Rtc> {
     Some(tessera_rtc::Peer::offerer(&candidates, now).ok()?.rtc)
 }
 
+/// A peer's DTLS records before anything but ICE has checked it: the handshake of every WebRTC
+/// connection (dimpl, DTLS 1.2 as str0m runs it, with Tessera's certificate verifier), as the
+/// server (the first byte even) or as the client (odd: Tessera answers `setup:active` to a
+/// WHIP encoder that offers `actpass`). The rest is datagrams, each prefixed by a two-byte
+/// length, with time passing between them so retransmission timers run. The first byte's bit 1
+/// also hands the first three datagrams to the certificate verifier (P-224 certificates parsed
+/// by x509-cert) as a certificate, signed data and a signature.
+pub fn dtls(data: &[u8]) {
+    let Some((&mode, rest)) = data.split_first() else { return };
+    let datagrams: Vec<&[u8]> = length_prefixed(rest).collect();
+    if mode & 2 != 0 {
+        if let [cert, signed, signature, ..] = datagrams.as_slice() {
+            let _ = tessera_rtc::dtls::verify_ecdsa_sha256(cert, signed, signature);
+        }
+    }
+    let _ = dtls_run(mode & 1 == 1, &datagrams);
+}
+
+/// Runs a DTLS instance as Tessera's peers do, fed `datagrams`; returns what it sent and whether
+/// it connected.
+fn dtls_run(active: bool, datagrams: &[&[u8]]) -> Option<(Vec<Vec<u8>>, bool)> {
+    use tessera_rtc::str0m::crypto::dtls::{DtlsOutput, DtlsVersion};
+    let start = std::time::Instant::now();
+    let provider = tessera_rtc::dtls::crypto_provider();
+    let cert = tessera_rtc::dtls::process_certificate()?;
+    let mut dtls = provider.dtls_provider.new_dtls(&cert, start, DtlsVersion::Dtls12, None).ok()?;
+    dtls.set_active(active);
+    let (mut sent, mut connected) = (Vec::new(), false);
+    // Larger than any record (2^14 bytes of plaintext and its expansion).
+    let mut buf = vec![0u8; 1 << 16];
+    let mut now = start;
+    let mut drain = |dtls: &mut Box<dyn tessera_rtc::str0m::crypto::dtls::DtlsInstance>, sent: &mut Vec<Vec<u8>>| loop {
+        match dtls.poll_output(&mut buf) {
+            DtlsOutput::Packet(p) => sent.push(p.to_vec()),
+            DtlsOutput::Connected => connected = true,
+            DtlsOutput::Timeout(_) => return,
+            DtlsOutput::BufferTooSmall { .. } => return,
+            _ => {}
+        }
+    };
+    dtls.handle_timeout(now).ok()?;
+    drain(&mut dtls, &mut sent);
+    for datagram in datagrams {
+        // An error ends the connection, as str0m then closes the peer.
+        dtls.handle_packet(datagram).ok()?;
+        drain(&mut dtls, &mut sent);
+        now += std::time::Duration::from_millis(300);
+        dtls.handle_timeout(now).ok()?;
+        drain(&mut dtls, &mut sent);
+    }
+    Some((sent, connected))
+}
+
+/// Splits `data` into pieces each prefixed by a two-byte big-endian length.
+fn length_prefixed(mut data: &[u8]) -> impl Iterator<Item = &[u8]> {
+    std::iter::from_fn(move || {
+        let (len, rest) = match data {
+            [a, b, rest @ ..] => (u16::from_be_bytes([*a, *b]) as usize, rest),
+            _ => return None,
+        };
+        let (piece, rest) = rest.split_at(len.min(rest.len()));
+        data = rest;
+        Some(piece)
+    })
+}
+
 /// WHIP/WHEP offers: Tessera's offer reader and str0m's SDP parser.
 pub fn sdp_offer(data: &[u8]) {
     let Ok(text) = std::str::from_utf8(data) else { return };
@@ -386,7 +452,7 @@ pub fn s3_answers(data: &[u8]) {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target.
-pub const TARGETS: [Target; 17] = [
+pub const TARGETS: [Target; 18] = [
     ("amf0", amf0),
     ("rtmp_server", rtmp_server),
     ("rtmp_client", rtmp_client),
@@ -396,6 +462,7 @@ pub const TARGETS: [Target; 17] = [
     ("rtcp", rtcp),
     ("rtp_headers", rtp_headers),
     ("session", session),
+    ("dtls", dtls),
     ("sdp_offer", sdp_offer),
     ("sdp_answer", sdp_answer),
     ("jwt", jwt),
@@ -473,6 +540,59 @@ mod tests {
         assert!(publisher.received.contains(&(h, 7)), "the repair packet of 7 unwrapped: {:?}", publisher.received);
         assert_eq!(publisher.received.len(), 37 + 18 + 1 + 1, "two layers, the repair and the audio: {:?}", publisher.received);
         assert!(publisher.twcc_reports > 0, "transport-wide feedback sent: {publisher:?}");
+    }
+
+    /// A DTLS handshake between two instances built as `dtls_run` builds its own: the
+    /// datagrams each side sent (the `dtls` target's seeds), and whether both connected.
+    fn dtls_handshake() -> (Vec<Vec<u8>>, Vec<Vec<u8>>, bool) {
+        use tessera_rtc::str0m::crypto::dtls::{DtlsOutput, DtlsVersion};
+        let now = std::time::Instant::now();
+        let provider = tessera_rtc::dtls::crypto_provider();
+        let cert = tessera_rtc::dtls::process_certificate().unwrap();
+        let mut sides: Vec<_> = [true, false]
+            .into_iter()
+            .map(|active| {
+                let mut d = provider.dtls_provider.new_dtls(&cert, now, DtlsVersion::Dtls12, None).unwrap();
+                d.set_active(active);
+                d.handle_timeout(now).unwrap();
+                d
+            })
+            .collect();
+        let (mut sent, mut connected) = ([Vec::new(), Vec::new()], [false, false]);
+        let mut buf = vec![0u8; 4_096];
+        for _ in 0..10 {
+            for from in 0..2 {
+                let mut out = Vec::new();
+                loop {
+                    match sides[from].poll_output(&mut buf) {
+                        DtlsOutput::Packet(p) => out.push(p.to_vec()),
+                        DtlsOutput::Connected => connected[from] = true,
+                        DtlsOutput::Timeout(_) => break,
+                        _ => {}
+                    }
+                }
+                for p in &out {
+                    sides[1 - from].handle_packet(p).unwrap();
+                }
+                sent[from].extend(out);
+            }
+        }
+        let [client, server] = sent;
+        (client, server, connected == [true, true])
+    }
+
+    /// The `dtls` target runs a real handshake's flights: what a client sends reaches a
+    /// server built as the target builds it, which answers with its flight (ServerHello to
+    /// ServerHelloDone); both ends built so connect.
+    #[test]
+    fn the_dtls_target_answers_a_client_hello_with_a_server_flight() {
+        let (client, server, connected) = dtls_handshake();
+        assert!(connected, "the two instances complete a handshake");
+        assert!(client.len() >= 2 && server.len() >= 2, "{} and {} datagrams", client.len(), server.len());
+        let (answered, _) = dtls_run(false, &[client[0].as_slice()]).unwrap();
+        // A handshake record (22) of DTLS 1.2 (0xfefd) carrying a ServerHello (2).
+        let first = answered.first().expect("the server answers the ClientHello");
+        assert_eq!((first[0], first[1], first[2], first[13]), (22, 0xfe, 0xfd, 2), "{first:02x?}");
     }
 
     /// Writes the hand-made seed inputs the corpora started from (`cargo test -p tessera-fuzz
@@ -560,6 +680,23 @@ mod tests {
         put("stun", "binding-request", &stun);
         put("stun", "rtp", &[0x80, 0x60, 0, 1, 0, 0, 0, 1, 0, 0, 0, 2]);
         put("stun", "dtls", &[22, 0xfe, 0xfd, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]);
+        let (client, server, _) = dtls_handshake();
+        for (mode, name, flights) in [(0u8, "as-server", &client), (1, "as-client", &server)] {
+            let mut input = vec![mode];
+            for p in flights {
+                input.extend_from_slice(&(p.len() as u16).to_be_bytes());
+                input.extend_from_slice(p);
+            }
+            put("dtls", name, &input);
+        }
+        let testdata = Path::new(env!("CARGO_MANIFEST_DIR")).join("../crates/tessera-rtc/testdata");
+        let mut verify = vec![2u8];
+        for f in ["ffmpeg8-p224-cert.der", "ffmpeg8-p224-ske-signed.bin", "ffmpeg8-p224-ske-signature.der"] {
+            let bytes = std::fs::read(testdata.join(f)).unwrap();
+            verify.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            verify.extend_from_slice(&bytes);
+        }
+        put("dtls", "p224-verify", &verify);
         let peer = session_peer(std::time::Instant::now()).unwrap();
         for (name, bytes) in tessera_rtc::str0m::tessera_fuzz::session_seeds(&peer) {
             put("session", name, &bytes);
