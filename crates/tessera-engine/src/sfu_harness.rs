@@ -868,6 +868,33 @@ mod tests {
         assert!(started.elapsed() < Duration::from_secs(5), "7 s of media in {:?}", started.elapsed());
     }
 
+    /// A panic in one viewer's WebRTC stack (a defect a peer's bytes reach) closes that viewer
+    /// alone: the worker goes on, and the other viewer of the same publisher misses no frame.
+    #[test]
+    fn a_panic_in_one_peers_webrtc_stack_closes_that_peer_and_no_other() {
+        let mut world = World::new();
+        let publisher = world.join("alice", PeerRole::Publish, Link::clean(), Link::clean());
+        let (doomed, other) = (world.join("alice", PeerRole::Play, Link::clean(), Link::clean()), world.join("alice", PeerRole::Play, Link::clean(), Link::clean()));
+        connect(&mut world);
+        let (doomed_sid, mut n, mut doomed_before) = (format!("s{doomed}"), 0u32, 0);
+        world.run(Duration::from_secs(5), Duration::from_millis(33), |w| {
+            if n == 60 {
+                doomed_before = w.frames_received(doomed).len();
+                w.sfu.panic_on_next_input(&doomed_sid);
+            }
+            w.write_video(publisher, &h264_frame(n.is_multiple_of(30), 3000, n), n as u64 * 3000);
+            n += 1;
+        });
+        assert_eq!(world.sfu.counters.peer_panics.load(std::sync::atomic::Ordering::Relaxed), 1);
+        assert!(!world.sfu.has_session(&doomed_sid), "the viewer whose stack panicked is closed");
+        assert!(world.sfu.has_session(&format!("s{other}")) && world.sfu.has_session(&format!("s{publisher}")));
+        assert!(doomed_before >= 55, "{doomed_before} frames before the panic");
+        assert!(world.frames_received(doomed).len() <= doomed_before + 2, "nothing more for the closed viewer");
+        let got = world.frames_received(other);
+        assert!(got.len() as u32 >= n - 3, "{} of {n} frames reached the other viewer", got.len());
+        assert!(got.windows(2).all(|w| w[1] > w[0]), "in order");
+    }
+
     #[test]
     fn a_frames_packets_leave_together_within_the_pacing_burst_and_a_keyframe_is_spread() {
         let mut world = World::new();

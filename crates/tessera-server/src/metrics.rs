@@ -95,6 +95,7 @@ pub struct Metrics {
     send_calls: Counter,
     gso_messages: Counter,
     layer_sheds: Counter,
+    peer_panics: Counter,
     relay_urls: Family<StateLabel, Gauge>,
     recordings: Family<StateLabel, Gauge>,
     ingests: Family<StateLabel, Gauge>,
@@ -159,6 +160,8 @@ impl Metrics {
         registry.register("tessera_udp_send_calls", "sendmmsg calls that wrote the UDP datagrams", send_calls.clone());
         let layer_sheds = Counter::default();
         registry.register("tessera_media_worker_layer_sheds", "Steps by which a saturated media worker held its viewers one simulcast layer lower", layer_sheds.clone());
+        let peer_panics = Counter::default();
+        registry.register("tessera_peer_panics", "WebRTC peers closed because their WebRTC stack panicked on what they sent (the media worker and every other peer went on)", peer_panics.clone());
         let gso_messages = Counter::default();
         registry.register("tessera_udp_gso_messages", "Messages that carried several of one destination's UDP datagrams as GSO segments", gso_messages.clone());
         let rtmp_transcodes = Gauge::default();
@@ -205,6 +208,7 @@ impl Metrics {
             send_calls,
             gso_messages,
             layer_sheds,
+            peer_panics,
             rtmp_transcodes,
             relay_urls,
             recordings,
@@ -255,6 +259,7 @@ impl Metrics {
         sync(&self.send_calls, counters.send_calls.load(Ordering::Relaxed));
         sync(&self.gso_messages, counters.gso_messages.load(Ordering::Relaxed));
         sync(&self.layer_sheds, counters.layer_sheds.load(Ordering::Relaxed));
+        sync(&self.peer_panics, counters.peer_panics.load(Ordering::Relaxed));
         sync(&self.ingress_dropped, counters.ingress_dropped.load(Ordering::Relaxed));
         self.busy_ratio.set(counters.busy_permille.load(Ordering::Relaxed) as f64 / 1000.0);
         self.speed_tests.set(stats.speed_tests as i64);

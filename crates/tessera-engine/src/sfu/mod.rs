@@ -255,6 +255,24 @@ fn resend_copies(lossy_at: Option<Instant>, loss: f32, queueing: bool, now: Inst
 }
 const RESEND_TWICE_MAX_LOSS: f32 = 0.1;
 
+/// Runs one call into a peer's WebRTC state. A panic there (a peer's bytes reaching a defect in
+/// str0m that the fuzz targets have not found: stop 61 found one that any peer could trigger with
+/// one RTCP packet) closes that peer alone: unwinding out of the media worker would end every
+/// room placed on it. The peer's state after the panic is not trusted: it is disconnected at
+/// once and dropped at the next tick.
+fn guarded<T>(s: &mut Session, counters: &SfuCounters, call: impl FnOnce(&mut Session) -> T) -> Option<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(s))) {
+        Ok(v) => Some(v),
+        Err(panic) => {
+            let what = panic.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
+            tracing::error!(parent: &s.span, "peer closed: its WebRTC stack panicked: {what}");
+            counters.peer_panics.fetch_add(1, Ordering::Relaxed);
+            s.peer.rtc.disconnect();
+            None
+        }
+    }
+}
+
 enum Role {
     Publisher {
         producers: Vec<Producer>,
@@ -336,6 +354,9 @@ struct Session {
     /// The session's span (sid, room, user, role): its log lines name it. Entered only where
     /// something is logged, never per packet.
     span: tracing::Span,
+    /// Tests: the next datagram from this peer panics inside `guarded`, as a defect in str0m would.
+    #[cfg(test)]
+    panic_on_input: bool,
 }
 
 #[derive(Default)]
@@ -459,7 +480,21 @@ pub fn worker_of_id(id: u64) -> usize {
 impl Session {
     /// A session whose peer has not connected yet.
     fn new(spec: SessionSpec, peer: Peer, role: Role, span: tracing::Span, now: Instant) -> Session {
-        Session { spec, peer, role, queued_at: None, connected: false, created: now, last_heard: now, addrs: Vec::new(), net: Default::default(), dirty: false, span }
+        Session {
+            spec,
+            peer,
+            role,
+            queued_at: None,
+            connected: false,
+            created: now,
+            last_heard: now,
+            addrs: Vec::new(),
+            net: Default::default(),
+            dirty: false,
+            span,
+            #[cfg(test)]
+            panic_on_input: false,
+        }
     }
 }
 
@@ -646,6 +681,13 @@ impl Sfu {
         s
     }
 
+    /// Tests: the next datagram from session `sid` panics in its WebRTC stack.
+    #[cfg(test)]
+    pub(crate) fn panic_on_next_input(&mut self, sid: &str) {
+        let id = self.by_sid[sid];
+        self.sessions.get_mut(&id).expect("a session").panic_on_input = true;
+    }
+
     /// Whether a session (WHIP/WHEP, subscriber, speed test, internal publisher) has this sid.
     pub fn has_session(&self, sid: &str) -> bool {
         self.by_sid.contains_key(sid)
@@ -821,9 +863,18 @@ impl Sfu {
         let Ok(contents) = data.try_into() else { return };
         let Some(session) = self.sessions.get_mut(&id) else { return };
         let input = Input::Receive(now, Receive { proto, source, destination, contents });
-        if let Err(e) = session.peer.rtc.handle_input(input) {
-            tracing::debug!(parent: &session.span, "bad input: {e}");
-            return;
+        let handled = guarded(session, &self.counters, |s| {
+            #[cfg(test)]
+            assert!(!s.panic_on_input, "a panic in the peer's WebRTC stack (test)");
+            s.peer.rtc.handle_input(input)
+        });
+        match handled {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                tracing::debug!(parent: &session.span, "bad input: {e}");
+                return;
+            }
+            None => return,
         }
         session.last_heard = now;
         let thinning = matches!(session.role, Role::Viewer { .. }) && session.net.thinning_seen(&session.peer.rtc, now);
@@ -882,7 +933,7 @@ impl Sfu {
         }
         for id in &due {
             if let Some(s) = self.sessions.get_mut(id) {
-                if let Err(e) = s.peer.rtc.handle_input(Input::Timeout(now)) {
+                if let Some(Err(e)) = guarded(s, &self.counters, |s| s.peer.rtc.handle_input(Input::Timeout(now))) {
                     tracing::debug!(parent: &s.span, "timeout handling failed: {e}");
                 }
                 if !s.dirty {
@@ -993,18 +1044,20 @@ impl Sfu {
     fn drain_one(&mut self, id: u64, now: Instant) {
         let Some(s) = self.sessions.get_mut(&id) else { return };
         s.dirty = false;
-        let next = loop {
+        let (out, events) = (&mut self.out, &mut self.events);
+        let polled = guarded(s, &self.counters, |s| loop {
             match s.peer.rtc.poll_output() {
                 Ok(Output::Timeout(t)) => break t,
-                Ok(Output::Transmit(t)) => self.out.push_back(SfuOutput::Transmit(t)),
-                Ok(Output::Event(e)) => self.events.push((id, e)),
+                Ok(Output::Transmit(t)) => out.push_back(SfuOutput::Transmit(t)),
+                Ok(Output::Event(e)) => events.push((id, e)),
                 Err(e) => {
                     tracing::warn!(parent: &s.span, "peer failed: {e}");
                     s.peer.rtc.disconnect();
                     break now;
                 }
             }
-        };
+        });
+        let next = polled.unwrap_or(now);
         if s.queued_at != Some(next) {
             s.queued_at = Some(next);
             self.timers.push(std::cmp::Reverse((next, id)));

@@ -82,6 +82,8 @@ pub struct SfuCounters {
     /// Datagrams read but dropped because the worker they were for had 256 batches waiting
     /// (several workers only).
     pub ingress_dropped: AtomicU64,
+    /// Peers closed because their WebRTC stack (str0m) panicked on what they sent (`guarded`).
+    pub peer_panics: AtomicU64,
 }
 
 /// The media task's busy share (‰ of the last second) from which it counts as saturated: viewer
