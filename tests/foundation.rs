@@ -65,6 +65,7 @@ fn zero_config_start_health_metrics_and_tokens() {
     assert_eq!(h.status, 200);
     let h = h.json();
     assert_eq!(h["status"], "ok");
+    assert_eq!(h["failed_workers"], 0);
     assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
     assert!(h["uptime_s"].as_u64().is_some());
     // An idle server's media worker mostly waits.

@@ -65,6 +65,9 @@ impl Command {
 }
 
 enum Command {
+    /// Tests: the worker panics, as a defect in its own code would make it.
+    #[cfg(test)]
+    Panic,
     AddSession {
         spec: SessionSpec,
         offer: String,
@@ -436,7 +439,16 @@ impl RtcHandle {
             let egress = egress::Egress::start(socket.try_clone().map_err(bind_err)?, counters.clone(), udp_gso).map_err(bind_err)?;
             let port = task::UdpPort { ingress, egress, candidates: candidates.clone() };
             let worker = task::WorkerPlace { index, busy: worker_busy.clone(), placement: placement.clone(), peers: peers.clone() };
-            tokio::spawn(run(port, tcp, rx, sfu, events_tx.clone(), worker));
+            let task = tokio::spawn(run(port, tcp, rx, sfu, events_tx.clone(), worker));
+            // A worker ends only by a panic in its own code (a peer's WebRTC stack panicking is
+            // caught per peer). Its rooms are gone with it; `/healthz` then answers 503
+            // (`failed_workers`) so that the process is restarted, and the log says why.
+            tokio::spawn(async move {
+                if let Err(e) = task.await {
+                    let what = e.try_into_panic().ok().and_then(|p| p.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| p.downcast_ref::<String>().cloned()));
+                    tracing::error!(worker = index, "media worker ended: {}; its rooms are gone and /healthz answers 503", what.unwrap_or_else(|| "cancelled".into()));
+                }
+            });
         }
         tracing::info!(addr = %local_addr, candidates = ?candidates, workers, "WebRTC UDP listening");
         let spread_above = Arc::new(std::sync::atomic::AtomicU64::new(DEFAULT_SPREAD_PERMILLE));
@@ -456,6 +468,12 @@ impl RtcHandle {
     /// How many media workers there are.
     pub fn workers(&self) -> usize {
         self.workers.len()
+    }
+
+    /// How many media workers have ended (a panic in their own code): their rooms are gone and
+    /// the process should be restarted.
+    pub fn failed_workers(&self) -> usize {
+        self.workers.iter().filter(|w| w.is_closed()).count()
     }
 
     /// Each worker's busy share of the last second (0–1).
@@ -878,5 +896,28 @@ impl Drop for PublisherWatch {
         if let Some(tx) = self.commands.upgrade() {
             let _ = tx.try_send(Command::UnwatchPublishers { id: self.id });
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A media worker that panics (a defect in its own code) is reported failed, so that
+    /// `/healthz` can say so; the other worker goes on answering.
+    #[tokio::test]
+    async fn a_media_worker_that_panics_is_reported_failed_and_the_others_go_on() {
+        let rtc = RtcHandle::start("127.0.0.1:0".parse().unwrap(), None, None, Duration::from_secs(10), Duration::from_secs(15), 2, false).unwrap();
+        assert_eq!(rtc.failed_workers(), 0);
+        rtc.workers[1].send(Command::Panic).await.unwrap();
+        let started = std::time::Instant::now();
+        while rtc.failed_workers() == 0 && started.elapsed() < Duration::from_secs(5) {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(rtc.failed_workers(), 1);
+        assert!(rtc.workers[1].is_closed() && !rtc.workers[0].is_closed());
+        let (reply, answer) = oneshot::channel();
+        rtc.workers[0].send(Command::Stats { reply }).await.unwrap();
+        assert!(answer.await.is_ok(), "the other worker still answers");
     }
 }

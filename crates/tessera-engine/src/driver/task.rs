@@ -161,6 +161,8 @@ pub(super) async fn run(
                 match worker.own(cmd) {
                     None => {}
                     Some(cmd) => match cmd {
+                    #[cfg(test)]
+                    Command::Panic => panic!("a defect in the media worker (test)"),
                     Command::AddSession { spec, offer, reply } => {
                         let _ = reply.send(sfu.add_session(spec, &offer, now));
                     }

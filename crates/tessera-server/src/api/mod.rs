@@ -197,14 +197,25 @@ async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", format!("{} is not allowed on {}", req.method(), req.uri().path()))
 }
 
-#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "server", responses((status = 200, description = "{status, version, uptime_s}", body = Value)))]
+#[utoipa::path(get, operation_id = "healthz", path = "/healthz", tag = "server", responses(
+    (status = 200, description = "{status, version, uptime_s, worker_busy_ratio, failed_workers}", body = Value),
+    (status = 503, description = "a media worker has ended: status `failed`", body = Value)
+))]
 /// `status` is `busy` while the media worker was saturated over the last second (busy ratio ≥
 /// 0.9: new viewers would meet growing latency), so a load balancer can steer new rooms away; the
-/// reply stays 200 (the server works).
-pub(crate) async fn healthz(State(state): State<AppState>) -> Json<serde_json::Value> {
+/// reply stays 200 (the server works). It is `failed`, with 503, once a media worker has ended
+/// (a panic in its own code): the rooms placed on it are gone, and the process should be
+/// restarted.
+pub(crate) async fn healthz(State(state): State<AppState>) -> Response {
     let busy = state.rtc.counters.busy_permille.load(std::sync::atomic::Ordering::Relaxed) as f64 / 1000.0;
-    let status = if busy >= tessera_engine::sfu::SATURATED_PERMILLE as f64 / 1000.0 { "busy" } else { "ok" };
-    Json(json!({"status": status, "version": VERSION, "uptime_s": state.metrics.uptime_s(), "worker_busy_ratio": busy}))
+    let failed = state.rtc.failed_workers();
+    let (code, status) = match failed {
+        0 if busy >= tessera_engine::sfu::SATURATED_PERMILLE as f64 / 1000.0 => (StatusCode::OK, "busy"),
+        0 => (StatusCode::OK, "ok"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "failed"),
+    };
+    let body = json!({"status": status, "version": VERSION, "uptime_s": state.metrics.uptime_s(), "worker_busy_ratio": busy, "failed_workers": failed});
+    (code, Json(body)).into_response()
 }
 
 #[utoipa::path(get, operation_id = "metrics", path = "/metrics", tag = "server", responses((status = 200, description = "Prometheus text exposition", content_type = "text/plain", body = String)))]
