@@ -218,6 +218,12 @@ const KEYS: [u8; 88] = {
 };
 /// A packet from the fuzzer is at most this long (a datagram).
 const MAX_PACKET: usize = 1_400;
+/// Time an input may let pass, and video packets it may have the session send: every timer of
+/// a session (reports, stats, the estimator's) runs within seconds, and its retransmission
+/// cache holds 2,048 packets. Past these an input's waits and sends do nothing (most random
+/// bytes read as waits: hours of timers per input would make the target slow, not deeper).
+const MAX_WAIT: Duration = Duration::from_secs(10);
+const MAX_SENT: u64 = 4_096;
 
 /// The remote peer's sending side: encrypts what a fuzzer writes as the peer's RTP and RTCP
 /// with the keys the session decrypts with, so the bytes pass SRTP's authentication and reach
@@ -333,9 +339,10 @@ pub enum SessionOp<'a> {
     Rtcp(&'a [u8]),
     /// The peer's RTP (the same framing).
     Rtp(&'a [u8]),
-    /// The session sends `n + 1` video packets and one audio packet.
+    /// The session sends `n + 1` video packets and one audio packet (up to `MAX_SENT`).
     Send(u8),
-    /// Time passes, `n * 5` ms, with every timeout due in between handled in turn.
+    /// Time passes, `n * 5` ms, with every timeout due in between handled in turn (up to
+    /// `MAX_WAIT` from the start).
     Wait(u8),
 }
 
@@ -423,6 +430,7 @@ pub fn session(mut rtc: Rtc, start: Instant, data: &[u8], configure_tx: impl Fn(
                 let Ok(receive) = Receive::new(Protocol::Udp, remote, local, &encrypted) else { continue };
                 rtc.handle_input(Input::Receive(now, receive))
             }
+            SessionOp::Send(_) if video_seq >= MAX_SENT => Ok(()),
             SessionOp::Send(n) => {
                 let mut api = rtc.direct_api();
                 for i in 0..=n {
@@ -441,7 +449,7 @@ pub fn session(mut rtc: Rtc, start: Instant, data: &[u8], configure_tx: impl Fn(
                 Ok(())
             }
             SessionOp::Wait(n) => {
-                let until = now + Duration::from_millis(n as u64 * 5);
+                let until = (now + Duration::from_millis(n as u64 * 5)).min(start + MAX_WAIT);
                 let mut result = Ok(());
                 while next_timeout <= until && result.is_ok() {
                     now = now.max(next_timeout);
