@@ -514,6 +514,17 @@ mod tests {
         tessera_rtc::str0m::tessera_fuzz::twcc_round_trip().unwrap();
     }
 
+    /// Runs one input of one target, to debug it: `FUZZ_TARGET=session FUZZ_INPUT=path cargo
+    /// test -p tessera-fuzz -- --ignored --nocapture replay_one`.
+    #[test]
+    #[ignore]
+    fn replay_one() {
+        let name = std::env::var("FUZZ_TARGET").expect("FUZZ_TARGET");
+        let input = std::fs::read(std::env::var("FUZZ_INPUT").expect("FUZZ_INPUT")).unwrap();
+        let (_, target) = TARGETS.iter().find(|(n, _)| *n == name).expect("a target of that name");
+        target(&input);
+    }
+
     /// The `session` target reaches what it is for: the seed inputs, run through it, show the
     /// session answering its viewer's NACKs from the retransmission cache (a packet lost alone
     /// twice, as the SFU sets a lossy viewer), its keyframe requests reaching the application, and its

@@ -481,7 +481,7 @@ fn drain(rtc: &mut Rtc, now: Instant, peer: &mut PeerSrtp, summary: &mut Session
         match rtc.poll_output() {
             Ok(crate::Output::Timeout(at)) if at <= now => {
                 due_again += 1;
-                assert!(due_again < 10_000, "a timeout stays due after it is handled ({at:?} at {now:?})");
+                assert!(due_again < 10_000, "a timeout stays due after it is handled ({at:?} at {now:?}, {:?})", rtc.last_timeout_reason);
                 rtc.handle_input(crate::Input::Timeout(now)).ok()?;
             }
             Ok(crate::Output::Timeout(at)) => return Some(at),

@@ -11,6 +11,8 @@ use crate::util::{MovingAverage, already_happened};
 
 const MAX_RTT_HISTORY_WINDOW: usize = 32;
 const UPDATE_INTERVAL: Duration = Duration::from_millis(25);
+/// Tessera fork: the least wait before the next check while no TWCC report is recent.
+const MIN_STALE_RECHECK: Duration = Duration::from_millis(5);
 /// The maximum time we keep updating our estimate without receiving a TWCC report.
 const MAX_TWCC_GAP: Duration = Duration::from_millis(500);
 /// RFC 6298: Exponentially Weighted Moving Average smoothing factor for RTT (alpha = 1/8)
@@ -114,10 +116,15 @@ impl DelayController {
             // We haven't received a TWCC report in a while. The trendline hypothesis can
             // no longer be considered valid. We need another TWCC report before we can update
             // estimates.
+            // Tessera fork: at least `MIN_STALE_RECHECK`. An RTT of zero (feedback read at the
+            // instant its packets were sent, as Tessera's `session` fuzz target found) made this
+            // timeout due again at once, for ever: the run loop spun. And on a link of a
+            // millisecond's RTT (a LAN, loopback) the check ran every millisecond between
+            // reports, though a report runs its own update when it arrives.
             let next_timeout_in = self
                 .get_smoothed_rtt()
                 .unwrap_or(MAX_TWCC_GAP)
-                .min(UPDATE_INTERVAL);
+                .clamp(MIN_STALE_RECHECK, UPDATE_INTERVAL);
 
             // Set this even if we didn't update, otherwise we get stuck in a poll -> handle loop
             // that starves the run loop.
