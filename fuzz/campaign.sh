@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 runs=${1:-10000000}
 shift || true
 targets=("$@")
-[ ${#targets[@]} -eq 0 ] && targets=(amf0 rtmp_server rtmp_client flv rtp stun rtcp rtp_headers session sdp_offer sdp_answer jwt task_file json_bodies room_data relay_frames s3_answers)
+[ ${#targets[@]} -eq 0 ] && targets=(amf0 rtmp_server rtmp_client flv rtp stun rtcp rtp_headers session dtls sdp_offer sdp_answer jwt task_file json_bodies room_data relay_frames s3_answers)
 for t in "${targets[@]}"; do
   started=$(date +%s)
   out=$(fuzz/run.sh "$t" "$runs" none "${FUZZ_MAX_SECONDS:-0}" 2>&1)
