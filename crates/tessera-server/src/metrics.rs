@@ -161,7 +161,11 @@ impl Metrics {
         let layer_sheds = Counter::default();
         registry.register("tessera_media_worker_layer_sheds", "Steps by which a saturated media worker held its viewers one simulcast layer lower", layer_sheds.clone());
         let peer_panics = Counter::default();
-        registry.register("tessera_peer_panics", "WebRTC peers closed because their WebRTC stack panicked on what they sent (the media worker and every other peer went on)", peer_panics.clone());
+        registry.register(
+            "tessera_peer_panics",
+            "WebRTC peers closed because their WebRTC stack panicked on what they sent (the media worker and every other peer went on)",
+            peer_panics.clone(),
+        );
         let gso_messages = Counter::default();
         registry.register("tessera_udp_gso_messages", "Messages that carried several of one destination's UDP datagrams as GSO segments", gso_messages.clone());
         let rtmp_transcodes = Gauge::default();
