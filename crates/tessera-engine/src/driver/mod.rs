@@ -445,8 +445,8 @@ impl RtcHandle {
             // (`failed_workers`) so that the process is restarted, and the log says why.
             tokio::spawn(async move {
                 if let Err(e) = task.await {
-                    let what = e.try_into_panic().ok().and_then(|p| p.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| p.downcast_ref::<String>().cloned()));
-                    tracing::error!(worker = index, "media worker ended: {}; its rooms are gone and /healthz answers 503", what.unwrap_or_else(|| "cancelled".into()));
+                    let what = e.try_into_panic().map_or_else(|_| "cancelled".into(), |p| crate::sfu::panic_message(&*p));
+                    tracing::error!(worker = index, "media worker ended: {what}; its rooms are gone and /healthz answers 503");
                 }
             });
         }

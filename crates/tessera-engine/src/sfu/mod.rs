@@ -264,13 +264,17 @@ fn guarded<T>(s: &mut Session, counters: &SfuCounters, call: impl FnOnce(&mut Se
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| call(s))) {
         Ok(v) => Some(v),
         Err(panic) => {
-            let what = panic.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default();
-            tracing::error!(parent: &s.span, "peer closed: its WebRTC stack panicked: {what}");
+            tracing::error!(parent: &s.span, "peer closed: its WebRTC stack panicked: {}", panic_message(&*panic));
             counters.peer_panics.fetch_add(1, Ordering::Relaxed);
             s.peer.rtc.disconnect();
             None
         }
     }
+}
+
+/// The message a panic was raised with (`panic!` with a literal or a formatted one), or "".
+pub(crate) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    panic.downcast_ref::<&str>().map(|m| m.to_string()).or_else(|| panic.downcast_ref::<String>().cloned()).unwrap_or_default()
 }
 
 enum Role {
