@@ -82,6 +82,9 @@ struct Run {
     mode: Mode,
     samples: Vec<Sample>,
     link: Value,
+    /// The viewer's downlink queueing delay (ms) every 10 ms, by seconds since sampling
+    /// started (`linkem`'s `queue`).
+    queued: Vec<(f64, f64)>,
     /// What the publisher sent: per layer its rid, picture size and kbit/s while sampled.
     publisher: Value,
     /// How many times publish.html published again as a new session (a lost connection).
@@ -160,6 +163,17 @@ impl Run {
         r[((r.len() - 1) as f64 * pct / 100.0).round() as usize]
     }
 
+    /// Percentile (0–100) of the downlink's queueing delay in ms from `from` on: what the
+    /// link adds to the unloaded round trip, sampled every 10 ms.
+    fn queue_ms(&self, from: f64, pct: f64) -> f64 {
+        let mut q: Vec<f64> = self.queued.iter().filter(|(t, _)| *t >= from).map(|(_, q)| *q).collect();
+        q.sort_by(f64::total_cmp);
+        if q.is_empty() {
+            return f64::NAN;
+        }
+        q[((q.len() - 1) as f64 * pct / 100.0).round() as usize]
+    }
+
     /// Picture height each second, for the report.
     fn timeline(&self) -> String {
         heights_per_second(self.samples.iter().map(|s| (s.t, s.height)))
@@ -234,18 +248,20 @@ impl Run {
             );
         }
         out + &format!(
-            " all: video {:.0} kbit/s; loss {:.1} %; concealed audio {:.1} %; RTT p50 {:.0} p95 {:.0} ms",
+            " all: video {:.0} kbit/s; loss {:.1} %; concealed audio {:.1} %; RTT p50 {:.0} p95 {:.0} ms; link queue p50 {:.0} p95 {:.0} ms",
             self.kbps(from, f64::MAX),
             self.loss_pct(from),
             self.concealed_pct(from),
             self.rtt(from, 50.0),
-            self.rtt(from, 95.0)
+            self.rtt(from, 95.0),
+            self.queue_ms(from, 50.0),
+            self.queue_ms(from, 95.0)
         )
     }
 
     fn summary(&self, from: f64) -> String {
         format!(
-            "{:?}: heights/s [{}]; {} frames; video {:.0} kbit/s; freeze {:.2} s (longest {:.2}); loss {:.1} %; concealed audio {:.1} % ({}); RTT p50 {:.0} p95 {:.0} ms; jitter buffer {:.0} ms; fps {:.0}",
+            "{:?}: heights/s [{}]; {} frames; video {:.0} kbit/s; freeze {:.2} s (longest {:.2}); loss {:.1} %; concealed audio {:.1} % ({}); RTT p50 {:.0} p95 {:.0} ms; link queue p50 {:.0} p95 {:.0} max {:.0} ms; jitter buffer {:.0} ms; fps {:.0}",
             self.mode,
             self.timeline(),
             self.last().frames,
@@ -257,6 +273,9 @@ impl Run {
             self.last().audio_codec,
             self.rtt(from, 50.0),
             self.rtt(from, 95.0),
+            self.queue_ms(from, 50.0),
+            self.queue_ms(from, 95.0),
+            self.queue_ms(from, 100.0),
             self.last().jitter_buffer_ms,
             self.last().fps,
         )
@@ -383,7 +402,11 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
             }
         }
         match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(line) if line.contains("\"sampling\"") => started = Some(Instant::now()),
+            Ok(line) if line.contains("\"sampling\"") => {
+                // The link's queue record starts with the samples.
+                net.link("mark");
+                started = Some(Instant::now());
+            }
             Ok(line) if line.starts_with('{') => last = Some(line),
             Ok(_) => {}
             Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
@@ -444,6 +467,9 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
         })
         .collect();
     let link = net.link("stats");
+    let queue = net.link("queue");
+    let tick = queue["tick_ms"].as_f64().expect("tick_ms") / 1000.0;
+    let queued = queue["down"].as_array().expect("down").iter().enumerate().map(|(i, q)| ((i + 1) as f64 * tick, q.as_f64().unwrap_or(0.0))).collect();
     assert_eq!(link["down"]["gso_frames"], 0, "the link is emulated per datagram: {link}");
     drop(server);
     if std::env::var_os("NET_PRINT").is_some() {
@@ -463,7 +489,7 @@ fn run(scenario: &Scenario, mode: Mode) -> Run {
             );
         }
     }
-    Run { mode, samples, link, publisher: out["publisher"].clone(), publisher_restarts: out["publisher_restarts"].as_u64().unwrap_or(0) }
+    Run { mode, samples, link, queued, publisher: out["publisher"].clone(), publisher_restarts: out["publisher_restarts"].as_u64().unwrap_or(0) }
 }
 
 /// The link of the bandwidth scenarios: 20 ms each way (40 ms unloaded RTT).
@@ -612,10 +638,12 @@ fn a_viewer_capped_at_700_kbits_gets_the_middle_layer_and_keeps_it() {
     let s = r.summary(5.0);
     let reached = middle_layer_within_10_s_and_kept(&r, &s);
     // Probing for the top layer must not fill the link's queue: the RTT stays near the
-    // unloaded 40 ms, and nothing is lost. A probe's clusters queue for a moment (p95 measured
-    // 69-155 ms over a dozen runs, 155 in 1 of them); a standing queue would be ~340 ms.
-    assert!(r.rtt(reached, 50.0) <= 40.0 + 50.0, "median RTT within 50 ms of the unloaded RTT: {s}");
-    assert!(r.rtt(reached, 95.0) <= 40.0 + 160.0, "no standing queue: {s}");
+    // unloaded 40 ms, and nothing is lost. What the link adds to the round trip is its queue,
+    // read every 10 ms (`Run::queue_ms`; Chromium's RTT, in the report, is a smoothed value of
+    // a STUN check every 2.5 s, and read 30 ms over the link's queue in a loaded run). A
+    // probe's clusters queue for a moment; a standing queue would be ~300 ms.
+    assert!(r.queue_ms(reached, 50.0) <= 50.0, "median RTT within 50 ms of the unloaded RTT (the link's queue): {s}");
+    assert!(r.queue_ms(reached, 95.0) <= 160.0, "no standing queue: {s}");
     assert!(r.loss_pct(reached) < 1.0, "{s}");
     assert!(r.freeze_between(reached, f64::MAX) < 0.5, "{s}");
 }
@@ -630,11 +658,11 @@ fn middle_layer_at_half_its_frame_rate(scenario: &Scenario) {
     // fits: 15 fps or more (measured 15, and whole again at times), not the lowest layer.
     let fps = r.fps(10.0, f64::MAX);
     assert!(fps >= 12.0, "{fps:.1} fps decoded from 10 s: {s}");
-    // No standing queue once settled: the median RTT within 50 ms of the unloaded 40 ms
-    // (H.264, the report's p50 from 5 s: 43-75 ms in twelve runs; 44-99 in fifteen, four over
-    // the bound, before a relief on a link short of the whole layer backed the next probe off;
-    // a standing queue would be ~340 ms), and nothing lost or frozen.
-    assert!(r.rtt(10.0, 50.0) <= 40.0 + 50.0, "median RTT within 50 ms of the unloaded RTT: {s}");
+    // No standing queue once settled: the median RTT within 50 ms of the unloaded 40 ms, read
+    // as the link's queue (as above; a standing queue would be ~300 ms), and nothing lost or
+    // frozen. Chromium's RTT p50 read 45-86 ms where the link's queue p50 was 10-24 ms (eight
+    // runs), and 75 ms in a CI run that failed on it.
+    assert!(r.queue_ms(10.0, 50.0) <= 50.0, "median RTT within 50 ms of the unloaded RTT (the link's queue): {s}");
     assert!(r.loss_pct(reached) < 1.0, "{s}");
     assert!(r.freeze_between(reached, f64::MAX) < 0.5, "{s}");
 }

@@ -9,8 +9,13 @@
 //! Impairments are set at start (`--down`, `--up`) and changed while running by lines on stdin:
 //! `down rate=400 queue=200 delay=25 jitter=5 loss=5 burst=10:5 reorder=1` (kbit/s, ms, %,
 //! `burst=<average loss %>:<mean burst length in packets>`; a key left out keeps its value;
-//! `rate=0` is unlimited), `both ...`, `stats` (one JSON line of counters) and `quit`.
-//! Prints `{"ready":true}` once bridging.
+//! `rate=0` is unlimited), `both ...`, `stats` (one JSON line of counters), `mark` and `queue`
+//! (below) and `quit`. Prints `{"ready":true}` once bridging.
+//!
+//! `queue` answers each direction's queueing delay since the last `mark` (or the start), in
+//! whole ms, sampled every `QUEUE_TICK`: what a packet arriving at that moment would have
+//! waited behind the rate cap. It is the part of a round trip that a sender's rate adds, read
+//! at every tick rather than from a browser's few smoothed STUN round trips.
 
 use std::collections::BinaryHeap;
 use std::io::BufRead;
@@ -21,6 +26,10 @@ const VNET_HDR_LEN: usize = 10;
 const SOL_PACKET: libc::c_int = 263;
 const PACKET_VNET_HDR: libc::c_int = 15;
 const PACKET_IGNORE_OUTGOING: libc::c_int = 23;
+/// How often the queueing delay is sampled (`queue`).
+const QUEUE_TICK: Duration = Duration::from_millis(10);
+/// At most this many samples are kept per direction (10 minutes at `QUEUE_TICK`).
+const QUEUE_SAMPLES_MAX: usize = 60_000;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Impairment {
@@ -106,12 +115,14 @@ struct Link {
     seq: u64,
     queue: BinaryHeap<Frame>,
     count: Counters,
+    /// The queueing delay in ms at each `QUEUE_TICK` since the last `mark`.
+    queued_ms: Vec<u32>,
 }
 
 impl Link {
     fn new(imp: Impairment, seed: u64) -> Link {
         let now = Instant::now();
-        Link { imp, link_free_at: now, last_release: now, bad_state: false, rng: seed | 1, seq: 0, queue: BinaryHeap::new(), count: Counters::default() }
+        Link { imp, link_free_at: now, last_release: now, bad_state: false, rng: seed | 1, seq: 0, queue: BinaryHeap::new(), count: Counters::default(), queued_ms: Vec::new() }
     }
 
     fn uniform(&mut self) -> f64 {
@@ -177,6 +188,15 @@ impl Link {
         }
         self.seq += 1;
         self.queue.push(Frame { at, seq: self.seq, data });
+    }
+}
+
+impl Link {
+    /// Records what a packet arriving now would wait behind the rate cap.
+    fn sample_queue(&mut self, now: Instant) {
+        if self.queued_ms.len() < QUEUE_SAMPLES_MAX {
+            self.queued_ms.push(self.link_free_at.saturating_duration_since(now).as_millis() as u32);
+        }
     }
 }
 
@@ -294,6 +314,20 @@ fn main() {
         std::thread::spawn(move || receive(from, d));
         std::thread::spawn(move || release(to, dir));
     }
+    {
+        let dirs = [downlink.clone(), uplink.clone()];
+        std::thread::spawn(move || {
+            let mut next = Instant::now();
+            loop {
+                next += QUEUE_TICK;
+                std::thread::sleep(next.saturating_duration_since(Instant::now()));
+                let now = Instant::now();
+                for d in &dirs {
+                    d.link.lock().unwrap().sample_queue(now);
+                }
+            }
+        });
+    }
     println!("{{\"ready\":true}}");
     for line in std::io::stdin().lock().lines() {
         let Ok(line) = line else { break };
@@ -314,10 +348,25 @@ fn main() {
                 println!("{{\"down\":{},\"up\":{}}}", j(d), j(u));
                 continue;
             }
+            "mark" => {
+                for d in [&downlink, &uplink] {
+                    d.link.lock().unwrap().queued_ms.clear();
+                }
+                println!("{{\"ok\":true}}");
+                continue;
+            }
+            "queue" => {
+                let j = |d: &Arc<Direction>| {
+                    let l = d.link.lock().unwrap();
+                    l.queued_ms.iter().map(|q| q.to_string()).collect::<Vec<_>>().join(",")
+                };
+                println!("{{\"tick_ms\":{},\"down\":[{}],\"up\":[{}]}}", QUEUE_TICK.as_millis(), j(&downlink), j(&uplink));
+                continue;
+            }
             "quit" => break,
             "" => continue,
             other => {
-                println!("{{\"error\":\"{other}: down|up|both|stats|quit\"}}");
+                println!("{{\"error\":\"{other}: down|up|both|stats|mark|queue|quit\"}}");
                 continue;
             }
         };

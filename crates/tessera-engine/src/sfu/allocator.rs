@@ -82,6 +82,15 @@ pub const PROVEN_SLACK: f64 = 1.1;
 /// Probe clusters look this far above the goal: a probe sent at exactly the goal measures a
 /// little less than it, and would never find it.
 const PROBE_HEADROOM: f64 = 1.25;
+/// A rate the link refused (a deep queue took the layer down: `relieved`, `disprove`) is not
+/// taken again on the estimate: the budget stays under this share of it until a probe finds
+/// it on a link that stays clean under it for `REFUSED_CLEAN_FOR` (`Prober::refused`).
+/// str0m's estimate reads above a nearly full link (600 kbit/s link: 620-810 kbit/s while it
+/// queued 100-160 ms), and the whole middle layer taken on it a second after each relief
+/// kept the queue deep (Chromium, H.264: link queue p50 57 ms, RTT p50 112 ms), or its
+/// estimate collapsed under the queue to the lowest layer's (VP8: 222 kbit/s, 180 lines).
+const REFUSED_BUDGET: f64 = 0.95;
+const REFUSED_CLEAN_FOR: Duration = Duration::from_millis(1500);
 
 /// What a video consumer should forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,6 +519,8 @@ struct Probe {
     resumes: bool,
     /// str0m's raw estimate when it started.
     raw_from: Option<f64>,
+    /// The link queued (or its latest packet did) at some step of it.
+    dirty: bool,
 }
 
 /// One viewer's probing for the next step of its plan.
@@ -544,6 +555,8 @@ pub struct Prober {
     burst: Option<Burst>,
     /// When a deep queue last took a whole layer to its reduced step (`relieved`).
     relieved_at: Option<Instant>,
+    /// The least rate the link refused since a probe last found it (`refused`).
+    refused: Option<f64>,
 }
 
 /// A burst above the stream: until when it wants `desired`, and the (minimum, desired) set
@@ -615,8 +628,17 @@ impl Prober {
         };
         // A link that does not queue under the probe's padding is clean (`RESUME_NEAR`).
         let clean = !queueing && queue_delay.is_none_or(|d| d < PROBE_OVERUSE_DELAY);
+        if let Some(p) = self.probe.as_mut() {
+            p.dirty |= !clean;
+        }
+        // A rate the link refused is found only by a probe it carried clean for a while.
+        let refused = |p: &Probe| self.refused.is_some_and(|r| p.goal >= r * 0.9);
+        let found_clean = |p: &Probe| !p.dirty && now.duration_since(p.since) >= REFUSED_CLEAN_FOR;
         let want = match self.probe {
-            Some(p) if found >= p.goal || (p.resumes && clean && found >= p.goal * RESUME_NEAR) => {
+            Some(p) if (found >= p.goal && (!refused(&p) || found_clean(&p))) || (p.resumes && clean && found >= p.goal * RESUME_NEAR) => {
+                if refused(&p) {
+                    self.refused = None;
+                }
                 self.proven = Some((p.goal, now + PROBE_WINDOW));
                 self.found = Some((p.goal, now, p.from));
                 self.overshoot_until = Some(now + OVERSHOOT_DRAIN);
@@ -644,7 +666,7 @@ impl Prober {
                 // failure's doubled back-off held the viewer on its lowest layer 10 s more).
                 if found >= p.from * 1.1 {
                     // Still climbing (the estimator grows by steps): another window.
-                    self.probe = Some(Probe { since: now, from: estimate, ..p });
+                    self.probe = Some(Probe { since: now, from: estimate, dirty: false, ..p });
                     (p.goal, p.goal * PROBE_HEADROOM)
                 } else {
                     self.fail(plan, now)
@@ -653,9 +675,10 @@ impl Prober {
             Some(p) => (p.goal, p.goal * PROBE_HEADROOM),
             None => match plan.next_bps {
                 // Only with the plan within the estimate: a viewer over it (a layer kept by
-                // hysteresis) has no room to look for more.
-                Some(goal) if settled && !queueing && goal > estimate && plan.used_bps <= estimate && self.next_at.is_none_or(|t| now >= t) => {
-                    self.probe = Some(Probe { goal, since: now, from: estimate, raw_from: raw_bps, resumes: plan.next_resumes });
+                // hysteresis) has no room to look for more. Within the budget, that is: a
+                // refused rate is probed for though the estimate reads over it.
+                Some(goal) if settled && !queueing && goal > self.budget(estimate) && plan.used_bps <= estimate && self.next_at.is_none_or(|t| now >= t) => {
+                    self.probe = Some(Probe { goal, since: now, from: estimate, raw_from: raw_bps, resumes: plan.next_resumes, dirty: false });
                     (goal, goal * PROBE_HEADROOM)
                 }
                 _ => (0.0, self.set.map_or(plan.used_bps, |s| s.1)),
@@ -708,7 +731,8 @@ impl Prober {
         // every time, and the back-off it had grown to 10 s held the video paused 8-10 s after
         // the link came back (Chromium). A resume taken on it that the link then does not carry
         // still backs off more (`disprove`).
-        let big = self.probe.is_none_or(|p| !p.resumes && p.goal > p.from.max(self.carried.unwrap_or(0.0)) * SMALL_STEP);
+        // A rate the link refused backs off as a big step: each probe for it queues the link.
+        let big = self.probe.is_none_or(|p| !p.resumes && (p.goal > p.from.max(self.carried.unwrap_or(0.0)) * SMALL_STEP || self.refused.is_some_and(|r| p.goal >= r * 0.9)));
         let resumes = self.probe.is_some_and(|p| p.resumes);
         self.probe = None;
         self.failures += big as u32;
@@ -737,6 +761,7 @@ impl Prober {
             return false;
         }
         self.disproved = Some(goal);
+        self.refuse(goal);
         // As a failed probe: the estimate from before it stands a while (`held`).
         self.failed_from = Some((from, now + PROBE_WINDOW));
         self.count_failure(now);
@@ -766,8 +791,18 @@ impl Prober {
         }
         self.relieved_at = Some(now);
         self.failed_goal = Some(self.failed_goal.map_or(whole_bps, |g| g.min(whole_bps)));
+        self.refuse(whole_bps);
         self.count_failure(now);
         true
+    }
+
+    fn refuse(&mut self, bps: f64) {
+        self.refused = Some(self.refused.map_or(bps, |r| r.min(bps)));
+    }
+
+    /// The budget from `estimate`: under a rate the link refused (`REFUSED_BUDGET`).
+    pub fn budget(&self, estimate: f64) -> f64 {
+        self.refused.map_or(estimate, |r| estimate.min(r * REFUSED_BUDGET))
     }
 
     /// What the budget does not fall below in a viewer's first `PROBE_SETTLE`: the start
@@ -982,6 +1017,43 @@ mod tests {
             assert!(!p.relieved(whole, carried, s(0)), "{carried:?}");
             assert!(p.step(&mid, Some(620_000.0), false, s(0)).is_some(), "{carried:?}");
         }
+    }
+
+    #[test]
+    fn a_rate_the_link_refused_is_taken_again_only_once_a_probe_carried_it_clean() {
+        let t0 = Instant::now();
+        let s = |ms: u64| t0 + PROBE_SETTLE + Duration::from_millis(ms);
+        // On the middle layer's reduced step; the whole layer's goal (630 kbit/s) reads under
+        // str0m's estimate (680), as on a 600 kbit/s link.
+        let reduced = Plan { choices: Default::default(), used_bps: 450_000.0, next_bps: Some(630_000.0), next_resumes: false };
+        let clean = Some(Duration::from_millis(5));
+        let queued = Some(Duration::from_millis(30));
+        let refused = || {
+            let mut p = Prober::default();
+            p.step(&reduced, Some(680_000.0), false, t0);
+            assert_eq!(p.budget(680_000.0), 680_000.0);
+            assert!(p.relieved(600_000.0, Some(540_000.0), s(0)));
+            assert_eq!(p.budget(680_000.0), 600_000.0 * REFUSED_BUDGET, "the budget stays under the refused rate");
+            assert_eq!(p.budget(400_000.0), 400_000.0);
+            assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(4_900)), None, "backed off");
+            // Probed for after the back-off though the estimate reads over the goal.
+            assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(5_000)), Some((630_000.0, 630_000.0 * PROBE_HEADROOM)));
+            p
+        };
+        // Carried clean for 1.5 s: found, and the budget is the estimate again.
+        let mut p = refused();
+        assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(6_000)), None, "not yet: clean for 1 s");
+        assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(6_500)), Some((0.0, 630_000.0)));
+        assert_eq!(p.budget(680_000.0), 680_000.0);
+        // The link queued under it once: not found on the estimate; failed at the window's end,
+        // with a doubled back-off (each probe for it queues the link).
+        let mut p = refused();
+        assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, queued, s(5_500)), None);
+        assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(7_000)), None, "dirty: not found");
+        assert!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(8_000)).is_some_and(|(min, _)| min == 0.0), "failed");
+        assert_eq!(p.budget(680_000.0), 600_000.0 * REFUSED_BUDGET);
+        assert_eq!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(17_900)), None, "10 s back-off");
+        assert!(p.step_with_raw(&reduced, Some(680_000.0), None, false, clean, s(18_000)).is_some_and(|(min, _)| min == 630_000.0));
     }
 
     /// One 2.4 Mbit/s encoding paused on a 100 kbit/s estimate.
@@ -1306,10 +1378,15 @@ mod tests {
         let mut p = Prober::default();
         // The plan wants the middle layer: 150 + 500 (with headers) over a 400 kbit/s estimate.
         let plan = |e: f64| super::plan(std::slice::from_ref(&t), 0.0, Some(e));
+        // A goal the link refused (disproved) is found only once carried clean for a while.
         let found_at = |p: &mut Prober, from: u64| {
             p.step(&plan(400_000.0), Some(400_000.0), false, at(from));
             assert!(p.probing(), "a probe starts at {from} ms");
             p.step(&plan(700_000.0), Some(700_000.0), false, at(from + 500));
+            if p.refused.is_some() {
+                assert!(p.probing(), "not yet: refused");
+                p.step(&plan(700_000.0), Some(700_000.0), false, at(from + 1_500));
+            }
             assert!(!p.probing(), "and finds its room");
         };
         p.step(&plan(400_000.0), Some(400_000.0), false, at(0));
@@ -1327,8 +1404,8 @@ mod tests {
         assert!(!p.probing(), "10 s now");
         found_at(&mut p, 26_100);
         // Held for 15 s: the back-off is cleared; no standing queue that late disproves it.
-        p.step(&plan(700_000.0), Some(700_000.0), false, at(41_700));
-        assert!(!p.disprove(Some(600_000.0), at(41_800)));
+        p.step(&plan(700_000.0), Some(700_000.0), false, at(42_700));
+        assert!(!p.disprove(Some(600_000.0), at(42_800)));
         // A link that now carries far less than the goal found changed since: no failure.
         let mut p = Prober::default();
         p.step(&plan(400_000.0), Some(400_000.0), false, at(0));

@@ -355,7 +355,8 @@ impl Sfu {
             Some(p) => Some(floor.map_or(p, |f| f.max(p))),
             None => floor,
         };
-        let estimate = allocator::budget(measured, prober.held(now), prober.overshooting(now) || (!link_queues && video_loss == 0.0)).map(|e| floor.map_or(e, |f| e.max(f)));
+        let estimate =
+            allocator::budget(measured, prober.held(now), prober.overshooting(now) || (!link_queues && video_loss == 0.0)).map(|e| prober.budget(floor.map_or(e, |f| e.max(f))));
         let plan = allocator::plan(&tracks, audio_bps, estimate);
         // One paused encoding a probe just found room for is taken though its measured rate
         // rose a little since (it moves by a few percent a second), not probed for again
