@@ -236,6 +236,14 @@ pub(super) fn rank(rid: Option<&str>) -> u8 {
     }
 }
 
+/// Whether a simulcast layer (its rank and rate) reads under a lower one of `siblings`: its
+/// publisher is starting it or cannot keep it up (Chromium on a loaded machine: the top layer
+/// at 2 fps and ~30 kbit/s beside the lowest's 150), not a cheap layer. Taken on that rate, the
+/// top layer's keyframe flooded a 600 kbit/s link and the viewer sat on the lowest layer 4 s.
+pub fn reads_under_a_lower_layer(rank: u8, bps: f64, siblings: impl IntoIterator<Item = (u8, f64)>) -> bool {
+    siblings.into_iter().any(|(r, b)| r > rank && b > bps)
+}
+
 /// Layers from the lowest to the highest: by name, unnamed ones by measured bitrate; a layer
 /// without its top temporal layer just below it whole.
 fn ascending(layers: &[LayerRate]) -> Layers {
@@ -1017,6 +1025,16 @@ mod tests {
             assert!(!p.relieved(whole, carried, s(0)), "{carried:?}");
             assert!(p.step(&mid, Some(620_000.0), false, s(0)).is_some(), "{carried:?}");
         }
+    }
+
+    #[test]
+    fn a_layer_reading_under_a_lower_one_is_not_trusted() {
+        let siblings = [(0, 30_000.0), (1, 0.0), (2, 150_000.0)];
+        assert!(reads_under_a_lower_layer(0, 30_000.0, siblings), "the top layer under the lowest");
+        assert!(!reads_under_a_lower_layer(2, 150_000.0, siblings), "the lowest has none below it");
+        assert!(!reads_under_a_lower_layer(1, 500_000.0, [(0, 1_500_000.0), (1, 500_000.0), (2, 150_000.0)]));
+        assert!(!reads_under_a_lower_layer(0, 0.0, [(0, 0.0), (1, 0.0), (2, 0.0)]), "none measured yet: all alike");
+        assert!(!reads_under_a_lower_layer(4, 100.0, [(4, 900.0)]), "unnamed layers are not compared");
     }
 
     #[test]

@@ -18,6 +18,10 @@ const PLAYOUT_DELAY_MAX_CS: u64 = 1000;
 /// camera is 7.5, where a viewer is better served by the smaller layer at its full rate —
 /// measured in the meeting scenario: a second camera at 270 lines and 6-8 fps).
 const MIN_REDUCED_FPS: f64 = 12.0;
+/// The step a viewer is on stays offered down to this: a loaded publisher's frame rate wavers
+/// (Chromium's VP8 at 24-28 fps on two busy cores, its base 12-14), and the step withdrawn for
+/// a moment moved a 600 kbit/s viewer to the lowest layer and back, a keyframe each way.
+const MIN_REDUCED_FPS_HELD: f64 = 9.0;
 
 impl Sfu {
     /// Asks a publisher for a keyframe (throttled like a viewer's PLI); an internal publisher's
@@ -153,11 +157,18 @@ impl Sfu {
                 // link's queue reached 150-290 ms before the estimate came down, and the layer
                 // was cut in 3 of 6 H.264 runs.
                 let mut start_ceiling: Option<f64> = None;
-                for l in &offered {
+                let siblings = || offered.iter().map(|o| (allocator::rank(o.rid.as_deref()), o.rate.bps));
+                for l in offered.iter().filter(|l| !allocator::reads_under_a_lower_layer(allocator::rank(l.rid.as_deref()), l.rate.bps, siblings())) {
                     let is_lowest = Some(allocator::rank(l.rid.as_deref())) == lowest;
-                    layers.push(LayerRate::whole(l.rid, l.rate.bps));
-                    let fps_ok = |fps: f64| fps >= MIN_REDUCED_FPS || is_lowest;
-                    if let Some((t, bps, _)) = l.reduced(now).filter(|&(_, bps, fps)| bps < l.rate.bps && fps_ok(fps)) {
+                    // Taken whole again from its own reduced step at its recent peak: a loaded
+                    // publisher's layer dips for a moment (VP8's middle layer ~480 kbit/s read
+                    // under 380), and taken whole on the dip it filled a 600 kbit/s link's
+                    // queue as soon as it came back (a cut, the lowest layer).
+                    let on_reduced = matches!(sending, Some(LayerChoice::Temporal(r, _)) if r == l.rid);
+                    layers.push(LayerRate::whole(l.rid, if on_reduced { l.rate.bps.max(l.rate.peak_bps) } else { l.rate.bps }));
+                    let on_it = |t: u8| sending == Some(LayerChoice::Temporal(l.rid, t));
+                    let fps_ok = |t: u8, fps: f64| fps >= MIN_REDUCED_FPS || is_lowest || (on_it(t) && fps >= MIN_REDUCED_FPS_HELD);
+                    if let Some((t, bps, _)) = l.reduced(now).filter(|&(t, bps, fps)| bps < l.rate.bps && fps_ok(t, fps)) {
                         layers.push(LayerRate { rid: l.rid, bps, temporal: Some(t) });
                         if starting && sub.quality == Quality::Auto && !is_lowest {
                             start_ceiling = allocator::lower_ceiling(start_ceiling, Some(l.rate.bps));

@@ -25,11 +25,16 @@ pub(super) struct RateMeter {
     frames: u32,
     pub(super) bps: f64,
     pub(super) fps: f64,
+    /// The highest `bps` lately: it follows a rise at once and decays by `PEAK_DECAY` a window.
+    pub(super) peak_bps: f64,
 }
+
+/// How fast `RateMeter::peak_bps` forgets a peak: 10 % a window (half in ~3 s).
+const PEAK_DECAY: f64 = 0.9;
 
 impl RateMeter {
     pub(super) fn new(now: Instant) -> RateMeter {
-        RateMeter { window_start: now, bytes: 0, frames: 0, bps: 0.0, fps: 0.0 }
+        RateMeter { window_start: now, bytes: 0, frames: 0, bps: 0.0, fps: 0.0, peak_bps: 0.0 }
     }
     /// One packet; `frame_end` when it ends a video frame (the RTP marker). True when it
     /// closed a window (the rates moved).
@@ -42,6 +47,7 @@ impl RateMeter {
             let (rate, fps) = (self.bytes as f64 * 8.0 / secs, self.frames as f64 / secs);
             self.bps = if self.bps == 0.0 { rate } else { 0.5 * self.bps + 0.5 * rate };
             self.fps = if self.fps == 0.0 { fps } else { 0.5 * self.fps + 0.5 * fps };
+            self.peak_bps = self.bps.max(self.peak_bps * PEAK_DECAY);
             self.bytes = 0;
             self.frames = 0;
             self.window_start = now;
