@@ -82,9 +82,14 @@ pub const PROVEN_SLACK: f64 = 1.1;
 /// Probe clusters look this far above the goal: a probe sent at exactly the goal measures a
 /// little less than it, and would never find it.
 const PROBE_HEADROOM: f64 = 1.25;
-/// A rate the link refused (a deep queue took the layer down: `relieved`, `disprove`) is not
-/// taken again on the estimate: the budget stays under this share of it until a probe finds
-/// it on a link that stays clean under it for `REFUSED_CLEAN_FOR` (`Prober::refused`).
+/// A whole layer's rate the link refused (a deep queue took it to its reduced step: `relieved`)
+/// is not taken again on the estimate: the budget stays under this share of it until a probe
+/// finds it on a link that stays clean under it for `REFUSED_CLEAN_FOR` (`Prober::refused`).
+/// Only there: the reduced step below stays within the budget. A disproved probe's goal can
+/// be a step up from the lowest layer or a paused encoding's resume; refusing those too, one
+/// `make test` run held a 700 kbit/s viewer on the lowest layer for 7 s and resumed an
+/// encoding 16 s after its link came back (their logs not kept: the likely path, not a
+/// proven one).
 /// str0m's estimate reads above a nearly full link (600 kbit/s link: 620-810 kbit/s while it
 /// queued 100-160 ms), and the whole middle layer taken on it a second after each relief
 /// kept the queue deep (Chromium, H.264: link queue p50 57 ms, RTT p50 112 ms), or its
@@ -563,7 +568,7 @@ pub struct Prober {
     burst: Option<Burst>,
     /// When a deep queue last took a whole layer to its reduced step (`relieved`).
     relieved_at: Option<Instant>,
-    /// The least rate the link refused since a probe last found it (`refused`).
+    /// The least whole-layer rate a relief refused since a probe last found it (`refused`).
     refused: Option<f64>,
 }
 
@@ -769,7 +774,6 @@ impl Prober {
             return false;
         }
         self.disproved = Some(goal);
-        self.refuse(goal);
         // As a failed probe: the estimate from before it stands a while (`held`).
         self.failed_from = Some((from, now + PROBE_WINDOW));
         self.count_failure(now);
@@ -1396,16 +1400,12 @@ mod tests {
         let mut p = Prober::default();
         // The plan wants the middle layer: 150 + 500 (with headers) over a 400 kbit/s estimate.
         let plan = |e: f64| super::plan(std::slice::from_ref(&t), 0.0, Some(e));
-        // A goal the link refused (disproved) is found only once carried clean for a while.
         let found_at = |p: &mut Prober, from: u64| {
             p.step(&plan(400_000.0), Some(400_000.0), false, at(from));
             assert!(p.probing(), "a probe starts at {from} ms");
             p.step(&plan(700_000.0), Some(700_000.0), false, at(from + 500));
-            if p.refused.is_some() {
-                assert!(p.probing(), "not yet: refused");
-                p.step(&plan(700_000.0), Some(700_000.0), false, at(from + 1_500));
-            }
             assert!(!p.probing(), "and finds its room");
+            assert_eq!(p.refused, None, "a disproved goal is not refused");
         };
         p.step(&plan(400_000.0), Some(400_000.0), false, at(0));
         found_at(&mut p, 3_000);
@@ -1422,8 +1422,8 @@ mod tests {
         assert!(!p.probing(), "10 s now");
         found_at(&mut p, 26_100);
         // Held for 15 s: the back-off is cleared; no standing queue that late disproves it.
-        p.step(&plan(700_000.0), Some(700_000.0), false, at(42_700));
-        assert!(!p.disprove(Some(600_000.0), at(42_800)));
+        p.step(&plan(700_000.0), Some(700_000.0), false, at(41_700));
+        assert!(!p.disprove(Some(600_000.0), at(41_800)));
         // A link that now carries far less than the goal found changed since: no failure.
         let mut p = Prober::default();
         p.step(&plan(400_000.0), Some(400_000.0), false, at(0));
