@@ -85,15 +85,14 @@ const PROBE_HEADROOM: f64 = 1.25;
 /// A whole layer's rate the link refused (a deep queue took it to its reduced step: `relieved`)
 /// is not taken again on the estimate: the budget stays under this share of it until a probe
 /// finds it on a link that stays clean under it for `REFUSED_CLEAN_FOR` (`Prober::refused`).
-/// Only there: the reduced step below stays within the budget. A disproved probe's goal can
-/// be a step up from the lowest layer or a paused encoding's resume; refusing those too, one
-/// `make test` run held a 700 kbit/s viewer on the lowest layer for 7 s and resumed an
-/// encoding 16 s after its link came back (their logs not kept: the likely path, not a
-/// proven one).
 /// str0m's estimate reads above a nearly full link (600 kbit/s link: 620-810 kbit/s while it
-/// queued 100-160 ms), and the whole middle layer taken on it a second after each relief
-/// kept the queue deep (Chromium, H.264: link queue p50 57 ms, RTT p50 112 ms), or its
-/// estimate collapsed under the queue to the lowest layer's (VP8: 222 kbit/s, 180 lines).
+/// queued 100-160 ms), and the whole middle layer taken on it a second after each relief kept
+/// the queue deep (Chromium, H.264: link queue p50 57 ms, RTT p50 112 ms).
+/// Only a relief's rate: the reduced step below it stays within the budget. A disproved
+/// probe's goal can be a step up from the lowest layer or a paused encoding's resume; refusing
+/// those too, one `make test` run held a 700 kbit/s viewer on the lowest layer for 7 s and
+/// resumed an encoding 16 s after its link came back (their logs not kept: the likely path,
+/// not a proven one).
 const REFUSED_BUDGET: f64 = 0.95;
 const REFUSED_CLEAN_FOR: Duration = Duration::from_millis(1500);
 
