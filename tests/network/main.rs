@@ -155,23 +155,13 @@ impl Run {
 
     /// RTT percentile (0–100) over samples from `from` on.
     fn rtt(&self, from: f64, pct: f64) -> f64 {
-        let mut r: Vec<f64> = self.samples.iter().filter(|s| s.t >= from).filter_map(|s| s.rtt_ms).collect();
-        r.sort_by(f64::total_cmp);
-        if r.is_empty() {
-            return f64::NAN;
-        }
-        r[((r.len() - 1) as f64 * pct / 100.0).round() as usize]
+        percentile(self.samples.iter().filter(|s| s.t >= from).filter_map(|s| s.rtt_ms).collect(), pct)
     }
 
     /// Percentile (0–100) of the downlink's queueing delay in ms from `from` on: what the
     /// link adds to the unloaded round trip, sampled every 10 ms.
     fn queue_ms(&self, from: f64, pct: f64) -> f64 {
-        let mut q: Vec<f64> = self.queued.iter().filter(|(t, _)| *t >= from).map(|(_, q)| *q).collect();
-        q.sort_by(f64::total_cmp);
-        if q.is_empty() {
-            return f64::NAN;
-        }
-        q[((q.len() - 1) as f64 * pct / 100.0).round() as usize]
+        percentile(self.queued.iter().filter(|(t, _)| *t >= from).map(|(_, q)| *q).collect(), pct)
     }
 
     /// Picture height each second, for the report.
@@ -280,6 +270,15 @@ impl Run {
             self.last().fps,
         )
     }
+}
+
+/// The `pct` percentile (0–100) of `values` (NaN for none).
+fn percentile(mut values: Vec<f64>, pct: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    values[((values.len() - 1) as f64 * pct / 100.0).round() as usize]
 }
 
 /// The first picture height sampled in each second ("-": none decoded yet), for the reports.

@@ -125,6 +125,13 @@ impl Link {
         Link { imp, link_free_at: now, last_release: now, bad_state: false, rng: seed | 1, seq: 0, queue: BinaryHeap::new(), count: Counters::default(), queued_ms: Vec::new() }
     }
 
+    /// Records what a packet arriving now would wait behind the rate cap.
+    fn sample_queue(&mut self, now: Instant) {
+        if self.queued_ms.len() < QUEUE_SAMPLES_MAX {
+            self.queued_ms.push(self.link_free_at.saturating_duration_since(now).as_millis() as u32);
+        }
+    }
+
     fn uniform(&mut self) -> f64 {
         // xorshift64*: enough for loss draws.
         self.rng ^= self.rng >> 12;
@@ -188,15 +195,6 @@ impl Link {
         }
         self.seq += 1;
         self.queue.push(Frame { at, seq: self.seq, data });
-    }
-}
-
-impl Link {
-    /// Records what a packet arriving now would wait behind the rate cap.
-    fn sample_queue(&mut self, now: Instant) {
-        if self.queued_ms.len() < QUEUE_SAMPLES_MAX {
-            self.queued_ms.push(self.link_free_at.saturating_duration_since(now).as_millis() as u32);
-        }
     }
 }
 

@@ -644,7 +644,7 @@ impl Prober {
             p.dirty |= !clean;
         }
         // A rate the link refused is found only by a probe it carried clean for a while.
-        let refused = |p: &Probe| self.refused.is_some_and(|r| p.goal >= r * 0.9);
+        let refused = |p: &Probe| self.refuses(p.goal);
         let found_clean = |p: &Probe| !p.dirty && now.duration_since(p.since) >= REFUSED_CLEAN_FOR;
         let want = match self.probe {
             Some(p) if (found >= p.goal && (!refused(&p) || found_clean(&p))) || (p.resumes && clean && found >= p.goal * RESUME_NEAR) => {
@@ -744,7 +744,7 @@ impl Prober {
         // the link came back (Chromium). A resume taken on it that the link then does not carry
         // still backs off more (`disprove`).
         // A rate the link refused backs off as a big step: each probe for it queues the link.
-        let big = self.probe.is_none_or(|p| !p.resumes && (p.goal > p.from.max(self.carried.unwrap_or(0.0)) * SMALL_STEP || self.refused.is_some_and(|r| p.goal >= r * 0.9)));
+        let big = self.probe.is_none_or(|p| !p.resumes && (p.goal > p.from.max(self.carried.unwrap_or(0.0)) * SMALL_STEP || self.refuses(p.goal)));
         let resumes = self.probe.is_some_and(|p| p.resumes);
         self.probe = None;
         self.failures += big as u32;
@@ -809,6 +809,11 @@ impl Prober {
 
     fn refuse(&mut self, bps: f64) {
         self.refused = Some(self.refused.map_or(bps, |r| r.min(bps)));
+    }
+
+    /// Whether a probe for `goal` looks for a rate the link refused (or near it).
+    fn refuses(&self, goal: f64) -> bool {
+        self.refused.is_some_and(|r| goal >= r * 0.9)
     }
 
     /// The budget from `estimate`: under a rate the link refused (`REFUSED_BUDGET`).
